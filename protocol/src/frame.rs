@@ -1,0 +1,220 @@
+//! Length-prefixed frames: pure encode/decode functions and a `tokio-util` codec on top.
+//!
+//! A frame is a 4-byte big-endian payload length followed by the payload, which is one
+//! message encoded with bincode 2 (see [`wire_config`]). Decoding is two-phase, as in
+//! mini-redis: first check that a whole frame is buffered (otherwise the answer is
+//! "incomplete", which is not an error), then parse it.
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::{de::DeserializeOwned, Serialize};
+use std::marker::PhantomData;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Bytes of the length prefix.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+
+/// Upper bound on what one decoded message may allocate, whatever its frame claims.
+const DECODE_LIMIT_BYTES: usize = 64 << 20;
+
+/// The bincode configuration of every payload: little-endian, fixed-width integers
+/// (u32 as 4 bytes, u64 as 8, enum tags as u32, lengths as u64), with an allocation limit.
+pub fn wire_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<DECODE_LIMIT_BYTES>()
+}
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The frame's length exceeds the limit; the connection cannot be resynchronised.
+    #[error("frame of {len} bytes exceeds max_frame_bytes = {max}")]
+    TooLarge {
+        /// The claimed or actual payload length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The payload is not a valid message.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The payload decoded, but did not use all its bytes.
+    #[error("malformed frame: {trailing} trailing bytes after the message")]
+    TrailingBytes {
+        /// Unused bytes.
+        trailing: usize,
+    },
+    /// The message could not be encoded.
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+    /// An IO error on the underlying transport.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Appends one frame holding `msg` to `dst`. On error `dst` is left as it was.
+pub fn encode_frame<T: Serialize>(
+    msg: &T,
+    dst: &mut BytesMut,
+    max_frame_bytes: usize,
+) -> Result<(), FrameError> {
+    let start = dst.len();
+    dst.put_u32(0);
+    let mut writer = dst.writer();
+    let result = bincode::serde::encode_into_std_write(msg, &mut writer, wire_config());
+    let dst = writer.into_inner();
+    let len = match result {
+        Ok(len) => len,
+        Err(e) => {
+            dst.truncate(start);
+            return Err(FrameError::Encode(e.to_string()));
+        }
+    };
+    if len > max_frame_bytes {
+        dst.truncate(start);
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame_bytes,
+        });
+    }
+    let prefix = u32::try_from(len).map_err(|_| FrameError::TooLarge {
+        len,
+        max: max_frame_bytes,
+    })?;
+    dst[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&prefix.to_be_bytes());
+    Ok(())
+}
+
+/// Encodes `msg` as a standalone frame.
+pub fn frame_to_vec<T: Serialize>(msg: &T, max_frame_bytes: usize) -> Result<Vec<u8>, FrameError> {
+    let mut buf = BytesMut::new();
+    encode_frame(msg, &mut buf, max_frame_bytes)?;
+    Ok(buf.to_vec())
+}
+
+/// Phase one: the total length (prefix included) of the frame at the start of `src`, or
+/// `None` if more bytes are needed. Fails as soon as the prefix announces a frame over
+/// the limit, without waiting for its bytes.
+pub fn check_frame(src: &[u8], max_frame_bytes: usize) -> Result<Option<usize>, FrameError> {
+    let Some(prefix) = src.get(..LENGTH_PREFIX_BYTES) else {
+        return Ok(None);
+    };
+    let mut len_bytes = [0u8; LENGTH_PREFIX_BYTES];
+    len_bytes.copy_from_slice(prefix);
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    if len > max_frame_bytes {
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame_bytes,
+        });
+    }
+    let total = LENGTH_PREFIX_BYTES + len;
+    Ok((src.len() >= total).then_some(total))
+}
+
+/// Decodes one message from a payload (without the length prefix).
+pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    let (msg, used) = bincode::serde::decode_from_slice(payload, wire_config())
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if used != payload.len() {
+        return Err(FrameError::TrailingBytes {
+            trailing: payload.len() - used,
+        });
+    }
+    Ok(msg)
+}
+
+/// Decodes the frame at the start of `src`: `Ok(None)` if incomplete, otherwise the
+/// message and the number of bytes the frame took.
+pub fn decode_frame<T: DeserializeOwned>(
+    src: &[u8],
+    max_frame_bytes: usize,
+) -> Result<Option<(T, usize)>, FrameError> {
+    match check_frame(src, max_frame_bytes)? {
+        None => Ok(None),
+        Some(total) => {
+            let msg = decode_payload(&src[LENGTH_PREFIX_BYTES..total])?;
+            Ok(Some((msg, total)))
+        }
+    }
+}
+
+/// A `tokio-util` codec that decodes frames of `In` and encodes frames of `Out`.
+///
+/// The handshake is a frame like any other: a client starts with
+/// `Codec<HelloReply, Hello>` and switches to `Codec<ServerMessage, ClientMessage>`
+/// (see `tokio_util::codec::Framed::map_codec`); the server does the mirror image.
+#[derive(Debug)]
+pub struct Codec<In, Out> {
+    max_frame_bytes: usize,
+    _types: PhantomData<fn(Out) -> In>,
+}
+
+impl<In, Out> Codec<In, Out> {
+    /// A codec that refuses frames larger than `max_frame_bytes` in either direction.
+    pub fn new(max_frame_bytes: usize) -> Self {
+        Codec {
+            max_frame_bytes,
+            _types: PhantomData,
+        }
+    }
+
+    /// The limit this codec enforces.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes
+    }
+
+    /// The same limit, for other message types.
+    pub fn retype<In2, Out2>(&self) -> Codec<In2, Out2> {
+        Codec::new(self.max_frame_bytes)
+    }
+}
+
+impl<In, Out> Clone for Codec<In, Out> {
+    fn clone(&self) -> Self {
+        Codec::new(self.max_frame_bytes)
+    }
+}
+
+impl<In: DeserializeOwned, Out> Decoder for Codec<In, Out> {
+    type Item = In;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
+        match check_frame(src, self.max_frame_bytes)? {
+            None => {
+                // Reserve for the rest of the frame once its length is known, so one
+                // large frame is read with few reallocations.
+                if let Some(prefix) = src.get(..LENGTH_PREFIX_BYTES) {
+                    let mut b = [0u8; LENGTH_PREFIX_BYTES];
+                    b.copy_from_slice(prefix);
+                    let total = LENGTH_PREFIX_BYTES + u32::from_be_bytes(b) as usize;
+                    src.reserve(total.saturating_sub(src.len()));
+                }
+                Ok(None)
+            }
+            Some(total) => {
+                let msg = decode_payload(&src[LENGTH_PREFIX_BYTES..total]);
+                src.advance(total);
+                msg.map(Some)
+            }
+        }
+    }
+}
+
+impl<In, Out: Serialize> Encoder<Out> for Codec<In, Out> {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), FrameError> {
+        encode_frame(&item, dst, self.max_frame_bytes)
+    }
+}
+
+impl<In, Out: Serialize> Encoder<&Out> for Codec<In, Out> {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: &Out, dst: &mut BytesMut) -> Result<(), FrameError> {
+        encode_frame(item, dst, self.max_frame_bytes)
+    }
+}

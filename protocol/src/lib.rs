@@ -1,0 +1,27 @@
+//! The corral wire protocol.
+//!
+//! A client opens a TCP connection and exchanges length-prefixed frames with the server
+//! (see [`frame`]). The first client frame is a [`Hello`] (magic number, protocol
+//! version, session to open or resume), answered by a [`HelloReply`]. After that the
+//! client sends [`ClientMessage`]s and the server sends [`ServerMessage`]s: responses
+//! (matched to requests by `xid`, so many requests can be in flight on one connection),
+//! watch events, and a final `Goodbye` when the server closes the connection.
+//!
+//! This crate does no IO; `docs/PROTOCOL.md` specifies the bytes.
+
+pub mod error;
+pub mod frame;
+pub mod message;
+pub mod op;
+pub mod path;
+
+pub use error::{ErrorCode, ErrorInfo};
+pub use frame::{Codec, FrameError};
+pub use message::{
+    ClientMessage, EventKind, Hello, HelloReply, ServerMessage, SessionGranted, SessionRequest,
+    WatchEvent, DEFAULT_MAX_FRAME_BYTES, MAGIC, PROTOCOL_VERSION,
+};
+pub use op::{
+    AddWatchMode, CreateMode, CreateRequest, MultiOp, MultiResult, Op, OpResult, Request,
+    Response, Stat, WatchSet, WatcherKind,
+};

@@ -1,0 +1,363 @@
+//! Requests a client can make and the results the server answers with.
+
+use crate::error::ErrorInfo;
+use serde::{Deserialize, Serialize};
+
+/// Metadata of a znode, with ZooKeeper's fields and meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Stat {
+    /// The zxid of the transaction that created the node.
+    pub czxid: u64,
+    /// The zxid of the transaction that last changed the node's data.
+    pub mzxid: u64,
+    /// The zxid of the transaction that last added or removed a child.
+    pub pzxid: u64,
+    /// Creation time, milliseconds since the Unix epoch, as stamped by the leader.
+    pub ctime_ms: i64,
+    /// Last data change time, milliseconds since the Unix epoch.
+    pub mtime_ms: i64,
+    /// Number of changes to the node's data.
+    pub version: u32,
+    /// Number of changes to the node's children.
+    pub cversion: u32,
+    /// The session that owns this ephemeral node, or 0 for a non-ephemeral node.
+    pub ephemeral_owner: u64,
+    /// Length of the node's data in bytes.
+    pub data_length: u32,
+    /// Number of children.
+    pub num_children: u32,
+}
+
+/// How a node is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CreateMode {
+    /// Lives until deleted.
+    Persistent,
+    /// Persistent, with a per-parent counter of ten zero-padded digits appended to the name.
+    PersistentSequential,
+    /// Deleted when the creating session ends.
+    Ephemeral,
+    /// Ephemeral and sequential.
+    EphemeralSequential,
+    /// Persistent, but deleted by the server once its last child is deleted.
+    Container,
+}
+
+impl CreateMode {
+    /// Whether the node dies with its session.
+    pub fn is_ephemeral(self) -> bool {
+        matches!(self, CreateMode::Ephemeral | CreateMode::EphemeralSequential)
+    }
+
+    /// Whether a counter is appended to the name.
+    pub fn is_sequential(self) -> bool {
+        matches!(
+            self,
+            CreateMode::PersistentSequential | CreateMode::EphemeralSequential
+        )
+    }
+}
+
+/// Arguments of a create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRequest {
+    /// The path of the node (for sequential nodes: the prefix of the name).
+    pub path: String,
+    /// The initial data.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    /// How the node is created.
+    pub mode: CreateMode,
+    /// Create missing parents as persistent nodes (containers if `mode` is `Container`).
+    pub make_parents: bool,
+}
+
+/// Which kind of watch a remove-watches request removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WatcherKind {
+    /// Data and exists watches.
+    Data,
+    /// Child watches.
+    Children,
+    /// Persistent watches (recursive or not).
+    Persistent,
+    /// Every kind.
+    Any,
+}
+
+/// The mode of a persistent watch added with [`Op::AddWatch`] (ZooKeeper 3.6 `addWatch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AddWatchMode {
+    /// Fires on data changes, creation and deletion of the node, and changes to its children
+    /// list; stays registered.
+    Persistent,
+    /// Fires on creation, deletion and data changes of the node and every descendant;
+    /// stays registered.
+    PersistentRecursive,
+}
+
+/// One operation of an atomic [`Op::Multi`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MultiOp {
+    /// Create a node.
+    Create(CreateRequest),
+    /// Delete a node, optionally only at an expected version.
+    Delete {
+        /// The node.
+        path: String,
+        /// The expected version, or `None` for any.
+        version: Option<u32>,
+    },
+    /// Replace a node's data, optionally only at an expected version.
+    SetData {
+        /// The node.
+        path: String,
+        /// The new data.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        /// The expected version, or `None` for any.
+        version: Option<u32>,
+    },
+    /// Fail the transaction unless the node exists at this version.
+    Check {
+        /// The node.
+        path: String,
+        /// The expected version.
+        version: u32,
+    },
+}
+
+/// The result of one operation of a successful multi.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MultiResult {
+    /// The node was created at this path (with the sequence suffix, if any).
+    Created {
+        /// The actual path.
+        path: String,
+        /// The new node's stat.
+        stat: Stat,
+    },
+    /// The node was deleted.
+    Deleted,
+    /// The data was set.
+    SetData {
+        /// The node's stat after the change.
+        stat: Stat,
+    },
+    /// The check passed.
+    Checked,
+}
+
+/// Watches to re-register after reconnecting; see [`Op::SetWatches`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WatchSet {
+    /// Paths with a one-shot data watch (from `get_data`).
+    pub data: Vec<String>,
+    /// Paths with a one-shot exists watch.
+    pub exist: Vec<String>,
+    /// Paths with a one-shot child watch.
+    pub child: Vec<String>,
+    /// Paths with a persistent watch.
+    pub persistent: Vec<String>,
+    /// Paths with a persistent recursive watch.
+    pub persistent_recursive: Vec<String>,
+}
+
+impl WatchSet {
+    /// Total number of watches in the set.
+    pub fn len(&self) -> usize {
+        self.data.len()
+            + self.exist.len()
+            + self.child.len()
+            + self.persistent.len()
+            + self.persistent_recursive.len()
+    }
+
+    /// Whether the set holds no watch.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A request operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Create a node.
+    Create(CreateRequest),
+    /// Delete a node (it must have no children).
+    Delete {
+        /// The node.
+        path: String,
+        /// The expected version, or `None` for any.
+        version: Option<u32>,
+    },
+    /// The node's stat, or `None`; optionally leave a one-shot exists watch (fires on
+    /// create, delete, or data change).
+    Exists {
+        /// The node.
+        path: String,
+        /// Leave a watch.
+        watch: bool,
+    },
+    /// The node's data and stat; optionally leave a one-shot data watch.
+    GetData {
+        /// The node.
+        path: String,
+        /// Leave a watch.
+        watch: bool,
+    },
+    /// Replace the node's data.
+    SetData {
+        /// The node.
+        path: String,
+        /// The new data.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        /// The expected version, or `None` for any.
+        version: Option<u32>,
+    },
+    /// The node's children (names, sorted) and stat; optionally leave a one-shot child watch.
+    GetChildren {
+        /// The node.
+        path: String,
+        /// Leave a watch.
+        watch: bool,
+    },
+    /// Apply all operations atomically under one zxid, or none of them.
+    Multi(Vec<MultiOp>),
+    /// Wait until every write acknowledged before this request is visible on this server.
+    Sync {
+        /// The path (kept for ZooKeeper compatibility; the barrier covers the whole tree).
+        path: String,
+    },
+    /// Keep the session alive. The server answers with `Pong`.
+    Ping,
+    /// End the session now: its ephemeral nodes are deleted.
+    CloseSession,
+    /// Add a persistent watch.
+    AddWatch {
+        /// The node (need not exist).
+        path: String,
+        /// Persistent or persistent recursive.
+        mode: AddWatchMode,
+    },
+    /// Remove this connection's watches of a kind on a path.
+    RemoveWatches {
+        /// The node.
+        path: String,
+        /// Which kind.
+        kind: WatcherKind,
+    },
+    /// Re-register watches after a reconnect. For every one-shot watch whose node changed
+    /// after `last_zxid` (the last zxid the client saw), the matching event fires at once,
+    /// so no change is missed while the client was away.
+    SetWatches {
+        /// The last zxid the client saw.
+        last_zxid: u64,
+        /// The watches.
+        watches: WatchSet,
+    },
+}
+
+impl Op {
+    /// Whether this operation changes replicated state (and so goes through the log and
+    /// is deduplicated by sequence number).
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Op::Create(_)
+                | Op::Delete { .. }
+                | Op::SetData { .. }
+                | Op::Multi(_)
+                | Op::CloseSession
+        )
+    }
+
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Create(_) => "create",
+            Op::Delete { .. } => "delete",
+            Op::Exists { .. } => "exists",
+            Op::GetData { .. } => "get_data",
+            Op::SetData { .. } => "set_data",
+            Op::GetChildren { .. } => "get_children",
+            Op::Multi(_) => "multi",
+            Op::Sync { .. } => "sync",
+            Op::Ping => "ping",
+            Op::CloseSession => "close_session",
+            Op::AddWatch { .. } => "add_watch",
+            Op::RemoveWatches { .. } => "remove_watches",
+            Op::SetWatches { .. } => "set_watches",
+        }
+    }
+}
+
+/// The successful result of an [`Op`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    /// The node was created at this path (with the sequence suffix, if any).
+    Created {
+        /// The actual path.
+        path: String,
+        /// The new node's stat.
+        stat: Stat,
+    },
+    /// The node was deleted.
+    Deleted,
+    /// The node's stat, or `None` if it does not exist.
+    Exists(Option<Stat>),
+    /// The node's data and stat.
+    Data {
+        /// The data.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        /// The stat.
+        stat: Stat,
+    },
+    /// The stat after a set_data.
+    SetData {
+        /// The stat.
+        stat: Stat,
+    },
+    /// Children names (sorted) and the parent's stat.
+    Children {
+        /// Child names, not full paths.
+        children: Vec<String>,
+        /// The parent's stat.
+        stat: Stat,
+    },
+    /// Per-operation results of a successful multi, in order.
+    Multi(Vec<MultiResult>),
+    /// Every write acknowledged before the sync is now visible here.
+    Synced,
+    /// Answer to a ping.
+    Pong,
+    /// The session is closed.
+    Closed,
+    /// The watch was added, or watches were removed or re-registered.
+    WatchesUpdated,
+}
+
+/// A request: a client-chosen id plus an operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Strictly increasing per session. Matches the response to the request, and for
+    /// writes is the sequence number that deduplicates retries: a client that resends a
+    /// request after a lost answer must reuse its `xid`.
+    pub xid: u64,
+    /// What to do.
+    pub op: Op,
+}
+
+/// A response to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The `xid` of the request.
+    pub xid: u64,
+    /// The zxid of the server's applied state when it answered (the transaction's own zxid
+    /// for a successful write). Clients remember the highest they saw.
+    pub zxid: u64,
+    /// The outcome.
+    pub result: Result<OpResult, ErrorInfo>,
+}

@@ -1,0 +1,6 @@
+//! The corral node.
+
+pub mod machine;
+pub mod snapshot;
+pub mod wal;
+pub mod watches;
