@@ -1,0 +1,254 @@
+//! Server configuration: command-line flags, an optional TOML file, and defaults.
+//!
+//! Precedence: a flag given on the command line, else the key in the `--config` file,
+//! else the default. Every value is validated before the server starts, with a message
+//! that names the setting.
+
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The default client port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:2281";
+
+/// Defines the config fields once: the CLI flag struct, the TOML struct (all optional,
+/// unknown keys rejected), the resolved `Config`, and the merge.
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr ;)*) => {
+        /// corral: a distributed lock and coordination service (server).
+        ///
+        /// With no arguments, starts a single node listening on 127.0.0.1:2281 with its
+        /// data in ./corral-data.
+        #[derive(Debug, Parser)]
+        #[command(name = "corral", version, about, long_about = None)]
+        pub struct Cli {
+            /// TOML file with settings (keys as the long flags, with '_' for '-').
+            #[arg(long, value_name = "FILE")]
+            pub config: Option<PathBuf>,
+            /// Log format: text or json.
+            #[arg(long, value_name = "FORMAT")]
+            pub log_format: Option<LogFormat>,
+            /// Log filter, e.g. "info" or "corral_server=debug" (overrides RUST_LOG).
+            #[arg(long, value_name = "FILTER")]
+            pub log: Option<String>,
+            $( $(#[doc = $doc])* #[arg(long)] pub $name: Option<$ty>, )*
+        }
+
+        /// The settings a TOML config file may hold.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct FileConfig {
+            pub log_format: Option<LogFormat>,
+            pub log: Option<String>,
+            $( pub $name: Option<$ty>, )*
+        }
+
+        /// Resolved settings.
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            pub log_format: LogFormat,
+            pub log: Option<String>,
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config {
+                    log_format: LogFormat::Text,
+                    log: None,
+                    $( $name: $default, )*
+                }
+            }
+        }
+
+        impl Config {
+            fn merge(cli: Cli, file: FileConfig) -> Config {
+                let d = Config::default();
+                Config {
+                    log_format: cli.log_format.or(file.log_format).unwrap_or(d.log_format),
+                    log: cli.log.or(file.log).or(d.log),
+                    $( $name: cli.$name.or(file.$name).unwrap_or(d.$name), )*
+                }
+            }
+        }
+    };
+}
+
+settings! {
+    /// Address the client listener binds.
+    listen: SocketAddr = DEFAULT_LISTEN.parse().expect("valid default address");
+    /// Directory of the write-ahead log and snapshots (created if missing).
+    data_dir: PathBuf = PathBuf::from("corral-data");
+    /// This node's id.
+    node_id: u64 = 1;
+    /// Largest frame accepted from a client, in bytes.
+    max_frame_bytes: usize = corral_protocol::DEFAULT_MAX_FRAME_BYTES;
+    /// Largest data of one znode, in bytes.
+    max_data_bytes: usize = 1 << 20;
+    /// Most client connections at once; more are refused with LimitExceeded.
+    max_connections: usize = 10_000;
+    /// Most sessions alive at once.
+    max_sessions: usize = 100_000;
+    /// Most requests queued on one connection.
+    max_pending_requests_per_connection: usize = 1024;
+    /// Most watches one session may register.
+    max_watches_per_session: usize = 100_000;
+    /// Most server messages queued for one connection; a client that reads slower than
+    /// this is disconnected.
+    max_queued_messages_per_connection: usize = 4096;
+    /// Smallest session TTL granted, in milliseconds.
+    min_session_ttl_ms: u64 = 2_000;
+    /// Largest session TTL granted, in milliseconds.
+    max_session_ttl_ms: u64 = 120_000;
+    /// Interval of the node's clock tick (session expiry resolution), in milliseconds.
+    tick_ms: u64 = 50;
+    /// Time allowed for a new connection to send its handshake, in milliseconds.
+    handshake_timeout_ms: u64 = 5_000;
+    /// Take a snapshot (and compact the log) every this many entries.
+    snapshot_every_entries: u64 = 100_000;
+    /// Size at which the write-ahead log starts a new segment file, in bytes.
+    wal_segment_bytes: u64 = 64 << 20;
+    /// fsync the write-ahead log before acknowledging writes. Turning this off loses
+    /// acknowledged writes on power failure; only for tests and experiments.
+    fsync: bool = true;
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A setting that cannot work, with the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Reads the config file named by `--config` (if any), merges it under the flags,
+    /// and validates the result.
+    pub fn load(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("cannot read config file {}: {e}", path.display()))
+                })?;
+                toml::from_str(&text)
+                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?
+            }
+        };
+        let config = Config::merge(cli, file);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the settings against each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |m: String| Err(ConfigError(m));
+        if self.node_id == 0 {
+            return fail("node_id must be at least 1".into());
+        }
+        if self.max_data_bytes == 0 {
+            return fail("max_data_bytes must be positive".into());
+        }
+        let needed = self.max_data_bytes + 4096;
+        if self.max_frame_bytes < needed {
+            return fail(format!(
+                "max_frame_bytes ({}) must be at least max_data_bytes + 4096 = {needed}, so a \
+                 maximal node fits in one frame",
+                self.max_frame_bytes
+            ));
+        }
+        if self.max_frame_bytes > u32::MAX as usize {
+            return fail(format!("max_frame_bytes must be at most {}", u32::MAX));
+        }
+        for (name, v) in [
+            ("max_connections", self.max_connections),
+            ("max_sessions", self.max_sessions),
+            (
+                "max_pending_requests_per_connection",
+                self.max_pending_requests_per_connection,
+            ),
+            ("max_watches_per_session", self.max_watches_per_session),
+            (
+                "max_queued_messages_per_connection",
+                self.max_queued_messages_per_connection,
+            ),
+        ] {
+            if v == 0 {
+                return fail(format!("{name} must be positive"));
+            }
+        }
+        if self.tick_ms == 0 || self.tick_ms > 1_000 {
+            return fail(format!("tick_ms must be in 1..=1000, not {}", self.tick_ms));
+        }
+        if self.min_session_ttl_ms < 4 * self.tick_ms {
+            return fail(format!(
+                "min_session_ttl_ms ({}) must be at least 4 x tick_ms ({})",
+                self.min_session_ttl_ms,
+                4 * self.tick_ms
+            ));
+        }
+        if self.min_session_ttl_ms > self.max_session_ttl_ms {
+            return fail(format!(
+                "min_session_ttl_ms ({}) is larger than max_session_ttl_ms ({})",
+                self.min_session_ttl_ms, self.max_session_ttl_ms
+            ));
+        }
+        if self.snapshot_every_entries == 0 {
+            return fail("snapshot_every_entries must be positive".into());
+        }
+        if self.wal_segment_bytes < 4096 {
+            return fail("wal_segment_bytes must be at least 4096".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("corral").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(cli(&[])).expect("defaults");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert!(c.fsync);
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("corral.toml");
+        std::fs::write(&path, "tick_ms = 20\nmax_sessions = 7\n").expect("write");
+        let p = path.to_str().expect("utf8");
+        let c = Config::load(cli(&["--config", p, "--tick-ms", "30"])).expect("load");
+        assert_eq!(c.tick_ms, 30);
+        assert_eq!(c.max_sessions, 7);
+        assert_eq!(c.max_connections, Config::default().max_connections);
+    }
+
+    #[test]
+    fn unknown_key_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("corral.toml");
+        std::fs::write(&path, "tick_msec = 20\n").expect("write");
+        let err = Config::load(cli(&["--config", path.to_str().expect("utf8")]))
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("tick_msec"), "{err}");
+        let err = Config::load(cli(&["--max-frame-bytes", "1000"])).expect_err("small frame");
+        assert!(err.to_string().contains("max_frame_bytes"), "{err}");
+        let err = Config::load(cli(&["--min-session-ttl-ms", "10"])).expect_err("small ttl");
+        assert!(err.to_string().contains("min_session_ttl_ms"), "{err}");
+    }
+}

@@ -1,0 +1,765 @@
+//! The node core, without IO: inputs in, outputs out.
+//!
+//! A [`Node`] owns the state machine, the watch registry, the session tracker, the
+//! per-connection request queues, and the log of entries that are proposed but not yet
+//! durable. It never touches a socket, a file or a clock: the IO shell (`server.rs`)
+//! feeds it [`Input`]s stamped with the time, and carries out the [`Output`]s it
+//! returns, in order. The simulator of a later issue is another such shell.
+//!
+//! Order of effects (as in raft-rs): the shell persists a `Persist` batch (one fsync)
+//! and only then reports `Persisted`; the node applies durable entries in log order and
+//! only then answers the clients. So no client hears of a write the disk does not have.
+//!
+//! Per connection, responses go out in request order (ZooKeeper's FIFO client order):
+//! a write is proposed as soon as it arrives (so writes pipeline into one fsync), but a
+//! read is evaluated only when every earlier request of its connection is answered, so
+//! it sees the connection's own earlier writes.
+
+use crate::machine::{Applied, Entry, EntryBody, MachineLimits, StateMachine};
+use crate::tracker::SessionTracker;
+use crate::watches::{WatchKind, WatchManager};
+use corral_protocol::{
+    path::validate_path, AddWatchMode, ErrorCode, ErrorInfo, Hello, HelloReply, Op, OpResult,
+    Request, Response, ServerMessage, SessionGranted, SessionRequest, WatchEvent, MAGIC,
+    PROTOCOL_VERSION,
+};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// Encodes a log entry as stored in the write-ahead log.
+pub fn encode_entry(entry: &Entry) -> Result<Vec<u8>, bincode::error::EncodeError> {
+    bincode::serde::encode_to_vec(entry, bincode::config::standard())
+}
+
+/// Decodes a log entry stored by [`encode_entry`].
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, bincode::error::DecodeError> {
+    let (entry, _) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
+    Ok(entry)
+}
+
+/// Identifies one client connection; chosen by the shell, never reused.
+pub type ConnId = u64;
+
+/// The time at which an input happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic milliseconds (any origin); drives session expiry.
+    pub mono_ms: u64,
+    /// Wall-clock milliseconds since the Unix epoch; stamped into entries (ctime, mtime).
+    pub wall_ms: i64,
+}
+
+/// Settings of the node core.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id (reported to clients).
+    pub node_id: u64,
+    /// Limits of the replicated state machine.
+    pub machine: MachineLimits,
+    /// Most sessions alive at once.
+    pub max_sessions: usize,
+    /// Most requests queued on one connection before new ones are refused.
+    pub max_pending_requests_per_connection: usize,
+    /// Most watches one session may register on this node.
+    pub max_watches_per_session: usize,
+    /// Smallest session TTL granted.
+    pub min_session_ttl_ms: u64,
+    /// Largest session TTL granted.
+    pub max_session_ttl_ms: u64,
+    /// Take a snapshot after this many entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Largest frame the server accepts (reported to clients).
+    pub max_frame_bytes: usize,
+    /// A gap between two ticks longer than this means the node was stalled (paused,
+    /// swapped out): session deadlines restart at full TTL instead of expiring everyone.
+    pub stall_threshold_ms: u64,
+}
+
+/// Something that happened to the node.
+#[derive(Debug)]
+pub enum Input {
+    /// A connection sent its handshake. `secret` is fresh randomness from the shell for
+    /// a new session (the core draws no random numbers itself).
+    Hello {
+        conn: ConnId,
+        hello: Hello,
+        secret: u64,
+    },
+    /// A connection sent a request.
+    Request { conn: ConnId, request: Request },
+    /// A connection is gone.
+    Disconnected { conn: ConnId },
+    /// Every entry up to and including `upto` is durable.
+    Persisted { upto: u64 },
+    /// Persisting the outstanding batch failed: the disk cannot be trusted.
+    PersistFailed { error: String },
+    /// Time passed.
+    Tick,
+    /// The server is shutting down: say goodbye to every connection.
+    Shutdown,
+}
+
+/// Something the shell must do, in the order given.
+#[derive(Debug)]
+pub enum Output {
+    /// Answer a handshake. After a `Refused` the shell closes the connection.
+    HelloReply { conn: ConnId, reply: HelloReply },
+    /// Send a message on a connection.
+    Send { conn: ConnId, msg: ServerMessage },
+    /// Close a connection after sending what is queued for it.
+    Close { conn: ConnId },
+    /// Append these encoded entries (log index, bytes) to the log in order and make them
+    /// durable, then report `Persisted`. At most one batch is outstanding at a time: the
+    /// next one collects every entry proposed meanwhile (group commit).
+    Persist { records: Vec<(u64, Vec<u8>)> },
+    /// Save this snapshot of the state machine at log index `index`; the log up to it
+    /// may then be compacted.
+    Snapshot { index: u64, data: Vec<u8> },
+}
+
+#[derive(Debug)]
+enum PendingState {
+    /// A read (or local op) waiting for its turn.
+    Queued,
+    /// A write proposed to the log, waiting to be applied.
+    Proposed,
+    /// Answered, waiting for earlier requests of the connection.
+    Done(Response),
+}
+
+#[derive(Debug)]
+struct Pending {
+    xid: u64,
+    op: Op,
+    state: PendingState,
+}
+
+#[derive(Debug, Default)]
+struct Conn {
+    session: Option<u64>,
+    queue: VecDeque<Pending>,
+}
+
+/// Entries proposed but not yet durable (the single-node log).
+#[derive(Debug)]
+struct LocalLog {
+    /// Index of the next entry proposed.
+    next_index: u64,
+    /// Proposed entries not yet handed to the shell.
+    unsent: Vec<(u64, Entry)>,
+    /// Entries handed to the shell in a `Persist` and not yet reported durable.
+    in_flight: Vec<(u64, Entry)>,
+}
+
+/// The node core. See the module documentation.
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    machine: StateMachine,
+    watches: WatchManager,
+    tracker: SessionTracker,
+    log: LocalLog,
+    conns: BTreeMap<ConnId, Conn>,
+    /// Which connection each attached session is on.
+    session_conns: HashMap<u64, ConnId>,
+    /// New sessions proposed, by secret, with the connection that asked.
+    pending_opens: HashMap<u64, ConnId>,
+    last_snapshot_index: u64,
+    /// Set when the disk failed: writes are refused, reads still served.
+    disk_failed: Option<String>,
+    last_tick_ms: Option<u64>,
+    now: Now,
+    outputs: Vec<Output>,
+}
+
+impl Node {
+    /// A node over a recovered state machine (the snapshot plus the replayed log).
+    /// Every session's deadline starts at full TTL from `now`.
+    pub fn new(config: NodeConfig, machine: StateMachine, now: Now) -> Node {
+        let mut tracker = SessionTracker::default();
+        for s in machine.sessions() {
+            tracker.add(s.id, s.ttl_ms, now.mono_ms);
+        }
+        let next_index = machine.last_zxid() + 1;
+        let watches = WatchManager::new(config.max_watches_per_session);
+        Node {
+            last_snapshot_index: machine.last_zxid(),
+            config,
+            machine,
+            watches,
+            tracker,
+            log: LocalLog {
+                next_index,
+                unsent: Vec::new(),
+                in_flight: Vec::new(),
+            },
+            conns: BTreeMap::new(),
+            session_conns: HashMap::new(),
+            pending_opens: HashMap::new(),
+            disk_failed: None,
+            last_tick_ms: None,
+            now,
+            outputs: Vec::new(),
+        }
+    }
+
+    /// The state machine (for status and tests).
+    pub fn machine(&self) -> &StateMachine {
+        &self.machine
+    }
+
+    /// Number of open connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Total watches registered on this node.
+    pub fn watch_count(&self) -> usize {
+        self.watches.len()
+    }
+
+    /// Whether entries are proposed and not yet applied.
+    pub fn has_unapplied(&self) -> bool {
+        !self.log.unsent.is_empty() || !self.log.in_flight.is_empty()
+    }
+
+    /// Handles one input at time `now`; returns what the shell must do, in order.
+    pub fn handle(&mut self, now: Now, input: Input) -> Vec<Output> {
+        self.now = now;
+        match input {
+            Input::Hello {
+                conn,
+                hello,
+                secret,
+            } => self.on_hello(conn, hello, secret),
+            Input::Request { conn, request } => self.on_request(conn, request),
+            Input::Disconnected { conn } => self.on_disconnected(conn),
+            Input::Persisted { upto } => self.on_persisted(upto),
+            Input::PersistFailed { error } => self.on_persist_failed(error),
+            Input::Tick => self.on_tick(),
+            Input::Shutdown => self.on_shutdown(),
+        }
+        self.flush_log();
+        std::mem::take(&mut self.outputs)
+    }
+
+    fn on_hello(&mut self, conn: ConnId, hello: Hello, secret: u64) {
+        self.conns.insert(conn, Conn::default());
+        if hello.magic != MAGIC || hello.version != PROTOCOL_VERSION {
+            let msg = format!(
+                "client speaks magic {:#x} version {}, server speaks magic {:#x} version {}",
+                hello.magic, hello.version, MAGIC, PROTOCOL_VERSION
+            );
+            return self.refuse(conn, ErrorInfo::new(ErrorCode::ProtocolMismatch, msg));
+        }
+        if hello.last_zxid_seen > self.machine.last_zxid() {
+            let msg = format!(
+                "this server is at zxid {} but the client has seen zxid {}; try another server",
+                self.machine.last_zxid(),
+                hello.last_zxid_seen
+            );
+            return self.refuse(conn, ErrorInfo::new(ErrorCode::Unavailable, msg));
+        }
+        match hello.session {
+            SessionRequest::New { ttl_ms } => {
+                if let Some(err) = &self.disk_failed {
+                    let msg = format!("node cannot write to its disk ({err}); try another server");
+                    return self.refuse(conn, ErrorInfo::new(ErrorCode::Unavailable, msg));
+                }
+                let live = self.tracker.len() + self.pending_opens.len();
+                if live >= self.config.max_sessions {
+                    let msg = format!(
+                        "{live} sessions are open, the limit max_sessions is {}",
+                        self.config.max_sessions
+                    );
+                    return self.refuse(conn, ErrorInfo::new(ErrorCode::LimitExceeded, msg));
+                }
+                let ttl_ms = ttl_ms.clamp(
+                    self.config.min_session_ttl_ms,
+                    self.config.max_session_ttl_ms,
+                );
+                self.pending_opens.insert(secret, conn);
+                self.propose(EntryBody::OpenSession { secret, ttl_ms });
+            }
+            SessionRequest::Resume { session_id, secret } => {
+                let Some(session) = self.machine.session(session_id) else {
+                    let msg = format!("session {session_id:#x} has expired or never existed");
+                    return self.refuse(conn, ErrorInfo::new(ErrorCode::SessionExpired, msg));
+                };
+                if self.tracker.is_expiring(session_id) {
+                    let msg = format!("session {session_id:#x} is being expired");
+                    return self.refuse(conn, ErrorInfo::new(ErrorCode::SessionExpired, msg));
+                }
+                if session.secret != secret {
+                    let msg = format!("wrong secret for session {session_id:#x}");
+                    return self.refuse(conn, ErrorInfo::new(ErrorCode::AuthFailed, msg));
+                }
+                let ttl_ms = session.ttl_ms;
+                if let Some(old) = self.session_conns.get(&session_id).copied() {
+                    let msg = format!("session {session_id:#x} was resumed on another connection");
+                    self.goodbye(old, ErrorInfo::new(ErrorCode::SessionMoved, msg));
+                }
+                self.attach(conn, session_id, secret, ttl_ms);
+            }
+        }
+    }
+
+    fn refuse(&mut self, conn: ConnId, error: ErrorInfo) {
+        self.conns.remove(&conn);
+        self.outputs.push(Output::HelloReply {
+            conn,
+            reply: HelloReply::Refused(error),
+        });
+        self.outputs.push(Output::Close { conn });
+    }
+
+    /// Sends a final message and closes a connection, detaching its session.
+    fn goodbye(&mut self, conn: ConnId, error: ErrorInfo) {
+        self.detach(conn);
+        self.conns.remove(&conn);
+        self.outputs.push(Output::Send {
+            conn,
+            msg: ServerMessage::Goodbye(error),
+        });
+        self.outputs.push(Output::Close { conn });
+    }
+
+    fn attach(&mut self, conn: ConnId, session_id: u64, secret: u64, ttl_ms: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.session = Some(session_id);
+        self.session_conns.insert(session_id, conn);
+        self.tracker.touch(session_id, self.now.mono_ms);
+        self.outputs.push(Output::HelloReply {
+            conn,
+            reply: HelloReply::Accepted(SessionGranted {
+                session_id,
+                secret,
+                ttl_ms,
+                node_id: self.config.node_id,
+                zxid: self.machine.last_zxid(),
+                max_frame_bytes: self.config.max_frame_bytes as u64,
+                next_xid: self.machine.last_xid(session_id) + 1,
+            }),
+        });
+    }
+
+    /// Forgets which session a connection carried, and the session's watches on this node.
+    fn detach(&mut self, conn: ConnId) {
+        let Some(session) = self.conns.get_mut(&conn).and_then(|c| c.session.take()) else {
+            return;
+        };
+        if self.session_conns.get(&session) == Some(&conn) {
+            self.session_conns.remove(&session);
+            self.watches.remove_session(session);
+        }
+    }
+
+    fn on_disconnected(&mut self, conn: ConnId) {
+        self.detach(conn);
+        self.conns.remove(&conn);
+    }
+
+    fn on_request(&mut self, conn: ConnId, request: Request) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(session) = c.session else {
+            let msg = "a request arrived before the session was established".to_string();
+            return self.goodbye(conn, ErrorInfo::new(ErrorCode::BadArguments, msg));
+        };
+        let Request { xid, op } = request;
+        if c.queue.len() >= self.config.max_pending_requests_per_connection {
+            // Answering early is safe: an error reveals no state, and clients match
+            // responses by xid.
+            let msg = format!(
+                "{} requests are pending on this connection, the limit \
+                 max_pending_requests_per_connection is {}",
+                c.queue.len(),
+                self.config.max_pending_requests_per_connection
+            );
+            let response = Response {
+                xid,
+                zxid: self.machine.last_zxid(),
+                result: Err(ErrorInfo::new(ErrorCode::LimitExceeded, msg)),
+            };
+            self.outputs.push(Output::Send {
+                conn,
+                msg: ServerMessage::Response(response),
+            });
+            return;
+        }
+        self.tracker.touch(session, self.now.mono_ms);
+        let state = if op.is_write() {
+            if let Some(err) = &self.disk_failed {
+                let msg = format!("node cannot write to its disk ({err}); try another server");
+                PendingState::Done(Response {
+                    xid,
+                    zxid: self.machine.last_zxid(),
+                    result: Err(ErrorInfo::new(ErrorCode::Unavailable, msg)),
+                })
+            } else {
+                let body = match &op {
+                    Op::CloseSession => EntryBody::CloseSession {
+                        session_id: session,
+                    },
+                    _ => EntryBody::Write {
+                        session_id: session,
+                        xid,
+                        op: op.clone(),
+                    },
+                };
+                self.propose(body);
+                PendingState::Proposed
+            }
+        } else {
+            PendingState::Queued
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.queue.push_back(Pending { xid, op, state });
+        }
+        self.drain(conn);
+    }
+
+    /// Sends the answers at the head of a connection's queue, evaluating reads whose
+    /// turn has come.
+    fn drain(&mut self, conn: ConnId) {
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            let Some(front) = c.queue.front_mut() else {
+                return;
+            };
+            let session = c.session.unwrap_or(0);
+            let response = match &mut front.state {
+                PendingState::Proposed => return,
+                PendingState::Done(_) => match c.queue.pop_front() {
+                    Some(Pending {
+                        state: PendingState::Done(r),
+                        ..
+                    }) => r,
+                    _ => return,
+                },
+                PendingState::Queued => {
+                    let Some(Pending { xid, op, .. }) = c.queue.pop_front() else {
+                        return;
+                    };
+                    let result = self.evaluate_local(conn, session, op);
+                    Response {
+                        xid,
+                        zxid: self.machine.last_zxid(),
+                        result,
+                    }
+                }
+            };
+            self.outputs.push(Output::Send {
+                conn,
+                msg: ServerMessage::Response(response),
+            });
+        }
+    }
+
+    /// Answers a read or a local (watch) operation from the applied state.
+    fn evaluate_local(
+        &mut self,
+        conn: ConnId,
+        session: u64,
+        op: Op,
+    ) -> Result<OpResult, ErrorInfo> {
+        match op {
+            Op::Exists { path, watch } => {
+                let stat = self.machine.exists(&path)?;
+                if watch {
+                    let kind = if stat.is_some() {
+                        WatchKind::Data
+                    } else {
+                        WatchKind::Exist
+                    };
+                    self.watches.add(session, &path, kind)?;
+                }
+                Ok(OpResult::Exists(stat))
+            }
+            Op::GetData { path, watch } => {
+                let (data, stat) = self.machine.get_data(&path)?;
+                if watch {
+                    self.watches.add(session, &path, WatchKind::Data)?;
+                }
+                Ok(OpResult::Data { data, stat })
+            }
+            Op::GetChildren { path, watch } => {
+                let (children, stat) = self.machine.get_children(&path)?;
+                if watch {
+                    self.watches.add(session, &path, WatchKind::Child)?;
+                }
+                Ok(OpResult::Children { children, stat })
+            }
+            // Single node: every acknowledged write is already applied.
+            Op::Sync { path } => {
+                validate_path(&path)?;
+                Ok(OpResult::Synced)
+            }
+            Op::Ping => Ok(OpResult::Pong),
+            Op::AddWatch { path, mode } => {
+                validate_path(&path)?;
+                let kind = match mode {
+                    AddWatchMode::Persistent => WatchKind::Persistent,
+                    AddWatchMode::PersistentRecursive => WatchKind::PersistentRecursive,
+                };
+                self.watches.add(session, &path, kind)?;
+                Ok(OpResult::WatchesUpdated)
+            }
+            Op::RemoveWatches { path, kind } => {
+                validate_path(&path)?;
+                self.watches.remove(session, &path, kind)?;
+                Ok(OpResult::WatchesUpdated)
+            }
+            Op::SetWatches { last_zxid, watches } => {
+                let events =
+                    self.watches
+                        .set_watches(session, last_zxid, &watches, &self.machine)?;
+                for event in events {
+                    self.outputs.push(Output::Send {
+                        conn,
+                        msg: ServerMessage::Watch(event),
+                    });
+                }
+                Ok(OpResult::WatchesUpdated)
+            }
+            Op::Create(_)
+            | Op::Delete { .. }
+            | Op::SetData { .. }
+            | Op::Multi(_)
+            | Op::CloseSession => Err(ErrorInfo::new(
+                ErrorCode::RuntimeInconsistency,
+                "write evaluated as a read",
+            )),
+        }
+    }
+
+    fn propose(&mut self, body: EntryBody) {
+        let index = self.log.next_index;
+        self.log.next_index += 1;
+        let entry = Entry {
+            wall_ms: self.now.wall_ms,
+            body,
+        };
+        self.log.unsent.push((index, entry));
+    }
+
+    /// Hands the next batch to the shell if none is outstanding.
+    fn flush_log(&mut self) {
+        if self.log.in_flight.is_empty() && !self.log.unsent.is_empty() {
+            self.log.in_flight = std::mem::take(&mut self.log.unsent);
+            let mut records = Vec::with_capacity(self.log.in_flight.len());
+            for (index, entry) in &self.log.in_flight {
+                match encode_entry(entry) {
+                    Ok(bytes) => records.push((*index, bytes)),
+                    Err(error) => {
+                        // Cannot happen for well-formed entries; fail loudly but keep serving.
+                        return self
+                            .on_persist_failed(format!("cannot encode entry {index}: {error}"));
+                    }
+                }
+            }
+            self.outputs.push(Output::Persist { records });
+        }
+    }
+
+    fn on_persisted(&mut self, upto: u64) {
+        let in_flight = std::mem::take(&mut self.log.in_flight);
+        for (index, entry) in in_flight {
+            if index > upto {
+                // Should not happen: the shell persists whole batches.
+                self.log.in_flight.push((index, entry));
+                continue;
+            }
+            let applied = self.machine.apply(index, &entry);
+            self.after_apply(&entry, applied);
+        }
+        let applied = self.machine.last_zxid();
+        if applied.saturating_sub(self.last_snapshot_index) >= self.config.snapshot_every_entries {
+            self.take_snapshot();
+        }
+    }
+
+    fn take_snapshot(&mut self) {
+        let index = self.machine.last_zxid();
+        match bincode::serde::encode_to_vec(&self.machine, bincode::config::standard()) {
+            Ok(data) => {
+                self.last_snapshot_index = index;
+                self.outputs.push(Output::Snapshot { index, data });
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode snapshot"),
+        }
+    }
+
+    /// Delivers the effects of one applied entry: watch events first, then answers.
+    fn after_apply(&mut self, entry: &Entry, applied: Applied) {
+        let zxid = applied.zxid;
+        for change in &applied.changes {
+            for (session, event) in self.watches.trigger(change, zxid) {
+                self.send_event(session, event);
+            }
+        }
+        match &entry.body {
+            EntryBody::OpenSession { secret, ttl_ms } => {
+                // The session id is the zxid of its creation.
+                self.tracker.add(zxid, *ttl_ms, self.now.mono_ms);
+                if let Some(conn) = self.pending_opens.remove(secret) {
+                    if self.conns.contains_key(&conn) {
+                        self.attach(conn, zxid, *secret, *ttl_ms);
+                    }
+                }
+            }
+            EntryBody::Write {
+                session_id, xid, ..
+            } => {
+                if let Some(result) = applied.result {
+                    self.complete(*session_id, *xid, zxid, result);
+                }
+            }
+            EntryBody::CloseSession { session_id } => {
+                if let Some(conn) = self.session_conns.get(session_id).copied() {
+                    if let Some(result) = applied.result {
+                        self.complete_close(conn, zxid, result);
+                    }
+                }
+            }
+            EntryBody::ExpireSessions { .. } | EntryBody::Noop => {}
+        }
+        for session in applied.ended_sessions {
+            self.tracker.remove(session);
+            if let Some(conn) = self.session_conns.get(&session).copied() {
+                let msg = format!("session {session:#x} expired or was closed");
+                self.goodbye(conn, ErrorInfo::new(ErrorCode::SessionExpired, msg));
+            }
+            self.watches.remove_session(session);
+        }
+    }
+
+    fn send_event(&mut self, session: u64, event: WatchEvent) {
+        if let Some(conn) = self.session_conns.get(&session).copied() {
+            self.outputs.push(Output::Send {
+                conn,
+                msg: ServerMessage::Watch(event),
+            });
+        }
+    }
+
+    /// Records the result of an applied write for the request waiting on it.
+    fn complete(&mut self, session: u64, xid: u64, zxid: u64, result: Result<OpResult, ErrorInfo>) {
+        let Some(conn) = self.session_conns.get(&session).copied() else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let waiting = c
+            .queue
+            .iter_mut()
+            .find(|p| p.xid == xid && matches!(p.state, PendingState::Proposed));
+        if let Some(p) = waiting {
+            p.state = PendingState::Done(Response { xid, zxid, result });
+            self.drain(conn);
+        }
+    }
+
+    /// A close answered: every earlier answer, then `Closed`, then the connection ends.
+    fn complete_close(&mut self, conn: ConnId, zxid: u64, result: Result<OpResult, ErrorInfo>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let waiting = c.queue.iter_mut().find(|p| {
+            matches!(p.op, Op::CloseSession) && matches!(p.state, PendingState::Proposed)
+        });
+        if let Some(p) = waiting {
+            let xid = p.xid;
+            p.state = PendingState::Done(Response { xid, zxid, result });
+            self.drain(conn);
+            self.detach(conn);
+            self.conns.remove(&conn);
+            self.outputs.push(Output::Close { conn });
+        }
+    }
+
+    fn on_persist_failed(&mut self, error: String) {
+        tracing::error!(
+            %error,
+            "the write-ahead log failed; this node now refuses writes and serves reads only \
+             until it is restarted on a working disk"
+        );
+        let lost: Vec<(u64, Entry)> = std::mem::take(&mut self.log.in_flight)
+            .into_iter()
+            .chain(std::mem::take(&mut self.log.unsent))
+            .collect();
+        self.disk_failed = Some(error.clone());
+        let failure = ErrorInfo::new(
+            ErrorCode::SystemError,
+            format!("the server could not make the write durable: {error}; it was not applied"),
+        );
+        for (_, entry) in lost {
+            match entry.body {
+                EntryBody::Write {
+                    session_id, xid, ..
+                } => self.complete(
+                    session_id,
+                    xid,
+                    self.machine.last_zxid(),
+                    Err(failure.clone()),
+                ),
+                EntryBody::CloseSession { session_id } => {
+                    if let Some(conn) = self.session_conns.get(&session_id).copied() {
+                        self.complete_close(conn, self.machine.last_zxid(), Err(failure.clone()));
+                    }
+                }
+                EntryBody::OpenSession { secret, .. } => {
+                    if let Some(conn) = self.pending_opens.remove(&secret) {
+                        self.refuse(conn, failure.clone());
+                    }
+                }
+                EntryBody::ExpireSessions { session_ids } => {
+                    for s in session_ids {
+                        // Not expired after all; the tracker will propose again, and
+                        // be refused, until the node is restarted.
+                        self.tracker.touch(s, self.now.mono_ms);
+                    }
+                }
+                EntryBody::Noop => {}
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = self.now.mono_ms;
+        if let Some(last) = self.last_tick_ms {
+            let gap = now.saturating_sub(last);
+            if gap > self.config.stall_threshold_ms {
+                tracing::warn!(
+                    gap_ms = gap,
+                    "node was stalled; restarting every session deadline at full TTL"
+                );
+                self.tracker.restart_all(now);
+            }
+        }
+        self.last_tick_ms = Some(now);
+        if self.disk_failed.is_some() {
+            return;
+        }
+        let expired = self.tracker.take_expired(now);
+        if !expired.is_empty() {
+            tracing::info!(sessions = ?expired, "expiring sessions");
+            self.propose(EntryBody::ExpireSessions {
+                session_ids: expired,
+            });
+        }
+    }
+
+    fn on_shutdown(&mut self) {
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            let msg = "the server is shutting down; reconnect to another server";
+            self.goodbye(conn, ErrorInfo::new(ErrorCode::Unavailable, msg));
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! The IO shell of a single node: the client listener, one task per connection, the
+//! task that owns the node core, and the storage thread.
+//!
+//! ```text
+//!  connection tasks --CoreMsg--> core task (owns Node) --StorageCommand--> storage thread
+//!        ^                          |    ^                                     |
+//!        +------ ToConn (bounded) --+    +---------- Persisted / Failed -------+
+//! ```
+//!
+//! Every queue is bounded: a connection's outgoing queue by
+//! `max_queued_messages_per_connection` (a client that does not read is disconnected),
+//! the core's inbox by `CORE_INBOX` (connection readers wait: backpressure), and the
+//! storage queue by the node core itself, which has at most one batch outstanding.
+
+use crate::config::Config;
+use crate::machine::MachineLimits;
+use crate::node::{ConnId, Input, Node, NodeConfig, Now, Output};
+use crate::storage::{self, StorageCommand, StorageStats};
+use crate::wal::WalOptions;
+use corral_protocol::{
+    ClientMessage, Codec, ErrorCode, ErrorInfo, FrameError, Hello, HelloReply, Response,
+    ServerMessage,
+};
+use futures::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::Framed;
+
+/// Capacity of the core task's inbox.
+const CORE_INBOX: usize = 16 * 1024;
+/// Inputs the core handles before it yields to dispatch and the timer.
+const CORE_BATCH: usize = 1024;
+/// How long a refused connection gets to read its refusal.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time a shutdown waits for outstanding writes to become durable.
+const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot recover the data directory {dir}: {source}")]
+    Recovery {
+        dir: String,
+        source: storage::RecoveryError,
+    },
+    #[error("cannot start the storage thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Messages to the core task.
+#[derive(Debug)]
+enum CoreMsg {
+    /// A new connection and its outgoing queue (sent before its `Hello`).
+    Register {
+        conn: ConnId,
+        tx: mpsc::Sender<ToConn>,
+    },
+    Input(Input),
+}
+
+/// Messages from the core task to one connection task.
+#[derive(Debug)]
+enum ToConn {
+    Hello(HelloReply),
+    Msg(ServerMessage),
+    Close,
+}
+
+/// The clock of the shell: monotonic from start-up, plus the wall clock.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    fn now(&self) -> Now {
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        Now {
+            mono_ms: self.start.elapsed().as_millis() as u64,
+            wall_ms,
+        }
+    }
+}
+
+/// A node bound to its port and recovered from its data directory, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    config: Config,
+    listener: TcpListener,
+    recovered: storage::Recovered,
+}
+
+impl Server {
+    /// Recovers the data directory and binds the listener.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let limits = MachineLimits {
+            max_data_bytes: config.max_data_bytes,
+            ..MachineLimits::default()
+        };
+        let wal_options = WalOptions {
+            segment_bytes: config.wal_segment_bytes,
+            fsync: config.fsync,
+        };
+        let dir = config.data_dir.clone();
+        let recovered =
+            tokio::task::spawn_blocking(move || storage::recover(&dir, limits, wal_options))
+                .await
+                .map_err(|e| ServerError::Thread(std::io::Error::other(e)))?
+                .map_err(|source| ServerError::Recovery {
+                    dir: config.data_dir.display().to_string(),
+                    source,
+                })?;
+        tracing::info!(
+            dir = %config.data_dir.display(),
+            zxid = recovered.machine.last_zxid(),
+            replayed = recovered.replayed,
+            truncated_bytes = recovered.truncated_bytes,
+            sessions = recovered.machine.sessions().count(),
+            "recovered data directory"
+        );
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(Server {
+            config,
+            listener,
+            recovered,
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, says goodbye to every
+    /// client, waits for outstanding writes to become durable, and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<StorageStats, ServerError> {
+        let Server {
+            config,
+            listener,
+            recovered,
+        } = self;
+        let clock = Clock {
+            start: Instant::now(),
+        };
+        let node_config = NodeConfig {
+            node_id: config.node_id,
+            machine: MachineLimits {
+                max_data_bytes: config.max_data_bytes,
+                ..MachineLimits::default()
+            },
+            max_sessions: config.max_sessions,
+            max_pending_requests_per_connection: config.max_pending_requests_per_connection,
+            max_watches_per_session: config.max_watches_per_session,
+            min_session_ttl_ms: config.min_session_ttl_ms,
+            max_session_ttl_ms: config.max_session_ttl_ms,
+            snapshot_every_entries: config.snapshot_every_entries,
+            max_frame_bytes: config.max_frame_bytes,
+            stall_threshold_ms: (config.min_session_ttl_ms / 2).max(4 * config.tick_ms),
+        };
+        let node = Node::new(node_config, recovered.machine, clock.now());
+
+        let (core_tx, core_rx) = mpsc::channel::<CoreMsg>(CORE_INBOX);
+        let (storage_tx, storage_rx) = std::sync::mpsc::channel::<StorageCommand>();
+        let report_tx = core_tx.clone();
+        let data_dir = config.data_dir.clone();
+        let wal = recovered.wal;
+        let storage_thread = std::thread::Builder::new()
+            .name("corral-storage".into())
+            .spawn(move || {
+                storage::run_storage_thread(data_dir, wal, storage_rx, |input| {
+                    report_tx.blocking_send(CoreMsg::Input(input)).is_ok()
+                })
+            })
+            .map_err(ServerError::Thread)?;
+
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let core = tokio::spawn(run_core(
+            node,
+            clock,
+            core_rx,
+            storage_tx,
+            Duration::from_millis(config.tick_ms),
+            stop_rx,
+        ));
+
+        accept_loop(&config, &listener, &core_tx, shutdown).await;
+        drop(listener);
+        tracing::info!("shutting down: no longer accepting connections");
+        let _ = stop_tx.send(());
+        drop(core_tx);
+        if let Err(e) = core.await {
+            tracing::error!(error = %e, "core task failed");
+        }
+        let stats = tokio::task::spawn_blocking(move || storage_thread.join())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        tracing::info!(
+            syncs = stats.syncs,
+            entries = stats.entries,
+            entries_per_sync = if stats.syncs > 0 {
+                stats.entries as f64 / stats.syncs as f64
+            } else {
+                0.0
+            },
+            mean_sync_us = stats.sync_micros.checked_div(stats.syncs).unwrap_or(0),
+            "storage closed"
+        );
+        Ok(stats)
+    }
+}
+
+async fn accept_loop(
+    config: &Config,
+    listener: &TcpListener,
+    core_tx: &mpsc::Sender<CoreMsg>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let mut next_conn: ConnId = 1;
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Typically out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let conn = next_conn;
+        next_conn += 1;
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let settings = ConnSettings {
+                    max_frame_bytes: config.max_frame_bytes,
+                    queue: config.max_queued_messages_per_connection,
+                    handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+                };
+                let core_tx = core_tx.clone();
+                tokio::spawn(async move {
+                    serve_connection(conn, stream, peer, core_tx, settings).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%peer, limit = config.max_connections, "connection refused: too many connections");
+                let msg = format!(
+                    "the server has {} connections, the limit max_connections",
+                    config.max_connections
+                );
+                let max = config.max_frame_bytes;
+                tokio::spawn(async move {
+                    let reply = HelloReply::Refused(ErrorInfo::new(ErrorCode::LimitExceeded, msg));
+                    let mut framed = Framed::new(stream, Codec::<Hello, HelloReply>::new(max));
+                    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, framed.send(reply)).await;
+                });
+            }
+        }
+    }
+}
+
+/// The task that owns the node core.
+async fn run_core(
+    mut node: Node,
+    clock: Clock,
+    mut inbox: mpsc::Receiver<CoreMsg>,
+    storage: std::sync::mpsc::Sender<StorageCommand>,
+    tick: Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut core = CoreShell {
+        conns: HashMap::new(),
+        storage,
+    };
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping: Option<Instant> = None;
+    loop {
+        if let Some(since) = stopping {
+            if !node.has_unapplied() || since.elapsed() > SHUTDOWN_DRAIN_TIMEOUT {
+                if node.has_unapplied() {
+                    tracing::error!("shutdown: outstanding writes did not become durable in time");
+                }
+                return;
+            }
+        }
+        tokio::select! {
+            biased;
+            msg = inbox.recv() => match msg {
+                Some(msg) => core.handle(&mut node, clock, msg),
+                None => return,
+            },
+            _ = ticker.tick() => core.input(&mut node, clock, Input::Tick),
+            _ = &mut stop, if stopping.is_none() => {
+                stopping = Some(Instant::now());
+                core.input(&mut node, clock, Input::Shutdown);
+            }
+        }
+        for _ in 0..CORE_BATCH {
+            match inbox.try_recv() {
+                Ok(msg) => core.handle(&mut node, clock, msg),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// The core task's own state: where outputs go.
+struct CoreShell {
+    conns: HashMap<ConnId, mpsc::Sender<ToConn>>,
+    storage: std::sync::mpsc::Sender<StorageCommand>,
+}
+
+impl CoreShell {
+    fn handle(&mut self, node: &mut Node, clock: Clock, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Register { conn, tx } => {
+                self.conns.insert(conn, tx);
+            }
+            CoreMsg::Input(input) => self.input(node, clock, input),
+        }
+    }
+
+    fn input(&mut self, node: &mut Node, clock: Clock, input: Input) {
+        let mut pending = vec![input];
+        while let Some(input) = pending.pop() {
+            for output in node.handle(clock.now(), input) {
+                if let Some(gone) = self.dispatch(output) {
+                    pending.push(Input::Disconnected { conn: gone });
+                }
+            }
+        }
+    }
+
+    /// Carries out one output; returns a connection that must be dropped because it
+    /// does not keep up.
+    fn dispatch(&mut self, output: Output) -> Option<ConnId> {
+        let (conn, message) = match output {
+            Output::HelloReply { conn, reply } => (conn, ToConn::Hello(reply)),
+            Output::Send { conn, msg } => (conn, ToConn::Msg(msg)),
+            Output::Close { conn } => {
+                if let Some(tx) = self.conns.remove(&conn) {
+                    let _ = tx.try_send(ToConn::Close);
+                }
+                return None;
+            }
+            Output::Persist { records } => {
+                if self.storage.send(StorageCommand::Persist(records)).is_err() {
+                    tracing::error!("storage thread is gone");
+                }
+                return None;
+            }
+            Output::Snapshot { index, data } => {
+                let _ = self.storage.send(StorageCommand::Snapshot { index, data });
+                return None;
+            }
+        };
+        let tx = self.conns.get(&conn)?;
+        match tx.try_send(message) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(conn, "client does not read its messages; disconnecting it");
+                self.conns.remove(&conn);
+                Some(conn)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.conns.remove(&conn);
+                None
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ConnSettings {
+    max_frame_bytes: usize,
+    queue: usize,
+    handshake_timeout: Duration,
+}
+
+/// The error a client gets for a frame it sent that could not be decoded.
+fn frame_error_info(e: &FrameError) -> ErrorInfo {
+    let code = match e {
+        FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+        _ => ErrorCode::Malformed,
+    };
+    ErrorInfo::new(code, e.to_string())
+}
+
+async fn serve_connection(
+    conn: ConnId,
+    stream: TcpStream,
+    peer: SocketAddr,
+    core: mpsc::Sender<CoreMsg>,
+    settings: ConnSettings,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut framed = Framed::new(
+        stream,
+        Codec::<Hello, HelloReply>::new(settings.max_frame_bytes),
+    );
+    let hello = match tokio::time::timeout(settings.handshake_timeout, framed.next()).await {
+        Ok(Some(Ok(hello))) => hello,
+        Ok(Some(Err(e))) => {
+            tracing::info!(conn, %peer, error = %e, "bad handshake");
+            let reply = HelloReply::Refused(frame_error_info(&e));
+            let _ = tokio::time::timeout(REFUSAL_TIMEOUT, framed.send(reply)).await;
+            return;
+        }
+        Ok(None) => return,
+        Err(_) => {
+            let msg = format!("no handshake within {:?}", settings.handshake_timeout);
+            let reply = HelloReply::Refused(ErrorInfo::new(ErrorCode::OperationTimeout, msg));
+            let _ = tokio::time::timeout(REFUSAL_TIMEOUT, framed.send(reply)).await;
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::channel::<ToConn>(settings.queue);
+    let secret = rand::random::<u64>();
+    if core
+        .send(CoreMsg::Register {
+            conn,
+            tx: tx.clone(),
+        })
+        .await
+        .is_err()
+        || core
+            .send(CoreMsg::Input(Input::Hello {
+                conn,
+                hello,
+                secret,
+            }))
+            .await
+            .is_err()
+    {
+        return;
+    }
+    let reply = loop {
+        match rx.recv().await {
+            Some(ToConn::Hello(reply)) => break reply,
+            Some(ToConn::Msg(_)) => continue,
+            Some(ToConn::Close) | None => return disconnected(&core, conn).await,
+        }
+    };
+    let accepted = matches!(reply, HelloReply::Accepted(_));
+    if framed.send(reply).await.is_err() || !accepted {
+        return disconnected(&core, conn).await;
+    }
+    let framed = framed.map_codec(|c| c.retype::<ClientMessage, ServerMessage>());
+    let (mut sink, mut source) = framed.split();
+
+    // The core holds the only sender: when it drops it (the client was too slow), the
+    // writer sees the end of the queue and the connection closes.
+    drop(tx);
+    let reader = async {
+        loop {
+            match source.next().await {
+                Some(Ok(ClientMessage::Request(request))) => {
+                    let input = Input::Request { conn, request };
+                    if core.send(CoreMsg::Input(input)).await.is_err() {
+                        return None;
+                    }
+                }
+                Some(Err(e)) => return Some(e),
+                None => return None,
+            }
+        }
+    };
+    let writer = async {
+        while let Some(message) = rx.recv().await {
+            let msg = match message {
+                ToConn::Msg(msg) => msg,
+                ToConn::Hello(_) => continue,
+                ToConn::Close => break,
+            };
+            if feed(&mut sink, msg).await.is_err() {
+                return;
+            }
+            if rx.is_empty() && sink.flush().await.is_err() {
+                return;
+            }
+        }
+    };
+    let bad_frame = tokio::select! {
+        bad = reader => bad,
+        _ = writer => None,
+    };
+    if let Some(e) = bad_frame {
+        tracing::info!(conn, %peer, error = %e, "closing connection after a bad frame");
+        let goodbye = ServerMessage::Goodbye(frame_error_info(&e));
+        let _ = tokio::time::timeout(REFUSAL_TIMEOUT, sink.send(goodbye)).await;
+    }
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, sink.close()).await;
+    disconnected(&core, conn).await;
+}
+
+/// Queues a message on the socket; a response too large for a frame becomes an error
+/// response instead.
+async fn feed<S>(sink: &mut S, msg: ServerMessage) -> Result<(), FrameError>
+where
+    S: futures::Sink<ServerMessage, Error = FrameError> + Unpin,
+{
+    let fallback = match &msg {
+        ServerMessage::Response(r) => Some((r.xid, r.zxid)),
+        _ => None,
+    };
+    match sink.feed(msg).await {
+        Err(FrameError::TooLarge { len, max }) => match fallback {
+            Some((xid, zxid)) => {
+                let error = ErrorInfo::new(
+                    ErrorCode::LimitExceeded,
+                    format!("the response of {len} bytes exceeds max_frame_bytes = {max}"),
+                );
+                sink.feed(ServerMessage::Response(Response {
+                    xid,
+                    zxid,
+                    result: Err(error),
+                }))
+                .await
+            }
+            None => Ok(()),
+        },
+        other => other,
+    }
+}
+
+async fn disconnected(core: &mpsc::Sender<CoreMsg>, conn: ConnId) {
+    let _ = core
+        .send(CoreMsg::Input(Input::Disconnected { conn }))
+        .await;
+}

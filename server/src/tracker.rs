@@ -1,0 +1,125 @@
+//! Session expiry tracking: which sessions have been silent for longer than their TTL.
+//!
+//! Only the node that decides expiry (the single node, or the leader in a cluster) acts
+//! on this; expiry itself is a replicated entry. Time is a monotonic millisecond count
+//! passed in by the caller, so the tracker is deterministic. A node that starts (or
+//! becomes leader, or wakes from a stall) restarts every deadline at full TTL, as etcd's
+//! lessor does on promotion: it cannot know when the clients last spoke to anyone else.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    ttl_ms: u64,
+    deadline_ms: u64,
+}
+
+/// Deadlines of live sessions.
+#[derive(Debug, Default)]
+pub struct SessionTracker {
+    sessions: BTreeMap<u64, Tracked>,
+    /// Sessions whose expiry was proposed and not applied yet: not proposed twice.
+    expiring: BTreeSet<u64>,
+}
+
+impl SessionTracker {
+    /// Starts tracking a session with a full TTL from `now_ms`.
+    pub fn add(&mut self, session: u64, ttl_ms: u64, now_ms: u64) {
+        self.sessions.insert(
+            session,
+            Tracked {
+                ttl_ms,
+                deadline_ms: now_ms.saturating_add(ttl_ms),
+            },
+        );
+    }
+
+    /// The client spoke: its session lives at least a TTL from now.
+    pub fn touch(&mut self, session: u64, now_ms: u64) {
+        if let Some(t) = self.sessions.get_mut(&session) {
+            t.deadline_ms = t.deadline_ms.max(now_ms.saturating_add(t.ttl_ms));
+        }
+    }
+
+    /// The session ended (closed or expired by an applied entry).
+    pub fn remove(&mut self, session: u64) {
+        self.sessions.remove(&session);
+        self.expiring.remove(&session);
+    }
+
+    /// Restarts every deadline at full TTL from `now_ms` and forgets proposed expiries
+    /// that were not applied (they may have been lost with a leadership change).
+    pub fn restart_all(&mut self, now_ms: u64) {
+        for t in self.sessions.values_mut() {
+            t.deadline_ms = now_ms.saturating_add(t.ttl_ms);
+        }
+        self.expiring.clear();
+    }
+
+    /// Sessions past their deadline and not already being expired, in id order; they are
+    /// marked as expiring.
+    pub fn take_expired(&mut self, now_ms: u64) -> Vec<u64> {
+        let expired: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(id, t)| t.deadline_ms <= now_ms && !self.expiring.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        self.expiring.extend(expired.iter().copied());
+        expired
+    }
+
+    /// Whether the session's expiry was proposed.
+    pub fn is_expiring(&self, session: u64) -> bool {
+        self.expiring.contains(&session)
+    }
+
+    /// Number of tracked sessions.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no session is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_only_silent_sessions_once() {
+        let mut t = SessionTracker::default();
+        t.add(1, 100, 0);
+        t.add(2, 100, 0);
+        t.touch(2, 50);
+        assert!(t.take_expired(99).is_empty());
+        assert_eq!(t.take_expired(100), vec![1]);
+        assert!(t.take_expired(120).is_empty(), "1 is already expiring");
+        assert_eq!(t.take_expired(150), vec![2]);
+        t.remove(1);
+        assert!(!t.is_expiring(1));
+        assert!(t.is_expiring(2));
+    }
+
+    #[test]
+    fn restart_gives_full_ttl_and_forgets_proposals() {
+        let mut t = SessionTracker::default();
+        t.add(1, 100, 0);
+        assert_eq!(t.take_expired(500), vec![1]);
+        t.restart_all(500);
+        assert!(!t.is_expiring(1));
+        assert!(t.take_expired(599).is_empty());
+        assert_eq!(t.take_expired(600), vec![1]);
+    }
+
+    #[test]
+    fn touch_never_shortens_a_deadline() {
+        let mut t = SessionTracker::default();
+        t.add(1, 100, 1000);
+        t.touch(1, 10);
+        assert!(t.take_expired(1099).is_empty());
+    }
+}
