@@ -186,10 +186,11 @@ impl Server {
         let report_tx = core_tx.clone();
         let data_dir = config.data_dir.clone();
         let wal = recovered.wal;
+        let snapshot_index = recovered.snapshot_index;
         let storage_thread = std::thread::Builder::new()
             .name("corral-storage".into())
             .spawn(move || {
-                storage::run_storage_thread(data_dir, wal, storage_rx, |input| {
+                storage::run_storage_thread(data_dir, wal, snapshot_index, storage_rx, |input| {
                     report_tx.blocking_send(CoreMsg::Input(input)).is_ok()
                 })
             })

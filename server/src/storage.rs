@@ -44,6 +44,8 @@ pub struct Recovered {
     pub wal: Wal,
     /// Entries replayed from the log on top of the snapshot.
     pub replayed: u64,
+    /// The index of the snapshot recovery started from, if any.
+    pub snapshot_index: Option<u64>,
     /// Bytes cut from a torn tail.
     pub truncated_bytes: u64,
 }
@@ -83,8 +85,10 @@ pub fn recover(
         path: snap_dir.display().to_string(),
         source,
     })?;
+    let mut snapshot_index = None;
     let mut machine = match snapshot::load_latest(&snap_dir)? {
         Some(snap) => {
+            snapshot_index = Some(snap.index);
             let (m, _): (StateMachine, usize) =
                 bincode::serde::decode_from_slice(&snap.data, bincode::config::standard())
                     .map_err(|e| RecoveryError::BadSnapshot {
@@ -97,16 +101,16 @@ pub fn recover(
         None => StateMachine::new(limits),
     };
     let (wal, found) = Wal::open(&wal_dir(data_dir), wal_options)?;
-    let snapshot_index = machine.last_zxid();
-    if wal.last_lsn() < snapshot_index {
+    let snapshot_zxid = machine.last_zxid();
+    if wal.last_lsn() < snapshot_zxid {
         return Err(RecoveryError::Gap {
-            snapshot: snapshot_index,
+            snapshot: snapshot_zxid,
             log_end: wal.last_lsn(),
         });
     }
     let mut replayed = 0;
     for (lsn, bytes) in found.records {
-        if lsn <= snapshot_index {
+        if lsn <= snapshot_zxid {
             continue;
         }
         let entry = decode_entry(&bytes).map_err(|e| RecoveryError::BadRecord {
@@ -120,6 +124,7 @@ pub fn recover(
         machine,
         wal,
         replayed,
+        snapshot_index,
         truncated_bytes: found.truncated_bytes,
     })
 }
@@ -129,11 +134,16 @@ pub fn recover(
 pub fn run_storage_thread(
     data_dir: PathBuf,
     mut wal: Wal,
+    snapshot_index: Option<u64>,
     commands: mpsc::Receiver<StorageCommand>,
     report: impl Fn(Input) -> bool,
 ) -> StorageStats {
     let mut stats = StorageStats::default();
     let mut failed = false;
+    // Indexes of the snapshots on disk, oldest first. The log is compacted only through
+    // the oldest one, so that recovery can fall back to it if the newest is damaged.
+    let mut kept: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
+    kept.extend(snapshot_index);
     while let Ok(command) = commands.recv() {
         match command {
             StorageCommand::Persist(records) => {
@@ -160,7 +170,16 @@ pub fn run_storage_thread(
             StorageCommand::Snapshot { index, data } => {
                 let started = Instant::now();
                 let result = snapshot::save(&snapshot_dir(&data_dir), index, &data, SNAPSHOTS_KEPT)
-                    .and_then(|()| wal.compact_through(index));
+                    .and_then(|()| {
+                        kept.push_back(index);
+                        while kept.len() > SNAPSHOTS_KEPT {
+                            kept.pop_front();
+                        }
+                        match kept.front() {
+                            Some(oldest) => wal.compact_through(*oldest),
+                            None => Ok(()),
+                        }
+                    });
                 match result {
                     Ok(()) => tracing::info!(
                         index,

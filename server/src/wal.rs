@@ -3,28 +3,165 @@
 //! Records are opaque byte strings numbered by the log with a log sequence number (lsn)
 //! starting at 1. Appends are buffered; `sync` writes them and `fdatasync`s once (group
 //! commit). On open, a torn or corrupt tail of the last segment is detected and cut.
+//!
+//! # On-disk format
+//!
+//! The log is a directory of segment files. Each segment is named after the lsn of its
+//! first record, zero-padded to 20 digits so that names sort like numbers:
+//! `wal-00000000000000000001.log`, `wal-00000000000000000213.log`, ... Files with other
+//! names are ignored. A segment is a plain sequence of records, with no file header:
+//!
+//! ```text
+//! +----------------+----------------+---------------------+
+//! | len: u32 LE    | crc: u32 LE    | payload: len bytes  |
+//! +----------------+----------------+---------------------+
+//!   crc = CRC-32 (IEEE, crc32fast) of the 4 length bytes followed by the payload
+//! ```
+//!
+//! The lsn of a record is not stored: it is the segment's first lsn plus the record's
+//! position in the segment. Lsns are contiguous across segments; a segment that does not
+//! start where the previous one ended is corruption. A payload is at most
+//! [`MAX_RECORD_BYTES`]; a larger length field is never valid. An all-zero header is never
+//! a valid record (the CRC-32 of four zero bytes is not zero), so a zero-filled tail, as
+//! left by a crash after preallocation or a size update without data, is detected.
+//!
+//! # Crash-safety argument
+//!
+//! * `sync` appends one batch to the active (last) segment with one `write` and then one
+//!   `fdatasync`. Only after `fdatasync` returns are the batch's lsns reported durable
+//!   (`synced_lsn`). A crash before that can leave any prefix of the batch, or garbage, or
+//!   zeros at the end of the last segment, never in an earlier one.
+//! * A new segment is created only when a batch is about to be written and the active
+//!   segment is full: at that point every byte of the old segment is already synced. The
+//!   new file is created empty and the directory is fsynced before any record is written
+//!   into it, so a synced record can never live in a file whose directory entry is lost.
+//!   Hence every non-last segment is complete, and damage there is real data loss: `open`
+//!   fails with [`StorageError::Corrupt`] naming the file and offset instead of cutting.
+//! * In the last segment, `open` keeps the longest prefix of intact records and truncates
+//!   the rest (`set_len`, then `fsync`), logging a warning and reporting the count in
+//!   [`Recovered::truncated_bytes`]. The cut is made durable before new records are
+//!   appended, so stale bytes can never reappear behind new records. This cannot tell a
+//!   torn unsynced tail from bit rot inside a synced record of the last segment: both are
+//!   cut, and everything after them with it.
+//! * Compaction deletes whole segments oldest first and fsyncs the directory after each
+//!   deletion, so a crash leaves a contiguous suffix of segments (no gap), and never
+//!   touches the active segment.
+//! * Creating the log directory fsyncs its parent (and every newly created ancestor's
+//!   parent), so the directory itself survives a crash.
+//!
+//! # Failure policy
+//!
+//! After any IO error in `sync` the log is *poisoned*: the state of the file and of the
+//! kernel's page cache is unknown (on Linux a failed `fsync` may drop the dirty pages and
+//! clear the error, so a retried `fsync` can succeed without the data being on disk).
+//! Every later `append`, `sync` and `compact_through` returns [`StorageError::Poisoned`];
+//! the records of the failed batch and any buffered after it must be treated as *not*
+//! durable (some of them may still turn up after a reopen, like any unacknowledged
+//! write). The only way forward is to drop the `Wal` and [`Wal::open`] the directory
+//! again, which recovers whatever is intact on disk.
+//!
+//! Records buffered but not synced when the `Wal` is dropped are lost; `Drop` does not
+//! sync. The log does not lock its directory: only one process may open it at a time.
 
-use std::path::Path;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Largest payload of one record, in bytes. Larger appends are rejected, and a larger
+/// length field found during recovery marks the record as torn or corrupt.
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
+
+/// Bytes of framing in front of every payload (length and checksum).
+pub const RECORD_HEADER_BYTES: usize = 8;
+
+const SEGMENT_PREFIX: &str = "wal-";
+const SEGMENT_SUFFIX: &str = ".log";
+const SEGMENT_DIGITS: usize = 20;
+
+/// After a sync, a batch buffer that grew beyond this is shrunk back, so that one huge
+/// batch does not pin its memory forever.
+const RETAINED_BUFFER_BYTES: usize = 1 << 20;
 
 /// Errors of the log; all IO errors are reported, never panicked on.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// An operating-system call failed on `path`.
     #[error("io error on {path}: {source}")]
     Io {
+        /// The file or directory the call was about.
         path: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
+    /// The data on disk is damaged where damage cannot be explained by a crash.
     #[error("corrupt log: {0}")]
     Corrupt(String),
+    /// `append` was given a record larger than [`MAX_RECORD_BYTES`].
+    #[error("record of {len} bytes exceeds the limit of {max} bytes")]
+    RecordTooLarge {
+        /// Size of the rejected record.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An earlier `sync` failed; the log must be dropped and reopened.
+    #[error("write-ahead log failed earlier and must be reopened")]
+    Poisoned,
+}
+
+/// Maps an `io::Error` to [`StorageError::Io`] naming `path`.
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Fsyncs a directory, making the creation, renaming or deletion of its entries durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Creates `dir` and any missing ancestors; when `fsync`, fsyncs the parent of every
+/// directory it created so that the new directories survive a crash.
+pub(crate) fn create_dir_durable(dir: &Path, fsync: bool) -> Result<(), StorageError> {
+    let mut missing = Vec::new();
+    let mut cursor = Some(dir);
+    while let Some(p) = cursor {
+        if p.as_os_str().is_empty() || p.exists() {
+            break;
+        }
+        missing.push(p);
+        cursor = p.parent();
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    if fsync {
+        // Outermost first: its parent existed before.
+        for created in missing.iter().rev() {
+            let parent = match created.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
 }
 
 /// Tunables.
 #[derive(Debug, Clone, Copy)]
 pub struct WalOptions {
-    /// Start a new segment once the current one reaches this size.
+    /// Start a new segment once the current one reaches this size. A segment can exceed
+    /// it by at most one batch: batches are never split across segments.
     pub segment_bytes: u64,
     /// Call `fdatasync` in `sync` (turn off only for tests and benchmarks of the CPU path).
+    /// Also governs the directory fsyncs.
     pub fsync: bool,
 }
 
@@ -46,41 +183,973 @@ pub struct Recovered {
     pub truncated_bytes: u64,
 }
 
+/// One segment file as the open log knows it.
+#[derive(Debug)]
+struct Segment {
+    /// Lsn of its first record (also its name).
+    first_lsn: u64,
+    path: PathBuf,
+    /// Bytes written and synced into it.
+    bytes: u64,
+}
+
 /// The log.
 #[derive(Debug)]
-pub struct Wal {}
+pub struct Wal {
+    dir: PathBuf,
+    options: WalOptions,
+    /// Oldest first; never empty; the last one is the active segment.
+    segments: Vec<Segment>,
+    /// Handle of the active segment, opened for appending.
+    active: File,
+    /// Framed records appended since the last sync.
+    buf: Vec<u8>,
+    /// Lsn the next `append` returns.
+    next_lsn: u64,
+    /// Highest lsn known to be durable.
+    synced_lsn: u64,
+    poisoned: bool,
+}
 
 impl Wal {
     /// Opens (creating if needed) the log in `dir` and recovers its records.
+    ///
+    /// A torn or corrupt tail of the last segment is cut (and the cut made durable); damage
+    /// anywhere else, or a gap in the lsns between segments, is [`StorageError::Corrupt`].
     pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, Recovered), StorageError> {
-        let _ = (dir, options);
-        unimplemented!()
+        create_dir_durable(dir, options.fsync)?;
+        let found = list_segments(dir)?;
+
+        if found.is_empty() {
+            let path = dir.join(segment_name(1));
+            let active = create_segment(dir, &path, options.fsync)?;
+            let wal = Wal {
+                dir: dir.to_path_buf(),
+                options,
+                segments: vec![Segment {
+                    first_lsn: 1,
+                    path,
+                    bytes: 0,
+                }],
+                active,
+                buf: Vec::new(),
+                next_lsn: 1,
+                synced_lsn: 0,
+                poisoned: false,
+            };
+            let recovered = Recovered {
+                records: Vec::new(),
+                truncated_bytes: 0,
+            };
+            return Ok((wal, recovered));
+        }
+
+        let last_index = found.len() - 1;
+        let mut records = Vec::new();
+        let mut segments = Vec::with_capacity(found.len());
+        let mut truncated_bytes = 0u64;
+        let mut expected: Option<u64> = None;
+        let mut active = None;
+
+        for (i, (first_lsn, path)) in found.into_iter().enumerate() {
+            if first_lsn == 0 {
+                return Err(StorageError::Corrupt(format!(
+                    "{}: segment claims to start at lsn 0",
+                    path.display()
+                )));
+            }
+            if let Some(expected) = expected {
+                if first_lsn != expected {
+                    return Err(StorageError::Corrupt(format!(
+                        "{}: segment starts at lsn {first_lsn} but the previous segment ends \
+                         before lsn {expected}",
+                        path.display()
+                    )));
+                }
+            }
+            let is_last = i == last_index;
+
+            let (bytes, file) = if is_last {
+                let mut file = OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes).map_err(io_err(&path))?;
+                (bytes, Some(file))
+            } else {
+                (fs::read(&path).map_err(io_err(&path))?, None)
+            };
+
+            let scan = scan(&bytes);
+            let valid_len = scan.valid_len as u64;
+            if let Some(reason) = scan.damage {
+                let offset = scan.valid_len;
+                match file {
+                    Some(ref f) => {
+                        let cut = bytes.len() as u64 - valid_len;
+                        tracing::warn!(
+                            path = %path.display(),
+                            offset,
+                            cut_bytes = cut,
+                            kept_records = scan.records.len(),
+                            %reason,
+                            "cutting torn tail of the write-ahead log"
+                        );
+                        f.set_len(valid_len).map_err(io_err(&path))?;
+                        if options.fsync {
+                            f.sync_all().map_err(io_err(&path))?;
+                        }
+                        truncated_bytes = cut;
+                    }
+                    None => {
+                        return Err(StorageError::Corrupt(format!(
+                            "{}: {reason} at offset {offset} in a sealed segment",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+
+            let mut lsn = first_lsn;
+            for payload in scan.records {
+                records.push((lsn, payload));
+                lsn = lsn.checked_add(1).ok_or_else(|| {
+                    StorageError::Corrupt(format!("{}: lsn overflow", path.display()))
+                })?;
+            }
+            expected = Some(lsn);
+            segments.push(Segment {
+                first_lsn,
+                path,
+                bytes: valid_len,
+            });
+            if let Some(f) = file {
+                active = Some(f);
+            }
+        }
+
+        let (Some(active), Some(next_lsn)) = (active, expected) else {
+            // Unreachable: the loop ran at least once and its last iteration set both.
+            return Err(StorageError::Corrupt(
+                "internal error: no active segment after recovery".to_string(),
+            ));
+        };
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            options,
+            segments,
+            active,
+            buf: Vec::new(),
+            next_lsn,
+            synced_lsn: next_lsn - 1,
+            poisoned: false,
+        };
+        Ok((
+            wal,
+            Recovered {
+                records,
+                truncated_bytes,
+            },
+        ))
     }
 
     /// Buffers a record; returns its lsn. Not durable until `sync`.
+    ///
+    /// Fails with [`StorageError::RecordTooLarge`] (consuming no lsn) if the record is
+    /// larger than [`MAX_RECORD_BYTES`], and with [`StorageError::Poisoned`] after a failed
+    /// sync.
     pub fn append(&mut self, record: &[u8]) -> Result<u64, StorageError> {
-        let _ = record;
-        unimplemented!()
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        let too_large = StorageError::RecordTooLarge {
+            len: record.len(),
+            max: MAX_RECORD_BYTES,
+        };
+        if record.len() > MAX_RECORD_BYTES {
+            return Err(too_large);
+        }
+        let len = u32::try_from(record.len()).map_err(|_| too_large)?;
+        let len_bytes = len.to_le_bytes();
+        self.buf.reserve(RECORD_HEADER_BYTES + record.len());
+        self.buf.extend_from_slice(&len_bytes);
+        self.buf
+            .extend_from_slice(&record_crc(len_bytes, record).to_le_bytes());
+        self.buf.extend_from_slice(record);
+        let lsn = self.next_lsn;
+        self.next_lsn += 1;
+        Ok(lsn)
     }
 
     /// Writes buffered records and makes them durable (one fdatasync).
+    ///
+    /// If the active segment is full, a new one is created first. On error the log is
+    /// poisoned (see the module documentation): the batch is not durable and every later
+    /// call fails until the log is reopened.
     pub fn sync(&mut self) -> Result<(), StorageError> {
-        unimplemented!()
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.write_batch() {
+            self.poisoned = true;
+            self.buf = Vec::new();
+            tracing::error!(error = %e, "write-ahead log sync failed; the log is poisoned");
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn write_batch(&mut self) -> Result<(), StorageError> {
+        if self.active_segment().bytes > 0
+            && self.active_segment().bytes >= self.options.segment_bytes
+        {
+            self.rotate()?;
+        }
+        let fsync = self.options.fsync;
+        let segment = self.active_segment();
+        let path = segment.path.clone();
+        self.active.write_all(&self.buf).map_err(io_err(&path))?;
+        if fsync {
+            self.active.sync_data().map_err(io_err(&path))?;
+        }
+        let written = self.buf.len() as u64;
+        if let Some(segment) = self.segments.last_mut() {
+            segment.bytes += written;
+        }
+        self.synced_lsn = self.next_lsn - 1;
+        self.buf.clear();
+        if self.buf.capacity() > RETAINED_BUFFER_BYTES {
+            self.buf.shrink_to(RETAINED_BUFFER_BYTES);
+        }
+        Ok(())
+    }
+
+    /// Starts a new, empty segment for the records from `synced_lsn + 1` on. Called only
+    /// when everything before is synced.
+    fn rotate(&mut self) -> Result<(), StorageError> {
+        let first_lsn = self.synced_lsn + 1;
+        let path = self.dir.join(segment_name(first_lsn));
+        let file = create_segment(&self.dir, &path, self.options.fsync)?;
+        self.segments.push(Segment {
+            first_lsn,
+            path,
+            bytes: 0,
+        });
+        self.active = file;
+        Ok(())
+    }
+
+    fn active_segment(&self) -> &Segment {
+        // `segments` is never empty: `open` creates or finds at least one and
+        // compaction never removes the last.
+        &self.segments[self.segments.len() - 1]
     }
 
     /// The lsn of the last appended record (0 if none).
     pub fn last_lsn(&self) -> u64 {
-        unimplemented!()
+        self.next_lsn - 1
+    }
+
+    /// The lsn of the last record known to be durable (written and synced).
+    pub fn synced_lsn(&self) -> u64 {
+        self.synced_lsn
+    }
+
+    /// The lsn of the oldest record still on disk; `last_lsn() + 1` when compaction or
+    /// recovery left no record.
+    pub fn first_lsn(&self) -> u64 {
+        self.segments[0].first_lsn
     }
 
     /// Deletes whole segments whose records all have lsn <= `lsn` (after a snapshot).
+    ///
+    /// The active segment is never deleted. Segments go oldest first with a directory fsync
+    /// after each, so a crash in the middle leaves no gap.
     pub fn compact_through(&mut self, lsn: u64) -> Result<(), StorageError> {
-        let _ = lsn;
-        unimplemented!()
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        while self.segments.len() > 1 {
+            let last_of_oldest = self.segments[1].first_lsn.saturating_sub(1);
+            if last_of_oldest > lsn {
+                break;
+            }
+            let oldest = &self.segments[0];
+            match fs::remove_file(&oldest.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&oldest.path)(e)),
+            }
+            tracing::debug!(path = %oldest.path.display(), "compacted write-ahead log segment");
+            self.segments.remove(0);
+            if self.options.fsync {
+                sync_dir(&self.dir)?;
+            }
+        }
+        Ok(())
     }
 
     /// Total bytes of segment files on disk.
     pub fn disk_bytes(&self) -> u64 {
-        unimplemented!()
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+}
+
+/// The checksum stored with a record: CRC-32 of the length bytes, then the payload.
+fn record_crc(len_bytes: [u8; 4], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&len_bytes);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+fn segment_name(first_lsn: u64) -> String {
+    format!(
+        "{SEGMENT_PREFIX}{first_lsn:0width$}{SEGMENT_SUFFIX}",
+        width = SEGMENT_DIGITS
+    )
+}
+
+/// The first lsn encoded in a segment file name, or `None` if it is not one.
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name
+        .strip_prefix(SEGMENT_PREFIX)?
+        .strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != SEGMENT_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The segment files in `dir`, sorted by first lsn.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        match parse_segment_name(name) {
+            Some(lsn) => found.push((lsn, entry.path())),
+            None if name.starts_with(SEGMENT_PREFIX) && name.ends_with(SEGMENT_SUFFIX) => {
+                tracing::warn!(file = name, "ignoring file with a malformed segment name");
+            }
+            None => {}
+        }
+    }
+    found.sort_by_key(|(lsn, _)| *lsn);
+    Ok(found)
+}
+
+/// Creates a new, empty segment file and makes its directory entry durable.
+fn create_segment(dir: &Path, path: &Path, fsync: bool) -> Result<File, StorageError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    if fsync {
+        sync_dir(dir)?;
+    }
+    Ok(file)
+}
+
+/// The result of parsing one segment's bytes.
+struct Scan {
+    /// Payloads of the intact records, in order.
+    records: Vec<Vec<u8>>,
+    /// Length of the prefix made of intact records.
+    valid_len: usize,
+    /// Why parsing stopped before the end of the bytes, if it did.
+    damage: Option<String>,
+}
+
+fn scan(bytes: &[u8]) -> Scan {
+    let mut records = Vec::new();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        match decode(&bytes[offset..]) {
+            Ok((payload, used)) => {
+                records.push(payload.to_vec());
+                offset += used;
+            }
+            Err(reason) => {
+                return Scan {
+                    records,
+                    valid_len: offset,
+                    damage: Some(reason),
+                }
+            }
+        }
+    }
+    Scan {
+        records,
+        valid_len: offset,
+        damage: None,
+    }
+}
+
+/// Decodes the record at the start of `rest`: its payload and its framed size, or why it
+/// is not intact.
+fn decode(rest: &[u8]) -> Result<(&[u8], usize), String> {
+    let Some(header) = rest.get(..RECORD_HEADER_BYTES) else {
+        return Err(format!(
+            "incomplete record header ({} of {RECORD_HEADER_BYTES} bytes)",
+            rest.len()
+        ));
+    };
+    let len_bytes = [header[0], header[1], header[2], header[3]];
+    let stored_crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    if len > MAX_RECORD_BYTES {
+        return Err(format!(
+            "record length {len} exceeds the limit of {MAX_RECORD_BYTES}"
+        ));
+    }
+    let end = RECORD_HEADER_BYTES + len;
+    let Some(payload) = rest.get(RECORD_HEADER_BYTES..end) else {
+        return Err(format!(
+            "incomplete record ({} of {len} payload bytes)",
+            rest.len() - RECORD_HEADER_BYTES
+        ));
+    };
+    let crc = record_crc(len_bytes, payload);
+    if crc != stored_crc {
+        return Err(format!(
+            "checksum mismatch (stored {stored_crc:08x}, computed {crc:08x})"
+        ));
+    }
+    Ok((payload, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn opts(segment_bytes: u64, fsync: bool) -> WalOptions {
+        WalOptions {
+            segment_bytes,
+            fsync,
+        }
+    }
+
+    fn payload(i: u64, len: usize) -> Vec<u8> {
+        (0..len).map(|k| (i as usize * 31 + k) as u8).collect()
+    }
+
+    fn open(dir: &Path, o: WalOptions) -> (Wal, Recovered) {
+        Wal::open(dir, o).expect("open wal")
+    }
+
+    fn segment_files(dir: &Path) -> Vec<(u64, PathBuf)> {
+        list_segments(dir).expect("list segments")
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        fs::metadata(path).expect("metadata").len()
+    }
+
+    fn truncate_file(path: &Path, len: u64) {
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(len))
+            .expect("truncate");
+    }
+
+    fn modify_file(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+        let mut bytes = fs::read(path).expect("read");
+        f(&mut bytes);
+        fs::write(path, bytes).expect("write");
+    }
+
+    /// Payload size used by `build_standard`: framed records are 28 bytes.
+    const STD_PAYLOAD: usize = 20;
+    const STD_RECORDS: u64 = 10;
+
+    /// Ten 20-byte records synced one by one with 100-byte segments: segments hold lsns
+    /// 1-4, 5-8 and 9-10. Returns the records.
+    fn build_standard(dir: &Path) -> Vec<(u64, Vec<u8>)> {
+        let (mut wal, rec) = open(dir, opts(100, false));
+        assert!(rec.records.is_empty());
+        let mut expected = Vec::new();
+        for i in 1..=STD_RECORDS {
+            let p = payload(i, STD_PAYLOAD);
+            assert_eq!(wal.append(&p).expect("append"), i);
+            wal.sync().expect("sync");
+            expected.push((i, p));
+        }
+        let segs = segment_files(dir);
+        assert_eq!(
+            segs.iter().map(|s| s.0).collect::<Vec<_>>(),
+            vec![1, 5, 9],
+            "unexpected segment layout"
+        );
+        expected
+    }
+
+    #[test]
+    fn zero_header_is_never_valid() {
+        assert_ne!(record_crc([0; 4], &[]), 0);
+    }
+
+    #[test]
+    fn segment_names_round_trip() {
+        assert_eq!(segment_name(1), "wal-00000000000000000001.log");
+        assert_eq!(parse_segment_name(&segment_name(12345)), Some(12345));
+        assert_eq!(parse_segment_name(&segment_name(u64::MAX)), Some(u64::MAX));
+        assert_eq!(parse_segment_name("wal-1.log"), None);
+        assert_eq!(parse_segment_name("wal-0000000000000000000x.log"), None);
+        assert_eq!(parse_segment_name("snap-00000000000000000001.bin"), None);
+    }
+
+    #[test]
+    fn round_trip_across_segments() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("nested").join("wal");
+        let mut expected = Vec::new();
+        {
+            let (mut wal, rec) = open(&dir, opts(64, true));
+            assert!(rec.records.is_empty());
+            assert_eq!(rec.truncated_bytes, 0);
+            assert_eq!(wal.last_lsn(), 0);
+            for i in 1..=50u64 {
+                let p = payload(i, (i as usize * 7) % 40);
+                assert_eq!(wal.append(&p).expect("append"), i);
+                expected.push((i, p));
+                if i % 3 == 0 {
+                    wal.sync().expect("sync");
+                    assert_eq!(wal.synced_lsn(), i);
+                }
+            }
+            wal.sync().expect("sync");
+            assert_eq!(wal.last_lsn(), 50);
+            let on_disk: u64 = segment_files(&dir).iter().map(|s| file_len(&s.1)).sum();
+            assert_eq!(wal.disk_bytes(), on_disk);
+        }
+        assert!(segment_files(&dir).len() > 3, "expected several segments");
+        {
+            let (mut wal, rec) = open(&dir, opts(64, true));
+            assert_eq!(rec.records, expected);
+            assert_eq!(rec.truncated_bytes, 0);
+            assert_eq!(wal.last_lsn(), 50);
+            assert_eq!(wal.first_lsn(), 1);
+            for i in 51..=60u64 {
+                let p = payload(i, 10);
+                assert_eq!(wal.append(&p).expect("append"), i);
+                expected.push((i, p));
+            }
+            wal.sync().expect("sync");
+        }
+        let (_wal, rec) = open(&dir, opts(64, true));
+        assert_eq!(rec.records, expected);
+    }
+
+    #[test]
+    fn unsynced_records_are_lost_and_lsns_reused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut wal, _) = open(tmp.path(), opts(1024, false));
+            wal.append(b"a").expect("append");
+            wal.sync().expect("sync");
+            wal.append(b"b").expect("append");
+            assert_eq!(wal.last_lsn(), 2);
+            assert_eq!(wal.synced_lsn(), 1);
+        }
+        let (mut wal, rec) = open(tmp.path(), opts(1024, false));
+        assert_eq!(rec.records, vec![(1, b"a".to_vec())]);
+        assert_eq!(wal.append(b"c").expect("append"), 2);
+    }
+
+    #[test]
+    fn empty_records_round_trip() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut wal, _) = open(tmp.path(), opts(1024, false));
+            wal.append(b"").expect("append");
+            wal.append(b"x").expect("append");
+            wal.append(b"").expect("append");
+            wal.sync().expect("sync");
+        }
+        let (_, rec) = open(tmp.path(), opts(1024, false));
+        assert_eq!(
+            rec.records,
+            vec![(1, vec![]), (2, b"x".to_vec()), (3, vec![])]
+        );
+    }
+
+    #[test]
+    fn torn_tail_at_every_offset_of_the_last_record() {
+        let frame = (RECORD_HEADER_BYTES + STD_PAYLOAD) as u64;
+        let probe = tempfile::tempdir().expect("tempdir");
+        build_standard(probe.path());
+        let (_, last_path) = segment_files(probe.path()).pop().expect("a segment");
+        let full = file_len(&last_path);
+        let start = full - frame;
+
+        for cut in start..full {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let mut expected = build_standard(tmp.path());
+            expected.pop();
+            let (_, last) = segment_files(tmp.path()).pop().expect("a segment");
+            truncate_file(&last, cut);
+            {
+                let (mut wal, rec) = open(tmp.path(), opts(100, false));
+                assert_eq!(rec.records, expected, "cut at {cut}");
+                assert_eq!(rec.truncated_bytes, cut - start, "cut at {cut}");
+                assert_eq!(file_len(&last), start, "cut at {cut}");
+                assert_eq!(wal.last_lsn(), STD_RECORDS - 1);
+                let p = payload(99, 5);
+                assert_eq!(wal.append(&p).expect("append"), STD_RECORDS);
+                wal.sync().expect("sync");
+                expected.push((STD_RECORDS, p));
+            }
+            let (wal, rec) = open(tmp.path(), opts(100, false));
+            assert_eq!(rec.records, expected, "cut at {cut}, after re-append");
+            assert_eq!(rec.truncated_bytes, 0);
+            assert_eq!(wal.last_lsn(), STD_RECORDS);
+        }
+    }
+
+    #[test]
+    fn bit_flip_in_last_record_is_cut() {
+        let frame = RECORD_HEADER_BYTES + STD_PAYLOAD;
+        for byte in 0..frame {
+            for bit in 0..8 {
+                let tmp = tempfile::tempdir().expect("tempdir");
+                let mut expected = build_standard(tmp.path());
+                expected.pop();
+                let (_, last) = segment_files(tmp.path()).pop().expect("a segment");
+                let full = file_len(&last);
+                let start = full as usize - frame;
+                modify_file(&last, |b| b[start + byte] ^= 1 << bit);
+                let (mut wal, rec) = open(tmp.path(), opts(100, false));
+                assert_eq!(rec.records, expected, "flip byte {byte} bit {bit}");
+                assert_eq!(rec.truncated_bytes, frame as u64);
+                assert_eq!(wal.append(b"next").expect("append"), STD_RECORDS);
+            }
+        }
+    }
+
+    #[test]
+    fn bit_flip_in_an_earlier_segment_is_corrupt() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        build_standard(tmp.path());
+        let segs = segment_files(tmp.path());
+        let middle = &segs[1].1;
+        // Second record of the middle segment, inside its payload.
+        let offset = RECORD_HEADER_BYTES + STD_PAYLOAD;
+        modify_file(middle, |b| b[offset + 10] ^= 0x40);
+        let before = fs::read(middle).expect("read");
+        match Wal::open(tmp.path(), opts(100, false)) {
+            Err(StorageError::Corrupt(msg)) => {
+                assert!(msg.contains("wal-00000000000000000005.log"), "{msg}");
+                assert!(msg.contains(&format!("offset {offset}")), "{msg}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        // Nothing was cut.
+        assert_eq!(fs::read(middle).expect("read"), before);
+    }
+
+    #[test]
+    fn torn_earlier_segment_is_corrupt() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        build_standard(tmp.path());
+        let segs = segment_files(tmp.path());
+        let first = &segs[0].1;
+        truncate_file(first, file_len(first) - 3);
+        assert!(matches!(
+            Wal::open(tmp.path(), opts(100, false)),
+            Err(StorageError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn gap_between_segments_is_corrupt() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        build_standard(tmp.path());
+        let segs = segment_files(tmp.path());
+        fs::remove_file(&segs[1].1).expect("remove");
+        match Wal::open(tmp.path(), opts(100, false)) {
+            Err(StorageError::Corrupt(msg)) => assert!(msg.contains("lsn 9"), "{msg}"),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn zero_filled_tail_is_cut() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let expected = build_standard(tmp.path());
+        let (_, last) = segment_files(tmp.path()).pop().expect("a segment");
+        modify_file(&last, |b| b.extend(std::iter::repeat_n(0u8, 4096)));
+        let (_, rec) = open(tmp.path(), opts(100, false));
+        assert_eq!(rec.records, expected);
+        assert_eq!(rec.truncated_bytes, 4096);
+
+        // Zeros over the last record itself (size updated, data never written).
+        let frame = RECORD_HEADER_BYTES + STD_PAYLOAD;
+        modify_file(&last, |b| {
+            let n = b.len();
+            b[n - frame..].fill(0);
+        });
+        let (_, rec) = open(tmp.path(), opts(100, false));
+        assert_eq!(rec.records, expected[..expected.len() - 1]);
+        assert_eq!(rec.truncated_bytes, frame as u64);
+    }
+
+    #[test]
+    fn oversized_length_in_tail_is_cut() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let expected = build_standard(tmp.path());
+        let (_, last) = segment_files(tmp.path()).pop().expect("a segment");
+        let len = (MAX_RECORD_BYTES as u32 + 1).to_le_bytes();
+        let crc = record_crc(len, &[]).to_le_bytes();
+        modify_file(&last, |b| {
+            b.extend_from_slice(&len);
+            b.extend_from_slice(&crc);
+            b.extend_from_slice(&[7; 32]);
+        });
+        let (_, rec) = open(tmp.path(), opts(100, false));
+        assert_eq!(rec.records, expected);
+        assert_eq!(rec.truncated_bytes, 40);
+    }
+
+    #[test]
+    fn oversized_record_is_rejected_on_append() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (mut wal, _) = open(tmp.path(), opts(1024, false));
+        let big = vec![0u8; MAX_RECORD_BYTES + 1];
+        assert!(matches!(
+            wal.append(&big),
+            Err(StorageError::RecordTooLarge { .. })
+        ));
+        assert_eq!(wal.append(b"ok").expect("append"), 1);
+    }
+
+    #[test]
+    fn compaction_removes_only_covered_inactive_segments() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let expected = build_standard(tmp.path());
+        let (mut wal, _) = open(tmp.path(), opts(100, false));
+        let firsts = |dir: &Path| segment_files(dir).iter().map(|s| s.0).collect::<Vec<_>>();
+
+        wal.compact_through(3).expect("compact");
+        assert_eq!(firsts(tmp.path()), vec![1, 5, 9]);
+        wal.compact_through(4).expect("compact");
+        assert_eq!(firsts(tmp.path()), vec![5, 9]);
+        assert_eq!(wal.first_lsn(), 5);
+        wal.compact_through(9).expect("compact");
+        assert_eq!(firsts(tmp.path()), vec![9]);
+        // Everything covered, but the active segment stays.
+        wal.compact_through(u64::MAX).expect("compact");
+        assert_eq!(firsts(tmp.path()), vec![9]);
+        let on_disk: u64 = segment_files(tmp.path())
+            .iter()
+            .map(|s| file_len(&s.1))
+            .sum();
+        assert_eq!(wal.disk_bytes(), on_disk);
+        drop(wal);
+
+        let (mut wal, rec) = open(tmp.path(), opts(100, false));
+        assert_eq!(rec.records, expected[8..]);
+        assert_eq!(wal.first_lsn(), 9);
+        assert_eq!(wal.append(b"x").expect("append"), 11);
+    }
+
+    #[test]
+    fn empty_active_segment_after_compaction_keeps_lsn() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        build_standard(tmp.path());
+        let (_, last) = segment_files(tmp.path()).pop().expect("a segment");
+        truncate_file(&last, 0);
+        {
+            let (mut wal, rec) = open(tmp.path(), opts(100, false));
+            assert_eq!(rec.records.len(), 8);
+            assert_eq!(wal.last_lsn(), 8);
+            wal.compact_through(8).expect("compact");
+        }
+        let (mut wal, rec) = open(tmp.path(), opts(100, false));
+        assert!(rec.records.is_empty());
+        assert_eq!(wal.last_lsn(), 8);
+        assert_eq!(wal.first_lsn(), 9);
+        assert_eq!(wal.append(b"x").expect("append"), 9);
+    }
+
+    #[test]
+    fn foreign_files_are_ignored() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let expected = build_standard(tmp.path());
+        fs::write(tmp.path().join("README"), b"hello").expect("write");
+        fs::write(tmp.path().join("wal-7.log"), b"junk").expect("write");
+        let (_, rec) = open(tmp.path(), opts(100, false));
+        assert_eq!(rec.records, expected);
+    }
+
+    #[test]
+    fn failed_sync_poisons_the_log() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("wal");
+        let (mut wal, _) = open(&dir, opts(8, false));
+        wal.append(b"first record").expect("append");
+        wal.sync().expect("sync");
+        // The active segment is full: the next sync must create a new segment, which
+        // fails once the directory is gone.
+        fs::remove_dir_all(&dir).expect("remove dir");
+        wal.append(b"second").expect("append");
+        assert!(matches!(wal.sync(), Err(StorageError::Io { .. })));
+        assert!(matches!(wal.sync(), Err(StorageError::Poisoned)));
+        assert!(matches!(wal.append(b"x"), Err(StorageError::Poisoned)));
+        assert!(matches!(
+            wal.compact_through(1),
+            Err(StorageError::Poisoned)
+        ));
+        assert_eq!(wal.synced_lsn(), 1);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(Vec<u8>),
+        Sync,
+        Reopen,
+        /// Close, cut the last segment file to `n % (len + 1)` bytes, reopen.
+        CutTail(u16),
+        Compact(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => prop::collection::vec(any::<u8>(), 0..40).prop_map(Op::Append),
+            3 => Just(Op::Sync),
+            1 => Just(Op::Reopen),
+            1 => any::<u16>().prop_map(Op::CutTail),
+            1 => any::<u8>().prop_map(Op::Compact),
+        ]
+    }
+
+    /// In-memory model: the durable records (lsn = index + 1), the pending ones, and the
+    /// highest lsn compaction was allowed to drop.
+    struct Model {
+        durable: Vec<Vec<u8>>,
+        pending: Vec<Vec<u8>>,
+        compacted: u64,
+    }
+
+    impl Model {
+        fn check(&self, wal: &Wal, rec: &Recovered) -> Result<(), TestCaseError> {
+            let first = wal.first_lsn();
+            prop_assert!(first >= 1);
+            prop_assert!(
+                first <= self.compacted + 1,
+                "record after the compaction point lost: first {first}, compacted {}",
+                self.compacted
+            );
+            prop_assert!(first <= self.durable.len() as u64 + 1);
+            let expected: Vec<(u64, Vec<u8>)> = self
+                .durable
+                .iter()
+                .enumerate()
+                .skip(first as usize - 1)
+                .map(|(i, p)| (i as u64 + 1, p.clone()))
+                .collect();
+            prop_assert_eq!(&rec.records, &expected);
+            prop_assert_eq!(wal.last_lsn(), self.durable.len() as u64);
+            prop_assert_eq!(wal.synced_lsn(), self.durable.len() as u64);
+            Ok(())
+        }
+    }
+
+    fn run_ops(segment_bytes: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let o = opts(segment_bytes, false);
+        let mut model = Model {
+            durable: Vec::new(),
+            pending: Vec::new(),
+            compacted: 0,
+        };
+        let (mut wal, rec) = open(dir, o);
+        model.check(&wal, &rec)?;
+        for op in ops {
+            match op {
+                Op::Append(p) => {
+                    let lsn = wal.append(&p).expect("append");
+                    model.pending.push(p);
+                    prop_assert_eq!(lsn, (model.durable.len() + model.pending.len()) as u64);
+                }
+                Op::Sync => {
+                    wal.sync().expect("sync");
+                    model.durable.append(&mut model.pending);
+                }
+                Op::Reopen => {
+                    drop(wal);
+                    model.pending.clear();
+                    let (w, rec) = open(dir, o);
+                    wal = w;
+                    prop_assert_eq!(rec.truncated_bytes, 0);
+                    model.check(&wal, &rec)?;
+                }
+                Op::CutTail(n) => {
+                    drop(wal);
+                    model.pending.clear();
+                    let (first, path) = segment_files(dir).pop().expect("a segment");
+                    let len = file_len(&path);
+                    // Frame ends of the model's records in the last segment.
+                    let mut end = 0u64;
+                    let mut ends = Vec::new();
+                    for p in model.durable.iter().skip(first as usize - 1) {
+                        end += (RECORD_HEADER_BYTES + p.len()) as u64;
+                        ends.push(end);
+                    }
+                    prop_assert_eq!(end, len);
+                    let new_len = u64::from(n) % (len + 1);
+                    truncate_file(&path, new_len);
+                    let survivors = ends.iter().take_while(|&&e| e <= new_len).count();
+                    let kept_end = if survivors == 0 {
+                        0
+                    } else {
+                        ends[survivors - 1]
+                    };
+                    model.durable.truncate(first as usize - 1 + survivors);
+                    let (w, rec) = open(dir, o);
+                    wal = w;
+                    prop_assert_eq!(rec.truncated_bytes, new_len - kept_end);
+                    model.check(&wal, &rec)?;
+                }
+                Op::Compact(n) => {
+                    // Mostly within the log, sometimes beyond its end.
+                    let lsn = u64::from(n) % (model.durable.len() as u64 + 3);
+                    wal.compact_through(lsn).expect("compact");
+                    model.compacted = model.compacted.max(lsn);
+                }
+            }
+        }
+        drop(wal);
+        model.pending.clear();
+        let (wal, rec) = open(dir, o);
+        prop_assert_eq!(rec.truncated_bytes, 0);
+        model.check(&wal, &rec)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 128,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn synced_and_uncut_records_always_recover(
+            segment_bytes in 1u64..200,
+            ops in prop::collection::vec(op(), 1..80),
+        ) {
+            run_ops(segment_bytes, ops)?;
+        }
     }
 }
