@@ -11,6 +11,7 @@
 pub mod config;
 pub mod machine;
 pub mod node;
+pub mod replication;
 pub mod server;
 pub mod snapshot;
 pub mod storage;

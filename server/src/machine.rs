@@ -4,9 +4,24 @@
 //! zxid. No clock, no IO, no randomness; time arrives as `Entry::wall_ms`, stamped by
 //! the node that proposed the entry. Ordered maps wherever iteration order can reach
 //! replicated state.
+//!
+//! Semantics worth knowing (ZooKeeper's unless noted):
+//! - every entry advances `last_zxid`, even a failed or duplicate write;
+//! - a `multi` is all or nothing under one zxid; a failure is rolled back through an undo
+//!   log (see [`crate::tree`]), so `tree_hash()` is unchanged, while `state_hash()` still
+//!   moves (new `last_zxid`, the failure cached in the session's dedup table);
+//! - container nodes emptied by an entry (a delete, a multi, a session's end) are deleted
+//!   at the end of that entry, cascading upward, so a multi that deletes a container's
+//!   last child and creates a new one keeps the container (ZooKeeper reaps containers
+//!   lazily, with the same outcome);
+//! - sequential names use a per-parent counter that only sequential creates advance, so
+//!   the first sequential child is `prefix0000000000` (ZooKeeper uses the parent's cversion).
 
-use corral_protocol::{EventKind, ErrorInfo, Op, OpResult, Stat};
+use crate::tree::{Tree, Txn};
+use corral_protocol::path::validate_path;
+use corral_protocol::{ErrorCode, ErrorInfo, EventKind, MultiOp, MultiResult, Op, OpResult, Stat};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Limits that are part of the replicated behaviour (every node must use the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,13 +55,32 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryBody {
     /// Open a session; its id is the zxid of this entry.
-    OpenSession { secret: u64, ttl_ms: u64 },
+    OpenSession {
+        /// The secret a client must show to resume the session.
+        secret: u64,
+        /// The granted time-to-live, in milliseconds.
+        ttl_ms: u64,
+    },
     /// Close a session (client asked): delete its ephemerals.
-    CloseSession { session_id: u64 },
+    CloseSession {
+        /// The session to close.
+        session_id: u64,
+    },
     /// Expire sessions (decided by the leader): delete their ephemerals, in this order.
-    ExpireSessions { session_ids: Vec<u64> },
+    /// Ids of sessions that no longer exist are skipped.
+    ExpireSessions {
+        /// The sessions to expire.
+        session_ids: Vec<u64>,
+    },
     /// A client write (`Op::is_write`, except `CloseSession`), deduplicated by (session, xid).
-    Write { session_id: u64, xid: u64, op: Op },
+    Write {
+        /// The session that sent the write.
+        session_id: u64,
+        /// The request's sequence number within the session.
+        xid: u64,
+        /// The write.
+        op: Op,
+    },
     /// Does nothing (barriers for `sync`, leader no-ops).
     Noop,
 }
@@ -54,7 +88,9 @@ pub enum EntryBody {
 /// A change to the tree, in the order it happened; watches are fired from these.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
+    /// The node that changed.
     pub path: String,
+    /// How it changed.
     pub kind: EventKind,
 }
 
@@ -75,71 +111,1545 @@ pub struct Applied {
 /// A session as the replicated state knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
+    /// The session id: the zxid of the entry that opened it (never 0).
     pub id: u64,
+    /// The secret a client must show to resume the session.
     pub secret: u64,
+    /// The granted time-to-live, in milliseconds.
     pub ttl_ms: u64,
 }
 
+/// What the replicated state keeps per session besides [`Session`]: the deduplication table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SessionState {
+    info: Session,
+    /// The highest xid of a write applied for this session (0 if none).
+    last_xid: u64,
+    /// The highest xid evicted from `recent` (0 if none): older xids are stale.
+    dedup_floor: u64,
+    /// Results of the most recent writes by xid, at most `MachineLimits::dedup_window`.
+    recent: BTreeMap<u64, Result<OpResult, ErrorInfo>>,
+}
+
 /// The replicated state.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct StateMachine {}
+///
+/// Cloning copies the whole tree (for snapshots and tests; `apply` never clones it).
+/// Serialized with bincode for snapshots; every map is ordered, so equal states encode to
+/// equal bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateMachine {
+    limits: MachineLimits,
+    last_zxid: u64,
+    tree: Tree,
+    sessions: BTreeMap<u64, SessionState>,
+}
+
+impl Default for StateMachine {
+    /// Same as `StateMachine::new(MachineLimits::default())`.
+    fn default() -> Self {
+        StateMachine::new(MachineLimits::default())
+    }
+}
+
+fn session_expired(session_id: u64) -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorCode::SessionExpired,
+        format!("session {session_id:#x} does not exist (expired or closed)"),
+    )
+}
+
+/// A short description of a multi op for error messages: its kind and path.
+fn describe(op: &MultiOp) -> (&'static str, &str) {
+    match op {
+        MultiOp::Create(req) => ("create", req.path.as_str()),
+        MultiOp::Delete { path, .. } => ("delete", path.as_str()),
+        MultiOp::SetData { path, .. } => ("set_data", path.as_str()),
+        MultiOp::Check { path, .. } => ("check", path.as_str()),
+    }
+}
 
 impl StateMachine {
     /// An empty tree holding only the root `/`, with no sessions, at zxid 0.
     pub fn new(limits: MachineLimits) -> Self {
-        let _ = limits;
-        unimplemented!()
+        StateMachine {
+            limits,
+            last_zxid: 0,
+            tree: Tree::new(),
+            sessions: BTreeMap::new(),
+        }
+    }
+
+    /// The limits this machine enforces.
+    pub fn limits(&self) -> MachineLimits {
+        self.limits
     }
 
     /// The zxid of the last applied entry (0 if none).
     pub fn last_zxid(&self) -> u64 {
-        unimplemented!()
+        self.last_zxid
+    }
+
+    /// The znode tree (read-only), for recipes and checkers that need more than the
+    /// request-shaped reads.
+    pub fn tree(&self) -> &Tree {
+        &self.tree
     }
 
     /// Applies one entry at `zxid`, which must be greater than `last_zxid()`.
+    ///
+    /// An entry at a zxid that is not greater than `last_zxid()` is a bug in the caller: it
+    /// is refused without any change (`RuntimeInconsistency` for entries with a result).
     pub fn apply(&mut self, zxid: u64, entry: &Entry) -> Applied {
-        let _ = (zxid, entry);
-        unimplemented!()
+        if zxid <= self.last_zxid {
+            tracing::error!(
+                zxid,
+                last_zxid = self.last_zxid,
+                "refusing an entry whose zxid is not after the last applied one"
+            );
+            let result = match entry.body {
+                EntryBody::ExpireSessions { .. } | EntryBody::Noop => None,
+                _ => Some(Err(ErrorInfo::new(
+                    ErrorCode::RuntimeInconsistency,
+                    format!(
+                        "entry at zxid {zxid} is not after the last applied zxid {}",
+                        self.last_zxid
+                    ),
+                ))),
+            };
+            return Applied {
+                zxid,
+                result,
+                changes: Vec::new(),
+                ended_sessions: Vec::new(),
+            };
+        }
+        self.last_zxid = zxid;
+        let mut txn = Txn::new(zxid, entry.wall_ms);
+        let mut ended_sessions = Vec::new();
+        let result = match &entry.body {
+            EntryBody::OpenSession { secret, ttl_ms } => {
+                self.sessions.insert(
+                    zxid,
+                    SessionState {
+                        info: Session {
+                            id: zxid,
+                            secret: *secret,
+                            ttl_ms: *ttl_ms,
+                        },
+                        last_xid: 0,
+                        dedup_floor: 0,
+                        recent: BTreeMap::new(),
+                    },
+                );
+                Some(Ok(OpResult::Pong))
+            }
+            EntryBody::CloseSession { session_id } => {
+                Some(self.close(&mut txn, *session_id, &mut ended_sessions))
+            }
+            EntryBody::ExpireSessions { session_ids } => {
+                for &id in session_ids {
+                    // Unknown ids (already closed, or listed twice) are skipped.
+                    let _ = self.close(&mut txn, id, &mut ended_sessions);
+                }
+                None
+            }
+            EntryBody::Write {
+                session_id,
+                xid,
+                op,
+            } => Some(self.write(&mut txn, *session_id, *xid, op, &mut ended_sessions)),
+            EntryBody::Noop => None,
+        };
+        self.tree.reap_containers(&mut txn);
+        Applied {
+            zxid,
+            result,
+            changes: txn.changes,
+            ended_sessions,
+        }
     }
 
+    /// Ends a session: deletes its ephemerals and forgets it.
+    fn close(
+        &mut self,
+        txn: &mut Txn,
+        session_id: u64,
+        ended: &mut Vec<u64>,
+    ) -> Result<OpResult, ErrorInfo> {
+        if self.sessions.remove(&session_id).is_none() {
+            return Err(session_expired(session_id));
+        }
+        self.tree.delete_ephemerals(txn, session_id);
+        ended.push(session_id);
+        Ok(OpResult::Closed)
+    }
+
+    /// A deduplicated client write.
+    fn write(
+        &mut self,
+        txn: &mut Txn,
+        session_id: u64,
+        xid: u64,
+        op: &Op,
+        ended: &mut Vec<u64>,
+    ) -> Result<OpResult, ErrorInfo> {
+        let Some(session) = self.sessions.get(&session_id) else {
+            return Err(session_expired(session_id));
+        };
+        if let Some(cached) = session.recent.get(&xid) {
+            return cached.clone();
+        }
+        if xid <= session.dedup_floor {
+            return Err(ErrorInfo::new(
+                ErrorCode::StaleRequest,
+                format!(
+                    "xid {xid} of session {session_id:#x} is at or below the deduplication \
+                     floor {}; it may or may not have been applied",
+                    session.dedup_floor
+                ),
+            ));
+        }
+        if matches!(op, Op::CloseSession) {
+            // Normally sent as `EntryBody::CloseSession`; accepted here too.
+            return self.close(txn, session_id, ended);
+        }
+        let result = self.execute(txn, session_id, op);
+        debug_assert!(
+            result.is_ok() || txn.changes.is_empty(),
+            "a failed write left changes behind"
+        );
+        let window = self.limits.dedup_window;
+        let session = self
+            .sessions
+            .get_mut(&session_id)
+            .expect("write: the session was looked up above and writes do not end it");
+        session.recent.insert(xid, result.clone());
+        session.last_xid = session.last_xid.max(xid);
+        while session.recent.len() > window {
+            match session.recent.pop_first() {
+                Some((old, _)) => session.dedup_floor = session.dedup_floor.max(old),
+                None => break,
+            }
+        }
+        result
+    }
+
+    /// Executes a write op; on failure nothing has changed.
+    fn execute(&mut self, txn: &mut Txn, session_id: u64, op: &Op) -> Result<OpResult, ErrorInfo> {
+        let max = self.limits.max_data_bytes;
+        match op {
+            Op::Create(req) => self
+                .tree
+                .create(txn, session_id, req, max)
+                .map(|(path, stat)| OpResult::Created { path, stat }),
+            Op::Delete { path, version } => self
+                .tree
+                .delete(txn, path, *version)
+                .map(|()| OpResult::Deleted),
+            Op::SetData {
+                path,
+                data,
+                version,
+            } => self
+                .tree
+                .set_data(txn, path, data, *version, max)
+                .map(|stat| OpResult::SetData { stat }),
+            Op::Multi(ops) => self.multi(txn, session_id, ops),
+            other => Err(ErrorInfo::new(
+                ErrorCode::BadArguments,
+                format!("{} is not a write operation", other.name()),
+            )),
+        }
+    }
+
+    /// All or nothing: each op sees the effects of the earlier ones; the first failure
+    /// rolls back the earlier ones through the undo log.
+    fn multi(
+        &mut self,
+        txn: &mut Txn,
+        session_id: u64,
+        ops: &[MultiOp],
+    ) -> Result<OpResult, ErrorInfo> {
+        let max = self.limits.max_data_bytes;
+        txn.undo = Some(Vec::new());
+        let mut results = Vec::with_capacity(ops.len());
+        for (index, op) in ops.iter().enumerate() {
+            let outcome = match op {
+                MultiOp::Create(req) => self
+                    .tree
+                    .create(txn, session_id, req, max)
+                    .map(|(path, stat)| MultiResult::Created { path, stat }),
+                MultiOp::Delete { path, version } => self
+                    .tree
+                    .delete(txn, path, *version)
+                    .map(|()| MultiResult::Deleted),
+                MultiOp::SetData {
+                    path,
+                    data,
+                    version,
+                } => self
+                    .tree
+                    .set_data(txn, path, data, *version, max)
+                    .map(|stat| MultiResult::SetData { stat }),
+                MultiOp::Check { path, version } => self
+                    .tree
+                    .check(path, *version)
+                    .map(|()| MultiResult::Checked),
+            };
+            match outcome {
+                Ok(result) => results.push(result),
+                Err(e) => {
+                    if let Some(log) = txn.undo.take() {
+                        self.tree.rollback(log);
+                    }
+                    txn.changes.clear();
+                    txn.emptied.clear();
+                    let (kind, path) = describe(op);
+                    return Err(ErrorInfo::new(
+                        e.code,
+                        format!("multi op {index} ({kind} {path}) failed: {}", e.message),
+                    )
+                    .at_op(index));
+                }
+            }
+        }
+        txn.undo = None;
+        Ok(OpResult::Multi(results))
+    }
+
+    /// The node's stat, or `None` if it does not exist; `InvalidPath` for a bad path.
     pub fn exists(&self, path: &str) -> Result<Option<Stat>, ErrorInfo> {
-        let _ = path;
-        unimplemented!()
+        validate_path(path)?;
+        Ok(self.tree.get(path).map(|node| node.stat))
     }
 
+    /// The node's data and stat; `InvalidPath` or `NoNode`.
     pub fn get_data(&self, path: &str) -> Result<(Vec<u8>, Stat), ErrorInfo> {
-        let _ = path;
-        unimplemented!()
+        let node = self.tree.lookup(path)?;
+        Ok((node.data.clone(), node.stat))
     }
 
+    /// The node's children (names, sorted) and stat; `InvalidPath` or `NoNode`.
     pub fn get_children(&self, path: &str) -> Result<(Vec<String>, Stat), ErrorInfo> {
-        let _ = path;
-        unimplemented!()
+        let node = self.tree.lookup(path)?;
+        Ok((node.children.iter().cloned().collect(), node.stat))
     }
 
+    /// The live session with this id, if any.
     pub fn session(&self, session_id: u64) -> Option<&Session> {
-        let _ = session_id;
-        unimplemented!()
+        self.sessions.get(&session_id).map(|s| &s.info)
     }
 
     /// Every live session, in id order.
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
-        std::iter::empty()
+        self.sessions.values().map(|s| &s.info)
+    }
+
+    /// The paths of the session's ephemeral nodes, sorted.
+    pub fn ephemerals(&self, session_id: u64) -> impl Iterator<Item = &str> {
+        self.tree.ephemerals_of(session_id)
     }
 
     /// The highest xid of a write this session had applied (0 if none).
     pub fn last_xid(&self, session_id: u64) -> u64 {
-        let _ = session_id;
-        unimplemented!()
+        self.sessions.get(&session_id).map_or(0, |s| s.last_xid)
     }
 
     /// A hash of the whole replicated state, equal on nodes that applied the same entries.
+    ///
+    /// FNV-1a (64 bit) over the canonical bincode encoding of the machine (every map is
+    /// ordered): tree with stats and data, sessions, dedup tables, counters, `last_zxid`
+    /// and limits. Costs one pass over the state.
     pub fn state_hash(&self) -> u64 {
-        unimplemented!()
+        fnv_of(self)
+    }
+
+    /// A hash of the tree alone (nodes, stats, data, counters, ephemeral index), without
+    /// sessions, dedup tables or `last_zxid`: equal before and after a failed multi.
+    pub fn tree_hash(&self) -> u64 {
+        fnv_of(&self.tree)
     }
 
     /// Number of znodes (including the root).
     pub fn node_count(&self) -> usize {
-        unimplemented!()
+        self.tree.len()
+    }
+
+    /// Checks the invariants of the replicated state: the tree's (num_children and
+    /// data_length match, parents and children agree, ephemerals have no children and are
+    /// indexed under a live owner) and the session table's (ids, dedup windows, zxids not
+    /// after `last_zxid`). For tests and the simulator; costs one pass over the state.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.tree
+            .check_invariants(|owner| self.sessions.contains_key(&owner))?;
+        for (path, node) in self.tree.iter() {
+            let s = &node.stat;
+            if s.czxid.max(s.mzxid).max(s.pzxid) > self.last_zxid {
+                return Err(format!(
+                    "{path}: a zxid in {s:?} is after last_zxid {}",
+                    self.last_zxid
+                ));
+            }
+        }
+        for (id, session) in &self.sessions {
+            if session.info.id != *id || *id == 0 || *id > self.last_zxid {
+                return Err(format!("session {id}: bad id {}", session.info.id));
+            }
+            if session.recent.len() > self.limits.dedup_window {
+                return Err(format!(
+                    "session {id}: {} cached results, window {}",
+                    session.recent.len(),
+                    self.limits.dedup_window
+                ));
+            }
+            if let Some((&low, _)) = session.recent.first_key_value() {
+                if low <= session.dedup_floor {
+                    return Err(format!(
+                        "session {id}: cached xid {low} at or below the floor {}",
+                        session.dedup_floor
+                    ));
+                }
+            }
+            let highest = session
+                .recent
+                .last_key_value()
+                .map_or(session.dedup_floor, |(&x, _)| x.max(session.dedup_floor));
+            if session.last_xid != highest {
+                return Err(format!(
+                    "session {id}: last_xid {} but highest seen xid {highest}",
+                    session.last_xid
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 64-bit FNV-1a, fed by bincode's encoder.
+struct Fnv1a(u64);
+
+impl Fnv1a {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+}
+
+impl bincode::enc::write::Writer for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        let mut h = self.0;
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(Fnv1a::PRIME);
+        }
+        self.0 = h;
+        Ok(())
+    }
+}
+
+fn fnv_of<T: Serialize>(value: &T) -> u64 {
+    let mut hasher = Fnv1a(Fnv1a::OFFSET);
+    bincode::serde::encode_into_writer(value, &mut hasher, bincode::config::standard())
+        .expect("encoding plain ordered data into a hasher cannot fail");
+    hasher.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_protocol::{CreateMode, CreateRequest};
+    use proptest::prelude::*;
+
+    /// Drives a machine with consecutive zxids and per-session xids.
+    struct Harness {
+        m: StateMachine,
+        zxid: u64,
+        xids: BTreeMap<u64, u64>,
+    }
+
+    fn create_req(path: &str, mode: CreateMode) -> CreateRequest {
+        CreateRequest {
+            path: path.to_string(),
+            data: path.as_bytes().to_vec(),
+            mode,
+            make_parents: false,
+        }
+    }
+
+    fn create_op(path: &str, mode: CreateMode) -> Op {
+        Op::Create(create_req(path, mode))
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            Harness::with_limits(MachineLimits {
+                max_data_bytes: 64,
+                dedup_window: 4,
+            })
+        }
+
+        fn with_limits(limits: MachineLimits) -> Harness {
+            Harness {
+                m: StateMachine::new(limits),
+                zxid: 0,
+                xids: BTreeMap::new(),
+            }
+        }
+
+        fn apply(&mut self, body: EntryBody) -> Applied {
+            self.zxid += 1;
+            let applied = self.m.apply(
+                self.zxid,
+                &Entry {
+                    wall_ms: 1_000 + self.zxid as i64,
+                    body,
+                },
+            );
+            assert_eq!(self.m.last_zxid(), self.zxid);
+            if let Err(e) = self.m.check_invariants() {
+                panic!("invariants broken after zxid {}: {e}", self.zxid);
+            }
+            applied
+        }
+
+        fn open(&mut self) -> u64 {
+            let applied = self.apply(EntryBody::OpenSession {
+                secret: 7,
+                ttl_ms: 10_000,
+            });
+            assert_eq!(applied.result, Some(Ok(OpResult::Pong)));
+            applied.zxid
+        }
+
+        fn write_applied(&mut self, session_id: u64, op: Op) -> Applied {
+            let xid = self.xids.entry(session_id).or_insert(0);
+            *xid += 1;
+            let xid = *xid;
+            self.apply(EntryBody::Write {
+                session_id,
+                xid,
+                op,
+            })
+        }
+
+        fn write(&mut self, session_id: u64, op: Op) -> Result<OpResult, ErrorInfo> {
+            self.write_applied(session_id, op)
+                .result
+                .expect("a write has a result")
+        }
+
+        fn create(&mut self, s: u64, path: &str, mode: CreateMode) -> Result<String, ErrorInfo> {
+            match self.write(s, create_op(path, mode))? {
+                OpResult::Created { path, .. } => Ok(path),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        fn code(&mut self, s: u64, op: Op) -> ErrorCode {
+            match self.write(s, op) {
+                Err(e) => e.code,
+                Ok(r) => panic!("expected an error, got {r:?}"),
+            }
+        }
+    }
+
+    fn ch(path: &str, kind: EventKind) -> Change {
+        Change {
+            path: path.to_string(),
+            kind,
+        }
+    }
+
+    fn stat(m: &StateMachine, path: &str) -> Stat {
+        m.exists(path).expect("valid").expect("exists")
+    }
+
+    #[test]
+    fn new_machine_holds_only_the_root() {
+        let m = StateMachine::new(MachineLimits::default());
+        assert_eq!(m.node_count(), 1);
+        assert_eq!(m.last_zxid(), 0);
+        assert_eq!(m.exists("/").expect("valid"), Some(Stat::default()));
+        assert!(m.check_invariants().is_ok());
+        assert_eq!(
+            StateMachine::default().state_hash(),
+            StateMachine::new(MachineLimits::default()).state_hash()
+        );
+    }
+
+    #[test]
+    fn create_sets_stats_and_reports_changes() {
+        let mut h = Harness::new();
+        let s = h.open();
+        let applied = h.write_applied(s, create_op("/a", CreateMode::Persistent));
+        let z = applied.zxid;
+        let Some(Ok(OpResult::Created { path, stat: st })) = applied.result else {
+            panic!("{:?}", applied.result)
+        };
+        assert_eq!(path, "/a");
+        assert_eq!(
+            applied.changes,
+            vec![
+                ch("/a", EventKind::NodeCreated),
+                ch("/", EventKind::NodeChildrenChanged)
+            ]
+        );
+        assert_eq!((st.czxid, st.mzxid, st.pzxid), (z, z, z));
+        assert_eq!(
+            (st.ctime_ms, st.mtime_ms),
+            (1_000 + z as i64, 1_000 + z as i64)
+        );
+        assert_eq!((st.version, st.cversion, st.ephemeral_owner), (0, 0, 0));
+        assert_eq!(st.data_length, 2);
+        assert_eq!(stat(&h.m, "/a"), st);
+        let root = stat(&h.m, "/");
+        assert_eq!((root.cversion, root.pzxid, root.num_children), (1, z, 1));
+        assert_eq!(h.m.get_data("/a").expect("exists").0, b"/a".to_vec());
+    }
+
+    #[test]
+    fn create_error_paths() {
+        let mut h = Harness::new();
+        let s = h.open();
+        h.create(s, "/a", CreateMode::Persistent)
+            .expect("create /a");
+        h.create(s, "/e", CreateMode::Ephemeral).expect("create /e");
+        let before = h.m.tree_hash();
+        assert_eq!(
+            h.code(s, create_op("/x/y", CreateMode::Persistent)),
+            ErrorCode::NoNode
+        );
+        assert_eq!(
+            h.code(s, create_op("/a", CreateMode::Persistent)),
+            ErrorCode::NodeExists
+        );
+        assert_eq!(
+            h.code(s, create_op("/", CreateMode::Persistent)),
+            ErrorCode::NodeExists
+        );
+        assert_eq!(
+            h.code(s, create_op("a", CreateMode::Persistent)),
+            ErrorCode::InvalidPath
+        );
+        assert_eq!(
+            h.code(s, create_op("/a/", CreateMode::Persistent)),
+            ErrorCode::InvalidPath
+        );
+        assert_eq!(
+            h.code(s, create_op("/e/c", CreateMode::Persistent)),
+            ErrorCode::NoChildrenForEphemerals
+        );
+        let mut big = create_req("/big", CreateMode::Persistent);
+        big.data = vec![0; 65];
+        assert_eq!(h.code(s, Op::Create(big)), ErrorCode::DataTooLarge);
+        let mut fits = create_req("/fits", CreateMode::Persistent);
+        fits.data = vec![0; 64];
+        assert!(h.write(s, Op::Create(fits)).is_ok());
+        // Failures changed nothing in the tree, but every entry advanced last_zxid.
+        h.write(
+            s,
+            Op::Delete {
+                path: "/fits".into(),
+                version: None,
+            },
+        )
+        .expect("delete");
+        assert_ne!(h.m.tree_hash(), before, "pzxid/cversion of / changed");
+        let applied = h.apply(EntryBody::Write {
+            session_id: 999,
+            xid: 1,
+            op: create_op("/z", CreateMode::Persistent),
+        });
+        assert_eq!(
+            applied
+                .result
+                .expect("result")
+                .expect_err("no session")
+                .code,
+            ErrorCode::SessionExpired
+        );
+        assert!(applied.changes.is_empty());
+        assert_eq!(h.m.last_zxid(), applied.zxid);
+    }
+
+    #[test]
+    fn failed_writes_change_no_tree_state() {
+        let mut h = Harness::new();
+        let s = h.open();
+        h.create(s, "/a", CreateMode::Persistent).expect("create");
+        h.create(s, "/a/b", CreateMode::Persistent).expect("create");
+        let before = h.m.tree_hash();
+        for op in [
+            create_op("/a", CreateMode::Persistent),
+            create_op("/q/r", CreateMode::PersistentSequential),
+            Op::Delete {
+                path: "/a".into(),
+                version: None,
+            },
+            Op::Delete {
+                path: "/a/b".into(),
+                version: Some(3),
+            },
+            Op::SetData {
+                path: "/nope".into(),
+                data: vec![],
+                version: None,
+            },
+        ] {
+            let applied = h.write_applied(s, op);
+            assert!(applied.result.expect("result").is_err());
+            assert!(applied.changes.is_empty());
+            assert_eq!(h.m.tree_hash(), before);
+        }
+    }
+
+    #[test]
+    fn make_parents_creates_persistent_or_container_parents() {
+        let mut h = Harness::new();
+        let s = h.open();
+        let mut req = create_req("/p/q/r", CreateMode::Ephemeral);
+        req.make_parents = true;
+        let applied = h.write_applied(s, Op::Create(req));
+        assert!(matches!(applied.result, Some(Ok(OpResult::Created { .. }))));
+        assert_eq!(
+            applied.changes,
+            vec![
+                ch("/p", EventKind::NodeCreated),
+                ch("/", EventKind::NodeChildrenChanged),
+                ch("/p/q", EventKind::NodeCreated),
+                ch("/p", EventKind::NodeChildrenChanged),
+                ch("/p/q/r", EventKind::NodeCreated),
+                ch("/p/q", EventKind::NodeChildrenChanged),
+            ]
+        );
+        for p in ["/p", "/p/q", "/p/q/r"] {
+            assert_eq!(stat(&h.m, p).czxid, applied.zxid);
+        }
+        assert_eq!(stat(&h.m, "/p").ephemeral_owner, 0);
+        assert!(!h.m.tree().get("/p").expect("exists").container);
+        assert_eq!(stat(&h.m, "/p/q/r").ephemeral_owner, s);
+
+        let mut req = create_req("/c1/c2/leaf", CreateMode::Container);
+        req.make_parents = true;
+        h.write(s, Op::Create(req)).expect("create");
+        for p in ["/c1", "/c1/c2", "/c1/c2/leaf"] {
+            assert!(h.m.tree().get(p).expect("exists").container, "{p}");
+        }
+
+        // An ephemeral ancestor still refuses children.
+        let mut req = create_req("/p/q/r/s/t", CreateMode::Persistent);
+        req.make_parents = true;
+        assert_eq!(
+            h.code(s, Op::Create(req)),
+            ErrorCode::NoChildrenForEphemerals
+        );
+        // Sequential with missing parents starts the fresh parent's counter at 0.
+        let mut req = create_req("/fresh/n-", CreateMode::PersistentSequential);
+        req.make_parents = true;
+        match h.write(s, Op::Create(req)) {
+            Ok(OpResult::Created { path, .. }) => assert_eq!(path, "/fresh/n-0000000000"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn delete_error_paths_and_changes() {
+        let mut h = Harness::new();
+        let s = h.open();
+        h.create(s, "/a", CreateMode::Persistent).expect("create");
+        h.create(s, "/a/b", CreateMode::Persistent).expect("create");
+        let del = |path: &str, version| Op::Delete {
+            path: path.into(),
+            version,
+        };
+        assert_eq!(h.code(s, del("/", None)), ErrorCode::BadArguments);
+        assert_eq!(h.code(s, del("/zz", None)), ErrorCode::NoNode);
+        assert_eq!(h.code(s, del("zz", None)), ErrorCode::InvalidPath);
+        assert_eq!(h.code(s, del("/a", None)), ErrorCode::NotEmpty);
+        assert_eq!(h.code(s, del("/a/b", Some(1))), ErrorCode::BadVersion);
+        let cversion = stat(&h.m, "/a").cversion;
+        let applied = h.write_applied(s, del("/a/b", Some(0)));
+        assert_eq!(applied.result, Some(Ok(OpResult::Deleted)));
+        assert_eq!(
+            applied.changes,
+            vec![
+                ch("/a/b", EventKind::NodeDeleted),
+                ch("/a", EventKind::NodeChildrenChanged)
+            ]
+        );
+        let a = stat(&h.m, "/a");
+        assert_eq!(
+            (a.cversion, a.pzxid, a.num_children),
+            (cversion + 1, applied.zxid, 0)
+        );
+        assert_eq!(h.m.exists("/a/b").expect("valid"), None);
+        assert_eq!(h.write(s, del("/a", None)), Ok(OpResult::Deleted));
+        assert_eq!(h.m.node_count(), 1);
+    }
+
+    #[test]
+    fn set_data_error_paths_and_stats() {
+        let mut h = Harness::new();
+        let s = h.open();
+        h.create(s, "/a", CreateMode::Persistent).expect("create");
+        let set = |path: &str, data: &[u8], version| Op::SetData {
+            path: path.into(),
+            data: data.to_vec(),
+            version,
+        };
+        assert_eq!(h.code(s, set("/zz", b"x", None)), ErrorCode::NoNode);
+        assert_eq!(h.code(s, set("/a", b"x", Some(1))), ErrorCode::BadVersion);
+        assert_eq!(
+            h.code(s, set("/a", &[1; 65], None)),
+            ErrorCode::DataTooLarge
+        );
+        assert_eq!(h.code(s, set("/a/", b"x", None)), ErrorCode::InvalidPath);
+        let created = stat(&h.m, "/a");
+        let applied = h.write_applied(s, set("/a", b"hello", Some(0)));
+        let Some(Ok(OpResult::SetData { stat: st })) = applied.result else {
+            panic!("{:?}", applied.result)
+        };
+        assert_eq!(st.version, 1);
+        assert_eq!(st.mzxid, applied.zxid);
+        assert_eq!(st.mtime_ms, 1_000 + applied.zxid as i64);
+        assert_eq!(st.czxid, created.czxid);
+        assert_eq!(st.data_length, 5);
+        assert_eq!(applied.changes, vec![ch("/a", EventKind::NodeDataChanged)]);
+        assert_eq!(h.m.get_data("/a").expect("exists"), (b"hello".to_vec(), st));
+        assert!(h.write(s, set("/a", b"", None)).is_ok());
+        assert_eq!(stat(&h.m, "/a").version, 2);
+    }
+
+    #[test]
+    fn sequential_names_use_a_per_parent_counter_that_survives_deletes() {
+        let mut h = Harness::new();
+        let s = h.open();
+        h.create(s, "/l", CreateMode::Persistent).expect("create");
+        h.create(s, "/m", CreateMode::Persistent).expect("create");
+        let seq = CreateMode::PersistentSequential;
+        assert_eq!(h.create(s, "/l/n-", seq).expect("c"), "/l/n-0000000000");
+        assert_eq!(h.create(s, "/l/n-", seq).expect("c"), "/l/n-0000000001");
+        // Another parent has its own counter.
+        assert_eq!(h.create(s, "/m/n-", seq).expect("c"), "/m/n-0000000000");
+        // Non-sequential children do not use the counter.
+        h.create(s, "/l/plain", CreateMode::Persistent)
+            .expect("create");
+        // Deletes do not rewind it.
+        for p in ["/l/n-0000000000", "/l/n-0000000001"] {
+            h.write(
+                s,
+                Op::Delete {
+                    path: p.into(),
+                    version: None,
+                },
+            )
+            .expect("delete");
+        }
+        assert_eq!(
+            h.create(s, "/l/x-", CreateMode::EphemeralSequential)
+                .expect("c"),
+            "/l/x-0000000002"
+        );
+        assert_eq!(stat(&h.m, "/l/x-0000000002").ephemeral_owner, s);
+        // A prefix ending in '/' or the root itself.
+        assert_eq!(h.create(s, "/l/", seq).expect("c"), "/l/0000000003");
+        assert_eq!(h.create(s, "/", seq).expect("c"), "/0000000000");
+        assert_eq!(h.code(s, create_op("/nope/n-", seq)), ErrorCode::NoNode);
+        assert_eq!(h.code(s, create_op("/l//n-", seq)), ErrorCode::InvalidPath);
+        let (children, _) = h.m.get_children("/l").expect("exists");
+        assert_eq!(children, vec!["0000000003", "plain", "x-0000000002"]);
+    }
+
+    #[test]
+    fn ephemerals_vanish_when_the_session_closes() {
+        let mut h = Harness::new();
+        let s = h.open();
+        let other = h.open();
+        h.create(s, "/d", CreateMode::Persistent).expect("create");
+        h.create(s, "/d/e1", CreateMode::Ephemeral).expect("create");
+        h.create(s, "/e0", CreateMode::Ephemeral).expect("create");
+        h.create(other, "/d/o", CreateMode::Ephemeral)
+            .expect("create");
+        assert_eq!(h.m.ephemerals(s).collect::<Vec<_>>(), vec!["/d/e1", "/e0"]);
+
+        let applied = h.apply(EntryBody::CloseSession { session_id: s });
+        assert_eq!(applied.result, Some(Ok(OpResult::Closed)));
+        assert_eq!(applied.ended_sessions, vec![s]);
+        assert_eq!(
+            applied.changes,
+            vec![
+                ch("/d/e1", EventKind::NodeDeleted),
+                ch("/d", EventKind::NodeChildrenChanged),
+                ch("/e0", EventKind::NodeDeleted),
+                ch("/", EventKind::NodeChildrenChanged),
+            ]
+        );
+        assert_eq!(stat(&h.m, "/d").pzxid, applied.zxid);
+        assert!(h.m.session(s).is_none());
+        assert_eq!(h.m.ephemerals(s).count(), 0);
+        assert!(h.m.exists("/d/o").expect("valid").is_some());
+        // Closing again, or writing on the closed session: SessionExpired.
+        let again = h.apply(EntryBody::CloseSession { session_id: s });
+        assert_eq!(
+            again.result.expect("result").expect_err("gone").code,
+            ErrorCode::SessionExpired
+        );
+        assert!(again.ended_sessions.is_empty());
+        assert_eq!(
+            h.code(s, create_op("/x", CreateMode::Persistent)),
+            ErrorCode::SessionExpired
+        );
+    }
+
+    #[test]
+    fn expiry_deletes_all_ephemerals_of_all_sessions_in_one_zxid() {
+        let mut h = Harness::new();
+        let a = h.open();
+        let b = h.open();
+        let c = h.open();
+        h.create(a, "/a1", CreateMode::Ephemeral).expect("create");
+        h.create(b, "/b1", CreateMode::EphemeralSequential)
+            .expect("create");
+        h.create(b, "/b2", CreateMode::Ephemeral).expect("create");
+        h.create(c, "/c1", CreateMode::Ephemeral).expect("create");
+        let applied = h.apply(EntryBody::ExpireSessions {
+            session_ids: vec![b, 12345, a, b],
+        });
+        assert_eq!(applied.result, None);
+        assert_eq!(applied.ended_sessions, vec![b, a]);
+        let deleted: Vec<&str> = applied
+            .changes
+            .iter()
+            .filter(|c| c.kind == EventKind::NodeDeleted)
+            .map(|c| c.path.as_str())
+            .collect();
+        assert_eq!(deleted, vec!["/b10000000000", "/b2", "/a1"]);
+        assert_eq!(applied.changes.len(), 6);
+        assert_eq!(stat(&h.m, "/").pzxid, applied.zxid);
+        assert_eq!(h.m.sessions().map(|s| s.id).collect::<Vec<_>>(), vec![c]);
+        assert!(h.m.exists("/c1").expect("valid").is_some());
+    }
+
+    #[test]
+    fn containers_are_deleted_with_their_last_child_cascading_upward() {
+        let mut h = Harness::new();
+        let s = h.open();
+        h.create(s, "/c", CreateMode::Container).expect("create");
+        h.create(s, "/c/d", CreateMode::Container).expect("create");
+        h.create(s, "/c/d/k1", CreateMode::Persistent)
+            .expect("create");
+        h.create(s, "/c/d/k2", CreateMode::Persistent)
+            .expect("create");
+        h.create(s, "/empty", CreateMode::Container)
+            .expect("create");
+
+        let del = |p: &str| Op::Delete {
+            path: p.into(),
+            version: None,
+        };
+        let applied = h.write_applied(s, del("/c/d/k1"));
+        assert_eq!(applied.changes.len(), 2, "not the last child yet");
+        let applied = h.write_applied(s, del("/c/d/k2"));
+        assert_eq!(
+            applied.changes,
+            vec![
+                ch("/c/d/k2", EventKind::NodeDeleted),
+                ch("/c/d", EventKind::NodeChildrenChanged),
+                ch("/c/d", EventKind::NodeDeleted),
+                ch("/c", EventKind::NodeChildrenChanged),
+                ch("/c", EventKind::NodeDeleted),
+                ch("/", EventKind::NodeChildrenChanged),
+            ]
+        );
+        assert_eq!(h.m.exists("/c").expect("valid"), None);
+        // A container that never had children stays.
+        assert!(h.m.exists("/empty").expect("valid").is_some());
+
+        // A session's end empties a container too.
+        h.create(s, "/lock", CreateMode::Container).expect("create");
+        h.create(s, "/lock/n-", CreateMode::EphemeralSequential)
+            .expect("create");
+        let applied = h.apply(EntryBody::CloseSession { session_id: s });
+        assert!(applied
+            .changes
+            .contains(&ch("/lock", EventKind::NodeDeleted)));
+        assert_eq!(h.m.exists("/lock").expect("valid"), None);
+        assert!(h.m.exists("/empty").expect("valid").is_some());
+    }
+
+    #[test]
+    fn a_multi_that_refills_a_container_keeps_it() {
+        let mut h = Harness::new();
+        let s = h.open();
+        h.create(s, "/c", CreateMode::Container).expect("create");
+        h.create(s, "/c/a", CreateMode::Persistent).expect("create");
+        let r = h.write(
+            s,
+            Op::Multi(vec![
+                MultiOp::Delete {
+                    path: "/c/a".into(),
+                    version: None,
+                },
+                MultiOp::Create(create_req("/c/b", CreateMode::Persistent)),
+            ]),
+        );
+        assert!(r.is_ok(), "{r:?}");
+        assert!(h.m.exists("/c").expect("valid").is_some());
+        // Create and delete in one multi: the container is reaped at the end.
+        let r = h.write(
+            s,
+            Op::Multi(vec![
+                MultiOp::Create(create_req("/c/x", CreateMode::Persistent)),
+                MultiOp::Delete {
+                    path: "/c/x".into(),
+                    version: None,
+                },
+                MultiOp::Delete {
+                    path: "/c/b".into(),
+                    version: None,
+                },
+            ]),
+        );
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(h.m.exists("/c").expect("valid"), None);
+    }
+
+    #[test]
+    fn multi_applies_all_under_one_zxid() {
+        let mut h = Harness::new();
+        let s = h.open();
+        h.create(s, "/l", CreateMode::Persistent).expect("create");
+        let applied = h.write_applied(
+            s,
+            Op::Multi(vec![
+                MultiOp::Create(create_req("/l/n-", CreateMode::EphemeralSequential)),
+                MultiOp::SetData {
+                    path: "/l/n-0000000000".into(),
+                    data: b"x".to_vec(),
+                    version: Some(0),
+                },
+                MultiOp::Check {
+                    path: "/l/n-0000000000".into(),
+                    version: 1,
+                },
+                MultiOp::Create(create_req("/l/t", CreateMode::Persistent)),
+                MultiOp::Delete {
+                    path: "/l/t".into(),
+                    version: None,
+                },
+            ]),
+        );
+        let z = applied.zxid;
+        let Some(Ok(OpResult::Multi(results))) = applied.result else {
+            panic!("{:?}", applied.result)
+        };
+        assert_eq!(results.len(), 5);
+        assert!(matches!(&results[0], MultiResult::Created { path, stat }
+            if path == "/l/n-0000000000" && stat.czxid == z));
+        assert!(matches!(&results[1], MultiResult::SetData { stat } if stat.version == 1));
+        assert_eq!(results[2], MultiResult::Checked);
+        assert_eq!(results[4], MultiResult::Deleted);
+        assert_eq!(applied.changes.len(), 7);
+        assert_eq!(stat(&h.m, "/l/n-0000000000").mzxid, z);
+        assert_eq!(h.write(s, Op::Multi(vec![])), Ok(OpResult::Multi(vec![])));
+    }
+
+    #[test]
+    fn failed_multi_rolls_everything_back() {
+        let mut h = Harness::new();
+        let s = h.open();
+        h.create(s, "/l", CreateMode::Persistent).expect("create");
+        h.create(s, "/l/keep", CreateMode::Ephemeral)
+            .expect("create");
+        h.create(s, "/c", CreateMode::Container).expect("create");
+        h.create(s, "/c/only", CreateMode::Persistent)
+            .expect("create");
+        let snapshot = h.m.clone();
+        let tree_before = h.m.tree_hash();
+        let mut deep = create_req("/n1/n2/n3", CreateMode::Persistent);
+        deep.make_parents = true;
+        let applied = h.write_applied(
+            s,
+            Op::Multi(vec![
+                MultiOp::Create(create_req("/l/n-", CreateMode::EphemeralSequential)),
+                MultiOp::Create(deep),
+                MultiOp::SetData {
+                    path: "/l".into(),
+                    data: b"new".to_vec(),
+                    version: None,
+                },
+                MultiOp::Delete {
+                    path: "/l/keep".into(),
+                    version: None,
+                },
+                MultiOp::Delete {
+                    path: "/c/only".into(),
+                    version: None,
+                },
+                MultiOp::Check {
+                    path: "/l".into(),
+                    version: 7,
+                },
+                MultiOp::Create(create_req("/never", CreateMode::Persistent)),
+            ]),
+        );
+        let e = applied
+            .result
+            .expect("result")
+            .expect_err("the check fails");
+        assert_eq!(e.code, ErrorCode::BadVersion);
+        assert_eq!(e.op_index, Some(5));
+        assert!(e.message.contains("multi op 5 (check /l)"), "{}", e.message);
+        assert!(applied.changes.is_empty());
+        assert_eq!(h.m.tree_hash(), tree_before);
+        assert_eq!(h.m.tree(), snapshot.tree());
+        assert_eq!(h.m.ephemerals(s).collect::<Vec<_>>(), vec!["/l/keep"]);
+        // The sequence counter was rolled back too.
+        assert_eq!(
+            h.create(s, "/l/n-", CreateMode::PersistentSequential)
+                .expect("c"),
+            "/l/n-0000000000"
+        );
+
+        // Each failure code of a multi op, with its index.
+        let cases: Vec<(Vec<MultiOp>, ErrorCode, u32)> = vec![
+            (
+                vec![MultiOp::Check {
+                    path: "/nope".into(),
+                    version: 0,
+                }],
+                ErrorCode::NoNode,
+                0,
+            ),
+            (
+                vec![
+                    MultiOp::Create(create_req("/m", CreateMode::Persistent)),
+                    MultiOp::Create(create_req("/m", CreateMode::Persistent)),
+                ],
+                ErrorCode::NodeExists,
+                1,
+            ),
+            (
+                vec![
+                    MultiOp::Create(create_req("/m", CreateMode::Persistent)),
+                    MultiOp::Delete {
+                        path: "/m".into(),
+                        version: None,
+                    },
+                    MultiOp::SetData {
+                        path: "/m".into(),
+                        data: vec![],
+                        version: None,
+                    },
+                ],
+                ErrorCode::NoNode,
+                2,
+            ),
+            (
+                vec![MultiOp::Delete {
+                    path: "/l".into(),
+                    version: None,
+                }],
+                ErrorCode::NotEmpty,
+                0,
+            ),
+            (
+                vec![MultiOp::Create(create_req(
+                    "/l/keep/x",
+                    CreateMode::Persistent,
+                ))],
+                ErrorCode::NoChildrenForEphemerals,
+                0,
+            ),
+        ];
+        for (ops, code, index) in cases {
+            let before = h.m.tree_hash();
+            let e = h.write(s, Op::Multi(ops)).expect_err("fails");
+            assert_eq!((e.code, e.op_index), (code, Some(index)), "{e}");
+            assert_eq!(h.m.tree_hash(), before);
+        }
+    }
+
+    #[test]
+    fn dedup_returns_the_cached_result_and_refuses_stale_xids() {
+        let mut h = Harness::new(); // dedup_window 4
+        let s = h.open();
+        let w = |xid: u64, op: Op| EntryBody::Write {
+            session_id: s,
+            xid,
+            op,
+        };
+        let first = h.apply(w(1, create_op("/q/n-", CreateMode::PersistentSequential)));
+        assert_eq!(
+            first
+                .result
+                .as_ref()
+                .expect("r")
+                .as_ref()
+                .expect_err("no /q")
+                .code,
+            ErrorCode::NoNode
+        );
+        h.apply(w(2, create_op("/q", CreateMode::Persistent)));
+        let created = h.apply(w(3, create_op("/q/n-", CreateMode::PersistentSequential)));
+        let count = h.m.node_count();
+        // The retry returns the first result and creates no second node.
+        let retry = h.apply(w(3, create_op("/q/n-", CreateMode::PersistentSequential)));
+        assert_eq!(retry.result, created.result);
+        assert!(retry.changes.is_empty());
+        assert_eq!(h.m.node_count(), count);
+        // A failed result is cached too.
+        let retry = h.apply(w(1, create_op("/q/n-", CreateMode::PersistentSequential)));
+        assert_eq!(retry.result, first.result);
+        assert_eq!(h.m.last_xid(s), 3);
+        for xid in 4..=6 {
+            h.apply(w(
+                xid,
+                Op::SetData {
+                    path: "/q".into(),
+                    data: vec![],
+                    version: None,
+                },
+            ));
+        }
+        assert_eq!(h.m.last_xid(s), 6);
+        // The window holds 3..=6; 1 and 2 were evicted.
+        let stale = h.apply(w(2, create_op("/q", CreateMode::Persistent)));
+        assert_eq!(
+            stale.result.expect("r").expect_err("stale").code,
+            ErrorCode::StaleRequest
+        );
+        assert_eq!(h.apply(w(3, Op::Ping)).result, created.result);
+        assert_eq!(h.m.last_xid(12345), 0);
+        // A read inside a Write is refused (and deduplicated like any result).
+        let bad = h.apply(w(7, Op::Ping));
+        assert_eq!(
+            bad.result.expect("r").expect_err("not a write").code,
+            ErrorCode::BadArguments
+        );
+    }
+
+    #[test]
+    fn entries_out_of_zxid_order_are_refused() {
+        let mut h = Harness::new();
+        let s = h.open();
+        let hash = h.m.state_hash();
+        let applied = h.m.apply(
+            s,
+            &Entry {
+                wall_ms: 0,
+                body: EntryBody::OpenSession {
+                    secret: 1,
+                    ttl_ms: 1,
+                },
+            },
+        );
+        assert_eq!(
+            applied.result.expect("r").expect_err("refused").code,
+            ErrorCode::RuntimeInconsistency
+        );
+        assert_eq!(h.m.state_hash(), hash);
+    }
+
+    #[test]
+    fn reads_validate_and_report_missing_nodes() {
+        let mut h = Harness::new();
+        let s = h.open();
+        for p in ["/b", "/a", "/c", "/a/x"] {
+            h.create(s, p, CreateMode::Persistent).expect("create");
+        }
+        assert_eq!(
+            h.m.exists("bad").expect_err("invalid").code,
+            ErrorCode::InvalidPath
+        );
+        assert_eq!(h.m.exists("/zz").expect("valid"), None);
+        assert_eq!(
+            h.m.get_data("/zz").expect_err("missing").code,
+            ErrorCode::NoNode
+        );
+        assert_eq!(
+            h.m.get_data("/a/").expect_err("invalid").code,
+            ErrorCode::InvalidPath
+        );
+        assert_eq!(
+            h.m.get_children("/zz").expect_err("missing").code,
+            ErrorCode::NoNode
+        );
+        let (children, st) = h.m.get_children("/").expect("root");
+        assert_eq!(children, vec!["a", "b", "c"]);
+        assert_eq!(st.num_children, 3);
+        assert_eq!(h.m.get_children("/a").expect("a").0, vec!["x"]);
+        assert_eq!(h.m.node_count(), 5);
+    }
+
+    #[test]
+    fn snapshot_round_trip_preserves_the_state_hash() {
+        let mut h = Harness::new();
+        let s = h.open();
+        h.create(s, "/a", CreateMode::Container).expect("create");
+        h.create(s, "/a/n-", CreateMode::EphemeralSequential)
+            .expect("create");
+        h.write(
+            s,
+            Op::SetData {
+                path: "/a".into(),
+                data: vec![0, 255, 3],
+                version: None,
+            },
+        )
+        .expect("set");
+        let bytes =
+            bincode::serde::encode_to_vec(&h.m, bincode::config::standard()).expect("encode");
+        let (back, used): (StateMachine, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("decode");
+        assert_eq!(used, bytes.len());
+        assert_eq!(back.state_hash(), h.m.state_hash());
+        assert_eq!(back.tree(), h.m.tree());
+        assert_eq!(back.last_zxid(), h.m.last_zxid());
+        assert_eq!(back.last_xid(s), h.m.last_xid(s));
+        assert!(back.check_invariants().is_ok());
+        // And the restored machine keeps going identically.
+        let mut h2 = Harness {
+            m: back,
+            zxid: h.zxid,
+            xids: h.xids.clone(),
+        };
+        let r1 = h.create(s, "/a/n-", CreateMode::EphemeralSequential);
+        let r2 = h2.create(s, "/a/n-", CreateMode::EphemeralSequential);
+        assert_eq!(r1, r2);
+        assert_eq!(h.m.state_hash(), h2.m.state_hash());
+    }
+
+    #[test]
+    fn the_hash_sees_every_part_of_the_state() {
+        let mut h = Harness::new();
+        let s = h.open();
+        let base = h.m.state_hash();
+        let mut other = h.m.clone();
+        other.apply(
+            h.zxid + 1,
+            &Entry {
+                wall_ms: 0,
+                body: EntryBody::Noop,
+            },
+        );
+        assert_ne!(other.state_hash(), base, "last_zxid");
+        let mut other = h.m.clone();
+        other.apply(
+            h.zxid + 1,
+            &Entry {
+                wall_ms: 0,
+                body: EntryBody::Write {
+                    session_id: s,
+                    xid: 9,
+                    op: Op::Ping,
+                },
+            },
+        );
+        assert_ne!(other.state_hash(), base, "dedup table");
+        h.create(s, "/a", CreateMode::Persistent).expect("create");
+        let mut x = h.m.clone();
+        let mut y = h.m.clone();
+        let set = |data: &[u8]| Entry {
+            wall_ms: 5,
+            body: EntryBody::Write {
+                session_id: s,
+                xid: 100,
+                op: Op::SetData {
+                    path: "/a".into(),
+                    data: data.to_vec(),
+                    version: None,
+                },
+            },
+        };
+        x.apply(h.zxid + 1, &set(b"1"));
+        y.apply(h.zxid + 1, &set(b"2"));
+        assert_ne!(x.tree_hash(), y.tree_hash(), "data");
+    }
+
+    // ----- property tests -----
+
+    const NAMES: [&str; 3] = ["a", "b", "c"];
+
+    fn path_strategy() -> impl Strategy<Value = String> {
+        proptest::collection::vec(0..NAMES.len(), 1..3)
+            .prop_map(|segs| segs.iter().map(|&i| format!("/{}", NAMES[i])).collect())
+    }
+
+    fn mode_strategy() -> impl Strategy<Value = CreateMode> {
+        prop_oneof![
+            Just(CreateMode::Persistent),
+            Just(CreateMode::PersistentSequential),
+            Just(CreateMode::Ephemeral),
+            Just(CreateMode::EphemeralSequential),
+            Just(CreateMode::Container),
+        ]
+    }
+
+    fn multi_op_strategy() -> impl Strategy<Value = MultiOp> {
+        prop_oneof![
+            3 => (path_strategy(), mode_strategy(), any::<bool>(), 0usize..3).prop_map(
+                |(path, mode, make_parents, len)| MultiOp::Create(CreateRequest {
+                    path,
+                    data: vec![7; len],
+                    mode,
+                    make_parents,
+                })
+            ),
+            1 => (path_strategy(), proptest::option::of(0u32..2))
+                .prop_map(|(path, version)| MultiOp::Delete { path, version }),
+            1 => (path_strategy(), 0usize..68, proptest::option::of(0u32..2)).prop_map(
+                |(path, len, version)| MultiOp::SetData {
+                    path,
+                    data: vec![1; len],
+                    version
+                }
+            ),
+            1 => (path_strategy(), 0u32..2).prop_map(|(path, version)| MultiOp::Check { path, version }),
+        ]
+    }
+
+    /// One step of a random history; sessions are picked by index among the live ones.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Open,
+        Close(usize),
+        Expire(Vec<usize>),
+        Op(usize, MultiOp),
+        Multi(usize, Vec<MultiOp>),
+        /// Resend the session's latest xid with whatever op.
+        Retry(usize, MultiOp),
+        Noop,
+    }
+
+    fn step_strategy() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => Just(Step::Open),
+            1 => (0usize..4).prop_map(Step::Close),
+            1 => proptest::collection::vec(0usize..4, 0..3).prop_map(Step::Expire),
+            10 => (0usize..4, multi_op_strategy()).prop_map(|(s, op)| Step::Op(s, op)),
+            3 => (0usize..4, proptest::collection::vec(multi_op_strategy(), 0..5))
+                .prop_map(|(s, ops)| Step::Multi(s, ops)),
+            1 => (0usize..4, multi_op_strategy()).prop_map(|(s, op)| Step::Retry(s, op)),
+            1 => Just(Step::Noop),
+        ]
+    }
+
+    fn to_op(op: MultiOp) -> Op {
+        match op {
+            MultiOp::Create(req) => Op::Create(req),
+            MultiOp::Delete { path, version } => Op::Delete { path, version },
+            MultiOp::SetData {
+                path,
+                data,
+                version,
+            } => Op::SetData {
+                path,
+                data,
+                version,
+            },
+            // A lone check becomes a one-op multi.
+            check @ MultiOp::Check { .. } => Op::Multi(vec![check]),
+        }
+    }
+
+    /// Turns steps into entries against the sessions of the evolving machine `m`.
+    fn run(steps: &[Step], m: &mut StateMachine) -> Result<Vec<Entry>, TestCaseError> {
+        let mut entries = Vec::new();
+        let mut xids: BTreeMap<u64, u64> = BTreeMap::new();
+        let pick = |m: &StateMachine, i: usize| -> u64 {
+            let ids: Vec<u64> = m.sessions().map(|s| s.id).collect();
+            if ids.is_empty() {
+                424_242
+            } else {
+                ids[i % ids.len()]
+            }
+        };
+        for (i, step) in steps.iter().enumerate() {
+            let zxid = m.last_zxid() + 1;
+            let body = match step.clone() {
+                Step::Open => EntryBody::OpenSession {
+                    secret: zxid * 31,
+                    ttl_ms: 1_000,
+                },
+                Step::Close(s) => EntryBody::CloseSession {
+                    session_id: pick(m, s),
+                },
+                Step::Expire(ss) => EntryBody::ExpireSessions {
+                    session_ids: ss.iter().map(|&s| pick(m, s)).collect(),
+                },
+                Step::Op(s, op) => {
+                    let session_id = pick(m, s);
+                    let xid = xids.entry(session_id).or_insert(0);
+                    *xid += 1;
+                    EntryBody::Write {
+                        session_id,
+                        xid: *xid,
+                        op: to_op(op),
+                    }
+                }
+                Step::Retry(s, op) => {
+                    // The latest xid again (or 0, below anything the session used).
+                    let session_id = pick(m, s);
+                    let xid = xids.get(&session_id).copied().unwrap_or(0);
+                    EntryBody::Write {
+                        session_id,
+                        xid,
+                        op: to_op(op),
+                    }
+                }
+                Step::Multi(s, ops) => {
+                    let session_id = pick(m, s);
+                    let xid = xids.entry(session_id).or_insert(0);
+                    *xid += 1;
+                    EntryBody::Write {
+                        session_id,
+                        xid: *xid,
+                        op: Op::Multi(ops),
+                    }
+                }
+                Step::Noop => EntryBody::Noop,
+            };
+            let entry = Entry {
+                wall_ms: 1_000 * i as i64,
+                body,
+            };
+            let tree_before = m.tree_hash();
+            let applied = m.apply(zxid, &entry);
+            if let Err(e) = m.check_invariants() {
+                return Err(TestCaseError::fail(format!("after step {i} {step:?}: {e}")));
+            }
+            prop_assert_eq!(m.last_zxid(), zxid);
+            if let (EntryBody::Write { .. }, Some(Err(_))) = (&entry.body, &applied.result) {
+                prop_assert!(applied.changes.is_empty());
+                prop_assert_eq!(m.tree_hash(), tree_before, "failed write changed the tree");
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn same_entries_give_same_state(steps in proptest::collection::vec(step_strategy(), 1..60)) {
+            let limits = MachineLimits { max_data_bytes: 64, dedup_window: 3 };
+            let mut a = StateMachine::new(limits);
+            let steps: Vec<Step> = [Step::Open, Step::Open].into_iter().chain(steps).collect();
+            let entries = run(&steps, &mut a)?;
+            let mut b = StateMachine::new(limits);
+            for (i, entry) in entries.iter().enumerate() {
+                let applied = b.apply(i as u64 + 1, entry);
+                prop_assert!(applied.zxid == i as u64 + 1);
+            }
+            prop_assert_eq!(a.state_hash(), b.state_hash());
+            prop_assert_eq!(a.tree(), b.tree());
+            // A snapshot restores the same state.
+            let bytes = bincode::serde::encode_to_vec(&a, bincode::config::standard())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let (c, _): (StateMachine, usize) =
+                bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(c.state_hash(), a.state_hash());
+        }
     }
 }

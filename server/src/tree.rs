@@ -1,0 +1,675 @@
+//! The znode tree: nodes keyed by full path, their stats, the per-owner index of ephemeral
+//! nodes, and the write primitives the state machine is built from.
+//!
+//! Every write primitive checks all its preconditions before it changes anything, so a
+//! failed operation never leaves a partial change behind. Inside a `multi`, the successful
+//! operations record what they changed in an undo log, and a failure rolls the log back in
+//! reverse order; nothing is cloned up front (deleted nodes and replaced data are moved into
+//! the log, not copied).
+//!
+//! Deterministic: ordered maps only; time comes in as a value.
+
+use crate::machine::Change;
+use corral_protocol::path::{join, name, parent, validate_path};
+use corral_protocol::{CreateMode, CreateRequest, ErrorCode, ErrorInfo, EventKind, Stat};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One znode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// The node's data.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    /// The node's stat (`num_children` and `data_length` always match `children` and `data`).
+    pub stat: Stat,
+    /// Names (not paths) of the children, sorted.
+    pub children: BTreeSet<String>,
+    /// The next sequence number for a sequential child. Only ever increases, so a name is
+    /// never handed out twice under the same parent, even after deletes.
+    pub next_seq: u64,
+    /// Whether this is a container node (deleted once its last child is deleted).
+    pub container: bool,
+}
+
+impl Node {
+    fn new(data: Vec<u8>, zxid: u64, wall_ms: i64, owner: u64, container: bool) -> Node {
+        let stat = Stat {
+            czxid: zxid,
+            mzxid: zxid,
+            pzxid: zxid,
+            ctime_ms: wall_ms,
+            mtime_ms: wall_ms,
+            version: 0,
+            cversion: 0,
+            ephemeral_owner: owner,
+            data_length: len_u32(data.len()),
+            num_children: 0,
+        };
+        Node {
+            data,
+            stat,
+            children: BTreeSet::new(),
+            next_seq: 0,
+            container,
+        }
+    }
+
+    /// Whether the node is ephemeral.
+    pub fn is_ephemeral(&self) -> bool {
+        self.stat.ephemeral_owner != 0
+    }
+}
+
+fn len_u32(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+/// What a write transaction is doing right now: its zxid and time, where its changes go, the
+/// undo log (inside a `multi`), and the parents that lost a child (container candidates).
+#[derive(Debug)]
+pub(crate) struct Txn {
+    /// The entry's zxid.
+    pub zxid: u64,
+    /// The entry's wall time.
+    pub wall_ms: i64,
+    /// The tree changes, in order.
+    pub changes: Vec<Change>,
+    /// `Some` inside a multi: what to undo if a later operation fails.
+    pub undo: Option<Vec<Undo>>,
+    /// Containers that lost a child during the transaction, in order; those that are empty
+    /// at the end of the transaction are deleted.
+    pub emptied: Vec<String>,
+}
+
+impl Txn {
+    pub fn new(zxid: u64, wall_ms: i64) -> Txn {
+        Txn {
+            zxid,
+            wall_ms,
+            changes: Vec::new(),
+            undo: None,
+            emptied: Vec::new(),
+        }
+    }
+
+    fn change(&mut self, path: impl Into<String>, kind: EventKind) {
+        self.changes.push(Change {
+            path: path.into(),
+            kind,
+        });
+    }
+
+    fn record(&mut self, undo: impl FnOnce() -> Undo) {
+        if let Some(log) = self.undo.as_mut() {
+            log.push(undo());
+        }
+    }
+}
+
+/// The parent's state before a child was added or removed.
+#[derive(Debug)]
+pub(crate) struct ParentBefore {
+    stat: Stat,
+    next_seq: u64,
+}
+
+/// One reversible change to the tree.
+#[derive(Debug)]
+pub(crate) enum Undo {
+    /// A node was created at `path` (it has no children when undone).
+    Created { path: String, parent: ParentBefore },
+    /// The node at `path` was deleted; here it is.
+    Deleted {
+        path: String,
+        node: Node,
+        parent: ParentBefore,
+    },
+    /// The data of `path` was replaced; here are the old data and stat.
+    DataSet {
+        path: String,
+        data: Vec<u8>,
+        stat: Stat,
+    },
+}
+
+fn err(code: ErrorCode, message: String) -> ErrorInfo {
+    ErrorInfo::new(code, message)
+}
+
+/// The parent of a validated non-root path.
+fn parent_of(path: &str) -> Result<&str, ErrorInfo> {
+    parent(path).ok_or_else(|| {
+        err(
+            ErrorCode::BadArguments,
+            format!("the root has no parent (path {path:?})"),
+        )
+    })
+}
+
+fn check_data(data: &[u8], max_data_bytes: usize, path: &str) -> Result<(), ErrorInfo> {
+    if data.len() > max_data_bytes {
+        return Err(err(
+            ErrorCode::DataTooLarge,
+            format!(
+                "data of {} bytes for {path} is larger than max_data_bytes = {max_data_bytes}",
+                data.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_version(node: &Node, path: &str, expected: Option<u32>) -> Result<(), ErrorInfo> {
+    match expected {
+        Some(v) if v != node.stat.version => Err(err(
+            ErrorCode::BadVersion,
+            format!("version of {path} is {}, expected {v}", node.stat.version),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The znode tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    /// Every node by full path, the root `/` included.
+    nodes: BTreeMap<String, Node>,
+    /// Paths of the ephemeral nodes of each owner session (no empty sets).
+    ephemerals: BTreeMap<u64, BTreeSet<String>>,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree::new()
+    }
+}
+
+impl Tree {
+    /// A tree holding only the root, created at zxid 0, time 0.
+    pub fn new() -> Tree {
+        let mut nodes = BTreeMap::new();
+        nodes.insert("/".to_string(), Node::new(Vec::new(), 0, 0, 0, false));
+        Tree {
+            nodes,
+            ephemerals: BTreeMap::new(),
+        }
+    }
+
+    /// The node at `path`, if any (no validation).
+    pub fn get(&self, path: &str) -> Option<&Node> {
+        self.nodes.get(path)
+    }
+
+    /// Number of nodes, the root included.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the tree is empty (never: the root always exists).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Every node in path order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Node)> {
+        self.nodes.iter().map(|(p, n)| (p.as_str(), n))
+    }
+
+    /// The paths of the ephemeral nodes `owner` owns, sorted.
+    pub fn ephemerals_of(&self, owner: u64) -> impl Iterator<Item = &str> {
+        self.ephemerals
+            .get(&owner)
+            .into_iter()
+            .flat_map(|set| set.iter().map(String::as_str))
+    }
+
+    /// Owners with at least one ephemeral node, in id order.
+    pub fn ephemeral_owners(&self) -> impl Iterator<Item = u64> + '_ {
+        self.ephemerals.keys().copied()
+    }
+
+    /// A validated path's node, or `NoNode`.
+    pub fn lookup(&self, path: &str) -> Result<&Node, ErrorInfo> {
+        validate_path(path)?;
+        self.nodes
+            .get(path)
+            .ok_or_else(|| err(ErrorCode::NoNode, format!("no node at {path}")))
+    }
+
+    // ----- primitives: each adds or removes exactly one node and records its undo -----
+
+    /// Inserts `node` at `path` under the existing `parent_path`; no checks. With
+    /// `sequential`, also advances the parent's sequence counter.
+    fn insert_node(
+        &mut self,
+        txn: &mut Txn,
+        path: String,
+        parent_path: &str,
+        node: Node,
+        sequential: bool,
+    ) {
+        let owner = node.stat.ephemeral_owner;
+        let zxid = txn.zxid;
+        let parent = self
+            .nodes
+            .get_mut(parent_path)
+            .expect("insert_node: the caller checked that the parent exists");
+        let before = ParentBefore {
+            stat: parent.stat,
+            next_seq: parent.next_seq,
+        };
+        if sequential {
+            parent.next_seq = parent.next_seq.saturating_add(1);
+        }
+        parent.children.insert(name(&path).to_string());
+        parent.stat.num_children = len_u32(parent.children.len());
+        parent.stat.cversion = parent.stat.cversion.wrapping_add(1);
+        parent.stat.pzxid = zxid;
+        if owner != 0 {
+            self.ephemerals
+                .entry(owner)
+                .or_default()
+                .insert(path.clone());
+        }
+        txn.change(path.clone(), EventKind::NodeCreated);
+        txn.change(parent_path, EventKind::NodeChildrenChanged);
+        txn.record(|| Undo::Created {
+            path: path.clone(),
+            parent: before,
+        });
+        self.nodes.insert(path, node);
+    }
+
+    /// Removes the childless node at `path` (not the root); no checks beyond that.
+    fn remove_node(&mut self, txn: &mut Txn, path: &str) -> Result<(), ErrorInfo> {
+        let parent_path = parent_of(path)?;
+        let node = self
+            .nodes
+            .remove(path)
+            .expect("remove_node: the caller checked that the node exists");
+        debug_assert!(node.children.is_empty(), "removing {path} with children");
+        let parent = self
+            .nodes
+            .get_mut(parent_path)
+            .expect("remove_node: every non-root node has a parent");
+        let before = ParentBefore {
+            stat: parent.stat,
+            next_seq: parent.next_seq,
+        };
+        parent.children.remove(name(path));
+        parent.stat.num_children = len_u32(parent.children.len());
+        parent.stat.cversion = parent.stat.cversion.wrapping_add(1);
+        parent.stat.pzxid = txn.zxid;
+        let parent_is_container = parent.container;
+        let owner = node.stat.ephemeral_owner;
+        if owner != 0 {
+            self.forget_ephemeral(owner, path);
+        }
+        txn.change(path, EventKind::NodeDeleted);
+        txn.change(parent_path, EventKind::NodeChildrenChanged);
+        if parent_is_container {
+            txn.emptied.push(parent_path.to_string());
+        }
+        if let Some(log) = txn.undo.as_mut() {
+            log.push(Undo::Deleted {
+                path: path.to_string(),
+                node,
+                parent: before,
+            });
+        }
+        Ok(())
+    }
+
+    fn forget_ephemeral(&mut self, owner: u64, path: &str) {
+        if let Some(set) = self.ephemerals.get_mut(&owner) {
+            set.remove(path);
+            if set.is_empty() {
+                self.ephemerals.remove(&owner);
+            }
+        }
+    }
+
+    /// Reverts the changes recorded in `log`, newest first.
+    pub(crate) fn rollback(&mut self, log: Vec<Undo>) {
+        for undo in log.into_iter().rev() {
+            match undo {
+                Undo::Created { path, parent } => {
+                    let node = self
+                        .nodes
+                        .remove(&path)
+                        .expect("rollback: a created node is still there");
+                    if node.stat.ephemeral_owner != 0 {
+                        self.forget_ephemeral(node.stat.ephemeral_owner, &path);
+                    }
+                    self.restore_parent(&path, parent, false);
+                }
+                Undo::Deleted { path, node, parent } => {
+                    if node.stat.ephemeral_owner != 0 {
+                        self.ephemerals
+                            .entry(node.stat.ephemeral_owner)
+                            .or_default()
+                            .insert(path.clone());
+                    }
+                    self.restore_parent(&path, parent, true);
+                    self.nodes.insert(path, node);
+                }
+                Undo::DataSet { path, data, stat } => {
+                    let node = self
+                        .nodes
+                        .get_mut(&path)
+                        .expect("rollback: a node whose data was set is still there");
+                    node.data = data;
+                    node.stat = stat;
+                }
+            }
+        }
+    }
+
+    fn restore_parent(&mut self, path: &str, before: ParentBefore, add_child: bool) {
+        let parent_path = parent(path).expect("rollback: a created node is not the root");
+        let parent = self
+            .nodes
+            .get_mut(parent_path)
+            .expect("rollback: the parent is still there");
+        if add_child {
+            parent.children.insert(name(path).to_string());
+        } else {
+            parent.children.remove(name(path));
+        }
+        parent.stat = before.stat;
+        parent.next_seq = before.next_seq;
+    }
+
+    // ----- operations -----
+
+    /// Creates a node for `session`; returns its actual path and stat.
+    pub(crate) fn create(
+        &mut self,
+        txn: &mut Txn,
+        session: u64,
+        req: &CreateRequest,
+        max_data_bytes: usize,
+    ) -> Result<(String, Stat), ErrorInfo> {
+        let sequential = req.mode.is_sequential();
+        // A sequential request names a prefix ("/locks/lock-" or even "/locks/"); validate
+        // the prefix with a stand-in suffix, as ZooKeeper does.
+        if sequential {
+            validate_path(&format!("{}0", req.path))?;
+        } else {
+            validate_path(&req.path)?;
+            if req.path == "/" {
+                return Err(err(
+                    ErrorCode::NodeExists,
+                    "the root / always exists".to_string(),
+                ));
+            }
+        }
+        check_data(&req.data, max_data_bytes, &req.path)?;
+        // A sequential prefix of "/" names a child of the root.
+        let parent_path = parent(&req.path).unwrap_or("/");
+
+        // Find the nearest existing ancestor; collect the missing ones (nearest first).
+        let mut missing: Vec<&str> = Vec::new();
+        let mut cursor = parent_path;
+        let existing = loop {
+            match self.nodes.get(cursor) {
+                Some(node) => break node,
+                None => {
+                    if !req.make_parents {
+                        return Err(err(
+                            ErrorCode::NoNode,
+                            format!("parent {cursor} of {} does not exist", req.path),
+                        ));
+                    }
+                    missing.push(cursor);
+                    cursor = parent_of(cursor)?;
+                }
+            }
+        };
+        if existing.is_ephemeral() {
+            return Err(err(
+                ErrorCode::NoChildrenForEphemerals,
+                format!(
+                    "cannot create {} under the ephemeral node {cursor}",
+                    req.path
+                ),
+            ));
+        }
+        let path = if sequential {
+            // Missing parents are created fresh, with their counter at 0.
+            let seq = if missing.is_empty() {
+                existing.next_seq
+            } else {
+                0
+            };
+            format!("{}{:010}", req.path, seq)
+        } else {
+            req.path.clone()
+        };
+        if missing.is_empty() && self.nodes.contains_key(&path) {
+            return Err(err(
+                ErrorCode::NodeExists,
+                format!("node {path} already exists"),
+            ));
+        }
+
+        // All checks passed: change the tree.
+        let container = req.mode == CreateMode::Container;
+        let (zxid, wall_ms) = (txn.zxid, txn.wall_ms);
+        // `missing` and `parent_path` borrow the request, not the tree. Each missing
+        // ancestor's parent is the next one in `missing`, the last one's is `cursor`.
+        for (i, dir) in missing.iter().enumerate().rev() {
+            let above = missing.get(i + 1).copied().unwrap_or(cursor);
+            let node = Node::new(Vec::new(), zxid, wall_ms, 0, container);
+            self.insert_node(txn, dir.to_string(), above, node, false);
+        }
+        let owner = if req.mode.is_ephemeral() { session } else { 0 };
+        let node = Node::new(req.data.clone(), zxid, wall_ms, owner, container);
+        let stat = node.stat;
+        self.insert_node(txn, path.clone(), parent_path, node, sequential);
+        Ok((path, stat))
+    }
+
+    /// Deletes a childless node, optionally only at an expected version.
+    pub(crate) fn delete(
+        &mut self,
+        txn: &mut Txn,
+        path: &str,
+        version: Option<u32>,
+    ) -> Result<(), ErrorInfo> {
+        validate_path(path)?;
+        if path == "/" {
+            return Err(err(
+                ErrorCode::BadArguments,
+                "the root / cannot be deleted".to_string(),
+            ));
+        }
+        let node = self
+            .nodes
+            .get(path)
+            .ok_or_else(|| err(ErrorCode::NoNode, format!("no node at {path}")))?;
+        check_version(node, path, version)?;
+        if !node.children.is_empty() {
+            return Err(err(
+                ErrorCode::NotEmpty,
+                format!("{path} has {} children", node.children.len()),
+            ));
+        }
+        self.remove_node(txn, path)
+    }
+
+    /// Replaces a node's data, optionally only at an expected version; returns the new stat.
+    pub(crate) fn set_data(
+        &mut self,
+        txn: &mut Txn,
+        path: &str,
+        data: &[u8],
+        version: Option<u32>,
+        max_data_bytes: usize,
+    ) -> Result<Stat, ErrorInfo> {
+        validate_path(path)?;
+        check_data(data, max_data_bytes, path)?;
+        let node = self
+            .nodes
+            .get_mut(path)
+            .ok_or_else(|| err(ErrorCode::NoNode, format!("no node at {path}")))?;
+        check_version(node, path, version)?;
+        let old_stat = node.stat;
+        let old_data = std::mem::replace(&mut node.data, data.to_vec());
+        node.stat.version = node.stat.version.wrapping_add(1);
+        node.stat.mzxid = txn.zxid;
+        node.stat.mtime_ms = txn.wall_ms;
+        node.stat.data_length = len_u32(node.data.len());
+        let stat = node.stat;
+        txn.change(path, EventKind::NodeDataChanged);
+        if let Some(log) = txn.undo.as_mut() {
+            log.push(Undo::DataSet {
+                path: path.to_string(),
+                data: old_data,
+                stat: old_stat,
+            });
+        }
+        Ok(stat)
+    }
+
+    /// Fails unless the node exists at `version`.
+    pub(crate) fn check(&self, path: &str, version: u32) -> Result<(), ErrorInfo> {
+        let node = self.lookup(path)?;
+        check_version(node, path, Some(version))
+    }
+
+    /// Deletes every ephemeral node of `owner`, in path order.
+    pub(crate) fn delete_ephemerals(&mut self, txn: &mut Txn, owner: u64) {
+        let Some(paths) = self.ephemerals.remove(&owner) else {
+            return;
+        };
+        for path in &paths {
+            // Ephemerals have no children; the owner's set is already gone.
+            if self.nodes.contains_key(path.as_str()) {
+                if let Err(e) = self.remove_node(txn, path) {
+                    debug_assert!(false, "deleting ephemeral {path}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Deletes the containers among the parents that lost a child in this transaction and
+    /// are now empty, cascading upward through container parents.
+    pub(crate) fn reap_containers(&mut self, txn: &mut Txn) {
+        let mut i = 0;
+        while i < txn.emptied.len() {
+            let path = std::mem::take(&mut txn.emptied[i]);
+            i += 1;
+            let reap = match self.nodes.get(path.as_str()) {
+                Some(node) => node.container && node.children.is_empty() && path != "/",
+                None => false,
+            };
+            if reap {
+                // remove_node pushes the container's parent onto `emptied`: the cascade.
+                if let Err(e) = self.remove_node(txn, &path) {
+                    debug_assert!(false, "reaping container {path}: {e}");
+                }
+            }
+        }
+        txn.emptied.clear();
+    }
+
+    /// Checks the structural invariants of the tree; `live` says whether a session exists.
+    pub fn check_invariants(&self, live: impl Fn(u64) -> bool) -> Result<(), String> {
+        let root = self.nodes.get("/").ok_or("the root / is missing")?;
+        if root.is_ephemeral() || root.container {
+            return Err("the root is ephemeral or a container".to_string());
+        }
+        let mut ephemeral_count = 0usize;
+        for (path, node) in &self.nodes {
+            if validate_path(path).is_err() {
+                return Err(format!("invalid path {path:?} in the tree"));
+            }
+            if node.stat.num_children as usize != node.children.len() {
+                return Err(format!(
+                    "{path}: num_children {} but {} children",
+                    node.stat.num_children,
+                    node.children.len()
+                ));
+            }
+            if node.stat.data_length as usize != node.data.len() {
+                return Err(format!(
+                    "{path}: data_length {} but {} bytes of data",
+                    node.stat.data_length,
+                    node.data.len()
+                ));
+            }
+            for child in &node.children {
+                if !self.nodes.contains_key(&join(path, child)) {
+                    return Err(format!("{path} lists child {child:?} that does not exist"));
+                }
+            }
+            if let Some(parent_path) = parent(path) {
+                let parent = self
+                    .nodes
+                    .get(parent_path)
+                    .ok_or_else(|| format!("{path}: parent {parent_path} is missing"))?;
+                if !parent.children.contains(name(path)) {
+                    return Err(format!(
+                        "{path}: not listed among the children of {parent_path}"
+                    ));
+                }
+                if node.stat.czxid > parent.stat.pzxid {
+                    return Err(format!(
+                        "{path}: czxid {} is after the parent's pzxid {}",
+                        node.stat.czxid, parent.stat.pzxid
+                    ));
+                }
+            }
+            if node.is_ephemeral() {
+                ephemeral_count += 1;
+                let owner = node.stat.ephemeral_owner;
+                if !node.children.is_empty() {
+                    return Err(format!("ephemeral {path} has children"));
+                }
+                if node.container {
+                    return Err(format!("ephemeral {path} is a container"));
+                }
+                if !live(owner) {
+                    return Err(format!("ephemeral {path} is owned by dead session {owner}"));
+                }
+                if !self
+                    .ephemerals
+                    .get(&owner)
+                    .is_some_and(|set| set.contains(path))
+                {
+                    return Err(format!(
+                        "ephemeral {path} missing from session {owner}'s set"
+                    ));
+                }
+            }
+            if node.stat.mzxid < node.stat.czxid || node.stat.pzxid < node.stat.czxid {
+                return Err(format!("{path}: mzxid or pzxid before czxid"));
+            }
+        }
+        let mut indexed = 0usize;
+        for (owner, set) in &self.ephemerals {
+            if set.is_empty() {
+                return Err(format!("session {owner} has an empty ephemeral set"));
+            }
+            for path in set {
+                indexed += 1;
+                match self.nodes.get(path) {
+                    Some(node) if node.stat.ephemeral_owner == *owner => {}
+                    _ => {
+                        return Err(format!(
+                            "session {owner}'s ephemeral {path} is not its ephemeral node"
+                        ))
+                    }
+                }
+            }
+        }
+        if indexed != ephemeral_count {
+            return Err(format!(
+                "{ephemeral_count} ephemeral nodes but {indexed} in the owner index"
+            ));
+        }
+        Ok(())
+    }
+}
