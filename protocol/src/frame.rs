@@ -210,11 +210,3 @@ impl<In, Out: Serialize> Encoder<Out> for Codec<In, Out> {
         encode_frame(&item, dst, self.max_frame_bytes)
     }
 }
-
-impl<In, Out: Serialize> Encoder<&Out> for Codec<In, Out> {
-    type Error = FrameError;
-
-    fn encode(&mut self, item: &Out, dst: &mut BytesMut) -> Result<(), FrameError> {
-        encode_frame(item, dst, self.max_frame_bytes)
-    }
-}

@@ -4,6 +4,8 @@
 //! on stdout, which is how the harness learns it) and keeps its data in a temporary
 //! directory that outlives restarts of the process and is removed with the harness.
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -84,7 +86,10 @@ impl TestServer {
             .arg(self.data_dir.path())
             .args(["--tick-ms", "10", "--min-session-ttl-ms", "200"])
             .args(&self.extra_args)
-            .env("RUST_LOG", std::env::var("CORRAL_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("CORRAL_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,0 +1,279 @@
+//! Talks to a real server at the frame level: handshakes, malformed and oversized frames,
+//! connection limits. A misbehaving connection gets an error and is closed; nobody else
+//! notices.
+
+use corral_protocol::frame::encode_frame;
+use corral_protocol::{
+    ClientMessage, Codec, ErrorCode, Hello, HelloReply, Op, OpResult, Request, ServerMessage,
+    SessionRequest, DEFAULT_MAX_FRAME_BYTES,
+};
+use corral_tests::TestServer;
+use futures::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+type Handshake = Framed<TcpStream, Codec<HelloReply, Hello>>;
+type Session = Framed<TcpStream, Codec<ServerMessage, ClientMessage>>;
+
+async fn hello(addr: &str, hello: Hello) -> (Handshake, HelloReply) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let mut framed = Framed::new(stream, Codec::new(DEFAULT_MAX_FRAME_BYTES));
+    framed.send(hello).await.expect("send hello");
+    let reply = tokio::time::timeout(WAIT, framed.next())
+        .await
+        .expect("hello reply in time")
+        .expect("a reply frame")
+        .expect("a valid reply");
+    (framed, reply)
+}
+
+async fn session(addr: &str) -> Session {
+    let (framed, reply) = hello(addr, Hello::new(SessionRequest::New { ttl_ms: 10_000 }, 0)).await;
+    assert!(matches!(reply, HelloReply::Accepted(_)), "{reply:?}");
+    framed.map_codec(|c| c.retype())
+}
+
+async fn request(s: &mut Session, xid: u64, op: Op) -> ServerMessage {
+    s.send(ClientMessage::Request(Request { xid, op }))
+        .await
+        .expect("send request");
+    tokio::time::timeout(WAIT, s.next())
+        .await
+        .expect("response in time")
+        .expect("a frame")
+        .expect("a valid frame")
+}
+
+async fn assert_works(addr: &str) {
+    let mut s = session(addr).await;
+    match request(&mut s, 1, Op::Ping).await {
+        ServerMessage::Response(r) => assert_eq!(r.result, Ok(OpResult::Pong)),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Reads until EOF (bounded), returning everything the server sent.
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "server did not close the connection in time");
+    out
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
+    corral_protocol::frame::decode_frame::<T>(bytes, DEFAULT_MAX_FRAME_BYTES)
+        .expect("valid frame")
+        .expect("complete frame")
+        .0
+}
+
+#[tokio::test]
+async fn wrong_magic_or_version_is_refused_cleanly() {
+    let server = TestServer::start(&[]);
+    let mut bad = Hello::new(SessionRequest::New { ttl_ms: 10_000 }, 0);
+    bad.magic = 0xdead_beef;
+    let (_, reply) = hello(&server.addr(), bad).await;
+    match reply {
+        HelloReply::Refused(e) => assert_eq!(e.code, ErrorCode::ProtocolMismatch),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let mut future = Hello::new(SessionRequest::New { ttl_ms: 10_000 }, 0);
+    future.version = 99;
+    let (_, reply) = hello(&server.addr(), future).await;
+    match reply {
+        HelloReply::Refused(e) => {
+            assert_eq!(e.code, ErrorCode::ProtocolMismatch);
+            assert!(
+                e.message.contains("99"),
+                "message names the version: {}",
+                e.message
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_works(&server.addr()).await;
+}
+
+#[tokio::test]
+async fn garbage_and_oversized_frames_close_only_their_connection() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let mut bystander = session(&addr).await;
+
+    // Garbage instead of a handshake.
+    let mut raw = TcpStream::connect(&addr).await.expect("connect");
+    raw.write_all(&[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .await
+        .expect("write");
+    let reply: HelloReply = decode(&read_to_close(&mut raw).await);
+    match reply {
+        HelloReply::Refused(e) => assert_eq!(e.code, ErrorCode::Malformed),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // An oversized frame after a good handshake: rejected as soon as its length is read.
+    let s = session(&addr).await;
+    let mut raw = s.into_inner();
+    raw.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
+    let msg: ServerMessage = decode(&read_to_close(&mut raw).await);
+    match msg {
+        ServerMessage::Goodbye(e) => assert_eq!(e.code, ErrorCode::FrameTooLarge),
+        other => panic!("expected a goodbye, got {other:?}"),
+    }
+
+    // A well-framed but undecodable message after a good handshake.
+    let s = session(&addr).await;
+    let mut raw = s.into_inner();
+    raw.write_all(&[0, 0, 0, 4, 0x77, 0x77, 0x77, 0x77])
+        .await
+        .expect("write");
+    let msg: ServerMessage = decode(&read_to_close(&mut raw).await);
+    match msg {
+        ServerMessage::Goodbye(e) => assert_eq!(e.code, ErrorCode::Malformed),
+        other => panic!("expected a goodbye, got {other:?}"),
+    }
+
+    // The bystander never noticed.
+    match request(&mut bystander, 1, Op::Ping).await {
+        ServerMessage::Response(r) => assert_eq!(r.result, Ok(OpResult::Pong)),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_large_request_under_the_limit_is_served_and_one_over_is_refused() {
+    let server = TestServer::start(&["--max-data-bytes", "1000", "--max-frame-bytes", "8192"]);
+    let mut s = session(&server.addr()).await;
+    let create = |len: usize| {
+        Op::Create(corral_protocol::CreateRequest {
+            path: "/big".into(),
+            data: vec![7u8; len],
+            mode: corral_protocol::CreateMode::Persistent,
+            make_parents: false,
+        })
+    };
+    match request(&mut s, 1, create(1001)).await {
+        ServerMessage::Response(r) => {
+            let e = r.result.expect_err("data over max_data_bytes");
+            assert_eq!(e.code, ErrorCode::DataTooLarge);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match request(&mut s, 2, create(1000)).await {
+        ServerMessage::Response(r) => assert!(r.result.is_ok(), "{r:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    // A frame over max_frame_bytes: the connection is closed with FrameTooLarge.
+    let mut frame = bytes::BytesMut::new();
+    encode_frame(
+        &ClientMessage::Request(Request {
+            xid: 3,
+            op: create(9000),
+        }),
+        &mut frame,
+        usize::MAX,
+    )
+    .expect("encode");
+    let mut raw = s.into_inner();
+    raw.write_all(&frame).await.expect("write");
+    let msg: ServerMessage = decode(&read_to_close(&mut raw).await);
+    match msg {
+        ServerMessage::Goodbye(e) => assert_eq!(e.code, ErrorCode::FrameTooLarge),
+        other => panic!("expected a goodbye, got {other:?}"),
+    }
+    assert_works(&server.addr()).await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_with_a_reason() {
+    let server = TestServer::start(&["--max-connections", "2"]);
+    let addr = server.addr();
+    let _a = session(&addr).await;
+    let _b = session(&addr).await;
+    let mut raw = TcpStream::connect(&addr).await.expect("connect");
+    let reply: HelloReply = decode(&read_to_close(&mut raw).await);
+    match reply {
+        HelloReply::Refused(e) => {
+            assert_eq!(e.code, ErrorCode::LimitExceeded);
+            assert!(e.message.contains("max_connections"), "{}", e.message);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    drop(_a);
+    // The freed slot is usable again (the server notices the close asynchronously).
+    corral_tests::eventually("a connection slot to free up", WAIT, || {
+        let addr = addr.clone();
+        async move {
+            let stream = TcpStream::connect(&addr).await.ok()?;
+            let mut framed: Handshake = Framed::new(stream, Codec::new(DEFAULT_MAX_FRAME_BYTES));
+            framed
+                .send(Hello::new(SessionRequest::New { ttl_ms: 10_000 }, 0))
+                .await
+                .ok()?;
+            match tokio::time::timeout(WAIT, framed.next()).await {
+                Ok(Some(Ok(HelloReply::Accepted(_)))) => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_ahead_of_the_server_is_sent_elsewhere() {
+    let server = TestServer::start(&[]);
+    let (_, reply) = hello(
+        &server.addr(),
+        Hello::new(SessionRequest::New { ttl_ms: 10_000 }, 1_000_000),
+    )
+    .await;
+    match reply {
+        HelloReply::Refused(e) => assert_eq!(e.code, ErrorCode::Unavailable),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let server = TestServer::start(&[]);
+    let mut s = session(&server.addr()).await;
+    let n = 200u64;
+    for xid in 1..=n {
+        let op = if xid % 2 == 0 {
+            Op::Exists {
+                path: format!("/n{}", xid - 1),
+                watch: false,
+            }
+        } else {
+            Op::Create(corral_protocol::CreateRequest {
+                path: format!("/n{xid}"),
+                data: vec![],
+                mode: corral_protocol::CreateMode::Persistent,
+                make_parents: false,
+            })
+        };
+        s.feed(ClientMessage::Request(Request { xid, op }))
+            .await
+            .expect("feed");
+    }
+    s.flush().await.expect("flush");
+    for xid in 1..=n {
+        let msg = tokio::time::timeout(WAIT, s.next())
+            .await
+            .expect("in time")
+            .expect("frame")
+            .expect("valid");
+        let ServerMessage::Response(r) = msg else {
+            panic!("unexpected {msg:?}");
+        };
+        assert_eq!(r.xid, xid, "responses come in request order");
+        if xid % 2 == 0 {
+            // The read sees the connection's own preceding write.
+            assert!(matches!(r.result, Ok(OpResult::Exists(Some(_)))), "{r:?}");
+        }
+    }
+}
