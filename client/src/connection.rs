@@ -1,0 +1,655 @@
+//! The background task that owns the connection.
+//!
+//! One task per client owns the socket, the request bookkeeping ([`Pending`]) and the
+//! watch registry; [`Client`](crate::Client) handles talk to it through a bounded
+//! channel of [`Call`]s and get their answers on oneshot channels. Nothing here is
+//! behind a mutex: the task is the only owner.
+//!
+//! While connected the task, in one `select!` loop, reads server messages (always, so a
+//! slow reader never stalls the server), writes buffered frames, takes new calls while
+//! the in-flight limit and the write buffer allow, sends a ping when the connection has
+//! been idle for a third of the session TTL, and gives the connection up when the server
+//! has said nothing for two thirds of it.
+//!
+//! When the connection is lost the task resumes the session on the next server (round
+//! robin, backoff with jitter between rounds), resends every unanswered request with its
+//! original xid (the server deduplicates writes by xid), and then re-registers the
+//! watches with `SetWatches`. Calls wait meanwhile, until the session lease may have run
+//! out: from then on unanswered and new calls fail with `ConnectionLoss` while the task
+//! keeps trying to resume. A session the server declares expired ends the client.
+
+use crate::backoff::Backoff;
+use crate::config::ClientConfig;
+use crate::error::{Error, Result};
+use crate::pending::{Pending, Waiter};
+use crate::registry::{split_watch_set, OneShotKind, WatchRegistry};
+use crate::state::{ConnectionState, StatePublisher};
+use crate::transport::{self, HandshakeError, Transport};
+use crate::watcher::{StreamItem, WatchSender};
+use bytes::{Buf, Bytes, BytesMut};
+use corral_protocol::frame::encode_frame;
+use corral_protocol::{
+    AddWatchMode, ClientMessage, ErrorCode, ErrorInfo, Hello, Op, OpResult, Request, Response,
+    ServerMessage, SessionGranted, SessionRequest, WatchEvent, WatcherKind,
+};
+use futures::StreamExt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::{sleep, sleep_until, Instant};
+
+/// Stop taking calls while this many encoded bytes wait to be written (at least one
+/// frame always fits).
+const MIN_WRITE_BUFFER_BYTES: usize = 256 << 10;
+
+/// What a client handle asks the task to do.
+#[derive(Debug)]
+pub(crate) struct Call {
+    /// The operation.
+    pub op: Op,
+    /// What to do on success, besides answering.
+    pub then: Then,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<Reply>>,
+}
+
+/// Bookkeeping the task does when a call succeeds, before it answers, so that a watch
+/// is in the registry before any later event can arrive.
+#[derive(Debug)]
+pub(crate) enum Then {
+    /// Nothing.
+    Nothing,
+    /// Record a one-shot watcher.
+    OneShot {
+        path: String,
+        kind: OneShotKind,
+        tx: WatchSender,
+    },
+    /// Record a persistent watch and answer with a receiver of its events.
+    Persistent { path: String, mode: AddWatchMode },
+    /// Forget the removed watches.
+    RemoveWatches { path: String, kind: WatcherKind },
+    /// The session is being closed: take no more calls.
+    Close,
+}
+
+/// A successful answer.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    /// The result.
+    pub result: OpResult,
+    /// For `AddWatch`: the events of the watch.
+    pub stream: Option<broadcast::Receiver<StreamItem>>,
+}
+
+/// What the public API can read about the session without asking the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SessionStatus {
+    pub session_id: u64,
+    pub ttl: Duration,
+    pub node_id: u64,
+    pub last_zxid: u64,
+    /// Until when the server certainly keeps the session: the send time of the last
+    /// request it answered, plus the TTL.
+    pub lease_deadline: Instant,
+}
+
+/// State shared by the task and the client handles.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub state: StatePublisher,
+    pub events: broadcast::Sender<StreamItem>,
+    pub session: Mutex<SessionStatus>,
+}
+
+impl Shared {
+    pub(crate) fn session(&self) -> SessionStatus {
+        match self.session.lock() {
+            Ok(guard) => *guard,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    fn update_session(&self, f: impl FnOnce(&mut SessionStatus)) {
+        match self.session.lock() {
+            Ok(mut guard) => f(&mut guard),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+/// Who waits for a request the task sent.
+#[derive(Debug)]
+enum WaitFor {
+    /// A caller.
+    Call {
+        then: Then,
+        reply: oneshot::Sender<Result<Reply>>,
+        sent_at: Instant,
+    },
+    /// The task's own keepalive.
+    Ping { sent_at: Instant },
+    /// The task's own watch re-registration.
+    SetWatches,
+}
+
+impl Waiter for WaitFor {
+    fn is_abandoned(&self) -> bool {
+        match self {
+            WaitFor::Call { reply, .. } => reply.is_closed(),
+            _ => false,
+        }
+    }
+
+    fn resend(&self) -> bool {
+        matches!(self, WaitFor::Call { .. })
+    }
+}
+
+/// Why a connection (or the whole task) ended.
+#[derive(Debug)]
+enum End {
+    /// The connection is gone; resume the session elsewhere.
+    Lost(String),
+    /// The client is finished, in this state, failing what is left with this error.
+    Final(ConnectionState, Error),
+}
+
+/// The background task.
+#[derive(Debug)]
+pub(crate) struct Task {
+    config: ClientConfig,
+    shared: Arc<Shared>,
+    calls: mpsc::Receiver<Call>,
+    pending: Pending<WaitFor>,
+    registry: WatchRegistry,
+    backoff: Backoff,
+    session_id: u64,
+    secret: u64,
+    ttl: Duration,
+    /// Largest frame the task sends: the smaller of the two sides' limits.
+    send_limit: usize,
+    last_zxid: u64,
+    /// Send time of the last request the server answered successfully.
+    lease_from: Instant,
+    /// Disconnected for longer than the lease: calls fail fast with `ConnectionLoss`.
+    lapsed: bool,
+    /// `CloseSession` was queued: no more calls are taken.
+    closing: bool,
+}
+
+impl Task {
+    /// A task for the session `granted` obtained with a handshake started at
+    /// `handshake_started`.
+    pub(crate) fn new(
+        config: ClientConfig,
+        shared: Arc<Shared>,
+        calls: mpsc::Receiver<Call>,
+        granted: &SessionGranted,
+        backoff: Backoff,
+        handshake_started: Instant,
+    ) -> Self {
+        let registry = WatchRegistry::new(config.event_buffer);
+        let pending = Pending::new(granted.next_xid, config.max_in_flight);
+        let mut task = Task {
+            config,
+            shared,
+            calls,
+            pending,
+            registry,
+            backoff,
+            session_id: granted.session_id,
+            secret: granted.secret,
+            ttl: Duration::ZERO,
+            send_limit: 0,
+            last_zxid: granted.zxid,
+            lease_from: handshake_started,
+            lapsed: false,
+            closing: false,
+        };
+        task.adopt(granted, handshake_started);
+        task
+    }
+
+    /// The initial status published for a new session.
+    pub(crate) fn initial_status(granted: &SessionGranted, now: Instant) -> SessionStatus {
+        let ttl = Duration::from_millis(granted.ttl_ms);
+        SessionStatus {
+            session_id: granted.session_id,
+            ttl,
+            node_id: granted.node_id,
+            last_zxid: granted.zxid,
+            lease_deadline: now + ttl,
+        }
+    }
+
+    /// Takes in the terms of a (re)granted session.
+    fn adopt(&mut self, granted: &SessionGranted, handshake_started: Instant) {
+        // A zero TTL would make the keepalive spin; the server never grants one.
+        self.ttl = Duration::from_millis(granted.ttl_ms.max(30));
+        let server_limit = usize::try_from(granted.max_frame_bytes).unwrap_or(usize::MAX);
+        self.send_limit = self.config.max_frame_bytes.min(server_limit).max(1024);
+        self.lease_from = self.lease_from.max(handshake_started);
+        self.observe_zxid(granted.zxid);
+        let (ttl, lease_from, node_id) = (self.ttl, self.lease_from, granted.node_id);
+        self.shared.update_session(|s| {
+            s.ttl = ttl;
+            s.node_id = node_id;
+            s.lease_deadline = lease_from + ttl;
+        });
+    }
+
+    /// Runs the session until it ends, starting on the connection of the handshake.
+    pub(crate) async fn run(mut self, first: Transport) {
+        let mut transport = first;
+        let mut resend = Vec::new();
+        loop {
+            let end = self.serve(transport, resend).await;
+            match end {
+                End::Final(state, err) => return self.finish(state, err),
+                End::Lost(why) => {
+                    tracing::info!(session = self.session_id, "connection lost: {why}");
+                }
+            }
+            match self.reconnect().await {
+                Ok((next, frames)) => {
+                    transport = next;
+                    resend = frames;
+                }
+                Err(End::Final(state, err)) => return self.finish(state, err),
+                Err(End::Lost(why)) => {
+                    // reconnect only ends with a final state; be safe anyway.
+                    return self.finish(ConnectionState::Closed, Error::protocol(why));
+                }
+            }
+        }
+    }
+
+    /// Serves one connection: resends what `resend` holds, re-registers the watches,
+    /// then pipelines calls until the connection or the session ends.
+    async fn serve(&mut self, transport: Transport, resend: Vec<Bytes>) -> End {
+        let Transport {
+            mut reader,
+            mut writer,
+            address,
+        } = transport;
+        tracing::debug!(session = self.session_id, %address, "connected");
+        self.shared
+            .state
+            .set(ConnectionState::Connected { address });
+        let mut out = BytesMut::new();
+        for frame in &resend {
+            out.extend_from_slice(frame);
+        }
+        // After the resends, so that xids keep increasing on the wire.
+        let watches = self.registry.watch_set();
+        if !watches.is_empty() {
+            for piece in split_watch_set(watches, self.send_limit / 2) {
+                let op = Op::SetWatches {
+                    last_zxid: self.last_zxid,
+                    watches: piece,
+                };
+                if let Err((_, e)) = self.push(op, WaitFor::SetWatches, false, &mut out) {
+                    tracing::warn!("cannot re-register watches: {e}");
+                    self.registry.fail_all(&e);
+                }
+            }
+        }
+        let ping_every = self.ttl / 3;
+        let silence_limit = self.ttl * 2 / 3;
+        let high_water = MIN_WRITE_BUFFER_BYTES.max(self.send_limit);
+        let mut last_sent = Instant::now();
+        let mut last_heard = Instant::now();
+        loop {
+            let accepting = !self.closing && self.pending.has_room() && out.len() < high_water;
+            // Unbiased on purpose: a flood of events must not starve writes, new calls
+            // or the keepalive.
+            tokio::select! {
+                message = reader.next() => match message {
+                    None => return End::Lost("the server closed the connection".into()),
+                    Some(Err(e)) => return End::Lost(format!("read failed: {e}")),
+                    Some(Ok(message)) => {
+                        last_heard = Instant::now();
+                        if let Some(end) = self.handle(message) {
+                            return end;
+                        }
+                    }
+                },
+                written = writer.write(&out), if !out.is_empty() => match written {
+                    Ok(0) => return End::Lost("the connection closed while writing".into()),
+                    Ok(n) => out.advance(n),
+                    Err(e) => return End::Lost(format!("write failed: {e}")),
+                },
+                call = self.calls.recv(), if accepting => {
+                    match call {
+                        Some(call) => self.submit(call, &mut out),
+                        // Every handle is gone: end the session rather than let it
+                        // linger until it expires.
+                        None => {
+                            self.submit_close_for_dropped_client(&mut out);
+                            if !self.closing {
+                                return End::Final(ConnectionState::Closed, Error::Closed);
+                            }
+                        }
+                    }
+                    last_sent = Instant::now();
+                },
+                () = sleep_until(last_sent + ping_every) => {
+                    let sent_at = Instant::now();
+                    if let Err((_, e)) = self.push(Op::Ping, WaitFor::Ping { sent_at }, false, &mut out) {
+                        return End::Lost(format!("cannot encode a ping: {e}"));
+                    }
+                    last_sent = sent_at;
+                },
+                () = sleep_until(last_heard + silence_limit) => {
+                    return End::Lost(format!("the server said nothing for {silence_limit:?}"));
+                },
+            }
+        }
+    }
+
+    /// Encodes a request and queues it for writing; on failure the waiter comes back.
+    fn push(
+        &mut self,
+        op: Op,
+        waiter: WaitFor,
+        counted: bool,
+        out: &mut BytesMut,
+    ) -> std::result::Result<(), (WaitFor, Error)> {
+        let limit = self.send_limit;
+        let encode = |xid| {
+            let message = ClientMessage::Request(Request { xid, op });
+            let mut frame = BytesMut::new();
+            encode_frame(&message, &mut frame, limit).map(|()| frame.freeze())
+        };
+        match self.pending.push(waiter, counted, encode) {
+            Ok((_, frame)) => {
+                out.extend_from_slice(&frame);
+                Ok(())
+            }
+            Err((waiter, e)) => Err((waiter, Error::from(e))),
+        }
+    }
+
+    fn submit(&mut self, call: Call, out: &mut BytesMut) {
+        let Call { op, then, reply } = call;
+        let closing = matches!(then, Then::Close);
+        let waiter = WaitFor::Call {
+            then,
+            reply,
+            sent_at: Instant::now(),
+        };
+        match self.push(op, waiter, true, out) {
+            Ok(()) => self.closing |= closing,
+            Err((WaitFor::Call { reply, .. }, e)) => {
+                let _ = reply.send(Err(e));
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn submit_close_for_dropped_client(&mut self, out: &mut BytesMut) {
+        let (reply, _ignored) = oneshot::channel();
+        // The receiver is gone at once, which would make the request "abandoned"
+        // and skipped on resend; that is fine for a client nobody holds.
+        self.submit(
+            Call {
+                op: Op::CloseSession,
+                then: Then::Close,
+                reply,
+            },
+            out,
+        );
+    }
+
+    /// Handles one server message; `Some` ends the connection.
+    fn handle(&mut self, message: ServerMessage) -> Option<End> {
+        match message {
+            ServerMessage::Watch(event) => {
+                self.on_event(event);
+                None
+            }
+            ServerMessage::Response(response) => self.on_response(response),
+            ServerMessage::Goodbye(info) => {
+                tracing::info!(session = self.session_id, "server said goodbye: {info}");
+                Some(match fatal(&info) {
+                    Some(end) => end,
+                    None => End::Lost(format!("server closed the connection: {info}")),
+                })
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: WatchEvent) {
+        self.observe_zxid(event.zxid);
+        self.registry.dispatch(&event);
+        // No subscriber is fine.
+        let _ = self.shared.events.send(Ok(event));
+    }
+
+    fn on_response(&mut self, response: Response) -> Option<End> {
+        self.observe_zxid(response.zxid);
+        let Some(entry) = self.pending.complete(response.xid) else {
+            tracing::debug!(xid = response.xid, "response to a request no one waits for");
+            return None;
+        };
+        match entry.waiter {
+            WaitFor::Ping { sent_at } => match response.result {
+                Ok(_) => {
+                    self.renew_lease(sent_at);
+                    None
+                }
+                Err(info) => fatal(&info),
+            },
+            WaitFor::SetWatches => match response.result {
+                Ok(_) => None,
+                Err(info) => fatal(&info).or_else(|| {
+                    tracing::warn!("the server refused to re-register watches: {info}");
+                    self.registry.fail_all(&Error::from(info));
+                    None
+                }),
+            },
+            WaitFor::Call {
+                then,
+                reply,
+                sent_at,
+            } => match response.result {
+                Ok(result) => {
+                    self.renew_lease(sent_at);
+                    let closed = matches!(result, OpResult::Closed);
+                    let stream = self.apply(then, response.zxid);
+                    let _ = reply.send(Ok(Reply { result, stream }));
+                    closed.then_some(End::Final(ConnectionState::Closed, Error::Closed))
+                }
+                Err(info) => {
+                    let end = fatal(&info);
+                    if matches!(then, Then::Close) {
+                        // The close failed: the session goes on.
+                        self.closing = false;
+                    }
+                    let _ = reply.send(Err(Error::from(info)));
+                    end
+                }
+            },
+        }
+    }
+
+    /// The registry side of a successful call.
+    fn apply(&mut self, then: Then, zxid: u64) -> Option<broadcast::Receiver<StreamItem>> {
+        match then {
+            Then::Nothing | Then::Close => None,
+            Then::OneShot { path, kind, tx } => {
+                self.registry.add_one_shot(&path, kind, tx, zxid);
+                None
+            }
+            Then::Persistent { path, mode } => Some(self.registry.add_persistent(&path, mode)),
+            Then::RemoveWatches { path, kind } => {
+                self.registry.remove(&path, kind);
+                None
+            }
+        }
+    }
+
+    fn observe_zxid(&mut self, zxid: u64) {
+        if zxid > self.last_zxid {
+            self.last_zxid = zxid;
+            self.shared.update_session(|s| s.last_zxid = zxid);
+        }
+    }
+
+    fn renew_lease(&mut self, sent_at: Instant) {
+        if sent_at > self.lease_from {
+            self.lease_from = sent_at;
+            let deadline = sent_at + self.ttl;
+            self.shared.update_session(|s| s.lease_deadline = deadline);
+        }
+    }
+
+    /// Resumes the session on some server. Returns the new connection and the frames
+    /// to resend, or the final state if the session cannot be resumed.
+    async fn reconnect(&mut self) -> Result<(Transport, Vec<Bytes>), End> {
+        self.shared.state.set(ConnectionState::Disconnected);
+        loop {
+            let index = self.backoff.next_server();
+            let Some(address) = self.config.addresses.get(index).cloned() else {
+                return Err(End::Final(
+                    ConnectionState::Closed,
+                    Error::InvalidConfig("no server address".into()),
+                ));
+            };
+            self.shared.state.set(ConnectionState::Connecting);
+            let hello = Hello::new(
+                SessionRequest::Resume {
+                    session_id: self.session_id,
+                    secret: self.secret,
+                },
+                self.last_zxid,
+            );
+            let started = Instant::now();
+            let attempt = transport::open(
+                &address,
+                &hello,
+                self.config.max_frame_bytes,
+                self.config.connect_timeout,
+            );
+            match self.while_away(attempt).await? {
+                Ok((transport, granted)) if granted.session_id == self.session_id => {
+                    self.backoff.succeeded();
+                    self.adopt(&granted, started);
+                    self.lapsed = false;
+                    let frames = self.pending.prepare_resend(granted.next_xid);
+                    tracing::info!(
+                        session = self.session_id,
+                        %address,
+                        resent = frames.len(),
+                        "session resumed"
+                    );
+                    return Ok((transport, frames));
+                }
+                Ok((_, granted)) => tracing::warn!(
+                    %address,
+                    "asked to resume session {} but got {}",
+                    self.session_id,
+                    granted.session_id
+                ),
+                Err(HandshakeError::Refused(info)) => {
+                    if let Some(end) = fatal(&info) {
+                        return Err(end);
+                    }
+                    tracing::debug!(%address, "resume refused: {info}");
+                }
+                Err(HandshakeError::Failed(e)) => {
+                    tracing::debug!(%address, "cannot reconnect: {e}");
+                }
+            }
+            let pause = self.backoff.failed_with_jitter();
+            if !pause.is_zero() {
+                self.shared.state.set(ConnectionState::Disconnected);
+                self.while_away(sleep(pause)).await?;
+            }
+        }
+    }
+
+    /// Drives `work` while disconnected. Once the lease has run out, fails every
+    /// unanswered request and each new call with `ConnectionLoss` (a close closes the
+    /// client at once, and so does dropping every handle).
+    async fn while_away<F: Future>(&mut self, work: F) -> Result<F::Output, End> {
+        tokio::pin!(work);
+        loop {
+            let lease_end = self.lease_from + self.ttl;
+            tokio::select! {
+                biased;
+                output = &mut work => return Ok(output),
+                () = sleep_until(lease_end), if !self.lapsed => self.lapse(),
+                call = self.calls.recv(), if self.lapsed => match call {
+                    None => return Err(End::Final(ConnectionState::Closed, Error::Closed)),
+                    Some(Call { then: Then::Close, reply, .. }) => {
+                        // The server cannot be told; the session expires on its own.
+                        let _ = reply.send(Ok(Reply {
+                            result: OpResult::Closed,
+                            stream: None,
+                        }));
+                        return Err(End::Final(ConnectionState::Closed, Error::Closed));
+                    }
+                    Some(call) => {
+                        let _ = call.reply.send(Err(Error::ConnectionLoss));
+                    }
+                },
+            }
+        }
+    }
+
+    /// The lease ran out while disconnected: whatever waits now fails.
+    fn lapse(&mut self) {
+        tracing::info!(
+            session = self.session_id,
+            "no server reached within the session TTL; failing pending calls"
+        );
+        self.lapsed = true;
+        for waiter in self.pending.drain() {
+            if let WaitFor::Call { reply, .. } = waiter {
+                let _ = reply.send(Err(Error::ConnectionLoss));
+            }
+        }
+    }
+
+    /// Ends the client: publishes the final state and fails everything still waiting.
+    fn finish(mut self, state: ConnectionState, err: Error) {
+        tracing::info!(session = self.session_id, "client finished: {err}");
+        self.shared.state.set(state);
+        for waiter in self.pending.drain() {
+            if let WaitFor::Call { reply, .. } = waiter {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+        self.registry.fail_all(&err);
+        let _ = self.shared.events.send(Err(err.clone()));
+        self.calls.close();
+        while let Ok(call) = self.calls.try_recv() {
+            let answer = match call.then {
+                // Closing a finished client succeeds.
+                Then::Close => Ok(Reply {
+                    result: OpResult::Closed,
+                    stream: None,
+                }),
+                _ => Err(err.clone()),
+            };
+            let _ = call.reply.send(answer);
+        }
+    }
+}
+
+/// The end a server error means for the whole client, if it is final.
+fn fatal(info: &ErrorInfo) -> Option<End> {
+    match info.code {
+        ErrorCode::SessionExpired => {
+            Some(End::Final(ConnectionState::Expired, Error::SessionExpired))
+        }
+        ErrorCode::SessionMoved | ErrorCode::AuthFailed | ErrorCode::ProtocolMismatch => Some(
+            End::Final(ConnectionState::Closed, Error::Server(info.clone())),
+        ),
+        _ => None,
+    }
+}

@@ -1,0 +1,862 @@
+//! The client against a scripted fake server on 127.0.0.1, speaking the real protocol
+//! codec: handshake, pipelining, resend after a dropped connection, watch
+//! re-registration, keepalive, close, timeouts, and session expiry.
+//!
+//! Every wait is bounded with `tokio::time::timeout`; nothing sleeps to synchronise.
+
+use corral_client::{
+    Client, ClientConfig, ConnectionState, CreateMode, Error, ErrorCode, ErrorInfo, EventKind,
+    WatchEvent,
+};
+use corral_protocol::{
+    ClientMessage, Codec, Hello, HelloReply, Op, OpResult, Request, Response, ServerMessage,
+    SessionGranted, SessionRequest, Stat, WatchSet, DEFAULT_MAX_FRAME_BYTES,
+};
+use futures::{SinkExt, StreamExt};
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+
+/// Upper bound on any single wait in these tests.
+const WAIT: Duration = Duration::from_secs(10);
+
+const SESSION: u64 = 42;
+const SECRET: u64 = 7;
+
+async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(WAIT, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+fn granted(ttl_ms: u64, zxid: u64, next_xid: u64) -> SessionGranted {
+    SessionGranted {
+        session_id: SESSION,
+        secret: SECRET,
+        ttl_ms,
+        node_id: 1,
+        zxid,
+        max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
+        next_xid,
+    }
+}
+
+type HelloFramed = Framed<TcpStream, Codec<Hello, HelloReply>>;
+
+struct FakeServer {
+    listener: TcpListener,
+    address: String,
+}
+
+impl FakeServer {
+    async fn start() -> FakeServer {
+        let listener = bounded("bind", TcpListener::bind("127.0.0.1:0"))
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("local addr").to_string();
+        FakeServer { listener, address }
+    }
+
+    fn config(&self) -> ClientConfig {
+        ClientConfig::new([self.address.clone()])
+    }
+
+    /// Accepts a connection and reads its hello.
+    async fn hello(&self) -> (HelloFramed, Hello) {
+        let (stream, _) = bounded("accept", self.listener.accept())
+            .await
+            .expect("accept");
+        let mut framed = Framed::new(stream, Codec::new(DEFAULT_MAX_FRAME_BYTES));
+        let hello = bounded("hello", framed.next())
+            .await
+            .expect("a hello frame")
+            .expect("a valid hello");
+        (framed, hello)
+    }
+
+    /// Accepts a connection and grants it `session`.
+    async fn accept(&self, session: SessionGranted) -> (Conn, Hello) {
+        let (mut framed, hello) = self.hello().await;
+        bounded("grant", framed.send(HelloReply::Accepted(session)))
+            .await
+            .expect("send grant");
+        let conn = Conn {
+            framed: framed.map_codec(|c| c.retype()),
+        };
+        (conn, hello)
+    }
+}
+
+/// The server side of an established connection.
+struct Conn {
+    framed: Framed<TcpStream, Codec<ClientMessage, ServerMessage>>,
+}
+
+impl Conn {
+    /// The next request, pings included.
+    async fn recv_any(&mut self) -> Request {
+        let message = bounded("a request", self.framed.next())
+            .await
+            .expect("connection open")
+            .expect("a valid frame");
+        let ClientMessage::Request(request) = message;
+        request
+    }
+
+    /// The next request that is not a ping; pings are answered on the way.
+    async fn recv(&mut self) -> Request {
+        loop {
+            let request = self.recv_any().await;
+            if request.op == Op::Ping {
+                self.reply(request.xid, 0, Ok(OpResult::Pong)).await;
+                continue;
+            }
+            return request;
+        }
+    }
+
+    async fn send(&mut self, message: ServerMessage) {
+        bounded("send", self.framed.send(message))
+            .await
+            .expect("send");
+    }
+
+    async fn reply(&mut self, xid: u64, zxid: u64, result: Result<OpResult, ErrorInfo>) {
+        self.send(ServerMessage::Response(Response { xid, zxid, result }))
+            .await;
+    }
+
+    /// Waits until the client closes the connection.
+    async fn closed(&mut self) {
+        loop {
+            match bounded("the client to close", self.framed.next()).await {
+                None | Some(Err(_)) => return,
+                Some(Ok(ClientMessage::Request(r))) if r.op == Op::Ping => {}
+                Some(Ok(other)) => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+fn path_of(op: &Op) -> &str {
+    match op {
+        Op::GetData { path, .. } | Op::Exists { path, .. } => path,
+        Op::Create(c) => &c.path,
+        other => panic!("unexpected op {other:?}"),
+    }
+}
+
+async fn wait_state(client: &Client, want: ConnectionState) {
+    let mut states = client.state_events();
+    if client.state() == want {
+        return;
+    }
+    bounded("state change", async {
+        while let Some(state) = states.recv().await {
+            if state == want {
+                return;
+            }
+        }
+        panic!(
+            "state stream ended before {want:?}; now {:?}",
+            client.state()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn handshake_then_pipelined_requests_matched_by_xid() {
+    let server = FakeServer::start().await;
+    let config = server.config();
+    let connecting = tokio::spawn(Client::connect(config));
+    let (mut conn, hello) = server.accept(granted(10_000, 5, 100)).await;
+    assert_eq!(hello.session, SessionRequest::New { ttl_ms: 10_000 });
+    assert_eq!(hello.last_zxid_seen, 0);
+    let client = bounded("connect", connecting)
+        .await
+        .expect("join")
+        .expect("connect");
+    assert_eq!(client.session_id(), SESSION);
+    assert_eq!(client.last_zxid(), 5);
+    assert_eq!(client.session_ttl(), Duration::from_millis(10_000));
+    assert_eq!(
+        client.state(),
+        ConnectionState::Connected {
+            address: server.address.clone()
+        }
+    );
+
+    // Eight concurrent reads: all eight reach the server before any is answered.
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get_data(&format!("/n{i}")).await })
+        })
+        .collect();
+    let mut requests = Vec::new();
+    for _ in 0..8 {
+        requests.push(conn.recv().await);
+    }
+    let xids: Vec<u64> = requests.iter().map(|r| r.xid).collect();
+    assert!(xids.windows(2).all(|w| w[0] < w[1]), "xids {xids:?}");
+    assert!(xids[0] >= 100, "xids start at next_xid: {xids:?}");
+    for (i, request) in requests.iter().enumerate() {
+        let path = path_of(&request.op).to_string();
+        let stat = Stat {
+            version: u32::try_from(i).expect("small"),
+            ..Stat::default()
+        };
+        let result = Ok(OpResult::Data {
+            data: path.into_bytes(),
+            stat,
+        });
+        conn.reply(request.xid, 10 + i as u64, result).await;
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let (data, _stat) = bounded("answer", call)
+            .await
+            .expect("join")
+            .expect("get_data");
+        assert_eq!(data, format!("/n{i}").into_bytes());
+    }
+    assert_eq!(client.last_zxid(), 17);
+
+    // Invalid paths never reach the server.
+    assert!(matches!(
+        client.get_data("no-slash").await,
+        Err(Error::InvalidPath(_))
+    ));
+    // Server errors come back typed.
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.delete("/missing", Some(3)).await }
+    });
+    let request = conn.recv().await;
+    assert_eq!(
+        request.op,
+        Op::Delete {
+            path: "/missing".into(),
+            version: Some(3)
+        }
+    );
+    conn.reply(
+        request.xid,
+        17,
+        Err(ErrorInfo::new(ErrorCode::NoNode, "/missing")),
+    )
+    .await;
+    let err = bounded("delete", call)
+        .await
+        .expect("join")
+        .expect_err("no node");
+    assert_eq!(err.code(), Some(ErrorCode::NoNode));
+}
+
+#[tokio::test]
+async fn resends_with_the_same_xid_and_reregisters_watches_after_a_drop() {
+    let server = FakeServer::start().await;
+    let connecting = tokio::spawn(Client::connect(server.config()));
+    let (mut conn, _) = server.accept(granted(10_000, 5, 1)).await;
+    let client = bounded("connect", connecting)
+        .await
+        .expect("join")
+        .expect("connect");
+    let mut states = client.state_events();
+
+    // A data watch, answered at zxid 6.
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.get_data_watch("/w").await }
+    });
+    let request = conn.recv().await;
+    assert_eq!(
+        request.op,
+        Op::GetData {
+            path: "/w".into(),
+            watch: true
+        }
+    );
+    conn.reply(
+        request.xid,
+        6,
+        Ok(OpResult::Data {
+            data: b"old".to_vec(),
+            stat: Stat::default(),
+        }),
+    )
+    .await;
+    let (_, _, watcher) = bounded("get_data_watch", call)
+        .await
+        .expect("join")
+        .expect("get_data_watch");
+
+    // A create whose answer is lost with the connection.
+    let create = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .create("/x", b"payload".to_vec(), CreateMode::Persistent)
+                .await
+        }
+    });
+    let first = conn.recv().await;
+    assert!(matches!(&first.op, Op::Create(c) if c.path == "/x"));
+    drop(conn);
+
+    // The client resumes its session with what it has seen...
+    let (mut conn, hello) = server.accept(granted(10_000, 6, first.xid)).await;
+    assert_eq!(
+        hello.session,
+        SessionRequest::Resume {
+            session_id: SESSION,
+            secret: SECRET
+        }
+    );
+    assert_eq!(hello.last_zxid_seen, 6);
+    // ...resends the create with its original xid...
+    let resent = conn.recv().await;
+    assert_eq!(resent, first);
+    // ...then re-registers its watch, with a fresh, higher xid.
+    let set_watches = conn.recv().await;
+    assert!(set_watches.xid > resent.xid);
+    assert_eq!(
+        set_watches.op,
+        Op::SetWatches {
+            last_zxid: 6,
+            watches: WatchSet {
+                data: vec!["/w".into()],
+                ..WatchSet::default()
+            }
+        }
+    );
+    // The server applied the create once and answers; the watch fires for a change
+    // made while the client was away.
+    conn.reply(
+        resent.xid,
+        7,
+        Ok(OpResult::Created {
+            path: "/x".into(),
+            stat: Stat::default(),
+        }),
+    )
+    .await;
+    let changed = WatchEvent {
+        kind: EventKind::NodeDataChanged,
+        path: "/w".into(),
+        zxid: 7,
+    };
+    conn.send(ServerMessage::Watch(changed.clone())).await;
+    conn.reply(set_watches.xid, 7, Ok(OpResult::WatchesUpdated))
+        .await;
+
+    let created = bounded("create", create)
+        .await
+        .expect("join")
+        .expect("create");
+    assert_eq!(created, "/x");
+    assert_eq!(bounded("watch", watcher).await.expect("event"), changed);
+
+    // The state went through a disconnection and back.
+    let mut seen = Vec::new();
+    bounded("states", async {
+        while let Some(state) = states.recv().await {
+            let connected = state.is_connected();
+            seen.push(state);
+            if connected {
+                break;
+            }
+        }
+    })
+    .await;
+    assert_eq!(seen.first(), Some(&ConnectionState::Disconnected));
+    assert!(seen.contains(&ConnectionState::Connecting), "{seen:?}");
+    assert!(client.state().is_connected());
+
+    // New requests continue above every xid used so far.
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.exists("/x").await }
+    });
+    let request = conn.recv().await;
+    assert!(request.xid > set_watches.xid);
+    conn.reply(request.xid, 7, Ok(OpResult::Exists(Some(Stat::default()))))
+        .await;
+    assert!(bounded("exists", call)
+        .await
+        .expect("join")
+        .expect("exists")
+        .is_some());
+}
+
+#[tokio::test]
+async fn session_expired_fails_pending_and_future_calls() {
+    let server = FakeServer::start().await;
+    let connecting = tokio::spawn(Client::connect(server.config()));
+    let (mut conn, _) = server.accept(granted(10_000, 1, 1)).await;
+    let client = bounded("connect", connecting)
+        .await
+        .expect("join")
+        .expect("connect");
+    let mut events = client.watch_events();
+
+    let (_, watcher) = {
+        let call = tokio::spawn({
+            let client = client.clone();
+            async move { client.exists_watch("/e").await }
+        });
+        let request = conn.recv().await;
+        conn.reply(request.xid, 1, Ok(OpResult::Exists(None))).await;
+        bounded("exists_watch", call)
+            .await
+            .expect("join")
+            .expect("exists_watch")
+    };
+    let pending = tokio::spawn({
+        let client = client.clone();
+        async move { client.get_data("/p").await }
+    });
+    conn.recv().await;
+    conn.send(ServerMessage::Goodbye(ErrorInfo::from_code(
+        ErrorCode::SessionExpired,
+    )))
+    .await;
+
+    let err = bounded("pending call", pending)
+        .await
+        .expect("join")
+        .expect_err("expired");
+    assert!(matches!(err, Error::SessionExpired), "{err:?}");
+    assert!(matches!(
+        bounded("watcher", watcher).await,
+        Err(Error::SessionExpired)
+    ));
+    assert!(matches!(
+        bounded("events", events.recv()).await,
+        Some(Err(Error::SessionExpired))
+    ));
+    wait_state(&client, ConnectionState::Expired).await;
+    assert!(matches!(
+        client.exists("/a").await,
+        Err(Error::SessionExpired)
+    ));
+    assert!(!Error::SessionExpired.is_retryable());
+    // Closing an expired client is fine.
+    assert!(client.close().await.is_ok());
+}
+
+#[tokio::test]
+async fn resume_refused_as_expired_ends_the_client() {
+    let server = FakeServer::start().await;
+    let connecting = tokio::spawn(Client::connect(server.config()));
+    let (mut conn, _) = server.accept(granted(10_000, 1, 1)).await;
+    let client = bounded("connect", connecting)
+        .await
+        .expect("join")
+        .expect("connect");
+    let pending = tokio::spawn({
+        let client = client.clone();
+        async move { client.sync("/").await }
+    });
+    conn.recv().await;
+    drop(conn);
+    let (mut framed, hello) = server.hello().await;
+    assert!(matches!(hello.session, SessionRequest::Resume { .. }));
+    bounded(
+        "refuse",
+        framed.send(HelloReply::Refused(ErrorInfo::from_code(
+            ErrorCode::SessionExpired,
+        ))),
+    )
+    .await
+    .expect("send");
+    let err = bounded("pending", pending)
+        .await
+        .expect("join")
+        .expect_err("expired");
+    assert!(matches!(err, Error::SessionExpired));
+    assert_eq!(client.state(), ConnectionState::Expired);
+}
+
+#[tokio::test]
+async fn idle_client_pings_and_requests_time_out() {
+    let server = FakeServer::start().await;
+    let config = server
+        .config()
+        .with_request_timeout(Duration::from_millis(200));
+    let connecting = tokio::spawn(Client::connect(config));
+    // A 900 ms TTL: a ping is due every 300 ms.
+    let (mut conn, _) = server.accept(granted(900, 1, 1)).await;
+    let client = bounded("connect", connecting)
+        .await
+        .expect("join")
+        .expect("connect");
+    let initial_lease = client.lease_deadline();
+    let ping = conn.recv_any().await;
+    assert_eq!(ping.op, Op::Ping);
+    conn.reply(ping.xid, 1, Ok(OpResult::Pong)).await;
+    // Answers are handled in order: once this one is back, so is the pong.
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.exists("/a").await }
+    });
+    let request = conn.recv().await;
+    conn.reply(request.xid, 1, Ok(OpResult::Exists(None))).await;
+    assert_eq!(
+        bounded("exists", call)
+            .await
+            .expect("join")
+            .expect("exists"),
+        None
+    );
+    // The answered requests renewed the lease, from when they were sent.
+    assert!(client.lease_deadline() > initial_lease);
+
+    // The server never answers this one.
+    let err = client.get_data("/slow").await.expect_err("timeout");
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    assert!(err.is_retryable());
+    assert_eq!(path_of(&conn.recv().await.op), "/slow");
+}
+
+#[tokio::test]
+async fn close_ends_the_session_and_the_client() {
+    let server = FakeServer::start().await;
+    let connecting = tokio::spawn(Client::connect(server.config()));
+    let (mut conn, _) = server.accept(granted(10_000, 1, 1)).await;
+    let client = bounded("connect", connecting)
+        .await
+        .expect("join")
+        .expect("connect");
+    let closing = tokio::spawn({
+        let client = client.clone();
+        async move { client.close().await }
+    });
+    let request = conn.recv().await;
+    assert_eq!(request.op, Op::CloseSession);
+    conn.reply(request.xid, 2, Ok(OpResult::Closed)).await;
+    bounded("close", closing)
+        .await
+        .expect("join")
+        .expect("close");
+    wait_state(&client, ConnectionState::Closed).await;
+    assert!(matches!(client.exists("/a").await, Err(Error::Closed)));
+    conn.closed().await;
+}
+
+#[tokio::test]
+async fn dropping_every_handle_closes_the_session() {
+    let server = FakeServer::start().await;
+    let connecting = tokio::spawn(Client::connect(server.config()));
+    let (mut conn, _) = server.accept(granted(10_000, 1, 1)).await;
+    let client = bounded("connect", connecting)
+        .await
+        .expect("join")
+        .expect("connect");
+    drop(client.clone());
+    drop(client);
+    let request = conn.recv().await;
+    assert_eq!(request.op, Op::CloseSession);
+    conn.reply(request.xid, 2, Ok(OpResult::Closed)).await;
+    conn.closed().await;
+}
+
+#[tokio::test]
+async fn unreachable_servers_fail_calls_with_connection_loss_after_the_lease() {
+    let server = FakeServer::start().await;
+    let connecting = tokio::spawn(Client::connect(server.config()));
+    let (mut conn, _) = server.accept(granted(300, 1, 1)).await;
+    let client = bounded("connect", connecting)
+        .await
+        .expect("join")
+        .expect("connect");
+    let pending = tokio::spawn({
+        let client = client.clone();
+        async move { client.get_data("/p").await }
+    });
+    conn.recv().await;
+    // The server goes away for good.
+    drop(conn);
+    drop(server);
+    let err = bounded("pending", pending)
+        .await
+        .expect("join")
+        .expect_err("connection loss");
+    assert!(matches!(err, Error::ConnectionLoss), "{err:?}");
+    assert!(matches!(
+        client.exists("/q").await,
+        Err(Error::ConnectionLoss)
+    ));
+    assert!(!client.state().is_connected());
+    // Closing while nothing can be reached closes locally.
+    client.close().await.expect("close");
+    assert_eq!(client.state(), ConnectionState::Closed);
+}
+
+#[tokio::test]
+async fn connect_skips_a_dead_server() {
+    let dead = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        listener.local_addr().expect("addr").to_string()
+    };
+    let server = FakeServer::start().await;
+    let config = ClientConfig::new([dead.clone(), server.address.clone()])
+        .with_connect_timeout(Duration::from_secs(2));
+    let connecting = tokio::spawn(Client::connect(config));
+    let (_conn, _) = server.accept(granted(10_000, 1, 1)).await;
+    let client = bounded("connect", connecting)
+        .await
+        .expect("join")
+        .expect("connect");
+    assert!(client.state().is_connected());
+
+    // With only dead servers, connect fails with a retryable error.
+    let err = Client::connect(ClientConfig::new([dead]))
+        .await
+        .expect_err("nobody listens");
+    assert!(err.is_retryable(), "{err:?}");
+}
+
+#[tokio::test]
+async fn in_flight_limit_holds_back_extra_requests() {
+    let server = FakeServer::start().await;
+    let config = server.config().with_max_in_flight(2);
+    let connecting = tokio::spawn(Client::connect(config));
+    let (mut conn, _) = server.accept(granted(10_000, 1, 1)).await;
+    let client = bounded("connect", connecting)
+        .await
+        .expect("join")
+        .expect("connect");
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.exists(&format!("/n{i}")).await })
+        })
+        .collect();
+    let a = conn.recv().await;
+    let b = conn.recv().await;
+    // The third waits for a slot: nothing more arrives while two are unanswered.
+    let third = tokio::time::timeout(Duration::from_millis(300), conn.framed.next()).await;
+    assert!(third.is_err(), "a third request was sent: {third:?}");
+    conn.reply(a.xid, 1, Ok(OpResult::Exists(None))).await;
+    let c = conn.recv().await;
+    assert!(c.xid > b.xid);
+    conn.reply(b.xid, 1, Ok(OpResult::Exists(None))).await;
+    conn.reply(c.xid, 1, Ok(OpResult::Exists(None))).await;
+    for call in calls {
+        assert_eq!(
+            bounded("call", call).await.expect("join").expect("exists"),
+            None
+        );
+    }
+}
+
+#[tokio::test]
+async fn persistent_watch_stream_and_removal() {
+    use corral_client::{AddWatchMode, WatcherKind};
+
+    let server = FakeServer::start().await;
+    let connecting = tokio::spawn(Client::connect(server.config()));
+    let (mut conn, _) = server.accept(granted(10_000, 1, 1)).await;
+    let client = bounded("connect", connecting)
+        .await
+        .expect("join")
+        .expect("connect");
+    let mut all = client.watch_events();
+
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .add_watch("/jobs", AddWatchMode::PersistentRecursive)
+                .await
+        }
+    });
+    let request = conn.recv().await;
+    assert_eq!(
+        request.op,
+        Op::AddWatch {
+            path: "/jobs".into(),
+            mode: AddWatchMode::PersistentRecursive
+        }
+    );
+    conn.reply(request.xid, 2, Ok(OpResult::WatchesUpdated))
+        .await;
+    let mut stream = bounded("add_watch", call)
+        .await
+        .expect("join")
+        .expect("add_watch");
+
+    for (zxid, path) in [(3, "/jobs/a"), (4, "/elsewhere"), (5, "/jobs/a/b")] {
+        conn.send(ServerMessage::Watch(WatchEvent {
+            kind: EventKind::NodeCreated,
+            path: path.into(),
+            zxid,
+        }))
+        .await;
+    }
+    for want in [3, 5] {
+        let event = bounded("event", stream.next())
+            .await
+            .expect("open")
+            .expect("event");
+        assert_eq!(event.zxid, want);
+    }
+    // The all-events stream sees everything, watched or not.
+    for want in [3, 4, 5] {
+        let event = bounded("event", all.recv())
+            .await
+            .expect("open")
+            .expect("event");
+        assert_eq!(event.zxid, want);
+    }
+
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .remove_watches("/jobs", WatcherKind::Persistent)
+                .await
+        }
+    });
+    let request = conn.recv().await;
+    conn.reply(request.xid, 5, Ok(OpResult::WatchesUpdated))
+        .await;
+    bounded("remove", call)
+        .await
+        .expect("join")
+        .expect("remove");
+    assert!(matches!(
+        bounded("end", stream.next()).await,
+        Some(Err(Error::WatchRemoved))
+    ));
+    assert!(bounded("end", stream.next()).await.is_none());
+}
+
+#[tokio::test]
+async fn transaction_builds_one_multi() {
+    use corral_protocol::{MultiOp, MultiResult};
+
+    let server = FakeServer::start().await;
+    let connecting = tokio::spawn(Client::connect(server.config()));
+    let (mut conn, _) = server.accept(granted(10_000, 1, 1)).await;
+    let client = bounded("connect", connecting)
+        .await
+        .expect("join")
+        .expect("connect");
+    // Paths are checked before anything is sent.
+    let bad = client
+        .transaction()
+        .check("/ok", 1)
+        .delete("bad", None)
+        .commit()
+        .await;
+    assert!(matches!(bad, Err(Error::InvalidPath(_))));
+
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .transaction()
+                .check("/cfg", 3)
+                .set_data("/cfg", b"v".to_vec(), Some(3))
+                .create("/q/", Vec::new(), CreateMode::PersistentSequential)
+                .commit()
+                .await
+        }
+    });
+    let request = conn.recv().await;
+    let Op::Multi(ops) = &request.op else {
+        panic!("not a multi: {:?}", request.op);
+    };
+    assert_eq!(ops.len(), 3);
+    assert_eq!(
+        ops[0],
+        MultiOp::Check {
+            path: "/cfg".into(),
+            version: 3
+        }
+    );
+    let results = vec![
+        MultiResult::Checked,
+        MultiResult::SetData {
+            stat: Stat::default(),
+        },
+        MultiResult::Created {
+            path: "/q/0000000001".into(),
+            stat: Stat::default(),
+        },
+    ];
+    conn.reply(request.xid, 9, Ok(OpResult::Multi(results.clone())))
+        .await;
+    assert_eq!(
+        bounded("multi", call).await.expect("join").expect("multi"),
+        results
+    );
+}
+
+/// Runs `corralctl` against the fake server, which answers its one request with
+/// `answer` and then its close.
+async fn corralctl(
+    server: &FakeServer,
+    args: &[&str],
+    answer: Result<OpResult, ErrorInfo>,
+) -> (Op, std::process::Output) {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_corralctl"))
+        .arg("-s")
+        .arg(&server.address)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn corralctl");
+    let (mut conn, _) = server.accept(granted(10_000, 1, 1)).await;
+    let request = conn.recv().await;
+    conn.reply(request.xid, 2, answer).await;
+    let close = conn.recv().await;
+    assert_eq!(close.op, Op::CloseSession);
+    conn.reply(close.xid, 3, Ok(OpResult::Closed)).await;
+    let output = bounded("corralctl", child.wait_with_output())
+        .await
+        .expect("corralctl output");
+    (request.op, output)
+}
+
+#[tokio::test]
+async fn corralctl_prints_text_hex_json_and_errors() {
+    let server = FakeServer::start().await;
+    let data = |bytes: &[u8]| {
+        Ok(OpResult::Data {
+            data: bytes.to_vec(),
+            stat: Stat::default(),
+        })
+    };
+
+    let (op, out) = corralctl(&server, &["get", "/a"], data(b"hello")).await;
+    assert_eq!(
+        op,
+        Op::GetData {
+            path: "/a".into(),
+            watch: false
+        }
+    );
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+
+    let (_, out) = corralctl(&server, &["--json", "get", "/b"], data(&[0xff, 0x01])).await;
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json output");
+    assert_eq!(json["data"], "ff01");
+    assert_eq!(json["encoding"], "hex");
+    assert_eq!(json["stat"]["version"], 0);
+
+    let no_node = Err(ErrorInfo::new(ErrorCode::NoNode, "no node at /c"));
+    let (_, out) = corralctl(&server, &["stat", "/c"], no_node).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("corralctl: "), "{stderr}");
+    assert!(stderr.contains("NoNode"), "{stderr}");
+}
