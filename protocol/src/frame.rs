@@ -13,8 +13,9 @@ use tokio_util::codec::{Decoder, Encoder};
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 
-/// Upper bound on what one decoded message may allocate, whatever its frame claims.
-const DECODE_LIMIT_BYTES: usize = 64 << 20;
+/// Upper bound on what one decoded message may allocate, whatever its frame claims; also
+/// the largest `max_frame_bytes` that makes sense.
+pub const DECODE_LIMIT_BYTES: usize = 64 << 20;
 
 /// The bincode configuration of every payload: little-endian, fixed-width integers
 /// (u32 as 4 bytes, u64 as 8, enum tags as u32, lengths as u64), with an allocation limit.
@@ -78,10 +79,13 @@ pub fn encode_frame<T: Serialize>(
             max: max_frame_bytes,
         });
     }
-    let prefix = u32::try_from(len).map_err(|_| FrameError::TooLarge {
-        len,
-        max: max_frame_bytes,
-    })?;
+    let Ok(prefix) = u32::try_from(len) else {
+        dst.truncate(start);
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame_bytes,
+        });
+    };
     dst[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&prefix.to_be_bytes());
     Ok(())
 }
@@ -113,10 +117,29 @@ pub fn check_frame(src: &[u8], max_frame_bytes: usize) -> Result<Option<usize>, 
     Ok((src.len() >= total).then_some(total))
 }
 
+fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
+    payload: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    let config = bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<LIMIT>();
+    bincode::serde::decode_from_slice(payload, config)
+}
+
 /// Decodes one message from a payload (without the length prefix).
+///
+/// bincode reserves a string's or byte array's claimed length before reading it, so the
+/// allocation limit is chosen from the payload's own size (a valid payload never claims
+/// more bytes than it holds): a 30-byte frame cannot make the decoder allocate 64 MiB.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
-    let (msg, used) = bincode::serde::decode_from_slice(payload, wire_config())
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let decoded = match payload.len() {
+        0..=4096 => decode_limited::<T, 4096>(payload),
+        4097..=65536 => decode_limited::<T, 65536>(payload),
+        65537..=0x20_0000 => decode_limited::<T, 0x20_0000>(payload),
+        _ => decode_limited::<T, DECODE_LIMIT_BYTES>(payload),
+    };
+    let (msg, used) = decoded.map_err(|e| FrameError::Malformed(e.to_string()))?;
     if used != payload.len() {
         return Err(FrameError::TrailingBytes {
             trailing: payload.len() - used,

@@ -4,7 +4,8 @@ use crate::error::ErrorInfo;
 use crate::op::{Request, Response};
 use serde::{Deserialize, Serialize};
 
-/// First four bytes of every `Hello`: ASCII "CRRL" read as a big-endian u32.
+/// The first field of every `Hello`: the u32 0x4352524C ("CRRL" read big-endian). Like
+/// every integer on the wire it is little-endian there: bytes `4c 52 52 43`.
 pub const MAGIC: u32 = 0x4352_524C;
 
 /// The protocol version this crate speaks.

@@ -342,9 +342,11 @@ pub enum OpResult {
 /// A request: a client-chosen id plus an operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    /// Strictly increasing per session. Matches the response to the request, and for
-    /// writes is the sequence number that deduplicates retries: a client that resends a
-    /// request after a lost answer must reuse its `xid`.
+    /// Strictly increasing per session, starting at `SessionGranted::next_xid` (at least
+    /// 1). Matches the response to the request, and for writes is the sequence number
+    /// that deduplicates retries: a client that resends a request after a lost answer
+    /// must reuse its `xid`, and must never reuse an `xid` for a different request (the
+    /// server would answer with the first request's result).
     pub xid: u64,
     /// What to do.
     pub op: Op,

@@ -153,7 +153,7 @@ mod tests {
         fn parent_and_name_rebuild_the_path(segs in proptest::collection::vec("[a-z0-9]{1,8}", 1..6)) {
             let path = format!("/{}", segs.join("/"));
             prop_assert!(validate_path(&path).is_ok());
-            let p = parent(&path).unwrap();
+            let p = parent(&path).expect("a path with a segment has a parent");
             prop_assert_eq!(join(p, name(&path)), path.clone());
             prop_assert!(validate_path(p).is_ok());
         }
