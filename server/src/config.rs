@@ -6,6 +6,7 @@
 
 use clap::Parser;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -80,8 +81,18 @@ settings! {
     listen: SocketAddr = DEFAULT_LISTEN.parse().expect("valid default address");
     /// Directory of the write-ahead log and snapshots (created if missing).
     data_dir: PathBuf = PathBuf::from("corral-data");
-    /// This node's id.
+    /// This node's id (1..=N in a cluster).
     node_id: u64 = 1;
+    /// The cluster's members as `ID=HOST:PORT` pairs separated by commas, this node
+    /// included (the address is the peer port). Empty: a single node.
+    peers: String = String::new();
+    /// Identifies the cluster; peers with another id are refused.
+    cluster_id: u64 = 1;
+    /// Time without a leader's heartbeat after which a new leader is elected, in
+    /// milliseconds (a multiple of tick_ms).
+    election_timeout_ms: u64 = 500;
+    /// Most messages queued for one peer; more are dropped (the protocol resends).
+    peer_queue_messages: usize = 8192;
     /// Largest frame accepted from a client, in bytes.
     max_frame_bytes: usize = corral_protocol::DEFAULT_MAX_FRAME_BYTES;
     /// Largest data of one znode, in bytes.
@@ -165,8 +176,11 @@ impl Config {
                 self.max_frame_bytes
             ));
         }
-        if self.max_frame_bytes > u32::MAX as usize {
-            return fail(format!("max_frame_bytes must be at most {}", u32::MAX));
+        if self.max_frame_bytes > corral_protocol::frame::DECODE_LIMIT_BYTES {
+            return fail(format!(
+                "max_frame_bytes must be at most {} (64 MiB)",
+                corral_protocol::frame::DECODE_LIMIT_BYTES
+            ));
         }
         for (name, v) in [
             ("max_connections", self.max_connections),
@@ -207,7 +221,65 @@ impl Config {
         if self.wal_segment_bytes < 4096 {
             return fail("wal_segment_bytes must be at least 4096".into());
         }
+        let peers = self.peer_map()?;
+        if !peers.is_empty() {
+            if !peers.contains_key(&self.node_id) {
+                return fail(format!(
+                    "node_id {} is not one of the peers ({})",
+                    self.node_id, self.peers
+                ));
+            }
+            if peers.len() < 2 {
+                return fail("a cluster needs at least 2 peers (3 or 5 recommended)".into());
+            }
+            if self.election_timeout_ms < 2 * self.tick_ms {
+                return fail(format!(
+                    "election_timeout_ms ({}) must be at least 2 x tick_ms ({})",
+                    self.election_timeout_ms,
+                    2 * self.tick_ms
+                ));
+            }
+            // A session TTL shorter than an election would expire healthy clients on
+            // every failover (etcd enforces 1.5x too).
+            let min_ttl = self.election_timeout_ms * 3 / 2;
+            if self.min_session_ttl_ms < min_ttl {
+                return fail(format!(
+                    "min_session_ttl_ms ({}) must be at least 1.5 x election_timeout_ms = {min_ttl}",
+                    self.min_session_ttl_ms
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The cluster members by id (empty for a single node).
+    pub fn peer_map(&self) -> Result<BTreeMap<u64, SocketAddr>, ConfigError> {
+        let mut map = BTreeMap::new();
+        for item in self
+            .peers
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let (id, addr) = item.split_once('=').ok_or_else(|| {
+                ConfigError(format!("peers: {item:?} is not of the form ID=HOST:PORT"))
+            })?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError(format!("peers: {id:?} is not a node id")))?;
+            if id == 0 {
+                return Err(ConfigError("peers: node ids start at 1".into()));
+            }
+            let addr: SocketAddr = addr
+                .trim()
+                .parse()
+                .map_err(|e| ConfigError(format!("peers: {addr:?}: {e}")))?;
+            if map.insert(id, addr).is_some() {
+                return Err(ConfigError(format!("peers: node {id} is listed twice")));
+            }
+        }
+        Ok(map)
     }
 }
 

@@ -81,8 +81,12 @@ pub enum EntryBody {
         /// The write.
         op: Op,
     },
-    /// Does nothing (barriers for `sync`, leader no-ops).
-    Noop,
+    /// Changes nothing. A barrier: the node that proposed it answers the `sync` requests
+    /// (and linearizable reads) waiting on `barrier` once it is applied.
+    Noop {
+        /// Chosen by the proposer, unique per proposing node.
+        barrier: u64,
+    },
 }
 
 /// A change to the tree, in the order it happened; watches are fired from these.
@@ -207,7 +211,7 @@ impl StateMachine {
                 "refusing an entry whose zxid is not after the last applied one"
             );
             let result = match entry.body {
-                EntryBody::ExpireSessions { .. } | EntryBody::Noop => None,
+                EntryBody::ExpireSessions { .. } | EntryBody::Noop { .. } => None,
                 _ => Some(Err(ErrorInfo::new(
                     ErrorCode::RuntimeInconsistency,
                     format!(
@@ -258,7 +262,7 @@ impl StateMachine {
                 xid,
                 op,
             } => Some(self.write(&mut txn, *session_id, *xid, op, &mut ended_sessions)),
-            EntryBody::Noop => None,
+            EntryBody::Noop { .. } => None,
         };
         self.tree.reap_containers(&mut txn);
         Applied {
@@ -1428,7 +1432,7 @@ mod tests {
             h.zxid + 1,
             &Entry {
                 wall_ms: 0,
-                body: EntryBody::Noop,
+                body: EntryBody::Noop { barrier: 0 },
             },
         );
         assert_ne!(other.state_hash(), base, "last_zxid");
@@ -1606,7 +1610,7 @@ mod tests {
                         op: Op::Multi(ops),
                     }
                 }
-                Step::Noop => EntryBody::Noop,
+                Step::Noop => EntryBody::Noop { barrier: 0 },
             };
             let entry = Entry {
                 wall_ms: 1_000 * i as i64,

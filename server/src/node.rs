@@ -16,6 +16,7 @@
 //! it sees the connection's own earlier writes.
 
 use crate::machine::{Applied, Entry, EntryBody, MachineLimits, StateMachine};
+use crate::replication::log::{Decided, PaxosLog, PeerMsg};
 use crate::tracker::SessionTracker;
 use crate::watches::{WatchKind, WatchManager};
 use corral_protocol::{
@@ -23,7 +24,7 @@ use corral_protocol::{
     Request, Response, ServerMessage, SessionGranted, SessionRequest, WatchEvent, MAGIC,
     PROTOCOL_VERSION,
 };
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// Encodes a log entry as stored in the write-ahead log.
 pub fn encode_entry(entry: &Entry) -> Result<Vec<u8>, bincode::error::EncodeError> {
@@ -88,12 +89,16 @@ pub enum Input {
     Request { conn: ConnId, request: Request },
     /// A connection is gone.
     Disconnected { conn: ConnId },
-    /// Every entry up to and including `upto` is durable.
-    Persisted { upto: u64 },
+    /// The persist batch `batch` is durable.
+    Persisted { batch: u64 },
     /// Persisting the outstanding batch failed: the disk cannot be trusted.
     PersistFailed { error: String },
     /// Time passed.
     Tick,
+    /// A message from another node of the cluster.
+    Peer { from: u64, msg: PeerMsg },
+    /// The link to a peer was (re)established.
+    LinkUp { peer: u64 },
     /// The server is shutting down: say goodbye to every connection.
     Shutdown,
 }
@@ -107,10 +112,25 @@ pub enum Output {
     Send { conn: ConnId, msg: ServerMessage },
     /// Close a connection after sending what is queued for it.
     Close { conn: ConnId },
-    /// Append these encoded entries (log index, bytes) to the log in order and make them
-    /// durable, then report `Persisted`. At most one batch is outstanding at a time: the
-    /// next one collects every entry proposed meanwhile (group commit).
-    Persist { records: Vec<(u64, Vec<u8>)> },
+    /// Append these records to the write-ahead log in order and make them durable (one
+    /// fsync), then report `Persisted { batch }`. At most one batch is outstanding at a
+    /// time: the next one collects everything written meanwhile (group commit).
+    Persist {
+        /// Identifies the batch.
+        batch: u64,
+        /// Encoded records.
+        records: Vec<Vec<u8>>,
+        /// In single-node mode the lsn the first record must get (lsn = log index).
+        first_lsn: Option<u64>,
+        /// The first record is a checkpoint of the whole log: once durable, everything
+        /// before it may be deleted.
+        starts_with_checkpoint: bool,
+    },
+    /// Cluster mode: make everything the replicated storage buffered durable (one fsync),
+    /// then report `Persisted { batch }`.
+    Sync { batch: u64 },
+    /// Send a message to another node (dropped if the link is down: senders retry).
+    PeerSend { to: u64, msg: PeerMsg },
     /// Save this snapshot of the state machine at log index `index`; the log up to it
     /// may then be compacted.
     Snapshot { index: u64, data: Vec<u8> },
@@ -141,13 +161,36 @@ struct Conn {
 
 /// Entries proposed but not yet durable (the single-node log).
 #[derive(Debug)]
-struct LocalLog {
+pub struct LocalLog {
     /// Index of the next entry proposed.
     next_index: u64,
     /// Proposed entries not yet handed to the shell.
     unsent: Vec<(u64, Entry)>,
     /// Entries handed to the shell in a `Persist` and not yet reported durable.
     in_flight: Vec<(u64, Entry)>,
+    /// The batch number of `in_flight`.
+    batch: u64,
+}
+
+/// Where entries go: a local durable log (one node) or the replicated log (a cluster).
+#[derive(Debug)]
+pub enum Log {
+    /// Single node: the node orders, persists and applies entries itself.
+    Local(LocalLog),
+    /// Cluster member: OmniPaxos orders entries.
+    Paxos(Box<PaxosLog>),
+}
+
+impl Log {
+    /// A single-node log continuing after `last_index`.
+    pub fn local(last_index: u64) -> Log {
+        Log::Local(LocalLog {
+            next_index: last_index + 1,
+            unsent: Vec::new(),
+            in_flight: Vec::new(),
+            batch: 0,
+        })
+    }
 }
 
 /// The node core. See the module documentation.
@@ -157,7 +200,7 @@ pub struct Node {
     machine: StateMachine,
     watches: WatchManager,
     tracker: SessionTracker,
-    log: LocalLog,
+    log: Log,
     conns: BTreeMap<ConnId, Conn>,
     /// Which connection each attached session is on.
     session_conns: HashMap<u64, ConnId>,
@@ -167,19 +210,26 @@ pub struct Node {
     /// Set when the disk failed: writes are refused, reads still served.
     disk_failed: Option<String>,
     last_tick_ms: Option<u64>,
+    /// Barriers proposed by this node, with the `sync` requests waiting on each.
+    barriers: HashMap<u64, Vec<(ConnId, u64)>>,
+    /// A barrier proposed during the current input, which later syncs may share.
+    open_barrier: Option<u64>,
+    next_barrier: u64,
+    /// Sessions that spoke to this follower since its last report to the leader.
+    alive: BTreeSet<u64>,
     now: Now,
     outputs: Vec<Output>,
+    peer_out: Vec<(u64, PeerMsg)>,
 }
 
 impl Node {
     /// A node over a recovered state machine (the snapshot plus the replayed log).
     /// Every session's deadline starts at full TTL from `now`.
-    pub fn new(config: NodeConfig, machine: StateMachine, now: Now) -> Node {
+    pub fn new(config: NodeConfig, machine: StateMachine, log: Log, now: Now) -> Node {
         let mut tracker = SessionTracker::default();
         for s in machine.sessions() {
             tracker.add(s.id, s.ttl_ms, now.mono_ms);
         }
-        let next_index = machine.last_zxid() + 1;
         let watches = WatchManager::new(config.max_watches_per_session);
         Node {
             last_snapshot_index: machine.last_zxid(),
@@ -187,18 +237,35 @@ impl Node {
             machine,
             watches,
             tracker,
-            log: LocalLog {
-                next_index,
-                unsent: Vec::new(),
-                in_flight: Vec::new(),
-            },
+            log,
             conns: BTreeMap::new(),
             session_conns: HashMap::new(),
             pending_opens: HashMap::new(),
             disk_failed: None,
             last_tick_ms: None,
+            barriers: HashMap::new(),
+            open_barrier: None,
+            next_barrier: 1,
+            alive: BTreeSet::new(),
             now,
             outputs: Vec::new(),
+            peer_out: Vec::new(),
+        }
+    }
+
+    /// Whether this node decides session expiry (the single node, or the cluster leader).
+    pub fn is_leader(&self) -> bool {
+        match &self.log {
+            Log::Local(_) => true,
+            Log::Paxos(p) => p.is_leader(),
+        }
+    }
+
+    /// The current leader's id, if known.
+    pub fn leader(&self) -> Option<u64> {
+        match &self.log {
+            Log::Local(_) => Some(self.config.node_id),
+            Log::Paxos(p) => p.leader(),
         }
     }
 
@@ -217,9 +284,12 @@ impl Node {
         self.watches.len()
     }
 
-    /// Whether entries are proposed and not yet applied.
+    /// Whether this node proposed entries that are not applied yet (shutdown waits).
     pub fn has_unapplied(&self) -> bool {
-        !self.log.unsent.is_empty() || !self.log.in_flight.is_empty()
+        match &self.log {
+            Log::Local(l) => !l.unsent.is_empty() || !l.in_flight.is_empty(),
+            Log::Paxos(p) => p.forwarded_len() > 0,
+        }
     }
 
     /// Handles one input at time `now`; returns what the shell must do, in order.
@@ -233,12 +303,22 @@ impl Node {
             } => self.on_hello(conn, hello, secret),
             Input::Request { conn, request } => self.on_request(conn, request),
             Input::Disconnected { conn } => self.on_disconnected(conn),
-            Input::Persisted { upto } => self.on_persisted(upto),
+            Input::Persisted { batch } => self.on_persisted(batch),
             Input::PersistFailed { error } => self.on_persist_failed(error),
             Input::Tick => self.on_tick(),
             Input::Shutdown => self.on_shutdown(),
+            Input::Peer { from, msg } => self.on_peer(from, msg),
+            Input::LinkUp { peer } => {
+                if let Log::Paxos(p) = &mut self.log {
+                    p.on_link_up(peer);
+                }
+            }
         }
         self.flush_log();
+        self.open_barrier = None;
+        for (to, msg) in self.peer_out.drain(..) {
+            self.outputs.push(Output::PeerSend { to, msg });
+        }
         std::mem::take(&mut self.outputs)
     }
 
@@ -278,7 +358,10 @@ impl Node {
                     self.config.max_session_ttl_ms,
                 );
                 self.pending_opens.insert(secret, conn);
-                self.propose(EntryBody::OpenSession { secret, ttl_ms });
+                if let Err(e) = self.propose(EntryBody::OpenSession { secret, ttl_ms }) {
+                    self.pending_opens.remove(&secret);
+                    self.refuse(conn, e);
+                }
             }
             SessionRequest::Resume { session_id, secret } => {
                 let Some(session) = self.machine.session(session_id) else {
@@ -329,7 +412,7 @@ impl Node {
         };
         c.session = Some(session_id);
         self.session_conns.insert(session_id, conn);
-        self.tracker.touch(session_id, self.now.mono_ms);
+        self.touch(session_id);
         self.outputs.push(Output::HelloReply {
             conn,
             reply: HelloReply::Accepted(SessionGranted {
@@ -389,7 +472,8 @@ impl Node {
             });
             return;
         }
-        self.tracker.touch(session, self.now.mono_ms);
+        self.touch(session);
+        let replicated = matches!(self.log, Log::Paxos(_));
         let state = if op.is_write() {
             if let Some(err) = &self.disk_failed {
                 let msg = format!("node cannot write to its disk ({err}); try another server");
@@ -409,8 +493,28 @@ impl Node {
                         op: op.clone(),
                     },
                 };
-                self.propose(body);
-                PendingState::Proposed
+                match self.propose(body) {
+                    Ok(()) => PendingState::Proposed,
+                    Err(e) => PendingState::Done(Response {
+                        xid,
+                        zxid: self.machine.last_zxid(),
+                        result: Err(e),
+                    }),
+                }
+            }
+        } else if replicated && matches!(op, Op::Sync { .. }) {
+            // In a cluster, a sync passes through the log: once this node applies the
+            // barrier, it has applied every write acknowledged before the sync started.
+            match self.barrier() {
+                Ok(id) => {
+                    self.barriers.entry(id).or_default().push((conn, xid));
+                    PendingState::Proposed
+                }
+                Err(e) => PendingState::Done(Response {
+                    xid,
+                    zxid: self.machine.last_zxid(),
+                    result: Err(e),
+                }),
             }
         } else {
             PendingState::Queued
@@ -537,49 +641,165 @@ impl Node {
         }
     }
 
-    fn propose(&mut self, body: EntryBody) {
-        let index = self.log.next_index;
-        self.log.next_index += 1;
+    /// The client of `session` spoke: its session lives a TTL from now. A follower also
+    /// reports it to the leader, which decides expiry.
+    fn touch(&mut self, session: u64) {
+        self.tracker.touch(session, self.now.mono_ms);
+        if matches!(self.log, Log::Paxos(_)) && !self.is_leader() {
+            self.alive.insert(session);
+        }
+    }
+
+    /// Proposes an entry. Returns an error for the client if it cannot be proposed.
+    fn propose(&mut self, body: EntryBody) -> Result<(), ErrorInfo> {
         let entry = Entry {
             wall_ms: self.now.wall_ms,
             body,
         };
-        self.log.unsent.push((index, entry));
+        match &mut self.log {
+            Log::Local(log) => {
+                let index = log.next_index;
+                log.next_index += 1;
+                log.unsent.push((index, entry));
+                Ok(())
+            }
+            Log::Paxos(log) => log
+                .propose(entry, &mut self.peer_out)
+                .map_err(|why| ErrorInfo::new(ErrorCode::Unavailable, why)),
+        }
+    }
+
+    /// Proposes a barrier (shared by every sync of the current input) and returns its id.
+    fn barrier(&mut self) -> Result<u64, ErrorInfo> {
+        if let Some(id) = self.open_barrier {
+            return Ok(id);
+        }
+        // Unique per node and per process lifetime: node id in the high bits.
+        let id = (self.config.node_id << 48) | (self.next_barrier & ((1 << 48) - 1));
+        self.next_barrier += 1;
+        self.propose(EntryBody::Noop { barrier: id })?;
+        self.open_barrier = Some(id);
+        Ok(id)
     }
 
     /// Hands the next batch to the shell if none is outstanding.
     fn flush_log(&mut self) {
-        if self.log.in_flight.is_empty() && !self.log.unsent.is_empty() {
-            self.log.in_flight = std::mem::take(&mut self.log.unsent);
-            let mut records = Vec::with_capacity(self.log.in_flight.len());
-            for (index, entry) in &self.log.in_flight {
-                match encode_entry(entry) {
-                    Ok(bytes) => records.push((*index, bytes)),
-                    Err(error) => {
-                        // Cannot happen for well-formed entries; fail loudly but keep serving.
-                        return self
-                            .on_persist_failed(format!("cannot encode entry {index}: {error}"));
+        match &mut self.log {
+            Log::Local(log) => {
+                if !log.in_flight.is_empty() || log.unsent.is_empty() {
+                    return;
+                }
+                log.in_flight = std::mem::take(&mut log.unsent);
+                log.batch += 1;
+                let batch = log.batch;
+                let first_lsn = log.in_flight.first().map(|(i, _)| *i);
+                let mut records = Vec::with_capacity(log.in_flight.len());
+                let mut failure = None;
+                for (index, entry) in &log.in_flight {
+                    match encode_entry(entry) {
+                        Ok(bytes) => records.push(bytes),
+                        Err(error) => {
+                            failure = Some(format!("cannot encode entry {index}: {error}"));
+                            break;
+                        }
                     }
                 }
+                match failure {
+                    // Cannot happen for well-formed entries; fail loudly but keep serving.
+                    Some(error) => self.on_persist_failed(error),
+                    None => self.outputs.push(Output::Persist {
+                        batch,
+                        records,
+                        first_lsn,
+                        starts_with_checkpoint: false,
+                    }),
+                }
             }
-            self.outputs.push(Output::Persist { records });
+            Log::Paxos(log) => {
+                if let Some(batch) = log.flush(&mut self.peer_out) {
+                    self.outputs.push(Output::Sync { batch });
+                }
+                self.apply_decided();
+            }
         }
     }
 
-    fn on_persisted(&mut self, upto: u64) {
-        let in_flight = std::mem::take(&mut self.log.in_flight);
-        for (index, entry) in in_flight {
-            if index > upto {
-                // Should not happen: the shell persists whole batches.
-                self.log.in_flight.push((index, entry));
-                continue;
+    fn on_persisted(&mut self, batch: u64) {
+        match &mut self.log {
+            Log::Local(log) => {
+                if log.batch != batch {
+                    return;
+                }
+                let in_flight = std::mem::take(&mut log.in_flight);
+                for (index, entry) in in_flight {
+                    let applied = self.machine.apply(index, &entry);
+                    self.after_apply(&entry, applied);
+                }
+                let applied = self.machine.last_zxid();
+                if applied.saturating_sub(self.last_snapshot_index)
+                    >= self.config.snapshot_every_entries
+                {
+                    self.take_snapshot();
+                }
             }
-            let applied = self.machine.apply(index, &entry);
-            self.after_apply(&entry, applied);
+            Log::Paxos(log) => {
+                log.persisted(batch, &mut self.peer_out);
+                self.apply_decided();
+            }
+        }
+    }
+
+    /// Applies what the replicated log decided and this node holds durably.
+    fn apply_decided(&mut self) {
+        let Log::Paxos(log) = &mut self.log else {
+            return;
+        };
+        let decided = log.take_decided();
+        for d in decided {
+            match d {
+                Decided::Entry(zxid, entry) => {
+                    let applied = self.machine.apply(zxid, &entry);
+                    self.after_apply(&entry, applied);
+                }
+                Decided::Install(machine) => self.install(*machine),
+            }
         }
         let applied = self.machine.last_zxid();
-        if applied.saturating_sub(self.last_snapshot_index) >= self.config.snapshot_every_entries {
-            self.take_snapshot();
+        if self.is_leader()
+            && applied.saturating_sub(self.last_snapshot_index)
+                >= self.config.snapshot_every_entries
+        {
+            self.last_snapshot_index = applied;
+            if let Log::Paxos(log) = &mut self.log {
+                log.compact(applied as usize);
+            }
+        }
+    }
+
+    /// Replaces the state with a snapshot from the leader (this node was too far behind).
+    fn install(&mut self, machine: StateMachine) {
+        tracing::info!(
+            from = self.machine.last_zxid(),
+            to = machine.last_zxid(),
+            "installing a snapshot from the leader"
+        );
+        self.machine = machine;
+        self.last_snapshot_index = self.machine.last_zxid();
+        self.tracker = SessionTracker::default();
+        for s in self.machine.sessions() {
+            self.tracker.add(s.id, s.ttl_ms, self.now.mono_ms);
+        }
+        let gone: Vec<u64> = self
+            .session_conns
+            .keys()
+            .copied()
+            .filter(|s| self.machine.session(*s).is_none())
+            .collect();
+        for session in gone {
+            if let Some(conn) = self.session_conns.get(&session).copied() {
+                let msg = format!("session {session:#x} expired while this server was behind");
+                self.goodbye(conn, ErrorInfo::new(ErrorCode::SessionExpired, msg));
+            }
         }
     }
 
@@ -626,7 +846,12 @@ impl Node {
                     }
                 }
             }
-            EntryBody::ExpireSessions { .. } | EntryBody::Noop => {}
+            EntryBody::Noop { barrier } => {
+                for (conn, xid) in self.barriers.remove(barrier).unwrap_or_default() {
+                    self.complete_on(conn, xid, zxid, Ok(OpResult::Synced));
+                }
+            }
+            EntryBody::ExpireSessions { .. } => {}
         }
         for session in applied.ended_sessions {
             self.tracker.remove(session);
@@ -649,9 +874,19 @@ impl Node {
 
     /// Records the result of an applied write for the request waiting on it.
     fn complete(&mut self, session: u64, xid: u64, zxid: u64, result: Result<OpResult, ErrorInfo>) {
-        let Some(conn) = self.session_conns.get(&session).copied() else {
-            return;
-        };
+        if let Some(conn) = self.session_conns.get(&session).copied() {
+            self.complete_on(conn, xid, zxid, result);
+        }
+    }
+
+    /// Records the result for the request `xid` waiting on connection `conn`.
+    fn complete_on(
+        &mut self,
+        conn: ConnId,
+        xid: u64,
+        zxid: u64,
+        result: Result<OpResult, ErrorInfo>,
+    ) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -689,10 +924,14 @@ impl Node {
             "the write-ahead log failed; this node now refuses writes and serves reads only \
              until it is restarted on a working disk"
         );
-        let lost: Vec<(u64, Entry)> = std::mem::take(&mut self.log.in_flight)
-            .into_iter()
-            .chain(std::mem::take(&mut self.log.unsent))
-            .collect();
+        let lost: Vec<(u64, Entry)> = match &mut self.log {
+            Log::Local(log) => std::mem::take(&mut log.in_flight)
+                .into_iter()
+                .chain(std::mem::take(&mut log.unsent))
+                .collect(),
+            // A cluster node cannot take back what OmniPaxos has: it must stop.
+            Log::Paxos(_) => Vec::new(),
+        };
         self.disk_failed = Some(error.clone());
         let failure = ErrorInfo::new(
             ErrorCode::SystemError,
@@ -725,7 +964,11 @@ impl Node {
                         self.tracker.touch(s, self.now.mono_ms);
                     }
                 }
-                EntryBody::Noop => {}
+                EntryBody::Noop { barrier } => {
+                    for (conn, xid) in self.barriers.remove(&barrier).unwrap_or_default() {
+                        self.complete_on(conn, xid, self.machine.last_zxid(), Err(failure.clone()));
+                    }
+                }
             }
         }
     }
@@ -743,15 +986,49 @@ impl Node {
             }
         }
         self.last_tick_ms = Some(now);
+        if let Log::Paxos(log) = &mut self.log {
+            if let Some(leader) = log.tick(&mut self.peer_out) {
+                let me = self.config.node_id;
+                tracing::info!(node = me, leader = ?leader, "leader changed");
+                // Whoever leads now cannot know when clients last spoke to the old
+                // leader: every session gets a full TTL (etcd's lessor does the same).
+                self.tracker.restart_all(now);
+            }
+            if !self.is_leader() {
+                if let Some(leader) = self.leader().filter(|l| *l != self.config.node_id) {
+                    if !self.alive.is_empty() {
+                        let sessions = std::mem::take(&mut self.alive).into_iter().collect();
+                        self.peer_out.push((leader, PeerMsg::Alive(sessions)));
+                    }
+                }
+                return;
+            }
+        }
         if self.disk_failed.is_some() {
             return;
         }
         let expired = self.tracker.take_expired(now);
         if !expired.is_empty() {
             tracing::info!(sessions = ?expired, "expiring sessions");
-            self.propose(EntryBody::ExpireSessions {
+            if let Err(e) = self.propose(EntryBody::ExpireSessions {
                 session_ids: expired,
-            });
+            }) {
+                tracing::warn!(error = %e, "cannot propose session expiry");
+                self.tracker.restart_all(now);
+            }
+        }
+    }
+
+    fn on_peer(&mut self, from: u64, msg: PeerMsg) {
+        let Log::Paxos(log) = &mut self.log else {
+            tracing::warn!(from, "peer message on a single node; ignored");
+            return;
+        };
+        let renew = log.on_peer(msg);
+        if self.is_leader() {
+            for session in renew {
+                self.tracker.touch(session, self.now.mono_ms);
+            }
         }
     }
 

@@ -14,8 +14,12 @@
 
 use crate::config::Config;
 use crate::machine::MachineLimits;
-use crate::node::{ConnId, Input, Node, NodeConfig, Now, Output};
-use crate::storage::{self, StorageCommand, StorageStats};
+use crate::machine::StateMachine;
+use crate::node::{ConnId, Input, Log, Node, NodeConfig, Now, Output};
+use crate::replication::log::{PaxosSettings, PeerMsg};
+use crate::replication::transport::{Bound, PeerConfig, PeerEvent, Transport};
+use crate::replication::{open_cluster, ClusterSettings};
+use crate::storage::{self, Backend, StorageCommand, StorageStats};
 use crate::wal::WalOptions;
 use corral_protocol::{
     ClientMessage, Codec, ErrorCode, ErrorInfo, FrameError, Hello, HelloReply, Response,
@@ -48,11 +52,10 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot recover the data directory {dir}: {source}")]
-    Recovery {
-        dir: String,
-        source: storage::RecoveryError,
-    },
+    #[error("cannot recover the data directory {dir}: {reason}")]
+    Recovery { dir: String, reason: String },
+    #[error("{0}")]
+    Config(String),
     #[error("cannot start the storage thread: {0}")]
     Thread(std::io::Error),
 }
@@ -95,42 +98,115 @@ impl Clock {
     }
 }
 
-/// A node bound to its port and recovered from its data directory, ready to run.
+/// A node bound to its ports and recovered from its data directory, ready to run.
 #[derive(Debug)]
 pub struct Server {
     config: Config,
     listener: TcpListener,
-    recovered: storage::Recovered,
+    machine: StateMachine,
+    log: Log,
+    backend: Backend,
+    /// Cluster mode: the bound peer listener and the transport settings.
+    peers: Option<(Bound, PeerConfig)>,
+}
+
+fn machine_limits(config: &Config) -> MachineLimits {
+    MachineLimits {
+        max_data_bytes: config.max_data_bytes,
+        ..MachineLimits::default()
+    }
 }
 
 impl Server {
-    /// Recovers the data directory and binds the listener.
+    /// Recovers the data directory and binds the listeners.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        let limits = MachineLimits {
-            max_data_bytes: config.max_data_bytes,
-            ..MachineLimits::default()
-        };
+        let limits = machine_limits(&config);
         let wal_options = WalOptions {
             segment_bytes: config.wal_segment_bytes,
             fsync: config.fsync,
         };
+        let members = config
+            .peer_map()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         let dir = config.data_dir.clone();
-        let recovered =
-            tokio::task::spawn_blocking(move || storage::recover(&dir, limits, wal_options))
+        let (machine, log, backend, peers) = if members.is_empty() {
+            let recovered =
+                tokio::task::spawn_blocking(move || storage::recover(&dir, limits, wal_options))
+                    .await
+                    .map_err(|e| ServerError::Thread(std::io::Error::other(e)))?
+                    .map_err(|source| ServerError::Recovery {
+                        dir: config.data_dir.display().to_string(),
+                        reason: source.to_string(),
+                    })?;
+            tracing::info!(
+                dir = %config.data_dir.display(),
+                zxid = recovered.machine.last_zxid(),
+                replayed = recovered.replayed,
+                truncated_bytes = recovered.truncated_bytes,
+                sessions = recovered.machine.sessions().count(),
+                "recovered data directory"
+            );
+            let log = Log::local(recovered.machine.last_zxid());
+            let backend = Backend::Local {
+                wal: recovered.wal,
+                snapshot_index: recovered.snapshot_index,
+            };
+            (recovered.machine, log, backend, None)
+        } else {
+            let election_ticks = (config.election_timeout_ms / config.tick_ms).max(2);
+            let settings = ClusterSettings {
+                node_id: config.node_id,
+                members: members.keys().copied().collect(),
+                election_ticks,
+                resend_ticks: election_ticks,
+                log: PaxosSettings {
+                    forward_retry_ticks: election_ticks,
+                    max_forwarded_entries: 64 * 1024,
+                    limits,
+                },
+            };
+            let paxos_dir = config.data_dir.join("paxos");
+            let recovered = tokio::task::spawn_blocking(move || {
+                open_cluster(&paxos_dir, wal_options, limits, settings)
+            })
+            .await
+            .map_err(|e| ServerError::Thread(std::io::Error::other(e)))?
+            .map_err(|source| ServerError::Recovery {
+                dir: config.data_dir.display().to_string(),
+                reason: source.to_string(),
+            })?;
+            tracing::info!(
+                dir = %config.data_dir.display(),
+                node = config.node_id,
+                zxid = recovered.machine.last_zxid(),
+                fresh = recovered.fresh,
+                sessions = recovered.machine.sessions().count(),
+                "recovered cluster member"
+            );
+            let backend = Backend::Paxos(recovered.log.sync_handle());
+            let peer_addr = members[&config.node_id];
+            let bound = Bound::bind(peer_addr)
                 .await
-                .map_err(|e| ServerError::Thread(std::io::Error::other(e)))?
-                .map_err(|source| ServerError::Recovery {
-                    dir: config.data_dir.display().to_string(),
-                    source,
-                })?;
-        tracing::info!(
-            dir = %config.data_dir.display(),
-            zxid = recovered.machine.last_zxid(),
-            replayed = recovered.replayed,
-            truncated_bytes = recovered.truncated_bytes,
-            sessions = recovered.machine.sessions().count(),
-            "recovered data directory"
-        );
+                .map_err(|e| ServerError::Config(e.to_string()))?;
+            let others = members
+                .iter()
+                .filter(|(id, _)| **id != config.node_id)
+                .map(|(id, addr)| (*id, *addr))
+                .collect();
+            let peer_config = PeerConfig {
+                node_id: config.node_id,
+                listen: peer_addr,
+                peers: others,
+                max_frame_bytes: corral_protocol::frame::DECODE_LIMIT_BYTES,
+                send_queue_messages: config.peer_queue_messages,
+                connect_timeout_ms: config.election_timeout_ms.max(100),
+                backoff_min_ms: config.tick_ms,
+                backoff_max_ms: config.election_timeout_ms.max(config.tick_ms),
+                cluster_id: config.cluster_id,
+            };
+            let log = Log::Paxos(Box::new(recovered.log));
+            (recovered.machine, log, backend, Some((bound, peer_config)))
+        };
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -141,11 +217,14 @@ impl Server {
         Ok(Server {
             config,
             listener,
-            recovered,
+            machine,
+            log,
+            backend,
+            peers,
         })
     }
 
-    /// The address the listener is bound to.
+    /// The address the client listener is bound to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
@@ -159,17 +238,17 @@ impl Server {
         let Server {
             config,
             listener,
-            recovered,
+            machine,
+            log,
+            backend,
+            peers,
         } = self;
         let clock = Clock {
             start: Instant::now(),
         };
         let node_config = NodeConfig {
             node_id: config.node_id,
-            machine: MachineLimits {
-                max_data_bytes: config.max_data_bytes,
-                ..MachineLimits::default()
-            },
+            machine: machine_limits(&config),
             max_sessions: config.max_sessions,
             max_pending_requests_per_connection: config.max_pending_requests_per_connection,
             max_watches_per_session: config.max_watches_per_session,
@@ -179,22 +258,45 @@ impl Server {
             max_frame_bytes: config.max_frame_bytes,
             stall_threshold_ms: (config.min_session_ttl_ms / 2).max(4 * config.tick_ms),
         };
-        let node = Node::new(node_config, recovered.machine, clock.now());
+        let node = Node::new(node_config, machine, log, clock.now());
 
         let (core_tx, core_rx) = mpsc::channel::<CoreMsg>(CORE_INBOX);
         let (storage_tx, storage_rx) = std::sync::mpsc::channel::<StorageCommand>();
         let report_tx = core_tx.clone();
         let data_dir = config.data_dir.clone();
-        let wal = recovered.wal;
-        let snapshot_index = recovered.snapshot_index;
         let storage_thread = std::thread::Builder::new()
             .name("corral-storage".into())
             .spawn(move || {
-                storage::run_storage_thread(data_dir, wal, snapshot_index, storage_rx, |input| {
+                storage::run_storage_thread(data_dir, backend, storage_rx, |input| {
                     report_tx.blocking_send(CoreMsg::Input(input)).is_ok()
                 })
             })
             .map_err(ServerError::Thread)?;
+
+        let transport = match peers {
+            None => None,
+            Some((bound, peer_config)) => {
+                let (events_tx, mut events_rx) = mpsc::channel::<PeerEvent<PeerMsg>>(CORE_INBOX);
+                let transport = bound
+                    .start(peer_config, events_tx)
+                    .await
+                    .map_err(|e| ServerError::Config(e.to_string()))?;
+                let inbox = core_tx.clone();
+                tokio::spawn(async move {
+                    while let Some(event) = events_rx.recv().await {
+                        let input = match event {
+                            PeerEvent::Message { from, msg } => Input::Peer { from, msg },
+                            PeerEvent::LinkUp { peer } => Input::LinkUp { peer },
+                            PeerEvent::LinkDown { .. } => continue,
+                        };
+                        if inbox.send(CoreMsg::Input(input)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                Some(transport)
+            }
+        };
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let core = tokio::spawn(run_core(
@@ -202,6 +304,7 @@ impl Server {
             clock,
             core_rx,
             storage_tx,
+            transport.clone(),
             Duration::from_millis(config.tick_ms),
             stop_rx,
         ));
@@ -213,6 +316,9 @@ impl Server {
         drop(core_tx);
         if let Err(e) = core.await {
             tracing::error!(error = %e, "core task failed");
+        }
+        if let Some(t) = &transport {
+            t.shutdown();
         }
         let stats = tokio::task::spawn_blocking(move || storage_thread.join())
             .await
@@ -295,12 +401,14 @@ async fn run_core(
     clock: Clock,
     mut inbox: mpsc::Receiver<CoreMsg>,
     storage: std::sync::mpsc::Sender<StorageCommand>,
+    transport: Option<Transport<PeerMsg>>,
     tick: Duration,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut core = CoreShell {
         conns: HashMap::new(),
         storage,
+        transport,
     };
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -339,6 +447,7 @@ async fn run_core(
 struct CoreShell {
     conns: HashMap<ConnId, mpsc::Sender<ToConn>>,
     storage: std::sync::mpsc::Sender<StorageCommand>,
+    transport: Option<Transport<PeerMsg>>,
 }
 
 impl CoreShell {
@@ -374,8 +483,36 @@ impl CoreShell {
                 }
                 return None;
             }
-            Output::Persist { records } => {
-                if self.storage.send(StorageCommand::Persist(records)).is_err() {
+            Output::Persist {
+                batch,
+                records,
+                first_lsn,
+                starts_with_checkpoint,
+            } => {
+                let command = StorageCommand::Persist {
+                    batch,
+                    records,
+                    first_lsn,
+                    starts_with_checkpoint,
+                };
+                if self.storage.send(command).is_err() {
+                    tracing::error!("storage thread is gone");
+                }
+                return None;
+            }
+            Output::PeerSend { to, msg } => {
+                match &self.transport {
+                    // A full queue or a down link drops the message: OmniPaxos resends
+                    // after reconnecting, and forwards are retried.
+                    Some(t) => {
+                        let _ = t.send(to, msg);
+                    }
+                    None => tracing::warn!(to, "a single node has no peers; message dropped"),
+                }
+                return None;
+            }
+            Output::Sync { batch } => {
+                if self.storage.send(StorageCommand::Sync { batch }).is_err() {
                     tracing::error!("storage thread is gone");
                 }
                 return None;

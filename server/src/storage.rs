@@ -20,10 +20,31 @@ const SNAPSHOTS_KEPT: usize = 2;
 /// What the storage thread is asked to do, in order.
 #[derive(Debug)]
 pub enum StorageCommand {
-    /// Append these (index, record) pairs, sync once, then report `Persisted`.
-    Persist(Vec<(u64, Vec<u8>)>),
+    /// Append these records, sync once, then report `Persisted { batch }`.
+    Persist {
+        batch: u64,
+        records: Vec<Vec<u8>>,
+        /// If set, the lsn the first record must get (single-node mode: lsn = index).
+        first_lsn: Option<u64>,
+        /// The first record is a checkpoint: compact the log before it once durable.
+        starts_with_checkpoint: bool,
+    },
     /// Save a snapshot at `index`, then compact the log through it.
     Snapshot { index: u64, data: Vec<u8> },
+    /// Cluster mode: make the replicated storage durable, then report `Persisted`.
+    Sync { batch: u64 },
+}
+
+/// What the storage thread writes to.
+#[derive(Debug)]
+pub enum Backend {
+    /// Single node: the write-ahead log of entries, and the snapshot recovery started from.
+    Local {
+        wal: Wal,
+        snapshot_index: Option<u64>,
+    },
+    /// Cluster member: the replicated storage that OmniPaxos owns, synced through its handle.
+    Paxos(crate::replication::storage::SyncHandle),
 }
 
 /// Group-commit figures, for logs and the issue notes.
@@ -133,11 +154,17 @@ pub fn recover(
 /// Every outcome is reported to the node core through `report`.
 pub fn run_storage_thread(
     data_dir: PathBuf,
-    mut wal: Wal,
-    snapshot_index: Option<u64>,
+    backend: Backend,
     commands: mpsc::Receiver<StorageCommand>,
     report: impl Fn(Input) -> bool,
 ) -> StorageStats {
+    let (mut wal, snapshot_index) = match backend {
+        Backend::Local {
+            wal,
+            snapshot_index,
+        } => (wal, snapshot_index),
+        Backend::Paxos(handle) => return run_paxos_sync(handle, commands, report),
+    };
     let mut stats = StorageStats::default();
     let mut failed = false;
     // Indexes of the snapshots on disk, oldest first. The log is compacted only through
@@ -146,17 +173,27 @@ pub fn run_storage_thread(
     kept.extend(snapshot_index);
     while let Ok(command) = commands.recv() {
         match command {
-            StorageCommand::Persist(records) => {
+            StorageCommand::Persist {
+                batch,
+                records,
+                first_lsn,
+                starts_with_checkpoint,
+            } => {
                 if failed {
                     report(Input::PersistFailed {
                         error: "the log failed earlier".into(),
                     });
                     continue;
                 }
-                let upto = records.last().map(|(i, _)| *i).unwrap_or(0);
-                match persist(&mut wal, &records, &mut stats) {
+                match persist(
+                    &mut wal,
+                    &records,
+                    first_lsn,
+                    starts_with_checkpoint,
+                    &mut stats,
+                ) {
                     Ok(()) => {
-                        report(Input::Persisted { upto });
+                        report(Input::Persisted { batch });
                     }
                     Err(e) => {
                         failed = true;
@@ -166,6 +203,9 @@ pub fn run_storage_thread(
                         });
                     }
                 }
+            }
+            StorageCommand::Sync { batch } => {
+                tracing::error!(batch, "unexpected cluster sync on a single node");
             }
             StorageCommand::Snapshot { index, data } => {
                 let started = Instant::now();
@@ -196,21 +236,60 @@ pub fn run_storage_thread(
     stats
 }
 
+/// The storage loop of a cluster member: each `Sync` makes everything OmniPaxos wrote
+/// so far durable with one fsync.
+fn run_paxos_sync(
+    handle: crate::replication::storage::SyncHandle,
+    commands: mpsc::Receiver<StorageCommand>,
+    report: impl Fn(Input) -> bool,
+) -> StorageStats {
+    let mut stats = StorageStats::default();
+    while let Ok(command) = commands.recv() {
+        match command {
+            StorageCommand::Sync { batch } => {
+                let started = Instant::now();
+                if let Err(e) = handle.sync() {
+                    // OmniPaxos cannot take back what it promised or accepted, and the
+                    // next storage write would panic inside it: stop now, loudly, and
+                    // let the restart recover from what the disk holds.
+                    tracing::error!(error = %e, "syncing the replicated log failed; exiting");
+                    eprintln!("corral: syncing the replicated log failed: {e}");
+                    std::process::exit(70);
+                }
+                stats.syncs += 1;
+                stats.sync_micros += started.elapsed().as_micros() as u64;
+                report(Input::Persisted { batch });
+            }
+            other => tracing::error!(?other, "unexpected storage command in cluster mode"),
+        }
+    }
+    stats
+}
+
 fn persist(
     wal: &mut Wal,
-    records: &[(u64, Vec<u8>)],
+    records: &[Vec<u8>],
+    first_lsn: Option<u64>,
+    starts_with_checkpoint: bool,
     stats: &mut StorageStats,
 ) -> Result<(), StorageError> {
-    for (index, bytes) in records {
+    let mut first = None;
+    for bytes in records {
         let lsn = wal.append(bytes)?;
-        if lsn != *index {
+        first.get_or_insert(lsn);
+    }
+    if let (Some(expected), Some(got)) = (first_lsn, first) {
+        if expected != got {
             return Err(StorageError::Corrupt(format!(
-                "log index {index} was written as record {lsn}"
+                "log index {expected} would be written as record {got}"
             )));
         }
     }
     let started = Instant::now();
     wal.sync()?;
+    if let (true, Some(first)) = (starts_with_checkpoint, first) {
+        wal.compact_through(first - 1)?;
+    }
     stats.syncs += 1;
     stats.entries += records.len() as u64;
     stats.sync_micros += started.elapsed().as_micros() as u64;

@@ -664,7 +664,7 @@ mod tests {
                 },
             }),
         );
-        m.apply(5, &entry(EntryBody::Noop));
+        m.apply(5, &entry(EntryBody::Noop { barrier: 0 }));
         (m, 3, 4) // pzxid of /d, mzxid of /d
     }
 

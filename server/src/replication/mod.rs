@@ -1,5 +1,106 @@
-//! Replication over OmniPaxos: durable Paxos storage on the write-ahead log, and the
-//! peer transport.
+//! Replication over OmniPaxos: the replicated log around OmniPaxos ([`log`]), its durable
+//! storage on the write-ahead log ([`storage`]), and the peer transport ([`transport`]).
 
+pub mod log;
 pub mod storage;
 pub mod transport;
+
+use crate::machine::{MachineLimits, StateMachine};
+use crate::wal::{StorageError, WalOptions};
+use log::{PaxosLog, PaxosSettings};
+use omnipaxos::{ClusterConfig, OmniPaxosConfig, ServerConfig};
+use std::path::Path;
+use storage::PaxosStorage;
+
+/// How a cluster member is set up.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// This node's id.
+    pub node_id: u64,
+    /// Every member's id, this node included.
+    pub members: Vec<u64>,
+    /// OmniPaxos ticks without a leader heartbeat before an election.
+    pub election_ticks: u64,
+    /// OmniPaxos ticks before a possibly lost message is resent.
+    pub resend_ticks: u64,
+    /// Replicated-log settings.
+    pub log: PaxosSettings,
+}
+
+/// Why a cluster member could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the stored snapshot cannot be loaded: {0}")]
+    Snapshot(String),
+    #[error("OmniPaxos refused the configuration: {0}")]
+    Config(String),
+}
+
+/// A cluster member recovered from its data directory.
+#[derive(Debug)]
+pub struct RecoveredCluster {
+    /// The state machine: the stored snapshot plus every decided entry after it.
+    pub machine: StateMachine,
+    /// The replicated log, ready for the node core.
+    pub log: PaxosLog,
+    /// Whether the data directory held no Paxos state at all (a new or wiped node).
+    pub fresh: bool,
+}
+
+/// Opens the replicated storage in `dir`, rebuilds the state machine from it, and builds
+/// OmniPaxos over it.
+pub fn open_cluster(
+    dir: &Path,
+    wal_options: WalOptions,
+    limits: MachineLimits,
+    settings: ClusterSettings,
+) -> Result<RecoveredCluster, ClusterError> {
+    use omnipaxos::storage::Storage;
+    let storage = PaxosStorage::open(dir, wal_options, limits)?;
+    let fresh = storage.promise().is_none() && storage.log_end() == 0;
+    let sync = storage.sync_handle();
+    let mut machine = match storage.snapshot() {
+        Some(s) => s
+            .clone()
+            .into_machine(limits)
+            .map_err(ClusterError::Snapshot)?,
+        None => StateMachine::new(limits),
+    };
+    let decided = storage.decided_idx();
+    let from = machine.last_zxid() as usize;
+    if from < decided {
+        let entries = storage
+            .get_entries(from, decided)
+            .map_err(|e| ClusterError::Snapshot(e.to_string()))?;
+        for entry in entries {
+            let zxid = machine.last_zxid() + 1;
+            machine.apply(zxid, &entry);
+        }
+    }
+    let server_config = ServerConfig {
+        pid: settings.node_id,
+        election_tick_timeout: settings.election_ticks.max(1),
+        resend_message_tick_timeout: settings.resend_ticks.max(1),
+        ..ServerConfig::default()
+    };
+    let cluster_config = ClusterConfig {
+        configuration_id: 1,
+        nodes: settings.members.clone(),
+        flexible_quorum: None,
+    };
+    let op = OmniPaxosConfig {
+        cluster_config,
+        server_config,
+    }
+    .build(storage)
+    .map_err(|e| ClusterError::Config(e.to_string()))?;
+    let applied = machine.last_zxid() as usize;
+    let log = PaxosLog::new(op, sync, settings.node_id, settings.log, applied);
+    Ok(RecoveredCluster {
+        machine,
+        log,
+        fresh,
+    })
+}

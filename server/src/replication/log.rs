@@ -1,0 +1,390 @@
+//! The replicated log of a cluster node: OmniPaxos plus what corral adds around it.
+//!
+//! - **Persist, then send, then apply.** OmniPaxos writes to [`PaxosStorage`], which
+//!   buffers records in its write-ahead log. After each input, if anything is buffered,
+//!   the node asks the storage thread for one sync (one fsync for everything buffered so
+//!   far) and holds back the OmniPaxos messages produced so far until it is done.
+//!   Decided entries are applied only up to the accepted index that was durable when the
+//!   last sync completed.
+//! - **Forwarding.** A follower does not use OmniPaxos's `ProposalForward`, which is
+//!   dropped silently when lost: it sends the entries to the leader itself and resends
+//!   them every `forward_retry_ticks` until it sees them applied. Duplicates are harmless:
+//!   writes are deduplicated by (session, xid) in the state machine; a duplicate barrier
+//!   or expiry changes nothing; a duplicate session open creates a session nobody holds,
+//!   which expires after its TTL.
+//! - **Leadership.** The node is leader when OmniPaxos says its own pid is the promised
+//!   leader in the accept phase. Only the leader proposes session expiries.
+
+use crate::machine::{Entry, EntryBody, MachineLimits, StateMachine};
+use crate::replication::storage::{MachineSnapshot, PaxosStorage, SyncHandle};
+use omnipaxos::messages::Message;
+use omnipaxos::util::LogEntry;
+use omnipaxos::OmniPaxos;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Messages between cluster nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PeerMsg {
+    /// An OmniPaxos message.
+    Paxos(Message<Entry>),
+    /// Entries a follower asks the leader to append (resent until applied).
+    Forward(Vec<Entry>),
+    /// Sessions whose clients spoke to the sender since its last report (leader renews).
+    Alive(Vec<u64>),
+}
+
+/// What applying the log yields, in order.
+#[derive(Debug)]
+pub enum Decided {
+    /// An entry with its zxid.
+    Entry(u64, Entry),
+    /// A snapshot that replaces the state (this node was behind the leader's compaction).
+    Install(Box<StateMachine>),
+}
+
+/// Settings of the replicated log.
+#[derive(Debug, Clone, Copy)]
+pub struct PaxosSettings {
+    /// Ticks between resends of forwarded entries that are not applied yet.
+    pub forward_retry_ticks: u64,
+    /// Most entries a follower keeps waiting for the leader; further proposals are refused.
+    pub max_forwarded_entries: usize,
+    /// Limits of the state machine (to rebuild it from snapshots).
+    pub limits: MachineLimits,
+}
+
+#[derive(Debug)]
+struct Forwarded {
+    entry: Entry,
+    last_sent_tick: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SyncInFlight {
+    batch: u64,
+    /// Messages held before this sync started (released when it completes).
+    held: usize,
+    /// Accepted index when this sync started (durable when it completes).
+    accepted: usize,
+}
+
+/// The cluster node's log.
+pub struct PaxosLog {
+    op: OmniPaxos<Entry, PaxosStorage>,
+    storage: SyncHandle,
+    node_id: u64,
+    settings: PaxosSettings,
+    /// Next OmniPaxos index to apply (zxid of the last applied entry).
+    applied_idx: usize,
+    /// Accepted index known durable.
+    durable_accepted: usize,
+    held: Vec<(u64, PeerMsg)>,
+    sync: Option<SyncInFlight>,
+    next_batch: u64,
+    forwarded: BTreeMap<u64, Forwarded>,
+    next_forward: u64,
+    ticks: u64,
+    leader: Option<u64>,
+}
+
+impl std::fmt::Debug for PaxosLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaxosLog")
+            .field("node_id", &self.node_id)
+            .field("applied_idx", &self.applied_idx)
+            .field("leader", &self.leader)
+            .field("forwarded", &self.forwarded.len())
+            .finish()
+    }
+}
+
+impl PaxosLog {
+    /// Wraps an OmniPaxos instance built over storage whose handle is `storage`, with the
+    /// state machine recovered up to `applied_idx`.
+    pub fn new(
+        op: OmniPaxos<Entry, PaxosStorage>,
+        storage: SyncHandle,
+        node_id: u64,
+        settings: PaxosSettings,
+        applied_idx: usize,
+    ) -> PaxosLog {
+        let durable_accepted = op.get_accepted_idx();
+        PaxosLog {
+            op,
+            storage,
+            node_id,
+            settings,
+            applied_idx,
+            durable_accepted,
+            held: Vec::new(),
+            sync: None,
+            next_batch: 1,
+            forwarded: BTreeMap::new(),
+            next_forward: 1,
+            ticks: 0,
+            leader: None,
+        }
+    }
+
+    /// The current leader, if known.
+    pub fn leader(&self) -> Option<u64> {
+        self.leader
+    }
+
+    /// Whether this node is the leader in the accept phase.
+    pub fn is_leader(&self) -> bool {
+        matches!(self.op.get_current_leader(), Some((pid, true)) if pid == self.node_id)
+    }
+
+    /// The decided index (number of decided entries).
+    pub fn decided_idx(&self) -> usize {
+        self.op.get_decided_idx()
+    }
+
+    /// Proposes an entry: appended directly on the leader, forwarded otherwise. Fails
+    /// when too many entries already wait for a leader.
+    pub fn propose(&mut self, entry: Entry, out: &mut Vec<(u64, PeerMsg)>) -> Result<(), String> {
+        if self.is_leader() {
+            match self.op.append(entry) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    // Lost leadership in between: fall through to forwarding.
+                    let entry = match e {
+                        omnipaxos::ProposeErr::PendingReconfigEntry(entry) => entry,
+                        _ => return Err("the cluster is being reconfigured".into()),
+                    };
+                    return self.forward(entry, out);
+                }
+            }
+        }
+        self.forward(entry, out)
+    }
+
+    fn forward(&mut self, entry: Entry, out: &mut Vec<(u64, PeerMsg)>) -> Result<(), String> {
+        if self.forwarded.len() >= self.settings.max_forwarded_entries {
+            return Err(format!(
+                "{} entries are waiting for a leader (max_forwarded_entries)",
+                self.forwarded.len()
+            ));
+        }
+        let id = self.next_forward;
+        self.next_forward += 1;
+        let sent = match self.leader.filter(|l| *l != self.node_id) {
+            Some(leader) => {
+                out.push((leader, PeerMsg::Forward(vec![entry.clone()])));
+                self.ticks
+            }
+            // No leader known: the next tick that knows one sends it.
+            None => 0,
+        };
+        self.forwarded.insert(
+            id,
+            Forwarded {
+                entry,
+                last_sent_tick: sent,
+            },
+        );
+        Ok(())
+    }
+
+    /// Handles a message from a peer; returns sessions the leader must renew.
+    pub fn on_peer(&mut self, msg: PeerMsg) -> Vec<u64> {
+        match msg {
+            PeerMsg::Paxos(m) => {
+                self.op.handle_incoming(m);
+                Vec::new()
+            }
+            PeerMsg::Forward(entries) => {
+                if self.is_leader() {
+                    for entry in entries {
+                        // A failure (reconfiguration) drops the entry: the follower resends.
+                        let _ = self.op.append(entry);
+                    }
+                }
+                Vec::new()
+            }
+            PeerMsg::Alive(sessions) => sessions,
+        }
+    }
+
+    /// A link to `peer` was (re)established: OmniPaxos resends what it may have lost.
+    pub fn on_link_up(&mut self, peer: u64) {
+        self.op.reconnected(peer);
+    }
+
+    /// Advances OmniPaxos's logical clock and resends overdue forwards. Returns whether
+    /// the leader changed, and to what.
+    pub fn tick(&mut self, out: &mut Vec<(u64, PeerMsg)>) -> Option<Option<u64>> {
+        self.ticks += 1;
+        self.op.tick();
+        let leader = self.op.get_current_leader().map(|(pid, _)| pid);
+        let changed = (leader != self.leader).then_some(leader);
+        self.leader = leader;
+        if self.is_leader() {
+            // Our own forwards that never reached the old leader: append them here.
+            let mine: Vec<Forwarded> = std::mem::take(&mut self.forwarded).into_values().collect();
+            for f in mine {
+                let _ = self.op.append(f.entry);
+            }
+        } else if let Some(leader) = self.leader.filter(|l| *l != self.node_id) {
+            let due: Vec<Entry> = self
+                .forwarded
+                .values_mut()
+                .filter(|f| {
+                    f.last_sent_tick == 0
+                        || changed.is_some()
+                        || self.ticks - f.last_sent_tick >= self.settings.forward_retry_ticks
+                })
+                .map(|f| {
+                    f.last_sent_tick = self.ticks;
+                    f.entry.clone()
+                })
+                .collect();
+            if !due.is_empty() {
+                out.push((leader, PeerMsg::Forward(due)));
+            }
+        }
+        changed
+    }
+
+    /// The handle the storage thread syncs with.
+    pub fn sync_handle(&self) -> SyncHandle {
+        self.storage.clone()
+    }
+
+    /// Collects what OmniPaxos wants sent; returns the id of a sync to run if none is
+    /// running and storage has unsynced records. Messages that need no persistence go
+    /// out at once.
+    pub fn flush(&mut self, out: &mut Vec<(u64, PeerMsg)>) -> Option<u64> {
+        let mut msgs = Vec::new();
+        self.op.take_outgoing_messages(&mut msgs);
+        for m in msgs {
+            let to = m.get_receiver();
+            self.held.push((to, PeerMsg::Paxos(m)));
+        }
+        if self.sync.is_some() {
+            return None;
+        }
+        if !self.storage.has_unsynced() {
+            // Nothing to make durable: everything accepted is already on disk.
+            out.append(&mut self.held);
+            self.durable_accepted = self.op.get_accepted_idx();
+            return None;
+        }
+        let batch = self.next_batch;
+        self.next_batch += 1;
+        self.sync = Some(SyncInFlight {
+            batch,
+            held: self.held.len(),
+            accepted: self.op.get_accepted_idx(),
+        });
+        Some(batch)
+    }
+
+    /// A persist batch is durable: release the messages held for it.
+    pub fn persisted(&mut self, batch: u64, out: &mut Vec<(u64, PeerMsg)>) {
+        let Some(sync) = self.sync else {
+            return;
+        };
+        if sync.batch != batch {
+            return;
+        }
+        self.sync = None;
+        let held = sync.held.min(self.held.len());
+        out.extend(self.held.drain(..held));
+        self.durable_accepted = self.durable_accepted.max(sync.accepted);
+    }
+
+    /// Decided entries that may be applied now (decided and durable here), in order.
+    pub fn take_decided(&mut self) -> Vec<Decided> {
+        let upto = self.op.get_decided_idx().min(self.durable_accepted);
+        if upto <= self.applied_idx {
+            return Vec::new();
+        }
+        let Some(entries) = self.op.read_entries(self.applied_idx..upto) else {
+            return Vec::new();
+        };
+        let mut decided = Vec::with_capacity(entries.len());
+        for e in entries {
+            match e {
+                LogEntry::Decided(entry) | LogEntry::Undecided(entry) => {
+                    self.applied_idx += 1;
+                    self.settle_forward(&entry);
+                    decided.push(Decided::Entry(self.applied_idx as u64, entry));
+                }
+                LogEntry::Snapshotted(s) => {
+                    match MachineSnapshot::into_machine(s.snapshot, self.settings.limits) {
+                        Ok(machine) => {
+                            self.applied_idx = s.trimmed_idx;
+                            decided.push(Decided::Install(Box::new(machine)));
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot install snapshot");
+                            break;
+                        }
+                    }
+                }
+                LogEntry::Trimmed(idx) => {
+                    tracing::error!(
+                        idx,
+                        applied = self.applied_idx,
+                        "log trimmed past the applied index without a snapshot"
+                    );
+                    break;
+                }
+                LogEntry::StopSign(..) => break,
+            }
+        }
+        decided
+    }
+
+    /// Forgets a forwarded entry once it is applied.
+    fn settle_forward(&mut self, entry: &Entry) {
+        if self.forwarded.is_empty() {
+            return;
+        }
+        let key = forward_key(entry);
+        if key.is_none() {
+            return;
+        }
+        let found = self
+            .forwarded
+            .iter()
+            .find(|(_, f)| forward_key(&f.entry) == key)
+            .map(|(id, _)| *id);
+        if let Some(id) = found {
+            self.forwarded.remove(&id);
+        }
+    }
+
+    /// Asks every node to compact its log through `idx` with a snapshot (leader only).
+    pub fn compact(&mut self, idx: usize) {
+        if let Err(e) = self.op.snapshot(Some(idx), false) {
+            tracing::debug!(?e, idx, "snapshot not taken");
+        }
+    }
+
+    /// The node's own pid.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// Entries waiting for a leader.
+    pub fn forwarded_len(&self) -> usize {
+        self.forwarded.len()
+    }
+}
+
+/// What identifies an entry across resends.
+fn forward_key(entry: &Entry) -> Option<(u8, u64, u64)> {
+    match &entry.body {
+        EntryBody::Write {
+            session_id, xid, ..
+        } => Some((0, *session_id, *xid)),
+        EntryBody::OpenSession { secret, .. } => Some((1, *secret, 0)),
+        EntryBody::CloseSession { session_id } => Some((2, *session_id, 0)),
+        EntryBody::Noop { barrier } => Some((3, *barrier, 0)),
+        EntryBody::ExpireSessions { .. } => None,
+    }
+}

@@ -1,0 +1,261 @@
+//! The dialing side: one task per peer that connects, handshakes, writes the peer's
+//! queue in order, and reconnects with exponential backoff and jitter until shutdown.
+
+use super::{Link, PeerEvent, PeerHello, PeerHelloReply, Shared, HANDSHAKE_MAX_FRAME_BYTES};
+use corral_protocol::{Codec, FrameError};
+use futures::{SinkExt, StreamExt};
+use rand::Rng;
+use serde::Serialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+/// Connects to `peer` at `addr` and keeps a link to it until the transport stops.
+pub(super) async fn run_peer<M>(shared: Arc<Shared<M>>, peer: u64, addr: SocketAddr)
+where
+    M: Serialize + Send + 'static,
+{
+    let node = shared.config.node_id;
+    let connect_timeout = Duration::from_millis(shared.config.connect_timeout_ms);
+    let mut backoff = Backoff::new(shared.config.backoff_min_ms, shared.config.backoff_max_ms);
+    // Report the first failure of a streak at info, the rest at debug: a peer that is
+    // down for an hour must not flood the log.
+    let mut failures_in_a_row: u64 = 0;
+    loop {
+        let attempt = tokio::select! {
+            biased;
+            _ = shared.root.cancelled() => return,
+            attempt = tokio::time::timeout(connect_timeout, dial(&shared, peer, addr)) => attempt,
+        };
+        let failure = match attempt {
+            Ok(Ok(stream)) => {
+                backoff.reset();
+                failures_in_a_row = 0;
+                if !run_link(&shared, peer, addr, stream).await {
+                    return;
+                }
+                None
+            }
+            Ok(Err(DialError::Refused(reason))) => {
+                tracing::warn!(node, peer, %addr, %reason, "peer refused our handshake");
+                None
+            }
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!(
+                "no connection and handshake within {connect_timeout:?}"
+            )),
+        };
+        if let Some(error) = failure {
+            failures_in_a_row += 1;
+            if failures_in_a_row == 1 {
+                tracing::info!(node, peer, %addr, %error, "cannot reach peer; retrying with backoff");
+            } else {
+                tracing::debug!(node, peer, %addr, %error, attempts = failures_in_a_row, "cannot reach peer");
+            }
+        }
+        let delay = backoff.next_delay(&mut rand::thread_rng());
+        tokio::select! {
+            biased;
+            _ = shared.root.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug)]
+enum DialError {
+    Io(std::io::Error),
+    Frame(FrameError),
+    Refused(String),
+    ClosedInHandshake,
+    UnexpectedData,
+}
+
+impl fmt::Display for DialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DialError::Io(e) => write!(f, "{e}"),
+            DialError::Frame(e) => write!(f, "handshake failed: {e}"),
+            DialError::Refused(reason) => write!(f, "refused: {reason}"),
+            DialError::ClosedInHandshake => f.write_str("the peer closed during the handshake"),
+            DialError::UnexpectedData => f.write_str("the peer sent data after its handshake"),
+        }
+    }
+}
+
+/// Connects and handshakes; the stream is ready for frames of `M`.
+async fn dial<M>(shared: &Shared<M>, peer: u64, addr: SocketAddr) -> Result<TcpStream, DialError> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(DialError::Io)?;
+    socket.set_keepalive(true).map_err(DialError::Io)?;
+    socket.set_nodelay(true).map_err(DialError::Io)?;
+    let stream = socket.connect(addr).await.map_err(DialError::Io)?;
+    let mut framed = Framed::new(
+        stream,
+        Codec::<PeerHelloReply, PeerHello>::new(HANDSHAKE_MAX_FRAME_BYTES),
+    );
+    let hello = PeerHello::new(shared.config.cluster_id, shared.config.node_id, peer);
+    framed.send(hello).await.map_err(DialError::Frame)?;
+    match framed.next().await {
+        Some(Ok(PeerHelloReply::Accepted)) => {}
+        Some(Ok(PeerHelloReply::Refused { reason })) => return Err(DialError::Refused(reason)),
+        Some(Err(e)) => return Err(DialError::Frame(e)),
+        None => return Err(DialError::ClosedInHandshake),
+    }
+    let parts = framed.into_parts();
+    if !parts.read_buf.is_empty() {
+        return Err(DialError::UnexpectedData);
+    }
+    Ok(parts.io)
+}
+
+/// Runs one established link: publishes it in the peer's slot, reports `LinkUp`, writes
+/// until the link breaks, clears the slot (dropping whatever is still queued), reports
+/// `LinkDown`. False if the transport is stopping.
+async fn run_link<M>(shared: &Shared<M>, peer: u64, addr: SocketAddr, stream: TcpStream) -> bool
+where
+    M: Serialize,
+{
+    let node = shared.config.node_id;
+    let Some(slot) = shared.peers.get(&peer) else {
+        return false;
+    };
+    let (tx, rx) = mpsc::channel(shared.config.send_queue_messages);
+    let reset = shared.root.child_token();
+    // The slot is filled before `LinkUp` is reported, so the node can send as soon as it
+    // sees the event (typically what OmniPaxos `reconnected` produces).
+    *slot.lock() = Some(Link {
+        tx,
+        reset: reset.clone(),
+    });
+    tracing::info!(node, peer, %addr, "peer link up");
+    let (reported, end) = tokio::join!(
+        shared.emit(PeerEvent::LinkUp { peer }),
+        pump(stream, rx, &reset, shared.config.max_frame_bytes),
+    );
+    // Only this task fills the slot, so whatever is there is this link's.
+    slot.lock().take();
+    if !reported || shared.root.is_cancelled() {
+        return false;
+    }
+    if let LinkEnd::Write(e) = &end {
+        if !matches!(e, FrameError::Io(_)) {
+            // A local problem (typically a message over max_frame_bytes): resetting the
+            // link makes OmniPaxos resend, which helps only if the message changes.
+            tracing::error!(node, peer, error = %e, "cannot encode a message for a peer; resetting the link");
+        }
+    }
+    tracing::info!(node, peer, %addr, reason = %end, "peer link down");
+    shared.emit(PeerEvent::LinkDown { peer }).await
+}
+
+/// Why a link ended.
+#[derive(Debug)]
+enum LinkEnd {
+    /// The queue overflowed (or the transport is stopping).
+    Reset,
+    /// Writing failed, or a message could not be encoded.
+    Write(FrameError),
+    /// The peer closed the connection.
+    PeerClosed,
+    /// Reading the connection (to detect its end) failed.
+    Read(std::io::Error),
+    /// The peer sent bytes, which it never does after the handshake.
+    UnexpectedData,
+}
+
+impl fmt::Display for LinkEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkEnd::Reset => f.write_str("send queue overflowed"),
+            LinkEnd::Write(e) => write!(f, "write failed: {e}"),
+            LinkEnd::PeerClosed => f.write_str("the peer closed the connection"),
+            LinkEnd::Read(e) => write!(f, "connection failed: {e}"),
+            LinkEnd::UnexpectedData => f.write_str("the peer sent unexpected data"),
+        }
+    }
+}
+
+/// Writes the queue to the connection in order, feeding frames while more are queued
+/// and flushing when the queue is empty, until the link breaks or is reset.
+async fn pump<M: Serialize>(
+    stream: TcpStream,
+    mut rx: mpsc::Receiver<M>,
+    reset: &CancellationToken,
+    max_frame_bytes: usize,
+) -> LinkEnd {
+    let (mut read_half, write_half) = stream.into_split();
+    let mut sink = FramedWrite::new(write_half, Codec::<(), M>::new(max_frame_bytes));
+    let writer = async {
+        // `None`: the slot dropped the only sender, which happens only on a reset.
+        while let Some(msg) = rx.recv().await {
+            if let Err(e) = sink.feed(msg).await {
+                return LinkEnd::Write(e);
+            }
+            if rx.is_empty() {
+                if let Err(e) = sink.flush().await {
+                    return LinkEnd::Write(e);
+                }
+            }
+        }
+        LinkEnd::Reset
+    };
+    let end_of_stream = async {
+        let mut byte = [0u8; 1];
+        match read_half.read(&mut byte).await {
+            Ok(0) => LinkEnd::PeerClosed,
+            Ok(_) => LinkEnd::UnexpectedData,
+            Err(e) => LinkEnd::Read(e),
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = reset.cancelled() => LinkEnd::Reset,
+        end = writer => end,
+        end = end_of_stream => end,
+    }
+}
+
+/// Exponential backoff with "equal jitter": attempt `n` waits a uniform time in
+/// `[max(min, c/2), c]` where `c = min(max, min * 2^(n+1))`.
+#[derive(Debug, Clone)]
+pub(super) struct Backoff {
+    min_ms: u64,
+    max_ms: u64,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub(super) fn new(min_ms: u64, max_ms: u64) -> Backoff {
+        Backoff {
+            min_ms,
+            max_ms: max_ms.max(min_ms),
+            attempt: 0,
+        }
+    }
+
+    /// Back to the shortest waits (after a successful connection).
+    pub(super) fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The wait before the next attempt.
+    pub(super) fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+        let shift = self.attempt.min(32) + 1;
+        let ceiling = self.min_ms.saturating_mul(1u64 << shift).min(self.max_ms);
+        let floor = (ceiling / 2).max(self.min_ms).min(ceiling);
+        self.attempt = self.attempt.saturating_add(1);
+        Duration::from_millis(rng.gen_range(floor..=ceiling))
+    }
+}

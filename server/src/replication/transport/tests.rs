@@ -1,0 +1,602 @@
+//! Transport tests over loopback. No sleeps: every wait is for an event, bounded by
+//! `WAIT`.
+
+use super::outbound::Backoff;
+use super::*;
+use corral_protocol::Codec;
+use futures::{SinkExt, StreamExt};
+use rand::{rngs::StdRng, SeedableRng};
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::codec::Framed;
+
+/// Upper bound on any single wait; only reached when a test fails.
+const WAIT: Duration = Duration::from_secs(10);
+const CLUSTER: u64 = 7;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum TestMsg {
+    Seq(u64),
+    Blob(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+struct TestNode {
+    id: u64,
+    addr: SocketAddr,
+    transport: Transport<TestMsg>,
+    events: mpsc::Receiver<PeerEvent<TestMsg>>,
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A loopback address nobody listens on.
+fn dead_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind(loopback()).expect("bind");
+    listener.local_addr().expect("local address")
+}
+
+fn config(node_id: u64, listen: SocketAddr, peers: BTreeMap<u64, SocketAddr>) -> PeerConfig {
+    PeerConfig {
+        node_id,
+        listen,
+        peers,
+        max_frame_bytes: 1 << 20,
+        send_queue_messages: 4096,
+        connect_timeout_ms: 5_000,
+        backoff_min_ms: 5,
+        backoff_max_ms: 100,
+        cluster_id: CLUSTER,
+    }
+}
+
+/// Logs to the test's output when `RUST_LOG` is set (e.g. `RUST_LOG=debug`).
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+}
+
+async fn start_node(config: PeerConfig, bound: Bound) -> TestNode {
+    init_logging();
+    let (tx, events) = mpsc::channel(64);
+    let id = config.node_id;
+    let addr = bound.local_addr();
+    let transport = bound.start(config, tx).await.expect("start");
+    TestNode {
+        id,
+        addr,
+        transport,
+        events,
+    }
+}
+
+/// Starts one transport per id, each configured with all the others.
+async fn cluster(ids: &[u64]) -> Vec<TestNode> {
+    let mut bound = Vec::new();
+    for _ in ids {
+        bound.push(Bound::bind(loopback()).await.expect("bind"));
+    }
+    let addrs: BTreeMap<u64, SocketAddr> = ids
+        .iter()
+        .zip(&bound)
+        .map(|(&id, b)| (id, b.local_addr()))
+        .collect();
+    let mut nodes = Vec::new();
+    for (&id, b) in ids.iter().zip(bound) {
+        let peers = others(&addrs, id);
+        nodes.push(start_node(config(id, b.local_addr(), peers), b).await);
+    }
+    nodes
+}
+
+fn others(addrs: &BTreeMap<u64, SocketAddr>, me: u64) -> BTreeMap<u64, SocketAddr> {
+    addrs
+        .iter()
+        .filter(|(&id, _)| id != me)
+        .map(|(&id, &addr)| (id, addr))
+        .collect()
+}
+
+async fn next_event(node: &mut TestNode) -> PeerEvent<TestMsg> {
+    timeout(WAIT, node.events.recv())
+        .await
+        .expect("timed out waiting for a peer event")
+        .expect("events channel closed")
+}
+
+async fn wait_links_up(node: &mut TestNode, peers: &[u64]) {
+    let mut missing: BTreeSet<u64> = peers.iter().copied().collect();
+    while !missing.is_empty() {
+        match next_event(node).await {
+            PeerEvent::LinkUp { peer } => assert!(missing.remove(&peer), "second LinkUp {peer}"),
+            other => panic!("node {}: unexpected {other:?} while links come up", node.id),
+        }
+    }
+}
+
+async fn all_links_up(nodes: &mut [TestNode]) {
+    let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    for node in nodes.iter_mut() {
+        let peers: Vec<u64> = ids.iter().copied().filter(|&p| p != node.id).collect();
+        wait_links_up(node, &peers).await;
+    }
+}
+
+/// Receives `count` numbered messages from each of `from`, asserting each peer's order
+/// and that nothing else arrives.
+async fn expect_sequences(node: &mut TestNode, from: &[u64], count: u64) {
+    let mut next: BTreeMap<u64, u64> = from.iter().map(|&p| (p, 0)).collect();
+    let mut remaining = count * from.len() as u64;
+    while remaining > 0 {
+        match next_event(node).await {
+            PeerEvent::Message {
+                from,
+                msg: TestMsg::Seq(n),
+            } => {
+                let expected = next
+                    .get_mut(&from)
+                    .expect("a message from an expected peer");
+                assert_eq!(
+                    n, *expected,
+                    "node {} got message {n} from {from} out of order",
+                    node.id
+                );
+                *expected += 1;
+                remaining -= 1;
+            }
+            other => panic!("node {}: unexpected {other:?}", node.id),
+        }
+    }
+}
+
+fn send_sequence(node: &TestNode, to: u64, count: u64) {
+    for n in 0..count {
+        node.transport
+            .send(to, TestMsg::Seq(n))
+            .expect("send on a live link with room");
+    }
+}
+
+async fn stop(node: &TestNode) {
+    node.transport.shutdown();
+    timeout(WAIT, node.transport.closed())
+        .await
+        .expect("transport tasks stop after shutdown");
+}
+
+/// Opens a raw connection, sends `hello` and returns the reply (the connection is left
+/// open).
+async fn raw_handshake(
+    addr: SocketAddr,
+    hello: PeerHello,
+) -> (
+    PeerHelloReply,
+    Framed<TcpStream, Codec<PeerHelloReply, PeerHello>>,
+) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let mut framed = Framed::new(stream, Codec::<PeerHelloReply, PeerHello>::new(1024));
+    framed.send(hello).await.expect("send hello");
+    let reply = timeout(WAIT, framed.next())
+        .await
+        .expect("a reply in time")
+        .expect("a reply before the end of stream")
+        .expect("a well-formed reply");
+    (reply, framed)
+}
+
+/// A raw dialer that completed the handshake as `from`, ready to send `TestMsg` frames.
+async fn raw_peer(addr: SocketAddr, from: u64, to: u64) -> Framed<TcpStream, Codec<(), TestMsg>> {
+    let (reply, framed) = raw_handshake(addr, PeerHello::new(CLUSTER, from, to)).await;
+    assert_eq!(reply, PeerHelloReply::Accepted);
+    framed.map_codec(|c| c.retype())
+}
+
+/// Asserts the handshake is refused and the connection closed; returns the reason.
+async fn refused(addr: SocketAddr, hello: PeerHello) -> String {
+    let (reply, mut framed) = raw_handshake(addr, hello).await;
+    let PeerHelloReply::Refused { reason } = reply else {
+        panic!("{hello:?} was accepted");
+    };
+    let after = timeout(WAIT, framed.next()).await.expect("closed in time");
+    assert!(
+        matches!(after, None | Some(Err(_))),
+        "the connection must be closed after a refusal, got {after:?}"
+    );
+    reason
+}
+
+/// Asserts that the other side closes the connection; returns what it sent first.
+async fn expect_closed(mut stream: TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    // An error (connection reset) also means closed.
+    let _ = timeout(WAIT, stream.read_to_end(&mut received))
+        .await
+        .expect("the connection is closed in time");
+    received
+}
+
+#[tokio::test]
+async fn every_pair_exchanges_messages_in_order() {
+    const COUNT: u64 = 1_000;
+    let ids = [1, 2, 3];
+    let mut nodes = cluster(&ids).await;
+    all_links_up(&mut nodes).await;
+    for node in &nodes {
+        for &to in ids.iter().filter(|&&p| p != node.id) {
+            send_sequence(node, to, COUNT);
+        }
+    }
+    // Draining one node at a time is fine: the others' readers wait (backpressure), and
+    // their queues hold what they were given.
+    for node in nodes.iter_mut() {
+        let from: Vec<u64> = ids.iter().copied().filter(|&p| p != node.id).collect();
+        expect_sequences(node, &from, COUNT).await;
+    }
+    for node in &nodes {
+        assert!(ids
+            .iter()
+            .filter(|&&p| p != node.id)
+            .all(|&p| node.transport.is_link_up(p)));
+    }
+    for node in &nodes {
+        stop(node).await;
+    }
+}
+
+#[tokio::test]
+async fn restarted_peer_goes_down_then_up_and_messages_flow_again() {
+    const COUNT: u64 = 100;
+    let mut nodes = cluster(&[1, 2, 3]).await;
+    all_links_up(&mut nodes).await;
+
+    let old = nodes.pop().expect("node 3");
+    let addr3 = old.addr;
+    stop(&old).await;
+    drop(old);
+    for node in nodes.iter_mut() {
+        assert_eq!(next_event(node).await, PeerEvent::LinkDown { peer: 3 });
+        assert_eq!(
+            node.transport.send(3, TestMsg::Seq(0)),
+            Err(SendError::Disconnected)
+        );
+    }
+
+    let bound = Bound::bind(addr3)
+        .await
+        .expect("bind the same address again");
+    let peers = nodes.iter().map(|n| (n.id, n.addr)).collect();
+    let mut new3 = start_node(config(3, addr3, peers), bound).await;
+    wait_links_up(&mut new3, &[1, 2]).await;
+    for node in nodes.iter_mut() {
+        assert_eq!(next_event(node).await, PeerEvent::LinkUp { peer: 3 });
+    }
+
+    for node in &nodes {
+        send_sequence(node, 3, COUNT);
+        send_sequence(&new3, node.id, COUNT);
+    }
+    expect_sequences(&mut new3, &[1, 2], COUNT).await;
+    for node in nodes.iter_mut() {
+        expect_sequences(node, &[3], COUNT).await;
+    }
+    for node in nodes.iter().chain([&new3]) {
+        stop(node).await;
+    }
+}
+
+#[tokio::test]
+async fn unreachable_peer_gets_nothing_queued() {
+    let bound = Bound::bind(loopback()).await.expect("bind");
+    let mut cfg = config(1, bound.local_addr(), [(2, dead_addr())].into());
+    cfg.send_queue_messages = 16;
+    let node = start_node(cfg, bound).await;
+    for n in 0..10_000 {
+        assert_eq!(
+            node.transport.send(2, TestMsg::Seq(n)),
+            Err(SendError::Disconnected)
+        );
+        assert_eq!(node.transport.queued(2), 0);
+        if n % 100 == 0 {
+            // Let the dialer run (and fail) in between.
+            tokio::task::yield_now().await;
+        }
+    }
+    assert!(!node.transport.is_link_up(2));
+    assert_eq!(
+        node.transport.send(9, TestMsg::Seq(0)),
+        Err(SendError::UnknownPeer(9))
+    );
+    assert_eq!(
+        node.transport.send(1, TestMsg::Seq(0)),
+        Err(SendError::UnknownPeer(1))
+    );
+    stop(&node).await;
+}
+
+#[tokio::test]
+async fn stalled_peer_fills_the_bounded_queue_and_the_link_is_reset() {
+    const QUEUE: usize = 8;
+    let fake = tokio::net::TcpListener::bind(loopback())
+        .await
+        .expect("bind");
+    let bound = Bound::bind(loopback()).await.expect("bind");
+    let mut cfg = config(
+        1,
+        bound.local_addr(),
+        [(2, fake.local_addr().expect("address"))].into(),
+    );
+    cfg.send_queue_messages = QUEUE;
+    let mut node = start_node(cfg, bound).await;
+
+    // The fake peer accepts the handshake, then never reads.
+    let (stream, _) = timeout(WAIT, fake.accept())
+        .await
+        .expect("dialed in time")
+        .expect("accept");
+    let mut framed = Framed::new(stream, Codec::<PeerHello, PeerHelloReply>::new(1024));
+    let hello = timeout(WAIT, framed.next())
+        .await
+        .expect("hello in time")
+        .expect("a hello")
+        .expect("a well-formed hello");
+    assert_eq!(hello, PeerHello::new(CLUSTER, 1, 2));
+    framed
+        .send(PeerHelloReply::Accepted)
+        .await
+        .expect("send the reply");
+    assert_eq!(next_event(&mut node).await, PeerEvent::LinkUp { peer: 2 });
+
+    let blob = vec![0xAB_u8; 64 << 10];
+    let mut accepted = 0u64;
+    let error = loop {
+        match node.transport.send(2, TestMsg::Blob(blob.clone())) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(node.transport.queued(2) <= QUEUE);
+        assert!(accepted < 100_000, "the queue never filled");
+        // Let the writer drain into the socket until the socket buffers are full.
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(error, SendError::QueueFull);
+    assert!(accepted >= QUEUE as u64);
+    assert_eq!(next_event(&mut node).await, PeerEvent::LinkDown { peer: 2 });
+    assert_eq!(node.transport.queued(2), 0);
+    // The fake peer never answers a new handshake, so the link stays down.
+    assert_eq!(
+        node.transport.send(2, TestMsg::Seq(0)),
+        Err(SendError::Disconnected)
+    );
+    stop(&node).await;
+    drop(framed);
+}
+
+#[tokio::test]
+async fn bad_handshakes_are_refused_and_do_not_disturb_links() {
+    const COUNT: u64 = 50;
+    let mut nodes = cluster(&[1, 2]).await;
+    all_links_up(&mut nodes).await;
+    let addr = nodes[0].addr;
+    let good = PeerHello::new(CLUSTER, 2, 1);
+    let cases = [
+        (
+            PeerHello {
+                cluster_id: CLUSTER + 1,
+                ..good
+            },
+            "cluster",
+        ),
+        (PeerHello { from: 99, ..good }, "not a configured peer"),
+        (PeerHello { to: 5, ..good }, "expected node 5"),
+        (
+            PeerHello {
+                magic: corral_protocol::MAGIC,
+                ..good
+            },
+            "magic",
+        ),
+        (
+            PeerHello {
+                version: 99,
+                ..good
+            },
+            "version",
+        ),
+    ];
+    for (hello, expected) in cases {
+        let reason = refused(addr, hello).await;
+        assert!(
+            reason.contains(expected),
+            "{reason:?} should mention {expected:?}"
+        );
+    }
+
+    // Garbage: its first four bytes announce a frame far over the handshake limit.
+    let mut garbage = TcpStream::connect(addr).await.expect("connect");
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: corral\r\n\r\n")
+        .await
+        .expect("write");
+    expect_closed(garbage).await;
+    // A connection that closes half-way through its hello.
+    let mut truncated = TcpStream::connect(addr).await.expect("connect");
+    truncated
+        .write_all(&[0, 0, 0, 30, 1, 2])
+        .await
+        .expect("write");
+    truncated.shutdown().await.expect("shutdown");
+    expect_closed(truncated).await;
+
+    // The established links saw nothing of it.
+    send_sequence(&nodes[0], 2, COUNT);
+    send_sequence(&nodes[1], 1, COUNT);
+    expect_sequences(&mut nodes[0], &[2], COUNT).await;
+    expect_sequences(&mut nodes[1], &[1], COUNT).await;
+    assert!(nodes[0].transport.is_link_up(2));
+    assert!(nodes[1].transport.is_link_up(1));
+    for node in &nodes {
+        stop(node).await;
+    }
+}
+
+#[tokio::test]
+async fn newer_inbound_connection_replaces_the_older_and_bad_frames_close() {
+    let bound = Bound::bind(loopback()).await.expect("bind");
+    let addr = bound.local_addr();
+    let mut cfg = config(1, addr, [(2, dead_addr())].into());
+    cfg.max_frame_bytes = 1024;
+    let mut node = start_node(cfg, bound).await;
+    let from2 = |n| PeerEvent::Message {
+        from: 2,
+        msg: TestMsg::Seq(n),
+    };
+
+    let mut first = raw_peer(addr, 2, 1).await;
+    first.send(TestMsg::Seq(1)).await.expect("send");
+    assert_eq!(next_event(&mut node).await, from2(1));
+
+    let mut second = raw_peer(addr, 2, 1).await;
+    let end = timeout(WAIT, first.next())
+        .await
+        .expect("older closed in time");
+    assert!(matches!(end, None | Some(Err(_))), "got {end:?}");
+    second.send(TestMsg::Seq(2)).await.expect("send");
+    assert_eq!(next_event(&mut node).await, from2(2));
+
+    // A frame over max_frame_bytes closes the connection.
+    let mut stream = second.into_inner();
+    stream
+        .write_all(&(1u32 << 20).to_be_bytes())
+        .await
+        .expect("write");
+    assert!(expect_closed(stream).await.is_empty());
+
+    // A malformed frame (an enum tag no message has) closes the connection.
+    let mut stream = raw_peer(addr, 2, 1).await.into_inner();
+    stream
+        .write_all(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff])
+        .await
+        .expect("write");
+    assert!(expect_closed(stream).await.is_empty());
+
+    // The peer reconnects and is heard again; nothing else was delivered meanwhile.
+    let mut fresh = raw_peer(addr, 2, 1).await;
+    fresh.send(TestMsg::Seq(3)).await.expect("send");
+    assert_eq!(next_event(&mut node).await, from2(3));
+    stop(&node).await;
+}
+
+#[tokio::test]
+async fn silent_connections_time_out_and_handshakes_are_bounded() {
+    let bound = Bound::bind(loopback()).await.expect("bind");
+    let addr = bound.local_addr();
+    let mut cfg = config(1, addr, [(2, dead_addr())].into());
+    cfg.connect_timeout_ms = 200;
+    let node = start_node(cfg, bound).await;
+    let silent = TcpStream::connect(addr).await.expect("connect");
+    let mut framed = Framed::new(silent, Codec::<PeerHelloReply, PeerHello>::new(1024));
+    let reply = timeout(WAIT, framed.next())
+        .await
+        .expect("refused in time")
+        .expect("a refusal")
+        .expect("a well-formed refusal");
+    assert!(
+        matches!(&reply, PeerHelloReply::Refused { reason } if reason.contains("no handshake")),
+        "got {reply:?}"
+    );
+    stop(&node).await;
+
+    // With a long timeout, silent connections hold every handshake slot; one more is
+    // closed at once, without a reply.
+    let bound = Bound::bind(loopback()).await.expect("bind");
+    let addr = bound.local_addr();
+    let node = start_node(config(1, addr, [(2, dead_addr())].into()), bound).await;
+    let mut silent = Vec::new();
+    for _ in 0..HANDSHAKE_SLOTS {
+        silent.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let extra = TcpStream::connect(addr).await.expect("connect");
+    assert!(expect_closed(extra).await.is_empty());
+    // Once they leave, a peer gets through (their slots come back asynchronously, so
+    // a dialer may be turned away a few times first, as a real one would).
+    drop(silent);
+    let accepted = timeout(WAIT, async {
+        loop {
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            let mut framed = Framed::new(stream, Codec::<PeerHelloReply, PeerHello>::new(1024));
+            framed
+                .send(PeerHello::new(CLUSTER, 2, 1))
+                .await
+                .expect("send hello");
+            if let Some(Ok(reply)) = framed.next().await {
+                break reply;
+            }
+        }
+    })
+    .await
+    .expect("a handshake gets through in time");
+    assert_eq!(accepted, PeerHelloReply::Accepted);
+    stop(&node).await;
+}
+
+#[tokio::test]
+async fn invalid_configurations_are_rejected() {
+    let (tx, _rx) = mpsc::channel::<PeerEvent<TestMsg>>(1);
+    let base = config(1, loopback(), [(2, dead_addr())].into());
+    let invalid = [
+        PeerConfig {
+            peers: [(1, dead_addr())].into(),
+            ..base.clone()
+        },
+        PeerConfig {
+            send_queue_messages: 0,
+            ..base.clone()
+        },
+        PeerConfig {
+            backoff_min_ms: 0,
+            ..base.clone()
+        },
+        PeerConfig {
+            backoff_max_ms: 1,
+            ..base.clone()
+        },
+        PeerConfig {
+            max_frame_bytes: 0,
+            ..base.clone()
+        },
+    ];
+    for cfg in invalid {
+        let result = Transport::start(cfg.clone(), tx.clone()).await;
+        assert!(
+            matches!(result, Err(TransportError::Config(_))),
+            "{cfg:?} should be rejected"
+        );
+    }
+}
+
+#[test]
+fn backoff_grows_exponentially_with_jitter_within_bounds() {
+    let seed: u64 = rand::random();
+    println!("backoff seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (min, max) = (10u64, 1_000u64);
+    let mut backoff = Backoff::new(min, max);
+    for attempt in 0..64u32 {
+        let delay = backoff.next_delay(&mut rng).as_millis() as u64;
+        let ceiling = min.saturating_mul(1 << (attempt + 1).min(40)).min(max);
+        let floor = (ceiling / 2).max(min);
+        assert!(
+            (floor..=ceiling).contains(&delay),
+            "attempt {attempt}: {delay} ms outside {floor}..={ceiling} (seed {seed})"
+        );
+    }
+    backoff.reset();
+    let first = backoff.next_delay(&mut rng).as_millis() as u64;
+    assert!((min..=2 * min).contains(&first), "seed {seed}");
+}
