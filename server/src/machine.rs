@@ -459,6 +459,21 @@ impl StateMachine {
         self.sessions.get(&session_id).map_or(0, |s| s.last_xid)
     }
 
+    /// The remembered result of the session's write `xid`, if it was applied and is still
+    /// in the deduplication window.
+    pub fn cached_result(&self, session_id: u64, xid: u64) -> Option<&Result<OpResult, ErrorInfo>> {
+        self.sessions.get(&session_id)?.recent.get(&xid)
+    }
+
+    /// The session opened with this secret, if any (a session's secret is chosen at random
+    /// by the node that proposed it).
+    pub fn session_by_secret(&self, secret: u64) -> Option<&Session> {
+        self.sessions
+            .values()
+            .map(|s| &s.info)
+            .find(|s| s.secret == secret)
+    }
+
     /// A hash of the whole replicated state, equal on nodes that applied the same entries.
     ///
     /// FNV-1a (64 bit) over the canonical bincode encoding of the machine (every map is

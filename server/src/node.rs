@@ -801,6 +801,54 @@ impl Node {
                 self.goodbye(conn, ErrorInfo::new(ErrorCode::SessionExpired, msg));
             }
         }
+        // Requests waiting here whose entries are inside the snapshot were never seen
+        // applied: answer writes from the deduplication table, attach opened sessions,
+        // and pass pending syncs through a new barrier.
+        let zxid = self.machine.last_zxid();
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            let Some(c) = self.conns.get(&conn) else {
+                continue;
+            };
+            let Some(session) = c.session else {
+                continue;
+            };
+            let answered: Vec<(u64, Result<OpResult, ErrorInfo>)> = c
+                .queue
+                .iter()
+                .filter(|p| matches!(p.state, PendingState::Proposed) && p.op.is_write())
+                .filter_map(|p| {
+                    self.machine
+                        .cached_result(session, p.xid)
+                        .map(|r| (p.xid, r.clone()))
+                })
+                .collect();
+            for (xid, result) in answered {
+                self.complete_on(conn, xid, zxid, result);
+            }
+        }
+        let opens: Vec<(u64, ConnId)> = self.pending_opens.iter().map(|(s, c)| (*s, *c)).collect();
+        for (secret, conn) in opens {
+            if let Some(session) = self.machine.session_by_secret(secret).cloned() {
+                self.pending_opens.remove(&secret);
+                if self.conns.contains_key(&conn) {
+                    self.attach(conn, session.id, secret, session.ttl_ms);
+                }
+            }
+        }
+        let waiting: Vec<(ConnId, u64)> = self.barriers.drain().flat_map(|(_, w)| w).collect();
+        if !waiting.is_empty() {
+            match self.barrier() {
+                Ok(id) => {
+                    self.barriers.insert(id, waiting);
+                }
+                Err(e) => {
+                    for (conn, xid) in waiting {
+                        self.complete_on(conn, xid, zxid, Err(e.clone()));
+                    }
+                }
+            }
+        }
     }
 
     fn take_snapshot(&mut self) {
