@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PeerMsg {
     /// An OmniPaxos message.
-    Paxos(Message<Entry>),
+    Paxos(Box<Message<Entry>>),
     /// Entries a follower asks the leader to append (resent until applied).
     Forward(Vec<Entry>),
     /// Sessions whose clients spoke to the sender since its last report (leader renews).
@@ -192,7 +192,7 @@ impl PaxosLog {
     pub fn on_peer(&mut self, msg: PeerMsg) -> Vec<u64> {
         match msg {
             PeerMsg::Paxos(m) => {
-                self.op.handle_incoming(m);
+                self.op.handle_incoming(*m);
                 Vec::new()
             }
             PeerMsg::Forward(entries) => {
@@ -261,7 +261,7 @@ impl PaxosLog {
         self.op.take_outgoing_messages(&mut msgs);
         for m in msgs {
             let to = m.get_receiver();
-            self.held.push((to, PeerMsg::Paxos(m)));
+            self.held.push((to, PeerMsg::Paxos(Box::new(m))));
         }
         if self.sync.is_some() {
             return None;
