@@ -1072,6 +1072,11 @@ impl Node {
             tracing::warn!(from, "peer message on a single node; ignored");
             return;
         };
+        if matches!(msg, PeerMsg::PromiseQuery) {
+            let reply = PeerMsg::PromiseReply(log.promise());
+            self.peer_out.push((from, reply));
+            return;
+        }
         let renew = log.on_peer(msg);
         if self.is_leader() {
             for session in renew {

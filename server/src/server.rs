@@ -18,7 +18,7 @@ use crate::machine::StateMachine;
 use crate::node::{ConnId, Input, Log, Node, NodeConfig, Now, Output};
 use crate::replication::log::{PaxosSettings, PeerMsg};
 use crate::replication::transport::{Bound, PeerConfig, PeerEvent, Transport};
-use crate::replication::{open_cluster, ClusterSettings};
+use crate::replication::{open_cluster, ClusterSettings, RecoveredCluster};
 use crate::storage::{self, Backend, StorageCommand, StorageStats};
 use crate::wal::WalOptions;
 use corral_protocol::{
@@ -26,6 +26,8 @@ use corral_protocol::{
     ServerMessage,
 };
 use futures::{SinkExt, StreamExt};
+use omnipaxos::ballot_leader_election::Ballot;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -103,11 +105,23 @@ impl Clock {
 pub struct Server {
     config: Config,
     listener: TcpListener,
-    machine: StateMachine,
-    log: Log,
+    mode: Mode,
     backend: Backend,
-    /// Cluster mode: the bound peer listener and the transport settings.
-    peers: Option<(Bound, PeerConfig)>,
+}
+
+/// What the data directory held.
+#[derive(Debug)]
+enum Mode {
+    Single {
+        machine: StateMachine,
+        log: Log,
+    },
+    Cluster {
+        recovered: RecoveredCluster,
+        /// The bound peer listener and the transport settings.
+        bound: Bound,
+        peer_config: PeerConfig,
+    },
 }
 
 fn machine_limits(config: &Config) -> MachineLimits {
@@ -129,7 +143,7 @@ impl Server {
             .peer_map()
             .map_err(|e| ServerError::Config(e.to_string()))?;
         let dir = config.data_dir.clone();
-        let (machine, log, backend, peers) = if members.is_empty() {
+        let (mode, backend) = if members.is_empty() {
             let recovered =
                 tokio::task::spawn_blocking(move || storage::recover(&dir, limits, wal_options))
                     .await
@@ -151,7 +165,8 @@ impl Server {
                 wal: recovered.wal,
                 snapshot_index: recovered.snapshot_index,
             };
-            (recovered.machine, log, backend, None)
+            let machine = recovered.machine;
+            (Mode::Single { machine, log }, backend)
         } else {
             let election_ticks = (config.election_timeout_ms / config.tick_ms).max(2);
             let settings = ClusterSettings {
@@ -183,7 +198,7 @@ impl Server {
                 sessions = recovered.machine.sessions().count(),
                 "recovered cluster member"
             );
-            let backend = Backend::Paxos(recovered.log.sync_handle());
+            let backend = Backend::Paxos(recovered.sync_handle());
             let peer_addr = members[&config.node_id];
             let bound = Bound::bind(peer_addr)
                 .await
@@ -204,8 +219,12 @@ impl Server {
                 backoff_max_ms: config.election_timeout_ms.max(config.tick_ms),
                 cluster_id: config.cluster_id,
             };
-            let log = Log::Paxos(Box::new(recovered.log));
-            (recovered.machine, log, backend, Some((bound, peer_config)))
+            let mode = Mode::Cluster {
+                recovered,
+                bound,
+                peer_config,
+            };
+            (mode, backend)
         };
         let listener =
             TcpListener::bind(config.listen)
@@ -217,10 +236,8 @@ impl Server {
         Ok(Server {
             config,
             listener,
-            machine,
-            log,
+            mode,
             backend,
-            peers,
         })
     }
 
@@ -238,11 +255,10 @@ impl Server {
         let Server {
             config,
             listener,
-            machine,
-            log,
+            mode,
             backend,
-            peers,
         } = self;
+        tokio::pin!(shutdown);
         let clock = Clock {
             start: Instant::now(),
         };
@@ -258,7 +274,6 @@ impl Server {
             max_frame_bytes: config.max_frame_bytes,
             stall_threshold_ms: (config.min_session_ttl_ms / 2).max(4 * config.tick_ms),
         };
-        let node = Node::new(node_config, machine, log, clock.now());
 
         let (core_tx, core_rx) = mpsc::channel::<CoreMsg>(CORE_INBOX);
         let (storage_tx, storage_rx) = std::sync::mpsc::channel::<StorageCommand>();
@@ -273,14 +288,49 @@ impl Server {
             })
             .map_err(ServerError::Thread)?;
 
-        let transport = match peers {
-            None => None,
-            Some((bound, peer_config)) => {
+        let (node, transport) = match mode {
+            Mode::Single { machine, log } => {
+                (Node::new(node_config, machine, log, clock.now()), None)
+            }
+            Mode::Cluster {
+                recovered,
+                bound,
+                peer_config,
+            } => {
                 let (events_tx, mut events_rx) = mpsc::channel::<PeerEvent<PeerMsg>>(CORE_INBOX);
+                let others: Vec<u64> = peer_config.peers.keys().copied().collect();
                 let transport = bound
                     .start(peer_config, events_tx)
                     .await
                     .map_err(|e| ServerError::Config(e.to_string()))?;
+                let adopt = if recovered.fresh {
+                    let retry = Duration::from_millis(config.election_timeout_ms.max(50));
+                    let joined = tokio::select! {
+                        b = learn_promise(&transport, &mut events_rx, &others, retry) => b,
+                        _ = &mut shutdown => None,
+                    };
+                    let Some(ballot) = joined else {
+                        transport.shutdown();
+                        return Ok(StorageStats::default());
+                    };
+                    Some(ballot)
+                } else {
+                    None
+                };
+                let (machine, log) = tokio::task::spawn_blocking(move || recovered.start(adopt))
+                    .await
+                    .map_err(|e| ServerError::Thread(std::io::Error::other(e)))?
+                    .map_err(|e| ServerError::Config(e.to_string()))?;
+                let node = Node::new(node_config, machine, Log::Paxos(Box::new(log)), clock.now());
+                // Links that came up while joining: let OmniPaxos resend what it may
+                // have lost on them.
+                for peer in &others {
+                    if transport.is_link_up(*peer) {
+                        let _ = core_tx
+                            .send(CoreMsg::Input(Input::LinkUp { peer: *peer }))
+                            .await;
+                    }
+                }
                 let inbox = core_tx.clone();
                 tokio::spawn(async move {
                     while let Some(event) = events_rx.recv().await {
@@ -294,7 +344,7 @@ impl Server {
                         }
                     }
                 });
-                Some(transport)
+                (node, Some(transport))
             }
         };
 
@@ -390,6 +440,51 @@ async fn accept_loop(
                     let mut framed = Framed::new(stream, Codec::<Hello, HelloReply>::new(max));
                     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, framed.send(reply)).await;
                 });
+            }
+        }
+    }
+}
+
+/// A node starting with an empty data directory learns the highest ballot promised by
+/// a majority of the cluster's other nodes (which must include a member of any quorum
+/// that promised a ballot this node may have promised before its disk was wiped). Nodes
+/// that are themselves joining answer with the default ballot, so a new cluster whose
+/// nodes all start empty gets going. Returns `None` if the transport closes.
+async fn learn_promise(
+    transport: &Transport<PeerMsg>,
+    events: &mut mpsc::Receiver<PeerEvent<PeerMsg>>,
+    others: &[u64],
+    retry: Duration,
+) -> Option<Ballot> {
+    let cluster_size = others.len() + 1;
+    let needed = (cluster_size / 2 + 1).min(others.len());
+    let mut replies: BTreeMap<u64, Ballot> = BTreeMap::new();
+    let mut ticker = tokio::time::interval(retry);
+    tracing::info!(
+        needed,
+        "empty data directory: learning the cluster's highest promised ballot before voting"
+    );
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                for peer in others.iter().filter(|p| !replies.contains_key(p)) {
+                    let _ = transport.send(*peer, PeerMsg::PromiseQuery);
+                }
+            }
+            event = events.recv() => match event? {
+                PeerEvent::Message { from, msg: PeerMsg::PromiseReply(ballot) } => {
+                    replies.insert(from, ballot);
+                    if replies.len() >= needed {
+                        let max = replies.values().copied().max().unwrap_or_default();
+                        tracing::info!(ballot = ?max, from = ?replies.keys().collect::<Vec<_>>(), "adopting the cluster's promise");
+                        return Some(max);
+                    }
+                }
+                PeerEvent::Message { from, msg: PeerMsg::PromiseQuery } => {
+                    let _ = transport.send(from, PeerMsg::PromiseReply(Ballot::default()));
+                }
+                // Everything else is for the running node; OmniPaxos resends it.
+                _ => {}
             }
         }
     }

@@ -17,6 +17,7 @@
 
 use crate::machine::{Entry, EntryBody, MachineLimits, StateMachine};
 use crate::replication::storage::{MachineSnapshot, PaxosStorage, SyncHandle};
+use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::messages::Message;
 use omnipaxos::util::LogEntry;
 use omnipaxos::OmniPaxos;
@@ -32,6 +33,11 @@ pub enum PeerMsg {
     Forward(Vec<Entry>),
     /// Sessions whose clients spoke to the sender since its last report (leader renews).
     Alive(Vec<u64>),
+    /// A node that starts with an empty data directory asks for the highest ballot
+    /// every other node promised.
+    PromiseQuery,
+    /// The answer to `PromiseQuery`.
+    PromiseReply(Ballot),
 }
 
 /// What applying the log yields, in order.
@@ -205,7 +211,14 @@ impl PaxosLog {
                 Vec::new()
             }
             PeerMsg::Alive(sessions) => sessions,
+            // Answered by the node core; replies only matter while joining.
+            PeerMsg::PromiseQuery | PeerMsg::PromiseReply(_) => Vec::new(),
         }
+    }
+
+    /// The ballot this node promised.
+    pub fn promise(&self) -> Ballot {
+        self.op.get_promise()
     }
 
     /// A link to `peer` was (re)established: OmniPaxos resends what it may have lost.

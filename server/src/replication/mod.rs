@@ -8,6 +8,7 @@ pub mod transport;
 use crate::machine::{MachineLimits, StateMachine};
 use crate::wal::{StorageError, WalOptions};
 use log::{PaxosLog, PaxosSettings};
+use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::{ClusterConfig, OmniPaxosConfig, ServerConfig};
 use std::path::Path;
 use storage::PaxosStorage;
@@ -38,19 +39,73 @@ pub enum ClusterError {
     Config(String),
 }
 
-/// A cluster member recovered from its data directory.
-#[derive(Debug)]
+/// A cluster member recovered from its data directory, before OmniPaxos runs.
 pub struct RecoveredCluster {
     /// The state machine: the stored snapshot plus every decided entry after it.
     pub machine: StateMachine,
-    /// The replicated log, ready for the node core.
-    pub log: PaxosLog,
     /// Whether the data directory held no Paxos state at all (a new or wiped node).
     pub fresh: bool,
+    storage: PaxosStorage,
+    settings: ClusterSettings,
 }
 
-/// Opens the replicated storage in `dir`, rebuilds the state machine from it, and builds
-/// OmniPaxos over it.
+impl std::fmt::Debug for RecoveredCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoveredCluster")
+            .field("zxid", &self.machine.last_zxid())
+            .field("fresh", &self.fresh)
+            .finish()
+    }
+}
+
+impl RecoveredCluster {
+    /// The handle the storage thread syncs with.
+    pub fn sync_handle(&self) -> storage::SyncHandle {
+        self.storage.sync_handle()
+    }
+
+    /// Starts OmniPaxos over the storage. `adopt_promise` is the highest ballot a
+    /// majority of the other nodes reported, for a node that starts with an empty data
+    /// directory: it is stored as this node's promise first, so that the node cannot
+    /// accept proposals of a leader that the cluster already superseded (which a wiped
+    /// acceptor, having forgotten its promise, otherwise would).
+    pub fn start(
+        mut self,
+        adopt_promise: Option<Ballot>,
+    ) -> Result<(StateMachine, PaxosLog), ClusterError> {
+        use omnipaxos::storage::Storage;
+        if let Some(ballot) = adopt_promise {
+            self.storage
+                .set_promise(ballot)
+                .map_err(|e| ClusterError::Snapshot(e.to_string()))?;
+            self.storage.sync()?;
+        }
+        let sync = self.storage.sync_handle();
+        let settings = self.settings;
+        let server_config = ServerConfig {
+            pid: settings.node_id,
+            election_tick_timeout: settings.election_ticks.max(1),
+            resend_message_tick_timeout: settings.resend_ticks.max(1),
+            ..ServerConfig::default()
+        };
+        let cluster_config = ClusterConfig {
+            configuration_id: 1,
+            nodes: settings.members.clone(),
+            flexible_quorum: None,
+        };
+        let op = OmniPaxosConfig {
+            cluster_config,
+            server_config,
+        }
+        .build(self.storage)
+        .map_err(|e| ClusterError::Config(e.to_string()))?;
+        let applied = self.machine.last_zxid() as usize;
+        let log = PaxosLog::new(op, sync, settings.node_id, settings.log, applied);
+        Ok((self.machine, log))
+    }
+}
+
+/// Opens the replicated storage in `dir` and rebuilds the state machine from it.
 pub fn open_cluster(
     dir: &Path,
     wal_options: WalOptions,
@@ -60,7 +115,6 @@ pub fn open_cluster(
     use omnipaxos::storage::Storage;
     let storage = PaxosStorage::open(dir, wal_options, limits)?;
     let fresh = storage.promise().is_none() && storage.log_end() == 0;
-    let sync = storage.sync_handle();
     let mut machine = match storage.snapshot() {
         Some(s) => s
             .clone()
@@ -79,28 +133,10 @@ pub fn open_cluster(
             machine.apply(zxid, &entry);
         }
     }
-    let server_config = ServerConfig {
-        pid: settings.node_id,
-        election_tick_timeout: settings.election_ticks.max(1),
-        resend_message_tick_timeout: settings.resend_ticks.max(1),
-        ..ServerConfig::default()
-    };
-    let cluster_config = ClusterConfig {
-        configuration_id: 1,
-        nodes: settings.members.clone(),
-        flexible_quorum: None,
-    };
-    let op = OmniPaxosConfig {
-        cluster_config,
-        server_config,
-    }
-    .build(storage)
-    .map_err(|e| ClusterError::Config(e.to_string()))?;
-    let applied = machine.last_zxid() as usize;
-    let log = PaxosLog::new(op, sync, settings.node_id, settings.log, applied);
     Ok(RecoveredCluster {
         machine,
-        log,
         fresh,
+        storage,
+        settings,
     })
 }
