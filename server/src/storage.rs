@@ -171,7 +171,51 @@ pub fn run_storage_thread(
     // the oldest one, so that recovery can fall back to it if the newest is damaged.
     let mut kept: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     kept.extend(snapshot_index);
+    // Snapshots are written by their own thread so that a large one does not hold up
+    // group commit; at most one is being written, a newer one arriving meanwhile is
+    // skipped (the next one will come).
+    let (snap_tx, snap_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(1);
+    let (saved_tx, saved_rx) = mpsc::channel::<u64>();
+    let snap_dir = snapshot_dir(&data_dir);
+    let writer = std::thread::Builder::new()
+        .name("corral-snapshot".into())
+        .spawn(move || {
+            while let Ok((index, data)) = snap_rx.recv() {
+                let started = Instant::now();
+                match snapshot::save(&snap_dir, index, &data, SNAPSHOTS_KEPT) {
+                    Ok(()) => {
+                        tracing::info!(
+                            index,
+                            bytes = data.len(),
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "snapshot saved"
+                        );
+                        let _ = saved_tx.send(index);
+                    }
+                    // The log still has everything: a failed snapshot costs only recovery time.
+                    Err(e) => tracing::error!(index, error = %e, "snapshot failed"),
+                }
+            }
+        });
+    let snap_tx = match writer {
+        Ok(_) => Some(snap_tx),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the snapshot thread; snapshots are off");
+            None
+        }
+    };
     while let Ok(command) = commands.recv() {
+        while let Ok(index) = saved_rx.try_recv() {
+            kept.push_back(index);
+            while kept.len() > SNAPSHOTS_KEPT {
+                kept.pop_front();
+            }
+            if let Some(oldest) = kept.front() {
+                if let Err(e) = wal.compact_through(*oldest) {
+                    tracing::warn!(error = %e, "log compaction failed");
+                }
+            }
+        }
         match command {
             StorageCommand::Persist {
                 batch,
@@ -208,27 +252,13 @@ pub fn run_storage_thread(
                 tracing::error!(batch, "unexpected cluster sync on a single node");
             }
             StorageCommand::Snapshot { index, data } => {
-                let started = Instant::now();
-                let result = snapshot::save(&snapshot_dir(&data_dir), index, &data, SNAPSHOTS_KEPT)
-                    .and_then(|()| {
-                        kept.push_back(index);
-                        while kept.len() > SNAPSHOTS_KEPT {
-                            kept.pop_front();
-                        }
-                        match kept.front() {
-                            Some(oldest) => wal.compact_through(*oldest),
-                            None => Ok(()),
-                        }
-                    });
-                match result {
-                    Ok(()) => tracing::info!(
-                        index,
-                        bytes = data.len(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "snapshot saved and log compacted"
-                    ),
-                    // The log still has everything: a failed snapshot costs only recovery time.
-                    Err(e) => tracing::error!(index, error = %e, "snapshot failed"),
+                if let Some(tx) = &snap_tx {
+                    if tx.try_send((index, data)).is_err() {
+                        tracing::info!(
+                            index,
+                            "a snapshot is still being written; skipping this one"
+                        );
+                    }
                 }
             }
         }
