@@ -117,7 +117,7 @@ enum Mode {
         log: Log,
     },
     Cluster {
-        recovered: RecoveredCluster,
+        recovered: Box<RecoveredCluster>,
         /// The bound peer listener and the transport settings.
         bound: Bound,
         peer_config: PeerConfig,
@@ -220,7 +220,7 @@ impl Server {
                 cluster_id: config.cluster_id,
             };
             let mode = Mode::Cluster {
-                recovered,
+                recovered: Box::new(recovered),
                 bound,
                 peer_config,
             };
