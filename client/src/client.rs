@@ -110,6 +110,7 @@ fn check_multi_op(op: &MultiOp) -> Result<()> {
         MultiOp::Delete { path, .. }
         | MultiOp::SetData { path, .. }
         | MultiOp::Check { path, .. } => check_path(path),
+        MultiOp::CheckLock { lock, .. } => check_path(lock),
     }
 }
 
@@ -126,6 +127,11 @@ fn unexpected(op: &str, result: &OpResult) -> Error {
         OpResult::Pong => "Pong",
         OpResult::Closed => "Closed",
         OpResult::WatchesUpdated => "WatchesUpdated",
+        OpResult::Locked { .. } => "Locked",
+        OpResult::Queued { .. } => "Queued",
+        OpResult::Unlocked { .. } => "Unlocked",
+        OpResult::Lease { .. } => "Lease",
+        OpResult::Locks(_) => "Locks",
     };
     Error::protocol(format!("the server answered {op} with {got}"))
 }

@@ -412,6 +412,11 @@ impl Task {
                 None
             }
             ServerMessage::Response(response) => self.on_response(response),
+            // Lock events: the lock recipes are not built yet.
+            ServerMessage::LockGranted(event) | ServerMessage::LockLost(event) => {
+                self.observe_zxid(event.zxid);
+                None
+            }
             ServerMessage::Goodbye(info) => {
                 tracing::info!(session = self.session_id, "server said goodbye: {info}");
                 Some(match fatal(&info) {

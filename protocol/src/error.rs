@@ -57,6 +57,17 @@ pub enum ErrorCode {
     Unavailable,
     /// The session secret did not match.
     AuthFailed,
+    /// A `try` lock request found the lock held (or, for a semaphore, all permits taken).
+    LockHeld,
+    /// The lock request or release names a lock node that belongs to another session.
+    NotLockOwner,
+    /// A `CheckLock` found that the token no longer holds the lock: a guarded write from
+    /// a former holder.
+    LockNotHeld,
+    /// The lease does not exist (expired, revoked, or never granted).
+    NoLease,
+    /// The lock request would close a cycle of sessions waiting for each other.
+    Deadlock,
 }
 
 impl ErrorCode {
@@ -91,6 +102,11 @@ impl ErrorCode {
             }
             Unavailable => "the server cannot serve requests now; retry on another node",
             AuthFailed => "the session secret does not match",
+            LockHeld => "the lock is held by someone else",
+            NotLockOwner => "the lock node belongs to another session",
+            LockNotHeld => "the fencing token no longer holds the lock",
+            NoLease => "no such lease: it expired, was revoked, or never existed",
+            Deadlock => "waiting for this lock would deadlock",
         }
     }
 

@@ -18,10 +18,10 @@ pub mod path;
 pub use error::{ErrorCode, ErrorInfo};
 pub use frame::{Codec, FrameError};
 pub use message::{
-    ClientMessage, EventKind, Hello, HelloReply, ServerMessage, SessionGranted, SessionRequest,
-    WatchEvent, DEFAULT_MAX_FRAME_BYTES, MAGIC, PROTOCOL_VERSION,
+    ClientMessage, EventKind, Hello, HelloReply, LockEvent, ServerMessage, SessionGranted,
+    SessionRequest, WatchEvent, DEFAULT_MAX_FRAME_BYTES, MAGIC, PROTOCOL_VERSION,
 };
 pub use op::{
-    AddWatchMode, CreateMode, CreateRequest, MultiOp, MultiResult, Op, OpResult, Request,
-    Response, Stat, WatchSet, WatcherKind,
+    AddWatchMode, CreateMode, CreateRequest, LockEntry, LockKind, LockRequest, LockState, MultiOp,
+    MultiResult, Op, OpResult, Request, Response, Stat, WatchSet, WatcherKind,
 };

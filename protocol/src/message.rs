@@ -119,6 +119,19 @@ pub struct WatchEvent {
     pub zxid: u64,
 }
 
+/// A lock grant or loss pushed by the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockEvent {
+    /// The lock's name.
+    pub lock: String,
+    /// The queue node.
+    pub node: String,
+    /// The fencing token.
+    pub token: u64,
+    /// The zxid of the transaction that granted or released it.
+    pub zxid: u64,
+}
+
 /// Every frame the server sends after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerMessage {
@@ -129,4 +142,11 @@ pub enum ServerMessage {
     /// The server is closing the connection for this reason (malformed frame, session
     /// expired, shutdown); no more frames follow.
     Goodbye(ErrorInfo),
+    /// A queued lock request of this session was granted. Sent before any response with
+    /// a later zxid.
+    LockGranted(LockEvent),
+    /// A lock request of this session (held or queued) was removed because its lease
+    /// expired: the lock is lost. (If the session itself expired, the connection ends
+    /// with `Goodbye(SessionExpired)` instead.)
+    LockLost(LockEvent),
 }

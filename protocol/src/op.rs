@@ -46,7 +46,10 @@ pub enum CreateMode {
 impl CreateMode {
     /// Whether the node dies with its session.
     pub fn is_ephemeral(self) -> bool {
-        matches!(self, CreateMode::Ephemeral | CreateMode::EphemeralSequential)
+        matches!(
+            self,
+            CreateMode::Ephemeral | CreateMode::EphemeralSequential
+        )
     }
 
     /// Whether a counter is appended to the name.
@@ -125,6 +128,15 @@ pub enum MultiOp {
         /// The expected version.
         version: u32,
     },
+    /// Fail the transaction with `LockNotHeld` unless the fencing `token` currently holds
+    /// the lock named `lock` (the holder's queue node was created at zxid `token` and is
+    /// granted). Guards writes to corral itself against a former holder.
+    CheckLock {
+        /// The lock's name (its directory node).
+        lock: String,
+        /// The fencing token of the grant.
+        token: u64,
+    },
 }
 
 /// The result of one operation of a successful multi.
@@ -146,6 +158,8 @@ pub enum MultiResult {
     },
     /// The check passed.
     Checked,
+    /// The lock check passed.
+    LockChecked,
 }
 
 /// Watches to re-register after reconnecting; see [`Op::SetWatches`].
@@ -177,6 +191,77 @@ impl WatchSet {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// What kind of lock a [`LockRequest`] asks for. Every request on one lock must use the
+/// same family: exclusive, read-write, or a semaphore with the same number of permits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LockKind {
+    /// One holder at a time.
+    Exclusive,
+    /// Shared with other readers; granted when no writer is queued ahead (fair: a waiting
+    /// writer is not overtaken by later readers).
+    Read,
+    /// Exclusive with respect to readers and writers.
+    Write,
+    /// Up to `permits` holders at a time.
+    Semaphore {
+        /// Number of holders allowed at once.
+        permits: u32,
+    },
+}
+
+/// Arguments of [`Op::Lock`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRequest {
+    /// The lock's name: a node whose children form the queue (created as a container,
+    /// with missing parents, if absent). Queue entries are ephemeral sequential nodes
+    /// named `<prefix>-<ten digits>`, visible with `get_children`.
+    pub lock: String,
+    /// The kind of lock.
+    pub kind: LockKind,
+    /// Fail at once with `LockHeld` instead of queueing (and leave no node behind).
+    pub try_only: bool,
+    /// Hold the lock under this lease instead of the session (see [`Op::GrantLease`]).
+    pub lease: Option<u64>,
+    /// Lock-delay: after a holder's lease expires (not after a release), grant nobody
+    /// for this long, in milliseconds, so that a paused former holder can notice. Set
+    /// by the request that creates the lock; 0 for none.
+    pub lock_delay_ms: u64,
+    /// Data stored in the queue node (e.g. who holds it).
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// One queue entry of a lock, for [`OpResult::Locks`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockEntry {
+    /// The queue node's path.
+    pub node: String,
+    /// Its kind.
+    pub kind: LockKind,
+    /// The session holding or waiting.
+    pub session: u64,
+    /// The lease it is held under (the session id when it is held under the session).
+    pub lease: u64,
+    /// The fencing token (the node's creation zxid).
+    pub token: u64,
+    /// Whether it holds the lock.
+    pub granted: bool,
+}
+
+/// A lock and its queue, for [`OpResult::Locks`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockState {
+    /// The lock's name.
+    pub lock: String,
+    /// Lock-delay configured on the lock, in milliseconds.
+    pub lock_delay_ms: u64,
+    /// Until when (leader wall clock, ms since the epoch) nobody is granted after an
+    /// expiry; 0 if no delay is running.
+    pub delayed_until_ms: i64,
+    /// Holders and waiters in queue order.
+    pub queue: Vec<LockEntry>,
 }
 
 /// A request operation.
@@ -257,6 +342,39 @@ pub enum Op {
         /// The watches.
         watches: WatchSet,
     },
+    /// Acquire a lock: answered `Locked` if granted at once, `Queued` if the request
+    /// waits (a `LockGranted` message follows when it is granted), or `LockHeld` for a
+    /// `try_only` request that would wait.
+    Lock(LockRequest),
+    /// Release a held lock or leave a lock's queue, by queue node. Idempotent: answers
+    /// `Unlocked { released: false }` if the node is already gone; `NotLockOwner` if it
+    /// belongs to another session.
+    Unlock {
+        /// The queue node from `Locked` or `Queued`.
+        node: String,
+    },
+    /// Create a lease with its own TTL, owned by this session (it ends with the session
+    /// at the latest). Locks acquired under it are released when it expires.
+    GrantLease {
+        /// Requested TTL, clamped to the server's session TTL limits.
+        ttl_ms: u64,
+    },
+    /// Renew a lease: it lives a TTL from when the leader receives this. Answered only
+    /// once the node that decides expiry has the renewal.
+    RenewLease {
+        /// The lease.
+        lease_id: u64,
+    },
+    /// End a lease now, releasing every lock held under it.
+    RevokeLease {
+        /// The lease.
+        lease_id: u64,
+    },
+    /// Describe the locks at and below a path.
+    GetLocks {
+        /// The path.
+        path: String,
+    },
 }
 
 impl Op {
@@ -270,6 +388,10 @@ impl Op {
                 | Op::SetData { .. }
                 | Op::Multi(_)
                 | Op::CloseSession
+                | Op::Lock(_)
+                | Op::Unlock { .. }
+                | Op::GrantLease { .. }
+                | Op::RevokeLease { .. }
         )
     }
 
@@ -289,6 +411,12 @@ impl Op {
             Op::AddWatch { .. } => "add_watch",
             Op::RemoveWatches { .. } => "remove_watches",
             Op::SetWatches { .. } => "set_watches",
+            Op::Lock(_) => "lock",
+            Op::Unlock { .. } => "unlock",
+            Op::GrantLease { .. } => "grant_lease",
+            Op::RenewLease { .. } => "renew_lease",
+            Op::RevokeLease { .. } => "revoke_lease",
+            Op::GetLocks { .. } => "get_locks",
         }
     }
 }
@@ -337,6 +465,36 @@ pub enum OpResult {
     Closed,
     /// The watch was added, or watches were removed or re-registered.
     WatchesUpdated,
+    /// The lock is held: the queue node and the fencing token (the zxid that created
+    /// the node; tokens of one lock strictly increase across holders).
+    Locked {
+        /// The queue node.
+        node: String,
+        /// The fencing token.
+        token: u64,
+    },
+    /// The request waits in the queue; a `LockGranted` message follows on grant.
+    Queued {
+        /// The queue node.
+        node: String,
+        /// The fencing token the grant will carry.
+        token: u64,
+    },
+    /// Released (`true`), or there was nothing to release (`false`: already released,
+    /// or lost when its lease expired).
+    Unlocked {
+        /// Whether a held or queued node was deleted.
+        released: bool,
+    },
+    /// A lease was granted or renewed.
+    Lease {
+        /// The lease id.
+        lease_id: u64,
+        /// Its TTL.
+        ttl_ms: u64,
+    },
+    /// The locks at and below the path of a `GetLocks`.
+    Locks(Vec<LockState>),
 }
 
 /// A request: a client-chosen id plus an operation.

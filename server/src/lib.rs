@@ -9,6 +9,7 @@
 //! - [`config`]: flags, TOML file and defaults.
 
 pub mod config;
+pub mod locks;
 pub mod machine;
 pub mod node;
 pub mod replication;

@@ -17,11 +17,15 @@
 //! - sequential names use a per-parent counter that only sequential creates advance, so
 //!   the first sequential child is `prefix0000000000` (ZooKeeper uses the parent's cversion).
 
+use crate::locks::{self, LockFamily, LockMeta};
 use crate::tree::{Tree, Txn};
 use corral_protocol::path::validate_path;
-use corral_protocol::{ErrorCode, ErrorInfo, EventKind, MultiOp, MultiResult, Op, OpResult, Stat};
+use corral_protocol::{
+    CreateMode, CreateRequest, ErrorCode, ErrorInfo, EventKind, LockEvent, LockKind, LockRequest,
+    LockState, MultiOp, MultiResult, Op, OpResult, Stat,
+};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Limits that are part of the replicated behaviour (every node must use the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,8 +112,21 @@ pub struct Applied {
     pub result: Option<Result<OpResult, ErrorInfo>>,
     /// Tree changes in order (empty for duplicates and failures).
     pub changes: Vec<Change>,
-    /// Sessions that ceased to exist in this entry (closed or expired).
+    /// Sessions (and leases) that ceased to exist in this entry (closed or expired).
     pub ended_sessions: Vec<u64>,
+    /// Lock grants and losses to push to the sessions concerned, in order.
+    pub lock_events: Vec<LockChange>,
+}
+
+/// A lock grant or loss for one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockChange {
+    /// The session to tell (the owner of the lease, for a lock held under a lease).
+    pub session: u64,
+    /// Granted (`true`) or lost (`false`).
+    pub granted: bool,
+    /// What happened.
+    pub event: LockEvent,
 }
 
 /// A session as the replicated state knows it.
@@ -121,6 +138,8 @@ pub struct Session {
     pub secret: u64,
     /// The granted time-to-live, in milliseconds.
     pub ttl_ms: u64,
+    /// For a lease: the session that owns it (0 for a session).
+    pub lease_of: u64,
 }
 
 /// What the replicated state keeps per session besides [`Session`]: the deduplication table.
@@ -146,12 +165,22 @@ pub struct StateMachine {
     last_zxid: u64,
     tree: Tree,
     sessions: BTreeMap<u64, SessionState>,
+    /// Locks by name (their directory's path).
+    locks: BTreeMap<String, LockMeta>,
 }
 
 impl Default for StateMachine {
     /// Same as `StateMachine::new(MachineLimits::default())`.
     fn default() -> Self {
         StateMachine::new(MachineLimits::default())
+    }
+}
+
+/// The session a node owner belongs to: the owner itself, or a lease's session.
+fn owner_session(sessions: &BTreeMap<u64, SessionState>, owner: u64) -> u64 {
+    match sessions.get(&owner) {
+        Some(s) if s.info.lease_of != 0 => s.info.lease_of,
+        _ => owner,
     }
 }
 
@@ -169,6 +198,7 @@ fn describe(op: &MultiOp) -> (&'static str, &str) {
         MultiOp::Delete { path, .. } => ("delete", path.as_str()),
         MultiOp::SetData { path, .. } => ("set_data", path.as_str()),
         MultiOp::Check { path, .. } => ("check", path.as_str()),
+        MultiOp::CheckLock { lock, .. } => ("check_lock", lock.as_str()),
     }
 }
 
@@ -180,6 +210,7 @@ impl StateMachine {
             last_zxid: 0,
             tree: Tree::new(),
             sessions: BTreeMap::new(),
+            locks: BTreeMap::new(),
         }
     }
 
@@ -225,6 +256,7 @@ impl StateMachine {
                 result,
                 changes: Vec::new(),
                 ended_sessions: Vec::new(),
+                lock_events: Vec::new(),
             };
         }
         self.last_zxid = zxid;
@@ -239,6 +271,7 @@ impl StateMachine {
                             id: zxid,
                             secret: *secret,
                             ttl_ms: *ttl_ms,
+                            lease_of: 0,
                         },
                         last_xid: 0,
                         dedup_floor: 0,
@@ -253,7 +286,7 @@ impl StateMachine {
             EntryBody::ExpireSessions { session_ids } => {
                 for &id in session_ids {
                     // Unknown ids (already closed, or listed twice) are skipped.
-                    let _ = self.close(&mut txn, id, &mut ended_sessions);
+                    self.expire(&mut txn, id, &mut ended_sessions);
                 }
                 None
             }
@@ -264,13 +297,149 @@ impl StateMachine {
             } => Some(self.write(&mut txn, *session_id, *xid, op, &mut ended_sessions)),
             EntryBody::Noop { .. } => None,
         };
+        self.maintain_locks(&mut txn);
         self.tree.reap_containers(&mut txn);
+        self.forget_reaped_locks(&txn);
         Applied {
             zxid,
             result,
             changes: txn.changes,
             ended_sessions,
+            lock_events: txn.lock_events,
         }
+    }
+
+    /// Regrants every lock whose queue changed in this entry, and every lock whose delay
+    /// ran out by this entry's time.
+    fn maintain_locks(&mut self, txn: &mut Txn) {
+        let mut touched: BTreeSet<String> = txn
+            .changes
+            .iter()
+            .filter(|c| {
+                c.kind == EventKind::NodeChildrenChanged && self.locks.contains_key(&c.path)
+            })
+            .map(|c| c.path.clone())
+            .collect();
+        touched.extend(
+            self.locks
+                .iter()
+                .filter(|(_, m)| m.delayed_until_ms != 0 && m.delayed_until_ms <= txn.wall_ms)
+                .map(|(l, _)| l.clone()),
+        );
+        for lock in touched {
+            self.regrant(txn, &lock, None);
+        }
+    }
+
+    /// Regrants one lock and records grant events (except for `quiet`, the node a `Lock`
+    /// request just created, whose answer carries the grant).
+    fn regrant(&mut self, txn: &mut Txn, lock: &str, quiet: Option<&str>) {
+        let Some(meta) = self.locks.get_mut(lock) else {
+            return;
+        };
+        for name in locks::regrant(&self.tree, lock, meta, txn.wall_ms) {
+            let node = corral_protocol::path::join(lock, &name);
+            if Some(node.as_str()) == quiet {
+                continue;
+            }
+            let Some(n) = self.tree.get(&node) else {
+                continue;
+            };
+            let owner = n.stat.ephemeral_owner;
+            txn.lock_events.push(LockChange {
+                session: owner_session(&self.sessions, owner),
+                granted: true,
+                event: LockEvent {
+                    lock: lock.to_string(),
+                    node,
+                    token: n.stat.czxid,
+                    zxid: txn.zxid,
+                },
+            });
+        }
+    }
+
+    /// Drops the state of locks whose directory was reaped.
+    fn forget_reaped_locks(&mut self, txn: &Txn) {
+        for change in &txn.changes {
+            if change.kind == EventKind::NodeDeleted && self.locks.contains_key(&change.path) {
+                self.locks.remove(&change.path);
+            }
+        }
+    }
+
+    /// Ends an expired session or lease. Held locks it loses start their lock-delay, and
+    /// a lease's owner is told which locks it lost.
+    fn expire(&mut self, txn: &mut Txn, id: u64, ended: &mut Vec<u64>) {
+        let lease_of = match self.sessions.get(&id) {
+            Some(s) => s.info.lease_of,
+            None => return,
+        };
+        let mut ids = vec![id];
+        ids.extend(self.leases_of(id));
+        for owner in ids {
+            let nodes: Vec<String> = self.tree.ephemerals_of(owner).map(str::to_string).collect();
+            for node in nodes {
+                let Some(lock) = corral_protocol::path::parent(&node) else {
+                    continue;
+                };
+                let name = corral_protocol::path::name(&node);
+                let Some(meta) = self.locks.get_mut(lock) else {
+                    continue;
+                };
+                if meta.granted.contains(name) && meta.delay_ms > 0 {
+                    let until = txn.wall_ms.saturating_add(meta.delay_ms as i64);
+                    meta.delayed_until_ms = meta.delayed_until_ms.max(until);
+                }
+                if lease_of != 0 {
+                    if let Some(n) = self.tree.get(&node) {
+                        txn.lock_events.push(LockChange {
+                            session: lease_of,
+                            granted: false,
+                            event: LockEvent {
+                                lock: lock.to_string(),
+                                node: node.clone(),
+                                token: n.stat.czxid,
+                                zxid: txn.zxid,
+                            },
+                        });
+                    }
+                }
+            }
+        }
+        let _ = self.close(txn, id, ended);
+    }
+
+    /// The leases a session owns.
+    fn leases_of(&self, session: u64) -> Vec<u64> {
+        self.sessions
+            .values()
+            .filter(|s| s.info.lease_of == session)
+            .map(|s| s.info.id)
+            .collect()
+    }
+
+    /// Describes the locks at and below `path`.
+    pub fn locks_under(&self, path: &str) -> Result<Vec<LockState>, ErrorInfo> {
+        validate_path(path)?;
+        Ok(self
+            .locks
+            .iter()
+            .filter(|(lock, _)| corral_protocol::path::is_within(lock, path))
+            .map(|(lock, meta)| {
+                locks::describe(&self.tree, lock, meta, |o| owner_session(&self.sessions, o))
+            })
+            .collect())
+    }
+
+    /// The earliest time at which a lock-delay ends, if one is running: the node that
+    /// decides expiry proposes an entry then, so the waiters get granted.
+    pub fn next_lock_delay_end(&self) -> Option<i64> {
+        self.locks
+            .values()
+            .filter(|m| m.delayed_until_ms != 0)
+            .map(|m| m.delayed_until_ms)
+            .min()
     }
 
     /// Ends a session: deletes its ephemerals and forgets it.
@@ -282,6 +451,12 @@ impl StateMachine {
     ) -> Result<OpResult, ErrorInfo> {
         if self.sessions.remove(&session_id).is_none() {
             return Err(session_expired(session_id));
+        }
+        // A session's leases end with it.
+        for lease in self.leases_of(session_id) {
+            self.sessions.remove(&lease);
+            self.tree.delete_ephemerals(txn, lease);
+            ended.push(lease);
         }
         self.tree.delete_ephemerals(txn, session_id);
         ended.push(session_id);
@@ -359,10 +534,187 @@ impl StateMachine {
                 .set_data(txn, path, data, *version, max)
                 .map(|stat| OpResult::SetData { stat }),
             Op::Multi(ops) => self.multi(txn, session_id, ops),
+            Op::Lock(req) => self.lock(txn, session_id, req),
+            Op::Unlock { node } => self.unlock(txn, session_id, node),
+            Op::GrantLease { ttl_ms } => {
+                let id = txn.zxid;
+                self.sessions.insert(
+                    id,
+                    SessionState {
+                        info: Session {
+                            id,
+                            secret: 0,
+                            ttl_ms: *ttl_ms,
+                            lease_of: session_id,
+                        },
+                        last_xid: 0,
+                        dedup_floor: 0,
+                        recent: BTreeMap::new(),
+                    },
+                );
+                Ok(OpResult::Lease {
+                    lease_id: id,
+                    ttl_ms: *ttl_ms,
+                })
+            }
+            Op::RevokeLease { lease_id } => {
+                self.own_lease(session_id, *lease_id)?;
+                let mut ended = Vec::new();
+                self.close(txn, *lease_id, &mut ended)?;
+                Ok(OpResult::Unlocked { released: true })
+            }
             other => Err(ErrorInfo::new(
                 ErrorCode::BadArguments,
                 format!("{} is not a write operation", other.name()),
             )),
+        }
+    }
+
+    /// Checks that `lease` is a live lease of `session`.
+    fn own_lease(&self, session: u64, lease: u64) -> Result<(), ErrorInfo> {
+        match self.sessions.get(&lease) {
+            Some(s) if s.info.lease_of == session => Ok(()),
+            Some(_) => Err(ErrorInfo::new(
+                ErrorCode::NoLease,
+                format!("{lease:#x} is not a lease of session {session:#x}"),
+            )),
+            None => Err(ErrorInfo::new(
+                ErrorCode::NoLease,
+                format!("lease {lease:#x} does not exist (expired or revoked)"),
+            )),
+        }
+    }
+
+    /// Joins a lock's queue (or answers `LockHeld` for a try that would wait).
+    fn lock(
+        &mut self,
+        txn: &mut Txn,
+        session: u64,
+        req: &LockRequest,
+    ) -> Result<OpResult, ErrorInfo> {
+        validate_path(&req.lock)?;
+        if req.lock == "/" {
+            return Err(ErrorInfo::new(
+                ErrorCode::BadArguments,
+                "the root / cannot be a lock",
+            ));
+        }
+        if let LockKind::Semaphore { permits: 0 } = req.kind {
+            return Err(ErrorInfo::new(
+                ErrorCode::BadArguments,
+                "a semaphore needs at least one permit",
+            ));
+        }
+        let owner = match req.lease {
+            Some(lease) => {
+                self.own_lease(session, lease)?;
+                lease
+            }
+            None => session,
+        };
+        let existing = self.locks.get(&req.lock);
+        if let Some(meta) = existing {
+            meta.admits(&req.lock, req.kind)?;
+        }
+        let fresh = LockMeta::new(LockFamily::of(req.kind), req.lock_delay_ms);
+        let meta = existing.unwrap_or(&fresh);
+        if req.try_only && !locks::would_grant(&self.tree, &req.lock, meta, req.kind, txn.wall_ms) {
+            let holders: Vec<&String> = meta.granted.iter().collect();
+            return Err(ErrorInfo::new(
+                ErrorCode::LockHeld,
+                format!("{} is held (by {holders:?})", req.lock),
+            ));
+        }
+        // The lock's directory: a container, so it goes with its last queue node.
+        match self.tree.get(&req.lock) {
+            Some(dir) if dir.is_ephemeral() => {
+                return Err(ErrorInfo::new(
+                    ErrorCode::NoChildrenForEphemerals,
+                    format!("{} is an ephemeral node and cannot be a lock", req.lock),
+                ))
+            }
+            Some(_) => {}
+            None => {
+                let dir = CreateRequest {
+                    path: req.lock.clone(),
+                    data: Vec::new(),
+                    mode: CreateMode::Container,
+                    make_parents: true,
+                };
+                self.tree
+                    .create(txn, session, &dir, self.limits.max_data_bytes)?;
+            }
+        }
+        let create = CreateRequest {
+            path: corral_protocol::path::join(&req.lock, locks::prefix(req.kind)),
+            data: req.data.clone(),
+            mode: CreateMode::EphemeralSequential,
+            make_parents: false,
+        };
+        let (node, stat) = self
+            .tree
+            .create(txn, owner, &create, self.limits.max_data_bytes)?;
+        if !self.locks.contains_key(&req.lock) {
+            self.locks.insert(req.lock.clone(), fresh);
+        }
+        self.regrant(txn, &req.lock, Some(&node));
+        let granted = self
+            .locks
+            .get(&req.lock)
+            .is_some_and(|m| m.granted.contains(corral_protocol::path::name(&node)));
+        let token = stat.czxid;
+        Ok(if granted {
+            OpResult::Locked { node, token }
+        } else {
+            OpResult::Queued { node, token }
+        })
+    }
+
+    /// Releases a lock or leaves its queue. Idempotent.
+    fn unlock(&mut self, txn: &mut Txn, session: u64, node: &str) -> Result<OpResult, ErrorInfo> {
+        validate_path(node)?;
+        let Some(n) = self.tree.get(node) else {
+            return Ok(OpResult::Unlocked { released: false });
+        };
+        let owner = n.stat.ephemeral_owner;
+        let parent_is_lock =
+            corral_protocol::path::parent(node).is_some_and(|p| self.locks.contains_key(p));
+        if !parent_is_lock {
+            return Err(ErrorInfo::new(
+                ErrorCode::BadArguments,
+                format!("{node} is not a lock queue node"),
+            ));
+        }
+        if owner_session(&self.sessions, owner) != session {
+            return Err(ErrorInfo::new(
+                ErrorCode::NotLockOwner,
+                format!(
+                    "{node} belongs to session {:#x}",
+                    owner_session(&self.sessions, owner)
+                ),
+            ));
+        }
+        self.tree.delete(txn, node, None)?;
+        Ok(OpResult::Unlocked { released: true })
+    }
+
+    /// Whether the fencing `token` holds `lock` now.
+    fn check_lock(&self, lock: &str, token: u64) -> Result<(), ErrorInfo> {
+        validate_path(lock)?;
+        let holds = self.locks.get(lock).is_some_and(|meta| {
+            meta.granted.iter().any(|name| {
+                self.tree
+                    .get(&corral_protocol::path::join(lock, name))
+                    .is_some_and(|n| n.stat.czxid == token)
+            })
+        });
+        if holds {
+            Ok(())
+        } else {
+            Err(ErrorInfo::new(
+                ErrorCode::LockNotHeld,
+                format!("token {token} does not hold {lock}"),
+            ))
         }
     }
 
@@ -399,6 +751,9 @@ impl StateMachine {
                     .tree
                     .check(path, *version)
                     .map(|()| MultiResult::Checked),
+                MultiOp::CheckLock { lock, token } => self
+                    .check_lock(lock, *token)
+                    .map(|()| MultiResult::LockChecked),
             };
             match outcome {
                 Ok(result) => results.push(result),
@@ -1566,7 +1921,7 @@ mod tests {
                 version,
             },
             // A lone check becomes a one-op multi.
-            check @ MultiOp::Check { .. } => Op::Multi(vec![check]),
+            check @ (MultiOp::Check { .. } | MultiOp::CheckLock { .. }) => Op::Multi(vec![check]),
         }
     }
 

@@ -217,6 +217,8 @@ pub struct Node {
     next_barrier: u64,
     /// Sessions that spoke to this follower since its last report to the leader.
     alive: BTreeSet<u64>,
+    /// The lock-delay end for which a nudge entry was proposed.
+    delay_nudged: Option<i64>,
     now: Now,
     outputs: Vec<Output>,
     peer_out: Vec<(u64, PeerMsg)>,
@@ -247,6 +249,7 @@ impl Node {
             open_barrier: None,
             next_barrier: 1,
             alive: BTreeSet::new(),
+            delay_nudged: None,
             now,
             outputs: Vec::new(),
             peer_out: Vec::new(),
@@ -487,6 +490,16 @@ impl Node {
                     Op::CloseSession => EntryBody::CloseSession {
                         session_id: session,
                     },
+                    Op::GrantLease { ttl_ms } => EntryBody::Write {
+                        session_id: session,
+                        xid,
+                        op: Op::GrantLease {
+                            ttl_ms: (*ttl_ms).clamp(
+                                self.config.min_session_ttl_ms,
+                                self.config.max_session_ttl_ms,
+                            ),
+                        },
+                    },
                     _ => EntryBody::Write {
                         session_id: session,
                         xid,
@@ -630,11 +643,31 @@ impl Node {
                 }
                 Ok(OpResult::WatchesUpdated)
             }
+            Op::RenewLease { lease_id } => {
+                let lease = self
+                    .machine
+                    .session(lease_id)
+                    .filter(|l| l.lease_of == session)
+                    .ok_or_else(|| {
+                        ErrorInfo::new(
+                            ErrorCode::NoLease,
+                            format!("lease {lease_id:#x} does not exist (expired or revoked)"),
+                        )
+                    })?;
+                let ttl_ms = lease.ttl_ms;
+                self.touch(lease_id);
+                Ok(OpResult::Lease { lease_id, ttl_ms })
+            }
+            Op::GetLocks { path } => Ok(OpResult::Locks(self.machine.locks_under(&path)?)),
             Op::Create(_)
             | Op::Delete { .. }
             | Op::SetData { .. }
             | Op::Multi(_)
-            | Op::CloseSession => Err(ErrorInfo::new(
+            | Op::CloseSession
+            | Op::Lock(_)
+            | Op::Unlock { .. }
+            | Op::GrantLease { .. }
+            | Op::RevokeLease { .. } => Err(ErrorInfo::new(
                 ErrorCode::RuntimeInconsistency,
                 "write evaluated as a read",
             )),
@@ -870,6 +903,16 @@ impl Node {
                 self.send_event(session, event);
             }
         }
+        for change in &applied.lock_events {
+            let msg = if change.granted {
+                ServerMessage::LockGranted(change.event.clone())
+            } else {
+                ServerMessage::LockLost(change.event.clone())
+            };
+            if let Some(conn) = self.session_conns.get(&change.session).copied() {
+                self.outputs.push(Output::Send { conn, msg });
+            }
+        }
         match &entry.body {
             EntryBody::OpenSession { secret, ttl_ms } => {
                 // The session id is the zxid of its creation.
@@ -883,6 +926,11 @@ impl Node {
             EntryBody::Write {
                 session_id, xid, ..
             } => {
+                if let Some(Ok(OpResult::Lease { lease_id, ttl_ms })) = &applied.result {
+                    if self.machine.session(*lease_id).is_some() {
+                        self.tracker.add(*lease_id, *ttl_ms, self.now.mono_ms);
+                    }
+                }
                 if let Some(result) = applied.result {
                     self.complete(*session_id, *xid, zxid, result);
                 }
@@ -1054,6 +1102,13 @@ impl Node {
         }
         if self.disk_failed.is_some() {
             return;
+        }
+        // A lock-delay ends only when an entry with a later time is applied: propose one.
+        if let Some(end) = self.machine.next_lock_delay_end() {
+            if end <= self.now.wall_ms && self.delay_nudged != Some(end) {
+                self.delay_nudged = Some(end);
+                let _ = self.propose(EntryBody::Noop { barrier: 0 });
+            }
         }
         let expired = self.tracker.take_expired(now);
         if !expired.is_empty() {

@@ -80,6 +80,8 @@ pub(crate) struct Txn {
     /// Containers that lost a child during the transaction, in order; those that are empty
     /// at the end of the transaction are deleted.
     pub emptied: Vec<String>,
+    /// Lock grants and losses, in order.
+    pub lock_events: Vec<crate::machine::LockChange>,
 }
 
 impl Txn {
@@ -90,6 +92,7 @@ impl Txn {
             changes: Vec::new(),
             undo: None,
             emptied: Vec::new(),
+            lock_events: Vec::new(),
         }
     }
 
