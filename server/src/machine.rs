@@ -219,6 +219,12 @@ impl StateMachine {
         self.limits
     }
 
+    /// Replaces the limits (a snapshot carries the limits of the node that wrote it; the
+    /// configured ones win). Every node of a cluster must be configured alike.
+    pub fn set_limits(&mut self, limits: MachineLimits) {
+        self.limits = limits;
+    }
+
     /// The zxid of the last applied entry (0 if none).
     pub fn last_zxid(&self) -> u64 {
         self.last_zxid

@@ -817,6 +817,7 @@ impl Node {
             "installing a snapshot from the leader"
         );
         self.machine = machine;
+        self.machine.set_limits(self.config.machine);
         self.last_snapshot_index = self.machine.last_zxid();
         self.tracker = SessionTracker::default();
         for s in self.machine.sessions() {

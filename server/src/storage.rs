@@ -117,6 +117,8 @@ pub fn recover(
                         reason: e.to_string(),
                     })?;
             tracing::info!(index = snap.index, "loaded snapshot");
+            let mut m: StateMachine = m;
+            m.set_limits(limits);
             m
         }
         None => StateMachine::new(limits),

@@ -122,6 +122,7 @@ pub fn open_cluster(
             .map_err(ClusterError::Snapshot)?,
         None => StateMachine::new(limits),
     };
+    machine.set_limits(limits);
     let decided = storage.decided_idx();
     let from = machine.last_zxid() as usize;
     if from < decided {

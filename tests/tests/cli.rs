@@ -1,0 +1,467 @@
+//! `corralctl` end to end against a real server: every command with human and `--json`
+//! output, watches, and exit codes (1 for a failed command, 2 for a usage error).
+
+use corral_client::{Client, ClientConfig, CreateMode, Stat};
+use corral_tests::{corralctl_bin, TestServer};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Longest a corralctl command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug)]
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Asserts success and returns stdout.
+    fn ok(self) -> String {
+        assert!(self.status.success(), "corralctl failed: {self:?}");
+        self.stdout
+    }
+
+    /// Asserts success and parses stdout as one JSON document.
+    fn json(self) -> Value {
+        let out = self.ok();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"))
+    }
+}
+
+/// Runs corralctl with `args` (no implicit server), bounded in time.
+fn run_raw(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(corralctl_bin());
+    cmd.args(args)
+        .env_remove("CORRAL_SERVER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn corralctl");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("corralctl {args:?} did not finish within {COMMAND_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Run {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// Runs corralctl against `server`.
+fn ctl(server: &TestServer, args: &[&str]) -> Run {
+    let addr = server.addr();
+    let mut all = vec!["-s", addr.as_str()];
+    all.extend_from_slice(args);
+    run_raw(&all, &[])
+}
+
+fn stat_from(v: &Value) -> Stat {
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("not a stat ({e}): {v}"))
+}
+
+/// `key = value` lines of the human stat output.
+fn stat_lines(out: &str) -> std::collections::BTreeMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once(" = "))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn rust_client(rt: &tokio::runtime::Runtime, server: &TestServer) -> Client {
+    rt.block_on(Client::connect(ClientConfig::new([server.addr()])))
+        .expect("connect")
+}
+
+#[test]
+fn the_readme_session_in_human_output() {
+    let server = TestServer::start(&[]);
+    assert_eq!(ctl(&server, &["create", "/app", "hello"]).ok(), "/app\n");
+    assert_eq!(ctl(&server, &["get", "/app"]).ok(), "hello\n");
+    let set = stat_lines(&ctl(&server, &["set", "/app", "hello again"]).ok());
+    assert_eq!(set.get("version").map(String::as_str), Some("1"), "{set:?}");
+    assert_eq!(set.get("data_length").map(String::as_str), Some("11"));
+    assert_eq!(ctl(&server, &["get", "/app"]).ok(), "hello again\n");
+    assert_eq!(
+        ctl(
+            &server,
+            &["create", "-p", "/app/config/db", "postgres://db:5432"]
+        )
+        .ok(),
+        "/app/config/db\n"
+    );
+    assert_eq!(ctl(&server, &["ls", "/app"]).ok(), "config\n");
+    let long = ctl(&server, &["ls", "-l", "/app/config"]).ok();
+    let line = long.lines().next().expect("one row");
+    assert_eq!(long.lines().count(), 1, "{long}");
+    assert!(line.ends_with(" db") && line.starts_with("v0"), "{line:?}");
+    assert!(line.contains("18B"), "data length shown: {line:?}");
+
+    let stat = stat_lines(&ctl(&server, &["stat", "/app"]).ok());
+    for key in [
+        "czxid",
+        "mzxid",
+        "pzxid",
+        "ctime_ms",
+        "mtime_ms",
+        "version",
+        "cversion",
+        "ephemeral_owner",
+        "data_length",
+        "num_children",
+    ] {
+        assert!(stat.contains_key(key), "{key} missing: {stat:?}");
+    }
+    assert_eq!(stat["version"], "1");
+    assert_eq!(stat["num_children"], "1");
+    assert_eq!(stat["cversion"], "1");
+    assert_eq!(stat["ephemeral_owner"], "0x0");
+    let czxid: u64 = stat["czxid"].parse().expect("number");
+    let mzxid: u64 = stat["mzxid"].parse().expect("number");
+    assert!(mzxid > czxid);
+
+    // Sequential names, ephemerals that die with corralctl's session, containers.
+    let seq = ctl(&server, &["create", "--sequential", "/app/job-", "x"]).ok();
+    assert_eq!(seq, "/app/job-0000000000\n");
+    let seq = ctl(&server, &["create", "--sequential", "/app/job-"]).ok();
+    assert_eq!(seq, "/app/job-0000000001\n");
+    assert_eq!(
+        ctl(&server, &["create", "--ephemeral", "/app/tmp"]).ok(),
+        "/app/tmp\n"
+    );
+    assert_eq!(
+        ctl(&server, &["stat", "/app/tmp"]).code(),
+        Some(1),
+        "the ephemeral died with its session"
+    );
+    let eseq = ctl(
+        &server,
+        &["create", "--ephemeral", "--sequential", "/app/e-"],
+    )
+    .ok();
+    assert_eq!(eseq, "/app/e-0000000002\n", "one counter per parent");
+    ctl(&server, &["create", "--container", "/box"]).ok();
+    ctl(&server, &["create", "/box/item"]).ok();
+    assert_eq!(ctl(&server, &["rm", "/box/item"]).ok(), "");
+    assert_eq!(
+        ctl(&server, &["stat", "/box"]).code(),
+        Some(1),
+        "the container went with its last child"
+    );
+
+    // Conditional set and remove.
+    assert_eq!(
+        ctl(&server, &["set", "--version", "0", "/app", "stale"]).code(),
+        Some(1)
+    );
+    ctl(&server, &["set", "--version", "1", "/app", "v2"]).ok();
+    assert_eq!(ctl(&server, &["get", "/app"]).ok(), "v2\n");
+    let ls = ctl(&server, &["ls", "/app"]).ok();
+    assert_eq!(ls, "config\njob-0000000000\njob-0000000001\n", "sorted");
+    assert_eq!(ctl(&server, &["rm", "-r", "/app"]).ok(), "");
+    assert_eq!(ctl(&server, &["stat", "/app"]).code(), Some(1));
+    assert_eq!(ctl(&server, &["ls", "/"]).ok(), "");
+    // rm -r of a leaf is a plain rm; an empty data argument is fine.
+    ctl(&server, &["create", "/leaf", ""]).ok();
+    assert_eq!(ctl(&server, &["get", "/leaf"]).ok(), "\n");
+    ctl(&server, &["rm", "-r", "/leaf"]).ok();
+    assert_eq!(ctl(&server, &["ls", "/"]).ok(), "");
+}
+
+#[test]
+fn json_output_matches_the_client_view() {
+    let server = TestServer::start(&[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rust_client(&rt, &server);
+
+    let created = ctl(&server, &["--json", "create", "/j", "data"]).json();
+    assert_eq!(created["path"], "/j");
+    let created_stat = stat_from(&created["stat"]);
+    assert_eq!(created_stat.data_length, 4);
+    assert_eq!(created_stat.version, 0);
+    assert!(created_stat.czxid > 0);
+
+    // The flag may come after the subcommand too (it is global).
+    let got = ctl(&server, &["get", "/j", "--json"]).json();
+    assert_eq!(got["path"], "/j");
+    assert_eq!(got["data"], "data");
+    assert_eq!(got["encoding"], "utf8");
+    assert_eq!(stat_from(&got["stat"]), created_stat);
+
+    let set = ctl(&server, &["--json", "set", "/j", "more data"]).json();
+    assert_eq!(set["path"], "/j");
+    let set_stat = stat_from(&set["stat"]);
+    assert_eq!((set_stat.version, set_stat.data_length), (1, 9));
+    let (data, stat) = rt.block_on(client.get_data("/j")).expect("get");
+    assert_eq!((data.as_slice(), stat), (&b"more data"[..], set_stat));
+
+    let stat = ctl(&server, &["--json", "stat", "/j"]).json();
+    assert_eq!(stat["path"], "/j");
+    assert_eq!(stat_from(&stat["stat"]), set_stat);
+
+    ctl(&server, &["create", "/j/b", "1"]).ok();
+    ctl(&server, &["create", "/j/a", "22"]).ok();
+    let ls = ctl(&server, &["--json", "ls", "/j"]).json();
+    assert_eq!(ls["path"], "/j");
+    assert_eq!(ls["children"], serde_json::json!(["a", "b"]));
+    let long = ctl(&server, &["--json", "ls", "-l", "/j"]).json();
+    let rows = long["children"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["name"], "a");
+    assert_eq!(stat_from(&rows[0]["stat"]).data_length, 2);
+    assert_eq!(rows[1]["name"], "b");
+    let b = rt
+        .block_on(client.exists("/j/b"))
+        .expect("exists")
+        .expect("b");
+    assert_eq!(stat_from(&rows[1]["stat"]), b);
+
+    // Data that is not UTF-8 is shown as hex.
+    rt.block_on(client.create("/bin", vec![0xff, 0x00, 0x10], CreateMode::Persistent))
+        .expect("create");
+    let got = ctl(&server, &["--json", "get", "/bin"]).json();
+    assert_eq!(got["encoding"], "hex");
+    assert_eq!(got["data"], "ff0010");
+    assert_eq!(ctl(&server, &["get", "/bin"]).ok(), "ff0010\n");
+
+    // An ephemeral created by corralctl belongs to its (now closed) session.
+    let eph = ctl(&server, &["--json", "create", "--ephemeral", "/j/e"]).json();
+    assert_ne!(stat_from(&eph["stat"]).ephemeral_owner, 0);
+    assert!(rt
+        .block_on(client.exists("/j/e"))
+        .expect("exists")
+        .is_none());
+
+    let rm = ctl(&server, &["--json", "rm", "-r", "/j"]).json();
+    assert_eq!(rm, serde_json::json!({ "deleted": "/j" }));
+    assert!(rt.block_on(client.exists("/j")).expect("exists").is_none());
+    let root = ctl(&server, &["--json", "ls", "/"]).json();
+    assert_eq!(root["children"], serde_json::json!(["bin"]));
+}
+
+#[test]
+fn failures_exit_1_and_usage_errors_exit_2() {
+    let server = TestServer::start(&[]);
+    ctl(&server, &["create", "/dup", "x"]).ok();
+    ctl(&server, &["create", "/dup/child"]).ok();
+
+    let failures: &[(&[&str], &str)] = &[
+        (&["get", "/missing"], "NoNode"),
+        (&["stat", "/missing"], "NoNode"),
+        (&["ls", "/missing"], "NoNode"),
+        (&["set", "/missing", "x"], "NoNode"),
+        (&["rm", "/missing"], "NoNode"),
+        (&["--json", "get", "/missing"], "NoNode"),
+        (&["create", "/dup"], "NodeExists"),
+        (&["create", "/missing/x"], "NoNode"),
+        (&["rm", "/dup"], "NotEmpty"),
+        (&["rm", "--version", "5", "/dup/child"], "BadVersion"),
+        (&["set", "--version", "3", "/dup", "y"], "BadVersion"),
+        (&["get", "nope"], "InvalidPath"),
+        (&["create", "/a//b"], "InvalidPath"),
+    ];
+    for (args, message) in failures {
+        let r = ctl(&server, args);
+        assert_eq!(r.code(), Some(1), "{args:?}: {r:?}");
+        assert!(r.stderr.contains(message), "{args:?}: {r:?}");
+        assert!(r.stdout.is_empty(), "{args:?}: nothing on stdout: {r:?}");
+    }
+    // The data is untouched by the failed commands.
+    assert_eq!(ctl(&server, &["get", "/dup"]).ok(), "x\n");
+
+    let usage: &[&[&str]] = &[
+        &[],
+        &["frobnicate"],
+        &["get"],
+        &["set", "/dup"],
+        &["create", "/a", "--ephemeral", "--container"],
+        &["rm", "--version", "not-a-number", "/dup"],
+        &["ls", "-x", "/"],
+        &["watch", "/dup", "--count", "-1"],
+    ];
+    for args in usage {
+        let r = ctl(&server, args);
+        assert_eq!(r.code(), Some(2), "{args:?}: {r:?}");
+        assert!(!r.stderr.is_empty(), "{args:?}: explains itself");
+    }
+    // --help and --version are not errors.
+    assert!(run_raw(&["--help"], &[]).ok().contains("Usage"));
+    assert!(run_raw(&["--version"], &[]).ok().contains("corralctl"));
+
+    // No server there: exit 1 with the reason.
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let nowhere = format!("127.0.0.1:{closed_port}");
+    let r = run_raw(&["-s", &nowhere, "get", "/dup"], &[]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(!r.stderr.is_empty());
+
+    // CORRAL_SERVER picks the server when -s is absent; -s wins over it.
+    let addr = server.addr();
+    let r = run_raw(&["get", "/dup"], &[("CORRAL_SERVER", &addr)]);
+    assert_eq!(r.ok(), "x\n");
+    let r = run_raw(
+        &["-s", &addr, "get", "/dup"],
+        &[("CORRAL_SERVER", &nowhere)],
+    );
+    assert_eq!(r.ok(), "x\n");
+    // A list of servers, one of them down.
+    let list = format!("{nowhere},{addr}");
+    let r = run_raw(&["-s", &list, "get", "/dup"], &[]);
+    // (The client tries each address once, starting at a random one.)
+    assert_eq!(r.ok(), "x\n");
+}
+
+/// Starts `corralctl watch`, then runs `poke(i)` for i = 0, 1, ... until the watch has
+/// printed `count` lines and exited (a change made before the watch was registered is
+/// simply not reported, so the test does not need to know when that happened).
+fn watch_until(
+    server: &TestServer,
+    args: &[&str],
+    count: usize,
+    poke: impl Fn(usize),
+) -> Vec<String> {
+    let addr = server.addr();
+    let mut child = Command::new(corralctl_bin())
+        .args(["-s", addr.as_str()])
+        .args(args)
+        .env_remove("CORRAL_SERVER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn corralctl watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let mut lines = Vec::new();
+    let mut i = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("watch {args:?} did not end; printed {lines:?}");
+        }
+        if lines.len() < count {
+            poke(i);
+            i += 1;
+        }
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(20)) {
+            lines.push(line);
+        }
+    };
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
+        lines.push(line);
+    }
+    assert!(
+        status.success(),
+        "watch exits 0 after --count events: {status}"
+    );
+    assert_eq!(lines.len(), count, "{lines:?}");
+    lines
+}
+
+#[test]
+fn watch_prints_events_until_the_count() {
+    let server = TestServer::start(&[]);
+    ctl(&server, &["create", "/w", "0"]).ok();
+
+    let lines = watch_until(
+        &server,
+        &["--json", "watch", "/w", "--count", "3"],
+        3,
+        |i| {
+            ctl(&server, &["set", "/w", &format!("v{i}")]).ok();
+        },
+    );
+    let mut last = 0;
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(v["kind"], "NodeDataChanged", "{v}");
+        assert_eq!(v["path"], "/w");
+        let zxid = v["zxid"].as_u64().expect("zxid");
+        assert!(zxid > last, "increasing zxids: {lines:?}");
+        last = zxid;
+    }
+
+    // Human output; a node that does not exist yet.
+    let lines = watch_until(&server, &["watch", "/h", "--count", "2"], 2, |i| {
+        if i == 0 {
+            ctl(&server, &["create", "/h"]).ok();
+        } else {
+            ctl(&server, &["set", "/h", &i.to_string()]).ok();
+        }
+    });
+    for line in &lines {
+        let mut parts = line.split(' ');
+        let kind = parts.next().expect("kind");
+        assert!(
+            kind == "NodeCreated" || kind == "NodeDataChanged",
+            "{line:?}"
+        );
+        assert_eq!(parts.next(), Some("/h"), "{line:?}");
+        let zxid = parts.next().and_then(|z| z.strip_prefix("zxid="));
+        assert!(zxid.is_some_and(|z| z.parse::<u64>().is_ok()), "{line:?}");
+    }
+
+    // Recursive: events of descendants, not of the children list.
+    ctl(&server, &["create", "/r"]).ok();
+    let lines = watch_until(
+        &server,
+        &["--json", "watch", "--recursive", "/r", "--count", "2"],
+        2,
+        |i| {
+            ctl(&server, &["create", "-p", &format!("/r/{i}/leaf")]).ok();
+        },
+    );
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).expect("json");
+        assert_eq!(v["kind"], "NodeCreated", "{v}");
+        assert!(
+            v["path"].as_str().is_some_and(|p| p.starts_with("/r/")),
+            "{v}"
+        );
+    }
+}
