@@ -193,6 +193,17 @@ impl Log {
     }
 }
 
+/// A report of live sessions sent to the leader, with the keepalives waiting for it.
+#[derive(Debug)]
+struct AliveBatch {
+    sessions: Vec<u64>,
+    waiters: Vec<(ConnId, u64, OpResult)>,
+    sent_tick: u64,
+}
+
+/// Ticks after which an unacknowledged report is resent.
+const ALIVE_RESEND_TICKS: u64 = 10;
+
 /// The node core. See the module documentation.
 #[derive(Debug)]
 pub struct Node {
@@ -217,6 +228,13 @@ pub struct Node {
     next_barrier: u64,
     /// Sessions that spoke to this follower since its last report to the leader.
     alive: BTreeSet<u64>,
+    /// Keepalives (pings, lease renewals) answered once the leader acknowledges the next
+    /// report, so a client never believes in a renewal the leader does not have.
+    alive_waiters: Vec<(ConnId, u64, OpResult)>,
+    /// Reports sent and not acknowledged yet, by batch number.
+    alive_inflight: BTreeMap<u64, AliveBatch>,
+    next_alive_batch: u64,
+    ticks: u64,
     /// The lock-delay end for which a nudge entry was proposed.
     delay_nudged: Option<i64>,
     now: Now,
@@ -249,6 +267,10 @@ impl Node {
             open_barrier: None,
             next_barrier: 1,
             alive: BTreeSet::new(),
+            alive_waiters: Vec::new(),
+            alive_inflight: BTreeMap::new(),
+            next_alive_batch: 1,
+            ticks: 0,
             delay_nudged: None,
             now,
             outputs: Vec::new(),
@@ -514,6 +536,20 @@ impl Node {
                         result: Err(e),
                     }),
                 }
+            }
+        } else if replicated && !self.is_leader() && matches!(op, Op::Ping | Op::RenewLease { .. })
+        {
+            // A follower answers a keepalive once the leader has it (see `alive_waiters`).
+            match self.evaluate_local(conn, session, op.clone()) {
+                Ok(result) => {
+                    self.alive_waiters.push((conn, xid, result));
+                    PendingState::Proposed
+                }
+                Err(e) => PendingState::Done(Response {
+                    xid,
+                    zxid: self.machine.last_zxid(),
+                    result: Err(e),
+                }),
             }
         } else if replicated && matches!(op, Op::Sync { .. }) {
             // In a cluster, a sync passes through the log: once this node applies the
@@ -1084,22 +1120,22 @@ impl Node {
         }
         self.last_tick_ms = Some(now);
         if let Log::Paxos(log) = &mut self.log {
+            self.ticks += 1;
             if let Some(leader) = log.tick(&mut self.peer_out) {
                 let me = self.config.node_id;
                 tracing::info!(node = me, leader = ?leader, "leader changed");
                 // Whoever leads now cannot know when clients last spoke to the old
                 // leader: every session gets a full TTL (etcd's lessor does the same).
                 self.tracker.restart_all(now);
+                // That restart happened after every waiting keepalive was sent: they are
+                // renewals the new leader honours.
+                self.answer_keepalives(None);
             }
             if !self.is_leader() {
-                if let Some(leader) = self.leader().filter(|l| *l != self.config.node_id) {
-                    if !self.alive.is_empty() {
-                        let sessions = std::mem::take(&mut self.alive).into_iter().collect();
-                        self.peer_out.push((leader, PeerMsg::Alive(sessions)));
-                    }
-                }
+                self.report_alive();
                 return;
             }
+            self.answer_keepalives(None);
         }
         if self.disk_failed.is_some() {
             return;
@@ -1123,7 +1159,86 @@ impl Node {
         }
     }
 
+    /// Follower: sends the sessions heard from since the last report to the leader, and
+    /// resends reports the leader has not acknowledged.
+    fn report_alive(&mut self) {
+        let Some(leader) = self.leader().filter(|l| *l != self.config.node_id) else {
+            return;
+        };
+        if !self.alive.is_empty() || !self.alive_waiters.is_empty() {
+            let batch = self.next_alive_batch;
+            self.next_alive_batch += 1;
+            let sessions: Vec<u64> = std::mem::take(&mut self.alive).into_iter().collect();
+            self.peer_out.push((
+                leader,
+                PeerMsg::Alive {
+                    batch,
+                    sessions: sessions.clone(),
+                },
+            ));
+            self.alive_inflight.insert(
+                batch,
+                AliveBatch {
+                    sessions,
+                    waiters: std::mem::take(&mut self.alive_waiters),
+                    sent_tick: self.ticks,
+                },
+            );
+        }
+        let ticks = self.ticks;
+        for (batch, b) in self.alive_inflight.iter_mut() {
+            if ticks - b.sent_tick >= ALIVE_RESEND_TICKS {
+                b.sent_tick = ticks;
+                self.peer_out.push((
+                    leader,
+                    PeerMsg::Alive {
+                        batch: *batch,
+                        sessions: b.sessions.clone(),
+                    },
+                ));
+            }
+        }
+    }
+
+    /// Answers waiting keepalives: those of one acknowledged batch, or all of them.
+    fn answer_keepalives(&mut self, batch: Option<u64>) {
+        let waiters: Vec<(ConnId, u64, OpResult)> = match batch {
+            Some(b) => self
+                .alive_inflight
+                .remove(&b)
+                .map(|b| b.waiters)
+                .unwrap_or_default(),
+            None => {
+                let mut all = std::mem::take(&mut self.alive_waiters);
+                for (_, b) in std::mem::take(&mut self.alive_inflight) {
+                    all.extend(b.waiters);
+                }
+                all
+            }
+        };
+        let zxid = self.machine.last_zxid();
+        for (conn, xid, result) in waiters {
+            self.complete_on(conn, xid, zxid, Ok(result));
+        }
+    }
+
     fn on_peer(&mut self, from: u64, msg: PeerMsg) {
+        match msg {
+            PeerMsg::Alive { batch, sessions } => {
+                if self.is_leader() {
+                    for session in sessions {
+                        self.tracker.touch(session, self.now.mono_ms);
+                    }
+                    self.peer_out.push((from, PeerMsg::AliveAck { batch }));
+                }
+                return;
+            }
+            PeerMsg::AliveAck { batch } => {
+                self.answer_keepalives(Some(batch));
+                return;
+            }
+            _ => {}
+        }
         let Log::Paxos(log) = &mut self.log else {
             tracing::warn!(from, "peer message on a single node; ignored");
             return;
@@ -1133,12 +1248,7 @@ impl Node {
             self.peer_out.push((from, reply));
             return;
         }
-        let renew = log.on_peer(msg);
-        if self.is_leader() {
-            for session in renew {
-                self.tracker.touch(session, self.now.mono_ms);
-            }
-        }
+        log.on_peer(msg);
     }
 
     fn on_shutdown(&mut self) {

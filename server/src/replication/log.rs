@@ -31,8 +31,19 @@ pub enum PeerMsg {
     Paxos(Box<Message<Entry>>),
     /// Entries a follower asks the leader to append (resent until applied).
     Forward(Vec<Entry>),
-    /// Sessions whose clients spoke to the sender since its last report (leader renews).
-    Alive(Vec<u64>),
+    /// Sessions and leases whose clients spoke to the sender since its last report: the
+    /// leader renews them and answers `AliveAck` with the same batch number.
+    Alive {
+        /// Chosen by the sender; resent batches keep their number.
+        batch: u64,
+        /// Session and lease ids.
+        sessions: Vec<u64>,
+    },
+    /// The leader renewed the batch.
+    AliveAck {
+        /// The batch number.
+        batch: u64,
+    },
     /// A node that starts with an empty data directory asks for the highest ballot
     /// every other node promised.
     PromiseQuery,
@@ -194,13 +205,10 @@ impl PaxosLog {
         Ok(())
     }
 
-    /// Handles a message from a peer; returns sessions the leader must renew.
-    pub fn on_peer(&mut self, msg: PeerMsg) -> Vec<u64> {
+    /// Handles an OmniPaxos message or forwarded entries from a peer.
+    pub fn on_peer(&mut self, msg: PeerMsg) {
         match msg {
-            PeerMsg::Paxos(m) => {
-                self.op.handle_incoming(*m);
-                Vec::new()
-            }
+            PeerMsg::Paxos(m) => self.op.handle_incoming(*m),
             PeerMsg::Forward(entries) => {
                 if self.is_leader() {
                     for entry in entries {
@@ -208,11 +216,12 @@ impl PaxosLog {
                         let _ = self.op.append(entry);
                     }
                 }
-                Vec::new()
             }
-            PeerMsg::Alive(sessions) => sessions,
-            // Answered by the node core; replies only matter while joining.
-            PeerMsg::PromiseQuery | PeerMsg::PromiseReply(_) => Vec::new(),
+            // Handled by the node core.
+            PeerMsg::Alive { .. }
+            | PeerMsg::AliveAck { .. }
+            | PeerMsg::PromiseQuery
+            | PeerMsg::PromiseReply(_) => {}
         }
     }
 
