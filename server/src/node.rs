@@ -743,12 +743,17 @@ impl Node {
         if let Some(id) = self.open_barrier {
             return Ok(id);
         }
-        // Unique per node and per process lifetime: node id in the high bits.
-        let id = (self.config.node_id << 48) | (self.next_barrier & ((1 << 48) - 1));
-        self.next_barrier += 1;
+        let id = self.fresh_barrier_id();
         self.propose(EntryBody::Noop { barrier: id })?;
         self.open_barrier = Some(id);
         Ok(id)
+    }
+
+    /// A barrier id unique per node and per process lifetime (node id in the high bits).
+    fn fresh_barrier_id(&mut self) -> u64 {
+        let id = (self.config.node_id << 48) | (self.next_barrier & ((1 << 48) - 1));
+        self.next_barrier += 1;
+        id
     }
 
     /// Hands the next batch to the shell if none is outstanding.
@@ -1144,7 +1149,8 @@ impl Node {
         if let Some(end) = self.machine.next_lock_delay_end() {
             if end <= self.now.wall_ms && self.delay_nudged != Some(end) {
                 self.delay_nudged = Some(end);
-                let _ = self.propose(EntryBody::Noop { barrier: 0 });
+                let barrier = self.fresh_barrier_id();
+                let _ = self.propose(EntryBody::Noop { barrier });
             }
         }
         let expired = self.tracker.take_expired(now);

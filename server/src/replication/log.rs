@@ -6,9 +6,12 @@
 //!   far) and holds back the OmniPaxos messages produced so far until it is done.
 //!   Decided entries are applied only up to the accepted index that was durable when the
 //!   last sync completed.
-//! - **Forwarding.** A follower does not use OmniPaxos's `ProposalForward`, which is
-//!   dropped silently when lost: it sends the entries to the leader itself and resends
-//!   them every `forward_retry_ticks` until it sees them applied. Duplicates are harmless:
+//! - **Every proposal is tracked until applied.** A follower does not use OmniPaxos's
+//!   `ProposalForward`, which is dropped silently when lost: it sends the entries to the
+//!   leader itself. A leader appends them directly, but a leader can be deposed with
+//!   entries that never commit (the new leader's log replaces them). So every node keeps
+//!   what it proposed until it sees it applied, and proposes it again on every leader
+//!   change and every `forward_retry_ticks` without progress. Duplicates are harmless:
 //!   writes are deduplicated by (session, xid) in the state machine; a duplicate barrier
 //!   or expiry changes nothing; a duplicate session open creates a session nobody holds,
 //!   which expires after its TTL.
@@ -74,8 +77,12 @@ pub struct PaxosSettings {
 #[derive(Debug)]
 struct Forwarded {
     entry: Entry,
+    /// The tick it was last appended or sent to a leader (0: not yet, no leader known).
     last_sent_tick: u64,
 }
+
+/// What identifies an entry across resends.
+type EntryKey = (u8, u64, u64);
 
 #[derive(Debug, Clone, Copy)]
 struct SyncInFlight {
@@ -99,7 +106,10 @@ pub struct PaxosLog {
     held: Vec<(u64, PeerMsg)>,
     sync: Option<SyncInFlight>,
     next_batch: u64,
+    /// Entries this node proposed and has not seen applied, by proposal number.
     forwarded: BTreeMap<u64, Forwarded>,
+    /// The proposal number of each tracked entry, by key.
+    forwarded_keys: std::collections::HashMap<EntryKey, u64>,
     next_forward: u64,
     ticks: u64,
     leader: Option<u64>,
@@ -138,6 +148,7 @@ impl PaxosLog {
             sync: None,
             next_batch: 1,
             forwarded: BTreeMap::new(),
+            forwarded_keys: std::collections::HashMap::new(),
             next_forward: 1,
             ticks: 0,
             leader: None,
@@ -159,42 +170,30 @@ impl PaxosLog {
         self.op.get_decided_idx()
     }
 
-    /// Proposes an entry: appended directly on the leader, forwarded otherwise. Fails
-    /// when too many entries already wait for a leader.
+    /// Proposes an entry: appended directly on the leader, forwarded otherwise, and
+    /// tracked until applied. Fails when too many proposals already wait.
     pub fn propose(&mut self, entry: Entry, out: &mut Vec<(u64, PeerMsg)>) -> Result<(), String> {
-        if self.is_leader() {
-            match self.op.append(entry) {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    // Lost leadership in between: fall through to forwarding.
-                    let entry = match e {
-                        omnipaxos::ProposeErr::PendingReconfigEntry(entry) => entry,
-                        _ => return Err("the cluster is being reconfigured".into()),
-                    };
-                    return self.forward(entry, out);
-                }
-            }
-        }
-        self.forward(entry, out)
-    }
-
-    fn forward(&mut self, entry: Entry, out: &mut Vec<(u64, PeerMsg)>) -> Result<(), String> {
         if self.forwarded.len() >= self.settings.max_forwarded_entries {
             return Err(format!(
-                "{} entries are waiting for a leader (max_forwarded_entries)",
+                "{} proposals are waiting to be applied (max_forwarded_entries)",
                 self.forwarded.len()
             ));
         }
+        let key = forward_key(&entry);
+        if let Some(id) = key.and_then(|k| self.forwarded_keys.get(&k)).copied() {
+            // Already tracked (a client resent it): send it again, track it once.
+            let sent = self.send_proposal(&entry, out);
+            if let Some(f) = self.forwarded.get_mut(&id) {
+                f.last_sent_tick = sent;
+            }
+            return Ok(());
+        }
         let id = self.next_forward;
         self.next_forward += 1;
-        let sent = match self.leader.filter(|l| *l != self.node_id) {
-            Some(leader) => {
-                out.push((leader, PeerMsg::Forward(vec![entry.clone()])));
-                self.ticks
-            }
-            // No leader known: the next tick that knows one sends it.
-            None => 0,
-        };
+        if let Some(key) = key {
+            self.forwarded_keys.insert(key, id);
+        }
+        let sent = self.send_proposal(&entry, out);
         self.forwarded.insert(
             id,
             Forwarded {
@@ -203,6 +202,24 @@ impl PaxosLog {
             },
         );
         Ok(())
+    }
+
+    /// Appends (as leader) or forwards (to the known leader) one proposal; returns the
+    /// tick to record as its last sending (0 if it could not be sent).
+    fn send_proposal(&mut self, entry: &Entry, out: &mut Vec<(u64, PeerMsg)>) -> u64 {
+        if self.is_leader() {
+            return match self.op.append(entry.clone()) {
+                Ok(()) => self.ticks.max(1),
+                Err(_) => 0,
+            };
+        }
+        match self.leader.filter(|l| *l != self.node_id) {
+            Some(leader) => {
+                out.push((leader, PeerMsg::Forward(vec![entry.clone()])));
+                self.ticks.max(1)
+            }
+            None => 0,
+        }
     }
 
     /// Handles an OmniPaxos message or forwarded entries from a peer.
@@ -243,28 +260,44 @@ impl PaxosLog {
         let leader = self.op.get_current_leader().map(|(pid, _)| pid);
         let changed = (leader != self.leader).then_some(leader);
         self.leader = leader;
-        if self.is_leader() {
-            // Our own forwards that never reached the old leader: append them here.
-            let mine: Vec<Forwarded> = std::mem::take(&mut self.forwarded).into_values().collect();
-            for f in mine {
-                let _ = self.op.append(f.entry);
+        // Proposals not applied yet: propose again on a leader change (a deposed leader's
+        // uncommitted entries are gone) and when they make no progress.
+        let retry = self.settings.forward_retry_ticks;
+        let ticks = self.ticks;
+        let due: Vec<u64> = self
+            .forwarded
+            .iter()
+            .filter(|(_, f)| {
+                f.last_sent_tick == 0 || changed.is_some() || ticks - f.last_sent_tick >= retry
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if !due.is_empty() {
+            let leading = self.is_leader();
+            let mut batch = Vec::new();
+            for id in due {
+                let Some(entry) = self.forwarded.get(&id).map(|f| f.entry.clone()) else {
+                    continue;
+                };
+                let sent = if leading {
+                    match self.op.append(entry) {
+                        Ok(()) => ticks,
+                        Err(_) => 0,
+                    }
+                } else if self.leader.is_some_and(|l| l != self.node_id) {
+                    batch.push(entry);
+                    ticks
+                } else {
+                    0
+                };
+                if let Some(f) = self.forwarded.get_mut(&id) {
+                    f.last_sent_tick = sent;
+                }
             }
-        } else if let Some(leader) = self.leader.filter(|l| *l != self.node_id) {
-            let due: Vec<Entry> = self
-                .forwarded
-                .values_mut()
-                .filter(|f| {
-                    f.last_sent_tick == 0
-                        || changed.is_some()
-                        || self.ticks - f.last_sent_tick >= self.settings.forward_retry_ticks
-                })
-                .map(|f| {
-                    f.last_sent_tick = self.ticks;
-                    f.entry.clone()
-                })
-                .collect();
-            if !due.is_empty() {
-                out.push((leader, PeerMsg::Forward(due)));
+            if let Some(leader) = self.leader.filter(|l| *l != self.node_id) {
+                if !batch.is_empty() {
+                    out.push((leader, PeerMsg::Forward(batch)));
+                }
             }
         }
         changed
@@ -361,21 +394,15 @@ impl PaxosLog {
         decided
     }
 
-    /// Forgets a forwarded entry once it is applied.
+    /// Forgets a proposal once it is applied.
     fn settle_forward(&mut self, entry: &Entry) {
         if self.forwarded.is_empty() {
             return;
         }
-        let key = forward_key(entry);
-        if key.is_none() {
+        let Some(key) = forward_key(entry) else {
             return;
-        }
-        let found = self
-            .forwarded
-            .iter()
-            .find(|(_, f)| forward_key(&f.entry) == key)
-            .map(|(id, _)| *id);
-        if let Some(id) = found {
+        };
+        if let Some(id) = self.forwarded_keys.remove(&key) {
             self.forwarded.remove(&id);
         }
     }
@@ -398,8 +425,9 @@ impl PaxosLog {
     }
 }
 
-/// What identifies an entry across resends.
-fn forward_key(entry: &Entry) -> Option<(u8, u64, u64)> {
+/// What identifies an entry across resends (`None`: not tracked, e.g. expiries, which
+/// the leader proposes again by itself if they are lost).
+fn forward_key(entry: &Entry) -> Option<EntryKey> {
     match &entry.body {
         EntryBody::Write {
             session_id, xid, ..
