@@ -116,6 +116,9 @@ pub struct Applied {
     pub ended_sessions: Vec<u64>,
     /// Lock grants and losses to push to the sessions concerned, in order.
     pub lock_events: Vec<LockChange>,
+    /// Held locks released because their holder's session or lease expired (abandoned
+    /// locks cleaned).
+    pub locks_abandoned: u32,
 }
 
 /// A lock grant or loss for one session.
@@ -263,6 +266,7 @@ impl StateMachine {
                 changes: Vec::new(),
                 ended_sessions: Vec::new(),
                 lock_events: Vec::new(),
+                locks_abandoned: 0,
             };
         }
         self.last_zxid = zxid;
@@ -312,6 +316,7 @@ impl StateMachine {
             changes: txn.changes,
             ended_sessions,
             lock_events: txn.lock_events,
+            locks_abandoned: txn.locks_abandoned,
         }
     }
 
@@ -393,9 +398,12 @@ impl StateMachine {
                 let Some(meta) = self.locks.get_mut(lock) else {
                     continue;
                 };
-                if meta.granted.contains(name) && meta.delay_ms > 0 {
-                    let until = txn.wall_ms.saturating_add(meta.delay_ms as i64);
-                    meta.delayed_until_ms = meta.delayed_until_ms.max(until);
+                if meta.granted.contains(name) {
+                    txn.locks_abandoned += 1;
+                    if meta.delay_ms > 0 {
+                        let until = txn.wall_ms.saturating_add(meta.delay_ms as i64);
+                        meta.delayed_until_ms = meta.delayed_until_ms.max(until);
+                    }
                 }
                 if lease_of != 0 {
                     if let Some(n) = self.tree.get(&node) {

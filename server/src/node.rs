@@ -193,6 +193,29 @@ impl Log {
     }
 }
 
+/// Counters of this node since it started (the metrics endpoint exposes them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Lock requests granted at once (answered `Locked`).
+    pub locks_granted_at_once: u64,
+    /// Lock requests queued (answered `Queued`).
+    pub locks_queued: u64,
+    /// Grants pushed to waiting sessions on this node.
+    pub locks_granted_later: u64,
+    /// `try_only` requests refused because the lock was held.
+    pub lock_tries_failed: u64,
+    /// Held locks released because their holder's session or lease expired.
+    pub locks_abandoned_cleaned: u64,
+    /// Lock losses pushed to sessions on this node.
+    pub locks_lost: u64,
+    /// Releases refused (another session's node) or of locks no longer held.
+    pub lock_releases_failed: u64,
+    /// Sessions expired.
+    pub sessions_expired: u64,
+    /// Leader changes seen.
+    pub leader_changes: u64,
+}
+
 /// A report of live sessions sent to the leader, with the keepalives waiting for it.
 #[derive(Debug)]
 struct AliveBatch {
@@ -237,6 +260,7 @@ pub struct Node {
     ticks: u64,
     /// The lock-delay end for which a nudge entry was proposed.
     delay_nudged: Option<i64>,
+    stats: NodeStats,
     now: Now,
     outputs: Vec<Output>,
     peer_out: Vec<(u64, PeerMsg)>,
@@ -272,6 +296,7 @@ impl Node {
             next_alive_batch: 1,
             ticks: 0,
             delay_nudged: None,
+            stats: NodeStats::default(),
             now,
             outputs: Vec::new(),
             peer_out: Vec::new(),
@@ -297,6 +322,11 @@ impl Node {
     /// The state machine (for status and tests).
     pub fn machine(&self) -> &StateMachine {
         &self.machine
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> NodeStats {
+        self.stats
     }
 
     /// Number of open connections.
@@ -945,6 +975,7 @@ impl Node {
                 self.send_event(session, event);
             }
         }
+        self.stats.locks_abandoned_cleaned += u64::from(applied.locks_abandoned);
         for change in &applied.lock_events {
             let msg = if change.granted {
                 ServerMessage::LockGranted(change.event.clone())
@@ -952,6 +983,11 @@ impl Node {
                 ServerMessage::LockLost(change.event.clone())
             };
             if let Some(conn) = self.session_conns.get(&change.session).copied() {
+                if change.granted {
+                    self.stats.locks_granted_later += 1;
+                } else {
+                    self.stats.locks_lost += 1;
+                }
                 self.outputs.push(Output::Send { conn, msg });
             }
         }
@@ -974,6 +1010,9 @@ impl Node {
                     }
                 }
                 if let Some(result) = applied.result {
+                    if self.session_conns.contains_key(session_id) {
+                        self.count_lock_result(&result);
+                    }
                     self.complete(*session_id, *xid, zxid, result);
                 }
             }
@@ -998,6 +1037,17 @@ impl Node {
                 self.goodbye(conn, ErrorInfo::new(ErrorCode::SessionExpired, msg));
             }
             self.watches.remove_session(session);
+        }
+    }
+
+    fn count_lock_result(&mut self, result: &Result<OpResult, ErrorInfo>) {
+        match result {
+            Ok(OpResult::Locked { .. }) => self.stats.locks_granted_at_once += 1,
+            Ok(OpResult::Queued { .. }) => self.stats.locks_queued += 1,
+            Ok(OpResult::Unlocked { released: false }) => self.stats.lock_releases_failed += 1,
+            Err(e) if e.code == ErrorCode::LockHeld => self.stats.lock_tries_failed += 1,
+            Err(e) if e.code == ErrorCode::NotLockOwner => self.stats.lock_releases_failed += 1,
+            _ => {}
         }
     }
 
@@ -1129,6 +1179,7 @@ impl Node {
             if let Some(leader) = log.tick(&mut self.peer_out) {
                 let me = self.config.node_id;
                 tracing::info!(node = me, leader = ?leader, "leader changed");
+                self.stats.leader_changes += 1;
                 // Whoever leads now cannot know when clients last spoke to the old
                 // leader: every session gets a full TTL (etcd's lessor does the same).
                 self.tracker.restart_all(now);
@@ -1156,6 +1207,7 @@ impl Node {
         let expired = self.tracker.take_expired(now);
         if !expired.is_empty() {
             tracing::info!(sessions = ?expired, "expiring sessions");
+            self.stats.sessions_expired += expired.len() as u64;
             if let Err(e) = self.propose(EntryBody::ExpireSessions {
                 session_ids: expired,
             }) {

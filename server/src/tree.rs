@@ -82,6 +82,8 @@ pub(crate) struct Txn {
     pub emptied: Vec<String>,
     /// Lock grants and losses, in order.
     pub lock_events: Vec<crate::machine::LockChange>,
+    /// Held locks released by an expiry.
+    pub locks_abandoned: u32,
 }
 
 impl Txn {
@@ -93,6 +95,7 @@ impl Txn {
             undo: None,
             emptied: Vec::new(),
             lock_events: Vec::new(),
+            locks_abandoned: 0,
         }
     }
 
