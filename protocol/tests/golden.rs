@@ -8,9 +8,35 @@ use common::*;
 use corral_protocol::frame::{decode_frame, decode_payload, FrameError};
 use corral_protocol::{
     ClientMessage, CreateMode, CreateRequest, ErrorCode, ErrorInfo, EventKind, Hello, HelloReply,
-    Op, OpResult, Request, Response, ServerMessage, SessionGranted, SessionRequest, Stat,
-    WatchEvent, DEFAULT_MAX_FRAME_BYTES, MAGIC, PROTOCOL_VERSION,
+    LockEvent, LockKind, LockRequest, Op, OpResult, Request, Response, ServerMessage,
+    SessionGranted, SessionRequest, Stat, WatchEvent, DEFAULT_MAX_FRAME_BYTES, MAGIC,
+    PROTOCOL_VERSION,
 };
+
+/// The `Lock` request of the golden frames and of PROTOCOL.md's worked example.
+fn lock_request() -> ClientMessage {
+    ClientMessage::Request(Request {
+        xid: 7,
+        op: Op::Lock(LockRequest {
+            lock: "/l".into(),
+            kind: LockKind::Semaphore { permits: 3 },
+            try_only: false,
+            lease: Some(9),
+            lock_delay_ms: 1000,
+            data: b"me".to_vec(),
+        }),
+    })
+}
+
+/// The `LockGranted` message of the golden frames and of PROTOCOL.md's worked example.
+fn lock_granted() -> ServerMessage {
+    ServerMessage::LockGranted(LockEvent {
+        lock: "/l".into(),
+        node: "/l/s-0000000001".into(),
+        token: 12,
+        zxid: 15,
+    })
+}
 
 /// Checks that `msg` encodes to `expected_hex` (a whole frame) and decodes back from it.
 fn golden<M: Message>(msg: M, expected_hex: &str) {
@@ -175,6 +201,24 @@ fn request_set_data_at_version() {
 }
 
 #[test]
+fn request_lock() {
+    golden(
+        lock_request(),
+        "00 00 00 3e
+         00 00 00 00
+         07 00 00 00 00 00 00 00
+         0d 00 00 00
+         02 00 00 00 00 00 00 00 2f 6c
+         03 00 00 00
+         03 00 00 00
+         00
+         01 09 00 00 00 00 00 00 00
+         e8 03 00 00 00 00 00 00
+         02 00 00 00 00 00 00 00 6d 65",
+    );
+}
+
+#[test]
 fn response_pong() {
     golden(
         ServerMessage::Response(Response {
@@ -288,6 +332,19 @@ fn watch_event() {
 }
 
 #[test]
+fn lock_granted_event() {
+    golden(
+        lock_granted(),
+        "00 00 00 35
+         03 00 00 00
+         02 00 00 00 00 00 00 00 2f 6c
+         0f 00 00 00 00 00 00 00 2f 6c 2f 73 2d 30 30 30 30 30 30 30 30 30 31
+         0c 00 00 00 00 00 00 00
+         0f 00 00 00 00 00 00 00",
+    );
+}
+
+#[test]
 fn goodbye() {
     golden(
         ServerMessage::Goodbye(ErrorInfo::new(ErrorCode::SessionMoved, "moved")),
@@ -337,9 +394,14 @@ fn error_code_wire_values_are_stable() {
     assert_eq!(payload(&ErrorCode::StaleRequest), hex("14 00 00 00"));
     assert_eq!(payload(&ErrorCode::Unavailable), hex("15 00 00 00"));
     assert_eq!(payload(&ErrorCode::AuthFailed), hex("16 00 00 00"));
+    assert_eq!(payload(&ErrorCode::LockHeld), hex("17 00 00 00"));
+    assert_eq!(payload(&ErrorCode::NotLockOwner), hex("18 00 00 00"));
+    assert_eq!(payload(&ErrorCode::LockNotHeld), hex("19 00 00 00"));
+    assert_eq!(payload(&ErrorCode::NoLease), hex("1a 00 00 00"));
+    assert_eq!(payload(&ErrorCode::Deadlock), hex("1b 00 00 00"));
     // One past the last code is not a code.
     assert!(matches!(
-        decode_payload::<ErrorCode>(&23u32.to_le_bytes()),
+        decode_payload::<ErrorCode>(&28u32.to_le_bytes()),
         Err(FrameError::Malformed(_))
     ));
 }
@@ -435,6 +497,8 @@ fn protocol_md_shows_the_golden_frames() {
                 zxid: 9,
             })),
         ),
+        ("Request Lock", frame(&lock_request())),
+        ("LockGranted", frame(&lock_granted())),
     ];
     for (name, bytes) in examples {
         let want: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

@@ -141,8 +141,8 @@ proptest! {
 
     #[test]
     fn random_payloads_after_a_valid_tag_never_panic(
-        tag in 0u32..4,
-        op in 0u32..14,
+        tag in 0u32..6,
+        op in 0u32..20,
         rest in vec(any::<u8>(), 0..256),
     ) {
         // Random bytes after plausible leading variant indices reach deeper into the
@@ -333,9 +333,9 @@ fn malformed_and_trailing_bytes_are_distinguished() {
         Err(FrameError::TrailingBytes { trailing: 2 })
     ));
 
-    // An unknown Op variant index (13 is one past SetWatches).
+    // An unknown Op variant index (19 is one past GetLocks).
     let mut bad = frame(&msg);
-    bad[LENGTH_PREFIX_BYTES + 12..LENGTH_PREFIX_BYTES + 16].copy_from_slice(&13u32.to_le_bytes());
+    bad[LENGTH_PREFIX_BYTES + 12..LENGTH_PREFIX_BYTES + 16].copy_from_slice(&19u32.to_le_bytes());
     assert!(matches!(
         decode_frame::<ClientMessage>(&bad, MAX),
         Err(FrameError::Malformed(_))

@@ -90,6 +90,7 @@ proptest! {
         awm in add_watch_mode(),
         ev in event_kind(),
         code in error_code(),
+        lk in lock_kind(),
     ) {
         // ClientMessage tag, then Request { xid: u64, op: Op }.
         let p = payload(&client);
@@ -124,6 +125,7 @@ proptest! {
         prop_assert_eq!(payload(&awm), add_watch_mode_index(awm).to_le_bytes().to_vec());
         prop_assert_eq!(payload(&ev), event_kind_index(ev).to_le_bytes().to_vec());
         prop_assert_eq!(payload(&code), error_code_index(code).to_le_bytes().to_vec());
+        prop_assert_eq!(leading_u32(&payload(&lk)), lock_kind_index(lk));
     }
 
     // (b) several frames in one buffer decode one by one, in order, also when the bytes
@@ -279,6 +281,8 @@ fn strategies_cover_every_variant() {
     let mut watch_modes = BTreeSet::new();
     let mut sessions = BTreeSet::new();
     let mut replies = BTreeSet::new();
+    let mut lock_kinds = BTreeSet::new();
+    let mut lease_present = (false, false);
     let client_strategy = client_message();
     let server_strategy = server_message();
     let hello_strategy = hello();
@@ -306,6 +310,13 @@ fn strategies_cover_every_variant() {
             }
             corral_protocol::Op::RemoveWatches { kind, .. } => {
                 kinds.insert(watcher_kind_index(*kind));
+            }
+            corral_protocol::Op::Lock(r) => {
+                lock_kinds.insert(lock_kind_index(r.kind));
+                match r.lease {
+                    Some(_) => lease_present.0 = true,
+                    None => lease_present.1 = true,
+                }
             }
             _ => {}
         }
@@ -340,6 +351,7 @@ fn strategies_cover_every_variant() {
             ServerMessage::Goodbye(e) => {
                 codes.insert(error_code_index(e.code));
             }
+            ServerMessage::LockGranted(_) | ServerMessage::LockLost(_) => {}
         }
         let h = hello_strategy
             .new_tree(&mut runner)
@@ -353,13 +365,13 @@ fn strategies_cover_every_variant() {
         replies.insert(hello_reply_index(&r));
     }
     let all = |n: u32| (0..n).collect::<BTreeSet<u32>>();
-    assert_eq!(ops, all(13), "Op");
-    assert_eq!(multi_ops, all(4), "MultiOp");
-    assert_eq!(results, all(11), "OpResult");
-    assert_eq!(multi_results, all(4), "MultiResult");
-    assert_eq!(codes, all(23), "ErrorCode");
+    assert_eq!(ops, all(19), "Op");
+    assert_eq!(multi_ops, all(5), "MultiOp");
+    assert_eq!(results, all(16), "OpResult");
+    assert_eq!(multi_results, all(5), "MultiResult");
+    assert_eq!(codes, all(28), "ErrorCode");
     assert_eq!(op_index_present, (true, true), "ErrorInfo.op_index");
-    assert_eq!(server, all(3), "ServerMessage");
+    assert_eq!(server, all(5), "ServerMessage");
     assert_eq!(result_tags, all(2), "Result");
     assert_eq!(events, all(4), "EventKind");
     assert_eq!(modes, all(5), "CreateMode");
@@ -367,6 +379,8 @@ fn strategies_cover_every_variant() {
     assert_eq!(watch_modes, all(2), "AddWatchMode");
     assert_eq!(sessions, all(2), "SessionRequest");
     assert_eq!(replies, all(2), "HelloReply");
+    assert_eq!(lock_kinds, all(4), "LockKind");
+    assert_eq!(lease_present, (true, true), "LockRequest.lease");
 }
 
 /// A frame whose payload is exactly `max_frame_bytes` long is accepted.

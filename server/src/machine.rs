@@ -308,6 +308,12 @@ impl StateMachine {
             EntryBody::Noop { .. } => None,
         };
         self.maintain_locks(&mut txn);
+        // A lock whose delay is running keeps its directory (and so its state) even when
+        // its queue is empty, so the delay holds for requests arriving meanwhile.
+        let wall_ms = txn.wall_ms;
+        let locks = &self.locks;
+        txn.emptied
+            .retain(|dir| !locks.get(dir).is_some_and(|m| m.delayed(wall_ms)));
         self.tree.reap_containers(&mut txn);
         self.forget_reaped_locks(&txn);
         Applied {
@@ -338,7 +344,20 @@ impl StateMachine {
                 .map(|(l, _)| l.clone()),
         );
         for lock in touched {
+            let was_delayed = self
+                .locks
+                .get(&lock)
+                .is_some_and(|m| m.delayed_until_ms != 0);
             self.regrant(txn, &lock, None);
+            // A delay that just ended may leave an empty directory kept for it: reap it.
+            let ended = self
+                .locks
+                .get(&lock)
+                .is_some_and(|m| m.delayed_until_ms == 0);
+            let empty = self.tree.get(&lock).is_some_and(|d| d.children.is_empty());
+            if was_delayed && ended && empty {
+                txn.emptied.push(lock);
+            }
         }
     }
 
@@ -506,7 +525,7 @@ impl StateMachine {
             // Normally sent as `EntryBody::CloseSession`; accepted here too.
             return self.close(txn, session_id, ended);
         }
-        let result = self.execute(txn, session_id, op);
+        let result = self.execute(txn, session_id, op, ended);
         debug_assert!(
             result.is_ok() || txn.changes.is_empty(),
             "a failed write left changes behind"
@@ -528,13 +547,21 @@ impl StateMachine {
     }
 
     /// Executes a write op; on failure nothing has changed.
-    fn execute(&mut self, txn: &mut Txn, session_id: u64, op: &Op) -> Result<OpResult, ErrorInfo> {
+    fn execute(
+        &mut self,
+        txn: &mut Txn,
+        session_id: u64,
+        op: &Op,
+        ended: &mut Vec<u64>,
+    ) -> Result<OpResult, ErrorInfo> {
         let max = self.limits.max_data_bytes;
         match op {
-            Op::Create(req) => self
-                .tree
-                .create(txn, session_id, req, max)
-                .map(|(path, stat)| OpResult::Created { path, stat }),
+            Op::Create(req) => {
+                self.refuse_lock_dir(&req.path)?;
+                self.tree
+                    .create(txn, session_id, req, max)
+                    .map(|(path, stat)| OpResult::Created { path, stat })
+            }
             Op::Delete { path, version } => self
                 .tree
                 .delete(txn, path, *version)
@@ -573,8 +600,7 @@ impl StateMachine {
             }
             Op::RevokeLease { lease_id } => {
                 self.own_lease(session_id, *lease_id)?;
-                let mut ended = Vec::new();
-                self.close(txn, *lease_id, &mut ended)?;
+                self.close(txn, *lease_id, ended)?;
                 Ok(OpResult::Unlocked { released: true })
             }
             other => Err(ErrorInfo::new(
@@ -582,6 +608,19 @@ impl StateMachine {
                 format!("{} is not a write operation", other.name()),
             )),
         }
+    }
+
+    /// Refuses a plain create inside a lock's directory: its queue takes lock requests only
+    /// (a plain node there would join the queue without an owner).
+    fn refuse_lock_dir(&self, path: &str) -> Result<(), ErrorInfo> {
+        let dir = corral_protocol::path::parent(path).unwrap_or("/");
+        if self.locks.contains_key(dir) {
+            return Err(ErrorInfo::new(
+                ErrorCode::BadArguments,
+                format!("{dir} is a lock; nodes are added to its queue with lock requests only"),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks that `lease` is a live lease of `session`.
@@ -639,6 +678,20 @@ impl StateMachine {
                 format!("{} is held (by {holders:?})", req.lock),
             ));
         }
+        // Everything that could fail the queue node is checked before the directory is
+        // made, so a failed request leaves nothing behind.
+        let queue_prefix = corral_protocol::path::join(&req.lock, locks::prefix(req.kind));
+        validate_path(&format!("{queue_prefix}{:010}", 0))?;
+        if req.data.len() > self.limits.max_data_bytes {
+            return Err(ErrorInfo::new(
+                ErrorCode::DataTooLarge,
+                format!(
+                    "lock data of {} bytes exceeds max_data_bytes = {}",
+                    req.data.len(),
+                    self.limits.max_data_bytes
+                ),
+            ));
+        }
         // The lock's directory: a container, so it goes with its last queue node.
         match self.tree.get(&req.lock) {
             Some(dir) if dir.is_ephemeral() => {
@@ -649,6 +702,7 @@ impl StateMachine {
             }
             Some(_) => {}
             None => {
+                self.refuse_lock_dir(&req.lock)?;
                 let dir = CreateRequest {
                     path: req.lock.clone(),
                     data: Vec::new(),
@@ -660,7 +714,7 @@ impl StateMachine {
             }
         }
         let create = CreateRequest {
-            path: corral_protocol::path::join(&req.lock, locks::prefix(req.kind)),
+            path: queue_prefix,
             data: req.data.clone(),
             mode: CreateMode::EphemeralSequential,
             make_parents: false,
@@ -745,10 +799,11 @@ impl StateMachine {
         let mut results = Vec::with_capacity(ops.len());
         for (index, op) in ops.iter().enumerate() {
             let outcome = match op {
-                MultiOp::Create(req) => self
-                    .tree
-                    .create(txn, session_id, req, max)
-                    .map(|(path, stat)| MultiResult::Created { path, stat }),
+                MultiOp::Create(req) => self.refuse_lock_dir(&req.path).and_then(|()| {
+                    self.tree
+                        .create(txn, session_id, req, max)
+                        .map(|(path, stat)| MultiResult::Created { path, stat })
+                }),
                 MultiOp::Delete { path, version } => self
                     .tree
                     .delete(txn, path, *version)
@@ -2041,3 +2096,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "machine_lock_tests.rs"]
+mod machine_lock_tests;

@@ -423,6 +423,10 @@ impl Node {
                     let msg = format!("session {session_id:#x} has expired or never existed");
                     return self.refuse(conn, ErrorInfo::new(ErrorCode::SessionExpired, msg));
                 };
+                if session.lease_of != 0 {
+                    let msg = format!("{session_id:#x} is a lease, not a session");
+                    return self.refuse(conn, ErrorInfo::new(ErrorCode::AuthFailed, msg));
+                }
                 if self.tracker.is_expiring(session_id) {
                     let msg = format!("session {session_id:#x} is being expired");
                     return self.refuse(conn, ErrorInfo::new(ErrorCode::SessionExpired, msg));

@@ -399,9 +399,9 @@ impl Tree {
     ) -> Result<(String, Stat), ErrorInfo> {
         let sequential = req.mode.is_sequential();
         // A sequential request names a prefix ("/locks/lock-" or even "/locks/"); validate
-        // the prefix with a stand-in suffix, as ZooKeeper does.
+        // it with a stand-in ten-digit suffix, so the final path fits the length limit.
         if sequential {
-            validate_path(&format!("{}0", req.path))?;
+            validate_path(&format!("{}{:010}", req.path, 0))?;
         } else {
             validate_path(&req.path)?;
             if req.path == "/" {

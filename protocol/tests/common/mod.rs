@@ -12,9 +12,9 @@ use bytes::BytesMut;
 use corral_protocol::frame::{decode_frame, encode_frame, frame_to_vec, LENGTH_PREFIX_BYTES};
 use corral_protocol::{
     AddWatchMode, ClientMessage, Codec, CreateMode, CreateRequest, ErrorCode, ErrorInfo, EventKind,
-    Hello, HelloReply, MultiOp, MultiResult, Op, OpResult, Request, Response, ServerMessage,
-    SessionGranted, SessionRequest, Stat, WatchEvent, WatchSet, WatcherKind,
-    DEFAULT_MAX_FRAME_BYTES, MAGIC, PROTOCOL_VERSION,
+    Hello, HelloReply, LockEntry, LockEvent, LockKind, LockRequest, LockState, MultiOp,
+    MultiResult, Op, OpResult, Request, Response, ServerMessage, SessionGranted, SessionRequest,
+    Stat, WatchEvent, WatchSet, WatcherKind, DEFAULT_MAX_FRAME_BYTES, MAGIC, PROTOCOL_VERSION,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -113,8 +113,65 @@ pub fn event_kind() -> impl Strategy<Value = EventKind> {
     ]
 }
 
+pub fn lock_kind() -> impl Strategy<Value = LockKind> {
+    prop_oneof![
+        Just(LockKind::Exclusive),
+        Just(LockKind::Read),
+        Just(LockKind::Write),
+        any::<u32>().prop_map(|permits| LockKind::Semaphore { permits }),
+    ]
+}
+
+prop_compose! {
+    pub fn lock_request()(
+        lock in path(),
+        kind in lock_kind(),
+        try_only in any::<bool>(),
+        lease in option::of(any::<u64>()),
+        lock_delay_ms in any::<u64>(),
+        data in data(),
+    ) -> LockRequest {
+        LockRequest { lock, kind, try_only, lease, lock_delay_ms, data }
+    }
+}
+
+prop_compose! {
+    pub fn lock_entry()(
+        node in path(),
+        kind in lock_kind(),
+        session in any::<u64>(),
+        lease in any::<u64>(),
+        token in any::<u64>(),
+        granted in any::<bool>(),
+    ) -> LockEntry {
+        LockEntry { node, kind, session, lease, token, granted }
+    }
+}
+
+prop_compose! {
+    pub fn lock_state()(
+        lock in path(),
+        lock_delay_ms in any::<u64>(),
+        delayed_until_ms in any::<i64>(),
+        queue in vec(lock_entry(), 0..3),
+    ) -> LockState {
+        LockState { lock, lock_delay_ms, delayed_until_ms, queue }
+    }
+}
+
+prop_compose! {
+    pub fn lock_event()(
+        lock in path(),
+        node in path(),
+        token in any::<u64>(),
+        zxid in any::<u64>(),
+    ) -> LockEvent {
+        LockEvent { lock, node, token, zxid }
+    }
+}
+
 /// Every error code, in wire order (the position is the wire value).
-pub const ALL_ERROR_CODES: [ErrorCode; 23] = [
+pub const ALL_ERROR_CODES: [ErrorCode; 28] = [
     ErrorCode::SystemError,
     ErrorCode::RuntimeInconsistency,
     ErrorCode::ConnectionLoss,
@@ -138,6 +195,11 @@ pub const ALL_ERROR_CODES: [ErrorCode; 23] = [
     ErrorCode::StaleRequest,
     ErrorCode::Unavailable,
     ErrorCode::AuthFailed,
+    ErrorCode::LockHeld,
+    ErrorCode::NotLockOwner,
+    ErrorCode::LockNotHeld,
+    ErrorCode::NoLease,
+    ErrorCode::Deadlock,
 ];
 
 pub fn error_code() -> impl Strategy<Value = ErrorCode> {
@@ -178,6 +240,7 @@ pub fn multi_op() -> impl Strategy<Value = MultiOp> {
             }
         }),
         (path(), any::<u32>()).prop_map(|(path, version)| MultiOp::Check { path, version }),
+        (path(), any::<u64>()).prop_map(|(lock, token)| MultiOp::CheckLock { lock, token }),
     ]
 }
 
@@ -215,6 +278,12 @@ pub fn op() -> impl Strategy<Value = Op> {
         (path(), watcher_kind()).prop_map(|(path, kind)| Op::RemoveWatches { path, kind }),
         (any::<u64>(), watch_set())
             .prop_map(|(last_zxid, watches)| Op::SetWatches { last_zxid, watches }),
+        lock_request().prop_map(Op::Lock),
+        path().prop_map(|node| Op::Unlock { node }),
+        any::<u64>().prop_map(|ttl_ms| Op::GrantLease { ttl_ms }),
+        any::<u64>().prop_map(|lease_id| Op::RenewLease { lease_id }),
+        any::<u64>().prop_map(|lease_id| Op::RevokeLease { lease_id }),
+        path().prop_map(|path| Op::GetLocks { path }),
     ]
 }
 
@@ -224,6 +293,7 @@ pub fn multi_result() -> impl Strategy<Value = MultiResult> {
         Just(MultiResult::Deleted),
         stat().prop_map(|stat| MultiResult::SetData { stat }),
         Just(MultiResult::Checked),
+        Just(MultiResult::LockChecked),
     ]
 }
 
@@ -241,6 +311,12 @@ pub fn op_result() -> impl Strategy<Value = OpResult> {
         Just(OpResult::Pong),
         Just(OpResult::Closed),
         Just(OpResult::WatchesUpdated),
+        (path(), any::<u64>()).prop_map(|(node, token)| OpResult::Locked { node, token }),
+        (path(), any::<u64>()).prop_map(|(node, token)| OpResult::Queued { node, token }),
+        any::<bool>().prop_map(|released| OpResult::Unlocked { released }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(lease_id, ttl_ms)| OpResult::Lease { lease_id, ttl_ms }),
+        vec(lock_state(), 0..3).prop_map(OpResult::Locks),
     ]
 }
 
@@ -315,6 +391,8 @@ pub fn server_message() -> impl Strategy<Value = ServerMessage> {
         3 => response().prop_map(ServerMessage::Response),
         1 => watch_event().prop_map(ServerMessage::Watch),
         1 => error_info().prop_map(ServerMessage::Goodbye),
+        1 => lock_event().prop_map(ServerMessage::LockGranted),
+        1 => lock_event().prop_map(ServerMessage::LockLost),
     ]
 }
 
@@ -377,6 +455,8 @@ pub fn server_message_index(v: &ServerMessage) -> u32 {
         ServerMessage::Response(_) => 0,
         ServerMessage::Watch(_) => 1,
         ServerMessage::Goodbye(_) => 2,
+        ServerMessage::LockGranted(_) => 3,
+        ServerMessage::LockLost(_) => 4,
     }
 }
 
@@ -395,6 +475,12 @@ pub fn op_index(v: &Op) -> u32 {
         Op::AddWatch { .. } => 10,
         Op::RemoveWatches { .. } => 11,
         Op::SetWatches { .. } => 12,
+        Op::Lock(_) => 13,
+        Op::Unlock { .. } => 14,
+        Op::GrantLease { .. } => 15,
+        Op::RenewLease { .. } => 16,
+        Op::RevokeLease { .. } => 17,
+        Op::GetLocks { .. } => 18,
     }
 }
 
@@ -404,6 +490,7 @@ pub fn multi_op_index(v: &MultiOp) -> u32 {
         MultiOp::Delete { .. } => 1,
         MultiOp::SetData { .. } => 2,
         MultiOp::Check { .. } => 3,
+        MultiOp::CheckLock { .. } => 4,
     }
 }
 
@@ -420,6 +507,11 @@ pub fn op_result_index(v: &OpResult) -> u32 {
         OpResult::Pong => 8,
         OpResult::Closed => 9,
         OpResult::WatchesUpdated => 10,
+        OpResult::Locked { .. } => 11,
+        OpResult::Queued { .. } => 12,
+        OpResult::Unlocked { .. } => 13,
+        OpResult::Lease { .. } => 14,
+        OpResult::Locks(_) => 15,
     }
 }
 
@@ -429,6 +521,16 @@ pub fn multi_result_index(v: &MultiResult) -> u32 {
         MultiResult::Deleted => 1,
         MultiResult::SetData { .. } => 2,
         MultiResult::Checked => 3,
+        MultiResult::LockChecked => 4,
+    }
+}
+
+pub fn lock_kind_index(v: LockKind) -> u32 {
+    match v {
+        LockKind::Exclusive => 0,
+        LockKind::Read => 1,
+        LockKind::Write => 2,
+        LockKind::Semaphore { .. } => 3,
     }
 }
 
@@ -493,6 +595,11 @@ pub fn error_code_index(v: ErrorCode) -> u32 {
         StaleRequest => 20,
         Unavailable => 21,
         AuthFailed => 22,
+        LockHeld => 23,
+        NotLockOwner => 24,
+        LockNotHeld => 25,
+        NoLease => 26,
+        Deadlock => 27,
     }
 }
 

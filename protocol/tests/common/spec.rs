@@ -4,12 +4,13 @@
 
 use super::{
     add_watch_mode_index, client_message_index, create_mode_index, error_code_index,
-    event_kind_index, hello_reply_index, multi_op_index, multi_result_index, op_index,
-    op_result_index, server_message_index, session_request_index, watcher_kind_index,
+    event_kind_index, hello_reply_index, lock_kind_index, multi_op_index, multi_result_index,
+    op_index, op_result_index, server_message_index, session_request_index, watcher_kind_index,
 };
 use corral_protocol::{
-    ClientMessage, CreateRequest, ErrorInfo, Hello, HelloReply, MultiOp, MultiResult, Op, OpResult,
-    Request, Response, ServerMessage, SessionRequest, Stat, WatchEvent, WatchSet,
+    ClientMessage, CreateRequest, ErrorInfo, Hello, HelloReply, LockEntry, LockEvent, LockKind,
+    LockRequest, LockState, MultiOp, MultiResult, Op, OpResult, Request, Response, ServerMessage,
+    SessionRequest, Stat, WatchEvent, WatchSet,
 };
 
 /// Payload bytes under construction.
@@ -62,6 +63,15 @@ impl Writer {
             }
         }
     }
+    fn opt_u64(&mut self, v: Option<u64>) {
+        match v {
+            None => self.u8(0),
+            Some(x) => {
+                self.u8(1);
+                self.u64(x);
+            }
+        }
+    }
     fn stat(&mut self, s: &Stat) {
         self.u64(s.czxid);
         self.u64(s.mzxid);
@@ -92,6 +102,43 @@ impl Writer {
         self.strings(&w.persistent);
         self.strings(&w.persistent_recursive);
     }
+    fn lock_kind(&mut self, k: LockKind) {
+        self.tag(lock_kind_index(k));
+        if let LockKind::Semaphore { permits } = k {
+            self.u32(permits);
+        }
+    }
+    fn lock_request(&mut self, r: &LockRequest) {
+        self.string(&r.lock);
+        self.lock_kind(r.kind);
+        self.bool(r.try_only);
+        self.opt_u64(r.lease);
+        self.u64(r.lock_delay_ms);
+        self.bytes(&r.data);
+    }
+    fn lock_entry(&mut self, e: &LockEntry) {
+        self.string(&e.node);
+        self.lock_kind(e.kind);
+        self.u64(e.session);
+        self.u64(e.lease);
+        self.u64(e.token);
+        self.bool(e.granted);
+    }
+    fn lock_state(&mut self, l: &LockState) {
+        self.string(&l.lock);
+        self.u64(l.lock_delay_ms);
+        self.i64(l.delayed_until_ms);
+        self.u64(l.queue.len() as u64);
+        for e in &l.queue {
+            self.lock_entry(e);
+        }
+    }
+    fn lock_event(&mut self, e: &LockEvent) {
+        self.string(&e.lock);
+        self.string(&e.node);
+        self.u64(e.token);
+        self.u64(e.zxid);
+    }
     fn multi_op(&mut self, m: &MultiOp) {
         self.tag(multi_op_index(m));
         match m {
@@ -112,6 +159,10 @@ impl Writer {
             MultiOp::Check { path, version } => {
                 self.string(path);
                 self.u32(*version);
+            }
+            MultiOp::CheckLock { lock, token } => {
+                self.string(lock);
+                self.u64(*token);
             }
         }
     }
@@ -158,6 +209,11 @@ impl Writer {
                 self.u64(*last_zxid);
                 self.watch_set(watches);
             }
+            Op::Lock(r) => self.lock_request(r),
+            Op::Unlock { node } => self.string(node),
+            Op::GrantLease { ttl_ms } => self.u64(*ttl_ms),
+            Op::RenewLease { lease_id } | Op::RevokeLease { lease_id } => self.u64(*lease_id),
+            Op::GetLocks { path } => self.string(path),
         }
     }
     fn multi_result(&mut self, r: &MultiResult) {
@@ -167,7 +223,7 @@ impl Writer {
                 self.string(path);
                 self.stat(stat);
             }
-            MultiResult::Deleted | MultiResult::Checked => {}
+            MultiResult::Deleted | MultiResult::Checked | MultiResult::LockChecked => {}
             MultiResult::SetData { stat } => self.stat(stat),
         }
     }
@@ -198,6 +254,21 @@ impl Writer {
                 self.u64(results.len() as u64);
                 for r in results {
                     self.multi_result(r);
+                }
+            }
+            OpResult::Locked { node, token } | OpResult::Queued { node, token } => {
+                self.string(node);
+                self.u64(*token);
+            }
+            OpResult::Unlocked { released } => self.bool(*released),
+            OpResult::Lease { lease_id, ttl_ms } => {
+                self.u64(*lease_id);
+                self.u64(*ttl_ms);
+            }
+            OpResult::Locks(locks) => {
+                self.u64(locks.len() as u64);
+                for l in locks {
+                    self.lock_state(l);
                 }
             }
             OpResult::Deleted
@@ -290,6 +361,7 @@ pub fn server_message(m: &ServerMessage) -> Vec<u8> {
         ServerMessage::Response(r) => w.response(r),
         ServerMessage::Watch(e) => w.watch_event(e),
         ServerMessage::Goodbye(e) => w.error_info(e),
+        ServerMessage::LockGranted(e) | ServerMessage::LockLost(e) => w.lock_event(e),
     }
     w.0
 }

@@ -1,0 +1,1618 @@
+//! Tests of the lock engine through `StateMachine::apply`: grants, events, fencing tokens,
+//! leases, lock-delay, `CheckLock`, the lifetime of a lock's state, and a property test
+//! of random lock histories.
+
+use super::*;
+use crate::locks::{self, LockFamily};
+use corral_protocol::LockEntry;
+use proptest::prelude::*;
+
+/// Wall time of the first entry.
+const T0: i64 = 1_700_000_000_000;
+
+/// Drives a machine with consecutive zxids, per-session xids and a settable clock.
+struct H {
+    m: StateMachine,
+    zxid: u64,
+    /// The wall time of the next entry; every entry advances it by 1 ms.
+    now: i64,
+    xids: BTreeMap<u64, u64>,
+    /// Check the tree's and the locks' invariants after every entry.
+    checked: bool,
+}
+
+impl H {
+    fn new() -> H {
+        H {
+            m: StateMachine::new(MachineLimits {
+                max_data_bytes: 64,
+                dedup_window: 8,
+            }),
+            zxid: 0,
+            now: T0,
+            xids: BTreeMap::new(),
+            checked: true,
+        }
+    }
+
+    fn apply(&mut self, body: EntryBody) -> Applied {
+        self.zxid += 1;
+        let wall_ms = self.now;
+        self.now += 1;
+        let applied = self.m.apply(self.zxid, &Entry { wall_ms, body });
+        assert_eq!(self.m.last_zxid(), self.zxid);
+        if self.checked {
+            if let Err(e) = self.m.check_invariants() {
+                panic!("invariants broken after zxid {}: {e}", self.zxid);
+            }
+            if let Err(e) = check_locks(&self.m, wall_ms) {
+                panic!("lock invariants broken after zxid {}: {e}", self.zxid);
+            }
+        }
+        applied
+    }
+
+    fn open(&mut self) -> u64 {
+        let applied = self.apply(EntryBody::OpenSession {
+            secret: 7,
+            ttl_ms: 10_000,
+        });
+        assert_eq!(applied.result, Some(Ok(OpResult::Pong)));
+        applied.zxid
+    }
+
+    fn write(&mut self, session_id: u64, op: Op) -> Applied {
+        let xid = self.xids.entry(session_id).or_insert(0);
+        *xid += 1;
+        let xid = *xid;
+        self.apply(EntryBody::Write {
+            session_id,
+            xid,
+            op,
+        })
+    }
+
+    fn lock_with(&mut self, s: u64, req: LockRequest) -> Applied {
+        self.write(s, Op::Lock(req))
+    }
+
+    fn lock(&mut self, s: u64, lock: &str, kind: LockKind) -> Applied {
+        self.lock_with(s, req(lock, kind))
+    }
+
+    fn unlock(&mut self, s: u64, node: &str) -> Applied {
+        self.write(
+            s,
+            Op::Unlock {
+                node: node.to_string(),
+            },
+        )
+    }
+
+    fn grant_lease(&mut self, s: u64, ttl_ms: u64) -> u64 {
+        let applied = self.write(s, Op::GrantLease { ttl_ms });
+        match applied.result {
+            Some(Ok(OpResult::Lease {
+                lease_id,
+                ttl_ms: t,
+            })) => {
+                assert_eq!(lease_id, applied.zxid, "a lease id is its zxid");
+                assert_eq!(t, ttl_ms);
+                lease_id
+            }
+            other => panic!("GrantLease: {other:?}"),
+        }
+    }
+
+    fn expire(&mut self, ids: Vec<u64>) -> Applied {
+        self.apply(EntryBody::ExpireSessions { session_ids: ids })
+    }
+
+    fn noop(&mut self) -> Applied {
+        self.apply(EntryBody::Noop { barrier: 0 })
+    }
+
+    /// The granted queue nodes of `lock`, in queue order.
+    fn holders(&self, lock: &str) -> Vec<String> {
+        self.queue(lock)
+            .into_iter()
+            .filter(|e| e.granted)
+            .map(|e| e.node)
+            .collect()
+    }
+
+    /// The queue of `lock` as `GetLocks` describes it (empty if there is no such lock).
+    fn queue(&self, lock: &str) -> Vec<LockEntry> {
+        self.state(lock).map(|s| s.queue).unwrap_or_default()
+    }
+
+    fn state(&self, lock: &str) -> Option<LockState> {
+        self.m
+            .locks_under(lock)
+            .expect("a valid path")
+            .into_iter()
+            .find(|s| s.lock == lock)
+    }
+
+    fn czxid(&self, path: &str) -> u64 {
+        self.m
+            .exists(path)
+            .expect("valid")
+            .unwrap_or_else(|| panic!("{path} exists"))
+            .czxid
+    }
+
+    fn node_exists(&self, path: &str) -> bool {
+        self.m.exists(path).expect("valid").is_some()
+    }
+}
+
+fn req(lock: &str, kind: LockKind) -> LockRequest {
+    LockRequest {
+        lock: lock.to_string(),
+        kind,
+        try_only: false,
+        lease: None,
+        lock_delay_ms: 0,
+        data: Vec::new(),
+    }
+}
+
+fn sem(permits: u32) -> LockKind {
+    LockKind::Semaphore { permits }
+}
+
+/// The node and token of a `Locked` answer.
+fn locked(applied: &Applied) -> (String, u64) {
+    match &applied.result {
+        Some(Ok(OpResult::Locked { node, token })) => (node.clone(), *token),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+}
+
+/// The node and token of a `Queued` answer.
+fn queued(applied: &Applied) -> (String, u64) {
+    match &applied.result {
+        Some(Ok(OpResult::Queued { node, token })) => (node.clone(), *token),
+        other => panic!("expected Queued, got {other:?}"),
+    }
+}
+
+fn code(applied: &Applied) -> ErrorCode {
+    match &applied.result {
+        Some(Err(e)) => e.code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn released(applied: &Applied) -> bool {
+    match &applied.result {
+        Some(Ok(OpResult::Unlocked { released })) => *released,
+        other => panic!("expected Unlocked, got {other:?}"),
+    }
+}
+
+/// (session, node, token, zxid) of the grant events of an entry.
+fn grants(applied: &Applied) -> Vec<(u64, String, u64, u64)> {
+    events(applied, true)
+}
+
+/// (session, node, token, zxid) of the loss events of an entry.
+fn losses(applied: &Applied) -> Vec<(u64, String, u64, u64)> {
+    events(applied, false)
+}
+
+fn events(applied: &Applied, granted: bool) -> Vec<(u64, String, u64, u64)> {
+    applied
+        .lock_events
+        .iter()
+        .filter(|c| c.granted == granted)
+        .map(|c| {
+            assert_eq!(
+                Some(c.event.lock.as_str()),
+                corral_protocol::path::parent(&c.event.node),
+                "an event's lock is its node's parent"
+            );
+            (c.session, c.event.node.clone(), c.event.token, c.event.zxid)
+        })
+        .collect()
+}
+
+/// Who must hold a lock whose queue is `q` when no lock-delay is running.
+fn expected_holders(q: &[(String, LockKind)], family: LockFamily) -> BTreeSet<String> {
+    let take = |n: usize| q.iter().take(n).map(|(name, _)| name.clone()).collect();
+    match family {
+        LockFamily::Exclusive => take(1),
+        LockFamily::Semaphore(n) => take(n as usize),
+        LockFamily::ReadWrite => match q.first() {
+            Some((name, LockKind::Write)) => BTreeSet::from([name.clone()]),
+            _ => q
+                .iter()
+                .take_while(|(_, k)| *k == LockKind::Read)
+                .map(|(name, _)| name.clone())
+                .collect(),
+        },
+    }
+}
+
+/// The invariants of the lock state after an entry stamped `now`: every lock's directory
+/// exists and holds its granted nodes; no more holders than the family allows; a delay
+/// that ran out by `now` was cleared; and without a running delay the holders are exactly
+/// those the rules name (FIFO, fair read-write): nothing is left waiting behind a free lock.
+fn check_locks(m: &StateMachine, now: i64) -> Result<(), String> {
+    for (lock, meta) in &m.locks {
+        let dir = m
+            .tree
+            .get(lock)
+            .ok_or_else(|| format!("{lock}: lock state without a directory"))?;
+        for name in &meta.granted {
+            if !dir.children.contains(name) {
+                return Err(format!("{lock}: granted {name} is not a child"));
+            }
+            if locks::kind_of(name, meta.family).is_none() || locks::sequence(name).is_none() {
+                return Err(format!("{lock}: granted {name} is not a queue node"));
+            }
+        }
+        if meta.delayed_until_ms != 0 && meta.delayed_until_ms <= now {
+            return Err(format!(
+                "{lock}: delay until {} not cleared at {now}",
+                meta.delayed_until_ms
+            ));
+        }
+        let q = locks::queue(&m.tree, lock, meta.family);
+        let kind = |name: &String| q.iter().find(|(n, _)| n == name).map(|(_, k)| *k);
+        let granted = meta.granted.len();
+        match meta.family {
+            LockFamily::Exclusive if granted > 1 => {
+                return Err(format!("{lock}: {granted} exclusive holders"));
+            }
+            LockFamily::Semaphore(n) if granted > n as usize => {
+                return Err(format!("{lock}: {granted} holders of a semaphore({n})"));
+            }
+            LockFamily::ReadWrite => {
+                let writers = meta
+                    .granted
+                    .iter()
+                    .filter(|n| kind(n) == Some(LockKind::Write))
+                    .count();
+                if writers > 1 || (writers == 1 && granted > 1) {
+                    return Err(format!("{lock}: holders {:?}", meta.granted));
+                }
+            }
+            _ => {}
+        }
+        let expected = expected_holders(&q, meta.family);
+        if meta.delayed(now) {
+            if !meta.granted.is_subset(&expected) {
+                return Err(format!(
+                    "{lock}: holders {:?} during a delay, queue {q:?}",
+                    meta.granted
+                ));
+            }
+        } else if meta.granted != expected {
+            return Err(format!(
+                "{lock}: holders {:?}, expected {expected:?} (queue {q:?})",
+                meta.granted
+            ));
+        }
+        if !q.is_empty() && granted == 0 && !meta.delayed(now) {
+            return Err(format!("{lock}: waiters and no holder, no delay"));
+        }
+    }
+    Ok(())
+}
+
+// ----- exclusive locks -----
+
+#[test]
+fn exclusive_locks_are_granted_in_fifo_order_with_increasing_tokens() {
+    let mut h = H::new();
+    let (a, b, c) = (h.open(), h.open(), h.open());
+
+    let la = h.lock(a, "/l", LockKind::Exclusive);
+    let (na, ta) = locked(&la);
+    assert_eq!(na, "/l/x-0000000000");
+    assert_eq!(ta, la.zxid, "the token is the zxid of the Lock");
+    assert_eq!(ta, h.czxid(&na));
+    assert!(
+        la.lock_events.is_empty(),
+        "no event for a grant answered Locked"
+    );
+    assert!(h.m.tree().get("/l").expect("the directory").container);
+    assert_eq!(
+        h.m.tree()
+            .get(&na)
+            .expect("queue node")
+            .stat
+            .ephemeral_owner,
+        a
+    );
+
+    let lb = h.lock(b, "/l", LockKind::Exclusive);
+    let (nb, tb) = queued(&lb);
+    assert_eq!(nb, "/l/x-0000000001");
+    assert_eq!(tb, h.czxid(&nb));
+    assert!(lb.lock_events.is_empty());
+    let lc = h.lock(c, "/l", LockKind::Exclusive);
+    let (nc, tc) = queued(&lc);
+    assert_eq!(nc, "/l/x-0000000002");
+    assert!(ta < tb && tb < tc);
+    assert_eq!(h.holders("/l"), vec![na.clone()]);
+    let (children, _) = h.m.get_children("/l").expect("exists");
+    assert_eq!(
+        children,
+        vec!["x-0000000000", "x-0000000001", "x-0000000002"]
+    );
+
+    // Releasing the holder grants the next waiter, to its session, in the same zxid.
+    let ua = h.unlock(a, &na);
+    assert!(released(&ua));
+    assert_eq!(grants(&ua), vec![(b, nb.clone(), tb, ua.zxid)]);
+    assert!(losses(&ua).is_empty());
+    assert_eq!(h.holders("/l"), vec![nb.clone()]);
+    assert!(!h.node_exists(&na));
+
+    let ub = h.unlock(b, &nb);
+    assert_eq!(grants(&ub), vec![(c, nc.clone(), tc, ub.zxid)]);
+    assert_eq!(h.holders("/l"), vec![nc.clone()]);
+
+    // A newcomer queues behind c, with a larger token.
+    let ud = h.lock(a, "/l", LockKind::Exclusive);
+    let (nd, td) = queued(&ud);
+    assert!(td > tc);
+    let uc = h.unlock(c, &nc);
+    assert_eq!(grants(&uc), vec![(a, nd, td, uc.zxid)]);
+}
+
+#[test]
+fn try_only_on_a_held_lock_fails_without_touching_the_tree() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    // try_only on a free lock takes it.
+    let mut try_req = req("/t", LockKind::Exclusive);
+    try_req.try_only = true;
+    let (na, _) = locked(&h.lock_with(a, try_req.clone()));
+
+    let tree = h.m.tree_hash();
+    let state = h.m.state_hash();
+    let nodes = h.m.node_count();
+    let cversion = h.m.exists("/t").expect("valid").expect("dir").cversion;
+    let applied = h.lock_with(b, try_req.clone());
+    assert_eq!(code(&applied), ErrorCode::LockHeld);
+    assert!(applied.changes.is_empty());
+    assert!(applied.lock_events.is_empty());
+    assert_eq!(
+        h.m.tree_hash(),
+        tree,
+        "no node, no counter, no stat changed"
+    );
+    assert_ne!(h.m.state_hash(), state, "the entry still took a zxid");
+    assert_eq!(h.m.node_count(), nodes);
+    assert_eq!(h.m.exists("/t").expect("v").expect("d").cversion, cversion);
+    assert_eq!(h.m.ephemerals(b).count(), 0);
+    // The sequence counter did not move either.
+    let (nb, _) = queued(&h.lock(b, "/t", LockKind::Exclusive));
+    assert_eq!(nb, "/t/x-0000000001");
+    // Once the holder is gone, the waiter b holds the lock: a try still fails.
+    h.unlock(a, &na);
+    assert_eq!(code(&h.lock_with(a, try_req)), ErrorCode::LockHeld);
+    assert_eq!(h.holders("/t"), vec![nb]);
+}
+
+#[test]
+fn unlock_is_idempotent_and_checks_the_owner() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    let (na, _) = locked(&h.lock(a, "/u", LockKind::Exclusive));
+    let (nb, _) = queued(&h.lock(b, "/u", LockKind::Exclusive));
+
+    let tree = h.m.tree_hash();
+    let wrong = h.unlock(b, &na);
+    assert_eq!(code(&wrong), ErrorCode::NotLockOwner);
+    assert_eq!(h.m.tree_hash(), tree);
+    assert_eq!(h.holders("/u"), vec![na.clone()]);
+
+    // Not a queue node: the directory itself, or a node outside any lock.
+    assert_eq!(code(&h.unlock(a, "/u")), ErrorCode::BadArguments);
+    assert_eq!(code(&h.unlock(a, "bad")), ErrorCode::InvalidPath);
+    assert!(!released(&h.unlock(a, "/u/x-0000000099")));
+
+    let first = h.unlock(a, &na);
+    assert!(released(&first));
+    assert_eq!(grants(&first).len(), 1);
+    // Again (a new xid): nothing to release.
+    let again = h.unlock(a, &na);
+    assert!(!released(&again));
+    assert!(again.changes.is_empty() && again.lock_events.is_empty());
+    // A retry of the first xid gets the first answer.
+    let xid = h.xids[&a] - 1;
+    let retry = h.apply(EntryBody::Write {
+        session_id: a,
+        xid,
+        op: Op::Unlock { node: na.clone() },
+    });
+    assert_eq!(retry.result, first.result);
+    assert!(retry.changes.is_empty());
+    assert_eq!(h.holders("/u"), vec![nb]);
+}
+
+#[test]
+fn releasing_a_waiter_grants_nobody() {
+    let mut h = H::new();
+    let (a, b, c) = (h.open(), h.open(), h.open());
+    let (na, _) = locked(&h.lock(a, "/w", LockKind::Exclusive));
+    let (nb, _) = queued(&h.lock(b, "/w", LockKind::Exclusive));
+    let (nc, tc) = queued(&h.lock(c, "/w", LockKind::Exclusive));
+    let ub = h.unlock(b, &nb);
+    assert!(released(&ub));
+    assert!(ub.lock_events.is_empty());
+    assert_eq!(h.holders("/w"), vec![na.clone()]);
+    let ua = h.unlock(a, &na);
+    assert_eq!(grants(&ua), vec![(c, nc, tc, ua.zxid)]);
+}
+
+// ----- semaphores and read-write locks -----
+
+#[test]
+fn a_semaphore_of_three_with_five_requests() {
+    let mut h = H::new();
+    let s: Vec<u64> = (0..5).map(|_| h.open()).collect();
+    let mut nodes = Vec::new();
+    for (i, &session) in s.iter().enumerate() {
+        let applied = h.lock(session, "/sem", sem(3));
+        let (node, token) = if i < 3 {
+            locked(&applied)
+        } else {
+            queued(&applied)
+        };
+        assert_eq!(node, format!("/sem/s-{i:010}"));
+        nodes.push((node, token));
+    }
+    assert_eq!(h.holders("/sem").len(), 3);
+    let mut try_req = req("/sem", sem(3));
+    try_req.try_only = true;
+    assert_eq!(code(&h.lock_with(s[0], try_req)), ErrorCode::LockHeld);
+    // Other families and other permit counts cannot join.
+    let tree = h.m.tree_hash();
+    assert_eq!(code(&h.lock(s[0], "/sem", sem(4))), ErrorCode::BadArguments);
+    assert_eq!(
+        code(&h.lock(s[0], "/sem", LockKind::Exclusive)),
+        ErrorCode::BadArguments
+    );
+    assert_eq!(h.m.tree_hash(), tree);
+
+    // A waiter leaves: nobody is granted.
+    let u = h.unlock(s[4], &nodes[4].0);
+    assert!(u.lock_events.is_empty());
+    // A holder leaves: the first waiter is granted.
+    let u = h.unlock(s[1], &nodes[1].0);
+    assert_eq!(
+        grants(&u),
+        vec![(s[3], nodes[3].0.clone(), nodes[3].1, u.zxid)]
+    );
+    assert_eq!(
+        h.holders("/sem"),
+        vec![nodes[0].0.clone(), nodes[2].0.clone(), nodes[3].0.clone()]
+    );
+    // Zero permits is refused.
+    assert_eq!(
+        code(&h.lock(s[0], "/sem0", sem(0))),
+        ErrorCode::BadArguments
+    );
+    assert!(!h.node_exists("/sem0"));
+}
+
+#[test]
+fn read_write_locks_are_fair() {
+    let mut h = H::new();
+    let (a, b, c, d) = (h.open(), h.open(), h.open(), h.open());
+    let (r1, _) = locked(&h.lock(a, "/rw", LockKind::Read));
+    let (r2, _) = locked(&h.lock(b, "/rw", LockKind::Read));
+    let (w3, t3) = queued(&h.lock(c, "/rw", LockKind::Write));
+    // A read behind a waiting write waits: writers are not starved.
+    let (r4, t4) = queued(&h.lock(d, "/rw", LockKind::Read));
+    assert_eq!(
+        (r1.as_str(), r2.as_str(), w3.as_str(), r4.as_str()),
+        (
+            "/rw/r-0000000000",
+            "/rw/r-0000000001",
+            "/rw/w-0000000002",
+            "/rw/r-0000000003"
+        )
+    );
+    assert_eq!(h.holders("/rw"), vec![r1.clone(), r2.clone()]);
+    let mut try_read = req("/rw", LockKind::Read);
+    try_read.try_only = true;
+    assert_eq!(code(&h.lock_with(a, try_read)), ErrorCode::LockHeld);
+
+    let u = h.unlock(a, &r1);
+    assert!(u.lock_events.is_empty(), "one reader still holds it");
+    let u = h.unlock(b, &r2);
+    assert_eq!(grants(&u), vec![(c, w3.clone(), t3, u.zxid)]);
+    assert_eq!(h.holders("/rw"), vec![w3.clone()]);
+    let u = h.unlock(c, &w3);
+    assert_eq!(grants(&u), vec![(d, r4.clone(), t4, u.zxid)]);
+    assert_eq!(h.holders("/rw"), vec![r4]);
+}
+
+#[test]
+fn a_request_of_another_family_is_refused() {
+    let mut h = H::new();
+    let a = h.open();
+    h.lock(a, "/x", LockKind::Exclusive);
+    h.lock(a, "/r", LockKind::Write);
+    let tree = h.m.tree_hash();
+    for (lock, kind) in [
+        ("/x", LockKind::Read),
+        ("/x", LockKind::Write),
+        ("/x", sem(1)),
+        ("/r", LockKind::Exclusive),
+        ("/r", sem(2)),
+    ] {
+        let applied = h.lock(a, lock, kind);
+        assert_eq!(code(&applied), ErrorCode::BadArguments, "{lock} {kind:?}");
+        assert!(applied.changes.is_empty());
+    }
+    assert_eq!(h.m.tree_hash(), tree);
+    // The root and ephemeral nodes cannot be locks.
+    assert_eq!(
+        code(&h.lock(a, "/", LockKind::Exclusive)),
+        ErrorCode::BadArguments
+    );
+    assert_eq!(
+        code(&h.lock(a, "/x/x-0000000000", LockKind::Exclusive)),
+        ErrorCode::NoChildrenForEphemerals
+    );
+    assert_eq!(
+        code(&h.lock(a, "x", LockKind::Exclusive)),
+        ErrorCode::InvalidPath
+    );
+    assert_eq!(h.m.tree_hash(), tree);
+}
+
+// ----- leases -----
+
+#[test]
+fn a_lease_expiry_loses_its_locks_but_not_the_session() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    let lease = h.grant_lease(a, 3_000);
+    assert_eq!(h.m.session(lease).expect("lease").lease_of, a);
+
+    let mut under = req("/ls", LockKind::Exclusive);
+    under.lease = Some(lease);
+    let (na, ta) = locked(&h.lock_with(a, under.clone()));
+    assert_eq!(h.m.tree().get(&na).expect("n").stat.ephemeral_owner, lease);
+    let (nb, tb) = queued(&h.lock(b, "/ls", LockKind::Exclusive));
+    // A second request under the lease waits, and is lost with it too.
+    let (na2, ta2) = queued(&h.lock_with(a, under.clone()));
+    let q = h.queue("/ls");
+    assert_eq!((q[0].session, q[0].lease, q[0].token), (a, lease, ta));
+    assert_eq!((q[1].session, q[1].lease), (b, b));
+
+    // Leases are checked: another session's lease, or a lease that does not exist.
+    let mut other = under.clone();
+    assert_eq!(code(&h.lock_with(b, other.clone())), ErrorCode::NoLease);
+    other.lease = Some(999_999);
+    assert_eq!(code(&h.lock_with(a, other)), ErrorCode::NoLease);
+    // The owner can unlock a node held under its lease; another session cannot.
+    let (na3, _) = queued(&h.lock_with(a, under));
+    assert_eq!(code(&h.unlock(b, &na3)), ErrorCode::NotLockOwner);
+    assert!(released(&h.unlock(a, &na3)));
+
+    let e = h.expire(vec![lease]);
+    assert_eq!(e.ended_sessions, vec![lease]);
+    assert_eq!(
+        e.locks_abandoned, 1,
+        "the held node; the waiting one is not counted"
+    );
+    assert_eq!(
+        losses(&e),
+        vec![(a, na.clone(), ta, e.zxid), (a, na2.clone(), ta2, e.zxid)]
+    );
+    assert_eq!(grants(&e), vec![(b, nb.clone(), tb, e.zxid)]);
+    // Losses come before the grant they make room for.
+    assert!(!e.lock_events[0].granted);
+    assert!(h.m.session(a).is_some(), "the owner session lives on");
+    assert!(h.m.session(lease).is_none());
+    assert!(!h.node_exists(&na) && !h.node_exists(&na2));
+    assert_eq!(h.holders("/ls"), vec![nb]);
+    // The lease is gone for good.
+    let mut again = req("/ls", LockKind::Exclusive);
+    again.lease = Some(lease);
+    assert_eq!(code(&h.lock_with(a, again)), ErrorCode::NoLease);
+    assert_eq!(
+        code(&h.write(a, Op::RevokeLease { lease_id: lease })),
+        ErrorCode::NoLease
+    );
+}
+
+#[test]
+fn revoking_a_lease_releases_its_locks_without_delay() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    let lease = h.grant_lease(a, 5_000);
+    let mut under = req("/rv", LockKind::Exclusive);
+    under.lease = Some(lease);
+    under.lock_delay_ms = 1_000;
+    let (na, _) = locked(&h.lock_with(a, under));
+    let (nb, tb) = queued(&h.lock(b, "/rv", LockKind::Exclusive));
+    assert_eq!(
+        code(&h.write(b, Op::RevokeLease { lease_id: lease })),
+        ErrorCode::NoLease,
+        "only the owner revokes"
+    );
+    let r = h.write(a, Op::RevokeLease { lease_id: lease });
+    assert!(released(&r));
+    assert_eq!(grants(&r), vec![(b, nb, tb, r.zxid)]);
+    assert!(losses(&r).is_empty(), "a revocation is a release");
+    assert!(!h.node_exists(&na));
+    assert!(h.m.session(lease).is_none());
+    assert_eq!(h.m.next_lock_delay_end(), None);
+}
+
+#[test]
+fn closing_a_session_releases_the_locks_of_its_leases() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    let lease = h.grant_lease(a, 5_000);
+    let mut under = req("/cl", LockKind::Exclusive);
+    under.lease = Some(lease);
+    under.lock_delay_ms = 1_000;
+    let (na, _) = locked(&h.lock_with(a, under));
+    let (nb, tb) = queued(&h.lock(b, "/cl", LockKind::Exclusive));
+    let c = h.apply(EntryBody::CloseSession { session_id: a });
+    assert_eq!(c.result, Some(Ok(OpResult::Closed)));
+    assert_eq!(c.ended_sessions, vec![lease, a]);
+    assert!(!h.node_exists(&na));
+    assert!(h.m.session(lease).is_none());
+    // A close is a release: no delay, no loss events, the waiter is granted at once.
+    assert!(losses(&c).is_empty());
+    assert_eq!(grants(&c), vec![(b, nb, tb, c.zxid)]);
+    assert_eq!(h.m.next_lock_delay_end(), None);
+}
+
+#[test]
+fn a_session_expiry_takes_its_leases_locks_with_the_lock_delay() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    let lease = h.grant_lease(a, 5_000);
+    let mut under = req("/se", LockKind::Exclusive);
+    under.lease = Some(lease);
+    under.lock_delay_ms = 500;
+    locked(&h.lock_with(a, under));
+    let (nb, tb) = queued(&h.lock(b, "/se", LockKind::Exclusive));
+    let t = h.now;
+    let e = h.expire(vec![a]);
+    assert_eq!(e.ended_sessions, vec![lease, a]);
+    assert_eq!(e.locks_abandoned, 1);
+    // The session's connection ends with Goodbye: no LockLost, and the delay runs.
+    assert!(e.lock_events.is_empty());
+    assert_eq!(h.m.next_lock_delay_end(), Some(t + 500));
+    h.now = t + 500;
+    let n = h.noop();
+    assert_eq!(grants(&n), vec![(b, nb, tb, n.zxid)]);
+}
+
+// ----- lock-delay -----
+
+#[test]
+fn lock_delay_holds_grants_back_after_an_expiry() {
+    let mut h = H::new();
+    let (a, b, c) = (h.open(), h.open(), h.open());
+    let mut first = req("/d", LockKind::Exclusive);
+    first.lock_delay_ms = 1_000;
+    let (na, _) = locked(&h.lock_with(a, first));
+    let (nb, tb) = queued(&h.lock(b, "/d", LockKind::Exclusive));
+    assert_eq!(h.m.next_lock_delay_end(), None);
+
+    let t = h.now;
+    let e = h.expire(vec![a]);
+    assert!(e.lock_events.is_empty(), "no grant during the delay");
+    assert_eq!(e.locks_abandoned, 1);
+    assert!(!h.node_exists(&na));
+    assert_eq!(h.m.next_lock_delay_end(), Some(t + 1_000));
+    let st = h.state("/d").expect("the lock lives on with its waiter");
+    assert_eq!((st.lock_delay_ms, st.delayed_until_ms), (1_000, t + 1_000));
+    assert!(h.holders("/d").is_empty());
+
+    // During the delay: try_only fails, new requests queue.
+    let mut try_req = req("/d", LockKind::Exclusive);
+    try_req.try_only = true;
+    assert_eq!(code(&h.lock_with(c, try_req)), ErrorCode::LockHeld);
+    let (nc, _) = queued(&h.lock(c, "/d", LockKind::Exclusive));
+    h.now = t + 999;
+    let n = h.noop();
+    assert!(n.lock_events.is_empty(), "1 ms early");
+    assert!(h.holders("/d").is_empty());
+
+    h.now = t + 1_000;
+    let n = h.noop();
+    assert_eq!(grants(&n), vec![(b, nb.clone(), tb, n.zxid)]);
+    assert_eq!(h.holders("/d"), vec![nb]);
+    assert_eq!(h.m.next_lock_delay_end(), None);
+    assert_eq!(h.state("/d").expect("lock").delayed_until_ms, 0);
+    assert_eq!(h.queue("/d")[1].node, nc);
+}
+
+#[test]
+fn lock_delay_ends_with_whatever_entry_comes_next() {
+    // Not only a Noop: any entry stamped late enough grants the waiters, including a
+    // Lock request (the waiters ahead of it are granted first, with events).
+    let mut h = H::new();
+    let (a, b, c) = (h.open(), h.open(), h.open());
+    let mut first = req("/d2", sem(2));
+    first.lock_delay_ms = 100;
+    locked(&h.lock_with(a, first));
+    let (nb, tb) = locked(&h.lock(b, "/d2", sem(2)));
+    let (nc, tc) = queued(&h.lock(c, "/d2", sem(2)));
+    let t = h.now;
+    h.expire(vec![a]);
+    assert_eq!(h.holders("/d2"), vec![nb.clone()]);
+    h.now = t + 100;
+    let l = h.lock(b, "/d2", sem(2));
+    let (nb2, _) = queued(&l);
+    assert_eq!(grants(&l), vec![(c, nc.clone(), tc, l.zxid)]);
+    assert_eq!(h.holders("/d2"), vec![nb, nc]);
+    assert!(h.queue("/d2").iter().any(|e| e.node == nb2 && !e.granted));
+    let _ = tb;
+}
+
+#[test]
+fn a_release_with_a_delay_configured_grants_at_once() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    let mut first = req("/r", LockKind::Exclusive);
+    first.lock_delay_ms = 60_000;
+    let (na, _) = locked(&h.lock_with(a, first));
+    let (nb, tb) = queued(&h.lock(b, "/r", LockKind::Exclusive));
+    let u = h.unlock(a, &na);
+    assert_eq!(grants(&u), vec![(b, nb, tb, u.zxid)]);
+    assert_eq!(h.m.next_lock_delay_end(), None);
+    // A waiter that expires starts no delay either.
+    let (c, d) = (h.open(), h.open());
+    let (nc, _) = queued(&h.lock(c, "/r", LockKind::Exclusive));
+    let (nd, td) = queued(&h.lock(d, "/r", LockKind::Exclusive));
+    let e = h.expire(vec![c]);
+    assert!(e.lock_events.is_empty());
+    assert_eq!(e.locks_abandoned, 0, "a waiter abandons nothing");
+    assert!(!h.node_exists(&nc));
+    assert_eq!(h.m.next_lock_delay_end(), None);
+    let u = h.apply(EntryBody::CloseSession { session_id: b });
+    assert_eq!(grants(&u), vec![(d, nd, td, u.zxid)]);
+}
+
+#[test]
+fn next_lock_delay_end_is_the_earliest_running_delay() {
+    let mut h = H::new();
+    let s: Vec<u64> = (0..4).map(|_| h.open()).collect();
+    for (lock, delay, holder, waiter) in [("/p", 3_000, s[0], s[1]), ("/q", 1_000, s[2], s[3])] {
+        let mut r = req(lock, LockKind::Exclusive);
+        r.lock_delay_ms = delay;
+        locked(&h.lock_with(holder, r));
+        queued(&h.lock(waiter, lock, LockKind::Exclusive));
+    }
+    assert_eq!(h.m.next_lock_delay_end(), None);
+    let t = h.now;
+    h.expire(vec![s[0], s[2]]);
+    assert_eq!(h.m.next_lock_delay_end(), Some(t + 1_000));
+    h.now = t + 1_000;
+    h.noop();
+    assert_eq!(h.m.next_lock_delay_end(), Some(t + 3_000));
+    assert_eq!(h.holders("/q").len(), 1);
+    assert!(h.holders("/p").is_empty());
+    h.now = t + 5_000;
+    h.noop();
+    assert_eq!(h.m.next_lock_delay_end(), None);
+    assert_eq!(h.holders("/p").len(), 1);
+}
+
+// ----- CheckLock -----
+
+#[test]
+fn check_lock_in_a_multi_guards_writes_by_fencing_token() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    let setup = h.write(
+        a,
+        Op::Create(CreateRequest {
+            path: "/data".into(),
+            data: Vec::new(),
+            mode: CreateMode::Persistent,
+            make_parents: false,
+        }),
+    );
+    assert!(matches!(setup.result, Some(Ok(_))));
+    let (na, ta) = locked(&h.lock(a, "/g", LockKind::Exclusive));
+    let (_, tb) = queued(&h.lock(b, "/g", LockKind::Exclusive));
+    let guarded = |token: u64, data: &[u8]| {
+        Op::Multi(vec![
+            MultiOp::CheckLock {
+                lock: "/g".into(),
+                token,
+            },
+            MultiOp::SetData {
+                path: "/data".into(),
+                data: data.to_vec(),
+                version: None,
+            },
+            MultiOp::Create(CreateRequest {
+                path: "/data/w-".into(),
+                data: Vec::new(),
+                mode: CreateMode::PersistentSequential,
+                make_parents: false,
+            }),
+        ])
+    };
+    let ok = h.write(a, guarded(ta, b"a"));
+    match &ok.result {
+        Some(Ok(OpResult::Multi(results))) => {
+            assert_eq!(results[0], MultiResult::LockChecked);
+            assert_eq!(results.len(), 3);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.m.get_data("/data").expect("exists").0, b"a".to_vec());
+
+    // A waiter's token does not hold the lock.
+    let tree = h.m.tree_hash();
+    let e = h.write(b, guarded(tb, b"b"));
+    assert_eq!(code(&e), ErrorCode::LockNotHeld);
+    assert_eq!(h.m.tree_hash(), tree);
+
+    // After the release, the former holder's guarded write fails as a whole, even when
+    // the check comes last.
+    h.unlock(a, &na);
+    let tree = h.m.tree_hash();
+    let late = Op::Multi(vec![
+        MultiOp::SetData {
+            path: "/data".into(),
+            data: b"stale".to_vec(),
+            version: None,
+        },
+        MultiOp::CheckLock {
+            lock: "/g".into(),
+            token: ta,
+        },
+    ]);
+    let e = h.write(a, late);
+    match &e.result {
+        Some(Err(err)) => {
+            assert_eq!((err.code, err.op_index), (ErrorCode::LockNotHeld, Some(1)));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(e.changes.is_empty());
+    assert_eq!(h.m.tree_hash(), tree);
+    assert_eq!(h.m.get_data("/data").expect("exists").0, b"a".to_vec());
+    assert_eq!(h.m.get_children("/data").expect("exists").0.len(), 1);
+    // The new holder's token passes.
+    assert!(matches!(
+        h.write(b, guarded(tb, b"b")).result,
+        Some(Ok(OpResult::Multi(_)))
+    ));
+    // Not a lock, or a bad path.
+    assert_eq!(
+        code(&h.write(
+            b,
+            Op::Multi(vec![MultiOp::CheckLock {
+                lock: "/data".into(),
+                token: tb,
+            }])
+        )),
+        ErrorCode::LockNotHeld
+    );
+    assert_eq!(
+        code(&h.write(
+            b,
+            Op::Multi(vec![MultiOp::CheckLock {
+                lock: "g".into(),
+                token: tb,
+            }])
+        )),
+        ErrorCode::InvalidPath
+    );
+}
+
+#[test]
+fn check_lock_sees_a_release_earlier_in_the_same_multi() {
+    let mut h = H::new();
+    let a = h.open();
+    let (na, ta) = locked(&h.lock(a, "/m", LockKind::Exclusive));
+    let tree = h.m.tree_hash();
+    let e = h.write(
+        a,
+        Op::Multi(vec![
+            MultiOp::Delete {
+                path: na.clone(),
+                version: None,
+            },
+            MultiOp::CheckLock {
+                lock: "/m".into(),
+                token: ta,
+            },
+        ]),
+    );
+    assert_eq!(code(&e), ErrorCode::LockNotHeld);
+    assert_eq!(h.m.tree_hash(), tree);
+    assert_eq!(h.holders("/m"), vec![na]);
+}
+
+// ----- the lifetime of a lock -----
+
+#[test]
+fn the_lock_directory_goes_with_its_last_queue_node_and_its_state_is_forgotten() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    let (na, _) = locked(&h.lock(a, "/deep/er/lk", LockKind::Exclusive));
+    for p in ["/deep", "/deep/er", "/deep/er/lk"] {
+        assert!(h.m.tree().get(p).expect(p).container, "{p} is a container");
+    }
+    let (nb, _) = queued(&h.lock(b, "/deep/er/lk", LockKind::Exclusive));
+    h.unlock(a, &na);
+    assert!(h.node_exists("/deep/er/lk"));
+    let u = h.unlock(b, &nb);
+    for p in ["/deep/er/lk", "/deep/er", "/deep"] {
+        assert!(!h.node_exists(p), "{p} was reaped");
+        assert!(u.changes.contains(&Change {
+            path: p.to_string(),
+            kind: EventKind::NodeDeleted
+        }));
+    }
+    assert!(h.m.locks_under("/").expect("valid").is_empty());
+    assert!(h.m.locks.is_empty());
+    // A new lock of another family on the same path, with a fresh counter.
+    let (r, _) = locked(&h.lock(a, "/deep/er/lk", LockKind::Read));
+    assert_eq!(r, "/deep/er/lk/r-0000000000");
+    let (r2, _) = locked(&h.lock(b, "/deep/er/lk", LockKind::Read));
+    assert_eq!(r2, "/deep/er/lk/r-0000000001");
+
+    // Session ends reap it too.
+    let e = h.expire(vec![a, b]);
+    assert!(e.lock_events.is_empty());
+    assert!(!h.node_exists("/deep"));
+    assert!(h.m.locks.is_empty());
+}
+
+#[test]
+fn a_lock_on_an_existing_persistent_node_keeps_its_state() {
+    let mut h = H::new();
+    let a = h.open();
+    h.write(
+        a,
+        Op::Create(CreateRequest {
+            path: "/p".into(),
+            data: Vec::new(),
+            mode: CreateMode::Persistent,
+            make_parents: false,
+        }),
+    );
+    let (n, _) = locked(&h.lock(a, "/p", LockKind::Exclusive));
+    h.unlock(a, &n);
+    assert!(h.node_exists("/p"));
+    assert_eq!(h.m.locks_under("/p").expect("valid").len(), 1);
+    assert_eq!(
+        code(&h.lock(a, "/p", LockKind::Read)),
+        ErrorCode::BadArguments
+    );
+    // Deleting the directory forgets the lock.
+    let d = h.write(
+        a,
+        Op::Delete {
+            path: "/p".into(),
+            version: None,
+        },
+    );
+    assert_eq!(d.result, Some(Ok(OpResult::Deleted)));
+    assert!(h.m.locks.is_empty());
+}
+
+#[test]
+fn locks_under_describes_the_locks_at_and_below_a_path() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    let lease = h.grant_lease(b, 4_000);
+    let mut l1 = req("/x/l1", LockKind::Exclusive);
+    l1.lock_delay_ms = 250;
+    let (n1, t1) = locked(&h.lock_with(a, l1));
+    let mut l1b = req("/x/l1", LockKind::Exclusive);
+    l1b.lease = Some(lease);
+    let (n1b, t1b) = queued(&h.lock_with(b, l1b));
+    let (n2, t2) = locked(&h.lock(b, "/x/l2", sem(2)));
+    let (ny, _) = locked(&h.lock(a, "/xy", LockKind::Write));
+
+    let under_x = h.m.locks_under("/x").expect("valid");
+    assert_eq!(
+        under_x,
+        vec![
+            LockState {
+                lock: "/x/l1".into(),
+                lock_delay_ms: 250,
+                delayed_until_ms: 0,
+                queue: vec![
+                    LockEntry {
+                        node: n1,
+                        kind: LockKind::Exclusive,
+                        session: a,
+                        lease: a,
+                        token: t1,
+                        granted: true,
+                    },
+                    LockEntry {
+                        node: n1b,
+                        kind: LockKind::Exclusive,
+                        session: b,
+                        lease,
+                        token: t1b,
+                        granted: false,
+                    },
+                ],
+            },
+            LockState {
+                lock: "/x/l2".into(),
+                lock_delay_ms: 0,
+                delayed_until_ms: 0,
+                queue: vec![LockEntry {
+                    node: n2,
+                    kind: sem(2),
+                    session: b,
+                    lease: b,
+                    token: t2,
+                    granted: true,
+                }],
+            },
+        ],
+        "/xy is not below /x"
+    );
+    let all: Vec<String> =
+        h.m.locks_under("/")
+            .expect("valid")
+            .into_iter()
+            .map(|s| s.lock)
+            .collect();
+    assert_eq!(all, vec!["/x/l1", "/x/l2", "/xy"]);
+    assert_eq!(h.m.locks_under("/x/l2").expect("valid").len(), 1);
+    assert_eq!(h.queue("/xy")[0].node, ny);
+    assert!(h.m.locks_under("/nothing/here").expect("valid").is_empty());
+    assert_eq!(
+        h.m.locks_under("x").expect_err("invalid").code,
+        ErrorCode::InvalidPath
+    );
+}
+
+#[test]
+fn a_retried_lock_is_not_queued_twice() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    locked(&h.lock(a, "/rt", LockKind::Exclusive));
+    let first = h.lock(b, "/rt", LockKind::Exclusive);
+    queued(&first);
+    let xid = h.xids[&b];
+    let retry = h.apply(EntryBody::Write {
+        session_id: b,
+        xid,
+        op: Op::Lock(req("/rt", LockKind::Exclusive)),
+    });
+    assert_eq!(retry.result, first.result);
+    assert!(retry.changes.is_empty());
+    assert_eq!(h.queue("/rt").len(), 2);
+}
+
+#[test]
+fn deleting_a_queue_node_releases_like_unlock() {
+    // Delete does not check ownership (as in ZooKeeper); the lock follows the tree.
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    let (na, _) = locked(&h.lock(a, "/dl", LockKind::Exclusive));
+    let (nb, tb) = queued(&h.lock(b, "/dl", LockKind::Exclusive));
+    let d = h.write(
+        b,
+        Op::Delete {
+            path: na,
+            version: None,
+        },
+    );
+    assert_eq!(d.result, Some(Ok(OpResult::Deleted)));
+    assert_eq!(grants(&d), vec![(b, nb, tb, d.zxid)]);
+}
+
+// ----- bugs -----
+
+#[test]
+fn lock_delay_survives_the_expiry_of_the_last_queue_node() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    let mut first = req("/only", LockKind::Exclusive);
+    first.lock_delay_ms = 1_000;
+    locked(&h.lock_with(a, first));
+    let t = h.now;
+    h.expire(vec![a]);
+    assert_eq!(
+        h.m.next_lock_delay_end(),
+        Some(t + 1_000),
+        "the delay runs although nobody waits"
+    );
+    // A request during the delay must wait: the paused former holder may still act.
+    h.now = t + 10;
+    let during = h.lock(b, "/only", LockKind::Exclusive);
+    let (nb, tb) = queued(&during);
+    h.now = t + 1_000;
+    let n = h.noop();
+    assert_eq!(grants(&n), vec![(b, nb, tb, n.zxid)]);
+}
+
+#[test]
+fn a_lock_that_fails_leaves_nothing_behind() {
+    let mut h = H::new();
+    h.checked = false;
+    let a = h.open();
+    let mut big = req("/new/lock", LockKind::Exclusive);
+    big.data = vec![0; 65]; // max_data_bytes is 64
+    let long = req(&format!("/new/{}", "k".repeat(1_017)), LockKind::Exclusive); // 1,022 bytes
+    assert!(validate_path(&long.lock).is_ok());
+    for (request, expected) in [
+        (big, ErrorCode::DataTooLarge),
+        (long, ErrorCode::InvalidPath),
+    ] {
+        let tree = h.m.tree_hash();
+        let applied = h.lock_with(a, request);
+        assert_eq!(code(&applied), expected);
+        assert!(applied.changes.is_empty(), "{:?}", applied.changes);
+        assert!(!h.node_exists("/new"));
+        assert_eq!(h.m.tree_hash(), tree);
+    }
+}
+
+#[test]
+fn a_queue_node_path_never_exceeds_the_path_limit() {
+    let mut h = H::new();
+    h.checked = false;
+    let a = h.open();
+    let lock = format!("/{}", "k".repeat(1_014)); // 1,015 bytes
+    assert!(validate_path(&lock).is_ok());
+    let applied = h.lock(a, &lock, LockKind::Exclusive);
+    match &applied.result {
+        Some(Ok(OpResult::Locked { node, .. })) => {
+            assert!(validate_path(node).is_ok(), "{} bytes", node.len());
+            assert!(released(&h.unlock(a, node)));
+        }
+        Some(Err(e)) => {
+            assert_eq!(e.code, ErrorCode::InvalidPath);
+            assert!(applied.changes.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        h.m.check_invariants().is_ok(),
+        "{:?}",
+        h.m.check_invariants()
+    );
+}
+
+#[test]
+fn a_revoked_lease_is_reported_as_ended() {
+    let mut h = H::new();
+    let a = h.open();
+    let lease = h.grant_lease(a, 5_000);
+    let r = h.write(a, Op::RevokeLease { lease_id: lease });
+    assert!(released(&r));
+    assert_eq!(r.ended_sessions, vec![lease]);
+}
+
+// ----- property test -----
+
+/// The family of one of the three locks of a history, and its lock-delay.
+#[derive(Debug, Clone, Copy)]
+struct LockSpec {
+    family: LockFamily,
+    delay_ms: u64,
+}
+
+fn lock_spec() -> impl Strategy<Value = LockSpec> {
+    (
+        prop_oneof![
+            Just(LockFamily::Exclusive),
+            Just(LockFamily::ReadWrite),
+            (1u32..4).prop_map(LockFamily::Semaphore),
+        ],
+        prop_oneof![Just(0u64), Just(700), Just(2_500)],
+    )
+        .prop_map(|(family, delay_ms)| LockSpec { family, delay_ms })
+}
+
+/// One step; sessions, leases and queue nodes are picked by index among the live ones.
+#[derive(Debug, Clone)]
+enum Step {
+    Lock {
+        session: usize,
+        lock: usize,
+        /// For read-write locks: write (true) or read.
+        write: bool,
+        try_only: bool,
+        /// Use one of the session's leases, if it has one.
+        lease: bool,
+    },
+    Unlock {
+        session: usize,
+        lock: usize,
+        node: usize,
+    },
+    Expire(Vec<usize>),
+    Close(usize),
+    Open,
+    GrantLease(usize),
+    ExpireLease(usize),
+    RevokeLease(usize),
+    Noop,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        10 => (0usize..4, 0usize..3, any::<bool>(), proptest::bool::weighted(0.2),
+               proptest::bool::weighted(0.3))
+            .prop_map(|(session, lock, write, try_only, lease)| Step::Lock {
+                session, lock, write, try_only, lease
+            }),
+        6 => (0usize..4, 0usize..3, 0usize..8)
+            .prop_map(|(session, lock, node)| Step::Unlock { session, lock, node }),
+        1 => proptest::collection::vec(0usize..4, 1..3).prop_map(Step::Expire),
+        1 => (0usize..4).prop_map(Step::Close),
+        2 => Just(Step::Open),
+        1 => (0usize..4).prop_map(Step::GrantLease),
+        1 => (0usize..4).prop_map(Step::ExpireLease),
+        1 => (0usize..4).prop_map(Step::RevokeLease),
+        1 => Just(Step::Noop),
+    ]
+}
+
+const LOCKS: [&str; 3] = ["/locks/a", "/locks/b", "/c"];
+
+/// Runs a history against `m`, checking the lock invariants after every step; returns
+/// the entries applied.
+fn run_history(
+    specs: &[LockSpec; 3],
+    steps: &[(Step, i64)],
+    m: &mut StateMachine,
+) -> Result<Vec<(u64, Entry)>, TestCaseError> {
+    let mut entries = Vec::new();
+    let mut xids: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut now = T0;
+    // The token of the latest holder of each exclusive lock (by path, across re-creation:
+    // tokens are zxids, so they keep increasing).
+    let mut last_token: BTreeMap<&str, u64> = BTreeMap::new();
+    let sessions = |m: &StateMachine| -> Vec<u64> {
+        m.sessions()
+            .filter(|s| s.lease_of == 0)
+            .map(|s| s.id)
+            .collect()
+    };
+    let leases = |m: &StateMachine| -> Vec<u64> {
+        m.sessions()
+            .filter(|s| s.lease_of != 0)
+            .map(|s| s.id)
+            .collect()
+    };
+    let pick = |ids: &[u64], i: usize| ids.get(i % ids.len().max(1)).copied().unwrap_or(424_242);
+    // (lock, node, token) of every granted queue node.
+    let granted_set = |m: &StateMachine| -> BTreeSet<(String, String, u64)> {
+        m.locks
+            .iter()
+            .flat_map(|(lock, meta)| {
+                meta.granted.iter().map(move |name| {
+                    let node = corral_protocol::path::join(lock, name);
+                    let token = m.tree.get(&node).map_or(0, |n| n.stat.czxid);
+                    (lock.clone(), node, token)
+                })
+            })
+            .collect()
+    };
+    let mut steps_with_opens: Vec<(Step, i64)> = vec![(Step::Open, 0); 4];
+    steps_with_opens.extend(steps.iter().cloned());
+    for (i, (step, dt)) in steps_with_opens.iter().enumerate() {
+        now += dt;
+        let zxid = m.last_zxid() + 1;
+        let live = sessions(m);
+        let body = match step.clone() {
+            Step::Open => {
+                if live.len() >= 4 {
+                    EntryBody::Noop { barrier: 0 }
+                } else {
+                    EntryBody::OpenSession {
+                        secret: zxid,
+                        ttl_ms: 10_000,
+                    }
+                }
+            }
+            Step::Lock {
+                session,
+                lock,
+                write,
+                try_only,
+                lease,
+            } => {
+                let session_id = pick(&live, session);
+                let spec = specs[lock];
+                let kind = match spec.family {
+                    LockFamily::Exclusive => LockKind::Exclusive,
+                    LockFamily::ReadWrite if write => LockKind::Write,
+                    LockFamily::ReadWrite => LockKind::Read,
+                    LockFamily::Semaphore(permits) => LockKind::Semaphore { permits },
+                };
+                let lease = if lease {
+                    m.sessions()
+                        .find(|s| s.lease_of == session_id)
+                        .map(|s| s.id)
+                } else {
+                    None
+                };
+                let xid = xids.entry(session_id).or_insert(0);
+                *xid += 1;
+                EntryBody::Write {
+                    session_id,
+                    xid: *xid,
+                    op: Op::Lock(LockRequest {
+                        lock: LOCKS[lock].to_string(),
+                        kind,
+                        try_only,
+                        lease,
+                        lock_delay_ms: spec.delay_ms,
+                        data: vec![lock as u8],
+                    }),
+                }
+            }
+            Step::Unlock {
+                session,
+                lock,
+                node,
+            } => {
+                let session_id = pick(&live, session);
+                let q: Vec<String> = m
+                    .tree
+                    .get(LOCKS[lock])
+                    .map(|d| d.children.iter().cloned().collect())
+                    .unwrap_or_default();
+                let node = match q.get(node % q.len().max(1)) {
+                    Some(name) => corral_protocol::path::join(LOCKS[lock], name),
+                    None => format!("{}/x-0000000999", LOCKS[lock]),
+                };
+                let xid = xids.entry(session_id).or_insert(0);
+                *xid += 1;
+                EntryBody::Write {
+                    session_id,
+                    xid: *xid,
+                    op: Op::Unlock { node },
+                }
+            }
+            Step::Expire(ss) => EntryBody::ExpireSessions {
+                session_ids: ss.iter().map(|&s| pick(&live, s)).collect(),
+            },
+            Step::Close(s) => EntryBody::CloseSession {
+                session_id: pick(&live, s),
+            },
+            Step::GrantLease(s) => {
+                let session_id = pick(&live, s);
+                let xid = xids.entry(session_id).or_insert(0);
+                *xid += 1;
+                EntryBody::Write {
+                    session_id,
+                    xid: *xid,
+                    op: Op::GrantLease { ttl_ms: 3_000 },
+                }
+            }
+            Step::ExpireLease(l) => EntryBody::ExpireSessions {
+                session_ids: vec![pick(&leases(m), l)],
+            },
+            Step::RevokeLease(l) => {
+                let lease_id = pick(&leases(m), l);
+                let session_id = m
+                    .session(lease_id)
+                    .map_or_else(|| pick(&live, l), |s| s.lease_of);
+                let xid = xids.entry(session_id).or_insert(0);
+                *xid += 1;
+                EntryBody::Write {
+                    session_id,
+                    xid: *xid,
+                    op: Op::RevokeLease { lease_id },
+                }
+            }
+            Step::Noop => EntryBody::Noop { barrier: 0 },
+        };
+        let entry = Entry { wall_ms: now, body };
+        let before = granted_set(m);
+        let tree_before = m.tree_hash();
+        // A lock-delay ending with this entry may reap a directory kept for it, whatever
+        // the entry itself does.
+        let delay_ends = m.next_lock_delay_end().is_some_and(|end| end <= now);
+        // For an Unlock: whose node it is, before it goes.
+        let unlock_owner = match &entry.body {
+            EntryBody::Write {
+                op: Op::Unlock { node },
+                ..
+            } => m
+                .tree
+                .get(node)
+                .map(|n| owner_session(&m.sessions, n.stat.ephemeral_owner)),
+            _ => None,
+        };
+        let applied = m.apply(zxid, &entry);
+        let ctx = || format!("step {i} {step:?} at {now}");
+        if let Err(e) = m.check_invariants() {
+            return Err(TestCaseError::fail(format!("{}: {e}", ctx())));
+        }
+        if let Err(e) = check_locks(m, now) {
+            return Err(TestCaseError::fail(format!("{}: {e}", ctx())));
+        }
+        let after = granted_set(m);
+        // Held nodes that went in an expiry are counted as abandoned; nothing else is.
+        let abandoned = match entry.body {
+            EntryBody::ExpireSessions { .. } => before
+                .difference(&after)
+                .filter(|(_, node, _)| m.tree.get(node).is_none())
+                .count(),
+            _ => 0,
+        };
+        prop_assert_eq!(applied.locks_abandoned as usize, abandoned, "{}", ctx());
+
+        // The answer agrees with the state.
+        let mut answered_locked = None;
+        if let EntryBody::Write { session_id, op, .. } = &entry.body {
+            let result = applied.result.clone().expect("a write has a result");
+            if result.is_err() && !delay_ends {
+                prop_assert!(applied.changes.is_empty(), "{}", ctx());
+                prop_assert_eq!(m.tree_hash(), tree_before, "{}", ctx());
+            }
+            match (op, &result) {
+                (Op::Lock(r), Ok(OpResult::Locked { node, token })) => {
+                    prop_assert!(
+                        after.contains(&(r.lock.clone(), node.clone(), *token)),
+                        "{}",
+                        ctx()
+                    );
+                    prop_assert_eq!(*token, zxid);
+                    answered_locked = Some(node.clone());
+                }
+                (Op::Lock(r), Ok(OpResult::Queued { node, token })) => {
+                    prop_assert!(!r.try_only, "{}: a try queued", ctx());
+                    prop_assert!(
+                        !after.contains(&(r.lock.clone(), node.clone(), *token)),
+                        "{}",
+                        ctx()
+                    );
+                    prop_assert_eq!(*token, zxid);
+                }
+                (Op::Lock(r), Err(e)) => {
+                    let expected = if m.session(*session_id).is_none() {
+                        ErrorCode::SessionExpired
+                    } else {
+                        ErrorCode::LockHeld
+                    };
+                    prop_assert_eq!(e.code, expected, "{}: {:?}", ctx(), r);
+                }
+                (Op::Unlock { .. }, Ok(OpResult::Unlocked { released })) => {
+                    prop_assert_eq!(*released, unlock_owner.is_some(), "{}", ctx());
+                    prop_assert!(
+                        unlock_owner.is_none() || unlock_owner == Some(*session_id),
+                        "{}",
+                        ctx()
+                    );
+                }
+                (Op::Unlock { .. }, Err(e)) => {
+                    let expected = if m.session(*session_id).is_none() {
+                        ErrorCode::SessionExpired
+                    } else {
+                        ErrorCode::NotLockOwner
+                    };
+                    prop_assert_eq!(e.code, expected, "{}", ctx());
+                    if expected == ErrorCode::NotLockOwner {
+                        prop_assert!(unlock_owner.is_some_and(|o| o != *session_id));
+                    }
+                }
+                (Op::GrantLease { .. }, Ok(OpResult::Lease { lease_id, .. })) => {
+                    prop_assert_eq!(*lease_id, zxid);
+                }
+                (Op::RevokeLease { .. }, Ok(OpResult::Unlocked { released: true })) => {}
+                (Op::GrantLease { .. } | Op::RevokeLease { .. }, Err(e)) => {
+                    prop_assert!(
+                        matches!(e.code, ErrorCode::SessionExpired | ErrorCode::NoLease),
+                        "{}: {e}",
+                        ctx()
+                    );
+                }
+                (op, result) => {
+                    return Err(TestCaseError::fail(format!(
+                        "{}: {op:?} answered {result:?}",
+                        ctx()
+                    )))
+                }
+            }
+        }
+
+        // Every new holder is told, once, unless its own answer said Locked; nobody else
+        // is told of a grant.
+        let mut told: Vec<(String, String, u64)> = Vec::new();
+        for change in &applied.lock_events {
+            let ev = &change.event;
+            prop_assert_eq!(ev.zxid, zxid);
+            let key = (ev.lock.clone(), ev.node.clone(), ev.token);
+            if change.granted {
+                prop_assert!(after.contains(&key), "{}: grant of {:?}", ctx(), key);
+                let owner = m.tree.get(&ev.node).map(|n| n.stat.ephemeral_owner);
+                prop_assert_eq!(
+                    Some(change.session),
+                    owner.map(|o| owner_session(&m.sessions, o)),
+                    "{}",
+                    ctx()
+                );
+                told.push(key);
+            } else {
+                // Losses: only on a lease's expiry, for nodes that are gone.
+                prop_assert!(
+                    matches!(entry.body, EntryBody::ExpireSessions { .. }),
+                    "{}",
+                    ctx()
+                );
+                prop_assert!(m.tree.get(&ev.node).is_none(), "{}", ctx());
+                prop_assert!(m.session(change.session).is_some(), "{}", ctx());
+            }
+        }
+        let mut newly: Vec<(String, String, u64)> = after
+            .difference(&before)
+            .filter(|(_, node, _)| Some(node) != answered_locked.as_ref())
+            .cloned()
+            .collect();
+        newly.sort();
+        told.sort();
+        prop_assert_eq!(told, newly, "{}", ctx());
+
+        // Fencing tokens of successive holders of an exclusive lock strictly increase.
+        for (l, spec) in LOCKS.iter().zip(specs) {
+            if spec.family != LockFamily::Exclusive {
+                continue;
+            }
+            let holder = after.iter().find(|(lock, _, _)| lock.as_str() == *l);
+            if let Some((_, _, token)) = holder {
+                let last = last_token.entry(*l).or_insert(0);
+                if *token != *last {
+                    prop_assert!(*token > *last, "{}: token {} after {}", ctx(), token, last);
+                    *last = *token;
+                }
+            }
+        }
+        entries.push((zxid, entry));
+    }
+    Ok(entries)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn random_lock_histories_keep_the_lock_invariants(
+        specs in (lock_spec(), lock_spec(), lock_spec()),
+        steps in proptest::collection::vec((step(), 0i64..1_200), 1..80),
+    ) {
+        let specs = [specs.0, specs.1, specs.2];
+        let limits = MachineLimits { max_data_bytes: 64, dedup_window: 8 };
+        let mut a = StateMachine::new(limits);
+        let entries = run_history(&specs, &steps, &mut a)?;
+        let mut b = StateMachine::new(limits);
+        for (zxid, entry) in &entries {
+            b.apply(*zxid, entry);
+        }
+        prop_assert_eq!(a.state_hash(), b.state_hash());
+        prop_assert_eq!(&a.locks, &b.locks);
+        // A snapshot carries the lock state.
+        let bytes = bincode::serde::encode_to_vec(&a, bincode::config::standard())
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let (c, _): (StateMachine, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(c.state_hash(), a.state_hash());
+        prop_assert_eq!(&c.locks, &a.locks);
+        prop_assert_eq!(c.next_lock_delay_end(), a.next_lock_delay_end());
+        prop_assert_eq!(
+            a.locks_under("/").map_err(|e| TestCaseError::fail(e.to_string()))?,
+            b.locks_under("/").map_err(|e| TestCaseError::fail(e.to_string()))?
+        );
+    }
+}
