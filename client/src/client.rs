@@ -4,6 +4,7 @@ use crate::backoff::{random_start, Backoff};
 use crate::config::ClientConfig;
 use crate::connection::{Call, Reply, SessionStatus, Shared, Task, Then};
 use crate::error::{Error, Result};
+use crate::lock::LockCounters;
 use crate::multi::Transaction;
 use crate::registry::OneShotKind;
 use crate::state::{ConnectionState, StatePublisher, StateStream};
@@ -78,6 +79,7 @@ struct Inner {
     calls: mpsc::Sender<Call>,
     shared: Arc<Shared>,
     request_timeout: Duration,
+    lock_counters: LockCounters,
 }
 
 impl fmt::Debug for Client {
@@ -90,7 +92,7 @@ impl fmt::Debug for Client {
     }
 }
 
-fn check_path(path: &str) -> Result<()> {
+pub(crate) fn check_path(path: &str) -> Result<()> {
     validate_path(path).map_err(Error::InvalidPath)
 }
 
@@ -114,7 +116,7 @@ fn check_multi_op(op: &MultiOp) -> Result<()> {
     }
 }
 
-fn unexpected(op: &str, result: &OpResult) -> Error {
+pub(crate) fn unexpected(op: &str, result: &OpResult) -> Error {
     let got = match result {
         OpResult::Created { .. } => "Created",
         OpResult::Deleted => "Deleted",
@@ -193,6 +195,7 @@ impl Client {
                             calls,
                             shared,
                             request_timeout,
+                            lock_counters: LockCounters::default(),
                         }),
                     });
                 }
@@ -215,14 +218,14 @@ impl Client {
     // ----- plumbing -----
 
     /// The error for a call the task can no longer take.
-    fn finished_error(&self) -> Error {
+    pub(crate) fn finished_error(&self) -> Error {
         match self.state() {
             ConnectionState::Expired => Error::SessionExpired,
             _ => Error::Closed,
         }
     }
 
-    async fn call(&self, op: Op, then: Then) -> Result<Reply> {
+    pub(crate) async fn call(&self, op: Op, then: Then) -> Result<Reply> {
         let (reply, answer) = oneshot::channel();
         let call = Call { op, then, reply };
         let exchange = async {
@@ -240,8 +243,37 @@ impl Client {
         }
     }
 
-    async fn call_plain(&self, op: Op) -> Result<OpResult> {
+    pub(crate) async fn call_plain(&self, op: Op) -> Result<OpResult> {
         self.call(op, Then::Nothing).await.map(|reply| reply.result)
+    }
+
+    /// Hands a request to the background task without waiting for it (from `Drop`):
+    /// nobody gets the answer. With `Then::Detached` it is resent until answered. If
+    /// the task is gone, so is the session, and there is nothing left to do.
+    pub(crate) fn detach(&self, op: Op, then: Then) {
+        let (reply, _ignored) = oneshot::channel();
+        let call = Call { op, then, reply };
+        match self.inner.calls.try_send(call) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(call)) => {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        let calls = self.inner.calls.clone();
+                        runtime.spawn(async move {
+                            let _ = calls.send(call).await;
+                        });
+                    }
+                    Err(_) => tracing::warn!(
+                        "dropped a background {} outside a tokio runtime with a full queue",
+                        call.op.name()
+                    ),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn lock_counters(&self) -> &LockCounters {
+        &self.inner.lock_counters
     }
 
     // ----- writes -----
@@ -784,7 +816,7 @@ impl Client {
         self.session().lease_deadline.into_std()
     }
 
-    fn session(&self) -> SessionStatus {
+    pub(crate) fn session(&self) -> SessionStatus {
         self.inner.shared.session()
     }
 }

@@ -14,13 +14,25 @@
 //! When the connection is lost the task resumes the session on the next server (round
 //! robin, backoff with jitter between rounds), resends every unanswered request with its
 //! original xid (the server deduplicates writes by xid), and then re-registers the
-//! watches with `SetWatches`. Calls wait meanwhile, until the session lease may have run
-//! out: from then on unanswered and new calls fail with `ConnectionLoss` while the task
-//! keeps trying to resume. A session the server declares expired ends the client.
+//! watches with `SetWatches` (with the last zxid seen *before* the new handshake, so the
+//! server fires what changed meanwhile) and re-reads the locks it tracks (lock events
+//! are pushed only to the connection attached at the time). Calls wait meanwhile, until
+//! the session lease may have run out: from then on unanswered and new calls fail with
+//! `ConnectionLoss` while the task keeps trying to resume. A session the server declares
+//! expired ends the client.
+//!
+//! Some requests must reach the server even if their caller stopped waiting, and are
+//! resent after every reconnect until answered: a `CloseSession` (else a dropped client
+//! could keep its session, and its locks, alive forever), a lock request (else its
+//! queue node would be orphaned: the task releases it when the answer finds no caller),
+//! and the releases sent on behalf of dropped guards and pending acquires.
 
 use crate::backoff::Backoff;
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
+use crate::lease::default_margin;
+use crate::lock::LockLoss;
+use crate::lock_registry::{LockRegistry, SlotStatus};
 use crate::pending::{Pending, Waiter};
 use crate::registry::{split_watch_set, OneShotKind, WatchRegistry};
 use crate::state::{ConnectionState, StatePublisher};
@@ -37,7 +49,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{sleep, sleep_until, Instant};
 
 /// Stop taking calls while this many encoded bytes wait to be written (at least one
@@ -71,8 +83,44 @@ pub(crate) enum Then {
     Persistent { path: String, mode: AddWatchMode },
     /// Forget the removed watches.
     RemoveWatches { path: String, kind: WatcherKind },
-    /// The session is being closed: take no more calls.
+    /// The session is being closed: take no more calls. Resent until answered.
     Close,
+    /// A lock request: on `Locked` or `Queued`, track the queue node and answer with a
+    /// receiver of its status. Resent until answered; a node whose caller is gone by
+    /// then is released.
+    Lock { lock: String },
+    /// A release by its holder: the node's status ends with `Released`.
+    Unlock { node: String },
+    /// On behalf of a dropped handle: nobody waits for the answer. Resent until
+    /// answered.
+    Detached(Detached),
+}
+
+/// What a [`Then::Detached`] request does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Detached {
+    /// Releases a queue node (a dropped guard or pending acquire).
+    Unlock { node: String },
+    /// Revokes a lease (a dropped lease or a lock's dedicated lease).
+    RevokeLease,
+}
+
+impl Then {
+    /// Whether the request must reach the server even if its caller is gone.
+    fn must_complete(&self) -> bool {
+        matches!(self, Then::Close | Then::Lock { .. } | Then::Detached(_))
+    }
+
+    /// The lock a request that could leave or remove a queue node is about.
+    fn lock_name(&self) -> Option<String> {
+        match self {
+            Then::Lock { lock } => Some(lock.clone()),
+            Then::Unlock { node } | Then::Detached(Detached::Unlock { node }) => {
+                corral_protocol::path::parent(node).map(str::to_string)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A successful answer.
@@ -82,6 +130,8 @@ pub(crate) struct Reply {
     pub result: OpResult,
     /// For `AddWatch`: the events of the watch.
     pub stream: Option<broadcast::Receiver<StreamItem>>,
+    /// For `Lock`: the status of the queue node.
+    pub lock: Option<watch::Receiver<SlotStatus>>,
 }
 
 /// What the public API can read about the session without asking the task.
@@ -94,6 +144,21 @@ pub(crate) struct SessionStatus {
     /// Until when the server certainly keeps the session: the send time of the last
     /// request it answered, plus the TTL.
     pub lease_deadline: Instant,
+    /// How many times the session's safe deadline (`lease_deadline` minus the default
+    /// margin) passed before a renewal was acknowledged: a lock held across such a gap
+    /// may have been lost meanwhile, whatever the deadline says now.
+    pub lease_gaps: u64,
+}
+
+impl SessionStatus {
+    /// Until when the session is certainly alive on the server, allowing for
+    /// clock-rate differences.
+    pub(crate) fn safe_deadline(&self) -> Instant {
+        let margin = default_margin(self.ttl).min(self.ttl);
+        self.lease_deadline
+            .checked_sub(margin)
+            .unwrap_or(self.lease_deadline)
+    }
 }
 
 /// State shared by the task and the client handles.
@@ -133,12 +198,15 @@ enum WaitFor {
     Ping { sent_at: Instant },
     /// The task's own watch re-registration.
     SetWatches,
+    /// The task's own re-read of a lock after a reconnect; with `sweep`, this session's
+    /// untracked nodes in it are released.
+    LockSync { lock: String, sweep: bool },
 }
 
 impl Waiter for WaitFor {
     fn is_abandoned(&self) -> bool {
         match self {
-            WaitFor::Call { reply, .. } => reply.is_closed(),
+            WaitFor::Call { then, reply, .. } => !then.must_complete() && reply.is_closed(),
             _ => false,
         }
     }
@@ -172,12 +240,23 @@ pub(crate) struct Task {
     /// Largest frame the task sends: the smaller of the two sides' limits.
     send_limit: usize,
     last_zxid: u64,
+    /// The highest zxid seen in responses and events (not handshakes): every watch
+    /// event up to it has been delivered, so it is what `SetWatches` sends after a
+    /// reconnect.
+    seen_zxid: u64,
     /// Send time of the last request the server answered successfully.
     lease_from: Instant,
     /// Disconnected for longer than the lease: calls fail fast with `ConnectionLoss`.
     lapsed: bool,
     /// `CloseSession` was queued: no more calls are taken.
     closing: bool,
+    /// Every client handle is gone.
+    dropped: bool,
+    /// Lock queue nodes this session tracks.
+    locks: LockRegistry,
+    /// Requests the task makes on its own while handling a message (releases of nodes
+    /// nobody waits for), sent right after.
+    deferred: Vec<Call>,
 }
 
 impl Task {
@@ -205,9 +284,13 @@ impl Task {
             ttl: Duration::ZERO,
             send_limit: 0,
             last_zxid: granted.zxid,
+            seen_zxid: granted.zxid,
             lease_from: handshake_started,
             lapsed: false,
             closing: false,
+            dropped: false,
+            locks: LockRegistry::default(),
+            deferred: Vec::new(),
         };
         task.adopt(granted, handshake_started);
         task
@@ -222,6 +305,7 @@ impl Task {
             node_id: granted.node_id,
             last_zxid: granted.zxid,
             lease_deadline: now + ttl,
+            lease_gaps: 0,
         }
     }
 
@@ -231,14 +315,18 @@ impl Task {
         self.ttl = Duration::from_millis(granted.ttl_ms.max(30));
         let server_limit = usize::try_from(granted.max_frame_bytes).unwrap_or(usize::MAX);
         self.send_limit = self.config.max_frame_bytes.min(server_limit).max(1024);
-        self.lease_from = self.lease_from.max(handshake_started);
+        // The handshake raises `last_zxid` (the client must never go back in time) but
+        // not `seen_zxid`: no event after it has been delivered yet.
         self.observe_zxid(granted.zxid);
-        let (ttl, lease_from, node_id) = (self.ttl, self.lease_from, granted.node_id);
+        let (ttl, node_id) = (self.ttl, granted.node_id);
         self.shared.update_session(|s| {
             s.ttl = ttl;
             s.node_id = node_id;
-            s.lease_deadline = lease_from + ttl;
         });
+        self.renew_lease(handshake_started);
+        let lease_from = self.lease_from;
+        self.shared
+            .update_session(|s| s.lease_deadline = lease_from + ttl);
     }
 
     /// Runs the session until it ends, starting on the connection of the handshake.
@@ -288,7 +376,7 @@ impl Task {
         if !watches.is_empty() {
             for piece in split_watch_set(watches, self.send_limit / 2) {
                 let op = Op::SetWatches {
-                    last_zxid: self.last_zxid,
+                    last_zxid: self.seen_zxid,
                     watches: piece,
                 };
                 if let Err((_, e)) = self.push(op, WaitFor::SetWatches, false, &mut out) {
@@ -297,6 +385,22 @@ impl Task {
                 }
             }
         }
+        // Lock events may have been missed while away: re-read the locks tracked.
+        let in_flight: Vec<String> = self
+            .pending
+            .waiters()
+            .filter_map(|w| match w {
+                WaitFor::Call { then, .. } => then.lock_name(),
+                _ => None,
+            })
+            .collect();
+        for (lock, sweep) in self.locks.resync_plan(in_flight) {
+            let op = Op::GetLocks { path: lock.clone() };
+            if let Err((_, e)) = self.push(op, WaitFor::LockSync { lock, sweep }, false, &mut out) {
+                tracing::warn!("cannot re-read a lock: {e}");
+            }
+        }
+        self.flush_deferred(&mut out);
         let ping_every = self.ttl / 3;
         let silence_limit = self.ttl * 2 / 3;
         let high_water = MIN_WRITE_BUFFER_BYTES.max(self.send_limit);
@@ -315,6 +419,7 @@ impl Task {
                         if let Some(end) = self.handle(message) {
                             return end;
                         }
+                        self.flush_deferred(&mut out);
                     }
                 },
                 written = writer.write(&out), if !out.is_empty() => match written {
@@ -328,6 +433,7 @@ impl Task {
                         // Every handle is gone: end the session rather than let it
                         // linger until it expires.
                         None => {
+                            self.dropped = true;
                             self.submit_close_for_dropped_client(&mut out);
                             if !self.closing {
                                 return End::Final(ConnectionState::Closed, Error::Closed);
@@ -390,10 +496,27 @@ impl Task {
         }
     }
 
+    /// Sends the requests the task deferred while handling a message.
+    fn flush_deferred(&mut self, out: &mut BytesMut) {
+        for call in std::mem::take(&mut self.deferred) {
+            self.submit(call, out);
+        }
+    }
+
+    /// Releases a queue node nobody waits for, as soon as a connection allows.
+    fn defer_unlock(&mut self, node: String) {
+        let (reply, _ignored) = oneshot::channel();
+        self.deferred.push(Call {
+            op: Op::Unlock { node: node.clone() },
+            then: Then::Detached(Detached::Unlock { node }),
+            reply,
+        });
+    }
+
     fn submit_close_for_dropped_client(&mut self, out: &mut BytesMut) {
         let (reply, _ignored) = oneshot::channel();
-        // The receiver is gone at once, which would make the request "abandoned"
-        // and skipped on resend; that is fine for a client nobody holds.
+        // Nobody waits for the answer, but a close is resent until answered (see
+        // `Then::must_complete`): a client nobody holds must not keep its session.
         self.submit(
             Call {
                 op: Op::CloseSession,
@@ -412,9 +535,16 @@ impl Task {
                 None
             }
             ServerMessage::Response(response) => self.on_response(response),
-            // Lock events: the lock recipes are not built yet.
-            ServerMessage::LockGranted(event) | ServerMessage::LockLost(event) => {
+            // Routed at once, so a waiter learns of its grant before the caller sees any
+            // answer with a later zxid.
+            ServerMessage::LockGranted(event) => {
                 self.observe_zxid(event.zxid);
+                self.locks.on_event(&event, true);
+                None
+            }
+            ServerMessage::LockLost(event) => {
+                self.observe_zxid(event.zxid);
+                self.locks.on_event(&event, false);
                 None
             }
             ServerMessage::Goodbye(info) => {
@@ -429,6 +559,7 @@ impl Task {
 
     fn on_event(&mut self, event: WatchEvent) {
         self.observe_zxid(event.zxid);
+        self.seen_zxid = self.seen_zxid.max(event.zxid);
         self.registry.dispatch(&event);
         // No subscriber is fine.
         let _ = self.shared.events.send(Ok(event));
@@ -436,6 +567,7 @@ impl Task {
 
     fn on_response(&mut self, response: Response) -> Option<End> {
         self.observe_zxid(response.zxid);
+        self.seen_zxid = self.seen_zxid.max(response.zxid);
         let Some(entry) = self.pending.complete(response.xid) else {
             tracing::debug!(xid = response.xid, "response to a request no one waits for");
             return None;
@@ -447,6 +579,24 @@ impl Task {
                     None
                 }
                 Err(info) => fatal(&info),
+            },
+            WaitFor::LockSync { lock, sweep } => match response.result {
+                Ok(OpResult::Locks(states)) => {
+                    let state = states.iter().find(|s| s.lock == lock);
+                    for node in self.locks.resync(&lock, state, self.session_id, sweep) {
+                        tracing::info!(%node, "releasing a lock node nobody tracks");
+                        self.defer_unlock(node);
+                    }
+                    None
+                }
+                Ok(other) => {
+                    tracing::warn!(%lock, "unexpected answer to a lock re-read: {other:?}");
+                    None
+                }
+                Err(info) => fatal(&info).or_else(|| {
+                    tracing::warn!(%lock, "cannot re-read a lock: {info}");
+                    None
+                }),
             },
             WaitFor::SetWatches => match response.result {
                 Ok(_) => None,
@@ -464,15 +614,35 @@ impl Task {
                 Ok(result) => {
                     self.renew_lease(sent_at);
                     let closed = matches!(result, OpResult::Closed);
-                    let stream = self.apply(then, response.zxid);
-                    let _ = reply.send(Ok(Reply { result, stream }));
+                    let (stream, lock) = self.apply(then, &result, response.zxid);
+                    let reply = reply.send(Ok(Reply {
+                        result,
+                        stream,
+                        lock,
+                    }));
+                    if let Err(Ok(unwanted)) = reply {
+                        self.unwanted(unwanted);
+                    }
                     closed.then_some(End::Final(ConnectionState::Closed, Error::Closed))
                 }
                 Err(info) => {
                     let end = fatal(&info);
                     if matches!(then, Then::Close) {
+                        if self.dropped {
+                            // Nobody can retry it: end here, the session expires on
+                            // its own once nothing keeps it alive.
+                            tracing::warn!(
+                                "closing the session of a dropped client failed: {info}"
+                            );
+                            return Some(
+                                end.unwrap_or(End::Final(ConnectionState::Closed, Error::Closed)),
+                            );
+                        }
                         // The close failed: the session goes on.
                         self.closing = false;
+                    }
+                    if let Then::Detached(what) = &then {
+                        tracing::warn!("{what:?} on behalf of a dropped handle failed: {info}");
                     }
                     let _ = reply.send(Err(Error::from(info)));
                     end
@@ -482,17 +652,58 @@ impl Task {
     }
 
     /// The registry side of a successful call.
-    fn apply(&mut self, then: Then, zxid: u64) -> Option<broadcast::Receiver<StreamItem>> {
+    fn apply(
+        &mut self,
+        then: Then,
+        result: &OpResult,
+        zxid: u64,
+    ) -> (
+        Option<broadcast::Receiver<StreamItem>>,
+        Option<watch::Receiver<SlotStatus>>,
+    ) {
         match then {
-            Then::Nothing | Then::Close => None,
+            Then::Nothing | Then::Close | Then::Detached(Detached::RevokeLease) => (None, None),
             Then::OneShot { path, kind, tx } => {
+                // An exists watch on a node that exists is a data watch (as in
+                // ZooKeeper): re-registered as an exist watch after a reconnect, the
+                // server would take it for a creation watch.
+                let kind = match (kind, result) {
+                    (OneShotKind::Exist, OpResult::Exists(Some(_))) => OneShotKind::Data,
+                    (kind, _) => kind,
+                };
                 self.registry.add_one_shot(&path, kind, tx, zxid);
-                None
+                (None, None)
             }
-            Then::Persistent { path, mode } => Some(self.registry.add_persistent(&path, mode)),
+            Then::Persistent { path, mode } => {
+                (Some(self.registry.add_persistent(&path, mode)), None)
+            }
             Then::RemoveWatches { path, kind } => {
                 self.registry.remove(&path, kind);
-                None
+                (None, None)
+            }
+            Then::Lock { lock } => match result {
+                OpResult::Locked { node, .. } => {
+                    (None, Some(self.locks.register(&lock, node, true)))
+                }
+                OpResult::Queued { node, .. } => {
+                    (None, Some(self.locks.register(&lock, node, false)))
+                }
+                _ => (None, None),
+            },
+            Then::Unlock { node } | Then::Detached(Detached::Unlock { node }) => {
+                self.locks.released(&node);
+                (None, None)
+            }
+        }
+    }
+
+    /// A successful answer whose caller is gone: undo what must not outlive it.
+    fn unwanted(&mut self, reply: Reply) {
+        if reply.lock.is_some() {
+            if let OpResult::Locked { node, .. } | OpResult::Queued { node, .. } = reply.result {
+                tracing::debug!(%node, "lock request answered after its caller left; releasing");
+                self.locks.forget(&node);
+                self.defer_unlock(node);
             }
         }
     }
@@ -504,11 +715,21 @@ impl Task {
         }
     }
 
+    /// The server answered a request sent at `sent_at`: the session lives at least a
+    /// TTL from then. An answer that comes after the safe deadline passed extends the
+    /// lease but counts a gap (see [`SessionStatus::lease_gaps`]).
     fn renew_lease(&mut self, sent_at: Instant) {
         if sent_at > self.lease_from {
+            let safe = self.lease_from + self.ttl.saturating_sub(default_margin(self.ttl));
+            let gap = Instant::now() >= safe;
             self.lease_from = sent_at;
             let deadline = sent_at + self.ttl;
-            self.shared.update_session(|s| s.lease_deadline = deadline);
+            self.shared.update_session(|s| {
+                s.lease_deadline = deadline;
+                if gap {
+                    s.lease_gaps += 1;
+                }
+            });
         }
     }
 
@@ -587,7 +808,14 @@ impl Task {
             tokio::select! {
                 biased;
                 output = &mut work => return Ok(output),
-                () = sleep_until(lease_end), if !self.lapsed => self.lapse(),
+                () = sleep_until(lease_end), if !self.lapsed => {
+                    self.lapse();
+                    if self.closing {
+                        // The close cannot be delivered in time: close locally, the
+                        // session expires on the server after its TTL.
+                        return Err(End::Final(ConnectionState::Closed, Error::Closed));
+                    }
+                },
                 call = self.calls.recv(), if self.lapsed => match call {
                     None => return Err(End::Final(ConnectionState::Closed, Error::Closed)),
                     Some(Call { then: Then::Close, reply, .. }) => {
@@ -595,10 +823,16 @@ impl Task {
                         let _ = reply.send(Ok(Reply {
                             result: OpResult::Closed,
                             stream: None,
+                            lock: None,
                         }));
                         return Err(End::Final(ConnectionState::Closed, Error::Closed));
                     }
                     Some(call) => {
+                        if let Then::Detached(Detached::Unlock { .. }) = &call.then {
+                            if let Some(lock) = call.then.lock_name() {
+                                self.locks.suspect(&lock);
+                            }
+                        }
                         let _ = call.reply.send(Err(Error::ConnectionLoss));
                     }
                 },
@@ -614,8 +848,27 @@ impl Task {
         );
         self.lapsed = true;
         for waiter in self.pending.drain() {
-            if let WaitFor::Call { reply, .. } = waiter {
-                let _ = reply.send(Err(Error::ConnectionLoss));
+            if let WaitFor::Call { then, reply, .. } = waiter {
+                // A lock or release that may or may not have been applied: the queue
+                // may hold a node nobody tracks.
+                if let Some(lock) = then.lock_name() {
+                    self.locks.suspect(&lock);
+                }
+                let answer = match then {
+                    // Closing locally; see `while_away`.
+                    Then::Close => Ok(Reply {
+                        result: OpResult::Closed,
+                        stream: None,
+                        lock: None,
+                    }),
+                    _ => Err(Error::ConnectionLoss),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+        for call in std::mem::take(&mut self.deferred) {
+            if let Some(lock) = call.then.lock_name() {
+                self.locks.suspect(&lock);
             }
         }
     }
@@ -630,6 +883,7 @@ impl Task {
             }
         }
         self.registry.fail_all(&err);
+        self.locks.fail_all(LockLoss::SessionEnded);
         let _ = self.shared.events.send(Err(err.clone()));
         self.calls.close();
         while let Ok(call) = self.calls.try_recv() {
@@ -638,6 +892,7 @@ impl Task {
                 Then::Close => Ok(Reply {
                     result: OpResult::Closed,
                     stream: None,
+                    lock: None,
                 }),
                 _ => Err(err.clone()),
             };

@@ -1,5 +1,6 @@
 //! The client's error type.
 
+use crate::lock::LockLoss;
 use corral_protocol::{ErrorCode, ErrorInfo, FrameError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,13 +69,24 @@ pub enum Error {
     /// before it fired.
     #[error("the watch was removed")]
     WatchRemoved,
+    /// A lock request was lost while it waited, or as it was granted, for this reason
+    /// (its lease expired, or its lease's or session's safe deadline had passed, so the
+    /// grant could not be trusted); or a held lock was found lost. Acquiring again may
+    /// succeed.
+    #[error("lock lost: {0}")]
+    LockLost(LockLoss),
+    /// The lease is lost: its safe deadline passed without an acknowledged renewal, the
+    /// server no longer has it, or it was revoked. Grant a new one.
+    #[error("lease lost: it expired, was revoked, or its safe deadline passed")]
+    LeaseLost,
 }
 
 impl Error {
     /// The protocol error code this error corresponds to, if any.
     ///
     /// Server errors give their own code; `ConnectionLoss`, `SessionExpired`, `Timeout`
-    /// and `InvalidPath` give the matching code; the others give `None`.
+    /// and `InvalidPath` give the matching code, `LockLost` gives `LockNotHeld` and
+    /// `LeaseLost` gives `NoLease`; the others give `None`.
     ///
     /// ```
     /// use corral_client::{Error, ErrorCode};
@@ -87,6 +99,8 @@ impl Error {
             Error::ConnectionLoss => Some(ErrorCode::ConnectionLoss),
             Error::SessionExpired => Some(ErrorCode::SessionExpired),
             Error::Timeout(_) => Some(ErrorCode::OperationTimeout),
+            Error::LockLost(_) => Some(ErrorCode::LockNotHeld),
+            Error::LeaseLost => Some(ErrorCode::NoLease),
             _ => None,
         }
     }
@@ -102,7 +116,7 @@ impl Error {
     /// ```
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::ConnectionLoss | Error::Timeout(_) | Error::Io(_) => true,
+            Error::ConnectionLoss | Error::Timeout(_) | Error::Io(_) | Error::LockLost(_) => true,
             Error::Server(info) => info.code.is_retryable(),
             _ => false,
         }
@@ -188,6 +202,13 @@ mod tests {
         ] {
             assert!(!e.is_retryable(), "{e}");
         }
+    }
+
+    #[test]
+    fn lock_errors() {
+        let lost = Error::LockLost(LockLoss::DeadlinePassed);
+        assert!(lost.is(ErrorCode::LockNotHeld) && lost.is_retryable());
+        assert!(Error::LeaseLost.is(ErrorCode::NoLease) && !Error::LeaseLost.is_retryable());
     }
 
     #[test]

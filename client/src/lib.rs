@@ -57,6 +57,54 @@
 //!   reader how many events it lost instead of blocking the client.
 //!
 //! The `corralctl` binary of this crate is a command-line client built on this API.
+//!
+//! # Locks
+//!
+//! [`Client::lock`] names a lock and its [`LockOptions`]; [`LockBuilder::acquire`] waits
+//! in the server's fair queue, [`try_acquire`](LockBuilder::try_acquire) never waits,
+//! [`acquire_timeout`](LockBuilder::acquire_timeout) gives up (and leaves the queue)
+//! after a while. Exclusive, read-write and semaphore locks are supported.
+//!
+//! ```no_run
+//! use corral_client::{Client, ClientConfig, LockOptions};
+//! use std::time::Duration;
+//!
+//! # async fn demo() -> corral_client::Result<()> {
+//! let client = Client::connect(ClientConfig::new(["127.0.0.1:2281"])).await?;
+//! let options = LockOptions::default().with_ttl(Duration::from_secs(5));
+//! let guard = client.lock("/locks/report", options).acquire().await?;
+//! // Guard writes to corral with the fencing token: a former holder cannot write.
+//! client
+//!     .transaction()
+//!     .check_lock(guard.name(), guard.token())
+//!     .set_data("/report", b"done".to_vec(), None)
+//!     .commit()
+//!     .await?;
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! - **Held under what.** A lock is held under the session by default, or under a
+//!   [`Lease`] with its own TTL (`LockOptions::ttl` creates one for the lock, renewed
+//!   every third of the TTL): a holder whose renewals stop loses the lock after that TTL
+//!   even while its session lives.
+//! - **The client's view of its lease.** The client counts a lease (or the session) as
+//!   certainly alive only until its *safe deadline*: the send time of the last
+//!   acknowledged renewal, plus the TTL, minus a margin for clock-rate differences
+//!   (`max(ttl / 10, 50 ms)`). [`LockGuard::lost`] resolves at that deadline if renewals
+//!   stop being acknowledged (also while disconnected), on a loss the server reports, or
+//!   when the session ends, whichever comes first: before the server can grant the lock
+//!   to anyone else.
+//! - **Waiting is not holding.** A grant that arrives after the lease's (or session's)
+//!   safe deadline passed is not reported as held: the acquire fails with
+//!   [`Error::LockLost`] and the node is released.
+//! - **Fencing.** Every grant has a fencing token ([`LockGuard::token`]), strictly
+//!   increasing across holders. Check it on every guarded write: in a multi for corral
+//!   itself ([`LockGuard::check_op`], [`Transaction::check_lock`]), with a
+//!   [`FencingValidator`] for outside resources.
+//! - **Cleanup.** Dropping a guard releases the lock, dropping a pending acquire leaves
+//!   the queue, both in the background; such releases are resent until answered, and a
+//!   lock request is never orphaned by a lost answer.
 
 #![warn(missing_docs)]
 
@@ -65,6 +113,10 @@ mod client;
 mod config;
 mod connection;
 mod error;
+mod fencing;
+mod lease;
+mod lock;
+mod lock_registry;
 mod multi;
 mod pending;
 mod registry;
@@ -75,6 +127,9 @@ mod watcher;
 pub use client::{Client, Created};
 pub use config::{ClientConfig, SERVER_DEDUP_WINDOW};
 pub use error::{Error, Result};
+pub use fencing::{FencingError, FencingValidator};
+pub use lease::{Lease, LeaseOptions, Renewal};
+pub use lock::{check_lock, LockBuilder, LockGuard, LockLoss, LockOptions, LockStats};
 pub use multi::Transaction;
 pub use state::{ConnectionState, StateStream};
 pub use watcher::{WatchStream, Watcher};
@@ -82,6 +137,6 @@ pub use watcher::{WatchStream, Watcher};
 /// Path helpers (`validate_path`, `parent`, `name`, `join`) from the protocol crate.
 pub use corral_protocol::path;
 pub use corral_protocol::{
-    AddWatchMode, CreateMode, CreateRequest, ErrorCode, ErrorInfo, EventKind, MultiOp, MultiResult,
-    Stat, WatchEvent, WatcherKind,
+    AddWatchMode, CreateMode, CreateRequest, ErrorCode, ErrorInfo, EventKind, LockEntry, LockKind,
+    LockState, MultiOp, MultiResult, Stat, WatchEvent, WatcherKind,
 };

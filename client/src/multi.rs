@@ -117,6 +117,29 @@ impl<'a> Transaction<'a> {
         self
     }
 
+    /// Adds a check that the fencing `token` currently holds `lock`: the whole
+    /// transaction fails with `LockNotHeld` otherwise, so a former holder of the lock
+    /// cannot write. See [`LockGuard::check_op`](crate::LockGuard::check_op).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: corral_client::Client) -> corral_client::Result<()> {
+    /// let guard = client.lock("/locks/config", Default::default()).acquire().await?;
+    /// client
+    ///     .transaction()
+    ///     .check_lock(guard.name(), guard.token())
+    ///     .set_data("/config", b"new".to_vec(), None)
+    ///     .commit()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn check_lock(mut self, lock: &str, token: u64) -> Self {
+        self.ops.push(MultiOp::CheckLock {
+            lock: lock.to_string(),
+            token,
+        });
+        self
+    }
+
     /// The operations so far.
     ///
     /// ```no_run

@@ -121,6 +121,11 @@ impl<W: Waiter> Pending<W> {
         self.entries.values().map(|e| e.frame.clone()).collect()
     }
 
+    /// Every request's waiter, in xid order.
+    pub(crate) fn waiters(&self) -> impl Iterator<Item = &W> {
+        self.entries.values().map(|e| &e.waiter)
+    }
+
     /// Removes every request, for failing their waiters.
     pub(crate) fn drain(&mut self) -> Vec<W> {
         self.counted = 0;

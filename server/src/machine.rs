@@ -562,10 +562,12 @@ impl StateMachine {
                     .create(txn, session_id, req, max)
                     .map(|(path, stat)| OpResult::Created { path, stat })
             }
-            Op::Delete { path, version } => self
-                .tree
-                .delete(txn, path, *version)
-                .map(|()| OpResult::Deleted),
+            Op::Delete { path, version } => {
+                self.own_queue_node(session_id, path)?;
+                self.tree
+                    .delete(txn, path, *version)
+                    .map(|()| OpResult::Deleted)
+            }
             Op::SetData {
                 path,
                 data,
@@ -610,8 +612,31 @@ impl StateMachine {
         }
     }
 
-    /// Refuses a plain create inside a lock's directory: its queue takes lock requests only
-    /// (a plain node there would join the queue without an owner).
+    /// A plain delete of a lock's queue node releases it like `Unlock` (useful inside a
+    /// multi), but only for the session that owns it: anyone else would take the lock
+    /// from its holder without telling it.
+    fn own_queue_node(&self, session: u64, path: &str) -> Result<(), ErrorInfo> {
+        let in_lock =
+            corral_protocol::path::parent(path).is_some_and(|p| self.locks.contains_key(p));
+        if !in_lock {
+            return Ok(());
+        }
+        let Some(node) = self.tree.get(path) else {
+            return Ok(());
+        };
+        let owner = owner_session(&self.sessions, node.stat.ephemeral_owner);
+        if owner == session {
+            Ok(())
+        } else {
+            Err(ErrorInfo::new(
+                ErrorCode::NotLockOwner,
+                format!("{path} is a lock queue node of session {owner:#x}"),
+            ))
+        }
+    }
+
+    /// Refuses a plain create inside a lock's directory: its queue takes lock requests
+    /// only (a plain node there would join the queue without an owner).
     fn refuse_lock_dir(&self, path: &str) -> Result<(), ErrorInfo> {
         let dir = corral_protocol::path::parent(path).unwrap_or("/");
         if self.locks.contains_key(dir) {
@@ -804,10 +829,13 @@ impl StateMachine {
                         .create(txn, session_id, req, max)
                         .map(|(path, stat)| MultiResult::Created { path, stat })
                 }),
-                MultiOp::Delete { path, version } => self
-                    .tree
-                    .delete(txn, path, *version)
-                    .map(|()| MultiResult::Deleted),
+                MultiOp::Delete { path, version } => {
+                    self.own_queue_node(session_id, path).and_then(|()| {
+                        self.tree
+                            .delete(txn, path, *version)
+                            .map(|()| MultiResult::Deleted)
+                    })
+                }
                 MultiOp::SetData {
                     path,
                     data,

@@ -1099,14 +1099,23 @@ fn a_retried_lock_is_not_queued_twice() {
 }
 
 #[test]
-fn deleting_a_queue_node_releases_like_unlock() {
-    // Delete does not check ownership (as in ZooKeeper); the lock follows the tree.
+fn deleting_a_queue_node_releases_like_unlock_for_its_owner_only() {
     let mut h = H::new();
     let (a, b) = (h.open(), h.open());
     let (na, _) = locked(&h.lock(a, "/dl", LockKind::Exclusive));
     let (nb, tb) = queued(&h.lock(b, "/dl", LockKind::Exclusive));
+    // Another session cannot take the lock from its holder with a plain delete.
     let d = h.write(
         b,
+        Op::Delete {
+            path: na.clone(),
+            version: None,
+        },
+    );
+    assert_eq!(code(&d), ErrorCode::NotLockOwner);
+    // The owner can (a release, e.g. inside a multi).
+    let d = h.write(
+        a,
         Op::Delete {
             path: na,
             version: None,

@@ -593,7 +593,6 @@ async fn calls_fail_with_connection_loss_once_the_lease_may_have_run_out() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a client dropped while its close is in flight resumes the session after a reconnect and keeps it alive forever"]
 async fn a_client_dropped_during_an_outage_does_not_keep_its_session_alive() {
     let server = TestServer::start(&[]);
     let proxy = proxy_to(&server).await;

@@ -536,7 +536,6 @@ async fn watches_rearmed_after_a_reconnect_fire_for_nodes_created_or_deleted_mea
 }
 
 #[tokio::test]
-#[ignore = "bug: after a reconnect the client sends SetWatches with the zxid of the new handshake, so data/child changes made while it was away never fire"]
 async fn watches_rearmed_after_a_reconnect_fire_for_changes_made_meanwhile() {
     let server = TestServer::start(&[]);
     let proxy = proxy_to(&server).await;
@@ -633,7 +632,6 @@ async fn set_watches_fires_for_what_changed_after_the_given_zxid() {
 }
 
 #[tokio::test]
-#[ignore = "bug: an exists watch left on an existing node is re-registered as a creation watch after a reconnect and lost"]
 async fn an_exists_watch_on_an_existing_node_survives_a_reconnect() {
     let server = TestServer::start(&[]);
     let proxy = proxy_to(&server).await;
@@ -656,7 +654,6 @@ async fn an_exists_watch_on_an_existing_node_survives_a_reconnect() {
 }
 
 #[tokio::test]
-#[ignore = "bug: after a reconnect an exists watch on an existing node fires a spurious NodeCreated if anything else was written"]
 async fn an_exists_watch_on_an_existing_node_is_not_fired_by_unrelated_writes_after_a_reconnect() {
     let server = TestServer::start(&[]);
     let proxy = proxy_to(&server).await;

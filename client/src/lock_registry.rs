@@ -1,0 +1,379 @@
+//! The connection task's side of locks: which queue nodes this session waits for or
+//! holds, routing of pushed `LockGranted` / `LockLost` events to them, and what to
+//! re-check after a reconnect. Pure (no IO, no clock), unit tested on its own.
+//!
+//! The server pushes lock events only to the connection the session is attached to at
+//! that moment, so an event can be missed while the client is away. After resuming the
+//! session the task therefore re-reads (`GetLocks`) every lock it tracks: a waiter
+//! granted meanwhile is granted, a node that vanished is lost. Locks where the client
+//! may have lost track of a node of its own (a lock or release request that failed
+//! without an answer, a tracked node nobody holds any more) are *suspects*: their
+//! re-read also releases every node of this session that nobody tracks, so an orphan
+//! cannot block the queue for as long as the session lives.
+
+use crate::lock::LockLoss;
+use corral_protocol::{LockEvent, LockState};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use tokio::sync::watch;
+
+/// Events for nodes not (yet) tracked that are remembered, in case the answer that
+/// names the node arrives after them (possible when answers wait behind earlier
+/// requests while events are pushed at once).
+const EARLY_EVENTS: usize = 256;
+
+/// Where one queue node stands, as the task knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SlotStatus {
+    /// In the queue, not granted.
+    Waiting,
+    /// Granted (the holder still checks its lease's safe deadline).
+    Granted,
+    /// Gone, for this reason. Final.
+    Ended(LockLoss),
+}
+
+#[derive(Debug)]
+struct Slot {
+    lock: String,
+    tx: watch::Sender<SlotStatus>,
+}
+
+/// Every queue node the session tracks, keyed by node path.
+#[derive(Debug, Default)]
+pub(crate) struct LockRegistry {
+    slots: BTreeMap<String, Slot>,
+    /// (node, granted) events that arrived for untracked nodes, oldest first.
+    early: VecDeque<(String, bool)>,
+    /// Locks to sweep for orphaned nodes of this session at the next re-read.
+    suspects: BTreeSet<String>,
+}
+
+/// The status after an event (`granted` or lost) arrives for a node in `status`.
+fn after_event(status: &SlotStatus, granted: bool) -> Option<SlotStatus> {
+    match (status, granted) {
+        (SlotStatus::Waiting, true) => Some(SlotStatus::Granted),
+        (SlotStatus::Waiting | SlotStatus::Granted, false) => {
+            Some(SlotStatus::Ended(LockLoss::LeaseExpired))
+        }
+        _ => None,
+    }
+}
+
+impl LockRegistry {
+    /// Tracks `node` of `lock`, answered as granted or queued, and returns a receiver of
+    /// its status. Events that overtook the answer are applied at once.
+    pub(crate) fn register(
+        &mut self,
+        lock: &str,
+        node: &str,
+        granted: bool,
+    ) -> watch::Receiver<SlotStatus> {
+        let mut status = if granted {
+            SlotStatus::Granted
+        } else {
+            SlotStatus::Waiting
+        };
+        self.early.retain(|(n, g)| {
+            if n != node {
+                return true;
+            }
+            if let Some(next) = after_event(&status, *g) {
+                status = next;
+            }
+            false
+        });
+        let ended = matches!(status, SlotStatus::Ended(_));
+        let (tx, rx) = watch::channel(status);
+        if !ended {
+            self.slots.insert(
+                node.to_string(),
+                Slot {
+                    lock: lock.to_string(),
+                    tx,
+                },
+            );
+        }
+        rx
+    }
+
+    /// Routes a pushed grant (`granted`) or loss. Returns whether a tracked node took it.
+    pub(crate) fn on_event(&mut self, event: &LockEvent, granted: bool) -> bool {
+        let Some(slot) = self.slots.get(&event.node) else {
+            if self.early.len() >= EARLY_EVENTS {
+                self.early.pop_front();
+            }
+            self.early.push_back((event.node.clone(), granted));
+            return false;
+        };
+        slot.tx
+            .send_if_modified(|status| match after_event(status, granted) {
+                Some(next) => {
+                    *status = next;
+                    true
+                }
+                None => false,
+            });
+        if !granted {
+            // Nothing more can happen to a node that is gone.
+            self.slots.remove(&event.node);
+        }
+        true
+    }
+
+    /// The node was released by this client.
+    pub(crate) fn released(&mut self, node: &str) {
+        if let Some(slot) = self.slots.remove(node) {
+            slot.tx.send_replace(SlotStatus::Ended(LockLoss::Released));
+        }
+    }
+
+    /// Stops tracking a node whose waiter is gone (its release is on its way).
+    pub(crate) fn forget(&mut self, node: &str) {
+        self.slots.remove(node);
+    }
+
+    /// Marks a lock for an orphan sweep at the next re-read.
+    pub(crate) fn suspect(&mut self, lock: &str) {
+        self.suspects.insert(lock.to_string());
+    }
+
+    /// The locks to re-read after a reconnect, each with whether to sweep it: every
+    /// tracked lock, every lock a request in flight (`in_flight`) is about, and every
+    /// suspect. Tracked nodes nobody listens to any more are dropped first, their locks
+    /// becoming suspects.
+    pub(crate) fn resync_plan(
+        &mut self,
+        in_flight: impl IntoIterator<Item = String>,
+    ) -> Vec<(String, bool)> {
+        let mut abandoned = Vec::new();
+        self.slots.retain(|_, slot| {
+            let keep = !slot.tx.is_closed();
+            if !keep {
+                abandoned.push(slot.lock.clone());
+            }
+            keep
+        });
+        self.suspects.extend(abandoned);
+        let mut names: BTreeSet<String> = self.slots.values().map(|s| s.lock.clone()).collect();
+        names.extend(in_flight);
+        names.extend(self.suspects.iter().cloned());
+        names
+            .into_iter()
+            .map(|name| {
+                let sweep = self.suspects.contains(&name);
+                (name, sweep)
+            })
+            .collect()
+    }
+
+    /// Applies a re-read of `lock` (`None`: the lock does not exist any more) for
+    /// `session`. Returns the nodes of this session to release: with `sweep`, those
+    /// nobody tracks.
+    pub(crate) fn resync(
+        &mut self,
+        lock: &str,
+        state: Option<&LockState>,
+        session: u64,
+        sweep: bool,
+    ) -> Vec<String> {
+        let entries = state.map(|s| s.queue.as_slice()).unwrap_or_default();
+        let mut gone = Vec::new();
+        for (node, slot) in self.slots.iter().filter(|(_, s)| s.lock == lock) {
+            match entries.iter().find(|e| &e.node == node) {
+                Some(entry) if entry.granted => {
+                    slot.tx.send_if_modified(|status| {
+                        if *status == SlotStatus::Waiting {
+                            *status = SlotStatus::Granted;
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    slot.tx.send_replace(SlotStatus::Ended(LockLoss::Gone));
+                    gone.push(node.clone());
+                }
+            }
+        }
+        for node in gone {
+            self.slots.remove(&node);
+        }
+        if !sweep {
+            return Vec::new();
+        }
+        self.suspects.remove(lock);
+        entries
+            .iter()
+            .filter(|e| e.session == session && !self.slots.contains_key(&e.node))
+            .map(|e| e.node.clone())
+            .collect()
+    }
+
+    /// Ends every tracked node with `loss` (the session ended).
+    pub(crate) fn fail_all(&mut self, loss: LockLoss) {
+        for (_, slot) in std::mem::take(&mut self.slots) {
+            slot.tx.send_replace(SlotStatus::Ended(loss));
+        }
+        self.early.clear();
+        self.suspects.clear();
+    }
+
+    /// Number of tracked nodes.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_protocol::{LockEntry, LockKind};
+
+    fn event(node: &str) -> LockEvent {
+        LockEvent {
+            lock: "/l".into(),
+            node: node.into(),
+            token: 7,
+            zxid: 9,
+        }
+    }
+
+    fn entry(node: &str, session: u64, granted: bool) -> LockEntry {
+        LockEntry {
+            node: node.into(),
+            kind: LockKind::Exclusive,
+            session,
+            lease: session,
+            token: 1,
+            granted,
+        }
+    }
+
+    fn state(queue: Vec<LockEntry>) -> LockState {
+        LockState {
+            lock: "/l".into(),
+            lock_delay_ms: 0,
+            delayed_until_ms: 0,
+            queue,
+        }
+    }
+
+    #[test]
+    fn grants_and_losses_reach_the_node() {
+        let mut r = LockRegistry::default();
+        let a = r.register("/l", "/l/x-1", false);
+        let b = r.register("/l", "/l/x-2", true);
+        assert_eq!(*a.borrow(), SlotStatus::Waiting);
+        assert_eq!(*b.borrow(), SlotStatus::Granted);
+        assert!(r.on_event(&event("/l/x-1"), true));
+        assert_eq!(*a.borrow(), SlotStatus::Granted);
+        assert!(r.on_event(&event("/l/x-2"), false));
+        assert_eq!(*b.borrow(), SlotStatus::Ended(LockLoss::LeaseExpired));
+        assert_eq!(r.len(), 1, "a lost node is no longer tracked");
+        r.released("/l/x-1");
+        assert_eq!(*a.borrow(), SlotStatus::Ended(LockLoss::Released));
+        assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn events_that_overtake_the_answer_are_applied_on_registration() {
+        let mut r = LockRegistry::default();
+        assert!(!r.on_event(&event("/l/x-1"), true));
+        assert!(!r.on_event(&event("/l/x-9"), false));
+        let a = r.register("/l", "/l/x-1", false);
+        assert_eq!(*a.borrow(), SlotStatus::Granted);
+        let gone = r.register("/l", "/l/x-9", false);
+        assert_eq!(*gone.borrow(), SlotStatus::Ended(LockLoss::LeaseExpired));
+        assert_eq!(r.len(), 1);
+        // Consumed: a later registration of the same name starts afresh.
+        let again = r.register("/l", "/l/x-9", false);
+        assert_eq!(*again.borrow(), SlotStatus::Waiting);
+    }
+
+    #[test]
+    fn early_events_are_bounded() {
+        let mut r = LockRegistry::default();
+        for i in 0..(EARLY_EVENTS + 10) {
+            r.on_event(&event(&format!("/l/x-{i}")), true);
+        }
+        assert_eq!(r.early.len(), EARLY_EVENTS);
+        // The oldest were dropped.
+        assert_eq!(
+            *r.register("/l", "/l/x-0", false).borrow(),
+            SlotStatus::Waiting
+        );
+    }
+
+    #[test]
+    fn resync_grants_missed_grants_and_ends_vanished_nodes() {
+        let mut r = LockRegistry::default();
+        let waiting = r.register("/l", "/l/x-1", false);
+        let still = r.register("/l", "/l/x-2", false);
+        let held = r.register("/l", "/l/x-0", true);
+        let other = r.register("/m", "/m/x-0", true);
+        let plan = r.resync_plan(vec!["/n".to_string()]);
+        assert_eq!(
+            plan,
+            vec![
+                ("/l".to_string(), false),
+                ("/m".to_string(), false),
+                ("/n".to_string(), false)
+            ]
+        );
+        let s = state(vec![entry("/l/x-1", 5, true), entry("/l/x-2", 5, false)]);
+        let orphans = r.resync("/l", Some(&s), 5, false);
+        assert!(orphans.is_empty());
+        assert_eq!(*waiting.borrow(), SlotStatus::Granted);
+        assert_eq!(*still.borrow(), SlotStatus::Waiting);
+        assert_eq!(*held.borrow(), SlotStatus::Ended(LockLoss::Gone));
+        // A lock that no longer exists: everything tracked in it is gone.
+        r.resync("/m", None, 5, false);
+        assert_eq!(*other.borrow(), SlotStatus::Ended(LockLoss::Gone));
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn abandoned_nodes_make_their_lock_a_suspect_whose_orphans_are_released() {
+        let mut r = LockRegistry::default();
+        let kept = r.register("/l", "/l/x-1", true);
+        drop(r.register("/l", "/l/x-2", false));
+        r.suspect("/k");
+        let plan = r.resync_plan(Vec::new());
+        assert_eq!(
+            plan,
+            vec![("/k".to_string(), true), ("/l".to_string(), true)]
+        );
+        let s = state(vec![
+            entry("/l/x-1", 5, true),
+            entry("/l/x-2", 5, false),
+            entry("/l/x-3", 6, false),
+        ]);
+        // Only this session's untracked node: not the tracked one, not another session's.
+        assert_eq!(
+            r.resync("/l", Some(&s), 5, true),
+            vec!["/l/x-2".to_string()]
+        );
+        assert_eq!(*kept.borrow(), SlotStatus::Granted);
+        // Swept: no longer a suspect.
+        assert_eq!(
+            r.resync_plan(Vec::new()),
+            vec![("/k".to_string(), true), ("/l".to_string(), false)]
+        );
+        // Without sweep nothing is released.
+        assert!(r.resync("/l", Some(&s), 5, false).is_empty());
+    }
+
+    #[test]
+    fn fail_all_ends_everything() {
+        let mut r = LockRegistry::default();
+        let a = r.register("/l", "/l/x-1", true);
+        r.suspect("/l");
+        r.fail_all(LockLoss::SessionEnded);
+        assert_eq!(*a.borrow(), SlotStatus::Ended(LockLoss::SessionEnded));
+        assert_eq!(r.len(), 0);
+        assert!(r.resync_plan(Vec::new()).is_empty());
+    }
+}

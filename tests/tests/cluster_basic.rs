@@ -1,0 +1,216 @@
+//! Replication basics on a real 3-node cluster: a leader is elected and every node
+//! serves clients; a write on any node is visible on every node (at once on the node
+//! that took it, after `sync` on the others); a restarted follower and a follower whose
+//! data directory was wiped catch up (the latter through a snapshot, the log being
+//! compacted); after `kill -9` of the whole cluster every acknowledged write is back and
+//! zxids keep increasing.
+
+use corral_client::{Client, CreateMode, CreateRequest};
+use corral_tests::cluster::TestCluster;
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+/// Creates `count` persistent nodes `{parent}/{prefix}-{i}` (parent made as needed),
+/// pipelined on one client; returns the largest czxid.
+async fn write_many(client: &Client, parent: &str, prefix: &str, count: usize) -> u64 {
+    let calls = (0..count).map(|i| {
+        let client = client.clone();
+        let path = format!("{parent}/{prefix}-{i:04}");
+        async move {
+            client
+                .create_with(CreateRequest {
+                    path,
+                    data: format!("v{i}").into_bytes(),
+                    mode: CreateMode::Persistent,
+                    make_parents: true,
+                })
+                .await
+                .expect("create")
+                .stat
+                .czxid
+        }
+    });
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+}
+
+/// Syncs `client` and checks that `parent` holds exactly `expected`, with their data.
+async fn assert_children(client: &Client, node: u64, parent: &str, expected: &BTreeSet<String>) {
+    client.sync("/").await.expect("sync");
+    let children: BTreeSet<String> = client
+        .get_children(parent)
+        .await
+        .expect("children")
+        .into_iter()
+        .collect();
+    assert_eq!(
+        &children, expected,
+        "node {node}: children of {parent} differ from what was acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elects_a_leader_and_every_node_serves_reads_and_writes() {
+    let started = Instant::now();
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    println!(
+        "leader {leader} elected {:?} after the processes were started",
+        started.elapsed()
+    );
+    let mut clients = Vec::new();
+    for id in cluster.ids() {
+        clients.push((id, cluster.connect(id).await));
+    }
+    for (id, client) in &clients {
+        let path = format!("/written-on-{id}");
+        let data = format!("from node {id}").into_bytes();
+        let created = client
+            .create(&path, data.clone(), CreateMode::Persistent)
+            .await
+            .expect("create");
+        assert_eq!(created, path);
+        // Read your own write on the same node, without sync.
+        let (got, stat) = client.get_data(&path).await.expect("own write is visible");
+        assert_eq!(got, data, "node {id}: own write");
+        let set = client
+            .set_data(&path, b"changed".to_vec(), Some(stat.version))
+            .await
+            .expect("set_data");
+        assert_eq!(set.version, stat.version + 1);
+        let (got, stat2) = client.get_data(&path).await.expect("own set is visible");
+        assert_eq!(got, b"changed", "node {id}: own set");
+        assert_eq!(stat2, set);
+        // Every other node, after sync.
+        for (other, reader) in &clients {
+            reader.sync("/").await.expect("sync");
+            let (got, seen) = reader
+                .get_data(&path)
+                .await
+                .unwrap_or_else(|e| panic!("node {other} after sync: {path}: {e}"));
+            assert_eq!(got, b"changed", "node {other} sees the write made on {id}");
+            assert_eq!(seen, set, "node {other}: same stat as node {id}");
+        }
+    }
+    // Deletes replicate too.
+    let (_, last) = &clients[2];
+    last.delete("/written-on-1", None).await.expect("delete");
+    for (other, reader) in &clients {
+        reader.sync("/").await.expect("sync");
+        assert!(
+            reader
+                .exists("/written-on-1")
+                .await
+                .expect("exists")
+                .is_none(),
+            "node {other} still has a deleted node"
+        );
+    }
+    cluster.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_follower_catches_up() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let follower = cluster.follower().await;
+    let leader = cluster.leader().await;
+    let writer = cluster.connect(leader).await;
+    write_many(&writer, "/before", "n", 20).await;
+    cluster.kill(follower);
+    // The two others are a majority: writes go on.
+    write_many(&writer, "/during", "n", 100).await;
+    cluster.restart(follower).await;
+    let reader = cluster.connect(follower).await;
+    let before: BTreeSet<String> = (0..20).map(|i| format!("n-{i:04}")).collect();
+    let during: BTreeSet<String> = (0..100).map(|i| format!("n-{i:04}")).collect();
+    assert_children(&reader, follower, "/before", &before).await;
+    assert_children(&reader, follower, "/during", &during).await;
+    // And it takes part again: a write through it is acknowledged and seen everywhere.
+    reader
+        .create("/after-restart", b"x".to_vec(), CreateMode::Persistent)
+        .await
+        .expect("write through the restarted follower");
+    cluster.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_follower_catches_up_through_a_snapshot() {
+    let mut cluster = TestCluster::start(3, &["--snapshot-every-entries", "50"]).await;
+    let follower = cluster.follower().await;
+    let leader = cluster.leader().await;
+    let writer = cluster.connect(leader).await;
+    // A few hundred entries: the log is compacted several times over.
+    write_many(&writer, "/data", "n", 300).await;
+    cluster.wipe(follower).await;
+    assert_eq!(
+        cluster.snapshot_installs(follower),
+        0,
+        "a wiped node starts empty"
+    );
+    let reader = cluster.connect(follower).await;
+    let expected: BTreeSet<String> = (0..300).map(|i| format!("n-{i:04}")).collect();
+    assert_children(&reader, follower, "/data", &expected).await;
+    let (data, _) = reader.get_data("/data/n-0123").await.expect("get_data");
+    assert_eq!(data, b"v123");
+    assert!(
+        cluster.snapshot_installs(follower) >= 1,
+        "the wiped follower caught up without installing a snapshot:\n{}",
+        cluster.log_tail(follower)
+    );
+    // Writes after the catch-up reach it through the log.
+    write_many(&writer, "/later", "n", 10).await;
+    cluster.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cluster_kill_and_restart_keeps_acknowledged_writes() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    cluster.leader().await;
+    let mut max_zxid = 0;
+    let mut expected = BTreeSet::new();
+    for id in cluster.ids() {
+        let client = cluster.connect(id).await;
+        let top = write_many(&client, &format!("/node-{id}"), "n", 30).await;
+        max_zxid = max_zxid.max(top).max(client.last_zxid());
+        for i in 0..30 {
+            expected.insert(format!("/node-{id}/n-{i:04}"));
+        }
+    }
+    cluster.kill_all();
+    let restarted = Instant::now();
+    cluster.restart_all().await;
+    let leader = cluster.leader().await;
+    println!(
+        "after a full restart, leader {leader} agreed {:?} after the processes were started",
+        restarted.elapsed()
+    );
+    for id in cluster.ids() {
+        let client = cluster.connect(id).await;
+        client.sync("/").await.expect("sync");
+        for path in &expected {
+            assert!(
+                client.exists(path).await.expect("exists").is_some(),
+                "node {id} lost the acknowledged {path}"
+            );
+        }
+        let created = client
+            .create_with(CreateRequest {
+                path: format!("/after-restart-{id}"),
+                data: Vec::new(),
+                mode: CreateMode::Persistent,
+                make_parents: false,
+            })
+            .await
+            .expect("write after the restart");
+        assert!(
+            created.stat.czxid > max_zxid,
+            "node {id}: zxid {} after the restart is not above {max_zxid} handed out before",
+            created.stat.czxid
+        );
+        max_zxid = created.stat.czxid;
+    }
+    cluster.assert_converged().await;
+}
