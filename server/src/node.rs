@@ -220,8 +220,22 @@ pub struct NodeStats {
 #[derive(Debug)]
 struct AliveBatch {
     sessions: Vec<u64>,
-    waiters: Vec<(ConnId, u64, OpResult)>,
+    waiters: Vec<Keepalive>,
     sent_tick: u64,
+}
+
+/// Something a follower answers only once the leader has renewed the session.
+#[derive(Debug)]
+enum Keepalive {
+    /// A ping or lease renewal: (connection, xid, answer).
+    Request(ConnId, u64, OpResult),
+    /// A session resumed on this node: accepting it tells the client its session lives.
+    Resume {
+        conn: ConnId,
+        session: u64,
+        secret: u64,
+        ttl_ms: u64,
+    },
 }
 
 /// Ticks after which an unacknowledged report is resent.
@@ -253,7 +267,7 @@ pub struct Node {
     alive: BTreeSet<u64>,
     /// Keepalives (pings, lease renewals) answered once the leader acknowledges the next
     /// report, so a client never believes in a renewal the leader does not have.
-    alive_waiters: Vec<(ConnId, u64, OpResult)>,
+    alive_waiters: Vec<Keepalive>,
     /// Reports sent and not acknowledged yet, by batch number.
     alive_inflight: BTreeMap<u64, AliveBatch>,
     next_alive_batch: u64,
@@ -440,6 +454,18 @@ impl Node {
                     let msg = format!("session {session_id:#x} was resumed on another connection");
                     self.goodbye(old, ErrorInfo::new(ErrorCode::SessionMoved, msg));
                 }
+                if matches!(self.log, Log::Paxos(_)) && !self.is_leader() {
+                    // A node cut off from the leader must not tell a client its session
+                    // lives: accept once the leader has renewed it.
+                    self.alive.insert(session_id);
+                    self.alive_waiters.push(Keepalive::Resume {
+                        conn,
+                        session: session_id,
+                        secret,
+                        ttl_ms,
+                    });
+                    return;
+                }
                 self.attach(conn, session_id, secret, ttl_ms);
             }
         }
@@ -576,7 +602,8 @@ impl Node {
             // A follower answers a keepalive once the leader has it (see `alive_waiters`).
             match self.evaluate_local(conn, session, op.clone()) {
                 Ok(result) => {
-                    self.alive_waiters.push((conn, xid, result));
+                    self.alive_waiters
+                        .push(Keepalive::Request(conn, xid, result));
                     PendingState::Proposed
                 }
                 Err(e) => PendingState::Done(Response {
@@ -1264,7 +1291,7 @@ impl Node {
 
     /// Answers waiting keepalives: those of one acknowledged batch, or all of them.
     fn answer_keepalives(&mut self, batch: Option<u64>) {
-        let waiters: Vec<(ConnId, u64, OpResult)> = match batch {
+        let waiters: Vec<Keepalive> = match batch {
             Some(b) => self
                 .alive_inflight
                 .remove(&b)
@@ -1279,8 +1306,38 @@ impl Node {
             }
         };
         let zxid = self.machine.last_zxid();
-        for (conn, xid, result) in waiters {
-            self.complete_on(conn, xid, zxid, Ok(result));
+        for waiter in waiters {
+            match waiter {
+                Keepalive::Request(conn, xid, result) => {
+                    self.complete_on(conn, xid, zxid, Ok(result))
+                }
+                Keepalive::Resume {
+                    conn,
+                    session,
+                    secret,
+                    ttl_ms,
+                } => {
+                    let live = self.machine.session(session).is_some()
+                        && !self.tracker.is_expiring(session);
+                    if !self.conns.contains_key(&conn) {
+                        continue;
+                    }
+                    if live {
+                        if let Some(old) = self.session_conns.get(&session).copied() {
+                            if old != conn {
+                                let msg = format!(
+                                    "session {session:#x} was resumed on another connection"
+                                );
+                                self.goodbye(old, ErrorInfo::new(ErrorCode::SessionMoved, msg));
+                            }
+                        }
+                        self.attach(conn, session, secret, ttl_ms);
+                    } else {
+                        let msg = format!("session {session:#x} has expired");
+                        self.refuse(conn, ErrorInfo::new(ErrorCode::SessionExpired, msg));
+                    }
+                }
+            }
         }
     }
 

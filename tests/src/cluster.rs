@@ -317,7 +317,7 @@ impl TestCluster {
         let n64 = n as u64;
         let mut args: Vec<String> = Vec::new();
         for (flag, value) in default_args() {
-            if !extra_args.iter().any(|a| *a == flag) {
+            if !extra_args.contains(&flag) {
                 args.push(flag.to_string());
                 args.push(value);
             }
@@ -658,9 +658,12 @@ where
         .with_request_timeout(Duration::from_secs(10))
 }
 
+/// Paths with their data and stat, as [`dump_tree`] reads them.
+pub type TreeDump = BTreeMap<String, (Vec<u8>, Stat)>;
+
 /// Every node under `root` (itself included) with its data and stat, read through
 /// `client` (call `sync` first for an up-to-date view).
-pub async fn dump_tree(client: &Client, root: &str) -> BTreeMap<String, (Vec<u8>, Stat)> {
+pub async fn dump_tree(client: &Client, root: &str) -> TreeDump {
     let mut out = BTreeMap::new();
     let mut todo = vec![root.to_string()];
     while let Some(path) = todo.pop() {
@@ -684,6 +687,66 @@ pub async fn dump_tree(client: &Client, root: &str) -> BTreeMap<String, (Vec<u8>
         out.insert(path, (data, stat));
     }
     out
+}
+
+/// How the trees under `/` seen through `clients` (each after a `sync`) differ, stats
+/// included; `None` if they are identical.
+pub async fn tree_difference(clients: &[(u64, Client)]) -> Option<String> {
+    let mut first: Option<(u64, TreeDump)> = None;
+    for (id, client) in clients {
+        if let Err(e) = client.sync("/").await {
+            return Some(format!("sync on node {id}: {e}"));
+        }
+        let tree = dump_tree(client, "/").await;
+        match &first {
+            None => first = Some((*id, tree)),
+            Some((first_id, first_tree)) => {
+                if first_tree != &tree {
+                    let only_one: Vec<&String> = first_tree
+                        .keys()
+                        .filter(|p| !tree.contains_key(*p))
+                        .chain(tree.keys().filter(|p| !first_tree.contains_key(*p)))
+                        .collect();
+                    let changed: Vec<&String> = first_tree
+                        .iter()
+                        .filter(|(p, v)| tree.get(*p).is_some_and(|w| w != *v))
+                        .map(|(p, _)| p)
+                        .collect();
+                    return Some(format!(
+                        "nodes {first_id} and {id} differ: paths on one only {only_one:?}, \
+                         different data or stat at {changed:?}"
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+impl TestCluster {
+    /// Waits (bounded by [`CLUSTER_WAIT`]) until every node, after a `sync`, holds the
+    /// same tree with the same data and stats; panics with the difference otherwise.
+    /// Every node must be running.
+    pub async fn assert_converged(&self) {
+        let mut clients = Vec::new();
+        for id in self.ids() {
+            clients.push((id, self.connect(id).await));
+        }
+        let deadline = tokio::time::Instant::now() + CLUSTER_WAIT;
+        loop {
+            let Some(why) = tree_difference(&clients).await else {
+                break;
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nodes did not converge within {CLUSTER_WAIT:?}: {why}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (_, client) in clients {
+            let _ = client.close().await;
+        }
+    }
 }
 
 impl Drop for TestCluster {

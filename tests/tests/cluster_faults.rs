@@ -518,7 +518,6 @@ fn create_op(path: String) -> Op {
 /// acknowledged create must be there afterwards. Several rounds (killing the leader of the
 /// moment each time), since which node wins the election varies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a client's pipelined writes can be applied out of order across a leader change (forwarded vs directly appended entries)"]
 async fn pipelined_writes_keep_their_order_across_a_leader_change() {
     let mut cluster = TestCluster::start(3, &[]).await;
     for round in 1..=4u64 {

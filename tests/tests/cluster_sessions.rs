@@ -147,7 +147,6 @@ async fn client_of_an_isolated_node_that_can_reach_the_others_keeps_its_session(
 /// The client's lease (`lease_deadline`: "until when the session is certainly alive on
 /// the server") must not outlast the session: a lock holder relies on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a node cut from the cluster grants its client's session resume, which renews the client's lease_deadline past the session's expiry by the leader"]
 async fn client_lease_does_not_outlive_its_expired_session() {
     let mut cluster = TestCluster::start(3, &[]).await;
     let leader = cluster.leader().await;

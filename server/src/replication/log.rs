@@ -77,7 +77,9 @@ pub struct PaxosSettings {
 #[derive(Debug)]
 struct Forwarded {
     entry: Entry,
-    /// The tick it was last appended or sent to a leader (0: not yet, no leader known).
+    /// The leader term in which it was last appended or sent (0: never).
+    sent_term: u64,
+    /// The tick it was last appended or sent.
     last_sent_tick: u64,
 }
 
@@ -111,6 +113,12 @@ pub struct PaxosLog {
     /// The proposal number of each tracked entry, by key.
     forwarded_keys: std::collections::HashMap<EntryKey, u64>,
     next_forward: u64,
+    /// Bumped whenever what was sent may be lost (leader change, link to the leader
+    /// re-established): every tracked proposal is then sent again, in order.
+    term: u64,
+    /// Forwards received while this node is the promised leader but not yet accepting;
+    /// appended, in order, once it is.
+    early_forwards: Vec<Entry>,
     ticks: u64,
     leader: Option<u64>,
 }
@@ -150,6 +158,8 @@ impl PaxosLog {
             forwarded: BTreeMap::new(),
             forwarded_keys: std::collections::HashMap::new(),
             next_forward: 1,
+            term: 1,
+            early_forwards: Vec::new(),
             ticks: 0,
             leader: None,
         }
@@ -181,11 +191,11 @@ impl PaxosLog {
         }
         let key = forward_key(&entry);
         if let Some(id) = key.and_then(|k| self.forwarded_keys.get(&k)).copied() {
-            // Already tracked (a client resent it): send it again, track it once.
-            let sent = self.send_proposal(&entry, out);
+            // Already tracked (a client resent it): send it, and what follows, again.
             if let Some(f) = self.forwarded.get_mut(&id) {
-                f.last_sent_tick = sent;
+                f.sent_term = 0;
             }
+            self.send_due(out);
             return Ok(());
         }
         let id = self.next_forward;
@@ -193,32 +203,53 @@ impl PaxosLog {
         if let Some(key) = key {
             self.forwarded_keys.insert(key, id);
         }
-        let sent = self.send_proposal(&entry, out);
         self.forwarded.insert(
             id,
             Forwarded {
                 entry,
-                last_sent_tick: sent,
+                sent_term: 0,
+                last_sent_tick: 0,
             },
         );
+        self.send_due(out);
         Ok(())
     }
 
-    /// Appends (as leader) or forwards (to the known leader) one proposal; returns the
-    /// tick to record as its last sending (0 if it could not be sent).
-    fn send_proposal(&mut self, entry: &Entry, out: &mut Vec<(u64, PeerMsg)>) -> u64 {
-        if self.is_leader() {
-            return match self.op.append(entry.clone()) {
-                Ok(()) => self.ticks.max(1),
-                Err(_) => 0,
-            };
+    /// Sends tracked proposals that are due, strictly in proposal order, so that one
+    /// client's writes reach the log in the order it sent them, across leader changes:
+    /// from the first proposal not sent in this term (or overdue for a retry), every
+    /// later one is sent again too, and nothing is sent past a proposal that cannot be
+    /// (no leader known, or this node is leader but not yet accepting).
+    fn send_due(&mut self, out: &mut Vec<(u64, PeerMsg)>) {
+        let retry = self.settings.forward_retry_ticks;
+        let (term, ticks) = (self.term, self.ticks);
+        let Some(first) = self
+            .forwarded
+            .iter()
+            .find(|(_, f)| f.sent_term != term || ticks.saturating_sub(f.last_sent_tick) >= retry)
+            .map(|(id, _)| *id)
+        else {
+            return;
+        };
+        let leading = self.is_leader();
+        let target = self.leader.filter(|l| *l != self.node_id);
+        if !leading && target.is_none() {
+            return;
         }
-        match self.leader.filter(|l| *l != self.node_id) {
-            Some(leader) => {
-                out.push((leader, PeerMsg::Forward(vec![entry.clone()])));
-                self.ticks.max(1)
+        let mut batch = Vec::new();
+        for (_, f) in self.forwarded.range_mut(first..) {
+            if leading {
+                if self.op.append(f.entry.clone()).is_err() {
+                    break;
+                }
+            } else {
+                batch.push(f.entry.clone());
             }
-            None => 0,
+            f.sent_term = term;
+            f.last_sent_tick = ticks;
+        }
+        if let (Some(leader), false) = (target, batch.is_empty()) {
+            out.push((leader, PeerMsg::Forward(batch)));
         }
     }
 
@@ -228,10 +259,19 @@ impl PaxosLog {
             PeerMsg::Paxos(m) => self.op.handle_incoming(*m),
             PeerMsg::Forward(entries) => {
                 if self.is_leader() {
+                    self.append_early_forwards();
                     for entry in entries {
                         // A failure (reconfiguration) drops the entry: the follower resends.
                         let _ = self.op.append(entry);
                     }
+                } else if self.op.get_current_leader().map(|(pid, _)| pid) == Some(self.node_id) {
+                    // Promised leader, still preparing: keep them, in order, for the
+                    // accept phase (dropping some would let later ones overtake them).
+                    let room = self
+                        .settings
+                        .max_forwarded_entries
+                        .saturating_sub(self.early_forwards.len());
+                    self.early_forwards.extend(entries.into_iter().take(room));
                 }
             }
             // Handled by the node core.
@@ -247,9 +287,19 @@ impl PaxosLog {
         self.op.get_promise()
     }
 
-    /// A link to `peer` was (re)established: OmniPaxos resends what it may have lost.
+    /// A link to `peer` was (re)established: OmniPaxos resends what it may have lost, and
+    /// so do we if it is the leader (forwards may have been lost with the old link).
     pub fn on_link_up(&mut self, peer: u64) {
         self.op.reconnected(peer);
+        if self.leader == Some(peer) {
+            self.term += 1;
+        }
+    }
+
+    fn append_early_forwards(&mut self) {
+        for entry in std::mem::take(&mut self.early_forwards) {
+            let _ = self.op.append(entry);
+        }
     }
 
     /// Advances OmniPaxos's logical clock and resends overdue forwards. Returns whether
@@ -260,46 +310,18 @@ impl PaxosLog {
         let leader = self.op.get_current_leader().map(|(pid, _)| pid);
         let changed = (leader != self.leader).then_some(leader);
         self.leader = leader;
-        // Proposals not applied yet: propose again on a leader change (a deposed leader's
-        // uncommitted entries are gone) and when they make no progress.
-        let retry = self.settings.forward_retry_ticks;
-        let ticks = self.ticks;
-        let due: Vec<u64> = self
-            .forwarded
-            .iter()
-            .filter(|(_, f)| {
-                f.last_sent_tick == 0 || changed.is_some() || ticks - f.last_sent_tick >= retry
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        if !due.is_empty() {
-            let leading = self.is_leader();
-            let mut batch = Vec::new();
-            for id in due {
-                let Some(entry) = self.forwarded.get(&id).map(|f| f.entry.clone()) else {
-                    continue;
-                };
-                let sent = if leading {
-                    match self.op.append(entry) {
-                        Ok(()) => ticks,
-                        Err(_) => 0,
-                    }
-                } else if self.leader.is_some_and(|l| l != self.node_id) {
-                    batch.push(entry);
-                    ticks
-                } else {
-                    0
-                };
-                if let Some(f) = self.forwarded.get_mut(&id) {
-                    f.last_sent_tick = sent;
-                }
-            }
-            if let Some(leader) = self.leader.filter(|l| *l != self.node_id) {
-                if !batch.is_empty() {
-                    out.push((leader, PeerMsg::Forward(batch)));
-                }
-            }
+        if changed.is_some() {
+            // A deposed leader's uncommitted entries are gone, and forwards to the old
+            // leader may be lost: send everything not applied yet again, in order.
+            self.term += 1;
         }
+        if self.is_leader() {
+            self.append_early_forwards();
+        } else if self.leader != Some(self.node_id) {
+            // Not leading after all: the followers resend them to whoever leads.
+            self.early_forwards.clear();
+        }
+        self.send_due(out);
         changed
     }
 

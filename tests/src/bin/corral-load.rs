@@ -27,6 +27,20 @@
 //! `mean_sync_us`) is reported: the write-ahead log's group-commit factor under this
 //! load. The server is discarded, so no cleanup is done and the counts cover the
 //! setup, warmup and measured load only.
+//!
+//! `--server` takes a comma-separated list (e.g. the three nodes of a cluster); client
+//! `c` then connects to address `c % n` only, so the connections spread evenly.
+//!
+//! `--measure-failover` measures a leader failover instead of throughput: one client
+//! (with every `--server` address, starting at a random one and moving round robin on
+//! failure) keeps one write in flight (`--op create` or `set`), `--kill-after-s` after the
+//! start the tool sends SIGKILL to `--kill-pid` (the leader), and it keeps writing until
+//! `--after-kill-s` after the first successful write that follows the kill (at most
+//! `--failover-max-s` after the kill). It reports the time from the kill to the first
+//! successful write (`kill_to_first_ok_ms`; also for the first write issued after the
+//! kill), how long no write succeeded (`outage_ms`: from the last success before the kill
+//! to the first after it), the longest gap between successes, and the errors seen, with
+//! their times relative to the kill.
 
 use clap::{Parser, ValueEnum};
 use corral_client::{Client, ClientConfig, CreateMode, Error, ErrorCode, MultiOp};
@@ -43,7 +57,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 #[derive(Debug, Parser)]
 #[command(name = "corral-load")]
 struct Args {
-    /// Server address (ignored with --spawn-server).
+    /// Server address, or a comma-separated list: client c connects to address c % n
+    /// (ignored with --spawn-server).
     #[arg(long, default_value = "127.0.0.1:2281")]
     server: String,
     /// Concurrent clients, each with its own session and connection.
@@ -85,6 +100,22 @@ struct Args {
     /// Extra argument for the spawned server (repeatable), e.g. --server-arg=--fsync=false.
     #[arg(long, allow_hyphen_values = true)]
     server_arg: Vec<String>,
+    /// Measure a leader failover: write continuously with one client and SIGKILL
+    /// --kill-pid after --kill-after-s.
+    #[arg(long, requires = "kill_pid", conflicts_with = "spawn_server")]
+    measure_failover: bool,
+    /// The process to SIGKILL in --measure-failover (the leader).
+    #[arg(long)]
+    kill_pid: Option<u32>,
+    /// Seconds of writing before the kill.
+    #[arg(long, default_value_t = 2.0)]
+    kill_after_s: f64,
+    /// Seconds of writing after the first successful write that follows the kill.
+    #[arg(long, default_value_t = 0.5)]
+    after_kill_s: f64,
+    /// Longest wait for a successful write after the kill, in seconds.
+    #[arg(long, default_value_t = 15.0)]
+    failover_max_s: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -366,10 +397,29 @@ async fn main() -> Result<(), BoxError> {
     } else {
         None
     };
-    let addr = server
-        .as_ref()
-        .map_or(args.server.clone(), |s| s.addr.clone());
-    let report = run(&args, &addr, server.is_none()).await;
+    let addrs: Vec<String> = match &server {
+        Some(s) => vec![s.addr.clone()],
+        None => args
+            .server
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(String::from)
+            .collect(),
+    };
+    if addrs.is_empty() {
+        return Err("--server names no address".into());
+    }
+    if args.measure_failover {
+        let report = run_failover(&args, &addrs).await?;
+        if args.json {
+            println!("{report}");
+        } else {
+            print_failover(&report);
+        }
+        return Ok(());
+    }
+    let report = run(&args, &addrs, server.is_none()).await;
     let summary = server.as_mut().and_then(SpawnedServer::stop);
     let mut report = report?;
     if server.is_some() {
@@ -393,14 +443,15 @@ async fn main() -> Result<(), BoxError> {
 }
 
 /// Connects, sets up, runs the load, cleans up; returns the report.
-async fn run(args: &Args, addr: &str, cleanup: bool) -> Result<serde_json::Value, BoxError> {
+async fn run(args: &Args, addrs: &[String], cleanup: bool) -> Result<serde_json::Value, BoxError> {
     let clients_n = args.clients as usize;
     let slots_n = args.in_flight as usize;
-    let config = ClientConfig::new([addr]).with_max_in_flight(slots_n.max(512));
-    let clients =
-        futures::future::try_join_all((0..clients_n).map(|_| Client::connect(config.clone())))
-            .await
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let clients = futures::future::try_join_all((0..clients_n).map(|c| {
+        let addr = addrs[c % addrs.len()].clone();
+        Client::connect(ClientConfig::new([addr]).with_max_in_flight(slots_n.max(512)))
+    }))
+    .await
+    .map_err(|e| format!("cannot connect to {}: {e}", addrs.join(",")))?;
 
     let millis = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
     let prefix = format!("/bench-{}-{millis}", std::process::id());
@@ -498,6 +549,7 @@ async fn run(args: &Args, addr: &str, cleanup: bool) -> Result<serde_json::Value
 
     Ok(serde_json::json!({
         "op": format!("{:?}", args.op).to_lowercase(),
+        "servers": addrs,
         "clients": clients_n,
         "in_flight": slots_n,
         "value_bytes": args.value_bytes,
@@ -543,5 +595,239 @@ fn print_text(r: &serde_json::Value) {
     }
     if let Some(line) = r["server"]["storage_closed"].as_str() {
         println!("server: {line}");
+    }
+}
+
+/// One write of the failover run: when it was issued and answered, and its error if any.
+#[derive(Debug)]
+struct Attempt {
+    start: Instant,
+    done: Instant,
+    error: Option<String>,
+}
+
+/// Milliseconds from `from` to `to` (negative if `to` is earlier).
+fn ms_between(from: Instant, to: Instant) -> f64 {
+    if to >= from {
+        to.duration_since(from).as_secs_f64() * 1e3
+    } else {
+        -(from.duration_since(to).as_secs_f64() * 1e3)
+    }
+}
+
+/// `--measure-failover`: writes with one request in flight, SIGKILLs `--kill-pid`, and
+/// reports how long the writes stopped succeeding.
+async fn run_failover(args: &Args, addrs: &[String]) -> Result<serde_json::Value, BoxError> {
+    let pid = args.kill_pid.ok_or("--measure-failover needs --kill-pid")?;
+    if !matches!(args.op, OpKind::Create | OpKind::Set) {
+        return Err("--measure-failover writes: use --op create or --op set".into());
+    }
+    let client = Client::connect(ClientConfig::new(addrs.iter().cloned()))
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", addrs.join(",")))?;
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
+    let prefix = format!("/failover-{}-{millis}", std::process::id());
+    let key = format!("{prefix}/k");
+    let value = vec![b'x'; args.value_bytes];
+    client
+        .create(&prefix, Vec::new(), CreateMode::Persistent)
+        .await?;
+    client
+        .create(&key, value.clone(), CreateMode::Persistent)
+        .await?;
+
+    let t0 = Instant::now();
+    let kill_at = t0 + Duration::from_secs_f64(args.kill_after_s);
+    let hard_end = kill_at + Duration::from_secs_f64(args.failover_max_s);
+    let killed: Arc<std::sync::OnceLock<(Instant, Instant, bool, SystemTime)>> = Arc::default();
+    let killer = {
+        let killed = killed.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(kill_at.into()).await;
+            let before = Instant::now();
+            let sent = tokio::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .await
+                .is_ok_and(|s| s.success());
+            let after = Instant::now();
+            let _ = killed.set((before, after, sent, SystemTime::now()));
+        })
+    };
+
+    let after_kill = Duration::from_secs_f64(args.after_kill_s);
+    let mut attempts: Vec<Attempt> = Vec::new();
+    let mut first_ok_after_kill: Option<Instant> = None;
+    let mut i = 0u64;
+    loop {
+        let start = Instant::now();
+        if start >= hard_end {
+            break;
+        }
+        if let Some(&(_, kill_done, _, _)) = killed.get() {
+            if first_ok_after_kill.is_some_and(|t| start >= t + after_kill) {
+                break;
+            }
+            if first_ok_after_kill.is_none() {
+                first_ok_after_kill = attempts
+                    .iter()
+                    .find(|a| a.error.is_none() && a.done > kill_done)
+                    .map(|a| a.done);
+                if first_ok_after_kill.is_some() {
+                    continue;
+                }
+            }
+        }
+        let n = i;
+        i += 1;
+        let op = async {
+            if args.op == OpKind::Create {
+                let path = format!("{prefix}/s-{n}");
+                client
+                    .create(&path, value.clone(), CreateMode::Persistent)
+                    .await
+                    .map(drop)
+            } else {
+                client.set_data(&key, value.clone(), None).await.map(drop)
+            }
+        };
+        let error = match tokio::time::timeout_at(hard_end.into(), op).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(error_kind(&e)),
+            Err(_) => Some("NoAnswerBeforeFailoverMax".to_string()),
+        };
+        let failed = error.is_some();
+        attempts.push(Attempt {
+            start,
+            done: Instant::now(),
+            error,
+        });
+        if failed {
+            // Do not spin on an error that comes back at once.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    killer.abort();
+    let (kill_before, kill_after, sent, kill_wall) =
+        *killed.get().ok_or("the kill never happened")?;
+    if !sent {
+        return Err(format!("kill -KILL {pid} failed").into());
+    }
+    let k = kill_after;
+
+    let oks: Vec<&Attempt> = attempts.iter().filter(|a| a.error.is_none()).collect();
+    let last_ok_before = oks.iter().filter(|a| a.done <= k).map(|a| a.done).max();
+    let first_ok = oks.iter().find(|a| a.done > k).map(|a| a.done);
+    let first_ok_issued_after = oks.iter().find(|a| a.start > k).map(|a| a.done);
+    let mut max_gap_ms = 0f64;
+    let mut prev = t0;
+    for a in &oks {
+        max_gap_ms = max_gap_ms.max(ms_between(prev, a.done));
+        prev = a.done;
+    }
+    let spanning = attempts.iter().find(|a| a.start <= k && a.done > k);
+    let mut before_us: Vec<u64> = oks
+        .iter()
+        .filter(|a| a.done <= kill_before)
+        .map(|a| a.done.duration_since(a.start).as_micros() as u64)
+        .collect();
+    before_us.sort_unstable();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut error_times = Vec::new();
+    for a in attempts.iter().filter(|a| a.error.is_some()) {
+        let kind = a.error.clone().unwrap_or_default();
+        *errors.entry(kind.clone()).or_default() += 1;
+        if error_times.len() < 20 {
+            error_times.push(serde_json::json!({
+                "kind": kind,
+                "issued_ms": ms_between(k, a.start),
+                "answered_ms": ms_between(k, a.done),
+            }));
+        }
+    }
+
+    // Best-effort cleanup, bounded.
+    let cleanup = async {
+        let mut paths: Vec<String> = if args.op == OpKind::Create {
+            (0..i).map(|n| format!("{prefix}/s-{n}")).collect()
+        } else {
+            Vec::new()
+        };
+        paths.push(key.clone());
+        let mut ok = true;
+        for batch in paths.chunks(256) {
+            ok &= delete_batch(&client, batch.to_vec()).await;
+        }
+        ok && delete_batch(&client, vec![prefix.clone()]).await
+    };
+    let cleaned = tokio::time::timeout(Duration::from_secs_f64(args.cleanup_s), cleanup)
+        .await
+        .unwrap_or(false);
+    if !cleaned {
+        eprintln!("cleanup incomplete: nodes may remain under {prefix}");
+    }
+    let _ = client.close().await;
+
+    Ok(serde_json::json!({
+        "mode": "failover",
+        "op": format!("{:?}", args.op).to_lowercase(),
+        "servers": addrs,
+        "kill_pid": pid,
+        "kill_cmd_ms": ms_between(kill_before, kill_after),
+        "kill_unix_ms": kill_wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        "kill_to_first_ok_ms": first_ok.map(|t| ms_between(k, t)),
+        "kill_to_first_ok_issued_after_kill_ms": first_ok_issued_after.map(|t| ms_between(k, t)),
+        "outage_ms": match (last_ok_before, first_ok) {
+            (Some(a), Some(b)) => Some(ms_between(a, b)),
+            _ => None,
+        },
+        "last_ok_before_kill_ms": last_ok_before.map(|t| ms_between(k, t)),
+        "max_gap_between_oks_ms": max_gap_ms,
+        "write_spanning_kill": spanning.map(|a| serde_json::json!({
+            "issued_ms": ms_between(k, a.start),
+            "answered_ms": ms_between(k, a.done),
+            "error": a.error,
+        })),
+        "writes_before_kill": before_us.len(),
+        "latency_before_kill_us": {
+            "p50": percentile(&before_us, 0.50),
+            "p99": percentile(&before_us, 0.99),
+            "max": before_us.last().copied().unwrap_or(0),
+        },
+        "writes_ok": oks.len(),
+        "writes_total": attempts.len(),
+        "errors": errors,
+        "error_times": error_times,
+        "cleaned_up": cleaned,
+    }))
+}
+
+fn print_failover(r: &serde_json::Value) {
+    let ms = |k: &str| match r[k].as_f64() {
+        Some(v) => format!("{v:.1} ms"),
+        None => "none".to_string(),
+    };
+    println!(
+        "failover: kill -> first ok write {}, (first ok write issued after the kill {}), \
+         no successful write for {}, longest gap between successes {}",
+        ms("kill_to_first_ok_ms"),
+        ms("kill_to_first_ok_issued_after_kill_ms"),
+        ms("outage_ms"),
+        ms("max_gap_between_oks_ms"),
+    );
+    println!(
+        "writes: {} ok of {}, before the kill p50 {} us p99 {} us; spanning the kill: {}",
+        r["writes_ok"],
+        r["writes_total"],
+        r["latency_before_kill_us"]["p50"],
+        r["latency_before_kill_us"]["p99"],
+        r["write_spanning_kill"],
+    );
+    match r["errors"].as_object() {
+        Some(errors) if !errors.is_empty() => {
+            let list: Vec<String> = errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            println!("errors: {} (times: {})", list.join(", "), r["error_times"]);
+        }
+        _ => println!("errors: none"),
     }
 }
