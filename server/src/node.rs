@@ -24,7 +24,7 @@ use corral_protocol::{
     Request, Response, ServerMessage, SessionGranted, SessionRequest, WatchEvent, MAGIC,
     PROTOCOL_VERSION,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Encodes a log entry as stored in the write-ahead log.
 pub fn encode_entry(entry: &Entry) -> Result<Vec<u8>, bincode::error::EncodeError> {
@@ -251,15 +251,15 @@ pub struct Node {
     log: Log,
     conns: BTreeMap<ConnId, Conn>,
     /// Which connection each attached session is on.
-    session_conns: HashMap<u64, ConnId>,
+    session_conns: BTreeMap<u64, ConnId>,
     /// New sessions proposed, by secret, with the connection that asked.
-    pending_opens: HashMap<u64, ConnId>,
+    pending_opens: BTreeMap<u64, ConnId>,
     last_snapshot_index: u64,
     /// Set when the disk failed: writes are refused, reads still served.
     disk_failed: Option<String>,
     last_tick_ms: Option<u64>,
     /// Barriers proposed by this node, with the `sync` requests waiting on each.
-    barriers: HashMap<u64, Vec<(ConnId, u64)>>,
+    barriers: BTreeMap<u64, Vec<(ConnId, u64)>>,
     /// A barrier proposed during the current input, which later syncs may share.
     open_barrier: Option<u64>,
     next_barrier: u64,
@@ -297,11 +297,11 @@ impl Node {
             tracker,
             log,
             conns: BTreeMap::new(),
-            session_conns: HashMap::new(),
-            pending_opens: HashMap::new(),
+            session_conns: BTreeMap::new(),
+            pending_opens: BTreeMap::new(),
             disk_failed: None,
             last_tick_ms: None,
-            barriers: HashMap::new(),
+            barriers: BTreeMap::new(),
             open_barrier: None,
             next_barrier: 1,
             alive: BTreeSet::new(),
@@ -972,7 +972,10 @@ impl Node {
                 }
             }
         }
-        let waiting: Vec<(ConnId, u64)> = self.barriers.drain().flat_map(|(_, w)| w).collect();
+        let waiting: Vec<(ConnId, u64)> = std::mem::take(&mut self.barriers)
+            .into_iter()
+            .flat_map(|(_, w)| w)
+            .collect();
         if !waiting.is_empty() {
             match self.barrier() {
                 Ok(id) => {
