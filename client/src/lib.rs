@@ -119,6 +119,7 @@ mod lock;
 mod lock_registry;
 mod multi;
 mod pending;
+pub mod recipes;
 mod registry;
 mod state;
 mod transport;

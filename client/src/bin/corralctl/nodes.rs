@@ -1,0 +1,338 @@
+//! The node commands: `create`, `get`, `set`, `ls`, `stat`, `rm`, `watch`.
+
+use crate::emit;
+use clap::{Args, Subcommand};
+use corral_client::{
+    AddWatchMode, Client, CreateMode, CreateRequest, Error, ErrorCode, Stat, WatchEvent,
+};
+use serde_json::{json, Value};
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Create a node and print its actual path.
+    ///
+    /// An ephemeral node is deleted when corralctl's session ends, that is, as soon as
+    /// this command exits: use it to test, not to register anything.
+    Create(CreateArgs),
+    /// Print a node's data (as UTF-8 when valid, else as hex).
+    Get {
+        /// The node.
+        path: String,
+    },
+    /// Replace a node's data and print its new stat.
+    Set {
+        /// The node.
+        path: String,
+        /// The new data (UTF-8).
+        data: String,
+        /// Only if the node is at this version.
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// List a node's children.
+    Ls {
+        /// The node.
+        path: String,
+        /// Also show each child's stat (version, data length, children, owner, mtime).
+        #[arg(short = 'l')]
+        long: bool,
+    },
+    /// Print a node's stat.
+    Stat {
+        /// The node.
+        path: String,
+    },
+    /// Delete a node.
+    Rm {
+        /// The node.
+        path: String,
+        /// Only if the node is at this version.
+        #[arg(long)]
+        version: Option<u32>,
+        /// Delete the node's descendants first.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Print watch events on a node as they come, until Ctrl-C or --count events.
+    Watch {
+        /// The node (it need not exist).
+        path: String,
+        /// Also watch every descendant.
+        #[arg(long)]
+        recursive: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The node's path (for --sequential: the prefix of its name).
+    pub path: String,
+    /// Initial data (UTF-8); empty if omitted.
+    pub data: Option<String>,
+    /// Delete the node when this session ends (that is, when corralctl exits).
+    #[arg(long, conflicts_with = "container")]
+    pub ephemeral: bool,
+    /// Append a per-parent sequence number to the name.
+    #[arg(long, conflicts_with = "container")]
+    pub sequential: bool,
+    /// Create a container: deleted by the server once its last child is deleted.
+    #[arg(long)]
+    pub container: bool,
+    /// Create missing parents.
+    #[arg(short, long)]
+    pub parents: bool,
+}
+
+impl CreateArgs {
+    pub fn mode(&self) -> CreateMode {
+        match (self.ephemeral, self.sequential, self.container) {
+            (_, _, true) => CreateMode::Container,
+            (true, true, _) => CreateMode::EphemeralSequential,
+            (true, false, _) => CreateMode::Ephemeral,
+            (false, true, _) => CreateMode::PersistentSequential,
+            (false, false, _) => CreateMode::Persistent,
+        }
+    }
+}
+
+/// How the CLI shows bytes: as text when valid UTF-8, else as hex.
+pub fn show_data(data: &[u8]) -> (String, &'static str) {
+    match std::str::from_utf8(data) {
+        Ok(text) => (text.to_string(), "utf8"),
+        Err(_) => (data.iter().map(|b| format!("{b:02x}")).collect(), "hex"),
+    }
+}
+
+fn stat_json(stat: &Stat) -> Value {
+    serde_json::to_value(stat).unwrap_or(Value::Null)
+}
+
+fn stat_lines(stat: &Stat) -> String {
+    format!(
+        "czxid = {}\nmzxid = {}\npzxid = {}\nctime_ms = {}\nmtime_ms = {}\nversion = {}\n\
+         cversion = {}\nephemeral_owner = {:#x}\ndata_length = {}\nnum_children = {}",
+        stat.czxid,
+        stat.mzxid,
+        stat.pzxid,
+        stat.ctime_ms,
+        stat.mtime_ms,
+        stat.version,
+        stat.cversion,
+        stat.ephemeral_owner,
+        stat.data_length,
+        stat.num_children
+    )
+}
+
+fn event_json(event: &WatchEvent) -> Value {
+    json!({
+        "kind": format!("{:?}", event.kind),
+        "path": event.path,
+        "zxid": event.zxid,
+    })
+}
+
+impl NodeCommand {
+    /// The path the command works on, as it must validate (a sequential create's
+    /// prefix is checked with a sequence number appended, as the client does).
+    pub fn path_to_check(&self) -> String {
+        match self {
+            NodeCommand::Create(args) if args.sequential => format!("{}0000000000", args.path),
+            NodeCommand::Create(CreateArgs { path, .. })
+            | NodeCommand::Get { path }
+            | NodeCommand::Set { path, .. }
+            | NodeCommand::Ls { path, .. }
+            | NodeCommand::Stat { path }
+            | NodeCommand::Rm { path, .. }
+            | NodeCommand::Watch { path, .. } => path.clone(),
+        }
+    }
+}
+
+pub async fn execute(client: &Client, command: NodeCommand, json: bool) -> Result<(), Error> {
+    match command {
+        NodeCommand::Create(args) => {
+            let created = client
+                .create_with(CreateRequest {
+                    path: args.path.clone(),
+                    data: args.data.clone().unwrap_or_default().into_bytes(),
+                    mode: args.mode(),
+                    make_parents: args.parents,
+                })
+                .await?;
+            if json {
+                emit(json!({ "path": created.path, "stat": stat_json(&created.stat) }))
+            } else {
+                emit(created.path)
+            }
+        }
+        NodeCommand::Get { path } => {
+            let (data, stat) = client.get_data(&path).await?;
+            let (shown, encoding) = show_data(&data);
+            if json {
+                emit(json!({
+                    "path": path,
+                    "data": shown,
+                    "encoding": encoding,
+                    "stat": stat_json(&stat),
+                }))
+            } else {
+                emit(shown)
+            }
+        }
+        NodeCommand::Set {
+            path,
+            data,
+            version,
+        } => {
+            let stat = client.set_data(&path, data.into_bytes(), version).await?;
+            if json {
+                emit(json!({ "path": path, "stat": stat_json(&stat) }))
+            } else {
+                emit(stat_lines(&stat))
+            }
+        }
+        NodeCommand::Stat { path } => match client.exists(&path).await? {
+            Some(stat) if json => emit(json!({ "path": path, "stat": stat_json(&stat) })),
+            Some(stat) => emit(stat_lines(&stat)),
+            None => Err(Error::Server(corral_client::ErrorInfo::new(
+                ErrorCode::NoNode,
+                format!("no node at {path}"),
+            ))),
+        },
+        NodeCommand::Ls { path, long } => list(client, &path, long, json).await,
+        NodeCommand::Rm {
+            path,
+            version,
+            recursive,
+        } => {
+            if recursive {
+                delete_descendants(client, &path).await?;
+            }
+            client.delete(&path, version).await?;
+            if json {
+                emit(json!({ "deleted": path }))
+            } else {
+                Ok(())
+            }
+        }
+        NodeCommand::Watch {
+            path,
+            recursive,
+            count,
+        } => watch(client, &path, recursive, count, json).await,
+    }
+}
+
+async fn list(client: &Client, path: &str, long: bool, json: bool) -> Result<(), Error> {
+    let children = client.get_children(path).await?;
+    if !long {
+        return if json {
+            emit(json!({ "path": path, "children": children }))
+        } else {
+            for name in children {
+                emit(name)?;
+            }
+            Ok(())
+        };
+    }
+    let mut rows = Vec::with_capacity(children.len());
+    for name in children {
+        let child = corral_client::path::join(path, &name);
+        // A child deleted since the listing is simply not shown.
+        if let Some(stat) = client.exists(&child).await? {
+            rows.push((name, stat));
+        }
+    }
+    if json {
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|(name, stat)| json!({ "name": name, "stat": stat_json(stat) }))
+            .collect();
+        return emit(json!({ "path": path, "children": rows }));
+    }
+    for (name, stat) in rows {
+        let kind = if stat.ephemeral_owner != 0 {
+            format!("e:{:#x}", stat.ephemeral_owner)
+        } else {
+            "-".to_string()
+        };
+        emit(format_args!(
+            "v{:<5} {:>9}B {:>6} {:>20} {:>14} {name}",
+            stat.version, stat.data_length, stat.num_children, kind, stat.mtime_ms
+        ))?;
+    }
+    Ok(())
+}
+
+/// Deletes everything below `path`, deepest first. Nodes that vanish meanwhile are fine.
+async fn delete_descendants(client: &Client, path: &str) -> Result<(), Error> {
+    // Depth-first with an explicit stack: (path, children already deleted?).
+    let mut stack = vec![(path.to_string(), false)];
+    while let Some((node, expanded)) = stack.pop() {
+        if expanded {
+            if node != path {
+                match client.delete(&node, None).await {
+                    Err(e) if e.is(ErrorCode::NoNode) => {}
+                    other => other?,
+                }
+            }
+            continue;
+        }
+        let children = match client.get_children(&node).await {
+            Err(e) if e.is(ErrorCode::NoNode) => continue,
+            other => other?,
+        };
+        stack.push((node.clone(), true));
+        for name in children {
+            stack.push((corral_client::path::join(&node, &name), false));
+        }
+    }
+    Ok(())
+}
+
+async fn watch(
+    client: &Client,
+    path: &str,
+    recursive: bool,
+    count: Option<u64>,
+    json: bool,
+) -> Result<(), Error> {
+    let mode = if recursive {
+        AddWatchMode::PersistentRecursive
+    } else {
+        AddWatchMode::Persistent
+    };
+    let mut events = client.add_watch(path, mode).await?;
+    let mut seen = 0u64;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    while count.is_none_or(|limit| seen < limit) {
+        let item = tokio::select! {
+            _ = &mut ctrl_c => break,
+            item = events.recv() => item,
+        };
+        match item {
+            None => break,
+            Some(Err(Error::Lagged { skipped })) => {
+                eprintln!("corralctl: {skipped} events were dropped (output too slow)");
+            }
+            Some(Err(e)) => return Err(e),
+            Some(Ok(event)) => {
+                seen += 1;
+                if json {
+                    emit(event_json(&event))?;
+                } else {
+                    emit(format_args!(
+                        "{:?} {} zxid={}",
+                        event.kind, event.path, event.zxid
+                    ))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,572 @@
+//! `corralctl lock`, `corralctl elect` and `corralctl locks` end to end against a real
+//! server: the command runs with the fencing token in its environment and its exit code
+//! is passed on, `--try` and `--timeout` give up while another process holds the lock,
+//! two concurrent `corralctl lock` runs never overlap, a lock lost while the command
+//! runs (its lease starved through a blackholed proxy) stops the command and exits 75,
+//! `elect` runs a command as leader, and `locks --json` lists holders and waiters.
+//!
+//! Every wait is bounded: on a process's exit or output, on a watch, or (for a process
+//! appearing in /proc, which has no event) a bounded poll; nothing sleeps to
+//! synchronise.
+
+use corral_client::recipes::Election;
+use corral_client::{Client, ClientConfig, ErrorCode, LockOptions};
+use corral_tests::proxy::{Mode, Proxy};
+use corral_tests::{corralctl_bin, eventually, TestServer};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::time::{timeout, Instant};
+
+/// Longest a corralctl command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound of every other wait.
+const WAIT: Duration = Duration::from_secs(10);
+/// corralctl's exit code for a lock lost while the command ran.
+const EXIT_LOCK_LOST: i32 = 75;
+
+async fn connect(addr: &str) -> Client {
+    Client::connect(ClientConfig::new([addr]))
+        .await
+        .expect("connect")
+}
+
+async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    match timeout(WAIT, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// corralctl against `server` (`-s server args...`), killed if dropped while running.
+fn ctl(server: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(corralctl_bin());
+    cmd.args(["-s", server])
+        .args(args)
+        .env_remove("CORRAL_SERVER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs corralctl to the end, bounded.
+async fn run(server: &str, args: &[&str]) -> Output {
+    match timeout(COMMAND_TIMEOUT, ctl(server, args).output()).await {
+        Ok(output) => output.expect("run corralctl"),
+        Err(_) => panic!("corralctl {args:?} did not finish within {COMMAND_TIMEOUT:?}"),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Waits until `lock` has a granted entry, through a child watch (bounded); returns
+/// its token.
+async fn held_token(client: &Client, lock: &str) -> u64 {
+    bounded("the lock to be held", async {
+        loop {
+            let watcher = match client.get_children_watch(lock).await {
+                Ok((_, _, watcher)) => watcher,
+                Err(e) if e.is(ErrorCode::NoNode) => {
+                    let (stat, watcher) = client.exists_watch(lock).await.expect("exists");
+                    if stat.is_some() {
+                        continue;
+                    }
+                    watcher
+                }
+                Err(e) => panic!("get_children {lock}: {e}"),
+            };
+            let locks = client.locks(lock).await.expect("locks");
+            let holder = locks
+                .iter()
+                .filter(|l| l.lock == lock)
+                .flat_map(|l| l.queue.iter())
+                .find(|e| e.granted);
+            if let Some(entry) = holder {
+                return entry.token;
+            }
+            let _ = watcher.await;
+        }
+    })
+    .await
+}
+
+/// Waits (bounded, with watches) until nobody is in `lock`'s queue.
+async fn until_free(client: &Client, lock: &str) {
+    bounded("the lock to be free", async {
+        loop {
+            match client.get_children_watch(lock).await {
+                Ok((children, _, watcher)) => {
+                    if children.is_empty() {
+                        return;
+                    }
+                    let _ = watcher.await;
+                }
+                Err(e) if e.is(ErrorCode::NoNode) => return,
+                Err(e) => panic!("get_children {lock}: {e}"),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_runs_the_command_with_the_token_and_passes_its_exit_code_on() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let client = connect(&addr).await;
+    client
+        .create(
+            "/guarded",
+            b"0".to_vec(),
+            corral_client::CreateMode::Persistent,
+        )
+        .await
+        .expect("create");
+
+    // The command sees the lock in its environment while it holds it.
+    let mut child = ctl(
+        &addr,
+        &[
+            "lock",
+            "/cli/a",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$CORRAL_LOCK_TOKEN $CORRAL_LOCK_NAME $CORRAL_LOCK_NODE $CORRAL_SERVER\"; read line",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = bounded("the command's output", lines.next_line())
+        .await
+        .expect("read")
+        .expect("a line");
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(fields.len(), 4, "{line:?}");
+    let token: u64 = fields[0].parse().expect("a numeric token");
+    assert_eq!(fields[1], "/cli/a");
+    assert!(fields[2].starts_with("/cli/a/x-"), "{line:?}");
+    assert_eq!(fields[3], addr);
+    assert_eq!(held_token(&client, "/cli/a").await, token);
+    // The token fences writes while the command runs.
+    client
+        .transaction()
+        .check_lock("/cli/a", token)
+        .set_data("/guarded", b"1".to_vec(), None)
+        .commit()
+        .await
+        .expect("a write fenced with the command's token");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"done\n").await.expect("write");
+    drop(stdin);
+    let status = bounded("corralctl to exit", child.wait())
+        .await
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+    // Released when the command exited: the token fences no more.
+    until_free(&client, "/cli/a").await;
+    let err = client
+        .transaction()
+        .check_lock("/cli/a", token)
+        .set_data("/guarded", b"2".to_vec(), None)
+        .commit()
+        .await
+        .expect_err("released");
+    assert!(err.is(ErrorCode::LockNotHeld), "{err}");
+
+    // The command's exit code is passed on, a signal as 128 + N.
+    let out = run(&addr, &["lock", "/cli/a", "--", "sh", "-c", "exit 7"]).await;
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let out = run(
+        &addr,
+        &["lock", "/cli/a", "--", "sh", "-c", "kill -TERM $$"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(128 + 15), "{out:?}");
+    // Other kinds, a TTL, a lock-delay.
+    let out = run(
+        &addr,
+        &[
+            "lock",
+            "/cli/rw",
+            "--kind",
+            "read",
+            "--ttl",
+            "2s",
+            "--lock-delay",
+            "500ms",
+            "--",
+            "sh",
+            "-c",
+            "echo $CORRAL_LOCK_NODE",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stdout).starts_with("/cli/rw/r-"), "{out:?}");
+    // A command that does not exist.
+    let out = run(&addr, &["lock", "/cli/a", "--", "/nonexistent/command"]).await;
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert!(text(&out.stderr).contains("cannot run"), "{out:?}");
+    until_free(&client, "/cli/a").await;
+    // Usage errors.
+    for args in [
+        &["lock", "/cli/a"][..],
+        &["lock", "/cli/a", "--try", "--timeout", "1s", "--", "true"],
+        &["lock", "/cli/a", "--ttl", "ten", "--", "true"],
+        &["lock", "/cli/a", "--kind", "shared", "--", "true"],
+    ] {
+        let out = run(&addr, args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_and_timeout_give_up_while_another_process_holds_the_lock() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let client = connect(&addr).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let marker = dir.path().join("ran");
+    let marker = marker.to_str().expect("utf-8 path");
+    let guard = client
+        .lock("/cli/busy", LockOptions::default())
+        .acquire()
+        .await
+        .expect("hold the lock");
+
+    let out = run(
+        &addr,
+        &["lock", "--try", "/cli/busy", "--", "touch", marker],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("/cli/busy is held"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{:#x}", client.session_id())),
+        "names the holder: {stderr}"
+    );
+    let started = Instant::now();
+    let out = run(
+        &addr,
+        &[
+            "lock",
+            "--timeout",
+            "300ms",
+            "/cli/busy",
+            "--",
+            "touch",
+            marker,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(text(&out.stderr).contains("timed out"), "{out:?}");
+    assert!(
+        !std::path::Path::new(marker).exists(),
+        "the command never ran"
+    );
+    // Neither left anything in the queue.
+    let locks = client.locks("/cli/busy").await.expect("locks");
+    assert_eq!(locks[0].queue.len(), 1, "{locks:?}");
+
+    guard.release().await.expect("release");
+    let out = run(
+        &addr,
+        &["lock", "--try", "/cli/busy", "--", "touch", marker],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(std::path::Path::new(marker).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lock_commands_do_not_overlap() {
+    const WORKERS: usize = 3;
+    const ROUNDS: usize = 3;
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("log");
+    let log = log.to_str().expect("utf-8 path").to_string();
+    // Each critical section appends a start marker, works a little, appends an end
+    // marker: with mutual exclusion the markers pair up.
+    let script = "echo \"start $1\" >> \"$2\"; sleep 0.05; echo \"end $1\" >> \"$2\"";
+    let mut workers = Vec::new();
+    for worker in 0..WORKERS {
+        let (addr, log) = (addr.clone(), log.clone());
+        workers.push(tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                let id = format!("{worker}.{round}");
+                let out = run(
+                    &addr,
+                    &[
+                        "lock",
+                        "/cli/mutex",
+                        "--",
+                        "sh",
+                        "-c",
+                        script,
+                        "sh",
+                        &id,
+                        &log,
+                    ],
+                )
+                .await;
+                assert!(out.status.success(), "{out:?}");
+            }
+        }));
+    }
+    for worker in workers {
+        timeout(3 * COMMAND_TIMEOUT, worker)
+            .await
+            .expect("workers finish")
+            .expect("worker");
+    }
+    let written = std::fs::read_to_string(&log).expect("read the log");
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(lines.len(), 2 * WORKERS * ROUNDS, "{written}");
+    for pair in lines.chunks(2) {
+        let start = pair[0].strip_prefix("start ");
+        let end = pair[1].strip_prefix("end ");
+        assert!(
+            start.is_some() && start == end,
+            "interleaved critical sections:\n{written}"
+        );
+    }
+}
+
+/// The pids of the processes whose parent is `parent` (from /proc).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+                    let after = &stat[stat.rfind(')')? + 1..];
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_lost_while_the_command_runs_stops_it_and_exits_75() {
+    let server = TestServer::start(&[]);
+    let target: SocketAddr = server.addr().parse().expect("server address");
+    let proxy = Proxy::start(target).await.expect("proxy");
+    let via = proxy.addr().to_string();
+    let client = connect(&server.addr()).await;
+
+    let child = ctl(
+        &via,
+        &["lock", "--ttl", "1s", "/cli/lost", "--", "sleep", "30"],
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .expect("spawn");
+    let ctl_pid = child.id().expect("corralctl pid");
+    // The lock is granted once corralctl runs the command (no event: poll /proc).
+    let sleep_pid = eventually("corralctl to start sleep", WAIT, || {
+        let found = children_of(ctl_pid).first().copied();
+        async move { found }
+    })
+    .await;
+    let token = held_token(&client, "/cli/lost").await;
+
+    // corralctl's lease cannot be renewed any more.
+    proxy.set_mode(Mode::Blackhole);
+    let cut_at = Instant::now();
+    let out = match timeout(COMMAND_TIMEOUT, child.wait_with_output()).await {
+        Ok(out) => out.expect("wait"),
+        Err(_) => panic!("corralctl did not stop the command"),
+    };
+    let took = cut_at.elapsed();
+    let stderr = text(&out.stderr);
+    println!("corralctl exited {took:?} after the cut: {stderr}");
+    assert_eq!(out.status.code(), Some(EXIT_LOCK_LOST), "{stderr}");
+    assert!(stderr.contains("corralctl: lock lost"), "{stderr}");
+    assert!(
+        took < Duration::from_secs(10),
+        "stopped well before sleep's 30 s: {took:?}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{sleep_pid}")).exists(),
+        "sleep ({sleep_pid}) was stopped and reaped"
+    );
+    // The server expires the lease; the lock is free for others, with a newer token.
+    let guard = client
+        .lock("/cli/lost", LockOptions::default())
+        .acquire_timeout(WAIT)
+        .await
+        .expect("acquire")
+        .expect("free after the lease expired");
+    assert!(guard.token() > token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elect_runs_the_command_while_leader() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let client = connect(&addr).await;
+    let election = Election::new(&client, "/cli/elect", "");
+
+    let mut child = ctl(
+        &addr,
+        &[
+            "elect",
+            "/cli/elect",
+            "--data",
+            "host-a",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$CORRAL_LEADER_TOKEN $CORRAL_ELECTION_NAME\"; read line; exit 3",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = bounded("the leader's output", lines.next_line())
+        .await
+        .expect("read")
+        .expect("a line");
+    let (token, name) = line.split_once(' ').expect("two fields");
+    let token: u64 = token.parse().expect("a numeric token");
+    assert_eq!(name, "/cli/elect");
+    let leader = election.leader().await.expect("leader").expect("a leader");
+    assert_eq!(
+        (leader.token, leader.data.as_slice()),
+        (token, &b"host-a"[..])
+    );
+
+    // A second candidate is not elected while the first leads.
+    let out = run(
+        &addr,
+        &["elect", "--timeout", "300ms", "/cli/elect", "--", "true"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains("not elected"), "{out:?}");
+
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"done\n").await.expect("write");
+    drop(stdin);
+    let status = bounded("corralctl to exit", child.wait())
+        .await
+        .expect("wait");
+    assert_eq!(status.code(), Some(3), "the leader's exit code");
+    until_free(&client, "/cli/elect").await;
+    assert_eq!(election.leader().await.expect("leader"), None, "resigned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_lists_holders_and_waiters() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let a = connect(&addr).await;
+    let b = connect(&addr).await;
+    let options = LockOptions::default().with_lock_delay(Duration::from_millis(1500));
+    let held = a
+        .lock("/cli/listed/one", options.clone())
+        .acquire()
+        .await
+        .expect("acquire");
+    let waiting = tokio::spawn({
+        let lock = b.lock("/cli/listed/one", options);
+        async move { lock.acquire().await }
+    });
+    bounded("b to queue", async {
+        loop {
+            let (children, _, watcher) = a
+                .get_children_watch("/cli/listed/one")
+                .await
+                .expect("children");
+            if children.len() == 2 {
+                return;
+            }
+            let _ = watcher.await;
+        }
+    })
+    .await;
+    let sem = a
+        .lock(
+            "/cli/listed/sem",
+            LockOptions::default().with_kind(corral_client::LockKind::Semaphore { permits: 2 }),
+        )
+        .acquire()
+        .await
+        .expect("permit");
+
+    let out = run(&addr, &["--json", "locks", "/cli/listed"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let listing: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(listing["path"], "/cli/listed");
+    let locks = listing["locks"].as_array().expect("locks");
+    assert_eq!(locks.len(), 2, "{listing}");
+    let one = &locks[0];
+    assert_eq!(one["lock"], "/cli/listed/one");
+    assert_eq!(one["kind"], "exclusive");
+    assert_eq!(one["lock_delay_ms"], 1500);
+    assert_eq!(one["queue_length"], 2);
+    let holders = one["holders"].as_array().expect("holders");
+    assert_eq!(holders.len(), 1, "{one}");
+    assert_eq!(holders[0]["node"], held.node());
+    assert_eq!(holders[0]["token"], held.token());
+    assert_eq!(holders[0]["session"], a.session_id());
+    let waiters = one["waiters"].as_array().expect("waiters");
+    assert_eq!(waiters.len(), 1, "{one}");
+    assert_eq!(waiters[0]["session"], b.session_id());
+    assert!(waiters[0]["token"].as_u64() > Some(held.token()));
+    let s = &locks[1];
+    assert_eq!(s["lock"], "/cli/listed/sem");
+    assert_eq!(s["kind"], "semaphore(2)");
+    assert_eq!(s["holders"][0]["token"], sem.token());
+
+    let out = run(&addr, &["locks", "/cli/listed"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let table = text(&out.stdout);
+    assert!(table.starts_with("LOCK"), "{table}");
+    assert!(
+        table.contains("/cli/listed/one") && table.contains("1500ms"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("held     {}", held.node())),
+        "{table}"
+    );
+    assert!(table.contains("waiting"), "{table}");
+    assert!(table.contains(&format!("token {}", sem.token())), "{table}");
+
+    // Nothing there: an empty listing.
+    let out = run(&addr, &["--json", "locks", "/nothing"]).await;
+    let listing: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(listing["locks"], serde_json::json!([]));
+    held.release().await.expect("release");
+    let next = bounded("b's grant", waiting)
+        .await
+        .expect("task")
+        .expect("b");
+    assert!(next.token() > held.token());
+}
