@@ -9,11 +9,15 @@
 //! - [`config`]: flags, TOML file and defaults.
 
 pub mod config;
+pub mod disk;
+pub mod faults;
 pub mod locks;
 pub mod machine;
 pub mod node;
 pub mod replication;
 pub mod server;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod snapshot;
 pub mod storage;
 pub mod tracker;

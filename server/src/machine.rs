@@ -381,8 +381,8 @@ impl StateMachine {
                 granted: true,
                 event: LockEvent {
                     lock: lock.to_string(),
+                    token: fencing_token(&node, n.stat.czxid),
                     node,
-                    token: n.stat.czxid,
                     zxid: txn.zxid,
                 },
             });
@@ -509,7 +509,9 @@ impl StateMachine {
             return Err(session_expired(session_id));
         };
         if let Some(cached) = session.recent.get(&xid) {
-            return cached.clone();
+            if !crate::faults::active().skip_dedup {
+                return cached.clone();
+            }
         }
         if xid <= session.dedup_floor {
             return Err(ErrorInfo::new(
@@ -755,7 +757,7 @@ impl StateMachine {
             .locks
             .get(&req.lock)
             .is_some_and(|m| m.granted.contains(corral_protocol::path::name(&node)));
-        let token = stat.czxid;
+        let token = fencing_token(&node, stat.czxid);
         Ok(if granted {
             OpResult::Locked { node, token }
         } else {
@@ -994,6 +996,15 @@ impl StateMachine {
         }
         Ok(())
     }
+}
+
+/// The fencing token of a queue node: its creation zxid (with the
+/// `token_from_sequence` fault switch, wrongly, its sequence number).
+fn fencing_token(node: &str, czxid: u64) -> u64 {
+    if crate::faults::active().token_from_sequence {
+        return locks::sequence(corral_protocol::path::name(node)).unwrap_or(0);
+    }
+    czxid
 }
 
 /// 64-bit FNV-1a, fed by bincode's encoder.

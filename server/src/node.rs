@@ -236,10 +236,47 @@ enum Keepalive {
         secret: u64,
         ttl_ms: u64,
     },
+    /// Leader: a follower's report, acknowledged (with the sessions this leader does not
+    /// have) once leadership is confirmed.
+    Ack {
+        peer: u64,
+        batch: u64,
+        gone: Vec<u64>,
+    },
 }
 
 /// Ticks after which an unacknowledged report is resent.
 const ALIVE_RESEND_TICKS: u64 = 10;
+
+/// What the deterministic simulator observes inside a node (test and `sim` builds only,
+/// and only after [`Node::enable_probe`]).
+#[cfg(any(test, feature = "sim"))]
+#[derive(Debug, Clone)]
+pub enum Probe {
+    /// An entry was applied.
+    Applied {
+        /// Its zxid.
+        zxid: u64,
+        /// The entry.
+        entry: Entry,
+        /// The result for the client, if the entry has one.
+        result: Option<Result<OpResult, ErrorInfo>>,
+        /// Locks granted by the entry (other than to a `Lock` request it carries).
+        granted: Vec<corral_protocol::LockEvent>,
+    },
+    /// A snapshot replaced the state; the node is now at `zxid`.
+    Installed {
+        /// The zxid of the snapshot.
+        zxid: u64,
+    },
+    /// This node proposed the expiry of these sessions at its monotonic time `mono_ms`.
+    ExpiryProposed {
+        /// The sessions and leases.
+        sessions: Vec<u64>,
+        /// The node's monotonic clock.
+        mono_ms: u64,
+    },
+}
 
 /// The node core. See the module documentation.
 #[derive(Debug)]
@@ -270,6 +307,8 @@ pub struct Node {
     alive_waiters: Vec<Keepalive>,
     /// Reports sent and not acknowledged yet, by batch number.
     alive_inflight: BTreeMap<u64, AliveBatch>,
+    /// Leader: keepalives waiting for the barrier that confirms its leadership.
+    keepalive_barriers: BTreeMap<u64, Vec<Keepalive>>,
     next_alive_batch: u64,
     ticks: u64,
     /// The lock-delay end for which a nudge entry was proposed.
@@ -278,6 +317,8 @@ pub struct Node {
     now: Now,
     outputs: Vec<Output>,
     peer_out: Vec<(u64, PeerMsg)>,
+    #[cfg(any(test, feature = "sim"))]
+    probe: Option<Vec<Probe>>,
 }
 
 impl Node {
@@ -307,6 +348,7 @@ impl Node {
             alive: BTreeSet::new(),
             alive_waiters: Vec::new(),
             alive_inflight: BTreeMap::new(),
+            keepalive_barriers: BTreeMap::new(),
             next_alive_batch: 1,
             ticks: 0,
             delay_nudged: None,
@@ -314,6 +356,27 @@ impl Node {
             now,
             outputs: Vec::new(),
             peer_out: Vec::new(),
+            #[cfg(any(test, feature = "sim"))]
+            probe: None,
+        }
+    }
+
+    /// Starts recording [`Probe`] events (the simulator drains them after every input).
+    #[cfg(any(test, feature = "sim"))]
+    pub fn enable_probe(&mut self) {
+        self.probe.get_or_insert_with(Vec::new);
+    }
+
+    /// The [`Probe`] events recorded since the last call.
+    #[cfg(any(test, feature = "sim"))]
+    pub fn take_probe(&mut self) -> Vec<Probe> {
+        self.probe.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    #[cfg(any(test, feature = "sim"))]
+    fn record(&mut self, event: impl FnOnce() -> Probe) {
+        if let Some(p) = &mut self.probe {
+            p.push(event());
         }
     }
 
@@ -454,10 +517,11 @@ impl Node {
                     let msg = format!("session {session_id:#x} was resumed on another connection");
                     self.goodbye(old, ErrorInfo::new(ErrorCode::SessionMoved, msg));
                 }
-                if matches!(self.log, Log::Paxos(_)) && !self.is_leader() {
-                    // A node cut off from the leader must not tell a client its session
-                    // lives: accept once the leader has renewed it.
-                    self.alive.insert(session_id);
+                if matches!(self.log, Log::Paxos(_)) {
+                    // A node cut off from the leader (or a leader cut off from the
+                    // majority) must not tell a client its session lives: accept once a
+                    // leader confirmed after this arrived has renewed it.
+                    self.touch(session_id);
                     self.alive_waiters.push(Keepalive::Resume {
                         conn,
                         session: session_id,
@@ -597,9 +661,9 @@ impl Node {
                     }),
                 }
             }
-        } else if replicated && !self.is_leader() && matches!(op, Op::Ping | Op::RenewLease { .. })
-        {
-            // A follower answers a keepalive once the leader has it (see `alive_waiters`).
+        } else if replicated && matches!(op, Op::Ping | Op::RenewLease { .. }) {
+            // A keepalive is answered once a leader confirmed after it arrived has it
+            // (see `alive_waiters`).
             match self.evaluate_local(conn, session, op.clone()) {
                 Ok(result) => {
                     self.alive_waiters
@@ -612,7 +676,10 @@ impl Node {
                     result: Err(e),
                 }),
             }
-        } else if replicated && matches!(op, Op::Sync { .. }) {
+        } else if replicated
+            && matches!(op, Op::Sync { .. })
+            && !crate::faults::active().sync_without_barrier
+        {
             // In a cluster, a sync passes through the log: once this node applies the
             // barrier, it has applied every write acknowledged before the sync started.
             match self.barrier() {
@@ -893,7 +960,15 @@ impl Node {
         for d in decided {
             match d {
                 Decided::Entry(zxid, entry) => {
-                    let applied = self.machine.apply(zxid, &entry);
+                    let applied = if crate::faults::active().apply_with_local_time {
+                        let local = Entry {
+                            wall_ms: self.now.wall_ms,
+                            ..entry.clone()
+                        };
+                        self.machine.apply(zxid, &local)
+                    } else {
+                        self.machine.apply(zxid, &entry)
+                    };
                     self.after_apply(&entry, applied);
                 }
                 Decided::Install(machine) => self.install(*machine),
@@ -921,6 +996,11 @@ impl Node {
         self.machine = machine;
         self.machine.set_limits(self.config.machine);
         self.last_snapshot_index = self.machine.last_zxid();
+        #[cfg(any(test, feature = "sim"))]
+        {
+            let zxid = self.machine.last_zxid();
+            self.record(|| Probe::Installed { zxid });
+        }
         self.tracker = SessionTracker::default();
         for s in self.machine.sessions() {
             self.tracker.add(s.id, s.ttl_ms, self.now.mono_ms);
@@ -972,6 +1052,10 @@ impl Node {
                 }
             }
         }
+        // Keepalives waiting for a leadership barrier: confirmed again by the next one.
+        for (_, waiters) in std::mem::take(&mut self.keepalive_barriers) {
+            self.alive_waiters.extend(waiters);
+        }
         let waiting: Vec<(ConnId, u64)> = std::mem::take(&mut self.barriers)
             .into_iter()
             .flat_map(|(_, w)| w)
@@ -1004,6 +1088,18 @@ impl Node {
     /// Delivers the effects of one applied entry: watch events first, then answers.
     fn after_apply(&mut self, entry: &Entry, applied: Applied) {
         let zxid = applied.zxid;
+        #[cfg(any(test, feature = "sim"))]
+        self.record(|| Probe::Applied {
+            zxid,
+            entry: entry.clone(),
+            result: applied.result.clone(),
+            granted: applied
+                .lock_events
+                .iter()
+                .filter(|c| c.granted)
+                .map(|c| c.event.clone())
+                .collect(),
+        });
         for change in &applied.changes {
             for (session, event) in self.watches.trigger(change, zxid) {
                 self.send_event(session, event);
@@ -1011,6 +1107,9 @@ impl Node {
         }
         self.stats.locks_abandoned_cleaned += u64::from(applied.locks_abandoned);
         for change in &applied.lock_events {
+            if change.granted && crate::faults::active().lose_lock_grant_event {
+                continue;
+            }
             let msg = if change.granted {
                 ServerMessage::LockGranted(change.event.clone())
             } else {
@@ -1060,6 +1159,9 @@ impl Node {
             EntryBody::Noop { barrier } => {
                 for (conn, xid) in self.barriers.remove(barrier).unwrap_or_default() {
                     self.complete_on(conn, xid, zxid, Ok(OpResult::Synced));
+                }
+                if let Some(waiters) = self.keepalive_barriers.remove(barrier) {
+                    self.answer_keepalives(waiters, &[]);
                 }
             }
             EntryBody::ExpireSessions { .. } => {}
@@ -1216,16 +1318,26 @@ impl Node {
                 self.stats.leader_changes += 1;
                 // Whoever leads now cannot know when clients last spoke to the old
                 // leader: every session gets a full TTL (etcd's lessor does the same).
-                self.tracker.restart_all(now);
-                // That restart happened after every waiting keepalive was sent: they are
-                // renewals the new leader honours.
-                self.answer_keepalives(None);
+                if !crate::faults::active().keep_deadlines_on_leader_change {
+                    self.tracker.restart_all(now);
+                }
+                // Reports the old leader did not acknowledge go to the new one.
+                for b in self.alive_inflight.values_mut() {
+                    b.sent_tick = 0;
+                }
+                // Keepalives waiting here for a barrier of our own leadership stay: the
+                // barrier decides. Those waiting for a report move to the next one.
             }
             if !self.is_leader() {
+                // Waiting for a barrier we proposed as leader: a report to the leader
+                // now answers them instead.
+                for (_, waiters) in std::mem::take(&mut self.keepalive_barriers) {
+                    self.alive_waiters.extend(waiters);
+                }
                 self.report_alive();
                 return;
             }
-            self.answer_keepalives(None);
+            self.confirm_keepalives();
         }
         if self.disk_failed.is_some() {
             return;
@@ -1242,6 +1354,14 @@ impl Node {
         if !expired.is_empty() {
             tracing::info!(sessions = ?expired, "expiring sessions");
             self.stats.sessions_expired += expired.len() as u64;
+            #[cfg(any(test, feature = "sim"))]
+            {
+                let sessions = expired.clone();
+                self.record(|| Probe::ExpiryProposed {
+                    sessions,
+                    mono_ms: now,
+                });
+            }
             if let Err(e) = self.propose(EntryBody::ExpireSessions {
                 session_ids: expired,
             }) {
@@ -1292,27 +1412,63 @@ impl Node {
         }
     }
 
-    /// Answers waiting keepalives: those of one acknowledged batch, or all of them.
-    fn answer_keepalives(&mut self, batch: Option<u64>) {
-        let waiters: Vec<Keepalive> = match batch {
-            Some(b) => self
-                .alive_inflight
-                .remove(&b)
-                .map(|b| b.waiters)
-                .unwrap_or_default(),
-            None => {
-                let mut all = std::mem::take(&mut self.alive_waiters);
-                for (_, b) in std::mem::take(&mut self.alive_inflight) {
-                    all.extend(b.waiters);
-                }
-                all
-            }
-        };
+    /// Leader: keepalives that arrived since the last tick wait for a barrier proposed
+    /// now; when it is decided, this node was still the leader after they arrived, so
+    /// the renewals it recorded are the cluster's.
+    fn confirm_keepalives(&mut self) {
+        // Reports this node sent while it was a follower: answered like the others.
+        for (_, b) in std::mem::take(&mut self.alive_inflight) {
+            self.alive_waiters.extend(b.waiters);
+        }
+        if self.alive_waiters.is_empty() {
+            return;
+        }
+        let id = self.fresh_barrier_id();
+        if self.propose(EntryBody::Noop { barrier: id }).is_ok() {
+            let waiters = std::mem::take(&mut self.alive_waiters);
+            self.keepalive_barriers.insert(id, waiters);
+        }
+    }
+
+    /// Answers waiting keepalives of one acknowledged report; `gone` lists the sessions
+    /// the leader does not have any more.
+    fn answer_report(&mut self, batch: u64, gone: &[u64]) {
+        let waiters = self
+            .alive_inflight
+            .remove(&batch)
+            .map(|b| b.waiters)
+            .unwrap_or_default();
+        self.answer_keepalives(waiters, gone);
+    }
+
+    fn answer_keepalives(&mut self, waiters: Vec<Keepalive>, gone: &[u64]) {
         let zxid = self.machine.last_zxid();
         for waiter in waiters {
             match waiter {
                 Keepalive::Request(conn, xid, result) => {
-                    self.complete_on(conn, xid, zxid, Ok(result))
+                    let session = self.conns.get(&conn).and_then(|c| c.session);
+                    let lease = match &result {
+                        OpResult::Lease { lease_id, .. } => Some(*lease_id),
+                        _ => None,
+                    };
+                    let answer = if lease.is_some_and(|l| gone.contains(&l)) {
+                        Err(ErrorInfo::new(
+                            ErrorCode::NoLease,
+                            "the lease expired: the leader no longer has it",
+                        ))
+                    } else if session.is_some_and(|s| gone.contains(&s)) {
+                        Err(ErrorInfo::new(
+                            ErrorCode::SessionExpired,
+                            "the session expired: the leader no longer has it",
+                        ))
+                    } else {
+                        Ok(result)
+                    };
+                    self.complete_on(conn, xid, zxid, answer)
+                }
+                Keepalive::Ack { peer, batch, gone } => {
+                    self.peer_out
+                        .push((peer, PeerMsg::AliveAck { batch, gone }));
                 }
                 Keepalive::Resume {
                     conn,
@@ -1321,7 +1477,8 @@ impl Node {
                     ttl_ms,
                 } => {
                     let live = self.machine.session(session).is_some()
-                        && !self.tracker.is_expiring(session);
+                        && !self.tracker.is_expiring(session)
+                        && !gone.contains(&session);
                     if !self.conns.contains_key(&conn) {
                         continue;
                     }
@@ -1348,15 +1505,26 @@ impl Node {
         match msg {
             PeerMsg::Alive { batch, sessions } => {
                 if self.is_leader() {
+                    let mut gone = Vec::new();
                     for session in sessions {
-                        self.tracker.touch(session, self.now.mono_ms);
+                        if self.machine.session(session).is_some()
+                            && !self.tracker.is_expiring(session)
+                        {
+                            self.tracker.touch(session, self.now.mono_ms);
+                        } else {
+                            gone.push(session);
+                        }
                     }
-                    self.peer_out.push((from, PeerMsg::AliveAck { batch }));
+                    self.alive_waiters.push(Keepalive::Ack {
+                        peer: from,
+                        batch,
+                        gone,
+                    });
                 }
                 return;
             }
-            PeerMsg::AliveAck { batch } => {
-                self.answer_keepalives(Some(batch));
+            PeerMsg::AliveAck { batch, gone } => {
+                self.answer_report(batch, &gone);
                 return;
             }
             _ => {}

@@ -27,9 +27,8 @@
 //! only useful if the caller kept the log records after it: compact the log only up to
 //! the *oldest* snapshot retained.
 
+use crate::disk::Disk;
 use crate::wal::{create_dir_durable, io_err, sync_dir, StorageError};
-use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// First bytes of every snapshot file.
@@ -60,23 +59,34 @@ pub struct Snapshot {
 /// saving the same index twice replaces the file atomically. A failure to delete old
 /// snapshots is logged, not returned: the new snapshot is already durable.
 pub fn save(dir: &Path, index: u64, data: &[u8], keep: usize) -> Result<(), StorageError> {
-    create_dir_durable(dir, true)?;
+    save_on(&Disk::Real, dir, index, data, keep)
+}
+
+/// [`save`] on the given disk.
+pub fn save_on(
+    disk: &Disk,
+    dir: &Path,
+    index: u64,
+    data: &[u8],
+    keep: usize,
+) -> Result<(), StorageError> {
+    create_dir_durable(disk, dir, true)?;
     let name = snapshot_name(index);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
 
-    if let Err(e) = write_synced(&tmp, &encode_header(index, data), data) {
+    if let Err(e) = write_synced(disk, &tmp, &encode_header(index, data), data) {
         // Best effort: a leftover is also removed by `load_latest`.
-        let _ = fs::remove_file(&tmp);
+        let _ = disk.remove_file(&tmp);
         return Err(e);
     }
-    if let Err(e) = fs::rename(&tmp, &path) {
-        let _ = fs::remove_file(&tmp);
+    if let Err(e) = disk.rename(&tmp, &path) {
+        let _ = disk.remove_file(&tmp);
         return Err(io_err(&path)(e));
     }
-    sync_dir(dir)?;
+    sync_dir(disk, dir)?;
 
-    retain_newest(dir, index, keep);
+    retain_newest(disk, dir, index, keep);
     Ok(())
 }
 
@@ -86,7 +96,12 @@ pub fn save(dir: &Path, index: u64, data: &[u8], keep: usize) -> Result<(), Stor
 /// Temporary files left by a crashed `save` are removed. Call it only while no `save`
 /// runs on the same directory (at startup).
 pub fn load_latest(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
-    let listing = match list(dir) {
+    load_latest_on(&Disk::Real, dir)
+}
+
+/// [`load_latest`] on the given disk.
+pub fn load_latest_on(disk: &Disk, dir: &Path) -> Result<Option<Snapshot>, StorageError> {
+    let listing = match list(disk, dir) {
         Ok(listing) => listing,
         Err(StorageError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Ok(None)
@@ -95,12 +110,12 @@ pub fn load_latest(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
     };
     for tmp in &listing.temporaries {
         tracing::warn!(path = %tmp.display(), "removing temporary snapshot file left by a crash");
-        if let Err(e) = fs::remove_file(tmp) {
+        if let Err(e) = disk.remove_file(tmp) {
             tracing::warn!(path = %tmp.display(), error = %e, "cannot remove temporary snapshot file");
         }
     }
     for (index, path) in listing.snapshots.iter().rev() {
-        let bytes = match fs::read(path) {
+        let bytes = match disk.read(path) {
             Ok(bytes) => bytes,
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "skipping unreadable snapshot");
@@ -191,8 +206,8 @@ fn decode(mut bytes: Vec<u8>, expected_index: u64) -> Result<Snapshot, String> {
 }
 
 /// Creates (or truncates) `path`, writes `header` and `data`, and fsyncs it.
-fn write_synced(path: &Path, header: &[u8], data: &[u8]) -> Result<(), StorageError> {
-    let mut file = File::create(path).map_err(io_err(path))?;
+fn write_synced(disk: &Disk, path: &Path, header: &[u8], data: &[u8]) -> Result<(), StorageError> {
+    let mut file = disk.create_truncate(path).map_err(io_err(path))?;
     file.write_all(header).map_err(io_err(path))?;
     file.write_all(data).map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))
@@ -205,29 +220,28 @@ struct Listing {
     temporaries: Vec<PathBuf>,
 }
 
-fn list(dir: &Path) -> Result<Listing, StorageError> {
+fn list(disk: &Disk, dir: &Path) -> Result<Listing, StorageError> {
     let mut listing = Listing {
         snapshots: Vec::new(),
         temporaries: Vec::new(),
     };
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
+    for (name, path) in disk.list(dir).map_err(io_err(dir))? {
+        let name = name.as_str();
         if let Some(index) = parse_snapshot_name(name) {
-            listing.snapshots.push((index, entry.path()));
+            listing.snapshots.push((index, path));
         } else if name.starts_with(PREFIX) && name.ends_with(TMP_SUFFIX) {
-            listing.temporaries.push(entry.path());
+            listing.temporaries.push(path);
         }
     }
+    listing.temporaries.sort();
     listing.snapshots.sort_by_key(|(index, _)| *index);
     Ok(listing)
 }
 
 /// Deletes all snapshots but the newest `keep` (at least one) and the one at `just_written`.
 /// Failures are logged: the caller's snapshot is already durable.
-fn retain_newest(dir: &Path, just_written: u64, keep: usize) {
-    let listing = match list(dir) {
+fn retain_newest(disk: &Disk, dir: &Path, just_written: u64, keep: usize) {
+    let listing = match list(disk, dir) {
         Ok(listing) => listing,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list snapshots for cleanup");
@@ -240,7 +254,7 @@ fn retain_newest(dir: &Path, just_written: u64, keep: usize) {
         if *index == just_written {
             continue;
         }
-        match fs::remove_file(path) {
+        match disk.remove_file(path) {
             Ok(()) => removed = true,
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot delete old snapshot");
@@ -248,7 +262,7 @@ fn retain_newest(dir: &Path, just_written: u64, keep: usize) {
         }
     }
     if removed {
-        if let Err(e) = sync_dir(dir) {
+        if let Err(e) = sync_dir(disk, dir) {
             tracing::warn!(error = %e, "cannot fsync snapshot directory after cleanup");
         }
     }
@@ -257,9 +271,10 @@ fn retain_newest(dir: &Path, just_written: u64, keep: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn indexes(dir: &Path) -> Vec<u64> {
-        list(dir)
+        list(&Disk::Real, dir)
             .expect("list")
             .snapshots
             .iter()

@@ -6,6 +6,7 @@
 //! holds state machine images. Recovery loads the newest valid snapshot and replays the
 //! records after it.
 
+use crate::disk::Disk;
 use crate::machine::{MachineLimits, StateMachine};
 use crate::node::{decode_entry, Input};
 use crate::snapshot;
@@ -101,13 +102,24 @@ pub fn recover(
     limits: MachineLimits,
     wal_options: WalOptions,
 ) -> Result<Recovered, RecoveryError> {
+    recover_on(&Disk::Real, data_dir, limits, wal_options)
+}
+
+/// [`recover`] on the given disk.
+pub fn recover_on(
+    disk: &Disk,
+    data_dir: &Path,
+    limits: MachineLimits,
+    wal_options: WalOptions,
+) -> Result<Recovered, RecoveryError> {
     let snap_dir = snapshot_dir(data_dir);
-    std::fs::create_dir_all(&snap_dir).map_err(|source| StorageError::Io {
-        path: snap_dir.display().to_string(),
-        source,
-    })?;
+    disk.create_dir_all(&snap_dir)
+        .map_err(|source| StorageError::Io {
+            path: snap_dir.display().to_string(),
+            source,
+        })?;
     let mut snapshot_index = None;
-    let mut machine = match snapshot::load_latest(&snap_dir)? {
+    let mut machine = match snapshot::load_latest_on(disk, &snap_dir)? {
         Some(snap) => {
             snapshot_index = Some(snap.index);
             let (m, _): (StateMachine, usize) =
@@ -123,7 +135,7 @@ pub fn recover(
         }
         None => StateMachine::new(limits),
     };
-    let (wal, found) = Wal::open(&wal_dir(data_dir), wal_options)?;
+    let (wal, found) = Wal::open_on(disk, &wal_dir(data_dir), wal_options)?;
     let snapshot_zxid = machine.last_zxid();
     if wal.last_lsn() < snapshot_zxid {
         return Err(RecoveryError::Gap {

@@ -63,8 +63,8 @@
 //! Records buffered but not synced when the `Wal` is dropped are lost; `Drop` does not
 //! sync. The log does not lock its directory: only one process may open it at a time.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use crate::disk::{Disk, DiskFile};
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// Largest payload of one record, in bytes. Larger appends are rejected, and a larger
@@ -119,19 +119,17 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_
 }
 
 /// Fsyncs a directory, making the creation, renaming or deletion of its entries durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+pub(crate) fn sync_dir(disk: &Disk, dir: &Path) -> Result<(), StorageError> {
+    disk.sync_dir(dir).map_err(io_err(dir))
 }
 
 /// Creates `dir` and any missing ancestors; when `fsync`, fsyncs the parent of every
 /// directory it created so that the new directories survive a crash.
-pub(crate) fn create_dir_durable(dir: &Path, fsync: bool) -> Result<(), StorageError> {
+pub(crate) fn create_dir_durable(disk: &Disk, dir: &Path, fsync: bool) -> Result<(), StorageError> {
     let mut missing = Vec::new();
     let mut cursor = Some(dir);
     while let Some(p) = cursor {
-        if p.as_os_str().is_empty() || p.exists() {
+        if p.as_os_str().is_empty() || disk.exists(p) {
             break;
         }
         missing.push(p);
@@ -140,7 +138,7 @@ pub(crate) fn create_dir_durable(dir: &Path, fsync: bool) -> Result<(), StorageE
     if missing.is_empty() {
         return Ok(());
     }
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    disk.create_dir_all(dir).map_err(io_err(dir))?;
     if fsync {
         // Outermost first: its parent existed before.
         for created in missing.iter().rev() {
@@ -148,7 +146,7 @@ pub(crate) fn create_dir_durable(dir: &Path, fsync: bool) -> Result<(), StorageE
                 Some(p) if !p.as_os_str().is_empty() => p,
                 _ => Path::new("."),
             };
-            sync_dir(parent)?;
+            sync_dir(disk, parent)?;
         }
     }
     Ok(())
@@ -196,12 +194,13 @@ struct Segment {
 /// The log.
 #[derive(Debug)]
 pub struct Wal {
+    disk: Disk,
     dir: PathBuf,
     options: WalOptions,
     /// Oldest first; never empty; the last one is the active segment.
     segments: Vec<Segment>,
     /// Handle of the active segment, opened for appending.
-    active: File,
+    active: DiskFile,
     /// Framed records appended since the last sync.
     buf: Vec<u8>,
     /// Lsn the next `append` returns.
@@ -217,13 +216,23 @@ impl Wal {
     /// A torn or corrupt tail of the last segment is cut (and the cut made durable); damage
     /// anywhere else, or a gap in the lsns between segments, is [`StorageError::Corrupt`].
     pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, Recovered), StorageError> {
-        create_dir_durable(dir, options.fsync)?;
-        let found = list_segments(dir)?;
+        Wal::open_on(&Disk::Real, dir, options)
+    }
+
+    /// [`Wal::open`] on the given disk (the simulator's, or the real one).
+    pub fn open_on(
+        disk: &Disk,
+        dir: &Path,
+        options: WalOptions,
+    ) -> Result<(Wal, Recovered), StorageError> {
+        create_dir_durable(disk, dir, options.fsync)?;
+        let found = list_segments(disk, dir)?;
 
         if found.is_empty() {
             let path = dir.join(segment_name(1));
-            let active = create_segment(dir, &path, options.fsync)?;
+            let active = create_segment(disk, dir, &path, options.fsync)?;
             let wal = Wal {
+                disk: disk.clone(),
                 dir: dir.to_path_buf(),
                 options,
                 segments: vec![Segment {
@@ -269,17 +278,13 @@ impl Wal {
             }
             let is_last = i == last_index;
 
-            let (bytes, file) = if is_last {
-                let mut file = OpenOptions::new()
-                    .read(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(io_err(&path))?;
+            let (bytes, mut file) = if is_last {
+                let mut file = disk.open_append(&path).map_err(io_err(&path))?;
                 let mut bytes = Vec::new();
                 file.read_to_end(&mut bytes).map_err(io_err(&path))?;
                 (bytes, Some(file))
             } else {
-                (fs::read(&path).map_err(io_err(&path))?, None)
+                (disk.read(&path).map_err(io_err(&path))?, None)
             };
 
             let scan = scan(&bytes);
@@ -287,7 +292,7 @@ impl Wal {
             if let Some(reason) = scan.damage {
                 let offset = scan.valid_len;
                 match file {
-                    Some(ref f) => {
+                    Some(ref mut f) => {
                         let cut = bytes.len() as u64 - valid_len;
                         tracing::warn!(
                             path = %path.display(),
@@ -337,6 +342,7 @@ impl Wal {
             ));
         };
         let wal = Wal {
+            disk: disk.clone(),
             dir: dir.to_path_buf(),
             options,
             segments,
@@ -434,7 +440,7 @@ impl Wal {
     fn rotate(&mut self) -> Result<(), StorageError> {
         let first_lsn = self.synced_lsn + 1;
         let path = self.dir.join(segment_name(first_lsn));
-        let file = create_segment(&self.dir, &path, self.options.fsync)?;
+        let file = create_segment(&self.disk, &self.dir, &path, self.options.fsync)?;
         self.segments.push(Segment {
             first_lsn,
             path,
@@ -480,7 +486,7 @@ impl Wal {
                 break;
             }
             let oldest = &self.segments[0];
-            match fs::remove_file(&oldest.path) {
+            match self.disk.remove_file(&oldest.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err(&oldest.path)(e)),
@@ -488,7 +494,7 @@ impl Wal {
             tracing::debug!(path = %oldest.path.display(), "compacted write-ahead log segment");
             self.segments.remove(0);
             if self.options.fsync {
-                sync_dir(&self.dir)?;
+                sync_dir(&self.disk, &self.dir)?;
             }
         }
         Ok(())
@@ -527,14 +533,12 @@ fn parse_segment_name(name: &str) -> Option<u64> {
 }
 
 /// The segment files in `dir`, sorted by first lsn.
-fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+fn list_segments(disk: &Disk, dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     let mut found = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
+    for (name, path) in disk.list(dir).map_err(io_err(dir))? {
+        let name = name.as_str();
         match parse_segment_name(name) {
-            Some(lsn) => found.push((lsn, entry.path())),
+            Some(lsn) => found.push((lsn, path)),
             None if name.starts_with(SEGMENT_PREFIX) && name.ends_with(SEGMENT_SUFFIX) => {
                 tracing::warn!(file = name, "ignoring file with a malformed segment name");
             }
@@ -546,15 +550,15 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
 }
 
 /// Creates a new, empty segment file and makes its directory entry durable.
-fn create_segment(dir: &Path, path: &Path, fsync: bool) -> Result<File, StorageError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io_err(path))?;
+fn create_segment(
+    disk: &Disk,
+    dir: &Path,
+    path: &Path,
+    fsync: bool,
+) -> Result<DiskFile, StorageError> {
+    let file = disk.create_new_append(path).map_err(io_err(path))?;
     if fsync {
-        sync_dir(dir)?;
+        sync_dir(disk, dir)?;
     }
     Ok(file)
 }
@@ -631,6 +635,7 @@ fn decode(rest: &[u8]) -> Result<(&[u8], usize), String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::fs::{self, OpenOptions};
 
     fn opts(segment_bytes: u64, fsync: bool) -> WalOptions {
         WalOptions {
@@ -648,7 +653,7 @@ mod tests {
     }
 
     fn segment_files(dir: &Path) -> Vec<(u64, PathBuf)> {
-        list_segments(dir).expect("list segments")
+        list_segments(&Disk::Real, dir).expect("list segments")
     }
 
     fn file_len(path: &Path) -> u64 {

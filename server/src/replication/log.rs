@@ -42,10 +42,12 @@ pub enum PeerMsg {
         /// Session and lease ids.
         sessions: Vec<u64>,
     },
-    /// The leader renewed the batch.
+    /// The leader renewed the batch, and confirmed its leadership after receiving it.
     AliveAck {
         /// The batch number.
         batch: u64,
+        /// Sessions of the batch that the leader does not have (expired or closed).
+        gone: Vec<u64>,
     },
     /// A node that starts with an empty data directory asks for the highest ballot
     /// every other node promised.
@@ -190,6 +192,19 @@ impl PaxosLog {
             ));
         }
         let key = forward_key(&entry);
+        if key.is_none() {
+            // Not tracked (session expiries): the leader decides them on its clock at that
+            // moment, so it appends them once and never resends them. Kept and resent, a
+            // deposed leader's expiry would reach the next leader, which restarted every
+            // deadline and may have renewed the session since.
+            if !self.is_leader() {
+                return Err("only the leader proposes this entry".to_string());
+            }
+            return self
+                .op
+                .append(entry)
+                .map_err(|e| format!("OmniPaxos refused the entry: {e:?}"));
+        }
         if let Some(id) = key.and_then(|k| self.forwarded_keys.get(&k)).copied() {
             // Already tracked (a client resent it): send it, and what follows, again.
             if let Some(f) = self.forwarded.get_mut(&id) {
@@ -223,10 +238,16 @@ impl PaxosLog {
     fn send_due(&mut self, out: &mut Vec<(u64, PeerMsg)>) {
         let retry = self.settings.forward_retry_ticks;
         let (term, ticks) = (self.term, self.ticks);
+        let once = crate::faults::active().send_forwards_once;
         let Some(first) = self
             .forwarded
             .iter()
-            .find(|(_, f)| f.sent_term != term || ticks.saturating_sub(f.last_sent_tick) >= retry)
+            .find(|(_, f)| {
+                if once {
+                    return f.sent_term == 0;
+                }
+                f.sent_term != term || ticks.saturating_sub(f.last_sent_tick) >= retry
+            })
             .map(|(id, _)| *id)
         else {
             return;
@@ -339,6 +360,10 @@ impl PaxosLog {
         for m in msgs {
             let to = m.get_receiver();
             self.held.push((to, PeerMsg::Paxos(Box::new(m))));
+        }
+        if crate::faults::active().ack_before_durable {
+            out.append(&mut self.held);
+            self.durable_accepted = self.op.get_accepted_idx();
         }
         if self.sync.is_some() {
             return None;

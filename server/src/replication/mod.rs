@@ -11,7 +11,8 @@ use log::{PaxosLog, PaxosSettings};
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::{ClusterConfig, OmniPaxosConfig, ServerConfig};
 use std::path::Path;
-use storage::PaxosStorage;
+use crate::disk::Disk;
+use storage::{PaxosStorage, PaxosStorageConfig};
 
 /// How a cluster member is set up.
 #[derive(Debug, Clone)]
@@ -112,8 +113,20 @@ pub fn open_cluster(
     limits: MachineLimits,
     settings: ClusterSettings,
 ) -> Result<RecoveredCluster, ClusterError> {
+    let config = PaxosStorageConfig::new(wal_options, limits);
+    open_cluster_on(&Disk::Real, dir, config, settings)
+}
+
+/// [`open_cluster`] on the given disk with the given storage settings (the simulator).
+pub fn open_cluster_on(
+    disk: &Disk,
+    dir: &Path,
+    config: PaxosStorageConfig,
+    settings: ClusterSettings,
+) -> Result<RecoveredCluster, ClusterError> {
     use omnipaxos::storage::Storage;
-    let storage = PaxosStorage::open(dir, wal_options, limits)?;
+    let limits = config.limits;
+    let storage = PaxosStorage::open_on(disk, dir, config)?;
     let fresh = storage.promise().is_none() && storage.log_end() == 0;
     let mut machine = match storage.snapshot() {
         Some(s) => s

@@ -110,6 +110,7 @@
 //!   by the tests (a 5-node leader whose decided index is behind a follower's compacted
 //!   index could send the first; the node then restarts from its log).
 
+use crate::disk::Disk;
 use crate::machine::{Entry, MachineLimits, StateMachine};
 use crate::wal::{StorageError, Wal, WalOptions, MAX_RECORD_BYTES, RECORD_HEADER_BYTES};
 use omnipaxos::ballot_leader_election::Ballot;
@@ -839,12 +840,18 @@ impl PaxosStorage {
     /// Opens the storage and replays its log. A torn tail is cut by [`Wal::open`]; an
     /// incomplete fragmented write at the end is dropped; a record that does not decode or
     /// does not fit the state before it is [`StorageError::Corrupt`].
-    pub fn open_with(
+    pub fn open_with(dir: &Path, config: PaxosStorageConfig) -> Result<PaxosStorage, StorageError> {
+        PaxosStorage::open_on(&Disk::Real, dir, config)
+    }
+
+    /// [`PaxosStorage::open_with`] on the given disk (the simulator's, or the real one).
+    pub fn open_on(
+        disk: &Disk,
         dir: &Path,
         mut config: PaxosStorageConfig,
     ) -> Result<PaxosStorage, StorageError> {
         config.max_fragment_bytes = config.max_fragment_bytes.clamp(1, MAX_RECORD_BYTES - 1);
-        let (wal, recovered) = Wal::open(dir, config.wal)?;
+        let (wal, recovered) = Wal::open_on(disk, dir, config.wal)?;
         let frames: Vec<(u64, u64)> = recovered
             .records
             .iter()

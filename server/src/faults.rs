@@ -1,0 +1,118 @@
+//! Deliberately injected bugs ("fault switches"), so that tests can show that the
+//! deterministic simulator ([`crate::sim`]) catches each class of bug it claims to.
+//!
+//! Each switch re-creates a plausible mistake in one place of the node. They exist only in
+//! test builds and with the `sim` feature; in a production build [`active`] is a constant
+//! with every switch off, so the checks compile away. The switches in force are
+//! per thread: the simulator runs a whole cluster on one thread and sets them for the
+//! duration of a run, so tests running in parallel do not see each other's switches.
+//! Switches that change the replicated state machine must be the same on every node
+//! (otherwise the nodes would disagree for a reason that is not a bug).
+
+/// Which bugs to inject. All off by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultSwitches {
+    /// Locks: an exclusive lock is granted to every waiter at once, without waiting for
+    /// its predecessors (breaks "at most one holder").
+    pub grant_without_predecessor: bool,
+    /// Locks: the fencing token handed out is the queue node's sequence number instead of
+    /// its creation zxid; the counter restarts when the lock's directory is reaped
+    /// (breaks "tokens strictly increase").
+    pub token_from_sequence: bool,
+    /// Apply: an entry is applied with the applying node's clock instead of the time the
+    /// proposer stamped into it (breaks "same zxid, same state").
+    pub apply_with_local_time: bool,
+    /// Replication: OmniPaxos messages are sent, and decided entries applied, before the
+    /// sync that makes them durable has completed (breaks "no acknowledged write lost"
+    /// when nodes crash).
+    pub ack_before_durable: bool,
+    /// Storage: every fsync reports success without making anything durable (the
+    /// simulator applies it to its disks; breaks "no acknowledged write lost").
+    pub skip_fsync: bool,
+    /// State machine: a retried write is executed again instead of answered from the
+    /// deduplication table (breaks "a retried request takes effect at most once").
+    pub skip_dedup: bool,
+    /// Sessions: a new leader keeps the deadlines it tracked as a follower instead of
+    /// restarting them at full TTL (breaks "no session expires while its client's
+    /// keepalives are acknowledged").
+    pub keep_deadlines_on_leader_change: bool,
+    /// Reads: `sync` is answered from the node's applied state without a barrier through
+    /// the log (breaks linearizability of sync + read).
+    pub sync_without_barrier: bool,
+    /// Replication: a forwarded proposal is sent once and never again, even after a
+    /// leader change or a timeout (breaks "every pending request completes or fails").
+    pub send_forwards_once: bool,
+    /// Locks: the `LockGranted` message to a waiting session is not sent (breaks "every
+    /// lock becomes acquirable again").
+    pub lose_lock_grant_event: bool,
+}
+
+impl FaultSwitches {
+    /// Whether any switch is on.
+    pub fn any(&self) -> bool {
+        *self != FaultSwitches::default()
+    }
+}
+
+#[cfg(any(test, feature = "sim"))]
+thread_local! {
+    static ACTIVE: std::cell::Cell<FaultSwitches> =
+        const { std::cell::Cell::new(FaultSwitches {
+            grant_without_predecessor: false,
+            token_from_sequence: false,
+            apply_with_local_time: false,
+            ack_before_durable: false,
+            skip_fsync: false,
+            skip_dedup: false,
+            keep_deadlines_on_leader_change: false,
+            sync_without_barrier: false,
+            send_forwards_once: false,
+            lose_lock_grant_event: false,
+        }) };
+}
+
+/// The switches in force on this thread.
+#[cfg(any(test, feature = "sim"))]
+pub fn active() -> FaultSwitches {
+    ACTIVE.with(|a| a.get())
+}
+
+/// The switches in force: none, in a production build.
+#[cfg(not(any(test, feature = "sim")))]
+#[inline(always)]
+pub fn active() -> FaultSwitches {
+    FaultSwitches {
+        grant_without_predecessor: false,
+        token_from_sequence: false,
+        apply_with_local_time: false,
+        ack_before_durable: false,
+        skip_fsync: false,
+        skip_dedup: false,
+        keep_deadlines_on_leader_change: false,
+        sync_without_barrier: false,
+        send_forwards_once: false,
+        lose_lock_grant_event: false,
+    }
+}
+
+/// Sets the switches in force on this thread (until the returned guard is dropped).
+#[cfg(any(test, feature = "sim"))]
+pub fn set(switches: FaultSwitches) -> FaultGuard {
+    let previous = ACTIVE.with(|a| a.replace(switches));
+    FaultGuard { previous }
+}
+
+/// Restores the previous switches when dropped.
+#[cfg(any(test, feature = "sim"))]
+#[derive(Debug)]
+pub struct FaultGuard {
+    previous: FaultSwitches,
+}
+
+#[cfg(any(test, feature = "sim"))]
+impl Drop for FaultGuard {
+    fn drop(&mut self) {
+        let previous = self.previous;
+        ACTIVE.with(|a| a.set(previous));
+    }
+}

@@ -1,0 +1,617 @@
+//! The invariants the simulator checks while it runs.
+//!
+//! - **One decided log.** Every node reports each entry it applies (`Probe::Applied`).
+//!   The first report of a zxid defines the entry there; any other node applying a
+//!   different entry at that zxid is a divergence, and "acknowledged write lost" when a
+//!   client had been told that the first one succeeded. A node only applies what is
+//!   decided and durable, so correct code never disagrees, even across crashes.
+//! - **Same zxid, same state.** Whenever a node's applied zxid changes, its
+//!   `state_hash()` is compared with the hash any other node had at that zxid, and its
+//!   state machine's own invariants are checked.
+//! - **At most one holder** of every exclusive lock (permits for a semaphore, a writer
+//!   alone), in the replicated state of every node.
+//! - **Fencing tokens strictly increase** per lock, over the grants in the decided log;
+//!   guarded writes (`CheckLock` in a multi) that succeed carry non-decreasing tokens.
+//! - **A retried request takes effect at most once**: the same (session, xid) at two
+//!   zxids must carry the same result (the dedup table's answer), unless the later one
+//!   was refused as stale or for an expired session.
+//! - **No early expiry.** (a) When a node proposes the expiry of a session, it must not
+//!   have heard from the session (a request from its client, a renewal, a follower's
+//!   report while leading) within the TTL, on its own clock. (b) When an expiry is
+//!   applied, no keepalive of the session (ping, lease renewal, session open or resume)
+//!   that its client saw acknowledged may have been sent less than TTL − margin before,
+//!   in real time (the margin is the client's: max(TTL/10, 50 ms)); this is what makes a
+//!   client's view of its lease safe.
+
+use crate::machine::{Entry, EntryBody, StateMachine};
+use corral_protocol::{ErrorCode, ErrorInfo, LockEvent, LockKind, MultiOp, Op, OpResult};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// What went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ViolationKind {
+    /// Two sessions hold an exclusive lock in some node's replicated state.
+    TwoHolders,
+    /// Two clients believed they held the same exclusive lock at the same time.
+    TwoBelievers,
+    /// A lock was granted with a token not above an earlier grant's.
+    TokenOrder,
+    /// A guarded write succeeded with a token below an earlier guarded write's.
+    FencedOrder,
+    /// Two nodes at the same zxid have different state.
+    StateDivergence,
+    /// Two nodes applied different entries at the same zxid.
+    LogDivergence,
+    /// A write acknowledged to a client is not in the decided log any more.
+    AckedWriteLost,
+    /// A retried request took effect twice.
+    DuplicateApply,
+    /// A session expired although its client's keepalive was acknowledged recently.
+    EarlyExpiry,
+    /// A node proposed the expiry of a session it had heard from within the TTL.
+    ExpiredWhileHeard,
+    /// The client history is not linearizable.
+    NotLinearizable,
+    /// A client saw an older zxid after a newer one.
+    WentBackInTime,
+    /// A request stayed unanswered after the faults healed.
+    RequestStuck,
+    /// A lock could not be acquired after the faults healed.
+    LockNotAcquirable,
+    /// The nodes did not reach the same state after the faults healed.
+    NotConverged,
+    /// A node could not recover from its disk.
+    Recovery,
+    /// A state machine's own invariants failed.
+    MachineInvariant,
+    /// A node panicked.
+    Panic,
+}
+
+/// A violated invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which invariant.
+    pub kind: ViolationKind,
+    /// Simulated time, microseconds.
+    pub at_us: u64,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} at {}: {}",
+            self.kind,
+            super::fmt_time(self.at_us),
+            self.detail
+        )
+    }
+}
+
+fn fail(kind: ViolationKind, at_us: u64, detail: String) -> Result<(), Violation> {
+    Err(Violation {
+        kind,
+        at_us,
+        detail,
+    })
+}
+
+/// A short description of an entry, for reports.
+pub fn describe_entry(entry: &Entry) -> String {
+    match &entry.body {
+        EntryBody::OpenSession { ttl_ms, .. } => format!("OpenSession(ttl {ttl_ms})"),
+        EntryBody::CloseSession { session_id } => format!("CloseSession({session_id:#x})"),
+        EntryBody::ExpireSessions { session_ids } => format!("ExpireSessions({session_ids:x?})"),
+        EntryBody::Write {
+            session_id,
+            xid,
+            op,
+        } => format!("Write({session_id:#x}/{xid} {})", describe_op(op)),
+        EntryBody::Noop { barrier } => format!("Noop({barrier:#x})"),
+    }
+}
+
+/// A short description of an operation.
+pub fn describe_op(op: &Op) -> String {
+    match op {
+        Op::Create(c) => format!("create {} {:?}", c.path, c.mode),
+        Op::Delete { path, .. } => format!("delete {path}"),
+        Op::SetData { path, data, .. } => format!("set {path}={}", value_of(data)),
+        Op::GetData { path, .. } => format!("get {path}"),
+        Op::Multi(ops) => {
+            let parts: Vec<String> = ops
+                .iter()
+                .map(|o| match o {
+                    MultiOp::CheckLock { lock, token } => format!("checklock {lock}@{token}"),
+                    MultiOp::SetData { path, data, .. } => {
+                        format!("set {path}={}", value_of(data))
+                    }
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            format!("multi[{}]", parts.join(", "))
+        }
+        Op::Lock(r) => format!(
+            "lock {}{}",
+            r.lock,
+            r.lease.map(|l| format!(" lease {l:#x}")).unwrap_or_default()
+        ),
+        Op::Unlock { node } => format!("unlock {node}"),
+        other => other.name().to_string(),
+    }
+}
+
+/// The register value stored in a node's data (8 bytes, little-endian; 0 otherwise).
+pub fn value_of(data: &[u8]) -> u64 {
+    match <[u8; 8]>::try_from(data) {
+        Ok(b) => u64::from_le_bytes(b),
+        Err(_) => 0,
+    }
+}
+
+fn fingerprint(entry: &Entry) -> u64 {
+    let bytes = crate::node::encode_entry(entry).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[derive(Debug)]
+struct LogRecord {
+    fingerprint: u64,
+    entry: Entry,
+    node: u64,
+    /// A client was told this write succeeded.
+    acked: bool,
+}
+
+#[derive(Debug, Default)]
+struct SessionWatch {
+    ttl_ms: u64,
+    /// The latest send time (real µs) of a keepalive the client saw acknowledged.
+    acked_send_us: Option<u64>,
+    /// When its expiry was first applied (real µs).
+    expired_at_us: Option<u64>,
+}
+
+/// The state of the online checks.
+#[derive(Debug, Default)]
+pub struct Checks {
+    log: BTreeMap<u64, LogRecord>,
+    /// The decided log was cut back to this zxid by a divergence (reported).
+    hashes: BTreeMap<u64, (u64, u64)>,
+    results: BTreeMap<(u64, u64), (u64, Result<OpResult, ErrorInfo>)>,
+    /// Zxid of each session's close.
+    closes: BTreeMap<u64, u64>,
+    last_token: BTreeMap<String, (u64, u64)>,
+    last_fenced: BTreeMap<String, (u64, u64)>,
+    sessions: BTreeMap<u64, SessionWatch>,
+    /// What each node heard from each session while deciding expiry: node -> session ->
+    /// node-local monotonic ms.
+    heard: BTreeMap<u64, BTreeMap<u64, u64>>,
+    /// Counters for the report.
+    pub entries: u64,
+    /// State hashes compared.
+    pub hash_checks: u64,
+    /// Acknowledged writes.
+    pub acked: u64,
+    /// Highest zxid in the decided log.
+    pub max_zxid: u64,
+}
+
+impl Checks {
+    /// The acknowledged writes' zxids.
+    pub fn acked_zxids(&self) -> Vec<u64> {
+        self.log
+            .iter()
+            .filter(|(_, r)| r.acked)
+            .map(|(z, _)| *z)
+            .collect()
+    }
+
+    /// A node applied `entry` at `zxid` with `result`, granting `granted`.
+    pub fn on_applied(
+        &mut self,
+        node: u64,
+        zxid: u64,
+        entry: &Entry,
+        result: &Option<Result<OpResult, ErrorInfo>>,
+        granted: &[LockEvent],
+        now: u64,
+    ) -> Result<(), Violation> {
+        let fp = fingerprint(entry);
+        if let Some(rec) = self.log.get(&zxid) {
+            if rec.fingerprint == fp {
+                return Ok(());
+            }
+            let kind = if rec.acked {
+                ViolationKind::AckedWriteLost
+            } else {
+                ViolationKind::LogDivergence
+            };
+            return fail(
+                kind,
+                now,
+                format!(
+                    "zxid {zxid}: node {} applied {}{}, node {node} applied {}",
+                    rec.node,
+                    describe_entry(&rec.entry),
+                    if rec.acked {
+                        " (acknowledged to its client)"
+                    } else {
+                        ""
+                    },
+                    describe_entry(entry)
+                ),
+            );
+        }
+        self.log.insert(
+            zxid,
+            LogRecord {
+                fingerprint: fp,
+                entry: entry.clone(),
+                node,
+                acked: false,
+            },
+        );
+        self.entries += 1;
+        self.max_zxid = self.max_zxid.max(zxid);
+        self.check_new_entry(zxid, entry, result, granted, now)
+    }
+
+    fn check_new_entry(
+        &mut self,
+        zxid: u64,
+        entry: &Entry,
+        result: &Option<Result<OpResult, ErrorInfo>>,
+        granted: &[LockEvent],
+        now: u64,
+    ) -> Result<(), Violation> {
+        let mut grants: Vec<(String, u64)> = granted
+            .iter()
+            .map(|g| (g.lock.clone(), g.token))
+            .collect();
+        match &entry.body {
+            EntryBody::Write {
+                session_id,
+                xid,
+                op,
+            } => {
+                if let Some(result) = result {
+                    // A duplicate (a retry answered from the dedup table) changed nothing:
+                    // its result is the first one's.
+                    if !self.check_dedup(zxid, *session_id, *xid, op, result, now)? {
+                        return self.check_grants(zxid, grants, now);
+                    }
+                    if let Ok(OpResult::Lease { lease_id, ttl_ms }) = result {
+                        let w = self.sessions.entry(*lease_id).or_default();
+                        w.ttl_ms = *ttl_ms;
+                    }
+                    if let (Op::Lock(req), Ok(OpResult::Locked { token, .. })) = (op, result) {
+                        grants.push((req.lock.clone(), *token));
+                    }
+                    if let (Op::Multi(ops), Ok(_)) = (op, result) {
+                        self.check_fenced(zxid, ops, now)?;
+                    }
+                }
+            }
+            EntryBody::OpenSession { ttl_ms, .. } => {
+                let w = self.sessions.entry(zxid).or_default();
+                w.ttl_ms = *ttl_ms;
+            }
+            EntryBody::ExpireSessions { session_ids } => {
+                for s in session_ids {
+                    let Some(w) = self.sessions.get_mut(s) else {
+                        continue;
+                    };
+                    if w.expired_at_us.is_some() {
+                        continue;
+                    }
+                    w.expired_at_us = Some(now);
+                    if let Some(sent) = w.acked_send_us {
+                        early_expiry(*s, w.ttl_ms, sent, now, zxid)?;
+                    }
+                }
+            }
+            EntryBody::CloseSession { session_id } => {
+                self.closes.entry(*session_id).or_insert(zxid);
+            }
+            EntryBody::Noop { .. } => {}
+        }
+        self.check_grants(zxid, grants, now)
+    }
+
+    fn check_fenced(&mut self, zxid: u64, ops: &[MultiOp], now: u64) -> Result<(), Violation> {
+        for o in ops {
+            let MultiOp::CheckLock { lock, token } = o else {
+                continue;
+            };
+            if let Some((t, z)) = self.last_fenced.get(lock).copied() {
+                if *token < t {
+                    return fail(
+                        ViolationKind::FencedOrder,
+                        now,
+                        format!(
+                            "guarded write at zxid {zxid} on {lock} with token {token} after \
+                             one at zxid {z} with token {t}"
+                        ),
+                    );
+                }
+            }
+            self.last_fenced.insert(lock.clone(), (*token, zxid));
+        }
+        Ok(())
+    }
+
+    fn check_grants(
+        &mut self,
+        zxid: u64,
+        mut grants: Vec<(String, u64)>,
+        now: u64,
+    ) -> Result<(), Violation> {
+        grants.sort_by_key(|(_, t)| *t);
+        for (lock, token) in grants {
+            if let Some((t, z)) = self.last_token.get(&lock) {
+                if token <= *t {
+                    return fail(
+                        ViolationKind::TokenOrder,
+                        now,
+                        format!(
+                            "{lock} granted at zxid {zxid} with token {token}, but an earlier \
+                             grant at zxid {z} had token {t}"
+                        ),
+                    );
+                }
+            }
+            self.last_token.insert(lock, (token, zxid));
+        }
+        Ok(())
+    }
+
+    fn check_dedup(
+        &mut self,
+        zxid: u64,
+        session: u64,
+        xid: u64,
+        op: &Op,
+        result: &Result<OpResult, ErrorInfo>,
+        now: u64,
+    ) -> Result<bool, Violation> {
+        match self.results.get(&(session, xid)) {
+            None => {
+                self.results.insert((session, xid), (zxid, result.clone()));
+                Ok(true)
+            }
+            Some((first, r0)) => {
+                let excused = matches!(
+                    result,
+                    Err(e) if matches!(e.code, ErrorCode::StaleRequest | ErrorCode::SessionExpired)
+                );
+                if excused || r0 == result {
+                    return Ok(false);
+                }
+                Err(Violation {
+                    kind: ViolationKind::DuplicateApply,
+                    at_us: now,
+                    detail: format!(
+                        "request {session:#x}/{xid} ({}) took effect at zxid {first} with \
+                         {r0:?} and again at zxid {zxid} with {result:?}",
+                        describe_op(op)
+                    ),
+                })
+            }
+        }
+    }
+
+    /// A client was told its write `(session, xid)` succeeded, in a response carrying
+    /// `zxid` (the write's own zxid, or, after the node installed a snapshot, the
+    /// snapshot's: the write is then at or before it).
+    pub fn on_ack(&mut self, session: u64, xid: u64, zxid: u64, now: u64) -> Result<(), Violation> {
+        self.acked += 1;
+        let at = self
+            .results
+            .get(&(session, xid))
+            .map(|(z, _)| *z)
+            .or_else(|| self.closes.get(&session).copied());
+        let Some(at) = at.filter(|z| *z <= zxid) else {
+            return fail(
+                ViolationKind::AckedWriteLost,
+                now,
+                format!(
+                    "write {session:#x}/{xid} acknowledged at zxid {zxid}, but no node reported \
+                     applying it at or before that zxid{}",
+                    self.log
+                        .get(&zxid)
+                        .map(|r| format!(" (the log has {} there)", describe_entry(&r.entry)))
+                        .unwrap_or_default()
+                ),
+            );
+        };
+        if let Some(rec) = self.log.get_mut(&at) {
+            rec.acked = true;
+        }
+        Ok(())
+    }
+
+    /// A client saw the keepalive of `session` (a session or lease) that it sent at
+    /// `sent_us` acknowledged.
+    pub fn on_keepalive_ack(
+        &mut self,
+        session: u64,
+        ttl_ms: u64,
+        sent_us: u64,
+    ) -> Result<(), Violation> {
+        let w = self.sessions.entry(session).or_default();
+        if w.ttl_ms == 0 {
+            w.ttl_ms = ttl_ms;
+        }
+        w.acked_send_us = Some(w.acked_send_us.map_or(sent_us, |s| s.max(sent_us)));
+        if let Some(expired) = w.expired_at_us {
+            let ttl = w.ttl_ms;
+            early_expiry(session, ttl, sent_us, expired, 0)?;
+        }
+        Ok(())
+    }
+
+    /// `node` heard from `session` at its monotonic time `mono_ms` in a way that renews
+    /// the session if the node decides expiry.
+    pub fn heard(&mut self, node: u64, session: u64, mono_ms: u64) {
+        let m = self.heard.entry(node).or_default();
+        let e = m.entry(session).or_insert(mono_ms);
+        *e = (*e).max(mono_ms);
+    }
+
+    /// `node` restarted: what it heard before is gone with its memory.
+    pub fn forget_heard(&mut self, node: u64) {
+        self.heard.remove(&node);
+    }
+
+    /// `node` proposed the expiry of `sessions` at its monotonic time `mono_ms`.
+    pub fn on_expiry_proposed(
+        &mut self,
+        node: u64,
+        sessions: &[u64],
+        mono_ms: u64,
+        machine: &StateMachine,
+        now: u64,
+    ) -> Result<(), Violation> {
+        let Some(heard) = self.heard.get(&node) else {
+            return Ok(());
+        };
+        for s in sessions {
+            let (Some(h), Some(session)) = (heard.get(s), machine.session(*s)) else {
+                continue;
+            };
+            if mono_ms < h.saturating_add(session.ttl_ms) {
+                return fail(
+                    ViolationKind::ExpiredWhileHeard,
+                    now,
+                    format!(
+                        "node {node} proposed the expiry of {s:#x} (TTL {} ms) at its time \
+                         {mono_ms} ms, having heard from it at {h} ms",
+                        session.ttl_ms
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `node` is at `zxid` with this state: compares the hash and checks the
+    /// machine's and the locks' invariants.
+    pub fn on_state(
+        &mut self,
+        node: u64,
+        machine: &StateMachine,
+        now: u64,
+    ) -> Result<(), Violation> {
+        let zxid = machine.last_zxid();
+        let hash = machine.state_hash();
+        self.hash_checks += 1;
+        match self.hashes.get(&zxid) {
+            Some((h, other)) if *h != hash => {
+                return fail(
+                    ViolationKind::StateDivergence,
+                    now,
+                    format!(
+                        "node {node} at zxid {zxid} has state hash {hash:#018x}, node {other} \
+                         had {h:#018x} (last entry {})",
+                        self.log
+                            .get(&zxid)
+                            .map(|r| describe_entry(&r.entry))
+                            .unwrap_or_default()
+                    ),
+                )
+            }
+            Some(_) => {}
+            None => {
+                self.hashes.insert(zxid, (hash, node));
+            }
+        }
+        if let Err(e) = machine.check_invariants() {
+            return fail(
+                ViolationKind::MachineInvariant,
+                now,
+                format!("node {node} at zxid {zxid}: {e}"),
+            );
+        }
+        check_holders(node, machine, now)
+    }
+}
+
+fn early_expiry(session: u64, ttl_ms: u64, sent_us: u64, expired_us: u64, zxid: u64) -> Result<(), Violation> {
+    let margin_us = (ttl_ms / 10).max(50) * 1000;
+    let safe_until = sent_us + ttl_ms * 1000 - margin_us.min(ttl_ms * 1000);
+    if expired_us < safe_until {
+        return fail(
+            ViolationKind::EarlyExpiry,
+            expired_us,
+            format!(
+                "{session:#x} (TTL {ttl_ms} ms) expired{} at {}, but its client had a keepalive \
+                 sent at {} acknowledged: it may believe in its session until {}",
+                if zxid > 0 {
+                    format!(" at zxid {zxid}")
+                } else {
+                    String::new()
+                },
+                super::fmt_time(expired_us),
+                super::fmt_time(sent_us),
+                super::fmt_time(safe_until)
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// At most one holder per exclusive lock (and per write lock, no readers with it; at most
+/// `permits` holders of a semaphore) in one node's replicated state.
+pub fn check_holders(node: u64, machine: &StateMachine, now: u64) -> Result<(), Violation> {
+    let locks = match machine.locks_under("/") {
+        Ok(l) => l,
+        Err(e) => {
+            return fail(
+                ViolationKind::MachineInvariant,
+                now,
+                format!("node {node}: locks_under failed: {e:?}"),
+            )
+        }
+    };
+    for lock in locks {
+        let holders: Vec<_> = lock.queue.iter().filter(|e| e.granted).collect();
+        let sessions: BTreeSet<u64> = holders.iter().map(|e| e.session).collect();
+        let bad = match holders.first().map(|e| e.kind) {
+            Some(LockKind::Exclusive) => holders.len() > 1,
+            Some(LockKind::Semaphore { permits }) => holders.len() > permits as usize,
+            Some(LockKind::Write) | Some(LockKind::Read) => {
+                holders.iter().any(|e| e.kind == LockKind::Write) && holders.len() > 1
+            }
+            None => false,
+        };
+        if bad {
+            return fail(
+                ViolationKind::TwoHolders,
+                now,
+                format!(
+                    "node {node} at zxid {}: {} is held by {} ({} sessions {:x?})",
+                    machine.last_zxid(),
+                    lock.lock,
+                    holders
+                        .iter()
+                        .map(|e| format!("{}@{}", e.node, e.token))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    sessions.len(),
+                    sessions
+                ),
+            );
+        }
+    }
+    Ok(())
+}

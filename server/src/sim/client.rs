@@ -1,0 +1,1213 @@
+//! Simulated clients: they speak the protocol to a node (handshake, requests, pushed
+//! messages), keep a session alive, move it to another node when a connection breaks or a
+//! request takes too long (resending every unanswered request with its xid), and run a
+//! random workload: register writes, linearizable reads (sync, then read), plain reads,
+//! sequential and ephemeral creates, leases, and lock cycles (lock, guarded write,
+//! unlock). They record the register operations for the linearizability check and tell
+//! the simulator what they believe (which locks they hold, until when their lease is
+//! safe).
+
+use super::check::{value_of, Violation, ViolationKind};
+use super::rng::SimRng;
+use crate::node::ConnId;
+use corral_checker::{RegisterInput, RegisterOutput};
+use corral_protocol::{
+    CreateMode, CreateRequest, ErrorCode, ErrorInfo, Hello, HelloReply, LockKind, LockRequest,
+    MultiOp, Op, OpResult, Request, Response, ServerMessage, SessionRequest,
+};
+use std::collections::BTreeMap;
+
+/// What the network delivers to a client.
+#[derive(Debug, Clone)]
+pub enum ToClient {
+    /// The handshake answer.
+    Hello(HelloReply),
+    /// A message after the handshake.
+    Msg(ServerMessage),
+    /// The connection is closed (by the server, or broken).
+    Closed,
+}
+
+/// What a client asks the simulator to do.
+#[derive(Debug)]
+pub enum CAction {
+    /// Open connection `conn` to `node` and send `hello`.
+    Connect {
+        conn: ConnId,
+        node: u64,
+        hello: Hello,
+    },
+    /// Send a request on a connection.
+    Send { conn: ConnId, request: Request },
+    /// Close a connection.
+    Drop { conn: ConnId },
+    /// The client now believes it holds `lock` (checked against the other clients).
+    Believe { lock: String, token: u64 },
+    /// A write of `(session, xid)` was acknowledged at `zxid`.
+    Ack { session: u64, xid: u64, zxid: u64 },
+    /// A keepalive of `session` (session or lease) sent at `sent_us` was acknowledged.
+    KeepaliveAck {
+        session: u64,
+        ttl_ms: u64,
+        sent_us: u64,
+    },
+    /// The probe acquired `lock`.
+    ProbeAcquired { lock: String },
+    /// Something the client saw breaks an invariant.
+    Violation(Violation),
+    /// A line for the trace.
+    Note(String),
+}
+
+/// One operation of the register history.
+#[derive(Debug, Clone)]
+pub struct HistOp {
+    /// The client.
+    pub client: usize,
+    /// The register (a path).
+    pub key: String,
+    /// What was asked.
+    pub input: RegisterInput<u64>,
+    /// What was answered (`None`: unknown).
+    pub output: Option<RegisterOutput<u64>>,
+    /// Invocation, µs.
+    pub call_us: u64,
+    /// Completion, µs (`None`: never learned).
+    pub ret_us: Option<u64>,
+    /// The operation certainly had no effect and is left out.
+    pub dropped: bool,
+}
+
+/// Settings shared by the clients of a run.
+#[derive(Debug, Clone)]
+pub struct ClientCfg {
+    /// Cluster size.
+    pub nodes: u64,
+    /// Session TTL asked for, ms.
+    pub ttl_ms: u64,
+    /// Register keys.
+    pub keys: usize,
+    /// Locks.
+    pub locks: usize,
+    /// Lock-delay on the locks, ms.
+    pub lock_delay_ms: u64,
+    /// A request unanswered this long moves the session to another node, µs.
+    pub request_timeout_us: u64,
+    /// Clock rate, parts per million.
+    pub rate_ppm: i64,
+}
+
+/// What a client does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Creates the nodes the workload uses, then works.
+    Setup,
+    /// Runs the random workload.
+    Worker,
+    /// After the faults heal: acquires every lock once.
+    Probe,
+}
+
+/// Where a client is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Working.
+    Active,
+    /// Finishing: no new tasks; then closes or abandons its session.
+    WindDown,
+    /// Finished.
+    Done,
+}
+
+#[derive(Debug)]
+struct CConn {
+    id: ConnId,
+    node: u64,
+    ready: bool,
+    hello_sent_us: u64,
+    hello_sent_local: u64,
+    resume: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    id: u64,
+    ttl_ms: u64,
+    ka_sent_local: u64,
+}
+
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    secret: u64,
+    ttl_ms: u64,
+    /// Client-local µs at which the last acknowledged keepalive was sent.
+    ka_sent_local: u64,
+    lease: Option<Lease>,
+}
+
+#[derive(Debug, Clone)]
+enum Purpose {
+    Setup,
+    Write(usize),
+    Sync(usize),
+    Read(usize),
+    PlainRead,
+    Create,
+    Lock { lock: String, lease: Option<u64> },
+    Unlock,
+    Fenced(usize),
+    Ping,
+    Renew(u64),
+    GrantLease,
+    Close,
+    GetLocks { lock: String },
+    Other,
+}
+
+#[derive(Debug)]
+struct Pending {
+    op: Op,
+    purpose: Purpose,
+    sent_us: u64,
+    sent_local: u64,
+    /// The client's last zxid when the request was sent.
+    zxid_at_send: u64,
+    /// Part of the current task (its end ends the task).
+    task: bool,
+}
+
+/// A lock the client believes it holds.
+#[derive(Debug, Clone)]
+pub struct Belief {
+    /// The queue node.
+    pub node: String,
+    /// The fencing token.
+    pub token: u64,
+    /// The lease it is held under (`None`: the session).
+    pub lease: Option<u64>,
+    /// Real µs until which the client believes it (its safe deadline).
+    pub safe_until_us: u64,
+}
+
+#[derive(Debug)]
+enum Task {
+    Idle { until_us: u64 },
+    Busy,
+    Waiting {
+        lock: String,
+        node: String,
+        token: u64,
+        lease: Option<u64>,
+        deadline_us: u64,
+    },
+    Holding {
+        lock: String,
+        node: String,
+        release_us: u64,
+        fenced: bool,
+    },
+}
+
+/// A simulated client.
+#[derive(Debug)]
+pub struct SimClient {
+    /// Index.
+    pub id: usize,
+    /// What it does.
+    pub role: Role,
+    /// Where it is.
+    pub mode: Mode,
+    /// Stopped (SIGSTOP).
+    pub paused: bool,
+    cfg: ClientCfg,
+    rng: SimRng,
+    conn: Option<CConn>,
+    session: Option<Session>,
+    next_xid: u64,
+    /// Highest zxid seen.
+    pub last_zxid: u64,
+    pending: BTreeMap<u64, Pending>,
+    task: Task,
+    /// Locks it believes it holds.
+    pub believed: BTreeMap<String, Belief>,
+    next_connect_us: u64,
+    node_cursor: u64,
+    values: u64,
+    creates: u32,
+    next_ping_local: u64,
+    setup_left: Vec<Op>,
+    /// For the probe: locks still to acquire.
+    probe_left: Vec<String>,
+    /// Setup finished (for the setup client).
+    pub setup_done: bool,
+    dropped_on_wind_down: Option<ConnId>,
+    /// Grants pushed before the `Queued` answer they belong to (an answer can wait for
+    /// earlier requests of the connection; pushed events do not): node -> token.
+    early_grants: BTreeMap<String, u64>,
+}
+
+fn reg_key(i: usize) -> String {
+    format!("/reg/k{i}")
+}
+
+fn lock_name(i: usize) -> String {
+    format!("/locks/l{i}")
+}
+
+fn fenced_key(lock: &str) -> String {
+    format!("/fenced/{}", corral_protocol::path::name(lock))
+}
+
+/// Errors that leave a write's effect unknown.
+fn indeterminate(e: &ErrorInfo) -> bool {
+    matches!(
+        e.code,
+        ErrorCode::Unavailable
+            | ErrorCode::SystemError
+            | ErrorCode::LimitExceeded
+            | ErrorCode::OperationTimeout
+            | ErrorCode::StaleRequest
+            | ErrorCode::SessionExpired
+            | ErrorCode::ConnectionLoss
+            | ErrorCode::RuntimeInconsistency
+    )
+}
+
+impl SimClient {
+    /// A client.
+    pub fn new(id: usize, role: Role, cfg: ClientCfg, seed: u64) -> SimClient {
+        let mut rng = SimRng::stream(seed, 1000 + id as u64);
+        let node_cursor = rng.range(0, cfg.nodes);
+        let mut setup_left = Vec::new();
+        if role == Role::Setup {
+            let mk = |path: String| {
+                Op::Create(CreateRequest {
+                    path,
+                    data: 0u64.to_le_bytes().to_vec(),
+                    mode: CreateMode::Persistent,
+                    make_parents: true,
+                })
+            };
+            for i in 0..cfg.keys {
+                setup_left.push(mk(reg_key(i)));
+            }
+            for i in 0..cfg.locks {
+                setup_left.push(mk(fenced_key(&lock_name(i))));
+            }
+            setup_left.push(mk("/seq".to_string()));
+            setup_left.push(mk("/eph".to_string()));
+            setup_left.reverse();
+        }
+        let probe_left = if role == Role::Probe {
+            (0..cfg.locks).rev().map(lock_name).collect()
+        } else {
+            Vec::new()
+        };
+        SimClient {
+            id,
+            setup_done: role != Role::Setup,
+            role,
+            mode: Mode::Active,
+            paused: false,
+            cfg,
+            rng,
+            conn: None,
+            session: None,
+            next_xid: 1,
+            last_zxid: 0,
+            pending: BTreeMap::new(),
+            task: Task::Idle { until_us: 0 },
+            believed: BTreeMap::new(),
+            next_connect_us: 0,
+            node_cursor,
+            values: 0,
+            creates: 0,
+            next_ping_local: 0,
+            setup_left,
+            probe_left,
+            dropped_on_wind_down: None,
+            early_grants: BTreeMap::new(),
+        }
+    }
+
+    /// The client's clock (µs) at real time `now`.
+    pub fn local(&self, now: u64) -> u64 {
+        (i128::from(now) + i128::from(now) * i128::from(self.cfg.rate_ppm) / 1_000_000) as u64
+    }
+
+    /// The real time at which the client's clock reads `local`.
+    pub fn real_of(&self, local: u64) -> u64 {
+        (i128::from(local) * 1_000_000 / (1_000_000 + i128::from(self.cfg.rate_ppm))) as u64 + 1
+    }
+
+    /// Requests sent and not answered.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The oldest unanswered request's send time.
+    pub fn oldest_pending_us(&self) -> Option<u64> {
+        self.pending.values().map(|p| p.sent_us).min()
+    }
+
+    /// The session id, if any.
+    pub fn session_id(&self) -> Option<u64> {
+        self.session.as_ref().map(|s| s.id)
+    }
+
+    /// The connection, if any: (conn, node).
+    pub fn connection(&self) -> Option<(ConnId, u64)> {
+        self.conn.as_ref().map(|c| (c.id, c.node))
+    }
+
+    /// Stops working: finish the current task, then close or abandon the session.
+    pub fn wind_down(&mut self) {
+        if self.mode == Mode::Active && self.role != Role::Probe {
+            self.mode = Mode::WindDown;
+            if self.session.is_none() && self.pending.is_empty() {
+                self.mode = Mode::Done;
+                if let Some(c) = self.conn.take() {
+                    self.dropped_on_wind_down = Some(c.id);
+                }
+            }
+        }
+    }
+
+    /// A connection the client closed when it stopped (the simulator closes it).
+    pub fn take_dropped(&mut self) -> Option<ConnId> {
+        self.dropped_on_wind_down.take()
+    }
+
+    fn margin_us(ttl_ms: u64) -> u64 {
+        (ttl_ms / 10).max(50) * 1000
+    }
+
+    fn safe_until_local(&self, lease: Option<u64>) -> u64 {
+        let Some(s) = &self.session else {
+            return 0;
+        };
+        let (sent, ttl) = match (lease, s.lease) {
+            (Some(id), Some(l)) if l.id == id => (l.ka_sent_local, l.ttl_ms),
+            (Some(_), _) => return 0,
+            (None, _) => (s.ka_sent_local, s.ttl_ms),
+        };
+        (sent + ttl * 1000).saturating_sub(Self::margin_us(ttl))
+    }
+
+    fn refresh_beliefs(&mut self) {
+        let updates: Vec<(String, u64)> = self
+            .believed
+            .iter()
+            .map(|(l, b)| (l.clone(), self.real_of(self.safe_until_local(b.lease))))
+            .collect();
+        for (l, until) in updates {
+            if let Some(b) = self.believed.get_mut(&l) {
+                b.safe_until_us = b.safe_until_us.max(until);
+            }
+        }
+    }
+
+    /// Timers: connect, time out requests, keepalives, the task.
+    pub fn on_wake(&mut self, now: u64, next_conn: &mut ConnId, hist: &mut Vec<HistOp>) -> Vec<CAction> {
+        let mut out = Vec::new();
+        if self.paused || self.mode == Mode::Done {
+            return out;
+        }
+        // Beliefs past their safe deadline end: the lock must be considered lost.
+        let local = self.local(now);
+        let expired: Vec<String> = self
+            .believed
+            .iter()
+            .filter(|(_, b)| now >= b.safe_until_us)
+            .map(|(l, _)| l.clone())
+            .collect();
+        for l in expired {
+            self.believed.remove(&l);
+            out.push(CAction::Note(format!("c{} considers {l} lost (safe deadline)", self.id)));
+        }
+        match &self.conn {
+            None => {
+                if now >= self.next_connect_us {
+                    self.connect(now, next_conn, &mut out);
+                }
+                return out;
+            }
+            Some(c) if !c.ready => {
+                if now.saturating_sub(c.hello_sent_us) > self.cfg.request_timeout_us {
+                    self.drop_conn(now, &mut out, "handshake timeout");
+                }
+                return out;
+            }
+            Some(_) => {}
+        }
+        if let Some(oldest) = self.oldest_pending_us() {
+            if now.saturating_sub(oldest) > self.cfg.request_timeout_us {
+                self.drop_conn(now, &mut out, "request timeout");
+                return out;
+            }
+        }
+        // Keepalives every TTL/3 (client clock).
+        if let Some(s) = &self.session {
+            if local >= self.next_ping_local {
+                let ttl = s.ttl_ms;
+                let lease = s.lease;
+                self.next_ping_local = local + ttl * 1000 / 3;
+                self.send(now, Op::Ping, Purpose::Ping, false, &mut out);
+                if let Some(l) = lease {
+                    self.send(
+                        now,
+                        Op::RenewLease { lease_id: l.id },
+                        Purpose::Renew(l.id),
+                        false,
+                        &mut out,
+                    );
+                }
+            }
+        }
+        self.advance_task(now, hist, &mut out);
+        out
+    }
+
+    fn connect(&mut self, now: u64, next_conn: &mut ConnId, out: &mut Vec<CAction>) {
+        *next_conn += 1;
+        let conn = *next_conn;
+        self.node_cursor = self.node_cursor % self.cfg.nodes + 1;
+        let node = self.node_cursor;
+        let session = match &self.session {
+            Some(s) => SessionRequest::Resume {
+                session_id: s.id,
+                secret: s.secret,
+            },
+            None => SessionRequest::New {
+                ttl_ms: self.cfg.ttl_ms,
+            },
+        };
+        let resume = self.session.is_some();
+        self.conn = Some(CConn {
+            id: conn,
+            node,
+            ready: false,
+            hello_sent_us: now,
+            hello_sent_local: self.local(now),
+            resume,
+        });
+        out.push(CAction::Connect {
+            conn,
+            node,
+            hello: Hello::new(session, self.last_zxid),
+        });
+    }
+
+    fn drop_conn(&mut self, now: u64, out: &mut Vec<CAction>, why: &str) {
+        if let Some(c) = self.conn.take() {
+            out.push(CAction::Drop { conn: c.id });
+            out.push(CAction::Note(format!(
+                "c{} drops conn {} to n{} ({why})",
+                self.id, c.id, c.node
+            )));
+        }
+        self.next_connect_us = now + 1_000 + self.rng.range(0, 20_000);
+    }
+
+    /// Forgets the session (expired, closed or abandoned): pending requests end with
+    /// unknown outcomes, beliefs end now.
+    fn lose_session(&mut self, now: u64, hist: &mut [HistOp], out: &mut Vec<CAction>, why: &str) {
+        out.push(CAction::Note(format!(
+            "c{} loses session {:#x} ({why})",
+            self.id,
+            self.session.as_ref().map_or(0, |s| s.id)
+        )));
+        self.session = None;
+        self.believed.clear();
+        for (_, p) in std::mem::take(&mut self.pending) {
+            match p.purpose {
+                Purpose::Write(h) | Purpose::Fenced(h) => {
+                    // Unknown: it may still have been applied.
+                    hist[h].output = None;
+                    hist[h].ret_us = None;
+                }
+                Purpose::Sync(h) | Purpose::Read(h) => hist[h].dropped = true,
+                _ => {}
+            }
+        }
+        self.task = Task::Idle {
+            until_us: now + self.rng.range(0, 20_000),
+        };
+        if self.mode == Mode::WindDown {
+            self.mode = Mode::Done;
+        }
+    }
+
+    fn send(&mut self, now: u64, op: Op, purpose: Purpose, task: bool, out: &mut Vec<CAction>) -> u64 {
+        let xid = self.next_xid;
+        self.next_xid += 1;
+        let local = self.local(now);
+        if let Some(c) = &self.conn {
+            if c.ready {
+                out.push(CAction::Send {
+                    conn: c.id,
+                    request: Request {
+                        xid,
+                        op: op.clone(),
+                    },
+                });
+            }
+        }
+        self.pending.insert(
+            xid,
+            Pending {
+                op,
+                purpose,
+                sent_us: now,
+                sent_local: local,
+                zxid_at_send: self.last_zxid,
+                task,
+            },
+        );
+        if task {
+            self.task = Task::Busy;
+        }
+        xid
+    }
+
+    fn task_pending(&self) -> bool {
+        self.pending.values().any(|p| p.task)
+    }
+
+    fn next_value(&mut self) -> u64 {
+        self.values += 1;
+        ((self.id as u64 + 1) << 40) | self.values
+    }
+
+    fn advance_task(&mut self, now: u64, hist: &mut Vec<HistOp>, out: &mut Vec<CAction>) {
+        if self.session.is_none() {
+            return;
+        }
+        match &self.task {
+            Task::Busy => {}
+            Task::Idle { until_us } => {
+                if now >= *until_us {
+                    self.start_task(now, hist, out);
+                }
+            }
+            Task::Waiting {
+                deadline_us, node, ..
+            } => {
+                if now >= *deadline_us || self.mode == Mode::WindDown && self.role != Role::Probe
+                {
+                    let node = node.clone();
+                    out.push(CAction::Note(format!("c{} gives up waiting for {node}", self.id)));
+                    self.send(now, Op::Unlock { node }, Purpose::Unlock, true, out);
+                }
+            }
+            Task::Holding {
+                lock,
+                node,
+                release_us,
+                fenced,
+            } => {
+                let (lock, node, release_us, fenced) =
+                    (lock.clone(), node.clone(), *release_us, *fenced);
+                if !self.believed.contains_key(&lock) && self.role != Role::Probe {
+                    // Lost (safe deadline passed, or a LockLost): release what may be left.
+                    self.send(now, Op::Unlock { node }, Purpose::Unlock, true, out);
+                } else if !fenced && self.role != Role::Probe {
+                    let Some(b) = self.believed.get(&lock) else {
+                        return;
+                    };
+                    let token = b.token;
+                    let v = self.next_value();
+                    let key = fenced_key(&lock);
+                    let h = hist.len();
+                    hist.push(HistOp {
+                        client: self.id,
+                        key: key.clone(),
+                        input: RegisterInput::Write(v),
+                        output: None,
+                        call_us: now,
+                        ret_us: None,
+                        dropped: false,
+                    });
+                    self.task = Task::Holding {
+                        lock: lock.clone(),
+                        node,
+                        release_us,
+                        fenced: true,
+                    };
+                    let op = Op::Multi(vec![
+                        MultiOp::CheckLock { lock, token },
+                        MultiOp::SetData {
+                            path: key,
+                            data: v.to_le_bytes().to_vec(),
+                            version: None,
+                        },
+                    ]);
+                    // Not a task request: the hold continues while it is in flight.
+                    self.send(now, op, Purpose::Fenced(h), false, out);
+                } else if now >= release_us || self.mode == Mode::WindDown {
+                    self.believed.remove(&lock);
+                    self.send(now, Op::Unlock { node }, Purpose::Unlock, true, out);
+                }
+            }
+        }
+    }
+
+    fn start_task(&mut self, now: u64, hist: &mut Vec<HistOp>, out: &mut Vec<CAction>) {
+        match self.role {
+            Role::Setup if !self.setup_done => {
+                match self.setup_left.pop() {
+                    Some(op) => {
+                        self.send(now, op, Purpose::Setup, true, out);
+                    }
+                    None => {
+                        self.setup_done = true;
+                        out.push(CAction::Note("setup done".to_string()));
+                        self.task = Task::Idle { until_us: now };
+                    }
+                }
+                return;
+            }
+            Role::Probe => {
+                match self.probe_left.last().cloned() {
+                    Some(lock) => {
+                        let op = Op::Lock(LockRequest {
+                            lock: lock.clone(),
+                            kind: LockKind::Exclusive,
+                            try_only: false,
+                            lease: None,
+                            lock_delay_ms: self.cfg.lock_delay_ms,
+                            data: Vec::new(),
+                        });
+                        self.send(now, op, Purpose::Lock { lock, lease: None }, true, out);
+                    }
+                    None => {
+                        self.mode = Mode::WindDown;
+                        self.send(now, Op::CloseSession, Purpose::Close, true, out);
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
+        if self.mode == Mode::WindDown {
+            if self.rng.chance(700) {
+                self.believed.clear();
+                self.send(now, Op::CloseSession, Purpose::Close, true, out);
+            } else {
+                out.push(CAction::Note(format!("c{} abandons its session", self.id)));
+                self.believed.clear();
+                if let Some(c) = self.conn.take() {
+                    out.push(CAction::Drop { conn: c.id });
+                }
+                self.lose_session(now, hist, out, "abandoned");
+                self.mode = Mode::Done;
+            }
+            return;
+        }
+        let has_lease = self.session.as_ref().is_some_and(|s| s.lease.is_some());
+        let weights = [
+            25,
+            20,
+            5,
+            if self.creates < 30 { 8 } else { 0 },
+            if self.cfg.locks > 0 { 25 } else { 0 },
+            4,
+            2,
+            1,
+            if has_lease { 0 } else { 3 },
+        ];
+        match self.rng.weighted(&weights) {
+            0 => {
+                let key = reg_key(self.rng.range(0, self.cfg.keys as u64) as usize);
+                let v = self.next_value();
+                let h = hist.len();
+                hist.push(HistOp {
+                    client: self.id,
+                    key: key.clone(),
+                    input: RegisterInput::Write(v),
+                    output: None,
+                    call_us: now,
+                    ret_us: None,
+                    dropped: false,
+                });
+                let op = Op::SetData {
+                    path: key,
+                    data: v.to_le_bytes().to_vec(),
+                    version: None,
+                };
+                self.send(now, op, Purpose::Write(h), true, out);
+            }
+            1 => {
+                let n = self.cfg.keys + self.cfg.locks;
+                let i = self.rng.range(0, n as u64) as usize;
+                let key = if i < self.cfg.keys {
+                    reg_key(i)
+                } else {
+                    fenced_key(&lock_name(i - self.cfg.keys))
+                };
+                let h = hist.len();
+                hist.push(HistOp {
+                    client: self.id,
+                    key: key.clone(),
+                    input: RegisterInput::Read,
+                    output: None,
+                    call_us: now,
+                    ret_us: None,
+                    dropped: false,
+                });
+                self.send(
+                    now,
+                    Op::Sync {
+                        path: "/".to_string(),
+                    },
+                    Purpose::Sync(h),
+                    true,
+                    out,
+                );
+                self.send(
+                    now,
+                    Op::GetData {
+                        path: key,
+                        watch: false,
+                    },
+                    Purpose::Read(h),
+                    true,
+                    out,
+                );
+            }
+            2 => {
+                let key = reg_key(self.rng.range(0, self.cfg.keys as u64) as usize);
+                self.send(
+                    now,
+                    Op::GetData {
+                        path: key,
+                        watch: false,
+                    },
+                    Purpose::PlainRead,
+                    true,
+                    out,
+                );
+            }
+            3 => {
+                self.creates += 1;
+                let op = Op::Create(CreateRequest {
+                    path: "/seq/s-".to_string(),
+                    data: format!("c{}", self.id).into_bytes(),
+                    mode: CreateMode::PersistentSequential,
+                    make_parents: false,
+                });
+                self.send(now, op, Purpose::Create, true, out);
+            }
+            4 => {
+                let lock = lock_name(self.rng.range(0, self.cfg.locks as u64) as usize);
+                let lease = self
+                    .session
+                    .as_ref()
+                    .and_then(|s| s.lease)
+                    .filter(|_| self.rng.chance(500))
+                    .map(|l| l.id);
+                let op = Op::Lock(LockRequest {
+                    lock: lock.clone(),
+                    kind: LockKind::Exclusive,
+                    try_only: self.rng.chance(200),
+                    lease,
+                    lock_delay_ms: self.cfg.lock_delay_ms,
+                    data: Vec::new(),
+                });
+                self.send(now, op, Purpose::Lock { lock, lease }, true, out);
+            }
+            5 => {
+                let n = self.rng.range(0, 3);
+                let path = format!("/eph/c{}-{n}", self.id);
+                let op = if self.rng.chance(500) {
+                    Op::Create(CreateRequest {
+                        path,
+                        data: Vec::new(),
+                        mode: CreateMode::Ephemeral,
+                        make_parents: false,
+                    })
+                } else {
+                    Op::Delete {
+                        path,
+                        version: None,
+                    }
+                };
+                self.send(now, op, Purpose::Other, true, out);
+            }
+            6 => {
+                self.believed.clear();
+                self.send(now, Op::CloseSession, Purpose::Close, true, out);
+            }
+            7 => {
+                out.push(CAction::Note(format!("c{} abandons its session", self.id)));
+                self.believed.clear();
+                if let Some(c) = self.conn.take() {
+                    out.push(CAction::Drop { conn: c.id });
+                }
+                self.lose_session(now, hist, out, "abandoned");
+                self.next_connect_us = now + self.rng.range(0, 50_000);
+            }
+            _ => {
+                let ttl_ms = self.cfg.ttl_ms;
+                self.send(now, Op::GrantLease { ttl_ms }, Purpose::GrantLease, true, out);
+            }
+        }
+    }
+
+    /// A message from the network.
+    pub fn on_msg(
+        &mut self,
+        conn: ConnId,
+        msg: ToClient,
+        now: u64,
+        hist: &mut Vec<HistOp>,
+    ) -> Vec<CAction> {
+        let mut out = Vec::new();
+        if self.conn.as_ref().map(|c| c.id) != Some(conn) {
+            return out;
+        }
+        match msg {
+            ToClient::Closed => {
+                self.conn = None;
+                self.next_connect_us = now + 1_000 + self.rng.range(0, 20_000);
+            }
+            ToClient::Hello(HelloReply::Accepted(g)) => self.on_accepted(g, now, &mut out),
+            ToClient::Hello(HelloReply::Refused(e)) => {
+                out.push(CAction::Note(format!(
+                    "c{} refused by n{}: {:?}",
+                    self.id,
+                    self.conn.as_ref().map_or(0, |c| c.node),
+                    e.code
+                )));
+                if matches!(e.code, ErrorCode::SessionExpired | ErrorCode::AuthFailed)
+                    && self.conn.as_ref().is_some_and(|c| c.resume)
+                {
+                    self.lose_session(now, hist, &mut out, "refused on resume");
+                }
+                self.conn = None;
+                self.next_connect_us = now + 1_000 + self.rng.range(0, 20_000);
+            }
+            ToClient::Msg(ServerMessage::Response(r)) => self.on_response(r, now, hist, &mut out),
+            ToClient::Msg(ServerMessage::Goodbye(e)) => {
+                out.push(CAction::Note(format!("c{} goodbye: {:?}", self.id, e.code)));
+                if e.code == ErrorCode::SessionExpired && self.session.is_some() {
+                    self.lose_session(now, hist, &mut out, "goodbye");
+                }
+                self.conn = None;
+                self.next_connect_us = now + 1_000 + self.rng.range(0, 20_000);
+            }
+            ToClient::Msg(ServerMessage::LockGranted(ev)) => {
+                let waiting = matches!(&self.task, Task::Waiting { node, .. } if *node == ev.node);
+                self.last_zxid = self.last_zxid.max(ev.zxid);
+                if waiting {
+                    if let Task::Waiting { lock, lease, .. } = &self.task {
+                        let (lock, lease) = (lock.clone(), *lease);
+                        self.granted(lock, ev.node, ev.token, lease, now, &mut out);
+                    }
+                } else {
+                    if self.early_grants.len() >= 64 {
+                        self.early_grants.pop_first();
+                    }
+                    self.early_grants.insert(ev.node, ev.token);
+                }
+            }
+            ToClient::Msg(ServerMessage::LockLost(ev)) => {
+                self.last_zxid = self.last_zxid.max(ev.zxid);
+                if self.believed.get(&ev.lock).is_some_and(|b| b.node == ev.node) {
+                    self.believed.remove(&ev.lock);
+                    out.push(CAction::Note(format!("c{} lost {}", self.id, ev.lock)));
+                }
+                if matches!(&self.task, Task::Waiting { node, .. } if *node == ev.node) {
+                    self.task = Task::Idle { until_us: now };
+                }
+            }
+            ToClient::Msg(ServerMessage::Watch(_)) => {}
+        }
+        out
+    }
+
+    fn on_accepted(&mut self, g: corral_protocol::SessionGranted, now: u64, out: &mut Vec<CAction>) {
+        let Some(c) = self.conn.as_mut() else {
+            return;
+        };
+        c.ready = true;
+        let (sent_us, sent_local, node) = (c.hello_sent_us, c.hello_sent_local, c.node);
+        if g.zxid < self.last_zxid {
+            out.push(CAction::Violation(Violation {
+                kind: ViolationKind::WentBackInTime,
+                at_us: now,
+                detail: format!(
+                    "client {} had seen zxid {} but n{node} accepted it at zxid {}",
+                    self.id, self.last_zxid, g.zxid
+                ),
+            }));
+        }
+        self.last_zxid = self.last_zxid.max(g.zxid);
+        match &mut self.session {
+            Some(s) if s.id == g.session_id => {
+                s.ka_sent_local = s.ka_sent_local.max(sent_local);
+            }
+            _ => {
+                self.session = Some(Session {
+                    id: g.session_id,
+                    secret: g.secret,
+                    ttl_ms: g.ttl_ms,
+                    ka_sent_local: sent_local,
+                    lease: None,
+                });
+                self.next_ping_local = 0;
+            }
+        }
+        out.push(CAction::KeepaliveAck {
+            session: g.session_id,
+            ttl_ms: g.ttl_ms,
+            sent_us,
+        });
+        self.refresh_beliefs();
+        out.push(CAction::Note(format!(
+            "c{} attached to n{node} session {:#x} next_xid {}",
+            self.id, g.session_id, g.next_xid
+        )));
+        self.next_xid = self.next_xid.max(g.next_xid);
+        // Resend everything unanswered, in xid order, with the same xids.
+        let conn = self.conn.as_ref().map_or(0, |c| c.id);
+        let local = self.local(now);
+        for (xid, p) in self.pending.iter_mut() {
+            p.sent_us = now;
+            p.sent_local = local;
+            out.push(CAction::Send {
+                conn,
+                request: Request {
+                    xid: *xid,
+                    op: p.op.clone(),
+                },
+            });
+        }
+        if let Task::Waiting { lock, .. } = &self.task {
+            let lock = lock.clone();
+            self.send(
+                now,
+                Op::GetLocks { path: lock.clone() },
+                Purpose::GetLocks { lock },
+                false,
+                out,
+            );
+        }
+    }
+
+    fn granted(
+        &mut self,
+        lock: String,
+        node: String,
+        token: u64,
+        lease: Option<u64>,
+        now: u64,
+        out: &mut Vec<CAction>,
+    ) {
+        let safe_until_us = self.real_of(self.safe_until_local(lease));
+        if self.role == Role::Probe {
+            out.push(CAction::ProbeAcquired { lock: lock.clone() });
+            self.probe_left.retain(|l| *l != lock);
+            self.send(now, Op::Unlock { node }, Purpose::Unlock, true, out);
+            return;
+        }
+        if now >= safe_until_us {
+            // A grant after the safe deadline is refused and released.
+            out.push(CAction::Note(format!(
+                "c{} refuses a late grant of {lock}",
+                self.id
+            )));
+            self.send(now, Op::Unlock { node }, Purpose::Unlock, true, out);
+            return;
+        }
+        self.believed.insert(
+            lock.clone(),
+            Belief {
+                node: node.clone(),
+                token,
+                lease,
+                safe_until_us,
+            },
+        );
+        out.push(CAction::Believe {
+            lock: lock.clone(),
+            token,
+        });
+        let hold = self.rng.range(0, 150_000);
+        self.task = Task::Holding {
+            lock,
+            node,
+            release_us: now + hold,
+            fenced: false,
+        };
+    }
+
+    fn on_response(&mut self, r: Response, now: u64, hist: &mut Vec<HistOp>, out: &mut Vec<CAction>) {
+        let Some(p) = self.pending.remove(&r.xid) else {
+            return;
+        };
+        let session = self.session.as_ref().map_or(0, |s| s.id);
+        let is_read = matches!(p.op, Op::GetData { .. });
+        if is_read && r.result.is_ok() && r.zxid < p.zxid_at_send {
+            out.push(CAction::Violation(Violation {
+                kind: ViolationKind::WentBackInTime,
+                at_us: now,
+                detail: format!(
+                    "client {} read at zxid {} after having seen zxid {}",
+                    self.id, r.zxid, p.zxid_at_send
+                ),
+            }));
+        }
+        self.last_zxid = self.last_zxid.max(r.zxid);
+        if p.op.is_write() {
+            if let Ok(_) = &r.result {
+                out.push(CAction::Ack {
+                    session,
+                    xid: r.xid,
+                    zxid: r.zxid,
+                });
+            }
+        }
+        match p.purpose {
+            Purpose::Write(h) | Purpose::Fenced(h) => match &r.result {
+                Ok(_) => {
+                    hist[h].output = Some(RegisterOutput::Written);
+                    hist[h].ret_us = Some(now);
+                }
+                Err(e) if indeterminate(e) => {}
+                Err(_) => hist[h].dropped = true,
+            },
+            Purpose::Sync(h) => {
+                if r.result.is_err() {
+                    hist[h].dropped = true;
+                }
+            }
+            Purpose::Read(h) => match &r.result {
+                Ok(OpResult::Data { data, .. }) if !hist[h].dropped => {
+                    hist[h].output = Some(RegisterOutput::Value(value_of(data)));
+                    hist[h].ret_us = Some(now);
+                }
+                _ => hist[h].dropped = true,
+            },
+            Purpose::Ping => {
+                if r.result.is_ok() {
+                    if let Some(s) = &mut self.session {
+                        s.ka_sent_local = s.ka_sent_local.max(p.sent_local);
+                        out.push(CAction::KeepaliveAck {
+                            session: s.id,
+                            ttl_ms: s.ttl_ms,
+                            sent_us: p.sent_us,
+                        });
+                    }
+                    self.refresh_beliefs();
+                }
+            }
+            Purpose::Renew(id) => {
+                if let Ok(OpResult::Lease { lease_id, ttl_ms }) = &r.result {
+                    if let Some(l) = self.session.as_mut().and_then(|s| s.lease.as_mut()) {
+                        if l.id == *lease_id {
+                            l.ka_sent_local = l.ka_sent_local.max(p.sent_local);
+                        }
+                    }
+                    out.push(CAction::KeepaliveAck {
+                        session: *lease_id,
+                        ttl_ms: *ttl_ms,
+                        sent_us: p.sent_us,
+                    });
+                    self.refresh_beliefs();
+                } else if let Some(s) = &mut self.session {
+                    if s.lease.is_some_and(|l| l.id == id) {
+                        s.lease = None;
+                        self.believed.retain(|_, b| b.lease != Some(id));
+                    }
+                }
+            }
+            Purpose::GrantLease => {
+                if let Ok(OpResult::Lease { lease_id, ttl_ms }) = &r.result {
+                    if let Some(s) = &mut self.session {
+                        s.lease = Some(Lease {
+                            id: *lease_id,
+                            ttl_ms: *ttl_ms,
+                            ka_sent_local: p.sent_local,
+                        });
+                    }
+                    out.push(CAction::KeepaliveAck {
+                        session: *lease_id,
+                        ttl_ms: *ttl_ms,
+                        sent_us: p.sent_us,
+                    });
+                }
+            }
+            Purpose::Lock { lock, lease } => match r.result {
+                Ok(OpResult::Locked { node, token }) => {
+                    self.granted(lock, node, token, lease, now, out);
+                }
+                Ok(OpResult::Queued { node, token }) if self.early_grants.contains_key(&node) => {
+                    self.early_grants.remove(&node);
+                    self.granted(lock, node, token, lease, now, out);
+                }
+                Ok(OpResult::Queued { node, token }) => {
+                    let wait = 4 * self.cfg.ttl_ms * 1000;
+                    self.task = Task::Waiting {
+                        lock,
+                        node,
+                        token,
+                        lease,
+                        deadline_us: now + wait,
+                    };
+                }
+                Ok(_) | Err(_) => {}
+            },
+            Purpose::GetLocks { lock } => {
+                if let (Ok(OpResult::Locks(locks)), Task::Waiting { node, token, lease, .. }) =
+                    (&r.result, &self.task)
+                {
+                    let (node, token, lease) = (node.clone(), *token, *lease);
+                    let entry = locks
+                        .iter()
+                        .find(|l| l.lock == lock)
+                        .and_then(|l| l.queue.iter().find(|e| e.node == node));
+                    match entry {
+                        Some(e) if e.granted => {
+                            self.granted(lock, node, token, lease, now, out);
+                        }
+                        Some(_) => {}
+                        None => self.task = Task::Idle { until_us: now },
+                    }
+                }
+            }
+            Purpose::Close => {
+                if matches!(r.result, Ok(OpResult::Closed)) {
+                    let sid = self.session_id().unwrap_or(0);
+                    out.push(CAction::Note(format!("c{} closed session {sid:#x}", self.id)));
+                    self.session = None;
+                    self.believed.clear();
+                    for (_, q) in std::mem::take(&mut self.pending) {
+                        if let Purpose::Write(h) | Purpose::Fenced(h) = q.purpose {
+                            hist[h].output = None;
+                            hist[h].ret_us = None;
+                        }
+                        if let Purpose::Sync(h) | Purpose::Read(h) = q.purpose {
+                            hist[h].dropped = true;
+                        }
+                    }
+                    if self.mode == Mode::WindDown {
+                        self.mode = Mode::Done;
+                    }
+                }
+            }
+            Purpose::Setup
+            | Purpose::PlainRead
+            | Purpose::Create
+            | Purpose::Unlock
+            | Purpose::Other => {}
+        }
+        if matches!(self.task, Task::Busy) && !self.task_pending() {
+            let pause = self.rng.range(0, 30_000);
+            self.task = Task::Idle {
+                until_us: now + pause,
+            };
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! Deterministic simulation of a corral cluster (the `sim` feature).
+//!
+//! The whole replicated core runs in one thread from one seed: N real [`Node`] cores (the
+//! state machine, session tracker, locks, OmniPaxos and the Paxos storage on the
+//! write-ahead log are the production code, not copies) behind a simulated network,
+//! simulated disks and simulated clocks, driven by simulated clients. This module is the
+//! third shell around the sans-IO node, next to the server and the unit tests.
+//!
+//! [`Node`]: crate::node::Node
+//!
+//! # What is simulated
+//!
+//! - **Time**: a discrete-event loop over simulated microseconds. Every node has its own
+//!   clock with its own rate (± `clock_ppm`) and wall-clock offset; its ticks follow its
+//!   clock. A paused node (SIGSTOP) is not stepped: messages, client requests and disk
+//!   completions wait for it, and when it resumes its clock has jumped (the node's stall
+//!   detection must restart its session deadlines).
+//! - **Network**: every `PeerMsg` is encoded with bincode when sent and decoded when
+//!   delivered (catching serialization bugs), with a seeded delay, delay spikes, loss,
+//!   duplication and reordering (in "hostile" runs; other runs keep TCP's per-link
+//!   order). A lost message normally resets the link: the sender gets `LinkUp` once the
+//!   link is back, as the real transport reports a re-established link. Partitions: two
+//!   halves, an isolated leader or node, a ring (a line with 3 nodes) in which every node
+//!   still sees a majority through different neighbours, and one-way cuts. `LinkUp` is
+//!   delivered when a cut heals or a peer restarts.
+//! - **Disks**: each node has a [`SimDisk`](crate::disk::SimDisk) in memory; a crash
+//!   keeps only what was fsynced, and the last write may be torn (a random prefix,
+//!   sometimes followed by zeros). Syncs take time; a power cut can hit during a sync
+//!   (`crash_in_sync_per_mille`), and a sync can fail (the node exits, as in production,
+//!   and restarts). Nodes restart from what their disk holds, through the same recovery
+//!   code as the server (`open_cluster_on`), including the empty-disk join that learns a
+//!   majority's promise first.
+//! - **Clients**: see [`client`]: sessions, keepalives, xids, resends on another node
+//!   after a broken connection or a slow answer (same xid), locks under the session or a
+//!   lease, guarded writes, sync, sequential creates, reads. A client can be paused for
+//!   longer than its lease.
+//! - **Faults**: a plan drawn from the seed ([`SimConfig::plan`]): partitions, crashes of
+//!   one node or of all, pauses of nodes and clients, broken client connections, and
+//!   (off by default) wiped disks. After `fault_ms` everything heals.
+//!
+//! # What is checked
+//!
+//! After every step, the invariants of [`check`]: one decided log (no acknowledged write
+//! lost), equal state hashes at equal zxids (every time a node's zxid changes, unless
+//! `hash_every_change` is off), at most one holder per exclusive lock in every node's
+//! state, two clients never believing they hold the same lock at the same time (each
+//! client believes until its safe deadline: the send time of its last acknowledged
+//! keepalive + TTL − margin), strictly increasing fencing tokens, retried requests taking
+//! effect at most once, no early session expiry (both on the expiring leader's clock and
+//! against the clients' acknowledged keepalives), clients never going back in time. After
+//! healing: every lock is acquired by a probe client within TTL + 4 elections +
+//! lock-delay + 300 ms, every client request is answered, and the nodes converge to one
+//! state. At the end the register history (writes, guarded writes, sync + read) is
+//! checked for linearizability with `corral-checker` (Wing–Gong–Lowe, one register per
+//! key, unanswered writes as `:info`; a time limit gives "unknown", not a failure).
+//!
+//! # Seeds, replay, shrinking
+//!
+//! A run is a pure function of its [`SimConfig`], which [`SimConfig::from_seed`] draws
+//! from the seed (the tests may then turn on fault switches or change the fault mix).
+//! Running the same configuration twice gives the same trace ([`Report::trace_hash`]).
+//! A failing run reports its seed, the command that replays it, and the trace leading to
+//! the violation; [`shrink`] then leaves out planned faults one at a time while the same
+//! kind of violation still happens, for a shorter reproduction (`CORRAL_SIM_SKIP` lists
+//! the faults left out).
+//!
+//! Environment (read by [`seeds_from_env`] and the tests in `server/tests/sim.rs`):
+//! `CORRAL_SIM_SEED=n` runs exactly seed `n`; `CORRAL_SIM_SEEDS=k` runs `k` seeds;
+//! `CORRAL_SIM_SKIP=1,4` leaves out planned faults 1 and 4; `CORRAL_SIM_TRACE=full`
+//! prints every trace line as it happens.
+//!
+//! ```text
+//! cargo test -p corral-server --features sim --test sim                 # CI seeds
+//! CORRAL_SIM_SEED=42 cargo test -p corral-server --features sim --test sim sim_seeds -- --nocapture
+//! CORRAL_SIM_SEEDS=10000 cargo test --release -p corral-server --features sim --test sim sim_soak -- --ignored --nocapture
+//! ```
+//!
+//! # What it cannot model
+//!
+//! The tokio shell itself (`server.rs`: connection tasks, bounded queues, the storage
+//! thread, the real transport's handshake and backoff); real-time CPU cost (a node's
+//! step takes no simulated time, so a slow apply or a huge snapshot never delays
+//! anything); disk behaviour beyond "synced bytes survive, the last unsynced write may
+//! be torn" (no reordering of unsynced writes across files, no bit rot, no lost
+//! directory fsyncs other than not syncing); wall-clock jumps (NTP steps) and leap
+//! seconds; memory pressure and queue overflows; the client library (`corral-client`):
+//! the simulated clients are written for the simulator; watches (registered, never
+//! checked); single-node mode; membership changes.
+
+mod check;
+mod client;
+mod plan;
+mod rng;
+mod world;
+
+pub use check::{Violation, ViolationKind};
+pub use client::HistOp;
+pub use plan::{
+    DiskProfile, FaultKind, FaultMix, NetProfile, PlannedFault, Shape, SimConfig, Target,
+};
+pub use rng::SimRng;
+
+use corral_checker::{check_partitioned, Limits, Operation, PartitionedOutcome, Register};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+/// Simulated time as seconds with microseconds.
+pub fn fmt_time(us: u64) -> String {
+    format!("{}.{:06}s", us / 1_000_000, us % 1_000_000)
+}
+
+/// Figures of one run.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Events processed.
+    pub events: u64,
+    /// Simulated time, ms.
+    pub sim_ms: u64,
+    /// Peer messages sent.
+    pub messages: u64,
+    /// Their encoded bytes.
+    pub message_bytes: u64,
+    /// Peer messages lost.
+    pub lost: u64,
+    /// Node crashes (including sync failures).
+    pub crashes: u64,
+    /// Faults started.
+    pub faults: u64,
+    /// Snapshots installed.
+    pub installs: u64,
+    /// Leader changes seen by nodes.
+    pub leader_changes: u64,
+    /// Entries in the decided log.
+    pub entries: u64,
+    /// Writes acknowledged to clients.
+    pub acked: u64,
+    /// State hashes compared.
+    pub hash_checks: u64,
+    /// Register operations checked for linearizability.
+    pub ops: u64,
+    /// The linearizability verdict.
+    pub linearizability: String,
+    /// Wall-clock time of the run, ms.
+    pub wall_ms: u64,
+}
+
+/// The outcome of one run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// What was run.
+    pub config: SimConfig,
+    /// The first invariant violated, if any.
+    pub violation: Option<Violation>,
+    /// The last lines of the trace.
+    pub trace: Vec<String>,
+    /// A hash of the whole trace: equal for equal runs.
+    pub trace_hash: u64,
+    /// Figures.
+    pub stats: Stats,
+}
+
+impl Report {
+    /// Whether the run broke an invariant.
+    pub fn failed(&self) -> bool {
+        self.violation.is_some()
+    }
+
+    /// The command that replays this run (`test` names the test that sets the same
+    /// configuration apart from the seed).
+    pub fn replay_command(&self, test: &str) -> String {
+        let mut cmd = format!("CORRAL_SIM_SEED={}", self.config.seed);
+        if !self.config.skip_faults.is_empty() {
+            let skip: Vec<String> = self
+                .config
+                .skip_faults
+                .iter()
+                .map(|i| i.to_string())
+                .collect();
+            let _ = write!(cmd, " CORRAL_SIM_SKIP={}", skip.join(","));
+        }
+        let _ = write!(
+            cmd,
+            " cargo test -p corral-server --features sim --test sim {test} -- --exact --nocapture"
+        );
+        cmd
+    }
+
+    /// A full description: the seed, how to replay, the violation, the configuration,
+    /// the faults and the trace.
+    pub fn describe(&self, test: &str) -> String {
+        let c = &self.config;
+        let mut s = String::new();
+        match &self.violation {
+            Some(v) => {
+                let _ = writeln!(s, "corral sim: seed {} FAILED: {v}", c.seed);
+            }
+            None => {
+                let _ = writeln!(s, "corral sim: seed {} passed", c.seed);
+            }
+        }
+        let _ = writeln!(s, "replay: {}", self.replay_command(test));
+        let _ = writeln!(
+            s,
+            "config: {} nodes, {} clients, tick {} ms, election {} ms, TTL {} ms, lock-delay {} \
+             ms, snapshot every {}, clocks ±{} ppm, net {:?}, disk {:?}, switches {:?}",
+            c.nodes,
+            c.clients,
+            c.tick_ms,
+            c.election_ms,
+            c.session_ttl_ms,
+            c.lock_delay_ms,
+            c.snapshot_every_entries,
+            c.clock_ppm,
+            c.net,
+            c.disk,
+            c.switches
+        );
+        let _ = writeln!(s, "faults:");
+        for (i, f) in c.plan().iter().enumerate() {
+            let skipped = if c.skip_faults.contains(&i) {
+                " (skipped)"
+            } else {
+                ""
+            };
+            let _ = writeln!(s, "  {i}: {f}{skipped}");
+        }
+        let _ = writeln!(s, "stats: {:?}", self.stats);
+        let _ = writeln!(s, "trace ({} lines):", self.trace.len());
+        for line in &self.trace {
+            let _ = writeln!(s, "  {line}");
+        }
+        s
+    }
+}
+
+/// Runs one simulation.
+pub fn run(config: &SimConfig) -> Report {
+    let started = Instant::now();
+    let _switches = crate::faults::set(config.switches);
+    let mut world = world::World::new(config.clone());
+    world.run();
+    let mut stats = world.stats.clone();
+    stats.entries = world.checks.entries;
+    stats.acked = world.checks.acked;
+    stats.hash_checks = world.checks.hash_checks;
+    if world.violation.is_none() {
+        let (verdict, violation, ops) = check_history(&world.hist, config.checker_ms);
+        stats.linearizability = verdict;
+        stats.ops = ops;
+        if let Some(v) = violation {
+            world.violation = Some(Violation {
+                at_us: world.stats.sim_ms * 1000,
+                ..v
+            });
+        }
+    }
+    stats.wall_ms = started.elapsed().as_millis() as u64;
+    Report {
+        config: config.clone(),
+        violation: world.violation.take(),
+        trace: world.trace.drain(..).collect(),
+        trace_hash: world.trace_hash,
+        stats,
+    }
+}
+
+/// Checks the register history; returns the verdict, a violation, and the number of
+/// operations checked.
+fn check_history(hist: &[HistOp], limit_ms: u64) -> (String, Option<Violation>, u64) {
+    let ops: Vec<(String, Operation<_, _>)> = hist
+        .iter()
+        .filter(|h| !h.dropped)
+        .filter(|h| !(matches!(h.input, corral_checker::RegisterInput::Read) && h.output.is_none()))
+        .map(|h| {
+            (
+                h.key.clone(),
+                Operation {
+                    process: h.client as u64,
+                    input: h.input.clone(),
+                    output: h.output.clone(),
+                    call: h.call_us,
+                    ret: h.ret_us,
+                },
+            )
+        })
+        .collect();
+    let n = ops.len() as u64;
+    let limits = Limits {
+        time: Duration::from_millis(limit_ms),
+        ..Limits::default()
+    };
+    match check_partitioned(&Register { initial: 0u64 }, ops, limits) {
+        PartitionedOutcome::Linearizable => ("linearizable".to_string(), None, n),
+        PartitionedOutcome::Unknown(keys) => (format!("unknown: {keys:?}"), None, n),
+        PartitionedOutcome::NotLinearizable {
+            key,
+            violation,
+            history,
+        } => {
+            let mut detail = format!(
+                "the history of {key} is not linearizable; longest explanation ({} ops):",
+                violation.linearized.len()
+            );
+            let show = |i: usize, d: &mut String| {
+                let o = &history[i];
+                let _ = write!(
+                    d,
+                    "\n    c{} {:?} -> {:?} [{} .. {}]",
+                    o.process,
+                    o.input,
+                    o.output,
+                    fmt_time(o.call),
+                    o.ret.map(fmt_time).unwrap_or_else(|| "?".to_string())
+                );
+            };
+            let tail = violation.linearized.len().saturating_sub(12);
+            for &i in &violation.linearized[tail..] {
+                show(i, &mut detail);
+            }
+            let _ = write!(detail, "\n  cannot place:");
+            for &i in &violation.stuck_at {
+                show(i, &mut detail);
+            }
+            let _ = write!(detail, "\n  concurrent or later operations:");
+            let stuck_call = violation
+                .stuck_at
+                .first()
+                .map(|&i| history[i].call)
+                .unwrap_or(0);
+            let mut shown = 0;
+            for (i, o) in history.iter().enumerate() {
+                let overlaps = o.ret.is_none_or(|r| r >= stuck_call.saturating_sub(50_000));
+                if overlaps && !violation.linearized.contains(&i) && shown < 12 {
+                    show(i, &mut detail);
+                    shown += 1;
+                }
+            }
+            (
+                "NOT linearizable".to_string(),
+                Some(Violation {
+                    kind: ViolationKind::NotLinearizable,
+                    at_us: 0,
+                    detail,
+                }),
+                n,
+            )
+        }
+    }
+}
+
+/// Leaves out planned faults, one at a time (latest first), as long as the run still
+/// breaks the same invariant; at most `max_runs` runs. Returns the smallest failing
+/// configuration found and its report.
+pub fn shrink(config: &SimConfig, first: &Report, max_runs: usize) -> (SimConfig, Report) {
+    let Some(kind) = first.violation.as_ref().map(|v| v.kind) else {
+        return (config.clone(), first.clone());
+    };
+    let plan = config.plan();
+    let mut best = config.clone();
+    let mut best_report = first.clone();
+    let mut runs = 0;
+    for i in (0..plan.len()).rev() {
+        if best.skip_faults.contains(&i) || runs >= max_runs {
+            continue;
+        }
+        let mut candidate = best.clone();
+        candidate.skip_faults.insert(i);
+        runs += 1;
+        let r = run(&candidate);
+        if r.violation.as_ref().is_some_and(|v| v.kind == kind) {
+            best = candidate;
+            best_report = r;
+        }
+    }
+    (best, best_report)
+}
+
+/// The seeds to run: `CORRAL_SIM_SEED` alone if set, else `CORRAL_SIM_SEEDS` (or
+/// `default_count`) seeds from `first`.
+pub fn seeds_from_env(first: u64, default_count: u64) -> Vec<u64> {
+    if let Some(seed) = std::env::var("CORRAL_SIM_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        return vec![seed];
+    }
+    let count = std::env::var("CORRAL_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(default_count);
+    (first..first + count).collect()
+}
+
+/// The planned faults to leave out, from `CORRAL_SIM_SKIP` (comma-separated indexes).
+pub fn skip_from_env() -> std::collections::BTreeSet<usize> {
+    std::env::var("CORRAL_SIM_SKIP")
+        .ok()
+        .map(|s| {
+            s.split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}

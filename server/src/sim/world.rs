@@ -1,0 +1,1779 @@
+//! The simulated world: nodes with their disks and clocks, the network between them, the
+//! client connections, the event queue, the faults, and the checks after every step.
+
+use super::check::{Checks, Violation, ViolationKind};
+use super::client::{CAction, ClientCfg, HistOp, Mode, Role, SimClient, ToClient};
+use super::plan::{FaultKind, PlannedFault, Shape, SimConfig, Target};
+use super::rng::SimRng;
+use super::{fmt_time, Stats};
+use crate::disk::{Disk, SimDisk, SimDiskFaults};
+use crate::machine::MachineLimits;
+use crate::node::{ConnId, Input, Log, Node, NodeConfig, Now, Output, Probe};
+use crate::replication::log::{PaxosSettings, PeerMsg};
+use crate::replication::storage::{PaxosStorageConfig, SyncHandle};
+use crate::replication::{open_cluster_on, ClusterSettings, RecoveredCluster};
+use crate::wal::WalOptions;
+use corral_protocol::{Hello, HelloReply, Op, Request};
+use omnipaxos::ballot_leader_election::Ballot;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::path::Path;
+
+/// Wall clock of the simulation's start (2024-01-01), ms since the epoch.
+const WALL_EPOCH_MS: i64 = 1_704_067_200_000;
+/// Lines of trace kept for a report.
+const TRACE_LINES: usize = 4_000;
+
+#[derive(Debug)]
+enum ToServer {
+    Hello(Hello),
+    Request(Request),
+    Disconnected,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Tick {
+        node: usize,
+        inc: u64,
+    },
+    Restart {
+        node: usize,
+    },
+    JoinQuery {
+        node: usize,
+        inc: u64,
+    },
+    Peer {
+        from: u64,
+        to: usize,
+        inc: u64,
+        epoch: u64,
+        bytes: Vec<u8>,
+    },
+    Reconnect {
+        from: u64,
+        to: u64,
+        epoch: u64,
+    },
+    LinkUp {
+        node: usize,
+        inc: u64,
+        peer: u64,
+    },
+    DiskDone {
+        node: usize,
+        inc: u64,
+        batch: u64,
+    },
+    ToServer {
+        node: usize,
+        inc: u64,
+        conn: ConnId,
+        msg: ToServer,
+    },
+    ToClient {
+        client: usize,
+        conn: ConnId,
+        msg: ToClient,
+    },
+    ClientWake {
+        client: usize,
+    },
+    FaultStart {
+        index: usize,
+    },
+    FaultEnd {
+        index: usize,
+    },
+    Heal,
+    ProbeStart,
+    LivenessCheck,
+    ConvergeCheck,
+}
+
+struct Sched {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Sched {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Sched {}
+impl PartialOrd for Sched {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Sched {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // A max-heap: the earliest event is the greatest.
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+struct Joining {
+    recovered: RecoveredCluster,
+    replies: BTreeMap<u64, Ballot>,
+}
+
+struct Up {
+    node: Node,
+    sync: SyncHandle,
+    conns: BTreeSet<ConnId>,
+}
+
+enum NodeState {
+    Down,
+    Joining(Box<Joining>),
+    Up(Box<Up>),
+}
+
+struct SimNode {
+    id: u64,
+    disk: SimDisk,
+    rate_ppm: i64,
+    wall_skew_ms: i64,
+    /// Local µs at process start (the monotonic clock's origin).
+    start_local_us: u64,
+    inc: u64,
+    state: NodeState,
+    paused: bool,
+    held: Vec<Ev>,
+    /// The applied zxid last checked.
+    checked_zxid: u64,
+    changes: u64,
+    leader: Option<u64>,
+    restart_pending: bool,
+}
+
+/// One direction of a peer connection, as the transport promises it: messages sent
+/// while it is up arrive in order, a prefix of them; any loss ends it (`epoch` changes),
+/// and the sender hears `LinkUp` when the next one is established.
+#[derive(Debug, Clone, Copy, Default)]
+struct Link {
+    epoch: u64,
+    up: bool,
+    /// Delivery time of the last message (FIFO).
+    last_at: u64,
+}
+
+struct ConnInfo {
+    client: usize,
+    node: usize,
+    inc: u64,
+    client_open: bool,
+    server_open: bool,
+    to_server_at: u64,
+    to_client_at: u64,
+    session: Option<u64>,
+}
+
+/// The whole simulation.
+pub(super) struct World {
+    cfg: SimConfig,
+    plan: Vec<PlannedFault>,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Sched>,
+    rng: SimRng,
+    nodes: Vec<SimNode>,
+    clients: Vec<SimClient>,
+    client_cfg: ClientCfg,
+    conns: BTreeMap<ConnId, ConnInfo>,
+    next_conn: ConnId,
+    partitions: BTreeMap<usize, BTreeSet<(u64, u64)>>,
+    links: BTreeMap<(u64, u64), Link>,
+    pub checks: Checks,
+    pub hist: Vec<HistOp>,
+    pub trace: VecDeque<String>,
+    pub trace_hash: u64,
+    pub violation: Option<Violation>,
+    pub stats: Stats,
+    workload_start_us: Option<u64>,
+    heal_us: Option<u64>,
+    probe: Option<usize>,
+    probe_acquired: BTreeMap<String, u64>,
+    done: bool,
+    trace_all: bool,
+    paused_client_events: BTreeMap<usize, Vec<Ev>>,
+    paused_nodes: BTreeMap<usize, (usize, u64)>,
+    lock_checked: bool,
+}
+
+impl World {
+    pub(super) fn new(cfg: SimConfig) -> World {
+        let plan = cfg.plan();
+        let mut rng = SimRng::stream(cfg.seed, 3);
+        let mut nodes = Vec::new();
+        for i in 0..cfg.nodes {
+            let rate = rng.range_incl(0, 2 * cfg.clock_ppm as u64) as i64 - cfg.clock_ppm;
+            let disk = SimDisk::new(rng.next_u64());
+            disk.set_faults(SimDiskFaults {
+                lying_fsync: cfg.switches.skip_fsync,
+                fail_sync_per_mille: cfg.disk.fail_sync_per_mille,
+            });
+            nodes.push(SimNode {
+                id: i as u64 + 1,
+                disk,
+                rate_ppm: rate,
+                wall_skew_ms: rng.range_incl(0, 400) as i64 - 200,
+                start_local_us: 0,
+                inc: 0,
+                state: NodeState::Down,
+                paused: false,
+                held: Vec::new(),
+                checked_zxid: 0,
+                changes: 0,
+                leader: None,
+                restart_pending: false,
+            });
+        }
+        let request_timeout_us = (4 * cfg.election_ms).max(cfg.session_ttl_ms) * 1000;
+        let client_cfg = ClientCfg {
+            nodes: cfg.nodes as u64,
+            ttl_ms: cfg.session_ttl_ms,
+            keys: cfg.keys,
+            locks: cfg.locks,
+            lock_delay_ms: cfg.lock_delay_ms,
+            request_timeout_us,
+            rate_ppm: 0,
+        };
+        let mut clients = Vec::new();
+        for i in 0..cfg.clients {
+            let rate = rng.range_incl(0, 2 * cfg.clock_ppm as u64) as i64 - cfg.clock_ppm;
+            let role = if i == 0 { Role::Setup } else { Role::Worker };
+            let c = ClientCfg {
+                rate_ppm: rate,
+                ..client_cfg.clone()
+            };
+            clients.push(SimClient::new(i, role, c, cfg.seed));
+        }
+        let trace_all = std::env::var("CORRAL_SIM_TRACE").is_ok_and(|v| v == "full");
+        let mut w = World {
+            cfg,
+            plan,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            rng,
+            nodes,
+            clients,
+            client_cfg,
+            conns: BTreeMap::new(),
+            next_conn: 0,
+            partitions: BTreeMap::new(),
+            links: BTreeMap::new(),
+            checks: Checks::default(),
+            hist: Vec::new(),
+            trace: VecDeque::new(),
+            trace_hash: 0xcbf2_9ce4_8422_2325,
+            violation: None,
+            stats: Stats::default(),
+            workload_start_us: None,
+            heal_us: None,
+            probe: None,
+            probe_acquired: BTreeMap::new(),
+            done: false,
+            trace_all,
+            paused_client_events: BTreeMap::new(),
+            paused_nodes: BTreeMap::new(),
+            lock_checked: false,
+        };
+        for n in 0..w.nodes.len() {
+            w.start_node(n);
+        }
+        let setup = w.now + 1_000;
+        w.schedule(setup, Ev::ClientWake { client: 0 });
+        w
+    }
+
+    fn schedule(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Sched {
+            at: at.max(self.now),
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    fn note(&mut self, line: String) {
+        let line = format!("{} {line}", fmt_time(self.now));
+        self.mix_str(&line);
+        if self.trace_all {
+            eprintln!("{line}");
+        }
+        if self.trace.len() >= TRACE_LINES {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(line);
+    }
+
+    fn mix_str(&mut self, s: &str) {
+        for b in s.bytes() {
+            self.trace_hash ^= u64::from(b);
+            self.trace_hash = self.trace_hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn violate(&mut self, v: Violation) {
+        if self.violation.is_none() {
+            self.note(format!("VIOLATION {v}"));
+            self.violation = Some(v);
+        }
+    }
+
+    /// Runs until a violation, the end of the run, or the time limit.
+    pub(super) fn run(&mut self) {
+        let limit_us = (self.cfg.fault_ms + 120_000) * 1000;
+        while let Some(s) = self.queue.pop() {
+            if self.violation.is_some() || self.done {
+                break;
+            }
+            self.now = s.at;
+            if self.now > limit_us {
+                self.violate(Violation {
+                    kind: ViolationKind::NotConverged,
+                    at_us: self.now,
+                    detail: "the run did not finish within its time limit".to_string(),
+                });
+                break;
+            }
+            self.stats.events += 1;
+            self.step(s.ev);
+        }
+        self.stats.sim_ms = self.now / 1000;
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Clocks
+    // -----------------------------------------------------------------------------------
+
+    fn local_us(&self, n: usize) -> u64 {
+        let now = i128::from(self.now);
+        (now + now * i128::from(self.nodes[n].rate_ppm) / 1_000_000) as u64
+    }
+
+    fn node_now(&self, n: usize) -> Now {
+        let local = self.local_us(n);
+        Now {
+            mono_ms: (local - self.nodes[n].start_local_us) / 1000,
+            wall_ms: WALL_EPOCH_MS + self.nodes[n].wall_skew_ms + (local / 1000) as i64,
+        }
+    }
+
+    /// Real µs after which node `n`'s clock has advanced by `local_us`.
+    fn node_interval(&self, n: usize, local_us: u64) -> u64 {
+        (i128::from(local_us) * 1_000_000 / (1_000_000 + i128::from(self.nodes[n].rate_ppm)))
+            as u64
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Node lifecycle
+    // -----------------------------------------------------------------------------------
+
+    fn settings(&self, id: u64) -> ClusterSettings {
+        let limits = MachineLimits::default();
+        let election_ticks = (self.cfg.election_ms / self.cfg.tick_ms).max(2);
+        ClusterSettings {
+            node_id: id,
+            members: (1..=self.cfg.nodes as u64).collect(),
+            election_ticks,
+            resend_ticks: election_ticks,
+            log: PaxosSettings {
+                forward_retry_ticks: election_ticks,
+                max_forwarded_entries: 64 * 1024,
+                limits,
+            },
+        }
+    }
+
+    fn node_config(&self, id: u64) -> NodeConfig {
+        NodeConfig {
+            node_id: id,
+            machine: MachineLimits::default(),
+            max_sessions: 100_000,
+            max_pending_requests_per_connection: 10_000,
+            max_watches_per_session: 10_000,
+            min_session_ttl_ms: self.cfg.min_session_ttl_ms,
+            max_session_ttl_ms: 120_000,
+            snapshot_every_entries: self.cfg.snapshot_every_entries,
+            max_frame_bytes: corral_protocol::DEFAULT_MAX_FRAME_BYTES,
+            stall_threshold_ms: (self.cfg.min_session_ttl_ms / 2).max(4 * self.cfg.tick_ms),
+        }
+    }
+
+    fn start_node(&mut self, n: usize) {
+        let id = self.nodes[n].id;
+        self.nodes[n].inc += 1;
+        self.nodes[n].restart_pending = false;
+        self.nodes[n].start_local_us = self.local_us(n);
+        self.nodes[n].paused = false;
+        self.nodes[n].held.clear();
+        self.nodes[n].leader = None;
+        // The transport starts: new connections both ways.
+        self.break_links_of(n);
+        let storage = PaxosStorageConfig {
+            checkpoint_min_obsolete_bytes: self.cfg.checkpoint_bytes,
+            checkpoint_obsolete_per_live_ratio: 1,
+            ..PaxosStorageConfig::new(
+                WalOptions {
+                    segment_bytes: self.cfg.segment_bytes,
+                    fsync: true,
+                },
+                MachineLimits::default(),
+            )
+        };
+        let disk = Disk::Sim(self.nodes[n].disk.clone());
+        let opened = open_cluster_on(&disk, Path::new("/data/paxos"), storage, self.settings(id));
+        match opened {
+            Err(e) => {
+                self.violate(Violation {
+                    kind: ViolationKind::Recovery,
+                    at_us: self.now,
+                    detail: format!("node {id} cannot recover its disk: {e}"),
+                });
+            }
+            Ok(recovered) => {
+                self.note(format!(
+                    "n{id} starts (incarnation {}) at zxid {}{}",
+                    self.nodes[n].inc,
+                    recovered.machine.last_zxid(),
+                    if recovered.fresh { ", empty disk" } else { "" }
+                ));
+                if recovered.fresh {
+                    self.nodes[n].state = NodeState::Joining(Box::new(Joining {
+                        recovered,
+                        replies: BTreeMap::new(),
+                    }));
+                    let inc = self.nodes[n].inc;
+                    self.schedule(self.now, Ev::JoinQuery { node: n, inc });
+                } else {
+                    self.finish_start(n, recovered, None);
+                }
+            }
+        }
+    }
+
+    fn finish_start(&mut self, n: usize, recovered: RecoveredCluster, adopt: Option<Ballot>) {
+        let id = self.nodes[n].id;
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            recovered.start(adopt)
+        }));
+        let (machine, log) = match started {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                return self.violate(Violation {
+                    kind: ViolationKind::Recovery,
+                    at_us: self.now,
+                    detail: format!("node {id} cannot start: {e}"),
+                })
+            }
+            Err(_) => {
+                return self.violate(Violation {
+                    kind: ViolationKind::Panic,
+                    at_us: self.now,
+                    detail: format!("node {id} panicked while starting OmniPaxos"),
+                })
+            }
+        };
+        let sync = log.sync_handle();
+        let now = self.node_now(n);
+        let mut node = Node::new(self.node_config(id), machine, Log::Paxos(Box::new(log)), now);
+        node.enable_probe();
+        self.nodes[n].checked_zxid = node.machine().last_zxid();
+        self.nodes[n].state = NodeState::Up(Box::new(Up {
+            node,
+            sync,
+            conns: BTreeSet::new(),
+        }));
+        let inc = self.nodes[n].inc;
+        let first_tick = self.now + self.rng.range(0, self.cfg.tick_ms * 1000);
+        self.schedule(first_tick, Ev::Tick { node: n, inc });
+        // The shell reports the links that are already up (OmniPaxos resends on them).
+        for p in 0..self.nodes.len() {
+            let pid = self.nodes[p].id;
+            if p != n && self.links.get(&(id, pid)).is_some_and(|l| l.up) {
+                self.schedule(
+                    self.now,
+                    Ev::LinkUp {
+                        node: n,
+                        inc,
+                        peer: pid,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The transport's reconnection backoff: between a tick and an election timeout.
+    fn reconnect_delay(&mut self) -> u64 {
+        let tick = self.cfg.tick_ms * 1000;
+        let election = self.cfg.election_ms * 1000;
+        self.rng.range_incl(tick.min(2_000), election.max(tick))
+    }
+
+    /// Ends the current connection of a link (if any) and starts re-establishing it.
+    fn break_link(&mut self, from: u64, to: u64) {
+        let link = self.links.entry((from, to)).or_default();
+        link.epoch += 1;
+        link.up = false;
+        let epoch = link.epoch;
+        let at = self.now + self.reconnect_delay();
+        self.schedule(at, Ev::Reconnect { from, to, epoch });
+    }
+
+    /// Breaks every link from and to node `n`.
+    fn break_links_of(&mut self, n: usize) {
+        let id = self.nodes[n].id;
+        for p in 0..self.nodes.len() {
+            let pid = self.nodes[p].id;
+            if p != n {
+                self.break_link(id, pid);
+                self.break_link(pid, id);
+            }
+        }
+    }
+
+    fn reconnect(&mut self, from: u64, to: u64, epoch: u64) {
+        let link = self.links.get(&(from, to)).copied().unwrap_or_default();
+        if link.epoch != epoch || link.up {
+            return;
+        }
+        let f = from as usize - 1;
+        let t = to as usize - 1;
+        if matches!(self.nodes[f].state, NodeState::Down) {
+            // The node restarts with new links.
+            return;
+        }
+        if self.blocked(from, to)
+            || matches!(self.nodes[t].state, NodeState::Down)
+            || self.nodes[f].paused
+        {
+            let at = self.now + self.reconnect_delay();
+            self.schedule(at, Ev::Reconnect { from, to, epoch });
+            return;
+        }
+        if let Some(l) = self.links.get_mut(&(from, to)) {
+            l.up = true;
+        }
+        if matches!(self.nodes[f].state, NodeState::Up(_)) {
+            let inc = self.nodes[f].inc;
+            self.schedule(
+                self.now,
+                Ev::LinkUp {
+                    node: f,
+                    inc,
+                    peer: to,
+                },
+            );
+        }
+    }
+
+    /// A power cut (or a crashed process): unsynced writes are lost, the last one
+    /// possibly torn; connections break; the node restarts after `restart_after_us`.
+    fn crash_node(&mut self, n: usize, restart_after_us: Option<u64>, wipe: bool) {
+        let id = self.nodes[n].id;
+        let was = std::mem::replace(&mut self.nodes[n].state, NodeState::Down);
+        let conns: Vec<ConnId> = match &was {
+            NodeState::Up(up) => up.conns.iter().copied().collect(),
+            _ => Vec::new(),
+        };
+        drop(was);
+        let tear = self.rng.chance(600);
+        let mut rng = SimRng::new(self.rng.next_u64());
+        if wipe {
+            self.nodes[n].disk.wipe();
+        } else {
+            self.nodes[n].disk.crash(&mut |pending| {
+                if !tear || pending == 0 {
+                    return (0, 0);
+                }
+                let keep = rng.range_incl(0, pending as u64) as usize;
+                let zeros = if rng.chance(200) {
+                    rng.range_incl(1, 64) as usize
+                } else {
+                    0
+                };
+                (keep, zeros)
+            });
+        }
+        self.nodes[n].inc += 1;
+        self.nodes[n].paused = false;
+        self.nodes[n].held.clear();
+        self.nodes[n].leader = None;
+        self.break_links_of(n);
+        self.checks.forget_heard(id);
+        self.stats.crashes += 1;
+        self.note(format!(
+            "n{id} {}{}",
+            if wipe { "crashes and loses its disk" } else { "crashes" },
+            restart_after_us
+                .map(|d| format!(", restarts in {}ms", d / 1000))
+                .unwrap_or_default()
+        ));
+        // Every connection of the node breaks.
+        let all: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(c, i)| i.node == n && (i.server_open || conns.contains(c)))
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in all {
+            self.server_side_gone(conn);
+        }
+        if let Some(d) = restart_after_us {
+            self.nodes[n].restart_pending = true;
+            self.schedule(self.now + d, Ev::Restart { node: n });
+        }
+    }
+
+    fn server_side_gone(&mut self, conn: ConnId) {
+        let Some(info) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        info.server_open = false;
+        if info.client_open {
+            info.client_open = false;
+            let client = info.client;
+            let at = info.to_client_at.max(self.now) + 1_000 + self.rng.range(0, 20_000);
+            if let Some(i) = self.conns.get_mut(&conn) {
+                i.to_client_at = at;
+            }
+            self.schedule(
+                at,
+                Ev::ToClient {
+                    client,
+                    conn,
+                    msg: ToClient::Closed,
+                },
+            );
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Network
+    // -----------------------------------------------------------------------------------
+
+    fn blocked(&self, from: u64, to: u64) -> bool {
+        self.partitions.values().any(|p| p.contains(&(from, to)))
+    }
+
+    fn healed(&self) -> bool {
+        self.heal_us.is_some()
+    }
+
+    fn peer_send(&mut self, from: u64, to: u64, msg: PeerMsg) {
+        let mut bytes = match bincode::serde::encode_to_vec(&msg, bincode::config::standard()) {
+            Ok(b) => b,
+            Err(e) => {
+                return self.violate(Violation {
+                    kind: ViolationKind::Panic,
+                    at_us: self.now,
+                    detail: format!("cannot encode a peer message: {e}"),
+                })
+            }
+        };
+        self.stats.messages += 1;
+        self.stats.message_bytes += bytes.len() as u64;
+        let Some(t) = (to as usize).checked_sub(1).filter(|t| *t < self.nodes.len()) else {
+            return;
+        };
+        let net = self.cfg.net;
+        let healed = self.healed();
+        let link = self.links.get(&(from, to)).copied().unwrap_or_default();
+        if net.fifo && !link.up {
+            // The transport drops messages while the link is down.
+            return;
+        }
+        let lost = !healed && self.rng.chance(net.loss_per_mille);
+        if self.blocked(from, to) || matches!(self.nodes[t].state, NodeState::Down) || lost {
+            if lost {
+                self.stats.lost += 1;
+            }
+            if self.trace_all {
+                let mut d = format!("{msg:?}");
+                d.truncate(160);
+                self.note(format!("n{from} -> n{to} LOST: {d}"));
+            }
+            if net.fifo {
+                self.break_link(from, to);
+            }
+            return;
+        }
+        // Off the transport's contract (hostile runs only): duplicates and reordering.
+        let copies = if !net.fifo && !healed && self.rng.chance(net.dup_per_mille) {
+            2
+        } else {
+            1
+        };
+        for copy in 0..copies {
+            let mut delay = self.rng.range_incl(net.delay_min_us, net.delay_max_us);
+            if !healed && self.rng.chance(net.spike_per_mille) {
+                delay += self.rng.range(0, net.spike_max_us);
+            }
+            let mut at = self.now + delay;
+            if net.fifo {
+                at = at.max(link.last_at);
+                if let Some(l) = self.links.get_mut(&(from, to)) {
+                    l.last_at = at;
+                }
+            }
+            let inc = self.nodes[t].inc;
+            let bytes = if copy + 1 == copies {
+                std::mem::take(&mut bytes)
+            } else {
+                bytes.clone()
+            };
+            self.schedule(
+                at,
+                Ev::Peer {
+                    from,
+                    to: t,
+                    inc,
+                    epoch: link.epoch,
+                    bytes,
+                },
+            );
+        }
+    }
+
+    fn conn_delay(&mut self) -> u64 {
+        self.rng.range_incl(100, 1_500)
+    }
+
+    fn to_client(&mut self, conn: ConnId, msg: ToClient) {
+        let delay = self.conn_delay();
+        let Some(info) = self.conns.get(&conn) else {
+            return;
+        };
+        let client = info.client;
+        let at = (self.now + delay).max(info.to_client_at);
+        if let Some(i) = self.conns.get_mut(&conn) {
+            i.to_client_at = at;
+        }
+        self.schedule(at, Ev::ToClient { client, conn, msg });
+    }
+
+    fn to_server(&mut self, conn: ConnId, msg: ToServer) {
+        let delay = self.conn_delay();
+        let Some(info) = self.conns.get(&conn) else {
+            return;
+        };
+        let (node, inc) = (info.node, info.inc);
+        let at = (self.now + delay).max(info.to_server_at);
+        if let Some(i) = self.conns.get_mut(&conn) {
+            i.to_server_at = at;
+        }
+        self.schedule(
+            at,
+            Ev::ToServer {
+                node,
+                inc,
+                conn,
+                msg,
+            },
+        );
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Steps
+    // -----------------------------------------------------------------------------------
+
+    fn hold_if_paused(&mut self, n: usize, ev: Ev) -> Option<Ev> {
+        if self.nodes[n].paused {
+            self.nodes[n].held.push(ev);
+            None
+        } else {
+            Some(ev)
+        }
+    }
+
+    fn step(&mut self, ev: Ev) {
+        match ev {
+            Ev::Tick { node, inc } => {
+                if self.nodes[node].inc != inc || self.nodes[node].paused {
+                    return;
+                }
+                if !matches!(self.nodes[node].state, NodeState::Up(_)) {
+                    return;
+                }
+                self.node_input(node, Input::Tick);
+                let interval = self.node_interval(node, self.cfg.tick_ms * 1000);
+                let jitter = self.rng.range(0, interval / 10 + 1);
+                self.schedule(self.now + interval + jitter, Ev::Tick { node, inc });
+            }
+            Ev::Reconnect { from, to, epoch } => self.reconnect(from, to, epoch),
+            Ev::Restart { node } => {
+                if matches!(self.nodes[node].state, NodeState::Down) {
+                    self.start_node(node);
+                }
+            }
+            Ev::JoinQuery { node, inc } => {
+                if self.nodes[node].inc != inc || self.nodes[node].paused {
+                    return;
+                }
+                let NodeState::Joining(j) = &self.nodes[node].state else {
+                    return;
+                };
+                let asked: Vec<u64> = (1..=self.nodes.len() as u64)
+                    .filter(|p| *p != self.nodes[node].id && !j.replies.contains_key(p))
+                    .collect();
+                let me = self.nodes[node].id;
+                for p in asked {
+                    self.peer_send(me, p, PeerMsg::PromiseQuery);
+                }
+                let retry = self.cfg.election_ms.max(50) * 1000;
+                self.schedule(self.now + retry, Ev::JoinQuery { node, inc });
+            }
+            ev @ Ev::Peer { .. } => {
+                let Ev::Peer {
+                    from,
+                    to,
+                    inc,
+                    epoch,
+                    ..
+                } = &ev
+                else {
+                    return;
+                };
+                let (from, to, inc, epoch) = (*from, *to, *inc, *epoch);
+                let id = self.nodes[to].id;
+                let link = self.links.get(&(from, id)).copied().unwrap_or_default();
+                if self.nodes[to].inc != inc || (self.cfg.net.fifo && link.epoch != epoch) {
+                    // The connection it was sent on broke: it is lost with it.
+                    return;
+                }
+                if !self.cfg.net.fifo && self.blocked(from, id) {
+                    return;
+                }
+                let Some(Ev::Peer { from, to, bytes, .. }) = self.hold_if_paused(to, ev) else {
+                    return;
+                };
+                let msg: PeerMsg =
+                    match bincode::serde::decode_from_slice(&bytes, bincode::config::standard()) {
+                        Ok((m, _)) => m,
+                        Err(e) => {
+                            return self.violate(Violation {
+                                kind: ViolationKind::Panic,
+                                at_us: self.now,
+                                detail: format!("a peer message does not decode: {e}"),
+                            })
+                        }
+                    };
+                if self.trace_all {
+                    let mut d = format!("{msg:?}");
+                    d.truncate(240);
+                    let id = self.nodes[to].id;
+                    self.note(format!("n{id} <- n{from}: {d}"));
+                }
+                self.peer_deliver(to, from, msg);
+            }
+            ev @ Ev::LinkUp { .. } => {
+                let Ev::LinkUp { node, inc, .. } = &ev else {
+                    return;
+                };
+                let (node, inc) = (*node, *inc);
+                if self.nodes[node].inc != inc {
+                    return;
+                }
+                let Some(Ev::LinkUp { peer, .. }) = self.hold_if_paused(node, ev) else {
+                    return;
+                };
+                if matches!(self.nodes[node].state, NodeState::Up(_)) {
+                    if self.trace_all {
+                        let id = self.nodes[node].id;
+                        self.note(format!("n{id} link up to n{peer}"));
+                    }
+                    self.node_input(node, Input::LinkUp { peer });
+                }
+            }
+            ev @ Ev::DiskDone { .. } => {
+                let Ev::DiskDone { node, inc, .. } = &ev else {
+                    return;
+                };
+                let (node, inc) = (*node, *inc);
+                if self.nodes[node].inc != inc {
+                    return;
+                }
+                let Some(Ev::DiskDone { batch, .. }) = self.hold_if_paused(node, ev) else {
+                    return;
+                };
+                self.disk_done(node, batch);
+            }
+            ev @ Ev::ToServer { .. } => {
+                let Ev::ToServer { node, inc, conn, .. } = &ev else {
+                    return;
+                };
+                let (node, inc, conn) = (*node, *inc, *conn);
+                let alive = self.nodes[node].inc == inc
+                    && matches!(self.nodes[node].state, NodeState::Up(_));
+                let server_open = self.conns.get(&conn).is_some_and(|c| c.server_open);
+                if !alive || !server_open {
+                    self.server_side_gone(conn);
+                    return;
+                }
+                let Some(Ev::ToServer { msg, .. }) = self.hold_if_paused(node, ev) else {
+                    return;
+                };
+                self.server_deliver(node, conn, msg);
+            }
+            ev @ Ev::ToClient { .. } => {
+                let Ev::ToClient { client, .. } = &ev else {
+                    return;
+                };
+                let client = *client;
+                if self.clients[client].paused {
+                    self.client_held(client, ev);
+                    return;
+                }
+                let Ev::ToClient { conn, msg, .. } = ev else {
+                    return;
+                };
+                let closed = matches!(msg, ToClient::Closed);
+                let (out, hist) = {
+                    let mut hist = std::mem::take(&mut self.hist);
+                    let out = self.clients[client].on_msg(conn, msg, self.now, &mut hist);
+                    (out, hist)
+                };
+                self.hist = hist;
+                if closed {
+                    if let Some(i) = self.conns.get_mut(&conn) {
+                        i.client_open = false;
+                    }
+                }
+                self.client_actions(client, out);
+            }
+            Ev::ClientWake { client } => {
+                if self.clients[client].paused {
+                    return;
+                }
+                let mut hist = std::mem::take(&mut self.hist);
+                let mut next_conn = self.next_conn;
+                let out = self.clients[client].on_wake(self.now, &mut next_conn, &mut hist);
+                self.next_conn = next_conn;
+                self.hist = hist;
+                self.client_actions(client, out);
+                if client == 0 && self.workload_start_us.is_none() && self.clients[0].setup_done
+                {
+                    self.start_workload();
+                }
+                if self.clients[client].mode != Mode::Done {
+                    let at = self.now + 3_000 + self.rng.range(0, 4_000);
+                    self.schedule(at, Ev::ClientWake { client });
+                }
+            }
+            Ev::FaultStart { index } => self.fault_start(index),
+            Ev::FaultEnd { index } => self.fault_end(index),
+            Ev::Heal => self.heal(),
+            Ev::ProbeStart => {
+                let id = self.clients.len();
+                let cfg = ClientCfg {
+                    rate_ppm: 0,
+                    ..self.client_cfg.clone()
+                };
+                self.clients
+                    .push(SimClient::new(id, Role::Probe, cfg, self.cfg.seed));
+                self.probe = Some(id);
+                self.note(format!("probe client c{id} starts"));
+                self.schedule(self.now, Ev::ClientWake { client: id });
+            }
+            Ev::LivenessCheck => self.liveness_check(),
+            Ev::ConvergeCheck => self.converge_check(),
+        }
+    }
+
+    /// Keeps a message for a paused client until it resumes.
+    fn client_held(&mut self, client: usize, ev: Ev) {
+        self.paused_client_events.entry(client).or_default().push(ev);
+    }
+
+    fn start_workload(&mut self) {
+        self.workload_start_us = Some(self.now);
+        self.note("workload and faults start".to_string());
+        for c in 1..self.clients.len() {
+            let at = self.now + self.rng.range(0, 5_000);
+            self.schedule(at, Ev::ClientWake { client: c });
+        }
+        let plan = self.plan.clone();
+        for (i, f) in plan.iter().enumerate() {
+            if self.cfg.skip_faults.contains(&i) {
+                continue;
+            }
+            self.schedule(self.now + f.at_ms * 1000, Ev::FaultStart { index: i });
+        }
+        let heal = self.now + self.cfg.fault_ms * 1000;
+        self.schedule(heal, Ev::Heal);
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Node inputs and outputs
+    // -----------------------------------------------------------------------------------
+
+    fn node_input(&mut self, n: usize, input: Input) {
+        let now = self.node_now(n);
+        let id = self.nodes[n].id;
+        let NodeState::Up(up) = &mut self.nodes[n].state else {
+            return;
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let outputs = up.node.handle(now, input);
+            let probes = up.node.take_probe();
+            (outputs, probes)
+        }));
+        let (outputs, probes) = match result {
+            Ok(x) => x,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                return self.violate(Violation {
+                    kind: ViolationKind::Panic,
+                    at_us: self.now,
+                    detail: format!("node {id} panicked: {what}"),
+                });
+            }
+        };
+        self.observe(n, probes, now);
+        for output in outputs {
+            self.dispatch(n, output);
+        }
+        self.after_node_step(n);
+    }
+
+    fn observe(&mut self, n: usize, probes: Vec<Probe>, now: Now) {
+        let id = self.nodes[n].id;
+        for p in probes {
+            let r = match p {
+                Probe::Applied {
+                    zxid,
+                    entry,
+                    result,
+                    granted,
+                } => self
+                    .checks
+                    .on_applied(id, zxid, &entry, &result, &granted, self.now),
+                Probe::Installed { zxid } => {
+                    self.stats.installs += 1;
+                    self.note(format!("n{id} installs a snapshot at zxid {zxid}"));
+                    Ok(())
+                }
+                Probe::ExpiryProposed { sessions, mono_ms } => {
+                    self.note(format!("n{id} proposes expiry of {sessions:x?}"));
+                    let NodeState::Up(up) = &self.nodes[n].state else {
+                        continue;
+                    };
+                    let _ = now;
+                    self.checks.on_expiry_proposed(
+                        id,
+                        &sessions,
+                        mono_ms,
+                        up.node.machine(),
+                        self.now,
+                    )
+                }
+            };
+            if let Err(v) = r {
+                self.violate(v);
+            }
+        }
+    }
+
+    fn after_node_step(&mut self, n: usize) {
+        let id = self.nodes[n].id;
+        let NodeState::Up(up) = &self.nodes[n].state else {
+            return;
+        };
+        let zxid = up.node.machine().last_zxid();
+        let leader = up.node.leader();
+        if leader != self.nodes[n].leader {
+            self.nodes[n].leader = leader;
+            self.stats.leader_changes += 1;
+            self.note(format!("n{id} sees leader {leader:?}"));
+        }
+        if zxid != self.nodes[n].checked_zxid {
+            self.nodes[n].checked_zxid = zxid;
+            self.nodes[n].changes += 1;
+            if self.cfg.hash_every_change || self.nodes[n].changes % 16 == 0 {
+                let NodeState::Up(up) = &self.nodes[n].state else {
+                    return;
+                };
+                if let Err(v) = self.checks.on_state(id, up.node.machine(), self.now) {
+                    self.violate(v);
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, n: usize, output: Output) {
+        let id = self.nodes[n].id;
+        match output {
+            Output::HelloReply { conn, reply } => {
+                if let HelloReply::Accepted(g) = &reply {
+                    let mono = self.node_now(n).mono_ms;
+                    self.checks.heard(id, g.session_id, mono);
+                    if let Some(i) = self.conns.get_mut(&conn) {
+                        i.session = Some(g.session_id);
+                    }
+                }
+                self.to_client(conn, ToClient::Hello(reply));
+            }
+            Output::Send { conn, msg } => self.to_client(conn, ToClient::Msg(msg)),
+            Output::Close { conn } => {
+                if let NodeState::Up(up) = &mut self.nodes[n].state {
+                    up.conns.remove(&conn);
+                }
+                if let Some(info) = self.conns.get_mut(&conn) {
+                    info.server_open = false;
+                }
+                self.to_client(conn, ToClient::Closed);
+            }
+            Output::Sync { batch } => {
+                if self.trace_all {
+                    self.note(format!("n{id} sync {batch} starts"));
+                }
+                let d = self.cfg.disk;
+                let mut latency = self.rng.range_incl(d.latency_min_us, d.latency_max_us);
+                if self.rng.chance(10) {
+                    latency *= 10;
+                }
+                let inc = self.nodes[n].inc;
+                self.schedule(
+                    self.now + latency,
+                    Ev::DiskDone {
+                        node: n,
+                        inc,
+                        batch,
+                    },
+                );
+            }
+            Output::PeerSend { to, msg } => self.peer_send(id, to, msg),
+            Output::Persist { .. } | Output::Snapshot { .. } => {
+                self.violate(Violation {
+                    kind: ViolationKind::Panic,
+                    at_us: self.now,
+                    detail: format!("node {id}: single-node output in cluster mode"),
+                });
+            }
+        }
+    }
+
+    fn disk_done(&mut self, n: usize, batch: u64) {
+        let NodeState::Up(up) = &self.nodes[n].state else {
+            return;
+        };
+        if !self.healed() && self.rng.chance(self.cfg.disk.crash_in_sync_per_mille) {
+            self.nodes[n].disk.arm_crash_in_sync();
+        }
+        let synced = up.sync.sync();
+        if self.trace_all {
+            let id = self.nodes[n].id;
+            self.note(format!("n{id} sync {batch} done: {synced:?}"));
+        }
+        match synced {
+            Ok(()) => self.node_input(n, Input::Persisted { batch }),
+            Err(e) => {
+                let id = self.nodes[n].id;
+                self.note(format!("n{id} sync failed ({e}): the process exits"));
+                let restart = self.rng.range_incl(20_000, 500_000);
+                self.crash_node(n, Some(restart), false);
+            }
+        }
+    }
+
+    fn peer_deliver(&mut self, n: usize, from: u64, msg: PeerMsg) {
+        let id = self.nodes[n].id;
+        let needed = (self.nodes.len() / 2 + 1).min(self.nodes.len() - 1);
+        match &mut self.nodes[n].state {
+            NodeState::Down => {}
+            NodeState::Joining(j) => match msg {
+                PeerMsg::PromiseQuery => {
+                    self.peer_send(id, from, PeerMsg::PromiseReply(Ballot::default()));
+                }
+                PeerMsg::PromiseReply(b) => {
+                    j.replies.insert(from, b);
+                    if j.replies.len() >= needed {
+                        let max = j.replies.values().copied().max().unwrap_or_default();
+                        let NodeState::Joining(j) =
+                            std::mem::replace(&mut self.nodes[n].state, NodeState::Down)
+                        else {
+                            return;
+                        };
+                        self.note(format!("n{id} adopts promise {max:?}"));
+                        self.finish_start(n, j.recovered, Some(max));
+                    }
+                }
+                _ => {}
+            },
+            NodeState::Up(up) => {
+                if let PeerMsg::Alive { sessions, .. } = &msg {
+                    if up.node.is_leader() {
+                        let mono = self.node_now(n).mono_ms;
+                        for s in sessions.clone() {
+                            self.checks.heard(id, s, mono);
+                        }
+                    }
+                }
+                self.node_input(n, Input::Peer { from, msg });
+            }
+        }
+    }
+
+    fn server_deliver(&mut self, n: usize, conn: ConnId, msg: ToServer) {
+        let id = self.nodes[n].id;
+        let input = match msg {
+            ToServer::Hello(hello) => {
+                if let NodeState::Up(up) = &mut self.nodes[n].state {
+                    up.conns.insert(conn);
+                }
+                Input::Hello {
+                    conn,
+                    hello,
+                    secret: self.rng.next_u64(),
+                }
+            }
+            ToServer::Request(request) => {
+                if let Some(session) = self.conns.get(&conn).and_then(|c| c.session) {
+                    let mono = self.node_now(n).mono_ms;
+                    self.checks.heard(id, session, mono);
+                    if let Op::RenewLease { lease_id } = &request.op {
+                        // A renewal of a lease this session owns touches the lease.
+                        let owns = match &self.nodes[n].state {
+                            NodeState::Up(up) => up
+                                .node
+                                .machine()
+                                .session(*lease_id)
+                                .is_some_and(|l| l.lease_of == session),
+                            _ => false,
+                        };
+                        if owns {
+                            self.checks.heard(id, *lease_id, mono);
+                        }
+                    }
+                }
+                Input::Request { conn, request }
+            }
+            ToServer::Disconnected => {
+                if let NodeState::Up(up) = &mut self.nodes[n].state {
+                    up.conns.remove(&conn);
+                }
+                if let Some(i) = self.conns.get_mut(&conn) {
+                    i.server_open = false;
+                }
+                Input::Disconnected { conn }
+            }
+        };
+        self.node_input(n, input);
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Clients
+    // -----------------------------------------------------------------------------------
+
+    fn client_actions(&mut self, client: usize, actions: Vec<CAction>) {
+        for a in actions {
+            match a {
+                CAction::Connect { conn, node, hello } => {
+                    let n = (node - 1) as usize;
+                    let inc = self.nodes[n].inc;
+                    self.conns.insert(
+                        conn,
+                        ConnInfo {
+                            client,
+                            node: n,
+                            inc,
+                            client_open: true,
+                            server_open: true,
+                            to_server_at: 0,
+                            to_client_at: 0,
+                            session: None,
+                        },
+                    );
+                    if matches!(self.nodes[n].state, NodeState::Up(_)) {
+                        self.to_server(conn, ToServer::Hello(hello));
+                    } else {
+                        self.server_side_gone(conn);
+                    }
+                }
+                CAction::Send { conn, request } => {
+                    if self.conns.get(&conn).is_some_and(|c| c.client_open) {
+                        self.to_server(conn, ToServer::Request(request));
+                    }
+                }
+                CAction::Drop { conn } => {
+                    let server_open = match self.conns.get_mut(&conn) {
+                        Some(i) => {
+                            i.client_open = false;
+                            i.server_open
+                        }
+                        None => false,
+                    };
+                    if server_open {
+                        self.to_server(conn, ToServer::Disconnected);
+                    }
+                }
+                CAction::Believe { lock, token } => {
+                    self.note(format!("c{client} holds {lock} with token {token}"));
+                    for (i, other) in self.clients.iter().enumerate() {
+                        if i == client {
+                            continue;
+                        }
+                        if let Some(b) = other.believed.get(&lock) {
+                            if b.safe_until_us > self.now {
+                                let v = Violation {
+                                    kind: ViolationKind::TwoBelievers,
+                                    at_us: self.now,
+                                    detail: format!(
+                                        "c{client} was granted {lock} (token {token}) while \
+                                         c{i} believes it holds it (token {}) until {}",
+                                        b.token,
+                                        fmt_time(b.safe_until_us)
+                                    ),
+                                };
+                                self.violate(v);
+                                break;
+                            }
+                        }
+                    }
+                }
+                CAction::Ack { session, xid, zxid } => {
+                    if let Err(v) = self.checks.on_ack(session, xid, zxid, self.now) {
+                        self.violate(v);
+                    }
+                }
+                CAction::KeepaliveAck {
+                    session,
+                    ttl_ms,
+                    sent_us,
+                } => {
+                    if let Err(v) = self.checks.on_keepalive_ack(session, ttl_ms, sent_us) {
+                        self.violate(v);
+                    }
+                }
+                CAction::ProbeAcquired { lock } => {
+                    self.note(format!("probe acquired {lock}"));
+                    self.probe_acquired.insert(lock, self.now);
+                }
+                CAction::Violation(v) => self.violate(v),
+                CAction::Note(s) => self.note(s),
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Faults
+    // -----------------------------------------------------------------------------------
+
+    fn resolve(&mut self, t: Target) -> usize {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|n| matches!(self.nodes[*n].state, NodeState::Up(_)))
+            .collect();
+        let leader = up.iter().copied().find(|n| match &self.nodes[*n].state {
+            NodeState::Up(u) => u.node.is_leader(),
+            _ => false,
+        });
+        match t {
+            Target::Node(id) => (id as usize - 1).min(self.nodes.len() - 1),
+            Target::Leader => leader.unwrap_or_else(|| {
+                self.rng.range(0, self.nodes.len() as u64) as usize
+            }),
+            Target::Follower => {
+                let followers: Vec<usize> = (0..self.nodes.len())
+                    .filter(|n| Some(*n) != leader)
+                    .collect();
+                *self.rng.pick(&followers).unwrap_or(&0)
+            }
+        }
+    }
+
+    fn fault_start(&mut self, index: usize) {
+        if self.healed() {
+            return;
+        }
+        let f = self.plan[index];
+        self.stats.faults += 1;
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        match f.kind {
+            FaultKind::Partition(shape) => {
+                let mut blocked = BTreeSet::new();
+                let n = ids.len();
+                match shape {
+                    Shape::Halves { salt } => {
+                        let mut order = ids.clone();
+                        let mut r = SimRng::new(salt);
+                        for i in (1..n).rev() {
+                            let j = r.range_incl(0, i as u64) as usize;
+                            order.swap(i, j);
+                        }
+                        let (a, b) = order.split_at(n / 2);
+                        for x in a {
+                            for y in b {
+                                blocked.insert((*x, *y));
+                                blocked.insert((*y, *x));
+                            }
+                        }
+                    }
+                    Shape::Isolate(t) => {
+                        let x = ids[self.resolve(t)];
+                        for y in &ids {
+                            if *y != x {
+                                blocked.insert((x, *y));
+                                blocked.insert((*y, x));
+                            }
+                        }
+                    }
+                    Shape::Ring { salt } => {
+                        let mut order = ids.clone();
+                        let mut r = SimRng::new(salt);
+                        for i in (1..n).rev() {
+                            let j = r.range_incl(0, i as u64) as usize;
+                            order.swap(i, j);
+                        }
+                        for i in 0..n {
+                            for j in 0..n {
+                                let d = (i + n - j) % n;
+                                let neighbours = d == 1 || d == n - 1 || d == 0;
+                                // 3 nodes: a line (the ends do not talk).
+                                let line_cut = n == 3 && ((i == 0 && j == 2) || (i == 2 && j == 0));
+                                if !neighbours || line_cut {
+                                    blocked.insert((order[i], order[j]));
+                                }
+                            }
+                        }
+                    }
+                    Shape::OneWay { from, to } => {
+                        let a = ids[self.resolve(from)];
+                        let mut b = ids[self.resolve(to)];
+                        if a == b {
+                            b = ids[(self.resolve(to) + 1) % n];
+                        }
+                        blocked.insert((a, b));
+                    }
+                }
+                self.note(format!(
+                    "fault {index}: partition {shape:?} cuts {blocked:?} for {}ms",
+                    f.duration_ms
+                ));
+                for (a, b) in &blocked {
+                    let link = self.links.get(&(*a, *b)).copied().unwrap_or_default();
+                    if link.up {
+                        self.break_link(*a, *b);
+                    }
+                }
+                self.partitions.insert(index, blocked);
+                self.schedule(self.now + f.duration_ms * 1000, Ev::FaultEnd { index });
+            }
+            FaultKind::Crash(t) => {
+                let n = self.resolve(t);
+                self.note(format!("fault {index}: crash n{}", ids[n]));
+                if !matches!(self.nodes[n].state, NodeState::Down) {
+                    self.crash_node(n, Some(f.duration_ms * 1000), false);
+                }
+            }
+            FaultKind::Wipe(t) => {
+                let n = self.resolve(t);
+                self.note(format!("fault {index}: wipe n{}", ids[n]));
+                if !matches!(self.nodes[n].state, NodeState::Down) {
+                    self.crash_node(n, Some(f.duration_ms * 1000), true);
+                }
+            }
+            FaultKind::CrashAll => {
+                self.note(format!("fault {index}: crash every node"));
+                for n in 0..self.nodes.len() {
+                    if !matches!(self.nodes[n].state, NodeState::Down) {
+                        let stagger = self.rng.range(0, 50_000);
+                        self.crash_node(n, Some(f.duration_ms * 1000 + stagger), false);
+                    }
+                }
+            }
+            FaultKind::Pause(t) => {
+                let n = self.resolve(t);
+                if matches!(self.nodes[n].state, NodeState::Down) || self.nodes[n].paused {
+                    return;
+                }
+                self.note(format!(
+                    "fault {index}: pause n{} for {}ms",
+                    ids[n], f.duration_ms
+                ));
+                self.nodes[n].paused = true;
+                self.paused_nodes.insert(index, (n, self.nodes[n].inc));
+                self.schedule(self.now + f.duration_ms * 1000, Ev::FaultEnd { index });
+            }
+            FaultKind::PauseClient(c) => {
+                if c >= self.clients.len() || self.clients[c].paused {
+                    return;
+                }
+                self.note(format!("fault {index}: pause c{c} for {}ms", f.duration_ms));
+                self.clients[c].paused = true;
+                self.schedule(self.now + f.duration_ms * 1000, Ev::FaultEnd { index });
+            }
+            FaultKind::DropConnection(c) => {
+                if let Some((conn, node)) = self.clients.get(c).and_then(|c| c.connection()) {
+                    self.note(format!("fault {index}: break c{c}'s connection to n{node}"));
+                    let server_open = self.conns.get(&conn).is_some_and(|i| i.server_open);
+                    if server_open {
+                        self.to_server(conn, ToServer::Disconnected);
+                    }
+                    self.server_side_gone(conn);
+                }
+            }
+        }
+    }
+
+    fn fault_end(&mut self, index: usize) {
+        let f = self.plan[index];
+        match f.kind {
+            FaultKind::Partition(_) => {
+                let Some(blocked) = self.partitions.remove(&index) else {
+                    return;
+                };
+                self.note(format!("fault {index}: partition heals"));
+                self.links_healed(blocked);
+            }
+            FaultKind::Pause(_) => {
+                if let Some((n, inc)) = self.paused_nodes.remove(&index) {
+                    if self.nodes[n].inc == inc && self.nodes[n].paused {
+                        self.resume_node(n);
+                    }
+                }
+            }
+            FaultKind::PauseClient(c) => self.resume_client(c),
+            _ => {}
+        }
+    }
+
+    /// Cut links come back at the transport's next reconnection attempt; in hostile
+    /// runs (no link epochs) the sender is told at once.
+    fn links_healed(&mut self, pairs: BTreeSet<(u64, u64)>) {
+        for (a, b) in pairs {
+            if self.blocked(a, b) || self.cfg.net.fifo {
+                continue;
+            }
+            let n = a as usize - 1;
+            if matches!(self.nodes[n].state, NodeState::Up(_)) {
+                let inc = self.nodes[n].inc;
+                let at = self.now + self.reconnect_delay();
+                self.schedule(at, Ev::LinkUp { node: n, inc, peer: b });
+            }
+        }
+    }
+
+    fn resume_node(&mut self, n: usize) {
+        let id = self.nodes[n].id;
+        self.nodes[n].paused = false;
+        self.note(format!("n{id} resumes"));
+        let held = std::mem::take(&mut self.nodes[n].held);
+        for ev in held {
+            self.schedule(self.now, ev);
+        }
+        let inc = self.nodes[n].inc;
+        match &self.nodes[n].state {
+            NodeState::Up(_) => self.schedule(self.now, Ev::Tick { node: n, inc }),
+            NodeState::Joining(_) => self.schedule(self.now, Ev::JoinQuery { node: n, inc }),
+            NodeState::Down => {}
+        }
+    }
+
+    fn resume_client(&mut self, c: usize) {
+        if !self.clients[c].paused {
+            return;
+        }
+        self.clients[c].paused = false;
+        self.note(format!("c{c} resumes"));
+        for ev in self.paused_client_events.remove(&c).unwrap_or_default() {
+            self.schedule(self.now, ev);
+        }
+        self.schedule(self.now, Ev::ClientWake { client: c });
+    }
+
+    fn heal(&mut self) {
+        self.heal_us = Some(self.now);
+        self.note("faults heal; clients wind down".to_string());
+        let parts: Vec<usize> = self.partitions.keys().copied().collect();
+        let mut all = BTreeSet::new();
+        for p in parts {
+            if let Some(b) = self.partitions.remove(&p) {
+                all.extend(b);
+            }
+        }
+        self.links_healed(all);
+        for n in 0..self.nodes.len() {
+            self.nodes[n].disk.set_faults(SimDiskFaults {
+                lying_fsync: self.cfg.switches.skip_fsync,
+                fail_sync_per_mille: 0,
+            });
+            if self.nodes[n].paused {
+                self.resume_node(n);
+            }
+            if matches!(self.nodes[n].state, NodeState::Down) {
+                self.start_node(n);
+            }
+        }
+        self.paused_nodes.clear();
+        for c in 0..self.clients.len() {
+            self.resume_client(c);
+            self.clients[c].wind_down();
+            if let Some(conn) = self.clients[c].take_dropped() {
+                self.client_actions(c, vec![CAction::Drop { conn }]);
+            }
+        }
+        let e = self.cfg.election_ms * 1000;
+        self.schedule(self.now + 2 * e, Ev::ProbeStart);
+        self.schedule(self.now + self.lock_bound_us(), Ev::LivenessCheck);
+    }
+
+    /// After healing, every lock must be acquirable within this long.
+    pub(super) fn lock_bound_us(&self) -> u64 {
+        let ttl = self.cfg.session_ttl_ms * 1000;
+        let e = self.cfg.election_ms * 1000;
+        ttl + 4 * e + self.cfg.lock_delay_ms * 1000 + 300_000
+    }
+
+    fn request_bound_us(&self) -> u64 {
+        let ttl = self.cfg.session_ttl_ms * 1000;
+        let e = self.cfg.election_ms * 1000;
+        5 * e + 2 * ttl + 2 * self.client_cfg.request_timeout_us + 1_000_000
+    }
+
+    fn liveness_check(&mut self) {
+        let Some(heal) = self.heal_us else {
+            return;
+        };
+        let waited = self.now - heal;
+        // Locks first (the earlier deadline), then requests.
+        if waited >= self.lock_bound_us() && !self.lock_checked {
+            self.lock_checked = true;
+            for i in 0..self.cfg.locks {
+                let lock = format!("/locks/l{i}");
+                if !self.probe_acquired.contains_key(&lock) {
+                    let states: Vec<String> = self
+                        .nodes
+                        .iter()
+                        .filter_map(|n| match &n.state {
+                            NodeState::Up(up) => Some(format!(
+                                "n{} (zxid {}, leader {:?}): {:?}",
+                                n.id,
+                                up.node.machine().last_zxid(),
+                                up.node.leader(),
+                                up.node.machine().locks_under(&lock)
+                            )),
+                            _ => None,
+                        })
+                        .collect();
+                    return self.violate(Violation {
+                        kind: ViolationKind::LockNotAcquirable,
+                        at_us: self.now,
+                        detail: format!(
+                            "{lock} was not acquired within {} ms after the faults healed \
+                             (TTL {} ms, election {} ms, lock-delay {} ms); the nodes say: {}",
+                            self.lock_bound_us() / 1000,
+                            self.cfg.session_ttl_ms,
+                            self.cfg.election_ms,
+                            self.cfg.lock_delay_ms,
+                            states.join("; ")
+                        ),
+                    });
+                }
+            }
+        }
+        if waited < self.request_bound_us() {
+            let all_done = self
+                .clients
+                .iter()
+                .all(|c| c.mode == Mode::Done && c.pending_count() == 0);
+            let at = if all_done {
+                self.now
+            } else {
+                heal + self.request_bound_us()
+            };
+            if all_done {
+                self.schedule(at, Ev::ConvergeCheck);
+            } else {
+                self.schedule(at.min(self.now + 100_000), Ev::LivenessCheck);
+            }
+            return;
+        }
+        for c in &self.clients {
+            if c.pending_count() > 0 {
+                let detail = format!(
+                    "client c{} still has {} unanswered requests {} ms after the faults healed \
+                     (oldest sent at {})",
+                    c.id,
+                    c.pending_count(),
+                    waited / 1000,
+                    fmt_time(c.oldest_pending_us().unwrap_or(0))
+                );
+                return self.violate(Violation {
+                    kind: ViolationKind::RequestStuck,
+                    at_us: self.now,
+                    detail,
+                });
+            }
+        }
+        self.schedule(self.now, Ev::ConvergeCheck);
+    }
+
+    fn converge_check(&mut self) {
+        let mut states = Vec::new();
+        for n in &self.nodes {
+            match &n.state {
+                NodeState::Up(up) => {
+                    let m = up.node.machine();
+                    states.push((n.id, m.last_zxid(), m.state_hash()));
+                }
+                _ => states.push((n.id, 0, 0)),
+            }
+        }
+        let max = states.iter().map(|s| s.1).max().unwrap_or(0);
+        let same = states
+            .iter()
+            .all(|s| s.1 == states[0].1 && s.2 == states[0].2 && s.2 != 0);
+        let Some(heal) = self.heal_us else {
+            return;
+        };
+        if same && max >= self.checks.max_zxid {
+            self.note(format!("converged at zxid {max}"));
+            self.final_checks(max);
+            self.done = true;
+            return;
+        }
+        let deadline = heal + self.request_bound_us() + self.lock_bound_us() + 10_000_000;
+        if self.now > deadline {
+            return self.violate(Violation {
+                kind: ViolationKind::NotConverged,
+                at_us: self.now,
+                detail: format!("nodes (id, zxid, hash) did not converge: {states:x?}"),
+            });
+        }
+        self.schedule(self.now + 50_000, Ev::ConvergeCheck);
+    }
+
+    fn final_checks(&mut self, final_zxid: u64) {
+        for z in self.checks.acked_zxids() {
+            if z > final_zxid {
+                return self.violate(Violation {
+                    kind: ViolationKind::AckedWriteLost,
+                    at_us: self.now,
+                    detail: format!(
+                        "a write acknowledged at zxid {z} is beyond the converged log's end \
+                         {final_zxid}"
+                    ),
+                });
+            }
+        }
+        for n in 0..self.nodes.len() {
+            let id = self.nodes[n].id;
+            if let NodeState::Up(up) = &self.nodes[n].state {
+                if let Err(v) = self.checks.on_state(id, up.node.machine(), self.now) {
+                    return self.violate(v);
+                }
+            }
+        }
+    }
+}
