@@ -518,12 +518,15 @@ async fn run_core(
             }
         }
         tokio::select! {
+            // The tick goes first: under sustained load the inbox is never empty, and a
+            // node whose ticks starve sends no heartbeats, so its followers elect
+            // another leader.
             biased;
+            _ = ticker.tick() => core.input(&mut node, clock, Input::Tick),
             msg = inbox.recv() => match msg {
                 Some(msg) => core.handle(&mut node, clock, msg),
                 None => return,
             },
-            _ = ticker.tick() => core.input(&mut node, clock, Input::Tick),
             _ = &mut stop, if stopping.is_none() => {
                 stopping = Some(Instant::now());
                 core.input(&mut node, clock, Input::Shutdown);
