@@ -228,7 +228,7 @@ pub fn check<M: Model>(
     let mut iterations: u64 = 0;
     while events[0].next != NIL {
         iterations += 1;
-        if iterations % 4096 == 0 && started.elapsed() > limits.time {
+        if iterations.is_multiple_of(4096) && started.elapsed() > limits.time {
             return Outcome::Unknown(format!(
                 "time limit of {:?} reached after {iterations} steps ({} of {n} operations \
                  linearized at best)",
@@ -386,16 +386,23 @@ impl<V: Clone + Eq + Hash + Debug> Model for Register<V> {
         self.initial.clone()
     }
 
-    fn step(&self, state: &V, input: &RegisterInput<V>, output: Option<&RegisterOutput<V>>) -> Option<V> {
+    fn step(
+        &self,
+        state: &V,
+        input: &RegisterInput<V>,
+        output: Option<&RegisterOutput<V>>,
+    ) -> Option<V> {
         match (input, output) {
             (RegisterInput::Read, None) => Some(state.clone()),
             (RegisterInput::Read, Some(RegisterOutput::Value(v))) => {
                 (v == state).then(|| state.clone())
             }
             (RegisterInput::Write(v), None | Some(RegisterOutput::Written)) => Some(v.clone()),
-            (RegisterInput::Cas { expect, new }, None) => {
-                Some(if expect == state { new.clone() } else { state.clone() })
-            }
+            (RegisterInput::Cas { expect, new }, None) => Some(if expect == state {
+                new.clone()
+            } else {
+                state.clone()
+            }),
             (RegisterInput::Cas { expect, new }, Some(RegisterOutput::Swapped(true))) => {
                 (expect == state).then(|| new.clone())
             }
@@ -485,7 +492,10 @@ mod tests {
     #[test]
     fn indeterminate_writes_may_or_may_not_happen() {
         // Never observed: fine.
-        assert_eq!(run(&[info_w(1, 1, 0), r(2, 0, 5, 6)]), Outcome::Linearizable);
+        assert_eq!(
+            run(&[info_w(1, 1, 0), r(2, 0, 5, 6)]),
+            Outcome::Linearizable
+        );
         // Observed late: fine, it may take effect any time after its call.
         assert_eq!(
             run(&[info_w(1, 1, 0), r(2, 0, 5, 6), r(2, 1, 100, 101)]),
@@ -514,7 +524,11 @@ mod tests {
             ret: Some(r),
         };
         assert_eq!(
-            run(&[cas(1, 0, 1, true, 0, 1), cas(2, 0, 2, false, 2, 3), r(3, 1, 4, 5)]),
+            run(&[
+                cas(1, 0, 1, true, 0, 1),
+                cas(2, 0, 2, false, 2, 3),
+                r(3, 1, 4, 5)
+            ]),
             Outcome::Linearizable
         );
         assert!(run(&[cas(1, 0, 1, true, 0, 1), cas(2, 0, 2, true, 2, 3)]).is_violation());
