@@ -751,12 +751,16 @@ mod tests {
         f.write_all(b"x").expect("write");
         f.sync_data().expect("sync");
         s.crash(&mut keep_nothing);
-        assert!(!d.exists(Path::new("/a")), "creation was never made durable");
+        assert!(
+            !d.exists(Path::new("/a")),
+            "creation was never made durable"
+        );
 
         let mut f = d.create_truncate(Path::new("/b.tmp")).expect("create");
         f.write_all(b"new").expect("write");
         f.sync_all().expect("sync");
-        d.rename(Path::new("/b.tmp"), Path::new("/b")).expect("rename");
+        d.rename(Path::new("/b.tmp"), Path::new("/b"))
+            .expect("rename");
         d.sync_dir(Path::new("/")).expect("sync dir");
         d.remove_file(Path::new("/b")).expect("remove");
         s.crash(&mut keep_nothing);

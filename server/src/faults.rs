@@ -45,6 +45,9 @@ pub struct FaultSwitches {
     /// Locks: the `LockGranted` message to a waiting session is not sent (breaks "every
     /// lock becomes acquirable again").
     pub lose_lock_grant_event: bool,
+    /// Sessions: the leader acknowledges followers' reports of live sessions without
+    /// renewing them (breaks "no session expires while its leader heard from it").
+    pub ignore_alive_reports: bool,
 }
 
 impl FaultSwitches {
@@ -68,6 +71,7 @@ thread_local! {
             sync_without_barrier: false,
             send_forwards_once: false,
             lose_lock_grant_event: false,
+            ignore_alive_reports: false,
         }) };
 }
 
@@ -92,6 +96,7 @@ pub fn active() -> FaultSwitches {
         sync_without_barrier: false,
         send_forwards_once: false,
         lose_lock_grant_event: false,
+        ignore_alive_reports: false,
     }
 }
 

@@ -241,7 +241,9 @@ enum Keepalive {
     Ack {
         peer: u64,
         batch: u64,
-        gone: Vec<u64>,
+        /// The sessions of the report: those gone when the barrier is decided are named
+        /// in the acknowledgement (an expiry decided before the barrier counts).
+        sessions: Vec<u64>,
     },
 }
 
@@ -252,6 +254,7 @@ const ALIVE_RESEND_TICKS: u64 = 10;
 /// and only after [`Node::enable_probe`]).
 #[cfg(any(test, feature = "sim"))]
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // test-only instrumentation; boxing buys nothing
 pub enum Probe {
     /// An entry was applied.
     Applied {
@@ -311,6 +314,8 @@ pub struct Node {
     keepalive_barriers: BTreeMap<u64, Vec<Keepalive>>,
     next_alive_batch: u64,
     ticks: u64,
+    /// Whether this node was the leader in the accept phase at the last tick.
+    leading: bool,
     /// The lock-delay end for which a nudge entry was proposed.
     delay_nudged: Option<i64>,
     stats: NodeStats,
@@ -344,13 +349,18 @@ impl Node {
             last_tick_ms: None,
             barriers: BTreeMap::new(),
             open_barrier: None,
-            next_barrier: 1,
+            // Barrier and report numbers must not repeat across restarts: an old
+            // incarnation's barrier decided late, or a late acknowledgement of its report,
+            // would otherwise answer the new incarnation's waiters. Start from the wall
+            // clock (ms, shifted to leave room for the numbers used per millisecond).
+            next_barrier: ((now.wall_ms.max(0) as u64) << 7).max(1),
             alive: BTreeSet::new(),
             alive_waiters: Vec::new(),
             alive_inflight: BTreeMap::new(),
             keepalive_barriers: BTreeMap::new(),
-            next_alive_batch: 1,
+            next_alive_batch: ((now.wall_ms.max(0) as u64) << 20).max(1),
             ticks: 0,
+            leading: false,
             delay_nudged: None,
             stats: NodeStats::default(),
             now,
@@ -1057,8 +1067,8 @@ impl Node {
             self.alive_waiters.extend(waiters);
         }
         let waiting: Vec<(ConnId, u64)> = std::mem::take(&mut self.barriers)
-            .into_iter()
-            .flat_map(|(_, w)| w)
+            .into_values()
+            .flatten()
             .collect();
         if !waiting.is_empty() {
             match self.barrier() {
@@ -1328,12 +1338,22 @@ impl Node {
                 // Keepalives waiting here for a barrier of our own leadership stay: the
                 // barrier decides. Those waiting for a report move to the next one.
             }
+            // The term really starts when this node leads in the accept phase: until a
+            // majority promised, the previous leader still led and renewed sessions (and
+            // the election may take longer than a TTL). Restart the deadlines again then.
+            let leading = self.is_leader();
+            if leading && !self.leading && !crate::faults::active().keep_deadlines_on_leader_change
+            {
+                self.tracker.restart_all(now);
+            }
+            self.leading = leading;
             if !self.is_leader() {
                 // Waiting for a barrier we proposed as leader: a report to the leader
                 // now answers them instead.
                 for (_, waiters) in std::mem::take(&mut self.keepalive_barriers) {
                     self.alive_waiters.extend(waiters);
                 }
+                self.report_waiting_keepalives();
                 self.report_alive();
                 return;
             }
@@ -1424,9 +1444,45 @@ impl Node {
             return;
         }
         let id = self.fresh_barrier_id();
-        if self.propose(EntryBody::Noop { barrier: id }).is_ok() {
+        // Untracked: forwarded to (and decided by) a later leader, the barrier would prove
+        // nothing about this node's leadership (a deposed leader would answer keepalives
+        // that the new leader never saw).
+        let entry = Entry {
+            wall_ms: self.now.wall_ms,
+            body: EntryBody::Noop { barrier: id },
+        };
+        let appended = match &mut self.log {
+            Log::Paxos(log) => log.append_untracked(entry).is_ok(),
+            Log::Local(_) => false,
+        };
+        if appended {
             let waiters = std::mem::take(&mut self.alive_waiters);
             self.keepalive_barriers.insert(id, waiters);
+        }
+    }
+
+    /// Follower: the keepalives waiting to be answered must be in the next report, or
+    /// the leader's acknowledgement would not cover them (those this node collected while
+    /// it led were renewed only on its own tracker). Acknowledgements this node owed
+    /// other followers as leader are dropped: they resend their reports to the new leader.
+    fn report_waiting_keepalives(&mut self) {
+        let waiters = std::mem::take(&mut self.alive_waiters);
+        for waiter in waiters {
+            match &waiter {
+                Keepalive::Ack { .. } => continue,
+                Keepalive::Request(conn, _, result) => {
+                    if let Some(session) = self.conns.get(conn).and_then(|c| c.session) {
+                        self.alive.insert(session);
+                    }
+                    if let OpResult::Lease { lease_id, .. } = result {
+                        self.alive.insert(*lease_id);
+                    }
+                }
+                Keepalive::Resume { session, .. } => {
+                    self.alive.insert(*session);
+                }
+            }
+            self.alive_waiters.push(waiter);
         }
     }
 
@@ -1451,12 +1507,15 @@ impl Node {
                         OpResult::Lease { lease_id, .. } => Some(*lease_id),
                         _ => None,
                     };
-                    let answer = if lease.is_some_and(|l| gone.contains(&l)) {
+                    // Gone by the leader's word, or by this node's state now (an expiry
+                    // decided while the keepalive waited has been applied by now).
+                    let gone_now = |s: u64| gone.contains(&s) || self.machine.session(s).is_none();
+                    let answer = if lease.is_some_and(gone_now) {
                         Err(ErrorInfo::new(
                             ErrorCode::NoLease,
                             "the lease expired: the leader no longer has it",
                         ))
-                    } else if session.is_some_and(|s| gone.contains(&s)) {
+                    } else if session.is_some_and(gone_now) {
                         Err(ErrorInfo::new(
                             ErrorCode::SessionExpired,
                             "the session expired: the leader no longer has it",
@@ -1466,7 +1525,19 @@ impl Node {
                     };
                     self.complete_on(conn, xid, zxid, answer)
                 }
-                Keepalive::Ack { peer, batch, gone } => {
+                Keepalive::Ack {
+                    peer,
+                    batch,
+                    sessions,
+                } => {
+                    // Computed now, not when the report arrived: an expiry decided before
+                    // the confirming barrier has been applied by now.
+                    let gone = sessions
+                        .into_iter()
+                        .filter(|s| {
+                            self.machine.session(*s).is_none() || self.tracker.is_expiring(*s)
+                        })
+                        .collect();
                     self.peer_out
                         .push((peer, PeerMsg::AliveAck { batch, gone }));
                 }
@@ -1505,20 +1576,18 @@ impl Node {
         match msg {
             PeerMsg::Alive { batch, sessions } => {
                 if self.is_leader() {
-                    let mut gone = Vec::new();
-                    for session in sessions {
-                        if self.machine.session(session).is_some()
-                            && !self.tracker.is_expiring(session)
+                    for session in &sessions {
+                        if self.machine.session(*session).is_some()
+                            && !self.tracker.is_expiring(*session)
+                            && !crate::faults::active().ignore_alive_reports
                         {
-                            self.tracker.touch(session, self.now.mono_ms);
-                        } else {
-                            gone.push(session);
+                            self.tracker.touch(*session, self.now.mono_ms);
                         }
                     }
                     self.alive_waiters.push(Keepalive::Ack {
                         peer: from,
                         batch,
-                        gone,
+                        sessions,
                     });
                 }
                 return;

@@ -1,6 +1,20 @@
-//! Deterministic simulation of a corral cluster: see `corral_server::sim`.
+//! Deterministic simulation of a corral cluster (see `corral_server::sim` for what is
+//! simulated and checked).
+//!
+//! - `sim_seeds`: the seeds CI runs (`CORRAL_SIM_SEEDS`, default 240, spread over the
+//!   machine's cores; `CORRAL_SIM_SEED=n` runs only seed `n`, `CORRAL_SIM_SKIP=1,4`
+//!   leaves out planned faults, as printed by a failure).
+//! - `sim_soak` (ignored): thousands of seeds, for a soak:
+//!   `CORRAL_SIM_SEEDS=10000 cargo test --release -p corral-server --features sim --test sim sim_soak -- --ignored --nocapture`.
+//! - `sim_replay_is_identical`: the same seed twice gives the same trace.
+//! - `fault_*`: each turns on a deliberately injected bug and shows that the simulator
+//!   reports the invariant it breaks, with a seed that replays it exactly.
+//! - `regression_*`: pinned seeds of bugs the simulator found.
 
-use corral_server::sim::{self, Report, SimConfig};
+use corral_server::faults::FaultSwitches;
+use corral_server::sim::{self, FaultMix, Report, SimConfig, ViolationKind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 fn configure(seed: u64) -> SimConfig {
     let mut c = SimConfig::from_seed(seed);
@@ -8,41 +22,485 @@ fn configure(seed: u64) -> SimConfig {
     c
 }
 
+fn summary(seed: u64, r: &Report) -> String {
+    format!(
+        "seed {seed}: {} nodes, {} events, {} sim ms, {} entries, {} acked, {} crashes, {} \
+         faults, {} ops {}, {} ms",
+        r.config.nodes,
+        r.stats.events,
+        r.stats.sim_ms,
+        r.stats.entries,
+        r.stats.acked,
+        r.stats.crashes,
+        r.stats.faults,
+        r.stats.ops,
+        r.stats.linearizability,
+        r.stats.wall_ms
+    )
+}
+
+/// Describes a failure, shrinks it (fewer faults), and panics with both reports.
 fn fail(test: &str, report: &Report) -> ! {
-    let (config, shrunk) = sim::shrink(&report.config, report, 30);
-    let _ = config;
+    let (_, shrunk) = sim::shrink(&report.config, report, 40);
     panic!(
-        "{}\n--- shrunk ---\n{}",
+        "{}\n--- shrunk (planned faults left out while the same violation remains) ---\n{}",
         report.describe(test),
         shrunk.describe(test)
     );
 }
 
-/// The seeds CI runs (`CORRAL_SIM_SEEDS` / `CORRAL_SIM_SEED` override).
+/// Runs the seeds on every core; stops at the first failure (the lowest failing seed is
+/// reported, shrunk).
+fn run_seeds(test: &str, seeds: Vec<u64>) {
+    let started = std::time::Instant::now();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(seeds.len().max(1));
+    let next = Arc::new(AtomicU64::new(0));
+    let seeds = Arc::new(seeds);
+    let failures: Arc<Mutex<Vec<Report>>> = Arc::new(Mutex::new(Vec::new()));
+    let verbose = seeds.len() <= 20;
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (next, seeds, failures) = (next.clone(), seeds.clone(), failures.clone());
+            std::thread::spawn(move || loop {
+                if !failures.lock().map(|f| f.is_empty()).unwrap_or(false) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst) as usize;
+                let Some(seed) = seeds.get(i).copied() else {
+                    return;
+                };
+                let r = sim::run(&configure(seed));
+                if verbose {
+                    eprintln!("{}", summary(seed, &r));
+                }
+                if r.failed() {
+                    if let Ok(mut f) = failures.lock() {
+                        f.push(r);
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    let mut failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
+    failures.sort_by_key(|r| r.config.seed);
+    if let Some(r) = failures.first() {
+        fail(test, r);
+    }
+    let done = next.load(Ordering::SeqCst).min(seeds.len() as u64);
+    eprintln!(
+        "{test}: {done} seeds in {:.1?} ({:.2} seeds/s on {threads} threads)",
+        started.elapsed(),
+        done as f64 / started.elapsed().as_secs_f64()
+    );
+}
+
+/// The seeds CI runs.
 #[test]
 fn sim_seeds() {
-    let seeds = sim::seeds_from_env(1, 20);
-    let started = std::time::Instant::now();
-    for seed in &seeds {
-        let r = sim::run(&configure(*seed));
-        eprintln!(
-            "seed {seed}: {} events, {} sim ms, {} entries, {} acked, {} ops {}, {} ms",
-            r.stats.events,
-            r.stats.sim_ms,
-            r.stats.entries,
-            r.stats.acked,
-            r.stats.ops,
-            r.stats.linearizability,
-            r.stats.wall_ms
+    run_seeds("sim_seeds", sim::seeds_from_env(1, 240));
+}
+
+/// A soak: `CORRAL_SIM_SEEDS=10000 cargo test --release -p corral-server --features sim
+/// --test sim sim_soak -- --ignored --nocapture` (seeds from 1,000,000 on, so they differ
+/// from CI's).
+#[test]
+#[ignore = "soak: thousands of seeds, run on demand"]
+fn sim_soak() {
+    run_seeds("sim_soak", sim::seeds_from_env(1_000_000, 2_000));
+}
+
+/// The same configuration gives the same run: trace, events, verdict.
+#[test]
+fn sim_replay_is_identical() {
+    for seed in sim::seeds_from_env(7, 3) {
+        let c = configure(seed);
+        let a = sim::run(&c);
+        let b = sim::run(&c);
+        assert_eq!(a.trace_hash, b.trace_hash, "seed {seed}: traces differ");
+        assert_eq!(a.trace, b.trace, "seed {seed}");
+        assert_eq!(a.stats.events, b.stats.events, "seed {seed}");
+        assert_eq!(a.violation, b.violation, "seed {seed}");
+    }
+}
+
+/// Runs seeds with an injected bug until the simulator reports one of `kinds`; checks
+/// that replaying that seed reports exactly the same.
+fn catches(
+    test: &str,
+    switches: FaultSwitches,
+    kinds: &[ViolationKind],
+    adjust: impl Fn(&mut SimConfig),
+    max_seeds: u64,
+) {
+    for seed in sim::seeds_from_env(1, max_seeds) {
+        let mut c = configure(seed);
+        c.switches = switches;
+        adjust(&mut c);
+        let r = sim::run(&c);
+        let Some(v) = &r.violation else {
+            continue;
+        };
+        assert!(
+            kinds.contains(&v.kind),
+            "{test}: expected one of {kinds:?}, got:\n{}",
+            r.describe(test)
         );
-        if r.failed() {
-            fail("sim_seeds", &r);
+        let again = sim::run(&c);
+        assert_eq!(again.violation, r.violation, "{test}: the replay differs");
+        assert_eq!(again.trace_hash, r.trace_hash, "{test}: the replay differs");
+        eprintln!("{test}: caught {v}\n  replay: {}", r.replay_command(test));
+        return;
+    }
+    panic!("{test}: no violation in {max_seeds} seeds");
+}
+
+fn switches(set: impl FnOnce(&mut FaultSwitches)) -> FaultSwitches {
+    let mut s = FaultSwitches::default();
+    set(&mut s);
+    s
+}
+
+#[test]
+fn fault_grant_without_predecessor_gives_two_holders() {
+    catches(
+        "fault_grant_without_predecessor_gives_two_holders",
+        switches(|s| s.grant_without_predecessor = true),
+        &[ViolationKind::TwoHolders],
+        |_| {},
+        20,
+    );
+}
+
+#[test]
+fn fault_token_from_sequence_breaks_token_order() {
+    catches(
+        "fault_token_from_sequence_breaks_token_order",
+        switches(|s| s.token_from_sequence = true),
+        &[ViolationKind::TokenOrder, ViolationKind::FencedOrder],
+        |_| {},
+        20,
+    );
+}
+
+#[test]
+fn fault_apply_with_local_time_diverges_state() {
+    catches(
+        "fault_apply_with_local_time_diverges_state",
+        switches(|s| s.apply_with_local_time = true),
+        &[ViolationKind::StateDivergence],
+        |_| {},
+        20,
+    );
+}
+
+#[test]
+fn fault_skip_fsync_loses_acknowledged_writes() {
+    catches(
+        "fault_skip_fsync_loses_acknowledged_writes",
+        switches(|s| s.skip_fsync = true),
+        &[ViolationKind::AckedWriteLost, ViolationKind::LogDivergence],
+        |c| {
+            c.mix = FaultMix {
+                crash_all: 4,
+                ..FaultMix::standard()
+            }
+        },
+        40,
+    );
+}
+
+#[test]
+fn fault_ack_before_durable_loses_acknowledged_writes() {
+    catches(
+        "fault_ack_before_durable_loses_acknowledged_writes",
+        switches(|s| s.ack_before_durable = true),
+        // OmniPaxos itself may notice first: it panics when a sync would overwrite
+        // entries it had decided.
+        &[
+            ViolationKind::AckedWriteLost,
+            ViolationKind::LogDivergence,
+            ViolationKind::Panic,
+        ],
+        |c| {
+            c.mix = FaultMix {
+                crash_all: 6,
+                ..FaultMix::none()
+            };
+            c.disk.latency_min_us = 5_000;
+            c.disk.latency_max_us = 30_000;
+        },
+        60,
+    );
+}
+
+#[test]
+fn fault_skip_dedup_applies_retries_twice() {
+    catches(
+        "fault_skip_dedup_applies_retries_twice",
+        switches(|s| s.skip_dedup = true),
+        &[ViolationKind::DuplicateApply],
+        |_| {},
+        40,
+    );
+}
+
+#[test]
+fn fault_keep_deadlines_on_leader_change_expires_early() {
+    catches(
+        "fault_keep_deadlines_on_leader_change_expires_early",
+        switches(|s| s.keep_deadlines_on_leader_change = true),
+        &[ViolationKind::EarlyExpiry],
+        |_| {},
+        40,
+    );
+}
+
+#[test]
+fn fault_ignore_alive_reports_expires_heard_sessions() {
+    catches(
+        "fault_ignore_alive_reports_expires_heard_sessions",
+        switches(|s| s.ignore_alive_reports = true),
+        &[ViolationKind::ExpiredWhileHeard, ViolationKind::EarlyExpiry],
+        |_| {},
+        40,
+    );
+}
+
+#[test]
+fn fault_sync_without_barrier_is_not_linearizable() {
+    catches(
+        "fault_sync_without_barrier_is_not_linearizable",
+        switches(|s| s.sync_without_barrier = true),
+        &[ViolationKind::NotLinearizable],
+        |_| {},
+        60,
+    );
+}
+
+#[test]
+fn fault_send_forwards_once_leaves_requests_stuck() {
+    catches(
+        "fault_send_forwards_once_leaves_requests_stuck",
+        switches(|s| s.send_forwards_once = true),
+        &[
+            ViolationKind::RequestStuck,
+            ViolationKind::LockNotAcquirable,
+            ViolationKind::NotConverged,
+        ],
+        |_| {},
+        40,
+    );
+}
+
+#[test]
+fn fault_lose_lock_grant_event_makes_locks_unacquirable() {
+    catches(
+        "fault_lose_lock_grant_event_makes_locks_unacquirable",
+        switches(|s| s.lose_lock_grant_event = true),
+        &[ViolationKind::LockNotAcquirable],
+        |_| {},
+        40,
+    );
+}
+
+/// Runs one pinned configuration and fails with its description if it breaks anything.
+fn pinned(test: &str, seed: u64, skip: &[usize]) {
+    let mut c = SimConfig::from_seed(seed);
+    c.skip_faults = skip.iter().copied().collect();
+    let r = sim::run(&c);
+    assert!(!r.failed(), "{}", r.describe(test));
+}
+
+/// Bug (fixed): a leader kept its own session expiries among the proposals it resends on
+/// every leader change, so a deposed leader's expiry reached the next leader and was
+/// decided after the client had renewed its session there (and every expiry was resent
+/// forever, every election timeout).
+#[test]
+fn regression_deposed_leader_expiry_resent() {
+    pinned(
+        "regression_deposed_leader_expiry_resent",
+        1,
+        &[0, 2, 3, 4, 5],
+    );
+}
+
+/// Bug (fixed): a leader confirmed keepalives with a tracked barrier; deposed, it
+/// forwarded the barrier to the new leader, which decided it, and the old leader then
+/// answered pings that the new leader never saw (the new leader expired the session while
+/// its client believed it renewed). Also: keepalives it had collected as leader were
+/// answered by the new leader's acknowledgement of a report that did not name them.
+#[test]
+fn regression_keepalive_barrier_forwarded() {
+    pinned(
+        "regression_keepalive_barrier_forwarded",
+        37,
+        &[1, 2, 3, 4, 5],
+    );
+}
+
+/// Bug (fixed): the leader decided which sessions of a follower's report were gone when
+/// the report arrived, but acknowledged it only once its barrier was decided; an expiry
+/// decided in between was not named, and the follower answered a ping of an expired
+/// session. (Found with `send_forwards_once` on, which only changes the timing here; the
+/// run must not report an early expiry.)
+#[test]
+fn regression_report_acknowledged_after_expiry() {
+    let test = "regression_report_acknowledged_after_expiry";
+    let mut c = SimConfig::from_seed(14);
+    c.switches.send_forwards_once = true;
+    let r = sim::run(&c);
+    assert!(
+        !matches!(&r.violation, Some(v) if v.kind == ViolationKind::EarlyExpiry),
+        "{}",
+        r.describe(test)
+    );
+}
+
+/// Bug (fixed): a node that lost and regained leadership between two ticks was not seen
+/// to change leader (only the leader's id was compared, not the ballot): it kept the
+/// session deadlines of its previous term and expired, at once, sessions whose keepalives
+/// its interim successor had acknowledged.
+#[test]
+fn regression_leader_regained_keeps_old_deadlines() {
+    pinned(
+        "regression_leader_regained_keeps_old_deadlines",
+        1_000_965,
+        &[4, 5],
+    );
+}
+
+/// Bug (fixed): a node restarted session deadlines when it became the promised leader,
+/// not when it started leading (accept phase). Cut off one way from the old leader, it
+/// stayed a candidate for a while; the old leader kept renewing sessions meanwhile, and
+/// once the new one finally led it expired them on the deadlines of its candidacy.
+#[test]
+fn regression_deadlines_restarted_before_leading() {
+    pinned(
+        "regression_deadlines_restarted_before_leading",
+        1_002_017,
+        &[4],
+    );
+}
+
+/// Bug (fixed): report numbers (and barrier ids) started at 1 in every incarnation of a
+/// node; the leader's late acknowledgement of a report sent before a crash answered the
+/// restarted node's first report, which it had never seen (a session resumed on the
+/// restarted follower was accepted although the leader expired it).
+#[test]
+fn regression_report_numbers_reused_after_restart() {
+    pinned(
+        "regression_report_numbers_reused_after_restart",
+        1_000_113,
+        &[8],
+    );
+}
+
+/// Bug (fixed): a node that restarted with its own ballot promised (it led a minority
+/// side before it crashed, with a ballot above the majority's leader) was stuck for good:
+/// OmniPaxos restarts it as a follower, its leader election picks the same ballot again,
+/// which Sequence Paxos ignores; the majority ignores its higher ballot, and the node that
+/// had promised it stayed behind with it. It now stands for election with a higher ballot.
+#[test]
+fn regression_restarted_leader_stuck_on_own_ballot() {
+    pinned(
+        "regression_restarted_leader_stuck_on_own_ballot",
+        1_000_161,
+        &[2, 11, 12],
+    );
+}
+
+/// Wiped disks (a node restarted with an empty data directory, which first learns the
+/// highest promise of a majority of the others). Not in the CI mix: the design says a
+/// wiped node is safe only while the rest of the cluster is healthy, and these plans wipe
+/// at any time. Run on demand to see what happens when that precondition does not hold.
+#[test]
+#[ignore = "explores a documented precondition; see the report"]
+fn sim_wiped_disks() {
+    let mut reports = Vec::new();
+    for seed in sim::seeds_from_env(5_000_000, 200) {
+        let mut c = configure(seed);
+        c.mix = FaultMix {
+            wipes: 3,
+            ..FaultMix::standard()
+        };
+        let r = sim::run(&c);
+        if let Some(v) = &r.violation {
+            eprintln!("seed {seed}: {v}");
+            reports.push(r);
         }
     }
-    eprintln!(
-        "{} seeds in {:?} ({:.1} seeds/s)",
-        seeds.len(),
-        started.elapsed(),
-        seeds.len() as f64 / started.elapsed().as_secs_f64()
-    );
+    eprintln!("{} of the runs broke an invariant", reports.len());
+    if let Some(r) = reports.first() {
+        let (_, shrunk) = sim::shrink(&r.config, r, 40);
+        panic!("{}", shrunk.describe("sim_wiped_disks"));
+    }
+}
+
+/// Bug (open): a node restarted with an empty disk votes as soon as it has adopted the
+/// majority's highest promise, before it holds what was decided. Here the leader is wiped
+/// while both other nodes are up and connected; one of them had not yet accepted the last
+/// decided entries (normal replication lag: a 3-node leader decides with one follower).
+/// The wiped node and the lagging follower form the next quorum and decide other entries
+/// at those zxids: acknowledged writes are lost. Safe joining needs a state transfer (the
+/// decided log or a snapshot up to the majority's decided index) before the node takes
+/// part in any quorum.
+#[test]
+#[ignore = "bug: a wiped node takes part in quorums before it has caught up (see the report)"]
+fn regression_wiped_leader_loses_decided_entries() {
+    let test = "regression_wiped_leader_loses_decided_entries";
+    let mut c = SimConfig::from_seed(5_000_147);
+    c.mix = FaultMix {
+        wipes: 3,
+        ..FaultMix::standard()
+    };
+    c.skip_faults = (2..=12).collect();
+    let r = sim::run(&c);
+    assert!(!r.failed(), "{}", r.describe(test));
+}
+
+/// What `corral-client` does: it counts every successful answer (reads and writes too)
+/// as a renewal of its session, and measures the safe deadline of locks held under the
+/// session from it. The server renews a session on the leader only for keepalives (a
+/// follower answers reads at once, and forwards writes without renewing anything), so
+/// this view can outlive the session. Run on demand: it reports the early expiries.
+#[test]
+#[ignore = "demonstrates a corral-client issue; see the report"]
+fn sim_client_renews_on_any_answer() {
+    for seed in sim::seeds_from_env(7_000_000, 300) {
+        let mut c = configure(seed);
+        c.renew_on_any_answer = true;
+        let r = sim::run(&c);
+        if let Some(v) = &r.violation {
+            let (_, shrunk) = sim::shrink(&r.config, &r, 40);
+            panic!(
+                "seed {seed}: {v}\n{}",
+                shrunk.describe("sim_client_renews_on_any_answer")
+            );
+        }
+    }
+}
+
+/// A network off the transport's contract: messages on a link reordered and duplicated,
+/// losses silent (no `LinkUp`). corral's transport never does this (per link, in order,
+/// a loss ends the link); OmniPaxos 0.2.4 assumes it. Run on demand to see what breaks.
+#[test]
+#[ignore = "off the transport's contract; see the report"]
+fn sim_hostile_network() {
+    for seed in sim::seeds_from_env(8_000_000, 200) {
+        let mut c = configure(seed);
+        c.net.fifo = false;
+        c.net.loss_per_mille = 10;
+        c.net.dup_per_mille = 10;
+        let r = sim::run(&c);
+        if let Some(v) = &r.violation {
+            let (_, shrunk) = sim::shrink(&r.config, &r, 40);
+            panic!("seed {seed}: {v}\n{}", shrunk.describe("sim_hostile_network"));
+        }
+    }
 }

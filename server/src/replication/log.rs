@@ -123,6 +123,9 @@ pub struct PaxosLog {
     early_forwards: Vec<Entry>,
     ticks: u64,
     leader: Option<u64>,
+    /// The ballot this node promised when `leader` was last looked at: a new ballot is a
+    /// new leadership term even when the same node leads again.
+    ballot: Ballot,
 }
 
 impl std::fmt::Debug for PaxosLog {
@@ -164,6 +167,7 @@ impl PaxosLog {
             early_forwards: Vec::new(),
             ticks: 0,
             leader: None,
+            ballot: Ballot::default(),
         }
     }
 
@@ -194,16 +198,9 @@ impl PaxosLog {
         let key = forward_key(&entry);
         if key.is_none() {
             // Not tracked (session expiries): the leader decides them on its clock at that
-            // moment, so it appends them once and never resends them. Kept and resent, a
-            // deposed leader's expiry would reach the next leader, which restarted every
-            // deadline and may have renewed the session since.
-            if !self.is_leader() {
-                return Err("only the leader proposes this entry".to_string());
-            }
-            return self
-                .op
-                .append(entry)
-                .map_err(|e| format!("OmniPaxos refused the entry: {e:?}"));
+            // moment. Kept and resent, a deposed leader's expiry would reach the next
+            // leader, which restarted every deadline and may have renewed the session since.
+            return self.append_untracked(entry);
         }
         if let Some(id) = key.and_then(|k| self.forwarded_keys.get(&k)).copied() {
             // Already tracked (a client resent it): send it, and what follows, again.
@@ -228,6 +225,21 @@ impl PaxosLog {
         );
         self.send_due(out);
         Ok(())
+    }
+
+    /// Leader only: appends an entry once, without tracking it. If this node is deposed
+    /// before the entry is decided, nobody resends it: for an entry that must be decided
+    /// in this node's own leadership or not at all (an expiry decided on this leader's
+    /// clock; a barrier that confirms this node still led after something arrived). Such
+    /// an entry can still be decided by a later leader that found it accepted by a member
+    /// of its quorum, but then that leader was elected after the entry was proposed.
+    pub fn append_untracked(&mut self, entry: Entry) -> Result<(), String> {
+        if !self.is_leader() {
+            return Err("only the leader proposes this entry".to_string());
+        }
+        self.op
+            .append(entry)
+            .map_err(|e| format!("OmniPaxos refused the entry: {e:?}"))
     }
 
     /// Sends tracked proposals that are due, strictly in proposal order, so that one
@@ -324,13 +336,17 @@ impl PaxosLog {
     }
 
     /// Advances OmniPaxos's logical clock and resends overdue forwards. Returns whether
-    /// the leader changed, and to what.
+    /// the leadership changed (another leader, or a new ballot), and who leads now.
     pub fn tick(&mut self, out: &mut Vec<(u64, PeerMsg)>) -> Option<Option<u64>> {
         self.ticks += 1;
         self.op.tick();
         let leader = self.op.get_current_leader().map(|(pid, _)| pid);
-        let changed = (leader != self.leader).then_some(leader);
+        let ballot = self.op.get_promise();
+        // A node deposed and elected again between two ticks leads a new term: it did
+        // not see the keepalives its interim successor acknowledged.
+        let changed = (leader != self.leader || ballot != self.ballot).then_some(leader);
         self.leader = leader;
+        self.ballot = ballot;
         if changed.is_some() {
             // A deposed leader's uncommitted entries are gone, and forwards to the old
             // leader may be lost: send everything not applied yet again, in order.

@@ -5,13 +5,13 @@ pub mod log;
 pub mod storage;
 pub mod transport;
 
+use crate::disk::Disk;
 use crate::machine::{MachineLimits, StateMachine};
 use crate::wal::{StorageError, WalOptions};
 use log::{PaxosLog, PaxosSettings};
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::{ClusterConfig, OmniPaxosConfig, ServerConfig};
 use std::path::Path;
-use crate::disk::Disk;
 use storage::{PaxosStorage, PaxosStorageConfig};
 
 /// How a cluster member is set up.
@@ -94,12 +94,22 @@ impl RecoveredCluster {
             nodes: settings.members.clone(),
             flexible_quorum: None,
         };
-        let op = OmniPaxosConfig {
+        let mut op = OmniPaxosConfig {
             cluster_config,
             server_config,
         }
         .build(self.storage)
         .map_err(|e| ClusterError::Config(e.to_string()))?;
+        if op.get_promise().pid == settings.node_id {
+            // This node had promised its own ballot (it led, or stood for election)
+            // before it stopped. OmniPaxos 0.2.4 restarts it as a follower in recovery,
+            // and its ballot leader election then elects that same ballot again, which
+            // Sequence Paxos ignores (not above the promise): nobody leads it, the other
+            // nodes ignore its requests (its ballot is above theirs), and the nodes that
+            // promised it stay out of the cluster for good. Stand for election with a
+            // higher ballot instead.
+            op.try_become_leader();
+        }
         let applied = self.machine.last_zxid() as usize;
         let log = PaxosLog::new(op, sync, settings.node_id, settings.log, applied);
         Ok((self.machine, log))

@@ -138,7 +138,9 @@ pub fn describe_op(op: &Op) -> String {
         Op::Lock(r) => format!(
             "lock {}{}",
             r.lock,
-            r.lease.map(|l| format!(" lease {l:#x}")).unwrap_or_default()
+            r.lease
+                .map(|l| format!(" lease {l:#x}"))
+                .unwrap_or_default()
         ),
         Op::Unlock { node } => format!("unlock {node}"),
         other => other.name().to_string(),
@@ -274,10 +276,8 @@ impl Checks {
         granted: &[LockEvent],
         now: u64,
     ) -> Result<(), Violation> {
-        let mut grants: Vec<(String, u64)> = granted
-            .iter()
-            .map(|g| (g.lock.clone(), g.token))
-            .collect();
+        let mut grants: Vec<(String, u64)> =
+            granted.iter().map(|g| (g.lock.clone(), g.token)).collect();
         match &entry.body {
             EntryBody::Write {
                 session_id,
@@ -546,7 +546,13 @@ impl Checks {
     }
 }
 
-fn early_expiry(session: u64, ttl_ms: u64, sent_us: u64, expired_us: u64, zxid: u64) -> Result<(), Violation> {
+fn early_expiry(
+    session: u64,
+    ttl_ms: u64,
+    sent_us: u64,
+    expired_us: u64,
+    zxid: u64,
+) -> Result<(), Violation> {
     let margin_us = (ttl_ms / 10).max(50) * 1000;
     let safe_until = sent_us + ttl_ms * 1000 - margin_us.min(ttl_ms * 1000);
     if expired_us < safe_until {

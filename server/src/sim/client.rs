@@ -95,6 +95,9 @@ pub struct ClientCfg {
     pub request_timeout_us: u64,
     /// Clock rate, parts per million.
     pub rate_ppm: i64,
+    /// Every successful answer renews the session in the client's view (as in
+    /// `corral-client`), not only keepalives.
+    pub renew_on_any_answer: bool,
 }
 
 /// What a client does.
@@ -169,8 +172,12 @@ enum Purpose {
 struct Pending {
     op: Op,
     purpose: Purpose,
+    /// The latest send (resends after a reconnect move it).
     sent_us: u64,
     sent_local: u64,
+    /// The first send: a deduplicated write took effect no earlier than this.
+    first_sent_us: u64,
+    first_sent_local: u64,
     /// The client's last zxid when the request was sent.
     zxid_at_send: u64,
     /// Part of the current task (its end ends the task).
@@ -192,7 +199,9 @@ pub struct Belief {
 
 #[derive(Debug)]
 enum Task {
-    Idle { until_us: u64 },
+    Idle {
+        until_us: u64,
+    },
     Busy,
     Waiting {
         lock: String,
@@ -243,8 +252,9 @@ pub struct SimClient {
     pub setup_done: bool,
     dropped_on_wind_down: Option<ConnId>,
     /// Grants pushed before the `Queued` answer they belong to (an answer can wait for
-    /// earlier requests of the connection; pushed events do not): node -> token.
-    early_grants: BTreeMap<String, u64>,
+    /// earlier requests of the connection; pushed events do not), by token (names are
+    /// reused when a lock's directory is reaped and created again; tokens are not).
+    early_grants: BTreeMap<u64, String>,
 }
 
 fn reg_key(i: usize) -> String {
@@ -409,7 +419,12 @@ impl SimClient {
     }
 
     /// Timers: connect, time out requests, keepalives, the task.
-    pub fn on_wake(&mut self, now: u64, next_conn: &mut ConnId, hist: &mut Vec<HistOp>) -> Vec<CAction> {
+    pub fn on_wake(
+        &mut self,
+        now: u64,
+        next_conn: &mut ConnId,
+        hist: &mut Vec<HistOp>,
+    ) -> Vec<CAction> {
         let mut out = Vec::new();
         if self.paused || self.mode == Mode::Done {
             return out;
@@ -424,7 +439,10 @@ impl SimClient {
             .collect();
         for l in expired {
             self.believed.remove(&l);
-            out.push(CAction::Note(format!("c{} considers {l} lost (safe deadline)", self.id)));
+            out.push(CAction::Note(format!(
+                "c{} considers {l} lost (safe deadline)",
+                self.id
+            )));
         }
         match &self.conn {
             None => {
@@ -441,7 +459,13 @@ impl SimClient {
             }
             Some(_) => {}
         }
-        if let Some(oldest) = self.oldest_pending_us() {
+        // After the faults heal, requests are not retried elsewhere: the node a request
+        // went to must answer it (or close the connection), which is what the liveness
+        // check holds it to.
+        if let Some(oldest) = self
+            .oldest_pending_us()
+            .filter(|_| self.mode == Mode::Active)
+        {
             if now.saturating_sub(oldest) > self.cfg.request_timeout_us {
                 self.drop_conn(now, &mut out, "request timeout");
                 return out;
@@ -539,7 +563,14 @@ impl SimClient {
         }
     }
 
-    fn send(&mut self, now: u64, op: Op, purpose: Purpose, task: bool, out: &mut Vec<CAction>) -> u64 {
+    fn send(
+        &mut self,
+        now: u64,
+        op: Op,
+        purpose: Purpose,
+        task: bool,
+        out: &mut Vec<CAction>,
+    ) -> u64 {
         let xid = self.next_xid;
         self.next_xid += 1;
         let local = self.local(now);
@@ -561,6 +592,8 @@ impl SimClient {
                 purpose,
                 sent_us: now,
                 sent_local: local,
+                first_sent_us: now,
+                first_sent_local: local,
                 zxid_at_send: self.last_zxid,
                 task,
             },
@@ -594,10 +627,12 @@ impl SimClient {
             Task::Waiting {
                 deadline_us, node, ..
             } => {
-                if now >= *deadline_us || self.mode == Mode::WindDown && self.role != Role::Probe
-                {
+                if now >= *deadline_us || self.mode == Mode::WindDown && self.role != Role::Probe {
                     let node = node.clone();
-                    out.push(CAction::Note(format!("c{} gives up waiting for {node}", self.id)));
+                    out.push(CAction::Note(format!(
+                        "c{} gives up waiting for {node}",
+                        self.id
+                    )));
                     self.send(now, Op::Unlock { node }, Purpose::Unlock, true, out);
                 }
             }
@@ -850,7 +885,13 @@ impl SimClient {
             }
             _ => {
                 let ttl_ms = self.cfg.ttl_ms;
-                self.send(now, Op::GrantLease { ttl_ms }, Purpose::GrantLease, true, out);
+                self.send(
+                    now,
+                    Op::GrantLease { ttl_ms },
+                    Purpose::GrantLease,
+                    true,
+                    out,
+                );
             }
         }
     }
@@ -909,12 +950,16 @@ impl SimClient {
                     if self.early_grants.len() >= 64 {
                         self.early_grants.pop_first();
                     }
-                    self.early_grants.insert(ev.node, ev.token);
+                    self.early_grants.insert(ev.token, ev.node);
                 }
             }
             ToClient::Msg(ServerMessage::LockLost(ev)) => {
                 self.last_zxid = self.last_zxid.max(ev.zxid);
-                if self.believed.get(&ev.lock).is_some_and(|b| b.node == ev.node) {
+                if self
+                    .believed
+                    .get(&ev.lock)
+                    .is_some_and(|b| b.node == ev.node)
+                {
                     self.believed.remove(&ev.lock);
                     out.push(CAction::Note(format!("c{} lost {}", self.id, ev.lock)));
                 }
@@ -927,7 +972,12 @@ impl SimClient {
         out
     }
 
-    fn on_accepted(&mut self, g: corral_protocol::SessionGranted, now: u64, out: &mut Vec<CAction>) {
+    fn on_accepted(
+        &mut self,
+        g: corral_protocol::SessionGranted,
+        now: u64,
+        out: &mut Vec<CAction>,
+    ) {
         let Some(c) = self.conn.as_mut() else {
             return;
         };
@@ -1043,7 +1093,13 @@ impl SimClient {
         };
     }
 
-    fn on_response(&mut self, r: Response, now: u64, hist: &mut Vec<HistOp>, out: &mut Vec<CAction>) {
+    fn on_response(
+        &mut self,
+        r: Response,
+        now: u64,
+        hist: &mut Vec<HistOp>,
+        out: &mut Vec<CAction>,
+    ) {
         let Some(p) = self.pending.remove(&r.xid) else {
             return;
         };
@@ -1060,8 +1116,19 @@ impl SimClient {
             }));
         }
         self.last_zxid = self.last_zxid.max(r.zxid);
+        if self.cfg.renew_on_any_answer && r.result.is_ok() {
+            if let Some(s) = &mut self.session {
+                s.ka_sent_local = s.ka_sent_local.max(p.first_sent_local);
+                out.push(CAction::KeepaliveAck {
+                    session: s.id,
+                    ttl_ms: s.ttl_ms,
+                    sent_us: p.first_sent_us,
+                });
+            }
+            self.refresh_beliefs();
+        }
         if p.op.is_write() {
-            if let Ok(_) = &r.result {
+            if r.result.is_ok() {
                 out.push(CAction::Ack {
                     session,
                     xid: r.xid,
@@ -1124,18 +1191,20 @@ impl SimClient {
                 }
             }
             Purpose::GrantLease => {
+                // A retried grant is answered from the dedup table: the lease began when
+                // the first attempt was applied, so it counts from the first send.
                 if let Ok(OpResult::Lease { lease_id, ttl_ms }) = &r.result {
                     if let Some(s) = &mut self.session {
                         s.lease = Some(Lease {
                             id: *lease_id,
                             ttl_ms: *ttl_ms,
-                            ka_sent_local: p.sent_local,
+                            ka_sent_local: p.first_sent_local,
                         });
                     }
                     out.push(CAction::KeepaliveAck {
                         session: *lease_id,
                         ttl_ms: *ttl_ms,
-                        sent_us: p.sent_us,
+                        sent_us: p.first_sent_us,
                     });
                 }
             }
@@ -1143,8 +1212,10 @@ impl SimClient {
                 Ok(OpResult::Locked { node, token }) => {
                     self.granted(lock, node, token, lease, now, out);
                 }
-                Ok(OpResult::Queued { node, token }) if self.early_grants.contains_key(&node) => {
-                    self.early_grants.remove(&node);
+                Ok(OpResult::Queued { node, token })
+                    if self.early_grants.get(&token) == Some(&node) =>
+                {
+                    self.early_grants.remove(&token);
                     self.granted(lock, node, token, lease, now, out);
                 }
                 Ok(OpResult::Queued { node, token }) => {
@@ -1160,8 +1231,12 @@ impl SimClient {
                 Ok(_) | Err(_) => {}
             },
             Purpose::GetLocks { lock } => {
-                if let (Ok(OpResult::Locks(locks)), Task::Waiting { node, token, lease, .. }) =
-                    (&r.result, &self.task)
+                if let (
+                    Ok(OpResult::Locks(locks)),
+                    Task::Waiting {
+                        node, token, lease, ..
+                    },
+                ) = (&r.result, &self.task)
                 {
                     let (node, token, lease) = (node.clone(), *token, *lease);
                     let entry = locks
@@ -1180,7 +1255,10 @@ impl SimClient {
             Purpose::Close => {
                 if matches!(r.result, Ok(OpResult::Closed)) {
                     let sid = self.session_id().unwrap_or(0);
-                    out.push(CAction::Note(format!("c{} closed session {sid:#x}", self.id)));
+                    out.push(CAction::Note(format!(
+                        "c{} closed session {sid:#x}",
+                        self.id
+                    )));
                     self.session = None;
                     self.believed.clear();
                     for (_, q) in std::mem::take(&mut self.pending) {

@@ -87,6 +87,9 @@
 //! the simulated clients are written for the simulator; watches (registered, never
 //! checked); single-node mode; membership changes.
 
+// Test-support code: some pedantic lints are relaxed here.
+#![allow(clippy::ptr_arg, clippy::collapsible_if)]
+
 mod check;
 mod client;
 mod plan;
@@ -124,6 +127,10 @@ pub struct Stats {
     pub lost: u64,
     /// Node crashes (including sync failures).
     pub crashes: u64,
+    /// Crashes that left a torn last write on disk.
+    pub torn_tails: u64,
+    /// Successful file syncs.
+    pub syncs: u64,
     /// Faults started.
     pub faults: u64,
     /// Snapshots installed.
@@ -395,10 +402,6 @@ pub fn seeds_from_env(first: u64, default_count: u64) -> Vec<u64> {
 pub fn skip_from_env() -> std::collections::BTreeSet<usize> {
     std::env::var("CORRAL_SIM_SKIP")
         .ok()
-        .map(|s| {
-            s.split(',')
-                .filter_map(|x| x.trim().parse().ok())
-                .collect()
-        })
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_default()
 }

@@ -20,11 +20,11 @@ pub struct NetProfile {
     pub loss_per_mille: u64,
     /// Chance (per mille) that a message is delivered twice.
     pub dup_per_mille: u64,
-    /// Messages on one link arrive in the order sent (TCP); otherwise delays reorder them.
+    /// The transport's contract (the default): messages on one link arrive in the order
+    /// sent, a loss (or a cut) ends the link, and the sender gets `LinkUp` when it is
+    /// re-established. `false` ("hostile", off the contract): delays reorder messages,
+    /// duplicates happen, and losses are silent.
     pub fifo: bool,
-    /// A lost message resets the link (the transport reconnects and reports `LinkUp`),
-    /// as a full send queue does in the real transport; otherwise it is lost silently.
-    pub loss_resets_link: bool,
 }
 
 /// How the disks behave in a run.
@@ -212,6 +212,9 @@ pub struct SimConfig {
     pub hash_every_change: bool,
     /// Wall-clock limit of the final linearizability check, milliseconds.
     pub checker_ms: u64,
+    /// Clients count every successful answer as a renewal of their session (as
+    /// `corral-client` does), not only pings, lease renewals and handshakes.
+    pub renew_on_any_answer: bool,
 }
 
 impl SimConfig {
@@ -239,7 +242,6 @@ impl SimConfig {
             },
             dup_per_mille: if hostile { rng.range_incl(0, 20) } else { 0 },
             fifo: !hostile,
-            loss_resets_link: !hostile || rng.chance(500),
         };
         let disk = DiskProfile {
             latency_min_us: rng.range_incl(100, 500),
@@ -279,6 +281,7 @@ impl SimConfig {
             skip_faults: BTreeSet::new(),
             hash_every_change: true,
             checker_ms: 10_000,
+            renew_on_any_answer: false,
         }
     }
 

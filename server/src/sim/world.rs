@@ -19,6 +19,16 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::path::Path;
 
+/// Whether a start failed on an IO error (worth a restart) rather than on damage.
+fn io_failure(e: &crate::replication::ClusterError) -> bool {
+    use crate::replication::ClusterError;
+    use crate::wal::StorageError;
+    matches!(
+        e,
+        ClusterError::Storage(StorageError::Io { .. } | StorageError::Poisoned)
+    )
+}
+
 /// Wall clock of the simulation's start (2024-01-01), ms since the epoch.
 const WALL_EPOCH_MS: i64 = 1_704_067_200_000;
 /// Lines of trace kept for a report.
@@ -242,6 +252,7 @@ impl World {
             lock_delay_ms: cfg.lock_delay_ms,
             request_timeout_us,
             rate_ppm: 0,
+            renew_on_any_answer: cfg.renew_on_any_answer,
         };
         let mut clients = Vec::new();
         for i in 0..cfg.clients {
@@ -347,6 +358,11 @@ impl World {
             self.step(s.ev);
         }
         self.stats.sim_ms = self.now / 1000;
+        for n in &self.nodes {
+            let d = n.disk.stats();
+            self.stats.torn_tails += d.torn_tails;
+            self.stats.syncs += d.syncs;
+        }
     }
 
     // -----------------------------------------------------------------------------------
@@ -368,8 +384,7 @@ impl World {
 
     /// Real µs after which node `n`'s clock has advanced by `local_us`.
     fn node_interval(&self, n: usize, local_us: u64) -> u64 {
-        (i128::from(local_us) * 1_000_000 / (1_000_000 + i128::from(self.nodes[n].rate_ppm)))
-            as u64
+        (i128::from(local_us) * 1_000_000 / (1_000_000 + i128::from(self.nodes[n].rate_ppm))) as u64
     }
 
     // -----------------------------------------------------------------------------------
@@ -431,6 +446,7 @@ impl World {
         let disk = Disk::Sim(self.nodes[n].disk.clone());
         let opened = open_cluster_on(&disk, Path::new("/data/paxos"), storage, self.settings(id));
         match opened {
+            Err(e) if io_failure(&e) => self.failed_start(n, &e.to_string()),
             Err(e) => {
                 self.violate(Violation {
                     kind: ViolationKind::Recovery,
@@ -461,11 +477,11 @@ impl World {
 
     fn finish_start(&mut self, n: usize, recovered: RecoveredCluster, adopt: Option<Ballot>) {
         let id = self.nodes[n].id;
-        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            recovered.start(adopt)
-        }));
+        let started =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recovered.start(adopt)));
         let (machine, log) = match started {
             Ok(Ok(x)) => x,
+            Ok(Err(e)) if io_failure(&e) => return self.failed_start(n, &e.to_string()),
             Ok(Err(e)) => {
                 return self.violate(Violation {
                     kind: ViolationKind::Recovery,
@@ -483,7 +499,12 @@ impl World {
         };
         let sync = log.sync_handle();
         let now = self.node_now(n);
-        let mut node = Node::new(self.node_config(id), machine, Log::Paxos(Box::new(log)), now);
+        let mut node = Node::new(
+            self.node_config(id),
+            machine,
+            Log::Paxos(Box::new(log)),
+            now,
+        );
         node.enable_probe();
         self.nodes[n].checked_zxid = node.machine().last_zxid();
         self.nodes[n].state = NodeState::Up(Box::new(Up {
@@ -508,6 +529,15 @@ impl World {
                 );
             }
         }
+    }
+
+    /// A start that failed on an IO error (an injected disk fault): the process exits
+    /// and is started again, as a supervisor would.
+    fn failed_start(&mut self, n: usize, why: &str) {
+        let id = self.nodes[n].id;
+        self.note(format!("n{id} cannot start ({why}): the process exits"));
+        let restart = self.rng.range_incl(20_000, 500_000);
+        self.crash_node(n, Some(restart), false);
     }
 
     /// The transport's reconnection backoff: between a tick and an election timeout.
@@ -611,7 +641,11 @@ impl World {
         self.stats.crashes += 1;
         self.note(format!(
             "n{id} {}{}",
-            if wipe { "crashes and loses its disk" } else { "crashes" },
+            if wipe {
+                "crashes and loses its disk"
+            } else {
+                "crashes"
+            },
             restart_after_us
                 .map(|d| format!(", restarts in {}ms", d / 1000))
                 .unwrap_or_default()
@@ -680,7 +714,10 @@ impl World {
         };
         self.stats.messages += 1;
         self.stats.message_bytes += bytes.len() as u64;
-        let Some(t) = (to as usize).checked_sub(1).filter(|t| *t < self.nodes.len()) else {
+        let Some(t) = (to as usize)
+            .checked_sub(1)
+            .filter(|t| *t < self.nodes.len())
+        else {
             return;
         };
         let net = self.cfg.net;
@@ -746,7 +783,12 @@ impl World {
         self.rng.range_incl(100, 1_500)
     }
 
-    fn to_client(&mut self, conn: ConnId, msg: ToClient) {
+    fn deliver_to_client(&mut self, conn: ConnId, msg: ToClient) {
+        if self.trace_all {
+            let mut d = format!("{msg:?}");
+            d.truncate(200);
+            self.note(format!("conn {conn} <- {d}"));
+        }
         let delay = self.conn_delay();
         let Some(info) = self.conns.get(&conn) else {
             return;
@@ -759,7 +801,7 @@ impl World {
         self.schedule(at, Ev::ToClient { client, conn, msg });
     }
 
-    fn to_server(&mut self, conn: ConnId, msg: ToServer) {
+    fn deliver_to_server(&mut self, conn: ConnId, msg: ToServer) {
         let delay = self.conn_delay();
         let Some(info) = self.conns.get(&conn) else {
             return;
@@ -851,7 +893,10 @@ impl World {
                 if !self.cfg.net.fifo && self.blocked(from, id) {
                     return;
                 }
-                let Some(Ev::Peer { from, to, bytes, .. }) = self.hold_if_paused(to, ev) else {
+                let Some(Ev::Peer {
+                    from, to, bytes, ..
+                }) = self.hold_if_paused(to, ev)
+                else {
                     return;
                 };
                 let msg: PeerMsg =
@@ -906,7 +951,10 @@ impl World {
                 self.disk_done(node, batch);
             }
             ev @ Ev::ToServer { .. } => {
-                let Ev::ToServer { node, inc, conn, .. } = &ev else {
+                let Ev::ToServer {
+                    node, inc, conn, ..
+                } = &ev
+                else {
                     return;
                 };
                 let (node, inc, conn) = (*node, *inc, *conn);
@@ -958,8 +1006,7 @@ impl World {
                 self.next_conn = next_conn;
                 self.hist = hist;
                 self.client_actions(client, out);
-                if client == 0 && self.workload_start_us.is_none() && self.clients[0].setup_done
-                {
+                if client == 0 && self.workload_start_us.is_none() && self.clients[0].setup_done {
                     self.start_workload();
                 }
                 if self.clients[client].mode != Mode::Done {
@@ -989,7 +1036,10 @@ impl World {
 
     /// Keeps a message for a paused client until it resumes.
     fn client_held(&mut self, client: usize, ev: Ev) {
-        self.paused_client_events.entry(client).or_default().push(ev);
+        self.paused_client_events
+            .entry(client)
+            .or_default()
+            .push(ev);
     }
 
     fn start_workload(&mut self) {
@@ -1056,9 +1106,21 @@ impl World {
                     entry,
                     result,
                     granted,
-                } => self
-                    .checks
-                    .on_applied(id, zxid, &entry, &result, &granted, self.now),
+                } => {
+                    let before = self.checks.entries;
+                    let r = self
+                        .checks
+                        .on_applied(id, zxid, &entry, &result, &granted, self.now);
+                    if self.trace_all && self.checks.entries > before {
+                        let mut d = format!(
+                            "decided {zxid} (n{id}): {} -> {result:?}",
+                            super::check::describe_entry(&entry)
+                        );
+                        d.truncate(220);
+                        self.note(d);
+                    }
+                    r
+                }
                 Probe::Installed { zxid } => {
                     self.stats.installs += 1;
                     self.note(format!("n{id} installs a snapshot at zxid {zxid}"));
@@ -1100,7 +1162,7 @@ impl World {
         if zxid != self.nodes[n].checked_zxid {
             self.nodes[n].checked_zxid = zxid;
             self.nodes[n].changes += 1;
-            if self.cfg.hash_every_change || self.nodes[n].changes % 16 == 0 {
+            if self.cfg.hash_every_change || self.nodes[n].changes.is_multiple_of(16) {
                 let NodeState::Up(up) = &self.nodes[n].state else {
                     return;
                 };
@@ -1122,9 +1184,9 @@ impl World {
                         i.session = Some(g.session_id);
                     }
                 }
-                self.to_client(conn, ToClient::Hello(reply));
+                self.deliver_to_client(conn, ToClient::Hello(reply));
             }
-            Output::Send { conn, msg } => self.to_client(conn, ToClient::Msg(msg)),
+            Output::Send { conn, msg } => self.deliver_to_client(conn, ToClient::Msg(msg)),
             Output::Close { conn } => {
                 if let NodeState::Up(up) = &mut self.nodes[n].state {
                     up.conns.remove(&conn);
@@ -1132,7 +1194,7 @@ impl World {
                 if let Some(info) = self.conns.get_mut(&conn) {
                     info.server_open = false;
                 }
-                self.to_client(conn, ToClient::Closed);
+                self.deliver_to_client(conn, ToClient::Closed);
             }
             Output::Sync { batch } => {
                 if self.trace_all {
@@ -1239,6 +1301,14 @@ impl World {
                 }
             }
             ToServer::Request(request) => {
+                if self.trace_all {
+                    let client = self.conns.get(&conn).map_or(0, |c| c.client);
+                    self.note(format!(
+                        "n{id} <- c{client} conn {conn}: xid {} {}",
+                        request.xid,
+                        super::check::describe_op(&request.op)
+                    ));
+                }
                 if let Some(session) = self.conns.get(&conn).and_then(|c| c.session) {
                     let mono = self.node_now(n).mono_ms;
                     self.checks.heard(id, session, mono);
@@ -1296,14 +1366,14 @@ impl World {
                         },
                     );
                     if matches!(self.nodes[n].state, NodeState::Up(_)) {
-                        self.to_server(conn, ToServer::Hello(hello));
+                        self.deliver_to_server(conn, ToServer::Hello(hello));
                     } else {
                         self.server_side_gone(conn);
                     }
                 }
                 CAction::Send { conn, request } => {
                     if self.conns.get(&conn).is_some_and(|c| c.client_open) {
-                        self.to_server(conn, ToServer::Request(request));
+                        self.deliver_to_server(conn, ToServer::Request(request));
                     }
                 }
                 CAction::Drop { conn } => {
@@ -1315,7 +1385,7 @@ impl World {
                         None => false,
                     };
                     if server_open {
-                        self.to_server(conn, ToServer::Disconnected);
+                        self.deliver_to_server(conn, ToServer::Disconnected);
                     }
                 }
                 CAction::Believe { lock, token } => {
@@ -1380,9 +1450,9 @@ impl World {
         });
         match t {
             Target::Node(id) => (id as usize - 1).min(self.nodes.len() - 1),
-            Target::Leader => leader.unwrap_or_else(|| {
-                self.rng.range(0, self.nodes.len() as u64) as usize
-            }),
+            Target::Leader => {
+                leader.unwrap_or_else(|| self.rng.range(0, self.nodes.len() as u64) as usize)
+            }
             Target::Follower => {
                 let followers: Vec<usize> = (0..self.nodes.len())
                     .filter(|n| Some(*n) != leader)
@@ -1518,7 +1588,7 @@ impl World {
                     self.note(format!("fault {index}: break c{c}'s connection to n{node}"));
                     let server_open = self.conns.get(&conn).is_some_and(|i| i.server_open);
                     if server_open {
-                        self.to_server(conn, ToServer::Disconnected);
+                        self.deliver_to_server(conn, ToServer::Disconnected);
                     }
                     self.server_side_gone(conn);
                 }
@@ -1559,7 +1629,14 @@ impl World {
             if matches!(self.nodes[n].state, NodeState::Up(_)) {
                 let inc = self.nodes[n].inc;
                 let at = self.now + self.reconnect_delay();
-                self.schedule(at, Ev::LinkUp { node: n, inc, peer: b });
+                self.schedule(
+                    at,
+                    Ev::LinkUp {
+                        node: n,
+                        inc,
+                        peer: b,
+                    },
+                );
             }
         }
     }
