@@ -500,7 +500,10 @@ fn sim_hostile_network() {
         let r = sim::run(&c);
         if let Some(v) = &r.violation {
             let (_, shrunk) = sim::shrink(&r.config, &r, 40);
-            panic!("seed {seed}: {v}\n{}", shrunk.describe("sim_hostile_network"));
+            panic!(
+                "seed {seed}: {v}\n{}",
+                shrunk.describe("sim_hostile_network")
+            );
         }
     }
 }
