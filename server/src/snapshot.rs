@@ -410,6 +410,23 @@ mod tests {
     }
 
     #[test]
+    fn simulated_crash_keeps_saved_snapshots_only() {
+        use crate::disk::SimDisk;
+        let sim = SimDisk::new(5);
+        let disk = Disk::Sim(sim.clone());
+        let dir = Path::new("/data/snapshots");
+        save_on(&disk, dir, 7, b"seven", 2).expect("save");
+        // A save interrupted before its rename leaves only a temporary file.
+        let tmp = dir.join(format!("{}{TMP_SUFFIX}", snapshot_name(9)));
+        let mut f = disk.create_truncate(&tmp).expect("create");
+        f.write_all(&encode_header(9, b"nine")).expect("write");
+        sim.crash(&mut |n| (n, 0));
+        let snap = load_latest_on(&disk, dir).expect("load").expect("a snapshot");
+        assert_eq!((snap.index, snap.data), (7, b"seven".to_vec()));
+        assert!(!disk.exists(&tmp), "the crash dropped the unsynced temporary file");
+    }
+
+    #[test]
     fn names_round_trip() {
         assert_eq!(parse_snapshot_name(&snapshot_name(0)), Some(0));
         assert_eq!(
