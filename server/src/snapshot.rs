@@ -421,9 +421,14 @@ mod tests {
         let mut f = disk.create_truncate(&tmp).expect("create");
         f.write_all(&encode_header(9, b"nine")).expect("write");
         sim.crash(&mut |n| (n, 0));
-        let snap = load_latest_on(&disk, dir).expect("load").expect("a snapshot");
+        let snap = load_latest_on(&disk, dir)
+            .expect("load")
+            .expect("a snapshot");
         assert_eq!((snap.index, snap.data), (7, b"seven".to_vec()));
-        assert!(!disk.exists(&tmp), "the crash dropped the unsynced temporary file");
+        assert!(
+            !disk.exists(&tmp),
+            "the crash dropped the unsynced temporary file"
+        );
     }
 
     #[test]
