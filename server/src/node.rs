@@ -632,6 +632,18 @@ impl Node {
             return;
         }
         self.touch(session);
+        if let Op::RenewLease { lease_id } = &op {
+            // The renewal counts from its arrival, even if its answer waits behind earlier
+            // requests of the connection (a write waiting for its fsync): the lease must
+            // not expire in between.
+            if self
+                .machine
+                .session(*lease_id)
+                .is_some_and(|l| l.lease_of == session)
+            {
+                self.touch(*lease_id);
+            }
+        }
         let replicated = matches!(self.log, Log::Paxos(_));
         let state = if op.is_write() {
             if let Some(err) = &self.disk_failed {
@@ -790,6 +802,13 @@ impl Node {
                 validate_path(&path)?;
                 Ok(OpResult::Synced)
             }
+            // A keepalive is never acknowledged for a session whose expiry this node has
+            // proposed: the expiry is ahead of it in the log, and the client would believe
+            // in a session that is about to end.
+            Op::Ping if self.tracker.is_expiring(session) => Err(ErrorInfo::new(
+                ErrorCode::SessionExpired,
+                format!("session {session:#x} is being expired"),
+            )),
             Op::Ping => Ok(OpResult::Pong),
             Op::AddWatch { path, mode } => {
                 validate_path(&path)?;
@@ -821,7 +840,7 @@ impl Node {
                 let lease = self
                     .machine
                     .session(lease_id)
-                    .filter(|l| l.lease_of == session)
+                    .filter(|l| l.lease_of == session && !self.tracker.is_expiring(lease_id))
                     .ok_or_else(|| {
                         ErrorInfo::new(
                             ErrorCode::NoLease,

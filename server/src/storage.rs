@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 /// Snapshots kept on disk (the newest is used; older ones are fallbacks).
-const SNAPSHOTS_KEPT: usize = 2;
+pub(crate) const SNAPSHOTS_KEPT: usize = 2;
 
 /// What the storage thread is asked to do, in order.
 #[derive(Debug)]
@@ -92,7 +92,7 @@ fn wal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("wal")
 }
 
-fn snapshot_dir(data_dir: &Path) -> PathBuf {
+pub(crate) fn snapshot_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("snapshots")
 }
 
@@ -113,11 +113,9 @@ pub fn recover_on(
     wal_options: WalOptions,
 ) -> Result<Recovered, RecoveryError> {
     let snap_dir = snapshot_dir(data_dir);
-    disk.create_dir_all(&snap_dir)
-        .map_err(|source| StorageError::Io {
-            path: snap_dir.display().to_string(),
-            source,
-        })?;
+    // Durably: the data directory itself is created here on a first start, and a power
+    // loss must not take it (and the log inside it) away after writes were acknowledged.
+    crate::wal::create_dir_durable(disk, &snap_dir, wal_options.fsync)?;
     let mut snapshot_index = None;
     let mut machine = match snapshot::load_latest_on(disk, &snap_dir)? {
         Some(snap) => {
@@ -310,7 +308,9 @@ fn run_paxos_sync(
     stats
 }
 
-fn persist(
+/// Appends a batch, checks its first lsn, syncs once, and compacts before a checkpoint
+/// (the storage thread's `Persist`; also used by the simulator).
+pub(crate) fn persist(
     wal: &mut Wal,
     records: &[Vec<u8>],
     first_lsn: Option<u64>,

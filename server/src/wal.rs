@@ -700,6 +700,45 @@ mod tests {
     }
 
     #[test]
+    fn simulated_crash_keeps_synced_records_and_cuts_a_torn_batch() {
+        use crate::disk::SimDisk;
+        let sim = SimDisk::new(3);
+        let disk = Disk::Sim(sim.clone());
+        let dir = Path::new("/data/wal");
+        let mut expected = Vec::new();
+        {
+            let (mut wal, rec) = Wal::open_on(&disk, dir, opts(64, true)).expect("open");
+            assert!(rec.records.is_empty());
+            for i in 1..=20u64 {
+                let p = payload(i, 10);
+                wal.append(&p).expect("append");
+                expected.push((i, p));
+                if i % 5 == 0 {
+                    wal.sync().expect("sync");
+                }
+            }
+            // A batch cut by a power loss during its fsync.
+            wal.append(&payload(21, 30)).expect("append");
+            wal.append(&payload(22, 30)).expect("append");
+            sim.arm_crash_in_sync();
+            assert!(wal.sync().is_err());
+        }
+        // Ten bytes of the batch reach the disk (inside the first record), then zeros.
+        sim.crash(&mut |pending| (pending.min(10), 3));
+        assert_eq!(sim.stats().torn_tails, 1);
+        let (mut wal, rec) = Wal::open_on(&disk, dir, opts(64, true)).expect("reopen");
+        assert_eq!(rec.records, expected);
+        assert!(rec.truncated_bytes > 0);
+        assert_eq!(wal.append(b"next").expect("append"), 21);
+        wal.sync().expect("sync");
+        drop(wal);
+        sim.crash(&mut |_| (0, 0));
+        let (_, rec) = Wal::open_on(&disk, dir, opts(64, true)).expect("reopen");
+        assert_eq!(rec.records.len(), 21);
+        assert_eq!(rec.truncated_bytes, 0);
+    }
+
+    #[test]
     fn zero_header_is_never_valid() {
         assert_ne!(record_crc([0; 4], &[]), 0);
     }

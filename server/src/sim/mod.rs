@@ -71,7 +71,8 @@
 //! the faults left out).
 //!
 //! Environment (read by [`seeds_from_env`] and the tests in `server/tests/sim.rs`):
-//! `CORRAL_SIM_SEED=n` runs exactly seed `n`; `CORRAL_SIM_SEEDS=k` runs `k` seeds;
+//! `CORRAL_SIM_SEED=n` runs exactly seed `n`; `CORRAL_SIM_SEEDS=k` runs `k` seeds (from
+//! `CORRAL_SIM_FIRST`, default per test);
 //! `CORRAL_SIM_SKIP=1,4` leaves out planned faults 1 and 4; `CORRAL_SIM_TRACE=full`
 //! prints every trace line as it happens.
 //!
@@ -150,6 +151,8 @@ pub struct Stats {
     pub faults: u64,
     /// Snapshots installed.
     pub installs: u64,
+    /// Snapshot files written (single node).
+    pub snapshots: u64,
     /// Leader changes seen by nodes.
     pub leader_changes: u64,
     /// Entries in the decided log.
@@ -398,7 +401,7 @@ pub fn shrink(config: &SimConfig, first: &Report, max_runs: usize) -> (SimConfig
 }
 
 /// The seeds to run: `CORRAL_SIM_SEED` alone if set, else `CORRAL_SIM_SEEDS` (or
-/// `default_count`) seeds from `first`.
+/// `default_count`) seeds from `CORRAL_SIM_FIRST` (or `first`).
 pub fn seeds_from_env(first: u64, default_count: u64) -> Vec<u64> {
     if let Some(seed) = std::env::var("CORRAL_SIM_SEED")
         .ok()
@@ -410,6 +413,10 @@ pub fn seeds_from_env(first: u64, default_count: u64) -> Vec<u64> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(default_count);
+    let first = std::env::var("CORRAL_SIM_FIRST")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(first);
     (first..first + count).collect()
 }
 

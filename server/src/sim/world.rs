@@ -98,6 +98,11 @@ enum Ev {
     },
     Heal,
     ProbeStart,
+    /// An operator restarts a node whose log failed.
+    OperatorRestart {
+        node: usize,
+        inc: u64,
+    },
     LivenessCheck,
     ConvergeCheck,
 }
@@ -133,8 +138,31 @@ struct Joining {
 
 struct Up {
     node: Node,
-    sync: SyncHandle,
+    backend: Backend,
     conns: BTreeSet<ConnId>,
+}
+
+/// What a node's storage thread works on.
+enum Backend {
+    /// Cluster member: the Paxos storage, synced through its handle.
+    Paxos(SyncHandle),
+    /// Single node: the write-ahead log of entries and the snapshot files.
+    Local(Box<LocalStore>),
+}
+
+/// A batch handed to the single node's storage thread: (batch, records, first lsn,
+/// starts with a checkpoint).
+type PendingBatch = (u64, Vec<Vec<u8>>, Option<u64>, bool);
+
+/// The single node's storage thread, as in `storage::run_storage_thread`.
+struct LocalStore {
+    wal: crate::wal::Wal,
+    /// The batch handed over and not yet written.
+    pending: Option<PendingBatch>,
+    /// Snapshot indexes on disk, oldest first.
+    kept: VecDeque<u64>,
+    /// The log failed earlier: every later batch fails (the node serves reads only).
+    failed: bool,
 }
 
 enum NodeState {
@@ -444,6 +472,9 @@ impl World {
             )
         };
         let disk = Disk::Sim(self.nodes[n].disk.clone());
+        if self.nodes.len() == 1 {
+            return self.start_single(n, &disk, storage.wal);
+        }
         let opened = open_cluster_on(&disk, Path::new("/data/paxos"), storage, self.settings(id));
         match opened {
             Err(e) if io_failure(&e) => self.failed_start(n, &e.to_string()),
@@ -509,7 +540,7 @@ impl World {
         self.nodes[n].checked_zxid = node.machine().last_zxid();
         self.nodes[n].state = NodeState::Up(Box::new(Up {
             node,
-            sync,
+            backend: Backend::Paxos(sync),
             conns: BTreeSet::new(),
         }));
         let inc = self.nodes[n].inc;
@@ -529,6 +560,59 @@ impl World {
                 );
             }
         }
+    }
+
+    /// Single-node mode: the node recovers its snapshot and log (`storage::recover_on`)
+    /// and runs with the local log.
+    fn start_single(&mut self, n: usize, disk: &Disk, wal_options: WalOptions) {
+        let id = self.nodes[n].id;
+        let limits = MachineLimits::default();
+        let recovered =
+            match crate::storage::recover_on(disk, Path::new("/data"), limits, wal_options) {
+                Ok(r) => r,
+                Err(crate::storage::RecoveryError::Storage(
+                    e @ (crate::wal::StorageError::Io { .. } | crate::wal::StorageError::Poisoned),
+                )) => return self.failed_start(n, &e.to_string()),
+                Err(e) => {
+                    return self.violate(Violation {
+                        kind: ViolationKind::Recovery,
+                        at_us: self.now,
+                        detail: format!("node {id} cannot recover its disk: {e}"),
+                    })
+                }
+            };
+        self.note(format!(
+            "n{id} starts (incarnation {}) at zxid {} (snapshot {:?}, {} replayed, {} bytes cut)",
+            self.nodes[n].inc,
+            recovered.machine.last_zxid(),
+            recovered.snapshot_index,
+            recovered.replayed,
+            recovered.truncated_bytes
+        ));
+        let now = self.node_now(n);
+        let last = recovered.machine.last_zxid();
+        let mut node = Node::new(
+            self.node_config(id),
+            recovered.machine,
+            Log::local(last),
+            now,
+        );
+        node.enable_probe();
+        self.nodes[n].checked_zxid = last;
+        let store = LocalStore {
+            wal: recovered.wal,
+            pending: None,
+            kept: recovered.snapshot_index.into_iter().collect(),
+            failed: false,
+        };
+        self.nodes[n].state = NodeState::Up(Box::new(Up {
+            node,
+            backend: Backend::Local(Box::new(store)),
+            conns: BTreeSet::new(),
+        }));
+        let inc = self.nodes[n].inc;
+        let first_tick = self.now + self.rng.range(0, self.cfg.tick_ms * 1000);
+        self.schedule(first_tick, Ev::Tick { node: n, inc });
     }
 
     /// A start that failed on an IO error (an injected disk fault): the process exits
@@ -1017,6 +1101,12 @@ impl World {
             Ev::FaultStart { index } => self.fault_start(index),
             Ev::FaultEnd { index } => self.fault_end(index),
             Ev::Heal => self.heal(),
+            Ev::OperatorRestart { node, inc } => {
+                // After the heal, the heal itself restarted failed nodes.
+                if self.nodes[node].inc == inc && !self.healed() {
+                    self.crash_node(node, Some(1_000), false);
+                }
+            }
             Ev::ProbeStart => {
                 let id = self.clients.len();
                 let cfg = ClientCfg {
@@ -1216,24 +1306,82 @@ impl World {
                 );
             }
             Output::PeerSend { to, msg } => self.peer_send(id, to, msg),
-            Output::Persist { .. } | Output::Snapshot { .. } => {
-                self.violate(Violation {
-                    kind: ViolationKind::Panic,
-                    at_us: self.now,
-                    detail: format!("node {id}: single-node output in cluster mode"),
-                });
+            Output::Persist {
+                batch,
+                records,
+                first_lsn,
+                starts_with_checkpoint,
+            } => {
+                let NodeState::Up(up) = &mut self.nodes[n].state else {
+                    return;
+                };
+                let Backend::Local(store) = &mut up.backend else {
+                    return self.violate(Violation {
+                        kind: ViolationKind::Panic,
+                        at_us: self.now,
+                        detail: format!("node {id}: single-node output in cluster mode"),
+                    });
+                };
+                store.pending = Some((batch, records, first_lsn, starts_with_checkpoint));
+                let d = self.cfg.disk;
+                let latency = self.rng.range_incl(d.latency_min_us, d.latency_max_us);
+                let inc = self.nodes[n].inc;
+                self.schedule(
+                    self.now + latency,
+                    Ev::DiskDone {
+                        node: n,
+                        inc,
+                        batch,
+                    },
+                );
+            }
+            Output::Snapshot { index, data } => {
+                // Written by the snapshot thread a little later (the log keeps everything
+                // meanwhile); then the log is compacted through the older kept snapshot.
+                let disk = Disk::Sim(self.nodes[n].disk.clone());
+                let NodeState::Up(up) = &mut self.nodes[n].state else {
+                    return;
+                };
+                let Backend::Local(store) = &mut up.backend else {
+                    return;
+                };
+                let dir = crate::storage::snapshot_dir(Path::new("/data"));
+                // On failure the log still has everything: a failed snapshot costs only
+                // recovery time (as in production).
+                if crate::snapshot::save_on(
+                    &disk,
+                    &dir,
+                    index,
+                    &data,
+                    crate::storage::SNAPSHOTS_KEPT,
+                )
+                .is_ok()
+                {
+                    self.stats.snapshots += 1;
+                    store.kept.push_back(index);
+                    while store.kept.len() > crate::storage::SNAPSHOTS_KEPT {
+                        store.kept.pop_front();
+                    }
+                    if let Some(oldest) = store.kept.front() {
+                        let _ = store.wal.compact_through(*oldest);
+                    }
+                }
             }
         }
     }
 
     fn disk_done(&mut self, n: usize, batch: u64) {
-        let NodeState::Up(up) = &self.nodes[n].state else {
-            return;
-        };
         if !self.healed() && self.rng.chance(self.cfg.disk.crash_in_sync_per_mille) {
             self.nodes[n].disk.arm_crash_in_sync();
         }
-        let synced = up.sync.sync();
+        let NodeState::Up(up) = &mut self.nodes[n].state else {
+            return;
+        };
+        let sync = match &mut up.backend {
+            Backend::Paxos(sync) => sync.clone(),
+            Backend::Local(_) => return self.local_persist(n, batch),
+        };
+        let synced = sync.sync();
         if self.trace_all {
             let id = self.nodes[n].id;
             self.note(format!("n{id} sync {batch} done: {synced:?}"));
@@ -1245,6 +1393,50 @@ impl World {
                 self.note(format!("n{id} sync failed ({e}): the process exits"));
                 let restart = self.rng.range_incl(20_000, 500_000);
                 self.crash_node(n, Some(restart), false);
+            }
+        }
+    }
+
+    /// Single node: the storage thread writes and syncs the pending batch.
+    fn local_persist(&mut self, n: usize, batch: u64) {
+        let id = self.nodes[n].id;
+        let NodeState::Up(up) = &mut self.nodes[n].state else {
+            return;
+        };
+        let Backend::Local(store) = &mut up.backend else {
+            return;
+        };
+        let Some((b, records, first_lsn, checkpoint)) = store.pending.take() else {
+            return;
+        };
+        if b != batch {
+            return;
+        }
+        let result = if store.failed {
+            Err("the log failed earlier".to_string())
+        } else {
+            let mut stats = crate::storage::StorageStats::default();
+            crate::storage::persist(&mut store.wal, &records, first_lsn, checkpoint, &mut stats)
+                .map_err(|e| e.to_string())
+        };
+        match result {
+            Ok(()) => self.node_input(n, Input::Persisted { batch }),
+            Err(error) if error.contains("simulated crash") => {
+                self.note(format!("n{id} loses power during a sync"));
+                let restart = self.rng.range_incl(20_000, 500_000);
+                self.crash_node(n, Some(restart), false);
+            }
+            Err(error) => {
+                // As in production: the node refuses writes from now on and serves reads;
+                // an operator restarts it (here: a little later).
+                store.failed = true;
+                self.note(format!(
+                    "n{id} log failed ({error}); it serves reads until restarted"
+                ));
+                self.node_input(n, Input::PersistFailed { error });
+                let restart = self.rng.range_incl(200_000, 1_000_000);
+                let inc = self.nodes[n].inc;
+                self.schedule(self.now + restart, Ev::OperatorRestart { node: n, inc });
             }
         }
     }
@@ -1687,6 +1879,13 @@ impl World {
             });
             if self.nodes[n].paused {
                 self.resume_node(n);
+            }
+            let failed = match &self.nodes[n].state {
+                NodeState::Up(up) => matches!(&up.backend, Backend::Local(s) if s.failed),
+                _ => false,
+            };
+            if failed {
+                self.crash_node(n, None, false);
             }
             if matches!(self.nodes[n].state, NodeState::Down) {
                 self.start_node(n);
