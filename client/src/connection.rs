@@ -192,7 +192,6 @@ enum WaitFor {
     Call {
         then: Then,
         reply: oneshot::Sender<Result<Reply>>,
-        sent_at: Instant,
     },
     /// The task's own keepalive.
     Ping { sent_at: Instant },
@@ -404,7 +403,9 @@ impl Task {
         let ping_every = self.ttl / 3;
         let silence_limit = self.ttl * 2 / 3;
         let high_water = MIN_WRITE_BUFFER_BYTES.max(self.send_limit);
-        let mut last_sent = Instant::now();
+        // Pings go out on a fixed schedule, also while other requests flow: only their
+        // answers renew the client's view of its lease.
+        let mut last_ping = Instant::now();
         let mut last_heard = Instant::now();
         loop {
             let accepting = !self.closing && self.pending.has_room() && out.len() < high_water;
@@ -440,14 +441,13 @@ impl Task {
                             }
                         }
                     }
-                    last_sent = Instant::now();
                 },
-                () = sleep_until(last_sent + ping_every) => {
+                () = sleep_until(last_ping + ping_every) => {
                     let sent_at = Instant::now();
                     if let Err((_, e)) = self.push(Op::Ping, WaitFor::Ping { sent_at }, false, &mut out) {
                         return End::Lost(format!("cannot encode a ping: {e}"));
                     }
-                    last_sent = sent_at;
+                    last_ping = sent_at;
                 },
                 () = sleep_until(last_heard + silence_limit) => {
                     return End::Lost(format!("the server said nothing for {silence_limit:?}"));
@@ -482,11 +482,7 @@ impl Task {
     fn submit(&mut self, call: Call, out: &mut BytesMut) {
         let Call { op, then, reply } = call;
         let closing = matches!(then, Then::Close);
-        let waiter = WaitFor::Call {
-            then,
-            reply,
-            sent_at: Instant::now(),
-        };
+        let waiter = WaitFor::Call { then, reply };
         match self.push(op, waiter, true, out) {
             Ok(()) => self.closing |= closing,
             Err((WaitFor::Call { reply, .. }, e)) => {
@@ -606,13 +602,11 @@ impl Task {
                     None
                 }),
             },
-            WaitFor::Call {
-                then,
-                reply,
-                sent_at,
-            } => match response.result {
+            WaitFor::Call { then, reply } => match response.result {
                 Ok(result) => {
-                    self.renew_lease(sent_at);
+                    // Not a renewal: a follower answers reads at once and forwards writes
+                    // without renewing anything, so only keepalives (acknowledged after
+                    // the leader renewed the session) move the lease deadline.
                     let closed = matches!(result, OpResult::Closed);
                     let (stream, lock) = self.apply(then, &result, response.zxid);
                     let reply = reply.send(Ok(Reply {
@@ -715,8 +709,8 @@ impl Task {
         }
     }
 
-    /// The server answered a request sent at `sent_at`: the session lives at least a
-    /// TTL from then. An answer that comes after the safe deadline passed extends the
+    /// The server acknowledged a keepalive sent at `sent_at` (after the leader renewed
+    /// the session): the session lives at least a TTL from then. An answer that comes after the safe deadline passed extends the
     /// lease but counts a gap (see [`SessionStatus::lease_gaps`]).
     fn renew_lease(&mut self, sent_at: Instant) {
         if sent_at > self.lease_from {

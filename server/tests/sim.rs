@@ -492,13 +492,15 @@ fn regression_wiped_leader_loses_decided_entries() {
     assert!(!r.failed(), "{}", r.describe(test));
 }
 
-/// What `corral-client` does: it counts every successful answer (reads and writes too)
-/// as a renewal of its session, and measures the safe deadline of locks held under the
-/// session from it. The server renews a session on the leader only for keepalives (a
-/// follower answers reads at once, and forwards writes without renewing anything), so
-/// this view can outlive the session. Run on demand: it reports the early expiries.
+/// What `corral-client` did until it was fixed (it now renews its view of the session
+/// only on keepalive answers, and pings on a fixed schedule): it counted every successful
+/// answer (reads and writes too) as a renewal of its session, and measured the safe
+/// deadline of locks held under the session from it. The server renews a session on the
+/// leader only for keepalives (a follower answers reads at once, and forwards writes
+/// without renewing anything), so this view can outlive the session. Run on demand: it
+/// reports the early expiries of that old behaviour.
 #[test]
-#[ignore = "demonstrates a corral-client issue; see the report"]
+#[ignore = "demonstrates the old corral-client renewal rule; see the report"]
 fn sim_client_renews_on_any_answer() {
     for seed in sim::seeds_from_env(7_000_000, 300) {
         let mut c = configure(seed);

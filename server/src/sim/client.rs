@@ -95,8 +95,8 @@ pub struct ClientCfg {
     pub request_timeout_us: u64,
     /// Clock rate, parts per million.
     pub rate_ppm: i64,
-    /// Every successful answer renews the session in the client's view (as in
-    /// `corral-client`), not only keepalives.
+    /// Every successful answer renews the session in the client's view, not only
+    /// keepalives (what `corral-client` did before it was fixed).
     pub renew_on_any_answer: bool,
 }
 

@@ -212,8 +212,9 @@ pub struct SimConfig {
     pub hash_every_change: bool,
     /// Wall-clock limit of the final linearizability check, milliseconds.
     pub checker_ms: u64,
-    /// Clients count every successful answer as a renewal of their session (as
-    /// `corral-client` does), not only pings, lease renewals and handshakes.
+    /// Clients count every successful answer as a renewal of their session (what
+    /// `corral-client` did before it was fixed), not only pings, lease renewals and
+    /// handshakes.
     pub renew_on_any_answer: bool,
 }
 
