@@ -72,6 +72,9 @@ fn main() -> ExitCode {
             Ok(addr) => println!("corral listening on {addr}"),
             Err(e) => tracing::warn!(error = %e, "cannot read the bound address"),
         }
+        if let Some(addr) = server.admin_addr() {
+            println!("corral admin listening on {addr}");
+        }
         match server.run(shutdown_signal()).await {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {

@@ -167,6 +167,8 @@ struct Member {
     id: u64,
     peer_port: u16,
     client_port: u16,
+    /// The admin endpoint's port (fixed across restarts).
+    admin_port: u16,
     data_dir: tempfile::TempDir,
     peers_arg: String,
     child: Option<Child>,
@@ -188,6 +190,7 @@ impl Member {
         cmd.args(["--node-id", &self.id.to_string()])
             .args(["--peers", &self.peers_arg])
             .args(["--listen", &listen])
+            .args(["--admin-listen", &format!("127.0.0.1:{}", self.admin_port)])
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .args(args)
@@ -326,6 +329,7 @@ impl TestCluster {
 
         let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let admin_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut peer_links = BTreeMap::new();
         for i in 1..=n64 {
             for j in 1..=n64 {
@@ -359,6 +363,7 @@ impl TestCluster {
                 id: i,
                 peer_port: peer_ports[(i - 1) as usize],
                 client_port: client_ports[(i - 1) as usize],
+                admin_port: admin_ports[(i - 1) as usize],
                 data_dir: tempfile::tempdir().expect("temporary data directory"),
                 peers_arg,
                 child: None,
@@ -413,6 +418,11 @@ impl TestCluster {
     /// Node `id`'s own client address (no proxy).
     pub fn direct_client_addr(&self, id: u64) -> String {
         format!("127.0.0.1:{}", self.member(id).client_port)
+    }
+
+    /// Node `id`'s admin endpoint, `127.0.0.1:port` (the same across restarts).
+    pub fn admin_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.member(id).admin_port)
     }
 
     /// The address of node `id`'s client proxy.
