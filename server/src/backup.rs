@@ -10,6 +10,7 @@
 //! zxid: new entries get zxids (and fencing tokens) above it. Sessions in the image get
 //! a full TTL when the node starts and expire unless their clients resume them.
 
+use crate::config::Config;
 use crate::machine::{MachineLimits, StateMachine};
 use std::path::Path;
 
@@ -107,4 +108,58 @@ pub fn is_empty_dir(dir: &Path) -> Result<bool, BackupError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
         Err(e) => Err(BackupError::Io(format!("{}: {e}", dir.display()))),
     }
+}
+
+/// Writes the backup `from` into `config.data_dir`, which must be missing or empty, as
+/// the data directory of the node `config` describes (a single node, or a member of the
+/// cluster in `config.peers`). Returns the zxid of the image. Start the node normally
+/// afterwards; in a cluster, restore the same backup on every member first.
+pub fn restore(config: &Config, from: &Path) -> Result<u64, BackupError> {
+    let limits = MachineLimits {
+        max_data_bytes: config.max_data_bytes,
+        ..MachineLimits::default()
+    };
+    let bytes =
+        std::fs::read(from).map_err(|e| BackupError::Io(format!("{}: {e}", from.display())))?;
+    let machine = decode(&bytes, limits)?;
+    let dir = &config.data_dir;
+    if !is_empty_dir(dir)? {
+        return Err(BackupError::NotEmpty(dir.display().to_string()));
+    }
+    let zxid = machine.last_zxid();
+    let storage = |e: &dyn std::fmt::Display| BackupError::Storage(e.to_string());
+    let members = config.peer_map().map_err(|e| storage(&e))?;
+    if members.is_empty() {
+        // A snapshot at the image's zxid and an empty log that continues after it.
+        let image = &bytes[HEADER_BYTES..];
+        crate::snapshot::save(
+            &crate::storage::snapshot_dir(dir),
+            zxid,
+            image,
+            crate::storage::SNAPSHOTS_KEPT,
+        )
+        .map_err(|e| storage(&e))?;
+        crate::wal::create_empty_at(&dir.join("wal"), zxid + 1, true).map_err(|e| storage(&e))?;
+    } else {
+        // OmniPaxos storage whose log is compacted up to the image and decided there.
+        use crate::replication::storage::{MachineSnapshot, PaxosStorage};
+        use omnipaxos::storage::{Storage, StorageOp};
+        let options = crate::wal::WalOptions {
+            segment_bytes: config.wal_segment_bytes,
+            fsync: true,
+        };
+        let mut s =
+            PaxosStorage::open(&dir.join("paxos"), options, limits).map_err(|e| storage(&e))?;
+        let snapshot = MachineSnapshot::from_machine(&machine).map_err(|e| storage(&e))?;
+        let idx = zxid as usize;
+        s.write_atomically(vec![
+            StorageOp::Trim(idx),
+            StorageOp::SetCompactedIdx(idx),
+            StorageOp::SetSnapshot(Some(snapshot)),
+            StorageOp::SetDecidedIndex(idx),
+        ])
+        .map_err(|e| storage(&format!("{e:?}")))?;
+        s.sync().map_err(|e| storage(&e))?;
+    }
+    Ok(zxid)
 }

@@ -780,6 +780,69 @@ impl Drop for TestCluster {
     }
 }
 
+/// Operations: graceful stops and restores from a backup.
+impl TestCluster {
+    /// SIGTERM to node `id`, then waits (bounded) for it to exit; returns whether it
+    /// exited cleanly (status 0). A node that does not exit in time is killed.
+    pub fn terminate(&mut self, id: u64) -> bool {
+        let m = self.member_mut(id);
+        let Some(mut child) = m.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Kills every node, empties every data directory, writes the backup `file` into
+    /// each with `corral restore` (same node ids and peers), and starts them all again.
+    pub async fn restore_all(&mut self, file: &Path) {
+        self.kill_all();
+        for m in &self.members {
+            let dir = m.data_dir.path();
+            for entry in std::fs::read_dir(dir).expect("read data directory") {
+                let path = entry.expect("directory entry").path();
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path).expect("remove data");
+                } else {
+                    std::fs::remove_file(&path).expect("remove data");
+                }
+            }
+            let out = Command::new(corral_bin())
+                .arg("restore")
+                .arg("--from")
+                .arg(file)
+                .args(["--node-id", &m.id.to_string()])
+                .args(["--peers", &m.peers_arg])
+                .arg("--data-dir")
+                .arg(dir)
+                .output()
+                .expect("run corral restore");
+            assert!(
+                out.status.success(),
+                "corral restore failed for node {}: {}",
+                m.id,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.restart_all().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
