@@ -196,3 +196,54 @@ async fn snapshot(State(state): State<AdminState>) -> Response {
         None => unavailable(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(args: &[&str]) -> Config {
+        let cli =
+            crate::config::Cli::parse_from(std::iter::once("corral").chain(args.iter().copied()));
+        Config::load(cli).expect("valid settings")
+    }
+
+    #[test]
+    fn admin_address_default_off_and_invalid() {
+        assert_eq!(
+            config(&[])
+                .admin_addr()
+                .expect("default")
+                .map(|a| a.to_string()),
+            Some(DEFAULT_ADMIN_LISTEN.to_string())
+        );
+        assert_eq!(
+            config(&["--admin-listen", "off"])
+                .admin_addr()
+                .expect("off"),
+            None
+        );
+        assert_eq!(
+            config(&["--admin-listen", ""]).admin_addr().expect("empty"),
+            None
+        );
+        let err = config(&["--admin-listen", "nowhere"])
+            .admin_addr()
+            .expect_err("bad");
+        assert!(err.to_string().contains("admin_listen"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_address_the_operator_chose_must_bind() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = taken.local_addr().expect("addr").to_string();
+        let err = bind(&config(&["--admin-listen", &addr]))
+            .await
+            .expect_err("in use");
+        assert!(err.contains("admin_listen"), "{err}");
+        assert!(bind(&config(&["--admin-listen", "off"]))
+            .await
+            .expect("off")
+            .is_none());
+    }
+}

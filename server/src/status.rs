@@ -127,3 +127,62 @@ impl ShellFacts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(role: Role, leader: Option<u64>) -> ServerStatus {
+        ServerStatus {
+            node_id: 1,
+            role,
+            leader,
+            members: Vec::new(),
+            applied_zxid: 5,
+            committed_zxid: 5,
+            log_bytes: 0,
+            snapshot_bytes: 0,
+            sessions: 0,
+            connections: 0,
+            watches: 0,
+            znodes: 1,
+            locks: 0,
+            locks_held: 0,
+            locks_waiting: 0,
+            admin_addr: None,
+            ready: true,
+            version: String::new(),
+        }
+    }
+
+    fn facts(links: &[(u64, bool)]) -> ShellFacts {
+        ShellFacts {
+            members: links
+                .iter()
+                .map(|(id, up)| (*id, format!("h:{id}"), *up))
+                .collect(),
+            ..ShellFacts::default()
+        }
+    }
+
+    #[test]
+    fn a_leader_is_ready_only_with_a_majority_of_links() {
+        let mut s = status(Role::Leader, Some(1));
+        facts(&[(2, true), (3, false)]).complete(&mut s);
+        assert!(s.ready, "1 + 1 of 3 is a majority");
+        let mut s = status(Role::Leader, Some(1));
+        facts(&[(2, false), (3, false)]).complete(&mut s);
+        assert!(!s.ready);
+        assert_eq!(s.members.len(), 2);
+    }
+
+    #[test]
+    fn a_follower_is_ready_only_with_its_leader_reachable() {
+        let mut s = status(Role::Follower, Some(3));
+        facts(&[(2, true), (3, false)]).complete(&mut s);
+        assert!(!s.ready);
+        let mut s = status(Role::Follower, Some(3));
+        facts(&[(2, false), (3, true)]).complete(&mut s);
+        assert!(s.ready);
+    }
+}

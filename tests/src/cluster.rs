@@ -20,9 +20,9 @@
 //!
 //! # Who leads
 //!
-//! There is no status endpoint yet: the servers run with `corral_server::node=info` and
-//! the harness reads their stderr, keeping each node's last `leader changed ...
-//! leader=Some(N)` line. [`leader`](TestCluster::leader) returns the running node that a
+//! The servers run with `corral_server::node=info` and the harness reads their stderr,
+//! keeping each node's last `leader changed ... leader=Some(N)` line (each node also
+//! serves its status on its admin endpoint, [`admin_addr`](TestCluster::admin_addr)). [`leader`](TestCluster::leader) returns the running node that a
 //! majority of the cluster's running nodes names.
 //!
 //! Ports are chosen below the kernel's ephemeral range (and never twice in a process),
