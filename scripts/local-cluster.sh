@@ -5,7 +5,8 @@
 #   scripts/local-cluster.sh stop          SIGTERM every node, wait for clean exits
 #   scripts/local-cluster.sh status        which nodes run, and the addresses to use
 #
-# Node i listens for clients on 127.0.0.1:228i and for peers on 127.0.0.1:238i, keeps its
+# Node i listens for clients on 127.0.0.1:228i, for peers on 127.0.0.1:238i and serves its
+# admin endpoint (/metrics, /status, ...) on 127.0.0.1:229i; it keeps its
 # data in ./corral-cluster/node<i> and logs to ./corral-cluster/node<i>.log.
 # Clients: corralctl -s 127.0.0.1:2281,127.0.0.1:2282,127.0.0.1:2283 ...
 set -euo pipefail
@@ -26,7 +27,7 @@ start)
             continue
         fi
         target/release/corral --node-id "$i" --peers "$peers" \
-            --listen "127.0.0.1:228$i" --data-dir "$dir/node$i" \
+            --listen "127.0.0.1:228$i" --admin-listen "127.0.0.1:229$i" --data-dir "$dir/node$i" \
             >>"$dir/node$i.log" 2>&1 &
         echo $! >"$dir/node$i.pid"
         echo "node $i: pid $!, clients on 127.0.0.1:228$i, log $dir/node$i.log"

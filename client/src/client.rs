@@ -134,6 +134,7 @@ pub(crate) fn unexpected(op: &str, result: &OpResult) -> Error {
         OpResult::Unlocked { .. } => "Unlocked",
         OpResult::Lease { .. } => "Lease",
         OpResult::Locks(_) => "Locks",
+        OpResult::ServerStatus(_) => "ServerStatus",
     };
     Error::protocol(format!("the server answered {op} with {got}"))
 }
@@ -615,6 +616,15 @@ impl Client {
         match self.call_plain(op).await? {
             OpResult::Synced => Ok(()),
             other => Err(unexpected("sync", &other)),
+        }
+    }
+
+    /// The status of the server this client is connected to (role, leader, zxids,
+    /// sizes, counts): see [`corral_protocol::ServerStatus`].
+    pub async fn server_status(&self) -> Result<corral_protocol::ServerStatus> {
+        match self.call_plain(Op::ServerStatus).await? {
+            OpResult::ServerStatus(status) => Ok(*status),
+            other => Err(unexpected("server_status", &other)),
         }
     }
 

@@ -108,6 +108,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 mod backoff;
 mod client;
 mod config;

@@ -14,6 +14,7 @@ pub mod frame;
 pub mod message;
 pub mod op;
 pub mod path;
+pub mod status;
 
 pub use error::{ErrorCode, ErrorInfo};
 pub use frame::{Codec, FrameError};
@@ -25,3 +26,4 @@ pub use op::{
     AddWatchMode, CreateMode, CreateRequest, LockEntry, LockKind, LockRequest, LockState, MultiOp,
     MultiResult, Op, OpResult, Request, Response, Stat, WatchSet, WatcherKind,
 };
+pub use status::{MemberStatus, Role, ServerStatus};

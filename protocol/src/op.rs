@@ -375,6 +375,9 @@ pub enum Op {
         /// The path.
         path: String,
     },
+    /// Describe the server answering (role, leader, zxids, sizes, counts). A read that
+    /// the server answers from its own state, without the log.
+    ServerStatus,
 }
 
 impl Op {
@@ -417,6 +420,7 @@ impl Op {
             Op::RenewLease { .. } => "renew_lease",
             Op::RevokeLease { .. } => "revoke_lease",
             Op::GetLocks { .. } => "get_locks",
+            Op::ServerStatus => "server_status",
         }
     }
 }
@@ -495,6 +499,8 @@ pub enum OpResult {
     },
     /// The locks at and below the path of a `GetLocks`.
     Locks(Vec<LockState>),
+    /// The answering server's status.
+    ServerStatus(Box<crate::status::ServerStatus>),
 }
 
 /// A request: a client-chosen id plus an operation.

@@ -123,6 +123,9 @@ settings! {
     /// fsync the write-ahead log before acknowledging writes. Turning this off loses
     /// acknowledged writes on power failure; only for tests and experiments.
     fsync: bool = true;
+    /// Address of the admin HTTP endpoint (/metrics, /health, /ready, /status,
+    /// /snapshot); `off` disables it.
+    admin_listen: String = crate::admin::DEFAULT_ADMIN_LISTEN.to_string();
 }
 
 /// Log output format.

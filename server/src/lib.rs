@@ -7,18 +7,24 @@
 //! - [`wal`], [`snapshot`], [`storage`]: durability.
 //! - [`server`]: the IO shell (listener, connections, core task, storage thread).
 //! - [`config`]: flags, TOML file and defaults.
+//! - [`admin`], [`metrics`], [`status`], [`backup`]: operations (admin HTTP endpoint,
+//!   Prometheus metrics, the status report, backups and restore).
 
+pub mod admin;
+pub mod backup;
 pub mod config;
 pub mod disk;
 pub mod faults;
 pub mod locks;
 pub mod machine;
+pub mod metrics;
 pub mod node;
 pub mod replication;
 pub mod server;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod snapshot;
+pub mod status;
 pub mod storage;
 pub mod tracker;
 pub mod tree;

@@ -39,7 +39,59 @@ async fn shutdown_signal() {
     }
 }
 
+/// `corral restore --from FILE [the node's usual flags]`: writes a backup into the
+/// (empty) data directory those flags name, then exits.
+fn restore(mut args: Vec<std::ffi::OsString>) -> ExitCode {
+    args.remove(1);
+    let mut from = None;
+    let mut i = 1;
+    while i < args.len() {
+        let arg = args[i].to_string_lossy().to_string();
+        if arg == "--from" && i + 1 < args.len() {
+            from = Some(std::path::PathBuf::from(args.remove(i + 1)));
+            args.remove(i);
+        } else if let Some(v) = arg.strip_prefix("--from=") {
+            from = Some(std::path::PathBuf::from(v));
+            args.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    let Some(from) = from else {
+        eprintln!("usage: corral restore --from FILE [--data-dir DIR --node-id I --peers ... | --config FILE]");
+        return ExitCode::from(2);
+    };
+    let config = match Cli::try_parse_from(args)
+        .map_err(|e| e.to_string())
+        .and_then(|cli| Config::load(cli).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("corral restore: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match corral_server::backup::restore(&config, &from) {
+        Ok(zxid) => {
+            println!(
+                "restored {} at zxid {zxid} into {}",
+                from.display(),
+                config.data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("corral restore: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "restore") {
+        return restore(args);
+    }
     let config = match Config::load(Cli::parse()) {
         Ok(c) => c,
         Err(e) => {
@@ -71,6 +123,9 @@ fn main() -> ExitCode {
             // One line on stdout, for people and for scripts that start corral on port 0.
             Ok(addr) => println!("corral listening on {addr}"),
             Err(e) => tracing::warn!(error = %e, "cannot read the bound address"),
+        }
+        if let Some(addr) = server.admin_addr() {
+            println!("corral admin listening on {addr}");
         }
         match server.run(shutdown_signal()).await {
             Ok(_) => ExitCode::SUCCESS,

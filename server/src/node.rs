@@ -421,6 +421,24 @@ impl Node {
         self.conns.len()
     }
 
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.config.node_id
+    }
+
+    /// Whether this node is a member of a replicated cluster (not a single node).
+    pub fn is_cluster_member(&self) -> bool {
+        matches!(self.log, Log::Paxos(_))
+    }
+
+    /// The highest zxid this node knows to be committed (decided).
+    pub fn committed_zxid(&self) -> u64 {
+        match &self.log {
+            Log::Local(_) => self.machine.last_zxid(),
+            Log::Paxos(p) => p.decided_idx() as u64,
+        }
+    }
+
     /// Total watches registered on this node.
     pub fn watch_count(&self) -> usize {
         self.watches.len()
@@ -852,6 +870,10 @@ impl Node {
                 Ok(OpResult::Lease { lease_id, ttl_ms })
             }
             Op::GetLocks { path } => Ok(OpResult::Locks(self.machine.locks_under(&path)?)),
+            // The core's part; the shell fills in what only it knows (crate::status).
+            Op::ServerStatus => Ok(OpResult::ServerStatus(Box::new(
+                crate::status::core_status(self),
+            ))),
             Op::Create(_)
             | Op::Delete { .. }
             | Op::SetData { .. }
@@ -1135,6 +1157,16 @@ impl Node {
             }
         }
         self.stats.locks_abandoned_cleaned += u64::from(applied.locks_abandoned);
+        for lost in applied.lock_events.iter().filter(|c| !c.granted) {
+            tracing::info!(
+                zxid,
+                lock = %lost.event.lock,
+                node = %lost.event.node,
+                session = lost.session,
+                token = lost.event.token,
+                "lock released: its session or lease expired"
+            );
+        }
         for change in &applied.lock_events {
             if change.granted && crate::faults::active().lose_lock_grant_event {
                 continue;

@@ -12,6 +12,8 @@
 //! the core's inbox by `CORE_INBOX` (connection readers wait: backpressure), and the
 //! storage queue by the node core itself, which has at most one batch outstanding.
 
+mod ops;
+
 use crate::config::Config;
 use crate::machine::MachineLimits;
 use crate::machine::StateMachine;
@@ -27,6 +29,7 @@ use corral_protocol::{
 };
 use futures::{SinkExt, StreamExt};
 use omnipaxos::ballot_leader_election::Ballot;
+use ops::{start_admin, RequestTimer, ShellInfo};
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::future::Future;
@@ -71,6 +74,8 @@ enum CoreMsg {
         tx: mpsc::Sender<ToConn>,
     },
     Input(Input),
+    /// A question from the admin endpoint.
+    Admin(crate::admin::AdminRequest),
 }
 
 /// Messages from the core task to one connection task.
@@ -105,6 +110,8 @@ impl Clock {
 pub struct Server {
     config: Config,
     listener: TcpListener,
+    /// The admin endpoint's listener (`None`: disabled).
+    admin: Option<TcpListener>,
     mode: Mode,
     backend: Backend,
 }
@@ -233,9 +240,13 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
+        let admin = crate::admin::bind(&config)
+            .await
+            .map_err(ServerError::Config)?;
         Ok(Server {
             config,
             listener,
+            admin,
             mode,
             backend,
         })
@@ -246,18 +257,35 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// The address the admin endpoint is bound to, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, says goodbye to every
     /// client, waits for outstanding writes to become durable, and returns.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<StorageStats, ServerError> {
+        let admin_addr = self.admin_addr();
         let Server {
             config,
             listener,
+            admin,
             mode,
             backend,
         } = self;
+        let members = config.peer_map().unwrap_or_default();
+        let shell_info = ShellInfo {
+            members: members
+                .iter()
+                .filter(|(id, _)| **id != config.node_id)
+                .map(|(id, addr)| (*id, addr.to_string()))
+                .collect(),
+            data_dir: config.data_dir.clone(),
+            admin_addr: admin_addr.map(|a| a.to_string()),
+        };
         tokio::pin!(shutdown);
         let clock = Clock {
             start: Instant::now(),
@@ -357,12 +385,18 @@ impl Server {
             transport.clone(),
             Duration::from_millis(config.tick_ms),
             stop_rx,
+            shell_info,
         ));
+        let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        if let Some(listener) = admin {
+            start_admin(listener, core_tx.clone(), admin_stop_rx);
+        }
 
         accept_loop(&config, &listener, &core_tx, shutdown).await;
         drop(listener);
         tracing::info!("shutting down: no longer accepting connections");
         let _ = stop_tx.send(());
+        let _ = admin_stop_tx.send(());
         drop(core_tx);
         if let Err(e) = core.await {
             tracing::error!(error = %e, "core task failed");
@@ -417,6 +451,7 @@ async fn accept_loop(
         next_conn += 1;
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
+                metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED).increment(1);
                 let settings = ConnSettings {
                     max_frame_bytes: config.max_frame_bytes,
                     queue: config.max_queued_messages_per_connection,
@@ -424,11 +459,15 @@ async fn accept_loop(
                 };
                 let core_tx = core_tx.clone();
                 tokio::spawn(async move {
+                    let open = metrics::gauge!(crate::metrics::CONNECTIONS_OPEN);
+                    open.increment(1.0);
                     serve_connection(conn, stream, peer, core_tx, settings).await;
+                    open.decrement(1.0);
                     drop(permit);
                 });
             }
             Err(_) => {
+                metrics::counter!(crate::metrics::CONNECTIONS_REJECTED, "reason" => "max_connections").increment(1);
                 tracing::warn!(%peer, limit = config.max_connections, "connection refused: too many connections");
                 let msg = format!(
                     "the server has {} connections, the limit max_connections",
@@ -491,6 +530,7 @@ async fn learn_promise(
 }
 
 /// The task that owns the node core.
+#[allow(clippy::too_many_arguments)]
 async fn run_core(
     mut node: Node,
     clock: Clock,
@@ -499,11 +539,13 @@ async fn run_core(
     transport: Option<Transport<PeerMsg>>,
     tick: Duration,
     mut stop: tokio::sync::oneshot::Receiver<()>,
+    info: ShellInfo,
 ) {
     let mut core = CoreShell {
         conns: HashMap::new(),
         storage,
         transport,
+        info,
     };
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -546,6 +588,7 @@ struct CoreShell {
     conns: HashMap<ConnId, mpsc::Sender<ToConn>>,
     storage: std::sync::mpsc::Sender<StorageCommand>,
     transport: Option<Transport<PeerMsg>>,
+    info: ShellInfo,
 }
 
 impl CoreShell {
@@ -555,6 +598,7 @@ impl CoreShell {
                 self.conns.insert(conn, tx);
             }
             CoreMsg::Input(input) => self.input(node, clock, input),
+            CoreMsg::Admin(request) => self.admin(node, request),
         }
     }
 
@@ -574,7 +618,10 @@ impl CoreShell {
     fn dispatch(&mut self, output: Output) -> Option<ConnId> {
         let (conn, message) = match output {
             Output::HelloReply { conn, reply } => (conn, ToConn::Hello(reply)),
-            Output::Send { conn, msg } => (conn, ToConn::Msg(msg)),
+            Output::Send { conn, mut msg } => {
+                self.complete_status(&mut msg);
+                (conn, ToConn::Msg(msg))
+            }
             Output::Close { conn } => {
                 if let Some(tx) = self.conns.remove(&conn) {
                     let _ = tx.try_send(ToConn::Close);
@@ -667,6 +714,8 @@ async fn serve_connection(
     let hello = match tokio::time::timeout(settings.handshake_timeout, framed.next()).await {
         Ok(Some(Ok(hello))) => hello,
         Ok(Some(Err(e))) => {
+            metrics::counter!(crate::metrics::CONNECTIONS_REJECTED, "reason" => "bad_handshake")
+                .increment(1);
             tracing::info!(conn, %peer, error = %e, "bad handshake");
             let reply = HelloReply::Refused(frame_error_info(&e));
             let _ = tokio::time::timeout(REFUSAL_TIMEOUT, framed.send(reply)).await;
@@ -674,6 +723,7 @@ async fn serve_connection(
         }
         Ok(None) => return,
         Err(_) => {
+            metrics::counter!(crate::metrics::CONNECTIONS_REJECTED, "reason" => "handshake_timeout").increment(1);
             let msg = format!("no handshake within {:?}", settings.handshake_timeout);
             let reply = HelloReply::Refused(ErrorInfo::new(ErrorCode::OperationTimeout, msg));
             let _ = tokio::time::timeout(REFUSAL_TIMEOUT, framed.send(reply)).await;
@@ -708,6 +758,10 @@ async fn serve_connection(
         }
     };
     let accepted = matches!(reply, HelloReply::Accepted(_));
+    if let HelloReply::Refused(info) = &reply {
+        let reason = crate::metrics::outcome(&Err(info.clone()));
+        metrics::counter!(crate::metrics::CONNECTIONS_REJECTED, "reason" => reason).increment(1);
+    }
     if framed.send(reply).await.is_err() || !accepted {
         return disconnected(&core, conn).await;
     }
@@ -717,10 +771,14 @@ async fn serve_connection(
     // The core holds the only sender: when it drops it (the client was too slow), the
     // writer sees the end of the queue and the connection closes.
     drop(tx);
+    let timer = std::sync::Mutex::new(RequestTimer::default());
     let reader = async {
         loop {
             match source.next().await {
                 Some(Ok(ClientMessage::Request(request))) => {
+                    if let Ok(mut t) = timer.lock() {
+                        t.arrived(request.xid, &request.op);
+                    }
                     let input = Input::Request { conn, request };
                     if core.send(CoreMsg::Input(input)).await.is_err() {
                         return None;
@@ -738,6 +796,9 @@ async fn serve_connection(
                 ToConn::Hello(_) => continue,
                 ToConn::Close => break,
             };
+            if let Ok(mut t) = timer.lock() {
+                t.sending(&msg);
+            }
             if feed(&mut sink, msg).await.is_err() {
                 return;
             }

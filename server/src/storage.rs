@@ -196,6 +196,8 @@ pub fn run_storage_thread(
                 let started = Instant::now();
                 match snapshot::save(&snap_dir, index, &data, SNAPSHOTS_KEPT) {
                     Ok(()) => {
+                        metrics::counter!(crate::metrics::SNAPSHOTS, "result" => "saved")
+                            .increment(1);
                         tracing::info!(
                             index,
                             bytes = data.len(),
@@ -205,7 +207,11 @@ pub fn run_storage_thread(
                         let _ = saved_tx.send(index);
                     }
                     // The log still has everything: a failed snapshot costs only recovery time.
-                    Err(e) => tracing::error!(index, error = %e, "snapshot failed"),
+                    Err(e) => {
+                        metrics::counter!(crate::metrics::SNAPSHOTS, "result" => "failed")
+                            .increment(1);
+                        tracing::error!(index, error = %e, "snapshot failed")
+                    }
                 }
             }
         });
@@ -223,8 +229,9 @@ pub fn run_storage_thread(
                 kept.pop_front();
             }
             if let Some(oldest) = kept.front() {
-                if let Err(e) = wal.compact_through(*oldest) {
-                    tracing::warn!(error = %e, "log compaction failed");
+                match wal.compact_through(*oldest) {
+                    Ok(()) => metrics::counter!(crate::metrics::COMPACTIONS).increment(1),
+                    Err(e) => tracing::warn!(error = %e, "log compaction failed"),
                 }
             }
         }
@@ -290,6 +297,7 @@ fn run_paxos_sync(
         match command {
             StorageCommand::Sync { batch } => {
                 let started = Instant::now();
+                let before = handle.stats();
                 if let Err(e) = handle.sync() {
                     // OmniPaxos cannot take back what it promised or accepted, and the
                     // next storage write would panic inside it: stop now, loudly, and
@@ -300,6 +308,14 @@ fn run_paxos_sync(
                 }
                 stats.syncs += 1;
                 stats.sync_micros += started.elapsed().as_micros() as u64;
+                let after = handle.stats();
+                if after.syncs > before.syncs {
+                    metrics::histogram!(crate::metrics::FSYNC_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!(crate::metrics::FSYNC_BATCH)
+                        .record((after.records_appended - before.records_appended) as f64);
+                }
+                metrics::counter!(crate::metrics::COMPACTIONS).absolute(after.checkpoints);
                 report(Input::Persisted { batch });
             }
             other => tracing::error!(?other, "unexpected storage command in cluster mode"),
@@ -331,6 +347,8 @@ pub(crate) fn persist(
     }
     let started = Instant::now();
     wal.sync()?;
+    metrics::histogram!(crate::metrics::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(crate::metrics::FSYNC_BATCH).record(records.len() as f64);
     if let (true, Some(first)) = (starts_with_checkpoint, first) {
         wal.compact_through(first - 1)?;
     }

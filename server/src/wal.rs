@@ -550,6 +550,23 @@ fn list_segments(disk: &Disk, dir: &Path) -> Result<Vec<(u64, PathBuf)>, Storage
 }
 
 /// Creates a new, empty segment file and makes its directory entry durable.
+/// Creates, in a directory without segments, an empty log whose first record will get
+/// lsn `first_lsn` (a restored node's log continues after its snapshot).
+pub fn create_empty_at(dir: &Path, first_lsn: u64, fsync: bool) -> Result<(), StorageError> {
+    let disk = Disk::Real;
+    create_dir_durable(&disk, dir, fsync)?;
+    if !list_segments(&disk, dir)?.is_empty() {
+        return Err(StorageError::Corrupt(format!(
+            "{}: the log already has segments",
+            dir.display()
+        )));
+    }
+    let path = dir.join(segment_name(first_lsn.max(1)));
+    let file = create_segment(&disk, dir, &path, fsync)?;
+    drop(file);
+    Ok(())
+}
+
 fn create_segment(
     disk: &Disk,
     dir: &Path,

@@ -20,9 +20,9 @@
 //!
 //! # Who leads
 //!
-//! There is no status endpoint yet: the servers run with `corral_server::node=info` and
-//! the harness reads their stderr, keeping each node's last `leader changed ...
-//! leader=Some(N)` line. [`leader`](TestCluster::leader) returns the running node that a
+//! The servers run with `corral_server::node=info` and the harness reads their stderr,
+//! keeping each node's last `leader changed ... leader=Some(N)` line (each node also
+//! serves its status on its admin endpoint, [`admin_addr`](TestCluster::admin_addr)). [`leader`](TestCluster::leader) returns the running node that a
 //! majority of the cluster's running nodes names.
 //!
 //! Ports are chosen below the kernel's ephemeral range (and never twice in a process),
@@ -167,6 +167,8 @@ struct Member {
     id: u64,
     peer_port: u16,
     client_port: u16,
+    /// The admin endpoint's port (fixed across restarts).
+    admin_port: u16,
     data_dir: tempfile::TempDir,
     peers_arg: String,
     child: Option<Child>,
@@ -188,6 +190,7 @@ impl Member {
         cmd.args(["--node-id", &self.id.to_string()])
             .args(["--peers", &self.peers_arg])
             .args(["--listen", &listen])
+            .args(["--admin-listen", &format!("127.0.0.1:{}", self.admin_port)])
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .args(args)
@@ -326,6 +329,7 @@ impl TestCluster {
 
         let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let admin_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut peer_links = BTreeMap::new();
         for i in 1..=n64 {
             for j in 1..=n64 {
@@ -359,6 +363,7 @@ impl TestCluster {
                 id: i,
                 peer_port: peer_ports[(i - 1) as usize],
                 client_port: client_ports[(i - 1) as usize],
+                admin_port: admin_ports[(i - 1) as usize],
                 data_dir: tempfile::tempdir().expect("temporary data directory"),
                 peers_arg,
                 child: None,
@@ -413,6 +418,11 @@ impl TestCluster {
     /// Node `id`'s own client address (no proxy).
     pub fn direct_client_addr(&self, id: u64) -> String {
         format!("127.0.0.1:{}", self.member(id).client_port)
+    }
+
+    /// Node `id`'s admin endpoint, `127.0.0.1:port` (the same across restarts).
+    pub fn admin_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.member(id).admin_port)
     }
 
     /// The address of node `id`'s client proxy.
@@ -767,6 +777,69 @@ impl Drop for TestCluster {
                 );
             }
         }
+    }
+}
+
+/// Operations: graceful stops and restores from a backup.
+impl TestCluster {
+    /// SIGTERM to node `id`, then waits (bounded) for it to exit; returns whether it
+    /// exited cleanly (status 0). A node that does not exit in time is killed.
+    pub fn terminate(&mut self, id: u64) -> bool {
+        let m = self.member_mut(id);
+        let Some(mut child) = m.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Kills every node, empties every data directory, writes the backup `file` into
+    /// each with `corral restore` (same node ids and peers), and starts them all again.
+    pub async fn restore_all(&mut self, file: &Path) {
+        self.kill_all();
+        for m in &self.members {
+            let dir = m.data_dir.path();
+            for entry in std::fs::read_dir(dir).expect("read data directory") {
+                let path = entry.expect("directory entry").path();
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path).expect("remove data");
+                } else {
+                    std::fs::remove_file(&path).expect("remove data");
+                }
+            }
+            let out = Command::new(corral_bin())
+                .arg("restore")
+                .arg("--from")
+                .arg(file)
+                .args(["--node-id", &m.id.to_string()])
+                .args(["--peers", &m.peers_arg])
+                .arg("--data-dir")
+                .arg(dir)
+                .output()
+                .expect("run corral restore");
+            assert!(
+                out.status.success(),
+                "corral restore failed for node {}: {}",
+                m.id,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.restart_all().await;
     }
 }
 

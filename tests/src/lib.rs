@@ -51,6 +51,8 @@ pub fn corral_bin() -> PathBuf {
 pub struct TestServer {
     child: Option<Child>,
     addr: Option<String>,
+    /// The admin endpoint's address, as the process printed it.
+    admin: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     data_dir: tempfile::TempDir,
     extra_args: Vec<String>,
 }
@@ -63,6 +65,7 @@ impl TestServer {
         let mut server = TestServer {
             child: None,
             addr: None,
+            admin: Default::default(),
             data_dir,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
@@ -73,6 +76,21 @@ impl TestServer {
     /// The client address, `127.0.0.1:port`.
     pub fn addr(&self) -> String {
         self.addr.clone().expect("server is running")
+    }
+
+    /// The admin endpoint's address (`127.0.0.1:port`, a new port at each start).
+    pub fn admin_addr(&self) -> String {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(a) = self.admin.lock().ok().and_then(|a| a.clone()) {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server printed no admin address"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The data directory.
@@ -86,6 +104,7 @@ impl TestServer {
             .args(["--listen", &listen, "--data-dir"])
             .arg(self.data_dir.path())
             .args(["--tick-ms", "10", "--min-session-ttl-ms", "200"])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(&self.extra_args)
             .env(
                 "RUST_LOG",
@@ -98,11 +117,20 @@ impl TestServer {
             .expect("spawn corral");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let admin = self.admin.clone();
+        if let Ok(mut a) = admin.lock() {
+            *a = None;
+        }
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             while let Some(Ok(line)) = lines.next() {
                 if let Some(addr) = line.strip_prefix("corral listening on ") {
                     let _ = tx.send(addr.trim().to_string());
+                }
+                if let Some(addr) = line.strip_prefix("corral admin listening on ") {
+                    if let Ok(mut a) = admin.lock() {
+                        *a = Some(addr.trim().to_string());
+                    }
                 }
             }
         });
@@ -255,6 +283,7 @@ impl TestServer {
             .args(["--listen", &listen, "--data-dir"])
             .arg(self.data_dir.path())
             .args(["--tick-ms", "10", "--min-session-ttl-ms", "200"])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(&self.extra_args)
             .env(
                 "RUST_LOG",
@@ -268,11 +297,20 @@ impl TestServer {
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let admin = self.admin.clone();
+        if let Ok(mut a) = admin.lock() {
+            *a = None;
+        }
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             while let Some(Ok(line)) = lines.next() {
                 if let Some(addr) = line.strip_prefix("corral listening on ") {
                     let _ = tx.send(addr.trim().to_string());
+                }
+                if let Some(addr) = line.strip_prefix("corral admin listening on ") {
+                    if let Ok(mut a) = admin.lock() {
+                        *a = Some(addr.trim().to_string());
+                    }
                 }
             }
         });

@@ -22,6 +22,8 @@ mod locked;
 mod locks;
 #[path = "corralctl/nodes.rs"]
 mod nodes;
+#[path = "corralctl/ops.rs"]
+mod ops;
 
 use clap::{Parser, Subcommand};
 use corral_client::{Client, ClientConfig, Error};
@@ -99,6 +101,14 @@ enum Command {
         #[arg(default_value = "/")]
         path: String,
     },
+    /// Show every server of -s as a table: node id, role, leader, applied zxid, lag
+    /// behind the highest committed zxid seen, sessions, connections, readiness.
+    Status,
+    /// Exit 0 if the cluster has a quorum and a ready leader, 1 otherwise.
+    Health,
+    /// Backups of the replicated state.
+    #[command(subcommand)]
+    Snapshot(ops::SnapshotCommand),
 }
 
 /// Writes one line of output; a closed pipe (`corralctl watch | head`) ends quietly.
@@ -117,6 +127,7 @@ impl Command {
             Command::Lock(args) => args.name.clone(),
             Command::Elect(args) => args.name.clone(),
             Command::Locks { path } => path.clone(),
+            Command::Status | Command::Health | Command::Snapshot(_) => "/".to_string(),
         }
     }
 }
@@ -124,6 +135,13 @@ impl Command {
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
     // Fail on a bad path before connecting.
     corral_client::path::validate_path(&cli.command.path_to_check()).map_err(Error::InvalidPath)?;
+    // Operations commands ask each server on its own.
+    match cli.command {
+        Command::Status => return ops::status(&cli.server, cli.json).await,
+        Command::Health => return ops::health(&cli.server, cli.json).await,
+        Command::Snapshot(command) => return ops::snapshot(&cli.server, command, cli.json).await,
+        _ => {}
+    }
     let client = Client::connect(ClientConfig::from_address_list(&cli.server)).await?;
     let result = match cli.command {
         Command::Nodes(command) => nodes::execute(&client, command, cli.json)
@@ -134,6 +152,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Locks { path } => locks::list(&client, &path, cli.json)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Status | Command::Health | Command::Snapshot(_) => Ok(ExitCode::SUCCESS),
     };
     // Best effort: the outcome of the command matters more than that of the close.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, client.close()).await;

@@ -12,9 +12,10 @@ use bytes::BytesMut;
 use corral_protocol::frame::{decode_frame, encode_frame, frame_to_vec, LENGTH_PREFIX_BYTES};
 use corral_protocol::{
     AddWatchMode, ClientMessage, Codec, CreateMode, CreateRequest, ErrorCode, ErrorInfo, EventKind,
-    Hello, HelloReply, LockEntry, LockEvent, LockKind, LockRequest, LockState, MultiOp,
-    MultiResult, Op, OpResult, Request, Response, ServerMessage, SessionGranted, SessionRequest,
-    Stat, WatchEvent, WatchSet, WatcherKind, DEFAULT_MAX_FRAME_BYTES, MAGIC, PROTOCOL_VERSION,
+    Hello, HelloReply, LockEntry, LockEvent, LockKind, LockRequest, LockState, MemberStatus,
+    MultiOp, MultiResult, Op, OpResult, Request, Response, Role, ServerMessage, ServerStatus,
+    SessionGranted, SessionRequest, Stat, WatchEvent, WatchSet, WatcherKind,
+    DEFAULT_MAX_FRAME_BYTES, MAGIC, PROTOCOL_VERSION,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -284,6 +285,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         any::<u64>().prop_map(|lease_id| Op::RenewLease { lease_id }),
         any::<u64>().prop_map(|lease_id| Op::RevokeLease { lease_id }),
         path().prop_map(|path| Op::GetLocks { path }),
+        Just(Op::ServerStatus),
     ]
 }
 
@@ -317,7 +319,45 @@ pub fn op_result() -> impl Strategy<Value = OpResult> {
         (any::<u64>(), any::<u64>())
             .prop_map(|(lease_id, ttl_ms)| OpResult::Lease { lease_id, ttl_ms }),
         vec(lock_state(), 0..3).prop_map(OpResult::Locks),
+        server_status().prop_map(|s| OpResult::ServerStatus(Box::new(s))),
     ]
+}
+
+prop_compose! {
+    pub fn server_status()(
+        node_id in any::<u64>(),
+        role in prop_oneof![Just(Role::Standalone), Just(Role::Leader), Just(Role::Follower), Just(Role::Candidate)],
+        leader in option::of(any::<u64>()),
+        members in vec((any::<u64>(), text(), any::<bool>()), 0..3),
+        figures in vec(any::<u64>(), 11),
+        admin_addr in option::of(text()),
+        ready in any::<bool>(),
+        version in text(),
+    ) -> ServerStatus {
+        ServerStatus {
+            node_id,
+            role,
+            leader,
+            members: members
+                .into_iter()
+                .map(|(node_id, peer_addr, reachable)| MemberStatus { node_id, peer_addr, reachable })
+                .collect(),
+            applied_zxid: figures[0],
+            committed_zxid: figures[1],
+            log_bytes: figures[2],
+            snapshot_bytes: figures[3],
+            sessions: figures[4],
+            connections: figures[5],
+            watches: figures[6],
+            znodes: figures[7],
+            locks: figures[8],
+            locks_held: figures[9],
+            locks_waiting: figures[10],
+            admin_addr,
+            ready,
+            version,
+        }
+    }
 }
 
 prop_compose! {
@@ -481,6 +521,7 @@ pub fn op_index(v: &Op) -> u32 {
         Op::RenewLease { .. } => 16,
         Op::RevokeLease { .. } => 17,
         Op::GetLocks { .. } => 18,
+        Op::ServerStatus => 19,
     }
 }
 
@@ -512,6 +553,7 @@ pub fn op_result_index(v: &OpResult) -> u32 {
         OpResult::Unlocked { .. } => 13,
         OpResult::Lease { .. } => 14,
         OpResult::Locks(_) => 15,
+        OpResult::ServerStatus(_) => 16,
     }
 }
 

@@ -9,8 +9,8 @@ use super::{
 };
 use corral_protocol::{
     ClientMessage, CreateRequest, ErrorInfo, Hello, HelloReply, LockEntry, LockEvent, LockKind,
-    LockRequest, LockState, MultiOp, MultiResult, Op, OpResult, Request, Response, ServerMessage,
-    SessionRequest, Stat, WatchEvent, WatchSet,
+    LockRequest, LockState, MultiOp, MultiResult, Op, OpResult, Request, Response, Role,
+    ServerMessage, ServerStatus, SessionRequest, Stat, WatchEvent, WatchSet,
 };
 
 /// Payload bytes under construction.
@@ -214,6 +214,7 @@ impl Writer {
             Op::GrantLease { ttl_ms } => self.u64(*ttl_ms),
             Op::RenewLease { lease_id } | Op::RevokeLease { lease_id } => self.u64(*lease_id),
             Op::GetLocks { path } => self.string(path),
+            Op::ServerStatus => {}
         }
     }
     fn multi_result(&mut self, r: &MultiResult) {
@@ -271,12 +272,53 @@ impl Writer {
                     self.lock_state(l);
                 }
             }
+            OpResult::ServerStatus(st) => self.server_status(st),
             OpResult::Deleted
             | OpResult::Synced
             | OpResult::Pong
             | OpResult::Closed
             | OpResult::WatchesUpdated => {}
         }
+    }
+    fn server_status(&mut self, s: &ServerStatus) {
+        self.u64(s.node_id);
+        self.tag(match s.role {
+            Role::Standalone => 0,
+            Role::Leader => 1,
+            Role::Follower => 2,
+            Role::Candidate => 3,
+        });
+        self.opt_u64(s.leader);
+        self.u64(s.members.len() as u64);
+        for m in &s.members {
+            self.u64(m.node_id);
+            self.string(&m.peer_addr);
+            self.bool(m.reachable);
+        }
+        for v in [
+            s.applied_zxid,
+            s.committed_zxid,
+            s.log_bytes,
+            s.snapshot_bytes,
+            s.sessions,
+            s.connections,
+            s.watches,
+            s.znodes,
+            s.locks,
+            s.locks_held,
+            s.locks_waiting,
+        ] {
+            self.u64(v);
+        }
+        match &s.admin_addr {
+            None => self.u8(0),
+            Some(a) => {
+                self.u8(1);
+                self.string(a);
+            }
+        }
+        self.bool(s.ready);
+        self.string(&s.version);
     }
     fn request(&mut self, r: &Request) {
         self.u64(r.xid);

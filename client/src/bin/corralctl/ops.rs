@@ -1,0 +1,255 @@
+//! Operations commands: `status` (a table of every server), `health` (exit status for
+//! monitors), `snapshot save` (a backup through a server's admin endpoint).
+
+use corral_client::{Client, ClientConfig, Error};
+use corral_protocol::{Role, ServerStatus};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Time allowed to each server to grant a session and answer.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest backup `snapshot save` accepts by default, in bytes.
+const DEFAULT_MAX_BACKUP_BYTES: u64 = 4 << 30;
+/// The first bytes of a backup file (see the server's `backup` module).
+const BACKUP_MAGIC: &[u8; 8] = b"CORRALBK";
+
+/// `corralctl snapshot ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum SnapshotCommand {
+    /// Save a backup of the state (the image a server has applied, at one zxid) to FILE.
+    ///
+    /// Asks the servers for their admin endpoint (or uses --admin) and downloads
+    /// /snapshot from the leader if it answers, else from the first server that does.
+    /// Restore with `corral restore --from FILE --data-dir DIR` (docs/OPERATIONS.md).
+    Save {
+        /// Where to write the backup (written to FILE.tmp, then renamed).
+        file: PathBuf,
+        /// Admin endpoint (host:port) to download from, instead of asking the servers.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Refuse a backup larger than this many bytes.
+        #[arg(long, default_value_t = DEFAULT_MAX_BACKUP_BYTES)]
+        max_bytes: u64,
+    },
+}
+
+/// What one server answered.
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    address: String,
+    status: Option<ServerStatus>,
+    error: Option<String>,
+}
+
+async fn ask(address: &str) -> Result<ServerStatus, Error> {
+    let config = ClientConfig::new([address])
+        .with_connect_timeout(SERVER_TIMEOUT)
+        .with_request_timeout(SERVER_TIMEOUT);
+    let query = async {
+        let client = Client::connect(config).await?;
+        let status = client.server_status().await;
+        let _ = tokio::time::timeout(SERVER_TIMEOUT, client.close()).await;
+        status
+    };
+    match tokio::time::timeout(2 * SERVER_TIMEOUT, query).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout(2 * SERVER_TIMEOUT)),
+    }
+}
+
+/// Asks every server in the list, concurrently.
+async fn survey(servers: &str) -> Vec<Row> {
+    let addresses: Vec<String> = servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let answers = futures::future::join_all(addresses.iter().map(|a| ask(a))).await;
+    addresses
+        .into_iter()
+        .zip(answers)
+        .map(|(address, r)| match r {
+            Ok(status) => Row {
+                address,
+                status: Some(status),
+                error: None,
+            },
+            Err(e) => Row {
+                address,
+                status: None,
+                error: Some(e.to_string()),
+            },
+        })
+        .collect()
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Standalone => "standalone",
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+    }
+}
+
+/// `corralctl status`: one line per server.
+pub async fn status(servers: &str, json: bool) -> Result<ExitCode, Error> {
+    let rows = survey(servers).await;
+    if json {
+        let text =
+            serde_json::to_string_pretty(&rows).map_err(|e| Error::Protocol(e.to_string()))?;
+        super::emit(text)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let top = rows
+        .iter()
+        .filter_map(|r| r.status.as_ref().map(|s| s.committed_zxid))
+        .max()
+        .unwrap_or(0);
+    super::emit(format!(
+        "{:<22} {:>4} {:<10} {:>6} {:>12} {:>8} {:>8} {:>6} {:>5}",
+        "SERVER", "NODE", "ROLE", "LEADER", "ZXID", "LAG", "SESSIONS", "CONNS", "READY"
+    ))?;
+    for row in &rows {
+        let line = match &row.status {
+            Some(s) => format!(
+                "{:<22} {:>4} {:<10} {:>6} {:>12} {:>8} {:>8} {:>6} {:>5}",
+                row.address,
+                s.node_id,
+                role_name(s.role),
+                s.leader.map_or("-".to_string(), |l| l.to_string()),
+                s.applied_zxid,
+                top.saturating_sub(s.applied_zxid),
+                s.sessions,
+                s.connections,
+                if s.ready { "yes" } else { "no" }
+            ),
+            None => format!(
+                "{:<22} unavailable: {}",
+                row.address,
+                row.error.as_deref().unwrap_or("no answer")
+            ),
+        };
+        super::emit(line)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the answers show a cluster with a quorum: a leader that is ready (it reaches
+/// a majority), or a ready single node.
+fn healthy(rows: &[Row]) -> Result<String, String> {
+    let answered: Vec<&ServerStatus> = rows.iter().filter_map(|r| r.status.as_ref()).collect();
+    if answered.is_empty() {
+        return Err("no server answered (no quorum: a session cannot be opened)".into());
+    }
+    if let Some(s) = answered
+        .iter()
+        .find(|s| matches!(s.role, Role::Leader | Role::Standalone) && s.ready)
+    {
+        return Ok(format!(
+            "node {} leads at zxid {}",
+            s.node_id, s.committed_zxid
+        ));
+    }
+    // A server answered, so its session was committed by a quorum: healthy if the
+    // answering nodes agree on a leader and one of them is ready.
+    if let Some(s) = answered.iter().find(|s| s.ready && s.leader.is_some()) {
+        return Ok(format!(
+            "node {} follows leader {} and is ready",
+            s.node_id,
+            s.leader.unwrap_or(0)
+        ));
+    }
+    Err("no server reports a ready leader".into())
+}
+
+/// `corralctl health`: exit 0 when the cluster has a quorum and a leader, 1 otherwise.
+pub async fn health(servers: &str, json: bool) -> Result<ExitCode, Error> {
+    let rows = survey(servers).await;
+    let verdict = healthy(&rows);
+    if json {
+        let v = serde_json::json!({
+            "healthy": verdict.is_ok(),
+            "reason": match &verdict { Ok(m) | Err(m) => m.clone() },
+            "servers": rows,
+        });
+        super::emit(v)?;
+    } else {
+        match &verdict {
+            Ok(m) => super::emit(format!("healthy: {m}"))?,
+            Err(m) => super::emit(format!("unhealthy: {m}"))?,
+        }
+    }
+    Ok(if verdict.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `corralctl snapshot save`.
+pub async fn snapshot(
+    servers: &str,
+    command: SnapshotCommand,
+    json: bool,
+) -> Result<ExitCode, Error> {
+    let SnapshotCommand::Save {
+        file,
+        admin,
+        max_bytes,
+    } = command;
+    let admin = match admin {
+        Some(a) => a,
+        None => {
+            let rows = survey(servers).await;
+            let mut answered: Vec<&ServerStatus> =
+                rows.iter().filter_map(|r| r.status.as_ref()).collect();
+            answered.sort_by_key(|s| !matches!(s.role, Role::Leader | Role::Standalone));
+            answered
+                .iter()
+                .find_map(|s| s.admin_addr.clone())
+                .ok_or_else(|| {
+                    Error::Protocol(String::from(
+                        "no server answered with an admin endpoint (use --admin)",
+                    ))
+                })?
+        }
+    };
+    let response = corral_client::admin::get(&admin, "/snapshot", max_bytes).await?;
+    if response.status != 200 {
+        return Err(Error::Protocol(format!(
+            "{admin}/snapshot answered {}: {}",
+            response.status,
+            response.text().trim()
+        )));
+    }
+    let body = response.body;
+    if body.len() < 20 || &body[..8] != BACKUP_MAGIC {
+        return Err(Error::Protocol(format!(
+            "{admin}/snapshot did not send a backup"
+        )));
+    }
+    let mut zxid_bytes = [0u8; 8];
+    zxid_bytes.copy_from_slice(&body[12..20]);
+    let zxid = u64::from_le_bytes(zxid_bytes);
+    let mut tmp = file.clone().into_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, &body)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &file)?;
+    if json {
+        super::emit(
+            serde_json::json!({"file": file.display().to_string(), "zxid": zxid, "bytes": body.len(), "admin": admin}),
+        )?;
+    } else {
+        super::emit(format!(
+            "saved backup at zxid {zxid} ({} bytes) from {admin} to {}",
+            body.len(),
+            file.display()
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,249 @@
+//! The admin HTTP endpoint (axum), on its own port (`admin_listen`):
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /health` | 200 `ok` while the node core answers (liveness), else 503 |
+//! | `GET /ready` | 200 when the node is ready for clients (see [`ServerStatus::ready`]), else 503; JSON status either way |
+//! | `GET /status` | the node's [`ServerStatus`] as JSON |
+//! | `GET /snapshot` | a backup: the applied state machine image (see [`crate::backup`]) |
+//!
+//! Handlers talk to the core task through a bounded channel of [`AdminRequest`]s and
+//! wait at most [`CORE_ANSWER_TIMEOUT`] for the answer.
+
+use crate::config::{Config, ConfigError};
+use crate::node::NodeStats;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use corral_protocol::ServerStatus;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// The default admin address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:2291";
+/// How long a handler waits for the core task.
+pub const CORE_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Capacity of the channel from the admin handlers to the core task.
+pub const ADMIN_QUEUE_REQUESTS: usize = 64;
+
+/// A question for the core task.
+#[derive(Debug)]
+pub enum AdminRequest {
+    /// The node's status and counters.
+    Status(oneshot::Sender<(ServerStatus, NodeStats)>),
+    /// A backup of the applied state (see [`crate::backup::encode`]).
+    Snapshot(oneshot::Sender<Result<Vec<u8>, String>>),
+}
+
+impl Config {
+    /// The admin address, or `None` when disabled (`off` or empty).
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let value = self.admin_listen.trim();
+        if value.is_empty() || value.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        value
+            .parse()
+            .map(Some)
+            .map_err(|e| ConfigError(format!("admin_listen: {value:?}: {e}")))
+    }
+}
+
+/// Binds the admin listener. A failure to bind the *default* address (another corral
+/// on this host) is logged and the node runs without admin endpoint; a failure to bind
+/// an address the operator chose stops the server.
+pub async fn bind(config: &Config) -> Result<Option<TcpListener>, String> {
+    let Some(addr) = config.admin_addr().map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if config.admin_listen.trim() == DEFAULT_ADMIN_LISTEN => {
+            tracing::warn!(%addr, error = %e, "cannot bind the default admin address; running without admin endpoint (set admin_listen)");
+            Ok(None)
+        }
+        Err(e) => Err(format!("cannot listen on admin_listen {addr}: {e}")),
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    core: mpsc::Sender<AdminRequest>,
+    metrics: Option<PrometheusHandle>,
+    /// One backup at a time: an image is held in memory while it is sent.
+    snapshots: Arc<Semaphore>,
+}
+
+/// Serves the admin endpoint until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    core: mpsc::Sender<AdminRequest>,
+    metrics: Option<PrometheusHandle>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    if let Some(handle) = metrics.clone() {
+        // Histograms keep their samples until upkeep drains them into the buckets.
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
+    let state = AdminState {
+        core,
+        metrics,
+        snapshots: Arc::new(Semaphore::new(1)),
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/status", get(status))
+        .route("/snapshot", get(snapshot))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "admin endpoint failed");
+    }
+}
+
+async fn ask<T>(
+    core: &mpsc::Sender<AdminRequest>,
+    make: impl FnOnce(oneshot::Sender<T>) -> AdminRequest,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    core.send_timeout(make(tx), CORE_ANSWER_TIMEOUT)
+        .await
+        .ok()?;
+    tokio::time::timeout(CORE_ANSWER_TIMEOUT, rx)
+        .await
+        .ok()?
+        .ok()
+}
+
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the node core did not answer in time\n",
+    )
+        .into_response()
+}
+
+async fn metrics_handler(State(state): State<AdminState>) -> Response {
+    let Some(handle) = &state.metrics else {
+        return (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response();
+    };
+    // Counters and gauges of the core are copied in at each scrape; if the core does
+    // not answer, the last values are served.
+    if let Some((status, stats)) = ask(&state.core, AdminRequest::Status).await {
+        crate::metrics::export_node(&stats, &status);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+async fn health(State(state): State<AdminState>) -> Response {
+    match ask(&state.core, AdminRequest::Status).await {
+        Some(_) => (StatusCode::OK, "ok\n").into_response(),
+        None => unavailable(),
+    }
+}
+
+async fn ready(State(state): State<AdminState>) -> Response {
+    match ask(&state.core, AdminRequest::Status).await {
+        Some((status, _)) if status.ready => (StatusCode::OK, Json(status)).into_response(),
+        Some((status, _)) => (StatusCode::SERVICE_UNAVAILABLE, Json(status)).into_response(),
+        None => unavailable(),
+    }
+}
+
+async fn status(State(state): State<AdminState>) -> Response {
+    match ask(&state.core, AdminRequest::Status).await {
+        Some((status, _)) => Json(status).into_response(),
+        None => unavailable(),
+    }
+}
+
+async fn snapshot(State(state): State<AdminState>) -> Response {
+    let Ok(_permit) = state.snapshots.clone().try_acquire_owned() else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "a backup is being taken; try again\n",
+        )
+            .into_response();
+    };
+    match ask(&state.core, AdminRequest::Snapshot).await {
+        Some(Ok(bytes)) => {
+            metrics::counter!(crate::metrics::SNAPSHOTS, "result" => "backup").increment(1);
+            ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
+        }
+        Some(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        None => unavailable(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(args: &[&str]) -> Config {
+        let cli =
+            crate::config::Cli::parse_from(std::iter::once("corral").chain(args.iter().copied()));
+        Config::load(cli).expect("valid settings")
+    }
+
+    #[test]
+    fn admin_address_default_off_and_invalid() {
+        assert_eq!(
+            config(&[])
+                .admin_addr()
+                .expect("default")
+                .map(|a| a.to_string()),
+            Some(DEFAULT_ADMIN_LISTEN.to_string())
+        );
+        assert_eq!(
+            config(&["--admin-listen", "off"])
+                .admin_addr()
+                .expect("off"),
+            None
+        );
+        assert_eq!(
+            config(&["--admin-listen", ""]).admin_addr().expect("empty"),
+            None
+        );
+        let err = config(&["--admin-listen", "nowhere"])
+            .admin_addr()
+            .expect_err("bad");
+        assert!(err.to_string().contains("admin_listen"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_address_the_operator_chose_must_bind() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = taken.local_addr().expect("addr").to_string();
+        let err = bind(&config(&["--admin-listen", &addr]))
+            .await
+            .expect_err("in use");
+        assert!(err.contains("admin_listen"), "{err}");
+        assert!(bind(&config(&["--admin-listen", "off"]))
+            .await
+            .expect("off")
+            .is_none());
+    }
+}

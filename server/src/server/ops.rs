@@ -1,0 +1,168 @@
+//! The IO shell's operations side: answering the admin endpoint from the core task,
+//! completing status reports with what only the shell knows, and timing requests for
+//! the metrics.
+
+use super::{CoreMsg, CoreShell};
+use crate::admin::{AdminRequest, ADMIN_QUEUE_REQUESTS};
+use crate::node::Node;
+use crate::status::{core_status, ShellFacts};
+use corral_protocol::{Op, OpResult, ServerMessage, ServerStatus};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// Requests timed per connection at most (more are answered but not timed).
+const MAX_TIMED_REQUESTS: usize = 16 * 1024;
+/// Queued lock requests whose wait is timed per connection at most.
+const MAX_TIMED_LOCK_WAITS: usize = 4 * 1024;
+
+/// What the shell knows about its node that the core does not.
+#[derive(Debug, Clone)]
+pub(super) struct ShellInfo {
+    /// The other members: id and peer address.
+    pub(super) members: Vec<(u64, String)>,
+    /// The data directory (its size is reported).
+    pub(super) data_dir: PathBuf,
+    /// The admin endpoint's address.
+    pub(super) admin_addr: Option<String>,
+}
+
+/// Bytes of the files under `dir` (0 if it does not exist).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+impl CoreShell {
+    fn facts(&self) -> ShellFacts {
+        let dir = &self.info.data_dir;
+        ShellFacts {
+            members: self
+                .info
+                .members
+                .iter()
+                .map(|(id, addr)| {
+                    let up = self.transport.as_ref().is_some_and(|t| t.is_link_up(*id));
+                    (*id, addr.clone(), up)
+                })
+                .collect(),
+            log_bytes: dir_bytes(&dir.join("wal")) + dir_bytes(&dir.join("paxos")),
+            snapshot_bytes: dir_bytes(&crate::storage::snapshot_dir(dir)),
+            admin_addr: self.info.admin_addr.clone(),
+        }
+    }
+
+    /// The node's full status.
+    fn status(&self, node: &Node) -> ServerStatus {
+        let mut status = core_status(node);
+        self.facts().complete(&mut status);
+        status
+    }
+
+    /// Answers a question of the admin endpoint.
+    pub(super) fn admin(&mut self, node: &mut Node, request: AdminRequest) {
+        match request {
+            AdminRequest::Status(tx) => {
+                let _ = tx.send((self.status(node), node.stats()));
+            }
+            AdminRequest::Snapshot(tx) => {
+                let _ = tx.send(crate::backup::encode(node.machine()));
+            }
+        }
+    }
+
+    /// A status answer from the core, completed with the shell's facts.
+    pub(super) fn complete_status(&self, msg: &mut ServerMessage) {
+        if let ServerMessage::Response(r) = msg {
+            if let Ok(OpResult::ServerStatus(status)) = &mut r.result {
+                self.facts().complete(status);
+            }
+        }
+    }
+}
+
+/// Starts the admin endpoint: its questions reach the core task through its inbox.
+pub(super) fn start_admin(
+    listener: TcpListener,
+    core_tx: mpsc::Sender<CoreMsg>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(ADMIN_QUEUE_REQUESTS);
+    tokio::spawn(async move {
+        while let Some(request) = admin_rx.recv().await {
+            if core_tx.send(CoreMsg::Admin(request)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let metrics = crate::metrics::install();
+    tokio::spawn(crate::admin::serve(
+        listener,
+        admin_tx,
+        metrics,
+        async move {
+            let _ = stop.await;
+        },
+    ));
+}
+
+/// Times one connection's requests from arrival to answer, for the metrics.
+#[derive(Debug, Default)]
+pub(super) struct RequestTimer {
+    /// Requests waiting for their answer, by xid: op name, whether a write, whether a
+    /// lock acquisition, arrival.
+    waiting: HashMap<u64, (&'static str, bool, bool, Instant)>,
+    /// Queued lock requests by queue node: when they were requested.
+    lock_waits: HashMap<String, Instant>,
+}
+
+impl RequestTimer {
+    /// A request arrived.
+    pub(super) fn arrived(&mut self, xid: u64, op: &Op) {
+        if self.waiting.len() < MAX_TIMED_REQUESTS {
+            let is_lock = crate::metrics::is_lock(op);
+            self.waiting
+                .insert(xid, (op.name(), op.is_write(), is_lock, Instant::now()));
+        }
+    }
+
+    /// A message is about to be sent on the connection.
+    pub(super) fn sending(&mut self, msg: &ServerMessage) {
+        match msg {
+            ServerMessage::Response(r) => {
+                let Some((op, is_write, is_lock, at)) = self.waiting.remove(&r.xid) else {
+                    return;
+                };
+                let seconds = at.elapsed().as_secs_f64();
+                crate::metrics::record_request(op, is_write, seconds, r);
+                if is_lock && crate::metrics::record_lock_answer(seconds, r) {
+                    if let Ok(OpResult::Queued { node, .. }) = &r.result {
+                        if self.lock_waits.len() < MAX_TIMED_LOCK_WAITS {
+                            self.lock_waits.insert(node.clone(), at);
+                        }
+                    }
+                }
+            }
+            ServerMessage::LockGranted(event) => {
+                if let Some(at) = self.lock_waits.remove(&event.node) {
+                    crate::metrics::record_lock_granted_after_wait(at.elapsed().as_secs_f64());
+                }
+            }
+            ServerMessage::LockLost(event) => {
+                self.lock_waits.remove(&event.node);
+            }
+            _ => {}
+        }
+    }
+}

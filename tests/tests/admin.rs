@@ -1,0 +1,291 @@
+//! The admin endpoint (`/metrics`, `/health`, `/ready`, `/status`), the status op, and
+//! `corralctl status` / `health`, on real servers: the figures must move when the
+//! cluster does (an acquire, a leader change, an expired lease).
+
+use corral_client::admin;
+use corral_client::LockOptions;
+use corral_protocol::{LockKind, LockRequest, Op, OpResult, Role, ServerStatus};
+use corral_tests::cluster::{TestCluster, CLUSTER_WAIT};
+use corral_tests::raw::RawSession;
+use corral_tests::{corralctl_bin, eventually, TestServer};
+
+const BODY_LIMIT_BYTES: u64 = 16 << 20;
+
+async fn get(addr: &str, path: &str) -> admin::AdminResponse {
+    admin::get(addr, path, BODY_LIMIT_BYTES)
+        .await
+        .unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"))
+}
+
+async fn status(addr: &str) -> ServerStatus {
+    let r = get(addr, "/status").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("/status JSON: {e}: {}", r.text()))
+}
+
+/// The value of one sample (`name{labels}`) in a Prometheus text page; 0 if absent.
+fn sample(page: &str, series: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse::<f64>().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+async fn metric(addr: &str, series: &str) -> f64 {
+    let r = get(addr, "/metrics").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    sample(&r.text(), series)
+}
+
+/// Waits until `series` on `addr` reaches at least `at_least`.
+async fn metric_reaches(addr: &str, series: &str, at_least: f64) -> f64 {
+    eventually(
+        &format!("{series} >= {at_least} on {addr}"),
+        CLUSTER_WAIT,
+        || async move {
+            let v = metric(addr, series).await;
+            (v >= at_least).then_some(v)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_endpoints_and_status_op() {
+    let server = TestServer::start(&[]);
+    let admin = server.admin_addr();
+    let health = get(&admin, "/health").await;
+    assert_eq!((health.status, health.text().trim()), (200, "ok"));
+    assert_eq!(get(&admin, "/ready").await.status, 200);
+    assert_eq!(get(&admin, "/no-such-page").await.status, 404);
+
+    let client = corral_tests::cluster::quick_config([server.addr()]);
+    let client = corral_client::Client::connect(client)
+        .await
+        .expect("connect");
+    let before = metric(&admin, r#"corral_requests_total{op="create",outcome="ok"}"#).await;
+    client
+        .create("/a", b"x".to_vec(), corral_client::CreateMode::Persistent)
+        .await
+        .expect("create");
+    let err = client
+        .create("/a", b"x".to_vec(), corral_client::CreateMode::Persistent)
+        .await;
+    assert!(err.is_err());
+    let after = metric(&admin, r#"corral_requests_total{op="create",outcome="ok"}"#).await;
+    assert_eq!(after, before + 1.0);
+    let exists = metric(
+        &admin,
+        r#"corral_requests_total{op="create",outcome="node_exists"}"#,
+    )
+    .await;
+    assert_eq!(exists, 1.0);
+    let page = get(&admin, "/metrics").await.text();
+    assert!(
+        page.contains("corral_request_duration_seconds_bucket{op=\"create\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("corral_fsync_duration_seconds_bucket"),
+        "{page}"
+    );
+    assert!(sample(&page, "corral_connections_open") >= 1.0, "{page}");
+
+    // The status op and /status report the same node.
+    let op = client.server_status().await.expect("status op");
+    let http = status(&admin).await;
+    assert_eq!(op.role, Role::Standalone);
+    assert_eq!(op.node_id, http.node_id);
+    assert!(op.applied_zxid >= 2 && op.znodes >= 2, "{op:?}");
+    assert_eq!(op.admin_addr.as_deref(), Some(admin.as_str()));
+    assert!(op.log_bytes > 0 && op.ready && op.sessions >= 1, "{op:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_metrics_follow_acquires_leader_changes_and_expiries() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.ids().find(|id| *id != leader).expect("a follower");
+
+    // Every node reports the same leader, the two others as members, and gets ready.
+    for id in cluster.ids() {
+        let addr = cluster.admin_addr(id);
+        let s = eventually(&format!("node {id} ready"), CLUSTER_WAIT, || {
+            let addr = addr.clone();
+            async move {
+                let s = status(&addr).await;
+                (s.ready && s.leader == Some(leader)).then_some(s)
+            }
+        })
+        .await;
+        assert_eq!(s.node_id, id);
+        assert_eq!(s.members.len(), 2);
+        let expected = if id == leader {
+            Role::Leader
+        } else {
+            Role::Follower
+        };
+        assert_eq!(s.role, expected);
+        assert_eq!(get(&addr, "/ready").await.status, 200);
+        assert_eq!(get(&addr, "/health").await.status, 200);
+    }
+
+    // An acquire on a follower moves its acquire counter and the held-locks gauge.
+    let f_admin = cluster.admin_addr(follower);
+    let locked = r#"corral_lock_acquires_total{outcome="locked"}"#;
+    let before = metric(&f_admin, locked).await;
+    let client = cluster.connect(follower).await;
+    let guard = client
+        .lock("/locks/a", LockOptions::default())
+        .acquire()
+        .await
+        .expect("acquire");
+    assert_eq!(metric(&f_admin, locked).await, before + 1.0);
+    assert!(metric(&f_admin, "corral_locks_granted_at_once_total").await >= 1.0);
+    assert!(metric(&f_admin, "corral_locks_held").await >= 1.0);
+    let waits = metric(&f_admin, "corral_lock_wait_seconds_count").await;
+    assert!(waits >= 1.0, "lock wait histogram count {waits}");
+    guard.release().await.expect("release");
+
+    // A lock whose session expires is cleaned as abandoned, on every node.
+    let l_admin = cluster.admin_addr(leader);
+    let cleaned_before = metric(&l_admin, "corral_locks_abandoned_cleaned_total").await;
+    let expired_before = metric(&l_admin, "corral_sessions_expired_total").await;
+    {
+        let mut raw = RawSession::new_session(&cluster.direct_client_addr(follower), 400).await;
+        let r = raw
+            .request(
+                raw.granted.next_xid,
+                Op::Lock(LockRequest {
+                    lock: "/locks/abandoned".into(),
+                    kind: LockKind::Exclusive,
+                    try_only: false,
+                    lease: None,
+                    lock_delay_ms: 0,
+                    data: Vec::new(),
+                }),
+            )
+            .await;
+        assert!(matches!(r.result, Ok(OpResult::Locked { .. })), "{r:?}");
+        // Dropped without a close: the session expires after its TTL.
+    }
+    metric_reaches(
+        &l_admin,
+        "corral_locks_abandoned_cleaned_total",
+        cleaned_before + 1.0,
+    )
+    .await;
+    metric_reaches(&f_admin, "corral_locks_abandoned_cleaned_total", 1.0).await;
+    metric_reaches(
+        &l_admin,
+        "corral_sessions_expired_total",
+        expired_before + 1.0,
+    )
+    .await;
+
+    // Killing the leader shows up as a leader change on the others.
+    let changes_before = metric(&f_admin, "corral_leader_changes_total").await;
+    cluster.kill(leader);
+    let new_leader = cluster.leader_other_than(Some(leader)).await;
+    metric_reaches(
+        &f_admin,
+        "corral_leader_changes_total",
+        changes_before + 1.0,
+    )
+    .await;
+    let n_admin = cluster.admin_addr(new_leader);
+    let s = eventually("the new leader reports itself", CLUSTER_WAIT, || {
+        let n_admin = n_admin.clone();
+        async move {
+            let s = status(&n_admin).await;
+            (s.role == Role::Leader && s.ready).then_some(s)
+        }
+    })
+    .await;
+    let old = s
+        .members
+        .iter()
+        .find(|m| m.node_id == leader)
+        .expect("the old leader is a member");
+    assert!(!old.reachable, "{s:?}");
+    assert!(metric(&n_admin, "corral_is_leader").await == 1.0);
+    let page = get(&n_admin, "/metrics").await.text();
+    assert_eq!(
+        sample(&page, &format!("corral_peer_up{{peer=\"{leader}\"}}")),
+        0.0,
+        "{page}"
+    );
+}
+
+fn corralctl(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(corralctl_bin())
+        .args(args)
+        .output()
+        .expect("run corralctl")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corralctl_status_and_health() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let servers = cluster
+        .ids()
+        .map(|id| cluster.direct_client_addr(id))
+        .collect::<Vec<_>>()
+        .join(",");
+    let servers_ = servers.clone();
+    let out = eventually("corralctl health says healthy", CLUSTER_WAIT, || {
+        let servers = servers_.clone();
+        async move {
+            let out = tokio::task::spawn_blocking(move || corralctl(&["-s", &servers, "health"]))
+                .await
+                .expect("join");
+            out.status.success().then_some(out)
+        }
+    })
+    .await;
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("healthy"));
+
+    let out = corralctl(&["-s", &servers, "status"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[0].contains("ROLE") && lines[0].contains("LAG"),
+        "{text}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(" leader ")).count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(" follower ")).count(),
+        2,
+        "{text}"
+    );
+
+    let out = corralctl(&["-s", &servers, "--json", "status"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(rows.as_array().map(Vec::len), Some(3));
+
+    // Without a quorum, health fails.
+    let others: Vec<u64> = cluster.ids().filter(|id| *id != leader).collect();
+    for id in &others {
+        cluster.kill(*id);
+    }
+    let out = corralctl(&["-s", &servers, "health"]);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("unhealthy"));
+    let out = corralctl(&["-s", &servers, "status"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(text.matches("unavailable").count(), 3, "{text}");
+}

@@ -1,0 +1,171 @@
+//! Backup and restore round trips: `corralctl snapshot save FILE`, then `corral restore
+//! --from FILE` into empty data directories, as docs/OPERATIONS.md describes. The
+//! restored service has exactly the state of the backup, hands out fencing tokens above
+//! the backup's zxid, and lets the sessions of the image expire.
+
+use corral_client::{Client, CreateMode, LockOptions};
+use corral_tests::cluster::{quick_config, TestCluster, CLUSTER_WAIT};
+use corral_tests::{corral_bin, corralctl_bin, TestServer};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// Runs `corralctl -s SERVERS snapshot save FILE`; returns the zxid it reports.
+fn save_backup(servers: &str, file: &Path) -> u64 {
+    let out = Command::new(corralctl_bin())
+        .args(["-s", servers, "--json", "snapshot", "save"])
+        .arg(file)
+        .output()
+        .expect("run corralctl");
+    assert!(
+        out.status.success(),
+        "snapshot save failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json output");
+    assert!(file.exists());
+    v["zxid"].as_u64().expect("zxid in the output")
+}
+
+fn empty_dir(dir: &Path) {
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("remove");
+        } else {
+            std::fs::remove_file(&path).expect("remove");
+        }
+    }
+}
+
+fn restore(file: &Path, data_dir: &Path) -> std::process::Output {
+    Command::new(corral_bin())
+        .arg("restore")
+        .arg("--from")
+        .arg(file)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("run corral restore")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_backup_and_restore() {
+    let backups = tempfile::tempdir().expect("tempdir");
+    let file = backups.path().join("corral.backup");
+    let mut server = TestServer::start(&[]);
+    let client = Client::connect(quick_config([server.addr()]))
+        .await
+        .expect("connect");
+    client
+        .create("/kept", b"before".to_vec(), CreateMode::Persistent)
+        .await
+        .expect("create");
+    let zxid = save_backup(&server.addr(), &file);
+    client
+        .create("/lost", b"after".to_vec(), CreateMode::Persistent)
+        .await
+        .expect("create");
+    client.close().await.expect("close");
+    assert!(server.terminate(), "clean exit");
+
+    // Refused: a data directory that is not empty, and a damaged backup.
+    let out = restore(&file, server.data_dir());
+    assert!(!out.status.success(), "restore into a used directory");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    let damaged = backups.path().join("damaged.backup");
+    let mut bytes = std::fs::read(&file).expect("read backup");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&damaged, &bytes).expect("write");
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let out = restore(&damaged, fresh.path());
+    assert!(!out.status.success(), "a damaged backup is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
+
+    empty_dir(server.data_dir());
+    let out = restore(&file, server.data_dir());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.restart();
+    let client = Client::connect(quick_config([server.addr()]))
+        .await
+        .expect("connect after restore");
+    let (data, _) = client.get_data("/kept").await.expect("kept");
+    assert_eq!(data, b"before");
+    assert!(client.exists("/lost").await.expect("exists").is_none());
+    client
+        .create("/new", Vec::new(), CreateMode::Persistent)
+        .await
+        .expect("create after restore");
+    let stat = client
+        .exists("/new")
+        .await
+        .expect("exists")
+        .expect("created");
+    assert!(stat.czxid > zxid, "{} <= {zxid}", stat.czxid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_backup_and_restore() {
+    let backups = tempfile::tempdir().expect("tempdir");
+    let file = backups.path().join("cluster.backup");
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let servers = cluster
+        .ids()
+        .map(|id| cluster.direct_client_addr(id))
+        .collect::<Vec<_>>()
+        .join(",");
+    let client = cluster.connect(leader).await;
+    client
+        .create("/kept", b"before".to_vec(), CreateMode::Persistent)
+        .await
+        .expect("create");
+    let guard = client
+        .lock(
+            "/locks/held",
+            LockOptions::default().with_ttl(Duration::from_secs(2)),
+        )
+        .acquire()
+        .await
+        .expect("acquire");
+    let old_token = guard.token();
+    let zxid = save_backup(&servers, &file);
+    assert!(zxid >= old_token);
+    client
+        .create("/lost", b"after".to_vec(), CreateMode::Persistent)
+        .await
+        .expect("create");
+    client.close().await.expect("close");
+
+    cluster.restore_all(&file).await;
+    let leader = cluster.leader().await;
+    for id in cluster.ids() {
+        let c = cluster.connect(id).await;
+        c.sync("/").await.expect("sync");
+        let (data, _) = c.get_data("/kept").await.expect("kept");
+        assert_eq!(data, b"before", "node {id}");
+        assert!(
+            c.exists("/lost").await.expect("exists").is_none(),
+            "node {id}"
+        );
+        c.close().await.expect("close");
+    }
+    // The lock held in the image belongs to a session nobody resumes: it expires and
+    // the lock is granted again, with a token above everything in the backup.
+    let client = cluster.connect(leader).await;
+    let guard = client
+        .lock("/locks/held", LockOptions::default())
+        .acquire_timeout(CLUSTER_WAIT)
+        .await
+        .expect("acquire after restore")
+        .expect("the image's holder expired");
+    assert!(guard.token() > zxid, "{} <= {zxid}", guard.token());
+    let locks = client.locks("/locks/held").await.expect("locks");
+    assert_eq!(locks.len(), 1);
+    assert_eq!(locks[0].queue.len(), 1, "{locks:?}");
+}
