@@ -134,6 +134,7 @@ pub(crate) fn unexpected(op: &str, result: &OpResult) -> Error {
         OpResult::Unlocked { .. } => "Unlocked",
         OpResult::Lease { .. } => "Lease",
         OpResult::Locks(_) => "Locks",
+        OpResult::MultiLocked { .. } => "MultiLocked",
     };
     Error::protocol(format!("the server answered {op} with {got}"))
 }

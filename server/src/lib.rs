@@ -9,6 +9,7 @@
 //! - [`config`]: flags, TOML file and defaults.
 
 pub mod config;
+pub mod deadlock;
 pub mod disk;
 pub mod faults;
 pub mod locks;
