@@ -135,6 +135,7 @@ pub(crate) fn unexpected(op: &str, result: &OpResult) -> Error {
         OpResult::Lease { .. } => "Lease",
         OpResult::Locks(_) => "Locks",
         OpResult::ServerStatus(_) => "ServerStatus",
+        OpResult::MultiLocked { .. } => "MultiLocked",
     };
     Error::protocol(format!("the server answered {op} with {got}"))
 }

@@ -9,6 +9,7 @@
 //!
 //! This crate does no IO; `docs/PROTOCOL.md` specifies the bytes.
 
+pub mod deadlock;
 pub mod error;
 pub mod frame;
 pub mod message;
@@ -23,7 +24,8 @@ pub use message::{
     SessionRequest, WatchEvent, DEFAULT_MAX_FRAME_BYTES, MAGIC, PROTOCOL_VERSION,
 };
 pub use op::{
-    AddWatchMode, CreateMode, CreateRequest, LockEntry, LockKind, LockRequest, LockState, MultiOp,
-    MultiResult, Op, OpResult, Request, Response, Stat, WatchSet, WatcherKind,
+    AddWatchMode, CreateMode, CreateRequest, LockEntry, LockKind, LockRequest, LockState,
+    LockedNode, MultiLockItem, MultiLockRequest, MultiOp, MultiResult, Op, OpResult, Request,
+    Response, Stat, WatchSet, WatcherKind, MAX_LOCKS_PER_MULTI_LOCK,
 };
 pub use status::{MemberStatus, Role, ServerStatus};

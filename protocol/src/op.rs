@@ -233,6 +233,46 @@ pub struct LockRequest {
     pub data: Vec<u8>,
 }
 
+/// One lock of a [`MultiLockRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MultiLockItem {
+    /// The lock's name (its directory node, created as a container if absent).
+    pub lock: String,
+    /// The kind asked for on this lock.
+    pub kind: LockKind,
+}
+
+/// Arguments of [`Op::LockMany`]: a set of distinct locks acquired all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MultiLockRequest {
+    /// The locks, at least one and at most [`MAX_LOCKS_PER_MULTI_LOCK`], no name twice.
+    pub locks: Vec<MultiLockItem>,
+    /// Fail at once with `LockHeld` unless every lock would be granted now (and leave
+    /// no node behind).
+    pub try_only: bool,
+    /// Hold the locks under this lease instead of the session.
+    pub lease: Option<u64>,
+    /// Lock-delay in milliseconds for the locks this request creates (0: none).
+    pub lock_delay_ms: u64,
+    /// Data stored in every queue node.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// The most locks one [`Op::LockMany`] may name.
+pub const MAX_LOCKS_PER_MULTI_LOCK: usize = 64;
+
+/// One queue node of a [`OpResult::MultiLocked`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedNode {
+    /// The lock's name.
+    pub lock: String,
+    /// The queue node.
+    pub node: String,
+    /// The fencing token (the zxid of the `LockMany`, the same for every node).
+    pub token: u64,
+}
+
 /// One queue entry of a lock, for [`OpResult::Locks`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockEntry {
@@ -378,6 +418,12 @@ pub enum Op {
     /// Describe the server answering (role, leader, zxids, sizes, counts). A read that
     /// the server answers from its own state, without the log.
     ServerStatus,
+    /// Acquire several locks all or nothing: the session is queued on every one and is
+    /// granted all of them in one transaction, when it can hold all at once. Answered
+    /// `MultiLocked` (granted at once, or queued: a `LockGranted` message per lock
+    /// follows, all with the same zxid), `LockHeld` for a `try_only` request that would
+    /// wait, or `Deadlock` if waiting would close a cycle of waiting sessions.
+    LockMany(MultiLockRequest),
 }
 
 impl Op {
@@ -395,6 +441,7 @@ impl Op {
                 | Op::Unlock { .. }
                 | Op::GrantLease { .. }
                 | Op::RevokeLease { .. }
+                | Op::LockMany(_)
         )
     }
 
@@ -421,6 +468,7 @@ impl Op {
             Op::RevokeLease { .. } => "revoke_lease",
             Op::GetLocks { .. } => "get_locks",
             Op::ServerStatus => "server_status",
+            Op::LockMany(_) => "lock_many",
         }
     }
 }
@@ -501,6 +549,14 @@ pub enum OpResult {
     Locks(Vec<LockState>),
     /// The answering server's status.
     ServerStatus(Box<crate::status::ServerStatus>),
+    /// The answer to a `LockMany`: one queue node per requested lock, in request order.
+    MultiLocked {
+        /// Whether every lock is held now (`false`: queued on all of them; a
+        /// `LockGranted` per node follows, all in the same transaction).
+        granted: bool,
+        /// The queue nodes with their fencing tokens.
+        nodes: Vec<LockedNode>,
+    },
 }
 
 /// A request: a client-chosen id plus an operation.

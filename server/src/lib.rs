@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod backup;
 pub mod config;
+pub mod deadlock;
 pub mod disk;
 pub mod faults;
 pub mod locks;

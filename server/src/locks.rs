@@ -7,10 +7,14 @@
 //! in the apply step, so grants are part of the replicated state:
 //!
 //! - **exclusive** and **semaphore(n)**: the earliest waiting nodes are granted while
-//!   fewer than 1 (n) hold it — FIFO, so each waiter depends only on those ahead of it;
+//!   fewer than 1 (n) hold it — FIFO, so each waiter depends only on those ahead of it
+//!   (precisely: a node is eligible among the first 1 (n) of the queue);
 //! - **read-write** (fair): a read node is granted when no write node is ahead of it; a
 //!   write node when it is first in the queue. A waiting writer blocks later readers, so
 //!   writers are not starved;
+//! - **multi-locks** (`LockMany`): a node of a group is granted only when every node of
+//!   the group is eligible in its lock; until then it keeps its place in each queue and
+//!   the nodes behind it wait (no partial holdings, no starvation of multi-locks);
 //! - **lock-delay**: when a holder's node goes because its lease expired (not on a
 //!   release), nobody is granted until the entry time passes `delayed_until_ms`.
 //!
@@ -143,51 +147,76 @@ pub fn would_grant(tree: &Tree, lock: &str, meta: &LockMeta, kind: LockKind, now
     }
 }
 
-/// Drops grants of nodes that are gone and grants whoever may hold the lock now.
-/// Returns the names newly granted, in queue order.
-pub fn regrant(tree: &Tree, lock: &str, meta: &mut LockMeta, now_ms: i64) -> Vec<String> {
+/// Which queue positions may hold the lock, counting every node ahead, granted or not
+/// (a node of a multi-lock that waits for its other locks keeps its place):
+/// exclusive and write nodes when first, semaphore(n) nodes among the first n, read nodes
+/// when no write node is ahead.
+pub fn eligible(q: &[(String, LockKind)], family: LockFamily) -> Vec<bool> {
+    let mut out = Vec::with_capacity(q.len());
+    let mut writer_ahead = false;
+    for (i, (_, kind)) in q.iter().enumerate() {
+        let ok = match (family, kind) {
+            (LockFamily::Semaphore(n), _) => i < n as usize,
+            (LockFamily::Exclusive, _) if crate::faults::active().grant_without_predecessor => true,
+            (_, LockKind::Read) => !writer_ahead,
+            _ => i == 0,
+        };
+        writer_ahead |= *kind == LockKind::Write;
+        out.push(ok);
+    }
+    out
+}
+
+/// What [`regrant`] did.
+#[derive(Debug, Default)]
+pub struct Regrant {
+    /// Single nodes newly granted, in queue order.
+    pub granted: Vec<String>,
+    /// Nodes of multi-locks that are eligible here but not granted: granted only when
+    /// every node of their group is eligible (see `machine.rs`).
+    pub group_ready: Vec<String>,
+}
+
+/// Drops grants of nodes that are gone and grants whoever may hold the lock now: the
+/// eligible nodes (see [`eligible`]), except members of a multi-lock (`in_group`), which
+/// are reported instead. Nothing is granted while a lock-delay runs.
+pub fn regrant(
+    tree: &Tree,
+    lock: &str,
+    meta: &mut LockMeta,
+    now_ms: i64,
+    in_group: impl Fn(&str) -> bool,
+) -> Regrant {
     let q = queue(tree, lock, meta.family);
     meta.granted.retain(|name| q.iter().any(|(n, _)| n == name));
+    let mut out = Regrant::default();
     if meta.delayed(now_ms) {
-        return Vec::new();
+        return out;
     }
     meta.delayed_until_ms = 0;
-    let mut newly = Vec::new();
-    match meta.family {
-        LockFamily::Exclusive | LockFamily::Semaphore(_) => {
-            let permits = match meta.family {
-                LockFamily::Semaphore(n) => n as usize,
-                _ if crate::faults::active().grant_without_predecessor => usize::MAX,
-                _ => 1,
-            };
-            for (name, _) in &q {
-                if meta.granted.len() >= permits {
-                    break;
-                }
-                if meta.granted.insert(name.clone()) {
-                    newly.push(name.clone());
-                }
-            }
+    for ((name, _), ok) in q.iter().zip(eligible(&q, meta.family)) {
+        if !ok || meta.granted.contains(name) {
+            continue;
         }
-        LockFamily::ReadWrite => {
-            for (i, (name, kind)) in q.iter().enumerate() {
-                let grant = match kind {
-                    LockKind::Write => i == 0,
-                    _ => true,
-                };
-                if !grant {
-                    break;
-                }
-                if meta.granted.insert(name.clone()) {
-                    newly.push(name.clone());
-                }
-                if *kind == LockKind::Write {
-                    break;
-                }
-            }
+        if in_group(&corral_protocol::path::join(lock, name)) {
+            out.group_ready.push(name.clone());
+        } else {
+            meta.granted.insert(name.clone());
+            out.granted.push(name.clone());
         }
     }
-    newly
+    out
+}
+
+/// Whether the node `name` is eligible in its lock now (see [`eligible`]) and no delay
+/// holds grants back.
+pub fn eligible_now(tree: &Tree, lock: &str, meta: &LockMeta, name: &str, now_ms: i64) -> bool {
+    if meta.delayed(now_ms) {
+        return false;
+    }
+    let q = queue(tree, lock, meta.family);
+    let ok = eligible(&q, meta.family);
+    q.iter().zip(ok).any(|((n, _), ok)| ok && n == name)
 }
 
 /// The public description of a lock; `owner_session` maps a node's ephemeral owner

@@ -17,6 +17,7 @@
 //! - sequential names use a per-parent counter that only sequential creates advance, so
 //!   the first sequential child is `prefix0000000000` (ZooKeeper uses the parent's cversion).
 
+use crate::deadlock::WaitIndex;
 use crate::locks::{self, LockFamily, LockMeta};
 use crate::tree::{Tree, Txn};
 use corral_protocol::path::validate_path;
@@ -24,6 +25,7 @@ use corral_protocol::{
     CreateMode, CreateRequest, ErrorCode, ErrorInfo, EventKind, LockEvent, LockKind, LockRequest,
     LockState, MultiOp, MultiResult, Op, OpResult, Stat,
 };
+pub use multi_lock::MultiLocks;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -170,6 +172,12 @@ pub struct StateMachine {
     sessions: BTreeMap<u64, SessionState>,
     /// Locks by name (their directory's path).
     locks: BTreeMap<String, LockMeta>,
+    /// Multi-lock groups (`LockMany`).
+    multi: MultiLocks,
+    /// The lock queues indexed for deadlock detection: derived from the state above,
+    /// not serialized (rebuilt after a snapshot is loaded).
+    #[serde(skip)]
+    waits: WaitIndex,
 }
 
 impl Default for StateMachine {
@@ -214,6 +222,8 @@ impl StateMachine {
             tree: Tree::new(),
             sessions: BTreeMap::new(),
             locks: BTreeMap::new(),
+            multi: MultiLocks::default(),
+            waits: WaitIndex::default(),
         }
     }
 
@@ -270,6 +280,7 @@ impl StateMachine {
             };
         }
         self.last_zxid = zxid;
+        self.ensure_wait_index();
         let mut txn = Txn::new(zxid, entry.wall_ms);
         let mut ended_sessions = Vec::new();
         let result = match &entry.body {
@@ -316,6 +327,7 @@ impl StateMachine {
             .retain(|dir| !locks.get(dir).is_some_and(|m| m.delayed(wall_ms)));
         self.tree.reap_containers(&mut txn);
         self.forget_reaped_locks(&txn);
+        self.update_wait_index(&txn);
         Applied {
             zxid,
             result,
@@ -329,6 +341,7 @@ impl StateMachine {
     /// Regrants every lock whose queue changed in this entry, and every lock whose delay
     /// ran out by this entry's time.
     fn maintain_locks(&mut self, txn: &mut Txn) {
+        self.cascade_groups(txn);
         let mut touched: BTreeSet<String> = txn
             .changes
             .iter()
@@ -343,12 +356,13 @@ impl StateMachine {
                 .filter(|(_, m)| m.delayed_until_ms != 0 && m.delayed_until_ms <= txn.wall_ms)
                 .map(|(l, _)| l.clone()),
         );
+        let mut groups = BTreeSet::new();
         for lock in touched {
             let was_delayed = self
                 .locks
                 .get(&lock)
                 .is_some_and(|m| m.delayed_until_ms != 0);
-            self.regrant(txn, &lock, None);
+            groups.extend(self.regrant(txn, &lock, None));
             // A delay that just ended may leave an empty directory kept for it: reap it.
             let ended = self
                 .locks
@@ -359,15 +373,26 @@ impl StateMachine {
                 txn.emptied.push(lock);
             }
         }
+        self.grant_groups(txn, &groups, None);
     }
 
     /// Regrants one lock and records grant events (except for `quiet`, the node a `Lock`
-    /// request just created, whose answer carries the grant).
-    fn regrant(&mut self, txn: &mut Txn, lock: &str, quiet: Option<&str>) {
+    /// request just created, whose answer carries the grant). Returns the multi-lock
+    /// groups with a node that became eligible here (see [`Self::grant_groups`]).
+    fn regrant(&mut self, txn: &mut Txn, lock: &str, quiet: Option<&str>) -> BTreeSet<u64> {
         let Some(meta) = self.locks.get_mut(lock) else {
-            return;
+            return BTreeSet::new();
         };
-        for name in locks::regrant(&self.tree, lock, meta, txn.wall_ms) {
+        let multi = &self.multi;
+        let regrant = locks::regrant(&self.tree, lock, meta, txn.wall_ms, |node| {
+            multi.contains(node)
+        });
+        let groups = regrant
+            .group_ready
+            .iter()
+            .filter_map(|name| self.group_of(&corral_protocol::path::join(lock, name)))
+            .collect();
+        for name in regrant.granted {
             let node = corral_protocol::path::join(lock, &name);
             if Some(node.as_str()) == quiet {
                 continue;
@@ -387,6 +412,7 @@ impl StateMachine {
                 },
             });
         }
+        groups
     }
 
     /// Drops the state of locks whose directory was reaped.
@@ -580,6 +606,7 @@ impl StateMachine {
                 .map(|stat| OpResult::SetData { stat }),
             Op::Multi(ops) => self.multi(txn, session_id, ops),
             Op::Lock(req) => self.lock(txn, session_id, req),
+            Op::LockMany(req) => self.lock_many(txn, session_id, req),
             Op::Unlock { node } => self.unlock(txn, session_id, node),
             Op::GrantLease { ttl_ms } => {
                 let id = txn.zxid;
@@ -705,6 +732,8 @@ impl StateMachine {
                 format!("{} is held (by {holders:?})", req.lock),
             ));
         }
+        // The youngest request of a cycle is refused, before anything is created.
+        self.check_deadlock(session, &[(req.lock.as_str(), req.kind)])?;
         // Everything that could fail the queue node is checked before the directory is
         // made, so a failed request leaves nothing behind.
         let queue_prefix = corral_protocol::path::join(&req.lock, locks::prefix(req.kind));
@@ -955,6 +984,7 @@ impl StateMachine {
     pub fn check_invariants(&self) -> Result<(), String> {
         self.tree
             .check_invariants(|owner| self.sessions.contains_key(&owner))?;
+        self.check_multi_lock_invariants()?;
         for (path, node) in self.tree.iter() {
             let s = &node.stat;
             if s.czxid.max(s.mzxid).max(s.pzxid) > self.last_zxid {
@@ -2139,3 +2169,6 @@ mod tests {
 #[cfg(test)]
 #[path = "machine_lock_tests.rs"]
 mod machine_lock_tests;
+
+#[path = "machine_multi_lock.rs"]
+mod multi_lock;

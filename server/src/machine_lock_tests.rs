@@ -240,6 +240,31 @@ fn expected_holders(q: &[(String, LockKind)], family: LockFamily) -> BTreeSet<St
 /// that ran out by `now` was cleared; and without a running delay the holders are exactly
 /// those the rules name (FIFO, fair read-write): nothing is left waiting behind a free lock.
 fn check_locks(m: &StateMachine, now: i64) -> Result<(), String> {
+    // Multi-lock nodes are granted only when their whole group is eligible.
+    let eligible: BTreeMap<&str, BTreeSet<String>> = m
+        .locks
+        .iter()
+        .map(|(lock, meta)| {
+            let q = locks::queue(&m.tree, lock, meta.family);
+            (lock.as_str(), expected_holders(&q, meta.family))
+        })
+        .collect();
+    let whole_group_eligible = |node: &str| -> bool {
+        let Some(gid) = m.group_of(node) else {
+            return true;
+        };
+        m.tree
+            .iter()
+            .filter(|(p, _)| m.group_of(p) == Some(gid))
+            .all(|(p, _)| {
+                corral_protocol::path::parent(p).is_some_and(|lock| {
+                    eligible
+                        .get(lock)
+                        .is_some_and(|e| e.contains(corral_protocol::path::name(p)))
+                        && m.locks.get(lock).is_some_and(|meta| !meta.delayed(now))
+                })
+            })
+    };
     for (lock, meta) in &m.locks {
         let dir = m
             .tree
@@ -281,7 +306,14 @@ fn check_locks(m: &StateMachine, now: i64) -> Result<(), String> {
             }
             _ => {}
         }
-        let expected = expected_holders(&q, meta.family);
+        let in_groups = q.iter().any(|(name, _)| {
+            m.group_of(&corral_protocol::path::join(lock, name))
+                .is_some()
+        });
+        let expected: BTreeSet<String> = expected_holders(&q, meta.family)
+            .into_iter()
+            .filter(|name| whole_group_eligible(&corral_protocol::path::join(lock, name)))
+            .collect();
         if meta.delayed(now) {
             if !meta.granted.is_subset(&expected) {
                 return Err(format!(
@@ -295,9 +327,54 @@ fn check_locks(m: &StateMachine, now: i64) -> Result<(), String> {
                 meta.granted
             ));
         }
-        if !q.is_empty() && granted == 0 && !meta.delayed(now) {
+        if !q.is_empty() && granted == 0 && !meta.delayed(now) && !in_groups {
             return Err(format!("{lock}: waiters and no holder, no delay"));
         }
+    }
+    Ok(())
+}
+
+/// Checks that a `Deadlock` refusal of `session`'s request on `lock` names a real cycle
+/// of the state after the entry: the first step is the request's; every other step's
+/// session has a waiting node on its lock with a node of the session it waits for ahead
+/// of it; the steps close the cycle; and it passes through at least two locks.
+fn check_cycle(m: &StateMachine, session: u64, lock: &str, message: &str) -> Result<(), String> {
+    let cycle = corral_protocol::deadlock::parse_cycle(message)
+        .ok_or_else(|| format!("no cycle in {message:?}"))?;
+    let first = &cycle[0];
+    if first.session != session || first.lock != lock {
+        return Err(format!("the first step {first:?} is not the request's"));
+    }
+    for (i, step) in cycle.iter().enumerate() {
+        let next = &cycle[(i + 1) % cycle.len()];
+        if step.waits_for != next.session || step.session == step.waits_for {
+            return Err(format!("steps {i} and the next do not chain: {cycle:?}"));
+        }
+        let q = m.locks_under(&step.lock).map_err(|e| e.to_string())?;
+        let q = q
+            .iter()
+            .find(|s| s.lock == step.lock)
+            .map(|s| s.queue.clone())
+            .unwrap_or_default();
+        if i == 0 {
+            // The refused request: a node of `waits_for` is in the queue (it would be
+            // behind it).
+            if !q.iter().any(|e| e.session == step.waits_for) {
+                return Err(format!("step 0 {step:?}: nobody of it in {q:?}"));
+            }
+            continue;
+        }
+        let waiting = q
+            .iter()
+            .rposition(|e| e.session == step.session && !e.granted)
+            .ok_or_else(|| format!("step {i} {step:?}: no waiting node in {q:?}"))?;
+        if !q[..waiting].iter().any(|e| e.session == step.waits_for) {
+            return Err(format!("step {i} {step:?}: nobody of it ahead in {q:?}"));
+        }
+    }
+    let locks: BTreeSet<&str> = cycle.iter().map(|s| s.lock.as_str()).collect();
+    if locks.len() < 2 {
+        return Err(format!("a cycle within one lock: {cycle:?}"));
     }
     Ok(())
 }
@@ -1489,6 +1566,11 @@ fn run_history(
                     );
                     prop_assert_eq!(*token, zxid);
                 }
+                (Op::Lock(r), Err(e)) if e.code == ErrorCode::Deadlock => {
+                    prop_assert!(!r.try_only, "{}: a try refused as a deadlock", ctx());
+                    let checked = check_cycle(m, *session_id, &r.lock, &e.message);
+                    prop_assert!(checked.is_ok(), "{}: {:?}", ctx(), checked);
+                }
                 (Op::Lock(r), Err(e)) => {
                     let expected = if m.session(*session_id).is_none() {
                         ErrorCode::SessionExpired
@@ -1625,3 +1707,6 @@ proptest! {
         );
     }
 }
+
+#[path = "machine_deadlock_tests.rs"]
+mod deadlock_tests;

@@ -214,6 +214,9 @@ pub struct NodeStats {
     pub sessions_expired: u64,
     /// Leader changes seen.
     pub leader_changes: u64,
+    /// Lock requests refused with `Deadlock` because they would have closed a cycle of
+    /// waiting sessions (counted on every node that applied them).
+    pub deadlocks_broken: u64,
 }
 
 /// A report of live sessions sent to the leader, with the keepalives waiting for it.
@@ -882,7 +885,8 @@ impl Node {
             | Op::Lock(_)
             | Op::Unlock { .. }
             | Op::GrantLease { .. }
-            | Op::RevokeLease { .. } => Err(ErrorInfo::new(
+            | Op::RevokeLease { .. }
+            | Op::LockMany(_) => Err(ErrorInfo::new(
                 ErrorCode::RuntimeInconsistency,
                 "write evaluated as a read",
             )),
@@ -1203,6 +1207,14 @@ impl Node {
                         self.tracker.add(*lease_id, *ttl_ms, self.now.mono_ms);
                     }
                 }
+                if let Some(Err(e)) = &applied.result {
+                    if e.code == ErrorCode::Deadlock {
+                        self.stats.deadlocks_broken += 1;
+                        if self.is_leader() {
+                            tracing::warn!(zxid, "deadlock broken: {}", e.message);
+                        }
+                    }
+                }
                 if let Some(result) = applied.result {
                     if self.session_conns.contains_key(session_id) {
                         self.count_lock_result(&result);
@@ -1241,6 +1253,10 @@ impl Node {
         match result {
             Ok(OpResult::Locked { .. }) => self.stats.locks_granted_at_once += 1,
             Ok(OpResult::Queued { .. }) => self.stats.locks_queued += 1,
+            Ok(OpResult::MultiLocked { granted: true, .. }) => {
+                self.stats.locks_granted_at_once += 1
+            }
+            Ok(OpResult::MultiLocked { granted: false, .. }) => self.stats.locks_queued += 1,
             Ok(OpResult::Unlocked { released: false }) => self.stats.lock_releases_failed += 1,
             Err(e) if e.code == ErrorCode::LockHeld => self.stats.lock_tries_failed += 1,
             Err(e) if e.code == ErrorCode::NotLockOwner => self.stats.lock_releases_failed += 1,

@@ -12,10 +12,10 @@ use bytes::BytesMut;
 use corral_protocol::frame::{decode_frame, encode_frame, frame_to_vec, LENGTH_PREFIX_BYTES};
 use corral_protocol::{
     AddWatchMode, ClientMessage, Codec, CreateMode, CreateRequest, ErrorCode, ErrorInfo, EventKind,
-    Hello, HelloReply, LockEntry, LockEvent, LockKind, LockRequest, LockState, MemberStatus,
-    MultiOp, MultiResult, Op, OpResult, Request, Response, Role, ServerMessage, ServerStatus,
-    SessionGranted, SessionRequest, Stat, WatchEvent, WatchSet, WatcherKind,
-    DEFAULT_MAX_FRAME_BYTES, MAGIC, PROTOCOL_VERSION,
+    Hello, HelloReply, LockEntry, LockEvent, LockKind, LockRequest, LockState, LockedNode,
+    MemberStatus, MultiLockItem, MultiLockRequest, MultiOp, MultiResult, Op, OpResult, Request,
+    Response, Role, ServerMessage, ServerStatus, SessionGranted, SessionRequest, Stat, WatchEvent,
+    WatchSet, WatcherKind, DEFAULT_MAX_FRAME_BYTES, MAGIC, PROTOCOL_VERSION,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -133,6 +133,24 @@ prop_compose! {
         data in data(),
     ) -> LockRequest {
         LockRequest { lock, kind, try_only, lease, lock_delay_ms, data }
+    }
+}
+
+prop_compose! {
+    pub fn multi_lock_request()(
+        locks in vec((path(), lock_kind()).prop_map(|(lock, kind)| MultiLockItem { lock, kind }), 0..4),
+        try_only in any::<bool>(),
+        lease in option::of(any::<u64>()),
+        lock_delay_ms in any::<u64>(),
+        data in data(),
+    ) -> MultiLockRequest {
+        MultiLockRequest { locks, try_only, lease, lock_delay_ms, data }
+    }
+}
+
+prop_compose! {
+    pub fn locked_node()(lock in path(), node in path(), token in any::<u64>()) -> LockedNode {
+        LockedNode { lock, node, token }
     }
 }
 
@@ -286,6 +304,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         any::<u64>().prop_map(|lease_id| Op::RevokeLease { lease_id }),
         path().prop_map(|path| Op::GetLocks { path }),
         Just(Op::ServerStatus),
+        multi_lock_request().prop_map(Op::LockMany),
     ]
 }
 
@@ -320,6 +339,8 @@ pub fn op_result() -> impl Strategy<Value = OpResult> {
             .prop_map(|(lease_id, ttl_ms)| OpResult::Lease { lease_id, ttl_ms }),
         vec(lock_state(), 0..3).prop_map(OpResult::Locks),
         server_status().prop_map(|s| OpResult::ServerStatus(Box::new(s))),
+        (any::<bool>(), vec(locked_node(), 0..3))
+            .prop_map(|(granted, nodes)| OpResult::MultiLocked { granted, nodes }),
     ]
 }
 
@@ -522,6 +543,7 @@ pub fn op_index(v: &Op) -> u32 {
         Op::RevokeLease { .. } => 17,
         Op::GetLocks { .. } => 18,
         Op::ServerStatus => 19,
+        Op::LockMany(_) => 20,
     }
 }
 
@@ -554,6 +576,7 @@ pub fn op_result_index(v: &OpResult) -> u32 {
         OpResult::Lease { .. } => 14,
         OpResult::Locks(_) => 15,
         OpResult::ServerStatus(_) => 16,
+        OpResult::MultiLocked { .. } => 17,
     }
 }
 

@@ -9,8 +9,8 @@ use super::{
 };
 use corral_protocol::{
     ClientMessage, CreateRequest, ErrorInfo, Hello, HelloReply, LockEntry, LockEvent, LockKind,
-    LockRequest, LockState, MultiOp, MultiResult, Op, OpResult, Request, Response, Role,
-    ServerMessage, ServerStatus, SessionRequest, Stat, WatchEvent, WatchSet,
+    LockRequest, LockState, MultiLockRequest, MultiOp, MultiResult, Op, OpResult, Request,
+    Response, Role, ServerMessage, ServerStatus, SessionRequest, Stat, WatchEvent, WatchSet,
 };
 
 /// Payload bytes under construction.
@@ -116,6 +116,17 @@ impl Writer {
         self.u64(r.lock_delay_ms);
         self.bytes(&r.data);
     }
+    fn multi_lock_request(&mut self, r: &MultiLockRequest) {
+        self.u64(r.locks.len() as u64);
+        for item in &r.locks {
+            self.string(&item.lock);
+            self.lock_kind(item.kind);
+        }
+        self.bool(r.try_only);
+        self.opt_u64(r.lease);
+        self.u64(r.lock_delay_ms);
+        self.bytes(&r.data);
+    }
     fn lock_entry(&mut self, e: &LockEntry) {
         self.string(&e.node);
         self.lock_kind(e.kind);
@@ -215,6 +226,7 @@ impl Writer {
             Op::RenewLease { lease_id } | Op::RevokeLease { lease_id } => self.u64(*lease_id),
             Op::GetLocks { path } => self.string(path),
             Op::ServerStatus => {}
+            Op::LockMany(r) => self.multi_lock_request(r),
         }
     }
     fn multi_result(&mut self, r: &MultiResult) {
@@ -273,6 +285,15 @@ impl Writer {
                 }
             }
             OpResult::ServerStatus(st) => self.server_status(st),
+            OpResult::MultiLocked { granted, nodes } => {
+                self.bool(*granted);
+                self.u64(nodes.len() as u64);
+                for n in nodes {
+                    self.string(&n.lock);
+                    self.string(&n.node);
+                    self.u64(n.token);
+                }
+            }
             OpResult::Deleted
             | OpResult::Synced
             | OpResult::Pong

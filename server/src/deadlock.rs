@@ -1,0 +1,416 @@
+//! Deadlock detection over the lock queues: the wait-for graph between sessions.
+//!
+//! **What "waits for" means.** A queue node that is not eligible (see
+//! [`crate::locks::eligible`]) waits for nodes ahead of it in its lock's queue:
+//!
+//! - an exclusive, write or semaphore node waits for *every* node ahead of it (FIFO: it
+//!   cannot overtake them, so a cycle through queue order is a real deadlock). For a
+//!   semaphore this is conservative: a node behind a full semaphore needs only some of
+//!   the nodes ahead to go, but any of them may be the one in the cycle;
+//! - a read node waits for the write nodes ahead of it (and, through them, for
+//!   everything ahead of those);
+//! - an eligible node (a multi-lock member that waits for its other locks) waits for
+//!   nothing in that lock.
+//!
+//! A node leaves its queue when its session releases it, which a session that waits
+//! does not do: a session waits for the sessions owning the nodes its waiting nodes
+//! wait for. A deadlock is a cycle of sessions **through at least two locks**. A cycle
+//! within one lock's queue only arises when a session queues behind its own node
+//! (re-entrancy: `A` holds `L`, `B` waits, `A` asks for `L` again); a client may run
+//! independent tasks on one session (a pool of workers taking turns on one lock), so
+//! that is not reported. Across locks a session is taken for one actor: its holdings
+//! wait for all of its waits.
+//!
+//! **Incremental.** These edges depend on queue order only, so a waiting node's edges
+//! never grow: only a new waiting node adds edges, and grants, releases and expiries
+//! only remove them. Every state is therefore deadlock-free if every new wait that would
+//! close a cycle is refused: the check runs once per new waiting request, as a
+//! depth-first search from the new node over the part of the graph it reaches, looking
+//! for its own session. Edges are not stored: they are read off [`WaitIndex`], a
+//! per-lock ordered index of the queues (predecessor and nearest-writer lookups in
+//! O(log n)), updated from each entry's changes, so a search costs O(reached nodes x
+//! log n).
+//!
+//! **Victim.** The request that would close the cycle: the youngest wait in it. It is
+//! refused with `Deadlock` naming the cycle and creates nothing, so the sessions already
+//! waiting proceed as before. Detection runs in the apply step, so every node refuses
+//! the same request (see ARCHITECTURE.md).
+
+use crate::locks::{self, LockFamily, LockMeta};
+use crate::tree::Tree;
+use corral_protocol::deadlock::WaitStep;
+use corral_protocol::LockKind;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+/// One queue node as the index knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QNode {
+    /// Its kind.
+    pub kind: LockKind,
+    /// The session owning it (the lease's owner for a node held under a lease).
+    pub session: u64,
+    /// Whether it holds the lock.
+    pub granted: bool,
+}
+
+/// The queue of one lock, by sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockQueue {
+    family: LockFamily,
+    nodes: BTreeMap<u64, QNode>,
+    /// Sequence numbers of the write nodes.
+    writers: BTreeSet<u64>,
+}
+
+impl LockQueue {
+    /// The queue of `lock` in the replicated state.
+    pub fn from_state(
+        tree: &Tree,
+        lock: &str,
+        meta: &LockMeta,
+        owner_session: impl Fn(u64) -> u64,
+    ) -> LockQueue {
+        let mut q = LockQueue {
+            family: meta.family,
+            nodes: BTreeMap::new(),
+            writers: BTreeSet::new(),
+        };
+        for (name, kind) in locks::queue(tree, lock, meta.family) {
+            let (Some(seq), Some(node)) = (
+                locks::sequence(&name),
+                tree.get(&corral_protocol::path::join(lock, &name)),
+            ) else {
+                continue;
+            };
+            q.nodes.insert(
+                seq,
+                QNode {
+                    kind,
+                    session: owner_session(node.stat.ephemeral_owner),
+                    granted: meta.granted.contains(&name),
+                },
+            );
+            if kind == LockKind::Write {
+                q.writers.insert(seq);
+            }
+        }
+        q
+    }
+
+    /// Whether the node at `seq` (`u64::MAX`: a new node at the tail) of `kind` is
+    /// eligible: it waits for nothing in this lock.
+    fn eligible(&self, seq: u64, kind: LockKind) -> bool {
+        match (self.family, kind) {
+            (LockFamily::Semaphore(n), _) => {
+                self.nodes.range(..seq).take(n as usize).count() < n as usize
+            }
+            (_, LockKind::Read) => self.writers.range(..seq).next_back().is_none(),
+            _ => self.nodes.range(..seq).next_back().is_none(),
+        }
+    }
+
+    /// The node a waiting node at `seq` of `kind` waits for first (the rest of what it
+    /// waits for is ahead of that one): the nearest write node ahead for a read, the
+    /// node just ahead otherwise; `None` when it is eligible.
+    fn first_blocker(&self, seq: u64, kind: LockKind) -> Option<u64> {
+        if self.eligible(seq, kind) {
+            return None;
+        }
+        match kind {
+            LockKind::Read => self.writers.range(..seq).next_back().copied(),
+            _ => self.nodes.range(..seq).next_back().map(|(s, _)| *s),
+        }
+    }
+
+    /// The node just ahead of `seq`.
+    fn pred(&self, seq: u64) -> Option<u64> {
+        self.nodes.range(..seq).next_back().map(|(s, _)| *s)
+    }
+
+    /// Nodes in queue order.
+    pub fn nodes(&self) -> impl Iterator<Item = (u64, &QNode)> {
+        self.nodes.iter().map(|(s, n)| (*s, n))
+    }
+}
+
+/// The lock queues, indexed for the wait-for search. Derived from the replicated state
+/// (rebuilt after a snapshot is loaded, updated after every entry), never serialized;
+/// ordered maps, so searches visit nodes in the same order on every node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WaitIndex {
+    built: bool,
+    queues: BTreeMap<String, LockQueue>,
+    /// Per session, its waiting (not granted) nodes: (lock, sequence number).
+    waiting: BTreeMap<u64, BTreeSet<(String, u64)>>,
+    /// Per session, how many nodes it has in each lock.
+    counts: BTreeMap<u64, BTreeMap<String, usize>>,
+}
+
+/// One entry of the search's stack.
+#[derive(Clone, Copy)]
+struct Step<'a> {
+    /// The visit.
+    at: usize,
+    /// The lock of the new node the path started from.
+    root: &'a str,
+    /// Whether the path left `root` before this visit.
+    crossed: bool,
+    /// A waiting node of a session hopped into (else a node that must go).
+    waiting: bool,
+    /// The session whose waiting node began the walk through this lock.
+    waiter: u64,
+}
+
+/// What a search visited: a node reached from `parent`, by a hop from a node of the
+/// session owning this one's (`hop`) or by queue order.
+struct Visit<'a> {
+    parent: usize,
+    lock: &'a str,
+    seq: u64,
+    /// The session owning the node.
+    session: u64,
+    hop: bool,
+}
+
+impl WaitIndex {
+    /// Whether the index reflects the state (false after a snapshot was loaded).
+    pub fn is_built(&self) -> bool {
+        self.built
+    }
+
+    /// Marks the index as built (after every lock was set).
+    pub fn mark_built(&mut self) {
+        self.built = true;
+    }
+
+    /// Forgets everything (before a rebuild).
+    pub fn clear(&mut self) {
+        *self = WaitIndex::default();
+    }
+
+    /// Replaces the queue of `lock` (`None`: the lock is gone).
+    pub fn set_lock(&mut self, lock: &str, queue: Option<LockQueue>) {
+        if let Some(old) = self.queues.remove(lock) {
+            for n in old.nodes.values() {
+                if let Some(m) = self.counts.get_mut(&n.session) {
+                    m.remove(lock);
+                    if m.is_empty() {
+                        self.counts.remove(&n.session);
+                    }
+                }
+            }
+            for (seq, n) in old.nodes.iter().filter(|(_, n)| !n.granted) {
+                if let Some(set) = self.waiting.get_mut(&n.session) {
+                    set.remove(&(lock.to_string(), *seq));
+                    if set.is_empty() {
+                        self.waiting.remove(&n.session);
+                    }
+                }
+            }
+        }
+        let Some(queue) = queue else {
+            return;
+        };
+        for n in queue.nodes.values() {
+            *self
+                .counts
+                .entry(n.session)
+                .or_default()
+                .entry(lock.to_string())
+                .or_default() += 1;
+        }
+        for (seq, n) in queue.nodes.iter().filter(|(_, n)| !n.granted) {
+            self.waiting
+                .entry(n.session)
+                .or_default()
+                .insert((lock.to_string(), *seq));
+        }
+        self.queues.insert(lock.to_string(), queue);
+    }
+
+    /// The indexed queue of `lock`.
+    pub fn queue(&self, lock: &str) -> Option<&LockQueue> {
+        self.queues.get(lock)
+    }
+
+    /// Number of waiting nodes.
+    pub fn waiting_count(&self) -> usize {
+        self.waiting.values().map(BTreeSet::len).sum()
+    }
+
+    /// Whether a new node of `kind` appended to `lock`'s queue would wait for nothing
+    /// there (lock-delay aside).
+    pub fn eligible_at_tail(&self, lock: &str, kind: LockKind) -> bool {
+        self.queues
+            .get(lock)
+            .is_none_or(|q| q.eligible(u64::MAX, kind))
+    }
+
+    /// The cycle that `session` waiting with new nodes on `new` (lock, kind) would close,
+    /// if any: the steps from `session` round to it. Visits only the part of the graph
+    /// the new nodes reach.
+    pub fn find_cycle(&self, session: u64, new: &[(&str, LockKind)]) -> Option<Vec<WaitStep>> {
+        let mut visits: Vec<Visit<'_>> = Vec::new();
+        // Nodes whose predecessors are explored: (lock, seq, crossed, waiter), where
+        // `crossed` says whether the path left the lock of the new node it started
+        // from, and `waiter` is the session whose waiting node began the walk through
+        // this lock when it has other nodes there (its own nodes are skipped), else 0
+        // (walks of waiters without nodes ahead are the same, so they are shared).
+        let mut seen: HashSet<(&str, u64, bool, u64)> = HashSet::new();
+        let mut hopped_into: HashSet<(u64, bool)> = HashSet::new();
+        let mut stack: Vec<Step<'_>> = Vec::new();
+        for (lock, kind) in new.iter().rev() {
+            let Some((lock, q)) = self.queues.get_key_value(*lock) else {
+                continue;
+            };
+            let Some(first) = q.first_blocker(u64::MAX, *kind) else {
+                continue;
+            };
+            // The new node itself (at the tail), the root of its path.
+            let root = visits.len();
+            visits.push(Visit {
+                parent: root,
+                lock,
+                seq: u64::MAX,
+                session,
+                hop: false,
+            });
+            visits.push(Visit {
+                parent: root,
+                lock,
+                seq: first,
+                session: q.nodes.get(&first).map_or(0, |n| n.session),
+                hop: false,
+            });
+            stack.push(Step {
+                at: root + 1,
+                root: lock.as_str(),
+                crossed: false,
+                waiting: false,
+                waiter: session,
+            });
+        }
+        while let Some(step) = stack.pop() {
+            let (lock, seq) = (visits[step.at].lock, visits[step.at].seq);
+            let crossed = step.crossed || lock != step.root;
+            let Some(q) = self.queues.get(lock) else {
+                continue;
+            };
+            let Some(n) = q.nodes.get(&seq) else { continue };
+            if step.waiting {
+                // A waiting node of a session hopped into: the walk of its lock starts
+                // at what it waits for first.
+                if let Some(first) = q.first_blocker(seq, n.kind) {
+                    visits.push(Visit {
+                        parent: step.at,
+                        lock,
+                        seq: first,
+                        session: q.nodes.get(&first).map_or(0, |n| n.session),
+                        hop: false,
+                    });
+                    stack.push(Step {
+                        at: visits.len() - 1,
+                        crossed,
+                        waiting: false,
+                        waiter: n.session,
+                        ..step
+                    });
+                }
+                continue;
+            }
+            // A node that must go, with everything ahead of it, for the waiter to go on.
+            let own = self.nodes_in(step.waiter, lock) > usize::from(step.waiter != session);
+            let key_waiter = if own { step.waiter } else { 0 };
+            if !seen.insert((lock, seq, crossed, key_waiter)) {
+                continue;
+            }
+            if n.session == session && crossed {
+                return Some(Self::cycle(&visits, step.at, session));
+            }
+            if let Some(pred) = q.pred(seq) {
+                visits.push(Visit {
+                    parent: step.at,
+                    lock,
+                    seq: pred,
+                    session: q.nodes.get(&pred).map_or(0, |n| n.session),
+                    hop: false,
+                });
+                stack.push(Step {
+                    at: visits.len() - 1,
+                    crossed,
+                    ..step
+                });
+            }
+            // A wait for one's own node is not a wait (see the module docs).
+            if n.session == step.waiter
+                || n.session == session
+                || !hopped_into.insert((n.session, crossed))
+            {
+                continue;
+            }
+            // Its owner releases it only once every one of its waiting nodes is granted.
+            for (wlock, wseq) in self.waiting.get(&n.session).into_iter().flatten().rev() {
+                let Some((wlock, wq)) = self.queues.get_key_value(wlock.as_str()) else {
+                    continue;
+                };
+                visits.push(Visit {
+                    parent: step.at,
+                    lock: wlock.as_str(),
+                    seq: *wseq,
+                    session: wq.nodes.get(wseq).map_or(0, |n| n.session),
+                    hop: true,
+                });
+                stack.push(Step {
+                    at: visits.len() - 1,
+                    crossed,
+                    waiting: true,
+                    ..step
+                });
+            }
+        }
+        None
+    }
+
+    /// How many nodes `session` has in `lock`'s queue.
+    fn nodes_in(&self, session: u64, lock: &str) -> usize {
+        self.counts
+            .get(&session)
+            .and_then(|m| m.get(lock))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The steps of the cycle ending at visit `end` (a node of `session`).
+    fn cycle(visits: &[Visit<'_>], end: usize, session: u64) -> Vec<WaitStep> {
+        let mut path = vec![end];
+        let mut at = end;
+        while visits[at].parent != at {
+            at = visits[at].parent;
+            path.push(at);
+        }
+        path.reverse();
+        // path[0] is the new node of `session`. Each hop ends the step of the current
+        // waiter (it waits for the owner of the node hopped from) and starts the owner's.
+        let mut steps = Vec::new();
+        let mut waiter = session;
+        let mut lock = visits[path[0]].lock;
+        for w in path.windows(2) {
+            let (from, to) = (&visits[w[0]], &visits[w[1]]);
+            if to.hop {
+                steps.push(WaitStep {
+                    session: waiter,
+                    lock: lock.to_string(),
+                    waits_for: from.session,
+                });
+                waiter = from.session;
+                lock = to.lock;
+            }
+        }
+        steps.push(WaitStep {
+            session: waiter,
+            lock: lock.to_string(),
+            waits_for: session,
+        });
+        steps
+    }
+}
