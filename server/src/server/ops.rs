@@ -97,6 +97,7 @@ pub(super) fn start_admin(
     listener: TcpListener,
     core_tx: mpsc::Sender<CoreMsg>,
     stop: tokio::sync::oneshot::Receiver<()>,
+    core_running: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(ADMIN_QUEUE_REQUESTS);
     tokio::spawn(async move {
@@ -110,6 +111,7 @@ pub(super) fn start_admin(
     tokio::spawn(crate::admin::serve(
         listener,
         admin_tx,
+        core_running,
         metrics,
         async move {
             let _ = stop.await;
