@@ -161,6 +161,8 @@ node_counters! {
     lock_releases_failed => "Releases refused or of locks no longer held",
     sessions_expired => "Sessions and leases this node expired (as leader)",
     leader_changes => "Leader changes seen by this node",
+    snapshots_installed => "Snapshots installed from the leader (catch-up of a lagging node)",
+    snapshots_taken => "Snapshots taken (single node) or log compactions started as leader",
 }
 
 /// The gauges read from a status as (metric name, help, value).

@@ -363,4 +363,8 @@ async fn a_joining_member_is_alive_but_not_ready() {
     .await;
     let s = status(&admin).await;
     assert!(matches!(s.role, Role::Follower | Role::Leader), "{s:?}");
+    // It was caught up with a snapshot of the leader's state.
+    if cluster.snapshot_installs(wiped) > 0 {
+        metric_reaches(&admin, "corral_snapshots_installed_total", 1.0).await;
+    }
 }
