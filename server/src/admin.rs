@@ -22,6 +22,7 @@ use corral_protocol::ServerStatus;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -77,6 +78,9 @@ pub async fn bind(config: &Config) -> Result<Option<TcpListener>, String> {
 #[derive(Clone)]
 struct AdminState {
     core: mpsc::Sender<AdminRequest>,
+    /// False while the node starts (a new cluster member waiting for its peers): the
+    /// core task does not run yet.
+    core_running: Arc<AtomicBool>,
     metrics: Option<PrometheusHandle>,
     /// One backup at a time: an image is held in memory while it is sent.
     snapshots: Arc<Semaphore>,
@@ -86,6 +90,7 @@ struct AdminState {
 pub async fn serve(
     listener: TcpListener,
     core: mpsc::Sender<AdminRequest>,
+    core_running: Arc<AtomicBool>,
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -101,6 +106,7 @@ pub async fn serve(
     }
     let state = AdminState {
         core,
+        core_running,
         metrics,
         snapshots: Arc::new(Semaphore::new(1)),
     };
@@ -145,6 +151,13 @@ async fn metrics_handler(State(state): State<AdminState>) -> Response {
     let Some(handle) = &state.metrics else {
         return (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response();
     };
+    if starting(&state) {
+        return (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response();
+    }
     // Counters and gauges of the core are copied in at each scrape; if the core does
     // not answer, the last values are served.
     if let Some((status, stats)) = ask(&state.core, AdminRequest::Status).await {
@@ -157,7 +170,16 @@ async fn metrics_handler(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
+fn starting(state: &AdminState) -> bool {
+    !state.core_running.load(Ordering::Acquire)
+}
+
+const STARTING: &str = "starting: waiting for a majority of the other nodes\n";
+
 async fn health(State(state): State<AdminState>) -> Response {
+    if starting(&state) {
+        return (StatusCode::OK, STARTING).into_response();
+    }
     match ask(&state.core, AdminRequest::Status).await {
         Some(_) => (StatusCode::OK, "ok\n").into_response(),
         None => unavailable(),
@@ -165,6 +187,9 @@ async fn health(State(state): State<AdminState>) -> Response {
 }
 
 async fn ready(State(state): State<AdminState>) -> Response {
+    if starting(&state) {
+        return (StatusCode::SERVICE_UNAVAILABLE, STARTING).into_response();
+    }
     match ask(&state.core, AdminRequest::Status).await {
         Some((status, _)) if status.ready => (StatusCode::OK, Json(status)).into_response(),
         Some((status, _)) => (StatusCode::SERVICE_UNAVAILABLE, Json(status)).into_response(),
@@ -173,6 +198,9 @@ async fn ready(State(state): State<AdminState>) -> Response {
 }
 
 async fn status(State(state): State<AdminState>) -> Response {
+    if starting(&state) {
+        return (StatusCode::SERVICE_UNAVAILABLE, STARTING).into_response();
+    }
     match ask(&state.core, AdminRequest::Status).await {
         Some((status, _)) => Json(status).into_response(),
         None => unavailable(),
@@ -180,6 +208,9 @@ async fn status(State(state): State<AdminState>) -> Response {
 }
 
 async fn snapshot(State(state): State<AdminState>) -> Response {
+    if starting(&state) {
+        return (StatusCode::SERVICE_UNAVAILABLE, STARTING).into_response();
+    }
     let Ok(_permit) = state.snapshots.clone().try_acquire_owned() else {
         return (
             StatusCode::TOO_MANY_REQUESTS,

@@ -161,6 +161,9 @@ node_counters! {
     lock_releases_failed => "Releases refused or of locks no longer held",
     sessions_expired => "Sessions and leases this node expired (as leader)",
     leader_changes => "Leader changes seen by this node",
+    snapshots_installed => "Snapshots installed from the leader (catch-up of a lagging node)",
+    snapshots_taken => "Snapshots taken (single node) or log compactions started as leader",
+    deadlocks_broken => "Lock requests refused with Deadlock because they would have closed a wait cycle",
 }
 
 /// The gauges read from a status as (metric name, help, value).
@@ -307,7 +310,10 @@ pub fn record_lock_answer(seconds: f64, response: &Response) -> bool {
     let outcome = match &response.result {
         Ok(OpResult::Locked { .. }) => "locked",
         Ok(OpResult::Queued { .. }) => "queued",
+        Ok(OpResult::MultiLocked { granted: true, .. }) => "locked",
+        Ok(OpResult::MultiLocked { granted: false, .. }) => "queued",
         Err(e) if e.code == ErrorCode::LockHeld => "held",
+        Err(e) if e.code == ErrorCode::Deadlock => "deadlock",
         _ => "error",
     };
     metrics::counter!(LOCK_ACQUIRES, "outcome" => outcome).increment(1);
@@ -324,7 +330,7 @@ pub fn record_lock_granted_after_wait(seconds: f64) {
 
 /// Whether an op is a lock acquisition.
 pub fn is_lock(op: &Op) -> bool {
-    matches!(op, Op::Lock(_))
+    matches!(op, Op::Lock(_) | Op::LockMany(_))
 }
 
 #[cfg(test)]

@@ -217,6 +217,11 @@ pub struct NodeStats {
     /// Lock requests refused with `Deadlock` because they would have closed a cycle of
     /// waiting sessions (counted on every node that applied them).
     pub deadlocks_broken: u64,
+    /// Snapshots installed from the leader (this node was too far behind).
+    pub snapshots_installed: u64,
+    /// Log compactions this node started as leader (cluster) or snapshots it took
+    /// (single node).
+    pub snapshots_taken: u64,
 }
 
 /// A report of live sessions sent to the leader, with the keepalives waiting for it.
@@ -1035,6 +1040,7 @@ impl Node {
                 >= self.config.snapshot_every_entries
         {
             self.last_snapshot_index = applied;
+            self.stats.snapshots_taken += 1;
             if let Log::Paxos(log) = &mut self.log {
                 log.compact(applied as usize);
             }
@@ -1049,6 +1055,7 @@ impl Node {
             "installing a snapshot from the leader"
         );
         self.machine = machine;
+        self.stats.snapshots_installed += 1;
         self.machine.set_limits(self.config.machine);
         self.last_snapshot_index = self.machine.last_zxid();
         #[cfg(any(test, feature = "sim"))]
@@ -1134,6 +1141,7 @@ impl Node {
         match bincode::serde::encode_to_vec(&self.machine, bincode::config::standard()) {
             Ok(data) => {
                 self.last_snapshot_index = index;
+                self.stats.snapshots_taken += 1;
                 self.outputs.push(Output::Snapshot { index, data });
             }
             Err(e) => tracing::error!(error = %e, "cannot encode snapshot"),

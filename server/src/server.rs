@@ -304,6 +304,18 @@ impl Server {
         };
 
         let (core_tx, core_rx) = mpsc::channel::<CoreMsg>(CORE_INBOX);
+        // The admin endpoint serves from the start: while a new member waits for its
+        // peers, /health says it is alive and /ready that it is not ready.
+        let core_running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        if let Some(listener) = admin {
+            start_admin(
+                listener,
+                core_tx.clone(),
+                admin_stop_rx,
+                core_running.clone(),
+            );
+        }
         let (storage_tx, storage_rx) = std::sync::mpsc::channel::<StorageCommand>();
         let report_tx = core_tx.clone();
         let data_dir = config.data_dir.clone();
@@ -387,10 +399,7 @@ impl Server {
             stop_rx,
             shell_info,
         ));
-        let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        if let Some(listener) = admin {
-            start_admin(listener, core_tx.clone(), admin_stop_rx);
-        }
+        core_running.store(true, std::sync::atomic::Ordering::Release);
 
         accept_loop(&config, &listener, &core_tx, shutdown).await;
         drop(listener);

@@ -57,8 +57,16 @@ async fn metric_reaches(addr: &str, series: &str, at_least: f64) -> f64 {
 async fn single_node_endpoints_and_status_op() {
     let server = TestServer::start(&[]);
     let admin = server.admin_addr();
-    let health = get(&admin, "/health").await;
-    assert_eq!((health.status, health.text().trim()), (200, "ok"));
+    // Between printing its addresses and starting its core the node says "starting".
+    let admin_ = admin.clone();
+    eventually("/health ok", CLUSTER_WAIT, || {
+        let admin = admin_.clone();
+        async move {
+            let r = get(&admin, "/health").await;
+            (r.status == 200 && r.text().trim() == "ok").then_some(())
+        }
+    })
+    .await;
     assert_eq!(get(&admin, "/ready").await.status, 200);
     assert_eq!(get(&admin, "/no-such-page").await.status, 404);
 
@@ -107,20 +115,27 @@ async fn single_node_endpoints_and_status_op() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_metrics_follow_acquires_leader_changes_and_expiries() {
     let mut cluster = TestCluster::start(3, &[]).await;
-    let leader = cluster.leader().await;
-    let follower = cluster.ids().find(|id| *id != leader).expect("a follower");
-
-    // Every node reports the same leader, the two others as members, and gets ready.
-    for id in cluster.ids() {
-        let addr = cluster.admin_addr(id);
-        let s = eventually(&format!("node {id} ready"), CLUSTER_WAIT, || {
-            let addr = addr.clone();
-            async move {
-                let s = status(&addr).await;
-                (s.ready && s.leader == Some(leader)).then_some(s)
+    cluster.leader().await;
+    let admins: Vec<String> = cluster.ids().map(|id| cluster.admin_addr(id)).collect();
+    // Every node gets ready and reports the same leader.
+    let statuses = eventually("every node ready, one leader", CLUSTER_WAIT, || {
+        let admins = admins.clone();
+        async move {
+            let mut all = Vec::new();
+            for a in &admins {
+                all.push(status(a).await);
             }
-        })
-        .await;
+            let leader = all[0].leader?;
+            all.iter()
+                .all(|s| s.ready && s.leader == Some(leader))
+                .then_some(all)
+        }
+    })
+    .await;
+    let leader = statuses[0].leader.expect("a leader");
+    let follower = cluster.ids().find(|id| *id != leader).expect("a follower");
+    for (s, id) in statuses.iter().zip(cluster.ids()) {
+        let addr = cluster.admin_addr(id);
         assert_eq!(s.node_id, id);
         assert_eq!(s.members.len(), 2);
         let expected = if id == leader {
@@ -153,7 +168,15 @@ async fn cluster_metrics_follow_acquires_leader_changes_and_expiries() {
     // A lock whose session expires is cleaned as abandoned, on every node.
     let l_admin = cluster.admin_addr(leader);
     let cleaned_before = metric(&l_admin, "corral_locks_abandoned_cleaned_total").await;
-    let expired_before = metric(&l_admin, "corral_sessions_expired_total").await;
+    // Only the leader expires sessions, and under load the leader may change: sum them.
+    let expired = |admins: Vec<String>| async move {
+        let mut sum = 0.0;
+        for a in &admins {
+            sum += metric(a, "corral_sessions_expired_total").await;
+        }
+        sum
+    };
+    let expired_before = expired(admins.clone()).await;
     {
         let mut raw = RawSession::new_session(&cluster.direct_client_addr(follower), 400).await;
         let r = raw
@@ -179,22 +202,45 @@ async fn cluster_metrics_follow_acquires_leader_changes_and_expiries() {
     )
     .await;
     metric_reaches(&f_admin, "corral_locks_abandoned_cleaned_total", 1.0).await;
-    metric_reaches(
-        &l_admin,
-        "corral_sessions_expired_total",
-        expired_before + 1.0,
-    )
+    eventually("a session expiry counted", CLUSTER_WAIT, || {
+        let admins = admins.clone();
+        async move { (expired(admins).await >= expired_before + 1.0).then_some(()) }
+    })
     .await;
 
-    // Killing the leader shows up as a leader change on the others.
-    let changes_before = metric(&f_admin, "corral_leader_changes_total").await;
+    // Killing the leader shows up as a leader change on the others. The leader is read
+    // again (under load it may have changed since the start).
+    let leader = eventually("one leader", CLUSTER_WAIT, || {
+        let admins = admins.clone();
+        async move {
+            let mut leaders = Vec::new();
+            for a in &admins {
+                leaders.push(status(a).await.leader);
+            }
+            let first = leaders[0]?;
+            leaders.iter().all(|l| *l == Some(first)).then_some(first)
+        }
+    })
+    .await;
+    let others: Vec<String> = cluster
+        .ids()
+        .filter(|id| *id != leader)
+        .map(|id| cluster.admin_addr(id))
+        .collect();
+    let changes = |admins: Vec<String>| async move {
+        let mut sum = 0.0;
+        for a in &admins {
+            sum += metric(a, "corral_leader_changes_total").await;
+        }
+        sum
+    };
+    let changes_before = changes(others.clone()).await;
     cluster.kill(leader);
     let new_leader = cluster.leader_other_than(Some(leader)).await;
-    metric_reaches(
-        &f_admin,
-        "corral_leader_changes_total",
-        changes_before + 1.0,
-    )
+    eventually("leader changes counted", CLUSTER_WAIT, || {
+        let others = others.clone();
+        async move { (changes(others).await >= changes_before + 2.0).then_some(()) }
+    })
     .await;
     let n_admin = cluster.admin_addr(new_leader);
     let s = eventually("the new leader reports itself", CLUSTER_WAIT, || {
@@ -288,4 +334,37 @@ async fn corralctl_status_and_health() {
     let out = corralctl(&["-s", &servers, "status"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(text.matches("unavailable").count(), 3, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_member_is_alive_but_not_ready() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let mut followers = cluster.ids().filter(|id| *id != leader);
+    let (down, wiped) = (
+        followers.next().expect("a follower"),
+        followers.next().expect("another follower"),
+    );
+    // A wiped node waits for both other nodes' promises; one of them is down.
+    cluster.kill(down);
+    cluster.wipe(wiped).await;
+    let admin = cluster.admin_addr(wiped);
+    let health = get(&admin, "/health").await;
+    assert_eq!(health.status, 200, "{}", health.text());
+    assert!(health.text().starts_with("starting"), "{}", health.text());
+    assert_eq!(get(&admin, "/ready").await.status, 503);
+    assert_eq!(get(&admin, "/status").await.status, 503);
+
+    cluster.restart(down).await;
+    eventually("the wiped node ready", CLUSTER_WAIT, || {
+        let admin = admin.clone();
+        async move { (get(&admin, "/ready").await.status == 200).then_some(()) }
+    })
+    .await;
+    let s = status(&admin).await;
+    assert!(matches!(s.role, Role::Follower | Role::Leader), "{s:?}");
+    // It was caught up with a snapshot of the leader's state.
+    if cluster.snapshot_installs(wiped) > 0 {
+        metric_reaches(&admin, "corral_snapshots_installed_total", 1.0).await;
+    }
 }

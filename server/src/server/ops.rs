@@ -97,6 +97,7 @@ pub(super) fn start_admin(
     listener: TcpListener,
     core_tx: mpsc::Sender<CoreMsg>,
     stop: tokio::sync::oneshot::Receiver<()>,
+    core_running: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(ADMIN_QUEUE_REQUESTS);
     tokio::spawn(async move {
@@ -110,6 +111,7 @@ pub(super) fn start_admin(
     tokio::spawn(crate::admin::serve(
         listener,
         admin_tx,
+        core_running,
         metrics,
         async move {
             let _ = stop.await;
@@ -147,7 +149,14 @@ impl RequestTimer {
                 let seconds = at.elapsed().as_secs_f64();
                 crate::metrics::record_request(op, is_write, seconds, r);
                 if is_lock && crate::metrics::record_lock_answer(seconds, r) {
-                    if let Ok(OpResult::Queued { node, .. }) = &r.result {
+                    // A multi-lock group is granted in one transaction: its first
+                    // node's grant ends the wait.
+                    let node = match &r.result {
+                        Ok(OpResult::Queued { node, .. }) => Some(node),
+                        Ok(OpResult::MultiLocked { nodes, .. }) => nodes.first().map(|n| &n.node),
+                        _ => None,
+                    };
+                    if let Some(node) = node {
                         if self.lock_waits.len() < MAX_TIMED_LOCK_WAITS {
                             self.lock_waits.insert(node.clone(), at);
                         }
