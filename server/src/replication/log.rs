@@ -597,6 +597,17 @@ impl PaxosLog {
         }
     }
 
+    /// Offers an image of this node's state machine, which has applied exactly the first
+    /// `machine.last_zxid()` entries, for the next compaction at that index (see
+    /// [`SyncHandle::offer_image`]): serialising the live state is much cheaper than
+    /// replaying every entry since the previous snapshot.
+    pub fn offer_image(&self, machine: &StateMachine) {
+        match MachineSnapshot::from_machine(machine) {
+            Ok(image) => self.storage.offer_image(image),
+            Err(e) => tracing::warn!(error = %e, "cannot encode an image for compaction"),
+        }
+    }
+
     /// Asks every node to compact its log through `idx` with a snapshot (leader only).
     pub fn compact(&mut self, idx: usize) {
         if let Err(e) = self.op.snapshot(Some(idx), false) {

@@ -661,6 +661,10 @@ struct WalShared {
     /// Segments wholly at or before this lsn are obsolete (a durable checkpoint follows).
     compact_through_lsn: Option<u64>,
     stats: StorageStats,
+    /// An image of the node's own state machine, offered by the node when it applied
+    /// the entry at a compaction point: a snapshot that covers exactly as many entries is
+    /// compacted to it instead of replaying its tail (see [`SyncHandle::offer_image`]).
+    offered_image: Option<MachineSnapshot>,
 }
 
 impl WalShared {
@@ -812,6 +816,18 @@ impl SyncHandle {
             (p, r)
         });
         lock(&self.shared)?.finish_sync(done, start)
+    }
+
+    /// Offers a pure image of the node's state machine (`MachineSnapshot::from_machine`
+    /// of the machine that applied exactly the first `image_zxid()` decided entries). When
+    /// OmniPaxos next stores a snapshot covering exactly that many entries, the storage
+    /// uses this image instead of rebuilding one by replaying the snapshot's tail on a
+    /// fresh machine: the result is the same (applying the same decided entries in the
+    /// same order is deterministic), without the replay. Replaces an earlier offer.
+    pub fn offer_image(&self, image: MachineSnapshot) {
+        if image.is_compact() {
+            lock_for_stats(&self.shared).offered_image = Some(image);
+        }
     }
 
     /// The lsn of the last record buffered so far; durable once `durable_lsn` reaches it.
@@ -981,6 +997,7 @@ impl PaxosStorage {
             bytes_since_checkpoint,
             checkpoint_in_flight: None,
             compact_through_lsn: last_checkpoint.map(|c| c - 1),
+            offered_image: None,
             stats: StorageStats {
                 records_recovered,
                 truncated_bytes_at_open: recovered.truncated_bytes,
@@ -1246,9 +1263,17 @@ impl PaxosStorage {
         } else {
             (self.repair_delta_snapshot(s, shape)?, true)
         };
-        let s = s
-            .compact(self.config.limits)
-            .map_err(PaxosStorageError::Snapshot)?;
+        let offered = lock_for_stats(&self.shared)
+            .offered_image
+            .as_ref()
+            .filter(|image| image.image_zxid == s.covers() && !s.is_compact())
+            .cloned();
+        let s = match offered {
+            Some(image) => image,
+            None => s
+                .compact(self.config.limits)
+                .map_err(PaxosStorageError::Snapshot)?,
+        };
         if s.image_zxid != target as u64 {
             return Err(PaxosStorageError::Invariant(format!(
                 "compacted snapshot is at zxid {} but the compacted index is {target}",
@@ -1774,6 +1799,32 @@ mod tests {
             entries(20..25)[..]
         );
         reopen(s, dir);
+    }
+
+    #[test]
+    fn an_offered_image_replaces_the_replay_only_at_its_own_index() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = open(tmp.path());
+        let all = entries(0..20);
+        s.append_entries(all.clone()).expect("append");
+        s.set_decided_idx(20).expect("decided");
+        let handle = s.sync_handle();
+        // An image at another index is ignored: the snapshot is rebuilt by replay.
+        let image = MachineSnapshot::from_machine(&machine_of(&all[..8])).expect("image");
+        handle.offer_image(image);
+        omnipaxos_snapshot(&mut s, 10);
+        let snap = s.snapshot().expect("a snapshot");
+        assert_eq!(snap.image_zxid(), 10);
+        assert_eq!(hash_of_snapshot(snap), machine_of(&all[..10]).state_hash());
+        // An image at the snapshot's index is used as it is (same bytes).
+        let image = MachineSnapshot::from_machine(&machine_of(&all[..15])).expect("image");
+        handle.offer_image(image.clone());
+        omnipaxos_snapshot(&mut s, 15);
+        let snap = s.snapshot().expect("a snapshot");
+        assert_eq!(snap, &image);
+        assert_eq!(hash_of_snapshot(snap), machine_of(&all[..15]).state_hash());
+        let s = reopen(s, tmp.path());
+        assert_eq!(s.snapshot().expect("a snapshot"), &image);
     }
 
     #[test]
