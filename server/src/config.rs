@@ -89,8 +89,11 @@ settings! {
     /// Identifies the cluster; peers with another id are refused.
     cluster_id: u64 = 1;
     /// Time without a leader's heartbeat after which a new leader is elected, in
-    /// milliseconds (a multiple of tick_ms).
-    election_timeout_ms: u64 = 500;
+    /// milliseconds (a multiple of tick_ms). A leader kill costs about 2.5 to 3 of these
+    /// (OmniPaxos's ballot leader election rounds, then the prepare phase): 0.65 to 0.8 s
+    /// with 250, 1.1 to 1.6 s with 500 (docs/BENCHMARKS.md). The minimum session TTL
+    /// must be at least 1.5 x this value.
+    election_timeout_ms: u64 = 250;
     /// Most messages queued for one peer; more are dropped (the protocol resends).
     peer_queue_messages: usize = 8192;
     /// Largest frame accepted from a client, in bytes.

@@ -203,6 +203,16 @@ impl DiskFile {
         }
     }
 
+    /// Another handle to the same open file (`dup`): lets one thread `fdatasync` a file
+    /// while another keeps appending to it through the original handle.
+    pub fn try_clone(&self) -> io::Result<DiskFile> {
+        match self {
+            DiskFile::Real(f) => f.try_clone().map(DiskFile::Real),
+            #[cfg(any(test, feature = "sim"))]
+            DiskFile::Sim(f) => Ok(DiskFile::Sim(f.duplicate())),
+        }
+    }
+
     /// Truncates or extends (with zeros) the file to `len` bytes.
     pub fn set_len(&self, len: u64) -> io::Result<()> {
         match self {
@@ -675,6 +685,15 @@ mod sim {
             fs.stats.bytes_written += data.len() as u64;
             fs.file(self.ino)?.current.extend_from_slice(data);
             Ok(())
+        }
+
+        pub(super) fn duplicate(&self) -> SimFile {
+            SimFile {
+                fs: Arc::clone(&self.fs),
+                ino: self.ino,
+                generation: self.generation,
+                pos: self.pos,
+            }
         }
 
         pub(super) fn sync(&mut self) -> io::Result<()> {

@@ -26,6 +26,10 @@ pub struct FaultSwitches {
     /// sync that makes them durable has completed (breaks "no acknowledged write lost"
     /// when nodes crash).
     pub ack_before_durable: bool,
+    /// Replication: a leader sends `AcceptDecide` and `Decide` messages whose decided
+    /// index it has not made durable itself, i.e. it counts its own acceptance in the
+    /// quorum before its fsync (breaks "no acknowledged write lost" when nodes crash).
+    pub decide_before_leader_durable: bool,
     /// Storage: every fsync reports success without making anything durable (the
     /// simulator applies it to its disks; breaks "no acknowledged write lost").
     pub skip_fsync: bool,
@@ -65,6 +69,7 @@ thread_local! {
             token_from_sequence: false,
             apply_with_local_time: false,
             ack_before_durable: false,
+            decide_before_leader_durable: false,
             skip_fsync: false,
             skip_dedup: false,
             keep_deadlines_on_leader_change: false,
@@ -90,6 +95,7 @@ pub fn active() -> FaultSwitches {
         token_from_sequence: false,
         apply_with_local_time: false,
         ack_before_durable: false,
+        decide_before_leader_durable: false,
         skip_fsync: false,
         skip_dedup: false,
         keep_deadlines_on_leader_change: false,

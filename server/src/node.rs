@@ -1030,19 +1030,25 @@ impl Node {
                         self.machine.apply(zxid, &entry)
                     };
                     self.after_apply(&entry, applied);
+                    // Compaction points are multiples of snapshot_every_entries on every
+                    // node, so each node has an image of its live state at the point the
+                    // leader compacts to (no replay of the log when the snapshot is made).
+                    if zxid % self.config.snapshot_every_entries.max(1) == 0 {
+                        if let Log::Paxos(log) = &self.log {
+                            log.offer_image(&self.machine);
+                        }
+                    }
                 }
                 Decided::Install(machine) => self.install(*machine),
             }
         }
-        let applied = self.machine.last_zxid();
-        if self.is_leader()
-            && applied.saturating_sub(self.last_snapshot_index)
-                >= self.config.snapshot_every_entries
-        {
-            self.last_snapshot_index = applied;
+        let every = self.config.snapshot_every_entries.max(1);
+        let point = self.machine.last_zxid() / every * every;
+        if self.is_leader() && point > self.last_snapshot_index {
+            self.last_snapshot_index = point;
             self.stats.snapshots_taken += 1;
             if let Log::Paxos(log) = &mut self.log {
-                log.compact(applied as usize);
+                log.compact(point as usize);
             }
         }
     }

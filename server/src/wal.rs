@@ -207,7 +207,29 @@ pub struct Wal {
     next_lsn: u64,
     /// Highest lsn known to be durable.
     synced_lsn: u64,
+    /// Between [`Wal::begin_sync`] and [`Wal::finish_sync`].
+    sync_in_flight: bool,
     poisoned: bool,
+}
+
+/// An `fdatasync` that [`Wal::begin_sync`] left to do, on its own handle of the segment.
+#[derive(Debug)]
+pub struct PendingSync {
+    /// `None` when fsync is off.
+    file: Option<DiskFile>,
+    path: PathBuf,
+    /// Every record up to this lsn is durable once the sync succeeds.
+    through_lsn: u64,
+}
+
+impl PendingSync {
+    /// Runs the `fdatasync` (nothing when fsync is off). Needs no access to the log.
+    pub fn wait(&mut self) -> Result<(), StorageError> {
+        match &mut self.file {
+            Some(file) => file.sync_data().map_err(io_err(&self.path)),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Wal {
@@ -244,6 +266,7 @@ impl Wal {
                 buf: Vec::new(),
                 next_lsn: 1,
                 synced_lsn: 0,
+                sync_in_flight: false,
                 poisoned: false,
             };
             let recovered = Recovered {
@@ -350,6 +373,7 @@ impl Wal {
             buf: Vec::new(),
             next_lsn,
             synced_lsn: next_lsn - 1,
+            sync_in_flight: false,
             poisoned: false,
         };
         Ok((
@@ -395,22 +419,70 @@ impl Wal {
     /// poisoned (see the module documentation): the batch is not durable and every later
     /// call fails until the log is reopened.
     pub fn sync(&mut self) -> Result<(), StorageError> {
+        match self.begin_sync()? {
+            Some(mut pending) => {
+                let result = pending.wait();
+                self.finish_sync(pending, result)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The first half of [`Wal::sync`]: writes the buffered records into the active
+    /// segment (rotating first if it is full) and returns the `fdatasync` still to do, on
+    /// its own handle of the segment, so that the caller can run it without holding
+    /// whatever guards this log (appends may continue meanwhile: they are buffered for
+    /// the next sync). `None` if nothing is buffered. The records are durable only once
+    /// [`PendingSync::wait`] succeeded and [`Wal::finish_sync`] took its result; until
+    /// then `synced_lsn` does not cover them and no other sync may begin.
+    pub fn begin_sync(&mut self) -> Result<Option<PendingSync>, StorageError> {
         if self.poisoned {
             return Err(StorageError::Poisoned);
         }
+        if self.sync_in_flight {
+            return Err(StorageError::Corrupt(
+                "a write-ahead log sync began while another was in flight".to_string(),
+            ));
+        }
         if self.buf.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        if let Err(e) = self.write_batch() {
-            self.poisoned = true;
-            self.buf = Vec::new();
-            tracing::error!(error = %e, "write-ahead log sync failed; the log is poisoned");
-            return Err(e);
+        match self.write_batch() {
+            Ok(pending) => {
+                self.sync_in_flight = true;
+                Ok(Some(pending))
+            }
+            Err(e) => Err(self.poison(e)),
         }
+    }
+
+    /// The second half of [`Wal::sync`]: records the outcome of the pending `fdatasync`.
+    /// On success every record written by [`Wal::begin_sync`] is durable; on failure the
+    /// log is poisoned.
+    pub fn finish_sync(
+        &mut self,
+        pending: PendingSync,
+        result: Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        self.sync_in_flight = false;
+        if let Err(e) = result {
+            return Err(self.poison(e));
+        }
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        self.synced_lsn = self.synced_lsn.max(pending.through_lsn);
         Ok(())
     }
 
-    fn write_batch(&mut self) -> Result<(), StorageError> {
+    fn poison(&mut self, e: StorageError) -> StorageError {
+        self.poisoned = true;
+        self.buf = Vec::new();
+        tracing::error!(error = %e, "write-ahead log sync failed; the log is poisoned");
+        e
+    }
+
+    fn write_batch(&mut self) -> Result<PendingSync, StorageError> {
         if self.active_segment().bytes > 0
             && self.active_segment().bytes >= self.options.segment_bytes
         {
@@ -420,19 +492,24 @@ impl Wal {
         let segment = self.active_segment();
         let path = segment.path.clone();
         self.active.write_all(&self.buf).map_err(io_err(&path))?;
-        if fsync {
-            self.active.sync_data().map_err(io_err(&path))?;
-        }
+        let file = if fsync {
+            Some(self.active.try_clone().map_err(io_err(&path))?)
+        } else {
+            None
+        };
         let written = self.buf.len() as u64;
         if let Some(segment) = self.segments.last_mut() {
             segment.bytes += written;
         }
-        self.synced_lsn = self.next_lsn - 1;
         self.buf.clear();
         if self.buf.capacity() > RETAINED_BUFFER_BYTES {
             self.buf.shrink_to(RETAINED_BUFFER_BYTES);
         }
-        Ok(())
+        Ok(PendingSync {
+            file,
+            path,
+            through_lsn: self.next_lsn - 1,
+        })
     }
 
     /// Starts a new, empty segment for the records from `synced_lsn + 1` on. Called only

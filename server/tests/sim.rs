@@ -267,6 +267,50 @@ fn fault_ack_before_durable_loses_acknowledged_writes() {
     );
 }
 
+/// The leader sends `AcceptDecide` before its own fsync; this shows that counting its
+/// own (not yet durable) acceptance in the quorum would be caught.
+#[test]
+fn fault_decide_before_leader_durable_loses_acknowledged_writes() {
+    catches(
+        "fault_decide_before_leader_durable_loses_acknowledged_writes",
+        switches(|s| s.decide_before_leader_durable = true),
+        &[
+            ViolationKind::AckedWriteLost,
+            ViolationKind::LogDivergence,
+            ViolationKind::Panic,
+        ],
+        |c| {
+            c.mix = FaultMix {
+                crash_all: 6,
+                ..FaultMix::none()
+            };
+            c.disk.latency_min_us = 5_000;
+            c.disk.latency_max_us = 30_000;
+        },
+        100,
+    );
+}
+
+/// The configuration of the test above without the fault: whole-cluster crashes with
+/// slow disks, where a leader routinely crashes after sending `AcceptDecide` and before
+/// its own fsync completes. No violation may appear.
+#[test]
+fn crashes_with_slow_disks_keep_acknowledged_writes() {
+    for seed in sim::seeds_from_env(1, 30) {
+        let mut c = configure(seed);
+        c.mix = FaultMix {
+            crash_all: 6,
+            ..FaultMix::none()
+        };
+        c.disk.latency_min_us = 5_000;
+        c.disk.latency_max_us = 30_000;
+        let r = sim::run(&c);
+        if r.failed() {
+            fail("crashes_with_slow_disks_keep_acknowledged_writes", &r);
+        }
+    }
+}
+
 #[test]
 fn fault_skip_dedup_applies_retries_twice() {
     catches(

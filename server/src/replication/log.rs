@@ -91,10 +91,38 @@ type EntryKey = (u8, u64, u64);
 #[derive(Debug, Clone, Copy)]
 struct SyncInFlight {
     batch: u64,
-    /// Messages held before this sync started (released when it completes).
-    held: usize,
+    /// Last lsn buffered when this sync started (durable when it completes).
+    lsn: u64,
     /// Accepted index when this sync started (durable when it completes).
     accepted: usize,
+    /// The ballot this node led in the accept phase when the sync started, if it did.
+    leading: Option<Ballot>,
+}
+
+/// What an outgoing OmniPaxos message waits for before it may be sent.
+#[derive(Debug, Clone, Copy)]
+enum Need {
+    /// Every storage record up to this lsn durable (everything OmniPaxos wrote before it
+    /// produced the message).
+    Lsn(u64),
+    /// A leader's `AcceptDecide` or `Decide` of ballot `ballot` announcing `decided`:
+    /// the leader's own log durable up to `decided`, accepted in that ballot.
+    LeaderDecided { ballot: Ballot, decided: usize },
+}
+
+/// An OmniPaxos message waiting for its [`Need`].
+#[derive(Debug)]
+struct Held {
+    to: u64,
+    msg: PeerMsg,
+    need: Need,
+}
+
+/// What to do with a held message now.
+enum Release {
+    Send,
+    Hold,
+    Drop,
 }
 
 /// The cluster node's log.
@@ -107,7 +135,13 @@ pub struct PaxosLog {
     applied_idx: usize,
     /// Accepted index known durable.
     durable_accepted: usize,
-    held: Vec<(u64, PeerMsg)>,
+    /// Storage lsn known durable.
+    durable_lsn: u64,
+    /// The ballot this node leads and the accepted index durable in it: set by syncs that
+    /// started while this node led that ballot in the accept phase.
+    leader_durable: Option<(Ballot, usize)>,
+    /// Messages waiting for their [`Need`], in the order OmniPaxos produced them.
+    held: Vec<Held>,
     sync: Option<SyncInFlight>,
     next_batch: u64,
     /// Entries this node proposed and has not seen applied, by proposal number.
@@ -150,6 +184,7 @@ impl PaxosLog {
         applied_idx: usize,
     ) -> PaxosLog {
         let durable_accepted = op.get_accepted_idx();
+        let durable_lsn = storage.durable_lsn();
         PaxosLog {
             op,
             storage,
@@ -157,6 +192,8 @@ impl PaxosLog {
             settings,
             applied_idx,
             durable_accepted,
+            durable_lsn,
+            leader_durable: None,
             held: Vec::new(),
             sync: None,
             next_batch: 1,
@@ -368,39 +405,73 @@ impl PaxosLog {
     }
 
     /// Collects what OmniPaxos wants sent; returns the id of a sync to run if none is
-    /// running and storage has unsynced records. Messages that need no persistence go
-    /// out at once.
+    /// running and storage has unsynced records. Messages go out as soon as what they
+    /// wait for is durable (see [`PaxosLog::release`]), in order per receiver.
     pub fn flush(&mut self, out: &mut Vec<(u64, PeerMsg)>) -> Option<u64> {
         let mut msgs = Vec::new();
         self.op.take_outgoing_messages(&mut msgs);
-        for m in msgs {
-            let to = m.get_receiver();
-            self.held.push((to, PeerMsg::Paxos(Box::new(m))));
+        if !msgs.is_empty() {
+            let lsn = self.storage.last_lsn();
+            for m in msgs {
+                let to = m.get_receiver();
+                let need = need_of(&m, lsn);
+                self.held.push(Held {
+                    to,
+                    msg: PeerMsg::Paxos(Box::new(m)),
+                    need,
+                });
+            }
         }
         if crate::faults::active().ack_before_durable {
-            out.append(&mut self.held);
+            out.extend(self.held.drain(..).map(|h| (h.to, h.msg)));
             self.durable_accepted = self.op.get_accepted_idx();
         }
-        if self.sync.is_some() {
-            return None;
+        let mut start = None;
+        if self.sync.is_none() {
+            if self.storage.has_unsynced() {
+                let batch = self.next_batch;
+                self.next_batch += 1;
+                self.sync = Some(SyncInFlight {
+                    batch,
+                    lsn: self.storage.last_lsn(),
+                    accepted: self.op.get_accepted_idx(),
+                    leading: self.leading_ballot(),
+                });
+                start = Some(batch);
+            } else {
+                // Nothing to make durable: everything accepted is already on disk.
+                let synced = SyncInFlight {
+                    batch: 0,
+                    lsn: self.storage.last_lsn(),
+                    accepted: self.op.get_accepted_idx(),
+                    leading: self.leading_ballot(),
+                };
+                self.mark_durable(synced);
+            }
         }
-        if !self.storage.has_unsynced() {
-            // Nothing to make durable: everything accepted is already on disk.
-            out.append(&mut self.held);
-            self.durable_accepted = self.op.get_accepted_idx();
-            return None;
-        }
-        let batch = self.next_batch;
-        self.next_batch += 1;
-        self.sync = Some(SyncInFlight {
-            batch,
-            held: self.held.len(),
-            accepted: self.op.get_accepted_idx(),
-        });
-        Some(batch)
+        self.release(out);
+        start
     }
 
-    /// A persist batch is durable: release the messages held for it.
+    /// The ballot this node leads in the accept phase, if it does.
+    fn leading_ballot(&self) -> Option<Ballot> {
+        self.is_leader().then(|| self.op.get_promise())
+    }
+
+    fn mark_durable(&mut self, sync: SyncInFlight) {
+        self.durable_lsn = self.durable_lsn.max(sync.lsn);
+        self.durable_accepted = self.durable_accepted.max(sync.accepted);
+        if let Some(ballot) = sync.leading {
+            // Within one ballot the leader's log only grows (compaction keeps indices), so
+            // the durable prefix only grows too; a new ballot starts over.
+            self.leader_durable = match self.leader_durable {
+                Some((b, idx)) if b == ballot => Some((b, idx.max(sync.accepted))),
+                _ => Some((ballot, sync.accepted)),
+            };
+        }
+    }
+
+    /// A persist batch is durable: release the messages that waited for it.
     pub fn persisted(&mut self, batch: u64, out: &mut Vec<(u64, PeerMsg)>) {
         let Some(sync) = self.sync else {
             return;
@@ -409,9 +480,65 @@ impl PaxosLog {
             return;
         }
         self.sync = None;
-        let held = sync.held.min(self.held.len());
-        out.extend(self.held.drain(..held));
-        self.durable_accepted = self.durable_accepted.max(sync.accepted);
+        self.mark_durable(sync);
+        self.release(out);
+    }
+
+    /// Sends the held messages whose needs are met, keeping each receiver's messages in
+    /// the order OmniPaxos produced them (its sequence numbers require it): a message
+    /// that must wait holds back every later one to the same receiver.
+    ///
+    /// Why a leader's `AcceptDecide` and `Decide` need not wait for the leader's own
+    /// fsync of the entries they carry (docs/ARCHITECTURE.md, "Replicating before the
+    /// leader's fsync"): followers acknowledge (`Accepted`, `Promise`) only what their own
+    /// disk holds (those wait for `Lsn`), so the only thing that could make a decision
+    /// rest on a copy that a crash can erase is the leader counting its own acceptance,
+    /// which OmniPaxos does in memory. A decided index therefore leaves this node only
+    /// once the leader's own log is durable up to it in the same ballot; and the leader
+    /// applies (answers clients) only up to its durable accepted index. A message of a
+    /// ballot this node no longer leads that is still waiting is dropped: a follower of
+    /// that ballot could otherwise learn a decision only the deposed leader counted, and
+    /// OmniPaxos recovers from a lost message (the follower sees a gap in the sequence
+    /// numbers and asks to be synced).
+    fn release(&mut self, out: &mut Vec<(u64, PeerMsg)>) {
+        if self.held.is_empty() {
+            return;
+        }
+        let mut blocked: Vec<u64> = Vec::new();
+        let held = std::mem::take(&mut self.held);
+        for h in held {
+            if blocked.contains(&h.to) {
+                self.held.push(h);
+                continue;
+            }
+            match self.release_of(h.need) {
+                Release::Send => out.push((h.to, h.msg)),
+                Release::Hold => {
+                    blocked.push(h.to);
+                    self.held.push(h);
+                }
+                Release::Drop => {
+                    tracing::debug!(to = h.to, "dropping a deposed leader's decision");
+                }
+            }
+        }
+    }
+
+    fn release_of(&self, need: Need) -> Release {
+        match need {
+            Need::Lsn(lsn) if lsn <= self.durable_lsn => Release::Send,
+            Need::Lsn(_) => Release::Hold,
+            Need::LeaderDecided { ballot, decided } => {
+                if crate::faults::active().decide_before_leader_durable {
+                    return Release::Send;
+                }
+                match self.leader_durable {
+                    Some((b, idx)) if b == ballot && idx >= decided => Release::Send,
+                    _ if self.op.get_promise() != ballot || !self.is_leader() => Release::Drop,
+                    _ => Release::Hold,
+                }
+            }
+        }
     }
 
     /// Decided entries that may be applied now (decided and durable here), in order.
@@ -470,6 +597,17 @@ impl PaxosLog {
         }
     }
 
+    /// Offers an image of this node's state machine, which has applied exactly the first
+    /// `machine.last_zxid()` entries, for the next compaction at that index (see
+    /// [`SyncHandle::offer_image`]): serialising the live state is much cheaper than
+    /// replaying every entry since the previous snapshot.
+    pub fn offer_image(&self, machine: &StateMachine) {
+        match MachineSnapshot::from_machine(machine) {
+            Ok(image) => self.storage.offer_image(image),
+            Err(e) => tracing::warn!(error = %e, "cannot encode an image for compaction"),
+        }
+    }
+
     /// Asks every node to compact its log through `idx` with a snapshot (leader only).
     pub fn compact(&mut self, idx: usize) {
         if let Err(e) = self.op.snapshot(Some(idx), false) {
@@ -485,6 +623,29 @@ impl PaxosLog {
     /// Entries waiting for a leader.
     pub fn forwarded_len(&self) -> usize {
         self.forwarded.len()
+    }
+}
+
+/// What an outgoing message waits for (`lsn`: the last storage record buffered when
+/// OmniPaxos produced it).
+fn need_of(m: &Message<Entry>, lsn: u64) -> Need {
+    use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
+    match m {
+        Message::SequencePaxos(PaxosMessage {
+            msg: PaxosMsg::AcceptDecide(a),
+            ..
+        }) => Need::LeaderDecided {
+            ballot: a.n,
+            decided: a.decided_idx,
+        },
+        Message::SequencePaxos(PaxosMessage {
+            msg: PaxosMsg::Decide(d),
+            ..
+        }) => Need::LeaderDecided {
+            ballot: d.n,
+            decided: d.decided_idx,
+        },
+        _ => Need::Lsn(lsn),
     }
 }
 

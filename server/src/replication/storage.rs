@@ -59,8 +59,11 @@
 //! [`SyncHandle::sync`] (or [`PaxosStorage::sync`]) makes everything buffered so far
 //! durable with one write and one `fdatasync`. `OmniPaxos` owns its `PaxosStorage`, so the
 //! shell keeps a [`SyncHandle`] (taken with [`PaxosStorage::sync_handle`] before `build`);
-//! both share the log behind an `Arc<Mutex<..>>` that only the node's one task touches, so
-//! the lock is never contended. The shell must, after every batch of calls into
+//! both share the log behind an `Arc<Mutex<..>>`. The storage thread holds that lock only
+//! to write the buffered batch (`Wal::begin_sync`) and to record the outcome
+//! (`Wal::finish_sync`), never across the `fdatasync`, which runs on a second handle of the
+//! segment file; records OmniPaxos buffers meanwhile wait for the next sync, and only
+//! what the completed sync wrote counts as durable. The shell must, after every batch of calls into
 //! `OmniPaxos` (`handle_incoming`, `tick`, `append`, `snapshot`, `reconnected`):
 //!
 //! 1. `sync()` — persist;
@@ -112,7 +115,9 @@
 
 use crate::disk::Disk;
 use crate::machine::{Entry, MachineLimits, StateMachine};
-use crate::wal::{StorageError, Wal, WalOptions, MAX_RECORD_BYTES, RECORD_HEADER_BYTES};
+use crate::wal::{
+    PendingSync, StorageError, Wal, WalOptions, MAX_RECORD_BYTES, RECORD_HEADER_BYTES,
+};
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::storage::{Snapshot, StopSign, Storage, StorageOp, StorageResult};
 use serde::{Deserialize, Serialize, Serializer};
@@ -656,6 +661,10 @@ struct WalShared {
     /// Segments wholly at or before this lsn are obsolete (a durable checkpoint follows).
     compact_through_lsn: Option<u64>,
     stats: StorageStats,
+    /// An image of the node's own state machine, offered by the node when it applied
+    /// the entry at a compaction point: a snapshot that covers exactly as many entries is
+    /// compacted to it instead of replaying its tail (see [`SyncHandle::offer_image`]).
+    offered_image: Option<MachineSnapshot>,
 }
 
 impl WalShared {
@@ -706,20 +715,46 @@ impl WalShared {
         self.wal.last_lsn() > self.wal.synced_lsn()
     }
 
+    /// Syncs while holding the lock throughout (open, promise adoption, tests).
     fn sync(&mut self) -> Result<(), StorageError> {
-        let pending = self.has_unsynced();
         let start = Instant::now();
-        if let Err(e) = self.wal.sync() {
+        let pending = self.begin_sync()?;
+        let result = match pending {
+            Some(mut p) => {
+                let r = p.wait();
+                Some((p, r))
+            }
+            None => None,
+        };
+        self.finish_sync(result, start)
+    }
+
+    /// Writes what is buffered; the `fdatasync` is left to the caller, who may run it
+    /// without the lock (see [`SyncHandle::sync`]).
+    fn begin_sync(&mut self) -> Result<Option<PendingSync>, StorageError> {
+        self.wal.begin_sync().inspect_err(|e| {
+            self.stats.sync_failures += 1;
+            tracing::error!(error = %e, "syncing the Paxos log failed");
+        })
+    }
+
+    fn finish_sync(
+        &mut self,
+        done: Option<(PendingSync, Result<(), StorageError>)>,
+        start: Instant,
+    ) -> Result<(), StorageError> {
+        let Some((pending, result)) = done else {
+            return Ok(());
+        };
+        if let Err(e) = self.wal.finish_sync(pending, result) {
             self.stats.sync_failures += 1;
             tracing::error!(error = %e, "syncing the Paxos log failed");
             return Err(e);
         }
-        if pending {
-            let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.stats.syncs += 1;
-            self.stats.sync_time_us_total = self.stats.sync_time_us_total.saturating_add(us);
-            self.stats.sync_time_us_max = self.stats.sync_time_us_max.max(us);
-        }
+        let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.syncs += 1;
+        self.stats.sync_time_us_total = self.stats.sync_time_us_total.saturating_add(us);
+        self.stats.sync_time_us_max = self.stats.sync_time_us_max.max(us);
         if let Some((first, last)) = self.checkpoint_in_flight {
             if self.wal.synced_lsn() >= last {
                 self.checkpoint_in_flight = None;
@@ -769,8 +804,40 @@ impl SyncHandle {
     /// Makes every record buffered so far durable (one write and one fdatasync, none if
     /// nothing is buffered). Call before sending OmniPaxos's outgoing messages and
     /// before applying decided entries. After an error the log is poisoned.
+    ///
+    /// The lock shared with OmniPaxos's storage is held only to write the batch and to
+    /// record the outcome, not across the `fdatasync`: the node's core keeps buffering
+    /// OmniPaxos writes meanwhile (they go to the next sync).
     pub fn sync(&self) -> Result<(), StorageError> {
-        lock(&self.shared)?.sync()
+        let start = Instant::now();
+        let pending = lock(&self.shared)?.begin_sync()?;
+        let done = pending.map(|mut p| {
+            let r = p.wait();
+            (p, r)
+        });
+        lock(&self.shared)?.finish_sync(done, start)
+    }
+
+    /// Offers a pure image of the node's state machine (`MachineSnapshot::from_machine`
+    /// of the machine that applied exactly the first `image_zxid()` decided entries). When
+    /// OmniPaxos next stores a snapshot covering exactly that many entries, the storage
+    /// uses this image instead of rebuilding one by replaying the snapshot's tail on a
+    /// fresh machine: the result is the same (applying the same decided entries in the
+    /// same order is deterministic), without the replay. Replaces an earlier offer.
+    pub fn offer_image(&self, image: MachineSnapshot) {
+        if image.is_compact() {
+            lock_for_stats(&self.shared).offered_image = Some(image);
+        }
+    }
+
+    /// The lsn of the last record buffered so far; durable once `durable_lsn` reaches it.
+    pub fn last_lsn(&self) -> u64 {
+        lock_for_stats(&self.shared).wal.last_lsn()
+    }
+
+    /// The highest lsn known durable.
+    pub fn durable_lsn(&self) -> u64 {
+        lock_for_stats(&self.shared).wal.synced_lsn()
     }
 
     /// Whether records are buffered but not yet durable.
@@ -930,6 +997,7 @@ impl PaxosStorage {
             bytes_since_checkpoint,
             checkpoint_in_flight: None,
             compact_through_lsn: last_checkpoint.map(|c| c - 1),
+            offered_image: None,
             stats: StorageStats {
                 records_recovered,
                 truncated_bytes_at_open: recovered.truncated_bytes,
@@ -1195,9 +1263,17 @@ impl PaxosStorage {
         } else {
             (self.repair_delta_snapshot(s, shape)?, true)
         };
-        let s = s
-            .compact(self.config.limits)
-            .map_err(PaxosStorageError::Snapshot)?;
+        let offered = lock_for_stats(&self.shared)
+            .offered_image
+            .as_ref()
+            .filter(|image| image.image_zxid == s.covers() && !s.is_compact())
+            .cloned();
+        let s = match offered {
+            Some(image) => image,
+            None => s
+                .compact(self.config.limits)
+                .map_err(PaxosStorageError::Snapshot)?,
+        };
         if s.image_zxid != target as u64 {
             return Err(PaxosStorageError::Invariant(format!(
                 "compacted snapshot is at zxid {} but the compacted index is {target}",
@@ -1723,6 +1799,32 @@ mod tests {
             entries(20..25)[..]
         );
         reopen(s, dir);
+    }
+
+    #[test]
+    fn an_offered_image_replaces_the_replay_only_at_its_own_index() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = open(tmp.path());
+        let all = entries(0..20);
+        s.append_entries(all.clone()).expect("append");
+        s.set_decided_idx(20).expect("decided");
+        let handle = s.sync_handle();
+        // An image at another index is ignored: the snapshot is rebuilt by replay.
+        let image = MachineSnapshot::from_machine(&machine_of(&all[..8])).expect("image");
+        handle.offer_image(image);
+        omnipaxos_snapshot(&mut s, 10);
+        let snap = s.snapshot().expect("a snapshot");
+        assert_eq!(snap.image_zxid(), 10);
+        assert_eq!(hash_of_snapshot(snap), machine_of(&all[..10]).state_hash());
+        // An image at the snapshot's index is used as it is (same bytes).
+        let image = MachineSnapshot::from_machine(&machine_of(&all[..15])).expect("image");
+        handle.offer_image(image.clone());
+        omnipaxos_snapshot(&mut s, 15);
+        let snap = s.snapshot().expect("a snapshot");
+        assert_eq!(snap, &image);
+        assert_eq!(hash_of_snapshot(snap), machine_of(&all[..15]).state_hash());
+        let s = reopen(s, tmp.path());
+        assert_eq!(s.snapshot().expect("a snapshot"), &image);
     }
 
     #[test]
