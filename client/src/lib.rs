@@ -118,6 +118,7 @@ mod lease;
 mod lock;
 mod lock_registry;
 mod multi;
+mod multi_lock;
 mod pending;
 pub mod recipes;
 mod registry;
@@ -127,17 +128,19 @@ mod watcher;
 
 pub use client::{Client, Created};
 pub use config::{ClientConfig, SERVER_DEDUP_WINDOW};
-pub use error::{Error, Result};
+pub use error::{Deadlock, Error, Result};
 pub use fencing::{FencingError, FencingValidator};
 pub use lease::{Lease, LeaseOptions, Renewal};
 pub use lock::{check_lock, LockBuilder, LockGuard, LockLoss, LockOptions, LockStats};
 pub use multi::Transaction;
+pub use multi_lock::{MultiLockBuilder, MultiLockGuard};
 pub use state::{ConnectionState, StateStream};
 pub use watcher::{WatchStream, Watcher};
 
+pub use corral_protocol::deadlock::WaitStep;
 /// Path helpers (`validate_path`, `parent`, `name`, `join`) from the protocol crate.
 pub use corral_protocol::path;
 pub use corral_protocol::{
     AddWatchMode, CreateMode, CreateRequest, ErrorCode, ErrorInfo, EventKind, LockEntry, LockKind,
-    LockState, MultiOp, MultiResult, Stat, WatchEvent, WatcherKind,
+    LockState, LockedNode, MultiOp, MultiResult, Stat, WatchEvent, WatcherKind,
 };
