@@ -102,6 +102,12 @@
 //!   increasing across holders. Check it on every guarded write: in a multi for corral
 //!   itself ([`LockGuard::check_op`], [`Transaction::check_lock`]), with a
 //!   [`FencingValidator`] for outside resources.
+//! - **Several locks at once.** [`Client::lock_many`] acquires a set of locks all or
+//!   nothing on the server ([`MultiLockGuard`], one fencing token per lock; releasing
+//!   releases all). A lock request whose wait would close a cycle of sessions waiting
+//!   for each other fails with [`Error::Deadlock`], naming the cycle
+//!   ([`Error::deadlock_cycle`]); the others go on once the refused session releases
+//!   what it holds.
 //! - **Cleanup.** Dropping a guard releases the lock, dropping a pending acquire leaves
 //!   the queue, both in the background; such releases are resent until answered, and a
 //!   lock request is never orphaned by a lost answer.
