@@ -24,12 +24,16 @@
 //! **Incremental.** These edges depend on queue order only, so a waiting node's edges
 //! never grow: only a new waiting node adds edges, and grants, releases and expiries
 //! only remove them. Every state is therefore deadlock-free if every new wait that would
-//! close a cycle is refused: the check runs once per new waiting request, as a
-//! depth-first search from the new node over the part of the graph it reaches, looking
-//! for its own session. Edges are not stored: they are read off [`WaitIndex`], a
-//! per-lock ordered index of the queues (predecessor and nearest-writer lookups in
-//! O(log n)), updated from each entry's changes, so a search costs O(reached nodes x
-//! log n).
+//! close a cycle is refused: the check runs once per new waiting request, as a search
+//! from the new node over the part of the graph it reaches, looking for its own
+//! session. Edges are not stored: they are read off [`WaitIndex`], a per-lock ordered
+//! index of the queues (predecessor and nearest-writer lookups in O(log n)) with each
+//! session's waiting nodes, updated for the locks each entry touched. The search has two
+//! phases: a plain scan of the new node's own queue that only picks the owners that
+//! also wait in another lock (a cycle must leave this lock, and their waits here are
+//! covered by the scan), then a depth-first search through the other locks, where any
+//! node of the session closes a cycle. A search costs O(nodes ahead in its own queue)
+//! cheap steps plus O(nodes reached elsewhere x log n).
 //!
 //! **Victim.** The request that would close the cycle: the youngest wait in it. It is
 //! refused with `Deadlock` naming the cycle and creates nothing, so the sessions already
@@ -222,6 +226,112 @@ impl WaitIndex {
                 .insert((lock.to_string(), *seq));
         }
         self.queues.insert(lock.to_string(), queue);
+    }
+
+    /// Adds a queue node (an entry created it).
+    pub fn insert_node(&mut self, lock: &str, family: LockFamily, seq: u64, node: QNode) {
+        let q = self
+            .queues
+            .entry(lock.to_string())
+            .or_insert_with(|| LockQueue {
+                family,
+                nodes: BTreeMap::new(),
+                writers: BTreeSet::new(),
+            });
+        if q.nodes.insert(seq, node).is_some() {
+            return;
+        }
+        if node.kind == LockKind::Write {
+            q.writers.insert(seq);
+        }
+        *self
+            .counts
+            .entry(node.session)
+            .or_default()
+            .entry(lock.to_string())
+            .or_default() += 1;
+        if !node.granted {
+            self.waiting
+                .entry(node.session)
+                .or_default()
+                .insert((lock.to_string(), seq));
+        }
+    }
+
+    /// Removes a queue node (an entry deleted it).
+    pub fn remove_node(&mut self, lock: &str, seq: u64) {
+        let Some(q) = self.queues.get_mut(lock) else {
+            return;
+        };
+        let Some(node) = q.nodes.remove(&seq) else {
+            return;
+        };
+        q.writers.remove(&seq);
+        if let Some(m) = self.counts.get_mut(&node.session) {
+            if let Some(c) = m.get_mut(lock) {
+                *c -= 1;
+                if *c == 0 {
+                    m.remove(lock);
+                }
+            }
+            if m.is_empty() {
+                self.counts.remove(&node.session);
+            }
+        }
+        self.unwait(node.session, lock, seq);
+    }
+
+    /// Marks a node as granted (grants are only ever undone by deleting the node).
+    pub fn mark_granted(&mut self, lock: &str, seq: u64) {
+        let Some(node) = self
+            .queues
+            .get_mut(lock)
+            .and_then(|q| q.nodes.get_mut(&seq))
+        else {
+            return;
+        };
+        if node.granted {
+            return;
+        }
+        node.granted = true;
+        let session = node.session;
+        self.unwait(session, lock, seq);
+    }
+
+    /// Forgets a lock whose state is gone.
+    pub fn remove_lock(&mut self, lock: &str) {
+        let seqs: Vec<u64> = self
+            .queues
+            .get(lock)
+            .map(|q| q.nodes.keys().copied().collect())
+            .unwrap_or_default();
+        for seq in seqs {
+            self.remove_node(lock, seq);
+        }
+        self.queues.remove(lock);
+    }
+
+    /// Makes sure `lock` has a (possibly empty) queue.
+    pub fn ensure_lock(&mut self, lock: &str, family: LockFamily) {
+        if !self.queues.contains_key(lock) {
+            self.queues.insert(
+                lock.to_string(),
+                LockQueue {
+                    family,
+                    nodes: BTreeMap::new(),
+                    writers: BTreeSet::new(),
+                },
+            );
+        }
+    }
+
+    fn unwait(&mut self, session: u64, lock: &str, seq: u64) {
+        if let Some(set) = self.waiting.get_mut(&session) {
+            set.remove(&(lock.to_string(), seq));
+            if set.is_empty() {
+                self.waiting.remove(&session);
+            }
+        }
     }
 
     /// The indexed queue of `lock`.
