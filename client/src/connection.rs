@@ -91,6 +91,9 @@ pub(crate) enum Then {
     Lock { lock: String },
     /// A release by its holder: the node's status ends with `Released`.
     Unlock { node: String },
+    /// A multi-lock request: on `MultiLocked`, track every queue node and answer with
+    /// receivers of their statuses. Resent until answered, like `Lock`.
+    LockMany { locks: Vec<String> },
     /// On behalf of a dropped handle: nobody waits for the answer. Resent until
     /// answered.
     Detached(Detached),
@@ -108,17 +111,24 @@ pub(crate) enum Detached {
 impl Then {
     /// Whether the request must reach the server even if its caller is gone.
     fn must_complete(&self) -> bool {
-        matches!(self, Then::Close | Then::Lock { .. } | Then::Detached(_))
+        matches!(
+            self,
+            Then::Close | Then::Lock { .. } | Then::LockMany { .. } | Then::Detached(_)
+        )
     }
 
-    /// The lock a request that could leave or remove a queue node is about.
-    fn lock_name(&self) -> Option<String> {
+    /// The locks a request that could leave or remove a queue node is about.
+    fn lock_names(&self) -> Vec<String> {
         match self {
-            Then::Lock { lock } => Some(lock.clone()),
+            Then::Lock { lock } => vec![lock.clone()],
+            Then::LockMany { locks } => locks.clone(),
             Then::Unlock { node } | Then::Detached(Detached::Unlock { node }) => {
-                corral_protocol::path::parent(node).map(str::to_string)
+                corral_protocol::path::parent(node)
+                    .map(str::to_string)
+                    .into_iter()
+                    .collect()
             }
-            _ => None,
+            _ => Vec::new(),
         }
     }
 }
@@ -132,6 +142,8 @@ pub(crate) struct Reply {
     pub stream: Option<broadcast::Receiver<StreamItem>>,
     /// For `Lock`: the status of the queue node.
     pub lock: Option<watch::Receiver<SlotStatus>>,
+    /// For `LockMany`: the statuses of the queue nodes, in request order.
+    pub locks: Vec<watch::Receiver<SlotStatus>>,
 }
 
 /// What the public API can read about the session without asking the task.
@@ -389,9 +401,10 @@ impl Task {
             .pending
             .waiters()
             .filter_map(|w| match w {
-                WaitFor::Call { then, .. } => then.lock_name(),
+                WaitFor::Call { then, .. } => Some(then.lock_names()),
                 _ => None,
             })
+            .flatten()
             .collect();
         for (lock, sweep) in self.locks.resync_plan(in_flight) {
             let op = Op::GetLocks { path: lock.clone() };
@@ -608,11 +621,19 @@ impl Task {
                     // without renewing anything, so only keepalives (acknowledged after
                     // the leader renewed the session) move the lease deadline.
                     let closed = matches!(result, OpResult::Closed);
+                    let locks = match (&then, &result) {
+                        (Then::LockMany { .. }, OpResult::MultiLocked { granted, nodes }) => nodes
+                            .iter()
+                            .map(|n| self.locks.register(&n.lock, &n.node, *granted))
+                            .collect(),
+                        _ => Vec::new(),
+                    };
                     let (stream, lock) = self.apply(then, &result, response.zxid);
                     let reply = reply.send(Ok(Reply {
                         result,
                         stream,
                         lock,
+                        locks,
                     }));
                     if let Err(Ok(unwanted)) = reply {
                         self.unwanted(unwanted);
@@ -656,7 +677,10 @@ impl Task {
         Option<watch::Receiver<SlotStatus>>,
     ) {
         match then {
-            Then::Nothing | Then::Close | Then::Detached(Detached::RevokeLease) => (None, None),
+            Then::Nothing
+            | Then::Close
+            | Then::LockMany { .. }
+            | Then::Detached(Detached::RevokeLease) => (None, None),
             Then::OneShot { path, kind, tx } => {
                 // An exists watch on a node that exists is a data watch (as in
                 // ZooKeeper): re-registered as an exist watch after a reconnect, the
@@ -693,6 +717,15 @@ impl Task {
 
     /// A successful answer whose caller is gone: undo what must not outlive it.
     fn unwanted(&mut self, reply: Reply) {
+        if !reply.locks.is_empty() {
+            if let OpResult::MultiLocked { nodes, .. } = &reply.result {
+                tracing::debug!("multi-lock answered after its caller left; releasing");
+                for n in nodes {
+                    self.locks.forget(&n.node);
+                    self.defer_unlock(n.node.clone());
+                }
+            }
+        }
         if reply.lock.is_some() {
             if let OpResult::Locked { node, .. } | OpResult::Queued { node, .. } = reply.result {
                 tracing::debug!(%node, "lock request answered after its caller left; releasing");
@@ -818,12 +851,13 @@ impl Task {
                             result: OpResult::Closed,
                             stream: None,
                             lock: None,
+                            locks: Vec::new(),
                         }));
                         return Err(End::Final(ConnectionState::Closed, Error::Closed));
                     }
                     Some(call) => {
                         if let Then::Detached(Detached::Unlock { .. }) = &call.then {
-                            if let Some(lock) = call.then.lock_name() {
+                            for lock in call.then.lock_names() {
                                 self.locks.suspect(&lock);
                             }
                         }
@@ -845,7 +879,7 @@ impl Task {
             if let WaitFor::Call { then, reply, .. } = waiter {
                 // A lock or release that may or may not have been applied: the queue
                 // may hold a node nobody tracks.
-                if let Some(lock) = then.lock_name() {
+                for lock in then.lock_names() {
                     self.locks.suspect(&lock);
                 }
                 let answer = match then {
@@ -854,6 +888,7 @@ impl Task {
                         result: OpResult::Closed,
                         stream: None,
                         lock: None,
+                        locks: Vec::new(),
                     }),
                     _ => Err(Error::ConnectionLoss),
                 };
@@ -861,7 +896,7 @@ impl Task {
             }
         }
         for call in std::mem::take(&mut self.deferred) {
-            if let Some(lock) = call.then.lock_name() {
+            for lock in call.then.lock_names() {
                 self.locks.suspect(&lock);
             }
         }
@@ -887,6 +922,7 @@ impl Task {
                     result: OpResult::Closed,
                     stream: None,
                     lock: None,
+                    locks: Vec::new(),
                 }),
                 _ => Err(err.clone()),
             };

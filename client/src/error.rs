@@ -1,6 +1,7 @@
 //! The client's error type.
 
 use crate::lock::LockLoss;
+use corral_protocol::deadlock::{parse_cycle, WaitStep};
 use corral_protocol::{ErrorCode, ErrorInfo, FrameError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +80,22 @@ pub enum Error {
     /// server no longer has it, or it was revoked. Grant a new one.
     #[error("lease lost: it expired, was revoked, or its safe deadline passed")]
     LeaseLost,
+    /// A lock request was refused because waiting would have closed a cycle of
+    /// sessions waiting for each other (server code `Deadlock`). The request left no
+    /// trace; the locks this session already holds are still held: release some of them
+    /// (or all) before trying again, or the same cycle forms again.
+    #[error("{}", .0.info)]
+    Deadlock(Box<Deadlock>),
+}
+
+/// What [`Error::Deadlock`] carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deadlock {
+    /// The cycle, starting with this session's refused wait; empty if the server's
+    /// message did not name one.
+    pub cycle: Vec<WaitStep>,
+    /// The server's error (code `Deadlock`).
+    pub info: ErrorInfo,
 }
 
 impl Error {
@@ -96,6 +113,7 @@ impl Error {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Error::Server(info) | Error::InvalidPath(info) => Some(info.code),
+            Error::Deadlock(d) => Some(d.info.code),
             Error::ConnectionLoss => Some(ErrorCode::ConnectionLoss),
             Error::SessionExpired => Some(ErrorCode::SessionExpired),
             Error::Timeout(_) => Some(ErrorCode::OperationTimeout),
@@ -133,6 +151,27 @@ impl Error {
         self.code() == Some(code)
     }
 
+    /// The wait-for cycle of a [`Error::Deadlock`], if this is one.
+    ///
+    /// ```
+    /// use corral_client::{Error, ErrorCode, ErrorInfo};
+    /// let info = ErrorInfo::new(
+    ///     ErrorCode::Deadlock,
+    ///     "waiting on /a would deadlock: a cycle of 2 sessions\n\
+    ///      session 0x5 waits for session 0x7 on /a\n\
+    ///      session 0x7 waits for session 0x5 on /b",
+    /// );
+    /// let err = Error::from(info);
+    /// let cycle = err.deadlock_cycle().expect("a deadlock");
+    /// assert_eq!((cycle[0].session, cycle[0].waits_for, cycle[1].lock.as_str()), (5, 7, "/b"));
+    /// ```
+    pub fn deadlock_cycle(&self) -> Option<&[WaitStep]> {
+        match self {
+            Error::Deadlock(d) => Some(&d.cycle),
+            _ => None,
+        }
+    }
+
     pub(crate) fn protocol(message: impl Into<String>) -> Self {
         Error::Protocol(message.into())
     }
@@ -145,6 +184,10 @@ impl From<ErrorInfo> for Error {
         match info.code {
             ErrorCode::SessionExpired => Error::SessionExpired,
             ErrorCode::ConnectionLoss => Error::ConnectionLoss,
+            ErrorCode::Deadlock => Error::Deadlock(Box::new(Deadlock {
+                cycle: parse_cycle(&info.message).unwrap_or_default(),
+                info,
+            })),
             _ => Error::Server(info),
         }
     }

@@ -102,6 +102,12 @@
 //!   increasing across holders. Check it on every guarded write: in a multi for corral
 //!   itself ([`LockGuard::check_op`], [`Transaction::check_lock`]), with a
 //!   [`FencingValidator`] for outside resources.
+//! - **Several locks at once.** [`Client::lock_many`] acquires a set of locks all or
+//!   nothing on the server ([`MultiLockGuard`], one fencing token per lock; releasing
+//!   releases all). A lock request whose wait would close a cycle of sessions waiting
+//!   for each other fails with [`Error::Deadlock`], naming the cycle
+//!   ([`Error::deadlock_cycle`]); the others go on once the refused session releases
+//!   what it holds.
 //! - **Cleanup.** Dropping a guard releases the lock, dropping a pending acquire leaves
 //!   the queue, both in the background; such releases are resent until answered, and a
 //!   lock request is never orphaned by a lost answer.
@@ -119,6 +125,7 @@ mod lease;
 mod lock;
 mod lock_registry;
 mod multi;
+mod multi_lock;
 mod pending;
 pub mod recipes;
 mod registry;
@@ -128,17 +135,19 @@ mod watcher;
 
 pub use client::{Client, Created};
 pub use config::{ClientConfig, SERVER_DEDUP_WINDOW};
-pub use error::{Error, Result};
+pub use error::{Deadlock, Error, Result};
 pub use fencing::{FencingError, FencingValidator};
 pub use lease::{Lease, LeaseOptions, Renewal};
 pub use lock::{check_lock, LockBuilder, LockGuard, LockLoss, LockOptions, LockStats};
 pub use multi::Transaction;
+pub use multi_lock::{MultiLockBuilder, MultiLockGuard};
 pub use state::{ConnectionState, StateStream};
 pub use watcher::{WatchStream, Watcher};
 
+pub use corral_protocol::deadlock::WaitStep;
 /// Path helpers (`validate_path`, `parent`, `name`, `join`) from the protocol crate.
 pub use corral_protocol::path;
 pub use corral_protocol::{
     AddWatchMode, CreateMode, CreateRequest, ErrorCode, ErrorInfo, EventKind, LockEntry, LockKind,
-    LockState, MultiOp, MultiResult, Stat, WatchEvent, WatcherKind,
+    LockState, LockedNode, MultiOp, MultiResult, Stat, WatchEvent, WatcherKind,
 };

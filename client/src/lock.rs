@@ -203,12 +203,12 @@ pub(crate) struct LockCounters {
     failed: AtomicU64,
     wait_total_us: AtomicU64,
     wait_max_us: AtomicU64,
-    released: AtomicU64,
-    failed_releases: AtomicU64,
+    pub(crate) released: AtomicU64,
+    pub(crate) failed_releases: AtomicU64,
 }
 
 impl LockCounters {
-    fn add(counter: &AtomicU64) {
+    pub(crate) fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -333,16 +333,16 @@ pub struct LockBuilder {
 
 /// The end an acquire attempt came to, for the counters; an attempt dropped before it
 /// records one counts as cancelled, and a queue node it still owns is released.
-struct Attempt<'a> {
+pub(crate) struct Attempt<'a> {
     client: &'a Client,
     started: Instant,
     recorded: bool,
     /// The queue node to release if the attempt ends without handing it over.
-    node: Option<String>,
+    pub(crate) node: Option<String>,
 }
 
 impl<'a> Attempt<'a> {
-    fn new(client: &'a Client) -> Self {
+    pub(crate) fn new(client: &'a Client) -> Self {
         Attempt {
             client,
             started: Instant::now(),
@@ -358,21 +358,21 @@ impl<'a> Attempt<'a> {
         }
     }
 
-    fn granted(&mut self) {
+    pub(crate) fn granted(&mut self) {
         self.node = None;
         self.record(|c| &c.granted);
         self.client.lock_counters().waited(self.started.elapsed());
     }
 
-    fn timed_out(&mut self) {
+    pub(crate) fn timed_out(&mut self) {
         self.record(|c| &c.timed_out);
     }
 
-    fn try_failed(&mut self) {
+    pub(crate) fn try_failed(&mut self) {
         self.record(|c| &c.try_failed);
     }
 
-    fn failed(&mut self) {
+    pub(crate) fn failed(&mut self) {
         self.record(|c| &c.failed);
     }
 }
@@ -386,7 +386,7 @@ impl Drop for Attempt<'_> {
     }
 }
 
-fn detach_unlock(client: &Client, node: String) {
+pub(crate) fn detach_unlock(client: &Client, node: String) {
     client.detach(
         Op::Unlock { node: node.clone() },
         Then::Detached(Detached::Unlock { node }),
@@ -394,7 +394,7 @@ fn detach_unlock(client: &Client, node: String) {
 }
 
 /// `future`, given up at `deadline` (`None` if it passed first).
-async fn until<F: Future>(deadline: Option<Instant>, future: F) -> Option<F::Output> {
+pub(crate) async fn until<F: Future>(deadline: Option<Instant>, future: F) -> Option<F::Output> {
     match deadline {
         Some(at) => tokio::time::timeout_at(at, future).await.ok(),
         None => Some(future.await),
@@ -402,7 +402,7 @@ async fn until<F: Future>(deadline: Option<Instant>, future: F) -> Option<F::Out
 }
 
 /// Resolves at `deadline`, or never.
-async fn sleep_until_some(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(at) => sleep_until(at).await,
         None => std::future::pending().await,
@@ -410,7 +410,7 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 }
 
 /// Resolves when the lease's state changes, or never (no lease, or it is dropped).
-async fn lease_changed(state: &mut Option<watch::Receiver<LeaseState>>) {
+pub(crate) async fn lease_changed(state: &mut Option<watch::Receiver<LeaseState>>) {
     match state {
         Some(rx) => {
             if rx.changed().await.is_err() {

@@ -24,12 +24,16 @@
 //! **Incremental.** These edges depend on queue order only, so a waiting node's edges
 //! never grow: only a new waiting node adds edges, and grants, releases and expiries
 //! only remove them. Every state is therefore deadlock-free if every new wait that would
-//! close a cycle is refused: the check runs once per new waiting request, as a
-//! depth-first search from the new node over the part of the graph it reaches, looking
-//! for its own session. Edges are not stored: they are read off [`WaitIndex`], a
-//! per-lock ordered index of the queues (predecessor and nearest-writer lookups in
-//! O(log n)), updated from each entry's changes, so a search costs O(reached nodes x
-//! log n).
+//! close a cycle is refused: the check runs once per new waiting request, as a search
+//! from the new node over the part of the graph it reaches, looking for its own
+//! session. Edges are not stored: they are read off [`WaitIndex`], a per-lock ordered
+//! index of the queues (predecessor and nearest-writer lookups in O(log n)) with each
+//! session's waiting nodes, updated for the locks each entry touched. The search has two
+//! phases: a plain scan of the new node's own queue that only picks the owners that
+//! also wait in another lock (a cycle must leave this lock, and their waits here are
+//! covered by the scan), then a depth-first search through the other locks, where any
+//! node of the session closes a cycle. A search costs O(nodes ahead in its own queue)
+//! cheap steps plus O(nodes reached elsewhere x log n).
 //!
 //! **Victim.** The request that would close the cycle: the youngest wait in it. It is
 //! refused with `Deadlock` naming the cycle and creates nothing, so the sessions already
@@ -148,13 +152,9 @@ pub struct WaitIndex {
 
 /// One entry of the search's stack.
 #[derive(Clone, Copy)]
-struct Step<'a> {
+struct Step {
     /// The visit.
     at: usize,
-    /// The lock of the new node the path started from.
-    root: &'a str,
-    /// Whether the path left `root` before this visit.
-    crossed: bool,
     /// A waiting node of a session hopped into (else a node that must go).
     waiting: bool,
     /// The session whose waiting node began the walk through this lock.
@@ -228,6 +228,112 @@ impl WaitIndex {
         self.queues.insert(lock.to_string(), queue);
     }
 
+    /// Adds a queue node (an entry created it).
+    pub fn insert_node(&mut self, lock: &str, family: LockFamily, seq: u64, node: QNode) {
+        let q = self
+            .queues
+            .entry(lock.to_string())
+            .or_insert_with(|| LockQueue {
+                family,
+                nodes: BTreeMap::new(),
+                writers: BTreeSet::new(),
+            });
+        if q.nodes.insert(seq, node).is_some() {
+            return;
+        }
+        if node.kind == LockKind::Write {
+            q.writers.insert(seq);
+        }
+        *self
+            .counts
+            .entry(node.session)
+            .or_default()
+            .entry(lock.to_string())
+            .or_default() += 1;
+        if !node.granted {
+            self.waiting
+                .entry(node.session)
+                .or_default()
+                .insert((lock.to_string(), seq));
+        }
+    }
+
+    /// Removes a queue node (an entry deleted it).
+    pub fn remove_node(&mut self, lock: &str, seq: u64) {
+        let Some(q) = self.queues.get_mut(lock) else {
+            return;
+        };
+        let Some(node) = q.nodes.remove(&seq) else {
+            return;
+        };
+        q.writers.remove(&seq);
+        if let Some(m) = self.counts.get_mut(&node.session) {
+            if let Some(c) = m.get_mut(lock) {
+                *c -= 1;
+                if *c == 0 {
+                    m.remove(lock);
+                }
+            }
+            if m.is_empty() {
+                self.counts.remove(&node.session);
+            }
+        }
+        self.unwait(node.session, lock, seq);
+    }
+
+    /// Marks a node as granted (grants are only ever undone by deleting the node).
+    pub fn mark_granted(&mut self, lock: &str, seq: u64) {
+        let Some(node) = self
+            .queues
+            .get_mut(lock)
+            .and_then(|q| q.nodes.get_mut(&seq))
+        else {
+            return;
+        };
+        if node.granted {
+            return;
+        }
+        node.granted = true;
+        let session = node.session;
+        self.unwait(session, lock, seq);
+    }
+
+    /// Forgets a lock whose state is gone.
+    pub fn remove_lock(&mut self, lock: &str) {
+        let seqs: Vec<u64> = self
+            .queues
+            .get(lock)
+            .map(|q| q.nodes.keys().copied().collect())
+            .unwrap_or_default();
+        for seq in seqs {
+            self.remove_node(lock, seq);
+        }
+        self.queues.remove(lock);
+    }
+
+    /// Makes sure `lock` has a (possibly empty) queue.
+    pub fn ensure_lock(&mut self, lock: &str, family: LockFamily) {
+        if !self.queues.contains_key(lock) {
+            self.queues.insert(
+                lock.to_string(),
+                LockQueue {
+                    family,
+                    nodes: BTreeMap::new(),
+                    writers: BTreeSet::new(),
+                },
+            );
+        }
+    }
+
+    fn unwait(&mut self, session: u64, lock: &str, seq: u64) {
+        if let Some(set) = self.waiting.get_mut(&session) {
+            set.remove(&(lock.to_string(), seq));
+            if set.is_empty() {
+                self.waiting.remove(&session);
+            }
+        }
+    }
+
     /// The indexed queue of `lock`.
     pub fn queue(&self, lock: &str) -> Option<&LockQueue> {
         self.queues.get(lock)
@@ -251,22 +357,23 @@ impl WaitIndex {
     /// the new nodes reach.
     pub fn find_cycle(&self, session: u64, new: &[(&str, LockKind)]) -> Option<Vec<WaitStep>> {
         let mut visits: Vec<Visit<'_>> = Vec::new();
-        // Nodes whose predecessors are explored: (lock, seq, crossed, waiter), where
-        // `crossed` says whether the path left the lock of the new node it started
-        // from, and `waiter` is the session whose waiting node began the walk through
-        // this lock when it has other nodes there (its own nodes are skipped), else 0
-        // (walks of waiters without nodes ahead are the same, so they are shared).
-        let mut seen: HashSet<(&str, u64, bool, u64)> = HashSet::new();
-        let mut hopped_into: HashSet<(u64, bool)> = HashSet::new();
-        let mut stack: Vec<Step<'_>> = Vec::new();
-        for (lock, kind) in new.iter().rev() {
+        let mut stack: Vec<Step> = Vec::new();
+        // Sessions hopped into from a root scan, per root lock, and from the general
+        // search (which pushes all of their waiting nodes).
+        let mut root_hops: HashSet<(u64, &str)> = HashSet::new();
+        let mut hops: HashSet<u64> = HashSet::new();
+        // 1. Root scans. A new node waits for every node from its first blocker down.
+        // A cycle within its own lock is not reported, so what matters there is only
+        // the owners of those nodes that also wait in *another* lock: their waits in
+        // this lock are walks over nodes this scan covers anyway. A plain scan, with no
+        // bookkeeping per node, so a long queue costs little.
+        for (lock, kind) in new.iter() {
             let Some((lock, q)) = self.queues.get_key_value(*lock) else {
                 continue;
             };
             let Some(first) = q.first_blocker(u64::MAX, *kind) else {
                 continue;
             };
-            // The new node itself (at the tail), the root of its path.
             let root = visits.len();
             visits.push(Visit {
                 parent: root,
@@ -275,24 +382,33 @@ impl WaitIndex {
                 session,
                 hop: false,
             });
-            visits.push(Visit {
-                parent: root,
-                lock,
-                seq: first,
-                session: q.nodes.get(&first).map_or(0, |n| n.session),
-                hop: false,
-            });
-            stack.push(Step {
-                at: root + 1,
-                root: lock.as_str(),
-                crossed: false,
-                waiting: false,
-                waiter: session,
-            });
+            for (seq, n) in q.nodes.range(..=first).rev() {
+                if n.session == session || !self.waits_outside(n.session, lock) {
+                    continue;
+                }
+                if hops.contains(&n.session) || !root_hops.insert((n.session, lock.as_str())) {
+                    continue;
+                }
+                visits.push(Visit {
+                    parent: root,
+                    lock,
+                    seq: *seq,
+                    session: n.session,
+                    hop: false,
+                });
+                let from = visits.len() - 1;
+                self.push_waits(&mut visits, &mut stack, from, n.session, Some(lock));
+            }
         }
+        // 2. The general search, every path of which has left its root lock: any node
+        // of `session` reached closes a cycle through at least two locks.
+        // Nodes whose predecessors are explored: (lock, seq, waiter), where `waiter` is
+        // the session whose waiting node began the walk through this lock when it has
+        // other nodes there (its own nodes are skipped), else 0 (walks of waiters
+        // without nodes of their own there are the same, so they are shared).
+        let mut seen: HashSet<(&str, u64, u64)> = HashSet::new();
         while let Some(step) = stack.pop() {
             let (lock, seq) = (visits[step.at].lock, visits[step.at].seq);
-            let crossed = step.crossed || lock != step.root;
             let Some(q) = self.queues.get(lock) else {
                 continue;
             };
@@ -310,21 +426,19 @@ impl WaitIndex {
                     });
                     stack.push(Step {
                         at: visits.len() - 1,
-                        crossed,
                         waiting: false,
                         waiter: n.session,
-                        ..step
                     });
                 }
                 continue;
             }
             // A node that must go, with everything ahead of it, for the waiter to go on.
-            let own = self.nodes_in(step.waiter, lock) > usize::from(step.waiter != session);
+            let own = self.nodes_in(step.waiter, lock) > 1;
             let key_waiter = if own { step.waiter } else { 0 };
-            if !seen.insert((lock, seq, crossed, key_waiter)) {
+            if !seen.insert((lock, seq, key_waiter)) {
                 continue;
             }
-            if n.session == session && crossed {
+            if n.session == session {
                 return Some(Self::cycle(&visits, step.at, session));
             }
             if let Some(pred) = q.pred(seq) {
@@ -337,38 +451,57 @@ impl WaitIndex {
                 });
                 stack.push(Step {
                     at: visits.len() - 1,
-                    crossed,
                     ..step
                 });
             }
             // A wait for one's own node is not a wait (see the module docs).
-            if n.session == step.waiter
-                || n.session == session
-                || !hopped_into.insert((n.session, crossed))
-            {
+            if n.session == step.waiter || !hops.insert(n.session) {
                 continue;
             }
             // Its owner releases it only once every one of its waiting nodes is granted.
-            for (wlock, wseq) in self.waiting.get(&n.session).into_iter().flatten().rev() {
-                let Some((wlock, wq)) = self.queues.get_key_value(wlock.as_str()) else {
-                    continue;
-                };
-                visits.push(Visit {
-                    parent: step.at,
-                    lock: wlock.as_str(),
-                    seq: *wseq,
-                    session: wq.nodes.get(wseq).map_or(0, |n| n.session),
-                    hop: true,
-                });
-                stack.push(Step {
-                    at: visits.len() - 1,
-                    crossed,
-                    waiting: true,
-                    ..step
-                });
-            }
+            self.push_waits(&mut visits, &mut stack, step.at, n.session, None);
         }
         None
+    }
+
+    /// Whether `session` has a waiting node in a lock other than `lock`.
+    fn waits_outside(&self, session: u64, lock: &str) -> bool {
+        self.waiting.get(&session).is_some_and(|set| {
+            set.first().is_some_and(|(l, _)| l != lock)
+                || set.last().is_some_and(|(l, _)| l != lock)
+        })
+    }
+
+    /// Pushes a hop from visit `from` (a node of `owner`) to each of `owner`'s waiting
+    /// nodes, except those in `skip`.
+    fn push_waits<'a>(
+        &'a self,
+        visits: &mut Vec<Visit<'a>>,
+        stack: &mut Vec<Step>,
+        from: usize,
+        owner: u64,
+        skip: Option<&str>,
+    ) {
+        for (wlock, wseq) in self.waiting.get(&owner).into_iter().flatten().rev() {
+            if skip == Some(wlock.as_str()) {
+                continue;
+            }
+            let Some((wlock, wq)) = self.queues.get_key_value(wlock.as_str()) else {
+                continue;
+            };
+            visits.push(Visit {
+                parent: from,
+                lock: wlock.as_str(),
+                seq: *wseq,
+                session: wq.nodes.get(wseq).map_or(0, |n| n.session),
+                hop: true,
+            });
+            stack.push(Step {
+                at: visits.len() - 1,
+                waiting: true,
+                waiter: owner,
+            });
+        }
     }
 
     /// How many nodes `session` has in `lock`'s queue.

@@ -557,10 +557,16 @@ fn route(state: &mut [Client], index_of: &impl Fn(u64) -> Option<usize>, applied
 
 #[test]
 fn random_lock_orders_always_terminate_without_two_holders() {
-    // CORRAL_DEADLOCK_SEED=n replays one seed.
+    // CORRAL_DEADLOCK_SEED=n replays one seed; CORRAL_DEADLOCK_SEEDS=n runs seeds 1..=n.
     let seeds: Vec<u64> = match std::env::var("CORRAL_DEADLOCK_SEED") {
         Ok(s) => vec![s.parse().expect("CORRAL_DEADLOCK_SEED is a number")],
-        Err(_) => (1..=150).collect(),
+        Err(_) => {
+            let n = std::env::var("CORRAL_DEADLOCK_SEEDS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(150);
+            (1..=n).collect()
+        }
     };
     let (mut finished, mut refused) = (0, 0);
     for seed in seeds {

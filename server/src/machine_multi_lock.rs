@@ -63,28 +63,62 @@ impl StateMachine {
         index
     }
 
-    /// Brings the wait-for index up to date with the locks an entry touched.
+    /// Brings the wait-for index up to date with an entry: the queue nodes it created
+    /// and deleted, the grants it made, the locks it forgot. O(changes + holders of the
+    /// locks touched), whatever the length of the queues.
     pub(super) fn update_wait_index(&mut self, txn: &Txn) {
-        let mut dirty: BTreeSet<&str> = BTreeSet::new();
+        let mut touched: BTreeSet<&str> = BTreeSet::new();
         for change in &txn.changes {
-            dirty.insert(change.path.as_str());
-            if let Some(parent) = corral_protocol::path::parent(&change.path) {
-                dirty.insert(parent);
+            let created = match change.kind {
+                EventKind::NodeCreated => true,
+                EventKind::NodeDeleted => false,
+                _ => continue,
+            };
+            if !created && !self.locks.contains_key(&change.path) {
+                // A lock directory that went with its state.
+                self.waits.remove_lock(&change.path);
             }
+            let Some(lock) = corral_protocol::path::parent(&change.path) else {
+                continue;
+            };
+            let name = corral_protocol::path::name(&change.path);
+            let Some(seq) = locks::sequence(name) else {
+                continue;
+            };
+            if !created {
+                self.waits.remove_node(lock, seq);
+                touched.insert(lock);
+                continue;
+            }
+            let Some(meta) = self.locks.get(lock) else {
+                continue;
+            };
+            let (Some(kind), Some(node)) = (
+                locks::kind_of(name, meta.family),
+                self.tree.get(&change.path),
+            ) else {
+                continue;
+            };
+            let q = crate::deadlock::QNode {
+                kind,
+                session: owner_session(&self.sessions, node.stat.ephemeral_owner),
+                granted: false,
+            };
+            self.waits.insert_node(lock, meta.family, seq, q);
+            touched.insert(lock);
         }
         for event in &txn.lock_events {
-            dirty.insert(event.event.lock.as_str());
+            touched.insert(event.event.lock.as_str());
         }
-        for lock in dirty {
-            match self.locks.get(lock) {
-                Some(meta) => {
-                    let q = LockQueue::from_state(&self.tree, lock, meta, |o| {
-                        owner_session(&self.sessions, o)
-                    });
-                    self.waits.set_lock(lock, Some(q));
+        for lock in touched {
+            let Some(meta) = self.locks.get(lock) else {
+                continue;
+            };
+            self.waits.ensure_lock(lock, meta.family);
+            for name in &meta.granted {
+                if let Some(seq) = locks::sequence(name) {
+                    self.waits.mark_granted(lock, seq);
                 }
-                None if self.waits.queue(lock).is_some() => self.waits.set_lock(lock, None),
-                None => {}
             }
         }
     }

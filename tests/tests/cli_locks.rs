@@ -539,6 +539,11 @@ async fn locks_lists_holders_and_waiters() {
     assert_eq!(waiters.len(), 1, "{one}");
     assert_eq!(waiters[0]["session"], b.session_id());
     assert!(waiters[0]["token"].as_u64() > Some(held.token()));
+    assert_eq!(
+        waiters[0]["waits_for"][0],
+        a.session_id(),
+        "who waits for whom"
+    );
     let s = &locks[1];
     assert_eq!(s["lock"], "/cli/listed/sem");
     assert_eq!(s["kind"], "semaphore(2)");
@@ -557,6 +562,10 @@ async fn locks_lists_holders_and_waiters() {
         "{table}"
     );
     assert!(table.contains("waiting"), "{table}");
+    assert!(
+        table.contains(&format!("waits for {:#x}", a.session_id())),
+        "{table}"
+    );
     assert!(table.contains(&format!("token {}", sem.token())), "{table}");
 
     // Nothing there: an empty listing.

@@ -95,7 +95,7 @@ enum Command {
     )]
     Elect(locked::ElectArgs),
     /// List the locks at and below a path: kind, holders and waiters (node, session,
-    /// fencing token), lock-delay.
+    /// fencing token, the sessions each waiter waits for), lock-delay.
     Locks {
         /// Where to look.
         #[arg(default_value = "/")]

@@ -2,7 +2,7 @@
 
 use crate::duration::show_duration;
 use crate::emit;
-use corral_client::{Client, Error, LockEntry, LockKind, LockState};
+use corral_client::{Client, Error, LockKind, LockState};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -25,31 +25,72 @@ fn family_name(lock: &LockState) -> String {
     }
 }
 
-fn entry_json(entry: &LockEntry) -> Value {
-    json!({
+/// The sessions the waiting entry `i` of `lock` waits for, as the server's deadlock
+/// detection counts them: every other session ahead of it for an exclusive, write or
+/// semaphore request, the sessions of the writes ahead for a read; none for an entry
+/// that may hold the lock by its place (a multi-lock waiting for its other locks).
+pub fn waits_for(lock: &LockState, i: usize) -> Vec<u64> {
+    let Some(entry) = lock.queue.get(i) else {
+        return Vec::new();
+    };
+    let ahead = &lock.queue[..i];
+    let eligible = match entry.kind {
+        LockKind::Semaphore { permits } => i < permits as usize,
+        LockKind::Read => ahead.iter().all(|e| e.kind != LockKind::Write),
+        LockKind::Exclusive | LockKind::Write => i == 0,
+    };
+    if entry.granted || eligible {
+        return Vec::new();
+    }
+    let mut sessions: Vec<u64> = ahead
+        .iter()
+        .filter(|e| entry.kind != LockKind::Read || e.kind == LockKind::Write)
+        .map(|e| e.session)
+        .filter(|s| *s != entry.session)
+        .collect();
+    sessions.sort_unstable();
+    sessions.dedup();
+    sessions
+}
+
+fn entry_json(lock: &LockState, i: usize) -> Value {
+    let entry = &lock.queue[i];
+    let mut v = json!({
         "node": entry.node,
         "kind": kind_name(entry.kind),
         "session": entry.session,
         "lease": entry.lease,
         "token": entry.token,
-    })
+    });
+    if !entry.granted {
+        v["waits_for"] = json!(waits_for(lock, i));
+    }
+    v
 }
 
 fn lock_json(lock: &LockState) -> Value {
-    let (holders, waiters): (Vec<&LockEntry>, Vec<&LockEntry>) =
-        lock.queue.iter().partition(|e| e.granted);
+    let (holders, waiters): (Vec<usize>, Vec<usize>) =
+        (0..lock.queue.len()).partition(|&i| lock.queue[i].granted);
     json!({
         "lock": lock.lock,
         "kind": family_name(lock),
         "lock_delay_ms": lock.lock_delay_ms,
         "delayed_until_ms": lock.delayed_until_ms,
         "queue_length": lock.queue.len(),
-        "holders": holders.into_iter().map(entry_json).collect::<Vec<_>>(),
-        "waiters": waiters.into_iter().map(entry_json).collect::<Vec<_>>(),
+        "holders": holders.into_iter().map(|i| entry_json(lock, i)).collect::<Vec<_>>(),
+        "waiters": waiters.into_iter().map(|i| entry_json(lock, i)).collect::<Vec<_>>(),
     })
 }
 
-fn entry_line(entry: &LockEntry) -> String {
+fn entry_line(lock: &LockState, i: usize) -> String {
+    let entry = &lock.queue[i];
+    let waits = waits_for(lock, i);
+    let waits = if waits.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = waits.iter().map(|s| format!("{s:#x}")).collect();
+        format!("  waits for {}", list.join(", "))
+    };
     let role = if entry.granted { "held" } else { "waiting" };
     let lease = if entry.lease != entry.session {
         format!("  lease {:#x}", entry.lease)
@@ -57,7 +98,7 @@ fn entry_line(entry: &LockEntry) -> String {
         String::new()
     };
     format!(
-        "  {role:<8} {}  {}  session {:#x}{lease}  token {}",
+        "  {role:<8} {}  {}  session {:#x}{lease}  token {}{waits}",
         entry.node,
         kind_name(entry.kind),
         entry.session,
@@ -94,9 +135,63 @@ pub async fn list(client: &Client, path: &str, json: bool) -> Result<(), Error> 
             holders,
             lock.queue.len() - holders,
         ))?;
-        for entry in &lock.queue {
-            emit(entry_line(entry))?;
+        for i in 0..lock.queue.len() {
+            emit(entry_line(lock, i))?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_client::LockEntry;
+
+    fn entry(session: u64, kind: LockKind, granted: bool) -> LockEntry {
+        LockEntry {
+            node: format!("/l/n-{session}"),
+            kind,
+            session,
+            lease: session,
+            token: session,
+            granted,
+        }
+    }
+
+    #[test]
+    fn who_waits_for_whom() {
+        let lock = |queue| LockState {
+            lock: "/l".into(),
+            lock_delay_ms: 0,
+            delayed_until_ms: 0,
+            queue,
+        };
+        let (r, w, x) = (LockKind::Read, LockKind::Write, LockKind::Exclusive);
+        let rw = lock(vec![
+            entry(1, r, true),
+            entry(2, r, true),
+            entry(3, w, false),
+            entry(4, r, false),
+            entry(3, w, false),
+        ]);
+        assert!(waits_for(&rw, 0).is_empty());
+        assert_eq!(waits_for(&rw, 2), vec![1, 2]);
+        assert_eq!(
+            waits_for(&rw, 3),
+            vec![3],
+            "a read waits for the writes ahead"
+        );
+        assert_eq!(waits_for(&rw, 4), vec![1, 2, 4], "never for itself");
+        // A multi-lock's node first in the queue, not granted: it waits elsewhere.
+        let ex = lock(vec![entry(5, x, false), entry(6, x, false)]);
+        assert!(waits_for(&ex, 0).is_empty());
+        assert_eq!(waits_for(&ex, 1), vec![5]);
+        let sem = LockKind::Semaphore { permits: 2 };
+        let s = lock(vec![
+            entry(1, sem, true),
+            entry(2, sem, true),
+            entry(3, sem, false),
+        ]);
+        assert_eq!(waits_for(&s, 2), vec![1, 2]);
+    }
 }
