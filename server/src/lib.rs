@@ -8,6 +8,7 @@
 //! - [`server`]: the IO shell (listener, connections, core task, storage thread).
 //! - [`config`]: flags, TOML file and defaults.
 
+pub mod clock;
 pub mod config;
 pub mod disk;
 pub mod faults;
