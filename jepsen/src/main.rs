@@ -266,7 +266,7 @@ fn run_inner(args: RunArgs) -> Result<ExitCode, String> {
     for name in netns::cleanup_leftovers() {
         println!("jepsen: removed namespace {name} left by an earlier run");
     }
-    let dir = run::run_dir(&args.out, &workloads, seed);
+    let dir = run::run_dir(&args.out, seed);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let dir = dir.canonicalize().map_err(|e| e.to_string())?;
     println!("jepsen: run directory {}", dir.display());

@@ -544,7 +544,8 @@ pub async fn orchestrate(opts: &Options, net: &Net) -> Result<RunInfo, String> {
             ensure(&admin, &format!("/jepsen/watch/k{k}"), "0").await?;
         }
     }
-    let sock = opts.dir.join("resource.sock");
+    // Unix socket paths are short (108 bytes): not in the run directory.
+    let sock = std::env::temp_dir().join(format!("corral-jepsen-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
     let listener =
         tokio::net::UnixListener::bind(&sock).map_err(|e| format!("resource socket: {e}"))?;
@@ -675,6 +676,7 @@ pub async fn orchestrate(opts: &Options, net: &Net) -> Result<RunInfo, String> {
         record(&h, e);
     }
     resource.abort();
+    let _ = std::fs::remove_file(&sock);
     let end_ns = now(&h);
     lock_cluster(&cluster).stop_all();
     let mut hist = h.lock().unwrap_or_else(|p| p.into_inner());
@@ -691,11 +693,11 @@ pub async fn orchestrate(opts: &Options, net: &Net) -> Result<RunInfo, String> {
     })
 }
 
-/// Where a run's files go: `<out>/<time>-<workloads>-<seed>`.
-pub fn run_dir(out: &Path, workloads: &[String], seed: u64) -> PathBuf {
+/// Where a run's files go: `<out>/<unix time>-<seed>`.
+pub fn run_dir(out: &Path, seed: u64) -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    out.join(format!("{secs}-{}-{seed}", workloads.join("+")))
+    out.join(format!("{secs}-{seed}"))
 }

@@ -52,6 +52,8 @@ struct Out {
     spec: Arc<WorkerSpec>,
     /// Serialises output lines; holds whether the last completion was `info`.
     lock: Arc<Mutex<bool>>,
+    /// Operations started by this process, across its sessions (values are unique).
+    counter: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Out {
@@ -78,6 +80,24 @@ impl Out {
 
     fn last_was_info(&self) -> bool {
         *self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A value no other operation of the run writes.
+    fn unique_value(&self) -> u64 {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        self.spec.process * 1_000_000 + n
+    }
+
+    /// After an indeterminate operation, waits a little: during an outage every call
+    /// fails at once, and indeterminate operations stay open until the end of the
+    /// history (they make the checkers' searches expensive).
+    async fn backoff_if_info(&self) {
+        if self.last_was_info() {
+            tokio::time::sleep(Duration::from_millis(INFO_BACKOFF_MS)).await;
+        }
     }
 
     fn past_deadline(&self) -> bool {
@@ -134,6 +154,7 @@ pub async fn run(spec: WorkerSpec) {
     let out = Out {
         spec: Arc::new(spec),
         lock: Arc::new(Mutex::new(false)),
+        counter: Arc::new(std::sync::atomic::AtomicU64::new(0)),
     };
     let mut rng = StdRng::seed_from_u64(out.spec.seed);
     let mut sessions = 0u32;
@@ -157,7 +178,9 @@ pub async fn run(spec: WorkerSpec) {
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), client.close()).await;
         if !session_over {
-            break;
+            // The workload could not start (e.g. its watch could not be set during an
+            // outage): try again with a new client shortly.
+            tokio::time::sleep(Duration::from_millis(INFO_BACKOFF_MS)).await;
         }
     }
 }
@@ -235,7 +258,7 @@ async fn lock_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
                 if matches!(err, Error::SessionExpired | Error::Closed) {
                     return true;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(INFO_BACKOFF_MS)).await;
                 continue;
             }
         };
@@ -292,10 +315,11 @@ async fn lock_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
                 None => None,
             };
         }
-        if client.state() == corral_client::ConnectionState::Expired {
+        if client.state().is_terminal() {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..50))).await;
+        out.backoff_if_info().await;
     }
     false
 }
@@ -334,7 +358,7 @@ async fn register_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
             }
         }
         let k = key.clone();
-        let value = out.spec.process * 1_000_000 + n;
+        let value = out.unique_value();
         let which = rng.gen_range(0..3);
         let mut inv = out.event(Kind::Invoke, ["read", "write", "cas"][which]);
         inv.key = Some(key.clone());
@@ -401,15 +425,11 @@ async fn register_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
                 out.emit(e);
             }
         }
-        if client.state() == corral_client::ConnectionState::Expired {
+        if client.state().is_terminal() {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..20))).await;
-        if out.last_was_info() {
-            // Indeterminate operations stay open until the end of the history and make
-            // the search expensive: do not pile them up during an outage.
-            tokio::time::sleep(Duration::from_millis(INFO_BACKOFF_MS)).await;
-        }
+        out.backoff_if_info().await;
     }
     false
 }
@@ -419,7 +439,7 @@ async fn sequential_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
     let prefix = format!("{}/item-", out.spec.root);
     while !out.past_deadline() && n < 1_000_000 {
         n += 1;
-        let value = out.spec.process * 1_000_000 + n;
+        let value = out.unique_value();
         let mut inv = out.event(Kind::Invoke, "create");
         inv.value = Some(value);
         out.emit(inv);
@@ -435,10 +455,11 @@ async fn sequential_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
             Err(err) => completion(out, "create", &err),
         };
         out.emit(e);
-        if client.state() == corral_client::ConnectionState::Expired {
+        if client.state().is_terminal() {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..30))).await;
+        out.backoff_if_info().await;
     }
     false
 }
@@ -450,7 +471,7 @@ async fn watch_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
         .await
     {
         Ok(s) => s,
-        Err(_) => return client.state() == corral_client::ConnectionState::Expired,
+        Err(_) => return client.state().is_terminal(),
     };
     let mut e = out.event(Kind::Event, "watching");
     e.zxid = Some(client.last_zxid());
@@ -458,17 +479,21 @@ async fn watch_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
     // Connection changes, with the zxid the client had seen: persistent watches are
     // re-registered after a reconnect without replaying what changed meanwhile.
     let mut states = client.state_events();
+    let mut states_open = true;
     let handle_state = |st: Option<corral_client::ConnectionState>| {
-        if let Some(st) = st {
-            let mut e = out.event(Kind::Event, "state");
-            e.zxid = Some(client.last_zxid());
-            e.error = Some(if st.is_connected() {
-                "connected".to_string()
-            } else {
-                st.to_string()
-            });
-            out.emit(e);
-        }
+        let Some(st) = st else {
+            // The client is finished; the stream must not be polled again.
+            return false;
+        };
+        let mut e = out.event(Kind::Event, "state");
+        e.zxid = Some(client.last_zxid());
+        e.error = Some(if st.is_connected() {
+            "connected".to_string()
+        } else {
+            st.to_string()
+        });
+        out.emit(e);
+        true
     };
     let handle_event = |item: Option<Result<corral_client::WatchEvent, Error>>| match item {
         Some(Ok(ev)) => {
@@ -495,7 +520,7 @@ async fn watch_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
     let mut watching = true;
     while !out.past_deadline() && n < 1_000_000 {
         n += 1;
-        let value = out.spec.process * 1_000_000 + n;
+        let value = out.unique_value();
         let key = format!("k{}", rng.gen_range(0..3));
         let path = format!("{root}/{key}");
         let mut inv = out.event(Kind::Invoke, "write");
@@ -508,7 +533,7 @@ async fn watch_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
             tokio::select! {
                 r = &mut write => break r,
                 item = stream.recv(), if watching => watching = handle_event(item),
-                st = states.recv() => handle_state(st),
+                st = states.recv(), if states_open => states_open = handle_state(st),
             }
         };
         let mut e = match result {
@@ -521,7 +546,7 @@ async fn watch_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
         };
         e.key = Some(key);
         out.emit(e);
-        if client.state() == corral_client::ConnectionState::Expired {
+        if client.state().is_terminal() {
             return true;
         }
         let pause = tokio::time::sleep(Duration::from_millis(rng.gen_range(0..30)));
@@ -530,7 +555,18 @@ async fn watch_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
             tokio::select! {
                 () = &mut pause => break,
                 item = stream.recv(), if watching => watching = handle_event(item),
-                st = states.recv() => handle_state(st),
+                st = states.recv(), if states_open => states_open = handle_state(st),
+            }
+        }
+        if out.last_was_info() {
+            let pause = tokio::time::sleep(Duration::from_millis(INFO_BACKOFF_MS));
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    () = &mut pause => break,
+                    item = stream.recv(), if watching => watching = handle_event(item),
+                    st = states.recv(), if states_open => states_open = handle_state(st),
+                }
             }
         }
     }
@@ -574,7 +610,7 @@ async fn session_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
             e.session = Some(client.session_id());
             out.emit(e);
         }
-        Err(_) => return client.state() == corral_client::ConnectionState::Expired,
+        Err(_) => return client.state().is_terminal(),
     }
     let mut n = 0u64;
     while !out.past_deadline() && n < 1_000_000 {
@@ -596,7 +632,7 @@ async fn session_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
             }
         };
         out.emit(e);
-        if client.state() == corral_client::ConnectionState::Expired {
+        if client.state().is_terminal() {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(100..300))).await;

@@ -232,6 +232,21 @@ mod tests {
     }
 
     #[test]
+    fn only_bad_version_counts_as_a_failed_compare_and_set() {
+        // A CAS that failed because the register did not exist yet did nothing; read as
+        // "the version differed" it would contradict the initial version 0.
+        let mut no_node = op(1, 1, Kind::Fail, "cas", None, None);
+        no_node.error = Some("NoNode: /k0".into());
+        let h = vec![op(0, 1, Kind::Invoke, "cas", Some(7), Some(0)), no_node];
+        assert_eq!(run(&h), Validity::Valid);
+        let h = vec![
+            op(0, 1, Kind::Invoke, "cas", Some(7), Some(0)),
+            bad_version(op(1, 1, Kind::Fail, "cas", None, None)),
+        ];
+        assert_eq!(run(&h), Validity::Invalid);
+    }
+
+    #[test]
     fn a_stale_read_is_caught() {
         let h = vec![
             op(0, 1, Kind::Invoke, "write", Some(5), None),

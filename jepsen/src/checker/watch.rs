@@ -56,7 +56,14 @@ pub fn check(history: &[Event], workload: &str) -> Check {
     {
         let cl = clients.entry(e.process).or_default();
         match e.f.as_str() {
-            "watching" => cl.start = e.zxid,
+            "watching" => {
+                // A new watch (a new session of this client): only what follows counts.
+                cl.start = e.zxid;
+                cl.end = None;
+                cl.lagged = false;
+                cl.down_since = None;
+                cl.gaps.clear();
+            }
             "watch-end" => cl.end = e.zxid,
             "lagged" => cl.lagged = true,
             "state" => {
