@@ -25,17 +25,9 @@ pub fn workloads_of(history: &[Event]) -> Vec<String> {
     let set: BTreeSet<&str> = history
         .iter()
         .map(|e| e.workload.as_str())
-        .filter(|w| *w != "nemesis")
+        .filter(|w| *w != "nemesis" && *w != "cluster")
         .collect();
     set.into_iter().map(str::to_string).collect()
-}
-
-/// Whether clients were paused or clocks skewed at some point (unfenced overlaps are
-/// then allowed).
-pub fn pauses_or_clocks(history: &[Event]) -> bool {
-    history
-        .iter()
-        .any(|e| e.workload == "nemesis" && (e.f == "start-pause-client" || e.f == "start-clock"))
 }
 
 /// After the heal, every workload must complete operations again.
@@ -76,24 +68,25 @@ pub fn analyze(
     nemeses: &[String],
     grace: Duration,
     time_limit: Duration,
+    strict: bool,
 ) -> Summary {
     let workloads = workloads_of(history);
-    let overlaps_allowed = pauses_or_clocks(history);
+    let excused = lock::excuses(history);
     let mut checks = Vec::new();
     for w in &workloads {
         match w.as_str() {
             "lock" => {
                 checks.push(lock::check_resource(history, "lock"));
                 checks.push(lock::check_tokens(history, "lock"));
-                checks.push(lock::check_intervals(history, "lock", overlaps_allowed));
+                checks.push(lock::check_intervals(history, "lock", &excused));
             }
             "unfenced" => {
                 checks.push(lock::check_tokens(history, "unfenced"));
-                checks.push(lock::check_intervals(history, "unfenced", overlaps_allowed));
+                checks.push(lock::check_intervals(history, "unfenced", &excused));
             }
             "register" => checks.push(register::check(history, "register", time_limit)),
             "sequential" => checks.push(sequential::check(history, "sequential")),
-            "watch" => checks.push(watch::check(history, "watch")),
+            "watch" => checks.push(watch::check(history, "watch", strict)),
             "session" => checks.push(session::check(history, "session")),
             _ => {}
         }
@@ -145,6 +138,9 @@ pub fn write_summary(summary: &Summary, dir: &Path) -> Result<(), String> {
         }
         for p in &c.problems {
             println!("    PROBLEM: {p}");
+        }
+        for k in &c.known_bugs {
+            println!("    KNOWN BUG: {k}");
         }
         for n in c.notes.iter().take(6) {
             println!("    note: {n}");

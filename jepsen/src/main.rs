@@ -37,6 +37,9 @@ enum Command {
         /// Time limit of each linearizability search, in seconds.
         #[arg(long, default_value_t = 30)]
         check_time_limit: u64,
+        /// Count known corral bugs (README, "Findings") as violations.
+        #[arg(long)]
+        strict: bool,
     },
     /// A client process (started by the harness).
     #[command(hide = true)]
@@ -95,6 +98,9 @@ struct RunArgs {
     /// Succeed only if the checkers find a violation (for --inject-fault runs).
     #[arg(long)]
     expect_invalid: bool,
+    /// Count known corral bugs (jepsen/README.md, "Findings") as violations.
+    #[arg(long)]
+    strict: bool,
     /// Install missing tools (iptables) with apt-get.
     #[arg(long, env = "CI")]
     install: bool,
@@ -110,7 +116,14 @@ fn main() -> ExitCode {
         Some(Command::Check {
             dir,
             check_time_limit,
-        }) => check_main(&dir, Duration::from_secs(check_time_limit), None, false),
+            strict,
+        }) => check_main(
+            &dir,
+            Duration::from_secs(check_time_limit),
+            None,
+            false,
+            strict,
+        ),
         None => run_main(cli.run),
     }
 }
@@ -131,6 +144,15 @@ fn worker_main(spec: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The client library's own log (reconnects, lock re-reads) goes to the worker's
+    // log file in the run directory.
+    let filter =
+        std::env::var("CORRAL_JEPSEN_CLIENT_LOG").unwrap_or_else(|_| "corral_client=info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -150,6 +172,7 @@ fn check_main(
     time_limit: Duration,
     seed_nemeses: Option<(u64, Vec<String>)>,
     expect_invalid: bool,
+    strict: bool,
 ) -> ExitCode {
     let history = match history::read(&dir.join("history.jsonl")) {
         Ok(h) => h,
@@ -168,7 +191,7 @@ fn check_main(
         (seed, Vec::new())
     });
     let grace = Duration::from_secs(8);
-    let summary = analyze::analyze(&history, seed, &nemeses, grace, time_limit);
+    let summary = analyze::analyze(&history, seed, &nemeses, grace, time_limit, strict);
     if let Err(e) = analyze::write_summary(&summary, dir) {
         eprintln!("jepsen: {e}");
     }
@@ -325,5 +348,6 @@ fn run_inner(args: RunArgs) -> Result<ExitCode, String> {
         opts.check_time_limit,
         Some((seed, nemesis_names)),
         args.expect_invalid,
+        args.strict,
     ))
 }

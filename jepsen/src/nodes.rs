@@ -33,6 +33,19 @@ struct NodeProc {
     starts: u32,
 }
 
+/// Something a node logged that the history should show: (node, what, from, to).
+/// `what` is `snapshot-install` (entries `from..to` arrived as a snapshot, so no watch
+/// fired for them on that node) or `leader` (`to` is the leader it now follows).
+pub type NodeNote = (usize, &'static str, u64, u64);
+
+fn number_after(line: &str, key: &str) -> Option<u64> {
+    let rest = &line[line.find(key)? + key.len()..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 /// The cluster's processes.
 #[derive(Debug)]
 pub struct Cluster {
@@ -40,6 +53,7 @@ pub struct Cluster {
     settings: ServerSettings,
     peers: String,
     nodes: Vec<NodeProc>,
+    notes: Option<std::sync::mpsc::Sender<NodeNote>>,
 }
 
 fn leader_of(line: &str) -> Option<Option<u64>> {
@@ -77,7 +91,13 @@ impl Cluster {
             settings,
             peers,
             nodes,
+            notes: None,
         }
+    }
+
+    /// Where to send what the nodes log that belongs in the history.
+    pub fn set_notes(&mut self, tx: std::sync::mpsc::Sender<NodeNote>) {
+        self.notes = Some(tx);
     }
 
     /// The client addresses of every node.
@@ -97,6 +117,7 @@ impl Cluster {
     pub fn start(&mut self, id: usize) -> Result<(), String> {
         let bin = self.bin.clone();
         let peers = self.peers.clone();
+        let notes = self.notes.clone();
         let s = self.settings.clone();
         let n = self.node(id)?;
         if n.child.is_some() {
@@ -149,6 +170,18 @@ impl Cluster {
                     let Ok(line) = line else { break };
                     if let Some(l) = leader_of(&line) {
                         *leader.lock().unwrap_or_else(|p| p.into_inner()) = l;
+                        if let Some(tx) = &notes {
+                            let _ = tx.send((id, "leader", 0, l.unwrap_or(0)));
+                        }
+                    }
+                    if line.contains("installing a snapshot from the leader") {
+                        if let (Some(from), Some(to), Some(tx)) = (
+                            number_after(&line, "from="),
+                            number_after(&line, "to="),
+                            &notes,
+                        ) {
+                            let _ = tx.send((id, "snapshot-install", from, to));
+                        }
                     }
                     if line.contains("TEST FAULT SWITCHES ACTIVE") {
                         faults.store(true, Ordering::SeqCst);
@@ -277,5 +310,8 @@ mod tests {
         assert_eq!(leader_of(l), Some(Some(3)));
         assert_eq!(leader_of("leader changed node=1 leader=None"), Some(None));
         assert_eq!(leader_of("something else"), None);
+        let l = "INFO corral_server::node: installing a snapshot from the leader from=8347 to=8384";
+        assert_eq!(super::number_after(l, "from="), Some(8347));
+        assert_eq!(super::number_after(l, "to="), Some(8384));
     }
 }

@@ -256,6 +256,11 @@ pub fn write(summary: &Summary, history: &[Event], dir: &Path) -> Result<(), Str
             .iter()
             .map(|p| format!("<b>{}</b>", escape(p)))
             .collect();
+        notes.extend(
+            c.known_bugs
+                .iter()
+                .map(|k| format!("<i>KNOWN BUG: {}</i>", escape(k))),
+        );
         notes.extend(c.notes.iter().take(10).map(|n| escape(n)));
         html.push_str(&format!(
             "<tr><td>{}</td><td class=\"{v}\">{v}</td><td>{}</td><td>{}</td></tr>",

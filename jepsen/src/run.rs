@@ -513,8 +513,28 @@ pub async fn orchestrate(opts: &Options, net: &Net) -> Result<RunInfo, String> {
         opts.settings.clone(),
         &opts.dir,
     )));
+    // What the nodes log that the checkers need (snapshot installs, leader changes)
+    // goes into the history as events of the "cluster" workload.
+    let (notes_tx, notes_rx) = std::sync::mpsc::channel::<crate::nodes::NodeNote>();
+    {
+        let h = h.clone();
+        std::thread::spawn(move || {
+            while let Ok((node, what, from, to)) = notes_rx.recv() {
+                let mut e = Event::new(now(&h), NEMESIS, "cluster", Kind::Event, what);
+                e.key = Some(format!("n{node}"));
+                if what == "snapshot-install" {
+                    e.value = Some(from);
+                    e.zxid = Some(to);
+                } else {
+                    e.value = Some(to);
+                }
+                record(&h, e);
+            }
+        });
+    }
     {
         let mut c = lock_cluster(&cluster);
+        c.set_notes(notes_tx);
         for id in 1..=net.nodes() {
             c.start(id)?;
         }

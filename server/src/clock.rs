@@ -13,7 +13,9 @@
 //!   not jump). Entries carry the proposer's wall clock, so lock-delay and entry times
 //!   see it.
 //! - The **rate** makes both clocks run fast or slow from the moment it is read (like a
-//!   bad oscillator or NTP slewing); the monotonic clock stays monotonic.
+//!   bad oscillator or NTP slewing); the monotonic clock stays monotonic. When the rate
+//!   is set back to 1 the wall clock steps back to true time (plus the offset); the
+//!   monotonic clock keeps the lead it gained.
 //!
 //! The file is re-read at most every 100 ms; a missing or malformed file means no skew.
 //! Without the variable (every production deployment) [`adjust`] returns its input.
@@ -95,7 +97,14 @@ pub fn adjust(mono_ms: u64, wall_ms: i64) -> (u64, i64) {
         s.skewed_anchor_ms + ((mono_ms.saturating_sub(s.real_anchor_ms)) as f64 * s.rate) as u64;
     let mono = skewed.max(s.last_mono_ms);
     s.last_mono_ms = mono;
-    let drift = mono as i64 - mono_ms as i64;
+    // While the rate is skewed the wall clock drifts with the monotonic one; when the
+    // rate is back to 1 it is stepped back to the offset alone (as NTP would), while
+    // the monotonic clock keeps its lead (it must never go back).
+    let drift = if s.rate == 1.0 {
+        0
+    } else {
+        mono as i64 - mono_ms as i64
+    };
     (mono, wall_ms + s.offset_ms + drift)
 }
 

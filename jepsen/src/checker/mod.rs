@@ -32,6 +32,9 @@ pub struct Check {
     pub problems: Vec<String>,
     /// Remarks that are not problems.
     pub notes: Vec<String>,
+    /// Known corral bugs this history shows (see jepsen/README.md, "Findings"); they
+    /// make the check invalid only in strict mode.
+    pub known_bugs: Vec<String>,
 }
 
 /// Problems listed per check.
@@ -45,6 +48,7 @@ impl Check {
             stats: BTreeMap::new(),
             problems: Vec::new(),
             notes: Vec::new(),
+            known_bugs: Vec::new(),
         }
     }
 
@@ -55,6 +59,18 @@ impl Check {
             self.problems.push(problem);
         }
         *self.stats.entry("problems".into()).or_default() += 1;
+    }
+
+    /// Records a known bug: a violation when `strict`, a listed finding otherwise.
+    pub fn known_bug(&mut self, strict: bool, text: String) {
+        if strict {
+            self.fail(format!("known bug: {text}"));
+        } else {
+            if self.known_bugs.len() < MAX_PROBLEMS {
+                self.known_bugs.push(text);
+            }
+            *self.stats.entry("known-bug findings".into()).or_default() += 1;
+        }
     }
 
     pub fn count(&mut self, stat: &str, n: u64) {
