@@ -131,7 +131,7 @@ impl Cluster {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &n.ns])
             .arg(&bin)
-            .args(["--node-id", &id.to_string(), "--peers", &peers])
+            .args(["--node-id", &id.to_string()])
             .args(["--listen", &format!("{}:{CLIENT_PORT}", Net::node_ip(id))])
             .arg("--data-dir")
             .arg(n.dir.join("data"))
@@ -144,6 +144,10 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // A single node runs without peers (the local write-ahead log).
+        if peers.contains(',') {
+            cmd.args(["--peers", &peers]);
+        }
         if let Some(f) = &s.faults {
             cmd.env("CORRAL_TEST_FAULTS", f);
         }

@@ -564,6 +564,7 @@ pub async fn orchestrate(opts: &Options, net: &Net) -> Result<RunInfo, String> {
             ensure(&admin, &format!("/jepsen/watch/k{k}"), "0").await?;
         }
     }
+    let _ = admin.close().await;
     // Unix socket paths are short (108 bytes): not in the run directory.
     let sock = std::env::temp_dir().join(format!("corral-jepsen-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
@@ -660,13 +661,20 @@ pub async fn orchestrate(opts: &Options, net: &Net) -> Result<RunInfo, String> {
         record(&h, e);
         let deadline =
             base + Duration::from_nanos(heal_ns) + Duration::from_millis(bound_ms + 3_000);
+        // A fresh client: the setup client's session may have died in the faults.
+        let mut observer: Option<Client> = None;
         let mut polls = 0;
         while tokio::time::Instant::now() < deadline && polls < 1_000 {
             polls += 1;
-            if let Ok(children) = admin.get_children("/jepsen/session").await {
-                let mut e = Event::new(now(&h), NEMESIS, "session", Kind::Event, "observe");
-                e.items = Some(children);
-                record(&h, e);
+            if observer.as_ref().is_none_or(|c| c.state().is_terminal()) {
+                observer = admin_client(&servers, Duration::from_secs(2)).await.ok();
+            }
+            if let Some(c) = &observer {
+                if let Ok(children) = c.get_children("/jepsen/session").await {
+                    let mut e = Event::new(now(&h), NEMESIS, "session", Kind::Event, "observe");
+                    e.items = Some(children);
+                    record(&h, e);
+                }
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

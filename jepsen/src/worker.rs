@@ -487,11 +487,8 @@ async fn watch_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
         };
         let mut e = out.event(Kind::Event, "state");
         e.zxid = Some(client.last_zxid());
-        e.error = Some(if st.is_connected() {
-            "connected".to_string()
-        } else {
-            st.to_string()
-        });
+        // "connected to ADDR", "disconnected", "connecting", "session expired", ...
+        e.error = Some(st.to_string());
         out.emit(e);
         true
     };

@@ -80,7 +80,10 @@ pub fn check(history: &[Event], workload: &str, strict: bool) -> Check {
             "lagged" => cl.lagged = true,
             "state" => {
                 let z = e.zxid.unwrap_or(0);
-                if e.error.as_deref() == Some("connected") {
+                if e.error
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with("connected"))
+                {
                     if let Some(down) = cl.down_since.take() {
                         cl.gaps.push((down, z));
                     }
@@ -218,7 +221,7 @@ mod tests {
         h.insert(1, e(1, Kind::Event, "state", Some(10)));
         h[1].error = Some("disconnected".into());
         h.insert(5, e(1, Kind::Event, "state", Some(11)));
-        h[5].error = Some("connected".into());
+        h[5].error = Some("connected to 10.77.0.2:2281".into());
         let c = check(&h, "watch", false);
         assert_eq!(c.valid, Validity::Valid, "{c:?}");
         assert_eq!(c.stats["writes missed across a reconnect"], 1);
