@@ -2,8 +2,9 @@
 //!
 //! Each enabled family gets its own timeline of on/off intervals, drawn from the seed
 //! before the run starts and offset from the other families' (staggered, as Jepsen
-//! composes nemeses): a fault starts, lasts a few seconds, stops, and the family rests
-//! before the next one. Which variant a start picks (which half, which node) is drawn
+//! composes nemeses): a fault starts, lasts 4-10 s, stops, and the family rests 3-8 s
+//! times (families - 1) before the next one, so that one or two faults are in force at
+//! a time on average. Which variant a start picks (which half, which node) is drawn
 //! from the same seeded generator at that moment; the leader it may target depends on
 //! the run, so a replay repeats the schedule, not every packet.
 
@@ -98,7 +99,10 @@ pub fn schedule(families: &[Family], seed: u64, first: Duration, until: Duration
                 family: *family,
                 start: false,
             });
-            t = end + Duration::from_millis(rng.gen_range(3_000..8_000));
+            // Rest longer when more families take turns, so that about one or two
+            // faults are in force at a time and the cluster is available between them.
+            let rest = rng.gen_range(3_000..8_000) * (families.len().max(2) as u64 - 1);
+            t = end + Duration::from_millis(rest);
         }
     }
     steps.sort_by_key(|s| (s.at, !s.start as u8, s.family));

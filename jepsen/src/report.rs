@@ -52,7 +52,8 @@ fn family_color(f: &str) -> RGBColor {
         "partition" => RGBColor(255, 200, 200),
         "loss" => RGBColor(255, 230, 180),
         "kill" => RGBColor(220, 200, 255),
-        "pause" | "pause-client" => RGBColor(200, 230, 255),
+        "pause" => RGBColor(200, 230, 255),
+        "pause-client" => RGBColor(170, 240, 240),
         _ => RGBColor(210, 255, 210),
     }
 }
@@ -118,16 +119,21 @@ fn timeline(history: &[Event]) -> Result<String, String> {
             .draw()
             .map_err(|e| e.to_string())?;
         let top = lanes.len().max(1) as f64;
+        let mut labelled = std::collections::BTreeSet::new();
         for (f, s, e, _) in nemesis_intervals(history) {
             let c = family_color(&f);
-            chart
+            let series = chart
                 .draw_series(std::iter::once(Rectangle::new(
                     [(s, 0.0), (e, top)],
                     c.mix(0.6).filled(),
                 )))
-                .map_err(|e| e.to_string())?
-                .label(f.clone())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
+                .map_err(|e| e.to_string())?;
+            // One legend entry per family.
+            if labelled.insert(f.clone()) {
+                series.label(f.clone()).legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled())
+                });
+            }
         }
         let step = all.len().div_ceil(MAX_DRAWN).max(1);
         for k in [Kind::Ok, Kind::Fail, Kind::Info] {
