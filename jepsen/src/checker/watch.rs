@@ -9,8 +9,9 @@
 //! Persistent watches are re-registered after a reconnect (ZooKeeper's `setWatches`
 //! semantics) without replaying the changes made while the client was away, and the
 //! stream does not say so. Writes missed in such a window (after the zxid the client
-//! had seen when it lost its connection, up to the zxid it had when it was connected
-//! again, both recorded from the client's state events) are counted and reported as
+//! had seen when it lost its connection, recorded from its state events, up to the
+//! first event it received after it was connected again: the node re-registers the
+//! watch at its own state, which the client does not see) are counted and reported as
 //! "missed across a reconnect", not as violations; a write missed while the client
 //! stayed connected is a violation.
 //!
@@ -56,6 +57,8 @@ pub fn check(history: &[Event], workload: &str, strict: bool) -> Check {
         seen: BTreeSet<u64>,
         /// Zxid seen when the connection was lost, while it is.
         down_since: Option<u64>,
+        /// Reconnected after losing the connection at this zxid; no event since.
+        reconnected: Option<u64>,
         /// (lost at, reconnected at): changes in between may be missed.
         gaps: Vec<(u64, u64)>,
         last: Option<(u64, u64)>,
@@ -74,9 +77,15 @@ pub fn check(history: &[Event], workload: &str, strict: bool) -> Check {
                 cl.end = None;
                 cl.lagged = false;
                 cl.down_since = None;
+                cl.reconnected = None;
                 cl.gaps.clear();
             }
-            "watch-end" => cl.end = e.zxid,
+            "watch-end" => {
+                cl.end = e.zxid;
+                if let Some(down) = cl.reconnected.take().or(cl.down_since.take()) {
+                    cl.gaps.push((down, e.zxid.unwrap_or(0)));
+                }
+            }
             "lagged" => cl.lagged = true,
             "state" => {
                 let z = e.zxid.unwrap_or(0);
@@ -85,15 +94,20 @@ pub fn check(history: &[Event], workload: &str, strict: bool) -> Check {
                     .is_some_and(|s| s.starts_with("connected"))
                 {
                     if let Some(down) = cl.down_since.take() {
-                        cl.gaps.push((down, z));
+                        cl.reconnected = Some(down);
                     }
                 } else if cl.down_since.is_none() {
-                    cl.down_since = Some(z);
+                    cl.down_since = Some(cl.reconnected.take().unwrap_or(z));
                 }
             }
             "event" => {
                 let z = e.zxid.unwrap_or(0);
                 c.count("events", 1);
+                // The node re-registered the watch at its own state, which the client
+                // does not see: up to the first event after the reconnect.
+                if let Some(down) = cl.reconnected.take() {
+                    cl.gaps.push((down, z.saturating_sub(1)));
+                }
                 if let Some((last, idx)) = cl.last {
                     if z <= last {
                         c.fail(format!(
@@ -220,7 +234,9 @@ mod tests {
         h.remove(5);
         h.insert(1, e(1, Kind::Event, "state", Some(10)));
         h[1].error = Some("disconnected".into());
-        h.insert(5, e(1, Kind::Event, "state", Some(11)));
+        // Connected again when the client had seen zxid 10 only: the node re-registered
+        // the watch at a state the client does not see, up to its next event (12).
+        h.insert(5, e(1, Kind::Event, "state", Some(10)));
         h[5].error = Some("connected to 10.77.0.2:2281".into());
         let c = check(&h, "watch", false);
         assert_eq!(c.valid, Validity::Valid, "{c:?}");
