@@ -78,11 +78,11 @@ pub fn analyze(
             "lock" => {
                 checks.push(lock::check_resource(history, "lock"));
                 checks.push(lock::check_tokens(history, "lock"));
-                checks.push(lock::check_intervals(history, "lock", &excused));
+                checks.push(lock::check_intervals(history, "lock", &excused, strict));
             }
             "unfenced" => {
                 checks.push(lock::check_tokens(history, "unfenced"));
-                checks.push(lock::check_intervals(history, "unfenced", &excused));
+                checks.push(lock::check_intervals(history, "unfenced", &excused, strict));
             }
             "register" => checks.push(register::check(history, "register", time_limit)),
             "sequential" => checks.push(sequential::check(history, "sequential")),

@@ -189,15 +189,24 @@ pub fn intervals(history: &[Event], workload: &str) -> Vec<Held> {
 /// lease deadlines are restarted within a TTL).
 pub const EXCUSE_AFTER_NS: u64 = 10_000_000_000;
 
-/// The intervals in which clients were paused or clocks skewed (plus
+/// The intervals in which clients were paused or a node's clock rate was skewed (plus
 /// [`EXCUSE_AFTER_NS`]): unfenced mutual exclusion is not guaranteed then.
 pub fn excuses(history: &[Event]) -> Vec<(u64, u64)> {
     let end = history.last().map_or(0, |e| e.time);
     let mut open: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
     let mut out = Vec::new();
     for e in history.iter().filter(|e| e.workload == "nemesis") {
+        // A wall-clock offset moves only entry times (leases run on monotonic clocks):
+        // it excuses nothing. A rate change does (a fast leader expires leases early).
+        let rate = e
+            .items
+            .as_ref()
+            .is_some_and(|i| i.iter().any(|s| s.contains("run at")));
         match e.f.as_str() {
-            "start-pause-client" | "start-clock" => {
+            "start-pause-client" => {
+                open.insert(&e.f[6..], e.time);
+            }
+            "start-clock" if rate => {
                 open.insert(&e.f[6..], e.time);
             }
             "stop-pause-client" | "stop-clock" => {
@@ -220,10 +229,24 @@ pub fn excuses(history: &[Event]) -> Vec<(u64, u64)> {
 /// Counts overlapping hold intervals. An overlap is a violation unless it meets one of
 /// the `excused` intervals (a client paused past its TTL, a clock skewed: unfenced
 /// mutual exclusion is then not guaranteed, which is why fencing tokens exist).
-pub fn check_intervals(history: &[Event], workload: &str, excused: &[(u64, u64)]) -> Check {
+/// How soon after a node installed a snapshot from the leader an unexplained overlap is
+/// attributed to the known bug (jepsen/README.md, "Findings"), in nanoseconds.
+pub const AFTER_INSTALL_NS: u64 = 5_000_000_000;
+
+pub fn check_intervals(
+    history: &[Event],
+    workload: &str,
+    excused: &[(u64, u64)],
+    strict: bool,
+) -> Check {
     let mut c = Check::new(&format!(
         "{workload}: clients that believed they held the lock at once"
     ));
+    let installs: Vec<(u64, String)> = history
+        .iter()
+        .filter(|e| e.workload == "cluster" && e.f == "snapshot-install")
+        .map(|e| (e.time, e.key.clone().unwrap_or_default()))
+        .collect();
     let held = intervals(history, workload);
     c.count("hold intervals", held.len() as u64);
     let mut overlap_ns: u64 = 0;
@@ -267,8 +290,21 @@ pub fn check_intervals(history: &[Event], workload: &str, excused: &[(u64, u64)]
             secs(b.start),
             secs(b.end)
         );
+        let install = installs
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= from && from - *t <= AFTER_INSTALL_NS);
         if overlaps_allowed {
             c.notes.push(text);
+        } else if let Some((t, node)) = install {
+            c.known_bug(
+                strict,
+                format!(
+                    "{text}, {} ms after {node} installed a snapshot from the leader (two \
+                     grants of one exclusive lock)",
+                    (from - t) / 1_000_000
+                ),
+            );
         } else {
             c.fail(text);
         }
@@ -338,7 +374,7 @@ mod tests {
         assert_eq!(r.valid, Validity::Valid, "{r:?}");
         assert_eq!(r.stat("final value"), 2);
         assert_eq!(check_tokens(&h, "lock").valid, Validity::Valid);
-        let i = check_intervals(&h, "lock", &[]);
+        let i = check_intervals(&h, "lock", &[], false);
         assert_eq!(i.valid, Validity::Valid, "{i:?}");
         assert_eq!(i.stat("hold intervals"), 2);
     }
@@ -412,15 +448,28 @@ mod tests {
             ev(7, 1, Kind::Invoke, "release"),
             ev(9, 2, Kind::Invoke, "release"),
         ]);
-        let strict = check_intervals(&h, "lock", &[]);
+        let strict = check_intervals(&h, "lock", &[], false);
         assert_eq!(strict.valid, Validity::Invalid);
         assert_eq!(strict.stat("overlapping pairs"), 1);
-        let lenient = check_intervals(&h, "lock", &[(6, 7)]);
+        let lenient = check_intervals(&h, "lock", &[(6, 7)], false);
         assert_eq!(lenient.valid, Validity::Valid);
         assert_eq!(lenient.stat("overlapping pairs"), 1);
         // A pause long before does not excuse it.
-        let unrelated = check_intervals(&h, "lock", &[(0, 1)]);
+        let unrelated = check_intervals(&h, "lock", &[(0, 1)], false);
         assert_eq!(unrelated.valid, Validity::Invalid);
+        // Shortly after a snapshot install: the known bug, a violation only if strict.
+        let mut install = Event::new(3, 0, "cluster", Kind::Event, "snapshot-install");
+        install.key = Some("n2".into());
+        let mut with_install = h.clone();
+        with_install.insert(0, install);
+        let with_install = number(with_install);
+        let known = check_intervals(&with_install, "lock", &[], false);
+        assert_eq!(known.valid, Validity::Valid);
+        assert_eq!(known.known_bugs.len(), 1);
+        assert_eq!(
+            check_intervals(&with_install, "lock", &[], true).valid,
+            Validity::Invalid
+        );
         // A loss the client noticed ends its interval.
         let mut lost = ev(4, 1, Kind::Event, "lost");
         lost.token = Some(10);
@@ -430,6 +479,9 @@ mod tests {
             with_token(ev(5, 2, Kind::Ok, "acquire"), 11),
             ev(9, 2, Kind::Invoke, "release"),
         ]);
-        assert_eq!(check_intervals(&h, "lock", &[]).valid, Validity::Valid);
+        assert_eq!(
+            check_intervals(&h, "lock", &[], false).valid,
+            Validity::Valid
+        );
     }
 }
