@@ -80,10 +80,59 @@ thread_local! {
         }) };
 }
 
-/// The switches in force on this thread.
+/// The switches in force on this thread: those [`set`] on it, else the process-wide
+/// ones of [`from_env`] (for real `corral` processes built with the `sim` feature).
 #[cfg(any(test, feature = "sim"))]
 pub fn active() -> FaultSwitches {
-    ACTIVE.with(|a| a.get())
+    let local = ACTIVE.with(|a| a.get());
+    if local.any() {
+        local
+    } else {
+        from_env()
+    }
+}
+
+/// The environment variable that turns switches on for a whole `corral` process, as a
+/// comma-separated list of switch names (e.g. `grant_without_predecessor`). Read only
+/// by builds with the `sim` feature: the Jepsen harness (`jepsen/`) uses it to show
+/// that its checkers flag a deliberately broken server.
+pub const FAULTS_ENV: &str = "CORRAL_TEST_FAULTS";
+
+/// The switches named by [`FAULTS_ENV`] (read once; unknown names are logged and
+/// ignored).
+#[cfg(any(test, feature = "sim"))]
+pub fn from_env() -> FaultSwitches {
+    static FROM_ENV: std::sync::OnceLock<FaultSwitches> = std::sync::OnceLock::new();
+    *FROM_ENV.get_or_init(|| {
+        let mut f = FaultSwitches::default();
+        let Ok(list) = std::env::var(FAULTS_ENV) else {
+            return f;
+        };
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let switch = match name {
+                "grant_without_predecessor" => &mut f.grant_without_predecessor,
+                "token_from_sequence" => &mut f.token_from_sequence,
+                "apply_with_local_time" => &mut f.apply_with_local_time,
+                "ack_before_durable" => &mut f.ack_before_durable,
+                "skip_fsync" => &mut f.skip_fsync,
+                "skip_dedup" => &mut f.skip_dedup,
+                "keep_deadlines_on_leader_change" => &mut f.keep_deadlines_on_leader_change,
+                "sync_without_barrier" => &mut f.sync_without_barrier,
+                "send_forwards_once" => &mut f.send_forwards_once,
+                "lose_lock_grant_event" => &mut f.lose_lock_grant_event,
+                "ignore_alive_reports" => &mut f.ignore_alive_reports,
+                other => {
+                    tracing::error!(switch = other, "unknown fault switch in {FAULTS_ENV}");
+                    continue;
+                }
+            };
+            *switch = true;
+        }
+        if f.any() {
+            tracing::warn!(switches = ?f, "TEST FAULT SWITCHES ACTIVE: this server is deliberately broken");
+        }
+        f
+    })
 }
 
 /// The switches in force: none, in a production build.

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod backup;
+pub mod clock;
 pub mod config;
 pub mod deadlock;
 pub mod disk;

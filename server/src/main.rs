@@ -100,6 +100,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
+    // Test builds only: log (now, not at first use) the fault switches the Jepsen
+    // harness turned on through the environment.
+    #[cfg(feature = "sim")]
+    let _ = corral_server::faults::from_env();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
