@@ -116,6 +116,9 @@ pub fn partition_links(
     leader: Option<usize>,
     rng: &mut StdRng,
 ) -> (Vec<(usize, usize)>, String) {
+    if n < 2 {
+        return (Vec::new(), "a single node: nothing to partition".into());
+    }
     let mut nodes: Vec<usize> = (1..=n).collect();
     nodes.shuffle(rng);
     let cut_between = |a: &[usize], b: &[usize]| {
@@ -221,5 +224,8 @@ mod tests {
         assert_eq!(links.len(), 4);
         let (links, _) = partition_links(3, 3, None, &mut rng);
         assert_eq!(links.len(), 1);
+        for variant in 0..4 {
+            assert!(partition_links(1, variant, Some(1), &mut rng).0.is_empty());
+        }
     }
 }
