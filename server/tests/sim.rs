@@ -526,12 +526,16 @@ fn sim_wiped_disks() {
 #[ignore = "bug: a wiped node takes part in quorums before it has caught up (see the report)"]
 fn regression_wiped_leader_loses_decided_entries() {
     let test = "regression_wiped_leader_loses_decided_entries";
-    let mut c = SimConfig::from_seed(5_000_147);
+    // Seed 5,000,147 (faults 2 to 12 skipped) pinned this until the leader started
+    // replicating before its own fsync; message timing changed and it no longer fails.
+    // Seed 5,000,144 fails now with an acknowledged write lost after wipes (the mechanism
+    // was not traced again). sim_wiped_disks: 5 of 200 seeds broke an invariant before
+    // that change, 11 of 200 after.
+    let mut c = SimConfig::from_seed(5_000_144);
     c.mix = FaultMix {
         wipes: 3,
         ..FaultMix::standard()
     };
-    c.skip_faults = (2..=12).collect();
     let r = sim::run(&c);
     assert!(!r.failed(), "{}", r.describe(test));
 }

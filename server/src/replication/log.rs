@@ -1,11 +1,14 @@
 //! The replicated log of a cluster node: OmniPaxos plus what corral adds around it.
 //!
 //! - **Persist, then send, then apply.** OmniPaxos writes to [`PaxosStorage`], which
-//!   buffers records in its write-ahead log. After each input, if anything is buffered,
-//!   the node asks the storage thread for one sync (one fsync for everything buffered so
-//!   far) and holds back the OmniPaxos messages produced so far until it is done.
-//!   Decided entries are applied only up to the accepted index that was durable when the
-//!   last sync completed.
+//!   buffers records in its write-ahead log. After each input, if anything is buffered and
+//!   no sync runs, the node asks the storage thread for one sync (one fsync for everything
+//!   buffered so far). Each OmniPaxos message waits until what it depends on is durable:
+//!   everything written before it, except a leader's `AcceptDecide` and `Decide`, which
+//!   wait only until the leader's own log is durable up to the decided index they carry
+//!   (see [`PaxosLog::release`]); messages to one peer keep their order. Decided entries
+//!   are applied only up to the accepted index that was durable when the last sync
+//!   completed.
 //! - **Every proposal is tracked until applied.** A follower does not use OmniPaxos's
 //!   `ProposalForward`, which is dropped silently when lost: it sends the entries to the
 //!   leader itself. A leader appends them directly, but a leader can be deposed with
@@ -142,6 +145,8 @@ pub struct PaxosLog {
     leader_durable: Option<(Ballot, usize)>,
     /// Messages waiting for their [`Need`], in the order OmniPaxos produced them.
     held: Vec<Held>,
+    /// Number of other cluster members (receivers of messages).
+    peers: usize,
     sync: Option<SyncInFlight>,
     next_batch: u64,
     /// Entries this node proposed and has not seen applied, by proposal number.
@@ -180,6 +185,7 @@ impl PaxosLog {
         op: OmniPaxos<Entry, PaxosStorage>,
         storage: SyncHandle,
         node_id: u64,
+        peers: usize,
         settings: PaxosSettings,
         applied_idx: usize,
     ) -> PaxosLog {
@@ -194,6 +200,7 @@ impl PaxosLog {
             durable_accepted,
             durable_lsn,
             leader_durable: None,
+            peers: peers.max(1),
             held: Vec::new(),
             sync: None,
             next_batch: 1,
@@ -505,10 +512,14 @@ impl PaxosLog {
             return;
         }
         let mut blocked: Vec<u64> = Vec::new();
-        let held = std::mem::take(&mut self.held);
-        for h in held {
+        let mut held = std::mem::take(&mut self.held).into_iter();
+        for h in held.by_ref() {
             if blocked.contains(&h.to) {
                 self.held.push(h);
+                if blocked.len() >= self.peers {
+                    // Every receiver waits: the rest stays held, in order, unexamined.
+                    break;
+                }
                 continue;
             }
             match self.release_of(h.need) {
@@ -522,6 +533,7 @@ impl PaxosLog {
                 }
             }
         }
+        self.held.extend(held);
     }
 
     fn release_of(&self, need: Need) -> Release {

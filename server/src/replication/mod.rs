@@ -111,7 +111,12 @@ impl RecoveredCluster {
             op.try_become_leader();
         }
         let applied = self.machine.last_zxid() as usize;
-        let log = PaxosLog::new(op, sync, settings.node_id, settings.log, applied);
+        let peers = settings
+            .members
+            .iter()
+            .filter(|m| **m != settings.node_id)
+            .count();
+        let log = PaxosLog::new(op, sync, settings.node_id, peers, settings.log, applied);
         Ok((self.machine, log))
     }
 }

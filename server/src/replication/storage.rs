@@ -67,8 +67,10 @@
 //! `OmniPaxos` (`handle_incoming`, `tick`, `append`, `snapshot`, `reconnected`):
 //!
 //! 1. `sync()` — persist;
-//! 2. `take_outgoing_messages()` and send them — a promise or an accept reaches a peer only
-//!    once it is on disk;
+//! 2. `take_outgoing_messages()` and send them — a promise or an acceptance reaches a
+//!    peer only once it is on disk (a leader's `AcceptDecide`/`Decide` may leave earlier,
+//!    as long as the decided index it carries is durable in the leader's own log: see
+//!    `replication::log`);
 //! 3. `read_decided_suffix()` and apply — a node applies (and answers clients for) only
 //!    what its own disk has too.
 //!
