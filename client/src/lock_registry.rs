@@ -10,6 +10,12 @@
 //! without an answer, a tracked node nobody holds any more) are *suspects*: their
 //! re-read also releases every node of this session that nobody tracks, so an orphan
 //! cannot block the queue for as long as the session lives.
+//!
+//! A node is identified by its path *and* its fencing token (its creation zxid): a lock's
+//! directory is a container, reaped when its queue empties, and when it is created again
+//! its sequence counter restarts at 0, so a path can name several nodes over time. An
+//! event or a re-read entry for an earlier node of the same name (say, the late grant of
+//! a node whose request was given up and released) must never count for a later one.
 
 use crate::lock::LockLoss;
 use corral_protocol::{LockEvent, LockState};
