@@ -624,7 +624,7 @@ impl Task {
                     let locks = match (&then, &result) {
                         (Then::LockMany { .. }, OpResult::MultiLocked { granted, nodes }) => nodes
                             .iter()
-                            .map(|n| self.locks.register(&n.lock, &n.node, *granted))
+                            .map(|n| self.locks.register(&n.lock, &n.node, n.token, *granted))
                             .collect(),
                         _ => Vec::new(),
                     };
@@ -700,11 +700,11 @@ impl Task {
                 (None, None)
             }
             Then::Lock { lock } => match result {
-                OpResult::Locked { node, .. } => {
-                    (None, Some(self.locks.register(&lock, node, true)))
+                OpResult::Locked { node, token } => {
+                    (None, Some(self.locks.register(&lock, node, *token, true)))
                 }
-                OpResult::Queued { node, .. } => {
-                    (None, Some(self.locks.register(&lock, node, false)))
+                OpResult::Queued { node, token } => {
+                    (None, Some(self.locks.register(&lock, node, *token, false)))
                 }
                 _ => (None, None),
             },

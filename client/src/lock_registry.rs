@@ -10,6 +10,12 @@
 //! without an answer, a tracked node nobody holds any more) are *suspects*: their
 //! re-read also releases every node of this session that nobody tracks, so an orphan
 //! cannot block the queue for as long as the session lives.
+//!
+//! A node is identified by its path *and* its fencing token (its creation zxid): a lock's
+//! directory is a container, reaped when its queue empties, and when it is created again
+//! its sequence counter restarts at 0, so a path can name several nodes over time. An
+//! event or a re-read entry for an earlier node of the same name (say, the late grant of
+//! a node whose request was given up and released) must never count for a later one.
 
 use crate::lock::LockLoss;
 use corral_protocol::{LockEvent, LockState};
@@ -35,6 +41,11 @@ pub(crate) enum SlotStatus {
 #[derive(Debug)]
 struct Slot {
     lock: String,
+    /// The node's fencing token (its creation zxid). Node names are not unique over
+    /// time: a lock's directory is a container, and when it is recreated its sequence
+    /// counter starts again at 0, so the same path names a new node. Events and re-reads
+    /// are matched by path *and* token.
+    token: u64,
     tx: watch::Sender<SlotStatus>,
 }
 
@@ -42,8 +53,8 @@ struct Slot {
 #[derive(Debug, Default)]
 pub(crate) struct LockRegistry {
     slots: BTreeMap<String, Slot>,
-    /// (node, granted) events that arrived for untracked nodes, oldest first.
-    early: VecDeque<(String, bool)>,
+    /// (node, token, granted) events that arrived for untracked nodes, oldest first.
+    early: VecDeque<(String, u64, bool)>,
     /// Locks to sweep for orphaned nodes of this session at the next re-read.
     suspects: BTreeSet<String>,
 }
@@ -60,12 +71,15 @@ fn after_event(status: &SlotStatus, granted: bool) -> Option<SlotStatus> {
 }
 
 impl LockRegistry {
-    /// Tracks `node` of `lock`, answered as granted or queued, and returns a receiver of
-    /// its status. Events that overtook the answer are applied at once.
+    /// Tracks `node` of `lock` with fencing `token`, answered as granted or queued, and
+    /// returns a receiver of its status. Events that overtook the answer are applied at
+    /// once (only those for this very node: same path and token; an event for an
+    /// earlier node of the same name is dropped).
     pub(crate) fn register(
         &mut self,
         lock: &str,
         node: &str,
+        token: u64,
         granted: bool,
     ) -> watch::Receiver<SlotStatus> {
         let mut status = if granted {
@@ -73,12 +87,14 @@ impl LockRegistry {
         } else {
             SlotStatus::Waiting
         };
-        self.early.retain(|(n, g)| {
+        self.early.retain(|(n, t, g)| {
             if n != node {
                 return true;
             }
-            if let Some(next) = after_event(&status, *g) {
-                status = next;
+            if *t == token {
+                if let Some(next) = after_event(&status, *g) {
+                    status = next;
+                }
             }
             false
         });
@@ -89,6 +105,7 @@ impl LockRegistry {
                 node.to_string(),
                 Slot {
                     lock: lock.to_string(),
+                    token,
                     tx,
                 },
             );
@@ -98,11 +115,16 @@ impl LockRegistry {
 
     /// Routes a pushed grant (`granted`) or loss. Returns whether a tracked node took it.
     pub(crate) fn on_event(&mut self, event: &LockEvent, granted: bool) -> bool {
-        let Some(slot) = self.slots.get(&event.node) else {
+        let Some(slot) = self
+            .slots
+            .get(&event.node)
+            .filter(|slot| slot.token == event.token)
+        else {
             if self.early.len() >= EARLY_EVENTS {
                 self.early.pop_front();
             }
-            self.early.push_back((event.node.clone(), granted));
+            self.early
+                .push_back((event.node.clone(), event.token, granted));
             return false;
         };
         slot.tx
@@ -179,7 +201,12 @@ impl LockRegistry {
         let entries = state.map(|s| s.queue.as_slice()).unwrap_or_default();
         let mut gone = Vec::new();
         for (node, slot) in self.slots.iter().filter(|(_, s)| s.lock == lock) {
-            match entries.iter().find(|e| &e.node == node) {
+            // A queue entry of the same name but another token is a later node (the
+            // directory was recreated): ours is gone.
+            match entries
+                .iter()
+                .find(|e| &e.node == node && e.token == slot.token)
+            {
                 Some(entry) if entry.granted => {
                     slot.tx.send_if_modified(|status| {
                         if *status == SlotStatus::Waiting {
@@ -247,7 +274,7 @@ mod tests {
             kind: LockKind::Exclusive,
             session,
             lease: session,
-            token: 1,
+            token: 7,
             granted,
         }
     }
@@ -264,8 +291,8 @@ mod tests {
     #[test]
     fn grants_and_losses_reach_the_node() {
         let mut r = LockRegistry::default();
-        let a = r.register("/l", "/l/x-1", false);
-        let b = r.register("/l", "/l/x-2", true);
+        let a = r.register("/l", "/l/x-1", 7, false);
+        let b = r.register("/l", "/l/x-2", 7, true);
         assert_eq!(*a.borrow(), SlotStatus::Waiting);
         assert_eq!(*b.borrow(), SlotStatus::Granted);
         assert!(r.on_event(&event("/l/x-1"), true));
@@ -283,13 +310,13 @@ mod tests {
         let mut r = LockRegistry::default();
         assert!(!r.on_event(&event("/l/x-1"), true));
         assert!(!r.on_event(&event("/l/x-9"), false));
-        let a = r.register("/l", "/l/x-1", false);
+        let a = r.register("/l", "/l/x-1", 7, false);
         assert_eq!(*a.borrow(), SlotStatus::Granted);
-        let gone = r.register("/l", "/l/x-9", false);
+        let gone = r.register("/l", "/l/x-9", 7, false);
         assert_eq!(*gone.borrow(), SlotStatus::Ended(LockLoss::LeaseExpired));
         assert_eq!(r.len(), 1);
         // Consumed: a later registration of the same name starts afresh.
-        let again = r.register("/l", "/l/x-9", false);
+        let again = r.register("/l", "/l/x-9", 7, false);
         assert_eq!(*again.borrow(), SlotStatus::Waiting);
     }
 
@@ -302,7 +329,7 @@ mod tests {
         assert_eq!(r.early.len(), EARLY_EVENTS);
         // The oldest were dropped.
         assert_eq!(
-            *r.register("/l", "/l/x-0", false).borrow(),
+            *r.register("/l", "/l/x-0", 7, false).borrow(),
             SlotStatus::Waiting
         );
     }
@@ -310,10 +337,10 @@ mod tests {
     #[test]
     fn resync_grants_missed_grants_and_ends_vanished_nodes() {
         let mut r = LockRegistry::default();
-        let waiting = r.register("/l", "/l/x-1", false);
-        let still = r.register("/l", "/l/x-2", false);
-        let held = r.register("/l", "/l/x-0", true);
-        let other = r.register("/m", "/m/x-0", true);
+        let waiting = r.register("/l", "/l/x-1", 7, false);
+        let still = r.register("/l", "/l/x-2", 7, false);
+        let held = r.register("/l", "/l/x-0", 7, true);
+        let other = r.register("/m", "/m/x-0", 7, true);
         let plan = r.resync_plan(vec!["/n".to_string()]);
         assert_eq!(
             plan,
@@ -338,8 +365,8 @@ mod tests {
     #[test]
     fn abandoned_nodes_make_their_lock_a_suspect_whose_orphans_are_released() {
         let mut r = LockRegistry::default();
-        let kept = r.register("/l", "/l/x-1", true);
-        drop(r.register("/l", "/l/x-2", false));
+        let kept = r.register("/l", "/l/x-1", 7, true);
+        drop(r.register("/l", "/l/x-2", 7, false));
         r.suspect("/k");
         let plan = r.resync_plan(Vec::new());
         assert_eq!(
@@ -366,10 +393,54 @@ mod tests {
         assert!(r.resync("/l", Some(&s), 5, false).is_empty());
     }
 
+    /// The double grant of Jepsen finding 2: a lock request answered after its caller
+    /// gave up is forgotten (and released), but the grant of that node, applied before
+    /// the release, still arrives and is kept as an early event. Once the lock's queue
+    /// empties, its directory (a container) is reaped; recreated, its counter restarts at
+    /// 0, so this session's next request may get the very same path while another
+    /// session holds the lock. The stale grant must not be taken for the new node's.
+    #[test]
+    fn a_stale_event_for_an_earlier_node_of_the_same_name_is_not_applied() {
+        let mut r = LockRegistry::default();
+        let ev = |node: &str, token: u64| LockEvent {
+            lock: "/l".into(),
+            node: node.into(),
+            token,
+            zxid: token + 5,
+        };
+        // The caller left; the late answer registers and forgets the node (unwanted).
+        drop(r.register("/l", "/l/x-0000000001", 100, false));
+        r.forget("/l/x-0000000001");
+        // Its grant (applied before the release) arrives for an untracked node.
+        assert!(!r.on_event(&ev("/l/x-0000000001", 100), true));
+        // Later, a new directory: another session holds x-0000000000, ours queues as x-1.
+        let new = r.register("/l", "/l/x-0000000001", 300, false);
+        assert_eq!(
+            *new.borrow(),
+            SlotStatus::Waiting,
+            "granted by a stale event"
+        );
+        // Its own grant still works, and so does an early event with the right token.
+        assert!(r.on_event(&ev("/l/x-0000000001", 300), true));
+        assert_eq!(*new.borrow(), SlotStatus::Granted);
+        assert!(!r.on_event(&ev("/l/x-0000000002", 301), true));
+        let early = r.register("/l", "/l/x-0000000002", 301, false);
+        assert_eq!(*early.borrow(), SlotStatus::Granted);
+        // An event for an earlier node of a tracked name does not touch the slot.
+        let waiting = r.register("/l", "/l/x-0000000003", 400, false);
+        assert!(!r.on_event(&ev("/l/x-0000000003", 200), true));
+        assert_eq!(*waiting.borrow(), SlotStatus::Waiting);
+        // A re-read that shows the same name granted under another token: ours is gone.
+        let mut other = entry("/l/x-0000000003", 5, true);
+        other.token = 500;
+        r.resync("/l", Some(&state(vec![other])), 5, false);
+        assert_eq!(*waiting.borrow(), SlotStatus::Ended(LockLoss::Gone));
+    }
+
     #[test]
     fn fail_all_ends_everything() {
         let mut r = LockRegistry::default();
-        let a = r.register("/l", "/l/x-1", true);
+        let a = r.register("/l", "/l/x-1", 7, true);
         r.suspect("/l");
         r.fail_all(LockLoss::SessionEnded);
         assert_eq!(*a.borrow(), SlotStatus::Ended(LockLoss::SessionEnded));
