@@ -93,7 +93,9 @@ pub(crate) type StreamItem = Result<WatchEvent>;
 /// ([`Client::add_watch`](crate::Client::add_watch)), or every event the session
 /// receives ([`Client::watch_events`](crate::Client::watch_events)).
 ///
-/// Items are `Ok(event)` in zxid order. The stream is bounded (`event_buffer` in
+/// Items are `Ok(event)` in zxid order (several events may share one zxid: the
+/// collapsed events fired when the server catches up through a snapshot, or on a
+/// reconnect; see docs/PROTOCOL.md, "Watches"). The stream is bounded (`event_buffer` in
 /// [`ClientConfig`](crate::ClientConfig)): the client never waits for a slow reader,
 /// so a reader that falls behind by more than the buffer loses the oldest events and
 /// then reads `Err(Error::Lagged { skipped })` once before the newer ones (re-read the

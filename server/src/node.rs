@@ -1060,7 +1060,13 @@ impl Node {
             to = machine.last_zxid(),
             "installing a snapshot from the leader"
         );
-        self.machine = machine;
+        let before = std::mem::replace(&mut self.machine, machine);
+        // Watches fire for what the skipped entries changed, before any answer below
+        // (they carry the installed zxid): DESIGN.md invariant 7.
+        for (session, event) in self.watches.catch_up(&before, &self.machine) {
+            self.send_event(session, event);
+        }
+        drop(before);
         self.stats.snapshots_installed += 1;
         self.machine.set_limits(self.config.machine);
         self.last_snapshot_index = self.machine.last_zxid();

@@ -222,6 +222,23 @@ impl Tree {
         self.nodes.iter().map(|(p, n)| (p.as_str(), n))
     }
 
+    /// Every strict descendant of `path` (not `path` itself), in path order. Costs the
+    /// size of the subtree, not of the tree.
+    pub fn descendants<'a>(&'a self, path: &str) -> impl Iterator<Item = (&'a str, &'a Node)> {
+        let prefix = if path == "/" {
+            "/".to_string()
+        } else {
+            format!("{path}/")
+        };
+        self.nodes
+            .range::<str, _>((
+                std::ops::Bound::Excluded(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(p, _)| p.starts_with(&prefix))
+            .map(|(p, n)| (p.as_str(), n))
+    }
+
     /// The paths of the ephemeral nodes `owner` owns, sorted.
     pub fn ephemerals_of(&self, owner: u64) -> impl Iterator<Item = &str> {
         self.ephemerals

@@ -19,7 +19,7 @@
 
 use crate::machine::{Change, StateMachine};
 use corral_protocol::path::{parent, validate_path};
-use corral_protocol::{ErrorCode, ErrorInfo, EventKind, WatchEvent, WatchSet, WatcherKind};
+use corral_protocol::{ErrorCode, ErrorInfo, EventKind, Stat, WatchEvent, WatchSet, WatcherKind};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The default for [`WatchManager::default`]: watches one session may hold.
@@ -397,6 +397,95 @@ impl WatchManager {
         Ok(events)
     }
 
+    /// The events this node's watches would have fired for the entries a snapshot install
+    /// skipped (`old` is the state before the install, `new` the installed one), with
+    /// ZooKeeper's reconnect (`setWatches`) semantics: the old and new state are compared
+    /// at each watched path, and under each recursive watch at every path of the old or
+    /// new subtree; one-shot watches are consumed as usual. Returns `(session, event)` in
+    /// delivery order; every event carries `new.last_zxid()`.
+    ///
+    /// Per path, by stat (czxid, mzxid, pzxid, cversion):
+    /// - absent → present: `NodeCreated`; present → absent: `NodeDeleted`;
+    /// - recreated (czxid differs): `NodeDeleted` then `NodeCreated`;
+    /// - mzxid differs (or a recreated node was written since): `NodeDataChanged`;
+    /// - pzxid or cversion differs (or a recreated node has had children changes):
+    ///   `NodeChildrenChanged`.
+    ///
+    /// Intermediate changes collapse: a watched path gets at most one event of each kind,
+    /// and a node created and deleted inside the skipped range fires nothing. Cost: one
+    /// lookup per watched path, plus the size of the old and new subtrees under each
+    /// recursive watch (installs are rare; overlapping recursive watches walk once).
+    pub fn catch_up(&mut self, old: &StateMachine, new: &StateMachine) -> Vec<(u64, WatchEvent)> {
+        let zxid = new.last_zxid();
+        let mut watched: Vec<(String, bool)> = self
+            .by_path
+            .iter()
+            .map(|(path, sessions)| {
+                let recursive = sessions.values().any(|mask| mask & RECURSIVE != 0);
+                (path.clone(), recursive)
+            })
+            .collect();
+        watched.sort_unstable();
+        let (old_tree, new_tree) = (old.tree(), new.tree());
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut changes: Vec<Change> = Vec::new();
+        let mut diff = |path: &str, changes: &mut Vec<Change>| {
+            if !seen.insert(path.to_string()) {
+                return;
+            }
+            let before = old_tree.get(path).map(|n| &n.stat);
+            let after = new_tree.get(path).map(|n| &n.stat);
+            for kind in stat_diff(before, after) {
+                changes.push(Change {
+                    kind,
+                    path: path.to_string(),
+                });
+            }
+        };
+        for (path, recursive) in &watched {
+            diff(path, &mut changes);
+            if !recursive {
+                continue;
+            }
+            // Merge the two sorted subtrees: every path present before or after.
+            let mut a = old_tree.descendants(path).map(|(p, _)| p).peekable();
+            let mut b = new_tree.descendants(path).map(|(p, _)| p).peekable();
+            loop {
+                let next = match (a.peek(), b.peek()) {
+                    (None, None) => break,
+                    (Some(&x), None) => {
+                        a.next();
+                        x
+                    }
+                    (None, Some(&y)) => {
+                        b.next();
+                        y
+                    }
+                    (Some(&x), Some(&y)) => match x.cmp(y) {
+                        std::cmp::Ordering::Less => {
+                            a.next();
+                            x
+                        }
+                        std::cmp::Ordering::Greater => {
+                            b.next();
+                            y
+                        }
+                        std::cmp::Ordering::Equal => {
+                            a.next();
+                            b.next();
+                            x
+                        }
+                    },
+                };
+                diff(next, &mut changes);
+            }
+        }
+        changes
+            .iter()
+            .flat_map(|change| self.trigger(change, zxid))
+            .collect()
+    }
+
     /// Total watches registered.
     pub fn len(&self) -> usize {
         self.counts.total
@@ -405,6 +494,41 @@ impl WatchManager {
     /// Whether no watch is registered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The events that turn a path's `before` stat into its `after` stat, collapsed (see
+/// [`WatchManager::catch_up`]).
+fn stat_diff(before: Option<&Stat>, after: Option<&Stat>) -> Vec<EventKind> {
+    let since_creation = |n: &Stat| {
+        let mut kinds = vec![EventKind::NodeCreated];
+        if n.mzxid != n.czxid {
+            kinds.push(EventKind::NodeDataChanged);
+        }
+        if n.pzxid != n.czxid || n.cversion != 0 {
+            kinds.push(EventKind::NodeChildrenChanged);
+        }
+        kinds
+    };
+    match (before, after) {
+        (None, None) => Vec::new(),
+        (None, Some(n)) => since_creation(n),
+        (Some(_), None) => vec![EventKind::NodeDeleted],
+        (Some(o), Some(n)) if o.czxid != n.czxid => {
+            let mut kinds = vec![EventKind::NodeDeleted];
+            kinds.extend(since_creation(n));
+            kinds
+        }
+        (Some(o), Some(n)) => {
+            let mut kinds = Vec::new();
+            if o.mzxid != n.mzxid {
+                kinds.push(EventKind::NodeDataChanged);
+            }
+            if o.pzxid != n.pzxid || o.cversion != n.cversion {
+                kinds.push(EventKind::NodeChildrenChanged);
+            }
+            kinds
+        }
     }
 }
 
@@ -791,6 +915,175 @@ mod tests {
             ]
         );
         assert_eq!(w.len(), 1);
+    }
+
+    fn write(m: &mut StateMachine, zxid: u64, op: Op) {
+        let applied = m.apply(
+            zxid,
+            &Entry {
+                wall_ms: 0,
+                body: EntryBody::Write {
+                    session_id: 1,
+                    xid: zxid,
+                    op,
+                },
+            },
+        );
+        assert!(
+            matches!(applied.result, Some(Ok(_))),
+            "{zxid}: {:?}",
+            applied.result
+        );
+    }
+
+    fn create_op(path: &str) -> Op {
+        Op::Create(CreateRequest {
+            path: path.into(),
+            data: vec![],
+            mode: CreateMode::Persistent,
+            make_parents: false,
+        })
+    }
+
+    fn set_op(path: &str) -> Op {
+        Op::SetData {
+            path: path.into(),
+            data: b"y".to_vec(),
+            version: None,
+        }
+    }
+
+    fn delete_op(path: &str) -> Op {
+        Op::Delete {
+            path: path.into(),
+            version: None,
+        }
+    }
+
+    #[test]
+    fn catch_up_fires_what_an_installed_snapshot_skipped() {
+        let (mut old, _, _) = machine();
+        write(&mut old, 6, create_op("/quiet"));
+        write(&mut old, 7, create_op("/re"));
+        write(&mut old, 8, create_op("/d/k/deep"));
+        // The entries the install skips: 9..=16.
+        let mut new = old.clone();
+        write(&mut new, 9, set_op("/d"));
+        write(&mut new, 10, set_op("/d"));
+        write(&mut new, 11, create_op("/d/n"));
+        write(&mut new, 12, delete_op("/d/k/deep"));
+        write(&mut new, 13, delete_op("/d/k"));
+        write(&mut new, 14, create_op("/e"));
+        write(&mut new, 15, delete_op("/re"));
+        write(&mut new, 16, create_op("/re"));
+        write(&mut new, 17, create_op("/short"));
+        write(&mut new, 18, delete_op("/short"));
+        let mut w = manager();
+        w.add(10, "/d", Data).expect("add");
+        w.add(11, "/d", Child).expect("add");
+        w.add(12, "/e", Exist).expect("add");
+        w.add(13, "/d", Persistent).expect("add");
+        w.add(14, "/d", PersistentRecursive).expect("add");
+        w.add(15, "/d/k", Data).expect("add");
+        w.add(16, "/quiet", Data).expect("add");
+        w.add(16, "/quiet", Child).expect("add");
+        w.add(17, "/", PersistentRecursive).expect("add");
+        w.add(18, "/re", Data).expect("add");
+        w.add(19, "/short", Exist).expect("add");
+        let fired: Vec<(u64, EventKind, String)> = w
+            .catch_up(&old, &new)
+            .into_iter()
+            .inspect(|(_, e)| assert_eq!(e.zxid, 18))
+            .map(|(s, e)| (s, e.kind, e.path))
+            .collect();
+        use EventKind::*;
+        let expected: Vec<(u64, EventKind, String)> = [
+            // "/" itself: its children changed (only a Child or Persistent watch there fires).
+            (10, NodeDataChanged, "/d"),
+            (13, NodeDataChanged, "/d"),
+            (14, NodeDataChanged, "/d"),
+            (17, NodeDataChanged, "/d"),
+            (11, NodeChildrenChanged, "/d"),
+            (13, NodeChildrenChanged, "/d"),
+            (14, NodeDeleted, "/d/k"),
+            (15, NodeDeleted, "/d/k"),
+            (17, NodeDeleted, "/d/k"),
+            (14, NodeDeleted, "/d/k/deep"),
+            (17, NodeDeleted, "/d/k/deep"),
+            (14, NodeCreated, "/d/n"),
+            (17, NodeCreated, "/d/n"),
+            (12, NodeCreated, "/e"),
+            (17, NodeCreated, "/e"),
+            (18, NodeDeleted, "/re"),
+            (17, NodeDeleted, "/re"),
+            (17, NodeCreated, "/re"),
+        ]
+        .into_iter()
+        .map(|(s, k, p)| (s, k, p.to_string()))
+        .collect();
+        let mut got_sorted = fired.clone();
+        let mut want_sorted = expected.clone();
+        got_sorted.sort_by_key(|e| format!("{e:?}"));
+        want_sorted.sort_by_key(|e| format!("{e:?}"));
+        assert_eq!(got_sorted, want_sorted, "fired in order: {fired:?}");
+        // Per session, events come in path order, a path's events in the order above.
+        let of = |events: &[(u64, EventKind, String)], s: u64| -> Vec<(EventKind, String)> {
+            events
+                .iter()
+                .filter(|e| e.0 == s)
+                .map(|e| (e.1, e.2.clone()))
+                .collect()
+        };
+        for s in 10..=19 {
+            assert_eq!(of(&fired, s), of(&expected, s), "session {s}");
+        }
+        // One-shot watches that fired are gone; the others and the persistent ones stay.
+        assert!(!w.contains(10, "/d", Data) && !w.contains(11, "/d", Child));
+        assert!(!w.contains(12, "/e", Exist) && !w.contains(15, "/d/k", Data));
+        assert!(!w.contains(18, "/re", Data));
+        assert!(w.contains(16, "/quiet", Data) && w.contains(16, "/quiet", Child));
+        assert!(
+            w.contains(19, "/short", Exist),
+            "created and deleted: collapsed"
+        );
+        assert!(w.contains(13, "/d", Persistent) && w.contains(14, "/d", PersistentRecursive));
+        assert!(w.contains(17, "/", PersistentRecursive));
+        w.check_consistency().expect("consistent");
+        // Nothing changed: nothing fires.
+        assert!(w.catch_up(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn stat_diff_collapses_to_one_event_per_kind() {
+        let stat = |czxid, mzxid, pzxid, cversion| Stat {
+            czxid,
+            mzxid,
+            pzxid,
+            cversion,
+            ..Stat::default()
+        };
+        use EventKind::*;
+        assert!(stat_diff(None, None).is_empty());
+        assert_eq!(stat_diff(None, Some(&stat(5, 5, 5, 0))), vec![NodeCreated]);
+        assert_eq!(
+            stat_diff(None, Some(&stat(5, 6, 7, 1))),
+            vec![NodeCreated, NodeDataChanged, NodeChildrenChanged]
+        );
+        assert_eq!(stat_diff(Some(&stat(5, 5, 5, 0)), None), vec![NodeDeleted]);
+        let s = stat(5, 6, 7, 1);
+        assert!(stat_diff(Some(&s), Some(&s)).is_empty());
+        assert_eq!(
+            stat_diff(Some(&s), Some(&stat(5, 9, 7, 1))),
+            vec![NodeDataChanged]
+        );
+        assert_eq!(
+            stat_diff(Some(&s), Some(&stat(5, 6, 9, 3))),
+            vec![NodeChildrenChanged]
+        );
+        assert_eq!(
+            stat_diff(Some(&s), Some(&stat(8, 8, 8, 0))),
+            vec![NodeDeleted, NodeCreated]
+        );
     }
 
     impl WatchManager {
