@@ -470,16 +470,16 @@ fn sim_wiped_disks() {
     }
 }
 
-/// Bug (open): a node restarted with an empty disk votes as soon as it has adopted the
-/// majority's highest promise, before it holds what was decided. Here the leader is wiped
+/// Bug (fixed): a node restarted with an empty disk voted as soon as it had adopted the
+/// majority's highest promise, before it held what was decided. Here the leader is wiped
 /// while both other nodes are up and connected; one of them had not yet accepted the last
 /// decided entries (normal replication lag: a 3-node leader decides with one follower).
-/// The wiped node and the lagging follower form the next quorum and decide other entries
-/// at those zxids: acknowledged writes are lost. Safe joining needs a state transfer (the
-/// decided log or a snapshot up to the majority's decided index) before the node takes
-/// part in any quorum.
+/// The wiped node and the lagging follower formed the next quorum and decided other
+/// entries at those zxids: acknowledged writes were lost. A node that joins a running
+/// cluster with an empty disk now catches up first (`replication/join.rs`): it promises
+/// only to a leader that completed its prepare phase without it, and stands for no
+/// election, until that leader has synced its log to it.
 #[test]
-#[ignore = "bug: a wiped node takes part in quorums before it has caught up (see the report)"]
 fn regression_wiped_leader_loses_decided_entries() {
     let test = "regression_wiped_leader_loses_decided_entries";
     let mut c = SimConfig::from_seed(5_000_147);
