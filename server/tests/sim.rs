@@ -10,6 +10,8 @@
 //! - `fault_*`: each turns on a deliberately injected bug and shows that the simulator
 //!   reports the invariant it breaks, with a seed that replays it exactly.
 //! - `regression_*`: pinned seeds of bugs the simulator found.
+//! - `sim_wiped_disk_seeds`: one wiped disk per run among the standard faults;
+//!   `sim_wiped_disks` (ignored) wipes at any time and fails only on safety.
 
 use corral_server::faults::FaultSwitches;
 use corral_server::sim::{self, FaultMix, Report, SimConfig, ViolationKind};
@@ -443,15 +445,62 @@ fn regression_restarted_leader_stuck_on_own_ballot() {
     );
 }
 
-/// Wiped disks (a node restarted with an empty data directory, which first learns the
-/// highest promise of a majority of the others). Not in the CI mix: the design says a
-/// wiped node is safe only while the rest of the cluster is healthy, and these plans wipe
-/// at any time. Run on demand to see what happens when that precondition does not hold.
+/// Whether a violation is about progress after healing (not about safety).
+fn is_liveness(kind: ViolationKind) -> bool {
+    matches!(
+        kind,
+        ViolationKind::RequestStuck
+            | ViolationKind::LockNotAcquirable
+            | ViolationKind::NotConverged
+    )
+}
+
+/// A configuration with wiped disks in the fault mix, at most one of them planned (the
+/// later ones are skipped): at most one node is without its disk at any time, which is
+/// the precondition of a safe join (`replication/join.rs`).
+fn one_wipe(seed: u64) -> SimConfig {
+    let mut c = configure(seed);
+    c.mix = FaultMix {
+        wipes: 2,
+        ..FaultMix::standard()
+    };
+    let wipes = c
+        .plan()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| matches!(f.kind, sim::FaultKind::Wipe(_)))
+        .map(|(i, _)| i)
+        .collect::<Vec<_>>();
+    c.skip_faults.extend(wipes.into_iter().skip(1));
+    c
+}
+
+/// One wiped disk per run, among the standard faults: the wiped node joins, catches up
+/// before it votes, and every invariant (progress after healing included) holds.
 #[test]
-#[ignore = "explores a documented precondition; see the report"]
+fn sim_wiped_disk_seeds() {
+    for seed in sim::seeds_from_env(6_000_000, 24) {
+        let r = sim::run(&one_wipe(seed));
+        if r.failed() {
+            fail("sim_wiped_disk_seeds", &r);
+        }
+    }
+}
+
+/// Wiped disks at any time (a node restarted with an empty data directory, which learns
+/// the highest promise of a majority of the others and then catches up before it votes).
+/// These plans also wipe a second node before the first has caught up: two of three nodes
+/// without their disk is beyond what any protocol can survive without losing writes, and
+/// the cluster then waits for good (a progress violation after healing, reported and
+/// counted but expected). Safety violations fail the test.
+#[test]
+#[ignore = "explores wipes beyond the fault model; see the report"]
 fn sim_wiped_disks() {
-    let mut reports = Vec::new();
-    for seed in sim::seeds_from_env(5_000_000, 200) {
+    let mut safety = Vec::new();
+    let mut liveness = 0;
+    let seeds = sim::seeds_from_env(5_000_000, 200);
+    let total = seeds.len();
+    for seed in seeds {
         let mut c = configure(seed);
         c.mix = FaultMix {
             wipes: 3,
@@ -460,11 +509,18 @@ fn sim_wiped_disks() {
         let r = sim::run(&c);
         if let Some(v) = &r.violation {
             eprintln!("seed {seed}: {v}");
-            reports.push(r);
+            if is_liveness(v.kind) {
+                liveness += 1;
+            } else {
+                safety.push(r);
+            }
         }
     }
-    eprintln!("{} of the runs broke an invariant", reports.len());
-    if let Some(r) = reports.first() {
+    eprintln!(
+        "{total} runs: {} broke a safety invariant, {liveness} made no progress after healing",
+        safety.len()
+    );
+    if let Some(r) = safety.first() {
         let (_, shrunk) = sim::shrink(&r.config, r, 40);
         panic!("{}", shrunk.describe("sim_wiped_disks"));
     }
