@@ -439,6 +439,12 @@ impl Node {
         matches!(self.log, Log::Paxos(_))
     }
 
+    /// Whether this node joined with an empty data directory and has not yet been synced
+    /// by a leader (it takes part in no quorum meanwhile; see `replication::join`).
+    pub fn is_catching_up(&self) -> bool {
+        matches!(&self.log, Log::Paxos(p) if p.is_catching_up())
+    }
+
     /// The highest zxid this node knows to be committed (decided).
     pub fn committed_zxid(&self) -> u64 {
         match &self.log {

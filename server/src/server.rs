@@ -497,7 +497,9 @@ async fn accept_loop(
 /// a majority of the cluster's other nodes (which must include a member of any quorum
 /// that promised a ballot this node may have promised before its disk was wiped). Nodes
 /// that are themselves joining answer with the default ballot, so a new cluster whose
-/// nodes all start empty gets going. Returns `None` if the transport closes.
+/// nodes all start empty gets going. With a ballot other than the default the node then
+/// catches up before it votes (`replication::join`, done by `RecoveredCluster::start`).
+/// Returns `None` if the transport closes.
 async fn learn_promise(
     transport: &Transport<PeerMsg>,
     events: &mut mpsc::Receiver<PeerEvent<PeerMsg>>,

@@ -59,7 +59,8 @@ pub fn core_status(node: &Node) -> ServerStatus {
     let locks = lock_counts(node);
     let ready = match role {
         Role::Standalone | Role::Leader => true,
-        Role::Follower => applied_zxid >= committed_zxid,
+        // A node catching up after joining with an empty disk knows no committed zxid yet.
+        Role::Follower => applied_zxid >= committed_zxid && !node.is_catching_up(),
         Role::Candidate => false,
     };
     ServerStatus {

@@ -165,6 +165,10 @@ pub struct PaxosLog {
     /// The ballot this node promised when `leader` was last looked at: a new ballot is a
     /// new leadership term even when the same node leads again.
     ballot: Ballot,
+    /// Joined with an empty disk and not yet synced by a leader: filtered by [`join`].
+    ///
+    /// [`join`]: crate::replication::join
+    catching_up: bool,
 }
 
 impl std::fmt::Debug for PaxosLog {
@@ -212,7 +216,19 @@ impl PaxosLog {
             ticks: 0,
             leader: None,
             ballot: Ballot::default(),
+            catching_up: false,
         }
+    }
+
+    /// This node joined with an empty data directory: it takes part in no quorum until
+    /// a leader that completed its prepare phase has synced its log to it.
+    pub fn set_catching_up(&mut self) {
+        self.catching_up = true;
+    }
+
+    /// Whether this node is still catching up after joining with an empty disk.
+    pub fn is_catching_up(&self) -> bool {
+        self.catching_up
     }
 
     /// The current leader, if known.
@@ -333,6 +349,16 @@ impl PaxosLog {
     /// Handles an OmniPaxos message or forwarded entries from a peer.
     pub fn on_peer(&mut self, msg: PeerMsg) {
         match msg {
+            PeerMsg::Paxos(m) if self.catching_up => {
+                if crate::replication::join::admit_incoming(&m) {
+                    self.op.handle_incoming(*m);
+                }
+                if matches!(self.op.get_current_leader(), Some((_, true))) {
+                    // Accepted an AcceptSync: holds the log of an established leader.
+                    self.catching_up = false;
+                    tracing::info!(promise = ?self.op.get_promise(), "caught up");
+                }
+            }
             PeerMsg::Paxos(m) => self.op.handle_incoming(*m),
             PeerMsg::Forward(entries) => {
                 if self.is_leader() {
@@ -420,6 +446,9 @@ impl PaxosLog {
         if !msgs.is_empty() {
             let lsn = self.storage.last_lsn();
             for m in msgs {
+                if self.catching_up && !crate::replication::join::admit_outgoing(&m) {
+                    continue;
+                }
                 let to = m.get_receiver();
                 let need = need_of(&m, lsn);
                 self.held.push(Held {

@@ -1,6 +1,7 @@
 //! Replication over OmniPaxos: the replicated log around OmniPaxos ([`log`]), its durable
 //! storage on the write-ahead log ([`storage`]), and the peer transport ([`transport`]).
 
+pub mod join;
 pub mod log;
 pub mod storage;
 pub mod transport;
@@ -11,7 +12,7 @@ use crate::wal::{StorageError, WalOptions};
 use log::{PaxosLog, PaxosSettings};
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::{ClusterConfig, OmniPaxosConfig, ServerConfig};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use storage::{PaxosStorage, PaxosStorageConfig};
 
 /// How a cluster member is set up.
@@ -46,8 +47,13 @@ pub struct RecoveredCluster {
     pub machine: StateMachine,
     /// Whether the data directory held no Paxos state at all (a new or wiped node).
     pub fresh: bool,
+    /// Whether the node joined with an empty data directory and has not yet accepted
+    /// an `AcceptSync` from an established leader (see [`join`]).
+    pub catching_up: bool,
     storage: PaxosStorage,
     settings: ClusterSettings,
+    disk: Disk,
+    dir: PathBuf,
 }
 
 impl std::fmt::Debug for RecoveredCluster {
@@ -55,6 +61,7 @@ impl std::fmt::Debug for RecoveredCluster {
         f.debug_struct("RecoveredCluster")
             .field("zxid", &self.machine.last_zxid())
             .field("fresh", &self.fresh)
+            .field("catching_up", &self.catching_up)
             .finish()
     }
 }
@@ -69,18 +76,35 @@ impl RecoveredCluster {
     /// majority of the other nodes reported, for a node that starts with an empty data
     /// directory: it is stored as this node's promise first, so that the node cannot
     /// accept proposals of a leader that the cluster already superseded (which a wiped
-    /// acceptor, having forgotten its promise, otherwise would).
+    /// acceptor, having forgotten its promise, otherwise would). A ballot other than the
+    /// default means the cluster is running: the node then catches up before it votes
+    /// (see [`join`]); the default means a new cluster, which the node joins as a normal
+    /// member.
     pub fn start(
         mut self,
         adopt_promise: Option<Ballot>,
     ) -> Result<(StateMachine, PaxosLog), ClusterError> {
         use omnipaxos::storage::Storage;
         if let Some(ballot) = adopt_promise {
+            let marker = if ballot == Ballot::default() {
+                join::remove_marker(&self.disk, &self.dir)
+            } else {
+                // Durable before the promise: a restart must still know it catches up.
+                join::write_marker(&self.disk, &self.dir)
+            };
+            marker.map_err(|source| {
+                ClusterError::Storage(StorageError::Io {
+                    path: self.dir.join(join::MARKER_FILE).display().to_string(),
+                    source,
+                })
+            })?;
+            self.catching_up = ballot != Ballot::default();
             self.storage
                 .set_promise(ballot)
                 .map_err(|e| ClusterError::Snapshot(e.to_string()))?;
             self.storage.sync()?;
         }
+        let catching_up = self.catching_up;
         let sync = self.storage.sync_handle();
         let settings = self.settings;
         let server_config = ServerConfig {
@@ -100,7 +124,7 @@ impl RecoveredCluster {
         }
         .build(self.storage)
         .map_err(|e| ClusterError::Config(e.to_string()))?;
-        if op.get_promise().pid == settings.node_id {
+        if op.get_promise().pid == settings.node_id && !catching_up {
             // This node had promised its own ballot (it led, or stood for election)
             // before it stopped. OmniPaxos 0.2.4 restarts it as a follower in recovery,
             // and its ballot leader election then elects that same ballot again, which
@@ -116,7 +140,15 @@ impl RecoveredCluster {
             .iter()
             .filter(|m| **m != settings.node_id)
             .count();
-        let log = PaxosLog::new(op, sync, settings.node_id, peers, settings.log, applied);
+        let mut log = PaxosLog::new(op, sync, settings.node_id, peers, settings.log, applied);
+        if catching_up {
+            tracing::info!(
+                node = settings.node_id,
+                promise = ?log.promise(),
+                "catching up: this node joined with an empty data directory; it takes part in no quorum until a leader has synced its log to it"
+            );
+            log.set_catching_up();
+        }
         Ok((self.machine, log))
     }
 }
@@ -143,6 +175,23 @@ pub fn open_cluster_on(
     let limits = config.limits;
     let storage = PaxosStorage::open_on(disk, dir, config)?;
     let fresh = storage.promise().is_none() && storage.log_end() == 0;
+    // A node that joined with an empty disk has caught up once it accepted in some
+    // round (the accepted round is written in one atomic record with the synced log).
+    let mut catching_up = false;
+    if join::has_marker(disk, dir) {
+        let accepted = storage
+            .get_accepted_round()
+            .map_err(|e| ClusterError::Snapshot(e.to_string()))?
+            .unwrap_or_default();
+        if accepted != Ballot::default() {
+            join::remove_marker(disk, dir).map_err(|source| StorageError::Io {
+                path: dir.join(join::MARKER_FILE).display().to_string(),
+                source,
+            })?;
+        } else {
+            catching_up = !fresh;
+        }
+    }
     let mut machine = match storage.snapshot() {
         Some(s) => s
             .clone()
@@ -165,7 +214,10 @@ pub fn open_cluster_on(
     Ok(RecoveredCluster {
         machine,
         fresh,
+        catching_up,
         storage,
         settings,
+        disk: disk.clone(),
+        dir: dir.to_path_buf(),
     })
 }

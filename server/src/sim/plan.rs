@@ -88,8 +88,10 @@ pub enum FaultKind {
     PauseClient(usize),
     /// Break a client's connection.
     DropConnection(usize),
-    /// Crash a node and restart it with an empty disk after `duration_ms` (off by
-    /// default: a wiped node is safe only when the rest of the cluster is healthy).
+    /// Crash a node and restart it with an empty disk after `duration_ms` (off in the
+    /// standard mix: a second wipe before the first wiped node caught up leaves a
+    /// majority without its disk, and the cluster then rightly waits for good;
+    /// `sim_wiped_disk_seeds` plans at most one per run).
     Wipe(Target),
 }
 

@@ -528,6 +528,11 @@ impl World {
                 })
             }
         };
+        if log.is_catching_up() {
+            self.note(format!(
+                "n{id} catches up: no quorum until a leader syncs its log to it"
+            ));
+        }
         let sync = log.sync_handle();
         let now = self.node_now(n);
         let mut node = Node::new(
