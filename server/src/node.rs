@@ -1696,7 +1696,7 @@ impl Node {
             return;
         };
         if matches!(msg, PeerMsg::PromiseQuery) {
-            let reply = PeerMsg::PromiseReply(log.promise());
+            let reply = PeerMsg::PromiseReply(log.promise(), log.accepted_idx());
             self.peer_out.push((from, reply));
             return;
         }

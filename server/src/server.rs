@@ -496,19 +496,20 @@ async fn accept_loop(
 /// A node starting with an empty data directory learns the highest ballot promised by
 /// a majority of the cluster's other nodes (which must include a member of any quorum
 /// that promised a ballot this node may have promised before its disk was wiped). Nodes
-/// that are themselves joining answer with the default ballot, so a new cluster whose
-/// nodes all start empty gets going. With a ballot other than the default the node then
-/// catches up before it votes (`replication::join`, done by `RecoveredCluster::start`).
+/// that are themselves joining answer with the default ballot and accepted index 0, so a
+/// new cluster whose nodes all start empty gets going. If one of the answers reports an
+/// accepted entry the node then catches up before it votes (`replication::join`, done by
+/// `RecoveredCluster::start`).
 /// Returns `None` if the transport closes.
 async fn learn_promise(
     transport: &Transport<PeerMsg>,
     events: &mut mpsc::Receiver<PeerEvent<PeerMsg>>,
     others: &[u64],
     retry: Duration,
-) -> Option<Ballot> {
+) -> Option<crate::replication::join::Joined> {
     let cluster_size = others.len() + 1;
     let needed = (cluster_size / 2 + 1).min(others.len());
-    let mut replies: BTreeMap<u64, Ballot> = BTreeMap::new();
+    let mut replies: BTreeMap<u64, (Ballot, u64)> = BTreeMap::new();
     let mut ticker = tokio::time::interval(retry);
     tracing::info!(
         needed,
@@ -522,16 +523,16 @@ async fn learn_promise(
                 }
             }
             event = events.recv() => match event? {
-                PeerEvent::Message { from, msg: PeerMsg::PromiseReply(ballot) } => {
-                    replies.insert(from, ballot);
+                PeerEvent::Message { from, msg: PeerMsg::PromiseReply(ballot, accepted) } => {
+                    replies.insert(from, (ballot, accepted));
                     if replies.len() >= needed {
-                        let max = replies.values().copied().max().unwrap_or_default();
-                        tracing::info!(ballot = ?max, from = ?replies.keys().collect::<Vec<_>>(), "adopting the cluster's promise");
-                        return Some(max);
+                        let joined = crate::replication::join::Joined::from_replies(replies.values());
+                        tracing::info!(ballot = ?joined.promise, catch_up = joined.catch_up, from = ?replies.keys().collect::<Vec<_>>(), "adopting the cluster's promise");
+                        return Some(joined);
                     }
                 }
                 PeerEvent::Message { from, msg: PeerMsg::PromiseQuery } => {
-                    let _ = transport.send(from, PeerMsg::PromiseReply(Ballot::default()));
+                    let _ = transport.send(from, PeerMsg::PromiseReply(Ballot::default(), 0));
                 }
                 // Everything else is for the running node; OmniPaxos resends it.
                 _ => {}

@@ -30,18 +30,46 @@
 //! round and the synced log are one atomic record) catches up again. A node whose
 //! stored accepted round is set has caught up; the marker is removed then.
 //!
-//! When a majority of the others answer with the default ballot (they never promised
-//! anything, so no prepare phase ever completed and nothing was decided), the cluster
-//! is new: the node starts as a normal member, and so nodes that all start empty elect
-//! a first leader.
+//! When no member of the majority that answered has accepted any entry, nothing was ever
+//! decided (a decided entry is accepted by a majority, and every majority of the others
+//! meets every such majority outside this node), so there is nothing to catch up: the
+//! node starts as a normal member. This is how nodes that all start empty, at slightly
+//! different times, elect a first leader, even after one of them has already promised
+//! its own ballot (a promise alone is not enough to need catching up: a candidate still
+//! in its prepare phase sends `n_accepted < n`, which a catching-up node would ignore,
+//! and the cluster would never start).
 
 use crate::disk::Disk;
 use crate::machine::Entry;
+use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::messages::ballot_leader_election::HeartbeatMsg;
 use omnipaxos::messages::sequence_paxos::PaxosMsg;
 use omnipaxos::messages::Message;
 use std::io;
 use std::path::{Path, PathBuf};
+
+/// What a node starting with an empty data directory learned from a majority of the
+/// other nodes (`PeerMsg::PromiseReply`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Joined {
+    /// The highest ballot they promised: stored as this node's promise.
+    pub promise: Ballot,
+    /// Whether one of them accepted an entry: the cluster is running, and this node
+    /// catches up before it votes.
+    pub catch_up: bool,
+}
+
+impl Joined {
+    /// Folds the replies `(promise, accepted index)` of a majority of the others.
+    pub fn from_replies<'a>(replies: impl IntoIterator<Item = &'a (Ballot, u64)>) -> Joined {
+        replies
+            .into_iter()
+            .fold(Joined::default(), |j, (promise, accepted)| Joined {
+                promise: j.promise.max(*promise),
+                catch_up: j.catch_up || *accepted > 0,
+            })
+    }
+}
 
 /// Name of the marker file in the Paxos directory.
 pub const MARKER_FILE: &str = "joining";
@@ -182,7 +210,11 @@ mod tests {
         let recovered = open(&disk);
         assert!(recovered.fresh && !recovered.catching_up);
         let adopted = Ballot::with(1, 4, 0, 2);
-        let (_, log) = recovered.start(Some(adopted)).expect("start");
+        let joined = Joined {
+            promise: adopted,
+            catch_up: true,
+        };
+        let (_, log) = recovered.start(Some(joined)).expect("start");
         assert!(log.is_catching_up());
         assert_eq!(log.promise(), adopted);
         drop(log);
@@ -196,10 +228,26 @@ mod tests {
         assert_eq!(log.promise(), adopted, "no election of its own");
     }
 
+    /// Bug (fixed): a node that started a moment after another of a new cluster learned
+    /// that node's own ballot, took the cluster for a running one and caught up; a
+    /// candidate still preparing sends `n_accepted < n`, so no node promised it and the
+    /// new cluster never elected a leader (seen in `cluster_faults`). Only an accepted
+    /// entry means a running cluster.
+    #[test]
+    fn a_promise_without_accepted_entries_is_a_new_cluster() {
+        let own = Ballot::with(1, 2, 0, 3);
+        let new = Joined::from_replies(&[(own, 0), (Ballot::default(), 0)]);
+        assert_eq!(new.promise, own);
+        assert!(!new.catch_up);
+        let running = Joined::from_replies(&[(own, 0), (Ballot::with(1, 1, 0, 2), 7)]);
+        assert_eq!(running.promise, own);
+        assert!(running.catch_up);
+    }
+
     #[test]
     fn nodes_of_a_new_cluster_do_not_catch_up() {
         let disk = SimDisk::new(8);
-        let (_, log) = open(&disk).start(Some(Ballot::default())).expect("start");
+        let (_, log) = open(&disk).start(Some(Joined::default())).expect("start");
         assert!(!log.is_catching_up());
         drop(log);
         assert!(!has_marker(

@@ -55,8 +55,10 @@ pub enum PeerMsg {
     /// A node that starts with an empty data directory asks for the highest ballot
     /// every other node promised.
     PromiseQuery,
-    /// The answer to `PromiseQuery`.
-    PromiseReply(Ballot),
+    /// The answer to `PromiseQuery`: the ballot this node promised and its accepted index
+    /// (0: it never accepted an entry). Nodes that are joining themselves answer with
+    /// the default ballot and 0.
+    PromiseReply(Ballot, u64),
 }
 
 /// What applying the log yields, in order.
@@ -381,13 +383,18 @@ impl PaxosLog {
             PeerMsg::Alive { .. }
             | PeerMsg::AliveAck { .. }
             | PeerMsg::PromiseQuery
-            | PeerMsg::PromiseReply(_) => {}
+            | PeerMsg::PromiseReply(..) => {}
         }
     }
 
     /// The ballot this node promised.
     pub fn promise(&self) -> Ballot {
         self.op.get_promise()
+    }
+
+    /// The index up to which this node accepted entries (0: none ever).
+    pub fn accepted_idx(&self) -> u64 {
+        self.op.get_accepted_idx() as u64
     }
 
     /// A link to `peer` was (re)established: OmniPaxos resends what it may have lost, and

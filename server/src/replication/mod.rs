@@ -76,17 +76,18 @@ impl RecoveredCluster {
     /// majority of the other nodes reported, for a node that starts with an empty data
     /// directory: it is stored as this node's promise first, so that the node cannot
     /// accept proposals of a leader that the cluster already superseded (which a wiped
-    /// acceptor, having forgotten its promise, otherwise would). A ballot other than the
-    /// default means the cluster is running: the node then catches up before it votes
-    /// (see [`join`]); the default means a new cluster, which the node joins as a normal
-    /// member.
+    /// acceptor, having forgotten its promise, otherwise would). If one of those
+    /// nodes had accepted an entry the cluster is running: the node then catches up
+    /// before it votes (see [`join`]); otherwise nothing was ever decided and the node
+    /// joins as a normal member (a new cluster).
     pub fn start(
         mut self,
-        adopt_promise: Option<Ballot>,
+        adopt_promise: Option<join::Joined>,
     ) -> Result<(StateMachine, PaxosLog), ClusterError> {
         use omnipaxos::storage::Storage;
-        if let Some(ballot) = adopt_promise {
-            let marker = if ballot == Ballot::default() {
+        if let Some(joined) = adopt_promise {
+            let ballot = joined.promise;
+            let marker = if !joined.catch_up {
                 join::remove_marker(&self.disk, &self.dir)
             } else {
                 // Durable before the promise: a restart must still know it catches up.
@@ -98,7 +99,7 @@ impl RecoveredCluster {
                     source,
                 })
             })?;
-            self.catching_up = ballot != Ballot::default();
+            self.catching_up = joined.catch_up;
             self.storage
                 .set_promise(ballot)
                 .map_err(|e| ClusterError::Snapshot(e.to_string()))?;

@@ -133,7 +133,7 @@ impl Ord for Sched {
 
 struct Joining {
     recovered: RecoveredCluster,
-    replies: BTreeMap<u64, Ballot>,
+    replies: BTreeMap<u64, (Ballot, u64)>,
 }
 
 struct Up {
@@ -506,7 +506,12 @@ impl World {
         }
     }
 
-    fn finish_start(&mut self, n: usize, recovered: RecoveredCluster, adopt: Option<Ballot>) {
+    fn finish_start(
+        &mut self,
+        n: usize,
+        recovered: RecoveredCluster,
+        adopt: Option<crate::replication::join::Joined>,
+    ) {
         let id = self.nodes[n].id;
         let started =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recovered.start(adopt)));
@@ -1453,12 +1458,13 @@ impl World {
             NodeState::Down => {}
             NodeState::Joining(j) => match msg {
                 PeerMsg::PromiseQuery => {
-                    self.peer_send(id, from, PeerMsg::PromiseReply(Ballot::default()));
+                    self.peer_send(id, from, PeerMsg::PromiseReply(Ballot::default(), 0));
                 }
-                PeerMsg::PromiseReply(b) => {
-                    j.replies.insert(from, b);
+                PeerMsg::PromiseReply(b, accepted) => {
+                    j.replies.insert(from, (b, accepted));
                     if j.replies.len() >= needed {
-                        let max = j.replies.values().copied().max().unwrap_or_default();
+                        let max =
+                            crate::replication::join::Joined::from_replies(j.replies.values());
                         let NodeState::Joining(j) =
                             std::mem::replace(&mut self.nodes[n].state, NodeState::Down)
                         else {
