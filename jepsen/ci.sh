@@ -18,21 +18,23 @@ if ! command -v iptables >/dev/null; then
 fi
 
 out=target/jepsen-runs
+# Binaries live in cargo's target directory (CARGO_TARGET_DIR if set).
+bin=${CARGO_TARGET_DIR:-target}/debug
 seed=${CORRAL_JEPSEN_SEED:-$(( (RANDOM << 15) | RANDOM ))}
 time=${CORRAL_JEPSEN_TIME:-100}
 
 echo "== building corral with the test-only fault switches (--features sim)"
 cargo build -q -p corral-server --features sim --bin corral
-cp target/debug/corral target/debug/corral-faults
+cp "$bin/corral" "$bin/corral-faults"
 echo "== building corral and corral-jepsen"
 cargo build -q -p corral-server -p corral-jepsen --bins
 
 echo "== mixed run: every workload, every nemesis, ${time}s of faults (seed $seed)"
-target/debug/corral-jepsen --workload all --nemesis all --time "$time" --quiet 12 \
+"$bin/corral-jepsen" --workload all --nemesis all --time "$time" --quiet 12 \
     --clients 3 --seed "$seed" --check-time-limit 10 --out "$out" --install
 
 echo "== injected bug (grant_without_predecessor): the checkers must flag it"
-target/debug/corral-jepsen --workload lock,unfenced --nemesis none --time 12 --quiet 10 \
+"$bin/corral-jepsen" --workload lock,unfenced --nemesis none --time 12 --quiet 10 \
     --clients 3 --seed "$seed" --out "$out" --install \
-    --corral-bin target/debug/corral-faults --inject-fault grant_without_predecessor \
+    --corral-bin "$bin/corral-faults" --inject-fault grant_without_predecessor \
     --expect-invalid
