@@ -664,6 +664,35 @@ impl StateMachine {
         }
     }
 
+    /// Creates a lock's directory (a container, so it goes with its last queue node) if
+    /// it does not exist; refuses an ephemeral node as a lock.
+    pub(crate) fn ensure_lock_dir(
+        &mut self,
+        txn: &mut Txn,
+        session: u64,
+        lock: &str,
+    ) -> Result<(), ErrorInfo> {
+        match self.tree.get(lock) {
+            Some(dir) if dir.is_ephemeral() => Err(ErrorInfo::new(
+                ErrorCode::NoChildrenForEphemerals,
+                format!("{lock} is an ephemeral node and cannot be a lock"),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.refuse_lock_dir(lock)?;
+                let dir = CreateRequest {
+                    path: lock.to_string(),
+                    data: Vec::new(),
+                    mode: CreateMode::Container,
+                    make_parents: true,
+                };
+                self.tree
+                    .create(txn, session, &dir, self.limits.max_data_bytes)
+                    .map(|_| ())
+            }
+        }
+    }
+
     /// Refuses a plain create inside a lock's directory: its queue takes lock requests
     /// only (a plain node there would join the queue without an owner).
     fn refuse_lock_dir(&self, path: &str) -> Result<(), ErrorInfo> {
@@ -749,26 +778,7 @@ impl StateMachine {
             ));
         }
         // The lock's directory: a container, so it goes with its last queue node.
-        match self.tree.get(&req.lock) {
-            Some(dir) if dir.is_ephemeral() => {
-                return Err(ErrorInfo::new(
-                    ErrorCode::NoChildrenForEphemerals,
-                    format!("{} is an ephemeral node and cannot be a lock", req.lock),
-                ))
-            }
-            Some(_) => {}
-            None => {
-                self.refuse_lock_dir(&req.lock)?;
-                let dir = CreateRequest {
-                    path: req.lock.clone(),
-                    data: Vec::new(),
-                    mode: CreateMode::Container,
-                    make_parents: true,
-                };
-                self.tree
-                    .create(txn, session, &dir, self.limits.max_data_bytes)?;
-            }
-        }
+        self.ensure_lock_dir(txn, session, &req.lock)?;
         let create = CreateRequest {
             path: queue_prefix,
             data: req.data.clone(),

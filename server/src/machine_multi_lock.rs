@@ -372,25 +372,7 @@ impl StateMachine {
         let max = self.limits.max_data_bytes;
         let mut nodes = Vec::with_capacity(req.locks.len());
         for item in &req.locks {
-            match self.tree.get(&item.lock) {
-                Some(dir) if dir.is_ephemeral() => {
-                    return Err(ErrorInfo::new(
-                        ErrorCode::NoChildrenForEphemerals,
-                        format!("{} is an ephemeral node and cannot be a lock", item.lock),
-                    ))
-                }
-                Some(_) => {}
-                None => {
-                    self.refuse_lock_dir(&item.lock)?;
-                    let dir = CreateRequest {
-                        path: item.lock.clone(),
-                        data: Vec::new(),
-                        mode: CreateMode::Container,
-                        make_parents: true,
-                    };
-                    self.tree.create(txn, session, &dir, max)?;
-                }
-            }
+            self.ensure_lock_dir(txn, session, &item.lock)?;
             let create = CreateRequest {
                 path: corral_protocol::path::join(&item.lock, locks::prefix(item.kind)),
                 data: req.data.clone(),
