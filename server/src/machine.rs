@@ -2182,3 +2182,6 @@ mod machine_lock_tests;
 
 #[path = "machine_multi_lock.rs"]
 mod multi_lock;
+
+#[path = "machine_catch_up.rs"]
+mod catch_up;

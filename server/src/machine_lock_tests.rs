@@ -1784,3 +1784,85 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A node that skips the entries after `cut` by installing a snapshot tells its
+    /// clients (`lock_catch_up`) of exactly the grants those entries made that still
+    /// stand, and of every loss they reported to a session that lives on.
+    #[test]
+    fn lock_catch_up_reports_what_the_skipped_entries_did(
+        specs in (lock_spec(), lock_spec(), lock_spec()),
+        steps in proptest::collection::vec((step(), 0i64..1_200), 1..80),
+        cut in 0usize..80,
+    ) {
+        let specs = [specs.0, specs.1, specs.2];
+        let limits = MachineLimits { max_data_bytes: 64, dedup_window: 8 };
+        let mut a = StateMachine::new(limits);
+        let entries = run_history(&specs, &steps, &mut a)?;
+        let cut = cut.min(entries.len());
+        let mut live = StateMachine::new(limits);
+        for (zxid, entry) in &entries[..cut] {
+            live.apply(*zxid, entry);
+        }
+        let old = live.clone();
+        // (session, node, token) of the grants (events and `Locked` answers) and of the
+        // loss events of the skipped entries.
+        let mut granted: BTreeSet<(u64, String, u64)> = BTreeSet::new();
+        let mut lost: BTreeSet<(u64, String, u64)> = BTreeSet::new();
+        // The answers of the skipped writes, as a node answers them after the install.
+        let mut answered: Vec<(u64, OpResult)> = Vec::new();
+        for (zxid, entry) in &entries[cut..] {
+            let applied = live.apply(*zxid, entry);
+            for c in &applied.lock_events {
+                let key = (c.session, c.event.node.clone(), c.event.token);
+                if c.granted { granted.insert(key); } else { lost.insert(key); }
+            }
+            if let (EntryBody::Write { session_id, .. }, Some(Ok(result))) = (&entry.body, &applied.result) {
+                if let OpResult::Locked { node, token } = result {
+                    granted.insert((*session_id, node.clone(), *token));
+                }
+                answered.push((*session_id, result.clone()));
+            }
+        }
+        let held = |m: &StateMachine| -> BTreeSet<(String, u64)> {
+            m.locks
+                .iter()
+                .flat_map(|(lock, meta)| meta.granted.iter().map(move |name| corral_protocol::path::join(lock, name)))
+                .filter_map(|node| Some((node.clone(), m.tree.get(&node)?.stat.czxid)))
+                .collect()
+        };
+        let (held_before, held_after) = (held(&old), held(&live));
+        let zxid = live.last_zxid();
+        let caught = old.lock_catch_up(&live, &answered);
+        for c in &caught {
+            prop_assert_eq!(c.event.zxid, zxid);
+        }
+        let caught_grants: BTreeSet<(u64, String, u64)> = caught
+            .iter()
+            .filter(|c| c.granted)
+            .map(|c| (c.session, c.event.node.clone(), c.event.token))
+            .collect();
+        let standing: BTreeSet<(u64, String, u64)> = granted
+            .into_iter()
+            .filter(|(_, node, token)| {
+                let key = (node.clone(), *token);
+                held_after.contains(&key) && !held_before.contains(&key)
+            })
+            .collect();
+        prop_assert_eq!(caught_grants, standing, "cut at {}", cut);
+        let caught_losses: BTreeSet<(u64, String, u64)> = caught
+            .iter()
+            .filter(|c| !c.granted)
+            .map(|c| (c.session, c.event.node.clone(), c.event.token))
+            .collect();
+        for loss in lost.iter().filter(|(s, _, _)| live.session(*s).is_some()) {
+            prop_assert!(caught_losses.contains(loss), "cut at {}: {:?} missed", cut, loss);
+        }
+        for (session, node, token) in &caught_losses {
+            prop_assert!(live.session(*session).is_some());
+            prop_assert!(live.tree.get(node).is_none_or(|n| n.stat.czxid != *token));
+        }
+    }
+}

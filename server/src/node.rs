@@ -15,7 +15,7 @@
 //! read is evaluated only when every earlier request of its connection is answered, so
 //! it sees the connection's own earlier writes.
 
-use crate::machine::{Applied, Entry, EntryBody, MachineLimits, StateMachine};
+use crate::machine::{Applied, Entry, EntryBody, LockChange, MachineLimits, StateMachine};
 use crate::replication::log::{Decided, PaxosLog, PeerMsg};
 use crate::tracker::SessionTracker;
 use crate::watches::{WatchKind, WatchManager};
@@ -1059,6 +1059,26 @@ impl Node {
         }
     }
 
+    /// Tells the sessions connected here of their lock grants and losses.
+    fn send_lock_events(&mut self, events: &[LockChange]) {
+        for change in events {
+            if change.granted && crate::faults::active().lose_lock_grant_event {
+                continue;
+            }
+            let Some(conn) = self.session_conns.get(&change.session).copied() else {
+                continue;
+            };
+            let msg = if change.granted {
+                self.stats.locks_granted_later += 1;
+                ServerMessage::LockGranted(change.event.clone())
+            } else {
+                self.stats.locks_lost += 1;
+                ServerMessage::LockLost(change.event.clone())
+            };
+            self.outputs.push(Output::Send { conn, msg });
+        }
+    }
+
     /// Replaces the state with a snapshot from the leader (this node was too far behind).
     fn install(&mut self, machine: StateMachine) {
         tracing::info!(
@@ -1072,6 +1092,34 @@ impl Node {
         for (session, event) in self.watches.catch_up(&before, &self.machine) {
             self.send_event(session, event);
         }
+        // Requests waiting here whose entries are inside the snapshot were never seen
+        // applied: writes are answered from the deduplication table (below, after the
+        // events).
+        let mut answers: Vec<(ConnId, u64, Result<OpResult, ErrorInfo>)> = Vec::new();
+        for (conn, c) in &self.conns {
+            let Some(session) = c.session else {
+                continue;
+            };
+            for p in &c.queue {
+                if !matches!(p.state, PendingState::Proposed) || !p.op.is_write() {
+                    continue;
+                }
+                if let Some(result) = self.machine.cached_result(session, p.xid) {
+                    answers.push((*conn, p.xid, result.clone()));
+                }
+            }
+        }
+        // So do lock grants and losses: a waiter here would otherwise wait for a grant
+        // made, or a loss suffered, while this node was behind.
+        let answered: Vec<(u64, OpResult)> = answers
+            .iter()
+            .filter_map(|(conn, _, result)| {
+                let session = self.conns.get(conn)?.session?;
+                Some((session, result.as_ref().ok()?.clone()))
+            })
+            .collect();
+        let lock_events = before.lock_catch_up(&self.machine, &answered);
+        self.send_lock_events(&lock_events);
         drop(before);
         self.stats.snapshots_installed += 1;
         self.machine.set_limits(self.config.machine);
@@ -1097,31 +1145,12 @@ impl Node {
                 self.goodbye(conn, ErrorInfo::new(ErrorCode::SessionExpired, msg));
             }
         }
-        // Requests waiting here whose entries are inside the snapshot were never seen
-        // applied: answer writes from the deduplication table, attach opened sessions,
-        // and pass pending syncs through a new barrier.
+        // Answer the writes found above (a connection closed by the goodbyes is skipped
+        // by `complete_on`), attach opened sessions, and pass pending syncs through a
+        // new barrier.
         let zxid = self.machine.last_zxid();
-        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
-        for conn in conns {
-            let Some(c) = self.conns.get(&conn) else {
-                continue;
-            };
-            let Some(session) = c.session else {
-                continue;
-            };
-            let answered: Vec<(u64, Result<OpResult, ErrorInfo>)> = c
-                .queue
-                .iter()
-                .filter(|p| matches!(p.state, PendingState::Proposed) && p.op.is_write())
-                .filter_map(|p| {
-                    self.machine
-                        .cached_result(session, p.xid)
-                        .map(|r| (p.xid, r.clone()))
-                })
-                .collect();
-            for (xid, result) in answered {
-                self.complete_on(conn, xid, zxid, result);
-            }
+        for (conn, xid, result) in answers {
+            self.complete_on(conn, xid, zxid, result);
         }
         let opens: Vec<(u64, ConnId)> = self.pending_opens.iter().map(|(s, c)| (*s, *c)).collect();
         for (secret, conn) in opens {
@@ -1197,24 +1226,7 @@ impl Node {
                 "lock released: its session or lease expired"
             );
         }
-        for change in &applied.lock_events {
-            if change.granted && crate::faults::active().lose_lock_grant_event {
-                continue;
-            }
-            let msg = if change.granted {
-                ServerMessage::LockGranted(change.event.clone())
-            } else {
-                ServerMessage::LockLost(change.event.clone())
-            };
-            if let Some(conn) = self.session_conns.get(&change.session).copied() {
-                if change.granted {
-                    self.stats.locks_granted_later += 1;
-                } else {
-                    self.stats.locks_lost += 1;
-                }
-                self.outputs.push(Output::Send { conn, msg });
-            }
-        }
+        self.send_lock_events(&applied.lock_events);
         match &entry.body {
             EntryBody::OpenSession { secret, ttl_ms } => {
                 // The session id is the zxid of its creation.
