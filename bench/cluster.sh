@@ -11,7 +11,8 @@
 #   bench/cluster.sh status
 #
 # Ports (node i = 1..3):
-#   corral    clients 127.0.0.1:2428i, peers 2438i   (target/release/corral, or $CORRAL_BIN)
+#   corral    clients 127.0.0.1:2428i, peers 2438i, admin HTTP 2429i
+#             (target/release/corral, or $CORRAL_BIN)
 #   etcd      clients 127.0.0.1:2379i, peers 2380i   (Debian's etcd-server, 3.4)
 #   zk        clients 127.0.0.1:2181i, quorum 2888i, election 3888i   (Debian's zookeeper, 3.8)
 # State in $BENCH_DATA (default bench/data): <target>/node<i>/ (data), node<i>.pid, node<i>.log.
@@ -98,7 +99,8 @@ start_node() {
         [[ -x $corral_bin ]] || die "$corral_bin missing: cargo build --release --bin corral"
         "$corral_bin" --node-id "$i" \
             --peers "1=127.0.0.1:24381,2=127.0.0.1:24382,3=127.0.0.1:24383" \
-            --listen "127.0.0.1:2428$i" --data-dir "$dir" --log-format json \
+            --listen "127.0.0.1:2428$i" --admin-listen "127.0.0.1:2429$i" \
+            --data-dir "$dir" --log-format json \
             ${CORRAL_ARGS:-} >>"$log" 2>&1 &
         ;;
     etcd)

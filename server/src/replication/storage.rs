@@ -667,12 +667,29 @@ struct WalShared {
     /// the entry at a compaction point: a snapshot that covers exactly as many entries is
     /// compacted to it instead of replaying its tail (see [`SyncHandle::offer_image`]).
     offered_image: Option<MachineSnapshot>,
+    /// The last lsn of a record that must be made durable (see [`WalShared::has_unsynced`]).
+    /// Records after it are lazy: written and synced with the next record that needs it.
+    must_sync_lsn: u64,
 }
 
 impl WalShared {
     /// Appends a framed logical record (`framed[0]` is a placeholder for the tag),
-    /// fragmenting it if needed; returns its first and last lsn.
+    /// fragmenting it if needed; returns its first and last lsn. A record that is not
+    /// `must_sync` asks for no sync of its own (see [`WalShared::has_unsynced`]).
     fn append_logical(
+        &mut self,
+        framed: &mut [u8],
+        max_fragment_bytes: usize,
+        must_sync: bool,
+    ) -> Result<(u64, u64), StorageError> {
+        let (first, last) = self.append_fragments(framed, max_fragment_bytes)?;
+        if must_sync {
+            self.must_sync_lsn = last;
+        }
+        Ok((first, last))
+    }
+
+    fn append_fragments(
         &mut self,
         framed: &mut [u8],
         max_fragment_bytes: usize,
@@ -713,8 +730,16 @@ impl WalShared {
         self.stats.bytes_appended += bytes;
     }
 
+    /// Whether a record that must be durable is not yet. A record that only raises the
+    /// decided index is *lazy*: it is written and synced with the next record that
+    /// needs a sync, never on its own. Losing it in a crash only lowers the decided
+    /// index the node recovers with, which is safe: a decided index is knowledge that
+    /// is learned again from the leader (every decided entry is durably accepted by a
+    /// majority), and the node never applied past its decided index anyway. The log is
+    /// sequential, so any durable record implies that every lazy record before it is
+    /// durable too: a crash can lose lazy records only at the tail.
     fn has_unsynced(&self) -> bool {
-        self.wal.last_lsn() > self.wal.synced_lsn()
+        self.must_sync_lsn > self.wal.synced_lsn()
     }
 
     /// Syncs while holding the lock throughout (open, promise adoption, tests).
@@ -1000,6 +1025,7 @@ impl PaxosStorage {
             checkpoint_in_flight: None,
             compact_through_lsn: last_checkpoint.map(|c| c - 1),
             offered_image: None,
+            must_sync_lsn: 0,
             stats: StorageStats {
                 records_recovered,
                 truncated_bytes_at_open: recovered.truncated_bytes,
@@ -1107,7 +1133,7 @@ impl PaxosStorage {
         let mut shared = lock(&self.shared)?;
         let before = shared.bytes_since_checkpoint;
         shared.bytes_since_checkpoint = 0;
-        match shared.append_logical(&mut framed, self.config.max_fragment_bytes) {
+        match shared.append_logical(&mut framed, self.config.max_fragment_bytes, true) {
             Ok((first, last)) => {
                 shared.checkpoint_in_flight = Some((first, last));
                 shared.stats.checkpoints += 1;
@@ -1139,12 +1165,13 @@ impl PaxosStorage {
             _ => StorageRecord::Batch(records),
         };
         let appended_entries = appended_entry_count(&record);
+        let must_sync = !matches!(record, StorageRecord::Decided(_));
         let mut framed = vec![0u8];
         bincode::serde::encode_into_std_write(&record, &mut framed, bincode_config())
             .map_err(|e| PaxosStorageError::Encode(e.to_string()))?;
         {
             let mut shared = lock(&self.shared)?;
-            shared.append_logical(&mut framed, self.config.max_fragment_bytes)?;
+            shared.append_logical(&mut framed, self.config.max_fragment_bytes, must_sync)?;
             shared.stats.snapshot_repairs += repairs;
         }
         if appended_entries > 0 && !record_has_snapshot(&record) {
@@ -1708,6 +1735,30 @@ mod tests {
         assert!(s.get_entries(0, 0).expect("get").is_empty());
         assert!(s.get_suffix(0).expect("get").is_empty());
         assert!(!s.has_unsynced());
+    }
+
+    #[test]
+    fn a_decided_index_alone_asks_for_no_sync_and_rides_on_the_next_one() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let mut s = open(dir);
+        s.append_entries(entries(0..3)).expect("append");
+        assert!(s.has_unsynced());
+        s.sync().expect("sync");
+        s.set_decided_idx(2).expect("decided");
+        assert!(!s.has_unsynced(), "a decided index alone is lazy");
+        // Lost in a crash, it leaves the node with the decided index it had before.
+        let cfg = s.config;
+        drop(s);
+        let mut s = PaxosStorage::open_with(dir, cfg).expect("reopen");
+        assert_eq!(s.get_decided_idx().expect("get"), 0);
+        assert_eq!(s.get_log_len().expect("len"), 3);
+        // Written before a record that needs a sync, it is durable with it.
+        s.set_decided_idx(3).expect("decided");
+        s.set_promise(ballot(2, 1)).expect("promise");
+        assert!(s.has_unsynced());
+        let s = reopen(s, dir);
+        assert_eq!(s.get_decided_idx().expect("get"), 3);
     }
 
     #[test]
