@@ -401,6 +401,90 @@ pub(crate) async fn until<F: Future>(deadline: Option<Instant>, future: F) -> Op
     }
 }
 
+/// Waits until every one of `statuses` (the queue nodes of one request) is granted:
+/// `Ok(true)`. At `deadline` it leaves the queue by releasing `leave` (which releases
+/// every node of the request) and returns `Ok(false)`; a grant that raced with the
+/// deadline and arrived wins. Fails if a node is lost, the lease it would be held under
+/// is lost, or the connection task is gone. The attempt records every outcome but a
+/// grant, which the caller records once it has checked the lease.
+pub(crate) async fn wait_for_grants(
+    client: &Client,
+    statuses: &mut [watch::Receiver<SlotStatus>],
+    lease: Option<&Lease>,
+    deadline: Option<Instant>,
+    attempt: &mut Attempt<'_>,
+    leave: &str,
+) -> Result<bool> {
+    let mut lease_state = lease.map(Lease::state_receiver);
+    loop {
+        let mut all = true;
+        for status in statuses.iter_mut() {
+            match status.borrow_and_update().clone() {
+                SlotStatus::Granted => {}
+                SlotStatus::Waiting => all = false,
+                SlotStatus::Ended(loss) => {
+                    // Gone on the server (a group goes as a whole): nothing to release.
+                    attempt.node = None;
+                    attempt.failed();
+                    return Err(match loss {
+                        LockLoss::SessionEnded => client.finished_error(),
+                        loss => Error::LockLost(loss),
+                    });
+                }
+            }
+        }
+        if all {
+            return Ok(true);
+        }
+        if let Some(loss) = lease.and_then(Lease::loss) {
+            // A grant under this lease could not be trusted; the attempt's drop leaves
+            // the queue.
+            attempt.failed();
+            return Err(Error::LockLost(loss));
+        }
+        tokio::select! {
+            biased;
+            closed = any_changed(statuses) => {
+                if closed {
+                    attempt.failed();
+                    return Err(client.finished_error());
+                }
+            }
+            () = lease_changed(&mut lease_state) => {}
+            () = sleep_until_some(deadline) => {
+                if statuses.iter().all(|s| *s.borrow() == SlotStatus::Granted) {
+                    return Ok(true);
+                }
+                // Still armed while leaving: if this future is dropped meanwhile, the
+                // attempt's drop leaves the queue in the background.
+                attempt.timed_out();
+                let node = leave.to_string();
+                let then = Then::Unlock { node: node.clone() };
+                let left = client.call(Op::Unlock { node: node.clone() }, then).await;
+                attempt.node = None;
+                if let Err(e) = left {
+                    tracing::debug!(%node, "leaving the queue failed ({e}); retrying in the background");
+                    detach_unlock(client, node);
+                }
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// Resolves when any of the statuses changes: `true` if one can no longer change (the
+/// connection task is gone) while it still waits.
+pub(crate) async fn any_changed(statuses: &mut [watch::Receiver<SlotStatus>]) -> bool {
+    let waits = statuses.iter_mut().map(|s| {
+        Box::pin(async move {
+            let changed = s.changed().await;
+            changed.is_err() && *s.borrow() == SlotStatus::Waiting
+        })
+    });
+    let (closed, _, _) = futures::future::select_all(waits).await;
+    closed
+}
+
 /// Resolves at `deadline`, or never.
 pub(crate) async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
@@ -573,54 +657,17 @@ impl LockBuilder {
         };
 
         // Wait for the grant.
-        let mut lease_state = lease.as_ref().map(Lease::state_receiver);
-        loop {
-            let current = status.borrow_and_update().clone();
-            match current {
-                SlotStatus::Granted => break,
-                SlotStatus::Ended(loss) => {
-                    attempt.node = None;
-                    attempt.failed();
-                    return Err(match loss {
-                        LockLoss::SessionEnded => client.finished_error(),
-                        loss => Error::LockLost(loss),
-                    });
-                }
-                SlotStatus::Waiting => {}
-            }
-            if let Some(loss) = lease.as_ref().and_then(Lease::loss) {
-                // A grant under this lease could not be trusted; the attempt's drop
-                // leaves the queue.
-                attempt.failed();
-                return Err(Error::LockLost(loss));
-            }
-            tokio::select! {
-                biased;
-                changed = status.changed() => {
-                    if changed.is_err() && *status.borrow() == SlotStatus::Waiting {
-                        attempt.failed();
-                        return Err(client.finished_error());
-                    }
-                }
-                () = lease_changed(&mut lease_state) => {}
-                () = sleep_until_some(deadline) => {
-                    if *status.borrow() == SlotStatus::Granted {
-                        // The grant raced with the timeout and arrived: it wins.
-                        break;
-                    }
-                    // Still armed while leaving: if this future is dropped meanwhile,
-                    // the attempt's drop leaves the queue in the background.
-                    attempt.timed_out();
-                    let then = Then::Unlock { node: node.clone() };
-                    let left = client.call(Op::Unlock { node: node.clone() }, then).await;
-                    attempt.node = None;
-                    if let Err(e) = left {
-                        tracing::debug!(%node, "leaving the queue failed ({e}); retrying in the background");
-                        detach_unlock(client, node);
-                    }
-                    return Ok(None);
-                }
-            }
+        let waited = wait_for_grants(
+            client,
+            std::slice::from_mut(&mut status),
+            lease.as_ref(),
+            deadline,
+            &mut attempt,
+            &node,
+        )
+        .await?;
+        if !waited {
+            return Ok(None);
         }
 
         // Granted. Waiting is not holding: the grant counts only if the lease (or

@@ -15,8 +15,8 @@ use crate::connection::Then;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseOptions};
 use crate::lock::{
-    detach_unlock, lease_changed, sleep_until_some, until, Attempt, LockCounters, LockLoss,
-    LockOptions,
+    any_changed, detach_unlock, lease_changed, until, wait_for_grants, Attempt, LockCounters,
+    LockLoss, LockOptions,
 };
 use crate::lock_registry::SlotStatus;
 use corral_protocol::{
@@ -226,55 +226,18 @@ impl MultiLockBuilder {
         }
 
         // Wait for every grant (they come in one transaction).
-        let mut lease_state = lease.as_ref().map(Lease::state_receiver);
-        loop {
-            let mut all = true;
-            for status in &mut statuses {
-                match status.borrow_and_update().clone() {
-                    SlotStatus::Granted => {}
-                    SlotStatus::Waiting => all = false,
-                    SlotStatus::Ended(loss) => {
-                        attempt.failed();
-                        return Err(match loss {
-                            LockLoss::SessionEnded => client.finished_error(),
-                            loss => Error::LockLost(loss),
-                        });
-                    }
-                }
-            }
-            if all {
-                break;
-            }
-            if let Some(loss) = lease.as_ref().and_then(Lease::loss) {
-                attempt.failed();
-                return Err(Error::LockLost(loss));
-            }
-            let changed = futures_any(&mut statuses);
-            tokio::select! {
-                biased;
-                closed = changed => {
-                    if closed {
-                        attempt.failed();
-                        return Err(client.finished_error());
-                    }
-                }
-                () = lease_changed(&mut lease_state) => {}
-                () = sleep_until_some(deadline) => {
-                    if statuses.iter().all(|s| *s.borrow() == SlotStatus::Granted) {
-                        break;
-                    }
-                    attempt.timed_out();
-                    let node = first.node.clone();
-                    let then = Then::Unlock { node: node.clone() };
-                    let left = client.call(Op::Unlock { node: node.clone() }, then).await;
-                    attempt.node = None;
-                    if let Err(e) = left {
-                        tracing::debug!(%node, "leaving the queues failed ({e}); retrying in the background");
-                        detach_unlock(client, node);
-                    }
-                    return Ok(None);
-                }
-            }
+        let leave = first.node.clone();
+        if !wait_for_grants(
+            client,
+            &mut statuses,
+            lease.as_ref(),
+            deadline,
+            &mut attempt,
+            &leave,
+        )
+        .await?
+        {
+            return Ok(None);
         }
 
         attempt.node = None;
@@ -299,19 +262,6 @@ impl MultiLockBuilder {
         attempt.granted();
         Ok(Some(guard))
     }
-}
-
-/// Resolves when any of the statuses changes: `true` if one can no longer change (the
-/// connection task is gone) while it still waits.
-async fn futures_any(statuses: &mut [watch::Receiver<SlotStatus>]) -> bool {
-    let waits = statuses.iter_mut().map(|s| {
-        Box::pin(async move {
-            let changed = s.changed().await;
-            changed.is_err() && *s.borrow() == SlotStatus::Waiting
-        })
-    });
-    let (closed, _, _) = futures::future::select_all(waits).await;
-    closed
 }
 
 struct Inner {
@@ -502,7 +452,7 @@ impl MultiLockGuard {
                 }
                 let deadline = inner.safe_deadline();
                 tokio::select! {
-                    closed = futures_any(&mut statuses) => {
+                    closed = any_changed(&mut statuses) => {
                         if closed {
                             return inner.loss_now().unwrap_or(LockLoss::SessionEnded);
                         }
