@@ -116,6 +116,36 @@ fn check_multi_op(op: &MultiOp) -> Result<()> {
     }
 }
 
+/// The receiving end of a call's answer. If the caller gives up (its future is dropped,
+/// say its task was aborted) after the connection task handed the answer over but
+/// before reading it, a lock answer in it names a queue node nobody will release: the
+/// drop releases it in the background, as the connection task does with an answer that
+/// finds no caller at all.
+struct Answer<'a> {
+    client: &'a Client,
+    rx: oneshot::Receiver<Result<Reply>>,
+}
+
+impl Drop for Answer<'_> {
+    fn drop(&mut self) {
+        // Closed first, so that an answer comes either before (read here) or not at all
+        // (the task's send fails, and it releases the node itself).
+        self.rx.close();
+        let Ok(Ok(reply)) = self.rx.try_recv() else {
+            return;
+        };
+        let nodes: Vec<String> = match reply.result {
+            OpResult::Locked { node, .. } | OpResult::Queued { node, .. } => vec![node],
+            OpResult::MultiLocked { nodes, .. } => nodes.into_iter().map(|n| n.node).collect(),
+            _ => Vec::new(),
+        };
+        for node in nodes {
+            tracing::debug!(%node, "lock answer dropped unread; releasing");
+            crate::lock::detach_unlock(self.client, node);
+        }
+    }
+}
+
 pub(crate) fn unexpected(op: &str, result: &OpResult) -> Error {
     let got = match result {
         OpResult::Created { .. } => "Created",
@@ -230,13 +260,17 @@ impl Client {
     pub(crate) async fn call(&self, op: Op, then: Then) -> Result<Reply> {
         let (reply, answer) = oneshot::channel();
         let call = Call { op, then, reply };
+        let mut answer = Answer {
+            client: self,
+            rx: answer,
+        };
         let exchange = async {
             self.inner
                 .calls
                 .send(call)
                 .await
                 .map_err(|_| self.finished_error())?;
-            answer.await.map_err(|_| self.finished_error())?
+            (&mut answer.rx).await.map_err(|_| self.finished_error())?
         };
         let limit = self.inner.request_timeout;
         match tokio::time::timeout(limit, exchange).await {
