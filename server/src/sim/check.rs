@@ -22,6 +22,10 @@
 //!   that its client saw acknowledged may have been sent less than TTL − margin before,
 //!   in real time (the margin is the client's: max(TTL/10, 50 ms)); this is what makes a
 //!   client's view of its lease safe.
+//! - **Every grant is told.** The zxid that granted each waiting queue node is recorded
+//!   here; when a waiter gives up, the world checks whether the server it stayed
+//!   attached to had applied that zxid long enough before (`World::check_grant_told`):
+//!   then the grant was never pushed to it.
 
 use crate::machine::{Entry, EntryBody, StateMachine};
 use corral_protocol::{ErrorCode, ErrorInfo, LockEvent, LockKind, MultiOp, Op, OpResult};
@@ -59,6 +63,9 @@ pub enum ViolationKind {
     RequestStuck,
     /// A lock could not be acquired after the faults healed.
     LockNotAcquirable,
+    /// A waiter gave up on a queue node whose grant its server had applied long before,
+    /// while the waiter stayed connected to that server: the grant was never told.
+    GrantNotTold,
     /// The nodes did not reach the same state after the faults healed.
     NotConverged,
     /// A node could not recover from its disk.
@@ -198,6 +205,8 @@ pub struct Checks {
     /// What each node heard from each session while deciding expiry: node -> session ->
     /// node-local monotonic ms.
     heard: BTreeMap<u64, BTreeMap<u64, u64>>,
+    /// The zxid of the entry that granted each waiting queue node, by (node, token).
+    grants: BTreeMap<(String, u64), u64>,
     /// Counters for the report.
     pub entries: u64,
     /// State hashes compared.
@@ -265,7 +274,15 @@ impl Checks {
         );
         self.entries += 1;
         self.max_zxid = self.max_zxid.max(zxid);
+        for g in granted {
+            self.grants.insert((g.node.clone(), g.token), zxid);
+        }
         self.check_new_entry(zxid, entry, result, granted, now)
+    }
+
+    /// The zxid of the entry that granted the waiting queue node `node` with `token`.
+    pub fn grant_zxid(&self, node: &str, token: u64) -> Option<u64> {
+        self.grants.get(&(node.to_string(), token)).copied()
     }
 
     fn check_new_entry(

@@ -53,6 +53,13 @@ pub enum CAction {
     },
     /// The probe acquired `lock`.
     ProbeAcquired { lock: String },
+    /// The client gave up waiting for its queue node `node` (fencing token `token`)
+    /// while connected through `conn` (checked: was the grant made and not told?).
+    GaveUp {
+        node: String,
+        token: u64,
+        conn: Option<ConnId>,
+    },
     /// Something the client saw breaks an invariant.
     Violation(Violation),
     /// A line for the trace.
@@ -625,7 +632,10 @@ impl SimClient {
                 }
             }
             Task::Waiting {
-                deadline_us, node, ..
+                deadline_us,
+                node,
+                token,
+                ..
             } => {
                 if now >= *deadline_us || self.mode == Mode::WindDown && self.role != Role::Probe {
                     let node = node.clone();
@@ -633,6 +643,11 @@ impl SimClient {
                         "c{} gives up waiting for {node}",
                         self.id
                     )));
+                    out.push(CAction::GaveUp {
+                        node: node.clone(),
+                        token: *token,
+                        conn: self.conn.as_ref().map(|c| c.id),
+                    });
                     self.send(now, Op::Unlock { node }, Purpose::Unlock, true, out);
                 }
             }

@@ -33,6 +33,10 @@ fn io_failure(e: &crate::replication::ClusterError) -> bool {
 const WALL_EPOCH_MS: i64 = 1_704_067_200_000;
 /// Lines of trace kept for a report.
 const TRACE_LINES: usize = 4_000;
+/// Longest time a message pushed by a server takes to reach a connected client that is
+/// not paused: connection delays are at most 1.5 ms each and keep their order, so this
+/// leaves room for a long queue ahead of it.
+const GRANT_TOLD_WITHIN_US: u64 = 50_000;
 
 #[derive(Debug)]
 enum ToServer {
@@ -184,6 +188,9 @@ struct SimNode {
     held: Vec<Ev>,
     /// The applied zxid last checked.
     checked_zxid: u64,
+    /// When this node's applied zxid first reached each value it took (cleared when it
+    /// goes back, as after a restart).
+    applied_at: BTreeMap<u64, u64>,
     changes: u64,
     leader: Option<u64>,
     restart_pending: bool,
@@ -209,6 +216,8 @@ struct ConnInfo {
     to_server_at: u64,
     to_client_at: u64,
     session: Option<u64>,
+    /// When the server attached the session to this connection.
+    attached_at: Option<u64>,
 }
 
 /// The whole simulation.
@@ -239,6 +248,8 @@ pub(super) struct World {
     done: bool,
     trace_all: bool,
     paused_client_events: BTreeMap<usize, Vec<Ev>>,
+    /// When each paused client last resumed.
+    resumed_at: BTreeMap<usize, u64>,
     paused_nodes: BTreeMap<usize, (usize, u64)>,
     lock_checked: bool,
 }
@@ -266,6 +277,7 @@ impl World {
                 paused: false,
                 held: Vec::new(),
                 checked_zxid: 0,
+                applied_at: BTreeMap::new(),
                 changes: 0,
                 leader: None,
                 restart_pending: false,
@@ -320,6 +332,7 @@ impl World {
             done: false,
             trace_all,
             paused_client_events: BTreeMap::new(),
+            resumed_at: BTreeMap::new(),
             paused_nodes: BTreeMap::new(),
             lock_checked: false,
         };
@@ -1260,6 +1273,10 @@ impl World {
             self.note(format!("n{id} sees leader {leader:?}"));
         }
         if zxid != self.nodes[n].checked_zxid {
+            if zxid < self.nodes[n].checked_zxid {
+                self.nodes[n].applied_at.clear();
+            }
+            self.nodes[n].applied_at.insert(zxid, self.now);
             self.nodes[n].checked_zxid = zxid;
             self.nodes[n].changes += 1;
             if self.cfg.hash_every_change || self.nodes[n].changes.is_multiple_of(16) {
@@ -1282,6 +1299,7 @@ impl World {
                     self.checks.heard(id, g.session_id, mono);
                     if let Some(i) = self.conns.get_mut(&conn) {
                         i.session = Some(g.session_id);
+                        i.attached_at = Some(self.now);
                     }
                 }
                 self.deliver_to_client(conn, ToClient::Hello(reply));
@@ -1566,6 +1584,7 @@ impl World {
                             to_server_at: 0,
                             to_client_at: 0,
                             session: None,
+                            attached_at: None,
                         },
                     );
                     if matches!(self.nodes[n].state, NodeState::Up(_)) {
@@ -1633,10 +1652,59 @@ impl World {
                     self.note(format!("probe acquired {lock}"));
                     self.probe_acquired.insert(lock, self.now);
                 }
+                CAction::GaveUp { node, token, conn } => {
+                    self.check_grant_told(client, &node, token, conn);
+                }
                 CAction::Violation(v) => self.violate(v),
                 CAction::Note(s) => self.note(s),
             }
         }
+    }
+
+    /// A waiter gave up on its queue node `node`. If the entry that granted it was
+    /// applied by the server the waiter has been attached to (through `conn`) since
+    /// before that moment, and the waiter was not paused since, the server had to push
+    /// the grant, and a pushed message arrives within a few connection delays: the
+    /// server never told it (a lost `LockGranted`, as after a snapshot install that
+    /// skipped the granting entry).
+    fn check_grant_told(&mut self, client: usize, node: &str, token: u64, conn: Option<ConnId>) {
+        let Some(zxid) = self.checks.grant_zxid(node, token) else {
+            return;
+        };
+        let Some(info) = conn.and_then(|c| self.conns.get(&c)) else {
+            return;
+        };
+        let n = info.node;
+        if !info.client_open || !info.server_open || self.nodes[n].inc != info.inc {
+            return;
+        }
+        let Some(attached) = info.attached_at else {
+            return;
+        };
+        let Some(applied) = self.nodes[n]
+            .applied_at
+            .range(zxid..)
+            .next()
+            .map(|(_, t)| *t)
+        else {
+            return;
+        };
+        let resumed = self.resumed_at.get(&client).copied().unwrap_or(0);
+        if attached > applied || resumed >= applied || self.now < applied + GRANT_TOLD_WITHIN_US {
+            return;
+        }
+        let v = Violation {
+            kind: ViolationKind::GrantNotTold,
+            at_us: self.now,
+            detail: format!(
+                "c{client} gave up waiting for {node} (token {token}), granted at zxid {zxid}, \
+                 which n{} (its server since {}) applied at {}",
+                self.nodes[n].id,
+                fmt_time(attached),
+                fmt_time(applied)
+            ),
+        };
+        self.violate(v);
     }
 
     // -----------------------------------------------------------------------------------
@@ -1865,6 +1933,7 @@ impl World {
             return;
         }
         self.clients[c].paused = false;
+        self.resumed_at.insert(c, self.now);
         self.note(format!("c{c} resumes"));
         for ev in self.paused_client_events.remove(&c).unwrap_or_default() {
             self.schedule(self.now, ev);
