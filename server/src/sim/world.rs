@@ -1690,7 +1690,9 @@ impl World {
             return;
         };
         let resumed = self.resumed_at.get(&client).copied().unwrap_or(0);
-        if attached > applied || resumed >= applied || self.now < applied + GRANT_TOLD_WITHIN_US {
+        // Strictly after the attach: a node that restarted recovers its state without
+        // pushing anything, and a client that attaches then re-reads its locks instead.
+        if attached >= applied || resumed >= applied || self.now < applied + GRANT_TOLD_WITHIN_US {
             return;
         }
         let v = Violation {
