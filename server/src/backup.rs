@@ -147,6 +147,7 @@ pub fn restore(config: &Config, from: &Path) -> Result<u64, BackupError> {
         let options = crate::wal::WalOptions {
             segment_bytes: config.wal_segment_bytes,
             fsync: true,
+            preallocate_bytes: crate::wal::DEFAULT_PREALLOCATE_BYTES,
         };
         let mut s =
             PaxosStorage::open(&dir.join("paxos"), options, limits).map_err(|e| storage(&e))?;

@@ -110,12 +110,12 @@ impl Disk {
         }
     }
 
-    /// Opens an existing file for reading and appending.
-    pub fn open_append(&self, path: &Path) -> io::Result<DiskFile> {
+    /// Opens an existing file for reading and positioned writes ([`DiskFile::write_at`]).
+    pub fn open_write(&self, path: &Path) -> io::Result<DiskFile> {
         match self {
             Disk::Real => OpenOptions::new()
                 .read(true)
-                .append(true)
+                .write(true)
                 .open(path)
                 .map(DiskFile::Real),
             #[cfg(any(test, feature = "sim"))]
@@ -123,12 +123,12 @@ impl Disk {
         }
     }
 
-    /// Creates a new, empty file for reading and appending; fails if it exists.
-    pub fn create_new_append(&self, path: &Path) -> io::Result<DiskFile> {
+    /// Creates a new, empty file for reading and positioned writes; fails if it exists.
+    pub fn create_new_write(&self, path: &Path) -> io::Result<DiskFile> {
         match self {
             Disk::Real => OpenOptions::new()
                 .read(true)
-                .append(true)
+                .write(true)
                 .create_new(true)
                 .open(path)
                 .map(DiskFile::Real),
@@ -182,6 +182,17 @@ impl DiskFile {
             DiskFile::Real(f) => f.write_all(data),
             #[cfg(any(test, feature = "sim"))]
             DiskFile::Sim(f) => f.write_all(data),
+        }
+    }
+
+    /// Writes all of `data` at byte `offset`. The simulated disk only appends (`offset`
+    /// must be the file's length): it has no model of overwritten durable bytes, so the
+    /// write-ahead log does not preallocate on it.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        match self {
+            DiskFile::Real(f) => std::os::unix::fs::FileExt::write_all_at(f, data, offset),
+            #[cfg(any(test, feature = "sim"))]
+            DiskFile::Sim(f) => f.append_at(offset, data),
         }
     }
 
@@ -687,6 +698,20 @@ mod sim {
             Ok(())
         }
 
+        pub(super) fn append_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+            let len = {
+                let mut fs = lock(&self.fs);
+                fs.check(self.generation)?;
+                fs.file(self.ino)?.current.len() as u64
+            };
+            if offset != len {
+                return Err(io::Error::other(format!(
+                    "simulated disk: a write at {offset} into a file of {len} bytes (only appends are modelled)"
+                )));
+            }
+            self.write_all(data)
+        }
+
         pub(super) fn duplicate(&self) -> SimFile {
             SimFile {
                 fs: Arc::clone(&self.fs),
@@ -736,7 +761,7 @@ mod tests {
         d.sync_dir(Path::new("/")).expect("sync /");
         d.sync_dir(Path::new("/data")).expect("sync /data");
         let p = Path::new("/data/wal/a");
-        let mut f = d.create_new_append(p).expect("create");
+        let mut f = d.create_new_write(p).expect("create");
         d.sync_dir(Path::new("/data/wal")).expect("sync dir");
         f.write_all(b"hello").expect("write");
         f.sync_data().expect("sync");
@@ -750,7 +775,7 @@ mod tests {
     fn a_torn_tail_keeps_a_prefix_of_the_last_write() {
         let (s, d) = sim();
         let p = Path::new("/f");
-        let mut f = d.create_new_append(p).expect("create");
+        let mut f = d.create_new_write(p).expect("create");
         d.sync_dir(Path::new("/")).expect("sync dir");
         f.write_all(b"abc").expect("write");
         f.sync_data().expect("sync");
@@ -766,7 +791,7 @@ mod tests {
     #[test]
     fn directory_entries_need_a_directory_sync() {
         let (s, d) = sim();
-        let mut f = d.create_new_append(Path::new("/a")).expect("create");
+        let mut f = d.create_new_write(Path::new("/a")).expect("create");
         f.write_all(b"x").expect("write");
         f.sync_data().expect("sync");
         s.crash(&mut keep_nothing);
@@ -791,7 +816,7 @@ mod tests {
     fn a_cut_after_the_last_sync_is_undone_by_a_crash() {
         let (s, d) = sim();
         let p = Path::new("/f");
-        let mut f = d.create_new_append(p).expect("create");
+        let mut f = d.create_new_write(p).expect("create");
         d.sync_dir(Path::new("/")).expect("sync dir");
         f.write_all(b"abcdef").expect("write");
         f.sync_data().expect("sync");
@@ -805,7 +830,7 @@ mod tests {
     fn an_armed_sync_fails_and_halts_the_disk() {
         let (s, d) = sim();
         let p = Path::new("/f");
-        let mut f = d.create_new_append(p).expect("create");
+        let mut f = d.create_new_write(p).expect("create");
         d.sync_dir(Path::new("/")).expect("sync dir");
         s.arm_crash_in_sync();
         f.write_all(b"abc").expect("write");
@@ -819,7 +844,7 @@ mod tests {
     fn a_lying_fsync_keeps_nothing() {
         let (s, d) = sim();
         d.sync_dir(Path::new("/")).expect("sync dir");
-        let mut f = d.create_new_append(Path::new("/f")).expect("create");
+        let mut f = d.create_new_write(Path::new("/f")).expect("create");
         d.sync_dir(Path::new("/")).expect("sync dir");
         s.set_faults(SimDiskFaults {
             lying_fsync: true,
@@ -835,8 +860,8 @@ mod tests {
     fn list_shows_direct_children() {
         let (_, d) = sim();
         d.create_dir_all(Path::new("/x/y")).expect("mkdir");
-        d.create_new_append(Path::new("/x/a")).expect("create");
-        d.create_new_append(Path::new("/x/y/b")).expect("create");
+        d.create_new_write(Path::new("/x/a")).expect("create");
+        d.create_new_write(Path::new("/x/y/b")).expect("create");
         let mut names: Vec<String> = d
             .list(Path::new("/x"))
             .expect("list")

@@ -145,6 +145,7 @@ impl Server {
         let wal_options = WalOptions {
             segment_bytes: config.wal_segment_bytes,
             fsync: config.fsync,
+            preallocate_bytes: crate::wal::DEFAULT_PREALLOCATE_BYTES,
         };
         let members = config
             .peer_map()

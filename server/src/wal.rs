@@ -22,15 +22,26 @@
 //! position in the segment. Lsns are contiguous across segments; a segment that does not
 //! start where the previous one ended is corruption. A payload is at most
 //! [`MAX_RECORD_BYTES`]; a larger length field is never valid. An all-zero header is never
-//! a valid record (the CRC-32 of four zero bytes is not zero), so a zero-filled tail, as
-//! left by a crash after preallocation or a size update without data, is detected.
+//! a valid record (the CRC-32 of four zero bytes is not zero), so zeros can never be
+//! mistaken for a record.
+//!
+//! **Preallocated room.** Behind the last record of the active segment the file may hold
+//! zeros ([`WalOptions::preallocate_bytes`]): each batch is written at the segment's
+//! logical end (`pwrite`, not an append), and when one reaches past the room, the next
+//! stretch of zeros is written with it. Zeros from the first undecodable header to the
+//! end of a file are the clean end of its records, in any segment; anything else there
+//! is damage, as before. `open` cuts the room of the active segment (the file then ends
+//! at its records) and writes new room with the next batch.
 //!
 //! # Crash-safety argument
 //!
-//! * `sync` appends one batch to the active (last) segment with one `write` and then one
+//! * `sync` writes one batch at the logical end of the active (last) segment with one
+//!   `write` (plus, past the preallocated room, one more of zeros after it) and then one
 //!   `fdatasync`. Only after `fdatasync` returns are the batch's lsns reported durable
 //!   (`synced_lsn`). A crash before that can leave any prefix of the batch, or garbage, or
-//!   zeros at the end of the last segment, never in an earlier one.
+//!   zeros at the end of the last segment, never in an earlier one. A batch written into
+//!   room overwrites only zeros that no record was ever read from; a crash that tears it
+//!   leaves records, then garbage or zeros, as at a file's end.
 //! * A new segment is created only when a batch is about to be written and the active
 //!   segment is full: at that point every byte of the old segment is already synced. The
 //!   new file is created empty and the directory is fsynced before any record is written
@@ -161,13 +172,24 @@ pub struct WalOptions {
     /// Call `fdatasync` in `sync` (turn off only for tests and benchmarks of the CPU path).
     /// Also governs the directory fsyncs.
     pub fsync: bool,
+    /// Zero-filled room written ahead of the end of the active segment, this many bytes
+    /// at a time, whenever a batch reaches past it (0: none). An `fdatasync` of records
+    /// written into room that already exists changes no file metadata, so the file
+    /// system needs no journal commit for it: one commit per this many bytes instead of
+    /// one per sync (as ZooKeeper's `preAllocSize` and etcd's segment preallocation do).
+    /// Must be 0 on the simulated disk, which only appends.
+    pub preallocate_bytes: u64,
 }
+
+/// The default [`WalOptions::preallocate_bytes`].
+pub const DEFAULT_PREALLOCATE_BYTES: u64 = 1 << 20;
 
 impl Default for WalOptions {
     fn default() -> Self {
         WalOptions {
             segment_bytes: 64 << 20,
             fsync: true,
+            preallocate_bytes: DEFAULT_PREALLOCATE_BYTES,
         }
     }
 }
@@ -189,6 +211,9 @@ struct Segment {
     path: PathBuf,
     /// Bytes written and synced into it.
     bytes: u64,
+    /// The file's length: `bytes` plus the zero-filled room ahead of them (active
+    /// segment only; see [`WalOptions::preallocate_bytes`]).
+    allocated: u64,
 }
 
 /// The log.
@@ -261,6 +286,7 @@ impl Wal {
                     first_lsn: 1,
                     path,
                     bytes: 0,
+                    allocated: 0,
                 }],
                 active,
                 buf: Vec::new(),
@@ -302,7 +328,7 @@ impl Wal {
             let is_last = i == last_index;
 
             let (bytes, mut file) = if is_last {
-                let mut file = disk.open_append(&path).map_err(io_err(&path))?;
+                let mut file = disk.open_write(&path).map_err(io_err(&path))?;
                 let mut bytes = Vec::new();
                 file.read_to_end(&mut bytes).map_err(io_err(&path))?;
                 (bytes, Some(file))
@@ -312,6 +338,7 @@ impl Wal {
 
             let scan = scan(&bytes);
             let valid_len = scan.valid_len as u64;
+            let damaged = scan.damage.is_some();
             if let Some(reason) = scan.damage {
                 let offset = scan.valid_len;
                 match file {
@@ -348,10 +375,27 @@ impl Wal {
                 })?;
             }
             expected = Some(lsn);
+            if !damaged && (bytes.len() as u64) > valid_len {
+                // The zero-filled room preallocated ahead of the records (a clean end):
+                // cut it, so that the file ends at its records again; new room is written
+                // with the next batch.
+                if let Some(ref mut f) = file {
+                    tracing::debug!(
+                        path = %path.display(),
+                        room = bytes.len() as u64 - valid_len,
+                        "cutting the preallocated room of the active log segment"
+                    );
+                    f.set_len(valid_len).map_err(io_err(&path))?;
+                    if options.fsync {
+                        f.sync_all().map_err(io_err(&path))?;
+                    }
+                }
+            }
             segments.push(Segment {
                 first_lsn,
                 path,
                 bytes: valid_len,
+                allocated: valid_len,
             });
             if let Some(f) = file {
                 active = Some(f);
@@ -491,7 +535,22 @@ impl Wal {
         let fsync = self.options.fsync;
         let segment = self.active_segment();
         let path = segment.path.clone();
-        self.active.write_all(&self.buf).map_err(io_err(&path))?;
+        let (offset, allocated) = (segment.bytes, segment.allocated);
+        self.active
+            .write_at(offset, &self.buf)
+            .map_err(io_err(&path))?;
+        let end = offset + self.buf.len() as u64;
+        let room = self.options.preallocate_bytes;
+        if room > 0 && end > allocated {
+            // Past the room: write the next stretch of zeros now, so that the syncs of
+            // the batches that follow change no file metadata (the `fdatasync` below
+            // makes this one's new length durable too).
+            let zeros = vec![0u8; usize::try_from(room).unwrap_or(usize::MAX)];
+            self.active.write_at(end, &zeros).map_err(io_err(&path))?;
+            if let Some(segment) = self.segments.last_mut() {
+                segment.allocated = end + room;
+            }
+        }
         let file = if fsync {
             Some(self.active.try_clone().map_err(io_err(&path))?)
         } else {
@@ -522,6 +581,7 @@ impl Wal {
             first_lsn,
             path,
             bytes: 0,
+            allocated: 0,
         });
         self.active = file;
         Ok(())
@@ -650,7 +710,7 @@ fn create_segment(
     path: &Path,
     fsync: bool,
 ) -> Result<DiskFile, StorageError> {
-    let file = disk.create_new_append(path).map_err(io_err(path))?;
+    let file = disk.create_new_write(path).map_err(io_err(path))?;
     if fsync {
         sync_dir(disk, dir)?;
     }
@@ -663,7 +723,9 @@ struct Scan {
     records: Vec<Vec<u8>>,
     /// Length of the prefix made of intact records.
     valid_len: usize,
-    /// Why parsing stopped before the end of the bytes, if it did.
+    /// Why parsing stopped before the end of the bytes, if it did. Zeros up to the end
+    /// (preallocated room) are a clean end, not damage: an all-zero header is never a
+    /// valid record, and a torn write that left zeros *and* other bytes is damage.
     damage: Option<String>,
 }
 
@@ -677,11 +739,12 @@ fn scan(bytes: &[u8]) -> Scan {
                 offset += used;
             }
             Err(reason) => {
+                let room = bytes[offset..].iter().all(|b| *b == 0);
                 return Scan {
                     records,
                     valid_len: offset,
-                    damage: Some(reason),
-                }
+                    damage: (!room).then_some(reason),
+                };
             }
         }
     }
@@ -735,6 +798,103 @@ mod tests {
         WalOptions {
             segment_bytes,
             fsync,
+            preallocate_bytes: 0,
+        }
+    }
+
+    fn with_room(segment_bytes: u64, room: u64) -> WalOptions {
+        WalOptions {
+            preallocate_bytes: room,
+            ..opts(segment_bytes, false)
+        }
+    }
+
+    /// Appends and syncs records `from..to` (20-byte payloads) one sync each.
+    fn append_synced(wal: &mut Wal, from: u64, to: u64) {
+        for i in from..to {
+            let lsn = wal.append(&payload(i, 20)).expect("append");
+            assert_eq!(lsn, i);
+            wal.sync().expect("sync");
+        }
+    }
+
+    fn payloads(rec: &Recovered) -> Vec<(u64, Vec<u8>)> {
+        rec.records.clone()
+    }
+
+    #[test]
+    fn preallocated_room_is_a_clean_end_and_new_records_go_into_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let (mut wal, _) = open(dir, with_room(1 << 20, 4096));
+        append_synced(&mut wal, 1, 11);
+        let seg = segment_files(dir)[0].1.clone();
+        // 10 records of 28 framed bytes, and room up to 4,096 bytes past the first batch.
+        assert_eq!(wal.disk_bytes(), 280);
+        assert_eq!(file_len(&seg), 28 + 4096);
+        drop(wal);
+
+        let (mut wal, rec) = open(dir, with_room(1 << 20, 4096));
+        assert_eq!(rec.truncated_bytes, 0, "room is not damage");
+        let want: Vec<(u64, Vec<u8>)> = (1..11).map(|i| (i, payload(i, 20))).collect();
+        assert_eq!(payloads(&rec), want);
+        assert_eq!(file_len(&seg), 280, "open cuts the room");
+        append_synced(&mut wal, 11, 21);
+        drop(wal);
+
+        let (_, rec) = open(dir, with_room(1 << 20, 4096));
+        let want: Vec<(u64, Vec<u8>)> = (1..21).map(|i| (i, payload(i, 20))).collect();
+        assert_eq!(payloads(&rec), want);
+        assert_eq!(rec.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn a_torn_batch_in_preallocated_room_is_cut() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let (mut wal, _) = open(dir, with_room(1 << 20, 4096));
+        append_synced(&mut wal, 1, 6);
+        drop(wal);
+        let seg = segment_files(dir)[0].1.clone();
+        // A batch torn by a crash: part of a record in the room, zeros after it.
+        modify_file(&seg, |b| b[140..150].copy_from_slice(&[7u8; 10]));
+        let (mut wal, rec) = open(dir, with_room(1 << 20, 4096));
+        assert_eq!(rec.records.len(), 5);
+        assert!(rec.truncated_bytes > 0, "garbage in the room is damage");
+        assert_eq!(file_len(&seg), 140);
+        append_synced(&mut wal, 6, 8);
+        drop(wal);
+        let (_, rec) = open(dir, with_room(1 << 20, 4096));
+        let want: Vec<(u64, Vec<u8>)> = (1..8).map(|i| (i, payload(i, 20))).collect();
+        assert_eq!(payloads(&rec), want);
+    }
+
+    #[test]
+    fn sealed_segments_keep_their_room_and_read_back_whole() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        // 100-byte segments (four records each) with 64 bytes of room at a time: every
+        // sealed segment ends in zeros.
+        let (mut wal, _) = open(dir, with_room(100, 64));
+        append_synced(&mut wal, 1, 14);
+        drop(wal);
+        let files = segment_files(dir);
+        assert_eq!(files.len(), 4);
+        assert!(
+            file_len(&files[0].1) > 112,
+            "a sealed segment keeps its room"
+        );
+        let (wal, rec) = open(dir, with_room(100, 64));
+        assert_eq!(rec.truncated_bytes, 0);
+        let want: Vec<(u64, Vec<u8>)> = (1..14).map(|i| (i, payload(i, 20))).collect();
+        assert_eq!(payloads(&rec), want);
+        // Garbage after the zeros of a sealed segment is still corruption.
+        drop(wal);
+        let len = file_len(&files[0].1) as usize;
+        modify_file(&files[0].1, |b| b[len - 1] = 1);
+        match Wal::open(dir, with_room(100, 64)) {
+            Err(StorageError::Corrupt(msg)) => assert!(msg.contains("sealed"), "{msg}"),
+            other => panic!("expected Corrupt, got {other:?}"),
         }
     }
 
@@ -1022,16 +1182,22 @@ mod tests {
     }
 
     #[test]
-    fn zero_filled_tail_is_cut() {
+    fn zero_filled_tail_is_room_and_is_cut() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let expected = build_standard(tmp.path());
         let (_, last) = segment_files(tmp.path()).pop().expect("a segment");
+        let len = file_len(&last);
         modify_file(&last, |b| b.extend(std::iter::repeat_n(0u8, 4096)));
         let (_, rec) = open(tmp.path(), opts(100, false));
         assert_eq!(rec.records, expected);
-        assert_eq!(rec.truncated_bytes, 4096);
+        assert_eq!(
+            rec.truncated_bytes, 0,
+            "zeros at the end are room, not damage"
+        );
+        assert_eq!(file_len(&last), len, "but they are cut");
 
-        // Zeros over the last record itself (size updated, data never written).
+        // Zeros over the last record itself (size updated, data never written): the
+        // same as room, so the record is gone (it was never synced).
         let frame = RECORD_HEADER_BYTES + STD_PAYLOAD;
         modify_file(&last, |b| {
             let n = b.len();
@@ -1039,7 +1205,7 @@ mod tests {
         });
         let (_, rec) = open(tmp.path(), opts(100, false));
         assert_eq!(rec.records, expected[..expected.len() - 1]);
-        assert_eq!(rec.truncated_bytes, frame as u64);
+        assert_eq!(file_len(&last), len - frame as u64);
     }
 
     #[test]
@@ -1255,9 +1421,15 @@ mod tests {
                         ends[survivors - 1]
                     };
                     model.durable.truncate(first as usize - 1 + survivors);
+                    // A cut that leaves only zeros (a torn header of an empty record)
+                    // reads as preallocated room: cut too, but not counted as damage.
+                    let left = fs::read(&path).expect("read");
+                    let room = left[kept_end as usize..].iter().all(|b| *b == 0);
                     let (w, rec) = open(dir, o);
                     wal = w;
-                    prop_assert_eq!(rec.truncated_bytes, new_len - kept_end);
+                    let cut = if room { 0 } else { new_len - kept_end };
+                    prop_assert_eq!(rec.truncated_bytes, cut);
+                    prop_assert_eq!(file_len(&path), kept_end);
                     model.check(&wal, &rec)?;
                 }
                 Op::Compact(n) => {

@@ -183,6 +183,7 @@ mod tests {
             WalOptions {
                 segment_bytes: 1 << 20,
                 fsync: true,
+                preallocate_bytes: 0,
             },
             limits,
         );

@@ -1600,6 +1600,7 @@ mod tests {
             WalOptions {
                 segment_bytes: 1 << 20,
                 fsync: false,
+                preallocate_bytes: crate::wal::DEFAULT_PREALLOCATE_BYTES,
             },
             limits(),
         )
@@ -2127,8 +2128,13 @@ mod tests {
     fn torn_last_write(max_fragment_bytes: usize) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("log");
+        // No preallocated room: the cuts below are at byte offsets of the file's end.
         let cfg = PaxosStorageConfig {
             max_fragment_bytes,
+            wal: WalOptions {
+                preallocate_bytes: 0,
+                ..config().wal
+            },
             ..config()
         };
         let all = entries(0..30);
@@ -2197,6 +2203,7 @@ mod tests {
             wal: WalOptions {
                 segment_bytes: 2048,
                 fsync: false,
+                preallocate_bytes: 1024,
             },
             checkpoint_min_obsolete_bytes: 4096,
             checkpoint_obsolete_per_live_ratio: 1,
@@ -2474,6 +2481,7 @@ mod tests {
                 wal: WalOptions {
                     segment_bytes: 512,
                     fsync: false,
+                    preallocate_bytes: 256,
                 },
                 checkpoint_min_obsolete_bytes: 1024,
                 checkpoint_obsolete_per_live_ratio: 1,

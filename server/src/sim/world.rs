@@ -480,6 +480,8 @@ impl World {
                 WalOptions {
                     segment_bytes: self.cfg.segment_bytes,
                     fsync: true,
+                    // The simulated disk only appends.
+                    preallocate_bytes: 0,
                 },
                 MachineLimits::default(),
             )
