@@ -1749,6 +1749,29 @@ proptest! {
 #[path = "machine_deadlock_tests.rs"]
 mod deadlock_tests;
 
+/// Entries by zxid, in order.
+type History = Vec<(u64, Entry)>;
+
+/// The entries of a random lock history, `cut` (clamped to their number), and a machine
+/// that applied the entries before `cut`.
+fn history_cut_at(
+    specs: &[LockSpec; 3],
+    steps: &[(Step, i64)],
+    cut: usize,
+) -> Result<(History, usize, StateMachine), TestCaseError> {
+    let limits = MachineLimits {
+        max_data_bytes: 64,
+        dedup_window: 8,
+    };
+    let entries = run_history(specs, steps, &mut StateMachine::new(limits))?;
+    let cut = cut.min(entries.len());
+    let mut live = StateMachine::new(limits);
+    for (zxid, entry) in &entries[..cut] {
+        live.apply(*zxid, entry);
+    }
+    Ok((entries, cut, live))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -1761,15 +1784,7 @@ proptest! {
         steps in proptest::collection::vec((step(), 0i64..1_200), 1..80),
         cut in 0usize..80,
     ) {
-        let specs = [specs.0, specs.1, specs.2];
-        let limits = MachineLimits { max_data_bytes: 64, dedup_window: 8 };
-        let mut a = StateMachine::new(limits);
-        let entries = run_history(&specs, &steps, &mut a)?;
-        let cut = cut.min(entries.len());
-        let mut live = StateMachine::new(limits);
-        for (zxid, entry) in &entries[..cut] {
-            live.apply(*zxid, entry);
-        }
+        let (entries, cut, mut live) = history_cut_at(&[specs.0, specs.1, specs.2], &steps, cut)?;
         let bytes = bincode::serde::encode_to_vec(&live, bincode::config::standard())
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let (mut installed, _): (StateMachine, usize) =
@@ -1797,15 +1812,7 @@ proptest! {
         steps in proptest::collection::vec((step(), 0i64..1_200), 1..80),
         cut in 0usize..80,
     ) {
-        let specs = [specs.0, specs.1, specs.2];
-        let limits = MachineLimits { max_data_bytes: 64, dedup_window: 8 };
-        let mut a = StateMachine::new(limits);
-        let entries = run_history(&specs, &steps, &mut a)?;
-        let cut = cut.min(entries.len());
-        let mut live = StateMachine::new(limits);
-        for (zxid, entry) in &entries[..cut] {
-            live.apply(*zxid, entry);
-        }
+        let (entries, cut, mut live) = history_cut_at(&[specs.0, specs.1, specs.2], &steps, cut)?;
         let old = live.clone();
         // (session, node, token) of the grants (events and `Locked` answers) and of the
         // loss events of the skipped entries.

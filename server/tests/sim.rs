@@ -245,6 +245,17 @@ fn fault_skip_fsync_loses_acknowledged_writes() {
     );
 }
 
+/// Whole-cluster crashes and nothing else, with slow disks: a leader often crashes after
+/// sending entries and before its own fsync completes.
+fn crashes_all_with_slow_disks(c: &mut SimConfig) {
+    c.mix = FaultMix {
+        crash_all: 6,
+        ..FaultMix::none()
+    };
+    c.disk.latency_min_us = 5_000;
+    c.disk.latency_max_us = 30_000;
+}
+
 #[test]
 fn fault_ack_before_durable_loses_acknowledged_writes() {
     catches(
@@ -257,14 +268,7 @@ fn fault_ack_before_durable_loses_acknowledged_writes() {
             ViolationKind::LogDivergence,
             ViolationKind::Panic,
         ],
-        |c| {
-            c.mix = FaultMix {
-                crash_all: 6,
-                ..FaultMix::none()
-            };
-            c.disk.latency_min_us = 5_000;
-            c.disk.latency_max_us = 30_000;
-        },
+        crashes_all_with_slow_disks,
         60,
     );
 }
@@ -281,14 +285,7 @@ fn fault_decide_before_leader_durable_loses_acknowledged_writes() {
             ViolationKind::LogDivergence,
             ViolationKind::Panic,
         ],
-        |c| {
-            c.mix = FaultMix {
-                crash_all: 6,
-                ..FaultMix::none()
-            };
-            c.disk.latency_min_us = 5_000;
-            c.disk.latency_max_us = 30_000;
-        },
+        crashes_all_with_slow_disks,
         100,
     );
 }
@@ -300,12 +297,7 @@ fn fault_decide_before_leader_durable_loses_acknowledged_writes() {
 fn crashes_with_slow_disks_keep_acknowledged_writes() {
     for seed in sim::seeds_from_env(1, 30) {
         let mut c = configure(seed);
-        c.mix = FaultMix {
-            crash_all: 6,
-            ..FaultMix::none()
-        };
-        c.disk.latency_min_us = 5_000;
-        c.disk.latency_max_us = 30_000;
+        crashes_all_with_slow_disks(&mut c);
         let r = sim::run(&c);
         if r.failed() {
             fail("crashes_with_slow_disks_keep_acknowledged_writes", &r);
