@@ -9,7 +9,8 @@
 //!
 //! Every queue is bounded: a connection's outgoing queue by
 //! `max_queued_messages_per_connection` (a client that does not read is disconnected),
-//! the core's inbox by `CORE_INBOX` (connection readers wait: backpressure), and the
+//! the core's inbox by `CORE_INBOX` (connection readers wait: backpressure), the peer
+//! transport's events channel, which the core reads directly, by `CORE_INBOX` too, and the
 //! storage queue by the node core itself, which has at most one batch outstanding.
 
 mod ops;
@@ -329,7 +330,7 @@ impl Server {
             })
             .map_err(ServerError::Thread)?;
 
-        let (node, transport) = match mode {
+        let (node, peers) = match mode {
             Mode::Single { machine, log } => {
                 (Node::new(node_config, machine, log, clock.now()), None)
             }
@@ -372,30 +373,18 @@ impl Server {
                             .await;
                     }
                 }
-                let inbox = core_tx.clone();
-                tokio::spawn(async move {
-                    while let Some(event) = events_rx.recv().await {
-                        let input = match event {
-                            PeerEvent::Message { from, msg } => Input::Peer { from, msg },
-                            PeerEvent::LinkUp { peer } => Input::LinkUp { peer },
-                            PeerEvent::LinkDown { .. } => continue,
-                        };
-                        if inbox.send(CoreMsg::Input(input)).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-                (node, Some(transport))
+                (node, Some((transport, events_rx)))
             }
         };
 
+        let transport = peers.as_ref().map(|(t, _)| t.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let core = tokio::spawn(run_core(
             node,
             clock,
             core_rx,
             storage_tx,
-            transport.clone(),
+            peers,
             Duration::from_millis(config.tick_ms),
             stop_rx,
             shell_info,
@@ -549,11 +538,15 @@ async fn run_core(
     clock: Clock,
     mut inbox: mpsc::Receiver<CoreMsg>,
     storage: std::sync::mpsc::Sender<StorageCommand>,
-    transport: Option<Transport<PeerMsg>>,
+    peers: Option<(Transport<PeerMsg>, mpsc::Receiver<PeerEvent<PeerMsg>>)>,
     tick: Duration,
     mut stop: tokio::sync::oneshot::Receiver<()>,
     info: ShellInfo,
 ) {
+    let (transport, mut peer_events) = match peers {
+        Some((t, events)) => (Some(t), Some(events)),
+        None => (None, None),
+    };
     let mut core = CoreShell {
         conns: HashMap::new(),
         storage,
@@ -582,6 +575,9 @@ async fn run_core(
                 Some(msg) => core.handle(&mut node, clock, msg),
                 None => return,
             },
+            // Peer messages come straight from the transport's readers, not through
+            // the inbox: one task hand-off fewer on every replication step.
+            Some(event) = recv_peer(&mut peer_events) => core.peer_event(&mut node, clock, event),
             _ = &mut stop, if stopping.is_none() => {
                 stopping = Some(Instant::now());
                 core.input(&mut node, clock, Input::Shutdown);
@@ -593,6 +589,24 @@ async fn run_core(
                 Err(_) => break,
             }
         }
+        if let Some(events) = &mut peer_events {
+            for _ in 0..CORE_BATCH {
+                match events.try_recv() {
+                    Ok(event) => core.peer_event(&mut node, clock, event),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// The next peer event, or never for a single node.
+async fn recv_peer(
+    events: &mut Option<mpsc::Receiver<PeerEvent<PeerMsg>>>,
+) -> Option<PeerEvent<PeerMsg>> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -613,6 +627,15 @@ impl CoreShell {
             CoreMsg::Input(input) => self.input(node, clock, input),
             CoreMsg::Admin(request) => self.admin(node, request),
         }
+    }
+
+    fn peer_event(&mut self, node: &mut Node, clock: Clock, event: PeerEvent<PeerMsg>) {
+        let input = match event {
+            PeerEvent::Message { from, msg } => Input::Peer { from, msg },
+            PeerEvent::LinkUp { peer } => Input::LinkUp { peer },
+            PeerEvent::LinkDown { .. } => return,
+        };
+        self.input(node, clock, input);
     }
 
     fn input(&mut self, node: &mut Node, clock: Clock, input: Input) {
