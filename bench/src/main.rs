@@ -113,6 +113,12 @@ struct Args {
     /// Uncontended: measured cycles per run (after --warmup-cycles).
     #[arg(long, default_value_t = 1000)]
     cycles: usize,
+    /// Uncontended: a pause between the acquire and the release of every other cycle,
+    /// ms, not counted in the latency. With 15 (the handoff's queue time) it shows what
+    /// a write costs after the cluster sat idle, as the handoff's release does: those
+    /// cycles are reported as `uncontended-idle`, the others as `uncontended`.
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
     /// Uncontended and handoff: unmeasured cycles first.
     #[arg(long, default_value_t = 100)]
     warmup_cycles: usize,
@@ -167,9 +173,15 @@ struct Cell {
 
 #[derive(Debug, Clone, Copy)]
 enum Job {
-    Uncontended,
+    /// `idle`: report the cycles with a pause (see `--pause-ms`).
+    Uncontended {
+        idle: bool,
+    },
     Handoff,
-    Load { clients: usize, op: LoadOp },
+    Load {
+        clients: usize,
+        op: LoadOp,
+    },
     Sessions,
     Recovery,
 }
@@ -181,14 +193,26 @@ fn plan(args: &Args) -> Result<Vec<Cell>, BoxError> {
     workloads.dedup();
     for w in workloads {
         match w {
-            Workload::Uncontended => cells.push(Cell {
-                workload: "uncontended",
-                label: "acquire+release, 1 client".into(),
-                metric: Metric::Latency,
-                clients: Some(1),
-                locks: Some(1),
-                job: Job::Uncontended,
-            }),
+            Workload::Uncontended => {
+                cells.push(Cell {
+                    workload: "uncontended",
+                    label: "acquire+release, 1 client".into(),
+                    metric: Metric::Latency,
+                    clients: Some(1),
+                    locks: Some(1),
+                    job: Job::Uncontended { idle: false },
+                });
+                if args.pause_ms > 0 {
+                    cells.push(Cell {
+                        workload: "uncontended-idle",
+                        label: format!("acquire, {} ms idle, release", args.pause_ms),
+                        metric: Metric::Latency,
+                        clients: Some(1),
+                        locks: Some(1),
+                        job: Job::Uncontended { idle: true },
+                    });
+                }
+            }
             Workload::Handoff => cells.push(Cell {
                 workload: "handoff",
                 label: "release to next grant, 2 clients".into(),
@@ -300,8 +324,11 @@ async fn run_one(
         compact_etcd(target).await?;
     }
     match cell.job {
-        Job::Uncontended => {
-            workloads::uncontended(target, rep, args.warmup_cycles, args.cycles).await
+        Job::Uncontended { idle } => {
+            let pause = Duration::from_millis(args.pause_ms);
+            let (busy, idle_cycles) =
+                workloads::uncontended(target, rep, args.warmup_cycles, args.cycles, pause).await?;
+            Ok(if idle { idle_cycles } else { busy })
         }
         Job::Handoff => {
             let queued = Duration::from_millis(args.queued_ms);

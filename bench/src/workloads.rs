@@ -252,38 +252,45 @@ pub async fn uncontended(
     node: usize,
     warmup: usize,
     cycles: usize,
-) -> Result<RunOutcome, BoxError> {
+    pause: Duration,
+) -> Result<(RunOutcome, RunOutcome), BoxError> {
     let conn = target.connect_pinned(node).await?;
     let name = lock_name(target.kind, 0);
-    let mut tally = Tally::default();
+    // With a pause, every other cycle sleeps between its acquire and its release (not
+    // counted): `idle` holds those cycles, `busy` the back-to-back ones.
+    let (mut busy, mut idle) = (Tally::default(), Tally::default());
     for i in 0..warmup + cycles {
+        let paused = !pause.is_zero() && i % 2 == 1;
+        let mut paused_for = Duration::ZERO;
         let t0 = Instant::now();
-        let r = timeout(Duration::from_secs(10), async {
+        let r = timeout(Duration::from_secs(10) + pause, async {
             let held = conn.acquire(&name).await?;
+            if paused {
+                let p0 = Instant::now();
+                sleep(pause).await;
+                paused_for = p0.elapsed();
+            }
             conn.release(held).await
         })
         .await
         .unwrap_or_else(|_| Err("no answer in 10 s".into()));
         let t1 = Instant::now();
+        let tally = if paused { &mut idle } else { &mut busy };
         match r {
-            Ok(()) if i >= warmup => tally.latencies.push(ms(t1 - t0)),
+            Ok(()) if i >= warmup => tally.latencies.push(ms(t1 - t0 - paused_for)),
             Ok(()) => {}
             Err(e) => {
                 tally.errors += 1;
                 tally.first_error.get_or_insert_with(|| e.to_string());
-                if tally.errors > 20 {
+                if busy.errors + idle.errors > 20 {
                     break;
                 }
             }
         }
     }
     conn.close().await;
-    Ok(RunOutcome::new(
-        None,
-        &tally.latencies,
-        tally.errors,
-        tally.first_error,
-    ))
+    let outcome = |t: Tally| RunOutcome::new(None, &t.latencies, t.errors, t.first_error);
+    Ok((outcome(busy), outcome(idle)))
 }
 
 /// Two clients on different nodes take turns on one lock: one holds it, the other
