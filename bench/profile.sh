@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Profiles the corral leader (and one follower) with perf under the issue's target load:
-# 64 clients acquiring and releasing over 1,000 lock names, on a 3-node loopback cluster.
+# Profiles the corral leader (and one follower) with perf under a lock load, by default
+# the issue's target: 64 clients acquiring and releasing over 1,000 lock names, on a
+# 3-node loopback cluster.
 #
-#   bench/profile.sh [SECONDS]        # perf record for SECONDS (default 20) mid-run
+#   bench/profile.sh [SECONDS [CLIENTS [LOCKS]]]
+#                                     # perf record for SECONDS (default 20) mid-run of
+#                                     # CLIENTS (64) clients over LOCKS (1000) lock names
 #
 # Uses the software cpu-clock event (virtual machines often have no hardware counters)
 # and DWARF call graphs (release builds keep line tables: `debug = 1`). Writes, into
@@ -15,6 +18,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 secs=${1:-20}
+clients=${2:-64}
+locks=${3:-1000}
 export BENCH_DATA=${BENCH_DATA:-$root/bench/data}
 out=bench/results/profile
 mkdir -p "$out" "$BENCH_DATA"
@@ -48,7 +53,7 @@ bench/cluster.sh start corral
 # The load: long enough to cover the profile, with its own warm-up.
 warm=12
 timeout $((secs + warm + 120)) "$bench_bin" --targets corral --workloads throughput \
-    --clients 64 --locks 1000 --extra '' --runs 1 --warmup-s "$warm" \
+    --clients "$clients" --locks "$locks" --extra '' --runs 1 --warmup-s "$warm" \
     --duration-s $((secs + 6)) --global-warmup-s 4 --out "$out/bench" \
     >"$out/run.txt" 2>&1 &
 load=$!
