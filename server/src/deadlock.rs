@@ -81,8 +81,8 @@ impl LockQueue {
         };
         for (name, kind) in locks::queue(tree, lock, meta.family) {
             let (Some(seq), Some(node)) = (
-                locks::sequence(&name),
-                tree.get(&corral_protocol::path::join(lock, &name)),
+                locks::sequence(name),
+                tree.get(&corral_protocol::path::join(lock, name)),
             ) else {
                 continue;
             };
@@ -91,7 +91,7 @@ impl LockQueue {
                 QNode {
                     kind,
                     session: owner_session(node.stat.ephemeral_owner),
-                    granted: meta.granted.contains(&name),
+                    granted: meta.granted.contains(name),
                 },
             );
             if kind == LockKind::Write {

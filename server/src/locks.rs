@@ -120,15 +120,16 @@ impl LockMeta {
 }
 
 /// The queue of a lock in order: (name, kind), skipping children that are not queue
-/// nodes of the lock's family.
-pub fn queue(tree: &Tree, lock: &str, family: LockFamily) -> Vec<(String, LockKind)> {
+/// nodes of the lock's family. Borrows the names: every entry that touches a lock reads
+/// its queue, which may be long.
+pub fn queue<'t>(tree: &'t Tree, lock: &str, family: LockFamily) -> Vec<(&'t str, LockKind)> {
     let Some(dir) = tree.get(lock) else {
         return Vec::new();
     };
-    let mut q: Vec<(u64, String, LockKind)> = dir
+    let mut q: Vec<(u64, &str, LockKind)> = dir
         .children
         .iter()
-        .filter_map(|name| Some((sequence(name)?, name.clone(), kind_of(name, family)?)))
+        .filter_map(|name| Some((sequence(name)?, name.as_str(), kind_of(name, family)?)))
         .collect();
     q.sort_unstable_by_key(|(seq, _, _)| *seq);
     q.into_iter().map(|(_, name, kind)| (name, kind)).collect()
@@ -151,13 +152,14 @@ pub fn would_grant(tree: &Tree, lock: &str, meta: &LockMeta, kind: LockKind, now
 /// (a node of a multi-lock that waits for its other locks keeps its place):
 /// exclusive and write nodes when first, semaphore(n) nodes among the first n, read nodes
 /// when no write node is ahead.
-pub fn eligible(q: &[(String, LockKind)], family: LockFamily) -> Vec<bool> {
+pub fn eligible(q: &[(&str, LockKind)], family: LockFamily) -> Vec<bool> {
     let mut out = Vec::with_capacity(q.len());
     let mut writer_ahead = false;
+    let grant_all = crate::faults::active().grant_without_predecessor;
     for (i, (_, kind)) in q.iter().enumerate() {
         let ok = match (family, kind) {
             (LockFamily::Semaphore(n), _) => i < n as usize,
-            (LockFamily::Exclusive, _) if crate::faults::active().grant_without_predecessor => true,
+            (LockFamily::Exclusive, _) if grant_all => true,
             (_, LockKind::Read) => !writer_ahead,
             _ => i == 0,
         };
@@ -188,21 +190,22 @@ pub fn regrant(
     in_group: impl Fn(&str) -> bool,
 ) -> Regrant {
     let q = queue(tree, lock, meta.family);
-    meta.granted.retain(|name| q.iter().any(|(n, _)| n == name));
+    meta.granted
+        .retain(|name| q.iter().any(|(n, _)| *n == name.as_str()));
     let mut out = Regrant::default();
     if meta.delayed(now_ms) {
         return out;
     }
     meta.delayed_until_ms = 0;
     for ((name, _), ok) in q.iter().zip(eligible(&q, meta.family)) {
-        if !ok || meta.granted.contains(name) {
+        if !ok || meta.granted.contains(*name) {
             continue;
         }
         if in_group(&corral_protocol::path::join(lock, name)) {
-            out.group_ready.push(name.clone());
+            out.group_ready.push(name.to_string());
         } else {
-            meta.granted.insert(name.clone());
-            out.granted.push(name.clone());
+            meta.granted.insert(name.to_string());
+            out.granted.push(name.to_string());
         }
     }
     out
@@ -216,7 +219,7 @@ pub fn eligible_now(tree: &Tree, lock: &str, meta: &LockMeta, name: &str, now_ms
     }
     let q = queue(tree, lock, meta.family);
     let ok = eligible(&q, meta.family);
-    q.iter().zip(ok).any(|((n, _), ok)| ok && n == name)
+    q.iter().zip(ok).any(|((n, _), ok)| ok && *n == name)
 }
 
 /// The public description of a lock; `owner_session` maps a node's ephemeral owner
@@ -230,11 +233,11 @@ pub fn describe(
     let queue = queue(tree, lock, meta.family)
         .into_iter()
         .filter_map(|(name, kind)| {
-            let path = corral_protocol::path::join(lock, &name);
+            let path = corral_protocol::path::join(lock, name);
             let node = tree.get(&path)?;
             let lease = node.stat.ephemeral_owner;
             Some(LockEntry {
-                granted: meta.granted.contains(&name),
+                granted: meta.granted.contains(name),
                 node: path,
                 kind,
                 session: owner_session(lease),

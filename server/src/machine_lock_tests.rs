@@ -257,17 +257,17 @@ fn events(applied: &Applied, granted: bool) -> Vec<(u64, String, u64, u64)> {
 }
 
 /// Who must hold a lock whose queue is `q` when no lock-delay is running.
-fn expected_holders(q: &[(String, LockKind)], family: LockFamily) -> BTreeSet<String> {
-    let take = |n: usize| q.iter().take(n).map(|(name, _)| name.clone()).collect();
+fn expected_holders(q: &[(&str, LockKind)], family: LockFamily) -> BTreeSet<String> {
+    let take = |n: usize| q.iter().take(n).map(|(name, _)| name.to_string()).collect();
     match family {
         LockFamily::Exclusive => take(1),
         LockFamily::Semaphore(n) => take(n as usize),
         LockFamily::ReadWrite => match q.first() {
-            Some((name, LockKind::Write)) => BTreeSet::from([name.clone()]),
+            Some((name, LockKind::Write)) => BTreeSet::from([name.to_string()]),
             _ => q
                 .iter()
                 .take_while(|(_, k)| *k == LockKind::Read)
-                .map(|(name, _)| name.clone())
+                .map(|(name, _)| name.to_string())
                 .collect(),
         },
     }
@@ -323,7 +323,7 @@ fn check_locks(m: &StateMachine, now: i64) -> Result<(), String> {
             ));
         }
         let q = locks::queue(&m.tree, lock, meta.family);
-        let kind = |name: &String| q.iter().find(|(n, _)| n == name).map(|(_, k)| *k);
+        let kind = |name: &String| q.iter().find(|(n, _)| *n == name.as_str()).map(|(_, k)| *k);
         let granted = meta.granted.len();
         match meta.family {
             LockFamily::Exclusive if granted > 1 => {
