@@ -28,12 +28,15 @@
 //! from the new node over the part of the graph it reaches, looking for its own
 //! session. Edges are not stored: they are read off [`WaitIndex`], a per-lock ordered
 //! index of the queues (predecessor and nearest-writer lookups in O(log n)) with each
-//! session's waiting nodes, updated for the locks each entry touched. The search has two
-//! phases: a plain scan of the new node's own queue that only picks the owners that
-//! also wait in another lock (a cycle must leave this lock, and their waits here are
-//! covered by the scan), then a depth-first search through the other locks, where any
-//! node of the session closes a cycle. A search costs O(nodes ahead in its own queue)
-//! cheap steps plus O(nodes reached elsewhere x log n).
+//! session's waiting and granted nodes and the sessions with nodes in several locks,
+//! updated for the locks each entry touched. The search has two phases: the owners of
+//! the nodes ahead of the new node in its own queue that also wait in another lock (a
+//! cycle must leave this lock, and their waits here are covered by this phase), found
+//! by a plain scan of the queue or, when fewer sessions span several locks than the
+//! queue is long, by looking up those sessions' nodes; then a depth-first search
+//! through the other locks, where any node of the session closes a cycle. A search
+//! costs O(min(nodes ahead in its own queue, spanning sessions x log n)) plus O(nodes
+//! reached elsewhere x log n).
 //!
 //! **Victim.** The request that would close the cycle: the youngest wait in it. It is
 //! refused with `Deadlock` naming the cycle and creates nothing, so the sessions already
@@ -146,8 +149,13 @@ pub struct WaitIndex {
     queues: BTreeMap<String, LockQueue>,
     /// Per session, its waiting (not granted) nodes: (lock, sequence number).
     waiting: BTreeMap<u64, BTreeSet<(String, u64)>>,
+    /// Per session, its granted nodes: (lock, sequence number).
+    held: BTreeMap<u64, BTreeSet<(String, u64)>>,
     /// Per session, how many nodes it has in each lock.
     counts: BTreeMap<u64, BTreeMap<String, usize>>,
+    /// The sessions with nodes in more than one lock: the only ones through which a
+    /// wait can leave a lock (see `find_cycle`).
+    spanning: BTreeSet<u64>,
 }
 
 /// One entry of the search's stack.
@@ -191,37 +199,39 @@ impl WaitIndex {
     /// Replaces the queue of `lock` (`None`: the lock is gone).
     pub fn set_lock(&mut self, lock: &str, queue: Option<LockQueue>) {
         if let Some(old) = self.queues.remove(lock) {
-            for n in old.nodes.values() {
+            for (seq, n) in &old.nodes {
                 if let Some(m) = self.counts.get_mut(&n.session) {
                     m.remove(lock);
                     if m.is_empty() {
                         self.counts.remove(&n.session);
                     }
                 }
-            }
-            for (seq, n) in old.nodes.iter().filter(|(_, n)| !n.granted) {
-                if let Some(set) = self.waiting.get_mut(&n.session) {
-                    set.remove(&(lock.to_string(), *seq));
-                    if set.is_empty() {
-                        self.waiting.remove(&n.session);
-                    }
-                }
+                self.respan(n.session);
+                let set = if n.granted {
+                    &mut self.held
+                } else {
+                    &mut self.waiting
+                };
+                remove_pair(set, n.session, lock, *seq);
             }
         }
         let Some(queue) = queue else {
             return;
         };
-        for n in queue.nodes.values() {
+        for (seq, n) in &queue.nodes {
             *self
                 .counts
                 .entry(n.session)
                 .or_default()
                 .entry(lock.to_string())
                 .or_default() += 1;
-        }
-        for (seq, n) in queue.nodes.iter().filter(|(_, n)| !n.granted) {
-            self.waiting
-                .entry(n.session)
+            self.respan(n.session);
+            let set = if n.granted {
+                &mut self.held
+            } else {
+                &mut self.waiting
+            };
+            set.entry(n.session)
                 .or_default()
                 .insert((lock.to_string(), *seq));
         }
@@ -250,12 +260,15 @@ impl WaitIndex {
             .or_default()
             .entry(lock.to_string())
             .or_default() += 1;
-        if !node.granted {
-            self.waiting
-                .entry(node.session)
-                .or_default()
-                .insert((lock.to_string(), seq));
-        }
+        self.respan(node.session);
+        let set = if node.granted {
+            &mut self.held
+        } else {
+            &mut self.waiting
+        };
+        set.entry(node.session)
+            .or_default()
+            .insert((lock.to_string(), seq));
     }
 
     /// Removes a queue node (an entry deleted it).
@@ -278,7 +291,13 @@ impl WaitIndex {
                 self.counts.remove(&node.session);
             }
         }
-        self.unwait(node.session, lock, seq);
+        self.respan(node.session);
+        let set = if node.granted {
+            &mut self.held
+        } else {
+            &mut self.waiting
+        };
+        remove_pair(set, node.session, lock, seq);
     }
 
     /// Marks a node as granted (grants are only ever undone by deleting the node).
@@ -295,7 +314,11 @@ impl WaitIndex {
         }
         node.granted = true;
         let session = node.session;
-        self.unwait(session, lock, seq);
+        remove_pair(&mut self.waiting, session, lock, seq);
+        self.held
+            .entry(session)
+            .or_default()
+            .insert((lock.to_string(), seq));
     }
 
     /// Forgets a lock whose state is gone.
@@ -325,12 +348,12 @@ impl WaitIndex {
         }
     }
 
-    fn unwait(&mut self, session: u64, lock: &str, seq: u64) {
-        if let Some(set) = self.waiting.get_mut(&session) {
-            set.remove(&(lock.to_string(), seq));
-            if set.is_empty() {
-                self.waiting.remove(&session);
-            }
+    /// Keeps `spanning` in step with `counts` for `session`.
+    fn respan(&mut self, session: u64) {
+        if self.counts.get(&session).is_some_and(|m| m.len() > 1) {
+            self.spanning.insert(session);
+        } else {
+            self.spanning.remove(&session);
         }
     }
 
@@ -382,22 +405,19 @@ impl WaitIndex {
                 session,
                 hop: false,
             });
-            for (seq, n) in q.nodes.range(..=first).rev() {
-                if n.session == session || !self.waits_outside(n.session, lock) {
-                    continue;
-                }
-                if hops.contains(&n.session) || !root_hops.insert((n.session, lock.as_str())) {
+            for (seq, owner) in self.escapes(lock, q, first, session) {
+                if hops.contains(&owner) || !root_hops.insert((owner, lock.as_str())) {
                     continue;
                 }
                 visits.push(Visit {
                     parent: root,
                     lock,
-                    seq: *seq,
-                    session: n.session,
+                    seq,
+                    session: owner,
                     hop: false,
                 });
                 let from = visits.len() - 1;
-                self.push_waits(&mut visits, &mut stack, from, n.session, Some(lock));
+                self.push_waits(&mut visits, &mut stack, from, owner, Some(lock));
             }
         }
         // 2. The general search, every path of which has left its root lock: any node
@@ -462,6 +482,54 @@ impl WaitIndex {
             self.push_waits(&mut visits, &mut stack, step.at, n.session, None);
         }
         None
+    }
+
+    /// The nodes of `lock` from `first` to the head of its queue whose owners (other
+    /// than `session`) also wait in another lock, as (sequence number, owner), nearest
+    /// first: where a root scan may leave its lock. Such an owner has nodes in two
+    /// locks, so when fewer sessions span locks than the queue is long, their nodes
+    /// are looked up instead of scanning the queue: a new waiter behind n others then
+    /// costs O(spanning sessions x log n) here, not O(n) (nothing when every session
+    /// has nodes in one lock only, the common case).
+    fn escapes(&self, lock: &str, q: &LockQueue, first: u64, session: u64) -> Vec<(u64, u64)> {
+        if self.spanning.len() >= q.nodes.len() {
+            return self.escapes_by_scan(lock, q, first, session);
+        }
+        let leaves = |owner: u64| owner != session && self.waits_outside(owner, lock);
+        let range = (lock.to_string(), 0)..=(lock.to_string(), first);
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for &owner in &self.spanning {
+            if self.nodes_in(owner, lock) == 0 || !leaves(owner) {
+                continue;
+            }
+            for set in [self.waiting.get(&owner), self.held.get(&owner)]
+                .into_iter()
+                .flatten()
+            {
+                out.extend(set.range(range.clone()).map(|(_, seq)| (*seq, owner)));
+            }
+        }
+        out.sort_unstable_by_key(|&(seq, _)| std::cmp::Reverse(seq));
+        // Every test (the random lock-order simulation included) checks the lookup
+        // against the scan.
+        debug_assert_eq!(out, self.escapes_by_scan(lock, q, first, session));
+        out
+    }
+
+    /// [`Self::escapes`] by a plain scan of the queue.
+    fn escapes_by_scan(
+        &self,
+        lock: &str,
+        q: &LockQueue,
+        first: u64,
+        session: u64,
+    ) -> Vec<(u64, u64)> {
+        q.nodes
+            .range(..=first)
+            .rev()
+            .filter(|(_, n)| n.session != session && self.waits_outside(n.session, lock))
+            .map(|(seq, n)| (*seq, n.session))
+            .collect()
     }
 
     /// Whether `session` has a waiting node in a lock other than `lock`.
@@ -545,5 +613,20 @@ impl WaitIndex {
             waits_for: session,
         });
         steps
+    }
+}
+
+/// Removes (lock, seq) from `session`'s set, and the set once empty.
+fn remove_pair(
+    sets: &mut BTreeMap<u64, BTreeSet<(String, u64)>>,
+    session: u64,
+    lock: &str,
+    seq: u64,
+) {
+    if let Some(set) = sets.get_mut(&session) {
+        set.remove(&(lock.to_string(), seq));
+        if set.is_empty() {
+            sets.remove(&session);
+        }
     }
 }

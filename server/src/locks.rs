@@ -24,6 +24,7 @@
 use corral_protocol::{ErrorCode, ErrorInfo, LockEntry, LockKind, LockState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use std::ops::Bound;
 
 use crate::tree::Tree;
 
@@ -135,38 +136,122 @@ pub fn queue<'t>(tree: &'t Tree, lock: &str, family: LockFamily) -> Vec<(&'t str
     q.into_iter().map(|(_, name, kind)| (name, kind)).collect()
 }
 
+/// Sequence numbers below this have exactly ten digits, so names of one kind sort by
+/// name in queue order.
+const TEN_DIGITS: u64 = 10_000_000_000;
+
+/// The queue of a lock in order, lazily: (name, kind), as [`queue`] returns it.
+///
+/// A directory keeps its children sorted by name, and the names of one kind are a
+/// prefix and a zero-padded ten-digit counter, so each kind's nodes already sit in queue
+/// order: exclusive and semaphore queues are one range of the children, a read-write
+/// queue the merge of two. Taking the first k nodes therefore costs O(k + log n),
+/// whatever the length of the queue, where sorting the children would cost O(n log n).
+/// (A directory whose counter passed ten digits falls back to the sort.)
+pub fn ordered<'t>(
+    tree: &'t Tree,
+    lock: &str,
+    family: LockFamily,
+) -> Box<dyn Iterator<Item = (&'t str, LockKind)> + 't> {
+    let Some(dir) = tree.get(lock) else {
+        return Box::new(std::iter::empty());
+    };
+    if dir.next_seq > TEN_DIGITS {
+        return Box::new(queue(tree, lock, family).into_iter());
+    }
+    let run = move |kind: LockKind| {
+        let prefix = self::prefix(kind);
+        dir.children
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(move |name| name.starts_with(prefix))
+            .filter(|name| sequence(name).is_some())
+            .map(move |name| (name.as_str(), kind))
+    };
+    match family {
+        LockFamily::Exclusive => Box::new(run(LockKind::Exclusive)),
+        LockFamily::Semaphore(permits) => Box::new(run(LockKind::Semaphore { permits })),
+        LockFamily::ReadWrite => Box::new(Merge {
+            a: run(LockKind::Read).peekable(),
+            b: run(LockKind::Write).peekable(),
+        }),
+    }
+}
+
+/// Two runs of queue nodes in queue order, merged by sequence number (the ten digits
+/// after the prefix, compared as text).
+struct Merge<A: Iterator, B: Iterator> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+}
+
+impl<'t, A, B> Iterator for Merge<A, B>
+where
+    A: Iterator<Item = (&'t str, LockKind)>,
+    B: Iterator<Item = (&'t str, LockKind)>,
+{
+    type Item = (&'t str, LockKind);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let take_a = match (self.a.peek(), self.b.peek()) {
+            (Some((a, _)), Some((b, _))) => a[2..] < b[2..],
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if take_a {
+            self.a.next()
+        } else {
+            self.b.next()
+        }
+    }
+}
+
 /// Whether a new request of `kind` would be granted at once (for `try_only`).
 pub fn would_grant(tree: &Tree, lock: &str, meta: &LockMeta, kind: LockKind, now_ms: i64) -> bool {
     if meta.delayed(now_ms) {
         return false;
     }
-    let q = queue(tree, lock, meta.family);
+    let mut q = ordered(tree, lock, meta.family);
     match kind {
-        LockKind::Exclusive | LockKind::Write => q.is_empty(),
-        LockKind::Read => q.iter().all(|(_, k)| *k == LockKind::Read),
-        LockKind::Semaphore { permits } => (q.len() as u64) < u64::from(permits),
+        LockKind::Exclusive | LockKind::Write => q.next().is_none(),
+        // No write node anywhere in the queue: one look at the directory.
+        LockKind::Read => tree.get(lock).is_none_or(|dir| {
+            let writes = prefix(LockKind::Write);
+            dir.children
+                .range::<str, _>((Bound::Included(writes), Bound::Unbounded))
+                .next()
+                .is_none_or(|name| !name.starts_with(writes))
+        }),
+        LockKind::Semaphore { permits } => q.take(permits as usize).count() < permits as usize,
     }
 }
 
-/// Which queue positions may hold the lock, counting every node ahead, granted or not
-/// (a node of a multi-lock that waits for its other locks keeps its place):
-/// exclusive and write nodes when first, semaphore(n) nodes among the first n, read nodes
-/// when no write node is ahead.
-pub fn eligible(q: &[(&str, LockKind)], family: LockFamily) -> Vec<bool> {
-    let mut out = Vec::with_capacity(q.len());
-    let mut writer_ahead = false;
+/// The queue nodes that may hold the lock, in queue order, counting every node ahead,
+/// granted or not (a node of a multi-lock that waits for its other locks keeps its
+/// place): exclusive and write nodes when first, semaphore(n) nodes among the first n,
+/// read nodes when no write node is ahead. Reads the queue only as far as a node can
+/// still be eligible.
+pub fn eligible<'t>(
+    q: impl Iterator<Item = (&'t str, LockKind)>,
+    family: LockFamily,
+) -> impl Iterator<Item = &'t str> {
     let grant_all = crate::faults::active().grant_without_predecessor;
-    for (i, (_, kind)) in q.iter().enumerate() {
-        let ok = match (family, kind) {
-            (LockFamily::Semaphore(n), _) => i < n as usize,
-            (LockFamily::Exclusive, _) if grant_all => true,
-            (_, LockKind::Read) => !writer_ahead,
-            _ => i == 0,
-        };
-        writer_ahead |= *kind == LockKind::Write;
-        out.push(ok);
-    }
-    out
+    let mut writer_ahead = false;
+    q.enumerate()
+        .map_while(move |(i, (name, kind))| {
+            let ok = match (family, kind) {
+                (LockFamily::Semaphore(n), _) if i >= n as usize => return None,
+                (LockFamily::Semaphore(_), _) => true,
+                (LockFamily::Exclusive, _) if grant_all => true,
+                // Nothing behind a write (or behind the first exclusive node) can be.
+                _ if writer_ahead => return None,
+                (_, LockKind::Read) => true,
+                _ if i > 0 => return None,
+                _ => true,
+            };
+            writer_ahead |= kind != LockKind::Read;
+            Some((name, ok))
+        })
+        .filter_map(|(name, ok)| ok.then_some(name))
 }
 
 /// What [`regrant`] did.
@@ -181,7 +266,8 @@ pub struct Regrant {
 
 /// Drops grants of nodes that are gone and grants whoever may hold the lock now: the
 /// eligible nodes (see [`eligible`]), except members of a multi-lock (`in_group`), which
-/// are reported instead. Nothing is granted while a lock-delay runs.
+/// are reported instead. Nothing is granted while a lock-delay runs. O(holders x log n)
+/// for a queue of n.
 pub fn regrant(
     tree: &Tree,
     lock: &str,
@@ -189,16 +275,18 @@ pub fn regrant(
     now_ms: i64,
     in_group: impl Fn(&str) -> bool,
 ) -> Regrant {
-    let q = queue(tree, lock, meta.family);
-    meta.granted
-        .retain(|name| q.iter().any(|(n, _)| *n == name.as_str()));
+    match tree.get(lock) {
+        // Granted names are queue nodes of the lock's family: present means queued.
+        Some(dir) => meta.granted.retain(|name| dir.children.contains(name)),
+        None => meta.granted.clear(),
+    }
     let mut out = Regrant::default();
     if meta.delayed(now_ms) {
         return out;
     }
     meta.delayed_until_ms = 0;
-    for ((name, _), ok) in q.iter().zip(eligible(&q, meta.family)) {
-        if !ok || meta.granted.contains(*name) {
+    for name in eligible(ordered(tree, lock, meta.family), meta.family) {
+        if meta.granted.contains(name) {
             continue;
         }
         if in_group(&corral_protocol::path::join(lock, name)) {
@@ -217,9 +305,7 @@ pub fn eligible_now(tree: &Tree, lock: &str, meta: &LockMeta, name: &str, now_ms
     if meta.delayed(now_ms) {
         return false;
     }
-    let q = queue(tree, lock, meta.family);
-    let ok = eligible(&q, meta.family);
-    q.iter().zip(ok).any(|((n, _), ok)| ok && *n == name)
+    eligible(ordered(tree, lock, meta.family), meta.family).any(|n| n == name)
 }
 
 /// The public description of a lock; `owner_session` maps a node's ephemeral owner
@@ -257,6 +343,7 @@ pub fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn names_round_trip() {
@@ -273,5 +360,108 @@ mod tests {
         }
         assert_eq!(kind_of("x-0000000001", LockFamily::ReadWrite), None);
         assert_eq!(sequence("x-abc"), None);
+    }
+
+    /// A tree with the directory `/l` holding children with these names.
+    fn tree_with(names: &[String]) -> Tree {
+        let mut tree = Tree::new();
+        let mut txn = crate::tree::Txn::new(1, 0);
+        let mut create = |path: String| {
+            let req = corral_protocol::CreateRequest {
+                path,
+                data: Vec::new(),
+                mode: corral_protocol::CreateMode::Persistent,
+                make_parents: false,
+            };
+            tree.create(&mut txn, 0, &req, 64).expect("create");
+        };
+        create("/l".to_string());
+        for name in names {
+            create(format!("/l/{name}"));
+        }
+        tree
+    }
+
+    /// The eligibility rules as a whole-queue pass (what `eligible` computes lazily).
+    fn eligible_reference(q: &[(&str, LockKind)], family: LockFamily) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut writer_ahead = false;
+        for (i, (name, kind)) in q.iter().enumerate() {
+            let ok = match (family, kind) {
+                (LockFamily::Semaphore(n), _) => i < n as usize,
+                (_, LockKind::Read) => !writer_ahead,
+                _ => i == 0,
+            };
+            writer_ahead |= *kind == LockKind::Write;
+            if ok {
+                out.push(name.to_string());
+            }
+        }
+        out
+    }
+
+    fn family_strategy() -> impl Strategy<Value = LockFamily> {
+        prop_oneof![
+            Just(LockFamily::Exclusive),
+            Just(LockFamily::ReadWrite),
+            (1u32..4).prop_map(LockFamily::Semaphore),
+        ]
+    }
+
+    /// Child names: queue nodes of every kind with distinct counters, and names that
+    /// are no queue node of any family.
+    fn names_strategy() -> impl Strategy<Value = Vec<String>> {
+        proptest::collection::btree_map(
+            0u64..60,
+            prop_oneof![
+                4 => Just("r-"),
+                4 => Just("w-"),
+                2 => Just("x-"),
+                2 => Just("s-"),
+                1 => Just("other-"),
+            ],
+            0..24,
+        )
+        .prop_map(|m| {
+            m.into_iter()
+                .map(|(seq, prefix)| format!("{prefix}{seq:010}"))
+                .chain(["r-abc".to_string(), "w".to_string()])
+                .collect()
+        })
+    }
+
+    proptest! {
+        /// The lazy queue is the sorted queue, and the lazy eligible prefix is the
+        /// whole-queue rule's answer, for every family and mix of children.
+        #[test]
+        fn lazy_queue_matches_the_sorted_queue(
+            names in names_strategy(),
+            family in family_strategy(),
+        ) {
+            let tree = tree_with(&names);
+            let sorted = queue(&tree, "/l", family);
+            let lazy: Vec<(&str, LockKind)> = ordered(&tree, "/l", family).collect();
+            prop_assert_eq!(&lazy, &sorted);
+            let expected = eligible_reference(&sorted, family);
+            let got: Vec<String> =
+                eligible(ordered(&tree, "/l", family), family).map(str::to_string).collect();
+            prop_assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn counters_past_ten_digits_fall_back_to_sorting() {
+        let names: Vec<String> = ["x-9999999999", "x-10000000000", "x-0000000007"]
+            .map(str::to_string)
+            .to_vec();
+        let mut tree = tree_with(&names);
+        tree.node_mut("/l").expect("the directory").next_seq = 10_000_000_001;
+        let lazy: Vec<&str> = ordered(&tree, "/l", LockFamily::Exclusive)
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(lazy, ["x-0000000007", "x-9999999999", "x-10000000000"]);
+        assert!(ordered(&tree, "/missing", LockFamily::Exclusive)
+            .next()
+            .is_none());
     }
 }

@@ -1873,3 +1873,59 @@ proptest! {
         }
     }
 }
+
+/// The cost of a handoff on a lock with a long queue: the holder releases and the next
+/// waiter is granted (one entry), then the released session queues again at the tail
+/// (one entry), with `n` waiters. Run with
+/// `cargo test -p corral-server --release --lib handoff_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run in release with --nocapture"]
+fn handoff_cost_with_long_queues() {
+    use std::time::Instant;
+    for (family, kind) in [
+        ("exclusive", LockKind::Exclusive),
+        ("write", LockKind::Write),
+        ("read-write mix", LockKind::Read),
+        ("semaphore(4)", LockKind::Semaphore { permits: 4 }),
+    ] {
+        for n in [256usize, 10_000] {
+            let mut h = H::new();
+            h.checked = false;
+            let sessions: Vec<u64> = (0..n).map(|_| h.open()).collect();
+            // Every third node of the mix is a write, the others reads.
+            let kind_of = |i: usize| match kind {
+                LockKind::Read if i.is_multiple_of(3) => LockKind::Write,
+                k => k,
+            };
+            let mut nodes: std::collections::VecDeque<(u64, String, LockKind)> = sessions
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| {
+                    let k = kind_of(i);
+                    let node = match &h.lock(s, "/q", k).result {
+                        Some(Ok(OpResult::Locked { node, .. } | OpResult::Queued { node, .. })) => {
+                            node.clone()
+                        }
+                        other => panic!("expected a queue node, got {other:?}"),
+                    };
+                    (s, node, k)
+                })
+                .collect();
+            let cycles = if n > 1_000 { 200 } else { 2_000 };
+            let started = Instant::now();
+            for _ in 0..cycles {
+                let (s, node, k) = nodes.pop_front().expect("a queue node");
+                assert!(released(&h.unlock(s, &node)));
+                let node = match &h.lock(s, "/q", k).result {
+                    Some(Ok(OpResult::Queued { node, .. } | OpResult::Locked { node, .. })) => {
+                        node.clone()
+                    }
+                    other => panic!("expected a queue node, got {other:?}"),
+                };
+                nodes.push_back((s, node, k));
+            }
+            let per = started.elapsed() / cycles;
+            println!("{family}, {n} waiters: release + requeue {per:?} per cycle");
+        }
+    }
+}

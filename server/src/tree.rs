@@ -207,6 +207,12 @@ impl Tree {
         self.nodes.get(path)
     }
 
+    /// A node to change by hand (tests that need a state no entry makes quickly).
+    #[cfg(test)]
+    pub(crate) fn node_mut(&mut self, path: &str) -> Option<&mut Node> {
+        self.nodes.get_mut(path)
+    }
+
     /// Number of nodes, the root included.
     pub fn len(&self) -> usize {
         self.nodes.len()
