@@ -120,6 +120,58 @@ impl LockMeta {
     }
 }
 
+/// The locks whose lock-delay runs, by the entry time it ends: derived from the locks'
+/// [`LockMeta::delayed_until_ms`] (not serialized; rebuilt after a snapshot is loaded),
+/// so that an entry finds the delays that ended without visiting every lock.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DelayIndex {
+    built: bool,
+    ends: BTreeSet<(i64, String)>,
+}
+
+impl DelayIndex {
+    /// The index of these locks.
+    pub fn of<'a>(locks: impl Iterator<Item = (&'a String, &'a LockMeta)>) -> DelayIndex {
+        DelayIndex {
+            built: true,
+            ends: locks
+                .filter(|(_, m)| m.delayed_until_ms != 0)
+                .map(|(l, m)| (m.delayed_until_ms, l.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether the index reflects the state (false after a snapshot was decoded).
+    pub fn is_built(&self) -> bool {
+        self.built
+    }
+
+    /// Records that `lock`'s delay end changed from `before` to `after` (0: none).
+    pub fn moved(&mut self, lock: &str, before: i64, after: i64) {
+        if before == after {
+            return;
+        }
+        if before != 0 {
+            self.ends.remove(&(before, lock.to_string()));
+        }
+        if after != 0 {
+            self.ends.insert((after, lock.to_string()));
+        }
+    }
+
+    /// The locks whose delay ended by `now_ms`.
+    pub fn ended(&self, now_ms: i64) -> impl Iterator<Item = &str> {
+        self.ends
+            .range(..(now_ms.saturating_add(1), String::new()))
+            .map(|(_, lock)| lock.as_str())
+    }
+
+    /// The earliest end of a running delay.
+    pub fn first_end(&self) -> Option<i64> {
+        self.ends.first().map(|(end, _)| *end)
+    }
+}
+
 /// The queue of a lock in order: (name, kind), skipping children that are not queue
 /// nodes of the lock's family. Borrows the names: every entry that touches a lock reads
 /// its queue, which may be long.

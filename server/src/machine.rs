@@ -178,6 +178,57 @@ pub struct StateMachine {
     /// not serialized (rebuilt after a snapshot is loaded).
     #[serde(skip)]
     waits: WaitIndex,
+    /// The running lock-delays by their end: derived from `locks`, not serialized
+    /// (rebuilt after a snapshot is loaded).
+    #[serde(skip)]
+    delays: locks::DelayIndex,
+    /// The leases of each session, by owner: derived from `sessions`, not serialized
+    /// (rebuilt after a snapshot is loaded), so ending a session does not visit every
+    /// other session.
+    #[serde(skip)]
+    leases: LeaseIndex,
+}
+
+/// Each session's leases ([`Session::lease_of`] inverted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct LeaseIndex {
+    built: bool,
+    by_owner: BTreeMap<u64, BTreeSet<u64>>,
+}
+
+impl LeaseIndex {
+    fn of(sessions: &BTreeMap<u64, SessionState>) -> LeaseIndex {
+        let mut index = LeaseIndex {
+            built: true,
+            by_owner: BTreeMap::new(),
+        };
+        for (id, s) in sessions {
+            if s.info.lease_of != 0 {
+                index.add(s.info.lease_of, *id);
+            }
+        }
+        index
+    }
+
+    fn add(&mut self, owner: u64, lease: u64) {
+        self.by_owner.entry(owner).or_default().insert(lease);
+    }
+
+    fn remove(&mut self, owner: u64, lease: u64) {
+        if let Some(set) = self.by_owner.get_mut(&owner) {
+            set.remove(&lease);
+            if set.is_empty() {
+                self.by_owner.remove(&owner);
+            }
+        }
+    }
+
+    fn of_owner(&self, owner: u64) -> Vec<u64> {
+        self.by_owner
+            .get(&owner)
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default()
+    }
 }
 
 impl Default for StateMachine {
@@ -224,6 +275,8 @@ impl StateMachine {
             locks: BTreeMap::new(),
             multi: MultiLocks::default(),
             waits: WaitIndex::default(),
+            delays: locks::DelayIndex::of(std::iter::empty()),
+            leases: LeaseIndex::of(&BTreeMap::new()),
         }
     }
 
@@ -280,7 +333,7 @@ impl StateMachine {
             };
         }
         self.last_zxid = zxid;
-        self.ensure_wait_index();
+        self.ensure_indexes();
         let mut txn = Txn::new(zxid, entry.wall_ms);
         let mut ended_sessions = Vec::new();
         let result = match &entry.body {
@@ -350,12 +403,7 @@ impl StateMachine {
             })
             .map(|c| c.path.clone())
             .collect();
-        touched.extend(
-            self.locks
-                .iter()
-                .filter(|(_, m)| m.delayed_until_ms != 0 && m.delayed_until_ms <= txn.wall_ms)
-                .map(|(l, _)| l.clone()),
-        );
+        touched.extend(self.delays.ended(txn.wall_ms).map(str::to_string));
         let mut groups = BTreeSet::new();
         for lock in touched {
             let was_delayed = self
@@ -384,9 +432,12 @@ impl StateMachine {
             return BTreeSet::new();
         };
         let multi = &self.multi;
+        let delayed_until = meta.delayed_until_ms;
         let regrant = locks::regrant(&self.tree, lock, meta, txn.wall_ms, |node| {
             multi.contains(node)
         });
+        self.delays
+            .moved(lock, delayed_until, meta.delayed_until_ms);
         let groups = regrant
             .group_ready
             .iter()
@@ -418,8 +469,11 @@ impl StateMachine {
     /// Drops the state of locks whose directory was reaped.
     fn forget_reaped_locks(&mut self, txn: &Txn) {
         for change in &txn.changes {
-            if change.kind == EventKind::NodeDeleted && self.locks.contains_key(&change.path) {
-                self.locks.remove(&change.path);
+            if change.kind != EventKind::NodeDeleted {
+                continue;
+            }
+            if let Some(meta) = self.locks.remove(&change.path) {
+                self.delays.moved(&change.path, meta.delayed_until_ms, 0);
             }
         }
     }
@@ -447,7 +501,9 @@ impl StateMachine {
                     txn.locks_abandoned += 1;
                     if meta.delay_ms > 0 {
                         let until = txn.wall_ms.saturating_add(meta.delay_ms as i64);
-                        meta.delayed_until_ms = meta.delayed_until_ms.max(until);
+                        let before = meta.delayed_until_ms;
+                        meta.delayed_until_ms = before.max(until);
+                        self.delays.moved(lock, before, meta.delayed_until_ms);
                     }
                 }
                 if lease_of != 0 {
@@ -469,13 +525,23 @@ impl StateMachine {
         let _ = self.close(txn, id, ended);
     }
 
+    /// Rebuilds the derived indexes (wait-for, lock-delays, leases by owner) from the
+    /// replicated state if they are not built (after a snapshot was decoded).
+    fn ensure_indexes(&mut self) {
+        if !self.delays.is_built() {
+            self.delays = locks::DelayIndex::of(self.locks.iter());
+        }
+        if !self.leases.built {
+            self.leases = LeaseIndex::of(&self.sessions);
+        }
+        if !self.waits.is_built() {
+            self.waits = self.fresh_wait_index();
+        }
+    }
+
     /// The leases a session owns.
     fn leases_of(&self, session: u64) -> Vec<u64> {
-        self.sessions
-            .values()
-            .filter(|s| s.info.lease_of == session)
-            .map(|s| s.info.id)
-            .collect()
+        self.leases.of_owner(session)
     }
 
     /// Describes the locks at and below `path`.
@@ -494,6 +560,10 @@ impl StateMachine {
     /// The earliest time at which a lock-delay ends, if one is running: the node that
     /// decides expiry proposes an entry then, so the waiters get granted.
     pub fn next_lock_delay_end(&self) -> Option<i64> {
+        if self.delays.is_built() {
+            return self.delays.first_end();
+        }
+        // Decoded from a snapshot and not applied to since.
         self.locks
             .values()
             .filter(|m| m.delayed_until_ms != 0)
@@ -508,11 +578,15 @@ impl StateMachine {
         session_id: u64,
         ended: &mut Vec<u64>,
     ) -> Result<OpResult, ErrorInfo> {
-        if self.sessions.remove(&session_id).is_none() {
+        let Some(closed) = self.sessions.remove(&session_id) else {
             return Err(session_expired(session_id));
+        };
+        if closed.info.lease_of != 0 {
+            self.leases.remove(closed.info.lease_of, session_id);
         }
         // A session's leases end with it.
         for lease in self.leases_of(session_id) {
+            self.leases.remove(session_id, lease);
             self.sessions.remove(&lease);
             self.tree.delete_ephemerals(txn, lease);
             ended.push(lease);
@@ -610,6 +684,7 @@ impl StateMachine {
             Op::Unlock { node } => self.unlock(txn, session_id, node),
             Op::GrantLease { ttl_ms } => {
                 let id = txn.zxid;
+                self.leases.add(session_id, id);
                 self.sessions.insert(
                     id,
                     SessionState {

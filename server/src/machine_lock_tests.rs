@@ -1929,3 +1929,66 @@ fn handoff_cost_with_long_queues() {
         }
     }
 }
+
+/// The cost of an entry that touches no lock while many locks are held. Run with
+/// `cargo test -p corral-server --release --lib held_locks_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run in release with --nocapture"]
+fn held_locks_cost() {
+    use std::time::Instant;
+    for n in [100usize, 10_000, 100_000] {
+        let mut h = H::new();
+        h.checked = false;
+        let s = h.open();
+        for i in 0..n {
+            locked(&h.lock(s, &format!("/held/{i}"), LockKind::Exclusive));
+        }
+        h.write(
+            s,
+            Op::Create(CreateRequest {
+                path: "/k".to_string(),
+                data: Vec::new(),
+                mode: CreateMode::Persistent,
+                make_parents: false,
+            }),
+        );
+        let entries = 20_000u32;
+        let started = Instant::now();
+        for _ in 0..entries {
+            h.write(
+                s,
+                Op::SetData {
+                    path: "/k".to_string(),
+                    data: b"v".to_vec(),
+                    version: None,
+                },
+            );
+        }
+        let per = started.elapsed() / entries;
+        println!("{n} locks held: a plain write applies in {per:?}");
+    }
+}
+
+/// The cost of opening and closing a session while many others are open. Run with
+/// `cargo test -p corral-server --release --lib open_sessions_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run in release with --nocapture"]
+fn open_sessions_cost() {
+    use std::time::Instant;
+    for n in [100usize, 10_000, 100_000] {
+        let mut h = H::new();
+        h.checked = false;
+        for _ in 0..n {
+            h.open();
+        }
+        let cycles = 5_000u32;
+        let started = Instant::now();
+        for _ in 0..cycles {
+            let s = h.open();
+            let closed = h.apply(EntryBody::CloseSession { session_id: s });
+            assert_eq!(closed.result, Some(Ok(OpResult::Closed)));
+        }
+        let per = started.elapsed() / cycles;
+        println!("{n} sessions open: opening and closing one more takes {per:?}");
+    }
+}

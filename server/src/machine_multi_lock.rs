@@ -42,17 +42,8 @@ impl MultiLocks {
 }
 
 impl StateMachine {
-    /// Rebuilds the wait-for index from the replicated state if it is not built (after
-    /// a snapshot was decoded).
-    pub(super) fn ensure_wait_index(&mut self) {
-        if self.waits.is_built() {
-            return;
-        }
-        self.waits = self.fresh_wait_index();
-    }
-
     /// The wait-for index computed from scratch.
-    fn fresh_wait_index(&self) -> WaitIndex {
+    pub(super) fn fresh_wait_index(&self) -> WaitIndex {
         let mut index = WaitIndex::default();
         for (lock, meta) in &self.locks {
             let q =
@@ -417,6 +408,12 @@ impl StateMachine {
         }
         if self.waits.is_built() && self.waits != self.fresh_wait_index() {
             return Err("the wait-for index differs from the state".into());
+        }
+        if self.delays.is_built() && self.delays != locks::DelayIndex::of(self.locks.iter()) {
+            return Err("the lock-delay index differs from the state".into());
+        }
+        if self.leases.built && self.leases != LeaseIndex::of(&self.sessions) {
+            return Err("the lease index differs from the state".into());
         }
         Ok(())
     }

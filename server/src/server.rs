@@ -121,7 +121,7 @@ pub struct Server {
 #[derive(Debug)]
 enum Mode {
     Single {
-        machine: StateMachine,
+        machine: Box<StateMachine>,
         log: Log,
     },
     Cluster {
@@ -174,7 +174,7 @@ impl Server {
                 wal: recovered.wal,
                 snapshot_index: recovered.snapshot_index,
             };
-            let machine = recovered.machine;
+            let machine = Box::new(recovered.machine);
             (Mode::Single { machine, log }, backend)
         } else {
             let election_ticks = (config.election_timeout_ms / config.tick_ms).max(2);
@@ -332,7 +332,7 @@ impl Server {
 
         let (node, peers) = match mode {
             Mode::Single { machine, log } => {
-                (Node::new(node_config, machine, log, clock.now()), None)
+                (Node::new(node_config, *machine, log, clock.now()), None)
             }
             Mode::Cluster {
                 recovered,
