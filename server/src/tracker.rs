@@ -20,18 +20,25 @@ pub struct SessionTracker {
     sessions: BTreeMap<u64, Tracked>,
     /// Sessions whose expiry was proposed and not applied yet: not proposed twice.
     expiring: BTreeSet<u64>,
+    /// No session that is tracked and not expiring has a deadline before this. A lower
+    /// bound: deadlines only move later, except for a new session's, which lowers it.
+    /// So `take_expired`, called every tick, passes over the sessions only once one may
+    /// have expired, not on every tick.
+    earliest_ms: u64,
 }
 
 impl SessionTracker {
     /// Starts tracking a session with a full TTL from `now_ms`.
     pub fn add(&mut self, session: u64, ttl_ms: u64, now_ms: u64) {
+        let deadline_ms = now_ms.saturating_add(ttl_ms);
         self.sessions.insert(
             session,
             Tracked {
                 ttl_ms,
-                deadline_ms: now_ms.saturating_add(ttl_ms),
+                deadline_ms,
             },
         );
+        self.earliest_ms = self.earliest_ms.min(deadline_ms);
     }
 
     /// The client spoke: its session lives at least a TTL from now.
@@ -50,8 +57,10 @@ impl SessionTracker {
     /// Restarts every deadline at full TTL from `now_ms` and forgets proposed expiries
     /// that were not applied (they may have been lost with a leadership change).
     pub fn restart_all(&mut self, now_ms: u64) {
+        self.earliest_ms = u64::MAX;
         for t in self.sessions.values_mut() {
             t.deadline_ms = now_ms.saturating_add(t.ttl_ms);
+            self.earliest_ms = self.earliest_ms.min(t.deadline_ms);
         }
         self.expiring.clear();
     }
@@ -59,12 +68,22 @@ impl SessionTracker {
     /// Sessions past their deadline and not already being expired, in id order; they are
     /// marked as expiring.
     pub fn take_expired(&mut self, now_ms: u64) -> Vec<u64> {
-        let expired: Vec<u64> = self
-            .sessions
-            .iter()
-            .filter(|(id, t)| t.deadline_ms <= now_ms && !self.expiring.contains(id))
-            .map(|(id, _)| *id)
-            .collect();
+        if now_ms < self.earliest_ms {
+            return Vec::new();
+        }
+        let mut expired = Vec::new();
+        let mut earliest_ms = u64::MAX;
+        for (id, t) in &self.sessions {
+            if self.expiring.contains(id) {
+                continue;
+            }
+            if t.deadline_ms <= now_ms {
+                expired.push(*id);
+            } else {
+                earliest_ms = earliest_ms.min(t.deadline_ms);
+            }
+        }
+        self.earliest_ms = earliest_ms;
         self.expiring.extend(expired.iter().copied());
         expired
     }
@@ -113,6 +132,79 @@ mod tests {
         assert!(!t.is_expiring(1));
         assert!(t.take_expired(599).is_empty());
         assert_eq!(t.take_expired(600), vec![1]);
+    }
+
+    /// The scan-skipping bound must never hide an expiry: random adds, touches,
+    /// removals and restarts, checked against a tracker that always scans. Prints its
+    /// seed; replay with `CORRAL_TRACKER_SEED`.
+    #[test]
+    fn skipping_scans_never_misses_an_expiry() {
+        let seed: u64 = std::env::var("CORRAL_TRACKER_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0x7ac6e5);
+        println!("CORRAL_TRACKER_SEED={seed}");
+        let mut rng = seed;
+        let mut next = move |n: u64| {
+            // xorshift64*
+            rng ^= rng >> 12;
+            rng ^= rng << 25;
+            rng ^= rng >> 27;
+            rng.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+        };
+        let mut fast = SessionTracker::default();
+        let mut slow: BTreeMap<u64, Tracked> = BTreeMap::new();
+        let mut slow_expiring: BTreeSet<u64> = BTreeSet::new();
+        let mut now = 0;
+        let mut next_id = 0;
+        for step in 0..4_000 {
+            now += next(20);
+            // Session ids are never reused.
+            let id = next(next_id + 1);
+            match next(100) {
+                0..=29 => {
+                    next_id += 1;
+                    let ttl_ms = 50 + next(200);
+                    fast.add(next_id, ttl_ms, now);
+                    let deadline_ms = now + ttl_ms;
+                    slow.insert(
+                        next_id,
+                        Tracked {
+                            ttl_ms,
+                            deadline_ms,
+                        },
+                    );
+                }
+                30..=59 => {
+                    fast.touch(id, now);
+                    if let Some(t) = slow.get_mut(&id) {
+                        t.deadline_ms = t.deadline_ms.max(now + t.ttl_ms);
+                    }
+                }
+                60..=89 => {
+                    // The expiry of an expiring session applies (else any session ends).
+                    let gone = slow_expiring.first().copied().unwrap_or(id);
+                    fast.remove(gone);
+                    slow.remove(&gone);
+                    slow_expiring.remove(&gone);
+                }
+                99 => {
+                    fast.restart_all(now);
+                    for t in slow.values_mut() {
+                        t.deadline_ms = now + t.ttl_ms;
+                    }
+                    slow_expiring.clear();
+                }
+                _ => {}
+            }
+            let expected: Vec<u64> = slow
+                .iter()
+                .filter(|(id, t)| t.deadline_ms <= now && !slow_expiring.contains(id))
+                .map(|(id, _)| *id)
+                .collect();
+            slow_expiring.extend(expected.iter().copied());
+            assert_eq!(fast.take_expired(now), expected, "seed {seed}, step {step}");
+        }
     }
 
     #[test]
