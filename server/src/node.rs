@@ -99,6 +99,8 @@ pub enum Input {
     Peer { from: u64, msg: PeerMsg },
     /// The link to a peer was (re)established.
     LinkUp { peer: u64 },
+    /// The link to a peer broke.
+    LinkDown { peer: u64 },
     /// The server is shutting down: say goodbye to every connection.
     Shutdown,
 }
@@ -485,6 +487,11 @@ impl Node {
             Input::LinkUp { peer } => {
                 if let Log::Paxos(p) = &mut self.log {
                     p.on_link_up(peer);
+                }
+            }
+            Input::LinkDown { peer } => {
+                if let Log::Paxos(p) = &mut self.log {
+                    p.on_link_down(peer);
                 }
             }
         }

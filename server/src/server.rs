@@ -185,6 +185,7 @@ impl Server {
                 resend_ticks: election_ticks,
                 log: PaxosSettings {
                     forward_retry_ticks: election_ticks,
+                    election_ticks,
                     max_forwarded_entries: 64 * 1024,
                     limits,
                 },
@@ -633,7 +634,7 @@ impl CoreShell {
         let input = match event {
             PeerEvent::Message { from, msg } => Input::Peer { from, msg },
             PeerEvent::LinkUp { peer } => Input::LinkUp { peer },
-            PeerEvent::LinkDown { .. } => return,
+            PeerEvent::LinkDown { peer, .. } => Input::LinkDown { peer },
         };
         self.input(node, clock, input);
     }

@@ -194,6 +194,7 @@ mod tests {
             resend_ticks: 5,
             log: PaxosSettings {
                 forward_retry_ticks: 5,
+                election_ticks: 5,
                 max_forwarded_entries: 16,
                 limits,
             },

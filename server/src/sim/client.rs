@@ -262,6 +262,11 @@ pub struct SimClient {
     /// earlier requests of the connection; pushed events do not), by token (names are
     /// reused when a lock's directory is reaped and created again; tokens are not).
     early_grants: BTreeMap<u64, String>,
+    /// Losses pushed before the `Queued` answer they belong to, by token (as after a
+    /// snapshot install that skipped the entries granting and losing the node: the
+    /// install's events go before the answers it releases). The real client keeps such
+    /// early events too (`LockRegistry::register`).
+    early_losses: BTreeMap<u64, String>,
 }
 
 fn reg_key(i: usize) -> String {
@@ -345,6 +350,7 @@ impl SimClient {
             probe_left,
             dropped_on_wind_down: None,
             early_grants: BTreeMap::new(),
+            early_losses: BTreeMap::new(),
         }
     }
 
@@ -980,6 +986,11 @@ impl SimClient {
                 }
                 if matches!(&self.task, Task::Waiting { node, .. } if *node == ev.node) {
                     self.task = Task::Idle { until_us: now };
+                } else {
+                    if self.early_losses.len() >= 64 {
+                        self.early_losses.pop_first();
+                    }
+                    self.early_losses.insert(ev.token, ev.node);
                 }
             }
             ToClient::Msg(ServerMessage::Watch(_)) => {}
@@ -1226,6 +1237,18 @@ impl SimClient {
             Purpose::Lock { lock, lease } => match r.result {
                 Ok(OpResult::Locked { node, token }) => {
                     self.granted(lock, node, token, lease, now, out);
+                }
+                Ok(OpResult::Queued { node, token })
+                    if self.early_losses.get(&token) == Some(&node) =>
+                {
+                    // Granted and lost before this answer arrived (if granted at all):
+                    // nothing to wait for.
+                    self.early_losses.remove(&token);
+                    self.early_grants.remove(&token);
+                    out.push(CAction::Note(format!(
+                        "c{} lost {node} before its answer arrived",
+                        self.id
+                    )));
                 }
                 Ok(OpResult::Queued { node, token })
                     if self.early_grants.get(&token) == Some(&node) =>

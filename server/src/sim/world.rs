@@ -75,6 +75,11 @@ enum Ev {
         inc: u64,
         peer: u64,
     },
+    LinkDown {
+        node: usize,
+        inc: u64,
+        peer: u64,
+    },
     DiskDone {
         node: usize,
         inc: u64,
@@ -442,6 +447,7 @@ impl World {
             resend_ticks: election_ticks,
             log: PaxosSettings {
                 forward_retry_ticks: election_ticks,
+                election_ticks,
                 max_forwarded_entries: 64 * 1024,
                 limits,
             },
@@ -659,11 +665,25 @@ impl World {
     /// Ends the current connection of a link (if any) and starts re-establishing it.
     fn break_link(&mut self, from: u64, to: u64) {
         let link = self.links.entry((from, to)).or_default();
+        let was_up = link.up;
         link.epoch += 1;
         link.up = false;
         let epoch = link.epoch;
         let at = self.now + self.reconnect_delay();
         self.schedule(at, Ev::Reconnect { from, to, epoch });
+        // The sender's transport reports the loss (as a reset connection does at once).
+        let f = from as usize - 1;
+        if was_up && matches!(self.nodes[f].state, NodeState::Up(_)) {
+            let inc = self.nodes[f].inc;
+            self.schedule(
+                self.now,
+                Ev::LinkDown {
+                    node: f,
+                    inc,
+                    peer: to,
+                },
+            );
+        }
     }
 
     /// Breaks every link from and to node `n`.
@@ -1044,6 +1064,25 @@ impl World {
                         self.note(format!("n{id} link up to n{peer}"));
                     }
                     self.node_input(node, Input::LinkUp { peer });
+                }
+            }
+            ev @ Ev::LinkDown { .. } => {
+                let Ev::LinkDown { node, inc, .. } = &ev else {
+                    return;
+                };
+                let (node, inc) = (*node, *inc);
+                if self.nodes[node].inc != inc {
+                    return;
+                }
+                let Some(Ev::LinkDown { peer, .. }) = self.hold_if_paused(node, ev) else {
+                    return;
+                };
+                if matches!(self.nodes[node].state, NodeState::Up(_)) {
+                    if self.trace_all {
+                        let id = self.nodes[node].id;
+                        self.note(format!("n{id} link down to n{peer}"));
+                    }
+                    self.node_input(node, Input::LinkDown { peer });
                 }
             }
             ev @ Ev::DiskDone { .. } => {
