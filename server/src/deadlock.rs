@@ -207,12 +207,7 @@ impl WaitIndex {
                     }
                 }
                 self.respan(n.session);
-                let set = if n.granted {
-                    &mut self.held
-                } else {
-                    &mut self.waiting
-                };
-                remove_pair(set, n.session, lock, *seq);
+                remove_pair(self.by_status(n.granted), n.session, lock, *seq);
             }
         }
         let Some(queue) = queue else {
@@ -226,14 +221,7 @@ impl WaitIndex {
                 .entry(lock.to_string())
                 .or_default() += 1;
             self.respan(n.session);
-            let set = if n.granted {
-                &mut self.held
-            } else {
-                &mut self.waiting
-            };
-            set.entry(n.session)
-                .or_default()
-                .insert((lock.to_string(), *seq));
+            insert_pair(self.by_status(n.granted), n.session, lock, *seq);
         }
         self.queues.insert(lock.to_string(), queue);
     }
@@ -261,14 +249,7 @@ impl WaitIndex {
             .entry(lock.to_string())
             .or_default() += 1;
         self.respan(node.session);
-        let set = if node.granted {
-            &mut self.held
-        } else {
-            &mut self.waiting
-        };
-        set.entry(node.session)
-            .or_default()
-            .insert((lock.to_string(), seq));
+        insert_pair(self.by_status(node.granted), node.session, lock, seq);
     }
 
     /// Removes a queue node (an entry deleted it).
@@ -292,12 +273,7 @@ impl WaitIndex {
             }
         }
         self.respan(node.session);
-        let set = if node.granted {
-            &mut self.held
-        } else {
-            &mut self.waiting
-        };
-        remove_pair(set, node.session, lock, seq);
+        remove_pair(self.by_status(node.granted), node.session, lock, seq);
     }
 
     /// Marks a node as granted (grants are only ever undone by deleting the node).
@@ -315,10 +291,7 @@ impl WaitIndex {
         node.granted = true;
         let session = node.session;
         remove_pair(&mut self.waiting, session, lock, seq);
-        self.held
-            .entry(session)
-            .or_default()
-            .insert((lock.to_string(), seq));
+        insert_pair(&mut self.held, session, lock, seq);
     }
 
     /// Forgets a lock whose state is gone.
@@ -345,6 +318,15 @@ impl WaitIndex {
                     writers: BTreeSet::new(),
                 },
             );
+        }
+    }
+
+    /// The per-session node sets of granted (`held`) or waiting nodes.
+    fn by_status(&mut self, granted: bool) -> &mut BTreeMap<u64, BTreeSet<(String, u64)>> {
+        if granted {
+            &mut self.held
+        } else {
+            &mut self.waiting
         }
     }
 
@@ -614,6 +596,18 @@ impl WaitIndex {
         });
         steps
     }
+}
+
+/// Adds (lock, seq) to `session`'s set.
+fn insert_pair(
+    sets: &mut BTreeMap<u64, BTreeSet<(String, u64)>>,
+    session: u64,
+    lock: &str,
+    seq: u64,
+) {
+    sets.entry(session)
+        .or_default()
+        .insert((lock.to_string(), seq));
 }
 
 /// Removes (lock, seq) from `session`'s set, and the set once empty.

@@ -70,15 +70,12 @@ enum Ev {
         to: u64,
         epoch: u64,
     },
-    LinkUp {
+    /// The sender's transport reports its link to `peer` established (`up`) or broken.
+    Link {
         node: usize,
         inc: u64,
         peer: u64,
-    },
-    LinkDown {
-        node: usize,
-        inc: u64,
-        peer: u64,
+        up: bool,
     },
     DiskDone {
         node: usize,
@@ -583,10 +580,11 @@ impl World {
             if p != n && self.links.get(&(id, pid)).is_some_and(|l| l.up) {
                 self.schedule(
                     self.now,
-                    Ev::LinkUp {
+                    Ev::Link {
                         node: n,
                         inc,
                         peer: pid,
+                        up: true,
                     },
                 );
             }
@@ -677,10 +675,11 @@ impl World {
             let inc = self.nodes[f].inc;
             self.schedule(
                 self.now,
-                Ev::LinkDown {
+                Ev::Link {
                     node: f,
                     inc,
                     peer: to,
+                    up: false,
                 },
             );
         }
@@ -724,10 +723,11 @@ impl World {
             let inc = self.nodes[f].inc;
             self.schedule(
                 self.now,
-                Ev::LinkUp {
+                Ev::Link {
                     node: f,
                     inc,
                     peer: to,
+                    up: true,
                 },
             );
         }
@@ -1047,42 +1047,29 @@ impl World {
                 }
                 self.peer_deliver(to, from, msg);
             }
-            ev @ Ev::LinkUp { .. } => {
-                let Ev::LinkUp { node, inc, .. } = &ev else {
+            ev @ Ev::Link { .. } => {
+                let Ev::Link { node, inc, .. } = &ev else {
                     return;
                 };
                 let (node, inc) = (*node, *inc);
                 if self.nodes[node].inc != inc {
                     return;
                 }
-                let Some(Ev::LinkUp { peer, .. }) = self.hold_if_paused(node, ev) else {
+                let Some(Ev::Link { peer, up, .. }) = self.hold_if_paused(node, ev) else {
                     return;
                 };
                 if matches!(self.nodes[node].state, NodeState::Up(_)) {
                     if self.trace_all {
                         let id = self.nodes[node].id;
-                        self.note(format!("n{id} link up to n{peer}"));
+                        let what = if up { "up" } else { "down" };
+                        self.note(format!("n{id} link {what} to n{peer}"));
                     }
-                    self.node_input(node, Input::LinkUp { peer });
-                }
-            }
-            ev @ Ev::LinkDown { .. } => {
-                let Ev::LinkDown { node, inc, .. } = &ev else {
-                    return;
-                };
-                let (node, inc) = (*node, *inc);
-                if self.nodes[node].inc != inc {
-                    return;
-                }
-                let Some(Ev::LinkDown { peer, .. }) = self.hold_if_paused(node, ev) else {
-                    return;
-                };
-                if matches!(self.nodes[node].state, NodeState::Up(_)) {
-                    if self.trace_all {
-                        let id = self.nodes[node].id;
-                        self.note(format!("n{id} link down to n{peer}"));
-                    }
-                    self.node_input(node, Input::LinkDown { peer });
+                    let input = if up {
+                        Input::LinkUp { peer }
+                    } else {
+                        Input::LinkDown { peer }
+                    };
+                    self.node_input(node, input);
                 }
             }
             ev @ Ev::DiskDone { .. } => {
@@ -1945,10 +1932,11 @@ impl World {
                 let at = self.now + self.reconnect_delay();
                 self.schedule(
                     at,
-                    Ev::LinkUp {
+                    Ev::Link {
                         node: n,
                         inc,
                         peer: b,
+                        up: true,
                     },
                 );
             }
