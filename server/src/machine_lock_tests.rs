@@ -1992,3 +1992,34 @@ fn open_sessions_cost() {
         println!("{n} sessions open: opening and closing one more takes {per:?}");
     }
 }
+
+/// What a snapshot of a large state costs on the core: cloning the machine against
+/// encoding it. Run with
+/// `cargo test -p corral-server --release --lib snapshot_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run in release with --nocapture"]
+fn snapshot_cost() {
+    use std::time::Instant;
+    let mut h = H::new();
+    h.checked = false;
+    let s = h.open();
+    for i in 0..100_000 {
+        locked(&h.lock(s, &format!("/held/{i}"), LockKind::Exclusive));
+    }
+    for _ in 0..3 {
+        let t = Instant::now();
+        let copy = h.m.clone();
+        let cloned = t.elapsed();
+        let t = Instant::now();
+        let image =
+            crate::replication::storage::MachineSnapshot::from_machine(&h.m).expect("encodes");
+        let encoded = t.elapsed();
+        let t = Instant::now();
+        drop(copy);
+        let dropped = t.elapsed();
+        println!(
+            "100,000 locks held, {} bytes: clone {cloned:?}, drop {dropped:?}, encode {encoded:?}",
+            image.image().map_or(0, <[u8]>::len)
+        );
+    }
+}

@@ -43,7 +43,7 @@
 //! their times relative to the kill.
 
 use clap::{Parser, ValueEnum};
-use corral_client::{Client, ClientConfig, CreateMode, Error, ErrorCode, MultiOp};
+use corral_client::{Client, ClientConfig, CreateMode, Error, ErrorCode, LockOptions, MultiOp};
 use futures::stream::{self, StreamExt};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -124,6 +124,9 @@ enum OpKind {
     Set,
     Get,
     Mixed,
+    /// Acquire and release the slot's own lock (exclusive, uncontended): one sample is
+    /// the whole cycle, two writes.
+    Lock,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -153,6 +156,15 @@ struct SlotResult {
 
 fn key_path(prefix: &str, client: usize, slot: usize) -> String {
     format!("{prefix}/c{client}/k{slot}")
+}
+
+fn lock_path(prefix: &str, client: usize, slot: usize) -> String {
+    format!("{prefix}/c{client}/l{slot}")
+}
+
+async fn lock_cycle(client: &Client, name: &str) -> Result<(), Error> {
+    let guard = client.lock(name, LockOptions::default()).acquire().await?;
+    guard.release().await.map(drop)
 }
 
 fn create_path(prefix: &str, client: usize, slot: usize, i: u64) -> String {
@@ -194,9 +206,11 @@ async fn run_slot(client: Client, plan: Arc<Plan>, c: usize, k: usize) -> SlotRe
         let read = match plan.op {
             OpKind::Get => true,
             OpKind::Mixed => i % 100 < plan.read_pct,
-            OpKind::Create | OpKind::Set => false,
+            OpKind::Create | OpKind::Set | OpKind::Lock => false,
         };
-        let outcome = if plan.op == OpKind::Create {
+        let outcome = if plan.op == OpKind::Lock {
+            lock_cycle(&client, &lock_path(&plan.prefix, c, k)).await
+        } else if plan.op == OpKind::Create {
             let path = create_path(&plan.prefix, c, k, i);
             client
                 .create(&path, plan.value.clone(), CreateMode::Persistent)
@@ -257,6 +271,9 @@ async fn cleanup_client(client: &Client, plan: &Plan, c: usize, issued: &[u64]) 
             paths.extend((0..n).map(|i| create_path(&plan.prefix, c, k, i)));
         } else {
             paths.push(key_path(&plan.prefix, c, k));
+            if plan.op == OpKind::Lock {
+                paths.push(lock_path(&plan.prefix, c, k));
+            }
         }
     }
     let batches: Vec<Vec<String>> = paths.chunks(256).map(<[String]>::to_vec).collect();
