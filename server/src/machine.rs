@@ -28,6 +28,7 @@ use corral_protocol::{
 pub use multi_lock::MultiLocks;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Limits that are part of the replicated behaviour (every node must use the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,13 +49,28 @@ impl Default for MachineLimits {
 }
 
 /// One log entry.
+///
+/// The body is shared: OmniPaxos copies entries between its log, its messages and its
+/// snapshots (a compaction copies every entry since the previous one, twice), and a
+/// copy is then a reference count, not a deep copy of paths and data. Encoded exactly
+/// like an unshared body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Wall-clock time stamped by the proposer, milliseconds since the Unix epoch
     /// (ctime/mtime of nodes created or changed by this entry).
     pub wall_ms: i64,
     /// What the entry does.
-    pub body: EntryBody,
+    pub body: Arc<EntryBody>,
+}
+
+impl Entry {
+    /// An entry stamped `wall_ms`.
+    pub fn new(wall_ms: i64, body: EntryBody) -> Entry {
+        Entry {
+            wall_ms,
+            body: Arc::new(body),
+        }
+    }
 }
 
 /// What a log entry does.
@@ -313,7 +329,7 @@ impl StateMachine {
                 last_zxid = self.last_zxid,
                 "refusing an entry whose zxid is not after the last applied one"
             );
-            let result = match entry.body {
+            let result = match *entry.body {
                 EntryBody::ExpireSessions { .. } | EntryBody::Noop { .. } => None,
                 _ => Some(Err(ErrorInfo::new(
                     ErrorCode::RuntimeInconsistency,
@@ -336,7 +352,7 @@ impl StateMachine {
         self.ensure_indexes();
         let mut txn = Txn::new(zxid, entry.wall_ms);
         let mut ended_sessions = Vec::new();
-        let result = match &entry.body {
+        let result = match &*entry.body {
             EntryBody::OpenSession { secret, ttl_ms } => {
                 self.sessions.insert(
                     zxid,
@@ -1193,13 +1209,9 @@ mod tests {
 
         fn apply(&mut self, body: EntryBody) -> Applied {
             self.zxid += 1;
-            let applied = self.m.apply(
-                self.zxid,
-                &Entry {
-                    wall_ms: 1_000 + self.zxid as i64,
-                    body,
-                },
-            );
+            let applied = self
+                .m
+                .apply(self.zxid, &Entry::new(1_000 + self.zxid as i64, body));
             assert_eq!(self.m.last_zxid(), self.zxid);
             if let Err(e) = self.m.check_invariants() {
                 panic!("invariants broken after zxid {}: {e}", self.zxid);
@@ -1931,13 +1943,13 @@ mod tests {
         let hash = h.m.state_hash();
         let applied = h.m.apply(
             s,
-            &Entry {
-                wall_ms: 0,
-                body: EntryBody::OpenSession {
+            &Entry::new(
+                0,
+                EntryBody::OpenSession {
                     secret: 1,
                     ttl_ms: 1,
                 },
-            },
+            ),
         );
         assert_eq!(
             applied.result.expect("r").expect_err("refused").code,
@@ -2021,41 +2033,37 @@ mod tests {
         let s = h.open();
         let base = h.m.state_hash();
         let mut other = h.m.clone();
-        other.apply(
-            h.zxid + 1,
-            &Entry {
-                wall_ms: 0,
-                body: EntryBody::Noop { barrier: 0 },
-            },
-        );
+        other.apply(h.zxid + 1, &Entry::new(0, EntryBody::Noop { barrier: 0 }));
         assert_ne!(other.state_hash(), base, "last_zxid");
         let mut other = h.m.clone();
         other.apply(
             h.zxid + 1,
-            &Entry {
-                wall_ms: 0,
-                body: EntryBody::Write {
+            &Entry::new(
+                0,
+                EntryBody::Write {
                     session_id: s,
                     xid: 9,
                     op: Op::Ping,
                 },
-            },
+            ),
         );
         assert_ne!(other.state_hash(), base, "dedup table");
         h.create(s, "/a", CreateMode::Persistent).expect("create");
         let mut x = h.m.clone();
         let mut y = h.m.clone();
-        let set = |data: &[u8]| Entry {
-            wall_ms: 5,
-            body: EntryBody::Write {
-                session_id: s,
-                xid: 100,
-                op: Op::SetData {
-                    path: "/a".into(),
-                    data: data.to_vec(),
-                    version: None,
+        let set = |data: &[u8]| {
+            Entry::new(
+                5,
+                EntryBody::Write {
+                    session_id: s,
+                    xid: 100,
+                    op: Op::SetData {
+                        path: "/a".into(),
+                        data: data.to_vec(),
+                        version: None,
+                    },
                 },
-            },
+            )
         };
         x.apply(h.zxid + 1, &set(b"1"));
         y.apply(h.zxid + 1, &set(b"2"));
@@ -2205,17 +2213,14 @@ mod tests {
                 }
                 Step::Noop => EntryBody::Noop { barrier: 0 },
             };
-            let entry = Entry {
-                wall_ms: 1_000 * i as i64,
-                body,
-            };
+            let entry = Entry::new(1_000 * i as i64, body);
             let tree_before = m.tree_hash();
             let applied = m.apply(zxid, &entry);
             if let Err(e) = m.check_invariants() {
                 return Err(TestCaseError::fail(format!("after step {i} {step:?}: {e}")));
             }
             prop_assert_eq!(m.last_zxid(), zxid);
-            if let (EntryBody::Write { .. }, Some(Err(_))) = (&entry.body, &applied.result) {
+            if let (EntryBody::Write { .. }, Some(Err(_))) = (&*entry.body, &applied.result) {
                 prop_assert!(applied.changes.is_empty());
                 prop_assert_eq!(m.tree_hash(), tree_before, "failed write changed the tree");
             }

@@ -54,7 +54,7 @@ impl H {
         self.zxid += 1;
         let wall_ms = self.now;
         self.now += 1;
-        let entry = Entry { wall_ms, body };
+        let entry = Entry::new(wall_ms, body);
         let applied = self.m.apply(self.zxid, &entry);
         assert_eq!(self.m.last_zxid(), self.zxid);
         if let Some(shadow) = &mut self.shadow {
@@ -1541,14 +1541,14 @@ fn run_history(
             }
             Step::Noop => EntryBody::Noop { barrier: 0 },
         };
-        let entry = Entry { wall_ms: now, body };
+        let entry = Entry::new(now, body);
         let before = granted_set(m);
         let tree_before = m.tree_hash();
         // A lock-delay ending with this entry may reap a directory kept for it, whatever
         // the entry itself does.
         let delay_ends = m.next_lock_delay_end().is_some_and(|end| end <= now);
         // For an Unlock: whose node it is, before it goes.
-        let unlock_owner = match &entry.body {
+        let unlock_owner = match &*entry.body {
             EntryBody::Write {
                 op: Op::Unlock { node },
                 ..
@@ -1568,7 +1568,7 @@ fn run_history(
         }
         let after = granted_set(m);
         // Held nodes that went in an expiry are counted as abandoned; nothing else is.
-        let abandoned = match entry.body {
+        let abandoned = match *entry.body {
             EntryBody::ExpireSessions { .. } => before
                 .difference(&after)
                 .filter(|(_, node, _)| m.tree.get(node).is_none())
@@ -1579,7 +1579,7 @@ fn run_history(
 
         // The answer agrees with the state.
         let mut answered_locked = None;
-        if let EntryBody::Write { session_id, op, .. } = &entry.body {
+        if let EntryBody::Write { session_id, op, .. } = &*entry.body {
             let result = applied.result.clone().expect("a write has a result");
             if result.is_err() && !delay_ends {
                 prop_assert!(applied.changes.is_empty(), "{}", ctx());
@@ -1676,7 +1676,7 @@ fn run_history(
             } else {
                 // Losses: only on a lease's expiry, for nodes that are gone.
                 prop_assert!(
-                    matches!(entry.body, EntryBody::ExpireSessions { .. }),
+                    matches!(*entry.body, EntryBody::ExpireSessions { .. }),
                     "{}",
                     ctx()
                 );
@@ -1826,7 +1826,7 @@ proptest! {
                 let key = (c.session, c.event.node.clone(), c.event.token);
                 if c.granted { granted.insert(key); } else { lost.insert(key); }
             }
-            if let (EntryBody::Write { session_id, .. }, Some(Ok(result))) = (&entry.body, &applied.result) {
+            if let (EntryBody::Write { session_id, .. }, Some(Ok(result))) = (&*entry.body, &applied.result) {
                 if let OpResult::Locked { node, token } = result {
                     granted.insert((*session_id, node.clone(), *token));
                 }

@@ -57,6 +57,11 @@ pub const SNAPSHOTS: &str = "corral_snapshots_total";
 /// Log compactions (single node: segments deleted behind a snapshot; cluster:
 /// checkpoint records written).
 pub const COMPACTIONS: &str = "corral_log_compactions_total";
+/// Inputs the node core took at least [`CORE_STALL`] to handle: meanwhile the node
+/// answered nobody and sent nothing to its peers.
+pub const CORE_STALLS: &str = "corral_core_stalls_total";
+/// What counts as a core stall (see [`CORE_STALLS`]).
+pub const CORE_STALL: std::time::Duration = std::time::Duration::from_millis(50);
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -107,6 +112,10 @@ fn describe() {
         LOCK_WAIT_SECONDS,
         Unit::Seconds,
         "Time from a lock request to its grant"
+    );
+    describe_counter!(
+        CORE_STALLS,
+        "Inputs the node core took 50 ms or more to handle"
     );
     describe_counter!(CONNECTIONS_ACCEPTED, "Client connections accepted");
     describe_counter!(

@@ -105,6 +105,24 @@ pub enum Input {
     Shutdown,
 }
 
+impl Input {
+    /// The input's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Input::Hello { .. } => "hello",
+            Input::Request { .. } => "request",
+            Input::Disconnected { .. } => "disconnected",
+            Input::Persisted { .. } => "persisted",
+            Input::PersistFailed { .. } => "persist-failed",
+            Input::Tick => "tick",
+            Input::Peer { .. } => "peer",
+            Input::LinkUp { .. } => "link-up",
+            Input::LinkDown { .. } => "link-down",
+            Input::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// Something the shell must do, in the order given.
 #[derive(Debug)]
 pub enum Output {
@@ -922,10 +940,7 @@ impl Node {
 
     /// Proposes an entry. Returns an error for the client if it cannot be proposed.
     fn propose(&mut self, body: EntryBody) -> Result<(), ErrorInfo> {
-        let entry = Entry {
-            wall_ms: self.now.wall_ms,
-            body,
-        };
+        let entry = Entry::new(self.now.wall_ms, body);
         match &mut self.log {
             Log::Local(log) => {
                 let index = log.next_index;
@@ -1234,7 +1249,7 @@ impl Node {
             );
         }
         self.send_lock_events(&applied.lock_events);
-        match &entry.body {
+        match &*entry.body {
             EntryBody::OpenSession { secret, ttl_ms } => {
                 // The session id is the zxid of its creation.
                 self.tracker.add(zxid, *ttl_ms, self.now.mono_ms);
@@ -1384,34 +1399,34 @@ impl Node {
             format!("the server could not make the write durable: {error}; it was not applied"),
         );
         for (_, entry) in lost {
-            match entry.body {
+            match &*entry.body {
                 EntryBody::Write {
                     session_id, xid, ..
                 } => self.complete(
-                    session_id,
-                    xid,
+                    *session_id,
+                    *xid,
                     self.machine.last_zxid(),
                     Err(failure.clone()),
                 ),
                 EntryBody::CloseSession { session_id } => {
-                    if let Some(conn) = self.session_conns.get(&session_id).copied() {
+                    if let Some(conn) = self.session_conns.get(session_id).copied() {
                         self.complete_close(conn, self.machine.last_zxid(), Err(failure.clone()));
                     }
                 }
                 EntryBody::OpenSession { secret, .. } => {
-                    if let Some(conn) = self.pending_opens.remove(&secret) {
+                    if let Some(conn) = self.pending_opens.remove(secret) {
                         self.refuse(conn, failure.clone());
                     }
                 }
                 EntryBody::ExpireSessions { session_ids } => {
-                    for s in session_ids {
+                    for &s in session_ids {
                         // Not expired after all; the tracker will propose again, and
                         // be refused, until the node is restarted.
                         self.tracker.touch(s, self.now.mono_ms);
                     }
                 }
                 EntryBody::Noop { barrier } => {
-                    for (conn, xid) in self.barriers.remove(&barrier).unwrap_or_default() {
+                    for (conn, xid) in self.barriers.remove(barrier).unwrap_or_default() {
                         self.complete_on(conn, xid, self.machine.last_zxid(), Err(failure.clone()));
                     }
                 }
@@ -1559,10 +1574,7 @@ impl Node {
         // Untracked: forwarded to (and decided by) a later leader, the barrier would prove
         // nothing about this node's leadership (a deposed leader would answer keepalives
         // that the new leader never saw).
-        let entry = Entry {
-            wall_ms: self.now.wall_ms,
-            body: EntryBody::Noop { barrier: id },
-        };
+        let entry = Entry::new(self.now.wall_ms, EntryBody::Noop { barrier: id });
         let appended = match &mut self.log {
             Log::Paxos(log) => log.append_untracked(entry).is_ok(),
             Log::Local(_) => false,

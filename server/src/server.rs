@@ -642,7 +642,19 @@ impl CoreShell {
     fn input(&mut self, node: &mut Node, clock: Clock, input: Input) {
         let mut pending = vec![input];
         while let Some(input) = pending.pop() {
-            for output in node.handle(clock.now(), input) {
+            let kind = input.kind();
+            let started = Instant::now();
+            let outputs = node.handle(clock.now(), input);
+            let took = started.elapsed();
+            if took >= crate::metrics::CORE_STALL {
+                metrics::counter!(crate::metrics::CORE_STALLS).increment(1);
+                tracing::warn!(
+                    input = kind,
+                    ms = took.as_millis() as u64,
+                    "the node core was busy with one input; it answered nobody meanwhile"
+                );
+            }
+            for output in outputs {
                 if let Some(gone) = self.dispatch(output) {
                     pending.push(Input::Disconnected { conn: gone });
                 }

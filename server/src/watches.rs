@@ -744,7 +744,7 @@ mod tests {
     /// A machine with /d (data set after creation) holding /d/k, at a known zxid each.
     fn machine() -> (StateMachine, u64, u64) {
         let mut m = StateMachine::new(MachineLimits::default());
-        let entry = |body| Entry { wall_ms: 0, body };
+        let entry = |body| Entry::new(0, body);
         m.apply(
             1,
             &entry(EntryBody::OpenSession {
@@ -888,9 +888,9 @@ mod tests {
         w.add(12, "/d", PersistentRecursive).expect("add");
         let applied = m.apply(
             6,
-            &Entry {
-                wall_ms: 0,
-                body: EntryBody::Write {
+            &Entry::new(
+                0,
+                EntryBody::Write {
                     session_id: 1,
                     xid: 4,
                     op: Op::Delete {
@@ -898,7 +898,7 @@ mod tests {
                         version: None,
                     },
                 },
-            },
+            ),
         );
         let mut fired = Vec::new();
         for c in &applied.changes {
@@ -920,14 +920,14 @@ mod tests {
     fn write(m: &mut StateMachine, zxid: u64, op: Op) {
         let applied = m.apply(
             zxid,
-            &Entry {
-                wall_ms: 0,
-                body: EntryBody::Write {
+            &Entry::new(
+                0,
+                EntryBody::Write {
                     session_id: 1,
                     xid: zxid,
                     op,
                 },
-            },
+            ),
         );
         assert!(
             matches!(applied.result, Some(Ok(_))),

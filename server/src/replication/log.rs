@@ -751,7 +751,7 @@ fn need_of(m: &Message<Entry>, lsn: u64) -> Need {
 /// What identifies an entry across resends (`None`: not tracked, e.g. expiries, which
 /// the leader proposes again by itself if they are lost).
 fn forward_key(entry: &Entry) -> Option<EntryKey> {
-    match &entry.body {
+    match &*entry.body {
         EntryBody::Write {
             session_id, xid, ..
         } => Some((0, *session_id, *xid)),

@@ -109,7 +109,7 @@ fn fail(kind: ViolationKind, at_us: u64, detail: String) -> Result<(), Violation
 
 /// A short description of an entry, for reports.
 pub fn describe_entry(entry: &Entry) -> String {
-    match &entry.body {
+    match &*entry.body {
         EntryBody::OpenSession { ttl_ms, .. } => format!("OpenSession(ttl {ttl_ms})"),
         EntryBody::CloseSession { session_id } => format!("CloseSession({session_id:#x})"),
         EntryBody::ExpireSessions { session_ids } => format!("ExpireSessions({session_ids:x?})"),
@@ -295,7 +295,7 @@ impl Checks {
     ) -> Result<(), Violation> {
         let mut grants: Vec<(String, u64)> =
             granted.iter().map(|g| (g.lock.clone(), g.token)).collect();
-        match &entry.body {
+        match &*entry.body {
             EntryBody::Write {
                 session_id,
                 xid,
