@@ -670,8 +670,16 @@ impl World {
         let at = self.now + self.reconnect_delay();
         self.schedule(at, Ev::Reconnect { from, to, epoch });
         // The sender's transport reports the loss (as a reset connection does at once).
+        if was_up {
+            self.report_link(from, to, false);
+        }
+    }
+
+    /// Tells node `from`, if it runs, that its link to `to` came up or broke (its
+    /// transport's `LinkUp` / `LinkDown`).
+    fn report_link(&mut self, from: u64, to: u64, up: bool) {
         let f = from as usize - 1;
-        if was_up && matches!(self.nodes[f].state, NodeState::Up(_)) {
+        if matches!(self.nodes[f].state, NodeState::Up(_)) {
             let inc = self.nodes[f].inc;
             self.schedule(
                 self.now,
@@ -679,7 +687,7 @@ impl World {
                     node: f,
                     inc,
                     peer: to,
-                    up: false,
+                    up,
                 },
             );
         }
@@ -719,18 +727,7 @@ impl World {
         if let Some(l) = self.links.get_mut(&(from, to)) {
             l.up = true;
         }
-        if matches!(self.nodes[f].state, NodeState::Up(_)) {
-            let inc = self.nodes[f].inc;
-            self.schedule(
-                self.now,
-                Ev::Link {
-                    node: f,
-                    inc,
-                    peer: to,
-                    up: true,
-                },
-            );
-        }
+        self.report_link(from, to, true);
     }
 
     /// A power cut (or a crashed process): unsynced writes are lost, the last one
