@@ -13,9 +13,14 @@ use tokio_util::codec::{Decoder, Encoder};
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 
-/// Upper bound on what one decoded message may allocate, whatever its frame claims; also
-/// the largest `max_frame_bytes` that makes sense.
+/// Upper bound on what one decoded client-protocol message may allocate, whatever its
+/// frame claims; also the largest `max_frame_bytes` of a client connection.
 pub const DECODE_LIMIT_BYTES: usize = 64 << 20;
+
+/// The largest payload a frame can carry (its length prefix is a `u32`). Only the peer
+/// transport of the server, whose messages carry whole state snapshots, allows frames
+/// beyond [`DECODE_LIMIT_BYTES`].
+pub const MAX_PAYLOAD_BYTES: usize = u32::MAX as usize;
 
 /// The bincode configuration of every payload: little-endian, fixed-width integers
 /// (u32 as 4 bytes, u64 as 8, enum tags as u32, lengths as u64), with an allocation limit.
@@ -132,12 +137,16 @@ fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
 /// bincode reserves a string's or byte array's claimed length before reading it, so the
 /// allocation limit is chosen from the payload's own size (a valid payload never claims
 /// more bytes than it holds): a 30-byte frame cannot make the decoder allocate 64 MiB.
+/// Payloads over [`DECODE_LIMIT_BYTES`] reach this function only where a codec allows
+/// such frames (the server's peer transport).
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     let decoded = match payload.len() {
         0..=4096 => decode_limited::<T, 4096>(payload),
         4097..=65536 => decode_limited::<T, 65536>(payload),
         65537..=0x20_0000 => decode_limited::<T, 0x20_0000>(payload),
-        _ => decode_limited::<T, DECODE_LIMIT_BYTES>(payload),
+        0x20_0001..=DECODE_LIMIT_BYTES => decode_limited::<T, DECODE_LIMIT_BYTES>(payload),
+        0x400_0001..=0x4000_0000 => decode_limited::<T, 0x4000_0000>(payload),
+        _ => decode_limited::<T, MAX_PAYLOAD_BYTES>(payload),
     };
     let (msg, used) = decoded.map_err(|e| FrameError::Malformed(e.to_string()))?;
     if used != payload.len() {

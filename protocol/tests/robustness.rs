@@ -424,3 +424,36 @@ fn a_message_over_the_default_limit_is_not_encoded() {
         .expect("complete");
     assert_eq!(decoded, fits);
 }
+
+/// Frames over the client limit (64 MiB) work where a codec allows them (the server's peer
+/// transport, whose snapshots carry a whole state): a 65 MiB message round-trips through
+/// a codec with a larger limit, and a codec at the client limit refuses it from its
+/// length prefix.
+#[test]
+fn a_frame_over_the_client_limit_passes_a_codec_that_allows_it() {
+    let big = ClientMessage::Request(Request {
+        xid: 9,
+        op: Op::SetData {
+            path: "/snapshot".into(),
+            data: vec![3; DECODE_LIMIT_BYTES + (1 << 20)],
+            version: None,
+        },
+    });
+    let allows = 2 * DECODE_LIMIT_BYTES;
+    let mut buf = BytesMut::new();
+    Codec::<ClientMessage, ClientMessage>::new(allows)
+        .encode(big.clone(), &mut buf)
+        .expect("encodes under the larger limit");
+    assert!(buf.len() > DECODE_LIMIT_BYTES);
+    let mut at_client_limit = Codec::<ClientMessage, ClientMessage>::new(DECODE_LIMIT_BYTES);
+    assert!(matches!(
+        at_client_limit.decode(&mut buf.clone()),
+        Err(FrameError::TooLarge { .. })
+    ));
+    let decoded = Codec::<ClientMessage, ClientMessage>::new(allows)
+        .decode(&mut buf)
+        .expect("decodes under the larger limit")
+        .expect("complete");
+    assert_eq!(decoded, big);
+    assert!(buf.is_empty());
+}

@@ -98,6 +98,11 @@ settings! {
     peer_queue_messages: usize = 8192;
     /// Largest frame accepted from a client, in bytes.
     max_frame_bytes: usize = corral_protocol::DEFAULT_MAX_FRAME_BYTES;
+    /// Largest frame exchanged with a peer, in bytes. A follower that fell behind the
+    /// last compaction catches up from one message holding the whole state's image
+    /// (about 160 bytes per znode), so this bounds the state a cluster can hold; at most
+    /// 4 GiB (a frame's length prefix is 32 bits).
+    max_peer_frame_bytes: usize = 1 << 30;
     /// Largest data of one znode, in bytes.
     max_data_bytes: usize = 1 << 20;
     /// Most client connections at once; more are refused with LimitExceeded.
@@ -186,6 +191,20 @@ impl Config {
             return fail(format!(
                 "max_frame_bytes must be at most {} (64 MiB)",
                 corral_protocol::frame::DECODE_LIMIT_BYTES
+            ));
+        }
+        let peer_needed = 2 * self.max_frame_bytes;
+        if self.max_peer_frame_bytes < peer_needed {
+            return fail(format!(
+                "max_peer_frame_bytes ({}) must be at least 2 x max_frame_bytes = \
+                 {peer_needed}, so a batch of forwarded client writes fits",
+                self.max_peer_frame_bytes
+            ));
+        }
+        if self.max_peer_frame_bytes > corral_protocol::frame::MAX_PAYLOAD_BYTES {
+            return fail(format!(
+                "max_peer_frame_bytes must be at most {} (4 GiB - 1)",
+                corral_protocol::frame::MAX_PAYLOAD_BYTES
             ));
         }
         for (name, v) in [
@@ -328,5 +347,11 @@ mod tests {
         assert!(err.to_string().contains("max_frame_bytes"), "{err}");
         let err = Config::load(cli(&["--min-session-ttl-ms", "10"])).expect_err("small ttl");
         assert!(err.to_string().contains("min_session_ttl_ms"), "{err}");
+        let err = Config::load(cli(&["--max-peer-frame-bytes", "2000000"]))
+            .expect_err("peer frames smaller than two client frames");
+        assert!(err.to_string().contains("max_peer_frame_bytes"), "{err}");
+        let err = Config::load(cli(&["--max-peer-frame-bytes", "5000000000"]))
+            .expect_err("peer frames over the 32-bit length prefix");
+        assert!(err.to_string().contains("max_peer_frame_bytes"), "{err}");
     }
 }

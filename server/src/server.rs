@@ -222,7 +222,7 @@ impl Server {
                 node_id: config.node_id,
                 listen: peer_addr,
                 peers: others,
-                max_frame_bytes: corral_protocol::frame::DECODE_LIMIT_BYTES,
+                max_frame_bytes: config.max_peer_frame_bytes,
                 send_queue_messages: config.peer_queue_messages,
                 connect_timeout_ms: config.election_timeout_ms.max(100),
                 backoff_min_ms: config.tick_ms,
