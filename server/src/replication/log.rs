@@ -28,7 +28,7 @@ use omnipaxos::messages::Message;
 use omnipaxos::util::LogEntry;
 use omnipaxos::OmniPaxos;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// Messages between cluster nodes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,7 +127,8 @@ enum Need {
 /// An OmniPaxos message waiting for its [`Need`].
 #[derive(Debug)]
 struct Held {
-    to: u64,
+    /// Production order over all receivers.
+    seq: u64,
     msg: PeerMsg,
     need: Need,
 }
@@ -154,10 +155,11 @@ pub struct PaxosLog {
     /// The ballot this node leads and the accepted index durable in it: set by syncs that
     /// started while this node led that ballot in the accept phase.
     leader_durable: Option<(Ballot, usize)>,
-    /// Messages waiting for their [`Need`], in the order OmniPaxos produced them.
-    held: Vec<Held>,
-    /// Number of other cluster members (receivers of messages).
-    peers: usize,
+    /// Messages waiting for their [`Need`], per receiver, in the order OmniPaxos
+    /// produced them.
+    held: BTreeMap<u64, VecDeque<Held>>,
+    /// The last [`Held::seq`] given.
+    held_seq: u64,
     sync: Option<SyncInFlight>,
     next_batch: u64,
     /// Entries this node proposed and has not seen applied, by proposal number.
@@ -206,7 +208,6 @@ impl PaxosLog {
         op: OmniPaxos<Entry, PaxosStorage>,
         storage: SyncHandle,
         node_id: u64,
-        peers: usize,
         settings: PaxosSettings,
         applied_idx: usize,
     ) -> PaxosLog {
@@ -221,8 +222,8 @@ impl PaxosLog {
             durable_accepted,
             durable_lsn,
             leader_durable: None,
-            peers: peers.max(1),
-            held: Vec::new(),
+            held: BTreeMap::new(),
+            held_seq: 0,
             sync: None,
             next_batch: 1,
             forwarded: BTreeMap::new(),
@@ -509,15 +510,18 @@ impl PaxosLog {
                 }
                 let to = m.get_receiver();
                 let need = need_of(&m, lsn);
-                self.held.push(Held {
-                    to,
+                self.held_seq += 1;
+                self.held.entry(to).or_default().push_back(Held {
+                    seq: self.held_seq,
                     msg: PeerMsg::Paxos(Box::new(m)),
                     need,
                 });
             }
         }
         if crate::faults::active().ack_before_durable {
-            out.extend(self.held.drain(..).map(|h| (h.to, h.msg)));
+            for (to, queue) in &mut self.held {
+                out.extend(queue.drain(..).map(|h| (*to, h.msg)));
+            }
             self.durable_accepted = self.op.get_accepted_idx();
         }
         let mut start = None;
@@ -595,32 +599,32 @@ impl PaxosLog {
     /// OmniPaxos recovers from a lost message (the follower sees a gap in the sequence
     /// numbers and asks to be synced).
     fn release(&mut self, out: &mut Vec<(u64, PeerMsg)>) {
-        if self.held.is_empty() {
-            return;
-        }
-        let mut blocked: Vec<u64> = Vec::new();
-        let mut held = std::mem::take(&mut self.held).into_iter();
-        for h in held.by_ref() {
-            if blocked.contains(&h.to) {
-                self.held.push(h);
-                if blocked.len() >= self.peers {
-                    // Every receiver waits: the rest stays held, in order, unexamined.
+        let mut held = std::mem::take(&mut self.held);
+        let mut released = Vec::new();
+        for (to, queue) in &mut held {
+            // Only a receiver's first message is examined until it leaves: the work is
+            // proportional to what is released, however many messages wait.
+            while let Some(front) = queue.front() {
+                let release = self.release_of(front.need);
+                if matches!(release, Release::Hold) {
                     break;
                 }
-                continue;
-            }
-            match self.release_of(h.need) {
-                Release::Send => out.push((h.to, h.msg)),
-                Release::Hold => {
-                    blocked.push(h.to);
-                    self.held.push(h);
-                }
-                Release::Drop => {
-                    tracing::debug!(to = h.to, "dropping a deposed leader's decision");
+                let Some(h) = queue.pop_front() else {
+                    break;
+                };
+                if matches!(release, Release::Send) {
+                    released.push((h.seq, *to, h.msg));
+                } else {
+                    tracing::debug!(to, "dropping a deposed leader's decision");
                 }
             }
         }
-        self.held.extend(held);
+        held.retain(|_, queue| !queue.is_empty());
+        self.held = held;
+        // Out in production order across receivers too, as before the queues were split
+        // (the simulator's schedules, and so its seeds, depend on the order of sends).
+        released.sort_by_key(|r| r.0);
+        out.extend(released.into_iter().map(|(_, to, msg)| (to, msg)));
     }
 
     fn release_of(&self, need: Need) -> Release {

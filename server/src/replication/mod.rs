@@ -136,12 +136,7 @@ impl RecoveredCluster {
             op.try_become_leader();
         }
         let applied = self.machine.last_zxid() as usize;
-        let peers = settings
-            .members
-            .iter()
-            .filter(|m| **m != settings.node_id)
-            .count();
-        let mut log = PaxosLog::new(op, sync, settings.node_id, peers, settings.log, applied);
+        let mut log = PaxosLog::new(op, sync, settings.node_id, settings.log, applied);
         if catching_up {
             tracing::info!(
                 node = settings.node_id,
