@@ -89,11 +89,14 @@ settings! {
     /// Identifies the cluster; peers with another id are refused.
     cluster_id: u64 = 1;
     /// Time without a leader's heartbeat after which a new leader is elected, in
-    /// milliseconds (a multiple of tick_ms). A leader kill costs about 2.5 to 3 of these
-    /// (OmniPaxos's ballot leader election rounds, then the prepare phase): 0.65 to 0.8 s
-    /// with 250, 1.1 to 1.6 s with 500 (docs/BENCHMARKS.md). The minimum session TTL
-    /// must be at least 1.5 x this value.
-    election_timeout_ms: u64 = 250;
+    /// milliseconds (a multiple of tick_ms). A crashed leader is replaced in about 200 ms
+    /// whatever this is (its connections are reset, and the followers then run their
+    /// rounds at one per tick); a leader cut off without a reset costs two to three of
+    /// these. It must exceed the longest stall of a node's core, which grows with the
+    /// state (about 0.5 s per 500,000 znodes at each compaction, docs/OPERATIONS.md), or
+    /// every compaction moves the leadership. The minimum session TTL must be at least
+    /// 1.5 x this value.
+    election_timeout_ms: u64 = 1000;
     /// Most messages queued for one peer; more are dropped (the protocol resends).
     peer_queue_messages: usize = 8192;
     /// Largest frame accepted from a client, in bytes.
