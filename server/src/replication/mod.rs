@@ -41,6 +41,15 @@ pub enum ClusterError {
     Config(String),
 }
 
+/// One decided entry applied during recovery: its zxid, the entry, and the result for
+/// the client.
+#[cfg(any(test, feature = "sim"))]
+pub type Replayed = (
+    u64,
+    crate::machine::Entry,
+    Option<Result<corral_protocol::OpResult, corral_protocol::ErrorInfo>>,
+);
+
 /// A cluster member recovered from its data directory, before OmniPaxos runs.
 pub struct RecoveredCluster {
     /// The state machine: the stored snapshot plus every decided entry after it.
@@ -50,6 +59,11 @@ pub struct RecoveredCluster {
     /// Whether the node joined with an empty data directory and has not yet accepted
     /// an `AcceptSync` from an established leader (see [`join`]).
     pub catching_up: bool,
+    /// The decided entries replayed after the snapshot, with their results (the
+    /// simulator's checker learns of them: a node that crashed between deciding and
+    /// applying an entry applies it only here).
+    #[cfg(any(test, feature = "sim"))]
+    pub replayed: Vec<Replayed>,
     storage: PaxosStorage,
     settings: ClusterSettings,
     disk: Disk,
@@ -198,19 +212,25 @@ pub fn open_cluster_on(
     machine.set_limits(limits);
     let decided = storage.decided_idx();
     let from = machine.last_zxid() as usize;
+    #[cfg(any(test, feature = "sim"))]
+    let mut replayed = Vec::new();
     if from < decided {
         let entries = storage
             .get_entries(from, decided)
             .map_err(|e| ClusterError::Snapshot(e.to_string()))?;
         for entry in entries {
             let zxid = machine.last_zxid() + 1;
-            machine.apply(zxid, &entry);
+            let _applied = machine.apply(zxid, &entry);
+            #[cfg(any(test, feature = "sim"))]
+            replayed.push((zxid, entry, _applied.result));
         }
     }
     Ok(RecoveredCluster {
         machine,
         fresh,
         catching_up,
+        #[cfg(any(test, feature = "sim"))]
+        replayed,
         storage,
         settings,
         disk: disk.clone(),

@@ -1,6 +1,8 @@
 //! The invariants the simulator checks while it runs.
 //!
-//! - **One decided log.** Every node reports each entry it applies (`Probe::Applied`).
+//! - **One decided log.** Every node reports each entry it applies (`Probe::Applied`),
+//!   and the entries it replays from its log when it restarts (`on_replayed`: a node
+//!   that crashed between deciding and applying an entry applies it only there).
 //!   The first report of a zxid defines the entry there; any other node applying a
 //!   different entry at that zxid is a divergence, and "acknowledged write lost" when a
 //!   client had been told that the first one succeeded. A node only applies what is
@@ -278,6 +280,52 @@ impl Checks {
             self.grants.insert((g.node.clone(), g.token), zxid);
         }
         self.check_new_entry(zxid, entry, result, granted, now)
+    }
+
+    /// A node replayed `entry` at `zxid` from its log while recovering. It must be the
+    /// entry every other node applied there. If no node reported that zxid yet (the node
+    /// crashed between deciding and applying it, and the others skipped it in a
+    /// snapshot), its write result is recorded so that an acknowledgement can be matched;
+    /// the checks that depend on the order in which entries are reported (grants,
+    /// fencing, expiry timing) are not run on such a late entry.
+    pub fn on_replayed(
+        &mut self,
+        node: u64,
+        zxid: u64,
+        entry: &Entry,
+        result: &Option<Result<OpResult, ErrorInfo>>,
+        now: u64,
+    ) -> Result<(), Violation> {
+        if self.log.contains_key(&zxid) {
+            return self.on_applied(node, zxid, entry, result, &[], now);
+        }
+        self.log.insert(
+            zxid,
+            LogRecord {
+                fingerprint: fingerprint(entry),
+                entry: entry.clone(),
+                node,
+                acked: false,
+            },
+        );
+        self.entries += 1;
+        self.max_zxid = self.max_zxid.max(zxid);
+        match &*entry.body {
+            EntryBody::Write {
+                session_id,
+                xid,
+                op,
+            } => {
+                if let Some(result) = result {
+                    self.check_dedup(zxid, *session_id, *xid, op, result, now)?;
+                }
+            }
+            EntryBody::CloseSession { session_id } => {
+                self.closes.entry(*session_id).or_insert(zxid);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// The zxid of the entry that granted the waiting queue node `node` with `token`.
@@ -637,4 +685,56 @@ pub fn check_holders(node: u64, machine: &StateMachine, now: u64) -> Result<(), 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(session_id: u64, xid: u64, path: &str) -> Entry {
+        Entry::new(
+            0,
+            EntryBody::Write {
+                session_id,
+                xid,
+                op: Op::Delete {
+                    path: path.into(),
+                    version: None,
+                },
+            },
+        )
+    }
+
+    /// An entry that only a recovering node applied (the others skipped it in a
+    /// snapshot) still matches the acknowledgement of its write.
+    #[test]
+    fn an_entry_applied_only_in_a_recovery_replay_matches_its_ack() {
+        let mut c = Checks::default();
+        let ok = Some(Ok(OpResult::Deleted));
+        assert!(c.on_ack(14, 76, 258, 1).is_err(), "nobody applied it yet");
+        let mut c = Checks::default();
+        c.on_replayed(3, 258, &write(14, 76, "/a"), &ok, 1)
+            .expect("a new entry");
+        c.on_ack(14, 76, 258, 2)
+            .expect("the replayed entry is the write");
+        assert!(
+            c.on_ack(14, 77, 258, 2).is_err(),
+            "another xid is still unknown"
+        );
+    }
+
+    /// A replayed entry must be the one the other nodes applied at that zxid.
+    #[test]
+    fn a_replayed_entry_that_differs_from_the_log_is_a_divergence() {
+        let mut c = Checks::default();
+        let ok = Some(Ok(OpResult::Deleted));
+        c.on_applied(1, 5, &write(14, 1, "/a"), &ok, &[], 1)
+            .expect("first report");
+        c.on_replayed(2, 5, &write(14, 1, "/a"), &ok, 2)
+            .expect("the same entry");
+        let v = c
+            .on_replayed(2, 5, &write(14, 1, "/b"), &ok, 3)
+            .expect_err("another entry at the same zxid");
+        assert_eq!(v.kind, ViolationKind::LogDivergence);
+    }
 }

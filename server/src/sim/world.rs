@@ -503,13 +503,19 @@ impl World {
                     detail: format!("node {id} cannot recover its disk: {e}"),
                 });
             }
-            Ok(recovered) => {
+            Ok(mut recovered) => {
                 self.note(format!(
                     "n{id} starts (incarnation {}) at zxid {}{}",
                     self.nodes[n].inc,
                     recovered.machine.last_zxid(),
                     if recovered.fresh { ", empty disk" } else { "" }
                 ));
+                for (zxid, entry, result) in std::mem::take(&mut recovered.replayed) {
+                    let r = self.checks.on_replayed(id, zxid, &entry, &result, self.now);
+                    if let Err(v) = r {
+                        self.violate(v);
+                    }
+                }
                 if recovered.fresh {
                     self.nodes[n].state = NodeState::Joining(Box::new(Joining {
                         recovered,
