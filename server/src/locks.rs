@@ -214,7 +214,7 @@ pub fn ordered<'t>(
     let run = move |kind: LockKind| {
         let prefix = self::prefix(kind);
         dir.children
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .range::<_, str>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(move |name| name.starts_with(prefix))
             .filter(|name| sequence(name).is_some())
             .map(move |name| (name.as_str(), kind))
@@ -269,7 +269,7 @@ pub fn would_grant(tree: &Tree, lock: &str, meta: &LockMeta, kind: LockKind, now
         LockKind::Read => tree.get(lock).is_none_or(|dir| {
             let writes = prefix(LockKind::Write);
             dir.children
-                .range::<str, _>((Bound::Included(writes), Bound::Unbounded))
+                .range::<_, str>((Bound::Included(writes), Bound::Unbounded))
                 .next()
                 .is_none_or(|name| !name.starts_with(writes))
         }),

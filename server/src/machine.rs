@@ -172,7 +172,7 @@ struct SessionState {
     /// The highest xid evicted from `recent` (0 if none): older xids are stale.
     dedup_floor: u64,
     /// Results of the most recent writes by xid, at most `MachineLimits::dedup_window`.
-    recent: BTreeMap<u64, Result<OpResult, ErrorInfo>>,
+    recent: imbl::OrdMap<u64, Result<OpResult, ErrorInfo>>,
 }
 
 /// The replicated state.
@@ -185,9 +185,9 @@ pub struct StateMachine {
     limits: MachineLimits,
     last_zxid: u64,
     tree: Tree,
-    sessions: BTreeMap<u64, SessionState>,
+    sessions: imbl::OrdMap<u64, SessionState>,
     /// Locks by name (their directory's path).
-    locks: BTreeMap<String, LockMeta>,
+    locks: imbl::OrdMap<String, LockMeta>,
     /// Multi-lock groups (`LockMany`).
     multi: MultiLocks,
     /// The lock queues indexed for deadlock detection: derived from the state above,
@@ -205,6 +205,27 @@ pub struct StateMachine {
     leases: LeaseIndex,
 }
 
+/// The replicated part of a [`StateMachine`], which its image holds: encodes exactly
+/// like the machine (the same fields in the same order; the derived indexes are not
+/// encoded). Made by [`StateMachine::image`] in O(1), since every map in it is
+/// persistent, so that it can be encoded on another thread while the machine goes on.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineImage {
+    limits: MachineLimits,
+    last_zxid: u64,
+    tree: Tree,
+    sessions: imbl::OrdMap<u64, SessionState>,
+    locks: imbl::OrdMap<String, LockMeta>,
+    multi: MultiLocks,
+}
+
+impl MachineImage {
+    /// The zxid of the last entry the machine had applied.
+    pub fn last_zxid(&self) -> u64 {
+        self.last_zxid
+    }
+}
+
 /// Each session's leases ([`Session::lease_of`] inverted).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct LeaseIndex {
@@ -213,7 +234,7 @@ struct LeaseIndex {
 }
 
 impl LeaseIndex {
-    fn of(sessions: &BTreeMap<u64, SessionState>) -> LeaseIndex {
+    fn of(sessions: &imbl::OrdMap<u64, SessionState>) -> LeaseIndex {
         let mut index = LeaseIndex {
             built: true,
             by_owner: BTreeMap::new(),
@@ -255,7 +276,7 @@ impl Default for StateMachine {
 }
 
 /// The session a node owner belongs to: the owner itself, or a lease's session.
-fn owner_session(sessions: &BTreeMap<u64, SessionState>, owner: u64) -> u64 {
+fn owner_session(sessions: &imbl::OrdMap<u64, SessionState>, owner: u64) -> u64 {
     match sessions.get(&owner) {
         Some(s) if s.info.lease_of != 0 => s.info.lease_of,
         _ => owner,
@@ -287,12 +308,12 @@ impl StateMachine {
             limits,
             last_zxid: 0,
             tree: Tree::new(),
-            sessions: BTreeMap::new(),
-            locks: BTreeMap::new(),
+            sessions: imbl::OrdMap::new(),
+            locks: imbl::OrdMap::new(),
             multi: MultiLocks::default(),
             waits: WaitIndex::default(),
             delays: locks::DelayIndex::of(std::iter::empty()),
-            leases: LeaseIndex::of(&BTreeMap::new()),
+            leases: LeaseIndex::of(&imbl::OrdMap::new()),
         }
     }
 
@@ -305,6 +326,19 @@ impl StateMachine {
     /// configured ones win). Every node of a cluster must be configured alike.
     pub fn set_limits(&mut self, limits: MachineLimits) {
         self.limits = limits;
+    }
+
+    /// A copy of the replicated state (O(1): its maps are persistent and shared until
+    /// either side changes), for encoding an image elsewhere.
+    pub fn image(&self) -> MachineImage {
+        MachineImage {
+            limits: self.limits,
+            last_zxid: self.last_zxid,
+            tree: self.tree.clone(),
+            sessions: self.sessions.clone(),
+            locks: self.locks.clone(),
+            multi: self.multi.clone(),
+        }
     }
 
     /// The zxid of the last applied entry (0 if none).
@@ -365,7 +399,7 @@ impl StateMachine {
                         },
                         last_xid: 0,
                         dedup_floor: 0,
-                        recent: BTreeMap::new(),
+                        recent: imbl::OrdMap::new(),
                     },
                 );
                 Some(Ok(OpResult::Pong))
@@ -656,10 +690,11 @@ impl StateMachine {
         session.recent.insert(xid, result.clone());
         session.last_xid = session.last_xid.max(xid);
         while session.recent.len() > window {
-            match session.recent.pop_first() {
-                Some((old, _)) => session.dedup_floor = session.dedup_floor.max(old),
-                None => break,
-            }
+            let Some(old) = session.recent.get_min().map(|(xid, _)| *xid) else {
+                break;
+            };
+            session.recent.remove(&old);
+            session.dedup_floor = session.dedup_floor.max(old);
         }
         result
     }
@@ -712,7 +747,7 @@ impl StateMachine {
                         },
                         last_xid: 0,
                         dedup_floor: 0,
-                        recent: BTreeMap::new(),
+                        recent: imbl::OrdMap::new(),
                     },
                 );
                 Ok(OpResult::Lease {
@@ -1106,7 +1141,7 @@ impl StateMachine {
                     self.limits.dedup_window
                 ));
             }
-            if let Some((&low, _)) = session.recent.first_key_value() {
+            if let Some(&(low, _)) = session.recent.get_min() {
                 if low <= session.dedup_floor {
                     return Err(format!(
                         "session {id}: cached xid {low} at or below the floor {}",
@@ -1116,8 +1151,8 @@ impl StateMachine {
             }
             let highest = session
                 .recent
-                .last_key_value()
-                .map_or(session.dedup_floor, |(&x, _)| x.max(session.dedup_floor));
+                .get_max()
+                .map_or(session.dedup_floor, |(x, _)| (*x).max(session.dedup_floor));
             if session.last_xid != highest {
                 return Err(format!(
                     "session {id}: last_xid {} but highest seen xid {highest}",

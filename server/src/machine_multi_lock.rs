@@ -19,9 +19,9 @@ use corral_protocol::{LockedNode, MultiLockRequest, MAX_LOCKS_PER_MULTI_LOCK};
 pub struct MultiLocks {
     /// Node paths of each group, by group id (the zxid of its `LockMany`), in request
     /// order.
-    groups: BTreeMap<u64, Vec<String>>,
+    groups: imbl::OrdMap<u64, Vec<String>>,
     /// The group of each node that belongs to one.
-    group_of: BTreeMap<String, u64>,
+    group_of: imbl::OrdMap<String, u64>,
 }
 
 impl MultiLocks {

@@ -1070,8 +1070,11 @@ impl Node {
                 Decided::Install(machine) => self.install(*machine),
             }
         }
+        // The leader compacts to the compaction point before the last one it reached:
+        // every node offered its image of that point an interval ago, so each finds it
+        // ready (images are encoded on a thread of their own) and none replays the log.
         let every = self.config.snapshot_every_entries.max(1);
-        let point = self.machine.last_zxid() / every * every;
+        let point = (self.machine.last_zxid() / every * every).saturating_sub(every);
         if self.is_leader() && point > self.last_snapshot_index {
             self.last_snapshot_index = point;
             self.stats.snapshots_taken += 1;

@@ -188,6 +188,7 @@ impl Server {
                     election_ticks,
                     max_forwarded_entries: 64 * 1024,
                     limits,
+                    encode_images_in_background: true,
                 },
             };
             let paxos_dir = config.data_dir.join("paxos");

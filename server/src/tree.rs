@@ -13,7 +13,6 @@ use crate::machine::Change;
 use corral_protocol::path::{join, name, parent, validate_path};
 use corral_protocol::{CreateMode, CreateRequest, ErrorCode, ErrorInfo, EventKind, Stat};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
 
 /// One znode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,7 +23,7 @@ pub struct Node {
     /// The node's stat (`num_children` and `data_length` always match `children` and `data`).
     pub stat: Stat,
     /// Names (not paths) of the children, sorted.
-    pub children: BTreeSet<String>,
+    pub children: imbl::OrdSet<String>,
     /// The next sequence number for a sequential child. Only ever increases, so a name is
     /// never handed out twice under the same parent, even after deletes.
     pub next_seq: u64,
@@ -49,7 +48,7 @@ impl Node {
         Node {
             data,
             stat,
-            children: BTreeSet::new(),
+            children: imbl::OrdSet::new(),
             next_seq: 0,
             container,
         }
@@ -180,9 +179,9 @@ fn check_version(node: &Node, path: &str, expected: Option<u32>) -> Result<(), E
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tree {
     /// Every node by full path, the root `/` included.
-    nodes: BTreeMap<String, Node>,
+    nodes: imbl::OrdMap<String, Node>,
     /// Paths of the ephemeral nodes of each owner session (no empty sets).
-    ephemerals: BTreeMap<u64, BTreeSet<String>>,
+    ephemerals: imbl::OrdMap<u64, imbl::OrdSet<String>>,
 }
 
 impl Default for Tree {
@@ -194,11 +193,11 @@ impl Default for Tree {
 impl Tree {
     /// A tree holding only the root, created at zxid 0, time 0.
     pub fn new() -> Tree {
-        let mut nodes = BTreeMap::new();
+        let mut nodes = imbl::OrdMap::new();
         nodes.insert("/".to_string(), Node::new(Vec::new(), 0, 0, 0, false));
         Tree {
             nodes,
-            ephemerals: BTreeMap::new(),
+            ephemerals: imbl::OrdMap::new(),
         }
     }
 
@@ -237,7 +236,7 @@ impl Tree {
             format!("{path}/")
         };
         self.nodes
-            .range::<str, _>((
+            .range::<_, str>((
                 std::ops::Bound::Excluded(prefix.as_str()),
                 std::ops::Bound::Unbounded,
             ))

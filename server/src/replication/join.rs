@@ -197,6 +197,7 @@ mod tests {
                 election_ticks: 5,
                 max_forwarded_entries: 16,
                 limits,
+                encode_images_in_background: false,
             },
         };
         let disk = Disk::Sim(disk.clone());

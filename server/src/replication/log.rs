@@ -21,7 +21,7 @@
 //! - **Leadership.** The node is leader when OmniPaxos says its own pid is the promised
 //!   leader in the accept phase. Only the leader proposes session expiries.
 
-use crate::machine::{Entry, EntryBody, MachineLimits, StateMachine};
+use crate::machine::{Entry, EntryBody, MachineImage, MachineLimits, StateMachine};
 use crate::replication::storage::{MachineSnapshot, PaxosStorage, SyncHandle};
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::messages::Message;
@@ -88,6 +88,9 @@ pub struct PaxosSettings {
     pub max_forwarded_entries: usize,
     /// Limits of the state machine (to rebuild it from snapshots).
     pub limits: MachineLimits,
+    /// Encode the images offered for compaction on a thread of their own (the server)
+    /// instead of on the core task (the simulator, which must stay deterministic).
+    pub encode_images_in_background: bool,
 }
 
 #[derive(Debug)]
@@ -184,6 +187,8 @@ pub struct PaxosLog {
     /// The ballot this node promised when `leader` was last looked at: a new ballot is a
     /// new leadership term even when the same node leads again.
     ballot: Ballot,
+    /// An image is being encoded on its own thread (see [`PaxosLog::offer_image`]).
+    encoding: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Joined with an empty disk and not yet synced by a leader: filtered by [`join`].
     ///
     /// [`join`]: crate::replication::join
@@ -236,6 +241,7 @@ impl PaxosLog {
             round_cuts: 0,
             leader: None,
             ballot: Ballot::default(),
+            encoding: Default::default(),
             catching_up: false,
         }
     }
@@ -704,10 +710,41 @@ impl PaxosLog {
     /// `machine.last_zxid()` entries, for the next compaction at that index (see
     /// [`SyncHandle::offer_image`]): serialising the live state is much cheaper than
     /// replaying every entry since the previous snapshot.
+    ///
+    /// The machine's replicated state is copied in O(1) (its maps are persistent), so
+    /// with `encode_images_in_background` the core only copies it and a thread encodes
+    /// it: a state of a million znodes took the core about a second to encode. One image
+    /// is encoded at a time; an offer made while the previous one is still being encoded
+    /// is skipped (the compaction at that point then rebuilds its image by replay).
     pub fn offer_image(&self, machine: &StateMachine) {
-        match MachineSnapshot::from_machine(machine) {
-            Ok(image) => self.storage.offer_image(image),
-            Err(e) => tracing::warn!(error = %e, "cannot encode an image for compaction"),
+        let image = machine.image();
+        if !self.settings.encode_images_in_background {
+            encode_and_offer(&image, &self.storage);
+            return;
+        }
+        if self
+            .encoding
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            tracing::warn!(
+                zxid = image.last_zxid(),
+                "the previous image is still being encoded; skipping this one"
+            );
+            return;
+        }
+        let storage = self.storage.clone();
+        let encoding = self.encoding.clone();
+        let spawned = std::thread::Builder::new()
+            .name("corral-image".into())
+            .spawn(move || {
+                encode_and_offer(&image, &storage);
+                encoding.store(false, std::sync::atomic::Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            self.encoding
+                .store(false, std::sync::atomic::Ordering::Release);
+            tracing::warn!(error = %e, "cannot start a thread to encode an image; encoding it here");
+            encode_and_offer(&machine.image(), &self.storage);
         }
     }
 
@@ -726,6 +763,23 @@ impl PaxosLog {
     /// Entries waiting for a leader.
     pub fn forwarded_len(&self) -> usize {
         self.forwarded.len()
+    }
+}
+
+/// Encodes `image` and offers it to the storage for the compaction at its zxid.
+fn encode_and_offer(image: &MachineImage, storage: &SyncHandle) {
+    let started = std::time::Instant::now();
+    match MachineSnapshot::from_image(image) {
+        Ok(snapshot) => {
+            tracing::debug!(
+                zxid = image.last_zxid(),
+                bytes = snapshot.image().map_or(0, <[u8]>::len),
+                ms = started.elapsed().as_millis() as u64,
+                "encoded an image for compaction"
+            );
+            storage.offer_image(snapshot);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot encode an image for compaction"),
     }
 }
 

@@ -116,7 +116,7 @@
 //!   index could send the first; the node then restarts from its log).
 
 use crate::disk::Disk;
-use crate::machine::{Entry, MachineLimits, StateMachine};
+use crate::machine::{Entry, MachineImage, MachineLimits, StateMachine};
 use crate::wal::{
     PendingSync, StorageError, Wal, WalOptions, MAX_RECORD_BYTES, RECORD_HEADER_BYTES,
 };
@@ -166,10 +166,15 @@ impl MachineSnapshot {
 
     /// A pure image of `machine`.
     pub fn from_machine(machine: &StateMachine) -> Result<Self, String> {
-        let bytes = bincode::serde::encode_to_vec(machine, bincode_config())
+        Self::from_image(&machine.image())
+    }
+
+    /// A pure image of the machine `image` was taken from (the same bytes).
+    pub fn from_image(image: &MachineImage) -> Result<Self, String> {
+        let bytes = bincode::serde::encode_to_vec(image, bincode_config())
             .map_err(|e| format!("encoding the state machine: {e}"))?;
         Ok(MachineSnapshot {
-            image_zxid: machine.last_zxid(),
+            image_zxid: image.last_zxid(),
             image: Some(Arc::new(bytes)),
             tail: Vec::new(),
         })
@@ -376,6 +381,9 @@ enum StorageRecord {
     /// The records of one `write_atomically`, applied in order.
     Batch(Vec<StorageRecord>),
 }
+
+/// Images kept offered (see `WalShared::offered_images`).
+const OFFERED_IMAGES: usize = 2;
 
 /// Position of `Checkpoint` in [`StorageRecord`] (checked by a test).
 const CHECKPOINT_VARIANT: u32 = 9;
@@ -693,10 +701,12 @@ struct WalShared {
     /// Segments wholly at or before this lsn are obsolete (a durable checkpoint follows).
     compact_through_lsn: Option<u64>,
     stats: StorageStats,
-    /// An image of the node's own state machine, offered by the node when it applied
-    /// the entry at a compaction point: a snapshot that covers exactly as many entries is
-    /// compacted to it instead of replaying its tail (see [`SyncHandle::offer_image`]).
-    offered_image: Option<MachineSnapshot>,
+    /// Images of the node's own state machine, offered by the node when it applied the
+    /// entries at the last two compaction points (the leader compacts to the one before
+    /// the last, whose images every node has had time to encode): a snapshot that covers
+    /// exactly as many entries is compacted to it instead of replaying its tail (see
+    /// [`SyncHandle::offer_image`]). Oldest first.
+    offered_images: VecDeque<MachineSnapshot>,
     /// The last lsn of a record that must be made durable (see [`WalShared::has_unsynced`]).
     /// Records after it are lazy: written and synced with the next record that needs it.
     must_sync_lsn: u64,
@@ -883,7 +893,12 @@ impl SyncHandle {
     /// same order is deterministic), without the replay. Replaces an earlier offer.
     pub fn offer_image(&self, image: MachineSnapshot) {
         if image.is_compact() {
-            lock_for_stats(&self.shared).offered_image = Some(image);
+            let offered = &mut lock_for_stats(&self.shared).offered_images;
+            offered.retain(|o| o.image_zxid < image.image_zxid);
+            offered.push_back(image);
+            while offered.len() > OFFERED_IMAGES {
+                offered.pop_front();
+            }
         }
     }
 
@@ -1054,7 +1069,7 @@ impl PaxosStorage {
             bytes_since_checkpoint,
             checkpoint_in_flight: None,
             compact_through_lsn: last_checkpoint.map(|c| c - 1),
-            offered_image: None,
+            offered_images: VecDeque::new(),
             must_sync_lsn: 0,
             stats: StorageStats {
                 records_recovered,
@@ -1323,9 +1338,9 @@ impl PaxosStorage {
             (self.repair_delta_snapshot(s, shape)?, true)
         };
         let offered = lock_for_stats(&self.shared)
-            .offered_image
-            .as_ref()
-            .filter(|image| image.image_zxid == s.covers() && !s.is_compact())
+            .offered_images
+            .iter()
+            .find(|image| image.image_zxid == s.covers() && !s.is_compact())
             .cloned();
         let s = match offered {
             Some(image) => image,
@@ -1906,6 +1921,56 @@ mod tests {
         assert_eq!(hash_of_snapshot(snap), machine_of(&all[..15]).state_hash());
         let s = reopen(s, tmp.path());
         assert_eq!(s.snapshot().expect("a snapshot"), &image);
+    }
+
+    /// An image encodes exactly like the machine it was taken from (the format of
+    /// snapshots on disk and on the wire is unchanged), and later changes to the
+    /// machine do not reach it.
+    #[test]
+    fn an_image_encodes_like_its_machine_and_keeps_its_state() {
+        let all = entries(0..30);
+        let mut m = machine_of(&all[..20]);
+        let image = m.image();
+        let machine_bytes = bincode::serde::encode_to_vec(&m, bincode_config()).expect("encode");
+        let from_image = MachineSnapshot::from_image(&image).expect("encode image");
+        assert_eq!(from_image.image(), Some(machine_bytes.as_slice()));
+        for e in &all[20..] {
+            let zxid = m.last_zxid() + 1;
+            m.apply(zxid, e);
+        }
+        let later = MachineSnapshot::from_image(&image).expect("encode image again");
+        assert_eq!(later, from_image);
+        assert_eq!(
+            hash_of_snapshot(&later),
+            machine_of(&all[..20]).state_hash()
+        );
+        assert_ne!(hash_of_snapshot(&later), m.state_hash());
+    }
+
+    /// The images of the last two compaction points stay offered: the leader compacts
+    /// to the older one.
+    #[test]
+    fn the_last_two_offered_images_are_kept() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = open(tmp.path());
+        let all = entries(0..20);
+        s.append_entries(all.clone()).expect("append");
+        s.set_decided_idx(20).expect("decided");
+        let handle = s.sync_handle();
+        // Images of other entries (but as many): a snapshot equal to one was not
+        // rebuilt by replay.
+        let other = entries(100..120);
+        let image_of =
+            |n: usize| MachineSnapshot::from_machine(&machine_of(&other[..n])).expect("image");
+        for n in [4, 8, 12] {
+            handle.offer_image(image_of(n));
+        }
+        omnipaxos_snapshot(&mut s, 8);
+        assert_eq!(s.snapshot().expect("a snapshot"), &image_of(8));
+        omnipaxos_snapshot(&mut s, 12);
+        assert_eq!(s.snapshot().expect("a snapshot"), &image_of(12));
+        let replayed = MachineSnapshot::from_machine(&machine_of(&all[..12])).expect("image");
+        assert_ne!(image_of(12), replayed);
     }
 
     #[test]

@@ -447,6 +447,7 @@ impl World {
                 election_ticks,
                 max_forwarded_entries: 64 * 1024,
                 limits,
+                encode_images_in_background: false,
             },
         }
     }
