@@ -40,8 +40,9 @@ pub const ADMIN_QUEUE_REQUESTS: usize = 64;
 pub enum AdminRequest {
     /// The node's status and counters.
     Status(oneshot::Sender<(ServerStatus, NodeStats)>),
-    /// A backup of the applied state (see [`crate::backup::encode`]).
-    Snapshot(oneshot::Sender<Result<Vec<u8>, String>>),
+    /// An image of the applied state, for a backup (encoded by the endpoint with
+    /// [`crate::backup::encode_image`], off the core).
+    Snapshot(oneshot::Sender<crate::machine::MachineImage>),
 }
 
 impl Config {
@@ -218,13 +219,18 @@ async fn snapshot(State(state): State<AdminState>) -> Response {
         )
             .into_response();
     };
-    match ask(&state.core, AdminRequest::Snapshot).await {
-        Some(Ok(bytes)) => {
+    let Some(image) = ask(&state.core, AdminRequest::Snapshot).await else {
+        return unavailable();
+    };
+    let encoded = tokio::task::spawn_blocking(move || crate::backup::encode_image(&image)).await;
+    match encoded.map_err(|e| e.to_string()) {
+        Ok(Ok(bytes)) => {
             metrics::counter!(crate::metrics::SNAPSHOTS, "result" => "backup").increment(1);
             ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
         }
-        Some(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-        None => unavailable(),
+        Ok(Err(e)) | Err(e) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+        }
     }
 }
 

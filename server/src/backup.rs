@@ -11,7 +11,7 @@
 //! a full TTL when the node starts and expire unless their clients resume them.
 
 use crate::config::Config;
-use crate::machine::{MachineLimits, StateMachine};
+use crate::machine::{MachineImage, MachineLimits, StateMachine};
 use std::path::Path;
 
 /// The first bytes of a backup file.
@@ -38,6 +38,12 @@ pub enum BackupError {
 
 /// Encodes the machine as a backup file's bytes.
 pub fn encode(machine: &StateMachine) -> Result<Vec<u8>, String> {
+    encode_image(&machine.image())
+}
+
+/// [`encode`] from an image of the machine ([`StateMachine::image`]), which can be
+/// encoded away from the core.
+pub fn encode_image(machine: &MachineImage) -> Result<Vec<u8>, String> {
     let image = bincode::serde::encode_to_vec(machine, bincode::config::standard())
         .map_err(|e| format!("cannot encode the state machine: {e}"))?;
     let mut out = Vec::with_capacity(HEADER_BYTES + image.len());

@@ -224,6 +224,13 @@ impl MachineImage {
     pub fn last_zxid(&self) -> u64 {
         self.last_zxid
     }
+
+    /// The bytes of a single node's snapshot file (bincode, standard configuration),
+    /// which recovery decodes as a [`StateMachine`].
+    pub fn encode_snapshot(&self) -> Result<Vec<u8>, String> {
+        bincode::serde::encode_to_vec(self, bincode::config::standard())
+            .map_err(|e| format!("encoding the state machine: {e}"))
+    }
 }
 
 /// Each session's leases ([`Session::lease_of`] inverted).

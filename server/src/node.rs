@@ -15,7 +15,9 @@
 //! read is evaluated only when every earlier request of its connection is answered, so
 //! it sees the connection's own earlier writes.
 
-use crate::machine::{Applied, Entry, EntryBody, LockChange, MachineLimits, StateMachine};
+use crate::machine::{
+    Applied, Entry, EntryBody, LockChange, MachineImage, MachineLimits, StateMachine,
+};
 use crate::replication::log::{Decided, PaxosLog, PeerMsg};
 use crate::tracker::SessionTracker;
 use crate::watches::{WatchKind, WatchManager};
@@ -151,9 +153,10 @@ pub enum Output {
     Sync { batch: u64 },
     /// Send a message to another node (dropped if the link is down: senders retry).
     PeerSend { to: u64, msg: PeerMsg },
-    /// Save this snapshot of the state machine at log index `index`; the log up to it
-    /// may then be compacted.
-    Snapshot { index: u64, data: Vec<u8> },
+    /// Save this image of the state machine at log index `index` (encoded where it is
+    /// written, off the core: [`MachineImage::encode_snapshot`]); the log up to it may
+    /// then be compacted.
+    Snapshot { index: u64, image: MachineImage },
 }
 
 #[derive(Debug)]
@@ -1210,14 +1213,10 @@ impl Node {
 
     fn take_snapshot(&mut self) {
         let index = self.machine.last_zxid();
-        match bincode::serde::encode_to_vec(&self.machine, bincode::config::standard()) {
-            Ok(data) => {
-                self.last_snapshot_index = index;
-                self.stats.snapshots_taken += 1;
-                self.outputs.push(Output::Snapshot { index, data });
-            }
-            Err(e) => tracing::error!(error = %e, "cannot encode snapshot"),
-        }
+        self.last_snapshot_index = index;
+        self.stats.snapshots_taken += 1;
+        let image = self.machine.image();
+        self.outputs.push(Output::Snapshot { index, image });
     }
 
     /// Delivers the effects of one applied entry: watch events first, then answers.

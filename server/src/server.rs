@@ -712,8 +712,8 @@ impl CoreShell {
                 }
                 return None;
             }
-            Output::Snapshot { index, data } => {
-                let _ = self.storage.send(StorageCommand::Snapshot { index, data });
+            Output::Snapshot { index, image } => {
+                let _ = self.storage.send(StorageCommand::Snapshot { index, image });
                 return None;
             }
         };

@@ -7,7 +7,7 @@
 //! records after it.
 
 use crate::disk::Disk;
-use crate::machine::{MachineLimits, StateMachine};
+use crate::machine::{MachineImage, MachineLimits, StateMachine};
 use crate::node::{decode_entry, Input};
 use crate::snapshot;
 use crate::wal::{StorageError, Wal, WalOptions};
@@ -30,8 +30,8 @@ pub enum StorageCommand {
         /// The first record is a checkpoint: compact the log before it once durable.
         starts_with_checkpoint: bool,
     },
-    /// Save a snapshot at `index`, then compact the log through it.
-    Snapshot { index: u64, data: Vec<u8> },
+    /// Encode and save a snapshot at `index`, then compact the log through it.
+    Snapshot { index: u64, image: MachineImage },
     /// Cluster mode: make the replicated storage durable, then report `Persisted`.
     Sync { batch: u64 },
 }
@@ -183,24 +183,29 @@ pub fn run_storage_thread(
     // the oldest one, so that recovery can fall back to it if the newest is damaged.
     let mut kept: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     kept.extend(snapshot_index);
-    // Snapshots are written by their own thread so that a large one does not hold up
-    // group commit; at most one is being written, a newer one arriving meanwhile is
-    // skipped (the next one will come).
-    let (snap_tx, snap_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(1);
+    // Snapshots are encoded and written by their own thread so that a large one holds up
+    // neither the core nor group commit; at most one is being written, a newer one
+    // arriving meanwhile is skipped (the next one will come).
+    let (snap_tx, snap_rx) = mpsc::sync_channel::<(u64, MachineImage)>(1);
     let (saved_tx, saved_rx) = mpsc::channel::<u64>();
     let snap_dir = snapshot_dir(&data_dir);
     let writer = std::thread::Builder::new()
         .name("corral-snapshot".into())
         .spawn(move || {
-            while let Ok((index, data)) = snap_rx.recv() {
+            while let Ok((index, image)) = snap_rx.recv() {
                 let started = Instant::now();
-                match snapshot::save(&snap_dir, index, &data, SNAPSHOTS_KEPT) {
-                    Ok(()) => {
+                let saved = image.encode_snapshot().and_then(|data| {
+                    snapshot::save(&snap_dir, index, &data, SNAPSHOTS_KEPT)
+                        .map(|()| data.len())
+                        .map_err(|e| e.to_string())
+                });
+                match saved {
+                    Ok(bytes) => {
                         metrics::counter!(crate::metrics::SNAPSHOTS, "result" => "saved")
                             .increment(1);
                         tracing::info!(
                             index,
-                            bytes = data.len(),
+                            bytes,
                             elapsed_ms = started.elapsed().as_millis() as u64,
                             "snapshot saved"
                         );
@@ -270,9 +275,9 @@ pub fn run_storage_thread(
             StorageCommand::Sync { batch } => {
                 tracing::error!(batch, "unexpected cluster sync on a single node");
             }
-            StorageCommand::Snapshot { index, data } => {
+            StorageCommand::Snapshot { index, image } => {
                 if let Some(tx) = &snap_tx {
-                    if tx.try_send((index, data)).is_err() {
+                    if tx.try_send((index, image)).is_err() {
                         tracing::info!(
                             index,
                             "a snapshot is still being written; skipping this one"

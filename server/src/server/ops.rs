@@ -77,7 +77,7 @@ impl CoreShell {
                 let _ = tx.send((self.status(node), node.stats()));
             }
             AdminRequest::Snapshot(tx) => {
-                let _ = tx.send(crate::backup::encode(node.machine()));
+                let _ = tx.send(node.machine().image());
             }
         }
     }

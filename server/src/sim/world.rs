@@ -1395,9 +1395,13 @@ impl World {
                     },
                 );
             }
-            Output::Snapshot { index, data } => {
-                // Written by the snapshot thread a little later (the log keeps everything
-                // meanwhile); then the log is compacted through the older kept snapshot.
+            Output::Snapshot { index, image } => {
+                // Encoded and written by the snapshot thread a little later (the log keeps
+                // everything meanwhile); then the log is compacted through the older kept
+                // snapshot.
+                let Ok(data) = image.encode_snapshot() else {
+                    return;
+                };
                 let disk = Disk::Sim(self.nodes[n].disk.clone());
                 let NodeState::Up(up) = &mut self.nodes[n].state else {
                     return;
