@@ -1699,6 +1699,15 @@ mod tests {
         range.map(entry).collect()
     }
 
+    /// Storage in `dir` holding entries `0..n`, all decided.
+    fn with_decided(dir: &Path, n: u64) -> (PaxosStorage, Vec<Entry>) {
+        let mut s = open(dir);
+        let all = entries(0..n);
+        s.append_entries(all.clone()).expect("append");
+        s.set_decided_idx(n as usize).expect("decided");
+        (s, all)
+    }
+
     fn machine_of(entries: &[Entry]) -> StateMachine {
         let mut m = StateMachine::new(limits());
         for e in entries {
@@ -1900,10 +1909,7 @@ mod tests {
     #[test]
     fn an_offered_image_replaces_the_replay_only_at_its_own_index() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut s = open(tmp.path());
-        let all = entries(0..20);
-        s.append_entries(all.clone()).expect("append");
-        s.set_decided_idx(20).expect("decided");
+        let (mut s, all) = with_decided(tmp.path(), 20);
         let handle = s.sync_handle();
         // An image at another index is ignored: the snapshot is rebuilt by replay.
         let image = MachineSnapshot::from_machine(&machine_of(&all[..8])).expect("image");
@@ -1952,10 +1958,7 @@ mod tests {
     #[test]
     fn the_last_two_offered_images_are_kept() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut s = open(tmp.path());
-        let all = entries(0..20);
-        s.append_entries(all.clone()).expect("append");
-        s.set_decided_idx(20).expect("decided");
+        let (mut s, all) = with_decided(tmp.path(), 20);
         let handle = s.sync_handle();
         // Images of other entries (but as many): a snapshot equal to one was not
         // rebuilt by replay.

@@ -265,10 +265,19 @@ impl Checks {
                 ),
             );
         }
+        self.record(node, zxid, entry, fp);
+        for g in granted {
+            self.grants.insert((g.node.clone(), g.token), zxid);
+        }
+        self.check_new_entry(zxid, entry, result, granted, now)
+    }
+
+    /// Enters the first report of `zxid` into the decided log.
+    fn record(&mut self, node: u64, zxid: u64, entry: &Entry, fingerprint: u64) {
         self.log.insert(
             zxid,
             LogRecord {
-                fingerprint: fp,
+                fingerprint,
                 entry: entry.clone(),
                 node,
                 acked: false,
@@ -276,10 +285,6 @@ impl Checks {
         );
         self.entries += 1;
         self.max_zxid = self.max_zxid.max(zxid);
-        for g in granted {
-            self.grants.insert((g.node.clone(), g.token), zxid);
-        }
-        self.check_new_entry(zxid, entry, result, granted, now)
     }
 
     /// A node replayed `entry` at `zxid` from its log while recovering. It must be the
@@ -299,17 +304,7 @@ impl Checks {
         if self.log.contains_key(&zxid) {
             return self.on_applied(node, zxid, entry, result, &[], now);
         }
-        self.log.insert(
-            zxid,
-            LogRecord {
-                fingerprint: fingerprint(entry),
-                entry: entry.clone(),
-                node,
-                acked: false,
-            },
-        );
-        self.entries += 1;
-        self.max_zxid = self.max_zxid.max(zxid);
+        self.record(node, zxid, entry, fingerprint(entry));
         match &*entry.body {
             EntryBody::Write {
                 session_id,
