@@ -5,6 +5,7 @@ use crate::config::ClientConfig;
 use crate::connection::{Call, Reply, SessionStatus, Shared, Task, Then};
 use crate::error::{Error, Result};
 use crate::lock::LockCounters;
+use crate::lock_registry::RequestNodes;
 use crate::multi::Transaction;
 use crate::registry::OneShotKind;
 use crate::state::{ConnectionState, StatePublisher, StateStream};
@@ -134,14 +135,16 @@ impl Drop for Answer<'_> {
         let Ok(Ok(reply)) = self.rx.try_recv() else {
             return;
         };
-        let nodes: Vec<String> = match reply.result {
-            OpResult::Locked { node, .. } | OpResult::Queued { node, .. } => vec![node],
-            OpResult::MultiLocked { nodes, .. } => nodes.into_iter().map(|n| n.node).collect(),
-            _ => Vec::new(),
+        let nodes = match &reply.result {
+            OpResult::Locked { node, token } | OpResult::Queued { node, token } => {
+                Some(RequestNodes::one(node, *token))
+            }
+            OpResult::MultiLocked { nodes, .. } => RequestNodes::of_group(nodes),
+            _ => None,
         };
-        for node in nodes {
-            tracing::debug!(%node, "lock answer dropped unread; releasing");
-            crate::lock::detach_unlock(self.client, node);
+        if let Some(nodes) = nodes {
+            tracing::debug!(node = %nodes.node.node, "lock answer dropped unread; releasing");
+            crate::lock::detach_release(self.client, nodes);
         }
     }
 }

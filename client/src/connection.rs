@@ -32,7 +32,7 @@ use crate::config::ClientConfig;
 use crate::error::{Error, Result};
 use crate::lease::default_margin;
 use crate::lock::LockLoss;
-use crate::lock_registry::{LockRegistry, SlotStatus};
+use crate::lock_registry::{LockRegistry, RequestNodes, SlotStatus};
 use crate::pending::{Pending, Waiter};
 use crate::registry::{split_watch_set, OneShotKind, WatchRegistry};
 use crate::state::{ConnectionState, StatePublisher};
@@ -89,8 +89,12 @@ pub(crate) enum Then {
     /// receiver of its status. Resent until answered; a node whose caller is gone by
     /// then is released.
     Lock { lock: String },
-    /// A release by its holder: the node's status ends with `Released`.
+    /// A release by path (`Client::unlock`): the status of the node tracked under that
+    /// path ends with `Released`.
     Unlock { node: String },
+    /// A holder's release of a request's nodes (the request names the first with its
+    /// token): their statuses end with `Released`.
+    Release(RequestNodes),
     /// A multi-lock request: on `MultiLocked`, track every queue node and answer with
     /// receivers of their statuses. Resent until answered, like `Lock`.
     LockMany { locks: Vec<String> },
@@ -102,8 +106,9 @@ pub(crate) enum Then {
 /// What a [`Then::Detached`] request does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Detached {
-    /// Releases a queue node (a dropped guard or pending acquire).
-    Unlock { node: String },
+    /// Releases a request's queue nodes (a dropped guard or pending acquire), like
+    /// [`Then::Release`].
+    Release(RequestNodes),
     /// Revokes a lease (a dropped lease or a lock's dedicated lease).
     RevokeLease,
 }
@@ -122,12 +127,15 @@ impl Then {
         match self {
             Then::Lock { lock } => vec![lock.clone()],
             Then::LockMany { locks } => locks.clone(),
-            Then::Unlock { node } | Then::Detached(Detached::Unlock { node }) => {
-                corral_protocol::path::parent(node)
-                    .map(str::to_string)
-                    .into_iter()
-                    .collect()
-            }
+            Then::Unlock { node } => corral_protocol::path::parent(node)
+                .map(str::to_string)
+                .into_iter()
+                .collect(),
+            Then::Release(nodes) | Then::Detached(Detached::Release(nodes)) => nodes
+                .all()
+                .filter_map(|n| corral_protocol::path::parent(&n.node))
+                .map(str::to_string)
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -512,12 +520,12 @@ impl Task {
         }
     }
 
-    /// Releases a queue node nobody waits for, as soon as a connection allows.
-    fn defer_unlock(&mut self, node: String) {
+    /// Releases a request's queue nodes nobody waits for, as soon as a connection allows.
+    fn defer_release(&mut self, nodes: RequestNodes) {
         let (reply, _ignored) = oneshot::channel();
         self.deferred.push(Call {
-            op: Op::Unlock { node: node.clone() },
-            then: Then::Detached(Detached::Unlock { node }),
+            op: nodes.release_op(),
+            then: Then::Detached(Detached::Release(nodes)),
             reply,
         });
     }
@@ -592,9 +600,9 @@ impl Task {
             WaitFor::LockSync { lock, sweep } => match response.result {
                 Ok(OpResult::Locks(states)) => {
                     let state = states.iter().find(|s| s.lock == lock);
-                    for node in self.locks.resync(&lock, state, self.session_id, sweep) {
-                        tracing::info!(%node, "releasing a lock node nobody tracks");
-                        self.defer_unlock(node);
+                    for orphan in self.locks.resync(&lock, state, self.session_id, sweep) {
+                        tracing::info!(node = %orphan.node, "releasing a lock node nobody tracks");
+                        self.defer_release(RequestNodes::one(&orphan.node, orphan.token));
                     }
                     None
                 }
@@ -708,8 +716,14 @@ impl Task {
                 }
                 _ => (None, None),
             },
-            Then::Unlock { node } | Then::Detached(Detached::Unlock { node }) => {
-                self.locks.released(&node);
+            Then::Unlock { node } => {
+                self.locks.released(&node, None);
+                (None, None)
+            }
+            Then::Release(nodes) | Then::Detached(Detached::Release(nodes)) => {
+                for n in nodes.all() {
+                    self.locks.released(&n.node, Some(n.token));
+                }
                 (None, None)
             }
         }
@@ -722,15 +736,19 @@ impl Task {
                 tracing::debug!("multi-lock answered after its caller left; releasing");
                 for n in nodes {
                     self.locks.forget(&n.node);
-                    self.defer_unlock(n.node.clone());
+                }
+                if let Some(nodes) = RequestNodes::of_group(nodes) {
+                    self.defer_release(nodes);
                 }
             }
         }
         if reply.lock.is_some() {
-            if let OpResult::Locked { node, .. } | OpResult::Queued { node, .. } = reply.result {
+            if let OpResult::Locked { node, token } | OpResult::Queued { node, token } =
+                reply.result
+            {
                 tracing::debug!(%node, "lock request answered after its caller left; releasing");
                 self.locks.forget(&node);
-                self.defer_unlock(node);
+                self.defer_release(RequestNodes::one(&node, token));
             }
         }
     }
@@ -856,7 +874,7 @@ impl Task {
                         return Err(End::Final(ConnectionState::Closed, Error::Closed));
                     }
                     Some(call) => {
-                        if let Then::Detached(Detached::Unlock { .. }) = &call.then {
+                        if let Then::Detached(Detached::Release { .. }) = &call.then {
                             for lock in call.then.lock_names() {
                                 self.locks.suspect(&lock);
                             }

@@ -14,7 +14,7 @@ use crate::client::{check_path, unexpected, Client};
 use crate::connection::{Detached, Then};
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseOptions, LeaseState, Renewal};
-use crate::lock_registry::SlotStatus;
+use crate::lock_registry::{RequestNodes, SlotStatus};
 use corral_protocol::{ErrorCode, LockKind, LockRequest, LockState, MultiOp, Op, OpResult};
 use std::fmt;
 use std::future::Future;
@@ -337,8 +337,8 @@ pub(crate) struct Attempt<'a> {
     client: &'a Client,
     started: Instant,
     recorded: bool,
-    /// The queue node to release if the attempt ends without handing it over.
-    pub(crate) node: Option<String>,
+    /// The queue nodes to release if the attempt ends without handing them over.
+    pub(crate) node: Option<RequestNodes>,
 }
 
 impl<'a> Attempt<'a> {
@@ -380,17 +380,15 @@ impl<'a> Attempt<'a> {
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         self.record(|c| &c.cancelled);
-        if let Some(node) = self.node.take() {
-            detach_unlock(self.client, node);
+        if let Some(nodes) = self.node.take() {
+            detach_release(self.client, nodes);
         }
     }
 }
 
-pub(crate) fn detach_unlock(client: &Client, node: String) {
-    client.detach(
-        Op::Unlock { node: node.clone() },
-        Then::Detached(Detached::Unlock { node }),
-    );
+/// Releases a request's queue nodes in the background.
+pub(crate) fn detach_release(client: &Client, nodes: RequestNodes) {
+    client.detach(nodes.release_op(), Then::Detached(Detached::Release(nodes)));
 }
 
 /// `future`, given up at `deadline` (`None` if it passed first).
@@ -402,8 +400,8 @@ pub(crate) async fn until<F: Future>(deadline: Option<Instant>, future: F) -> Op
 }
 
 /// Waits until every one of `statuses` (the queue nodes of one request) is granted:
-/// `Ok(true)`. At `deadline` it leaves the queue by releasing `leave` (which releases
-/// every node of the request) and returns `Ok(false)`; a grant that raced with the
+/// `Ok(true)`. At `deadline` it leaves the queue by releasing `leave` (every node of the
+/// request) and returns `Ok(false)`; a grant that raced with the
 /// deadline and arrived wins. Fails if a node is lost, the lease it would be held under
 /// is lost, or the connection task is gone. The attempt records every outcome but a
 /// grant, which the caller records once it has checked the lease.
@@ -413,7 +411,7 @@ pub(crate) async fn wait_for_grants(
     lease: Option<&Lease>,
     deadline: Option<Instant>,
     attempt: &mut Attempt<'_>,
-    leave: &str,
+    leave: &RequestNodes,
 ) -> Result<bool> {
     let mut lease_state = lease.map(Lease::state_receiver);
     loop {
@@ -458,13 +456,12 @@ pub(crate) async fn wait_for_grants(
                 // Still armed while leaving: if this future is dropped meanwhile, the
                 // attempt's drop leaves the queue in the background.
                 attempt.timed_out();
-                let node = leave.to_string();
-                let then = Then::Unlock { node: node.clone() };
-                let left = client.call(Op::Unlock { node: node.clone() }, then).await;
+                let then = Then::Release(leave.clone());
+                let left = client.call(leave.release_op(), then).await;
                 attempt.node = None;
                 if let Err(e) = left {
-                    tracing::debug!(%node, "leaving the queue failed ({e}); retrying in the background");
-                    detach_unlock(client, node);
+                    tracing::debug!(node = %leave.node.node, "leaving the queue failed ({e}); retrying in the background");
+                    detach_release(client, leave.clone());
                 }
                 return Ok(false);
             }
@@ -650,7 +647,8 @@ impl LockBuilder {
                 return Err(unexpected("lock", other));
             }
         };
-        attempt.node = Some(node.clone());
+        let nodes = RequestNodes::one(&node, token);
+        attempt.node = Some(nodes.clone());
         let Some(mut status) = reply.lock else {
             attempt.failed();
             return Err(Error::protocol("a lock answer without its status"));
@@ -663,7 +661,7 @@ impl LockBuilder {
             lease.as_ref(),
             deadline,
             &mut attempt,
-            &node,
+            &nodes,
         )
         .await?;
         if !waited {
@@ -938,9 +936,11 @@ impl LockGuard {
         if inner.released.load(Ordering::SeqCst) {
             return Ok(false);
         }
-        let node = inner.node.clone();
-        let then = Then::Unlock { node: node.clone() };
-        let outcome = inner.client.call(Op::Unlock { node }, then).await;
+        let nodes = RequestNodes::one(&inner.node, inner.token);
+        let outcome = inner
+            .client
+            .call(nodes.release_op(), Then::Release(nodes))
+            .await;
         let released = match outcome {
             Ok(reply) => match reply.result {
                 OpResult::Unlocked { released } => released,
@@ -1035,7 +1035,7 @@ impl Drop for LockGuard {
         if inner.released.swap(true, Ordering::SeqCst) {
             return;
         }
-        detach_unlock(&inner.client, inner.node.clone());
+        detach_release(&inner.client, RequestNodes::one(&inner.node, inner.token));
         if inner.dedicated {
             if let Some(lease) = &inner.lease {
                 lease.revoke_in_background();
@@ -1088,9 +1088,11 @@ impl Client {
         }
     }
 
-    /// Releases a lock or leaves its queue by queue node path (what
-    /// [`LockGuard::release`] does). `Ok(false)` if the node is already gone; fails with
-    /// `NotLockOwner` for another session's node.
+    /// Releases a lock or leaves its queue by queue node path alone: whatever node has the
+    /// path now (for tools; a lock's directory is a container, and created again its
+    /// counter restarts, so a path can name a later node than the one you saw).
+    /// [`LockGuard::release`] names its node exactly, with its token. `Ok(false)` if no
+    /// node has the path; fails with `NotLockOwner` for another session's node.
     ///
     /// ```no_run
     /// # async fn demo(client: corral_client::Client) -> corral_client::Result<()> {

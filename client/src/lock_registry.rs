@@ -18,7 +18,7 @@
 //! a node whose request was given up and released) must never count for a later one.
 
 use crate::lock::LockLoss;
-use corral_protocol::{LockEvent, LockState};
+use corral_protocol::{LockEvent, LockState, LockedNode, Op};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use tokio::sync::watch;
 
@@ -26,6 +26,66 @@ use tokio::sync::watch;
 /// names the node arrives after them (possible when answers wait behind earlier
 /// requests while events are pushed at once).
 const EARLY_EVENTS: usize = 256;
+
+/// One queue node as this client was answered it: its path and its fencing token (its
+/// creation zxid). The path alone may name a later node; the pair names one node for
+/// good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct QueueNode {
+    /// The node's path.
+    pub node: String,
+    /// Its fencing token.
+    pub token: u64,
+}
+
+impl QueueNode {
+    pub(crate) fn new(node: &str, token: u64) -> QueueNode {
+        QueueNode {
+            node: node.to_string(),
+            token,
+        }
+    }
+}
+
+/// The queue nodes of one lock request: `node`, and for a multi-lock `group`, its other
+/// nodes. Releasing `node` releases them all (the server releases a group as a whole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RequestNodes {
+    pub node: QueueNode,
+    pub group: Vec<QueueNode>,
+}
+
+impl RequestNodes {
+    /// The one node of a single lock request.
+    pub(crate) fn one(node: &str, token: u64) -> RequestNodes {
+        RequestNodes {
+            node: QueueNode::new(node, token),
+            group: Vec::new(),
+        }
+    }
+
+    /// The nodes of a multi-lock answer; `None` if it has none.
+    pub(crate) fn of_group(nodes: &[LockedNode]) -> Option<RequestNodes> {
+        let mut all = nodes.iter().map(|n| QueueNode::new(&n.node, n.token));
+        Some(RequestNodes {
+            node: all.next()?,
+            group: all.collect(),
+        })
+    }
+
+    /// The request that releases them (and no later node of the same paths).
+    pub(crate) fn release_op(&self) -> Op {
+        Op::Release {
+            node: self.node.node.clone(),
+            token: self.node.token,
+        }
+    }
+
+    /// Every node, the released one first.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &QueueNode> {
+        std::iter::once(&self.node).chain(&self.group)
+    }
+}
 
 /// Where one queue node stands, as the task knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,8 +202,12 @@ impl LockRegistry {
         true
     }
 
-    /// The node was released by this client.
-    pub(crate) fn released(&mut self, node: &str) {
+    /// The node was released by this client: the one with `token`, or with `None` (a
+    /// release by path) whichever node has the path.
+    pub(crate) fn released(&mut self, node: &str, token: Option<u64>) {
+        if token.is_some_and(|t| self.slots.get(node).is_some_and(|s| s.token != t)) {
+            return;
+        }
         if let Some(slot) = self.slots.remove(node) {
             slot.tx.send_replace(SlotStatus::Ended(LockLoss::Released));
         }
@@ -197,7 +261,7 @@ impl LockRegistry {
         state: Option<&LockState>,
         session: u64,
         sweep: bool,
-    ) -> Vec<String> {
+    ) -> Vec<QueueNode> {
         let entries = state.map(|s| s.queue.as_slice()).unwrap_or_default();
         let mut gone = Vec::new();
         for (node, slot) in self.slots.iter().filter(|(_, s)| s.lock == lock) {
@@ -234,7 +298,7 @@ impl LockRegistry {
         entries
             .iter()
             .filter(|e| e.session == session && !self.slots.contains_key(&e.node))
-            .map(|e| e.node.clone())
+            .map(|e| QueueNode::new(&e.node, e.token))
             .collect()
     }
 
@@ -300,9 +364,16 @@ mod tests {
         assert!(r.on_event(&event("/l/x-2"), false));
         assert_eq!(*b.borrow(), SlotStatus::Ended(LockLoss::LeaseExpired));
         assert_eq!(r.len(), 1, "a lost node is no longer tracked");
-        r.released("/l/x-1");
+        // A release of an earlier node of the same path leaves this one alone.
+        r.released("/l/x-1", Some(6));
+        assert_eq!(*a.borrow(), SlotStatus::Granted);
+        r.released("/l/x-1", Some(7));
         assert_eq!(*a.borrow(), SlotStatus::Ended(LockLoss::Released));
         assert_eq!(r.len(), 0);
+        // By path: whichever node has it.
+        let c = r.register("/l", "/l/x-3", 8, true);
+        r.released("/l/x-3", None);
+        assert_eq!(*c.borrow(), SlotStatus::Ended(LockLoss::Released));
     }
 
     #[test]
@@ -381,7 +452,7 @@ mod tests {
         // Only this session's untracked node: not the tracked one, not another session's.
         assert_eq!(
             r.resync("/l", Some(&s), 5, true),
-            vec!["/l/x-2".to_string()]
+            vec![QueueNode::new("/l/x-2", 7)]
         );
         assert_eq!(*kept.borrow(), SlotStatus::Granted);
         // Swept: no longer a suspect.

@@ -15,10 +15,10 @@ use crate::connection::Then;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseOptions};
 use crate::lock::{
-    any_changed, detach_unlock, lease_changed, until, wait_for_grants, Attempt, LockCounters,
+    any_changed, detach_release, lease_changed, until, wait_for_grants, Attempt, LockCounters,
     LockLoss, LockOptions,
 };
-use crate::lock_registry::SlotStatus;
+use crate::lock_registry::{RequestNodes, SlotStatus};
 use corral_protocol::{
     ErrorCode, LockKind, LockedNode, MultiLockItem, MultiLockRequest, MultiOp, Op, OpResult,
 };
@@ -213,12 +213,12 @@ impl MultiLockBuilder {
                 return Err(unexpected("lock_many", other));
             }
         };
-        let Some(first) = nodes.first() else {
+        // Releasing one node releases the whole group on the server.
+        let Some(request) = RequestNodes::of_group(&nodes) else {
             attempt.failed();
             return Err(Error::protocol("a multi-lock answer without nodes"));
         };
-        // Releasing one node releases the whole group on the server.
-        attempt.node = Some(first.node.clone());
+        attempt.node = Some(request.clone());
         let mut statuses = reply.locks;
         if statuses.len() != nodes.len() {
             attempt.failed();
@@ -226,14 +226,13 @@ impl MultiLockBuilder {
         }
 
         // Wait for every grant (they come in one transaction).
-        let leave = first.node.clone();
         if !wait_for_grants(
             client,
             &mut statuses,
             lease.as_ref(),
             deadline,
             &mut attempt,
-            &leave,
+            &request,
         )
         .await?
         {
@@ -245,6 +244,7 @@ impl MultiLockBuilder {
             inner: Arc::new(Inner {
                 client: client.clone(),
                 nodes,
+                request,
                 kinds: self.locks.iter().map(|(_, k)| *k).collect(),
                 lease,
                 dedicated,
@@ -267,6 +267,8 @@ impl MultiLockBuilder {
 struct Inner {
     client: Client,
     nodes: Vec<LockedNode>,
+    /// The same nodes, to release them.
+    request: RequestNodes,
     kinds: Vec<LockKind>,
     lease: Option<Lease>,
     dedicated: bool,
@@ -479,37 +481,26 @@ impl MultiLockGuard {
         if inner.released.load(Ordering::SeqCst) {
             return Ok(false);
         }
-        let mut released = false;
-        // The first release takes the group; the others answer `released: false` but
-        // mark their nodes released in the connection's registry.
-        for n in &inner.nodes {
-            let then = Then::Unlock {
-                node: n.node.clone(),
-            };
-            match inner
-                .client
-                .call(
-                    Op::Unlock {
-                        node: n.node.clone(),
-                    },
-                    then,
-                )
-                .await
-            {
-                Ok(reply) => match reply.result {
-                    OpResult::Unlocked { released: r } => released |= r,
-                    other => {
-                        LockCounters::add(&inner.client.lock_counters().failed_releases);
-                        return Err(unexpected("unlock", &other));
-                    }
-                },
-                Err(Error::SessionExpired | Error::Closed) => {}
-                Err(e) => {
+        // Releasing one node releases the group, in one transaction.
+        let request = inner.request.clone();
+        let outcome = inner
+            .client
+            .call(request.release_op(), Then::Release(request))
+            .await;
+        let released = match outcome {
+            Ok(reply) => match reply.result {
+                OpResult::Unlocked { released } => released,
+                other => {
                     LockCounters::add(&inner.client.lock_counters().failed_releases);
-                    return Err(e);
+                    return Err(unexpected("unlock", &other));
                 }
+            },
+            Err(Error::SessionExpired | Error::Closed) => false,
+            Err(e) => {
+                LockCounters::add(&inner.client.lock_counters().failed_releases);
+                return Err(e);
             }
-        }
+        };
         let first = !inner.released.swap(true, Ordering::SeqCst);
         if inner.dedicated {
             if let Some(lease) = &inner.lease {
@@ -535,9 +526,7 @@ impl Drop for MultiLockGuard {
         if inner.released.swap(true, Ordering::SeqCst) {
             return;
         }
-        for n in &inner.nodes {
-            detach_unlock(&inner.client, n.node.clone());
-        }
+        detach_release(&inner.client, inner.request.clone());
         if inner.dedicated {
             if let Some(lease) = &inner.lease {
                 lease.revoke_in_background();

@@ -386,9 +386,11 @@ pub enum Op {
     /// waits (a `LockGranted` message follows when it is granted), or `LockHeld` for a
     /// `try_only` request that would wait.
     Lock(LockRequest),
-    /// Release a held lock or leave a lock's queue, by queue node. Idempotent: answers
-    /// `Unlocked { released: false }` if the node is already gone; `NotLockOwner` if it
-    /// belongs to another session.
+    /// Release a lock or leave its queue, by queue node path. Idempotent: answers
+    /// `Unlocked { released: false }` if no node has that path; `NotLockOwner` if it
+    /// belongs to another session. A path can name several nodes over time (a lock's
+    /// directory is a container: recreated, its sequence counter starts again at 0), so a
+    /// holder releases with [`Op::Release`], which names its node exactly.
     Unlock {
         /// The queue node from `Locked` or `Queued`.
         node: String,
@@ -424,6 +426,17 @@ pub enum Op {
     /// follows, all with the same zxid), `LockHeld` for a `try_only` request that would
     /// wait, or `Deadlock` if waiting would close a cycle of waiting sessions.
     LockMany(MultiLockRequest),
+    /// Release a held lock or leave a lock's queue: the queue node `node` created with
+    /// fencing `token` (both from `Locked`, `Queued` or `MultiLocked`). Idempotent and
+    /// exact: answers `Unlocked { released: false }` if that node is gone, even when a
+    /// later node has the same path; `NotLockOwner` if it belongs to another session.
+    /// Releasing one node of a multi-lock releases the whole group.
+    Release {
+        /// The queue node's path.
+        node: String,
+        /// The fencing token it was answered with (its creation zxid).
+        token: u64,
+    },
 }
 
 impl Op {
@@ -439,6 +452,7 @@ impl Op {
                 | Op::CloseSession
                 | Op::Lock(_)
                 | Op::Unlock { .. }
+                | Op::Release { .. }
                 | Op::GrantLease { .. }
                 | Op::RevokeLease { .. }
                 | Op::LockMany(_)
@@ -469,6 +483,7 @@ impl Op {
             Op::GetLocks { .. } => "get_locks",
             Op::ServerStatus => "server_status",
             Op::LockMany(_) => "lock_many",
+            Op::Release { .. } => "release",
         }
     }
 }

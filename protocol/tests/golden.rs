@@ -219,6 +219,25 @@ fn request_lock() {
 }
 
 #[test]
+fn request_release() {
+    golden(
+        ClientMessage::Request(Request {
+            xid: 8,
+            op: Op::Release {
+                node: "/l/x".into(),
+                token: 9,
+            },
+        }),
+        "00 00 00 24
+         00 00 00 00
+         08 00 00 00 00 00 00 00
+         15 00 00 00
+         04 00 00 00 00 00 00 00 2f 6c 2f 78
+         09 00 00 00 00 00 00 00",
+    );
+}
+
+#[test]
 fn response_pong() {
     golden(
         ServerMessage::Response(Response {

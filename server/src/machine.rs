@@ -739,7 +739,8 @@ impl StateMachine {
             Op::Multi(ops) => self.multi(txn, session_id, ops),
             Op::Lock(req) => self.lock(txn, session_id, req),
             Op::LockMany(req) => self.lock_many(txn, session_id, req),
-            Op::Unlock { node } => self.unlock(txn, session_id, node),
+            Op::Unlock { node } => self.unlock(txn, session_id, node, None),
+            Op::Release { node, token } => self.unlock(txn, session_id, node, Some(*token)),
             Op::GrantLease { ttl_ms } => {
                 let id = txn.zxid;
                 self.leases.add(session_id, id);
@@ -937,10 +938,22 @@ impl StateMachine {
         })
     }
 
-    /// Releases a lock or leaves its queue. Idempotent.
-    fn unlock(&mut self, txn: &mut Txn, session: u64, node: &str) -> Result<OpResult, ErrorInfo> {
+    /// Releases a lock or leaves its queue: the node at `node`, or with a `token`, only
+    /// the node created with that token (a path names a new node once the lock's
+    /// directory is recreated). Idempotent.
+    fn unlock(
+        &mut self,
+        txn: &mut Txn,
+        session: u64,
+        node: &str,
+        token: Option<u64>,
+    ) -> Result<OpResult, ErrorInfo> {
         validate_path(node)?;
-        let Some(n) = self.tree.get(node) else {
+        let Some(n) = self
+            .tree
+            .get(node)
+            .filter(|n| token.is_none_or(|t| fencing_token(node, n.stat.czxid) == t))
+        else {
             return Ok(OpResult::Unlocked { released: false });
         };
         let owner = n.stat.ephemeral_owner;

@@ -64,6 +64,25 @@ fn step(session: u64, lock: &str, waits_for: u64) -> WaitStep {
 }
 
 #[test]
+fn releasing_one_node_of_a_group_releases_it_and_a_late_release_of_another_is_refused() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    let (granted, nodes) = multi(&h.lock_many(a, &[("/g1", X), ("/g2", X)]));
+    assert!(granted);
+    let first = h.release(a, &nodes[0].node, nodes[0].token);
+    assert!(released(&first));
+    assert!(h.queue("/g1").is_empty() && h.queue("/g2").is_empty());
+    // The second lock's directory is created again by b: the group's second path
+    // names b's node now. The group's own release of it finds its node gone.
+    let (nb, _) = locked(&h.lock(b, "/g2", X));
+    assert_eq!(nb, nodes[1].node);
+    let late = h.release(a, &nodes[1].node, nodes[1].token);
+    assert!(!released(&late));
+    assert!(late.changes.is_empty());
+    assert_eq!(h.holders("/g2"), vec![nb]);
+}
+
+#[test]
 fn a_two_lock_cycle_is_refused_for_the_request_that_closes_it() {
     let mut h = H::new();
     let (a, b) = (h.open(), h.open());

@@ -127,6 +127,16 @@ impl H {
         )
     }
 
+    fn release(&mut self, s: u64, node: &str, token: u64) -> Applied {
+        self.write(
+            s,
+            Op::Release {
+                node: node.to_string(),
+                token,
+            },
+        )
+    }
+
     fn grant_lease(&mut self, s: u64, ttl_ms: u64) -> u64 {
         let applied = self.write(s, Op::GrantLease { ttl_ms });
         match applied.result {
@@ -549,6 +559,43 @@ fn unlock_is_idempotent_and_checks_the_owner() {
     assert_eq!(retry.result, first.result);
     assert!(retry.changes.is_empty());
     assert_eq!(h.holders("/u"), vec![nb]);
+}
+
+#[test]
+fn release_names_one_node_even_when_its_path_comes_back() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    let (old, t1) = locked(&h.lock(a, "/r", LockKind::Exclusive));
+    assert!(released(&h.release(a, &old, t1)));
+    assert!(
+        h.m.exists("/r").expect("valid").is_none(),
+        "the directory went"
+    );
+    // The directory is created again, its counter at 0: the same path, a new node, and
+    // the same session holds it (another task of the same client, say).
+    let (again, t2) = locked(&h.lock(a, "/r", LockKind::Exclusive));
+    assert_eq!((again.as_str(), t1 == t2), (old.as_str(), false));
+
+    // A late release of the first node (a retry, a dropped guard) releases nothing.
+    let tree = h.m.tree_hash();
+    let stale = h.release(a, &old, t1);
+    assert!(!released(&stale));
+    assert!(stale.changes.is_empty() && stale.lock_events.is_empty());
+    assert_eq!(h.m.tree_hash(), tree);
+    assert_eq!(h.holders("/r"), vec![again.clone()]);
+    // Nor does another session's, with either token: the old node is gone for it too,
+    // the new one is not its own.
+    assert!(!released(&h.release(b, &old, t1)));
+    assert_eq!(code(&h.release(b, &again, t2)), ErrorCode::NotLockOwner);
+    assert_eq!(code(&h.release(b, "/r", t2)), ErrorCode::BadArguments);
+    assert_eq!(code(&h.release(b, "bad", t2)), ErrorCode::InvalidPath);
+    // By path, an `Unlock` takes whatever node has the path now.
+    let (nb, tb) = queued(&h.lock(b, "/r", LockKind::Exclusive));
+    let by_path = h.unlock(a, &old);
+    assert!(released(&by_path));
+    assert_eq!(grants(&by_path).len(), 1);
+    assert_eq!(h.holders("/r"), vec![nb.clone()]);
+    assert!(released(&h.release(b, &nb, tb)));
 }
 
 #[test]
@@ -1360,6 +1407,9 @@ enum Step {
         session: usize,
         lock: usize,
         node: usize,
+        /// `None`: by path (`Unlock`); `Some(right)`: a `Release` with the node's token,
+        /// or with a token no node of that path has.
+        token: Option<bool>,
     },
     Expire(Vec<usize>),
     Close(usize),
@@ -1377,8 +1427,8 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(session, lock, write, try_only, lease)| Step::Lock {
                 session, lock, write, try_only, lease
             }),
-        6 => (0usize..4, 0usize..3, 0usize..8)
-            .prop_map(|(session, lock, node)| Step::Unlock { session, lock, node }),
+        6 => (0usize..4, 0usize..3, 0usize..8, proptest::option::of(any::<bool>()))
+            .prop_map(|(session, lock, node, token)| Step::Unlock { session, lock, node, token }),
         1 => proptest::collection::vec(0usize..4, 1..3).prop_map(Step::Expire),
         1 => (0usize..4).prop_map(Step::Close),
         2 => Just(Step::Open),
@@ -1488,6 +1538,7 @@ fn run_history(
                 session,
                 lock,
                 node,
+                token,
             } => {
                 let session_id = pick(&live, session);
                 let q: Vec<String> = m
@@ -1501,10 +1552,18 @@ fn run_history(
                 };
                 let xid = xids.entry(session_id).or_insert(0);
                 *xid += 1;
+                let czxid = m.tree.get(&node).map_or(0, |n| n.stat.czxid);
+                let op = match token {
+                    None => Op::Unlock { node },
+                    Some(right) => Op::Release {
+                        node,
+                        token: if right { czxid } else { czxid + 1 },
+                    },
+                };
                 EntryBody::Write {
                     session_id,
                     xid: *xid,
-                    op: Op::Unlock { node },
+                    op,
                 }
             }
             Step::Expire(ss) => EntryBody::ExpireSessions {
@@ -1547,7 +1606,7 @@ fn run_history(
         // A lock-delay ending with this entry may reap a directory kept for it, whatever
         // the entry itself does.
         let delay_ends = m.next_lock_delay_end().is_some_and(|end| end <= now);
-        // For an Unlock: whose node it is, before it goes.
+        // For an Unlock or a Release: whose node it names, before it goes.
         let unlock_owner = match &*entry.body {
             EntryBody::Write {
                 op: Op::Unlock { node },
@@ -1555,6 +1614,14 @@ fn run_history(
             } => m
                 .tree
                 .get(node)
+                .map(|n| owner_session(&m.sessions, n.stat.ephemeral_owner)),
+            EntryBody::Write {
+                op: Op::Release { node, token },
+                ..
+            } => m
+                .tree
+                .get(node)
+                .filter(|n| n.stat.czxid == *token)
                 .map(|n| owner_session(&m.sessions, n.stat.ephemeral_owner)),
             _ => None,
         };
@@ -1617,7 +1684,7 @@ fn run_history(
                     };
                     prop_assert_eq!(e.code, expected, "{}: {:?}", ctx(), r);
                 }
-                (Op::Unlock { .. }, Ok(OpResult::Unlocked { released })) => {
+                (Op::Unlock { .. } | Op::Release { .. }, Ok(OpResult::Unlocked { released })) => {
                     prop_assert_eq!(*released, unlock_owner.is_some(), "{}", ctx());
                     prop_assert!(
                         unlock_owner.is_none() || unlock_owner == Some(*session_id),
@@ -1625,7 +1692,7 @@ fn run_history(
                         ctx()
                     );
                 }
-                (Op::Unlock { .. }, Err(e)) => {
+                (Op::Unlock { .. } | Op::Release { .. }, Err(e)) => {
                     let expected = if m.session(*session_id).is_none() {
                         ErrorCode::SessionExpired
                     } else {

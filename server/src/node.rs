@@ -923,6 +923,7 @@ impl Node {
             | Op::CloseSession
             | Op::Lock(_)
             | Op::Unlock { .. }
+            | Op::Release { .. }
             | Op::GrantLease { .. }
             | Op::RevokeLease { .. }
             | Op::LockMany(_) => Err(ErrorInfo::new(

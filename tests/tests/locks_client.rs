@@ -327,6 +327,50 @@ async fn release_is_idempotent_and_only_the_owner_may_release() {
     .await;
 }
 
+/// A lock's directory is a container: it goes when its queue empties, and created again
+/// its sequence counter restarts, so a later node can have the very path of an earlier
+/// one. Releasing the earlier node (a guard whose lease expired, a late retry) must not
+/// release the later one, not even when the same session holds it.
+#[tokio::test]
+async fn releasing_a_lost_lock_leaves_a_later_node_of_the_same_path_alone() {
+    let server = TestServer::start(&[]);
+    let a = connect(&server.addr()).await;
+    let b = connect(&server.addr()).await;
+    let short = LockOptions::default()
+        .with_ttl(Duration::from_millis(300))
+        .with_renewal(Renewal::Manual);
+    let lost = a.lock("/again", short).acquire().await.expect("acquire");
+    // The server expires the unrenewed lease: the node goes, and the directory with it.
+    children_until(&b, "/again", "the lease's expiry", |c| c.is_empty()).await;
+    assert!(b.exists("/again").await.expect("exists").is_none());
+
+    // Another task of the same client takes the lock: the same path, a new node.
+    let later = a
+        .lock("/again", LockOptions::default())
+        .acquire()
+        .await
+        .expect("acquire again");
+    assert_eq!(later.node(), lost.node());
+    assert!(later.token() > lost.token());
+
+    assert!(!lost.release().await.expect("release of the lost lock"));
+    assert!(later.is_held());
+    let locks = b.locks("/again").await.expect("locks");
+    let queue: Vec<(u64, bool)> = locks
+        .iter()
+        .flat_map(|l| l.queue.iter().map(|e| (e.token, e.granted)))
+        .collect();
+    assert_eq!(queue, vec![(later.token(), true)], "the later node is held");
+    // Nobody else gets it while it is held.
+    assert!(b
+        .lock("/again", LockOptions::default())
+        .try_acquire()
+        .await
+        .expect("try")
+        .is_none());
+    assert!(later.release().await.expect("release"));
+}
+
 #[tokio::test]
 async fn read_write_locks_and_the_lock_listing() {
     let server = TestServer::start(&[]);

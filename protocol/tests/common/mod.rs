@@ -305,6 +305,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         path().prop_map(|path| Op::GetLocks { path }),
         Just(Op::ServerStatus),
         multi_lock_request().prop_map(Op::LockMany),
+        (path(), any::<u64>()).prop_map(|(node, token)| Op::Release { node, token }),
     ]
 }
 
@@ -544,6 +545,7 @@ pub fn op_index(v: &Op) -> u32 {
         Op::GetLocks { .. } => 18,
         Op::ServerStatus => 19,
         Op::LockMany(_) => 20,
+        Op::Release { .. } => 21,
     }
 }
 

@@ -227,6 +227,10 @@ impl Writer {
             Op::GetLocks { path } => self.string(path),
             Op::ServerStatus => {}
             Op::LockMany(r) => self.multi_lock_request(r),
+            Op::Release { node, token } => {
+                self.string(node);
+                self.u64(*token);
+            }
         }
     }
     fn multi_result(&mut self, r: &MultiResult) {

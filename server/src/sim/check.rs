@@ -152,6 +152,7 @@ pub fn describe_op(op: &Op) -> String {
                 .unwrap_or_default()
         ),
         Op::Unlock { node } => format!("unlock {node}"),
+        Op::Release { node, token } => format!("release {node} (token {token})"),
         other => other.name().to_string(),
     }
 }

@@ -220,6 +220,7 @@ enum Task {
     Holding {
         lock: String,
         node: String,
+        token: u64,
         release_us: u64,
         fenced: bool,
     },
@@ -654,20 +655,39 @@ impl SimClient {
                         token: *token,
                         conn: self.conn.as_ref().map(|c| c.id),
                     });
-                    self.send(now, Op::Unlock { node }, Purpose::Unlock, true, out);
+                    self.send(
+                        now,
+                        Op::Release {
+                            node,
+                            token: *token,
+                        },
+                        Purpose::Unlock,
+                        true,
+                        out,
+                    );
                 }
             }
             Task::Holding {
                 lock,
                 node,
+                token,
                 release_us,
                 fenced,
             } => {
-                let (lock, node, release_us, fenced) =
-                    (lock.clone(), node.clone(), *release_us, *fenced);
+                let (lock, node, node_token, release_us, fenced) =
+                    (lock.clone(), node.clone(), *token, *release_us, *fenced);
                 if !self.believed.contains_key(&lock) && self.role != Role::Probe {
                     // Lost (safe deadline passed, or a LockLost): release what may be left.
-                    self.send(now, Op::Unlock { node }, Purpose::Unlock, true, out);
+                    self.send(
+                        now,
+                        Op::Release {
+                            node,
+                            token: node_token,
+                        },
+                        Purpose::Unlock,
+                        true,
+                        out,
+                    );
                 } else if !fenced && self.role != Role::Probe {
                     let Some(b) = self.believed.get(&lock) else {
                         return;
@@ -688,6 +708,7 @@ impl SimClient {
                     self.task = Task::Holding {
                         lock: lock.clone(),
                         node,
+                        token: node_token,
                         release_us,
                         fenced: true,
                     };
@@ -703,7 +724,16 @@ impl SimClient {
                     self.send(now, op, Purpose::Fenced(h), false, out);
                 } else if now >= release_us || self.mode == Mode::WindDown {
                     self.believed.remove(&lock);
-                    self.send(now, Op::Unlock { node }, Purpose::Unlock, true, out);
+                    self.send(
+                        now,
+                        Op::Release {
+                            node,
+                            token: node_token,
+                        },
+                        Purpose::Unlock,
+                        true,
+                        out,
+                    );
                 }
             }
         }
@@ -1085,7 +1115,7 @@ impl SimClient {
         if self.role == Role::Probe {
             out.push(CAction::ProbeAcquired { lock: lock.clone() });
             self.probe_left.retain(|l| *l != lock);
-            self.send(now, Op::Unlock { node }, Purpose::Unlock, true, out);
+            self.send(now, Op::Release { node, token }, Purpose::Unlock, true, out);
             return;
         }
         if now >= safe_until_us {
@@ -1094,7 +1124,7 @@ impl SimClient {
                 "c{} refuses a late grant of {lock}",
                 self.id
             )));
-            self.send(now, Op::Unlock { node }, Purpose::Unlock, true, out);
+            self.send(now, Op::Release { node, token }, Purpose::Unlock, true, out);
             return;
         }
         self.believed.insert(
@@ -1114,6 +1144,7 @@ impl SimClient {
         self.task = Task::Holding {
             lock,
             node,
+            token,
             release_us: now + hold,
             fenced: false,
         };
