@@ -228,6 +228,8 @@ pub struct Wal {
     active: DiskFile,
     /// Framed records appended since the last sync.
     buf: Vec<u8>,
+    /// The buffer of the last batch, given back by `finish_sync` for the next one.
+    spare: Vec<u8>,
     /// Lsn the next `append` returns.
     next_lsn: u64,
     /// Highest lsn known to be durable.
@@ -237,23 +239,43 @@ pub struct Wal {
     poisoned: bool,
 }
 
-/// An `fdatasync` that [`Wal::begin_sync`] left to do, on its own handle of the segment.
+/// The write and the `fdatasync` of one batch that [`Wal::begin_sync`] placed in the
+/// active segment and left to do, on its own handle of the segment.
 #[derive(Debug)]
 pub struct PendingSync {
-    /// `None` when fsync is off.
-    file: Option<DiskFile>,
+    file: DiskFile,
     path: PathBuf,
+    /// Where the batch goes in the segment.
+    offset: u64,
+    /// The framed records.
+    batch: Vec<u8>,
+    /// Zeros to write behind the batch: the next stretch of preallocated room (0: none).
+    room_bytes: u64,
+    fsync: bool,
     /// Every record up to this lsn is durable once the sync succeeds.
     through_lsn: u64,
 }
 
 impl PendingSync {
-    /// Runs the `fdatasync` (nothing when fsync is off). Needs no access to the log.
+    /// Writes the batch (one `write`, plus one of zeros past the preallocated room) and
+    /// runs the `fdatasync` (none when fsync is off). Needs no access to the log.
     pub fn wait(&mut self) -> Result<(), StorageError> {
-        match &mut self.file {
-            Some(file) => file.sync_data().map_err(io_err(&self.path)),
-            None => Ok(()),
+        self.file
+            .write_at(self.offset, &self.batch)
+            .map_err(io_err(&self.path))?;
+        if self.room_bytes > 0 {
+            // The syncs of the batches that follow then change no file metadata (the
+            // `fdatasync` below makes this one's new length durable too).
+            let zeros = vec![0u8; usize::try_from(self.room_bytes).unwrap_or(usize::MAX)];
+            let end = self.offset + self.batch.len() as u64;
+            self.file
+                .write_at(end, &zeros)
+                .map_err(io_err(&self.path))?;
         }
+        if self.fsync {
+            self.file.sync_data().map_err(io_err(&self.path))?;
+        }
+        Ok(())
     }
 }
 
@@ -290,6 +312,7 @@ impl Wal {
                 }],
                 active,
                 buf: Vec::new(),
+                spare: Vec::new(),
                 next_lsn: 1,
                 synced_lsn: 0,
                 sync_in_flight: false,
@@ -415,6 +438,7 @@ impl Wal {
             segments,
             active,
             buf: Vec::new(),
+            spare: Vec::new(),
             next_lsn,
             synced_lsn: next_lsn - 1,
             sync_in_flight: false,
@@ -472,11 +496,12 @@ impl Wal {
         }
     }
 
-    /// The first half of [`Wal::sync`]: writes the buffered records into the active
-    /// segment (rotating first if it is full) and returns the `fdatasync` still to do, on
-    /// its own handle of the segment, so that the caller can run it without holding
-    /// whatever guards this log (appends may continue meanwhile: they are buffered for
-    /// the next sync). `None` if nothing is buffered. The records are durable only once
+    /// The first half of [`Wal::sync`]: places the buffered records at the end of the
+    /// active segment (rotating first if it is full) and returns the write and the
+    /// `fdatasync` still to do, on its own handle of the segment, so that the caller can
+    /// run them without holding whatever guards this log (appends may continue
+    /// meanwhile: they are buffered for the next sync; a batch of a large snapshot takes
+    /// a while to write). `None` if nothing is buffered. The records are durable only once
     /// [`PendingSync::wait`] succeeded and [`Wal::finish_sync`] took its result; until
     /// then `synced_lsn` does not cover them and no other sync may begin.
     pub fn begin_sync(&mut self) -> Result<Option<PendingSync>, StorageError> {
@@ -509,6 +534,12 @@ impl Wal {
         result: Result<(), StorageError>,
     ) -> Result<(), StorageError> {
         self.sync_in_flight = false;
+        let mut batch = pending.batch;
+        batch.clear();
+        if batch.capacity() > RETAINED_BUFFER_BYTES {
+            batch.shrink_to(RETAINED_BUFFER_BYTES);
+        }
+        self.spare = batch;
         if let Err(e) = result {
             return Err(self.poison(e));
         }
@@ -532,41 +563,28 @@ impl Wal {
         {
             self.rotate()?;
         }
-        let fsync = self.options.fsync;
         let segment = self.active_segment();
         let path = segment.path.clone();
         let (offset, allocated) = (segment.bytes, segment.allocated);
-        self.active
-            .write_at(offset, &self.buf)
-            .map_err(io_err(&path))?;
-        let end = offset + self.buf.len() as u64;
+        let file = self.active.try_clone().map_err(io_err(&path))?;
+        let batch = std::mem::replace(&mut self.buf, std::mem::take(&mut self.spare));
+        let written = batch.len() as u64;
+        let end = offset + written;
         let room = self.options.preallocate_bytes;
-        if room > 0 && end > allocated {
-            // Past the room: write the next stretch of zeros now, so that the syncs of
-            // the batches that follow change no file metadata (the `fdatasync` below
-            // makes this one's new length durable too).
-            let zeros = vec![0u8; usize::try_from(room).unwrap_or(usize::MAX)];
-            self.active.write_at(end, &zeros).map_err(io_err(&path))?;
-            if let Some(segment) = self.segments.last_mut() {
-                segment.allocated = end + room;
-            }
-        }
-        let file = if fsync {
-            Some(self.active.try_clone().map_err(io_err(&path))?)
-        } else {
-            None
-        };
-        let written = self.buf.len() as u64;
+        let room_bytes = if room > 0 && end > allocated { room } else { 0 };
         if let Some(segment) = self.segments.last_mut() {
             segment.bytes += written;
-        }
-        self.buf.clear();
-        if self.buf.capacity() > RETAINED_BUFFER_BYTES {
-            self.buf.shrink_to(RETAINED_BUFFER_BYTES);
+            if room_bytes > 0 {
+                segment.allocated = end + room_bytes;
+            }
         }
         Ok(PendingSync {
             file,
             path,
+            offset,
+            batch,
+            room_bytes,
+            fsync: self.options.fsync,
             through_lsn: self.next_lsn - 1,
         })
     }
@@ -1321,6 +1339,9 @@ mod tests {
     enum Op {
         Append(Vec<u8>),
         Sync,
+        /// A sync in two halves, with these records appended between them (while the
+        /// batch is being written): they wait for the next sync.
+        SplitSync(Vec<Vec<u8>>),
         Reopen,
         /// Close, cut the last segment file to `n % (len + 1)` bytes, reopen.
         CutTail(u16),
@@ -1331,6 +1352,8 @@ mod tests {
         prop_oneof![
             6 => prop::collection::vec(any::<u8>(), 0..40).prop_map(Op::Append),
             3 => Just(Op::Sync),
+            2 => prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..3)
+                .prop_map(Op::SplitSync),
             1 => Just(Op::Reopen),
             1 => any::<u16>().prop_map(Op::CutTail),
             1 => any::<u8>().prop_map(Op::Compact),
@@ -1390,6 +1413,21 @@ mod tests {
                 Op::Sync => {
                     wal.sync().expect("sync");
                     model.durable.append(&mut model.pending);
+                }
+                Op::SplitSync(later) => {
+                    let pending = wal.begin_sync().expect("begin");
+                    prop_assert_eq!(pending.is_some(), !model.pending.is_empty());
+                    let through = (model.durable.len() + model.pending.len()) as u64;
+                    model.durable.append(&mut model.pending);
+                    for p in later {
+                        wal.append(&p).expect("append while a batch is written");
+                        model.pending.push(p);
+                    }
+                    if let Some(mut pending) = pending {
+                        let result = pending.wait();
+                        wal.finish_sync(pending, result).expect("finish");
+                    }
+                    prop_assert_eq!(wal.synced_lsn(), through);
                 }
                 Op::Reopen => {
                     drop(wal);

@@ -60,10 +60,11 @@
 //! durable with one write and one `fdatasync`. `OmniPaxos` owns its `PaxosStorage`, so the
 //! shell keeps a [`SyncHandle`] (taken with [`PaxosStorage::sync_handle`] before `build`);
 //! both share the log behind an `Arc<Mutex<..>>`. The storage thread holds that lock only
-//! to write the buffered batch (`Wal::begin_sync`) and to record the outcome
-//! (`Wal::finish_sync`), never across the `fdatasync`, which runs on a second handle of the
-//! segment file; records OmniPaxos buffers meanwhile wait for the next sync, and only
-//! what the completed sync wrote counts as durable. The shell must, after every batch of calls into
+//! to take the buffered batch and place it in the segment (`Wal::begin_sync`) and to
+//! record the outcome (`Wal::finish_sync`), never across the batch's write or its
+//! `fdatasync`, which run on a second handle of the segment file (a batch with a large
+//! snapshot takes a while to write); records OmniPaxos buffers meanwhile wait for the next
+//! sync, and only what the completed sync wrote counts as durable. The shell must, after every batch of calls into
 //! `OmniPaxos` (`handle_incoming`, `tick`, `append`, `snapshot`, `reconnected`):
 //!
 //! 1. `sync()` — persist;
@@ -796,8 +797,8 @@ impl WalShared {
         self.finish_sync(result, start)
     }
 
-    /// Writes what is buffered; the `fdatasync` is left to the caller, who may run it
-    /// without the lock (see [`SyncHandle::sync`]).
+    /// Takes what is buffered; its write and `fdatasync` are left to the caller, who may
+    /// run them without the lock (see [`SyncHandle::sync`]).
     fn begin_sync(&mut self) -> Result<Option<PendingSync>, StorageError> {
         self.wal.begin_sync().inspect_err(|e| {
             self.stats.sync_failures += 1;
@@ -872,9 +873,9 @@ impl SyncHandle {
     /// nothing is buffered). Call before sending OmniPaxos's outgoing messages and
     /// before applying decided entries. After an error the log is poisoned.
     ///
-    /// The lock shared with OmniPaxos's storage is held only to write the batch and to
-    /// record the outcome, not across the `fdatasync`: the node's core keeps buffering
-    /// OmniPaxos writes meanwhile (they go to the next sync).
+    /// The lock shared with OmniPaxos's storage is held only to take the batch and to
+    /// record the outcome, not across the batch's write or its `fdatasync`: the node's
+    /// core keeps buffering OmniPaxos writes meanwhile (they go to the next sync).
     pub fn sync(&self) -> Result<(), StorageError> {
         let start = Instant::now();
         let pending = lock(&self.shared)?.begin_sync()?;
