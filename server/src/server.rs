@@ -171,7 +171,7 @@ impl Server {
             );
             let log = Log::local(recovered.machine.last_zxid());
             let backend = Backend::Local {
-                wal: recovered.wal,
+                wal: Box::new(recovered.wal),
                 snapshot_index: recovered.snapshot_index,
             };
             let machine = Box::new(recovered.machine);

@@ -41,7 +41,7 @@ pub enum StorageCommand {
 pub enum Backend {
     /// Single node: the write-ahead log of entries, and the snapshot recovery started from.
     Local {
-        wal: Wal,
+        wal: Box<Wal>,
         snapshot_index: Option<u64>,
     },
     /// Cluster member: the replicated storage that OmniPaxos owns, synced through its handle.

@@ -76,7 +76,9 @@
 
 use crate::disk::{Disk, DiskFile};
 use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Largest payload of one record, in bytes. Larger appends are rejected, and a larger
 /// length field found during recovery marks the record as torn or corrupt.
@@ -226,7 +228,10 @@ pub struct Wal {
     segments: Vec<Segment>,
     /// Handle of the active segment, opened for appending.
     active: DiskFile,
-    /// Framed records appended since the last sync.
+    /// Records appended since the last sync, before those in `buf`: pieces closed by a
+    /// record with shared parts ([`Wal::append_parts`]).
+    pieces: Vec<Piece>,
+    /// Framed records appended since the last sync, after `pieces`.
     buf: Vec<u8>,
     /// The buffer of the last batch, given back by `finish_sync` for the next one.
     spare: Vec<u8>,
@@ -239,6 +244,58 @@ pub struct Wal {
     poisoned: bool,
 }
 
+/// A piece of a record given to [`Wal::append_parts`]: bytes of its own, or a range of a
+/// shared buffer, which is read when the batch is written instead of being copied into
+/// the log's buffer (a snapshot's image, tens of megabytes, is not copied on the caller's
+/// thread).
+#[derive(Debug, Clone)]
+pub enum Part {
+    /// Bytes of its own.
+    Owned(Vec<u8>),
+    /// `range` of a shared buffer (an out-of-bounds range reads as nothing).
+    Shared(Arc<Vec<u8>>, Range<usize>),
+}
+
+impl Part {
+    /// Its bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Part::Owned(v) => v,
+            Part::Shared(buf, range) => buf.get(range.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// Whether it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Buffered records of one batch, in log order.
+#[derive(Debug)]
+enum Piece {
+    /// Framed records, headers included.
+    Framed(Vec<u8>),
+    /// One record whose header (length, checksum) is computed when it is written.
+    Record(Vec<Part>),
+}
+
+impl Piece {
+    fn len(&self) -> usize {
+        match self {
+            Piece::Framed(bytes) => bytes.len(),
+            Piece::Record(parts) => {
+                RECORD_HEADER_BYTES + parts.iter().map(Part::len).sum::<usize>()
+            }
+        }
+    }
+}
+
 /// The write and the `fdatasync` of one batch that [`Wal::begin_sync`] placed in the
 /// active segment and left to do, on its own handle of the segment.
 #[derive(Debug)]
@@ -247,8 +304,8 @@ pub struct PendingSync {
     path: PathBuf,
     /// Where the batch goes in the segment.
     offset: u64,
-    /// The framed records.
-    batch: Vec<u8>,
+    /// The records, in order.
+    batch: Vec<Piece>,
     /// Zeros to write behind the batch: the next stretch of preallocated room (0: none).
     room_bytes: u64,
     fsync: bool,
@@ -257,20 +314,41 @@ pub struct PendingSync {
 }
 
 impl PendingSync {
-    /// Writes the batch (one `write`, plus one of zeros past the preallocated room) and
-    /// runs the `fdatasync` (none when fsync is off). Needs no access to the log.
+    /// Writes the batch (one `write` per piece: framed records, or the header and each
+    /// part of a record with shared parts; then one of zeros past the preallocated room)
+    /// and runs the `fdatasync` (none when fsync is off). Needs no access to the log.
     pub fn wait(&mut self) -> Result<(), StorageError> {
-        self.file
-            .write_at(self.offset, &self.batch)
-            .map_err(io_err(&self.path))?;
+        let mut at = self.offset;
+        for piece in &self.batch {
+            match piece {
+                Piece::Framed(bytes) => write_at(&mut self.file, &self.path, at, bytes)?,
+                Piece::Record(parts) => {
+                    let len = parts.iter().map(Part::len).sum::<usize>();
+                    // Checked by `append_parts`.
+                    let len_bytes = u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes();
+                    let mut crc = crc32fast::Hasher::new();
+                    crc.update(&len_bytes);
+                    for part in parts {
+                        crc.update(part.bytes());
+                    }
+                    let mut header = [0u8; RECORD_HEADER_BYTES];
+                    header[..4].copy_from_slice(&len_bytes);
+                    header[4..].copy_from_slice(&crc.finalize().to_le_bytes());
+                    write_at(&mut self.file, &self.path, at, &header)?;
+                    let mut part_at = at + RECORD_HEADER_BYTES as u64;
+                    for part in parts {
+                        write_at(&mut self.file, &self.path, part_at, part.bytes())?;
+                        part_at += part.len() as u64;
+                    }
+                }
+            }
+            at += piece.len() as u64;
+        }
         if self.room_bytes > 0 {
             // The syncs of the batches that follow then change no file metadata (the
             // `fdatasync` below makes this one's new length durable too).
             let zeros = vec![0u8; usize::try_from(self.room_bytes).unwrap_or(usize::MAX)];
-            let end = self.offset + self.batch.len() as u64;
-            self.file
-                .write_at(end, &zeros)
-                .map_err(io_err(&self.path))?;
+            write_at(&mut self.file, &self.path, at, &zeros)?;
         }
         if self.fsync {
             self.file.sync_data().map_err(io_err(&self.path))?;
@@ -311,6 +389,7 @@ impl Wal {
                     allocated: 0,
                 }],
                 active,
+                pieces: Vec::new(),
                 buf: Vec::new(),
                 spare: Vec::new(),
                 next_lsn: 1,
@@ -437,6 +516,7 @@ impl Wal {
             options,
             segments,
             active,
+            pieces: Vec::new(),
             buf: Vec::new(),
             spare: Vec::new(),
             next_lsn,
@@ -481,6 +561,33 @@ impl Wal {
         Ok(lsn)
     }
 
+    /// Buffers a record made of `parts`, like [`Wal::append`]. Shared parts are not
+    /// copied: their bytes are read when the batch is written (the buffers must not
+    /// change meanwhile, which an `Arc<Vec<u8>>` nobody can mutate guarantees).
+    pub fn append_parts(&mut self, parts: Vec<Part>) -> Result<u64, StorageError> {
+        if !parts.iter().any(|p| matches!(p, Part::Shared(..))) {
+            return self.append(&concat(&parts));
+        }
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        let len = parts.iter().map(Part::len).sum::<usize>();
+        if len > MAX_RECORD_BYTES {
+            return Err(StorageError::RecordTooLarge {
+                len,
+                max: MAX_RECORD_BYTES,
+            });
+        }
+        if !self.buf.is_empty() {
+            let framed = std::mem::take(&mut self.buf);
+            self.pieces.push(Piece::Framed(framed));
+        }
+        self.pieces.push(Piece::Record(parts));
+        let lsn = self.next_lsn;
+        self.next_lsn += 1;
+        Ok(lsn)
+    }
+
     /// Writes buffered records and makes them durable (one fdatasync).
     ///
     /// If the active segment is full, a new one is created first. On error the log is
@@ -513,7 +620,7 @@ impl Wal {
                 "a write-ahead log sync began while another was in flight".to_string(),
             ));
         }
-        if self.buf.is_empty() {
+        if self.buf.is_empty() && self.pieces.is_empty() {
             return Ok(None);
         }
         match self.write_batch() {
@@ -534,12 +641,13 @@ impl Wal {
         result: Result<(), StorageError>,
     ) -> Result<(), StorageError> {
         self.sync_in_flight = false;
-        let mut batch = pending.batch;
-        batch.clear();
-        if batch.capacity() > RETAINED_BUFFER_BYTES {
-            batch.shrink_to(RETAINED_BUFFER_BYTES);
+        if let Some(Piece::Framed(mut framed)) = pending.batch.into_iter().last() {
+            framed.clear();
+            if framed.capacity() > RETAINED_BUFFER_BYTES {
+                framed.shrink_to(RETAINED_BUFFER_BYTES);
+            }
+            self.spare = framed;
         }
-        self.spare = batch;
         if let Err(e) = result {
             return Err(self.poison(e));
         }
@@ -553,6 +661,7 @@ impl Wal {
     fn poison(&mut self, e: StorageError) -> StorageError {
         self.poisoned = true;
         self.buf = Vec::new();
+        self.pieces = Vec::new();
         tracing::error!(error = %e, "write-ahead log sync failed; the log is poisoned");
         e
     }
@@ -567,8 +676,12 @@ impl Wal {
         let path = segment.path.clone();
         let (offset, allocated) = (segment.bytes, segment.allocated);
         let file = self.active.try_clone().map_err(io_err(&path))?;
-        let batch = std::mem::replace(&mut self.buf, std::mem::take(&mut self.spare));
-        let written = batch.len() as u64;
+        let mut batch = std::mem::take(&mut self.pieces);
+        let framed = std::mem::replace(&mut self.buf, std::mem::take(&mut self.spare));
+        if !framed.is_empty() || batch.is_empty() {
+            batch.push(Piece::Framed(framed));
+        }
+        let written = batch.iter().map(Piece::len).sum::<usize>() as u64;
         let end = offset + written;
         let room = self.options.preallocate_bytes;
         let room_bytes = if room > 0 && end > allocated { room } else { 0 };
@@ -662,6 +775,23 @@ impl Wal {
 }
 
 /// The checksum stored with a record: CRC-32 of the length bytes, then the payload.
+/// Writes `bytes` at `at` (nothing for no bytes).
+fn write_at(file: &mut DiskFile, path: &Path, at: u64, bytes: &[u8]) -> Result<(), StorageError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    file.write_at(at, bytes).map_err(io_err(path))
+}
+
+/// The bytes of `parts`, one after the other.
+fn concat(parts: &[Part]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(Part::len).sum());
+    for part in parts {
+        out.extend_from_slice(part.bytes());
+    }
+    out
+}
+
 fn record_crc(len_bytes: [u8; 4], payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&len_bytes);
@@ -863,6 +993,46 @@ mod tests {
         let (_, rec) = open(dir, with_room(1 << 20, 4096));
         let want: Vec<(u64, Vec<u8>)> = (1..21).map(|i| (i, payload(i, 20))).collect();
         assert_eq!(payloads(&rec), want);
+        assert_eq!(rec.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn a_record_with_shared_parts_is_written_in_place_between_framed_ones() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let (mut wal, _) = open(dir, with_room(1 << 20, 64));
+        let image = Arc::new((0..200u8).collect::<Vec<u8>>());
+        assert_eq!(wal.append(b"before").expect("append"), 1);
+        let parts = vec![
+            Part::Owned(b"<".to_vec()),
+            Part::Shared(image.clone(), 10..150),
+            Part::Owned(b">".to_vec()),
+        ];
+        assert_eq!(wal.append_parts(parts).expect("parts"), 2);
+        assert_eq!(wal.append(b"after").expect("append"), 3);
+        // Parts without a shared buffer are a plain record.
+        let plain = vec![Part::Owned(b"a".to_vec()), Part::Owned(b"b".to_vec())];
+        assert_eq!(wal.append_parts(plain).expect("plain"), 4);
+        wal.sync().expect("sync");
+        let big = MAX_RECORD_BYTES + 1;
+        let too_large = vec![Part::Shared(Arc::new(vec![0; big]), 0..big)];
+        assert!(matches!(
+            wal.append_parts(too_large),
+            Err(StorageError::RecordTooLarge { .. })
+        ));
+        drop(wal);
+
+        let (_, rec) = open(dir, with_room(1 << 20, 64));
+        let middle = [&b"<"[..], &image[10..150], &b">"[..]].concat();
+        assert_eq!(
+            payloads(&rec),
+            vec![
+                (1, b"before".to_vec()),
+                (2, middle),
+                (3, b"after".to_vec()),
+                (4, b"ab".to_vec())
+            ]
+        );
         assert_eq!(rec.truncated_bytes, 0);
     }
 
@@ -1338,6 +1508,8 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Append(Vec<u8>),
+        /// A record of an owned prefix, a range of a shared buffer and an owned suffix.
+        AppendShared(Vec<u8>, Vec<u8>, u8, u8, Vec<u8>),
         Sync,
         /// A sync in two halves, with these records appended between them (while the
         /// batch is being written): they wait for the next sync.
@@ -1351,6 +1523,14 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             6 => prop::collection::vec(any::<u8>(), 0..40).prop_map(Op::Append),
+            2 => (
+                prop::collection::vec(any::<u8>(), 0..8),
+                prop::collection::vec(any::<u8>(), 0..40),
+                any::<u8>(),
+                any::<u8>(),
+                prop::collection::vec(any::<u8>(), 0..8),
+            )
+                .prop_map(|(a, b, c, d, e)| Op::AppendShared(a, b, c, d, e)),
             3 => Just(Op::Sync),
             2 => prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..3)
                 .prop_map(Op::SplitSync),
@@ -1408,6 +1588,19 @@ mod tests {
                 Op::Append(p) => {
                     let lsn = wal.append(&p).expect("append");
                     model.pending.push(p);
+                    prop_assert_eq!(lsn, (model.durable.len() + model.pending.len()) as u64);
+                }
+                Op::AppendShared(prefix, shared, from, len, suffix) => {
+                    let from = usize::from(from) % (shared.len() + 1);
+                    let to = (from + usize::from(len)).min(shared.len());
+                    let record = [&prefix[..], &shared[from..to], &suffix[..]].concat();
+                    let parts = vec![
+                        Part::Owned(prefix),
+                        Part::Shared(Arc::new(shared), from..to),
+                        Part::Owned(suffix),
+                    ];
+                    let lsn = wal.append_parts(parts).expect("append parts");
+                    model.pending.push(record);
                     prop_assert_eq!(lsn, (model.durable.len() + model.pending.len()) as u64);
                 }
                 Op::Sync => {

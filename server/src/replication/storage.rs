@@ -119,7 +119,7 @@
 use crate::disk::Disk;
 use crate::machine::{Entry, MachineImage, MachineLimits, StateMachine};
 use crate::wal::{
-    PendingSync, StorageError, Wal, WalOptions, MAX_RECORD_BYTES, RECORD_HEADER_BYTES,
+    Part, PendingSync, StorageError, Wal, WalOptions, MAX_RECORD_BYTES, RECORD_HEADER_BYTES,
 };
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::storage::{Snapshot, StopSign, Storage, StorageOp, StorageResult};
@@ -548,6 +548,117 @@ const FRAME_FIRST: u8 = 2;
 const FRAME_MIDDLE: u8 = 3;
 const FRAME_LAST: u8 = 4;
 
+/// The frame tag of fragment `i` of `n`.
+fn frame_tag(i: usize, n: usize) -> u8 {
+    if n == 1 {
+        FRAME_WHOLE
+    } else if i == 0 {
+        FRAME_FIRST
+    } else if i + 1 == n {
+        FRAME_LAST
+    } else {
+        FRAME_MIDDLE
+    }
+}
+
+/// A bincode writer that keeps the given shared buffers (snapshot images) by reference.
+/// Bincode writes a byte string with one call, so a write of exactly one of these buffers
+/// becomes a [`Part::Shared`] instead of a copy; everything else is copied into owned
+/// parts. The parts hold exactly the bytes bincode wrote.
+struct PartsWriter<'a> {
+    shared: &'a [Arc<Vec<u8>>],
+    /// Smaller writes are copied.
+    min_bytes: usize,
+    parts: Vec<Part>,
+    owned: Vec<u8>,
+}
+
+impl bincode::enc::write::Writer for PartsWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        let found = self.shared.iter().find(|buf| {
+            bytes.len() >= self.min_bytes
+                && buf.as_ptr() == bytes.as_ptr()
+                && buf.len() == bytes.len()
+        });
+        match found {
+            Some(buf) => {
+                if !self.owned.is_empty() {
+                    self.parts
+                        .push(Part::Owned(std::mem::take(&mut self.owned)));
+                }
+                self.parts.push(Part::Shared(buf.clone(), 0..buf.len()));
+            }
+            None => self.owned.extend_from_slice(bytes),
+        }
+        Ok(())
+    }
+}
+
+/// The bincode of `value` as parts, the bytes of `shared` buffers of at least `min_bytes`
+/// by reference.
+fn encode_parts<T: Serialize>(
+    value: &T,
+    shared: &[Arc<Vec<u8>>],
+    min_bytes: usize,
+) -> Result<Vec<Part>, PaxosStorageError> {
+    let mut writer = PartsWriter {
+        shared,
+        min_bytes,
+        parts: Vec::new(),
+        owned: Vec::new(),
+    };
+    bincode::serde::encode_into_writer(value, &mut writer, bincode_config())
+        .map_err(|e| PaxosStorageError::Encode(e.to_string()))?;
+    if !writer.owned.is_empty() {
+        writer.parts.push(Part::Owned(writer.owned));
+    }
+    Ok(writer.parts)
+}
+
+/// Moves `n` bytes of `parts`, from `pos` (part index, offset in it) on, into `out`: owned
+/// bytes are copied, shared ones referred to.
+fn take_parts(parts: &[Part], pos: &mut (usize, usize), mut n: usize, out: &mut Vec<Part>) {
+    while n > 0 {
+        let Some(part) = parts.get(pos.0) else {
+            return;
+        };
+        let left = part.len().saturating_sub(pos.1);
+        if left == 0 {
+            *pos = (pos.0 + 1, 0);
+            continue;
+        }
+        let k = left.min(n);
+        let (from, to) = (pos.1, pos.1 + k);
+        out.push(match part {
+            Part::Owned(bytes) => Part::Owned(bytes.get(from..to).unwrap_or_default().to_vec()),
+            Part::Shared(buf, range) => {
+                Part::Shared(buf.clone(), range.start + from..range.start + to)
+            }
+        });
+        pos.1 = to;
+        n -= k;
+    }
+}
+
+/// The snapshot images a record holds.
+fn record_images(rec: &StorageRecord, out: &mut Vec<Arc<Vec<u8>>>) {
+    match rec {
+        StorageRecord::Snapshot(Some(s)) => out.extend(s.image.clone()),
+        StorageRecord::Checkpoint(state) => out.extend(state_image(state)),
+        StorageRecord::Batch(rs) => {
+            for r in rs {
+                record_images(r, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The snapshot image a log state holds.
+fn state_image(state: &LogState) -> Option<Arc<Vec<u8>>> {
+    state.snapshot.as_ref().and_then(|s| s.image.clone())
+}
+
 /// Reassembles fragmented logical records during recovery.
 #[derive(Debug, Default)]
 struct Reassembler {
@@ -625,6 +736,10 @@ pub struct PaxosStorageConfig {
     /// Largest logical-record fragment; larger records are split. At most
     /// `MAX_RECORD_BYTES - 1` (one byte of the WAL record is the frame tag).
     pub max_fragment_bytes: usize,
+    /// Snapshot images at least this large are written to the log from their shared
+    /// buffer when the batch is written, instead of being copied into the log's buffer
+    /// by the caller (the node's core); the bytes on disk are the same.
+    pub shared_image_min_bytes: usize,
 }
 
 impl PaxosStorageConfig {
@@ -636,6 +751,7 @@ impl PaxosStorageConfig {
             checkpoint_min_obsolete_bytes: 64 << 20,
             checkpoint_obsolete_per_live_ratio: 2,
             max_fragment_bytes: MAX_RECORD_BYTES - 1,
+            shared_image_min_bytes: 64 << 10,
         }
     }
 }
@@ -673,6 +789,9 @@ pub struct StorageStats {
     pub records_appended: u64,
     /// Bytes appended to the WAL, framing included.
     pub bytes_appended: u64,
+    /// Of those, bytes of snapshot images written from their shared buffers (not copied
+    /// into the log's buffer).
+    pub image_bytes_by_reference: u64,
     /// Checkpoint records written.
     pub checkpoints: u64,
     /// Delta snapshots rebuilt (see the module documentation).
@@ -730,6 +849,38 @@ impl WalShared {
         Ok((first, last))
     }
 
+    /// Appends a logical record given as parts of its encoding (shared parts are not
+    /// copied), fragmenting it if needed, like [`WalShared::append_logical`].
+    fn append_logical_parts(
+        &mut self,
+        payload: &[Part],
+        max_fragment_bytes: usize,
+        must_sync: bool,
+    ) -> Result<(u64, u64), StorageError> {
+        let max = max_fragment_bytes.max(1);
+        let total = payload.iter().map(Part::len).sum::<usize>();
+        let n = total.div_ceil(max).max(1);
+        let mut pos = (0, 0);
+        let (mut first, mut last) = (None, 0);
+        for i in 0..n {
+            let mut fragment = vec![Part::Owned(vec![frame_tag(i, n)])];
+            take_parts(payload, &mut pos, max, &mut fragment);
+            let len = fragment.iter().map(Part::len).sum::<usize>();
+            self.stats.image_bytes_by_reference += fragment
+                .iter()
+                .filter(|p| matches!(p, Part::Shared(..)))
+                .map(|p| p.len() as u64)
+                .sum::<u64>();
+            last = self.wal.append_parts(fragment)?;
+            first.get_or_insert(last);
+            self.account(len);
+        }
+        if must_sync {
+            self.must_sync_lsn = last;
+        }
+        Ok((first.unwrap_or(last), last))
+    }
+
     fn append_fragments(
         &mut self,
         framed: &mut [u8],
@@ -747,15 +898,8 @@ impl WalShared {
         let mut last = 0;
         let mut fragment = Vec::with_capacity(max_fragment_bytes + 1);
         for (i, chunk) in chunks.into_iter().enumerate() {
-            let tag = if i == 0 {
-                FRAME_FIRST
-            } else if i + 1 == n {
-                FRAME_LAST
-            } else {
-                FRAME_MIDDLE
-            };
             fragment.clear();
-            fragment.push(tag);
+            fragment.push(frame_tag(i, n));
             fragment.extend_from_slice(chunk);
             last = self.wal.append(&fragment)?;
             first.get_or_insert(last);
@@ -1169,23 +1313,20 @@ impl PaxosStorage {
 
     /// Appends a checkpoint of the whole state now (durable at the next sync).
     pub fn checkpoint(&mut self) -> Result<(), PaxosStorageError> {
-        let mut framed = vec![0u8];
-        bincode::serde::encode_into_std_write(
-            CheckpointRef(&self.state),
-            &mut framed,
-            bincode_config(),
-        )
-        .map_err(|e| PaxosStorageError::Encode(e.to_string()))?;
+        let images: Vec<Arc<Vec<u8>>> = state_image(&self.state).into_iter().collect();
+        let min_bytes = self.config.shared_image_min_bytes;
+        let payload = encode_parts(&CheckpointRef(&self.state), &images, min_bytes)?;
+        let bytes = payload.iter().map(Part::len).sum::<usize>();
         let mut shared = lock(&self.shared)?;
         let before = shared.bytes_since_checkpoint;
         shared.bytes_since_checkpoint = 0;
-        match shared.append_logical(&mut framed, self.config.max_fragment_bytes, true) {
+        match shared.append_logical_parts(&payload, self.config.max_fragment_bytes, true) {
             Ok((first, last)) => {
                 shared.checkpoint_in_flight = Some((first, last));
                 shared.stats.checkpoints += 1;
                 tracing::debug!(
                     first_lsn = first,
-                    bytes = framed.len(),
+                    bytes,
                     obsolete_before = before,
                     "wrote a Paxos log checkpoint"
                 );
@@ -1212,17 +1353,27 @@ impl PaxosStorage {
         };
         let appended_entries = appended_entry_count(&record);
         let must_sync = !matches!(record, StorageRecord::Decided(_));
-        let mut framed = vec![0u8];
-        bincode::serde::encode_into_std_write(&record, &mut framed, bincode_config())
-            .map_err(|e| PaxosStorageError::Encode(e.to_string()))?;
-        {
+        let max_fragment_bytes = self.config.max_fragment_bytes;
+        let mut images = Vec::new();
+        record_images(&record, &mut images);
+        if images.is_empty() {
+            let mut framed = vec![0u8];
+            bincode::serde::encode_into_std_write(&record, &mut framed, bincode_config())
+                .map_err(|e| PaxosStorageError::Encode(e.to_string()))?;
             let mut shared = lock(&self.shared)?;
-            shared.append_logical(&mut framed, self.config.max_fragment_bytes, must_sync)?;
+            shared.append_logical(&mut framed, max_fragment_bytes, must_sync)?;
             shared.stats.snapshot_repairs += repairs;
-        }
-        if appended_entries > 0 && !record_has_snapshot(&record) {
-            let sample = (framed.len() as u64 / appended_entries).max(1);
-            self.avg_entry_bytes = (self.avg_entry_bytes * 7 + sample) / 8;
+            drop(shared);
+            if appended_entries > 0 && !record_has_snapshot(&record) {
+                let sample = (framed.len() as u64 / appended_entries).max(1);
+                self.avg_entry_bytes = (self.avg_entry_bytes * 7 + sample) / 8;
+            }
+        } else {
+            // The images are written from their shared buffers, not copied here.
+            let payload = encode_parts(&record, &images, self.config.shared_image_min_bytes)?;
+            let mut shared = lock(&self.shared)?;
+            shared.append_logical_parts(&payload, max_fragment_bytes, must_sync)?;
+            shared.stats.snapshot_repairs += repairs;
         }
         apply(&mut self.state, record);
         if self.state.log_start != self.state.compacted_idx {
@@ -2219,6 +2370,76 @@ mod tests {
         reopen(s, dir);
     }
 
+    #[test]
+    fn an_image_is_encoded_by_reference_into_the_same_bytes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = open(tmp.path());
+        s.append_entries(entries(0..20)).expect("append");
+        s.set_decided_idx(20).expect("decided");
+        omnipaxos_snapshot(&mut s, 20);
+        let snap = s.get_snapshot().expect("get").expect("a snapshot");
+        let image = snap.image.clone().expect("an image");
+        let record = StorageRecord::Snapshot(Some(snap));
+        let plain = bincode::serde::encode_to_vec(&record, bincode_config()).expect("encode");
+        let parts = encode_parts(&record, std::slice::from_ref(&image), 0).expect("parts");
+        let shared: Vec<&Part> = parts
+            .iter()
+            .filter(|p| matches!(p, Part::Shared(..)))
+            .collect();
+        assert_eq!(shared.len(), 1, "{parts:?}");
+        assert_eq!(shared[0].bytes().as_ptr(), image.as_ptr(), "not a copy");
+        assert_eq!(
+            parts
+                .iter()
+                .flat_map(Part::bytes)
+                .copied()
+                .collect::<Vec<u8>>(),
+            plain
+        );
+        // Below the threshold it is copied.
+        let copied =
+            encode_parts(&record, std::slice::from_ref(&image), image.len() + 1).expect("parts");
+        assert!(copied.iter().all(|p| matches!(p, Part::Owned(_))));
+    }
+
+    /// Images written from their shared buffers (whole, and fragmented across records)
+    /// leave exactly the bytes a copy does.
+    #[test]
+    fn images_by_reference_leave_the_same_log() {
+        for max_fragment_bytes in [MAX_RECORD_BYTES - 1, 16] {
+            let logs: Vec<Vec<u8>> = [0, usize::MAX]
+                .into_iter()
+                .map(|shared_image_min_bytes| {
+                    let tmp = tempfile::tempdir().expect("tempdir");
+                    let dir = tmp.path();
+                    let cfg = PaxosStorageConfig {
+                        max_fragment_bytes,
+                        shared_image_min_bytes,
+                        ..config()
+                    };
+                    let mut s = PaxosStorage::open_with(dir, cfg).expect("open");
+                    s.append_entries(entries(0..40)).expect("append");
+                    s.set_decided_idx(30).expect("decided");
+                    omnipaxos_snapshot(&mut s, 20);
+                    omnipaxos_snapshot(&mut s, 30);
+                    s.checkpoint().expect("checkpoint");
+                    s.append_entry(entry(40)).expect("append");
+                    s.sync().expect("sync");
+                    let by_reference = s.stats().image_bytes_by_reference;
+                    assert_eq!(by_reference > 0, shared_image_min_bytes == 0);
+                    let state = s.state.clone();
+                    let s = reopen(s, dir);
+                    assert_eq!(s.state, state);
+                    segment_files(dir)
+                        .iter()
+                        .flat_map(|f| fs::read(f).expect("read"))
+                        .collect()
+                })
+                .collect();
+            assert_eq!(logs[0], logs[1], "max_fragment_bytes {max_fragment_bytes}");
+        }
+    }
+
     /// Cuts the log at every byte offset of its last write: reopening gives the state
     /// before or after that write, nothing in between.
     fn torn_last_write(max_fragment_bytes: usize) {
@@ -2304,6 +2525,7 @@ mod tests {
             checkpoint_min_obsolete_bytes: 4096,
             checkpoint_obsolete_per_live_ratio: 1,
             max_fragment_bytes: 512,
+            shared_image_min_bytes: 0,
             limits: limits(),
         };
         let mut s = PaxosStorage::open_with(dir, cfg).expect("open");
@@ -2602,6 +2824,7 @@ mod tests {
                 },
                 checkpoint_min_obsolete_bytes: 1024,
                 checkpoint_obsolete_per_live_ratio: 1,
+                shared_image_min_bytes: 0,
                 ..PaxosStorageConfig::new(WalOptions::default(), limits())
             }
         }

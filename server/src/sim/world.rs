@@ -480,6 +480,9 @@ impl World {
         let storage = PaxosStorageConfig {
             checkpoint_min_obsolete_bytes: self.cfg.checkpoint_bytes,
             checkpoint_obsolete_per_live_ratio: 1,
+            // Every image from its shared buffer, so that the simulated crashes cover
+            // that way of writing too.
+            shared_image_min_bytes: 0,
             ..PaxosStorageConfig::new(
                 WalOptions {
                     segment_bytes: self.cfg.segment_bytes,
