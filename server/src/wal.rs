@@ -35,11 +35,15 @@
 //!
 //! # Crash-safety argument
 //!
-//! * `sync` writes one batch at the logical end of the active (last) segment with one
-//!   `write` (plus, past the preallocated room, one more of zeros after it) and then one
-//!   `fdatasync`. Only after `fdatasync` returns are the batch's lsns reported durable
-//!   (`synced_lsn`). A crash before that can leave any prefix of the batch, or garbage, or
-//!   zeros at the end of the last segment, never in an earlier one. A batch written into
+//! * `sync` writes one batch at the logical end of the active (last) segment, in order
+//!   and contiguously: one `write` of framed records, or, for a record appended with
+//!   shared parts ([`Wal::append_parts`], a snapshot image), one of its header and one per
+//!   part, read from the shared buffers (plus, past the preallocated room, one write of
+//!   zeros after the batch), and then one `fdatasync`. The bytes are the same as if the
+//!   record had been framed into the buffer. Only after `fdatasync` returns are the
+//!   batch's lsns reported durable (`synced_lsn`). A crash before that can leave any
+//!   part of the batch, or garbage, or zeros at the end of the last segment, never in an
+//!   earlier one. A batch written into
 //!   room overwrites only zeros that no record was ever read from; a crash that tears it
 //!   leaves records, then garbage or zeros, as at a file's end.
 //! * A new segment is created only when a batch is about to be written and the active
