@@ -160,6 +160,12 @@ impl LockRegistry {
         });
         let ended = matches!(status, SlotStatus::Ended(_));
         let (tx, rx) = watch::channel(status);
+        // The server gives a path to a new node only once the node that had it is gone:
+        // an earlier node of this path still tracked here (its loss was missed while
+        // disconnected, say) is over.
+        if let Some(earlier) = self.slots.remove(node).filter(|s| s.token != token) {
+            earlier.tx.send_replace(SlotStatus::Ended(LockLoss::Gone));
+        }
         if !ended {
             self.slots.insert(
                 node.to_string(),
@@ -374,6 +380,21 @@ mod tests {
         let c = r.register("/l", "/l/x-3", 8, true);
         r.released("/l/x-3", None);
         assert_eq!(*c.borrow(), SlotStatus::Ended(LockLoss::Released));
+    }
+
+    #[test]
+    fn a_new_node_of_a_tracked_path_ends_the_earlier_one() {
+        let mut r = LockRegistry::default();
+        let earlier = r.register("/l", "/l/x-0", 7, true);
+        let later = r.register("/l", "/l/x-0", 9, true);
+        assert_eq!(*earlier.borrow(), SlotStatus::Ended(LockLoss::Gone));
+        assert_eq!(*later.borrow(), SlotStatus::Granted);
+        assert_eq!(r.len(), 1);
+        // Events of the earlier node do not reach the later one.
+        let mut lost = event("/l/x-0");
+        lost.token = 7;
+        r.on_event(&lost, false);
+        assert_eq!(*later.borrow(), SlotStatus::Granted);
     }
 
     #[test]

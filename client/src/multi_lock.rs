@@ -15,8 +15,8 @@ use crate::connection::Then;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseOptions};
 use crate::lock::{
-    any_changed, detach_release, lease_changed, until, wait_for_grants, Attempt, LockCounters,
-    LockLoss, LockOptions,
+    detach_release, lease_changed, until, wait_for_grants, Attempt, LockCounters, LockLoss,
+    LockOptions,
 };
 use crate::lock_registry::{RequestNodes, SlotStatus};
 use corral_protocol::{
@@ -454,7 +454,7 @@ impl MultiLockGuard {
                 }
                 let deadline = inner.safe_deadline();
                 tokio::select! {
-                    closed = any_changed(&mut statuses) => {
+                    closed = any_closed_or_changed(&mut statuses) => {
                         if closed {
                             return inner.loss_now().unwrap_or(LockLoss::SessionEnded);
                         }
@@ -518,6 +518,16 @@ impl MultiLockGuard {
         }
         Ok(released)
     }
+}
+
+/// Resolves when any of the statuses changes: `true` if one can no longer change (the
+/// connection task stopped tracking it), whatever it was.
+async fn any_closed_or_changed(statuses: &mut [watch::Receiver<SlotStatus>]) -> bool {
+    let waits = statuses
+        .iter_mut()
+        .map(|s| Box::pin(async move { s.changed().await.is_err() }));
+    let (closed, _, _) = futures::future::select_all(waits).await;
+    closed
 }
 
 impl Drop for MultiLockGuard {
