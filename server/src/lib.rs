@@ -17,6 +17,7 @@ pub mod config;
 pub mod deadlock;
 pub mod disk;
 pub mod faults;
+pub mod free;
 pub mod locks;
 pub mod machine;
 pub mod metrics;

@@ -2089,9 +2089,16 @@ fn snapshot_cost() {
         let t = Instant::now();
         drop(copy);
         let dropped = t.elapsed();
+        let bytes = image.image().map_or(0, <[u8]>::len);
+        // What a follower installing it does on its core: decode, then free its old state.
+        let t = Instant::now();
+        let decoded = image.into_machine(h.m.limits()).expect("decodes");
+        let decode = t.elapsed();
+        let t = Instant::now();
+        drop(decoded);
+        let freed = t.elapsed();
         println!(
-            "100,000 locks held, {} bytes: image {imaged:?}, clone {cloned:?}, drop {dropped:?}, encode {encoded:?}",
-            image.image().map_or(0, <[u8]>::len)
+            "100,000 locks held, {bytes} bytes: image {imaged:?}, clone {cloned:?}, drop {dropped:?}, encode {encoded:?}, decode {decode:?}, free a decoded machine {freed:?}"
         );
     }
 }

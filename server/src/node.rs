@@ -1149,7 +1149,8 @@ impl Node {
             .collect();
         let lock_events = before.lock_catch_up(&self.machine, &answered);
         self.send_lock_events(&lock_events);
-        drop(before);
+        // Freeing the replaced state costs about a fifth of decoding it.
+        crate::free::free_elsewhere(before);
         self.stats.snapshots_installed += 1;
         self.machine.set_limits(self.config.machine);
         self.last_snapshot_index = self.machine.last_zxid();

@@ -481,7 +481,7 @@ fn check_snapshot_covers(s: &MachineSnapshot, compacted_idx: usize) -> Result<()
 }
 
 /// Trimmed entries at least this many are freed on a thread of their own
-/// ([`free_elsewhere`]).
+/// ([`free_trimmed`]).
 const FREE_ELSEWHERE_ENTRIES: usize = 4096;
 
 /// Drops entries the log no longer holds. A compaction trims every entry since the
@@ -489,16 +489,9 @@ const FREE_ELSEWHERE_ENTRIES: usize = 4096;
 /// data took the core 15 to 30 ms per 50,000 entries, during which the node answered
 /// nobody, so a large batch is dropped on a short-lived thread instead (one per
 /// compaction). Dropping has no effect but freeing memory, so this changes no outcome.
-fn free_elsewhere(entries: VecDeque<Entry>) {
-    if entries.len() < FREE_ELSEWHERE_ENTRIES {
-        return;
-    }
-    let spawned = std::thread::Builder::new()
-        .name("corral-free".to_string())
-        .spawn(move || drop(entries));
-    if let Err(e) = spawned {
-        // The closure, and the entries with it, were dropped here instead.
-        tracing::debug!(error = %e, "cannot start a thread to free trimmed entries");
+fn free_trimmed(entries: VecDeque<Entry>) {
+    if entries.len() >= FREE_ELSEWHERE_ENTRIES {
+        crate::free::free_elsewhere(entries);
     }
 }
 
@@ -521,7 +514,7 @@ fn apply(state: &mut LogState, rec: StorageRecord) {
             if idx > state.log_start {
                 let n = (idx - state.log_start).min(state.entries.len());
                 let rest = state.entries.split_off(n);
-                free_elsewhere(std::mem::replace(&mut state.entries, rest));
+                free_trimmed(std::mem::replace(&mut state.entries, rest));
                 state.log_start = idx;
                 if state.entries.capacity() > 4 * state.entries.len() + 4096 {
                     state.entries.shrink_to_fit();
