@@ -93,8 +93,8 @@ settings! {
     /// whatever this is (its connections are reset, and the followers then run their
     /// rounds at one per tick); a leader cut off without a reset costs two to three of
     /// these. It must exceed the longest stall of a node's core, which grows with the
-    /// state (about 0.5 s per 500,000 znodes at each compaction, docs/OPERATIONS.md), or
-    /// every compaction moves the leadership. The minimum session TTL must be at least
+    /// state (docs/OPERATIONS.md, "State size"), or a stalled leader loses the
+    /// leadership. The minimum session TTL must be at least
     /// 1.5 x this value.
     election_timeout_ms: u64 = 1000;
     /// Most messages queued for one peer; more are dropped (the protocol resends).
