@@ -391,6 +391,44 @@ pub(crate) fn detach_release(client: &Client, nodes: RequestNodes) {
     client.detach(nodes.release_op(), Then::Detached(Detached::Release(nodes)));
 }
 
+/// Releases the nodes of a granted request (a guard's `release`): `Ok(true)` if this call
+/// released them, `Ok(false)` if they were gone or `released` was already set (it is set
+/// now); then revokes `dedicated_lease`, the lease made for this lock. Counts the outcome.
+pub(crate) async fn release_held(
+    client: &Client,
+    nodes: RequestNodes,
+    released: &AtomicBool,
+    dedicated_lease: Option<&Lease>,
+) -> Result<bool> {
+    let outcome = client.call(nodes.release_op(), Then::Release(nodes)).await;
+    let gone = match outcome {
+        Ok(reply) => match reply.result {
+            OpResult::Unlocked { released } => released,
+            other => {
+                LockCounters::add(&client.lock_counters().failed_releases);
+                return Err(unexpected("unlock", &other));
+            }
+        },
+        // The session is gone, and its locks with it.
+        Err(Error::SessionExpired | Error::Closed) => false,
+        Err(e) => {
+            LockCounters::add(&client.lock_counters().failed_releases);
+            return Err(e);
+        }
+    };
+    let first = !released.swap(true, Ordering::SeqCst);
+    if let Some(lease) = dedicated_lease {
+        if let Err(e) = lease.revoke().await {
+            tracing::debug!(lease = lease.id(), "revoking a released lock's lease: {e}");
+        }
+    }
+    let released = gone && first;
+    if released {
+        LockCounters::add(&client.lock_counters().released);
+    }
+    Ok(released)
+}
+
 /// `future`, given up at `deadline` (`None` if it passed first).
 pub(crate) async fn until<F: Future>(deadline: Option<Instant>, future: F) -> Option<F::Output> {
     match deadline {
@@ -937,38 +975,8 @@ impl LockGuard {
             return Ok(false);
         }
         let nodes = RequestNodes::one(&inner.node, inner.token);
-        let outcome = inner
-            .client
-            .call(nodes.release_op(), Then::Release(nodes))
-            .await;
-        let released = match outcome {
-            Ok(reply) => match reply.result {
-                OpResult::Unlocked { released } => released,
-                other => {
-                    LockCounters::add(&inner.client.lock_counters().failed_releases);
-                    return Err(unexpected("unlock", &other));
-                }
-            },
-            // The session is gone, and its locks with it.
-            Err(Error::SessionExpired | Error::Closed) => false,
-            Err(e) => {
-                LockCounters::add(&inner.client.lock_counters().failed_releases);
-                return Err(e);
-            }
-        };
-        let first = !inner.released.swap(true, Ordering::SeqCst);
-        if inner.dedicated {
-            if let Some(lease) = &inner.lease {
-                if let Err(e) = lease.revoke().await {
-                    tracing::debug!(lease = lease.id(), "revoking a released lock's lease: {e}");
-                }
-            }
-        }
-        let released = released && first;
-        if released {
-            LockCounters::add(&inner.client.lock_counters().released);
-        }
-        Ok(released)
+        let lease = inner.lease.as_ref().filter(|_| inner.dedicated);
+        release_held(&inner.client, nodes, &inner.released, lease).await
     }
 
     /// Renews what the lock is held under now (its lease, or the session with a ping)

@@ -15,7 +15,7 @@ use crate::connection::Then;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseOptions};
 use crate::lock::{
-    detach_release, lease_changed, until, wait_for_grants, Attempt, LockCounters, LockLoss,
+    detach_release, lease_changed, release_held, until, wait_for_grants, Attempt, LockLoss,
     LockOptions,
 };
 use crate::lock_registry::{RequestNodes, SlotStatus};
@@ -482,41 +482,8 @@ impl MultiLockGuard {
             return Ok(false);
         }
         // Releasing one node releases the group, in one transaction.
-        let request = inner.request.clone();
-        let outcome = inner
-            .client
-            .call(request.release_op(), Then::Release(request))
-            .await;
-        let released = match outcome {
-            Ok(reply) => match reply.result {
-                OpResult::Unlocked { released } => released,
-                other => {
-                    LockCounters::add(&inner.client.lock_counters().failed_releases);
-                    return Err(unexpected("unlock", &other));
-                }
-            },
-            Err(Error::SessionExpired | Error::Closed) => false,
-            Err(e) => {
-                LockCounters::add(&inner.client.lock_counters().failed_releases);
-                return Err(e);
-            }
-        };
-        let first = !inner.released.swap(true, Ordering::SeqCst);
-        if inner.dedicated {
-            if let Some(lease) = &inner.lease {
-                if let Err(e) = lease.revoke().await {
-                    tracing::debug!(
-                        lease = lease.id(),
-                        "revoking a released multi-lock's lease: {e}"
-                    );
-                }
-            }
-        }
-        let released = released && first;
-        if released {
-            LockCounters::add(&inner.client.lock_counters().released);
-        }
-        Ok(released)
+        let lease = inner.lease.as_ref().filter(|_| inner.dedicated);
+        release_held(&inner.client, inner.request.clone(), &inner.released, lease).await
     }
 }
 

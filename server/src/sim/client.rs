@@ -577,6 +577,11 @@ impl SimClient {
         }
     }
 
+    /// Releases the queue node `node` created with `token` (a task request).
+    fn release(&mut self, now: u64, node: String, token: u64, out: &mut Vec<CAction>) {
+        self.send(now, Op::Release { node, token }, Purpose::Unlock, true, out);
+    }
+
     fn send(
         &mut self,
         now: u64,
@@ -655,16 +660,7 @@ impl SimClient {
                         token: *token,
                         conn: self.conn.as_ref().map(|c| c.id),
                     });
-                    self.send(
-                        now,
-                        Op::Release {
-                            node,
-                            token: *token,
-                        },
-                        Purpose::Unlock,
-                        true,
-                        out,
-                    );
+                    self.release(now, node, *token, out);
                 }
             }
             Task::Holding {
@@ -678,16 +674,7 @@ impl SimClient {
                     (lock.clone(), node.clone(), *token, *release_us, *fenced);
                 if !self.believed.contains_key(&lock) && self.role != Role::Probe {
                     // Lost (safe deadline passed, or a LockLost): release what may be left.
-                    self.send(
-                        now,
-                        Op::Release {
-                            node,
-                            token: node_token,
-                        },
-                        Purpose::Unlock,
-                        true,
-                        out,
-                    );
+                    self.release(now, node, node_token, out);
                 } else if !fenced && self.role != Role::Probe {
                     let Some(b) = self.believed.get(&lock) else {
                         return;
@@ -724,16 +711,7 @@ impl SimClient {
                     self.send(now, op, Purpose::Fenced(h), false, out);
                 } else if now >= release_us || self.mode == Mode::WindDown {
                     self.believed.remove(&lock);
-                    self.send(
-                        now,
-                        Op::Release {
-                            node,
-                            token: node_token,
-                        },
-                        Purpose::Unlock,
-                        true,
-                        out,
-                    );
+                    self.release(now, node, node_token, out);
                 }
             }
         }
@@ -1115,7 +1093,7 @@ impl SimClient {
         if self.role == Role::Probe {
             out.push(CAction::ProbeAcquired { lock: lock.clone() });
             self.probe_left.retain(|l| *l != lock);
-            self.send(now, Op::Release { node, token }, Purpose::Unlock, true, out);
+            self.release(now, node, token, out);
             return;
         }
         if now >= safe_until_us {
@@ -1124,7 +1102,7 @@ impl SimClient {
                 "c{} refuses a late grant of {lock}",
                 self.id
             )));
-            self.send(now, Op::Release { node, token }, Purpose::Unlock, true, out);
+            self.release(now, node, token, out);
             return;
         }
         self.believed.insert(
