@@ -52,6 +52,10 @@ pub struct FaultSwitches {
     /// Sessions: the leader acknowledges followers' reports of live sessions without
     /// renewing them (breaks "no session expires while its leader heard from it").
     pub ignore_alive_reports: bool,
+    /// Catch-up: the entries after a snapshot from the leader are applied to the old
+    /// state while the snapshot is still being decoded, which then replaces it (breaks
+    /// "same zxid, same state").
+    pub apply_during_install: bool,
 }
 
 impl FaultSwitches {
@@ -77,6 +81,7 @@ thread_local! {
             send_forwards_once: false,
             lose_lock_grant_event: false,
             ignore_alive_reports: false,
+            apply_during_install: false,
         }) };
 }
 
@@ -121,6 +126,7 @@ pub fn from_env() -> FaultSwitches {
                 "send_forwards_once" => &mut f.send_forwards_once,
                 "lose_lock_grant_event" => &mut f.lose_lock_grant_event,
                 "ignore_alive_reports" => &mut f.ignore_alive_reports,
+                "apply_during_install" => &mut f.apply_during_install,
                 other => {
                     tracing::error!(switch = other, "unknown fault switch in {FAULTS_ENV}");
                     continue;
@@ -152,6 +158,7 @@ pub fn active() -> FaultSwitches {
         send_forwards_once: false,
         lose_lock_grant_event: false,
         ignore_alive_reports: false,
+        apply_during_install: false,
     }
 }
 

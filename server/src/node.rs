@@ -18,7 +18,7 @@
 use crate::machine::{
     Applied, Entry, EntryBody, LockChange, MachineImage, MachineLimits, StateMachine,
 };
-use crate::replication::log::{Decided, PaxosLog, PeerMsg};
+use crate::replication::log::{Decided, InstallJob, PaxosLog, PeerMsg};
 use crate::tracker::SessionTracker;
 use crate::watches::{WatchKind, WatchManager};
 use corral_protocol::{
@@ -105,6 +105,12 @@ pub enum Input {
     LinkDown { peer: u64 },
     /// The server is shutting down: say goodbye to every connection.
     Shutdown,
+    /// The snapshot of an [`Output::Decode`] was decoded (or could not be).
+    Decoded {
+        /// The job's [`InstallJob::index`].
+        index: u64,
+        machine: Result<Box<StateMachine>, String>,
+    },
 }
 
 impl Input {
@@ -121,6 +127,7 @@ impl Input {
             Input::LinkUp { .. } => "link-up",
             Input::LinkDown { .. } => "link-down",
             Input::Shutdown => "shutdown",
+            Input::Decoded { .. } => "decoded",
         }
     }
 }
@@ -157,6 +164,9 @@ pub enum Output {
     /// written, off the core: [`MachineImage::encode_snapshot`]); the log up to it may
     /// then be compacted.
     Snapshot { index: u64, image: MachineImage },
+    /// Decode this snapshot from the leader off the core (it may take seconds), then
+    /// report `Decoded` with the machine. Meanwhile the node applies nothing more.
+    Decode(InstallJob),
 }
 
 #[derive(Debug)]
@@ -501,6 +511,7 @@ impl Node {
             Input::Request { conn, request } => self.on_request(conn, request),
             Input::Disconnected { conn } => self.on_disconnected(conn),
             Input::Persisted { batch } => self.on_persisted(batch),
+            Input::Decoded { index, machine } => self.on_decoded(index, machine),
             Input::PersistFailed { error } => self.on_persist_failed(error),
             Input::Tick => self.on_tick(),
             Input::Shutdown => self.on_shutdown(),
@@ -1071,7 +1082,14 @@ impl Node {
                         }
                     }
                 }
-                Decided::Install(machine) => self.install(*machine),
+                Decided::Install(job) => {
+                    tracing::info!(
+                        from = self.machine.last_zxid(),
+                        to = job.index,
+                        "decoding a snapshot from the leader (this node is behind its compaction)"
+                    );
+                    self.outputs.push(Output::Decode(job));
+                }
             }
         }
         // The leader compacts to the compaction point before the last one it reached:
@@ -1079,12 +1097,35 @@ impl Node {
         // ready (images are encoded on a thread of their own) and none replays the log.
         let every = self.config.snapshot_every_entries.max(1);
         let point = (self.machine.last_zxid() / every * every).saturating_sub(every);
-        if self.is_leader() && point > self.last_snapshot_index {
+        let installing = matches!(&self.log, Log::Paxos(log) if log.installing());
+        if self.is_leader() && point > self.last_snapshot_index && !installing {
             self.last_snapshot_index = point;
             self.stats.snapshots_taken += 1;
             if let Log::Paxos(log) = &mut self.log {
                 log.compact(point as usize);
             }
+        }
+    }
+
+    /// A snapshot from the leader was decoded: install it, then apply what follows it.
+    fn on_decoded(&mut self, index: u64, machine: Result<Box<StateMachine>, String>) {
+        let Log::Paxos(log) = &mut self.log else {
+            return;
+        };
+        if !log.install_done(index, machine.is_ok()) {
+            return;
+        }
+        match machine {
+            Ok(machine) => {
+                self.install(*machine);
+                self.apply_decided();
+            }
+            Err(error) => tracing::error!(
+                index,
+                %error,
+                zxid = self.machine.last_zxid(),
+                "cannot install the leader's snapshot; this node stays behind until the next one"
+            ),
         }
     }
 

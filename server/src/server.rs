@@ -385,6 +385,7 @@ impl Server {
             node,
             clock,
             core_rx,
+            core_tx.downgrade(),
             storage_tx,
             peers,
             Duration::from_millis(config.tick_ms),
@@ -539,6 +540,7 @@ async fn run_core(
     mut node: Node,
     clock: Clock,
     mut inbox: mpsc::Receiver<CoreMsg>,
+    own_inbox: mpsc::WeakSender<CoreMsg>,
     storage: std::sync::mpsc::Sender<StorageCommand>,
     peers: Option<(Transport<PeerMsg>, mpsc::Receiver<PeerEvent<PeerMsg>>)>,
     tick: Duration,
@@ -551,6 +553,7 @@ async fn run_core(
     };
     let mut core = CoreShell {
         conns: HashMap::new(),
+        inbox: own_inbox,
         storage,
         transport,
         info,
@@ -615,6 +618,9 @@ async fn recv_peer(
 /// The core task's own state: where outputs go.
 struct CoreShell {
     conns: HashMap<ConnId, mpsc::Sender<ToConn>>,
+    /// The core's own inbox, for work done elsewhere on its behalf (weak: the core
+    /// task still ends when every other sender is gone).
+    inbox: mpsc::WeakSender<CoreMsg>,
     storage: std::sync::mpsc::Sender<StorageCommand>,
     transport: Option<Transport<PeerMsg>>,
     info: ShellInfo,
@@ -714,6 +720,25 @@ impl CoreShell {
             }
             Output::Snapshot { index, image } => {
                 let _ = self.storage.send(StorageCommand::Snapshot { index, image });
+                return None;
+            }
+            Output::Decode(job) => {
+                let inbox = self.inbox.clone();
+                tokio::task::spawn_blocking(move || {
+                    let index = job.index;
+                    let started = Instant::now();
+                    let machine = job.decode().map(Box::new);
+                    tracing::info!(
+                        index,
+                        ms = started.elapsed().as_millis() as u64,
+                        ok = machine.is_ok(),
+                        "decoded a snapshot from the leader"
+                    );
+                    if let Some(inbox) = inbox.upgrade() {
+                        let _ =
+                            inbox.blocking_send(CoreMsg::Input(Input::Decoded { index, machine }));
+                    }
+                });
                 return None;
             }
         };

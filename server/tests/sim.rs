@@ -27,7 +27,7 @@ fn configure(seed: u64) -> SimConfig {
 fn summary(seed: u64, r: &Report) -> String {
     format!(
         "seed {seed}: {} nodes, {} events, {} sim ms, {} entries, {} acked, {} crashes, {} \
-         faults, {} ops {}, {} ms",
+         faults, {} installs, {} ops {}, {} ms",
         r.config.nodes,
         r.stats.events,
         r.stats.sim_ms,
@@ -35,6 +35,7 @@ fn summary(seed: u64, r: &Report) -> String {
         r.stats.acked,
         r.stats.crashes,
         r.stats.faults,
+        r.stats.installs,
         r.stats.ops,
         r.stats.linearizability,
         r.stats.wall_ms
@@ -335,6 +336,19 @@ fn fault_ignore_alive_reports_expires_heard_sessions() {
         &[ViolationKind::ExpiredWhileHeard, ViolationKind::EarlyExpiry],
         |_| {},
         40,
+    );
+}
+
+/// A node that goes on applying while the leader's snapshot is decoded (off the core)
+/// loses what it applied when the decoded state replaces its own.
+#[test]
+fn fault_apply_during_install_diverges_state() {
+    catches(
+        "fault_apply_during_install_diverges_state",
+        switches(|s| s.apply_during_install = true),
+        &[ViolationKind::StateDivergence],
+        |_| {},
+        20,
     );
 }
 

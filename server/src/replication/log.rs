@@ -67,7 +67,34 @@ pub enum Decided {
     /// An entry with its zxid.
     Entry(u64, Entry),
     /// A snapshot that replaces the state (this node was behind the leader's compaction).
-    Install(Box<StateMachine>),
+    /// Nothing after it is taken until [`PaxosLog::install_done`] reports it decoded.
+    Install(InstallJob),
+}
+
+/// A snapshot from the leader to decode into the state machine that replaces this node's:
+/// the decode of a large image takes seconds, so it runs off the core
+/// ([`InstallJob::decode`]) while the node goes on serving from the state it has.
+#[derive(Debug)]
+pub struct InstallJob {
+    /// The log index the snapshot covers: the zxid of the state it decodes to.
+    pub index: u64,
+    snapshot: MachineSnapshot,
+    limits: MachineLimits,
+}
+
+impl InstallJob {
+    /// Decodes the snapshot (its image, then its tail of entries).
+    pub fn decode(self) -> Result<StateMachine, String> {
+        let machine = self.snapshot.into_machine(self.limits)?;
+        if machine.last_zxid() != self.index {
+            return Err(format!(
+                "the snapshot of index {} decodes to zxid {}",
+                self.index,
+                machine.last_zxid()
+            ));
+        }
+        Ok(machine)
+    }
 }
 
 /// Heartbeat rounds cut to one tick after the link to the leader broke: one to end the
@@ -187,6 +214,11 @@ pub struct PaxosLog {
     /// The ballot this node promised when `leader` was last looked at: a new ballot is a
     /// new leadership term even when the same node leads again.
     ballot: Ballot,
+    /// The index of the snapshot being decoded for an install ([`Decided::Install`]):
+    /// nothing is taken for applying meanwhile.
+    installing: Option<usize>,
+    /// The index of a snapshot that could not be decoded: not tried again.
+    failed_install: Option<usize>,
     /// An image is being encoded on its own thread (see [`PaxosLog::offer_image`]).
     encoding: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Joined with an empty disk and not yet synced by a leader: filtered by [`join`].
@@ -227,6 +259,8 @@ impl PaxosLog {
             durable_accepted,
             durable_lsn,
             leader_durable: None,
+            installing: None,
+            failed_install: None,
             held: BTreeMap::new(),
             held_seq: 0,
             sync: None,
@@ -652,6 +686,9 @@ impl PaxosLog {
 
     /// Decided entries that may be applied now (decided and durable here), in order.
     pub fn take_decided(&mut self) -> Vec<Decided> {
+        if self.installing.is_some() && !crate::faults::active().apply_during_install {
+            return Vec::new();
+        }
         let upto = self.op.get_decided_idx().min(self.durable_accepted);
         if upto <= self.applied_idx {
             return Vec::new();
@@ -668,16 +705,19 @@ impl PaxosLog {
                     decided.push(Decided::Entry(self.applied_idx as u64, entry));
                 }
                 LogEntry::Snapshotted(s) => {
-                    match MachineSnapshot::into_machine(s.snapshot, self.settings.limits) {
-                        Ok(machine) => {
-                            self.applied_idx = s.trimmed_idx;
-                            decided.push(Decided::Install(Box::new(machine)));
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot install snapshot");
-                            break;
-                        }
+                    if self.failed_install == Some(s.trimmed_idx) {
+                        break;
                     }
+                    self.installing = Some(s.trimmed_idx);
+                    decided.push(Decided::Install(InstallJob {
+                        index: s.trimmed_idx as u64,
+                        snapshot: s.snapshot,
+                        limits: self.settings.limits,
+                    }));
+                    if !crate::faults::active().apply_during_install {
+                        break;
+                    }
+                    self.applied_idx = s.trimmed_idx;
                 }
                 LogEntry::Trimmed(idx) => {
                     tracing::error!(
@@ -691,6 +731,27 @@ impl PaxosLog {
             }
         }
         decided
+    }
+
+    /// Whether a snapshot from the leader is being decoded for an install.
+    pub fn installing(&self) -> bool {
+        self.installing.is_some()
+    }
+
+    /// The install of the snapshot at `index` was decoded (`ok`: the machine replaced
+    /// this node's, which is now at `index`) or could not be (it is not tried again; a
+    /// later snapshot is). Returns whether that install was the one awaited.
+    pub fn install_done(&mut self, index: u64, ok: bool) -> bool {
+        if self.installing != Some(index as usize) {
+            return false;
+        }
+        self.installing = None;
+        if ok && !crate::faults::active().apply_during_install {
+            self.applied_idx = index as usize;
+        } else {
+            self.failed_install = Some(index as usize);
+        }
+        true
     }
 
     /// Forgets a proposal once it is applied.
@@ -708,14 +769,15 @@ impl PaxosLog {
 
     /// Offers an image of this node's state machine, which has applied exactly the first
     /// `machine.last_zxid()` entries, for the next compaction at that index (see
-    /// [`SyncHandle::offer_image`]): serialising the live state is much cheaper than
-    /// replaying every entry since the previous snapshot.
+    /// [`SyncHandle::offer_image`]): the snapshot stored at that compaction is then a
+    /// pure image instead of the previous one with every entry since as its tail.
     ///
     /// The machine's replicated state is copied in O(1) (its maps are persistent), so
     /// with `encode_images_in_background` the core only copies it and a thread encodes
     /// it: a state of a million znodes took the core about a second to encode. One image
     /// is encoded at a time; an offer made while the previous one is still being encoded
-    /// is skipped (the compaction at that point then rebuilds its image by replay).
+    /// is skipped (the snapshot of the compaction at that point then keeps a tail until
+    /// the next one).
     pub fn offer_image(&self, machine: &StateMachine) {
         let image = machine.image();
         if !self.settings.encode_images_in_background {

@@ -16,12 +16,20 @@
 //! `create(entries)` (no image, `tail = entries`) and `merge` (an image in the delta
 //! replaces everything; otherwise the delta's tail is appended). OmniPaxos always creates
 //! the entries of a delta from its current compacted index on, so the rule is consistent as
-//! long as **the stored snapshot is always a pure image covering exactly `[0,
-//! compacted_idx)`**. This module keeps that invariant: every snapshot it stores is
-//! compacted (tail folded into the image, see [`MachineSnapshot::compact`]) and its
-//! `image_zxid` must equal the compacted index set in the same write, or the write is
-//! refused. When the log is compacted without a snapshot (`trim`), the trimmed entries are
-//! folded into the stored image, so a compacted log always has an image to send.
+//! long as **the stored snapshot always covers exactly `[0, compacted_idx)`** (image and
+//! tail together). This module keeps that invariant: a snapshot must cover the compacted
+//! index set in the same write, or the write is refused. When the log is compacted without
+//! a snapshot (`trim`), the trimmed entries are appended to the stored snapshot's tail, so
+//! a compacted log always has a snapshot to send.
+//!
+//! The tail is never folded into the image here: that means decoding the image,
+//! replaying the tail and encoding the result, on the core task inside an OmniPaxos call
+//! (seconds for a large state: a leader syncs a follower with its image and the entries
+//! after it). A snapshot is stored as it comes, unless the node offered an image of
+//! exactly the point it covers ([`SyncHandle::offer_image`]), which then replaces it: every
+//! node offers one at each compaction point, so a node's own compactions store pure
+//! images, and a tail lasts until the next compaction. Whoever uses a snapshot replays its
+//! tail: an install, off the core; recovery, at start-up.
 //!
 //! # OmniPaxos 0.2.4 quirk repaired here: delta log syncs
 //!
@@ -50,8 +58,8 @@
 //! reassembles them and drops an incomplete group (a torn tail cut inside it, or a group
 //! interrupted by another record), so a write is recovered entirely or not at all. The
 //! variants of `StorageRecord` are numbered by position: only ever append new ones.
-//! A record holds the write *as applied* (indices checked, snapshots already compacted
-//! or repaired), so replay is a plain fold with the same index checks.
+//! A record holds the write *as applied* (indices checked, snapshots already replaced by
+//! an offered image or repaired), so replay is a plain fold with the same index checks.
 //!
 //! # Durability protocol (group commit)
 //!
@@ -102,8 +110,8 @@
 //! # What the node sees
 //!
 //! * `read_decided_suffix(from)` starts with `LogEntry::Snapshotted { trimmed_idx,
-//!   snapshot }` whenever `from < compacted_idx`; the snapshot is a pure image with
-//!   `last_zxid() == trimmed_idx` ([`MachineSnapshot::into_machine`] rebuilds it). This
+//!   snapshot }` whenever `from < compacted_idx`; the snapshot covers exactly
+//!   `trimmed_idx` entries ([`MachineSnapshot::into_machine`] rebuilds the machine). This
 //!   happens not only after a wipe: with snapshots enabled, OmniPaxos syncs *every*
 //!   lagging follower (reconnect, restart, leader change) with a snapshot up to the
 //!   leader's decided index instead of sending the entries, and that compacts the
@@ -251,18 +259,6 @@ impl MachineSnapshot {
             machine.apply(zxid, entry);
         }
         Ok(machine)
-    }
-
-    /// Folds the tail into the image; a snapshot that is already compact is returned as is.
-    pub fn compact(self, limits: MachineLimits) -> Result<MachineSnapshot, String> {
-        if self.tail.is_empty() {
-            return Ok(self);
-        }
-        let covers = self.covers();
-        let machine = self.into_machine(limits)?;
-        let compacted = MachineSnapshot::from_machine(&machine)?;
-        debug_assert_eq!(compacted.image_zxid, covers);
-        Ok(compacted)
     }
 }
 
@@ -465,16 +461,10 @@ fn advance(shape: &mut Shape, rec: &StorageRecord) -> Result<(), String> {
 }
 
 fn check_snapshot_covers(s: &MachineSnapshot, compacted_idx: usize) -> Result<(), String> {
-    if !s.is_compact() {
+    if s.covers() != compacted_idx as u64 {
         return Err(format!(
-            "stored snapshot has a tail of {} entries",
-            s.tail.len()
-        ));
-    }
-    if s.image_zxid != compacted_idx as u64 {
-        return Err(format!(
-            "snapshot image at zxid {} does not cover the compacted index {compacted_idx}",
-            s.image_zxid
+            "snapshot covers {} entries, not the compacted index {compacted_idx}",
+            s.covers()
         ));
     }
     Ok(())
@@ -1270,7 +1260,7 @@ impl PaxosStorage {
         self.state.promise
     }
 
-    /// The stored snapshot: a pure image covering `[0, compacted_idx)`.
+    /// The stored snapshot: it covers `[0, compacted_idx)`.
     pub fn snapshot(&self) -> Option<&MachineSnapshot> {
         self.state.snapshot.as_ref()
     }
@@ -1482,30 +1472,31 @@ impl PaxosStorage {
         } else {
             (self.repair_delta_snapshot(s, shape)?, true)
         };
+        // An image this node offered for exactly that point replaces the tail. Without
+        // one the snapshot is stored as it is: folding its tail into the image means
+        // decoding the image, replaying the tail and encoding the result, which took the
+        // core seconds for a large state (a leader syncs a follower with its image and
+        // the entries after it). Its tail is replayed where the snapshot is used: off the
+        // core for an install, at start-up for recovery.
         let offered = lock_for_stats(&self.shared)
             .offered_images
             .iter()
             .find(|image| image.image_zxid == s.covers() && !s.is_compact())
             .cloned();
-        let s = match offered {
-            Some(image) => image,
-            None => s
-                .compact(self.config.limits)
-                .map_err(PaxosStorageError::Snapshot)?,
-        };
-        if s.image_zxid != target as u64 {
+        let s = offered.unwrap_or(s);
+        if s.covers() != target as u64 {
             return Err(PaxosStorageError::Invariant(format!(
-                "compacted snapshot is at zxid {} but the compacted index is {target}",
-                s.image_zxid
+                "snapshot covers {} entries but the compacted index is {target}",
+                s.covers()
             )));
         }
         Ok((s, repaired))
     }
 
     /// Rebuilds the snapshot OmniPaxos meant in a delta log sync (module documentation):
-    /// `s` = our image at `c0` + `E` + `delta`, where `E` is what `get_entries(c0,
-    /// decided)` returned before this write (all of it or nothing) and `delta` ends at
-    /// the new compacted index.
+    /// `s` = our snapshot covering `c0` (its image and tail) + `E` + `delta`, where `E` is
+    /// what `get_entries(c0, decided)` returned before this write (all of it or nothing)
+    /// and `delta` ends at the new compacted index.
     fn repair_delta_snapshot(
         &self,
         s: MachineSnapshot,
@@ -1524,18 +1515,28 @@ impl PaxosStorage {
         if pre.stopsign.is_some() {
             return refuse("a stop sign is stored".to_string());
         }
-        if s.image_zxid != c0 as u64 {
-            return refuse(format!(
-                "its image is at zxid {}, ours at {c0}",
-                s.image_zxid
-            ));
-        }
-        let pre_image_ok = match &pre.snapshot {
-            Some(p) => p.image_zxid == c0 as u64 && p.image == s.image,
-            None => c0 == 0 && s.image.is_none(),
+        // Our snapshot is the start of `s`: the same image (the same bytes, shared) and
+        // our tail, if any, before the entries merged onto it.
+        let base_tail = match &pre.snapshot {
+            Some(p) if p.covers() == c0 as u64 && p.image_zxid == s.image_zxid => {
+                let same_image = match (&p.image, &s.image) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                    (None, None) => true,
+                    _ => false,
+                };
+                same_image.then_some(p.tail.len())
+            }
+            Some(_) => None,
+            None => (c0 == 0 && s.image.is_none() && s.image_zxid == 0).then_some(0),
         };
-        if !pre_image_ok || pre.log_start != c0 {
+        let Some(base_tail) = base_tail.filter(|_| pre.log_start == c0) else {
             return refuse("our own snapshot does not match it".to_string());
+        };
+        if s.tail.len() < base_tail {
+            return refuse(format!(
+                "its tail has {} entries, fewer than the {base_tail} of our snapshot",
+                s.tail.len()
+            ));
         }
         let pre_end = pre.log_end();
         let decided = shape.decided_idx;
@@ -1544,13 +1545,14 @@ impl PaxosStorage {
         } else {
             0
         };
-        if s.tail.len() < own_len {
+        if s.tail.len() < base_tail + own_len {
             return refuse(format!(
-                "its tail has {} entries, fewer than the {own_len} of our own log",
+                "its tail has {} entries, fewer than the {base_tail} of our snapshot and the \
+                 {own_len} of our own log",
                 s.tail.len()
             ));
         }
-        let delta = &s.tail[own_len..];
+        let delta = &s.tail[base_tail + own_len..];
         let Some(delta_start) = target.checked_sub(delta.len()) else {
             return refuse(format!(
                 "its delta of {} entries starts before 0",
@@ -1562,7 +1564,8 @@ impl PaxosStorage {
                 "its delta starts at {delta_start}, outside our log [{c0}, {pre_end}]"
             ));
         }
-        let mut tail = Vec::with_capacity(target - c0);
+        let mut tail = Vec::with_capacity(base_tail + target - c0);
+        tail.extend_from_slice(&s.tail[..base_tail]);
         tail.extend(pre.entries.range(..delta_start - c0).cloned());
         tail.extend_from_slice(delta);
         tracing::warn!(
@@ -1588,13 +1591,13 @@ impl PaxosStorage {
         let pre = &self.state;
         let c0 = pre.compacted_idx;
         let base = match &pre.snapshot {
-            Some(s) if s.image_zxid == c0 as u64 => s.clone(),
+            Some(s) if s.covers() == c0 as u64 => s.clone(),
             None if c0 == 0 => MachineSnapshot::empty(),
             None => return Ok(None),
             Some(s) => {
                 return Err(PaxosStorageError::Invariant(format!(
-                    "stored snapshot at zxid {} does not cover the compacted index {c0}",
-                    s.image_zxid
+                    "stored snapshot covers {} entries, not the compacted index {c0}",
+                    s.covers()
                 )))
             }
         };
@@ -1607,9 +1610,6 @@ impl PaxosStorage {
         }
         let mut s = base;
         s.tail.extend(pre.entries.range(..target - c0).cloned());
-        let s = s
-            .compact(self.config.limits)
-            .map_err(PaxosStorageError::Snapshot)?;
         Ok(Some(s))
     }
 
@@ -2031,14 +2031,15 @@ mod tests {
         assert!(s.get_entries(10, 14).expect("get").is_empty(), "compacted");
         assert_eq!(s.get_entries(12, 20).expect("get"), all[12..]);
         let snap = s.get_snapshot().expect("get").expect("a snapshot");
-        assert!(snap.is_compact());
-        assert_eq!(snap.image_zxid(), 12);
+        assert_eq!(snap.covers(), 12);
+        // No image was offered: the snapshot keeps the entries (nothing is replayed here).
+        assert!(snap.image().is_none());
         assert_eq!(hash_of_snapshot(&snap), machine_of(&all[..12]).state_hash());
 
         // The next snapshot merges the stored image with the entries after it.
         omnipaxos_snapshot(&mut s, 16);
         let snap = s.snapshot().expect("a snapshot");
-        assert_eq!(snap.image_zxid(), 16);
+        assert_eq!(snap.covers(), 16);
         assert_eq!(hash_of_snapshot(snap), machine_of(&all[..16]).state_hash());
         assert_eq!(s.get_suffix(16).expect("suffix"), all[16..]);
 
@@ -2056,12 +2057,12 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let (mut s, all) = with_decided(tmp.path(), 20);
         let handle = s.sync_handle();
-        // An image at another index is ignored: the snapshot is rebuilt by replay.
+        // An image at another index is ignored: the snapshot keeps its entries.
         let image = MachineSnapshot::from_machine(&machine_of(&all[..8])).expect("image");
         handle.offer_image(image);
         omnipaxos_snapshot(&mut s, 10);
         let snap = s.snapshot().expect("a snapshot");
-        assert_eq!(snap.image_zxid(), 10);
+        assert_eq!((snap.covers(), snap.tail().len()), (10, 10));
         assert_eq!(hash_of_snapshot(snap), machine_of(&all[..10]).state_hash());
         // An image at the snapshot's index is used as it is (same bytes).
         let image = MachineSnapshot::from_machine(&machine_of(&all[..15])).expect("image");
@@ -2134,7 +2135,7 @@ mod tests {
         s.write_atomically(vec![StorageOp::Trim(5), StorageOp::SetCompactedIdx(5)])
             .expect("trim");
         let snap = s.snapshot().expect("synthesized snapshot");
-        assert_eq!(snap.image_zxid(), 5);
+        assert_eq!(snap.covers(), 5);
         assert_eq!(hash_of_snapshot(snap), machine_of(&all[..5]).state_hash());
 
         // A lone trim past the compacted index would lose entries: refused.
@@ -2145,7 +2146,7 @@ mod tests {
         s.set_compacted_idx(8).expect("compacted");
         assert_eq!(s.get_log_len().expect("len"), 4);
         let snap = s.snapshot().expect("snapshot");
-        assert_eq!(snap.image_zxid(), 8);
+        assert_eq!(snap.covers(), 8);
         assert_eq!(hash_of_snapshot(snap), machine_of(&all[..8]).state_hash());
         reopen(s, dir);
     }
@@ -2300,6 +2301,8 @@ mod tests {
         let mut leader = open(&leader_dir);
         leader.append_entries(all.clone()).expect("append");
         leader.set_decided_idx(25).expect("decided");
+        let image = MachineSnapshot::from_machine(&machine_of(&all[..12])).expect("image");
+        leader.sync_handle().offer_image(image);
         omnipaxos_snapshot(&mut leader, 12);
         let complete = omnipaxos_create_snapshot(&leader, 25);
         assert_eq!(complete.image_zxid(), 12);
@@ -2320,7 +2323,9 @@ mod tests {
         assert_eq!(s.compacted_idx(), 25);
         assert_eq!(s.get_log_len().expect("len"), 5);
         let snap = s.snapshot().expect("snapshot");
-        assert!(snap.is_compact());
+        // Stored as the leader sent it: decoding the image and replaying the tail is
+        // the install's work, off the core.
+        assert_eq!((snap.image_zxid(), snap.tail().len()), (12, 13));
         assert_eq!(hash_of_snapshot(snap), machine_of(&all[..25]).state_hash());
         reopen(s, &dir);
     }
@@ -2369,6 +2374,8 @@ mod tests {
         let mut s = open(tmp.path());
         s.append_entries(entries(0..20)).expect("append");
         s.set_decided_idx(20).expect("decided");
+        let offered = MachineSnapshot::from_machine(&machine_of(&entries(0..20))).expect("image");
+        s.sync_handle().offer_image(offered);
         omnipaxos_snapshot(&mut s, 20);
         let snap = s.get_snapshot().expect("get").expect("a snapshot");
         let image = snap.image.clone().expect("an image");
@@ -2413,6 +2420,11 @@ mod tests {
                     let mut s = PaxosStorage::open_with(dir, cfg).expect("open");
                     s.append_entries(entries(0..40)).expect("append");
                     s.set_decided_idx(30).expect("decided");
+                    for n in [20, 30] {
+                        let m = machine_of(&entries(0..n));
+                        let image = MachineSnapshot::from_machine(&m).expect("image");
+                        s.sync_handle().offer_image(image);
+                    }
                     omnipaxos_snapshot(&mut s, 20);
                     omnipaxos_snapshot(&mut s, 30);
                     s.checkpoint().expect("checkpoint");
@@ -2547,7 +2559,7 @@ mod tests {
         bytes_appended += s.stats().bytes_appended;
         assert!(checkpoints >= 3, "{checkpoints} checkpoints");
         let snap = s.snapshot().expect("snapshot").clone();
-        assert_eq!(snap.image_zxid(), 597);
+        assert_eq!(snap.covers(), 597);
         assert_eq!(
             hash_of_snapshot(&snap),
             machine_of(&all[..597]).state_hash()
@@ -2710,7 +2722,7 @@ mod tests {
             prop_assert_eq!(back, entry);
         }
 
-        /// create/merge/compact in arbitrary pieces, then into_machine, equals applying
+        /// create/merge/re-encode in arbitrary pieces, then into_machine, equals applying
         /// the same entries to a fresh machine.
         #[test]
         fn snapshot_pieces_equal_a_fresh_machine(
@@ -2735,7 +2747,8 @@ mod tests {
                 };
                 prop_assert_eq!(s.covers(), cut as u64);
                 if compact_mask & (1 << (i % 8)) != 0 {
-                    s = s.compact(limits()).map_err(TestCaseError::fail)?;
+                    let m = s.into_machine(limits()).map_err(TestCaseError::fail)?;
+                    s = MachineSnapshot::from_machine(&m).map_err(TestCaseError::fail)?;
                     prop_assert!(s.is_compact());
                     prop_assert_eq!(s.image_zxid(), cut as u64);
                 }

@@ -7,7 +7,7 @@ use super::plan::{FaultKind, PlannedFault, Shape, SimConfig, Target};
 use super::rng::SimRng;
 use super::{fmt_time, Stats};
 use crate::disk::{Disk, SimDisk, SimDiskFaults};
-use crate::machine::MachineLimits;
+use crate::machine::{MachineLimits, StateMachine};
 use crate::node::{ConnId, Input, Log, Node, NodeConfig, Now, Output, Probe};
 use crate::replication::log::{PaxosSettings, PeerMsg};
 use crate::replication::storage::{PaxosStorageConfig, SyncHandle};
@@ -33,6 +33,9 @@ fn io_failure(e: &crate::replication::ClusterError) -> bool {
 const WALL_EPOCH_MS: i64 = 1_704_067_200_000;
 /// Lines of trace kept for a report.
 const TRACE_LINES: usize = 4_000;
+/// How long decoding a snapshot for an install takes, in microseconds (one in ten
+/// takes a hundred times longer: a large state).
+const DECODE_US: (u64, u64) = (200, 10_000);
 /// Longest time a message pushed by a server takes to reach a connected client that is
 /// not paused: connection delays are at most 1.5 ms each and keep their order, so this
 /// leaves room for a long queue ahead of it.
@@ -81,6 +84,13 @@ enum Ev {
         node: usize,
         inc: u64,
         batch: u64,
+    },
+    /// A snapshot from the leader finished decoding for an install.
+    Decoded {
+        node: usize,
+        inc: u64,
+        index: u64,
+        machine: Result<Box<StateMachine>, String>,
     },
     ToServer {
         node: usize,
@@ -1092,6 +1102,21 @@ impl World {
                 };
                 self.disk_done(node, batch);
             }
+            ev @ Ev::Decoded { .. } => {
+                let Ev::Decoded { node, inc, .. } = &ev else {
+                    return;
+                };
+                let (node, inc) = (*node, *inc);
+                if self.nodes[node].inc != inc {
+                    return;
+                }
+                let Some(Ev::Decoded { index, machine, .. }) = self.hold_if_paused(node, ev) else {
+                    return;
+                };
+                if matches!(self.nodes[node].state, NodeState::Up(_)) {
+                    self.node_input(node, Input::Decoded { index, machine });
+                }
+            }
             ev @ Ev::ToServer { .. } => {
                 let Ev::ToServer {
                     node, inc, conn, ..
@@ -1395,6 +1420,31 @@ impl World {
                         node: n,
                         inc,
                         batch,
+                    },
+                );
+            }
+            Output::Decode(job) => {
+                // Decoded on a thread of its own, which takes a while: the node goes on
+                // serving from its old state meanwhile, and may lead.
+                let index = job.index;
+                let machine = job.decode().map(Box::new);
+                let mut latency = self.rng.range_incl(DECODE_US.0, DECODE_US.1);
+                if self.rng.chance(10) {
+                    latency *= 100;
+                }
+                let inc = self.nodes[n].inc;
+                if self.trace_all {
+                    self.note(format!(
+                        "n{id} decodes the snapshot of {index} for {latency} us"
+                    ));
+                }
+                self.schedule(
+                    self.now + latency,
+                    Ev::Decoded {
+                        node: n,
+                        inc,
+                        index,
+                        machine,
                     },
                 );
             }
