@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Measures how long a follower far behind stops while it catches up through the leader's
+# snapshot: on a 3-node loopback cluster, create N1 znodes, stop a follower, create N2
+# more through the other two (the leader compacts past the stopped follower), start it
+# again, and add up the stalls its core logs ("busy with one input") until it installed
+# the snapshot.
+#
+#   bench/catch-up.sh [N1 [N2]]      # defaults 500000 and 250000 (64-byte values)
+#
+# CORRAL_BIN picks the server binary (default target/release/corral, built if missing),
+# as for bench/cluster.sh. Prints one line: the zxid installed, the number of stalls, their
+# sum and the longest, in ms.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+n1=${1:-500000}
+n2=${2:-250000}
+export BENCH_DATA=${BENCH_DATA:-$root/bench/data}
+[[ -n ${CORRAL_BIN:-} ]] || cargo build -q --release --bin corral
+cargo build -q --release --bin corral-load
+load=$root/target/release/corral-load
+dir=$BENCH_DATA/corral
+
+trap 'bench/cluster.sh stop corral >/dev/null 2>&1' EXIT
+bench/cluster.sh stop corral >/dev/null 2>&1 || true
+rm -rf "$dir"
+bench/cluster.sh start corral >/dev/null
+
+create() { # SERVERS REQUESTS
+    timeout 600 "$load" --server "$1" --clients 64 --in-flight 4 --op create \
+        --requests "$2" --cleanup-s 0 --warmup-s 0 | grep -E 'ops/s|errors' >&2
+}
+create 127.0.0.1:24281,127.0.0.1:24282,127.0.0.1:24283 "$n1"
+
+leader=
+for n in 1 2 3; do
+    curl -s "127.0.0.1:2429$n/status" | grep -q '"role":"leader"' && leader=$n
+done
+[[ -n $leader ]] || { echo "no leader" >&2; exit 1; }
+follower=1
+[[ $leader == 1 ]] && follower=2
+kill -TERM "$(cat "$dir/node$follower.pid")"
+for _ in $(seq 1 100); do
+    kill -0 "$(cat "$dir/node$follower.pid")" 2>/dev/null || break
+    sleep 0.1
+done
+others=$(for n in 1 2 3; do [[ $n != "$follower" ]] && printf '127.0.0.1:2428%s,' "$n"; done)
+create "${others%,}" "$n2"
+
+log=$dir/node$follower.log
+from=$(($(wc -l <"$log") + 1))
+bench/cluster.sh start corral >/dev/null
+installed=
+for _ in $(seq 1 240); do
+    tail -n +"$from" "$log" | grep -q 'installing a snapshot' && installed=yes && break
+    sleep 0.5
+done
+[[ -n $installed ]] || { echo "node $follower installed no snapshot in 120 s" >&2; exit 1; }
+# Stalls are logged when the input that caused them ends: give the last one time.
+sleep 3
+tail -n +"$from" "$log" | python3 -c '
+import json, sys
+stalls, to = [], None
+for line in sys.stdin:
+    try:
+        fields = json.loads(line).get("fields", {})
+    except ValueError:
+        continue
+    message = fields.get("message", "")
+    if "busy with one input" in message:
+        stalls.append(fields["ms"])
+    if "installing a snapshot" in message:
+        to = fields.get("to")
+print(f"installed zxid {to}: {len(stalls)} core stalls of 50 ms or more, "
+      f"{sum(stalls)} ms in all, longest {max(stalls, default=0)} ms")
+'
