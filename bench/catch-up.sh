@@ -8,8 +8,9 @@
 #   bench/catch-up.sh [N1 [N2]]      # defaults 500000 and 250000 (64-byte values)
 #
 # CORRAL_BIN picks the server binary (default target/release/corral, built if missing),
-# as for bench/cluster.sh. Prints one line: the zxid installed, the number of stalls, their
-# sum and the longest, in ms.
+# as for bench/cluster.sh. Prints the leader changes the two other nodes saw meanwhile
+# (a follower's stop alone should cause none), then the zxid installed, the number of
+# stalls, their sum and the longest, in ms.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -39,6 +40,10 @@ done
 [[ -n $leader ]] || { echo "no leader" >&2; exit 1; }
 follower=1
 [[ $leader == 1 ]] && follower=2
+# Leader changes from here on, counted in the log of the node that keeps leading or
+# takes over.
+marks=()
+for n in 1 2 3; do marks+=("$(($(wc -l <"$dir/node$n.log") + 1))"); done
 kill -TERM "$(cat "$dir/node$follower.pid")"
 for _ in $(seq 1 100); do
     kill -0 "$(cat "$dir/node$follower.pid")" 2>/dev/null || break
@@ -58,6 +63,13 @@ done
 [[ -n $installed ]] || { echo "node $follower installed no snapshot in 120 s" >&2; exit 1; }
 # Stalls are logged when the input that caused them ends: give the last one time.
 sleep 3
+changes=0
+for n in 1 2 3; do
+    [[ $n == "$follower" ]] && continue
+    c=$(tail -n +"${marks[$((n - 1))]}" "$dir/node$n.log" | grep -c '"leader changed"' || true)
+    ((c > changes)) && changes=$c
+done
+echo "leader changes seen by a surviving node after the follower stopped: $changes"
 tail -n +"$from" "$log" | python3 -c '
 import json, sys
 stalls, to = [], None

@@ -549,6 +549,14 @@ impl PaxosLog {
                     continue;
                 }
                 let to = m.get_receiver();
+                if matches!(m, Message::BLE(_)) {
+                    // Leader election's heartbeats promise nothing and OmniPaxos keeps
+                    // none of their state on disk: they go out at once. Held behind a
+                    // sync (a compaction's image takes a second or more to write),
+                    // they made a leader with one live follower look cut off.
+                    out.push((to, PeerMsg::Paxos(Box::new(m))));
+                    continue;
+                }
                 let need = need_of(&m, lsn);
                 self.held_seq += 1;
                 self.held.entry(to).or_default().push_back(Held {
