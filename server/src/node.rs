@@ -1113,6 +1113,9 @@ impl Node {
             return;
         };
         if !log.install_done(index, machine.is_ok()) {
+            if let Ok(machine) = machine {
+                crate::free::free_elsewhere(machine);
+            }
             return;
         }
         match machine {

@@ -400,6 +400,19 @@ fn pinned(test: &str, seed: u64, skip: &[usize]) {
     assert!(!r.failed(), "{}", r.describe(test));
 }
 
+/// Checker gap (fixed): a write applied by no node except inside a snapshot's tail (a
+/// follower's install, a restart's recovery), then answered from the deduplication table
+/// after an install, was reported as an acknowledged write that was lost. The tails
+/// replayed there are now reported to the checker like the log a restart replays.
+#[test]
+fn regression_write_applied_only_in_a_snapshot_tail() {
+    pinned(
+        "regression_write_applied_only_in_a_snapshot_tail",
+        1_008_198,
+        &[],
+    );
+}
+
 /// Bug (fixed): a leader kept its own session expiries among the proposals it resends on
 /// every leader change, so a deposed leader's expiry reached the next leader and was
 /// decided after the client had renewed its session there (and every expiry was resent

@@ -85,7 +85,16 @@ pub struct InstallJob {
 impl InstallJob {
     /// Decodes the snapshot (its image, then its tail of entries).
     pub fn decode(self) -> Result<StateMachine, String> {
-        let machine = self.snapshot.into_machine(self.limits)?;
+        self.decode_seeing(|_, _| {})
+    }
+
+    /// [`Self::decode`], telling `seen` of each tail entry applied (for the simulator's
+    /// checker).
+    pub fn decode_seeing(
+        self,
+        seen: impl FnMut(&Entry, crate::machine::Applied),
+    ) -> Result<StateMachine, String> {
+        let machine = self.snapshot.into_machine_seeing(self.limits, seen)?;
         if machine.last_zxid() != self.index {
             return Err(format!(
                 "the snapshot of index {} decodes to zxid {}",

@@ -59,9 +59,9 @@ pub struct RecoveredCluster {
     /// Whether the node joined with an empty data directory and has not yet accepted
     /// an `AcceptSync` from an established leader (see [`join`]).
     pub catching_up: bool,
-    /// The decided entries replayed after the snapshot, with their results (the
-    /// simulator's checker learns of them: a node that crashed between deciding and
-    /// applying an entry applies it only here).
+    /// The decided entries replayed, the snapshot's tail and then the log after it, with
+    /// their results (the simulator's checker learns of them: a node that crashed between
+    /// deciding and applying an entry may apply it only here).
     #[cfg(any(test, feature = "sim"))]
     pub replayed: Vec<Replayed>,
     storage: PaxosStorage,
@@ -202,18 +202,21 @@ pub fn open_cluster_on(
             catching_up = !fresh;
         }
     }
+    #[cfg(any(test, feature = "sim"))]
+    let mut replayed = Vec::new();
     let mut machine = match storage.snapshot() {
         Some(s) => s
             .clone()
-            .into_machine(limits)
+            .into_machine_seeing(limits, |_entry, _applied| {
+                #[cfg(any(test, feature = "sim"))]
+                replayed.push((_applied.zxid, _entry.clone(), _applied.result));
+            })
             .map_err(ClusterError::Snapshot)?,
         None => StateMachine::new(limits),
     };
     machine.set_limits(limits);
     let decided = storage.decided_idx();
     let from = machine.last_zxid() as usize;
-    #[cfg(any(test, feature = "sim"))]
-    let mut replayed = Vec::new();
     if from < decided {
         let entries = storage
             .get_entries(from, decided)

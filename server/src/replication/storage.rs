@@ -219,6 +219,16 @@ impl MachineSnapshot {
     /// `last_zxid() + 1`. The image keeps the limits it was made with; a mismatch with
     /// `limits` is logged.
     pub fn into_machine(self, limits: MachineLimits) -> Result<StateMachine, String> {
+        self.into_machine_seeing(limits, |_, _| {})
+    }
+
+    /// [`Self::into_machine`], telling `seen` of every tail entry applied and what
+    /// applying it gave (the simulator's checker learns of entries applied only there).
+    pub fn into_machine_seeing(
+        self,
+        limits: MachineLimits,
+        mut seen: impl FnMut(&Entry, crate::machine::Applied),
+    ) -> Result<StateMachine, String> {
         let mut machine = match &self.image {
             Some(bytes) => {
                 let (machine, used): (StateMachine, usize) =
@@ -256,7 +266,8 @@ impl MachineSnapshot {
         };
         for entry in &self.tail {
             let zxid = machine.last_zxid() + 1;
-            machine.apply(zxid, entry);
+            let applied = machine.apply(zxid, entry);
+            seen(entry, applied);
         }
         Ok(machine)
     }

@@ -1,8 +1,9 @@
 //! The invariants the simulator checks while it runs.
 //!
 //! - **One decided log.** Every node reports each entry it applies (`Probe::Applied`),
-//!   and the entries it replays from its log when it restarts (`on_replayed`: a node
-//!   that crashed between deciding and applying an entry applies it only there).
+//!   and the entries it replays elsewhere (`on_replayed`): from its log and its stored
+//!   snapshot's tail when it restarts, and from the tail of a snapshot it installs (a
+//!   node that crashed between deciding and applying an entry may apply it only there).
 //!   The first report of a zxid defines the entry there; any other node applying a
 //!   different entry at that zxid is a divergence, and "acknowledged write lost" when a
 //!   client had been told that the first one succeeded. A node only applies what is

@@ -1427,7 +1427,19 @@ impl World {
                 // Decoded on a thread of its own, which takes a while: the node goes on
                 // serving from its old state meanwhile, and may lead.
                 let index = job.index;
-                let machine = job.decode().map(Box::new);
+                let mut tail = Vec::new();
+                let machine = job
+                    .decode_seeing(|entry, applied| {
+                        tail.push((applied.zxid, entry.clone(), applied.result));
+                    })
+                    .map(Box::new);
+                // Entries of the tail may have been applied nowhere else (a leader that
+                // crashed between deciding and applying them).
+                for (zxid, entry, result) in tail {
+                    if let Err(v) = self.checks.on_replayed(id, zxid, &entry, &result, self.now) {
+                        self.violate(v);
+                    }
+                }
                 let mut latency = self.rng.range_incl(DECODE_US.0, DECODE_US.1);
                 if self.rng.chance(10) {
                     latency *= 100;
