@@ -763,10 +763,10 @@ impl PaxosLog {
             return false;
         }
         self.installing = None;
-        if ok && !crate::faults::active().apply_during_install {
-            self.applied_idx = index as usize;
-        } else {
+        if !ok {
             self.failed_install = Some(index as usize);
+        } else if !crate::faults::active().apply_during_install {
+            self.applied_idx = index as usize;
         }
         true
     }
