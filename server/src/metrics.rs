@@ -54,6 +54,9 @@ pub const FSYNC_SECONDS: &str = "corral_fsync_duration_seconds";
 pub const FSYNC_BATCH: &str = "corral_fsync_batch_size";
 /// Snapshots written, by result.
 pub const SNAPSHOTS: &str = "corral_snapshots_total";
+/// Time to decode a snapshot from the leader for an install (off the core; the node
+/// applies nothing meanwhile).
+pub const SNAPSHOT_DECODE_SECONDS: &str = "corral_snapshot_decode_seconds";
 /// Log compactions (single node: segments deleted behind a snapshot; cluster:
 /// checkpoint records written).
 pub const COMPACTIONS: &str = "corral_log_compactions_total";
@@ -133,6 +136,11 @@ fn describe() {
         "Entries (single node) or records (cluster) per fsync"
     );
     describe_counter!(SNAPSHOTS, "Snapshots written, by result");
+    describe_histogram!(
+        SNAPSHOT_DECODE_SECONDS,
+        Unit::Seconds,
+        "Decoding a snapshot from the leader for an install (the node applies nothing meanwhile)"
+    );
     describe_counter!(
         COMPACTIONS,
         "Log compactions (segments deleted, or checkpoints written)"

@@ -728,6 +728,8 @@ impl CoreShell {
                     let index = job.index;
                     let started = Instant::now();
                     let machine = job.decode().map(Box::new);
+                    metrics::histogram!(crate::metrics::SNAPSHOT_DECODE_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
                     tracing::info!(
                         index,
                         ms = started.elapsed().as_millis() as u64,

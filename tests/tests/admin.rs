@@ -366,5 +366,7 @@ async fn a_joining_member_is_alive_but_not_ready() {
     // It was caught up with a snapshot of the leader's state.
     if cluster.snapshot_installs(wiped) > 0 {
         metric_reaches(&admin, "corral_snapshots_installed_total", 1.0).await;
+        // Decoded off the core first, and timed.
+        metric_reaches(&admin, "corral_snapshot_decode_seconds_count", 1.0).await;
     }
 }

@@ -160,6 +160,12 @@ async fn wiped_follower_catches_up_through_a_snapshot() {
         "the wiped follower caught up without installing a snapshot:\n{}",
         cluster.log_tail(follower)
     );
+    // Handed to a decoder off the core first.
+    assert!(
+        cluster.log_contains(follower, "decoding a snapshot from the leader"),
+        "{}",
+        cluster.log_tail(follower)
+    );
     // Writes after the catch-up reach it through the log.
     write_many(&writer, "/later", "n", 10).await;
     cluster.assert_converged().await;
