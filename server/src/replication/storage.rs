@@ -721,7 +721,8 @@ impl Reassembler {
 pub struct PaxosStorageConfig {
     /// Options of the write-ahead log.
     pub wal: WalOptions,
-    /// Limits of the state machine (to fold snapshots; must match the node's).
+    /// Limits of the state machine (to rebuild it from the stored snapshot at recovery;
+    /// must match the node's).
     pub limits: MachineLimits,
     /// Write a checkpoint only when the obsolete bytes in the log exceed this...
     pub checkpoint_min_obsolete_bytes: u64,
@@ -763,9 +764,6 @@ pub enum PaxosStorageError {
     /// OmniPaxos); nothing was changed.
     #[error("refusing a storage write that would break an invariant: {0}")]
     Invariant(String),
-    /// A snapshot could not be decoded, applied or encoded.
-    #[error("snapshot: {0}")]
-    Snapshot(String),
 }
 
 /// Counters of the storage, cumulative since open.
