@@ -56,6 +56,11 @@ pub struct FaultSwitches {
     /// state while the snapshot is still being decoded, which then replaces it (breaks
     /// "same zxid, same state").
     pub apply_during_install: bool,
+    /// Storage: snapshot files (a cluster node's compaction images, a single node's
+    /// snapshots) are renamed into place without an fsync of their contents, so the log
+    /// may refer to an image a crash then loses (breaks "a node recovers from its own
+    /// disk").
+    pub unsynced_snapshot_files: bool,
 }
 
 impl FaultSwitches {
@@ -82,6 +87,7 @@ thread_local! {
             lose_lock_grant_event: false,
             ignore_alive_reports: false,
             apply_during_install: false,
+            unsynced_snapshot_files: false,
         }) };
 }
 
@@ -127,6 +133,7 @@ pub fn from_env() -> FaultSwitches {
                 "lose_lock_grant_event" => &mut f.lose_lock_grant_event,
                 "ignore_alive_reports" => &mut f.ignore_alive_reports,
                 "apply_during_install" => &mut f.apply_during_install,
+                "unsynced_snapshot_files" => &mut f.unsynced_snapshot_files,
                 other => {
                     tracing::error!(switch = other, "unknown fault switch in {FAULTS_ENV}");
                     continue;
@@ -159,6 +166,7 @@ pub fn active() -> FaultSwitches {
         lose_lock_grant_event: false,
         ignore_alive_reports: false,
         apply_during_install: false,
+        unsynced_snapshot_files: false,
     }
 }
 

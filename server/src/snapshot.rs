@@ -71,12 +71,28 @@ pub fn save_on(
     keep: usize,
 ) -> Result<(), StorageError> {
     create_dir_durable(disk, dir, true)?;
+    write_on(disk, dir, index, data, true)?;
+    retain_newest(disk, dir, index, keep);
+    Ok(())
+}
+
+/// Writes the snapshot for `index` into the existing directory `dir` (temporary file,
+/// fsync, rename, fsync of the directory) and deletes no other; returns the CRC-32 of
+/// `data`. With `fsync: false` nothing is synced (benchmarks of the CPU path), so the
+/// file is durable only once the operating system writes it back.
+pub fn write_on(
+    disk: &Disk,
+    dir: &Path,
+    index: u64,
+    data: &[u8],
+    fsync: bool,
+) -> Result<u32, StorageError> {
     let name = snapshot_name(index);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
-
-    if let Err(e) = write_synced(disk, &tmp, &encode_header(index, data), data) {
-        // Best effort: a leftover is also removed by `load_latest`.
+    let header = encode_header(index, data);
+    if let Err(e) = write_file(disk, &tmp, &header, data, fsync) {
+        // Best effort: a leftover is also removed by `load_latest` and `indexes_on`.
         let _ = disk.remove_file(&tmp);
         return Err(e);
     }
@@ -84,10 +100,37 @@ pub fn save_on(
         let _ = disk.remove_file(&tmp);
         return Err(io_err(&path)(e));
     }
-    sync_dir(disk, dir)?;
+    if fsync {
+        sync_dir(disk, dir)?;
+    }
+    Ok(read_u32(&header, 28))
+}
 
-    retain_newest(disk, dir, index, keep);
-    Ok(())
+/// Loads and verifies the snapshot for exactly `index` in `dir`.
+pub fn load_on(disk: &Disk, dir: &Path, index: u64) -> Result<Snapshot, StorageError> {
+    let path = dir.join(snapshot_name(index));
+    let bytes = disk.read(&path).map_err(io_err(&path))?;
+    decode(bytes, index)
+        .map_err(|reason| StorageError::Corrupt(format!("{}: {reason}", path.display())))
+}
+
+/// Deletes the snapshot for `index` in `dir`. The deletion is not made durable: a file
+/// that comes back after a crash is simply unreferenced.
+pub fn remove_on(disk: &Disk, dir: &Path, index: u64) -> std::io::Result<()> {
+    disk.remove_file(&dir.join(snapshot_name(index)))
+}
+
+/// The indexes of the snapshots in `dir`, oldest first; removes the temporary files a
+/// crashed write left. Call it only while no write runs on the same directory.
+pub fn indexes_on(disk: &Disk, dir: &Path) -> Result<Vec<u64>, StorageError> {
+    let listing = list(disk, dir)?;
+    for tmp in &listing.temporaries {
+        tracing::warn!(path = %tmp.display(), "removing temporary snapshot file left by a crash");
+        if let Err(e) = disk.remove_file(tmp) {
+            tracing::warn!(path = %tmp.display(), error = %e, "cannot remove temporary snapshot file");
+        }
+    }
+    Ok(listing.snapshots.into_iter().map(|(i, _)| i).collect())
 }
 
 /// Loads the newest snapshot in `dir` whose checksum verifies (skipping damaged ones,
@@ -205,12 +248,21 @@ fn decode(mut bytes: Vec<u8>, expected_index: u64) -> Result<Snapshot, String> {
     Ok(Snapshot { index, data: bytes })
 }
 
-/// Creates (or truncates) `path`, writes `header` and `data`, and fsyncs it.
-fn write_synced(disk: &Disk, path: &Path, header: &[u8], data: &[u8]) -> Result<(), StorageError> {
+/// Creates (or truncates) `path`, writes `header` and `data`, and fsyncs it if `fsync`.
+fn write_file(
+    disk: &Disk,
+    path: &Path,
+    header: &[u8],
+    data: &[u8],
+    fsync: bool,
+) -> Result<(), StorageError> {
     let mut file = disk.create_truncate(path).map_err(io_err(path))?;
     file.write_all(header).map_err(io_err(path))?;
     file.write_all(data).map_err(io_err(path))?;
-    file.sync_all().map_err(io_err(path))
+    if fsync && !crate::faults::active().unsynced_snapshot_files {
+        file.sync_all().map_err(io_err(path))?;
+    }
+    Ok(())
 }
 
 /// The snapshot and temporary files of a directory.

@@ -246,6 +246,25 @@ fn fault_skip_fsync_loses_acknowledged_writes() {
     );
 }
 
+/// Snapshot files renamed into place before their contents are durable: after a crash
+/// a cluster node's log refers to a compaction image its disk lost (it cannot recover),
+/// or a single node's newest snapshot is damaged and the log before it is gone.
+#[test]
+fn fault_unsynced_snapshot_files_break_recovery() {
+    catches(
+        "fault_unsynced_snapshot_files_break_recovery",
+        switches(|s| s.unsynced_snapshot_files = true),
+        &[ViolationKind::Recovery, ViolationKind::AckedWriteLost],
+        |c| {
+            c.mix = FaultMix {
+                crash_all: 4,
+                ..FaultMix::standard()
+            }
+        },
+        40,
+    );
+}
+
 /// Whole-cluster crashes and nothing else, with slow disks: a leader often crashes after
 /// sending entries and before its own fsync completes.
 fn crashes_all_with_slow_disks(c: &mut SimConfig) {

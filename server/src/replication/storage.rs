@@ -388,25 +388,198 @@ enum StorageRecord {
     Checkpoint(Box<LogState>),
     /// The records of one `write_atomically`, applied in order.
     Batch(Vec<StorageRecord>),
+    /// A `Snapshot(Some(_))` whose image is in an image file. Only the encoding of a
+    /// record writes it ([`OnDisk`]); replay reads the image from its file.
+    SnapshotFiled(FiledSnapshot),
+    /// A `Checkpoint` whose snapshot's image is in an image file: the state, its
+    /// snapshot left out, and that snapshot.
+    CheckpointFiled(Box<LogState>, FiledSnapshot),
+}
+
+/// A snapshot image in a file of its own (a [`crate::snapshot`] file named by the
+/// image's zxid, in the images directory next to the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct ImageFile {
+    zxid: u64,
+    bytes: u64,
+    /// CRC-32 of the image (the file's header holds it too).
+    crc: u32,
+}
+
+/// A snapshot as a record stores it when its image is in a file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FiledSnapshot {
+    image: ImageFile,
+    tail: Vec<Entry>,
+}
+
+impl FiledSnapshot {
+    /// The snapshot this stands for, without its image (loaded from the file at the end
+    /// of replay, see [`PaxosStorage::open_on`]).
+    fn without_image(self) -> MachineSnapshot {
+        MachineSnapshot {
+            image_zxid: self.image.zxid,
+            image: None,
+            tail: self.tail,
+        }
+    }
+
+    fn covers(&self) -> u64 {
+        self.image.zxid + self.tail.len() as u64
+    }
+}
+
+/// Serializes exactly like a [`FiledSnapshot`] with this image file and tail.
+#[derive(Serialize)]
+struct FiledSnapshotRef<'a> {
+    image: ImageFile,
+    tail: &'a [Entry],
+}
+
+/// An image of the node's own state known to be durable in its image file.
+#[derive(Debug, Clone)]
+struct FiledImage {
+    bytes: Arc<Vec<u8>>,
+    file: ImageFile,
+}
+
+/// The image file that holds `s`'s image, if any of `filed` does.
+fn file_of(s: &MachineSnapshot, filed: &[FiledImage]) -> Option<ImageFile> {
+    let image = s.image.as_ref()?;
+    filed
+        .iter()
+        .find(|f| Arc::ptr_eq(&f.bytes, image) && f.file.zxid == s.image_zxid)
+        .map(|f| f.file)
 }
 
 /// Images kept offered (see `WalShared::offered_images`).
 const OFFERED_IMAGES: usize = 2;
 
-/// Position of `Checkpoint` in [`StorageRecord`] (checked by a test).
+/// Positions of variants in [`StorageRecord`] (checked by a test).
 const CHECKPOINT_VARIANT: u32 = 9;
+const BATCH_VARIANT: u32 = 10;
+const SNAPSHOT_FILED_VARIANT: u32 = 11;
+const CHECKPOINT_FILED_VARIANT: u32 = 12;
 
-/// The first byte of an encoded `Checkpoint` record: bincode's varint encoding writes a
-/// variant index below 251 as one byte. Recovery finds the last checkpoint by it.
-const CHECKPOINT_TAG: u8 = CHECKPOINT_VARIANT as u8;
+/// The first byte of an encoded `Checkpoint` or `CheckpointFiled` record: bincode's
+/// varint encoding writes a variant index below 251 as one byte. Recovery finds the last
+/// checkpoint by it.
+const CHECKPOINT_TAGS: [u8; 2] = [CHECKPOINT_VARIANT as u8, CHECKPOINT_FILED_VARIANT as u8];
 
-/// Serializes exactly like `StorageRecord::Checkpoint(Box::new(state.clone()))`, without
-/// the clone.
-struct CheckpointRef<'a>(&'a LogState);
+/// Serializes `rec` as the log stores it: a snapshot whose image is one of `filed` as
+/// `SnapshotFiled` (or `CheckpointFiled`) referring to the image's file, everything else
+/// as it is. Copies nothing.
+struct OnDisk<'a> {
+    rec: &'a StorageRecord,
+    filed: &'a [FiledImage],
+}
+
+impl Serialize for OnDisk<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.rec {
+            StorageRecord::Snapshot(Some(snapshot)) => {
+                if let Some(image) = file_of(snapshot, self.filed) {
+                    let filed = FiledSnapshotRef {
+                        image,
+                        tail: &snapshot.tail,
+                    };
+                    return s.serialize_newtype_variant(
+                        "StorageRecord",
+                        SNAPSHOT_FILED_VARIANT,
+                        "SnapshotFiled",
+                        &filed,
+                    );
+                }
+            }
+            StorageRecord::Checkpoint(state) => {
+                return CheckpointRef {
+                    state,
+                    filed: self.filed,
+                }
+                .serialize(s)
+            }
+            StorageRecord::Batch(records) => {
+                let seq = BatchOnDisk {
+                    records,
+                    filed: self.filed,
+                };
+                return s.serialize_newtype_variant("StorageRecord", BATCH_VARIANT, "Batch", &seq);
+            }
+            _ => {}
+        }
+        self.rec.serialize(s)
+    }
+}
+
+/// The records of a batch, serialized like a `Vec<StorageRecord>` through [`OnDisk`].
+struct BatchOnDisk<'a> {
+    records: &'a [StorageRecord],
+    filed: &'a [FiledImage],
+}
+
+impl Serialize for BatchOnDisk<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.records.iter().map(|rec| OnDisk {
+            rec,
+            filed: self.filed,
+        }))
+    }
+}
+
+/// Serializes like `StorageRecord::Checkpoint(Box::new(state.clone()))` through
+/// [`OnDisk`], without the clone.
+struct CheckpointRef<'a> {
+    state: &'a LogState,
+    filed: &'a [FiledImage],
+}
 
 impl Serialize for CheckpointRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_newtype_variant("StorageRecord", CHECKPOINT_VARIANT, "Checkpoint", self.0)
+        use serde::ser::SerializeTupleVariant;
+        let state = self.state;
+        let filed = state.snapshot.as_ref().and_then(|snapshot| {
+            file_of(snapshot, self.filed).map(|image| FiledSnapshotRef {
+                image,
+                tail: &snapshot.tail,
+            })
+        });
+        let Some(filed) = filed else {
+            return s.serialize_newtype_variant(
+                "StorageRecord",
+                CHECKPOINT_VARIANT,
+                "Checkpoint",
+                state,
+            );
+        };
+        let mut v = s.serialize_tuple_variant(
+            "StorageRecord",
+            CHECKPOINT_FILED_VARIANT,
+            "CheckpointFiled",
+            2,
+        )?;
+        v.serialize_field(&StateWithoutSnapshot(state))?;
+        v.serialize_field(&filed)?;
+        v.end()
+    }
+}
+
+/// Serializes like the [`LogState`] with `snapshot: None`.
+struct StateWithoutSnapshot<'a>(&'a LogState);
+
+impl Serialize for StateWithoutSnapshot<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let st = self.0;
+        let mut v = s.serialize_struct("LogState", 8)?;
+        v.serialize_field("promise", &st.promise)?;
+        v.serialize_field("accepted_round", &st.accepted_round)?;
+        v.serialize_field("decided_idx", &st.decided_idx)?;
+        v.serialize_field("compacted_idx", &st.compacted_idx)?;
+        v.serialize_field("log_start", &st.log_start)?;
+        v.serialize_field("stopsign", &st.stopsign)?;
+        v.serialize_field("snapshot", &None::<MachineSnapshot>)?;
+        v.serialize_field("entries", &st.entries)?;
+        v.end()
     }
 }
 
@@ -467,15 +640,23 @@ fn advance(shape: &mut Shape, rec: &StorageRecord) -> Result<(), String> {
                 advance(shape, r)?;
             }
         }
+        StorageRecord::SnapshotFiled(f) => check_covers(f.covers(), shape.compacted_idx)?,
+        StorageRecord::CheckpointFiled(state, f) => {
+            check_covers(f.covers(), state.compacted_idx)?;
+            *shape = state.shape();
+        }
     }
     Ok(())
 }
 
 fn check_snapshot_covers(s: &MachineSnapshot, compacted_idx: usize) -> Result<(), String> {
-    if s.covers() != compacted_idx as u64 {
+    check_covers(s.covers(), compacted_idx)
+}
+
+fn check_covers(covers: u64, compacted_idx: usize) -> Result<(), String> {
+    if covers != compacted_idx as u64 {
         return Err(format!(
-            "snapshot covers {} entries, not the compacted index {compacted_idx}",
-            s.covers()
+            "snapshot covers {covers} entries, not the compacted index {compacted_idx}"
         ));
     }
     Ok(())
@@ -530,6 +711,40 @@ fn apply(state: &mut LogState, rec: StorageRecord) {
                 apply(state, r);
             }
         }
+        // Replay only: the image is loaded from its file once the last record is applied.
+        StorageRecord::SnapshotFiled(f) => state.snapshot = Some(f.without_image()),
+        StorageRecord::CheckpointFiled(s, f) => {
+            *state = *s;
+            state.snapshot = Some(f.without_image());
+        }
+    }
+}
+
+/// Where the snapshot a record sets keeps its image: `None` if the record sets no
+/// snapshot, `Some(None)` if it sets one with its image in the log (or none).
+fn snapshot_source(rec: &StorageRecord) -> Option<Option<ImageFile>> {
+    match rec {
+        StorageRecord::Snapshot(_) | StorageRecord::Checkpoint(_) => Some(None),
+        StorageRecord::SnapshotFiled(f) | StorageRecord::CheckpointFiled(_, f) => {
+            Some(Some(f.image))
+        }
+        StorageRecord::Batch(rs) => rs.iter().rev().find_map(snapshot_source),
+        _ => None,
+    }
+}
+
+/// The zxid of the image of the snapshot an in-memory record sets: `None` if it sets no
+/// snapshot, `Some(None)` if it sets one without an image.
+fn image_set(rec: &StorageRecord) -> Option<Option<u64>> {
+    let image_zxid = |s: Option<&MachineSnapshot>| s.and_then(|s| s.image.as_ref().map(|_| s.image_zxid));
+    match rec {
+        StorageRecord::Snapshot(s) => Some(image_zxid(s.as_ref())),
+        StorageRecord::Checkpoint(st) => Some(image_zxid(st.snapshot.as_ref())),
+        StorageRecord::SnapshotFiled(f) | StorageRecord::CheckpointFiled(_, f) => {
+            Some(Some(f.image.zxid))
+        }
+        StorageRecord::Batch(rs) => rs.iter().rev().find_map(image_set),
+        _ => None,
     }
 }
 
@@ -822,6 +1037,17 @@ struct WalShared {
     /// The last lsn of a record that must be made durable (see [`WalShared::has_unsynced`]).
     /// Records after it are lazy: written and synced with the next record that needs it.
     must_sync_lsn: u64,
+    /// Images durable in their image files: records refer to these files instead of
+    /// holding the images.
+    filed: Vec<FiledImage>,
+    /// Records that set the snapshot and are not yet durable: their last lsn and the
+    /// zxid of their snapshot's image (`None`: no image). Oldest first.
+    snapshot_writes: VecDeque<(u64, Option<u64>)>,
+    /// The zxid of the image of the snapshot the durable log ends with: recovery needs
+    /// its file.
+    durable_image_zxid: Option<u64>,
+    /// Image files no longer needed, to delete once the lock is released.
+    retired: Vec<u64>,
 }
 
 impl WalShared {
@@ -971,7 +1197,42 @@ impl WalShared {
                 tracing::warn!(error = %e, lsn, "deleting obsolete log segments failed");
             }
         }
+        let synced = self.wal.synced_lsn();
+        while let Some(&(lsn, image_zxid)) = self.snapshot_writes.front() {
+            if lsn > synced {
+                break;
+            }
+            self.durable_image_zxid = image_zxid;
+            self.snapshot_writes.pop_front();
+        }
+        self.retire_images();
         Ok(())
+    }
+
+    /// Notes a record that sets the snapshot (see [`image_set`]), appended up to `lsn`.
+    fn note_snapshot_write(&mut self, lsn: u64, rec: &StorageRecord) {
+        if let Some(image_zxid) = image_set(rec) {
+            self.snapshot_writes.push_back((lsn, image_zxid));
+        }
+    }
+
+    /// Moves the image files nothing needs any more to `retired`: an image file is kept
+    /// while recovery could need it (the durable log's snapshot), a record not yet
+    /// durable refers to it, or it is offered for a compaction still to come (past the
+    /// durable snapshot's image: compactions only move forward).
+    fn retire_images(&mut self) {
+        let needed = |zxid: u64, shared: &WalShared| {
+            let durable = shared.durable_image_zxid;
+            durable == Some(zxid)
+                || shared.snapshot_writes.iter().any(|w| w.1 == Some(zxid))
+                || (zxid > durable.unwrap_or(0)
+                    && shared.offered_images.iter().any(|o| o.image_zxid == zxid))
+        };
+        let (keep, retire): (Vec<FiledImage>, Vec<FiledImage>) = std::mem::take(&mut self.filed)
+            .into_iter()
+            .partition(|f| needed(f.file.zxid, self));
+        self.filed = keep;
+        self.retired.extend(retire.into_iter().map(|f| f.file.zxid));
     }
 
     fn stats(&self) -> StorageStats {
@@ -979,6 +1240,91 @@ impl WalShared {
             wal_disk_bytes: self.wal.disk_bytes(),
             wal_bytes_since_checkpoint: self.bytes_since_checkpoint,
             ..self.stats
+        }
+    }
+}
+
+/// The directory of a node's image files, next to its log.
+#[derive(Debug)]
+struct ImageDir {
+    disk: Disk,
+    dir: std::path::PathBuf,
+    fsync: bool,
+}
+
+/// The images directory inside the log's directory.
+const IMAGES_DIR: &str = "images";
+
+impl ImageDir {
+    /// Writes `image`'s image to its file and makes it durable; `None` (logged) if that
+    /// fails.
+    fn write(&self, image: &MachineSnapshot) -> Option<FiledImage> {
+        let bytes = image.image.clone()?;
+        let zxid = image.image_zxid;
+        let started = Instant::now();
+        match crate::snapshot::write_on(&self.disk, &self.dir, zxid, &bytes, self.fsync) {
+            Ok(crc) => {
+                tracing::debug!(
+                    zxid,
+                    bytes = bytes.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "wrote an image file"
+                );
+                let file = ImageFile {
+                    zxid,
+                    bytes: bytes.len() as u64,
+                    crc,
+                };
+                Some(FiledImage { bytes, file })
+            }
+            Err(e) => {
+                tracing::warn!(zxid, error = %e, "cannot write an image file; the image goes into the log");
+                None
+            }
+        }
+    }
+
+    /// At open: creates the directory if needed, loads the image of the recovered
+    /// snapshot from `file` (where the last snapshot record replayed keeps it) and
+    /// deletes every other image file (none is referred to any more: the offers they
+    /// were written for ended with the process).
+    fn recover(
+        &self,
+        file: Option<ImageFile>,
+        snapshot: Option<&mut MachineSnapshot>,
+    ) -> Result<Vec<FiledImage>, StorageError> {
+        crate::wal::create_dir_durable(&self.disk, &self.dir, self.fsync)?;
+        let mut filed = Vec::new();
+        if let (Some(file), Some(snapshot)) = (file, snapshot) {
+            let loaded = crate::snapshot::load_on(&self.disk, &self.dir, file.zxid)?;
+            let (len, crc) = (loaded.data.len() as u64, crc32fast::hash(&loaded.data));
+            if len != file.bytes || crc != file.crc {
+                return Err(StorageError::Corrupt(format!(
+                    "the image file of zxid {} holds {len} bytes with checksum {crc:#x}, \
+                     the log expects {} bytes with checksum {:#x}",
+                    file.zxid, file.bytes, file.crc
+                )));
+            }
+            let bytes = Arc::new(loaded.data);
+            snapshot.image = Some(bytes.clone());
+            filed.push(FiledImage { bytes, file });
+        }
+        let unreferenced = crate::snapshot::indexes_on(&self.disk, &self.dir)?
+            .into_iter()
+            .filter(|zxid| filed.iter().all(|f| f.file.zxid != *zxid))
+            .collect();
+        self.remove(unreferenced);
+        Ok(filed)
+    }
+
+    /// Deletes the image files of these zxids (failures are logged: an unreferenced
+    /// file is deleted again at the next start).
+    fn remove(&self, zxids: Vec<u64>) {
+        for zxid in zxids {
+            match crate::snapshot::remove_on(&self.disk, &self.dir, zxid) {
+                Ok(()) => tracing::debug!(zxid, "deleted an image file"),
+                Err(e) => tracing::warn!(zxid, error = %e, "cannot delete an image file"),
+            }
         }
     }
 }
@@ -1002,6 +1348,7 @@ fn lock_for_stats(shared: &Mutex<WalShared>) -> MutexGuard<'_, WalShared> {
 #[derive(Debug, Clone)]
 pub struct SyncHandle {
     shared: Arc<Mutex<WalShared>>,
+    images: Arc<ImageDir>,
 }
 
 impl SyncHandle {
@@ -1019,7 +1366,13 @@ impl SyncHandle {
             let r = p.wait();
             (p, r)
         });
-        lock(&self.shared)?.finish_sync(done, start)
+        let retired = {
+            let mut shared = lock(&self.shared)?;
+            shared.finish_sync(done, start)?;
+            std::mem::take(&mut shared.retired)
+        };
+        self.images.remove(retired);
+        Ok(())
     }
 
     /// Offers a pure image of the node's state machine (`MachineSnapshot::from_machine`
@@ -1028,15 +1381,48 @@ impl SyncHandle {
     /// uses this image instead of rebuilding one by replaying the snapshot's tail on a
     /// fresh machine: the result is the same (applying the same decided entries in the
     /// same order is deterministic), without the replay. Replaces an earlier offer.
+    ///
+    /// The image is first written to an image file of its own and synced, here (on the
+    /// caller's thread, the node's image thread): the snapshot record of that compaction
+    /// then refers to the file instead of holding the image, so the log's sync at the
+    /// compaction writes a few bytes instead of the whole state. An image whose file
+    /// cannot be written is offered all the same and goes into the log.
     pub fn offer_image(&self, image: MachineSnapshot) {
-        if image.is_compact() {
-            let offered = &mut lock_for_stats(&self.shared).offered_images;
+        if !image.is_compact() || image.image.is_none() {
+            return;
+        }
+        let known = lock_for_stats(&self.shared)
+            .filed
+            .iter()
+            .find(|f| f.file.zxid == image.image_zxid)
+            .cloned();
+        let (image, filed) = match known {
+            // Already in its file (never rewritten: a durable record may refer to it).
+            Some(f) => (
+                MachineSnapshot {
+                    image: Some(f.bytes.clone()),
+                    ..image
+                },
+                None,
+            ),
+            None => {
+                let filed = self.images.write(&image);
+                (image, filed)
+            }
+        };
+        let retired = {
+            let mut shared = lock_for_stats(&self.shared);
+            shared.filed.extend(filed);
+            let offered = &mut shared.offered_images;
             offered.retain(|o| o.image_zxid < image.image_zxid);
             offered.push_back(image);
             while offered.len() > OFFERED_IMAGES {
                 offered.pop_front();
             }
-        }
+            shared.retire_images();
+            std::mem::take(&mut shared.retired)
+        };
+        self.images.remove(retired);
     }
 
     /// The lsn of the last record buffered so far; durable once `durable_lsn` reaches it.
@@ -1073,6 +1459,7 @@ impl SyncHandle {
 pub struct PaxosStorage {
     state: LogState,
     shared: Arc<Mutex<WalShared>>,
+    images: Arc<ImageDir>,
     config: PaxosStorageConfig,
     /// Running estimate of the encoded size of one entry, for the live-size estimate.
     avg_entry_bytes: u64,
@@ -1151,13 +1538,14 @@ impl PaxosStorage {
         // and once old segments are deleted they start somewhere in the middle of the
         // history, so they would not even fit an empty state.
         let is_checkpoint = |(_, bytes, offset): &(u64, Vec<u8>, usize)| {
-            bytes.get(*offset) == Some(&CHECKPOINT_TAG)
+            bytes.get(*offset).is_some_and(|tag| CHECKPOINT_TAGS.contains(tag))
         };
         let start = logical.iter().rposition(is_checkpoint);
         let last_checkpoint = start.map(|i| logical[i].0);
 
         let mut state = LogState::default();
         let mut shape = state.shape();
+        let mut image_file = None;
         for (first, bytes, offset) in logical.into_iter().skip(start.unwrap_or(0)) {
             let (rec, used): (StorageRecord, usize) =
                 bincode::serde::decode_from_slice(&bytes[offset..], bincode_config()).map_err(
@@ -1172,9 +1560,22 @@ impl PaxosStorage {
             advance(&mut shape, &rec).map_err(|e| {
                 StorageError::Corrupt(format!("record at lsn {first} does not fit: {e}"))
             })?;
+            if let Some(source) = snapshot_source(&rec) {
+                image_file = source;
+            }
             apply(&mut state, rec);
         }
         debug_assert_eq!(shape, state.shape());
+        let images = ImageDir {
+            disk: disk.clone(),
+            dir: dir.join(IMAGES_DIR),
+            fsync: config.wal.fsync,
+        };
+        let filed = images.recover(image_file, state.snapshot.as_mut())?;
+        let durable_image_zxid = state
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.image.as_ref().map(|_| s.image_zxid));
 
         let bytes_since_checkpoint = frames
             .iter()
@@ -1208,6 +1609,10 @@ impl PaxosStorage {
             compact_through_lsn: last_checkpoint.map(|c| c - 1),
             offered_images: VecDeque::new(),
             must_sync_lsn: 0,
+            filed,
+            snapshot_writes: VecDeque::new(),
+            durable_image_zxid,
+            retired: Vec::new(),
             stats: StorageStats {
                 records_recovered,
                 truncated_bytes_at_open: recovered.truncated_bytes,
@@ -1217,6 +1622,7 @@ impl PaxosStorage {
         Ok(PaxosStorage {
             state,
             shared: Arc::new(Mutex::new(shared)),
+            images: Arc::new(images),
             config,
             avg_entry_bytes,
         })
@@ -1226,12 +1632,19 @@ impl PaxosStorage {
     pub fn sync_handle(&self) -> SyncHandle {
         SyncHandle {
             shared: Arc::clone(&self.shared),
+            images: Arc::clone(&self.images),
         }
     }
 
     /// Same as [`SyncHandle::sync`].
     pub fn sync(&mut self) -> Result<(), StorageError> {
-        lock(&self.shared)?.sync()
+        let retired = {
+            let mut shared = lock(&self.shared)?;
+            shared.sync()?;
+            std::mem::take(&mut shared.retired)
+        };
+        self.images.remove(retired);
+        Ok(())
     }
 
     /// Whether records are buffered but not yet durable.
@@ -1307,13 +1720,28 @@ impl PaxosStorage {
     pub fn checkpoint(&mut self) -> Result<(), PaxosStorageError> {
         let images: Vec<Arc<Vec<u8>>> = state_image(&self.state).into_iter().collect();
         let min_bytes = self.config.shared_image_min_bytes;
-        let payload = encode_parts(&CheckpointRef(&self.state), &images, min_bytes)?;
+        let encode = |filed: &[FiledImage]| {
+            let checkpoint = CheckpointRef {
+                state: &self.state,
+                filed,
+            };
+            encode_parts(&checkpoint, &images, min_bytes)
+        };
+        // Under the lock when it may refer to an image file (see `write`).
+        let (payload, mut shared) = if images.is_empty() {
+            let payload = encode(&[])?;
+            (payload, lock(&self.shared)?)
+        } else {
+            let shared = lock(&self.shared)?;
+            (encode(&shared.filed)?, shared)
+        };
         let bytes = payload.iter().map(Part::len).sum::<usize>();
-        let mut shared = lock(&self.shared)?;
         let before = shared.bytes_since_checkpoint;
         shared.bytes_since_checkpoint = 0;
         match shared.append_logical_parts(&payload, self.config.max_fragment_bytes, true) {
             Ok((first, last)) => {
+                let image_zxid = self.state.snapshot.as_ref().and_then(|s| s.image.as_ref().map(|_| s.image_zxid));
+                shared.snapshot_writes.push_back((last, image_zxid));
                 shared.checkpoint_in_flight = Some((first, last));
                 shared.stats.checkpoints += 1;
                 tracing::debug!(
@@ -1353,7 +1781,8 @@ impl PaxosStorage {
             bincode::serde::encode_into_std_write(&record, &mut framed, bincode_config())
                 .map_err(|e| PaxosStorageError::Encode(e.to_string()))?;
             let mut shared = lock(&self.shared)?;
-            shared.append_logical(&mut framed, max_fragment_bytes, must_sync)?;
+            let (_, last) = shared.append_logical(&mut framed, max_fragment_bytes, must_sync)?;
+            shared.note_snapshot_write(last, &record);
             shared.stats.snapshot_repairs += repairs;
             drop(shared);
             if appended_entries > 0 && !record_has_snapshot(&record) {
@@ -1361,10 +1790,18 @@ impl PaxosStorage {
                 self.avg_entry_bytes = (self.avg_entry_bytes * 7 + sample) / 8;
             }
         } else {
-            // The images are written from their shared buffers, not copied here.
-            let payload = encode_parts(&record, &images, self.config.shared_image_min_bytes)?;
+            // An image in its file is referred to; any other image is written from its
+            // shared buffer, not copied here. Encoded under the lock, so that an image
+            // file the record refers to cannot be retired before the record is appended.
             let mut shared = lock(&self.shared)?;
-            shared.append_logical_parts(&payload, max_fragment_bytes, must_sync)?;
+            let on_disk = OnDisk {
+                rec: &record,
+                filed: &shared.filed,
+            };
+            let payload = encode_parts(&on_disk, &images, self.config.shared_image_min_bytes)?;
+            let (_, last) =
+                shared.append_logical_parts(&payload, max_fragment_bytes, must_sync)?;
+            shared.note_snapshot_write(last, &record);
             shared.stats.snapshot_repairs += repairs;
         }
         apply(&mut self.state, record);
@@ -2379,14 +2816,195 @@ mod tests {
         s.set_promise(ballot(1, 1)).expect("promise");
         s.set_decided_idx(6).expect("decided");
         omnipaxos_snapshot(&mut s, 4);
-        let bytes = bincode::serde::encode_to_vec(CheckpointRef(&s.state), bincode_config())
-            .expect("encode");
-        assert_eq!(bytes[0], CHECKPOINT_TAG, "recovery looks for this byte");
+        let checkpoint = CheckpointRef {
+            state: &s.state,
+            filed: &[],
+        };
+        let bytes = bincode::serde::encode_to_vec(checkpoint, bincode_config()).expect("encode");
+        assert_eq!(bytes[0], CHECKPOINT_TAGS[0], "recovery looks for this byte");
         let (rec, _): (StorageRecord, usize) =
             bincode::serde::decode_from_slice(&bytes, bincode_config()).expect("decode");
         match rec {
             StorageRecord::Checkpoint(state) => assert_eq!(*state, s.state),
             other => panic!("decoded as {other:?}"),
+        }
+    }
+
+    /// The zxids of the image files in the storage's directory.
+    fn image_files(dir: &Path) -> Vec<u64> {
+        crate::snapshot::indexes_on(&Disk::Real, &dir.join(IMAGES_DIR)).expect("list images")
+    }
+
+    /// Offers the image of the first `n` entries, as a node does when it applies the
+    /// entry at a compaction point.
+    fn offer(s: &PaxosStorage, n: u64) {
+        let image = MachineSnapshot::from_machine(&machine_of(&entries(0..n))).expect("image");
+        s.sync_handle().offer_image(image);
+    }
+
+    /// Every image left in the log, however small, is written by reference and counted.
+    fn counting_config() -> PaxosStorageConfig {
+        PaxosStorageConfig {
+            shared_image_min_bytes: 0,
+            ..config()
+        }
+    }
+
+    #[test]
+    fn a_compaction_and_a_checkpoint_refer_to_the_offered_image_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let mut s = PaxosStorage::open_with(dir, counting_config()).expect("open");
+        s.append_entries(entries(0..40)).expect("append");
+        s.set_decided_idx(30).expect("decided");
+        offer(&s, 20);
+        assert_eq!(image_files(dir), vec![20], "written when offered");
+        omnipaxos_snapshot(&mut s, 20);
+        s.sync().expect("sync");
+        let snap = s.snapshot().expect("snapshot");
+        assert!(snap.is_compact());
+        assert_eq!(hash_of_snapshot(snap), machine_of(&entries(0..20)).state_hash());
+        assert_eq!(s.stats().image_bytes_by_reference, 0, "no image in the log");
+        let mut s = reopen(s, dir);
+        s.checkpoint().expect("checkpoint");
+        s.append_entry(entry(40)).expect("append");
+        let s = reopen(s, dir);
+        assert_eq!(s.stats().image_bytes_by_reference, 0, "no image in the checkpoint");
+        assert_eq!(image_files(dir), vec![20]);
+        assert_eq!(
+            hash_of_snapshot(s.snapshot().expect("snapshot")),
+            machine_of(&entries(0..20)).state_hash()
+        );
+    }
+
+    #[test]
+    fn an_image_file_is_deleted_once_a_newer_snapshot_is_durable() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let mut s = open(dir);
+        s.append_entries(entries(0..40)).expect("append");
+        s.set_decided_idx(30).expect("decided");
+        offer(&s, 10);
+        omnipaxos_snapshot(&mut s, 10);
+        s.sync().expect("sync");
+        offer(&s, 20);
+        assert_eq!(image_files(dir), vec![10, 20]);
+        omnipaxos_snapshot(&mut s, 20);
+        assert_eq!(image_files(dir), vec![10, 20], "the durable log still needs 10");
+        s.sync().expect("sync");
+        assert_eq!(image_files(dir), vec![20]);
+        // A trim without a snapshot keeps the image and extends its tail.
+        s.write_atomically(vec![StorageOp::Trim(25), StorageOp::SetCompactedIdx(25)])
+            .expect("trim");
+        s.sync().expect("sync");
+        assert_eq!(image_files(dir), vec![20]);
+        let s = reopen(s, dir);
+        let snap = s.snapshot().expect("snapshot");
+        assert_eq!((snap.image_zxid(), snap.tail().len()), (20, 5));
+        assert_eq!(image_files(dir), vec![20]);
+    }
+
+    #[test]
+    fn image_files_nothing_refers_to_are_deleted() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let mut s = open(dir);
+        s.append_entries(entries(0..40)).expect("append");
+        s.set_decided_idx(30).expect("decided");
+        for n in [10, 20, 30] {
+            offer(&s, n);
+        }
+        assert_eq!(image_files(dir), vec![20, 30], "only the offered ones are kept");
+        let s = reopen(s, dir);
+        assert!(s.snapshot().is_none());
+        assert_eq!(image_files(dir), Vec::<u64>::new(), "offers end with the process");
+    }
+
+    #[test]
+    fn a_lost_or_damaged_image_file_fails_recovery_clearly() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let mut s = open(dir);
+        s.append_entries(entries(0..40)).expect("append");
+        s.set_decided_idx(30).expect("decided");
+        offer(&s, 20);
+        omnipaxos_snapshot(&mut s, 20);
+        s.sync().expect("sync");
+        drop(s);
+        let file = dir.join(IMAGES_DIR).join("snap-00000000000000000020.bin");
+        let good = fs::read(&file).expect("read");
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        fs::write(&file, &bad).expect("damage");
+        let err = PaxosStorage::open_with(dir, config()).expect_err("damaged");
+        assert!(err.to_string().contains("checksum"), "{err}");
+        fs::remove_file(&file).expect("remove");
+        let err = PaxosStorage::open_with(dir, config()).expect_err("lost");
+        assert!(err.to_string().contains("snap-00000000000000000020.bin"), "{err}");
+        fs::write(&file, &good).expect("restore");
+        PaxosStorage::open_with(dir, config()).expect("whole again");
+    }
+
+    #[test]
+    fn records_with_image_files_encode_like_their_variants() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = open(tmp.path());
+        s.append_entries(entries(0..40)).expect("append");
+        s.set_decided_idx(30).expect("decided");
+        offer(&s, 20);
+        omnipaxos_snapshot(&mut s, 20);
+        s.write_atomically(vec![StorageOp::Trim(22), StorageOp::SetCompactedIdx(22)])
+            .expect("trim");
+        let filed = lock_for_stats(&s.shared).filed.clone();
+        let snap = s.snapshot().expect("snapshot").clone();
+        let file = file_of(&snap, &filed).expect("the stored image is in its file");
+        let as_filed = FiledSnapshot {
+            image: file,
+            tail: snap.tail.clone(),
+        };
+        let encode = |v: &dyn erased::Encode| v.encode();
+
+        let record = StorageRecord::Batch(vec![StorageRecord::Snapshot(Some(snap.clone()))]);
+        let on_disk = encode(&OnDisk {
+            rec: &record,
+            filed: &filed,
+        });
+        let variant = encode(&StorageRecord::Batch(vec![StorageRecord::SnapshotFiled(
+            as_filed.clone(),
+        )]));
+        assert_eq!(on_disk, variant);
+        assert_eq!(on_disk[0], BATCH_VARIANT as u8);
+        assert_eq!(on_disk[2], SNAPSHOT_FILED_VARIANT as u8);
+
+        let checkpoint = encode(&CheckpointRef {
+            state: &s.state,
+            filed: &filed,
+        });
+        let without = LogState {
+            snapshot: None,
+            ..s.state.clone()
+        };
+        let variant = encode(&StorageRecord::CheckpointFiled(Box::new(without), as_filed));
+        assert_eq!(checkpoint, variant);
+        assert_eq!(checkpoint[0], CHECKPOINT_TAGS[1], "recovery looks for this byte");
+        // Without the file, everything is as before.
+        let inline = encode(&CheckpointRef {
+            state: &s.state,
+            filed: &[],
+        });
+        assert_eq!(inline, encode(&StorageRecord::Checkpoint(Box::new(s.state.clone()))));
+    }
+
+    /// Encoding through a trait object, for the test above.
+    mod erased {
+        pub trait Encode {
+            fn encode(&self) -> Vec<u8>;
+        }
+        impl<T: serde::Serialize> Encode for T {
+            fn encode(&self) -> Vec<u8> {
+                bincode::serde::encode_to_vec(self, super::bincode_config()).expect("encode")
+            }
         }
     }
 
@@ -2461,13 +3079,17 @@ mod tests {
                     let mut s = PaxosStorage::open_with(dir, cfg).expect("open");
                     s.append_entries(entries(0..40)).expect("append");
                     s.set_decided_idx(30).expect("decided");
+                    // Images as a leader sends them: not in files of this node's.
                     for n in [20, 30] {
-                        let m = machine_of(&entries(0..n));
+                        let m = machine_of(&entries(0..n as u64));
                         let image = MachineSnapshot::from_machine(&m).expect("image");
-                        s.sync_handle().offer_image(image);
+                        s.write_atomically(vec![
+                            StorageOp::Trim(n),
+                            StorageOp::SetCompactedIdx(n),
+                            StorageOp::SetSnapshot(Some(image)),
+                        ])
+                        .expect("snapshot");
                     }
-                    omnipaxos_snapshot(&mut s, 20);
-                    omnipaxos_snapshot(&mut s, 30);
                     s.checkpoint().expect("checkpoint");
                     s.append_entry(entry(40)).expect("append");
                     s.sync().expect("sync");
