@@ -31,6 +31,21 @@
 //! images, and a tail lasts until the next compaction. Whoever uses a snapshot replays its
 //! tail: an install, off the core; recovery, at start-up.
 //!
+//! # Image files
+//!
+//! An image the node offers ([`SyncHandle::offer_image`]) is first written to a file of
+//! its own in `images/` next to the log (a [`crate::snapshot`] file named by the image's
+//! zxid, synced and renamed into place) by the thread that offers it. A record that
+//! stores a snapshot with such an image is encoded as `SnapshotFiled` (a checkpoint as
+//! `CheckpointFiled`), which holds the file's zxid, length and CRC instead of the image
+//! ([`OnDisk`]); in memory nothing changes. Recovery replays the records with the image
+//! left out and then loads the image of the last snapshot from its file. So a file must
+//! stay while the durable log ends with a snapshot that uses it; it is deleted once a
+//! later snapshot record is durable, no record in flight refers to it, and it is not
+//! offered for a compaction still to come (`WalShared::retire_images`). Unreferenced
+//! files are deleted at open. Images that are not the node's own (a leader's) go into the
+//! log as before.
+//!
 //! # OmniPaxos 0.2.4 quirk repaired here: delta log syncs
 //!
 //! When a leader syncs a follower whose decided index is past the leader's compacted
@@ -333,7 +348,7 @@ struct LogState {
     /// Log index of `entries[0]` (equal to `compacted_idx` after every OmniPaxos write).
     log_start: usize,
     stopsign: Option<StopSign>,
-    /// Always compact and covering exactly `[0, compacted_idx)` when present.
+    /// Covers exactly `[0, compacted_idx)` when present (image and tail together).
     snapshot: Option<MachineSnapshot>,
     entries: VecDeque<Entry>,
 }
@@ -382,7 +397,7 @@ enum StorageRecord {
     /// Entries before this index removed.
     Trim(usize),
     StopSign(Option<StopSign>),
-    /// Always compact, covering the compacted index at this point.
+    /// Covers the compacted index at this point (image and tail together).
     Snapshot(Option<MachineSnapshot>),
     /// The whole state: replaces everything before it.
     Checkpoint(Box<LogState>),
