@@ -141,6 +141,7 @@
 
 use crate::disk::Disk;
 use crate::machine::{Entry, MachineImage, MachineLimits, StateMachine};
+use crate::snapshot::Durability;
 use crate::wal::{
     Part, PendingSync, StorageError, Wal, WalOptions, MAX_RECORD_BYTES, RECORD_HEADER_BYTES,
 };
@@ -751,7 +752,8 @@ fn snapshot_source(rec: &StorageRecord) -> Option<Option<ImageFile>> {
 /// The zxid of the image of the snapshot an in-memory record sets: `None` if it sets no
 /// snapshot, `Some(None)` if it sets one without an image.
 fn image_set(rec: &StorageRecord) -> Option<Option<u64>> {
-    let image_zxid = |s: Option<&MachineSnapshot>| s.and_then(|s| s.image.as_ref().map(|_| s.image_zxid));
+    let image_zxid =
+        |s: Option<&MachineSnapshot>| s.and_then(|s| s.image.as_ref().map(|_| s.image_zxid));
     match rec {
         StorageRecord::Snapshot(s) => Some(image_zxid(s.as_ref())),
         StorageRecord::Checkpoint(st) => Some(image_zxid(st.snapshot.as_ref())),
@@ -1277,7 +1279,14 @@ impl ImageDir {
         let bytes = image.image.clone()?;
         let zxid = image.image_zxid;
         let started = Instant::now();
-        match crate::snapshot::write_on(&self.disk, &self.dir, zxid, &bytes, self.fsync) {
+        let durability = match (&self.disk, self.fsync) {
+            (_, false) => Durability::NotSynced,
+            // The simulator's disk takes no time.
+            #[cfg(any(test, feature = "sim"))]
+            (Disk::Sim(_), true) => Durability::Synced,
+            (Disk::Real, true) => Durability::Paced,
+        };
+        match crate::snapshot::write_on(&self.disk, &self.dir, zxid, &bytes, durability) {
             Ok(crc) => {
                 tracing::debug!(
                     zxid,
@@ -1553,7 +1562,9 @@ impl PaxosStorage {
         // and once old segments are deleted they start somewhere in the middle of the
         // history, so they would not even fit an empty state.
         let is_checkpoint = |(_, bytes, offset): &(u64, Vec<u8>, usize)| {
-            bytes.get(*offset).is_some_and(|tag| CHECKPOINT_TAGS.contains(tag))
+            bytes
+                .get(*offset)
+                .is_some_and(|tag| CHECKPOINT_TAGS.contains(tag))
         };
         let start = logical.iter().rposition(is_checkpoint);
         let last_checkpoint = start.map(|i| logical[i].0);
@@ -1755,7 +1766,11 @@ impl PaxosStorage {
         shared.bytes_since_checkpoint = 0;
         match shared.append_logical_parts(&payload, self.config.max_fragment_bytes, true) {
             Ok((first, last)) => {
-                let image_zxid = self.state.snapshot.as_ref().and_then(|s| s.image.as_ref().map(|_| s.image_zxid));
+                let image_zxid = self
+                    .state
+                    .snapshot
+                    .as_ref()
+                    .and_then(|s| s.image.as_ref().map(|_| s.image_zxid));
                 shared.snapshot_writes.push_back((last, image_zxid));
                 shared.checkpoint_in_flight = Some((first, last));
                 shared.stats.checkpoints += 1;
@@ -1814,8 +1829,7 @@ impl PaxosStorage {
                 filed: &shared.filed,
             };
             let payload = encode_parts(&on_disk, &images, self.config.shared_image_min_bytes)?;
-            let (_, last) =
-                shared.append_logical_parts(&payload, max_fragment_bytes, must_sync)?;
+            let (_, last) = shared.append_logical_parts(&payload, max_fragment_bytes, must_sync)?;
             shared.note_snapshot_write(last, &record);
             shared.stats.snapshot_repairs += repairs;
         }
@@ -2878,13 +2892,20 @@ mod tests {
         s.sync().expect("sync");
         let snap = s.snapshot().expect("snapshot");
         assert!(snap.is_compact());
-        assert_eq!(hash_of_snapshot(snap), machine_of(&entries(0..20)).state_hash());
+        assert_eq!(
+            hash_of_snapshot(snap),
+            machine_of(&entries(0..20)).state_hash()
+        );
         assert_eq!(s.stats().image_bytes_by_reference, 0, "no image in the log");
         let mut s = reopen(s, dir);
         s.checkpoint().expect("checkpoint");
         s.append_entry(entry(40)).expect("append");
         let s = reopen(s, dir);
-        assert_eq!(s.stats().image_bytes_by_reference, 0, "no image in the checkpoint");
+        assert_eq!(
+            s.stats().image_bytes_by_reference,
+            0,
+            "no image in the checkpoint"
+        );
         assert_eq!(image_files(dir), vec![20]);
         assert_eq!(
             hash_of_snapshot(s.snapshot().expect("snapshot")),
@@ -2905,7 +2926,11 @@ mod tests {
         offer(&s, 20);
         assert_eq!(image_files(dir), vec![10, 20]);
         omnipaxos_snapshot(&mut s, 20);
-        assert_eq!(image_files(dir), vec![10, 20], "the durable log still needs 10");
+        assert_eq!(
+            image_files(dir),
+            vec![10, 20],
+            "the durable log still needs 10"
+        );
         s.sync().expect("sync");
         assert_eq!(image_files(dir), vec![20]);
         // A trim without a snapshot keeps the image and extends its tail.
@@ -2929,10 +2954,18 @@ mod tests {
         for n in [10, 20, 30] {
             offer(&s, n);
         }
-        assert_eq!(image_files(dir), vec![20, 30], "only the offered ones are kept");
+        assert_eq!(
+            image_files(dir),
+            vec![20, 30],
+            "only the offered ones are kept"
+        );
         let s = reopen(s, dir);
         assert!(s.snapshot().is_none());
-        assert_eq!(image_files(dir), Vec::<u64>::new(), "offers end with the process");
+        assert_eq!(
+            image_files(dir),
+            Vec::<u64>::new(),
+            "offers end with the process"
+        );
     }
 
     #[test]
@@ -2956,7 +2989,10 @@ mod tests {
         assert!(err.to_string().contains("checksum"), "{err}");
         fs::remove_file(&file).expect("remove");
         let err = PaxosStorage::open_with(dir, config()).expect_err("lost");
-        assert!(err.to_string().contains("snap-00000000000000000020.bin"), "{err}");
+        assert!(
+            err.to_string().contains("snap-00000000000000000020.bin"),
+            "{err}"
+        );
         fs::write(&file, &good).expect("restore");
         PaxosStorage::open_with(dir, config()).expect("whole again");
     }
@@ -3002,13 +3038,19 @@ mod tests {
         };
         let variant = encode(&StorageRecord::CheckpointFiled(Box::new(without), as_filed));
         assert_eq!(checkpoint, variant);
-        assert_eq!(checkpoint[0], CHECKPOINT_TAGS[1], "recovery looks for this byte");
+        assert_eq!(
+            checkpoint[0], CHECKPOINT_TAGS[1],
+            "recovery looks for this byte"
+        );
         // Without the file, everything is as before.
         let inline = encode(&CheckpointRef {
             state: &s.state,
             filed: &[],
         });
-        assert_eq!(inline, encode(&StorageRecord::Checkpoint(Box::new(s.state.clone()))));
+        assert_eq!(
+            inline,
+            encode(&StorageRecord::Checkpoint(Box::new(s.state.clone())))
+        );
     }
 
     /// Encoding through a trait object, for the test above.
