@@ -2998,6 +2998,54 @@ mod tests {
     }
 
     #[test]
+    fn an_image_whose_file_cannot_be_written_goes_into_the_log() {
+        use crate::disk::{SimDisk, SimDiskFaults};
+        let sim = SimDisk::new(3);
+        let disk = Disk::Sim(sim.clone());
+        let dir = Path::new("/data/paxos");
+        let cfg = PaxosStorageConfig {
+            shared_image_min_bytes: 0,
+            wal: WalOptions {
+                fsync: true,
+                preallocate_bytes: 0,
+                ..config().wal
+            },
+            ..config()
+        };
+        let mut s = PaxosStorage::open_on(&disk, dir, cfg).expect("open");
+        s.append_entries(entries(0..40)).expect("append");
+        s.set_decided_idx(30).expect("decided");
+        s.sync().expect("sync");
+        sim.set_faults(SimDiskFaults {
+            fail_sync_per_mille: 1000,
+            ..SimDiskFaults::default()
+        });
+        offer(&s, 20);
+        sim.set_faults(SimDiskFaults::default());
+        let images = |disk: &Disk| crate::snapshot::indexes_on(disk, &dir.join(IMAGES_DIR));
+        assert_eq!(
+            images(&disk).expect("list"),
+            Vec::<u64>::new(),
+            "nothing left behind"
+        );
+        omnipaxos_snapshot(&mut s, 20);
+        s.sync().expect("sync");
+        assert!(
+            s.snapshot().is_some_and(MachineSnapshot::is_compact),
+            "the offer was used"
+        );
+        assert!(
+            s.stats().image_bytes_by_reference > 0,
+            "the image is in the log"
+        );
+        let state = s.state.clone();
+        drop(s);
+        sim.crash(&mut |n| (n, 0));
+        let s = PaxosStorage::open_on(&disk, dir, cfg).expect("reopen");
+        assert_eq!(s.state, state);
+    }
+
+    #[test]
     fn records_with_image_files_encode_like_their_variants() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut s = open(tmp.path());
