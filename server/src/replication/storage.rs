@@ -141,7 +141,6 @@
 
 use crate::disk::Disk;
 use crate::machine::{Entry, MachineImage, MachineLimits, StateMachine};
-use crate::snapshot::Durability;
 use crate::wal::{
     Part, PendingSync, StorageError, Wal, WalOptions, MAX_RECORD_BYTES, RECORD_HEADER_BYTES,
 };
@@ -153,6 +152,11 @@ use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
+
+mod images;
+use images::{
+    file_of, FiledImage, FiledSnapshot, FiledSnapshotRef, ImageDir, ImageFile, IMAGES_DIR,
+};
 
 impl omnipaxos::storage::Entry for Entry {
     type Snapshot = MachineSnapshot;
@@ -410,62 +414,6 @@ enum StorageRecord {
     /// A `Checkpoint` whose snapshot's image is in an image file: the state, its
     /// snapshot left out, and that snapshot.
     CheckpointFiled(Box<LogState>, FiledSnapshot),
-}
-
-/// A snapshot image in a file of its own (a [`crate::snapshot`] file named by the
-/// image's zxid, in the images directory next to the log).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct ImageFile {
-    zxid: u64,
-    bytes: u64,
-    /// CRC-32 of the image (the file's header holds it too).
-    crc: u32,
-}
-
-/// A snapshot as a record stores it when its image is in a file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct FiledSnapshot {
-    image: ImageFile,
-    tail: Vec<Entry>,
-}
-
-impl FiledSnapshot {
-    /// The snapshot this stands for, without its image (loaded from the file at the end
-    /// of replay, see [`PaxosStorage::open_on`]).
-    fn without_image(self) -> MachineSnapshot {
-        MachineSnapshot {
-            image_zxid: self.image.zxid,
-            image: None,
-            tail: self.tail,
-        }
-    }
-
-    fn covers(&self) -> u64 {
-        self.image.zxid + self.tail.len() as u64
-    }
-}
-
-/// Serializes exactly like a [`FiledSnapshot`] with this image file and tail.
-#[derive(Serialize)]
-struct FiledSnapshotRef<'a> {
-    image: ImageFile,
-    tail: &'a [Entry],
-}
-
-/// An image of the node's own state known to be durable in its image file.
-#[derive(Debug, Clone)]
-struct FiledImage {
-    bytes: Arc<Vec<u8>>,
-    file: ImageFile,
-}
-
-/// The image file that holds `s`'s image, if any of `filed` does.
-fn file_of(s: &MachineSnapshot, filed: &[FiledImage]) -> Option<ImageFile> {
-    let image = s.image.as_ref()?;
-    filed
-        .iter()
-        .find(|f| Arc::ptr_eq(&f.bytes, image) && f.file.zxid == s.image_zxid)
-        .map(|f| f.file)
 }
 
 /// Images kept offered (see `WalShared::offered_images`).
@@ -1257,98 +1205,6 @@ impl WalShared {
             wal_disk_bytes: self.wal.disk_bytes(),
             wal_bytes_since_checkpoint: self.bytes_since_checkpoint,
             ..self.stats
-        }
-    }
-}
-
-/// The directory of a node's image files, next to its log.
-#[derive(Debug)]
-struct ImageDir {
-    disk: Disk,
-    dir: std::path::PathBuf,
-    fsync: bool,
-}
-
-/// The images directory inside the log's directory.
-const IMAGES_DIR: &str = "images";
-
-impl ImageDir {
-    /// Writes `image`'s image to its file and makes it durable; `None` (logged) if that
-    /// fails.
-    fn write(&self, image: &MachineSnapshot) -> Option<FiledImage> {
-        let bytes = image.image.clone()?;
-        let zxid = image.image_zxid;
-        let started = Instant::now();
-        let durability = match (&self.disk, self.fsync) {
-            (_, false) => Durability::NotSynced,
-            // The simulator's disk takes no time.
-            #[cfg(any(test, feature = "sim"))]
-            (Disk::Sim(_), true) => Durability::Synced,
-            (Disk::Real, true) => Durability::Paced,
-        };
-        match crate::snapshot::write_on(&self.disk, &self.dir, zxid, &bytes, durability) {
-            Ok(crc) => {
-                tracing::debug!(
-                    zxid,
-                    bytes = bytes.len(),
-                    ms = started.elapsed().as_millis() as u64,
-                    "wrote an image file"
-                );
-                let file = ImageFile {
-                    zxid,
-                    bytes: bytes.len() as u64,
-                    crc,
-                };
-                Some(FiledImage { bytes, file })
-            }
-            Err(e) => {
-                tracing::warn!(zxid, error = %e, "cannot write an image file; the image goes into the log");
-                None
-            }
-        }
-    }
-
-    /// At open: creates the directory if needed, loads the image of the recovered
-    /// snapshot from `file` (where the last snapshot record replayed keeps it) and
-    /// deletes every other image file (none is referred to any more: the offers they
-    /// were written for ended with the process).
-    fn recover(
-        &self,
-        file: Option<ImageFile>,
-        snapshot: Option<&mut MachineSnapshot>,
-    ) -> Result<Vec<FiledImage>, StorageError> {
-        crate::wal::create_dir_durable(&self.disk, &self.dir, self.fsync)?;
-        let mut filed = Vec::new();
-        if let (Some(file), Some(snapshot)) = (file, snapshot) {
-            let loaded = crate::snapshot::load_on(&self.disk, &self.dir, file.zxid)?;
-            let (len, crc) = (loaded.data.len() as u64, crc32fast::hash(&loaded.data));
-            if len != file.bytes || crc != file.crc {
-                return Err(StorageError::Corrupt(format!(
-                    "the image file of zxid {} holds {len} bytes with checksum {crc:#x}, \
-                     the log expects {} bytes with checksum {:#x}",
-                    file.zxid, file.bytes, file.crc
-                )));
-            }
-            let bytes = Arc::new(loaded.data);
-            snapshot.image = Some(bytes.clone());
-            filed.push(FiledImage { bytes, file });
-        }
-        let unreferenced = crate::snapshot::indexes_on(&self.disk, &self.dir)?
-            .into_iter()
-            .filter(|zxid| filed.iter().all(|f| f.file.zxid != *zxid))
-            .collect();
-        self.remove(unreferenced);
-        Ok(filed)
-    }
-
-    /// Deletes the image files of these zxids (failures are logged: an unreferenced
-    /// file is deleted again at the next start).
-    fn remove(&self, zxids: Vec<u64>) {
-        for zxid in zxids {
-            match crate::snapshot::remove_on(&self.disk, &self.dir, zxid) {
-                Ok(()) => tracing::debug!(zxid, "deleted an image file"),
-                Err(e) => tracing::warn!(zxid, error = %e, "cannot delete an image file"),
-            }
         }
     }
 }
