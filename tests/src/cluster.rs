@@ -196,8 +196,9 @@ impl Member {
             .args(args)
             .env(
                 "RUST_LOG",
-                std::env::var("CORRAL_CLUSTER_LOG")
-                    .unwrap_or_else(|_| "warn,corral_server::node=info".into()),
+                std::env::var("CORRAL_CLUSTER_LOG").unwrap_or_else(|_| {
+                    "warn,corral_server::node=info,corral_server::replication::storage=info".into()
+                }),
             )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

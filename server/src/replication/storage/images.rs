@@ -135,6 +135,11 @@ impl ImageDir {
                     file.zxid, file.bytes, file.crc
                 )));
             }
+            tracing::info!(
+                zxid = file.zxid,
+                bytes = file.bytes,
+                "loaded the snapshot image from its file"
+            );
             let bytes = Arc::new(loaded.data);
             snapshot.image = Some(bytes.clone());
             filed.push(FiledImage { bytes, file });
