@@ -855,7 +855,7 @@ const IMAGE_THREAD_NICE: i32 = 5;
 
 /// Lowers the calling thread's priority to [`IMAGE_THREAD_NICE`] (on Linux the nice
 /// value is per thread); a failure is logged and changes nothing else.
-fn lower_this_threads_priority() {
+pub(crate) fn lower_this_threads_priority() {
     if let Err(e) = rustix::process::setpriority_process(None, IMAGE_THREAD_NICE) {
         tracing::debug!(error = %e, "cannot lower the image thread's priority");
     }

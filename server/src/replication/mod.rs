@@ -170,7 +170,10 @@ pub fn open_cluster(
     limits: MachineLimits,
     settings: ClusterSettings,
 ) -> Result<RecoveredCluster, ClusterError> {
-    let config = PaxosStorageConfig::new(wal_options, limits);
+    let config = PaxosStorageConfig {
+        encode_checkpoints_in_background: true,
+        ..PaxosStorageConfig::new(wal_options, limits)
+    };
     open_cluster_on(&Disk::Real, dir, config, settings)
 }
 

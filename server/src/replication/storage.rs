@@ -411,9 +411,16 @@ enum StorageRecord {
     /// A `Snapshot(Some(_))` whose image is in an image file. Only the encoding of a
     /// record writes it ([`OnDisk`]); replay reads the image from its file.
     SnapshotFiled(FiledSnapshot),
-    /// A `Checkpoint` whose snapshot's image is in an image file: the state, its
-    /// snapshot left out, and that snapshot.
-    CheckpointFiled(Box<LogState>, FiledSnapshot),
+    /// The whole state as it was after the record at `after_lsn` (a checkpoint encoded
+    /// off the core and appended once ready, see [`PaxosStorage::checkpoint`]): replay
+    /// starts from it and applies the records after `after_lsn`, this one excepted.
+    /// With `image`, the snapshot's image is in an image file (and `state.snapshot` is
+    /// `None`).
+    CheckpointAt {
+        after_lsn: u64,
+        state: Box<LogState>,
+        image: Option<FiledSnapshot>,
+    },
 }
 
 /// Images kept offered (see `WalShared::offered_images`).
@@ -423,12 +430,12 @@ const OFFERED_IMAGES: usize = 2;
 const CHECKPOINT_VARIANT: u32 = 9;
 const BATCH_VARIANT: u32 = 10;
 const SNAPSHOT_FILED_VARIANT: u32 = 11;
-const CHECKPOINT_FILED_VARIANT: u32 = 12;
+const CHECKPOINT_AT_VARIANT: u32 = 12;
 
-/// The first byte of an encoded `Checkpoint` or `CheckpointFiled` record: bincode's
-/// varint encoding writes a variant index below 251 as one byte. Recovery finds the last
+/// The first byte of an encoded `Checkpoint` or `CheckpointAt` record: bincode's varint
+/// encoding writes a variant index below 251 as one byte. Recovery finds the last
 /// checkpoint by it.
-const CHECKPOINT_TAGS: [u8; 2] = [CHECKPOINT_VARIANT as u8, CHECKPOINT_FILED_VARIANT as u8];
+const CHECKPOINT_TAGS: [u8; 2] = [CHECKPOINT_VARIANT as u8, CHECKPOINT_AT_VARIANT as u8];
 
 /// Serializes `rec` as the log stores it: a snapshot whose image is one of `filed` as
 /// `SnapshotFiled` (or `CheckpointFiled`) referring to the image's file, everything else
@@ -454,13 +461,6 @@ impl Serialize for OnDisk<'_> {
                         &filed,
                     );
                 }
-            }
-            StorageRecord::Checkpoint(state) => {
-                return CheckpointRef {
-                    state,
-                    filed: self.filed,
-                }
-                .serialize(s)
             }
             StorageRecord::Batch(records) => {
                 let seq = BatchOnDisk {
@@ -490,39 +490,33 @@ impl Serialize for BatchOnDisk<'_> {
     }
 }
 
-/// Serializes like `StorageRecord::Checkpoint(Box::new(state.clone()))` through
-/// [`OnDisk`], without the clone.
+/// Serializes like a `StorageRecord::CheckpointAt` of `state`, its snapshot's image
+/// referred to if it is one of `filed`, without copying the state.
 struct CheckpointRef<'a> {
+    after_lsn: u64,
     state: &'a LogState,
     filed: &'a [FiledImage],
 }
 
 impl Serialize for CheckpointRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTupleVariant;
+        use serde::ser::SerializeStructVariant;
         let state = self.state;
-        let filed = state.snapshot.as_ref().and_then(|snapshot| {
+        let image = state.snapshot.as_ref().and_then(|snapshot| {
             file_of(snapshot, self.filed).map(|image| FiledSnapshotRef {
                 image,
                 tail: &snapshot.tail,
             })
         });
-        let Some(filed) = filed else {
-            return s.serialize_newtype_variant(
-                "StorageRecord",
-                CHECKPOINT_VARIANT,
-                "Checkpoint",
-                state,
-            );
-        };
-        let mut v = s.serialize_tuple_variant(
-            "StorageRecord",
-            CHECKPOINT_FILED_VARIANT,
-            "CheckpointFiled",
-            2,
-        )?;
-        v.serialize_field(&StateWithoutSnapshot(state))?;
-        v.serialize_field(&filed)?;
+        let mut v =
+            s.serialize_struct_variant("StorageRecord", CHECKPOINT_AT_VARIANT, "CheckpointAt", 3)?;
+        v.serialize_field("after_lsn", &self.after_lsn)?;
+        if image.is_some() {
+            v.serialize_field("state", &StateWithoutSnapshot(state))?;
+        } else {
+            v.serialize_field("state", state)?;
+        }
+        v.serialize_field("image", &image)?;
         v.end()
     }
 }
@@ -605,8 +599,15 @@ fn advance(shape: &mut Shape, rec: &StorageRecord) -> Result<(), String> {
             }
         }
         StorageRecord::SnapshotFiled(f) => check_covers(f.covers(), shape.compacted_idx)?,
-        StorageRecord::CheckpointFiled(state, f) => {
-            check_covers(f.covers(), state.compacted_idx)?;
+        StorageRecord::CheckpointAt { state, image, .. } => {
+            match (image, &state.snapshot) {
+                (Some(f), None) => check_covers(f.covers(), state.compacted_idx)?,
+                (None, Some(s)) => check_snapshot_covers(s, state.compacted_idx)?,
+                (None, None) => {}
+                (Some(_), Some(_)) => {
+                    return Err("a checkpoint with an image file also holds a snapshot".into())
+                }
+            }
             *shape = state.shape();
         }
     }
@@ -677,9 +678,13 @@ fn apply(state: &mut LogState, rec: StorageRecord) {
         }
         // Replay only: the image is loaded from its file once the last record is applied.
         StorageRecord::SnapshotFiled(f) => state.snapshot = Some(f.without_image()),
-        StorageRecord::CheckpointFiled(s, f) => {
+        StorageRecord::CheckpointAt {
+            state: s, image, ..
+        } => {
             *state = *s;
-            state.snapshot = Some(f.without_image());
+            if let Some(f) = image {
+                state.snapshot = Some(f.without_image());
+            }
         }
     }
 }
@@ -689,9 +694,8 @@ fn apply(state: &mut LogState, rec: StorageRecord) {
 fn snapshot_source(rec: &StorageRecord) -> Option<Option<ImageFile>> {
     match rec {
         StorageRecord::Snapshot(_) | StorageRecord::Checkpoint(_) => Some(None),
-        StorageRecord::SnapshotFiled(f) | StorageRecord::CheckpointFiled(_, f) => {
-            Some(Some(f.image))
-        }
+        StorageRecord::SnapshotFiled(f) => Some(Some(f.image)),
+        StorageRecord::CheckpointAt { image, .. } => Some(image.as_ref().map(|f| f.image)),
         StorageRecord::Batch(rs) => rs.iter().rev().find_map(snapshot_source),
         _ => None,
     }
@@ -705,9 +709,11 @@ fn image_set(rec: &StorageRecord) -> Option<Option<u64>> {
     match rec {
         StorageRecord::Snapshot(s) => Some(image_zxid(s.as_ref())),
         StorageRecord::Checkpoint(st) => Some(image_zxid(st.snapshot.as_ref())),
-        StorageRecord::SnapshotFiled(f) | StorageRecord::CheckpointFiled(_, f) => {
-            Some(Some(f.image.zxid))
-        }
+        StorageRecord::SnapshotFiled(f) => Some(Some(f.image.zxid)),
+        StorageRecord::CheckpointAt { state, image, .. } => Some(match image {
+            Some(f) => Some(f.image.zxid),
+            None => image_zxid(state.snapshot.as_ref()),
+        }),
         StorageRecord::Batch(rs) => rs.iter().rev().find_map(image_set),
         _ => None,
     }
@@ -915,6 +921,10 @@ pub struct PaxosStorageConfig {
     /// buffer when the batch is written, instead of being copied into the log's buffer
     /// by the caller (the node's core); the bytes on disk are the same.
     pub shared_image_min_bytes: usize,
+    /// Encode checkpoints on a thread of their own (the server) instead of in the
+    /// storage call that decides to write one (tests and the simulator, which must stay
+    /// deterministic).
+    pub encode_checkpoints_in_background: bool,
 }
 
 impl PaxosStorageConfig {
@@ -927,6 +937,7 @@ impl PaxosStorageConfig {
             checkpoint_obsolete_per_live_ratio: 2,
             max_fragment_bytes: MAX_RECORD_BYTES - 1,
             shared_image_min_bytes: 64 << 10,
+            encode_checkpoints_in_background: false,
         }
     }
 }
@@ -988,8 +999,11 @@ struct WalShared {
     wal: Wal,
     /// Bytes of the records from the last checkpoint on (all records if none).
     bytes_since_checkpoint: u64,
-    /// First and last lsn of the newest checkpoint not yet known durable.
+    /// The newest checkpoint not yet known durable: the lsn it was taken after, and its
+    /// last lsn.
     checkpoint_in_flight: Option<(u64, u64)>,
+    /// A checkpoint is being encoded (see [`PaxosStorage::checkpoint`]).
+    checkpoint_running: bool,
     /// Segments wholly at or before this lsn are obsolete (a durable checkpoint follows).
     compact_through_lsn: Option<u64>,
     stats: StorageStats,
@@ -1150,10 +1164,10 @@ impl WalShared {
         self.stats.syncs += 1;
         self.stats.sync_time_us_total = self.stats.sync_time_us_total.saturating_add(us);
         self.stats.sync_time_us_max = self.stats.sync_time_us_max.max(us);
-        if let Some((first, last)) = self.checkpoint_in_flight {
+        if let Some((after, last)) = self.checkpoint_in_flight {
             if self.wal.synced_lsn() >= last {
                 self.checkpoint_in_flight = None;
-                self.compact_through_lsn = Some(first - 1);
+                self.compact_through_lsn = Some(after);
             }
         }
         if let Some(lsn) = self.compact_through_lsn {
@@ -1363,6 +1377,51 @@ impl fmt::Debug for PaxosStorage {
     }
 }
 
+/// A checkpoint of the state as it was after the record at `after_lsn`, to encode and
+/// append (see [`PaxosStorage::checkpoint`]).
+struct CheckpointJob {
+    after_lsn: u64,
+    state: LogState,
+    shared: Arc<Mutex<WalShared>>,
+    max_fragment_bytes: usize,
+    shared_image_min_bytes: usize,
+}
+
+impl CheckpointJob {
+    /// Encodes the checkpoint and appends it. Its image, if in an image file, is
+    /// referred to even if that file is retired meanwhile: that happens only once a later
+    /// snapshot record is durable, and replay, which loads only the image of the last
+    /// snapshot it applies, applies that record after this checkpoint.
+    fn run(self) -> Result<(), PaxosStorageError> {
+        let result = self.encode_and_append();
+        let mut shared = lock_for_stats(&self.shared);
+        shared.checkpoint_running = false;
+        result.inspect(|_| shared.stats.checkpoints += 1)
+    }
+
+    fn encode_and_append(&self) -> Result<(), PaxosStorageError> {
+        let images: Vec<Arc<Vec<u8>>> = state_image(&self.state).into_iter().collect();
+        let filed = lock(&self.shared)?.filed.clone();
+        let checkpoint = CheckpointRef {
+            after_lsn: self.after_lsn,
+            state: &self.state,
+            filed: &filed,
+        };
+        let payload = encode_parts(&checkpoint, &images, self.shared_image_min_bytes)?;
+        let bytes = payload.iter().map(Part::len).sum::<usize>();
+        let mut shared = lock(&self.shared)?;
+        let (first, last) = shared.append_logical_parts(&payload, self.max_fragment_bytes, true)?;
+        shared.checkpoint_in_flight = Some((self.after_lsn, last));
+        tracing::debug!(
+            after_lsn = self.after_lsn,
+            first_lsn = first,
+            bytes,
+            "wrote a Paxos log checkpoint"
+        );
+        Ok(())
+    }
+}
+
 /// What the first pass of a write produced.
 struct Prepared {
     records: Vec<StorageRecord>,
@@ -1422,15 +1481,9 @@ impl PaxosStorage {
                 .get(*offset)
                 .is_some_and(|tag| CHECKPOINT_TAGS.contains(tag))
         };
-        let start = logical.iter().rposition(is_checkpoint);
-        let last_checkpoint = start.map(|i| logical[i].0);
-
-        let mut state = LogState::default();
-        let mut shape = state.shape();
-        let mut image_file = None;
-        for (first, bytes, offset) in logical.into_iter().skip(start.unwrap_or(0)) {
+        let decode = |(first, bytes, offset): &(u64, Vec<u8>, usize)| {
             let (rec, used): (StorageRecord, usize) =
-                bincode::serde::decode_from_slice(&bytes[offset..], bincode_config()).map_err(
+                bincode::serde::decode_from_slice(&bytes[*offset..], bincode_config()).map_err(
                     |e| StorageError::Corrupt(format!("undecodable record at lsn {first}: {e}")),
                 )?;
             if offset + used != bytes.len() {
@@ -1439,6 +1492,31 @@ impl PaxosStorage {
                     bytes.len() - offset - used
                 )));
             }
+            Ok(rec)
+        };
+        // The checkpoint first, then every record after the lsn it was taken after (for
+        // a `CheckpointAt`, some of those come before it in the log), other checkpoints
+        // excepted.
+        let mut checkpoint = None;
+        let mut after_lsn = None;
+        if let Some(i) = logical.iter().rposition(is_checkpoint) {
+            let found = logical.remove(i);
+            let rec = decode(&found)?;
+            let after = match &rec {
+                StorageRecord::CheckpointAt { after_lsn, .. } => *after_lsn,
+                _ => found.0 - 1,
+            };
+            after_lsn = Some(after);
+            checkpoint = Some((found.0, rec));
+            logical.retain(|l| l.0 > after && !is_checkpoint(l));
+        }
+        let rest = logical.iter().map(|l| decode(l).map(|rec| (l.0, rec)));
+
+        let mut state = LogState::default();
+        let mut shape = state.shape();
+        let mut image_file = None;
+        for next in checkpoint.map(Ok).into_iter().chain(rest) {
+            let (first, rec) = next?;
             advance(&mut shape, &rec).map_err(|e| {
                 StorageError::Corrupt(format!("record at lsn {first} does not fit: {e}"))
             })?;
@@ -1461,7 +1539,7 @@ impl PaxosStorage {
 
         let bytes_since_checkpoint = frames
             .iter()
-            .filter(|(lsn, _)| last_checkpoint.is_none_or(|c| *lsn >= c))
+            .filter(|(lsn, _)| after_lsn.is_none_or(|a| *lsn > a))
             .map(|(_, b)| b)
             .sum();
         let avg_entry_bytes = if state.entries.is_empty() {
@@ -1488,7 +1566,8 @@ impl PaxosStorage {
             wal,
             bytes_since_checkpoint,
             checkpoint_in_flight: None,
-            compact_through_lsn: last_checkpoint.map(|c| c - 1),
+            checkpoint_running: false,
+            compact_through_lsn: after_lsn,
             offered_images: VecDeque::new(),
             must_sync_lsn: 0,
             filed,
@@ -1598,51 +1677,52 @@ impl PaxosStorage {
         Ok(true)
     }
 
-    /// Appends a checkpoint of the whole state now (durable at the next sync).
+    /// Checkpoints the whole state as it is now. The state is copied (its entries are
+    /// shared) and, with `encode_checkpoints_in_background`, encoded and appended by a
+    /// thread of its own: encoding every entry of the log took the core 100 to 300 ms.
+    /// The record says after which lsn it was taken, and replay applies the records
+    /// appended meanwhile after it. It is durable at the first sync after it was
+    /// appended. One checkpoint at a time: a call while one is being encoded does
+    /// nothing.
     pub fn checkpoint(&mut self) -> Result<(), PaxosStorageError> {
-        let images: Vec<Arc<Vec<u8>>> = state_image(&self.state).into_iter().collect();
-        let min_bytes = self.config.shared_image_min_bytes;
-        let encode = |filed: &[FiledImage]| {
-            let checkpoint = CheckpointRef {
-                state: &self.state,
-                filed,
-            };
-            encode_parts(&checkpoint, &images, min_bytes)
+        let Some(job) = self.begin_checkpoint()? else {
+            return Ok(());
         };
-        // Under the lock when it may refer to an image file (see `write`).
-        let (payload, mut shared) = if images.is_empty() {
-            let payload = encode(&[])?;
-            (payload, lock(&self.shared)?)
-        } else {
-            let shared = lock(&self.shared)?;
-            (encode(&shared.filed)?, shared)
-        };
-        let bytes = payload.iter().map(Part::len).sum::<usize>();
-        let before = shared.bytes_since_checkpoint;
-        shared.bytes_since_checkpoint = 0;
-        match shared.append_logical_parts(&payload, self.config.max_fragment_bytes, true) {
-            Ok((first, last)) => {
-                let image_zxid = self
-                    .state
-                    .snapshot
-                    .as_ref()
-                    .and_then(|s| s.image.as_ref().map(|_| s.image_zxid));
-                shared.snapshot_writes.push_back((last, image_zxid));
-                shared.checkpoint_in_flight = Some((first, last));
-                shared.stats.checkpoints += 1;
-                tracing::debug!(
-                    first_lsn = first,
-                    bytes,
-                    obsolete_before = before,
-                    "wrote a Paxos log checkpoint"
-                );
-                Ok(())
-            }
-            Err(e) => {
-                shared.bytes_since_checkpoint = before;
-                Err(e.into())
-            }
+        if !self.config.encode_checkpoints_in_background {
+            return job.run();
         }
+        let spawned = std::thread::Builder::new()
+            .name("corral-checkpoint".into())
+            .spawn(move || {
+                super::log::lower_this_threads_priority();
+                if let Err(e) = job.run() {
+                    tracing::warn!(error = %e, "writing a Paxos log checkpoint failed");
+                }
+            });
+        if let Err(e) = spawned {
+            lock_for_stats(&self.shared).checkpoint_running = false;
+            tracing::warn!(error = %e, "cannot start a thread to write a checkpoint; not writing it");
+        }
+        Ok(())
+    }
+
+    /// Takes a copy of the state for a checkpoint (`None` while one is being encoded).
+    fn begin_checkpoint(&mut self) -> Result<Option<CheckpointJob>, PaxosStorageError> {
+        let mut shared = lock(&self.shared)?;
+        if shared.checkpoint_running {
+            return Ok(None);
+        }
+        shared.checkpoint_running = true;
+        shared.bytes_since_checkpoint = 0;
+        let after_lsn = shared.wal.last_lsn();
+        drop(shared);
+        Ok(Some(CheckpointJob {
+            after_lsn,
+            state: self.state.clone(),
+            shared: Arc::clone(&self.shared),
+            max_fragment_bytes: self.config.max_fragment_bytes,
+            shared_image_min_bytes: self.config.shared_image_min_bytes,
+        }))
     }
 
     /// Performs `ops` atomically: checks and encodes everything first, appends one
@@ -2702,17 +2782,26 @@ mod tests {
         s.set_decided_idx(6).expect("decided");
         omnipaxos_snapshot(&mut s, 4);
         let checkpoint = CheckpointRef {
+            after_lsn: 7,
             state: &s.state,
             filed: &[],
         };
         let bytes = bincode::serde::encode_to_vec(checkpoint, bincode_config()).expect("encode");
-        assert_eq!(bytes[0], CHECKPOINT_TAGS[0], "recovery looks for this byte");
+        assert_eq!(bytes[0], CHECKPOINT_TAGS[1], "recovery looks for this byte");
         let (rec, _): (StorageRecord, usize) =
             bincode::serde::decode_from_slice(&bytes, bincode_config()).expect("decode");
         match rec {
-            StorageRecord::Checkpoint(state) => assert_eq!(*state, s.state),
+            StorageRecord::CheckpointAt {
+                after_lsn: 7,
+                state,
+                image: None,
+            } => assert_eq!(*state, s.state),
             other => panic!("decoded as {other:?}"),
         }
+        // The checkpoints of earlier versions are still read.
+        let old = StorageRecord::Checkpoint(Box::new(s.state.clone()));
+        let bytes = bincode::serde::encode_to_vec(&old, bincode_config()).expect("encode");
+        assert_eq!(bytes[0], CHECKPOINT_TAGS[0], "recovery looks for this byte");
     }
 
     /// The zxids of the image files in the storage's directory.
@@ -2901,6 +2990,63 @@ mod tests {
         assert_eq!(s.state, state);
     }
 
+    /// A checkpoint encoded off the core is appended after records written meanwhile,
+    /// and refers to an image file that a compaction among those records retires:
+    /// replay applies the checkpoint, then those records.
+    #[test]
+    fn a_checkpoint_appended_later_replays_the_records_written_meanwhile() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let cfg = PaxosStorageConfig {
+            // A segment per batch.
+            wal: WalOptions {
+                segment_bytes: 256,
+                fsync: false,
+                preallocate_bytes: 0,
+            },
+            checkpoint_min_obsolete_bytes: u64::MAX,
+            max_fragment_bytes: 512,
+            ..config()
+        };
+        let mut s = PaxosStorage::open_with(dir, cfg).expect("open");
+        s.append_entries(entries(0..40)).expect("append");
+        s.set_decided_idx(20).expect("decided");
+        offer(&s, 10);
+        omnipaxos_snapshot(&mut s, 10);
+        s.sync().expect("sync");
+        let job = s.begin_checkpoint().expect("begin").expect("a job");
+        assert!(
+            s.begin_checkpoint().expect("begin").is_none(),
+            "one checkpoint at a time"
+        );
+        // Written while the checkpoint is encoded: a compaction to a newer image,
+        // entries, a decided index.
+        offer(&s, 20);
+        omnipaxos_snapshot(&mut s, 20);
+        s.append_entries(entries(40..60)).expect("append");
+        s.set_decided_idx(45).expect("decided");
+        job.run().expect("checkpoint");
+        assert_eq!(s.stats().checkpoints, 1);
+        s.append_entries(entries(60..70)).expect("append");
+        let first_segment = segment_files(dir).first().cloned();
+        s.sync().expect("sync");
+        assert_eq!(
+            image_files(dir),
+            vec![20],
+            "the checkpoint's image 10 is retired"
+        );
+        assert_ne!(
+            segment_files(dir).first(),
+            first_segment.as_ref(),
+            "the segments before the checkpoint's point are deleted"
+        );
+        let mut s = reopen(s, dir);
+        let snap = s.snapshot().expect("snapshot");
+        assert_eq!((snap.image_zxid(), snap.tail().len()), (20, 0));
+        assert_eq!(s.log_end(), 70);
+        assert!(s.begin_checkpoint().expect("begin").is_some(), "free again");
+    }
+
     #[test]
     fn records_with_image_files_encode_like_their_variants() {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -2933,6 +3079,7 @@ mod tests {
         assert_eq!(on_disk[2], SNAPSHOT_FILED_VARIANT as u8);
 
         let checkpoint = encode(&CheckpointRef {
+            after_lsn: 3,
             state: &s.state,
             filed: &filed,
         });
@@ -2940,21 +3087,28 @@ mod tests {
             snapshot: None,
             ..s.state.clone()
         };
-        let variant = encode(&StorageRecord::CheckpointFiled(Box::new(without), as_filed));
+        let variant = encode(&StorageRecord::CheckpointAt {
+            after_lsn: 3,
+            state: Box::new(without),
+            image: Some(as_filed),
+        });
         assert_eq!(checkpoint, variant);
         assert_eq!(
             checkpoint[0], CHECKPOINT_TAGS[1],
             "recovery looks for this byte"
         );
-        // Without the file, everything is as before.
+        // Without the file, the image is in the state.
         let inline = encode(&CheckpointRef {
+            after_lsn: 3,
             state: &s.state,
             filed: &[],
         });
-        assert_eq!(
-            inline,
-            encode(&StorageRecord::Checkpoint(Box::new(s.state.clone())))
-        );
+        let variant = encode(&StorageRecord::CheckpointAt {
+            after_lsn: 3,
+            state: Box::new(s.state.clone()),
+            image: None,
+        });
+        assert_eq!(inline, variant);
     }
 
     /// Encoding through a trait object, for the test above.
@@ -3155,6 +3309,7 @@ mod tests {
             checkpoint_obsolete_per_live_ratio: 1,
             max_fragment_bytes: 512,
             shared_image_min_bytes: 0,
+            encode_checkpoints_in_background: false,
             limits: limits(),
         };
         let mut s = PaxosStorage::open_with(dir, cfg).expect("open");
