@@ -114,13 +114,19 @@
 //! Records of compacted entries and superseded metadata stay in the log. After each write,
 //! when the bytes written since the last checkpoint exceed an estimate of the live state
 //! (stored image + live entries) by more than `max(checkpoint_min_obsolete_bytes,
-//! checkpoint_obsolete_per_live_ratio × live)`, a `Checkpoint` record with the whole state
-//! is appended. Once a sync has made it durable, the segments wholly before it are
-//! deleted (at that sync and every later one, as segments fill up). Recovery starts at the
-//! last complete checkpoint (found by the first byte of each logical record, without
-//! decoding) and skips the records before it: they are superseded, and once segments are
-//! deleted they begin in the middle of the history. The cost is amortised: with the default ratio of 2, each byte
-//! of live state is rewritten at most about once per two bytes of new log.
+//! checkpoint_obsolete_per_live_ratio × live)`, a checkpoint of the whole state is taken:
+//! the state is copied (entries are shared) together with the lsn of the last record
+//! appended, and the copy is encoded (on a thread of its own in the server) and appended
+//! as a `CheckpointAt { after_lsn, .. }` record once ready, after whatever was appended
+//! meanwhile; one checkpoint at a time. Once a sync has made it durable, the segments
+//! wholly at or before `after_lsn` are deleted (at that sync and every later one, as
+//! segments fill up). Recovery starts at the last complete checkpoint (found by the first
+//! byte of each logical record, without decoding), then replays the records after its
+//! `after_lsn`, some of which precede it in the log; the records before are superseded,
+//! and once segments are deleted they begin in the middle of the history. (Logs of
+//! earlier versions hold `Checkpoint` records, taken after the record before them.) The
+//! cost is amortised: with the default ratio of 2, each byte of live state is rewritten
+//! at most about once per two bytes of new log.
 //!
 //! # What the node sees
 //!
