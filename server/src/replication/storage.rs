@@ -1399,10 +1399,18 @@ impl CheckpointJob {
     /// snapshot record is durable, and replay, which loads only the image of the last
     /// snapshot it applies, applies that record after this checkpoint.
     fn run(self) -> Result<(), PaxosStorageError> {
-        let result = self.encode_and_append();
-        let mut shared = lock_for_stats(&self.shared);
-        shared.checkpoint_running = false;
-        result.inspect(|_| shared.stats.checkpoints += 1)
+        /// Clears `checkpoint_running` however the job ends (a panic included), so that
+        /// a failed checkpoint does not stop every later one.
+        struct Done<'a>(&'a Mutex<WalShared>);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                lock_for_stats(self.0).checkpoint_running = false;
+            }
+        }
+        let _done = Done(&self.shared);
+        self.encode_and_append()?;
+        lock_for_stats(&self.shared).stats.checkpoints += 1;
+        Ok(())
     }
 
     fn encode_and_append(&self) -> Result<(), PaxosStorageError> {
