@@ -2830,6 +2830,13 @@ mod tests {
         s.sync_handle().offer_image(image);
     }
 
+    /// Compacts to `n` entries the way a node does at its own compaction point: its image
+    /// of that point offered first.
+    fn compact_to_own_image(s: &mut PaxosStorage, n: usize) {
+        offer(s, n as u64);
+        omnipaxos_snapshot(s, n);
+    }
+
     /// Every image left in the log, however small, is written by reference and counted.
     fn counting_config() -> PaxosStorageConfig {
         PaxosStorageConfig {
@@ -2879,8 +2886,7 @@ mod tests {
         let mut s = open(dir);
         s.append_entries(entries(0..40)).expect("append");
         s.set_decided_idx(30).expect("decided");
-        offer(&s, 10);
-        omnipaxos_snapshot(&mut s, 10);
+        compact_to_own_image(&mut s, 10);
         s.sync().expect("sync");
         offer(&s, 20);
         assert_eq!(image_files(dir), vec![10, 20]);
@@ -2934,8 +2940,7 @@ mod tests {
         let mut s = open(dir);
         s.append_entries(entries(0..40)).expect("append");
         s.set_decided_idx(30).expect("decided");
-        offer(&s, 20);
-        omnipaxos_snapshot(&mut s, 20);
+        compact_to_own_image(&mut s, 20);
         s.sync().expect("sync");
         drop(s);
         let file = dir.join(IMAGES_DIR).join("snap-00000000000000000020.bin");
@@ -3025,8 +3030,7 @@ mod tests {
         let mut s = PaxosStorage::open_with(dir, cfg).expect("open");
         s.append_entries(entries(0..40)).expect("append");
         s.set_decided_idx(20).expect("decided");
-        offer(&s, 10);
-        omnipaxos_snapshot(&mut s, 10);
+        compact_to_own_image(&mut s, 10);
         s.sync().expect("sync");
         let job = s.begin_checkpoint().expect("begin").expect("a job");
         assert!(
@@ -3035,8 +3039,7 @@ mod tests {
         );
         // Written while the checkpoint is encoded: a compaction to a newer image,
         // entries, a decided index.
-        offer(&s, 20);
-        omnipaxos_snapshot(&mut s, 20);
+        compact_to_own_image(&mut s, 20);
         s.append_entries(entries(40..60)).expect("append");
         s.set_decided_idx(45).expect("decided");
         job.run().expect("checkpoint");
@@ -3067,8 +3070,7 @@ mod tests {
         let mut s = open(tmp.path());
         s.append_entries(entries(0..40)).expect("append");
         s.set_decided_idx(30).expect("decided");
-        offer(&s, 20);
-        omnipaxos_snapshot(&mut s, 20);
+        compact_to_own_image(&mut s, 20);
         s.write_atomically(vec![StorageOp::Trim(22), StorageOp::SetCompactedIdx(22)])
             .expect("trim");
         let filed = lock_for_stats(&s.shared).filed.clone();
