@@ -37,8 +37,8 @@
 //! its own in `images/` next to the log (a [`crate::snapshot`] file named by the image's
 //! zxid, synced and renamed into place) by the thread that offers it. A record that
 //! stores a snapshot with such an image is encoded as `SnapshotFiled` (a checkpoint as
-//! `CheckpointFiled`), which holds the file's zxid, length and CRC instead of the image
-//! ([`OnDisk`]); in memory nothing changes. Recovery replays the records with the image
+//! `CheckpointAt` with its `image`), which holds the file's zxid, length and CRC instead
+//! of the image ([`OnDisk`], [`CheckpointRef`]); in memory nothing changes. Recovery replays the records with the image
 //! left out and then loads the image of the last snapshot from its file. So a file must
 //! stay while the durable log ends with a snapshot that uses it; it is deleted once a
 //! later snapshot record is durable, no record in flight refers to it, and it is not
@@ -444,8 +444,8 @@ const CHECKPOINT_AT_VARIANT: u32 = 12;
 const CHECKPOINT_TAGS: [u8; 2] = [CHECKPOINT_VARIANT as u8, CHECKPOINT_AT_VARIANT as u8];
 
 /// Serializes `rec` as the log stores it: a snapshot whose image is one of `filed` as
-/// `SnapshotFiled` (or `CheckpointFiled`) referring to the image's file, everything else
-/// as it is. Copies nothing.
+/// `SnapshotFiled` referring to the image's file, everything else as it is. Copies
+/// nothing.
 struct OnDisk<'a> {
     rec: &'a StorageRecord,
     filed: &'a [FiledImage],
