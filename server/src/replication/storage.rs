@@ -38,7 +38,7 @@
 //! zxid, synced and renamed into place) by the thread that offers it. A record that
 //! stores a snapshot with such an image is encoded as `SnapshotFiled` (a checkpoint as
 //! `CheckpointAt` with its `image`), which holds the file's zxid, length and CRC instead
-//! of the image ([`OnDisk`], [`CheckpointRef`]); in memory nothing changes. Recovery replays the records with the image
+//! of the image (`OnDisk`, `CheckpointRef`); in memory nothing changes. Recovery replays the records with the image
 //! left out and then loads the image of the last snapshot from its file. So a file must
 //! stay while the durable log ends with a snapshot that uses it; it is deleted once a
 //! later snapshot record is durable, no record in flight refers to it, and it is not
