@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub index: u64,
     /// The caller's bytes.
     pub data: Vec<u8>,
+    /// Their CRC-32, as the header holds it (verified against them).
+    pub crc: u32,
 }
 
 /// Writes a snapshot for `index` into `dir`, then keeps only the newest `keep` files.
@@ -240,12 +242,16 @@ fn decode(mut bytes: Vec<u8>, expected_index: u64) -> Result<Snapshot, String> {
             "header says {data_len} data bytes, file holds {actual_len}"
         ));
     }
-    let data_crc = read_u32(&bytes, 28);
-    if crc32fast::hash(&bytes[HEADER_BYTES..]) != data_crc {
+    let crc = read_u32(&bytes, 28);
+    if crc32fast::hash(&bytes[HEADER_BYTES..]) != crc {
         return Err("data checksum mismatch".to_string());
     }
     bytes.drain(..HEADER_BYTES);
-    Ok(Snapshot { index, data: bytes })
+    Ok(Snapshot {
+        index,
+        data: bytes,
+        crc,
+    })
 }
 
 /// How [`write_on`] makes a snapshot file durable.

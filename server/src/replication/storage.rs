@@ -707,19 +707,16 @@ fn snapshot_source(rec: &StorageRecord) -> Option<Option<ImageFile>> {
     }
 }
 
-/// The zxid of the image of the snapshot an in-memory record sets: `None` if it sets no
-/// snapshot, `Some(None)` if it sets one without an image.
+/// The zxid of the image of the snapshot a record of `write` sets: `None` if it sets no
+/// snapshot, `Some(None)` if it sets one without an image. (`write` builds only
+/// `Snapshot` records, possibly in a `Batch`; checkpoints are not snapshot writes: their
+/// snapshot is the one of a record before them.)
 fn image_set(rec: &StorageRecord) -> Option<Option<u64>> {
-    let image_zxid =
-        |s: Option<&MachineSnapshot>| s.and_then(|s| s.image.as_ref().map(|_| s.image_zxid));
     match rec {
-        StorageRecord::Snapshot(s) => Some(image_zxid(s.as_ref())),
-        StorageRecord::Checkpoint(st) => Some(image_zxid(st.snapshot.as_ref())),
-        StorageRecord::SnapshotFiled(f) => Some(Some(f.image.zxid)),
-        StorageRecord::CheckpointAt { state, image, .. } => Some(match image {
-            Some(f) => Some(f.image.zxid),
-            None => image_zxid(state.snapshot.as_ref()),
-        }),
+        StorageRecord::Snapshot(s) => Some(
+            s.as_ref()
+                .and_then(|s| s.image.as_ref().map(|_| s.image_zxid)),
+        ),
         StorageRecord::Batch(rs) => rs.iter().rev().find_map(image_set),
         _ => None,
     }
