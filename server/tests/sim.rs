@@ -748,3 +748,19 @@ fn slow_disks_do_not_depose_a_healthy_leader() {
         );
     }
 }
+
+/// Bug (fixed): a leader that stopped counting a promise (its sender asked for a new
+/// prepare) kept that promise's log sync and adopted it, so its log was compacted past
+/// its decided index; the log syncs it then sent carried a snapshot covering more than
+/// their sync index and an empty suffix, and a follower put the next entries two indexes
+/// early (`LogDivergence` at zxid 297). Outgoing log syncs are now fitted to their
+/// snapshot (`replication/log_sync.rs`), and the simulator checks every log sync it
+/// delivers (`InconsistentLogSync`).
+#[test]
+fn regression_log_sync_snapshot_past_its_sync_index() {
+    pinned(
+        "regression_log_sync_snapshot_past_its_sync_index",
+        6_003_939,
+        &[7, 8, 9, 10, 11, 12, 13, 14],
+    );
+}

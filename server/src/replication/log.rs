@@ -553,8 +553,14 @@ impl PaxosLog {
         self.op.take_outgoing_messages(&mut msgs);
         if !msgs.is_empty() {
             let lsn = self.storage.last_lsn();
-            for m in msgs {
+            for mut m in msgs {
                 if self.catching_up && !crate::replication::join::admit_outgoing(&m) {
+                    continue;
+                }
+                if let Err(e) = super::log_sync::fit_outgoing(&self.op, &mut m) {
+                    // Sent as it is, it would put entries at the wrong indexes; without
+                    // it the receiver waits for the next prepare or sync.
+                    tracing::error!(to = m.get_receiver(), error = %e, "dropping an inconsistent log sync");
                     continue;
                 }
                 let to = m.get_receiver();

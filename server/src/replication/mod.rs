@@ -1,8 +1,10 @@
 //! Replication over OmniPaxos: the replicated log around OmniPaxos ([`log`]), its durable
-//! storage on the write-ahead log ([`storage`]), and the peer transport ([`transport`]).
+//! storage on the write-ahead log ([`storage`]), the peer transport ([`transport`]), and
+//! the correction of outgoing log syncs (`log_sync`).
 
 pub mod join;
 pub mod log;
+mod log_sync;
 pub mod storage;
 pub mod transport;
 

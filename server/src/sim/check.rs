@@ -73,10 +73,43 @@ pub enum ViolationKind {
     NotConverged,
     /// A node could not recover from its disk.
     Recovery,
+    /// A log sync was sent whose decided snapshot does not end where its suffix starts
+    /// (the receiver would put the suffix at the wrong indexes).
+    InconsistentLogSync,
     /// A state machine's own invariants failed.
     MachineInvariant,
     /// A node panicked.
     Panic,
+}
+
+/// Checks the log sync of a `Promise` or `AcceptSync`: a whole (`Complete`) snapshot
+/// covers exactly the log up to `sync_idx`, where the suffix goes.
+pub fn check_log_sync(msg: &omnipaxos::messages::Message<Entry>) -> Result<(), String> {
+    use omnipaxos::messages::sequence_paxos::PaxosMsg;
+    use omnipaxos::messages::Message;
+    use omnipaxos::storage::SnapshotType;
+    let Message::SequencePaxos(m) = msg else {
+        return Ok(());
+    };
+    let sync = match &m.msg {
+        PaxosMsg::Promise(p) => p.log_sync.as_ref(),
+        PaxosMsg::AcceptSync(a) => Some(&a.log_sync),
+        _ => None,
+    };
+    match sync.and_then(|s| s.decided_snapshot.as_ref().map(|d| (s, d))) {
+        Some((s, SnapshotType::Complete(snapshot))) if snapshot.covers() != s.sync_idx as u64 => {
+            Err(format!(
+                "n{} sent n{} a log sync whose snapshot covers {} entries but whose suffix of \
+                 {} goes at {}",
+                m.from,
+                m.to,
+                snapshot.covers(),
+                s.suffix.len(),
+                s.sync_idx
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A violated invariant.

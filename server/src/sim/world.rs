@@ -1062,6 +1062,15 @@ impl World {
                     let id = self.nodes[to].id;
                     self.note(format!("n{id} <- n{from}: {d}"));
                 }
+                if let PeerMsg::Paxos(m) = &msg {
+                    if let Err(detail) = super::check::check_log_sync(m) {
+                        return self.violate(Violation {
+                            kind: ViolationKind::InconsistentLogSync,
+                            at_us: self.now,
+                            detail,
+                        });
+                    }
+                }
                 self.peer_deliver(to, from, msg);
             }
             ev @ Ev::Link { .. } => {
