@@ -50,28 +50,52 @@ pub(super) fn fit_outgoing(
         PaxosMsg::AcceptSync(a) => &mut a.log_sync,
         _ => return Ok(()),
     };
-    fit(
-        sync,
-        |from, to| op.read_entries(from..to),
-        op.get_accepted_idx(),
-    )
+    let log = SenderLog {
+        compacted_idx: op.get_compacted_idx(),
+        accepted_idx: op.get_accepted_idx(),
+    };
+    fit(sync, |from, to| op.read_entries(from..to), log)
+}
+
+/// The sender's log: compacted up to `compacted_idx`, accepted up to `accepted_idx` (a
+/// stop sign included).
+#[derive(Debug, Clone, Copy)]
+struct SenderLog {
+    compacted_idx: usize,
+    accepted_idx: usize,
 }
 
 /// [`fit_outgoing`] on one log sync; `read` reads the sender's log like
-/// `OmniPaxos::read_entries`, which ends at `accepted_idx` (a stop sign included).
+/// `OmniPaxos::read_entries`.
 fn fit(
     sync: &mut LogSync<Entry>,
     read: impl Fn(usize, usize) -> Option<Vec<LogEntry<Entry>>>,
-    accepted_idx: usize,
+    log: SenderLog,
 ) -> Result<(), String> {
-    let Some(SnapshotType::Complete(snapshot)) = &sync.decided_snapshot else {
-        return Ok(());
+    let end = log
+        .accepted_idx
+        .saturating_sub(usize::from(sync.stopsign.is_some()));
+    let covers = match &sync.decided_snapshot {
+        Some(SnapshotType::Complete(s)) => {
+            usize::try_from(s.covers()).map_err(|e| e.to_string())?
+        }
+        _ => 0,
     };
-    let covers = usize::try_from(snapshot.covers()).map_err(|e| e.to_string())?;
     if covers <= sync.sync_idx {
+        // The same compaction past the decided index leaves a sync without a whole
+        // snapshot (a receiver whose decided index is past ours) starting before our
+        // log, which the storage cannot read: nothing can be sent that fits.
+        if sync.sync_idx < log.compacted_idx && sync.sync_idx + sync.suffix.len() < end {
+            return Err(format!(
+                "its suffix of {} goes at {}, before the log's compacted index {}, and the \
+                 log ends at {end}",
+                sync.suffix.len(),
+                sync.sync_idx,
+                log.compacted_idx
+            ));
+        }
         return Ok(());
     }
-    let end = accepted_idx - usize::from(sync.stopsign.is_some());
     if end < covers {
         return Err(format!(
             "its snapshot covers {covers} entries but the log ends at {end}"
@@ -141,6 +165,13 @@ mod tests {
         }
     }
 
+    fn log(compacted_idx: usize, accepted_idx: usize) -> SenderLog {
+        SenderLog {
+            compacted_idx,
+            accepted_idx,
+        }
+    }
+
     fn complete(covers: u64, sync_idx: usize, suffix: Vec<Entry>) -> LogSync<Entry> {
         let tail: Vec<Entry> = (0..covers).map(entry).collect();
         let snapshot = <MachineSnapshot as Snapshot<Entry>>::create(&tail);
@@ -156,7 +187,7 @@ mod tests {
     fn a_snapshot_past_the_sync_index_takes_the_suffix_from_its_end() {
         // Compacted to 305, decided 303 (what OmniPaxos sent: sync_idx 303, nothing after).
         let mut sync = complete(305, 303, Vec::new());
-        fit(&mut sync, reader(305, 307), 307).expect("fits");
+        fit(&mut sync, reader(305, 307), log(305, 307)).expect("fits");
         assert_eq!(sync.sync_idx, 305);
         let got: Vec<u64> = sync.suffix.iter().map(barrier).collect();
         assert_eq!(got, vec![305, 306]);
@@ -165,7 +196,7 @@ mod tests {
     #[test]
     fn a_consistent_sync_is_left_alone() {
         let mut sync = complete(300, 300, vec![entry(300)]);
-        fit(&mut sync, |_, _| panic!("no read needed"), 301).expect("fits");
+        fit(&mut sync, |_, _| panic!("no read needed"), log(300, 301)).expect("fits");
         assert_eq!(sync.sync_idx, 300);
         assert_eq!(sync.suffix.len(), 1);
     }
@@ -173,7 +204,7 @@ mod tests {
     #[test]
     fn a_snapshot_that_ends_the_log_gets_an_empty_suffix() {
         let mut sync = complete(305, 303, Vec::new());
-        fit(&mut sync, |_, _| panic!("nothing to read"), 305).expect("fits");
+        fit(&mut sync, |_, _| panic!("nothing to read"), log(305, 305)).expect("fits");
         assert_eq!(sync.sync_idx, 305);
         assert!(sync.suffix.is_empty());
     }
@@ -181,9 +212,36 @@ mod tests {
     #[test]
     fn a_log_that_cannot_supply_the_suffix_is_an_error() {
         let mut sync = complete(305, 303, Vec::new());
-        let err = fit(&mut sync, |_, _| None, 307).expect_err("cannot fit");
+        let err = fit(&mut sync, |_, _| None, log(305, 307)).expect_err("cannot fit");
         assert!(err.contains("gave 0 entries"), "{err}");
-        let err = fit(&mut sync, |_, _| None, 304).expect_err("cannot fit");
+        let err = fit(&mut sync, |_, _| None, log(305, 304)).expect_err("cannot fit");
         assert!(err.contains("log ends at 304"), "{err}");
+    }
+
+    #[test]
+    fn a_suffix_the_log_no_longer_holds_is_an_error() {
+        // A delta for a receiver past our decided index: empty, at our decided index 303,
+        // below our compacted index 305, so the storage returned no suffix.
+        let empty = <MachineSnapshot as Snapshot<Entry>>::create(&[]);
+        let mut sync = LogSync {
+            decided_snapshot: Some(SnapshotType::Delta(empty)),
+            suffix: Vec::new(),
+            sync_idx: 303,
+            stopsign: None,
+        };
+        let err = fit(&mut sync, |_, _| None, log(305, 307)).expect_err("cannot fit");
+        assert!(
+            err.contains("before the log's compacted index 305"),
+            "{err}"
+        );
+        // The same sync from a log that starts at 303 is what OmniPaxos means.
+        let mut sync = LogSync {
+            decided_snapshot: None,
+            suffix: vec![entry(303), entry(304)],
+            sync_idx: 303,
+            stopsign: None,
+        };
+        fit(&mut sync, |_, _| panic!("no read needed"), log(300, 305)).expect("fits");
+        assert_eq!(sync.sync_idx, 303);
     }
 }

@@ -83,7 +83,8 @@ pub enum ViolationKind {
 }
 
 /// Checks the log sync of a `Promise` or `AcceptSync`: a whole (`Complete`) snapshot
-/// covers exactly the log up to `sync_idx`, where the suffix goes.
+/// covers exactly the log up to `sync_idx`, where the suffix goes, and a promise's sync
+/// ends where the promiser's log does.
 pub fn check_log_sync(msg: &omnipaxos::messages::Message<Entry>) -> Result<(), String> {
     use omnipaxos::messages::sequence_paxos::PaxosMsg;
     use omnipaxos::messages::Message;
@@ -92,7 +93,20 @@ pub fn check_log_sync(msg: &omnipaxos::messages::Message<Entry>) -> Result<(), S
         return Ok(());
     };
     let sync = match &m.msg {
-        PaxosMsg::Promise(p) => p.log_sync.as_ref(),
+        PaxosMsg::Promise(p) => {
+            // A promise's sync runs to the end of the promiser's log.
+            if let Some(s) = &p.log_sync {
+                let end = s.sync_idx + s.suffix.len() + usize::from(s.stopsign.is_some());
+                if end != p.accepted_idx {
+                    return Err(format!(
+                        "n{} promised n{} with its log accepted to {} but a log sync that \
+                         ends at {end}",
+                        m.from, m.to, p.accepted_idx
+                    ));
+                }
+            }
+            p.log_sync.as_ref()
+        }
         PaxosMsg::AcceptSync(a) => Some(&a.log_sync),
         _ => None,
     };
