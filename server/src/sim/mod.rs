@@ -56,7 +56,9 @@
 //! against the clients' acknowledged keepalives), clients never going back in time. After
 //! healing: every lock is acquired by a probe client within TTL + 4 elections +
 //! lock-delay + 300 ms, every client request is answered, and the nodes converge to one
-//! state. At the end the register history (writes, guarded writes, sync + read) is
+//! state. Both bounds are extended by the longest time a node spent decoding a snapshot
+//! after the heal (one decode in ten is modelled at up to a second, and a leader that
+//! installs applies nothing meanwhile). At the end the register history (writes, guarded writes, sync + read) is
 //! checked for linearizability with `corral-checker` (Wing–Gong–Lowe, one register per
 //! key, unanswered writes as `:info`; a time limit gives "unknown", not a failure).
 //!
