@@ -764,3 +764,18 @@ fn regression_log_sync_snapshot_past_its_sync_index() {
         &[7, 8, 9, 10, 11, 12, 13, 14],
     );
 }
+
+/// Bug (fixed): a node counted its log durable up to the highest accepted index any
+/// completed sync had covered, even after a log sync cut its log shorter. Leading the next
+/// ballot, it refilled the cut indexes and counted the new entries durable at once: it
+/// applied an entry only a follower had on disk, a crash of every node erased it, and the
+/// node applied another entry at that zxid (`LogDivergence` at zxid 286). A write that
+/// replaces entries now lowers the durable index to where it cut (`SyncHandle::take_cut`).
+#[test]
+fn regression_durable_index_after_a_cut_log() {
+    pinned(
+        "regression_durable_index_after_a_cut_log",
+        7_012_632,
+        &[6, 16, 17, 18, 19, 20],
+    );
+}

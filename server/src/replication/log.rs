@@ -8,7 +8,8 @@
 //!   wait only until the leader's own log is durable up to the decided index they carry
 //!   (see [`PaxosLog::release`]); messages to one peer keep their order. Decided entries
 //!   are applied only up to the accepted index that was durable when the last sync
-//!   completed.
+//!   completed, and no further than where a log sync last replaced entries until a sync
+//!   that started after it completes.
 //! - **Every proposal is tracked until applied.** A follower does not use OmniPaxos's
 //!   `ProposalForward`, which is dropped silently when lost: it sends the entries to the
 //!   leader itself. A leader appends them directly, but a leader can be deposed with
@@ -549,6 +550,7 @@ impl PaxosLog {
     /// running and storage has unsynced records. Messages go out as soon as what they
     /// wait for is durable (see [`PaxosLog::release`]), in order per receiver.
     pub fn flush(&mut self, out: &mut Vec<(u64, PeerMsg)>) -> Option<u64> {
+        self.note_cuts();
         let mut msgs = Vec::new();
         self.op.take_outgoing_messages(&mut msgs);
         if !msgs.is_empty() {
@@ -619,6 +621,21 @@ impl PaxosLog {
         self.is_leader().then(|| self.op.get_promise())
     }
 
+    /// Takes in the entries OmniPaxos replaced since the last look (a log sync that
+    /// overwrote part of this node's log): the durable prefix ends before them, and the
+    /// sync in flight, which started before the write, does not make them durable. Without
+    /// this, a node whose log a sync cut short and then refilled in a new ballot counted
+    /// the new entries durable up to its old accepted index at once: a leader applied, and
+    /// could answer, an entry a crash then erased (soak seed 7012632).
+    fn note_cuts(&mut self) {
+        if let Some(cut) = self.storage.take_cut() {
+            self.durable_accepted = self.durable_accepted.min(cut);
+            if let Some(sync) = &mut self.sync {
+                sync.accepted = sync.accepted.min(cut);
+            }
+        }
+    }
+
     fn mark_durable(&mut self, sync: SyncInFlight) {
         self.durable_lsn = self.durable_lsn.max(sync.lsn);
         self.durable_accepted = self.durable_accepted.max(sync.accepted);
@@ -634,6 +651,7 @@ impl PaxosLog {
 
     /// A persist batch is durable: release the messages that waited for it.
     pub fn persisted(&mut self, batch: u64, out: &mut Vec<(u64, PeerMsg)>) {
+        self.note_cuts();
         let Some(sync) = self.sync else {
             return;
         };
@@ -709,6 +727,7 @@ impl PaxosLog {
 
     /// Decided entries that may be applied now (decided and durable here), in order.
     pub fn take_decided(&mut self) -> Vec<Decided> {
+        self.note_cuts();
         if self.installing.is_some() && !crate::faults::active().apply_during_install {
             return Vec::new();
         }

@@ -1030,6 +1030,10 @@ struct WalShared {
     durable_image_zxid: Option<u64>,
     /// Image files no longer needed, to delete once the lock is released.
     retired: Vec<u64>,
+    /// The lowest log index whose entry a write replaced (an `AppendOnPrefix` before the
+    /// log's end) since [`SyncHandle::take_cut`] last looked: the disk holds the replaced
+    /// entries from there until a sync that starts after the write completes.
+    cut_idx: Option<usize>,
 }
 
 impl WalShared {
@@ -1191,6 +1195,13 @@ impl WalShared {
         Ok(())
     }
 
+    /// Notes that a write replaced the entries from `cut` on (see `WalShared::cut_idx`).
+    fn note_cut(&mut self, cut: Option<usize>) {
+        if let Some(c) = cut {
+            self.cut_idx = Some(self.cut_idx.map_or(c, |old| old.min(c)));
+        }
+    }
+
     /// Notes a record that sets the snapshot (see [`image_set`]), appended up to `lsn`.
     fn note_snapshot_write(&mut self, lsn: u64, rec: &StorageRecord) {
         if let Some(image_zxid) = image_set(rec) {
@@ -1322,6 +1333,13 @@ impl SyncHandle {
         self.images.remove(retired);
     }
 
+    /// The lowest log index whose entry was replaced since the last call (see
+    /// `WalShared::cut_idx`), if any: entries from there that were durable are not any
+    /// more, whatever their index.
+    pub fn take_cut(&self) -> Option<usize> {
+        lock_for_stats(&self.shared).cut_idx.take()
+    }
+
     /// The lsn of the last record buffered so far; durable once `durable_lsn` reaches it.
     pub fn last_lsn(&self) -> u64 {
         lock_for_stats(&self.shared).wal.last_lsn()
@@ -1437,6 +1455,8 @@ impl CheckpointJob {
 struct Prepared {
     records: Vec<StorageRecord>,
     repairs: u64,
+    /// The lowest index of an entry the records replace, if they replace any.
+    cut: Option<usize>,
 }
 
 impl PaxosStorage {
@@ -1585,6 +1605,7 @@ impl PaxosStorage {
             snapshot_writes: VecDeque::new(),
             durable_image_zxid,
             retired: Vec::new(),
+            cut_idx: None,
             stats: StorageStats {
                 records_recovered,
                 truncated_bytes_at_open: recovered.truncated_bytes,
@@ -1742,6 +1763,7 @@ impl PaxosStorage {
         let Prepared {
             mut records,
             repairs,
+            cut,
         } = self.prepare(ops)?;
         let record = match records.len() {
             0 => return Ok(()),
@@ -1760,6 +1782,7 @@ impl PaxosStorage {
             let mut shared = lock(&self.shared)?;
             let (_, last) = shared.append_logical(&mut framed, max_fragment_bytes, must_sync)?;
             shared.note_snapshot_write(last, &record);
+            shared.note_cut(cut);
             shared.stats.snapshot_repairs += repairs;
             drop(shared);
             if appended_entries > 0 && !record_has_snapshot(&record) {
@@ -1778,6 +1801,7 @@ impl PaxosStorage {
             let payload = encode_parts(&on_disk, &images, self.config.shared_image_min_bytes)?;
             let (_, last) = shared.append_logical_parts(&payload, max_fragment_bytes, must_sync)?;
             shared.note_snapshot_write(last, &record);
+            shared.note_cut(cut);
             shared.stats.snapshot_repairs += repairs;
         }
         apply(&mut self.state, record);
@@ -1804,6 +1828,7 @@ impl PaxosStorage {
         let mut repairs = 0;
         let mut snapshot_in_batch = false;
         let mut log_appended = false;
+        let mut cut = None;
         for op in ops {
             let rec = match op {
                 StorageOp::AppendEntry(e) => {
@@ -1825,7 +1850,13 @@ impl PaxosStorage {
                 }
                 StorageOp::AppendOnPrefix(from_idx, entries) => {
                     log_appended = true;
-                    normalize_prefix(&shape, from_idx, entries)?
+                    let rec = normalize_prefix(&shape, from_idx, entries)?;
+                    if let StorageRecord::AppendOnPrefix { from_idx, .. } = &rec {
+                        if *from_idx < shape.log_end {
+                            cut = Some(cut.map_or(*from_idx, |c: usize| c.min(*from_idx)));
+                        }
+                    }
+                    rec
                 }
                 StorageOp::SetPromise(b) => StorageRecord::Promise(b),
                 StorageOp::SetDecidedIndex(idx) => StorageRecord::Decided(idx),
@@ -1871,7 +1902,11 @@ impl PaxosStorage {
             advance(&mut shape, &rec).map_err(PaxosStorageError::Invariant)?;
             records.push(rec);
         }
-        Ok(Prepared { records, repairs })
+        Ok(Prepared {
+            records,
+            repairs,
+            cut,
+        })
     }
 
     /// Makes the snapshot of a `SetSnapshot` cover exactly the compacted index set before
@@ -2275,6 +2310,33 @@ mod tests {
     }
 
     /// Storage in `dir` holding entries `0..n`, all decided.
+    #[test]
+    fn a_write_that_replaces_entries_reports_where_the_log_was_cut() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (mut s, _) = with_decided(tmp.path(), 4);
+        s.append_entries(entries(4..10)).expect("append");
+        let handle = s.sync_handle();
+        assert_eq!(handle.take_cut(), None, "appends cut nothing");
+        // A log sync that keeps [0, 6) and replaces the rest.
+        s.write_atomically(vec![
+            StorageOp::SetAcceptedRound(ballot(2, 2)),
+            StorageOp::AppendOnPrefix(6, entries(100..103)),
+        ])
+        .expect("sync");
+        s.append_on_prefix(8, entries(200..201)).expect("sync");
+        assert_eq!(
+            handle.take_cut(),
+            Some(6),
+            "the lowest cut since the last look"
+        );
+        assert_eq!(handle.take_cut(), None, "taken once");
+        // A suffix put at the log's end replaces nothing.
+        s.append_on_prefix(9, entries(300..302))
+            .expect("append at the end");
+        assert_eq!(handle.take_cut(), None);
+        assert_eq!(s.log_end(), 11);
+    }
+
     fn with_decided(dir: &Path, n: u64) -> (PaxosStorage, Vec<Entry>) {
         let mut s = open(dir);
         let all = entries(0..n);
