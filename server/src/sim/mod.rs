@@ -47,7 +47,8 @@
 //! # What is checked
 //!
 //! After every step, the invariants of [`check`]: one decided log (no acknowledged write
-//! lost), equal state hashes at equal zxids (every time a node's zxid changes, unless
+//! lost), every log sync delivered consistent with its snapshot and, in a promise, with
+//! the promiser's log (`check::check_log_sync`), equal state hashes at equal zxids (every time a node's zxid changes, unless
 //! `hash_every_change` is off), at most one holder per exclusive lock in every node's
 //! state, two clients never believing they hold the same lock at the same time (each
 //! client believes until its safe deadline: the send time of its last acknowledged
