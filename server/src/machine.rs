@@ -667,7 +667,7 @@ impl StateMachine {
         };
         if let Some(cached) = session.recent.get(&xid) {
             if !crate::faults::active().skip_dedup {
-                return cached.clone();
+                return self.as_of_now(cached);
             }
         }
         if xid <= session.dedup_floor {
@@ -1100,8 +1100,34 @@ impl StateMachine {
 
     /// The remembered result of the session's write `xid`, if it was applied and is still
     /// in the deduplication window.
-    pub fn cached_result(&self, session_id: u64, xid: u64) -> Option<&Result<OpResult, ErrorInfo>> {
-        self.sessions.get(&session_id)?.recent.get(&xid)
+    pub fn cached_result(&self, session_id: u64, xid: u64) -> Option<Result<OpResult, ErrorInfo>> {
+        let cached = self.sessions.get(&session_id)?.recent.get(&xid)?;
+        Some(self.as_of_now(cached))
+    }
+
+    /// A remembered result as the retried request should see it: a lock request that was
+    /// `Queued` and whose queue node has since been granted is answered `Locked`. The
+    /// client retries after losing its connection, and the grant pushed meanwhile went to
+    /// no one; a `Queued` answer would leave it waiting for a grant already made, and the
+    /// lock held by a session that does not know it (soak seed 7014017). Only the state
+    /// decides, so every node answers the same.
+    fn as_of_now(&self, cached: &Result<OpResult, ErrorInfo>) -> Result<OpResult, ErrorInfo> {
+        if let Ok(OpResult::Queued { node, token }) = cached {
+            let granted = corral_protocol::path::parent(node)
+                .and_then(|lock| self.locks.get(lock))
+                .is_some_and(|m| m.granted.contains(corral_protocol::path::name(node)));
+            let same_node = self
+                .tree
+                .get(node)
+                .is_some_and(|n| fencing_token(node, n.stat.czxid) == *token);
+            if granted && same_node {
+                return Ok(OpResult::Locked {
+                    node: node.clone(),
+                    token: *token,
+                });
+            }
+        }
+        cached.clone()
     }
 
     /// The session opened with this secret, if any (a session's secret is chosen at random

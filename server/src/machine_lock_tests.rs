@@ -2102,3 +2102,43 @@ fn snapshot_cost() {
         );
     }
 }
+
+/// A retried `Lock` whose first answer was `Queued` is answered `Locked` once its node is
+/// granted (its grant event went to a connection the client had lost), and `Queued` while
+/// it waits; nothing is applied again either way.
+#[test]
+fn a_retried_queued_lock_reports_a_grant_made_since() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    let (na, ta) = locked(&h.lock(a, "/r", LockKind::Exclusive));
+    let first = h.lock(b, "/r", LockKind::Exclusive);
+    let (nb, tb) = queued(&first);
+    let xid = h.xids[&b];
+    let retry = |h: &mut H| {
+        h.apply(EntryBody::Write {
+            session_id: b,
+            xid,
+            op: Op::Lock(req("/r", LockKind::Exclusive)),
+        })
+    };
+    let waiting = retry(&mut h);
+    assert_eq!(
+        waiting.result, first.result,
+        "still queued: the first answer"
+    );
+    assert!(waiting.changes.is_empty());
+    h.release(a, &na, ta);
+    assert_eq!(h.holders("/r"), vec![nb.clone()]);
+    let count = h.m.node_count();
+    let after = retry(&mut h);
+    assert_eq!(locked(&after), (nb.clone(), tb));
+    assert!(after.changes.is_empty() && after.lock_events.is_empty());
+    assert_eq!(h.m.node_count(), count, "no second queue node");
+    assert_eq!(
+        h.m.cached_result(b, xid),
+        Some(Ok(OpResult::Locked {
+            node: nb,
+            token: tb
+        }))
+    );
+}

@@ -1178,7 +1178,7 @@ impl Node {
                     continue;
                 }
                 if let Some(result) = self.machine.cached_result(session, p.xid) {
-                    answers.push((*conn, p.xid, result.clone()));
+                    answers.push((*conn, p.xid, result));
                 }
             }
         }

@@ -779,3 +779,13 @@ fn regression_durable_index_after_a_cut_log() {
         &[6, 16, 17, 18, 19, 20],
     );
 }
+
+/// Bug (fixed): a client whose connection broke while its lock request was queued
+/// retried it on another node after the grant; the retry got the remembered `Queued`,
+/// the grant event had gone to the lost connection, and the lock stayed held by a session
+/// that did not know it (`LockNotAcquirable`). A retried `Lock` now reports a grant made
+/// since (`StateMachine::cached_result`).
+#[test]
+fn regression_retried_lock_learns_its_grant() {
+    pinned("regression_retried_lock_learns_its_grant", 7_014_017, &[]);
+}

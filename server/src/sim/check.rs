@@ -499,10 +499,18 @@ impl Checks {
                 Ok(true)
             }
             Some((first, r0)) => {
-                let excused = matches!(
-                    result,
-                    Err(e) if matches!(e.code, ErrorCode::StaleRequest | ErrorCode::SessionExpired)
+                // A retried lock request that was queued is answered `Locked` once its
+                // queue node is granted (`StateMachine::cached_result`): the same node.
+                let granted_since = matches!(
+                    (r0, result),
+                    (Ok(OpResult::Queued { node: n0, token: t0 }), Ok(OpResult::Locked { node, token }))
+                        if n0 == node && t0 == token
                 );
+                let excused = granted_since
+                    || matches!(
+                        result,
+                        Err(e) if matches!(e.code, ErrorCode::StaleRequest | ErrorCode::SessionExpired)
+                    );
                 if excused || r0 == result {
                     return Ok(false);
                 }
