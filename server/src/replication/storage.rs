@@ -60,7 +60,10 @@
 //! coverage is not the new compacted index; [`PaxosStorage`] then rebuilds the intended
 //! snapshot from its own log as it was before the write (its decided entries up to where
 //! the delta starts, then the delta) and counts it in [`StorageStats::snapshot_repairs`].
-//! Any other mismatch is refused.
+//! A delta made from a decided index the follower reported before its last compaction
+//! starts inside the follower's snapshot; its entries there must equal the ones the
+//! snapshot still holds as entries (those folded into the image cannot be compared) and
+//! are skipped. Any other mismatch is refused.
 //!
 //! # Record format
 //!
@@ -2023,9 +2026,22 @@ impl PaxosStorage {
         }
         // A delta made from a decided index we reported before our last compaction
         // starts inside our snapshot: those entries are decided, so they are the ones our
-        // snapshot already covers.
+        // snapshot already covers. Where our snapshot still holds them as entries (its
+        // tail, which ends at `c0`), they must be the same; entries folded into the image
+        // cannot be compared.
         let (delta, delta_start) = if delta_start < c0 {
-            (&delta[c0 - delta_start..], c0)
+            let overlap = c0 - delta_start;
+            let comparable = overlap.min(base_tail);
+            let ours = &s.tail[base_tail - comparable..base_tail];
+            let theirs = &delta[overlap - comparable..overlap];
+            if let Some(at) = ours.iter().zip(theirs).position(|(a, b)| a != b) {
+                return refuse(format!(
+                    "its delta starts at {delta_start}, inside our snapshot, and differs from \
+                     our snapshot's entry at index {}",
+                    c0 - comparable + at
+                ));
+            }
+            (&delta[overlap..], c0)
         } else {
             (delta, delta_start)
         };
@@ -2789,6 +2805,45 @@ mod tests {
         assert_eq!(hash_of_snapshot(snap), machine_of(&all[..20]).state_hash());
         assert_eq!(s.get_suffix(20).expect("suffix"), all[20..]);
         reopen(s, dir);
+    }
+
+    /// The same delta, but its entries inside our snapshot are not the ones our snapshot
+    /// holds: it is not the delta of our log, and rebuilding it by counts would store a
+    /// wrong state. The write is refused and the storage is unchanged.
+    #[test]
+    fn delta_sync_that_differs_inside_our_snapshot_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let all = entries(0..25);
+        let mut s = open(tmp.path());
+        s.append_entries(all[..15].to_vec()).expect("append");
+        s.set_decided_idx(15).expect("decided");
+        omnipaxos_snapshot(&mut s, 14);
+        // Reported decided 8 earlier; the leader decided 20. Its delta [8, 20) has a
+        // different entry at 13.
+        let mut delta = all[8..13].to_vec();
+        delta.extend(entries(113..114));
+        delta.extend_from_slice(&all[14..20]);
+        let mut snap = omnipaxos_create_snapshot(&s, 20);
+        snap.merge(MachineSnapshot::create(&delta));
+        let err = s
+            .write_atomically(vec![
+                StorageOp::SetAcceptedRound(ballot(5, 1)),
+                StorageOp::SetDecidedIndex(20),
+                StorageOp::Trim(20),
+                StorageOp::SetCompactedIdx(20),
+                StorageOp::SetSnapshot(Some(snap)),
+                StorageOp::AppendOnPrefix(20, all[20..].to_vec()),
+            ])
+            .expect_err("a delta that differs inside our snapshot");
+        assert!(
+            err.to_string()
+                .contains("differs from our snapshot's entry at index 13"),
+            "{err}"
+        );
+        assert_eq!(s.stats().snapshot_repairs, 0);
+        assert_eq!(s.compacted_idx(), 14);
+        assert_eq!(s.decided_idx(), 15);
+        assert_eq!(s.get_suffix(14).expect("suffix"), all[14..15]);
     }
 
     #[test]
