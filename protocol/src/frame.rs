@@ -157,6 +157,19 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameErr
     Ok(msg)
 }
 
+/// Reserves room in `src` for the rest of the frame that starts it, once its length
+/// prefix is buffered, so that one large frame is read with few reallocations. For
+/// decoders that found the frame incomplete (and checked its length) with
+/// [`check_frame`].
+pub fn reserve_frame(src: &mut BytesMut) {
+    if let Some(prefix) = src.get(..LENGTH_PREFIX_BYTES) {
+        let mut b = [0u8; LENGTH_PREFIX_BYTES];
+        b.copy_from_slice(prefix);
+        let total = LENGTH_PREFIX_BYTES + u32::from_be_bytes(b) as usize;
+        src.reserve(total.saturating_sub(src.len()));
+    }
+}
+
 /// Decodes the frame at the start of `src`: `Ok(None)` if incomplete, otherwise the
 /// message and the number of bytes the frame took.
 pub fn decode_frame<T: DeserializeOwned>(
@@ -216,14 +229,7 @@ impl<In: DeserializeOwned, Out> Decoder for Codec<In, Out> {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
         match check_frame(src, self.max_frame_bytes)? {
             None => {
-                // Reserve for the rest of the frame once its length is known, so one
-                // large frame is read with few reallocations.
-                if let Some(prefix) = src.get(..LENGTH_PREFIX_BYTES) {
-                    let mut b = [0u8; LENGTH_PREFIX_BYTES];
-                    b.copy_from_slice(prefix);
-                    let total = LENGTH_PREFIX_BYTES + u32::from_be_bytes(b) as usize;
-                    src.reserve(total.saturating_sub(src.len()));
-                }
+                reserve_frame(src);
                 Ok(None)
             }
             Some(total) => {

@@ -24,7 +24,9 @@
 
 use crate::machine::{Entry, EntryBody, MachineImage, MachineLimits, StateMachine};
 use crate::replication::storage::{MachineSnapshot, PaxosStorage, SyncHandle};
+use crate::replication::transport::Bulky;
 use omnipaxos::ballot_leader_election::Ballot;
+use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
 use omnipaxos::messages::Message;
 use omnipaxos::util::LogEntry;
 use omnipaxos::OmniPaxos;
@@ -60,6 +62,24 @@ pub enum PeerMsg {
     /// (0: it never accepted an entry). Nodes that are joining themselves answer with
     /// the default ballot and 0.
     PromiseReply(Ballot, u64),
+}
+
+impl Bulky for PeerMsg {
+    /// Log syncs (a promise's or a leader's `AcceptSync`) can carry a snapshot of the
+    /// whole state and every entry a peer lacks. They come with leader changes and
+    /// reconnections, so encoding each one off the runtime workers costs little.
+    fn may_be_bulky(&self) -> bool {
+        match self {
+            PeerMsg::Paxos(m) => matches!(
+                m.as_ref(),
+                Message::SequencePaxos(PaxosMessage {
+                    msg: PaxosMsg::Promise(_) | PaxosMsg::AcceptSync(_),
+                    ..
+                })
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// What applying the log yields, in order.
@@ -937,5 +957,90 @@ fn forward_key(entry: &Entry) -> Option<EntryKey> {
         EntryBody::CloseSession { session_id } => Some((2, *session_id, 0)),
         EntryBody::Noop { barrier } => Some((3, *barrier, 0)),
         EntryBody::ExpireSessions { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_protocol::frame::{decode_payload, encode_frame, LENGTH_PREFIX_BYTES};
+    use corral_protocol::{CreateMode, CreateRequest, Op};
+    use omnipaxos::messages::sequence_paxos::AcceptSync;
+    use omnipaxos::storage::{Snapshot, SnapshotType};
+    use omnipaxos::util::{LogSync, SequenceNumber};
+    use std::time::Instant;
+
+    fn create(i: u64) -> Entry {
+        Entry::new(
+            i as i64,
+            EntryBody::Write {
+                session_id: 1,
+                xid: i,
+                op: Op::Create(CreateRequest {
+                    path: format!("/jobs/job-{i:010}"),
+                    data: vec![7; 64],
+                    mode: CreateMode::Persistent,
+                    make_parents: true,
+                }),
+            },
+        )
+    }
+
+    /// What a catch-up log sync costs the transport: the leader encodes it, the follower
+    /// decodes it, and each used to do so on a runtime worker. `cargo test -p
+    /// corral-server --release --lib log_sync_wire_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement; run in release with --nocapture"]
+    fn log_sync_wire_cost() {
+        let mut machine = StateMachine::new(MachineLimits::default());
+        machine.apply(
+            1,
+            &Entry::new(
+                0,
+                EntryBody::OpenSession {
+                    secret: 1,
+                    ttl_ms: 60_000,
+                },
+            ),
+        );
+        for i in 0..300_000u64 {
+            machine.apply(i + 2, &create(i));
+        }
+        let image = MachineSnapshot::from_machine(&machine).expect("image");
+        let tail: Vec<Entry> = (300_000..400_000).map(create).collect();
+        let mut snapshot = image;
+        snapshot.merge(<MachineSnapshot as Snapshot<Entry>>::create(&tail));
+        let msg = PeerMsg::Paxos(Box::new(Message::SequencePaxos(PaxosMessage {
+            from: 1,
+            to: 2,
+            msg: PaxosMsg::AcceptSync(AcceptSync {
+                n: Ballot::default(),
+                seq_num: SequenceNumber::default(),
+                decided_idx: 400_001,
+                log_sync: LogSync {
+                    decided_snapshot: Some(SnapshotType::Complete(snapshot)),
+                    suffix: (400_000..400_100).map(create).collect(),
+                    sync_idx: 400_001,
+                    stopsign: None,
+                },
+            }),
+        })));
+        assert!(msg.may_be_bulky());
+        for _ in 0..3 {
+            let t = Instant::now();
+            let mut frame = bytes::BytesMut::new();
+            encode_frame(&msg, &mut frame, u32::MAX as usize).expect("encodes");
+            let encoded = t.elapsed();
+            let t = Instant::now();
+            let decoded: PeerMsg = decode_payload(&frame[LENGTH_PREFIX_BYTES..]).expect("decodes");
+            let decode = t.elapsed();
+            let t = Instant::now();
+            drop(decoded);
+            let freed = t.elapsed();
+            println!(
+                "log sync of 300,000 znodes + 100,000 entries, {} bytes: encode {encoded:?}, decode {decode:?}, free {freed:?}",
+                frame.len()
+            );
+        }
     }
 }

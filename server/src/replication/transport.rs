@@ -72,13 +72,17 @@
 //! - `transport/outbound.rs`: one task per peer that dials, handshakes, writes, and
 //!   reconnects with backoff.
 //! - `transport/inbound.rs`: the listener, the acceptor's handshake, and the readers.
+//! - `transport/bulk.rs`: large messages (snapshots) encoded and decoded on blocking
+//!   threads instead of the runtime's workers.
 
+mod bulk;
 mod inbound;
 mod outbound;
 #[cfg(test)]
 mod tests;
 mod wire;
 
+pub use bulk::Bulky;
 pub use wire::{PeerHello, PeerHelloReply, PEER_MAGIC, PEER_PROTOCOL_VERSION};
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -260,7 +264,7 @@ impl Bound {
         events: mpsc::Sender<PeerEvent<M>>,
     ) -> Result<Transport<M>, TransportError>
     where
-        M: Serialize + DeserializeOwned + Send + 'static,
+        M: Serialize + DeserializeOwned + Bulky + Send + 'static,
     {
         config.validate()?;
         let root = CancellationToken::new();
@@ -340,7 +344,7 @@ impl<M> fmt::Debug for Transport<M> {
 
 impl<M> Transport<M>
 where
-    M: Serialize + DeserializeOwned + Send + 'static,
+    M: Serialize + DeserializeOwned + Bulky + Send + 'static,
 {
     /// Binds `config.listen` and starts serving (see [`Bound::start`]).
     pub async fn start(

@@ -1,6 +1,7 @@
 //! The accepting side: the peer listener, the acceptor's half of the handshake, and one
 //! reader per peer that hands decoded messages to the node.
 
+use super::bulk::{decode_off_worker, Inbound, PeerFrames};
 use super::{
     PeerEvent, PeerHello, PeerHelloReply, Shared, ACCEPT_ERROR_BACKOFF, HANDSHAKE_MAX_FRAME_BYTES,
     HANDSHAKE_SLOTS, REFUSAL_TIMEOUT,
@@ -169,7 +170,7 @@ async fn serve<M>(
 
     tracing::info!(node, peer, %addr, "inbound peer connection up");
     let max = shared.config.max_frame_bytes;
-    let frames = framed.map_codec(|_| Codec::<M, ()>::new(max));
+    let frames = framed.map_codec(|_| PeerFrames::<M>::new(max));
     match read(&shared, peer, frames, &cancel).await {
         ReadEnd::Cancelled => {
             tracing::info!(node, peer, %addr, "inbound peer connection closed")
@@ -221,11 +222,12 @@ enum ReadEnd {
 }
 
 /// Hands every message of the connection to the node, in order, waiting for room in
-/// the events channel (backpressure onto this connection only).
-async fn read<M: DeserializeOwned>(
+/// the events channel (backpressure onto this connection only). Large frames are
+/// decoded on a blocking thread, before the next frame is read.
+async fn read<M: DeserializeOwned + Send + 'static>(
     shared: &Shared<M>,
     from: u64,
-    mut frames: Framed<TcpStream, Codec<M, ()>>,
+    mut frames: Framed<TcpStream, PeerFrames<M>>,
     cancel: &CancellationToken,
 ) -> ReadEnd {
     loop {
@@ -235,7 +237,18 @@ async fn read<M: DeserializeOwned>(
             next = frames.next() => next,
         };
         let msg = match next {
-            Some(Ok(msg)) => msg,
+            Some(Ok(Inbound::Decoded(msg))) => msg,
+            Some(Ok(Inbound::Large(payload))) => {
+                let decoded = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return ReadEnd::Cancelled,
+                    decoded = decode_off_worker(payload) => decoded,
+                };
+                match decoded {
+                    Ok(msg) => msg,
+                    Err(e) => return ReadEnd::Frame(e),
+                }
+            }
             Some(Err(e)) => return ReadEnd::Frame(e),
             None => return ReadEnd::PeerClosed,
         };

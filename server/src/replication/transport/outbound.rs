@@ -1,6 +1,7 @@
 //! The dialing side: one task per peer that connects, handshakes, writes the peer's
 //! queue in order, and reconnects with exponential backoff and jitter until shutdown.
 
+use super::bulk::{encode_off_worker, Bulky};
 use super::{Link, PeerEvent, PeerHello, PeerHelloReply, Shared, HANDSHAKE_MAX_FRAME_BYTES};
 use corral_protocol::{Codec, FrameError};
 use futures::{SinkExt, StreamExt};
@@ -10,7 +11,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, FramedWrite};
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 /// Connects to `peer` at `addr` and keeps a link to it until the transport stops.
 pub(super) async fn run_peer<M>(shared: Arc<Shared<M>>, peer: u64, addr: SocketAddr)
 where
-    M: Serialize + Send + 'static,
+    M: Serialize + Bulky + Send + 'static,
 {
     let node = shared.config.node_id;
     let connect_timeout = Duration::from_millis(shared.config.connect_timeout_ms);
@@ -125,7 +126,7 @@ async fn dial<M>(shared: &Shared<M>, peer: u64, addr: SocketAddr) -> Result<TcpS
 /// `LinkDown`. False if the transport is stopping.
 async fn run_link<M>(shared: &Shared<M>, peer: u64, addr: SocketAddr, stream: TcpStream) -> bool
 where
-    M: Serialize,
+    M: Serialize + Bulky + Send + 'static,
 {
     let node = shared.config.node_id;
     let Some(slot) = shared.peers.get(&peer) else {
@@ -188,8 +189,9 @@ impl fmt::Display for LinkEnd {
 }
 
 /// Writes the queue to the connection in order, feeding frames while more are queued
-/// and flushing when the queue is empty, until the link breaks or is reset.
-async fn pump<M: Serialize>(
+/// and flushing when the queue is empty, until the link breaks or is reset. Messages that
+/// may be large are encoded on a blocking thread and written straight to the socket.
+async fn pump<M: Serialize + Bulky + Send + 'static>(
     stream: TcpStream,
     mut rx: mpsc::Receiver<M>,
     reset: &CancellationToken,
@@ -200,7 +202,18 @@ async fn pump<M: Serialize>(
     let writer = async {
         // `None`: the slot dropped the only sender, which happens only on a reset.
         while let Some(msg) = rx.recv().await {
-            if let Err(e) = sink.feed(msg).await {
+            if msg.may_be_bulky() {
+                let frame = match encode_off_worker(msg, max_frame_bytes).await {
+                    Ok(frame) => frame,
+                    Err(e) => return LinkEnd::Write(e),
+                };
+                if let Err(e) = sink.flush().await {
+                    return LinkEnd::Write(e);
+                }
+                if let Err(e) = sink.get_mut().write_all(&frame).await {
+                    return LinkEnd::Write(FrameError::Io(e));
+                }
+            } else if let Err(e) = sink.feed(msg).await {
                 return LinkEnd::Write(e);
             }
             if rx.is_empty() {

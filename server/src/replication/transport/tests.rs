@@ -23,6 +23,12 @@ enum TestMsg {
     Blob(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
+impl Bulky for TestMsg {
+    fn may_be_bulky(&self) -> bool {
+        matches!(self, TestMsg::Blob(_))
+    }
+}
+
 struct TestNode {
     id: u64,
     addr: SocketAddr,
@@ -246,6 +252,70 @@ async fn every_pair_exchanges_messages_in_order() {
     }
     for node in &nodes {
         stop(node).await;
+    }
+}
+
+/// Messages that may be large are encoded on a blocking thread and written past the
+/// writer's buffer, frames over `DECODE_INLINE_MAX_BYTES` are decoded on a blocking
+/// thread: mixed with small messages, every one arrives whole and in order.
+#[tokio::test]
+async fn large_messages_keep_their_order_among_small_ones() {
+    let bound = [
+        Bound::bind(loopback()).await.expect("bind"),
+        Bound::bind(loopback()).await.expect("bind"),
+    ];
+    let addrs = [bound[0].local_addr(), bound[1].local_addr()];
+    let mut nodes = Vec::new();
+    for (i, b) in bound.into_iter().enumerate() {
+        let (me, peer) = (i as u64 + 1, 2 - i as u64);
+        let mut cfg = config(me, addrs[i], [(peer, addrs[1 - i])].into());
+        cfg.max_frame_bytes = 16 << 20;
+        nodes.push(start_node(cfg, b).await);
+    }
+    all_links_up(&mut nodes).await;
+    let large = bulk::DECODE_INLINE_MAX_BYTES + 1;
+    let blob = |len: usize, fill: u8| TestMsg::Blob(vec![fill; len]);
+    let sent = vec![
+        TestMsg::Seq(0),
+        blob(3 * large, 1),
+        TestMsg::Seq(1),
+        blob(100, 2),
+        blob(large, 3),
+        blob(large - 64, 4),
+        TestMsg::Seq(2),
+        blob(5 * large, 5),
+        TestMsg::Seq(3),
+    ];
+    for msg in &sent {
+        nodes[0].transport.send(2, msg.clone()).expect("send");
+    }
+    for expected in sent {
+        match next_event(&mut nodes[1]).await {
+            PeerEvent::Message { from: 1, msg } => assert!(
+                msg == expected,
+                "got {} where {} was sent",
+                describe(&msg),
+                describe(&expected)
+            ),
+            other => panic!("unexpected {}", describe_event(&other)),
+        }
+    }
+    for node in &nodes {
+        stop(node).await;
+    }
+}
+
+fn describe(msg: &TestMsg) -> String {
+    match msg {
+        TestMsg::Seq(n) => format!("Seq({n})"),
+        TestMsg::Blob(b) => format!("Blob of {} bytes ({:?}..)", b.len(), b.first()),
+    }
+}
+
+fn describe_event(event: &PeerEvent<TestMsg>) -> String {
+    match event {
+        PeerEvent::Message { from, msg } => format!("message {} from {from}", describe(msg)),
+        other => format!("{other:?}"),
     }
 }
 
