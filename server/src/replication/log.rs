@@ -23,6 +23,7 @@
 //!   leader in the accept phase. Only the leader proposes session expiries.
 
 use crate::machine::{Entry, EntryBody, MachineImage, MachineLimits, StateMachine};
+use crate::replication::repeated_promise::RepeatedPromises;
 use crate::replication::storage::{MachineSnapshot, PaxosStorage, SyncHandle};
 use crate::replication::transport::Bulky;
 use omnipaxos::ballot_leader_election::Ballot;
@@ -255,6 +256,8 @@ pub struct PaxosLog {
     ///
     /// [`join`]: crate::replication::join
     catching_up: bool,
+    /// Followers' promises resent while the log sync that answered them is on its way.
+    repeated_promises: RepeatedPromises,
 }
 
 impl std::fmt::Debug for PaxosLog {
@@ -307,6 +310,7 @@ impl PaxosLog {
             ballot: Ballot::default(),
             encoding: Default::default(),
             catching_up: false,
+            repeated_promises: RepeatedPromises::default(),
         }
     }
 
@@ -449,7 +453,11 @@ impl PaxosLog {
                     tracing::info!(promise = ?self.op.get_promise(), "caught up");
                 }
             }
-            PeerMsg::Paxos(m) => self.op.handle_incoming(*m),
+            PeerMsg::Paxos(m) => {
+                if self.repeated_promises.admit(m.get_sender(), &m) {
+                    self.op.handle_incoming(*m);
+                }
+            }
             PeerMsg::Forward(entries) => {
                 if self.is_leader() {
                     self.append_early_forwards();
@@ -488,6 +496,7 @@ impl PaxosLog {
     /// A link to `peer` was (re)established: OmniPaxos resends what it may have lost, and
     /// so do we if it is the leader (forwards may have been lost with the old link).
     pub fn on_link_up(&mut self, peer: u64) {
+        self.repeated_promises.link_changed(peer);
         self.op.reconnected(peer);
         if self.leader == Some(peer) {
             self.term += 1;
@@ -509,6 +518,7 @@ impl PaxosLog {
     /// majority, so a follower whose own link flaps cannot depose a leader the others
     /// still hear. Safety never rests on timing (Paxos ballots decide).
     pub fn on_link_down(&mut self, peer: u64) {
+        self.repeated_promises.link_changed(peer);
         if self.leader == Some(peer) && !self.is_leader() && !self.catching_up {
             self.round_cuts = LEADER_LOSS_ROUND_CUTS;
         }
@@ -585,6 +595,7 @@ impl PaxosLog {
                     tracing::error!(to = m.get_receiver(), error = %e, "dropping an inconsistent log sync");
                     continue;
                 }
+                self.repeated_promises.sent(&m);
                 let to = m.get_receiver();
                 if matches!(m, Message::BLE(_)) {
                     // Leader election's heartbeats promise nothing and OmniPaxos keeps

@@ -1,10 +1,12 @@
 //! Replication over OmniPaxos: the replicated log around OmniPaxos ([`log`]), its durable
-//! storage on the write-ahead log ([`storage`]), the peer transport ([`transport`]), and
-//! the correction of outgoing log syncs (`log_sync`).
+//! storage on the write-ahead log ([`storage`]), the peer transport ([`transport`]), the
+//! correction of outgoing log syncs (`log_sync`), and one log sync per promise
+//! (`repeated_promise`).
 
 pub mod join;
 pub mod log;
 mod log_sync;
+mod repeated_promise;
 pub mod storage;
 pub mod transport;
 
