@@ -143,35 +143,36 @@ mod tests {
         })
     }
 
-    fn accept_sync(n: Ballot) -> Message<Entry> {
+    /// A message of leader 1 to follower 2.
+    fn to_follower(msg: PaxosMsg<Entry>) -> Message<Entry> {
         Message::SequencePaxos(PaxosMessage {
             from: 1,
             to: 2,
-            msg: PaxosMsg::AcceptSync(AcceptSync {
-                n,
-                seq_num: SequenceNumber::default(),
-                decided_idx: 10,
-                log_sync: LogSync {
-                    decided_snapshot: None,
-                    suffix: Vec::new(),
-                    sync_idx: 10,
-                    stopsign: None,
-                },
-            }),
+            msg,
         })
     }
 
+    fn accept_sync(n: Ballot) -> Message<Entry> {
+        to_follower(PaxosMsg::AcceptSync(AcceptSync {
+            n,
+            seq_num: SequenceNumber::default(),
+            decided_idx: 10,
+            log_sync: LogSync {
+                decided_snapshot: None,
+                suffix: Vec::new(),
+                sync_idx: 10,
+                stopsign: None,
+            },
+        }))
+    }
+
     fn prepare(n: Ballot) -> Message<Entry> {
-        Message::SequencePaxos(PaxosMessage {
-            from: 1,
-            to: 2,
-            msg: PaxosMsg::Prepare(Prepare {
-                n,
-                decided_idx: 10,
-                n_accepted: n,
-                accepted_idx: 10,
-            }),
-        })
+        to_follower(PaxosMsg::Prepare(Prepare {
+            n,
+            decided_idx: 10,
+            n_accepted: n,
+            accepted_idx: 10,
+        }))
     }
 
     #[test]

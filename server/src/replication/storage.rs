@@ -2716,6 +2716,15 @@ mod tests {
         delta: &[Entry],
         suffix: Vec<Entry>,
     ) {
+        try_omnipaxos_delta_sync(s, leader_decided, delta, suffix).expect("sync_log");
+    }
+
+    fn try_omnipaxos_delta_sync(
+        s: &mut PaxosStorage,
+        leader_decided: usize,
+        delta: &[Entry],
+        suffix: Vec<Entry>,
+    ) -> omnipaxos::storage::StorageResult<()> {
         let decided = leader_decided.max(s.decided_idx());
         let mut snap = omnipaxos_create_snapshot(s, decided);
         snap.merge(MachineSnapshot::create(delta));
@@ -2727,7 +2736,6 @@ mod tests {
             StorageOp::SetSnapshot(Some(snap)),
             StorageOp::AppendOnPrefix(leader_decided, suffix),
         ])
-        .expect("sync_log");
     }
 
     #[test]
@@ -2823,17 +2831,7 @@ mod tests {
         let mut delta = all[8..13].to_vec();
         delta.extend(entries(113..114));
         delta.extend_from_slice(&all[14..20]);
-        let mut snap = omnipaxos_create_snapshot(&s, 20);
-        snap.merge(MachineSnapshot::create(&delta));
-        let err = s
-            .write_atomically(vec![
-                StorageOp::SetAcceptedRound(ballot(5, 1)),
-                StorageOp::SetDecidedIndex(20),
-                StorageOp::Trim(20),
-                StorageOp::SetCompactedIdx(20),
-                StorageOp::SetSnapshot(Some(snap)),
-                StorageOp::AppendOnPrefix(20, all[20..].to_vec()),
-            ])
+        let err = try_omnipaxos_delta_sync(&mut s, 20, &delta, all[20..].to_vec())
             .expect_err("a delta that differs inside our snapshot");
         assert!(
             err.to_string()
