@@ -64,6 +64,11 @@ pub enum ServerError {
     Config(String),
     #[error("cannot start the storage thread: {0}")]
     Thread(std::io::Error),
+    /// The node core stopped before shutdown (it panicked: an invariant of the
+    /// replicated log or its storage failed). The process exits so that a supervisor
+    /// restarts it from its disk, instead of keeping ports open without serving.
+    #[error("the node core stopped: {0}")]
+    CoreFailed(String),
 }
 
 /// Messages to the core task.
@@ -400,9 +405,13 @@ impl Server {
         let _ = stop_tx.send(());
         let _ = admin_stop_tx.send(());
         drop(core_tx);
-        if let Err(e) = core.await {
-            tracing::error!(error = %e, "core task failed");
-        }
+        let core_failed = match core.await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "core task failed");
+                Some(e.to_string())
+            }
+        };
         if let Some(t) = &transport {
             t.shutdown();
         }
@@ -422,7 +431,10 @@ impl Server {
             mean_sync_us = stats.sync_micros.checked_div(stats.syncs).unwrap_or(0),
             "storage closed"
         );
-        Ok(stats)
+        match core_failed {
+            Some(why) => Err(ServerError::CoreFailed(why)),
+            None => Ok(stats),
+        }
     }
 }
 
@@ -438,6 +450,11 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => return,
+            // The core stopped on its own (a panic): nobody would serve a new connection.
+            _ = core_tx.closed() => {
+                tracing::error!("the node core stopped; shutting down");
+                return;
+            }
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -931,4 +948,30 @@ async fn disconnected(core: &mpsc::Sender<CoreMsg>, conn: ConnId) {
     let _ = core
         .send(CoreMsg::Input(Input::Disconnected { conn }))
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A core that stopped on its own (a panic drops its inbox) ends the accept loop, so
+    /// that the process shuts down and exits with an error instead of accepting
+    /// connections nobody serves.
+    #[tokio::test]
+    async fn the_accept_loop_ends_when_the_core_is_gone() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (core_tx, core_rx) = mpsc::channel::<CoreMsg>(1);
+        drop(core_rx);
+        let ended = tokio::time::timeout(
+            Duration::from_secs(10),
+            accept_loop(
+                &Config::default(),
+                &listener,
+                &core_tx,
+                std::future::pending(),
+            ),
+        )
+        .await;
+        assert!(ended.is_ok(), "the accept loop kept running without a core");
+    }
 }
