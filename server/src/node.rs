@@ -1779,7 +1779,7 @@ impl Node {
             self.peer_out.push((from, reply));
             return;
         }
-        log.on_peer(msg);
+        log.on_peer(from, msg);
     }
 
     fn on_shutdown(&mut self) {

@@ -440,8 +440,9 @@ impl PaxosLog {
         }
     }
 
-    /// Handles an OmniPaxos message or forwarded entries from a peer.
-    pub fn on_peer(&mut self, msg: PeerMsg) {
+    /// Handles an OmniPaxos message or forwarded entries from peer `from` (as the
+    /// transport's handshake identified it).
+    pub fn on_peer(&mut self, from: u64, msg: PeerMsg) {
         match msg {
             PeerMsg::Paxos(m) if self.catching_up => {
                 if crate::replication::join::admit_incoming(&m) {
@@ -454,7 +455,7 @@ impl PaxosLog {
                 }
             }
             PeerMsg::Paxos(m) => {
-                if self.repeated_promises.admit(m.get_sender(), &m) {
+                if self.repeated_promises.admit(from, &m) {
                     self.op.handle_incoming(*m);
                 }
             }

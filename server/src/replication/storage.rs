@@ -1039,6 +1039,11 @@ struct WalShared {
     cut_idx: Option<usize>,
 }
 
+/// The lower of a cut noted before (if any) and `idx`.
+fn lowest(cut: Option<usize>, idx: usize) -> usize {
+    cut.map_or(idx, |c| c.min(idx))
+}
+
 impl WalShared {
     /// Appends a framed logical record (`framed[0]` is a placeholder for the tag),
     /// fragmenting it if needed; returns its first and last lsn. A record that is not
@@ -1201,7 +1206,7 @@ impl WalShared {
     /// Notes that a write replaced the entries from `cut` on (see `WalShared::cut_idx`).
     fn note_cut(&mut self, cut: Option<usize>) {
         if let Some(c) = cut {
-            self.cut_idx = Some(self.cut_idx.map_or(c, |old| old.min(c)));
+            self.cut_idx = Some(lowest(self.cut_idx, c));
         }
     }
 
@@ -1856,7 +1861,7 @@ impl PaxosStorage {
                     let rec = normalize_prefix(&shape, from_idx, entries)?;
                     if let StorageRecord::AppendOnPrefix { from_idx, .. } = &rec {
                         if *from_idx < shape.log_end {
-                            cut = Some(cut.map_or(*from_idx, |c: usize| c.min(*from_idx)));
+                            cut = Some(lowest(cut, *from_idx));
                         }
                     }
                     rec
