@@ -499,8 +499,24 @@ impl Node {
         }
     }
 
-    /// Handles one input at time `now`; returns what the shell must do, in order.
+    /// Handles one input at time `now` and ends the pass ([`Node::end_pass`]); returns
+    /// what the shell must do, in order.
     pub fn handle(&mut self, now: Now, input: Input) -> Vec<Output> {
+        let mut outputs = self.take_in(now, input);
+        outputs.extend(self.end_pass());
+        outputs
+    }
+
+    /// Handles one input at time `now` without flushing the replicated log: what it
+    /// proposed, and the replication messages it caused, wait for [`Node::end_pass`].
+    /// Returns what the shell must do now, in order (answers that need no log step).
+    ///
+    /// A shell that takes in several inputs before ending the pass lets OmniPaxos
+    /// gather them: the entries proposed in a pass leave in one `AcceptDecide` per
+    /// follower, and a follower's acceptances of them in one `Accepted`, instead of one
+    /// of each per input. Deferring the flush only delays messages and syncs, which
+    /// the protocol already allows for.
+    pub fn take_in(&mut self, now: Now, input: Input) -> Vec<Output> {
         self.now = now;
         match input {
             Input::Hello {
@@ -527,8 +543,15 @@ impl Node {
                 }
             }
         }
-        self.flush_log();
         self.open_barrier = None;
+        std::mem::take(&mut self.outputs)
+    }
+
+    /// Ends a pass of inputs: flushes the replicated log (OmniPaxos's outgoing
+    /// messages, the next sync, the entries decided meanwhile) and returns what the
+    /// shell must do, in order.
+    pub fn end_pass(&mut self) -> Vec<Output> {
+        self.flush_log();
         for (to, msg) in self.peer_out.drain(..) {
             self.outputs.push(Output::PeerSend { to, msg });
         }

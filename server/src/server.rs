@@ -45,6 +45,10 @@ use tokio_util::codec::Framed;
 const CORE_INBOX: usize = 16 * 1024;
 /// Inputs the core handles before it yields to dispatch and the timer.
 const CORE_BATCH: usize = 1024;
+/// Inputs the core takes in before it ends a pass ([`Node::end_pass`]): the entries
+/// and acknowledgements of a pass leave together, and the first of them waits for at
+/// most this many inputs' handling.
+const PASS_INPUTS: usize = 64;
 /// How long a refused connection gets to read its refusal.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Time a shutdown waits for outstanding writes to become durable.
@@ -574,6 +578,7 @@ async fn run_core(
         storage,
         transport,
         info,
+        pass_inputs: 0,
     };
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -619,6 +624,7 @@ async fn run_core(
                 }
             }
         }
+        core.end_pass(&mut node, clock);
     }
 }
 
@@ -641,6 +647,21 @@ struct CoreShell {
     storage: std::sync::mpsc::Sender<StorageCommand>,
     transport: Option<Transport<PeerMsg>>,
     info: ShellInfo,
+    /// Inputs taken in since the node's pass last ended.
+    pass_inputs: usize,
+}
+
+/// Logs and counts an input (or a pass's end) that kept the core busy for long.
+fn note_stall(kind: &'static str, started: Instant) {
+    let took = started.elapsed();
+    if took >= crate::metrics::CORE_STALL {
+        metrics::counter!(crate::metrics::CORE_STALLS).increment(1);
+        tracing::warn!(
+            input = kind,
+            ms = took.as_millis() as u64,
+            "the node core was busy with one input; it answered nobody meanwhile"
+        );
+    }
 }
 
 impl CoreShell {
@@ -663,25 +684,47 @@ impl CoreShell {
         self.input(node, clock, input);
     }
 
+    /// Takes one input into the node's pass (and the disconnections its outputs cause);
+    /// ends the pass once it holds [`PASS_INPUTS`] inputs.
     fn input(&mut self, node: &mut Node, clock: Clock, input: Input) {
         let mut pending = vec![input];
         while let Some(input) = pending.pop() {
             let kind = input.kind();
             let started = Instant::now();
-            let outputs = node.handle(clock.now(), input);
-            let took = started.elapsed();
-            if took >= crate::metrics::CORE_STALL {
-                metrics::counter!(crate::metrics::CORE_STALLS).increment(1);
-                tracing::warn!(
-                    input = kind,
-                    ms = took.as_millis() as u64,
-                    "the node core was busy with one input; it answered nobody meanwhile"
-                );
+            let outputs = node.take_in(clock.now(), input);
+            note_stall(kind, started);
+            self.pass_inputs += 1;
+            self.dispatch_all(outputs, &mut pending);
+        }
+        if self.pass_inputs >= PASS_INPUTS {
+            self.end_pass(node, clock);
+        }
+    }
+
+    /// Ends the node's pass: its log's messages and sync go out, decided entries are
+    /// applied and answered.
+    fn end_pass(&mut self, node: &mut Node, clock: Clock) {
+        loop {
+            self.pass_inputs = 0;
+            let started = Instant::now();
+            let outputs = node.end_pass();
+            note_stall("end-of-pass", started);
+            let mut pending = Vec::new();
+            self.dispatch_all(outputs, &mut pending);
+            if pending.is_empty() {
+                return;
             }
-            for output in outputs {
-                if let Some(gone) = self.dispatch(output) {
-                    pending.push(Input::Disconnected { conn: gone });
-                }
+            for input in pending {
+                self.input(node, clock, input);
+            }
+        }
+    }
+
+    /// Carries out outputs; a connection that must be dropped goes to `gone`.
+    fn dispatch_all(&mut self, outputs: Vec<Output>, gone: &mut Vec<Input>) {
+        for output in outputs {
+            if let Some(conn) = self.dispatch(output) {
+                gone.push(Input::Disconnected { conn });
             }
         }
     }

@@ -230,7 +230,8 @@ impl Report {
         let _ = writeln!(
             s,
             "config: {} nodes, {} clients, tick {} ms, election {} ms, TTL {} ms, lock-delay {} \
-             ms, snapshot every {}, clocks ±{} ppm, net {:?}, disk {:?}, switches {:?}",
+             ms, snapshot every {}, passes of {} inputs within {} µs, clocks ±{} ppm, net {:?}, \
+             disk {:?}, switches {:?}",
             c.nodes,
             c.clients,
             c.tick_ms,
@@ -238,6 +239,8 @@ impl Report {
             c.session_ttl_ms,
             c.lock_delay_ms,
             c.snapshot_every_entries,
+            c.pass_inputs,
+            c.pass_window_us,
             c.clock_ppm,
             c.net,
             c.disk,

@@ -218,6 +218,11 @@ pub struct SimConfig {
     /// `corral-client` did before it was fixed), not only pings, lease renewals and
     /// handshakes.
     pub renew_on_any_answer: bool,
+    /// Inputs a node's core takes in before it ends its pass (1: every input flushes
+    /// the log at once, as `Node::handle` does).
+    pub pass_inputs: usize,
+    /// A pass that has not reached `pass_inputs` ends within this many µs of opening.
+    pub pass_window_us: u64,
 }
 
 impl SimConfig {
@@ -256,6 +261,17 @@ impl SimConfig {
             },
             fail_sync_per_mille: if rng.chance(100) { 1 } else { 0 },
         };
+        // Drawn from a stream of their own: the other parameters of a seed stay as they
+        // were before passes were simulated.
+        let mut pass_rng = SimRng::stream(seed, 4);
+        let (pass_inputs, pass_window_us) = if pass_rng.chance(250) {
+            (1, 0)
+        } else {
+            (
+                pass_rng.range_incl(2, 64) as usize,
+                pass_rng.range_incl(0, 500),
+            )
+        };
         SimConfig {
             seed,
             nodes,
@@ -285,6 +301,8 @@ impl SimConfig {
             hash_every_change: true,
             checker_ms: 10_000,
             renew_on_any_answer: false,
+            pass_inputs,
+            pass_window_us,
         }
     }
 

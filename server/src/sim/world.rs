@@ -106,6 +106,11 @@ enum Ev {
     ClientWake {
         client: usize,
     },
+    /// The node's core ends its pass of inputs (`Node::end_pass`).
+    EndPass {
+        node: usize,
+        inc: u64,
+    },
     FaultStart {
         index: usize,
     },
@@ -156,6 +161,8 @@ struct Up {
     node: Node,
     backend: Backend,
     conns: BTreeSet<ConnId>,
+    /// Inputs taken into the core's open pass (0: none open).
+    pass_inputs: usize,
 }
 
 /// What a node's storage thread works on.
@@ -593,6 +600,7 @@ impl World {
             node,
             backend: Backend::Paxos(sync),
             conns: BTreeSet::new(),
+            pass_inputs: 0,
         }));
         let inc = self.nodes[n].inc;
         let first_tick = self.now + self.rng.range(0, self.cfg.tick_ms * 1000);
@@ -661,6 +669,7 @@ impl World {
             node,
             backend: Backend::Local(Box::new(store)),
             conns: BTreeSet::new(),
+            pass_inputs: 0,
         }));
         let inc = self.nodes[n].inc;
         let first_tick = self.now + self.rng.range(0, self.cfg.tick_ms * 1000);
@@ -986,6 +995,14 @@ impl World {
 
     fn step(&mut self, ev: Ev) {
         match ev {
+            Ev::EndPass { node, inc } => {
+                if self.nodes[node].inc != inc {
+                    return;
+                }
+                if self.hold_if_paused(node, ev).is_some() {
+                    self.node_end_pass(node);
+                }
+            }
             Ev::Tick { node, inc } => {
                 if self.nodes[node].inc != inc || self.nodes[node].paused {
                     return;
@@ -1249,14 +1266,53 @@ impl World {
     // Node inputs and outputs
     // -----------------------------------------------------------------------------------
 
+    /// Takes an input into the node's pass, as the server's core does; the pass ends
+    /// once it holds `pass_inputs` inputs, or at an `EndPass` event scheduled when it
+    /// opened (within `pass_window_us`, after the events already due).
     fn node_input(&mut self, n: usize, input: Input) {
+        let limit = self.cfg.pass_inputs.max(1);
+        let inc = self.nodes[n].inc;
+        let NodeState::Up(up) = &mut self.nodes[n].state else {
+            return;
+        };
+        up.pass_inputs += 1;
+        let taken = up.pass_inputs;
+        if taken >= limit {
+            up.pass_inputs = 0;
+            return self.node_step(n, |node, now| {
+                let mut outputs = node.take_in(now, input);
+                outputs.extend(node.end_pass());
+                outputs
+            });
+        }
+        if taken == 1 {
+            let at = self.now + self.rng.range_incl(0, self.cfg.pass_window_us);
+            self.schedule(at, Ev::EndPass { node: n, inc });
+        }
+        self.node_step(n, |node, now| node.take_in(now, input));
+    }
+
+    /// Ends the node's pass, if one is open.
+    fn node_end_pass(&mut self, n: usize) {
+        let NodeState::Up(up) = &mut self.nodes[n].state else {
+            return;
+        };
+        if up.pass_inputs == 0 {
+            return;
+        }
+        up.pass_inputs = 0;
+        self.node_step(n, |node, _| node.end_pass());
+    }
+
+    /// Runs one step of the node's core and carries out its outputs.
+    fn node_step(&mut self, n: usize, step: impl FnOnce(&mut Node, Now) -> Vec<Output>) {
         let now = self.node_now(n);
         let id = self.nodes[n].id;
         let NodeState::Up(up) = &mut self.nodes[n].state else {
             return;
         };
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let outputs = up.node.handle(now, input);
+            let outputs = step(&mut up.node, now);
             let probes = up.node.take_probe();
             (outputs, probes)
         }));
