@@ -503,7 +503,7 @@ impl Node {
     /// what the shell must do, in order.
     pub fn handle(&mut self, now: Now, input: Input) -> Vec<Output> {
         let mut outputs = self.take_in(now, input);
-        outputs.extend(self.end_pass());
+        outputs.extend(self.end_pass(now));
         outputs
     }
 
@@ -547,10 +547,12 @@ impl Node {
         std::mem::take(&mut self.outputs)
     }
 
-    /// Ends a pass of inputs: flushes the replicated log (OmniPaxos's outgoing
-    /// messages, the next sync, the entries decided meanwhile) and returns what the
-    /// shell must do, in order.
-    pub fn end_pass(&mut self) -> Vec<Output> {
+    /// Ends a pass of inputs at time `now`: flushes the replicated log (OmniPaxos's
+    /// outgoing messages, the next sync, the entries decided meanwhile) and returns what
+    /// the shell must do, in order. What it applies (a session opened, a renewal) is
+    /// stamped with `now`, when its answer leaves, not with the last input's time.
+    pub fn end_pass(&mut self, now: Now) -> Vec<Output> {
+        self.now = now;
         self.flush_log();
         for (to, msg) in self.peer_out.drain(..) {
             self.outputs.push(Output::PeerSend { to, msg });

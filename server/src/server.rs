@@ -707,7 +707,7 @@ impl CoreShell {
         loop {
             self.pass_inputs = 0;
             let started = Instant::now();
-            let outputs = node.end_pass();
+            let outputs = node.end_pass(clock.now());
             note_stall("end-of-pass", started);
             let mut pending = Vec::new();
             self.dispatch_all(outputs, &mut pending);

@@ -826,3 +826,42 @@ fn regression_durable_index_after_a_cut_log() {
 fn regression_retried_lock_learns_its_grant() {
     pinned("regression_retried_lock_learns_its_grant", 7_014_017, &[]);
 }
+
+/// Bug (fixed): a leader in the accept phase answered a follower's promise with an
+/// `AcceptSync`, and OmniPaxos 0.2.4 merged the entries proposed next in the same pass into
+/// the `AcceptDecide` it had queued for that follower before the sync, which the follower
+/// dropped; the follower then put the entries after them one index early
+/// (`LogDivergence` at zxid 272). Passes (more than one input per flush) exposed it; the
+/// log now takes OmniPaxos's messages out after every promise (`PaxosLog::on_peer`).
+#[test]
+fn regression_entries_merged_into_a_superseded_accept() {
+    let test = "regression_entries_merged_into_a_superseded_accept";
+    let mut c = SimConfig::from_seed(24_000_078);
+    assert_eq!(
+        (c.pass_inputs, c.pass_window_us),
+        (59, 135),
+        "the seed's passes"
+    );
+    c.skip_faults = (5..=12).collect();
+    let r = sim::run(&c);
+    assert!(!r.failed(), "{}", r.describe(test));
+}
+
+/// Bug (fixed): the end of a pass applied what was decided with the time of the pass's
+/// last input, so a session opened (or renewed) there was stamped earlier than its
+/// answer left; with passes open for 430 µs of simulated time, a leader proposed the
+/// expiry of a session 349 ms after the answer that attached it (TTL 350 ms). The end
+/// of a pass now carries its own time (`Node::end_pass(now)`).
+#[test]
+fn regression_pass_end_stamped_with_an_earlier_time() {
+    let test = "regression_pass_end_stamped_with_an_earlier_time";
+    let mut c = SimConfig::from_seed(24_003_041);
+    assert_eq!(
+        (c.pass_inputs, c.pass_window_us),
+        (30, 430),
+        "the seed's passes"
+    );
+    c.skip_faults = (5..=7).collect();
+    let r = sim::run(&c);
+    assert!(!r.failed(), "{}", r.describe(test));
+}

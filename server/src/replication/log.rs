@@ -258,6 +258,9 @@ pub struct PaxosLog {
     catching_up: bool,
     /// Followers' promises resent while the log sync that answered them is on its way.
     repeated_promises: RepeatedPromises,
+    /// OmniPaxos's messages taken out before the pass ended, in order (see
+    /// [`PaxosLog::on_peer`]); `flush` sends them ahead of the rest.
+    taken: Vec<Message<Entry>>,
 }
 
 impl std::fmt::Debug for PaxosLog {
@@ -311,6 +314,7 @@ impl PaxosLog {
             encoding: Default::default(),
             catching_up: false,
             repeated_promises: RepeatedPromises::default(),
+            taken: Vec::new(),
         }
     }
 
@@ -445,8 +449,12 @@ impl PaxosLog {
     pub fn on_peer(&mut self, from: u64, msg: PeerMsg) {
         match msg {
             PeerMsg::Paxos(m) if self.catching_up => {
+                let promise = is_promise(&m);
                 if crate::replication::join::admit_incoming(&m) {
                     self.op.handle_incoming(*m);
+                }
+                if promise {
+                    self.take_after_promise();
                 }
                 if matches!(self.op.get_current_leader(), Some((_, true))) {
                     // Accepted an AcceptSync: holds the log of an established leader.
@@ -455,8 +463,12 @@ impl PaxosLog {
                 }
             }
             PeerMsg::Paxos(m) => {
+                let promise = is_promise(&m);
                 if self.repeated_promises.admit(from, &m) {
                     self.op.handle_incoming(*m);
+                }
+                if promise {
+                    self.take_after_promise();
                 }
             }
             PeerMsg::Forward(entries) => {
@@ -580,9 +592,22 @@ impl PaxosLog {
     /// Collects what OmniPaxos wants sent; returns the id of a sync to run if none is
     /// running and storage has unsynced records. Messages go out as soon as what they
     /// wait for is durable (see [`PaxosLog::release`]), in order per receiver.
+    /// Takes OmniPaxos's outgoing messages out after it handled a `Promise`, before the
+    /// pass ends. A leader in the accept phase answers a follower's promise with an
+    /// `AcceptSync` that starts a new message sequence, but OmniPaxos 0.2.4 keeps
+    /// pointing at the `AcceptDecide` it queued for that follower earlier (its
+    /// `latest_accept_meta`, reset only when its messages are taken) and merges the
+    /// entries proposed next into that superseded message, which the follower drops: it
+    /// then put the entries after them one index early (soak seed 24000078, passes of
+    /// 59 inputs). Taking the messages out resets that pointer, so later entries go in a
+    /// new `AcceptDecide` after the sync.
+    fn take_after_promise(&mut self) {
+        self.op.take_outgoing_messages(&mut self.taken);
+    }
+
     pub fn flush(&mut self, out: &mut Vec<(u64, PeerMsg)>) -> Option<u64> {
         self.note_cuts();
-        let mut msgs = Vec::new();
+        let mut msgs = std::mem::take(&mut self.taken);
         self.op.take_outgoing_messages(&mut msgs);
         if !msgs.is_empty() {
             let lsn = self.storage.last_lsn();
@@ -970,6 +995,17 @@ fn forward_key(entry: &Entry) -> Option<EntryKey> {
         EntryBody::Noop { barrier } => Some((3, *barrier, 0)),
         EntryBody::ExpireSessions { .. } => None,
     }
+}
+
+/// Whether a peer message is a Sequence Paxos `Promise`.
+fn is_promise(m: &Message<Entry>) -> bool {
+    matches!(
+        m,
+        Message::SequencePaxos(PaxosMessage {
+            msg: PaxosMsg::Promise(_),
+            ..
+        })
+    )
 }
 
 #[cfg(test)]

@@ -1281,7 +1281,7 @@ impl World {
             up.pass_inputs = 0;
             return self.node_step(n, |node, now| {
                 let mut outputs = node.take_in(now, input);
-                outputs.extend(node.end_pass());
+                outputs.extend(node.end_pass(now));
                 outputs
             });
         }
@@ -1301,7 +1301,7 @@ impl World {
             return;
         }
         up.pass_inputs = 0;
-        self.node_step(n, |node, _| node.end_pass());
+        self.node_step(n, |node, now| node.end_pass(now));
     }
 
     /// Runs one step of the node's core and carries out its outputs.
