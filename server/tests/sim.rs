@@ -835,16 +835,12 @@ fn regression_retried_lock_learns_its_grant() {
 /// log now takes OmniPaxos's messages out after every promise (`PaxosLog::on_peer`).
 #[test]
 fn regression_entries_merged_into_a_superseded_accept() {
-    let test = "regression_entries_merged_into_a_superseded_accept";
-    let mut c = SimConfig::from_seed(24_000_078);
-    assert_eq!(
-        (c.pass_inputs, c.pass_window_us),
+    pinned_in_passes(
+        "regression_entries_merged_into_a_superseded_accept",
+        24_000_078,
         (59, 135),
-        "the seed's passes"
+        5..=12,
     );
-    c.skip_faults = (5..=12).collect();
-    let r = sim::run(&c);
-    assert!(!r.failed(), "{}", r.describe(test));
 }
 
 /// Bug (fixed): the end of a pass applied what was decided with the time of the pass's
@@ -854,14 +850,30 @@ fn regression_entries_merged_into_a_superseded_accept() {
 /// of a pass now carries its own time (`Node::end_pass(now)`).
 #[test]
 fn regression_pass_end_stamped_with_an_earlier_time() {
-    let test = "regression_pass_end_stamped_with_an_earlier_time";
-    let mut c = SimConfig::from_seed(24_003_041);
+    pinned_in_passes(
+        "regression_pass_end_stamped_with_an_earlier_time",
+        24_003_041,
+        (30, 430),
+        5..=7,
+    );
+}
+
+/// Runs a seed pinned with the passes it draws (`passes`: inputs per pass and window, µs,
+/// checked so the seed still reproduces its run) and fails with its description if it
+/// breaks anything.
+fn pinned_in_passes(
+    test: &str,
+    seed: u64,
+    passes: (usize, u64),
+    skip: std::ops::RangeInclusive<usize>,
+) {
+    let mut c = SimConfig::from_seed(seed);
     assert_eq!(
         (c.pass_inputs, c.pass_window_us),
-        (30, 430),
+        passes,
         "the seed's passes"
     );
-    c.skip_faults = (5..=7).collect();
+    c.skip_faults = skip.collect();
     let r = sim::run(&c);
     assert!(!r.failed(), "{}", r.describe(test));
 }

@@ -589,9 +589,6 @@ impl PaxosLog {
         self.storage.clone()
     }
 
-    /// Collects what OmniPaxos wants sent; returns the id of a sync to run if none is
-    /// running and storage has unsynced records. Messages go out as soon as what they
-    /// wait for is durable (see [`PaxosLog::release`]), in order per receiver.
     /// Takes OmniPaxos's outgoing messages out after it handled a `Promise`, before the
     /// pass ends. A leader in the accept phase answers a follower's promise with an
     /// `AcceptSync` that starts a new message sequence, but OmniPaxos 0.2.4 keeps
@@ -605,6 +602,9 @@ impl PaxosLog {
         self.op.take_outgoing_messages(&mut self.taken);
     }
 
+    /// Collects what OmniPaxos wants sent; returns the id of a sync to run if none is
+    /// running and storage has unsynced records. Messages go out as soon as what they
+    /// wait for is durable (see [`PaxosLog::release`]), in order per receiver.
     pub fn flush(&mut self, out: &mut Vec<(u64, PeerMsg)>) -> Option<u64> {
         self.note_cuts();
         let mut msgs = std::mem::take(&mut self.taken);
