@@ -104,11 +104,43 @@ pub fn name(path: &str) -> &str {
 /// assert_eq!(join("/a", "b"), "/a/b");
 /// ```
 pub fn join(parent: &str, child: &str) -> String {
-    if parent == "/" {
-        format!("/{child}")
-    } else {
-        format!("{parent}/{child}")
+    let mut path = String::with_capacity(parent.len() + 1 + child.len());
+    if parent != "/" {
+        path.push_str(parent);
     }
+    path.push('/');
+    path.push_str(child);
+    path
+}
+
+/// The path a sequential create of `prefix` gets for its parent's counter `seq`: the
+/// prefix followed by the counter in ten digits, zero-padded (more digits past
+/// 9,999,999,999), as ZooKeeper names sequential nodes.
+///
+/// ```
+/// use corral_protocol::path::sequential;
+/// assert_eq!(sequential("/locks/lock-", 42), "/locks/lock-0000000042");
+/// assert_eq!(sequential("/q/", 12_345_678_901), "/q/12345678901");
+/// ```
+pub fn sequential(prefix: &str, seq: u64) -> String {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    let mut rest = seq;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let start = at.min(digits.len() - 10);
+    let mut path = String::with_capacity(prefix.len() + digits.len() - start);
+    path.push_str(prefix);
+    for &d in &digits[start..] {
+        path.push(char::from(d));
+    }
+    path
 }
 
 /// Whether `path` is `ancestor` or lies below it.
@@ -157,6 +189,12 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn sequential_names_are_ten_zero_padded_digits(prefix in "/[a-z]{0,8}", seq in any::<u64>()) {
+            prop_assert_eq!(sequential(&prefix, seq), format!("{prefix}{seq:010}"));
+            prop_assert_eq!(sequential(&prefix, seq % 1000), format!("{prefix}{:010}", seq % 1000));
+        }
+
         #[test]
         fn parent_and_name_rebuild_the_path(segs in proptest::collection::vec("[a-z0-9]{1,8}", 1..6)) {
             let path = format!("/{}", segs.join("/"));

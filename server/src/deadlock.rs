@@ -48,6 +48,7 @@ use crate::tree::Tree;
 use corral_protocol::deadlock::WaitStep;
 use corral_protocol::LockKind;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
 /// One queue node as the index knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +71,15 @@ pub struct LockQueue {
 }
 
 impl LockQueue {
+    /// An empty queue of a lock of `family`.
+    fn new(family: LockFamily) -> LockQueue {
+        LockQueue {
+            family,
+            nodes: BTreeMap::new(),
+            writers: BTreeSet::new(),
+        }
+    }
+
     /// The queue of `lock` in the replicated state.
     pub fn from_state(
         tree: &Tree,
@@ -77,11 +87,7 @@ impl LockQueue {
         meta: &LockMeta,
         owner_session: impl Fn(u64) -> u64,
     ) -> LockQueue {
-        let mut q = LockQueue {
-            family: meta.family,
-            nodes: BTreeMap::new(),
-            writers: BTreeSet::new(),
-        };
+        let mut q = LockQueue::new(meta.family);
         for (name, kind) in locks::queue(tree, lock, meta.family) {
             let (Some(seq), Some(node)) = (
                 locks::sequence(name),
@@ -146,13 +152,13 @@ impl LockQueue {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WaitIndex {
     built: bool,
-    queues: BTreeMap<String, LockQueue>,
+    /// By lock path. The key is shared (a reference count, not a copy) by the lock's
+    /// pairs in `waiting` and `held`.
+    queues: BTreeMap<Arc<str>, LockQueue>,
     /// Per session, its waiting (not granted) nodes: (lock, sequence number).
-    waiting: BTreeMap<u64, BTreeSet<(String, u64)>>,
+    waiting: BTreeMap<u64, BTreeSet<(Arc<str>, u64)>>,
     /// Per session, its granted nodes: (lock, sequence number).
-    held: BTreeMap<u64, BTreeSet<(String, u64)>>,
-    /// Per session, how many nodes it has in each lock.
-    counts: BTreeMap<u64, BTreeMap<String, usize>>,
+    held: BTreeMap<u64, BTreeSet<(Arc<str>, u64)>>,
     /// The sessions with nodes in more than one lock: the only ones through which a
     /// wait can leave a lock (see `find_cycle`).
     spanning: BTreeSet<u64>,
@@ -198,62 +204,44 @@ impl WaitIndex {
 
     /// Replaces the queue of `lock` (`None`: the lock is gone).
     pub fn set_lock(&mut self, lock: &str, queue: Option<LockQueue>) {
-        if let Some(old) = self.queues.remove(lock) {
+        if let Some((key, old)) = self.queues.remove_entry(lock) {
             for (seq, n) in &old.nodes {
-                if let Some(m) = self.counts.get_mut(&n.session) {
-                    m.remove(lock);
-                    if m.is_empty() {
-                        self.counts.remove(&n.session);
-                    }
-                }
+                remove_pair(self.by_status(n.granted), n.session, &key, *seq);
                 self.respan(n.session);
-                remove_pair(self.by_status(n.granted), n.session, lock, *seq);
             }
         }
         let Some(queue) = queue else {
             return;
         };
+        let key: Arc<str> = Arc::from(lock);
         for (seq, n) in &queue.nodes {
-            *self
-                .counts
-                .entry(n.session)
-                .or_default()
-                .entry(lock.to_string())
-                .or_default() += 1;
+            insert_pair(self.by_status(n.granted), n.session, &key, *seq);
             self.respan(n.session);
-            insert_pair(self.by_status(n.granted), n.session, lock, *seq);
         }
-        self.queues.insert(lock.to_string(), queue);
+        self.queues.insert(key, queue);
     }
 
     /// Adds a queue node (an entry created it).
     pub fn insert_node(&mut self, lock: &str, family: LockFamily, seq: u64, node: QNode) {
-        let q = self
-            .queues
-            .entry(lock.to_string())
-            .or_insert_with(|| LockQueue {
-                family,
-                nodes: BTreeMap::new(),
-                writers: BTreeSet::new(),
-            });
+        let key = self.key_or_insert(lock, family);
+        let Some(q) = self.queues.get_mut(lock) else {
+            return;
+        };
         if q.nodes.insert(seq, node).is_some() {
             return;
         }
         if node.kind == LockKind::Write {
             q.writers.insert(seq);
         }
-        *self
-            .counts
-            .entry(node.session)
-            .or_default()
-            .entry(lock.to_string())
-            .or_default() += 1;
+        insert_pair(self.by_status(node.granted), node.session, &key, seq);
         self.respan(node.session);
-        insert_pair(self.by_status(node.granted), node.session, lock, seq);
     }
 
     /// Removes a queue node (an entry deleted it).
     pub fn remove_node(&mut self, lock: &str, seq: u64) {
+        let Some(key) = self.key(lock) else {
+            return;
+        };
         let Some(q) = self.queues.get_mut(lock) else {
             return;
         };
@@ -261,23 +249,15 @@ impl WaitIndex {
             return;
         };
         q.writers.remove(&seq);
-        if let Some(m) = self.counts.get_mut(&node.session) {
-            if let Some(c) = m.get_mut(lock) {
-                *c -= 1;
-                if *c == 0 {
-                    m.remove(lock);
-                }
-            }
-            if m.is_empty() {
-                self.counts.remove(&node.session);
-            }
-        }
+        remove_pair(self.by_status(node.granted), node.session, &key, seq);
         self.respan(node.session);
-        remove_pair(self.by_status(node.granted), node.session, lock, seq);
     }
 
     /// Marks a node as granted (grants are only ever undone by deleting the node).
     pub fn mark_granted(&mut self, lock: &str, seq: u64) {
+        let Some(key) = self.key(lock) else {
+            return;
+        };
         let Some(node) = self
             .queues
             .get_mut(lock)
@@ -290,8 +270,8 @@ impl WaitIndex {
         }
         node.granted = true;
         let session = node.session;
-        remove_pair(&mut self.waiting, session, lock, seq);
-        insert_pair(&mut self.held, session, lock, seq);
+        remove_pair(&mut self.waiting, session, &key, seq);
+        insert_pair(&mut self.held, session, &key, seq);
     }
 
     /// Forgets a lock whose state is gone.
@@ -309,20 +289,26 @@ impl WaitIndex {
 
     /// Makes sure `lock` has a (possibly empty) queue.
     pub fn ensure_lock(&mut self, lock: &str, family: LockFamily) {
-        if !self.queues.contains_key(lock) {
-            self.queues.insert(
-                lock.to_string(),
-                LockQueue {
-                    family,
-                    nodes: BTreeMap::new(),
-                    writers: BTreeSet::new(),
-                },
-            );
+        self.key_or_insert(lock, family);
+    }
+
+    /// The shared key of `lock`'s queue, if it has one.
+    fn key(&self, lock: &str) -> Option<Arc<str>> {
+        self.queues.get_key_value(lock).map(|(key, _)| key.clone())
+    }
+
+    /// The shared key of `lock`'s queue, made with an empty queue if there is none.
+    fn key_or_insert(&mut self, lock: &str, family: LockFamily) -> Arc<str> {
+        if let Some(key) = self.key(lock) {
+            return key;
         }
+        let key: Arc<str> = Arc::from(lock);
+        self.queues.insert(key.clone(), LockQueue::new(family));
+        key
     }
 
     /// The per-session node sets of granted (`held`) or waiting nodes.
-    fn by_status(&mut self, granted: bool) -> &mut BTreeMap<u64, BTreeSet<(String, u64)>> {
+    fn by_status(&mut self, granted: bool) -> &mut BTreeMap<u64, BTreeSet<(Arc<str>, u64)>> {
         if granted {
             &mut self.held
         } else {
@@ -330,9 +316,17 @@ impl WaitIndex {
         }
     }
 
-    /// Keeps `spanning` in step with `counts` for `session`.
+    /// Keeps `spanning` in step with `session`'s nodes. Each set is ordered by lock, so
+    /// its first and last pairs show whether it has more than one.
     fn respan(&mut self, session: u64) {
-        if self.counts.get(&session).is_some_and(|m| m.len() > 1) {
+        let mut locks = [self.waiting.get(&session), self.held.get(&session)]
+            .into_iter()
+            .flatten()
+            .flat_map(|set| [set.first(), set.last()])
+            .flatten()
+            .map(|(lock, _)| lock);
+        let spans = locks.next().is_some_and(|first| locks.any(|l| l != first));
+        if spans {
             self.spanning.insert(session);
         } else {
             self.spanning.remove(&session);
@@ -376,6 +370,7 @@ impl WaitIndex {
             let Some((lock, q)) = self.queues.get_key_value(*lock) else {
                 continue;
             };
+            let lock: &str = lock;
             let Some(first) = q.first_blocker(u64::MAX, *kind) else {
                 continue;
             };
@@ -388,7 +383,7 @@ impl WaitIndex {
                 hop: false,
             });
             for (seq, owner) in self.escapes(lock, q, first, session) {
-                if hops.contains(&owner) || !root_hops.insert((owner, lock.as_str())) {
+                if hops.contains(&owner) || !root_hops.insert((owner, lock)) {
                     continue;
                 }
                 visits.push(Visit {
@@ -478,7 +473,10 @@ impl WaitIndex {
             return self.escapes_by_scan(lock, q, first, session);
         }
         let leaves = |owner: u64| owner != session && self.waits_outside(owner, lock);
-        let range = (lock.to_string(), 0)..=(lock.to_string(), first);
+        let Some(key) = self.key(lock) else {
+            return Vec::new();
+        };
+        let range = (key.clone(), 0)..=(key, first);
         let mut out: Vec<(u64, u64)> = Vec::new();
         for &owner in &self.spanning {
             if self.nodes_in(owner, lock) == 0 || !leaves(owner) {
@@ -517,8 +515,8 @@ impl WaitIndex {
     /// Whether `session` has a waiting node in a lock other than `lock`.
     fn waits_outside(&self, session: u64, lock: &str) -> bool {
         self.waiting.get(&session).is_some_and(|set| {
-            set.first().is_some_and(|(l, _)| l != lock)
-                || set.last().is_some_and(|(l, _)| l != lock)
+            set.first().is_some_and(|(l, _)| &**l != lock)
+                || set.last().is_some_and(|(l, _)| &**l != lock)
         })
     }
 
@@ -533,15 +531,15 @@ impl WaitIndex {
         skip: Option<&str>,
     ) {
         for (wlock, wseq) in self.waiting.get(&owner).into_iter().flatten().rev() {
-            if skip == Some(wlock.as_str()) {
+            if skip == Some(&**wlock) {
                 continue;
             }
-            let Some((wlock, wq)) = self.queues.get_key_value(wlock.as_str()) else {
+            let Some((wlock, wq)) = self.queues.get_key_value(&**wlock) else {
                 continue;
             };
             visits.push(Visit {
                 parent: from,
-                lock: wlock.as_str(),
+                lock: wlock,
                 seq: *wseq,
                 session: wq.nodes.get(wseq).map_or(0, |n| n.session),
                 hop: true,
@@ -556,11 +554,15 @@ impl WaitIndex {
 
     /// How many nodes `session` has in `lock`'s queue.
     fn nodes_in(&self, session: u64, lock: &str) -> usize {
-        self.counts
-            .get(&session)
-            .and_then(|m| m.get(lock))
-            .copied()
-            .unwrap_or(0)
+        let Some(key) = self.key(lock) else {
+            return 0;
+        };
+        let range = (key.clone(), 0)..=(key, u64::MAX);
+        [self.waiting.get(&session), self.held.get(&session)]
+            .into_iter()
+            .flatten()
+            .map(|set| set.range(range.clone()).count())
+            .sum()
     }
 
     /// The steps of the cycle ending at visit `end` (a node of `session`).
@@ -600,25 +602,23 @@ impl WaitIndex {
 
 /// Adds (lock, seq) to `session`'s set.
 fn insert_pair(
-    sets: &mut BTreeMap<u64, BTreeSet<(String, u64)>>,
+    sets: &mut BTreeMap<u64, BTreeSet<(Arc<str>, u64)>>,
     session: u64,
-    lock: &str,
+    lock: &Arc<str>,
     seq: u64,
 ) {
-    sets.entry(session)
-        .or_default()
-        .insert((lock.to_string(), seq));
+    sets.entry(session).or_default().insert((lock.clone(), seq));
 }
 
 /// Removes (lock, seq) from `session`'s set, and the set once empty.
 fn remove_pair(
-    sets: &mut BTreeMap<u64, BTreeSet<(String, u64)>>,
+    sets: &mut BTreeMap<u64, BTreeSet<(Arc<str>, u64)>>,
     session: u64,
-    lock: &str,
+    lock: &Arc<str>,
     seq: u64,
 ) {
     if let Some(set) = sets.get_mut(&session) {
-        set.remove(&(lock.to_string(), seq));
+        set.remove(&(lock.clone(), seq));
         if set.is_empty() {
             sets.remove(&session);
         }

@@ -900,7 +900,7 @@ impl StateMachine {
         // Everything that could fail the queue node is checked before the directory is
         // made, so a failed request leaves nothing behind.
         let queue_prefix = corral_protocol::path::join(&req.lock, locks::prefix(req.kind));
-        validate_path(&format!("{queue_prefix}{:010}", 0))?;
+        validate_path(&corral_protocol::path::sequential(&queue_prefix, 0))?;
         if req.data.len() > self.limits.max_data_bytes {
             return Err(ErrorInfo::new(
                 ErrorCode::DataTooLarge,

@@ -2060,6 +2060,55 @@ fn open_sessions_cost() {
     }
 }
 
+/// What applying the benchmark's lock cycles costs: 64 sessions acquiring and releasing
+/// locks drawn from 1,000 names (`corral-bench --clients 64 --locks 1000`), with the
+/// default limits (a deduplication window of 1,024). Run with
+/// `cargo test -p corral-server --release --lib lock_cycle_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run in release with --nocapture"]
+fn lock_cycle_cost() {
+    use std::time::Instant;
+    let mut h = H::new();
+    h.m = StateMachine::new(MachineLimits::default());
+    h.checked = false;
+    let sessions: Vec<u64> = (0..64).map(|_| h.open()).collect();
+    // A fixed xorshift sequence of lock names; a name two sessions draw at once queues the
+    // second, as in the benchmark.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut draw = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % 1_000
+    };
+    let mut cycle = |h: &mut H, rounds: u32| {
+        for _ in 0..rounds {
+            let mut held = Vec::with_capacity(sessions.len());
+            for &s in &sessions {
+                let lock = format!("/bench/lock-{}", draw());
+                let node = match h.lock(s, &lock, LockKind::Exclusive).result {
+                    Some(Ok(
+                        OpResult::Locked { node, token } | OpResult::Queued { node, token },
+                    )) => (node, token),
+                    other => panic!("expected a queue node, got {other:?}"),
+                };
+                held.push((s, node));
+            }
+            for (s, (node, token)) in held {
+                h.release(s, &node, token);
+            }
+        }
+    };
+    cycle(&mut h, 200);
+    for _ in 0..3 {
+        let rounds = 2_000u32;
+        let started = Instant::now();
+        cycle(&mut h, rounds);
+        let per = started.elapsed() / (rounds * 64);
+        println!("64 sessions over 1,000 locks: acquire + release applies in {per:?}");
+    }
+}
+
 /// What a snapshot of a large state costs: taking its image (on the core), cloning the
 /// whole machine (derived indexes included), and encoding it (on a thread of its own).
 /// Run with

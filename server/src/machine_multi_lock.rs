@@ -93,7 +93,8 @@ impl StateMachine {
             let q = crate::deadlock::QNode {
                 kind,
                 session: owner_session(&self.sessions, node.stat.ephemeral_owner),
-                granted: false,
+                // A node granted by the entry that created it goes straight into `held`.
+                granted: meta.granted.contains(name),
             };
             self.waits.insert_node(lock, meta.family, seq, q);
             touched.insert(lock);
@@ -274,7 +275,7 @@ impl StateMachine {
                 meta.admits(&item.lock, item.kind)?;
             }
             let queue_prefix = corral_protocol::path::join(&item.lock, locks::prefix(item.kind));
-            validate_path(&format!("{queue_prefix}{:010}", 0))?;
+            validate_path(&corral_protocol::path::sequential(&queue_prefix, 0))?;
         }
         if req.data.len() > self.limits.max_data_bytes {
             return Err(ErrorInfo::new(

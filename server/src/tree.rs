@@ -423,7 +423,7 @@ impl Tree {
         // A sequential request names a prefix ("/locks/lock-" or even "/locks/"); validate
         // it with a stand-in ten-digit suffix, so the final path fits the length limit.
         if sequential {
-            validate_path(&format!("{}{:010}", req.path, 0))?;
+            validate_path(&corral_protocol::path::sequential(&req.path, 0))?;
         } else {
             validate_path(&req.path)?;
             if req.path == "/" {
@@ -471,7 +471,7 @@ impl Tree {
             } else {
                 0
             };
-            format!("{}{:010}", req.path, seq)
+            corral_protocol::path::sequential(&req.path, seq)
         } else {
             req.path.clone()
         };
