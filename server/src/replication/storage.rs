@@ -2904,6 +2904,62 @@ mod tests {
         reopen(s, &dir);
     }
 
+    /// What storing a leader's catch-up snapshot costs the follower's core: an image of
+    /// 200,000 znodes and a tail of 50,000 entries, stored as they come (`write` encodes
+    /// the record; the storage thread writes it). `cargo test -p corral-server --release
+    /// --lib catch_up_snapshot_store_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement; run in release with --nocapture"]
+    fn catch_up_snapshot_store_cost() {
+        use std::time::Instant;
+        let create = |i: u64| {
+            Entry::new(
+                1_000 + i as i64,
+                EntryBody::Write {
+                    session_id: 1,
+                    xid: i,
+                    op: Op::Create(CreateRequest {
+                        path: format!("/bench/key-{i:08}"),
+                        data: vec![i as u8; 64],
+                        mode: CreateMode::Persistent,
+                        make_parents: true,
+                    }),
+                },
+            )
+        };
+        let mut machine = StateMachine::new(limits());
+        machine.apply(1, &entry(0));
+        for i in 1..200_000u64 {
+            machine.apply(i + 1, &create(i));
+        }
+        let image = MachineSnapshot::from_machine(&machine).expect("image");
+        let tail: Vec<Entry> = (200_000..250_000).map(create).collect();
+        let mut snapshot = image;
+        snapshot.merge(<MachineSnapshot as Snapshot<Entry>>::create(&tail));
+        for _ in 0..3 {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let mut s = PaxosStorage::open_with(
+                tmp.path(),
+                PaxosStorageConfig::new(WalOptions::default(), limits()),
+            )
+            .expect("open");
+            let t = Instant::now();
+            s.write_atomically(vec![
+                StorageOp::SetAcceptedRound(ballot(5, 1)),
+                StorageOp::SetDecidedIndex(250_000),
+                StorageOp::Trim(250_000),
+                StorageOp::SetCompactedIdx(250_000),
+                StorageOp::SetSnapshot(Some(snapshot.clone())),
+            ])
+            .expect("stored");
+            let stored = t.elapsed();
+            println!(
+                "catch-up snapshot of 200,000 znodes ({} image bytes) + 50,000 entries: stored in {stored:?}",
+                snapshot.image().map_or(0, <[u8]>::len)
+            );
+        }
+    }
+
     #[test]
     fn checkpoint_record_decodes_as_the_owned_variant() {
         let tmp = tempfile::tempdir().expect("tempdir");
