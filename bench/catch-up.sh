@@ -3,14 +3,16 @@
 # snapshot: on a 3-node loopback cluster, create N1 znodes, stop a follower, create N2
 # more through the other two (the leader compacts past the stopped follower), start it
 # again, and add up the stalls its core logs ("busy with one input") until it installed
-# the snapshot.
+# the snapshot, and how long it took from its start to the install (and the decode, off
+# the core, within that).
 #
 #   bench/catch-up.sh [N1 [N2]]      # defaults 500000 and 250000 (64-byte values)
 #
 # CORRAL_BIN picks the server binary (default target/release/corral, built if missing),
 # as for bench/cluster.sh. Prints the leader changes the two other nodes saw meanwhile
 # (a follower's stop alone should cause none), then the zxid installed, the number of
-# stalls, their sum and the longest, in ms.
+# stalls, their sum and the longest, in ms, then the time from the node's first log line
+# to the install and the decode's share of it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -72,17 +74,26 @@ done
 echo "leader changes seen by a surviving node after the follower stopped: $changes"
 tail -n +"$from" "$log" | python3 -c '
 import json, sys
-stalls, to = [], None
+from datetime import datetime
+stalls, to, decode_ms, start, installed = [], None, None, None, None
 for line in sys.stdin:
     try:
-        fields = json.loads(line).get("fields", {})
+        record = json.loads(line)
     except ValueError:
         continue
+    fields = record.get("fields", {})
     message = fields.get("message", "")
+    at = datetime.fromisoformat(record.get("timestamp", "").replace("Z", "+00:00"))
+    start = start or at
     if "busy with one input" in message:
         stalls.append(fields["ms"])
+    if "decoded a snapshot from the leader" in message:
+        decode_ms = fields.get("ms")
     if "installing a snapshot" in message:
-        to = fields.get("to")
+        to, installed = fields.get("to"), at
 print(f"installed zxid {to}: {len(stalls)} core stalls of 50 ms or more, "
       f"{sum(stalls)} ms in all, longest {max(stalls, default=0)} ms")
+if installed and start:
+    print(f"start to install {(installed - start).total_seconds() * 1000:.0f} ms, "
+          f"of which the decode (off the core) {decode_ms} ms")
 '
