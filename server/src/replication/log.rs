@@ -1011,28 +1011,12 @@ fn is_promise(m: &Message<Entry>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replication::storage::catch_up_data::{self, create};
     use corral_protocol::frame::{decode_payload, encode_frame, LENGTH_PREFIX_BYTES};
-    use corral_protocol::{CreateMode, CreateRequest, Op};
     use omnipaxos::messages::sequence_paxos::AcceptSync;
-    use omnipaxos::storage::{Snapshot, SnapshotType};
+    use omnipaxos::storage::SnapshotType;
     use omnipaxos::util::{LogSync, SequenceNumber};
     use std::time::Instant;
-
-    fn create(i: u64) -> Entry {
-        Entry::new(
-            i as i64,
-            EntryBody::Write {
-                session_id: 1,
-                xid: i,
-                op: Op::Create(CreateRequest {
-                    path: format!("/jobs/job-{i:010}"),
-                    data: vec![7; 64],
-                    mode: CreateMode::Persistent,
-                    make_parents: true,
-                }),
-            },
-        )
-    }
 
     /// What a catch-up log sync costs the transport: the leader encodes it, the follower
     /// decodes it, and each used to do so on a runtime worker. `cargo test -p
@@ -1040,24 +1024,7 @@ mod tests {
     #[test]
     #[ignore = "a measurement; run in release with --nocapture"]
     fn log_sync_wire_cost() {
-        let mut machine = StateMachine::new(MachineLimits::default());
-        machine.apply(
-            1,
-            &Entry::new(
-                0,
-                EntryBody::OpenSession {
-                    secret: 1,
-                    ttl_ms: 60_000,
-                },
-            ),
-        );
-        for i in 0..300_000u64 {
-            machine.apply(i + 2, &create(i));
-        }
-        let image = MachineSnapshot::from_machine(&machine).expect("image");
-        let tail: Vec<Entry> = (300_000..400_000).map(create).collect();
-        let mut snapshot = image;
-        snapshot.merge(<MachineSnapshot as Snapshot<Entry>>::create(&tail));
+        let snapshot = catch_up_data::snapshot(300_000, 100_000);
         let msg = PeerMsg::Paxos(Box::new(Message::SequencePaxos(PaxosMessage {
             from: 1,
             to: 2,

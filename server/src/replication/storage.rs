@@ -324,6 +324,51 @@ impl Snapshot<Entry> for MachineSnapshot {
     }
 }
 
+/// Data for the catch-up measurements (`catch_up_snapshot_store_cost` here,
+/// `log_sync_wire_cost` in `log.rs`).
+#[cfg(test)]
+pub(crate) mod catch_up_data {
+    use super::MachineSnapshot;
+    use crate::machine::{Entry, EntryBody, MachineLimits, StateMachine};
+    use corral_protocol::{CreateMode, CreateRequest, Op};
+    use omnipaxos::storage::Snapshot;
+
+    /// The `i`th create of session 1 (opened at index 1): a 64-byte persistent znode.
+    pub(crate) fn create(i: u64) -> Entry {
+        Entry::new(
+            i as i64,
+            EntryBody::Write {
+                session_id: 1,
+                xid: i,
+                op: Op::Create(CreateRequest {
+                    path: format!("/jobs/job-{i:010}"),
+                    data: vec![7; 64],
+                    mode: CreateMode::Persistent,
+                    make_parents: true,
+                }),
+            },
+        )
+    }
+
+    /// A leader's catch-up snapshot: the image of a machine after creates `0..znodes`,
+    /// then creates `znodes..znodes + tail` as its tail.
+    pub(crate) fn snapshot(znodes: u64, tail: u64) -> MachineSnapshot {
+        let mut machine = StateMachine::new(MachineLimits::default());
+        let open = EntryBody::OpenSession {
+            secret: 1,
+            ttl_ms: 60_000,
+        };
+        machine.apply(1, &Entry::new(0, open));
+        for i in 0..znodes {
+            machine.apply(i + 2, &create(i));
+        }
+        let mut snapshot = MachineSnapshot::from_machine(&machine).expect("image");
+        let tail: Vec<Entry> = (znodes..znodes + tail).map(create).collect();
+        snapshot.merge(<MachineSnapshot as Snapshot<Entry>>::create(&tail));
+        snapshot
+    }
+}
+
 /// Serde for `Option<Arc<Vec<u8>>>` as a byte string (compact in bincode, cheap to clone;
 /// an `Arc<Vec<u8>>` takes the encoded bytes without copying them, which an `Arc<[u8]>`
 /// cannot: 18 MB for an image of 100,000 held locks).
@@ -2912,30 +2957,9 @@ mod tests {
     #[ignore = "a measurement; run in release with --nocapture"]
     fn catch_up_snapshot_store_cost() {
         use std::time::Instant;
-        let create = |i: u64| {
-            Entry::new(
-                1_000 + i as i64,
-                EntryBody::Write {
-                    session_id: 1,
-                    xid: i,
-                    op: Op::Create(CreateRequest {
-                        path: format!("/bench/key-{i:08}"),
-                        data: vec![i as u8; 64],
-                        mode: CreateMode::Persistent,
-                        make_parents: true,
-                    }),
-                },
-            )
-        };
-        let mut machine = StateMachine::new(limits());
-        machine.apply(1, &entry(0));
-        for i in 1..200_000u64 {
-            machine.apply(i + 1, &create(i));
-        }
-        let image = MachineSnapshot::from_machine(&machine).expect("image");
-        let tail: Vec<Entry> = (200_000..250_000).map(create).collect();
-        let mut snapshot = image;
-        snapshot.merge(<MachineSnapshot as Snapshot<Entry>>::create(&tail));
+        let snapshot = catch_up_data::snapshot(200_000, 50_000);
+        // The session's opening, the 200,000 creates of the image and the tail.
+        let covered = 1 + 200_000 + 50_000;
         for _ in 0..3 {
             let tmp = tempfile::tempdir().expect("tempdir");
             let mut s = PaxosStorage::open_with(
@@ -2946,9 +2970,9 @@ mod tests {
             let t = Instant::now();
             s.write_atomically(vec![
                 StorageOp::SetAcceptedRound(ballot(5, 1)),
-                StorageOp::SetDecidedIndex(250_000),
-                StorageOp::Trim(250_000),
-                StorageOp::SetCompactedIdx(250_000),
+                StorageOp::SetDecidedIndex(covered),
+                StorageOp::Trim(covered),
+                StorageOp::SetCompactedIdx(covered),
                 StorageOp::SetSnapshot(Some(snapshot.clone())),
             ])
             .expect("stored");
