@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 
 /// Capacity of the core task's inbox.
 const CORE_INBOX: usize = 16 * 1024;
@@ -902,8 +902,17 @@ async fn serve_connection(
     if framed.send(reply).await.is_err() || !accepted {
         return disconnected(&core, conn).await;
     }
-    let framed = framed.map_codec(|c| c.retype::<ClientMessage, ServerMessage>());
-    let (mut sink, mut source) = framed.split();
+    // Separate halves, not `framed.split()`: its sink holds each message until the next
+    // one or a flush, so an encoding error (a response over max_frame_bytes) would
+    // surface there, after `feed` returned, and close the connection instead of
+    // becoming an error response.
+    let parts = framed.into_parts();
+    let codec = parts.codec.retype::<ClientMessage, ServerMessage>();
+    let (read_half, write_half) = parts.io.into_split();
+    let mut source = FramedRead::new(read_half, codec.clone());
+    // Requests the client pipelined behind its hello.
+    source.read_buffer_mut().extend_from_slice(&parts.read_buf);
+    let mut sink = FramedWrite::new(write_half, codec);
 
     // The core holds the only sender: when it drops it (the client was too slow), the
     // writer sees the end of the queue and the connection closes.

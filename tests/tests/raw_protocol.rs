@@ -188,6 +188,61 @@ async fn a_large_request_under_the_limit_is_served_and_one_over_is_refused() {
     assert_works(&server.addr()).await;
 }
 
+/// A response that does not fit in a frame (a directory listing longer than
+/// `max_frame_bytes`) is answered with a `LimitExceeded` error on the same connection,
+/// which stays usable; it used to close the connection without a word, and a client
+/// then reconnected and asked again until its request timed out.
+#[tokio::test]
+async fn a_response_over_the_frame_limit_is_an_error_and_the_connection_stays() {
+    let server = TestServer::start(&["--max-data-bytes", "1000", "--max-frame-bytes", "8192"]);
+    let mut s = session(&server.addr()).await;
+    let create = |path: String| {
+        Op::Create(corral_protocol::CreateRequest {
+            path,
+            data: Vec::new(),
+            mode: corral_protocol::CreateMode::Persistent,
+            make_parents: false,
+        })
+    };
+    match request(&mut s, 1, create("/dir".into())).await {
+        ServerMessage::Response(r) => assert!(r.result.is_ok(), "{r:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    // 600 names of 16 bytes, each with an 8-byte length: about 14 KiB of listing.
+    let children = 600u64;
+    for i in 0..children {
+        let xid = 2 + i;
+        let op = create(format!("/dir/child-{i:010}"));
+        s.feed(ClientMessage::Request(Request { xid, op }))
+            .await
+            .expect("send request");
+    }
+    s.flush().await.expect("flush");
+    for _ in 0..children {
+        match tokio::time::timeout(WAIT, s.next()).await {
+            Ok(Some(Ok(ServerMessage::Response(r)))) => assert!(r.result.is_ok(), "{r:?}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let list = Op::GetChildren {
+        path: "/dir".into(),
+        watch: false,
+    };
+    match request(&mut s, 10_000, list).await {
+        ServerMessage::Response(r) => {
+            assert_eq!(r.xid, 10_000);
+            let e = r.result.expect_err("a listing over max_frame_bytes");
+            assert_eq!(e.code, ErrorCode::LimitExceeded, "{e:?}");
+            assert!(e.message.contains("max_frame_bytes"), "{}", e.message);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match request(&mut s, 10_001, Op::Ping).await {
+        ServerMessage::Response(r) => assert_eq!(r.result, Ok(OpResult::Pong)),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn connections_over_the_limit_are_refused_with_a_reason() {
     let server = TestServer::start(&["--max-connections", "2"]);
