@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Jepsen-style step of CI (.ci/run): a short mixed run of every workload under every
-# nemesis against a real 3-node cluster in network namespaces (must pass), then a short
+# nemesis against a real 3-node cluster in network namespaces (must pass, --strict: the
+# two fixed bugs of README "Findings" count as violations), then a short
 # run against servers with a deliberately injected bug (must be flagged).
 # Needs root (CI runs as root); installs iptables with apt-get if it is missing.
 # CORRAL_JEPSEN_SEED=n replays a seed; CORRAL_JEPSEN_TIME=s changes the fault phase.
@@ -31,7 +32,7 @@ cargo build -q -p corral-server -p corral-jepsen --bins
 
 echo "== mixed run: every workload, every nemesis, ${time}s of faults (seed $seed)"
 "$bin/corral-jepsen" --workload all --nemesis all --time "$time" --quiet 12 \
-    --clients 3 --seed "$seed" --check-time-limit 10 --out "$out" --install
+    --clients 3 --seed "$seed" --check-time-limit 10 --out "$out" --install --strict
 
 echo "== injected bug (grant_without_predecessor): the checkers must flag it"
 "$bin/corral-jepsen" --workload lock,unfenced --nemesis none --time 12 --quiet 10 \

@@ -454,6 +454,7 @@ async fn admin_client(servers: &[String], within: Duration) -> Result<Client, St
     let config = ClientConfig::new(servers.iter().map(String::as_str))
         .with_session_ttl(Duration::from_secs(10))
         .with_request_timeout(Duration::from_secs(3))
+        .with_max_frame_bytes(crate::nodes::FINAL_READ_MAX_FRAME_BYTES)
         .with_connect_timeout(Duration::from_secs(2));
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
