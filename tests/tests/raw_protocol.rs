@@ -48,6 +48,16 @@ async fn request(s: &mut Session, xid: u64, op: Op) -> ServerMessage {
         .expect("a valid frame")
 }
 
+/// A request to create a persistent node at `path` holding `data`.
+fn create_op(path: String, data: Vec<u8>) -> Op {
+    Op::Create(corral_protocol::CreateRequest {
+        path,
+        data,
+        mode: corral_protocol::CreateMode::Persistent,
+        make_parents: false,
+    })
+}
+
 async fn assert_works(addr: &str) {
     let mut s = session(addr).await;
     match request(&mut s, 1, Op::Ping).await {
@@ -148,14 +158,7 @@ async fn garbage_and_oversized_frames_close_only_their_connection() {
 async fn a_large_request_under_the_limit_is_served_and_one_over_is_refused() {
     let server = TestServer::start(&["--max-data-bytes", "1000", "--max-frame-bytes", "8192"]);
     let mut s = session(&server.addr()).await;
-    let create = |len: usize| {
-        Op::Create(corral_protocol::CreateRequest {
-            path: "/big".into(),
-            data: vec![7u8; len],
-            mode: corral_protocol::CreateMode::Persistent,
-            make_parents: false,
-        })
-    };
+    let create = |len: usize| create_op("/big".into(), vec![7u8; len]);
     match request(&mut s, 1, create(1001)).await {
         ServerMessage::Response(r) => {
             let e = r.result.expect_err("data over max_data_bytes");
@@ -196,14 +199,7 @@ async fn a_large_request_under_the_limit_is_served_and_one_over_is_refused() {
 async fn a_response_over_the_frame_limit_is_an_error_and_the_connection_stays() {
     let server = TestServer::start(&["--max-data-bytes", "1000", "--max-frame-bytes", "8192"]);
     let mut s = session(&server.addr()).await;
-    let create = |path: String| {
-        Op::Create(corral_protocol::CreateRequest {
-            path,
-            data: Vec::new(),
-            mode: corral_protocol::CreateMode::Persistent,
-            make_parents: false,
-        })
-    };
+    let create = |path: String| create_op(path, Vec::new());
     match request(&mut s, 1, create("/dir".into())).await {
         ServerMessage::Response(r) => assert!(r.result.is_ok(), "{r:?}"),
         other => panic!("unexpected {other:?}"),
