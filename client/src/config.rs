@@ -48,7 +48,8 @@ pub struct ClientConfig {
     /// [`SERVER_DEDUP_WINDOW`]. Default 512.
     pub max_in_flight: usize,
     /// Largest frame sent or accepted, in bytes (the smaller of this and the server's
-    /// limit is used for sending). Default [`DEFAULT_MAX_FRAME_BYTES`].
+    /// limit is used for sending). A response over it is skipped, and its request fails
+    /// with `FrameTooLarge`; the connection stays. Default [`DEFAULT_MAX_FRAME_BYTES`].
     pub max_frame_bytes: usize,
     /// Buffered events per watch event stream before a slow reader loses events (it is
     /// then told with [`Error::Lagged`]). Default 1024.

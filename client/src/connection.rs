@@ -41,8 +41,9 @@ use crate::watcher::{StreamItem, WatchSender};
 use bytes::{Buf, Bytes, BytesMut};
 use corral_protocol::frame::encode_frame;
 use corral_protocol::{
-    AddWatchMode, ClientMessage, ErrorCode, ErrorInfo, Hello, Op, OpResult, Request, Response,
-    ServerMessage, SessionGranted, SessionRequest, WatchEvent, WatcherKind,
+    AddWatchMode, ClientMessage, ErrorCode, ErrorInfo, Hello, Incoming, Op, OpResult,
+    OversizedResponse, Request, Response, ServerMessage, SessionGranted, SessionRequest,
+    WatchEvent, WatcherKind,
 };
 use futures::StreamExt;
 use std::future::Future;
@@ -436,8 +437,12 @@ impl Task {
                 message = reader.next() => match message {
                     None => return End::Lost("the server closed the connection".into()),
                     Some(Err(e)) => return End::Lost(format!("read failed: {e}")),
-                    Some(Ok(message)) => {
+                    Some(Ok(incoming)) => {
                         last_heard = Instant::now();
+                        let message = match incoming {
+                            Incoming::Message(message) => message,
+                            Incoming::Oversized(skipped) => oversized_error(skipped),
+                        };
                         if let Some(end) = self.handle(message) {
                             return end;
                         }
@@ -950,6 +955,27 @@ impl Task {
 }
 
 /// The end a server error means for the whole client, if it is final.
+/// The answer a request gets when its response was over the client's `max_frame_bytes`
+/// and skipped: `FrameTooLarge`, for that request alone; the connection goes on. A write
+/// answered this way was carried out, and its zxid is observed like any other.
+fn oversized_error(skipped: OversizedResponse) -> ServerMessage {
+    let OversizedResponse {
+        xid,
+        zxid,
+        len,
+        max,
+    } = skipped;
+    let message = format!(
+        "the response of {len} bytes exceeds this client's max_frame_bytes = {max} \
+         (ClientConfig::max_frame_bytes; the server allows more)"
+    );
+    ServerMessage::Response(Response {
+        xid,
+        zxid,
+        result: Err(ErrorInfo::new(ErrorCode::FrameTooLarge, message)),
+    })
+}
+
 fn fatal(info: &ErrorInfo) -> Option<End> {
     match info.code {
         ErrorCode::SessionExpired => {

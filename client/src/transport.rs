@@ -7,9 +7,7 @@
 
 use crate::error::Error;
 use corral_protocol::frame::frame_to_vec;
-use corral_protocol::{
-    ClientMessage, Codec, ErrorInfo, Hello, HelloReply, ServerMessage, SessionGranted,
-};
+use corral_protocol::{Codec, ErrorInfo, Hello, HelloReply, ServerDecoder, SessionGranted};
 use futures::StreamExt;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -17,8 +15,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
-/// The read half of an established connection, decoding server messages.
-pub(crate) type Reader = FramedRead<OwnedReadHalf, Codec<ServerMessage, ClientMessage>>;
+/// The read half of an established connection, decoding server messages (and skipping
+/// responses over the client's `max_frame_bytes`).
+pub(crate) type Reader = FramedRead<OwnedReadHalf, ServerDecoder>;
 
 /// A connection whose session is established.
 #[derive(Debug)]
@@ -98,8 +97,8 @@ async fn handshake(
             if granted.session_id == 0 {
                 return Err(Error::protocol("server granted session id 0").into());
             }
-            // Keep whatever the reader already buffered; only the message type changes.
-            let reader = reader.map_decoder(|codec| codec.retype());
+            // Keep whatever the reader already buffered; only the decoder changes.
+            let reader = reader.map_decoder(ServerDecoder::from);
             let transport = Transport {
                 reader,
                 writer,

@@ -12,6 +12,7 @@
 pub mod deadlock;
 pub mod error;
 pub mod frame;
+pub mod incoming;
 pub mod message;
 pub mod op;
 pub mod path;
@@ -19,6 +20,7 @@ pub mod status;
 
 pub use error::{ErrorCode, ErrorInfo};
 pub use frame::{Codec, FrameError};
+pub use incoming::{Incoming, OversizedResponse, ServerDecoder};
 pub use message::{
     ClientMessage, EventKind, Hello, HelloReply, LockEvent, ServerMessage, SessionGranted,
     SessionRequest, WatchEvent, DEFAULT_MAX_FRAME_BYTES, MAGIC, PROTOCOL_VERSION,

@@ -535,6 +535,43 @@ async fn children_are_listed_sorted() {
     );
 }
 
+/// A server may allow larger frames than a client. A response over the client's own
+/// `max_frame_bytes` fails that one request with `FrameTooLarge`, and the connection goes
+/// on; the client used to drop the connection, reconnect and ask again until the
+/// request timed out.
+#[tokio::test]
+async fn a_response_over_the_clients_frame_limit_fails_that_request_alone() {
+    let server = TestServer::start(&["--max-frame-bytes", "262144", "--max-data-bytes", "200000"]);
+    let writer = connect(&server).await;
+    writer
+        .create("/big", vec![7; 100_000], CreateMode::Persistent)
+        .await
+        .expect("create /big");
+    writer
+        .create("/small", b"ok".to_vec(), CreateMode::Persistent)
+        .await
+        .expect("create /small");
+    let config = ClientConfig::new([server.addr()]).with_max_frame_bytes(16_384);
+    let c = Client::connect(config).await.expect("connect");
+    // After a first answer, the connection is established (and reported).
+    c.get_data("/small").await.expect("a first read");
+    let mut states = c.state_events();
+    let err = c
+        .get_data("/big")
+        .await
+        .expect_err("a response over 16 KiB");
+    assert_eq!(err.code(), Some(ErrorCode::FrameTooLarge), "{err}");
+    assert!(err.to_string().contains("max_frame_bytes = 16384"), "{err}");
+    let (data, _) = c.get_data("/small").await.expect("the next read");
+    assert_eq!(data, b"ok");
+    // The same connection served both: no transition since.
+    assert!(
+        futures::FutureExt::now_or_never(states.recv()).is_none(),
+        "the connection changed state: {:?}",
+        c.state()
+    );
+}
+
 #[tokio::test]
 async fn sequential_names_use_a_per_parent_counter_that_never_goes_back() {
     let server = TestServer::start(&[]);
