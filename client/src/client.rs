@@ -80,6 +80,8 @@ struct Inner {
     calls: mpsc::Sender<Call>,
     shared: Arc<Shared>,
     request_timeout: Duration,
+    /// The client's `max_frame_bytes`: the largest response it reads.
+    max_frame_bytes: usize,
     lock_counters: LockCounters,
 }
 
@@ -157,6 +159,7 @@ pub(crate) fn unexpected(op: &str, result: &OpResult) -> Error {
         OpResult::Data { .. } => "Data",
         OpResult::SetData { .. } => "SetData",
         OpResult::Children { .. } => "Children",
+        OpResult::ChildrenPage { .. } => "ChildrenPage",
         OpResult::Multi(_) => "Multi",
         OpResult::Synced => "Synced",
         OpResult::Pong => "Pong",
@@ -222,6 +225,7 @@ impl Client {
                     });
                     let (calls, calls_rx) = mpsc::channel(CALL_QUEUE);
                     let request_timeout = config.request_timeout;
+                    let max_frame_bytes = config.max_frame_bytes;
                     let task =
                         Task::new(config, shared.clone(), calls_rx, &granted, backoff, started);
                     tokio::spawn(task.run(transport));
@@ -230,6 +234,7 @@ impl Client {
                             calls,
                             shared,
                             request_timeout,
+                            max_frame_bytes,
                             lock_counters: LockCounters::default(),
                         }),
                     });
@@ -280,6 +285,11 @@ impl Client {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout(limit)),
         }
+    }
+
+    /// The largest response this client reads (`ClientConfig::max_frame_bytes`).
+    pub(crate) fn max_frame_bytes(&self) -> usize {
+        self.inner.max_frame_bytes
     }
 
     pub(crate) async fn call_plain(&self, op: Op) -> Result<OpResult> {

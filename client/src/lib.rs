@@ -116,6 +116,7 @@
 
 pub mod admin;
 mod backoff;
+mod children;
 mod client;
 mod config;
 mod connection;
@@ -133,6 +134,7 @@ mod state;
 mod transport;
 mod watcher;
 
+pub use children::{ChildrenPage, ChildrenPages};
 pub use client::{Client, Created};
 pub use config::{ClientConfig, SERVER_DEDUP_WINDOW};
 pub use error::{Deadlock, Error, Result};

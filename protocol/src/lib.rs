@@ -28,6 +28,6 @@ pub use message::{
 pub use op::{
     AddWatchMode, CreateMode, CreateRequest, LockEntry, LockKind, LockRequest, LockState,
     LockedNode, MultiLockItem, MultiLockRequest, MultiOp, MultiResult, Op, OpResult, Request,
-    Response, Stat, WatchSet, WatcherKind, MAX_LOCKS_PER_MULTI_LOCK,
+    Response, Stat, WatchSet, WatcherKind, CHILDREN_PAGE_HEADROOM_BYTES, MAX_LOCKS_PER_MULTI_LOCK,
 };
 pub use status::{MemberStatus, Role, ServerStatus};

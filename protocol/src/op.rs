@@ -259,6 +259,12 @@ pub struct MultiLockRequest {
     pub data: Vec<u8>,
 }
 
+/// What an [`OpResult::ChildrenPage`] keeps free of names for its envelope (message and
+/// result tags, xid, zxid, stat, the list's length, `more`): a page's names take at most
+/// `min(max_bytes, server's max_frame_bytes) - CHILDREN_PAGE_HEADROOM_BYTES` bytes
+/// encoded, a name costing its length plus 8.
+pub const CHILDREN_PAGE_HEADROOM_BYTES: usize = 1024;
+
 /// The most locks one [`Op::LockMany`] may name.
 pub const MAX_LOCKS_PER_MULTI_LOCK: usize = 64;
 
@@ -437,6 +443,21 @@ pub enum Op {
         /// The fencing token it was answered with (its creation zxid).
         token: u64,
     },
+    /// One page of the node's children: the names after `after`, sorted, at most
+    /// `max_names` of them and as many as fit in `max_bytes` (and in the server's own
+    /// `max_frame_bytes`), but always at least one if any remain. For listings too large
+    /// for one frame. Each page is read from one state; compare the pages'
+    /// `stat.cversion` to know whether children changed between them.
+    GetChildrenPage {
+        /// The node.
+        path: String,
+        /// List the names strictly after this one in byte order; `""` for the first page.
+        after: String,
+        /// Most names in the page.
+        max_names: u32,
+        /// The largest response the client accepts (its `max_frame_bytes`).
+        max_bytes: u32,
+    },
 }
 
 impl Op {
@@ -484,6 +505,7 @@ impl Op {
             Op::ServerStatus => "server_status",
             Op::LockMany(_) => "lock_many",
             Op::Release { .. } => "release",
+            Op::GetChildrenPage { .. } => "get_children_page",
         }
     }
 }
@@ -571,6 +593,15 @@ pub enum OpResult {
         granted: bool,
         /// The queue nodes with their fencing tokens.
         nodes: Vec<LockedNode>,
+    },
+    /// One page of a node's children.
+    ChildrenPage {
+        /// Child names, not full paths, sorted.
+        children: Vec<String>,
+        /// The parent's stat when this page was read.
+        stat: Stat,
+        /// Whether names remain after the last one of this page.
+        more: bool,
     },
 }
 

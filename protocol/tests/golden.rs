@@ -238,6 +238,29 @@ fn request_release() {
 }
 
 #[test]
+fn request_get_children_page() {
+    golden(
+        ClientMessage::Request(Request {
+            xid: 3,
+            op: Op::GetChildrenPage {
+                path: "/d".into(),
+                after: "a".into(),
+                max_names: 100,
+                max_bytes: 65536,
+            },
+        }),
+        "00 00 00 2b
+         00 00 00 00
+         03 00 00 00 00 00 00 00
+         16 00 00 00
+         02 00 00 00 00 00 00 00 2f 64
+         01 00 00 00 00 00 00 00 61
+         64 00 00 00
+         00 00 01 00",
+    );
+}
+
+#[test]
 fn response_pong() {
     golden(
         ServerMessage::Response(Response {

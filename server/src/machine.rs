@@ -1078,6 +1078,38 @@ impl StateMachine {
         Ok((node.children.iter().cloned().collect(), node.stat))
     }
 
+    /// A page of the node's children: the names after `after` (byte order), at most
+    /// `max_names` of them and at most `max_bytes` of them encoded (a name costs its
+    /// length plus 8), but at least one if any remain; whether more remain; the stat.
+    /// `InvalidPath` or `NoNode`.
+    pub fn children_page(
+        &self,
+        path: &str,
+        after: &str,
+        max_names: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<String>, Stat, bool), ErrorInfo> {
+        use std::ops::Bound;
+        let node = self.tree.lookup(path)?;
+        let mut names = node
+            .children
+            .range::<_, str>((Bound::Excluded(after), Bound::Unbounded))
+            .peekable();
+        let mut page = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(name) = names.peek() {
+            let cost = name.len() + 8;
+            let full = page.len() >= max_names || bytes + cost > max_bytes;
+            if full && !page.is_empty() {
+                break;
+            }
+            bytes += cost;
+            page.push((*name).clone());
+            names.next();
+        }
+        Ok((page, node.stat, names.peek().is_some()))
+    }
+
     /// The live session with this id, if any.
     pub fn session(&self, session_id: u64) -> Option<&Session> {
         self.sessions.get(&session_id).map(|s| &s.info)
@@ -2068,6 +2100,63 @@ mod tests {
         assert_eq!(st.num_children, 3);
         assert_eq!(h.m.get_children("/a").expect("a").0, vec!["x"]);
         assert_eq!(h.m.node_count(), 5);
+    }
+
+    proptest! {
+        /// Paging through a node's children with any limits lists every name once, in
+        /// order; each page keeps to its limits unless it holds a single name, which it
+        /// always does while names remain.
+        #[test]
+        fn children_pages_list_every_name_once_within_their_limits(
+            names in prop::collection::btree_set("[a-z]{1,12}", 0..40),
+            max_names in 0usize..6,
+            max_bytes in 0usize..60,
+        ) {
+            let mut h = Harness::new();
+            let s = h.open();
+            h.create(s, "/d", CreateMode::Persistent).expect("create /d");
+            for name in &names {
+                h.create(s, &format!("/d/{name}"), CreateMode::Persistent).expect("create");
+            }
+            let mut listed = Vec::new();
+            let mut after = String::new();
+            for _ in 0..=names.len() {
+                let (page, stat, more) =
+                    h.m.children_page("/d", &after, max_names, max_bytes).expect("page");
+                prop_assert_eq!(stat.num_children as usize, names.len());
+                let bytes: usize = page.iter().map(|n| n.len() + 8).sum();
+                prop_assert!(
+                    page.len() == 1 || (page.len() <= max_names && bytes <= max_bytes),
+                    "page {:?} over {} names / {} bytes", page, max_names, max_bytes
+                );
+                prop_assert_eq!(page.is_empty(), listed.len() == names.len());
+                listed.extend(page.iter().cloned());
+                prop_assert_eq!(more, listed.len() < names.len());
+                match page.last() {
+                    Some(last) if more => after = last.clone(),
+                    _ => break,
+                }
+            }
+            let all: Vec<String> = names.into_iter().collect();
+            prop_assert_eq!(listed, all);
+        }
+    }
+
+    #[test]
+    fn a_children_page_starts_after_any_name_and_reports_missing_nodes() {
+        let mut h = Harness::new();
+        let s = h.open();
+        for p in ["/d", "/d/b", "/d/d"] {
+            h.create(s, p, CreateMode::Persistent).expect("create");
+        }
+        // `after` need not be a child: paging goes on after a name deleted meanwhile.
+        let (page, _, more) = h.m.children_page("/d", "c", 10, 1000).expect("page");
+        assert_eq!((page, more), (vec!["d".to_string()], false));
+        let (page, _, more) = h.m.children_page("/d", "d", 10, 1000).expect("page");
+        assert_eq!((page, more), (Vec::<String>::new(), false));
+        let code = |path| h.m.children_page(path, "", 1, 1).expect_err("error").code;
+        assert_eq!(code("/zz"), ErrorCode::NoNode);
+        assert_eq!(code("zz"), ErrorCode::InvalidPath);
     }
 
     #[test]

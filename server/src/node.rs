@@ -23,8 +23,8 @@ use crate::tracker::SessionTracker;
 use crate::watches::{WatchKind, WatchManager};
 use corral_protocol::{
     path::validate_path, AddWatchMode, ErrorCode, ErrorInfo, Hello, HelloReply, Op, OpResult,
-    Request, Response, ServerMessage, SessionGranted, SessionRequest, WatchEvent, MAGIC,
-    PROTOCOL_VERSION,
+    Request, Response, ServerMessage, SessionGranted, SessionRequest, WatchEvent,
+    CHILDREN_PAGE_HEADROOM_BYTES, MAGIC, PROTOCOL_VERSION,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -892,6 +892,26 @@ impl Node {
                     self.watches.add(session, &path, WatchKind::Child)?;
                 }
                 Ok(OpResult::Children { children, stat })
+            }
+            Op::GetChildrenPage {
+                path,
+                after,
+                max_names,
+                max_bytes,
+            } => {
+                let max_bytes = usize::try_from(max_bytes)
+                    .unwrap_or(usize::MAX)
+                    .min(self.config.max_frame_bytes)
+                    .saturating_sub(CHILDREN_PAGE_HEADROOM_BYTES);
+                let max_names = usize::try_from(max_names).unwrap_or(usize::MAX);
+                let (children, stat, more) = self
+                    .machine
+                    .children_page(&path, &after, max_names, max_bytes)?;
+                Ok(OpResult::ChildrenPage {
+                    children,
+                    stat,
+                    more,
+                })
             }
             // Single node: every acknowledged write is already applied.
             Op::Sync { path } => {

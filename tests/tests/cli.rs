@@ -465,3 +465,41 @@ fn watch_prints_events_until_the_count() {
         );
     }
 }
+
+/// `ls` and `rm -r` of a directory whose listing is larger than a frame (3,000 children
+/// of 16-byte names, about 72 KiB, under a 16 KiB frame limit) go page by page.
+#[test]
+fn ls_and_rm_r_handle_a_directory_larger_than_a_frame() {
+    let server = TestServer::start(&["--max-data-bytes", "1000", "--max-frame-bytes", "16384"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rust_client(&rt, &server);
+    let names: Vec<String> = (0..3000).map(|i| format!("child-{i:010}")).collect();
+    rt.block_on(async {
+        client
+            .create("/big", Vec::new(), CreateMode::Persistent)
+            .await
+            .expect("create /big");
+        let creates = names.iter().map(|name| {
+            let path = format!("/big/{name}");
+            let client = &client;
+            async move {
+                client
+                    .create(&path, Vec::new(), CreateMode::Persistent)
+                    .await
+            }
+        });
+        for created in futures::future::join_all(creates).await {
+            created.expect("create a child");
+        }
+    });
+    let listed = ctl(&server, &["ls", "/big"]).ok();
+    assert!(
+        listed.lines().eq(names.iter().map(String::as_str)),
+        "ls lists every child in order"
+    );
+    let json = ctl(&server, &["--json", "ls", "/big"]).json();
+    assert_eq!(json["children"].as_array().map(Vec::len), Some(names.len()));
+    ctl(&server, &["rm", "-r", "/big"]).ok();
+    let exists = rt.block_on(client.exists("/big")).expect("exists");
+    assert_eq!(exists, None, "rm -r deleted the directory");
+}

@@ -572,6 +572,81 @@ async fn a_response_over_the_clients_frame_limit_fails_that_request_alone() {
     );
 }
 
+/// A directory too large for one frame is listed page by page: pages keep to the
+/// smaller of the client's and the server's frame limits, and together hold every child
+/// once, in order. A child added between pages is reported by `changed`.
+#[tokio::test]
+async fn a_directory_too_large_for_a_frame_is_listed_in_pages() {
+    let server = TestServer::start(&["--max-data-bytes", "1000", "--max-frame-bytes", "16384"]);
+    let writer = connect(&server).await;
+    writer
+        .create("/dir", Vec::new(), CreateMode::Persistent)
+        .await
+        .expect("create /dir");
+    // 1,500 names of 16 bytes, 24 bytes each in a listing: about 36 KiB.
+    let names: Vec<String> = (0..1500).map(|i| format!("child-{i:010}")).collect();
+    let creates = names.iter().map(|name| {
+        writer.create_with(req(
+            &format!("/dir/{name}"),
+            b"",
+            CreateMode::Persistent,
+            false,
+        ))
+    });
+    for created in futures::future::join_all(creates).await {
+        created.expect("create child");
+    }
+    let too_large = writer.get_children("/dir").await;
+    assert_eq!(code(too_large), ErrorCode::LimitExceeded);
+
+    // A client whose own limit is lower than the server's gets pages that fit it.
+    let config = ClientConfig::new([server.addr()]).with_max_frame_bytes(4096);
+    let c = Client::connect(config).await.expect("connect");
+    let mut pages = c.children_pages("/dir", 10_000);
+    let mut listed = Vec::new();
+    let mut count = 0;
+    while let Some(page) = pages.next_page().await.expect("a page") {
+        count += 1;
+        assert!(!page.children.is_empty(), "page {count} is empty");
+        let bytes: usize = page.children.iter().map(|n| n.len() + 8).sum();
+        assert!(bytes <= 4096, "page {count}: {bytes} bytes of names");
+        assert_eq!(page.more, listed.len() + page.children.len() < names.len());
+        listed.extend(page.children);
+    }
+    assert_eq!(listed, names, "every child once, in order");
+    assert!(count > 10, "{count} pages of at most 4 KiB");
+    assert!(!pages.changed());
+    assert_eq!(pages.next_page().await.expect("after the end"), None);
+
+    // Pages of at most 7 names; a child created and one deleted between two pages.
+    let mut pages = c.children_pages("/dir", 7);
+    let first = pages
+        .next_page()
+        .await
+        .expect("page")
+        .expect("a first page");
+    assert_eq!(first.children, names[..7]);
+    writer
+        .create("/dir/child-9", Vec::new(), CreateMode::Persistent)
+        .await
+        .expect("create a late child");
+    writer
+        .delete(&format!("/dir/{}", names[7]), None)
+        .await
+        .expect("delete an early child");
+    let second = pages
+        .next_page()
+        .await
+        .expect("page")
+        .expect("a second page");
+    assert_eq!(second.children, names[8..15]);
+    assert!(pages.changed(), "cversion moved between the pages");
+    assert_eq!(
+        code(c.get_children_page("/none", "", 10).await),
+        ErrorCode::NoNode
+    );
+}
+
 #[tokio::test]
 async fn sequential_names_use_a_per_parent_counter_that_never_goes_back() {
     let server = TestServer::start(&[]);

@@ -306,6 +306,14 @@ pub fn op() -> impl Strategy<Value = Op> {
         Just(Op::ServerStatus),
         multi_lock_request().prop_map(Op::LockMany),
         (path(), any::<u64>()).prop_map(|(node, token)| Op::Release { node, token }),
+        (path(), text(), any::<u32>(), any::<u32>()).prop_map(
+            |(path, after, max_names, max_bytes)| Op::GetChildrenPage {
+                path,
+                after,
+                max_names,
+                max_bytes,
+            }
+        ),
     ]
 }
 
@@ -342,6 +350,13 @@ pub fn op_result() -> impl Strategy<Value = OpResult> {
         server_status().prop_map(|s| OpResult::ServerStatus(Box::new(s))),
         (any::<bool>(), vec(locked_node(), 0..3))
             .prop_map(|(granted, nodes)| OpResult::MultiLocked { granted, nodes }),
+        (vec(text(), 0..4), stat(), any::<bool>()).prop_map(|(children, stat, more)| {
+            OpResult::ChildrenPage {
+                children,
+                stat,
+                more,
+            }
+        }),
     ]
 }
 
@@ -546,6 +561,7 @@ pub fn op_index(v: &Op) -> u32 {
         Op::ServerStatus => 19,
         Op::LockMany(_) => 20,
         Op::Release { .. } => 21,
+        Op::GetChildrenPage { .. } => 22,
     }
 }
 
@@ -579,6 +595,7 @@ pub fn op_result_index(v: &OpResult) -> u32 {
         OpResult::Locks(_) => 15,
         OpResult::ServerStatus(_) => 16,
         OpResult::MultiLocked { .. } => 17,
+        OpResult::ChildrenPage { .. } => 18,
     }
 }
 

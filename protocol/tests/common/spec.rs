@@ -231,6 +231,17 @@ impl Writer {
                 self.string(node);
                 self.u64(*token);
             }
+            Op::GetChildrenPage {
+                path,
+                after,
+                max_names,
+                max_bytes,
+            } => {
+                self.string(path);
+                self.string(after);
+                self.u32(*max_names);
+                self.u32(*max_bytes);
+            }
         }
     }
     fn multi_result(&mut self, r: &MultiResult) {
@@ -289,6 +300,15 @@ impl Writer {
                 }
             }
             OpResult::ServerStatus(st) => self.server_status(st),
+            OpResult::ChildrenPage {
+                children,
+                stat,
+                more,
+            } => {
+                self.strings(children);
+                self.stat(stat);
+                self.bool(*more);
+            }
             OpResult::MultiLocked { granted, nodes } => {
                 self.bool(*granted);
                 self.u64(nodes.len() as u64);

@@ -227,45 +227,51 @@ pub async fn execute(client: &Client, command: NodeCommand, json: bool) -> Resul
     }
 }
 
+/// Names asked for per request: a listing of any size goes page by page.
+const PAGE_NAMES: u32 = 1000;
+
+/// Prints the children as their pages arrive (all at once with `--json`).
 async fn list(client: &Client, path: &str, long: bool, json: bool) -> Result<(), Error> {
-    let children = client.get_children(path).await?;
-    if !long {
-        return if json {
-            emit(json!({ "path": path, "children": children }))
-        } else {
-            for name in children {
-                emit(name)?;
+    let mut pages = client.children_pages(path, PAGE_NAMES);
+    let mut rows: Vec<Value> = Vec::new();
+    while let Some(page) = pages.next_page().await? {
+        for name in page.children {
+            if !long {
+                if json {
+                    rows.push(Value::String(name));
+                } else {
+                    emit(name)?;
+                }
+                continue;
             }
-            Ok(())
-        };
-    }
-    let mut rows = Vec::with_capacity(children.len());
-    for name in children {
-        let child = corral_client::path::join(path, &name);
-        // A child deleted since the listing is simply not shown.
-        if let Some(stat) = client.exists(&child).await? {
-            rows.push((name, stat));
+            let child = corral_client::path::join(path, &name);
+            // A child deleted since the listing is simply not shown.
+            let Some(stat) = client.exists(&child).await? else {
+                continue;
+            };
+            if json {
+                rows.push(json!({ "name": name, "stat": stat_json(&stat) }));
+                continue;
+            }
+            let kind = if stat.ephemeral_owner != 0 {
+                format!("e:{:#x}", stat.ephemeral_owner)
+            } else {
+                "-".to_string()
+            };
+            emit(format_args!(
+                "v{:<5} {:>9}B {:>6} {:>20} {:>14} {name}",
+                stat.version, stat.data_length, stat.num_children, kind, stat.mtime_ms
+            ))?;
         }
     }
+    if pages.changed() {
+        eprintln!("note: children of {path} were added or removed while they were listed");
+    }
     if json {
-        let rows: Vec<Value> = rows
-            .iter()
-            .map(|(name, stat)| json!({ "name": name, "stat": stat_json(stat) }))
-            .collect();
-        return emit(json!({ "path": path, "children": rows }));
+        emit(json!({ "path": path, "children": rows }))
+    } else {
+        Ok(())
     }
-    for (name, stat) in rows {
-        let kind = if stat.ephemeral_owner != 0 {
-            format!("e:{:#x}", stat.ephemeral_owner)
-        } else {
-            "-".to_string()
-        };
-        emit(format_args!(
-            "v{:<5} {:>9}B {:>6} {:>20} {:>14} {name}",
-            stat.version, stat.data_length, stat.num_children, kind, stat.mtime_ms
-        ))?;
-    }
-    Ok(())
 }
 
 /// Deletes everything below `path`, deepest first. Nodes that vanish meanwhile are fine.
@@ -282,13 +288,18 @@ async fn delete_descendants(client: &Client, path: &str) -> Result<(), Error> {
             }
             continue;
         }
-        let children = match client.get_children(&node).await {
-            Err(e) if e.is(ErrorCode::NoNode) => continue,
-            other => other?,
-        };
         stack.push((node.clone(), true));
-        for name in children {
-            stack.push((corral_client::path::join(&node, &name), false));
+        let mut pages = client.children_pages(&node, PAGE_NAMES);
+        loop {
+            let page = match pages.next_page().await {
+                Err(e) if e.is(ErrorCode::NoNode) => break,
+                Ok(None) => break,
+                Ok(Some(page)) => page,
+                Err(e) => return Err(e),
+            };
+            for name in page.children {
+                stack.push((corral_client::path::join(&node, &name), false));
+            }
         }
     }
     Ok(())
