@@ -12,11 +12,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// The servers' `max_frame_bytes`, and the final-read client's: room for listing every
-/// node a long run's `sequential` workload created (the default, 1 MiB, holds about
-/// 75,000 names).
-pub const FINAL_READ_MAX_FRAME_BYTES: usize = 16 << 20;
-
 /// Server settings of a run.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -143,9 +138,6 @@ impl Cluster {
             .args(["--tick-ms", &s.tick_ms.to_string()])
             .args(["--election-timeout-ms", &s.election_timeout_ms.to_string()])
             .args(["--min-session-ttl-ms", &s.min_session_ttl_ms.to_string()])
-            // The final read lists every node the `sequential` workload created: about
-            // 100 per second of a run, over the default limit (1 MiB) after 15 minutes.
-            .args(["--max-frame-bytes", &FINAL_READ_MAX_FRAME_BYTES.to_string()])
             .env("RUST_LOG", "warn,corral_server::node=info")
             .env("NO_COLOR", "1")
             .env("CORRAL_TEST_CLOCK_FILE", &clock)

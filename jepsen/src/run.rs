@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+/// Names per page of the final read of the `sequential` workload's nodes.
+const FINAL_READ_PAGE_NAMES: u32 = 10_000;
+
 /// The workloads.
 pub const WORKLOADS: [&str; 6] = [
     "lock",
@@ -454,7 +457,6 @@ async fn admin_client(servers: &[String], within: Duration) -> Result<Client, St
     let config = ClientConfig::new(servers.iter().map(String::as_str))
         .with_session_ttl(Duration::from_secs(10))
         .with_request_timeout(Duration::from_secs(3))
-        .with_max_frame_bytes(crate::nodes::FINAL_READ_MAX_FRAME_BYTES)
         .with_connect_timeout(Duration::from_secs(2));
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
@@ -688,11 +690,20 @@ pub async fn orchestrate(opts: &Options, net: &Net) -> Result<RunInfo, String> {
     // Final reads.
     if opts.workloads.iter().any(|w| w == "sequential") {
         let admin = admin_client(&servers, Duration::from_secs(30)).await?;
+        // Page by page: a long run creates about 100 nodes a second, more than one frame
+        // lists after 15 minutes. Nothing deletes these nodes, so every node that existed
+        // when the first page was read (every acknowledged create) is listed, whatever a
+        // late write adds meanwhile.
+        let mut children = Vec::new();
+        let mut pages = admin.children_pages("/jepsen/sequential", FINAL_READ_PAGE_NAMES);
+        loop {
+            match pages.next_page().await {
+                Ok(Some(page)) => children.extend(page.children),
+                Ok(None) => break,
+                Err(e) => return Err(format!("final read of /jepsen/sequential: {e}")),
+            }
+        }
         let mut items = Vec::new();
-        let children = admin
-            .get_children("/jepsen/sequential")
-            .await
-            .map_err(|e| format!("final read of /jepsen/sequential: {e}"))?;
         for name in children {
             let (data, _) = admin
                 .get_data(&format!("/jepsen/sequential/{name}"))

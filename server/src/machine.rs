@@ -1072,12 +1072,6 @@ impl StateMachine {
         Ok((node.data.clone(), node.stat))
     }
 
-    /// The node's children (names, sorted) and stat; `InvalidPath` or `NoNode`.
-    pub fn get_children(&self, path: &str) -> Result<(Vec<String>, Stat), ErrorInfo> {
-        let node = self.tree.lookup(path)?;
-        Ok((node.children.iter().cloned().collect(), node.stat))
-    }
-
     /// A page of the node's children: the names after `after` (byte order), at most
     /// `max_names` of them and at most `max_bytes` of them encoded (a name costs its
     /// length plus 8), but at least one if any remain; whether more remain; the stat.
@@ -1276,6 +1270,15 @@ fn fnv_of<T: Serialize>(value: &T) -> u64 {
     bincode::serde::encode_into_writer(value, &mut hasher, bincode::config::standard())
         .expect("encoding plain ordered data into a hasher cannot fail");
     hasher.0
+}
+
+#[cfg(test)]
+impl StateMachine {
+    /// Every child of the node and its stat, in one page.
+    pub(crate) fn get_children(&self, path: &str) -> Result<(Vec<String>, Stat), ErrorInfo> {
+        let (names, stat, _) = self.children_page(path, "", usize::MAX, usize::MAX)?;
+        Ok((names, stat))
+    }
 }
 
 #[cfg(test)]

@@ -887,7 +887,23 @@ impl Node {
                 Ok(OpResult::Data { data, stat })
             }
             Op::GetChildren { path, watch } => {
-                let (children, stat) = self.machine.get_children(&path)?;
+                // The listing is cut to what fits in a frame: a longer one is refused
+                // before anything is copied or a watch left, with the way out.
+                let max_bytes = self
+                    .config
+                    .max_frame_bytes
+                    .saturating_sub(CHILDREN_PAGE_HEADROOM_BYTES);
+                let (children, stat, more) =
+                    self.machine
+                        .children_page(&path, "", usize::MAX, max_bytes)?;
+                if more {
+                    let msg = format!(
+                        "the {} children of {path} do not fit in max_frame_bytes = {}; \
+                         list them page by page (GetChildrenPage)",
+                        stat.num_children, self.config.max_frame_bytes
+                    );
+                    return Err(ErrorInfo::new(ErrorCode::LimitExceeded, msg));
+                }
                 if watch {
                     self.watches.add(session, &path, WatchKind::Child)?;
                 }

@@ -596,8 +596,16 @@ async fn a_directory_too_large_for_a_frame_is_listed_in_pages() {
     for created in futures::future::join_all(creates).await {
         created.expect("create child");
     }
-    let too_large = writer.get_children("/dir").await;
-    assert_eq!(code(too_large), ErrorCode::LimitExceeded);
+    let too_large = writer.get_children("/dir").await.expect_err("over a frame");
+    assert_eq!(
+        too_large.code(),
+        Some(ErrorCode::LimitExceeded),
+        "{too_large}"
+    );
+    assert!(
+        too_large.to_string().contains("page by page"),
+        "the error names the way out: {too_large}"
+    );
 
     // A client whose own limit is lower than the server's gets pages that fit it.
     let config = ClientConfig::new([server.addr()]).with_max_frame_bytes(4096);

@@ -4,8 +4,8 @@
 
 use corral_protocol::frame::encode_frame;
 use corral_protocol::{
-    ClientMessage, Codec, ErrorCode, Hello, HelloReply, Op, OpResult, Request, ServerMessage,
-    SessionRequest, DEFAULT_MAX_FRAME_BYTES,
+    ClientMessage, Codec, ErrorCode, Hello, HelloReply, MultiOp, Op, OpResult, Request,
+    ServerMessage, SessionRequest, DEFAULT_MAX_FRAME_BYTES,
 };
 use corral_tests::TestServer;
 use futures::{SinkExt, StreamExt};
@@ -191,10 +191,12 @@ async fn a_large_request_under_the_limit_is_served_and_one_over_is_refused() {
     assert_works(&server.addr()).await;
 }
 
-/// A response that does not fit in a frame (a directory listing longer than
-/// `max_frame_bytes`) is answered with a `LimitExceeded` error on the same connection,
-/// which stays usable; it used to close the connection without a word, and a client
-/// then reconnected and asked again until its request timed out.
+/// A response that does not fit in a frame is answered with a `LimitExceeded` error on
+/// the same connection, which stays usable: a multi whose results are longer than
+/// `max_frame_bytes` (the connection's writer finds out when it encodes the answer; it
+/// used to close the connection without a word, and a client then reconnected and asked
+/// again until its request timed out), and a directory listing that long (refused
+/// before it is built, naming the paged listing, which works).
 #[tokio::test]
 async fn a_response_over_the_frame_limit_is_an_error_and_the_connection_stays() {
     let server = TestServer::start(&["--max-data-bytes", "1000", "--max-frame-bytes", "8192"]);
@@ -230,10 +232,50 @@ async fn a_response_over_the_frame_limit_is_an_error_and_the_connection_stays() 
             let e = r.result.expect_err("a listing over max_frame_bytes");
             assert_eq!(e.code, ErrorCode::LimitExceeded, "{e:?}");
             assert!(e.message.contains("max_frame_bytes"), "{}", e.message);
+            assert!(e.message.contains("GetChildrenPage"), "{}", e.message);
         }
         other => panic!("unexpected {other:?}"),
     }
-    match request(&mut s, 10_001, Op::Ping).await {
+    let page = Op::GetChildrenPage {
+        path: "/dir".into(),
+        after: String::new(),
+        max_names: 10,
+        max_bytes: u32::MAX,
+    };
+    match request(&mut s, 10_001, page).await {
+        ServerMessage::Response(r) => match r.result {
+            Ok(OpResult::ChildrenPage { children, more, .. }) => {
+                assert_eq!(children.len(), 10);
+                assert_eq!(children[0], "child-0000000000");
+                assert!(more);
+            }
+            other => panic!("unexpected {other:?}"),
+        },
+        other => panic!("unexpected {other:?}"),
+    }
+    // 150 creates of 21-byte paths: about 7 KiB of request, 14 KiB of results.
+    let multi = Op::Multi(
+        (0..150)
+            .map(|i| match create(format!("/dir/multi-{i:010}")) {
+                Op::Create(c) => MultiOp::Create(c),
+                other => unreachable!("create_op made {other:?}"),
+            })
+            .collect(),
+    );
+    match request(&mut s, 10_002, multi).await {
+        ServerMessage::Response(r) => {
+            assert_eq!(r.xid, 10_002);
+            let e = r.result.expect_err("results over max_frame_bytes");
+            assert_eq!(e.code, ErrorCode::LimitExceeded, "{e:?}");
+            assert!(
+                e.message.contains("exceeds max_frame_bytes"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match request(&mut s, 10_003, Op::Ping).await {
         ServerMessage::Response(r) => assert_eq!(r.result, Ok(OpResult::Pong)),
         other => panic!("unexpected {other:?}"),
     }
