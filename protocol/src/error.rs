@@ -81,7 +81,7 @@ impl ErrorCode {
                 "connection to the server was lost; the request may or may not have been applied"
             }
             Malformed => "the message could not be decoded; check client and server versions",
-            Unimplemented => "the server does not implement this request",
+            Unimplemented => "the server does not implement this request (an operation newer than the server)",
             OperationTimeout => "the operation did not complete in time",
             BadArguments => "invalid arguments",
             NoNode => "no node at this path",

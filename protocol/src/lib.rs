@@ -16,6 +16,7 @@ pub mod incoming;
 pub mod message;
 pub mod op;
 pub mod path;
+pub mod requests;
 pub mod status;
 
 pub use error::{ErrorCode, ErrorInfo};
@@ -29,5 +30,7 @@ pub use op::{
     AddWatchMode, CreateMode, CreateRequest, LockEntry, LockKind, LockRequest, LockState,
     LockedNode, MultiLockItem, MultiLockRequest, MultiOp, MultiResult, Op, OpResult, Request,
     Response, Stat, WatchSet, WatcherKind, CHILDREN_PAGE_HEADROOM_BYTES, MAX_LOCKS_PER_MULTI_LOCK,
+    OP_COUNT,
 };
+pub use requests::{IncomingRequest, RequestDecoder};
 pub use status::{MemberStatus, Role, ServerStatus};

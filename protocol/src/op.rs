@@ -460,6 +460,10 @@ pub enum Op {
     },
 }
 
+/// How many operations this protocol version knows: an [`Op`] tag at or above it is an
+/// operation of a newer version, which a server answers with `Unimplemented`.
+pub const OP_COUNT: u32 = 23;
+
 impl Op {
     /// Whether this operation changes replicated state (and so goes through the log and
     /// is deduplicated by sequence number).

@@ -10,7 +10,8 @@ use corral_protocol::frame::{
     check_frame, decode_frame, decode_payload, encode_frame, FrameError, LENGTH_PREFIX_BYTES,
 };
 use corral_protocol::{
-    ClientMessage, Codec, Hello, HelloReply, Op, Request, ServerMessage, DEFAULT_MAX_FRAME_BYTES,
+    ClientMessage, Codec, Hello, HelloReply, Incoming, IncomingRequest, Op, Request,
+    RequestDecoder, ServerDecoder, ServerMessage, DEFAULT_MAX_FRAME_BYTES, OP_COUNT,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -56,6 +57,55 @@ fn decode_as_every_type(bytes: &[u8], max: usize) -> Result<(), TestCaseError> {
     decode_anything::<HelloReply>(bytes, max)?;
     decode_anything::<ClientMessage>(bytes, max)?;
     decode_anything::<ServerMessage>(bytes, max)?;
+    decode_with_readers(bytes, max)
+}
+
+/// Feeds `bytes` to the connection readers, the client's `ServerDecoder` and the server's
+/// `RequestDecoder`, until they need more bytes or fail: what they read as a message must
+/// re-encode to its frame, and what they skip must be one whole frame (an oversized
+/// response from its prefix on, an unknown operation's request).
+fn decode_with_readers(bytes: &[u8], max: usize) -> Result<(), TestCaseError> {
+    let mut decoder = ServerDecoder::new(max);
+    let mut buf = BytesMut::from(bytes);
+    let mut consumed = 0;
+    loop {
+        let before = buf.len();
+        match decoder.decode(&mut buf) {
+            Ok(Some(Incoming::Message(msg))) => {
+                let used = before - buf.len();
+                prop_assert_eq!(&frame_of(&msg, max)?, &bytes[consumed..consumed + used]);
+                consumed += used;
+            }
+            Ok(Some(Incoming::Oversized(o))) => {
+                prop_assert!(o.len > max);
+                // The rest of it is dropped as it arrives: stop here.
+                break;
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let mut decoder = RequestDecoder::new(max);
+    let mut buf = BytesMut::from(bytes);
+    let mut consumed = 0;
+    loop {
+        let before = buf.len();
+        match decoder.decode(&mut buf) {
+            Ok(Some(item)) => {
+                let used = before - buf.len();
+                let frame = &bytes[consumed..consumed + used];
+                match item {
+                    IncomingRequest::Message(msg) => prop_assert_eq!(&frame_of(&msg, max)?, frame),
+                    IncomingRequest::UnknownOp { op_index, .. } => {
+                        prop_assert!(op_index >= OP_COUNT);
+                        let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+                        prop_assert_eq!(len as usize + LENGTH_PREFIX_BYTES, used);
+                    }
+                }
+                consumed += used;
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
     Ok(())
 }
 

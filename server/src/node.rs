@@ -24,7 +24,7 @@ use crate::watches::{WatchKind, WatchManager};
 use corral_protocol::{
     path::validate_path, AddWatchMode, ErrorCode, ErrorInfo, Hello, HelloReply, Op, OpResult,
     Request, Response, ServerMessage, SessionGranted, SessionRequest, WatchEvent,
-    CHILDREN_PAGE_HEADROOM_BYTES, MAGIC, PROTOCOL_VERSION,
+    CHILDREN_PAGE_HEADROOM_BYTES, MAGIC, OP_COUNT, PROTOCOL_VERSION,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -89,6 +89,13 @@ pub enum Input {
     },
     /// A connection sent a request.
     Request { conn: ConnId, request: Request },
+    /// A connection sent a request for an operation this version does not know (a
+    /// newer client's): it is answered `Unimplemented`.
+    UnknownOp {
+        conn: ConnId,
+        xid: u64,
+        op_index: u32,
+    },
     /// A connection is gone.
     Disconnected { conn: ConnId },
     /// The persist batch `batch` is durable.
@@ -119,6 +126,7 @@ impl Input {
         match self {
             Input::Hello { .. } => "hello",
             Input::Request { .. } => "request",
+            Input::UnknownOp { .. } => "unknown-op",
             Input::Disconnected { .. } => "disconnected",
             Input::Persisted { .. } => "persisted",
             Input::PersistFailed { .. } => "persist-failed",
@@ -525,6 +533,18 @@ impl Node {
                 secret,
             } => self.on_hello(conn, hello, secret),
             Input::Request { conn, request } => self.on_request(conn, request),
+            Input::UnknownOp {
+                conn,
+                xid,
+                op_index,
+            } => {
+                let msg = format!(
+                    "this server knows operations 0 to {}, not {op_index}: it is older than \
+                     the client (upgrade the servers first)",
+                    OP_COUNT - 1
+                );
+                self.answer_early(conn, xid, ErrorInfo::new(ErrorCode::Unimplemented, msg));
+            }
             Input::Disconnected { conn } => self.on_disconnected(conn),
             Input::Persisted { batch } => self.on_persisted(batch),
             Input::Decoded { index, machine } => self.on_decoded(index, machine),
@@ -698,6 +718,20 @@ impl Node {
         self.conns.remove(&conn);
     }
 
+    /// Answers a request with an error at once, ahead of the connection's queue. Safe
+    /// for errors: they reveal no state, and clients match responses by xid.
+    fn answer_early(&mut self, conn: ConnId, xid: u64, error: ErrorInfo) {
+        let response = Response {
+            xid,
+            zxid: self.machine.last_zxid(),
+            result: Err(error),
+        };
+        self.outputs.push(Output::Send {
+            conn,
+            msg: ServerMessage::Response(response),
+        });
+    }
+
     fn on_request(&mut self, conn: ConnId, request: Request) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -708,24 +742,14 @@ impl Node {
         };
         let Request { xid, op } = request;
         if c.queue.len() >= self.config.max_pending_requests_per_connection {
-            // Answering early is safe: an error reveals no state, and clients match
-            // responses by xid.
             let msg = format!(
                 "{} requests are pending on this connection, the limit \
                  max_pending_requests_per_connection is {}",
                 c.queue.len(),
                 self.config.max_pending_requests_per_connection
             );
-            let response = Response {
-                xid,
-                zxid: self.machine.last_zxid(),
-                result: Err(ErrorInfo::new(ErrorCode::LimitExceeded, msg)),
-            };
-            self.outputs.push(Output::Send {
-                conn,
-                msg: ServerMessage::Response(response),
-            });
-            return;
+            let error = ErrorInfo::new(ErrorCode::LimitExceeded, msg);
+            return self.answer_early(conn, xid, error);
         }
         self.touch(session);
         if let Op::RenewLease { lease_id } = &op {

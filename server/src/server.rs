@@ -25,8 +25,8 @@ use crate::replication::{open_cluster, ClusterSettings, RecoveredCluster};
 use crate::storage::{self, Backend, StorageCommand, StorageStats};
 use crate::wal::WalOptions;
 use corral_protocol::{
-    ClientMessage, Codec, ErrorCode, ErrorInfo, FrameError, Hello, HelloReply, Response,
-    ServerMessage,
+    ClientMessage, Codec, ErrorCode, ErrorInfo, FrameError, Hello, HelloReply, IncomingRequest,
+    RequestDecoder, Response, ServerMessage,
 };
 use futures::{SinkExt, StreamExt};
 use omnipaxos::ballot_leader_election::Ballot;
@@ -909,7 +909,8 @@ async fn serve_connection(
     let parts = framed.into_parts();
     let codec = parts.codec.retype::<ClientMessage, ServerMessage>();
     let (read_half, write_half) = parts.io.into_split();
-    let mut source = FramedRead::new(read_half, codec.clone());
+    let decoder = RequestDecoder::new(settings.max_frame_bytes);
+    let mut source = FramedRead::new(read_half, decoder);
     // Requests the client pipelined behind its hello.
     source.read_buffer_mut().extend_from_slice(&parts.read_buf);
     let mut sink = FramedWrite::new(write_half, codec);
@@ -920,18 +921,26 @@ async fn serve_connection(
     let timer = std::sync::Mutex::new(RequestTimer::default());
     let reader = async {
         loop {
-            match source.next().await {
-                Some(Ok(ClientMessage::Request(request))) => {
+            let input = match source.next().await {
+                Some(Ok(IncomingRequest::Message(ClientMessage::Request(request)))) => {
                     if let Ok(mut t) = timer.lock() {
                         t.arrived(request.xid, &request.op);
                     }
-                    let input = Input::Request { conn, request };
-                    if core.send(CoreMsg::Input(input)).await.is_err() {
-                        return None;
+                    Input::Request { conn, request }
+                }
+                Some(Ok(IncomingRequest::UnknownOp { xid, op_index })) => {
+                    tracing::info!(conn, %peer, xid, op_index, "request for an unknown operation");
+                    Input::UnknownOp {
+                        conn,
+                        xid,
+                        op_index,
                     }
                 }
                 Some(Err(e)) => return Some(e),
                 None => return None,
+            };
+            if core.send(CoreMsg::Input(input)).await.is_err() {
+                return None;
             }
         }
     };

@@ -5,7 +5,7 @@
 use corral_protocol::frame::encode_frame;
 use corral_protocol::{
     ClientMessage, Codec, ErrorCode, Hello, HelloReply, MultiOp, Op, OpResult, Request,
-    ServerMessage, SessionRequest, DEFAULT_MAX_FRAME_BYTES,
+    ServerMessage, SessionRequest, DEFAULT_MAX_FRAME_BYTES, OP_COUNT,
 };
 use corral_tests::TestServer;
 use futures::{SinkExt, StreamExt};
@@ -276,6 +276,36 @@ async fn a_response_over_the_frame_limit_is_an_error_and_the_connection_stays() 
         other => panic!("unexpected {other:?}"),
     }
     match request(&mut s, 10_003, Op::Ping).await {
+        ServerMessage::Response(r) => assert_eq!(r.result, Ok(OpResult::Pong)),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A request for an operation this server does not know (a newer client's) is answered
+/// `Unimplemented`, and the connection goes on; it used to be a malformed frame that
+/// ended the connection, and with it every other request in flight on it.
+#[tokio::test]
+async fn an_unknown_operation_is_unimplemented_and_the_connection_stays() {
+    let server = TestServer::start(&[]);
+    let mut s = session(&server.addr()).await;
+    // ClientMessage::Request { xid: 5, op: <tag OP_COUNT + 7> { some bytes } }.
+    let mut payload = 0u32.to_le_bytes().to_vec();
+    payload.extend_from_slice(&5u64.to_le_bytes());
+    payload.extend_from_slice(&(OP_COUNT + 7).to_le_bytes());
+    payload.extend_from_slice(b"a future operation's fields");
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    s.get_mut().write_all(&frame).await.expect("send the frame");
+    match tokio::time::timeout(WAIT, s.next()).await {
+        Ok(Some(Ok(ServerMessage::Response(r)))) => {
+            assert_eq!(r.xid, 5);
+            let e = r.result.expect_err("an unknown operation");
+            assert_eq!(e.code, ErrorCode::Unimplemented, "{e:?}");
+            assert!(e.message.contains("upgrade the servers"), "{}", e.message);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match request(&mut s, 6, Op::Ping).await {
         ServerMessage::Response(r) => assert_eq!(r.result, Ok(OpResult::Pong)),
         other => panic!("unexpected {other:?}"),
     }
