@@ -466,8 +466,8 @@ fn watch_prints_events_until_the_count() {
     }
 }
 
-/// `ls` and `rm -r` of a directory whose listing is larger than a frame (3,000 children
-/// of 16-byte names, about 72 KiB, under a 16 KiB frame limit) go page by page.
+/// `ls`, `ls -l` and `rm -r` of a directory whose listing is larger than a frame (3,000
+/// children of 16-byte names, about 72 KiB, under a 16 KiB frame limit) go page by page.
 #[test]
 fn ls_and_rm_r_handle_a_directory_larger_than_a_frame() {
     let server = TestServer::start(&["--max-data-bytes", "1000", "--max-frame-bytes", "16384"]);
@@ -491,7 +491,25 @@ fn ls_and_rm_r_handle_a_directory_larger_than_a_frame() {
         for created in futures::future::join_all(creates).await {
             created.expect("create a child");
         }
+        // Grandchildren, so that rm -r empties some children before deleting them.
+        for leaf in [
+            "/big/child-0000000007/a",
+            "/big/child-0000000007/a/b",
+            "/big/child-0000002999/c",
+        ] {
+            client
+                .create(leaf, Vec::new(), CreateMode::Persistent)
+                .await
+                .expect("create a grandchild");
+        }
     });
+    let long = ctl(&server, &["ls", "-l", "/big"]).ok();
+    assert_eq!(long.lines().count(), names.len(), "one row per child");
+    let row = long.lines().nth(7).expect("row 7");
+    assert!(
+        row.ends_with(" child-0000000007") && row.contains(" 1 "),
+        "{row:?}"
+    );
     let listed = ctl(&server, &["ls", "/big"]).ok();
     assert!(
         listed.lines().eq(names.iter().map(String::as_str)),

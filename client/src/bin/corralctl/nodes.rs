@@ -235,18 +235,25 @@ async fn list(client: &Client, path: &str, long: bool, json: bool) -> Result<(),
     let mut pages = client.children_pages(path, PAGE_NAMES);
     let mut rows: Vec<Value> = Vec::new();
     while let Some(page) = pages.next_page().await? {
-        for name in page.children {
-            if !long {
+        if !long {
+            for name in page.children {
                 if json {
                     rows.push(Value::String(name));
                 } else {
                     emit(name)?;
                 }
-                continue;
             }
-            let child = corral_client::path::join(path, &name);
+            continue;
+        }
+        // The page's stats are asked for together (pipelined on the connection).
+        let stats = page.children.iter().map(|name| {
+            let child = corral_client::path::join(path, name);
+            async move { client.exists(&child).await }
+        });
+        let stats = futures::future::join_all(stats).await;
+        for (name, stat) in page.children.into_iter().zip(stats) {
             // A child deleted since the listing is simply not shown.
-            let Some(stat) = client.exists(&child).await? else {
+            let Some(stat) = stat? else {
                 continue;
             };
             if json {
@@ -275,11 +282,14 @@ async fn list(client: &Client, path: &str, long: bool, json: bool) -> Result<(),
 }
 
 /// Deletes everything below `path`, deepest first. Nodes that vanish meanwhile are fine.
+///
+/// The children of each page are deleted together (pipelined on the connection); a child
+/// that still has children of its own (`NotEmpty`) is emptied the same way first.
 async fn delete_descendants(client: &Client, path: &str) -> Result<(), Error> {
     // Depth-first with an explicit stack: (path, children already deleted?).
     let mut stack = vec![(path.to_string(), false)];
-    while let Some((node, expanded)) = stack.pop() {
-        if expanded {
+    while let Some((node, emptied)) = stack.pop() {
+        if emptied {
             if node != path {
                 match client.delete(&node, None).await {
                     Err(e) if e.is(ErrorCode::NoNode) => {}
@@ -297,8 +307,20 @@ async fn delete_descendants(client: &Client, path: &str) -> Result<(), Error> {
                 Ok(Some(page)) => page,
                 Err(e) => return Err(e),
             };
-            for name in page.children {
-                stack.push((corral_client::path::join(&node, &name), false));
+            let children: Vec<String> = page
+                .children
+                .iter()
+                .map(|name| corral_client::path::join(&node, name))
+                .collect();
+            let deletes = children.iter().map(|child| client.delete(child, None));
+            let results = futures::future::join_all(deletes).await;
+            for (child, result) in children.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {}
+                    Err(e) if e.is(ErrorCode::NoNode) => {}
+                    Err(e) if e.is(ErrorCode::NotEmpty) => stack.push((child, false)),
+                    Err(e) => return Err(e),
+                }
             }
         }
     }
