@@ -954,7 +954,6 @@ impl Task {
     }
 }
 
-/// The end a server error means for the whole client, if it is final.
 /// The answer a request gets when its response was over the client's `max_frame_bytes`
 /// and skipped: `FrameTooLarge`, for that request alone; the connection goes on. A write
 /// answered this way was carried out, and its zxid is observed like any other.
@@ -976,6 +975,7 @@ fn oversized_error(skipped: OversizedResponse) -> ServerMessage {
     })
 }
 
+/// The end a server error means for the whole client, if it is final.
 fn fatal(info: &ErrorInfo) -> Option<End> {
     match info.code {
         ErrorCode::SessionExpired => {
