@@ -132,6 +132,15 @@ fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
     bincode::serde::decode_from_slice(payload, config)
 }
 
+/// Decodes a `T` from the first bytes of a payload, at most `LIMIT` of them, ignoring what
+/// follows: the head of a frame that is not read as a whole (`incoming`, `requests`).
+pub(crate) fn decode_head<T: DeserializeOwned, const LIMIT: usize>(payload: &[u8]) -> Option<T> {
+    let head = payload.get(..LIMIT)?;
+    decode_limited::<T, LIMIT>(head)
+        .ok()
+        .map(|(value, _)| value)
+}
+
 /// Decodes one message from a payload (without the length prefix).
 ///
 /// bincode reserves a string's or byte array's claimed length before reading it, so the

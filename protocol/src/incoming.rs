@@ -7,7 +7,7 @@
 //! as it arrives without buffering it, and yields [`Incoming::Oversized`], so the client
 //! fails that one request and keeps the connection.
 
-use crate::frame::{check_frame, Codec, FrameError, LENGTH_PREFIX_BYTES};
+use crate::frame::{check_frame, decode_head, Codec, FrameError, LENGTH_PREFIX_BYTES};
 use crate::message::ServerMessage;
 use bytes::{Buf, BytesMut};
 use serde::Deserialize;
@@ -102,16 +102,11 @@ impl Decoder for ServerDecoder {
             Err(e) => return Err(e),
         };
         let head_end = LENGTH_PREFIX_BYTES + RESPONSE_HEAD_BYTES;
-        let Some(head) = src.get(LENGTH_PREFIX_BYTES..head_end) else {
+        let Some(payload) = src.get(LENGTH_PREFIX_BYTES..head_end) else {
             reserve_frame_head(src);
             return Ok(None);
         };
-        let config = bincode::config::standard()
-            .with_little_endian()
-            .with_fixed_int_encoding()
-            .with_limit::<RESPONSE_HEAD_BYTES>();
-        let Ok((Head::Response { xid, zxid }, _)) =
-            bincode::serde::decode_from_slice::<Head, _>(head, config)
+        let Some(Head::Response { xid, zxid }) = decode_head::<Head, RESPONSE_HEAD_BYTES>(payload)
         else {
             return Err(FrameError::TooLarge { len, max });
         };

@@ -7,7 +7,9 @@
 //! ZooKeeper does for an unknown opcode, and the client's other requests go on. Any other
 //! undecodable frame is still an error that ends the connection.
 
-use crate::frame::{check_frame, decode_payload, reserve_frame, FrameError, LENGTH_PREFIX_BYTES};
+use crate::frame::{
+    check_frame, decode_head, decode_payload, reserve_frame, FrameError, LENGTH_PREFIX_BYTES,
+};
 use crate::message::ClientMessage;
 use crate::op::OP_COUNT;
 use bytes::{Buf, BytesMut};
@@ -41,14 +43,9 @@ enum Head {
 
 /// The `xid` and operation tag of a request payload whose operation is unknown here.
 fn unknown_op(payload: &[u8]) -> Option<(u64, u32)> {
-    let head = payload.get(..REQUEST_HEAD_BYTES)?;
-    let config = bincode::config::standard()
-        .with_little_endian()
-        .with_fixed_int_encoding()
-        .with_limit::<REQUEST_HEAD_BYTES>();
-    match bincode::serde::decode_from_slice::<Head, _>(head, config) {
-        Ok((Head::Request { xid, op_index }, _)) if op_index >= OP_COUNT => Some((xid, op_index)),
-        _ => None,
+    match decode_head::<Head, REQUEST_HEAD_BYTES>(payload)? {
+        Head::Request { xid, op_index } if op_index >= OP_COUNT => Some((xid, op_index)),
+        Head::Request { .. } => None,
     }
 }
 
