@@ -21,6 +21,30 @@ use tokio_util::codec::{Decoder, Encoder};
 /// The allocation limit inside `frame::wire_config` (private there; keep in step).
 const DECODE_LIMIT_BYTES: usize = 64 << 20;
 
+/// Runs `decoder` over `bytes` until it needs more bytes or fails, handing `check` each
+/// item with the bytes it was read from; `check` says whether to go on.
+fn each_item<D: Decoder>(
+    mut decoder: D,
+    bytes: &[u8],
+    mut check: impl FnMut(D::Item, &[u8]) -> Result<bool, TestCaseError>,
+) -> Result<(), TestCaseError> {
+    let mut buf = BytesMut::from(bytes);
+    let mut consumed = 0;
+    loop {
+        let before = buf.len();
+        match decoder.decode(&mut buf) {
+            Ok(Some(item)) => {
+                let used = before - buf.len();
+                if !check(item, &bytes[consumed..consumed + used])? {
+                    return Ok(());
+                }
+                consumed += used;
+            }
+            Ok(None) | Err(_) => return Ok(()),
+        }
+    }
+}
+
 /// Feeds `bytes` to `decode_frame` and to the codec (in a loop until it needs more bytes
 /// or fails). Whatever decodes must re-encode to exactly the bytes it came from: the
 /// encoding is canonical, so a damaged frame cannot decode to a message that encodes
@@ -29,22 +53,11 @@ fn decode_anything<M: Message>(bytes: &[u8], max: usize) -> Result<(), TestCaseE
     if let Ok(Some((msg, used))) = decode_frame::<M>(bytes, max) {
         prop_assert_eq!(&frame_of(&msg, max)?, &bytes[..used]);
     }
-    let mut codec = Codec::<M, M>::new(max);
-    let mut buf = BytesMut::from(bytes);
-    let mut consumed = 0;
-    loop {
-        let before = buf.len();
-        match codec.decode(&mut buf) {
-            Ok(Some(msg)) => {
-                let used = before - buf.len();
-                prop_assert!(used >= LENGTH_PREFIX_BYTES);
-                prop_assert_eq!(&frame_of(&msg, max)?, &bytes[consumed..consumed + used]);
-                consumed += used;
-            }
-            Ok(None) | Err(_) => break,
-        }
-    }
-    Ok(())
+    each_item(Codec::<M, M>::new(max), bytes, |msg, frame| {
+        prop_assert!(frame.len() >= LENGTH_PREFIX_BYTES);
+        prop_assert_eq!(&frame_of(&msg, max)?, frame);
+        Ok(true)
+    })
 }
 
 fn frame_of<M: Message>(msg: &M, max: usize) -> Result<Vec<u8>, TestCaseError> {
@@ -65,48 +78,28 @@ fn decode_as_every_type(bytes: &[u8], max: usize) -> Result<(), TestCaseError> {
 /// re-encode to its frame, and what they skip must be one whole frame (an oversized
 /// response from its prefix on, an unknown operation's request).
 fn decode_with_readers(bytes: &[u8], max: usize) -> Result<(), TestCaseError> {
-    let mut decoder = ServerDecoder::new(max);
-    let mut buf = BytesMut::from(bytes);
-    let mut consumed = 0;
-    loop {
-        let before = buf.len();
-        match decoder.decode(&mut buf) {
-            Ok(Some(Incoming::Message(msg))) => {
-                let used = before - buf.len();
-                prop_assert_eq!(&frame_of(&msg, max)?, &bytes[consumed..consumed + used]);
-                consumed += used;
-            }
-            Ok(Some(Incoming::Oversized(o))) => {
-                prop_assert!(o.len > max);
-                // The rest of it is dropped as it arrives: stop here.
-                break;
-            }
-            Ok(None) | Err(_) => break,
+    each_item(ServerDecoder::new(max), bytes, |item, frame| match item {
+        Incoming::Message(msg) => {
+            prop_assert_eq!(&frame_of(&msg, max)?, frame);
+            Ok(true)
         }
-    }
-    let mut decoder = RequestDecoder::new(max);
-    let mut buf = BytesMut::from(bytes);
-    let mut consumed = 0;
-    loop {
-        let before = buf.len();
-        match decoder.decode(&mut buf) {
-            Ok(Some(item)) => {
-                let used = before - buf.len();
-                let frame = &bytes[consumed..consumed + used];
-                match item {
-                    IncomingRequest::Message(msg) => prop_assert_eq!(&frame_of(&msg, max)?, frame),
-                    IncomingRequest::UnknownOp { op_index, .. } => {
-                        prop_assert!(op_index >= OP_COUNT);
-                        let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
-                        prop_assert_eq!(len as usize + LENGTH_PREFIX_BYTES, used);
-                    }
-                }
-                consumed += used;
-            }
-            Ok(None) | Err(_) => break,
+        Incoming::Oversized(o) => {
+            prop_assert!(o.len > max);
+            // The rest of it is dropped as it arrives: stop here.
+            Ok(false)
         }
-    }
-    Ok(())
+    })?;
+    each_item(RequestDecoder::new(max), bytes, |item, frame| {
+        match item {
+            IncomingRequest::Message(msg) => prop_assert_eq!(&frame_of(&msg, max)?, frame),
+            IncomingRequest::UnknownOp { op_index, .. } => {
+                prop_assert!(op_index >= OP_COUNT);
+                let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+                prop_assert_eq!(len as usize + LENGTH_PREFIX_BYTES, frame.len());
+            }
+        }
+        Ok(true)
+    })
 }
 
 /// A damage done to a valid frame.
