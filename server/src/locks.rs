@@ -425,7 +425,7 @@ mod tests {
                 mode: corral_protocol::CreateMode::Persistent,
                 make_parents: false,
             };
-            tree.create(&mut txn, 0, &req, 64).expect("create");
+            tree.create(&mut txn, 0, &req).expect("create");
         };
         create("/l".to_string());
         for name in names {

@@ -706,6 +706,43 @@ impl StateMachine {
         result
     }
 
+    /// Checks a client's write against this node's limits before it is proposed or
+    /// forwarded: the data it carries (`DataTooLarge`, `max_data_bytes`). Applying an
+    /// entry never depends on a node's settings: nodes whose limits differ (while a rolling
+    /// restart changes them) must still apply every entry alike, or their states diverge.
+    pub fn admit(&self, op: &Op) -> Result<(), ErrorInfo> {
+        let max = self.limits.max_data_bytes;
+        let check = |data: &[u8], what: &str| {
+            if data.len() <= max {
+                return Ok(());
+            }
+            let msg = format!(
+                "data of {} bytes for {what} is larger than max_data_bytes = {max}",
+                data.len()
+            );
+            Err(ErrorInfo::new(ErrorCode::DataTooLarge, msg))
+        };
+        match op {
+            Op::Create(req) => check(&req.data, &req.path),
+            Op::SetData { path, data, .. } => check(data, path),
+            Op::Lock(req) => check(&req.data, &format!("the queue node of {}", req.lock)),
+            Op::LockMany(req) => check(&req.data, "the queue nodes of a multi-lock"),
+            Op::Multi(ops) => ops.iter().enumerate().try_for_each(|(index, op)| {
+                let data = match op {
+                    MultiOp::Create(req) => &req.data,
+                    MultiOp::SetData { data, .. } => data,
+                    _ => return Ok(()),
+                };
+                let (kind, path) = describe(op);
+                check(data, path).map_err(|e| {
+                    let msg = format!("multi op {index} ({kind} {path}) failed: {}", e.message);
+                    ErrorInfo::new(e.code, msg).at_op(index)
+                })
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Executes a write op; on failure nothing has changed.
     fn execute(
         &mut self,
@@ -714,12 +751,11 @@ impl StateMachine {
         op: &Op,
         ended: &mut Vec<u64>,
     ) -> Result<OpResult, ErrorInfo> {
-        let max = self.limits.max_data_bytes;
         match op {
             Op::Create(req) => {
                 self.refuse_lock_dir(&req.path)?;
                 self.tree
-                    .create(txn, session_id, req, max)
+                    .create(txn, session_id, req)
                     .map(|(path, stat)| OpResult::Created { path, stat })
             }
             Op::Delete { path, version } => {
@@ -734,7 +770,7 @@ impl StateMachine {
                 version,
             } => self
                 .tree
-                .set_data(txn, path, data, *version, max)
+                .set_data(txn, path, data, *version)
                 .map(|stat| OpResult::SetData { stat }),
             Op::Multi(ops) => self.multi(txn, session_id, ops),
             Op::Lock(req) => self.lock(txn, session_id, req),
@@ -820,9 +856,7 @@ impl StateMachine {
                     mode: CreateMode::Container,
                     make_parents: true,
                 };
-                self.tree
-                    .create(txn, session, &dir, self.limits.max_data_bytes)
-                    .map(|_| ())
+                self.tree.create(txn, session, &dir).map(|_| ())
             }
         }
     }
@@ -901,16 +935,6 @@ impl StateMachine {
         // made, so a failed request leaves nothing behind.
         let queue_prefix = corral_protocol::path::join(&req.lock, locks::prefix(req.kind));
         validate_path(&corral_protocol::path::sequential(&queue_prefix, 0))?;
-        if req.data.len() > self.limits.max_data_bytes {
-            return Err(ErrorInfo::new(
-                ErrorCode::DataTooLarge,
-                format!(
-                    "lock data of {} bytes exceeds max_data_bytes = {}",
-                    req.data.len(),
-                    self.limits.max_data_bytes
-                ),
-            ));
-        }
         // The lock's directory: a container, so it goes with its last queue node.
         self.ensure_lock_dir(txn, session, &req.lock)?;
         let create = CreateRequest {
@@ -919,9 +943,7 @@ impl StateMachine {
             mode: CreateMode::EphemeralSequential,
             make_parents: false,
         };
-        let (node, stat) = self
-            .tree
-            .create(txn, owner, &create, self.limits.max_data_bytes)?;
+        let (node, stat) = self.tree.create(txn, owner, &create)?;
         if !self.locks.contains_key(&req.lock) {
             self.locks.insert(req.lock.clone(), fresh);
         }
@@ -1006,14 +1028,13 @@ impl StateMachine {
         session_id: u64,
         ops: &[MultiOp],
     ) -> Result<OpResult, ErrorInfo> {
-        let max = self.limits.max_data_bytes;
         txn.undo = Some(Vec::new());
         let mut results = Vec::with_capacity(ops.len());
         for (index, op) in ops.iter().enumerate() {
             let outcome = match op {
                 MultiOp::Create(req) => self.refuse_lock_dir(&req.path).and_then(|()| {
                     self.tree
-                        .create(txn, session_id, req, max)
+                        .create(txn, session_id, req)
                         .map(|(path, stat)| MultiResult::Created { path, stat })
                 }),
                 MultiOp::Delete { path, version } => {
@@ -1029,7 +1050,7 @@ impl StateMachine {
                     version,
                 } => self
                     .tree
-                    .set_data(txn, path, data, *version, max)
+                    .set_data(txn, path, data, *version)
                     .map(|stat| MultiResult::SetData { stat }),
                 MultiOp::Check { path, version } => self
                     .tree
@@ -1355,7 +1376,9 @@ mod tests {
             })
         }
 
+        /// A client's write as a node handles it: admitted, then applied.
         fn write(&mut self, session_id: u64, op: Op) -> Result<OpResult, ErrorInfo> {
+            self.m.admit(&op)?;
             self.write_applied(session_id, op)
                 .result
                 .expect("a write has a result")
@@ -2160,6 +2183,61 @@ mod tests {
         let code = |path| h.m.children_page(path, "", 1, 1).expect_err("error").code;
         assert_eq!(code("/zz"), ErrorCode::NoNode);
         assert_eq!(code("zz"), ErrorCode::InvalidPath);
+    }
+
+    /// Applying an entry does not depend on the machine's limits: nodes whose
+    /// `max_data_bytes` differ (a rolling restart that changes it) apply writes carrying
+    /// more data than the smaller limit alike. The limit is checked when a node admits a
+    /// client's write (`admit`), before it is proposed; it used to be checked while
+    /// applying, and the two nodes' states diverged.
+    #[test]
+    fn applying_a_write_does_not_depend_on_the_limits() {
+        let limits = |max_data_bytes| MachineLimits {
+            max_data_bytes,
+            dedup_window: 4,
+        };
+        let mut small = Harness::with_limits(limits(64));
+        let mut large = Harness::with_limits(limits(4096));
+        let data = vec![7u8; 100];
+        let create = |path: &str| CreateRequest {
+            path: path.to_string(),
+            data: data.clone(),
+            mode: CreateMode::Persistent,
+            make_parents: false,
+        };
+        let lock = Op::Lock(corral_protocol::LockRequest {
+            lock: "/l".to_string(),
+            kind: corral_protocol::LockKind::Exclusive,
+            try_only: false,
+            lease: None,
+            lock_delay_ms: 0,
+            data: data.clone(),
+        });
+        let writes = [
+            Op::Create(create("/a")),
+            Op::SetData {
+                path: "/a".to_string(),
+                data: vec![8; 200],
+                version: None,
+            },
+            Op::Multi(vec![MultiOp::Create(create("/b"))]),
+            lock,
+        ];
+        for op in &writes {
+            let refused = small.m.admit(op).expect_err("over the small limit");
+            assert_eq!(refused.code, ErrorCode::DataTooLarge, "{op:?}");
+            assert!(large.m.admit(op).is_ok(), "{op:?}");
+        }
+        for h in [&mut small, &mut large] {
+            let s = h.open();
+            for op in &writes {
+                let result = h.write_applied(s, op.clone()).result;
+                assert!(matches!(result, Some(Ok(_))), "{op:?}: {result:?}");
+            }
+        }
+        // The hash covers the limits too: compare the states under equal ones.
+        small.m.set_limits(limits(4096));
+        assert_eq!(small.m.state_hash(), large.m.state_hash());
     }
 
     #[test]

@@ -277,16 +277,6 @@ impl StateMachine {
             let queue_prefix = corral_protocol::path::join(&item.lock, locks::prefix(item.kind));
             validate_path(&corral_protocol::path::sequential(&queue_prefix, 0))?;
         }
-        if req.data.len() > self.limits.max_data_bytes {
-            return Err(ErrorInfo::new(
-                ErrorCode::DataTooLarge,
-                format!(
-                    "lock data of {} bytes exceeds max_data_bytes = {}",
-                    req.data.len(),
-                    self.limits.max_data_bytes
-                ),
-            ));
-        }
         if req.try_only {
             for item in &req.locks {
                 let fresh = LockMeta::new(LockFamily::of(item.kind), req.lock_delay_ms);
@@ -361,7 +351,6 @@ impl StateMachine {
         owner: u64,
         req: &MultiLockRequest,
     ) -> Result<Vec<(String, u64)>, ErrorInfo> {
-        let max = self.limits.max_data_bytes;
         let mut nodes = Vec::with_capacity(req.locks.len());
         for item in &req.locks {
             self.ensure_lock_dir(txn, session, &item.lock)?;
@@ -371,7 +360,7 @@ impl StateMachine {
                 mode: CreateMode::EphemeralSequential,
                 make_parents: false,
             };
-            let (node, stat) = self.tree.create(txn, owner, &create, max)?;
+            let (node, stat) = self.tree.create(txn, owner, &create)?;
             nodes.push((node, stat.czxid));
         }
         Ok(nodes)

@@ -766,7 +766,15 @@ impl Node {
         }
         let replicated = matches!(self.log, Log::Paxos(_));
         let state = if op.is_write() {
-            if let Some(err) = &self.disk_failed {
+            // Limits that depend on this node's settings are checked here, before the
+            // write is proposed: applying it must not depend on them.
+            if let Err(e) = self.machine.admit(&op) {
+                PendingState::Done(Response {
+                    xid,
+                    zxid: self.machine.last_zxid(),
+                    result: Err(e),
+                })
+            } else if let Some(err) = &self.disk_failed {
                 let msg = format!("node cannot write to its disk ({err}); try another server");
                 PendingState::Done(Response {
                     xid,

@@ -152,19 +152,6 @@ fn parent_of(path: &str) -> Result<&str, ErrorInfo> {
     })
 }
 
-fn check_data(data: &[u8], max_data_bytes: usize, path: &str) -> Result<(), ErrorInfo> {
-    if data.len() > max_data_bytes {
-        return Err(err(
-            ErrorCode::DataTooLarge,
-            format!(
-                "data of {} bytes for {path} is larger than max_data_bytes = {max_data_bytes}",
-                data.len()
-            ),
-        ));
-    }
-    Ok(())
-}
-
 fn check_version(node: &Node, path: &str, expected: Option<u32>) -> Result<(), ErrorInfo> {
     match expected {
         Some(v) if v != node.stat.version => Err(err(
@@ -417,7 +404,6 @@ impl Tree {
         txn: &mut Txn,
         session: u64,
         req: &CreateRequest,
-        max_data_bytes: usize,
     ) -> Result<(String, Stat), ErrorInfo> {
         let sequential = req.mode.is_sequential();
         // A sequential request names a prefix ("/locks/lock-" or even "/locks/"); validate
@@ -433,7 +419,6 @@ impl Tree {
                 ));
             }
         }
-        check_data(&req.data, max_data_bytes, &req.path)?;
         // A sequential prefix of "/" names a child of the root.
         let parent_path = parent(&req.path).unwrap_or("/");
 
@@ -534,10 +519,8 @@ impl Tree {
         path: &str,
         data: &[u8],
         version: Option<u32>,
-        max_data_bytes: usize,
     ) -> Result<Stat, ErrorInfo> {
         validate_path(path)?;
-        check_data(data, max_data_bytes, path)?;
         let node = self
             .nodes
             .get_mut(path)
