@@ -48,6 +48,14 @@ async fn request(s: &mut Session, xid: u64, op: Op) -> ServerMessage {
         .expect("a valid frame")
 }
 
+/// Asserts that a ping with this xid is answered on the session.
+async fn assert_pong(s: &mut Session, xid: u64) {
+    match request(s, xid, Op::Ping).await {
+        ServerMessage::Response(r) => assert_eq!(r.result, Ok(OpResult::Pong)),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
 /// A request to create a persistent node at `path` holding `data`.
 fn create_op(path: String, data: Vec<u8>) -> Op {
     Op::Create(corral_protocol::CreateRequest {
@@ -60,10 +68,7 @@ fn create_op(path: String, data: Vec<u8>) -> Op {
 
 async fn assert_works(addr: &str) {
     let mut s = session(addr).await;
-    match request(&mut s, 1, Op::Ping).await {
-        ServerMessage::Response(r) => assert_eq!(r.result, Ok(OpResult::Pong)),
-        other => panic!("unexpected {other:?}"),
-    }
+    assert_pong(&mut s, 1).await;
 }
 
 /// Reads until EOF (bounded), returning everything the server sent.
@@ -148,10 +153,7 @@ async fn garbage_and_oversized_frames_close_only_their_connection() {
     }
 
     // The bystander never noticed.
-    match request(&mut bystander, 1, Op::Ping).await {
-        ServerMessage::Response(r) => assert_eq!(r.result, Ok(OpResult::Pong)),
-        other => panic!("unexpected {other:?}"),
-    }
+    assert_pong(&mut bystander, 1).await;
 }
 
 #[tokio::test]
@@ -275,10 +277,7 @@ async fn a_response_over_the_frame_limit_is_an_error_and_the_connection_stays() 
         }
         other => panic!("unexpected {other:?}"),
     }
-    match request(&mut s, 10_003, Op::Ping).await {
-        ServerMessage::Response(r) => assert_eq!(r.result, Ok(OpResult::Pong)),
-        other => panic!("unexpected {other:?}"),
-    }
+    assert_pong(&mut s, 10_003).await;
 }
 
 /// A request for an operation this server does not know (a newer client's) is answered
@@ -305,10 +304,7 @@ async fn an_unknown_operation_is_unimplemented_and_the_connection_stays() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    match request(&mut s, 6, Op::Ping).await {
-        ServerMessage::Response(r) => assert_eq!(r.result, Ok(OpResult::Pong)),
-        other => panic!("unexpected {other:?}"),
-    }
+    assert_pong(&mut s, 6).await;
 }
 
 #[tokio::test]
