@@ -175,6 +175,8 @@ struct Member {
     log: Arc<Mutex<NodeLog>>,
     /// Every process of this member so far (for the log dump).
     generation: u32,
+    /// Arguments of this node alone, after the cluster's (see `restart_with`).
+    own_args: Vec<String>,
 }
 
 /// A spawned process waiting for its `corral listening on` line.
@@ -370,6 +372,7 @@ impl TestCluster {
                 child: None,
                 log: Arc::new(Mutex::new(NodeLog::default())),
                 generation: 0,
+                own_args: Vec::new(),
             });
         }
         let mut cluster = TestCluster {
@@ -386,8 +389,9 @@ impl TestCluster {
     async fn spawn_all(&mut self, ids: &[u64]) {
         let mut starting = Vec::new();
         for id in ids {
-            let args = self.args.clone();
+            let mut args = self.args.clone();
             let m = self.member_mut(*id);
+            args.extend(m.own_args.iter().cloned());
             m.kill();
             let s = m.spawn(&args);
             starting.push((*id, s, m.log.clone()));
@@ -502,6 +506,13 @@ impl TestCluster {
     /// it runs), and waits until it listens.
     pub async fn restart(&mut self, id: u64) {
         self.spawn_all(&[id]).await;
+    }
+
+    /// Restarts node `id` with `args` of its own after the cluster's (flags those do not
+    /// name): a rolling restart that changes one node's settings.
+    pub async fn restart_with(&mut self, id: u64, args: &[&str]) {
+        self.member_mut(id).own_args = args.iter().map(|s| s.to_string()).collect();
+        self.restart(id).await;
     }
 
     /// Restarts every node at once.

@@ -3,7 +3,7 @@
 //! that took it, after `sync` on the others); a restarted follower and a follower whose
 //! data directory was wiped catch up (the latter through a snapshot, the log being
 //! compacted); after `kill -9` of the whole cluster every acknowledged write is back and
-//! zxids keep increasing.
+//! zxids keep increasing; nodes with different `max_data_bytes` apply writes alike.
 
 use corral_client::{Client, CreateMode, CreateRequest};
 use corral_tests::cluster::TestCluster;
@@ -273,6 +273,47 @@ async fn full_cluster_kill_and_restart_keeps_acknowledged_writes() {
             created.stat.czxid
         );
         max_zxid = created.stat.czxid;
+    }
+    cluster.assert_converged().await;
+}
+
+/// Nodes whose `max_data_bytes` differ, as while a rolling restart changes it, still
+/// apply every write alike: the node a write arrives at checks the data against its own
+/// limit, and applying does not look at it. (Applying used to check it: a write made
+/// through the node with the higher limit was applied there and refused on the others,
+/// and the replicas' trees diverged.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_different_data_limits_apply_writes_alike() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    for id in [2, 3] {
+        cluster
+            .restart_with(id, &["--max-data-bytes", "1000"])
+            .await;
+    }
+    cluster.leader().await;
+    let data = vec![7u8; 10_000];
+    let raised = cluster.connect(1).await;
+    raised
+        .create("/big", data.clone(), CreateMode::Persistent)
+        .await
+        .expect("node 1 (1 MiB limit) admits 10 KB");
+    let lowered = cluster.connect(2).await;
+    let refused = lowered
+        .create("/big-2", data.clone(), CreateMode::Persistent)
+        .await
+        .expect_err("node 2 (1,000-byte limit) refuses 10 KB");
+    assert!(
+        refused.is(corral_client::ErrorCode::DataTooLarge),
+        "{refused}"
+    );
+    for id in cluster.ids() {
+        let reader = cluster.connect(id).await;
+        reader.sync("/").await.expect("sync");
+        let (got, _) = reader
+            .get_data("/big")
+            .await
+            .unwrap_or_else(|e| panic!("node {id}: /big: {e}"));
+        assert_eq!(got.len(), data.len(), "node {id} applied the write");
     }
     cluster.assert_converged().await;
 }
