@@ -712,7 +712,9 @@ impl StateMachine {
     /// restart changes them) must still apply every entry alike, or their states diverge.
     pub fn admit(&self, op: &Op) -> Result<(), ErrorInfo> {
         let max = self.limits.max_data_bytes;
-        let check = |data: &[u8], what: &str| {
+        // `what` is formatted only for a refusal: a lock request within the limit, the
+        // common case, allocates nothing here.
+        let check = |data: &[u8], what: std::fmt::Arguments<'_>| {
             if data.len() <= max {
                 return Ok(());
             }
@@ -723,10 +725,10 @@ impl StateMachine {
             Err(ErrorInfo::new(ErrorCode::DataTooLarge, msg))
         };
         match op {
-            Op::Create(req) => check(&req.data, &req.path),
-            Op::SetData { path, data, .. } => check(data, path),
-            Op::Lock(req) => check(&req.data, &format!("the queue node of {}", req.lock)),
-            Op::LockMany(req) => check(&req.data, "the queue nodes of a multi-lock"),
+            Op::Create(req) => check(&req.data, format_args!("{}", req.path)),
+            Op::SetData { path, data, .. } => check(data, format_args!("{path}")),
+            Op::Lock(req) => check(&req.data, format_args!("the queue node of {}", req.lock)),
+            Op::LockMany(req) => check(&req.data, format_args!("the queue nodes of a multi-lock")),
             Op::Multi(ops) => ops.iter().enumerate().try_for_each(|(index, op)| {
                 let data = match op {
                     MultiOp::Create(req) => &req.data,
@@ -734,7 +736,7 @@ impl StateMachine {
                     _ => return Ok(()),
                 };
                 let (kind, path) = describe(op);
-                check(data, path).map_err(|e| {
+                check(data, format_args!("{path}")).map_err(|e| {
                     let msg = format!("multi op {index} ({kind} {path}) failed: {}", e.message);
                     ErrorInfo::new(e.code, msg).at_op(index)
                 })
