@@ -2,143 +2,19 @@
 //! codec: handshake, pipelining, resend after a dropped connection, watch
 //! re-registration, keepalive, close, timeouts, and session expiry.
 //!
-//! Every wait is bounded with `tokio::time::timeout`; nothing sleeps to synchronise.
+//! The harness is in `common/`; every wait is bounded, nothing sleeps to synchronise.
 
+mod common;
+
+use common::{bounded, granted, wait_state, FakeServer, SECRET, SESSION};
 use corral_client::{
     Client, ClientConfig, ConnectionState, CreateMode, Error, ErrorCode, ErrorInfo, EventKind,
     WatchEvent,
 };
-use corral_protocol::{
-    ClientMessage, Codec, Hello, HelloReply, Op, OpResult, Request, Response, ServerMessage,
-    SessionGranted, SessionRequest, Stat, WatchSet, DEFAULT_MAX_FRAME_BYTES,
-};
+use corral_protocol::{HelloReply, Op, OpResult, ServerMessage, SessionRequest, Stat, WatchSet};
 use futures::{SinkExt, StreamExt};
-use std::future::Future;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::Framed;
-
-/// Upper bound on any single wait in these tests.
-const WAIT: Duration = Duration::from_secs(10);
-
-const SESSION: u64 = 42;
-const SECRET: u64 = 7;
-
-async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(WAIT, f).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out waiting for {what}"),
-    }
-}
-
-fn granted(ttl_ms: u64, zxid: u64, next_xid: u64) -> SessionGranted {
-    SessionGranted {
-        session_id: SESSION,
-        secret: SECRET,
-        ttl_ms,
-        node_id: 1,
-        zxid,
-        max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
-        next_xid,
-    }
-}
-
-type HelloFramed = Framed<TcpStream, Codec<Hello, HelloReply>>;
-
-struct FakeServer {
-    listener: TcpListener,
-    address: String,
-}
-
-impl FakeServer {
-    async fn start() -> FakeServer {
-        let listener = bounded("bind", TcpListener::bind("127.0.0.1:0"))
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("local addr").to_string();
-        FakeServer { listener, address }
-    }
-
-    fn config(&self) -> ClientConfig {
-        ClientConfig::new([self.address.clone()])
-    }
-
-    /// Accepts a connection and reads its hello.
-    async fn hello(&self) -> (HelloFramed, Hello) {
-        let (stream, _) = bounded("accept", self.listener.accept())
-            .await
-            .expect("accept");
-        let mut framed = Framed::new(stream, Codec::new(DEFAULT_MAX_FRAME_BYTES));
-        let hello = bounded("hello", framed.next())
-            .await
-            .expect("a hello frame")
-            .expect("a valid hello");
-        (framed, hello)
-    }
-
-    /// Accepts a connection and grants it `session`.
-    async fn accept(&self, session: SessionGranted) -> (Conn, Hello) {
-        let (mut framed, hello) = self.hello().await;
-        bounded("grant", framed.send(HelloReply::Accepted(session)))
-            .await
-            .expect("send grant");
-        let conn = Conn {
-            framed: framed.map_codec(|c| c.retype()),
-        };
-        (conn, hello)
-    }
-}
-
-/// The server side of an established connection.
-struct Conn {
-    framed: Framed<TcpStream, Codec<ClientMessage, ServerMessage>>,
-}
-
-impl Conn {
-    /// The next request, pings included.
-    async fn recv_any(&mut self) -> Request {
-        let message = bounded("a request", self.framed.next())
-            .await
-            .expect("connection open")
-            .expect("a valid frame");
-        let ClientMessage::Request(request) = message;
-        request
-    }
-
-    /// The next request that is not a ping; pings are answered on the way.
-    async fn recv(&mut self) -> Request {
-        loop {
-            let request = self.recv_any().await;
-            if request.op == Op::Ping {
-                self.reply(request.xid, 0, Ok(OpResult::Pong)).await;
-                continue;
-            }
-            return request;
-        }
-    }
-
-    async fn send(&mut self, message: ServerMessage) {
-        bounded("send", self.framed.send(message))
-            .await
-            .expect("send");
-    }
-
-    async fn reply(&mut self, xid: u64, zxid: u64, result: Result<OpResult, ErrorInfo>) {
-        self.send(ServerMessage::Response(Response { xid, zxid, result }))
-            .await;
-    }
-
-    /// Waits until the client closes the connection.
-    async fn closed(&mut self) {
-        loop {
-            match bounded("the client to close", self.framed.next()).await {
-                None | Some(Err(_)) => return,
-                Some(Ok(ClientMessage::Request(r))) if r.op == Op::Ping => {}
-                Some(Ok(other)) => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-}
+use tokio::net::TcpListener;
 
 fn path_of(op: &Op) -> &str {
     match op {
@@ -146,25 +22,6 @@ fn path_of(op: &Op) -> &str {
         Op::Create(c) => &c.path,
         other => panic!("unexpected op {other:?}"),
     }
-}
-
-async fn wait_state(client: &Client, want: ConnectionState) {
-    let mut states = client.state_events();
-    if client.state() == want {
-        return;
-    }
-    bounded("state change", async {
-        while let Some(state) = states.recv().await {
-            if state == want {
-                return;
-            }
-        }
-        panic!(
-            "state stream ended before {want:?}; now {:?}",
-            client.state()
-        );
-    })
-    .await;
 }
 
 #[tokio::test]
