@@ -76,6 +76,23 @@ pub fn sequence(name: &str) -> Option<u64> {
     name.get(2..)?.parse().ok()
 }
 
+/// Whether `name` has the form of a queue node of any kind: a kind's prefix and a number.
+pub fn is_queue_name(name: &str) -> bool {
+    matches!(name.get(..2), Some("x-" | "r-" | "w-" | "s-")) && sequence(name).is_some()
+}
+
+/// The first child of `dir` named like a queue node ([`is_queue_name`]): a range read
+/// per kind's prefix, so a directory with many other children costs O(log n).
+pub fn first_queue_name(dir: &crate::tree::Node) -> Option<&str> {
+    ["r-", "s-", "w-", "x-"].into_iter().find_map(|prefix| {
+        dir.children
+            .range(prefix.to_string()..)
+            .take_while(|name| name.starts_with(prefix))
+            .find(|name| is_queue_name(name))
+            .map(String::as_str)
+    })
+}
+
 /// The replicated state of one lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockMeta {

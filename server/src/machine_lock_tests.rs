@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::locks::{self, LockFamily};
-use corral_protocol::LockEntry;
+use corral_protocol::{LockEntry, MultiLockItem, MultiLockRequest};
 use proptest::prelude::*;
 
 /// Wall time of the first entry.
@@ -1416,7 +1416,25 @@ enum Step {
     ExpireLease(usize),
     RevokeLease(usize),
     Noop,
+    /// A plain create of a node named like a queue node (prefix `kind` of
+    /// `QUEUE_PREFIXES`) in a lock's path, or (`deep`) below such a name with
+    /// `make_parents`: refused while the path is a lock, and it keeps the path from
+    /// becoming one.
+    Stray {
+        session: usize,
+        lock: usize,
+        kind: usize,
+        seq: u64,
+        deep: bool,
+    },
+    /// A plain delete of a node that `Stray` made in a lock's path (the deepest first).
+    Unstray {
+        session: usize,
+        lock: usize,
+    },
 }
+
+const QUEUE_PREFIXES: [&str; 4] = ["x-", "r-", "w-", "s-"];
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
@@ -1434,6 +1452,9 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0usize..4).prop_map(Step::ExpireLease),
         1 => (0usize..4).prop_map(Step::RevokeLease),
         1 => Just(Step::Noop),
+        1 => (0usize..4, 0usize..3, 0usize..4, 0u64..12, any::<bool>())
+            .prop_map(|(session, lock, kind, seq, deep)| Step::Stray { session, lock, kind, seq, deep }),
+        1 => (0usize..4, 0usize..3).prop_map(|(session, lock)| Step::Unstray { session, lock }),
     ]
 }
 
@@ -1597,6 +1618,59 @@ fn run_history(
                 }
             }
             Step::Noop => EntryBody::Noop { barrier: 0 },
+            Step::Stray {
+                session,
+                lock,
+                kind,
+                seq,
+                deep,
+            } => {
+                let session_id = pick(&live, session);
+                let name = format!("{}{seq:010}", QUEUE_PREFIXES[kind]);
+                let mut path = corral_protocol::path::join(LOCKS[lock], &name);
+                if deep {
+                    path.push_str("/d");
+                }
+                let xid = xids.entry(session_id).or_insert(0);
+                *xid += 1;
+                EntryBody::Write {
+                    session_id,
+                    xid: *xid,
+                    op: Op::Create(CreateRequest {
+                        path,
+                        data: Vec::new(),
+                        mode: CreateMode::Persistent,
+                        make_parents: true,
+                    }),
+                }
+            }
+            Step::Unstray { session, lock } => {
+                let session_id = pick(&live, session);
+                // A persistent child of the lock's path, or its child `d` first.
+                let stray = m.tree.get(LOCKS[lock]).and_then(|dir| {
+                    dir.children.iter().find_map(|name| {
+                        let path = corral_protocol::path::join(LOCKS[lock], name);
+                        let node = m.tree.get(&path)?;
+                        (node.stat.ephemeral_owner == 0).then(|| {
+                            if node.children.is_empty() {
+                                path
+                            } else {
+                                corral_protocol::path::join(&path, "d")
+                            }
+                        })
+                    })
+                });
+                let xid = xids.entry(session_id).or_insert(0);
+                *xid += 1;
+                EntryBody::Write {
+                    session_id,
+                    xid: *xid,
+                    op: Op::Delete {
+                        path: stray.unwrap_or_else(|| format!("{}/x-0000000999", LOCKS[lock])),
+                        version: None,
+                    },
+                }
+            }
         };
         let entry = Entry::new(now, body);
         let before = granted_set(m);
@@ -1674,6 +1748,42 @@ fn run_history(
                     let checked = check_cycle(m, *session_id, &r.lock, &e.message);
                     prop_assert!(checked.is_ok(), "{}: {:?}", ctx(), checked);
                 }
+                (Op::Lock(r), Err(e)) if e.code == ErrorCode::BadArguments => {
+                    // Only a path that is no lock yet and holds a stray.
+                    let stray = m.tree.get(&r.lock).is_some_and(|dir| {
+                        !m.locks.contains_key(&r.lock) && locks::first_queue_name(dir).is_some()
+                    });
+                    prop_assert!(stray, "{}: {e}", ctx());
+                }
+                (Op::Create(c), Ok(OpResult::Created { .. })) => {
+                    let lock = LOCKS.iter().find(|l| c.path.starts_with(*l)).copied();
+                    prop_assert!(
+                        lock.is_some_and(|l| !m.locks.contains_key(l)),
+                        "{}: a node created in a lock",
+                        ctx()
+                    );
+                }
+                (Op::Create(c), Err(e)) => {
+                    let lock = LOCKS.iter().find(|l| c.path.starts_with(*l)).copied();
+                    let ok = match e.code {
+                        ErrorCode::BadArguments => {
+                            delay_ends || lock.is_some_and(|l| m.locks.contains_key(l))
+                        }
+                        ErrorCode::NodeExists
+                        | ErrorCode::NoChildrenForEphemerals
+                        | ErrorCode::SessionExpired => true,
+                        _ => false,
+                    };
+                    prop_assert!(ok, "{}: {e}", ctx());
+                }
+                (Op::Delete { .. }, Ok(OpResult::Deleted)) => {}
+                (Op::Delete { .. }, Err(e)) => {
+                    prop_assert!(
+                        matches!(e.code, ErrorCode::NoNode | ErrorCode::SessionExpired),
+                        "{}: {e}",
+                        ctx()
+                    );
+                }
                 (Op::Lock(r), Err(e)) => {
                     let expected = if m.session(*session_id).is_none() {
                         ErrorCode::SessionExpired
@@ -1689,6 +1799,13 @@ fn run_history(
                         "{}",
                         ctx()
                     );
+                }
+                (Op::Unlock { node } | Op::Release { node, .. }, Err(e))
+                    if e.code == ErrorCode::BadArguments =>
+                {
+                    // A stray, in a path that is no lock.
+                    let dir = corral_protocol::path::parent(node).unwrap_or("/");
+                    prop_assert!(!m.locks.contains_key(dir), "{}: {e}", ctx());
                 }
                 (Op::Unlock { .. } | Op::Release { .. }, Err(e)) => {
                     let expected = if m.session(*session_id).is_none() {
@@ -2187,5 +2304,146 @@ fn a_retried_queued_lock_reports_a_grant_made_since() {
             node: nb,
             token: tb
         }))
+    );
+}
+
+// ----- what a lock's directory may hold -----
+
+fn create(path: &str, mode: CreateMode, make_parents: bool) -> Op {
+    Op::Create(CreateRequest {
+        path: path.into(),
+        data: Vec::new(),
+        mode,
+        make_parents,
+    })
+}
+
+/// A node that already has a child named like a queue node cannot become a lock: the
+/// child would join the queue without being one (no session owns it, so it would hold
+/// an exclusive lock for good, or a permit more than a semaphore has), and the wait-for
+/// index kept entry by entry would not know it while one rebuilt from a snapshot would
+/// (the shadow machine, reinstalled before every entry, would answer differently).
+#[test]
+fn a_node_with_a_child_named_like_a_queue_node_cannot_become_a_lock() {
+    let mut h = H::new().with_shadow(1);
+    let a = h.open();
+    let b = h.open();
+    h.write(b, create("/s", CreateMode::Persistent, false));
+    let plain = h.write(b, create("/s/s-", CreateMode::PersistentSequential, false));
+    assert!(
+        matches!(&plain.result, Some(Ok(OpResult::Created { path, .. })) if path == "/s/s-0000000000"),
+        "{plain:?}"
+    );
+    let tree = h.m.tree_hash();
+    for kind in [sem(2), LockKind::Exclusive, LockKind::Read, LockKind::Write] {
+        let refused = h.lock(a, "/s", kind);
+        assert_eq!(code(&refused), ErrorCode::BadArguments, "{kind:?}");
+        assert!(refused.changes.is_empty());
+    }
+    let many = h.write(
+        a,
+        Op::LockMany(MultiLockRequest {
+            locks: vec![
+                MultiLockItem {
+                    lock: "/t".into(),
+                    kind: LockKind::Exclusive,
+                },
+                MultiLockItem {
+                    lock: "/s".into(),
+                    kind: sem(2),
+                },
+            ],
+            try_only: false,
+            lease: None,
+            lock_delay_ms: 0,
+            data: Vec::new(),
+        }),
+    );
+    assert_eq!(code(&many), ErrorCode::BadArguments);
+    assert_eq!(
+        h.m.tree_hash(),
+        tree,
+        "a refused request leaves nothing behind"
+    );
+    // Other children are no queue nodes and do not stop it; without the look-alike the
+    // lock works, with both permits for lock requests.
+    h.write(b, create("/s/config", CreateMode::Persistent, false));
+    h.write(b, create("/s/x-notanumber", CreateMode::Persistent, false));
+    h.write(
+        b,
+        Op::Delete {
+            path: "/s/s-0000000000".into(),
+            version: None,
+        },
+    );
+    locked(&h.lock(a, "/s", sem(2)));
+    locked(&h.lock(b, "/s", sem(2)));
+    assert_eq!(h.holders("/s").len(), 2);
+}
+
+/// The same through lock requests alone: a lock named like a queue node
+/// (`/n/s-0000000005`) makes `/n` its parent; `/n` cannot then become a semaphore whose
+/// queue that directory would take a permit of.
+#[test]
+fn a_lock_named_like_a_queue_node_keeps_its_parent_from_becoming_a_lock() {
+    let mut h = H::new().with_shadow(1);
+    let (a, c) = (h.open(), h.open());
+    locked(&h.lock(c, "/n/s-0000000005", LockKind::Exclusive));
+    assert_eq!(code(&h.lock(a, "/n", sem(2))), ErrorCode::BadArguments);
+    // Once that lock and its directory are gone, /n (a container) went with them.
+    let (node, _) = locked(&h.lock(c, "/m/x-0000000001", LockKind::Exclusive));
+    assert!(released(&h.unlock(c, &node)));
+    assert!(!h.node_exists("/m/x-0000000001"));
+    locked(&h.lock(a, "/m", LockKind::Exclusive));
+}
+
+/// Nothing but its queue nodes is created in a lock's directory, also as a missing
+/// parent (`make_parents`) of a create or of another lock's directory.
+#[test]
+fn make_parents_creates_nothing_inside_a_lock() {
+    let mut h = H::new().with_shadow(1);
+    let (a, b) = (h.open(), h.open());
+    locked(&h.lock(a, "/n", LockKind::Exclusive));
+    let tree = h.m.tree_hash();
+    for mode in [
+        CreateMode::Persistent,
+        CreateMode::Ephemeral,
+        CreateMode::Container,
+    ] {
+        let refused = h.write(b, create("/n/x-0000000005/deep", mode, true));
+        assert_eq!(code(&refused), ErrorCode::BadArguments, "{mode:?}");
+    }
+    let multi = h.write(
+        b,
+        Op::Multi(vec![MultiOp::Create(CreateRequest {
+            path: "/n/x-0000000009/deep/er".into(),
+            data: Vec::new(),
+            mode: CreateMode::Persistent,
+            make_parents: true,
+        })]),
+    );
+    assert!(
+        matches!(&multi.result, Some(Err(e)) if e.code == ErrorCode::BadArguments),
+        "{multi:?}"
+    );
+    assert_eq!(
+        code(&h.lock(b, "/n/x-0000000007/inner", LockKind::Exclusive)),
+        ErrorCode::BadArguments
+    );
+    // Without make_parents the missing parent is what the create reports, as before.
+    assert_eq!(
+        code(&h.write(
+            b,
+            create("/n/x-0000000005/deep", CreateMode::Persistent, false)
+        )),
+        ErrorCode::NoNode
+    );
+    assert_eq!(h.m.tree_hash(), tree);
+    assert_eq!(h.holders("/n").len(), 1);
+    // Elsewhere make_parents works as ever.
+    let deep = h.write(b, create("/o/p/q", CreateMode::Persistent, true));
+    assert!(
+        matches!(deep.result, Some(Ok(OpResult::Created { .. }))),
+        "{deep:?}"
     );
 }

@@ -276,11 +276,11 @@ impl MachineSnapshot {
                         self.image_zxid
                     ));
                 }
-                if machine.limits() != limits {
+                if machine.limits().dedup_window != limits.dedup_window {
                     tracing::warn!(
-                        image = ?machine.limits(),
-                        configured = ?limits,
-                        "snapshot image was made with other machine limits; keeping the image's"
+                        image = machine.limits().dedup_window,
+                        configured = limits.dedup_window,
+                        "snapshot image was made with another deduplication window; keeping the image's"
                     );
                 }
                 machine
