@@ -23,7 +23,7 @@
 use crate::client::{unexpected, Client};
 use crate::connection::{Detached, Then};
 use crate::error::{Error, Result};
-use crate::lock::LockLoss;
+use crate::lock::{deadline_after, sleep_until_some, LockLoss};
 use corral_protocol::{ErrorCode, Op, OpResult};
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
@@ -501,14 +501,15 @@ impl Drop for LeaseInner {
 /// deadline passes the lease is lost: renewing stops and it is revoked, so the server
 /// frees its locks now rather than at expiry.
 async fn keepalive(weak: Weak<LeaseInner>, every: Duration) {
-    let mut next = Instant::now() + every;
+    // A period beyond what the clock can represent (`Duration::MAX`) never comes.
+    let mut next = deadline_after(every);
     loop {
         let mut state = match weak.upgrade() {
             Some(inner) => inner.state.subscribe(),
             None => return,
         };
         tokio::select! {
-            () = sleep_until(next) => {}
+            () = sleep_until_some(next) => {}
             // Revoked, or dropped (the sender goes with the lease).
             _ = state.changed() => {}
         }
@@ -524,7 +525,7 @@ async fn keepalive(weak: Weak<LeaseInner>, every: Duration) {
             inner.detach_revoke();
             return;
         }
-        next = Instant::now() + every;
+        next = deadline_after(every);
         match tokio::time::timeout(every, inner.renew()).await {
             Ok(Ok(_)) | Err(_) => {}
             Ok(Err(Error::LeaseLost | Error::SessionExpired | Error::Closed)) => return,

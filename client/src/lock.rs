@@ -429,6 +429,12 @@ pub(crate) async fn release_held(
     Ok(released)
 }
 
+/// The deadline `timeout` from now; `None` (no deadline) if the clock cannot represent it,
+/// as for `Duration::MAX`, a common way to say "no timeout".
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
 /// `future`, given up at `deadline` (`None` if it passed first).
 pub(crate) async fn until<F: Future>(deadline: Option<Instant>, future: F) -> Option<F::Output> {
     match deadline {
@@ -604,7 +610,8 @@ impl LockBuilder {
 
     /// Like [`acquire`](Self::acquire), giving up after `timeout`: then the request
     /// leaves the queue and `Ok(None)` is returned. A grant that arrived by the time the
-    /// timeout fired wins: the guard is returned.
+    /// timeout fired wins: the guard is returned. A timeout too large for the clock
+    /// (`Duration::MAX`) means none.
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -616,7 +623,7 @@ impl LockBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Option<LockGuard>> {
-        self.run(false, Some(Instant::now() + timeout)).await
+        self.run(false, deadline_after(timeout)).await
     }
 
     async fn run(&self, try_only: bool, deadline: Option<Instant>) -> Result<Option<LockGuard>> {

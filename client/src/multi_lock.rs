@@ -15,8 +15,8 @@ use crate::connection::Then;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseOptions};
 use crate::lock::{
-    detach_release, lease_changed, release_held, until, wait_for_grants, Attempt, LockLoss,
-    LockOptions,
+    deadline_after, detach_release, lease_changed, release_held, until, wait_for_grants, Attempt,
+    LockLoss, LockOptions,
 };
 use crate::lock_registry::{RequestNodes, SlotStatus};
 use corral_protocol::{
@@ -124,7 +124,8 @@ impl MultiLockBuilder {
     }
 
     /// Like [`acquire`](Self::acquire), giving up after `timeout` (then every queue is
-    /// left and `Ok(None)` returned). A grant that arrived by then wins.
+    /// left and `Ok(None)` returned). A grant that arrived by then wins. A timeout too
+    /// large for the clock (`Duration::MAX`) means none.
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -136,7 +137,7 @@ impl MultiLockBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Option<MultiLockGuard>> {
-        self.run(false, Some(Instant::now() + timeout)).await
+        self.run(false, deadline_after(timeout)).await
     }
 
     async fn run(

@@ -273,7 +273,8 @@ fn delay_recheck(state: &LockState) -> Option<Instant> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     let left = u64::try_from(state.delayed_until_ms.saturating_sub(now_ms)).unwrap_or(0);
-    Some(Instant::now() + Duration::from_millis(left).max(DELAY_RECHECK))
+    // A delay beyond what the clock can represent never ends: no recheck.
+    Instant::now().checked_add(Duration::from_millis(left).max(DELAY_RECHECK))
 }
 
 /// Resolves when `watcher` fires (or fails), or never if there is none.

@@ -10,7 +10,8 @@
 //! | [`DoubleBarrier`] | ephemeral children and a `ready` node | exists watches |
 //!
 //! Nothing here polls: every wait is on a lock grant or a one-shot watch, and every
-//! wait that takes a timeout is bounded by it. The lock-based recipes inherit the lock
+//! wait that takes a timeout is bounded by it (a timeout too large for the clock, such
+//! as `Duration::MAX`, means none). The lock-based recipes inherit the lock
 //! API's guarantees (fencing tokens, loss detection at the safe deadline, cleanup on
 //! drop); see the [crate docs](crate#locks).
 //!
@@ -49,9 +50,10 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The deadline `timeout` from now (`None`: wait for ever).
+/// The deadline `timeout` from now (`None`: wait for ever, also for a timeout the clock
+/// cannot represent, such as `Duration::MAX`).
 fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.map(|t| Instant::now() + t)
+    timeout.and_then(crate::lock::deadline_after)
 }
 
 /// `future`, given up at `deadline` (`None` if the deadline passed first).

@@ -119,24 +119,34 @@ pub struct Conn {
 impl Conn {
     /// The next request, pings included.
     pub async fn recv_any(&mut self) -> Request {
-        let message = bounded("a request", self.framed.next())
+        bounded("a request", self.next_request()).await
+    }
+
+    /// The next request that is not a ping; pings are answered on the way. Bounded as a
+    /// whole: keepalives do not extend the wait.
+    pub async fn recv(&mut self) -> Request {
+        bounded("a request other than a ping", async {
+            loop {
+                let request = self.next_request().await;
+                if request.op == Op::Ping {
+                    self.reply(request.xid, 0, Ok(OpResult::Pong)).await;
+                    continue;
+                }
+                return request;
+            }
+        })
+        .await
+    }
+
+    async fn next_request(&mut self) -> Request {
+        let message = self
+            .framed
+            .next()
             .await
             .expect("connection open")
             .expect("a valid frame");
         let ClientMessage::Request(request) = message;
         request
-    }
-
-    /// The next request that is not a ping; pings are answered on the way.
-    pub async fn recv(&mut self) -> Request {
-        loop {
-            let request = self.recv_any().await;
-            if request.op == Op::Ping {
-                self.reply(request.xid, 0, Ok(OpResult::Pong)).await;
-                continue;
-            }
-            return request;
-        }
     }
 
     pub async fn send(&mut self, message: ServerMessage) {
@@ -159,6 +169,18 @@ impl Conn {
                 Some(Ok(other)) => panic!("unexpected {other:?}"),
             }
         }
+    }
+}
+
+/// The next request other than a ping, while `task` (which should be waiting for its
+/// answer) runs: panics with how the task ended if it ends first (a panic in it, say).
+pub async fn recv_while<T: std::fmt::Debug>(
+    conn: &mut Conn,
+    task: &mut tokio::task::JoinHandle<T>,
+) -> Request {
+    tokio::select! {
+        ended = task => panic!("the task ended before its request arrived: {ended:?}"),
+        request = conn.recv() => request,
     }
 }
 
