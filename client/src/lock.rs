@@ -444,11 +444,13 @@ pub(crate) async fn until<F: Future>(deadline: Option<Instant>, future: F) -> Op
 }
 
 /// Waits until every one of `statuses` (the queue nodes of one request) is granted:
-/// `Ok(true)`. At `deadline` it leaves the queue by releasing `leave` (every node of the
-/// request) and returns `Ok(false)`; a grant that raced with the
-/// deadline and arrived wins. Fails if a node is lost, the lease it would be held under
-/// is lost, or the connection task is gone. The attempt records every outcome but a
-/// grant, which the caller records once it has checked the lease.
+/// `Ok(true)`. At `deadline` it returns `Ok(false)` at once, leaving the queue in the
+/// background (a release of `leave`, every node of the request, that the connection
+/// task resends until answered: waiting for it could take until a reconnect, or
+/// `request_timeout`); a grant that raced with the deadline and arrived wins. Fails if a
+/// node is lost, the lease it would be held under is lost, or the connection task is
+/// gone. The attempt records every outcome but a grant, which the caller records once
+/// it has checked the lease.
 pub(crate) async fn wait_for_grants(
     client: &Client,
     statuses: &mut [watch::Receiver<SlotStatus>],
@@ -497,16 +499,9 @@ pub(crate) async fn wait_for_grants(
                 if statuses.iter().all(|s| *s.borrow() == SlotStatus::Granted) {
                     return Ok(true);
                 }
-                // Still armed while leaving: if this future is dropped meanwhile, the
-                // attempt's drop leaves the queue in the background.
                 attempt.timed_out();
-                let then = Then::Release(leave.clone());
-                let left = client.call(leave.release_op(), then).await;
                 attempt.node = None;
-                if let Err(e) = left {
-                    tracing::debug!(node = %leave.node.node, "leaving the queue failed ({e}); retrying in the background");
-                    detach_release(client, leave.clone());
-                }
+                detach_release(client, leave.clone());
                 return Ok(false);
             }
         }

@@ -6,10 +6,12 @@
 
 mod common;
 
-use common::{bounded, recv_while, FakeServer};
-use corral_client::LockOptions;
+use common::{bounded, granted, recv_while, FakeServer};
+use corral_client::{Client, LockGuard, LockOptions};
 use corral_protocol::{LockedNode, Op, OpResult};
 use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 fn locked(node: &str, token: u64) -> OpResult {
     OpResult::Locked {
@@ -82,4 +84,107 @@ async fn acquire_timeout_of_duration_max_waits_without_a_deadline() {
         guard.tokens(),
         vec![("/a".to_string(), 3), ("/b".to_string(), 3)]
     );
+}
+
+fn queued(node: &str, token: u64) -> OpResult {
+    OpResult::Queued {
+        node: node.into(),
+        token,
+    }
+}
+
+/// Spawns `acquire_timeout(timeout)` of the exclusive lock `/l`.
+fn spawn_acquire_timeout(
+    client: &Client,
+    timeout: Duration,
+) -> JoinHandle<corral_client::Result<Option<LockGuard>>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        client
+            .lock("/l", LockOptions::default())
+            .acquire_timeout(timeout)
+            .await
+    })
+}
+
+/// How much later than its timeout a give-up may return on a loaded machine; far below
+/// the session TTL and request timeout the give-up must not wait for.
+const SLACK: Duration = Duration::from_millis(1_000);
+
+/// `acquire_timeout(t)` gives up after `t` even when the server cannot be reached: it
+/// does not wait for its withdrawal (a `Release`, which could not be sent until a
+/// reconnect or the end of the session's lease) but hands it to the background, which
+/// sends it once the session is resumed.
+#[tokio::test]
+async fn acquire_timeout_returns_at_its_deadline_while_disconnected_and_leaves_the_queue_later() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(6_000).await;
+    let timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let mut acquire = spawn_acquire_timeout(&client, timeout);
+    let lock = recv_while(&mut conn, &mut acquire).await;
+    assert!(matches!(lock.op, Op::Lock(_)), "{:?}", lock.op);
+    conn.reply(lock.xid, 2, Ok(queued("/l/x-0000000001", 2)))
+        .await;
+    // The connection drops while the request waits; the server answers no handshake.
+    drop(conn);
+    let outcome = bounded("acquire_timeout", acquire).await.expect("join");
+    let took = started.elapsed();
+    assert!(matches!(outcome, Ok(None)), "{outcome:?}");
+    assert!(
+        took < timeout + SLACK,
+        "acquire_timeout({timeout:?}) returned after {took:?}"
+    );
+    assert_eq!(client.lock_stats().timed_out, 1);
+
+    // Once the session is resumed the queue node is released.
+    let (mut conn, _) = server.accept(granted(6_000, 2, lock.xid + 1)).await;
+    loop {
+        let request = conn.recv().await;
+        match request.op {
+            Op::GetLocks { .. } => {
+                conn.reply(request.xid, 2, Ok(OpResult::Locks(Vec::new())))
+                    .await
+            }
+            Op::Release { node, token } => {
+                assert_eq!((node.as_str(), token), ("/l/x-0000000001", 2));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// The same with a connected but slow server (a leader election, a stalled disk):
+/// `acquire_timeout(t)` does not wait for the answer to its withdrawal.
+#[tokio::test]
+async fn acquire_timeout_returns_at_its_deadline_when_the_server_is_slow_to_answer_the_withdrawal()
+{
+    let server = FakeServer::start().await;
+    let config = server.config().with_request_timeout(Duration::from_secs(4));
+    let (client, mut conn) = server.connect_with(config, 10_000).await;
+    let timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let mut acquire = spawn_acquire_timeout(&client, timeout);
+    let lock = recv_while(&mut conn, &mut acquire).await;
+    conn.reply(lock.xid, 2, Ok(queued("/l/x-0000000001", 2)))
+        .await;
+    // The withdrawal arrives; the server does not answer it yet.
+    let release = conn.recv().await;
+    assert_eq!(
+        release.op,
+        Op::Release {
+            node: "/l/x-0000000001".into(),
+            token: 2
+        }
+    );
+    let outcome = bounded("acquire_timeout", acquire).await.expect("join");
+    let took = started.elapsed();
+    assert!(matches!(outcome, Ok(None)), "{outcome:?}");
+    assert!(
+        took < timeout + SLACK,
+        "acquire_timeout({timeout:?}) returned after {took:?}"
+    );
+    conn.reply(release.xid, 3, Ok(OpResult::Unlocked { released: true }))
+        .await;
 }
