@@ -25,7 +25,8 @@
 //! resent after every reconnect until answered: a `CloseSession` (else a dropped client
 //! could keep its session, and its locks, alive forever), a lock request (else its
 //! queue node would be orphaned: the task releases it when the answer finds no caller),
-//! and the releases sent on behalf of dropped guards and pending acquires.
+//! the releases sent on behalf of dropped guards and pending acquires, and the delete of
+//! a double barrier participant's node given up at its deadline.
 
 use crate::backoff::Backoff;
 use crate::config::ClientConfig;
@@ -112,6 +113,9 @@ pub(crate) enum Detached {
     Release(RequestNodes),
     /// Revokes a lease (a dropped lease or a lock's dedicated lease).
     RevokeLease,
+    /// Deletes a node its owner gave up on (a double barrier participant's own node, at
+    /// its deadline); `NoNode` means it is done. Not a lock's queue node.
+    Delete,
 }
 
 impl Then {
@@ -669,8 +673,12 @@ impl Task {
                         // The close failed: the session goes on.
                         self.closing = false;
                     }
-                    if let Then::Detached(what) = &then {
-                        tracing::warn!("{what:?} on behalf of a dropped handle failed: {info}");
+                    match &then {
+                        Then::Detached(Detached::Delete) if info.code == ErrorCode::NoNode => {}
+                        Then::Detached(what) => {
+                            tracing::warn!("{what:?} on behalf of a dropped handle failed: {info}");
+                        }
+                        _ => {}
                     }
                     let _ = reply.send(Err(Error::from(info)));
                     end
@@ -693,7 +701,7 @@ impl Task {
             Then::Nothing
             | Then::Close
             | Then::LockMany { .. }
-            | Then::Detached(Detached::RevokeLease) => (None, None),
+            | Then::Detached(Detached::RevokeLease | Detached::Delete) => (None, None),
             Then::OneShot { path, kind, tx } => {
                 // An exists watch on a node that exists is a data watch (as in
                 // ZooKeeper): re-registered as an exist watch after a reconnect, the

@@ -5,10 +5,12 @@
 
 mod common;
 
-use common::{bounded, recv_while, FakeServer};
-use corral_client::recipes::Barrier;
-use corral_protocol::{Op, OpResult};
+use common::{bounded, granted, recv_while, Conn, FakeServer};
+use corral_client::recipes::{Barrier, DoubleBarrier};
+use corral_client::{ErrorCode, ErrorInfo};
+use corral_protocol::{Op, OpResult, Stat};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// A timeout too large to add to the clock (`Duration::MAX`) means no deadline.
 #[tokio::test]
@@ -26,4 +28,130 @@ async fn barrier_wait_timeout_of_duration_max_waits_without_a_deadline() {
         .expect("join")
         .expect("wait");
     assert!(through);
+}
+
+/// How much later than its timeout a give-up may return on a loaded machine; far below
+/// the session TTL and request timeout the give-up must not wait for.
+const SLACK: Duration = Duration::from_millis(1_000);
+
+/// Answers requests (reads and the creates of a double barrier) until the delete of
+/// `node` arrives, and returns its xid.
+async fn until_deleted(conn: &mut Conn, node: &str) -> u64 {
+    loop {
+        let request = conn.recv().await;
+        match &request.op {
+            Op::Exists { .. } => conn.reply(request.xid, 2, Ok(OpResult::Exists(None))).await,
+            Op::GetChildren { .. } => {
+                let children = OpResult::Children {
+                    children: Vec::new(),
+                    stat: Stat::default(),
+                };
+                conn.reply(request.xid, 2, Ok(children)).await
+            }
+            Op::Create(c) => {
+                let created = OpResult::Created {
+                    path: c.path.clone(),
+                    stat: Stat::default(),
+                };
+                conn.reply(request.xid, 2, Ok(created)).await
+            }
+            Op::Delete { path, .. } if path == node => return request.xid,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// `DoubleBarrier::enter_timeout(t)` while the server cannot be reached returns
+/// `Ok(false)` at `t`, not an error after the session's lease (its give-up path used to
+/// wait for an `exists` and a `delete`); its own node is deleted in the background once
+/// the session is resumed.
+#[tokio::test]
+async fn double_barrier_enter_timeout_returns_false_at_its_deadline_while_disconnected() {
+    let server = FakeServer::start().await;
+    let (client, conn) = server.connect(6_000).await;
+    // The connection drops; the server answers no handshake for now.
+    drop(conn);
+    let barrier = DoubleBarrier::new(&client, "/b", 2).with_id("me");
+    let timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let outcome = bounded("enter_timeout", barrier.enter_timeout(timeout)).await;
+    let took = started.elapsed();
+    assert!(matches!(outcome, Ok(false)), "{outcome:?}");
+    assert!(
+        took < timeout + SLACK,
+        "enter_timeout({timeout:?}) returned after {took:?}"
+    );
+
+    let (mut conn, _) = server.accept(granted(6_000, 2, 1)).await;
+    let delete = until_deleted(&mut conn, "/b/me").await;
+    conn.reply(delete, 3, Err(ErrorInfo::new(ErrorCode::NoNode, "/b/me")))
+        .await;
+}
+
+/// With a slow server, `enter_timeout(t)` returns `Ok(false)` at `t` although its create
+/// is still unanswered, and the delete of its node is sent after that create (so the
+/// server applies it after the create, whether that succeeds or not).
+#[tokio::test]
+async fn double_barrier_enter_timeout_gives_up_at_its_deadline_with_its_create_in_flight() {
+    let server = FakeServer::start().await;
+    let config = server.config().with_request_timeout(Duration::from_secs(4));
+    let (client, mut conn) = server.connect_with(config, 10_000).await;
+    let barrier = DoubleBarrier::new(&client, "/b", 2).with_id("me");
+    let timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let mut enter = tokio::spawn(async move { barrier.enter_timeout(timeout).await });
+    let exists = recv_while(&mut conn, &mut enter).await;
+    assert!(matches!(exists.op, Op::Exists { .. }), "{:?}", exists.op);
+    conn.reply(exists.xid, 2, Ok(OpResult::Exists(None))).await;
+    let create = recv_while(&mut conn, &mut enter).await;
+    assert!(
+        matches!(&create.op, Op::Create(c) if c.path == "/b/me"),
+        "{:?}",
+        create.op
+    );
+    // The (slow) server does not answer the create yet.
+    let outcome = bounded("enter_timeout", enter).await.expect("join");
+    let took = started.elapsed();
+    assert!(matches!(outcome, Ok(false)), "{outcome:?}");
+    assert!(
+        took < timeout + SLACK,
+        "enter_timeout({timeout:?}) returned after {took:?}"
+    );
+    let delete = until_deleted(&mut conn, "/b/me").await;
+    assert!(delete > create.xid, "the delete was sent before the create");
+    let created = OpResult::Created {
+        path: "/b/me".into(),
+        stat: Stat::default(),
+    };
+    conn.reply(create.xid, 3, Ok(created)).await;
+    conn.reply(delete, 4, Ok(OpResult::Deleted)).await;
+}
+
+/// With a slow server, `leave_timeout(t)` returns `Ok(false)` at `t`; its own node is
+/// deleted in the background.
+#[tokio::test]
+async fn double_barrier_leave_timeout_returns_false_at_its_deadline_with_a_slow_server() {
+    let server = FakeServer::start().await;
+    let config = server.config().with_request_timeout(Duration::from_secs(4));
+    let (client, mut conn) = server.connect_with(config, 10_000).await;
+    let barrier = DoubleBarrier::new(&client, "/b", 2).with_id("me");
+    let timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let mut leave = tokio::spawn(async move { barrier.leave_timeout(timeout).await });
+    let children = recv_while(&mut conn, &mut leave).await;
+    assert!(
+        matches!(children.op, Op::GetChildren { .. }),
+        "{:?}",
+        children.op
+    );
+    // The (slow) server does not answer yet.
+    let outcome = bounded("leave_timeout", leave).await.expect("join");
+    let took = started.elapsed();
+    assert!(matches!(outcome, Ok(false)), "{outcome:?}");
+    assert!(
+        took < timeout + SLACK,
+        "leave_timeout({timeout:?}) returned after {took:?}"
+    );
+    let delete = until_deleted(&mut conn, "/b/me").await;
+    conn.reply(delete, 3, Ok(OpResult::Deleted)).await;
 }

@@ -3,9 +3,10 @@
 
 use super::{deadline_after, until};
 use crate::client::Client;
+use crate::connection::{Detached, Then};
 use crate::error::{Error, Result};
 use corral_protocol::path::join;
-use corral_protocol::{CreateMode, CreateRequest, ErrorCode, ErrorInfo, EventKind};
+use corral_protocol::{CreateMode, CreateRequest, ErrorCode, ErrorInfo, EventKind, Op};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -132,8 +133,10 @@ impl DoubleBarrier {
         self.enter_until(None).await.map(drop)
     }
 
-    /// Like [`enter`](Self::enter), for at most `timeout`: `false` if the group was not
-    /// complete by then (this participant's node is then removed again).
+    /// Like [`enter`](Self::enter), for at most `timeout`: `false` if this participant
+    /// had not seen the group complete by then. It then returns at once and its node is
+    /// removed again in the background (after its create, if that is still on its way;
+    /// resent after reconnects until answered).
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -163,7 +166,8 @@ impl DoubleBarrier {
     }
 
     /// Like [`leave`](Self::leave), for at most `timeout`: `false` if others were
-    /// still there by then. This participant's node is removed either way.
+    /// still there by then. This participant's node is removed either way: at the
+    /// timeout, in the background (resent after reconnects until answered).
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -203,6 +207,17 @@ impl DoubleBarrier {
         }
     }
 
+    /// Deletes this participant's node in the background, after every request already
+    /// handed to the connection (a create still on its way, say): requests go out in
+    /// the order they were made, and a session's writes apply in that order.
+    fn delete_in_background(&self) {
+        let op = Op::Delete {
+            path: self.node(),
+            version: None,
+        };
+        self.client.detach(op, Then::Detached(Detached::Delete));
+    }
+
     async fn enter_until(&self, deadline: Option<Instant>) -> Result<bool> {
         if self.id == READY {
             return Err(Error::Server(ErrorInfo::new(
@@ -213,12 +228,9 @@ impl DoubleBarrier {
         match until(deadline, self.enter_now()).await {
             Some(outcome) => outcome.map(|()| true),
             None => {
-                // Given up: a group completed meanwhile counts; otherwise withdraw
-                // (whether or not the create got through).
-                if self.client.exists(&self.ready()).await?.is_some() {
-                    return Ok(true);
-                }
-                self.delete_quietly(&self.node()).await?;
+                // Given up: withdraw, whether or not the create got through, without
+                // waiting (the server may be slow or out of reach).
+                self.delete_in_background();
                 Ok(false)
             }
         }
@@ -271,7 +283,7 @@ impl DoubleBarrier {
         match until(deadline, self.leave_now()).await {
             Some(outcome) => outcome.map(|()| true),
             None => {
-                self.delete_quietly(&self.node()).await?;
+                self.delete_in_background();
                 Ok(false)
             }
         }
