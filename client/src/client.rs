@@ -321,6 +321,18 @@ impl Client {
         }
     }
 
+    /// Pings the server and counts the acknowledgement as a renewal of the session's
+    /// lease, from when the ping was sent, like the background keepalive's.
+    pub(crate) async fn keepalive(&self) -> Result<()> {
+        let then = Then::Keepalive {
+            sent_at: Instant::now(),
+        };
+        match self.call(Op::Ping, then).await?.result {
+            OpResult::Pong => Ok(()),
+            other => Err(unexpected("ping", &other)),
+        }
+    }
+
     pub(crate) fn lock_counters(&self) -> &LockCounters {
         &self.inner.lock_counters
     }
@@ -859,7 +871,10 @@ impl Client {
     }
 
     /// Until when the session is certainly alive on the server: the time the last
-    /// request the server answered was *sent*, plus the TTL. After it the server may
+    /// renewal the server acknowledged was *sent* (the handshake, the background
+    /// keepalive's ping, or [`LockGuard::renew`](crate::LockGuard::renew)'s), plus the
+    /// TTL. Other requests do not count: a follower answers them without renewing the
+    /// session. After it the server may
     /// have expired the session (and deleted its ephemeral nodes, releasing its locks)
     /// even if the client has not heard so yet. Subtract a margin for clock-rate
     /// differences before relying on it.

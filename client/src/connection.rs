@@ -103,6 +103,10 @@ pub(crate) enum Then {
     /// On behalf of a dropped handle: nobody waits for the answer. Resent until
     /// answered.
     Detached(Detached),
+    /// A caller's ping (`LockGuard::renew`): acknowledged, it renews the session's lease
+    /// like the task's own keepalives, from `sent_at`, which the task sets when it
+    /// sends the request (a resend keeps the first send time: earlier is safe).
+    Keepalive { sent_at: Instant },
 }
 
 /// What a [`Then::Detached`] request does.
@@ -167,7 +171,7 @@ pub(crate) struct SessionStatus {
     pub node_id: u64,
     pub last_zxid: u64,
     /// Until when the server certainly keeps the session: the send time of the last
-    /// request it answered, plus the TTL.
+    /// renewal it acknowledged (handshake or ping), plus the TTL.
     pub lease_deadline: Instant,
     /// How many times the session's safe deadline (`lease_deadline` minus the default
     /// margin) passed before a renewal was acknowledged: a lock held across such a gap
@@ -268,7 +272,7 @@ pub(crate) struct Task {
     /// event up to it has been delivered, so it is what `SetWatches` sends after a
     /// reconnect.
     seen_zxid: u64,
-    /// Send time of the last request the server answered successfully.
+    /// Send time of the last renewal the server acknowledged (handshake or ping).
     lease_from: Instant,
     /// Disconnected for longer than the lease: calls fail fast with `ConnectionLoss`.
     lapsed: bool,
@@ -510,7 +514,14 @@ impl Task {
     }
 
     fn submit(&mut self, call: Call, out: &mut BytesMut) {
-        let Call { op, then, reply } = call;
+        let Call {
+            op,
+            mut then,
+            reply,
+        } = call;
+        if let Then::Keepalive { sent_at } = &mut then {
+            *sent_at = Instant::now();
+        }
         let closing = matches!(then, Then::Close);
         let waiter = WaitFor::Call { then, reply };
         match self.push(op, waiter, true, out) {
@@ -635,8 +646,12 @@ impl Task {
             WaitFor::Call { then, reply } => match response.result {
                 Ok(result) => {
                     // Not a renewal: a follower answers reads at once and forwards writes
-                    // without renewing anything, so only keepalives (acknowledged after
-                    // the leader renewed the session) move the lease deadline.
+                    // without renewing anything, so only pings (acknowledged after the
+                    // leader renewed the session) move the lease deadline: the task's
+                    // keepalives and a caller's `Keepalive`.
+                    if let Then::Keepalive { sent_at } = then {
+                        self.renew_lease(sent_at);
+                    }
                     let closed = matches!(result, OpResult::Closed);
                     let locks = match (&then, &result) {
                         (Then::LockMany { .. }, OpResult::MultiLocked { granted, nodes }) => nodes
@@ -699,6 +714,7 @@ impl Task {
     ) {
         match then {
             Then::Nothing
+            | Then::Keepalive { .. }
             | Then::Close
             | Then::LockMany { .. }
             | Then::Detached(Detached::RevokeLease | Detached::Delete) => (None, None),
@@ -773,8 +789,9 @@ impl Task {
         }
     }
 
-    /// The server acknowledged a keepalive sent at `sent_at` (after the leader renewed
-    /// the session): the session lives at least a TTL from then. An answer that comes after the safe deadline passed extends the
+    /// The server acknowledged a ping (the task's keepalive or a caller's
+    /// [`Then::Keepalive`]) sent at `sent_at`, after the leader renewed the session: the
+    /// session lives at least a TTL from then. An answer that comes after the safe deadline passed extends the
     /// lease but counts a gap (see [`SessionStatus::lease_gaps`]).
     fn renew_lease(&mut self, sent_at: Instant) {
         if sent_at > self.lease_from {

@@ -981,9 +981,12 @@ impl LockGuard {
         release_held(&inner.client, nodes, &inner.released, lease).await
     }
 
-    /// Renews what the lock is held under now (its lease, or the session with a ping)
-    /// and returns the new safe deadline. Fails with [`Error::LockLost`] if the lock is
-    /// lost, [`Error::LeaseLost`] if its lease is.
+    /// Renews what the lock is held under now (its lease, or the session with a ping
+    /// that counts like a keepalive) and returns the new safe deadline: from when the
+    /// renewal was sent, plus the TTL, minus the margin. Fails with
+    /// [`Error::LockLost`] if the lock is lost (under the session: also if the session's
+    /// safe deadline passed before the ping was acknowledged), [`Error::LeaseLost`] if
+    /// its lease is.
     ///
     /// ```no_run
     /// use corral_client::{LockOptions, Renewal};
@@ -1007,10 +1010,7 @@ impl LockGuard {
             Some(lease) => {
                 lease.renew().await?;
             }
-            None => match self.inner.client.call_plain(Op::Ping).await? {
-                OpResult::Pong => {}
-                other => return Err(unexpected("ping", &other)),
-            },
+            None => self.inner.client.keepalive().await?,
         }
         match self.inner.loss_now() {
             Some(loss) => Err(Error::LockLost(loss)),

@@ -188,3 +188,53 @@ async fn acquire_timeout_returns_at_its_deadline_when_the_server_is_slow_to_answ
     conn.reply(release.xid, 3, Ok(OpResult::Unlocked { released: true }))
         .await;
 }
+
+/// `LockGuard::renew` of a lock held under the session pings, and that ping counts as a
+/// renewal of the session like the background keepalive's: the safe deadline it returns
+/// is measured from when the ping was sent (not from the last keepalive, nor from when
+/// the answer arrived), minus the margin.
+#[tokio::test]
+async fn renew_of_a_session_held_lock_returns_a_deadline_measured_from_its_ping() {
+    let server = FakeServer::start().await;
+    // The background keepalive would come after 10 s.
+    let ttl = Duration::from_secs(30);
+    let margin = ttl / 10;
+    let (client, mut conn) = server.connect(30_000).await;
+    let mut acquire = tokio::spawn({
+        let client = client.clone();
+        async move { client.lock("/l", LockOptions::default()).acquire().await }
+    });
+    let lock = recv_while(&mut conn, &mut acquire).await;
+    conn.reply(lock.xid, 2, Ok(locked("/l/x-0000000001", 2)))
+        .await;
+    let guard = bounded("acquire", acquire)
+        .await
+        .expect("join")
+        .expect("acquire");
+    let before = guard.safe_deadline();
+
+    let called = Instant::now();
+    let renew = tokio::spawn(async move {
+        let at = guard.renew().await;
+        (guard, at)
+    });
+    let ping = conn.recv_any().await;
+    assert_eq!(ping.op, Op::Ping);
+    // The ping was sent by now.
+    let received = Instant::now();
+    conn.reply(ping.xid, 2, Ok(OpResult::Pong)).await;
+    let (guard, at) = bounded("renew", renew).await.expect("join");
+    let at = at.expect("renew");
+    assert!(
+        at >= called + ttl - margin,
+        "renew() returned a safe deadline {:?} before the one its ping earned",
+        (called + ttl - margin).saturating_duration_since(at)
+    );
+    assert!(
+        at <= received + ttl - margin,
+        "renew() measured the deadline from after its ping was sent"
+    );
+    assert!(at > before);
+    assert_eq!(guard.safe_deadline(), at);
+    assert_eq!(client.session_safe_deadline(), at);
+}
