@@ -122,12 +122,16 @@ struct Args {
     /// Uncontended and handoff: unmeasured cycles first.
     #[arg(long, default_value_t = 100)]
     warmup_cycles: usize,
-    /// Handoff: measured handoffs per run.
+    /// Handoff: measured handoffs per run (fewer for long queue times: a run's queueing
+    /// takes at most about 12 s, and at least 30 handoffs are measured).
     #[arg(long, default_value_t = 150)]
     handoffs: usize,
-    /// Handoff: how long the waiter waits in the queue before the release, ms.
-    #[arg(long, default_value_t = 15)]
-    queued_ms: u64,
+    /// Handoff: how long the waiter waits in the queue before the release, ms; a cell
+    /// per value. A waiter queued for less than 100 ms meets etcd's watch before etcd
+    /// has synced it (etcd syncs a watch that starts at a past revision every 100 ms),
+    /// so 200 shows each service's handoff once its waiter is settled.
+    #[arg(long, value_delimiter = ',', default_value = "15,200")]
+    queued_ms: Vec<u64>,
     /// Plain writes and reads: client counts.
     #[arg(long, value_delimiter = ',', default_value = "64")]
     kv_clients: Vec<usize>,
@@ -177,7 +181,9 @@ enum Job {
     Uncontended {
         idle: bool,
     },
-    Handoff,
+    Handoff {
+        queued_ms: u64,
+    },
     Load {
         clients: usize,
         op: LoadOp,
@@ -213,14 +219,24 @@ fn plan(args: &Args) -> Result<Vec<Cell>, BoxError> {
                     });
                 }
             }
-            Workload::Handoff => cells.push(Cell {
-                workload: "handoff",
-                label: "release to next grant, 2 clients".into(),
-                metric: Metric::Latency,
-                clients: Some(2),
-                locks: Some(1),
-                job: Job::Handoff,
-            }),
+            Workload::Handoff => {
+                for (i, &queued_ms) in args.queued_ms.iter().enumerate() {
+                    // The first keeps the plain name (results and plots of earlier runs).
+                    let workload: &'static str = if i == 0 {
+                        "handoff"
+                    } else {
+                        Box::leak(format!("handoff-{queued_ms}ms").into_boxed_str())
+                    };
+                    cells.push(Cell {
+                        workload,
+                        label: format!("release to next grant, waiter queued {queued_ms} ms"),
+                        metric: Metric::Latency,
+                        clients: Some(2),
+                        locks: Some(1),
+                        job: Job::Handoff { queued_ms },
+                    });
+                }
+            }
             Workload::Throughput => {
                 let mut pairs: Vec<(usize, usize)> = Vec::new();
                 for &l in &args.locks {
@@ -330,9 +346,14 @@ async fn run_one(
                 workloads::uncontended(target, rep, args.warmup_cycles, args.cycles, pause).await?;
             Ok(if idle { idle_cycles } else { busy })
         }
-        Job::Handoff => {
-            let queued = Duration::from_millis(args.queued_ms);
-            workloads::handoff(target, rep, args.warmup_cycles / 5, args.handoffs, queued).await
+        Job::Handoff { queued_ms } => {
+            let queued = Duration::from_millis(queued_ms);
+            let n = args
+                .handoffs
+                .min((12_000 / queued_ms.max(1)) as usize)
+                .max(30);
+            let warmup = (args.warmup_cycles / 5).min(n / 3);
+            workloads::handoff(target, rep, warmup, n, queued).await
         }
         Job::Load { clients, op } => {
             if matches!(op, LoadOp::Lease) && target.kind == Kind::Zk {
