@@ -26,16 +26,20 @@
 //! could keep its session, and its locks, alive forever), a lock request (else its
 //! queue node would be orphaned: the task releases it when the answer finds no caller),
 //! the releases sent on behalf of dropped guards and pending acquires, and the delete of
-//! a double barrier participant's node given up at its deadline.
+//! a double barrier participant's node given up at its deadline. Such a release that the
+//! server answers with a transient error (`Unavailable`, say) is sent again after a
+//! growing pause ([`ReleaseRetries`]) until it succeeds, for as long as the session
+//! lives; its nodes stay tracked meanwhile, so a reconnect's re-read also sweeps them.
 
 use crate::backoff::Backoff;
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
 use crate::lease::default_margin;
-use crate::lock::LockLoss;
+use crate::lock::{sleep_until_some, LockLoss};
 use crate::lock_registry::{LockRegistry, RequestNodes, SlotStatus};
 use crate::pending::{Pending, Waiter};
 use crate::registry::{split_watch_set, OneShotKind, WatchRegistry};
+use crate::release_retry::{worth_retrying, ReleaseRetries};
 use crate::state::{ConnectionState, StatePublisher};
 use crate::transport::{self, HandshakeError, Transport};
 use crate::watcher::{StreamItem, WatchSender};
@@ -285,6 +289,8 @@ pub(crate) struct Task {
     /// Requests the task makes on its own while handling a message (releases of nodes
     /// nobody waits for), sent right after.
     deferred: Vec<Call>,
+    /// Background releases answered with a transient error, to send again.
+    retries: ReleaseRetries,
 }
 
 impl Task {
@@ -319,6 +325,7 @@ impl Task {
             dropped: false,
             locks: LockRegistry::default(),
             deferred: Vec::new(),
+            retries: ReleaseRetries::default(),
         };
         task.adopt(granted, handshake_started);
         task
@@ -439,6 +446,7 @@ impl Task {
         let mut last_heard = Instant::now();
         loop {
             let accepting = !self.closing && self.pending.has_room() && out.len() < high_water;
+            let retry_due = self.retries.next_due();
             // Unbiased on purpose: a flood of events must not starve writes, new calls
             // or the keepalive.
             tokio::select! {
@@ -485,6 +493,13 @@ impl Task {
                 },
                 () = sleep_until(last_heard + silence_limit) => {
                     return End::Lost(format!("the server said nothing for {silence_limit:?}"));
+                },
+                () = sleep_until_some(retry_due) => {
+                    for nodes in self.retries.take_due(Instant::now()) {
+                        tracing::debug!(node = %nodes.node.node, "sending a failed release again");
+                        self.defer_release(nodes);
+                    }
+                    self.flush_deferred(&mut out);
                 },
             }
         }
@@ -690,7 +705,24 @@ impl Task {
                     }
                     match &then {
                         Then::Detached(Detached::Delete) if info.code == ErrorCode::NoNode => {}
+                        Then::Detached(Detached::Release(nodes))
+                            if end.is_none() && worth_retrying(info.code) =>
+                        {
+                            let pause = self.retries.failed(
+                                nodes,
+                                Instant::now(),
+                                rand::random::<f64>(),
+                                self.config.max_backoff,
+                            );
+                            tracing::info!(
+                                node = %nodes.node.node,
+                                "a background release failed ({info}); sending it again in {pause:?}"
+                            );
+                        }
                         Then::Detached(what) => {
+                            if let Detached::Release(nodes) = what {
+                                self.retries.done(nodes);
+                            }
                             tracing::warn!("{what:?} on behalf of a dropped handle failed: {info}");
                         }
                         _ => {}
@@ -750,6 +782,7 @@ impl Task {
                 (None, None)
             }
             Then::Release(nodes) | Then::Detached(Detached::Release(nodes)) => {
+                self.retries.done(&nodes);
                 for n in nodes.all() {
                     self.locks.released(&n.node, Some(n.token));
                 }
@@ -758,14 +791,13 @@ impl Task {
         }
     }
 
-    /// A successful answer whose caller is gone: undo what must not outlive it.
+    /// A successful answer whose caller is gone: undo what must not outlive it. A lock
+    /// answer's nodes stay tracked (nobody listens to them) until their release
+    /// succeeds, so that a reconnect's re-read sweeps them if it has not by then.
     fn unwanted(&mut self, reply: Reply) {
         if !reply.locks.is_empty() {
             if let OpResult::MultiLocked { nodes, .. } = &reply.result {
                 tracing::debug!("multi-lock answered after its caller left; releasing");
-                for n in nodes {
-                    self.locks.forget(&n.node);
-                }
                 if let Some(nodes) = RequestNodes::of_group(nodes) {
                     self.defer_release(nodes);
                 }
@@ -776,7 +808,6 @@ impl Task {
                 reply.result
             {
                 tracing::debug!(%node, "lock request answered after its caller left; releasing");
-                self.locks.forget(&node);
                 self.defer_release(RequestNodes::one(&node, token));
             }
         }
@@ -945,6 +976,13 @@ impl Task {
         }
         for call in std::mem::take(&mut self.deferred) {
             for lock in call.then.lock_names() {
+                self.locks.suspect(&lock);
+            }
+        }
+        // Releases to send again, some failed above: the re-read after a resume sweeps
+        // their locks instead.
+        for nodes in self.retries.drain() {
+            for lock in Then::Detached(Detached::Release(nodes)).lock_names() {
                 self.locks.suspect(&lock);
             }
         }

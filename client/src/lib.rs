@@ -108,9 +108,12 @@
 //!   for each other fails with [`Error::Deadlock`], naming the cycle
 //!   ([`Error::deadlock_cycle`]); the others go on once the refused session releases
 //!   what it holds.
-//! - **Cleanup.** Dropping a guard releases the lock, dropping a pending acquire leaves
-//!   the queue, both in the background; such releases are resent until answered, and a
-//!   lock request is never orphaned by a lost answer.
+//! - **Cleanup.** Dropping a guard releases the lock, dropping a pending acquire (or
+//!   an acquire giving up at its timeout) leaves the queue, both in the background; such
+//!   releases are resent until answered, sent again after a growing pause (up to
+//!   `max_backoff`) while the server answers them with a transient error such as
+//!   `Unavailable`, for as long as the session lives, and a lock request is never
+//!   orphaned by a lost answer.
 
 #![warn(missing_docs)]
 
@@ -130,6 +133,7 @@ mod multi_lock;
 mod pending;
 pub mod recipes;
 mod registry;
+mod release_retry;
 mod state;
 mod transport;
 mod watcher;

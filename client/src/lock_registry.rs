@@ -219,11 +219,6 @@ impl LockRegistry {
         }
     }
 
-    /// Stops tracking a node whose waiter is gone (its release is on its way).
-    pub(crate) fn forget(&mut self, node: &str) {
-        self.slots.remove(node);
-    }
-
     /// Marks a lock for an orphan sweep at the next re-read.
     pub(crate) fn suspect(&mut self, lock: &str) {
         self.suspects.insert(lock.to_string());
@@ -486,11 +481,11 @@ mod tests {
     }
 
     /// The double grant of Jepsen finding 2: a lock request answered after its caller
-    /// gave up is forgotten (and released), but the grant of that node, applied before
-    /// the release, still arrives and is kept as an early event. Once the lock's queue
-    /// empties, its directory (a container) is reaped; recreated, its counter restarts at
-    /// 0, so this session's next request may get the very same path while another
-    /// session holds the lock. The stale grant must not be taken for the new node's.
+    /// gave up is released, and a grant of that node that arrives once it is no longer
+    /// tracked is kept as an early event. Once the lock's queue empties, its directory
+    /// (a container) is reaped; recreated, its counter restarts at 0, so this session's
+    /// next request may get the very same path while another session holds the lock.
+    /// The stale grant must not be taken for the new node's.
     #[test]
     fn a_stale_event_for_an_earlier_node_of_the_same_name_is_not_applied() {
         let mut r = LockRegistry::default();
@@ -500,10 +495,11 @@ mod tests {
             token,
             zxid: token + 5,
         };
-        // The caller left; the late answer registers and forgets the node (unwanted).
+        // The caller left; the late answer registers the node, which stays tracked until
+        // its release succeeds.
         drop(r.register("/l", "/l/x-0000000001", 100, false));
-        r.forget("/l/x-0000000001");
-        // Its grant (applied before the release) arrives for an untracked node.
+        r.released("/l/x-0000000001", Some(100));
+        // A grant of it arrives after that: for an untracked node.
         assert!(!r.on_event(&ev("/l/x-0000000001", 100), true));
         // Later, a new directory: another session holds x-0000000000, ours queues as x-1.
         let new = r.register("/l", "/l/x-0000000001", 300, false);

@@ -6,9 +6,9 @@
 
 mod common;
 
-use common::{bounded, granted, recv_while, FakeServer};
-use corral_client::{Client, LockGuard, LockOptions};
-use corral_protocol::{LockedNode, Op, OpResult};
+use common::{bounded, granted, recv_while, FakeServer, SESSION};
+use corral_client::{Client, ErrorCode, ErrorInfo, LockGuard, LockOptions};
+use corral_protocol::{LockEntry, LockKind, LockState, LockedNode, Op, OpResult};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -237,4 +237,112 @@ async fn renew_of_a_session_held_lock_returns_a_deadline_measured_from_its_ping(
     assert!(at > before);
     assert_eq!(guard.safe_deadline(), at);
     assert_eq!(client.session_safe_deadline(), at);
+}
+
+fn unavailable() -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorCode::Unavailable,
+        "100000 proposals are waiting to be applied (max_forwarded_entries)",
+    )
+}
+
+/// A dropped guard's release, answered with a transient error (`Unavailable`: the
+/// server's disk failed, or too many proposals wait), is sent again, after a pause, until
+/// it succeeds: it used to be only logged, leaving the node held for the session's life.
+#[tokio::test]
+async fn a_dropped_guards_release_is_sent_again_after_a_transient_error_until_it_succeeds() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let mut acquire = tokio::spawn({
+        let client = client.clone();
+        async move { client.lock("/l", LockOptions::default()).acquire().await }
+    });
+    let lock = recv_while(&mut conn, &mut acquire).await;
+    conn.reply(lock.xid, 2, Ok(locked("/l/x-0000000001", 2)))
+        .await;
+    let guard = bounded("acquire", acquire)
+        .await
+        .expect("join")
+        .expect("acquire");
+    drop(guard);
+    let release = Op::Release {
+        node: "/l/x-0000000001".into(),
+        token: 2,
+    };
+    for attempt in 0..3 {
+        let request = conn.recv().await;
+        assert_eq!(request.op, release, "attempt {attempt}");
+        conn.reply(request.xid, 3, Err(unavailable())).await;
+    }
+    let request = conn.recv().await;
+    assert_eq!(request.op, release);
+    conn.reply(request.xid, 4, Ok(OpResult::Unlocked { released: true }))
+        .await;
+    drop(client);
+}
+
+/// A lock answer that arrives after its caller gave up is released by the connection
+/// task; when that release fails with a transient error, the node stays tracked, so
+/// the re-read after a reconnect covers its lock and releases it (the node used to be
+/// dropped from tracking at once: nothing looked at it again for the session's life).
+#[tokio::test]
+async fn an_unwanted_lock_answers_node_whose_release_failed_is_swept_after_a_reconnect() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let acquire = spawn_acquire_timeout(&client, Duration::from_millis(200));
+    let lock = conn.recv().await;
+    assert!(matches!(lock.op, Op::Lock(_)), "{:?}", lock.op);
+    // The answer comes after the caller gave up.
+    let outcome = bounded("acquire_timeout", acquire).await.expect("join");
+    assert!(matches!(outcome, Ok(None)), "{outcome:?}");
+    conn.reply(lock.xid, 2, Ok(locked("/l/x-0000000001", 2)))
+        .await;
+    let release = Op::Release {
+        node: "/l/x-0000000001".into(),
+        token: 2,
+    };
+    let request = conn.recv().await;
+    assert_eq!(request.op, release);
+    conn.reply(request.xid, 3, Err(unavailable())).await;
+
+    // A reconnect, before or after the release is sent again.
+    drop(conn);
+    let (mut conn, _) = server.accept(granted(10_000, 3, request.xid + 1)).await;
+    let ours = LockEntry {
+        node: "/l/x-0000000001".into(),
+        kind: LockKind::Exclusive,
+        session: SESSION,
+        lease: SESSION,
+        token: 2,
+        granted: true,
+    };
+    let (mut reread, mut released) = (false, false);
+    while !(reread && released) {
+        let request = conn.recv().await;
+        match request.op {
+            Op::GetLocks { path } if path == "/l" => {
+                reread = true;
+                let queue = if released {
+                    Vec::new()
+                } else {
+                    vec![ours.clone()]
+                };
+                let state = LockState {
+                    lock: "/l".into(),
+                    lock_delay_ms: 0,
+                    delayed_until_ms: 0,
+                    queue,
+                };
+                conn.reply(request.xid, 4, Ok(OpResult::Locks(vec![state])))
+                    .await;
+            }
+            op if op == release => {
+                released = true;
+                conn.reply(request.xid, 5, Ok(OpResult::Unlocked { released: true }))
+                    .await;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    drop(client);
 }
