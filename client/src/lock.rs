@@ -391,9 +391,11 @@ pub(crate) fn detach_release(client: &Client, nodes: RequestNodes) {
     client.detach(nodes.release_op(), Then::Detached(Detached::Release(nodes)));
 }
 
-/// Releases the nodes of a granted request (a guard's `release`): `Ok(true)` if this call
-/// released them, `Ok(false)` if they were gone or `released` was already set (it is set
-/// now); then revokes `dedicated_lease`, the lease made for this lock. Counts the outcome.
+/// Releases the nodes of a granted request (a guard's `release`): `Ok(true)` if the
+/// server says this call released them (`released: true`), `Ok(false)` if they were gone;
+/// either way `released` is set. The server's answer decides, not which of concurrent
+/// calls finishes first: it applies one release, the others find the nodes gone. Then
+/// revokes `dedicated_lease`, the lease made for this lock. Counts the outcome.
 pub(crate) async fn release_held(
     client: &Client,
     nodes: RequestNodes,
@@ -401,7 +403,7 @@ pub(crate) async fn release_held(
     dedicated_lease: Option<&Lease>,
 ) -> Result<bool> {
     let outcome = client.call(nodes.release_op(), Then::Release(nodes)).await;
-    let gone = match outcome {
+    let released_now = match outcome {
         Ok(reply) => match reply.result {
             OpResult::Unlocked { released } => released,
             other => {
@@ -416,17 +418,16 @@ pub(crate) async fn release_held(
             return Err(e);
         }
     };
-    let first = !released.swap(true, Ordering::SeqCst);
+    released.store(true, Ordering::SeqCst);
     if let Some(lease) = dedicated_lease {
         if let Err(e) = lease.revoke().await {
             tracing::debug!(lease = lease.id(), "revoking a released lock's lease: {e}");
         }
     }
-    let released = gone && first;
-    if released {
+    if released_now {
         LockCounters::add(&client.lock_counters().released);
     }
-    Ok(released)
+    Ok(released_now)
 }
 
 /// The deadline `timeout` from now; `None` (no deadline) if the clock cannot represent it,

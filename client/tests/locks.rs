@@ -346,3 +346,50 @@ async fn an_unwanted_lock_answers_node_whose_release_failed_is_swept_after_a_rec
     }
     drop(client);
 }
+
+/// Two concurrent `release()` calls of one guard: the server releases the node for the
+/// one it applies first (`released: true`), and that call says so, whichever of the two
+/// calls finishes first (with tasks on several threads, either may).
+#[tokio::test]
+async fn concurrent_releases_of_one_guard_report_the_release_the_server_made() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let mut acquire = tokio::spawn({
+        let client = client.clone();
+        async move { client.lock("/l", LockOptions::default()).acquire().await }
+    });
+    let lock = recv_while(&mut conn, &mut acquire).await;
+    conn.reply(lock.xid, 2, Ok(locked("/l/x-0000000001", 2)))
+        .await;
+    let guard = bounded("acquire", acquire)
+        .await
+        .expect("join")
+        .expect("acquire");
+
+    let first = guard.release();
+    let second = guard.release();
+    tokio::pin!(first, second);
+    // One poll each hands their requests to the connection, in this order.
+    assert!(futures::poll!(&mut first).is_pending());
+    assert!(futures::poll!(&mut second).is_pending());
+    let release = Op::Release {
+        node: "/l/x-0000000001".into(),
+        token: 2,
+    };
+    let a = conn.recv().await;
+    let b = conn.recv().await;
+    assert_eq!((&a.op, &b.op), (&release, &release));
+    assert!(a.xid < b.xid);
+    conn.reply(a.xid, 3, Ok(OpResult::Unlocked { released: true }))
+        .await;
+    conn.reply(b.xid, 4, Ok(OpResult::Unlocked { released: false }))
+        .await;
+    // The second call finishes first.
+    let second = bounded("the second release", second)
+        .await
+        .expect("release");
+    let first = bounded("the first release", first).await.expect("release");
+    assert_eq!((first, second), (true, false));
+    assert_eq!(client.lock_stats().released, 1, "{:?}", client.lock_stats());
+    assert!(!guard.is_held());
+}
