@@ -41,6 +41,8 @@ pub const HEADER_BYTES: usize = 36;
 const PREFIX: &str = "snap-";
 const SUFFIX: &str = ".bin";
 const TMP_SUFFIX: &str = ".tmp";
+/// Appended to a snapshot that cannot be decoded when recovery skips it.
+const DAMAGED_SUFFIX: &str = ".damaged";
 const DIGITS: usize = 20;
 
 /// A loaded snapshot.
@@ -171,10 +173,29 @@ pub fn load_latest_on(disk: &Disk, dir: &Path) -> Result<Option<Snapshot>, Stora
             Ok(snapshot) => return Ok(Some(snapshot)),
             Err(reason) => {
                 tracing::warn!(path = %path.display(), %reason, "skipping damaged snapshot");
+                set_aside(disk, dir, path);
             }
         }
     }
     Ok(None)
+}
+
+/// Renames a damaged snapshot to `<name>.damaged` (kept for inspection): it no longer
+/// counts as one of the snapshots a later save keeps, so the older good snapshot that
+/// recovery fell back to, and that the log still reaches back to, is not deleted in its
+/// place. Best effort: on failure the file stays and is skipped again next time.
+fn set_aside(disk: &Disk, dir: &Path, path: &Path) {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(DAMAGED_SUFFIX);
+    let renamed = disk
+        .rename(path, Path::new(&aside))
+        .and_then(|()| disk.sync_dir(dir));
+    match renamed {
+        Ok(()) => tracing::warn!(path = ?aside, "damaged snapshot set aside"),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot set a damaged snapshot aside")
+        }
+    }
 }
 
 fn snapshot_name(index: u64) -> String {

@@ -86,6 +86,11 @@ pub enum RecoveryError {
          records between them are missing"
     )]
     Gap { snapshot: u64, log_end: u64 },
+    #[error(
+        "the log starts at index {log_start} but the newest readable snapshot is at \
+         {snapshot}; records between them are missing (a damaged or deleted snapshot?)"
+    )]
+    Missing { snapshot: u64, log_start: u64 },
 }
 
 fn wal_dir(data_dir: &Path) -> PathBuf {
@@ -141,6 +146,15 @@ pub fn recover_on(
             log_end: wal.last_lsn(),
         });
     }
+    // The log must reach back to the snapshot: starting from an older snapshot (or none)
+    // because the newest one is damaged, a log compacted past it would replay onto a
+    // state with the entries between them missing, and the node would serve it.
+    if wal.first_lsn() > snapshot_zxid + 1 {
+        return Err(RecoveryError::Missing {
+            snapshot: snapshot_zxid,
+            log_start: wal.first_lsn(),
+        });
+    }
     let mut replayed = 0;
     for (lsn, bytes) in found.records {
         if lsn <= snapshot_zxid {
@@ -180,7 +194,8 @@ pub fn run_storage_thread(
     let mut stats = StorageStats::default();
     let mut failed = false;
     // Indexes of the snapshots on disk, oldest first. The log is compacted only through
-    // the oldest one, so that recovery can fall back to it if the newest is damaged.
+    // the oldest one, and only once there are `SNAPSHOTS_KEPT` of them, so that recovery
+    // can fall back to it if the newest is damaged (with one, that would be the newest).
     let mut kept: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     kept.extend(snapshot_index);
     // Snapshots are encoded and written by their own thread so that a large one holds up
@@ -233,7 +248,7 @@ pub fn run_storage_thread(
             while kept.len() > SNAPSHOTS_KEPT {
                 kept.pop_front();
             }
-            if let Some(oldest) = kept.front() {
+            if let Some(oldest) = kept.front().filter(|_| kept.len() >= SNAPSHOTS_KEPT) {
                 match wal.compact_through(*oldest) {
                     Ok(()) => metrics::counter!(crate::metrics::COMPACTIONS).increment(1),
                     Err(e) => tracing::warn!(error = %e, "log compaction failed"),
@@ -362,3 +377,7 @@ pub(crate) fn persist(
     stats.sync_micros += started.elapsed().as_micros() as u64;
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "storage_tests.rs"]
+mod tests;
