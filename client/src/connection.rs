@@ -274,8 +274,14 @@ pub(crate) struct Task {
     last_zxid: u64,
     /// The highest zxid seen in responses and events (not handshakes): every watch
     /// event up to it has been delivered, so it is what `SetWatches` sends after a
-    /// reconnect.
+    /// reconnect. It stays put while `watch_resyncs` is not zero.
     seen_zxid: u64,
+    /// This connection's `SetWatches` requests not answered yet. Until they are, the
+    /// watches are not all registered again, and the events they fire at once carry the
+    /// server's current zxid: a response or event then says nothing about which changes
+    /// were delivered, and raising `seen_zxid` on it would make the next reconnect's
+    /// `SetWatches` skip the changes whose events were lost with this connection.
+    watch_resyncs: usize,
     /// Send time of the last renewal the server acknowledged (handshake or ping).
     lease_from: Instant,
     /// Disconnected for longer than the lease: calls fail fast with `ConnectionLoss`.
@@ -319,6 +325,7 @@ impl Task {
             send_limit: 0,
             last_zxid: granted.zxid,
             seen_zxid: granted.zxid,
+            watch_resyncs: 0,
             lease_from: handshake_started,
             lapsed: false,
             closing: false,
@@ -408,15 +415,19 @@ impl Task {
         }
         // After the resends, so that xids keep increasing on the wire.
         let watches = self.registry.watch_set();
+        self.watch_resyncs = 0;
         if !watches.is_empty() {
             for piece in split_watch_set(watches, self.send_limit / 2) {
                 let op = Op::SetWatches {
                     last_zxid: self.seen_zxid,
                     watches: piece,
                 };
-                if let Err((_, e)) = self.push(op, WaitFor::SetWatches, false, &mut out) {
-                    tracing::warn!("cannot re-register watches: {e}");
-                    self.registry.fail_all(&e);
+                match self.push(op, WaitFor::SetWatches, false, &mut out) {
+                    Ok(()) => self.watch_resyncs += 1,
+                    Err((_, e)) => {
+                        tracing::warn!("cannot re-register watches: {e}");
+                        self.registry.fail_all(&e);
+                    }
                 }
             }
         }
@@ -611,19 +622,31 @@ impl Task {
 
     fn on_event(&mut self, event: WatchEvent) {
         self.observe_zxid(event.zxid);
-        self.seen_zxid = self.seen_zxid.max(event.zxid);
+        self.raise_seen(event.zxid);
         self.registry.dispatch(&event);
         // No subscriber is fine.
         let _ = self.shared.events.send(Ok(event));
     }
 
+    /// Raises `seen_zxid` to `zxid`, unless watches are being registered again.
+    fn raise_seen(&mut self, zxid: u64) {
+        if self.watch_resyncs == 0 {
+            self.seen_zxid = self.seen_zxid.max(zxid);
+        }
+    }
+
     fn on_response(&mut self, response: Response) -> Option<End> {
         self.observe_zxid(response.zxid);
-        self.seen_zxid = self.seen_zxid.max(response.zxid);
         let Some(entry) = self.pending.complete(response.xid) else {
+            self.raise_seen(response.zxid);
             tracing::debug!(xid = response.xid, "response to a request no one waits for");
             return None;
         };
+        if matches!(entry.waiter, WaitFor::SetWatches) {
+            // Answered after every event it fired: the last one lets the zxid move on.
+            self.watch_resyncs = self.watch_resyncs.saturating_sub(1);
+        }
+        self.raise_seen(response.zxid);
         match entry.waiter {
             WaitFor::Ping { sent_at } => match response.result {
                 Ok(_) => {

@@ -717,3 +717,125 @@ async fn corralctl_prints_text_hex_json_and_errors() {
     assert!(stderr.starts_with("corralctl: "), "{stderr}");
     assert!(stderr.contains("NoNode"), "{stderr}");
 }
+
+/// The events a `SetWatches` fires at once carry the server's current zxid, not the
+/// changes' own: if the connection is lost before its answer, the next `SetWatches`
+/// still asks from the zxid seen before the reconnect, so the changes whose events were
+/// lost with the connection fire again instead of being skipped.
+#[tokio::test]
+async fn watches_registered_again_keep_the_last_zxid_until_the_server_answers() {
+    let server = FakeServer::start().await;
+    let connecting = tokio::spawn(Client::connect(server.config()));
+    let (mut conn, _) = server.accept(granted(10_000, 5, 1)).await;
+    let client = bounded("connect", connecting)
+        .await
+        .expect("join")
+        .expect("connect");
+    let mut watchers = Vec::new();
+    for path in ["/a", "/b"] {
+        let call = tokio::spawn({
+            let client = client.clone();
+            async move { client.get_data_watch(path).await }
+        });
+        let request = conn.recv().await;
+        conn.reply(
+            request.xid,
+            10,
+            Ok(OpResult::Data {
+                data: Vec::new(),
+                stat: Stat::default(),
+            }),
+        )
+        .await;
+        let (_, _, watcher) = bounded("get_data_watch", call)
+            .await
+            .expect("join")
+            .expect("get_data_watch");
+        watchers.push(watcher);
+    }
+    drop(conn);
+
+    // Both nodes changed while the client was away (zxids 40 and 55, the server is at
+    // 60). The first re-registration fires /a's event, stamped 60, then the connection
+    // is lost before /b's event and the answer.
+    let (mut conn, _) = server.accept(granted(10_000, 60, 3)).await;
+    let first = conn.recv().await;
+    let both = WatchSet {
+        data: vec!["/a".into(), "/b".into()],
+        ..WatchSet::default()
+    };
+    assert_eq!(
+        first.op,
+        Op::SetWatches {
+            last_zxid: 10,
+            watches: both
+        }
+    );
+    let a_changed = WatchEvent {
+        kind: EventKind::NodeDataChanged,
+        path: "/a".into(),
+        zxid: 60,
+    };
+    conn.send(ServerMessage::Watch(a_changed.clone())).await;
+    let mut watchers = watchers.into_iter();
+    let a = watchers.next().expect("/a");
+    assert_eq!(bounded("/a's event", a).await.expect("event"), a_changed);
+    drop(conn);
+
+    // /b's change (zxid 55) must still fire: the client asks from zxid 10 again.
+    let (mut conn, _) = server.accept(granted(10_000, 60, 4)).await;
+    let second = conn.recv().await;
+    assert_eq!(
+        second.op,
+        Op::SetWatches {
+            last_zxid: 10,
+            watches: WatchSet {
+                data: vec!["/b".into()],
+                ..WatchSet::default()
+            }
+        }
+    );
+    let b_changed = WatchEvent {
+        kind: EventKind::NodeDataChanged,
+        path: "/b".into(),
+        zxid: 60,
+    };
+    conn.send(ServerMessage::Watch(b_changed.clone())).await;
+    conn.reply(second.xid, 60, Ok(OpResult::WatchesUpdated))
+        .await;
+    let b = watchers.next().expect("/b");
+    assert_eq!(bounded("/b's event", b).await.expect("event"), b_changed);
+
+    // Answered: the next reconnect asks from the zxid reached.
+    let exists = tokio::spawn({
+        let client = client.clone();
+        async move { client.exists("/c").await }
+    });
+    let request = conn.recv().await;
+    conn.reply(request.xid, 61, Ok(OpResult::Exists(None)))
+        .await;
+    bounded("exists", exists)
+        .await
+        .expect("join")
+        .expect("exists");
+    let watcher = tokio::spawn({
+        let client = client.clone();
+        async move { client.exists_watch("/d").await }
+    });
+    let request = conn.recv().await;
+    conn.reply(request.xid, 62, Ok(OpResult::Exists(None)))
+        .await;
+    // Kept: a watch nobody listens to is not registered again.
+    let _d = bounded("exists_watch", watcher)
+        .await
+        .expect("join")
+        .expect("exists_watch");
+    drop(conn);
+    let (mut conn, _) = server.accept(granted(10_000, 62, 7)).await;
+    let third = conn.recv().await;
+    assert!(
+        matches!(&third.op, Op::SetWatches { last_zxid: 62, .. }),
+        "{:?}",
+        third.op
+    );
+}
