@@ -603,13 +603,8 @@ impl Node {
                     let msg = format!("node cannot write to its disk ({err}); try another server");
                     return self.refuse(conn, ErrorInfo::new(ErrorCode::Unavailable, msg));
                 }
-                let live = self.tracker.len() + self.pending_opens.len();
-                if live >= self.config.max_sessions {
-                    let msg = format!(
-                        "{live} sessions are open, the limit max_sessions is {}",
-                        self.config.max_sessions
-                    );
-                    return self.refuse(conn, ErrorInfo::new(ErrorCode::LimitExceeded, msg));
+                if let Err(e) = self.room_for_a_session() {
+                    return self.refuse(conn, e);
                 }
                 let ttl_ms = ttl_ms.clamp(
                     self.config.min_session_ttl_ms,
@@ -768,7 +763,7 @@ impl Node {
         let state = if op.is_write() {
             // Limits that depend on this node's settings are checked here, before the
             // write is proposed: applying it must not depend on them.
-            if let Err(e) = self.machine.admit(&op) {
+            if let Err(e) = self.machine.admit(&op).and_then(|()| self.admit_lease(&op)) {
                 PendingState::Done(Response {
                     xid,
                     zxid: self.machine.last_zxid(),
@@ -826,13 +821,12 @@ impl Node {
                     result: Err(e),
                 }),
             }
-        } else if replicated
-            && matches!(op, Op::Sync { .. })
-            && !crate::faults::active().sync_without_barrier
+        } else if let Some(path) =
+            sync_path(&op).filter(|_| replicated && !crate::faults::active().sync_without_barrier)
         {
             // In a cluster, a sync passes through the log: once this node applies the
             // barrier, it has applied every write acknowledged before the sync started.
-            match self.barrier() {
+            match validate_path(path).and_then(|()| self.barrier()) {
                 Ok(id) => {
                     self.barriers.entry(id).or_default().push((conn, xid));
                     PendingState::Proposed
@@ -1837,6 +1831,28 @@ impl Node {
         }
     }
 
+    /// `LimitExceeded` once `max_sessions` sessions and leases (a lease is a session
+    /// without a connection, tracked and expired like one) are open or being opened.
+    fn room_for_a_session(&self) -> Result<(), ErrorInfo> {
+        let live = self.tracker.len() + self.pending_opens.len();
+        if live < self.config.max_sessions {
+            return Ok(());
+        }
+        let msg = format!(
+            "{live} sessions and leases are open, the limit max_sessions is {}",
+            self.config.max_sessions
+        );
+        Err(ErrorInfo::new(ErrorCode::LimitExceeded, msg))
+    }
+
+    /// A `GrantLease` takes a session's room: refused like a new session at the limit.
+    fn admit_lease(&self, op: &Op) -> Result<(), ErrorInfo> {
+        match op {
+            Op::GrantLease { .. } => self.room_for_a_session(),
+            _ => Ok(()),
+        }
+    }
+
     fn on_peer(&mut self, from: u64, msg: PeerMsg) {
         match msg {
             PeerMsg::Alive { batch, sessions } => {
@@ -1881,5 +1897,13 @@ impl Node {
             let msg = "the server is shutting down; reconnect to another server";
             self.goodbye(conn, ErrorInfo::new(ErrorCode::Unavailable, msg));
         }
+    }
+}
+
+/// The path of a `Sync`.
+fn sync_path(op: &Op) -> Option<&str> {
+    match op {
+        Op::Sync { path } => Some(path),
+        _ => None,
     }
 }

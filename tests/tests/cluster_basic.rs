@@ -317,3 +317,32 @@ async fn nodes_with_different_data_limits_apply_writes_alike() {
     }
     cluster.assert_converged().await;
 }
+
+/// A `Sync` checks its path on a cluster member as on a single node: `InvalidPath`,
+/// not a barrier that ignores it.
+#[tokio::test]
+async fn a_sync_of_an_invalid_path_is_refused_in_a_cluster_too() {
+    use corral_protocol::{ErrorCode, Op, OpResult};
+    use corral_tests::raw::RawSession;
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    for id in [leader, follower] {
+        let mut raw = RawSession::new_session(&cluster.direct_client_addr(id), 10_000).await;
+        let refused = raw
+            .request(
+                1,
+                Op::Sync {
+                    path: "no-slash".into(),
+                },
+            )
+            .await;
+        assert_eq!(
+            refused.result.map_err(|e| e.code),
+            Err(ErrorCode::InvalidPath),
+            "node {id}"
+        );
+        let synced = raw.request(2, Op::Sync { path: "/".into() }).await;
+        assert_eq!(synced.result, Ok(OpResult::Synced), "node {id}");
+    }
+}

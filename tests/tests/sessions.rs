@@ -731,3 +731,47 @@ async fn connect_reports_why_it_failed() {
         Ok(_) => panic!("over max_sessions"),
     }
 }
+
+/// A lease is a session without a connection (tracked and expired like one), so it
+/// takes one of `max_sessions`' places: granting one at the limit is `LimitExceeded`,
+/// as a new session is, and revoking one makes room again.
+#[tokio::test]
+async fn leases_count_against_max_sessions() {
+    let server = TestServer::start(&["--max-sessions", "3"]);
+    let addr = server.addr();
+    let mut raw = RawSession::new_session(&addr, 20_000).await;
+    let mut leases = Vec::new();
+    for xid in 1..=3u64 {
+        match raw
+            .request(xid, Op::GrantLease { ttl_ms: 20_000 })
+            .await
+            .result
+        {
+            Ok(OpResult::Lease { lease_id, .. }) => leases.push(lease_id),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => {
+                assert_eq!(e.code, ErrorCode::LimitExceeded, "{e}");
+                assert!(e.message.contains("max_sessions"), "{e}");
+            }
+        }
+    }
+    assert_eq!(
+        leases.len(),
+        2,
+        "one session and two leases fill max_sessions = 3"
+    );
+    match Client::connect(ClientConfig::new([addr.clone()])).await {
+        Err(e) => assert!(e.is(ErrorCode::LimitExceeded), "{e}"),
+        Ok(_) => panic!("a session over max_sessions"),
+    }
+    let revoked = raw
+        .request(
+            4,
+            Op::RevokeLease {
+                lease_id: leases[0],
+            },
+        )
+        .await;
+    assert!(revoked.result.is_ok(), "{revoked:?}");
+    let _room = connect(&addr).await;
+}
