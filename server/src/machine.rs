@@ -608,14 +608,21 @@ impl StateMachine {
     /// Describes the locks at and below `path`.
     pub fn locks_under(&self, path: &str) -> Result<Vec<LockState>, ErrorInfo> {
         validate_path(path)?;
-        Ok(self
+        // The locks within `path` are `path` itself and one key range: the names that
+        // start with `path/` sort together (O(log n + k), not a pass over every lock).
+        let describe = |(lock, meta): (&String, &LockMeta)| {
+            locks::describe(&self.tree, lock, meta, |o| owner_session(&self.sessions, o))
+        };
+        if path == "/" {
+            return Ok(self.locks.iter().map(describe).collect());
+        }
+        let below = format!("{path}/");
+        let itself = self.locks.get_key_value(path);
+        let under = self
             .locks
-            .iter()
-            .filter(|(lock, _)| corral_protocol::path::is_within(lock, path))
-            .map(|(lock, meta)| {
-                locks::describe(&self.tree, lock, meta, |o| owner_session(&self.sessions, o))
-            })
-            .collect())
+            .range(below.clone()..)
+            .take_while(|(lock, _)| lock.starts_with(&below));
+        Ok(itself.into_iter().chain(under).map(describe).collect())
     }
 
     /// The earliest time at which a lock-delay ends, if one is running: the node that

@@ -1182,6 +1182,8 @@ fn locks_under_describes_the_locks_at_and_below_a_path() {
     let (n1b, t1b) = queued(&h.lock_with(b, l1b));
     let (n2, t2) = locked(&h.lock(b, "/x/l2", sem(2)));
     let (ny, _) = locked(&h.lock(a, "/xy", LockKind::Write));
+    // Sorts between "/x" and "/x/...": not below /x either.
+    locked(&h.lock(a, "/x-y", LockKind::Exclusive));
 
     let under_x = h.m.locks_under("/x").expect("valid");
     assert_eq!(
@@ -1224,7 +1226,7 @@ fn locks_under_describes_the_locks_at_and_below_a_path() {
                 }],
             },
         ],
-        "/xy is not below /x"
+        "/xy and /x-y are not below /x"
     );
     let all: Vec<String> =
         h.m.locks_under("/")
@@ -1232,7 +1234,8 @@ fn locks_under_describes_the_locks_at_and_below_a_path() {
             .into_iter()
             .map(|s| s.lock)
             .collect();
-    assert_eq!(all, vec!["/x/l1", "/x/l2", "/xy"]);
+    assert_eq!(all, vec!["/x-y", "/x/l1", "/x/l2", "/xy"]);
+    assert_eq!(h.m.locks_under("/x-y").expect("valid").len(), 1);
     assert_eq!(h.m.locks_under("/x/l2").expect("valid").len(), 1);
     assert_eq!(h.queue("/xy")[0].node, ny);
     assert!(h.m.locks_under("/nothing/here").expect("valid").is_empty());
