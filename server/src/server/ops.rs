@@ -132,6 +132,11 @@ pub(super) struct RequestTimer {
 impl RequestTimer {
     /// A request arrived.
     pub(super) fn arrived(&mut self, xid: u64, op: &Op) {
+        // A waiter that leaves its queue is never granted: stop timing its wait (or the
+        // table fills with them and later waits go untimed).
+        if let Op::Unlock { node } | Op::Release { node, .. } = op {
+            self.lock_waits.remove(node);
+        }
         if self.waiting.len() < MAX_TIMED_REQUESTS {
             let is_lock = crate::metrics::is_lock(op);
             self.waiting
@@ -173,5 +178,56 @@ impl RequestTimer {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_protocol::{LockKind, LockRequest, Response};
+
+    fn queued(xid: u64, node: &str) -> ServerMessage {
+        ServerMessage::Response(Response {
+            xid,
+            zxid: xid,
+            result: Ok(OpResult::Queued {
+                node: node.into(),
+                token: xid,
+            }),
+        })
+    }
+
+    /// A queued request that leaves its queue (Unlock or Release of its node) is no
+    /// longer timed: the table does not fill with waits that never end.
+    #[test]
+    fn a_withdrawn_lock_wait_is_no_longer_timed() {
+        let mut timer = RequestTimer::default();
+        let lock = Op::Lock(LockRequest {
+            lock: "/l".into(),
+            kind: LockKind::Exclusive,
+            try_only: false,
+            lease: None,
+            lock_delay_ms: 0,
+            data: Vec::new(),
+        });
+        for (xid, node) in [(1, "/l/x-0000000001"), (2, "/l/x-0000000002")] {
+            timer.arrived(xid, &lock);
+            timer.sending(&queued(xid, node));
+        }
+        assert_eq!(timer.lock_waits.len(), 2);
+        timer.arrived(
+            3,
+            &Op::Unlock {
+                node: "/l/x-0000000001".into(),
+            },
+        );
+        timer.arrived(
+            4,
+            &Op::Release {
+                node: "/l/x-0000000002".into(),
+                token: 2,
+            },
+        );
+        assert!(timer.lock_waits.is_empty(), "{:?}", timer.lock_waits);
     }
 }
