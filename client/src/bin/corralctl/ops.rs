@@ -240,6 +240,12 @@ pub async fn snapshot(
     std::fs::write(&tmp, &body)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, &file)?;
+    // The new name is durable once its directory is: "saved" must survive a power cut.
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()?;
     if json {
         super::emit(
             serde_json::json!({"file": file.display().to_string(), "zxid": zxid, "bytes": body.len(), "admin": admin}),
