@@ -116,9 +116,18 @@ settings! {
     max_pending_requests_per_connection: usize = 1024;
     /// Most watches one session may register.
     max_watches_per_session: usize = 100_000;
-    /// Most server messages queued for one connection; a client that reads slower than
-    /// this is disconnected.
+    /// Most server messages queued for one connection, measured when a round of the node
+    /// core first sends to it: a client whose queue is still over this (or over
+    /// max_queued_bytes_per_connection) does not read, and is disconnected with
+    /// Goodbye(LimitExceeded). The messages of one round (a burst of events from one
+    /// entry or request) are always queued whole.
     max_queued_messages_per_connection: usize = 4096;
+    /// Most bytes of server messages queued for one connection (as
+    /// max_queued_messages_per_connection); at least max_frame_bytes.
+    max_queued_bytes_per_connection: usize = 64 << 20;
+    /// Longest a write to a client may wait for room in its socket, in milliseconds; a
+    /// client that accepts no bytes for this long is disconnected.
+    write_stall_timeout_ms: u64 = 10_000;
     /// Smallest session TTL granted, in milliseconds.
     min_session_ttl_ms: u64 = 2_000;
     /// Largest session TTL granted, in milliseconds.
@@ -226,6 +235,16 @@ impl Config {
             if v == 0 {
                 return fail(format!("{name} must be positive"));
             }
+        }
+        if self.max_queued_bytes_per_connection < self.max_frame_bytes {
+            return fail(format!(
+                "max_queued_bytes_per_connection ({}) must be at least max_frame_bytes ({}), \
+                 so a maximal response fits in the queue",
+                self.max_queued_bytes_per_connection, self.max_frame_bytes
+            ));
+        }
+        if self.write_stall_timeout_ms == 0 {
+            return fail("write_stall_timeout_ms must be positive".into());
         }
         if self.tick_ms == 0 || self.tick_ms > 1_000 {
             return fail(format!("tick_ms must be in 1..=1000, not {}", self.tick_ms));
@@ -353,6 +372,14 @@ mod tests {
         let err = Config::load(cli(&["--max-peer-frame-bytes", "2000000"]))
             .expect_err("peer frames smaller than two client frames");
         assert!(err.to_string().contains("max_peer_frame_bytes"), "{err}");
+        let err = Config::load(cli(&["--max-queued-bytes-per-connection", "1000"]))
+            .expect_err("a queue smaller than one frame");
+        assert!(
+            err.to_string().contains("max_queued_bytes_per_connection"),
+            "{err}"
+        );
+        let err = Config::load(cli(&["--write-stall-timeout-ms", "0"])).expect_err("no stall");
+        assert!(err.to_string().contains("write_stall_timeout_ms"), "{err}");
         let err = Config::load(cli(&["--max-peer-frame-bytes", "5000000000"]))
             .expect_err("peer frames over the 32-bit length prefix");
         assert!(err.to_string().contains("max_peer_frame_bytes"), "{err}");

@@ -8,9 +8,11 @@
 //! ```
 //!
 //! Every queue is bounded: a connection's outgoing queue by
-//! `max_queued_messages_per_connection` (a client that does not read is disconnected),
-//! the core's inbox by `CORE_INBOX` (connection readers wait: backpressure), the peer
-//! transport's events channel, which the core reads directly, by `CORE_INBOX` too, and the
+//! `max_queued_messages_per_connection` and `max_queued_bytes_per_connection`, measured
+//! when a core round first sends to it (see [`OutQueue`]: a client that does not read is
+//! disconnected, one that reads survives a burst larger than the limits), and a write to
+//! a client by `write_stall_timeout_ms`; the core's inbox by `CORE_INBOX` (connection
+//! readers wait: backpressure), the peer transport's events channel, which the core reads directly, by `CORE_INBOX` too, and the
 //! storage queue by the node core itself, which has at most one batch outstanding.
 
 mod ops;
@@ -35,10 +37,14 @@ use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncWrite;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 
 /// Capacity of the core task's inbox.
@@ -53,6 +59,9 @@ const PASS_INPUTS: usize = 64;
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Time a shutdown waits for outstanding writes to become durable.
 const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client disconnected for not reading gets to take its `Goodbye` (and the
+/// rest of a frame already started) before its socket is closed without it.
+const NOT_READING_GOODBYE_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +90,7 @@ enum CoreMsg {
     /// A new connection and its outgoing queue (sent before its `Hello`).
     Register {
         conn: ConnId,
-        tx: mpsc::Sender<ToConn>,
+        out: OutQueue,
     },
     Input(Input),
     /// A question from the admin endpoint.
@@ -92,8 +101,76 @@ enum CoreMsg {
 #[derive(Debug)]
 enum ToConn {
     Hello(HelloReply),
-    Msg(ServerMessage),
+    /// A message and its size on the wire, as counted in the queue's level.
+    Msg {
+        msg: ServerMessage,
+        bytes: usize,
+    },
     Close,
+}
+
+/// What waits in one connection's outgoing queue: the messages the core queued that the
+/// connection's writer has not taken yet (it takes one when the socket has room for it).
+#[derive(Debug, Default)]
+struct QueueLevel {
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl QueueLevel {
+    fn add(&self, bytes: usize) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn take(&self, bytes: usize) {
+        self.messages.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// (messages, bytes) queued.
+    fn get(&self) -> (usize, usize) {
+        (
+            self.messages.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Limits of one connection's outgoing queue.
+#[derive(Debug, Clone, Copy)]
+struct QueueLimits {
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+/// The core's end of one connection's outgoing queue.
+///
+/// The channel itself is unbounded; its bound is enforced by the core, per round of the
+/// core task ([`CoreShell::round`]): the first time a round sends to the connection, the
+/// queue is measured, and a queue over `max_queued_messages_per_connection` or
+/// `max_queued_bytes_per_connection` means the client did not read what earlier rounds
+/// sent it: it is disconnected. Everything one round sends is queued whole, so a burst of
+/// one entry or request (the events of a `SetWatches`, of a `Multi` under a recursive
+/// watch, of an expiry) reaches a client that reads it even if it is larger than the
+/// limits; the queue then holds at most the limits plus one round's messages.
+#[derive(Debug)]
+struct OutQueue {
+    tx: mpsc::UnboundedSender<ToConn>,
+    level: Arc<QueueLevel>,
+    /// Ends the connection at once, with this goodbye (if the socket takes it).
+    drop_now: oneshot::Sender<ErrorInfo>,
+    /// The last round that measured this queue.
+    measured_round: u64,
+}
+
+/// The size of a message's frame on the wire, without encoding it.
+fn frame_bytes(msg: &ServerMessage) -> usize {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    // Cannot fail for a writer that only counts; an error would count what it reached.
+    let _ =
+        bincode::serde::encode_into_writer(msg, &mut size, corral_protocol::frame::wire_config());
+    corral_protocol::frame::LENGTH_PREFIX_BYTES + size.bytes_written
 }
 
 /// The clock of the shell: monotonic from start-up, plus the wall clock.
@@ -400,6 +477,10 @@ impl Server {
             Duration::from_millis(config.tick_ms),
             stop_rx,
             shell_info,
+            QueueLimits {
+                max_messages: config.max_queued_messages_per_connection,
+                max_bytes: config.max_queued_bytes_per_connection,
+            },
         ));
         core_running.store(true, std::sync::atomic::Ordering::Release);
 
@@ -477,8 +558,8 @@ async fn accept_loop(
                 metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED).increment(1);
                 let settings = ConnSettings {
                     max_frame_bytes: config.max_frame_bytes,
-                    queue: config.max_queued_messages_per_connection,
                     handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+                    write_stall_timeout: Duration::from_millis(config.write_stall_timeout_ms),
                 };
                 let core_tx = core_tx.clone();
                 tokio::spawn(async move {
@@ -567,6 +648,7 @@ async fn run_core(
     tick: Duration,
     mut stop: tokio::sync::oneshot::Receiver<()>,
     info: ShellInfo,
+    queue_limits: QueueLimits,
 ) {
     let (transport, mut peer_events) = match peers {
         Some((t, events)) => (Some(t), Some(events)),
@@ -574,6 +656,8 @@ async fn run_core(
     };
     let mut core = CoreShell {
         conns: HashMap::new(),
+        queue_limits,
+        round: 0,
         inbox: own_inbox,
         storage,
         transport,
@@ -584,6 +668,7 @@ async fn run_core(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping: Option<Instant> = None;
     loop {
+        core.round += 1;
         if let Some(since) = stopping {
             if !node.has_unapplied() || since.elapsed() > SHUTDOWN_DRAIN_TIMEOUT {
                 if node.has_unapplied() {
@@ -640,7 +725,11 @@ async fn recv_peer(
 
 /// The core task's own state: where outputs go.
 struct CoreShell {
-    conns: HashMap<ConnId, mpsc::Sender<ToConn>>,
+    conns: HashMap<ConnId, OutQueue>,
+    queue_limits: QueueLimits,
+    /// Counts the core task's rounds (one wake-up: the inputs it takes in, then the end
+    /// of the node's pass); outgoing queues are measured once per round.
+    round: u64,
     /// The core's own inbox, for work done elsewhere on its behalf (weak: the core
     /// task still ends when every other sender is gone).
     inbox: mpsc::WeakSender<CoreMsg>,
@@ -667,10 +756,15 @@ fn note_stall(kind: &'static str, started: Instant) {
 impl CoreShell {
     fn handle(&mut self, node: &mut Node, clock: Clock, msg: CoreMsg) {
         match msg {
-            CoreMsg::Register { conn, tx } => {
-                self.conns.insert(conn, tx);
+            CoreMsg::Register { conn, out } => {
+                self.conns.insert(conn, out);
             }
-            CoreMsg::Input(input) => self.input(node, clock, input),
+            CoreMsg::Input(input) => {
+                if let Input::Disconnected { conn } = &input {
+                    self.conns.remove(conn);
+                }
+                self.input(node, clock, input)
+            }
             CoreMsg::Admin(request) => self.admin(node, request),
         }
     }
@@ -736,11 +830,13 @@ impl CoreShell {
             Output::HelloReply { conn, reply } => (conn, ToConn::Hello(reply)),
             Output::Send { conn, mut msg } => {
                 self.complete_status(&mut msg);
-                (conn, ToConn::Msg(msg))
+                let bytes = frame_bytes(&msg);
+                (conn, ToConn::Msg { msg, bytes })
             }
             Output::Close { conn } => {
-                if let Some(tx) = self.conns.remove(&conn) {
-                    let _ = tx.try_send(ToConn::Close);
+                // The writer sends what is queued before it (a Goodbye), then closes.
+                if let Some(out) = self.conns.remove(&conn) {
+                    let _ = out.tx.send(ToConn::Close);
                 }
                 return None;
             }
@@ -804,27 +900,137 @@ impl CoreShell {
                 return None;
             }
         };
-        let tx = self.conns.get(&conn)?;
-        match tx.try_send(message) {
-            Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(conn, "client does not read its messages; disconnecting it");
-                self.conns.remove(&conn);
-                Some(conn)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.conns.remove(&conn);
-                None
+        let out = self.conns.get_mut(&conn)?;
+        if out.measured_round != self.round {
+            out.measured_round = self.round;
+            let (messages, bytes) = out.level.get();
+            let limits = self.queue_limits;
+            if messages > limits.max_messages || bytes > limits.max_bytes {
+                tracing::warn!(
+                    conn,
+                    messages,
+                    bytes,
+                    max_messages = limits.max_messages,
+                    max_bytes = limits.max_bytes,
+                    "client does not read its messages; disconnecting it"
+                );
+                let reason = ErrorInfo::new(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "the client did not read its messages: {messages} messages \
+                         ({bytes} bytes) were waiting for it, over \
+                         max_queued_messages_per_connection = {} or \
+                         max_queued_bytes_per_connection = {}",
+                        limits.max_messages, limits.max_bytes
+                    ),
+                );
+                if let Some(out) = self.conns.remove(&conn) {
+                    let _ = out.drop_now.send(reason);
+                }
+                return Some(conn);
             }
         }
+        if let ToConn::Msg { bytes, .. } = &message {
+            out.level.add(*bytes);
+        }
+        if out.tx.send(message).is_err() {
+            // The connection task is gone; it reports its disconnection itself.
+            self.conns.remove(&conn);
+        }
+        None
     }
 }
 
 #[derive(Debug, Clone, Copy)]
 struct ConnSettings {
     max_frame_bytes: usize,
-    queue: usize,
     handshake_timeout: Duration,
+    /// Longest a write to the client may wait for room in its socket.
+    write_stall_timeout: Duration,
+}
+
+/// A socket's write half that fails a write (or flush) the socket accepts no byte of for
+/// `timeout`: a client that stops reading cannot hold its connection task, its
+/// `max_connections` permit and its queued messages forever.
+#[derive(Debug)]
+struct StallLimited<W> {
+    inner: W,
+    timeout: Duration,
+    /// Armed while a write waits for room in the socket.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<W> StallLimited<W> {
+    fn new(inner: W, timeout: Duration) -> Self {
+        StallLimited {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// The inner write answered `ready`: progress (or an error), the stall timer restarts.
+    /// Pending: waits with the stall timer, and fails once it runs out.
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        ready: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if ready.is_ready() {
+            self.stalled = None;
+            return ready;
+        }
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the client accepted no bytes for {} ms (write_stall_timeout_ms)",
+                    timeout.as_millis()
+                ),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for StallLimited<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let ready = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.check(cx, ready)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let ready = Pin::new(&mut this.inner).poll_flush(cx);
+        this.check(cx, ready)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let ready = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.check(cx, ready)
+    }
+}
+
+/// Why a connection's serving loop ended.
+enum Ended {
+    /// The client closed its side, or the core closed the connection.
+    Closed,
+    /// The client sent a frame that cannot be decoded.
+    BadFrame(FrameError),
+    /// The core disconnected the client for not reading; this is its goodbye.
+    NotReading(ErrorInfo),
+    /// Writing to the client failed or stalled.
+    WriteFailed(FrameError),
 }
 
 /// The error a client gets for a frame it sent that could not be decoded.
@@ -867,15 +1073,26 @@ async fn serve_connection(
             return;
         }
     };
-    let (tx, mut rx) = mpsc::channel::<ToConn>(settings.queue);
+    let (tx, mut rx) = mpsc::unbounded_channel::<ToConn>();
+    let level = Arc::new(QueueLevel::default());
+    let (drop_now, dropped) = oneshot::channel::<ErrorInfo>();
+    // Never resolves unless the core disconnects the client for not reading (the core
+    // dropping the sender otherwise is no reason to stop).
+    let dropped = async move {
+        match dropped.await {
+            Ok(reason) => reason,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let mut dropped = std::pin::pin!(dropped);
     let secret = rand::random::<u64>();
-    if core
-        .send(CoreMsg::Register {
-            conn,
-            tx: tx.clone(),
-        })
-        .await
-        .is_err()
+    let out = OutQueue {
+        tx,
+        level: level.clone(),
+        drop_now,
+        measured_round: 0,
+    };
+    if core.send(CoreMsg::Register { conn, out }).await.is_err()
         || core
             .send(CoreMsg::Input(Input::Hello {
                 conn,
@@ -888,9 +1105,13 @@ async fn serve_connection(
         return;
     }
     let reply = loop {
-        match rx.recv().await {
+        let message = tokio::select! {
+            message = rx.recv() => message,
+            _ = &mut dropped => return disconnected(&core, conn).await,
+        };
+        match message {
             Some(ToConn::Hello(reply)) => break reply,
-            Some(ToConn::Msg(_)) => continue,
+            Some(ToConn::Msg { bytes, .. }) => level.take(bytes),
             Some(ToConn::Close) | None => return disconnected(&core, conn).await,
         }
     };
@@ -899,7 +1120,8 @@ async fn serve_connection(
         let reason = crate::metrics::outcome(&Err(info.clone()));
         metrics::counter!(crate::metrics::CONNECTIONS_REJECTED, "reason" => reason).increment(1);
     }
-    if framed.send(reply).await.is_err() || !accepted {
+    let replied = tokio::time::timeout(settings.write_stall_timeout, framed.send(reply)).await;
+    if !matches!(replied, Ok(Ok(()))) || !accepted {
         return disconnected(&core, conn).await;
     }
     // Separate halves, not `framed.split()`: its sink holds each message until the next
@@ -913,11 +1135,11 @@ async fn serve_connection(
     let mut source = FramedRead::new(read_half, decoder);
     // Requests the client pipelined behind its hello.
     source.read_buffer_mut().extend_from_slice(&parts.read_buf);
-    let mut sink = FramedWrite::new(write_half, codec);
+    let mut sink = FramedWrite::new(
+        StallLimited::new(write_half, settings.write_stall_timeout),
+        codec,
+    );
 
-    // The core holds the only sender: when it drops it (the client was too slow), the
-    // writer sees the end of the queue and the connection closes.
-    drop(tx);
     let timer = std::sync::Mutex::new(RequestTimer::default());
     let reader = async {
         loop {
@@ -936,42 +1158,69 @@ async fn serve_connection(
                         op_index,
                     }
                 }
-                Some(Err(e)) => return Some(e),
-                None => return None,
+                Some(Err(e)) => return Ended::BadFrame(e),
+                None => return Ended::Closed,
             };
             if core.send(CoreMsg::Input(input)).await.is_err() {
-                return None;
+                return Ended::Closed;
             }
         }
     };
+    // The core holds the only sender: once it closed the connection (or was gone), the
+    // writer sees the end of the queue.
     let writer = async {
         while let Some(message) = rx.recv().await {
             let msg = match message {
-                ToConn::Msg(msg) => msg,
+                ToConn::Msg { msg, bytes } => {
+                    level.take(bytes);
+                    msg
+                }
                 ToConn::Hello(_) => continue,
                 ToConn::Close => break,
             };
             if let Ok(mut t) = timer.lock() {
                 t.sending(&msg);
             }
-            if feed(&mut sink, msg).await.is_err() {
-                return;
+            if let Err(e) = feed(&mut sink, msg).await {
+                return Ended::WriteFailed(e);
             }
-            if rx.is_empty() && sink.flush().await.is_err() {
-                return;
+            if rx.is_empty() {
+                if let Err(e) = sink.flush().await {
+                    return Ended::WriteFailed(e);
+                }
             }
         }
+        Ended::Closed
     };
-    let bad_frame = tokio::select! {
-        bad = reader => bad,
-        _ = writer => None,
+    let ended = tokio::select! {
+        ended = reader => ended,
+        ended = writer => ended,
+        reason = &mut dropped => Ended::NotReading(reason),
     };
-    if let Some(e) = bad_frame {
-        tracing::info!(conn, %peer, error = %e, "closing connection after a bad frame");
-        let goodbye = ServerMessage::Goodbye(frame_error_info(&e));
-        let _ = tokio::time::timeout(REFUSAL_TIMEOUT, sink.send(goodbye)).await;
+    match ended {
+        Ended::Closed => {
+            let _ = tokio::time::timeout(REFUSAL_TIMEOUT, sink.close()).await;
+        }
+        Ended::BadFrame(e) => {
+            tracing::info!(conn, %peer, error = %e, "closing connection after a bad frame");
+            let goodbye = ServerMessage::Goodbye(frame_error_info(&e));
+            let _ = tokio::time::timeout(REFUSAL_TIMEOUT, sink.send(goodbye)).await;
+            let _ = tokio::time::timeout(REFUSAL_TIMEOUT, sink.close()).await;
+        }
+        Ended::NotReading(reason) => {
+            // The socket is full: the goodbye goes out only if it has room at once.
+            let goodbye = ServerMessage::Goodbye(reason);
+            let _ = tokio::time::timeout(NOT_READING_GOODBYE_TIMEOUT, sink.send(goodbye)).await;
+        }
+        Ended::WriteFailed(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            tracing::warn!(conn, %peer, error = %e, "client does not read; closing its connection");
+        }
+        Ended::WriteFailed(e) => {
+            tracing::info!(conn, %peer, error = %e, "closing connection: writing to the client failed");
+        }
     }
-    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, sink.close()).await;
+    // Whatever was queued for the connection is freed with it.
+    drop(rx);
     disconnected(&core, conn).await;
 }
 
@@ -1014,6 +1263,32 @@ async fn disconnected(core: &mpsc::Sender<CoreMsg>, conn: ConnId) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use corral_protocol::{EventKind, OpResult, WatchEvent};
+
+    /// The queue counts a message's bytes as the size of its frame on the wire.
+    #[test]
+    fn frame_bytes_is_the_size_of_the_encoded_frame() {
+        let messages = [
+            ServerMessage::Response(Response {
+                xid: 7,
+                zxid: 9,
+                result: Ok(OpResult::Data {
+                    data: vec![3u8; 100_000],
+                    stat: Default::default(),
+                }),
+            }),
+            ServerMessage::Watch(WatchEvent {
+                kind: EventKind::NodeCreated,
+                path: "/a/b/c".into(),
+                zxid: 12,
+            }),
+            ServerMessage::Goodbye(ErrorInfo::new(ErrorCode::LimitExceeded, "too slow")),
+        ];
+        for msg in messages {
+            let frame = corral_protocol::frame::frame_to_vec(&msg, usize::MAX).expect("encode");
+            assert_eq!(frame_bytes(&msg), frame.len(), "{msg:?}");
+        }
+    }
 
     /// A core that stopped on its own (a panic drops its inbox) ends the accept loop, so
     /// that the process shuts down and exits with an error instead of accepting

@@ -4,8 +4,8 @@
 
 use corral_protocol::frame::encode_frame;
 use corral_protocol::{
-    ClientMessage, Codec, ErrorCode, Hello, HelloReply, MultiOp, Op, OpResult, Request,
-    ServerMessage, SessionRequest, DEFAULT_MAX_FRAME_BYTES, OP_COUNT,
+    AddWatchMode, ClientMessage, Codec, ErrorCode, Hello, HelloReply, MultiOp, Op, OpResult,
+    Request, ServerMessage, SessionRequest, DEFAULT_MAX_FRAME_BYTES, OP_COUNT,
 };
 use corral_tests::TestServer;
 use futures::{SinkExt, StreamExt};
@@ -324,8 +324,13 @@ async fn connections_over_the_limit_are_refused_with_a_reason() {
     }
     drop(_a);
     // The freed slot is usable again (the server notices the close asynchronously).
-    corral_tests::eventually("a connection slot to free up", WAIT, || {
-        let addr = addr.clone();
+    a_slot_frees_up(&addr, "a connection slot to free up").await;
+}
+
+/// Waits (bounded) until a new client is accepted: the server gave back a slot.
+async fn a_slot_frees_up(addr: &str, what: &str) {
+    corral_tests::eventually(what, WAIT, || {
+        let addr = addr.to_string();
         async move {
             let stream = TcpStream::connect(&addr).await.ok()?;
             let mut framed: Handshake = Framed::new(stream, Codec::new(DEFAULT_MAX_FRAME_BYTES));
@@ -340,6 +345,165 @@ async fn connections_over_the_limit_are_refused_with_a_reason() {
         }
     })
     .await;
+}
+
+/// Reads what the server still sends until the connection ends (bounded): the frames
+/// before the end, and the `Goodbye` if one came. Panics if the server keeps the
+/// connection open.
+async fn read_until_closed(s: &mut Session) -> (usize, Option<corral_protocol::ErrorInfo>) {
+    let mut frames = 0usize;
+    let mut goodbye = None;
+    loop {
+        match tokio::time::timeout(WAIT, s.next()).await {
+            Ok(Some(Ok(ServerMessage::Goodbye(e)))) => goodbye = Some(e),
+            Ok(Some(Ok(_))) => frames += 1,
+            // The end of the stream, or a reset: closed either way.
+            Ok(Some(Err(_))) | Ok(None) => return (frames, goodbye),
+            Err(_) => panic!(
+                "the server still holds the connection open ({frames} frames read, then \
+                 nothing for {WAIT:?})"
+            ),
+        }
+    }
+}
+
+/// A client that sends reads of 256 KiB one at a time (so the socket buffers fill
+/// first, then the server's queue) and never reads the answers is disconnected, and its
+/// connection really ends: with `--max-connections 1` a new client gets in, and the slow
+/// one, reading at last, reaches the end of the stream.
+async fn a_client_that_does_not_read_is_disconnected(extra_args: &[&str]) {
+    let mut args = vec!["--max-connections", "1"];
+    args.extend_from_slice(extra_args);
+    let server = TestServer::start(&args);
+    let addr = server.addr();
+    let mut s = session(&addr).await;
+    match request(&mut s, 1, create_op("/big".into(), vec![7u8; 256 * 1024])).await {
+        ServerMessage::Response(r) => assert!(r.result.is_ok(), "{r:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let mut sent = 0;
+    for xid in 2..202 {
+        let op = Op::GetData {
+            path: "/big".into(),
+            watch: false,
+        };
+        if s.send(ClientMessage::Request(Request { xid, op }))
+            .await
+            .is_err()
+        {
+            break; // the server closed the connection
+        }
+        sent += 1;
+        // Pacing, not synchronisation: the answers pile up one by one.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a_slot_frees_up(
+        &addr,
+        "the slot of the client that does not read to free up",
+    )
+    .await;
+    let (frames, goodbye) = read_until_closed(&mut s).await;
+    eprintln!("sent {sent} reads; read {frames} frames, then the end; goodbye: {goodbye:?}");
+    if let Some(e) = goodbye {
+        assert_eq!(e.code, ErrorCode::LimitExceeded, "{e:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_over_the_queued_messages_limit_is_disconnected_and_frees_its_slot() {
+    a_client_that_does_not_read_is_disconnected(&["--max-queued-messages-per-connection", "8"])
+        .await;
+}
+
+#[tokio::test]
+async fn a_client_over_the_queued_bytes_limit_is_disconnected_and_frees_its_slot() {
+    // 2 MiB: eight answers of 256 KiB.
+    a_client_that_does_not_read_is_disconnected(&["--max-queued-bytes-per-connection", "2097152"])
+        .await;
+}
+
+/// A client that stops reading while the server writes to it is disconnected after
+/// `write_stall_timeout_ms`, even though its queue never grows over the limits (nothing
+/// more is sent to it): its slot frees up and its socket is closed.
+#[tokio::test]
+async fn a_client_whose_socket_accepts_nothing_is_disconnected_after_the_write_stall_timeout() {
+    let server = TestServer::start(&["--max-connections", "1", "--write-stall-timeout-ms", "300"]);
+    let addr = server.addr();
+    let mut s = session(&addr).await;
+    match request(&mut s, 1, create_op("/big".into(), vec![7u8; 1 << 20])).await {
+        ServerMessage::Response(r) => assert!(r.result.is_ok(), "{r:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    // 40 MiB of answers, more than the socket buffers hold, but 40 messages and under the
+    // default 64 MiB byte limit: only the stall timeout can end this connection.
+    for xid in 2..42 {
+        let op = Op::GetData {
+            path: "/big".into(),
+            watch: false,
+        };
+        s.feed(ClientMessage::Request(Request { xid, op }))
+            .await
+            .expect("feed");
+    }
+    s.flush().await.expect("flush");
+    a_slot_frees_up(&addr, "the slot of the stalled client to free up").await;
+    let (frames, goodbye) = read_until_closed(&mut s).await;
+    assert!(
+        frames < 41,
+        "the stalled client got every answer ({frames} frames)"
+    );
+    assert!(goodbye.is_none(), "{goodbye:?}");
+}
+
+/// One transaction that fires more events for one session than its queue holds (a
+/// `Multi` creating many nodes under a recursive watch) reaches a watcher that reads
+/// them: the burst of one round is queued whole, and the watcher stays connected.
+#[tokio::test]
+async fn a_burst_of_events_larger_than_the_queue_reaches_a_watcher_that_reads() {
+    const N: usize = 300;
+    let server = TestServer::start(&["--max-queued-messages-per-connection", "16"]);
+    let addr = server.addr();
+    let mut m = session(&addr).await;
+    match request(&mut m, 1, create_op("/d".into(), vec![])).await {
+        ServerMessage::Response(r) => assert!(r.result.is_ok(), "{r:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let mut w = session(&addr).await;
+    let watch = Op::AddWatch {
+        path: "/d".into(),
+        mode: AddWatchMode::PersistentRecursive,
+    };
+    match request(&mut w, 1, watch).await {
+        ServerMessage::Response(r) => assert!(r.result.is_ok(), "{r:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let reader = tokio::spawn(async move {
+        let mut got = 0usize;
+        while got < N {
+            match tokio::time::timeout(WAIT, w.next()).await {
+                Ok(Some(Ok(ServerMessage::Watch(_)))) => got += 1,
+                Ok(Some(Ok(other))) => panic!("unexpected {other:?} after {got} events"),
+                Ok(Some(Err(e))) => panic!("bad frame {e} after {got} events"),
+                Ok(None) => panic!("the server closed the watcher's connection after {got} events"),
+                Err(_) => panic!("only {got} of {N} events came"),
+            }
+        }
+        // Still connected and served.
+        assert_pong(&mut w, 2).await;
+    });
+    let ops = (0..N)
+        .map(|i| match create_op(format!("/d/c{i}"), vec![]) {
+            Op::Create(c) => MultiOp::Create(c),
+            _ => unreachable!("create_op makes a Create"),
+        })
+        .collect();
+    match request(&mut m, 2, Op::Multi(ops)).await {
+        ServerMessage::Response(r) => assert!(r.result.is_ok(), "{r:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    reader
+        .await
+        .expect("the watcher got every event and stayed connected");
 }
 
 #[tokio::test]
