@@ -209,7 +209,8 @@ impl Config {
         if self.max_peer_frame_bytes < peer_needed {
             return fail(format!(
                 "max_peer_frame_bytes ({}) must be at least 2 x max_frame_bytes = \
-                 {peer_needed}, so a batch of forwarded client writes fits",
+                 {peer_needed}: forwarded client writes go to the leader in batches of up to \
+                 half of it, and one client write must fit in a batch",
                 self.max_peer_frame_bytes
             ));
         }

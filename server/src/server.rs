@@ -273,6 +273,7 @@ impl Server {
                     forward_retry_ticks: election_ticks,
                     election_ticks,
                     max_forwarded_entries: 64 * 1024,
+                    max_forward_batch_bytes: config.max_peer_frame_bytes / 2,
                     limits,
                     encode_images_in_background: true,
                 },

@@ -196,6 +196,7 @@ mod tests {
                 forward_retry_ticks: 5,
                 election_ticks: 5,
                 max_forwarded_entries: 16,
+                max_forward_batch_bytes: 1 << 20,
                 limits,
                 encode_images_in_background: false,
             },

@@ -144,6 +144,11 @@ pub struct PaxosSettings {
     pub election_ticks: u64,
     /// Most entries a follower keeps waiting for the leader; further proposals are refused.
     pub max_forwarded_entries: usize,
+    /// Most encoded entry bytes in one `Forward` message: a larger backlog goes as several,
+    /// in order. Half of `max_peer_frame_bytes` (at least a client's `max_frame_bytes`, so
+    /// any one entry fits): a single message over the frame limit would reset the link
+    /// and be rebuilt, whole, after every reconnect.
+    pub max_forward_batch_bytes: usize,
     /// Limits of the state machine (to rebuild it from snapshots).
     pub limits: MachineLimits,
     /// Encode the images offered for compaction on a thread of their own (the server)
@@ -427,14 +432,22 @@ impl PaxosLog {
         if !leading && target.is_none() {
             return;
         }
+        let max_bytes = self.settings.max_forward_batch_bytes;
         let mut batch = Vec::new();
+        let mut batch_bytes = 0;
         for (_, f) in self.forwarded.range_mut(first..) {
             if leading {
                 if self.op.append(f.entry.clone()).is_err() {
                     break;
                 }
-            } else {
+            } else if let Some(leader) = target {
+                let bytes = encoded_len(&f.entry);
+                if !batch.is_empty() && batch_bytes + bytes > max_bytes {
+                    out.push((leader, PeerMsg::Forward(std::mem::take(&mut batch))));
+                    batch_bytes = 0;
+                }
                 batch.push(f.entry.clone());
+                batch_bytes += bytes;
             }
             f.sent_term = term;
             f.last_sent_tick = ticks;
@@ -447,6 +460,20 @@ impl PaxosLog {
     /// Handles an OmniPaxos message or forwarded entries from peer `from` (as the
     /// transport's handshake identified it).
     pub fn on_peer(&mut self, from: u64, msg: PeerMsg) {
+        // OmniPaxos answers, and counts promises and acceptances for, the node a message
+        // names: one that names another sender (or receiver) than its link would let a
+        // peer speak for another acceptor.
+        if let PeerMsg::Paxos(m) = &msg {
+            if m.get_sender() != from || m.get_receiver() != self.node_id {
+                tracing::warn!(
+                    from,
+                    sender = m.get_sender(),
+                    receiver = m.get_receiver(),
+                    "dropped an OmniPaxos message whose sender or receiver is not its link's"
+                );
+                return;
+            }
+        }
         match msg {
             PeerMsg::Paxos(m) if self.catching_up => {
                 let promise = is_promise(&m);
@@ -1008,6 +1035,14 @@ fn is_promise(m: &Message<Entry>) -> bool {
     )
 }
 
+/// The size of an entry encoded as bincode (standard configuration), without encoding it.
+fn encoded_len(entry: &Entry) -> usize {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    // Only counts: an entry of plain data encodes without error.
+    let _ = bincode::serde::encode_into_writer(entry, &mut size, bincode::config::standard());
+    size.bytes_written
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1059,3 +1094,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "log_peer_tests.rs"]
+mod peer_tests;

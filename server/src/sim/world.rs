@@ -466,6 +466,8 @@ impl World {
                 forward_retry_ticks: election_ticks,
                 election_ticks,
                 max_forwarded_entries: 64 * 1024,
+                // Small, so that a backlog goes as several messages.
+                max_forward_batch_bytes: 4096,
                 limits,
                 encode_images_in_background: false,
             },

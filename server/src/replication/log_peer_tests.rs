@@ -1,0 +1,176 @@
+//! `PaxosLog`'s handling of what it sends to and takes from its peers: forwarded
+//! proposals stay under the peer frame limit, and an OmniPaxos message must name the
+//! sender and receiver of the link it came on.
+
+use crate::disk::{Disk, SimDisk};
+use crate::machine::{Entry, EntryBody, MachineLimits};
+use crate::replication::log::{PaxosLog, PaxosSettings, PeerMsg};
+use crate::replication::storage::PaxosStorageConfig;
+use crate::replication::{open_cluster_on, ClusterSettings};
+use crate::wal::WalOptions;
+use corral_protocol::frame::encode_frame;
+use corral_protocol::Op;
+use omnipaxos::ballot_leader_election::Ballot;
+use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg, Prepare};
+use omnipaxos::messages::Message;
+use std::path::Path;
+
+/// The smallest `max_peer_frame_bytes` the server's configuration accepts with the
+/// default client `max_frame_bytes` (config.rs: at least 2 x max_frame_bytes).
+const MIN_PEER_FRAME_BYTES: usize = 2 * corral_protocol::DEFAULT_MAX_FRAME_BYTES;
+
+fn open_log(disk: &SimDisk, node_id: u64) -> PaxosLog {
+    let limits = MachineLimits::default();
+    let config = PaxosStorageConfig::new(
+        WalOptions {
+            segment_bytes: 64 << 20,
+            fsync: true,
+            preallocate_bytes: 0,
+        },
+        limits,
+    );
+    let settings = ClusterSettings {
+        node_id,
+        members: vec![1, 2, 3],
+        election_ticks: 5,
+        resend_ticks: 5,
+        log: PaxosSettings {
+            forward_retry_ticks: 5,
+            election_ticks: 5,
+            // As in server.rs.
+            max_forwarded_entries: 64 * 1024,
+            max_forward_batch_bytes: MIN_PEER_FRAME_BYTES / 2,
+            limits,
+            encode_images_in_background: false,
+        },
+    };
+    let disk = Disk::Sim(disk.clone());
+    let recovered = match open_cluster_on(&disk, Path::new("/data/paxos"), config, settings) {
+        Ok(r) => r,
+        Err(e) => panic!("open: {e}"),
+    };
+    let (_, log) = recovered.start(None).expect("start");
+    log
+}
+
+/// A `Prepare` of node 2's ballot, naming `from` and `to` inside the message.
+fn prepare(from: u64, to: u64) -> PeerMsg {
+    PeerMsg::Paxos(Box::new(Message::SequencePaxos(PaxosMessage {
+        from,
+        to,
+        msg: PaxosMsg::Prepare(Prepare {
+            n: Ballot::with(1, 5, 0, 2),
+            decided_idx: 0,
+            n_accepted: Ballot::default(),
+            accepted_idx: 0,
+        }),
+    })))
+}
+
+/// A client write of `data_bytes` bytes (the default max_data_bytes is 1 MiB).
+fn big_write(xid: u64, data_bytes: usize) -> Entry {
+    Entry::new(
+        0,
+        EntryBody::Write {
+            session_id: 42,
+            xid,
+            op: Op::SetData {
+                path: "/big".into(),
+                data: vec![7u8; data_bytes],
+                version: None,
+            },
+        },
+    )
+}
+
+fn forwards(out: &[(u64, PeerMsg)]) -> Vec<(u64, usize, usize)> {
+    out.iter()
+        .filter_map(|(to, m)| match m {
+            PeerMsg::Forward(entries) => {
+                let mut frame = bytes::BytesMut::new();
+                encode_frame(m, &mut frame, usize::MAX).expect("encodes");
+                Some((*to, entries.len(), frame.len()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A follower's backlog of forwarded proposals goes to the leader as several `Forward`
+/// messages, in order, each under the peer frame limit: one message over it would reset
+/// the link and be rebuilt, whole, after every reconnect (three pipelined 1 MiB writes
+/// did that at the smallest `max_peer_frame_bytes` the configuration accepts).
+#[test]
+fn a_forwarded_backlog_is_split_under_the_peer_frame_limit() {
+    let disk = SimDisk::new(11);
+    let mut log = open_log(&disk, 1);
+    // Node 2 prepares: node 1 promises it and takes it for the leader.
+    log.on_peer(2, prepare(2, 1));
+    let mut out = Vec::new();
+    log.tick(&mut out);
+    assert_eq!(log.leader(), Some(2));
+    for xid in 1..=3 {
+        log.propose(big_write(xid, 1 << 20), &mut out)
+            .expect("proposed");
+    }
+    // The link to the leader flaps: everything not applied is sent again.
+    out.clear();
+    log.on_link_down(2);
+    log.on_link_up(2);
+    log.tick(&mut out);
+    let sent = forwards(&out);
+    assert!(sent.len() >= 2, "{sent:?}");
+    assert!(
+        sent.iter()
+            .all(|(to, _, bytes)| *to == 2 && *bytes <= MIN_PEER_FRAME_BYTES),
+        "{sent:?} (limit {MIN_PEER_FRAME_BYTES})"
+    );
+    let xids: Vec<u64> = out
+        .iter()
+        .filter_map(|(_, m)| match m {
+            PeerMsg::Forward(entries) => Some(entries.iter().filter_map(|e| match &*e.body {
+                EntryBody::Write { xid, .. } => Some(*xid),
+                _ => None,
+            })),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(xids, [1, 2, 3], "every proposal, once, in order");
+}
+
+/// OmniPaxos answers, and counts promises and acceptances for, the node a message names:
+/// a message whose sender or receiver is not its link's is dropped.
+#[test]
+fn a_paxos_message_naming_another_node_than_its_link_is_dropped() {
+    let disk = SimDisk::new(12);
+    let mut log = open_log(&disk, 1);
+    // On node 2's link: claims to come from node 3, or is meant for node 3.
+    log.on_peer(2, prepare(3, 1));
+    log.on_peer(2, prepare(2, 3));
+    let mut out = Vec::new();
+    log.tick(&mut out);
+    assert_eq!(
+        log.promise(),
+        Ballot::default(),
+        "neither prepare was handled"
+    );
+    assert!(
+        !out.iter()
+            .any(|(_, m)| matches!(m, PeerMsg::Paxos(_)) && promises(m)),
+        "{out:?}"
+    );
+    // The same prepare, as its link says, is handled.
+    log.on_peer(2, prepare(2, 1));
+    assert_eq!(log.promise(), Ballot::with(1, 5, 0, 2));
+}
+
+fn promises(m: &PeerMsg) -> bool {
+    matches!(
+        m,
+        PeerMsg::Paxos(p) if matches!(
+            p.as_ref(),
+            Message::SequencePaxos(PaxosMessage { msg: PaxosMsg::Promise(_), .. })
+        )
+    )
+}
