@@ -12,7 +12,14 @@ use std::time::Duration;
 pub struct Summary {
     pub valid: Validity,
     pub seed: u64,
+    /// The workloads present in the history.
     pub workloads: Vec<String>,
+    /// The workloads the run was asked for (`check DIR` reads them back): one that left
+    /// no event in the history is a violation.
+    pub requested_workloads: Vec<String>,
+    /// How long after a client pause or clock fault ends an overlap of lock holds is
+    /// still blamed on it (session TTL + election timeout of the run), in ms.
+    pub excuse_tail_ms: u64,
     pub nemeses: Vec<String>,
     pub events: usize,
     /// Faults started, by kind (`start-partition`, ...).
@@ -61,18 +68,39 @@ fn recovery(history: &[Event], heal_ns: Option<u64>, grace: Duration) -> Check {
     c
 }
 
+/// What [`analyze`] needs besides the history.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub seed: u64,
+    pub nemeses: Vec<String>,
+    /// The workloads asked for (every one must have left events).
+    pub requested: Vec<String>,
+    /// After the heal, how long the cluster has to recover.
+    pub grace: Duration,
+    /// Per key, for the linearizability search.
+    pub time_limit: Duration,
+    /// See [`Summary::excuse_tail_ms`].
+    pub excuse_tail: Duration,
+    pub strict: bool,
+}
+
 /// Checks a history.
-pub fn analyze(
-    history: &[Event],
-    seed: u64,
-    nemeses: &[String],
-    grace: Duration,
-    time_limit: Duration,
-    strict: bool,
-) -> Summary {
+pub fn analyze(history: &[Event], opts: &Options) -> Summary {
+    let strict = opts.strict;
+    let time_limit = opts.time_limit;
     let workloads = workloads_of(history);
-    let excused = lock::excuses(history);
+    let excused = lock::excuses(history, opts.excuse_tail.as_nanos() as u64);
     let mut checks = Vec::new();
+    for w in &opts.requested {
+        if !workloads.contains(w) {
+            let mut c = Check::new(&format!("{w}: the workload ran"));
+            c.fail(format!(
+                "workload {w} was requested but left no event in the history: nothing of it \
+                 was tested"
+            ));
+            checks.push(c);
+        }
+    }
     for w in &workloads {
         match w.as_str() {
             "lock" => {
@@ -96,7 +124,7 @@ pub fn analyze(
         .rev()
         .find(|e| e.workload == "nemesis" && e.f == "heal-all")
         .map(|e| e.time);
-    checks.push(recovery(history, heal, grace));
+    checks.push(recovery(history, heal, opts.grace));
     let mut faults = std::collections::BTreeMap::new();
     for e in history
         .iter()
@@ -113,9 +141,11 @@ pub fn analyze(
     };
     Summary {
         valid,
-        seed,
+        seed: opts.seed,
         workloads,
-        nemeses: nemeses.to_vec(),
+        requested_workloads: opts.requested.clone(),
+        excuse_tail_ms: opts.excuse_tail.as_millis() as u64,
+        nemeses: opts.nemeses.clone(),
         events: history.len(),
         faults,
         checks,
@@ -149,4 +179,42 @@ pub fn write_summary(summary: &Summary, dir: &Path) -> Result<(), String> {
     println!("faults started: {:?}", summary.faults);
     println!("overall: {:?}", summary.valid);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_requested_workload_without_events_is_a_violation() {
+        let mut h = vec![Event::new(60, 0, "nemesis", Kind::Event, "heal-all")];
+        for (i, kind) in [Kind::Invoke, Kind::Ok].into_iter().enumerate() {
+            let mut e = Event::new(70 + i as u64, 1, "register", kind, "read");
+            e.index = i as u64 + 1;
+            e.key = Some("w0-k0".into());
+            e.value = Some(0);
+            e.version = Some(0);
+            h.push(e);
+        }
+        let opts = |requested: &[&str]| Options {
+            seed: 1,
+            nemeses: vec![],
+            requested: requested.iter().map(|s| s.to_string()).collect(),
+            grace: Duration::from_nanos(1),
+            time_limit: Duration::from_secs(5),
+            excuse_tail: Duration::from_millis(3_400),
+            strict: true,
+        };
+        let s = analyze(&h, &opts(&["register", "watch"]));
+        assert_eq!(s.valid, Validity::Invalid);
+        let missing: Vec<&Check> = s
+            .checks
+            .iter()
+            .filter(|c| c.name == "watch: the workload ran")
+            .collect();
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].valid, Validity::Invalid);
+        assert_eq!(s.requested_workloads, vec!["register", "watch"]);
+        assert_eq!(analyze(&h, &opts(&["register"])).valid, Validity::Valid);
+    }
 }

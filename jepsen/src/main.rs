@@ -37,9 +37,14 @@ enum Command {
         /// Time limit of each linearizability search, in seconds.
         #[arg(long, default_value_t = 30)]
         check_time_limit: u64,
-        /// Count known corral bugs (README, "Findings") as violations.
+        /// Count known corral bugs (README, "Findings") as violations, and fail on an
+        /// "unknown" verdict (unless --allow-unknown).
         #[arg(long)]
         strict: bool,
+        /// With --strict: an "unknown" verdict (a check that could not decide) does not
+        /// fail the run; it is printed as a warning.
+        #[arg(long)]
+        allow_unknown: bool,
     },
     /// A client process (started by the harness).
     #[command(hide = true)]
@@ -98,9 +103,14 @@ struct RunArgs {
     /// Succeed only if the checkers find a violation (for --inject-fault runs).
     #[arg(long)]
     expect_invalid: bool,
-    /// Count known corral bugs (jepsen/README.md, "Findings") as violations.
+    /// Count known corral bugs (jepsen/README.md, "Findings") as violations, and fail
+    /// on an "unknown" verdict (unless --allow-unknown).
     #[arg(long)]
     strict: bool,
+    /// With --strict: an "unknown" verdict (a check that could not decide) does not fail
+    /// the run; it is printed as a warning.
+    #[arg(long)]
+    allow_unknown: bool,
     /// Install missing tools (iptables) with apt-get.
     #[arg(long, env = "CI")]
     install: bool,
@@ -117,12 +127,14 @@ fn main() -> ExitCode {
             dir,
             check_time_limit,
             strict,
+            allow_unknown,
         }) => check_main(
             &dir,
             Duration::from_secs(check_time_limit),
             None,
             false,
             strict,
+            allow_unknown,
         ),
         None => run_main(cli.run),
     }
@@ -167,12 +179,51 @@ fn worker_main(spec: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// What a run knows about itself that its history does not say (`check DIR` reads it
+/// back from `results.json`).
+struct RunInfo {
+    seed: u64,
+    nemeses: Vec<String>,
+    workloads: Vec<String>,
+    excuse_tail: Duration,
+}
+
+/// Reads a run's [`RunInfo`] from its `results.json`; what is missing (older runs) is
+/// taken from the history: the workloads it has, the default excuse tail.
+fn run_info_of(dir: &std::path::Path, history: &[history::Event]) -> RunInfo {
+    let prior = std::fs::read_to_string(dir.join("results.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+    let strings = |name: &str| -> Option<Vec<String>> {
+        prior.as_ref()?.get(name)?.as_array().map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+    };
+    RunInfo {
+        seed: prior
+            .as_ref()
+            .and_then(|v| v.get("seed")?.as_u64())
+            .unwrap_or(0),
+        nemeses: strings("nemeses").unwrap_or_default(),
+        workloads: strings("requested_workloads").unwrap_or_else(|| analyze::workloads_of(history)),
+        excuse_tail: Duration::from_millis(
+            prior
+                .as_ref()
+                .and_then(|v| v.get("excuse_tail_ms")?.as_u64())
+                .unwrap_or(checker::lock::DEFAULT_EXCUSE_TAIL_NS / 1_000_000),
+        ),
+    }
+}
+
 fn check_main(
     dir: &std::path::Path,
     time_limit: Duration,
-    seed_nemeses: Option<(u64, Vec<String>)>,
+    info: Option<RunInfo>,
     expect_invalid: bool,
     strict: bool,
+    allow_unknown: bool,
 ) -> ExitCode {
     let history = match history::read(&dir.join("history.jsonl")) {
         Ok(h) => h,
@@ -181,17 +232,17 @@ fn check_main(
             return ExitCode::from(2);
         }
     };
-    let (seed, nemeses) = seed_nemeses.unwrap_or_else(|| {
-        // Re-checks read the seed back from results.json if present.
-        let seed = std::fs::read_to_string(dir.join("results.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .and_then(|v| v.get("seed").and_then(|s| s.as_u64()))
-            .unwrap_or(0);
-        (seed, Vec::new())
-    });
-    let grace = Duration::from_secs(8);
-    let summary = analyze::analyze(&history, seed, &nemeses, grace, time_limit, strict);
+    let info = info.unwrap_or_else(|| run_info_of(dir, &history));
+    let opts = analyze::Options {
+        seed: info.seed,
+        nemeses: info.nemeses,
+        requested: info.workloads,
+        grace: Duration::from_secs(8),
+        time_limit,
+        excuse_tail: info.excuse_tail,
+        strict,
+    };
+    let summary = analyze::analyze(&history, &opts);
     if let Err(e) = analyze::write_summary(&summary, dir) {
         eprintln!("jepsen: {e}");
     }
@@ -199,7 +250,19 @@ fn check_main(
         eprintln!("jepsen: {e}");
     }
     println!("report: {}", dir.join("report.html").display());
-    let invalid = summary.valid == checker::Validity::Invalid;
+    exit_status(summary.valid, expect_invalid, strict, allow_unknown)
+}
+
+/// The exit status for an overall verdict: a violation fails (or, with
+/// `expect_invalid`, is required); "unknown" fails under `strict` unless
+/// `allow_unknown`, and is a warning otherwise.
+fn exit_status(
+    valid: checker::Validity,
+    expect_invalid: bool,
+    strict: bool,
+    allow_unknown: bool,
+) -> ExitCode {
+    let invalid = valid == checker::Validity::Invalid;
     if expect_invalid {
         if invalid {
             println!("the injected fault was flagged, as expected");
@@ -210,10 +273,18 @@ fn check_main(
         }
     } else if invalid {
         ExitCode::FAILURE
-    } else {
-        if summary.valid == checker::Validity::Unknown {
+    } else if valid == checker::Validity::Unknown {
+        if strict && !allow_unknown {
+            println!(
+                "FAILED: some checks could not decide (see results.json); --strict needs every \
+                 check decided (--allow-unknown accepts undecided checks)"
+            );
+            ExitCode::FAILURE
+        } else {
             println!("warning: some checks could not decide (see results.json)");
+            ExitCode::SUCCESS
         }
+    } else {
         ExitCode::SUCCESS
     }
 }
@@ -346,8 +417,57 @@ fn run_inner(args: RunArgs) -> Result<ExitCode, String> {
     Ok(check_main(
         &dir,
         opts.check_time_limit,
-        Some((seed, nemesis_names)),
+        Some(RunInfo {
+            seed,
+            nemeses: nemesis_names,
+            workloads,
+            excuse_tail: Duration::from_millis(opts.ttl_ms + args.election_timeout_ms),
+        }),
         args.expect_invalid,
         args.strict,
+        args.allow_unknown,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use checker::Validity;
+
+    fn status(v: Validity, expect_invalid: bool, strict: bool, allow_unknown: bool) -> String {
+        format!(
+            "{:?}",
+            exit_status(v, expect_invalid, strict, allow_unknown)
+        )
+    }
+
+    #[test]
+    fn unknown_fails_under_strict_unless_allowed() {
+        let ok = format!("{:?}", ExitCode::SUCCESS);
+        let failed = format!("{:?}", ExitCode::FAILURE);
+        assert_eq!(status(Validity::Unknown, false, true, false), failed);
+        assert_eq!(status(Validity::Unknown, false, true, true), ok);
+        assert_eq!(status(Validity::Unknown, false, false, false), ok);
+        assert_eq!(status(Validity::Valid, false, true, false), ok);
+        assert_eq!(status(Validity::Invalid, false, false, true), failed);
+        assert_eq!(status(Validity::Invalid, true, true, false), ok);
+        assert_eq!(status(Validity::Unknown, true, true, true), failed);
+    }
+
+    #[test]
+    fn a_recheck_reads_the_requested_workloads_and_tail_back() {
+        let dir = std::env::temp_dir().join(format!("corral-jepsen-info-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        std::fs::write(
+            dir.join("results.json"),
+            r#"{"seed": 7, "nemeses": ["kill"], "requested_workloads": ["lock", "watch"], "excuse_tail_ms": 5000}"#,
+        )
+        .expect("write");
+        let info = run_info_of(&dir, &[]);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(info.seed, 7);
+        assert_eq!(info.nemeses, vec!["kill"]);
+        assert_eq!(info.workloads, vec!["lock", "watch"]);
+        assert_eq!(info.excuse_tail, Duration::from_millis(5000));
+    }
 }

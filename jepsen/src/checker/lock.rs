@@ -157,13 +157,21 @@ pub struct Held {
 pub fn intervals(history: &[Event], workload: &str) -> Vec<Held> {
     let mut open: std::collections::HashMap<u64, Held> = std::collections::HashMap::new();
     let mut out = Vec::new();
-    let end_of_history = history.last().map_or(0, |e| e.time);
+    // Lines of different processes are not strictly in time order: holds still open at
+    // the end close just after the latest time in the history (they were held then),
+    // never before they started.
+    let end_of_history = history
+        .iter()
+        .map(|e| e.time)
+        .max()
+        .unwrap_or(0)
+        .saturating_add(1);
     for e in history.iter().filter(|e| e.workload == workload) {
         let closes = (e.kind == Kind::Invoke && (e.f == "release" || e.f == "acquire"))
             || (e.kind == Kind::Event && (e.f == "lost" || e.f == "process-killed"));
         if closes {
             if let Some(mut h) = open.remove(&e.process) {
-                h.end = e.time;
+                h.end = e.time.max(h.start);
                 out.push(h);
             }
         }
@@ -179,64 +187,147 @@ pub fn intervals(history: &[Event], workload: &str) -> Vec<Held> {
             );
         }
     }
-    out.extend(open.into_values());
+    out.extend(open.into_values().map(|mut h| {
+        h.end = h.end.max(h.start);
+        h
+    }));
     out.sort_by_key(|h| (h.start, h.process));
     out
 }
 
-/// How long after a client pause or a clock fault ends overlaps are still blamed on
-/// it, in nanoseconds (a resumed client notices its loss at once; a skewed node's
-/// lease deadlines are restarted within a TTL).
-pub const EXCUSE_AFTER_NS: u64 = 10_000_000_000;
+/// How long after a client pause or a clock fault ends a grant is still blamed on it,
+/// by default, in nanoseconds: the harness's session TTL (3 s) plus its election
+/// timeout (400 ms). A lease that expired early during the fault is re-granted within a
+/// TTL, a new leader within an election timeout. `analyze` uses the run's own settings.
+pub const DEFAULT_EXCUSE_TAIL_NS: u64 = 3_400_000_000;
 
-/// The intervals in which clients were paused or a node's clock rate was skewed (plus
-/// [`EXCUSE_AFTER_NS`]): unfenced mutual exclusion is not guaranteed then.
-pub fn excuses(history: &[Event]) -> Vec<(u64, u64)> {
-    let end = history.last().map_or(0, |e| e.time);
-    let mut open: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+/// What makes an overlap of two holds possible without a bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// This client process was SIGSTOPped while it held the lock (it cannot notice
+    /// that its lease expired; fencing tokens exist for this).
+    ClientPaused(u64),
+    /// This node's clocks ran at another rate (a fast leader expires leases early). A
+    /// wall-clock offset moves only entry times (leases run on monotonic clocks): it
+    /// excuses nothing.
+    ClockRate(u64),
+}
+
+/// A fault window: `from` its start to `to` its end plus the tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Excuse {
+    pub cause: Cause,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// The number after `word ` in a nemesis description ("SIGSTOP client 7 ...",
+/// "node 2 clocks run at 2x").
+fn number_after(text: &str, word: &str) -> Option<u64> {
+    let rest = &text[text.find(word)? + word.len()..];
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The fault windows in which unfenced mutual exclusion is not guaranteed: client
+/// pauses (per paused process) and clock-rate faults (per node), each extended by
+/// `tail_ns` after it ended. Faults still active at the end run to the end of the
+/// history plus the tail.
+pub fn excuses(history: &[Event], tail_ns: u64) -> Vec<Excuse> {
+    let end = history.iter().map(|e| e.time).max().unwrap_or(0);
+    let mut open: std::collections::HashMap<&'static str, (Cause, u64)> =
+        std::collections::HashMap::new();
     let mut out = Vec::new();
     for e in history.iter().filter(|e| e.workload == "nemesis") {
-        // A wall-clock offset moves only entry times (leases run on monotonic clocks):
-        // it excuses nothing. A rate change does (a fast leader expires leases early).
-        let rate = e
+        let what = e
             .items
             .as_ref()
-            .is_some_and(|i| i.iter().any(|s| s.contains("run at")));
+            .and_then(|i| i.first())
+            .map_or("", String::as_str);
         match e.f.as_str() {
             "start-pause-client" => {
-                open.insert(&e.f[6..], e.time);
+                if let Some(p) = number_after(what, "client") {
+                    open.insert("pause-client", (Cause::ClientPaused(p), e.time));
+                }
             }
-            "start-clock" if rate => {
-                open.insert(&e.f[6..], e.time);
+            "start-clock" if what.contains("run at") => {
+                if let Some(n) = number_after(what, "node") {
+                    open.insert("clock", (Cause::ClockRate(n), e.time));
+                }
             }
             "stop-pause-client" | "stop-clock" => {
-                if let Some(s) = open.remove(&e.f[5..]) {
-                    out.push((s, e.time + EXCUSE_AFTER_NS));
+                if let Some((cause, from)) = open.remove(&e.f[5..]) {
+                    out.push(Excuse {
+                        cause,
+                        from,
+                        to: e.time + tail_ns,
+                    });
                 }
             }
             "heal-all" => {
-                for (_, s) in open.drain() {
-                    out.push((s, e.time + EXCUSE_AFTER_NS));
+                for (_, (cause, from)) in open.drain() {
+                    out.push(Excuse {
+                        cause,
+                        from,
+                        to: e.time + tail_ns,
+                    });
                 }
             }
             _ => {}
         }
     }
-    out.extend(open.into_values().map(|s| (s, end + EXCUSE_AFTER_NS)));
+    out.extend(open.into_values().map(|(cause, from)| Excuse {
+        cause,
+        from,
+        to: end + tail_ns,
+    }));
     out
 }
 
-/// Counts overlapping hold intervals. An overlap is a violation unless it meets one of
-/// the `excused` intervals (a client paused past its TTL, a clock skewed: unfenced
-/// mutual exclusion is then not guaranteed, which is why fencing tokens exist).
+/// Whether `node` was the leader (as any node reported it, `cluster` events `leader`)
+/// at some moment in `[from, to]`: the last report before `from`, or one in between.
+fn was_leader(reports: &[(u64, u64)], node: u64, from: u64, to: u64) -> bool {
+    let before = reports.iter().rev().find(|(t, _)| *t < from);
+    before.is_some_and(|(_, l)| *l == node)
+        || reports
+            .iter()
+            .any(|(t, l)| *l == node && from <= *t && *t <= to)
+}
+
+/// The excuse for the overlap of `a` (the earlier holder) and `b`, if any: `a`'s
+/// process was paused from before `b`'s grant until (the tail after) it, or a
+/// clock-rate fault, on a node that was the leader since the fault began, was in force
+/// (with its tail) when `b` was granted.
+pub fn excuse_for(a: &Held, b: &Held, excused: &[Excuse], leaders: &[(u64, u64)]) -> Option<Cause> {
+    excused
+        .iter()
+        .find(|x| {
+            x.from <= b.start
+                && b.start <= x.to
+                && match x.cause {
+                    Cause::ClientPaused(p) => p == a.process,
+                    Cause::ClockRate(n) => was_leader(leaders, n, x.from, b.start),
+                }
+        })
+        .map(|x| x.cause)
+}
+
 /// How soon after a node installed a snapshot from the leader an unexplained overlap is
 /// attributed to the known bug (jepsen/README.md, "Findings"), in nanoseconds.
 pub const AFTER_INSTALL_NS: u64 = 5_000_000_000;
 
+/// Counts overlapping hold intervals. An overlap of an earlier hold `a` and a later `b`
+/// is a violation unless [`excuse_for`] finds a fault that explains it (`a`'s client
+/// paused past its TTL, a leader's clock rate skewed: unfenced mutual exclusion is then
+/// not guaranteed, which is why fencing tokens exist).
 pub fn check_intervals(
     history: &[Event],
     workload: &str,
-    excused: &[(u64, u64)],
+    excused: &[Excuse],
     strict: bool,
 ) -> Check {
     let mut c = Check::new(&format!(
@@ -247,6 +338,12 @@ pub fn check_intervals(
         .filter(|e| e.workload == "cluster" && e.f == "snapshot-install")
         .map(|e| (e.time, e.key.clone().unwrap_or_default()))
         .collect();
+    let mut leaders: Vec<(u64, u64)> = history
+        .iter()
+        .filter(|e| e.workload == "cluster" && e.f == "leader")
+        .filter_map(|e| e.value.filter(|l| *l != 0).map(|l| (e.time, l)))
+        .collect();
+    leaders.sort_unstable();
     let held = intervals(history, workload);
     c.count("hold intervals", held.len() as u64);
     let mut overlap_ns: u64 = 0;
@@ -254,12 +351,11 @@ pub fn check_intervals(
     for (i, a) in held.iter().enumerate() {
         for b in held[i + 1..].iter() {
             if b.start >= a.end {
-                // Sorted by start: no later interval overlaps `a` either... unless a
-                // later one starts earlier, which sorting rules out.
+                // Sorted by start: no later interval overlaps `a` either.
                 break;
             }
             if a.process != b.process {
-                overlap_ns += a.end.min(b.end) - b.start;
+                overlap_ns += a.end.min(b.end).saturating_sub(b.start);
                 overlaps.push((*a, *b));
             }
         }
@@ -269,12 +365,12 @@ pub fn check_intervals(
     let mut excused_count = 0u64;
     let mut shown = 0;
     for (a, b) in &overlaps {
-        let (from, to) = (b.start, a.end.min(b.end));
-        let overlaps_allowed = excused.iter().any(|(s, e)| *s <= to && from <= *e);
-        if overlaps_allowed {
+        let from = b.start;
+        let cause = excuse_for(a, b, excused, &leaders);
+        if cause.is_some() {
             excused_count += 1;
         }
-        if shown >= 5 && overlaps_allowed {
+        if shown >= 5 && cause.is_some() {
             continue;
         }
         shown += 1;
@@ -294,8 +390,13 @@ pub fn check_intervals(
             .iter()
             .rev()
             .find(|(t, _)| *t <= from && from - *t <= AFTER_INSTALL_NS);
-        if overlaps_allowed {
-            c.notes.push(text);
+        if let Some(cause) = cause {
+            c.notes.push(match cause {
+                Cause::ClientPaused(p) => format!("{text}: client {p} was paused"),
+                Cause::ClockRate(n) => {
+                    format!("{text}: the clocks of node {n} (leader) were skewed")
+                }
+            });
         } else if let Some((t, node)) = install {
             c.known_bug(
                 strict,
@@ -315,8 +416,9 @@ pub fn check_intervals(
     );
     if excused_count > 0 {
         c.notes.push(format!(
-            "{excused_count} overlaps while clients were paused past their TTL or clocks were \
-             skewed: expected without fencing, and the reason fencing tokens exist"
+            "{excused_count} overlaps while the earlier holder was paused past its TTL or a \
+             leader's clock rate was skewed: expected without fencing, and the reason fencing \
+             tokens exist"
         ));
     }
     c
@@ -451,12 +553,19 @@ mod tests {
         let strict = check_intervals(&h, "lock", &[], false);
         assert_eq!(strict.valid, Validity::Invalid);
         assert_eq!(strict.stat("overlapping pairs"), 1);
-        let lenient = check_intervals(&h, "lock", &[(6, 7)], false);
+        let paused = |p, from, to| Excuse {
+            cause: Cause::ClientPaused(p),
+            from,
+            to,
+        };
+        let lenient = check_intervals(&h, "lock", &[paused(1, 4, 7)], false);
         assert_eq!(lenient.valid, Validity::Valid);
         assert_eq!(lenient.stat("overlapping pairs"), 1);
-        // A pause long before does not excuse it.
-        let unrelated = check_intervals(&h, "lock", &[(0, 1)], false);
+        // A pause long before does not excuse it, nor one of the later holder.
+        let unrelated = check_intervals(&h, "lock", &[paused(1, 0, 1)], false);
         assert_eq!(unrelated.valid, Validity::Invalid);
+        let later = check_intervals(&h, "lock", &[paused(2, 4, 7)], false);
+        assert_eq!(later.valid, Validity::Invalid);
         // Shortly after a snapshot install: the known bug, a violation only if strict.
         let mut install = Event::new(3, 0, "cluster", Kind::Event, "snapshot-install");
         install.key = Some("n2".into());
@@ -483,5 +592,161 @@ mod tests {
             check_intervals(&h, "lock", &[], false).valid,
             Validity::Valid
         );
+    }
+}
+
+#[cfg(test)]
+mod excuse_tests {
+    use super::*;
+    use crate::checker::Validity;
+
+    const S: u64 = 1_000_000_000;
+    const MS: u64 = 1_000_000;
+    const TAIL: u64 = DEFAULT_EXCUSE_TAIL_NS;
+
+    fn number(mut h: Vec<Event>) -> Vec<Event> {
+        for (i, e) in h.iter_mut().enumerate() {
+            e.index = i as u64;
+        }
+        h
+    }
+
+    fn ev(time: u64, process: u64, workload: &str, kind: Kind, f: &str) -> Event {
+        Event::new(time, process, workload, kind, f)
+    }
+
+    fn tok(mut e: Event, t: u64) -> Event {
+        e.token = Some(t);
+        e
+    }
+
+    fn nemesis(time: u64, f: &str, what: &str) -> Event {
+        let mut e = ev(time, 0, "nemesis", Kind::Event, f);
+        e.items = Some(vec![what.to_string()]);
+        e
+    }
+
+    fn leader(time: u64, reporter: &str, node: u64) -> Event {
+        let mut e = ev(time, 0, "cluster", Kind::Event, "leader");
+        e.key = Some(reporter.into());
+        e.value = Some(node);
+        e
+    }
+
+    /// Clients 1 and 2 both believe they hold `lock` from 10.2 s to 11.2 s.
+    fn double_grant() -> Vec<Event> {
+        vec![
+            ev(10 * S, 1, "lock", Kind::Invoke, "acquire"),
+            tok(ev(10 * S + MS, 1, "lock", Kind::Ok, "acquire"), 100),
+            ev(10 * S + 100 * MS, 2, "lock", Kind::Invoke, "acquire"),
+            tok(ev(10 * S + 200 * MS, 2, "lock", Kind::Ok, "acquire"), 101),
+            tok(
+                ev(11 * S + 200 * MS, 1, "lock", Kind::Invoke, "release"),
+                100,
+            ),
+            tok(
+                ev(11 * S + 300 * MS, 2, "lock", Kind::Invoke, "release"),
+                101,
+            ),
+        ]
+    }
+
+    fn verdict(h: Vec<Event>) -> Check {
+        let h = number(h);
+        check_intervals(&h, "lock", &excuses(&h, TAIL), true)
+    }
+
+    #[test]
+    fn an_overlap_is_excused_only_by_a_pause_of_the_earlier_holder_around_the_grant() {
+        assert_eq!(verdict(double_grant()).valid, Validity::Invalid);
+        // Another client (9, of another workload) paused 9 s before: no excuse.
+        let mut h = vec![
+            nemesis(
+                S / 2,
+                "start-pause-client",
+                "SIGSTOP client 9 (holding the lock) for longer than the TTL (3000 ms)",
+            ),
+            nemesis(S, "stop-pause-client", "SIGCONT client 9"),
+        ];
+        h.extend(double_grant());
+        let c = verdict(h);
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        assert_eq!(c.stat("overlapping pairs excused by pauses or clocks"), 0);
+        // The later holder (2) paused around the grant: no excuse either.
+        let mut h = double_grant();
+        h.insert(
+            1,
+            nemesis(
+                10 * S + 50 * MS,
+                "start-pause-client",
+                "SIGSTOP client 2 (holding the lock)",
+            ),
+        );
+        h.push(nemesis(15 * S, "stop-pause-client", "SIGCONT client 2"));
+        assert_eq!(verdict(h).valid, Validity::Invalid);
+        // The earlier holder (1) paused from before 2's grant: excused.
+        let mut h = double_grant();
+        h.insert(
+            2,
+            nemesis(
+                10 * S + 50 * MS,
+                "start-pause-client",
+                "SIGSTOP client 1 (holding the lock)",
+            ),
+        );
+        h.push(nemesis(15 * S, "stop-pause-client", "SIGCONT client 1"));
+        let c = verdict(h);
+        assert_eq!(c.valid, Validity::Valid, "{c:?}");
+        assert_eq!(c.stat("overlapping pairs excused by pauses or clocks"), 1);
+        // The earlier holder's pause ended more than the tail before 2's grant: no excuse.
+        let mut h = vec![
+            nemesis(
+                5 * S,
+                "start-pause-client",
+                "SIGSTOP client 1 (holding the lock)",
+            ),
+            nemesis(6 * S, "stop-pause-client", "SIGCONT client 1"),
+        ];
+        h.extend(double_grant());
+        assert_eq!(verdict(h).valid, Validity::Invalid);
+    }
+
+    #[test]
+    fn a_clock_rate_fault_excuses_an_overlap_only_on_a_leader_and_not_an_offset() {
+        let with = |fault: &str, leader_node: u64| {
+            let mut h = vec![
+                leader(S, "n1", leader_node),
+                nemesis(9 * S, "start-clock", fault),
+            ];
+            h.extend(double_grant());
+            h.push(nemesis(12 * S, "stop-clock", "node 2 clock reset"));
+            verdict(h)
+        };
+        assert_eq!(with("node 2 clocks run at 2x", 2).valid, Validity::Valid);
+        // A follower's clock: no excuse.
+        assert_eq!(with("node 2 clocks run at 2x", 3).valid, Validity::Invalid);
+        // A wall-clock offset moves no lease deadline.
+        assert_eq!(
+            with("node 2 wall clock +30000 ms", 2).valid,
+            Validity::Invalid
+        );
+    }
+
+    #[test]
+    fn open_holds_close_at_the_latest_time_in_the_history_not_the_last_lines() {
+        let h = number(vec![
+            tok(ev(100 * MS, 1, "unfenced", Kind::Ok, "acquire"), 1),
+            tok(ev(150 * MS, 2, "unfenced", Kind::Ok, "acquire"), 2),
+            // A line written later but stamped earlier (another worker's).
+            ev(120 * MS, 3, "register", Kind::Invoke, "read"),
+        ]);
+        let held = intervals(&h, "unfenced");
+        assert!(
+            held.iter().all(|x| x.end > x.start && x.end == 150 * MS + 1),
+            "{held:?}"
+        );
+        let c = check_intervals(&h, "unfenced", &[], true);
+        assert_eq!(c.stat("overlapping pairs"), 1);
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
     }
 }
