@@ -480,6 +480,12 @@ async fn watch_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
     // re-registered after a reconnect without replaying what changed meanwhile.
     let mut states = client.state_events();
     let mut states_open = true;
+    // The connection at the start (the node matters to the checker's snapshot-install
+    // rule); read after subscribing, so no change is lost in between.
+    let mut e = out.event(Kind::Event, "state");
+    e.zxid = Some(client.last_zxid());
+    e.error = Some(client.state().to_string());
+    out.emit(e);
     let handle_state = |st: Option<corral_client::ConnectionState>| {
         let Some(st) = st else {
             // The client is finished; the stream must not be polled again.
