@@ -5,6 +5,12 @@
 //! a failover never expires a healthy client), and restarted nodes take a while to
 //! elect one. Leader changes come from the nodes' logs (`cluster` events).
 //!
+//! Every observation that still lists a dead client's node is held to that bound (from
+//! the heal, the death, or the last leader change before that observation). And a live
+//! client's own ephemeral must persist: its `exists` answering "no node" (`own ephemeral
+//! is gone`) is a violation unless the client was told within the bound that its
+//! session expired.
+//!
 //! Events (workload `session`): `ephemeral` (a client created its node: `path`),
 //! `process-killed` (the harness killed the client), `final-check` (the reference time
 //! after healing; `value` is the bound in ms), and `observe` (the harness listed the
@@ -14,8 +20,13 @@ use super::{Check, Validity};
 use crate::history::{Event, Kind};
 use std::collections::BTreeMap;
 
+/// The bound when the history has no `final-check` (TTL 3 s + election 400 ms + 1 s).
+const DEFAULT_BOUND_MS: u64 = 4_400;
+
 pub fn check(history: &[Event], workload: &str) -> Check {
-    let mut c = Check::new("session: dead clients' ephemerals vanish within TTL + election");
+    let mut c = Check::new(
+        "session: dead clients' ephemerals vanish within TTL + election; live ones stay",
+    );
     let mut ephemerals: BTreeMap<u64, String> = BTreeMap::new();
     let mut killed: BTreeMap<u64, u64> = BTreeMap::new();
     let mut reference: Option<(u64, u64)> = None;
@@ -43,13 +54,21 @@ pub fn check(history: &[Event], workload: &str) -> Check {
             _ => {}
         }
     }
+    check_live(
+        &mut c,
+        history,
+        workload,
+        reference.map_or(DEFAULT_BOUND_MS, |r| r.1),
+    );
     let dead: Vec<(u64, &String, u64)> = killed
         .iter()
         .filter_map(|(p, t)| ephemerals.get(p).map(|path| (*p, path, *t)))
         .collect();
     c.count("clients killed with an ephemeral", dead.len() as u64);
     let Some((heal, bound_ms)) = reference else {
-        c.valid = Validity::Unknown;
+        if c.valid == Validity::Valid {
+            c.valid = Validity::Unknown;
+        }
         c.notes.push("no final check was made".into());
         return c;
     };
@@ -57,18 +76,42 @@ pub fn check(history: &[Event], workload: &str) -> Check {
     for (process, path, died) in dead {
         let from = heal.max(died);
         let name = path.rsplit('/').next().unwrap_or(path);
+        let listed = |items: &Vec<String>| items.iter().any(|i| i == name || i == path);
+        // Every observation that still lists the node must be within the bound of the
+        // heal, the death, or the last leader change before that observation (a new
+        // leader restarts every session's deadline).
+        let mut late = false;
+        for (t, _) in observations
+            .iter()
+            .filter(|(t, items)| *t >= from && listed(items))
+        {
+            let since = leader_changes
+                .iter()
+                .filter(|l| **l <= *t)
+                .fold(from, |a, l| a.max(*l));
+            let ms = (t - since) / 1_000_000;
+            worst = worst.max(ms);
+            if ms > bound_ms && !late {
+                late = true;
+                c.fail(format!(
+                    "process {process}: {path} still listed at {:.3}s, {ms} ms after the heal, \
+                     its death or the last leader change before, more than {bound_ms} ms",
+                    *t as f64 / 1e9
+                ));
+            }
+        }
         let gone = observations
             .iter()
-            .find(|(t, items)| *t >= from && !items.iter().any(|i| i == name || i == path));
+            .find(|(t, items)| *t >= from && !listed(items));
         match gone {
             Some((t, _)) => {
-                let from = leader_changes
+                let since = leader_changes
                     .iter()
                     .filter(|l| **l <= *t)
                     .fold(from, |a, l| a.max(*l));
-                let ms = (t - from) / 1_000_000;
+                let ms = t.saturating_sub(since) / 1_000_000;
                 worst = worst.max(ms);
-                if ms > bound_ms {
+                if ms > bound_ms && !late {
                     c.fail(format!(
                         "process {process}: {path} vanished {ms} ms after the heal (or the last \
                          leader change), more than {bound_ms} ms"
@@ -89,6 +132,48 @@ pub fn check(history: &[Event], workload: &str) -> Check {
     }
     c.count("slowest removal ms", worst);
     c
+}
+
+/// Whether an error text says the session expired.
+fn expired(text: &str) -> bool {
+    text.to_ascii_lowercase().contains("expired")
+}
+
+/// A live client's own ephemeral must exist: the worker's `exists` answered "no node"
+/// (`own ephemeral is gone`) is a violation unless that client's session expired, i.e.
+/// the client was told so (an error or state naming the expiry) within `bound_ms` after,
+/// before it created a new ephemeral.
+fn check_live(c: &mut Check, history: &[Event], workload: &str, bound_ms: u64) {
+    let bound = bound_ms * 1_000_000;
+    let mut by_process: BTreeMap<u64, Vec<&Event>> = BTreeMap::new();
+    for e in history.iter().filter(|e| e.workload == workload) {
+        by_process.entry(e.process).or_default().push(e);
+    }
+    let mut gone_count = 0u64;
+    for (process, events) in &by_process {
+        for (i, e) in events.iter().enumerate() {
+            if !(e.f == "exists" && e.error.as_deref() == Some("own ephemeral is gone")) {
+                continue;
+            }
+            gone_count += 1;
+            let excused = events[i + 1..]
+                .iter()
+                .take_while(|l| l.f != "ephemeral")
+                .take_while(|l| l.time <= e.time + bound)
+                .any(|l| l.error.as_deref().is_some_and(expired));
+            if excused {
+                c.count("own ephemeral gone, session expired", 1);
+            } else {
+                c.fail(format!(
+                    "process {process}: event {} at {:.3}s: its own ephemeral was gone while its \
+                     session was not expired",
+                    e.index,
+                    e.time as f64 / 1e9
+                ));
+            }
+        }
+    }
+    c.count("own ephemeral gone", gone_count);
 }
 
 #[cfg(test)]
@@ -124,5 +209,73 @@ mod tests {
         let mut h = history(2500);
         h.pop();
         assert_eq!(check(&h, "session").valid, Validity::Invalid);
+    }
+
+    fn observe(time_ms: u64, items: &[&str]) -> Event {
+        let mut e = ev(time_ms, 0, "observe");
+        e.items = Some(items.iter().map(|s| s.to_string()).collect());
+        e
+    }
+
+    #[test]
+    fn an_overdue_ephemeral_is_not_excused_by_a_later_leader_change() {
+        // Heal at 1 s, bound 3 s; still listed at 8 s with no leader change before.
+        let mut eph = ev(0, 1, "ephemeral");
+        eph.path = Some("/jepsen/session/p1-s5".into());
+        let mut fin = ev(1000, 0, "final-check");
+        fin.value = Some(3000);
+        let mut h = vec![
+            eph,
+            ev(500, 1, "process-killed"),
+            fin,
+            observe(1100, &["p1-s5"]),
+            observe(8000, &["p1-s5"]),
+        ];
+        let mut late_leader = ev(8500, 0, "leader");
+        late_leader.workload = "cluster".into();
+        h.push(late_leader);
+        h.push(observe(9000, &[]));
+        let c = check(&h, "session");
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        assert!(
+            c.problems.join(" ").contains("still listed at 8.000s"),
+            "{c:?}"
+        );
+        // A leader change before the late observation restarts the deadline.
+        h[5].time = 6_000 * 1_000_000;
+        assert_eq!(check(&h, "session").valid, Validity::Valid);
+    }
+
+    #[test]
+    fn a_live_clients_own_ephemeral_must_not_vanish() {
+        let history = |then_expired: bool| {
+            let mut eph = ev(0, 1, "ephemeral");
+            eph.path = Some("/jepsen/session/p1-s5".into());
+            let mut fin = ev(10_000, 0, "final-check");
+            fin.value = Some(3000);
+            let mut gone = Event::new(2_001_000_000, 1, "session", Kind::Fail, "exists");
+            gone.error = Some("own ephemeral is gone".into());
+            let mut after = Event::new(3_001_000_000, 1, "session", Kind::Ok, "exists");
+            if then_expired {
+                after.kind = Kind::Fail;
+                after.error = Some("session expired; create a new client".into());
+            }
+            vec![
+                eph,
+                Event::new(2_000_000_000, 1, "session", Kind::Invoke, "exists"),
+                gone,
+                Event::new(3_000_000_000, 1, "session", Kind::Invoke, "exists"),
+                after,
+                fin,
+                observe(10_250, &[]),
+            ]
+        };
+        let c = check(&history(false), "session");
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        assert_eq!(c.stat("own ephemeral gone"), 1);
+        // Gone because the session expired (the client is told so next): no violation.
+        let c = check(&history(true), "session");
+        assert_eq!(c.valid, Validity::Valid, "{c:?}");
+        assert_eq!(c.stat("own ephemeral gone, session expired"), 1);
     }
 }
