@@ -28,9 +28,28 @@ pub fn check(history: &[Event], workload: &str) -> Check {
         .filter(|p| p.invoke.f == "create")
     {
         let Some(value) = p.invoke.value else {
+            c.fail(format!(
+                "event {}: a create without a value",
+                p.invoke.index
+            ));
             continue;
         };
         let path = p.done.and_then(|d| d.path.clone());
+        if let Some(first) = ops.get(&value) {
+            // Values identify creates: a reused one would let one create stand for
+            // another (a harness bug).
+            c.fail(format!(
+                "value {value} was used by two creates (events {} and {}): the check \
+                 cannot tell them apart",
+                first.4, p.invoke.index
+            ));
+        }
+        if p.outcome() == Kind::Ok && path.is_none() {
+            c.fail(format!(
+                "event {}: an acknowledged create without a path",
+                p.done.map_or(p.invoke.index, |d| d.index)
+            ));
+        }
         c.count(
             match p.outcome() {
                 Kind::Ok => "creates ok",
@@ -48,10 +67,8 @@ pub fn check(history: &[Event], workload: &str) -> Check {
                 }
             }
         }
-        ops.insert(
-            value,
-            (p.outcome(), path, p.invoke.time, p.ret(), p.invoke.index),
-        );
+        ops.entry(value)
+            .or_insert((p.outcome(), path, p.invoke.time, p.ret(), p.invoke.index));
     }
     let Some(last) = history
         .iter()
@@ -246,5 +263,29 @@ mod tests {
         let c = check(&h, "sequential");
         assert_eq!(c.valid, Validity::Invalid);
         assert!(c.problems.join("\n").contains("after a create"));
+    }
+
+    #[test]
+    fn a_value_used_by_two_creates_and_an_ok_without_a_path_are_violations() {
+        // The first create of 42 was acknowledged as item 1, which is gone; a second
+        // create reused 42 (indeterminate) and an unrelated node holds 42.
+        let h = vec![
+            create(0, 1, 42),
+            done(1, 1, Kind::Ok, Some("/s/item-0000000001")),
+            create(2, 2, 42),
+            done(3, 2, Kind::Info, None),
+            fin(&["item-0000000007=42"]),
+        ];
+        let c = check(&h, "sequential");
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        let text = c.problems.join("\n");
+        assert!(text.contains("used by two creates"), "{text}");
+        assert!(text.contains("gone at the end"), "{text}");
+        let mut h = base();
+        h[7].path = None;
+        h.push(fin(&["item-0000000000=101", "item-0000000003=103"]));
+        let c = check(&h, "sequential");
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        assert!(c.problems.join("\n").contains("without a path"), "{c:?}");
     }
 }
