@@ -554,7 +554,7 @@ impl Node {
             Input::Peer { from, msg } => self.on_peer(from, msg),
             Input::LinkUp { peer } => {
                 if let Log::Paxos(p) = &mut self.log {
-                    p.on_link_up(peer);
+                    p.on_link_up(peer, self.now.wall_ms);
                 }
             }
             Input::LinkDown { peer } => {

@@ -533,11 +533,23 @@ impl PaxosLog {
         self.op.get_accepted_idx() as u64
     }
 
-    /// A link to `peer` was (re)established: OmniPaxos resends what it may have lost, and
-    /// so do we if it is the leader (forwards may have been lost with the old link).
-    pub fn on_link_up(&mut self, peer: u64) {
+    /// A link to `peer` was (re)established (at entry time `wall_ms`): OmniPaxos resends
+    /// what it may have lost, and so do we if it is the leader (forwards may have been
+    /// lost with the old link); if this node leads, it makes `peer` notice what it lost.
+    pub fn on_link_up(&mut self, peer: u64, wall_ms: i64) {
         self.repeated_promises.link_changed(peer);
         self.op.reconnected(peer);
+        if self.is_leader() {
+            // What the broken link lost (an `AcceptDecide`, a `Decide`) an OmniPaxos leader
+            // does not send again, and the `PrepareReq` that `reconnected` sends is acted
+            // on only by a leader: the follower would stay behind until the next write.
+            // An empty entry is that write: its messages carry a sequence number past the
+            // lost ones, so the follower asks to be synced (OmniPaxos's `Recover`).
+            let nudge = Entry::new(wall_ms, EntryBody::Noop { barrier: 0 });
+            if let Err(e) = self.append_untracked(nudge) {
+                tracing::warn!(peer, error = %e, "cannot append the entry that resyncs a follower");
+            }
+        }
         if self.leader == Some(peer) {
             self.term += 1;
             // The leader is reachable again: elect at the usual pace.

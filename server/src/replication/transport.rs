@@ -41,8 +41,10 @@
 //!   delivered after a later one, and never delivered while an earlier one of the same
 //!   link was lost. Any loss (a broken connection, a message dropped because the queue
 //!   was full) ends the link: `LinkDown` follows, and the next `LinkUp` starts a new
-//!   link. So a node that calls OmniPaxos `reconnected(peer)` on every `LinkUp` repairs
-//!   every loss.
+//!   link. So every loss is followed by a `LinkUp` at which it can be repaired: OmniPaxos
+//!   `reconnected(peer)` repairs a follower's (it asks the leader to sync it), and a
+//!   leader's is repaired by its next message to the follower, which shows the gap
+//!   (`PaxosLog::on_link_up` makes one: an empty entry).
 //! - A full queue is treated as a broken link (the peer is dead, partitioned or far
 //!   behind): the message is dropped, `send` returns [`SendError::QueueFull`], the
 //!   connection is closed, and the link is re-established after a backoff. This bounds
