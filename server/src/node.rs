@@ -299,6 +299,9 @@ enum Keepalive {
 /// Ticks after which an unacknowledged report is resent.
 const ALIVE_RESEND_TICKS: u64 = 10;
 
+/// Most unacknowledged session reports a follower keeps; beyond, they are folded into one.
+const MAX_ALIVE_REPORTS_IN_FLIGHT: usize = 16;
+
 /// What the deterministic simulator observes inside a node (test and `sim` builds only,
 /// and only after [`Node::enable_probe`]).
 #[cfg(any(test, feature = "sim"))]
@@ -1662,6 +1665,11 @@ impl Node {
         if !self.alive.is_empty() || !self.alive_waiters.is_empty() {
             let batch = self.next_alive_batch;
             self.next_alive_batch += 1;
+            fold_reports(
+                &mut self.alive_inflight,
+                &mut self.alive,
+                &mut self.alive_waiters,
+            );
             let sessions: Vec<u64> = std::mem::take(&mut self.alive).into_iter().collect();
             self.peer_out.push((
                 leader,
@@ -1905,5 +1913,75 @@ fn sync_path(op: &Op) -> Option<&str> {
     match op {
         Op::Sync { path } => Some(path),
         _ => None,
+    }
+}
+
+/// Follower, about to send a session report: if `MAX_ALIVE_REPORTS_IN_FLIGHT` reports
+/// wait for the leader's acknowledgement (a partition that kept its ballot acknowledges
+/// nothing), they are folded into the new one (their sessions into `alive`, their
+/// waiting keepalives into `waiters`), so that they stay bounded by the sessions and the
+/// waiting keepalives instead of growing by one per tick. An acknowledgement of a folded
+/// report names a batch that is gone and answers nothing; the new report's answers them
+/// all, as the leader renews its sessions after it arrived.
+fn fold_reports(
+    inflight: &mut BTreeMap<u64, AliveBatch>,
+    alive: &mut BTreeSet<u64>,
+    waiters: &mut Vec<Keepalive>,
+) {
+    if inflight.len() < MAX_ALIVE_REPORTS_IN_FLIGHT {
+        return;
+    }
+    for (_, old) in std::mem::take(inflight) {
+        alive.extend(old.sessions);
+        waiters.extend(old.waiters);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter(xid: u64) -> Keepalive {
+        Keepalive::Request(1, xid, OpResult::Pong)
+    }
+
+    /// Unacknowledged session reports are folded into the next one at the limit: a
+    /// follower cut off from its leader keeps a bounded number of them.
+    #[test]
+    fn unacknowledged_reports_are_folded_at_the_limit() {
+        let mut inflight = BTreeMap::new();
+        let (mut alive, mut waiters) = (BTreeSet::new(), Vec::new());
+        for batch in 0..MAX_ALIVE_REPORTS_IN_FLIGHT as u64 - 1 {
+            inflight.insert(
+                batch,
+                AliveBatch {
+                    sessions: vec![7, 100 + batch],
+                    waiters: vec![waiter(batch)],
+                    sent_tick: batch,
+                },
+            );
+        }
+        fold_reports(&mut inflight, &mut alive, &mut waiters);
+        assert_eq!(
+            inflight.len(),
+            MAX_ALIVE_REPORTS_IN_FLIGHT - 1,
+            "under the limit"
+        );
+        assert!(alive.is_empty() && waiters.is_empty());
+        inflight.insert(
+            99,
+            AliveBatch {
+                sessions: vec![7],
+                waiters: vec![waiter(99)],
+                sent_tick: 99,
+            },
+        );
+        fold_reports(&mut inflight, &mut alive, &mut waiters);
+        assert!(inflight.is_empty());
+        let want: BTreeSet<u64> = std::iter::once(7)
+            .chain((0..MAX_ALIVE_REPORTS_IN_FLIGHT as u64 - 1).map(|b| 100 + b))
+            .collect();
+        assert_eq!(alive, want, "every session once");
+        assert_eq!(waiters.len(), MAX_ALIVE_REPORTS_IN_FLIGHT, "every waiter");
     }
 }
