@@ -64,12 +64,7 @@ fn duplicate_write_values_do_not_hide_a_resurrected_value() {
     let h = [w(1, 5, 0, 1), r(2, 5, 2, 3), w(1, 6, 4, 5), r(2, 5, 6, 7)];
     assert!(run(&h).is_violation());
     // A second completed write of 5 that finished before the 6 does not help either.
-    let h = [
-        w(1, 5, 0, 1),
-        w(3, 5, 0, 2),
-        w(1, 6, 4, 5),
-        r(2, 5, 6, 7),
-    ];
+    let h = [w(1, 5, 0, 1), w(3, 5, 0, 2), w(1, 6, 4, 5), r(2, 5, 6, 7)];
     assert!(run(&h).is_violation());
 }
 
@@ -93,11 +88,7 @@ fn an_indeterminate_write_takes_effect_at_most_once_and_not_before_its_call() {
 fn an_indeterminate_cas_is_deterministic_in_its_state() {
     // The info CAS 0 -> 9 can only apply where the value is 0; after the write of 1
     // completed it cannot apply any more, so reading 9 after that is impossible.
-    let h = [
-        w(1, 1, 0, 1),
-        cas(2, 0, 9, None, 2, None),
-        r(3, 9, 10, 11),
-    ];
+    let h = [w(1, 1, 0, 1), cas(2, 0, 9, None, 2, None), r(3, 9, 10, 11)];
     assert!(run(&h).is_violation());
 }
 
@@ -188,15 +179,16 @@ fn brute(h: &[Op]) -> bool {
                 continue;
             }
             // i may go next only if no unused op must precede it.
-            let blocked = (0..h.len()).any(|j| {
-                !used[j] && j != i && h[j].ret.is_some_and(|rj| rj < h[i].call)
-            });
+            let blocked = (0..h.len())
+                .any(|j| !used[j] && j != i && h[j].ret.is_some_and(|rj| rj < h[i].call));
             if blocked {
                 continue;
             }
             let next = match (&h[i].input, &h[i].output) {
                 (RegisterInput::Read, None) => Some(state),
-                (RegisterInput::Read, Some(RegisterOutput::Value(v))) => (*v == state).then_some(state),
+                (RegisterInput::Read, Some(RegisterOutput::Value(v))) => {
+                    (*v == state).then_some(state)
+                }
                 (RegisterInput::Write(v), _) => Some(*v),
                 (RegisterInput::Cas { expect, new }, None) => {
                     Some(if *expect == state { *new } else { state })
@@ -241,13 +233,20 @@ fn wgl_agrees_with_brute_force_on_random_small_histories() {
         let mut h = Vec::new();
         for p in 0..n as u64 {
             let call = rnd(10);
-            let ret = if rnd(5) == 0 { None } else { Some(call + rnd(6)) };
+            let ret = if rnd(5) == 0 {
+                None
+            } else {
+                Some(call + rnd(6))
+            };
             let v = rnd(3);
             let (input, output) = match rnd(3) {
                 0 => (RegisterInput::Read, Some(RegisterOutput::Value(v))),
                 1 => (RegisterInput::Write(v), Some(RegisterOutput::Written)),
                 _ => (
-                    RegisterInput::Cas { expect: rnd(3), new: v },
+                    RegisterInput::Cas {
+                        expect: rnd(3),
+                        new: v,
+                    },
                     Some(RegisterOutput::Swapped(rnd(2) == 0)),
                 ),
             };
@@ -255,14 +254,31 @@ fn wgl_agrees_with_brute_force_on_random_small_histories() {
             if ret.is_none() && input == RegisterInput::Read {
                 continue;
             }
-            h.push(Operation { process: p, input, output, call, ret });
+            h.push(Operation {
+                process: p,
+                input,
+                output,
+                call,
+                ret,
+            });
         }
         let wgl = matches!(run(&h), Outcome::Linearizable);
-        if wgl { yes += 1 } else { no += 1 }
+        if wgl {
+            yes += 1
+        } else {
+            no += 1
+        }
         if wgl != brute(&h) {
             disagreements.push(format!("wgl={wgl} {h:?}"));
         }
     }
-    assert!(yes > 500 && no > 500, "degenerate sample: {yes} linearizable, {no} not");
-    assert!(disagreements.is_empty(), "{}", disagreements[..disagreements.len().min(3)].join("\n"));
+    assert!(
+        yes > 500 && no > 500,
+        "degenerate sample: {yes} linearizable, {no} not"
+    );
+    assert!(
+        disagreements.is_empty(),
+        "{}",
+        disagreements[..disagreements.len().min(3)].join("\n")
+    );
 }

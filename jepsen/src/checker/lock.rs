@@ -742,7 +742,8 @@ mod excuse_tests {
         ]);
         let held = intervals(&h, "unfenced");
         assert!(
-            held.iter().all(|x| x.end > x.start && x.end == 150 * MS + 1),
+            held.iter()
+                .all(|x| x.end > x.start && x.end == 150 * MS + 1),
             "{held:?}"
         );
         let c = check_intervals(&h, "unfenced", &[], true);
