@@ -16,6 +16,41 @@ use futures::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// `client.get_data_watch(path)`, which the server answers at `zxid`: its watcher.
+async fn data_watch(
+    client: &Client,
+    conn: &mut common::Conn,
+    path: &'static str,
+    zxid: u64,
+) -> corral_client::Watcher {
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.get_data_watch(path).await }
+    });
+    let request = conn.recv().await;
+    assert_eq!(
+        request.op,
+        Op::GetData {
+            path: path.into(),
+            watch: true
+        }
+    );
+    conn.reply(
+        request.xid,
+        zxid,
+        Ok(OpResult::Data {
+            data: b"old".to_vec(),
+            stat: Stat::default(),
+        }),
+    )
+    .await;
+    let (_, _, watcher) = bounded("get_data_watch", call)
+        .await
+        .expect("join")
+        .expect("get_data_watch");
+    watcher
+}
+
 fn path_of(op: &Op) -> &str {
     match op {
         Op::GetData { path, .. } | Op::Exists { path, .. } => path,
@@ -124,31 +159,7 @@ async fn resends_with_the_same_xid_and_reregisters_watches_after_a_drop() {
     let mut states = client.state_events();
 
     // A data watch, answered at zxid 6.
-    let call = tokio::spawn({
-        let client = client.clone();
-        async move { client.get_data_watch("/w").await }
-    });
-    let request = conn.recv().await;
-    assert_eq!(
-        request.op,
-        Op::GetData {
-            path: "/w".into(),
-            watch: true
-        }
-    );
-    conn.reply(
-        request.xid,
-        6,
-        Ok(OpResult::Data {
-            data: b"old".to_vec(),
-            stat: Stat::default(),
-        }),
-    )
-    .await;
-    let (_, _, watcher) = bounded("get_data_watch", call)
-        .await
-        .expect("join")
-        .expect("get_data_watch");
+    let watcher = data_watch(&client, &mut conn, "/w", 6).await;
 
     // A create whose answer is lost with the connection.
     let create = tokio::spawn({
@@ -733,25 +744,7 @@ async fn watches_registered_again_keep_the_last_zxid_until_the_server_answers() 
         .expect("connect");
     let mut watchers = Vec::new();
     for path in ["/a", "/b"] {
-        let call = tokio::spawn({
-            let client = client.clone();
-            async move { client.get_data_watch(path).await }
-        });
-        let request = conn.recv().await;
-        conn.reply(
-            request.xid,
-            10,
-            Ok(OpResult::Data {
-                data: Vec::new(),
-                stat: Stat::default(),
-            }),
-        )
-        .await;
-        let (_, _, watcher) = bounded("get_data_watch", call)
-            .await
-            .expect("join")
-            .expect("get_data_watch");
-        watchers.push(watcher);
+        watchers.push(data_watch(&client, &mut conn, path, 10).await);
     }
     drop(conn);
 

@@ -20,6 +20,21 @@ fn locked(node: &str, token: u64) -> OpResult {
     }
 }
 
+/// `client` acquires `/l`, which the server grants at once: `/l/x-0000000001`, token 2.
+async fn held(client: &Client, conn: &mut common::Conn) -> LockGuard {
+    let mut acquire = tokio::spawn({
+        let client = client.clone();
+        async move { client.lock("/l", LockOptions::default()).acquire().await }
+    });
+    let lock = recv_while(conn, &mut acquire).await;
+    conn.reply(lock.xid, 2, Ok(locked("/l/x-0000000001", 2)))
+        .await;
+    bounded("acquire", acquire)
+        .await
+        .expect("join")
+        .expect("acquire")
+}
+
 /// A timeout too large to add to the clock (`Duration::MAX`, a common way to say "no
 /// timeout") means no deadline: the acquire waits for its grant instead of panicking.
 #[tokio::test]
@@ -200,17 +215,7 @@ async fn renew_of_a_session_held_lock_returns_a_deadline_measured_from_its_ping(
     let ttl = Duration::from_secs(30);
     let margin = ttl / 10;
     let (client, mut conn) = server.connect(30_000).await;
-    let mut acquire = tokio::spawn({
-        let client = client.clone();
-        async move { client.lock("/l", LockOptions::default()).acquire().await }
-    });
-    let lock = recv_while(&mut conn, &mut acquire).await;
-    conn.reply(lock.xid, 2, Ok(locked("/l/x-0000000001", 2)))
-        .await;
-    let guard = bounded("acquire", acquire)
-        .await
-        .expect("join")
-        .expect("acquire");
+    let guard = held(&client, &mut conn).await;
     let before = guard.safe_deadline();
 
     let called = Instant::now();
@@ -253,17 +258,7 @@ fn unavailable() -> ErrorInfo {
 async fn a_dropped_guards_release_is_sent_again_after_a_transient_error_until_it_succeeds() {
     let server = FakeServer::start().await;
     let (client, mut conn) = server.connect(10_000).await;
-    let mut acquire = tokio::spawn({
-        let client = client.clone();
-        async move { client.lock("/l", LockOptions::default()).acquire().await }
-    });
-    let lock = recv_while(&mut conn, &mut acquire).await;
-    conn.reply(lock.xid, 2, Ok(locked("/l/x-0000000001", 2)))
-        .await;
-    let guard = bounded("acquire", acquire)
-        .await
-        .expect("join")
-        .expect("acquire");
+    let guard = held(&client, &mut conn).await;
     drop(guard);
     let release = Op::Release {
         node: "/l/x-0000000001".into(),
@@ -354,17 +349,7 @@ async fn an_unwanted_lock_answers_node_whose_release_failed_is_swept_after_a_rec
 async fn concurrent_releases_of_one_guard_report_the_release_the_server_made() {
     let server = FakeServer::start().await;
     let (client, mut conn) = server.connect(10_000).await;
-    let mut acquire = tokio::spawn({
-        let client = client.clone();
-        async move { client.lock("/l", LockOptions::default()).acquire().await }
-    });
-    let lock = recv_while(&mut conn, &mut acquire).await;
-    conn.reply(lock.xid, 2, Ok(locked("/l/x-0000000001", 2)))
-        .await;
-    let guard = bounded("acquire", acquire)
-        .await
-        .expect("join")
-        .expect("acquire");
+    let guard = held(&client, &mut conn).await;
 
     let first = guard.release();
     let second = guard.release();

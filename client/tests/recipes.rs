@@ -34,6 +34,21 @@ async fn barrier_wait_timeout_of_duration_max_waits_without_a_deadline() {
 /// the session TTL and request timeout the give-up must not wait for.
 const SLACK: Duration = Duration::from_millis(1_000);
 
+/// `what(timeout)`, started at `started`, gave up (`Ok(false)`) by its deadline.
+fn gave_up_in_time(
+    what: &str,
+    outcome: &corral_client::Result<bool>,
+    started: Instant,
+    timeout: Duration,
+) {
+    let took = started.elapsed();
+    assert!(matches!(outcome, Ok(false)), "{what}: {outcome:?}");
+    assert!(
+        took < timeout + SLACK,
+        "{what}({timeout:?}) returned after {took:?}"
+    );
+}
+
 /// Answers requests (reads and the creates of a double barrier) until the delete of
 /// `node` arrives, and returns its xid.
 async fn until_deleted(conn: &mut Conn, node: &str) -> u64 {
@@ -75,12 +90,7 @@ async fn double_barrier_enter_timeout_returns_false_at_its_deadline_while_discon
     let timeout = Duration::from_millis(300);
     let started = Instant::now();
     let outcome = bounded("enter_timeout", barrier.enter_timeout(timeout)).await;
-    let took = started.elapsed();
-    assert!(matches!(outcome, Ok(false)), "{outcome:?}");
-    assert!(
-        took < timeout + SLACK,
-        "enter_timeout({timeout:?}) returned after {took:?}"
-    );
+    gave_up_in_time("enter_timeout", &outcome, started, timeout);
 
     let (mut conn, _) = server.accept(granted(6_000, 2, 1)).await;
     let delete = until_deleted(&mut conn, "/b/me").await;
@@ -111,12 +121,7 @@ async fn double_barrier_enter_timeout_gives_up_at_its_deadline_with_its_create_i
     );
     // The (slow) server does not answer the create yet.
     let outcome = bounded("enter_timeout", enter).await.expect("join");
-    let took = started.elapsed();
-    assert!(matches!(outcome, Ok(false)), "{outcome:?}");
-    assert!(
-        took < timeout + SLACK,
-        "enter_timeout({timeout:?}) returned after {took:?}"
-    );
+    gave_up_in_time("enter_timeout", &outcome, started, timeout);
     let delete = until_deleted(&mut conn, "/b/me").await;
     assert!(delete > create.xid, "the delete was sent before the create");
     let created = OpResult::Created {
@@ -146,12 +151,7 @@ async fn double_barrier_leave_timeout_returns_false_at_its_deadline_with_a_slow_
     );
     // The (slow) server does not answer yet.
     let outcome = bounded("leave_timeout", leave).await.expect("join");
-    let took = started.elapsed();
-    assert!(matches!(outcome, Ok(false)), "{outcome:?}");
-    assert!(
-        took < timeout + SLACK,
-        "leave_timeout({timeout:?}) returned after {took:?}"
-    );
+    gave_up_in_time("leave_timeout", &outcome, started, timeout);
     let delete = until_deleted(&mut conn, "/b/me").await;
     conn.reply(delete, 3, Ok(OpResult::Deleted)).await;
 }
