@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use corral_protocol::ServerStatus;
+use futures::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,6 +35,99 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:2291";
 pub const CORE_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Capacity of the channel from the admin handlers to the core task.
 pub const ADMIN_QUEUE_REQUESTS: usize = 64;
+/// Most admin connections at once; further ones are closed as they are accepted (the
+/// admin port has no authentication: it must not be a way to use up the process's file
+/// handles, which the log and the client port need).
+pub const ADMIN_MAX_CONNECTIONS: usize = 32;
+/// An admin connection that sends nothing, or takes none of what it is sent, for this
+/// long is closed (a kept-alive connection between two scrapes too).
+pub const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The admin port's listener: at most [`ADMIN_MAX_CONNECTIONS`] connections, each closed
+/// after [`ADMIN_IDLE_TIMEOUT`] without progress either way.
+struct AdminListener {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+}
+
+/// An accepted admin connection; its place is freed when it is dropped.
+struct AdminConn {
+    io: crate::stall::StallLimited<tokio::net::TcpStream>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for AdminListener {
+    type Io = AdminConn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (AdminConn, SocketAddr) {
+        loop {
+            let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+            match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let io = crate::stall::StallLimited::new(
+                        stream,
+                        ADMIN_IDLE_TIMEOUT,
+                        Some(ADMIN_IDLE_TIMEOUT),
+                    );
+                    return (
+                        AdminConn {
+                            io,
+                            _permit: permit,
+                        },
+                        addr,
+                    );
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        %addr,
+                        limit = ADMIN_MAX_CONNECTIONS,
+                        "admin endpoint: too many connections; closing a new one"
+                    );
+                    drop(stream);
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for AdminConn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for AdminConn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
 
 /// A question for the core task.
 #[derive(Debug)]
@@ -118,6 +212,10 @@ pub async fn serve(
         .route("/status", get(status))
         .route("/snapshot", get(snapshot))
         .with_state(state);
+    let listener = AdminListener {
+        inner: listener,
+        permits: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
+    };
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -208,6 +306,9 @@ async fn status(State(state): State<AdminState>) -> Response {
     }
 }
 
+/// The pieces a backup's body is sent in.
+const BACKUP_PIECE_BYTES: usize = 256 * 1024;
+
 async fn snapshot(State(state): State<AdminState>) -> Response {
     if starting(&state) {
         return (StatusCode::SERVICE_UNAVAILABLE, STARTING).into_response();
@@ -226,7 +327,24 @@ async fn snapshot(State(state): State<AdminState>) -> Response {
     match encoded.map_err(|e| e.to_string()) {
         Ok(Ok(bytes)) => {
             metrics::counter!(crate::metrics::SNAPSHOTS, "result" => "backup").increment(1);
-            ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
+            // One backup at a time means until it is sent, not until the handler returns:
+            // the body holds the permit, and goes out in pieces, each taken when the
+            // socket has room for it (a client that stops reading is closed after
+            // ADMIN_IDLE_TIMEOUT), so the permit goes with the last piece.
+            let bytes = bytes::Bytes::from(bytes);
+            let pieces: Vec<bytes::Bytes> = (0..bytes.len())
+                .step_by(BACKUP_PIECE_BYTES)
+                .map(|at| bytes.slice(at..(at + BACKUP_PIECE_BYTES).min(bytes.len())))
+                .collect();
+            let body = futures::stream::iter(pieces).map(move |piece| {
+                let _held = &_permit;
+                Ok::<_, std::convert::Infallible>(piece)
+            });
+            (
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                axum::body::Body::from_stream(body),
+            )
+                .into_response()
         }
         Ok(Err(e)) | Err(e) => {
             (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()

@@ -27,6 +27,7 @@ pub mod server;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod snapshot;
+pub mod stall;
 pub mod status;
 pub mod storage;
 pub mod tracker;

@@ -37,12 +37,9 @@ use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::AsyncWrite;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::codec::{Framed, FramedRead, FramedWrite};
@@ -225,9 +222,46 @@ fn machine_limits(config: &Config) -> MachineLimits {
     }
 }
 
+/// File handles the server needs besides its client connections: log segments and their
+/// syncs, snapshots and images, peers, the admin port's connections, the runtime.
+const RESERVED_FILE_HANDLES: u64 = 256 + crate::admin::ADMIN_MAX_CONNECTIONS as u64;
+
+/// Raises the process's soft limit of open files to its hard limit, as Go's runtime does
+/// (a service manager's default soft limit is often 1,024, below `max_connections`), and
+/// warns if it stays below what `max_connections` needs. Running out of file handles is
+/// not a disk failure, but an `fsync` on a handle the log cannot open looks like one.
+fn raise_open_files_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                tracing::info!(from = ?limit.current, to = ?limit.maximum, "raised the open-files limit")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+        }
+    }
+    let needed = max_connections as u64 + RESERVED_FILE_HANDLES;
+    if let Some(now) = getrlimit(Resource::Nofile).current {
+        if now < needed {
+            tracing::warn!(
+                limit = now,
+                needed,
+                "the open-files limit is below max_connections plus what the server needs \
+                 besides: raise it (ulimit -n, systemd LimitNOFILE) or lower max_connections"
+            );
+        }
+    }
+}
+
 impl Server {
     /// Recovers the data directory and binds the listeners.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        raise_open_files_limit(config.max_connections);
         let limits = machine_limits(&config);
         let wal_options = WalOptions {
             segment_bytes: config.wal_segment_bytes,
@@ -950,78 +984,6 @@ struct ConnSettings {
     write_stall_timeout: Duration,
 }
 
-/// A socket's write half that fails a write (or flush) the socket accepts no byte of for
-/// `timeout`: a client that stops reading cannot hold its connection task, its
-/// `max_connections` permit and its queued messages forever.
-#[derive(Debug)]
-struct StallLimited<W> {
-    inner: W,
-    timeout: Duration,
-    /// Armed while a write waits for room in the socket.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<W> StallLimited<W> {
-    fn new(inner: W, timeout: Duration) -> Self {
-        StallLimited {
-            inner,
-            timeout,
-            stalled: None,
-        }
-    }
-
-    /// The inner write answered `ready`: progress (or an error), the stall timer restarts.
-    /// Pending: waits with the stall timer, and fails once it runs out.
-    fn check<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        ready: Poll<std::io::Result<T>>,
-    ) -> Poll<std::io::Result<T>> {
-        if ready.is_ready() {
-            self.stalled = None;
-            return ready;
-        }
-        let timeout = self.timeout;
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match stalled.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "the client accepted no bytes for {} ms (write_stall_timeout_ms)",
-                    timeout.as_millis()
-                ),
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl<W: AsyncWrite + Unpin> AsyncWrite for StallLimited<W> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let ready = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.check(cx, ready)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let ready = Pin::new(&mut this.inner).poll_flush(cx);
-        this.check(cx, ready)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let ready = Pin::new(&mut this.inner).poll_shutdown(cx);
-        this.check(cx, ready)
-    }
-}
-
 /// Why a connection's serving loop ended.
 enum Ended {
     /// The client closed its side, or the core closed the connection.
@@ -1137,7 +1099,7 @@ async fn serve_connection(
     // Requests the client pipelined behind its hello.
     source.read_buffer_mut().extend_from_slice(&parts.read_buf);
     let mut sink = FramedWrite::new(
-        StallLimited::new(write_half, settings.write_stall_timeout),
+        crate::stall::StallLimited::new(write_half, settings.write_stall_timeout, None),
         codec,
     );
 

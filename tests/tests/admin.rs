@@ -370,3 +370,91 @@ async fn a_joining_member_is_alive_but_not_ready() {
         metric_reaches(&admin, "corral_snapshot_decode_seconds_count", 1.0).await;
     }
 }
+
+/// The admin port takes at most `ADMIN_MAX_CONNECTIONS` connections: further ones are
+/// closed as they are accepted (it has no authentication, and idle connections used to
+/// pile up without limit until the process ran out of file handles, which failed the
+/// log's next sync and refused every client). Once the idle ones go, it answers again.
+#[tokio::test]
+async fn the_admin_port_caps_its_connections() {
+    use tokio::io::AsyncReadExt;
+    // corral_server::admin::ADMIN_MAX_CONNECTIONS (the tests drive the binary).
+    const ADMIN_MAX_CONNECTIONS: usize = 32;
+    let server = TestServer::start(&[]);
+    let addr = server.admin_addr();
+    let mut idle = Vec::new();
+    for _ in 0..ADMIN_MAX_CONNECTIONS {
+        idle.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // Accepted in order: once the server has taken the idle ones, the next is closed.
+    let mut extra = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(CLUSTER_WAIT, extra.read(&mut byte))
+        .await
+        .expect("the connection over the cap is closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    drop(idle);
+    eventually("the admin port answers again", CLUSTER_WAIT, || async {
+        admin::get(&addr, "/health", BODY_LIMIT_BYTES)
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .await;
+}
+
+/// One backup at a time, until it is sent: a second `/snapshot` while the first one's
+/// body has not been read is refused (429). The permit used to go when the handler
+/// returned, before the body was sent, so clients that did not read could each hold an
+/// encoded copy of the state in the server's memory.
+#[tokio::test]
+async fn a_backup_holds_its_place_until_it_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(&[]);
+    let addr = server.admin_addr();
+    let client = corral_client::Client::connect(corral_client::ClientConfig::new([server.addr()]))
+        .await
+        .expect("connect");
+    // About 24 MB of state: more than the sockets' buffers hold.
+    for i in 0..24 {
+        client
+            .create(
+                &format!("/big{i}"),
+                vec![i as u8; 1_000_000],
+                corral_client::CreateMode::Persistent,
+            )
+            .await
+            .expect("create");
+    }
+    let mut first = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    first
+        .write_all(b"GET /snapshot HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = [0u8; 16];
+    let n = tokio::time::timeout(CLUSTER_WAIT, first.read(&mut head))
+        .await
+        .expect("an answer")
+        .expect("read");
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
+    // The first backup's body waits, unread.
+    let second = get(&addr, "/snapshot").await;
+    assert_eq!(second.status, 429, "{}", second.text());
+    drop(first);
+    let third = eventually("a backup once the first is gone", CLUSTER_WAIT, || async {
+        admin::get(&addr, "/snapshot", 64 << 20)
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .await;
+    assert!(third.body.len() > 24_000_000, "{} bytes", third.body.len());
+}
