@@ -579,3 +579,40 @@ async fn locks_lists_holders_and_waiters() {
         .expect("b");
     assert!(next.token() > held.token());
 }
+
+/// SIGQUIT (a terminal's Ctrl-\, which reaches corralctl's process group only) is passed
+/// on to the command like INT, TERM and HUP, and the lock is released once the command
+/// ended: corralctl used to die of it, leaving the command running without the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigquit_is_passed_on_to_the_command_before_the_lock_goes() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let client = connect(&addr).await;
+    let child = ctl(&addr, &["lock", "/cli/quit", "--", "sleep", "30"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let ctl_pid = child.id().expect("corralctl pid");
+    let sleep_pid = eventually("corralctl to start sleep", WAIT, || {
+        let found = children_of(ctl_pid).first().copied();
+        async move { found }
+    })
+    .await;
+    let status = Command::new("kill")
+        .args(["-s", "QUIT", "--", &ctl_pid.to_string()])
+        .status()
+        .await
+        .expect("kill");
+    assert!(status.success());
+    let out = match timeout(COMMAND_TIMEOUT, child.wait_with_output()).await {
+        Ok(out) => out.expect("wait"),
+        Err(_) => panic!("corralctl did not end after SIGQUIT"),
+    };
+    // sleep died of SIGQUIT: 128 + 3, passed on as corralctl's own exit code.
+    assert_eq!(out.status.code(), Some(131), "{}", text(&out.stderr));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{sleep_pid}")).exists(),
+        "sleep ({sleep_pid}) ended with corralctl"
+    );
+    until_free(&client, "/cli/quit").await;
+}

@@ -107,6 +107,7 @@ struct Signals {
     interrupt: Signal,
     terminate: Signal,
     hangup: Signal,
+    quit: Signal,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -121,6 +122,9 @@ impl Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
             hangup: signal(SignalKind::hangup())?,
+            // Ctrl-\ reaches only corralctl's process group, not the command's: without
+            // this, corralctl died of it and left the command running without the lock.
+            quit: signal(SignalKind::quit())?,
         })
     }
 
@@ -134,6 +138,7 @@ impl Signals {
             () = next(&mut self.interrupt) => Received { number: 2, name: "INT" },
             () = next(&mut self.terminate) => Received { number: 15, name: "TERM" },
             () = next(&mut self.hangup) => Received { number: 1, name: "HUP" },
+            () = next(&mut self.quit) => Received { number: 3, name: "QUIT" },
         }
     }
 }
@@ -263,8 +268,9 @@ async fn supervise(
                 };
             }
             received = signals.recv() => {
-                // In the foreground the terminal already sent Ctrl-C to the command.
-                if target.group || received.number != 2 {
+                // In the foreground the terminal already sent Ctrl-C or Ctrl-\ to the
+                // command.
+                if target.group || !matches!(received.number, 2 | 3) {
                     target.signal(received.name).await;
                 }
             }
