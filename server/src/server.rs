@@ -258,6 +258,35 @@ fn raise_open_files_limit(max_connections: usize) {
     }
 }
 
+/// Refuses a data directory that holds the other mode's data: a single node's (`wal/`,
+/// `snapshots/`) for a cluster member, or a cluster member's (`paxos/`) for a single
+/// node. The node would find no state of its own there and start empty without a word
+/// (a backup restored for the other mode, or a flag forgotten at a restart).
+fn check_layout(dir: &std::path::Path, cluster: bool) -> Result<(), ServerError> {
+    let single = dir.join("wal").exists() || dir.join("snapshots").exists();
+    let member = dir.join("paxos").exists();
+    let problem = match (cluster, single, member) {
+        (true, true, false) => Some(
+            "holds a single node's data (wal/, snapshots/) but this node is started as a \
+             cluster member (--peers): start it without --peers, or restore the backup \
+             with --peers into an empty directory",
+        ),
+        (false, false, true) => Some(
+            "holds a cluster member's data (paxos/) but this node is started as a single \
+             node: start it with its --peers, or restore the backup without --peers into \
+             an empty directory",
+        ),
+        _ => None,
+    };
+    match problem {
+        Some(problem) => Err(ServerError::Config(format!(
+            "the data directory {} {problem}",
+            dir.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl Server {
     /// Recovers the data directory and binds the listeners.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
@@ -271,6 +300,7 @@ impl Server {
         let members = config
             .peer_map()
             .map_err(|e| ServerError::Config(e.to_string()))?;
+        check_layout(&config.data_dir, !members.is_empty())?;
         let dir = config.data_dir.clone();
         let (mode, backend) = if members.is_empty() {
             let recovered =

@@ -169,3 +169,49 @@ async fn cluster_backup_and_restore() {
     assert_eq!(locks.len(), 1);
     assert_eq!(locks[0].queue.len(), 1, "{locks:?}");
 }
+
+/// A data directory holds one mode's data. Started in the other mode (a backup restored
+/// for the other one, or `--peers` forgotten at a restart), the node refuses to start,
+/// saying why, instead of finding no state of its own and starting empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_a_data_directory_of_the_other_mode() {
+    let mut server = TestServer::start(&[]);
+    let client = Client::connect(quick_config([server.addr()]))
+        .await
+        .expect("connect");
+    client
+        .create("/precious", Vec::new(), CreateMode::Persistent)
+        .await
+        .expect("create");
+    client.close().await.expect("close");
+    assert!(server.terminate(), "clean exit");
+    let start_as_member = |dir: &Path| {
+        let mut cmd = tokio::process::Command::new(corral_bin());
+        cmd.args(["--node-id", "1"])
+            .args([
+                "--peers",
+                "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .kill_on_drop(true);
+        cmd
+    };
+    let out = tokio::time::timeout(CLUSTER_WAIT, start_as_member(server.data_dir()).output())
+        .await
+        .expect("the node refuses at once")
+        .expect("run corral");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started: {stderr}");
+    assert!(stderr.contains("single node's data"), "{stderr}");
+    // As a single node again, its data is all there.
+    server.restart();
+    let client = Client::connect(quick_config([server.addr()]))
+        .await
+        .expect("connect");
+    assert!(client.exists("/precious").await.expect("exists").is_some());
+}
