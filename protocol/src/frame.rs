@@ -31,6 +31,16 @@ pub fn wire_config() -> impl bincode::config::Config {
         .with_limit::<DECODE_LIMIT_BYTES>()
 }
 
+/// The size of `msg`'s frame on the wire (length prefix included), counted without
+/// encoding it: for limits that count bytes before anything is encoded or queued.
+pub fn frame_len<T: Serialize>(msg: &T) -> usize {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    // A writer that only counts cannot fail; an error in the value would count what it
+    // reached, and encoding the frame then fails anyway.
+    let _ = bincode::serde::encode_into_writer(msg, &mut size, wire_config());
+    LENGTH_PREFIX_BYTES + size.bytes_written
+}
+
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {

@@ -402,3 +402,22 @@ fn a_frame_of_exactly_the_limit_is_accepted() {
     encode_frame(&msg, &mut buf, max).expect("fits exactly");
     assert_eq!(&buf[..], &f[..]);
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// `frame_len` counts exactly the bytes `encode_frame` writes, for every message
+    /// (the server's outgoing queues count bytes with it before encoding anything).
+    #[test]
+    fn frame_len_is_the_length_of_the_encoded_frame(
+        server in server_message(),
+        client in client_message(),
+    ) {
+        let mut buf = BytesMut::new();
+        encode_frame(&server, &mut buf, usize::MAX).expect("encode");
+        prop_assert_eq!(corral_protocol::frame::frame_len(&server), buf.len());
+        buf.clear();
+        encode_frame(&client, &mut buf, usize::MAX).expect("encode");
+        prop_assert_eq!(corral_protocol::frame::frame_len(&client), buf.len());
+    }
+}

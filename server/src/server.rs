@@ -161,15 +161,6 @@ struct OutQueue {
     measured_round: u64,
 }
 
-/// The size of a message's frame on the wire, without encoding it.
-fn frame_bytes(msg: &ServerMessage) -> usize {
-    let mut size = bincode::enc::write::SizeWriter::default();
-    // Cannot fail for a writer that only counts; an error would count what it reached.
-    let _ =
-        bincode::serde::encode_into_writer(msg, &mut size, corral_protocol::frame::wire_config());
-    corral_protocol::frame::LENGTH_PREFIX_BYTES + size.bytes_written
-}
-
 /// The clock of the shell: monotonic from start-up, plus the wall clock.
 #[derive(Debug, Clone, Copy)]
 struct Clock {
@@ -895,7 +886,7 @@ impl CoreShell {
             Output::HelloReply { conn, reply } => (conn, ToConn::Hello(reply)),
             Output::Send { conn, mut msg } => {
                 self.complete_status(&mut msg);
-                let bytes = frame_bytes(&msg);
+                let bytes = corral_protocol::frame::frame_len(&msg);
                 (conn, ToConn::Msg { msg, bytes })
             }
             Output::Close { conn } => {
@@ -1256,32 +1247,6 @@ async fn disconnected(core: &mpsc::Sender<CoreMsg>, conn: ConnId) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corral_protocol::{EventKind, OpResult, WatchEvent};
-
-    /// The queue counts a message's bytes as the size of its frame on the wire.
-    #[test]
-    fn frame_bytes_is_the_size_of_the_encoded_frame() {
-        let messages = [
-            ServerMessage::Response(Response {
-                xid: 7,
-                zxid: 9,
-                result: Ok(OpResult::Data {
-                    data: vec![3u8; 100_000],
-                    stat: Default::default(),
-                }),
-            }),
-            ServerMessage::Watch(WatchEvent {
-                kind: EventKind::NodeCreated,
-                path: "/a/b/c".into(),
-                zxid: 12,
-            }),
-            ServerMessage::Goodbye(ErrorInfo::new(ErrorCode::LimitExceeded, "too slow")),
-        ];
-        for msg in messages {
-            let frame = corral_protocol::frame::frame_to_vec(&msg, usize::MAX).expect("encode");
-            assert_eq!(frame_bytes(&msg), frame.len(), "{msg:?}");
-        }
-    }
 
     /// A core that stopped on its own (a panic drops its inbox) ends the accept loop, so
     /// that the process shuts down and exits with an error instead of accepting

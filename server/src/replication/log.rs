@@ -441,7 +441,7 @@ impl PaxosLog {
                     break;
                 }
             } else if let Some(leader) = target {
-                let bytes = encoded_len(&f.entry);
+                let bytes = corral_protocol::frame::frame_len(&f.entry);
                 if !batch.is_empty() && batch_bytes + bytes > max_bytes {
                     out.push((leader, PeerMsg::Forward(std::mem::take(&mut batch))));
                     batch_bytes = 0;
@@ -1045,14 +1045,6 @@ fn is_promise(m: &Message<Entry>) -> bool {
             ..
         })
     )
-}
-
-/// The size of an entry encoded as bincode (standard configuration), without encoding it.
-fn encoded_len(entry: &Entry) -> usize {
-    let mut size = bincode::enc::write::SizeWriter::default();
-    // Only counts: an entry of plain data encodes without error.
-    let _ = bincode::serde::encode_into_writer(entry, &mut size, bincode::config::standard());
-    size.bytes_written
 }
 
 #[cfg(test)]
