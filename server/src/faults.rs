@@ -36,6 +36,10 @@ pub struct FaultSwitches {
     /// State machine: a retried write is executed again instead of answered from the
     /// deduplication table (breaks "a retried request takes effect at most once").
     pub skip_dedup: bool,
+    /// State machine: an `OrderedWrite` that reaches the log after a later write of its
+    /// session is applied instead of refused (breaks "a session's writes apply in xid
+    /// order").
+    pub apply_out_of_order: bool,
     /// Sessions: a new leader keeps the deadlines it tracked as a follower instead of
     /// restarting them at full TTL (breaks "no session expires while its client's
     /// keepalives are acknowledged").
@@ -81,6 +85,7 @@ thread_local! {
             decide_before_leader_durable: false,
             skip_fsync: false,
             skip_dedup: false,
+            apply_out_of_order: false,
             keep_deadlines_on_leader_change: false,
             sync_without_barrier: false,
             send_forwards_once: false,
@@ -127,6 +132,7 @@ pub fn from_env() -> FaultSwitches {
                 "ack_before_durable" => &mut f.ack_before_durable,
                 "skip_fsync" => &mut f.skip_fsync,
                 "skip_dedup" => &mut f.skip_dedup,
+                "apply_out_of_order" => &mut f.apply_out_of_order,
                 "keep_deadlines_on_leader_change" => &mut f.keep_deadlines_on_leader_change,
                 "sync_without_barrier" => &mut f.sync_without_barrier,
                 "send_forwards_once" => &mut f.send_forwards_once,
@@ -160,6 +166,7 @@ pub fn active() -> FaultSwitches {
         decide_before_leader_durable: false,
         skip_fsync: false,
         skip_dedup: false,
+        apply_out_of_order: false,
         keep_deadlines_on_leader_change: false,
         sync_without_barrier: false,
         send_forwards_once: false,

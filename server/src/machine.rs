@@ -113,7 +113,46 @@ pub enum EntryBody {
         /// Chosen by the proposer, unique per proposing node.
         barrier: u64,
     },
+    /// A client write like [`EntryBody::Write`] that also keeps its session's order: it
+    /// is refused (`StaleRequest`, and never applied) if the session already applied a
+    /// write with a higher xid. A copy of a write the client gave up on (a node cut off
+    /// from the leader still forwarding it) can otherwise apply after the writes the
+    /// client sent next through another node.
+    ///
+    /// The rule is the entry's: an old `Write` replayed by a newer binary applies as it
+    /// did, so nodes never disagree on an entry. Proposed only once every member's link
+    /// showed it decodes this variant (peer protocol [`ORDERED_WRITE_PEER_VERSION`]).
+    OrderedWrite {
+        /// The session that sent the write.
+        session_id: u64,
+        /// The request's sequence number within the session.
+        xid: u64,
+        /// The write.
+        op: Op,
+    },
 }
+
+impl EntryBody {
+    /// The session, xid and operation of a client write (`Write` or `OrderedWrite`).
+    pub fn client_write(&self) -> Option<(u64, u64, &Op)> {
+        match self {
+            EntryBody::Write {
+                session_id,
+                xid,
+                op,
+            }
+            | EntryBody::OrderedWrite {
+                session_id,
+                xid,
+                op,
+            } => Some((*session_id, *xid, op)),
+            _ => None,
+        }
+    }
+}
+
+/// The peer protocol version from which a node decodes [`EntryBody::OrderedWrite`].
+pub const ORDERED_WRITE_PEER_VERSION: u16 = 2;
 
 /// A change to the tree, in the order it happened; watches are fired from these.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -429,7 +468,12 @@ impl StateMachine {
                 session_id,
                 xid,
                 op,
-            } => Some(self.write(&mut txn, *session_id, *xid, op, &mut ended_sessions)),
+            } => Some(self.write(&mut txn, *session_id, *xid, op, false, &mut ended_sessions)),
+            EntryBody::OrderedWrite {
+                session_id,
+                xid,
+                op,
+            } => Some(self.write(&mut txn, *session_id, *xid, op, true, &mut ended_sessions)),
             EntryBody::Noop { .. } => None,
         };
         self.maintain_locks(&mut txn);
@@ -664,13 +708,15 @@ impl StateMachine {
         Ok(OpResult::Closed)
     }
 
-    /// A deduplicated client write.
+    /// A deduplicated client write; with `in_order` ([`EntryBody::OrderedWrite`]), one
+    /// that arrives after a later write of its session is refused.
     fn write(
         &mut self,
         txn: &mut Txn,
         session_id: u64,
         xid: u64,
         op: &Op,
+        in_order: bool,
         ended: &mut Vec<u64>,
     ) -> Result<OpResult, ErrorInfo> {
         let Some(session) = self.sessions.get(&session_id) else {
@@ -691,6 +737,20 @@ impl StateMachine {
                 ),
             ));
         }
+        if in_order && xid < session.last_xid && !crate::faults::active().apply_out_of_order {
+            // Remembered like any result: a further copy gets the same refusal.
+            let refusal = ErrorInfo::new(
+                ErrorCode::StaleRequest,
+                format!(
+                    "xid {xid} of session {session_id:#x} reached the log after the \
+                     session's write {}; a session's writes apply in xid order, so this \
+                     one was not applied",
+                    session.last_xid
+                ),
+            );
+            self.remember(session_id, xid, Err(refusal.clone()));
+            return Err(refusal);
+        }
         if matches!(op, Op::CloseSession) {
             // Normally sent as `EntryBody::CloseSession`; accepted here too.
             return self.close(txn, session_id, ended);
@@ -700,12 +760,18 @@ impl StateMachine {
             result.is_ok() || txn.changes.is_empty(),
             "a failed write left changes behind"
         );
+        self.remember(session_id, xid, result.clone());
+        result
+    }
+
+    /// Enters the result of write `xid` into its session's deduplication table.
+    fn remember(&mut self, session_id: u64, xid: u64, result: Result<OpResult, ErrorInfo>) {
         let window = self.limits.dedup_window;
         let session = self
             .sessions
             .get_mut(&session_id)
             .expect("write: the session was looked up above and writes do not end it");
-        session.recent.insert(xid, result.clone());
+        session.recent.insert(xid, result);
         session.last_xid = session.last_xid.max(xid);
         while session.recent.len() > window {
             let Some(old) = session.recent.get_min().map(|(xid, _)| *xid) else {
@@ -714,7 +780,6 @@ impl StateMachine {
             session.recent.remove(&old);
             session.dedup_floor = session.dedup_floor.max(old);
         }
-        result
     }
 
     /// Checks a client's write against this node's limits before it is proposed or

@@ -17,6 +17,7 @@
 
 use crate::machine::{
     Applied, Entry, EntryBody, LockChange, MachineImage, MachineLimits, StateMachine,
+    ORDERED_WRITE_PEER_VERSION,
 };
 use crate::replication::log::{Decided, InstallJob, PaxosLog, PeerMsg};
 use crate::tracker::SessionTracker;
@@ -106,8 +107,9 @@ pub enum Input {
     Tick,
     /// A message from another node of the cluster.
     Peer { from: u64, msg: PeerMsg },
-    /// The link to a peer was (re)established.
-    LinkUp { peer: u64 },
+    /// The link to a peer was (re)established; `version` is the peer protocol version it
+    /// speaks, which says which entries the peer can decode.
+    LinkUp { peer: u64, version: u16 },
     /// The link to a peer broke.
     LinkDown { peer: u64 },
     /// The server is shutting down: say goodbye to every connection.
@@ -555,9 +557,9 @@ impl Node {
             Input::Tick => self.on_tick(),
             Input::Shutdown => self.on_shutdown(),
             Input::Peer { from, msg } => self.on_peer(from, msg),
-            Input::LinkUp { peer } => {
+            Input::LinkUp { peer, version } => {
                 if let Log::Paxos(p) = &mut self.log {
-                    p.on_link_up(peer, self.now.wall_ms);
+                    p.on_link_up(peer, version, self.now.wall_ms);
                 }
             }
             Input::LinkDown { peer } => {
@@ -784,21 +786,17 @@ impl Node {
                     Op::CloseSession => EntryBody::CloseSession {
                         session_id: session,
                     },
-                    Op::GrantLease { ttl_ms } => EntryBody::Write {
-                        session_id: session,
+                    Op::GrantLease { ttl_ms } => self.client_write(
+                        session,
                         xid,
-                        op: Op::GrantLease {
+                        Op::GrantLease {
                             ttl_ms: (*ttl_ms).clamp(
                                 self.config.min_session_ttl_ms,
                                 self.config.max_session_ttl_ms,
                             ),
                         },
-                    },
-                    _ => EntryBody::Write {
-                        session_id: session,
-                        xid,
-                        op: op.clone(),
-                    },
+                    ),
+                    _ => self.client_write(session, xid, op.clone()),
                 };
                 match self.propose(body) {
                     Ok(()) => PendingState::Proposed,
@@ -1044,6 +1042,28 @@ impl Node {
     }
 
     /// Proposes an entry. Returns an error for the client if it cannot be proposed.
+    /// The entry of a client write: an `OrderedWrite`, which keeps its session's order,
+    /// once every member decodes one (always on a single node), else a `Write`.
+    fn client_write(&self, session_id: u64, xid: u64, op: Op) -> EntryBody {
+        let ordered = match &self.log {
+            Log::Local(_) => true,
+            Log::Paxos(p) => p.members_version() >= ORDERED_WRITE_PEER_VERSION,
+        };
+        if ordered {
+            EntryBody::OrderedWrite {
+                session_id,
+                xid,
+                op,
+            }
+        } else {
+            EntryBody::Write {
+                session_id,
+                xid,
+                op,
+            }
+        }
+    }
+
     fn propose(&mut self, body: EntryBody) -> Result<(), ErrorInfo> {
         let entry = Entry::new(self.now.wall_ms, body);
         match &mut self.log {
@@ -1399,6 +1419,9 @@ impl Node {
             }
             EntryBody::Write {
                 session_id, xid, ..
+            }
+            | EntryBody::OrderedWrite {
+                session_id, xid, ..
             } => {
                 if let Some(Ok(OpResult::Lease { lease_id, ttl_ms })) = &applied.result {
                     if self.machine.session(*lease_id).is_some() {
@@ -1539,6 +1562,9 @@ impl Node {
         for (_, entry) in lost {
             match &*entry.body {
                 EntryBody::Write {
+                    session_id, xid, ..
+                }
+                | EntryBody::OrderedWrite {
                     session_id, xid, ..
                 } => self.complete(
                     *session_id,

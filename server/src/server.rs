@@ -513,7 +513,10 @@ impl Server {
                 for peer in &others {
                     if transport.is_link_up(*peer) {
                         let _ = core_tx
-                            .send(CoreMsg::Input(Input::LinkUp { peer: *peer }))
+                            .send(CoreMsg::Input(Input::LinkUp {
+                                peer: *peer,
+                                version: 1,
+                            }))
                             .await;
                     }
                 }
@@ -828,7 +831,7 @@ impl CoreShell {
     fn peer_event(&mut self, node: &mut Node, clock: Clock, event: PeerEvent<PeerMsg>) {
         let input = match event {
             PeerEvent::Message { from, msg } => Input::Peer { from, msg },
-            PeerEvent::LinkUp { peer } => Input::LinkUp { peer },
+            PeerEvent::LinkUp { peer } => Input::LinkUp { peer, version: 1 },
             PeerEvent::LinkDown { peer, .. } => Input::LinkDown { peer },
         };
         self.input(node, clock, input);

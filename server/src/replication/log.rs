@@ -266,6 +266,9 @@ pub struct PaxosLog {
     /// OmniPaxos's messages taken out before the pass ended, in order (see
     /// [`PaxosLog::on_peer`]); `flush` sends them ahead of the rest.
     taken: Vec<Message<Entry>>,
+    /// Every other member's peer protocol version, as its latest outbound link to it
+    /// negotiated (1, the oldest, until a link to it came up): which entries it decodes.
+    peer_versions: BTreeMap<u64, u16>,
 }
 
 impl std::fmt::Debug for PaxosLog {
@@ -288,6 +291,7 @@ impl PaxosLog {
         node_id: u64,
         settings: PaxosSettings,
         applied_idx: usize,
+        members: &[u64],
     ) -> PaxosLog {
         let durable_accepted = op.get_accepted_idx();
         let durable_lsn = storage.durable_lsn();
@@ -320,7 +324,23 @@ impl PaxosLog {
             catching_up: false,
             repeated_promises: RepeatedPromises::default(),
             taken: Vec::new(),
+            peer_versions: members
+                .iter()
+                .filter(|m| **m != node_id)
+                .map(|m| (*m, 1))
+                .collect(),
         }
+    }
+
+    /// The lowest peer protocol version among the other members, as their links last
+    /// showed it: what every member decodes. An entry only a newer version decodes must
+    /// not be proposed below it (a member that cannot decode an entry cannot apply it).
+    pub fn members_version(&self) -> u16 {
+        self.peer_versions
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(crate::replication::transport::PEER_PROTOCOL_VERSION)
     }
 
     /// This node joined with an empty data directory: it takes part in no quorum until
@@ -533,10 +553,17 @@ impl PaxosLog {
         self.op.get_accepted_idx() as u64
     }
 
-    /// A link to `peer` was (re)established (at entry time `wall_ms`): OmniPaxos resends
-    /// what it may have lost, and so do we if it is the leader (forwards may have been
-    /// lost with the old link); if this node leads, it makes `peer` notice what it lost.
-    pub fn on_link_up(&mut self, peer: u64, wall_ms: i64) {
+    /// A link to `peer`, speaking peer protocol `version`, was (re)established (at entry
+    /// time `wall_ms`): OmniPaxos resends what it may have lost, and so do we if it is
+    /// the leader (forwards may have been lost with the old link); if this node leads,
+    /// it makes `peer` notice what it lost.
+    pub fn on_link_up(&mut self, peer: u64, version: u16, wall_ms: i64) {
+        if let Some(v) = self.peer_versions.get_mut(&peer) {
+            if *v != version {
+                tracing::info!(peer, version, "peer protocol version of the peer's link");
+            }
+            *v = version;
+        }
         self.repeated_promises.link_changed(peer);
         self.op.reconnected(peer);
         if self.is_leader() {
@@ -1027,6 +1054,9 @@ fn need_of(m: &Message<Entry>, lsn: u64) -> Need {
 fn forward_key(entry: &Entry) -> Option<EntryKey> {
     match &*entry.body {
         EntryBody::Write {
+            session_id, xid, ..
+        }
+        | EntryBody::OrderedWrite {
             session_id, xid, ..
         } => Some((0, *session_id, *xid)),
         EntryBody::OpenSession { secret, .. } => Some((1, *secret, 0)),

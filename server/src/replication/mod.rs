@@ -154,7 +154,14 @@ impl RecoveredCluster {
             op.try_become_leader();
         }
         let applied = self.machine.last_zxid() as usize;
-        let mut log = PaxosLog::new(op, sync, settings.node_id, settings.log, applied);
+        let mut log = PaxosLog::new(
+            op,
+            sync,
+            settings.node_id,
+            settings.log,
+            applied,
+            &settings.members,
+        );
         if catching_up {
             tracing::info!(
                 node = settings.node_id,

@@ -168,6 +168,11 @@ pub fn describe_entry(entry: &Entry) -> String {
             xid,
             op,
         } => format!("Write({session_id:#x}/{xid} {})", describe_op(op)),
+        EntryBody::OrderedWrite {
+            session_id,
+            xid,
+            op,
+        } => format!("OrderedWrite({session_id:#x}/{xid} {})", describe_op(op)),
         EntryBody::Noop { barrier } => format!("Noop({barrier:#x})"),
     }
 }
@@ -359,6 +364,11 @@ impl Checks {
                 session_id,
                 xid,
                 op,
+            }
+            | EntryBody::OrderedWrite {
+                session_id,
+                xid,
+                op,
             } => {
                 if let Some(result) = result {
                     self.check_dedup(zxid, *session_id, *xid, op, result, now)?;
@@ -389,6 +399,11 @@ impl Checks {
             granted.iter().map(|g| (g.lock.clone(), g.token)).collect();
         match &*entry.body {
             EntryBody::Write {
+                session_id,
+                xid,
+                op,
+            }
+            | EntryBody::OrderedWrite {
                 session_id,
                 xid,
                 op,

@@ -1113,7 +1113,10 @@ impl World {
                         self.note(format!("n{id} link {what} to n{peer}"));
                     }
                     let input = if up {
-                        Input::LinkUp { peer }
+                        Input::LinkUp {
+                            peer,
+                            version: crate::replication::transport::PEER_PROTOCOL_VERSION,
+                        }
                     } else {
                         Input::LinkDown { peer }
                     };
