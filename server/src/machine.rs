@@ -2182,6 +2182,98 @@ mod tests {
         );
     }
 
+    /// The bug `OrderedWrite` fixes: a copy of a write the client gave up on (xid 2,
+    /// still forwarded by a node cut off from the leader) reaches the log after the
+    /// client's next write (xid 3, through another node). As a `Write` it applies late;
+    /// as an `OrderedWrite` it is refused, for good, and changes nothing.
+    #[test]
+    fn an_ordered_write_after_a_later_write_of_its_session_is_refused() {
+        let write = |session_id, xid, op| EntryBody::Write {
+            session_id,
+            xid,
+            op,
+        };
+        let ordered = |session_id, xid, op| EntryBody::OrderedWrite {
+            session_id,
+            xid,
+            op,
+        };
+        for (in_order, entry) in [
+            (false, write as fn(u64, u64, Op) -> EntryBody),
+            (true, ordered),
+        ] {
+            let mut h = Harness::new();
+            let s = h.open();
+            let other = h.open();
+            h.apply(entry(s, 1, create_op("/q", CreateMode::Persistent)));
+            h.apply(entry(s, 3, create_op("/q/later", CreateMode::Persistent)));
+            let late = h.apply(entry(
+                s,
+                2,
+                create_op("/q/given-up", CreateMode::Persistent),
+            ));
+            let applied = h.m.get_data("/q/given-up").is_ok();
+            assert_eq!(applied, !in_order, "in_order {in_order}: {late:?}");
+            if !in_order {
+                continue;
+            }
+            let refusal = late.result.clone().expect("r").expect_err("refused");
+            assert_eq!(refusal.code, ErrorCode::StaleRequest);
+            assert!(refusal.message.contains("xid order"), "{}", refusal.message);
+            assert!(late.changes.is_empty());
+            // A further copy gets the same refusal; the session's order is unchanged.
+            let again = h.apply(entry(
+                s,
+                2,
+                create_op("/q/given-up", CreateMode::Persistent),
+            ));
+            assert_eq!(again.result, late.result);
+            assert!(h.m.get_data("/q/given-up").is_err());
+            assert_eq!(h.m.last_xid(s), 3);
+            // A retry of the latest write is still answered from the table, the next
+            // xid applies, and another session's order is its own.
+            let retry = h.apply(entry(s, 3, create_op("/q/later", CreateMode::Persistent)));
+            assert!(matches!(retry.result, Some(Ok(_))), "{retry:?}");
+            let next = h.apply(entry(s, 4, create_op("/q/next", CreateMode::Persistent)));
+            assert!(matches!(next.result, Some(Ok(_))), "{next:?}");
+            let first = h.apply(entry(
+                other,
+                1,
+                create_op("/q/other", CreateMode::Persistent),
+            ));
+            assert!(matches!(first.result, Some(Ok(_))), "{first:?}");
+            h.m.check_invariants().expect("invariants");
+        }
+    }
+
+    /// A snapshot keeps what the order rule needs (each session's highest xid and its
+    /// refusals), so a node that installed one decides the next entry as the others do.
+    #[test]
+    fn the_order_rule_survives_a_snapshot() {
+        let mut h = Harness::new();
+        let s = h.open();
+        let ordered = |xid, path: &str| EntryBody::OrderedWrite {
+            session_id: s,
+            xid,
+            op: create_op(path, CreateMode::Persistent),
+        };
+        h.apply(ordered(5, "/a"));
+        let refused = h.apply(ordered(4, "/b"));
+        let bytes =
+            bincode::serde::encode_to_vec(&h.m, bincode::config::standard()).expect("encode");
+        let (mut back, _): (StateMachine, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("decode");
+        assert_eq!(back.state_hash(), h.m.state_hash());
+        let zxid = h.m.last_zxid() + 1;
+        let again = back.apply(zxid, &Entry::new(0, ordered(4, "/b")));
+        assert_eq!(again.result, refused.result);
+        let stale = back.apply(zxid + 1, &Entry::new(0, ordered(3, "/c")));
+        assert_eq!(
+            stale.result.expect("r").expect_err("stale").code,
+            ErrorCode::StaleRequest
+        );
+    }
+
     #[test]
     fn entries_out_of_zxid_order_are_refused() {
         let mut h = Harness::new();

@@ -1,11 +1,13 @@
 //! `PaxosLog`'s handling of what it sends to and takes from its peers: forwarded
 //! proposals stay under the peer frame limit, and an OmniPaxos message must name the
-//! sender and receiver of the link it came on.
+//! sender and receiver of the link it came on; what every member decodes follows its
+//! links' peer protocol versions.
 
 use crate::disk::{Disk, SimDisk};
 use crate::machine::{Entry, EntryBody, MachineLimits};
 use crate::replication::log::{PaxosLog, PaxosSettings, PeerMsg};
 use crate::replication::storage::PaxosStorageConfig;
+use crate::replication::transport::PEER_PROTOCOL_VERSION;
 use crate::replication::{open_cluster_on, ClusterSettings};
 use crate::wal::WalOptions;
 use corral_protocol::frame::encode_frame;
@@ -116,7 +118,7 @@ fn a_forwarded_backlog_is_split_under_the_peer_frame_limit() {
     // The link to the leader flaps: everything not applied is sent again.
     out.clear();
     log.on_link_down(2);
-    log.on_link_up(2, 0);
+    log.on_link_up(2, PEER_PROTOCOL_VERSION, 0);
     log.tick(&mut out);
     let sent = forwards(&out);
     assert!(sent.len() >= 2, "{sent:?}");
@@ -272,7 +274,8 @@ fn a_leader_resyncs_a_follower_whose_link_came_back() {
     );
     // The leader's outbound link is re-established; nothing else is written.
     trio.log(leader).on_link_down(follower);
-    trio.log(leader).on_link_up(follower, 1_000);
+    trio.log(leader)
+        .on_link_up(follower, PEER_PROTOCOL_VERSION, 1_000);
     for _ in 0..20 {
         trio.round(&keep);
     }
@@ -280,4 +283,27 @@ fn a_leader_resyncs_a_follower_whose_link_came_back() {
     let now = trio.log(leader).decided_idx();
     assert!(now >= decided);
     assert_eq!(trio.log(follower).decided_idx(), now, "caught up");
+}
+
+/// A member counts as decoding the newest entries only once a link to it came up at a
+/// version that does, and stops counting as soon as one comes up at an older version
+/// (a peer restarted with an older binary during a rolling upgrade).
+#[test]
+fn members_version_is_the_lowest_version_the_links_showed() {
+    let disk = SimDisk::new(12);
+    let mut log = open_log(&disk, 1);
+    assert_eq!(log.members_version(), 1, "no link yet: the oldest version");
+    log.on_link_up(2, 2, 0);
+    assert_eq!(log.members_version(), 1, "node 3 not heard yet");
+    log.on_link_up(3, 2, 0);
+    assert_eq!(log.members_version(), 2);
+    // A link going down changes nothing: the peer still runs what it ran.
+    log.on_link_down(3);
+    assert_eq!(log.members_version(), 2);
+    log.on_link_up(3, 1, 0);
+    assert_eq!(log.members_version(), 1);
+    // A node that is not a member changes nothing.
+    log.on_link_up(9, 1, 0);
+    log.on_link_up(3, 2, 0);
+    assert_eq!(log.members_version(), 2);
 }
