@@ -511,11 +511,11 @@ impl Server {
                 // Links that came up while joining: let OmniPaxos resend what it may
                 // have lost on them.
                 for peer in &others {
-                    if transport.is_link_up(*peer) {
+                    if let Some(version) = transport.link_version(*peer) {
                         let _ = core_tx
                             .send(CoreMsg::Input(Input::LinkUp {
                                 peer: *peer,
-                                version: 1,
+                                version,
                             }))
                             .await;
                     }
@@ -831,7 +831,7 @@ impl CoreShell {
     fn peer_event(&mut self, node: &mut Node, clock: Clock, event: PeerEvent<PeerMsg>) {
         let input = match event {
             PeerEvent::Message { from, msg } => Input::Peer { from, msg },
-            PeerEvent::LinkUp { peer } => Input::LinkUp { peer, version: 1 },
+            PeerEvent::LinkUp { peer, version } => Input::LinkUp { peer, version },
             PeerEvent::LinkDown { peer, .. } => Input::LinkDown { peer },
         };
         self.input(node, clock, input);

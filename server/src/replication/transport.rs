@@ -14,15 +14,17 @@
 //! big-endian length, then one bincode-encoded message. On every new connection:
 //!
 //! 1. the dialer sends one [`PeerHello`] frame: `magic: u32` ([`PEER_MAGIC`], "CRPR",
-//!    distinct from the client protocol's "CRRL"), `version: u16`
-//!    ([`PEER_PROTOCOL_VERSION`]), `cluster_id: u64`, `from: u64` (the dialer's node id),
+//!    distinct from the client protocol's "CRRL"), `version: u16` (the version it
+//!    proposes, see below), `cluster_id: u64`, `from: u64` (the dialer's node id),
 //!    `to: u64` (the node id the dialer expects to reach). With the fixed-width encoding
 //!    this is a 30-byte payload whose first four bytes are the magic;
-//! 2. the acceptor checks, in this order, the magic, the version, the cluster id, that
+//! 2. the acceptor checks, in this order, the magic, that it speaks the version
+//!    ([`MIN_PEER_PROTOCOL_VERSION`]`..=`[`PEER_PROTOCOL_VERSION`]), the cluster id, that
 //!    `to` is itself and that `from` is one of its configured peers, and answers one
 //!    [`PeerHelloReply`] frame: `Accepted`, or `Refused { reason }` after which it closes
-//!    the connection. Refusals are logged at warn on both sides. Handshake frames are
-//!    limited to 1 KiB, and a connection that does not complete the handshake within
+//!    the connection. Refusals are logged at warn on both sides (except a version
+//!    refusal the dialer falls back from, logged at info). Handshake frames are limited
+//!    to 1 KiB, and a connection that does not complete the handshake within
 //!    `connect_timeout_ms` is refused;
 //! 3. after `Accepted`, the dialer sends frames of `M` and never reads anything but
 //!    the end of the stream; the acceptor reads frames of `M` (at most `max_frame_bytes`
@@ -30,6 +32,29 @@
 //!
 //! The handshake catches misconfiguration (a node of another cluster, a wrong address
 //! map); it is not authentication.
+//!
+//! # Versions
+//!
+//! The hello's layout and the framing are the same in every version (the acceptor
+//! refuses trailing bytes, so the hello can never grow); a version only says which
+//! messages the acceptor decodes. Version 1 is the first release; version 2 adds the
+//! `EntryBody::OrderedWrite` log entry. Binaries that speak only version 1 refuse any
+//! other with a reason that begins with [`UNSUPPORTED_VERSION_REFUSAL`], and so does
+//! this one for a version outside its range.
+//!
+//! The dialer proposes [`PEER_PROTOCOL_VERSION`] first. On a version refusal it retries
+//! at once (no backoff) one version lower, down to [`MIN_PEER_PROTOCOL_VERSION`]; other
+//! refusals, and a version refusal at the minimum, wait for the backoff as before. The
+//! fallback lasts for one attempt only: every attempt after a backoff or after a link
+//! ended starts again at the highest version, so a peer restarted with a newer binary
+//! is seen at its new version by the next link. A new node and an old one thus meet at
+//! version 1 in both directions, two new nodes at version 2.
+//!
+//! [`PeerEvent::LinkUp`] carries the version the outbound link was accepted at, which is
+//! what the peer decodes of what this node sends (the node passes it to
+//! `PaxosLog::on_link_up`); [`Transport::link_version`] reads it while the link is up.
+//! The acceptor records the version each inbound connection was accepted at
+//! ([`Transport::inbound_version`]); nothing depends on it.
 //!
 //! # What the node can rely on
 //!
@@ -85,7 +110,10 @@ mod tests;
 mod wire;
 
 pub use bulk::Bulky;
-pub use wire::{PeerHello, PeerHelloReply, PEER_MAGIC, PEER_PROTOCOL_VERSION};
+pub use wire::{
+    PeerHello, PeerHelloReply, MIN_PEER_PROTOCOL_VERSION, PEER_MAGIC, PEER_PROTOCOL_VERSION,
+    UNSUPPORTED_VERSION_REFUSAL,
+};
 
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
@@ -182,6 +210,10 @@ pub enum PeerEvent<M> {
     LinkUp {
         /// The peer.
         peer: u64,
+        /// The peer protocol version the peer accepted this link at: it decodes what
+        /// that version allows, until the link goes down. Between
+        /// [`MIN_PEER_PROTOCOL_VERSION`] and [`PEER_PROTOCOL_VERSION`].
+        version: u16,
     },
     /// The outbound link to `peer` broke; `send` to it fails until the next `LinkUp`.
     LinkDown {
@@ -414,6 +446,29 @@ impl<M> Transport<M> {
             .is_some_and(|slot| slot.lock().is_some())
     }
 
+    /// The peer protocol version the outbound link to `peer` was accepted at (as in its
+    /// [`PeerEvent::LinkUp`]), or `None` while the link is down.
+    pub fn link_version(&self, peer: u64) -> Option<u16> {
+        self.inner
+            .shared
+            .peers
+            .get(&peer)
+            .and_then(|slot| slot.lock().as_ref().map(|link| link.version))
+    }
+
+    /// The peer protocol version `peer`'s established inbound connection was accepted at
+    /// (the version its dialer proposed), or `None` without one. For diagnostics: what
+    /// this node may send is decided by [`Transport::link_version`].
+    pub fn inbound_version(&self, peer: u64) -> Option<u16> {
+        self.inner
+            .shared
+            .inbound
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&peer)
+            .map(|registered| registered.version())
+    }
+
     /// Messages queued for `peer` and not yet handed to the socket (0 without a link).
     pub fn queued(&self, peer: u64) -> usize {
         self.inner.shared.peers.get(&peer).map_or(0, |slot| {
@@ -516,4 +571,6 @@ struct Link<M> {
     tx: mpsc::Sender<M>,
     /// Cancelled to abandon the link at once (queue overflow); a child of the root.
     reset: CancellationToken,
+    /// The peer protocol version the peer accepted the link at.
+    version: u16,
 }

@@ -23,10 +23,19 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 pub(super) struct Registered {
     conn_id: u64,
+    /// The peer protocol version the connection was accepted at (its dialer's proposal).
+    version: u16,
     /// Closes the connection.
     cancel: CancellationToken,
     /// Completes (with an error) when the connection's task no longer delivers messages.
     finished: oneshot::Receiver<()>,
+}
+
+impl Registered {
+    /// The peer protocol version the connection was accepted at.
+    pub(super) fn version(&self) -> u16 {
+        self.version
+    }
 }
 
 /// Accepts peer connections until the transport stops; drops the listener on return.
@@ -111,6 +120,7 @@ async fn serve<M>(
         return refuse(&shared, &mut framed, addr, Some(hello.from), reason).await;
     }
     let peer = hello.from;
+    let version = hello.version;
     match bounded(
         &shared.root,
         handshake_timeout,
@@ -148,6 +158,7 @@ async fn serve<M>(
             peer,
             Registered {
                 conn_id: registration.conn_id,
+                version,
                 cancel: cancel.clone(),
                 finished: finished_rx,
             },
@@ -168,7 +179,7 @@ async fn serve<M>(
     }
     drop(permit);
 
-    tracing::info!(node, peer, %addr, "inbound peer connection up");
+    tracing::info!(node, peer, %addr, version, "inbound peer connection up");
     let max = shared.config.max_frame_bytes;
     let frames = framed.map_codec(|_| PeerFrames::<M>::new(max));
     match read(&shared, peer, frames, &cancel).await {

@@ -1,8 +1,21 @@
 //! The dialing side: one task per peer that connects, handshakes, writes the peer's
 //! queue in order, and reconnects with exponential backoff and jitter until shutdown.
+//!
+//! # Version negotiation
+//!
+//! Every attempt after a backoff or after a link ended proposes [`PEER_PROTOCOL_VERSION`].
+//! When the peer refuses it as a version it does not speak ([`is_version_refusal`], the
+//! words every binary uses), the task retries at once, without backoff, one version
+//! lower, down to [`MIN_PEER_PROTOCOL_VERSION`]; below that, the refusal is treated like
+//! any other. The lower version is never kept for a later attempt, so a peer restarted
+//! with a newer binary is seen at its new version by the next link.
 
 use super::bulk::{encode_off_worker, Bulky};
-use super::{Link, PeerEvent, PeerHello, PeerHelloReply, Shared, HANDSHAKE_MAX_FRAME_BYTES};
+use super::wire::is_version_refusal;
+use super::{
+    Link, PeerEvent, PeerHello, PeerHelloReply, Shared, HANDSHAKE_MAX_FRAME_BYTES,
+    MIN_PEER_PROTOCOL_VERSION, PEER_PROTOCOL_VERSION,
+};
 use corral_protocol::{Codec, FrameError};
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
@@ -28,23 +41,45 @@ where
     // Report the first failure of a streak at info, the rest at debug: a peer that is
     // down for an hour must not flood the log.
     let mut failures_in_a_row: u64 = 0;
+    // The version the next attempt proposes.
+    let mut version = PEER_PROTOCOL_VERSION;
+    // Whether this streak (since the last link ended) already logged a fallback at info:
+    // against an old peer, every streak falls back.
+    let mut fallback_logged = false;
     loop {
         let attempt = tokio::select! {
             biased;
             _ = shared.root.cancelled() => return,
-            attempt = tokio::time::timeout(connect_timeout, dial(&shared, peer, addr)) => attempt,
+            attempt = tokio::time::timeout(connect_timeout, dial(&shared, peer, addr, version)) => attempt,
         };
+        let proposed = version;
+        version = PEER_PROTOCOL_VERSION;
         let failure = match attempt {
             Ok(Ok(stream)) => {
                 backoff.reset();
                 failures_in_a_row = 0;
-                if !run_link(&shared, peer, addr, stream).await {
+                if !run_link(&shared, peer, addr, stream, proposed).await {
                     return;
                 }
+                fallback_logged = false;
                 None
             }
+            Ok(Err(DialError::Refused(reason)))
+                if proposed > MIN_PEER_PROTOCOL_VERSION && is_version_refusal(&reason) =>
+            {
+                version = proposed - 1;
+                if fallback_logged {
+                    tracing::debug!(node, peer, %addr, %reason, proposed, retry = version, "peer refused our protocol version; retrying with a lower one");
+                } else {
+                    fallback_logged = true;
+                    tracing::info!(node, peer, %addr, %reason, proposed, retry = version, "peer refused our protocol version (an older binary?); retrying with a lower one");
+                }
+                // At once: at most PEER_PROTOCOL_VERSION - MIN_PEER_PROTOCOL_VERSION
+                // attempts in a row skip the backoff.
+                continue;
+            }
             Ok(Err(DialError::Refused(reason))) => {
-                tracing::warn!(node, peer, %addr, %reason, "peer refused our handshake");
+                tracing::warn!(node, peer, %addr, %reason, version = proposed, "peer refused our handshake");
                 None
             }
             Ok(Err(e)) => Some(e.to_string()),
@@ -91,8 +126,13 @@ impl fmt::Display for DialError {
     }
 }
 
-/// Connects and handshakes; the stream is ready for frames of `M`.
-async fn dial<M>(shared: &Shared<M>, peer: u64, addr: SocketAddr) -> Result<TcpStream, DialError> {
+/// Connects and handshakes proposing `version`; the stream is ready for frames of `M`.
+async fn dial<M>(
+    shared: &Shared<M>,
+    peer: u64,
+    addr: SocketAddr,
+    version: u16,
+) -> Result<TcpStream, DialError> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -106,7 +146,10 @@ async fn dial<M>(shared: &Shared<M>, peer: u64, addr: SocketAddr) -> Result<TcpS
         stream,
         Codec::<PeerHelloReply, PeerHello>::new(HANDSHAKE_MAX_FRAME_BYTES),
     );
-    let hello = PeerHello::new(shared.config.cluster_id, shared.config.node_id, peer);
+    let hello = PeerHello {
+        version,
+        ..PeerHello::new(shared.config.cluster_id, shared.config.node_id, peer)
+    };
     framed.send(hello).await.map_err(DialError::Frame)?;
     match framed.next().await {
         Some(Ok(PeerHelloReply::Accepted)) => {}
@@ -121,10 +164,16 @@ async fn dial<M>(shared: &Shared<M>, peer: u64, addr: SocketAddr) -> Result<TcpS
     Ok(parts.io)
 }
 
-/// Runs one established link: publishes it in the peer's slot, reports `LinkUp`, writes
-/// until the link breaks, clears the slot (dropping whatever is still queued), reports
-/// `LinkDown`. False if the transport is stopping.
-async fn run_link<M>(shared: &Shared<M>, peer: u64, addr: SocketAddr, stream: TcpStream) -> bool
+/// Runs one established link, accepted at `version`: publishes it in the peer's slot,
+/// reports `LinkUp`, writes until the link breaks, clears the slot (dropping whatever is
+/// still queued), reports `LinkDown`. False if the transport is stopping.
+async fn run_link<M>(
+    shared: &Shared<M>,
+    peer: u64,
+    addr: SocketAddr,
+    stream: TcpStream,
+    version: u16,
+) -> bool
 where
     M: Serialize + Bulky + Send + 'static,
 {
@@ -139,10 +188,11 @@ where
     *slot.lock() = Some(Link {
         tx,
         reset: reset.clone(),
+        version,
     });
-    tracing::info!(node, peer, %addr, "peer link up");
+    tracing::info!(node, peer, %addr, version, "peer link up");
     let (reported, end) = tokio::join!(
-        shared.emit(PeerEvent::LinkUp { peer }),
+        shared.emit(PeerEvent::LinkUp { peer, version }),
         pump(stream, rx, &reset, shared.config.max_frame_bytes),
     );
     // Only this task fills the slot, so whatever is there is this link's.

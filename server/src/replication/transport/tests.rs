@@ -120,7 +120,14 @@ async fn wait_links_up(node: &mut TestNode, peers: &[u64]) {
     let mut missing: BTreeSet<u64> = peers.iter().copied().collect();
     while !missing.is_empty() {
         match next_event(node).await {
-            PeerEvent::LinkUp { peer } => assert!(missing.remove(&peer), "second LinkUp {peer}"),
+            PeerEvent::LinkUp { peer, version } => {
+                assert!(missing.remove(&peer), "second LinkUp {peer}");
+                assert_eq!(
+                    version, PEER_PROTOCOL_VERSION,
+                    "node {}: link to {peer} up at version {version}",
+                    node.id
+                );
+            }
             other => panic!("node {}: unexpected {other:?} while links come up", node.id),
         }
     }
@@ -344,7 +351,13 @@ async fn restarted_peer_goes_down_then_up_and_messages_flow_again() {
     let mut new3 = start_node(config(3, addr3, peers), bound).await;
     wait_links_up(&mut new3, &[1, 2]).await;
     for node in nodes.iter_mut() {
-        assert_eq!(next_event(node).await, PeerEvent::LinkUp { peer: 3 });
+        assert_eq!(
+            next_event(node).await,
+            PeerEvent::LinkUp {
+                peer: 3,
+                version: PEER_PROTOCOL_VERSION
+            }
+        );
     }
 
     for node in &nodes {
@@ -420,7 +433,13 @@ async fn stalled_peer_fills_the_bounded_queue_and_the_link_is_reset() {
         .send(PeerHelloReply::Accepted)
         .await
         .expect("send the reply");
-    assert_eq!(next_event(&mut node).await, PeerEvent::LinkUp { peer: 2 });
+    assert_eq!(
+        next_event(&mut node).await,
+        PeerEvent::LinkUp {
+            peer: 2,
+            version: PEER_PROTOCOL_VERSION
+        }
+    );
 
     let blob = vec![0xAB_u8; 64 << 10];
     let mut accepted = 0u64;
@@ -669,4 +688,293 @@ fn backoff_grows_exponentially_with_jitter_within_bounds() {
     backoff.reset();
     let first = backoff.next_delay(&mut rng).as_millis() as u64;
     assert!((min..=2 * min).contains(&first), "seed {seed}");
+}
+
+// Version negotiation.
+
+/// The acceptor's end of a connection to a fake peer, in its handshake.
+type FakeAccepted = Framed<TcpStream, Codec<PeerHello, PeerHelloReply>>;
+
+/// Accepts the next connection on a fake peer's listener and reads its hello.
+async fn next_hello(listener: &tokio::net::TcpListener) -> (PeerHello, FakeAccepted) {
+    let (stream, _) = timeout(WAIT, listener.accept())
+        .await
+        .expect("dialed in time")
+        .expect("accept");
+    let mut framed = Framed::new(stream, Codec::<PeerHello, PeerHelloReply>::new(1024));
+    let hello = timeout(WAIT, framed.next())
+        .await
+        .expect("hello in time")
+        .expect("a hello")
+        .expect("a well-formed hello");
+    (hello, framed)
+}
+
+/// Answers `hello` as a binary that speaks only version 1 does: its refusal's words are
+/// fixed forever. True if it accepted.
+async fn answer_as_version_1(hello: &PeerHello, framed: &mut FakeAccepted) -> bool {
+    let reply = if hello.version == 1 {
+        PeerHelloReply::Accepted
+    } else {
+        PeerHelloReply::Refused {
+            reason: format!(
+                "unsupported peer protocol version {} (this node speaks 1)",
+                hello.version
+            ),
+        }
+    };
+    let accepted = reply == PeerHelloReply::Accepted;
+    framed.send(reply).await.expect("send the reply");
+    accepted
+}
+
+/// A node whose only peer, 2, is a fake listening at `fake`.
+async fn node_with_fake_peer(fake: SocketAddr, backoff_ms: u64) -> TestNode {
+    let bound = Bound::bind(loopback()).await.expect("bind");
+    let mut cfg = config(1, bound.local_addr(), [(2, fake)].into());
+    cfg.backoff_min_ms = backoff_ms;
+    cfg.backoff_max_ms = backoff_ms;
+    start_node(cfg, bound).await
+}
+
+/// Reads one message a node sent on the fake peer's accepted connection.
+async fn fake_reads(framed: FakeAccepted) -> (TestMsg, Framed<TcpStream, Codec<TestMsg, ()>>) {
+    let mut frames = framed.map_codec(|c| c.retype::<TestMsg, ()>());
+    let msg = timeout(WAIT, frames.next())
+        .await
+        .expect("a message in time")
+        .expect("a message")
+        .expect("a well-formed message");
+    (msg, frames)
+}
+
+#[tokio::test]
+async fn new_nodes_link_at_the_highest_version() {
+    let mut nodes = cluster(&[1, 2]).await;
+    // `wait_links_up` checks every `LinkUp` is at PEER_PROTOCOL_VERSION.
+    all_links_up(&mut nodes).await;
+    assert_eq!(PEER_PROTOCOL_VERSION, 2);
+    assert_eq!(
+        PEER_PROTOCOL_VERSION,
+        crate::machine::ORDERED_WRITE_PEER_VERSION
+    );
+    assert_eq!(nodes[0].transport.link_version(2), Some(2));
+    assert_eq!(nodes[1].transport.link_version(1), Some(2));
+    // A delivered message shows the acceptor has registered the connection.
+    send_sequence(&nodes[0], 2, 1);
+    send_sequence(&nodes[1], 1, 1);
+    expect_sequences(&mut nodes[0], &[2], 1).await;
+    expect_sequences(&mut nodes[1], &[1], 1).await;
+    assert_eq!(nodes[0].transport.inbound_version(2), Some(2));
+    assert_eq!(nodes[1].transport.inbound_version(1), Some(2));
+    assert_eq!(nodes[0].transport.inbound_version(9), None);
+    assert_eq!(nodes[0].transport.link_version(9), None);
+    for node in &nodes {
+        stop(node).await;
+    }
+}
+
+/// Against a binary that speaks only version 1, the dialer falls back at once (the
+/// backoff here is longer than the test's bound) and the link comes up at version 1.
+#[tokio::test]
+async fn new_dialer_falls_back_promptly_to_an_old_acceptors_version() {
+    let fake = tokio::net::TcpListener::bind(loopback())
+        .await
+        .expect("bind");
+    let mut node = node_with_fake_peer(fake.local_addr().expect("address"), 60_000).await;
+
+    let (hello, mut framed) = next_hello(&fake).await;
+    assert_eq!(hello, PeerHello::new(CLUSTER, 1, 2));
+    assert_eq!(hello.version, 2);
+    framed
+        .send(PeerHelloReply::Refused {
+            reason: "unsupported peer protocol version 2 (this node speaks 1)".into(),
+        })
+        .await
+        .expect("send the refusal");
+    drop(framed);
+
+    let (hello, mut framed) = next_hello(&fake).await;
+    assert_eq!(
+        hello,
+        PeerHello {
+            version: 1,
+            ..PeerHello::new(CLUSTER, 1, 2)
+        }
+    );
+    assert!(answer_as_version_1(&hello, &mut framed).await);
+    assert_eq!(
+        next_event(&mut node).await,
+        PeerEvent::LinkUp {
+            peer: 2,
+            version: 1
+        }
+    );
+    assert_eq!(node.transport.link_version(2), Some(1));
+    node.transport.send(2, TestMsg::Seq(7)).expect("send");
+    let (msg, frames) = fake_reads(framed).await;
+    assert_eq!(msg, TestMsg::Seq(7));
+    stop(&node).await;
+    drop(frames);
+}
+
+/// After a link at version 1 ends (the old peer stopped), the next attempt proposes the
+/// highest version again: a peer restarted with a new binary is seen as upgraded. A peer
+/// that refuses every version gets one prompt fallback per attempt, and each attempt
+/// after the backoff starts at the highest version.
+#[tokio::test]
+async fn every_new_attempt_starts_at_the_highest_version() {
+    let fake = tokio::net::TcpListener::bind(loopback())
+        .await
+        .expect("bind");
+    let fake_addr = fake.local_addr().expect("address");
+    let mut node = node_with_fake_peer(fake_addr, 5).await;
+
+    // The old binary: refuses 2, accepts 1.
+    let (hello, mut framed) = next_hello(&fake).await;
+    assert_eq!(hello.version, 2);
+    assert!(!answer_as_version_1(&hello, &mut framed).await);
+    drop(framed);
+    let (hello, mut framed) = next_hello(&fake).await;
+    assert_eq!(hello.version, 1);
+    assert!(answer_as_version_1(&hello, &mut framed).await);
+    assert_eq!(
+        next_event(&mut node).await,
+        PeerEvent::LinkUp {
+            peer: 2,
+            version: 1
+        }
+    );
+
+    // It stops; the new binary accepts 2.
+    drop(framed);
+    assert_eq!(next_event(&mut node).await, PeerEvent::LinkDown { peer: 2 });
+    assert_eq!(node.transport.link_version(2), None);
+    let (hello, mut framed) = next_hello(&fake).await;
+    assert_eq!(hello, PeerHello::new(CLUSTER, 1, 2));
+    framed
+        .send(PeerHelloReply::Accepted)
+        .await
+        .expect("send the reply");
+    assert_eq!(
+        next_event(&mut node).await,
+        PeerEvent::LinkUp {
+            peer: 2,
+            version: 2
+        }
+    );
+    assert_eq!(node.transport.link_version(2), Some(2));
+
+    // It stops again; now it refuses every version as unsupported.
+    drop(framed);
+    assert_eq!(next_event(&mut node).await, PeerEvent::LinkDown { peer: 2 });
+    let mut proposed = Vec::new();
+    for _ in 0..4 {
+        let (hello, mut framed) = next_hello(&fake).await;
+        proposed.push(hello.version);
+        framed
+            .send(PeerHelloReply::Refused {
+                reason: format!(
+                    "unsupported peer protocol version {} (this node speaks 3 to 4)",
+                    hello.version
+                ),
+            })
+            .await
+            .expect("send the refusal");
+    }
+    assert_eq!(proposed, [2, 1, 2, 1]);
+    assert!(!node.transport.is_link_up(2));
+    stop(&node).await;
+}
+
+/// Another refusal is not a version refusal: no fallback, the next attempt (after the
+/// backoff) proposes the highest version again.
+#[tokio::test]
+async fn other_refusals_do_not_lower_the_version() {
+    let fake = tokio::net::TcpListener::bind(loopback())
+        .await
+        .expect("bind");
+    let node = node_with_fake_peer(fake.local_addr().expect("address"), 5).await;
+    for _ in 0..3 {
+        let (hello, mut framed) = next_hello(&fake).await;
+        assert_eq!(hello.version, PEER_PROTOCOL_VERSION);
+        framed
+            .send(PeerHelloReply::Refused {
+                reason: "wrong cluster id 7 (this node belongs to cluster 8)".into(),
+            })
+            .await
+            .expect("send the refusal");
+    }
+    stop(&node).await;
+}
+
+/// A binary that speaks only version 1 dials with a version-1 hello: accepted, and its
+/// messages delivered.
+#[tokio::test]
+async fn old_dialer_is_accepted_by_a_new_acceptor() {
+    let bound = Bound::bind(loopback()).await.expect("bind");
+    let addr = bound.local_addr();
+    let mut node = start_node(config(1, addr, [(2, dead_addr())].into()), bound).await;
+    let old_hello = PeerHello {
+        version: 1,
+        ..PeerHello::new(CLUSTER, 2, 1)
+    };
+    let (reply, framed) = raw_handshake(addr, old_hello).await;
+    assert_eq!(reply, PeerHelloReply::Accepted);
+    let mut old = framed.map_codec(|c| c.retype::<(), TestMsg>());
+    old.send(TestMsg::Seq(1)).await.expect("send");
+    assert_eq!(
+        next_event(&mut node).await,
+        PeerEvent::Message {
+            from: 2,
+            msg: TestMsg::Seq(1)
+        }
+    );
+    assert_eq!(node.transport.inbound_version(2), Some(1));
+
+    // The peer restarts with a new binary: its new connection is at version 2.
+    let mut new = raw_peer(addr, 2, 1).await;
+    new.send(TestMsg::Seq(2)).await.expect("send");
+    assert_eq!(
+        next_event(&mut node).await,
+        PeerEvent::Message {
+            from: 2,
+            msg: TestMsg::Seq(2)
+        }
+    );
+    assert_eq!(node.transport.inbound_version(2), Some(2));
+    stop(&node).await;
+}
+
+#[tokio::test]
+async fn versions_outside_the_range_are_refused() {
+    let bound = Bound::bind(loopback()).await.expect("bind");
+    let addr = bound.local_addr();
+    let node = start_node(config(1, addr, [(2, dead_addr())].into()), bound).await;
+    for version in [
+        MIN_PEER_PROTOCOL_VERSION - 1,
+        PEER_PROTOCOL_VERSION + 1,
+        u16::MAX,
+    ] {
+        let hello = PeerHello {
+            version,
+            ..PeerHello::new(CLUSTER, 2, 1)
+        };
+        let reason = refused(addr, hello).await;
+        // In the words old binaries use, which dialers recognise.
+        assert!(
+            reason.starts_with(&format!("unsupported peer protocol version {version} ")),
+            "{reason:?}"
+        );
+        assert!(wire::is_version_refusal(&reason));
+    }
+    for version in MIN_PEER_PROTOCOL_VERSION..=PEER_PROTOCOL_VERSION {
+        let hello = PeerHello {
+            version,
+            ..PeerHello::new(CLUSTER, 2, 1)
+        };
+        let (reply, _) = raw_handshake(addr, hello).await;
+        assert_eq!(reply, PeerHelloReply::Accepted, "version {version}");
+    }
+    stop(&node).await;
 }

@@ -7,15 +7,32 @@ use serde::{Deserialize, Serialize};
 /// is refused at once.
 pub const PEER_MAGIC: u32 = u32::from_be_bytes(*b"CRPR");
 
-/// Version of the peer protocol (the handshake and the framing around `M`).
-pub const PEER_PROTOCOL_VERSION: u16 = 1;
+/// The highest version of the peer protocol this node speaks, and the one its dialer
+/// tries first. Versions share the handshake and the framing around `M`; a version says
+/// which messages the acceptor decodes:
+///
+/// - 1: the first release;
+/// - 2: also decodes `EntryBody::OrderedWrite` log entries
+///   (`machine::ORDERED_WRITE_PEER_VERSION`).
+pub const PEER_PROTOCOL_VERSION: u16 = 2;
+
+/// The lowest version of the peer protocol this node accepts and falls back to.
+pub const MIN_PEER_PROTOCOL_VERSION: u16 = 1;
+
+/// How the acceptor's refusal of a version it does not speak begins. Binaries that speak
+/// only version 1 refuse any other with "unsupported peer protocol version {v} (this node
+/// speaks 1)", so this text is fixed forever: the dialer recognises a version refusal by
+/// it and retries at once with a lower version.
+pub const UNSUPPORTED_VERSION_REFUSAL: &str = "unsupported peer protocol version";
 
 /// The first frame on every peer connection, sent by the dialer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerHello {
     /// Must be [`PEER_MAGIC`].
     pub magic: u32,
-    /// Must be [`PEER_PROTOCOL_VERSION`].
+    /// The version the dialer proposes; the acceptor accepts any in
+    /// [`MIN_PEER_PROTOCOL_VERSION`]`..=`[`PEER_PROTOCOL_VERSION`]. On an accepted link it
+    /// is what both sides go by.
     pub version: u16,
     /// Must be the acceptor's cluster id.
     pub cluster_id: u64,
@@ -38,7 +55,8 @@ pub enum PeerHelloReply {
 }
 
 impl PeerHello {
-    /// The hello of node `from` of cluster `cluster_id` dialing node `to`.
+    /// The hello of node `from` of cluster `cluster_id` dialing node `to`, proposing
+    /// [`PEER_PROTOCOL_VERSION`] (set `version` to propose a lower one).
     pub fn new(cluster_id: u64, from: u64, to: u64) -> PeerHello {
         PeerHello {
             magic: PEER_MAGIC,
@@ -49,7 +67,9 @@ impl PeerHello {
         }
     }
 
-    /// The acceptor's checks: `Err(reason)` if the connection must be refused.
+    /// The acceptor's checks: `Err(reason)` if the connection must be refused. A version
+    /// outside [`MIN_PEER_PROTOCOL_VERSION`]`..=`[`PEER_PROTOCOL_VERSION`] is refused with
+    /// a reason that begins with [`UNSUPPORTED_VERSION_REFUSAL`].
     pub(super) fn check(
         &self,
         cluster_id: u64,
@@ -62,9 +82,10 @@ impl PeerHello {
                 self.magic
             ));
         }
-        if self.version != PEER_PROTOCOL_VERSION {
+        if !(MIN_PEER_PROTOCOL_VERSION..=PEER_PROTOCOL_VERSION).contains(&self.version) {
             return Err(format!(
-                "unsupported peer protocol version {} (this node speaks {PEER_PROTOCOL_VERSION})",
+                "{UNSUPPORTED_VERSION_REFUSAL} {} (this node speaks \
+                 {MIN_PEER_PROTOCOL_VERSION} to {PEER_PROTOCOL_VERSION})",
                 self.version
             ));
         }
@@ -88,4 +109,10 @@ impl PeerHello {
         }
         Ok(())
     }
+}
+
+/// Whether a refusal's `reason` says the acceptor does not speak the proposed version
+/// (in the words of every binary, old ones included).
+pub(super) fn is_version_refusal(reason: &str) -> bool {
+    reason.starts_with(UNSUPPORTED_VERSION_REFUSAL)
 }
