@@ -518,7 +518,18 @@ impl PaxosLog {
                     self.take_after_promise();
                 }
             }
-            PeerMsg::Forward(entries) => {
+            PeerMsg::Forward(mut entries) => {
+                // Only what a follower tracks and forwards: an expiry is decided on the
+                // leader's own clock, so one from a peer (a bug there) must not apply.
+                let before = entries.len();
+                entries.retain(|e| forward_key(e).is_some());
+                if entries.len() != before {
+                    tracing::warn!(
+                        from,
+                        dropped = before - entries.len(),
+                        "dropped forwarded entries that only a leader proposes"
+                    );
+                }
                 if self.is_leader() {
                     self.append_early_forwards();
                     for entry in entries {

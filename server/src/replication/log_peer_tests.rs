@@ -5,7 +5,7 @@
 
 use crate::disk::{Disk, SimDisk};
 use crate::machine::{Entry, EntryBody, MachineLimits};
-use crate::replication::log::{PaxosLog, PaxosSettings, PeerMsg};
+use crate::replication::log::{Decided, PaxosLog, PaxosSettings, PeerMsg};
 use crate::replication::storage::PaxosStorageConfig;
 use crate::replication::transport::PEER_PROTOCOL_VERSION;
 use crate::replication::{open_cluster_on, ClusterSettings};
@@ -181,6 +181,8 @@ fn promises(m: &PeerMsg) -> bool {
 /// that wait for them leave (as the node does every pass).
 struct Trio {
     logs: Vec<PaxosLog>,
+    /// What each log applied, in order.
+    applied: Vec<Vec<Entry>>,
 }
 
 impl Trio {
@@ -188,7 +190,10 @@ impl Trio {
         let logs = (1..=3)
             .map(|id| open_log(&SimDisk::new(seed + id), id))
             .collect();
-        Trio { logs }
+        Trio {
+            logs,
+            applied: vec![Vec::new(); 3],
+        }
     }
 
     fn log(&mut self, id: u64) -> &mut PaxosLog {
@@ -208,7 +213,11 @@ impl Trio {
                 log.persisted(batch, &mut out);
             }
             // Applied, as the node does: its own proposals are not resent then.
-            log.take_decided();
+            for d in log.take_decided() {
+                if let Decided::Entry(_, entry) = d {
+                    self.applied[from as usize - 1].push(entry);
+                }
+            }
             sent.extend(out.into_iter().map(|(to, m)| (from, to, m)));
         }
         for (from, to, m) in sent {
@@ -283,6 +292,44 @@ fn a_leader_resyncs_a_follower_whose_link_came_back() {
     let now = trio.log(leader).decided_idx();
     assert!(now >= decided);
     assert_eq!(trio.log(follower).decided_idx(), now, "caught up");
+}
+
+/// A leader appends only what a follower forwards: an expiry, which only a leader
+/// decides (on its own clock), is dropped when a peer forwards one.
+#[test]
+fn a_leader_drops_a_forwarded_expiry() {
+    let mut trio = Trio::new(30);
+    let keep = |_: u64, _: u64, _: &PeerMsg| false;
+    for _ in 0..200 {
+        if trio.leader().is_some() {
+            break;
+        }
+        trio.round(&keep);
+    }
+    let leader = trio.leader().expect("a leader within 200 rounds");
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let expiry = Entry::new(
+        0,
+        EntryBody::ExpireSessions {
+            session_ids: vec![7],
+        },
+    );
+    trio.log(leader)
+        .on_peer(follower, PeerMsg::Forward(vec![expiry, big_write(1, 10)]));
+    for _ in 0..10 {
+        trio.round(&keep);
+    }
+    let applied = &trio.applied[leader as usize - 1];
+    assert!(
+        applied.iter().any(|e| e.body.client_write().is_some()),
+        "the write applied: {applied:?}"
+    );
+    assert!(
+        !applied
+            .iter()
+            .any(|e| matches!(*e.body, EntryBody::ExpireSessions { .. })),
+        "no expiry: {applied:?}"
+    );
 }
 
 /// A member counts as decoding the newest entries only once a link to it came up at a
