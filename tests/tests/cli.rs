@@ -521,3 +521,47 @@ fn ls_and_rm_r_handle_a_directory_larger_than_a_frame() {
     let exists = rt.block_on(client.exists("/big")).expect("exists");
     assert_eq!(exists, None, "rm -r deleted the directory");
 }
+
+/// `corralctl status` prints its table in every case and exits 0 only when every server
+/// of -s answered and is ready: 1 when none answered, 3 when some did not (it used to
+/// exit 0 even when no server answered).
+#[test]
+fn status_fails_unless_every_server_answers() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let nowhere = format!("127.0.0.1:{closed_port}");
+
+    let r = run_raw(&["-s", &addr, "status"], &[]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert!(r.stdout.contains(" standalone "), "{r:?}");
+    assert!(r.stderr.is_empty(), "{r:?}");
+
+    let r = run_raw(&["-s", &nowhere, "status"], &[]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(
+        r.stdout.contains("unavailable"),
+        "the table still shows: {r:?}"
+    );
+    assert!(r.stderr.contains("no server answered"), "{r:?}");
+    let r = run_raw(&["-s", &nowhere, "--json", "status"], &[]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    let rows: Value = serde_json::from_str(&r.stdout).expect("JSON rows");
+    assert_eq!(rows[0]["status"], Value::Null, "{rows}");
+
+    let list = format!("{addr},{nowhere}");
+    let r = run_raw(&["-s", &list, "status"], &[]);
+    assert_eq!(r.code(), Some(3), "{r:?}");
+    assert!(
+        r.stdout.contains(" standalone ") && r.stdout.contains("unavailable"),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr
+            .contains(&format!("1 of 2 servers did not answer ({nowhere})")),
+        "{r:?}"
+    );
+}

@@ -103,6 +103,15 @@ enum Command {
     },
     /// Show every server of -s as a table: node id, role, leader, applied zxid, lag
     /// behind the highest committed zxid seen, sessions, connections, readiness.
+    ///
+    /// Every server is asked on its own (a session each). The table (or, with --json,
+    /// the rows) is printed in every case; the exit code says whether the whole list is
+    /// up, for scripts such as a rolling restart's "every node ready" check:
+    ///
+    /// 0 if every server answered and is ready; 1 if no server answered (or an error);
+    /// 3 if some answered but at least one did not answer or is not ready. When it is
+    /// not 0, stderr names the servers that did not answer or are not ready. For
+    /// "does the cluster have a quorum and a leader" use `corralctl health`.
     Status,
     /// Exit 0 if the cluster has a quorum and a ready leader, 1 otherwise.
     Health,

@@ -94,14 +94,84 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
-/// `corralctl status`: one line per server.
+/// Exit code of `corralctl status` when no server answered.
+pub const STATUS_NO_ANSWER: u8 = 1;
+/// Exit code of `corralctl status` when some servers answered, but not every server
+/// answered and reported itself ready.
+pub const STATUS_DEGRADED: u8 = 3;
+
+/// What `corralctl status` exits with, and why (for stderr) when that is not 0: 0 when
+/// every server answered and is ready (what a rolling restart waits for before it
+/// touches the next node), [`STATUS_NO_ANSWER`] when none answered, [`STATUS_DEGRADED`]
+/// when some did not answer or are not ready.
+fn status_verdict(rows: &[Row]) -> Result<(), (u8, String)> {
+    let unavailable: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.status.is_none())
+        .map(|r| r.address.as_str())
+        .collect();
+    let not_ready: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.status.as_ref().is_some_and(|s| !s.ready))
+        .map(|r| r.address.as_str())
+        .collect();
+    if unavailable.len() == rows.len() {
+        return Err((
+            STATUS_NO_ANSWER,
+            format!(
+                "no server answered ({} asked: {})",
+                rows.len(),
+                unavailable.join(", ")
+            ),
+        ));
+    }
+    let mut problems = Vec::new();
+    if !unavailable.is_empty() {
+        problems.push(format!(
+            "{} of {} servers did not answer ({})",
+            unavailable.len(),
+            rows.len(),
+            unavailable.join(", ")
+        ));
+    }
+    if !not_ready.is_empty() {
+        problems.push(format!(
+            "{} of {} servers are not ready ({})",
+            not_ready.len(),
+            rows.len(),
+            not_ready.join(", ")
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err((STATUS_DEGRADED, problems.join("; ")))
+    }
+}
+
+/// `corralctl status`: one line per server (or the rows as JSON), then the exit code of
+/// [`status_verdict`], explained on stderr when it is not 0.
 pub async fn status(servers: &str, json: bool) -> Result<ExitCode, Error> {
     let rows = survey(servers).await;
+    if rows.is_empty() {
+        return Err(Error::Protocol(String::from("no server given (-s)")));
+    }
+    print_status(&rows, json)?;
+    Ok(match status_verdict(&rows) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, why)) => {
+            eprintln!("corralctl: status: {why}");
+            ExitCode::from(code)
+        }
+    })
+}
+
+fn print_status(rows: &[Row], json: bool) -> Result<(), Error> {
     if json {
         let text =
-            serde_json::to_string_pretty(&rows).map_err(|e| Error::Protocol(e.to_string()))?;
+            serde_json::to_string_pretty(rows).map_err(|e| Error::Protocol(e.to_string()))?;
         super::emit(text)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     let top = rows
         .iter()
@@ -112,7 +182,7 @@ pub async fn status(servers: &str, json: bool) -> Result<ExitCode, Error> {
         "{:<22} {:>4} {:<10} {:>6} {:>12} {:>8} {:>8} {:>6} {:>5}",
         "SERVER", "NODE", "ROLE", "LEADER", "ZXID", "LAG", "SESSIONS", "CONNS", "READY"
     ))?;
-    for row in &rows {
+    for row in rows {
         let line = match &row.status {
             Some(s) => format!(
                 "{:<22} {:>4} {:<10} {:>6} {:>12} {:>8} {:>8} {:>6} {:>5}",
@@ -134,7 +204,7 @@ pub async fn status(servers: &str, json: bool) -> Result<ExitCode, Error> {
         };
         super::emit(line)?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Whether the answers show a cluster with a quorum: a leader that is ready (it reaches
@@ -258,4 +328,55 @@ pub async fn snapshot(
         ))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(address: &str, ready: Option<bool>) -> Row {
+        Row {
+            address: address.to_string(),
+            status: ready.map(|ready| ServerStatus {
+                node_id: 1,
+                role: Role::Follower,
+                leader: Some(2),
+                members: Vec::new(),
+                applied_zxid: 1,
+                committed_zxid: 1,
+                log_bytes: 0,
+                snapshot_bytes: 0,
+                sessions: 0,
+                connections: 0,
+                watches: 0,
+                znodes: 1,
+                locks: 0,
+                locks_held: 0,
+                locks_waiting: 0,
+                admin_addr: None,
+                ready,
+                version: String::new(),
+            }),
+            error: ready.is_none().then(|| String::from("connection refused")),
+        }
+    }
+
+    #[test]
+    fn status_exit_codes() {
+        assert!(status_verdict(&[row("a", Some(true)), row("b", Some(true))]).is_ok());
+        let (code, why) = status_verdict(&[row("a", None), row("b", None)]).expect_err("none");
+        assert_eq!(code, STATUS_NO_ANSWER);
+        assert!(
+            why.contains("no server answered") && why.contains("a, b"),
+            "{why}"
+        );
+        let (code, why) =
+            status_verdict(&[row("a", Some(true)), row("b", None)]).expect_err("one down");
+        assert_eq!(code, STATUS_DEGRADED);
+        assert!(why.contains("1 of 2 servers did not answer (b)"), "{why}");
+        let (code, why) =
+            status_verdict(&[row("a", Some(true)), row("b", Some(false))]).expect_err("not ready");
+        assert_eq!(code, STATUS_DEGRADED);
+        assert!(why.contains("not ready (b)"), "{why}");
+    }
 }
