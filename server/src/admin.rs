@@ -3,9 +3,13 @@
 //! | path | answer |
 //! |---|---|
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /health` | 200 `ok` while the node core answers (liveness), else 503 |
+//! | `GET /health` | 200 `ok` while the node core answers (liveness), else 503; 200 `starting: ...` while the node starts |
 //! | `GET /ready` | 200 when the node is ready for clients (see [`ServerStatus::ready`]), else 503; JSON status either way |
-//! | `GET /status` | the node's [`ServerStatus`] as JSON |
+//! | `GET /status` | the node's [`ServerStatus`] as JSON, plus `starting` |
+//!
+//! While the node starts (its core does not run yet), `/status` and `/ready` answer the
+//! same JSON as afterwards, built from the settings ([`crate::status::starting_status`])
+//! and marked `"starting": true`; `/ready` with 503.
 //! | `GET /snapshot` | a backup: the applied state machine image (see [`crate::backup`]) |
 //!
 //! Handlers talk to the core task through a bounded channel of [`AdminRequest`]s and
@@ -21,10 +25,11 @@ use axum::{Json, Router};
 use corral_protocol::ServerStatus;
 use futures::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -153,6 +158,45 @@ impl Config {
     }
 }
 
+/// Who the node behind an admin listener is: what `/status` and `/ready` report while
+/// the node starts, before the core (which knows it) runs.
+#[derive(Debug, Clone, Default)]
+struct Identity {
+    node_id: u64,
+    cluster: bool,
+    /// The other members: id and peer address.
+    members: Vec<(u64, String)>,
+}
+
+/// Identities by admin listener address: [`bind`] has the settings and records them,
+/// [`serve`] (which the server shell gives only the listener) takes them out. Keyed by
+/// address because tests run several nodes in one process.
+static IDENTITIES: Mutex<BTreeMap<SocketAddr, Identity>> = Mutex::new(BTreeMap::new());
+
+fn remember_identity(listener: &TcpListener, config: &Config) {
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    let peers = config.peer_map().unwrap_or_default();
+    let identity = Identity {
+        node_id: config.node_id,
+        cluster: !peers.is_empty(),
+        members: peers
+            .iter()
+            .filter(|(id, _)| **id != config.node_id)
+            .map(|(id, a)| (*id, a.to_string()))
+            .collect(),
+    };
+    if let Ok(mut all) = IDENTITIES.lock() {
+        all.insert(addr, identity);
+    }
+}
+
+fn take_identity(addr: Option<SocketAddr>) -> Identity {
+    addr.and_then(|a| IDENTITIES.lock().ok()?.remove(&a))
+        .unwrap_or_default()
+}
+
 /// Binds the admin listener. A failure to bind the *default* address (another corral
 /// on this host) is logged and the node runs without admin endpoint; a failure to bind
 /// an address the operator chose stops the server.
@@ -161,7 +205,10 @@ pub async fn bind(config: &Config) -> Result<Option<TcpListener>, String> {
         return Ok(None);
     };
     match TcpListener::bind(addr).await {
-        Ok(l) => Ok(Some(l)),
+        Ok(l) => {
+            remember_identity(&l, config);
+            Ok(Some(l))
+        }
         Err(e) if config.admin_listen.trim() == DEFAULT_ADMIN_LISTEN => {
             tracing::warn!(%addr, error = %e, "cannot bind the default admin address; running without admin endpoint (set admin_listen)");
             Ok(None)
@@ -179,6 +226,8 @@ struct AdminState {
     metrics: Option<PrometheusHandle>,
     /// One backup at a time: an image is held in memory while it is sent.
     snapshots: Arc<Semaphore>,
+    /// What `/status` and `/ready` answer while the node starts.
+    starting_status: Arc<ServerStatus>,
 }
 
 /// Serves the admin endpoint until `shutdown` resolves.
@@ -199,11 +248,20 @@ pub async fn serve(
             }
         });
     }
+    let local = listener.local_addr().ok();
+    let identity = take_identity(local);
+    let starting_status = crate::status::starting_status(
+        identity.node_id,
+        identity.cluster,
+        &identity.members,
+        local.map(|a| a.to_string()),
+    );
     let state = AdminState {
         core,
         core_running,
         metrics,
         snapshots: Arc::new(Semaphore::new(1)),
+        starting_status: Arc::new(starting_status),
     };
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
@@ -251,6 +309,11 @@ async fn metrics_handler(State(state): State<AdminState>) -> Response {
         return (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response();
     };
     if starting(&state) {
+        // Not ready, not leading, no leader known: said rather than left out until the
+        // core runs (its first answer sets them all).
+        for name in ["corral_is_leader", "corral_has_leader", "corral_ready"] {
+            metrics::gauge!(name).set(0.0);
+        }
         return (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
             handle.render(),
@@ -285,23 +348,48 @@ async fn health(State(state): State<AdminState>) -> Response {
     }
 }
 
+/// A status as `/status` and `/ready` send it: the [`ServerStatus`] fields, plus
+/// `starting` (true while the node starts and its core does not run yet).
+fn status_json(status: &ServerStatus, starting: bool) -> Json<serde_json::Value> {
+    let mut value = match serde_json::to_value(status) {
+        Ok(v) => v,
+        Err(_) => serde_json::Value::Object(serde_json::Map::new()),
+    };
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert("starting".into(), starting.into());
+    }
+    Json(value)
+}
+
 async fn ready(State(state): State<AdminState>) -> Response {
     if starting(&state) {
-        return (StatusCode::SERVICE_UNAVAILABLE, STARTING).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            status_json(&state.starting_status, true),
+        )
+            .into_response();
     }
     match ask(&state.core, AdminRequest::Status).await {
-        Some((status, _)) if status.ready => (StatusCode::OK, Json(status)).into_response(),
-        Some((status, _)) => (StatusCode::SERVICE_UNAVAILABLE, Json(status)).into_response(),
+        Some((status, _)) => {
+            let code = if status.ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (code, status_json(&status, false)).into_response()
+        }
         None => unavailable(),
     }
 }
 
 async fn status(State(state): State<AdminState>) -> Response {
     if starting(&state) {
-        return (StatusCode::SERVICE_UNAVAILABLE, STARTING).into_response();
+        // The status of a starting node is known: it answers like any other (200), not
+        // ready; `/ready` is the one that says 503.
+        return status_json(&state.starting_status, true).into_response();
     }
     match ask(&state.core, AdminRequest::Status).await {
-        Some((status, _)) => Json(status).into_response(),
+        Some((status, _)) => status_json(&status, false).into_response(),
         None => unavailable(),
     }
 }

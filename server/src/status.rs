@@ -85,6 +85,51 @@ pub fn core_status(node: &Node) -> ServerStatus {
     }
 }
 
+/// The status a node reports while it starts, before its core runs (a new cluster
+/// member waiting for its peers, or the moment recovery takes): the same fields as
+/// [`core_status`] completed by the shell, with what only the core knows (leader,
+/// zxids, counts) at none or 0, every link reported down and `ready` false. The role
+/// is `candidate` for a cluster member (it knows no leader), `standalone` for a single
+/// node. The admin endpoint marks it `"starting": true`.
+pub fn starting_status(
+    node_id: u64,
+    cluster: bool,
+    members: &[(u64, String)],
+    admin_addr: Option<String>,
+) -> ServerStatus {
+    ServerStatus {
+        node_id,
+        role: if cluster {
+            Role::Candidate
+        } else {
+            Role::Standalone
+        },
+        leader: None,
+        members: members
+            .iter()
+            .map(|(id, addr)| MemberStatus {
+                node_id: *id,
+                peer_addr: addr.clone(),
+                reachable: false,
+            })
+            .collect(),
+        applied_zxid: 0,
+        committed_zxid: 0,
+        log_bytes: 0,
+        snapshot_bytes: 0,
+        sessions: 0,
+        connections: 0,
+        watches: 0,
+        znodes: 0,
+        locks: 0,
+        locks_held: 0,
+        locks_waiting: 0,
+        admin_addr,
+        ready: false,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
 /// What the shell knows and the core does not.
 #[derive(Debug, Clone, Default)]
 pub struct ShellFacts {
@@ -175,6 +220,19 @@ mod tests {
         facts(&[(2, false), (3, false)]).complete(&mut s);
         assert!(!s.ready);
         assert_eq!(s.members.len(), 2);
+    }
+
+    #[test]
+    fn a_starting_node_is_not_ready_and_knows_no_leader() {
+        let s = starting_status(2, true, &[(1, "h:1".into()), (3, "h:3".into())], None);
+        assert_eq!(
+            (s.node_id, s.role, s.leader, s.ready),
+            (2, Role::Candidate, None, false)
+        );
+        assert!(s.members.iter().all(|m| !m.reachable) && s.members.len() == 2);
+        let s = starting_status(1, false, &[], Some("a:1".into()));
+        assert_eq!(s.role, Role::Standalone);
+        assert!(!s.ready && s.admin_addr.as_deref() == Some("a:1"));
     }
 
     #[test]

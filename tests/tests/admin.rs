@@ -352,8 +352,26 @@ async fn a_joining_member_is_alive_but_not_ready() {
     let health = get(&admin, "/health").await;
     assert_eq!(health.status, 200, "{}", health.text());
     assert!(health.text().starts_with("starting"), "{}", health.text());
-    assert_eq!(get(&admin, "/ready").await.status, 503);
-    assert_eq!(get(&admin, "/status").await.status, 503);
+    // /ready and /status answer the JSON they answer once started (they used to answer
+    // plain text, which broke the tools parsing them during a restart), marked starting.
+    let ready = get(&admin, "/ready").await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    let http = get(&admin, "/status").await;
+    assert_eq!(http.status, 200, "{}", http.text());
+    for r in [&ready, &http] {
+        let s: ServerStatus = serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("a status while starting: {e}: {}", r.text()));
+        assert_eq!(
+            (s.node_id, s.role, s.ready),
+            (wiped, Role::Candidate, false)
+        );
+        assert_eq!(s.members.len(), 2, "{s:?}");
+        assert_eq!(s.admin_addr.as_deref(), Some(admin.as_str()));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+        assert_eq!(v["starting"], serde_json::json!(true), "{v}");
+    }
+    let page = get(&admin, "/metrics").await.text();
+    assert!(page.lines().any(|l| l == "corral_ready 0"), "{page}");
 
     cluster.restart(down).await;
     eventually("the wiped node ready", CLUSTER_WAIT, || {
@@ -363,6 +381,9 @@ async fn a_joining_member_is_alive_but_not_ready() {
     .await;
     let s = status(&admin).await;
     assert!(matches!(s.role, Role::Follower | Role::Leader), "{s:?}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&get(&admin, "/status").await.body).expect("JSON");
+    assert_eq!(v["starting"], serde_json::json!(false), "{v}");
     // It was caught up with a snapshot of the leader's state.
     if cluster.snapshot_installs(wiped) > 0 {
         metric_reaches(&admin, "corral_snapshots_installed_total", 1.0).await;
