@@ -371,6 +371,10 @@ impl Server {
                 backoff_min_ms: config.tick_ms,
                 backoff_max_ms: config.election_timeout_ms.max(config.tick_ms),
                 cluster_id: config.cluster_id,
+                // A live node sends every peer a leader-election heartbeat at least once
+                // per election timeout: two without a message mean the connection is dead
+                // (when another process of the same node id connects).
+                inbound_quiet_ms: 2 * config.election_timeout_ms.max(config.tick_ms),
             };
             let mode = Mode::Cluster {
                 recovered: Box::new(recovered),

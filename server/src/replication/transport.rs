@@ -26,19 +26,62 @@
 //!    refusal the dialer falls back from, logged at info). Handshake frames are limited
 //!    to 1 KiB, and a connection that does not complete the handshake within
 //!    `connect_timeout_ms` is refused;
-//! 3. after `Accepted`, the dialer sends frames of `M` and never reads anything but
-//!    the end of the stream; the acceptor reads frames of `M` (at most `max_frame_bytes`
-//!    each) and never writes.
+//! 3. at version 2 and later ([`IDENTITY_PEER_VERSION`]) only, and only after that
+//!    `Accepted` (see [`PeerIdentity`] for why it waits), the dialer sends one
+//!    [`PeerIdentity`] frame: `members: Vec<u64>` (its cluster's node ids, sorted, both
+//!    ends included) and `incarnation: u64` (random per transport start). The acceptor
+//!    refuses a member list that is not exactly its own ([`MEMBERS_REFUSAL`], naming
+//!    both lists), decides on the incarnation ("Two processes with one node id" below),
+//!    and answers a second [`PeerHelloReply`]; these refusals are logged at error on
+//!    both sides, since only the operator can fix them, and the dialer retries after its
+//!    backoff like after any refusal. A version-1 dialer sends no such frame, and the
+//!    acceptor, which knows the version from the hello, reads none;
+//! 4. after the last `Accepted`, the dialer sends frames of `M` and never reads anything
+//!    but the end of the stream; the acceptor reads frames of `M` (at most
+//!    `max_frame_bytes` each) and never writes.
 //!
 //! The handshake catches misconfiguration (a node of another cluster, a wrong address
-//! map); it is not authentication.
+//! map, member lists that differ, a node id given to two processes); it is not
+//! authentication. Member lists are compared as sets of ids, without addresses: nodes
+//! may reach each other through different addresses. Nodes whose lists differ could
+//! otherwise count disjoint majorities (node 3 with {1, 2, 3} and node 4 with
+//! {3, 4, 5}) and elect two leaders. A version-1 peer's member list is unknown and not
+//! checked.
+//!
+//! # Two processes with one node id
+//!
+//! The acceptor keeps one inbound connection per peer id, with the incarnation its
+//! dialer announced. A new connection with the same incarnation is the same process
+//! reconnecting (after its own `LinkDown`): it replaces the older one. One with another
+//! incarnation is either the peer restarted or a second process given the same node id
+//! (a copied configuration, a node started twice). The acceptor tells them apart by the
+//! older connection:
+//!
+//! - it ended: the peer restarted; the newcomer is accepted. Since the older one's end
+//!   may not have been read yet when the new process dials (a restart right after an
+//!   orderly exit), the acceptor waits for it up to half of `connect_timeout_ms`;
+//! - it delivered nothing for `inbound_quiet_ms` (a node sends every peer a leader
+//!   election heartbeat at least once per election timeout): it is presumed dead, the
+//!   half-open connection of a process whose host went away without closing it, and is
+//!   replaced by the newcomer (logged at warn with both incarnations and addresses), so
+//!   a restarted node is never locked out for longer than that;
+//! - otherwise it is alive: the newcomer is refused ([`DUPLICATE_NODE_REFUSAL`]), logged
+//!   at error on both sides with both incarnations and both remote addresses. Refusing
+//!   the newcomer, and not letting the two replace each other, keeps one process per id
+//!   in this node's view: two processes with one id, each with its own log, would break
+//!   the assumption Paxos's quorums rest on.
+//!
+//! This is detection, not a guarantee: two such processes may each win at different
+//! nodes, and a duplicate whose first process is quiet replaces it. Connections at
+//! version 1 carry no incarnation: a newer one replaces the older, as it always did.
 //!
 //! # Versions
 //!
 //! The hello's layout and the framing are the same in every version (the acceptor
-//! refuses trailing bytes, so the hello can never grow); a version only says which
-//! messages the acceptor decodes. Version 1 is the first release; version 2 adds the
-//! `EntryBody::OrderedWrite` log entry. Binaries that speak only version 1 refuse any
+//! refuses trailing bytes, so the hello can never grow); a version says which messages
+//! the acceptor decodes and what follows the hello. Version 1 is the first release;
+//! version 2 adds the `EntryBody::OrderedWrite` log entry and the [`PeerIdentity`] step
+//! of the handshake. Binaries that speak only version 1 refuse any
 //! other with a reason that begins with [`UNSUPPORTED_VERSION_REFUSAL`], and so does
 //! this one for a version outside its range.
 //!
@@ -54,7 +97,8 @@
 //! what the peer decodes of what this node sends (the node passes it to
 //! `PaxosLog::on_link_up`); [`Transport::link_version`] reads it while the link is up.
 //! The acceptor records the version each inbound connection was accepted at
-//! ([`Transport::inbound_version`]); nothing depends on it.
+//! ([`Transport::inbound_version`]) and its incarnation
+//! ([`Transport::inbound_incarnation`]); nothing depends on the version.
 //!
 //! # What the node can rely on
 //!
@@ -91,7 +135,8 @@
 //!
 //! Per-peer queues (`send_queue_messages`), frame size (`max_frame_bytes`), inbound
 //! connections (one established per configured peer, plus at most
-//! [`HANDSHAKE_SLOTS`] in handshake, each with a handshake timeout).
+//! [`HANDSHAKE_SLOTS`] in handshake, each with a handshake timeout), cluster size
+//! ([`MAX_MEMBERS`], so that the identity frame fits the 1 KiB handshake frames).
 //!
 //! # Files
 //!
@@ -111,7 +156,8 @@ mod wire;
 
 pub use bulk::Bulky;
 pub use wire::{
-    PeerHello, PeerHelloReply, MIN_PEER_PROTOCOL_VERSION, PEER_MAGIC, PEER_PROTOCOL_VERSION,
+    PeerHello, PeerHelloReply, PeerIdentity, DUPLICATE_NODE_REFUSAL, IDENTITY_PEER_VERSION,
+    MAX_MEMBERS, MEMBERS_REFUSAL, MIN_PEER_PROTOCOL_VERSION, PEER_MAGIC, PEER_PROTOCOL_VERSION,
     UNSUPPORTED_VERSION_REFUSAL,
 };
 
@@ -125,6 +171,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Connections that may be in the handshake at once on the peer listener; more are
@@ -161,6 +208,12 @@ pub struct PeerConfig {
     pub backoff_max_ms: u64,
     /// Identifies the cluster; nodes of different clusters refuse each other.
     pub cluster_id: u64,
+    /// How long a peer's inbound connection may deliver nothing and still count as
+    /// alive when another process of the same node id (another incarnation) connects:
+    /// while it is alive the newcomer is refused; once quiet this long it is presumed
+    /// dead and replaced (see the module documentation). Must exceed the longest gap
+    /// between two messages of a live peer.
+    pub inbound_quiet_ms: u64,
 }
 
 impl PeerConfig {
@@ -183,6 +236,15 @@ impl PeerConfig {
         }
         if self.backoff_min_ms == 0 {
             return fail("backoff_min_ms must be at least 1".into());
+        }
+        if self.inbound_quiet_ms == 0 {
+            return fail("inbound_quiet_ms must be at least 1".into());
+        }
+        if self.peers.len() + 1 > MAX_MEMBERS {
+            return fail(format!(
+                "{} members, more than the {MAX_MEMBERS} the peer handshake allows",
+                self.peers.len() + 1
+            ));
         }
         if self.backoff_max_ms < self.backoff_min_ms {
             return fail(format!(
@@ -315,8 +377,14 @@ impl Bound {
                 )
             })
             .collect();
+        let mut members: Vec<u64> = config.peers.keys().copied().collect();
+        members.push(config.node_id);
+        members.sort_unstable();
         let shared = Arc::new(Shared {
             local_addr: self.local_addr,
+            members,
+            incarnation: rand::random(),
+            epoch: Instant::now(),
             peers,
             events,
             root: root.clone(),
@@ -328,7 +396,8 @@ impl Bound {
         tracing::info!(
             node = shared.config.node_id,
             addr = %self.local_addr,
-            peers = shared.config.peers.len(),
+            members = ?shared.members,
+            incarnation = %format_args!("{:#018x}", shared.incarnation),
             "peer transport listening"
         );
         shared.spawn(inbound::accept_loop(shared.clone(), self.listener));
@@ -403,6 +472,12 @@ impl<M> Transport<M> {
         self.inner.shared.config.node_id
     }
 
+    /// This transport's incarnation: random, drawn when it started, announced to every
+    /// peer it dials at version 2 and later.
+    pub fn incarnation(&self) -> u64 {
+        self.inner.shared.incarnation
+    }
+
     /// Queues `msg` for peer `to`. Never blocks. On error the message is dropped; a
     /// full queue also resets the link (see the module documentation).
     pub fn send(&self, to: u64, msg: M) -> Result<(), SendError> {
@@ -469,6 +544,18 @@ impl<M> Transport<M> {
             .map(|registered| registered.version())
     }
 
+    /// The incarnation `peer`'s established inbound connection announced, or `None`
+    /// without one or at version 1. For diagnostics.
+    pub fn inbound_incarnation(&self, peer: u64) -> Option<u64> {
+        self.inner
+            .shared
+            .inbound
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&peer)
+            .and_then(|registered| registered.incarnation())
+    }
+
     /// Messages queued for `peer` and not yet handed to the socket (0 without a link).
     pub fn queued(&self, peer: u64) -> usize {
         self.inner.shared.peers.get(&peer).map_or(0, |slot| {
@@ -500,6 +587,12 @@ impl<M> Transport<M> {
 struct Shared<M> {
     config: PeerConfig,
     local_addr: SocketAddr,
+    /// The cluster's node ids, sorted, this node's included.
+    members: Vec<u64>,
+    /// This transport's incarnation (see [`PeerIdentity`]).
+    incarnation: u64,
+    /// Origin of the inbound connections' activity times.
+    epoch: Instant,
     /// One slot per configured peer; never changes after start.
     peers: BTreeMap<u64, PeerSlot<M>>,
     events: mpsc::Sender<PeerEvent<M>>,

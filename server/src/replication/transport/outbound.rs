@@ -9,12 +9,21 @@
 //! lower, down to [`MIN_PEER_PROTOCOL_VERSION`]; below that, the refusal is treated like
 //! any other. The lower version is never kept for a later attempt, so a peer restarted
 //! with a newer binary is seen at its new version by the next link.
+//!
+//! # Identity
+//!
+//! At [`IDENTITY_PEER_VERSION`] and later, once the hello is accepted, the dialer sends
+//! its [`PeerIdentity`] (this cluster's member ids and the transport's incarnation) and
+//! waits for the second reply. A refusal there (member lists that differ, another live
+//! process with this node id) is a misconfiguration: logged at error on every attempt,
+//! and retried after the backoff like any other refusal, so the link comes up by itself
+//! once the configuration is fixed.
 
 use super::bulk::{encode_off_worker, Bulky};
 use super::wire::is_version_refusal;
 use super::{
-    Link, PeerEvent, PeerHello, PeerHelloReply, Shared, HANDSHAKE_MAX_FRAME_BYTES,
-    MIN_PEER_PROTOCOL_VERSION, PEER_PROTOCOL_VERSION,
+    Link, PeerEvent, PeerHello, PeerHelloReply, PeerIdentity, Shared, HANDSHAKE_MAX_FRAME_BYTES,
+    IDENTITY_PEER_VERSION, MIN_PEER_PROTOCOL_VERSION, PEER_PROTOCOL_VERSION,
 };
 use corral_protocol::{Codec, FrameError};
 use futures::{SinkExt, StreamExt};
@@ -82,6 +91,18 @@ where
                 tracing::warn!(node, peer, %addr, %reason, version = proposed, "peer refused our handshake");
                 None
             }
+            Ok(Err(DialError::IdentityRefused(reason))) => {
+                tracing::error!(
+                    node,
+                    peer,
+                    %addr,
+                    %reason,
+                    members = ?shared.members,
+                    incarnation = %format_args!("{:#018x}", shared.incarnation),
+                    "peer refused our member list or incarnation: the cluster is misconfigured; retrying with backoff"
+                );
+                None
+            }
             Ok(Err(e)) => Some(e.to_string()),
             Err(_) => Some(format!(
                 "no connection and handshake within {connect_timeout:?}"
@@ -110,6 +131,8 @@ enum DialError {
     Io(std::io::Error),
     Frame(FrameError),
     Refused(String),
+    /// Refused at the identity step (version 2 and later).
+    IdentityRefused(String),
     ClosedInHandshake,
     UnexpectedData,
 }
@@ -119,7 +142,9 @@ impl fmt::Display for DialError {
         match self {
             DialError::Io(e) => write!(f, "{e}"),
             DialError::Frame(e) => write!(f, "handshake failed: {e}"),
-            DialError::Refused(reason) => write!(f, "refused: {reason}"),
+            DialError::Refused(reason) | DialError::IdentityRefused(reason) => {
+                write!(f, "refused: {reason}")
+            }
             DialError::ClosedInHandshake => f.write_str("the peer closed during the handshake"),
             DialError::UnexpectedData => f.write_str("the peer sent data after its handshake"),
         }
@@ -156,6 +181,24 @@ async fn dial<M>(
         Some(Ok(PeerHelloReply::Refused { reason })) => return Err(DialError::Refused(reason)),
         Some(Err(e)) => return Err(DialError::Frame(e)),
         None => return Err(DialError::ClosedInHandshake),
+    }
+    let mut framed = framed.map_codec(|c| c.retype::<PeerHelloReply, PeerIdentity>());
+    if version >= IDENTITY_PEER_VERSION {
+        // Only now: an acceptor that speaks only version 1 has refused the hello above
+        // and never receives this frame (see `PeerIdentity`).
+        let identity = PeerIdentity {
+            members: shared.members.clone(),
+            incarnation: shared.incarnation,
+        };
+        framed.send(identity).await.map_err(DialError::Frame)?;
+        match framed.next().await {
+            Some(Ok(PeerHelloReply::Accepted)) => {}
+            Some(Ok(PeerHelloReply::Refused { reason })) => {
+                return Err(DialError::IdentityRefused(reason))
+            }
+            Some(Err(e)) => return Err(DialError::Frame(e)),
+            None => return Err(DialError::ClosedInHandshake),
+        }
     }
     let parts = framed.into_parts();
     if !parts.read_buf.is_empty() {

@@ -57,6 +57,7 @@ fn config(node_id: u64, listen: SocketAddr, peers: BTreeMap<u64, SocketAddr>) ->
         backoff_min_ms: 5,
         backoff_max_ms: 100,
         cluster_id: CLUSTER,
+        inbound_quiet_ms: 60_000,
     }
 }
 
@@ -203,11 +204,74 @@ async fn raw_handshake(
     (reply, framed)
 }
 
-/// A raw dialer that completed the handshake as `from`, ready to send `TestMsg` frames.
-async fn raw_peer(addr: SocketAddr, from: u64, to: u64) -> Framed<TcpStream, Codec<(), TestMsg>> {
+/// The incarnation `raw_peer` announces: every raw peer of a test is one process.
+const RAW_INCARNATION: u64 = 0x5eed_0001;
+
+/// A raw dialer's connection after the identity step.
+type RawIdentified = Framed<TcpStream, Codec<PeerHelloReply, PeerIdentity>>;
+
+/// Opens a raw connection and goes through the whole handshake at version 2 as `from`
+/// with `identity`: returns the second reply (the hello's must be `Accepted`); the
+/// connection is left open.
+async fn raw_identify(
+    addr: SocketAddr,
+    from: u64,
+    to: u64,
+    identity: PeerIdentity,
+) -> (PeerHelloReply, RawIdentified) {
     let (reply, framed) = raw_handshake(addr, PeerHello::new(CLUSTER, from, to)).await;
+    assert_eq!(reply, PeerHelloReply::Accepted, "the hello is accepted");
+    let mut framed = framed.map_codec(|c| c.retype::<PeerHelloReply, PeerIdentity>());
+    framed.send(identity).await.expect("send the identity");
+    let reply = timeout(WAIT, framed.next())
+        .await
+        .expect("a second reply in time")
+        .expect("a second reply before the end of stream")
+        .expect("a well-formed second reply");
+    (reply, framed)
+}
+
+/// The identity of a member of `members` (sorted here) with `incarnation`.
+fn identity(members: &[u64], incarnation: u64) -> PeerIdentity {
+    let mut members = members.to_vec();
+    members.sort_unstable();
+    PeerIdentity {
+        members,
+        incarnation,
+    }
+}
+
+/// A raw dialer that completed the handshake as `from` of the members {`from`, `to`}
+/// with `incarnation`, ready to send `TestMsg` frames.
+async fn raw_peer_as(
+    addr: SocketAddr,
+    from: u64,
+    to: u64,
+    incarnation: u64,
+) -> Framed<TcpStream, Codec<(), TestMsg>> {
+    let (reply, framed) = raw_identify(addr, from, to, identity(&[from, to], incarnation)).await;
     assert_eq!(reply, PeerHelloReply::Accepted);
     framed.map_codec(|c| c.retype())
+}
+
+/// [`raw_peer_as`] with [`RAW_INCARNATION`].
+async fn raw_peer(addr: SocketAddr, from: u64, to: u64) -> Framed<TcpStream, Codec<(), TestMsg>> {
+    raw_peer_as(addr, from, to, RAW_INCARNATION).await
+}
+
+/// Asserts that the identity step is refused and the connection closed; returns the
+/// reason.
+async fn identity_refused(addr: SocketAddr, from: u64, to: u64, identity: PeerIdentity) -> String {
+    let (reply, mut framed) = raw_identify(addr, from, to, identity).await;
+    let PeerHelloReply::Refused { reason } = reply else {
+        panic!("the identity was accepted");
+    };
+    let after = timeout(WAIT, framed.next()).await.expect("closed in time");
+    assert!(
+        matches!(after, None | Some(Err(_))),
+        "the connection must be closed after a refusal, got {after:?}"
+    );
+    reason
 }
 
 /// Asserts the handshake is refused and the connection closed; returns the reason.
@@ -429,10 +493,7 @@ async fn stalled_peer_fills_the_bounded_queue_and_the_link_is_reset() {
         .expect("a hello")
         .expect("a well-formed hello");
     assert_eq!(hello, PeerHello::new(CLUSTER, 1, 2));
-    framed
-        .send(PeerHelloReply::Accepted)
-        .await
-        .expect("send the reply");
+    let (_, framed) = fake_accepts_identity(framed).await;
     assert_eq!(
         next_event(&mut node).await,
         PeerEvent::LinkUp {
@@ -659,6 +720,16 @@ async fn invalid_configurations_are_rejected() {
             max_frame_bytes: 0,
             ..base.clone()
         },
+        PeerConfig {
+            inbound_quiet_ms: 0,
+            ..base.clone()
+        },
+        PeerConfig {
+            peers: (2..=MAX_MEMBERS as u64 + 1)
+                .map(|id| (id, dead_addr()))
+                .collect(),
+            ..base.clone()
+        },
     ];
     for cfg in invalid {
         let result = Transport::start(cfg.clone(), tx.clone()).await;
@@ -737,8 +808,39 @@ async fn node_with_fake_peer(fake: SocketAddr, backoff_ms: u64) -> TestNode {
     start_node(cfg, bound).await
 }
 
+/// A fake acceptor's end after the identity step.
+type FakeIdentified = Framed<TcpStream, Codec<PeerIdentity, PeerHelloReply>>;
+
+/// Accepts a version-2 hello the fake peer read, reads the dialer's identity and
+/// returns it, with the connection before the second reply.
+async fn fake_reads_identity(mut framed: FakeAccepted) -> (PeerIdentity, FakeIdentified) {
+    framed
+        .send(PeerHelloReply::Accepted)
+        .await
+        .expect("send the first reply");
+    let mut framed = framed.map_codec(|c| c.retype::<PeerIdentity, PeerHelloReply>());
+    let identity = timeout(WAIT, framed.next())
+        .await
+        .expect("an identity in time")
+        .expect("an identity")
+        .expect("a well-formed identity");
+    (identity, framed)
+}
+
+/// Accepts a version-2 hello and the identity that follows; returns the identity.
+async fn fake_accepts_identity(framed: FakeAccepted) -> (PeerIdentity, FakeIdentified) {
+    let (identity, mut framed) = fake_reads_identity(framed).await;
+    framed
+        .send(PeerHelloReply::Accepted)
+        .await
+        .expect("send the second reply");
+    (identity, framed)
+}
+
 /// Reads one message a node sent on the fake peer's accepted connection.
-async fn fake_reads(framed: FakeAccepted) -> (TestMsg, Framed<TcpStream, Codec<TestMsg, ()>>) {
+async fn fake_reads<In>(
+    framed: Framed<TcpStream, Codec<In, PeerHelloReply>>,
+) -> (TestMsg, Framed<TcpStream, Codec<TestMsg, ()>>) {
     let mut frames = framed.map_codec(|c| c.retype::<TestMsg, ()>());
     let msg = timeout(WAIT, frames.next())
         .await
@@ -767,6 +869,19 @@ async fn new_nodes_link_at_the_highest_version() {
     expect_sequences(&mut nodes[1], &[1], 1).await;
     assert_eq!(nodes[0].transport.inbound_version(2), Some(2));
     assert_eq!(nodes[1].transport.inbound_version(1), Some(2));
+    // Equal member lists: the identity step passed, with each process's incarnation.
+    assert_eq!(
+        nodes[0].transport.inbound_incarnation(2),
+        Some(nodes[1].transport.incarnation())
+    );
+    assert_eq!(
+        nodes[1].transport.inbound_incarnation(1),
+        Some(nodes[0].transport.incarnation())
+    );
+    assert_ne!(
+        nodes[0].transport.incarnation(),
+        nodes[1].transport.incarnation()
+    );
     assert_eq!(nodes[0].transport.inbound_version(9), None);
     assert_eq!(nodes[0].transport.link_version(9), None);
     for node in &nodes {
@@ -792,7 +907,10 @@ async fn new_dialer_falls_back_promptly_to_an_old_acceptors_version() {
         })
         .await
         .expect("send the refusal");
-    drop(framed);
+    // The old acceptor never receives the identity: the dialer sends it only after an
+    // `Accepted`, and closes after the refusal.
+    assert!(framed.read_buffer().is_empty());
+    assert!(expect_closed(framed.into_inner()).await.is_empty());
 
     let (hello, mut framed) = next_hello(&fake).await;
     assert_eq!(
@@ -850,12 +968,10 @@ async fn every_new_attempt_starts_at_the_highest_version() {
     drop(framed);
     assert_eq!(next_event(&mut node).await, PeerEvent::LinkDown { peer: 2 });
     assert_eq!(node.transport.link_version(2), None);
-    let (hello, mut framed) = next_hello(&fake).await;
+    let (hello, framed) = next_hello(&fake).await;
     assert_eq!(hello, PeerHello::new(CLUSTER, 1, 2));
-    framed
-        .send(PeerHelloReply::Accepted)
-        .await
-        .expect("send the reply");
+    let (identity, framed) = fake_accepts_identity(framed).await;
+    assert_eq!(identity.members, [1, 2]);
     assert_eq!(
         next_event(&mut node).await,
         PeerEvent::LinkUp {
@@ -931,6 +1047,7 @@ async fn old_dialer_is_accepted_by_a_new_acceptor() {
         }
     );
     assert_eq!(node.transport.inbound_version(2), Some(1));
+    assert_eq!(node.transport.inbound_incarnation(2), None);
 
     // The peer restarts with a new binary: its new connection is at version 2.
     let mut new = raw_peer(addr, 2, 1).await;
@@ -943,6 +1060,7 @@ async fn old_dialer_is_accepted_by_a_new_acceptor() {
         }
     );
     assert_eq!(node.transport.inbound_version(2), Some(2));
+    assert_eq!(node.transport.inbound_incarnation(2), Some(RAW_INCARNATION));
     stop(&node).await;
 }
 
@@ -975,6 +1093,182 @@ async fn versions_outside_the_range_are_refused() {
         };
         let (reply, _) = raw_handshake(addr, hello).await;
         assert_eq!(reply, PeerHelloReply::Accepted, "version {version}");
+    }
+    stop(&node).await;
+}
+
+// Member lists and incarnations (the identity step of version 2).
+
+/// The acceptor refuses a dialer whose member list differs (naming both lists), closes,
+/// and the dialer's messages never reach the node.
+#[tokio::test]
+async fn an_acceptor_refuses_a_different_member_list() {
+    let bound = Bound::bind(loopback()).await.expect("bind");
+    let addr = bound.local_addr();
+    let peers = [(2, dead_addr()), (3, dead_addr())].into();
+    let mut node = start_node(config(1, addr, peers), bound).await;
+    for members in [&[1, 2][..], &[1, 2, 3, 4], &[1, 2, 4], &[]] {
+        let reason = identity_refused(addr, 2, 1, identity(members, RAW_INCARNATION)).await;
+        assert!(reason.starts_with(MEMBERS_REFUSAL), "{reason:?}");
+        assert!(
+            reason.contains(&format!("{members:?}")) && reason.contains("[1, 2, 3]"),
+            "{reason:?} names both lists"
+        );
+        assert_eq!(node.transport.inbound_version(2), None);
+    }
+    // The same ids are accepted (no addresses are compared: the raw peer's own address
+    // is not the one node 1 has for it).
+    let (reply, framed) = raw_identify(addr, 3, 1, identity(&[3, 2, 1], 9)).await;
+    assert_eq!(reply, PeerHelloReply::Accepted);
+    let mut peer = framed.map_codec(|c| c.retype::<(), TestMsg>());
+    peer.send(TestMsg::Seq(5)).await.expect("send");
+    assert_eq!(
+        next_event(&mut node).await,
+        PeerEvent::Message {
+            from: 3,
+            msg: TestMsg::Seq(5)
+        }
+    );
+    stop(&node).await;
+}
+
+/// A dialer refused at the identity step gets no `LinkUp`, does not fall back to version
+/// 1, and retries after its backoff.
+#[tokio::test]
+async fn a_dialer_refused_for_its_member_list_never_links_and_retries() {
+    let fake = tokio::net::TcpListener::bind(loopback())
+        .await
+        .expect("bind");
+    let mut node = node_with_fake_peer(fake.local_addr().expect("address"), 5).await;
+    for _ in 0..3 {
+        let (hello, framed) = next_hello(&fake).await;
+        assert_eq!(hello, PeerHello::new(CLUSTER, 1, 2));
+        let (identity, mut framed) = fake_reads_identity(framed).await;
+        assert_eq!(identity.members, [1, 2]);
+        assert_eq!(identity.incarnation, node.transport.incarnation());
+        framed
+            .send(PeerHelloReply::Refused {
+                reason: format!(
+                    "{MEMBERS_REFUSAL}: node 1 has members [1, 2], node 2 has [2, 3, 4]"
+                ),
+            })
+            .await
+            .expect("send the refusal");
+    }
+    // The dialer works one attempt at a time, and a link would have been reported
+    // before the next attempt: three attempts and no event.
+    assert!(matches!(
+        node.events.try_recv(),
+        Err(mpsc::error::TryRecvError::Empty)
+    ));
+    assert!(!node.transport.is_link_up(2));
+    stop(&node).await;
+}
+
+/// A second process that claims a connected peer's node id (another incarnation) is
+/// refused while the first one's connection is alive; the first keeps delivering, and
+/// reconnects of the first process (same incarnation) still replace its connection.
+#[tokio::test]
+async fn a_second_live_process_with_the_same_node_id_is_refused() {
+    const FIRST: u64 = 0xaaaa;
+    const SECOND: u64 = 0xbbbb;
+    let bound = Bound::bind(loopback()).await.expect("bind");
+    let addr = bound.local_addr();
+    let mut cfg = config(1, addr, [(2, dead_addr())].into());
+    // The acceptor waits up to half of this for the older connection to end.
+    cfg.connect_timeout_ms = 1_000;
+    let mut node = start_node(cfg, bound).await;
+    let from2 = |n| PeerEvent::Message {
+        from: 2,
+        msg: TestMsg::Seq(n),
+    };
+
+    let mut first = raw_peer_as(addr, 2, 1, FIRST).await;
+    first.send(TestMsg::Seq(1)).await.expect("send");
+    assert_eq!(next_event(&mut node).await, from2(1));
+
+    let reason = identity_refused(addr, 2, 1, identity(&[1, 2], SECOND)).await;
+    assert!(
+        reason.starts_with(&format!("{DUPLICATE_NODE_REFUSAL} 2")),
+        "{reason:?}"
+    );
+    assert!(
+        reason.contains(&format!("{FIRST:#018x}")) && reason.contains(&format!("{SECOND:#018x}")),
+        "{reason:?} names both incarnations"
+    );
+    assert_eq!(node.transport.inbound_incarnation(2), Some(FIRST));
+    first.send(TestMsg::Seq(2)).await.expect("send");
+    assert_eq!(next_event(&mut node).await, from2(2));
+
+    // The first process reconnects: its new connection replaces the old one.
+    let mut again = raw_peer_as(addr, 2, 1, FIRST).await;
+    let end = timeout(WAIT, first.next())
+        .await
+        .expect("older closed in time");
+    assert!(matches!(end, None | Some(Err(_))), "got {end:?}");
+    again.send(TestMsg::Seq(3)).await.expect("send");
+    assert_eq!(next_event(&mut node).await, from2(3));
+    stop(&node).await;
+}
+
+/// A restarted peer whose old connection is half-open (its host went away without
+/// closing it: the connection stays, silent) is not locked out: once that connection
+/// has been quiet for `inbound_quiet_ms`, the new process replaces it.
+#[tokio::test]
+async fn a_restarted_peer_replaces_its_quiet_half_open_connection() {
+    let bound = Bound::bind(loopback()).await.expect("bind");
+    let addr = bound.local_addr();
+    let mut cfg = config(1, addr, [(2, dead_addr())].into());
+    cfg.inbound_quiet_ms = 150;
+    let mut node = start_node(cfg, bound).await;
+
+    let mut old = raw_peer_as(addr, 2, 1, 0x01d).await;
+    old.send(TestMsg::Seq(1)).await.expect("send");
+    assert_eq!(
+        next_event(&mut node).await,
+        PeerEvent::Message {
+            from: 2,
+            msg: TestMsg::Seq(1)
+        }
+    );
+    // The old process is gone but its connection is not closed: the new process is
+    // accepted (after the old connection's quiet time) and the old one closed.
+    let mut new = raw_peer_as(addr, 2, 1, 0x2e3).await;
+    assert_eq!(node.transport.inbound_incarnation(2), Some(0x2e3));
+    let end = timeout(WAIT, old.next()).await.expect("old closed in time");
+    assert!(matches!(end, None | Some(Err(_))), "got {end:?}");
+    new.send(TestMsg::Seq(2)).await.expect("send");
+    assert_eq!(
+        next_event(&mut node).await,
+        PeerEvent::Message {
+            from: 2,
+            msg: TestMsg::Seq(2)
+        }
+    );
+    stop(&node).await;
+}
+
+/// A peer restarted after an orderly exit is accepted at once, even when its new process
+/// dials before the acceptor has read the old connection's end: the acceptor waits for
+/// that end instead of taking the new process for a second one.
+#[tokio::test]
+async fn a_peer_restarted_after_an_orderly_exit_is_accepted() {
+    let bound = Bound::bind(loopback()).await.expect("bind");
+    let addr = bound.local_addr();
+    let mut node = start_node(config(1, addr, [(2, dead_addr())].into()), bound).await;
+    for (n, incarnation) in [0x10_u64, 0x20, 0x30].into_iter().enumerate() {
+        let mut process = raw_peer_as(addr, 2, 1, incarnation).await;
+        process.send(TestMsg::Seq(n as u64)).await.expect("send");
+        assert_eq!(
+            next_event(&mut node).await,
+            PeerEvent::Message {
+                from: 2,
+                msg: TestMsg::Seq(n as u64)
+            }
+        );
+        assert_eq!(node.transport.inbound_incarnation(2), Some(incarnation));
+        // Exits: closes its connection; the next process dials right away.
+        drop(process);
     }
     stop(&node).await;
 }

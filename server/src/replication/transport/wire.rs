@@ -8,13 +8,17 @@ use serde::{Deserialize, Serialize};
 pub const PEER_MAGIC: u32 = u32::from_be_bytes(*b"CRPR");
 
 /// The highest version of the peer protocol this node speaks, and the one its dialer
-/// tries first. Versions share the handshake and the framing around `M`; a version says
-/// which messages the acceptor decodes:
+/// tries first. Versions share the [`PeerHello`] and the framing around `M`:
 ///
-/// - 1: the first release;
-/// - 2: also decodes `EntryBody::OrderedWrite` log entries
-///   (`machine::ORDERED_WRITE_PEER_VERSION`).
+/// - 1: the first release: the hello and one [`PeerHelloReply`];
+/// - 2: the acceptor also decodes `EntryBody::OrderedWrite` log entries
+///   (`machine::ORDERED_WRITE_PEER_VERSION`), and the handshake has a second step
+///   ([`IDENTITY_PEER_VERSION`]): after the hello's `Accepted`, the dialer sends a
+///   [`PeerIdentity`] and the acceptor answers a second [`PeerHelloReply`].
 pub const PEER_PROTOCOL_VERSION: u16 = 2;
+
+/// The first version whose handshake has the [`PeerIdentity`] step.
+pub const IDENTITY_PEER_VERSION: u16 = 2;
 
 /// The lowest version of the peer protocol this node accepts and falls back to.
 pub const MIN_PEER_PROTOCOL_VERSION: u16 = 1;
@@ -24,6 +28,17 @@ pub const MIN_PEER_PROTOCOL_VERSION: u16 = 1;
 /// speaks 1)", so this text is fixed forever: the dialer recognises a version refusal by
 /// it and retries at once with a lower version.
 pub const UNSUPPORTED_VERSION_REFUSAL: &str = "unsupported peer protocol version";
+
+/// How the acceptor's refusal of a dialer whose member list differs from its own begins.
+pub const MEMBERS_REFUSAL: &str = "peer member lists differ";
+
+/// How the acceptor's refusal of a second process that claims a node id already connected
+/// from another live process begins.
+pub const DUPLICATE_NODE_REFUSAL: &str = "two processes claim node id";
+
+/// Most members a cluster may have: the [`PeerIdentity`] frame (16 bytes plus 8 per
+/// member) must fit in the handshake's frame limit (1 KiB).
+pub const MAX_MEMBERS: usize = 100;
 
 /// The first frame on every peer connection, sent by the dialer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +67,43 @@ pub enum PeerHelloReply {
         /// Why, for the dialer's log.
         reason: String,
     },
+}
+
+/// The second frame of the dialer at version [`IDENTITY_PEER_VERSION`] and later, sent
+/// only after the acceptor answered its [`PeerHello`] `Accepted`; the acceptor then
+/// answers a second [`PeerHelloReply`], and only that one's `Accepted` opens the link.
+///
+/// Why after the first `Accepted` and not right behind the hello: an acceptor that speaks
+/// only version 1 refuses the version-2 hello and closes the connection. Had the dialer
+/// already sent this frame, the acceptor would close with unread bytes in its socket,
+/// which makes TCP send a reset instead of an orderly end, and a reset may reach the
+/// dialer before (and on some systems discard) the refusal whose words the fallback to
+/// version 1 depends on. Waiting costs one round trip per connection and leaves nothing
+/// to chance: a version-1 acceptor never receives more than the hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerIdentity {
+    /// The dialer's cluster members, sorted, both ends included; must be the acceptor's.
+    /// Only the ids: nodes may reach each other through different addresses.
+    pub members: Vec<u64>,
+    /// Random, drawn once per transport start (a process start in the server): tells a
+    /// reconnection of the same process from a second process with the same node id.
+    pub incarnation: u64,
+}
+
+impl PeerIdentity {
+    /// The acceptor's member check: `Err(reason)`, beginning with [`MEMBERS_REFUSAL`] and
+    /// naming both lists, if the dialer `from`'s members are not `mine` (sorted) of node
+    /// `me`.
+    pub(super) fn check_members(&self, from: u64, me: u64, mine: &[u64]) -> Result<(), String> {
+        if self.members == mine {
+            return Ok(());
+        }
+        Err(format!(
+            "{MEMBERS_REFUSAL}: node {from} has members {:?}, node {me} has {mine:?}; \
+             every node must list the same member ids",
+            self.members
+        ))
+    }
 }
 
 impl PeerHello {
