@@ -1,6 +1,7 @@
 //! Simulated clients: they speak the protocol to a node (handshake, requests, pushed
 //! messages), keep a session alive, move it to another node when a connection breaks or a
-//! request takes too long (resending every unanswered request with its xid), and run a
+//! request takes too long (resending every unanswered request with its xid, except the
+//! writes they sometimes give up on: see [`SimClient::give_up_writes`]), and run a
 //! random workload: register writes, linearizable reads (sync, then read), plain reads,
 //! sequential and ephemeral creates, leases, and lock cycles (lock, guarded write,
 //! unlock). They record the register operations for the linearizability check and tell
@@ -15,7 +16,23 @@ use corral_protocol::{
     CreateMode, CreateRequest, ErrorCode, ErrorInfo, Hello, HelloReply, LockKind, LockRequest,
     MultiOp, Op, OpResult, Request, Response, ServerMessage, SessionRequest,
 };
+use std::cell::Cell;
 use std::collections::BTreeMap;
+
+thread_local! {
+    /// `SimConfig::give_up_per_mille` for the clients created on this thread (the world
+    /// builds their `ClientCfg` itself; see [`with_give_up`]).
+    static GIVE_UP_PER_MILLE: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Runs `f` (which creates the clients of a run) with the clients' chance of giving up
+/// on writes at `per_mille`. A run is on one thread, like the fault switches.
+pub(super) fn with_give_up<R>(per_mille: u64, f: impl FnOnce() -> R) -> R {
+    let before = GIVE_UP_PER_MILLE.with(|g| g.replace(per_mille));
+    let r = f();
+    GIVE_UP_PER_MILLE.with(|g| g.set(before));
+    r
+}
 
 /// What the network delivers to a client.
 #[derive(Debug, Clone)]
@@ -256,6 +273,11 @@ pub struct SimClient {
     setup_left: Vec<Op>,
     /// For the probe: locks still to acquire.
     probe_left: Vec<String>,
+    /// Chance (per mille) of giving up on writes when the session is resumed.
+    give_up_per_mille: u64,
+    /// Draws of the give-ups (a stream of their own: a run in which no client gives up
+    /// is the run it was before clients could).
+    give_up_rng: SimRng,
     /// Setup finished (for the setup client).
     pub setup_done: bool,
     dropped_on_wind_down: Option<ConnId>,
@@ -349,6 +371,8 @@ impl SimClient {
             next_ping_local: 0,
             setup_left,
             probe_left,
+            give_up_per_mille: GIVE_UP_PER_MILLE.with(|g| g.get()),
+            give_up_rng: SimRng::stream(seed, 2000 + id as u64),
             dropped_on_wind_down: None,
             early_grants: BTreeMap::new(),
             early_losses: BTreeMap::new(),
@@ -942,7 +966,7 @@ impl SimClient {
                 self.conn = None;
                 self.next_connect_us = now + 1_000 + self.rng.range(0, 20_000);
             }
-            ToClient::Hello(HelloReply::Accepted(g)) => self.on_accepted(g, now, &mut out),
+            ToClient::Hello(HelloReply::Accepted(g)) => self.on_accepted(g, now, hist, &mut out),
             ToClient::Hello(HelloReply::Refused(e)) => {
                 out.push(CAction::Note(format!(
                     "c{} refused by n{}: {:?}",
@@ -1010,6 +1034,7 @@ impl SimClient {
         &mut self,
         g: corral_protocol::SessionGranted,
         now: u64,
+        hist: &mut [HistOp],
         out: &mut Vec<CAction>,
     ) {
         let Some(c) = self.conn.as_mut() else {
@@ -1028,6 +1053,7 @@ impl SimClient {
             }));
         }
         self.last_zxid = self.last_zxid.max(g.zxid);
+        let resumed = matches!(&self.session, Some(s) if s.id == g.session_id);
         match &mut self.session {
             Some(s) if s.id == g.session_id => {
                 s.ka_sent_local = s.ka_sent_local.max(sent_local);
@@ -1054,6 +1080,9 @@ impl SimClient {
             self.id, g.session_id, g.next_xid
         )));
         self.next_xid = self.next_xid.max(g.next_xid);
+        if resumed {
+            self.give_up_writes(now, hist, out);
+        }
         // Resend everything unanswered, in xid order, with the same xids.
         let conn = self.conn.as_ref().map_or(0, |c| c.id);
         let local = self.local(now);
@@ -1077,6 +1106,68 @@ impl SimClient {
                 false,
                 out,
             );
+        }
+    }
+
+    /// On resuming the session, sometimes gives up on some unanswered writes instead of
+    /// resending them, as `corral-client` does with a call whose caller stopped waiting
+    /// (its timeout passed, or its future was dropped): at random (`give_up_per_mille`),
+    /// a random non-empty subset of them. A copy may still be on its way to the log (a
+    /// node cut off from the leader keeps resending what it forwarded), so each one's
+    /// outcome is unknown in the history, as when the session is lost; the client goes
+    /// on with new requests, with higher xids.
+    ///
+    /// Only the calls the real client lets go of (`Then::must_complete` in
+    /// `client/src/connection.rs`): register writes, guarded writes, sequential and
+    /// ephemeral creates and deletes. Lock requests, releases and closes are resent until
+    /// answered there too (and the probe's liveness check relies on it); setup creates
+    /// the nodes the workload needs, and leases keep their own bookkeeping. Only while
+    /// working: after the faults heal every request must be answered by its node.
+    fn give_up_writes(&mut self, now: u64, hist: &mut [HistOp], out: &mut Vec<CAction>) {
+        if self.give_up_per_mille == 0 || self.mode != Mode::Active {
+            return;
+        }
+        let candidates: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                matches!(
+                    p.purpose,
+                    Purpose::Write(_) | Purpose::Fenced(_) | Purpose::Create | Purpose::Other
+                )
+            })
+            .map(|(xid, _)| *xid)
+            .collect();
+        if candidates.is_empty() || !self.give_up_rng.chance(self.give_up_per_mille) {
+            return;
+        }
+        let mut chosen: Vec<u64> = candidates
+            .iter()
+            .copied()
+            .filter(|_| self.give_up_rng.chance(500))
+            .collect();
+        if chosen.is_empty() {
+            chosen.push(candidates[0]);
+        }
+        for xid in chosen {
+            let Some(p) = self.pending.remove(&xid) else {
+                continue;
+            };
+            if let Purpose::Write(h) | Purpose::Fenced(h) = p.purpose {
+                // Unknown: it may still be applied, at any time from now on.
+                hist[h].output = None;
+                hist[h].ret_us = None;
+            }
+            out.push(CAction::Note(format!(
+                "c{} gives up on xid {xid} ({}): not resent",
+                self.id,
+                super::check::describe_op(&p.op)
+            )));
+        }
+        if matches!(self.task, Task::Busy) && !self.task_pending() {
+            self.task = Task::Idle {
+                until_us: now + self.give_up_rng.range(0, 30_000),
+            };
         }
     }
 

@@ -36,7 +36,9 @@
 //! - **Clients**: see [`client`]: sessions, keepalives (pings and lease renewals every
 //!   TTL/3 on the client's own clock), xids, resends with the same xid on another node
 //!   after a broken connection or a request unanswered for a while (not after the
-//!   faults heal: then the node must answer), locks under the session or a lease,
+//!   faults heal: then the node must answer), except the writes they give up on when
+//!   they resume their session (`give_up_per_mille`: as a caller's timeout does; the
+//!   writes' outcome stays unknown), locks under the session or a lease,
 //!   guarded writes (`CheckLock` + `SetData` in a multi), sync + read, plain reads,
 //!   sequential and ephemeral creates, session close and abandon. Clients, too, have
 //!   their own clock rate, and can be paused for longer than their lease.
@@ -53,11 +55,12 @@
 //! state, two clients never believing they hold the same lock at the same time (each
 //! client believes until its safe deadline: the send time of its last acknowledged
 //! keepalive + TTL − margin), strictly increasing fencing tokens, retried requests taking
-//! effect at most once, no early session expiry (both on the expiring leader's clock and
-//! against the clients' acknowledged keepalives), clients never going back in time. After
-//! healing: every lock is acquired by a probe client within TTL + 4 elections +
-//! lock-delay + 300 ms, every client request is answered, and the nodes converge to one
-//! state. Both bounds are extended by the longest time a node spent decoding a snapshot
+//! effect at most once, a session's `OrderedWrite`s taking effect in xid order (a write
+//! below one its session executed before must be refused), no early session expiry
+//! (both on the expiring leader's clock and against the clients' acknowledged
+//! keepalives), clients never going back in time. After healing: every lock is acquired
+//! by a probe client within TTL + 4 elections + lock-delay + 300 ms, every client request
+//! is answered, and the nodes converge to one state. Both bounds are extended by the longest time a node spent decoding a snapshot
 //! after the heal (one decode in ten is modelled at up to a second, and a leader that
 //! installs applies nothing meanwhile). At the end the register history (writes, guarded writes, sync + read) is
 //! checked for linearizability with `corral-checker` (Wing–Gong–Lowe, one register per
@@ -268,7 +271,10 @@ impl Report {
 pub fn run(config: &SimConfig) -> Report {
     let started = Instant::now();
     let _switches = crate::faults::set(config.switches);
-    let mut world = world::World::new(config.clone());
+    let mut world = client::with_give_up(config.give_up_per_mille, || {
+        world::World::new(config.clone())
+    });
+    world.checks.order_of_all_writes = config.check_order_of_all_writes;
     world.run();
     let mut stats = world.stats.clone();
     stats.entries = world.checks.entries;

@@ -223,6 +223,17 @@ pub struct SimConfig {
     pub pass_inputs: usize,
     /// A pass that has not reached `pass_inputs` ends within this many µs of opening.
     pub pass_window_us: u64,
+    /// Chance (per mille) that a workload client, resuming its session after its
+    /// connection broke, gives up on some of its unanswered writes instead of resending
+    /// them, as `corral-client` does with a call whose caller timed out or went away:
+    /// their outcome stays unknown, and the client goes on with higher xids (0: never).
+    pub give_up_per_mille: u64,
+    /// The session write order check (`check.rs`) also holds plain `Write` entries to
+    /// their session's xid order, which only `OrderedWrite` entries promise: it then
+    /// reports the reordering that `Write` entries allow (a demonstration, not a check).
+    /// Nodes propose `Write` entries only while a link is below peer protocol 2, which
+    /// the simulated links are not (they speak `PEER_PROTOCOL_VERSION`).
+    pub check_order_of_all_writes: bool,
 }
 
 impl SimConfig {
@@ -272,6 +283,14 @@ impl SimConfig {
                 pass_rng.range_incl(0, 500),
             )
         };
+        // A stream of its own too, so that the rest of the seed's run stays as it was
+        // before clients gave up on writes.
+        let mut give_up_rng = SimRng::stream(seed, 5);
+        let give_up_per_mille = if give_up_rng.chance(250) {
+            0
+        } else {
+            give_up_rng.range_incl(100, 700)
+        };
         SimConfig {
             seed,
             nodes,
@@ -303,6 +322,8 @@ impl SimConfig {
             renew_on_any_answer: false,
             pass_inputs,
             pass_window_us,
+            give_up_per_mille,
+            check_order_of_all_writes: false,
         }
     }
 
