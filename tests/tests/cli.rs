@@ -565,3 +565,160 @@ fn status_fails_unless_every_server_answers() {
         "{r:?}"
     );
 }
+
+/// A fake admin endpoint on loopback for one request: it reads the request, writes
+/// `answer`, then keeps the connection open without sending more until the client
+/// closes it (bounded by a read timeout). Returns its address.
+fn fake_admin(answer: Vec<u8>) -> String {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        let _ = conn.set_read_timeout(Some(COMMAND_TIMEOUT));
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 64 * 1024 {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = conn.write_all(&answer);
+        // Until the client goes away.
+        let _ = conn.read(&mut buf);
+    });
+    addr
+}
+
+/// An HTTP answer with a complete body.
+fn http_answer(status: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A 200 that promises a 1000-byte backup, sends its first 40 bytes, then nothing.
+fn stalled_backup_answer() -> Vec<u8> {
+    let mut answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 1000\r\n\r\nCORRALBK".to_vec();
+    answer.extend_from_slice(&[0u8; 32]);
+    answer
+}
+
+/// `snapshot save` gives up on an answer that stops sending (it used to wait forever),
+/// with an error that says so, and leaves no file behind: the previous backup at the
+/// destination stays as it was, and no FILE.tmp.
+#[test]
+fn snapshot_save_gives_up_on_a_stalled_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("corral.backup");
+    std::fs::write(&file, b"the previous backup").expect("write");
+    let stalled = fake_admin(stalled_backup_answer());
+    let started = Instant::now();
+    let r = run_raw(
+        &[
+            "snapshot",
+            "save",
+            "--admin",
+            &stalled,
+            "--stall-timeout",
+            "1s",
+            file.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    );
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(
+        r.stderr.contains(&stalled) && r.stderr.contains("stalled (no data for 1s)"),
+        "{r:?}"
+    );
+    assert!(started.elapsed() < COMMAND_TIMEOUT, "{r:?}");
+    assert_eq!(
+        std::fs::read(&file).expect("read"),
+        b"the previous backup",
+        "the destination is untouched"
+    );
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, ["corral.backup"], "no partial file is left");
+}
+
+/// `snapshot save` tries the next server when one is busy (429), unavailable (503),
+/// unreachable or stalls (it used to fail on the first), and reports each on stderr.
+#[test]
+fn snapshot_save_falls_back_to_the_next_server() {
+    let server = TestServer::start(&[]);
+    ctl(&server, &["create", "/saved", "yes"]).ok();
+    let busy = fake_admin(http_answer(
+        "429 Too Many Requests",
+        "a backup is being taken; try again\n",
+    ));
+    let unavailable = fake_admin(http_answer(
+        "503 Service Unavailable",
+        "the node core did not answer in time\n",
+    ));
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let stalled = fake_admin(stalled_backup_answer());
+    let real = server.admin_addr();
+    let list = [busy.as_str(), &unavailable, &closed, &stalled, &real].join(",");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("corral.backup");
+    let v = {
+        let r = run_raw(
+            &[
+                "--json",
+                "snapshot",
+                "save",
+                "--admin",
+                &list,
+                "--stall-timeout",
+                "1s",
+                file.to_str().expect("utf-8 path"),
+            ],
+            &[],
+        );
+        for (addr, why) in [
+            (&busy, "answered 429"),
+            (&unavailable, "answered 503"),
+            (&closed, "cannot reach it"),
+            (&stalled, "the body stalled"),
+        ] {
+            assert!(
+                r.stderr.contains(&format!("{addr}: {why}")) && r.stderr.contains("next server"),
+                "{addr} {why}: {r:?}"
+            );
+        }
+        r.json()
+    };
+    assert_eq!(v["admin"], Value::String(real.clone()), "{v}");
+    let saved = std::fs::read(&file).expect("the backup");
+    assert!(saved.starts_with(b"CORRALBK"));
+    assert_eq!(v["bytes"].as_u64(), Some(saved.len() as u64), "{v}");
+    assert!(!dir.path().join("corral.backup.tmp").exists());
+
+    // When every server fails, the error lists them all.
+    let r = run_raw(
+        &[
+            "snapshot",
+            "save",
+            "--admin",
+            &closed,
+            file.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    );
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(
+        r.stderr.contains("no server sent a backup") && r.stderr.contains(&closed),
+        "{r:?}"
+    );
+}

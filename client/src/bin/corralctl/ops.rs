@@ -3,7 +3,8 @@
 
 use corral_client::{Client, ClientConfig, Error};
 use corral_protocol::{Role, ServerStatus};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,6 +14,19 @@ const SERVER_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_MAX_BACKUP_BYTES: u64 = 4 << 30;
 /// The first bytes of a backup file (see the server's `backup` module).
 const BACKUP_MAGIC: &[u8; 8] = b"CORRALBK";
+/// Bytes of a backup file's header: magic, format version, zxid, image length, CRC-32.
+const BACKUP_HEADER_BYTES: usize = 8 + 4 + 8 + 8 + 4;
+/// Most bytes of a refusal's body shown in a message.
+const REFUSAL_BYTES: u64 = 4096;
+
+/// A positive duration (`--stall-timeout`).
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let d = super::duration::parse_duration(text)?;
+    if d.is_zero() {
+        return Err(String::from("must be more than 0"));
+    }
+    Ok(d)
+}
 
 /// `corralctl snapshot ...`
 #[derive(Debug, clap::Subcommand)]
@@ -20,17 +34,28 @@ pub enum SnapshotCommand {
     /// Save a backup of the state (the image a server has applied, at one zxid) to FILE.
     ///
     /// Asks the servers for their admin endpoint (or uses --admin) and downloads
-    /// /snapshot from the leader if it answers, else from the first server that does.
+    /// /snapshot from the leader first, then from the other servers that answered, in
+    /// the order of -s: a server that cannot be reached, answers 429 (a backup is being
+    /// taken there) or 503 (its core is busy or starting), or whose answer stalls or
+    /// breaks off, is reported on stderr and the next one is tried. Exits 1 when none
+    /// sent a backup, or at once on a refusal that another server would repeat (too
+    /// large, not a backup, FILE not writable). FILE is replaced only by a complete
+    /// backup: it is written to FILE.tmp (removed on failure), fsynced and renamed.
     /// Restore with `corral restore --from FILE --data-dir DIR` (docs/OPERATIONS.md).
     Save {
         /// Where to write the backup (written to FILE.tmp, then renamed).
         file: PathBuf,
-        /// Admin endpoint (host:port) to download from, instead of asking the servers.
+        /// Admin endpoints (host:port, comma-separated) to download from, tried in this
+        /// order, instead of asking the servers.
         #[arg(long)]
         admin: Option<String>,
         /// Refuse a backup larger than this many bytes.
         #[arg(long, default_value_t = DEFAULT_MAX_BACKUP_BYTES)]
         max_bytes: u64,
+        /// Give up on a server whose answer brings no byte for this long (then try
+        /// the next one). The server gives up on a reader that takes nothing for 30 s.
+        #[arg(long, value_parser = positive_duration, default_value = "30s")]
+        stall_timeout: Duration,
     },
 }
 
@@ -259,6 +284,129 @@ pub async fn health(servers: &str, json: bool) -> Result<ExitCode, Error> {
     })
 }
 
+/// The admin endpoints to download a backup from, in order: the leader's (or a single
+/// node's) first, then the others in the order of -s.
+fn admin_candidates(rows: &[Row]) -> Vec<String> {
+    let mut answered: Vec<&ServerStatus> = rows.iter().filter_map(|r| r.status.as_ref()).collect();
+    // Stable: the followers keep the order of -s.
+    answered.sort_by_key(|s| !matches!(s.role, Role::Leader | Role::Standalone));
+    let mut out: Vec<String> = Vec::new();
+    for admin in answered.iter().filter_map(|s| s.admin_addr.as_ref()) {
+        if !out.contains(admin) {
+            out.push(admin.clone());
+        }
+    }
+    out
+}
+
+/// Why one server did not give a backup.
+#[derive(Debug)]
+enum Failure {
+    /// Worth asking the next server: unreachable, busy (429), unavailable (503), or its
+    /// answer stalled or broke off.
+    Next(String),
+    /// Another server would fail the same way (or the fault is here).
+    Stop(String),
+}
+
+/// A temporary file removed when dropped, unless kept.
+struct TmpFile {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A saved backup.
+struct Saved {
+    zxid: u64,
+    bytes: u64,
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+/// Downloads `/snapshot` from `admin` into `tmp` (then renamed to `file`).
+async fn download(
+    admin: &str,
+    file: &Path,
+    tmp: &Path,
+    max_bytes: u64,
+    stall_timeout: Duration,
+) -> Result<Saved, Failure> {
+    let mut answer = corral_client::admin::get_stream(admin, "/snapshot", stall_timeout)
+        .await
+        .map_err(|e| Failure::Next(format!("cannot reach it: {e}")))?;
+    if answer.status != 200 {
+        let status = answer.status;
+        let text = match answer.read_all(REFUSAL_BYTES).await {
+            Ok(r) => r.text().trim().to_string(),
+            Err(e) => e.to_string(),
+        };
+        let why = format!("answered {status}: {text}");
+        return Err(match status {
+            429 | 503 => Failure::Next(why),
+            _ => Failure::Stop(why),
+        });
+    }
+    let local = |e: std::io::Error| Failure::Stop(format!("{}: {e}", tmp.display()));
+    let mut out = TmpFile {
+        path: tmp.to_path_buf(),
+        kept: false,
+    };
+    let mut writer = std::fs::File::create(tmp).map_err(local)?;
+    let mut header = Vec::with_capacity(BACKUP_HEADER_BYTES);
+    let mut bytes = 0u64;
+    loop {
+        let piece = match answer.next_piece().await {
+            Ok(Some(piece)) => piece,
+            Ok(None) => break,
+            Err(e) => return Err(Failure::Next(format!("{e} after {bytes} bytes"))),
+        };
+        bytes += piece.len() as u64;
+        if bytes > max_bytes {
+            return Err(Failure::Stop(format!(
+                "the backup exceeds --max-bytes {max_bytes}"
+            )));
+        }
+        let wanted = BACKUP_HEADER_BYTES.saturating_sub(header.len());
+        header.extend_from_slice(&piece[..wanted.min(piece.len())]);
+        writer.write_all(&piece).map_err(local)?;
+    }
+    if header.len() < BACKUP_HEADER_BYTES || &header[..8] != BACKUP_MAGIC {
+        return Err(Failure::Stop(String::from("it did not send a backup")));
+    }
+    let zxid = le_u64(&header[12..]);
+    let expected = BACKUP_HEADER_BYTES as u64 + le_u64(&header[20..]);
+    if bytes != expected {
+        return Err(Failure::Next(format!(
+            "the backup is cut short: {bytes} of {expected} bytes"
+        )));
+    }
+    writer.sync_all().map_err(local)?;
+    drop(writer);
+    std::fs::rename(tmp, file).map_err(|e| Failure::Stop(format!("{}: {e}", file.display())))?;
+    out.kept = true;
+    // The new name is durable once its directory is: "saved" must survive a power cut.
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Failure::Stop(format!("{}: {e}", dir.display())))?;
+    Ok(Saved { zxid, bytes })
+}
+
 /// `corralctl snapshot save`.
 pub async fn snapshot(
     servers: &str,
@@ -269,65 +417,64 @@ pub async fn snapshot(
         file,
         admin,
         max_bytes,
+        stall_timeout,
     } = command;
-    let admin = match admin {
-        Some(a) => a,
-        None => {
-            let rows = survey(servers).await;
-            let mut answered: Vec<&ServerStatus> =
-                rows.iter().filter_map(|r| r.status.as_ref()).collect();
-            answered.sort_by_key(|s| !matches!(s.role, Role::Leader | Role::Standalone));
-            answered
-                .iter()
-                .find_map(|s| s.admin_addr.clone())
-                .ok_or_else(|| {
-                    Error::Protocol(String::from(
-                        "no server answered with an admin endpoint (use --admin)",
-                    ))
-                })?
-        }
+    let candidates = match admin {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(String::from)
+            .collect(),
+        None => admin_candidates(&survey(servers).await),
     };
-    let response = corral_client::admin::get(&admin, "/snapshot", max_bytes).await?;
-    if response.status != 200 {
-        return Err(Error::Protocol(format!(
-            "{admin}/snapshot answered {}: {}",
-            response.status,
-            response.text().trim()
-        )));
+    if candidates.is_empty() {
+        eprintln!(
+            "corralctl: snapshot save: no server answered with an admin endpoint (use --admin)"
+        );
+        return Ok(ExitCode::from(1));
     }
-    let body = response.body;
-    if body.len() < 20 || &body[..8] != BACKUP_MAGIC {
-        return Err(Error::Protocol(format!(
-            "{admin}/snapshot did not send a backup"
-        )));
-    }
-    let mut zxid_bytes = [0u8; 8];
-    zxid_bytes.copy_from_slice(&body[12..20]);
-    let zxid = u64::from_le_bytes(zxid_bytes);
     let mut tmp = file.clone().into_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, &body)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &file)?;
-    // The new name is durable once its directory is: "saved" must survive a power cut.
-    let dir = match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
-    };
-    std::fs::File::open(dir)?.sync_all()?;
-    if json {
-        super::emit(
-            serde_json::json!({"file": file.display().to_string(), "zxid": zxid, "bytes": body.len(), "admin": admin}),
-        )?;
-    } else {
-        super::emit(format!(
-            "saved backup at zxid {zxid} ({} bytes) from {admin} to {}",
-            body.len(),
-            file.display()
-        ))?;
+    let mut failures = Vec::new();
+    for (i, admin) in candidates.iter().enumerate() {
+        match download(admin, &file, &tmp, max_bytes, stall_timeout).await {
+            Ok(saved) => {
+                if json {
+                    super::emit(serde_json::json!({
+                        "file": file.display().to_string(),
+                        "zxid": saved.zxid,
+                        "bytes": saved.bytes,
+                        "admin": admin,
+                    }))?;
+                } else {
+                    super::emit(format!(
+                        "saved backup at zxid {} ({} bytes) from {admin} to {}",
+                        saved.zxid,
+                        saved.bytes,
+                        file.display()
+                    ))?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(Failure::Stop(why)) => {
+                eprintln!("corralctl: snapshot save: {admin}: {why}");
+                return Ok(ExitCode::from(1));
+            }
+            Err(Failure::Next(why)) => {
+                if i + 1 < candidates.len() {
+                    eprintln!("corralctl: snapshot save: {admin}: {why}; trying the next server");
+                }
+                failures.push(format!("{admin}: {why}"));
+            }
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    eprintln!(
+        "corralctl: snapshot save: no server sent a backup ({})",
+        failures.join("; ")
+    );
+    Ok(ExitCode::from(1))
 }
 
 #[cfg(test)]
@@ -359,6 +506,27 @@ mod tests {
             }),
             error: ready.is_none().then(|| String::from("connection refused")),
         }
+    }
+
+    #[test]
+    fn backups_come_from_the_leader_first_then_the_others_in_order() {
+        let with = |address: &str, role: Role, admin: Option<&str>| {
+            let mut r = row(address, Some(true));
+            if let Some(s) = r.status.as_mut() {
+                s.role = role;
+                s.admin_addr = admin.map(String::from);
+            }
+            r
+        };
+        let rows = [
+            with("a", Role::Follower, Some("a:1")),
+            row("b", None),
+            with("c", Role::Candidate, None),
+            with("d", Role::Follower, Some("d:1")),
+            with("e", Role::Leader, Some("e:1")),
+        ];
+        assert_eq!(admin_candidates(&rows), ["e:1", "a:1", "d:1"]);
+        assert!(admin_candidates(&[row("b", None)]).is_empty());
     }
 
     #[test]
