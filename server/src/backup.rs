@@ -9,6 +9,21 @@
 //! A restored node starts from the image as if it had applied every entry up to its
 //! zxid: new entries get zxids (and fencing tokens) above it. Sessions in the image get
 //! a full TTL when the node starts and expire unless their clients resume them.
+//!
+//! # An interrupted restore
+//!
+//! A restore that stops half-way (killed, power cut, full disk) must leave a directory
+//! that start refuses and that a second restore takes over:
+//!
+//! - A single node's restore writes the snapshot (a temporary file renamed into place)
+//!   and then the empty log that continues after it. Until the log exists, start
+//!   refuses the directory (the log does not reach the snapshot); before the snapshot
+//!   is in place there is nothing of the image to start from. A second restore replaces
+//!   a directory that holds nothing but this backup's snapshot, temporary snapshot
+//!   files and log segments without a record ([`holds_only_this_restore`]): whatever
+//!   state it is in, no node has written to it, so nothing is lost.
+//! - A cluster member's restore builds its `paxos/` under [`PAXOS_STAGING`] and renames
+//!   it into place at the end; a second restore removes a leftover staging directory.
 
 use crate::config::Config;
 use crate::machine::{MachineImage, MachineLimits, StateMachine};
@@ -20,6 +35,10 @@ pub const MAGIC: &[u8; 8] = b"CORRALBK";
 pub const FORMAT_VERSION: u32 = 1;
 /// Bytes before the image.
 pub const HEADER_BYTES: usize = 8 + 4 + 8 + 8 + 4;
+/// Where a cluster member's restore builds its `paxos/` directory before renaming it
+/// into place (inside the data directory: the same file system, even when the data
+/// directory is a mount point).
+pub const PAXOS_STAGING: &str = "paxos.restoring";
 
 /// Why a backup cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +49,10 @@ pub enum BackupError {
     Decode(String),
     #[error("{0}")]
     Io(String),
-    #[error("the data directory {0} is not empty: restore only into a new or empty directory")]
+    #[error(
+        "the data directory {0} is not empty: restore only into a new or empty directory \
+         (or one that holds nothing but an unfinished restore of the same backup)"
+    )]
     NotEmpty(String),
     #[error("{0}")]
     Storage(String),
@@ -116,10 +138,130 @@ pub fn is_empty_dir(dir: &Path) -> Result<bool, BackupError> {
     }
 }
 
-/// Writes the backup `from` into `config.data_dir`, which must be missing or empty, as
-/// the data directory of the node `config` describes (a single node, or a member of the
-/// cluster in `config.peers`). Returns the zxid of the image. Start the node normally
-/// afterwards; in a cluster, restore the same backup on every member first.
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
+    move |e| BackupError::Io(format!("{}: {e}", path.display()))
+}
+
+/// Whether `dir` holds nothing but (part of) what restoring a single node from this
+/// backup writes, and no log record: entries `snapshots/` and `wal/` only; in
+/// `snapshots/`, the snapshot at `zxid` holding exactly `image`, and temporary snapshot
+/// files; in `wal/`, log segments of zero bytes only (an empty log, or one a refused
+/// start created). No node has written to such a directory (every write is a log
+/// record, and a snapshot of any other state differs from the image), so replacing it
+/// with the restore loses nothing. Anything else, even a symbolic link, is not ours.
+pub fn holds_only_this_restore(dir: &Path, zxid: u64, image: &[u8]) -> Result<bool, BackupError> {
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        let path = entry.path();
+        let is_dir = entry.file_type().map_err(io_error(&path))?.is_dir();
+        let ours = match entry.file_name().to_str() {
+            Some("snapshots") if is_dir => snapshots_hold_only(&path, zxid, image)?,
+            Some("wal") if is_dir => log_has_no_record(&path)?,
+            _ => false,
+        };
+        if !ours {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn snapshots_hold_only(dir: &Path, zxid: u64, image: &[u8]) -> Result<bool, BackupError> {
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        if !entry.file_type().map_err(io_error(dir))?.is_file() {
+            return Ok(false);
+        }
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Ok(false);
+        };
+        let Some(rest) = name.strip_prefix("snap-") else {
+            return Ok(false);
+        };
+        if rest.ends_with(".tmp") {
+            continue;
+        }
+        let index = rest
+            .strip_suffix(".bin")
+            .and_then(|d| d.parse::<u64>().ok());
+        if index != Some(zxid) {
+            return Ok(false);
+        }
+        match crate::snapshot::load_on(&crate::disk::Disk::Real, dir, zxid) {
+            Ok(snapshot) if snapshot.data == image => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+fn log_has_no_record(dir: &Path) -> Result<bool, BackupError> {
+    use std::io::Read;
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let segment = name
+            .to_str()
+            .is_some_and(|n| n.starts_with("wal-") && n.ends_with(".log"));
+        if !segment || !entry.file_type().map_err(io_error(&path))?.is_file() {
+            return Ok(false);
+        }
+        // Zeros are room a log writes ahead of its end; a record is never all zeros.
+        let mut file = std::fs::File::open(&path).map_err(io_error(&path))?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file.read(&mut buf).map_err(io_error(&path))?;
+            if n == 0 {
+                break;
+            }
+            if buf[..n].iter().any(|b| *b != 0) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Whether `dir` holds nothing but a cluster member's unfinished restore: the staging
+/// directory [`PAXOS_STAGING`].
+fn holds_only_a_staged_restore(dir: &Path) -> Result<bool, BackupError> {
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        let is_dir = entry.file_type().map_err(io_error(dir))?.is_dir();
+        if !(is_dir && entry.file_name() == PAXOS_STAGING) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Removes what an unfinished restore left in `dir` (which holds nothing else).
+fn remove_unfinished_restore(dir: &Path) -> Result<(), BackupError> {
+    for name in ["wal", "snapshots", PAXOS_STAGING] {
+        let path = dir.join(name);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(&path)(e)),
+        }
+    }
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), BackupError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
+}
+
+/// Writes the backup `from` into `config.data_dir`, which must be missing or empty (or
+/// hold nothing but an unfinished restore of the same backup, which is replaced: see
+/// the module documentation), as the data directory of the node `config` describes (a
+/// single node, or a member of the cluster in `config.peers`). Returns the zxid of the
+/// image. Start the node normally afterwards; in a cluster, restore the same backup on
+/// every member first.
 pub fn restore(config: &Config, from: &Path) -> Result<u64, BackupError> {
     let limits = MachineLimits {
         max_data_bytes: config.max_data_bytes,
@@ -129,15 +271,24 @@ pub fn restore(config: &Config, from: &Path) -> Result<u64, BackupError> {
         std::fs::read(from).map_err(|e| BackupError::Io(format!("{}: {e}", from.display())))?;
     let machine = decode(&bytes, limits)?;
     let dir = &config.data_dir;
-    if !is_empty_dir(dir)? {
-        return Err(BackupError::NotEmpty(dir.display().to_string()));
-    }
     let zxid = machine.last_zxid();
+    let image = &bytes[HEADER_BYTES..];
     let storage = |e: &dyn std::fmt::Display| BackupError::Storage(e.to_string());
     let members = config.peer_map().map_err(|e| storage(&e))?;
+    if !is_empty_dir(dir)? {
+        let ours = if members.is_empty() {
+            holds_only_this_restore(dir, zxid, image)?
+        } else {
+            holds_only_a_staged_restore(dir)?
+        };
+        if !ours {
+            return Err(BackupError::NotEmpty(dir.display().to_string()));
+        }
+        remove_unfinished_restore(dir)?;
+    }
     if members.is_empty() {
-        // A snapshot at the image's zxid and an empty log that continues after it.
-        let image = &bytes[HEADER_BYTES..];
+        // A snapshot at the image's zxid, then an empty log that continues after it (in
+        // this order: a snapshot without its log is refused by start).
         crate::snapshot::save(
             &crate::storage::snapshot_dir(dir),
             zxid,
@@ -147,7 +298,8 @@ pub fn restore(config: &Config, from: &Path) -> Result<u64, BackupError> {
         .map_err(|e| storage(&e))?;
         crate::wal::create_empty_at(&dir.join("wal"), zxid + 1, true).map_err(|e| storage(&e))?;
     } else {
-        // OmniPaxos storage whose log is compacted up to the image and decided there.
+        // OmniPaxos storage whose log is compacted up to the image and decided there,
+        // built under a temporary name and renamed into place once durable.
         use crate::replication::storage::{MachineSnapshot, PaxosStorage};
         use omnipaxos::storage::{Storage, StorageOp};
         let options = crate::wal::WalOptions {
@@ -155,8 +307,8 @@ pub fn restore(config: &Config, from: &Path) -> Result<u64, BackupError> {
             fsync: true,
             preallocate_bytes: crate::wal::DEFAULT_PREALLOCATE_BYTES,
         };
-        let mut s =
-            PaxosStorage::open(&dir.join("paxos"), options, limits).map_err(|e| storage(&e))?;
+        let staging = dir.join(PAXOS_STAGING);
+        let mut s = PaxosStorage::open(&staging, options, limits).map_err(|e| storage(&e))?;
         let snapshot = MachineSnapshot::from_machine(&machine).map_err(|e| storage(&e))?;
         let idx = zxid as usize;
         s.write_atomically(vec![
@@ -167,6 +319,91 @@ pub fn restore(config: &Config, from: &Path) -> Result<u64, BackupError> {
         ])
         .map_err(|e| storage(&format!("{e:?}")))?;
         s.sync().map_err(|e| storage(&e))?;
+        drop(s);
+        let paxos = dir.join("paxos");
+        std::fs::rename(&staging, &paxos).map_err(io_error(&paxos))?;
+        sync_dir(dir)?;
     }
     Ok(zxid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(dir: &Path, peers: &[&str]) -> Config {
+        let mut args = vec!["corral", "--data-dir"];
+        let dir = dir.to_str().expect("utf-8 path");
+        args.push(dir);
+        args.extend_from_slice(peers);
+        Config::load(crate::config::Cli::parse_from(args)).expect("valid settings")
+    }
+
+    fn backup_file(dir: &Path) -> std::path::PathBuf {
+        let file = dir.join("backup");
+        let bytes = encode(&StateMachine::new(MachineLimits::default())).expect("encode");
+        std::fs::write(&file, bytes).expect("write");
+        file
+    }
+
+    #[test]
+    fn only_an_untouched_restore_of_the_same_backup_is_replaced() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = backup_file(tmp.path());
+        let bytes = std::fs::read(&file).expect("read");
+        let image = &bytes[HEADER_BYTES..];
+        let data = tmp.path().join("data");
+        let config = config(&data, &[]);
+        restore(&config, &file).expect("restore");
+        assert!(holds_only_this_restore(&data, 0, image).expect("check"));
+        // Again over its own work: replaced.
+        restore(&config, &file).expect("restore over a restore nobody wrote to");
+
+        // A log record (any byte that is not room) means a node wrote: refused.
+        let segment = std::fs::read_dir(data.join("wal"))
+            .expect("wal")
+            .next()
+            .expect("a segment")
+            .expect("entry")
+            .path();
+        std::fs::write(&segment, [0, 0, 7, 0]).expect("write");
+        assert!(!holds_only_this_restore(&data, 0, image).expect("check"));
+        assert!(matches!(
+            restore(&config, &file),
+            Err(BackupError::NotEmpty(_))
+        ));
+        std::fs::write(&segment, [0u8; 16]).expect("write");
+        assert!(holds_only_this_restore(&data, 0, image).expect("check"));
+
+        // Another image, another snapshot index, or a file of someone else: refused.
+        assert!(!holds_only_this_restore(&data, 0, b"another image").expect("check"));
+        assert!(!holds_only_this_restore(&data, 5, image).expect("check"));
+        std::fs::write(data.join("notes.txt"), b"mine").expect("write");
+        assert!(!holds_only_this_restore(&data, 0, image).expect("check"));
+        assert!(matches!(
+            restore(&config, &file),
+            Err(BackupError::NotEmpty(_))
+        ));
+    }
+
+    #[test]
+    fn a_member_restore_replaces_its_leftover_staging_directory_only() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = backup_file(tmp.path());
+        let data = tmp.path().join("data");
+        let config = config(
+            &data,
+            &["--node-id", "1", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2"],
+        );
+        std::fs::create_dir_all(data.join(PAXOS_STAGING)).expect("mkdir");
+        std::fs::write(data.join(PAXOS_STAGING).join("wal-x.log"), b"half").expect("write");
+        restore(&config, &file).expect("restore over an unfinished one");
+        assert!(data.join("paxos").is_dir());
+        assert!(!data.join(PAXOS_STAGING).exists());
+        assert!(matches!(
+            restore(&config, &file),
+            Err(BackupError::NotEmpty(_))
+        ));
+    }
 }
