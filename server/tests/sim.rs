@@ -148,6 +148,38 @@ fn sim_soak() {
     run_seeds("sim_soak", sim::seeds_from_env(1_000_000, 2_000));
 }
 
+/// Rolling upgrades: nodes that start as servers of peer protocol 1 (client writes
+/// proposed as `Write`) and are upgraded one by one during the faults end up proposing
+/// `OrderedWrite`s; both kinds share the log, and every check holds across the switch.
+#[test]
+fn rolling_upgrades_switch_to_ordered_writes() {
+    let mut both = 0;
+    let mut count = 0;
+    for seed in sim::seeds_from_env(11, 16) {
+        let mut c = configure(seed);
+        if c.nodes == 1 {
+            continue;
+        }
+        count += 1;
+        c.upgrade_at_ms = Some(300 + seed % 7 * 300);
+        let r = sim::run(&c);
+        assert!(
+            !r.failed(),
+            "{}",
+            r.describe("rolling_upgrades_switch_to_ordered_writes")
+        );
+        let (old, ordered) = r.stats.writes;
+        println!("seed {seed}: {old} writes, then {ordered} ordered writes");
+        if old > 0 && ordered > 0 {
+            both += 1;
+        }
+    }
+    assert!(
+        both * 2 >= count,
+        "only {both} of {count} runs had both kinds of writes"
+    );
+}
+
 /// The same configuration gives the same run: trace, events, verdict.
 #[test]
 fn sim_replay_is_identical() {
@@ -451,6 +483,7 @@ fn passes_gather_replication_messages() {
         let per_entry = |pass_inputs: usize, pass_window_us: u64| {
             let mut c = configure(seed);
             c.mix = FaultMix::none();
+            c.upgrade_at_ms = None;
             c.clients = 16;
             c.pass_inputs = pass_inputs;
             c.pass_window_us = pass_window_us;
@@ -471,11 +504,12 @@ fn passes_gather_replication_messages() {
 
 /// A pinned seed's configuration as it was when its bug was found: each input is its
 /// core's whole pass (seeds drawn before passes were simulated kept their schedule).
-/// Clients did not give up on writes then either.
+/// Clients did not give up on writes then either, nor were nodes upgraded during a run.
 fn as_found(mut c: SimConfig) -> SimConfig {
     c.pass_inputs = 1;
     c.pass_window_us = 0;
     c.give_up_per_mille = 0;
+    c.upgrade_at_ms = None;
     c
 }
 
@@ -799,6 +833,7 @@ fn slow_disks_do_not_depose_a_healthy_leader() {
     for seed in sim::seeds_from_env(500, 6) {
         let mut c = configure(seed);
         c.mix = FaultMix::none();
+        c.upgrade_at_ms = None;
         c.disk.latency_min_us = c.election_ms * 1000 * 6 / 10;
         c.disk.latency_max_us = c.election_ms * 1000 * 9 / 10;
         c.disk.crash_in_sync_per_mille = 0;
@@ -906,6 +941,7 @@ fn pinned_in_passes(
     );
     c.skip_faults = skip.collect();
     c.give_up_per_mille = 0;
+    c.upgrade_at_ms = None;
     let r = sim::run(&c);
     assert!(!r.failed(), "{}", r.describe(test));
 }

@@ -288,6 +288,8 @@ pub struct Checks {
     pub order_of_all_writes: bool,
     /// Counters for the report.
     pub entries: u64,
+    /// Client writes in the decided log as `Write` and as `OrderedWrite`.
+    pub writes: (u64, u64),
     /// State hashes compared.
     pub hash_checks: u64,
     /// Acknowledged writes.
@@ -361,6 +363,11 @@ impl Checks {
             },
         );
         self.entries += 1;
+        match &*entry.body {
+            EntryBody::Write { .. } => self.writes.0 += 1,
+            EntryBody::OrderedWrite { .. } => self.writes.1 += 1,
+            _ => {}
+        }
         self.max_zxid = self.max_zxid.max(zxid);
     }
 

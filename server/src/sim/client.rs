@@ -16,23 +16,7 @@ use corral_protocol::{
     CreateMode, CreateRequest, ErrorCode, ErrorInfo, Hello, HelloReply, LockKind, LockRequest,
     MultiOp, Op, OpResult, Request, Response, ServerMessage, SessionRequest,
 };
-use std::cell::Cell;
 use std::collections::BTreeMap;
-
-thread_local! {
-    /// `SimConfig::give_up_per_mille` for the clients created on this thread (the world
-    /// builds their `ClientCfg` itself; see [`with_give_up`]).
-    static GIVE_UP_PER_MILLE: Cell<u64> = const { Cell::new(0) };
-}
-
-/// Runs `f` (which creates the clients of a run) with the clients' chance of giving up
-/// on writes at `per_mille`. A run is on one thread, like the fault switches.
-pub(super) fn with_give_up<R>(per_mille: u64, f: impl FnOnce() -> R) -> R {
-    let before = GIVE_UP_PER_MILLE.with(|g| g.replace(per_mille));
-    let r = f();
-    GIVE_UP_PER_MILLE.with(|g| g.set(before));
-    r
-}
 
 /// What the network delivers to a client.
 #[derive(Debug, Clone)]
@@ -122,6 +106,8 @@ pub struct ClientCfg {
     /// Every successful answer renews the session in the client's view, not only
     /// keepalives (what `corral-client` did before it was fixed).
     pub renew_on_any_answer: bool,
+    /// `SimConfig::give_up_per_mille` (workload clients).
+    pub give_up_per_mille: u64,
 }
 
 /// What a client does.
@@ -322,6 +308,7 @@ fn indeterminate(e: &ErrorInfo) -> bool {
 impl SimClient {
     /// A client.
     pub fn new(id: usize, role: Role, cfg: ClientCfg, seed: u64) -> SimClient {
+        let give_up_per_mille = cfg.give_up_per_mille;
         let mut rng = SimRng::stream(seed, 1000 + id as u64);
         let node_cursor = rng.range(0, cfg.nodes);
         let mut setup_left = Vec::new();
@@ -371,7 +358,7 @@ impl SimClient {
             next_ping_local: 0,
             setup_left,
             probe_left,
-            give_up_per_mille: GIVE_UP_PER_MILLE.with(|g| g.get()),
+            give_up_per_mille,
             give_up_rng: SimRng::stream(seed, 2000 + id as u64),
             dropped_on_wind_down: None,
             early_grants: BTreeMap::new(),

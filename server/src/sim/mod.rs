@@ -45,6 +45,12 @@
 //! - **Faults**: a plan drawn from the seed ([`SimConfig::plan`]): partitions, crashes of
 //!   one node or of all, pauses of nodes and clients, broken client connections, and
 //!   (off by default) wiped disks. After `fault_ms` everything heals.
+//! - **Rolling upgrades**: in a quarter of the seeds (`upgrade_at_ms`) the nodes start
+//!   as servers of peer protocol 1, whose links make every node propose client writes as
+//!   `Write`, and are upgraded one after another: their links come back at version 2
+//!   between upgraded nodes, and once a node's links to every other member are at 2 it
+//!   proposes `OrderedWrite`. Both kinds then share one log, replayed by restarts and
+//!   carried by snapshots.
 //!
 //! # What is checked
 //!
@@ -163,6 +169,8 @@ pub struct Stats {
     pub leader_changes: u64,
     /// Entries in the decided log.
     pub entries: u64,
+    /// Of them, client writes as `Write` and as `OrderedWrite`.
+    pub writes: (u64, u64),
     /// Writes acknowledged to clients.
     pub acked: u64,
     /// State hashes compared.
@@ -234,7 +242,7 @@ impl Report {
             s,
             "config: {} nodes, {} clients, tick {} ms, election {} ms, TTL {} ms, lock-delay {} \
              ms, snapshot every {}, passes of {} inputs within {} µs, clocks ±{} ppm, net {:?}, \
-             disk {:?}, switches {:?}",
+             disk {:?}, switches {:?}, give-ups {}‰, upgrade at {:?} ms",
             c.nodes,
             c.clients,
             c.tick_ms,
@@ -247,7 +255,9 @@ impl Report {
             c.clock_ppm,
             c.net,
             c.disk,
-            c.switches
+            c.switches,
+            c.give_up_per_mille,
+            c.upgrade_at_ms
         );
         let _ = writeln!(s, "faults:");
         for (i, f) in c.plan().iter().enumerate() {
@@ -271,13 +281,12 @@ impl Report {
 pub fn run(config: &SimConfig) -> Report {
     let started = Instant::now();
     let _switches = crate::faults::set(config.switches);
-    let mut world = client::with_give_up(config.give_up_per_mille, || {
-        world::World::new(config.clone())
-    });
+    let mut world = world::World::new(config.clone());
     world.checks.order_of_all_writes = config.check_order_of_all_writes;
     world.run();
     let mut stats = world.stats.clone();
     stats.entries = world.checks.entries;
+    stats.writes = world.checks.writes;
     stats.acked = world.checks.acked;
     stats.hash_checks = world.checks.hash_checks;
     if world.violation.is_none() {

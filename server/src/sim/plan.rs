@@ -234,6 +234,13 @@ pub struct SimConfig {
     /// Nodes propose `Write` entries only while a link is below peer protocol 2, which
     /// the simulated links are not (they speak `PEER_PROTOCOL_VERSION`).
     pub check_order_of_all_writes: bool,
+    /// A rolling upgrade: until this time (ms of simulated time) every node runs a server
+    /// of the oldest peer protocol (its links speak version 1, so client writes are
+    /// proposed as `Write`); from then on the nodes are upgraded one after another, two
+    /// election timeouts apart, and their links re-established, and links between
+    /// upgraded nodes speak the newest version (`OrderedWrite`). `None`: every node runs
+    /// the newest from the start.
+    pub upgrade_at_ms: Option<u64>,
 }
 
 impl SimConfig {
@@ -291,6 +298,10 @@ impl SimConfig {
         } else {
             give_up_rng.range_incl(100, 700)
         };
+        let mut upgrade_rng = SimRng::stream(seed, 6);
+        let upgrade_at_ms = upgrade_rng
+            .chance(250)
+            .then(|| upgrade_rng.range_incl(0, 3_000));
         SimConfig {
             seed,
             nodes,
@@ -324,6 +335,7 @@ impl SimConfig {
             pass_window_us,
             give_up_per_mille,
             check_order_of_all_writes: false,
+            upgrade_at_ms,
         }
     }
 

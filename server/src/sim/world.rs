@@ -119,6 +119,11 @@ enum Ev {
     },
     Heal,
     ProbeStart,
+    /// A step of a rolling upgrade: the node now runs a server with the newest peer
+    /// protocol, and its links are re-established (as its restart would).
+    Upgrade {
+        node: usize,
+    },
     /// An operator restarts a node whose log failed.
     OperatorRestart {
         node: usize,
@@ -213,6 +218,9 @@ struct SimNode {
     changes: u64,
     leader: Option<u64>,
     restart_pending: bool,
+    /// Runs a server that speaks the newest peer protocol: false until its step of a
+    /// simulated rolling upgrade (`SimConfig::upgrade_at_ms`), true otherwise.
+    upgraded: bool,
 }
 
 /// One direction of a peer connection, as the transport promises it: messages sent
@@ -302,6 +310,7 @@ impl World {
                 changes: 0,
                 leader: None,
                 restart_pending: false,
+                upgraded: cfg.upgrade_at_ms.is_none(),
             });
         }
         let request_timeout_us = (4 * cfg.election_ms).max(cfg.session_ttl_ms) * 1000;
@@ -314,6 +323,7 @@ impl World {
             request_timeout_us,
             rate_ppm: 0,
             renew_on_any_answer: cfg.renew_on_any_answer,
+            give_up_per_mille: cfg.give_up_per_mille,
         };
         let mut clients = Vec::new();
         for i in 0..cfg.clients {
@@ -360,6 +370,13 @@ impl World {
         };
         for n in 0..w.nodes.len() {
             w.start_node(n);
+        }
+        if let Some(at_ms) = w.cfg.upgrade_at_ms {
+            // One node after another, an election timeout or two apart.
+            let step_us = 2 * w.cfg.election_ms * 1000;
+            for n in 0..w.nodes.len() {
+                w.schedule(at_ms * 1000 + n as u64 * step_us, Ev::Upgrade { node: n });
+            }
         }
         let setup = w.now + 1_000;
         w.schedule(setup, Ev::ClientWake { client: 0 });
@@ -1113,10 +1130,15 @@ impl World {
                         self.note(format!("n{id} link {what} to n{peer}"));
                     }
                     let input = if up {
-                        Input::LinkUp {
-                            peer,
-                            version: crate::replication::transport::PEER_PROTOCOL_VERSION,
-                        }
+                        // The version the acceptor takes from this dialer: the newest
+                        // only between two upgraded nodes.
+                        let upgraded = |n: usize| self.nodes[n].upgraded;
+                        let version = if upgraded(node) && upgraded(peer as usize - 1) {
+                            crate::replication::transport::PEER_PROTOCOL_VERSION
+                        } else {
+                            crate::replication::transport::MIN_PEER_PROTOCOL_VERSION
+                        };
+                        Input::LinkUp { peer, version }
                     } else {
                         Input::LinkDown { peer }
                     };
@@ -1223,6 +1245,11 @@ impl World {
                 if self.nodes[node].inc == inc && !self.healed() {
                     self.crash_node(node, Some(1_000), false);
                 }
+            }
+            Ev::Upgrade { node } => {
+                self.nodes[node].upgraded = true;
+                self.note(format!("n{} upgraded", self.nodes[node].id));
+                self.break_links_of(node);
             }
             Ev::ProbeStart => {
                 let id = self.clients.len();
