@@ -25,11 +25,10 @@ use axum::{Json, Router};
 use corral_protocol::ServerStatus;
 use futures::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -159,57 +158,46 @@ impl Config {
     }
 }
 
-/// Who the node behind an admin listener is: what `/status` and `/ready` report while
-/// the node starts, before the core (which knows it) runs.
-#[derive(Debug, Clone, Default)]
-struct Identity {
-    node_id: u64,
-    cluster: bool,
-    /// The other members: id and peer address.
-    members: Vec<(u64, String)>,
+/// A bound admin listener, with what `/status` and `/ready` answer while the node starts
+/// (before the core, which knows the node's state, runs).
+#[derive(Debug)]
+pub struct BoundAdmin {
+    listener: TcpListener,
+    starting_status: ServerStatus,
 }
 
-/// Identities by admin listener address: [`bind`] has the settings and records them,
-/// [`serve`] (which the server shell gives only the listener) takes them out. Keyed by
-/// address because tests run several nodes in one process.
-static IDENTITIES: Mutex<BTreeMap<SocketAddr, Identity>> = Mutex::new(BTreeMap::new());
+impl BoundAdmin {
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
 
-fn remember_identity(listener: &TcpListener, config: &Config) {
-    let Ok(addr) = listener.local_addr() else {
-        return;
-    };
-    let peers = config.peer_map().unwrap_or_default();
-    let identity = Identity {
-        node_id: config.node_id,
-        cluster: !peers.is_empty(),
-        members: peers
+    fn new(listener: TcpListener, config: &Config) -> BoundAdmin {
+        let peers = config.peer_map().unwrap_or_default();
+        let members: Vec<(u64, String)> = peers
             .iter()
             .filter(|(id, _)| **id != config.node_id)
             .map(|(id, a)| (*id, a.to_string()))
-            .collect(),
-    };
-    if let Ok(mut all) = IDENTITIES.lock() {
-        all.insert(addr, identity);
+            .collect();
+        let local = listener.local_addr().ok().map(|a| a.to_string());
+        let starting_status =
+            crate::status::starting_status(config.node_id, !peers.is_empty(), &members, local);
+        BoundAdmin {
+            listener,
+            starting_status,
+        }
     }
-}
-
-fn take_identity(addr: Option<SocketAddr>) -> Identity {
-    addr.and_then(|a| IDENTITIES.lock().ok()?.remove(&a))
-        .unwrap_or_default()
 }
 
 /// Binds the admin listener. A failure to bind the *default* address (another corral
 /// on this host) is logged and the node runs without admin endpoint; a failure to bind
 /// an address the operator chose stops the server.
-pub async fn bind(config: &Config) -> Result<Option<TcpListener>, String> {
+pub async fn bind(config: &Config) -> Result<Option<BoundAdmin>, String> {
     let Some(addr) = config.admin_addr().map_err(|e| e.to_string())? else {
         return Ok(None);
     };
     match TcpListener::bind(addr).await {
-        Ok(l) => {
-            remember_identity(&l, config);
-            Ok(Some(l))
-        }
+        Ok(l) => Ok(Some(BoundAdmin::new(l, config))),
         Err(e) if config.admin_listen.trim() == DEFAULT_ADMIN_LISTEN => {
             tracing::warn!(%addr, error = %e, "cannot bind the default admin address; running without admin endpoint (set admin_listen)");
             Ok(None)
@@ -233,7 +221,7 @@ struct AdminState {
 
 /// Serves the admin endpoint until `shutdown` resolves.
 pub async fn serve(
-    listener: TcpListener,
+    admin: BoundAdmin,
     core: mpsc::Sender<AdminRequest>,
     core_running: Arc<AtomicBool>,
     metrics: Option<PrometheusHandle>,
@@ -249,14 +237,10 @@ pub async fn serve(
             }
         });
     }
-    let local = listener.local_addr().ok();
-    let identity = take_identity(local);
-    let starting_status = crate::status::starting_status(
-        identity.node_id,
-        identity.cluster,
-        &identity.members,
-        local.map(|a| a.to_string()),
-    );
+    let BoundAdmin {
+        listener,
+        starting_status,
+    } = admin;
     let state = AdminState {
         core,
         core_running,

@@ -186,7 +186,7 @@ pub struct Server {
     config: Config,
     listener: TcpListener,
     /// The admin endpoint's listener (`None`: disabled).
-    admin: Option<TcpListener>,
+    admin: Option<crate::admin::BoundAdmin>,
     mode: Mode,
     backend: Backend,
 }

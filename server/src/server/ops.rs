@@ -10,7 +10,6 @@ use corral_protocol::{Op, OpResult, ServerMessage, ServerStatus};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 /// Requests timed per connection at most (more are answered but not timed).
@@ -94,7 +93,7 @@ impl CoreShell {
 
 /// Starts the admin endpoint: its questions reach the core task through its inbox.
 pub(super) fn start_admin(
-    listener: TcpListener,
+    listener: crate::admin::BoundAdmin,
     core_tx: mpsc::Sender<CoreMsg>,
     stop: tokio::sync::oneshot::Receiver<()>,
     core_running: std::sync::Arc<std::sync::atomic::AtomicBool>,
