@@ -51,7 +51,9 @@ pub enum ErrorCode {
     /// No watch matched a remove-watch request.
     NoWatcher,
     /// The request's sequence number is older than the deduplication window of the
-    /// session, so the server can no longer tell whether it was applied.
+    /// session, so the server can no longer tell whether it was applied; or the write
+    /// reached the log after a later write of its session, and was not applied (a
+    /// session's writes apply in xid order).
     StaleRequest,
     /// The server cannot serve the request now (no quorum, shutting down); retry elsewhere.
     Unavailable,
@@ -98,7 +100,7 @@ impl ErrorCode {
             LimitExceeded => "a server limit was reached; retry later or raise the limit",
             NoWatcher => "no such watch is registered",
             StaleRequest => {
-                "the request is older than the session's deduplication window; it may or may not have been applied"
+                "the request is older than the session's deduplication window (it may or may not have been applied), or reached the log after a later write of its session (not applied)"
             }
             Unavailable => "the server cannot serve requests now; retry on another node",
             AuthFailed => "the session secret does not match",

@@ -133,6 +133,23 @@ pub enum EntryBody {
 }
 
 impl EntryBody {
+    /// A client write: an `OrderedWrite` if `ordered`, else a `Write`.
+    pub fn client(ordered: bool, session_id: u64, xid: u64, op: Op) -> EntryBody {
+        if ordered {
+            EntryBody::OrderedWrite {
+                session_id,
+                xid,
+                op,
+            }
+        } else {
+            EntryBody::Write {
+                session_id,
+                xid,
+                op,
+            }
+        }
+    }
+
     /// The session, xid and operation of a client write (`Write` or `OrderedWrite`).
     pub fn client_write(&self) -> Option<(u64, u64, &Op)> {
         match self {

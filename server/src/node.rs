@@ -1049,19 +1049,7 @@ impl Node {
             Log::Local(_) => true,
             Log::Paxos(p) => p.members_version() >= ORDERED_WRITE_PEER_VERSION,
         };
-        if ordered {
-            EntryBody::OrderedWrite {
-                session_id,
-                xid,
-                op,
-            }
-        } else {
-            EntryBody::Write {
-                session_id,
-                xid,
-                op,
-            }
-        }
+        EntryBody::client(ordered, session_id, xid, op)
     }
 
     fn propose(&mut self, body: EntryBody) -> Result<(), ErrorInfo> {

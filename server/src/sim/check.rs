@@ -925,20 +925,7 @@ mod tests {
             data: xid.to_le_bytes().to_vec(),
             version: None,
         };
-        let body = if ordered {
-            EntryBody::OrderedWrite {
-                session_id,
-                xid,
-                op,
-            }
-        } else {
-            EntryBody::Write {
-                session_id,
-                xid,
-                op,
-            }
-        };
-        Entry::new(0, body)
+        Entry::new(0, EntryBody::client(ordered, session_id, xid, op))
     }
 
     fn refused(code: ErrorCode) -> Option<Result<OpResult, ErrorInfo>> {
