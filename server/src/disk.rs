@@ -248,6 +248,9 @@ mod sim {
         pub lying_fsync: bool,
         /// A sync fails with an IO error with this probability, in thousandths.
         pub fail_sync_per_mille: u32,
+        /// A write that would make the disk's files hold more than this many bytes in
+        /// all fails with `StorageFull` (ENOSPC) and writes nothing (`None`: no limit).
+        pub capacity_bytes: Option<u64>,
     }
 
     /// Counters of a simulated disk.
@@ -692,6 +695,15 @@ mod sim {
         pub(super) fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
             let mut fs = lock(&self.fs);
             fs.check(self.generation)?;
+            if let Some(capacity) = fs.faults.capacity_bytes {
+                let used: u64 = fs.files.values().map(|f| f.current.len() as u64).sum();
+                if used + data.len() as u64 > capacity {
+                    return Err(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        "simulated disk: no space left on device",
+                    ));
+                }
+            }
             fs.last_written = Some(self.ino);
             fs.stats.bytes_written += data.len() as u64;
             fs.file(self.ino)?.current.extend_from_slice(data);

@@ -45,7 +45,9 @@
 //!   part of the batch, or garbage, or zeros at the end of the last segment, never in an
 //!   earlier one. A batch written into
 //!   room overwrites only zeros that no record was ever read from; a crash that tears it
-//!   leaves records, then garbage or zeros, as at a file's end.
+//!   leaves records, then garbage or zeros, as at a file's end. Room that cannot be
+//!   written (a full disk) is skipped with a warning: the batch before it is written and
+//!   synced all the same, and the batches after it extend the file.
 //! * A new segment is created only when a batch is about to be written and the active
 //!   segment is full: at that point every byte of the old segment is already synced. The
 //!   new file is created empty and the directory is fsynced before any record is written
@@ -350,9 +352,19 @@ impl PendingSync {
         }
         if self.room_bytes > 0 {
             // The syncs of the batches that follow then change no file metadata (the
-            // `fdatasync` below makes this one's new length durable too).
+            // `fdatasync` below makes this one's new length durable too). The room only
+            // saves time: when it cannot be written (a full disk, a file size limit),
+            // the batch itself is written all the same, the `fdatasync` below decides
+            // whether it is durable, and the next batches extend the file as they go.
             let zeros = vec![0u8; usize::try_from(self.room_bytes).unwrap_or(usize::MAX)];
-            write_at(&mut self.file, &self.path, at, &zeros)?;
+            if let Err(e) = write_at(&mut self.file, &self.path, at, &zeros) {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    room_bytes = self.room_bytes,
+                    error = %e,
+                    "cannot preallocate room in the log segment; writing on without it"
+                );
+            }
         }
         if self.fsync {
             self.file.sync_data().map_err(io_err(&self.path))?;
@@ -972,6 +984,40 @@ mod tests {
 
     fn payloads(rec: &Recovered) -> Vec<(u64, Vec<u8>)> {
         rec.records.clone()
+    }
+
+    /// A disk too full for the preallocated room still takes the batches: the room is
+    /// skipped (it used to fail the sync, and with it the log, though the batch fit).
+    #[test]
+    fn a_disk_without_space_for_the_room_still_takes_the_batches() {
+        use crate::disk::{SimDisk, SimDiskFaults};
+        let sim = SimDisk::new(4);
+        let disk = Disk::Sim(sim.clone());
+        let dir = Path::new("/wal");
+        sim.set_faults(SimDiskFaults {
+            capacity_bytes: Some(16 << 10),
+            ..SimDiskFaults::default()
+        });
+        let options = WalOptions {
+            segment_bytes: 1 << 20,
+            fsync: true,
+            preallocate_bytes: 1 << 20,
+        };
+        let (mut wal, _) = Wal::open_on(&disk, dir, options).expect("open");
+        for i in 1..=10 {
+            let lsn = wal.append(&payload(i, 20)).expect("append");
+            assert_eq!(lsn, i);
+            wal.sync()
+                .expect("a batch that fits is durable without its room");
+        }
+        drop(wal);
+        let (_, rec) = Wal::open_on(&disk, dir, options).expect("reopen");
+        let want: Vec<(u64, Vec<u8>)> = (1..=10).map(|i| (i, payload(i, 20))).collect();
+        assert_eq!(payloads(&rec), want);
+        // A batch that does not fit still fails.
+        let (mut wal, _) = Wal::open_on(&disk, dir, options).expect("reopen");
+        wal.append(&payload(11, 32 << 10)).expect("append");
+        assert!(wal.sync().is_err(), "no room for the batch itself");
     }
 
     #[test]

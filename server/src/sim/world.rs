@@ -294,6 +294,7 @@ impl World {
             disk.set_faults(SimDiskFaults {
                 lying_fsync: cfg.switches.skip_fsync,
                 fail_sync_per_mille: cfg.disk.fail_sync_per_mille,
+                capacity_bytes: None,
             });
             nodes.push(SimNode {
                 id: i as u64 + 1,
@@ -2161,6 +2162,7 @@ impl World {
             self.nodes[n].disk.set_faults(SimDiskFaults {
                 lying_fsync: self.cfg.switches.skip_fsync,
                 fail_sync_per_mille: 0,
+                capacity_bytes: None,
             });
             if self.nodes[n].paused {
                 self.resume_node(n);
