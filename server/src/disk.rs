@@ -188,7 +188,7 @@ impl DiskFile {
     /// Writes all of `data` at byte `offset`. The simulated disk only appends (`offset`
     /// must be the file's length): it has no model of overwritten durable bytes, so the
     /// write-ahead log does not preallocate on it.
-    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         match self {
             DiskFile::Real(f) => std::os::unix::fs::FileExt::write_all_at(f, data, offset),
             #[cfg(any(test, feature = "sim"))]
@@ -197,7 +197,7 @@ impl DiskFile {
     }
 
     /// `fdatasync`: the contents are durable when this returns `Ok`.
-    pub fn sync_data(&mut self) -> io::Result<()> {
+    pub fn sync_data(&self) -> io::Result<()> {
         match self {
             DiskFile::Real(f) => f.sync_data(),
             #[cfg(any(test, feature = "sim"))]
@@ -211,16 +211,6 @@ impl DiskFile {
             DiskFile::Real(f) => f.sync_all(),
             #[cfg(any(test, feature = "sim"))]
             DiskFile::Sim(f) => f.sync(),
-        }
-    }
-
-    /// Another handle to the same open file (`dup`): lets one thread `fdatasync` a file
-    /// while another keeps appending to it through the original handle.
-    pub fn try_clone(&self) -> io::Result<DiskFile> {
-        match self {
-            DiskFile::Real(f) => f.try_clone().map(DiskFile::Real),
-            #[cfg(any(test, feature = "sim"))]
-            DiskFile::Sim(f) => Ok(DiskFile::Sim(f.duplicate())),
         }
     }
 
@@ -260,6 +250,8 @@ mod sim {
         pub syncs: u64,
         /// Bytes written.
         pub bytes_written: u64,
+        /// File handles opened.
+        pub handles_opened: u64,
         /// Crashes.
         pub crashes: u64,
         /// Crashes that kept part of the unsynced bytes (a torn tail).
@@ -645,6 +637,7 @@ mod sim {
                 }
                 None => return Err(not_found(path)),
             };
+            fs.stats.handles_opened += 1;
             Ok(SimFile {
                 fs: Arc::clone(&self.fs),
                 ino,
@@ -693,6 +686,10 @@ mod sim {
         }
 
         pub(super) fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+            self.append(data)
+        }
+
+        fn append(&self, data: &[u8]) -> io::Result<()> {
             let mut fs = lock(&self.fs);
             fs.check(self.generation)?;
             if let Some(capacity) = fs.faults.capacity_bytes {
@@ -710,7 +707,7 @@ mod sim {
             Ok(())
         }
 
-        pub(super) fn append_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        pub(super) fn append_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
             let len = {
                 let mut fs = lock(&self.fs);
                 fs.check(self.generation)?;
@@ -721,19 +718,10 @@ mod sim {
                     "simulated disk: a write at {offset} into a file of {len} bytes (only appends are modelled)"
                 )));
             }
-            self.write_all(data)
+            self.append(data)
         }
 
-        pub(super) fn duplicate(&self) -> SimFile {
-            SimFile {
-                fs: Arc::clone(&self.fs),
-                ino: self.ino,
-                generation: self.generation,
-                pos: self.pos,
-            }
-        }
-
-        pub(super) fn sync(&mut self) -> io::Result<()> {
+        pub(super) fn sync(&self) -> io::Result<()> {
             let mut fs = lock(&self.fs);
             fs.check(self.generation)?;
             fs.sync_file(self.ino)

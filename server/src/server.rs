@@ -213,14 +213,14 @@ fn machine_limits(config: &Config) -> MachineLimits {
     }
 }
 
-/// File handles the server needs besides its client connections: log segments and their
-/// syncs, snapshots and images, peers, the admin port's connections, the runtime.
+/// File handles the server needs besides its client connections: log segments,
+/// snapshots and images, peers, the admin port's connections, the runtime.
 const RESERVED_FILE_HANDLES: u64 = 256 + crate::admin::ADMIN_MAX_CONNECTIONS as u64;
 
 /// Raises the process's soft limit of open files to its hard limit, as Go's runtime does
 /// (a service manager's default soft limit is often 1,024, below `max_connections`), and
 /// warns if it stays below what `max_connections` needs. Running out of file handles is
-/// not a disk failure, but an `fsync` on a handle the log cannot open looks like one.
+/// not a disk failure, but a log segment or snapshot the log cannot open looks like one.
 fn raise_open_files_limit(max_connections: usize) {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);

@@ -232,8 +232,10 @@ pub struct Wal {
     options: WalOptions,
     /// Oldest first; never empty; the last one is the active segment.
     segments: Vec<Segment>,
-    /// Handle of the active segment, opened for appending.
-    active: DiskFile,
+    /// Handle of the active segment, shared with the [`PendingSync`]s that write to it: a
+    /// sync opens no file handle of its own, so running out of them (EMFILE) cannot fail
+    /// the log.
+    active: Arc<DiskFile>,
     /// Records appended since the last sync, before those in `buf`: pieces closed by a
     /// record with shared parts ([`Wal::append_parts`]).
     pieces: Vec<Piece>,
@@ -303,10 +305,10 @@ impl Piece {
 }
 
 /// The write and the `fdatasync` of one batch that [`Wal::begin_sync`] placed in the
-/// active segment and left to do, on its own handle of the segment.
+/// active segment and left to do, on the segment's shared handle.
 #[derive(Debug)]
 pub struct PendingSync {
-    file: DiskFile,
+    file: Arc<DiskFile>,
     path: PathBuf,
     /// Where the batch goes in the segment.
     offset: u64,
@@ -327,7 +329,7 @@ impl PendingSync {
         let mut at = self.offset;
         for piece in &self.batch {
             match piece {
-                Piece::Framed(bytes) => write_at(&mut self.file, &self.path, at, bytes)?,
+                Piece::Framed(bytes) => write_at(&self.file, &self.path, at, bytes)?,
                 Piece::Record(parts) => {
                     let len = parts.iter().map(Part::len).sum::<usize>();
                     // Checked by `append_parts`.
@@ -340,10 +342,10 @@ impl PendingSync {
                     let mut header = [0u8; RECORD_HEADER_BYTES];
                     header[..4].copy_from_slice(&len_bytes);
                     header[4..].copy_from_slice(&crc.finalize().to_le_bytes());
-                    write_at(&mut self.file, &self.path, at, &header)?;
+                    write_at(&self.file, &self.path, at, &header)?;
                     let mut part_at = at + RECORD_HEADER_BYTES as u64;
                     for part in parts {
-                        write_at(&mut self.file, &self.path, part_at, part.bytes())?;
+                        write_at(&self.file, &self.path, part_at, part.bytes())?;
                         part_at += part.len() as u64;
                     }
                 }
@@ -357,7 +359,7 @@ impl PendingSync {
             // the batch itself is written all the same, the `fdatasync` below decides
             // whether it is durable, and the next batches extend the file as they go.
             let zeros = vec![0u8; usize::try_from(self.room_bytes).unwrap_or(usize::MAX)];
-            if let Err(e) = write_at(&mut self.file, &self.path, at, &zeros) {
+            if let Err(e) = write_at(&self.file, &self.path, at, &zeros) {
                 tracing::warn!(
                     path = %self.path.display(),
                     room_bytes = self.room_bytes,
@@ -404,7 +406,7 @@ impl Wal {
                     bytes: 0,
                     allocated: 0,
                 }],
-                active,
+                active: Arc::new(active),
                 pieces: Vec::new(),
                 buf: Vec::new(),
                 spare: Vec::new(),
@@ -531,7 +533,7 @@ impl Wal {
             dir: dir.to_path_buf(),
             options,
             segments,
-            active,
+            active: Arc::new(active),
             pieces: Vec::new(),
             buf: Vec::new(),
             spare: Vec::new(),
@@ -621,7 +623,7 @@ impl Wal {
 
     /// The first half of [`Wal::sync`]: places the buffered records at the end of the
     /// active segment (rotating first if it is full) and returns the write and the
-    /// `fdatasync` still to do, on its own handle of the segment, so that the caller can
+    /// `fdatasync` still to do, on the segment's shared handle, so that the caller can
     /// run them without holding whatever guards this log (appends may continue
     /// meanwhile: they are buffered for the next sync; a batch of a large snapshot takes
     /// a while to write). `None` if nothing is buffered. The records are durable only once
@@ -691,7 +693,7 @@ impl Wal {
         let segment = self.active_segment();
         let path = segment.path.clone();
         let (offset, allocated) = (segment.bytes, segment.allocated);
-        let file = self.active.try_clone().map_err(io_err(&path))?;
+        let file = Arc::clone(&self.active);
         let mut batch = std::mem::take(&mut self.pieces);
         let framed = std::mem::replace(&mut self.buf, std::mem::take(&mut self.spare));
         if !framed.is_empty() || batch.is_empty() {
@@ -730,7 +732,7 @@ impl Wal {
             bytes: 0,
             allocated: 0,
         });
-        self.active = file;
+        self.active = Arc::new(file);
         Ok(())
     }
 
@@ -792,7 +794,7 @@ impl Wal {
 
 /// The checksum stored with a record: CRC-32 of the length bytes, then the payload.
 /// Writes `bytes` at `at` (nothing for no bytes).
-fn write_at(file: &mut DiskFile, path: &Path, at: u64, bytes: &[u8]) -> Result<(), StorageError> {
+fn write_at(file: &DiskFile, path: &Path, at: u64, bytes: &[u8]) -> Result<(), StorageError> {
     if bytes.is_empty() {
         return Ok(());
     }
@@ -984,6 +986,24 @@ mod tests {
 
     fn payloads(rec: &Recovered) -> Vec<(u64, Vec<u8>)> {
         rec.records.clone()
+    }
+
+    /// A sync writes and syncs through the segment's shared handle: it opens none of its
+    /// own (each one used to `dup` the segment's, so a process out of file handles, EMFILE,
+    /// failed its log like a failing disk).
+    #[test]
+    fn a_sync_opens_no_file_handle() {
+        use crate::disk::SimDisk;
+        let sim = SimDisk::new(5);
+        let disk = Disk::Sim(sim.clone());
+        let dir = Path::new("/wal");
+        let (mut wal, _) = Wal::open_on(&disk, dir, opts(1 << 20, true)).expect("open");
+        let before = sim.stats().handles_opened;
+        append_synced(&mut wal, 1, 101);
+        assert_eq!(sim.stats().handles_opened, before, "no handle per sync");
+        drop(wal);
+        let (_, rec) = Wal::open_on(&disk, dir, opts(1 << 20, true)).expect("reopen");
+        assert_eq!(rec.records.len(), 100);
     }
 
     /// A disk too full for the preallocated room still takes the batches: the room is

@@ -88,7 +88,7 @@
 //! both share the log behind an `Arc<Mutex<..>>`. The storage thread holds that lock only
 //! to take the buffered batch and place it in the segment (`Wal::begin_sync`) and to
 //! record the outcome (`Wal::finish_sync`), never across the batch's write or its
-//! `fdatasync`, which run on a second handle of the segment file (a batch with a large
+//! `fdatasync`, which run on the segment's handle shared with the log (a batch with a large
 //! snapshot takes a while to write); records OmniPaxos buffers meanwhile wait for the next
 //! sync, and only what the completed sync wrote counts as durable. The shell must, after every batch of calls into
 //! `OmniPaxos` (`handle_incoming`, `tick`, `append`, `snapshot`, `reconnected`):
