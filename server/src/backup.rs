@@ -24,6 +24,10 @@
 //!   state it is in, no node has written to it, so nothing is lost.
 //! - A cluster member's restore builds its `paxos/` under [`PAXOS_STAGING`] and renames
 //!   it into place at the end; a second restore removes a leftover staging directory.
+//! - Both write the marker [`RESTORE_MARKER`] (durably) before anything else and remove
+//!   it last. Start refuses a directory that holds it, whatever else is there (even
+//!   nothing yet: a restore stopped before its snapshot was in place would otherwise
+//!   start an empty node), and a second restore takes over everything in it.
 
 use crate::config::Config;
 use crate::machine::{MachineImage, MachineLimits, StateMachine};
@@ -39,6 +43,9 @@ pub const HEADER_BYTES: usize = 8 + 4 + 8 + 8 + 4;
 /// into place (inside the data directory: the same file system, even when the data
 /// directory is a mount point).
 pub const PAXOS_STAGING: &str = "paxos.restoring";
+/// The file a restore keeps in the data directory while it runs: start refuses a
+/// directory that holds it, and a restore replaces whatever such a directory holds.
+pub const RESTORE_MARKER: &str = "RESTORE-IN-PROGRESS";
 
 /// Why a backup cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -275,7 +282,11 @@ pub fn restore(config: &Config, from: &Path) -> Result<u64, BackupError> {
     let image = &bytes[HEADER_BYTES..];
     let storage = |e: &dyn std::fmt::Display| BackupError::Storage(e.to_string());
     let members = config.peer_map().map_err(|e| storage(&e))?;
-    if !is_empty_dir(dir)? {
+    let marker = dir.join(RESTORE_MARKER);
+    if marker.is_file() {
+        // Everything here is an unfinished restore's.
+        remove_all_but(dir, RESTORE_MARKER)?;
+    } else if !is_empty_dir(dir)? {
         let ours = if members.is_empty() {
             holds_only_this_restore(dir, zxid, image)?
         } else {
@@ -286,6 +297,11 @@ pub fn restore(config: &Config, from: &Path) -> Result<u64, BackupError> {
         }
         remove_unfinished_restore(dir)?;
     }
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    std::fs::File::create(&marker)
+        .and_then(|f| f.sync_all())
+        .map_err(io_error(&marker))?;
+    sync_dir(dir)?;
     if members.is_empty() {
         // A snapshot at the image's zxid, then an empty log that continues after it (in
         // this order: a snapshot without its log is refused by start).
@@ -324,7 +340,27 @@ pub fn restore(config: &Config, from: &Path) -> Result<u64, BackupError> {
         std::fs::rename(&staging, &paxos).map_err(io_error(&paxos))?;
         sync_dir(dir)?;
     }
+    std::fs::remove_file(&marker).map_err(io_error(&marker))?;
+    sync_dir(dir)?;
     Ok(zxid)
+}
+
+/// Removes every entry of `dir` but `keep`.
+fn remove_all_but(dir: &Path, keep: &str) -> Result<(), BackupError> {
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        if entry.file_name() == keep {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if entry.file_type().map_err(io_error(&path))?.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(io_error(&path))?;
+    }
+    sync_dir(dir)
 }
 
 #[cfg(test)]
@@ -385,6 +421,35 @@ mod tests {
             restore(&config, &file),
             Err(BackupError::NotEmpty(_))
         ));
+    }
+
+    /// A restore that stopped at any point leaves its marker: start refuses the
+    /// directory (even one the restore had not written anything else to yet), and the
+    /// next restore takes over whatever is there, a finished `paxos/` included.
+    #[test]
+    fn an_unfinished_restore_is_refused_by_start_and_taken_over_by_restore() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = backup_file(tmp.path());
+        for peers in [
+            &[][..],
+            &["--node-id", "1", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2"][..],
+        ] {
+            let data = tmp.path().join(format!("data-{}", peers.len()));
+            let config = config(&data, peers);
+            std::fs::create_dir_all(&data).expect("mkdir");
+            std::fs::write(data.join(RESTORE_MARKER), b"").expect("marker");
+            let refused = crate::server::check_layout(&data, !peers.is_empty())
+                .expect_err("start refuses an unfinished restore");
+            assert!(refused.to_string().contains("restore"), "{refused}");
+            // What a stopped restore may have left: any of its files.
+            std::fs::create_dir_all(data.join("paxos")).expect("mkdir");
+            std::fs::create_dir_all(data.join("snapshots")).expect("mkdir");
+            std::fs::write(data.join("snapshots").join("snap-x.tmp"), b"half").expect("write");
+            restore(&config, &file).expect("restore takes over");
+            assert!(!data.join(RESTORE_MARKER).exists());
+            assert!(!data.join("snapshots").join("snap-x.tmp").exists());
+            crate::server::check_layout(&data, !peers.is_empty()).expect("a finished restore");
+        }
     }
 
     #[test]

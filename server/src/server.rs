@@ -249,11 +249,20 @@ fn raise_open_files_limit(max_connections: usize) {
     }
 }
 
-/// Refuses a data directory that holds the other mode's data: a single node's (`wal/`,
-/// `snapshots/`) for a cluster member, or a cluster member's (`paxos/`) for a single
-/// node. The node would find no state of its own there and start empty without a word
-/// (a backup restored for the other mode, or a flag forgotten at a restart).
-fn check_layout(dir: &std::path::Path, cluster: bool) -> Result<(), ServerError> {
+/// Refuses a data directory that holds an unfinished restore ([`crate::backup`]), or the
+/// other mode's data: a single node's (`wal/`, `snapshots/`) for a cluster member, or a
+/// cluster member's (`paxos/`) for a single node. The node would find no state of its
+/// own there and start empty without a word (a backup restored for the other mode, or a
+/// flag forgotten at a restart).
+pub(crate) fn check_layout(dir: &std::path::Path, cluster: bool) -> Result<(), ServerError> {
+    if dir.join(crate::backup::RESTORE_MARKER).exists() {
+        return Err(ServerError::Config(format!(
+            "the data directory {} holds a restore that did not finish ({}): run the same \
+             `corral restore` again, which takes it over, then start the node",
+            dir.display(),
+            crate::backup::RESTORE_MARKER
+        )));
+    }
     let single = dir.join("wal").exists() || dir.join("snapshots").exists();
     let member = dir.join("paxos").exists();
     let problem = match (cluster, single, member) {
