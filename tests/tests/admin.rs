@@ -295,8 +295,24 @@ async fn corralctl_status_and_health() {
     .await;
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("healthy"));
 
-    let out = corralctl(&["-s", &servers, "status"]);
-    assert!(out.status.success());
+    // `status` exits 0 once every server answers ready; a follower may become ready a
+    // little after the cluster is healthy.
+    let servers_ = servers.clone();
+    let out = eventually(
+        "corralctl status says every node is ready",
+        CLUSTER_WAIT,
+        || {
+            let servers = servers_.clone();
+            async move {
+                let out =
+                    tokio::task::spawn_blocking(move || corralctl(&["-s", &servers, "status"]))
+                        .await
+                        .expect("join");
+                out.status.success().then_some(out)
+            }
+        },
+    )
+    .await;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
