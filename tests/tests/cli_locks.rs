@@ -616,3 +616,66 @@ async fn sigquit_is_passed_on_to_the_command_before_the_lock_goes() {
     );
     until_free(&client, "/cli/quit").await;
 }
+
+/// The state letter of a process (`/proc/PID/stat`: `T` when stopped).
+fn state_of(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+async fn send(signal: &str, pid: u32) {
+    let status = Command::new("kill")
+        .args(["-s", signal, "--", &pid.to_string()])
+        .status()
+        .await
+        .expect("kill");
+    assert!(status.success(), "kill -s {signal} {pid}");
+}
+
+/// Ctrl-Z (SIGTSTP, which reaches corralctl's process group only) stops the command as
+/// well as corralctl, and continuing corralctl continues the command. corralctl used to
+/// stop alone: its keepalives stopped, and the command ran on while the lock expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_z_stops_the_command_with_corralctl() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let client = connect(&addr).await;
+    let child = ctl(&addr, &["lock", "/cli/tstp", "--", "sleep", "30"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let ctl_pid = child.id().expect("corralctl pid");
+    let sleep_pid = eventually("corralctl to start sleep", WAIT, || {
+        let found = children_of(ctl_pid).first().copied();
+        async move { found }
+    })
+    .await;
+    send("TSTP", ctl_pid).await;
+    eventually("both to stop", WAIT, || {
+        let stopped = state_of(ctl_pid) == Some('T') && state_of(sleep_pid) == Some('T');
+        async move { stopped.then_some(()) }
+    })
+    .await;
+    send("CONT", ctl_pid).await;
+    eventually("sleep to run again", WAIT, || {
+        let running = matches!(state_of(sleep_pid), Some(s) if s != 'T');
+        async move { running.then_some(()) }
+    })
+    .await;
+    // Still supervised: SIGTERM to corralctl reaches sleep, and the lock is given back.
+    send("TERM", ctl_pid).await;
+    let out = match timeout(COMMAND_TIMEOUT, child.wait_with_output()).await {
+        Ok(out) => out.expect("wait"),
+        Err(_) => panic!("corralctl did not end after SIGTERM"),
+    };
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{sleep_pid}")).exists(),
+        "sleep ({sleep_pid}) ended with corralctl"
+    );
+    until_free(&client, "/cli/tstp").await;
+}

@@ -75,8 +75,10 @@ enum Command {
     ///
     /// If the lock is lost while CMD runs (its lease or session could not be renewed in
     /// time), CMD's process group gets SIGTERM, then SIGKILL after --kill-grace, and
-    /// corralctl exits with 75 after printing "corralctl: lock lost". SIGINT, SIGTERM
-    /// and SIGHUP sent to corralctl are passed on to CMD.
+    /// corralctl exits with 75 after printing "corralctl: lock lost". SIGINT, SIGTERM,
+    /// SIGHUP and SIGQUIT sent to corralctl are passed on to CMD. SIGTSTP (Ctrl-Z) stops
+    /// CMD and corralctl; when corralctl is continued, so is CMD if the lock is still
+    /// held (while stopped no keepalive goes out), else CMD is stopped as above.
     ///
     /// Exit codes: CMD's own; 1 if the lock was not acquired (or an error); 2 for a
     /// usage error; 75 if the lock was lost; 126/127 if CMD could not be started.

@@ -108,7 +108,11 @@ struct Signals {
     terminate: Signal,
     hangup: Signal,
     quit: Signal,
+    suspend: Signal,
 }
+
+/// SIGTSTP (a terminal's Ctrl-Z), as Linux numbers it.
+const SIGTSTP: i32 = 20;
 
 #[derive(Debug, Clone, Copy)]
 struct Received {
@@ -125,7 +129,22 @@ impl Signals {
             // Ctrl-\ reaches only corralctl's process group, not the command's: without
             // this, corralctl died of it and left the command running without the lock.
             quit: signal(SignalKind::quit())?,
+            // Ctrl-Z, likewise: corralctl stopped, its keepalives stopped with it, and
+            // the command ran on while the lock expired. Now both stop (see `suspend`).
+            suspend: signal(SignalKind::from_raw(SIGTSTP))?,
         })
+    }
+
+    /// The next signal to act on; a Ctrl-Z meanwhile stops corralctl (there is no
+    /// command yet) until the shell continues it.
+    async fn recv_or_stop(&mut self) -> Received {
+        loop {
+            let received = self.recv().await;
+            if received.number != 20 {
+                return received;
+            }
+            stop_self().await;
+        }
     }
 
     async fn recv(&mut self) -> Received {
@@ -139,6 +158,7 @@ impl Signals {
             () = next(&mut self.terminate) => Received { number: 15, name: "TERM" },
             () = next(&mut self.hangup) => Received { number: 1, name: "HUP" },
             () = next(&mut self.quit) => Received { number: 3, name: "QUIT" },
+            () = next(&mut self.suspend) => Received { number: 20, name: "TSTP" },
         }
     }
 }
@@ -171,6 +191,18 @@ impl Target {
             .await
             .is_ok_and(|s| s.success())
     }
+}
+
+/// Stops corralctl (SIGSTOP, as Ctrl-Z would have without its handler); returns once
+/// the shell continued it.
+async fn stop_self() {
+    let _ = Command::new("kill")
+        .args(["-s", "STOP", "--", &std::process::id().to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
 }
 
 /// The exit code that tells how the command ended (128 + N for signal N).
@@ -268,6 +300,26 @@ async fn supervise(
                 };
             }
             received = signals.recv() => {
+                if received.number == 20 {
+                    // Ctrl-Z: the command stops too (in the foreground the terminal
+                    // already told it), then corralctl. While they are stopped no
+                    // keepalive goes out, so the lock may expire: the command is
+                    // continued only if it is still held.
+                    if target.group {
+                        target.signal("TSTP").await;
+                    }
+                    stop_self().await;
+                    if !guard.is_held() {
+                        eprintln!("corralctl: lock lost ({what}) while stopped; stopping {program}");
+                        target.signal("CONT").await;
+                        stop(&mut child, target, run.kill_grace).await;
+                        return ExitCode::from(EXIT_LOCK_LOST);
+                    }
+                    if target.group {
+                        target.signal("CONT").await;
+                    }
+                    continue;
+                }
                 // In the foreground the terminal already sent Ctrl-C or Ctrl-\ to the
                 // command.
                 if target.group || !matches!(received.number, 2 | 3) {
@@ -329,7 +381,7 @@ pub async fn lock(client: &Client, server: &str, args: LockArgs) -> Result<ExitC
     };
     let acquired = tokio::select! {
         acquired = attempt => acquired?,
-        received = signals.recv() => return Ok(interrupted("the lock", received)),
+        received = signals.recv_or_stop() => return Ok(interrupted("the lock", received)),
     };
     let Some(guard) = acquired else {
         if args.try_only {
@@ -370,7 +422,7 @@ pub async fn elect(client: &Client, server: &str, args: ElectArgs) -> Result<Exi
     };
     let elected = tokio::select! {
         elected = attempt => elected?,
-        received = signals.recv() => return Ok(interrupted("leadership", received)),
+        received = signals.recv_or_stop() => return Ok(interrupted("leadership", received)),
     };
     let Some(leadership) = elected else {
         let waited = args.timeout.map(show_duration).unwrap_or_default();
