@@ -60,6 +60,24 @@ fn check<T>(
     }
 }
 
+impl<S> StallLimited<S> {
+    /// A write-side poll's outcome, failed once the stream accepted no bytes for the
+    /// write stall limit.
+    fn check_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        ready: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        check(
+            &mut self.write_timer,
+            self.write_stall,
+            "accepted no bytes",
+            cx,
+            ready,
+        )
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for StallLimited<S> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -68,37 +86,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for StallLimited<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let ready = Pin::new(&mut this.inner).poll_write(cx, buf);
-        check(
-            &mut this.write_timer,
-            this.write_stall,
-            "accepted no bytes",
-            cx,
-            ready,
-        )
+        this.check_write(cx, ready)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let ready = Pin::new(&mut this.inner).poll_flush(cx);
-        check(
-            &mut this.write_timer,
-            this.write_stall,
-            "accepted no bytes",
-            cx,
-            ready,
-        )
+        this.check_write(cx, ready)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let ready = Pin::new(&mut this.inner).poll_shutdown(cx);
-        check(
-            &mut this.write_timer,
-            this.write_stall,
-            "accepted no bytes",
-            cx,
-            ready,
-        )
+        this.check_write(cx, ready)
     }
 }
 

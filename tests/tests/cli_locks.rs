@@ -588,22 +588,8 @@ async fn sigquit_is_passed_on_to_the_command_before_the_lock_goes() {
     let server = TestServer::start(&[]);
     let addr = server.addr();
     let client = connect(&addr).await;
-    let child = ctl(&addr, &["lock", "/cli/quit", "--", "sleep", "30"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let ctl_pid = child.id().expect("corralctl pid");
-    let sleep_pid = eventually("corralctl to start sleep", WAIT, || {
-        let found = children_of(ctl_pid).first().copied();
-        async move { found }
-    })
-    .await;
-    let status = Command::new("kill")
-        .args(["-s", "QUIT", "--", &ctl_pid.to_string()])
-        .status()
-        .await
-        .expect("kill");
-    assert!(status.success());
+    let (child, ctl_pid, sleep_pid) = locked_sleep(&addr, "/cli/quit").await;
+    send("QUIT", ctl_pid).await;
     let out = match timeout(COMMAND_TIMEOUT, child.wait_with_output()).await {
         Ok(out) => out.expect("wait"),
         Err(_) => panic!("corralctl did not end after SIGQUIT"),
@@ -627,6 +613,21 @@ fn state_of(pid: u32) -> Option<char> {
         .next()
 }
 
+/// `corralctl lock LOCK -- sleep 30`, once sleep runs: the child, its pid and sleep's.
+async fn locked_sleep(addr: &str, lock: &str) -> (tokio::process::Child, u32, u32) {
+    let child = ctl(addr, &["lock", lock, "--", "sleep", "30"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let ctl_pid = child.id().expect("corralctl pid");
+    let sleep_pid = eventually("corralctl to start sleep", WAIT, || {
+        let found = children_of(ctl_pid).first().copied();
+        async move { found }
+    })
+    .await;
+    (child, ctl_pid, sleep_pid)
+}
+
 async fn send(signal: &str, pid: u32) {
     let status = Command::new("kill")
         .args(["-s", signal, "--", &pid.to_string()])
@@ -644,16 +645,7 @@ async fn ctrl_z_stops_the_command_with_corralctl() {
     let server = TestServer::start(&[]);
     let addr = server.addr();
     let client = connect(&addr).await;
-    let child = ctl(&addr, &["lock", "/cli/tstp", "--", "sleep", "30"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let ctl_pid = child.id().expect("corralctl pid");
-    let sleep_pid = eventually("corralctl to start sleep", WAIT, || {
-        let found = children_of(ctl_pid).first().copied();
-        async move { found }
-    })
-    .await;
+    let (child, ctl_pid, sleep_pid) = locked_sleep(&addr, "/cli/tstp").await;
     send("TSTP", ctl_pid).await;
     eventually("both to stop", WAIT, || {
         let stopped = state_of(ctl_pid) == Some('T') && state_of(sleep_pid) == Some('T');

@@ -227,6 +227,21 @@ impl Trio {
         }
     }
 
+    /// Rounds without losses until a leader is elected (at most 200): the leader and a
+    /// follower.
+    fn elect(&mut self) -> (u64, u64) {
+        let keep = |_: u64, _: u64, _: &PeerMsg| false;
+        for _ in 0..200 {
+            if self.leader().is_some() {
+                break;
+            }
+            self.round(&keep);
+        }
+        let leader = self.leader().expect("a leader within 200 rounds");
+        let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+        (leader, follower)
+    }
+
     fn leader(&self) -> Option<u64> {
         self.logs
             .iter()
@@ -256,14 +271,7 @@ fn is_accept_or_decide(m: &PeerMsg) -> bool {
 fn a_leader_resyncs_a_follower_whose_link_came_back() {
     let mut trio = Trio::new(20);
     let keep = |_: u64, _: u64, _: &PeerMsg| false;
-    for _ in 0..200 {
-        if trio.leader().is_some() {
-            break;
-        }
-        trio.round(&keep);
-    }
-    let leader = trio.leader().expect("a leader within 200 rounds");
-    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let (leader, follower) = trio.elect();
     let mut out = Vec::new();
     trio.log(leader)
         .propose(big_write(1, 10), &mut out)
@@ -300,14 +308,7 @@ fn a_leader_resyncs_a_follower_whose_link_came_back() {
 fn a_leader_drops_a_forwarded_expiry() {
     let mut trio = Trio::new(30);
     let keep = |_: u64, _: u64, _: &PeerMsg| false;
-    for _ in 0..200 {
-        if trio.leader().is_some() {
-            break;
-        }
-        trio.round(&keep);
-    }
-    let leader = trio.leader().expect("a leader within 200 rounds");
-    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let (leader, follower) = trio.elect();
     let expiry = Entry::new(
         0,
         EntryBody::ExpireSessions {
