@@ -5,12 +5,15 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /health` | 200 `ok` while the node core answers (liveness), else 503; 200 `starting: ...` while the node starts |
 //! | `GET /ready` | 200 when the node is ready for clients (see [`ServerStatus::ready`]), else 503; JSON status either way |
-//! | `GET /status` | the node's [`ServerStatus`] as JSON, plus `starting` |
+//! | `GET /status` | the node's [`ServerStatus`] as JSON, plus `starting` and `core_unresponsive` |
+//!
+//! | `GET /snapshot` | a backup: the applied state machine image (see [`crate::backup`]) |
 //!
 //! While the node starts (its core does not run yet), `/status` and `/ready` answer the
 //! same JSON as afterwards, built from the settings ([`crate::status::starting_status`])
-//! and marked `"starting": true`; `/ready` with 503.
-//! | `GET /snapshot` | a backup: the applied state machine image (see [`crate::backup`]) |
+//! and marked `"starting": true`; `/ready` with 503. When the running core does not
+//! answer within [`CORE_ANSWER_TIMEOUT`], both answer 503 with that same JSON marked
+//! `"core_unresponsive": true` (never a plain-text body: tools parse it).
 //!
 //! Handlers talk to the core task through a bounded channel of [`AdminRequest`]s and
 //! wait at most [`CORE_ANSWER_TIMEOUT`] for the answer.
@@ -215,8 +218,11 @@ struct AdminState {
     metrics: Option<PrometheusHandle>,
     /// One backup at a time: an image is held in memory while it is sent.
     snapshots: Arc<Semaphore>,
-    /// What `/status` and `/ready` answer while the node starts.
+    /// What `/status` and `/ready` answer while the node starts (and, marked
+    /// `core_unresponsive`, when the core does not answer).
     starting_status: Arc<ServerStatus>,
+    /// How long a handler waits for the core ([`CORE_ANSWER_TIMEOUT`]; shorter in tests).
+    core_timeout: Duration,
 }
 
 /// Serves the admin endpoint until `shutdown` resolves.
@@ -226,6 +232,26 @@ pub async fn serve(
     core_running: Arc<AtomicBool>,
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    serve_with(
+        admin,
+        core,
+        core_running,
+        metrics,
+        shutdown,
+        CORE_ANSWER_TIMEOUT,
+    )
+    .await;
+}
+
+/// [`serve`], with the wait for the core's answers as a parameter (the tests shorten it).
+async fn serve_with(
+    admin: BoundAdmin,
+    core: mpsc::Sender<AdminRequest>,
+    core_running: Arc<AtomicBool>,
+    metrics: Option<PrometheusHandle>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    core_timeout: Duration,
 ) {
     if let Some(handle) = metrics.clone() {
         // Histograms keep their samples until upkeep drains them into the buckets.
@@ -247,6 +273,7 @@ pub async fn serve(
         metrics,
         snapshots: Arc::new(Semaphore::new(1)),
         starting_status: Arc::new(starting_status),
+        core_timeout,
     };
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
@@ -268,10 +295,10 @@ pub async fn serve(
 }
 
 async fn ask<T>(
-    core: &mpsc::Sender<AdminRequest>,
+    state: &AdminState,
     make: impl FnOnce(oneshot::Sender<T>) -> AdminRequest,
 ) -> Option<T> {
-    ask_within(core, make, CORE_ANSWER_TIMEOUT).await
+    ask_within(&state.core, make, state.core_timeout).await
 }
 
 /// Puts a question to the core and waits for the answer, both within `limit`: one
@@ -316,7 +343,7 @@ async fn metrics_handler(State(state): State<AdminState>) -> Response {
     }
     // Counters and gauges of the core are copied in at each scrape; if the core does
     // not answer, the last values are served.
-    if let Some((status, stats)) = ask(&state.core, AdminRequest::Status).await {
+    if let Some((status, stats)) = ask(&state, AdminRequest::Status).await {
         crate::metrics::export_node(&stats, &status);
     }
     (
@@ -336,43 +363,72 @@ async fn health(State(state): State<AdminState>) -> Response {
     if starting(&state) {
         return (StatusCode::OK, STARTING).into_response();
     }
-    match ask(&state.core, AdminRequest::Status).await {
+    match ask(&state, AdminRequest::Status).await {
         Some(_) => (StatusCode::OK, "ok\n").into_response(),
         None => unavailable(),
     }
 }
 
+/// Where a status that `/status` and `/ready` send comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The node core answered.
+    Core,
+    /// The node starts: its core does not run yet.
+    Starting,
+    /// The core runs but did not answer within the deadline.
+    Unresponsive,
+}
+
 /// A status as `/status` and `/ready` send it: the [`ServerStatus`] fields, plus
-/// `starting` (true while the node starts and its core does not run yet).
-fn status_json(status: &ServerStatus, starting: bool) -> Json<serde_json::Value> {
+/// `starting` (true while the node starts and its core does not run yet) and
+/// `core_unresponsive` (true when the running core did not answer in time: the status
+/// is then the one known without the core, as while starting).
+fn status_json(status: &ServerStatus, source: Source) -> Json<serde_json::Value> {
     let mut value = match serde_json::to_value(status) {
         Ok(v) => v,
         Err(_) => serde_json::Value::Object(serde_json::Map::new()),
     };
     if let Some(fields) = value.as_object_mut() {
-        fields.insert("starting".into(), starting.into());
+        fields.insert("starting".into(), (source == Source::Starting).into());
+        fields.insert(
+            "core_unresponsive".into(),
+            (source == Source::Unresponsive).into(),
+        );
     }
     Json(value)
+}
+
+/// What `/status` and `/ready` answer when the core did not answer in time: 503 with
+/// the status known without the core (node id, members' addresses, admin address,
+/// version; not ready), marked `"core_unresponsive": true`. It used to be a plain-text
+/// body, which the tools that parse these answers as JSON could not read.
+fn unresponsive_status(state: &AdminState) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        status_json(&state.starting_status, Source::Unresponsive),
+    )
+        .into_response()
 }
 
 async fn ready(State(state): State<AdminState>) -> Response {
     if starting(&state) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            status_json(&state.starting_status, true),
+            status_json(&state.starting_status, Source::Starting),
         )
             .into_response();
     }
-    match ask(&state.core, AdminRequest::Status).await {
+    match ask(&state, AdminRequest::Status).await {
         Some((status, _)) => {
             let code = if status.ready {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            (code, status_json(&status, false)).into_response()
+            (code, status_json(&status, Source::Core)).into_response()
         }
-        None => unavailable(),
+        None => unresponsive_status(&state),
     }
 }
 
@@ -380,11 +436,12 @@ async fn status(State(state): State<AdminState>) -> Response {
     if starting(&state) {
         // The status of a starting node is known: it answers like any other (200), not
         // ready; `/ready` is the one that says 503.
-        return status_json(&state.starting_status, true).into_response();
+        return status_json(&state.starting_status, Source::Starting).into_response();
     }
-    match ask(&state.core, AdminRequest::Status).await {
-        Some((status, _)) => status_json(&status, false).into_response(),
-        None => unavailable(),
+    match ask(&state, AdminRequest::Status).await {
+        Some((status, _)) => status_json(&status, Source::Core).into_response(),
+        // Unlike a starting node's, this status is not the node's: 503.
+        None => unresponsive_status(&state),
     }
 }
 
@@ -402,7 +459,7 @@ async fn snapshot(State(state): State<AdminState>) -> Response {
         )
             .into_response();
     };
-    let Some(image) = ask(&state.core, AdminRequest::Snapshot).await else {
+    let Some(image) = ask(&state, AdminRequest::Snapshot).await else {
         return unavailable();
     };
     let encoded = tokio::task::spawn_blocking(move || crate::backup::encode_image(&image)).await;
@@ -496,6 +553,79 @@ mod tests {
             "gave up after {took:?}, limit {limit:?}"
         );
         slow_core.abort();
+    }
+
+    /// `GET path` over a fresh connection: the status code and the body.
+    async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+        let code = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status code");
+        (code, body.to_string())
+    }
+
+    /// A node core that does not answer (stalled, or busy past the deadline): `/status`
+    /// and `/ready` answer 503 with the status known without the core, as JSON marked
+    /// `core_unresponsive` (they used to answer plain text, which tools parsing them as
+    /// JSON could not read).
+    #[tokio::test]
+    async fn status_and_ready_answer_json_when_the_core_does_not_answer() {
+        let config = config(&[
+            "--node-id",
+            "2",
+            "--peers",
+            "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3",
+        ]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin = BoundAdmin::new(listener, &config);
+        let addr = admin.local_addr().expect("addr");
+        let (core, mut inbox) = mpsc::channel::<AdminRequest>(ADMIN_QUEUE_REQUESTS);
+        // Takes every question and answers none.
+        let stalled_core = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(request) = inbox.recv().await {
+                held.push(request);
+            }
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with(
+            admin,
+            core,
+            Arc::new(AtomicBool::new(true)),
+            None,
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_millis(200),
+        ));
+        for path in ["/status", "/ready"] {
+            let (code, body) = http_get(addr, path).await;
+            assert_eq!(code, 503, "{path}: {body}");
+            let value: serde_json::Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body:?}"));
+            assert_eq!(value["core_unresponsive"], true, "{path}: {value}");
+            assert_eq!(value["starting"], false, "{path}: {value}");
+            let status: ServerStatus = serde_json::from_value(value.clone())
+                .unwrap_or_else(|e| panic!("{path}: not a status ({e}): {value}"));
+            assert_eq!((status.node_id, status.ready), (2, false), "{path}");
+            assert_eq!(status.leader, None, "{path}");
+            assert_eq!(status.members.len(), 2, "{path}: {value}");
+            assert_eq!(status.admin_addr, Some(addr.to_string()), "{path}");
+        }
+        // /health stays a liveness probe: 503, plain text.
+        let (code, body) = http_get(addr, "/health").await;
+        assert_eq!(code, 503, "{body}");
+        let _ = stop.send(());
+        server.await.expect("the endpoint stops");
+        stalled_core.abort();
     }
 
     #[tokio::test]
