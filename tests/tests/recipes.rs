@@ -65,6 +65,139 @@ async fn children_until(
     .await
 }
 
+/// A loopback proxy to one server that counts the frames the server sends to the client
+/// and can hold them back, one at a time: to let other clients change the tree between
+/// two reads of one call, at a point the test chooses.
+#[derive(Debug)]
+struct Gate {
+    addr: SocketAddr,
+    shared: Arc<GateShared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct GateShared {
+    /// Frames from the server wait for a permit while this is set.
+    closed: AtomicBool,
+    permits: tokio::sync::Semaphore,
+    /// Frames that reached the proxy from the server so far.
+    arrived: tokio::sync::watch::Sender<u64>,
+}
+
+impl Gate {
+    async fn start(target: &str) -> Gate {
+        let target: SocketAddr = target.parse().expect("server address");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let shared = Arc::new(GateShared {
+            closed: AtomicBool::new(false),
+            permits: tokio::sync::Semaphore::new(0),
+            arrived: tokio::sync::watch::Sender::new(0),
+        });
+        let task = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                            return;
+                        };
+                        let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                        let (mut cr, mut cw) = client.into_split();
+                        let (mut sr, mut sw) = server.into_split();
+                        let up = tokio::io::copy(&mut cr, &mut sw);
+                        let down = Gate::frames(&mut sr, &mut cw, &shared);
+                        tokio::select! {
+                            _ = up => {}
+                            () = down => {}
+                        }
+                    });
+                }
+            }
+        });
+        Gate { addr, shared, task }
+    }
+
+    /// Forwards the server's frames (a big-endian `u32` length, then the payload),
+    /// each only once the gate lets it through.
+    async fn frames(
+        from: &mut tokio::net::tcp::OwnedReadHalf,
+        to: &mut tokio::net::tcp::OwnedWriteHalf,
+        shared: &GateShared,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let mut len = [0u8; 4];
+            if from.read_exact(&mut len).await.is_err() {
+                return;
+            }
+            let Ok(size) = usize::try_from(u32::from_be_bytes(len)) else {
+                return;
+            };
+            let mut frame = len.to_vec();
+            frame.resize(4 + size, 0);
+            if from.read_exact(&mut frame[4..]).await.is_err() {
+                return;
+            }
+            shared.arrived.send_modify(|n| *n += 1);
+            if shared.closed.load(Ordering::SeqCst) {
+                match shared.permits.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return,
+                }
+            }
+            if to.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Frames that reached the gate from the server so far.
+    fn arrived(&self) -> u64 {
+        *self.shared.arrived.borrow()
+    }
+
+    /// Holds back every frame from now on, until [`step`](Self::step) or
+    /// [`open`](Self::open).
+    fn close(&self) {
+        let left = self.shared.permits.available_permits();
+        self.shared.permits.forget_permits(left);
+        self.shared.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets one held frame through.
+    fn step(&self) {
+        self.shared.permits.add_permits(1);
+    }
+
+    /// Lets every frame through, held ones included.
+    fn open(&self) {
+        self.shared.closed.store(false, Ordering::SeqCst);
+        self.shared.permits.add_permits(1 << 20);
+    }
+
+    /// Waits (bounded) until `count` frames in all reached the gate from the server.
+    async fn arrived_at_least(&self, count: u64, what: &str) {
+        let mut arrived = self.shared.arrived.subscribe();
+        bounded(what, arrived.wait_for(|n| *n >= count))
+            .await
+            .expect("the gate is alive");
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The granted flags of a lock's queue, in queue order.
 async fn granted(client: &Client, lock: &str) -> Vec<bool> {
     let locks = client.locks(lock).await.expect("locks");
@@ -369,6 +502,77 @@ async fn election_campaign_resign_proclaim_failover_and_observe() {
     assert_eq!(seen.token, lc.token());
     drop(lc); // resigns in the background
     assert_eq!(next_leader(&mut leaders, "no leader again").await, None);
+}
+
+/// An election's directory is a container: when its last candidate leaves it goes, and
+/// the next candidate's node, in a new directory, gets the path the last leader's had.
+/// `leader()` and `observe()` read the queue and then the leader's node by path; if the
+/// leader leaves and a new candidate is elected in between, the node at that path is the
+/// new leader's, and must not be reported as the data of the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_and_observe_never_pair_a_leader_with_the_data_of_a_later_node_of_its_path() {
+    let server = TestServer::start(&[]);
+    let gate = Gate::start(&server.addr()).await;
+    // A long session: no pings through the gate while it holds frames back.
+    let config = ClientConfig::new([gate.addr()]).with_session_ttl(Duration::from_secs(60));
+    let observer = Client::connect(config).await.expect("connect");
+    let a = connect(&server.addr()).await;
+    let b = connect(&server.addr()).await;
+    let ea = Election::new(&a, "/election/reuse", "a");
+    let eb = Election::new(&b, "/election/reuse", "b");
+    let watching = Election::new(&observer, "/election/reuse", "");
+
+    // leader(): a leads when the queue is read; before the leader's node is read, a
+    // resigns and b is elected with a node of the same path.
+    let la = ea.campaign().await.expect("a elected");
+    let before = gate.arrived();
+    gate.close();
+    let asked = tokio::spawn({
+        let watching = watching.clone();
+        async move { watching.leader().await }
+    });
+    gate.arrived_at_least(before + 1, "the answer to the queue read")
+        .await;
+    assert!(la.resign().await.expect("resign"));
+    let lb = eb.campaign().await.expect("b elected");
+    assert_eq!(lb.node(), la.node(), "b's node has the path a's had");
+    gate.open();
+    let seen = bounded("leader()", asked)
+        .await
+        .expect("task")
+        .expect("leader")
+        .expect("b leads");
+    assert_eq!(
+        (seen.token, seen.session, seen.data.as_slice()),
+        (lb.token(), b.session_id(), &b"b"[..]),
+        "leader() reports b, with b's data"
+    );
+
+    // observe(): likewise, between its queue read and its read of the leader's node.
+    let mut leaders = watching.observe();
+    let before = gate.arrived();
+    gate.close();
+    let first = tokio::spawn(async move { leaders.recv().await });
+    gate.arrived_at_least(before + 1, "the answer to the children read")
+        .await;
+    gate.step();
+    gate.arrived_at_least(before + 2, "the answer to the queue read")
+        .await;
+    assert!(lb.resign().await.expect("resign"));
+    let la = ea.campaign().await.expect("a elected again");
+    assert_eq!(la.node(), lb.node(), "a's node has the path b's had");
+    gate.open();
+    let seen = bounded("the first report", first)
+        .await
+        .expect("task")
+        .expect("the stream goes on")
+        .expect("no error")
+        .expect("a leads");
+    assert_eq!(
+        (seen.token, seen.session, seen.data.as_slice()),
+        (la.token(), a.session_id(), &b"a"[..]),
+        "observe() reports a, with a's data"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -198,8 +198,12 @@ impl Election {
                 return Ok(None);
             };
             match self.client.get_data(&entry.node).await {
-                Ok((data, _)) => return Ok(Some(LeaderInfo::new(entry, data))),
-                // The leader left between the two reads: look again.
+                Ok((data, stat)) if is_node_of(entry, stat.czxid) => {
+                    return Ok(Some(LeaderInfo::new(entry, data)))
+                }
+                // The leader left between the two reads (its path may name a later
+                // candidate's node by now): look again.
+                Ok(_) => continue,
                 Err(e) if e.is(ErrorCode::NoNode) => continue,
                 Err(e) => return Err(e),
             }
@@ -262,6 +266,14 @@ fn granted(state: &LockState) -> Option<&LockEntry> {
     state.queue.iter().find(|e| e.granted)
 }
 
+/// Whether the node created at `czxid` is `entry`'s. A path does not name one node for
+/// good: the lock's directory is a container, and when it is created again its sequence
+/// counter restarts, so a later candidate's node can have the path a leader's had. The
+/// entry's token is its node's creation zxid.
+fn is_node_of(entry: &LockEntry, czxid: u64) -> bool {
+    entry.token == czxid
+}
+
 /// When to look again for a grant held back by a lock-delay, if one is: a waiting
 /// candidate, nobody granted, and a delay running until `delayed_until_ms` (the
 /// leader's wall clock).
@@ -314,8 +326,12 @@ impl Observer {
             let mut recheck = None;
             let (current, data_watch) = match state.as_ref().and_then(granted) {
                 Some(entry) => match client.get_data_watch(&entry.node).await {
-                    Ok((data, _, watcher)) => (Some(LeaderInfo::new(entry, data)), Some(watcher)),
-                    // The leader just left (the child watch has fired): read again.
+                    Ok((data, stat, watcher)) if is_node_of(entry, stat.czxid) => {
+                        (Some(LeaderInfo::new(entry, data)), Some(watcher))
+                    }
+                    // The leader just left (the child watch has fired; its path may
+                    // name a later candidate's node by now): read again.
+                    Ok(_) => continue,
                     Err(e) if e.is(ErrorCode::NoNode) => continue,
                     Err(e) => return Err(e),
                 },
