@@ -346,6 +346,44 @@ fn failures_exit_1_and_usage_errors_exit_2() {
     assert_eq!(r.ok(), "x\n");
 }
 
+/// A recursive delete that cannot delete the node itself deletes nothing: `rm -r /` (the
+/// root cannot be deleted) and `rm -r --version V` with a version the node is not at used
+/// to delete every descendant first and then exit 1, so a command reported as failed had
+/// emptied the tree.
+#[test]
+fn rm_r_that_must_fail_deletes_nothing() {
+    let server = TestServer::start(&[]);
+    ctl(&server, &["create", "-p", "/d/c1/leaf", "x"]).ok();
+    ctl(&server, &["create", "/d/c2", "y"]).ok();
+    let tree = |server: &TestServer| {
+        let root = ctl(server, &["--json", "ls", "/"]).json()["children"].clone();
+        let d = ctl(server, &["--json", "ls", "/d"]).json()["children"].clone();
+        let c1 = ctl(server, &["--json", "ls", "/d/c1"]).json()["children"].clone();
+        (root, d, c1)
+    };
+    let before = tree(&server);
+    assert_eq!(before.1, serde_json::json!(["c1", "c2"]), "{before:?}");
+
+    let r = ctl(&server, &["rm", "-r", "--version", "7", "/d"]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(r.stderr.contains("BadVersion"), "{r:?}");
+    assert_eq!(
+        tree(&server),
+        before,
+        "a stale --version deleted descendants"
+    );
+
+    let r = ctl(&server, &["rm", "-r", "/"]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(r.stderr.contains("BadArguments"), "{r:?}");
+    assert_eq!(tree(&server), before, "rm -r / deleted the tree");
+
+    // At the right version it deletes the whole subtree.
+    ctl(&server, &["rm", "-r", "--version", "0", "/d"]).ok();
+    let r = ctl(&server, &["stat", "/d"]);
+    assert!(r.stderr.contains("NoNode"), "{r:?}");
+}
+
 /// Starts `corralctl watch`, then runs `poke(i)` for i = 0, 1, ... until the watch has
 /// printed `count` lines and exited (a change made before the watch was registered is
 /// simply not reported, so the test does not need to know when that happened).

@@ -46,10 +46,12 @@ pub enum NodeCommand {
     Rm {
         /// The node.
         path: String,
-        /// Only if the node is at this version.
+        /// Only if the node is at this version (with -r, checked before the descendants
+        /// are deleted, and again when the node itself is).
         #[arg(long)]
         version: Option<u32>,
-        /// Delete the node's descendants first.
+        /// Delete the node's descendants first (not for the root, which cannot be
+        /// deleted: nothing is).
         #[arg(short, long)]
         recursive: bool,
     },
@@ -210,6 +212,7 @@ pub async fn execute(client: &Client, command: NodeCommand, json: bool) -> Resul
             recursive,
         } => {
             if recursive {
+                check_deletable(client, &path, version).await?;
                 delete_descendants(client, &path).await?;
             }
             client.delete(&path, version).await?;
@@ -278,6 +281,33 @@ async fn list(client: &Client, path: &str, long: bool, json: bool) -> Result<(),
         emit(json!({ "path": path, "children": rows }))
     } else {
         Ok(())
+    }
+}
+
+/// Fails, before anything is deleted, a recursive delete whose last step (the delete
+/// of `path` itself) is bound to fail: of the root, or at a version the node is not
+/// at. `rm -r /` and `rm -r --version` of a stale version used to delete every
+/// descendant first and only then fail, so a command that reported failure had emptied
+/// the tree. (A change between this check and the last step still fails it.)
+async fn check_deletable(client: &Client, path: &str, version: Option<u32>) -> Result<(), Error> {
+    if path == "/" {
+        return Err(Error::Server(corral_client::ErrorInfo::new(
+            ErrorCode::BadArguments,
+            "the root / cannot be deleted",
+        )));
+    }
+    let Some(expected) = version else {
+        return Ok(());
+    };
+    match client.exists(path).await? {
+        Some(stat) if stat.version != expected => {
+            Err(Error::Server(corral_client::ErrorInfo::new(
+                ErrorCode::BadVersion,
+                format!("version of {path} is {}, expected {expected}", stat.version),
+            )))
+        }
+        // Missing: the delete says so, after an empty walk.
+        _ => Ok(()),
     }
 }
 
