@@ -25,21 +25,24 @@
 //! resent after every reconnect until answered: a `CloseSession` (else a dropped client
 //! could keep its session, and its locks, alive forever), a lock request (else its
 //! queue node would be orphaned: the task releases it when the answer finds no caller),
-//! the releases sent on behalf of dropped guards and pending acquires, and the delete of
-//! a double barrier participant's node given up at its deadline. Such a release that the
-//! server answers with a transient error (`Unavailable`, say) is sent again after a
-//! growing pause ([`ReleaseRetries`]) until it succeeds, for as long as the session
-//! lives; its nodes stay tracked meanwhile, so a reconnect's re-read also sweeps them.
+//! and the [`Detached`] requests: the releases sent on behalf of dropped guards and
+//! pending acquires, the revokes of dropped leases, and the delete of a double barrier
+//! participant's node given up at its deadline. A detached request that the server
+//! answers with a transient error (`Unavailable`, say) is sent again after a growing
+//! pause ([`DetachedRetries`]) until it succeeds, for as long as the session lives. A
+//! release's nodes stay tracked meanwhile, so a reconnect's re-read also sweeps them
+//! (and takes over from the retry if the lease runs out while disconnected); a revoke
+//! or delete is kept through such a lapse and sent once the session is resumed.
 
 use crate::backoff::Backoff;
 use crate::config::ClientConfig;
+use crate::detached_retry::{already_done, worth_retrying, DetachedRetries};
 use crate::error::{Error, Result};
 use crate::lease::default_margin;
 use crate::lock::{sleep_until_some, LockLoss};
 use crate::lock_registry::{LockRegistry, RequestNodes, SlotStatus};
 use crate::pending::{Pending, Waiter};
 use crate::registry::{split_watch_set, OneShotKind, WatchRegistry};
-use crate::release_retry::{worth_retrying, ReleaseRetries};
 use crate::state::{ConnectionState, StatePublisher};
 use crate::transport::{self, HandshakeError, Transport};
 use crate::watcher::{StreamItem, WatchSender};
@@ -51,6 +54,7 @@ use corral_protocol::{
     WatchEvent, WatcherKind,
 };
 use futures::StreamExt;
+use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -113,17 +117,46 @@ pub(crate) enum Then {
     Keepalive { sent_at: Instant },
 }
 
-/// What a [`Then::Detached`] request does.
+/// What a [`Then::Detached`] request does, naming what it is about, so that the task
+/// can send it again ([`Detached::op`]) after a transient error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Detached {
     /// Releases a request's queue nodes (a dropped guard or pending acquire), like
     /// [`Then::Release`].
     Release(RequestNodes),
-    /// Revokes a lease (a dropped lease or a lock's dedicated lease).
-    RevokeLease,
-    /// Deletes a node its owner gave up on (a double barrier participant's own node, at
-    /// its deadline); `NoNode` means it is done. Not a lock's queue node.
-    Delete,
+    /// Revokes a lease (a dropped lease or a lock's dedicated lease); `NoLease` means
+    /// it is done.
+    RevokeLease { lease_id: u64 },
+    /// Deletes a node its owner gave up on, at any version (a double barrier
+    /// participant's own node, at its deadline); `NoNode` means it is done. Not a lock's
+    /// queue node.
+    Delete { path: String },
+}
+
+impl Detached {
+    /// The request that does it.
+    pub(crate) fn op(&self) -> Op {
+        match self {
+            Detached::Release(nodes) => nodes.release_op(),
+            Detached::RevokeLease { lease_id } => Op::RevokeLease {
+                lease_id: *lease_id,
+            },
+            Detached::Delete { path } => Op::Delete {
+                path: path.clone(),
+                version: None,
+            },
+        }
+    }
+}
+
+impl fmt::Display for Detached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Detached::Release(nodes) => write!(f, "the release of {}", nodes.node.node),
+            Detached::RevokeLease { lease_id } => write!(f, "the revoke of lease {lease_id:#x}"),
+            Detached::Delete { path } => write!(f, "the delete of {path}"),
+        }
+    }
 }
 
 impl Then {
@@ -295,8 +328,9 @@ pub(crate) struct Task {
     /// Requests the task makes on its own while handling a message (releases of nodes
     /// nobody waits for), sent right after.
     deferred: Vec<Call>,
-    /// Background releases answered with a transient error, to send again.
-    retries: ReleaseRetries,
+    /// Detached requests on their way, and those answered with a transient error, to
+    /// send again.
+    retries: DetachedRetries,
 }
 
 impl Task {
@@ -332,7 +366,7 @@ impl Task {
             dropped: false,
             locks: LockRegistry::default(),
             deferred: Vec::new(),
-            retries: ReleaseRetries::default(),
+            retries: DetachedRetries::default(),
         };
         task.adopt(granted, handshake_started);
         task
@@ -506,9 +540,9 @@ impl Task {
                     return End::Lost(format!("the server said nothing for {silence_limit:?}"));
                 },
                 () = sleep_until_some(retry_due) => {
-                    for nodes in self.retries.take_due(Instant::now()) {
-                        tracing::debug!(node = %nodes.node.node, "sending a failed release again");
-                        self.defer_release(nodes);
+                    for what in self.retries.take_due(Instant::now()) {
+                        tracing::debug!("sending {what} again");
+                        self.defer(what);
                     }
                     self.flush_deferred(&mut out);
                 },
@@ -548,11 +582,22 @@ impl Task {
         if let Then::Keepalive { sent_at } = &mut then {
             *sent_at = Instant::now();
         }
+        // Before it goes out: a later create of a path supersedes a delete of it that
+        // waits to be sent again.
+        self.retries.sending(&op);
+        if let Then::Detached(what) = &then {
+            self.retries.sent(what);
+        }
         let closing = matches!(then, Then::Close);
         let waiter = WaitFor::Call { then, reply };
         match self.push(op, waiter, true, out) {
             Ok(()) => self.closing |= closing,
-            Err((WaitFor::Call { reply, .. }, e)) => {
+            Err((WaitFor::Call { then, reply }, e)) => {
+                if let Then::Detached(what) = &then {
+                    // It cannot be encoded: sending it again would fail alike.
+                    tracing::warn!("{what}, on behalf of a dropped handle, failed: {e}");
+                    self.retries.done(what);
+                }
                 let _ = reply.send(Err(e));
             }
             Err(_) => {}
@@ -566,12 +611,13 @@ impl Task {
         }
     }
 
-    /// Releases a request's queue nodes nobody waits for, as soon as a connection allows.
-    fn defer_release(&mut self, nodes: RequestNodes) {
+    /// Sends a detached request nobody waits for (a release of queue nodes, say) as
+    /// soon as a connection allows.
+    fn defer(&mut self, what: Detached) {
         let (reply, _ignored) = oneshot::channel();
         self.deferred.push(Call {
-            op: nodes.release_op(),
-            then: Then::Detached(Detached::Release(nodes)),
+            op: what.op(),
+            then: Then::Detached(what),
             reply,
         });
     }
@@ -660,7 +706,10 @@ impl Task {
                     let state = states.iter().find(|s| s.lock == lock);
                     for orphan in self.locks.resync(&lock, state, self.session_id, sweep) {
                         tracing::info!(node = %orphan.node, "releasing a lock node nobody tracks");
-                        self.defer_release(RequestNodes::one(&orphan.node, orphan.token));
+                        self.defer(Detached::Release(RequestNodes::one(
+                            &orphan.node,
+                            orphan.token,
+                        )));
                     }
                     None
                 }
@@ -726,29 +775,23 @@ impl Task {
                         // The close failed: the session goes on.
                         self.closing = false;
                     }
-                    match &then {
-                        Then::Detached(Detached::Delete) if info.code == ErrorCode::NoNode => {}
-                        Then::Detached(Detached::Release(nodes))
-                            if end.is_none() && worth_retrying(info.code) =>
-                        {
-                            let pause = self.retries.failed(
-                                nodes,
-                                Instant::now(),
-                                rand::random::<f64>(),
-                                self.config.max_backoff,
-                            );
-                            tracing::info!(
-                                node = %nodes.node.node,
-                                "a background release failed ({info}); sending it again in {pause:?}"
-                            );
-                        }
-                        Then::Detached(what) => {
-                            if let Detached::Release(nodes) = what {
-                                self.retries.done(nodes);
+                    if let Then::Detached(what) = &then {
+                        if already_done(what, info.code) {
+                            self.retries.done(what);
+                        } else if end.is_none() && worth_retrying(info.code) {
+                            match self.retry_later(what) {
+                                Some(pause) => tracing::info!(
+                                    "{what} failed ({info}); sending it again in {pause:?}"
+                                ),
+                                None => tracing::info!(
+                                    "{what} failed ({info}); not sent again: this session \
+                                     created the path anew since"
+                                ),
                             }
-                            tracing::warn!("{what:?} on behalf of a dropped handle failed: {info}");
+                        } else {
+                            self.retries.done(what);
+                            tracing::warn!("{what}, on behalf of a dropped handle, failed: {info}");
                         }
-                        _ => {}
                     }
                     let _ = reply.send(Err(Error::from(info)));
                     end
@@ -768,11 +811,9 @@ impl Task {
         Option<watch::Receiver<SlotStatus>>,
     ) {
         match then {
-            Then::Nothing
-            | Then::Keepalive { .. }
-            | Then::Close
-            | Then::LockMany { .. }
-            | Then::Detached(Detached::RevokeLease | Detached::Delete) => (None, None),
+            Then::Nothing | Then::Keepalive { .. } | Then::Close | Then::LockMany { .. } => {
+                (None, None)
+            }
             Then::OneShot { path, kind, tx } => {
                 // An exists watch on a node that exists is a data watch (as in
                 // ZooKeeper): re-registered as an exist watch after a reconnect, the
@@ -804,13 +845,49 @@ impl Task {
                 self.locks.released(&node, None);
                 (None, None)
             }
-            Then::Release(nodes) | Then::Detached(Detached::Release(nodes)) => {
-                self.retries.done(&nodes);
+            Then::Detached(what) => {
+                self.retries.done(&what);
+                if let Detached::Release(nodes) = &what {
+                    for n in nodes.all() {
+                        self.locks.released(&n.node, Some(n.token));
+                    }
+                }
+                (None, None)
+            }
+            Then::Release(nodes) => {
+                self.retries.done(&Detached::Release(nodes.clone()));
                 for n in nodes.all() {
                     self.locks.released(&n.node, Some(n.token));
                 }
                 (None, None)
             }
+        }
+    }
+
+    /// Schedules a detached request that failed with a transient error to be sent again;
+    /// returns the pause, or `None` if it is superseded (see [`DetachedRetries`]).
+    fn retry_later(&mut self, what: &Detached) -> Option<Duration> {
+        self.retries.failed(
+            what,
+            Instant::now(),
+            rand::random::<f64>(),
+            self.config.max_backoff,
+        )
+    }
+
+    /// A detached request that could not get through because the session's lease ran
+    /// out while disconnected (it may or may not have been applied). A release's locks
+    /// are swept by the re-read after a resume, which also finds a node whose release
+    /// was applied or not; a revoke or delete has no such sweep and is sent again once
+    /// the session is resumed.
+    fn lapsed_detached(&mut self, what: &Detached) {
+        if let Detached::Release(_) = what {
+            self.retries.done(what);
+            for lock in Then::Detached(what.clone()).lock_names() {
+                self.locks.suspect(&lock);
+            }
+        } else if let Some(pause) = self.retry_later(what) {
+            tracing::debug!("{what} failed (the session lapsed); sending it again in {pause:?}");
         }
     }
 
@@ -822,7 +899,7 @@ impl Task {
             if let OpResult::MultiLocked { nodes, .. } = &reply.result {
                 tracing::debug!("multi-lock answered after its caller left; releasing");
                 if let Some(nodes) = RequestNodes::of_group(nodes) {
-                    self.defer_release(nodes);
+                    self.defer(Detached::Release(nodes));
                 }
             }
         }
@@ -831,7 +908,7 @@ impl Task {
                 reply.result
             {
                 tracing::debug!(%node, "lock request answered after its caller left; releasing");
-                self.defer_release(RequestNodes::one(&node, token));
+                self.defer(Detached::Release(RequestNodes::one(&node, token)));
             }
         }
     }
@@ -958,10 +1035,8 @@ impl Task {
                         return Err(End::Final(ConnectionState::Closed, Error::Closed));
                     }
                     Some(call) => {
-                        if let Then::Detached(Detached::Release { .. }) = &call.then {
-                            for lock in call.then.lock_names() {
-                                self.locks.suspect(&lock);
-                            }
+                        if let Then::Detached(what) = &call.then {
+                            self.lapsed_detached(what);
                         }
                         let _ = call.reply.send(Err(Error::ConnectionLoss));
                     }
@@ -984,6 +1059,9 @@ impl Task {
                 for lock in then.lock_names() {
                     self.locks.suspect(&lock);
                 }
+                if let Then::Detached(what) = &then {
+                    self.lapsed_detached(what);
+                }
                 let answer = match then {
                     // Closing locally; see `while_away`.
                     Then::Close => Ok(Reply {
@@ -1001,13 +1079,14 @@ impl Task {
             for lock in call.then.lock_names() {
                 self.locks.suspect(&lock);
             }
-        }
-        // Releases to send again, some failed above: the re-read after a resume sweeps
-        // their locks instead.
-        for nodes in self.retries.drain() {
-            for lock in Then::Detached(Detached::Release(nodes)).lock_names() {
-                self.locks.suspect(&lock);
+            if let Then::Detached(what) = &call.then {
+                self.lapsed_detached(what);
             }
+        }
+        // Releases waiting to be sent again: the re-read after a resume sweeps their
+        // locks instead. Revokes and deletes stay, to be sent again after it.
+        for what in self.retries.drain_releases() {
+            self.lapsed_detached(&what);
         }
     }
 

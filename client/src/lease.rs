@@ -174,7 +174,9 @@ struct LeaseInner {
 ///
 /// Cheap to clone (an `Arc` inside). Renewed in the background (every third of the TTL
 /// by default, see [`Renewal`]); see the [module docs](crate#locks) for the safe
-/// deadline. When the last clone is dropped the lease is revoked in the background.
+/// deadline. When the last clone is dropped the lease is revoked in the background
+/// (resent after reconnects until answered, and sent again after a transient error such
+/// as `Unavailable`, for as long as the session lives).
 ///
 /// ```no_run
 /// use corral_client::{LockOptions};
@@ -477,11 +479,11 @@ impl LeaseInner {
         }
     }
 
+    /// Revokes the lease in the background: resent after reconnects until answered,
+    /// and sent again after a transient error, for as long as the session lives.
     fn detach_revoke(&self) {
-        self.client.detach(
-            Op::RevokeLease { lease_id: self.id },
-            Then::Detached(Detached::RevokeLease),
-        );
+        let what = Detached::RevokeLease { lease_id: self.id };
+        self.client.detach(what.op(), Then::Detached(what));
     }
 }
 

@@ -109,11 +109,12 @@
 //!   ([`Error::deadlock_cycle`]); the others go on once the refused session releases
 //!   what it holds.
 //! - **Cleanup.** Dropping a guard releases the lock, dropping a pending acquire (or
-//!   an acquire giving up at its timeout) leaves the queue, both in the background; such
-//!   releases are resent until answered, sent again after a growing pause (up to
-//!   `max_backoff`) while the server answers them with a transient error such as
-//!   `Unavailable`, for as long as the session lives, and a lock request is never
-//!   orphaned by a lost answer.
+//!   an acquire giving up at its timeout) leaves the queue, dropping a [`Lease`] (or a
+//!   guard with a dedicated one) revokes it, all in the background; such requests
+//!   (and a double barrier participant's delete of its node when it gives up) are resent
+//!   until answered, sent again after a growing pause (up to `max_backoff`) while the
+//!   server answers them with a transient error such as `Unavailable`, for as long as
+//!   the session lives, and a lock request is never orphaned by a lost answer.
 
 #![warn(missing_docs)]
 
@@ -123,6 +124,7 @@ mod children;
 mod client;
 mod config;
 mod connection;
+mod detached_retry;
 mod error;
 mod fencing;
 mod lease;
@@ -133,7 +135,6 @@ mod multi_lock;
 mod pending;
 pub mod recipes;
 mod registry;
-mod release_retry;
 mod state;
 mod transport;
 mod watcher;

@@ -276,6 +276,165 @@ async fn a_dropped_guards_release_is_sent_again_after_a_transient_error_until_it
     drop(client);
 }
 
+/// The leases' TTL in these tests: far beyond any wait of theirs, so a lease that goes
+/// away was revoked, not expired.
+const LEASE_TTL_MS: u64 = 600_000;
+
+/// `client` is granted lease `0x55` with [`LEASE_TTL_MS`].
+async fn granted_lease(client: &Client, conn: &mut common::Conn) -> corral_client::Lease {
+    let mut grant = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .grant_lease(Duration::from_millis(LEASE_TTL_MS))
+                .await
+        }
+    });
+    let request = recv_while(conn, &mut grant).await;
+    assert_eq!(
+        request.op,
+        Op::GrantLease {
+            ttl_ms: LEASE_TTL_MS
+        }
+    );
+    let lease = OpResult::Lease {
+        lease_id: 0x55,
+        ttl_ms: LEASE_TTL_MS,
+    };
+    conn.reply(request.xid, 2, Ok(lease)).await;
+    bounded("grant_lease", grant)
+        .await
+        .expect("join")
+        .expect("grant_lease")
+}
+
+/// A dropped lease's revoke, answered with transient errors (`Unavailable`,
+/// `OperationTimeout`), is sent again until the server applies it, long before the
+/// lease's TTL: it used to be only logged, and the lease (with its locks) lived on
+/// until its TTL.
+#[tokio::test]
+async fn a_dropped_leases_revoke_is_sent_again_after_a_transient_error_until_it_succeeds() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let lease = granted_lease(&client, &mut conn).await;
+    assert_eq!(lease.id(), 0x55);
+    drop(lease);
+    let revoke = Op::RevokeLease { lease_id: 0x55 };
+    let timeout = ErrorInfo::new(ErrorCode::OperationTimeout, "not applied in time");
+    for (attempt, error) in [unavailable(), timeout, unavailable()]
+        .into_iter()
+        .enumerate()
+    {
+        let request = conn.recv().await;
+        assert_eq!(request.op, revoke, "attempt {attempt}");
+        conn.reply(request.xid, 3, Err(error)).await;
+    }
+    // Applied: the lease is gone on the server now, not at its TTL.
+    let request = conn.recv().await;
+    assert_eq!(request.op, revoke);
+    conn.reply(request.xid, 4, Ok(OpResult::Unlocked { released: true }))
+        .await;
+    drop(client);
+}
+
+/// A lease dropped while the client is disconnected, and still unsent when the
+/// session's lease runs out client side (calls then fail with `ConnectionLoss`): its
+/// revoke is kept, and sent once the session is resumed (it used to be failed and
+/// forgotten).
+#[tokio::test]
+async fn a_leases_revoke_survives_a_lapse_and_is_sent_once_the_session_is_resumed() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(600).await;
+    let lease = granted_lease(&client, &mut conn).await;
+    // The connection drops; the server answers no handshake for now.
+    drop(conn);
+    drop(lease);
+    // Calls go in order: once this one fails fast, the session has lapsed and the
+    // revoke handed over before it has been dealt with.
+    let lapsed = bounded("a call while lapsed", client.exists("/x")).await;
+    assert!(
+        matches!(lapsed, Err(corral_client::Error::ConnectionLoss)),
+        "{lapsed:?}"
+    );
+    let (mut conn, _) = server.accept(granted(600, 3, 100)).await;
+    let request = conn.recv().await;
+    assert_eq!(request.op, Op::RevokeLease { lease_id: 0x55 });
+    conn.reply(request.xid, 4, Ok(OpResult::Unlocked { released: true }))
+        .await;
+    drop(client);
+}
+
+/// A guard holding its lock under a dedicated lease ([`LockOptions::with_ttl`]) is
+/// dropped: the release and the lease's revoke, both answered with a transient error,
+/// are both sent again until they succeed.
+#[tokio::test]
+async fn a_dropped_guards_release_and_dedicated_lease_revoke_are_both_sent_again() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let mut acquire = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .lock(
+                    "/l",
+                    LockOptions::default().with_ttl(Duration::from_millis(LEASE_TTL_MS)),
+                )
+                .acquire()
+                .await
+        }
+    });
+    let mut lease_id = None;
+    loop {
+        let request = recv_while(&mut conn, &mut acquire).await;
+        match request.op {
+            Op::GrantLease { .. } => {
+                lease_id = Some(0x66);
+                let lease = OpResult::Lease {
+                    lease_id: 0x66,
+                    ttl_ms: LEASE_TTL_MS,
+                };
+                conn.reply(request.xid, 2, Ok(lease)).await;
+            }
+            Op::Lock(l) => {
+                assert_eq!(l.lease, lease_id, "held under its dedicated lease");
+                conn.reply(request.xid, 3, Ok(locked("/l/x-0000000001", 3)))
+                    .await;
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let guard = bounded("acquire", acquire)
+        .await
+        .expect("join")
+        .expect("acquire");
+    drop(guard);
+    let release = Op::Release {
+        node: "/l/x-0000000001".into(),
+        token: 3,
+    };
+    let revoke = Op::RevokeLease { lease_id: 0x66 };
+    let (mut releases, mut revokes) = (0, 0);
+    while releases < 2 || revokes < 2 {
+        let request = conn.recv().await;
+        let count = if request.op == release {
+            &mut releases
+        } else if request.op == revoke {
+            &mut revokes
+        } else {
+            panic!("unexpected {:?}", request.op)
+        };
+        *count += 1;
+        let answer = match (*count, &request.op) {
+            (1, _) => Err(unavailable()),
+            (2, _) => Ok(OpResult::Unlocked { released: true }),
+            (n, op) => panic!("{op:?} sent a {n}th time after it succeeded"),
+        };
+        conn.reply(request.xid, 4, answer).await;
+    }
+    drop(client);
+}
+
 /// A lock answer that arrives after its caller gave up is released by the connection
 /// task; when that release fails with a transient error, the node stays tracked, so
 /// the re-read after a reconnect covers its lock and releases it (the node used to be

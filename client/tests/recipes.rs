@@ -155,3 +155,93 @@ async fn double_barrier_leave_timeout_returns_false_at_its_deadline_with_a_slow_
     let delete = until_deleted(&mut conn, "/b/me").await;
     conn.reply(delete, 3, Ok(OpResult::Deleted)).await;
 }
+
+fn unavailable() -> ErrorInfo {
+    ErrorInfo::new(ErrorCode::Unavailable, "no quorum")
+}
+
+/// A participant that gave up leaving at its deadline deletes its node in the
+/// background; answered with transient errors (`Unavailable`, `LimitExceeded`), the
+/// delete is sent again until it succeeds: it used to be only logged, and the node
+/// stayed until the session ended, blocking the other participants' leave.
+#[tokio::test]
+async fn double_barrier_background_delete_is_sent_again_after_a_transient_error() {
+    let server = FakeServer::start().await;
+    let config = server.config().with_request_timeout(Duration::from_secs(4));
+    let (client, mut conn) = server.connect_with(config, 10_000).await;
+    let barrier = DoubleBarrier::new(&client, "/b", 2).with_id("me");
+    let mut leave =
+        tokio::spawn(async move { barrier.leave_timeout(Duration::from_millis(300)).await });
+    let children = recv_while(&mut conn, &mut leave).await;
+    assert!(
+        matches!(children.op, Op::GetChildren { .. }),
+        "{:?}",
+        children.op
+    );
+    // The (slow) server does not answer yet.
+    let outcome = bounded("leave_timeout", leave).await.expect("join");
+    assert!(matches!(outcome, Ok(false)), "{outcome:?}");
+    let limit = ErrorInfo::new(ErrorCode::LimitExceeded, "too many proposals");
+    for error in [unavailable(), limit] {
+        let delete = until_deleted(&mut conn, "/b/me").await;
+        conn.reply(delete, 3, Err(error)).await;
+    }
+    let delete = until_deleted(&mut conn, "/b/me").await;
+    conn.reply(delete, 4, Ok(OpResult::Deleted)).await;
+}
+
+/// A participant that gave up and enters again before its background delete got
+/// through creates its node anew: the delete, answered with a transient error after
+/// that create was sent, is not sent again, since it would now delete the new node
+/// (the later create supersedes it).
+#[tokio::test]
+async fn double_barrier_background_delete_is_not_sent_again_after_entering_anew() {
+    let server = FakeServer::start().await;
+    let config = server.config().with_request_timeout(Duration::from_secs(4));
+    let (client, mut conn) = server.connect_with(config, 10_000).await;
+    let barrier = DoubleBarrier::new(&client, "/b", 2).with_id("me");
+    let outcome = {
+        let barrier = barrier.clone();
+        let mut leave =
+            tokio::spawn(async move { barrier.leave_timeout(Duration::from_millis(300)).await });
+        let children = recv_while(&mut conn, &mut leave).await;
+        assert!(
+            matches!(children.op, Op::GetChildren { .. }),
+            "{:?}",
+            children.op
+        );
+        bounded("leave_timeout", leave).await.expect("join")
+    };
+    assert!(matches!(outcome, Ok(false)), "{outcome:?}");
+    let delete = until_deleted(&mut conn, "/b/me").await;
+    // Entering again (`ready` exists: the group is complete) while the delete is on
+    // its way.
+    let mut enter = tokio::spawn(async move { barrier.enter().await });
+    let exists = recv_while(&mut conn, &mut enter).await;
+    assert!(matches!(exists.op, Op::Exists { .. }), "{:?}", exists.op);
+    conn.reply(exists.xid, 2, Ok(OpResult::Exists(Some(Stat::default()))))
+        .await;
+    let create = recv_while(&mut conn, &mut enter).await;
+    assert!(
+        matches!(&create.op, Op::Create(c) if c.path == "/b/me"),
+        "{:?}",
+        create.op
+    );
+    conn.reply(delete, 3, Err(unavailable())).await;
+    let created = OpResult::Created {
+        path: "/b/me".into(),
+        stat: Stat::default(),
+    };
+    conn.reply(create.xid, 4, Ok(created)).await;
+    bounded("enter", enter).await.expect("join").expect("enter");
+    // A delete sent again would come within the first pause (at most 100 ms); give it
+    // several times that.
+    let quiet = Duration::from_millis(600);
+    let started = Instant::now();
+    while let Ok(request) = tokio::time::timeout_at(started + quiet, conn.recv_any()).await {
+        match request.op {
+            Op::Ping => conn.reply(request.xid, 0, Ok(OpResult::Pong)).await,
+            other => panic!("sent after the node was created anew: {other:?}"),
+        }
+    }
+}

@@ -6,7 +6,7 @@ use crate::client::Client;
 use crate::connection::{Detached, Then};
 use crate::error::{Error, Result};
 use corral_protocol::path::join;
-use corral_protocol::{CreateMode, CreateRequest, ErrorCode, ErrorInfo, EventKind, Op};
+use corral_protocol::{CreateMode, CreateRequest, ErrorCode, ErrorInfo, EventKind};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -136,7 +136,8 @@ impl DoubleBarrier {
     /// Like [`enter`](Self::enter), for at most `timeout`: `false` if this participant
     /// had not seen the group complete by then. It then returns at once and its node is
     /// removed again in the background (after its create, if that is still on its way;
-    /// resent after reconnects until answered).
+    /// resent after reconnects until answered, and sent again after a transient error,
+    /// unless this participant enters again meanwhile).
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -167,7 +168,8 @@ impl DoubleBarrier {
 
     /// Like [`leave`](Self::leave), for at most `timeout`: `false` if others were
     /// still there by then. This participant's node is removed either way: at the
-    /// timeout, in the background (resent after reconnects until answered).
+    /// timeout, in the background (resent after reconnects until answered, and sent
+    /// again after a transient error, unless this participant enters again meanwhile).
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -209,13 +211,12 @@ impl DoubleBarrier {
 
     /// Deletes this participant's node in the background, after every request already
     /// handed to the connection (a create still on its way, say): requests go out in
-    /// the order they were made, and a session's writes apply in that order.
+    /// the order they were made, and a session's writes apply in that order. Resent
+    /// after reconnects until answered, and sent again after a transient error, unless
+    /// this participant creates its node anew meanwhile (entering again).
     fn delete_in_background(&self) {
-        let op = Op::Delete {
-            path: self.node(),
-            version: None,
-        };
-        self.client.detach(op, Then::Detached(Detached::Delete));
+        let what = Detached::Delete { path: self.node() };
+        self.client.detach(what.op(), Then::Detached(what));
     }
 
     async fn enter_until(&self, deadline: Option<Instant>) -> Result<bool> {
