@@ -46,7 +46,8 @@ pub enum ErrorCode {
     FrameTooLarge,
     /// The peer speaks a different protocol version or is not a corral peer.
     ProtocolMismatch,
-    /// A server limit (connections, sessions, watches, pending requests) was reached.
+    /// A server limit (connections, sessions, watches, pending requests, the tree's size
+    /// `max_state_bytes`) was reached.
     LimitExceeded,
     /// No watch matched a remove-watch request.
     NoWatcher,

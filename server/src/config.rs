@@ -108,6 +108,12 @@ settings! {
     max_peer_frame_bytes: usize = 1 << 30;
     /// Largest data of one znode, in bytes.
     max_data_bytes: usize = 1 << 20;
+    /// Largest the znode tree may grow, in bytes as the node estimates it (every
+    /// znode's path and data plus 450 bytes, about what it takes in memory): a write
+    /// that would take it past this (a create, a lock, a set to larger data) is refused
+    /// with LimitExceeded; reads, deletes and releases go on. In a cluster at most
+    /// max_peer_frame_bytes, so a follower can always be caught up with the state's image.
+    max_state_bytes: u64 = 1 << 30;
     /// Most client connections at once; more are refused with LimitExceeded.
     max_connections: usize = 10_000;
     /// Most sessions alive at once.
@@ -220,6 +226,9 @@ impl Config {
                 corral_protocol::frame::MAX_PAYLOAD_BYTES
             ));
         }
+        if self.max_state_bytes == 0 {
+            return fail("max_state_bytes must be positive".into());
+        }
         for (name, v) in [
             ("max_connections", self.max_connections),
             ("max_sessions", self.max_sessions),
@@ -279,6 +288,14 @@ impl Config {
             }
             if peers.len() < 2 {
                 return fail("a cluster needs at least 2 peers (3 or 5 recommended)".into());
+            }
+            if self.max_state_bytes > self.max_peer_frame_bytes as u64 {
+                return fail(format!(
+                    "max_state_bytes ({}) must be at most max_peer_frame_bytes ({}) in a \
+                     cluster: a follower that fell behind is caught up with one message \
+                     holding the state's image",
+                    self.max_state_bytes, self.max_peer_frame_bytes
+                ));
             }
             if self.election_timeout_ms < 2 * self.tick_ms {
                 return fail(format!(
@@ -384,5 +401,13 @@ mod tests {
         let err = Config::load(cli(&["--max-peer-frame-bytes", "5000000000"]))
             .expect_err("peer frames over the 32-bit length prefix");
         assert!(err.to_string().contains("max_peer_frame_bytes"), "{err}");
+        let err = Config::load(cli(&["--max-state-bytes", "0"])).expect_err("no state");
+        assert!(err.to_string().contains("max_state_bytes"), "{err}");
+        let peers = "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3";
+        let err = Config::load(cli(&["--peers", peers, "--max-state-bytes", "2000000000"]))
+            .expect_err("a cluster's state larger than a peer frame");
+        assert!(err.to_string().contains("max_state_bytes"), "{err}");
+        // A single node's state is not sent to peers.
+        Config::load(cli(&["--max-state-bytes", "8000000000"])).expect("single node");
     }
 }

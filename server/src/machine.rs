@@ -1330,6 +1330,46 @@ impl StateMachine {
         self.tree.len()
     }
 
+    /// The tree's estimated size in bytes ([`crate::tree::Tree::state_bytes`]). O(1).
+    pub fn state_bytes(&self) -> u64 {
+        self.tree.state_bytes()
+    }
+
+    /// About how much applying `op` now would add to [`StateMachine::state_bytes`],
+    /// without applying it: a create counts its node (not missing parents), a lock its
+    /// directory and its queue node, a `SetData` what its data adds to the node's. 0 for a
+    /// write that adds no znode and grows no data (deletes, releases, leases), so a node
+    /// at its `max_state_bytes` can always be emptied.
+    pub fn state_growth(&self, op: &Op) -> u64 {
+        let set = |path: &str, data: &[u8]| {
+            self.tree.get(path).map_or(0, |node| {
+                (data.len() as u64).saturating_sub(node.data.len() as u64)
+            })
+        };
+        // A queue node's name adds about 16 bytes to its directory's path.
+        let lock = |lock: &str, data: &[u8]| {
+            crate::tree::znode_bytes(lock, 0)
+                .saturating_add(crate::tree::znode_bytes(lock, data.len()))
+                .saturating_add(16)
+        };
+        match op {
+            Op::Create(req) => crate::tree::znode_bytes(&req.path, req.data.len()),
+            Op::SetData { path, data, .. } => set(path, data),
+            Op::Lock(req) => lock(&req.lock, &req.data),
+            Op::LockMany(req) => req.locks.iter().fold(0, |sum, item| {
+                sum.saturating_add(lock(&item.lock, &req.data))
+            }),
+            Op::Multi(ops) => ops.iter().fold(0, |sum, op| {
+                sum.saturating_add(match op {
+                    MultiOp::Create(req) => crate::tree::znode_bytes(&req.path, req.data.len()),
+                    MultiOp::SetData { path, data, .. } => set(path, data),
+                    _ => 0,
+                })
+            }),
+            _ => 0,
+        }
+    }
+
     /// Checks the invariants of the replicated state: the tree's (num_children and
     /// data_length match, parents and children agree, ephemerals have no children and are
     /// indexed under a live owner) and the session table's (ids, dedup windows, zxids not
@@ -1982,6 +2022,145 @@ mod tests {
         );
         assert!(r.is_ok(), "{r:?}");
         assert_eq!(h.m.exists("/c").expect("valid"), None);
+    }
+
+    #[test]
+    fn state_bytes_follow_creates_sets_deletes_failed_multis_and_decoding() {
+        use crate::tree::ZNODE_OVERHEAD_BYTES as O;
+        let mut h = Harness::new();
+        let s = h.open();
+        let root = h.m.state_bytes();
+        assert_eq!(root, 1 + O);
+        // `create_req` stores the path as the data: "/a" counts 2 + 2 + O.
+        h.create(s, "/a", CreateMode::Persistent).expect("create");
+        assert_eq!(h.m.state_bytes(), root + 4 + O);
+        let set = |data: &[u8]| Op::SetData {
+            path: "/a".into(),
+            data: data.to_vec(),
+            version: None,
+        };
+        h.write(s, set(b"0123456789")).expect("set");
+        assert_eq!(h.m.state_bytes(), root + 12 + O);
+        // A multi that creates, sets, deletes and then fails changes nothing.
+        let before = h.m.state_bytes();
+        let code = h.code(
+            s,
+            Op::Multi(vec![
+                MultiOp::Create(create_req("/b", CreateMode::Persistent)),
+                MultiOp::SetData {
+                    path: "/a".into(),
+                    data: vec![0; 60],
+                    version: None,
+                },
+                MultiOp::Delete {
+                    path: "/b".into(),
+                    version: None,
+                },
+                MultiOp::Delete {
+                    path: "/missing".into(),
+                    version: None,
+                },
+            ]),
+        );
+        assert_eq!(code, ErrorCode::NoNode);
+        assert_eq!(h.m.state_bytes(), before);
+        // Ephemerals go with their session; decoding counts the bytes again.
+        h.create(s, "/a/e", CreateMode::Ephemeral).expect("create");
+        let with_ephemeral = h.m.state_bytes();
+        assert_eq!(with_ephemeral, before + 8 + O);
+        let bytes =
+            bincode::serde::encode_to_vec(&h.m, bincode::config::standard()).expect("encode");
+        let (back, _): (StateMachine, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("decode");
+        assert_eq!(back.state_bytes(), with_ephemeral);
+        h.apply(EntryBody::CloseSession { session_id: s });
+        assert_eq!(h.m.state_bytes(), before);
+        let s = h.open();
+        h.write(
+            s,
+            Op::Delete {
+                path: "/a".into(),
+                version: None,
+            },
+        )
+        .expect("delete");
+        assert_eq!(h.m.state_bytes(), root);
+    }
+
+    /// How `state_bytes` compares with the memory the tree takes: the resident set grown
+    /// by creating 300,000 znodes of 64 bytes (short paths, as a job scheduler's). Run with
+    /// `cargo test -p corral-server --release --lib state_bytes_against_memory -- --ignored
+    /// --nocapture`.
+    #[test]
+    #[ignore = "a measurement; run in release with --nocapture"]
+    fn state_bytes_against_memory() {
+        fn resident_bytes() -> u64 {
+            let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+            let pages: u64 = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .expect("resident pages");
+            pages * 4096
+        }
+        let mut m = StateMachine::new(MachineLimits::default());
+        let mut zxid = 0;
+        let mut apply = |m: &mut StateMachine, body: EntryBody| {
+            zxid += 1;
+            m.apply(zxid, &Entry::new(zxid as i64, body))
+        };
+        apply(
+            &mut m,
+            EntryBody::OpenSession {
+                secret: 1,
+                ttl_ms: 10_000,
+            },
+        );
+        let session_id = 1;
+        for dir in 0..100 {
+            let op = Op::Create(CreateRequest {
+                path: format!("/jobs/queue-{dir}"),
+                data: Vec::new(),
+                mode: CreateMode::Persistent,
+                make_parents: true,
+            });
+            apply(
+                &mut m,
+                EntryBody::Write {
+                    session_id,
+                    xid: dir + 1,
+                    op,
+                },
+            );
+        }
+        let (rss, bytes) = (resident_bytes(), m.state_bytes());
+        let count = 300_000u64;
+        for i in 0..count {
+            let op = Op::Create(CreateRequest {
+                path: format!("/jobs/queue-{}/job-", i % 100),
+                data: vec![7; 64],
+                mode: CreateMode::PersistentSequential,
+                make_parents: false,
+            });
+            apply(
+                &mut m,
+                EntryBody::Write {
+                    session_id,
+                    xid: 101 + i,
+                    op,
+                },
+            );
+        }
+        let grown = resident_bytes().saturating_sub(rss);
+        let counted = m.state_bytes() - bytes;
+        println!(
+            "{count} znodes: resident set +{} MB, state_bytes +{} MB, ratio {:.2}; \
+             {} resident bytes per znode",
+            grown / 1_000_000,
+            counted / 1_000_000,
+            grown as f64 / counted as f64,
+            grown / count
+        );
     }
 
     #[test]

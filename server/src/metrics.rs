@@ -63,6 +63,9 @@ pub const COMPACTIONS: &str = "corral_log_compactions_total";
 /// Inputs the node core took at least [`CORE_STALL`] to handle: meanwhile the node
 /// answered nobody and sent nothing to its peers.
 pub const CORE_STALLS: &str = "corral_core_stalls_total";
+/// The znode tree's estimated size ([`crate::machine::StateMachine::state_bytes`]), the figure
+/// `max_state_bytes` limits.
+pub const STATE_BYTES: &str = "corral_state_bytes";
 /// What counts as a core stall (see [`CORE_STALLS`]).
 pub const CORE_STALL: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -154,6 +157,11 @@ fn describe() {
     describe_gauge!(
         "corral_peer_up",
         "Whether the link to a peer is up (1) or down (0)"
+    );
+    describe_gauge!(
+        STATE_BYTES,
+        Unit::Bytes,
+        "Estimated size of the znode tree, compared with max_state_bytes"
     );
 }
 
@@ -282,6 +290,7 @@ pub fn export_node(stats: &NodeStats, status: &ServerStatus) {
     for (name, _, value) in status_gauges(status) {
         metrics::gauge!(name).set(value);
     }
+    metrics::gauge!(STATE_BYTES).set(stats.state_bytes as f64);
     for m in &status.members {
         let peer = m.node_id.to_string();
         metrics::gauge!("corral_peer_up", "peer" => peer).set(if m.reachable { 1.0 } else { 0.0 });

@@ -65,6 +65,9 @@ pub struct NodeConfig {
     pub max_pending_requests_per_connection: usize,
     /// Most watches one session may register on this node.
     pub max_watches_per_session: usize,
+    /// Largest the tree may grow ([`StateMachine::state_bytes`]): writes that would take
+    /// it past this are refused before they are proposed.
+    pub max_state_bytes: u64,
     /// Smallest session TTL granted.
     pub min_session_ttl_ms: u64,
     /// Largest session TTL granted.
@@ -236,9 +239,12 @@ impl Log {
     }
 }
 
-/// Counters of this node since it started (the metrics endpoint exposes them).
+/// Counters of this node since it started, and the size of its state (the metrics
+/// endpoint exposes them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NodeStats {
+    /// The tree's estimated size now ([`StateMachine::state_bytes`]); a gauge, not a counter.
+    pub state_bytes: u64,
     /// Lock requests granted at once (answered `Locked`).
     pub locks_granted_at_once: u64,
     /// Lock requests queued (answered `Queued`).
@@ -465,9 +471,12 @@ impl Node {
         &self.machine
     }
 
-    /// Counters since start.
+    /// Counters since start, and the state's size now.
     pub fn stats(&self) -> NodeStats {
-        self.stats
+        NodeStats {
+            state_bytes: self.machine.state_bytes(),
+            ..self.stats
+        }
     }
 
     /// Number of open connections.
@@ -768,7 +777,12 @@ impl Node {
         let state = if op.is_write() {
             // Limits that depend on this node's settings are checked here, before the
             // write is proposed: applying it must not depend on them.
-            if let Err(e) = self.machine.admit(&op).and_then(|()| self.admit_lease(&op)) {
+            if let Err(e) = self
+                .machine
+                .admit(&op)
+                .and_then(|()| self.admit_lease(&op))
+                .and_then(|()| self.admit_state_growth(&op))
+            {
                 PendingState::Done(Response {
                     xid,
                     zxid: self.machine.last_zxid(),
@@ -1873,6 +1887,24 @@ impl Node {
             Op::GrantLease { .. } => self.room_for_a_session(),
             _ => Ok(()),
         }
+    }
+
+    /// Refuses a write that would take the tree past `max_state_bytes`. Writes that add
+    /// nothing (deletes, releases, smaller data) always pass, so a full tree can be
+    /// emptied. Writes admitted on several nodes at once can overshoot the limit by what
+    /// they add together: it bounds memory, it is not an exact quota.
+    fn admit_state_growth(&self, op: &Op) -> Result<(), ErrorInfo> {
+        let growth = self.machine.state_growth(op);
+        let now = self.machine.state_bytes();
+        let max = self.config.max_state_bytes;
+        if growth == 0 || now.saturating_add(growth) <= max {
+            return Ok(());
+        }
+        let msg = format!(
+            "the tree takes about {now} bytes and this write would add about {growth}, \
+             over the limit max_state_bytes = {max}; delete nodes to make room"
+        );
+        Err(ErrorInfo::new(ErrorCode::LimitExceeded, msg))
     }
 
     fn on_peer(&mut self, from: u64, msg: PeerMsg) {

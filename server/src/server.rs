@@ -455,6 +455,7 @@ impl Server {
             max_sessions: config.max_sessions,
             max_pending_requests_per_connection: config.max_pending_requests_per_connection,
             max_watches_per_session: config.max_watches_per_session,
+            max_state_bytes: config.max_state_bytes,
             min_session_ttl_ms: config.min_session_ttl_ms,
             max_session_ttl_ms: config.max_session_ttl_ms,
             snapshot_every_entries: config.snapshot_every_entries,

@@ -1,11 +1,12 @@
 //! Every operation and every error code a client can reach, through the real client
 //! library against a real server: creates in all five modes, deletes, set_data with the
 //! stat bookkeeping, children listings, sequential naming, containers, multi (success,
-//! rollback, check) and sync. Errors the client library refuses to send (invalid paths)
+//! rollback, check), sync and the state size limit. Errors the client library refuses to send (invalid paths)
 //! are also sent with the raw protocol to check the server's own validation.
 
 use corral_client::{
-    Client, ClientConfig, CreateMode, CreateRequest, Error, ErrorCode, MultiOp, MultiResult, Stat,
+    Client, ClientConfig, CreateMode, CreateRequest, Error, ErrorCode, LockOptions, MultiOp,
+    MultiResult, Stat,
 };
 use corral_protocol::{Op, OpResult};
 use corral_tests::raw::RawSession;
@@ -1182,4 +1183,65 @@ async fn data_over_the_frame_limit_is_refused_by_the_client() {
         .expect("1 MiB");
     let (data, stat) = c.get_data("/d").await.expect("get");
     assert_eq!((data.len(), stat.data_length), (1 << 20, 1 << 20));
+}
+
+/// `max_state_bytes` bounds the tree: once it is full, writes that would add to it
+/// (creates, locks, larger data) are refused with `LimitExceeded` naming the setting,
+/// and those that add nothing (deletes, releases, smaller data) go on, so the tree
+/// can be emptied and used again.
+#[tokio::test]
+async fn a_full_tree_refuses_growth_and_can_be_emptied() {
+    // Each znode counts its path, its data and 450 bytes: the root and about 30
+    // znodes of 100 bytes fit.
+    let server = TestServer::start(&["--max-state-bytes", "20000"]);
+    let c = connect(&server).await;
+    let mut created = Vec::new();
+    let refused = loop {
+        let path = format!("/n{}", created.len());
+        match c.create(&path, vec![1; 100], CreateMode::Persistent).await {
+            Ok(_) => created.push(path),
+            Err(e) => break e,
+        }
+        assert!(
+            created.len() < 100,
+            "max_state_bytes never refused a create"
+        );
+    };
+    assert!(refused.is(ErrorCode::LimitExceeded), "{refused}");
+    assert!(refused.to_string().contains("max_state_bytes"), "{refused}");
+    assert!(created.len() >= 25, "only {} znodes fit", created.len());
+    let lock = c
+        .lock("/locks/full", LockOptions::default())
+        .try_acquire()
+        .await;
+    let err = lock.expect_err("a lock adds a queue node");
+    assert!(err.is(ErrorCode::LimitExceeded), "{err}");
+    // Growing a node's data is refused; shrinking it is not.
+    assert_eq!(
+        code(c.set_data("/n0", vec![2; 1000], None).await),
+        ErrorCode::LimitExceeded
+    );
+    c.set_data("/n0", vec![2; 10], None)
+        .await
+        .expect("smaller data");
+    // A multi that only deletes passes; deleting makes room again.
+    c.multi(vec![MultiOp::Delete {
+        path: created.pop().expect("one"),
+        version: None,
+    }])
+    .await
+    .expect("a multi of deletes");
+    for path in created.drain(1..) {
+        c.delete(&path, None).await.expect("delete");
+    }
+    let guard = c
+        .lock("/locks/full", LockOptions::default())
+        .try_acquire()
+        .await
+        .expect("room for a lock")
+        .expect("the lock is free");
+    guard.release().await.expect("release");
+    c.create("/again", vec![1; 100], CreateMode::Persistent)
+        .await
+        .expect("room again");
 }

@@ -499,6 +499,7 @@ impl World {
             max_sessions: 100_000,
             max_pending_requests_per_connection: 10_000,
             max_watches_per_session: 10_000,
+            max_state_bytes: u64::MAX,
             min_session_ttl_ms: self.cfg.min_session_ttl_ms,
             max_session_ttl_ms: 120_000,
             snapshot_every_entries: self.cfg.snapshot_every_entries,
