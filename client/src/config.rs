@@ -55,8 +55,9 @@ pub struct ClientConfig {
     /// then told with [`Error::Lagged`]). Default 1024.
     pub event_buffer: usize,
     /// Longest pause between reconnect rounds (exponential backoff with jitter up to
-    /// this), and between attempts of a background release (a dropped guard's, say)
-    /// that the server answered with a transient error. Default 2 s.
+    /// this), and between attempts of a background request (a dropped guard's release,
+    /// a dropped lease's revoke, a double barrier's delete) that the server answered
+    /// with a transient error. Default 2 s.
     pub max_backoff: Duration,
 }
 
