@@ -142,8 +142,11 @@ impl Gate {
             if from.read_exact(&mut frame[4..]).await.is_err() {
                 return;
             }
+            // Decided before the frame is counted: a test that closes the gate once it
+            // saw `n` frames arrive holds back the later ones, not the `n`th.
+            let hold = shared.closed.load(Ordering::SeqCst);
             shared.arrived.send_modify(|n| *n += 1);
-            if shared.closed.load(Ordering::SeqCst) {
+            if hold {
                 match shared.permits.acquire().await {
                     Ok(permit) => permit.forget(),
                     Err(_) => return,
@@ -708,6 +711,38 @@ async fn a_barrier_holds_waiters_until_removed() {
         .wait_on_barrier_timeout(Duration::from_millis(200))
         .await
         .expect("wait"));
+}
+
+/// Removing a barrier lets its waiters through, even if it is set again before a waiter
+/// got to look at the node again (its connection is slow, here held back by a proxy):
+/// the waiter's watch saw the node deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_barrier_removed_and_set_again_at_once_lets_its_waiters_through() {
+    let server = TestServer::start(&[]);
+    let gate = Gate::start(&server.addr()).await;
+    let config = ClientConfig::new([gate.addr()]).with_session_ttl(Duration::from_secs(60));
+    let slow = Client::connect(config).await.expect("connect");
+    let a = connect(&server.addr()).await;
+    let barrier = Barrier::new(&a, "/barriers/again");
+    barrier.set_barrier().await.expect("set");
+    let before = gate.arrived();
+    let waiter = tokio::spawn({
+        let barrier = Barrier::new(&slow, "/barriers/again");
+        async move { barrier.wait_on_barrier().await }
+    });
+    // The waiter's exists read (which leaves its watch) is answered: it waits.
+    gate.arrived_at_least(before + 1, "the waiter's exists read")
+        .await;
+    gate.close();
+    barrier.remove_barrier().await.expect("remove");
+    gate.arrived_at_least(before + 2, "the waiter's watch event")
+        .await;
+    barrier.set_barrier().await.expect("set again");
+    gate.open();
+    bounded("the waiter to pass", waiter)
+        .await
+        .expect("task")
+        .expect("wait");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 use super::{deadline_after, until};
 use crate::client::Client;
 use crate::error::Result;
-use corral_protocol::{CreateMode, CreateRequest, ErrorCode};
+use corral_protocol::{CreateMode, CreateRequest, ErrorCode, EventKind};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -106,7 +106,8 @@ impl Barrier {
     }
 
     /// Waits until the barrier is removed (returns at once if it is not set), with an
-    /// exists watch on its node.
+    /// exists watch on its node. A removal lets the waiter through even if the barrier
+    /// is set again before the waiter could look at the node again.
     ///
     /// ```no_run
     /// # async fn demo(client: corral_client::Client) -> corral_client::Result<()> {
@@ -119,7 +120,8 @@ impl Barrier {
     }
 
     /// Like [`wait_on_barrier`](Self::wait_on_barrier), for at most `timeout`: `true`
-    /// if the barrier is gone, `false` if it was still set at the timeout.
+    /// if the barrier was removed (or not set), `false` if it was still set at the
+    /// timeout.
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -134,8 +136,8 @@ impl Barrier {
         self.wait(deadline_after(Some(timeout))).await
     }
 
-    /// Waits for the node to be gone; the whole wait (calls included) ends at
-    /// `deadline` with `false`.
+    /// Waits for the node to be gone or deleted; the whole wait (calls included) ends
+    /// at `deadline` with `false`.
     async fn wait(&self, deadline: Option<Instant>) -> Result<bool> {
         let gone = async {
             loop {
@@ -143,8 +145,12 @@ impl Barrier {
                 if stat.is_none() {
                     return Ok(());
                 }
-                // Fires on the node's deletion (or a data change: look again).
-                watcher.await?;
+                // Fires on the node's deletion: the barrier was removed, which lets its
+                // waiters through even if it has been set again since (looking again
+                // would miss the removal). Or on a data change: look again.
+                if watcher.await?.kind == EventKind::NodeDeleted {
+                    return Ok(());
+                }
             }
         };
         match until(deadline, gone).await {
