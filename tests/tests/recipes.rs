@@ -317,6 +317,40 @@ async fn read_write_lock_shares_reads_excludes_writes_and_does_not_starve_writer
     assert!(rounds.load(Ordering::SeqCst) > 0);
 }
 
+/// As documented, unlike Curator's: not re-entrant, no downgrade. A read request of the
+/// session that holds the write side waits behind its own write node (and is not
+/// refused as a deadlock); once the write side is released it is granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_write_lock_is_not_reentrant_and_a_writer_does_not_downgrade() {
+    let server = TestServer::start(&[]);
+    let a = connect(&server.addr()).await;
+    let rw = ReadWriteLock::new(&a, "/rw-self");
+    let writer = rw.write().acquire().await.expect("writer");
+    assert!(
+        rw.read().try_acquire().await.expect("try").is_none(),
+        "the writer's own read request would wait"
+    );
+    let reader = tokio::spawn({
+        let read = rw.read();
+        async move { read.acquire().await }
+    });
+    children_until(&a, "/rw-self", "the read request to queue", |c| {
+        c.len() == 2
+    })
+    .await;
+    assert_eq!(granted(&a, "/rw-self").await, [true, false]);
+    assert!(
+        !reader.is_finished(),
+        "the read request waits for its own writer"
+    );
+    assert!(writer.release().await.expect("release"));
+    let reader = bounded("the read grant", reader)
+        .await
+        .expect("task")
+        .expect("reader");
+    assert!(reader.release().await.expect("release"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_semaphore_admits_at_most_its_permits() {
     const TASKS: usize = 4;

@@ -19,6 +19,13 @@ use corral_protocol::LockKind;
 /// be a read or a write request: mixing in exclusive or semaphore requests on the same
 /// name fails with `BadArguments`.
 ///
+/// Unlike Curator's, it is not re-entrant and cannot be downgraded: every request is a
+/// queue node of its own, and a request of a session that already holds the write side
+/// (or, for a write request, any side) waits behind that session's own node. A writer
+/// that asks for the read side before releasing the write side waits for itself for
+/// ever (the server does not report a wait within one lock as a deadlock: it is common
+/// with several tasks on one session). Release the write side first.
+///
 /// ```no_run
 /// use corral_client::recipes::ReadWriteLock;
 /// # async fn demo(client: corral_client::Client) -> corral_client::Result<()> {
