@@ -504,6 +504,219 @@ fn watch_prints_events_until_the_count() {
     }
 }
 
+/// A `corralctl watch` whose first line has been read, and whose further output is read
+/// only once `go` is sent: its reader stops reading, as `watch | less` paused does.
+struct PausedReader {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    go: mpsc::Sender<()>,
+}
+
+impl PausedReader {
+    /// Starts `corralctl watch PATH` and runs `poke` until it printed its first line.
+    fn start(server: &TestServer, path: &str, poke: impl Fn()) -> PausedReader {
+        let mut child = Command::new(corralctl_bin())
+            .args(["-s", server.addr().as_str(), "watch", path])
+            .env_remove("CORRAL_SERVER")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn corralctl watch");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        let (go, gate) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let mut out = BufReader::new(stdout).lines();
+            match out.next() {
+                Some(Ok(first)) => {
+                    let _ = tx.send(first);
+                }
+                _ => return,
+            }
+            if gate.recv().is_err() {
+                return;
+            }
+            for line in out.map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            assert!(Instant::now() < deadline, "the watch printed nothing");
+            poke();
+            if lines.recv_timeout(Duration::from_millis(100)).is_ok() {
+                break;
+            }
+        }
+        PausedReader { child, lines, go }
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits (bounded) for the exit; the exit status and stderr.
+    fn interrupt(mut self) -> (ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-s", "INT", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("corralctl watch did not end on Ctrl-C within {COMMAND_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        (status, stderr)
+    }
+}
+
+/// `corralctl watch` outlives a reader that stops reading for longer than its session's
+/// TTL (`watch | less`, paused): corralctl wrote its output on its only thread, so once
+/// the pipe was full nothing else ran, keepalives included; the session expired, the
+/// events beyond the pipe were lost and the watch died ("session expired"). Now the
+/// events wait and come out when the reader reads again, the watch goes on, and Ctrl-C
+/// ends it even while the pipe is full (it used to be ignored then).
+#[test]
+fn watch_outlives_a_reader_that_stops_reading() {
+    // Sessions of at most 2 s: the pause below outlasts one.
+    let server = TestServer::start(&["--max-session-ttl-ms", "2000"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rust_client(&rt, &server);
+    // Lines of about 1 KB: 200 events are more than a pipe holds (64 KiB).
+    let path = format!("/{}", "w".repeat(1000));
+    ctl(&server, &["create", &path]).ok();
+    let set = |value: &str| {
+        rt.block_on(client.set_data(&path, value.as_bytes().to_vec(), None))
+            .expect("set");
+    };
+    const EVENTS: usize = 200;
+    const PAUSE: Duration = Duration::from_secs(5);
+
+    let watch = PausedReader::start(&server, &path, || set("first"));
+    for i in 0..EVENTS {
+        set(&i.to_string());
+    }
+    std::thread::sleep(PAUSE);
+    watch.go.send(()).expect("the reader thread");
+    let mut got = 0;
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    // Every event made during the pause (and maybe a late one of the first pokes).
+    while got < EVENTS {
+        assert!(
+            Instant::now() < deadline,
+            "{got} of {EVENTS} events after the pause"
+        );
+        if let Ok(line) = watch.lines.recv_timeout(Duration::from_millis(100)) {
+            assert!(line.starts_with("NodeDataChanged /w"), "{line:?}");
+            got += 1;
+        }
+    }
+    // Late events of the first pokes, if any.
+    while watch.lines.recv_timeout(Duration::from_millis(500)).is_ok() {}
+    // The watch goes on.
+    set("after");
+    let line = watch
+        .lines
+        .recv_timeout(COMMAND_TIMEOUT)
+        .expect("an event after the pause");
+    assert!(line.starts_with("NodeDataChanged /w"), "{line:?}");
+    let (status, stderr) = watch.interrupt();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(!stderr.contains("expired"), "{stderr}");
+
+    // Ctrl-C while the pipe is full ends the watch.
+    let watch = PausedReader::start(&server, &path, || set("first"));
+    for i in 0..EVENTS {
+        set(&i.to_string());
+    }
+    let (status, stderr) = watch.interrupt();
+    assert!(status.success(), "{status}: {stderr}");
+}
+
+/// `ls` of a directory of several pages whose reader stops reading for longer than the
+/// session's TTL (`ls | less`, paused) lists everything once it reads again: corralctl
+/// wrote on its only thread, so with the pipe full its keepalives stopped too, and the
+/// listing failed at its next page with "session expired".
+#[test]
+fn ls_outlives_a_reader_that_stops_reading() {
+    // Sessions of at most 2 s: the pause below outlasts one.
+    let server = TestServer::start(&["--max-session-ttl-ms", "2000"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rust_client(&rt, &server);
+    // About 100 KB a page (1,000 names), more than a pipe holds (64 KiB).
+    let names: Vec<String> = (0..2500)
+        .map(|i| format!("{}-{i:05}", "n".repeat(100)))
+        .collect();
+    rt.block_on(async {
+        client
+            .create("/dir", Vec::new(), CreateMode::Persistent)
+            .await
+            .expect("create /dir");
+        let creates = names.iter().map(|name| {
+            let path = format!("/dir/{name}");
+            let client = &client;
+            async move {
+                client
+                    .create(&path, Vec::new(), CreateMode::Persistent)
+                    .await
+            }
+        });
+        for created in futures::future::join_all(creates).await {
+            created.expect("create a child");
+        }
+    });
+    let mut child = Command::new(corralctl_bin())
+        .args(["-s", server.addr().as_str(), "ls", "/dir"])
+        .env_remove("CORRAL_SERVER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn corralctl ls");
+    std::thread::sleep(Duration::from_secs(5));
+    let mut stdout = child.stdout.take().expect("stdout");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("corralctl ls did not finish within {COMMAND_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let listed = out.join().expect("stdout reader");
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        listed.lines().eq(names.iter().map(String::as_str)),
+        "ls lists every child in order ({} lines): {stderr}",
+        listed.lines().count()
+    );
+}
+
 /// `ls`, `ls -l` and `rm -r` of a directory whose listing is larger than a frame (3,000
 /// children of 16-byte names, about 72 KiB, under a 16 KiB frame limit) go page by page.
 #[test]

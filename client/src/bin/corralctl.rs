@@ -170,10 +170,24 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
     result
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("corralctl: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Without waiting for blocking work: a write to stdout that a reader holds up (a
+    // `watch` ended by Ctrl-C while its reader stopped reading) must not hold up the
+    // exit, as dropping the runtime would.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {

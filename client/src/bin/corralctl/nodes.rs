@@ -233,19 +233,27 @@ pub async fn execute(client: &Client, command: NodeCommand, json: bool) -> Resul
 /// Names asked for per request: a listing of any size goes page by page.
 const PAGE_NAMES: u32 = 1000;
 
-/// Prints the children as their pages arrive (all at once with `--json`).
+/// Prints the children as their pages arrive (all at once with `--json`), a page per
+/// write through [`write_out`]: a reader that stops reading (`ls | less`, paused) used
+/// to stop the session's keepalives too, and the listing failed at its next page with
+/// "session expired".
 async fn list(client: &Client, path: &str, long: bool, json: bool) -> Result<(), Error> {
+    use std::fmt::Write as _;
     let mut pages = client.children_pages(path, PAGE_NAMES);
     let mut rows: Vec<Value> = Vec::new();
+    let mut out = tokio::io::stdout();
     while let Some(page) = pages.next_page().await? {
+        let mut text = String::new();
         if !long {
             for name in page.children {
                 if json {
                     rows.push(Value::String(name));
                 } else {
-                    emit(name)?;
+                    text.push_str(&name);
+                    text.push('\n');
                 }
             }
+            write_out(&mut out, text).await?;
             continue;
         }
         // The page's stats are asked for together (pipelined on the connection).
@@ -268,11 +276,13 @@ async fn list(client: &Client, path: &str, long: bool, json: bool) -> Result<(),
             } else {
                 "-".to_string()
             };
-            emit(format_args!(
+            let _ = writeln!(
+                text,
                 "v{:<5} {:>9}B {:>6} {:>20} {:>14} {name}",
                 stat.version, stat.data_length, stat.num_children, kind, stat.mtime_ms
-            ))?;
+            );
         }
+        write_out(&mut out, text).await?;
     }
     if pages.changed() {
         eprintln!("note: children of {path} were added or removed while they were listed");
@@ -373,29 +383,51 @@ async fn watch(
     let mut seen = 0u64;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut out = tokio::io::stdout();
     while count.is_none_or(|limit| seen < limit) {
         let item = tokio::select! {
             _ = &mut ctrl_c => break,
             item = events.recv() => item,
         };
-        match item {
+        let mut line = match item {
             None => break,
             Some(Err(Error::Lagged { skipped })) => {
                 eprintln!("corralctl: {skipped} events were dropped (output too slow)");
+                continue;
             }
             Some(Err(e)) => return Err(e),
             Some(Ok(event)) => {
                 seen += 1;
                 if json {
-                    emit(event_json(&event))?;
+                    event_json(&event).to_string()
                 } else {
-                    emit(format_args!(
-                        "{:?} {} zxid={}",
-                        event.kind, event.path, event.zxid
-                    ))?;
+                    format!("{:?} {} zxid={}", event.kind, event.path, event.zxid)
                 }
             }
+        };
+        // Ctrl-C ends the watch even while a reader that stopped reading holds the
+        // write up.
+        line.push('\n');
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            written = write_out(&mut out, line) => written?,
         }
     }
+    Ok(())
+}
+
+/// Writes `text` to stdout (and flushes it) without blocking corralctl's only thread:
+/// tokio's stdout writes on a blocking thread. A reader that stops reading (`watch |
+/// less`, paused) fills the pipe, and a write on the runtime's thread then stopped
+/// everything else, the session's keepalives included: the session expired and the
+/// watch died (or `ls` failed at its next page). Now the session lives on; a watch's
+/// events wait in its stream's buffer, and past it are reported as dropped.
+async fn write_out(out: &mut tokio::io::Stdout, text: String) -> Result<(), Error> {
+    use tokio::io::AsyncWriteExt;
+    if text.is_empty() {
+        return Ok(());
+    }
+    out.write_all(text.as_bytes()).await?;
+    out.flush().await?;
     Ok(())
 }
