@@ -817,6 +817,46 @@ fn status_fails_unless_every_server_answers() {
     );
 }
 
+/// A server whose node core does not answer looks, from outside, like one that accepts
+/// connections and never grants a session: `corralctl status` shows it as unavailable
+/// within its per-server deadline, names it on stderr and exits 3 (it is not counted
+/// as ready).
+#[test]
+fn status_reports_a_server_that_never_answers() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr").to_string();
+    // Accepts and holds connections, reads nothing, answers nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept() {
+            held.push(conn);
+        }
+    });
+    let list = format!("{addr},{silent_addr}");
+    let started = Instant::now();
+    let r = run_raw(&["-s", &list, "status"], &[]);
+    assert!(started.elapsed() < Duration::from_secs(10), "{r:?}");
+    assert_eq!(r.code(), Some(3), "{r:?}");
+    let row = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&silent_addr))
+        .unwrap_or_else(|| panic!("a row for {silent_addr}: {r:?}"));
+    assert!(row.contains("unavailable"), "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("1 of 2 servers did not answer ({silent_addr})")),
+        "{r:?}"
+    );
+    let r = run_raw(&["-s", &list, "--json", "status"], &[]);
+    assert_eq!(r.code(), Some(3), "{r:?}");
+    let rows: Value = serde_json::from_str(&r.stdout).expect("JSON rows");
+    assert_eq!(rows[1]["status"], Value::Null, "{rows}");
+    assert!(rows[1]["error"].is_string(), "{rows}");
+}
+
 /// A fake admin endpoint on loopback for one request: it reads the request, writes
 /// `answer`, then keeps the connection open without sending more until the client
 /// closes it (bounded by a read timeout). Returns its address.
