@@ -97,7 +97,10 @@ impl WatchRegistry {
         }
     }
 
-    /// Records a one-shot watcher left by a read answered at `seen_zxid`.
+    /// Records a one-shot watcher left by a read answered at `seen_zxid`. Watchers of the
+    /// same path and kind whose receiver was dropped are forgotten here: a caller that
+    /// re-arms a watch it stopped waiting for (a `select!` over two watches, say) would
+    /// otherwise pile them up until the path's next event.
     pub(crate) fn add_one_shot(
         &mut self,
         path: &str,
@@ -105,10 +108,9 @@ impl WatchRegistry {
         tx: WatchSender,
         seen_zxid: u64,
     ) {
-        self.one_shot
-            .entry((path.to_string(), kind))
-            .or_default()
-            .push(OneShot { tx, seen_zxid });
+        let watchers = self.one_shot.entry((path.to_string(), kind)).or_default();
+        watchers.retain(|w| !w.tx.is_closed());
+        watchers.push(OneShot { tx, seen_zxid });
     }
 
     /// Records a persistent watch (or joins the existing one) and returns a receiver of
@@ -225,6 +227,12 @@ impl WatchRegistry {
     pub(crate) fn len(&self) -> usize {
         self.one_shot.len() + self.persistent.len()
     }
+
+    /// One-shot watchers kept, live or not.
+    #[cfg(test)]
+    fn one_shot_watchers(&self) -> usize {
+        self.one_shot.values().map(Vec::len).sum()
+    }
 }
 
 /// Picks one of a watch set's lists.
@@ -277,6 +285,25 @@ mod tests {
 
     fn ready(w: &mut Watcher) -> Option<Result<WatchEvent, Error>> {
         w.now_or_never()
+    }
+
+    #[test]
+    fn rearming_a_watch_forgets_the_dropped_watchers_of_its_path() {
+        let mut r = WatchRegistry::new(8);
+        for zxid in 0..100 {
+            let (tx, watcher) = Watcher::channel();
+            r.add_one_shot("/a", OneShotKind::Data, tx, zxid);
+            drop(watcher);
+        }
+        let (tx, mut live) = Watcher::channel();
+        r.add_one_shot("/a", OneShotKind::Data, tx, 100);
+        assert_eq!(r.one_shot_watchers(), 1, "only the live watcher is kept");
+        // Another path's or kind's watchers are not touched.
+        let (tx, _child) = Watcher::channel();
+        r.add_one_shot("/a", OneShotKind::Child, tx, 100);
+        assert_eq!(r.one_shot_watchers(), 2);
+        assert_eq!(r.dispatch(&ev(EventKind::NodeDataChanged, "/a", 101)), 1);
+        assert!(matches!(ready(&mut live), Some(Ok(_))));
     }
 
     #[test]
