@@ -4,7 +4,7 @@
 use corral_client::{Client, ClientConfig, CreateMode, Stat};
 use corral_tests::{corralctl_bin, TestServer};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -37,23 +37,85 @@ impl Run {
     }
 }
 
+/// What a corralctl run with bytes in and out did.
+#[derive(Debug)]
+struct RunBytes {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl RunBytes {
+    /// Asserts success and returns stdout.
+    fn ok(self) -> Vec<u8> {
+        assert!(
+            self.status.success(),
+            "corralctl failed ({}): {}",
+            self.status,
+            self.stderr
+        );
+        self.stdout
+    }
+
+    /// Asserts exit code 1 (a failed command) with `code` named on stderr and nothing
+    /// on stdout.
+    fn fails_with(&self, code: &str) {
+        assert_eq!(
+            self.status.code(),
+            Some(1),
+            "{}: {}",
+            self.status,
+            self.stderr
+        );
+        assert!(self.stderr.contains(code), "{code}: {}", self.stderr);
+        assert!(
+            self.stdout.is_empty(),
+            "{} bytes on stdout",
+            self.stdout.len()
+        );
+    }
+}
+
 /// Runs corralctl with `args` (no implicit server), bounded in time.
 fn run_raw(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let r = run_io(args, env, None);
+    Run {
+        status: r.status,
+        stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
+        stderr: r.stderr,
+    }
+}
+
+/// Runs corralctl with `args` (no implicit server), bounded in time, with `input` on
+/// its stdin (else /dev/null); stdout as bytes.
+fn run_io(args: &[&str], env: &[(&str, &str)], input: Option<&[u8]>) -> RunBytes {
     let mut cmd = Command::new(corralctl_bin());
     cmd.args(args)
         .env_remove("CORRAL_SERVER")
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn corralctl");
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        let input = input.to_vec();
+        // Closed when written (corralctl sees its end); a corralctl that exits without
+        // reading it all just fails the write.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
     let mut stdout = child.stdout.take().expect("stdout");
     let mut stderr = child.stderr.take().expect("stderr");
     let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
         s
     });
     let err = std::thread::spawn(move || {
@@ -73,7 +135,7 @@ fn run_raw(args: &[&str], env: &[(&str, &str)]) -> Run {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    Run {
+    RunBytes {
         status,
         stdout: out.join().expect("stdout reader"),
         stderr: err.join().expect("stderr reader"),
@@ -86,6 +148,31 @@ fn ctl(server: &TestServer, args: &[&str]) -> Run {
     let mut all = vec!["-s", addr.as_str()];
     all.extend_from_slice(args);
     run_raw(&all, &[])
+}
+
+/// Runs corralctl against `server` with `input` on its stdin; stdout as bytes.
+fn ctl_io(server: &TestServer, args: &[&str], input: &[u8]) -> RunBytes {
+    let addr = server.addr();
+    let mut all = vec!["-s", addr.as_str()];
+    all.extend_from_slice(args);
+    run_io(&all, &[], Some(input))
+}
+
+/// A node's data as `corralctl get --raw` writes it.
+fn get_raw(server: &TestServer, path: &str) -> Vec<u8> {
+    ctl_io(server, &["get", "--raw", path], b"").ok()
+}
+
+/// `len` bytes in which every byte value occurs (for `len` >= 256), not in a short
+/// cycle; `seed` makes different values of the same length.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(131) ^ (i >> 9)) as u8 ^ seed)
+        .collect()
+}
+
+fn path_str(path: &std::path::Path) -> &str {
+    path.to_str().expect("a UTF-8 path")
 }
 
 fn stat_from(v: &Value) -> Stat {
@@ -1012,4 +1099,233 @@ fn snapshot_save_falls_back_to_the_next_server() {
         r.stderr.contains("no server sent a backup") && r.stderr.contains(&closed),
         "{r:?}"
     );
+}
+
+/// Data read from stdin (`-f -`) or from a file (`-f FILE`, `--file`, `--data-file`) is
+/// written byte for byte, past what one command-line argument may hold (about 128 KiB
+/// on Linux) and whatever the bytes; `get --raw` writes it back unchanged. Before, data
+/// could only be an argument: no value over 128 KiB (the server takes 1 MiB) and no
+/// binary data could be written, and `get` showed binary data only as hex.
+#[test]
+fn data_from_stdin_and_files_round_trips_byte_for_byte() {
+    let server = TestServer::start(&[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rust_client(&rt, &server);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = 600 << 10;
+
+    // 600 KiB from stdin.
+    let value = pattern(big, 1);
+    let out = ctl_io(&server, &["create", "/stdin", "-f", "-"], &value).ok();
+    assert_eq!(out, b"/stdin\n");
+    assert!(
+        get_raw(&server, "/stdin") == value,
+        "get --raw gives it back"
+    );
+    let (data, stat) = rt.block_on(client.get_data("/stdin")).expect("get");
+    assert!(data == value, "the server holds it byte for byte");
+    assert_eq!(stat.data_length as usize, big);
+
+    // 600 KiB from a file, with each spelling of the option.
+    let file = dir.path().join("value");
+    for (i, option) in ["-f", "--file", "--data-file"].into_iter().enumerate() {
+        let value = pattern(big, 2 + i as u8);
+        std::fs::write(&file, &value).expect("write");
+        let set = stat_lines(&ctl(&server, &["set", "/stdin", option, path_str(&file)]).ok());
+        assert_eq!(set["version"], (i + 1).to_string(), "{set:?}");
+        assert_eq!(set["data_length"], big.to_string());
+        assert!(get_raw(&server, "/stdin") == value, "{option}");
+    }
+    let value = pattern(big, 9);
+    std::fs::write(&file, &value).expect("write");
+    ctl(
+        &server,
+        &["create", "--data-file", path_str(&file), "/file"],
+    )
+    .ok();
+    assert!(get_raw(&server, "/file") == value);
+    let value = pattern(big, 10);
+    ctl_io(
+        &server,
+        &["set", "--version", "0", "/file", "-f", "-"],
+        &value,
+    )
+    .ok();
+    assert!(get_raw(&server, "/file") == value);
+
+    // Every byte value, unchanged by get --raw; --json and plain get show it as hex.
+    let all: Vec<u8> = (0..=255u8).collect();
+    ctl_io(&server, &["create", "/bin", "-f", "-"], &all).ok();
+    assert_eq!(get_raw(&server, "/bin"), all);
+    let hex: String = all.iter().map(|b| format!("{b:02x}")).collect();
+    let got = ctl(&server, &["--json", "get", "/bin"]).json();
+    assert_eq!(
+        (&got["encoding"], &got["data"]),
+        (&"hex".into(), &hex.clone().into())
+    );
+    assert_eq!(ctl(&server, &["get", "/bin"]).ok(), format!("{hex}\n"));
+
+    // get --raw adds no newline to text; empty stdin is empty data.
+    ctl(&server, &["create", "/text", "hello"]).ok();
+    assert_eq!(get_raw(&server, "/text"), b"hello");
+    ctl_io(&server, &["set", "/text", "-f", "-"], b"").ok();
+    assert_eq!(get_raw(&server, "/text"), b"");
+    // `-` as the data argument is still the data "-".
+    ctl(&server, &["create", "/dash", "-"]).ok();
+    assert_eq!(get_raw(&server, "/dash"), b"-");
+
+    // lock and elect take --data-file for their queue node's data; CMD prints what its
+    // queue node holds (as corralctl's stdout).
+    let ctl_bin = corralctl_bin();
+    let ctl_bin = path_str(&ctl_bin);
+    std::fs::write(&file, &all).expect("write");
+    let held = ctl_io(
+        &server,
+        &[
+            "lock",
+            "/locks/bin",
+            "--data-file",
+            path_str(&file),
+            "--",
+            "sh",
+            "-c",
+            "exec \"$0\" get --raw \"$CORRAL_LOCK_NODE\"",
+            ctl_bin,
+        ],
+        b"",
+    )
+    .ok();
+    assert_eq!(held, all, "the queue node holds the file's bytes");
+    let value = pattern(big, 11);
+    let led = ctl_io(
+        &server,
+        &[
+            "elect",
+            "/elections/bin",
+            "--data-file",
+            "-",
+            "--",
+            "sh",
+            "-c",
+            "exec \"$0\" get --raw \"$CORRAL_LEADER_NODE\"",
+            ctl_bin,
+        ],
+        &value,
+    )
+    .ok();
+    assert!(led == value, "the candidate node holds stdin's bytes");
+
+    // Data given twice, or not at all, is a usage error.
+    let file = path_str(&file);
+    let usage: &[&[&str]] = &[
+        &["create", "/u", "x", "-f", file],
+        &["set", "/u"],
+        &["set", "/u", "x", "--file", "-"],
+        &["get", "--raw", "--json", "/bin"],
+        &["--json", "get", "--raw", "/bin"],
+        &[
+            "lock",
+            "/l",
+            "--data",
+            "x",
+            "--data-file",
+            file,
+            "--",
+            "true",
+        ],
+        &[
+            "elect",
+            "/e",
+            "--data",
+            "x",
+            "--data-file",
+            "-",
+            "--",
+            "true",
+        ],
+    ];
+    for args in usage {
+        let r = ctl(&server, args);
+        assert_eq!(r.code(), Some(2), "{args:?}: {r:?}");
+        assert!(!r.stderr.is_empty(), "{args:?}: explains itself");
+    }
+    // A file that cannot be read fails the command (exit 1, naming it) before anything
+    // is written.
+    let missing = dir.path().join("missing");
+    let r = ctl_io(&server, &["create", "/u", "-f", path_str(&missing)], b"");
+    r.fails_with(path_str(&missing));
+    assert_eq!(rt.block_on(client.exists("/u")).expect("exists"), None);
+    ctl_io(&server, &["set", "/text", "-f", path_str(dir.path())], b"")
+        .fails_with(path_str(dir.path()));
+    assert_eq!(get_raw(&server, "/text"), b"");
+}
+
+/// Data over the server's max_data_bytes (1 MiB by default), from stdin or a file, is
+/// refused with the server's DataTooLarge and exit 1, and nothing is written; data over
+/// what one request can carry (max_frame_bytes) is refused by corralctl before it is
+/// sent, saying why.
+#[test]
+fn data_over_the_limit_is_refused_and_nothing_is_written() {
+    let server = TestServer::start(&[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rust_client(&rt, &server);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limit = 1 << 20;
+    let exists = |path: &str| rt.block_on(client.exists(path)).expect("exists");
+
+    // Exactly the limit is taken.
+    let at_limit = pattern(limit, 3);
+    ctl_io(&server, &["create", "/max", "-f", "-"], &at_limit).ok();
+    assert!(get_raw(&server, "/max") == at_limit);
+
+    // One byte more is not: from stdin, from a file, with -p, for a set, for a lock.
+    let over = pattern(limit + 1, 4);
+    let file = dir.path().join("over");
+    std::fs::write(&file, &over).expect("write");
+    let file = path_str(&file);
+    ctl_io(&server, &["create", "/over", "-f", "-"], &over).fails_with("DataTooLarge");
+    ctl_io(&server, &["create", "/over", "-f", file], b"").fails_with("DataTooLarge");
+    assert_eq!(exists("/over"), None);
+    ctl_io(&server, &["create", "-p", "/p/q/over", "-f", file], b"").fails_with("DataTooLarge");
+    assert_eq!(exists("/p"), None, "no parent was created either");
+    ctl_io(&server, &["set", "/max", "-f", "-"], &over).fails_with("DataTooLarge");
+    ctl_io(&server, &["set", "/max", "--file", file], b"").fails_with("DataTooLarge");
+    let stat = exists("/max").expect("/max");
+    assert_eq!((stat.version, stat.data_length as usize), (0, limit));
+    assert!(
+        get_raw(&server, "/max") == at_limit,
+        "the data is unchanged"
+    );
+    let r = ctl_io(
+        &server,
+        &[
+            "lock",
+            "/locks/big",
+            "--data-file",
+            file,
+            "--",
+            "echo",
+            "ran",
+        ],
+        b"",
+    );
+    r.fails_with("DataTooLarge");
+
+    // Far more (2 MiB) does not fit in a request: corralctl refuses it without sending
+    // it, and says so in terms of the data.
+    let far = pattern(2 << 20, 5);
+    let r = ctl_io(&server, &["create", "/far", "-f", "-"], &far);
+    r.fails_with("FrameTooLarge");
+    assert!(r.stderr.contains("max_data_bytes"), "{}", r.stderr);
+    // Just past the frame limit with the request's header: the client refuses it.
+    let close = pattern(corral_protocol::DEFAULT_MAX_FRAME_BYTES - 10, 6);
+    let r = ctl_io(&server, &["set", "/max", "-f", "-"], &close);
+    r.fails_with("FrameTooLarge");
+    assert!(
+        r.stderr.contains("does not fit in one request"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(exists("/far"), None);
+    assert_eq!(exists("/max").map(|s| s.version), Some(0));
 }

@@ -3,6 +3,8 @@
 //! ```text
 //! corralctl -s 127.0.0.1:2281 create /app hello
 //! corralctl get /app
+//! corralctl set /app/logo -f logo.png          # data from a file (-f - for stdin)
+//! corralctl get --raw /app/logo > logo.png     # the bytes as they are
 //! corralctl --json ls -l /
 //! corralctl watch --recursive /app --count 10
 //! corralctl lock --ttl 10s /locks/backup -- ./backup.sh
@@ -14,6 +16,8 @@
 //! watch), `locked` (lock, elect: run a command under a lock) and `locks` (listing).
 
 // A binary's root resolves modules next to itself (src/bin/), so point at its directory.
+#[path = "corralctl/data.rs"]
+mod data;
 #[path = "corralctl/duration.rs"]
 mod duration;
 #[path = "corralctl/locked.rs"]
@@ -25,7 +29,7 @@ mod nodes;
 #[path = "corralctl/ops.rs"]
 mod ops;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use corral_client::{Client, ClientConfig, Error};
 use std::io::Write;
 use std::process::ExitCode;
@@ -40,6 +44,11 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Each invocation opens a session, runs one command and closes the session. Ephemeral
 /// nodes die with the session that created them, so a node created with `--ephemeral`
 /// is deleted as soon as corralctl exits.
+///
+/// Data is given as an argument (UTF-8 text, at most about 128 KiB on Linux), or read
+/// as raw bytes from a file with `-f FILE` (`create`, `set`) or `--data-file FILE`
+/// (every command that takes data); `-` as FILE reads stdin. `get --raw` writes a
+/// node's data to stdout unchanged.
 #[derive(Debug, Parser)]
 #[command(name = "corralctl", version, about, long_about)]
 struct Cli {
@@ -131,6 +140,19 @@ fn emit(line: impl std::fmt::Display) -> Result<(), Error> {
 }
 
 impl Command {
+    /// The command's data (its argument, a file or stdin), read before corralctl
+    /// connects: at most `max` bytes, the most one request carries.
+    fn load_data(&self, max: usize) -> Result<Option<Vec<u8>>, Error> {
+        match self {
+            Command::Nodes(command) => command.load_data(max),
+            Command::Lock(args) => args.load_data(max),
+            Command::Elect(args) => args.load_data(max),
+            Command::Locks { .. } | Command::Status | Command::Health | Command::Snapshot(_) => {
+                Ok(None)
+            }
+        }
+    }
+
     /// The path the command works on, as it must validate.
     fn path_to_check(&self) -> String {
         match self {
@@ -153,13 +175,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Snapshot(command) => return ops::snapshot(&cli.server, command, cli.json).await,
         _ => {}
     }
-    let client = Client::connect(ClientConfig::from_address_list(&cli.server)).await?;
+    let config = ClientConfig::from_address_list(&cli.server);
+    // Read before the session opens: a slow writer on stdin must not hold up its
+    // keepalives, and a missing file opens no session.
+    let data = cli.command.load_data(config.max_frame_bytes)?;
+    let client = Client::connect(config).await?;
     let result = match cli.command {
-        Command::Nodes(command) => nodes::execute(&client, command, cli.json)
+        Command::Nodes(command) => nodes::execute(&client, command, data, cli.json)
             .await
             .map(|()| ExitCode::SUCCESS),
-        Command::Lock(args) => locked::lock(&client, &cli.server, args).await,
-        Command::Elect(args) => locked::elect(&client, &cli.server, args).await,
+        Command::Lock(args) => locked::lock(&client, &cli.server, args, data).await,
+        Command::Elect(args) => locked::elect(&client, &cli.server, args, data).await,
         Command::Locks { path } => locks::list(&client, &path, cli.json)
             .await
             .map(|()| ExitCode::SUCCESS),
@@ -172,6 +198,21 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `get --raw --json` is refused by clap; `--json get --raw` (the global flag first)
+    // is caught here, as the same usage error.
+    if cli.json
+        && matches!(
+            cli.command,
+            Command::Nodes(nodes::NodeCommand::Get { raw: true, .. })
+        )
+    {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "the argument '--json' cannot be used with '--raw'",
+            )
+            .exit();
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -200,7 +241,6 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
     use corral_client::{CreateMode, LockKind};
     use nodes::{show_data, NodeCommand};
 
@@ -239,6 +279,42 @@ mod tests {
                 .is_err()
         );
         assert!(Cli::try_parse_from(["corralctl", "rm", "-r", "/a", "--version", "3"]).is_ok());
+    }
+
+    #[test]
+    fn parses_data_sources() {
+        use std::path::Path;
+        let file = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Nodes(NodeCommand::Create(a))) => (a.data, a.file),
+            Ok(Command::Nodes(NodeCommand::Set { data, file, .. })) => (data, file),
+            Ok(Command::Lock(a)) => (a.data, a.data_file),
+            Ok(Command::Elect(a)) => (a.data, a.data_file),
+            other => panic!("{args:?}: {other:?}"),
+        };
+        let stdin = Some(Path::new("-").to_path_buf());
+        assert_eq!(file(&["c", "set", "/a", "-f", "-"]), (None, stdin.clone()));
+        assert_eq!(
+            file(&["c", "create", "--data-file", "-", "/a"]),
+            (None, stdin.clone())
+        );
+        assert_eq!(
+            file(&["c", "lock", "/l", "--data-file", "-", "--", "x"]),
+            (None, stdin)
+        );
+        // `-` as the data argument is the data "-", as it always was.
+        assert_eq!(file(&["c", "set", "/a", "-"]), (Some("-".into()), None));
+        assert_eq!(
+            file(&["c", "elect", "/e", "--data", "-", "--", "x"]),
+            (Some("-".into()), None)
+        );
+        for args in [
+            &["c", "set", "/a"][..],
+            &["c", "set", "/a", "x", "-f", "y"],
+            &["c", "create", "/a", "x", "--file", "y"],
+            &["c", "get", "/a", "--raw", "--json"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
     }
 
     #[test]

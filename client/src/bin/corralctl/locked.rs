@@ -5,6 +5,7 @@ use crate::duration::{parse_duration, show_duration};
 use clap::Args;
 use corral_client::recipes::Election;
 use corral_client::{Client, Error, LockGuard, LockKind, LockOptions};
+use std::path::PathBuf;
 use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
 use tokio::process::{Child, Command};
@@ -73,9 +74,14 @@ pub struct LockArgs {
     /// expires, nobody is granted for this long.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "0s")]
     pub lock_delay: Duration,
-    /// Data stored in the queue node. Default: corralctl's pid.
+    /// Data stored in the queue node (UTF-8 text; see --data-file). Default:
+    /// corralctl's pid.
     #[arg(long)]
     pub data: Option<String>,
+    /// Read the queue node's data from this file instead, as raw bytes; `-` reads it
+    /// from stdin (to its end: CMD then finds nothing more there).
+    #[arg(long, value_name = "FILE", conflicts_with = "data")]
+    pub data_file: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -84,9 +90,14 @@ pub struct LockArgs {
 pub struct ElectArgs {
     /// The election's name (the lock whose queue holds the candidates).
     pub name: String,
-    /// Candidate data that observers see for the leader. Default: corralctl's pid.
+    /// Candidate data that observers see for the leader (UTF-8 text; see
+    /// --data-file). Default: corralctl's pid.
     #[arg(long)]
     pub data: Option<String>,
+    /// Read the candidate data from this file instead, as raw bytes; `-` reads it from
+    /// stdin (to its end: CMD then finds nothing more there).
+    #[arg(long, value_name = "FILE", conflicts_with = "data")]
+    pub data_file: Option<PathBuf>,
     /// Lead under a lease of this TTL (see `lock --ttl`). Default: under the session.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub ttl: Option<Duration>,
@@ -97,9 +108,23 @@ pub struct ElectArgs {
     pub run: RunArgs,
 }
 
-fn default_data(data: Option<String>) -> Vec<u8> {
-    data.unwrap_or_else(|| format!("corralctl pid {}", std::process::id()))
-        .into_bytes()
+impl LockArgs {
+    /// The queue node's data (from --data or --data-file), read before corralctl
+    /// connects.
+    pub fn load_data(&self, max: usize) -> Result<Option<Vec<u8>>, Error> {
+        crate::data::load(self.data.as_deref(), self.data_file.as_deref(), max)
+    }
+}
+
+impl ElectArgs {
+    /// The candidate data (from --data or --data-file), read before corralctl connects.
+    pub fn load_data(&self, max: usize) -> Result<Option<Vec<u8>>, Error> {
+        crate::data::load(self.data.as_deref(), self.data_file.as_deref(), max)
+    }
+}
+
+fn default_data(data: Option<Vec<u8>>) -> Vec<u8> {
+    data.unwrap_or_else(|| format!("corralctl pid {}", std::process::id()).into_bytes())
 }
 
 /// The signals corralctl passes on to the command (or that stop a wait for the lock).
@@ -362,12 +387,20 @@ async fn holders(client: &Client, name: &str) -> String {
     }
 }
 
-pub async fn lock(client: &Client, server: &str, args: LockArgs) -> Result<ExitCode, Error> {
+/// `corralctl lock`; `data` is what [`LockArgs::load_data`] read.
+pub async fn lock(
+    client: &Client,
+    server: &str,
+    args: LockArgs,
+    data: Option<Vec<u8>>,
+) -> Result<ExitCode, Error> {
     let mut signals = Signals::new()?;
+    let data = default_data(data);
+    let len = data.len();
     let mut options = LockOptions::default()
         .with_kind(args.kind)
         .with_lock_delay(args.lock_delay)
-        .with_data(default_data(args.data));
+        .with_data(data);
     if let Some(ttl) = args.ttl {
         options = options.with_ttl(ttl);
     }
@@ -380,7 +413,7 @@ pub async fn lock(client: &Client, server: &str, args: LockArgs) -> Result<ExitC
         }
     };
     let acquired = tokio::select! {
-        acquired = attempt => acquired?,
+        acquired = attempt => acquired.map_err(|e| crate::data::explain(e, len))?,
         received = signals.recv_or_stop() => return Ok(interrupted("the lock", received)),
     };
     let Some(guard) = acquired else {
@@ -407,13 +440,21 @@ pub async fn lock(client: &Client, server: &str, args: LockArgs) -> Result<ExitC
     Ok(code)
 }
 
-pub async fn elect(client: &Client, server: &str, args: ElectArgs) -> Result<ExitCode, Error> {
+/// `corralctl elect`; `data` is what [`ElectArgs::load_data`] read.
+pub async fn elect(
+    client: &Client,
+    server: &str,
+    args: ElectArgs,
+    data: Option<Vec<u8>>,
+) -> Result<ExitCode, Error> {
     let mut signals = Signals::new()?;
     let mut options = LockOptions::default();
     if let Some(ttl) = args.ttl {
         options = options.with_ttl(ttl);
     }
-    let election = Election::new(client, &args.name, default_data(args.data)).with_options(options);
+    let data = default_data(data);
+    let len = data.len();
+    let election = Election::new(client, &args.name, data).with_options(options);
     let attempt = async {
         match args.timeout {
             Some(timeout) => election.campaign_timeout(timeout).await,
@@ -421,7 +462,7 @@ pub async fn elect(client: &Client, server: &str, args: ElectArgs) -> Result<Exi
         }
     };
     let elected = tokio::select! {
-        elected = attempt => elected?,
+        elected = attempt => elected.map_err(|e| crate::data::explain(e, len))?,
         received = signals.recv_or_stop() => return Ok(interrupted("leadership", received)),
     };
     let Some(leadership) = elected else {

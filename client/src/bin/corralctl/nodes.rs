@@ -1,30 +1,52 @@
 //! The node commands: `create`, `get`, `set`, `ls`, `stat`, `rm`, `watch`.
 
-use crate::emit;
+use crate::{data, emit};
 use clap::{Args, Subcommand};
 use corral_client::{
     AddWatchMode, Client, CreateMode, CreateRequest, Error, ErrorCode, Stat, WatchEvent,
 };
 use serde_json::{json, Value};
+use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// Create a node and print its actual path.
     ///
+    /// The data is the DATA argument, or the bytes of a file with -f FILE (-f - reads
+    /// stdin); empty if neither is given.
+    ///
     /// An ephemeral node is deleted when corralctl's session ends, that is, as soon as
     /// this command exits: use it to test, not to register anything.
+    #[command(after_help = "Examples:\n  corralctl create /app \"hello\"\n  \
+                            corralctl create /app/logo -f logo.png\n  \
+                            curl -s https://example.com/cfg | corralctl create /app/cfg -f -")]
     Create(CreateArgs),
-    /// Print a node's data (as UTF-8 when valid, else as hex).
+    /// Print a node's data (as UTF-8 when valid, else as hex), or with --raw its bytes
+    /// as they are.
     Get {
         /// The node.
         path: String,
+        /// Write the data's bytes to stdout unchanged: no hex, no newline added (for
+        /// binary data, or to save a node to a file: `get --raw /n > FILE`).
+        #[arg(long, conflicts_with = "json")]
+        raw: bool,
     },
     /// Replace a node's data and print its new stat.
+    ///
+    /// The data is the DATA argument, or the bytes of a file with -f FILE (-f - reads
+    /// stdin).
+    #[command(after_help = "Examples:\n  corralctl set /app/config \"v2\"\n  \
+                            corralctl set /app/config -f config.json\n  \
+                            gzip -c big.txt | corralctl set /app/blob -f -")]
     Set {
         /// The node.
         path: String,
-        /// The new data (UTF-8).
-        data: String,
+        /// The new data (UTF-8 text; see -f for a file, stdin or binary data).
+        #[arg(required_unless_present = "file")]
+        data: Option<String>,
+        #[arg(short = 'f', long = "file", visible_alias = "data-file", value_name = "FILE",
+              conflicts_with = "data", help = data::FILE_HELP)]
+        file: Option<PathBuf>,
         /// Only if the node is at this version.
         #[arg(long)]
         version: Option<u32>,
@@ -72,8 +94,12 @@ pub enum NodeCommand {
 pub struct CreateArgs {
     /// The node's path (for --sequential: the prefix of its name).
     pub path: String,
-    /// Initial data (UTF-8); empty if omitted.
+    /// Initial data (UTF-8 text; see -f for a file, stdin or binary data); empty if
+    /// omitted.
     pub data: Option<String>,
+    #[arg(short = 'f', long = "file", visible_alias = "data-file", value_name = "FILE",
+          conflicts_with = "data", help = data::FILE_HELP)]
+    pub file: Option<PathBuf>,
     /// Delete the node when this session ends (that is, when corralctl exits).
     #[arg(long, conflicts_with = "container")]
     pub ephemeral: bool,
@@ -144,7 +170,7 @@ impl NodeCommand {
         match self {
             NodeCommand::Create(args) if args.sequential => format!("{}0000000000", args.path),
             NodeCommand::Create(CreateArgs { path, .. })
-            | NodeCommand::Get { path }
+            | NodeCommand::Get { path, .. }
             | NodeCommand::Set { path, .. }
             | NodeCommand::Ls { path, .. }
             | NodeCommand::Stat { path }
@@ -152,27 +178,53 @@ impl NodeCommand {
             | NodeCommand::Watch { path, .. } => path.clone(),
         }
     }
+
+    /// The command's data (from its argument, a file or stdin), read before corralctl
+    /// connects; `None` for a command that takes none, or a create without data.
+    pub fn load_data(&self, max: usize) -> Result<Option<Vec<u8>>, Error> {
+        match self {
+            NodeCommand::Create(args) => {
+                data::load(args.data.as_deref(), args.file.as_deref(), max)
+            }
+            NodeCommand::Set { data, file, .. } => {
+                data::load(data.as_deref(), file.as_deref(), max)
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
-pub async fn execute(client: &Client, command: NodeCommand, json: bool) -> Result<(), Error> {
+/// Runs `command`; `data` is what [`NodeCommand::load_data`] read for it.
+pub async fn execute(
+    client: &Client,
+    command: NodeCommand,
+    data: Option<Vec<u8>>,
+    json: bool,
+) -> Result<(), Error> {
     match command {
         NodeCommand::Create(args) => {
+            let data = data.unwrap_or_default();
+            let len = data.len();
             let created = client
                 .create_with(CreateRequest {
                     path: args.path.clone(),
-                    data: args.data.clone().unwrap_or_default().into_bytes(),
+                    data,
                     mode: args.mode(),
                     make_parents: args.parents,
                 })
-                .await?;
+                .await
+                .map_err(|e| data::explain(e, len))?;
             if json {
                 emit(json!({ "path": created.path, "stat": stat_json(&created.stat) }))
             } else {
                 emit(created.path)
             }
         }
-        NodeCommand::Get { path } => {
+        NodeCommand::Get { path, raw } => {
             let (data, stat) = client.get_data(&path).await?;
+            if raw {
+                return write_out(&mut tokio::io::stdout(), data).await;
+            }
             let (shown, encoding) = show_data(&data);
             if json {
                 emit(json!({
@@ -185,12 +237,13 @@ pub async fn execute(client: &Client, command: NodeCommand, json: bool) -> Resul
                 emit(shown)
             }
         }
-        NodeCommand::Set {
-            path,
-            data,
-            version,
-        } => {
-            let stat = client.set_data(&path, data.into_bytes(), version).await?;
+        NodeCommand::Set { path, version, .. } => {
+            let data = data.unwrap_or_default();
+            let len = data.len();
+            let stat = client
+                .set_data(&path, data, version)
+                .await
+                .map_err(|e| data::explain(e, len))?;
             if json {
                 emit(json!({ "path": path, "stat": stat_json(&stat) }))
             } else {
@@ -416,18 +469,19 @@ async fn watch(
     Ok(())
 }
 
-/// Writes `text` to stdout (and flushes it) without blocking corralctl's only thread:
-/// tokio's stdout writes on a blocking thread. A reader that stops reading (`watch |
+/// Writes `text` (or raw bytes) to stdout, and flushes it, without blocking
+/// corralctl's only thread: tokio's stdout writes on a blocking thread. A reader that stops reading (`watch |
 /// less`, paused) fills the pipe, and a write on the runtime's thread then stopped
 /// everything else, the session's keepalives included: the session expired and the
 /// watch died (or `ls` failed at its next page). Now the session lives on; a watch's
 /// events wait in its stream's buffer, and past it are reported as dropped.
-async fn write_out(out: &mut tokio::io::Stdout, text: String) -> Result<(), Error> {
+async fn write_out(out: &mut tokio::io::Stdout, text: impl AsRef<[u8]>) -> Result<(), Error> {
     use tokio::io::AsyncWriteExt;
+    let text = text.as_ref();
     if text.is_empty() {
         return Ok(());
     }
-    out.write_all(text.as_bytes()).await?;
+    out.write_all(text).await?;
     out.flush().await?;
     Ok(())
 }
