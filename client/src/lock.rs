@@ -436,16 +436,19 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
-/// `future`, given up at `deadline` (`None` if it passed first).
-pub(crate) async fn until<F: Future>(deadline: Option<Instant>, future: F) -> Option<F::Output> {
-    match deadline {
-        Some(at) => tokio::time::timeout_at(at, future).await.ok(),
-        None => Some(future.await),
-    }
+/// Whether a lock request about to be sent with `deadline` has no time left to wait in
+/// the queue (a zero timeout, or one used up getting a dedicated lease). It then only
+/// tries (`try_only`): the outcome is that of a queued request withdrawn at once, with
+/// no queue node created and withdrawn, and no `Deadlock` error for a wait it would not
+/// do. This is the only way a deadline shapes a lock request: the request is never cut
+/// short by it (see [`LockBuilder::acquire_timeout`]).
+pub(crate) fn no_time_left(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|at| Instant::now() >= at)
 }
 
 /// Waits until every one of `statuses` (the queue nodes of one request) is granted:
-/// `Ok(true)`. At `deadline` it returns `Ok(false)` at once, leaving the queue in the
+/// `Ok(true)`. At `deadline` (at once if it passed before the request was answered: a
+/// timeout shorter than a round trip) it returns `Ok(false)`, leaving the queue in the
 /// background (a release of `leave`, every node of the request, that the connection
 /// task resends until answered: waiting for it could take until a reconnect, or
 /// `request_timeout`); a grant that raced with the deadline and arrived wins. Fails if a
@@ -604,10 +607,19 @@ impl LockBuilder {
         self.run(true, None).await
     }
 
-    /// Like [`acquire`](Self::acquire), giving up after `timeout`: then the request
-    /// leaves the queue and `Ok(None)` is returned. A grant that arrived by the time the
-    /// timeout fired wins: the guard is returned. A timeout too large for the clock
-    /// (`Duration::MAX`) means none.
+    /// Like [`acquire`](Self::acquire), waiting in the queue for at most `timeout`: then
+    /// the request leaves the queue and `Ok(None)` is returned. A grant that arrived by
+    /// the time the timeout fired wins: the guard is returned. A timeout too large for
+    /// the clock (`Duration::MAX`) means none.
+    ///
+    /// `timeout` (from the call) bounds the wait for a later grant, not the request:
+    /// the request is always sent and its answer honoured, so a free lock is taken even
+    /// with a zero timeout or one shorter than a round trip (as with Curator's
+    /// `acquire(0, unit)`). A request sent with no time left only tries, like
+    /// [`try_acquire`](Self::try_acquire), and queues nothing. Getting the answer (and
+    /// the dedicated lease of a lock with a `ttl`) takes at most the client's
+    /// `request_timeout`, like every call ([`Error::Timeout`] then), whatever `timeout`
+    /// says. A request that is not granted leaves no queue node behind.
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -632,17 +644,14 @@ impl LockBuilder {
         let (lease, dedicated) = match (&self.options.lease, self.options.ttl) {
             (Some(lease), _) => (Some(lease.clone()), false),
             (None, Some(ttl)) => {
+                // Not cut short by the deadline, like the request (see `acquire_timeout`).
                 let options = LeaseOptions::new(ttl).with_renewal(self.options.renewal);
-                match until(deadline, client.grant_lease_with(options)).await {
-                    None => {
-                        attempt.timed_out();
-                        return Ok(None);
-                    }
-                    Some(Err(e)) => {
+                match client.grant_lease_with(options).await {
+                    Err(e) => {
                         attempt.failed();
                         return Err(e);
                     }
-                    Some(Ok(lease)) => (Some(lease), true),
+                    Ok(lease) => (Some(lease), true),
                 }
             }
             (None, None) => (None, false),
@@ -651,10 +660,11 @@ impl LockBuilder {
             attempt.failed();
             return Err(Error::LeaseLost);
         }
+        let out_of_time = !try_only && no_time_left(deadline);
         let request = LockRequest {
             lock: self.name.clone(),
             kind: self.options.kind,
-            try_only,
+            try_only: try_only || out_of_time,
             lease: lease.as_ref().map(Lease::id),
             lock_delay_ms: u64::try_from(self.options.lock_delay.as_millis()).unwrap_or(u64::MAX),
             data: self.options.data.clone(),
@@ -662,22 +672,24 @@ impl LockBuilder {
         let then = Then::Lock {
             lock: self.name.clone(),
         };
-        // Given up at the deadline, the answer finds no caller and the connection task
-        // releases the node.
-        let reply = match until(deadline, client.call(Op::Lock(request), then)).await {
-            None => {
-                attempt.timed_out();
+        // The deadline does not cut the request short: its answer, granted at once or
+        // queued, is honoured (a queued one is withdrawn below if the deadline passed).
+        // Given up by a dropped future, the answer finds no caller and the connection
+        // task releases the node.
+        let reply = match client.call(Op::Lock(request), then).await {
+            Err(e) if (try_only || out_of_time) && e.is(ErrorCode::LockHeld) => {
+                if out_of_time {
+                    attempt.timed_out();
+                } else {
+                    attempt.try_failed();
+                }
                 return Ok(None);
             }
-            Some(Err(e)) if try_only && e.is(ErrorCode::LockHeld) => {
-                attempt.try_failed();
-                return Ok(None);
-            }
-            Some(Err(e)) => {
+            Err(e) => {
                 attempt.failed();
                 return Err(e);
             }
-            Some(Ok(reply)) => reply,
+            Ok(reply) => reply,
         };
         let (node, token) = match &reply.result {
             OpResult::Locked { node, token } | OpResult::Queued { node, token } => {

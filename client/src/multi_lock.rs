@@ -15,8 +15,8 @@ use crate::connection::Then;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseOptions};
 use crate::lock::{
-    deadline_after, detach_release, lease_changed, release_held, until, wait_for_grants, Attempt,
-    LockLoss, LockOptions,
+    deadline_after, detach_release, lease_changed, no_time_left, release_held, wait_for_grants,
+    Attempt, LockLoss, LockOptions,
 };
 use crate::lock_registry::{RequestNodes, SlotStatus};
 use corral_protocol::{
@@ -123,9 +123,15 @@ impl MultiLockBuilder {
         self.run(true, None).await
     }
 
-    /// Like [`acquire`](Self::acquire), giving up after `timeout` (then every queue is
-    /// left and `Ok(None)` returned). A grant that arrived by then wins. A timeout too
+    /// Like [`acquire`](Self::acquire), waiting for at most `timeout` (then every queue
+    /// is left and `Ok(None)` returned). A grant that arrived by then wins. A timeout too
     /// large for the clock (`Duration::MAX`) means none.
+    ///
+    /// As for [`LockBuilder::acquire_timeout`](crate::LockBuilder::acquire_timeout), the
+    /// timeout bounds the wait for a later grant, not the request: its answer is
+    /// honoured, so locks that are all free are taken even with a zero timeout (a
+    /// request sent with no time left only tries), and getting the answer is bounded by
+    /// `request_timeout`. A request that is not granted leaves no queue node behind.
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -156,17 +162,14 @@ impl MultiLockBuilder {
         let (lease, dedicated) = match (&self.options.lease, self.options.ttl) {
             (Some(lease), _) => (Some(lease.clone()), false),
             (None, Some(ttl)) => {
+                // Not cut short by the deadline, like the request.
                 let options = LeaseOptions::new(ttl).with_renewal(self.options.renewal);
-                match until(deadline, client.grant_lease_with(options)).await {
-                    None => {
-                        attempt.timed_out();
-                        return Ok(None);
-                    }
-                    Some(Err(e)) => {
+                match client.grant_lease_with(options).await {
+                    Err(e) => {
                         attempt.failed();
                         return Err(e);
                     }
-                    Some(Ok(lease)) => (Some(lease), true),
+                    Ok(lease) => (Some(lease), true),
                 }
             }
             (None, None) => (None, false),
@@ -175,6 +178,7 @@ impl MultiLockBuilder {
             attempt.failed();
             return Err(Error::LeaseLost);
         }
+        let out_of_time = !try_only && no_time_left(deadline);
         let request = MultiLockRequest {
             locks: self
                 .locks
@@ -184,7 +188,7 @@ impl MultiLockBuilder {
                     kind: *kind,
                 })
                 .collect(),
-            try_only,
+            try_only: try_only || out_of_time,
             lease: lease.as_ref().map(Lease::id),
             lock_delay_ms: u64::try_from(self.options.lock_delay.as_millis()).unwrap_or(u64::MAX),
             data: self.options.data.clone(),
@@ -192,20 +196,21 @@ impl MultiLockBuilder {
         let then = Then::LockMany {
             locks: self.locks.iter().map(|(l, _)| l.clone()).collect(),
         };
-        let reply = match until(deadline, client.call(Op::LockMany(request), then)).await {
-            None => {
-                attempt.timed_out();
+        // Its answer is honoured whatever the deadline (see `LockBuilder::run`).
+        let reply = match client.call(Op::LockMany(request), then).await {
+            Err(e) if (try_only || out_of_time) && e.is(ErrorCode::LockHeld) => {
+                if out_of_time {
+                    attempt.timed_out();
+                } else {
+                    attempt.try_failed();
+                }
                 return Ok(None);
             }
-            Some(Err(e)) if try_only && e.is(ErrorCode::LockHeld) => {
-                attempt.try_failed();
-                return Ok(None);
-            }
-            Some(Err(e)) => {
+            Err(e) => {
                 attempt.failed();
                 return Err(e);
             }
-            Some(Ok(reply)) => reply,
+            Ok(reply) => reply,
         };
         let nodes = match &reply.result {
             OpResult::MultiLocked { nodes, .. } => nodes.clone(),

@@ -1,8 +1,8 @@
 //! The client lock API against a real single-node server: mutual exclusion with a fenced
-//! counter, try and timeout leaving no queue node behind, cancelled acquires leaving the
-//! queue, idempotent release, ownership, grants missed while disconnected, "waiting is
-//! not holding", and a lease-held lock lost after its TTL when renewals stop, with the
-//! holder told before anyone else is granted.
+//! counter, try and timeout leaving no queue node behind, a zero timeout taking a free
+//! lock, cancelled acquires leaving the queue, idempotent release, ownership, grants
+//! missed while disconnected, "waiting is not holding", and a lease-held lock lost after
+//! its TTL when renewals stop, with the holder told before anyone else is granted.
 //!
 //! Every wait is bounded with `tokio::time::timeout` on an event (a watch, a future);
 //! nothing sleeps to synchronise.
@@ -229,6 +229,81 @@ async fn an_acquire_that_times_out_leaves_the_queue() {
         .expect("acquire")
         .expect("granted");
     assert!(guard.token() > held.token());
+}
+
+/// A zero timeout is a try (as Curator's `acquire(0, unit)`): the request is sent and its
+/// answer honoured, so a free lock is taken, also with a dedicated lease to grant first
+/// and for a multi-lock; a held one is not waited for, and nothing is left behind: no
+/// queue node, no lease.
+#[tokio::test]
+async fn a_zero_timeout_takes_a_free_lock_and_leaves_nothing_behind_on_a_held_one() {
+    let server = TestServer::start(&[]);
+    let a = connect(&server.addr()).await;
+    let b = connect(&server.addr()).await;
+    let sessions = b.server_status().await.expect("status").sessions;
+    let options = [
+        LockOptions::default(),
+        LockOptions::default().with_ttl(Duration::from_secs(2)),
+    ];
+    for options in options.clone() {
+        let guard = b
+            .lock("/zero", options)
+            .acquire_timeout(Duration::ZERO)
+            .await
+            .expect("acquire")
+            .expect("a free lock is taken with a zero timeout");
+        assert!(guard.is_held());
+        assert!(guard.release().await.expect("release"));
+    }
+    let held = a
+        .lock("/zero", LockOptions::default())
+        .acquire()
+        .await
+        .expect("acquire");
+    for options in options {
+        let got = b
+            .lock("/zero", options)
+            .acquire_timeout(Duration::ZERO)
+            .await
+            .expect("a timeout is not an error");
+        assert!(got.is_none(), "the lock is held");
+    }
+    assert_eq!(
+        b.get_children("/zero").await.expect("ls"),
+        vec![name_of(held.node())],
+        "nothing queued"
+    );
+    let stats = b.lock_stats();
+    assert_eq!(
+        (stats.granted, stats.timed_out, stats.try_failed),
+        (2, 2, 0)
+    );
+
+    // A multi-lock likewise: taken if every lock is free, else nothing is queued.
+    let set = b.lock_many(["/zero-m", "/zero-n"], LockOptions::default());
+    let guard = set
+        .acquire_timeout(Duration::ZERO)
+        .await
+        .expect("acquire")
+        .expect("free locks are taken with a zero timeout");
+    assert!(guard.release().await.expect("release"));
+    let held_n = a
+        .lock("/zero-n", LockOptions::default())
+        .acquire()
+        .await
+        .expect("acquire");
+    let got = set
+        .acquire_timeout(Duration::ZERO)
+        .await
+        .expect("a timeout is not an error");
+    assert!(got.is_none(), "one of the locks is held");
+    assert!(b.exists("/zero-m").await.expect("exists").is_none());
+    assert_eq!(
+        b.get_children("/zero-n").await.expect("ls"),
+        vec![name_of(held_n.node())]
+    );
+    // No lease is left either (the dedicated ones were revoked).
+    assert_eq!(b.server_status().await.expect("status").sessions, sessions);
 }
 
 #[tokio::test]

@@ -541,6 +541,106 @@ async fn election_campaign_resign_proclaim_failover_and_observe() {
     assert_eq!(next_leader(&mut leaders, "no leader again").await, None);
 }
 
+/// A zero timeout is a try: a campaign with nobody leading is elected and a free permit
+/// is taken; behind a leader, or with every permit taken, it returns `None` and leaves no
+/// queue node behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_timeout_campaign_or_permit_takes_what_is_free_and_queues_nothing() {
+    let server = TestServer::start(&[]);
+    let a = connect(&server.addr()).await;
+    let b = connect(&server.addr()).await;
+
+    let ea = Election::new(&a, "/election/zero", "a");
+    let eb = Election::new(&b, "/election/zero", "b");
+    let la = ea
+        .campaign_timeout(Duration::ZERO)
+        .await
+        .expect("campaign")
+        .expect("elected with nobody else around");
+    assert!(la.is_leader());
+    assert!(eb
+        .campaign_timeout(Duration::ZERO)
+        .await
+        .expect("campaign")
+        .is_none());
+    assert_eq!(
+        b.get_children("/election/zero").await.expect("ls"),
+        [corral_client::path::name(la.node())],
+        "b is not left a candidate"
+    );
+
+    let sa = Semaphore::new(&a, "/sem-zero", 1);
+    let sb = Semaphore::new(&b, "/sem-zero", 1);
+    let permit = sa
+        .acquire_timeout(Duration::ZERO)
+        .await
+        .expect("acquire")
+        .expect("a free permit is taken");
+    assert!(sb
+        .acquire_timeout(Duration::ZERO)
+        .await
+        .expect("acquire")
+        .is_none());
+    assert_eq!(
+        b.get_children("/sem-zero").await.expect("ls"),
+        [corral_client::path::name(permit.node())],
+        "b is not left waiting"
+    );
+    assert_eq!(b.lock_stats().timed_out, 2);
+}
+
+/// A timeout shorter than the round trip: the answer is honoured, whatever arrives after
+/// the deadline. Through a gate that holds the answer back until the timeout has passed,
+/// a campaign in an empty election is won; one behind a leader (answered `Queued`) is
+/// withdrawn, leaving no candidate node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_answered_after_its_timeout_is_elected_if_granted_and_withdrawn_if_queued() {
+    let server = TestServer::start(&[]);
+    let gate = Gate::start(&server.addr()).await;
+    // A long session: no pings through the gate while it holds frames back.
+    let config = ClientConfig::new([gate.addr()]).with_session_ttl(Duration::from_secs(60));
+    let slow = Client::connect(config).await.expect("connect");
+    let other = connect(&server.addr()).await;
+    let limit = Duration::from_millis(200);
+    let slow_election = Election::new(&slow, "/election/rtt", "slow");
+    // Campaigns with `limit`, its answer held at the gate until the deadline has passed.
+    let campaign_late = async || {
+        let before = gate.arrived();
+        gate.close();
+        let campaign = tokio::spawn({
+            let election = slow_election.clone();
+            async move { election.campaign_timeout(limit).await }
+        });
+        gate.arrived_at_least(before + 1, "the answer to the campaign")
+            .await;
+        // The request was sent after the deadline was set: it has passed now.
+        tokio::time::sleep(limit).await;
+        assert!(!campaign.is_finished(), "the campaign waits for its answer");
+        gate.open();
+        bounded("the campaign", campaign)
+            .await
+            .expect("task")
+            .expect("campaign")
+    };
+
+    let elected = campaign_late()
+        .await
+        .expect("elected: the answer said granted");
+    assert!(elected.is_leader());
+    assert!(elected.resign().await.expect("resign"));
+
+    let leader = Election::new(&other, "/election/rtt", "other")
+        .campaign()
+        .await
+        .expect("other elected");
+    assert!(campaign_late().await.is_none(), "queued behind a leader");
+    children_until(&other, "/election/rtt", "the candidacy withdrawn", |c| {
+        c == [corral_client::path::name(leader.node())]
+    })
+    .await;
+    assert_eq!(slow.lock_stats().timed_out, 1);
+}
+
 /// An election's directory is a container: when its last candidate leaves it goes, and
 /// the next candidate's node, in a new directory, gets the path the last leader's had.
 /// `leader()` and `observe()` read the queue and then the leader's node by path; if the

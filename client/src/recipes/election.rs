@@ -155,7 +155,11 @@ impl Election {
         })
     }
 
-    /// Like [`campaign`](Self::campaign), withdrawing after `timeout` (`Ok(None)`).
+    /// Like [`campaign`](Self::campaign), withdrawing after `timeout` (`Ok(None)`). Only
+    /// the wait behind other candidates is bounded: with nobody leading or waiting, the
+    /// candidate is elected even with a zero timeout or one shorter than a round trip,
+    /// and `campaign_timeout(Duration::ZERO)` is a try. See
+    /// [`LockBuilder::acquire_timeout`](crate::LockBuilder::acquire_timeout).
     ///
     /// ```no_run
     /// use std::time::Duration;

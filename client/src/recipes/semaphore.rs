@@ -122,7 +122,9 @@ impl Semaphore {
     }
 
     /// Waits for a permit for at most `timeout`: `Ok(None)` then, having left the
-    /// queue.
+    /// queue. Only the wait is bounded: a free permit is taken even with a zero timeout
+    /// or one shorter than a round trip (`acquire_timeout(Duration::ZERO)` is a try). See
+    /// [`LockBuilder::acquire_timeout`].
     ///
     /// ```no_run
     /// use std::time::Duration;
