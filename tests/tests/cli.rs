@@ -92,6 +92,7 @@ fn run_io(args: &[&str], env: &[(&str, &str)], input: Option<&[u8]>) -> RunBytes
     let mut cmd = Command::new(corralctl_bin());
     cmd.args(args)
         .env_remove("CORRAL_SERVER")
+        .env_remove("CORRAL_MAX_FRAME_BYTES")
         .stdin(if input.is_some() {
             Stdio::piped()
         } else {
@@ -1328,4 +1329,113 @@ fn data_over_the_limit_is_refused_and_nothing_is_written() {
     );
     assert_eq!(exists("/far"), None);
     assert_eq!(exists("/max").map(|s| s.version), Some(0));
+}
+
+/// `--max-frame-bytes` (or `CORRAL_MAX_FRAME_BYTES`) raises corralctl's own frame limit:
+/// against a server that allows larger frames and data, corralctl reads and writes a
+/// node larger than its default limit (1 MiB + 64 KiB) only with it. There was no way
+/// to raise it, so such a node could not be read or written with corralctl at all.
+#[test]
+fn max_frame_bytes_lets_corralctl_read_and_write_larger_nodes() {
+    let server = TestServer::start(&[
+        "--max-data-bytes",
+        "3145728",
+        "--max-frame-bytes",
+        "4194304",
+    ]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rust_client(&rt, &server);
+    let addr = server.addr();
+    let value = pattern(2 << 20, 7);
+
+    // Without the option corralctl cannot send it: nothing is created.
+    let r = ctl_io(&server, &["create", "/big", "-f", "-"], &value);
+    r.fails_with("FrameTooLarge");
+    assert!(r.stderr.contains("--max-frame-bytes"), "{}", r.stderr);
+    assert_eq!(rt.block_on(client.exists("/big")).expect("exists"), None);
+    // With it, it can.
+    let out = ctl_io(
+        &server,
+        &["--max-frame-bytes", "4194304", "create", "/big", "-f", "-"],
+        &value,
+    )
+    .ok();
+    assert_eq!(out, b"/big\n");
+
+    // Without the option the node cannot be read (the response is over the limit);
+    // its stat can.
+    for args in [
+        &["get", "--raw", "/big"][..],
+        &["get", "/big"],
+        &["--json", "get", "/big"],
+    ] {
+        let r = ctl_io(&server, args, b"");
+        r.fails_with("FrameTooLarge");
+        assert!(r.stderr.contains("--max-frame-bytes"), "{}", r.stderr);
+    }
+    let stat = stat_lines(&ctl(&server, &["stat", "/big"]).ok());
+    assert_eq!(stat["data_length"], value.len().to_string());
+    // With it, before or after the subcommand, or from the environment, it can.
+    let get = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec!["-s", addr.as_str()];
+        all.extend_from_slice(args);
+        run_io(&all, env, Some(b""))
+    };
+    let read = get(
+        &["--max-frame-bytes", "4194304", "get", "--raw", "/big"],
+        &[],
+    )
+    .ok();
+    assert!(read == value, "read back byte for byte");
+    let read = get(
+        &["get", "--raw", "/big", "--max-frame-bytes", "4194304"],
+        &[],
+    )
+    .ok();
+    assert!(read == value);
+    let big_env = [("CORRAL_MAX_FRAME_BYTES", "4194304")];
+    assert!(get(&["get", "--raw", "/big"], &big_env).ok() == value);
+    let json = get(&["--json", "get", "/big"], &big_env).ok();
+    let json: Value = serde_json::from_slice(&json).expect("JSON");
+    assert_eq!(
+        json["data"].as_str().map(str::len),
+        Some(2 * value.len()),
+        "hex"
+    );
+    // The option wins over the environment.
+    get(
+        &["--max-frame-bytes", "1114112", "get", "--raw", "/big"],
+        &big_env,
+    )
+    .fails_with("FrameTooLarge");
+
+    // Up to the server's max_data_bytes (3 MiB), and no more.
+    let at_limit = pattern(3 << 20, 8);
+    let written = ctl_io(
+        &server,
+        &["--max-frame-bytes", "4194304", "set", "/big", "-f", "-"],
+        &at_limit,
+    )
+    .ok();
+    let set = stat_lines(&String::from_utf8_lossy(&written));
+    assert_eq!(set["data_length"], at_limit.len().to_string(), "{set:?}");
+    let over = pattern((3 << 20) + 1, 9);
+    ctl_io(
+        &server,
+        &["--max-frame-bytes", "4194304", "set", "/big", "-f", "-"],
+        &over,
+    )
+    .fails_with("DataTooLarge");
+    assert!(get(&["get", "--raw", "/big"], &big_env).ok() == at_limit);
+
+    // Out of range or not a number: usage errors.
+    for bad in ["100", "67108865", "1MiB", "-1"] {
+        let r = ctl(&server, &["--max-frame-bytes", bad, "get", "/big"]);
+        assert_eq!(r.code(), Some(2), "{bad}: {r:?}");
+        let r = run_raw(
+            &["-s", &addr, "get", "/big"],
+            &[("CORRAL_MAX_FRAME_BYTES", bad)],
+        );
+        assert_eq!(r.code(), Some(2), "{bad}: {r:?}");
+    }
 }

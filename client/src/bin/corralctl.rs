@@ -30,10 +30,16 @@ mod nodes;
 mod ops;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use corral_client::{Client, ClientConfig, Error};
+use corral_client::{Client, ClientConfig, Error, ErrorCode};
+use corral_protocol::DEFAULT_MAX_FRAME_BYTES;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
+
+/// Bounds of `--max-frame-bytes`: the client's smallest frame, and the server's largest
+/// `max_frame_bytes` (a larger one is never sent).
+const MIN_FRAME_BYTES: u64 = 1024;
+const MAX_FRAME_BYTES: u64 = 64 << 20;
 
 /// Longest wait for the session's close before corralctl exits anyway (the session then
 /// expires on the server after its TTL).
@@ -48,7 +54,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Data is given as an argument (UTF-8 text, at most about 128 KiB on Linux), or read
 /// as raw bytes from a file with `-f FILE` (`create`, `set`) or `--data-file FILE`
 /// (every command that takes data); `-` as FILE reads stdin. `get --raw` writes a
-/// node's data to stdout unchanged.
+/// node's data to stdout unchanged. Data larger than the default frame limit (1 MiB
+/// + 64 KiB) needs `--max-frame-bytes` and a server configured for it.
 #[derive(Debug, Parser)]
 #[command(name = "corralctl", version, about, long_about)]
 struct Cli {
@@ -65,6 +72,20 @@ struct Cli {
     /// Print JSON instead of human-readable output.
     #[arg(long, global = true)]
     json: bool,
+
+    /// Largest frame corralctl sends or accepts, in bytes (1024 to 64 MiB). A node
+    /// whose data, or a response, is larger fails with FrameTooLarge: raise this along
+    /// with the server's max_frame_bytes (and max_data_bytes) to read and write larger
+    /// nodes. (status, health and snapshot do not use it.)
+    #[arg(
+        long,
+        global = true,
+        env = "CORRAL_MAX_FRAME_BYTES",
+        value_name = "BYTES",
+        value_parser = clap::value_parser!(u64).range(MIN_FRAME_BYTES..=MAX_FRAME_BYTES),
+        default_value_t = DEFAULT_MAX_FRAME_BYTES as u64
+    )]
+    max_frame_bytes: u64,
 
     #[command(subcommand)]
     command: Command,
@@ -175,7 +196,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Snapshot(command) => return ops::snapshot(&cli.server, command, cli.json).await,
         _ => {}
     }
-    let config = ClientConfig::from_address_list(&cli.server);
+    let max_frame_bytes = usize::try_from(cli.max_frame_bytes).unwrap_or(usize::MAX);
+    let config = ClientConfig::from_address_list(&cli.server).with_max_frame_bytes(max_frame_bytes);
     // Read before the session opens: a slow writer on stdin must not hold up its
     // keepalives, and a missing file opens no session.
     let data = cli.command.load_data(config.max_frame_bytes)?;
@@ -223,6 +245,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let max_frame_bytes = cli.max_frame_bytes;
     let result = runtime.block_on(run(cli));
     // Without waiting for blocking work: a write to stdout that a reader holds up (a
     // `watch` ended by Ctrl-C while its reader stopped reading) must not hold up the
@@ -233,6 +256,13 @@ fn main() -> ExitCode {
         Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("corralctl: {e}");
+            if e.code() == Some(ErrorCode::FrameTooLarge) {
+                eprintln!(
+                    "corralctl: corralctl sends and accepts frames of at most {max_frame_bytes} \
+                     bytes (--max-frame-bytes, CORRAL_MAX_FRAME_BYTES): raise it if the \
+                     server's max_frame_bytes allows more"
+                );
+            }
             ExitCode::from(1)
         }
     }
@@ -314,6 +344,29 @@ mod tests {
             &["c", "get", "/a", "--raw", "--json"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn parses_max_frame_bytes() {
+        let limit = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.max_frame_bytes);
+        assert_eq!(
+            limit(&["c", "get", "/a"]).ok(),
+            Some(DEFAULT_MAX_FRAME_BYTES as u64)
+        );
+        assert_eq!(
+            limit(&["c", "--max-frame-bytes", "4194304", "get", "/a"]).ok(),
+            Some(4 << 20)
+        );
+        assert_eq!(
+            limit(&["c", "get", "/a", "--max-frame-bytes", "1024"]).ok(),
+            Some(1024)
+        );
+        for bad in ["1023", "67108865", "1k", ""] {
+            assert!(
+                limit(&["c", "--max-frame-bytes", bad, "get", "/a"]).is_err(),
+                "{bad:?}"
+            );
         }
     }
 

@@ -37,7 +37,7 @@ pub fn load(arg: Option<&str>, file: Option<&Path>, max: usize) -> Result<Option
             ErrorCode::FrameTooLarge,
             format!(
                 "the data from {what} is larger than {max} bytes, more than one request \
-                 can carry (max_frame_bytes); the server refuses data over its \
+                 can carry (--max-frame-bytes); the server refuses data over its \
                  max_data_bytes (1 MiB by default)"
             ),
         )));
