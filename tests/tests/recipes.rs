@@ -712,6 +712,129 @@ async fn leader_and_observe_never_pair_a_leader_with_the_data_of_a_later_node_of
     );
 }
 
+/// A multi-lock (`lock_many`) that names an election's lock takes the election's queue
+/// like a candidate, but its node there waits, first in the queue and not holding, until
+/// every lock of its set can be granted: then it holds them all, with no node of the
+/// election changing. Observers still report it as the leader once granted: when another
+/// lock of its set is released, and when a lock-delay on another lock of its set ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_reports_a_multi_lock_granted_the_election_by_its_other_locks() {
+    let server = TestServer::start(&[]);
+    let holder = connect(&server.addr()).await;
+    let grouper = connect(&server.addr()).await;
+    let b = connect(&server.addr()).await;
+    let observer = connect(&server.addr()).await;
+    let name = "/election/mixed";
+    // Observe from a task of its own: it waits for the next change all along.
+    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let observing = tokio::spawn({
+        let mut leaders = Election::new(&observer, name, "").observe();
+        async move {
+            while let Some(report) = leaders.recv().await {
+                let report = report.expect("no error");
+                if reports_tx.send(report).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut next_report = async |what: &str| {
+        bounded(what, reports.recv())
+            .await
+            .expect("the observer goes on")
+    };
+    assert_eq!(next_report("the first report").await, None);
+
+    // Another lock of the set is held: the multi-lock's node waits first in the
+    // election's queue, and b, a candidate, behind it.
+    let other = holder
+        .lock("/mixed/other", LockOptions::default())
+        .acquire()
+        .await
+        .expect("acquire");
+    let group = tokio::spawn({
+        let set = grouper.lock_many(
+            [name, "/mixed/other"],
+            LockOptions::default().with_data(b"group".to_vec()),
+        );
+        async move { set.acquire().await }
+    });
+    children_until(&b, name, "the multi-lock to queue", |c| c.len() == 1).await;
+    let b_campaign = tokio::spawn({
+        let eb = Election::new(&b, name, "b");
+        async move { eb.campaign().await }
+    });
+    children_until(&b, name, "b to be a candidate", |c| c.len() == 2).await;
+    assert_eq!(granted(&b, name).await, [false, false]);
+    assert_eq!(
+        Election::new(&b, name, "").leader().await.expect("leader"),
+        None
+    );
+
+    // The other lock is released: the set is granted, and the observer sees it lead.
+    assert!(other.release().await.expect("release"));
+    let set = bounded("the multi-lock's grant", group)
+        .await
+        .expect("task")
+        .expect("granted");
+    let seen = next_report("the multi-lock as leader")
+        .await
+        .expect("the multi-lock leads");
+    assert_eq!(
+        (seen.token, seen.session, seen.data.as_slice()),
+        (
+            set.token(name).expect("in the set"),
+            grouper.session_id(),
+            &b"group"[..]
+        )
+    );
+    // Released, b is elected (its grant changes nothing either: the release does).
+    assert!(set.release().await.expect("release"));
+    let lb = bounded("b's election", b_campaign)
+        .await
+        .expect("task")
+        .expect("b elected");
+    let seen = next_report("b as leader").await.expect("b leads");
+    assert_eq!(seen.token, lb.token());
+    assert!(lb.resign().await.expect("resign"));
+    assert_eq!(next_report("no leader").await, None);
+
+    // The other lock's holder lets its lease expire, which starts that lock's
+    // lock-delay: the set is granted when the delay ends, with no node changing then.
+    let delayed = holder
+        .lock(
+            "/mixed/delayed",
+            LockOptions::default()
+                .with_ttl(Duration::from_secs(1))
+                .with_renewal(corral_client::Renewal::Manual)
+                .with_lock_delay(Duration::from_secs(1)),
+        )
+        .acquire()
+        .await
+        .expect("acquire");
+    let group = tokio::spawn({
+        let set = grouper.lock_many(
+            [name, "/mixed/delayed"],
+            LockOptions::default().with_data(b"group 2".to_vec()),
+        );
+        async move { set.acquire().await }
+    });
+    let lost = delayed.lost();
+    let set = bounded("the multi-lock's grant after the delay", group)
+        .await
+        .expect("task")
+        .expect("granted");
+    assert_eq!(bounded("the expiry", lost).await, LockLoss::LeaseExpired);
+    let seen = next_report("the multi-lock as leader after the delay")
+        .await
+        .expect("the multi-lock leads");
+    assert_eq!(
+        (seen.token, seen.data.as_slice()),
+        (set.token(name).expect("in the set"), &b"group 2"[..])
+    );
+    observing.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_session_cannot_be_renewed_loses_leadership_before_the_next_is_elected() {
     let server = TestServer::start(&[]);

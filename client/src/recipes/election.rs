@@ -222,10 +222,19 @@ impl Election {
     /// one (poll it from a task of its own to see each). The stream ends after an error
     /// (such as the session ending); observe again to go on.
     ///
-    /// One case has no watch event: after a leader's lease expires on a lock with a
-    /// lock-delay, the next candidate is granted when the delay ends without any node
-    /// changing. The observer then reports `None` and looks again at the delay's end
-    /// (by the local clock, at least 50 ms later).
+    /// Two cases have no watch event on the election:
+    ///
+    /// - After a leader's lease expires on a lock with a lock-delay, the next candidate
+    ///   is granted when the delay ends without any node changing. The observer then
+    ///   reports `None` and looks again at the delay's end (by the local clock, at least
+    ///   50 ms later).
+    /// - A multi-lock ([`Client::lock_many`]) that names the election's lock queues
+    ///   there like a candidate, but its node, once first, waits without leading until
+    ///   every lock of its set can be granted: its grant comes from its other locks. The
+    ///   observer reports `None` meanwhile, finds those locks (reading every lock's
+    ///   queue, `GetLocks` on `/`, once per such multi-lock) and watches their queues
+    ///   and lock-delays as well, so it reports the multi-lock's holder as the leader
+    ///   (with the multi-lock's data) when it is granted.
     ///
     /// ```no_run
     /// use futures::StreamExt;
@@ -245,6 +254,7 @@ impl Election {
             client: self.client.clone(),
             name: self.name.clone(),
             last: None,
+            group: None,
         };
         let inner = futures::stream::unfold(Some(observer), |state| async move {
             let mut observer = state?;
@@ -279,10 +289,19 @@ fn is_node_of(entry: &LockEntry, czxid: u64) -> bool {
 }
 
 /// When to look again for a grant held back by a lock-delay, if one is: a waiting
-/// candidate, nobody granted, and a delay running until `delayed_until_ms` (the
-/// leader's wall clock).
+/// candidate, nobody granted, and a delay running.
 fn delay_recheck(state: &LockState) -> Option<Instant> {
-    if state.delayed_until_ms <= 0 || state.queue.is_empty() || granted(state).is_some() {
+    if state.queue.is_empty() || granted(state).is_some() {
+        return None;
+    }
+    delay_end(state)
+}
+
+/// When the lock-delay running on a lock ends, if one does: at `delayed_until_ms` (the
+/// leader's wall clock), looked for by the local clock at least [`DELAY_RECHECK`] from
+/// now.
+fn delay_end(state: &LockState) -> Option<Instant> {
+    if state.delayed_until_ms <= 0 {
         return None;
     }
     let now_ms = SystemTime::now()
@@ -293,10 +312,74 @@ fn delay_recheck(state: &LockState) -> Option<Instant> {
     Instant::now().checked_add(Duration::from_millis(left).max(DELAY_RECHECK))
 }
 
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The first entry of the queue if it waits while no lock-delay runs: a node of a
+/// multi-lock ([`Client::lock_many`]) that keeps its place until every lock of its set
+/// can be granted (any other first node of an exclusive lock holds it).
+fn waiting_group_head(state: &LockState) -> Option<&LockEntry> {
+    let head = state.queue.first()?;
+    (!head.granted && state.delayed_until_ms <= 0).then_some(head)
+}
+
+/// The locks other than `name` of the multi-lock whose nodes were created at `token`
+/// (one transaction creates the nodes of one request only, so the token names them).
+/// They may be anywhere in the tree: this reads the queue of every lock, once per
+/// multi-lock found first in an election's queue (a listing too large for one frame
+/// fails, with `LimitExceeded`, and ends the observer's stream).
+async fn group_locks(client: &Client, name: &str, token: u64) -> Result<Vec<String>> {
+    let locks = client.locks("/").await?;
+    Ok(locks
+        .into_iter()
+        .filter(|l| l.lock != name && l.queue.iter().any(|e| e.token == token))
+        .map(|l| l.lock)
+        .collect())
+}
+
+/// Watches another lock of a waiting multi-lock: its queue (a node leaving it may let
+/// the multi-lock be granted) with a child watch, and returns when its lock-delay ends
+/// if one runs (the end grants with no node changing). No watch if the lock is gone:
+/// the multi-lock went with it, which the election's own queue shows.
+async fn watch_other_lock(
+    client: &Client,
+    lock: &str,
+) -> Result<(Option<Watcher>, Option<Instant>)> {
+    let watcher = match client.get_children_watch(lock).await {
+        Ok((_, _, watcher)) => Some(watcher),
+        Err(e) if e.is(ErrorCode::NoNode) => None,
+        Err(e) => return Err(e),
+    };
+    let delay = lock_state(client, lock).await?.as_ref().and_then(delay_end);
+    Ok((watcher, delay))
+}
+
 /// Resolves when `watcher` fires (or fails), or never if there is none.
 async fn maybe_fired(watcher: Option<Watcher>) -> Result<()> {
     match watcher {
         Some(w) => w.await.map(drop),
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when any of `watchers` fires (or fails), or never if there are none.
+async fn any_fired(watchers: Vec<Watcher>) -> Result<()> {
+    if watchers.is_empty() {
+        return std::future::pending().await;
+    }
+    let (fired, _, _) = futures::future::select_all(watchers).await;
+    fired.map(drop)
+}
+
+/// Resolves at `at`, or never.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
@@ -306,6 +389,9 @@ struct Observer {
     name: String,
     /// What was last reported (`None`: nothing yet).
     last: Option<Option<LeaderInfo>>,
+    /// The multi-lock found waiting first in the queue, if any: its token and its
+    /// other locks, whose queues decide when it is granted.
+    group: Option<(u64, Vec<String>)>,
 }
 
 impl Observer {
@@ -326,8 +412,18 @@ impl Observer {
                 }
                 Err(e) => return Err(e),
             };
-            let state = lock_state(client, name).await?;
+            // A multi-lock first in the queue is granted by its other locks, with no
+            // change here: watch their queues too, before reading, like the directory.
+            let mut group_watches = Vec::new();
             let mut recheck = None;
+            if let Some((_, locks)) = &self.group {
+                for lock in locks {
+                    let (watcher, delay) = watch_other_lock(client, lock).await?;
+                    group_watches.extend(watcher);
+                    recheck = earliest(recheck, delay);
+                }
+            }
+            let state = lock_state(client, name).await?;
             let (current, data_watch) = match state.as_ref().and_then(granted) {
                 Some(entry) => match client.get_data_watch(&entry.node).await {
                     Ok((data, stat, watcher)) if is_node_of(entry, stat.czxid) => {
@@ -340,10 +436,20 @@ impl Observer {
                     Err(e) => return Err(e),
                 },
                 None => {
-                    recheck = state.as_ref().and_then(delay_recheck);
+                    recheck = earliest(recheck, state.as_ref().and_then(delay_recheck));
                     (None, None)
                 }
             };
+            match state.as_ref().and_then(waiting_group_head) {
+                Some(head) if self.group.as_ref().map(|(token, _)| *token) != Some(head.token) => {
+                    // Newly first: find its other locks, then watch them and read again.
+                    let locks = group_locks(client, name, head.token).await?;
+                    self.group = Some((head.token, locks));
+                    continue;
+                }
+                Some(_) => {}
+                None => self.group = None,
+            }
             if self.last.as_ref() != Some(&current) {
                 self.last = Some(current.clone());
                 return Ok(current);
@@ -351,12 +457,8 @@ impl Observer {
             tokio::select! {
                 fired = dir_watch => { fired?; }
                 fired = maybe_fired(data_watch) => fired?,
-                () = async {
-                    match recheck {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => {}
+                fired = any_fired(group_watches) => fired?,
+                () = sleep_until_some(recheck) => {}
             }
         }
     }
