@@ -145,7 +145,9 @@ pub use config::{ClientConfig, SERVER_DEDUP_WINDOW};
 pub use error::{Deadlock, Error, Result};
 pub use fencing::{FencingError, FencingValidator};
 pub use lease::{Lease, LeaseOptions, Renewal};
-pub use lock::{check_lock, LockBuilder, LockGuard, LockLoss, LockOptions, LockStats};
+pub use lock::{
+    check_lock, LockBuilder, LockGuard, LockLoss, LockOptions, LockStats, ACQUIRE_ANSWER_GRACE,
+};
 pub use multi::Transaction;
 pub use multi_lock::{MultiLockBuilder, MultiLockGuard};
 pub use state::{ConnectionState, StateStream};

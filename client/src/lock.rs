@@ -436,12 +436,38 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
+/// How long past its deadline an acquire with a timeout waits at most for the answers to
+/// its requests (a dedicated lease's grant, the lock request): a timeout shorter than a
+/// round trip (zero, say) still gets them, so a free lock is taken, and a server that
+/// cannot answer (a partition, no quorum) costs at most this beyond the timeout.
+pub const ACQUIRE_ANSWER_GRACE: Duration = Duration::from_secs(1);
+
+/// Until when an acquire that must be done by `deadline` waits for the answers to its
+/// requests: the deadline, but at least [`ACQUIRE_ANSWER_GRACE`] from now.
+pub(crate) fn answer_deadline(deadline: Option<Instant>) -> Option<Instant> {
+    deadline.map(|at| {
+        Instant::now()
+            .checked_add(ACQUIRE_ANSWER_GRACE)
+            .map_or(at, |floor| at.max(floor))
+    })
+}
+
+/// `future`, given up at `deadline` (`None` if it passed first; no deadline: never).
+pub(crate) async fn answered_by<F: Future>(
+    deadline: Option<Instant>,
+    future: F,
+) -> Option<F::Output> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at, future).await.ok(),
+        None => Some(future.await),
+    }
+}
+
 /// Whether a lock request about to be sent with `deadline` has no time left to wait in
 /// the queue (a zero timeout, or one used up getting a dedicated lease). It then only
 /// tries (`try_only`): the outcome is that of a queued request withdrawn at once, with
 /// no queue node created and withdrawn, and no `Deadlock` error for a wait it would not
-/// do. This is the only way a deadline shapes a lock request: the request is never cut
-/// short by it (see [`LockBuilder::acquire_timeout`]).
+/// do. The wait for its answer is bounded by [`answer_deadline`], not by `deadline`.
 pub(crate) fn no_time_left(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|at| Instant::now() >= at)
 }
@@ -612,14 +638,15 @@ impl LockBuilder {
     /// the time the timeout fired wins: the guard is returned. A timeout too large for
     /// the clock (`Duration::MAX`) means none.
     ///
-    /// `timeout` (from the call) bounds the wait for a later grant, not the request:
-    /// the request is always sent and its answer honoured, so a free lock is taken even
-    /// with a zero timeout or one shorter than a round trip (as with Curator's
-    /// `acquire(0, unit)`). A request sent with no time left only tries, like
-    /// [`try_acquire`](Self::try_acquire), and queues nothing. Getting the answer (and
-    /// the dedicated lease of a lock with a `ttl`) takes at most the client's
-    /// `request_timeout`, like every call ([`Error::Timeout`] then), whatever `timeout`
-    /// says. A request that is not granted leaves no queue node behind.
+    /// The request is always sent, and its answer is awaited until the timeout, or
+    /// for at least [`ACQUIRE_ANSWER_GRACE`] (1 s) if the timeout is shorter: so a
+    /// free lock is taken even with a zero timeout or one shorter than a round trip (as
+    /// with Curator's `acquire(0, unit)`), and a server that cannot answer makes the call
+    /// return `Ok(None)` within `max(timeout, 1 s)` (an answer that comes later is
+    /// withdrawn in the background). A request sent with no time left only tries, like
+    /// [`try_acquire`](Self::try_acquire), and queues nothing. The dedicated lease of a
+    /// lock with a `ttl` is granted within the same bound. A request that is not
+    /// granted leaves no queue node behind.
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -641,17 +668,21 @@ impl LockBuilder {
             attempt.failed();
             return Err(e);
         }
+        let answer_by = answer_deadline(deadline);
         let (lease, dedicated) = match (&self.options.lease, self.options.ttl) {
             (Some(lease), _) => (Some(lease.clone()), false),
             (None, Some(ttl)) => {
-                // Not cut short by the deadline, like the request (see `acquire_timeout`).
                 let options = LeaseOptions::new(ttl).with_renewal(self.options.renewal);
-                match client.grant_lease_with(options).await {
-                    Err(e) => {
+                match answered_by(answer_by, client.grant_lease_with(options)).await {
+                    None => {
+                        attempt.timed_out();
+                        return Ok(None);
+                    }
+                    Some(Err(e)) => {
                         attempt.failed();
                         return Err(e);
                     }
-                    Ok(lease) => (Some(lease), true),
+                    Some(Ok(lease)) => (Some(lease), true),
                 }
             }
             (None, None) => (None, false),
@@ -672,12 +703,16 @@ impl LockBuilder {
         let then = Then::Lock {
             lock: self.name.clone(),
         };
-        // The deadline does not cut the request short: its answer, granted at once or
-        // queued, is honoured (a queued one is withdrawn below if the deadline passed).
-        // Given up by a dropped future, the answer finds no caller and the connection
-        // task releases the node.
-        let reply = match client.call(Op::Lock(request), then).await {
-            Err(e) if (try_only || out_of_time) && e.is(ErrorCode::LockHeld) => {
+        // The answer, granted at once or queued, is honoured if it comes by `answer_by`
+        // (a queued one is withdrawn below if the deadline passed). Given up, or given
+        // up by a dropped future, the answer finds no caller and the connection task
+        // releases the node.
+        let reply = match answered_by(answer_by, client.call(Op::Lock(request), then)).await {
+            None => {
+                attempt.timed_out();
+                return Ok(None);
+            }
+            Some(Err(e)) if (try_only || out_of_time) && e.is(ErrorCode::LockHeld) => {
                 if out_of_time {
                     attempt.timed_out();
                 } else {
@@ -685,11 +720,11 @@ impl LockBuilder {
                 }
                 return Ok(None);
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 attempt.failed();
                 return Err(e);
             }
-            Ok(reply) => reply,
+            Some(Ok(reply)) => reply,
         };
         let (node, token) = match &reply.result {
             OpResult::Locked { node, token } | OpResult::Queued { node, token } => {

@@ -15,8 +15,8 @@ use crate::connection::Then;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseOptions};
 use crate::lock::{
-    deadline_after, detach_release, lease_changed, no_time_left, release_held, wait_for_grants,
-    Attempt, LockLoss, LockOptions,
+    answer_deadline, answered_by, deadline_after, detach_release, lease_changed, no_time_left,
+    release_held, wait_for_grants, Attempt, LockLoss, LockOptions,
 };
 use crate::lock_registry::{RequestNodes, SlotStatus};
 use corral_protocol::{
@@ -128,10 +128,12 @@ impl MultiLockBuilder {
     /// large for the clock (`Duration::MAX`) means none.
     ///
     /// As for [`LockBuilder::acquire_timeout`](crate::LockBuilder::acquire_timeout), the
-    /// timeout bounds the wait for a later grant, not the request: its answer is
-    /// honoured, so locks that are all free are taken even with a zero timeout (a
-    /// request sent with no time left only tries), and getting the answer is bounded by
-    /// `request_timeout`. A request that is not granted leaves no queue node behind.
+    /// request's answer is awaited for at least
+    /// [`ACQUIRE_ANSWER_GRACE`](crate::ACQUIRE_ANSWER_GRACE) (1 s) even if the timeout
+    /// is shorter, so locks that are all free are taken even with a zero timeout (a
+    /// request sent with no time left only tries), and a server that cannot answer
+    /// makes the call return `Ok(None)` within `max(timeout, 1 s)`. A request that is
+    /// not granted leaves no queue node behind.
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -159,17 +161,21 @@ impl MultiLockBuilder {
                 return Err(e);
             }
         }
+        let answer_by = answer_deadline(deadline);
         let (lease, dedicated) = match (&self.options.lease, self.options.ttl) {
             (Some(lease), _) => (Some(lease.clone()), false),
             (None, Some(ttl)) => {
-                // Not cut short by the deadline, like the request.
                 let options = LeaseOptions::new(ttl).with_renewal(self.options.renewal);
-                match client.grant_lease_with(options).await {
-                    Err(e) => {
+                match answered_by(answer_by, client.grant_lease_with(options)).await {
+                    None => {
+                        attempt.timed_out();
+                        return Ok(None);
+                    }
+                    Some(Err(e)) => {
                         attempt.failed();
                         return Err(e);
                     }
-                    Ok(lease) => (Some(lease), true),
+                    Some(Ok(lease)) => (Some(lease), true),
                 }
             }
             (None, None) => (None, false),
@@ -196,9 +202,13 @@ impl MultiLockBuilder {
         let then = Then::LockMany {
             locks: self.locks.iter().map(|(l, _)| l.clone()).collect(),
         };
-        // Its answer is honoured whatever the deadline (see `LockBuilder::run`).
-        let reply = match client.call(Op::LockMany(request), then).await {
-            Err(e) if (try_only || out_of_time) && e.is(ErrorCode::LockHeld) => {
+        // Its answer is honoured if it comes by `answer_by` (see `LockBuilder::run`).
+        let reply = match answered_by(answer_by, client.call(Op::LockMany(request), then)).await {
+            None => {
+                attempt.timed_out();
+                return Ok(None);
+            }
+            Some(Err(e)) if (try_only || out_of_time) && e.is(ErrorCode::LockHeld) => {
                 if out_of_time {
                     attempt.timed_out();
                 } else {
@@ -206,11 +216,11 @@ impl MultiLockBuilder {
                 }
                 return Ok(None);
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 attempt.failed();
                 return Err(e);
             }
-            Ok(reply) => reply,
+            Some(Ok(reply)) => reply,
         };
         let nodes = match &reply.result {
             OpResult::MultiLocked { nodes, .. } => nodes.clone(),

@@ -478,9 +478,10 @@ async fn try_and_timeout_leave_no_node_and_a_dropped_waiter_leaves_the_queue() {
         let stats = client.lock_stats();
         assert_eq!((stats.try_failed, stats.timed_out), (2, 2), "{stats:?}");
     }
-    // Nothing left behind, on any node. `acquire_timeout` returns at its deadline and
-    // withdraws a request whose answer is still on its way in the background, so the
-    // withdrawal may apply a little later.
+    // Nothing left behind, on any node. `acquire_timeout` returns at its deadline (or
+    // `ACQUIRE_ANSWER_GRACE` after sending, if its answer has not come by then) and
+    // withdraws a queued request in the background, so the withdrawal may apply a
+    // little later.
     let only_holder = vec![held_name.clone()];
     children_until(&a, LOCK, "the timed-out requests to be withdrawn", |ch| {
         ch == only_holder.as_slice()

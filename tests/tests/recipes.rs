@@ -641,6 +641,48 @@ async fn a_campaign_answered_after_its_timeout_is_elected_if_granted_and_withdra
     assert_eq!(slow.lock_stats().timed_out, 1);
 }
 
+/// A server that does not answer an acquire with a timeout costs the caller at most
+/// `max(timeout, ACQUIRE_ANSWER_GRACE)`, not the client's `request_timeout`: the call
+/// gives up with `Ok(None)`, and the answer that comes later (here: granted, the lock
+/// was free) is withdrawn in the background, leaving no queue node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_whose_answer_does_not_come_gives_up_after_the_grace_and_leaves_nothing() {
+    let server = TestServer::start(&[]);
+    let gate = Gate::start(&server.addr()).await;
+    // request_timeout far beyond the test's bound: giving up must come from the grace.
+    let config = ClientConfig::new([gate.addr()])
+        .with_session_ttl(Duration::from_secs(60))
+        .with_request_timeout(Duration::from_secs(120));
+    let slow = Client::connect(config).await.expect("connect");
+    let other = connect(&server.addr()).await;
+    let before = gate.arrived();
+    gate.close();
+    let acquire = tokio::spawn({
+        let slow = slow.clone();
+        async move {
+            slow.lock("/locks/unanswered", LockOptions::default())
+                .acquire_timeout(Duration::from_millis(100))
+                .await
+        }
+    });
+    gate.arrived_at_least(before + 1, "the answer to the lock request")
+        .await;
+    let outcome = bounded("the acquire to give up", acquire)
+        .await
+        .expect("task")
+        .expect("no error: a timeout");
+    assert!(outcome.is_none(), "the answer never reached the caller");
+    assert_eq!(slow.lock_stats().timed_out, 1);
+    gate.open();
+    children_until(
+        &other,
+        "/locks/unanswered",
+        "the late grant withdrawn",
+        |c| c.is_empty(),
+    )
+    .await;
+}
+
 /// An election's directory is a container: when its last candidate leaves it goes, and
 /// the next candidate's node, in a new directory, gets the path the last leader's had.
 /// `leader()` and `observe()` read the queue and then the leader's node by path; if the

@@ -155,10 +155,11 @@ impl Election {
         })
     }
 
-    /// Like [`campaign`](Self::campaign), withdrawing after `timeout` (`Ok(None)`). Only
-    /// the wait behind other candidates is bounded: with nobody leading or waiting, the
-    /// candidate is elected even with a zero timeout or one shorter than a round trip,
-    /// and `campaign_timeout(Duration::ZERO)` is a try. See
+    /// Like [`campaign`](Self::campaign), withdrawing after `timeout` (`Ok(None)`). The
+    /// request's answer is awaited for at least
+    /// [`ACQUIRE_ANSWER_GRACE`](crate::ACQUIRE_ANSWER_GRACE) (1 s): with nobody leading or
+    /// waiting, the candidate is elected even with a zero timeout or one shorter than a
+    /// round trip, and `campaign_timeout(Duration::ZERO)` is a try. See
     /// [`LockBuilder::acquire_timeout`](crate::LockBuilder::acquire_timeout).
     ///
     /// ```no_run

@@ -122,8 +122,10 @@ impl Semaphore {
     }
 
     /// Waits for a permit for at most `timeout`: `Ok(None)` then, having left the
-    /// queue. Only the wait is bounded: a free permit is taken even with a zero timeout
-    /// or one shorter than a round trip (`acquire_timeout(Duration::ZERO)` is a try). See
+    /// queue. The request's answer is awaited for at least
+    /// [`ACQUIRE_ANSWER_GRACE`](crate::ACQUIRE_ANSWER_GRACE) (1 s): a free permit is
+    /// taken even with a zero timeout or one shorter than a round trip
+    /// (`acquire_timeout(Duration::ZERO)` is a try). See
     /// [`LockBuilder::acquire_timeout`].
     ///
     /// ```no_run
