@@ -121,9 +121,10 @@ fn check_multi_op(op: &MultiOp) -> Result<()> {
 
 /// The receiving end of a call's answer. If the caller gives up (its future is dropped,
 /// say its task was aborted) after the connection task handed the answer over but
-/// before reading it, a lock answer in it names a queue node nobody will release: the
-/// drop releases it in the background, as the connection task does with an answer that
-/// finds no caller at all.
+/// before reading it, a lock answer in it names a queue node nobody will release, and a
+/// lease grant a lease nobody will renew or revoke: the drop releases or revokes it in
+/// the background, as the connection task does with an answer that finds no caller at
+/// all.
 struct Answer<'a> {
     client: &'a Client,
     rx: oneshot::Receiver<Result<Reply>>,
@@ -137,6 +138,10 @@ impl Drop for Answer<'_> {
         let Ok(Ok(reply)) = self.rx.try_recv() else {
             return;
         };
+        if let Some(lease_id) = reply.lease {
+            tracing::debug!(lease = lease_id, "lease grant dropped unread; revoking");
+            crate::lease::detach_revoke(self.client, lease_id);
+        }
         let nodes = match &reply.result {
             OpResult::Locked { node, token } | OpResult::Queued { node, token } => {
                 Some(RequestNodes::one(node, *token))

@@ -25,9 +25,11 @@
 //! resent after every reconnect until answered: a `CloseSession` (else a dropped client
 //! could keep its session, and its locks, alive forever), a lock request (else its
 //! queue node would be orphaned: the task releases it when the answer finds no caller),
-//! and the [`Detached`] requests: the releases sent on behalf of dropped guards and
-//! pending acquires, the revokes of dropped leases, and the delete of a double barrier
-//! participant's node given up at its deadline. A detached request that the server
+//! a lease grant (likewise: a lease granted to nobody is revoked; a grant whose caller
+//! is gone before it is sent is not sent at all), and the [`Detached`] requests: the
+//! releases sent on behalf of dropped guards and pending acquires, the revokes of
+//! dropped leases, and the delete of a double barrier participant's node given up at
+//! its deadline. A detached request that the server
 //! answers with a transient error (`Unavailable`, say) is sent again after a growing
 //! pause ([`DetachedRetries`]) until it succeeds, for as long as the session lives. A
 //! release's nodes stay tracked meanwhile, so a reconnect's re-read also sweeps them
@@ -111,6 +113,10 @@ pub(crate) enum Then {
     /// On behalf of a dropped handle: nobody waits for the answer. Resent until
     /// answered.
     Detached(Detached),
+    /// A lease grant: on `Lease`, the reply names the lease. Resent until answered,
+    /// like `Lock`; a lease whose caller is gone by then is revoked, and a grant whose
+    /// caller is gone before it is sent is not sent.
+    GrantLease,
     /// A caller's ping (`LockGuard::renew`): acknowledged, it renews the session's lease
     /// like the task's own keepalives, from `sent_at`, which the task sets when it
     /// sends the request (a resend keeps the first send time: earlier is safe).
@@ -164,8 +170,18 @@ impl Then {
     fn must_complete(&self) -> bool {
         matches!(
             self,
-            Then::Close | Then::Lock { .. } | Then::LockMany { .. } | Then::Detached(_)
+            Then::Close
+                | Then::Lock { .. }
+                | Then::LockMany { .. }
+                | Then::GrantLease
+                | Then::Detached(_)
         )
+    }
+
+    /// Whether a request whose caller is gone before it is sent is better not sent:
+    /// nothing to undo then. (A lock request is sent anyway and its node released.)
+    fn skip_if_abandoned(&self) -> bool {
+        matches!(self, Then::GrantLease)
     }
 
     /// The locks a request that could leave or remove a queue node is about.
@@ -198,6 +214,9 @@ pub(crate) struct Reply {
     pub lock: Option<watch::Receiver<SlotStatus>>,
     /// For `LockMany`: the statuses of the queue nodes, in request order.
     pub locks: Vec<watch::Receiver<SlotStatus>>,
+    /// For `GrantLease`: the id of the lease granted, which must be revoked if the
+    /// reply finds nobody to read it.
+    pub lease: Option<u64>,
 }
 
 /// What the public API can read about the session without asking the task.
@@ -582,6 +601,10 @@ impl Task {
         if let Then::Keepalive { sent_at } = &mut then {
             *sent_at = Instant::now();
         }
+        if then.skip_if_abandoned() && reply.is_closed() {
+            tracing::debug!("{} given up before it was sent; not sending it", op.name());
+            return;
+        }
         // Before it goes out: a later create of a path supersedes a delete of it that
         // waits to be sent again.
         self.retries.sending(&op);
@@ -747,12 +770,17 @@ impl Task {
                             .collect(),
                         _ => Vec::new(),
                     };
+                    let lease = match (&then, &result) {
+                        (Then::GrantLease, OpResult::Lease { lease_id, .. }) => Some(*lease_id),
+                        _ => None,
+                    };
                     let (stream, lock) = self.apply(then, &result, response.zxid);
                     let reply = reply.send(Ok(Reply {
                         result,
                         stream,
                         lock,
                         locks,
+                        lease,
                     }));
                     if let Err(Ok(unwanted)) = reply {
                         self.unwanted(unwanted);
@@ -811,9 +839,11 @@ impl Task {
         Option<watch::Receiver<SlotStatus>>,
     ) {
         match then {
-            Then::Nothing | Then::Keepalive { .. } | Then::Close | Then::LockMany { .. } => {
-                (None, None)
-            }
+            Then::Nothing
+            | Then::Keepalive { .. }
+            | Then::Close
+            | Then::LockMany { .. }
+            | Then::GrantLease => (None, None),
             Then::OneShot { path, kind, tx } => {
                 // An exists watch on a node that exists is a data watch (as in
                 // ZooKeeper): re-registered as an exist watch after a reconnect, the
@@ -893,8 +923,17 @@ impl Task {
 
     /// A successful answer whose caller is gone: undo what must not outlive it. A lock
     /// answer's nodes stay tracked (nobody listens to them) until their release
-    /// succeeds, so that a reconnect's re-read sweeps them if it has not by then.
+    /// succeeds, so that a reconnect's re-read sweeps them if it has not by then. A
+    /// granted lease is revoked (nobody would renew or revoke it: it would live until
+    /// its TTL).
     fn unwanted(&mut self, reply: Reply) {
+        if let Some(lease_id) = reply.lease {
+            tracing::debug!(
+                lease = lease_id,
+                "lease granted after its caller left; revoking"
+            );
+            self.defer(Detached::RevokeLease { lease_id });
+        }
         if !reply.locks.is_empty() {
             if let OpResult::MultiLocked { nodes, .. } = &reply.result {
                 tracing::debug!("multi-lock answered after its caller left; releasing");
@@ -1031,6 +1070,7 @@ impl Task {
                             stream: None,
                             lock: None,
                             locks: Vec::new(),
+                            lease: None,
                         }));
                         return Err(End::Final(ConnectionState::Closed, Error::Closed));
                     }
@@ -1069,6 +1109,7 @@ impl Task {
                         stream: None,
                         lock: None,
                         locks: Vec::new(),
+                        lease: None,
                     }),
                     _ => Err(Error::ConnectionLoss),
                 };
@@ -1111,6 +1152,7 @@ impl Task {
                     stream: None,
                     lock: None,
                     locks: Vec::new(),
+                    lease: None,
                 }),
                 _ => Err(err.clone()),
             };

@@ -482,9 +482,15 @@ impl LeaseInner {
     /// Revokes the lease in the background: resent after reconnects until answered,
     /// and sent again after a transient error, for as long as the session lives.
     fn detach_revoke(&self) {
-        let what = Detached::RevokeLease { lease_id: self.id };
-        self.client.detach(what.op(), Then::Detached(what));
+        detach_revoke(&self.client, self.id);
     }
+}
+
+/// Revokes lease `lease_id` in the background: resent after reconnects until answered,
+/// and sent again after a transient error, for as long as the session lives.
+pub(crate) fn detach_revoke(client: &Client, lease_id: u64) {
+    let what = Detached::RevokeLease { lease_id };
+    client.detach(what.op(), Then::Detached(what));
 }
 
 impl Drop for LeaseInner {
@@ -557,6 +563,10 @@ impl Client {
 
     /// Creates a lease with every option of [`LeaseOptions`].
     ///
+    /// A call given up before its answer (its future dropped, its task aborted, an outer
+    /// timeout) leaves no lease behind: a grant not sent yet is not sent, and a lease
+    /// granted to nobody is revoked in the background.
+    ///
     /// ```no_run
     /// use corral_client::{LeaseOptions, Renewal};
     /// use std::time::Duration;
@@ -570,7 +580,12 @@ impl Client {
     pub async fn grant_lease_with(&self, options: LeaseOptions) -> Result<Lease> {
         let ttl_ms = u64::try_from(options.ttl.as_millis()).unwrap_or(u64::MAX);
         let sent_at = Instant::now();
-        match self.call_plain(Op::GrantLease { ttl_ms }).await? {
+        // `Then::GrantLease`: an answer that finds no caller is revoked by the
+        // connection task (or by the dropped call's `Answer`, if it came just before).
+        let reply = self
+            .call(Op::GrantLease { ttl_ms }, Then::GrantLease)
+            .await?;
+        match reply.result {
             OpResult::Lease { lease_id, ttl_ms } => Ok(Lease::start(
                 self.clone(),
                 lease_id,

@@ -537,3 +537,163 @@ async fn concurrent_releases_of_one_guard_report_the_release_the_server_made() {
     assert_eq!(client.lock_stats().released, 1, "{:?}", client.lock_stats());
     assert!(!guard.is_held());
 }
+
+/// The next request other than a ping must be the revoke of `lease_id`; answered.
+async fn expect_revoke(conn: &mut common::Conn, lease_id: u64, zxid: u64) {
+    let request = conn.recv().await;
+    assert_eq!(request.op, Op::RevokeLease { lease_id });
+    conn.reply(
+        request.xid,
+        zxid,
+        Ok(OpResult::Unlocked { released: false }),
+    )
+    .await;
+}
+
+fn lease(lease_id: u64) -> OpResult {
+    OpResult::Lease {
+        lease_id,
+        ttl_ms: LEASE_TTL_MS,
+    }
+}
+
+/// A `grant_lease` future dropped while its `GrantLease` waits for its answer (a
+/// `select!` that took another branch): the lease the server grants nonetheless is
+/// revoked in the background. It used to be granted to nobody, never renewed nor
+/// revoked, living until its TTL.
+#[tokio::test]
+async fn a_lease_granted_after_its_caller_left_is_revoked() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let mut grant = Box::pin(client.grant_lease(Duration::from_millis(LEASE_TTL_MS)));
+    // One poll hands the request to the connection.
+    assert!(futures::poll!(&mut grant).is_pending());
+    let request = conn.recv().await;
+    assert_eq!(
+        request.op,
+        Op::GrantLease {
+            ttl_ms: LEASE_TTL_MS
+        }
+    );
+    drop(grant);
+    conn.reply(request.xid, 2, Ok(lease(0x77))).await;
+    expect_revoke(&mut conn, 0x77, 3).await;
+    drop(client);
+}
+
+/// The same when the answer reached the call but the call was dropped before reading
+/// it: the dropped call revokes the lease.
+#[tokio::test]
+async fn a_lease_grant_dropped_unread_is_revoked() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let mut grant = Box::pin(client.grant_lease(Duration::from_millis(LEASE_TTL_MS)));
+    assert!(futures::poll!(&mut grant).is_pending());
+    let request = conn.recv().await;
+    assert!(matches!(request.op, Op::GrantLease { .. }), "{request:?}");
+    conn.reply(request.xid, 2, Ok(lease(0x78))).await;
+    // Answers are handed over in order: once this one is read, the grant's answer
+    // waits in the call, unread.
+    let mut marker = tokio::spawn({
+        let client = client.clone();
+        async move { client.exists("/marker").await }
+    });
+    let exists = recv_while(&mut conn, &mut marker).await;
+    assert!(matches!(exists.op, Op::Exists { .. }), "{exists:?}");
+    conn.reply(exists.xid, 2, Ok(OpResult::Exists(None))).await;
+    bounded("exists", marker)
+        .await
+        .expect("join")
+        .expect("exists");
+    drop(grant);
+    expect_revoke(&mut conn, 0x78, 3).await;
+    drop(client);
+}
+
+/// An `acquire` of a lock with a `ttl` aborted while its dedicated lease's grant waits
+/// for its answer: that lease is revoked, and no lock request is sent.
+#[tokio::test]
+async fn a_dedicated_lease_granted_after_the_acquire_was_aborted_is_revoked() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let mut acquire = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .lock(
+                    "/l",
+                    LockOptions::default().with_ttl(Duration::from_millis(LEASE_TTL_MS)),
+                )
+                .acquire()
+                .await
+        }
+    });
+    let request = recv_while(&mut conn, &mut acquire).await;
+    assert!(matches!(request.op, Op::GrantLease { .. }), "{request:?}");
+    acquire.abort();
+    let aborted = bounded("the aborted acquire", acquire).await;
+    assert!(aborted.is_err_and(|e| e.is_cancelled()));
+    conn.reply(request.xid, 2, Ok(lease(0x79))).await;
+    expect_revoke(&mut conn, 0x79, 3).await;
+    drop(client);
+}
+
+/// A `GrantLease` sent, then lost with its connection, whose caller left meanwhile: it
+/// is sent again after the reconnect (it may have been granted: the server answers a
+/// resent xid with the same lease), and the lease it answers with is revoked. It used
+/// to be dropped as abandoned, leaving a lease that may have been granted to live until
+/// its TTL.
+#[tokio::test]
+async fn a_lease_grant_lost_to_a_reconnect_after_its_caller_left_is_resent_and_revoked() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let mut grant = Box::pin(client.grant_lease(Duration::from_millis(LEASE_TTL_MS)));
+    assert!(futures::poll!(&mut grant).is_pending());
+    let request = conn.recv().await;
+    assert!(matches!(request.op, Op::GrantLease { .. }), "{request:?}");
+    drop(grant);
+    drop(conn);
+    let (mut conn, _) = server.accept(granted(10_000, 2, request.xid + 1)).await;
+    let resent = conn.recv().await;
+    assert_eq!(resent, request, "the grant is resent with its xid");
+    conn.reply(resent.xid, 3, Ok(lease(0x7a))).await;
+    expect_revoke(&mut conn, 0x7a, 4).await;
+    drop(client);
+}
+
+/// A `grant_lease` dropped before its request could be sent (the client is
+/// reconnecting) is not sent at all: no lease to revoke.
+#[tokio::test]
+async fn a_lease_grant_dropped_before_it_was_sent_is_not_sent() {
+    use futures::SinkExt;
+    let server = FakeServer::start().await;
+    let (client, conn) = server.connect(10_000).await;
+    drop(conn);
+    // The client is reconnecting: it takes no calls until the handshake is answered.
+    let (mut framed, _) = server.hello().await;
+    let mut grant = Box::pin(client.grant_lease(Duration::from_millis(LEASE_TTL_MS)));
+    assert!(futures::poll!(&mut grant).is_pending());
+    drop(grant);
+    // Calls go in order: this one comes next.
+    let mut marker = tokio::spawn({
+        let client = client.clone();
+        async move { client.exists("/marker").await }
+    });
+    bounded(
+        "grant",
+        framed.send(corral_protocol::HelloReply::Accepted(granted(10_000, 2, 1))),
+    )
+    .await
+    .expect("send grant");
+    let mut conn = common::Conn {
+        framed: framed.map_codec(|c| c.retype()),
+    };
+    let request = recv_while(&mut conn, &mut marker).await;
+    assert!(matches!(request.op, Op::Exists { .. }), "{request:?}");
+    conn.reply(request.xid, 2, Ok(OpResult::Exists(None))).await;
+    bounded("exists", marker)
+        .await
+        .expect("join")
+        .expect("exists");
+    drop(client);
+}
