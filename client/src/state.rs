@@ -75,8 +75,11 @@ impl fmt::Display for ConnectionState {
 /// and every transition for [`StateStream`]s.
 #[derive(Debug)]
 pub(crate) struct StatePublisher {
-    current: watch::Sender<ConnectionState>,
-    changes: broadcast::Sender<ConnectionState>,
+    /// The current state, with the number of its transition.
+    current: watch::Sender<(u64, ConnectionState)>,
+    /// Every transition, numbered: a stream that lagged and skipped to the current state
+    /// drops the older transitions still buffered by their numbers.
+    changes: broadcast::Sender<(u64, ConnectionState)>,
 }
 
 /// Transitions buffered per [`StateStream`] before a slow reader skips some.
@@ -85,28 +88,31 @@ const STATE_BUFFER: usize = 64;
 impl StatePublisher {
     pub(crate) fn new(initial: ConnectionState) -> Self {
         StatePublisher {
-            current: watch::Sender::new(initial),
+            current: watch::Sender::new((0, initial)),
             changes: broadcast::Sender::new(STATE_BUFFER),
         }
     }
 
     pub(crate) fn get(&self) -> ConnectionState {
-        self.current.borrow().clone()
+        self.current.borrow().1.clone()
     }
 
     /// Publishes `state` unless it is the current one; once terminal, nothing changes.
     pub(crate) fn set(&self, state: ConnectionState) {
-        let changed = self.current.send_if_modified(|current| {
+        let mut seq = 0;
+        let changed = self.current.send_if_modified(|(number, current)| {
             if *current == state || current.is_terminal() {
                 false
             } else {
+                *number += 1;
+                seq = *number;
                 *current = state.clone();
                 true
             }
         });
         if changed {
             // No subscriber is fine.
-            let _ = self.changes.send(state);
+            let _ = self.changes.send((seq, state));
         }
     }
 
@@ -146,22 +152,32 @@ pub struct StateStream {
 
 impl StateStream {
     fn new(
-        changes: broadcast::Receiver<ConnectionState>,
-        current: watch::Receiver<ConnectionState>,
+        changes: broadcast::Receiver<(u64, ConnectionState)>,
+        current: watch::Receiver<(u64, ConnectionState)>,
     ) -> Self {
+        // `skip_to`: after a lag, the transitions up to this number were skipped (the
+        // current state was yielded instead); older ones still buffered are dropped, so
+        // the stream never goes back to an earlier state.
         let inner = futures::stream::unfold(
-            (changes, current, false),
-            |(mut changes, current, done)| async move {
+            (changes, current, 0u64, false),
+            |(mut changes, current, mut skip_to, done)| async move {
                 if done {
                     return None;
                 }
-                let state = match changes.recv().await {
-                    Ok(state) => state,
-                    Err(broadcast::error::RecvError::Lagged(_)) => current.borrow().clone(),
-                    Err(broadcast::error::RecvError::Closed) => return None,
+                let state = loop {
+                    match changes.recv().await {
+                        Ok((seq, _)) if seq <= skip_to => {}
+                        Ok((_, state)) => break state,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            let (seq, state) = current.borrow().clone();
+                            skip_to = seq;
+                            break state;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
                 };
                 let done = state.is_terminal();
-                Some((state, (changes, current, done)))
+                Some((state, (changes, current, skip_to, done)))
             },
         );
         StateStream {
@@ -221,6 +237,27 @@ mod tests {
         let mut late = p.subscribe();
         assert_eq!(late.recv().await, Some(ConnectionState::Expired));
         assert_eq!(late.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn lagging_reader_never_goes_back_to_older_states() {
+        let p = StatePublisher::new(ConnectionState::Connecting);
+        let mut s = p.subscribe();
+        let connected = |i: usize| ConnectionState::Connected {
+            address: format!("h:{i}"),
+        };
+        for i in 0..(STATE_BUFFER * 2) {
+            p.set(connected(i));
+        }
+        // Lagged: the current state, and then only what comes after it.
+        assert_eq!(s.recv().await, Some(connected(STATE_BUFFER * 2 - 1)));
+        let next = futures::FutureExt::now_or_never(s.recv());
+        assert_eq!(next, None, "an older state after the current one");
+        p.set(ConnectionState::Disconnected);
+        assert_eq!(s.recv().await, Some(ConnectionState::Disconnected));
+        p.set(ConnectionState::Closed);
+        assert_eq!(s.recv().await, Some(ConnectionState::Closed));
+        assert_eq!(s.recv().await, None);
     }
 
     #[tokio::test]
