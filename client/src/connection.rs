@@ -178,10 +178,28 @@ impl Then {
         )
     }
 
-    /// Whether a request whose caller is gone before it is sent is better not sent:
-    /// nothing to undo then. (A lock request is sent anyway and its node released.)
+    /// Whether a request whose caller is gone before it is sent (it timed out waiting
+    /// for an in-flight slot, say) is better not sent: its caller was told it failed
+    /// and may retry it, and a write sent now would take effect after all (a second
+    /// sequential node, a value set after the caller moved on). A lease grant is not
+    /// sent either: nothing to undo then. Releases go out anyway (they only free what
+    /// the caller held), and so does what must complete (a lock request is sent and its
+    /// node released).
     fn skip_if_abandoned(&self) -> bool {
-        matches!(self, Then::GrantLease)
+        match self {
+            Then::Nothing
+            | Then::OneShot { .. }
+            | Then::Persistent { .. }
+            | Then::RemoveWatches { .. }
+            | Then::Keepalive { .. }
+            | Then::GrantLease => true,
+            Then::Close
+            | Then::Lock { .. }
+            | Then::Unlock { .. }
+            | Then::Release(_)
+            | Then::LockMany { .. }
+            | Then::Detached(_) => false,
+        }
     }
 
     /// The locks a request that could leave or remove a queue node is about.

@@ -832,3 +832,58 @@ async fn watches_registered_again_keep_the_last_zxid_until_the_server_answers() 
         third.op
     );
 }
+
+#[tokio::test]
+async fn a_call_given_up_before_it_was_sent_is_not_sent() {
+    let server = FakeServer::start().await;
+    let config = server
+        .config()
+        .with_max_in_flight(1)
+        .with_request_timeout(Duration::from_millis(500));
+    let (client, mut conn) = server.connect_with(config, 10_000).await;
+    // The only slot is taken by a read the server does not answer yet...
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.exists("/a").await }
+    });
+    let a = conn.recv().await;
+    // ...so a create waits for it, and its caller gives up (request_timeout).
+    let create = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .create("/queue/n-", Vec::new(), CreateMode::PersistentSequential)
+                .await
+        }
+    });
+    let err = bounded("the create to time out", create)
+        .await
+        .expect("join")
+        .expect_err("timed out");
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    let _ = bounded("the first call", first).await;
+    conn.reply(a.xid, 1, Ok(OpResult::Exists(None))).await;
+    // The caller was told it timed out and will likely retry: the create must not
+    // reach the server (a second sequential node). The next request is a later call's.
+    let later = tokio::spawn({
+        let client = client.clone();
+        async move { client.exists("/c").await }
+    });
+    let next = conn.recv().await;
+    assert_eq!(
+        next.op,
+        Op::Exists {
+            path: "/c".into(),
+            watch: false
+        },
+        "a call its caller gave up on was sent"
+    );
+    conn.reply(next.xid, 1, Ok(OpResult::Exists(None))).await;
+    assert_eq!(
+        bounded("the later call", later)
+            .await
+            .expect("join")
+            .expect("exists"),
+        None
+    );
+}
