@@ -12,10 +12,10 @@
 //! has said nothing for two thirds of it.
 //!
 //! When the connection is lost the task resumes the session on the next server (round
-//! robin, backoff with jitter between rounds), resends every unanswered request with its
-//! original xid (the server deduplicates writes by xid), and then re-registers the
-//! watches with `SetWatches` (with the last zxid seen *before* the new handshake, so the
-//! server fires what changed meanwhile) and re-reads the locks it tracks (lock events
+//! robin, backoff with jitter between rounds), re-registers the watches with
+//! `SetWatches` (with the last zxid seen *before* the new handshake, so the server fires
+//! what changed meanwhile), resends every unanswered request with its original xid (the
+//! server deduplicates writes by xid), and then re-reads the locks it tracks (lock events
 //! are pushed only to the connection attached at the time). Calls wait meanwhile, until
 //! the session lease may have run out: from then on unanswered and new calls fail with
 //! `ConnectionLoss` while the task keeps trying to resume. A session the server declares
@@ -468,8 +468,9 @@ impl Task {
         }
     }
 
-    /// Serves one connection: resends what `resend` holds, re-registers the watches,
-    /// then pipelines calls until the connection or the session ends.
+    /// Serves one connection: re-registers the watches, resends what `resend` holds,
+    /// re-reads the locks, then pipelines calls until the connection or the session
+    /// ends.
     async fn serve(&mut self, transport: Transport, resend: Vec<Bytes>) -> End {
         let Transport {
             mut reader,
@@ -480,11 +481,11 @@ impl Task {
         self.shared
             .state
             .set(ConnectionState::Connected { address });
+        // The watches go first, ahead of the resent requests (as ZooKeeper's client
+        // does): watches are per connection, so a resent `RemoveWatches` (or a read of
+        // a watched node) must find them registered again. Their fresh xids are above
+        // the resent ones; only writes are ordered by xid on the server.
         let mut out = BytesMut::new();
-        for frame in &resend {
-            out.extend_from_slice(frame);
-        }
-        // After the resends, so that xids keep increasing on the wire.
         let watches = self.registry.watch_set();
         self.watch_resyncs = 0;
         if !watches.is_empty() {
@@ -502,7 +503,11 @@ impl Task {
                 }
             }
         }
-        // Lock events may have been missed while away: re-read the locks tracked.
+        for frame in &resend {
+            out.extend_from_slice(frame);
+        }
+        // Lock events may have been missed while away: re-read the locks tracked, after
+        // the resent lock requests.
         let in_flight: Vec<String> = self
             .pending
             .waiters()

@@ -184,11 +184,12 @@ async fn resends_with_the_same_xid_and_reregisters_watches_after_a_drop() {
         }
     );
     assert_eq!(hello.last_zxid_seen, 6);
-    // ...resends the create with its original xid...
+    // ...re-registers its watch first, with a fresh, higher xid (watches are per
+    // connection: a resent request may need them)...
+    let set_watches = conn.recv().await;
+    // ...then resends the create with its original xid.
     let resent = conn.recv().await;
     assert_eq!(resent, first);
-    // ...then re-registers its watch, with a fresh, higher xid.
-    let set_watches = conn.recv().await;
     assert!(set_watches.xid > resent.xid);
     assert_eq!(
         set_watches.op,
@@ -200,8 +201,16 @@ async fn resends_with_the_same_xid_and_reregisters_watches_after_a_drop() {
             }
         }
     );
-    // The server applied the create once and answers; the watch fires for a change
-    // made while the client was away.
+    // The watch fires for a change made while the client was away; the server applied
+    // the create once and answers.
+    let changed = WatchEvent {
+        kind: EventKind::NodeDataChanged,
+        path: "/w".into(),
+        zxid: 7,
+    };
+    conn.send(ServerMessage::Watch(changed.clone())).await;
+    conn.reply(set_watches.xid, 7, Ok(OpResult::WatchesUpdated))
+        .await;
     conn.reply(
         resent.xid,
         7,
@@ -211,14 +220,6 @@ async fn resends_with_the_same_xid_and_reregisters_watches_after_a_drop() {
         }),
     )
     .await;
-    let changed = WatchEvent {
-        kind: EventKind::NodeDataChanged,
-        path: "/w".into(),
-        zxid: 7,
-    };
-    conn.send(ServerMessage::Watch(changed.clone())).await;
-    conn.reply(set_watches.xid, 7, Ok(OpResult::WatchesUpdated))
-        .await;
 
     let created = bounded("create", create)
         .await
@@ -886,4 +887,78 @@ async fn a_call_given_up_before_it_was_sent_is_not_sent() {
             .expect("exists"),
         None
     );
+}
+
+#[tokio::test]
+async fn remove_watches_resent_after_a_drop_finds_the_watch_registered_again() {
+    use corral_client::{AddWatchMode, WatcherKind};
+
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.add_watch("/jobs", AddWatchMode::Persistent).await }
+    });
+    let request = conn.recv().await;
+    conn.reply(request.xid, 2, Ok(OpResult::WatchesUpdated))
+        .await;
+    let mut stream = bounded("add_watch", call)
+        .await
+        .expect("join")
+        .expect("add_watch");
+
+    // A removal whose answer is lost with the connection.
+    let remove = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .remove_watches("/jobs", WatcherKind::Persistent)
+                .await
+        }
+    });
+    let first = conn.recv().await;
+    assert!(matches!(first.op, Op::RemoveWatches { .. }), "{first:?}");
+    drop(conn);
+
+    // The new connection has no watches until `SetWatches` registers them again; a
+    // server answers a removal that comes first with `NoWatcher` (and the watch the
+    // caller removed would then be registered again after it).
+    let (mut conn, _) = server.accept(granted(10_000, 2, first.xid)).await;
+    let mut registered = false;
+    let mut removed = None;
+    for _ in 0..2 {
+        let request = conn.recv().await;
+        let result = match &request.op {
+            Op::SetWatches { watches, .. } => {
+                assert_eq!(watches.persistent, vec!["/jobs".to_string()]);
+                registered = true;
+                Ok(OpResult::WatchesUpdated)
+            }
+            Op::RemoveWatches { .. } => {
+                assert_eq!(request, first, "resent with its xid");
+                removed = Some(registered);
+                if registered {
+                    registered = false;
+                    Ok(OpResult::WatchesUpdated)
+                } else {
+                    Err(ErrorInfo::new(ErrorCode::NoWatcher, "/jobs"))
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        conn.reply(request.xid, 2, result).await;
+    }
+    assert_eq!(removed, Some(true), "the removal came before SetWatches");
+    assert!(
+        !registered,
+        "the removed watch stays registered on the server"
+    );
+    bounded("remove", remove)
+        .await
+        .expect("join")
+        .expect("remove_watches");
+    assert!(matches!(
+        bounded("end", stream.next()).await,
+        Some(Err(Error::WatchRemoved))
+    ));
 }
