@@ -223,6 +223,11 @@ impl Client {
             .await;
             match attempt {
                 Ok((transport, granted)) => {
+                    // Connected before the task first runs: a caller reading the state
+                    // as soon as `connect` returns must not see `Connecting`.
+                    state.set(ConnectionState::Connected {
+                        address: address.clone(),
+                    });
                     let shared = Arc::new(Shared {
                         state,
                         events: broadcast::Sender::new(config.event_buffer),

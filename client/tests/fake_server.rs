@@ -962,3 +962,20 @@ async fn remove_watches_resent_after_a_drop_finds_the_watch_registered_again() {
         Some(Err(Error::WatchRemoved))
     ));
 }
+
+#[tokio::test]
+async fn connect_returns_a_connected_client() {
+    let server = FakeServer::start().await;
+    let config = server.config();
+    let address = server.address.clone();
+    let accepting = tokio::spawn(async move {
+        let (conn, _) = server.accept(granted(10_000, 1, 1)).await;
+        (server, conn)
+    });
+    // Awaited here, not in a task: nothing else runs between its return and the check.
+    let client = bounded("connect", Client::connect(config))
+        .await
+        .expect("connect");
+    assert_eq!(client.state(), ConnectionState::Connected { address });
+    let (_server, _conn) = bounded("accept", accepting).await.expect("join");
+}
