@@ -122,6 +122,21 @@ fn spawn_acquire_timeout(
     })
 }
 
+/// Spawns `acquire` of the exclusive lock `/l` held under a dedicated lease
+/// ([`LockOptions::with_ttl`], `LEASE_TTL_MS`).
+fn spawn_acquire_with_ttl(client: &Client) -> JoinHandle<corral_client::Result<LockGuard>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        client
+            .lock(
+                "/l",
+                LockOptions::default().with_ttl(Duration::from_millis(LEASE_TTL_MS)),
+            )
+            .acquire()
+            .await
+    })
+}
+
 /// How much later than its timeout a give-up may return on a loaded machine; far below
 /// the session TTL and request timeout the give-up must not wait for.
 const SLACK: Duration = Duration::from_millis(1_000);
@@ -371,18 +386,7 @@ async fn a_leases_revoke_survives_a_lapse_and_is_sent_once_the_session_is_resume
 async fn a_dropped_guards_release_and_dedicated_lease_revoke_are_both_sent_again() {
     let server = FakeServer::start().await;
     let (client, mut conn) = server.connect(10_000).await;
-    let mut acquire = tokio::spawn({
-        let client = client.clone();
-        async move {
-            client
-                .lock(
-                    "/l",
-                    LockOptions::default().with_ttl(Duration::from_millis(LEASE_TTL_MS)),
-                )
-                .acquire()
-                .await
-        }
-    });
+    let mut acquire = spawn_acquire_with_ttl(&client);
     let mut lease_id = None;
     loop {
         let request = recv_while(&mut conn, &mut acquire).await;
@@ -616,18 +620,7 @@ async fn a_lease_grant_dropped_unread_is_revoked() {
 async fn a_dedicated_lease_granted_after_the_acquire_was_aborted_is_revoked() {
     let server = FakeServer::start().await;
     let (client, mut conn) = server.connect(10_000).await;
-    let mut acquire = tokio::spawn({
-        let client = client.clone();
-        async move {
-            client
-                .lock(
-                    "/l",
-                    LockOptions::default().with_ttl(Duration::from_millis(LEASE_TTL_MS)),
-                )
-                .acquire()
-                .await
-        }
-    });
+    let mut acquire = spawn_acquire_with_ttl(&client);
     let request = recv_while(&mut conn, &mut acquire).await;
     assert!(matches!(request.op, Op::GrantLease { .. }), "{request:?}");
     acquire.abort();
