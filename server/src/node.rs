@@ -304,6 +304,16 @@ enum Keepalive {
     },
 }
 
+impl Keepalive {
+    /// The client connection waiting for this keepalive's answer, if one is.
+    fn conn(&self) -> Option<ConnId> {
+        match self {
+            Keepalive::Request(conn, ..) | Keepalive::Resume { conn, .. } => Some(*conn),
+            Keepalive::Ack { .. } => None,
+        }
+    }
+}
+
 /// Ticks after which an unacknowledged report is resent.
 const ALIVE_RESEND_TICKS: u64 = 10;
 
@@ -671,7 +681,7 @@ impl Node {
     }
 
     fn refuse(&mut self, conn: ConnId, error: ErrorInfo) {
-        self.conns.remove(&conn);
+        self.remove_conn(conn);
         self.outputs.push(Output::HelloReply {
             conn,
             reply: HelloReply::Refused(error),
@@ -682,7 +692,7 @@ impl Node {
     /// Sends a final message and closes a connection, detaching its session.
     fn goodbye(&mut self, conn: ConnId, error: ErrorInfo) {
         self.detach(conn);
-        self.conns.remove(&conn);
+        self.remove_conn(conn);
         self.outputs.push(Output::Send {
             conn,
             msg: ServerMessage::Goodbye(error),
@@ -724,7 +734,52 @@ impl Node {
 
     fn on_disconnected(&mut self, conn: ConnId) {
         self.detach(conn);
+        self.remove_conn(conn);
+    }
+
+    /// Forgets a closed connection, with the keepalives waiting for its answers: nobody
+    /// would read them, and while no confirmation can come (a follower cut off from its
+    /// leader, a leader cut off from its followers) they would be kept as long as the
+    /// cut lasts, one more with every client that reconnects to this node and gives up
+    /// on it.
+    fn remove_conn(&mut self, conn: ConnId) {
         self.conns.remove(&conn);
+        let other = |w: &Keepalive| w.conn() != Some(conn);
+        self.alive_waiters.retain(other);
+        for batch in self.alive_inflight.values_mut() {
+            batch.waiters.retain(other);
+        }
+        for waiters in self.keepalive_barriers.values_mut() {
+            waiters.retain(other);
+        }
+        // A barrier left without waiters has nothing to confirm: its entry, once decided,
+        // finds no waiters, as for a barrier proposed by an earlier leadership.
+        self.keepalive_barriers
+            .retain(|_, waiters| !waiters.is_empty());
+    }
+
+    /// Checks the node core's own invariants (the simulator calls it after every step):
+    /// every keepalive waiting for an answer belongs to an open connection, and no
+    /// keepalive barrier is kept without waiters.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let waiting = self
+            .alive_waiters
+            .iter()
+            .chain(self.alive_inflight.values().flat_map(|b| b.waiters.iter()))
+            .chain(self.keepalive_barriers.values().flatten());
+        for waiter in waiting {
+            if let Some(conn) = waiter.conn().filter(|c| !self.conns.contains_key(c)) {
+                return Err(format!(
+                    "a keepalive waits for an answer to connection {conn}, which is closed"
+                ));
+            }
+        }
+        if let Some((barrier, _)) = self.keepalive_barriers.iter().find(|(_, w)| w.is_empty()) {
+            return Err(format!(
+                "keepalive barrier {barrier} is kept without waiters"
+            ));
+        }
+        Ok(())
     }
 
     /// Answers a request with an error at once, ahead of the connection's queue. Safe
@@ -1537,7 +1592,7 @@ impl Node {
             p.state = PendingState::Done(Response { xid, zxid, result });
             self.drain(conn);
             self.detach(conn);
-            self.conns.remove(&conn);
+            self.remove_conn(conn);
             self.outputs.push(Output::Close { conn });
         }
     }

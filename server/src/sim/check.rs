@@ -87,6 +87,9 @@ pub enum ViolationKind {
     InconsistentLogSync,
     /// A state machine's own invariants failed.
     MachineInvariant,
+    /// A node core's own invariants failed (`Node::check_invariants`: a keepalive kept
+    /// for a closed connection).
+    NodeInvariant,
     /// A node panicked.
     Panic,
 }

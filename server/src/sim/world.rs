@@ -1427,6 +1427,14 @@ impl World {
         let NodeState::Up(up) = &self.nodes[n].state else {
             return;
         };
+        if let Err(e) = up.node.check_invariants() {
+            self.violate(Violation {
+                kind: ViolationKind::NodeInvariant,
+                at_us: self.now,
+                detail: format!("n{id}: {e}"),
+            });
+            return;
+        }
         let zxid = up.node.machine().last_zxid();
         let leader = up.node.leader();
         if leader != self.nodes[n].leader {
