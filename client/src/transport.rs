@@ -15,6 +15,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
+/// The highest `next_xid` a server may grant: half the range, far beyond any session.
+const MAX_GRANTED_NEXT_XID: u64 = u64::MAX / 2;
+
 /// The read half of an established connection, decoding server messages (and skipping
 /// responses over the client's `max_frame_bytes`).
 pub(crate) type Reader = FramedRead<OwnedReadHalf, ServerDecoder>;
@@ -96,6 +99,15 @@ async fn handshake(
         HelloReply::Accepted(granted) => {
             if granted.session_id == 0 {
                 return Err(Error::protocol("server granted session id 0").into());
+            }
+            // xids count a session's requests from 1: no server gets near the top of the
+            // range, and a client counting from there would run out (or wrap).
+            if granted.next_xid > MAX_GRANTED_NEXT_XID {
+                return Err(Error::protocol(format!(
+                    "server expects xid {} next, beyond any session's count",
+                    granted.next_xid
+                ))
+                .into());
             }
             // Keep whatever the reader already buffered; only the decoder changes.
             let reader = reader.map_decoder(ServerDecoder::from);

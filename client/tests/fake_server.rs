@@ -979,3 +979,20 @@ async fn connect_returns_a_connected_client() {
     assert_eq!(client.state(), ConnectionState::Connected { address });
     let (_server, _conn) = bounded("accept", accepting).await.expect("join");
 }
+
+/// A server that grants a session whose next xid is near the top of the range (no
+/// session ever counts that far) is refused at the handshake: the client would run out
+/// of xids at its next request (an overflow panic in a debug build, a wrap to xids the
+/// session already used in a release one).
+#[tokio::test]
+async fn a_grant_with_an_absurd_next_xid_is_refused() {
+    let server = FakeServer::start().await;
+    let config = server
+        .config()
+        .with_connect_timeout(Duration::from_millis(500));
+    let connecting = tokio::spawn(Client::connect(config));
+    server.accept(granted(10_000, 1, u64::MAX)).await;
+    let result = bounded("connect", connecting).await.expect("join");
+    let err = result.err().expect("the grant is refused");
+    assert!(err.to_string().contains("xid"), "{err}");
+}
