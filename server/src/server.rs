@@ -1105,15 +1105,36 @@ async fn serve_connection(
     {
         return;
     }
-    let reply = loop {
-        let message = tokio::select! {
-            message = rx.recv() => message,
-            _ = &mut dropped => return disconnected(&core, conn).await,
-        };
-        match message {
-            Some(ToConn::Hello(reply)) => break reply,
-            Some(ToConn::Msg { bytes, .. }) => level.take(bytes),
-            Some(ToConn::Close) | None => return disconnected(&core, conn).await,
+    // The node answers at once, or once the log opened the session (or a leader
+    // confirmed a resumed one). A member with no leader cannot: the client gives up
+    // meanwhile, and the task must not keep its slot for as long as the cut lasts.
+    let answer = tokio::time::timeout(settings.handshake_timeout, async {
+        loop {
+            let message = tokio::select! {
+                message = rx.recv() => message,
+                _ = &mut dropped => return None,
+            };
+            match message {
+                Some(ToConn::Hello(reply)) => return Some(reply),
+                Some(ToConn::Msg { bytes, .. }) => level.take(bytes),
+                Some(ToConn::Close) | None => return None,
+            }
+        }
+    })
+    .await;
+    let reply = match answer {
+        Ok(Some(reply)) => reply,
+        Ok(None) => return disconnected(&core, conn).await,
+        Err(_) => {
+            metrics::counter!(crate::metrics::CONNECTIONS_REJECTED, "reason" => "handshake_unanswered").increment(1);
+            let msg = format!(
+                "the node could not answer the handshake within {:?} (no leader?); try \
+                 another server",
+                settings.handshake_timeout
+            );
+            let reply = HelloReply::Refused(ErrorInfo::new(ErrorCode::Unavailable, msg));
+            let _ = tokio::time::timeout(REFUSAL_TIMEOUT, framed.send(reply)).await;
+            return disconnected(&core, conn).await;
         }
     };
     let accepted = matches!(reply, HelloReply::Accepted(_));
@@ -1284,5 +1305,60 @@ mod tests {
         )
         .await;
         assert!(ended.is_ok(), "the accept loop kept running without a core");
+    }
+
+    /// A handshake the node core does not answer (a cluster member with no leader to
+    /// open the session or to confirm a resumed one) is refused with `Unavailable` after
+    /// `handshake_timeout_ms`, and the connection ends and is reported gone. The task
+    /// used to wait for the answer for as long as the cut lasted, holding its
+    /// `max_connections` slot after the client had given up, one more with every retry.
+    #[tokio::test]
+    async fn a_handshake_the_core_does_not_answer_is_refused_in_time() {
+        const WAIT: Duration = Duration::from_secs(10);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (core_tx, mut core_rx) = mpsc::channel::<CoreMsg>(16);
+        let settings = ConnSettings {
+            max_frame_bytes: corral_protocol::DEFAULT_MAX_FRAME_BYTES,
+            handshake_timeout: Duration::from_millis(200),
+            write_stall_timeout: WAIT,
+        };
+        let client = tokio::spawn(async move {
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            let max = corral_protocol::DEFAULT_MAX_FRAME_BYTES;
+            let mut framed = Framed::new(stream, Codec::<HelloReply, Hello>::new(max));
+            let hello = Hello::new(corral_protocol::SessionRequest::New { ttl_ms: 10_000 }, 0);
+            framed.send(hello).await.expect("send the hello");
+            tokio::time::timeout(WAIT, framed.next()).await
+        });
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let served = tokio::spawn(serve_connection(7, stream, peer, core_tx, settings));
+        // The core: takes the registration and the hello, and answers nothing.
+        let mut queues = Vec::new();
+        let gone = tokio::time::timeout(WAIT, async {
+            while let Some(msg) = core_rx.recv().await {
+                match msg {
+                    CoreMsg::Register { out, .. } => queues.push(out),
+                    CoreMsg::Input(Input::Disconnected { conn }) => return Some(conn),
+                    _ => {}
+                }
+            }
+            None
+        })
+        .await;
+        assert_eq!(queues.len(), 1, "the connection registered");
+        assert_eq!(
+            gone,
+            Ok(Some(7)),
+            "the unanswered connection was not reported gone"
+        );
+        match client.await.expect("client task") {
+            Ok(Some(Ok(HelloReply::Refused(e)))) => {
+                assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let ended = tokio::time::timeout(WAIT, served).await;
+        assert!(ended.is_ok(), "the connection's task did not end");
     }
 }
