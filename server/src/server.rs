@@ -1164,6 +1164,9 @@ async fn serve_connection(
 
     let timer = std::sync::Mutex::new(RequestTimer::default());
     let reader = async {
+        // Requests for unknown operations are answered one by one; only the first is
+        // logged, or one connection could write log lines at any rate it liked.
+        let mut unknown_ops = 0u64;
         loop {
             let input = match source.next().await {
                 Some(Ok(IncomingRequest::Message(ClientMessage::Request(request)))) => {
@@ -1173,7 +1176,17 @@ async fn serve_connection(
                     Input::Request { conn, request }
                 }
                 Some(Ok(IncomingRequest::UnknownOp { xid, op_index })) => {
-                    tracing::info!(conn, %peer, xid, op_index, "request for an unknown operation");
+                    unknown_ops += 1;
+                    if unknown_ops == 1 {
+                        tracing::info!(
+                            conn,
+                            %peer,
+                            xid,
+                            op_index,
+                            "request for an unknown operation (the client is newer than this \
+                             server; later ones on this connection are not logged)"
+                        );
+                    }
                     Input::UnknownOp {
                         conn,
                         xid,

@@ -307,6 +307,139 @@ async fn an_unknown_operation_is_unimplemented_and_the_connection_stays() {
     assert_pong(&mut s, 6).await;
 }
 
+/// A server started with `--log info` whose log the test reads.
+struct LoggedServer {
+    child: std::process::Child,
+    addr: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    _data: tempfile::TempDir,
+}
+
+impl LoggedServer {
+    fn start() -> LoggedServer {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let data = tempfile::tempdir().expect("data directory");
+        let mut child = Command::new(corral_tests::corral_bin())
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "off",
+                "--log",
+                "info",
+            ])
+            .arg("--data-dir")
+            .arg(data.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn corral");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let collected = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if let Ok(mut log) = collected.lock() {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(addr) = line.strip_prefix("corral listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server listens");
+        LoggedServer {
+            child,
+            addr,
+            log,
+            _data: data,
+        }
+    }
+
+    /// Lines of the log so far that contain `needle`.
+    fn count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .map(|log| log.lines().filter(|l| l.contains(needle)).count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for LoggedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A frame holding a request for operation `OP_COUNT + 7`, which no server knows.
+fn unknown_op_frame(xid: u64) -> Vec<u8> {
+    let mut payload = 0u32.to_le_bytes().to_vec();
+    payload.extend_from_slice(&xid.to_le_bytes());
+    payload.extend_from_slice(&(OP_COUNT + 7).to_le_bytes());
+    payload.extend_from_slice(b"a future operation's fields");
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// A client that sends requests for unknown operations (answered one by one, the
+/// connection stays) does not write a line to the server's log for each of them: it
+/// used to, at `info`, so one connection could flood the log at any rate it liked (and a
+/// newer client did during a rolling upgrade). The first one per connection is logged.
+#[tokio::test]
+async fn requests_for_unknown_operations_do_not_flood_the_log() {
+    const REQUESTS: u64 = 200;
+    let server = LoggedServer::start();
+    let mut s = session(&server.addr).await;
+    let frames: Vec<u8> = (1..=REQUESTS).flat_map(unknown_op_frame).collect();
+    s.get_mut()
+        .write_all(&frames)
+        .await
+        .expect("send the frames");
+    for xid in 1..=REQUESTS {
+        match tokio::time::timeout(WAIT, s.next()).await {
+            Ok(Some(Ok(ServerMessage::Response(r)))) => {
+                assert_eq!(r.xid, xid);
+                let e = r.result.expect_err("an unknown operation");
+                assert_eq!(e.code, ErrorCode::Unimplemented, "{e:?}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_pong(&mut s, REQUESTS + 1).await;
+    // A marker: once the log shows this bad handshake, it shows every line written
+    // before it, those of the unknown operations included.
+    let mut raw = TcpStream::connect(&server.addr).await.expect("connect");
+    raw.write_all(&[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .await
+        .expect("write");
+    let _ = read_to_close(&mut raw).await;
+    corral_tests::eventually("the marker in the log", WAIT, || {
+        let seen = server.count("bad handshake") > 0;
+        async move { seen.then_some(()) }
+    })
+    .await;
+    let lines = server.count("unknown operation");
+    assert!(
+        lines <= 1,
+        "{lines} log lines for {REQUESTS} unknown operations on one connection"
+    );
+}
+
 #[tokio::test]
 async fn connections_over_the_limit_are_refused_with_a_reason() {
     let server = TestServer::start(&["--max-connections", "2"]);
