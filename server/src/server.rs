@@ -54,6 +54,9 @@ const CORE_BATCH: usize = 1024;
 const PASS_INPUTS: usize = 64;
 /// How long a refused connection gets to read its refusal.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connections refused over `max_connections` are logged at most once per this interval
+/// (with how many were refused): a client connecting in a loop must not flood the log.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Time a shutdown waits for outstanding writes to become durable.
 const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client disconnected for not reading gets to take its `Goodbye` (and the
@@ -604,6 +607,9 @@ async fn accept_loop(
 ) {
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let mut next_conn: ConnId = 1;
+    // Refusals over max_connections since the last line about them, and its time.
+    let mut refused: u64 = 0;
+    let mut refusal_logged: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -645,7 +651,18 @@ async fn accept_loop(
             }
             Err(_) => {
                 metrics::counter!(crate::metrics::CONNECTIONS_REJECTED, "reason" => "max_connections").increment(1);
-                tracing::warn!(%peer, limit = config.max_connections, "connection refused: too many connections");
+                refused += 1;
+                if refusal_logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                    tracing::warn!(
+                        %peer,
+                        limit = config.max_connections,
+                        refused,
+                        "connection refused: too many connections (`refused` counts the \
+                         refusals since the last such line; one per {REFUSAL_LOG_INTERVAL:?} at most)"
+                    );
+                    refusal_logged = Some(Instant::now());
+                    refused = 0;
+                }
                 let msg = format!(
                     "the server has {} connections, the limit max_connections",
                     config.max_connections

@@ -312,11 +312,13 @@ struct LoggedServer {
     child: std::process::Child,
     addr: String,
     log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The thread that collects the log; it ends with the process.
+    log_reader: Option<std::thread::JoinHandle<()>>,
     _data: tempfile::TempDir,
 }
 
 impl LoggedServer {
-    fn start() -> LoggedServer {
+    fn start(extra_args: &[&str]) -> LoggedServer {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
         let data = tempfile::tempdir().expect("data directory");
@@ -331,6 +333,7 @@ impl LoggedServer {
             ])
             .arg("--data-dir")
             .arg(data.path())
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -339,7 +342,7 @@ impl LoggedServer {
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let collected = log.clone();
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { return };
                 if let Ok(mut log) = collected.lock() {
@@ -365,6 +368,7 @@ impl LoggedServer {
             child,
             addr,
             log,
+            log_reader: Some(log_reader),
             _data: data,
         }
     }
@@ -375,6 +379,18 @@ impl LoggedServer {
             .lock()
             .map(|log| log.lines().filter(|l| l.contains(needle)).count())
             .unwrap_or(0)
+    }
+}
+
+impl LoggedServer {
+    /// Kills the server and returns its whole log (everything it wrote before it died).
+    fn kill_and_read_log(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+        self.log.lock().map(|log| log.clone()).unwrap_or_default()
     }
 }
 
@@ -403,7 +419,7 @@ fn unknown_op_frame(xid: u64) -> Vec<u8> {
 #[tokio::test]
 async fn requests_for_unknown_operations_do_not_flood_the_log() {
     const REQUESTS: u64 = 200;
-    let server = LoggedServer::start();
+    let server = LoggedServer::start(&[]);
     let mut s = session(&server.addr).await;
     let frames: Vec<u8> = (1..=REQUESTS).flat_map(unknown_op_frame).collect();
     s.get_mut()
@@ -437,6 +453,33 @@ async fn requests_for_unknown_operations_do_not_flood_the_log() {
     assert!(
         lines <= 1,
         "{lines} log lines for {REQUESTS} unknown operations on one connection"
+    );
+}
+
+/// Connections refused over `max_connections` do not write a log line each: a client
+/// (or an attacker) connecting in a loop used to write a warning per attempt, at any
+/// rate it liked. Refusals are logged at most once per interval, with their count.
+#[tokio::test]
+async fn refusals_over_max_connections_do_not_flood_the_log() {
+    const ATTEMPTS: usize = 50;
+    let server = LoggedServer::start(&["--max-connections", "1"]);
+    let _held = session(&server.addr).await;
+    for _ in 0..ATTEMPTS {
+        let mut raw = TcpStream::connect(&server.addr).await.expect("connect");
+        let reply: HelloReply = decode(&read_to_close(&mut raw).await);
+        match reply {
+            HelloReply::Refused(e) => assert_eq!(e.code, ErrorCode::LimitExceeded),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    let log = server.kill_and_read_log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("too many connections"))
+        .count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} log lines for {ATTEMPTS} refused connections:\n{log}"
     );
 }
 
