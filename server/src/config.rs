@@ -140,7 +140,9 @@ settings! {
     max_session_ttl_ms: u64 = 120_000;
     /// Interval of the node's clock tick (session expiry resolution), in milliseconds.
     tick_ms: u64 = 50;
-    /// Time allowed for a new connection to send its handshake, in milliseconds.
+    /// Time allowed for a new connection to send its handshake, and then for the node to
+    /// answer it (a cluster member with no leader cannot: it refuses with Unavailable), in
+    /// milliseconds.
     handshake_timeout_ms: u64 = 5_000;
     /// Take a snapshot (and compact the log) every this many entries.
     snapshot_every_entries: u64 = 100_000;
