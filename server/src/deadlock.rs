@@ -162,6 +162,44 @@ pub struct WaitIndex {
     /// The sessions with nodes in more than one lock: the only ones through which a
     /// wait can leave a lock (see `find_cycle`).
     spanning: BTreeSet<u64>,
+    /// What [`WaitIndex::counts`] reports, kept by every change above.
+    counts: QueueCounts,
+}
+
+/// Locks with at least one queue node, and their queue nodes that hold and that wait.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Locks whose queue is not empty.
+    pub locks: u64,
+    /// Queue nodes holding their lock.
+    pub held: u64,
+    /// Queue nodes waiting.
+    pub waiting: u64,
+}
+
+impl QueueCounts {
+    /// Counts one queue node in (`add`) or out of `granted`'s total.
+    fn node(&mut self, granted: bool, add: bool) {
+        let total = if granted {
+            &mut self.held
+        } else {
+            &mut self.waiting
+        };
+        *total = if add {
+            total.saturating_add(1)
+        } else {
+            total.saturating_sub(1)
+        };
+    }
+
+    /// Counts a queue that became non-empty (`add`) or empty.
+    fn queue(&mut self, add: bool) {
+        self.locks = if add {
+            self.locks.saturating_add(1)
+        } else {
+            self.locks.saturating_sub(1)
+        };
+    }
 }
 
 /// One entry of the search's stack.
@@ -208,6 +246,10 @@ impl WaitIndex {
             for (seq, n) in &old.nodes {
                 remove_pair(self.by_status(n.granted), n.session, &key, *seq);
                 self.respan(n.session);
+                self.counts.node(n.granted, false);
+            }
+            if !old.nodes.is_empty() {
+                self.counts.queue(false);
             }
         }
         let Some(queue) = queue else {
@@ -217,6 +259,10 @@ impl WaitIndex {
         for (seq, n) in &queue.nodes {
             insert_pair(self.by_status(n.granted), n.session, &key, *seq);
             self.respan(n.session);
+            self.counts.node(n.granted, true);
+        }
+        if !queue.nodes.is_empty() {
+            self.counts.queue(true);
         }
         self.queues.insert(key, queue);
     }
@@ -230,9 +276,13 @@ impl WaitIndex {
         if q.nodes.insert(seq, node).is_some() {
             return;
         }
+        if q.nodes.len() == 1 {
+            self.counts.queue(true);
+        }
         if node.kind == LockKind::Write {
             q.writers.insert(seq);
         }
+        self.counts.node(node.granted, true);
         insert_pair(self.by_status(node.granted), node.session, &key, seq);
         self.respan(node.session);
     }
@@ -248,7 +298,11 @@ impl WaitIndex {
         let Some(node) = q.nodes.remove(&seq) else {
             return;
         };
+        if q.nodes.is_empty() {
+            self.counts.queue(false);
+        }
         q.writers.remove(&seq);
+        self.counts.node(node.granted, false);
         remove_pair(self.by_status(node.granted), node.session, &key, seq);
         self.respan(node.session);
     }
@@ -269,6 +323,8 @@ impl WaitIndex {
             return;
         }
         node.granted = true;
+        self.counts.node(false, false);
+        self.counts.node(true, true);
         let session = node.session;
         remove_pair(&mut self.waiting, session, &key, seq);
         insert_pair(&mut self.held, session, &key, seq);
@@ -336,6 +392,11 @@ impl WaitIndex {
     /// The indexed queue of `lock`.
     pub fn queue(&self, lock: &str) -> Option<&LockQueue> {
         self.queues.get(lock)
+    }
+
+    /// Locks with a queue, and their nodes that hold and that wait. O(1).
+    pub fn counts(&self) -> QueueCounts {
+        self.counts
     }
 
     /// Number of waiting nodes.

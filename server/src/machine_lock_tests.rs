@@ -2450,3 +2450,71 @@ fn make_parents_creates_nothing_inside_a_lock() {
         "{deep:?}"
     );
 }
+
+/// `lock_counts` (what the status and every metrics scrape read) agrees with describing
+/// every lock: exclusive, read-write and semaphore queues with holders and waiters, a
+/// lock emptied and one under a running lock-delay.
+#[test]
+fn lock_counts_agree_with_the_described_queues() {
+    let mut h = H::new();
+    let s: Vec<u64> = (0..4).map(|_| h.open()).collect();
+    h.lock(s[0], "/x", LockKind::Exclusive);
+    h.lock(s[1], "/x", LockKind::Exclusive);
+    h.lock(s[2], "/x", LockKind::Exclusive);
+    h.lock(s[0], "/rw", LockKind::Read);
+    h.lock(s[1], "/rw", LockKind::Read);
+    h.lock(s[2], "/rw", LockKind::Write);
+    h.lock(s[3], "/rw", LockKind::Read);
+    h.lock(s[0], "/sem", LockKind::Semaphore { permits: 2 });
+    h.lock(s[1], "/sem", LockKind::Semaphore { permits: 2 });
+    h.lock(s[2], "/sem", LockKind::Semaphore { permits: 2 });
+    let gone = h.lock(s[3], "/gone", LockKind::Exclusive);
+    if let Some(Ok(OpResult::Locked { node, token })) = gone.result {
+        h.release(s[3], &node, token);
+    }
+    let described = h.m.locks_under("/").expect("locks");
+    let mut expected = (0, 0, 0);
+    for lock in described.iter().filter(|l| !l.queue.is_empty()) {
+        expected.0 += 1;
+        for entry in &lock.queue {
+            if entry.granted {
+                expected.1 += 1;
+            } else {
+                expected.2 += 1;
+            }
+        }
+    }
+    assert_eq!(expected, (3, 5, 5), "{described:?}");
+    assert_eq!(h.m.lock_counts(), expected, "from the wait-for index");
+    // A decoded machine has no index until its next entry: counted from the state.
+    let bytes = bincode::serde::encode_to_vec(&h.m, bincode::config::standard()).expect("encode");
+    let (back, _): (StateMachine, usize) =
+        bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("decode");
+    assert_eq!(back.lock_counts(), expected, "from the state");
+}
+
+/// What the status's lock counts cost on the core task with 100,000 held locks. Run
+/// with `cargo test -p corral-server --release --lib lock_counts_cost -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore = "a measurement; run in release with --nocapture"]
+fn lock_counts_cost() {
+    let mut h = H::new();
+    h.m = StateMachine::new(MachineLimits::default());
+    h.checked = false;
+    let sessions: Vec<u64> = (0..100).map(|_| h.open()).collect();
+    for i in 0..100_000u64 {
+        let s = sessions[(i % 100) as usize];
+        h.lock(s, &format!("/app/locks/lock-{i}"), LockKind::Exclusive);
+    }
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let described = h.m.locks_under("/").expect("locks").len();
+        let describing = started.elapsed();
+        let started = std::time::Instant::now();
+        let (locks, _, _) = h.m.lock_counts();
+        let counting = started.elapsed();
+        assert_eq!(locks as usize, described);
+        println!("{locks} locks: described in {describing:?}, counted in {counting:?}");
+    }
+}

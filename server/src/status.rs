@@ -18,25 +18,15 @@ pub struct LockCounts {
     pub waiting: u64,
 }
 
-/// Counts the locks of the whole tree (proportional to the number of locks).
+/// Counts the locks of the whole tree ([`crate::machine::StateMachine::lock_counts`]:
+/// proportional to the number of locks and queue nodes, allocating nothing).
 pub fn lock_counts(node: &Node) -> LockCounts {
-    let mut counts = LockCounts::default();
-    if let Ok(locks) = node.machine().locks_under("/") {
-        for lock in locks {
-            if lock.queue.is_empty() {
-                continue;
-            }
-            counts.locks += 1;
-            for entry in &lock.queue {
-                if entry.granted {
-                    counts.held += 1;
-                } else {
-                    counts.waiting += 1;
-                }
-            }
-        }
+    let (locks, held, waiting) = node.machine().lock_counts();
+    LockCounts {
+        locks,
+        held,
+        waiting,
     }
-    counts
 }
 
 /// The part of the status the node core knows. `ready` assumes the leader is reachable;

@@ -853,6 +853,25 @@ pub fn check_holders(node: u64, machine: &StateMachine, now: u64) -> Result<(), 
             )
         }
     };
+    let mut counted = (0u64, 0u64, 0u64);
+    for lock in locks.iter().filter(|l| !l.queue.is_empty()) {
+        counted.0 += 1;
+        let held = lock.queue.iter().filter(|e| e.granted).count() as u64;
+        counted.1 += held;
+        counted.2 += lock.queue.len() as u64 - held;
+    }
+    if machine.lock_counts() != counted {
+        return fail(
+            ViolationKind::MachineInvariant,
+            now,
+            format!(
+                "node {node} at zxid {}: lock_counts says (locks, held, waiting) = {:?}, the \
+                 queues hold {counted:?}",
+                machine.last_zxid(),
+                machine.lock_counts()
+            ),
+        );
+    }
     for lock in locks {
         let holders: Vec<_> = lock.queue.iter().filter(|e| e.granted).collect();
         let sessions: BTreeSet<u64> = holders.iter().map(|e| e.session).collect();
