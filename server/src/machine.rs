@@ -1251,6 +1251,11 @@ impl StateMachine {
         self.sessions.values().map(|s| &s.info)
     }
 
+    /// Number of sessions and leases. O(1).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// The paths of the session's ephemeral nodes, sorted.
     pub fn ephemerals(&self, session_id: u64) -> impl Iterator<Item = &str> {
         self.tree.ephemerals_of(session_id)

@@ -62,7 +62,7 @@ pub fn core_status(node: &Node) -> ServerStatus {
         committed_zxid,
         log_bytes: 0,
         snapshot_bytes: 0,
-        sessions: machine.sessions().count() as u64,
+        sessions: machine.session_count() as u64,
         connections: node.connection_count() as u64,
         watches: node.watch_count() as u64,
         znodes: machine.node_count() as u64,
