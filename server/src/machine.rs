@@ -1335,42 +1335,16 @@ impl StateMachine {
         self.tree.len()
     }
 
-    /// How many locks have a queue, and how many of their queue nodes hold and wait:
-    /// (locks, held, waiting). The status and every metrics scrape ask for it, on the
-    /// core task, where describing every lock took 150 to 235 ms at 100,000 locks. O(1)
-    /// from the wait-for index's counts; a pass over the locks and their nodes' names
-    /// before that index is built (after a snapshot was loaded, until the next entry).
-    pub fn lock_counts(&self) -> (u64, u64, u64) {
+    /// How many locks have a queue, and how many of their queue nodes hold and wait.
+    /// The status and every metrics scrape ask for it, on the core task, where
+    /// describing every lock took 150 to 235 ms at 100,000 locks. O(1) from the wait-for
+    /// index; before that index is built (after a snapshot was loaded, until the next
+    /// entry), from a fresh build of it.
+    pub fn lock_counts(&self) -> crate::deadlock::QueueCounts {
         if self.waits.is_built() {
-            let c = self.waits.counts();
-            return (c.locks, c.held, c.waiting);
+            return self.waits.counts();
         }
-        self.counted_locks()
-    }
-
-    /// [`StateMachine::lock_counts`] counted from the locks and the tree.
-    fn counted_locks(&self) -> (u64, u64, u64) {
-        let (mut locks, mut held, mut waiting) = (0u64, 0u64, 0u64);
-        for (lock, meta) in self.locks.iter() {
-            let Some(dir) = self.tree.get(lock) else {
-                continue;
-            };
-            let queued = dir
-                .children
-                .iter()
-                .filter(|name| {
-                    locks::sequence(name).is_some() && locks::kind_of(name, meta.family).is_some()
-                })
-                .count() as u64;
-            if queued == 0 {
-                continue;
-            }
-            let granted = meta.granted.len() as u64;
-            locks += 1;
-            held += granted;
-            waiting += queued.saturating_sub(granted);
-        }
-        (locks, held, waiting)
+        self.fresh_wait_index().counts()
     }
 
     /// The tree's estimated size in bytes ([`crate::tree::Tree::state_bytes`]). O(1).

@@ -3,6 +3,7 @@
 //! of random lock histories.
 
 use super::*;
+use crate::deadlock::QueueCounts;
 use crate::locks::{self, LockFamily};
 use corral_protocol::{LockEntry, MultiLockItem, MultiLockRequest};
 use proptest::prelude::*;
@@ -2473,18 +2474,23 @@ fn lock_counts_agree_with_the_described_queues() {
         h.release(s[3], &node, token);
     }
     let described = h.m.locks_under("/").expect("locks");
-    let mut expected = (0, 0, 0);
+    let mut expected = QueueCounts::default();
     for lock in described.iter().filter(|l| !l.queue.is_empty()) {
-        expected.0 += 1;
+        expected.locks += 1;
         for entry in &lock.queue {
             if entry.granted {
-                expected.1 += 1;
+                expected.held += 1;
             } else {
-                expected.2 += 1;
+                expected.waiting += 1;
             }
         }
     }
-    assert_eq!(expected, (3, 5, 5), "{described:?}");
+    let three_five_five = QueueCounts {
+        locks: 3,
+        held: 5,
+        waiting: 5,
+    };
+    assert_eq!(expected, three_five_five, "{described:?}");
     assert_eq!(h.m.lock_counts(), expected, "from the wait-for index");
     // A decoded machine has no index until its next entry: counted from the state.
     let bytes = bincode::serde::encode_to_vec(&h.m, bincode::config::standard()).expect("encode");
@@ -2512,7 +2518,7 @@ fn lock_counts_cost() {
         let described = h.m.locks_under("/").expect("locks").len();
         let describing = started.elapsed();
         let started = std::time::Instant::now();
-        let (locks, _, _) = h.m.lock_counts();
+        let locks = h.m.lock_counts().locks;
         let counting = started.elapsed();
         assert_eq!(locks as usize, described);
         println!("{locks} locks: described in {describing:?}, counted in {counting:?}");

@@ -7,28 +7,6 @@
 use crate::node::Node;
 use corral_protocol::{MemberStatus, Role, ServerStatus};
 
-/// Lock figures of the replicated state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LockCounts {
-    /// Locks with at least one queue node.
-    pub locks: u64,
-    /// Queue nodes holding their lock.
-    pub held: u64,
-    /// Queue nodes waiting.
-    pub waiting: u64,
-}
-
-/// Counts the locks of the whole tree ([`crate::machine::StateMachine::lock_counts`]:
-/// proportional to the number of locks and queue nodes, allocating nothing).
-pub fn lock_counts(node: &Node) -> LockCounts {
-    let (locks, held, waiting) = node.machine().lock_counts();
-    LockCounts {
-        locks,
-        held,
-        waiting,
-    }
-}
-
 /// The part of the status the node core knows. `ready` assumes the leader is reachable;
 /// the shell corrects it.
 pub fn core_status(node: &Node) -> ServerStatus {
@@ -46,7 +24,7 @@ pub fn core_status(node: &Node) -> ServerStatus {
     let machine = node.machine();
     let applied_zxid = machine.last_zxid();
     let committed_zxid = node.committed_zxid().max(applied_zxid);
-    let locks = lock_counts(node);
+    let locks = machine.lock_counts();
     let ready = match role {
         Role::Standalone | Role::Leader => true,
         // A node catching up after joining with an empty disk knows no committed zxid yet.

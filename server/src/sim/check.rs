@@ -853,20 +853,19 @@ pub fn check_holders(node: u64, machine: &StateMachine, now: u64) -> Result<(), 
             )
         }
     };
-    let mut counted = (0u64, 0u64, 0u64);
+    let mut counted = crate::deadlock::QueueCounts::default();
     for lock in locks.iter().filter(|l| !l.queue.is_empty()) {
-        counted.0 += 1;
+        counted.locks += 1;
         let held = lock.queue.iter().filter(|e| e.granted).count() as u64;
-        counted.1 += held;
-        counted.2 += lock.queue.len() as u64 - held;
+        counted.held += held;
+        counted.waiting += lock.queue.len() as u64 - held;
     }
     if machine.lock_counts() != counted {
         return fail(
             ViolationKind::MachineInvariant,
             now,
             format!(
-                "node {node} at zxid {}: lock_counts says (locks, held, waiting) = {:?}, the \
-                 queues hold {counted:?}",
+                "node {node} at zxid {}: lock_counts says {:?}, the queues hold {counted:?}",
                 machine.last_zxid(),
                 machine.lock_counts()
             ),
