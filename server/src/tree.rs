@@ -522,7 +522,11 @@ impl Tree {
             } else {
                 0
             };
-            corral_protocol::path::sequential(&req.path, seq)
+            let path = corral_protocol::path::sequential(&req.path, seq);
+            // Past 9,999,999,999 the counter takes more than the ten digits validated
+            // above, and the name may no longer fit the path limit.
+            validate_path(&path)?;
+            path
         } else {
             req.path.clone()
         };
@@ -759,5 +763,60 @@ impl Tree {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq_req(path: &str) -> CreateRequest {
+        CreateRequest {
+            path: path.to_string(),
+            data: Vec::new(),
+            mode: CreateMode::PersistentSequential,
+            make_parents: false,
+        }
+    }
+
+    /// A sequential name gets an eleventh digit once the parent's counter passes
+    /// 9,999,999,999: a prefix that fits the path limit with ten digits no longer does
+    /// with eleven. The create is refused (`InvalidPath`) and changes nothing, instead of
+    /// putting a path over the limit into the tree (which `check_invariants` reports,
+    /// and which no request could name again).
+    #[test]
+    fn a_sequential_name_past_ten_digits_still_fits_the_path_limit() {
+        let mut tree = Tree::new();
+        let mut txn = Txn::new(1, 0);
+        let dir = CreateRequest {
+            path: "/q".to_string(),
+            data: Vec::new(),
+            mode: CreateMode::Persistent,
+            make_parents: false,
+        };
+        tree.create(&mut txn, 0, &dir).expect("create /q");
+        // "/q/" + name + ten digits is exactly 1,024 bytes.
+        let prefix = format!("/q/{}", "n".repeat(1024 - 3 - 10));
+        tree.node_mut("/q").expect("/q").next_seq = 9_999_999_999;
+        let mut txn = Txn::new(2, 0);
+        let (last, _) = tree
+            .create(&mut txn, 0, &seq_req(&prefix))
+            .expect("ten digits fit");
+        assert_eq!(last.len(), 1024);
+        assert!(last.ends_with("9999999999"));
+        let before = tree.clone();
+        let mut txn = Txn::new(3, 0);
+        let refused = tree
+            .create(&mut txn, 0, &seq_req(&prefix))
+            .expect_err("eleven digits do not fit");
+        assert_eq!(refused.code, ErrorCode::InvalidPath);
+        assert!(txn.changes.is_empty());
+        assert_eq!(tree, before, "a refused create changes nothing");
+        tree.check_invariants(|_| true).expect("invariants");
+        // A shorter prefix under the same parent still gets its eleven digits.
+        let mut txn = Txn::new(4, 0);
+        let (path, _) = tree.create(&mut txn, 0, &seq_req("/q/s-")).expect("fits");
+        assert_eq!(path, "/q/s-10000000000");
+        tree.check_invariants(|_| true).expect("invariants");
     }
 }
