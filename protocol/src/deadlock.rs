@@ -1,7 +1,7 @@
 //! The cycle a `Deadlock` error names, carried in its message.
 //!
 //! A lock request that would close a cycle of sessions waiting for each other fails with
-//! [`ErrorCode::Deadlock`](crate::ErrorCode::Deadlock). The message names the cycle, one
+//! [`ErrorCode::Deadlock`]. The message names the cycle, one
 //! step a line, in a form both people and programs read:
 //!
 //! ```text

@@ -46,8 +46,8 @@ pub enum ErrorCode {
     FrameTooLarge,
     /// The peer speaks a different protocol version or is not a corral peer.
     ProtocolMismatch,
-    /// A server limit (connections, sessions, watches, pending requests, the tree's size
-    /// `max_state_bytes`) was reached.
+    /// A server limit (connections, sessions, watches, pending requests, a response over
+    /// the frame limit, the tree's size `max_state_bytes`) was reached.
     LimitExceeded,
     /// No watch matched a remove-watch request.
     NoWatcher,
@@ -56,13 +56,15 @@ pub enum ErrorCode {
     /// reached the log after a later write of its session, and was not applied (a
     /// session's writes apply in xid order).
     StaleRequest,
-    /// The server cannot serve the request now (no quorum, shutting down); retry elsewhere.
+    /// The server cannot serve the request now (no quorum, shutting down, behind the
+    /// client's last seen zxid, a failed disk); retry elsewhere.
     Unavailable,
     /// The session secret did not match.
     AuthFailed,
     /// A `try` lock request found the lock held (or, for a semaphore, all permits taken).
     LockHeld,
-    /// The lock request or release names a lock node that belongs to another session.
+    /// A release (`Unlock`, `Release`) or a `Delete` names a lock queue node that belongs
+    /// to another session.
     NotLockOwner,
     /// A `CheckLock` found that the token no longer holds the lock: a guarded write from
     /// a former holder.

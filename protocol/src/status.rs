@@ -44,14 +44,17 @@ pub struct ServerStatus {
     pub applied_zxid: u64,
     /// The zxid of the last entry this server knows to be committed (decided).
     pub committed_zxid: u64,
-    /// Bytes of the write-ahead log on disk.
+    /// Bytes of the write-ahead log on disk: its files' lengths, the zero-filled room
+    /// preallocated ahead of its end included (a cluster member's compaction image files
+    /// under `paxos/images/` too).
     pub log_bytes: u64,
-    /// Bytes of snapshot files on disk (single node; a cluster member keeps its
-    /// snapshot inside the log, counted in `log_bytes`).
+    /// Bytes of snapshot files on disk (single node; a cluster member's snapshots are in
+    /// its log and image files, counted in `log_bytes`).
     pub snapshot_bytes: u64,
     /// Live sessions (leases included) in the replicated state.
     pub sessions: u64,
-    /// Sessions attached to a connection on this server.
+    /// Client connections on this server whose handshake reached its core: those
+    /// carrying a session, and those whose session is still being opened or confirmed.
     pub connections: u64,
     /// Watches registered on this server.
     pub watches: u64,
@@ -65,8 +68,9 @@ pub struct ServerStatus {
     pub locks_waiting: u64,
     /// Address of the admin HTTP endpoint, if enabled.
     pub admin_addr: Option<String>,
-    /// Whether this server is ready for clients: a single node, or a cluster member that
-    /// knows a leader, reaches it, and has applied what it knows to be committed.
+    /// Whether this server is ready for clients: a single node; a leader whose links
+    /// reach a majority; or a follower that knows a leader, reaches it, and has applied
+    /// what it knows to be committed.
     pub ready: bool,
     /// The server's version (the `corral` crate version).
     pub version: String,
