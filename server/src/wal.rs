@@ -57,9 +57,12 @@
 //! * In the last segment, `open` keeps the longest prefix of intact records and truncates
 //!   the rest (`set_len`, then `fsync`), logging a warning and reporting the count in
 //!   [`Recovered::truncated_bytes`]. The cut is made durable before new records are
-//!   appended, so stale bytes can never reappear behind new records. This cannot tell a
-//!   torn unsynced tail from bit rot inside a synced record of the last segment: both are
-//!   cut, and everything after them with it.
+//!   appended, so stale bytes can never reappear behind new records. A crash leaves
+//!   each sector of the unsynced batch written or zero, so damage followed by an intact
+//!   record is a torn write only if the damaged record shows an unwritten (zero) sector;
+//!   otherwise it is damage to synced records (bit rot, a stray write), and `open` fails
+//!   with [`StorageError::Corrupt`] instead of cutting acknowledged records. Damage that
+//!   no intact record follows cannot be told from a torn tail and is cut.
 //! * Compaction deletes whole segments oldest first and fsyncs the directory after each
 //!   deletion, so a crash leaves a contiguous suffix of segments (no gap), and never
 //!   touches the active segment.
@@ -462,6 +465,15 @@ impl Wal {
             if let Some(reason) = scan.damage {
                 let offset = scan.valid_len;
                 match file {
+                    Some(_) if scan.not_torn => {
+                        return Err(StorageError::Corrupt(format!(
+                            "{}: {reason} at offset {offset}, and intact records follow it: \
+                             damage to synced records, not a torn write (cutting there would \
+                             drop {} bytes of records that were acknowledged)",
+                            path.display(),
+                            bytes.len() - offset
+                        )));
+                    }
                     Some(ref mut f) => {
                         let cut = bytes.len() as u64 - valid_len;
                         tracing::warn!(
@@ -893,6 +905,9 @@ struct Scan {
     /// (preallocated room) are a clean end, not damage: an all-zero header is never a
     /// valid record, and a torn write that left zeros *and* other bytes is damage.
     damage: Option<String>,
+    /// The damage cannot be a torn write: intact records follow it (see
+    /// [`damage_is_not_torn`]).
+    not_torn: bool,
 }
 
 fn scan(bytes: &[u8]) -> Scan {
@@ -909,6 +924,7 @@ fn scan(bytes: &[u8]) -> Scan {
                 return Scan {
                     records,
                     valid_len: offset,
+                    not_torn: !room && damage_is_not_torn(bytes, offset),
                     damage: (!room).then_some(reason),
                 };
             }
@@ -918,7 +934,53 @@ fn scan(bytes: &[u8]) -> Scan {
         records,
         valid_len: offset,
         damage: None,
+        not_torn: false,
     }
+}
+
+/// Sectors are written whole: a crash during a write leaves each 512-byte sector of it
+/// either written or as it was (zeros: preallocated room, or a file extended first).
+const SECTOR_BYTES: usize = 512;
+
+/// Whether the undecodable record at `at` cannot be the work of a write a crash
+/// interrupted: it is complete (its length fits the file) and an intact record follows
+/// it, yet none of its bytes shows an unwritten sector (zeros from its start up to a
+/// sector boundary, or a whole zero sector inside it). An interrupted write leaves the
+/// bytes of its batch written or zero, so a record of it that fails its checksum while a
+/// later one reached the disk has zeros where a sector was not written; other damage
+/// before an intact record happened to synced bytes (bit rot, a stray write).
+///
+/// Damage that no intact record follows (the last record, a length running past the
+/// end, a length over the limit) is taken as a torn tail: it cannot be told apart from
+/// one, as the module documentation says.
+fn damage_is_not_torn(bytes: &[u8], at: usize) -> bool {
+    let Some(header) = bytes.get(at..at + RECORD_HEADER_BYTES) else {
+        return false;
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len > MAX_RECORD_BYTES {
+        return false;
+    }
+    let end = at + RECORD_HEADER_BYTES + len;
+    if end > bytes.len() || decode(&bytes[end..]).is_err() {
+        return false;
+    }
+    let span = &bytes[at..end];
+    // Zeros from the record's first byte up to a sector boundary.
+    let leading_zeros = span.iter().take_while(|b| **b == 0).count();
+    let next_boundary = (at / SECTOR_BYTES + 1) * SECTOR_BYTES;
+    if at + leading_zeros >= next_boundary {
+        return false;
+    }
+    // A whole zero sector inside the record.
+    let mut sector = next_boundary;
+    while sector + SECTOR_BYTES <= end {
+        if bytes[sector..sector + SECTOR_BYTES].iter().all(|b| *b == 0) {
+            return false;
+        }
+        sector += SECTOR_BYTES;
+    }
+    true
 }
 
 /// Decodes the record at the start of `rest`: its payload and its framed size, or why it
@@ -1412,6 +1474,93 @@ mod tests {
         }
         // Nothing was cut.
         assert_eq!(fs::read(middle).expect("read"), before);
+    }
+
+    /// Damage in the middle of the last segment, with intact records after it, is not a
+    /// torn write (a crash leaves the unsynced tail's blocks written or zero, never other
+    /// bytes before intact records): the records from there on were synced and
+    /// acknowledged. Open used to cut them all as a "torn tail" and carry on, reusing
+    /// their lsns (in single-node mode, their zxids and fencing tokens).
+    #[test]
+    fn bit_rot_before_intact_records_of_the_last_segment_is_corrupt() {
+        for (name, offset) in [("payload", RECORD_HEADER_BYTES + 5), ("checksum", 5)] {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let (mut wal, _) = open(tmp.path(), opts(1 << 20, false));
+            append_synced(&mut wal, 1, 21);
+            drop(wal);
+            let (_, path) = segment_files(tmp.path()).pop().expect("a segment");
+            // The third record (of 28 framed bytes each).
+            let at = 2 * (RECORD_HEADER_BYTES + 20) + offset;
+            modify_file(&path, |b| b[at] ^= 0x10);
+            let before = fs::read(&path).expect("read");
+            match Wal::open(tmp.path(), opts(1 << 20, false)) {
+                Err(StorageError::Corrupt(msg)) => {
+                    assert!(
+                        msg.contains("wal-00000000000000000001.log"),
+                        "{name}: {msg}"
+                    );
+                    assert!(msg.contains("offset 56"), "{name}: {msg}");
+                }
+                Err(e) => panic!("{name}: refused, but not as corrupt: {e}"),
+                Ok((_, rec)) => panic!(
+                    "{name}: opened with {} of 20 synced records",
+                    rec.records.len()
+                ),
+            }
+            // Nothing was cut.
+            assert_eq!(fs::read(&path).expect("read"), before, "{name}");
+        }
+    }
+
+    /// A crash during a batch's write can leave any of its blocks unwritten (zeros, the
+    /// preallocated room or a file extended first) while later ones reached the disk:
+    /// intact records after a damaged one are then part of the same unsynced batch, and
+    /// the tail is cut from the damaged record on, as before.
+    #[test]
+    fn a_batch_torn_by_an_unwritten_block_is_cut_though_intact_records_follow() {
+        const BLOCK: usize = 4096;
+        // 300-byte records, 308 framed: the batch of records 5..=40 spans several blocks.
+        let frame = RECORD_HEADER_BYTES + 300;
+        for block in 0..2 {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let (mut wal, _) = open(tmp.path(), with_room(1 << 20, 1 << 16));
+            let mut expected = Vec::new();
+            for i in 1..=4u64 {
+                let p = payload(i, 300);
+                wal.append(&p).expect("append");
+                wal.sync().expect("sync");
+                expected.push((i, p));
+            }
+            for i in 5..=40u64 {
+                wal.append(&payload(i, 300)).expect("append");
+            }
+            wal.sync().expect("sync");
+            drop(wal);
+            let (_, path) = segment_files(tmp.path()).pop().expect("a segment");
+            // Block 0 holds the synced records and the batch's first ones: its unwritten
+            // state is the old one (records 1-4, zeros after them). Block 1 lies wholly
+            // inside the batch.
+            let synced_end = 4 * frame;
+            let zeroed = if block == 0 {
+                synced_end..BLOCK
+            } else {
+                BLOCK..2 * BLOCK
+            };
+            modify_file(&path, |b| b[zeroed.clone()].fill(0));
+            let damaged = if block == 0 {
+                synced_end
+            } else {
+                // The record the block starts in.
+                BLOCK / frame * frame
+            };
+            let kept = damaged / frame;
+            expected.extend((5..=kept as u64).map(|i| (i, payload(i, 300))));
+            let (_, rec) = Wal::open(tmp.path(), with_room(1 << 20, 1 << 16))
+                .unwrap_or_else(|e| panic!("block {block}: {e}"));
+            assert_eq!(rec.records.len(), kept, "block {block}");
+            assert_eq!(rec.records, expected, "block {block}");
+            assert_eq!(file_len(&path), damaged as u64, "block {block}");
+        }
     }
 
     #[test]
