@@ -297,11 +297,7 @@ pub fn restore(config: &Config, from: &Path) -> Result<u64, BackupError> {
         }
         remove_unfinished_restore(dir)?;
     }
-    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-    std::fs::File::create(&marker)
-        .and_then(|f| f.sync_all())
-        .map_err(io_error(&marker))?;
-    sync_dir(dir)?;
+    begin_restore_on(&crate::disk::Disk::Real, dir)?;
     if members.is_empty() {
         // A snapshot at the image's zxid, then an empty log that continues after it (in
         // this order: a snapshot without its log is refused by start).
@@ -343,6 +339,19 @@ pub fn restore(config: &Config, from: &Path) -> Result<u64, BackupError> {
     std::fs::remove_file(&marker).map_err(io_error(&marker))?;
     sync_dir(dir)?;
     Ok(zxid)
+}
+
+/// Creates `dir` if needed and the marker [`RESTORE_MARKER`] in it, durably: the parent
+/// of every directory created is fsynced, so that a power cut after the restore cannot
+/// take the data directory away (the node would start as a new, empty one).
+fn begin_restore_on(disk: &crate::disk::Disk, dir: &Path) -> Result<(), BackupError> {
+    crate::wal::create_dir_durable(disk, dir, true)
+        .map_err(|e| BackupError::Storage(e.to_string()))?;
+    let marker = dir.join(RESTORE_MARKER);
+    disk.create_truncate(&marker)
+        .and_then(|mut f| f.sync_all())
+        .map_err(io_error(&marker))?;
+    crate::wal::sync_dir(disk, dir).map_err(|e| BackupError::Storage(e.to_string()))
 }
 
 /// Removes every entry of `dir` but `keep`.
@@ -450,6 +459,26 @@ mod tests {
             assert!(!data.join("snapshots").join("snap-x.tmp").exists());
             crate::server::check_layout(&data, !peers.is_empty()).expect("a finished restore");
         }
+    }
+
+    /// The data directory a restore creates must survive a power cut: the restore
+    /// fsyncs the parent of every directory it creates, as the log does. It used to
+    /// fsync only the new directory itself, so a power cut after a successful restore
+    /// could take the whole directory (marker, snapshot and log) away, and the node then
+    /// started as a new, empty one.
+    #[test]
+    fn the_data_directory_a_restore_creates_survives_a_power_cut() {
+        use crate::disk::{Disk, SimDisk};
+        let sim = SimDisk::new(1);
+        let disk = Disk::Sim(sim.clone());
+        crate::wal::create_dir_durable(&disk, Path::new("/srv"), true).expect("mkdir");
+        let dir = Path::new("/srv/corral/data");
+        begin_restore_on(&disk, dir).expect("begin");
+        sim.crash(&mut |_| (0, 0));
+        assert!(
+            disk.exists(&dir.join(RESTORE_MARKER)),
+            "the data directory and its marker are gone after a power cut"
+        );
     }
 
     #[test]
