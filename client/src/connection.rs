@@ -68,6 +68,12 @@ use tokio::time::{sleep, sleep_until, Instant};
 /// frame always fits).
 const MIN_WRITE_BUFFER_BYTES: usize = 256 << 10;
 
+/// How far the lowest xid awaiting an answer moves before the next write is preceded by
+/// an `Acknowledge`: a server then remembers about this many of the session's results
+/// beyond those in flight (each about 240 bytes), instead of the last 1,024. One small
+/// request per this many xids.
+const ACKNOWLEDGE_EVERY_XIDS: u64 = 16;
+
 /// What a client handle asks the task to do.
 #[derive(Debug)]
 pub(crate) struct Call {
@@ -303,6 +309,8 @@ enum WaitFor {
     /// The task's own re-read of a lock after a reconnect; with `sweep`, this session's
     /// untracked nodes in it are released.
     LockSync { lock: String, sweep: bool },
+    /// The task's own `Acknowledge`.
+    Acknowledge,
 }
 
 impl Waiter for WaitFor {
@@ -368,6 +376,11 @@ pub(crate) struct Task {
     /// Detached requests on their way, and those answered with a transient error, to
     /// send again.
     retries: DetachedRetries,
+    /// The servers take `Acknowledge` (until one answers it `Unimplemented`).
+    acknowledge: bool,
+    /// The `answered_below` of the last `Acknowledge` sent on this connection (0: none;
+    /// a server keeps it per connection).
+    acknowledged_below: u64,
 }
 
 impl Task {
@@ -404,6 +417,8 @@ impl Task {
             locks: LockRegistry::default(),
             deferred: Vec::new(),
             retries: DetachedRetries::default(),
+            acknowledge: true,
+            acknowledged_below: 0,
         };
         task.adopt(granted, handshake_started);
         task
@@ -488,6 +503,7 @@ impl Task {
         let mut out = BytesMut::new();
         let watches = self.registry.watch_set();
         self.watch_resyncs = 0;
+        self.acknowledged_below = 0;
         if !watches.is_empty() {
             for piece in split_watch_set(watches, self.send_limit / 2) {
                 let op = Op::SetWatches {
@@ -628,6 +644,9 @@ impl Task {
             tracing::debug!("{} given up before it was sent; not sending it", op.name());
             return;
         }
+        if op.is_write() {
+            self.acknowledge(out);
+        }
         // Before it goes out: a later create of a path supersedes a delete of it that
         // waits to be sent again.
         self.retries.sending(&op);
@@ -647,6 +666,27 @@ impl Task {
                 let _ = reply.send(Err(e));
             }
             Err(_) => {}
+        }
+    }
+
+    /// Before a write: tells the server which of this session's requests will never be
+    /// sent again (`Op::Acknowledge`), once that moved [`ACKNOWLEDGE_EVERY_XIDS`] since
+    /// the last time, so the write lets the server forget their deduplicated results.
+    /// Without it every session would keep its last 1,024 results on every server.
+    fn acknowledge(&mut self, out: &mut BytesMut) {
+        let answered_below = self.pending.lowest_unanswered();
+        if !self.acknowledge
+            || answered_below
+                < self
+                    .acknowledged_below
+                    .saturating_add(ACKNOWLEDGE_EVERY_XIDS)
+        {
+            return;
+        }
+        let op = Op::Acknowledge { answered_below };
+        match self.push(op, WaitFor::Acknowledge, false, out) {
+            Ok(()) => self.acknowledged_below = answered_below,
+            Err((_, e)) => tracing::debug!("cannot send an acknowledgement: {e}"),
         }
     }
 
@@ -704,6 +744,17 @@ impl Task {
             }
             ServerMessage::Goodbye(info) => {
                 tracing::info!(session = self.session_id, "server said goodbye: {info}");
+                let acknowledging = || {
+                    self.pending
+                        .waiters()
+                        .any(|w| matches!(w, WaitFor::Acknowledge))
+                };
+                if info.code == ErrorCode::Malformed && self.acknowledge && acknowledging() {
+                    // A server older than the rule that answers unknown operations
+                    // `Unimplemented` ends the connection instead.
+                    tracing::info!("the server does not know Acknowledge; not sending it again");
+                    self.acknowledge = false;
+                }
                 Some(match fatal(&info) {
                     Some(end) => end,
                     None => End::Lost(format!("server closed the connection: {info}")),
@@ -765,6 +816,18 @@ impl Task {
                 }
                 Err(info) => fatal(&info).or_else(|| {
                     tracing::warn!(%lock, "cannot re-read a lock: {info}");
+                    None
+                }),
+            },
+            WaitFor::Acknowledge => match response.result {
+                Ok(_) => None,
+                Err(info) if info.code == ErrorCode::Unimplemented => {
+                    tracing::info!("the server does not know Acknowledge; not sending it again");
+                    self.acknowledge = false;
+                    None
+                }
+                Err(info) => fatal(&info).or_else(|| {
+                    tracing::debug!("acknowledgement refused: {info}");
                     None
                 }),
             },

@@ -121,6 +121,13 @@ impl<W: Waiter> Pending<W> {
         self.entries.values().map(|e| e.frame.clone()).collect()
     }
 
+    /// The lowest xid still awaiting an answer, or the next xid if none does: no request
+    /// below it will be sent again (it was answered, or forgotten at a reconnect as not
+    /// worth resending).
+    pub(crate) fn lowest_unanswered(&self) -> u64 {
+        self.entries.keys().next().copied().unwrap_or(self.next_xid)
+    }
+
     /// Every request's waiter, in xid order.
     pub(crate) fn waiters(&self) -> impl Iterator<Item = &W> {
         self.entries.values().map(|e| &e.waiter)
@@ -248,5 +255,36 @@ mod tests {
         assert_eq!(push(&mut p, w("f"), true), 100);
         assert_eq!(p.drain().len(), 4);
         assert!(p.has_room());
+    }
+
+    #[test]
+    fn the_lowest_unanswered_xid_moves_with_answers_and_resends() {
+        let mut p = Pending::new(5, 10);
+        assert_eq!(p.lowest_unanswered(), 5, "nothing in flight: the next xid");
+        push(&mut p, w("a"), true);
+        push(&mut p, w("b"), true);
+        push(
+            &mut p,
+            W {
+                name: "timed out",
+                gone: true,
+                resend: true,
+            },
+            true,
+        );
+        push(&mut p, w("d"), true);
+        assert_eq!(p.lowest_unanswered(), 5);
+        p.complete(6);
+        assert_eq!(p.lowest_unanswered(), 5, "5 still waits");
+        p.complete(5);
+        assert_eq!(
+            p.lowest_unanswered(),
+            7,
+            "the abandoned 7 waits until a reconnect"
+        );
+        p.prepare_resend(1);
+        assert_eq!(p.lowest_unanswered(), 8, "7 is never sent again");
+        p.complete(8);
+        assert_eq!(p.lowest_unanswered(), 9);
     }
 }

@@ -998,3 +998,129 @@ async fn a_grant_with_an_absurd_next_xid_is_refused() {
     };
     assert!(err.to_string().contains("xid"), "{err}");
 }
+
+/// Sets `/a` `n` times, one after the other, answering each; returns every request the
+/// client sent meanwhile (pings answered and left out), and answers `Acknowledge`s with
+/// `ack_answer`.
+async fn sets_one_by_one(
+    client: &Client,
+    conn: &mut common::Conn,
+    n: usize,
+    ack_answer: fn() -> Result<OpResult, ErrorInfo>,
+) -> Vec<corral_protocol::Request> {
+    let mut seen = Vec::new();
+    for i in 0..n {
+        let call = tokio::spawn({
+            let client = client.clone();
+            async move { client.set_data("/a", vec![i as u8], None).await }
+        });
+        loop {
+            let request = conn.recv_any().await;
+            seen.push(request.clone());
+            match request.op {
+                Op::Ping => {
+                    seen.pop();
+                    conn.reply(request.xid, 1, Ok(OpResult::Pong)).await;
+                }
+                Op::Acknowledge { .. } => conn.reply(request.xid, 1, ack_answer()).await,
+                Op::SetData { .. } => {
+                    let stat = Stat::default();
+                    conn.reply(request.xid, 1, Ok(OpResult::SetData { stat }))
+                        .await;
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        bounded("set", call).await.expect("join").expect("set");
+    }
+    seen
+}
+
+/// Before a write, once the lowest xid awaiting an answer moved 16 past the last
+/// acknowledgement, the client tells the server which xids it will never send again
+/// (`Acknowledge`), so the server can forget their results; a server that does not
+/// know the operation (`Unimplemented`) is not sent another.
+#[tokio::test]
+async fn acknowledges_answered_xids_before_writes_until_the_server_does_not_know_how() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(60_000).await;
+    let pong = || Ok(OpResult::Pong);
+    let seen = sets_one_by_one(&client, &mut conn, 40, pong).await;
+    let acks: Vec<(usize, u64, u64)> = seen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match r.op {
+            Op::Acknowledge { answered_below } => Some((i, r.xid, answered_below)),
+            _ => None,
+        })
+        .collect();
+    // Xids 1 to 15 are sets; the 16th set is preceded by an acknowledgement of all
+    // of them (nothing else awaits an answer), and so is the set once 16 more xids
+    // (the acknowledgement's own included) were answered.
+    assert_eq!(
+        acks.iter().map(|a| (a.1, a.2)).collect::<Vec<_>>(),
+        [(16, 16), (32, 32)],
+        "{seen:?}"
+    );
+    for (i, _, _) in &acks {
+        assert!(
+            matches!(seen[i + 1].op, Op::SetData { .. }),
+            "a write follows each: {seen:?}"
+        );
+    }
+
+    // A server that answers `Unimplemented` gets no more of them.
+    let unknown = || {
+        Err(ErrorInfo::new(
+            ErrorCode::Unimplemented,
+            "unknown operation 23",
+        ))
+    };
+    let seen = sets_one_by_one(&client, &mut conn, 20, unknown).await;
+    let acks = seen
+        .iter()
+        .filter(|r| matches!(r.op, Op::Acknowledge { .. }))
+        .count();
+    assert_eq!(acks, 1, "{seen:?}");
+    let seen = sets_one_by_one(&client, &mut conn, 40, unknown).await;
+    assert!(
+        seen.iter().all(|r| matches!(r.op, Op::SetData { .. })),
+        "{seen:?}"
+    );
+}
+
+/// A server older than the `Unimplemented` rule ends the connection on an operation it
+/// cannot decode (`Goodbye(Malformed)`): the client resumes its session, resends its
+/// write (not the acknowledgement), and sends no more acknowledgements.
+#[tokio::test]
+async fn a_server_that_ends_the_connection_on_acknowledge_is_not_sent_another() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(60_000).await;
+    let pong = || Ok(OpResult::Pong);
+    sets_one_by_one(&client, &mut conn, 15, pong).await;
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.set_data("/a", b"x".to_vec(), None).await }
+    });
+    let ack = conn.recv_any().await;
+    assert_eq!(ack.op, Op::Acknowledge { answered_below: 16 });
+    let write = conn.recv_any().await;
+    assert!(matches!(write.op, Op::SetData { .. }), "{write:?}");
+    let malformed = ErrorInfo::new(ErrorCode::Malformed, "unknown variant index 23");
+    conn.send(ServerMessage::Goodbye(malformed)).await;
+    drop(conn);
+
+    let (mut conn, _) = server.accept(granted(60_000, 1, write.xid)).await;
+    let resent = conn.recv_any().await;
+    assert_eq!(resent, write);
+    let stat = Stat::default();
+    conn.reply(write.xid, 2, Ok(OpResult::SetData { stat }))
+        .await;
+    bounded("set", call).await.expect("join").expect("set");
+    let seen = sets_one_by_one(&client, &mut conn, 40, pong).await;
+    assert!(
+        seen.iter().all(|r| matches!(r.op, Op::SetData { .. })),
+        "{seen:?}"
+    );
+}

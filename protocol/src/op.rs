@@ -458,11 +458,23 @@ pub enum Op {
         /// The largest response the client accepts (its `max_frame_bytes`).
         max_bytes: u32,
     },
+    /// Tell the server that every request of this session with an xid below
+    /// `answered_below` has been answered, so none of them will be sent again: the
+    /// session's next write lets the replicated state forget their remembered results
+    /// (see "Xids and deduplication" in PROTOCOL.md). Answered `Pong`. Not a write: it
+    /// is not deduplicated and changes nothing until the session writes. A server older
+    /// than this operation answers `Unimplemented`; stop sending it then.
+    Acknowledge {
+        /// One past the highest xid below which every request was answered: the lowest
+        /// xid still awaiting an answer, or the next xid if none does. The server caps
+        /// it at this request's own xid.
+        answered_below: u64,
+    },
 }
 
 /// How many operations this protocol version knows: an [`Op`] tag at or above it is an
 /// operation of a newer version, which a server answers with `Unimplemented`.
-pub const OP_COUNT: u32 = 23;
+pub const OP_COUNT: u32 = 24;
 
 impl Op {
     /// Whether this operation changes replicated state (and so goes through the log and
@@ -510,6 +522,7 @@ impl Op {
             Op::LockMany(_) => "lock_many",
             Op::Release { .. } => "release",
             Op::GetChildrenPage { .. } => "get_children_page",
+            Op::Acknowledge { .. } => "acknowledge",
         }
     }
 }

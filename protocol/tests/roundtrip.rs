@@ -365,7 +365,7 @@ fn strategies_cover_every_variant() {
         replies.insert(hello_reply_index(&r));
     }
     let all = |n: u32| (0..n).collect::<BTreeSet<u32>>();
-    assert_eq!(ops, all(23), "Op");
+    assert_eq!(ops, all(corral_protocol::OP_COUNT), "Op");
     assert_eq!(multi_ops, all(5), "MultiOp");
     assert_eq!(results, all(19), "OpResult");
     assert_eq!(multi_results, all(5), "MultiResult");

@@ -130,27 +130,85 @@ pub enum EntryBody {
         /// The write.
         op: Op,
     },
+    /// A client write like [`EntryBody::OrderedWrite`] that also carries the session's
+    /// latest acknowledgement (`Op::Acknowledge`) as the node it arrived at had it:
+    /// every request of the session below `answered_below` has been answered, so after
+    /// applying the write the session's deduplication table forgets their results
+    /// (capped at this write's own xid, whose result is kept). A copy of one of those
+    /// writes arriving later is then refused as stale instead of applied again. Without
+    /// acknowledgements a table holds the last `dedup_window` results whatever the
+    /// client still waits for; with them, about what it has in flight.
+    ///
+    /// Proposed only once every member's link showed it decodes this variant (peer
+    /// protocol [`ACKED_WRITE_PEER_VERSION`]).
+    AckedWrite {
+        /// The session that sent the write.
+        session_id: u64,
+        /// The request's sequence number within the session.
+        xid: u64,
+        /// The write.
+        op: Op,
+        /// The session's requests below this xid have all been answered (0: none known).
+        answered_below: u64,
+    },
+}
+
+/// Which entry variant carries a client write: what every member decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WriteKind {
+    /// [`EntryBody::Write`]: a member is below peer protocol 2.
+    Plain,
+    /// [`EntryBody::OrderedWrite`]: every member decodes it, not `AckedWrite`.
+    Ordered,
+    /// [`EntryBody::AckedWrite`]: every member decodes it (always on a single node).
+    Acked,
+}
+
+impl WriteKind {
+    /// The newest kind every member decodes, given the lowest peer protocol version of
+    /// the members' links.
+    pub fn for_peer_version(version: u16) -> WriteKind {
+        if version >= ACKED_WRITE_PEER_VERSION {
+            WriteKind::Acked
+        } else if version >= ORDERED_WRITE_PEER_VERSION {
+            WriteKind::Ordered
+        } else {
+            WriteKind::Plain
+        }
+    }
 }
 
 impl EntryBody {
-    /// A client write: an `OrderedWrite` if `ordered`, else a `Write`.
-    pub fn client(ordered: bool, session_id: u64, xid: u64, op: Op) -> EntryBody {
-        if ordered {
-            EntryBody::OrderedWrite {
+    /// A client write of this kind; `answered_below` is carried by `Acked` only.
+    pub fn client(
+        kind: WriteKind,
+        session_id: u64,
+        xid: u64,
+        op: Op,
+        answered_below: u64,
+    ) -> EntryBody {
+        match kind {
+            WriteKind::Plain => EntryBody::Write {
                 session_id,
                 xid,
                 op,
-            }
-        } else {
-            EntryBody::Write {
+            },
+            WriteKind::Ordered => EntryBody::OrderedWrite {
                 session_id,
                 xid,
                 op,
-            }
+            },
+            WriteKind::Acked => EntryBody::AckedWrite {
+                session_id,
+                xid,
+                op,
+                answered_below,
+            },
         }
     }
 
-    /// The session, xid and operation of a client write (`Write` or `OrderedWrite`).
+    /// The session, xid and operation of a client write (`Write`, `OrderedWrite` or
+    /// `AckedWrite`).
     pub fn client_write(&self) -> Option<(u64, u64, &Op)> {
         match self {
             EntryBody::Write {
@@ -162,14 +220,32 @@ impl EntryBody {
                 session_id,
                 xid,
                 op,
+            }
+            | EntryBody::AckedWrite {
+                session_id,
+                xid,
+                op,
+                ..
             } => Some((*session_id, *xid, op)),
             _ => None,
         }
+    }
+
+    /// Whether this is a client write held to its session's xid order (`OrderedWrite`
+    /// and `AckedWrite`).
+    pub fn is_ordered_write(&self) -> bool {
+        matches!(
+            self,
+            EntryBody::OrderedWrite { .. } | EntryBody::AckedWrite { .. }
+        )
     }
 }
 
 /// The peer protocol version from which a node decodes [`EntryBody::OrderedWrite`].
 pub const ORDERED_WRITE_PEER_VERSION: u16 = 2;
+
+/// The peer protocol version from which a node decodes [`EntryBody::AckedWrite`].
+pub const ACKED_WRITE_PEER_VERSION: u16 = 3;
 
 /// A change to the tree, in the order it happened; watches are fired from these.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -491,6 +567,16 @@ impl StateMachine {
                 xid,
                 op,
             } => Some(self.write(&mut txn, *session_id, *xid, op, true, &mut ended_sessions)),
+            EntryBody::AckedWrite {
+                session_id,
+                xid,
+                op,
+                answered_below,
+            } => {
+                let result = self.write(&mut txn, *session_id, *xid, op, true, &mut ended_sessions);
+                self.forget_answered(*session_id, (*answered_below).min(*xid));
+                Some(result)
+            }
             EntryBody::Noop { .. } => None,
         };
         self.maintain_locks(&mut txn);
@@ -797,6 +883,25 @@ impl StateMachine {
             session.recent.remove(&old);
             session.dedup_floor = session.dedup_floor.max(old);
         }
+    }
+
+    /// Forgets the remembered results of session `session_id`'s writes below xid `below`
+    /// (the client has every answer below it: [`EntryBody::AckedWrite`]); a copy of one
+    /// of them arriving later is stale. Nothing for a session that is gone.
+    fn forget_answered(&mut self, session_id: u64, below: u64) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        if below <= session.dedup_floor.saturating_add(1) {
+            return;
+        }
+        while let Some(old) = session.recent.get_min().map(|(xid, _)| *xid) {
+            if old >= below {
+                break;
+            }
+            session.recent.remove(&old);
+        }
+        session.dedup_floor = below - 1;
     }
 
     /// Checks a client's write against this node's limits before it is proposed or
@@ -1264,6 +1369,12 @@ impl StateMachine {
     /// The highest xid of a write this session had applied (0 if none).
     pub fn last_xid(&self, session_id: u64) -> u64 {
         self.sessions.get(&session_id).map_or(0, |s| s.last_xid)
+    }
+
+    /// How many write results the session's deduplication table remembers (0 for a
+    /// session that is gone).
+    pub fn remembered_results(&self, session_id: u64) -> usize {
+        self.sessions.get(&session_id).map_or(0, |s| s.recent.len())
     }
 
     /// The remembered result of the session's write `xid`, if it was applied and is still
@@ -2457,6 +2568,80 @@ mod tests {
             assert!(matches!(first.result, Some(Ok(_))), "{first:?}");
             h.m.check_invariants().expect("invariants");
         }
+    }
+
+    /// An `AckedWrite` lets its session's table forget the results below the client's
+    /// acknowledgement (never its own), so a table holds what the client awaits instead
+    /// of the last `dedup_window` results; a stray copy of a forgotten write is refused,
+    /// never applied again, and a retry of a write above the acknowledgement still gets
+    /// its result.
+    #[test]
+    fn an_acked_write_forgets_the_results_below_the_acknowledgement() {
+        let mut h = Harness::with_limits(MachineLimits {
+            max_data_bytes: 64,
+            dedup_window: 100,
+        });
+        let s = h.open();
+        let acked = |xid: u64, path: String, answered_below: u64| EntryBody::AckedWrite {
+            session_id: s,
+            xid,
+            op: create_op(&path, CreateMode::Persistent),
+            answered_below,
+        };
+        // Unacknowledged, the table keeps every result (within the window).
+        for xid in 1..=10 {
+            h.apply(acked(xid, format!("/n{xid}"), 0));
+        }
+        assert_eq!(h.m.remembered_results(s), 10);
+        // Xids 1 to 7 answered: forgotten once the next write applies.
+        let eleven = h.apply(acked(11, "/n11".into(), 8));
+        assert!(matches!(eleven.result, Some(Ok(_))), "{eleven:?}");
+        assert_eq!(h.m.remembered_results(s), 4, "8, 9, 10 and 11");
+        // A stray copy of a forgotten write is refused and changes nothing.
+        let count = h.m.node_count();
+        let stray = h.apply(acked(3, "/n3".into(), 0));
+        let refusal = stray.result.expect("r").expect_err("stale");
+        assert_eq!(refusal.code, ErrorCode::StaleRequest);
+        assert!(stray.changes.is_empty());
+        assert_eq!(h.m.node_count(), count);
+        // A retry of an unacknowledged write gets its remembered result.
+        let retry = h.apply(acked(9, "/n9".into(), 8));
+        assert_eq!(h.m.cached_result(s, 9), retry.result);
+        assert!(matches!(retry.result, Some(Ok(OpResult::Created { .. }))));
+        // An acknowledgement past the write's own xid keeps the write's result: it is
+        // capped there.
+        let twelve = h.apply(acked(12, "/n12".into(), 1_000));
+        assert_eq!(h.m.cached_result(s, 12), twelve.result);
+        assert_eq!(h.m.remembered_results(s), 1);
+        // A lower acknowledgement than one applied before changes nothing.
+        h.apply(acked(13, "/n13".into(), 2));
+        assert_eq!(h.m.remembered_results(s), 2);
+        let stale = h.apply(acked(11, "/n11".into(), 0));
+        assert_eq!(
+            stale.result.expect("r").expect_err("stale").code,
+            ErrorCode::StaleRequest
+        );
+        // A plain `OrderedWrite` forgets nothing.
+        h.apply(EntryBody::OrderedWrite {
+            session_id: s,
+            xid: 14,
+            op: create_op("/n14", CreateMode::Persistent),
+        });
+        assert_eq!(h.m.remembered_results(s), 3);
+        // The trimmed table and its floor survive a snapshot round trip.
+        let bytes =
+            bincode::serde::encode_to_vec(&h.m, bincode::config::standard()).expect("encode");
+        let (mut back, _): (StateMachine, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("decode");
+        assert_eq!(back.state_hash(), h.m.state_hash());
+        assert_eq!(back.remembered_results(s), 3);
+        let zxid = h.m.last_zxid() + 1;
+        let stray = back.apply(zxid, &Entry::new(0, acked(10, "/n10".into(), 0)));
+        assert_eq!(
+            stray.result.expect("r").expect_err("stale").code,
+            ErrorCode::StaleRequest
+        );
+        h.m.check_invariants().expect("invariants");
     }
 
     /// A snapshot keeps what the order rule needs (each session's highest xid and its

@@ -16,8 +16,7 @@
 //! it sees the connection's own earlier writes.
 
 use crate::machine::{
-    Applied, Entry, EntryBody, LockChange, MachineImage, MachineLimits, StateMachine,
-    ORDERED_WRITE_PEER_VERSION,
+    Applied, Entry, EntryBody, LockChange, MachineImage, MachineLimits, StateMachine, WriteKind,
 };
 use crate::replication::log::{Decided, InstallJob, PaxosLog, PeerMsg};
 use crate::tracker::SessionTracker;
@@ -203,6 +202,10 @@ struct Pending {
 struct Conn {
     session: Option<u64>,
     queue: VecDeque<Pending>,
+    /// The session's latest `Acknowledge` on this connection (0: none): every request
+    /// of the session below this xid has been answered. Carried by the session's next
+    /// writes proposed from here ([`EntryBody::AckedWrite`]).
+    answered_below: u64,
 }
 
 /// Entries proposed but not yet durable (the single-node log).
@@ -816,6 +819,13 @@ impl Node {
             return self.answer_early(conn, xid, error);
         }
         self.touch(session);
+        if let Op::Acknowledge { answered_below } = &op {
+            // Taken in at once, so the writes that follow it carry it. Capped at this
+            // request's own xid: every request before it may be answered, not it.
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.answered_below = c.answered_below.max((*answered_below).min(xid));
+            }
+        }
         if let Op::RenewLease { lease_id } = &op {
             // The renewal counts from its arrival, even if its answer waits behind earlier
             // requests of the connection (a write waiting for its fsync): the lease must
@@ -856,6 +866,7 @@ impl Node {
                         session_id: session,
                     },
                     Op::GrantLease { ttl_ms } => self.client_write(
+                        conn,
                         session,
                         xid,
                         Op::GrantLease {
@@ -865,7 +876,7 @@ impl Node {
                             ),
                         },
                     ),
-                    _ => self.client_write(session, xid, op.clone()),
+                    _ => self.client_write(conn, session, xid, op.clone()),
                 };
                 match self.propose(body) {
                     Ok(()) => PendingState::Proposed,
@@ -1038,6 +1049,8 @@ impl Node {
                 format!("session {session:#x} is being expired"),
             )),
             Op::Ping => Ok(OpResult::Pong),
+            // Taken in when it arrived (`on_request`).
+            Op::Acknowledge { .. } => Ok(OpResult::Pong),
             Op::AddWatch { path, mode } => {
                 validate_path(&path)?;
                 let kind = match mode {
@@ -1110,17 +1123,20 @@ impl Node {
         }
     }
 
-    /// Proposes an entry. Returns an error for the client if it cannot be proposed.
-    /// The entry of a client write: an `OrderedWrite`, which keeps its session's order,
-    /// once every member decodes one (always on a single node), else a `Write`.
-    fn client_write(&self, session_id: u64, xid: u64, op: Op) -> EntryBody {
-        let ordered = match &self.log {
-            Log::Local(_) => true,
-            Log::Paxos(p) => p.members_version() >= ORDERED_WRITE_PEER_VERSION,
+    /// The entry of a client write that arrived on `conn`: the newest variant every
+    /// member decodes (always the newest on a single node): an `AckedWrite`, which
+    /// keeps its session's order and carries its latest acknowledgement, else an
+    /// `OrderedWrite`, else a `Write`.
+    fn client_write(&self, conn: ConnId, session_id: u64, xid: u64, op: Op) -> EntryBody {
+        let kind = match &self.log {
+            Log::Local(_) => WriteKind::Acked,
+            Log::Paxos(p) => WriteKind::for_peer_version(p.members_version()),
         };
-        EntryBody::client(ordered, session_id, xid, op)
+        let answered_below = self.conns.get(&conn).map_or(0, |c| c.answered_below);
+        EntryBody::client(kind, session_id, xid, op, answered_below)
     }
 
+    /// Proposes an entry. Returns an error for the client if it cannot be proposed.
     fn propose(&mut self, body: EntryBody) -> Result<(), ErrorInfo> {
         let entry = Entry::new(self.now.wall_ms, body);
         match &mut self.log {
@@ -1479,6 +1495,9 @@ impl Node {
             }
             | EntryBody::OrderedWrite {
                 session_id, xid, ..
+            }
+            | EntryBody::AckedWrite {
+                session_id, xid, ..
             } => {
                 if let Some(Ok(OpResult::Lease { lease_id, ttl_ms })) = &applied.result {
                     if self.machine.session(*lease_id).is_some() {
@@ -1622,6 +1641,9 @@ impl Node {
                     session_id, xid, ..
                 }
                 | EntryBody::OrderedWrite {
+                    session_id, xid, ..
+                }
+                | EntryBody::AckedWrite {
                     session_id, xid, ..
                 } => self.complete(
                     *session_id,

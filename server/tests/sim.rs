@@ -826,8 +826,10 @@ fn regression_keepalive_answered_while_expiring() {
 /// election timeout (and one in ten ten times that) and no fault at all, a healthy leader
 /// keeps its leadership. Heartbeat replies used to wait for the sync of every record
 /// written before them, so under steady writes they missed their rounds: 24 to 60 leader
-/// changes were seen in each of these runs, against 3 to 6 now (3 is each node seeing
-/// the first leader). Liveness deadlines assume normal disks and are not checked here.
+/// changes were seen in each of these runs, against 3 to 12 now (3 is each node seeing
+/// the first leader; over seeds 500 to 539 most runs see 3 to 6, and a few 9 to 12, with
+/// or without acknowledgements, whose extra requests move the runs), so the bound is
+/// four per node. Liveness deadlines assume normal disks and are not checked here.
 #[test]
 fn slow_disks_do_not_depose_a_healthy_leader() {
     for seed in sim::seeds_from_env(500, 6) {
@@ -844,7 +846,7 @@ fn slow_disks_do_not_depose_a_healthy_leader() {
             assert!(is_liveness(v.kind), "{}", r.describe(test));
         }
         assert!(
-            r.stats.leader_changes <= 3 * c.nodes as u64,
+            r.stats.leader_changes <= 4 * c.nodes as u64,
             "seed {seed}: {} leader changes seen; replay: {}",
             r.stats.leader_changes,
             r.replay_command(test)

@@ -485,6 +485,58 @@ pub mod raw {
             r
         }
     }
+
+    /// On a new session at `addr`: after an `Acknowledge`, the session's next write lets
+    /// the server forget the results of the writes below it. A copy of such a write is
+    /// then refused (`StaleRequest`) and not applied again, where without the
+    /// acknowledgement the server would answer it from its deduplication table; a write
+    /// above it still gets its remembered result. Paths are under `prefix` (which must
+    /// exist).
+    pub async fn acknowledged_results_are_forgotten(addr: &str, prefix: &str) {
+        use corral_protocol::{CreateMode, CreateRequest, ErrorCode, OpResult};
+        let create = |name: u64| {
+            Op::Create(CreateRequest {
+                path: format!("{prefix}/w{name}"),
+                data: Vec::new(),
+                mode: CreateMode::Persistent,
+                make_parents: false,
+            })
+        };
+        let mut s = RawSession::new_session(addr, 10_000).await;
+        for xid in 1..=10 {
+            let r = s.request(xid, create(xid)).await;
+            assert!(r.result.is_ok(), "{r:?}");
+        }
+        // Before any acknowledgement, a copy of write 3 gets its remembered result.
+        let copy = s.request(3, create(3)).await;
+        assert!(
+            matches!(copy.result, Ok(OpResult::Created { .. })),
+            "{copy:?}"
+        );
+        let ack = s.request(11, Op::Acknowledge { answered_below: 8 }).await;
+        assert_eq!(ack.result, Ok(OpResult::Pong));
+        // The next write (a delete of write 3's node) carries the acknowledgement.
+        let delete = Op::Delete {
+            path: format!("{prefix}/w3"),
+            version: None,
+        };
+        let r = s.request(12, delete).await;
+        assert!(r.result.is_ok(), "{r:?}");
+        let copy = s.request(3, create(3)).await;
+        let refusal = copy.result.expect_err("forgotten: stale");
+        assert_eq!(refusal.code, ErrorCode::StaleRequest, "{refusal}");
+        let exists = Op::Exists {
+            path: format!("{prefix}/w3"),
+            watch: false,
+        };
+        let r = s.request(13, exists).await;
+        assert_eq!(r.result, Ok(OpResult::Exists(None)), "not applied again");
+        let copy = s.request(9, create(9)).await;
+        match copy.result {
+            Ok(OpResult::Created { path, .. }) => assert_eq!(path, format!("{prefix}/w9")),
+            other => panic!("write 9 is above the acknowledgement: {other:?}"),
+        }
+    }
 }
 
 impl TestServer {

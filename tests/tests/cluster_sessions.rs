@@ -390,3 +390,20 @@ async fn write_resent_after_a_lost_reply_is_applied_once() {
         assert_eq!(next, format!("{parent}/item-0000000001"));
     }
 }
+
+/// Through a follower: its writes carry the session's acknowledgement to the leader in
+/// `AckedWrite` entries (every link is at peer protocol 3), and every node forgets the
+/// acknowledged results alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_results_are_forgotten_through_a_follower() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let follower = cluster.follower().await;
+    let client = cluster.connect(follower).await;
+    client
+        .create("/acks", Vec::new(), CreateMode::Persistent)
+        .await
+        .expect("create");
+    let addr = cluster.direct_client_addr(follower);
+    corral_tests::raw::acknowledged_results_are_forgotten(&addr, "/acks").await;
+    cluster.assert_converged().await;
+}

@@ -470,6 +470,17 @@ async fn request_ids_older_than_the_dedup_window_are_stale() {
 }
 
 #[tokio::test]
+async fn acknowledged_results_are_forgotten_by_the_next_write() {
+    let server = TestServer::start(&[]);
+    let client = connect(&server.addr()).await;
+    client
+        .create("/acks", Vec::new(), CreateMode::Persistent)
+        .await
+        .expect("create");
+    corral_tests::raw::acknowledged_results_are_forgotten(&server.addr(), "/acks").await;
+}
+
+#[tokio::test]
 async fn resuming_needs_the_secret_and_moves_the_session() {
     let server = TestServer::start(&[]);
     let client = connect(&server.addr()).await;

@@ -122,13 +122,13 @@ impl Conn {
         bounded("a request", self.next_request()).await
     }
 
-    /// The next request that is not a ping; pings are answered on the way. Bounded as a
-    /// whole: keepalives do not extend the wait.
+    /// The next request that is not a ping or an acknowledgement; those are answered on
+    /// the way. Bounded as a whole: keepalives do not extend the wait.
     pub async fn recv(&mut self) -> Request {
         bounded("a request other than a ping", async {
             loop {
                 let request = self.next_request().await;
-                if request.op == Op::Ping {
+                if matches!(request.op, Op::Ping | Op::Acknowledge { .. }) {
                     self.reply(request.xid, 0, Ok(OpResult::Pong)).await;
                     continue;
                 }
@@ -165,7 +165,8 @@ impl Conn {
         loop {
             match bounded("the client to close", self.framed.next()).await {
                 None | Some(Err(_)) => return,
-                Some(Ok(ClientMessage::Request(r))) if r.op == Op::Ping => {}
+                Some(Ok(ClientMessage::Request(r)))
+                    if matches!(r.op, Op::Ping | Op::Acknowledge { .. }) => {}
                 Some(Ok(other)) => panic!("unexpected {other:?}"),
             }
         }

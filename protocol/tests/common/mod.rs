@@ -314,6 +314,7 @@ pub fn op() -> impl Strategy<Value = Op> {
                 max_bytes,
             }
         ),
+        any::<u64>().prop_map(|answered_below| Op::Acknowledge { answered_below }),
     ]
 }
 
@@ -562,6 +563,7 @@ pub fn op_index(v: &Op) -> u32 {
         Op::LockMany(_) => 20,
         Op::Release { .. } => 21,
         Op::GetChildrenPage { .. } => 22,
+        Op::Acknowledge { .. } => 23,
     }
 }
 

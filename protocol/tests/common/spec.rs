@@ -242,6 +242,7 @@ impl Writer {
                 self.u32(*max_names);
                 self.u32(*max_bytes);
             }
+            Op::Acknowledge { answered_below } => self.u64(*answered_below),
         }
     }
     fn multi_result(&mut self, r: &MultiResult) {

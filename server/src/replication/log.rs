@@ -1069,6 +1069,9 @@ fn forward_key(entry: &Entry) -> Option<EntryKey> {
         }
         | EntryBody::OrderedWrite {
             session_id, xid, ..
+        }
+        | EntryBody::AckedWrite {
+            session_id, xid, ..
         } => Some((0, *session_id, *xid)),
         EntryBody::OpenSession { secret, .. } => Some((1, *secret, 0)),
         EntryBody::CloseSession { session_id } => Some((2, *session_id, 0)),

@@ -81,7 +81,7 @@
 //! refuses trailing bytes, so the hello can never grow); a version says which messages
 //! the acceptor decodes and what follows the hello. Version 1 is the first release;
 //! version 2 adds the `EntryBody::OrderedWrite` log entry and the [`PeerIdentity`] step
-//! of the handshake. Binaries that speak only version 1 refuse any
+//! of the handshake; version 3 adds the `EntryBody::AckedWrite` log entry. Binaries that speak only version 1 refuse any
 //! other with a reason that begins with [`UNSUPPORTED_VERSION_REFUSAL`], and so does
 //! this one for a version outside its range.
 //!

@@ -185,6 +185,15 @@ pub fn describe_entry(entry: &Entry) -> String {
             xid,
             op,
         } => format!("OrderedWrite({session_id:#x}/{xid} {})", describe_op(op)),
+        EntryBody::AckedWrite {
+            session_id,
+            xid,
+            op,
+            answered_below,
+        } => format!(
+            "AckedWrite({session_id:#x}/{xid} {}, answered below {answered_below})",
+            describe_op(op)
+        ),
         EntryBody::Noop { barrier } => format!("Noop({barrier:#x})"),
     }
 }
@@ -291,7 +300,7 @@ pub struct Checks {
     pub order_of_all_writes: bool,
     /// Counters for the report.
     pub entries: u64,
-    /// Client writes in the decided log as `Write` and as `OrderedWrite`.
+    /// Client writes in the decided log as `Write` and as `OrderedWrite` or `AckedWrite`.
     pub writes: (u64, u64),
     /// State hashes compared.
     pub hash_checks: u64,
@@ -368,7 +377,7 @@ impl Checks {
         self.entries += 1;
         match &*entry.body {
             EntryBody::Write { .. } => self.writes.0 += 1,
-            EntryBody::OrderedWrite { .. } => self.writes.1 += 1,
+            EntryBody::OrderedWrite { .. } | EntryBody::AckedWrite { .. } => self.writes.1 += 1,
             _ => {}
         }
         self.max_zxid = self.max_zxid.max(zxid);
@@ -402,10 +411,16 @@ impl Checks {
                 session_id,
                 xid,
                 op,
+            }
+            | EntryBody::AckedWrite {
+                session_id,
+                xid,
+                op,
+                ..
             } => {
                 if let Some(result) = result {
                     self.check_dedup(zxid, *session_id, *xid, op, result, now)?;
-                    let ordered = matches!(&*entry.body, EntryBody::OrderedWrite { .. });
+                    let ordered = entry.body.is_ordered_write();
                     self.check_session_order(zxid, *session_id, *xid, ordered, op, result, now)?;
                 }
             }
@@ -442,9 +457,15 @@ impl Checks {
                 session_id,
                 xid,
                 op,
+            }
+            | EntryBody::AckedWrite {
+                session_id,
+                xid,
+                op,
+                ..
             } => {
                 if let Some(result) = result {
-                    let ordered = matches!(&*entry.body, EntryBody::OrderedWrite { .. });
+                    let ordered = entry.body.is_ordered_write();
                     self.check_session_order(zxid, *session_id, *xid, ordered, op, result, now)?;
                     // A duplicate (a retry answered from the dedup table) changed nothing:
                     // its result is the first one's.
@@ -907,6 +928,7 @@ pub fn check_holders(node: u64, machine: &StateMachine, now: u64) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::WriteKind;
 
     fn write(session_id: u64, xid: u64, path: &str) -> Entry {
         Entry::new(
@@ -946,7 +968,12 @@ mod tests {
             data: xid.to_le_bytes().to_vec(),
             version: None,
         };
-        Entry::new(0, EntryBody::client(ordered, session_id, xid, op))
+        let kind = if ordered {
+            WriteKind::Ordered
+        } else {
+            WriteKind::Plain
+        };
+        Entry::new(0, EntryBody::client(kind, session_id, xid, op, 0))
     }
 
     fn refused(code: ErrorCode) -> Option<Result<OpResult, ErrorInfo>> {

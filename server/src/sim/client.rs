@@ -108,6 +108,8 @@ pub struct ClientCfg {
     pub renew_on_any_answer: bool,
     /// `SimConfig::give_up_per_mille` (workload clients).
     pub give_up_per_mille: u64,
+    /// `SimConfig::ack_every`.
+    pub ack_every: u64,
 }
 
 /// What a client does.
@@ -175,6 +177,7 @@ enum Purpose {
     GrantLease,
     Close,
     GetLocks { lock: String },
+    Acknowledge,
     Other,
 }
 
@@ -245,6 +248,8 @@ pub struct SimClient {
     conn: Option<CConn>,
     session: Option<Session>,
     next_xid: u64,
+    /// The last `Acknowledge`'s `answered_below`.
+    acked_below: u64,
     /// Highest zxid seen.
     pub last_zxid: u64,
     pending: BTreeMap<u64, Pending>,
@@ -347,6 +352,7 @@ impl SimClient {
             conn: None,
             session: None,
             next_xid: 1,
+            acked_below: 0,
             last_zxid: 0,
             pending: BTreeMap::new(),
             task: Task::Idle { until_us: 0 },
@@ -601,6 +607,9 @@ impl SimClient {
         task: bool,
         out: &mut Vec<CAction>,
     ) -> u64 {
+        if op.is_write() {
+            self.acknowledge(now, out);
+        }
         let xid = self.next_xid;
         self.next_xid += 1;
         let local = self.local(now);
@@ -632,6 +641,23 @@ impl SimClient {
             self.task = Task::Busy;
         }
         xid
+    }
+
+    /// Before a write: tells the node that every request below the lowest xid still
+    /// awaiting an answer has been answered (as `corral-client` does), once that moved
+    /// `ack_every` past the last acknowledgement. Writes the client gave up on count as
+    /// answered: it never sends them again, so the node may forget them.
+    fn acknowledge(&mut self, now: u64, out: &mut Vec<CAction>) {
+        if self.cfg.ack_every == 0 || !self.conn.as_ref().is_some_and(|c| c.ready) {
+            return;
+        }
+        let answered_below = self.pending.keys().next().copied().unwrap_or(self.next_xid);
+        if answered_below < self.acked_below + self.cfg.ack_every {
+            return;
+        }
+        self.acked_below = answered_below;
+        let op = Op::Acknowledge { answered_below };
+        self.send(now, op, Purpose::Acknowledge, false, out);
     }
 
     fn task_pending(&self) -> bool {
@@ -1067,6 +1093,8 @@ impl SimClient {
             self.id, g.session_id, g.next_xid
         )));
         self.next_xid = self.next_xid.max(g.next_xid);
+        // A node keeps acknowledgements per connection: tell this one at the next write.
+        self.acked_below = 0;
         if resumed {
             self.give_up_writes(now, hist, out);
         }
@@ -1404,6 +1432,7 @@ impl SimClient {
             | Purpose::PlainRead
             | Purpose::Create
             | Purpose::Unlock
+            | Purpose::Acknowledge
             | Purpose::Other => {}
         }
         if matches!(self.task, Task::Busy) && !self.task_pending() {

@@ -41,16 +41,19 @@
 //!   writes' outcome stays unknown), locks under the session or a lease,
 //!   guarded writes (`CheckLock` + `SetData` in a multi), sync + read, plain reads,
 //!   sequential and ephemeral creates, session close and abandon. Clients, too, have
-//!   their own clock rate, and can be paused for longer than their lease.
+//!   their own clock rate, and can be paused for longer than their lease. In most seeds
+//!   they acknowledge answered xids before writes (`ack_every`; given-up writes count
+//!   as answered), so `AckedWrite` entries trim the deduplication tables while copies
+//!   of forgotten writes may still be on their way.
 //! - **Faults**: a plan drawn from the seed ([`SimConfig::plan`]): partitions, crashes of
 //!   one node or of all, pauses of nodes and clients, broken client connections, and
 //!   (off by default) wiped disks. After `fault_ms` everything heals.
 //! - **Rolling upgrades**: in a quarter of the seeds (`upgrade_at_ms`) the nodes start
-//!   as servers of peer protocol 1, whose links make every node propose client writes as
-//!   `Write`, and are upgraded one after another: their links come back at version 2
-//!   between upgraded nodes, and once a node's links to every other member are at 2 it
-//!   proposes `OrderedWrite`. Both kinds then share one log, replayed by restarts and
-//!   carried by snapshots.
+//!   as servers of peer protocol 1 or 2 (`old_peer_version`), whose links make every
+//!   node propose client writes as `Write` or `OrderedWrite`, and are upgraded one after
+//!   another: their links come back at the newest version between upgraded nodes, and
+//!   once a node's links to every other member are at it, it proposes `AckedWrite`.
+//!   The kinds then share one log, replayed by restarts and carried by snapshots.
 //!
 //! # What is checked
 //!
@@ -61,7 +64,8 @@
 //! state, two clients never believing they hold the same lock at the same time (each
 //! client believes until its safe deadline: the send time of its last acknowledged
 //! keepalive + TTL − margin), strictly increasing fencing tokens, retried requests taking
-//! effect at most once, a session's `OrderedWrite`s taking effect in xid order (a write
+//! effect at most once (also after their results were forgotten), a session's
+//! `OrderedWrite`s and `AckedWrite`s taking effect in xid order (a write
 //! below one its session executed before must be refused), no early session expiry
 //! (both on the expiring leader's clock and against the clients' acknowledged
 //! keepalives), clients never going back in time. After healing: every lock is acquired
@@ -242,7 +246,8 @@ impl Report {
             s,
             "config: {} nodes, {} clients, tick {} ms, election {} ms, TTL {} ms, lock-delay {} \
              ms, snapshot every {}, passes of {} inputs within {} µs, clocks ±{} ppm, net {:?}, \
-             disk {:?}, switches {:?}, give-ups {}‰, upgrade at {:?} ms",
+             disk {:?}, switches {:?}, give-ups {}‰, upgrade at {:?} ms from peer protocol \
+             {}, acknowledgements every {} xids",
             c.nodes,
             c.clients,
             c.tick_ms,
@@ -257,7 +262,9 @@ impl Report {
             c.disk,
             c.switches,
             c.give_up_per_mille,
-            c.upgrade_at_ms
+            c.upgrade_at_ms,
+            c.old_peer_version,
+            c.ack_every
         );
         let _ = writeln!(s, "faults:");
         for (i, f) in c.plan().iter().enumerate() {

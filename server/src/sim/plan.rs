@@ -235,12 +235,19 @@ pub struct SimConfig {
     /// the simulated links are not (they speak `PEER_PROTOCOL_VERSION`).
     pub check_order_of_all_writes: bool,
     /// A rolling upgrade: until this time (ms of simulated time) every node runs a server
-    /// of the oldest peer protocol (its links speak version 1, so client writes are
-    /// proposed as `Write`); from then on the nodes are upgraded one after another, two
+    /// of an older peer protocol (`old_peer_version`: its links speak version 1, so client
+    /// writes are proposed as `Write`, or 2, `OrderedWrite`); from then on the nodes are upgraded one after another, two
     /// election timeouts apart, and their links re-established, and links between
-    /// upgraded nodes speak the newest version (`OrderedWrite`). `None`: every node runs
+    /// upgraded nodes speak the newest version (`AckedWrite`). `None`: every node runs
     /// the newest from the start.
     pub upgrade_at_ms: Option<u64>,
+    /// The peer protocol version of the nodes before a rolling upgrade
+    /// (`upgrade_at_ms`): 1 (client writes proposed as `Write`) or 2 (`OrderedWrite`).
+    pub old_peer_version: u16,
+    /// Workload clients send `Acknowledge` before a write once the lowest xid they
+    /// await an answer for has moved this far past their last acknowledgement, so that
+    /// `AckedWrite` entries trim the deduplication tables (0: never).
+    pub ack_every: u64,
 }
 
 impl SimConfig {
@@ -302,6 +309,13 @@ impl SimConfig {
         let upgrade_at_ms = upgrade_rng
             .chance(250)
             .then(|| upgrade_rng.range_incl(0, 3_000));
+        let old_peer_version = if upgrade_rng.chance(500) { 1 } else { 2 };
+        let mut ack_rng = SimRng::stream(seed, 7);
+        let ack_every = if ack_rng.chance(250) {
+            0
+        } else {
+            *ack_rng.pick(&[1u64, 2, 8, 32]).unwrap_or(&8)
+        };
         SimConfig {
             seed,
             nodes,
@@ -336,6 +350,8 @@ impl SimConfig {
             give_up_per_mille,
             check_order_of_all_writes: false,
             upgrade_at_ms,
+            old_peer_version,
+            ack_every,
         }
     }
 

@@ -325,6 +325,7 @@ impl World {
             rate_ppm: 0,
             renew_on_any_answer: cfg.renew_on_any_answer,
             give_up_per_mille: cfg.give_up_per_mille,
+            ack_every: cfg.ack_every,
         };
         let mut clients = Vec::new();
         for i in 0..cfg.clients {
@@ -1138,7 +1139,7 @@ impl World {
                         let version = if upgraded(node) && upgraded(peer as usize - 1) {
                             crate::replication::transport::PEER_PROTOCOL_VERSION
                         } else {
-                            crate::replication::transport::MIN_PEER_PROTOCOL_VERSION
+                            self.cfg.old_peer_version
                         };
                         Input::LinkUp { peer, version }
                     } else {

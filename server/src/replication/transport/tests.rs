@@ -855,20 +855,20 @@ async fn new_nodes_link_at_the_highest_version() {
     let mut nodes = cluster(&[1, 2]).await;
     // `wait_links_up` checks every `LinkUp` is at PEER_PROTOCOL_VERSION.
     all_links_up(&mut nodes).await;
-    assert_eq!(PEER_PROTOCOL_VERSION, 2);
+    assert_eq!(PEER_PROTOCOL_VERSION, 3);
     assert_eq!(
         PEER_PROTOCOL_VERSION,
-        crate::machine::ORDERED_WRITE_PEER_VERSION
+        crate::machine::ACKED_WRITE_PEER_VERSION
     );
-    assert_eq!(nodes[0].transport.link_version(2), Some(2));
-    assert_eq!(nodes[1].transport.link_version(1), Some(2));
+    assert_eq!(nodes[0].transport.link_version(2), Some(3));
+    assert_eq!(nodes[1].transport.link_version(1), Some(3));
     // A delivered message shows the acceptor has registered the connection.
     send_sequence(&nodes[0], 2, 1);
     send_sequence(&nodes[1], 1, 1);
     expect_sequences(&mut nodes[0], &[2], 1).await;
     expect_sequences(&mut nodes[1], &[1], 1).await;
-    assert_eq!(nodes[0].transport.inbound_version(2), Some(2));
-    assert_eq!(nodes[1].transport.inbound_version(1), Some(2));
+    assert_eq!(nodes[0].transport.inbound_version(2), Some(3));
+    assert_eq!(nodes[1].transport.inbound_version(1), Some(3));
     // Equal member lists: the identity step passed, with each process's incarnation.
     assert_eq!(
         nodes[0].transport.inbound_incarnation(2),
@@ -889,8 +889,9 @@ async fn new_nodes_link_at_the_highest_version() {
     }
 }
 
-/// Against a binary that speaks only version 1, the dialer falls back at once (the
-/// backoff here is longer than the test's bound) and the link comes up at version 1.
+/// Against a binary that speaks only version 1, the dialer falls back at once, one
+/// version at a time (the backoff here is longer than the test's bound), and the link
+/// comes up at version 1.
 #[tokio::test]
 async fn new_dialer_falls_back_promptly_to_an_old_acceptors_version() {
     let fake = tokio::net::TcpListener::bind(loopback())
@@ -898,19 +899,26 @@ async fn new_dialer_falls_back_promptly_to_an_old_acceptors_version() {
         .expect("bind");
     let mut node = node_with_fake_peer(fake.local_addr().expect("address"), 60_000).await;
 
-    let (hello, mut framed) = next_hello(&fake).await;
-    assert_eq!(hello, PeerHello::new(CLUSTER, 1, 2));
-    assert_eq!(hello.version, 2);
-    framed
-        .send(PeerHelloReply::Refused {
-            reason: "unsupported peer protocol version 2 (this node speaks 1)".into(),
-        })
-        .await
-        .expect("send the refusal");
-    // The old acceptor never receives the identity: the dialer sends it only after an
-    // `Accepted`, and closes after the refusal.
-    assert!(framed.read_buffer().is_empty());
-    assert!(expect_closed(framed.into_inner()).await.is_empty());
+    for version in [3, 2] {
+        let (hello, mut framed) = next_hello(&fake).await;
+        assert_eq!(
+            hello,
+            PeerHello {
+                version,
+                ..PeerHello::new(CLUSTER, 1, 2)
+            }
+        );
+        framed
+            .send(PeerHelloReply::Refused {
+                reason: format!("unsupported peer protocol version {version} (this node speaks 1)"),
+            })
+            .await
+            .expect("send the refusal");
+        // The old acceptor never receives the identity: the dialer sends it only after
+        // an `Accepted`, and closes after the refusal.
+        assert!(framed.read_buffer().is_empty());
+        assert!(expect_closed(framed.into_inner()).await.is_empty());
+    }
 
     let (hello, mut framed) = next_hello(&fake).await;
     assert_eq!(
@@ -936,6 +944,48 @@ async fn new_dialer_falls_back_promptly_to_an_old_acceptors_version() {
     drop(frames);
 }
 
+/// Against a binary that speaks versions 1 and 2 (refusing 3 as the current one words
+/// it), the dialer falls back at once to 2, runs that version's identity step, and the
+/// link comes up at version 2: the cluster then proposes `OrderedWrite`, not
+/// `AckedWrite`.
+#[tokio::test]
+async fn new_dialer_falls_back_to_version_2_with_its_identity_step() {
+    let fake = tokio::net::TcpListener::bind(loopback())
+        .await
+        .expect("bind");
+    let mut node = node_with_fake_peer(fake.local_addr().expect("address"), 60_000).await;
+
+    let (hello, mut framed) = next_hello(&fake).await;
+    assert_eq!(hello, PeerHello::new(CLUSTER, 1, 2));
+    assert_eq!(hello.version, 3);
+    framed
+        .send(PeerHelloReply::Refused {
+            reason: "unsupported peer protocol version 3 (this node speaks 1 to 2)".into(),
+        })
+        .await
+        .expect("send the refusal");
+    assert!(expect_closed(framed.into_inner()).await.is_empty());
+
+    let (hello, framed) = next_hello(&fake).await;
+    assert_eq!(hello.version, 2);
+    let (identity, framed) = fake_accepts_identity(framed).await;
+    assert_eq!(identity.members, [1, 2]);
+    assert_eq!(
+        next_event(&mut node).await,
+        PeerEvent::LinkUp {
+            peer: 2,
+            version: 2
+        }
+    );
+    assert_eq!(node.transport.link_version(2), Some(2));
+    assert_eq!(
+        crate::machine::WriteKind::for_peer_version(2),
+        crate::machine::WriteKind::Ordered
+    );
+    stop(&node).await;
+    drop(framed);
+}
+
 /// After a link at version 1 ends (the old peer stopped), the next attempt proposes the
 /// highest version again: a peer restarted with a new binary is seen as upgraded. A peer
 /// that refuses every version gets one prompt fallback per attempt, and each attempt
@@ -948,11 +998,13 @@ async fn every_new_attempt_starts_at_the_highest_version() {
     let fake_addr = fake.local_addr().expect("address");
     let mut node = node_with_fake_peer(fake_addr, 5).await;
 
-    // The old binary: refuses 2, accepts 1.
-    let (hello, mut framed) = next_hello(&fake).await;
-    assert_eq!(hello.version, 2);
-    assert!(!answer_as_version_1(&hello, &mut framed).await);
-    drop(framed);
+    // The old binary: refuses 3 and 2, accepts 1.
+    for version in [3, 2] {
+        let (hello, mut framed) = next_hello(&fake).await;
+        assert_eq!(hello.version, version);
+        assert!(!answer_as_version_1(&hello, &mut framed).await);
+        drop(framed);
+    }
     let (hello, mut framed) = next_hello(&fake).await;
     assert_eq!(hello.version, 1);
     assert!(answer_as_version_1(&hello, &mut framed).await);
@@ -964,7 +1016,7 @@ async fn every_new_attempt_starts_at_the_highest_version() {
         }
     );
 
-    // It stops; the new binary accepts 2.
+    // It stops; the new binary accepts 3.
     drop(framed);
     assert_eq!(next_event(&mut node).await, PeerEvent::LinkDown { peer: 2 });
     assert_eq!(node.transport.link_version(2), None);
@@ -976,29 +1028,29 @@ async fn every_new_attempt_starts_at_the_highest_version() {
         next_event(&mut node).await,
         PeerEvent::LinkUp {
             peer: 2,
-            version: 2
+            version: 3
         }
     );
-    assert_eq!(node.transport.link_version(2), Some(2));
+    assert_eq!(node.transport.link_version(2), Some(3));
 
     // It stops again; now it refuses every version as unsupported.
     drop(framed);
     assert_eq!(next_event(&mut node).await, PeerEvent::LinkDown { peer: 2 });
     let mut proposed = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..6 {
         let (hello, mut framed) = next_hello(&fake).await;
         proposed.push(hello.version);
         framed
             .send(PeerHelloReply::Refused {
                 reason: format!(
-                    "unsupported peer protocol version {} (this node speaks 3 to 4)",
+                    "unsupported peer protocol version {} (this node speaks 4 to 5)",
                     hello.version
                 ),
             })
             .await
             .expect("send the refusal");
     }
-    assert_eq!(proposed, [2, 1, 2, 1]);
+    assert_eq!(proposed, [3, 2, 1, 3, 2, 1]);
     assert!(!node.transport.is_link_up(2));
     stop(&node).await;
 }
@@ -1049,7 +1101,7 @@ async fn old_dialer_is_accepted_by_a_new_acceptor() {
     assert_eq!(node.transport.inbound_version(2), Some(1));
     assert_eq!(node.transport.inbound_incarnation(2), None);
 
-    // The peer restarts with a new binary: its new connection is at version 2.
+    // The peer restarts with a new binary: its new connection is at the newest version.
     let mut new = raw_peer(addr, 2, 1).await;
     new.send(TestMsg::Seq(2)).await.expect("send");
     assert_eq!(
@@ -1059,7 +1111,10 @@ async fn old_dialer_is_accepted_by_a_new_acceptor() {
             msg: TestMsg::Seq(2)
         }
     );
-    assert_eq!(node.transport.inbound_version(2), Some(2));
+    assert_eq!(
+        node.transport.inbound_version(2),
+        Some(PEER_PROTOCOL_VERSION)
+    );
     assert_eq!(node.transport.inbound_incarnation(2), Some(RAW_INCARNATION));
     stop(&node).await;
 }

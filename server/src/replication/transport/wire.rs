@@ -14,8 +14,10 @@ pub const PEER_MAGIC: u32 = u32::from_be_bytes(*b"CRPR");
 /// - 2: the acceptor also decodes `EntryBody::OrderedWrite` log entries
 ///   (`machine::ORDERED_WRITE_PEER_VERSION`), and the handshake has a second step
 ///   ([`IDENTITY_PEER_VERSION`]): after the hello's `Accepted`, the dialer sends a
-///   [`PeerIdentity`] and the acceptor answers a second [`PeerHelloReply`].
-pub const PEER_PROTOCOL_VERSION: u16 = 2;
+///   [`PeerIdentity`] and the acceptor answers a second [`PeerHelloReply`];
+/// - 3: the acceptor also decodes `EntryBody::AckedWrite` log entries
+///   (`machine::ACKED_WRITE_PEER_VERSION`); the handshake is version 2's.
+pub const PEER_PROTOCOL_VERSION: u16 = 3;
 
 /// The first version whose handshake has the [`PeerIdentity`] step.
 pub const IDENTITY_PEER_VERSION: u16 = 2;
