@@ -2291,6 +2291,80 @@ mod tests {
         );
     }
 
+    /// What the deduplication tables take, with and without acknowledgements: 1,000
+    /// sessions each lock and release their own lock 550 times (1,100 writes, past the
+    /// 1,024-result window), as `Write` entries or as `AckedWrite`s acknowledging as the
+    /// Rust client does (every 16 xids). One mode per process, for a clean resident set:
+    /// `CORRAL_ACKED=0` or `1 cargo test -p corral-server --release --lib
+    /// dedup_tables_against_memory -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement; run in release with --nocapture"]
+    fn dedup_tables_against_memory() {
+        fn resident_bytes() -> u64 {
+            let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+            let pages: u64 = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .expect("resident pages");
+            pages * 4096
+        }
+        let acked = std::env::var("CORRAL_ACKED").is_ok_and(|v| v == "1");
+        let mut m = StateMachine::new(MachineLimits::default());
+        let mut zxid = 0;
+        let mut apply = |m: &mut StateMachine, body: EntryBody| {
+            zxid += 1;
+            m.apply(zxid, &Entry::new(zxid as i64, body))
+        };
+        let sessions: Vec<u64> = (0..1_000)
+            .map(|i| {
+                apply(
+                    &mut m,
+                    EntryBody::OpenSession {
+                        secret: i,
+                        ttl_ms: 10_000,
+                    },
+                )
+                .zxid
+            })
+            .collect();
+        let rss = resident_bytes();
+        for (i, &session_id) in sessions.iter().enumerate() {
+            for round in 0..550u64 {
+                let xid = round * 2 + 1;
+                let lock = Op::Lock(LockRequest {
+                    lock: format!("/locks/job-{i}"),
+                    kind: LockKind::Exclusive,
+                    try_only: false,
+                    lease: None,
+                    lock_delay_ms: 0,
+                    data: Vec::new(),
+                });
+                let body = |xid: u64, op: Op| {
+                    let kind = if acked {
+                        WriteKind::Acked
+                    } else {
+                        WriteKind::Plain
+                    };
+                    EntryBody::client(kind, session_id, xid, op, xid / 16 * 16)
+                };
+                let granted = apply(&mut m, body(xid, lock));
+                let Some(Ok(OpResult::Locked { node, token })) = granted.result else {
+                    panic!("not granted: {granted:?}");
+                };
+                apply(&mut m, body(xid + 1, Op::Release { node, token }));
+            }
+        }
+        let grown = resident_bytes().saturating_sub(rss);
+        let remembered: usize = sessions.iter().map(|&s| m.remembered_results(s)).sum();
+        println!(
+            "acknowledged {acked}: {remembered} results remembered, resident set +{} MB, \
+             {} bytes per session",
+            grown / 1_000_000,
+            grown / sessions.len() as u64
+        );
+    }
+
     #[test]
     fn multi_applies_all_under_one_zxid() {
         let mut h = Harness::new();
