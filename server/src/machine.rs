@@ -244,6 +244,10 @@ impl EntryBody {
 /// The peer protocol version from which a node decodes [`EntryBody::OrderedWrite`].
 pub const ORDERED_WRITE_PEER_VERSION: u16 = 2;
 
+/// The longest lock-delay a lock request may ask for, in milliseconds: a delay's end is
+/// a wall time in ms since the epoch (`i64`).
+pub const MAX_LOCK_DELAY_MS: u64 = i64::MAX as u64;
+
 /// The peer protocol version from which a node decodes [`EntryBody::AckedWrite`].
 pub const ACKED_WRITE_PEER_VERSION: u16 = 3;
 
@@ -573,6 +577,7 @@ impl StateMachine {
                 op,
                 answered_below,
             } => {
+                txn.queue_names_only = true;
                 let result = self.write(&mut txn, *session_id, *xid, op, true, &mut ended_sessions);
                 self.forget_answered(*session_id, (*answered_below).min(*xid));
                 Some(result)
@@ -922,11 +927,26 @@ impl StateMachine {
             );
             Err(ErrorInfo::new(ErrorCode::DataTooLarge, msg))
         };
+        // A delay's end is a wall time in ms (i64): a longer delay would wrap to an end in
+        // the past when a holder expires, and run no delay at all. Refused here rather
+        // than saturated while applying, which would apply existing entries anew.
+        let delay = |lock_delay_ms: u64| {
+            if lock_delay_ms <= MAX_LOCK_DELAY_MS {
+                return Ok(());
+            }
+            let msg = format!(
+                "lock_delay_ms {lock_delay_ms} is larger than {MAX_LOCK_DELAY_MS}, the \
+                 longest delay an end time can express"
+            );
+            Err(ErrorInfo::new(ErrorCode::BadArguments, msg))
+        };
         match op {
             Op::Create(req) => check(&req.data, format_args!("{}", req.path)),
             Op::SetData { path, data, .. } => check(data, format_args!("{path}")),
-            Op::Lock(req) => check(&req.data, format_args!("the queue node of {}", req.lock)),
-            Op::LockMany(req) => check(&req.data, format_args!("the queue nodes of a multi-lock")),
+            Op::Lock(req) => delay(req.lock_delay_ms)
+                .and_then(|()| check(&req.data, format_args!("the queue node of {}", req.lock))),
+            Op::LockMany(req) => delay(req.lock_delay_ms)
+                .and_then(|()| check(&req.data, format_args!("the queue nodes of a multi-lock"))),
             Op::Multi(ops) => ops.iter().enumerate().try_for_each(|(index, op)| {
                 let data = match op {
                     MultiOp::Create(req) => &req.data,
@@ -959,7 +979,7 @@ impl StateMachine {
                     .map(|(path, stat)| OpResult::Created { path, stat })
             }
             Op::Delete { path, version } => {
-                self.own_queue_node(session_id, path)?;
+                self.own_queue_node(txn, session_id, path)?;
                 self.tree
                     .delete(txn, path, *version)
                     .map(|()| OpResult::Deleted)
@@ -1014,10 +1034,8 @@ impl StateMachine {
     /// A plain delete of a lock's queue node releases it like `Unlock` (useful inside a
     /// multi), but only for the session that owns it: anyone else would take the lock
     /// from its holder without telling it.
-    fn own_queue_node(&self, session: u64, path: &str) -> Result<(), ErrorInfo> {
-        let in_lock =
-            corral_protocol::path::parent(path).is_some_and(|p| self.locks.contains_key(p));
-        if !in_lock {
+    fn own_queue_node(&self, txn: &Txn, session: u64, path: &str) -> Result<(), ErrorInfo> {
+        if !self.is_queue_node(txn, path) {
             return Ok(());
         }
         let Some(node) = self.tree.get(path) else {
@@ -1032,6 +1050,56 @@ impl StateMachine {
                 format!("{path} is a lock queue node of session {owner:#x}"),
             ))
         }
+    }
+
+    /// Whether `path` is a queue node of a lock. Under the rules of `AckedWrite` entries
+    /// (`Txn::queue_names_only`): a child of a lock's directory named like a queue node
+    /// of the lock's family; a directory that was a node before it became a lock may
+    /// have other children, which are not in its queue (`locks::queue`), and deleting
+    /// one releases nothing. Under the older entries' rules: any child of a lock's
+    /// directory, so such a plain child could be deleted by no session.
+    fn is_queue_node(&self, txn: &Txn, path: &str) -> bool {
+        let Some(meta) = corral_protocol::path::parent(path).and_then(|p| self.locks.get(p)) else {
+            return false;
+        };
+        if !txn.queue_names_only {
+            return true;
+        }
+        let name = corral_protocol::path::name(path);
+        locks::kind_of(name, meta.family).is_some() && locks::sequence(name).is_some()
+    }
+
+    /// Under the rules of `AckedWrite` entries, refuses to make `lock` a lock inside
+    /// another lock (below a lock's directory, through a child that was there before that
+    /// directory became a lock) or around one (a lock below it). Older entries accepted
+    /// both.
+    fn refuse_nested_lock(&self, txn: &Txn, lock: &str) -> Result<(), ErrorInfo> {
+        if !txn.queue_names_only {
+            return Ok(());
+        }
+        let nested = |other: &str, how: &str| {
+            Err(ErrorInfo::new(
+                ErrorCode::BadArguments,
+                format!("{lock} cannot be a lock {how} the lock {other}"),
+            ))
+        };
+        let mut up = corral_protocol::path::parent(lock);
+        while let Some(dir) = up {
+            if self.locks.contains_key(dir) {
+                return nested(dir, "inside");
+            }
+            up = corral_protocol::path::parent(dir);
+        }
+        let below = format!("{lock}/");
+        let inner = self
+            .locks
+            .range(below.clone()..)
+            .next()
+            .filter(|(inner, _)| inner.starts_with(&below));
+        if let Some((inner, _)) = inner {
+            return nested(inner, "around");
+        }
+        Ok(())
     }
 
     /// Creates a lock's directory (a container, so it goes with its last queue node) if
@@ -1058,11 +1126,12 @@ impl StateMachine {
                          but is not one"
                     ),
                 )),
-                None => Ok(()),
+                None => self.refuse_nested_lock(txn, lock),
             },
             Some(_) => Ok(()),
             None => {
                 self.refuse_lock_dir(lock, true)?;
+                self.refuse_nested_lock(txn, lock)?;
                 let dir = CreateRequest {
                     path: lock.to_string(),
                     data: Vec::new(),
@@ -1197,9 +1266,7 @@ impl StateMachine {
             return Ok(OpResult::Unlocked { released: false });
         };
         let owner = n.stat.ephemeral_owner;
-        let parent_is_lock =
-            corral_protocol::path::parent(node).is_some_and(|p| self.locks.contains_key(p));
-        if !parent_is_lock {
+        if !self.is_queue_node(txn, node) {
             return Err(ErrorInfo::new(
                 ErrorCode::BadArguments,
                 format!("{node} is not a lock queue node"),
@@ -1259,7 +1326,7 @@ impl StateMachine {
                         })
                 }
                 MultiOp::Delete { path, version } => {
-                    self.own_queue_node(session_id, path).and_then(|()| {
+                    self.own_queue_node(txn, session_id, path).and_then(|()| {
                         self.tree
                             .delete(txn, path, *version)
                             .map(|()| MultiResult::Deleted)

@@ -83,6 +83,11 @@ pub(crate) struct Txn {
     pub lock_events: Vec<crate::machine::LockChange>,
     /// Held locks released by an expiry.
     pub locks_abandoned: u32,
+    /// The lock rules of `AckedWrite` entries (`machine::EntryBody::AckedWrite`): only a
+    /// child named like a queue node of the lock's kind is in its queue, and a lock is
+    /// refused inside or around another. Older entries apply the rules they were
+    /// written under (ARCHITECTURE.md, "Versioned entries").
+    pub queue_names_only: bool,
 }
 
 impl Txn {
@@ -95,6 +100,7 @@ impl Txn {
             emptied: Vec::new(),
             lock_events: Vec::new(),
             locks_abandoned: 0,
+            queue_names_only: false,
         }
     }
 
