@@ -89,7 +89,7 @@ settings! {
     /// Identifies the cluster; peers with another id are refused.
     cluster_id: u64 = 1;
     /// Time without a leader's heartbeat after which a new leader is elected, in
-    /// milliseconds (a multiple of tick_ms). A crashed leader is replaced in about 200 ms
+    /// milliseconds (rounded down to a multiple of tick_ms). A crashed leader is replaced in about 200 ms
     /// whatever this is (its connections are reset, and the followers then run their
     /// rounds at one per tick); a leader cut off without a reset costs two to three of
     /// these. It must exceed the longest stall of a node's core, which grows with the

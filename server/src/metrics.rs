@@ -36,9 +36,10 @@ const BATCH_BUCKETS: &[f64] = &[
 pub const REQUESTS: &str = "corral_requests_total";
 /// Request latency by op, from arrival on the connection to the answer being queued.
 pub const REQUEST_SECONDS: &str = "corral_request_duration_seconds";
-/// Latency of write requests (proposal, replication to a quorum, fsync, apply).
+/// Latency of successful write requests (proposal, replication to a quorum, fsync,
+/// apply).
 pub const COMMIT_SECONDS: &str = "corral_commit_duration_seconds";
-/// Lock requests by outcome: locked, queued, held (try refused), error.
+/// Lock requests by outcome: locked, queued, held (try refused), deadlock, error.
 pub const LOCK_ACQUIRES: &str = "corral_lock_acquires_total";
 /// Time from a lock request to its grant (answered `Locked` or pushed `LockGranted`).
 pub const LOCK_WAIT_SECONDS: &str = "corral_lock_wait_seconds";
@@ -108,11 +109,11 @@ fn describe() {
     describe_histogram!(
         COMMIT_SECONDS,
         Unit::Seconds,
-        "Write latency: proposal, replication, fsync, apply"
+        "Latency of successful writes: proposal, replication, fsync, apply"
     );
     describe_counter!(
         LOCK_ACQUIRES,
-        "Lock requests by outcome: locked, queued, held, error"
+        "Lock requests by outcome: locked, queued, held, deadlock, error"
     );
     describe_histogram!(
         LOCK_WAIT_SECONDS,

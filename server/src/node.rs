@@ -1743,7 +1743,7 @@ impl Node {
         let expired = self.tracker.take_expired(now);
         if !expired.is_empty() {
             tracing::info!(sessions = ?expired, "expiring sessions");
-            self.stats.sessions_expired += expired.len() as u64;
+            let count = expired.len() as u64;
             #[cfg(any(test, feature = "sim"))]
             {
                 let sessions = expired.clone();
@@ -1752,11 +1752,15 @@ impl Node {
                     mono_ms: now,
                 });
             }
-            if let Err(e) = self.propose(EntryBody::ExpireSessions {
+            match self.propose(EntryBody::ExpireSessions {
                 session_ids: expired,
             }) {
-                tracing::warn!(error = %e, "cannot propose session expiry");
-                self.tracker.restart_all(now);
+                // Counted once proposed: a refused proposal is proposed again later.
+                Ok(()) => self.stats.sessions_expired += count,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot propose session expiry");
+                    self.tracker.restart_all(now);
+                }
             }
         }
     }
