@@ -745,6 +745,24 @@ impl Node {
     /// leader, a leader cut off from its followers) they would be kept as long as the
     /// cut lasts, one more with every client that reconnects to this node and gives up
     /// on it.
+    /// A session this node proposed for connection `conn` was opened: attach it. If the
+    /// connection closed meanwhile (the client gave up on its handshake), nobody knows
+    /// the session's secret and nobody can ever use it: close it now, rather than let it
+    /// hold a `max_sessions` place until its TTL (a reconnect storm during a failover
+    /// would otherwise leave one per attempt).
+    fn opened(&mut self, conn: ConnId, session_id: u64, secret: u64, ttl_ms: u64) {
+        if self.conns.contains_key(&conn) {
+            return self.attach(conn, session_id, secret, ttl_ms);
+        }
+        tracing::debug!(
+            session = session_id,
+            "closing a session whose handshake's connection closed before it opened"
+        );
+        if let Err(e) = self.propose(EntryBody::CloseSession { session_id }) {
+            tracing::warn!(session = session_id, error = %e, "cannot close an orphaned session");
+        }
+    }
+
     fn remove_conn(&mut self, conn: ConnId) {
         self.conns.remove(&conn);
         let other = |w: &Keepalive| w.conn() != Some(conn);
@@ -1413,9 +1431,7 @@ impl Node {
         for (secret, conn) in opens {
             if let Some(session) = self.machine.session_by_secret(secret).cloned() {
                 self.pending_opens.remove(&secret);
-                if self.conns.contains_key(&conn) {
-                    self.attach(conn, session.id, secret, session.ttl_ms);
-                }
+                self.opened(conn, session.id, secret, session.ttl_ms);
             }
         }
         // Keepalives waiting for a leadership barrier: confirmed again by the next one.
@@ -1485,9 +1501,7 @@ impl Node {
                 // The session id is the zxid of its creation.
                 self.tracker.add(zxid, *ttl_ms, self.now.mono_ms);
                 if let Some(conn) = self.pending_opens.remove(secret) {
-                    if self.conns.contains_key(&conn) {
-                        self.attach(conn, zxid, *secret, *ttl_ms);
-                    }
+                    self.opened(conn, zxid, *secret, *ttl_ms);
                 }
             }
             EntryBody::Write {
@@ -2067,6 +2081,75 @@ fn fold_reports(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn single_node() -> Node {
+        let config = NodeConfig {
+            node_id: 1,
+            machine: MachineLimits::default(),
+            max_sessions: 100,
+            max_pending_requests_per_connection: 100,
+            max_watches_per_session: 100,
+            max_state_bytes: u64::MAX,
+            min_session_ttl_ms: 1_000,
+            max_session_ttl_ms: 60_000,
+            snapshot_every_entries: 1_000,
+            max_frame_bytes: corral_protocol::DEFAULT_MAX_FRAME_BYTES,
+            stall_threshold_ms: 10_000,
+        };
+        let machine = StateMachine::new(MachineLimits::default());
+        Node::new(config, machine, Log::local(0), NOW)
+    }
+
+    const NOW: Now = Now {
+        mono_ms: 1_000,
+        wall_ms: 1_700_000_000_000,
+    };
+
+    /// The batches a pass handed to the shell to persist.
+    fn persisted_batches(outputs: &[Output]) -> Vec<u64> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Persist { batch, .. } => Some(*batch),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A client that gives up on its handshake (its connection closes) before the new
+    /// session is opened leaves a session nobody knows the secret of: it is closed at
+    /// once instead of holding a `max_sessions` place until its TTL. A session whose
+    /// connection is still there is attached as ever.
+    #[test]
+    fn a_session_opened_after_its_handshake_connection_closed_is_closed() {
+        let hello = || Hello::new(SessionRequest::New { ttl_ms: 10_000 }, 0);
+        for gives_up in [false, true] {
+            let mut node = single_node();
+            let out = node.handle(
+                NOW,
+                Input::Hello {
+                    conn: 7,
+                    hello: hello(),
+                    secret: 42,
+                },
+            );
+            assert_eq!(persisted_batches(&out), [1]);
+            if gives_up {
+                node.handle(NOW, Input::Disconnected { conn: 7 });
+            }
+            let out = node.handle(NOW, Input::Persisted { batch: 1 });
+            assert_eq!(node.machine().session_count(), 1, "opened");
+            if !gives_up {
+                assert!(persisted_batches(&out).is_empty(), "{out:?}");
+                assert!(node.session_conns.contains_key(&node.machine().last_zxid()));
+                continue;
+            }
+            assert_eq!(persisted_batches(&out), [2], "a close is proposed");
+            node.handle(NOW, Input::Persisted { batch: 2 });
+            assert_eq!(node.machine().session_count(), 0, "and applied");
+            assert_eq!(node.tracker.len(), 0);
+        }
+    }
 
     fn waiter(xid: u64) -> Keepalive {
         Keepalive::Request(1, xid, OpResult::Pong)
