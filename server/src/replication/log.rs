@@ -144,7 +144,8 @@ pub struct PaxosSettings {
     pub election_ticks: u64,
     /// Most entries a follower keeps waiting for the leader; further proposals are refused.
     pub max_forwarded_entries: usize,
-    /// Most encoded entry bytes in one `Forward` message: a larger backlog goes as several,
+    /// Most encoded entry bytes in one `Forward` message, and in one leader's
+    /// `AcceptDecide` unless a single entry is larger: a larger backlog goes as several,
     /// in order. Half of `max_peer_frame_bytes` (at least a client's `max_frame_bytes`, so
     /// any one entry fits): a single message over the frame limit would reset the link
     /// and be rebuilt, whole, after every reconnect.
@@ -269,6 +270,10 @@ pub struct PaxosLog {
     /// Every other member's peer protocol version, as its latest outbound link to it
     /// negotiated (1, the oldest, until a link to it came up): which entries it decodes.
     peer_versions: BTreeMap<u64, u16>,
+    /// Encoded bytes of the entries this node appended as leader since OmniPaxos's
+    /// messages were last taken out: what its pending `AcceptDecide`s carry (see
+    /// [`PaxosLog::leader_append`]).
+    appended_bytes: usize,
 }
 
 impl std::fmt::Debug for PaxosLog {
@@ -329,6 +334,7 @@ impl PaxosLog {
                 .filter(|m| **m != node_id)
                 .map(|m| (*m, 1))
                 .collect(),
+            appended_bytes: 0,
         }
     }
 
@@ -420,9 +426,35 @@ impl PaxosLog {
         if !self.is_leader() {
             return Err("only the leader proposes this entry".to_string());
         }
-        self.op
-            .append(entry)
-            .map_err(|e| format!("OmniPaxos refused the entry: {e:?}"))
+        self.leader_append(entry)
+    }
+
+    /// Appends an entry as leader, keeping every `AcceptDecide` under the peer frame
+    /// limit. OmniPaxos merges every entry appended until its messages are taken out
+    /// into one `AcceptDecide` per follower, and a pass of the core takes in up to 64
+    /// inputs (client writes of up to `max_frame_bytes`, followers' `Forward`s of up to
+    /// half the peer frame limit each): one message over `max_peer_frame_bytes`, which
+    /// the transport cannot send. Its link was reset, the follower's catch-up sync
+    /// carried the same entries, and the followers never accepted them: nothing was
+    /// decided again. So once the entries appended since the last take would pass
+    /// `max_forward_batch_bytes` (half the limit; any one entry fits in it), the
+    /// messages are taken out first, in order (`flush` sends them ahead of the rest),
+    /// and the entry starts a new `AcceptDecide`.
+    fn leader_append(&mut self, entry: Entry) -> Result<(), String> {
+        append_bounded(
+            &mut self.op,
+            &mut self.taken,
+            &mut self.appended_bytes,
+            self.settings.max_forward_batch_bytes,
+            entry,
+        )
+    }
+
+    /// Takes OmniPaxos's outgoing messages out now, in order, for `flush` to send ahead
+    /// of the rest; the next entry appended starts a new `AcceptDecide`.
+    fn take_outgoing(&mut self) {
+        self.op.take_outgoing_messages(&mut self.taken);
+        self.appended_bytes = 0;
     }
 
     /// Sends tracked proposals that are due, strictly in proposal order, so that one
@@ -457,7 +489,14 @@ impl PaxosLog {
         let mut batch_bytes = 0;
         for (_, f) in self.forwarded.range_mut(first..) {
             if leading {
-                if self.op.append(f.entry.clone()).is_err() {
+                let appended = append_bounded(
+                    &mut self.op,
+                    &mut self.taken,
+                    &mut self.appended_bytes,
+                    max_bytes,
+                    f.entry.clone(),
+                );
+                if appended.is_err() {
                     break;
                 }
             } else if let Some(leader) = target {
@@ -534,7 +573,7 @@ impl PaxosLog {
                     self.append_early_forwards();
                     for entry in entries {
                         // A failure (reconfiguration) drops the entry: the follower resends.
-                        let _ = self.op.append(entry);
+                        let _ = self.leader_append(entry);
                     }
                 } else if self.op.get_current_leader().map(|(pid, _)| pid) == Some(self.node_id) {
                     // Promised leader, still preparing: keep them, in order, for the
@@ -616,7 +655,7 @@ impl PaxosLog {
 
     fn append_early_forwards(&mut self) {
         for entry in std::mem::take(&mut self.early_forwards) {
-            let _ = self.op.append(entry);
+            let _ = self.leader_append(entry);
         }
     }
 
@@ -676,7 +715,7 @@ impl PaxosLog {
     /// 59 inputs). Taking the messages out resets that pointer, so later entries go in a
     /// new `AcceptDecide` after the sync.
     fn take_after_promise(&mut self) {
-        self.op.take_outgoing_messages(&mut self.taken);
+        self.take_outgoing();
     }
 
     /// Collects what OmniPaxos wants sent; returns the id of a sync to run if none is
@@ -686,6 +725,7 @@ impl PaxosLog {
         self.note_cuts();
         let mut msgs = std::mem::take(&mut self.taken);
         self.op.take_outgoing_messages(&mut msgs);
+        self.appended_bytes = 0;
         if !msgs.is_empty() {
             let lsn = self.storage.last_lsn();
             for mut m in msgs {
@@ -1035,6 +1075,27 @@ fn encode_and_offer(image: &MachineImage, storage: &SyncHandle) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot encode an image for compaction"),
     }
+}
+
+/// [`PaxosLog::leader_append`] on the fields it uses: appends `entry` to `op` as leader,
+/// first taking `op`'s messages out into `taken` if the entries appended since the last
+/// take (`appended_bytes`) and this one would pass `max_bytes`.
+fn append_bounded(
+    op: &mut OmniPaxos<Entry, PaxosStorage>,
+    taken: &mut Vec<Message<Entry>>,
+    appended_bytes: &mut usize,
+    max_bytes: usize,
+    entry: Entry,
+) -> Result<(), String> {
+    let bytes = corral_protocol::frame::frame_len(&entry);
+    if *appended_bytes > 0 && appended_bytes.saturating_add(bytes) > max_bytes {
+        op.take_outgoing_messages(taken);
+        *appended_bytes = 0;
+    }
+    op.append(entry)
+        .map_err(|e| format!("OmniPaxos refused the entry: {e:?}"))?;
+    *appended_bytes = appended_bytes.saturating_add(bytes);
+    Ok(())
 }
 
 /// What an outgoing message waits for (`lsn`: the last storage record buffered when

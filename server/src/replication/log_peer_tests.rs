@@ -355,3 +355,84 @@ fn members_version_is_the_lowest_version_the_links_showed() {
     log.on_link_up(3, 2, 0);
     assert_eq!(log.members_version(), 2);
 }
+
+impl Trio {
+    /// One round over links that carry frames of at most `limit` bytes, as the transport
+    /// does: a message over it cannot be encoded, so the sender's link to that peer is
+    /// reset (it and everything after it on the link this round are lost) and comes up
+    /// again. Returns how many links were reset.
+    fn round_limited(&mut self, limit: usize) -> usize {
+        let mut sent = Vec::new();
+        for log in &mut self.logs {
+            let from = log.node_id();
+            let mut out = Vec::new();
+            log.tick(&mut out);
+            if let Some(batch) = log.flush(&mut out) {
+                log.sync_handle().sync().expect("sync");
+                log.persisted(batch, &mut out);
+            }
+            for d in log.take_decided() {
+                if let Decided::Entry(_, entry) = d {
+                    self.applied[from as usize - 1].push(entry);
+                }
+            }
+            sent.extend(out.into_iter().map(|(to, m)| (from, to, m)));
+        }
+        let mut reset = std::collections::BTreeSet::new();
+        for (from, to, m) in sent {
+            if reset.contains(&(from, to)) {
+                continue;
+            }
+            if corral_protocol::frame::frame_len(&m) > limit {
+                reset.insert((from, to));
+                continue;
+            }
+            self.log(to).on_peer(from, m);
+        }
+        for &(from, to) in &reset {
+            self.log(from).on_link_down(to);
+            self.log(from).on_link_up(to, PEER_PROTOCOL_VERSION, 1_000);
+        }
+        reset.len()
+    }
+}
+
+/// Client writes that arrive at the leader in one pass leave in `AcceptDecide`s that
+/// each fit the peer frame limit. OmniPaxos puts every entry appended between two takes
+/// of its messages into one `AcceptDecide` per follower: three 1 MiB writes in a pass
+/// made one of over 3 MiB at the smallest `max_peer_frame_bytes` the configuration
+/// accepts, which the transport cannot send; the link was reset, the follower's catch-up
+/// sync carried the same entries, and no follower ever accepted them: nothing was decided
+/// again, for good.
+#[test]
+fn writes_of_one_pass_reach_the_followers_under_the_peer_frame_limit() {
+    let mut trio = Trio::new(40);
+    let (leader, _) = trio.elect();
+    let mut out = Vec::new();
+    for xid in 1..=3 {
+        trio.log(leader)
+            .propose(big_write(xid, 1 << 20), &mut out)
+            .expect("proposed");
+    }
+    assert!(out.is_empty(), "a leader appends its own proposals");
+    let mut resets = 0;
+    for _ in 0..40 {
+        resets += trio.round_limited(MIN_PEER_FRAME_BYTES);
+    }
+    let decided = trio.log(leader).decided_idx();
+    for id in 1..=3u64 {
+        let xids: Vec<u64> = trio.applied[id as usize - 1]
+            .iter()
+            .filter_map(|e| match &*e.body {
+                EntryBody::Write { xid, .. } => Some(*xid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            xids,
+            [1, 2, 3],
+            "node {id} applied (leader {leader}, decided {decided}, {resets} links reset)"
+        );
+    }
+    assert_eq!(resets, 0, "no message over the frame limit");
+}
