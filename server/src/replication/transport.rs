@@ -135,7 +135,9 @@
 //!
 //! Per-peer queues (`send_queue_messages`), frame size (`max_frame_bytes`), inbound
 //! connections (one established per configured peer, plus at most
-//! [`HANDSHAKE_SLOTS`] in handshake, each with a handshake timeout), cluster size
+//! [`HANDSHAKE_SLOTS`] in handshake, each with a handshake timeout; a connection that
+//! has not sent a valid hello gives its slot up to a newer one when they run out),
+//! cluster size
 //! ([`MAX_MEMBERS`], so that the identity frame fits the 1 KiB handshake frames).
 //!
 //! # Files
@@ -174,8 +176,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-/// Connections that may be in the handshake at once on the peer listener; more are
-/// closed as soon as they are accepted.
+/// Connections that may be in the handshake at once on the peer listener. When they
+/// are all taken, a new connection takes the slot of the oldest one whose hello has not
+/// passed the checks yet, which is closed (a dialer sends its hello at once: silent
+/// connections must not lock peers out); if every one has, the new connection is
+/// closed as soon as it is accepted.
 pub const HANDSHAKE_SLOTS: usize = 8;
 /// Largest handshake frame (hello or reply), whatever `max_frame_bytes` is: an
 /// unauthenticated connection cannot make the acceptor allocate more.

@@ -13,10 +13,11 @@ use super::{
 use corral_protocol::{Codec, FrameError};
 use futures::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -56,6 +57,80 @@ impl Registered {
     }
 }
 
+/// The connections accepted whose hello has not passed the acceptor's checks yet, oldest
+/// first, each with its handshake slot: while they hold it, the slot can be taken from
+/// them.
+///
+/// Anyone who reaches the peer port can open connections that send nothing, and open
+/// them again as the handshake timeout closes them: holding every slot that way used to
+/// turn away every peer that dialed (after a restart, or a link that broke) for as long
+/// as it went on. A dialer sends its hello as soon as it is connected, so a connection
+/// that is still silent when the slots run out is the oldest suspect: a newcomer takes
+/// the slot of the oldest such connection, which is closed. Only a connection whose
+/// hello passed the checks (magic, version, cluster id, node ids) keeps its slot for
+/// the rest of its handshake.
+#[derive(Default)]
+struct Unproven {
+    next_id: u64,
+    /// Oldest first: id, the connection's cancellation, its slot.
+    queue: VecDeque<(u64, CancellationToken, OwnedSemaphorePermit)>,
+}
+
+/// A connection's place in [`Unproven`]; leaves it when dropped.
+struct Claim {
+    unproven: Arc<Mutex<Unproven>>,
+    id: u64,
+    /// Cancelled when another connection took its slot.
+    evicted: CancellationToken,
+}
+
+impl Claim {
+    /// The connection's hello passed the checks: takes its slot out of [`Unproven`], for
+    /// good. `None` if another connection took it meanwhile.
+    fn prove(&self) -> Option<OwnedSemaphorePermit> {
+        let mut unproven = self.unproven.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = unproven.queue.iter().position(|(id, ..)| *id == self.id)?;
+        unproven.queue.remove(at).map(|(_, _, permit)| permit)
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // Frees the slot if the connection ends before its hello was checked.
+        drop(self.prove());
+    }
+}
+
+/// A handshake slot for a new connection: a free one, or else the slot of the oldest
+/// connection whose hello has not passed the checks yet (it is closed). `None` when
+/// every slot holds a connection past its hello.
+fn claim_slot(
+    slots: &Arc<Semaphore>,
+    unproven: &Arc<Mutex<Unproven>>,
+    root: &CancellationToken,
+) -> Option<(Claim, bool)> {
+    let mut guard = unproven.lock().unwrap_or_else(PoisonError::into_inner);
+    let (permit, evicted_one) = match slots.clone().try_acquire_owned() {
+        Ok(permit) => (permit, false),
+        Err(_) => {
+            let (_, evicted, permit) = guard.queue.pop_front()?;
+            evicted.cancel();
+            (permit, true)
+        }
+    };
+    let id = guard.next_id;
+    guard.next_id += 1;
+    let evicted = root.child_token();
+    guard.queue.push_back((id, evicted.clone(), permit));
+    drop(guard);
+    let claim = Claim {
+        unproven: unproven.clone(),
+        id,
+        evicted,
+    };
+    Some((claim, evicted_one))
+}
+
 /// Accepts peer connections until the transport stops; drops the listener on return.
 pub(super) async fn accept_loop<M>(shared: Arc<Shared<M>>, listener: TcpListener)
 where
@@ -63,6 +138,7 @@ where
 {
     let node = shared.config.node_id;
     let slots = Arc::new(Semaphore::new(HANDSHAKE_SLOTS));
+    let unproven = Arc::new(Mutex::new(Unproven::default()));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -70,9 +146,19 @@ where
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, addr)) => match slots.clone().try_acquire_owned() {
-                Ok(permit) => shared.spawn(serve(shared.clone(), stream, addr, permit)),
-                Err(_) => {
+            Ok((stream, addr)) => match claim_slot(&slots, &unproven, &shared.root) {
+                Some((claim, evicted_one)) => {
+                    if evicted_one {
+                        tracing::debug!(
+                            node,
+                            %addr,
+                            limit = HANDSHAKE_SLOTS,
+                            "every handshake slot taken: the oldest connection without a hello is closed to make room"
+                        );
+                    }
+                    shared.spawn(serve(shared.clone(), stream, addr, claim));
+                }
+                None => {
                     tracing::warn!(
                         node,
                         %addr,
@@ -97,12 +183,8 @@ where
 type HandshakeFramed<In> = Framed<TcpStream, Codec<In, PeerHelloReply>>;
 
 /// One accepted connection: handshake, replace the peer's older connection, read.
-async fn serve<M>(
-    shared: Arc<Shared<M>>,
-    stream: TcpStream,
-    addr: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) where
+async fn serve<M>(shared: Arc<Shared<M>>, stream: TcpStream, addr: SocketAddr, claim: Claim)
+where
     M: DeserializeOwned + Send + 'static,
 {
     let node = shared.config.node_id;
@@ -113,8 +195,13 @@ async fn serve<M>(
         stream,
         Codec::<PeerHello, PeerHelloReply>::new(HANDSHAKE_MAX_FRAME_BYTES),
     );
-    let first = match bounded(&shared.root, deadline, framed.next()).await {
-        Bounded::Cancelled => return,
+    let first = match bounded(&claim.evicted, deadline, framed.next()).await {
+        Bounded::Cancelled => {
+            if !shared.root.is_cancelled() {
+                tracing::debug!(node, %addr, "connection without a hello closed: its handshake slot was needed");
+            }
+            return;
+        }
         Bounded::TimedOut => None,
         Bounded::Done(first) => Some(first),
     };
@@ -122,7 +209,16 @@ async fn serve<M>(
         Some(Some(Ok(hello))) => hello,
         Some(Some(Err(e))) => {
             let reason = format!("malformed handshake: {e}");
-            return refuse(&shared, &mut framed, addr, None, Severity::Warn, reason).await;
+            return refuse(
+                &shared,
+                &claim.evicted,
+                &mut framed,
+                addr,
+                None,
+                Severity::Warn,
+                reason,
+            )
+            .await;
         }
         Some(None) => {
             tracing::debug!(node, %addr, "peer connection closed before its handshake");
@@ -130,7 +226,16 @@ async fn serve<M>(
         }
         None => {
             let reason = format!("no handshake within {handshake_timeout:?}");
-            return refuse(&shared, &mut framed, addr, None, Severity::Warn, reason).await;
+            return refuse(
+                &shared,
+                &claim.evicted,
+                &mut framed,
+                addr,
+                None,
+                Severity::Warn,
+                reason,
+            )
+            .await;
         }
     };
     let check = hello.check(shared.config.cluster_id, node, |id| {
@@ -138,8 +243,22 @@ async fn serve<M>(
     });
     if let Err(reason) = check {
         let from = Some(hello.from);
-        return refuse(&shared, &mut framed, addr, from, Severity::Warn, reason).await;
+        return refuse(
+            &shared,
+            &claim.evicted,
+            &mut framed,
+            addr,
+            from,
+            Severity::Warn,
+            reason,
+        )
+        .await;
     }
+    // Past the checks: the slot is this connection's until its handshake ends.
+    let Some(permit) = claim.prove() else {
+        return;
+    };
+    drop(claim);
     let peer = hello.from;
     let version = hello.version;
     // Nothing but the identity (version 2 and later) is read with this codec.
@@ -156,7 +275,16 @@ async fn serve<M>(
             Bounded::TimedOut => {
                 let reason = format!("no identity within {handshake_timeout:?}");
                 let from = Some(peer);
-                return refuse(&shared, &mut framed, addr, from, Severity::Warn, reason).await;
+                return refuse(
+                    &shared,
+                    &shared.root,
+                    &mut framed,
+                    addr,
+                    from,
+                    Severity::Warn,
+                    reason,
+                )
+                .await;
             }
             Bounded::Done(None) => {
                 tracing::debug!(node, peer, %addr, "peer connection closed before its identity");
@@ -165,13 +293,31 @@ async fn serve<M>(
             Bounded::Done(Some(Err(e))) => {
                 let reason = format!("malformed identity: {e}");
                 let from = Some(peer);
-                return refuse(&shared, &mut framed, addr, from, Severity::Warn, reason).await;
+                return refuse(
+                    &shared,
+                    &shared.root,
+                    &mut framed,
+                    addr,
+                    from,
+                    Severity::Warn,
+                    reason,
+                )
+                .await;
             }
             Bounded::Done(Some(Ok(identity))) => identity,
         };
         if let Err(reason) = identity.check_members(peer, node, &shared.members) {
             let from = Some(peer);
-            return refuse(&shared, &mut framed, addr, from, Severity::Error, reason).await;
+            return refuse(
+                &shared,
+                &shared.root,
+                &mut framed,
+                addr,
+                from,
+                Severity::Error,
+                reason,
+            )
+            .await;
         }
         Some(identity.incarnation)
     } else {
@@ -195,7 +341,16 @@ async fn serve<M>(
         } => (registration, older, cancel, activity),
         Admission::Refused(reason) => {
             let from = Some(peer);
-            return refuse(&shared, &mut framed, addr, from, Severity::Error, reason).await;
+            return refuse(
+                &shared,
+                &shared.root,
+                &mut framed,
+                addr,
+                from,
+                Severity::Error,
+                reason,
+            )
+            .await;
         }
         Admission::Cancelled => return,
     };
@@ -553,9 +708,12 @@ enum Severity {
     Error,
 }
 
-/// Logs a refused handshake and tells the dialer why, then the connection is closed.
+/// Logs a refused handshake and tells the dialer why (unless `cancel` is cancelled
+/// first: the transport stops, or the connection's handshake slot was taken before its
+/// hello passed the checks), then the connection is closed.
 async fn refuse<M, In>(
     shared: &Shared<M>,
+    cancel: &CancellationToken,
     framed: &mut HandshakeFramed<In>,
     addr: SocketAddr,
     claimed_from: Option<u64>,
@@ -573,7 +731,7 @@ async fn refuse<M, In>(
     }
     let reply = PeerHelloReply::Refused { reason };
     let deadline = Instant::now() + REFUSAL_TIMEOUT;
-    let _ = bounded(&shared.root, deadline, framed.send(reply)).await;
+    let _ = bounded(cancel, deadline, framed.send(reply)).await;
 }
 
 /// The outcome of [`bounded`].

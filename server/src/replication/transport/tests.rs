@@ -662,8 +662,8 @@ async fn silent_connections_time_out_and_handshakes_are_bounded() {
     );
     stop(&node).await;
 
-    // With a long timeout, silent connections hold every handshake slot; one more is
-    // closed at once, without a reply.
+    // With a long timeout, silent connections hold every handshake slot; one more
+    // takes the slot of the oldest, which is closed at once, without a reply.
     let bound = Bound::bind(loopback()).await.expect("bind");
     let addr = bound.local_addr();
     let node = start_node(config(1, addr, [(2, dead_addr())].into()), bound).await;
@@ -671,8 +671,9 @@ async fn silent_connections_time_out_and_handshakes_are_bounded() {
     for _ in 0..HANDSHAKE_SLOTS {
         silent.push(TcpStream::connect(addr).await.expect("connect"));
     }
-    let extra = TcpStream::connect(addr).await.expect("connect");
-    assert!(expect_closed(extra).await.is_empty());
+    let oldest = silent.remove(0);
+    silent.push(TcpStream::connect(addr).await.expect("connect"));
+    assert!(expect_closed(oldest).await.is_empty());
     // Once they leave, a peer gets through (their slots come back asynchronously, so
     // a dialer may be turned away a few times first, as a real one would).
     drop(silent);
@@ -1324,6 +1325,63 @@ async fn a_peer_restarted_after_an_orderly_exit_is_accepted() {
         assert_eq!(node.transport.inbound_incarnation(2), Some(incarnation));
         // Exits: closes its connection; the next process dials right away.
         drop(process);
+    }
+    stop(&node).await;
+}
+
+/// Connections that never send a hello do not lock peers out: with every handshake slot
+/// held by silent connections (anyone who reaches the peer port can open them, and
+/// reopen them as they time out), a peer's connection evicts the oldest of them and
+/// gets through. Connections that sent a valid hello keep their slots: once every slot
+/// holds one, a newcomer is still closed at once.
+#[tokio::test]
+async fn silent_connections_do_not_lock_peers_out() {
+    let bound = Bound::bind(loopback()).await.expect("bind");
+    let addr = bound.local_addr();
+    let mut cfg = config(1, addr, [(2, dead_addr())].into());
+    cfg.connect_timeout_ms = 60_000;
+    let mut node = start_node(cfg, bound).await;
+    let mut silent = Vec::new();
+    for _ in 0..HANDSHAKE_SLOTS {
+        silent.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    // Node 2 dials while every slot is held (the handshake timeout is a minute away).
+    let mut peer = timeout(WAIT, raw_peer(addr, 2, 1))
+        .await
+        .expect("the peer's handshake completes while silent connections hold the slots");
+    peer.send(TestMsg::Seq(1)).await.expect("send");
+    assert_eq!(
+        next_event(&mut node).await,
+        PeerEvent::Message {
+            from: 2,
+            msg: TestMsg::Seq(1)
+        }
+    );
+    // The oldest silent connection made room and was closed.
+    assert!(expect_closed(silent.remove(0)).await.is_empty());
+
+    // Connections past a valid hello (here: stalled before their identity) are not
+    // evicted: once they hold every slot, one more is closed without a reply.
+    let mut stalled = Vec::new();
+    for _ in 0..HANDSHAKE_SLOTS {
+        let (reply, framed) = raw_handshake(addr, PeerHello::new(CLUSTER, 2, 1)).await;
+        assert_eq!(reply, PeerHelloReply::Accepted);
+        stalled.push(framed);
+    }
+    let extra = TcpStream::connect(addr).await.expect("connect");
+    assert!(expect_closed(extra).await.is_empty());
+    // None of them was evicted: each completes its handshake.
+    for framed in stalled {
+        let mut framed = framed.map_codec(|c| c.retype::<PeerHelloReply, PeerIdentity>());
+        framed
+            .send(identity(&[1, 2], RAW_INCARNATION))
+            .await
+            .expect("send the identity");
+        let reply = timeout(WAIT, framed.next()).await.expect("a reply in time");
+        assert!(
+            matches!(reply, Some(Ok(PeerHelloReply::Accepted))),
+            "a stalled handshake kept its slot: {reply:?}"
+        );
     }
     stop(&node).await;
 }
