@@ -370,16 +370,31 @@ impl Lease {
         let op = Op::RevokeLease {
             lease_id: self.inner.id,
         };
-        match self.inner.client.call_plain(op).await {
-            Ok(OpResult::Unlocked { released }) => Ok(released),
-            Ok(other) => Err(unexpected("revoke_lease", &other)),
-            Err(e) if e.is(ErrorCode::NoLease) => Ok(false),
-            Err(Error::SessionExpired | Error::Closed) => Ok(false),
-            Err(e) => {
-                // Make sure it goes once the server can be reached again.
-                self.inner.detach_revoke();
-                Err(e)
+        // The lease counts as revoked from now on, so nothing else would revoke it: a
+        // call given up before its answer (its future dropped) leaves the revoke to the
+        // background, as an error does.
+        let mut unanswered = RevokeUnlessAnswered {
+            client: &self.inner.client,
+            lease_id: self.inner.id,
+            armed: true,
+        };
+        let outcome = self.inner.client.call_plain(op).await;
+        match outcome {
+            Ok(OpResult::Unlocked { released }) => {
+                unanswered.armed = false;
+                Ok(released)
             }
+            Ok(other) => Err(unexpected("revoke_lease", &other)),
+            Err(e) if e.is(ErrorCode::NoLease) => {
+                unanswered.armed = false;
+                Ok(false)
+            }
+            Err(Error::SessionExpired | Error::Closed) => {
+                unanswered.armed = false;
+                Ok(false)
+            }
+            // Sent again once the server can be reached (by `unanswered`'s drop).
+            Err(e) => Err(e),
         }
     }
 
@@ -483,6 +498,22 @@ impl LeaseInner {
     /// and sent again after a transient error, for as long as the session lives.
     fn detach_revoke(&self) {
         detach_revoke(&self.client, self.id);
+    }
+}
+
+/// Revokes a lease in the background when dropped armed: a [`Lease::revoke`] whose call
+/// ended without a final answer (an error, or its future dropped at the await).
+struct RevokeUnlessAnswered<'a> {
+    client: &'a Client,
+    lease_id: u64,
+    armed: bool,
+}
+
+impl Drop for RevokeUnlessAnswered<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            detach_revoke(self.client, self.lease_id);
+        }
     }
 }
 

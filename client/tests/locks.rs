@@ -690,3 +690,57 @@ async fn a_lease_grant_dropped_before_it_was_sent_is_not_sent() {
         .expect("exists");
     drop(client);
 }
+
+/// `Lease::revoke` given up before its answer (an outer `timeout`, a `select!` that took
+/// another branch) while the client is reconnecting: the revoke still reaches the server
+/// once the session is resumed. It used to be dropped as a call nobody waits for, while
+/// the lease already counted as revoked client side (so neither its drop nor a second
+/// `revoke()` sent it): the lease and its locks lived on until its TTL.
+#[tokio::test]
+async fn a_lease_revoke_given_up_before_its_answer_still_reaches_the_server() {
+    use corral_protocol::HelloReply;
+    use futures::SinkExt;
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let lease = granted_lease(&client, &mut conn).await;
+    // The connection drops: the client is reconnecting, and takes no calls until the
+    // handshake is answered.
+    drop(conn);
+    let (mut framed, _) = server.hello().await;
+    let mut revoke = Box::pin(lease.revoke());
+    // One poll hands the request to the client.
+    assert!(futures::poll!(&mut revoke).is_pending());
+    drop(revoke);
+    assert!(lease.is_lost(), "a revoked lease counts as lost at once");
+    // Calls go in order: this one comes after whatever the revoke left behind.
+    let mut marker = tokio::spawn({
+        let client = client.clone();
+        async move { client.exists("/marker").await }
+    });
+    bounded(
+        "grant",
+        framed.send(HelloReply::Accepted(granted(10_000, 2, 100))),
+    )
+    .await
+    .expect("send grant");
+    let mut conn = common::Conn {
+        framed: framed.map_codec(|c| c.retype()),
+    };
+    let request = recv_while(&mut conn, &mut marker).await;
+    assert_eq!(
+        request.op,
+        Op::RevokeLease { lease_id: 0x55 },
+        "the revoke was dropped with its caller"
+    );
+    conn.reply(request.xid, 3, Ok(OpResult::Unlocked { released: true }))
+        .await;
+    let request = recv_while(&mut conn, &mut marker).await;
+    assert!(matches!(request.op, Op::Exists { .. }), "{request:?}");
+    conn.reply(request.xid, 3, Ok(OpResult::Exists(None))).await;
+    bounded("exists", marker)
+        .await
+        .expect("join")
+        .expect("exists");
+    drop(lease);
+    drop(client);
+}
