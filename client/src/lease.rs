@@ -443,8 +443,8 @@ impl LeaseInner {
         }
     }
 
-    /// Ends the lease client side (keeps the first reason).
-    fn end(&self, state: LeaseState) {
+    /// Ends the lease client side (keeps the first reason); whether this call ended it.
+    fn end(&self, state: LeaseState) -> bool {
         self.state.send_if_modified(|s| {
             if *s == LeaseState::Live {
                 *s = state;
@@ -452,14 +452,23 @@ impl LeaseInner {
             } else {
                 false
             }
-        });
+        })
+    }
+
+    /// The safe deadline passed: the lease is lost for good, so it is revoked (if this
+    /// call is the one that ends it), and the server frees its locks now rather than
+    /// at its expiry, which a renewal acknowledged late has just put off by a TTL.
+    fn end_at_deadline(&self) {
+        if self.end(LeaseState::DeadlinePassed) {
+            self.detach_revoke();
+        }
     }
 
     /// An acknowledged renewal sent at `sent_at`. A renewal acknowledged after the safe
     /// deadline passed does not revive the lease.
     fn record_ack(&self, sent_at: Instant) -> Result<Instant> {
         if let Some(_loss) = self.loss() {
-            self.end(LeaseState::DeadlinePassed);
+            self.end_at_deadline();
             return Err(Error::LeaseLost);
         }
         let mut acked = match self.acked_from.lock() {
@@ -474,7 +483,7 @@ impl LeaseInner {
 
     async fn renew(&self) -> Result<Instant> {
         if self.loss().is_some() {
-            self.end(LeaseState::DeadlinePassed);
+            self.end_at_deadline();
             return Err(Error::LeaseLost);
         }
         let sent_at = Instant::now();
@@ -526,9 +535,9 @@ pub(crate) fn detach_revoke(client: &Client, lease_id: u64) {
 
 impl Drop for LeaseInner {
     fn drop(&mut self) {
-        // The last handle is gone: nobody can use the lease any more.
-        let state = *self.state.borrow();
-        if matches!(state, LeaseState::Live | LeaseState::DeadlinePassed) {
+        // The last handle is gone: nobody can use the lease any more. (A lease that
+        // ended client side was revoked then, or is gone on the server.)
+        if *self.state.borrow() == LeaseState::Live {
             self.detach_revoke();
         }
     }
@@ -560,8 +569,7 @@ async fn keepalive(weak: Weak<LeaseInner>, every: Duration) {
         }
         if inner.loss().is_some() {
             tracing::info!(lease = inner.id, "lease lost: its safe deadline passed");
-            inner.end(LeaseState::DeadlinePassed);
-            inner.detach_revoke();
+            inner.end_at_deadline();
             return;
         }
         next = deadline_after(every);

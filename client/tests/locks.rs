@@ -744,3 +744,52 @@ async fn a_lease_revoke_given_up_before_its_answer_still_reaches_the_server() {
     drop(lease);
     drop(client);
 }
+
+/// The background renewal of a lease whose acknowledgement comes after the safe
+/// deadline passed: the lease is lost for good client side, so it is revoked, as when
+/// the deadline passes with no answer at all. It used to be left alone, and that late
+/// renewal had just given the lease, and its locks, a whole TTL more on the server.
+///
+/// Real time (the crate's tests have no paused clock: tokio's `test-util` is not
+/// enabled), with wide windows: TTL 2 s, margin 1.2 s (safe deadline at 800 ms), a
+/// renewal every 700 ms, given up 700 ms after it is sent. The renewal sent at 700 ms
+/// is answered as soon as the lease is lost (800 ms), 600 ms before it is given up.
+#[tokio::test]
+async fn a_renewal_acknowledged_after_the_safe_deadline_revokes_the_lease() {
+    use corral_client::{LeaseOptions, Renewal};
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let mut grant = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let options = LeaseOptions::new(Duration::from_secs(2))
+                .with_renewal(Renewal::Every(Duration::from_millis(700)))
+                .with_margin(Duration::from_millis(1_200));
+            client.grant_lease_with(options).await
+        }
+    });
+    let request = recv_while(&mut conn, &mut grant).await;
+    let ttl = OpResult::Lease {
+        lease_id: 0x55,
+        ttl_ms: 2_000,
+    };
+    conn.reply(request.xid, 2, Ok(ttl.clone())).await;
+    let lease = bounded("grant_lease", grant)
+        .await
+        .expect("join")
+        .expect("grant_lease");
+    let renewal = conn.recv().await;
+    assert_eq!(renewal.op, Op::RenewLease { lease_id: 0x55 });
+    bounded("the lease's loss", lease.lost()).await;
+    conn.reply(renewal.xid, 3, Ok(ttl)).await;
+    let request = conn.recv().await;
+    assert_eq!(
+        request.op,
+        Op::RevokeLease { lease_id: 0x55 },
+        "a lease lost client side was left alive on the server"
+    );
+    conn.reply(request.xid, 4, Ok(OpResult::Unlocked { released: true }))
+        .await;
+    assert!(lease.is_lost());
+    drop(client);
+}
