@@ -274,7 +274,8 @@ impl Lease {
 
     /// Until when the lease is certainly alive on the server: the send time of the last
     /// acknowledged renewal (or of the grant) plus the TTL, minus the margin. Once it
-    /// has passed the lease is lost for good (see [`is_lost`](Self::is_lost)).
+    /// has passed the lease is lost for good (see [`is_lost`](Self::is_lost)); once the
+    /// lease is lost otherwise (revoked, gone on the server), it is not later than now.
     ///
     /// ```no_run
     /// # async fn demo(client: corral_client::Client) -> corral_client::Result<()> {
@@ -284,7 +285,12 @@ impl Lease {
     /// # Ok(()) }
     /// ```
     pub fn safe_deadline(&self) -> Instant {
-        safe_deadline(self.acked_from(), self.inner.ttl, self.inner.margin)
+        let deadline = self.inner.safe_deadline();
+        // Revoked, or gone on the server: not alive any more, whatever the renewals say.
+        match *self.inner.state.borrow() {
+            LeaseState::Live => deadline,
+            _ => deadline.min(Instant::now()),
+        }
     }
 
     /// Whether the lease is lost from the client's point of view: its safe deadline
@@ -415,10 +421,6 @@ impl Lease {
         if !matches!(before, LeaseState::Revoked | LeaseState::Expired) {
             self.inner.detach_revoke();
         }
-    }
-
-    fn acked_from(&self) -> Instant {
-        self.inner.acked_from()
     }
 }
 

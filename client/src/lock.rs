@@ -823,11 +823,18 @@ impl GuardInner {
         None
     }
 
+    /// The earlier of the session's and the lease's safe deadlines; once the lock is
+    /// lost, not later than now (a deadline renewed since says nothing about a lock
+    /// lost meanwhile).
     fn safe_deadline(&self) -> Instant {
         let session = self.client.session().safe_deadline();
-        match &self.lease {
+        let deadline = match &self.lease {
             Some(lease) => session.min(lease.safe_deadline()),
             None => session,
+        };
+        match self.loss_now() {
+            Some(_) => deadline.min(Instant::now()),
+            None => deadline,
         }
     }
 }
@@ -940,7 +947,8 @@ impl LockGuard {
 
     /// Until when the lock is certainly held: the earlier of its lease's and its
     /// session's safe deadlines (send time of the last acknowledged renewal, plus the
-    /// TTL, minus the margin). It moves forward as renewals are acknowledged.
+    /// TTL, minus the margin). It moves forward as renewals are acknowledged, until the
+    /// lock is lost or released: from then on it is not later than now.
     ///
     /// ```no_run
     /// # async fn demo(client: corral_client::Client) -> corral_client::Result<()> {

@@ -316,11 +316,16 @@ impl Inner {
         None
     }
 
+    /// As for a single lock's guard: once the set is lost, not later than now.
     fn safe_deadline(&self) -> Instant {
         let session = self.client.session().safe_deadline();
-        match &self.lease {
+        let deadline = match &self.lease {
             Some(lease) => session.min(lease.safe_deadline()),
             None => session,
+        };
+        match self.loss_now() {
+            Some(_) => deadline.min(Instant::now()),
+            None => deadline,
         }
     }
 }
@@ -426,7 +431,8 @@ impl MultiLockGuard {
             .collect()
     }
 
-    /// Until when every lock is certainly held (see [`LockGuard::safe_deadline`](crate::LockGuard::safe_deadline)).
+    /// Until when every lock is certainly held (see [`LockGuard::safe_deadline`](crate::LockGuard::safe_deadline));
+    /// once the set is lost or released, not later than now.
     ///
     /// ```no_run
     /// # async fn demo(client: corral_client::Client) -> corral_client::Result<()> {

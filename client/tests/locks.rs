@@ -745,6 +745,107 @@ async fn a_lease_revoke_given_up_before_its_answer_still_reaches_the_server() {
     drop(client);
 }
 
+/// Once a guard is lost (here a `LockLost` pushed by the server) its safe deadline is
+/// no longer in the future: code that bounds its work by `safe_deadline()` stops. It
+/// used to go on naming the session's deadline, seconds ahead, for a lock someone else
+/// may hold now. The same for a revoked lease's `safe_deadline()`.
+#[tokio::test]
+async fn a_lost_guards_safe_deadline_has_passed() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let guard = held(&client, &mut conn).await;
+    assert!(guard.safe_deadline() > Instant::now());
+    conn.send(corral_protocol::ServerMessage::LockLost(
+        corral_protocol::LockEvent {
+            lock: "/l".into(),
+            node: "/l/x-0000000001".into(),
+            token: 2,
+            zxid: 5,
+        },
+    ))
+    .await;
+    let loss = bounded("the loss", guard.lost()).await;
+    assert_eq!(loss, corral_client::LockLoss::LeaseExpired);
+    assert!(!guard.is_held());
+    let left = guard
+        .safe_deadline()
+        .saturating_duration_since(Instant::now());
+    assert_eq!(
+        left,
+        Duration::ZERO,
+        "a lost lock is 'held' for {left:?} more"
+    );
+
+    let lease = granted_lease(&client, &mut conn).await;
+    assert!(lease.safe_deadline() > Instant::now());
+    let mut revoke = tokio::spawn({
+        let lease = lease.clone();
+        async move { lease.revoke().await }
+    });
+    let request = recv_while(&mut conn, &mut revoke).await;
+    assert_eq!(request.op, Op::RevokeLease { lease_id: 0x55 });
+    conn.reply(request.xid, 6, Ok(OpResult::Unlocked { released: true }))
+        .await;
+    assert!(bounded("revoke", revoke)
+        .await
+        .expect("join")
+        .expect("revoke"));
+    let left = lease
+        .safe_deadline()
+        .saturating_duration_since(Instant::now());
+    assert_eq!(
+        left,
+        Duration::ZERO,
+        "a revoked lease is alive {left:?} more"
+    );
+
+    // A multi-lock's guard, released.
+    let mut acquire = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .lock_many(["/a", "/b"], LockOptions::default())
+                .acquire()
+                .await
+        }
+    });
+    let request = recv_while(&mut conn, &mut acquire).await;
+    let nodes = ["/a", "/b"]
+        .iter()
+        .map(|lock| LockedNode {
+            lock: lock.to_string(),
+            node: format!("{lock}/x-0000000000"),
+            token: 7,
+        })
+        .collect();
+    let locked = OpResult::MultiLocked {
+        granted: true,
+        nodes,
+    };
+    conn.reply(request.xid, 7, Ok(locked)).await;
+    let guard = bounded("lock_many", acquire)
+        .await
+        .expect("join")
+        .expect("acquire");
+    assert!(guard.safe_deadline() > Instant::now());
+    let mut release = tokio::spawn(async move { (guard.release().await, guard) });
+    let request = recv_while(&mut conn, &mut release).await;
+    assert!(matches!(request.op, Op::Release { .. }), "{request:?}");
+    conn.reply(request.xid, 8, Ok(OpResult::Unlocked { released: true }))
+        .await;
+    let (released, guard) = bounded("release", release).await.expect("join");
+    assert!(released.expect("release"));
+    let left = guard
+        .safe_deadline()
+        .saturating_duration_since(Instant::now());
+    assert_eq!(
+        left,
+        Duration::ZERO,
+        "a released multi-lock is held {left:?} more"
+    );
+    drop(client);
+}
+
 /// The background renewal of a lease whose acknowledgement comes after the safe
 /// deadline passed: the lease is lost for good client side, so it is revoked, as when
 /// the deadline passes with no answer at all. It used to be left alone, and that late
