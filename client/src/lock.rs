@@ -19,7 +19,7 @@ use corral_protocol::{ErrorCode, LockKind, LockRequest, LockState, MultiOp, Op, 
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
@@ -771,6 +771,7 @@ impl LockBuilder {
                 session_gaps: client.session().lease_gaps,
                 released: AtomicBool::new(false),
                 status,
+                lost: OnceLock::new(),
             }),
         };
         if let Some(loss) = guard.inner.loss_now() {
@@ -799,11 +800,23 @@ struct GuardInner {
     session_gaps: u64,
     released: AtomicBool,
     status: watch::Receiver<SlotStatus>,
+    /// The first loss seen: a lost lock stays lost, whatever a later renewal (or a
+    /// resumed session's new terms) says about the deadlines.
+    lost: OnceLock<LockLoss>,
 }
 
 impl GuardInner {
-    /// Why the lock is lost, if it may be, as of now.
+    /// Why the lock is lost, if it may be, as of now. Final: the first loss seen is
+    /// kept.
     fn loss_now(&self) -> Option<LockLoss> {
+        if let Some(loss) = self.lost.get() {
+            return Some(*loss);
+        }
+        let loss = self.first_loss()?;
+        Some(*self.lost.get_or_init(|| loss))
+    }
+
+    fn first_loss(&self) -> Option<LockLoss> {
         if self.released.load(Ordering::SeqCst) {
             return Some(LockLoss::Released);
         }

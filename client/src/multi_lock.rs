@@ -25,7 +25,7 @@ use corral_protocol::{
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
@@ -267,6 +267,7 @@ impl MultiLockBuilder {
                 session_gaps: client.session().lease_gaps,
                 released: AtomicBool::new(false),
                 statuses,
+                lost: OnceLock::new(),
             }),
         };
         if let Some(loss) = guard.inner.loss_now() {
@@ -291,10 +292,20 @@ struct Inner {
     session_gaps: u64,
     released: AtomicBool,
     statuses: Vec<watch::Receiver<SlotStatus>>,
+    /// The first loss seen (see the single lock's guard): final.
+    lost: OnceLock<LockLoss>,
 }
 
 impl Inner {
     fn loss_now(&self) -> Option<LockLoss> {
+        if let Some(loss) = self.lost.get() {
+            return Some(*loss);
+        }
+        let loss = self.first_loss()?;
+        Some(*self.lost.get_or_init(|| loss))
+    }
+
+    fn first_loss(&self) -> Option<LockLoss> {
         if self.released.load(Ordering::SeqCst) {
             return Some(LockLoss::Released);
         }

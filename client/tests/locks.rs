@@ -894,3 +894,98 @@ async fn a_renewal_acknowledged_after_the_safe_deadline_revokes_the_lease() {
     assert!(lease.is_lost());
     drop(client);
 }
+
+/// `LockGuard::is_held` (and `MultiLockGuard::is_held`) is final once false: a guard
+/// whose session's safe deadline passed while the client was away stays lost after the
+/// session is resumed, even when the resumed session's terms move its deadline back into
+/// the future (here the server grants a longer TTL on resume, so the resume counts no
+/// gap). It used to say "held" again, after `lost()` had resolved with `DeadlinePassed`.
+#[tokio::test]
+async fn a_guard_once_lost_stays_lost_after_the_session_is_resumed() {
+    use corral_client::LockLoss;
+    use corral_protocol::HelloReply;
+    use futures::SinkExt;
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(1_000).await;
+    let guard = held(&client, &mut conn).await;
+    let mut acquire = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .lock_many(["/a", "/b"], LockOptions::default())
+                .acquire()
+                .await
+        }
+    });
+    let request = recv_while(&mut conn, &mut acquire).await;
+    let nodes = ["/a", "/b"]
+        .iter()
+        .map(|lock| LockedNode {
+            lock: lock.to_string(),
+            node: format!("{lock}/x-0000000000"),
+            token: 3,
+        })
+        .collect();
+    let locked = OpResult::MultiLocked {
+        granted: true,
+        nodes,
+    };
+    conn.reply(request.xid, 3, Ok(locked)).await;
+    let both = bounded("lock_many", acquire)
+        .await
+        .expect("join")
+        .expect("acquire");
+    // The connection drops; the server holds the handshake until the guards are lost.
+    drop(conn);
+    let (mut framed, _) = server.hello().await;
+    let loss = bounded("the loss", guard.lost()).await;
+    assert_eq!(loss, LockLoss::DeadlinePassed);
+    assert_eq!(bounded("the loss", both.lost()).await, loss);
+    assert!(!guard.is_held() && !both.is_held());
+    bounded(
+        "grant",
+        framed.send(HelloReply::Accepted(granted(10_000, 3, 100))),
+    )
+    .await
+    .expect("send grant");
+    let mut conn = common::Conn {
+        framed: framed.map_codec(|c| c.retype()),
+    };
+    // The re-reads after the resume (sent once the new terms are taken in) find every
+    // node still there and held.
+    for _ in 0..3 {
+        let request = conn.recv().await;
+        let Op::GetLocks { path } = request.op else {
+            panic!("unexpected {request:?}");
+        };
+        let (node, token) = match path.as_str() {
+            "/l" => ("/l/x-0000000001".to_string(), 2),
+            lock => (format!("{lock}/x-0000000000"), 3),
+        };
+        let ours = LockEntry {
+            node,
+            kind: LockKind::Exclusive,
+            session: SESSION,
+            lease: SESSION,
+            token,
+            granted: true,
+        };
+        let state = LockState {
+            lock: path,
+            lock_delay_ms: 0,
+            delayed_until_ms: 0,
+            queue: vec![ours],
+        };
+        conn.reply(request.xid, 4, Ok(OpResult::Locks(vec![state])))
+            .await;
+    }
+    assert!(
+        client.session_safe_deadline() > Instant::now(),
+        "the resumed session's deadline is ahead again"
+    );
+    assert!(!guard.is_held(), "a lost guard says it is held again");
+    assert!(!both.is_held(), "a lost multi-lock says it is held again");
+    assert_eq!(bounded("lost() again", guard.lost()).await, loss);
+    assert_eq!(bounded("lost() again", both.lost()).await, loss);
+    drop(client);
+}
