@@ -240,6 +240,20 @@ impl MultiLockBuilder {
             attempt.failed();
             return Err(Error::protocol("a multi-lock answer without its statuses"));
         }
+        // One node per lock asked for, in request order: anything else would be a guard
+        // for part of the set (the attempt's drop releases what was answered).
+        if !nodes
+            .iter()
+            .map(|n| n.lock.as_str())
+            .eq(self.locks.iter().map(|(lock, _)| lock.as_str()))
+        {
+            attempt.failed();
+            let answered: Vec<&str> = nodes.iter().map(|n| n.lock.as_str()).collect();
+            return Err(Error::protocol(format!(
+                "a multi-lock answer for {answered:?}, not for the {} locks asked for",
+                self.locks.len()
+            )));
+        }
 
         // Wait for every grant (they come in one transaction).
         if !wait_for_grants(

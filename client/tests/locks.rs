@@ -989,3 +989,51 @@ async fn a_guard_once_lost_stays_lost_after_the_session_is_resumed() {
     assert_eq!(bounded("lost() again", both.lost()).await, loss);
     drop(client);
 }
+
+/// A multi-lock answer that does not name one node per lock asked for, in request order
+/// (a server of another version, a bug): the acquire fails with a protocol error and
+/// releases what it was answered, instead of returning a guard that holds only part of
+/// the set (`token` of a lock in the set then being `None`). It used to return that
+/// guard as if it held every lock.
+#[tokio::test]
+async fn a_multi_lock_answer_missing_a_lock_is_refused_and_released() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let mut acquire = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .lock_many(["/a", "/b"], LockOptions::default())
+                .acquire()
+                .await
+        }
+    });
+    let request = recv_while(&mut conn, &mut acquire).await;
+    assert!(matches!(request.op, Op::LockMany(_)), "{request:?}");
+    let partial = OpResult::MultiLocked {
+        granted: true,
+        nodes: vec![LockedNode {
+            lock: "/a".into(),
+            node: "/a/x-0000000000".into(),
+            token: 3,
+        }],
+    };
+    conn.reply(request.xid, 3, Ok(partial)).await;
+    let outcome = bounded("lock_many", acquire).await.expect("join");
+    match outcome {
+        Err(corral_client::Error::Protocol(_)) => {}
+        Ok(guard) => panic!("a guard for part of the set: {:?}", guard.tokens()),
+        Err(e) => panic!("unexpected {e:?}"),
+    }
+    let request = conn.recv().await;
+    assert_eq!(
+        request.op,
+        Op::Release {
+            node: "/a/x-0000000000".into(),
+            token: 3
+        }
+    );
+    conn.reply(request.xid, 4, Ok(OpResult::Unlocked { released: true }))
+        .await;
+    drop(client);
+}
