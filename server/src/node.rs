@@ -1408,6 +1408,9 @@ impl Node {
         for s in self.machine.sessions() {
             self.tracker.add(s.id, s.ttl_ms, self.now.mono_ms);
         }
+        if let Log::Paxos(p) = &mut self.log {
+            p.settle_installed(&self.machine);
+        }
         let gone: Vec<u64> = self
             .session_conns
             .keys()

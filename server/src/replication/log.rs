@@ -1043,6 +1043,34 @@ impl PaxosLog {
     pub fn forwarded_len(&self) -> usize {
         self.forwarded.len()
     }
+
+    /// After a snapshot install: forgets the tracked session opens the installed state
+    /// shows applied. Their entries were inside the snapshot, so this node never saw them
+    /// decided and would send them again, and an open applied twice opens a second
+    /// session with the same secret, which nobody uses and which holds a `max_sessions`
+    /// place until its TTL (the node attached the first to its client after the
+    /// install). Other proposals stay: a client write sent again is answered from the
+    /// deduplication table (or refused), which its client may still wait for; a close or
+    /// a barrier sent again changes nothing.
+    pub fn settle_installed(&mut self, machine: &StateMachine) {
+        let applied = |entry: &Entry| match &*entry.body {
+            EntryBody::OpenSession { secret, .. } => machine.session_by_secret(*secret).is_some(),
+            _ => false,
+        };
+        let settled: Vec<u64> = self
+            .forwarded
+            .iter()
+            .filter(|(_, f)| applied(&f.entry))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in settled {
+            if let Some(f) = self.forwarded.remove(&id) {
+                if let Some(key) = forward_key(&f.entry) {
+                    self.forwarded_keys.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 /// The nice value of the image thread. Encoding and writing a large state's image takes

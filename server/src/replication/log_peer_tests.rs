@@ -476,3 +476,38 @@ fn a_follower_behind_by_more_than_a_frame_of_entries_catches_up() {
         "caught up ({resets} link resets)"
     );
 }
+
+/// After a snapshot install, a session open the installed state shows applied (its
+/// secret names a session) is no longer tracked: sent again it would open a second
+/// session with the same secret that nobody uses, for a whole TTL. Other proposals
+/// stay tracked (a client write sent again gets its answer from the dedup table).
+#[test]
+fn an_install_settles_the_session_opens_it_shows_applied() {
+    let disk = SimDisk::new(12);
+    let mut log = open_log(&disk, 1);
+    log.on_peer(2, prepare(2, 1));
+    let mut out = Vec::new();
+    log.tick(&mut out);
+    assert_eq!(log.leader(), Some(2));
+    let open = |secret| {
+        Entry::new(
+            0,
+            EntryBody::OpenSession {
+                secret,
+                ttl_ms: 10_000,
+            },
+        )
+    };
+    for entry in [open(7), open(8), big_write(1, 10)] {
+        log.propose(entry, &mut out).expect("proposed");
+    }
+    assert_eq!(log.forwarded_len(), 3);
+    // The installed state opened the session of secret 7 (not 8, not the write's).
+    let mut machine = crate::machine::StateMachine::new(MachineLimits::default());
+    machine.apply(1, &open(7));
+    log.settle_installed(&machine);
+    assert_eq!(log.forwarded_len(), 2, "the open of secret 7 is settled");
+    // Proposed again (a client resent its hello), it is tracked anew.
+    log.propose(open(7), &mut out).expect("proposed");
+    assert_eq!(log.forwarded_len(), 3);
+}
