@@ -2282,6 +2282,17 @@ mod tests {
         assert_eq!(h.m.state_bytes(), root);
     }
 
+    /// This process's resident set, in bytes (for the measurements below).
+    fn resident_bytes() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+        let pages: u64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .expect("resident pages");
+        pages * 4096
+    }
+
     /// How `state_bytes` compares with the memory the tree takes: the resident set grown
     /// by creating 300,000 znodes of 64 bytes (short paths, as a job scheduler's). Run with
     /// `cargo test -p corral-server --release --lib state_bytes_against_memory -- --ignored
@@ -2289,15 +2300,6 @@ mod tests {
     #[test]
     #[ignore = "a measurement; run in release with --nocapture"]
     fn state_bytes_against_memory() {
-        fn resident_bytes() -> u64 {
-            let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
-            let pages: u64 = statm
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse().ok())
-                .expect("resident pages");
-            pages * 4096
-        }
         let mut m = StateMachine::new(MachineLimits::default());
         let mut zxid = 0;
         let mut apply = |m: &mut StateMachine, body: EntryBody| {
@@ -2367,15 +2369,6 @@ mod tests {
     #[test]
     #[ignore = "a measurement; run in release with --nocapture"]
     fn dedup_tables_against_memory() {
-        fn resident_bytes() -> u64 {
-            let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
-            let pages: u64 = statm
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse().ok())
-                .expect("resident pages");
-            pages * 4096
-        }
         let acked = std::env::var("CORRAL_ACKED").is_ok_and(|v| v == "1");
         let mut m = StateMachine::new(MachineLimits::default());
         let mut zxid = 0;
