@@ -143,6 +143,12 @@ pub(crate) enum Detached {
     /// participant's own node, at its deadline); `NoNode` means it is done. Not a lock's
     /// queue node.
     Delete { path: String },
+    /// Reads a lock again whose re-read after a reconnect failed with a transient error
+    /// (the connection's pending-request limit, say): events may have been missed while
+    /// away, and a waiter granted meanwhile would otherwise never learn it, while the
+    /// server holds the lock for it. Its answer settles the tracked nodes as that
+    /// re-read's would (`sweep`: release this session's untracked nodes).
+    ReadLock { lock: String, sweep: bool },
 }
 
 impl Detached {
@@ -157,6 +163,7 @@ impl Detached {
                 path: path.clone(),
                 version: None,
             },
+            Detached::ReadLock { lock, .. } => Op::GetLocks { path: lock.clone() },
         }
     }
 }
@@ -167,6 +174,7 @@ impl fmt::Display for Detached {
             Detached::Release(nodes) => write!(f, "the release of {}", nodes.node.node),
             Detached::RevokeLease { lease_id } => write!(f, "the revoke of lease {lease_id:#x}"),
             Detached::Delete { path } => write!(f, "the delete of {path}"),
+            Detached::ReadLock { lock, .. } => write!(f, "the re-read of lock {lock}"),
         }
     }
 }
@@ -799,23 +807,19 @@ impl Task {
                 Err(info) => fatal(&info),
             },
             WaitFor::LockSync { lock, sweep } => match response.result {
-                Ok(OpResult::Locks(states)) => {
-                    let state = states.iter().find(|s| s.lock == lock);
-                    for orphan in self.locks.resync(&lock, state, self.session_id, sweep) {
-                        tracing::info!(node = %orphan.node, "releasing a lock node nobody tracks");
-                        self.defer(Detached::Release(RequestNodes::one(
-                            &orphan.node,
-                            orphan.token,
-                        )));
-                    }
-                    None
-                }
-                Ok(other) => {
-                    tracing::warn!(%lock, "unexpected answer to a lock re-read: {other:?}");
+                Ok(result) => {
+                    self.reread(&lock, sweep, &result);
                     None
                 }
                 Err(info) => fatal(&info).or_else(|| {
-                    tracing::warn!(%lock, "cannot re-read a lock: {info}");
+                    let what = Detached::ReadLock { lock, sweep };
+                    if worth_retrying(info.code) {
+                        if let Some(pause) = self.retry_later(&what) {
+                            tracing::info!("{what} failed ({info}); sending it again in {pause:?}");
+                        }
+                    } else {
+                        tracing::warn!("{what} failed: {info}");
+                    }
                     None
                 }),
             },
@@ -914,6 +918,23 @@ impl Task {
         }
     }
 
+    /// Settles the tracked nodes of `lock` with the answer to its re-read; with `sweep`,
+    /// releases this session's nodes in it that nobody tracks.
+    fn reread(&mut self, lock: &str, sweep: bool, result: &OpResult) {
+        let OpResult::Locks(states) = result else {
+            tracing::warn!(%lock, "unexpected answer to a lock re-read: {result:?}");
+            return;
+        };
+        let state = states.iter().find(|s| s.lock == lock);
+        for orphan in self.locks.resync(lock, state, self.session_id, sweep) {
+            tracing::info!(node = %orphan.node, "releasing a lock node nobody tracks");
+            self.defer(Detached::Release(RequestNodes::one(
+                &orphan.node,
+                orphan.token,
+            )));
+        }
+    }
+
     /// The registry side of a successful call.
     fn apply(
         &mut self,
@@ -963,10 +984,14 @@ impl Task {
             }
             Then::Detached(what) => {
                 self.retries.done(&what);
-                if let Detached::Release(nodes) = &what {
-                    for n in nodes.all() {
-                        self.locks.released(&n.node, Some(n.token));
+                match &what {
+                    Detached::Release(nodes) => {
+                        for n in nodes.all() {
+                            self.locks.released(&n.node, Some(n.token));
+                        }
                     }
+                    Detached::ReadLock { lock, sweep } => self.reread(lock, *sweep, result),
+                    Detached::RevokeLease { .. } | Detached::Delete { .. } => {}
                 }
                 (None, None)
             }
@@ -997,7 +1022,10 @@ impl Task {
     /// was applied or not; a revoke or delete has no such sweep and is sent again once
     /// the session is resumed.
     fn lapsed_detached(&mut self, what: &Detached) {
-        if let Detached::Release(_) = what {
+        if let Detached::ReadLock { .. } = what {
+            // A resumed session re-reads every lock it tracks anyway.
+            self.retries.done(what);
+        } else if let Detached::Release(_) = what {
             self.retries.done(what);
             for lock in Then::Detached(what.clone()).lock_names() {
                 self.locks.suspect(&lock);

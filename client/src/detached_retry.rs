@@ -6,8 +6,10 @@
 //! The connection task sends some requests nobody waits for: releases of queue nodes
 //! (a dropped guard, a given-up acquire, a lock answer that found no caller, an orphan
 //! found by a re-read), revokes of leases (a dropped lease, a lock's dedicated lease at
-//! its release) and deletes of nodes their owner gave up on (a double barrier
-//! participant's own node at its deadline). Each is resent after every reconnect until
+//! its release), deletes of nodes their owner gave up on (a double barrier
+//! participant's own node at its deadline), and re-reads of locks whose re-read after a
+//! reconnect was refused (a waiter granted while away learns it only from one). Each is
+//! resent after every reconnect until
 //! it is answered. An answer can be an error that says nothing about the request: the
 //! server cannot take writes now (`Unavailable`: no quorum, a failed disk, too many
 //! proposals waiting), an internal error, a limit. Until the request succeeds, a
@@ -17,7 +19,7 @@
 //! doubles with every failure (with jitter, up to a ceiling), for as long as the session
 //! lives. Each request is tracked from when it is sent until it is answered (or fails
 //! for good), at most one entry per key (the node and token of a release, the lease of a
-//! revoke, the path of a delete), so the entries never outnumber what the session holds
+//! revoke, the path of a delete, the lock of a re-read), so the entries never outnumber what the session holds
 //! and sends.
 //!
 //! A request sent again goes out after the requests the session made meanwhile. For a
@@ -94,6 +96,8 @@ enum Key {
     RevokeLease(u64),
     /// A delete: the path.
     Delete(String),
+    /// A lock's re-read: the lock.
+    ReadLock(String),
 }
 
 fn key(what: &Detached) -> Key {
@@ -101,6 +105,7 @@ fn key(what: &Detached) -> Key {
         Detached::Release(nodes) => Key::Release(nodes.node.node.clone(), nodes.node.token),
         Detached::RevokeLease { lease_id } => Key::RevokeLease(*lease_id),
         Detached::Delete { path } => Key::Delete(path.clone()),
+        Detached::ReadLock { lock, .. } => Key::ReadLock(lock.clone()),
     }
 }
 

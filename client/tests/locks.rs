@@ -1037,3 +1037,54 @@ async fn a_multi_lock_answer_missing_a_lock_is_refused_and_released() {
         .await;
     drop(client);
 }
+
+/// A waiter whose grant came while it was disconnected learns it from the re-read of its
+/// lock after the reconnect. That re-read refused with a transient error (the
+/// connection's pending-request limit, say) is sent again after a pause: it used to be
+/// only logged, and the waiter waited for good while the server held the lock for it.
+#[tokio::test]
+async fn a_lock_reread_refused_after_a_reconnect_is_sent_again_and_finds_the_grant() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let mut acquire = tokio::spawn({
+        let client = client.clone();
+        async move { client.lock("/l", LockOptions::default()).acquire().await }
+    });
+    let lock = recv_while(&mut conn, &mut acquire).await;
+    conn.reply(lock.xid, 2, Ok(queued("/l/x-0000000002", 3)))
+        .await;
+    // Disconnected; the grant is made meanwhile, and its event is lost.
+    drop(conn);
+    let (mut conn, _) = server.accept(granted(10_000, 4, lock.xid + 1)).await;
+    let reread = recv_while(&mut conn, &mut acquire).await;
+    assert_eq!(reread.op, Op::GetLocks { path: "/l".into() });
+    let full = ErrorInfo::new(
+        ErrorCode::LimitExceeded,
+        "1024 requests are pending on this connection",
+    );
+    conn.reply(reread.xid, 4, Err(full)).await;
+    // Sent again, and answered with the grant.
+    let again = recv_while(&mut conn, &mut acquire).await;
+    assert_eq!(again.op, Op::GetLocks { path: "/l".into() });
+    let state = LockState {
+        lock: "/l".into(),
+        lock_delay_ms: 0,
+        delayed_until_ms: 0,
+        queue: vec![LockEntry {
+            node: "/l/x-0000000002".into(),
+            kind: LockKind::Exclusive,
+            session: SESSION,
+            lease: SESSION,
+            token: 3,
+            granted: true,
+        }],
+    };
+    conn.reply(again.xid, 4, Ok(OpResult::Locks(vec![state])))
+        .await;
+    let guard = bounded("acquire", acquire)
+        .await
+        .expect("join")
+        .expect("acquire");
+    assert_eq!(guard.token(), 3);
+    assert!(guard.is_held());
+}
