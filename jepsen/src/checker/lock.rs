@@ -27,6 +27,9 @@ pub fn check_resource(history: &[Event], workload: &str) -> Check {
     let mut c = Check::new("lock: fenced resource (mutual exclusion, no lost update)");
     let mut current: u64 = 0;
     let mut highest: u64 = 0;
+    // token -> (process, event index) of its first use: a token belongs to one hold,
+    // so to one process.
+    let mut owner: std::collections::HashMap<u64, (u64, u64)> = std::collections::HashMap::new();
     // The last accepted operation: (process, token, was a read).
     let mut last: Option<(u64, u64, bool, u64)> = None;
     for e in history
@@ -38,6 +41,16 @@ pub fn check_resource(history: &[Event], workload: &str) -> Check {
             continue;
         }
         let token = e.token.unwrap_or(0);
+        let (first, idx) = *owner.entry(token).or_insert((e.process, e.index));
+        if first != e.process {
+            c.fail(format!(
+                "event {} at {}: process {} used token {token}, which process {first} used \
+                 (event {idx}): one token, two holders",
+                e.index,
+                secs(e.time),
+                e.process
+            ));
+        }
         if e.error.is_some() {
             c.count("rejected stale token", 1);
             continue;
@@ -169,7 +182,14 @@ pub fn intervals(history: &[Event], workload: &str) -> Vec<Held> {
     for e in history.iter().filter(|e| e.workload == workload) {
         let closes = (e.kind == Kind::Invoke && (e.f == "release" || e.f == "acquire"))
             || (e.kind == Kind::Event && (e.f == "lost" || e.f == "process-killed"));
-        if closes {
+        // A `lost` names the token of the hold it ends: one of an earlier hold (its
+        // watcher raced the release) must not end the current one early, which would
+        // hide an overlap.
+        let other_hold = e.f == "lost"
+            && e.token
+                .zip(open.get(&e.process))
+                .is_some_and(|(t, h)| t != h.token);
+        if closes && !other_hold {
             if let Some(mut h) = open.remove(&e.process) {
                 h.end = e.time.max(h.start);
                 out.push(h);
@@ -749,5 +769,250 @@ mod excuse_tests {
         let c = check_intervals(&h, "unfenced", &[], true);
         assert_eq!(c.stat("overlapping pairs"), 1);
         assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+    }
+}
+
+/// One history per anomaly the lock checkers exist to catch, each next to the same
+/// history without it.
+#[cfg(test)]
+mod anomaly_tests {
+    use super::*;
+    use crate::checker::Validity;
+
+    const MS: u64 = 1_000_000;
+
+    fn number(mut h: Vec<Event>) -> Vec<Event> {
+        for (i, e) in h.iter_mut().enumerate() {
+            e.index = i as u64;
+        }
+        h
+    }
+
+    fn ev(workload: &str, time: u64, process: u64, kind: Kind, f: &str) -> Event {
+        Event::new(time * MS, process, workload, kind, f)
+    }
+
+    fn tok(mut e: Event, t: u64) -> Event {
+        e.token = Some(t);
+        e
+    }
+
+    /// The resource's decision: accepted (`value` is the counter after it) or rejected.
+    fn res(time: u64, process: u64, f: &str, token: u64, value: u64, ok: bool) -> Event {
+        let mut e = tok(ev("lock", time, process, Kind::Event, f), token);
+        e.value = Some(value);
+        if !ok {
+            e.error = Some("stale token (highest seen 12)".into());
+        }
+        e
+    }
+
+    /// One whole hold of the fenced lock: acquire, read `v`, write `v + 1`, release.
+    fn hold(t: u64, process: u64, token: u64, v: u64) -> Vec<Event> {
+        vec![
+            ev("lock", t, process, Kind::Invoke, "acquire"),
+            tok(ev("lock", t + 1, process, Kind::Ok, "acquire"), token),
+            res(t + 2, process, "resource-read", token, v, true),
+            res(t + 3, process, "resource-write", token, v + 1, true),
+            tok(ev("lock", t + 4, process, Kind::Invoke, "release"), token),
+            tok(ev("lock", t + 5, process, Kind::Ok, "release"), token),
+        ]
+    }
+
+    fn all_lock_checks(h: &[Event]) -> Vec<Check> {
+        vec![
+            check_resource(h, "lock"),
+            check_tokens(h, "lock"),
+            check_intervals(h, "lock", &excuses(h, DEFAULT_EXCUSE_TAIL_NS), true),
+        ]
+    }
+
+    fn invalid_names(h: Vec<Event>) -> Vec<String> {
+        all_lock_checks(&number(h))
+            .into_iter()
+            .filter(|c| c.valid != Validity::Valid)
+            .map(|c| c.name)
+            .collect()
+    }
+
+    fn clean() -> Vec<Event> {
+        let mut h = hold(0, 1, 10, 0);
+        h.extend(hold(10, 2, 12, 1));
+        h.extend(hold(20, 1, 15, 2));
+        h
+    }
+
+    #[test]
+    fn the_clean_fenced_history_passes_every_check() {
+        assert!(invalid_names(clean()).is_empty());
+    }
+
+    #[test]
+    fn a_write_accepted_with_a_stale_token_is_caught() {
+        // Process 1 held token 10, was paused, and writes after process 2 (token 12)
+        // wrote: the resource must reject it.
+        let mut h = clean();
+        h.truncate(12);
+        h.push(res(30, 1, "resource-write", 10, 3, false));
+        assert!(
+            invalid_names(h.clone()).is_empty(),
+            "rejected: fencing worked"
+        );
+        h.pop();
+        h.push(res(30, 1, "resource-write", 10, 3, true));
+        let c = check_resource(&number(h), "lock");
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        assert!(c
+            .problems
+            .join(" ")
+            .contains("token 10 accepted after token 12"));
+    }
+
+    #[test]
+    fn a_read_accepted_with_a_token_that_went_backwards_is_caught() {
+        let mut h = hold(0, 1, 12, 0);
+        h.extend(hold(10, 2, 10, 1));
+        // The resource accepted 10 after 12; the grants are also out of order.
+        assert_eq!(
+            invalid_names(h),
+            vec![
+                "lock: fenced resource (mutual exclusion, no lost update)",
+                "lock: fencing tokens increase in real-time order"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_token_reused_by_a_second_holder_is_caught_at_the_resource_and_in_the_grants() {
+        let mut h = hold(0, 1, 10, 0);
+        h.extend(hold(10, 2, 10, 1));
+        let c = check_resource(&number(h.clone()), "lock");
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        assert!(
+            c.problems.join(" ").contains("one token, two holders"),
+            "{c:?}"
+        );
+        assert_eq!(check_tokens(&number(h), "lock").valid, Validity::Invalid);
+        // Even when the grants were not recorded (only the resource's log).
+        let h: Vec<Event> = number(
+            hold(0, 1, 10, 0)
+                .into_iter()
+                .chain(hold(10, 2, 10, 1))
+                .filter(|e| e.kind == Kind::Event)
+                .collect(),
+        );
+        assert_eq!(check_resource(&h, "lock").valid, Validity::Invalid);
+    }
+
+    #[test]
+    fn a_lost_update_is_caught() {
+        let mut h = clean();
+        // Process 2 read 1 but the write stored 1 again (an increment lost).
+        h[9].value = Some(1);
+        h[14].value = Some(1);
+        h[15].value = Some(2);
+        let c = check_resource(&number(h), "lock");
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        assert!(c.problems.join(" ").contains("lost update"), "{c:?}");
+    }
+
+    #[test]
+    fn two_holders_in_the_critical_section_are_caught_even_with_tokens_in_order() {
+        // 2's read and write come between 1's read and its write, which carries a
+        // token (13) above every other and the value after 2's: accepted tokens never
+        // go down, no token has two users, no increment is lost; only the interleaving
+        // is wrong.
+        let h = vec![
+            res(1, 1, "resource-read", 10, 0, true),
+            res(3, 2, "resource-read", 12, 0, true),
+            res(4, 2, "resource-write", 12, 1, true),
+            res(5, 1, "resource-write", 13, 2, true),
+        ];
+        let c = check_resource(&number(h), "lock");
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        assert_eq!(c.stat("problems"), 1, "{c:?}");
+        let text = c.problems.join(" ");
+        assert!(text.contains("two holders"), "{text}");
+    }
+
+    #[test]
+    fn two_unfenced_holders_at_once_are_caught_and_sequential_ones_are_not() {
+        let h = |second_grant: u64| {
+            number(vec![
+                ev("unfenced", 0, 1, Kind::Invoke, "acquire"),
+                tok(ev("unfenced", 1, 1, Kind::Ok, "acquire"), 10),
+                ev("unfenced", 2, 2, Kind::Invoke, "acquire"),
+                tok(ev("unfenced", second_grant, 2, Kind::Ok, "acquire"), 11),
+                tok(ev("unfenced", 100, 1, Kind::Invoke, "release"), 10),
+                tok(ev("unfenced", 101, 1, Kind::Ok, "release"), 10),
+                tok(ev("unfenced", 200, 2, Kind::Invoke, "release"), 11),
+                tok(ev("unfenced", 201, 2, Kind::Ok, "release"), 11),
+            ])
+        };
+        let check = |h: &[Event]| check_intervals(h, "unfenced", &excuses(h, 0), true);
+        let c = check(&h(50));
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        assert_eq!(c.stat("overlapping pairs"), 1);
+        assert_eq!(check(&h(102)).valid, Validity::Valid);
+        assert_eq!(check_tokens(&h(102), "unfenced").valid, Validity::Valid);
+    }
+
+    #[test]
+    fn a_late_lost_event_of_an_earlier_hold_does_not_end_the_current_one() {
+        // Process 1's watcher of its hold with token 10 reports the loss after the
+        // process was granted token 20; process 2 is granted while 1 still holds 20.
+        let h = number(vec![
+            tok(ev("unfenced", 1, 1, Kind::Ok, "acquire"), 10),
+            tok(ev("unfenced", 5, 1, Kind::Invoke, "release"), 10),
+            tok(ev("unfenced", 7, 1, Kind::Ok, "acquire"), 20),
+            tok(ev("unfenced", 8, 1, Kind::Event, "lost"), 10),
+            tok(ev("unfenced", 9, 2, Kind::Ok, "acquire"), 21),
+            tok(ev("unfenced", 12, 1, Kind::Invoke, "release"), 20),
+            tok(ev("unfenced", 13, 2, Kind::Invoke, "release"), 21),
+        ]);
+        let c = check_intervals(&h, "unfenced", &[], true);
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        // The loss of the current hold does end it.
+        let mut h = h;
+        h[3].token = Some(20);
+        assert_eq!(
+            check_intervals(&h, "unfenced", &[], true).valid,
+            Validity::Valid
+        );
+    }
+
+    #[test]
+    fn indeterminate_acquires_and_releases_are_judged_by_what_the_client_knew() {
+        // Process 2's acquire times out (indeterminate) while 1 holds: 2 never believed
+        // it held the lock, so nothing overlaps, and no token is compared.
+        let mut timed_out = ev("unfenced", 6, 2, Kind::Info, "acquire");
+        timed_out.error = Some("timed out".into());
+        // Process 1's release times out: it stopped using the lock when it asked, so a
+        // grant to 3 after that is no overlap; one before it is.
+        let h = |grant3: u64| {
+            number(vec![
+                ev("unfenced", 0, 1, Kind::Invoke, "acquire"),
+                tok(ev("unfenced", 1, 1, Kind::Ok, "acquire"), 10),
+                ev("unfenced", 2, 2, Kind::Invoke, "acquire"),
+                timed_out.clone(),
+                ev("unfenced", 8, 3, Kind::Invoke, "acquire"),
+                tok(ev("unfenced", 20, 1, Kind::Invoke, "release"), 10),
+                tok(ev("unfenced", 25, 1, Kind::Info, "release"), 10),
+                tok(ev("unfenced", grant3, 3, Kind::Ok, "acquire"), 11),
+                tok(ev("unfenced", 40, 3, Kind::Invoke, "release"), 11),
+            ])
+        };
+        let ok = h(21);
+        assert_eq!(
+            check_intervals(&ok, "unfenced", &[], true).valid,
+            Validity::Valid
+        );
+        let t = check_tokens(&ok, "unfenced");
+        assert_eq!(t.valid, Validity::Valid, "{t:?}");
+        assert_eq!(t.stat("acquires indeterminate"), 1);
+        assert_eq!(
+            check_intervals(&h(19), "unfenced", &[], true).valid,
+            Validity::Invalid
+        );
     }
 }
