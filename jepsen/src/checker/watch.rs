@@ -146,6 +146,8 @@ pub fn check(history: &[Event], workload: &str, strict: bool) -> Check {
     let mut clients: BTreeMap<u64, Vec<Session>> = BTreeMap::new();
     // zxid -> (earliest time received, key) of events for no acknowledged write.
     let mut phantoms: BTreeMap<u64, (u64, String)> = BTreeMap::new();
+    // Events whose path is not the one their zxid changed.
+    let mut wrong_path: Vec<String> = Vec::new();
     for e in history
         .iter()
         .filter(|e| e.workload == workload && e.kind == Kind::Event)
@@ -222,14 +224,43 @@ pub fn check(history: &[Event], workload: &str, strict: bool) -> Check {
                     }
                 }
                 s.last = Some((z, e.index));
-                if !written.contains_key(&z) && !install_zxids.contains(&z) {
-                    let p = phantoms.entry(z).or_insert((e.time, key.clone()));
-                    p.0 = p.0.min(e.time);
+                if !install_zxids.contains(&z) {
+                    match written.get(&z) {
+                        // The write of that zxid changed another node: this event
+                        // reports a change that did not happen (and is not that write's).
+                        Some((_, k)) if *k != key => wrong_path.push(format!(
+                            "process {}: event {} names {key} at zxid {z}, but the write of \
+                             zxid {z} was of {k}",
+                            e.process, e.index
+                        )),
+                        Some(_) => {}
+                        None => {
+                            let p = phantoms.entry(z).or_insert((e.time, key.clone()));
+                            p.0 = p.0.min(e.time);
+                            if p.1 != key {
+                                wrong_path.push(format!(
+                                    "process {}: event {} names {key} at zxid {z}, another \
+                                     client's event of zxid {z} names {}",
+                                    e.process, e.index, p.1
+                                ));
+                            }
+                        }
+                    }
                 }
                 s.seen.entry(z).or_default().insert(key);
             }
             _ => {}
         }
+    }
+    c.count(
+        "events naming another path than their zxid's write",
+        wrong_path.len() as u64,
+    );
+    for w in wrong_path.iter().take(5) {
+        c.fail(w.clone());
+    }
+    if wrong_path.len() > 5 {
+        c.fail(format!("... and {} more such events", wrong_path.len() - 5));
     }
     c.count("watching clients", clients.len() as u64);
     // Each phantom zxid needs its own indeterminate write of its key, invoked before the
@@ -299,7 +330,8 @@ fn check_window(
     let start = s.start;
     let missed: Vec<(u64, u64, &str)> = written
         .range(start + 1..=upper)
-        .filter(|(z, _)| !s.seen.contains_key(z))
+        // Seen only if an event of this zxid named the write's own node.
+        .filter(|(z, (_, k))| !s.seen.get(z).is_some_and(|keys| keys.contains(k)))
         .map(|(z, (t, k))| (*z, *t, k.as_str()))
         .collect();
     let (lagged, missed): (Vec<_>, Vec<_>) = missed.into_iter().partition(|(z, _, _)| {
@@ -767,6 +799,132 @@ mod review_regressions {
         // Another key.
         assert_eq!(
             with("nobody-wrote-this", S + 500 * MS).valid,
+            Validity::Invalid
+        );
+    }
+}
+
+/// One history per anomaly the watch checker exists to catch, each next to the same
+/// history without it.
+#[cfg(test)]
+mod anomaly_tests {
+    use super::*;
+    use crate::checker::Validity;
+
+    const MS: u64 = 1_000_000;
+
+    fn ev(time: u64, process: u64, kind: Kind, f: &str, z: Option<u64>) -> Event {
+        let mut e = Event::new(time * MS, process, "watch", kind, f);
+        e.zxid = z;
+        e
+    }
+
+    /// Writes of k0 (zxid 11), k1 (12), k2 (13) by process 2; `info` makes the k1
+    /// write indeterminate.
+    fn writes(info: bool) -> Vec<Event> {
+        let mut h = Vec::new();
+        for (i, key) in ["k0", "k1", "k2"].iter().enumerate() {
+            let t = 10 * (i as u64 + 1);
+            let mut inv = ev(t, 2, Kind::Invoke, "write", None);
+            inv.key = Some(key.to_string());
+            let z = 11 + i as u64;
+            let mut done = if info && i == 1 {
+                ev(t + 1, 2, Kind::Info, "write", None)
+            } else {
+                ev(t + 1, 2, Kind::Ok, "write", Some(z))
+            };
+            done.key = Some(key.to_string());
+            h.push(inv);
+            h.push(done);
+        }
+        h
+    }
+
+    fn event(time: u64, key: &str, z: u64) -> Event {
+        let mut e = ev(time, 1, Kind::Event, "event", Some(z));
+        e.path = Some(format!("/jepsen/watch/{key}"));
+        e
+    }
+
+    /// Client 1 watches from zxid 10 to 13 and receives `events` (key, zxid).
+    fn session(events: &[(&str, u64)], info: bool) -> Check {
+        let mut h = vec![ev(0, 1, Kind::Event, "watching", Some(10))];
+        h.extend(writes(info));
+        for (i, (k, z)) in events.iter().enumerate() {
+            h.push(event(40 + i as u64, k, *z));
+        }
+        h.push(ev(60, 1, Kind::Event, "watch-end", Some(13)));
+        for (i, e) in h.iter_mut().enumerate() {
+            e.index = i as u64;
+        }
+        check(&h, "watch", true)
+    }
+
+    const ALL: [(&str, u64); 3] = [("k0", 11), ("k1", 12), ("k2", 13)];
+
+    #[test]
+    fn every_event_once_in_order_passes() {
+        let c = session(&ALL, false);
+        assert_eq!(c.valid, Validity::Valid, "{c:?}");
+    }
+
+    #[test]
+    fn a_missed_event_is_caught() {
+        let c = session(&[("k0", 11), ("k2", 13)], false);
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        assert!(c.problems.join(" ").contains("[12]"), "{c:?}");
+    }
+
+    #[test]
+    fn a_duplicated_event_is_caught_next_to_the_original_or_later() {
+        let c = session(&[("k0", 11), ("k1", 12), ("k1", 12), ("k2", 13)], false);
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        let c = session(&[("k0", 11), ("k1", 12), ("k2", 13), ("k1", 12)], false);
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+    }
+
+    #[test]
+    fn events_out_of_zxid_order_are_caught() {
+        let c = session(&[("k0", 11), ("k2", 13), ("k1", 12)], false);
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        assert!(c.problems.join(" ").contains("after zxid 13"), "{c:?}");
+    }
+
+    /// Before the fix, an event was matched to a write by zxid alone: an event naming
+    /// another node than the one its zxid's write changed was accepted, and counted as
+    /// the delivery of that write.
+    #[test]
+    fn an_event_with_the_right_zxid_and_the_wrong_path_is_caught() {
+        let c = session(&[("k0", 11), ("k0", 12), ("k2", 13)], false);
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        let text = c.problems.join(" ");
+        assert!(text.contains("was of k1"), "{text}");
+        // And the write of k1 at 12 was never delivered.
+        assert!(text.contains("[12]"), "{text}");
+    }
+
+    #[test]
+    fn an_event_of_a_change_nobody_made_is_caught() {
+        let c = session(&[("k0", 11), ("k1", 12), ("k2", 13), ("k0", 14)], false);
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+    }
+
+    #[test]
+    fn indeterminate_writes_may_be_seen_or_not_but_excuse_no_other_write() {
+        // The k1 write is indeterminate: it may have applied (seen at 12) or not.
+        assert_eq!(session(&ALL, true).valid, Validity::Valid);
+        assert_eq!(
+            session(&[("k0", 11), ("k2", 13)], true).valid,
+            Validity::Valid
+        );
+        // It does not excuse the acknowledged k2 write missing, nor stand in for an
+        // event of another node.
+        assert_eq!(
+            session(&[("k0", 11), ("k1", 12)], true).valid,
+            Validity::Invalid
+        );
+        assert_eq!(
+            session(&[("k0", 11), ("k0", 12), ("k2", 13)], true).valid,
             Validity::Invalid
         );
     }
