@@ -3,9 +3,10 @@
 //! are read once (`final` event, items `name=data`). Checked: every acknowledged create
 //! is there with its data, no two acknowledged creates got one name, no operation left
 //! two nodes (a retried create must return the first result), no node comes from a
-//! create that definitely failed or from nowhere (no orphans), and sequence numbers of
-//! creates increase in real-time order. Gaps in the numbering are allowed (a failed
-//! create still consumes a number) and counted.
+//! create that definitely failed or from nowhere (no orphans), sequence numbers of
+//! creates increase in real-time order, and the numbers have no gap: corral's counter
+//! advances only when a sequential create is applied (a failed one consumes no number,
+//! unlike a ZooKeeper cversion moved by deletes) and nothing deletes these nodes.
 
 use super::{Check, Validity};
 use crate::history::{pairs, Event, Kind};
@@ -18,7 +19,7 @@ pub fn sequence_of(name: &str) -> Option<u64> {
 }
 
 pub fn check(history: &[Event], workload: &str) -> Check {
-    let mut c = Check::new("sequential: unique, gap-tolerant, no orphans");
+    let mut c = Check::new("sequential: unique, gapless, no orphans");
     // value -> (outcome, path if ok, call, ret, invoke index)
     type Create = (Kind, Option<String>, u64, Option<u64>, u64);
     let mut ops: HashMap<u64, Create> = HashMap::new();
@@ -134,10 +135,23 @@ pub fn check(history: &[Event], workload: &str) -> Check {
             order.push((*call, *ret, seq, *idx));
         }
     }
-    // Gaps: numbers below the highest that no node holds.
-    let seqs: Vec<u64> = names.keys().filter_map(|n| sequence_of(n)).collect();
-    if let Some(max) = seqs.iter().max() {
-        c.count("gaps", max + 1 - seqs.len() as u64);
+    // Gaps: numbers below the highest that no node holds. The parent's counter
+    // advances only when a sequential create is applied (server/src/machine.rs; a
+    // failed create, a rolled-back multi consume no number) and nothing deletes these
+    // nodes, so every number below the highest was given to a node that must still be
+    // there: a gap is a node that vanished (or a counter that skipped).
+    let seqs: std::collections::BTreeSet<u64> =
+        names.keys().filter_map(|n| sequence_of(n)).collect();
+    if let Some(&max) = seqs.iter().next_back() {
+        let gaps = max + 1 - seqs.len() as u64;
+        c.count("gaps", gaps);
+        if gaps > 0 {
+            let first: Vec<u64> = (0..max).filter(|n| !seqs.contains(n)).take(5).collect();
+            c.fail(format!(
+                "{gaps} numbers below the highest ({max}) are held by no node (first: \
+                 {first:?}): each was given to an applied create, and nothing deletes them"
+            ));
+        }
     }
     // Real-time order of sequence numbers.
     let mut by_ret = order.clone();
@@ -196,56 +210,69 @@ mod tests {
             create(4, 1, 102),
             done(5, 1, Kind::Fail, None),
             create(6, 1, 103),
-            done(7, 1, Kind::Ok, Some("/s/item-0000000003")),
+            done(7, 1, Kind::Ok, Some("/s/item-0000000002")),
         ]
     }
 
     #[test]
-    fn good_history_with_gaps_and_an_applied_info_passes() {
+    fn good_history_with_an_applied_info_passes() {
         let mut h = base();
         h.push(fin(&[
             "item-0000000000=101",
             "item-0000000001=201",
-            "item-0000000003=103",
+            "item-0000000002=103",
         ]));
         let c = check(&h, "sequential");
         assert_eq!(c.valid, Validity::Valid, "{c:?}");
-        assert_eq!(c.stat("gaps"), 1);
+        assert_eq!(c.stat("gaps"), 0);
     }
 
     #[test]
-    fn duplicates_orphans_lost_and_failed_nodes_are_caught() {
+    fn duplicates_orphans_lost_failed_nodes_and_gaps_are_caught() {
         for (items, what) in [
             (
                 vec![
                     "item-0000000000=101",
+                    "item-0000000001=201",
+                    "item-0000000002=103",
                     "item-0000000003=103",
-                    "item-0000000004=103",
                 ],
                 "left 2 nodes",
             ),
             (
                 vec![
                     "item-0000000000=101",
-                    "item-0000000003=103",
-                    "item-0000000005=777",
+                    "item-0000000001=201",
+                    "item-0000000002=103",
+                    "item-0000000003=777",
                 ],
                 "orphan",
             ),
-            (vec!["item-0000000000=101"], "gone at the end"),
+            (
+                vec!["item-0000000000=101", "item-0000000001=201"],
+                "gone at the end",
+            ),
             (
                 vec![
                     "item-0000000000=101",
-                    "item-0000000002=102",
-                    "item-0000000003=103",
+                    "item-0000000001=201",
+                    "item-0000000002=103",
+                    "item-0000000003=102",
                 ],
                 "failed",
+            ),
+            // Number 1 went to an applied create (the indeterminate one: 103 got 2), and
+            // its node is gone. Valid before the fix (gaps were counted, not checked).
+            (
+                vec!["item-0000000000=101", "item-0000000002=103"],
+                "held by no node (first: [1])",
             ),
         ] {
             let mut h = base();
             h.push(fin(&items));
             let c = check(&h, "sequential");
             assert_eq!(c.valid, Validity::Invalid, "{what}");
+            assert_eq!(c.stat("problems"), 1, "{what}: {:?}", c.problems);
             assert!(
                 c.problems.join("\n").contains(what),
                 "{what}: {:?}",
@@ -255,14 +282,62 @@ mod tests {
     }
 
     #[test]
+    fn a_name_acknowledged_to_two_creates_is_caught() {
+        let mut h = base();
+        h[7].path = Some("/s/item-0000000000".into());
+        h.push(fin(&["item-0000000000=101", "item-0000000001=103"]));
+        let c = check(&h, "sequential");
+        assert_eq!(c.valid, Validity::Invalid);
+        assert!(
+            c.problems
+                .join("\n")
+                .contains("acknowledged to two creates"),
+            "{c:?}"
+        );
+    }
+
+    #[test]
     fn numbers_that_go_back_in_real_time_are_caught() {
         let mut h = base();
         h[7].path = Some("/s/item-0000000000".into());
-        h[1].path = Some("/s/item-0000000003".into());
-        h.push(fin(&["item-0000000003=101", "item-0000000000=103"]));
+        h[1].path = Some("/s/item-0000000002".into());
+        h.push(fin(&[
+            "item-0000000002=101",
+            "item-0000000001=201",
+            "item-0000000000=103",
+        ]));
         let c = check(&h, "sequential");
         assert_eq!(c.valid, Validity::Invalid);
+        assert_eq!(c.stat("problems"), 1, "{c:?}");
         assert!(c.problems.join("\n").contains("after a create"));
+    }
+
+    #[test]
+    fn an_indeterminate_create_may_apply_or_not() {
+        // Not applied: 103 got number 1.
+        let mut h = base();
+        h[7].path = Some("/s/item-0000000001".into());
+        h.push(fin(&["item-0000000000=101", "item-0000000001=103"]));
+        let c = check(&h, "sequential");
+        assert_eq!(c.valid, Validity::Valid, "{c:?}");
+        // Applied late, after the last acknowledged create: number 2.
+        let mut h = base();
+        h.push(fin(&[
+            "item-0000000000=101",
+            "item-0000000001=103",
+            "item-0000000002=201",
+        ]));
+        h[7].path = Some("/s/item-0000000001".into());
+        assert_eq!(check(&h, "sequential").valid, Validity::Valid);
+        // But not twice.
+        let mut h = base();
+        h.push(fin(&[
+            "item-0000000000=101",
+            "item-0000000001=201",
+            "item-0000000002=103",
+            "item-0000000003=201",
+        ]));
+        assert_eq!(check(&h, "sequential").valid, Validity::Invalid);
     }
 
     #[test]
@@ -283,7 +358,11 @@ mod tests {
         assert!(text.contains("gone at the end"), "{text}");
         let mut h = base();
         h[7].path = None;
-        h.push(fin(&["item-0000000000=101", "item-0000000003=103"]));
+        h.push(fin(&[
+            "item-0000000000=101",
+            "item-0000000001=201",
+            "item-0000000002=103",
+        ]));
         let c = check(&h, "sequential");
         assert_eq!(c.valid, Validity::Invalid, "{c:?}");
         assert!(c.problems.join("\n").contains("without a path"), "{c:?}");
