@@ -14,10 +14,17 @@
 //! Knossos and Porcupine): operations are linearized just in time, backtracking when a
 //! return is reached whose operation is not linearized yet. Indeterminate operations
 //! return at the end of time, where linearizing them changes nothing the history shows,
-//! so "never happened" needs no special case.
+//! so "never happened" needs no special case (a [`Model`] must therefore accept any
+//! operation with an unknown output in any state).
 //!
 //! The search is exponential in the worst case, so it takes a time limit and may answer
-//! [`Outcome::Unknown`]. Histories of independent objects (one register per key) should
+//! [`Outcome::Unknown`]. Indeterminate operations are what makes it so: each may or may
+//! not have happened, at any time after its call. Those with equal inputs are
+//! interchangeable, so the search only ever uses the earliest called of them, in call
+//! order (m equal ones cost m + 1 choices, not 2^m subsets). Indeterminate operations
+//! with different inputs still multiply the search: a harness whose writes carry unique
+//! values should give the same input to those whose values no read returned (they
+//! cannot be told apart), as corral's Jepsen register checker does. Histories of independent objects (one register per key) should
 //! be checked one object at a time ([`check_partitioned`]): Herlihy and Wing's locality
 //! makes the whole history linearizable exactly when each part is.
 //!
@@ -33,8 +40,9 @@ use std::time::{Duration, Instant};
 pub trait Model {
     /// The object's state.
     type State: Clone + Eq + Hash + Debug;
-    /// An operation's request.
-    type Input: Clone + Debug;
+    /// An operation's request. Equal requests of indeterminate operations are
+    /// interchangeable, which the search uses (see [`check`]).
+    type Input: Clone + Debug + Eq + Hash;
     /// An operation's answer.
     type Output: Clone + Debug;
 
@@ -140,6 +148,9 @@ impl Bits {
     fn clear(&mut self, i: usize) {
         self.0[i / 64] &= !(1 << (i % 64));
     }
+    fn get(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
     fn count(&self) -> usize {
         self.0.iter().map(|w| w.count_ones() as usize).sum()
     }
@@ -224,6 +235,26 @@ pub fn check<M: Model>(
     let mut stack: Vec<(usize, M::State)> = Vec::new();
     let mut best: Vec<usize> = Vec::new();
     let mut best_stuck: Vec<usize> = Vec::new();
+    // Indeterminate operations with equal requests (no answer, no return) can trade
+    // places: in any linearization, the ones used can be taken to be the earliest
+    // called, in call order (the k-th used place comes after k calls of the class, so
+    // after the k-th earliest). So one is linearized only after the one of its class
+    // called just before it: k of m such writes give m + 1 choices, not 2^m subsets.
+    let mut twin_before = vec![NIL; n];
+    {
+        let mut last_of: std::collections::HashMap<&M::Input, usize> =
+            std::collections::HashMap::new();
+        let mut free: Vec<usize> = (0..n)
+            .filter(|&i| history[i].ret.is_none() && history[i].output.is_none())
+            .collect();
+        // The order of their call events in the list.
+        free.sort_by_key(|&i| (history[i].call, i));
+        for i in free {
+            if let Some(prev) = last_of.insert(&history[i].input, i) {
+                twin_before[i] = prev;
+            }
+        }
+    }
     let mut entry = events[0].next;
     let mut iterations: u64 = 0;
     while events[0].next != NIL {
@@ -249,6 +280,11 @@ pub fn check<M: Model>(
         }
         let e = events[entry];
         if e.is_call {
+            let twin = twin_before[e.op];
+            if twin != NIL && !linearized.get(twin) {
+                entry = e.next;
+                continue;
+            }
             let op = &history[e.op];
             if let Some(next_state) = model.step(&state, &op.input, op.output.as_ref()) {
                 let mut key = linearized.clone();
