@@ -1703,7 +1703,11 @@ impl Node {
                     gap_ms = gap,
                     "node was stalled; restarting every session deadline at full TTL"
                 );
-                self.tracker.restart_all(now);
+                // The expiries proposed before the stall stay: they are still ahead in
+                // the log (one lost with a leadership change is forgotten below, when
+                // the change is seen), and a keepalive or resume of their sessions
+                // must not be acknowledged meanwhile.
+                self.tracker.restart_deadlines(now);
             }
         }
         self.last_tick_ms = Some(now);
@@ -2152,6 +2156,119 @@ mod tests {
             assert_eq!(node.machine().session_count(), 0, "and applied");
             assert_eq!(node.tracker.len(), 0);
         }
+    }
+
+    /// The node at `mono_ms` on the monotonic clock (the wall clock moves alike).
+    fn at(mono_ms: u64) -> Now {
+        Now {
+            mono_ms,
+            wall_ms: NOW.wall_ms + (mono_ms - NOW.mono_ms) as i64,
+        }
+    }
+
+    /// Opens a session of `ttl_ms` on connection `conn` of a single node and returns
+    /// its id (the node's first batch must be the open).
+    fn open_session(node: &mut Node, conn: ConnId, ttl_ms: u64, now: Now) -> u64 {
+        let hello = Hello::new(SessionRequest::New { ttl_ms }, 0);
+        let out = node.handle(
+            now,
+            Input::Hello {
+                conn,
+                hello,
+                secret: 1_000 + conn,
+            },
+        );
+        let batches = persisted_batches(&out);
+        assert_eq!(batches.len(), 1, "{out:?}");
+        let out = node.handle(now, Input::Persisted { batch: batches[0] });
+        out.iter()
+            .find_map(|o| match o {
+                Output::HelloReply {
+                    conn: c,
+                    reply: HelloReply::Accepted(g),
+                } if *c == conn => Some(g.session_id),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("session granted: {out:?}"))
+    }
+
+    /// The responses sent to `conn`, in order.
+    fn responses(outputs: &[Output], conn: ConnId) -> Vec<&Response> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send {
+                    conn: c,
+                    msg: ServerMessage::Response(r),
+                } if *c == conn => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A single node whose expiry of a session is proposed and not yet durable when a
+    /// stall (a gap between ticks) restarts every deadline must not acknowledge a
+    /// keepalive, or accept a resume, of that session: its expiry is in the log ahead
+    /// of them and will apply; the client would believe in a lease (and locks) that
+    /// end a moment later.
+    #[test]
+    fn a_stall_does_not_let_a_session_being_expired_be_kept_alive() {
+        let mut node = single_node();
+        let session = open_session(&mut node, 1, 1_000, NOW);
+        node.handle(NOW, Input::Tick);
+        // Silent past its TTL: its expiry is proposed, and its batch is being synced.
+        let out = node.handle(at(2_500), Input::Tick);
+        let expiry = persisted_batches(&out);
+        assert_eq!(expiry.len(), 1, "the expiry is proposed: {out:?}");
+        // The node stalls (SIGSTOP, swap) with the batch in flight; the next tick
+        // restarts every deadline.
+        let later = at(2_500 + 10_001);
+        node.handle(later, Input::Tick);
+        let out = node.handle(
+            later,
+            Input::Request {
+                conn: 1,
+                request: Request {
+                    xid: 1,
+                    op: Op::Ping,
+                },
+            },
+        );
+        let answers = responses(&out, 1);
+        assert_eq!(answers.len(), 1, "{out:?}");
+        assert!(
+            matches!(&answers[0].result, Err(e) if e.code == ErrorCode::SessionExpired),
+            "a ping of a session whose expiry is in the log: {:?}",
+            answers[0].result
+        );
+        let secret = node.machine().session(session).map(|s| s.secret);
+        let hello = Hello::new(
+            SessionRequest::Resume {
+                session_id: session,
+                secret: secret.unwrap_or_default(),
+            },
+            0,
+        );
+        let out = node.handle(
+            later,
+            Input::Hello {
+                conn: 2,
+                hello,
+                secret: 0,
+            },
+        );
+        assert!(
+            out.iter().any(|o| matches!(
+                o,
+                Output::HelloReply {
+                    conn: 2,
+                    reply: HelloReply::Refused(e),
+                } if e.code == ErrorCode::SessionExpired
+            )),
+            "a resume of a session whose expiry is in the log: {out:?}"
+        );
+        node.handle(later, Input::Persisted { batch: expiry[0] });
+        assert!(node.machine().session(session).is_none(), "expired");
     }
 
     fn waiter(xid: u64) -> Keepalive {

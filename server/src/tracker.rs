@@ -57,12 +57,20 @@ impl SessionTracker {
     /// Restarts every deadline at full TTL from `now_ms` and forgets proposed expiries
     /// that were not applied (they may have been lost with a leadership change).
     pub fn restart_all(&mut self, now_ms: u64) {
+        self.restart_deadlines(now_ms);
+        self.expiring.clear();
+    }
+
+    /// Restarts every deadline at full TTL from `now_ms`, keeping the proposed expiries:
+    /// after a stall of a node that still decides expiry, the expiries it proposed are
+    /// still ahead in its log and will apply, so their sessions must stay expiring (no
+    /// keepalive acknowledged, no resume accepted for them meanwhile).
+    pub fn restart_deadlines(&mut self, now_ms: u64) {
         self.earliest_ms = u64::MAX;
         for t in self.sessions.values_mut() {
             t.deadline_ms = now_ms.saturating_add(t.ttl_ms);
             self.earliest_ms = self.earliest_ms.min(t.deadline_ms);
         }
-        self.expiring.clear();
     }
 
     /// Sessions past their deadline and not already being expired, in id order; they are
@@ -188,6 +196,12 @@ mod tests {
                     slow.remove(&gone);
                     slow_expiring.remove(&gone);
                 }
+                98 => {
+                    fast.restart_deadlines(now);
+                    for t in slow.values_mut() {
+                        t.deadline_ms = now + t.ttl_ms;
+                    }
+                }
                 99 => {
                     fast.restart_all(now);
                     for t in slow.values_mut() {
@@ -205,6 +219,19 @@ mod tests {
             slow_expiring.extend(expected.iter().copied());
             assert_eq!(fast.take_expired(now), expected, "seed {seed}, step {step}");
         }
+    }
+
+    #[test]
+    fn restarting_deadlines_keeps_proposed_expiries() {
+        let mut t = SessionTracker::default();
+        t.add(1, 100, 0);
+        t.add(2, 100, 0);
+        t.touch(2, 50);
+        assert_eq!(t.take_expired(120), vec![1]);
+        t.restart_deadlines(500);
+        assert!(t.is_expiring(1), "its expiry is still in the log");
+        assert!(t.take_expired(599).is_empty());
+        assert_eq!(t.take_expired(600), vec![2], "1 is not proposed twice");
     }
 
     #[test]
