@@ -60,11 +60,29 @@ pub fn check(history: &[Event], workload: &str) -> Check {
         workload,
         reference.map_or(DEFAULT_BOUND_MS, |r| r.1),
     );
-    let dead: Vec<(u64, &String, u64)> = killed
-        .iter()
-        .filter_map(|(p, t)| ephemerals.get(p).map(|path| (*p, path, *t)))
-        .collect();
-    c.count("clients killed with an ephemeral", dead.len() as u64);
+    // A killed client's ephemerals: the one it reported, and any node named after it
+    // (`p<process>-s<session>`) that the observations list, e.g. one whose create
+    // was applied but never answered (the client cannot report it, and it must vanish
+    // all the same: every session of a killed process is dead).
+    let mut dead: Vec<(u64, String, u64)> = Vec::new();
+    for (p, t) in &killed {
+        let prefix = format!("p{p}-s");
+        let mut paths: std::collections::BTreeSet<String> =
+            ephemerals.get(p).cloned().into_iter().collect();
+        let reported: Vec<String> = paths
+            .iter()
+            .map(|path| path.rsplit('/').next().unwrap_or(path).to_string())
+            .collect();
+        for (_, items) in &observations {
+            for i in items {
+                if i.starts_with(&prefix) && !reported.contains(i) {
+                    paths.insert(i.clone());
+                }
+            }
+        }
+        dead.extend(paths.into_iter().map(|path| (*p, path, *t)));
+    }
+    c.count("ephemerals of killed clients", dead.len() as u64);
     let Some((heal, bound_ms)) = reference else {
         if c.valid == Validity::Valid {
             c.valid = Validity::Unknown;
@@ -75,7 +93,8 @@ pub fn check(history: &[Event], workload: &str) -> Check {
     let mut worst: u64 = 0;
     for (process, path, died) in dead {
         let from = heal.max(died);
-        let name = path.rsplit('/').next().unwrap_or(path);
+        let name = path.rsplit('/').next().unwrap_or(&path);
+        let path = &path;
         let listed = |items: &Vec<String>| items.iter().any(|i| i == name || i == path);
         // Every observation that still lists the node must be within the bound of the
         // heal, the death, or the last leader change before that observation (a new
@@ -277,5 +296,124 @@ mod tests {
         let c = check(&history(true), "session");
         assert_eq!(c.valid, Validity::Valid, "{c:?}");
         assert_eq!(c.stat("own ephemeral gone, session expired"), 1);
+    }
+}
+
+/// One history per anomaly the session checker exists to catch, each next to the same
+/// history without it.
+#[cfg(test)]
+mod anomaly_tests {
+    use super::*;
+
+    fn ev(time_ms: u64, process: u64, f: &str) -> Event {
+        Event::new(time_ms * 1_000_000, process, "session", Kind::Event, f)
+    }
+
+    fn ephemeral(time_ms: u64, process: u64, name: &str) -> Event {
+        let mut e = ev(time_ms, process, "ephemeral");
+        e.path = Some(format!("/jepsen/session/{name}"));
+        e
+    }
+
+    fn observe(time_ms: u64, items: &[&str]) -> Event {
+        let mut e = ev(time_ms, 0, "observe");
+        e.items = Some(items.iter().map(|s| s.to_string()).collect());
+        e
+    }
+
+    /// Clients 1 (killed at 500 ms) and 2 (alive); heal at 1 s, bound 3 s; polls every
+    /// 250 ms from 1.1 s to 6.1 s. `p1_until`: the last poll listing 1's node.
+    fn history(p1_until: u64) -> Vec<Event> {
+        let mut fin = ev(1000, 0, "final-check");
+        fin.value = Some(3000);
+        let mut h = vec![
+            ephemeral(0, 1, "p1-s5"),
+            ephemeral(0, 2, "p2-s6"),
+            ev(500, 1, "process-killed"),
+            fin,
+        ];
+        for t in (1100..=6100).step_by(250) {
+            h.push(observe(
+                t,
+                if t <= p1_until {
+                    &["p1-s5", "p2-s6"]
+                } else {
+                    &["p2-s6"]
+                },
+            ));
+        }
+        h
+    }
+
+    #[test]
+    fn a_killed_clients_ephemeral_that_vanishes_in_time_passes() {
+        let c = check(&history(3600), "session");
+        assert_eq!(c.valid, Validity::Valid, "{c:?}");
+    }
+
+    #[test]
+    fn a_killed_clients_ephemeral_that_never_vanishes_is_caught() {
+        let c = check(&history(u64::MAX), "session");
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        assert!(c.problems.join(" ").contains("still listed"), "{c:?}");
+    }
+
+    #[test]
+    fn a_killed_clients_ephemeral_that_vanishes_late_is_caught() {
+        let c = check(&history(4600), "session");
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+    }
+
+    /// Before the fix only the ephemeral the client had reported was followed: one
+    /// whose create was applied but not answered (the client was killed waiting for
+    /// the answer, or before it printed the event) could stay for ever.
+    #[test]
+    fn an_unreported_ephemeral_of_a_killed_client_must_vanish_too() {
+        let mut h = history(3600);
+        for e in h.iter_mut().filter(|e| e.f == "observe") {
+            if let Some(items) = e.items.as_mut() {
+                items.push("p1-s9".into());
+            }
+        }
+        let c = check(&h, "session");
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        assert!(c.problems.join(" ").contains("p1-s9"), "{c:?}");
+        // Another process's node with a similar name is not the killed client's.
+        let mut h = history(3600);
+        for e in h.iter_mut().filter(|e| e.f == "observe") {
+            if let Some(items) = e.items.as_mut() {
+                items.push("p11-s9".into());
+            }
+        }
+        assert_eq!(check(&h, "session").valid, Validity::Valid);
+    }
+
+    #[test]
+    fn a_live_clients_ephemeral_may_vanish_only_with_its_session() {
+        let gone = |then: &str| {
+            let mut h = history(3600);
+            let mut inv = Event::new(2_000_000_000, 2, "session", Kind::Invoke, "exists");
+            inv.path = Some("/jepsen/session/p2-s6".into());
+            let mut e = Event::new(2_001_000_000, 2, "session", Kind::Fail, "exists");
+            e.error = Some("own ephemeral is gone".into());
+            h.push(inv);
+            h.push(e);
+            let mut next = Event::new(2_300_000_000, 2, "session", Kind::Fail, "exists");
+            next.error = Some(then.into());
+            h.push(Event::new(
+                2_200_000_000,
+                2,
+                "session",
+                Kind::Invoke,
+                "exists",
+            ));
+            h.push(next);
+            check(&h, "session")
+        };
+        assert_eq!(
+            gone("session expired; create a new client").valid,
+            Validity::Valid
+        );
+        assert_eq!(gone("connection lost").valid, Validity::Invalid);
     }
 }
