@@ -367,6 +367,9 @@ pub struct Node {
     session_conns: BTreeMap<u64, ConnId>,
     /// New sessions proposed, by secret, with the connection that asked.
     pending_opens: BTreeMap<u64, ConnId>,
+    /// `GrantLease` writes this node proposed and has not seen applied, by (session,
+    /// xid): each may open a lease, so `max_sessions` counts them.
+    pending_grants: BTreeSet<(u64, u64)>,
     last_snapshot_index: u64,
     /// Set when the disk failed: writes are refused, reads still served.
     disk_failed: Option<String>,
@@ -418,6 +421,7 @@ impl Node {
             conns: BTreeMap::new(),
             session_conns: BTreeMap::new(),
             pending_opens: BTreeMap::new(),
+            pending_grants: BTreeSet::new(),
             disk_failed: None,
             last_tick_ms: None,
             barriers: BTreeMap::new(),
@@ -897,7 +901,12 @@ impl Node {
                     _ => self.client_write(conn, session, xid, op.clone()),
                 };
                 match self.propose(body) {
-                    Ok(()) => PendingState::Proposed,
+                    Ok(()) => {
+                        if matches!(op, Op::GrantLease { .. }) {
+                            self.pending_grants.insert((session, xid));
+                        }
+                        PendingState::Proposed
+                    }
                     Err(e) => PendingState::Done(Response {
                         xid,
                         zxid: self.machine.last_zxid(),
@@ -1411,6 +1420,11 @@ impl Node {
         if let Log::Paxos(p) = &mut self.log {
             p.settle_installed(&self.machine);
         }
+        // Grants whose entries were inside the snapshot are never seen applied here.
+        let machine = &self.machine;
+        self.pending_grants.retain(|&(session, xid)| {
+            machine.session(session).is_some() && machine.last_xid(session) < xid
+        });
         let gone: Vec<u64> = self
             .session_conns
             .keys()
@@ -1516,6 +1530,7 @@ impl Node {
             | EntryBody::AckedWrite {
                 session_id, xid, ..
             } => {
+                self.pending_grants.remove(&(*session_id, *xid));
                 if let Some(Ok(OpResult::Lease { lease_id, ttl_ms })) = &applied.result {
                     if self.machine.session(*lease_id).is_some() {
                         self.tracker.add(*lease_id, *ttl_ms, self.now.mono_ms);
@@ -1555,6 +1570,15 @@ impl Node {
         }
         for session in applied.ended_sessions {
             self.tracker.remove(session);
+            // Its grants still in the log can only fail now.
+            let grants: Vec<(u64, u64)> = self
+                .pending_grants
+                .range((session, 0)..=(session, u64::MAX))
+                .copied()
+                .collect();
+            for grant in grants {
+                self.pending_grants.remove(&grant);
+            }
             if let Some(conn) = self.session_conns.get(&session).copied() {
                 let msg = format!("session {session:#x} expired or was closed");
                 self.goodbye(conn, ErrorInfo::new(ErrorCode::SessionExpired, msg));
@@ -1662,12 +1686,15 @@ impl Node {
                 }
                 | EntryBody::AckedWrite {
                     session_id, xid, ..
-                } => self.complete(
-                    *session_id,
-                    *xid,
-                    self.machine.last_zxid(),
-                    Err(failure.clone()),
-                ),
+                } => {
+                    self.pending_grants.remove(&(*session_id, *xid));
+                    self.complete(
+                        *session_id,
+                        *xid,
+                        self.machine.last_zxid(),
+                        Err(failure.clone()),
+                    )
+                }
                 EntryBody::CloseSession { session_id } => {
                     if let Some(conn) = self.session_conns.get(session_id).copied() {
                         self.complete_close(conn, self.machine.last_zxid(), Err(failure.clone()));
@@ -1970,9 +1997,10 @@ impl Node {
     }
 
     /// `LimitExceeded` once `max_sessions` sessions and leases (a lease is a session
-    /// without a connection, tracked and expired like one) are open or being opened.
+    /// without a connection, tracked and expired like one) are open or being opened
+    /// (an open or a `GrantLease` this node proposed and has not seen applied).
     fn room_for_a_session(&self) -> Result<(), ErrorInfo> {
-        let live = self.tracker.len() + self.pending_opens.len();
+        let live = self.tracker.len() + self.pending_opens.len() + self.pending_grants.len();
         if live < self.config.max_sessions {
             return Ok(());
         }
@@ -2269,6 +2297,40 @@ mod tests {
         );
         node.handle(later, Input::Persisted { batch: expiry[0] });
         assert!(node.machine().session(session).is_none(), "expired");
+    }
+
+    /// `max_sessions` counts the leases being granted, not only those applied: a client
+    /// that pipelines `GrantLease` requests faster than the log makes them durable
+    /// cannot open more sessions and leases than the limit.
+    #[test]
+    fn pipelined_lease_grants_do_not_pass_max_sessions() {
+        let mut node = single_node();
+        let max = node.config.max_sessions;
+        node.config.max_pending_requests_per_connection = 4 * max;
+        open_session(&mut node, 1, 10_000, NOW);
+        let mut out = Vec::new();
+        for xid in 1..=2 * max as u64 {
+            out.extend(node.take_in(
+                NOW,
+                Input::Request {
+                    conn: 1,
+                    request: Request {
+                        xid,
+                        op: Op::GrantLease { ttl_ms: 10_000 },
+                    },
+                },
+            ));
+        }
+        out.extend(node.end_pass(NOW));
+        for batch in persisted_batches(&out) {
+            node.handle(NOW, Input::Persisted { batch });
+        }
+        assert!(
+            node.machine().session_count() <= max,
+            "{} sessions and leases, max_sessions {max}",
+            node.machine().session_count()
+        );
+        assert_eq!(node.machine().session_count(), max, "up to the limit");
     }
 
     fn waiter(xid: u64) -> Keepalive {
