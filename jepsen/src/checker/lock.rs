@@ -196,7 +196,7 @@ pub fn intervals(history: &[Event], workload: &str) -> Vec<Held> {
             }
         }
         if e.kind == Kind::Ok && e.f == "acquire" {
-            open.insert(
+            let previous = open.insert(
                 e.process,
                 Held {
                     process: e.process,
@@ -205,6 +205,12 @@ pub fn intervals(history: &[Event], workload: &str) -> Vec<Held> {
                     end: end_of_history,
                 },
             );
+            // A grant while a hold is open (its release's or this acquire's invocation
+            // missing from the history): the earlier hold lasted until now at least.
+            if let Some(mut h) = previous {
+                h.end = e.time.max(h.start);
+                out.push(h);
+            }
         }
     }
     out.extend(open.into_values().map(|mut h| {
@@ -1014,5 +1020,71 @@ mod anomaly_tests {
             check_intervals(&h(19), "unfenced", &[], true).valid,
             Validity::Invalid
         );
+    }
+
+    #[test]
+    fn a_crashed_or_killed_holder_is_judged_by_what_is_known() {
+        // Process 1 holds 10 and is killed at 20: it held until then, so 2's grant at
+        // 15 overlaps and 2's grant at 25 does not.
+        let h = |grant2: u64| {
+            number(vec![
+                tok(ev("unfenced", 1, 1, Kind::Ok, "acquire"), 10),
+                ev("unfenced", 20, 1, Kind::Event, "process-killed"),
+                ev("unfenced", 2, 2, Kind::Invoke, "acquire"),
+                tok(ev("unfenced", grant2, 2, Kind::Ok, "acquire"), 11),
+                tok(ev("unfenced", 40, 2, Kind::Invoke, "release"), 11),
+            ])
+        };
+        assert_eq!(
+            check_intervals(&h(25), "unfenced", &[], true).valid,
+            Validity::Valid
+        );
+        assert_eq!(
+            check_intervals(&h(15), "unfenced", &[], true).valid,
+            Validity::Invalid
+        );
+        // A client that crashed without a trace while holding is taken to hold to the
+        // end: a later grant overlaps (the harness must record deaths).
+        let h = number(vec![
+            tok(ev("unfenced", 1, 1, Kind::Ok, "acquire"), 10),
+            ev("unfenced", 2, 2, Kind::Invoke, "acquire"),
+            tok(ev("unfenced", 25, 2, Kind::Ok, "acquire"), 11),
+        ]);
+        assert_eq!(
+            check_intervals(&h, "unfenced", &[], true).valid,
+            Validity::Invalid
+        );
+        // An acquire whose client died before the answer (no completion) holds nothing
+        // and has no token to compare.
+        let h = number(vec![
+            ev("unfenced", 0, 1, Kind::Invoke, "acquire"),
+            tok(ev("unfenced", 1, 2, Kind::Ok, "acquire"), 11),
+            tok(ev("unfenced", 30, 2, Kind::Invoke, "release"), 11),
+        ]);
+        assert_eq!(
+            check_intervals(&h, "unfenced", &[], true).valid,
+            Validity::Valid
+        );
+        let t = check_tokens(&h, "unfenced");
+        assert_eq!(
+            (t.valid, t.stat("acquires indeterminate")),
+            (Validity::Valid, 1)
+        );
+    }
+
+    /// A grant recorded while the process's previous hold was still open (the release
+    /// invocation missing) used to replace that hold, which then overlapped nothing.
+    #[test]
+    fn a_hold_replaced_by_a_grant_without_a_release_still_counts() {
+        let h = number(vec![
+            tok(ev("unfenced", 1, 1, Kind::Ok, "acquire"), 10),
+            tok(ev("unfenced", 5, 2, Kind::Ok, "acquire"), 11),
+            tok(ev("unfenced", 7, 2, Kind::Invoke, "release"), 11),
+            tok(ev("unfenced", 8, 1, Kind::Ok, "acquire"), 12),
+            tok(ev("unfenced", 20, 1, Kind::Invoke, "release"), 12),
+        ]);
+        let c = check_intervals(&h, "unfenced", &[], true);
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        assert_eq!(c.stat("hold intervals"), 3);
     }
 }
