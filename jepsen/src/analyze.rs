@@ -218,3 +218,185 @@ mod tests {
         assert_eq!(analyze(&h, &opts(&["register"])).valid, Validity::Valid);
     }
 }
+
+/// `analyze` runs each workload's checkers: one anomaly per workload, in one history,
+/// is reported by that workload's check, and the history without them is valid.
+#[cfg(test)]
+mod wiring_tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn ev(t: u64, p: u64, w: &str, kind: Kind, f: &str) -> Event {
+        Event::new(t * MS, p, w, kind, f)
+    }
+
+    fn with(mut e: Event, set: impl FnOnce(&mut Event)) -> Event {
+        set(&mut e);
+        e
+    }
+
+    /// A clean history of every workload; `bad` names the workloads to break.
+    fn history(bad: &[&str]) -> Vec<Event> {
+        let is_bad = |w: &str| bad.contains(&w);
+        let mut h = Vec::new();
+        for w in ["lock", "unfenced"] {
+            // Process 1 holds 1..10; process 2 is granted at 20, or at 5 when broken.
+            let g2 = if is_bad(w) { 5 } else { 20 };
+            h.push(ev(0, 1, w, Kind::Invoke, "acquire"));
+            h.push(with(ev(1, 1, w, Kind::Ok, "acquire"), |e| {
+                e.token = Some(10)
+            }));
+            h.push(ev(2, 2, w, Kind::Invoke, "acquire"));
+            h.push(with(ev(g2, 2, w, Kind::Ok, "acquire"), |e| {
+                e.token = Some(11)
+            }));
+            h.push(with(ev(10, 1, w, Kind::Invoke, "release"), |e| {
+                e.token = Some(10)
+            }));
+            h.push(with(ev(30, 2, w, Kind::Invoke, "release"), |e| {
+                e.token = Some(11)
+            }));
+        }
+        // register: a write of 5 (version 1), then a read of 5, or of 0 (stale).
+        let key = |mut e: Event| {
+            e.key = Some("w0-k0".into());
+            e
+        };
+        h.push(key(with(
+            ev(0, 3, "register", Kind::Invoke, "write"),
+            |e| e.value = Some(5),
+        )));
+        h.push(key(with(ev(1, 3, "register", Kind::Ok, "write"), |e| {
+            e.version = Some(1)
+        })));
+        h.push(key(ev(2, 3, "register", Kind::Invoke, "read")));
+        let (v, ver) = if is_bad("register") { (0, 0) } else { (5, 1) };
+        h.push(key(with(ev(3, 3, "register", Kind::Ok, "read"), |e| {
+            (e.value, e.version) = (Some(v), Some(ver))
+        })));
+        // sequential: two creates; the final read lacks the first when broken.
+        for (i, t) in [0u64, 10].into_iter().enumerate() {
+            h.push(with(ev(t, 4, "sequential", Kind::Invoke, "create"), |e| {
+                e.value = Some(100 + i as u64)
+            }));
+            h.push(with(ev(t + 1, 4, "sequential", Kind::Ok, "create"), |e| {
+                e.path = Some(format!("/jepsen/sequential/item-{i:010}"))
+            }));
+        }
+        let mut items = vec!["item-0000000000=100", "item-0000000001=101"];
+        if is_bad("sequential") {
+            items.remove(0);
+        }
+        h.push(with(ev(70, 0, "sequential", Kind::Event, "final"), |e| {
+            e.items = Some(items.iter().map(|s| s.to_string()).collect())
+        }));
+        // watch: one acknowledged write (zxid 11), delivered unless broken.
+        h.push(with(ev(0, 5, "watch", Kind::Event, "watching"), |e| {
+            e.zxid = Some(10)
+        }));
+        h.push(with(ev(1, 6, "watch", Kind::Invoke, "write"), |e| {
+            e.key = Some("k0".into())
+        }));
+        h.push(with(ev(2, 6, "watch", Kind::Ok, "write"), |e| {
+            (e.key, e.zxid) = (Some("k0".into()), Some(11))
+        }));
+        if !is_bad("watch") {
+            h.push(with(ev(3, 5, "watch", Kind::Event, "event"), |e| {
+                (e.path, e.zxid) = (Some("/jepsen/watch/k0".into()), Some(11))
+            }));
+        }
+        h.push(with(ev(40, 5, "watch", Kind::Event, "watch-end"), |e| {
+            e.zxid = Some(11)
+        }));
+        // session: client 7 killed at 5 ms; its node gone at 60 ms, or never.
+        h.push(with(ev(0, 7, "session", Kind::Event, "ephemeral"), |e| {
+            e.path = Some("/jepsen/session/p7-s1".into())
+        }));
+        h.push(ev(5, 7, "session", Kind::Event, "process-killed"));
+        h.push(with(
+            ev(50, 0, "session", Kind::Event, "final-check"),
+            |e| e.value = Some(3000),
+        ));
+        let left: Vec<String> = if is_bad("session") {
+            vec!["p7-s1".into()]
+        } else {
+            vec![]
+        };
+        h.push(with(ev(60, 0, "session", Kind::Event, "observe"), |e| {
+            e.items = Some(left)
+        }));
+        // The heal, and an operation of every workload after it.
+        h.push(ev(50, 0, "nemesis", Kind::Event, "heal-all"));
+        for (p, w) in [
+            (1, "lock"),
+            (1, "unfenced"),
+            (3, "register"),
+            (4, "sequential"),
+        ] {
+            h.push(ev(80, p, w, Kind::Ok, "noop"));
+        }
+        h.push(ev(80, 6, "watch", Kind::Ok, "noop"));
+        h.push(ev(80, 7, "session", Kind::Ok, "noop"));
+        h.sort_by_key(|e| e.time);
+        for (i, e) in h.iter_mut().enumerate() {
+            e.index = i as u64;
+        }
+        h
+    }
+
+    fn options() -> Options {
+        Options {
+            seed: 1,
+            nemeses: vec![],
+            requested: [
+                "lock",
+                "unfenced",
+                "register",
+                "sequential",
+                "watch",
+                "session",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            grace: Duration::from_millis(10),
+            time_limit: Duration::from_secs(5),
+            excuse_tail: Duration::from_millis(3_400),
+            strict: true,
+        }
+    }
+
+    #[test]
+    fn each_workloads_anomaly_is_reported_by_its_own_check() {
+        let s = analyze(&history(&[]), &options());
+        let bad: Vec<&str> = s
+            .checks
+            .iter()
+            .filter(|c| c.valid != Validity::Valid)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(s.valid, Validity::Valid, "{bad:?}");
+        for w in [
+            "lock",
+            "unfenced",
+            "register",
+            "sequential",
+            "watch",
+            "session",
+        ] {
+            let s = analyze(&history(&[w]), &options());
+            let bad: Vec<&str> = s
+                .checks
+                .iter()
+                .filter(|c| c.valid != Validity::Valid)
+                .map(|c| c.name.as_str())
+                .collect();
+            assert_eq!(s.valid, Validity::Invalid, "{w}");
+            assert!(
+                !bad.is_empty() && bad.iter().all(|n| n.starts_with(w)),
+                "{w}: {bad:?}"
+            );
+        }
+    }
+}
