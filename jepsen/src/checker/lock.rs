@@ -325,7 +325,8 @@ fn was_leader(reports: &[(u64, u64)], node: u64, from: u64, to: u64) -> bool {
 }
 
 /// The excuse for the overlap of `a` (the earlier holder) and `b`, if any: `a`'s
-/// process was paused from before `b`'s grant until (the tail after) it, or a
+/// process was paused, after `a` was granted, from before `b`'s grant until (the tail
+/// after) it, or a
 /// clock-rate fault, on a node that was the leader since the fault began, was in force
 /// (with its tail) when `b` was granted.
 pub fn excuse_for(a: &Held, b: &Held, excused: &[Excuse], leaders: &[(u64, u64)]) -> Option<Cause> {
@@ -335,7 +336,9 @@ pub fn excuse_for(a: &Held, b: &Held, excused: &[Excuse], leaders: &[(u64, u64)]
             x.from <= b.start
                 && b.start <= x.to
                 && match x.cause {
-                    Cause::ClientPaused(p) => p == a.process,
+                    // Paused while it held the lock (the nemesis pauses holders): a pause
+                    // that ended before `a` was granted explains nothing of `a`.
+                    Cause::ClientPaused(p) => p == a.process && a.start <= x.from,
                     Cause::ClockRate(n) => was_leader(leaders, n, x.from, b.start),
                 }
         })
@@ -1086,5 +1089,46 @@ mod anomaly_tests {
         let c = check_intervals(&h, "unfenced", &[], true);
         assert_eq!(c.valid, Validity::Invalid, "{c:?}");
         assert_eq!(c.stat("hold intervals"), 3);
+    }
+
+    /// A pause that ended before the earlier holder was granted the lock does not
+    /// explain the overlap (valid without the fix: the pause's tail covered the grant).
+    #[test]
+    fn a_pause_before_the_earlier_hold_began_excuses_nothing() {
+        const S: u64 = 1_000_000_000;
+        let nemesis = |t: u64, f: &str, what: &str| {
+            let mut e = Event::new(t, 0, "nemesis", Kind::Event, f);
+            e.items = Some(vec![what.into()]);
+            e
+        };
+        let h = |paused_at: u64| {
+            let mut h = vec![
+                nemesis(
+                    paused_at,
+                    "start-pause-client",
+                    "SIGSTOP client 1 (holding the lock)",
+                ),
+                nemesis(paused_at + S, "stop-pause-client", "SIGCONT client 1"),
+                tok(Event::new(7 * S, 1, "unfenced", Kind::Ok, "acquire"), 10),
+                tok(Event::new(8 * S, 2, "unfenced", Kind::Ok, "acquire"), 11),
+                tok(
+                    Event::new(9 * S, 1, "unfenced", Kind::Invoke, "release"),
+                    10,
+                ),
+                tok(
+                    Event::new(10 * S, 2, "unfenced", Kind::Invoke, "release"),
+                    11,
+                ),
+            ];
+            h.sort_by_key(|e| e.time);
+            let h = number(h);
+            check_intervals(&h, "unfenced", &excuses(&h, DEFAULT_EXCUSE_TAIL_NS), true)
+        };
+        // Paused 5..6 s, granted at 7 s: no excuse for 2's grant at 8 s.
+        let c = h(5 * S);
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        // Paused at 7.5 s while holding: excused.
+        let c = h(7 * S + S / 2);
+        assert_eq!(c.valid, Validity::Valid, "{c:?}");
     }
 }
