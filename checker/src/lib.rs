@@ -22,9 +22,10 @@
 //! not have happened, at any time after its call. Those with equal inputs are
 //! interchangeable, so the search only ever uses the earliest called of them, in call
 //! order (m equal ones cost m + 1 choices, not 2^m subsets). Indeterminate operations
-//! with different inputs still multiply the search: a harness whose writes carry unique
-//! values should give the same input to those whose values no read returned (they
-//! cannot be told apart), as corral's Jepsen register checker does. Histories of independent objects (one register per key) should
+//! with different inputs still multiply the search, so a model may first make equal
+//! those that no answer can tell apart ([`Model::prepare`]): [`Register`] gives the
+//! indeterminate writes of values no read returns and no compare-and-set expects one
+//! value (corral's Jepsen register model does the same). Histories of independent objects (one register per key) should
 //! be checked one object at a time ([`check_partitioned`]): Herlihy and Wing's locality
 //! makes the whole history linearizable exactly when each part is.
 //!
@@ -58,6 +59,19 @@ pub trait Model {
         input: &Self::Input,
         output: Option<&Self::Output>,
     ) -> Option<Self::State>;
+
+    /// The history to search instead of `history`, if the model can make it cheaper:
+    /// the same operations in the same order, linearizable exactly when `history` is,
+    /// typically with the inputs of indeterminate operations that no answer can tell
+    /// apart made equal (the search takes equal indeterminate operations as
+    /// interchangeable). `None`: search `history` itself.
+    fn prepare(
+        &self,
+        history: &[Operation<Self::Input, Self::Output>],
+    ) -> Option<Vec<Operation<Self::Input, Self::Output>>> {
+        let _ = history;
+        None
+    }
 }
 
 /// One operation of a history.
@@ -167,6 +181,8 @@ pub fn check<M: Model>(
         return Outcome::Linearizable;
     }
     let started = Instant::now();
+    let prepared = model.prepare(history);
+    let history = prepared.as_deref().unwrap_or(history);
     // Events in time order: calls before returns at the same instant (overlapping is
     // the lenient reading), indeterminate returns at the end, in call order.
     let mut order: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * n);
@@ -447,6 +463,56 @@ impl<V: Clone + Eq + Hash + Debug> Model for Register<V> {
             }
             _ => None,
         }
+    }
+
+    /// Indeterminate writes (and compare-and-sets' new values) of values that no read
+    /// returns and no compare-and-set expects write one of those values instead. Only a
+    /// read or a compare-and-set looks at the value, and never at one of these (in any
+    /// linearization of either history, a state holding one of them is never read or
+    /// compared equal), so the same orders explain both histories.
+    fn prepare(
+        &self,
+        history: &[Operation<RegisterInput<V>, RegisterOutput<V>>],
+    ) -> Option<Vec<Operation<RegisterInput<V>, RegisterOutput<V>>>> {
+        let mut seen: HashSet<&V> = HashSet::new();
+        for o in history {
+            match (&o.input, &o.output) {
+                (_, Some(RegisterOutput::Value(v))) => {
+                    seen.insert(v);
+                }
+                (RegisterInput::Cas { expect, .. }, _) => {
+                    seen.insert(expect);
+                }
+                _ => {}
+            }
+        }
+        let free = |o: &Operation<RegisterInput<V>, RegisterOutput<V>>| {
+            o.ret.is_none() && o.output.is_none()
+        };
+        let unseen = |o: &Operation<RegisterInput<V>, RegisterOutput<V>>| match &o.input {
+            RegisterInput::Write(v) | RegisterInput::Cas { new: v, .. } => {
+                (free(o) && !seen.contains(v)).then(|| v.clone())
+            }
+            RegisterInput::Read => None,
+        };
+        let one = history.iter().find_map(unseen)?;
+        Some(
+            history
+                .iter()
+                .map(|o| {
+                    let mut o = o.clone();
+                    if unseen(&o).is_some() {
+                        match &mut o.input {
+                            RegisterInput::Write(v) | RegisterInput::Cas { new: v, .. } => {
+                                *v = one.clone();
+                            }
+                            RegisterInput::Read => {}
+                        }
+                    }
+                    o
+                })
+                .collect(),
+        )
     }
 }
 
