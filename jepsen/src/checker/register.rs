@@ -75,6 +75,13 @@ impl Model for VersionedRegister {
             _ => None,
         }
     }
+
+    fn prepare(
+        &self,
+        history: &[Operation<Input, Output>],
+    ) -> Option<Vec<Operation<Input, Output>>> {
+        Some(merge_unread(history))
+    }
 }
 
 /// The per-key operations of a register history.
@@ -289,12 +296,13 @@ pub fn precheck(ops: &[Operation<Input, Output>]) -> Vec<String> {
 /// The value the search gives to indeterminate writes whose value no read returned.
 const UNREAD: u64 = u64::MAX;
 
-/// One key's operations for the search, with every indeterminate write or
-/// compare-and-set whose value no read returned writing one value, [`UNREAD`]. A value
-/// matters only to a read that returns it, so the history is linearizable exactly when
-/// this one is (with the same order), and the search takes equal indeterminate
-/// operations as interchangeable: the many writes left open by a fault then cost a
-/// count, not every subset of them.
+/// One key's operations for the search ([`Model::prepare`]), with every indeterminate
+/// write or compare-and-set whose value no read returned writing one value, [`UNREAD`]
+/// (a compare-and-set compares versions, not values). A value matters only to a read
+/// that returns it, so the history is linearizable exactly when this one is (with the
+/// same order), and the search takes equal indeterminate operations as
+/// interchangeable: the many writes left open by a fault then cost a count, not every
+/// subset of them.
 pub fn merge_unread(ops: &[Operation<Input, Output>]) -> Vec<Operation<Input, Output>> {
     let read: std::collections::HashSet<u64> = ops
         .iter()
@@ -339,13 +347,10 @@ pub fn check(history: &[Event], workload: &str, time_limit: Duration) -> Check {
     c.count("keys", by_key.len() as u64);
     // Keys that fail the quick necessary conditions are not searched.
     let mut searched = Vec::new();
-    let mut originals: std::collections::BTreeMap<String, Vec<Operation<Input, Output>>> =
-        std::collections::BTreeMap::new();
     for (key, key_ops) in by_key {
         let problems = precheck(&key_ops);
         if problems.is_empty() {
-            searched.extend(merge_unread(&key_ops).into_iter().map(|o| (key.clone(), o)));
-            originals.insert(key, key_ops);
+            searched.extend(key_ops.into_iter().map(|o| (key.clone(), o)));
             continue;
         }
         c.count("keys refuted without a search", 1);
@@ -379,8 +384,6 @@ pub fn check(history: &[Event], workload: &str, time_limit: Duration) -> Check {
             violation,
             history,
         } => {
-            // Shown with the values as written (see `merge_unread`).
-            let history = originals.remove(&key).unwrap_or(history);
             let show = |i: usize| {
                 let o = &history[i];
                 format!(
