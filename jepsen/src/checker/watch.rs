@@ -74,6 +74,8 @@ struct Session {
     /// zxid -> keys of the events received with it.
     seen: BTreeMap<u64, BTreeSet<String>>,
     last: Option<(u64, u64)>,
+    /// `conn.len()` when the last event arrived (a change since: another connection).
+    conn_at_last: usize,
     /// (time, node) of each connection change: `Some(node)` when connected to it
     /// (`Some(None)`: connected, node not known), `None` when not connected.
     conn: Vec<(u64, Option<Option<u64>>)>,
@@ -206,14 +208,26 @@ pub fn check(history: &[Event], workload: &str, strict: bool) -> Check {
                     continue;
                 }
                 if let Some((last, idx)) = s.last {
-                    // Events fired by one snapshot install share its zxid.
+                    // Events fired by one snapshot install share its zxid, one per
+                    // changed node: the same node twice at that zxid on one connection
+                    // is a duplicate.
+                    let repeated = z == last
+                        && s.seen.get(&z).is_some_and(|keys| keys.contains(&key))
+                        && s.conn.len() == s.conn_at_last;
                     if z < last || (z == last && !install_zxids.contains(&z)) {
                         c.fail(format!(
                             "process {}: event {} has zxid {z} after zxid {last} (event {idx})",
                             e.process, e.index
                         ));
+                    } else if repeated {
+                        c.fail(format!(
+                            "process {}: event {} repeats the event of {key} at zxid {z} \
+                             (event {idx} or before) on the same connection",
+                            e.process, e.index
+                        ));
                     }
                 }
+                s.conn_at_last = s.conn.len();
                 if let Some(gap) = s.gaps.last_mut().filter(|g| g.2.is_none()) {
                     gap.2 = Some(z);
                 }
@@ -472,7 +486,9 @@ mod tests {
         install.key = Some("n2".into());
         h.insert(0, install);
         // (h: install, watching, 4 write events, event 12, watch-end)
+        // (Another node's event: one install fires one event per changed node.)
         h.insert(6, e(1, Kind::Event, "event", Some(12)));
+        h[6].path = Some("/jepsen/watch/x".into());
         // Without knowing the client was connected to n2: not excused.
         assert_eq!(check(&h, "watch", true).valid, Validity::Invalid);
         let mut connected = e(1, Kind::Event, "state", Some(10));
@@ -491,8 +507,9 @@ mod tests {
         let mut connected = e(1, Kind::Event, "state", Some(10));
         connected.error = Some("connected to 10.77.0.2:2281".into());
         h.insert(2, connected);
-        for _ in 0..2 {
+        for path in [None, Some("/jepsen/watch/x".to_string())] {
             h.push(e(1, Kind::Event, "event", Some(13)));
+            h.last_mut().expect("pushed").path = path;
         }
         h.push(e(1, Kind::Event, "watch-end", Some(13)));
         let c = check(&h, "watch", true);
@@ -927,5 +944,47 @@ mod anomaly_tests {
             session(&[("k0", 11), ("k0", 12), ("k2", 13)], true).valid,
             Validity::Invalid
         );
+    }
+
+    /// Events of one snapshot install share its zxid, one per changed node; the same
+    /// node twice at that zxid on one connection was accepted before the fix.
+    #[test]
+    fn a_duplicated_event_at_a_snapshot_installs_zxid_is_caught() {
+        let run = |events: &[(&str, u64)], reconnect_between: bool| {
+            let mut h = vec![ev(0, 1, Kind::Event, "watching", Some(10))];
+            let mut conn = ev(0, 1, Kind::Event, "state", Some(10));
+            conn.error = Some("connected to 10.77.0.2:2281".into());
+            h.push(conn);
+            h.extend(writes(false));
+            let mut install = Event::new(35 * MS, 0, "cluster", Kind::Event, "snapshot-install");
+            (install.key, install.value, install.zxid) = (Some("n2".into()), Some(10), Some(13));
+            h.push(install);
+            for (i, (k, z)) in events.iter().enumerate() {
+                if reconnect_between && i == events.len() - 1 {
+                    let mut down = ev(40 + i as u64, 1, Kind::Event, "state", Some(13));
+                    down.error = Some("disconnected".into());
+                    let mut up = down.clone();
+                    up.error = Some("connected to 10.77.0.2:2281".into());
+                    h.push(down);
+                    h.push(up);
+                }
+                h.push(event(41 + i as u64, k, *z));
+            }
+            h.push(ev(60, 1, Kind::Event, "watch-end", Some(13)));
+            for (i, e) in h.iter_mut().enumerate() {
+                e.index = i as u64;
+            }
+            check(&h, "watch", true)
+        };
+        // The install collapsed 11..13 into one event per node at 13.
+        let all = [("k0", 13), ("k1", 13), ("k2", 13)];
+        let c = run(&all, false);
+        assert_eq!(c.valid, Validity::Valid, "{c:?}");
+        let c = run(&[("k0", 13), ("k1", 13), ("k2", 13), ("k1", 13)], false);
+        assert_eq!(c.valid, Validity::Invalid, "{c:?}");
+        assert!(c.problems.join(" ").contains("repeats"), "{c:?}");
+        // After a reconnect, the watch re-registered: not judged a duplicate.
+        let c = run(&[("k0", 13), ("k1", 13), ("k2", 13), ("k1", 13)], true);
+        assert_eq!(c.valid, Validity::Valid, "{c:?}");
     }
 }
