@@ -1647,14 +1647,95 @@ impl Node {
         let waiting = c.queue.iter_mut().find(|p| {
             matches!(p.op, Op::CloseSession) && matches!(p.state, PendingState::Proposed)
         });
-        if let Some(p) = waiting {
-            let xid = p.xid;
-            p.state = PendingState::Done(Response { xid, zxid, result });
-            self.drain(conn);
-            self.detach(conn);
-            self.remove_conn(conn);
-            self.outputs.push(Output::Close { conn });
+        let Some(p) = waiting else {
+            return;
+        };
+        let close_xid = p.xid;
+        p.state = PendingState::Done(Response {
+            xid: close_xid,
+            zxid,
+            result,
+        });
+        // The requests before the close that still wait are keepalives (in a cluster
+        // they wait for the leader's confirmation, which comes after the close applied):
+        // the connection ends with the close, so they are answered now, in order,
+        // instead of being dropped with it (and the close's answer behind them). A
+        // ping is answered as it would have been (the session lived when it came, and
+        // the client ends it itself, learning so in the very next answer); a lease
+        // renewal by whether the lease outlived the close (a session's leases end with
+        // it). Nothing else can wait there; should anything, it is answered rather
+        // than left behind.
+        let keepalives = self.take_keepalives(conn);
+        let leases_live: BTreeMap<u64, bool> = keepalives
+            .iter()
+            .filter_map(|(_, r)| match r {
+                OpResult::Lease { lease_id, .. } => {
+                    Some((*lease_id, self.machine.session(*lease_id).is_some()))
+                }
+                _ => None,
+            })
+            .collect();
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        for p in c.queue.iter_mut() {
+            if p.xid == close_xid && matches!(p.op, Op::CloseSession) {
+                break;
+            }
+            if !matches!(p.state, PendingState::Proposed) {
+                continue;
+            }
+            let result = match keepalives.iter().find(|(xid, _)| *xid == p.xid) {
+                Some((_, OpResult::Lease { lease_id, .. }))
+                    if !leases_live.get(lease_id).copied().unwrap_or(false) =>
+                {
+                    Err(ErrorInfo::new(
+                        ErrorCode::NoLease,
+                        format!("lease {lease_id:#x} ended with its session's close"),
+                    ))
+                }
+                Some((_, result)) => Ok(result.clone()),
+                None => Err(ErrorInfo::new(
+                    ErrorCode::SystemError,
+                    "the session was closed before this request was answered; it may or \
+                     may not have been applied",
+                )),
+            };
+            p.state = PendingState::Done(Response {
+                xid: p.xid,
+                zxid,
+                result,
+            });
         }
+        self.drain(conn);
+        self.detach(conn);
+        self.remove_conn(conn);
+        self.outputs.push(Output::Close { conn });
+    }
+
+    /// Takes out the keepalives of connection `conn` still waiting for the leader's
+    /// confirmation: (xid, the answer they would get).
+    fn take_keepalives(&mut self, conn: ConnId) -> Vec<(u64, OpResult)> {
+        let mut taken = Vec::new();
+        let mut take = |waiters: &mut Vec<Keepalive>| {
+            waiters.retain(|w| match w {
+                Keepalive::Request(c, xid, result) if *c == conn => {
+                    taken.push((*xid, result.clone()));
+                    false
+                }
+                _ => true,
+            })
+        };
+        take(&mut self.alive_waiters);
+        for batch in self.alive_inflight.values_mut() {
+            take(&mut batch.waiters);
+        }
+        for waiters in self.keepalive_barriers.values_mut() {
+            take(waiters);
+        }
+        self.keepalive_barriers
+            .retain(|_, waiters| !waiters.is_empty());
+        taken
     }
 
     fn on_persist_failed(&mut self, error: String) {
@@ -2331,6 +2412,288 @@ mod tests {
             node.machine().session_count()
         );
         assert_eq!(node.machine().session_count(), max, "up to the limit");
+    }
+
+    /// Three cluster nodes on simulated disks, with a network that delivers every
+    /// message at once and in order, and syncs that complete at once: a deterministic
+    /// stage for what a cluster member's core does with its clients.
+    struct Cluster {
+        nodes: Vec<Node>,
+        syncs: Vec<crate::replication::storage::SyncHandle>,
+        /// Inputs waiting, in order, by node index.
+        queue: VecDeque<(usize, Input)>,
+        /// What the nodes sent their clients: (node index, output).
+        client: Vec<(usize, Output)>,
+        mono_ms: u64,
+    }
+
+    const TICK_MS: u64 = 10;
+
+    impl Cluster {
+        fn new() -> Cluster {
+            use crate::disk::{Disk, SimDisk};
+            use crate::replication::log::PaxosSettings;
+            use crate::replication::storage::PaxosStorageConfig;
+            use crate::replication::{open_cluster_on, ClusterSettings};
+            let limits = MachineLimits::default();
+            let mut nodes = Vec::new();
+            let mut syncs = Vec::new();
+            for id in 1..=3u64 {
+                let config = PaxosStorageConfig::new(
+                    crate::wal::WalOptions {
+                        segment_bytes: 64 << 20,
+                        fsync: true,
+                        preallocate_bytes: 0,
+                    },
+                    limits,
+                );
+                let settings = ClusterSettings {
+                    node_id: id,
+                    members: vec![1, 2, 3],
+                    election_ticks: 5,
+                    resend_ticks: 5,
+                    log: PaxosSettings {
+                        forward_retry_ticks: 5,
+                        election_ticks: 5,
+                        max_forwarded_entries: 1024,
+                        max_forward_batch_bytes: corral_protocol::DEFAULT_MAX_FRAME_BYTES,
+                        limits,
+                        encode_images_in_background: false,
+                    },
+                };
+                let disk = Disk::Sim(SimDisk::new(id));
+                let recovered =
+                    open_cluster_on(&disk, std::path::Path::new("/data/paxos"), config, settings)
+                        .unwrap_or_else(|e| panic!("open node {id}: {e}"));
+                let (machine, log) = recovered.start(None).expect("start");
+                syncs.push(log.sync_handle());
+                let mut node_config = single_node().config;
+                node_config.node_id = id;
+                nodes.push(Node::new(
+                    node_config,
+                    machine,
+                    Log::Paxos(Box::new(log)),
+                    NOW,
+                ));
+            }
+            let mut cluster = Cluster {
+                nodes,
+                syncs,
+                queue: VecDeque::new(),
+                client: Vec::new(),
+                mono_ms: NOW.mono_ms,
+            };
+            for n in 0..3 {
+                for peer in (1..=3).filter(|p| *p != n as u64 + 1) {
+                    let version = crate::replication::transport::PEER_PROTOCOL_VERSION;
+                    cluster
+                        .queue
+                        .push_back((n, Input::LinkUp { peer, version }));
+                }
+            }
+            cluster.run_until("a leader", 500, |c| {
+                c.nodes.iter().filter(|n| n.is_leader()).count() == 1
+                    && c.nodes.iter().all(|n| n.leader().is_some())
+            });
+            cluster
+        }
+
+        fn now(&self) -> Now {
+            at(self.mono_ms)
+        }
+
+        /// Carries out a node's outputs.
+        fn dispatch(&mut self, n: usize, outputs: Vec<Output>) {
+            for output in outputs {
+                match output {
+                    Output::PeerSend { to, msg } => {
+                        let from = n as u64 + 1;
+                        self.queue
+                            .push_back((to as usize - 1, Input::Peer { from, msg }));
+                    }
+                    Output::Sync { batch } => {
+                        self.syncs[n].sync().expect("sync");
+                        self.queue.push_back((n, Input::Persisted { batch }));
+                    }
+                    Output::Persist { .. } | Output::Decode(_) => {
+                        panic!("unexpected in this cluster: {output:?}")
+                    }
+                    Output::Snapshot { .. } => {}
+                    client => self.client.push((n, client)),
+                }
+            }
+        }
+
+        /// Delivers every waiting input, and what they cause.
+        fn settle(&mut self) {
+            while let Some((n, input)) = self.queue.pop_front() {
+                let now = self.now();
+                let outputs = self.nodes[n].handle(now, input);
+                self.dispatch(n, outputs);
+            }
+        }
+
+        /// Ticks every node once, then settles.
+        fn tick(&mut self) {
+            self.mono_ms += TICK_MS;
+            for n in 0..self.nodes.len() {
+                self.queue.push_back((n, Input::Tick));
+                self.settle();
+            }
+        }
+
+        /// Ticks until `done` holds, at most `ticks` times.
+        fn run_until(&mut self, what: &str, ticks: usize, done: impl Fn(&Cluster) -> bool) {
+            self.settle();
+            for _ in 0..ticks {
+                if done(self) {
+                    return;
+                }
+                self.tick();
+            }
+            assert!(done(self), "no {what} after {ticks} ticks");
+        }
+
+        /// Takes in these inputs at node `n` in one pass, then settles.
+        fn pass(&mut self, n: usize, inputs: Vec<Input>) {
+            let now = self.now();
+            for input in inputs {
+                let outputs = self.nodes[n].take_in(now, input);
+                self.dispatch(n, outputs);
+            }
+            let outputs = self.nodes[n].end_pass(now);
+            self.dispatch(n, outputs);
+            self.settle();
+        }
+
+        /// Opens a session on connection `conn` of node `n`; returns its id.
+        fn open_session(&mut self, n: usize, conn: ConnId) -> u64 {
+            let hello = Hello::new(SessionRequest::New { ttl_ms: 10_000 }, 0);
+            self.pass(
+                n,
+                vec![Input::Hello {
+                    conn,
+                    hello,
+                    secret: 7_000 + conn,
+                }],
+            );
+            self.run_until("session", 100, |c| c.granted(conn).is_some());
+            self.granted(conn).unwrap_or_default()
+        }
+
+        fn granted(&self, conn: ConnId) -> Option<u64> {
+            self.client.iter().find_map(|(_, o)| match o {
+                Output::HelloReply {
+                    conn: c,
+                    reply: HelloReply::Accepted(g),
+                } if *c == conn => Some(g.session_id),
+                _ => None,
+            })
+        }
+
+        /// What connection `conn` received, in order.
+        fn received(&self, conn: ConnId) -> Vec<&Output> {
+            self.client
+                .iter()
+                .map(|(_, o)| o)
+                .filter(|o| match o {
+                    Output::Send { conn: c, .. }
+                    | Output::Close { conn: c }
+                    | Output::HelloReply { conn: c, .. } => *c == conn,
+                    _ => false,
+                })
+                .collect()
+        }
+
+        fn follower(&self) -> usize {
+            (0..3)
+                .find(|n| !self.nodes[*n].is_leader())
+                .expect("a follower")
+        }
+    }
+
+    fn request(conn: ConnId, xid: u64, op: Op) -> Input {
+        Input::Request {
+            conn,
+            request: Request { xid, op },
+        }
+    }
+
+    /// A `CloseSession` pipelined behind keepalives on a cluster member: the close
+    /// applies before the keepalives are confirmed (that waits for the leader's next
+    /// report or barrier), and every request of the connection is still answered, in
+    /// order, `Closed` last, before the connection ends: the ping as it would have
+    /// been, the renewal of a lease that ended with the session `NoLease`.
+    #[test]
+    fn a_close_behind_keepalives_is_answered() {
+        for on_leader in [false, true] {
+            let mut cluster = Cluster::new();
+            let n = if on_leader {
+                (0..3).find(|n| cluster.nodes[*n].is_leader()).unwrap_or(0)
+            } else {
+                cluster.follower()
+            };
+            cluster.open_session(n, 1);
+            cluster.pass(n, vec![request(1, 1, Op::GrantLease { ttl_ms: 10_000 })]);
+            cluster.run_until("lease", 100, |c| {
+                c.received(1)
+                    .iter()
+                    .any(|o| matches!(o, Output::Send { .. }))
+            });
+            let lease_id = match cluster.received(1).last() {
+                Some(Output::Send {
+                    msg:
+                        ServerMessage::Response(Response {
+                            result: Ok(OpResult::Lease { lease_id, .. }),
+                            ..
+                        }),
+                    ..
+                }) => *lease_id,
+                other => panic!("a lease: {other:?}"),
+            };
+            cluster.pass(
+                n,
+                vec![
+                    request(1, 2, Op::Ping),
+                    request(1, 3, Op::RenewLease { lease_id }),
+                    request(1, 4, Op::CloseSession),
+                ],
+            );
+            cluster.run_until("close", 100, |c| {
+                c.received(1)
+                    .iter()
+                    .any(|o| matches!(o, Output::Close { .. }))
+            });
+            let received = cluster.received(1);
+            let answers: Vec<(u64, Result<&OpResult, ErrorCode>)> = received
+                .iter()
+                .filter_map(|o| match o {
+                    Output::Send {
+                        msg: ServerMessage::Response(r),
+                        ..
+                    } => Some((r.xid, r.result.as_ref().map_err(|e| e.code))),
+                    _ => None,
+                })
+                .skip(1)
+                .collect();
+            assert_eq!(
+                answers,
+                [
+                    (2, Ok(&OpResult::Pong)),
+                    (3, Err(ErrorCode::NoLease)),
+                    (4, Ok(&OpResult::Closed))
+                ],
+                "on the {}: {received:?}",
+                if on_leader { "leader" } else { "follower" }
+            );
+            assert!(
+                matches!(received.last(), Some(Output::Close { conn: 1 })),
+                "{received:?}"
+            );
+            for node in &cluster.nodes {
+                node.check_invariants().expect("node invariants");
+            }
+        }
     }
 
     fn waiter(xid: u64) -> Keepalive {
