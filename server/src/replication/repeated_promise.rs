@@ -63,12 +63,22 @@ impl RepeatedPromises {
     /// Whether `msg` from `from` goes to OmniPaxos (`false`: a repeated promise whose
     /// answer is on its way).
     pub(super) fn admit(&mut self, from: u64, msg: &Message<Entry>) -> bool {
-        let Message::SequencePaxos(PaxosMessage {
-            msg: PaxosMsg::Promise(p),
-            ..
-        }) = msg
-        else {
+        let Message::SequencePaxos(PaxosMessage { msg, .. }) = msg else {
             return true;
+        };
+        let p = match msg {
+            PaxosMsg::Promise(p) => p,
+            PaxosMsg::PrepareReq(_) => {
+                // OmniPaxos forgets this follower's promise at once and asks for a new
+                // one: whatever promise comes next answers that, even one the follower
+                // sent before it saw the new `Prepare` (which `sent` notes only when it
+                // is flushed). Dropped as a repeat, it left the leader waiting for a
+                // promise the follower, already accepting in that ballot, never sends
+                // again: the follower was never synced (soak seed 25139883).
+                self.answered.remove(&from);
+                return true;
+            }
+            _ => return true,
         };
         let key = PromiseKey::of(p);
         if let Some((answered, drops)) = self.answered.get_mut(&from) {
@@ -209,5 +219,26 @@ mod tests {
         // A sync of another ballot answers nothing this peer promised.
         r.sent(&accept_sync(ballot(3, 1)));
         assert!(r.admit(2, &promise(n, 6)));
+    }
+
+    /// A follower's `PrepareReq` makes OmniPaxos forget its promise and prepare it again
+    /// at once, before that `Prepare` is flushed: a promise arriving after it, even one
+    /// equal to the answered one (the follower sent it before it saw the new prepare), is
+    /// the leader's only way to count the follower again, and passes. It used to be
+    /// dropped, and a follower already accepting in that ballot ignores a prepare of it:
+    /// the leader prepared it for ever and never synced it (soak seed 25139883).
+    #[test]
+    fn a_promise_after_the_followers_prepare_request_passes() {
+        let n = ballot(2, 1);
+        let mut r = RepeatedPromises::default();
+        assert!(r.admit(2, &promise(n, 5)));
+        r.sent(&accept_sync(n));
+        let prepare_req = Message::SequencePaxos(PaxosMessage {
+            from: 2,
+            to: 1,
+            msg: PaxosMsg::PrepareReq(omnipaxos::messages::sequence_paxos::PrepareReq { n }),
+        });
+        assert!(r.admit(2, &prepare_req));
+        assert!(r.admit(2, &promise(n, 5)), "counted again");
     }
 }
