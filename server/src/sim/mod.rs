@@ -223,7 +223,7 @@ impl Report {
         }
         let _ = write!(
             cmd,
-            " cargo test -p corral-server --features sim --test sim {test} -- --exact --nocapture"
+            " cargo test -p corral-server --features sim --test sim {test} -- --exact --include-ignored --nocapture"
         );
         cmd
     }
