@@ -1667,14 +1667,26 @@ impl Node {
         // past its expiry). A lease renewal is `NoLease` if the lease ended with the
         // close. Nothing else can wait there; should anything, it is answered rather
         // than left behind.
-        let keepalives = self.take_keepalives(conn);
-        let leases_live: BTreeMap<u64, bool> = keepalives
-            .iter()
-            .filter_map(|(_, r)| match r {
-                OpResult::Lease { lease_id, .. } => {
-                    Some((*lease_id, self.machine.session(*lease_id).is_some()))
-                }
-                _ => None,
+        let mut refusals: BTreeMap<u64, ErrorInfo> = self
+            .take_keepalives(conn)
+            .into_iter()
+            .map(|(xid, would_answer)| {
+                let refusal = match would_answer {
+                    OpResult::Lease { lease_id, .. }
+                        if self.machine.session(lease_id).is_none() =>
+                    {
+                        ErrorInfo::new(
+                            ErrorCode::NoLease,
+                            format!("lease {lease_id:#x} ended with its session's close"),
+                        )
+                    }
+                    _ => ErrorInfo::new(
+                        ErrorCode::OperationTimeout,
+                        "the session was closed before the leader confirmed this keepalive: \
+                         it renewed nothing",
+                    ),
+                };
+                (xid, refusal)
             })
             .collect();
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -1687,26 +1699,14 @@ impl Node {
             if !matches!(p.state, PendingState::Proposed) {
                 continue;
             }
-            let result = match keepalives.iter().find(|(xid, _)| *xid == p.xid) {
-                Some((_, OpResult::Lease { lease_id, .. }))
-                    if !leases_live.get(lease_id).copied().unwrap_or(false) =>
-                {
-                    Err(ErrorInfo::new(
-                        ErrorCode::NoLease,
-                        format!("lease {lease_id:#x} ended with its session's close"),
-                    ))
-                }
-                Some(_) => Err(ErrorInfo::new(
-                    ErrorCode::OperationTimeout,
-                    "the session was closed before the leader confirmed this keepalive: \
-                     it renewed nothing",
-                )),
-                None => Err(ErrorInfo::new(
+            let refusal = refusals.remove(&p.xid).unwrap_or_else(|| {
+                ErrorInfo::new(
                     ErrorCode::SystemError,
                     "the session was closed before this request was answered; it may or \
                      may not have been applied",
-                )),
-            };
+                )
+            });
+            let result = Err(refusal);
             p.state = PendingState::Done(Response {
                 xid: p.xid,
                 zxid,

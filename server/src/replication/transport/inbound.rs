@@ -205,27 +205,18 @@ where
         Bounded::TimedOut => None,
         Bounded::Done(first) => Some(first),
     };
-    let hello = match first {
-        Some(Some(Ok(hello))) => hello,
-        Some(Some(Err(e))) => {
-            let reason = format!("malformed handshake: {e}");
-            return refuse(
-                &shared,
-                &claim.evicted,
-                &mut framed,
-                addr,
-                None,
-                Severity::Warn,
-                reason,
-            )
-            .await;
-        }
+    let reason = match first {
+        Some(Some(Ok(hello))) => Ok(hello),
+        Some(Some(Err(e))) => Err(format!("malformed handshake: {e}")),
         Some(None) => {
             tracing::debug!(node, %addr, "peer connection closed before its handshake");
             return;
         }
-        None => {
-            let reason = format!("no handshake within {handshake_timeout:?}");
+        None => Err(format!("no handshake within {handshake_timeout:?}")),
+    };
+    let hello = match reason {
+        Ok(hello) => hello,
+        Err(reason) => {
             return refuse(
                 &shared,
                 &claim.evicted,
