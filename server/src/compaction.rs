@@ -1,0 +1,186 @@
+//! Where a cluster compacts its replicated log: the compaction points.
+//!
+//! Every node takes an image of its live state at each point it applies, and the leader
+//! compacts the log to the point before the last one it applied, so that every node has
+//! had an interval to make its image of that point and none replays the log (see
+//! ARCHITECTURE.md, "Compaction"). Points must therefore be the same on every node. There
+//! are two kinds:
+//!
+//! - **every `snapshot_every_entries` entries**: the zxids that are multiples of it;
+//! - **every `snapshot_every_bytes` of entries**: once the entries applied since the last
+//!   point reach that many bytes (as framed for a peer), the leader appends a marker, an
+//!   empty entry with the barrier [`COMPACTION_POINT_BARRIER`], and the zxid where it
+//!   applies is a point on every node.
+//!
+//! The byte bound keeps what the leader's log holds past its compaction (at most two
+//! intervals, each up to `snapshot_every_bytes` plus one entry) small enough for the one
+//! message that catches a follower up: an interval of 100,000 large entries used to be
+//! more than a peer frame holds, and a follower behind by that much was never caught up
+//! until a compaction covered what it lacked.
+//!
+//! Only the leader counts for the markers, and the count is soft: a new leader starts
+//! from what it applied itself, so an interval can reach twice the bound at a change of
+//! leader. A node that does not know markers (an older binary during a rolling upgrade)
+//! applies one as the empty entry it is and, at a compaction to it, replays its log
+//! instead of using an image: slower, not different.
+
+use crate::machine::{Entry, EntryBody};
+
+/// The barrier of the empty entry that marks a compaction point. Node barriers carry
+/// their node id (at least 1) in the high 16 bits, and the leader's resync entry is
+/// barrier 0, so no other entry carries this one.
+pub const COMPACTION_POINT_BARRIER: u64 = 1;
+
+/// The empty entry a leader appends to mark a compaction point.
+pub fn marker(wall_ms: i64) -> Entry {
+    Entry::new(
+        wall_ms,
+        EntryBody::Noop {
+            barrier: COMPACTION_POINT_BARRIER,
+        },
+    )
+}
+
+/// Whether `entry` marks a compaction point.
+pub fn is_marker(entry: &Entry) -> bool {
+    matches!(
+        &*entry.body,
+        EntryBody::Noop {
+            barrier: COMPACTION_POINT_BARRIER
+        }
+    )
+}
+
+/// The compaction points a node has applied, and the bytes applied since the last.
+#[derive(Debug, Clone)]
+pub struct CompactionPoints {
+    every_entries: u64,
+    every_bytes: u64,
+    /// Bytes of the entries applied since the last point.
+    bytes_since: u64,
+    /// `bytes_since` at which the leader appends its next marker.
+    next_marker_at: u64,
+    /// The two latest points known, older first.
+    recent: [u64; 2],
+}
+
+impl CompactionPoints {
+    /// The points of a node that has applied the first `last_zxid` entries (recovered
+    /// or installed): it knows the multiples of `every_entries` only, not the markers.
+    pub fn new(every_entries: u64, every_bytes: u64, last_zxid: u64) -> CompactionPoints {
+        let every_entries = every_entries.max(1);
+        let every_bytes = every_bytes.max(1);
+        let last = last_zxid / every_entries * every_entries;
+        CompactionPoints {
+            every_entries,
+            every_bytes,
+            bytes_since: 0,
+            next_marker_at: every_bytes,
+            recent: [last.saturating_sub(every_entries), last],
+        }
+    }
+
+    /// Notes that `entry`, of `bytes` framed, applied at `zxid`. True if `zxid` is a
+    /// compaction point: the node then offers an image of its state.
+    pub fn applied(&mut self, zxid: u64, entry: &Entry, bytes: u64) -> bool {
+        if zxid.is_multiple_of(self.every_entries) || is_marker(entry) {
+            self.point(zxid);
+            return true;
+        }
+        self.count(bytes);
+        false
+    }
+
+    /// Notes `zxid` as a point (a single node's snapshot is one wherever it is taken).
+    pub fn point(&mut self, zxid: u64) {
+        self.recent = [self.recent[1], zxid];
+        self.bytes_since = 0;
+        self.next_marker_at = self.every_bytes;
+    }
+
+    /// Counts `bytes` of entries applied past the last point.
+    pub fn count(&mut self, bytes: u64) {
+        self.bytes_since = self.bytes_since.saturating_add(bytes);
+    }
+
+    /// Leader: whether to append a marker now. Once true, it is true again only after
+    /// another `every_bytes` (a marker lost with a leadership is then made up for).
+    pub fn marker_due(&mut self) -> bool {
+        if self.bytes_since < self.next_marker_at {
+            return false;
+        }
+        self.next_marker_at = self.bytes_since.saturating_add(self.every_bytes);
+        true
+    }
+
+    /// The point to compact to: the one before the last applied (0: none yet).
+    pub fn compact_to(&self) -> u64 {
+        self.recent[0]
+    }
+
+    /// Bytes of the entries applied since the last point.
+    pub fn bytes_since(&self) -> u64 {
+        self.bytes_since
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write() -> Entry {
+        Entry::new(0, EntryBody::Noop { barrier: 1 << 48 })
+    }
+
+    #[test]
+    fn multiples_of_the_entry_interval_are_points() {
+        let mut p = CompactionPoints::new(10, u64::MAX, 25);
+        assert_eq!(p.compact_to(), 10, "recovered at 25: the points 10 and 20");
+        for zxid in 26..30 {
+            assert!(!p.applied(zxid, &write(), 5));
+        }
+        assert!(p.applied(30, &write(), 5));
+        assert_eq!(p.compact_to(), 20);
+        assert_eq!(p.bytes_since(), 0);
+    }
+
+    #[test]
+    fn the_leader_marks_a_point_after_the_byte_interval_and_markers_are_points() {
+        let mut p = CompactionPoints::new(1_000, 100, 0);
+        assert_eq!(p.compact_to(), 0);
+        p.applied(1, &write(), 60);
+        assert!(!p.marker_due());
+        p.applied(2, &write(), 60);
+        assert!(p.marker_due(), "120 bytes since the last point");
+        assert!(!p.marker_due(), "one marker per interval");
+        p.applied(3, &write(), 60);
+        assert!(!p.marker_due(), "its marker is on its way");
+        assert!(p.applied(4, &marker(0), 10), "the marker is a point");
+        assert_eq!(p.compact_to(), 0, "the one before it");
+        for zxid in 5..=6 {
+            p.applied(zxid, &write(), 60);
+        }
+        assert!(p.marker_due());
+        assert!(p.applied(7, &marker(0), 10));
+        assert_eq!(p.compact_to(), 4);
+    }
+
+    #[test]
+    fn a_lost_marker_is_made_up_for_after_another_interval() {
+        let mut p = CompactionPoints::new(1_000, 100, 0);
+        p.applied(1, &write(), 100);
+        assert!(p.marker_due());
+        p.applied(2, &write(), 99);
+        assert!(!p.marker_due());
+        p.applied(3, &write(), 1);
+        assert!(p.marker_due(), "no marker applied within another interval");
+    }
+
+    #[test]
+    fn only_the_marker_barrier_marks() {
+        assert!(is_marker(&marker(5)));
+        for barrier in [0, 2, 1 << 48, u64::MAX] {
+            assert!(!is_marker(&Entry::new(0, EntryBody::Noop { barrier })));
+        }
+    }
+}
