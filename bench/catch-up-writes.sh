@@ -31,10 +31,14 @@ zxid() { # NODE
     curl -s "127.0.0.1:2429$1/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["applied_zxid"])'
 }
 leader=
-for n in 1 2 3; do
-    curl -s "127.0.0.1:2429$n/status" | grep -q '"role":"leader"' && leader=$n
+for _ in $(seq 1 300); do
+    for n in 1 2 3; do
+        curl -s "127.0.0.1:2429$n/status" | grep -q '"role":"leader"' && leader=$n
+    done
+    [[ -n $leader ]] && break
+    sleep 0.1
 done
-[[ -n $leader ]] || { echo "no leader" >&2; exit 1; }
+[[ -n $leader ]] || { echo "no leader within 30 s" >&2; exit 1; }
 follower=1
 [[ $leader == 1 ]] && follower=2
 kill -TERM "$(cat "$dir/node$follower.pid")"

@@ -146,6 +146,11 @@ settings! {
     handshake_timeout_ms: u64 = 5_000;
     /// Take a snapshot (and compact the log) every this many entries.
     snapshot_every_entries: u64 = 100_000;
+    /// Take a snapshot (and compact the log) once the entries since the last one reach
+    /// this many bytes. In a cluster at most an eighth of max_peer_frame_bytes is used:
+    /// a follower that fell behind is caught up with the state's image and the entries
+    /// past the leader's compaction (up to two of these intervals), in one message.
+    snapshot_every_bytes: u64 = 64 << 20;
     /// Size at which the write-ahead log starts a new segment file, in bytes.
     wal_segment_bytes: u64 = 64 << 20;
     /// fsync the write-ahead log before acknowledging writes. Turning this off loses
@@ -277,6 +282,9 @@ impl Config {
         if self.snapshot_every_entries == 0 {
             return fail("snapshot_every_entries must be positive".into());
         }
+        if self.snapshot_every_bytes == 0 {
+            return fail("snapshot_every_bytes must be positive".into());
+        }
         if self.wal_segment_bytes < 4096 {
             return fail("wal_segment_bytes must be at least 4096".into());
         }
@@ -317,6 +325,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The snapshot (compaction) interval in bytes that applies: `snapshot_every_bytes`,
+    /// in a cluster at most an eighth of `max_peer_frame_bytes`.
+    pub fn effective_snapshot_every_bytes(&self) -> u64 {
+        let clustered = self.peer_map().map(|p| !p.is_empty()).unwrap_or(false);
+        if clustered {
+            self.snapshot_every_bytes
+                .min(self.max_peer_frame_bytes as u64 / 8)
+                .max(1)
+        } else {
+            self.snapshot_every_bytes
+        }
     }
 
     /// The cluster members by id (empty for a single node).
@@ -411,5 +432,21 @@ mod tests {
         assert!(err.to_string().contains("max_state_bytes"), "{err}");
         // A single node's state is not sent to peers.
         Config::load(cli(&["--max-state-bytes", "8000000000"])).expect("single node");
+        let err = Config::load(cli(&["--snapshot-every-bytes", "0"])).expect_err("no interval");
+        assert!(err.to_string().contains("snapshot_every_bytes"), "{err}");
+    }
+
+    /// A cluster compacts at most every eighth of a peer frame of entries, so that the
+    /// entries a catch-up carries after the image (up to two intervals) fit a frame.
+    #[test]
+    fn a_clusters_byte_interval_is_at_most_an_eighth_of_a_peer_frame() {
+        let peers = "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3";
+        let frame = "--max-peer-frame-bytes=16777216";
+        let c = Config::load(cli(&["--peers", peers, frame, "--max-state-bytes=1000000"]))
+            .expect("cluster");
+        assert_eq!(c.snapshot_every_bytes, 64 << 20);
+        assert_eq!(c.effective_snapshot_every_bytes(), 2 << 20);
+        let c = Config::load(cli(&[frame])).expect("single node");
+        assert_eq!(c.effective_snapshot_every_bytes(), 64 << 20);
     }
 }

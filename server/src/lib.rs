@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod backup;
 pub mod clock;
+pub mod compaction;
 pub mod config;
 pub mod deadlock;
 pub mod disk;

@@ -15,6 +15,7 @@
 //! read is evaluated only when every earlier request of its connection is answered, so
 //! it sees the connection's own earlier writes.
 
+use crate::compaction::{self, CompactionPoints};
 use crate::machine::{
     Applied, Entry, EntryBody, LockChange, MachineImage, MachineLimits, StateMachine, WriteKind,
 };
@@ -71,8 +72,12 @@ pub struct NodeConfig {
     pub min_session_ttl_ms: u64,
     /// Largest session TTL granted.
     pub max_session_ttl_ms: u64,
-    /// Take a snapshot after this many entries since the last one.
+    /// Take a snapshot after this many entries since the last one (a cluster: compaction
+    /// points at the multiples of this, [`crate::compaction`]).
     pub snapshot_every_entries: u64,
+    /// Take a snapshot once the entries since the last one reach this many bytes (a
+    /// cluster: the leader marks a compaction point).
+    pub snapshot_every_bytes: u64,
     /// Largest frame the server accepts (reported to clients).
     pub max_frame_bytes: usize,
     /// A gap between two ticks longer than this means the node was stalled (paused,
@@ -371,6 +376,9 @@ pub struct Node {
     /// xid): each may open a lease, so `max_sessions` counts them.
     pending_grants: BTreeSet<(u64, u64)>,
     last_snapshot_index: u64,
+    /// The compaction points applied (a cluster), and the bytes applied since the last
+    /// point or snapshot.
+    points: CompactionPoints,
     /// Set when the disk failed: writes are refused, reads still served.
     disk_failed: Option<String>,
     last_tick_ms: Option<u64>,
@@ -413,6 +421,11 @@ impl Node {
         let watches = WatchManager::new(config.max_watches_per_session);
         Node {
             last_snapshot_index: machine.last_zxid(),
+            points: CompactionPoints::new(
+                config.snapshot_every_entries,
+                config.snapshot_every_bytes,
+                machine.last_zxid(),
+            ),
             config,
             machine,
             watches,
@@ -1248,13 +1261,16 @@ impl Node {
                 let in_flight = std::mem::take(&mut log.in_flight);
                 for (index, entry) in in_flight {
                     let applied = self.machine.apply(index, &entry);
+                    self.points.count(entry_bytes(&entry));
                     self.after_apply(&entry, applied);
                 }
                 let applied = self.machine.last_zxid();
                 if applied.saturating_sub(self.last_snapshot_index)
                     >= self.config.snapshot_every_entries
+                    || self.points.bytes_since() >= self.config.snapshot_every_bytes
                 {
                     self.take_snapshot();
+                    self.points.point(applied);
                 }
             }
             Log::Paxos(log) => {
@@ -1283,10 +1299,10 @@ impl Node {
                         self.machine.apply(zxid, &entry)
                     };
                     self.after_apply(&entry, applied);
-                    // Compaction points are multiples of snapshot_every_entries on every
-                    // node, so each node has an image of its live state at the point the
-                    // leader compacts to (no replay of the log when the snapshot is made).
-                    if zxid % self.config.snapshot_every_entries.max(1) == 0 {
+                    // Compaction points are the same on every node, so each has an image
+                    // of its live state at the point the leader compacts to (no replay of
+                    // the log when the snapshot is made).
+                    if self.points.applied(zxid, &entry, entry_bytes(&entry)) {
                         if let Log::Paxos(log) = &self.log {
                             log.offer_image(&self.machine);
                         }
@@ -1302,13 +1318,26 @@ impl Node {
                 }
             }
         }
+        if !self.is_leader() {
+            return;
+        }
+        if self.points.marker_due() {
+            if let Log::Paxos(log) = &mut self.log {
+                tracing::debug!(
+                    bytes = self.points.bytes_since(),
+                    "marking a compaction point (snapshot_every_bytes)"
+                );
+                if let Err(e) = log.append_untracked(compaction::marker(self.now.wall_ms)) {
+                    tracing::debug!(error = %e, "cannot mark a compaction point");
+                }
+            }
+        }
         // The leader compacts to the compaction point before the last one it reached:
         // every node offered its image of that point an interval ago, so each finds it
         // ready (images are encoded on a thread of their own) and none replays the log.
-        let every = self.config.snapshot_every_entries.max(1);
-        let point = (self.machine.last_zxid() / every * every).saturating_sub(every);
+        let point = self.points.compact_to();
         let installing = matches!(&self.log, Log::Paxos(log) if log.installing());
-        if self.is_leader() && point > self.last_snapshot_index && !installing {
+        if point > self.last_snapshot_index && !installing {
             self.last_snapshot_index = point;
             self.stats.snapshots_taken += 1;
             if let Log::Paxos(log) = &mut self.log {
@@ -1370,6 +1399,11 @@ impl Node {
             "installing a snapshot from the leader"
         );
         let before = std::mem::replace(&mut self.machine, machine);
+        self.points = CompactionPoints::new(
+            self.config.snapshot_every_entries,
+            self.config.snapshot_every_bytes,
+            self.machine.last_zxid(),
+        );
         // Watches fire for what the skipped entries changed, before any answer below
         // (they carry the installed zxid): DESIGN.md invariant 7.
         for (session, event) in self.watches.catch_up(&before, &self.machine) {
@@ -2200,6 +2234,11 @@ fn fold_reports(
     }
 }
 
+/// The bytes of `entry` as sent to a peer, which the compaction intervals bound.
+fn entry_bytes(entry: &Entry) -> u64 {
+    corral_protocol::frame::frame_len(entry) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2215,6 +2254,7 @@ mod tests {
             min_session_ttl_ms: 1_000,
             max_session_ttl_ms: 60_000,
             snapshot_every_entries: 1_000,
+            snapshot_every_bytes: u64::MAX,
             max_frame_bytes: corral_protocol::DEFAULT_MAX_FRAME_BYTES,
             stall_threshold_ms: 10_000,
         };
@@ -2305,6 +2345,34 @@ mod tests {
                 _ => None,
             })
             .unwrap_or_else(|| panic!("session granted: {out:?}"))
+    }
+
+    /// A single node also snapshots once the entries since its last snapshot reach
+    /// `snapshot_every_bytes`, however few they are.
+    #[test]
+    fn a_single_node_snapshots_after_snapshot_every_bytes_of_entries() {
+        let mut node = single_node();
+        node.config.snapshot_every_bytes = 100 << 10;
+        open_session(&mut node, 1, 10_000, NOW);
+        let mut snapshots = Vec::new();
+        for xid in 1..=6u64 {
+            let set = Op::SetData {
+                path: "/".into(),
+                data: vec![7; 40 << 10],
+                version: None,
+            };
+            let out = node.handle(NOW, request(1, xid, set));
+            let batches = persisted_batches(&out);
+            assert_eq!(batches.len(), 1, "{out:?}");
+            let out = node.handle(NOW, Input::Persisted { batch: batches[0] });
+            snapshots.extend(out.iter().filter_map(|o| match o {
+                Output::Snapshot { index, .. } => Some((xid, *index)),
+                _ => None,
+            }));
+        }
+        // The open is entry 1; the third set (entry 4) passes 100 KB, and so does the
+        // sixth (the third since).
+        assert_eq!(snapshots, [(3, 4), (6, 7)]);
     }
 
     /// The responses sent to `conn`, in order.
@@ -2431,12 +2499,37 @@ mod tests {
         /// What the nodes sent their clients: (node index, output).
         client: Vec<(usize, Output)>,
         mono_ms: u64,
+        /// A node cut off from the others: messages to and from it are lost.
+        cut: Option<usize>,
+        /// Largest peer message the links carry; a larger one resets its link.
+        peer_frame_bytes: usize,
+    }
+
+    /// What a [`Cluster`] is made with.
+    struct Stage {
+        snapshot_every_entries: u64,
+        snapshot_every_bytes: u64,
+        peer_frame_bytes: usize,
+    }
+
+    impl Default for Stage {
+        fn default() -> Stage {
+            Stage {
+                snapshot_every_entries: 1_000,
+                snapshot_every_bytes: u64::MAX,
+                peer_frame_bytes: usize::MAX,
+            }
+        }
     }
 
     const TICK_MS: u64 = 10;
 
     impl Cluster {
         fn new() -> Cluster {
+            Cluster::with(Stage::default())
+        }
+
+        fn with(stage: Stage) -> Cluster {
             use crate::disk::{Disk, SimDisk};
             use crate::replication::log::PaxosSettings;
             use crate::replication::storage::PaxosStorageConfig;
@@ -2462,7 +2555,8 @@ mod tests {
                         forward_retry_ticks: 5,
                         election_ticks: 5,
                         max_forwarded_entries: 1024,
-                        max_forward_batch_bytes: corral_protocol::DEFAULT_MAX_FRAME_BYTES,
+                        max_forward_batch_bytes: (stage.peer_frame_bytes / 2)
+                            .min(corral_protocol::DEFAULT_MAX_FRAME_BYTES),
                         limits,
                         encode_images_in_background: false,
                     },
@@ -2475,6 +2569,8 @@ mod tests {
                 syncs.push(log.sync_handle());
                 let mut node_config = single_node().config;
                 node_config.node_id = id;
+                node_config.snapshot_every_entries = stage.snapshot_every_entries;
+                node_config.snapshot_every_bytes = stage.snapshot_every_bytes;
                 nodes.push(Node::new(
                     node_config,
                     machine,
@@ -2488,6 +2584,8 @@ mod tests {
                 queue: VecDeque::new(),
                 client: Vec::new(),
                 mono_ms: NOW.mono_ms,
+                cut: None,
+                peer_frame_bytes: stage.peer_frame_bytes,
             };
             for n in 0..3 {
                 for peer in (1..=3).filter(|p| *p != n as u64 + 1) {
@@ -2514,14 +2612,30 @@ mod tests {
                 match output {
                     Output::PeerSend { to, msg } => {
                         let from = n as u64 + 1;
-                        self.queue
-                            .push_back((to as usize - 1, Input::Peer { from, msg }));
+                        let to = to as usize - 1;
+                        if self.cut == Some(n) || self.cut == Some(to) {
+                            continue;
+                        }
+                        if corral_protocol::frame::frame_len(&msg) > self.peer_frame_bytes {
+                            // The transport cannot send it: the link is reset.
+                            let peer = to as u64 + 1;
+                            let version = crate::replication::transport::PEER_PROTOCOL_VERSION;
+                            self.queue.push_back((n, Input::LinkDown { peer }));
+                            self.queue.push_back((n, Input::LinkUp { peer, version }));
+                            continue;
+                        }
+                        self.queue.push_back((to, Input::Peer { from, msg }));
+                    }
+                    Output::Decode(job) => {
+                        let index = job.index;
+                        let machine = job.decode().map(Box::new);
+                        self.queue.push_back((n, Input::Decoded { index, machine }));
                     }
                     Output::Sync { batch } => {
                         self.syncs[n].sync().expect("sync");
                         self.queue.push_back((n, Input::Persisted { batch }));
                     }
-                    Output::Persist { .. } | Output::Decode(_) => {
+                    Output::Persist { .. } => {
                         panic!("unexpected in this cluster: {output:?}")
                     }
                     Output::Snapshot { .. } => {}
@@ -2611,6 +2725,26 @@ mod tests {
                 .collect()
         }
 
+        /// Ends the cut: the cut node's links to the others are re-established.
+        fn heal(&mut self) {
+            let Some(cut) = self.cut.take() else {
+                return;
+            };
+            let version = crate::replication::transport::PEER_PROTOCOL_VERSION;
+            for other in (0..self.nodes.len()).filter(|o| *o != cut) {
+                for (n, peer) in [(cut, other as u64 + 1), (other, cut as u64 + 1)] {
+                    self.queue.push_back((n, Input::LinkDown { peer }));
+                    self.queue.push_back((n, Input::LinkUp { peer, version }));
+                }
+            }
+        }
+
+        fn leader_index(&self) -> usize {
+            (0..3)
+                .find(|n| self.nodes[*n].is_leader())
+                .expect("a leader")
+        }
+
         fn follower(&self) -> usize {
             (0..3)
                 .find(|n| !self.nodes[*n].is_leader())
@@ -2622,6 +2756,69 @@ mod tests {
         Input::Request {
             conn,
             request: Request { xid, op },
+        }
+    }
+
+    /// A follower that missed more entries than a peer message holds is caught up: the
+    /// leader marks a compaction point every `snapshot_every_bytes` of entries, so what
+    /// its log keeps past its compaction, which the catch-up message carries after the
+    /// state's image, stays within a frame. With compaction points only every
+    /// `snapshot_every_entries` (here never), the catch-up of 3 MiB of writes at the
+    /// smallest peer frame limit the configuration accepts could not be sent: its link
+    /// was reset, and the same message built again, until a compaction covered what the
+    /// follower lacked.
+    #[test]
+    fn a_follower_behind_by_more_than_a_frame_of_entries_catches_up() {
+        let peer_frame_bytes = 2 * corral_protocol::DEFAULT_MAX_FRAME_BYTES;
+        let mut cluster = Cluster::with(Stage {
+            snapshot_every_entries: 1_000_000,
+            snapshot_every_bytes: peer_frame_bytes as u64 / 8,
+            peer_frame_bytes,
+        });
+        let leader = cluster.leader_index();
+        let behind = cluster.follower();
+        cluster.open_session(leader, 1);
+        let create = Op::Create(corral_protocol::CreateRequest {
+            path: "/big".into(),
+            data: Vec::new(),
+            mode: corral_protocol::CreateMode::Persistent,
+            make_parents: false,
+        });
+        cluster.pass(leader, vec![request(1, 1, create)]);
+        cluster.cut = Some(behind);
+        let writes = 12u64;
+        for xid in 2..2 + writes {
+            let set = Op::SetData {
+                path: "/big".into(),
+                data: vec![xid as u8; 256 << 10],
+                version: None,
+            };
+            cluster.pass(leader, vec![request(1, xid, set)]);
+            cluster.run_until("the write", 50, |c| {
+                c.received(1).iter().any(|o| {
+                    matches!(o, Output::Send { msg: ServerMessage::Response(r), .. } if r.xid == xid)
+                })
+            });
+        }
+        let missed = cluster.nodes[leader].machine().last_zxid()
+            - cluster.nodes[behind].machine().last_zxid();
+        assert!(
+            missed >= writes,
+            "the follower missed the writes ({missed} entries)"
+        );
+        cluster.heal();
+        cluster.run_until("catch-up of the follower", 300, |c| {
+            c.nodes[behind].machine().last_zxid() == c.nodes[leader].machine().last_zxid()
+        });
+        let data = |n: usize| {
+            cluster.nodes[n]
+                .machine()
+                .get_data("/big")
+                .map(|(data, stat)| (data.first().copied(), stat.version))
+        };
+        assert_eq!(data(behind), data(leader));
+        for node in &cluster.nodes {
+            node.check_invariants().expect("node invariants");
         }
     }
 

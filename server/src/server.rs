@@ -462,6 +462,7 @@ impl Server {
             min_session_ttl_ms: config.min_session_ttl_ms,
             max_session_ttl_ms: config.max_session_ttl_ms,
             snapshot_every_entries: config.snapshot_every_entries,
+            snapshot_every_bytes: config.effective_snapshot_every_bytes(),
             max_frame_bytes: config.max_frame_bytes,
             stall_threshold_ms: (config.min_session_ttl_ms / 2).max(4 * config.tick_ms),
         };

@@ -245,7 +245,7 @@ impl Report {
         let _ = writeln!(
             s,
             "config: {} nodes, {} clients, tick {} ms, election {} ms, TTL {} ms, lock-delay {} \
-             ms, snapshot every {}, passes of {} inputs within {} µs, clocks ±{} ppm, net {:?}, \
+             ms, snapshot every {} entries or {} bytes, passes of {} inputs within {} µs, clocks ±{} ppm, net {:?}, \
              disk {:?}, switches {:?}, give-ups {}‰, upgrade at {:?} ms from peer protocol \
              {}, acknowledgements every {} xids",
             c.nodes,
@@ -255,6 +255,7 @@ impl Report {
             c.session_ttl_ms,
             c.lock_delay_ms,
             c.snapshot_every_entries,
+            c.snapshot_every_bytes,
             c.pass_inputs,
             c.pass_window_us,
             c.clock_ppm,

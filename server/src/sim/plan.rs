@@ -248,6 +248,10 @@ pub struct SimConfig {
     /// await an answer for has moved this far past their last acknowledgement, so that
     /// `AckedWrite` entries trim the deduplication tables (0: never).
     pub ack_every: u64,
+    /// Bytes of entries between compaction points the leader marks
+    /// ([`crate::compaction`]); `u64::MAX`: only the multiples of
+    /// `snapshot_every_entries` are points.
+    pub snapshot_every_bytes: u64,
 }
 
 impl SimConfig {
@@ -316,6 +320,12 @@ impl SimConfig {
         } else {
             *ack_rng.pick(&[1u64, 2, 8, 32]).unwrap_or(&8)
         };
+        let mut points_rng = SimRng::stream(seed, 8);
+        let snapshot_every_bytes = if points_rng.chance(250) {
+            u64::MAX
+        } else {
+            points_rng.range_incl(1, 16) << 9
+        };
         SimConfig {
             seed,
             nodes,
@@ -352,6 +362,7 @@ impl SimConfig {
             upgrade_at_ms,
             old_peer_version,
             ack_every,
+            snapshot_every_bytes,
         }
     }
 

@@ -504,6 +504,7 @@ impl World {
             min_session_ttl_ms: self.cfg.min_session_ttl_ms,
             max_session_ttl_ms: 120_000,
             snapshot_every_entries: self.cfg.snapshot_every_entries,
+            snapshot_every_bytes: self.cfg.snapshot_every_bytes,
             max_frame_bytes: corral_protocol::DEFAULT_MAX_FRAME_BYTES,
             stall_threshold_ms: (self.cfg.min_session_ttl_ms / 2).max(4 * self.cfg.tick_ms),
         }
