@@ -96,6 +96,14 @@ struct RunArgs {
     /// Server election timeout, in milliseconds.
     #[arg(long, default_value_t = 400)]
     election_timeout_ms: u64,
+    /// Server snapshot (compaction) interval in entries (default: the server's).
+    #[arg(long)]
+    snapshot_every_entries: Option<u64>,
+    /// Server snapshot (compaction) interval in bytes of entries (default: the
+    /// server's); small values make the leader mark compaction points often, and lagging
+    /// nodes catch up through snapshots.
+    #[arg(long)]
+    snapshot_every_bytes: Option<u64>,
     /// Turn on test-only fault switches in the servers (e.g. grant_without_predecessor;
     /// needs a corral built with `--features sim`).
     #[arg(long)]
@@ -381,6 +389,8 @@ fn run_inner(args: RunArgs) -> Result<ExitCode, String> {
             tick_ms: args.tick_ms,
             election_timeout_ms: args.election_timeout_ms,
             min_session_ttl_ms: min_ttl,
+            snapshot_every_entries: args.snapshot_every_entries,
+            snapshot_every_bytes: args.snapshot_every_bytes,
             faults: args.inject_fault.clone(),
         },
         check_time_limit: Duration::from_secs(args.check_time_limit),

@@ -18,6 +18,10 @@ pub struct ServerSettings {
     pub tick_ms: u64,
     pub election_timeout_ms: u64,
     pub min_session_ttl_ms: u64,
+    /// `--snapshot-every-entries`, if not the server's default.
+    pub snapshot_every_entries: Option<u64>,
+    /// `--snapshot-every-bytes`, if not the server's default.
+    pub snapshot_every_bytes: Option<u64>,
     /// Fault switches to turn on (`CORRAL_TEST_FAULTS`), for runs that must fail.
     pub faults: Option<String>,
 }
@@ -147,6 +151,12 @@ impl Cluster {
         // A single node runs without peers (the local write-ahead log).
         if peers.contains(',') {
             cmd.args(["--peers", &peers]);
+        }
+        if let Some(n) = s.snapshot_every_entries {
+            cmd.args(["--snapshot-every-entries", &n.to_string()]);
+        }
+        if let Some(n) = s.snapshot_every_bytes {
+            cmd.args(["--snapshot-every-bytes", &n.to_string()]);
         }
         if let Some(f) = &s.faults {
             cmd.env("CORRAL_TEST_FAULTS", f);

@@ -150,7 +150,7 @@ settings! {
     /// this many bytes. In a cluster at most an eighth of max_peer_frame_bytes is used:
     /// a follower that fell behind is caught up with the state's image and the entries
     /// past the leader's compaction (up to two of these intervals), in one message.
-    snapshot_every_bytes: u64 = 64 << 20;
+    snapshot_every_bytes: u64 = 128 << 20;
     /// Size at which the write-ahead log starts a new segment file, in bytes.
     wal_segment_bytes: u64 = 64 << 20;
     /// fsync the write-ahead log before acknowledging writes. Turning this off loses
@@ -444,9 +444,9 @@ mod tests {
         let frame = "--max-peer-frame-bytes=16777216";
         let c = Config::load(cli(&["--peers", peers, frame, "--max-state-bytes=1000000"]))
             .expect("cluster");
-        assert_eq!(c.snapshot_every_bytes, 64 << 20);
+        assert_eq!(c.snapshot_every_bytes, 128 << 20);
         assert_eq!(c.effective_snapshot_every_bytes(), 2 << 20);
         let c = Config::load(cli(&[frame])).expect("single node");
-        assert_eq!(c.effective_snapshot_every_bytes(), 64 << 20);
+        assert_eq!(c.effective_snapshot_every_bytes(), 128 << 20);
     }
 }
