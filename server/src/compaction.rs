@@ -18,9 +18,9 @@
 //! more than a peer frame holds, and a follower behind by that much was never caught up
 //! until a compaction covered what it lacked.
 //!
-//! Only the leader counts for the markers, and the count is soft: a new leader starts
-//! from what it applied itself, so an interval can reach twice the bound at a change of
-//! leader. A node that does not know markers (an older binary during a rolling upgrade)
+//! Only the leader counts for the markers, and the count is soft: a new or restarted
+//! leader starts from what it applied itself since, so an interval can reach twice the
+//! bound then. A node that does not know markers (an older binary during a rolling upgrade)
 //! applies one as the empty entry it is and, at a compaction to it, replays its log
 //! instead of using an image: slower, not different.
 
