@@ -1027,6 +1027,12 @@ impl PaxosLog {
         }
     }
 
+    /// Whether an image offered for compaction is still being encoded: an offer made now
+    /// would be skipped.
+    pub fn encoding_image(&self) -> bool {
+        self.encoding.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Asks every node to compact its log through `idx` with a snapshot (leader only).
     pub fn compact(&mut self, idx: usize) {
         if let Err(e) = self.op.snapshot(Some(idx), false) {
