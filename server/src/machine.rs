@@ -1378,7 +1378,7 @@ impl StateMachine {
     /// The node's data and stat; `InvalidPath` or `NoNode`.
     pub fn get_data(&self, path: &str) -> Result<(Vec<u8>, Stat), ErrorInfo> {
         let node = self.tree.lookup(path)?;
-        Ok((node.data.clone(), node.stat))
+        Ok((node.data.to_vec(), node.stat))
     }
 
     /// A page of the node's children: the names after `after` (byte order), at most

@@ -2729,3 +2729,61 @@ fn a_lock_delay_past_i64_max_is_refused_and_the_longest_holds_grants_back() {
     assert_eq!(code(&h.lock_with(c, try_only)), ErrorCode::LockHeld);
     assert_eq!(h.holders("/forever"), Vec::<String>::new());
 }
+
+/// What a write costs right after an image of the state was taken (every compaction
+/// point), when the state holds large values: the first write into each part of the
+/// tree shared with the image copies that part. Run with
+/// `cargo test -p corral-server --release --lib write_after_image_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run in release with --nocapture"]
+fn write_after_image_cost() {
+    use std::time::Instant;
+    let mut h = H::new();
+    h.m = StateMachine::new(MachineLimits::default());
+    h.checked = false;
+    let s = h.open();
+    let nodes = 256;
+    let value = vec![7u8; 1 << 20];
+    for i in 0..nodes {
+        h.write(
+            s,
+            Op::Create(CreateRequest {
+                path: format!("/big{i:03}"),
+                data: value.clone(),
+                mode: CreateMode::Persistent,
+                make_parents: false,
+            }),
+        );
+    }
+    for round in 0..3 {
+        let image = h.m.image();
+        let started = Instant::now();
+        for i in 0..nodes {
+            h.write(
+                s,
+                Op::SetData {
+                    path: format!("/big{i:03}"),
+                    data: vec![round as u8; 1 << 20],
+                    version: None,
+                },
+            );
+        }
+        let after_image = started.elapsed();
+        drop(image);
+        let started = Instant::now();
+        for i in 0..nodes {
+            h.write(
+                s,
+                Op::SetData {
+                    path: format!("/big{i:03}"),
+                    data: vec![round as u8; 1 << 20],
+                    version: None,
+                },
+            );
+        }
+        println!(
+            "{nodes} sets of 1 MiB values: {after_image:?} right after an image, {:?} without",
+            started.elapsed()
+        );
+    }
+}

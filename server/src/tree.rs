@@ -17,9 +17,12 @@ use serde::{Deserialize, Serialize};
 /// One znode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
-    /// The node's data.
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
+    /// The node's data, shared: the tree's maps are persistent, and the first write into
+    /// a part of the tree that an image (a compaction point's) still shares copies every
+    /// node of that part, which copied their data too (256 sets of 1 MiB values right
+    /// after an image took twice as long: `write_after_image_cost`).
+    #[serde(with = "shared_bytes")]
+    pub data: std::sync::Arc<[u8]>,
     /// The node's stat (`num_children` and `data_length` always match `children` and `data`).
     pub stat: Stat,
     /// Names (not paths) of the children, sorted.
@@ -32,7 +35,7 @@ pub struct Node {
 }
 
 impl Node {
-    fn new(data: Vec<u8>, zxid: u64, wall_ms: i64, owner: u64, container: bool) -> Node {
+    fn new(data: &[u8], zxid: u64, wall_ms: i64, owner: u64, container: bool) -> Node {
         let stat = Stat {
             czxid: zxid,
             mzxid: zxid,
@@ -46,7 +49,7 @@ impl Node {
             num_children: 0,
         };
         Node {
-            data,
+            data: data.into(),
             stat,
             children: imbl::OrdSet::new(),
             next_seq: 0,
@@ -57,6 +60,22 @@ impl Node {
     /// Whether the node is ephemeral.
     pub fn is_ephemeral(&self) -> bool {
         self.stat.ephemeral_owner != 0
+    }
+}
+
+/// Serializes shared data exactly as `serde_bytes` does a `Vec<u8>` (the image and log
+/// formats stay the same).
+mod shared_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::sync::Arc;
+
+    pub fn serialize<S: Serializer>(data: &Arc<[u8]>, s: S) -> Result<S::Ok, S::Error> {
+        serde_bytes::serialize(&**data, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<[u8]>, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
+        Ok(bytes.into_vec().into())
     }
 }
 
@@ -139,7 +158,7 @@ pub(crate) enum Undo {
     /// The data of `path` was replaced; here are the old data and stat.
     DataSet {
         path: String,
-        data: Vec<u8>,
+        data: std::sync::Arc<[u8]>,
         stat: Stat,
     },
 }
@@ -229,7 +248,7 @@ impl Tree {
     /// A tree holding only the root, created at zxid 0, time 0.
     pub fn new() -> Tree {
         let mut nodes = imbl::OrdMap::new();
-        nodes.insert("/".to_string(), Node::new(Vec::new(), 0, 0, 0, false));
+        nodes.insert("/".to_string(), Node::new(&[], 0, 0, 0, false));
         Tree {
             bytes: znode_bytes("/", 0),
             nodes,
@@ -550,11 +569,11 @@ impl Tree {
         // ancestor's parent is the next one in `missing`, the last one's is `cursor`.
         for (i, dir) in missing.iter().enumerate().rev() {
             let above = missing.get(i + 1).copied().unwrap_or(cursor);
-            let node = Node::new(Vec::new(), zxid, wall_ms, 0, container);
+            let node = Node::new(&[], zxid, wall_ms, 0, container);
             self.insert_node(txn, dir.to_string(), above, node, false);
         }
         let owner = if req.mode.is_ephemeral() { session } else { 0 };
-        let node = Node::new(req.data.clone(), zxid, wall_ms, owner, container);
+        let node = Node::new(&req.data, zxid, wall_ms, owner, container);
         let stat = node.stat;
         self.insert_node(txn, path.clone(), parent_path, node, sequential);
         Ok((path, stat))
@@ -603,7 +622,7 @@ impl Tree {
             .ok_or_else(|| err(ErrorCode::NoNode, format!("no node at {path}")))?;
         check_version(node, path, version)?;
         let old_stat = node.stat;
-        let old_data = std::mem::replace(&mut node.data, data.to_vec());
+        let old_data = std::mem::replace(&mut node.data, data.into());
         self.bytes = self
             .bytes
             .saturating_sub(old_data.len() as u64)

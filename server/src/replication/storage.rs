@@ -846,6 +846,15 @@ fn encode_parts<T: Serialize>(
     Ok(writer.parts)
 }
 
+/// The bytes of `parts` that are referred to (shared buffers), not copied.
+fn shared_bytes(parts: &[Part]) -> u64 {
+    parts
+        .iter()
+        .filter(|p| matches!(p, Part::Shared(..)))
+        .map(|p| p.len() as u64)
+        .sum()
+}
+
 /// Moves `n` bytes of `parts`, from `pos` (part index, offset in it) on, into `out`: owned
 /// bytes are copied, shared ones referred to.
 fn take_parts(parts: &[Part], pos: &mut (usize, usize), mut n: usize, out: &mut Vec<Part>) {
@@ -1123,11 +1132,6 @@ impl WalShared {
             let mut fragment = vec![Part::Owned(vec![frame_tag(i, n)])];
             take_parts(payload, &mut pos, max, &mut fragment);
             let len = fragment.iter().map(Part::len).sum::<usize>();
-            self.stats.image_bytes_by_reference += fragment
-                .iter()
-                .filter(|p| matches!(p, Part::Shared(..)))
-                .map(|p| p.len() as u64)
-                .sum::<u64>();
             last = self.wal.append_parts(fragment)?;
             first.get_or_insert(last);
             self.account(len);
@@ -1489,10 +1493,26 @@ impl CheckpointJob {
             state: &self.state,
             filed: &filed,
         };
+        // Every part is shared, so that appending it under the log's lock copies nothing:
+        // its header and checksum are computed when the batch is written, outside the
+        // lock. Copied, hundreds of megabytes of live entries kept the node's core, which
+        // takes the lock for every write, waiting for up to a second.
         let payload = encode_parts(&checkpoint, &images, self.shared_image_min_bytes)?;
+        let image_bytes = shared_bytes(&payload);
+        let payload: Vec<Part> = payload
+            .into_iter()
+            .map(|part| match part {
+                Part::Owned(bytes) => {
+                    let len = bytes.len();
+                    Part::Shared(Arc::new(bytes), 0..len)
+                }
+                shared => shared,
+            })
+            .collect();
         let bytes = payload.iter().map(Part::len).sum::<usize>();
         let mut shared = lock(&self.shared)?;
         let (first, last) = shared.append_logical_parts(&payload, self.max_fragment_bytes, true)?;
+        shared.stats.image_bytes_by_reference += image_bytes;
         shared.checkpoint_in_flight = Some((self.after_lsn, last));
         tracing::debug!(
             after_lsn = self.after_lsn,
@@ -1853,6 +1873,7 @@ impl PaxosStorage {
             };
             let payload = encode_parts(&on_disk, &images, self.config.shared_image_min_bytes)?;
             let (_, last) = shared.append_logical_parts(&payload, max_fragment_bytes, must_sync)?;
+            shared.stats.image_bytes_by_reference += shared_bytes(&payload);
             shared.note_snapshot_write(last, &record);
             shared.note_cut(cut);
             shared.stats.snapshot_repairs += repairs;
