@@ -775,32 +775,78 @@ impl Wal {
     /// The active segment is never deleted. Segments go oldest first with a directory fsync
     /// after each, so a crash in the middle leaves no gap.
     pub fn compact_through(&mut self, lsn: u64) -> Result<(), StorageError> {
+        self.detach_through(lsn)?.delete()
+    }
+
+    /// [`Wal::compact_through`] in two halves: the log stops counting the segments here,
+    /// and the files are deleted by [`ObsoleteSegments::delete`], which needs no access to
+    /// the log (a caller holding a lock around it can release it first: deleting segments
+    /// of 64 MiB with a directory fsync after each took the core's writes 85 to 250 ms
+    /// of waiting under a stream of 1 MiB writes).
+    pub fn detach_through(&mut self, lsn: u64) -> Result<ObsoleteSegments, StorageError> {
         if self.poisoned {
             return Err(StorageError::Poisoned);
         }
+        let mut paths = Vec::new();
         while self.segments.len() > 1 {
             let last_of_oldest = self.segments[1].first_lsn.saturating_sub(1);
             if last_of_oldest > lsn {
                 break;
             }
-            let oldest = &self.segments[0];
-            match self.disk.remove_file(&oldest.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&oldest.path)(e)),
-            }
-            tracing::debug!(path = %oldest.path.display(), "compacted write-ahead log segment");
-            self.segments.remove(0);
-            if self.options.fsync {
-                sync_dir(&self.disk, &self.dir)?;
-            }
+            paths.push(self.segments.remove(0).path);
         }
-        Ok(())
+        Ok(ObsoleteSegments {
+            disk: self.disk.clone(),
+            dir: self.dir.clone(),
+            paths,
+            fsync: self.options.fsync,
+        })
     }
 
     /// Total bytes of segment files on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.bytes).sum()
+    }
+}
+
+/// Segments the log no longer counts ([`Wal::detach_through`]), to delete oldest first.
+#[derive(Debug)]
+#[must_use = "the segments stay on disk until deleted"]
+pub struct ObsoleteSegments {
+    disk: Disk,
+    dir: PathBuf,
+    paths: Vec<PathBuf>,
+    fsync: bool,
+}
+
+impl ObsoleteSegments {
+    /// Whether there is nothing to delete.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Adds segments detached later (newer ones), to delete after these.
+    pub fn extend(&mut self, later: ObsoleteSegments) {
+        self.paths.extend(later.paths);
+    }
+
+    /// Deletes the segments oldest first, with a directory fsync after each, so that a
+    /// crash in the middle leaves no gap. A segment that cannot be deleted stops the
+    /// deletion: it and the later ones stay on disk, older records than the log needs,
+    /// until the log is opened again and compacts them.
+    pub fn delete(self) -> Result<(), StorageError> {
+        for path in &self.paths {
+            match self.disk.remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(path)(e)),
+            }
+            tracing::debug!(path = %path.display(), "compacted write-ahead log segment");
+            if self.fsync {
+                sync_dir(&self.disk, &self.dir)?;
+            }
+        }
+        Ok(())
     }
 }
 

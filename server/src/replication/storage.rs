@@ -151,7 +151,8 @@
 use crate::disk::Disk;
 use crate::machine::{Entry, MachineImage, MachineLimits, StateMachine};
 use crate::wal::{
-    Part, PendingSync, StorageError, Wal, WalOptions, MAX_RECORD_BYTES, RECORD_HEADER_BYTES,
+    ObsoleteSegments, Part, PendingSync, StorageError, Wal, WalOptions, MAX_RECORD_BYTES,
+    RECORD_HEADER_BYTES,
 };
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::storage::{Snapshot, StopSign, Storage, StorageOp, StorageResult};
@@ -1057,6 +1058,9 @@ pub struct StorageStats {
 #[derive(Debug)]
 struct WalShared {
     wal: Wal,
+    /// Segments a durable checkpoint made obsolete, detached from the log and waiting to
+    /// be deleted outside the lock ([`delete_obsolete`]).
+    obsolete: Option<ObsoleteSegments>,
     /// Bytes of the records from the last checkpoint on (all records if none).
     bytes_since_checkpoint: u64,
     /// The newest checkpoint not yet known durable: the lsn it was taken after, and its
@@ -1236,8 +1240,15 @@ impl WalShared {
         }
         if let Some(lsn) = self.compact_through_lsn {
             // Not a durability failure: the obsolete segments just stay a while longer.
-            if let Err(e) = self.wal.compact_through(lsn) {
-                tracing::warn!(error = %e, lsn, "deleting obsolete log segments failed");
+            match self.wal.detach_through(lsn) {
+                Ok(detached) if detached.is_empty() => {}
+                Ok(detached) => match &mut self.obsolete {
+                    Some(waiting) => waiting.extend(detached),
+                    None => self.obsolete = Some(detached),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, lsn, "deleting obsolete log segments failed")
+                }
             }
         }
         let synced = self.wal.synced_lsn();
@@ -1314,6 +1325,23 @@ fn lock_for_stats(shared: &Mutex<WalShared>) -> MutexGuard<'_, WalShared> {
 pub struct SyncHandle {
     shared: Arc<Mutex<WalShared>>,
     images: Arc<ImageDir>,
+    /// Held while obsolete segments are deleted, so that they go oldest first.
+    deletions: Arc<Mutex<()>>,
+}
+
+/// Deletes the segments that syncs made obsolete, outside the log's lock: the node's core
+/// takes that lock for every write, and deleting segments of 64 MiB with a directory
+/// fsync after each kept it waiting 85 to 250 ms at a time under a stream of 1 MiB
+/// writes. `deletions` is taken first, so that one deletion finishes before the next
+/// takes newer segments (oldest first: a crash leaves no gap).
+fn delete_obsolete(shared: &Mutex<WalShared>, deletions: &Mutex<()>) {
+    let _turn = deletions.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(obsolete) = lock_for_stats(shared).obsolete.take() else {
+        return;
+    };
+    if let Err(e) = obsolete.delete() {
+        tracing::warn!(error = %e, "deleting obsolete log segments failed");
+    }
 }
 
 impl SyncHandle {
@@ -1337,6 +1365,7 @@ impl SyncHandle {
             std::mem::take(&mut shared.retired)
         };
         self.images.remove(retired);
+        delete_obsolete(&self.shared, &self.deletions);
         Ok(())
     }
 
@@ -1432,6 +1461,8 @@ pub struct PaxosStorage {
     state: LogState,
     shared: Arc<Mutex<WalShared>>,
     images: Arc<ImageDir>,
+    /// See [`SyncHandle`]'s.
+    deletions: Arc<Mutex<()>>,
     config: PaxosStorageConfig,
     /// Running estimate of the encoded size of one entry, for the live-size estimate.
     avg_entry_bytes: u64,
@@ -1668,6 +1699,7 @@ impl PaxosStorage {
         );
         let shared = WalShared {
             wal,
+            obsolete: None,
             bytes_since_checkpoint,
             checkpoint_in_flight: None,
             checkpoint_running: false,
@@ -1689,6 +1721,7 @@ impl PaxosStorage {
             state,
             shared: Arc::new(Mutex::new(shared)),
             images: Arc::new(images),
+            deletions: Arc::default(),
             config,
             avg_entry_bytes,
         })
@@ -1699,6 +1732,7 @@ impl PaxosStorage {
         SyncHandle {
             shared: Arc::clone(&self.shared),
             images: Arc::clone(&self.images),
+            deletions: Arc::clone(&self.deletions),
         }
     }
 
@@ -1710,6 +1744,7 @@ impl PaxosStorage {
             std::mem::take(&mut shared.retired)
         };
         self.images.remove(retired);
+        delete_obsolete(&self.shared, &self.deletions);
         Ok(())
     }
 
