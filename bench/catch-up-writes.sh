@@ -6,6 +6,9 @@
 #
 #   bench/catch-up-writes.sh [MIB [PEER_FRAME_BYTES]]   # defaults 96 and 33554432 (32 MiB)
 #
+# with compaction points every eighth of the frame (`--snapshot-every-bytes`, off by the
+# server's default; SNAPSHOT_EVERY_BYTES overrides it, 0 turns it off).
+#
 # CORRAL_BIN picks the server binary (default target/release/corral, built if missing),
 # as for bench/cluster.sh. Prints the follower's and the leader's applied zxids at the
 # start, the time to catch up (or "not caught up"), and how often the leader's log says
@@ -16,7 +19,9 @@ cd "$root"
 mib=${1:-96}
 frame=${2:-33554432}
 export BENCH_DATA=${BENCH_DATA:-$root/bench/data}
-export CORRAL_ARGS="--max-peer-frame-bytes $frame --max-state-bytes $((frame / 2)) ${CORRAL_ARGS:-}"
+# SNAPSHOT_EVERY_BYTES=0 runs with compaction by entries only (the server's default).
+every=${SNAPSHOT_EVERY_BYTES:-$((frame / 8))}
+export CORRAL_ARGS="--max-peer-frame-bytes $frame --max-state-bytes $((frame / 2)) --snapshot-every-bytes $every ${CORRAL_ARGS:-}"
 [[ -n ${CORRAL_BIN:-} ]] || cargo build -q --release --bin corral
 cargo build -q --release --bin corral-load
 load=$root/target/release/corral-load

@@ -7,7 +7,8 @@
 //! are two kinds:
 //!
 //! - **every `snapshot_every_entries` entries**: the zxids that are multiples of it;
-//! - **every `snapshot_every_bytes` of entries**: once the entries applied since the last
+//! - **every `snapshot_every_bytes` of entries** (if set; off by default): once the
+//!   entries applied since the last
 //!   point reach that many bytes (as framed for a peer), the leader appends a marker, an
 //!   empty entry with the barrier [`COMPACTION_POINT_BARRIER`], and the zxid where it
 //!   applies is a point on every node.
