@@ -2755,35 +2755,27 @@ fn write_after_image_cost() {
             }),
         );
     }
+    let set_all = |h: &mut H, round: u8| {
+        let started = Instant::now();
+        for i in 0..nodes {
+            h.write(
+                s,
+                Op::SetData {
+                    path: format!("/big{i:03}"),
+                    data: vec![round; 1 << 20],
+                    version: None,
+                },
+            );
+        }
+        started.elapsed()
+    };
     for round in 0..3 {
         let image = h.m.image();
-        let started = Instant::now();
-        for i in 0..nodes {
-            h.write(
-                s,
-                Op::SetData {
-                    path: format!("/big{i:03}"),
-                    data: vec![round as u8; 1 << 20],
-                    version: None,
-                },
-            );
-        }
-        let after_image = started.elapsed();
+        let after_image = set_all(&mut h, round);
         drop(image);
-        let started = Instant::now();
-        for i in 0..nodes {
-            h.write(
-                s,
-                Op::SetData {
-                    path: format!("/big{i:03}"),
-                    data: vec![round as u8; 1 << 20],
-                    version: None,
-                },
-            );
-        }
+        let without = set_all(&mut h, round);
         println!(
-            "{nodes} sets of 1 MiB values: {after_image:?} right after an image, {:?} without",
-            started.elapsed()
+            "{nodes} sets of 1 MiB values: {after_image:?} right after an image, {without:?} without"
         );
     }
 }
