@@ -1788,23 +1788,35 @@ impl PaxosStorage {
         self.state.snapshot.as_ref()
     }
 
-    /// Estimate of the bytes a checkpoint would take now.
+    /// Estimate of the bytes a checkpoint would take now: the stored snapshot's image
+    /// unless its image file holds it (the checkpoint refers to the file), the
+    /// snapshot's tail and the live entries.
     pub fn live_bytes_estimate(&self) -> u64 {
-        let image = self
-            .state
-            .snapshot
-            .as_ref()
-            .and_then(|s| s.image())
-            .map_or(0, |i| i.len() as u64);
-        image + self.state.entries.len() as u64 * self.avg_entry_bytes + 256
+        self.live_bytes_estimate_with(&lock_for_stats(&self.shared).filed)
+    }
+
+    fn live_bytes_estimate_with(&self, filed: &[FiledImage]) -> u64 {
+        let (image, tail) = self.state.snapshot.as_ref().map_or((0, 0), |s| {
+            let image = match (s.image(), file_of(s, filed)) {
+                (Some(image), None) => image.len() as u64,
+                _ => 0,
+            };
+            (image, s.tail.len() as u64)
+        });
+        let entries = self.state.entries.len() as u64 + tail;
+        image + entries * self.avg_entry_bytes + 256
     }
 
     /// Writes a checkpoint if the log holds enough obsolete bytes (see the module
     /// documentation); returns whether it did. Writes call this themselves; the
     /// checkpoint becomes durable, and older segments are deleted, at the next sync.
     pub fn checkpoint_if_needed(&mut self) -> Result<bool, PaxosStorageError> {
-        let live = self.live_bytes_estimate();
-        let since = lock(&self.shared)?.bytes_since_checkpoint;
+        let shared = lock(&self.shared)?;
+        let (since, live) = (
+            shared.bytes_since_checkpoint,
+            self.live_bytes_estimate_with(&shared.filed),
+        );
+        drop(shared);
         let obsolete = since.saturating_sub(live);
         let threshold = self
             .config
@@ -3622,6 +3634,40 @@ mod tests {
             bytes_appended > 4 * total,
             "log of {total} bytes after {bytes_appended} appended"
         );
+    }
+
+    /// A snapshot stored without an image keeps its entries as a tail (the node had no
+    /// image of that point ready); a checkpoint writes them, so the estimate of the live
+    /// state that decides when to write the next one must count them. Left out, every
+    /// checkpoint looked obsolete as soon as it was written, and the node wrote one after
+    /// every few writes: hundreds of megabytes each under a stream of large values.
+    #[test]
+    fn a_snapshot_tail_counts_as_live_so_checkpoints_stay_amortised() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let mut cfg = config();
+        cfg.checkpoint_min_obsolete_bytes = 1024;
+        cfg.checkpoint_obsolete_per_live_ratio = 2;
+        cfg.encode_checkpoints_in_background = false;
+        let mut s = PaxosStorage::open_with(dir, cfg).expect("open");
+        s.append_entries(entries(0..400)).expect("append");
+        s.set_decided_idx(400).expect("decided");
+        omnipaxos_snapshot(&mut s, 390);
+        let snap = s.snapshot().expect("snapshot");
+        assert!(
+            snap.image().is_none() && snap.tail.len() == 390,
+            "a tail only"
+        );
+        s.checkpoint().expect("checkpoint");
+        s.sync().expect("sync");
+        let before = s.stats().checkpoints;
+        assert!(before >= 1, "the checkpoint was written");
+        for i in 400..600 {
+            s.append_entry(entry(i)).expect("append");
+            s.sync().expect("sync");
+        }
+        let written = s.stats().checkpoints - before;
+        assert!(written <= 3, "{written} checkpoints over 200 small writes");
     }
 
     #[test]
