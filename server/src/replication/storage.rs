@@ -697,14 +697,22 @@ fn free_trimmed(entries: VecDeque<Entry>) {
     }
 }
 
-/// Applies a record that [`advance`] accepted.
-fn apply(state: &mut LogState, rec: StorageRecord) {
+/// Applies a record that [`advance`] accepted, keeping `live` the bytes of the entries it
+/// leaves in `state`.
+fn apply(state: &mut LogState, rec: StorageRecord, live: &mut LiveEntryBytes) {
     match rec {
-        StorageRecord::Append { entries, .. } => state.entries.extend(entries),
+        StorageRecord::Append { entries, .. } => {
+            live.log += entries_bytes(&entries);
+            state.entries.extend(entries);
+        }
         StorageRecord::AppendOnPrefix { from_idx, entries } => {
             let keep = from_idx
                 .saturating_sub(state.log_start)
                 .min(state.entries.len());
+            live.log = live
+                .log
+                .saturating_sub(entries_bytes(state.entries.range(keep..)))
+                + entries_bytes(&entries);
             state.entries.truncate(keep);
             state.entries.extend(entries);
         }
@@ -715,6 +723,9 @@ fn apply(state: &mut LogState, rec: StorageRecord) {
         StorageRecord::Trim(idx) => {
             if idx > state.log_start {
                 let n = (idx - state.log_start).min(state.entries.len());
+                live.log = live
+                    .log
+                    .saturating_sub(entries_bytes(state.entries.range(..n)));
                 let rest = state.entries.split_off(n);
                 free_trimmed(std::mem::replace(&mut state.entries, rest));
                 state.log_start = idx;
@@ -724,15 +735,24 @@ fn apply(state: &mut LogState, rec: StorageRecord) {
             }
         }
         StorageRecord::StopSign(s) => state.stopsign = s,
-        StorageRecord::Snapshot(s) => state.snapshot = s,
-        StorageRecord::Checkpoint(s) => *state = *s,
+        StorageRecord::Snapshot(s) => {
+            live.tail = s.as_ref().map_or(0, |s| entries_bytes(&s.tail));
+            state.snapshot = s;
+        }
+        StorageRecord::Checkpoint(s) => {
+            *state = *s;
+            *live = LiveEntryBytes::of(state);
+        }
         StorageRecord::Batch(records) => {
             for r in records {
-                apply(state, r);
+                apply(state, r, live);
             }
         }
         // Replay only: the image is loaded from its file once the last record is applied.
-        StorageRecord::SnapshotFiled(f) => state.snapshot = Some(f.without_image()),
+        StorageRecord::SnapshotFiled(f) => {
+            live.tail = entries_bytes(&f.tail);
+            state.snapshot = Some(f.without_image());
+        }
         StorageRecord::CheckpointAt {
             state: s, image, ..
         } => {
@@ -740,8 +760,51 @@ fn apply(state: &mut LogState, rec: StorageRecord) {
             if let Some(f) = image {
                 state.snapshot = Some(f.without_image());
             }
+            *live = LiveEntryBytes::of(state);
         }
     }
+}
+
+/// Bytes of the entries a checkpoint writes: the log's live entries and the stored
+/// snapshot's tail (a snapshot stored without an image keeps the entries it covers).
+/// Kept exact as records are applied: entry sizes vary by orders of magnitude, and an
+/// average of recent appends said 100 bytes of a log still holding 200 MB of 1 MiB
+/// writes, so that every checkpoint looked obsolete once written and the next followed
+/// a few writes later.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct LiveEntryBytes {
+    log: u64,
+    tail: u64,
+}
+
+impl LiveEntryBytes {
+    fn of(state: &LogState) -> LiveEntryBytes {
+        LiveEntryBytes {
+            log: entries_bytes(&state.entries),
+            tail: state
+                .snapshot
+                .as_ref()
+                .map_or(0, |s| entries_bytes(&s.tail)),
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.log + self.tail
+    }
+}
+
+/// Bytes of `entries` as the log encodes them, counted without encoding them (data is
+/// counted by its length).
+fn entries_bytes<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> u64 {
+    entries
+        .into_iter()
+        .map(|entry| {
+            let mut size = bincode::enc::write::SizeWriter::default();
+            // A writer that only counts cannot fail.
+            let _ = bincode::serde::encode_into_writer(entry, &mut size, bincode_config());
+            size.bytes_written as u64
+        })
+        .sum()
 }
 
 /// Where the snapshot a record sets keeps its image: `None` if the record sets no
@@ -1464,8 +1527,8 @@ pub struct PaxosStorage {
     /// See [`SyncHandle`]'s.
     deletions: Arc<Mutex<()>>,
     config: PaxosStorageConfig,
-    /// Running estimate of the encoded size of one entry, for the live-size estimate.
-    avg_entry_bytes: u64,
+    /// Bytes of the entries in `state` (its log's and its snapshot's tail).
+    live_entry_bytes: LiveEntryBytes,
 }
 
 impl fmt::Debug for PaxosStorage {
@@ -1658,7 +1721,7 @@ impl PaxosStorage {
             if let Some(source) = snapshot_source(&rec) {
                 image_file = source;
             }
-            apply(&mut state, rec);
+            apply(&mut state, rec, &mut LiveEntryBytes::default());
         }
         debug_assert_eq!(shape, state.shape());
         let images = ImageDir {
@@ -1677,17 +1740,7 @@ impl PaxosStorage {
             .filter(|(lsn, _)| after_lsn.is_none_or(|a| *lsn > a))
             .map(|(_, b)| b)
             .sum();
-        let avg_entry_bytes = if state.entries.is_empty() {
-            64
-        } else {
-            let total = bincode::serde::encode_into_std_write(
-                &state.entries,
-                &mut std::io::sink(),
-                bincode_config(),
-            )
-            .unwrap_or(0) as u64;
-            (total / state.entries.len() as u64).max(1)
-        };
+        let live_entry_bytes = LiveEntryBytes::of(&state);
         tracing::info!(
             dir = %dir.display(),
             records = records_recovered,
@@ -1723,7 +1776,7 @@ impl PaxosStorage {
             images: Arc::new(images),
             deletions: Arc::default(),
             config,
-            avg_entry_bytes,
+            live_entry_bytes,
         })
     }
 
@@ -1796,15 +1849,15 @@ impl PaxosStorage {
     }
 
     fn live_bytes_estimate_with(&self, filed: &[FiledImage]) -> u64 {
-        let (image, tail) = self.state.snapshot.as_ref().map_or((0, 0), |s| {
-            let image = match (s.image(), file_of(s, filed)) {
-                (Some(image), None) => image.len() as u64,
-                _ => 0,
-            };
-            (image, s.tail.len() as u64)
-        });
-        let entries = self.state.entries.len() as u64 + tail;
-        image + entries * self.avg_entry_bytes + 256
+        let image =
+            self.state
+                .snapshot
+                .as_ref()
+                .map_or(0, |s| match (s.image(), file_of(s, filed)) {
+                    (Some(image), None) => image.len() as u64,
+                    _ => 0,
+                });
+        image + self.live_entry_bytes.total() + 256
     }
 
     /// Writes a checkpoint if the log holds enough obsolete bytes (see the module
@@ -1890,7 +1943,6 @@ impl PaxosStorage {
             1 => records.pop().unwrap_or(StorageRecord::Batch(Vec::new())),
             _ => StorageRecord::Batch(records),
         };
-        let appended_entries = appended_entry_count(&record);
         let must_sync = !matches!(record, StorageRecord::Decided(_));
         let max_fragment_bytes = self.config.max_fragment_bytes;
         let mut images = Vec::new();
@@ -1905,10 +1957,6 @@ impl PaxosStorage {
             shared.note_cut(cut);
             shared.stats.snapshot_repairs += repairs;
             drop(shared);
-            if appended_entries > 0 && !record_has_snapshot(&record) {
-                let sample = (framed.len() as u64 / appended_entries).max(1);
-                self.avg_entry_bytes = (self.avg_entry_bytes * 7 + sample) / 8;
-            }
         } else {
             // An image in its file is referred to; any other image is written from its
             // shared buffer, not copied here. Encoded under the lock, so that an image
@@ -1925,7 +1973,9 @@ impl PaxosStorage {
             shared.note_cut(cut);
             shared.stats.snapshot_repairs += repairs;
         }
-        apply(&mut self.state, record);
+        apply(&mut self.state, record, &mut self.live_entry_bytes);
+        #[cfg(test)]
+        assert_eq!(self.live_entry_bytes, LiveEntryBytes::of(&self.state));
         if self.state.log_start != self.state.compacted_idx {
             tracing::warn!(
                 log_start = self.state.log_start,
@@ -2247,24 +2297,6 @@ fn normalize_prefix(
         from_idx: shape.log_start,
         entries: entries.into_iter().skip(skip).collect(),
     })
-}
-
-fn appended_entry_count(rec: &StorageRecord) -> u64 {
-    match rec {
-        StorageRecord::Append { entries, .. } | StorageRecord::AppendOnPrefix { entries, .. } => {
-            entries.len() as u64
-        }
-        StorageRecord::Batch(rs) => rs.iter().map(appended_entry_count).sum(),
-        _ => 0,
-    }
-}
-
-fn record_has_snapshot(rec: &StorageRecord) -> bool {
-    match rec {
-        StorageRecord::Snapshot(Some(_)) | StorageRecord::Checkpoint(_) => true,
-        StorageRecord::Batch(rs) => rs.iter().any(record_has_snapshot),
-        _ => false,
-    }
 }
 
 impl Storage<Entry> for PaxosStorage {
@@ -3636,6 +3668,29 @@ mod tests {
         );
     }
 
+    /// Storage whose checkpoints are written in the call that decides to, once the log
+    /// holds more than 1 KiB and twice the live bytes of obsolete records.
+    fn eager_checkpoints(dir: &Path) -> PaxosStorage {
+        let mut cfg = config();
+        cfg.checkpoint_min_obsolete_bytes = 1024;
+        cfg.checkpoint_obsolete_per_live_ratio = 2;
+        cfg.encode_checkpoints_in_background = false;
+        PaxosStorage::open_with(dir, cfg).expect("open")
+    }
+
+    /// Checkpoints written over 200 small writes, each synced, after one written now.
+    fn checkpoints_over_small_writes(s: &mut PaxosStorage, from: u64) -> u64 {
+        s.checkpoint().expect("checkpoint");
+        s.sync().expect("sync");
+        let before = s.stats().checkpoints;
+        assert!(before >= 1, "the checkpoint was written");
+        for i in from..from + 200 {
+            s.append_entry(entry(i)).expect("append");
+            s.sync().expect("sync");
+        }
+        s.stats().checkpoints - before
+    }
+
     /// A snapshot stored without an image keeps its entries as a tail (the node had no
     /// image of that point ready); a checkpoint writes them, so the estimate of the live
     /// state that decides when to write the next one must count them. Left out, every
@@ -3644,12 +3699,7 @@ mod tests {
     #[test]
     fn a_snapshot_tail_counts_as_live_so_checkpoints_stay_amortised() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path();
-        let mut cfg = config();
-        cfg.checkpoint_min_obsolete_bytes = 1024;
-        cfg.checkpoint_obsolete_per_live_ratio = 2;
-        cfg.encode_checkpoints_in_background = false;
-        let mut s = PaxosStorage::open_with(dir, cfg).expect("open");
+        let mut s = eager_checkpoints(tmp.path());
         s.append_entries(entries(0..400)).expect("append");
         s.set_decided_idx(400).expect("decided");
         omnipaxos_snapshot(&mut s, 390);
@@ -3658,15 +3708,35 @@ mod tests {
             snap.image().is_none() && snap.tail.len() == 390,
             "a tail only"
         );
-        s.checkpoint().expect("checkpoint");
-        s.sync().expect("sync");
-        let before = s.stats().checkpoints;
-        assert!(before >= 1, "the checkpoint was written");
-        for i in 400..600 {
-            s.append_entry(entry(i)).expect("append");
-            s.sync().expect("sync");
-        }
-        let written = s.stats().checkpoints - before;
+        let written = checkpoints_over_small_writes(&mut s, 400);
+        assert!(written <= 3, "{written} checkpoints over 200 small writes");
+    }
+
+    /// The live entries are counted by their own sizes: an average of recent appends,
+    /// small, said a log of large entries was small, with the same result.
+    #[test]
+    fn large_entries_followed_by_small_writes_keep_checkpoints_amortised() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = eager_checkpoints(tmp.path());
+        let large = (0..100).map(|i| {
+            let op = Op::SetData {
+                path: "/large".into(),
+                data: vec![i as u8; 10_000],
+                version: None,
+            };
+            Entry::new(
+                0,
+                EntryBody::Write {
+                    session_id: 1,
+                    xid: i,
+                    op,
+                },
+            )
+        });
+        s.append_entries(large.collect()).expect("append");
+        let live = s.live_bytes_estimate();
+        assert!(live > 1_000_000, "live estimate {live}");
+        let written = checkpoints_over_small_writes(&mut s, 100);
         assert!(written <= 3, "{written} checkpoints over 200 small writes");
     }
 
