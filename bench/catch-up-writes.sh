@@ -6,8 +6,8 @@
 #
 #   bench/catch-up-writes.sh [MIB [PEER_FRAME_BYTES]]   # defaults 96 and 33554432 (32 MiB)
 #
-# with compaction points every eighth of the frame (`--snapshot-every-bytes`, off by the
-# server's default; SNAPSHOT_EVERY_BYTES overrides it, 0 turns it off).
+# with the server's compaction points (every `snapshot_every_bytes`, at most an eighth of
+# the frame in a cluster; SNAPSHOT_EVERY_BYTES sets it, 0 turns byte points off).
 #
 # CORRAL_BIN picks the server binary (default target/release/corral, built if missing),
 # as for bench/cluster.sh. Prints the follower's and the leader's applied zxids at the
@@ -19,9 +19,9 @@ cd "$root"
 mib=${1:-96}
 frame=${2:-33554432}
 export BENCH_DATA=${BENCH_DATA:-$root/bench/data}
-# SNAPSHOT_EVERY_BYTES=0 runs with compaction by entries only (the server's default).
-every=${SNAPSHOT_EVERY_BYTES:-$((frame / 8))}
-export CORRAL_ARGS="--max-peer-frame-bytes $frame --max-state-bytes $((frame / 2)) --snapshot-every-bytes $every ${CORRAL_ARGS:-}"
+# SNAPSHOT_EVERY_BYTES=0 runs with compaction by entries only.
+every=${SNAPSHOT_EVERY_BYTES:+--snapshot-every-bytes $SNAPSHOT_EVERY_BYTES}
+export CORRAL_ARGS="--max-peer-frame-bytes $frame --max-state-bytes $((frame / 2)) $every ${CORRAL_ARGS:-}"
 [[ -n ${CORRAL_BIN:-} ]] || cargo build -q --release --bin corral
 cargo build -q --release --bin corral-load
 load=$root/target/release/corral-load

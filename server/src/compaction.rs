@@ -7,7 +7,7 @@
 //! are two kinds:
 //!
 //! - **every `snapshot_every_entries` entries**: the zxids that are multiples of it;
-//! - **every `snapshot_every_bytes` of entries** (if set; off by default): once the
+//! - **every `snapshot_every_bytes` of entries** (128 MiB by default; 0: none): once the
 //!   entries applied since the last
 //!   point reach that many bytes (as framed for a peer), the leader appends a marker, an
 //!   empty entry with the barrier [`COMPACTION_POINT_BARRIER`], and the zxid where it

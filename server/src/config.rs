@@ -147,13 +147,11 @@ settings! {
     /// Take a snapshot (and compact the log) every this many entries.
     snapshot_every_entries: u64 = 100_000;
     /// Take a snapshot (and compact the log) once the entries since the last one reach
-    /// this many bytes; 0 (the default): only every snapshot_every_entries. In a cluster
-    /// at most an eighth of max_peer_frame_bytes is used: a follower that fell behind is
-    /// caught up with the state's image and the entries past the leader's compaction (up
-    /// to two of these intervals), in one message. Off by default: under sustained large
-    /// writes (tens of MB/s) the frequent compactions it brings stalled 3-node test
-    /// clusters for seconds at a time (docs/OPERATIONS.md).
-    snapshot_every_bytes: u64 = 0;
+    /// this many bytes (0: only every snapshot_every_entries). In a cluster at most an
+    /// eighth of max_peer_frame_bytes is used: a follower that fell behind is caught up
+    /// with the state's image and the entries past the leader's compaction (up to two of
+    /// these intervals), in one message.
+    snapshot_every_bytes: u64 = 128 << 20;
     /// Size at which the write-ahead log starts a new segment file, in bytes.
     wal_segment_bytes: u64 = 64 << 20;
     /// fsync the write-ahead log before acknowledging writes. Turning this off loses
@@ -445,23 +443,19 @@ mod tests {
         let frame = "--max-peer-frame-bytes=16777216";
         let c = Config::load(cli(&["--peers", peers, frame, "--max-state-bytes=1000000"]))
             .expect("cluster");
-        assert_eq!(c.snapshot_every_bytes, 0);
-        assert_eq!(
-            c.effective_snapshot_every_bytes(),
-            u64::MAX,
-            "off by default"
-        );
-        let every = "--snapshot-every-bytes=134217728";
+        assert_eq!(c.snapshot_every_bytes, 128 << 20);
+        assert_eq!(c.effective_snapshot_every_bytes(), 2 << 20);
+        let off = "--snapshot-every-bytes=0";
         let c = Config::load(cli(&[
             "--peers",
             peers,
             frame,
             "--max-state-bytes=1000000",
-            every,
+            off,
         ]))
         .expect("cluster");
-        assert_eq!(c.effective_snapshot_every_bytes(), 2 << 20);
-        let c = Config::load(cli(&[frame, every])).expect("single node");
-        assert_eq!(c.effective_snapshot_every_bytes(), 128 << 20);
+        assert_eq!(c.effective_snapshot_every_bytes(), u64::MAX, "off");
+        let c = Config::load(cli(&[frame])).expect("single node");
+        assert_eq!(c.effective_snapshot_every_bytes(), 128 << 20, "not clamped");
     }
 }
