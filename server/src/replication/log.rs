@@ -22,12 +22,13 @@
 //! - **Leadership.** The node is leader when OmniPaxos says its own pid is the promised
 //!   leader in the accept phase. Only the leader proposes session expiries.
 
+use crate::compaction::FollowerCompaction;
 use crate::machine::{Entry, EntryBody, MachineImage, MachineLimits, StateMachine};
 use crate::replication::repeated_promise::RepeatedPromises;
 use crate::replication::storage::{MachineSnapshot, PaxosStorage, SyncHandle};
 use crate::replication::transport::Bulky;
 use omnipaxos::ballot_leader_election::Ballot;
-use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
+use omnipaxos::messages::sequence_paxos::{Compaction, PaxosMessage, PaxosMsg};
 use omnipaxos::messages::Message;
 use omnipaxos::util::LogEntry;
 use omnipaxos::OmniPaxos;
@@ -258,6 +259,9 @@ pub struct PaxosLog {
     failed_install: Option<usize>,
     /// An image is being encoded on its own thread (see [`PaxosLog::offer_image`]).
     encoding: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// A compaction the leader asked for while this node's image was being encoded:
+    /// asked again once it is offered ([`crate::compaction::follower_compaction`]).
+    deferred_compaction: Option<usize>,
     /// Joined with an empty disk and not yet synced by a leader: filtered by [`join`].
     ///
     /// [`join`]: crate::replication::join
@@ -326,6 +330,7 @@ impl PaxosLog {
             leader: None,
             ballot: Ballot::default(),
             encoding: Default::default(),
+            deferred_compaction: None,
             catching_up: false,
             repeated_promises: RepeatedPromises::default(),
             taken: Vec::new(),
@@ -551,7 +556,10 @@ impl PaxosLog {
             PeerMsg::Paxos(m) => {
                 let promise = is_promise(&m);
                 if self.repeated_promises.admit(from, &m) {
-                    self.op.handle_incoming(*m);
+                    match compaction_asked(&m) {
+                        Some(asked) => self.compact_as_asked(asked),
+                        None => self.op.handle_incoming(*m),
+                    }
                 }
                 if promise {
                     self.take_after_promise();
@@ -684,6 +692,9 @@ impl PaxosLog {
             // leader may be lost: send everything not applied yet again, in order.
             self.term += 1;
             self.round_cuts = 0;
+        }
+        if let (Some(asked), false) = (self.deferred_compaction, self.encoding_image()) {
+            self.compact_as_asked(asked);
         }
         if self.is_leader() {
             self.append_early_forwards();
@@ -1040,6 +1051,35 @@ impl PaxosLog {
         }
     }
 
+    /// Follower: compacts as the leader asked, where this node has an image of its own
+    /// ([`crate::compaction::follower_compaction`]).
+    fn compact_as_asked(&mut self, asked: usize) {
+        let compacted = self.op.get_compacted_idx();
+        let images = self.storage.offered_image_zxids();
+        let encoding = self.encoding_image();
+        self.deferred_compaction = None;
+        match crate::compaction::follower_compaction(asked, compacted, &images, encoding) {
+            FollowerCompaction::To(idx) => {
+                if let Err(e) = self.op.snapshot(Some(idx), true) {
+                    tracing::debug!(?e, idx, asked, "snapshot not taken");
+                }
+                if idx < asked && encoding {
+                    self.deferred_compaction = Some(asked);
+                }
+            }
+            FollowerCompaction::Wait => {
+                tracing::debug!(asked, "compaction waits for this node's image");
+                self.deferred_compaction = Some(asked);
+            }
+            FollowerCompaction::Skip => {
+                tracing::debug!(
+                    asked,
+                    "compaction skipped: this node's image is of a later point"
+                );
+            }
+        }
+    }
+
     /// The node's own pid.
     pub fn node_id(&self) -> u64 {
         self.node_id
@@ -1176,6 +1216,17 @@ fn forward_key(entry: &Entry) -> Option<EntryKey> {
 }
 
 /// Whether a peer message is a Sequence Paxos `Promise`.
+/// The index of the compaction a leader asks for, if `m` asks for one.
+fn compaction_asked(m: &Message<Entry>) -> Option<usize> {
+    match m {
+        Message::SequencePaxos(PaxosMessage {
+            msg: PaxosMsg::Compaction(Compaction::Snapshot(Some(idx))),
+            ..
+        }) => Some(*idx),
+        _ => None,
+    }
+}
+
 fn is_promise(m: &Message<Entry>) -> bool {
     matches!(
         m,

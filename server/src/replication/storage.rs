@@ -1482,6 +1482,15 @@ impl SyncHandle {
         self.images.remove(retired);
     }
 
+    /// The points of the images offered for compaction, oldest first.
+    pub fn offered_image_zxids(&self) -> Vec<u64> {
+        lock_for_stats(&self.shared)
+            .offered_images
+            .iter()
+            .map(|image| image.image_zxid)
+            .collect()
+    }
+
     /// The lowest log index whose entry was replaced since the last call (see
     /// `WalShared::cut_idx`), if any: entries from there that were durable are not any
     /// more, whatever their index.
