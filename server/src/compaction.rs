@@ -133,24 +133,31 @@ pub enum FollowerCompaction {
     To(usize),
     /// Nothing now; ask again once the image being encoded is offered.
     Wait,
-    /// Nothing: an image of a later point is offered, and the leader's next compaction
-    /// reaches it.
+    /// Nothing: the image of a later point will do, at one of the leader's next
+    /// compactions.
     Skip,
 }
 
+/// Compactions a follower skips in a row for want of an image of its own before it
+/// compacts with a tail: the image of the next point normally comes within one.
+pub const FOLLOWER_SKIPS_BEFORE_TAIL: u32 = 2;
+
 /// Where a follower compacts when the leader asks for `asked`, given its compacted
-/// index, the points of the images it has offered, and whether one is being encoded.
+/// index, the points of the images it has offered, whether one is being encoded, and
+/// how many compactions it skipped in a row.
 ///
 /// The leader compacts to the point before its last, where every node offered an image
 /// an interval ago. A follower's image can take longer than an interval (it is encoded
 /// and written on a niced thread, on a disk the log shares), and a point reached while
 /// the previous image is still being encoded gets none. Compacting there anyway stores
 /// the follower's previous image with every entry since as the snapshot's tail, encoded
-/// into its log on the node's core: stalls of 1 to 5 s under 1 MiB writes at 128 MiB
+/// into its log on the node's core: stalls of 0.3 to 5 s under 1 MiB writes at 128 MiB
 /// points, and leader changes when they passed the election timeout. So the follower
 /// compacts to its newest image at or before `asked` (the entries after it stay in its
-/// log until the next compaction), or waits for the image being encoded, and uses a tail
-/// only when no image will come. Compacting less far than the leader is safe: the
+/// log until the next compaction), or waits for the image being encoded, or skips this
+/// compaction (the next point's image will do), and uses a tail only after
+/// [`FOLLOWER_SKIPS_BEFORE_TAIL`] skips in a row (images that cannot be encoded, or
+/// points this node does not know). Compacting less far than the leader is safe: the
 /// compaction is local, and what the leader sends a follower depends on what the
 /// follower accepted, not on what it compacted.
 pub fn follower_compaction(
@@ -158,6 +165,7 @@ pub fn follower_compaction(
     compacted: usize,
     images: &[u64],
     encoding: bool,
+    skipped: u32,
 ) -> FollowerCompaction {
     let own = images
         .iter()
@@ -167,7 +175,7 @@ pub fn follower_compaction(
     match own {
         Some(zxid) => FollowerCompaction::To(zxid),
         None if encoding => FollowerCompaction::Wait,
-        None if images.iter().any(|zxid| *zxid > asked as u64) => FollowerCompaction::Skip,
+        None if skipped < FOLLOWER_SKIPS_BEFORE_TAIL => FollowerCompaction::Skip,
         None => FollowerCompaction::To(asked),
     }
 }
@@ -236,15 +244,22 @@ mod tests {
     fn a_follower_compacts_to_its_own_image_or_waits_for_one() {
         use FollowerCompaction::*;
         // Its image of the point asked for.
-        assert_eq!(follower_compaction(200, 100, &[100, 200], false), To(200));
+        assert_eq!(
+            follower_compaction(200, 100, &[100, 200], false, 0),
+            To(200)
+        );
         // That one was skipped: its newest image before it, the rest stays in the log.
-        assert_eq!(follower_compaction(200, 0, &[100, 300], false), To(100));
+        assert_eq!(follower_compaction(200, 0, &[100, 300], false, 0), To(100));
         // Still being encoded: wait for it.
-        assert_eq!(follower_compaction(200, 100, &[100], true), Wait);
-        // Only a later image: the leader's next compaction reaches it.
-        assert_eq!(follower_compaction(200, 100, &[100, 300], false), Skip);
-        // No image will come: compact as asked (the snapshot keeps a tail).
-        assert_eq!(follower_compaction(200, 100, &[100], false), To(200));
-        assert_eq!(follower_compaction(200, 0, &[], false), To(200));
+        assert_eq!(follower_compaction(200, 100, &[100], true, 0), Wait);
+        assert_eq!(follower_compaction(200, 100, &[100], true, 5), Wait);
+        // None: the next point's image will do.
+        assert_eq!(follower_compaction(200, 100, &[100, 300], false, 0), Skip);
+        assert_eq!(follower_compaction(200, 100, &[100], false, 1), Skip);
+        // None after skipping twice in a row: compact as asked (the snapshot keeps a
+        // tail).
+        let skips = FOLLOWER_SKIPS_BEFORE_TAIL;
+        assert_eq!(follower_compaction(200, 100, &[100], false, skips), To(200));
+        assert_eq!(follower_compaction(200, 0, &[], false, skips), To(200));
     }
 }

@@ -262,6 +262,8 @@ pub struct PaxosLog {
     /// A compaction the leader asked for while this node's image was being encoded:
     /// asked again once it is offered ([`crate::compaction::follower_compaction`]).
     deferred_compaction: Option<usize>,
+    /// Compactions skipped in a row for want of an image of this node's own.
+    skipped_compactions: u32,
     /// Joined with an empty disk and not yet synced by a leader: filtered by [`join`].
     ///
     /// [`join`]: crate::replication::join
@@ -331,6 +333,7 @@ impl PaxosLog {
             ballot: Ballot::default(),
             encoding: Default::default(),
             deferred_compaction: None,
+            skipped_compactions: 0,
             catching_up: false,
             repeated_promises: RepeatedPromises::default(),
             taken: Vec::new(),
@@ -1058,8 +1061,10 @@ impl PaxosLog {
         let images = self.storage.offered_image_zxids();
         let encoding = self.encoding_image();
         self.deferred_compaction = None;
-        match crate::compaction::follower_compaction(asked, compacted, &images, encoding) {
+        let skipped = self.skipped_compactions;
+        match crate::compaction::follower_compaction(asked, compacted, &images, encoding, skipped) {
             FollowerCompaction::To(idx) => {
+                self.skipped_compactions = 0;
                 if let Err(e) = self.op.snapshot(Some(idx), true) {
                     tracing::debug!(?e, idx, asked, "snapshot not taken");
                 }
@@ -1072,9 +1077,11 @@ impl PaxosLog {
                 self.deferred_compaction = Some(asked);
             }
             FollowerCompaction::Skip => {
+                self.skipped_compactions += 1;
                 tracing::debug!(
                     asked,
-                    "compaction skipped: this node's image is of a later point"
+                    skipped,
+                    "compaction skipped: no image of this node's own"
                 );
             }
         }
