@@ -1087,6 +1087,11 @@ impl PaxosLog {
         }
     }
 
+    /// The index this node's log is compacted to.
+    pub fn compacted_idx(&self) -> usize {
+        self.op.get_compacted_idx()
+    }
+
     /// The node's own pid.
     pub fn node_id(&self) -> u64 {
         self.node_id

@@ -333,6 +333,76 @@ fn a_leader_drops_a_forwarded_expiry() {
     );
 }
 
+/// A follower asked to compact where it has no image of its own compacts to its newest
+/// image before that point, or skips the compaction, and stores the entries as a tail
+/// (encoded on its core) only after two skips in a row
+/// (`compaction::follower_compaction`).
+#[test]
+fn a_follower_compacts_at_its_own_image_and_skips_twice_before_a_tail() {
+    let mut trio = Trio::new(40);
+    let keep = |_: u64, _: u64, _: &PeerMsg| false;
+    let (leader, follower) = trio.elect();
+    let other = (1..=3)
+        .find(|id| *id != leader && *id != follower)
+        .expect("a third node");
+    let mut out = Vec::new();
+    for xid in 1..=12 {
+        trio.log(leader)
+            .propose(big_write(xid, 10), &mut out)
+            .expect("proposed");
+    }
+    for _ in 0..20 {
+        trio.round(&keep);
+    }
+    let decided = trio.log(leader).decided_idx();
+    assert!(decided >= 12);
+    for id in 1..=3 {
+        assert_eq!(
+            trio.applied[id as usize - 1].len(),
+            decided,
+            "node {id} applied all"
+        );
+    }
+    // The follower offers an image of the point `decided - 4`; the other offers none.
+    let image_at = decided - 4;
+    let mut machine = crate::machine::StateMachine::new(MachineLimits::default());
+    for (i, entry) in trio.applied[follower as usize - 1][..image_at]
+        .iter()
+        .enumerate()
+    {
+        machine.apply(i as u64 + 1, entry);
+    }
+    trio.log(follower).offer_image(&machine);
+    let compact = |trio: &mut Trio, idx: usize| {
+        trio.log(leader).compact(idx);
+        for _ in 0..3 {
+            trio.round(&keep);
+        }
+    };
+    compact(&mut trio, decided - 2);
+    assert_eq!(trio.log(leader).compacted_idx(), decided - 2);
+    assert_eq!(
+        trio.log(follower).compacted_idx(),
+        image_at,
+        "at its own image"
+    );
+    assert_eq!(trio.log(other).compacted_idx(), 0, "skipped once");
+    compact(&mut trio, decided - 1);
+    assert_eq!(trio.log(follower).compacted_idx(), image_at, "skipped once");
+    assert_eq!(trio.log(other).compacted_idx(), 0, "skipped twice");
+    compact(&mut trio, decided);
+    assert_eq!(
+        trio.log(follower).compacted_idx(),
+        image_at,
+        "skipped twice"
+    );
+    assert_eq!(
+        trio.log(other).compacted_idx(),
+        decided,
+        "as asked, with a tail, after two skips"
+    );
+}
+
 /// A member counts as decoding the newest entries only once a link to it came up at a
 /// version that does, and stops counting as soon as one comes up at an older version
 /// (a peer restarted with an older binary during a rolling upgrade).
