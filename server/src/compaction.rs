@@ -13,8 +13,9 @@
 //!   empty entry with the barrier [`COMPACTION_POINT_BARRIER`], and the zxid where it
 //!   applies is a point on every node.
 //!
-//! The byte bound keeps what the leader's log holds past its compaction (at most two
-//! intervals, each up to `snapshot_every_bytes` plus one entry) small enough for the one
+//! The byte bound keeps what the leader's log holds past its compaction (two intervals,
+//! each up to `snapshot_every_bytes` plus one entry, and at most [`SKIPS_BEFORE_TAIL`]
+//! more while the leader has no image of its own to compact to) small enough for the one
 //! message that catches a follower up: an interval of 100,000 large entries used to be
 //! more than a peer frame holds, and a follower behind by that much was never caught up
 //! until a compaction covered what it lacked.
@@ -125,10 +126,10 @@ impl CompactionPoints {
     }
 }
 
-/// What a follower does when the leader asks it to compact its log to `asked`
-/// ([`follower_compaction`]).
+/// What a node does when its log is to be compacted to `asked`
+/// ([`compaction_at_own_image`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FollowerCompaction {
+pub enum OwnImageCompaction {
     /// Compact to this index now.
     To(usize),
     /// Nothing now; ask again once the image being encoded is offered.
@@ -138,45 +139,49 @@ pub enum FollowerCompaction {
     Skip,
 }
 
-/// Compactions a follower skips in a row for want of an image of its own before it
-/// compacts with a tail: the image of the next point normally comes within one.
-pub const FOLLOWER_SKIPS_BEFORE_TAIL: u32 = 2;
+/// Compactions a node skips in a row for want of an image of its own before it compacts
+/// with a tail: the image of the next point normally comes within one.
+pub const SKIPS_BEFORE_TAIL: u32 = 2;
 
-/// Where a follower compacts when the leader asks for `asked`, given its compacted
-/// index, the points of the images it has offered, whether one is being encoded, and
-/// how many compactions it skipped in a row.
+/// Where a node compacts when its log is to be compacted to `asked` (the leader at the
+/// point before its last, a follower where the leader asks), given its compacted index,
+/// the points of the images it has offered, whether one is being encoded, and how many
+/// compactions it skipped in a row.
 ///
 /// The leader compacts to the point before its last, where every node offered an image
-/// an interval ago. A follower's image can take longer than an interval (it is encoded
-/// and written on a niced thread, on a disk the log shares), and a point reached while
-/// the previous image is still being encoded gets none. Compacting there anyway stores
-/// the follower's previous image with every entry since as the snapshot's tail, encoded
-/// into its log on the node's core: stalls of 0.3 to 5 s under 1 MiB writes at 128 MiB
-/// points, and leader changes when they passed the election timeout. So the follower
-/// compacts to its newest image at or before `asked` (the entries after it stay in its
-/// log until the next compaction), or waits for the image being encoded, or skips this
-/// compaction (the next point's image will do), and uses a tail only after
-/// [`FOLLOWER_SKIPS_BEFORE_TAIL`] skips in a row (images that cannot be encoded, or
-/// points this node does not know). Compacting less far than the leader is safe: the
-/// compaction is local, and what the leader sends a follower depends on what the
-/// follower accepted, not on what it compacted.
-pub fn follower_compaction(
+/// an interval ago. But an image can take longer than an interval (it is encoded and
+/// written on a niced thread, on a disk the log shares), a point reached while the
+/// previous image is still being encoded gets none, and a node that restarted or
+/// installed a snapshot has no image of the points before. Compacting there anyway
+/// stores the node's previous image with every entry since as the snapshot's tail,
+/// encoded into its log on the node's core: on followers, stalls of 0.3 to 5 s under
+/// 1 MiB writes at 128 MiB points, and leader changes when they passed the election
+/// timeout. So a node compacts to its newest image at or before `asked` (the entries
+/// after it stay in its log until the next compaction), or waits for the image being
+/// encoded, or skips this compaction (the next point's image will do), and uses a tail
+/// only after [`SKIPS_BEFORE_TAIL`] skips in a row (images that cannot be encoded, or
+/// points this node does not know). The leader asks its followers for the index it
+/// compacted to. Compacting less far than asked is safe: a compaction is local, and
+/// what the leader sends a follower depends on what the follower accepted, not on what
+/// either compacted; the leader's log then holds up to [`SKIPS_BEFORE_TAIL`] intervals
+/// more for a follower's catch-up.
+pub fn compaction_at_own_image(
     asked: usize,
     compacted: usize,
     images: &[u64],
     encoding: bool,
     skipped: u32,
-) -> FollowerCompaction {
+) -> OwnImageCompaction {
     let own = images
         .iter()
         .filter_map(|zxid| usize::try_from(*zxid).ok())
         .filter(|zxid| *zxid > compacted && *zxid <= asked)
         .max();
     match own {
-        Some(zxid) => FollowerCompaction::To(zxid),
-        None if encoding => FollowerCompaction::Wait,
-        None if skipped < FOLLOWER_SKIPS_BEFORE_TAIL => FollowerCompaction::Skip,
-        None => FollowerCompaction::To(asked),
+        Some(zxid) => OwnImageCompaction::To(zxid),
+        None if encoding => OwnImageCompaction::Wait,
+        None if skipped < SKIPS_BEFORE_TAIL => OwnImageCompaction::Skip,
+        None => OwnImageCompaction::To(asked),
     }
 }
 
@@ -241,25 +246,34 @@ mod tests {
     }
 
     #[test]
-    fn a_follower_compacts_to_its_own_image_or_waits_for_one() {
-        use FollowerCompaction::*;
+    fn a_node_compacts_to_its_own_image_or_waits_for_one() {
+        use OwnImageCompaction::*;
         // Its image of the point asked for.
         assert_eq!(
-            follower_compaction(200, 100, &[100, 200], false, 0),
+            compaction_at_own_image(200, 100, &[100, 200], false, 0),
             To(200)
         );
         // That one was skipped: its newest image before it, the rest stays in the log.
-        assert_eq!(follower_compaction(200, 0, &[100, 300], false, 0), To(100));
+        assert_eq!(
+            compaction_at_own_image(200, 0, &[100, 300], false, 0),
+            To(100)
+        );
         // Still being encoded: wait for it.
-        assert_eq!(follower_compaction(200, 100, &[100], true, 0), Wait);
-        assert_eq!(follower_compaction(200, 100, &[100], true, 5), Wait);
+        assert_eq!(compaction_at_own_image(200, 100, &[100], true, 0), Wait);
+        assert_eq!(compaction_at_own_image(200, 100, &[100], true, 5), Wait);
         // None: the next point's image will do.
-        assert_eq!(follower_compaction(200, 100, &[100, 300], false, 0), Skip);
-        assert_eq!(follower_compaction(200, 100, &[100], false, 1), Skip);
+        assert_eq!(
+            compaction_at_own_image(200, 100, &[100, 300], false, 0),
+            Skip
+        );
+        assert_eq!(compaction_at_own_image(200, 100, &[100], false, 1), Skip);
         // None after skipping twice in a row: compact as asked (the snapshot keeps a
         // tail).
-        let skips = FOLLOWER_SKIPS_BEFORE_TAIL;
-        assert_eq!(follower_compaction(200, 100, &[100], false, skips), To(200));
-        assert_eq!(follower_compaction(200, 0, &[], false, skips), To(200));
+        let skips = SKIPS_BEFORE_TAIL;
+        assert_eq!(
+            compaction_at_own_image(200, 100, &[100], false, skips),
+            To(200)
+        );
+        assert_eq!(compaction_at_own_image(200, 0, &[], false, skips), To(200));
     }
 }

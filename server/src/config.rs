@@ -436,7 +436,8 @@ mod tests {
     }
 
     /// A cluster compacts at most every eighth of a peer frame of entries, so that the
-    /// entries a catch-up carries after the image (up to two intervals) fit a frame.
+    /// entries a catch-up carries after the image (two intervals, up to four when the
+    /// leader skips compactions for want of its own image) fit a frame.
     #[test]
     fn a_clusters_byte_interval_is_at_most_an_eighth_of_a_peer_frame() {
         let peers = "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3";

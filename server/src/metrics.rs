@@ -188,7 +188,7 @@ node_counters! {
     sessions_expired => "Sessions and leases this node expired (as leader)",
     leader_changes => "Leader changes seen by this node",
     snapshots_installed => "Snapshots installed from the leader (catch-up of a lagging node)",
-    snapshots_taken => "Snapshots taken (single node) or log compactions started as leader",
+    snapshots_taken => "Snapshots taken (single node) or log compactions asked for as leader",
     deadlocks_broken => "Lock requests refused with Deadlock because they would have closed a wait cycle",
 }
 

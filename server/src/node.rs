@@ -1340,6 +1340,8 @@ impl Node {
         // The leader compacts to the compaction point before the last one it reached:
         // every node offered its image of that point an interval ago, so each finds it
         // ready (images are encoded on a thread of their own) and none replays the log.
+        // A node without its own image of it compacts to an older one, waits or skips
+        // (`compaction::compaction_at_own_image`).
         let point = self.points.compact_to();
         let installing = matches!(&self.log, Log::Paxos(log) if log.installing());
         if point > self.last_snapshot_index && !installing {

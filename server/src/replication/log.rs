@@ -22,7 +22,7 @@
 //! - **Leadership.** The node is leader when OmniPaxos says its own pid is the promised
 //!   leader in the accept phase. Only the leader proposes session expiries.
 
-use crate::compaction::FollowerCompaction;
+use crate::compaction::OwnImageCompaction;
 use crate::machine::{Entry, EntryBody, MachineImage, MachineLimits, StateMachine};
 use crate::replication::repeated_promise::RepeatedPromises;
 use crate::replication::storage::{MachineSnapshot, PaxosStorage, SyncHandle};
@@ -259,8 +259,8 @@ pub struct PaxosLog {
     failed_install: Option<usize>,
     /// An image is being encoded on its own thread (see [`PaxosLog::offer_image`]).
     encoding: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// A compaction the leader asked for while this node's image was being encoded:
-    /// asked again once it is offered ([`crate::compaction::follower_compaction`]).
+    /// A compaction asked for while this node's image was being encoded: asked again
+    /// once it is offered ([`crate::compaction::compaction_at_own_image`]).
     deferred_compaction: Option<usize>,
     /// Compactions skipped in a row for want of an image of this node's own.
     skipped_compactions: u32,
@@ -560,7 +560,7 @@ impl PaxosLog {
                 let promise = is_promise(&m);
                 if self.repeated_promises.admit(from, &m) {
                     match compaction_asked(&m) {
-                        Some(asked) => self.compact_as_asked(asked),
+                        Some(asked) => self.compact_at_own_image(asked),
                         None => self.op.handle_incoming(*m),
                     }
                 }
@@ -697,7 +697,7 @@ impl PaxosLog {
             self.round_cuts = 0;
         }
         if let (Some(asked), false) = (self.deferred_compaction, self.encoding_image()) {
-            self.compact_as_asked(asked);
+            self.compact_at_own_image(asked);
         }
         if self.is_leader() {
             self.append_early_forwards();
@@ -1047,36 +1047,41 @@ impl PaxosLog {
         self.encoding.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Asks every node to compact its log through `idx` with a snapshot (leader only).
+    /// Leader: compacts the log through `idx`, or through this node's newest image before
+    /// it, and asks every node to compact there too
+    /// ([`crate::compaction::compaction_at_own_image`]).
     pub fn compact(&mut self, idx: usize) {
-        if let Err(e) = self.op.snapshot(Some(idx), false) {
-            tracing::debug!(?e, idx, "snapshot not taken");
-        }
+        self.compact_at_own_image(idx);
     }
 
-    /// Follower: compacts as the leader asked, where this node has an image of its own
-    /// ([`crate::compaction::follower_compaction`]).
-    fn compact_as_asked(&mut self, asked: usize) {
+    /// Compacts the log through `asked` (this node's compaction as leader, or the one the
+    /// leader asked for), where this node has an image of its own
+    /// ([`crate::compaction::compaction_at_own_image`]). As leader it asks every node
+    /// to compact where it did.
+    fn compact_at_own_image(&mut self, asked: usize) {
         let compacted = self.op.get_compacted_idx();
         let images = self.storage.offered_image_zxids();
         let encoding = self.encoding_image();
         self.deferred_compaction = None;
         let skipped = self.skipped_compactions;
-        match crate::compaction::follower_compaction(asked, compacted, &images, encoding, skipped) {
-            FollowerCompaction::To(idx) => {
+        match crate::compaction::compaction_at_own_image(
+            asked, compacted, &images, encoding, skipped,
+        ) {
+            OwnImageCompaction::To(idx) => {
                 self.skipped_compactions = 0;
-                if let Err(e) = self.op.snapshot(Some(idx), true) {
+                let local_only = !self.is_leader();
+                if let Err(e) = self.op.snapshot(Some(idx), local_only) {
                     tracing::debug!(?e, idx, asked, "snapshot not taken");
                 }
                 if idx < asked && encoding {
                     self.deferred_compaction = Some(asked);
                 }
             }
-            FollowerCompaction::Wait => {
+            OwnImageCompaction::Wait => {
                 tracing::debug!(asked, "compaction waits for this node's image");
                 self.deferred_compaction = Some(asked);
             }
-            FollowerCompaction::Skip => {
+            OwnImageCompaction::Skip => {
                 self.skipped_compactions += 1;
                 tracing::debug!(
                     asked,
@@ -1227,7 +1232,6 @@ fn forward_key(entry: &Entry) -> Option<EntryKey> {
     }
 }
 
-/// Whether a peer message is a Sequence Paxos `Promise`.
 /// The index of the compaction a leader asks for, if `m` asks for one.
 fn compaction_asked(m: &Message<Entry>) -> Option<usize> {
     match m {
@@ -1239,6 +1243,7 @@ fn compaction_asked(m: &Message<Entry>) -> Option<usize> {
     }
 }
 
+/// Whether a peer message is a Sequence Paxos `Promise`.
 fn is_promise(m: &Message<Entry>) -> bool {
     matches!(
         m,

@@ -333,53 +333,70 @@ fn a_leader_drops_a_forwarded_expiry() {
     );
 }
 
+impl Trio {
+    /// Proposes `n` writes on `leader` and runs rounds until every node applied them;
+    /// returns the decided index.
+    fn decide_writes(&mut self, leader: u64, n: u64) -> usize {
+        let keep = |_: u64, _: u64, _: &PeerMsg| false;
+        let mut out = Vec::new();
+        for xid in 1..=n {
+            self.log(leader)
+                .propose(big_write(xid, 10), &mut out)
+                .expect("proposed");
+        }
+        for _ in 0..20 {
+            self.round(&keep);
+        }
+        let decided = self.log(leader).decided_idx();
+        assert!(decided >= n as usize);
+        for id in 1..=3 {
+            assert_eq!(
+                self.applied[id as usize - 1].len(),
+                decided,
+                "node {id} applied all"
+            );
+        }
+        decided
+    }
+
+    /// Offers node `id`'s image of its state after the first `at` entries it applied.
+    fn offer_image_at(&mut self, id: u64, at: usize) {
+        let mut machine = crate::machine::StateMachine::new(MachineLimits::default());
+        for (i, entry) in self.applied[id as usize - 1][..at].iter().enumerate() {
+            machine.apply(i as u64 + 1, entry);
+        }
+        self.log(id).offer_image(&machine);
+    }
+
+    /// The leader compacts to `idx` (where it has an image of its own), then three rounds.
+    fn compact(&mut self, leader: u64, idx: usize) {
+        let keep = |_: u64, _: u64, _: &PeerMsg| false;
+        self.log(leader).compact(idx);
+        for _ in 0..3 {
+            self.round(&keep);
+        }
+    }
+}
+
 /// A follower asked to compact where it has no image of its own compacts to its newest
 /// image before that point, or skips the compaction, and stores the entries as a tail
 /// (encoded on its core) only after two skips in a row
-/// (`compaction::follower_compaction`).
+/// (`compaction::compaction_at_own_image`).
 #[test]
 fn a_follower_compacts_at_its_own_image_and_skips_twice_before_a_tail() {
     let mut trio = Trio::new(40);
-    let keep = |_: u64, _: u64, _: &PeerMsg| false;
     let (leader, follower) = trio.elect();
     let other = (1..=3)
         .find(|id| *id != leader && *id != follower)
         .expect("a third node");
-    let mut out = Vec::new();
-    for xid in 1..=12 {
-        trio.log(leader)
-            .propose(big_write(xid, 10), &mut out)
-            .expect("proposed");
-    }
-    for _ in 0..20 {
-        trio.round(&keep);
-    }
-    let decided = trio.log(leader).decided_idx();
-    assert!(decided >= 12);
-    for id in 1..=3 {
-        assert_eq!(
-            trio.applied[id as usize - 1].len(),
-            decided,
-            "node {id} applied all"
-        );
-    }
-    // The follower offers an image of the point `decided - 4`; the other offers none.
+    let decided = trio.decide_writes(leader, 12);
+    // The leader has its images of the points; the follower only one of `decided - 4`,
+    // the other none.
     let image_at = decided - 4;
-    let mut machine = crate::machine::StateMachine::new(MachineLimits::default());
-    for (i, entry) in trio.applied[follower as usize - 1][..image_at]
-        .iter()
-        .enumerate()
-    {
-        machine.apply(i as u64 + 1, entry);
-    }
-    trio.log(follower).offer_image(&machine);
-    let compact = |trio: &mut Trio, idx: usize| {
-        trio.log(leader).compact(idx);
-        for _ in 0..3 {
-            trio.round(&keep);
-        }
-    };
-    compact(&mut trio, decided - 2);
+    trio.offer_image_at(follower, image_at);
+    trio.offer_image_at(leader, decided - 2);
+    trio.offer_image_at(leader, decided - 1);
+    trio.compact(leader, decided - 2);
     assert_eq!(trio.log(leader).compacted_idx(), decided - 2);
     assert_eq!(
         trio.log(follower).compacted_idx(),
@@ -387,10 +404,13 @@ fn a_follower_compacts_at_its_own_image_and_skips_twice_before_a_tail() {
         "at its own image"
     );
     assert_eq!(trio.log(other).compacted_idx(), 0, "skipped once");
-    compact(&mut trio, decided - 1);
+    trio.compact(leader, decided - 1);
+    assert_eq!(trio.log(leader).compacted_idx(), decided - 1);
     assert_eq!(trio.log(follower).compacted_idx(), image_at, "skipped once");
     assert_eq!(trio.log(other).compacted_idx(), 0, "skipped twice");
-    compact(&mut trio, decided);
+    trio.offer_image_at(leader, decided);
+    trio.compact(leader, decided);
+    assert_eq!(trio.log(leader).compacted_idx(), decided);
     assert_eq!(
         trio.log(follower).compacted_idx(),
         image_at,
@@ -400,6 +420,56 @@ fn a_follower_compacts_at_its_own_image_and_skips_twice_before_a_tail() {
         trio.log(other).compacted_idx(),
         decided,
         "as asked, with a tail, after two skips"
+    );
+}
+
+/// The leader compacts where it has an image of its own too, and asks its followers to
+/// compact there: a leader whose image of the point was skipped (the point came while
+/// its previous image was being encoded) or that restarted since does not store its
+/// previous image with every entry since as a tail.
+#[test]
+fn a_leader_compacts_at_its_own_image_and_asks_the_followers_there() {
+    let mut trio = Trio::new(41);
+    let (leader, follower) = trio.elect();
+    let other = (1..=3)
+        .find(|id| *id != leader && *id != follower)
+        .expect("a third node");
+    let decided = trio.decide_writes(leader, 12);
+    // Every node has an image of `decided - 4`; only the followers one of `decided - 2`.
+    for id in [leader, follower, other] {
+        trio.offer_image_at(id, decided - 4);
+    }
+    for id in [follower, other] {
+        trio.offer_image_at(id, decided - 2);
+    }
+    trio.compact(leader, decided - 2);
+    for id in [leader, follower, other] {
+        assert_eq!(
+            trio.log(id).compacted_idx(),
+            decided - 4,
+            "node {id}: at the leader's own image, not at the point"
+        );
+    }
+    // No image past its compaction: the leader skips twice, then keeps a tail.
+    trio.compact(leader, decided - 1);
+    trio.compact(leader, decided - 1);
+    for id in [leader, follower, other] {
+        assert_eq!(
+            trio.log(id).compacted_idx(),
+            decided - 4,
+            "node {id}: skipped"
+        );
+    }
+    trio.compact(leader, decided - 1);
+    assert_eq!(
+        trio.log(leader).compacted_idx(),
+        decided - 1,
+        "as asked, with a tail, after two skips"
+    );
+    assert_eq!(
+        trio.log(follower).compacted_idx(),
+        decided - 2,
+        "asked for `decided - 1`: at its own image of `decided - 2`"
     );
 }
 
