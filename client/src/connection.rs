@@ -15,7 +15,8 @@
 //! robin, backoff with jitter between rounds), re-registers the watches with
 //! `SetWatches` (with the last zxid seen *before* the new handshake, so the server fires
 //! what changed meanwhile), resends every unanswered request with its original xid (the
-//! server deduplicates writes by xid), and then re-reads the locks it tracks (lock events
+//! server deduplicates writes by xid; one over the new server's `max_frame_bytes` fails
+//! with `FrameTooLarge` instead), and then re-reads the locks it tracks (lock events
 //! are pushed only to the connection attached at the time). Calls wait meanwhile, until
 //! the session lease may have run out: from then on unanswered and new calls fail with
 //! `ConnectionLoss` while the task keeps trying to resume. A session the server declares
@@ -494,7 +495,7 @@ impl Task {
     /// Serves one connection: re-registers the watches, resends what `resend` holds,
     /// re-reads the locks, then pipelines calls until the connection or the session
     /// ends.
-    async fn serve(&mut self, transport: Transport, resend: Vec<Bytes>) -> End {
+    async fn serve(&mut self, transport: Transport, resend: Vec<(u64, Bytes)>) -> End {
         let Transport {
             mut reader,
             mut writer,
@@ -527,8 +528,31 @@ impl Task {
                 }
             }
         }
-        for frame in &resend {
-            out.extend_from_slice(frame);
+        for (xid, frame) in resend {
+            if frame.len() <= self.send_limit {
+                out.extend_from_slice(&frame);
+                continue;
+            }
+            // This server takes smaller frames than the one it was sent to: sending it
+            // would only end this connection too (`Goodbye(FrameTooLarge)`), and the
+            // next one, while the request stays pending.
+            tracing::warn!(
+                xid,
+                bytes = frame.len(),
+                max = self.send_limit,
+                "a request to send again is over this server's max_frame_bytes; failing it"
+            );
+            // A lock request or release may have been carried out where it was sent:
+            // its locks are re-read below, and this session's nodes nobody tracks in
+            // them released.
+            if let Some(WaitFor::Call { then, .. }) = self.pending.get(xid) {
+                for lock in then.lock_names() {
+                    self.locks.suspect(&lock);
+                }
+            }
+            if let Some(end) = self.on_response(not_resent(xid, frame.len(), self.send_limit)) {
+                return end;
+            }
         }
         // Lock events may have been missed while away: re-read the locks tracked, after
         // the resent lock requests.
@@ -1094,7 +1118,7 @@ impl Task {
 
     /// Resumes the session on some server. Returns the new connection and the frames
     /// to resend, or the final state if the session cannot be resumed.
-    async fn reconnect(&mut self) -> Result<(Transport, Vec<Bytes>), End> {
+    async fn reconnect(&mut self) -> Result<(Transport, Vec<(u64, Bytes)>), End> {
         self.shared.state.set(ConnectionState::Disconnected);
         loop {
             let index = self.backoff.next_server();
@@ -1294,6 +1318,22 @@ fn oversized_error(skipped: OversizedResponse) -> ServerMessage {
         zxid,
         result: Err(ErrorInfo::new(ErrorCode::FrameTooLarge, message)),
     })
+}
+
+/// The answer a request to send again after a reconnect gets when its frame of `len`
+/// bytes is over the new server's `max_frame_bytes` (`max`): `FrameTooLarge`. It was sent
+/// before, so a write may have been carried out: like `ConnectionLoss`, but final.
+fn not_resent(xid: u64, len: usize, max: usize) -> Response {
+    let message = format!(
+        "the request of {len} bytes was not sent again after a reconnect: it exceeds \
+         this server's max_frame_bytes = {max} (the server it was first sent to allows \
+         more; a write may have been carried out there)"
+    );
+    Response {
+        xid,
+        zxid: 0,
+        result: Err(ErrorInfo::new(ErrorCode::FrameTooLarge, message)),
+    }
 }
 
 /// The end a server error means for the whole client, if it is final.

@@ -104,10 +104,10 @@ impl<W: Waiter> Pending<W> {
     }
 
     /// After resuming the session on a new connection: forgets what need not be resent
-    /// and returns the frames to resend, in xid order. `server_next_xid` is the
+    /// and returns the xids and frames to resend, in xid order. `server_next_xid` is the
     /// server's `SessionGranted::next_xid`; new requests get xids above both it and
     /// every xid used so far.
-    pub(crate) fn prepare_resend(&mut self, server_next_xid: u64) -> Vec<Bytes> {
+    pub(crate) fn prepare_resend(&mut self, server_next_xid: u64) -> Vec<(u64, Bytes)> {
         self.next_xid = self.next_xid.max(server_next_xid);
         let mut counted = 0;
         self.entries.retain(|_, entry| {
@@ -118,7 +118,10 @@ impl<W: Waiter> Pending<W> {
             keep
         });
         self.counted = counted;
-        self.entries.values().map(|e| e.frame.clone()).collect()
+        self.entries
+            .iter()
+            .map(|(xid, e)| (*xid, e.frame.clone()))
+            .collect()
     }
 
     /// The lowest xid still awaiting an answer, or the next xid if none does: no request
@@ -126,6 +129,11 @@ impl<W: Waiter> Pending<W> {
     /// worth resending).
     pub(crate) fn lowest_unanswered(&self) -> u64 {
         self.entries.keys().next().copied().unwrap_or(self.next_xid)
+    }
+
+    /// The waiter of the request `xid`, if it is pending.
+    pub(crate) fn get(&self, xid: u64) -> Option<&W> {
+        self.entries.get(&xid).map(|e| &e.waiter)
     }
 
     /// Every request's waiter, in xid order.
@@ -244,7 +252,10 @@ mod tests {
         let frames = p.prepare_resend(3);
         assert_eq!(
             frames,
-            vec![frame(1).unwrap_or_default(), frame(4).unwrap_or_default()]
+            vec![
+                (1, frame(1).unwrap_or_default()),
+                (4, frame(4).unwrap_or_default())
+            ]
         );
         assert_eq!(p.len(), 2);
         // New requests continue above what was used, whatever the server says.

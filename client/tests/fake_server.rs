@@ -260,6 +260,51 @@ async fn resends_with_the_same_xid_and_reregisters_watches_after_a_drop() {
         .is_some());
 }
 
+/// A request to send again after a reconnect whose frame is over the new server's
+/// `max_frame_bytes` (the servers' limits differ) fails with `FrameTooLarge` instead of
+/// being sent, which would only end that connection too, and the next, while it stayed
+/// pending; the session goes on on the new connection.
+#[tokio::test]
+async fn a_request_over_the_new_servers_frame_limit_fails_instead_of_being_sent_again() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let set = tokio::spawn({
+        let client = client.clone();
+        async move { client.set_data("/big", vec![7u8; 64 * 1024], None).await }
+    });
+    let first = conn.recv().await;
+    assert!(matches!(&first.op, Op::SetData { path, .. } if path == "/big"));
+    drop(conn);
+
+    let mut smaller = granted(10_000, 1, first.xid);
+    smaller.max_frame_bytes = 16 * 1024;
+    let (mut conn, _) = server.accept(smaller).await;
+    let err = bounded("set", set)
+        .await
+        .expect("join")
+        .expect_err("over the new server's limit");
+    assert_eq!(err.code(), Some(ErrorCode::FrameTooLarge), "{err}");
+    assert!(err.to_string().contains("not sent again"), "{err}");
+
+    // The big frame was not sent: the next request the server reads is the next call.
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.exists("/x").await }
+    });
+    let request = conn.recv().await;
+    assert!(matches!(&request.op, Op::Exists { path, .. } if path == "/x"));
+    assert!(request.xid > first.xid);
+    conn.reply(request.xid, 2, Ok(OpResult::Exists(None))).await;
+    assert_eq!(
+        bounded("exists", call)
+            .await
+            .expect("join")
+            .expect("exists"),
+        None
+    );
+    assert!(client.state().is_connected());
+}
+
 #[tokio::test]
 async fn session_expired_fails_pending_and_future_calls() {
     let server = FakeServer::start().await;

@@ -1088,3 +1088,79 @@ async fn a_lock_reread_refused_after_a_reconnect_is_sent_again_and_finds_the_gra
     assert_eq!(guard.token(), 3);
     assert!(guard.is_held());
 }
+
+/// A multi-lock request to send again after a reconnect that is over the new server's
+/// `max_frame_bytes` fails with `FrameTooLarge` instead of being sent; the first server
+/// may have queued it, so its locks are re-read and this session's nodes there that
+/// nobody tracks are released.
+#[tokio::test]
+async fn a_lock_request_not_sent_again_for_the_new_servers_frame_limit_is_swept() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let locks: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|name| format!("/{}", name.repeat(600)))
+        .collect();
+    let mut acquire = tokio::spawn({
+        let client = client.clone();
+        let locks = locks.clone();
+        async move {
+            client
+                .lock_many(locks, LockOptions::default())
+                .acquire()
+                .await
+        }
+    });
+    let request = recv_while(&mut conn, &mut acquire).await;
+    assert!(matches!(request.op, Op::LockMany(_)), "{:?}", request.op);
+    // Lost with the connection; the next server takes frames of at most 1 KiB.
+    drop(conn);
+    let mut small = granted(10_000, 4, request.xid + 1);
+    small.max_frame_bytes = 1024;
+    let (mut conn, _) = server.accept(small).await;
+    let mut reread = Vec::new();
+    for _ in 0..locks.len() {
+        let request = conn.recv().await;
+        let Op::GetLocks { path } = request.op else {
+            panic!("a re-read of the locks first, got {request:?}");
+        };
+        reread.push(path.clone());
+        // The first server had queued the request: a node of this session in each.
+        let state = LockState {
+            lock: path.clone(),
+            lock_delay_ms: 0,
+            delayed_until_ms: 0,
+            queue: vec![LockEntry {
+                node: format!("{path}/x-0000000000"),
+                kind: LockKind::Exclusive,
+                session: SESSION,
+                lease: SESSION,
+                token: 3,
+                granted: true,
+            }],
+        };
+        conn.reply(request.xid, 4, Ok(OpResult::Locks(vec![state])))
+            .await;
+    }
+    reread.sort();
+    assert_eq!(reread, locks);
+    let err = bounded("lock_many", acquire)
+        .await
+        .expect("join")
+        .expect_err("over the new server's limit");
+    assert_eq!(err.code(), Some(ErrorCode::FrameTooLarge), "{err}");
+    // Every node found is released.
+    let mut released = Vec::new();
+    while released.len() < locks.len() {
+        let request = conn.recv().await;
+        let Op::Release { node, token: 3 } = request.op else {
+            panic!("a release, got {request:?}");
+        };
+        released.push(node);
+        conn.reply(request.xid, 5, Ok(OpResult::Unlocked { released: true }))
+            .await;
+    }
+    released.sort();
+    let nodes: Vec<String> = locks.iter().map(|l| format!("{l}/x-0000000000")).collect();
+    assert_eq!(released, nodes);
+}
