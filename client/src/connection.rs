@@ -1230,7 +1230,22 @@ impl Task {
             "no server reached within the session TTL; failing pending calls"
         );
         self.lapsed = true;
-        for waiter in self.pending.drain() {
+        // A lease grant stays pending, its caller told: the server may have granted it,
+        // and a lease nobody knows would hold a `max_sessions` place for its TTL. Sent
+        // again after the resume (answered from the server's deduplication table if it
+        // was applied), its answer finds no caller and the lease is revoked.
+        let keep = |waiter: &mut WaitFor| match waiter {
+            WaitFor::Call {
+                then: Then::GrantLease,
+                reply,
+            } => {
+                let (nobody, _) = oneshot::channel();
+                let _ = std::mem::replace(reply, nobody).send(Err(Error::ConnectionLoss));
+                true
+            }
+            _ => false,
+        };
+        for waiter in self.pending.drain_unless(keep) {
             if let WaitFor::Call { then, reply, .. } = waiter {
                 // A lock or release that may or may not have been applied: the queue
                 // may hold a node nobody tracks.

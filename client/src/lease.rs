@@ -606,7 +606,9 @@ impl Client {
     ///
     /// A call given up before its answer (its future dropped, its task aborted, an outer
     /// timeout) leaves no lease behind: a grant not sent yet is not sent, and a lease
-    /// granted to nobody is revoked in the background.
+    /// granted to nobody is revoked in the background. So does one failed with
+    /// `ConnectionLoss` because the session lapsed while the grant was in flight: the
+    /// grant is sent again once the session is resumed, and the lease revoked.
     ///
     /// ```no_run
     /// use corral_client::{LeaseOptions, Renewal};

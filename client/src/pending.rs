@@ -141,6 +141,21 @@ impl<W: Waiter> Pending<W> {
         self.entries.values().map(|e| &e.waiter)
     }
 
+    /// Removes every request but those `keep` is true for (it may change their
+    /// waiters), for failing the waiters it returns.
+    pub(crate) fn drain_unless(&mut self, mut keep: impl FnMut(&mut W) -> bool) -> Vec<W> {
+        let mut drained = Vec::new();
+        for (xid, mut entry) in std::mem::take(&mut self.entries) {
+            if keep(&mut entry.waiter) {
+                self.entries.insert(xid, entry);
+            } else {
+                drained.push(entry.waiter);
+            }
+        }
+        self.counted = self.entries.values().filter(|e| e.counted).count();
+        drained
+    }
+
     /// Removes every request, for failing their waiters.
     pub(crate) fn drain(&mut self) -> Vec<W> {
         self.counted = 0;
@@ -202,6 +217,26 @@ mod tests {
         assert_eq!(p.complete(7).map(|e| e.waiter.name), Some("a"));
         assert_eq!(p.len(), 0);
         assert_eq!(p.next_xid(), 9);
+    }
+
+    #[test]
+    fn drain_unless_keeps_what_it_is_told_and_counts_it() {
+        let mut p = Pending::new(1, 2);
+        push(&mut p, w("a"), true);
+        push(&mut p, w("keep"), true);
+        assert!(!p.has_room());
+        let drained = p.drain_unless(|w| {
+            w.gone = true;
+            w.name == "keep"
+        });
+        assert_eq!(drained.iter().map(|w| w.name).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(
+            p.waiters().map(|w| (w.name, w.gone)).collect::<Vec<_>>(),
+            [("keep", true)]
+        );
+        assert!(p.has_room(), "one counted request left of two");
+        push(&mut p, w("b"), true);
+        assert!(!p.has_room());
     }
 
     #[test]

@@ -1164,3 +1164,52 @@ async fn a_lock_request_not_sent_again_for_the_new_servers_frame_limit_is_swept(
     let nodes: Vec<String> = locks.iter().map(|l| format!("{l}/x-0000000000")).collect();
     assert_eq!(released, nodes);
 }
+
+/// A lease grant in flight when the session lapses (no server reached within its TTL)
+/// fails for its caller with `ConnectionLoss`, but is sent again after the resume: the
+/// server may have granted it, and the lease it answers (from its deduplication table,
+/// if it was) finds no caller and is revoked. It used to be forgotten, and a lease
+/// granted then held a `max_sessions` place until its TTL.
+#[tokio::test]
+async fn a_lease_grant_in_flight_at_a_lapse_is_sent_again_and_its_lease_revoked() {
+    use corral_client::Error;
+    use corral_protocol::HelloReply;
+    use futures::SinkExt;
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(1_000).await;
+    let mut grant = tokio::spawn({
+        let client = client.clone();
+        async move { client.grant_lease(Duration::from_millis(5_000)).await }
+    });
+    let request = recv_while(&mut conn, &mut grant).await;
+    assert_eq!(request.op, Op::GrantLease { ttl_ms: 5_000 });
+    // The connection drops; the server holds the handshake until the session lapsed.
+    drop(conn);
+    let (mut framed, _) = server.hello().await;
+    let err = bounded("grant_lease", grant)
+        .await
+        .expect("join")
+        .expect_err("lapsed");
+    assert!(matches!(err, Error::ConnectionLoss), "{err}");
+    bounded(
+        "grant",
+        framed.send(HelloReply::Accepted(granted(10_000, 3, request.xid + 1))),
+    )
+    .await
+    .expect("send grant");
+    let mut conn = common::Conn {
+        framed: framed.map_codec(|c| c.retype()),
+    };
+    let resent = conn.recv().await;
+    assert_eq!(resent, request, "sent again with its xid");
+    let lease = OpResult::Lease {
+        lease_id: 0x77,
+        ttl_ms: 5_000,
+    };
+    conn.reply(resent.xid, 3, Ok(lease)).await;
+    let revoke = conn.recv().await;
+    assert_eq!(revoke.op, Op::RevokeLease { lease_id: 0x77 });
+    conn.reply(revoke.xid, 4, Ok(OpResult::Unlocked { released: true }))
+        .await;
+    drop(client);
+}
