@@ -189,6 +189,8 @@ node_counters! {
     leader_changes => "Leader changes seen by this node",
     snapshots_installed => "Snapshots installed from the leader (catch-up of a lagging node)",
     snapshots_taken => "Snapshots taken (single node) or log compactions asked for as leader",
+    compactions_deferred => "Log compactions put off (skipped, waiting, or at an older image) for want of this node's own image of the point",
+    compactions_with_tail => "Log compactions made with a tail encoded on the node's core, after being put off twice",
     deadlocks_broken => "Lock requests refused with Deadlock because they would have closed a wait cycle",
 }
 

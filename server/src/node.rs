@@ -279,6 +279,12 @@ pub struct NodeStats {
     /// Log compactions this node started as leader (cluster) or snapshots it took
     /// (single node).
     pub snapshots_taken: u64,
+    /// Log compactions this node put off for want of an image of its own of the point
+    /// (cluster; `PaxosLog::compaction_counts`).
+    pub compactions_deferred: u64,
+    /// Log compactions this node made with a tail encoded on its core, after putting
+    /// them off twice (cluster).
+    pub compactions_with_tail: u64,
 }
 
 /// A report of live sessions sent to the leader, with the keepalives waiting for it.
@@ -503,8 +509,14 @@ impl Node {
 
     /// Counters since start, and the state's size now.
     pub fn stats(&self) -> NodeStats {
+        let counts = match &self.log {
+            Log::Paxos(log) => log.compaction_counts(),
+            Log::Local(_) => Default::default(),
+        };
         NodeStats {
             state_bytes: self.machine.state_bytes(),
+            compactions_deferred: counts.deferred,
+            compactions_with_tail: counts.with_tail,
             ..self.stats
         }
     }

@@ -208,6 +208,18 @@ enum Release {
     Drop,
 }
 
+/// Compactions a node made, or put off, without an image of its own of the point asked
+/// for ([`crate::compaction::compaction_at_own_image`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactionCounts {
+    /// Put off: skipped, waiting for the image being encoded, or made at an older
+    /// image of this node's.
+    pub deferred: u64,
+    /// Made with the node's previous image and every entry since as the snapshot's
+    /// tail, encoded into the log on the core (after skipping twice in a row).
+    pub with_tail: u64,
+}
+
 /// The cluster node's log.
 pub struct PaxosLog {
     op: OmniPaxos<Entry, PaxosStorage>,
@@ -264,6 +276,8 @@ pub struct PaxosLog {
     deferred_compaction: Option<usize>,
     /// Compactions skipped in a row for want of an image of this node's own.
     skipped_compactions: u32,
+    /// Counts of compactions without this node's own image of the point asked for.
+    compaction_counts: CompactionCounts,
     /// Joined with an empty disk and not yet synced by a leader: filtered by [`join`].
     ///
     /// [`join`]: crate::replication::join
@@ -334,6 +348,7 @@ impl PaxosLog {
             encoding: Default::default(),
             deferred_compaction: None,
             skipped_compactions: 0,
+            compaction_counts: CompactionCounts::default(),
             catching_up: false,
             repeated_promises: RepeatedPromises::default(),
             taken: Vec::new(),
@@ -1068,6 +1083,11 @@ impl PaxosLog {
             asked, compacted, &images, encoding, skipped,
         ) {
             OwnImageCompaction::To(idx) => {
+                if !images.iter().any(|zxid| usize::try_from(*zxid) == Ok(idx)) {
+                    self.compaction_counts.with_tail += 1;
+                } else if idx < asked {
+                    self.compaction_counts.deferred += 1;
+                }
                 self.skipped_compactions = 0;
                 let local_only = !self.is_leader();
                 if let Err(e) = self.op.snapshot(Some(idx), local_only) {
@@ -1078,10 +1098,12 @@ impl PaxosLog {
                 }
             }
             OwnImageCompaction::Wait => {
+                self.compaction_counts.deferred += 1;
                 tracing::debug!(asked, "compaction waits for this node's image");
                 self.deferred_compaction = Some(asked);
             }
             OwnImageCompaction::Skip => {
+                self.compaction_counts.deferred += 1;
                 self.skipped_compactions += 1;
                 tracing::debug!(
                     asked,
@@ -1090,6 +1112,11 @@ impl PaxosLog {
                 );
             }
         }
+    }
+
+    /// Counts of compactions without this node's own image of the point asked for.
+    pub fn compaction_counts(&self) -> CompactionCounts {
+        self.compaction_counts
     }
 
     /// The index this node's log is compacted to.

@@ -5,7 +5,7 @@
 
 use crate::disk::{Disk, SimDisk};
 use crate::machine::{Entry, EntryBody, MachineLimits};
-use crate::replication::log::{Decided, PaxosLog, PaxosSettings, PeerMsg};
+use crate::replication::log::{CompactionCounts, Decided, PaxosLog, PaxosSettings, PeerMsg};
 use crate::replication::storage::PaxosStorageConfig;
 use crate::replication::transport::PEER_PROTOCOL_VERSION;
 use crate::replication::{open_cluster_on, ClusterSettings};
@@ -465,6 +465,23 @@ fn a_leader_compacts_at_its_own_image_and_asks_the_followers_there() {
         trio.log(leader).compacted_idx(),
         decided - 1,
         "as asked, with a tail, after two skips"
+    );
+    // Counted for the metrics: put off three times (an older image, two skips), then
+    // made with a tail.
+    assert_eq!(
+        trio.log(leader).compaction_counts(),
+        CompactionCounts {
+            deferred: 3,
+            with_tail: 1
+        }
+    );
+    assert_eq!(
+        trio.log(follower).compaction_counts(),
+        CompactionCounts {
+            deferred: 1,
+            with_tail: 0
+        },
+        "at its own image of `decided - 4`, then at `decided - 2` for `decided - 1`"
     );
     assert_eq!(
         trio.log(follower).compacted_idx(),
