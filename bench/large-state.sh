@@ -5,7 +5,8 @@
 # grows. Prints the load's throughput and latency percentiles, then per node: its log
 # syncs (count, over 25 ms, over 100 ms, from corral_fsync_duration_seconds), the stalls
 # its core logged ("busy with one input": total and longest, in ms), the leader changes
-# it logged (the first election included) and its compaction image files.
+# it logged (the first election included), its compaction image files, and the
+# compactions it put off or made with a tail for want of its own image.
 #
 #   bench/large-state.sh [N]      # default 700000
 #
@@ -38,5 +39,7 @@ for i in 1 2 3; do
         cut -d: -f2 | awk '{s += $1; if ($1 > m) m = $1} END {printf "total %d ms, longest %d ms", s, m}')
     echo "node $i: log syncs $total, over 25 ms $((total - le25)), over 100 ms $((total - le100));" \
         "core stalls $stalls; leader changes $(grep -c 'leader changed' "$log" || true);" \
-        "image files $(find "$dir/node$i/paxos/images" -name 'snap-*.bin' 2>/dev/null | wc -l)"
+        "image files $(find "$dir/node$i/paxos/images" -name 'snap-*.bin' 2>/dev/null | wc -l);" \
+        "compactions put off $(metric corral_compactions_deferred_total)," \
+        "with a tail $(metric corral_compactions_with_tail_total)"
 done
