@@ -1335,10 +1335,10 @@ impl Node {
         }
         if let Log::Paxos(log) = &mut self.log {
             // Not while this node's image of the last point is still being encoded: the
-            // new point would get no image (offers are skipped meanwhile), and the
-            // compaction to it would store the previous image and every entry since,
-            // encoded into the log on the core. Points are then as far apart as encoding
-            // an image takes, if that is longer.
+            // new point would get no image (offers are skipped meanwhile), so the
+            // compaction to it would be put off, or made with the previous image and
+            // every entry since encoded into the log on the core. Points are then as far
+            // apart as encoding an image takes, if that is longer.
             if !log.encoding_image() && self.points.marker_due() {
                 tracing::debug!(
                     bytes = self.points.bytes_since(),
