@@ -1167,6 +1167,34 @@ impl Client {
         }
     }
 
+    /// The locks of the request that created the queue node `node`: every lock a
+    /// [`lock_many`](Client::lock_many) queued on (the node's own included), in request
+    /// order, or the node's own lock for any other lock request. It reads only those
+    /// locks, however many the tree holds. Fails with `NoNode` if `node` is not a lock's
+    /// queue node now, and with `Unimplemented` from a server older than this request
+    /// (use [`locks`](Client::locks) on `/` then, and look for the node's token).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: corral_client::Client) -> corral_client::Result<()> {
+    /// let lock = client.locks("/locks/a").await?.pop();
+    /// if let Some(first) = lock.as_ref().and_then(|l| l.queue.first()) {
+    ///     for other in client.lock_group(&first.node).await? {
+    ///         println!("{} is part of the same request", other.lock);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn lock_group(&self, node: &str) -> Result<Vec<LockState>> {
+        check_path(node)?;
+        let op = Op::GetLockGroup {
+            node: node.to_string(),
+        };
+        match self.call_plain(op).await? {
+            OpResult::Locks(locks) => Ok(locks),
+            other => Err(unexpected("get_lock_group", &other)),
+        }
+    }
+
     /// Releases a lock or leaves its queue by queue node path alone: whatever node has the
     /// path now (for tools; a lock's directory is a container, and created again its
     /// counter restarts, so a path can name a later node than the one you saw).

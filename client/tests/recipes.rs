@@ -6,9 +6,9 @@
 mod common;
 
 use common::{bounded, granted, recv_while, Conn, FakeServer};
-use corral_client::recipes::{Barrier, DoubleBarrier};
-use corral_client::{ErrorCode, ErrorInfo};
-use corral_protocol::{Op, OpResult, Stat};
+use corral_client::recipes::{Barrier, DoubleBarrier, Election};
+use corral_client::{ErrorCode, ErrorInfo, LockKind};
+use corral_protocol::{LockEntry, LockState, Op, OpResult, Stat};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -244,4 +244,105 @@ async fn double_barrier_background_delete_is_not_sent_again_after_entering_anew(
             other => panic!("sent after the node was created anew: {other:?}"),
         }
     }
+}
+
+/// A server older than `GetLockGroup` answers it `Unimplemented`: an observer that finds
+/// a multi-lock waiting first in the election's queue then reads every lock's queue
+/// (`GetLocks` on `/`), finds the multi-lock's other lock by its token there, and
+/// watches that lock too.
+#[tokio::test]
+async fn observe_reads_every_lock_from_a_server_without_get_lock_group() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let waiting = |lock: &str, node: &str| LockState {
+        lock: lock.into(),
+        lock_delay_ms: 0,
+        delayed_until_ms: 0,
+        queue: vec![LockEntry {
+            node: format!("{lock}/{node}"),
+            kind: LockKind::Exclusive,
+            session: 9,
+            lease: 9,
+            token: 5,
+            granted: false,
+        }],
+    };
+    let (election, other) = (waiting("/e", "x-0000000001"), waiting("/o", "y-0000000001"));
+    let unrelated = LockState {
+        lock: "/u".into(),
+        lock_delay_ms: 0,
+        delayed_until_ms: 0,
+        queue: Vec::new(),
+    };
+    let mut leaders = Election::new(&client, "/e", "").observe();
+    let mut first = tokio::spawn(async move { leaders.recv().await });
+    let mut seen = Vec::new();
+    // Answer what the observer asks until it has watched the other lock's queue.
+    while !seen.contains(&"watch /o".to_string()) {
+        let request = recv_while(&mut conn, &mut first).await;
+        let (what, answer) = match &request.op {
+            Op::GetChildren { path, watch: true } => {
+                let children = match path.as_str() {
+                    "/e" => vec!["x-0000000001".to_string()],
+                    "/o" => vec!["y-0000000001".to_string()],
+                    other => panic!("no watch on {other} expected"),
+                };
+                let stat = Stat::default();
+                (
+                    format!("watch {path}"),
+                    Ok(OpResult::Children { children, stat }),
+                )
+            }
+            Op::GetLocks { path } => {
+                let locks = match path.as_str() {
+                    "/e" => vec![election.clone()],
+                    "/o" => vec![other.clone()],
+                    "/" => vec![election.clone(), other.clone(), unrelated.clone()],
+                    other => panic!("no locks of {other} expected"),
+                };
+                (format!("locks {path}"), Ok(OpResult::Locks(locks)))
+            }
+            Op::GetLockGroup { node } => (
+                format!("group {node}"),
+                Err(ErrorInfo::new(ErrorCode::Unimplemented, "an older server")),
+            ),
+            other => panic!("unexpected {other:?}"),
+        };
+        seen.push(what);
+        conn.reply(request.xid, 2, answer).await;
+    }
+    assert_eq!(
+        seen,
+        [
+            "watch /e",
+            "locks /e",
+            "group /e/x-0000000001",
+            "locks /",
+            "watch /e",
+            "watch /o",
+        ]
+    );
+    // It goes on to report that nobody leads: the multi-lock waits for /o.
+    let request = recv_while(&mut conn, &mut first).await;
+    assert!(
+        matches!(&request.op, Op::GetLocks { path } if path == "/o"),
+        "{:?}",
+        request.op
+    );
+    conn.reply(request.xid, 2, Ok(OpResult::Locks(vec![other.clone()])))
+        .await;
+    let request = recv_while(&mut conn, &mut first).await;
+    assert!(
+        matches!(&request.op, Op::GetLocks { path } if path == "/e"),
+        "{:?}",
+        request.op
+    );
+    conn.reply(request.xid, 2, Ok(OpResult::Locks(vec![election])))
+        .await;
+    let report = bounded("the first report", first)
+        .await
+        .expect("join")
+        .expect("an item")
+        .expect("no error");
+    assert_eq!(report, None);
 }

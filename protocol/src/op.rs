@@ -470,11 +470,21 @@ pub enum Op {
         /// it at this request's own xid.
         answered_below: u64,
     },
+    /// Describe the locks of the request that created a queue node: for a node of a
+    /// `LockMany`, every lock that request queued on (the node's own included), in
+    /// request order; for any other queue node, its own lock. Answered `Locks`, or
+    /// `NoNode` if `node` is not a lock's queue node now. It costs what the group
+    /// holds, where `GetLocks` on `/` would describe every lock. A server older than
+    /// this operation answers `Unimplemented`.
+    GetLockGroup {
+        /// The queue node's path.
+        node: String,
+    },
 }
 
 /// How many operations this protocol version knows: an [`Op`] tag at or above it is an
 /// operation of a newer version, which a server answers with `Unimplemented`.
-pub const OP_COUNT: u32 = 24;
+pub const OP_COUNT: u32 = 25;
 
 impl Op {
     /// Whether this operation changes replicated state (and so goes through the log and
@@ -523,6 +533,7 @@ impl Op {
             Op::Release { .. } => "release",
             Op::GetChildrenPage { .. } => "get_children_page",
             Op::Acknowledge { .. } => "acknowledge",
+            Op::GetLockGroup { .. } => "get_lock_group",
         }
     }
 }
@@ -599,7 +610,7 @@ pub enum OpResult {
         /// Its TTL.
         ttl_ms: u64,
     },
-    /// The locks at and below the path of a `GetLocks`.
+    /// The locks at and below the path of a `GetLocks`, or of a `GetLockGroup`'s group.
     Locks(Vec<LockState>),
     /// The answering server's status.
     ServerStatus(Box<crate::status::ServerStatus>),

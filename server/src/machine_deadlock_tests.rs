@@ -63,6 +63,45 @@ fn step(session: u64, lock: &str, waits_for: u64) -> WaitStep {
     }
 }
 
+/// `GetLockGroup`: a multi-lock's node names its request's locks, in request order and
+/// only those; a single lock's node names its own lock; anything else, or a node gone,
+/// is no queue node.
+#[test]
+fn lock_group_describes_the_locks_of_a_nodes_request() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    for other in ["/o1", "/o2", "/o3"] {
+        locked(&h.lock(b, other, X));
+    }
+    let (blocker, _) = locked(&h.lock(b, "/g/2", X));
+    let (granted, nodes) = multi(&h.lock_many(a, &[("/z", X), ("/g/2", X), ("/a", X)]));
+    assert!(!granted, "/g/2 is held");
+    let names =
+        |states: Vec<LockState>| -> Vec<String> { states.into_iter().map(|s| s.lock).collect() };
+    for node in &nodes {
+        let group = h.m.lock_group(&node.node).expect("a queue node");
+        assert!(group
+            .iter()
+            .all(|s| s.queue.iter().any(|e| e.token == node.token)));
+        assert_eq!(names(group), ["/z", "/g/2", "/a"], "from {}", node.node);
+    }
+    assert_eq!(
+        names(h.m.lock_group(&blocker).expect("a queue node")),
+        ["/g/2"],
+        "a single lock's node: its own lock"
+    );
+    for not_queued in ["/g/2", "/o1", "/nothing/x-0000000000", "/"] {
+        let e = h.m.lock_group(not_queued).expect_err(not_queued);
+        assert_eq!(e.code, ErrorCode::NoNode, "{not_queued}: {e}");
+    }
+    let e = h.m.lock_group("no/slash").expect_err("invalid");
+    assert_eq!(e.code, ErrorCode::InvalidPath, "{e}");
+    // Released, the group is gone, and so is the answer.
+    assert!(released(&h.release(a, &nodes[0].node, nodes[0].token)));
+    let e = h.m.lock_group(&nodes[2].node).expect_err("gone");
+    assert_eq!(e.code, ErrorCode::NoNode, "{e}");
+}
+
 #[test]
 fn releasing_one_node_of_a_group_releases_it_and_a_late_release_of_another_is_refused() {
     let mut h = H::new();

@@ -230,6 +230,43 @@ impl StateMachine {
         self.multi.group_of.get(node).copied()
     }
 
+    /// Describes the locks of the request that created the queue node `node`
+    /// (`GetLockGroup`): every lock of its group, in request order, or its own lock if
+    /// it belongs to no group. O(the group's queues), whatever the number of locks.
+    pub fn lock_group(&self, node: &str) -> Result<Vec<LockState>, ErrorInfo> {
+        validate_path(node)?;
+        let not_queued = || {
+            ErrorInfo::new(
+                ErrorCode::NoNode,
+                format!("{node} is not a lock's queue node"),
+            )
+        };
+        let describe = |lock: &str| {
+            let (lock, meta) = self.locks.get_key_value(lock)?;
+            Some(locks::describe(&self.tree, lock, meta, |o| {
+                owner_session(&self.sessions, o)
+            }))
+        };
+        let members = match self.group_of(node) {
+            Some(gid) => self.multi.groups.get(&gid).cloned().unwrap_or_default(),
+            None => vec![node.to_string()],
+        };
+        let states: Vec<LockState> = members
+            .iter()
+            .filter_map(|member| describe(corral_protocol::path::parent(member)?))
+            .collect();
+        // Only a queue node names a group: anything else (another child of a lock's
+        // directory, a lock, an unrelated path) is no queue node.
+        let queued = states
+            .iter()
+            .any(|s| s.queue.iter().any(|e| e.node == node));
+        if queued {
+            Ok(states)
+        } else {
+            Err(not_queued())
+        }
+    }
+
     /// `LockMany`: joins every lock's queue, all or nothing.
     pub(super) fn lock_many(
         &mut self,

@@ -1145,6 +1145,7 @@ impl Node {
                 Ok(OpResult::Lease { lease_id, ttl_ms })
             }
             Op::GetLocks { path } => Ok(OpResult::Locks(self.machine.locks_under(&path)?)),
+            Op::GetLockGroup { node } => Ok(OpResult::Locks(self.machine.lock_group(&node)?)),
             // The core's part; the shell fills in what only it knows (crate::status).
             Op::ServerStatus => Ok(OpResult::ServerStatus(Box::new(
                 crate::status::core_status(self),

@@ -877,6 +877,88 @@ async fn observe_reports_a_multi_lock_granted_the_election_by_its_other_locks() 
     observing.abort();
 }
 
+/// The observer finds a waiting multi-lock's other locks with `GetLockGroup`, which
+/// reads that group alone: with more locks than one frame can describe (`GetLocks` on
+/// `/` refused), it still reports the multi-lock as the leader once its other lock is
+/// released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_finds_a_multi_locks_other_locks_among_more_than_a_frame_describes() {
+    let server = TestServer::start(&["--max-data-bytes", "1000", "--max-frame-bytes", "8192"]);
+    let holder = connect(&server.addr()).await;
+    let grouper = connect(&server.addr()).await;
+    let observer = connect(&server.addr()).await;
+    let name = "/election/crowded";
+    let names: Vec<String> = (0..200).map(|i| format!("/crowd/lock-{i:03}")).collect();
+    let guards = futures::future::try_join_all(names.iter().map(|n| {
+        let lock = holder.lock(n, LockOptions::default());
+        async move { lock.acquire().await }
+    }))
+    .await
+    .expect("acquire the crowd");
+    let everything = observer
+        .locks("/")
+        .await
+        .expect_err("too large for a frame");
+    assert_eq!(
+        everything.code(),
+        Some(ErrorCode::LimitExceeded),
+        "{everything}"
+    );
+
+    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let observing = tokio::spawn({
+        let mut leaders = Election::new(&observer, name, "").observe();
+        async move {
+            while let Some(report) = leaders.recv().await {
+                if reports_tx.send(report).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut next_report = async |what: &str| {
+        bounded(what, reports.recv())
+            .await
+            .expect("the observer goes on")
+            .expect("no error")
+    };
+    assert_eq!(next_report("the first report").await, None);
+    let other = &names[117];
+    let group = tokio::spawn({
+        let set = grouper.lock_many(
+            [name, other.as_str()],
+            LockOptions::default().with_data(b"group".to_vec()),
+        );
+        async move { set.acquire().await }
+    });
+    let queued = children_until(&observer, name, "the multi-lock to queue", |c| c.len() == 1).await;
+    let node = format!("{name}/{}", queued[0]);
+    let described: Vec<String> = observer
+        .lock_group(&node)
+        .await
+        .expect("its group")
+        .into_iter()
+        .map(|l| l.lock)
+        .collect();
+    assert_eq!(described, [name, other.as_str()]);
+
+    // Its other lock is released: the set is granted, and the observer sees it lead.
+    let mut guards = guards;
+    assert!(guards.remove(117).release().await.expect("release"));
+    let set = bounded("the multi-lock's grant", group)
+        .await
+        .expect("task")
+        .expect("granted");
+    let seen = next_report("the multi-lock as leader")
+        .await
+        .expect("the multi-lock leads");
+    assert_eq!(
+        (seen.token, seen.data.as_slice()),
+        (set.token(name).expect("in the set"), &b"group"[..])
+    );
+    observing.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_session_cannot_be_renewed_loses_leadership_before_the_next_is_elected() {
     let server = TestServer::start(&[]);

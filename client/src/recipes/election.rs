@@ -232,8 +232,8 @@ impl Election {
     /// - A multi-lock ([`Client::lock_many`]) that names the election's lock queues
     ///   there like a candidate, but its node, once first, waits without leading until
     ///   every lock of its set can be granted: its grant comes from its other locks. The
-    ///   observer reports `None` meanwhile, finds those locks (reading every lock's
-    ///   queue, `GetLocks` on `/`, once per such multi-lock) and watches their queues
+    ///   observer reports `None` meanwhile, finds those locks ([`Client::lock_group`],
+    ///   once per such multi-lock) and watches their queues
     ///   and lock-delays as well, so it reports the multi-lock's holder as the leader
     ///   (with the multi-lock's data) when it is granted.
     ///
@@ -329,16 +329,23 @@ fn waiting_group_head(state: &LockState) -> Option<&LockEntry> {
     (!head.granted && state.delayed_until_ms <= 0).then_some(head)
 }
 
-/// The locks other than `name` of the multi-lock whose nodes were created at `token`
-/// (one transaction creates the nodes of one request only, so the token names them).
-/// They may be anywhere in the tree: this reads the queue of every lock, once per
-/// multi-lock found first in an election's queue (a listing too large for one frame
-/// fails, with `LimitExceeded`, and ends the observer's stream).
-async fn group_locks(client: &Client, name: &str, token: u64) -> Result<Vec<String>> {
-    let locks = client.locks("/").await?;
+/// The locks other than `name` of the multi-lock whose node `head` waits first in the
+/// election's queue (one transaction creates the nodes of one request only, so its
+/// token names them). They may be anywhere in the tree: `GetLockGroup` reads just
+/// those. A server older than that request is asked for every lock's queue instead
+/// (`GetLocks` on `/`; a listing too large for one frame fails, with `LimitExceeded`,
+/// and ends the observer's stream).
+async fn group_locks(client: &Client, name: &str, head: &LockEntry) -> Result<Vec<String>> {
+    let locks = match client.lock_group(&head.node).await {
+        Ok(locks) => locks,
+        // Gone meanwhile: the election's queue, read again, shows it.
+        Err(e) if e.is(ErrorCode::NoNode) => Vec::new(),
+        Err(e) if e.is(ErrorCode::Unimplemented) => client.locks("/").await?,
+        Err(e) => return Err(e),
+    };
     Ok(locks
         .into_iter()
-        .filter(|l| l.lock != name && l.queue.iter().any(|e| e.token == token))
+        .filter(|l| l.lock != name && l.queue.iter().any(|e| e.token == head.token))
         .map(|l| l.lock)
         .collect())
 }
@@ -444,7 +451,7 @@ impl Observer {
             match state.as_ref().and_then(waiting_group_head) {
                 Some(head) if self.group.as_ref().map(|(token, _)| *token) != Some(head.token) => {
                     // Newly first: find its other locks, then watch them and read again.
-                    let locks = group_locks(client, name, head.token).await?;
+                    let locks = group_locks(client, name, head).await?;
                     self.group = Some((head.token, locks));
                     continue;
                 }

@@ -315,6 +315,7 @@ pub fn op() -> impl Strategy<Value = Op> {
             }
         ),
         any::<u64>().prop_map(|answered_below| Op::Acknowledge { answered_below }),
+        path().prop_map(|node| Op::GetLockGroup { node }),
     ]
 }
 
@@ -564,6 +565,7 @@ pub fn op_index(v: &Op) -> u32 {
         Op::Release { .. } => 21,
         Op::GetChildrenPage { .. } => 22,
         Op::Acknowledge { .. } => 23,
+        Op::GetLockGroup { .. } => 24,
     }
 }
 

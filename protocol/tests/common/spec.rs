@@ -225,6 +225,7 @@ impl Writer {
             Op::GrantLease { ttl_ms } => self.u64(*ttl_ms),
             Op::RenewLease { lease_id } | Op::RevokeLease { lease_id } => self.u64(*lease_id),
             Op::GetLocks { path } => self.string(path),
+            Op::GetLockGroup { node } => self.string(node),
             Op::ServerStatus => {}
             Op::LockMany(r) => self.multi_lock_request(r),
             Op::Release { node, token } => {
