@@ -19,6 +19,7 @@ pub mod deadlock;
 pub mod disk;
 pub mod faults;
 pub mod free;
+pub mod identity;
 pub mod locks;
 pub mod machine;
 pub mod metrics;

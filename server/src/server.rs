@@ -75,6 +75,9 @@ pub enum ServerError {
     Recovery { dir: String, reason: String },
     #[error("{0}")]
     Config(String),
+    /// The data directory belongs to another cluster member (`crate::identity`).
+    #[error("{0}")]
+    Identity(crate::identity::IdentityError),
     #[error("cannot start the storage thread: {0}")]
     Thread(std::io::Error),
     /// The node core stopped before shutdown (it panicked: an invariant of the
@@ -290,6 +293,47 @@ pub(crate) fn check_layout(dir: &std::path::Path, cluster: bool) -> Result<(), S
     }
 }
 
+/// Why a cluster member's data directory could not be opened.
+enum OpenMemberError {
+    Identity(crate::identity::IdentityError),
+    Recovery(String),
+}
+
+impl OpenMemberError {
+    fn in_dir(self, dir: String) -> ServerError {
+        match self {
+            OpenMemberError::Identity(e) => ServerError::Identity(e),
+            OpenMemberError::Recovery(reason) => ServerError::Recovery { dir, reason },
+        }
+    }
+}
+
+/// Opens a cluster member's Paxos directory after checking that it is this member's
+/// (`crate::identity`), and records the identity there if it holds none yet.
+fn open_member(
+    paxos_dir: &std::path::Path,
+    identity: crate::identity::MemberIdentity,
+    wal_options: WalOptions,
+    limits: MachineLimits,
+    settings: ClusterSettings,
+) -> Result<RecoveredCluster, OpenMemberError> {
+    let disk = crate::disk::Disk::Real;
+    let recorded =
+        crate::identity::check(&disk, paxos_dir, identity).map_err(OpenMemberError::Identity)?;
+    let recovered = open_cluster(paxos_dir, wal_options, limits, settings)
+        .map_err(|e| OpenMemberError::Recovery(e.to_string()))?;
+    if !recorded {
+        crate::identity::record(&disk, paxos_dir, identity).map_err(OpenMemberError::Identity)?;
+        tracing::info!(
+            node = identity.node_id,
+            cluster = identity.cluster_id,
+            file = %paxos_dir.join(crate::identity::IDENTITY_FILE).display(),
+            "recorded which member this data directory belongs to"
+        );
+    }
+    Ok(recovered)
+}
+
 impl Server {
     /// Recovers the data directory and binds the listeners.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
@@ -346,15 +390,17 @@ impl Server {
                 },
             };
             let paxos_dir = config.data_dir.join("paxos");
+            let identity = crate::identity::MemberIdentity {
+                node_id: config.node_id,
+                cluster_id: config.cluster_id,
+            };
+            let data_dir = config.data_dir.display().to_string();
             let recovered = tokio::task::spawn_blocking(move || {
-                open_cluster(&paxos_dir, wal_options, limits, settings)
+                open_member(&paxos_dir, identity, wal_options, limits, settings)
             })
             .await
             .map_err(|e| ServerError::Thread(std::io::Error::other(e)))?
-            .map_err(|source| ServerError::Recovery {
-                dir: config.data_dir.display().to_string(),
-                reason: source.to_string(),
-            })?;
+            .map_err(|e| e.in_dir(data_dir))?;
             tracing::info!(
                 dir = %config.data_dir.display(),
                 node = config.node_id,

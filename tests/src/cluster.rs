@@ -183,6 +183,8 @@ struct Member {
 struct Starting {
     child: Child,
     addr_rx: std::sync::mpsc::Receiver<String>,
+    /// Closed once every line of the process's stderr is in its log.
+    stderr_done: std::sync::mpsc::Receiver<()>,
 }
 
 impl Member {
@@ -223,7 +225,9 @@ impl Member {
         self.log = log.clone();
         let (id, generation) = (self.id, self.generation);
         let echo = std::env::var_os("CORRAL_CLUSTER_ECHO").is_some();
+        let (done_tx, stderr_done) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
+            let _done = done_tx;
             let mut lines = BufReader::new(stderr).lines();
             while let Some(Ok(line)) = lines.next() {
                 if echo {
@@ -234,7 +238,11 @@ impl Member {
                 }
             }
         });
-        Starting { child, addr_rx }
+        Starting {
+            child,
+            addr_rx,
+            stderr_done,
+        }
     }
 
     fn kill(&mut self) {
@@ -254,7 +262,9 @@ impl Member {
 
 /// Waits (off the async runtime) for a spawned node to listen.
 async fn await_listening(id: u64, starting: Starting, log: Arc<Mutex<NodeLog>>) -> Child {
-    let Starting { mut child, addr_rx } = starting;
+    let Starting {
+        mut child, addr_rx, ..
+    } = starting;
     let got = tokio::task::spawn_blocking(move || addr_rx.recv_timeout(START_TIMEOUT))
         .await
         .expect("join the start waiter");
@@ -513,6 +523,64 @@ impl TestCluster {
     pub async fn restart_with(&mut self, id: u64, args: &[&str]) {
         self.member_mut(id).own_args = args.iter().map(|s| s.to_string()).collect();
         self.restart(id).await;
+    }
+
+    /// Starts node `id` again (killing it first if it runs), with `args` of its own for
+    /// this attempt, expecting it to refuse: waits (bounded) for the process to exit
+    /// without listening, and returns its stderr. Panics if it starts.
+    pub async fn start_refused(&mut self, id: u64, args: &[&str]) -> String {
+        let mut all = self.args.clone();
+        let m = self.member_mut(id);
+        all.extend(m.own_args.iter().cloned());
+        all.extend(args.iter().map(|a| a.to_string()));
+        let args = all;
+        m.kill();
+        let Starting {
+            mut child,
+            addr_rx,
+            stderr_done,
+        } = m.spawn(&args);
+        let log = m.log.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + START_TIMEOUT;
+            loop {
+                if let Ok(addr) = addr_rx.try_recv() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("it started, listening on {addr}"));
+                }
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        // Every line is logged once stderr closes (bounded, too).
+                        let _ = stderr_done.recv_timeout(START_TIMEOUT);
+                        return Ok(status);
+                    }
+                    Ok(None) if std::time::Instant::now() < deadline => {
+                        // The exit has no event to wait on: look again shortly.
+                        let _ = stderr_done.recv_timeout(Duration::from_millis(20));
+                    }
+                    Ok(None) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(format!(
+                            "it neither started nor exited in {START_TIMEOUT:?}"
+                        ));
+                    }
+                    Err(e) => return Err(format!("cannot wait for it: {e}")),
+                }
+            }
+        })
+        .await
+        .expect("join the start waiter");
+        let stderr = log
+            .lock()
+            .map(|l| l.lines.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default();
+        match outcome {
+            Ok(status) if !status.success() => stderr,
+            Ok(status) => panic!("node {id} exited with {status} instead of refusing:\n{stderr}"),
+            Err(why) => panic!("node {id} was expected to refuse to start, but {why}:\n{stderr}"),
+        }
     }
 
     /// Restarts every node at once.

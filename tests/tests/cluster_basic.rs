@@ -3,7 +3,8 @@
 //! that took it, after `sync` on the others); a restarted follower and a follower whose
 //! data directory was wiped catch up (the latter through a snapshot, the log being
 //! compacted); after `kill -9` of the whole cluster every acknowledged write is back and
-//! zxids keep increasing; nodes with different `max_data_bytes` apply writes alike.
+//! zxids keep increasing; nodes with different `max_data_bytes` apply writes alike; a
+//! node refuses another member's data directory.
 
 use corral_client::{Client, CreateMode, CreateRequest};
 use corral_tests::cluster::TestCluster;
@@ -344,5 +345,67 @@ async fn a_sync_of_an_invalid_path_is_refused_in_a_cluster_too() {
         );
         let synced = raw.request(2, Op::Sync { path: "/".into() }).await;
         assert_eq!(synced.result, Ok(OpResult::Synced), "node {id}");
+    }
+}
+
+/// Each member's data directory records which node of which cluster it belongs to. Two
+/// followers started on each other's data (their directories swapped, as when two
+/// hosts' configurations are) refuse to start, and so does a node started with another
+/// cluster id; back on their own data they rejoin with every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_to_start_on_another_members_data_directory() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let client = cluster.connect(leader).await;
+    client
+        .create("/before", b"kept".to_vec(), CreateMode::Persistent)
+        .await
+        .expect("create");
+    let others: Vec<u64> = cluster.ids().filter(|id| *id != leader).collect();
+    let (a, b) = (others[0], others[1]);
+    cluster.kill(a);
+    cluster.kill(b);
+    let swap = |cluster: &TestCluster| {
+        let (pa, pb) = (
+            cluster.data_dir(a).join("paxos"),
+            cluster.data_dir(b).join("paxos"),
+        );
+        let aside = cluster.data_dir(a).join("paxos-aside");
+        std::fs::rename(&pa, &aside).expect("move a's state aside");
+        std::fs::rename(&pb, &pa).expect("b's state to a");
+        std::fs::rename(&aside, &pb).expect("a's state to b");
+    };
+    swap(&cluster);
+    for (node, owner) in [(a, b), (b, a)] {
+        let refused = cluster.start_refused(node, &[]).await;
+        assert!(
+            refused.contains(&format!("Paxos state of node {owner} of cluster 1"))
+                && refused.contains(&format!("configured as node {node} of cluster 1")),
+            "node {node}: {refused}"
+        );
+    }
+    swap(&cluster);
+    let refused = cluster.start_refused(a, &["--cluster-id", "9"]).await;
+    assert!(
+        refused.contains(&format!("node {a} of cluster 1"))
+            && refused.contains(&format!("configured as node {a} of cluster 9")),
+        "{refused}"
+    );
+
+    cluster.restart(a).await;
+    cluster.restart(b).await;
+    client
+        .create("/after", Vec::new(), CreateMode::Persistent)
+        .await
+        .expect("a write with the whole cluster back");
+    for id in [a, b] {
+        let on = cluster.connect(id).await;
+        on.sync("/").await.expect("sync");
+        let (data, _) = on.get_data("/before").await.expect("the write before");
+        assert_eq!(data, b"kept", "node {id}");
+        assert!(
+            on.exists("/after").await.expect("exists").is_some(),
+            "node {id}"
+        );
     }
 }
