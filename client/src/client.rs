@@ -175,6 +175,7 @@ pub(crate) fn unexpected(op: &str, result: &OpResult) -> Error {
         OpResult::Unlocked { .. } => "Unlocked",
         OpResult::Lease { .. } => "Lease",
         OpResult::Locks(_) => "Locks",
+        OpResult::LocksPage { .. } => "LocksPage",
         OpResult::ServerStatus(_) => "ServerStatus",
         OpResult::MultiLocked { .. } => "MultiLocked",
     };

@@ -129,6 +129,7 @@ mod error;
 mod fencing;
 mod lease;
 mod lock;
+mod lock_pages;
 mod lock_registry;
 mod multi;
 mod multi_lock;
@@ -148,6 +149,7 @@ pub use lease::{Lease, LeaseOptions, Renewal};
 pub use lock::{
     check_lock, LockBuilder, LockGuard, LockLoss, LockOptions, LockStats, ACQUIRE_ANSWER_GRACE,
 };
+pub use lock_pages::{LocksPage, LocksPages};
 pub use multi::Transaction;
 pub use multi_lock::{MultiLockBuilder, MultiLockGuard};
 pub use state::{ConnectionState, StateStream};

@@ -1146,7 +1146,10 @@ impl Client {
         }
     }
 
-    /// The locks at and below `path`: their queues, holders and waiters.
+    /// The locks at and below `path`: their queues, holders and waiters. The answer
+    /// must fit in a frame (about 10,000 locks with one holder each at the default
+    /// limit; `LimitExceeded` beyond): [`locks_pages`](Self::locks_pages) lists any
+    /// number.
     ///
     /// ```no_run
     /// # async fn demo(client: corral_client::Client) -> corral_client::Result<()> {

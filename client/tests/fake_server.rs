@@ -1169,3 +1169,49 @@ async fn a_server_that_ends_the_connection_on_acknowledge_is_not_sent_another() 
         "{seen:?}"
     );
 }
+
+/// `locks_pages` against a server older than `GetLocksPage`: the `Unimplemented` answer
+/// to the first page makes it ask `GetLocks` once and return that as the only page.
+#[tokio::test]
+async fn locks_pages_fall_back_to_one_get_locks_on_an_older_server() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let lock = corral_protocol::LockState {
+        lock: "/l/a".into(),
+        lock_delay_ms: 0,
+        delayed_until_ms: 0,
+        queue: Vec::new(),
+    };
+    let listing = tokio::spawn(async move {
+        let mut pages = client.locks_pages("/l", 100);
+        let mut all = Vec::new();
+        while let Some(page) = pages.next_page().await? {
+            all.push(page);
+        }
+        Ok::<_, Error>(all)
+    });
+    let first = conn.recv().await;
+    assert!(
+        matches!(&first.op, Op::GetLocksPage { path, after, max_locks: 100, .. }
+            if path == "/l" && after.is_empty()),
+        "{:?}",
+        first.op
+    );
+    let older = ErrorInfo::new(ErrorCode::Unimplemented, "an older server");
+    conn.reply(first.xid, 1, Err(older)).await;
+    let whole = conn.recv().await;
+    assert_eq!(whole.op, Op::GetLocks { path: "/l".into() });
+    conn.reply(whole.xid, 1, Ok(OpResult::Locks(vec![lock.clone()])))
+        .await;
+    let pages = bounded("the listing", listing)
+        .await
+        .expect("join")
+        .expect("listed");
+    assert_eq!(
+        pages,
+        [corral_client::LocksPage {
+            locks: vec![lock],
+            more: false
+        }]
+    );
+}

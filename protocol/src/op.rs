@@ -259,10 +259,11 @@ pub struct MultiLockRequest {
     pub data: Vec<u8>,
 }
 
-/// What an [`OpResult::ChildrenPage`] keeps free of names for its envelope (message and
-/// result tags, xid, zxid, stat, the list's length, `more`): a page's names take at most
-/// `min(max_bytes, server's max_frame_bytes) - CHILDREN_PAGE_HEADROOM_BYTES` bytes
-/// encoded, a name costing its length plus 8.
+/// What an [`OpResult::ChildrenPage`] or an [`OpResult::LocksPage`] keeps free for its
+/// envelope (message and result tags, xid, zxid, stat, the list's length, `more`): a
+/// page's names take at most `min(max_bytes, server's max_frame_bytes) -
+/// CHILDREN_PAGE_HEADROOM_BYTES` bytes encoded, a name costing its length plus 8; a
+/// page's locks as much, each costing at most [`LockState::encoded_bytes_bound`].
 pub const CHILDREN_PAGE_HEADROOM_BYTES: usize = 1024;
 
 /// The most locks one [`Op::LockMany`] may name.
@@ -308,6 +309,29 @@ pub struct LockState {
     pub delayed_until_ms: i64,
     /// Holders and waiters in queue order.
     pub queue: Vec<LockEntry>,
+}
+
+impl LockState {
+    /// An upper bound on this lock's encoded size in bytes, computed without encoding:
+    /// what a [`OpResult::LocksPage`] counts against its byte budget.
+    ///
+    /// ```
+    /// use corral_protocol::LockState;
+    /// let lock = LockState {
+    ///     lock: "/jobs/a".into(),
+    ///     lock_delay_ms: 0,
+    ///     delayed_until_ms: 0,
+    ///     queue: Vec::new(),
+    /// };
+    /// assert!(lock.encoded_bytes_bound() >= "/jobs/a".len());
+    /// ```
+    pub fn encoded_bytes_bound(&self) -> usize {
+        // The name (length prefix and bytes), the lock-delay, the running delay and the
+        // queue's length; per entry its node, kind (tag and permits), session, lease,
+        // token and granted flag.
+        let entries: usize = self.queue.iter().map(|e| e.node.len() + 48).sum();
+        self.lock.len() + 32 + entries
+    }
 }
 
 /// A request operation.
@@ -480,11 +504,27 @@ pub enum Op {
         /// The queue node's path.
         node: String,
     },
+    /// One page of the locks at and below a path (what `GetLocks` describes, for more
+    /// locks than one frame holds): those whose names sort strictly after `after` in
+    /// byte order, in that order, at most `max_locks` of them and as many as fit in
+    /// `max_bytes` (and in the server's own `max_frame_bytes`), but always at least one
+    /// if any remain. Each page is read from one state. A server older than this
+    /// operation answers `Unimplemented`.
+    GetLocksPage {
+        /// The path.
+        path: String,
+        /// List the locks strictly after this name; `""` for the first page.
+        after: String,
+        /// Most locks in the page.
+        max_locks: u32,
+        /// The largest response the client accepts (its `max_frame_bytes`).
+        max_bytes: u32,
+    },
 }
 
 /// How many operations this protocol version knows: an [`Op`] tag at or above it is an
 /// operation of a newer version, which a server answers with `Unimplemented`.
-pub const OP_COUNT: u32 = 25;
+pub const OP_COUNT: u32 = 26;
 
 impl Op {
     /// Whether this operation changes replicated state (and so goes through the log and
@@ -534,6 +574,7 @@ impl Op {
             Op::GetChildrenPage { .. } => "get_children_page",
             Op::Acknowledge { .. } => "acknowledge",
             Op::GetLockGroup { .. } => "get_lock_group",
+            Op::GetLocksPage { .. } => "get_locks_page",
         }
     }
 }
@@ -629,6 +670,13 @@ pub enum OpResult {
         /// The parent's stat when this page was read.
         stat: Stat,
         /// Whether names remain after the last one of this page.
+        more: bool,
+    },
+    /// One page of the locks at and below a path, from a `GetLocksPage`.
+    LocksPage {
+        /// The locks, in path order.
+        locks: Vec<LockState>,
+        /// Whether locks remain after the last one of this page.
         more: bool,
     },
 }

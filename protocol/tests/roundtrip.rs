@@ -183,6 +183,14 @@ proptest! {
         prop_assert!(buf.is_empty());
     }
 
+    /// A page of locks is budgeted by `LockState::encoded_bytes_bound`, without
+    /// encoding: it must never be below the real encoded size.
+    #[test]
+    fn a_lock_states_size_bound_is_never_below_its_encoding(l in lock_state()) {
+        let encoded = payload(&l).len();
+        prop_assert!(l.encoded_bytes_bound() >= encoded, "{} < {encoded}", l.encoded_bytes_bound());
+    }
+
     #[test]
     fn mixed_handshake_then_messages_decode_in_order(
         h in hello(),

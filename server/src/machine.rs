@@ -777,6 +777,58 @@ impl StateMachine {
         Ok(itself.into_iter().chain(under).map(describe).collect())
     }
 
+    /// One page of the locks at and below `path` (`GetLocksPage`): those named strictly
+    /// after `after`, in path order, at most `max_locks` and as many as
+    /// [`LockState::encoded_bytes_bound`] says fit in `max_bytes`, but at least one while
+    /// any remain; and whether any remain after it. O(log n + the page).
+    pub fn locks_page(
+        &self,
+        path: &str,
+        after: &str,
+        max_locks: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<LockState>, bool), ErrorInfo> {
+        use std::ops::Bound;
+        validate_path(path)?;
+        // `path` itself, then one key range: the names that start with `path/`.
+        let below = if path == "/" {
+            "/".to_string()
+        } else {
+            format!("{path}/")
+        };
+        let itself = self
+            .locks
+            .get_key_value(path)
+            .filter(|(lock, _)| lock.as_str() > after);
+        let from = if after >= below.as_str() {
+            Bound::Excluded(after.to_string())
+        } else {
+            Bound::Included(below.clone())
+        };
+        let under = self
+            .locks
+            .range((from, Bound::Unbounded))
+            .take_while(|(lock, _)| lock.starts_with(&below));
+        let mut locks = itself.into_iter().chain(under).peekable();
+        let mut page = Vec::new();
+        let mut bytes = 0usize;
+        while let Some((lock, meta)) = locks.peek() {
+            if page.len() >= max_locks && !page.is_empty() {
+                break;
+            }
+            let state =
+                locks::describe(&self.tree, lock, meta, |o| owner_session(&self.sessions, o));
+            let cost = state.encoded_bytes_bound();
+            if bytes + cost > max_bytes && !page.is_empty() {
+                break;
+            }
+            bytes += cost;
+            page.push(state);
+            locks.next();
+        }
+        Ok((page, locks.peek().is_some()))
+    }
+
     /// The earliest time at which a lock-delay ends, if one is running: the node that
     /// decides expiry proposes an entry then, so the waiters get granted.
     pub fn next_lock_delay_end(&self) -> Option<i64> {

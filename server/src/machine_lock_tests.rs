@@ -1251,6 +1251,76 @@ fn locks_under_describes_the_locks_at_and_below_a_path() {
     );
 }
 
+/// `GetLocksPage`: paging through the locks at and below a path lists exactly what
+/// `GetLocks` describes, in order, whatever the page's lock and byte limits; each page
+/// keeps to both limits but holds at least one lock while any remain.
+#[test]
+fn locks_pages_list_what_locks_under_describes_within_their_limits() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    let names = [
+        "/x", "/x-y", "/xy", "/x0", "/y/1", "/y/2/a", "/y/2/b", "/y-1", "/y0", "/z",
+    ];
+    // "/x" is a lock, so nothing below it is: the rest are beside it.
+    for name in names {
+        locked(&h.lock(a, name, LockKind::Exclusive));
+        queued(&h.lock(b, name, LockKind::Exclusive));
+    }
+    let one = h.m.locks_under("/y/1").expect("valid").remove(0);
+    let one_lock = one.encoded_bytes_bound();
+    for path in ["/", "/x", "/y", "/y/2", "/y/2/a", "/nothing"] {
+        let whole = h.m.locks_under(path).expect("valid");
+        for (max_locks, max_bytes) in [
+            (usize::MAX, usize::MAX),
+            (1, usize::MAX),
+            (3, usize::MAX),
+            (usize::MAX, 0),
+            (usize::MAX, 2 * one_lock + 1),
+            (2, 3 * one_lock),
+        ] {
+            let mut listed = Vec::new();
+            let mut after = String::new();
+            loop {
+                let (page, more) =
+                    h.m.locks_page(path, &after, max_locks, max_bytes)
+                        .expect("valid");
+                let bytes: usize = page.iter().map(LockState::encoded_bytes_bound).sum();
+                assert!(
+                    page.len() <= max_locks && (bytes <= max_bytes || page.len() == 1),
+                    "{path} ({max_locks}, {max_bytes}): {} locks, {bytes} bytes",
+                    page.len()
+                );
+                assert!(
+                    !page.is_empty() || !more,
+                    "{path}: an empty page before the end"
+                );
+                if let Some(last) = page.last() {
+                    after = last.lock.clone();
+                }
+                listed.extend(page);
+                if !more {
+                    break;
+                }
+            }
+            assert_eq!(listed, whole, "{path} ({max_locks}, {max_bytes})");
+        }
+    }
+    // A page that starts after a name that is no lock, or past the end.
+    let names_of =
+        |page: Vec<LockState>| -> Vec<String> { page.into_iter().map(|s| s.lock).collect() };
+    let (page, more) = h.m.locks_page("/", "/y/0", 2, usize::MAX).expect("valid");
+    assert_eq!(
+        (names_of(page), more),
+        (vec!["/y/1".into(), "/y/2/a".into()], true)
+    );
+    let (page, more) = h.m.locks_page("/y", "/zz", 2, usize::MAX).expect("valid");
+    assert!(page.is_empty() && !more);
+    assert_eq!(
+        h.m.locks_page("y", "", 1, 1).expect_err("invalid").code,
+        ErrorCode::InvalidPath
+    );
+}
+
 #[test]
 fn a_retried_lock_is_not_queued_twice() {
     let mut h = H::new();

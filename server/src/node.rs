@@ -1146,6 +1146,22 @@ impl Node {
             }
             Op::GetLocks { path } => Ok(OpResult::Locks(self.machine.locks_under(&path)?)),
             Op::GetLockGroup { node } => Ok(OpResult::Locks(self.machine.lock_group(&node)?)),
+            Op::GetLocksPage {
+                path,
+                after,
+                max_locks,
+                max_bytes,
+            } => {
+                let max_bytes = usize::try_from(max_bytes)
+                    .unwrap_or(usize::MAX)
+                    .min(self.config.max_frame_bytes)
+                    .saturating_sub(CHILDREN_PAGE_HEADROOM_BYTES);
+                let max_locks = usize::try_from(max_locks).unwrap_or(usize::MAX);
+                let (locks, more) = self
+                    .machine
+                    .locks_page(&path, &after, max_locks, max_bytes)?;
+                Ok(OpResult::LocksPage { locks, more })
+            }
             // The core's part; the shell fills in what only it knows (crate::status).
             Op::ServerStatus => Ok(OpResult::ServerStatus(Box::new(
                 crate::status::core_status(self),

@@ -580,6 +580,50 @@ async fn locks_lists_holders_and_waiters() {
     assert!(next.token() > held.token());
 }
 
+/// More locks than one frame describes: `GetLocks` is refused with `LimitExceeded`, and
+/// `corralctl locks` lists them all, page by page (`GetLocksPage`), as does
+/// `Client::locks_pages`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_lists_more_locks_than_a_frame_holds() {
+    let server = TestServer::start(&["--max-data-bytes", "1000", "--max-frame-bytes", "8192"]);
+    let addr = server.addr();
+    let a = connect(&addr).await;
+    let names: Vec<String> = (0..300).map(|i| format!("/many/lock-{i:03}")).collect();
+    let guards = futures::future::try_join_all(names.iter().map(|n| {
+        let lock = a.lock(n, LockOptions::default());
+        async move { lock.acquire().await }
+    }))
+    .await
+    .expect("acquire them all");
+    let refused = a.locks("/many").await.expect_err("too large for a frame");
+    assert_eq!(refused.code(), Some(ErrorCode::LimitExceeded), "{refused}");
+
+    let mut pages = a.locks_pages("/many", 1000);
+    let (mut listed, mut count) = (Vec::new(), 0);
+    while let Some(page) = pages.next_page().await.expect("a page") {
+        assert!(!page.locks.is_empty());
+        count += 1;
+        listed.extend(page.locks.into_iter().map(|l| l.lock));
+    }
+    assert_eq!(listed, names);
+    assert!(count > 1, "{count} page(s)");
+
+    let out = run(&addr, &["--json", "locks", "/many"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let listing: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let locks = listing["locks"].as_array().expect("locks");
+    let tokens: Vec<u64> = guards.iter().map(|g| g.token()).collect();
+    let listed: Vec<(String, u64)> = locks
+        .iter()
+        .map(|l| {
+            let name = l["lock"].as_str().expect("a name").to_string();
+            (name, l["holders"][0]["token"].as_u64().expect("a token"))
+        })
+        .collect();
+    let expected: Vec<(String, u64)> = names.iter().cloned().zip(tokens).collect();
+    assert_eq!(listed, expected);
+}
+
 /// SIGQUIT (a terminal's Ctrl-\, which reaches corralctl's process group only) is passed
 /// on to the command like INT, TERM and HUP, and the lock is released once the command
 /// ended: corralctl used to die of it, leaving the command running without the lock.

@@ -316,6 +316,14 @@ pub fn op() -> impl Strategy<Value = Op> {
         ),
         any::<u64>().prop_map(|answered_below| Op::Acknowledge { answered_below }),
         path().prop_map(|node| Op::GetLockGroup { node }),
+        (path(), text(), any::<u32>(), any::<u32>()).prop_map(
+            |(path, after, max_locks, max_bytes)| Op::GetLocksPage {
+                path,
+                after,
+                max_locks,
+                max_bytes,
+            }
+        ),
     ]
 }
 
@@ -359,6 +367,8 @@ pub fn op_result() -> impl Strategy<Value = OpResult> {
                 more,
             }
         }),
+        (vec(lock_state(), 0..3), any::<bool>())
+            .prop_map(|(locks, more)| OpResult::LocksPage { locks, more }),
     ]
 }
 
@@ -566,6 +576,7 @@ pub fn op_index(v: &Op) -> u32 {
         Op::GetChildrenPage { .. } => 22,
         Op::Acknowledge { .. } => 23,
         Op::GetLockGroup { .. } => 24,
+        Op::GetLocksPage { .. } => 25,
     }
 }
 
@@ -600,6 +611,7 @@ pub fn op_result_index(v: &OpResult) -> u32 {
         OpResult::ServerStatus(_) => 16,
         OpResult::MultiLocked { .. } => 17,
         OpResult::ChildrenPage { .. } => 18,
+        OpResult::LocksPage { .. } => 19,
     }
 }
 

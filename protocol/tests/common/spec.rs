@@ -226,6 +226,17 @@ impl Writer {
             Op::RenewLease { lease_id } | Op::RevokeLease { lease_id } => self.u64(*lease_id),
             Op::GetLocks { path } => self.string(path),
             Op::GetLockGroup { node } => self.string(node),
+            Op::GetLocksPage {
+                path,
+                after,
+                max_locks,
+                max_bytes,
+            } => {
+                self.string(path);
+                self.string(after);
+                self.u32(*max_locks);
+                self.u32(*max_bytes);
+            }
             Op::ServerStatus => {}
             Op::LockMany(r) => self.multi_lock_request(r),
             Op::Release { node, token } => {
@@ -309,6 +320,13 @@ impl Writer {
             } => {
                 self.strings(children);
                 self.stat(stat);
+                self.bool(*more);
+            }
+            OpResult::LocksPage { locks, more } => {
+                self.u64(locks.len() as u64);
+                for l in locks {
+                    self.lock_state(l);
+                }
                 self.bool(*more);
             }
             OpResult::MultiLocked { granted, nodes } => {

@@ -106,8 +106,16 @@ fn entry_line(lock: &LockState, i: usize) -> String {
     )
 }
 
+/// Locks asked for per page (each page also fits in a frame).
+const LOCKS_PER_PAGE: u32 = 1000;
+
 pub async fn list(client: &Client, path: &str, json: bool) -> Result<(), Error> {
-    let mut locks = client.locks(path).await?;
+    // Page by page: more locks than one frame describes are listed too.
+    let mut locks = Vec::new();
+    let mut pages = client.locks_pages(path, LOCKS_PER_PAGE);
+    while let Some(page) = pages.next_page().await? {
+        locks.extend(page.locks);
+    }
     locks.sort_by(|a, b| a.lock.cmp(&b.lock));
     if json {
         let locks: Vec<Value> = locks.iter().map(lock_json).collect();
