@@ -1018,6 +1018,16 @@ impl Node {
         }
     }
 
+    /// The item and byte limits of a page (`GetChildrenPage`, `GetLocksPage`): the
+    /// client's, the bytes also within this server's frame, less the envelope's room.
+    fn page_limits(&self, max_items: u32, max_bytes: u32) -> (usize, usize) {
+        let max_bytes = usize::try_from(max_bytes)
+            .unwrap_or(usize::MAX)
+            .min(self.config.max_frame_bytes)
+            .saturating_sub(CHILDREN_PAGE_HEADROOM_BYTES);
+        (usize::try_from(max_items).unwrap_or(usize::MAX), max_bytes)
+    }
+
     /// Answers a read or a local (watch) operation from the applied state.
     fn evaluate_local(
         &mut self,
@@ -1074,11 +1084,7 @@ impl Node {
                 max_names,
                 max_bytes,
             } => {
-                let max_bytes = usize::try_from(max_bytes)
-                    .unwrap_or(usize::MAX)
-                    .min(self.config.max_frame_bytes)
-                    .saturating_sub(CHILDREN_PAGE_HEADROOM_BYTES);
-                let max_names = usize::try_from(max_names).unwrap_or(usize::MAX);
+                let (max_names, max_bytes) = self.page_limits(max_names, max_bytes);
                 let (children, stat, more) = self
                     .machine
                     .children_page(&path, &after, max_names, max_bytes)?;
@@ -1152,11 +1158,7 @@ impl Node {
                 max_locks,
                 max_bytes,
             } => {
-                let max_bytes = usize::try_from(max_bytes)
-                    .unwrap_or(usize::MAX)
-                    .min(self.config.max_frame_bytes)
-                    .saturating_sub(CHILDREN_PAGE_HEADROOM_BYTES);
-                let max_locks = usize::try_from(max_locks).unwrap_or(usize::MAX);
+                let (max_locks, max_bytes) = self.page_limits(max_locks, max_bytes);
                 let (locks, more) = self
                     .machine
                     .locks_page(&path, &after, max_locks, max_bytes)?;

@@ -202,6 +202,42 @@ impl Drop for Gate {
 }
 
 /// The granted flags of a lock's queue, in queue order.
+/// An election's observer run in a task of its own, so that it waits for the next change
+/// all along and every report is taken as it comes. Dropped, it stops.
+struct Observing {
+    reports: tokio::sync::mpsc::UnboundedReceiver<Option<LeaderInfo>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Observing {
+    fn start(election: &Election) -> Observing {
+        let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
+        let mut leaders = election.observe();
+        let task = tokio::spawn(async move {
+            while let Some(report) = leaders.recv().await {
+                let report = report.expect("no error");
+                if reports_tx.send(report).is_err() {
+                    return;
+                }
+            }
+        });
+        Observing { reports, task }
+    }
+
+    /// The next report, bounded.
+    async fn next(&mut self, what: &str) -> Option<LeaderInfo> {
+        bounded(what, self.reports.recv())
+            .await
+            .expect("the observer goes on")
+    }
+}
+
+impl Drop for Observing {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 async fn granted(client: &Client, lock: &str) -> Vec<bool> {
     let locks = client.locks(lock).await.expect("locks");
     let state = locks
@@ -767,25 +803,8 @@ async fn observe_reports_a_multi_lock_granted_the_election_by_its_other_locks() 
     let b = connect(&server.addr()).await;
     let observer = connect(&server.addr()).await;
     let name = "/election/mixed";
-    // Observe from a task of its own: it waits for the next change all along.
-    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    let observing = tokio::spawn({
-        let mut leaders = Election::new(&observer, name, "").observe();
-        async move {
-            while let Some(report) = leaders.recv().await {
-                let report = report.expect("no error");
-                if reports_tx.send(report).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    let mut next_report = async |what: &str| {
-        bounded(what, reports.recv())
-            .await
-            .expect("the observer goes on")
-    };
-    assert_eq!(next_report("the first report").await, None);
+    let mut observing = Observing::start(&Election::new(&observer, name, ""));
+    assert_eq!(observing.next("the first report").await, None);
 
     // Another lock of the set is held: the multi-lock's node waits first in the
     // election's queue, and b, a candidate, behind it.
@@ -819,7 +838,8 @@ async fn observe_reports_a_multi_lock_granted_the_election_by_its_other_locks() 
         .await
         .expect("task")
         .expect("granted");
-    let seen = next_report("the multi-lock as leader")
+    let seen = observing
+        .next("the multi-lock as leader")
         .await
         .expect("the multi-lock leads");
     assert_eq!(
@@ -836,10 +856,10 @@ async fn observe_reports_a_multi_lock_granted_the_election_by_its_other_locks() 
         .await
         .expect("task")
         .expect("b elected");
-    let seen = next_report("b as leader").await.expect("b leads");
+    let seen = observing.next("b as leader").await.expect("b leads");
     assert_eq!(seen.token, lb.token());
     assert!(lb.resign().await.expect("resign"));
-    assert_eq!(next_report("no leader").await, None);
+    assert_eq!(observing.next("no leader").await, None);
 
     // The other lock's holder lets its lease expire, which starts that lock's
     // lock-delay: the set is granted when the delay ends, with no node changing then.
@@ -867,14 +887,14 @@ async fn observe_reports_a_multi_lock_granted_the_election_by_its_other_locks() 
         .expect("task")
         .expect("granted");
     assert_eq!(bounded("the expiry", lost).await, LockLoss::LeaseExpired);
-    let seen = next_report("the multi-lock as leader after the delay")
+    let seen = observing
+        .next("the multi-lock as leader after the delay")
         .await
         .expect("the multi-lock leads");
     assert_eq!(
         (seen.token, seen.data.as_slice()),
         (set.token(name).expect("in the set"), &b"group 2"[..])
     );
-    observing.abort();
 }
 
 /// The observer finds a waiting multi-lock's other locks with `GetLockGroup`, which
@@ -905,24 +925,8 @@ async fn observe_finds_a_multi_locks_other_locks_among_more_than_a_frame_describ
         "{everything}"
     );
 
-    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    let observing = tokio::spawn({
-        let mut leaders = Election::new(&observer, name, "").observe();
-        async move {
-            while let Some(report) = leaders.recv().await {
-                if reports_tx.send(report).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    let mut next_report = async |what: &str| {
-        bounded(what, reports.recv())
-            .await
-            .expect("the observer goes on")
-            .expect("no error")
-    };
-    assert_eq!(next_report("the first report").await, None);
+    let mut observing = Observing::start(&Election::new(&observer, name, ""));
+    assert_eq!(observing.next("the first report").await, None);
     let other = &names[117];
     let group = tokio::spawn({
         let set = grouper.lock_many(
@@ -949,14 +953,14 @@ async fn observe_finds_a_multi_locks_other_locks_among_more_than_a_frame_describ
         .await
         .expect("task")
         .expect("granted");
-    let seen = next_report("the multi-lock as leader")
+    let seen = observing
+        .next("the multi-lock as leader")
         .await
         .expect("the multi-lock leads");
     assert_eq!(
         (seen.token, seen.data.as_slice()),
         (set.token(name).expect("in the set"), &b"group"[..])
     );
-    observing.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -981,25 +985,8 @@ async fn a_leader_whose_session_cannot_be_renewed_loses_leadership_before_the_ne
         .await
         .expect("a elected");
     let eb = Election::new(&b, "/election/lease", "b");
-    // Observe from a task of its own, so that every report is taken as it comes.
-    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    let observing = tokio::spawn({
-        let mut leaders = eb.observe();
-        async move {
-            while let Some(report) = leaders.recv().await {
-                let report = report.expect("no error");
-                if reports_tx.send(report).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    let mut next_report = async |what: &str| {
-        bounded(what, reports.recv())
-            .await
-            .expect("the observer goes on")
-    };
-    let seen = next_report("a as leader").await.expect("a leads");
+    let mut observing = Observing::start(&eb);
+    let seen = observing.next("a as leader").await.expect("a leads");
     assert_eq!(seen.token, la.token());
     let b_campaign = tokio::spawn({
         let eb = eb.clone();
@@ -1025,15 +1012,14 @@ async fn a_leader_whose_session_cannot_be_renewed_loses_leadership_before_the_ne
     assert!(elected_at >= lost_at, "a knew before b was elected");
     // Nobody leads during the lock-delay after a's expiry; b's grant at its end changes
     // no node, so the observer looks again when the delay ends and reports b.
-    let mut seen = next_report("the next report").await;
+    let mut seen = observing.next("the next report").await;
     if seen.is_none() {
-        seen = next_report("b as leader after the lock-delay").await;
+        seen = observing.next("b as leader after the lock-delay").await;
     } else {
         println!("the observer missed the lock-delay (a slow machine?)");
     }
     let seen = seen.expect("b leads");
     assert_eq!((seen.data.as_slice(), seen.token), (&b"b"[..], lb.token()));
-    observing.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
