@@ -375,7 +375,7 @@ fn strategies_cover_every_variant() {
     let all = |n: u32| (0..n).collect::<BTreeSet<u32>>();
     assert_eq!(ops, all(corral_protocol::OP_COUNT), "Op");
     assert_eq!(multi_ops, all(5), "MultiOp");
-    assert_eq!(results, all(19), "OpResult");
+    assert_eq!(results, all(20), "OpResult");
     assert_eq!(multi_results, all(5), "MultiResult");
     assert_eq!(codes, all(28), "ErrorCode");
     assert_eq!(op_index_present, (true, true), "ErrorInfo.op_index");
