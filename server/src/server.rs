@@ -15,6 +15,7 @@
 //! readers wait: backpressure), the peer transport's events channel, which the core reads directly, by `CORE_INBOX` too, and the
 //! storage queue by the node core itself, which has at most one batch outstanding.
 
+mod disk_usage;
 mod ops;
 
 use crate::config::Config;
@@ -491,7 +492,7 @@ impl Server {
                 .filter(|(id, _)| **id != config.node_id)
                 .map(|(id, addr)| (*id, addr.to_string()))
                 .collect(),
-            data_dir: config.data_dir.clone(),
+            disk_usage: disk_usage::DiskUsage::start(config.data_dir.clone()).await,
             admin_addr: admin_addr.map(|a| a.to_string()),
         };
         tokio::pin!(shutdown);

@@ -8,7 +8,6 @@ use crate::node::Node;
 use crate::status::{core_status, ShellFacts};
 use corral_protocol::{Op, OpResult, ServerMessage, ServerStatus};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tokio::sync::mpsc;
 
@@ -22,30 +21,15 @@ const MAX_TIMED_LOCK_WAITS: usize = 4 * 1024;
 pub(super) struct ShellInfo {
     /// The other members: id and peer address.
     pub(super) members: Vec<(u64, String)>,
-    /// The data directory (its size is reported).
-    pub(super) data_dir: PathBuf,
+    /// The sizes of the data directory's log and snapshots, measured off the core.
+    pub(super) disk_usage: std::sync::Arc<super::disk_usage::DiskUsage>,
     /// The admin endpoint's address.
     pub(super) admin_addr: Option<String>,
 }
 
-/// Bytes of the files under `dir` (0 if it does not exist).
-fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 impl CoreShell {
     fn facts(&self) -> ShellFacts {
-        let dir = &self.info.data_dir;
+        let usage = &self.info.disk_usage;
         ShellFacts {
             members: self
                 .info
@@ -56,8 +40,8 @@ impl CoreShell {
                     (*id, addr.clone(), up)
                 })
                 .collect(),
-            log_bytes: dir_bytes(&dir.join("wal")) + dir_bytes(&dir.join("paxos")),
-            snapshot_bytes: dir_bytes(&crate::storage::snapshot_dir(dir)),
+            log_bytes: usage.log_bytes(),
+            snapshot_bytes: usage.snapshot_bytes(),
             admin_addr: self.info.admin_addr.clone(),
         }
     }
