@@ -580,6 +580,75 @@ async fn locks_lists_holders_and_waiters() {
     assert!(next.token() > held.token());
 }
 
+/// A multi-lock waiting first in a queue holds nothing and waits for no session there:
+/// `corralctl locks` names the other locks it waits on (found with `GetLockGroup`,
+/// even when they are outside the listed path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_names_the_other_locks_a_waiting_multi_lock_waits_on() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let a = connect(&addr).await;
+    let b = connect(&addr).await;
+    let held = a
+        .lock("/elsewhere/b", LockOptions::default())
+        .acquire()
+        .await
+        .expect("acquire");
+    let group = tokio::spawn({
+        let set = b.lock_many(["/cli/group/a", "/elsewhere/b"], LockOptions::default());
+        async move { set.acquire().await }
+    });
+    bounded("the multi-lock to queue", async {
+        loop {
+            let (children, _, watcher) = a
+                .get_children_watch("/elsewhere/b")
+                .await
+                .expect("children");
+            if children.len() == 2 {
+                return;
+            }
+            let _ = watcher.await;
+        }
+    })
+    .await;
+
+    let out = run(&addr, &["--json", "locks", "/cli/group"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let listing: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let waiter = &listing["locks"][0]["waiters"][0];
+    assert_eq!(waiter["session"], b.session_id(), "{listing}");
+    assert_eq!(waiter["waits_for"], serde_json::json!([]), "{listing}");
+    assert_eq!(
+        waiter["multi_lock_waits_on"],
+        serde_json::json!(["/elsewhere/b"]),
+        "{listing}"
+    );
+    let table = text(&run(&addr, &["locks", "/cli/group"]).await.stdout);
+    assert!(
+        table.contains("multi-lock, waits on /elsewhere/b"),
+        "{table}"
+    );
+    // The holder of the other lock waits on nothing.
+    let out = run(&addr, &["--json", "locks", "/elsewhere"]).await;
+    let listing: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let lock = &listing["locks"][0];
+    assert!(
+        lock["holders"][0].get("multi_lock_waits_on").is_none(),
+        "{listing}"
+    );
+    assert_eq!(
+        lock["waiters"][0]["waits_for"],
+        serde_json::json!([a.session_id()])
+    );
+
+    assert!(held.release().await.expect("release"));
+    let set = bounded("the multi-lock's grant", group)
+        .await
+        .expect("task")
+        .expect("granted");
+    assert!(set.release().await.expect("release"));
+}
+
 /// More locks than one frame describes: `GetLocks` is refused with `LimitExceeded`, and
 /// `corralctl locks` lists them all, page by page (`GetLocksPage`), as does
 /// `Client::locks_pages`.

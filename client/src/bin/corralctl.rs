@@ -127,7 +127,8 @@ enum Command {
     )]
     Elect(locked::ElectArgs),
     /// List the locks at and below a path: kind, holders and waiters (node, session,
-    /// fencing token, the sessions each waiter waits for), lock-delay.
+    /// fencing token, the sessions each waiter waits for, and for a multi-lock waiting
+    /// first in a queue the other locks it waits on), lock-delay.
     Locks {
         /// Where to look.
         #[arg(default_value = "/")]

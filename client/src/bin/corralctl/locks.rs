@@ -2,9 +2,13 @@
 
 use crate::duration::show_duration;
 use crate::emit;
-use corral_client::{Client, Error, LockKind, LockState};
+use corral_client::{Client, Error, ErrorCode, LockKind, LockState};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::time::Duration;
+
+/// The other locks of each waiting multi-lock node listed (by node path).
+type Groups = HashMap<String, Vec<String>>;
 
 /// How a request kind is shown.
 pub fn kind_name(kind: LockKind) -> String {
@@ -53,7 +57,40 @@ pub fn waits_for(lock: &LockState, i: usize) -> Vec<u64> {
     sessions
 }
 
-fn entry_json(lock: &LockState, i: usize) -> Value {
+/// The waiting entries that could hold their lock by their place but do not, while no
+/// lock-delay runs: nodes of a multi-lock waiting for its other locks.
+fn held_back(lock: &LockState) -> impl Iterator<Item = &str> {
+    (0..lock.queue.len())
+        .filter(move |&i| {
+            !lock.queue[i].granted && lock.delayed_until_ms <= 0 && waits_for(lock, i).is_empty()
+        })
+        .map(move |i| lock.queue[i].node.as_str())
+}
+
+/// The other locks of every multi-lock node held back in `locks` (`GetLockGroup`, one
+/// request per such node). A server older than that request, or a node gone meanwhile,
+/// leaves the node out.
+async fn groups_of(client: &Client, locks: &[LockState]) -> Result<Groups, Error> {
+    let mut groups = Groups::new();
+    for lock in locks {
+        for node in held_back(lock) {
+            let others = match client.lock_group(node).await {
+                Ok(states) => states
+                    .into_iter()
+                    .map(|s| s.lock)
+                    .filter(|l| *l != lock.lock)
+                    .collect(),
+                Err(e) if e.is(ErrorCode::Unimplemented) => return Ok(groups),
+                Err(e) if e.is(ErrorCode::NoNode) => continue,
+                Err(e) => return Err(e),
+            };
+            groups.insert(node.to_string(), others);
+        }
+    }
+    Ok(groups)
+}
+
+fn entry_json(lock: &LockState, i: usize, groups: &Groups) -> Value {
     let entry = &lock.queue[i];
     let mut v = json!({
         "node": entry.node,
@@ -65,32 +102,43 @@ fn entry_json(lock: &LockState, i: usize) -> Value {
     if !entry.granted {
         v["waits_for"] = json!(waits_for(lock, i));
     }
+    if let Some(others) = groups.get(&entry.node) {
+        v["multi_lock_waits_on"] = json!(others);
+    }
     v
 }
 
-fn lock_json(lock: &LockState) -> Value {
+fn lock_json(lock: &LockState, groups: &Groups) -> Value {
     let (holders, waiters): (Vec<usize>, Vec<usize>) =
         (0..lock.queue.len()).partition(|&i| lock.queue[i].granted);
+    let entries = |of: Vec<usize>| -> Vec<Value> {
+        of.into_iter()
+            .map(|i| entry_json(lock, i, groups))
+            .collect()
+    };
     json!({
         "lock": lock.lock,
         "kind": family_name(lock),
         "lock_delay_ms": lock.lock_delay_ms,
         "delayed_until_ms": lock.delayed_until_ms,
         "queue_length": lock.queue.len(),
-        "holders": holders.into_iter().map(|i| entry_json(lock, i)).collect::<Vec<_>>(),
-        "waiters": waiters.into_iter().map(|i| entry_json(lock, i)).collect::<Vec<_>>(),
+        "holders": entries(holders),
+        "waiters": entries(waiters),
     })
 }
 
-fn entry_line(lock: &LockState, i: usize) -> String {
+fn entry_line(lock: &LockState, i: usize, groups: &Groups) -> String {
     let entry = &lock.queue[i];
     let waits = waits_for(lock, i);
-    let waits = if waits.is_empty() {
+    let mut waits = if waits.is_empty() {
         String::new()
     } else {
         let list: Vec<String> = waits.iter().map(|s| format!("{s:#x}")).collect();
         format!("  waits for {}", list.join(", "))
     };
+    if let Some(others) = groups.get(&entry.node) {
+        waits.push_str(&format!("  multi-lock, waits on {}", others.join(", ")));
+    }
     let role = if entry.granted { "held" } else { "waiting" };
     let lease = if entry.lease != entry.session {
         format!("  lease {:#x}", entry.lease)
@@ -117,8 +165,9 @@ pub async fn list(client: &Client, path: &str, json: bool) -> Result<(), Error> 
         locks.extend(page.locks);
     }
     locks.sort_by(|a, b| a.lock.cmp(&b.lock));
+    let groups = groups_of(client, &locks).await?;
     if json {
-        let locks: Vec<Value> = locks.iter().map(lock_json).collect();
+        let locks: Vec<Value> = locks.iter().map(|l| lock_json(l, &groups)).collect();
         return emit(json!({ "path": path, "locks": locks }));
     }
     if locks.is_empty() {
@@ -144,7 +193,7 @@ pub async fn list(client: &Client, path: &str, json: bool) -> Result<(), Error> 
             lock.queue.len() - holders,
         ))?;
         for i in 0..lock.queue.len() {
-            emit(entry_line(lock, i))?;
+            emit(entry_line(lock, i, &groups))?;
         }
     }
     Ok(())
