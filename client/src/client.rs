@@ -703,7 +703,9 @@ impl Client {
 
     /// Adds a persistent watch and returns the stream of its events. It stays until
     /// [`remove_watches`](Self::remove_watches) (with `Persistent` or `Any`) or the end
-    /// of the session, and survives reconnects. Adding the same watch again joins it.
+    /// of the session, and survives reconnects: after one the stream reads
+    /// [`Error::WatchResumed`] (changes made while the client was away fired no event)
+    /// and goes on. Adding the same watch again joins it.
     ///
     /// `Persistent` reports creation, deletion and data changes of the node and changes
     /// of its children list; `PersistentRecursive` reports creation, deletion and data

@@ -313,8 +313,12 @@ enum WaitFor {
     },
     /// The task's own keepalive.
     Ping { sent_at: Instant },
-    /// The task's own watch re-registration.
-    SetWatches,
+    /// The task's own watch re-registration: the persistent watches in it and the zxid
+    /// it was sent with, whose streams learn of the gap when it is answered.
+    SetWatches {
+        persistent: Vec<(String, bool)>,
+        since_zxid: u64,
+    },
     /// The task's own re-read of a lock after a reconnect; with `sweep`, this session's
     /// untracked nodes in it are released.
     LockSync { lock: String, sweep: bool },
@@ -515,11 +519,15 @@ impl Task {
         self.acknowledged_below = 0;
         if !watches.is_empty() {
             for piece in split_watch_set(watches, self.send_limit / 2) {
+                let waiter = WaitFor::SetWatches {
+                    persistent: WatchRegistry::persistent_keys(&piece),
+                    since_zxid: self.seen_zxid,
+                };
                 let op = Op::SetWatches {
                     last_zxid: self.seen_zxid,
                     watches: piece,
                 };
-                match self.push(op, WaitFor::SetWatches, false, &mut out) {
+                match self.push(op, waiter, false, &mut out) {
                     Ok(()) => self.watch_resyncs += 1,
                     Err((_, e)) => {
                         tracing::warn!("cannot re-register watches: {e}");
@@ -817,7 +825,7 @@ impl Task {
             tracing::debug!(xid = response.xid, "response to a request no one waits for");
             return None;
         };
-        if matches!(entry.waiter, WaitFor::SetWatches) {
+        if matches!(entry.waiter, WaitFor::SetWatches { .. }) {
             // Answered after every event it fired: the last one lets the zxid move on.
             self.watch_resyncs = self.watch_resyncs.saturating_sub(1);
         }
@@ -859,8 +867,17 @@ impl Task {
                     None
                 }),
             },
-            WaitFor::SetWatches => match response.result {
-                Ok(_) => None,
+            WaitFor::SetWatches {
+                persistent,
+                since_zxid,
+            } => match response.result {
+                Ok(_) => {
+                    // Registered again as of the answer: what changed while the client
+                    // was away fired no event on the persistent watches.
+                    self.registry
+                        .resumed(&persistent, since_zxid, response.zxid);
+                    None
+                }
                 Err(info) => fatal(&info).or_else(|| {
                     tracing::warn!("the server refused to re-register watches: {info}");
                     self.registry.fail_all(&Error::from(info));

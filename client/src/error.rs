@@ -66,6 +66,21 @@ pub enum Error {
         /// Number of events lost.
         skipped: u64,
     },
+    /// The connection was lost and this persistent watch was registered again on a new
+    /// one (ZooKeeper's `setWatches`): changes with a zxid after `since_zxid` (the last
+    /// the client had seen) and up to `until_zxid` (the server's when the watch was back)
+    /// may have fired no event on it; every later change does. Re-read the state you
+    /// watch. The stream goes on.
+    #[error(
+        "watch registered again after a reconnect: changes after zxid {since_zxid} up to \
+         {until_zxid} may have fired no event"
+    )]
+    WatchResumed {
+        /// The last zxid the client had seen before the connection was lost.
+        since_zxid: u64,
+        /// The server's zxid when it answered the re-registration.
+        until_zxid: u64,
+    },
     /// The watch was removed with [`Client::remove_watches`](crate::Client::remove_watches)
     /// before it fired.
     #[error("the watch was removed")]
@@ -242,6 +257,10 @@ mod tests {
             Error::Closed,
             Error::WatchRemoved,
             Error::Lagged { skipped: 1 },
+            Error::WatchResumed {
+                since_zxid: 1,
+                until_zxid: 2,
+            },
         ] {
             assert!(!e.is_retryable(), "{e}");
         }

@@ -47,7 +47,9 @@
 //! - **Reconnects.** When a connection drops the client resumes the session on the next
 //!   server, resends unanswered requests with their original request ids (the server
 //!   applies a retried write once) and re-registers its watches; the server fires at once
-//!   the watches whose nodes changed meanwhile. Watch [`state_events`](Client::state_events).
+//!   the one-shot watches whose nodes changed meanwhile, and the stream of each persistent
+//!   watch reads [`Error::WatchResumed`] (what changed meanwhile fired nothing there, as
+//!   in ZooKeeper). Watch [`state_events`](Client::state_events).
 //! - **Failures.** Calls time out after `request_timeout` ([`Error::Timeout`]); calls that
 //!   cannot be resent while the session may still be alive fail with
 //!   [`Error::ConnectionLoss`]; once the session has expired every call fails with

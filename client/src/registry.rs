@@ -209,6 +209,29 @@ impl WatchRegistry {
         set
     }
 
+    /// The persistent watches of a watch set, as registry keys.
+    pub(crate) fn persistent_keys(set: &WatchSet) -> Vec<(String, bool)> {
+        let exact = set.persistent.iter().map(|p| (p.clone(), false));
+        let recursive = set.persistent_recursive.iter().map(|p| (p.clone(), true));
+        exact.chain(recursive).collect()
+    }
+
+    /// Tells the streams of the persistent watches `keys`, registered again after a
+    /// reconnect, that changes in `(since_zxid, until_zxid]` may have fired no event.
+    pub(crate) fn resumed(&self, keys: &[(String, bool)], since_zxid: u64, until_zxid: u64) {
+        if until_zxid <= since_zxid {
+            return; // nothing changed while the client was away
+        }
+        for key in keys {
+            if let Some(tx) = self.persistent.get(key) {
+                let _ = tx.send(Err(Error::WatchResumed {
+                    since_zxid,
+                    until_zxid,
+                }));
+            }
+        }
+    }
+
     /// Ends every watch with `err` (session expired, client closed, re-registration
     /// refused).
     pub(crate) fn fail_all(&mut self, err: &Error) {

@@ -99,7 +99,10 @@ pub(crate) type StreamItem = Result<WatchEvent>;
 /// [`ClientConfig`](crate::ClientConfig)): the client never waits for a slow reader,
 /// so a reader that falls behind by more than the buffer loses the oldest events and
 /// then reads `Err(Error::Lagged { skipped })` once before the newer ones (re-read the
-/// state you watch when you see it). The stream ends after an `Err` saying why no more
+/// state you watch when you see it). After a reconnect a persistent watch's stream reads
+/// `Err(Error::WatchResumed { since_zxid, until_zxid })` once its watch is registered
+/// again: changes made while the client was away fired no event (ZooKeeper's
+/// semantics), so re-read then too. The stream ends after any other `Err`, saying why no more
 /// events will come ([`Error::SessionExpired`], [`Error::Closed`],
 /// [`Error::WatchRemoved`]) or, without one, when the client is dropped.
 ///
@@ -138,7 +141,8 @@ impl WatchStream {
             }
             match rx.recv().await {
                 Ok(Ok(event)) => Some((Ok(event), (rx, false))),
-                // Every error but a lag says no more events will come.
+                Ok(Err(err @ Error::WatchResumed { .. })) => Some((Err(err), (rx, false))),
+                // Every error but a lag or a resume says no more events will come.
                 Ok(Err(err)) => Some((Err(err), (rx, true))),
                 Err(broadcast::error::RecvError::Lagged(skipped)) => {
                     Some((Err(Error::Lagged { skipped }), (rx, false)))

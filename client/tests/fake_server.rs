@@ -1215,3 +1215,76 @@ async fn locks_pages_fall_back_to_one_get_locks_on_an_older_server() {
         }]
     );
 }
+
+/// A persistent watch registered again after a reconnect fires nothing for what changed
+/// while the client was away (ZooKeeper's semantics), and its stream says so: once the
+/// server answers the `SetWatches`, the stream reads `WatchResumed` with the zxid range
+/// that may have fired no event, then goes on with the next events. A reconnect while
+/// nothing changed (the answer at the zxid the client had seen) says nothing.
+#[tokio::test]
+async fn a_persistent_watch_stream_is_told_of_a_reconnect_and_goes_on() {
+    use corral_client::AddWatchMode;
+
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .add_watch("/jobs", AddWatchMode::PersistentRecursive)
+                .await
+        }
+    });
+    let request = conn.recv().await;
+    conn.reply(request.xid, 10, Ok(OpResult::WatchesUpdated))
+        .await;
+    let mut stream = bounded("add_watch", call)
+        .await
+        .expect("join")
+        .expect("add_watch");
+    let event = |zxid| WatchEvent {
+        kind: EventKind::NodeCreated,
+        path: "/jobs/a".into(),
+        zxid,
+    };
+    drop(conn);
+
+    let (mut conn, _) = server.accept(granted(10_000, 25, 2)).await;
+    let again = conn.recv().await;
+    assert!(
+        matches!(&again.op, Op::SetWatches { last_zxid: 10, watches }
+            if watches.persistent_recursive == ["/jobs"]),
+        "{:?}",
+        again.op
+    );
+    conn.reply(again.xid, 25, Ok(OpResult::WatchesUpdated))
+        .await;
+    conn.send(ServerMessage::Watch(event(26))).await;
+    match bounded("the resume", stream.next()).await {
+        Some(Err(Error::WatchResumed {
+            since_zxid: 10,
+            until_zxid: 25,
+        })) => {}
+        other => panic!("expected WatchResumed from 10 to 25, got {other:?}"),
+    }
+    let next = bounded("the next event", stream.next()).await;
+    assert_eq!(
+        next.expect("the stream goes on").expect("an event"),
+        event(26)
+    );
+
+    // Nothing changed while away this time: no resume, just the next event.
+    drop(conn);
+    let (mut conn, _) = server.accept(granted(10_000, 26, 3)).await;
+    let again = conn.recv().await;
+    assert!(
+        matches!(&again.op, Op::SetWatches { last_zxid: 26, .. }),
+        "{:?}",
+        again.op
+    );
+    conn.reply(again.xid, 26, Ok(OpResult::WatchesUpdated))
+        .await;
+    conn.send(ServerMessage::Watch(event(27))).await;
+    let next = bounded("the event after", stream.next()).await;
+    assert_eq!(next.expect("open").expect("an event"), event(27));
+}

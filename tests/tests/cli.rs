@@ -592,6 +592,86 @@ fn watch_prints_events_until_the_count() {
     }
 }
 
+/// `corralctl watch` goes on across a reconnect and says on stderr that the changes made
+/// while it was away fired no event (its persistent watch is registered again without a
+/// replay, as ZooKeeper's is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_goes_on_across_a_reconnect_and_says_what_fired_no_event() {
+    use corral_tests::proxy::{Mode, Proxy};
+    let server = TestServer::start(&[]);
+    ctl(&server, &["create", "/rw", "0"]).ok();
+    let target = server.addr().parse().expect("server address");
+    let proxy = Proxy::start(target).await.expect("proxy");
+    let mut child = Command::new(corralctl_bin())
+        .args([
+            "-s",
+            &proxy.addr().to_string(),
+            "watch",
+            "/rw",
+            "--count",
+            "2",
+        ])
+        .env_remove("CORRAL_SERVER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn corralctl watch");
+    let lines_of = |pipe: Box<dyn Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let stdout = lines_of(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = lines_of(Box::new(child.stderr.take().expect("stderr")));
+    // Poke until the watch reports a change (one made before it was registered is not).
+    let poke_until_a_line = |what: &str| {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let mut i = 0;
+        loop {
+            ctl(&server, &["set", "/rw", &format!("{what} {i}")]).ok();
+            i += 1;
+            if let Ok(line) = stdout.recv_timeout(Duration::from_millis(100)) {
+                return line;
+            }
+            assert!(Instant::now() < deadline, "no event for {what}");
+        }
+    };
+    let first = poke_until_a_line("before");
+    assert!(first.starts_with("NodeDataChanged /rw"), "{first}");
+    // The connection is cut, a change is made meanwhile, and the watch comes back.
+    proxy.set_mode(Mode::Cut);
+    ctl(&server, &["set", "/rw", "while away"]).ok();
+    proxy.set_mode(Mode::Pass);
+    let mut said = Vec::new();
+    while !said
+        .last()
+        .is_some_and(|l: &String| l.contains("reconnected; changes after zxid"))
+    {
+        let line = stderr.recv_timeout(COMMAND_TIMEOUT);
+        said.push(line.unwrap_or_else(|_| panic!("no word of the reconnect: {said:?}")));
+    }
+    let second = poke_until_a_line("after");
+    assert!(second.starts_with("NodeDataChanged /rw"), "{second}");
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("watch did not end after 2 events");
+        }
+        // The exit has no event to wait on: look again shortly.
+        let _ = stdout.recv_timeout(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
 /// A `corralctl watch` whose first line has been read, and whose further output is read
 /// only once `go` is sent: its reader stops reading, as `watch | less` paused does.
 struct PausedReader {

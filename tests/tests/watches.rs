@@ -522,7 +522,15 @@ async fn watches_rearmed_after_a_reconnect_fire_for_nodes_created_or_deleted_mea
         EventKind::NodeCreated,
         "/later",
     );
-    // So is the persistent watch (like ZooKeeper's, it does not replay what it missed).
+    // So is the persistent watch. Like ZooKeeper's, it does not replay what it missed,
+    // but its stream says so first, with the range of zxids that fired nothing.
+    match tokio::time::timeout(WAIT, persistent.recv()).await {
+        Ok(Some(Err(corral_client::Error::WatchResumed {
+            since_zxid,
+            until_zxid,
+        }))) => assert!(since_zxid < until_zxid, "{since_zxid} .. {until_zxid}"),
+        other => panic!("expected WatchResumed, got {other:?}"),
+    }
     assert_event(
         &next_event(&mut persistent).await,
         EventKind::NodeDataChanged,

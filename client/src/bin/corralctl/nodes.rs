@@ -448,6 +448,16 @@ async fn watch(
                 eprintln!("corralctl: {skipped} events were dropped (output too slow)");
                 continue;
             }
+            Some(Err(Error::WatchResumed {
+                since_zxid,
+                until_zxid,
+            })) => {
+                eprintln!(
+                    "corralctl: reconnected; changes after zxid {since_zxid} up to \
+                     {until_zxid} fired no event"
+                );
+                continue;
+            }
             Some(Err(e)) => return Err(e),
             Some(Ok(event)) => {
                 seen += 1;
