@@ -477,7 +477,8 @@ async fn watch_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
     e.zxid = Some(client.last_zxid());
     out.emit(e);
     // Connection changes, with the zxid the client had seen: persistent watches are
-    // re-registered after a reconnect without replaying what changed meanwhile.
+    // re-registered after a reconnect without replaying what changed meanwhile (the
+    // stream then says which zxids fired nothing: `resumed` events).
     let mut states = client.state_events();
     let mut states_open = true;
     // The connection at the start (the node matters to the checker's snapshot-install
@@ -503,6 +504,18 @@ async fn watch_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
             let mut e = out.event(Kind::Event, "event");
             e.path = Some(ev.path);
             e.zxid = Some(ev.zxid);
+            out.emit(e);
+            true
+        }
+        // The watch is back after a reconnect: what changed in (since, until] may have
+        // fired nothing (the checker's "told" gaps).
+        Some(Err(Error::WatchResumed {
+            since_zxid,
+            until_zxid,
+        })) => {
+            let mut e = out.event(Kind::Event, "resumed");
+            e.value = Some(since_zxid);
+            e.zxid = Some(until_zxid);
             out.emit(e);
             true
         }
