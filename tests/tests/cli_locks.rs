@@ -41,6 +41,20 @@ async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
     }
 }
 
+/// Waits (with child watches, bounded) until the lock `lock` has `len` queue nodes.
+async fn queue_length_reaches(client: &Client, lock: &str, len: usize, what: &str) {
+    bounded(what, async {
+        loop {
+            let (children, _, watcher) = client.get_children_watch(lock).await.expect("children");
+            if children.len() == len {
+                return;
+            }
+            let _ = watcher.await;
+        }
+    })
+    .await;
+}
+
 /// corralctl against `server` (`-s server args...`), killed if dropped while running.
 fn ctl(server: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(corralctl_bin());
@@ -497,19 +511,7 @@ async fn locks_lists_holders_and_waiters() {
         let lock = b.lock("/cli/listed/one", options);
         async move { lock.acquire().await }
     });
-    bounded("b to queue", async {
-        loop {
-            let (children, _, watcher) = a
-                .get_children_watch("/cli/listed/one")
-                .await
-                .expect("children");
-            if children.len() == 2 {
-                return;
-            }
-            let _ = watcher.await;
-        }
-    })
-    .await;
+    queue_length_reaches(&a, "/cli/listed/one", 2, "b to queue").await;
     let sem = a
         .lock(
             "/cli/listed/sem",
@@ -598,19 +600,7 @@ async fn locks_names_the_other_locks_a_waiting_multi_lock_waits_on() {
         let set = b.lock_many(["/cli/group/a", "/elsewhere/b"], LockOptions::default());
         async move { set.acquire().await }
     });
-    bounded("the multi-lock to queue", async {
-        loop {
-            let (children, _, watcher) = a
-                .get_children_watch("/elsewhere/b")
-                .await
-                .expect("children");
-            if children.len() == 2 {
-                return;
-            }
-            let _ = watcher.await;
-        }
-    })
-    .await;
+    queue_length_reaches(&a, "/elsewhere/b", 2, "the multi-lock to queue").await;
 
     let out = run(&addr, &["--json", "locks", "/cli/group"]).await;
     assert!(out.status.success(), "{out:?}");
