@@ -769,8 +769,10 @@ impl Client {
     /// (including events no [`Watcher`] or stream waits for any more), from now on.
     ///
     /// Bounded by `event_buffer`: a reader that falls behind loses the oldest events and
-    /// reads [`Error::Lagged`] instead. It ends with the error that finished the client
-    /// ([`Error::SessionExpired`] or [`Error::Closed`]).
+    /// reads [`Error::Lagged`] instead. After a reconnect that registered persistent
+    /// watches again it reads [`Error::WatchResumed`], as their own streams do. It ends
+    /// with the error that finished the client ([`Error::SessionExpired`] or
+    /// [`Error::Closed`]).
     ///
     /// ```no_run
     /// use futures::StreamExt;

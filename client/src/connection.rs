@@ -874,8 +874,16 @@ impl Task {
                 Ok(_) => {
                     // Registered again as of the answer: what changed while the client
                     // was away fired no event on the persistent watches.
-                    self.registry
-                        .resumed(&persistent, since_zxid, response.zxid);
+                    if self
+                        .registry
+                        .resumed(&persistent, since_zxid, response.zxid)
+                    {
+                        // The stream of every event misses them too.
+                        let _ = self.shared.events.send(Err(Error::WatchResumed {
+                            since_zxid,
+                            until_zxid: response.zxid,
+                        }));
+                    }
                     None
                 }
                 Err(info) => fatal(&info).or_else(|| {

@@ -218,18 +218,27 @@ impl WatchRegistry {
 
     /// Tells the streams of the persistent watches `keys`, registered again after a
     /// reconnect, that changes in `(since_zxid, until_zxid]` may have fired no event.
-    pub(crate) fn resumed(&self, keys: &[(String, bool)], since_zxid: u64, until_zxid: u64) {
+    /// Whether any stream was told (a watch still held, and something changed).
+    pub(crate) fn resumed(
+        &self,
+        keys: &[(String, bool)],
+        since_zxid: u64,
+        until_zxid: u64,
+    ) -> bool {
         if until_zxid <= since_zxid {
-            return; // nothing changed while the client was away
+            return false; // nothing changed while the client was away
         }
+        let mut told = false;
         for key in keys {
             if let Some(tx) = self.persistent.get(key) {
+                told = true;
                 let _ = tx.send(Err(Error::WatchResumed {
                     since_zxid,
                     until_zxid,
                 }));
             }
         }
+        told
     }
 
     /// Ends every watch with `err` (session expired, client closed, re-registration

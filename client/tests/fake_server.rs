@@ -1227,6 +1227,7 @@ async fn a_persistent_watch_stream_is_told_of_a_reconnect_and_goes_on() {
 
     let server = FakeServer::start().await;
     let (client, mut conn) = server.connect(10_000).await;
+    let mut all = client.watch_events();
     let call = tokio::spawn({
         let client = client.clone();
         async move {
@@ -1272,6 +1273,16 @@ async fn a_persistent_watch_stream_is_told_of_a_reconnect_and_goes_on() {
         next.expect("the stream goes on").expect("an event"),
         event(26)
     );
+    // The stream of every event is told too.
+    assert!(matches!(
+        bounded("the resume, on every event's stream", all.recv()).await,
+        Some(Err(Error::WatchResumed {
+            since_zxid: 10,
+            until_zxid: 25
+        }))
+    ));
+    let next = bounded("the next of every event", all.recv()).await;
+    assert_eq!(next.expect("goes on").expect("an event"), event(26));
 
     // Nothing changed while away this time: no resume, just the next event.
     drop(conn);
