@@ -14,6 +14,9 @@
 //! 6. Read-write locks and semaphores with clients on different nodes.
 //! 7. `kill -9` of the whole cluster with a lock held: the next grants' tokens are above
 //!    every earlier one.
+//! 8. Multi-locks across a leader kill and a wiped node's catch-up through a snapshot: a
+//!    held set stays held, a queued set keeps its places and is granted all at once, and
+//!    every node describes the same groups.
 //!
 //! Also prints (never asserts) latency and throughput figures.
 //!
@@ -1141,6 +1144,116 @@ async fn read_write_locks_and_semaphores_across_nodes() {
 // ---------------------------------------------------------------------------------
 // 7. Full-cluster kill -9.
 // ---------------------------------------------------------------------------------
+
+/// The locks of a queue node's request as `client`'s node describes them
+/// (`GetLockGroup`, after a `sync`): each lock, and whether the request's node there
+/// holds it, in request order.
+async fn group_on(client: &Client, node: &str) -> Vec<(String, bool)> {
+    client.sync("/").await.expect("sync");
+    let locks = client.lock_group(node).await.expect("a queue node");
+    let token = locks
+        .iter()
+        .flat_map(|l| &l.queue)
+        .find(|e| e.node == node)
+        .map(|e| e.token)
+        .unwrap_or_else(|| panic!("{node} is not in its own group: {locks:?}"));
+    locks
+        .iter()
+        .map(|l| {
+            let entry = l.queue.iter().find(|e| e.token == token);
+            (l.lock.clone(), entry.expect("the request's node").granted)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_locks_survive_a_leader_kill_and_a_snapshot_install() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::start(3, &["--snapshot-every-entries", "50"]).await;
+    let old = stable_leader(&mut cluster).await;
+    let (f1, f2) = followers(&cluster, old);
+    let cfg = config(Duration::from_secs(6));
+    let a = cluster.pinned(f1, cfg.clone()).await;
+    let b = cluster.pinned(f2, cfg.clone()).await;
+    let held = a
+        .client
+        .lock_many(["/m/a", "/m/b"], LockOptions::default())
+        .acquire()
+        .await
+        .expect("a's set");
+    let queued = tokio::spawn({
+        let set = b.client.lock_many(["/m/b", "/m/c"], LockOptions::default());
+        async move { set.acquire().await }
+    });
+    children_until(&a.client, "/m/b", "b's set to queue", |c| c.len() == 2).await;
+    let b_node = {
+        let state = a.client.locks("/m/c").await.expect("locks");
+        state[0].queue[0].node.clone()
+    };
+    // Enough writes for several compactions, so a wiped node catches up from an image.
+    let filler = connect_to(&cluster, f1, Duration::from_secs(10)).await;
+    let writes = (0..200).map(|i| {
+        let filler = filler.clone();
+        async move {
+            filler
+                .create(&format!("/fill-{i:03}"), Vec::new(), CreateMode::Persistent)
+                .await
+                .expect("create")
+        }
+    });
+    futures::future::join_all(writes).await;
+
+    // The leader goes, and comes back wiped: it catches up through a snapshot.
+    cluster.kill(old);
+    let new = cluster.leader_other_than(Some(old)).await;
+    cluster.wipe(old).await;
+    eventually("the wiped node to catch up", WAIT, || {
+        let installs = cluster.snapshot_installs(old);
+        async move { (installs >= 1).then_some(()) }
+    })
+    .await;
+    println!("leader {old} killed and wiped, node {new} leads");
+    assert!(held.is_held(), "a's set was lost across the leader change");
+    let a_nodes = held.nodes().to_vec();
+    for id in cluster.ids() {
+        let on = connect_to(&cluster, id, Duration::from_secs(10)).await;
+        assert_eq!(
+            group_on(&on, &a_nodes[0].node).await,
+            [("/m/a".to_string(), true), ("/m/b".to_string(), true)],
+            "a's set as node {id} describes it"
+        );
+        assert_eq!(
+            group_on(&on, &b_node).await,
+            [("/m/b".to_string(), false), ("/m/c".to_string(), false)],
+            "b's set as node {id} describes it"
+        );
+    }
+
+    // a releases: b's set is granted, both locks in one transaction.
+    let a_token = held.token("/m/b").expect("in the set");
+    assert!(held.release().await.expect("release"));
+    let b_set = bounded("b's set", queued)
+        .await
+        .expect("task")
+        .expect("b's set granted");
+    let tokens = b_set.tokens();
+    assert!(
+        tokens
+            .iter()
+            .all(|(_, t)| *t > a_token && *t == tokens[0].1),
+        "{tokens:?}"
+    );
+    for id in cluster.ids() {
+        let on = connect_to(&cluster, id, Duration::from_secs(10)).await;
+        assert_eq!(
+            group_on(&on, &b_node).await,
+            [("/m/b".to_string(), true), ("/m/c".to_string(), true)],
+            "b's set as node {id} describes it once granted"
+        );
+    }
+    assert!(b_set.release().await.expect("release"));
+    cluster.assert_converged().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_keep_increasing_after_a_full_cluster_kill_and_restart() {
