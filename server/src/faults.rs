@@ -65,6 +65,10 @@ pub struct FaultSwitches {
     /// may refer to an image a crash then loses (breaks "a node recovers from its own
     /// disk").
     pub unsynced_snapshot_files: bool,
+    /// State machine: a retried lock request (`Lock`, `LockMany`) whose first answer was
+    /// "queued" is answered so again after its nodes were granted, although the grant
+    /// was pushed while the client was away (breaks "every grant is told").
+    pub stale_retried_lock_answers: bool,
 }
 
 impl FaultSwitches {
@@ -93,6 +97,7 @@ thread_local! {
             ignore_alive_reports: false,
             apply_during_install: false,
             unsynced_snapshot_files: false,
+            stale_retried_lock_answers: false,
         }) };
 }
 
@@ -140,6 +145,7 @@ pub fn from_env() -> FaultSwitches {
                 "ignore_alive_reports" => &mut f.ignore_alive_reports,
                 "apply_during_install" => &mut f.apply_during_install,
                 "unsynced_snapshot_files" => &mut f.unsynced_snapshot_files,
+                "stale_retried_lock_answers" => &mut f.stale_retried_lock_answers,
                 other => {
                     tracing::error!(switch = other, "unknown fault switch in {FAULTS_ENV}");
                     continue;
@@ -174,6 +180,7 @@ pub fn active() -> FaultSwitches {
         ignore_alive_reports: false,
         apply_during_install: false,
         unsynced_snapshot_files: false,
+        stale_retried_lock_answers: false,
     }
 }
 

@@ -1509,23 +1509,48 @@ impl StateMachine {
     /// no one; a `Queued` answer would leave it waiting for a grant already made, and the
     /// lock held by a session that does not know it (soak seed 7014017). Only the state
     /// decides, so every node answers the same.
+    ///
+    /// The same holds for a `LockMany` answered queued (`MultiLocked` not granted): once
+    /// its group is granted (all its nodes at once), the retry is answered granted.
     fn as_of_now(&self, cached: &Result<OpResult, ErrorInfo>) -> Result<OpResult, ErrorInfo> {
-        if let Ok(OpResult::Queued { node, token }) = cached {
-            let granted = corral_protocol::path::parent(node)
-                .and_then(|lock| self.locks.get(lock))
-                .is_some_and(|m| m.granted.contains(corral_protocol::path::name(node)));
-            let same_node = self
-                .tree
-                .get(node)
-                .is_some_and(|n| fencing_token(node, n.stat.czxid) == *token);
-            if granted && same_node {
-                return Ok(OpResult::Locked {
+        if crate::faults::active().stale_retried_lock_answers {
+            return cached.clone();
+        }
+        match cached {
+            Ok(OpResult::Queued { node, token }) if self.holds_queue_node(node, *token) => {
+                Ok(OpResult::Locked {
                     node: node.clone(),
                     token: *token,
-                });
+                })
             }
+            Ok(OpResult::MultiLocked {
+                granted: false,
+                nodes,
+            }) if !nodes.is_empty()
+                && nodes
+                    .iter()
+                    .all(|n| self.holds_queue_node(&n.node, n.token)) =>
+            {
+                Ok(OpResult::MultiLocked {
+                    granted: true,
+                    nodes: nodes.clone(),
+                })
+            }
+            _ => cached.clone(),
         }
-        cached.clone()
+    }
+
+    /// The queue node `node`, created with fencing token `token` (not a later node of the
+    /// same name), exists and is granted.
+    fn holds_queue_node(&self, node: &str, token: u64) -> bool {
+        let granted = corral_protocol::path::parent(node)
+            .and_then(|lock| self.locks.get(lock))
+            .is_some_and(|m| m.granted.contains(corral_protocol::path::name(node)));
+        granted
+            && self
+                .tree
+                .get(node)
+                .is_some_and(|n| fencing_token(node, n.stat.czxid) == token)
     }
 
     /// The session opened with this secret, if any (a session's secret is chosen at random

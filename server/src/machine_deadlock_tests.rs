@@ -713,3 +713,51 @@ fn detection_cost_at_10000_waiters() {
         build / N as u32
     );
 }
+
+/// A retried `LockMany` whose first answer was queued is answered granted once its group
+/// is (its `LockGranted` messages went to a connection the client had lost; a queued
+/// answer would leave it waiting for grants already made, every lock of the group held
+/// by a session that does not know it), and queued while it waits; nothing is applied
+/// again either way.
+#[test]
+fn a_retried_queued_multi_lock_reports_a_grant_made_since() {
+    let mut h = H::new();
+    let (a, b) = (h.open(), h.open());
+    let (held, token) = locked(&h.lock(a, "/m/2", X));
+    let first = h.lock_many(b, &[("/m/1", X), ("/m/2", X)]);
+    let (granted, nodes) = multi(&first);
+    assert!(!granted, "/m/2 is held");
+    let xid = h.xids[&b];
+    let retry = |h: &mut H| {
+        h.apply(EntryBody::Write {
+            session_id: b,
+            xid,
+            op: Op::LockMany(many(&[("/m/1", X), ("/m/2", X)])),
+        })
+    };
+    let waiting = retry(&mut h);
+    assert_eq!(
+        waiting.result, first.result,
+        "still queued: the first answer"
+    );
+    assert!(waiting.changes.is_empty());
+    h.release(a, &held, token);
+    assert_eq!(h.holders("/m/1"), vec![nodes[0].node.clone()]);
+    assert_eq!(h.holders("/m/2"), vec![nodes[1].node.clone()]);
+    let count = h.m.node_count();
+    let after = retry(&mut h);
+    assert_eq!(multi(&after), (true, nodes.clone()));
+    assert!(after.changes.is_empty() && after.lock_events.is_empty());
+    assert_eq!(h.m.node_count(), count, "no second group");
+    assert_eq!(
+        h.m.cached_result(b, xid),
+        Some(Ok(OpResult::MultiLocked {
+            granted: true,
+            nodes: nodes.clone()
+        }))
+    );
+    // Released since: the first answer again (its nodes are gone; the client's re-read
+    // finds them gone).
+    h.release(b, &nodes[0].node, nodes[0].token);
+    assert_eq!(retry(&mut h).result, first.result);
+}

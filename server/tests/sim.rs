@@ -29,7 +29,7 @@ fn configure(seed: u64) -> SimConfig {
 fn summary(seed: u64, r: &Report) -> String {
     format!(
         "seed {seed}: {} nodes, {} events, {} sim ms, {} entries, {} acked, {} crashes, {} \
-         faults, {} installs, {} ops {}, {} ms",
+         faults, {} installs, {} ops {}, {} multi-locks held, {} ms",
         r.config.nodes,
         r.stats.events,
         r.stats.sim_ms,
@@ -40,6 +40,7 @@ fn summary(seed: u64, r: &Report) -> String {
         r.stats.installs,
         r.stats.ops,
         r.stats.linearizability,
+        r.stats.groups_held,
         r.stats.wall_ms
     )
 }
@@ -504,11 +505,13 @@ fn passes_gather_replication_messages() {
 
 /// A pinned seed's configuration as it was when its bug was found: each input is its
 /// core's whole pass (seeds drawn before passes were simulated kept their schedule).
-/// Clients did not give up on writes then either, nor were nodes upgraded during a run.
+/// Clients did not give up on writes then either, nor send multi-locks, nor were nodes
+/// upgraded during a run.
 fn as_found(mut c: SimConfig) -> SimConfig {
     c.pass_inputs = 1;
     c.pass_window_us = 0;
     c.give_up_per_mille = 0;
+    c.multi_lock_per_mille = 0;
     c.upgrade_at_ms = None;
     c
 }
@@ -946,4 +949,24 @@ fn pinned_in_passes(
     c.upgrade_at_ms = None;
     let r = sim::run(&c);
     assert!(!r.failed(), "{}", r.describe(test));
+}
+
+/// A retried lock request whose first answer was "queued" must be answered granted once
+/// its nodes are (the `LockGranted` pushed meanwhile went to a connection the client had
+/// lost). With the switch it is answered queued again, and the client waits for a grant
+/// already made: `GrantNotTold` (the answer came after the grant), or the lock is not
+/// acquirable after the heal. Single locks had this bug (soak seed 7014017), multi-locks
+/// too until the simulator sent them (soak seed 25191590).
+#[test]
+fn fault_stale_retried_lock_answers_leave_waiters_untold() {
+    catches(
+        "fault_stale_retried_lock_answers_leave_waiters_untold",
+        switches(|s| s.stale_retried_lock_answers = true),
+        &[
+            ViolationKind::GrantNotTold,
+            ViolationKind::LockNotAcquirable,
+        ],
+        |_| {},
+        100,
+    );
 }

@@ -34,7 +34,9 @@
 //! - **Every grant is told.** The zxid that granted each waiting queue node is recorded
 //!   here; when a waiter gives up, the world checks whether the server it stayed
 //!   attached to had applied that zxid long enough before (`World::check_grant_told`):
-//!   then the grant was never pushed to it.
+//!   then the grant was never pushed to it. Whatever the connection, the answer that
+//!   told it "queued" must not come after the grant (a retry answered from the
+//!   deduplication table must say "granted": `StateMachine::cached_result`).
 
 use crate::machine::{Entry, EntryBody, StateMachine};
 use corral_protocol::{ErrorCode, ErrorInfo, LockEvent, LockKind, MultiOp, Op, OpResult};
@@ -221,6 +223,17 @@ pub fn describe_op(op: &Op) -> String {
         Op::Lock(r) => format!(
             "lock {}{}",
             r.lock,
+            r.lease
+                .map(|l| format!(" lease {l:#x}"))
+                .unwrap_or_default()
+        ),
+        Op::LockMany(r) => format!(
+            "lock-many {}{}",
+            r.locks
+                .iter()
+                .map(|l| l.lock.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             r.lease
                 .map(|l| format!(" lease {l:#x}"))
                 .unwrap_or_default()
@@ -479,6 +492,16 @@ impl Checks {
                     if let (Op::Lock(req), Ok(OpResult::Locked { token, .. })) = (op, result) {
                         grants.push((req.lock.clone(), *token));
                     }
+                    if let (
+                        Op::LockMany(_),
+                        Ok(OpResult::MultiLocked {
+                            granted: true,
+                            nodes,
+                        }),
+                    ) = (op, result)
+                    {
+                        grants.extend(nodes.iter().map(|n| (n.lock.clone(), n.token)));
+                    }
                     if let (Op::Multi(ops), Ok(_)) = (op, result) {
                         self.check_fenced(zxid, ops, now)?;
                     }
@@ -573,11 +596,18 @@ impl Checks {
             }
             Some((first, r0)) => {
                 // A retried lock request that was queued is answered `Locked` once its
-                // queue node is granted (`StateMachine::cached_result`): the same node.
+                // queue node is granted (`StateMachine::cached_result`): the same node; a
+                // multi-lock's, `MultiLocked` granted, with the same nodes.
                 let granted_since = matches!(
                     (r0, result),
                     (Ok(OpResult::Queued { node: n0, token: t0 }), Ok(OpResult::Locked { node, token }))
                         if n0 == node && t0 == token
+                ) || matches!(
+                    (r0, result),
+                    (
+                        Ok(OpResult::MultiLocked { granted: false, nodes: n0 }),
+                        Ok(OpResult::MultiLocked { granted: true, nodes })
+                    ) if n0 == nodes
                 );
                 let excused = granted_since
                     || matches!(

@@ -4,7 +4,9 @@
 //! writes they sometimes give up on: see [`SimClient::give_up_writes`]), and run a
 //! random workload: register writes, linearizable reads (sync, then read), plain reads,
 //! sequential and ephemeral creates, leases, and lock cycles (lock, guarded write,
-//! unlock). They record the register operations for the linearizability check and tell
+//! unlock), of one lock or of a multi-lock's group (`LockMany` of two or three locks,
+//! granted together, guarded by a write that checks them all, released with any one of
+//! its nodes). They record the register operations for the linearizability check and tell
 //! the simulator what they believe (which locks they hold, until when their lease is
 //! safe).
 
@@ -14,9 +16,10 @@ use crate::node::ConnId;
 use corral_checker::{RegisterInput, RegisterOutput};
 use corral_protocol::{
     CreateMode, CreateRequest, ErrorCode, ErrorInfo, Hello, HelloReply, LockKind, LockRequest,
-    MultiOp, Op, OpResult, Request, Response, ServerMessage, SessionRequest,
+    LockedNode, MultiLockItem, MultiLockRequest, MultiOp, Op, OpResult, Request, Response,
+    ServerMessage, SessionRequest,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What the network delivers to a client.
 #[derive(Debug, Clone)]
@@ -55,11 +58,13 @@ pub enum CAction {
     /// The probe acquired `lock`.
     ProbeAcquired { lock: String },
     /// The client gave up waiting for its queue node `node` (fencing token `token`)
-    /// while connected through `conn` (checked: was the grant made and not told?).
+    /// while connected through `conn`, having been answered "queued" at `answered_zxid`
+    /// (checked: was the grant made and not told?).
     GaveUp {
         node: String,
         token: u64,
         conn: Option<ConnId>,
+        answered_zxid: u64,
     },
     /// Something the client saw breaks an invariant.
     Violation(Violation),
@@ -110,6 +115,8 @@ pub struct ClientCfg {
     pub give_up_per_mille: u64,
     /// `SimConfig::ack_every`.
     pub ack_every: u64,
+    /// `SimConfig::multi_lock_per_mille`.
+    pub multi_lock_per_mille: u64,
 }
 
 /// What a client does.
@@ -169,14 +176,24 @@ enum Purpose {
     Read(usize),
     PlainRead,
     Create,
-    Lock { lock: String, lease: Option<u64> },
+    Lock {
+        lock: String,
+        lease: Option<u64>,
+    },
+    LockMany {
+        lease: Option<u64>,
+    },
     Unlock,
     Fenced(usize),
     Ping,
     Renew(u64),
     GrantLease,
     Close,
-    GetLocks { lock: String },
+    /// Re-reads the waiting request whose first queue node is `node` (after a
+    /// reconnect: a grant pushed meanwhile went to no one).
+    Recheck {
+        node: String,
+    },
     Acknowledge,
     Other,
 }
@@ -210,6 +227,27 @@ pub struct Belief {
     pub safe_until_us: u64,
 }
 
+/// One queue node of a lock request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct QNode {
+    lock: String,
+    node: String,
+}
+
+impl QNode {
+    fn group(nodes: &[LockedNode]) -> Vec<QNode> {
+        nodes
+            .iter()
+            .map(|n| QNode {
+                lock: n.lock.clone(),
+                node: n.node.clone(),
+            })
+            .collect()
+    }
+}
+
+/// A task's lock request: one lock (`Lock`), or a multi-lock's group (`LockMany`), whose
+/// nodes share one token and are granted, held and released together.
 #[derive(Debug)]
 enum Task {
     Idle {
@@ -217,15 +255,17 @@ enum Task {
     },
     Busy,
     Waiting {
-        lock: String,
-        node: String,
+        nodes: Vec<QNode>,
         token: u64,
         lease: Option<u64>,
+        /// The nodes whose `LockGranted` arrived (a group's come together, one each).
+        told: BTreeSet<String>,
+        /// The zxid of the answer that said "queued".
+        answered_zxid: u64,
         deadline_us: u64,
     },
     Holding {
-        lock: String,
-        node: String,
+        nodes: Vec<QNode>,
         token: u64,
         release_us: u64,
         fenced: bool,
@@ -269,18 +309,24 @@ pub struct SimClient {
     /// Draws of the give-ups (a stream of their own: a run in which no client gives up
     /// is the run it was before clients could).
     give_up_rng: SimRng,
+    /// Draws of the multi-locks (a stream of their own: a run without them is the run it
+    /// was before clients sent them).
+    multi_rng: SimRng,
+    /// Multi-lock groups it held.
+    pub groups_held: u64,
     /// Setup finished (for the setup client).
     pub setup_done: bool,
     dropped_on_wind_down: Option<ConnId>,
-    /// Grants pushed before the `Queued` answer they belong to (an answer can wait for
-    /// earlier requests of the connection; pushed events do not), by token (names are
-    /// reused when a lock's directory is reaped and created again; tokens are not).
-    early_grants: BTreeMap<u64, String>,
+    /// Grants pushed before the `Queued` (or queued `MultiLocked`) answer they belong
+    /// to (an answer can wait for earlier requests of the connection; pushed events do
+    /// not), by token and node (names are reused when a lock's directory is reaped and
+    /// created again; tokens are not, but a group's nodes share one).
+    early_grants: BTreeSet<(u64, String)>,
     /// Losses pushed before the `Queued` answer they belong to, by token (as after a
     /// snapshot install that skipped the entries granting and losing the node: the
     /// install's events go before the answers it releases). The real client keeps such
     /// early events too (`LockRegistry::register`).
-    early_losses: BTreeMap<u64, String>,
+    early_losses: BTreeSet<(u64, String)>,
 }
 
 fn reg_key(i: usize) -> String {
@@ -366,9 +412,11 @@ impl SimClient {
             probe_left,
             give_up_per_mille,
             give_up_rng: SimRng::stream(seed, 2000 + id as u64),
+            multi_rng: SimRng::stream(seed, 3000 + id as u64),
+            groups_held: 0,
             dropped_on_wind_down: None,
-            early_grants: BTreeMap::new(),
-            early_losses: BTreeMap::new(),
+            early_grants: BTreeSet::new(),
+            early_losses: BTreeSet::new(),
         }
     }
 
@@ -599,6 +647,29 @@ impl SimClient {
         self.send(now, Op::Release { node, token }, Purpose::Unlock, true, out);
     }
 
+    /// Releases a request's nodes: a group goes with any one of its nodes, drawn at random
+    /// (the server releases the others in the same transaction).
+    fn release_nodes(&mut self, now: u64, nodes: &[QNode], token: u64, out: &mut Vec<CAction>) {
+        let i = if nodes.len() > 1 {
+            self.multi_rng.range(0, nodes.len() as u64) as usize
+        } else {
+            0
+        };
+        if let Some(n) = nodes.get(i) {
+            self.release(now, n.node.clone(), token, out);
+        }
+    }
+
+    /// The client no longer believes it holds any lock of `nodes` (each still believed
+    /// through that node).
+    fn forget_nodes(&mut self, nodes: &[QNode]) {
+        for n in nodes {
+            if self.believed.get(&n.lock).is_some_and(|b| b.node == n.node) {
+                self.believed.remove(&n.lock);
+            }
+        }
+    }
+
     fn send(
         &mut self,
         now: u64,
@@ -682,41 +753,61 @@ impl SimClient {
             }
             Task::Waiting {
                 deadline_us,
-                node,
+                nodes,
                 token,
+                answered_zxid,
                 ..
             } => {
                 if now >= *deadline_us || self.mode == Mode::WindDown && self.role != Role::Probe {
-                    let node = node.clone();
-                    out.push(CAction::Note(format!(
-                        "c{} gives up waiting for {node}",
-                        self.id
-                    )));
-                    out.push(CAction::GaveUp {
-                        node: node.clone(),
-                        token: *token,
-                        conn: self.conn.as_ref().map(|c| c.id),
-                    });
-                    self.release(now, node, *token, out);
+                    let (nodes, token, answered_zxid) = (nodes.clone(), *token, *answered_zxid);
+                    let conn = self.conn.as_ref().map(|c| c.id);
+                    for n in &nodes {
+                        out.push(CAction::Note(format!(
+                            "c{} gives up waiting for {}",
+                            self.id, n.node
+                        )));
+                        out.push(CAction::GaveUp {
+                            node: n.node.clone(),
+                            token,
+                            conn,
+                            answered_zxid,
+                        });
+                    }
+                    self.release_nodes(now, &nodes, token, out);
                 }
             }
             Task::Holding {
-                lock,
-                node,
+                nodes,
                 token,
                 release_us,
                 fenced,
             } => {
-                let (lock, node, node_token, release_us, fenced) =
-                    (lock.clone(), node.clone(), *token, *release_us, *fenced);
-                if !self.believed.contains_key(&lock) && self.role != Role::Probe {
-                    // Lost (safe deadline passed, or a LockLost): release what may be left.
-                    self.release(now, node, node_token, out);
+                let (nodes, node_token, release_us, fenced) =
+                    (nodes.clone(), *token, *release_us, *fenced);
+                let all_believed = nodes.iter().all(|n| self.believed.contains_key(&n.lock));
+                if !all_believed && self.role != Role::Probe {
+                    // Lost (safe deadline passed, or a LockLost): release what may be left
+                    // (of a group, every node goes with one).
+                    self.forget_nodes(&nodes);
+                    self.release_nodes(now, &nodes, node_token, out);
                 } else if !fenced && self.role != Role::Probe {
-                    let Some(b) = self.believed.get(&lock) else {
+                    let Some(token) = nodes
+                        .first()
+                        .and_then(|n| self.believed.get(&n.lock))
+                        .map(|b| b.token)
+                    else {
                         return;
                     };
-                    let token = b.token;
+                    // A group's guarded write checks every lock of the group and writes
+                    // the register of one of them.
+                    let target = if nodes.len() > 1 {
+                        self.multi_rng.range(0, nodes.len() as u64) as usize
+                    } else {
+                        0
+                    };
+                    let Some(lock) = nodes.get(target).map(|n| n.lock.clone()) else {
+                        return;
+                    };
                     let v = self.next_value();
                     let key = fenced_key(&lock);
                     let h = hist.len();
@@ -729,26 +820,29 @@ impl SimClient {
                         ret_us: None,
                         dropped: false,
                     });
+                    let mut ops: Vec<MultiOp> = nodes
+                        .iter()
+                        .map(|n| MultiOp::CheckLock {
+                            lock: n.lock.clone(),
+                            token,
+                        })
+                        .collect();
+                    ops.push(MultiOp::SetData {
+                        path: key,
+                        data: v.to_le_bytes().to_vec(),
+                        version: None,
+                    });
                     self.task = Task::Holding {
-                        lock: lock.clone(),
-                        node,
+                        nodes,
                         token: node_token,
                         release_us,
                         fenced: true,
                     };
-                    let op = Op::Multi(vec![
-                        MultiOp::CheckLock { lock, token },
-                        MultiOp::SetData {
-                            path: key,
-                            data: v.to_le_bytes().to_vec(),
-                            version: None,
-                        },
-                    ]);
                     // Not a task request: the hold continues while it is in flight.
-                    self.send(now, op, Purpose::Fenced(h), false, out);
+                    self.send(now, Op::Multi(ops), Purpose::Fenced(h), false, out);
                 } else if now >= release_us || self.mode == Mode::WindDown {
-                    self.believed.remove(&lock);
-                    self.release(now, node, node_token, out);
+                    self.forget_nodes(&nodes);
+                    self.release_nodes(now, &nodes, node_token, out);
                 }
             }
         }
@@ -900,6 +994,12 @@ impl SimClient {
                 });
                 self.send(now, op, Purpose::Create, true, out);
             }
+            4 if self.cfg.locks > 1
+                && self.cfg.multi_lock_per_mille > 0
+                && self.multi_rng.chance(self.cfg.multi_lock_per_mille) =>
+            {
+                self.lock_many(now, out);
+            }
             4 => {
                 let lock = lock_name(self.rng.range(0, self.cfg.locks as u64) as usize);
                 let lease = self
@@ -962,6 +1062,39 @@ impl SimClient {
         }
     }
 
+    /// Sends a `LockMany` of two or three distinct locks, in a random order, sometimes
+    /// under the lease, sometimes `try_only` (draws from `multi_rng` only).
+    fn lock_many(&mut self, now: u64, out: &mut Vec<CAction>) {
+        let most = self.cfg.locks.min(3) as u64;
+        let count = self.multi_rng.range_incl(2, most) as usize;
+        let mut left: Vec<usize> = (0..self.cfg.locks).collect();
+        let mut chosen = Vec::with_capacity(count);
+        while chosen.len() < count && !left.is_empty() {
+            let i = self.multi_rng.range(0, left.len() as u64) as usize;
+            chosen.push(left.swap_remove(i));
+        }
+        let lease = self
+            .session
+            .as_ref()
+            .and_then(|s| s.lease)
+            .filter(|_| self.multi_rng.chance(500))
+            .map(|l| l.id);
+        let op = Op::LockMany(MultiLockRequest {
+            locks: chosen
+                .into_iter()
+                .map(|i| MultiLockItem {
+                    lock: lock_name(i),
+                    kind: LockKind::Exclusive,
+                })
+                .collect(),
+            try_only: self.multi_rng.chance(200),
+            lease,
+            lock_delay_ms: self.cfg.lock_delay_ms,
+            data: Vec::new(),
+        });
+        self.send(now, op, Purpose::LockMany { lease }, true, out);
+    }
+
     /// A message from the network.
     pub fn on_msg(
         &mut self,
@@ -1005,18 +1138,33 @@ impl SimClient {
                 self.next_connect_us = now + 1_000 + self.rng.range(0, 20_000);
             }
             ToClient::Msg(ServerMessage::LockGranted(ev)) => {
-                let waiting = matches!(&self.task, Task::Waiting { node, .. } if *node == ev.node);
                 self.last_zxid = self.last_zxid.max(ev.zxid);
-                if waiting {
-                    if let Task::Waiting { lock, lease, .. } = &self.task {
-                        let (lock, lease) = (lock.clone(), *lease);
-                        self.granted(lock, ev.node, ev.token, lease, now, &mut out);
+                let complete = match &mut self.task {
+                    Task::Waiting { nodes, told, .. }
+                        if nodes.iter().any(|n| n.node == ev.node) =>
+                    {
+                        told.insert(ev.node.clone());
+                        nodes.iter().all(|n| told.contains(&n.node))
                     }
-                } else {
-                    if self.early_grants.len() >= 64 {
-                        self.early_grants.pop_first();
+                    _ => {
+                        if self.early_grants.len() >= 64 {
+                            self.early_grants.pop_first();
+                        }
+                        self.early_grants.insert((ev.token, ev.node));
+                        false
                     }
-                    self.early_grants.insert(ev.token, ev.node);
+                };
+                if complete {
+                    if let Task::Waiting {
+                        nodes,
+                        token,
+                        lease,
+                        ..
+                    } = &self.task
+                    {
+                        let (nodes, token, lease) = (nodes.clone(), *token, *lease);
+                        self.granted(nodes, token, lease, now, &mut out);
+                    }
                 }
             }
             ToClient::Msg(ServerMessage::LockLost(ev)) => {
@@ -1029,13 +1177,21 @@ impl SimClient {
                     self.believed.remove(&ev.lock);
                     out.push(CAction::Note(format!("c{} lost {}", self.id, ev.lock)));
                 }
-                if matches!(&self.task, Task::Waiting { node, .. } if *node == ev.node) {
+                // A group is lost with any of its nodes.
+                if let Task::Holding { nodes, .. } = &self.task {
+                    if nodes.iter().any(|n| n.node == ev.node) {
+                        let nodes = nodes.clone();
+                        self.forget_nodes(&nodes);
+                    }
+                }
+                if matches!(&self.task, Task::Waiting { nodes, .. } if nodes.iter().any(|n| n.node == ev.node))
+                {
                     self.task = Task::Idle { until_us: now };
                 } else {
                     if self.early_losses.len() >= 64 {
                         self.early_losses.pop_first();
                     }
-                    self.early_losses.insert(ev.token, ev.node);
+                    self.early_losses.insert((ev.token, ev.node));
                 }
             }
             ToClient::Msg(ServerMessage::Watch(_)) => {}
@@ -1112,15 +1268,18 @@ impl SimClient {
                 },
             });
         }
-        if let Task::Waiting { lock, .. } = &self.task {
-            let lock = lock.clone();
-            self.send(
-                now,
-                Op::GetLocks { path: lock.clone() },
-                Purpose::GetLocks { lock },
-                false,
-                out,
-            );
+        if let Task::Waiting { nodes, .. } = &self.task {
+            // One lock is re-read with `GetLocks`, a group with `GetLockGroup`.
+            let op = match nodes.as_slice() {
+                [one] => Op::GetLocks {
+                    path: one.lock.clone(),
+                },
+                _ => Op::GetLockGroup {
+                    node: nodes.first().map(|n| n.node.clone()).unwrap_or_default(),
+                },
+            };
+            let node = nodes.first().map(|n| n.node.clone()).unwrap_or_default();
+            self.send(now, op, Purpose::Recheck { node }, false, out);
         }
     }
 
@@ -1186,10 +1345,10 @@ impl SimClient {
         }
     }
 
+    /// The request's nodes are granted (every node of a group).
     fn granted(
         &mut self,
-        lock: String,
-        node: String,
+        nodes: Vec<QNode>,
         token: u64,
         lease: Option<u64>,
         now: u64,
@@ -1197,41 +1356,143 @@ impl SimClient {
     ) {
         let safe_until_us = self.real_of(self.safe_until_local(lease));
         if self.role == Role::Probe {
-            out.push(CAction::ProbeAcquired { lock: lock.clone() });
-            self.probe_left.retain(|l| *l != lock);
-            self.release(now, node, token, out);
+            for n in &nodes {
+                out.push(CAction::ProbeAcquired {
+                    lock: n.lock.clone(),
+                });
+                self.probe_left.retain(|l| *l != n.lock);
+            }
+            self.release_nodes(now, &nodes, token, out);
             return;
         }
         if now >= safe_until_us {
             // A grant after the safe deadline is refused and released.
-            out.push(CAction::Note(format!(
-                "c{} refuses a late grant of {lock}",
-                self.id
-            )));
-            self.release(now, node, token, out);
+            for n in &nodes {
+                out.push(CAction::Note(format!(
+                    "c{} refuses a late grant of {}",
+                    self.id, n.lock
+                )));
+            }
+            self.release_nodes(now, &nodes, token, out);
             return;
         }
-        self.believed.insert(
-            lock.clone(),
-            Belief {
-                node: node.clone(),
+        for n in &nodes {
+            self.believed.insert(
+                n.lock.clone(),
+                Belief {
+                    node: n.node.clone(),
+                    token,
+                    lease,
+                    safe_until_us,
+                },
+            );
+            out.push(CAction::Believe {
+                lock: n.lock.clone(),
                 token,
-                lease,
-                safe_until_us,
-            },
-        );
-        out.push(CAction::Believe {
-            lock: lock.clone(),
-            token,
-        });
+            });
+        }
+        if nodes.len() > 1 {
+            self.groups_held += 1;
+        }
         let hold = self.rng.range(0, 150_000);
         self.task = Task::Holding {
-            lock,
-            node,
+            nodes,
             token,
             release_us: now + hold,
             fenced: false,
         };
+    }
+
+    /// The request's nodes are queued: wait for their grants, unless they were pushed
+    /// (or the nodes lost) before this answer.
+    #[allow(clippy::too_many_arguments)]
+    fn queued(
+        &mut self,
+        nodes: Vec<QNode>,
+        token: u64,
+        lease: Option<u64>,
+        answered_zxid: u64,
+        now: u64,
+        out: &mut Vec<CAction>,
+    ) {
+        let keys: Vec<(u64, String)> = nodes.iter().map(|n| (token, n.node.clone())).collect();
+        if keys.iter().any(|k| self.early_losses.contains(k)) {
+            // Granted and lost before this answer arrived (if granted at all): nothing
+            // to wait for (a group goes with any of its nodes).
+            for k in &keys {
+                self.early_losses.remove(k);
+                self.early_grants.remove(k);
+            }
+            out.push(CAction::Note(format!(
+                "c{} lost {} before its answer arrived",
+                self.id,
+                nodes.first().map_or("", |n| n.node.as_str())
+            )));
+            return;
+        }
+        let told: BTreeSet<String> = keys
+            .iter()
+            .filter(|k| self.early_grants.remove(k))
+            .map(|(_, node)| node.clone())
+            .collect();
+        if told.len() == nodes.len() {
+            self.granted(nodes, token, lease, now, out);
+            return;
+        }
+        let wait = 4 * self.cfg.ttl_ms * 1000;
+        self.task = Task::Waiting {
+            nodes,
+            token,
+            lease,
+            told,
+            answered_zxid,
+            deadline_us: now + wait,
+        };
+    }
+
+    /// A re-read of the waiting request whose first node is `first`: granted, still
+    /// waiting, or gone.
+    fn rechecked(
+        &mut self,
+        first: &str,
+        result: &Result<OpResult, ErrorInfo>,
+        now: u64,
+        out: &mut Vec<CAction>,
+    ) {
+        let Task::Waiting {
+            nodes,
+            token,
+            lease,
+            ..
+        } = &self.task
+        else {
+            return;
+        };
+        if nodes.first().map(|n| n.node.as_str()) != Some(first) {
+            return;
+        }
+        let (nodes, token, lease) = (nodes.clone(), *token, *lease);
+        match result {
+            Ok(OpResult::Locks(locks)) => {
+                let granted: Vec<Option<bool>> = nodes
+                    .iter()
+                    .map(|n| {
+                        locks
+                            .iter()
+                            .find(|l| l.lock == n.lock)
+                            .and_then(|l| l.queue.iter().find(|e| e.node == n.node))
+                            .map(|e| e.granted)
+                    })
+                    .collect();
+                if granted.iter().any(Option::is_none) {
+                    self.task = Task::Idle { until_us: now };
+                } else if granted.iter().all(|g| *g == Some(true)) {
+                    self.granted(nodes, token, lease, now, out);
+                }
+            }
+            Err(e) if e.code == ErrorCode::NoNode => self.task = Task::Idle { until_us: now },
+            _ => {}
+        }
     }
 
     fn on_response(
@@ -1351,60 +1612,26 @@ impl SimClient {
             }
             Purpose::Lock { lock, lease } => match r.result {
                 Ok(OpResult::Locked { node, token }) => {
-                    self.granted(lock, node, token, lease, now, out);
-                }
-                Ok(OpResult::Queued { node, token })
-                    if self.early_losses.get(&token) == Some(&node) =>
-                {
-                    // Granted and lost before this answer arrived (if granted at all):
-                    // nothing to wait for.
-                    self.early_losses.remove(&token);
-                    self.early_grants.remove(&token);
-                    out.push(CAction::Note(format!(
-                        "c{} lost {node} before its answer arrived",
-                        self.id
-                    )));
-                }
-                Ok(OpResult::Queued { node, token })
-                    if self.early_grants.get(&token) == Some(&node) =>
-                {
-                    self.early_grants.remove(&token);
-                    self.granted(lock, node, token, lease, now, out);
+                    self.granted(vec![QNode { lock, node }], token, lease, now, out);
                 }
                 Ok(OpResult::Queued { node, token }) => {
-                    let wait = 4 * self.cfg.ttl_ms * 1000;
-                    self.task = Task::Waiting {
-                        lock,
-                        node,
-                        token,
-                        lease,
-                        deadline_us: now + wait,
-                    };
+                    let nodes = vec![QNode { lock, node }];
+                    self.queued(nodes, token, lease, r.zxid, now, out);
                 }
                 Ok(_) | Err(_) => {}
             },
-            Purpose::GetLocks { lock } => {
-                if let (
-                    Ok(OpResult::Locks(locks)),
-                    Task::Waiting {
-                        node, token, lease, ..
-                    },
-                ) = (&r.result, &self.task)
-                {
-                    let (node, token, lease) = (node.clone(), *token, *lease);
-                    let entry = locks
-                        .iter()
-                        .find(|l| l.lock == lock)
-                        .and_then(|l| l.queue.iter().find(|e| e.node == node));
-                    match entry {
-                        Some(e) if e.granted => {
-                            self.granted(lock, node, token, lease, now, out);
-                        }
-                        Some(_) => {}
-                        None => self.task = Task::Idle { until_us: now },
+            Purpose::LockMany { lease } => {
+                if let Ok(OpResult::MultiLocked { granted, nodes }) = &r.result {
+                    let token = nodes.first().map_or(0, |n| n.token);
+                    let group = QNode::group(nodes);
+                    if *granted {
+                        self.granted(group, token, lease, now, out);
+                    } else {
+                        self.queued(group, token, lease, r.zxid, now, out);
                     }
                 }
             }
+            Purpose::Recheck { node } => self.rechecked(&node, &r.result, now, out),
             Purpose::Close => {
                 if matches!(r.result, Ok(OpResult::Closed)) {
                     let sid = self.session_id().unwrap_or(0);

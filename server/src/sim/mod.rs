@@ -38,7 +38,8 @@
 //!   after a broken connection or a request unanswered for a while (not after the
 //!   faults heal: then the node must answer), except the writes they give up on when
 //!   they resume their session (`give_up_per_mille`: as a caller's timeout does; the
-//!   writes' outcome stays unknown), locks under the session or a lease,
+//!   writes' outcome stays unknown), locks under the session or a lease, one at a
+//!   time or two or three at once (`LockMany`, `multi_lock_per_mille`),
 //!   guarded writes (`CheckLock` + `SetData` in a multi), sync + read, plain reads,
 //!   sequential and ephemeral creates, session close and abandon. Clients, too, have
 //!   their own clock rate, and can be paused for longer than their lease. In most seeds
@@ -181,6 +182,8 @@ pub struct Stats {
     pub hash_checks: u64,
     /// Register operations checked for linearizability.
     pub ops: u64,
+    /// Multi-lock groups the clients held (every lock of a `LockMany` at once).
+    pub groups_held: u64,
     /// The linearizability verdict.
     pub linearizability: String,
     /// Wall-clock time of the run, ms.
@@ -247,7 +250,7 @@ impl Report {
             "config: {} nodes, {} clients, tick {} ms, election {} ms, TTL {} ms, lock-delay {} \
              ms, snapshot every {} entries or {} bytes, passes of {} inputs within {} µs, clocks ±{} ppm, net {:?}, \
              disk {:?}, switches {:?}, give-ups {}‰, upgrade at {:?} ms from peer protocol \
-             {}, acknowledgements every {} xids",
+             {}, acknowledgements every {} xids, multi-locks {}‰",
             c.nodes,
             c.clients,
             c.tick_ms,
@@ -265,7 +268,8 @@ impl Report {
             c.give_up_per_mille,
             c.upgrade_at_ms,
             c.old_peer_version,
-            c.ack_every
+            c.ack_every,
+            c.multi_lock_per_mille
         );
         let _ = writeln!(s, "faults:");
         for (i, f) in c.plan().iter().enumerate() {
@@ -297,6 +301,7 @@ pub fn run(config: &SimConfig) -> Report {
     stats.writes = world.checks.writes;
     stats.acked = world.checks.acked;
     stats.hash_checks = world.checks.hash_checks;
+    stats.groups_held = world.clients.iter().map(|c| c.groups_held).sum();
     if world.violation.is_none() {
         let (verdict, violation, ops) = check_history(&world.hist, config.checker_ms);
         stats.linearizability = verdict;

@@ -252,6 +252,10 @@ pub struct SimConfig {
     /// ([`crate::compaction`]); `u64::MAX`: only the multiples of
     /// `snapshot_every_entries` are points.
     pub snapshot_every_bytes: u64,
+    /// Chance (per mille) that a workload client's lock task is a multi-lock
+    /// (`LockMany` of two or three of the locks, granted and released together) rather
+    /// than one lock; only with two locks or more (0: never).
+    pub multi_lock_per_mille: u64,
 }
 
 impl SimConfig {
@@ -326,6 +330,13 @@ impl SimConfig {
         } else {
             points_rng.range_incl(1, 16) << 9
         };
+        // A stream of its own: runs without multi-locks stay as they were before them.
+        let mut multi_rng = SimRng::stream(seed, 9);
+        let multi_lock_per_mille = if multi_rng.chance(250) {
+            0
+        } else {
+            multi_rng.range_incl(100, 600)
+        };
         SimConfig {
             seed,
             nodes,
@@ -363,6 +374,7 @@ impl SimConfig {
             old_peer_version,
             ack_every,
             snapshot_every_bytes,
+            multi_lock_per_mille,
         }
     }
 

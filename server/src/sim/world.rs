@@ -256,7 +256,7 @@ pub(super) struct World {
     queue: BinaryHeap<Sched>,
     rng: SimRng,
     nodes: Vec<SimNode>,
-    clients: Vec<SimClient>,
+    pub(super) clients: Vec<SimClient>,
     client_cfg: ClientCfg,
     conns: BTreeMap<ConnId, ConnInfo>,
     next_conn: ConnId,
@@ -326,6 +326,7 @@ impl World {
             renew_on_any_answer: cfg.renew_on_any_answer,
             give_up_per_mille: cfg.give_up_per_mille,
             ack_every: cfg.ack_every,
+            multi_lock_per_mille: cfg.multi_lock_per_mille,
         };
         let mut clients = Vec::new();
         for i in 0..cfg.clients {
@@ -1866,8 +1867,13 @@ impl World {
                     self.note(format!("probe acquired {lock}"));
                     self.probe_acquired.insert(lock, self.now);
                 }
-                CAction::GaveUp { node, token, conn } => {
-                    self.check_grant_told(client, &node, token, conn);
+                CAction::GaveUp {
+                    node,
+                    token,
+                    conn,
+                    answered_zxid,
+                } => {
+                    self.check_grant_told(client, &node, token, conn, answered_zxid);
                 }
                 CAction::Violation(v) => self.violate(v),
                 CAction::Note(s) => self.note(s),
@@ -1880,11 +1886,32 @@ impl World {
     /// before that moment, and the waiter was not paused since, the server had to push
     /// the grant, and a pushed message arrives within a few connection delays: the
     /// server never told it (a lost `LockGranted`, as after a snapshot install that
-    /// skipped the granting entry).
-    fn check_grant_told(&mut self, client: usize, node: &str, token: u64, conn: Option<ConnId>) {
+    /// skipped the granting entry). Whatever the connection, the answer that said
+    /// "queued" (at `answered_zxid`) must not come after the grant: a retried request
+    /// answered from the deduplication table once its node is granted must say so.
+    fn check_grant_told(
+        &mut self,
+        client: usize,
+        node: &str,
+        token: u64,
+        conn: Option<ConnId>,
+        answered_zxid: u64,
+    ) {
         let Some(zxid) = self.checks.grant_zxid(node, token) else {
             return;
         };
+        if zxid <= answered_zxid {
+            let v = Violation {
+                kind: ViolationKind::GrantNotTold,
+                at_us: self.now,
+                detail: format!(
+                    "c{client} gave up waiting for {node} (token {token}): it was answered \
+                     queued at zxid {answered_zxid}, after the grant at zxid {zxid}"
+                ),
+            };
+            self.violate(v);
+            return;
+        }
         let Some(info) = conn.and_then(|c| self.conns.get(&c)) else {
             return;
         };
