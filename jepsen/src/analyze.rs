@@ -112,6 +112,15 @@ pub fn analyze(history: &[Event], opts: &Options) -> Summary {
                 checks.push(lock::check_tokens(history, "unfenced"));
                 checks.push(lock::check_intervals(history, "unfenced", &excused, strict));
             }
+            "multilock" => {
+                checks.push(lock::check_group_tokens(history, "multilock"));
+                for key in lock::lock_keys(history, "multilock") {
+                    let one = lock::lock_history(history, "multilock", &key);
+                    let label = lock::lock_label("multilock", &key);
+                    checks.push(lock::check_tokens(&one, &label));
+                    checks.push(lock::check_intervals(&one, &label, &excused, strict));
+                }
+            }
             "register" => checks.push(register::check(history, "register", time_limit)),
             "sequential" => checks.push(sequential::check(history, "sequential")),
             "watch" => checks.push(watch::check(history, "watch", strict)),
@@ -258,6 +267,25 @@ mod wiring_tests {
                 e.token = Some(11)
             }));
         }
+        // Multi-locks: process 1 holds a and b 1..10; process 2 is granted b (alone) at
+        // 20, or at 5 when broken; process 3 holds c throughout.
+        let keyed = |t, p, kind, f, key: &str, token: Option<u64>| {
+            with(ev(t, p, "multilock", kind, f), |e| {
+                e.key = Some(key.to_string());
+                e.token = token;
+            })
+        };
+        let g2 = if is_bad("multilock") { 5 } else { 20 };
+        for key in ["a", "b"] {
+            h.push(keyed(0, 1, Kind::Invoke, "acquire", key, None));
+            h.push(keyed(1, 1, Kind::Ok, "acquire", key, Some(10)));
+            h.push(keyed(10, 1, Kind::Invoke, "release", key, Some(10)));
+        }
+        h.push(keyed(2, 2, Kind::Invoke, "acquire", "b", None));
+        h.push(keyed(g2, 2, Kind::Ok, "acquire", "b", Some(11)));
+        h.push(keyed(30, 2, Kind::Invoke, "release", "b", Some(11)));
+        h.push(keyed(0, 3, Kind::Invoke, "acquire", "c", None));
+        h.push(keyed(1, 3, Kind::Ok, "acquire", "c", Some(9)));
         // register: a write of 5 (version 1), then a read of 5, or of 0 (stale).
         let key = |mut e: Event| {
             e.key = Some("w0-k0".into());
@@ -331,6 +359,7 @@ mod wiring_tests {
         for (p, w) in [
             (1, "lock"),
             (1, "unfenced"),
+            (1, "multilock"),
             (3, "register"),
             (4, "sequential"),
         ] {
@@ -352,6 +381,7 @@ mod wiring_tests {
             requested: [
                 "lock",
                 "unfenced",
+                "multilock",
                 "register",
                 "sequential",
                 "watch",
@@ -380,6 +410,7 @@ mod wiring_tests {
         for w in [
             "lock",
             "unfenced",
+            "multilock",
             "register",
             "sequential",
             "watch",

@@ -23,9 +23,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 const FINAL_READ_PAGE_NAMES: u32 = 10_000;
 
 /// The workloads.
-pub const WORKLOADS: [&str; 6] = [
+pub const WORKLOADS: [&str; 7] = [
     "lock",
     "unfenced",
+    "multilock",
     "register",
     "sequential",
     "watch",
@@ -63,7 +64,7 @@ type Shared = Arc<Mutex<Hist>>;
 
 fn record(h: &Shared, e: Event) {
     let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
-    if (e.workload == "lock" || e.workload == "unfenced") && e.process != NEMESIS {
+    if matches!(e.workload.as_str(), "lock" | "unfenced" | "multilock") && e.process != NEMESIS {
         match (e.kind, e.f.as_str()) {
             (Kind::Ok, "acquire") => {
                 h.holding.insert(e.process, true);

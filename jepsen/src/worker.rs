@@ -8,8 +8,12 @@
 //! effect is `fail`; a timeout or lost connection is `info` (indeterminate).
 
 use crate::history::{mono_ns, Event, Kind};
-use corral_client::{AddWatchMode, Client, ClientConfig, CreateMode, Error, ErrorCode, LockLoss};
+use corral_client::{
+    AddWatchMode, Client, ClientConfig, CreateMode, Error, ErrorCode, LockGuard, LockLoss,
+    MultiLockGuard,
+};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -22,6 +26,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 const KEY_WINDOW_MS: u64 = 5_000;
 /// Pause after an indeterminate register operation, in milliseconds.
 const INFO_BACKOFF_MS: u64 = 500;
+/// The locks of the `multilock` workload, under its root; their names are the `key` of
+/// its events.
+pub const MULTI_LOCKS: [&str; 3] = ["a", "b", "c"];
 
 /// What a worker does (passed as JSON on its command line).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +174,7 @@ pub async fn run(spec: WorkerSpec) {
         };
         let session_over = match out.spec.workload.as_str() {
             "lock" | "unfenced" => lock_loop(&out, &client, &mut rng).await,
+            "multilock" => multilock_loop(&out, &client, &mut rng).await,
             "register" => register_loop(&out, &client, &mut rng).await,
             "sequential" => sequential_loop(&out, &client, &mut rng).await,
             "watch" => watch_loop(&out, &client, &mut rng).await,
@@ -315,6 +323,156 @@ async fn lock_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
                 None => None,
             };
         }
+        if client.state().is_terminal() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..50))).await;
+        out.backoff_if_info().await;
+    }
+    false
+}
+
+/// A `multilock` hold: one lock (`Client::lock`) or a group (`Client::lock_many`).
+enum Hold {
+    One(LockGuard),
+    Many(MultiLockGuard),
+}
+
+impl Hold {
+    fn token(&self, lock: &str) -> Option<u64> {
+        match self {
+            Hold::One(g) => Some(g.token()),
+            Hold::Many(g) => g.token(lock),
+        }
+    }
+
+    fn lost(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = LockLoss> + Send>> {
+        match self {
+            Hold::One(g) => Box::pin(g.lost()),
+            Hold::Many(g) => Box::pin(g.lost()),
+        }
+    }
+
+    async fn release(&self) -> corral_client::Result<bool> {
+        match self {
+            Hold::One(g) => g.release().await,
+            Hold::Many(g) => g.release().await,
+        }
+    }
+}
+
+/// Workload `multilock`: each operation takes one, two or all three of [`MULTI_LOCKS`]
+/// (in a random order; two or three at once with `LockMany`, granted all together), holds
+/// them a moment and releases them. Every event is written once per lock of the
+/// operation, with the lock's name as its `key`, so that each lock's history can be
+/// checked like the `unfenced` workload's (the checker splits them). Returns whether the
+/// session ended.
+async fn multilock_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
+    let ttl = Duration::from_millis(out.spec.ttl_ms);
+    let timeout = Duration::from_millis(out.spec.request_timeout_ms);
+    let mut ops = 0u64;
+    while !out.past_deadline() && ops < 1_000_000 {
+        ops += 1;
+        let count = match rng.gen_range(0..10) {
+            0..=1 => 1,
+            2..=7 => 2,
+            _ => 3,
+        };
+        let mut keys = MULTI_LOCKS.to_vec();
+        keys.shuffle(rng);
+        keys.truncate(count);
+        let path = |k: &str| format!("{}/{k}", out.spec.root);
+        let each = |e: Event| {
+            for k in &keys {
+                let mut e = e.clone();
+                e.key = Some(k.to_string());
+                out.emit(e);
+            }
+        };
+        each(out.event(Kind::Invoke, "acquire"));
+        let options = corral_client::LockOptions::default().with_ttl(ttl);
+        let acquired = if let [one] = keys.as_slice() {
+            client
+                .lock(&path(one), options)
+                .acquire_timeout(timeout)
+                .await
+                .map(|g| g.map(Hold::One))
+        } else {
+            client
+                .lock_many(keys.iter().map(|k| path(k)), options)
+                .acquire_timeout(timeout)
+                .await
+                .map(|g| g.map(Hold::Many))
+        };
+        let hold = match acquired {
+            Ok(Some(hold)) => {
+                for k in &keys {
+                    let mut e = out.event(Kind::Ok, "acquire");
+                    e.key = Some(k.to_string());
+                    e.token = hold.token(&path(k));
+                    out.emit(e);
+                }
+                hold
+            }
+            Ok(None) => {
+                let mut e = out.event(Kind::Fail, "acquire");
+                e.error = Some("timed out waiting".into());
+                each(e);
+                continue;
+            }
+            Err(err) => {
+                // The client never holds after an error (it releases a late grant).
+                let mut e = out.event(Kind::Fail, "acquire");
+                e.error = Some(err.to_string());
+                each(e);
+                if matches!(err, Error::SessionExpired | Error::Closed) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(INFO_BACKOFF_MS)).await;
+                continue;
+            }
+        };
+        let tokens: Vec<(String, Option<u64>)> = keys
+            .iter()
+            .map(|k| (k.to_string(), hold.token(&path(k))))
+            .collect();
+        let with_tokens = |e: Event| {
+            for (k, token) in &tokens {
+                let mut e = e.clone();
+                e.key = Some(k.clone());
+                e.token = *token;
+                out.emit(e);
+            }
+        };
+        let watcher = {
+            let (out, tokens, lost) = (out.clone(), tokens.clone(), hold.lost());
+            tokio::spawn(async move {
+                let why = lost.await;
+                if why != LockLoss::Released {
+                    for (k, token) in tokens {
+                        let mut e = out.event(Kind::Event, "lost");
+                        e.key = Some(k);
+                        e.token = token;
+                        e.error = Some(why.to_string());
+                        out.emit(e);
+                    }
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..200))).await;
+        with_tokens(out.event(Kind::Invoke, "release"));
+        match hold.release().await {
+            Ok(released) => {
+                let mut e = out.event(if released { Kind::Ok } else { Kind::Fail }, "release");
+                if !released {
+                    e.error = Some("was not held any more".into());
+                }
+                with_tokens(e);
+            }
+            Err(err) => with_tokens(completion(out, "release", &err)),
+        }
+        drop(hold);
+        watcher.abort();
         if client.state().is_terminal() {
             return true;
         }

@@ -13,6 +13,11 @@
 //!   moment the client saw the lock lost. Overlaps are counted; they are expected when
 //!   clients are paused longer than their TTL or clocks are skewed (that is why fencing
 //!   tokens exist) and a violation otherwise.
+//! - Workload `multilock` writes each event once per lock it concerns (`key`):
+//!   [`lock_history`] splits out one lock's history, which gets [`check_tokens`] and
+//!   [`check_intervals`] as the `unfenced` lock does (holders of one lock and of groups
+//!   containing it never overlap), and [`check_group_tokens`] checks that a token, the
+//!   zxid of one request, is granted to one process only, whatever the lock.
 
 use super::Check;
 use crate::history::{pairs, Event, Kind};
@@ -154,6 +159,70 @@ pub fn check_tokens(history: &[Event], workload: &str) -> Check {
             }
         }
     }
+    c
+}
+
+/// The workload name given to lock `key`'s events of a multi-lock workload.
+pub fn lock_label(workload: &str, key: &str) -> String {
+    format!("{workload} {key}")
+}
+
+/// One lock's history in a multi-lock workload: its events (those whose `key` is `key`),
+/// renamed [`lock_label`], and the cluster's events (leaders, installs), which
+/// [`check_intervals`] reads.
+pub fn lock_history(history: &[Event], workload: &str, key: &str) -> Vec<Event> {
+    let label = lock_label(workload, key);
+    history
+        .iter()
+        .filter(|e| {
+            e.workload == "cluster" || (e.workload == workload && e.key.as_deref() == Some(key))
+        })
+        .map(|e| {
+            let mut e = e.clone();
+            if e.workload == workload {
+                e.workload = label.clone();
+            }
+            e
+        })
+        .collect()
+}
+
+/// The locks (`key`s) of a multi-lock workload's events.
+pub fn lock_keys(history: &[Event], workload: &str) -> std::collections::BTreeSet<String> {
+    history
+        .iter()
+        .filter(|e| e.workload == workload)
+        .filter_map(|e| e.key.clone())
+        .collect()
+}
+
+/// A granted token names one request (a `Lock` or `LockMany` transaction): one process
+/// holds it, whichever of its locks the grant is of.
+pub fn check_group_tokens(history: &[Event], workload: &str) -> Check {
+    let mut c = Check::new(&format!(
+        "{workload}: every token is granted to one process"
+    ));
+    let mut owner: std::collections::HashMap<u64, (u64, u64)> = std::collections::HashMap::new();
+    for e in history
+        .iter()
+        .filter(|e| e.workload == workload && e.kind == Kind::Ok && e.f == "acquire")
+    {
+        c.count("lock grants", 1);
+        let Some(token) = e.token else {
+            c.fail(format!("event {}: a grant without a token", e.index));
+            continue;
+        };
+        let (p, idx) = *owner.entry(token).or_insert((e.process, e.index));
+        if p != e.process {
+            c.fail(format!(
+                "event {}: token {token} granted to process {} (lock {}), and to process {p}                  (event {idx})",
+                e.index,
+                e.process,
+                e.key.as_deref().unwrap_or("?")
+            ));
+        }
+    }
+    c.count("tokens", owner.len() as u64);
     c
 }
 
@@ -621,6 +690,77 @@ mod tests {
             check_intervals(&h, "lock", &[], false).valid,
             Validity::Valid
         );
+    }
+
+    fn keyed(time: u64, process: u64, kind: Kind, f: &str, key: &str) -> Event {
+        let mut e = Event::new(time, process, "multilock", kind, f);
+        e.key = Some(key.to_string());
+        e
+    }
+
+    /// A multi-lock history is checked lock by lock: a group's hold of `b` overlapping a
+    /// single hold of `b` is caught on `b` and nowhere else, and one token granted to two
+    /// processes (on different locks) is caught by the group check.
+    #[test]
+    fn multi_lock_histories_are_checked_per_lock_and_per_token() {
+        let group = |t0: u64, p: u64, token: u64| {
+            ["a", "b"].into_iter().flat_map(move |k| {
+                [
+                    keyed(t0, p, Kind::Invoke, "acquire", k),
+                    with_token(keyed(t0 + 1, p, Kind::Ok, "acquire", k), token),
+                    with_token(keyed(t0 + 10, p, Kind::Invoke, "release", k), token),
+                ]
+            })
+        };
+        let single = |t0: u64, p: u64, token: u64| {
+            [
+                keyed(t0, p, Kind::Invoke, "acquire", "b"),
+                with_token(keyed(t0 + 1, p, Kind::Ok, "acquire", "b"), token),
+                with_token(keyed(t0 + 10, p, Kind::Invoke, "release", "b"), token),
+            ]
+        };
+        let verdicts = |h: Vec<Event>| {
+            let mut h = h;
+            h.sort_by_key(|e| e.time);
+            let h = number(h);
+            let per_lock: Vec<(String, Validity, Validity)> = lock_keys(&h, "multilock")
+                .into_iter()
+                .map(|k| {
+                    let one = lock_history(&h, "multilock", &k);
+                    let label = lock_label("multilock", &k);
+                    assert!(one.iter().all(|e| e.workload == label));
+                    (
+                        k,
+                        check_tokens(&one, &label).valid,
+                        check_intervals(&one, &label, &[], true).valid,
+                    )
+                })
+                .collect();
+            (per_lock, check_group_tokens(&h, "multilock").valid)
+        };
+        let ok = Validity::Valid;
+        let bad = Validity::Invalid;
+        // One after the other: valid everywhere.
+        let h: Vec<Event> = group(0, 1, 10).chain(single(20, 2, 11)).collect();
+        let keys = |v: &[(String, Validity, Validity)]| {
+            v.iter().map(|(k, ..)| k.clone()).collect::<Vec<_>>()
+        };
+        let (per_lock, tokens) = verdicts(h);
+        assert_eq!(keys(&per_lock), ["a", "b"]);
+        assert!(
+            per_lock.iter().all(|(_, t, i)| *t == ok && *i == ok),
+            "{per_lock:?}"
+        );
+        assert_eq!(tokens, ok);
+        // The single hold of b begins inside the group's: b alone is invalid.
+        let h: Vec<Event> = group(0, 1, 10).chain(single(5, 2, 11)).collect();
+        let (per_lock, tokens) = verdicts(h);
+        assert_eq!(per_lock, vec![("a".into(), ok, ok), ("b".into(), ok, bad)]);
+        assert_eq!(tokens, ok);
+        // Token 10 granted to process 1 (a, b) and to process 2 (b) later.
+        let h: Vec<Event> = group(0, 1, 10).chain(single(20, 2, 10)).collect();
+        let (_, tokens) = verdicts(h);
+        assert_eq!(tokens, bad);
     }
 }
 
