@@ -3,6 +3,7 @@
 //! is passed on, `--try` and `--timeout` give up while another process holds the lock,
 //! two concurrent `corralctl lock` runs never overlap, a lock lost while the command
 //! runs (its lease starved through a blackholed proxy) stops the command and exits 75,
+//! several names take every lock at once (all or nothing, one token),
 //! `elect` runs a command as leader, and `locks --json` lists holders and waiters.
 //!
 //! Every wait is bounded: on a process's exit or output, on a watch, or (for a process
@@ -435,6 +436,144 @@ async fn a_lock_lost_while_the_command_runs_stops_it_and_exits_75() {
         .expect("acquire")
         .expect("free after the lease expired");
     assert!(guard.token() > token);
+}
+
+/// `corralctl lock` with several names takes every lock at once: `--try` while one is
+/// held leaves nothing behind on the others; granted, the command sees one token and a
+/// line per lock and node, and the token fences writes under each lock; lost (the lease
+/// starved), the command is stopped with 75 and every lock is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_takes_several_locks_at_once() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let client = connect(&addr).await;
+    client
+        .create(
+            "/guarded",
+            b"0".to_vec(),
+            corral_client::CreateMode::Persistent,
+        )
+        .await
+        .expect("create");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let marker = dir.path().join("ran");
+    let marker = marker.to_str().expect("utf-8 path");
+
+    // One of them held: --try gives up, and leaves no node in the free one's queue.
+    let guard = client
+        .lock("/cli/m2", LockOptions::default())
+        .acquire()
+        .await
+        .expect("hold /cli/m2");
+    let out = run(
+        &addr,
+        &["lock", "--try", "/cli/m1", "/cli/m2", "--", "touch", marker],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("lock /cli/m2 is held (by session"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("/cli/m1 is held"), "{stderr}");
+    assert!(
+        !std::path::Path::new(marker).exists(),
+        "the command did not run"
+    );
+    until_free(&client, "/cli/m1").await;
+    assert!(guard.release().await.expect("release"));
+
+    // Both granted: one token, a line per lock and per node, in the order given.
+    let mut child = ctl(
+        &addr,
+        &[
+            "lock",
+            "/cli/m2",
+            "/cli/m1",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$CORRAL_LOCK_TOKEN\"; echo \"$CORRAL_LOCK_NAME\"; echo \"$CORRAL_LOCK_NODE\"; read line",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut read = Vec::new();
+    for _ in 0..5 {
+        let line = bounded("the command's output", lines.next_line())
+            .await
+            .expect("read")
+            .expect("a line");
+        read.push(line);
+    }
+    let token: u64 = read[0].parse().expect("a numeric token");
+    assert_eq!(read[1..3], ["/cli/m2", "/cli/m1"], "{read:?}");
+    assert!(read[3].starts_with("/cli/m2/x-"), "{read:?}");
+    assert!(read[4].starts_with("/cli/m1/x-"), "{read:?}");
+    for lock in ["/cli/m1", "/cli/m2"] {
+        assert_eq!(held_token(&client, lock).await, token, "{lock}");
+    }
+    client
+        .transaction()
+        .check_lock("/cli/m1", token)
+        .check_lock("/cli/m2", token)
+        .set_data("/guarded", b"1".to_vec(), None)
+        .commit()
+        .await
+        .expect("a write fenced by both locks with the command's token");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"done\n").await.expect("write");
+    drop(stdin);
+    let status = bounded("corralctl to exit", child.wait())
+        .await
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+    until_free(&client, "/cli/m1").await;
+    until_free(&client, "/cli/m2").await;
+
+    // Lost (the lease starved through a blackholed proxy): the command is stopped,
+    // corralctl exits 75, and once the lease expires both locks are free.
+    let target: SocketAddr = addr.parse().expect("server address");
+    let proxy = Proxy::start(target).await.expect("proxy");
+    let via = proxy.addr().to_string();
+    let child = ctl(
+        &via,
+        &[
+            "lock", "--ttl", "1s", "/cli/m1", "/cli/m2", "--", "sleep", "30",
+        ],
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .expect("spawn");
+    let ctl_pid = child.id().expect("corralctl pid");
+    eventually("corralctl to start sleep", WAIT, || {
+        let found = children_of(ctl_pid).first().copied();
+        async move { found }
+    })
+    .await;
+    let token = held_token(&client, "/cli/m2").await;
+    proxy.set_mode(Mode::Blackhole);
+    let out = match timeout(COMMAND_TIMEOUT, child.wait_with_output()).await {
+        Ok(out) => out.expect("wait"),
+        Err(_) => panic!("corralctl did not stop the command"),
+    };
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(EXIT_LOCK_LOST), "{stderr}");
+    assert!(
+        stderr.contains("corralctl: lock lost (/cli/m1, /cli/m2:"),
+        "{stderr}"
+    );
+    let guard = client
+        .lock_many(["/cli/m1", "/cli/m2"], LockOptions::default())
+        .acquire_timeout(WAIT)
+        .await
+        .expect("acquire")
+        .expect("both free after the lease expired");
+    assert!(guard.token("/cli/m1").is_some_and(|t| t > token));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

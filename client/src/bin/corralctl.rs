@@ -8,6 +8,7 @@
 //! corralctl --json ls -l /
 //! corralctl watch --recursive /app --count 10
 //! corralctl lock --ttl 10s /locks/backup -- ./backup.sh
+//! corralctl lock /locks/db /locks/cache -- ./migrate.sh   # both at once, or neither
 //! corralctl elect /election/cron --data "$(hostname)" -- ./scheduler
 //! corralctl locks /locks
 //! ```
@@ -95,7 +96,7 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Nodes(nodes::NodeCommand),
-    /// Run a command while holding a lock.
+    /// Run a command while holding a lock (or several, all at once).
     ///
     /// Waits for the lock (or, with --try / --timeout, gives up with exit code 1), runs
     /// CMD with CORRAL_LOCK_TOKEN (the fencing token: pass it along with every write
@@ -110,10 +111,16 @@ enum Command {
     /// CMD and corralctl; when corralctl is continued, so is CMD if the lock is still
     /// held (while stopped no keepalive goes out), else CMD is stopped as above.
     ///
+    /// With several names every lock is acquired at once (all or none, never some of
+    /// them held while waiting for the others, so two commands that take overlapping
+    /// sets in different orders cannot deadlock), under one fencing token;
+    /// CORRAL_LOCK_NAME and CORRAL_LOCK_NODE then hold one line per lock, in the order
+    /// given, and losing any lock ends them all.
+    ///
     /// Exit codes: CMD's own; 1 if the lock was not acquired (or an error); 2 for a
     /// usage error; 75 if the lock was lost; 126/127 if CMD could not be started.
     #[command(
-        after_help = "Example: corralctl lock --ttl 10s --timeout 1m /locks/backup -- ./backup.sh"
+        after_help = "Examples:\n  corralctl lock --ttl 10s --timeout 1m /locks/backup -- ./backup.sh\n  corralctl lock /locks/db /locks/cache -- ./migrate.sh"
     )]
     Lock(locked::LockArgs),
     /// Run a command while leader of an election.
@@ -175,21 +182,23 @@ impl Command {
         }
     }
 
-    /// The path the command works on, as it must validate.
-    fn path_to_check(&self) -> String {
+    /// The paths the command works on, as they must validate.
+    fn paths_to_check(&self) -> Vec<String> {
         match self {
-            Command::Nodes(command) => command.path_to_check(),
-            Command::Lock(args) => args.name.clone(),
-            Command::Elect(args) => args.name.clone(),
-            Command::Locks { path } => path.clone(),
-            Command::Status | Command::Health | Command::Snapshot(_) => "/".to_string(),
+            Command::Nodes(command) => vec![command.path_to_check()],
+            Command::Lock(args) => args.names.clone(),
+            Command::Elect(args) => vec![args.name.clone()],
+            Command::Locks { path } => vec![path.clone()],
+            Command::Status | Command::Health | Command::Snapshot(_) => vec!["/".to_string()],
         }
     }
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
     // Fail on a bad path before connecting.
-    corral_client::path::validate_path(&cli.command.path_to_check()).map_err(Error::InvalidPath)?;
+    for path in cli.command.paths_to_check() {
+        corral_client::path::validate_path(&path).map_err(Error::InvalidPath)?;
+    }
     // Operations commands ask each server on its own.
     match cli.command {
         Command::Status => return ops::status(&cli.server, cli.json).await,
@@ -395,7 +404,7 @@ mod tests {
         };
         match cli.command {
             Command::Lock(args) => {
-                assert_eq!(args.name, "/l");
+                assert_eq!(args.names, ["/l"]);
                 assert_eq!(args.ttl, Some(Duration::from_secs(10)));
                 assert_eq!(args.timeout, Some(Duration::from_millis(500)));
                 assert_eq!(args.kind, LockKind::Write);
@@ -406,7 +415,22 @@ mod tests {
             }
             other => panic!("wrong command {other:?}"),
         }
+        // Several names, before the options or after them.
+        for args in [
+            &["corralctl", "lock", "/a", "/b", "--try", "--", "true"][..],
+            &["corralctl", "lock", "--try", "/a", "/b", "--", "true"],
+        ] {
+            match Cli::try_parse_from(args).map(|c| c.command) {
+                Ok(Command::Lock(a)) => {
+                    assert_eq!(a.names, ["/a", "/b"], "{args:?}");
+                    assert!(a.try_only);
+                    assert_eq!(a.run.command, ["true"]);
+                }
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
         let usage_errors: &[&[&str]] = &[
+            &["corralctl", "lock", "--", "true"],
             &["corralctl", "lock", "/l"],
             &["corralctl", "lock", "/l", "--"],
             &[

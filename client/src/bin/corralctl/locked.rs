@@ -1,10 +1,11 @@
-//! `corralctl lock` and `corralctl elect`: run a command while holding a lock or
-//! leading an election, and stop it if that ends first.
+//! `corralctl lock` and `corralctl elect`: run a command while holding a lock (or
+//! several, acquired all at once) or leading an election, and stop it if that ends
+//! first.
 
 use crate::duration::{parse_duration, show_duration};
 use clap::Args;
 use corral_client::recipes::Election;
-use corral_client::{Client, Error, LockGuard, LockKind, LockOptions};
+use corral_client::{Client, Error, LockGuard, LockKind, LockLoss, LockOptions, MultiLockGuard};
 use std::path::PathBuf;
 use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
@@ -55,8 +56,11 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct LockArgs {
-    /// The lock's name (the node whose children form its queue).
-    pub name: String,
+    /// The lock's name (the node whose children form its queue). Several names take
+    /// every lock at once (`LockMany`): granted all together or not at all, with one
+    /// fencing token, and lost (then released) together.
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
     /// Hold the lock under a lease of this TTL, renewed every third of it: if renewals
     /// stop getting through, the lock is lost after the TTL. Default: under the session.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
@@ -266,9 +270,52 @@ async fn stop(child: &mut Child, target: Target, grace: Duration) {
     }
 }
 
+/// What the command runs under: one lock (or leadership), or a multi-lock's set.
+#[derive(Clone, Copy)]
+enum Held<'a> {
+    One(&'a LockGuard),
+    Many(&'a MultiLockGuard),
+}
+
+impl Held<'_> {
+    fn is_held(&self) -> bool {
+        match self {
+            Held::One(g) => g.is_held(),
+            Held::Many(g) => g.is_held(),
+        }
+    }
+
+    fn lost(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = LockLoss> + Send>> {
+        match self {
+            Held::One(g) => Box::pin(g.lost()),
+            Held::Many(g) => Box::pin(g.lost()),
+        }
+    }
+
+    async fn release(&self) -> Result<bool, Error> {
+        match self {
+            Held::One(g) => g.release().await,
+            Held::Many(g) => g.release().await,
+        }
+    }
+
+    /// The lock names, for messages.
+    fn names(&self) -> String {
+        match self {
+            Held::One(g) => g.name().to_string(),
+            Held::Many(g) => g
+                .nodes()
+                .iter()
+                .map(|n| n.lock.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
 /// Runs the command while `guard` holds, and returns corralctl's exit code.
 async fn supervise(
-    guard: &LockGuard,
+    guard: Held<'_>,
     env: &[(&str, String)],
     run: &RunArgs,
     signals: &mut Signals,
@@ -357,14 +404,14 @@ async fn supervise(
 
 /// Releases what is still held after the command exited (bounded; the session's close
 /// releases it anyway).
-async fn release(guard: &LockGuard) {
+async fn release(guard: Held<'_>) {
     if !guard.is_held() {
         return;
     }
     match tokio::time::timeout(RELEASE_TIMEOUT, guard.release()).await {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => eprintln!("corralctl: releasing {}: {e}", guard.name()),
-        Err(_) => eprintln!("corralctl: releasing {} timed out", guard.name()),
+        Ok(Err(e)) => eprintln!("corralctl: releasing {}: {e}", guard.names()),
+        Err(_) => eprintln!("corralctl: releasing {} timed out", guard.names()),
     }
 }
 
@@ -404,40 +451,93 @@ pub async fn lock(
     if let Some(ttl) = args.ttl {
         options = options.with_ttl(ttl);
     }
-    let lock = client.lock(&args.name, options);
+    if let [name] = args.names.as_slice() {
+        let lock = client.lock(name, options);
+        let attempt = async {
+            match (args.try_only, args.timeout) {
+                (true, _) => lock.try_acquire().await,
+                (false, Some(timeout)) => lock.acquire_timeout(timeout).await,
+                (false, None) => lock.acquire().await.map(Some),
+            }
+        };
+        let acquired = tokio::select! {
+            acquired = attempt => acquired.map_err(|e| crate::data::explain(e, len))?,
+            received = signals.recv_or_stop() => return Ok(interrupted("the lock", received)),
+        };
+        let Some(guard) = acquired else {
+            return Ok(not_acquired(client, &args).await);
+        };
+        let env = [
+            ("CORRAL_LOCK_TOKEN", guard.token().to_string()),
+            ("CORRAL_LOCK_NAME", guard.name().to_string()),
+            ("CORRAL_LOCK_NODE", guard.node().to_string()),
+            ("CORRAL_SERVER", server.to_string()),
+        ];
+        let held = Held::One(&guard);
+        let code = supervise(held, &env, &args.run, &mut signals, name).await;
+        release(held).await;
+        return Ok(code);
+    }
+    let locks = client.lock_many(args.names.iter().cloned(), options);
     let attempt = async {
         match (args.try_only, args.timeout) {
-            (true, _) => lock.try_acquire().await,
-            (false, Some(timeout)) => lock.acquire_timeout(timeout).await,
-            (false, None) => lock.acquire().await.map(Some),
+            (true, _) => locks.try_acquire().await,
+            (false, Some(timeout)) => locks.acquire_timeout(timeout).await,
+            (false, None) => locks.acquire().await.map(Some),
         }
     };
     let acquired = tokio::select! {
         acquired = attempt => acquired.map_err(|e| crate::data::explain(e, len))?,
-        received = signals.recv_or_stop() => return Ok(interrupted("the lock", received)),
+        received = signals.recv_or_stop() => return Ok(interrupted("the locks", received)),
     };
     let Some(guard) = acquired else {
-        if args.try_only {
-            let by = holders(client, &args.name).await;
-            eprintln!("corralctl: lock {} is held{by}", args.name);
-        } else {
-            let waited = args.timeout.map(show_duration).unwrap_or_default();
-            eprintln!(
-                "corralctl: timed out after {waited} waiting for lock {}",
-                args.name
-            );
-        }
-        return Ok(ExitCode::from(EXIT_NOT_ACQUIRED));
+        return Ok(not_acquired(client, &args).await);
     };
+    // One line per lock, in the order given (paths hold no control characters).
+    let lines = |f: fn(&corral_client::LockedNode) -> &str| {
+        guard.nodes().iter().map(f).collect::<Vec<_>>().join("\n")
+    };
+    let token = guard.nodes().first().map_or(0, |n| n.token);
     let env = [
-        ("CORRAL_LOCK_TOKEN", guard.token().to_string()),
-        ("CORRAL_LOCK_NAME", guard.name().to_string()),
-        ("CORRAL_LOCK_NODE", guard.node().to_string()),
+        ("CORRAL_LOCK_TOKEN", token.to_string()),
+        ("CORRAL_LOCK_NAME", lines(|n| n.lock.as_str())),
+        ("CORRAL_LOCK_NODE", lines(|n| n.node.as_str())),
         ("CORRAL_SERVER", server.to_string()),
     ];
-    let code = supervise(&guard, &env, &args.run, &mut signals, &args.name).await;
-    release(&guard).await;
+    let held = Held::Many(&guard);
+    let what = held.names();
+    let code = supervise(held, &env, &args.run, &mut signals, &what).await;
+    release(held).await;
     Ok(code)
+}
+
+/// Says why the lock (or locks) was not acquired: who holds it (`--try`), or how long
+/// corralctl waited.
+async fn not_acquired(client: &Client, args: &LockArgs) -> ExitCode {
+    if args.try_only {
+        let mut told = false;
+        for name in &args.names {
+            let by = holders(client, name).await;
+            if args.names.len() == 1 || !by.is_empty() {
+                eprintln!("corralctl: lock {name} is held{by}");
+                told = true;
+            }
+        }
+        if !told {
+            eprintln!(
+                "corralctl: locks {} are not all free",
+                args.names.join(", ")
+            );
+        }
+    } else {
+        let waited = args.timeout.map(show_duration).unwrap_or_default();
+        let what = match args.names.as_slice() {
+            [one] => format!("lock {one}"),
+            many => format!("locks {}", many.join(", ")),
+        };
+        eprintln!("corralctl: timed out after {waited} waiting for {what}");
+    }
+    ExitCode::from(EXIT_NOT_ACQUIRED)
 }
 
 /// `corralctl elect`; `data` is what [`ElectArgs::load_data`] read.
@@ -477,8 +577,9 @@ pub async fn elect(
         ("CORRAL_SERVER", server.to_string()),
     ];
     let what = format!("leadership of {}", args.name);
-    let code = supervise(leadership.guard(), &env, &args.run, &mut signals, &what).await;
-    release(leadership.guard()).await;
+    let held = Held::One(leadership.guard());
+    let code = supervise(held, &env, &args.run, &mut signals, &what).await;
+    release(held).await;
     Ok(code)
 }
 
