@@ -472,6 +472,18 @@ pub(crate) fn no_time_left(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|at| Instant::now() >= at)
 }
 
+/// The error of a lock request's answer as the caller sees it: `LockNotHeld` (a
+/// request resent after a reconnect whose queue node was granted and lost, or
+/// released, meanwhile) is the loss of that node, as if it had been lost while waiting.
+pub(crate) fn lock_answer_error(e: Error) -> Error {
+    match e {
+        Error::Server(info) if info.code == ErrorCode::LockNotHeld => {
+            Error::LockLost(LockLoss::Gone)
+        }
+        e => e,
+    }
+}
+
 /// Waits until every one of `statuses` (the queue nodes of one request) is granted:
 /// `Ok(true)`. At `deadline` (at once if it passed before the request was answered: a
 /// timeout shorter than a round trip) it returns `Ok(false)`, leaving the queue in the
@@ -722,7 +734,7 @@ impl LockBuilder {
             }
             Some(Err(e)) => {
                 attempt.failed();
-                return Err(e);
+                return Err(lock_answer_error(e));
             }
             Some(Ok(reply)) => reply,
         };

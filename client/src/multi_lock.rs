@@ -15,8 +15,8 @@ use crate::connection::Then;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseOptions};
 use crate::lock::{
-    answer_deadline, answered_by, deadline_after, detach_release, lease_changed, no_time_left,
-    release_held, wait_for_grants, Attempt, LockLoss, LockOptions,
+    answer_deadline, answered_by, deadline_after, detach_release, lease_changed, lock_answer_error,
+    no_time_left, release_held, wait_for_grants, Attempt, LockLoss, LockOptions,
 };
 use crate::lock_registry::{RequestNodes, SlotStatus};
 use corral_protocol::{
@@ -218,7 +218,7 @@ impl MultiLockBuilder {
             }
             Some(Err(e)) => {
                 attempt.failed();
-                return Err(e);
+                return Err(lock_answer_error(e));
             }
             Some(Ok(reply)) => reply,
         };

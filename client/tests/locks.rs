@@ -1213,3 +1213,45 @@ async fn a_lease_grant_in_flight_at_a_lapse_is_sent_again_and_its_lease_revoked(
         .await;
     drop(client);
 }
+
+/// A lock request answered `LockNotHeld` (a request resent after a reconnect whose queue
+/// node was granted and lost, or released, meanwhile: see PROTOCOL, "Xids and
+/// deduplication") fails the acquire as a node lost while waiting does: `LockLost(Gone)`,
+/// retryable. The same for a multi-lock.
+#[tokio::test]
+async fn a_lock_answered_lock_not_held_is_a_lost_node() {
+    let server = FakeServer::start().await;
+    let (client, mut conn) = server.connect(10_000).await;
+    for many in [false, true] {
+        let mut acquire = tokio::spawn({
+            let client = client.clone();
+            async move {
+                if many {
+                    client
+                        .lock_many(["/a", "/b"], LockOptions::default())
+                        .acquire()
+                        .await
+                        .map(|_| ())
+                } else {
+                    client
+                        .lock("/l", LockOptions::default())
+                        .acquire()
+                        .await
+                        .map(|_| ())
+                }
+            }
+        });
+        let request = recv_while(&mut conn, &mut acquire).await;
+        assert_eq!(matches!(request.op, Op::LockMany(_)), many, "{request:?}");
+        let gone = ErrorInfo::new(ErrorCode::LockNotHeld, "the queue node is gone");
+        conn.reply(request.xid, 9, Err(gone)).await;
+        let outcome = bounded("the acquire", acquire).await.expect("join");
+        match outcome {
+            Err(e @ corral_client::Error::LockLost(corral_client::LockLoss::Gone)) => {
+                assert!(e.is_retryable(), "{e}");
+            }
+            other => panic!("many {many}: {other:?}"),
+        }
+    }
+    drop(client);
+}

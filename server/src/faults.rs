@@ -12,8 +12,8 @@
 /// Which bugs to inject. All off by default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultSwitches {
-    /// Locks: an exclusive lock is granted to every waiter at once, without waiting for
-    /// its predecessors (breaks "at most one holder").
+    /// Locks: every waiter is granted at once, without waiting for its predecessors
+    /// (breaks "at most one holder", a writer's exclusion and a semaphore's permits).
     pub grant_without_predecessor: bool,
     /// Locks: the fencing token handed out is the queue node's sequence number instead of
     /// its creation zxid; the counter restarts when the lock's directory is reaped

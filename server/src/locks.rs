@@ -308,9 +308,9 @@ pub fn eligible<'t>(
     q.enumerate()
         .map_while(move |(i, (name, kind))| {
             let ok = match (family, kind) {
+                _ if grant_all => true,
                 (LockFamily::Semaphore(n), _) if i >= n as usize => return None,
                 (LockFamily::Semaphore(_), _) => true,
-                (LockFamily::Exclusive, _) if grant_all => true,
                 // Nothing behind a write (or behind the first exclusive node) can be.
                 _ if writer_ahead => return None,
                 (_, LockKind::Read) => true,

@@ -1511,46 +1511,66 @@ impl StateMachine {
     /// decides, so every node answers the same.
     ///
     /// The same holds for a `LockMany` answered queued (`MultiLocked` not granted): once
-    /// its group is granted (all its nodes at once), the retry is answered granted.
+    /// its group is granted (all its nodes at once), the retry is answered granted. And
+    /// a queued request whose node is gone since (granted and lost with its lease, or
+    /// released) is answered `LockNotHeld`: the loss was pushed to no one either, and a
+    /// queued answer would leave the client waiting for good (soak seed 25201343).
     fn as_of_now(&self, cached: &Result<OpResult, ErrorInfo>) -> Result<OpResult, ErrorInfo> {
         if crate::faults::active().stale_retried_lock_answers {
             return cached.clone();
         }
-        match cached {
-            Ok(OpResult::Queued { node, token }) if self.holds_queue_node(node, *token) => {
-                Ok(OpResult::Locked {
-                    node: node.clone(),
-                    token: *token,
-                })
-            }
+        let nodes: Vec<(&str, u64)> = match cached {
+            Ok(OpResult::Queued { node, token }) => vec![(node.as_str(), *token)],
             Ok(OpResult::MultiLocked {
                 granted: false,
                 nodes,
-            }) if !nodes.is_empty()
-                && nodes
-                    .iter()
-                    .all(|n| self.holds_queue_node(&n.node, n.token)) =>
-            {
-                Ok(OpResult::MultiLocked {
-                    granted: true,
-                    nodes: nodes.clone(),
-                })
-            }
+            }) => nodes.iter().map(|n| (n.node.as_str(), n.token)).collect(),
+            _ => return cached.clone(),
+        };
+        let states: Vec<Option<bool>> = nodes
+            .iter()
+            .map(|(node, token)| self.queue_node_granted(node, *token))
+            .collect();
+        if let Some((node, token)) = nodes
+            .iter()
+            .zip(&states)
+            .find_map(|(n, state)| state.is_none().then_some(n))
+        {
+            return Err(ErrorInfo::new(
+                ErrorCode::LockNotHeld,
+                format!(
+                    "the queue node {node} (token {token}) of this lock request is gone: \
+                     released, or lost with its session or lease"
+                ),
+            ));
+        }
+        if states.iter().any(|s| *s != Some(true)) {
+            return cached.clone();
+        }
+        match cached {
+            Ok(OpResult::Queued { node, token }) => Ok(OpResult::Locked {
+                node: node.clone(),
+                token: *token,
+            }),
+            Ok(OpResult::MultiLocked { nodes, .. }) => Ok(OpResult::MultiLocked {
+                granted: true,
+                nodes: nodes.clone(),
+            }),
             _ => cached.clone(),
         }
     }
 
-    /// The queue node `node`, created with fencing token `token` (not a later node of the
-    /// same name), exists and is granted.
-    fn holds_queue_node(&self, node: &str, token: u64) -> bool {
-        let granted = corral_protocol::path::parent(node)
-            .and_then(|lock| self.locks.get(lock))
-            .is_some_and(|m| m.granted.contains(corral_protocol::path::name(node)));
-        granted
-            && self
-                .tree
-                .get(node)
-                .is_some_and(|n| fencing_token(node, n.stat.czxid) == token)
+    /// Whether the queue node `node`, created with fencing token `token`, is granted;
+    /// `None` if it is gone (a later node of the same name is another node).
+    fn queue_node_granted(&self, node: &str, token: u64) -> Option<bool> {
+        self.tree
+            .get(node)
+            .filter(|n| fencing_token(node, n.stat.czxid) == token)?;
+        Some(
+            corral_protocol::path::parent(node)
+                .and_then(|lock| self.locks.get(lock))
+                .is_some_and(|m| m.granted.contains(corral_protocol::path::name(node))),
+        )
     }
 
     /// The session opened with this secret, if any (a session's secret is chosen at random

@@ -717,8 +717,8 @@ fn detection_cost_at_10000_waiters() {
 /// A retried `LockMany` whose first answer was queued is answered granted once its group
 /// is (its `LockGranted` messages went to a connection the client had lost; a queued
 /// answer would leave it waiting for grants already made, every lock of the group held
-/// by a session that does not know it), and queued while it waits; nothing is applied
-/// again either way.
+/// by a session that does not know it), queued while it waits, and `LockNotHeld` once
+/// the group is gone; nothing is applied again either way.
 #[test]
 fn a_retried_queued_multi_lock_reports_a_grant_made_since() {
     let mut h = H::new();
@@ -756,8 +756,11 @@ fn a_retried_queued_multi_lock_reports_a_grant_made_since() {
             nodes: nodes.clone()
         }))
     );
-    // Released since: the first answer again (its nodes are gone; the client's re-read
-    // finds them gone).
+    // Released since (the whole group with one node): `LockNotHeld`, nothing created.
     h.release(b, &nodes[0].node, nodes[0].token);
-    assert_eq!(retry(&mut h).result, first.result);
+    let count = h.m.node_count();
+    let gone = retry(&mut h);
+    assert_eq!(code(&gone), ErrorCode::LockNotHeld, "{gone:?}");
+    assert!(gone.changes.is_empty());
+    assert_eq!(h.m.node_count(), count);
 }

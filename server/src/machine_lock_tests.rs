@@ -2347,8 +2347,9 @@ fn snapshot_cost() {
 }
 
 /// A retried `Lock` whose first answer was `Queued` is answered `Locked` once its node is
-/// granted (its grant event went to a connection the client had lost), and `Queued` while
-/// it waits; nothing is applied again either way.
+/// granted (its grant event went to a connection the client had lost), `Queued` while
+/// it waits, and `LockNotHeld` once the node is gone; nothing is applied again either
+/// way.
 #[test]
 fn a_retried_queued_lock_reports_a_grant_made_since() {
     let mut h = H::new();
@@ -2380,10 +2381,17 @@ fn a_retried_queued_lock_reports_a_grant_made_since() {
     assert_eq!(
         h.m.cached_result(b, xid),
         Some(Ok(OpResult::Locked {
-            node: nb,
+            node: nb.clone(),
             token: tb
         }))
     );
+    // Gone since (released): `LockNotHeld`, and no node created again.
+    h.release(b, &nb, tb);
+    let count = h.m.node_count();
+    let gone = retry(&mut h);
+    assert_eq!(code(&gone), ErrorCode::LockNotHeld, "{gone:?}");
+    assert!(gone.changes.is_empty());
+    assert_eq!(h.m.node_count(), count);
 }
 
 // ----- what a lock's directory may hold -----

@@ -13,6 +13,7 @@
 //! - `sim_wiped_disk_seeds`: one wiped disk per run among the standard faults;
 //!   `sim_wiped_disks` (ignored) wipes at any time and fails only on safety.
 
+use corral_protocol::LockKind;
 use corral_server::faults::FaultSwitches;
 use corral_server::machine::ORDERED_WRITE_PEER_VERSION;
 use corral_server::replication::transport::PEER_PROTOCOL_VERSION;
@@ -29,7 +30,7 @@ fn configure(seed: u64) -> SimConfig {
 fn summary(seed: u64, r: &Report) -> String {
     format!(
         "seed {seed}: {} nodes, {} events, {} sim ms, {} entries, {} acked, {} crashes, {} \
-         faults, {} installs, {} ops {}, {} multi-locks held, {} ms",
+         faults, {} installs, {} ops {}, {} multi-locks held, {} shared holds, {} ms",
         r.config.nodes,
         r.stats.events,
         r.stats.sim_ms,
@@ -41,6 +42,7 @@ fn summary(seed: u64, r: &Report) -> String {
         r.stats.ops,
         r.stats.linearizability,
         r.stats.groups_held,
+        r.stats.shared_holds,
         r.stats.wall_ms
     )
 }
@@ -240,6 +242,29 @@ fn fault_grant_without_predecessor_gives_two_holders() {
         &[ViolationKind::TwoHolders],
         |_| {},
         20,
+    );
+}
+
+/// The same bug on shared locks: every lock a read-write lock or a semaphore (readers
+/// with a writer, more holders than permits).
+#[test]
+fn fault_grant_without_predecessor_breaks_shared_locks_too() {
+    catches(
+        "fault_grant_without_predecessor_breaks_shared_locks_too",
+        switches(|s| s.grant_without_predecessor = true),
+        &[ViolationKind::TwoHolders, ViolationKind::TwoBelievers],
+        |c| {
+            c.lock_families = (0..c.locks)
+                .map(|i| {
+                    if (c.seed + i as u64).is_multiple_of(2) {
+                        LockKind::Write
+                    } else {
+                        LockKind::Semaphore { permits: 2 }
+                    }
+                })
+                .collect();
+        },
+        40,
     );
 }
 
@@ -505,13 +530,14 @@ fn passes_gather_replication_messages() {
 
 /// A pinned seed's configuration as it was when its bug was found: each input is its
 /// core's whole pass (seeds drawn before passes were simulated kept their schedule).
-/// Clients did not give up on writes then either, nor send multi-locks, nor were nodes
-/// upgraded during a run.
+/// Clients did not give up on writes then either, nor send multi-locks, nor take
+/// shared locks (every lock was exclusive), nor were nodes upgraded during a run.
 fn as_found(mut c: SimConfig) -> SimConfig {
     c.pass_inputs = 1;
     c.pass_window_us = 0;
     c.give_up_per_mille = 0;
     c.multi_lock_per_mille = 0;
+    c.lock_families = Vec::new();
     c.upgrade_at_ms = None;
     c
 }
@@ -896,6 +922,33 @@ fn regression_durable_index_after_a_cut_log() {
 #[test]
 fn regression_retried_lock_learns_its_grant() {
     pinned("regression_retried_lock_learns_its_grant", 7_014_017, &[]);
+}
+
+/// Bug (fixed): the same retry after the queue node was granted and lost meanwhile (a
+/// group of two semaphore nodes under a lease that expired while the client was away)
+/// got the remembered "queued" answer, and the client waited for a grant that had come
+/// and gone (`GrantNotTold`: answered queued after the grant). A retry whose node is
+/// gone is now answered `LockNotHeld`. Found by the soak once clients took multi-locks
+/// and shared locks, so the seed runs as drawn today (not `as_found`); with the retry
+/// answers of before (`stale_retried_lock_answers`) it must still fail, or the seed no
+/// longer takes this path.
+#[test]
+fn regression_retried_lock_learns_its_node_is_gone() {
+    let mut c = SimConfig::from_seed(25_201_343);
+    c.skip_faults = [5, 11, 12, 13, 14, 15].into_iter().collect();
+    let r = sim::run(&c);
+    assert!(
+        !r.failed(),
+        "{}",
+        r.describe("regression_retried_lock_learns_its_node_is_gone")
+    );
+    c.switches = switches(|s| s.stale_retried_lock_answers = true);
+    let before = sim::run(&c);
+    assert_eq!(
+        before.violation.map(|v| v.kind),
+        Some(ViolationKind::GrantNotTold),
+        "the seed no longer retries a lock request whose node is gone"
+    );
 }
 
 /// Bug (fixed): a leader in the accept phase answered a follower's promise with an

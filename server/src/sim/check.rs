@@ -15,6 +15,8 @@
 //!   alone), in the replicated state of every node.
 //! - **Fencing tokens strictly increase** per lock, over the grants in the decided log;
 //!   guarded writes (`CheckLock` in a multi) that succeed carry non-decreasing tokens.
+//!   Shared holds (read, semaphore) may come in any order among themselves: a shared
+//!   node's token is held only above every earlier exclusive or write node's.
 //! - **A retried request takes effect at most once**: the same (session, xid) at two
 //!   zxids must carry the same result (the dedup table's answer), unless the later one
 //!   was refused as stale or for an expired session.
@@ -262,6 +264,43 @@ fn fingerprint(entry: &Entry) -> u64 {
     h
 }
 
+/// A lock's highest tokens so far: over every kind, and over the exclusive kinds
+/// (exclusive, write), each with the zxid that saw it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Highest {
+    any: (u64, u64),
+    exclusive: (u64, u64),
+}
+
+impl Highest {
+    /// What `token` must be above (at least, with `or_equal`): an exclusive hold comes
+    /// after every hold before it, a shared one (read, semaphore) after every exclusive
+    /// one; shared holds among themselves come in any order.
+    fn bound(&self, shared: bool) -> (u64, u64) {
+        if shared {
+            self.exclusive
+        } else {
+            self.any
+        }
+    }
+
+    fn raise(&mut self, token: u64, zxid: u64, shared: bool) {
+        if token > self.any.0 {
+            self.any = (token, zxid);
+        }
+        if !shared && token > self.exclusive.0 {
+            self.exclusive = (token, zxid);
+        }
+    }
+}
+
+/// Whether a queue node is shared (read `r-`, semaphore `s-`) rather than exclusive
+/// (exclusive `x-`, write `w-`), by its name's prefix.
+fn shared_node(node: &str) -> bool {
+    let name = corral_protocol::path::name(node);
+    name.starts_with("r-") || name.starts_with("s-")
+}
+
 #[derive(Debug)]
 struct LogRecord {
     fingerprint: u64,
@@ -298,8 +337,13 @@ pub struct Checks {
     results: BTreeMap<(u64, u64), (u64, Result<OpResult, ErrorInfo>)>,
     /// Zxid of each session's close.
     closes: BTreeMap<u64, u64>,
-    last_token: BTreeMap<String, (u64, u64)>,
-    last_fenced: BTreeMap<String, (u64, u64)>,
+    /// Per lock, the highest token granted, and the highest granted to an exclusive or
+    /// write node (token, zxid).
+    last_token: BTreeMap<String, Highest>,
+    /// Per lock, the same over successful guarded writes.
+    last_fenced: BTreeMap<String, Highest>,
+    /// The grants of shared nodes (read, semaphore), by (lock, token).
+    shared_grants: BTreeSet<(String, u64)>,
     sessions: BTreeMap<u64, SessionWatch>,
     /// What each node heard from each session while deciding expiry: node -> session ->
     /// node-local monotonic ms.
@@ -458,8 +502,10 @@ impl Checks {
         granted: &[LockEvent],
         now: u64,
     ) -> Result<(), Violation> {
-        let mut grants: Vec<(String, u64)> =
-            granted.iter().map(|g| (g.lock.clone(), g.token)).collect();
+        let mut grants: Vec<(String, u64, bool)> = granted
+            .iter()
+            .map(|g| (g.lock.clone(), g.token, shared_node(&g.node)))
+            .collect();
         match &*entry.body {
             EntryBody::Write {
                 session_id,
@@ -489,8 +535,8 @@ impl Checks {
                         let w = self.sessions.entry(*lease_id).or_default();
                         w.ttl_ms = *ttl_ms;
                     }
-                    if let (Op::Lock(req), Ok(OpResult::Locked { token, .. })) = (op, result) {
-                        grants.push((req.lock.clone(), *token));
+                    if let (Op::Lock(req), Ok(OpResult::Locked { token, node })) = (op, result) {
+                        grants.push((req.lock.clone(), *token, shared_node(node)));
                     }
                     if let (
                         Op::LockMany(_),
@@ -500,7 +546,11 @@ impl Checks {
                         }),
                     ) = (op, result)
                     {
-                        grants.extend(nodes.iter().map(|n| (n.lock.clone(), n.token)));
+                        grants.extend(
+                            nodes
+                                .iter()
+                                .map(|n| (n.lock.clone(), n.token, shared_node(&n.node))),
+                        );
                     }
                     if let (Op::Multi(ops), Ok(_)) = (op, result) {
                         self.check_fenced(zxid, ops, now)?;
@@ -538,44 +588,53 @@ impl Checks {
             let MultiOp::CheckLock { lock, token } = o else {
                 continue;
             };
-            if let Some((t, z)) = self.last_fenced.get(lock).copied() {
-                if *token < t {
-                    return fail(
-                        ViolationKind::FencedOrder,
-                        now,
-                        format!(
-                            "guarded write at zxid {zxid} on {lock} with token {token} after \
-                             one at zxid {z} with token {t}"
-                        ),
-                    );
-                }
+            let shared = self.shared_grants.contains(&(lock.clone(), *token));
+            let highest = self.last_fenced.entry(lock.clone()).or_default();
+            let (t, z) = highest.bound(shared);
+            if *token < t {
+                return fail(
+                    ViolationKind::FencedOrder,
+                    now,
+                    format!(
+                        "guarded write at zxid {zxid} on {lock} with token {token}{} after \
+                         one at zxid {z} with token {t}",
+                        if shared { " (shared)" } else { "" }
+                    ),
+                );
             }
-            self.last_fenced.insert(lock.clone(), (*token, zxid));
+            highest.raise(*token, zxid, shared);
         }
         Ok(())
     }
 
+    /// The grants `(lock, token, shared)` of the entry at `zxid`: an exclusive or write
+    /// node's token is above every earlier grant's of its lock, a shared node's
+    /// (read, semaphore) above every earlier exclusive or write grant's.
     fn check_grants(
         &mut self,
         zxid: u64,
-        mut grants: Vec<(String, u64)>,
+        mut grants: Vec<(String, u64, bool)>,
         now: u64,
     ) -> Result<(), Violation> {
-        grants.sort_by_key(|(_, t)| *t);
-        for (lock, token) in grants {
-            if let Some((t, z)) = self.last_token.get(&lock) {
-                if token <= *t {
-                    return fail(
-                        ViolationKind::TokenOrder,
-                        now,
-                        format!(
-                            "{lock} granted at zxid {zxid} with token {token}, but an earlier \
-                             grant at zxid {z} had token {t}"
-                        ),
-                    );
-                }
+        grants.sort_by_key(|(_, t, _)| *t);
+        for (lock, token, shared) in grants {
+            let highest = self.last_token.entry(lock.clone()).or_default();
+            let (t, z) = highest.bound(shared);
+            if token <= t {
+                return fail(
+                    ViolationKind::TokenOrder,
+                    now,
+                    format!(
+                        "{lock} granted at zxid {zxid} with token {token}{}, but an earlier \
+                         grant at zxid {z} had token {t}",
+                        if shared { " (shared)" } else { "" }
+                    ),
+                );
             }
-            self.last_token.insert(lock, (token, zxid));
+            highest.raise(token, zxid, shared);
+            if shared {
+                self.shared_grants.insert((lock, token));
+            }
         }
         Ok(())
     }
@@ -597,18 +656,28 @@ impl Checks {
             Some((first, r0)) => {
                 // A retried lock request that was queued is answered `Locked` once its
                 // queue node is granted (`StateMachine::cached_result`): the same node; a
-                // multi-lock's, `MultiLocked` granted, with the same nodes.
-                let granted_since = matches!(
-                    (r0, result),
-                    (Ok(OpResult::Queued { node: n0, token: t0 }), Ok(OpResult::Locked { node, token }))
-                        if n0 == node && t0 == token
-                ) || matches!(
+                // multi-lock's, `MultiLocked` granted, with the same nodes; either,
+                // `LockNotHeld` once its nodes are gone.
+                let gone_since = matches!(
                     (r0, result),
                     (
-                        Ok(OpResult::MultiLocked { granted: false, nodes: n0 }),
-                        Ok(OpResult::MultiLocked { granted: true, nodes })
-                    ) if n0 == nodes
+                        Ok(OpResult::Queued { .. } | OpResult::MultiLocked { granted: false, .. }),
+                        Err(e)
+                    ) if e.code == ErrorCode::LockNotHeld
                 );
+                let granted_since = gone_since
+                    || matches!(
+                        (r0, result),
+                        (Ok(OpResult::Queued { node: n0, token: t0 }), Ok(OpResult::Locked { node, token }))
+                            if n0 == node && t0 == token
+                    )
+                    || matches!(
+                        (r0, result),
+                        (
+                            Ok(OpResult::MultiLocked { granted: false, nodes: n0 }),
+                            Ok(OpResult::MultiLocked { granted: true, nodes })
+                        ) if n0 == nodes
+                    );
                 let excused = granted_since
                     || matches!(
                         result,

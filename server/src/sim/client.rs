@@ -6,9 +6,10 @@
 //! sequential and ephemeral creates, leases, and lock cycles (lock, guarded write,
 //! unlock), of one lock or of a multi-lock's group (`LockMany` of two or three locks,
 //! granted together, guarded by a write that checks them all, released with any one of
-//! its nodes). They record the register operations for the linearizability check and tell
-//! the simulator what they believe (which locks they hold, until when their lease is
-//! safe).
+//! its nodes), each lock exclusive, read-write (taken for reading or writing) or a
+//! semaphore by its family (`SimConfig::lock_families`). They record the register
+//! operations for the linearizability check and tell the simulator what they believe
+//! (which locks they hold, how, until when their lease is safe).
 
 use super::check::{value_of, Violation, ViolationKind};
 use super::rng::SimRng;
@@ -45,8 +46,13 @@ pub enum CAction {
     Send { conn: ConnId, request: Request },
     /// Close a connection.
     Drop { conn: ConnId },
-    /// The client now believes it holds `lock` (checked against the other clients).
-    Believe { lock: String, token: u64 },
+    /// The client now believes it holds `lock` as `kind` (checked against the other
+    /// clients' beliefs: see [`conflicts`]).
+    Believe {
+        lock: String,
+        token: u64,
+        kind: LockKind,
+    },
     /// A write of `(session, xid)` was acknowledged at `zxid`.
     Ack { session: u64, xid: u64, zxid: u64 },
     /// A keepalive of `session` (session or lease) sent at `sent_us` was acknowledged.
@@ -117,6 +123,8 @@ pub struct ClientCfg {
     pub ack_every: u64,
     /// `SimConfig::multi_lock_per_mille`.
     pub multi_lock_per_mille: u64,
+    /// `SimConfig::lock_families`.
+    pub lock_families: Vec<LockKind>,
 }
 
 /// What a client does.
@@ -178,10 +186,12 @@ enum Purpose {
     Create,
     Lock {
         lock: String,
+        kind: LockKind,
         lease: Option<u64>,
     },
     LockMany {
         lease: Option<u64>,
+        kinds: BTreeMap<String, LockKind>,
     },
     Unlock,
     Fenced(usize),
@@ -223,8 +233,21 @@ pub struct Belief {
     pub token: u64,
     /// The lease it is held under (`None`: the session).
     pub lease: Option<u64>,
+    /// Its kind (who else may hold the lock meanwhile).
+    pub kind: LockKind,
     /// Real µs until which the client believes it (its safe deadline).
     pub safe_until_us: u64,
+}
+
+/// Whether a hold of kind `a` and one of kind `b`, `others` holds of the lock besides
+/// the first, may not coexist: anything with an exclusive or write hold, and more than
+/// `permits` holds of a semaphore.
+pub fn conflicts(a: LockKind, b: LockKind, others: usize) -> bool {
+    match (a, b) {
+        (LockKind::Read, LockKind::Read) => false,
+        (LockKind::Semaphore { permits }, LockKind::Semaphore { .. }) => others >= permits as usize,
+        _ => true,
+    }
 }
 
 /// One queue node of a lock request.
@@ -232,15 +255,17 @@ pub struct Belief {
 struct QNode {
     lock: String,
     node: String,
+    kind: LockKind,
 }
 
 impl QNode {
-    fn group(nodes: &[LockedNode]) -> Vec<QNode> {
+    fn group(nodes: &[LockedNode], kinds: &BTreeMap<String, LockKind>) -> Vec<QNode> {
         nodes
             .iter()
             .map(|n| QNode {
                 lock: n.lock.clone(),
                 node: n.node.clone(),
+                kind: kinds.get(&n.lock).copied().unwrap_or(LockKind::Exclusive),
             })
             .collect()
     }
@@ -312,6 +337,9 @@ pub struct SimClient {
     /// Draws of the multi-locks (a stream of their own: a run without them is the run it
     /// was before clients sent them).
     multi_rng: SimRng,
+    /// Draws of the kind of a read-write lock's requests (a stream of their own: a run
+    /// with exclusive locks only is the run it was before).
+    kind_rng: SimRng,
     /// Multi-lock groups it held.
     pub groups_held: u64,
     /// Setup finished (for the setup client).
@@ -413,6 +441,7 @@ impl SimClient {
             give_up_per_mille,
             give_up_rng: SimRng::stream(seed, 2000 + id as u64),
             multi_rng: SimRng::stream(seed, 3000 + id as u64),
+            kind_rng: SimRng::stream(seed, 4000 + id as u64),
             groups_held: 0,
             dropped_on_wind_down: None,
             early_grants: BTreeSet::new(),
@@ -866,15 +895,23 @@ impl SimClient {
             Role::Probe => {
                 match self.probe_left.last().cloned() {
                     Some(lock) => {
+                        // A read-write lock (family `Write`) is probed for writing: then
+                        // nobody else may hold it.
+                        let kind = self.family_of(&lock);
                         let op = Op::Lock(LockRequest {
                             lock: lock.clone(),
-                            kind: LockKind::Exclusive,
+                            kind,
                             try_only: false,
                             lease: None,
                             lock_delay_ms: self.cfg.lock_delay_ms,
                             data: Vec::new(),
                         });
-                        self.send(now, op, Purpose::Lock { lock, lease: None }, true, out);
+                        let purpose = Purpose::Lock {
+                            lock,
+                            kind,
+                            lease: None,
+                        };
+                        self.send(now, op, purpose, true, out);
                     }
                     None => {
                         self.mode = Mode::WindDown;
@@ -1002,6 +1039,7 @@ impl SimClient {
             }
             4 => {
                 let lock = lock_name(self.rng.range(0, self.cfg.locks as u64) as usize);
+                let kind = self.request_kind(&lock);
                 let lease = self
                     .session
                     .as_ref()
@@ -1010,13 +1048,13 @@ impl SimClient {
                     .map(|l| l.id);
                 let op = Op::Lock(LockRequest {
                     lock: lock.clone(),
-                    kind: LockKind::Exclusive,
+                    kind,
                     try_only: self.rng.chance(200),
                     lease,
                     lock_delay_ms: self.cfg.lock_delay_ms,
                     data: Vec::new(),
                 });
-                self.send(now, op, Purpose::Lock { lock, lease }, true, out);
+                self.send(now, op, Purpose::Lock { lock, kind, lease }, true, out);
             }
             5 => {
                 let n = self.rng.range(0, 3);
@@ -1079,20 +1117,43 @@ impl SimClient {
             .and_then(|s| s.lease)
             .filter(|_| self.multi_rng.chance(500))
             .map(|l| l.id);
+        let locks: Vec<MultiLockItem> = chosen
+            .into_iter()
+            .map(|i| {
+                let lock = lock_name(i);
+                MultiLockItem {
+                    kind: self.request_kind(&lock),
+                    lock,
+                }
+            })
+            .collect();
+        let kinds = locks.iter().map(|l| (l.lock.clone(), l.kind)).collect();
         let op = Op::LockMany(MultiLockRequest {
-            locks: chosen
-                .into_iter()
-                .map(|i| MultiLockItem {
-                    lock: lock_name(i),
-                    kind: LockKind::Exclusive,
-                })
-                .collect(),
+            locks,
             try_only: self.multi_rng.chance(200),
             lease,
             lock_delay_ms: self.cfg.lock_delay_ms,
             data: Vec::new(),
         });
-        self.send(now, op, Purpose::LockMany { lease }, true, out);
+        self.send(now, op, Purpose::LockMany { lease, kinds }, true, out);
+    }
+
+    /// The family of `lock` (`SimConfig::lock_families`): `Write` for a read-write lock.
+    fn family_of(&self, lock: &str) -> LockKind {
+        (0..self.cfg.locks)
+            .find(|i| lock_name(*i) == lock)
+            .and_then(|i| self.cfg.lock_families.get(i).copied())
+            .unwrap_or(LockKind::Exclusive)
+    }
+
+    /// The kind to request `lock` with: its family's, or for a read-write lock read or
+    /// write at random (from `kind_rng`, drawn only then).
+    fn request_kind(&mut self, lock: &str) -> LockKind {
+        match self.family_of(lock) {
+            LockKind::Write | LockKind::Read if self.kind_rng.chance(500) => LockKind::Read,
+            LockKind::Write | LockKind::Read => LockKind::Write,
+            family => family,
+        }
     }
 
     /// A message from the network.
@@ -1384,11 +1445,13 @@ impl SimClient {
                     token,
                     lease,
                     safe_until_us,
+                    kind: n.kind,
                 },
             );
             out.push(CAction::Believe {
                 lock: n.lock.clone(),
                 token,
+                kind: n.kind,
             });
         }
         if nodes.len() > 1 {
@@ -1610,20 +1673,21 @@ impl SimClient {
                     });
                 }
             }
-            Purpose::Lock { lock, lease } => match r.result {
+            Purpose::Lock { lock, kind, lease } => match r.result {
                 Ok(OpResult::Locked { node, token }) => {
-                    self.granted(vec![QNode { lock, node }], token, lease, now, out);
+                    let nodes = vec![QNode { lock, node, kind }];
+                    self.granted(nodes, token, lease, now, out);
                 }
                 Ok(OpResult::Queued { node, token }) => {
-                    let nodes = vec![QNode { lock, node }];
+                    let nodes = vec![QNode { lock, node, kind }];
                     self.queued(nodes, token, lease, r.zxid, now, out);
                 }
                 Ok(_) | Err(_) => {}
             },
-            Purpose::LockMany { lease } => {
+            Purpose::LockMany { lease, kinds } => {
                 if let Ok(OpResult::MultiLocked { granted, nodes }) = &r.result {
                     let token = nodes.first().map_or(0, |n| n.token);
-                    let group = QNode::group(nodes);
+                    let group = QNode::group(nodes, &kinds);
                     if *granted {
                         self.granted(group, token, lease, now, out);
                     } else {

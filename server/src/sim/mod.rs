@@ -39,7 +39,8 @@
 //!   faults heal: then the node must answer), except the writes they give up on when
 //!   they resume their session (`give_up_per_mille`: as a caller's timeout does; the
 //!   writes' outcome stays unknown), locks under the session or a lease, one at a
-//!   time or two or three at once (`LockMany`, `multi_lock_per_mille`),
+//!   time or two or three at once (`LockMany`, `multi_lock_per_mille`), exclusive,
+//!   read-write or semaphores (`lock_families`),
 //!   guarded writes (`CheckLock` + `SetData` in a multi), sync + read, plain reads,
 //!   sequential and ephemeral creates, session close and abandon. Clients, too, have
 //!   their own clock rate, and can be paused for longer than their lease. In most seeds
@@ -62,7 +63,9 @@
 //! lost), every log sync delivered consistent with its snapshot and, in a promise, with
 //! the promiser's log (`check::check_log_sync`), equal state hashes at equal zxids (every time a node's zxid changes, unless
 //! `hash_every_change` is off), at most one holder per exclusive lock in every node's
-//! state, two clients never believing they hold the same lock at the same time (each
+//! state (no reader with a writer, at most `permits` holders of a semaphore), two
+//! clients never believing they hold the same lock at the same time unless both holds
+//! are shared (reads, or a semaphore's permits, `client::conflicts`) (each
 //! client believes until its safe deadline: the send time of its last acknowledged
 //! keepalive + TTL − margin), strictly increasing fencing tokens, retried requests taking
 //! effect at most once (also after their results were forgotten), a session's
@@ -184,6 +187,9 @@ pub struct Stats {
     pub ops: u64,
     /// Multi-lock groups the clients held (every lock of a `LockMany` at once).
     pub groups_held: u64,
+    /// Grants of a shared lock (read, semaphore) while another client believed it held
+    /// the same lock too.
+    pub shared_holds: u64,
     /// The linearizability verdict.
     pub linearizability: String,
     /// Wall-clock time of the run, ms.
@@ -250,7 +256,7 @@ impl Report {
             "config: {} nodes, {} clients, tick {} ms, election {} ms, TTL {} ms, lock-delay {} \
              ms, snapshot every {} entries or {} bytes, passes of {} inputs within {} µs, clocks ±{} ppm, net {:?}, \
              disk {:?}, switches {:?}, give-ups {}‰, upgrade at {:?} ms from peer protocol \
-             {}, acknowledgements every {} xids, multi-locks {}‰",
+             {}, acknowledgements every {} xids, multi-locks {}‰, lock kinds {:?}",
             c.nodes,
             c.clients,
             c.tick_ms,
@@ -269,7 +275,8 @@ impl Report {
             c.upgrade_at_ms,
             c.old_peer_version,
             c.ack_every,
-            c.multi_lock_per_mille
+            c.multi_lock_per_mille,
+            c.lock_families
         );
         let _ = writeln!(s, "faults:");
         for (i, f) in c.plan().iter().enumerate() {

@@ -2,6 +2,7 @@
 
 use super::rng::SimRng;
 use crate::faults::FaultSwitches;
+use corral_protocol::LockKind;
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -195,8 +196,12 @@ pub struct SimConfig {
     pub checkpoint_bytes: u64,
     /// Registers (keys) of the linearizability workload.
     pub keys: usize,
-    /// Exclusive locks of the workload.
+    /// Locks of the workload.
     pub locks: usize,
+    /// The kind of each lock (`/locks/l<i>`): `Exclusive`; `Write` stands for a
+    /// read-write lock, requested `Read` or `Write` at random; `Semaphore`. Shorter than
+    /// `locks`: the rest are exclusive.
+    pub lock_families: Vec<LockKind>,
     /// Lock-delay set on the locks, milliseconds (0: none).
     pub lock_delay_ms: u64,
     /// Clock rate spread of nodes and clients, parts per million (±).
@@ -337,7 +342,7 @@ impl SimConfig {
         } else {
             multi_rng.range_incl(100, 600)
         };
-        SimConfig {
+        let mut c = SimConfig {
             seed,
             nodes,
             clients: rng.range_incl(3, 7) as usize,
@@ -353,6 +358,7 @@ impl SimConfig {
             checkpoint_bytes: rng.range_incl(16, 128) << 10,
             keys: rng.range_incl(2, 5) as usize,
             locks: rng.range_incl(1, 3) as usize,
+            lock_families: Vec::new(),
             lock_delay_ms: if rng.chance(400) {
                 rng.range_incl(1, 4) * tick_ms * 5
             } else {
@@ -375,7 +381,20 @@ impl SimConfig {
             ack_every,
             snapshot_every_bytes,
             multi_lock_per_mille,
-        }
+        };
+        // Shared locks in three seeds in four, from a stream of their own too.
+        let mut family_rng = SimRng::stream(seed, 10);
+        let shared = !family_rng.chance(250);
+        c.lock_families = (0..c.locks)
+            .map(|_| match family_rng.range(0, 4) {
+                2 if shared => LockKind::Write,
+                3 if shared => LockKind::Semaphore {
+                    permits: family_rng.range_incl(2, 3) as u32,
+                },
+                _ => LockKind::Exclusive,
+            })
+            .collect();
+        c
     }
 
     /// The faults of this run, in start order (drawn from the seed and the mix; the

@@ -2,7 +2,7 @@
 //! client connections, the event queue, the faults, and the checks after every step.
 
 use super::check::{Checks, Violation, ViolationKind};
-use super::client::{CAction, ClientCfg, HistOp, Mode, Role, SimClient, ToClient};
+use super::client::{conflicts, CAction, ClientCfg, HistOp, Mode, Role, SimClient, ToClient};
 use super::plan::{FaultKind, PlannedFault, Shape, SimConfig, Target};
 use super::rng::SimRng;
 use super::{fmt_time, Stats};
@@ -13,7 +13,7 @@ use crate::replication::log::{PaxosSettings, PeerMsg};
 use crate::replication::storage::{PaxosStorageConfig, SyncHandle};
 use crate::replication::{open_cluster_on, ClusterSettings, RecoveredCluster};
 use crate::wal::WalOptions;
-use corral_protocol::{Hello, HelloReply, Op, Request};
+use corral_protocol::{Hello, HelloReply, LockKind, Op, Request};
 use omnipaxos::ballot_leader_election::Ballot;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -327,6 +327,7 @@ impl World {
             give_up_per_mille: cfg.give_up_per_mille,
             ack_every: cfg.ack_every,
             multi_lock_per_mille: cfg.multi_lock_per_mille,
+            lock_families: cfg.lock_families.clone(),
         };
         let mut clients = Vec::new();
         for i in 0..cfg.clients {
@@ -1825,28 +1826,39 @@ impl World {
                         self.deliver_to_server(conn, ToServer::Disconnected);
                     }
                 }
-                CAction::Believe { lock, token } => {
-                    self.note(format!("c{client} holds {lock} with token {token}"));
-                    for (i, other) in self.clients.iter().enumerate() {
-                        if i == client {
-                            continue;
-                        }
-                        if let Some(b) = other.believed.get(&lock) {
-                            if b.safe_until_us > self.now {
-                                let v = Violation {
-                                    kind: ViolationKind::TwoBelievers,
-                                    at_us: self.now,
-                                    detail: format!(
-                                        "c{client} was granted {lock} (token {token}) while \
-                                         c{i} believes it holds it (token {}) until {}",
-                                        b.token,
-                                        fmt_time(b.safe_until_us)
-                                    ),
-                                };
-                                self.violate(v);
-                                break;
-                            }
-                        }
+                CAction::Believe { lock, token, kind } => {
+                    self.note(format!(
+                        "c{client} holds {lock} ({kind:?}) with token {token}"
+                    ));
+                    // The other clients that believe they hold it now.
+                    let others: Vec<(usize, u64, LockKind, u64)> = self
+                        .clients
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != client)
+                        .filter_map(|(i, c)| c.believed.get(&lock).map(|b| (i, b)))
+                        .filter(|(_, b)| b.safe_until_us > self.now)
+                        .map(|(i, b)| (i, b.token, b.kind, b.safe_until_us))
+                        .collect();
+                    let clash = others
+                        .iter()
+                        .find(|(_, _, other, _)| conflicts(kind, *other, others.len()));
+                    if clash.is_none() && !others.is_empty() {
+                        self.stats.shared_holds += 1;
+                    }
+                    if let Some((i, t, other, until)) = clash {
+                        let v = Violation {
+                            kind: ViolationKind::TwoBelievers,
+                            at_us: self.now,
+                            detail: format!(
+                                "c{client} was granted {lock} ({kind:?}, token {token}) while \
+                                 c{i} believes it holds it ({other:?}, token {t}) until {} \
+                                 ({} other believers)",
+                                fmt_time(*until),
+                                others.len()
+                            ),
+                        };
+                        self.violate(v);
                     }
                 }
                 CAction::Ack { session, xid, zxid } => {
