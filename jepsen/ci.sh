@@ -39,7 +39,7 @@ echo "== mixed run: every workload, every nemesis, ${time}s of faults (seed $see
     --snapshot-every-bytes 131072
 
 echo "== injected bug (grant_without_predecessor): the checkers must flag it"
-"$bin/corral-jepsen" --workload lock,unfenced,multilock --nemesis none --time 12 --quiet 10 \
+"$bin/corral-jepsen" --workload lock,unfenced,multilock,shared --nemesis none --time 12 --quiet 10 \
     --clients 3 --seed "$seed" --out "$out" --install \
     --corral-bin "$bin/corral-faults" --inject-fault grant_without_predecessor \
     --expect-invalid

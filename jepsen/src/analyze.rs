@@ -112,6 +112,16 @@ pub fn analyze(history: &[Event], opts: &Options) -> Summary {
                 checks.push(lock::check_tokens(history, "unfenced"));
                 checks.push(lock::check_intervals(history, "unfenced", &excused, strict));
             }
+            "shared" => {
+                for key in lock::lock_keys(history, "shared") {
+                    let one = lock::lock_history(history, "shared", &key);
+                    let label = lock::lock_label("shared", &key);
+                    let permits = (key == crate::worker::SHARED_SEMAPHORE)
+                        .then_some(crate::worker::SHARED_PERMITS);
+                    checks.push(lock::check_tokens(&one, &label));
+                    checks.push(lock::check_shared(&one, &label, permits, &excused));
+                }
+            }
             "multilock" => {
                 checks.push(lock::check_group_tokens(history, "multilock"));
                 for key in lock::lock_keys(history, "multilock") {
@@ -286,6 +296,24 @@ mod wiring_tests {
         h.push(keyed(30, 2, Kind::Invoke, "release", "b", Some(11)));
         h.push(keyed(0, 3, Kind::Invoke, "acquire", "c", None));
         h.push(keyed(1, 3, Kind::Ok, "acquire", "c", Some(9)));
+        // Shared locks: processes 1 and 2 read rw together 1..10; process 3 writes it
+        // at 20, or at 5 when broken.
+        let shared = |t, p, kind, f, lock_kind: &str, token: Option<u64>| {
+            with(ev(t, p, "shared", kind, f), |e| {
+                e.key = Some("rw".to_string());
+                e.lock_kind = Some(lock_kind.to_string());
+                e.token = token;
+            })
+        };
+        let w = if is_bad("shared") { 5 } else { 20 };
+        for (p, token) in [(1, 30), (2, 31)] {
+            h.push(shared(0, p, Kind::Invoke, "acquire", "read", None));
+            h.push(shared(1, p, Kind::Ok, "acquire", "read", Some(token)));
+            h.push(shared(10, p, Kind::Invoke, "release", "read", Some(token)));
+        }
+        h.push(shared(2, 3, Kind::Invoke, "acquire", "write", None));
+        h.push(shared(w, 3, Kind::Ok, "acquire", "write", Some(32)));
+        h.push(shared(30, 3, Kind::Invoke, "release", "write", Some(32)));
         // register: a write of 5 (version 1), then a read of 5, or of 0 (stale).
         let key = |mut e: Event| {
             e.key = Some("w0-k0".into());
@@ -360,6 +388,7 @@ mod wiring_tests {
             (1, "lock"),
             (1, "unfenced"),
             (1, "multilock"),
+            (1, "shared"),
             (3, "register"),
             (4, "sequential"),
         ] {
@@ -382,6 +411,7 @@ mod wiring_tests {
                 "lock",
                 "unfenced",
                 "multilock",
+                "shared",
                 "register",
                 "sequential",
                 "watch",
@@ -411,6 +441,7 @@ mod wiring_tests {
             "lock",
             "unfenced",
             "multilock",
+            "shared",
             "register",
             "sequential",
             "watch",

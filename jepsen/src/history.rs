@@ -68,6 +68,9 @@ pub struct Event {
     pub items: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A lock request's kind (workload `shared`): `read`, `write` or `semaphore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_kind: Option<String>,
 }
 
 impl Event {

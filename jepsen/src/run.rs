@@ -23,10 +23,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 const FINAL_READ_PAGE_NAMES: u32 = 10_000;
 
 /// The workloads.
-pub const WORKLOADS: [&str; 7] = [
+pub const WORKLOADS: [&str; 8] = [
     "lock",
     "unfenced",
     "multilock",
+    "shared",
     "register",
     "sequential",
     "watch",
@@ -64,7 +65,11 @@ type Shared = Arc<Mutex<Hist>>;
 
 fn record(h: &Shared, e: Event) {
     let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
-    if matches!(e.workload.as_str(), "lock" | "unfenced" | "multilock") && e.process != NEMESIS {
+    if matches!(
+        e.workload.as_str(),
+        "lock" | "unfenced" | "multilock" | "shared"
+    ) && e.process != NEMESIS
+    {
         match (e.kind, e.f.as_str()) {
             (Kind::Ok, "acquire") => {
                 h.holding.insert(e.process, true);

@@ -9,8 +9,8 @@
 
 use crate::history::{mono_ns, Event, Kind};
 use corral_client::{
-    AddWatchMode, Client, ClientConfig, CreateMode, Error, ErrorCode, LockGuard, LockLoss,
-    MultiLockGuard,
+    AddWatchMode, Client, ClientConfig, CreateMode, Error, ErrorCode, LockGuard, LockKind,
+    LockLoss, MultiLockGuard,
 };
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -29,6 +29,12 @@ const INFO_BACKOFF_MS: u64 = 500;
 /// The locks of the `multilock` workload, under its root; their names are the `key` of
 /// its events.
 pub const MULTI_LOCKS: [&str; 3] = ["a", "b", "c"];
+/// The `shared` workload's read-write lock, under its root (the `key` of its events).
+pub const SHARED_RW: &str = "rw";
+/// The `shared` workload's semaphore, under its root (the `key` of its events).
+pub const SHARED_SEMAPHORE: &str = "sem";
+/// The permits of [`SHARED_SEMAPHORE`].
+pub const SHARED_PERMITS: u32 = 2;
 
 /// What a worker does (passed as JSON on its command line).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -175,6 +181,7 @@ pub async fn run(spec: WorkerSpec) {
         let session_over = match out.spec.workload.as_str() {
             "lock" | "unfenced" => lock_loop(&out, &client, &mut rng).await,
             "multilock" => multilock_loop(&out, &client, &mut rng).await,
+            "shared" => shared_loop(&out, &client, &mut rng).await,
             "register" => register_loop(&out, &client, &mut rng).await,
             "sequential" => sequential_loop(&out, &client, &mut rng).await,
             "watch" => watch_loop(&out, &client, &mut rng).await,
@@ -472,6 +479,107 @@ async fn multilock_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
             Err(err) => with_tokens(completion(out, "release", &err)),
         }
         drop(hold);
+        watcher.abort();
+        if client.state().is_terminal() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..50))).await;
+        out.backoff_if_info().await;
+    }
+    false
+}
+
+/// Workload `shared`: each operation takes the read-write lock [`SHARED_RW`] for reading
+/// or writing, or a permit of the semaphore [`SHARED_SEMAPHORE`], holds it up to 200 ms
+/// and releases it. Events carry the lock as `key` and the kind as `lock_kind`. Returns
+/// whether the session ended.
+async fn shared_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
+    let ttl = Duration::from_millis(out.spec.ttl_ms);
+    let timeout = Duration::from_millis(out.spec.request_timeout_ms);
+    let mut ops = 0u64;
+    while !out.past_deadline() && ops < 1_000_000 {
+        ops += 1;
+        let (key, kind, kind_name) = match rng.gen_range(0..10) {
+            0..=3 => (SHARED_RW, LockKind::Read, "read"),
+            4..=6 => (SHARED_RW, LockKind::Write, "write"),
+            _ => (
+                SHARED_SEMAPHORE,
+                LockKind::Semaphore {
+                    permits: SHARED_PERMITS,
+                },
+                "semaphore",
+            ),
+        };
+        let event = |kind: Kind, f: &str| {
+            let mut e = out.event(kind, f);
+            e.key = Some(key.to_string());
+            e.lock_kind = Some(kind_name.to_string());
+            e
+        };
+        out.emit(event(Kind::Invoke, "acquire"));
+        let options = corral_client::LockOptions::default()
+            .with_ttl(ttl)
+            .with_kind(kind);
+        let path = format!("{}/{key}", out.spec.root);
+        let guard = match client.lock(&path, options).acquire_timeout(timeout).await {
+            Ok(Some(g)) => {
+                let mut e = event(Kind::Ok, "acquire");
+                e.token = Some(g.token());
+                out.emit(e);
+                g
+            }
+            Ok(None) => {
+                let mut e = event(Kind::Fail, "acquire");
+                e.error = Some("timed out waiting".into());
+                out.emit(e);
+                continue;
+            }
+            Err(err) => {
+                // The client never holds after an error (it releases a late grant).
+                let mut e = event(Kind::Fail, "acquire");
+                e.error = Some(err.to_string());
+                out.emit(e);
+                if matches!(err, Error::SessionExpired | Error::Closed) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(INFO_BACKOFF_MS)).await;
+                continue;
+            }
+        };
+        let token = guard.token();
+        let watcher = {
+            let (out, lost) = (out.clone(), guard.lost());
+            let mut e = event(Kind::Event, "lost");
+            e.token = Some(token);
+            tokio::spawn(async move {
+                let why = lost.await;
+                if why != LockLoss::Released {
+                    e.error = Some(why.to_string());
+                    out.emit(e);
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..200))).await;
+        let mut e = event(Kind::Invoke, "release");
+        e.token = Some(token);
+        out.emit(e);
+        let mut e = match guard.release().await {
+            Ok(true) => event(Kind::Ok, "release"),
+            Ok(false) => {
+                let mut e = event(Kind::Fail, "release");
+                e.error = Some("was not held any more".into());
+                e
+            }
+            Err(err) => {
+                let mut e = completion(out, "release", &err);
+                e.key = Some(key.to_string());
+                e.lock_kind = Some(kind_name.to_string());
+                e
+            }
+        };
+        e.token = Some(token);
+        out.emit(e);
+        drop(guard);
         watcher.abort();
         if client.state().is_terminal() {
             return true;

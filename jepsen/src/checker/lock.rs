@@ -18,6 +18,9 @@
 //!   [`check_intervals`] as the `unfenced` lock does (holders of one lock and of groups
 //!   containing it never overlap), and [`check_group_tokens`] checks that a token, the
 //!   zxid of one request, is granted to one process only, whatever the lock.
+//! - Workload `shared` (a read-write lock and a semaphore): each lock's history gets
+//!   [`check_tokens`] and [`check_shared`], which allows readers together and at most
+//!   `permits` semaphore holders, with the same excuses as [`check_intervals`].
 
 use super::Check;
 use crate::history::{pairs, Event, Kind};
@@ -383,6 +386,102 @@ pub fn excuses(history: &[Event], tail_ns: u64) -> Vec<Excuse> {
     out
 }
 
+/// The nodes' reports of who leads (`cluster` events `leader`): (time, leader), in
+/// time order.
+fn leader_reports(history: &[Event]) -> Vec<(u64, u64)> {
+    let mut leaders: Vec<(u64, u64)> = history
+        .iter()
+        .filter(|e| e.workload == "cluster" && e.f == "leader")
+        .filter_map(|e| e.value.filter(|l| *l != 0).map(|l| (e.time, l)))
+        .collect();
+    leaders.sort_unstable();
+    leaders
+}
+
+/// Holds of a shared lock (workload `shared`, one lock's history from [`lock_history`]):
+/// a read-write lock (`permits` `None`) holds a writer alone or any number of readers; a
+/// semaphore holds at most `permits` at once. A grant beyond that is a violation unless
+/// enough of the holds already open are excused by [`excuse_for`] (their client paused
+/// past its TTL, a leader's clock rate skewed): every conflicting one for a read-write
+/// lock, all but `permits - 1` of them for a semaphore. The kinds come from the grants'
+/// `lock_kind` (`write` conflicts with every hold; anything else only with a `write`).
+pub fn check_shared(
+    history: &[Event],
+    workload: &str,
+    permits: Option<u32>,
+    excused: &[Excuse],
+) -> Check {
+    let what = match permits {
+        Some(n) => format!("at most {n} holders at once"),
+        None => "a writer alone or readers together".to_string(),
+    };
+    let mut c = Check::new(&format!("{workload}: {what}"));
+    let leaders = leader_reports(history);
+    let writes: std::collections::HashSet<(u64, u64)> = history
+        .iter()
+        .filter(|e| e.workload == workload && e.kind == Kind::Ok && e.f == "acquire")
+        .filter(|e| e.lock_kind.as_deref() == Some("write"))
+        .map(|e| (e.process, e.token.unwrap_or(0)))
+        .collect();
+    let is_write = |h: &Held| writes.contains(&(h.process, h.token));
+    let held = intervals(history, workload);
+    c.count("hold intervals", held.len() as u64);
+    let (mut shared, mut beyond, mut excused_count) = (0u64, 0u64, 0u64);
+    for (i, b) in held.iter().enumerate() {
+        // The other processes' holds open when `b` was granted (sorted by start).
+        let open: Vec<&Held> = held[..i]
+            .iter()
+            .filter(|a| a.process != b.process && a.end > b.start)
+            .collect();
+        let conflicting: Vec<&Held> = match permits {
+            Some(n) if open.len() >= n as usize => open.clone(),
+            Some(_) => Vec::new(),
+            None if is_write(b) => open.clone(),
+            None => open.iter().copied().filter(|a| is_write(a)).collect(),
+        };
+        if conflicting.is_empty() {
+            shared += u64::from(!open.is_empty());
+            continue;
+        }
+        beyond += 1;
+        let unexcused: Vec<&&Held> = conflicting
+            .iter()
+            .filter(|a| excuse_for(a, b, excused, &leaders).is_none())
+            .collect();
+        let allowed = permits.map_or(0, |n| n as usize - 1);
+        if unexcused.len() <= allowed {
+            excused_count += 1;
+            continue;
+        }
+        c.fail(format!(
+            "process {} (token {}{}, granted at {}) held it with {} ({} open holds, {} of \
+             them not excused by a pause or a clock)",
+            b.process,
+            b.token,
+            if is_write(b) { ", write" } else { "" },
+            secs(b.start),
+            unexcused
+                .iter()
+                .map(|a| format!(
+                    "process {} (token {}{}, {}..{})",
+                    a.process,
+                    a.token,
+                    if is_write(a) { ", write" } else { "" },
+                    secs(a.start),
+                    secs(a.end)
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
+            open.len(),
+            unexcused.len()
+        ));
+    }
+    c.count("grants shared with another holder", shared);
+    c.count("grants beyond what the lock allows", beyond);
+    c.count("of them excused by pauses or clocks", excused_count);
+    c
+}
+
 /// Whether `node` was the leader (as any node reported it, `cluster` events `leader`)
 /// at some moment in `[from, to]`: the last report before `from`, or one in between.
 fn was_leader(reports: &[(u64, u64)], node: u64, from: u64, to: u64) -> bool {
@@ -436,12 +535,7 @@ pub fn check_intervals(
         .filter(|e| e.workload == "cluster" && e.f == "snapshot-install")
         .map(|e| (e.time, e.key.clone().unwrap_or_default()))
         .collect();
-    let mut leaders: Vec<(u64, u64)> = history
-        .iter()
-        .filter(|e| e.workload == "cluster" && e.f == "leader")
-        .filter_map(|e| e.value.filter(|l| *l != 0).map(|l| (e.time, l)))
-        .collect();
-    leaders.sort_unstable();
+    let leaders = leader_reports(history);
     let held = intervals(history, workload);
     c.count("hold intervals", held.len() as u64);
     let mut overlap_ns: u64 = 0;
@@ -761,6 +855,103 @@ mod tests {
         let h: Vec<Event> = group(0, 1, 10).chain(single(20, 2, 10)).collect();
         let (_, tokens) = verdicts(h);
         assert_eq!(tokens, bad);
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+    use crate::checker::Validity;
+
+    /// A hold of `p` on the lock, `kind` `read`, `write` or `semaphore`, from `start` to
+    /// `end` with token `token` (acquire, grant, release invocation).
+    fn hold(p: u64, kind: &str, token: u64, start: u64, end: u64) -> Vec<Event> {
+        let ev = |time: u64, k: Kind, f: &str| {
+            let mut e = Event::new(time, p, "shared rw", k, f);
+            e.lock_kind = Some(kind.to_string());
+            e.token = (k != Kind::Invoke || f == "release").then_some(token);
+            e
+        };
+        vec![
+            ev(start.saturating_sub(1), Kind::Invoke, "acquire"),
+            ev(start, Kind::Ok, "acquire"),
+            ev(end, Kind::Invoke, "release"),
+        ]
+    }
+
+    fn history(holds: Vec<Vec<Event>>) -> Vec<Event> {
+        let mut h: Vec<Event> = holds.into_iter().flatten().collect();
+        h.sort_by_key(|e| e.time);
+        for (i, e) in h.iter_mut().enumerate() {
+            e.index = i as u64;
+        }
+        h
+    }
+
+    fn paused(p: u64, from: u64, to: u64) -> Excuse {
+        Excuse {
+            cause: Cause::ClientPaused(p),
+            from,
+            to,
+        }
+    }
+
+    /// Readers together pass, a writer with anyone fails unless every holder it overlaps
+    /// was paused; a semaphore of 2 holds two, a third fails unless all but one of the
+    /// holders before it were paused.
+    #[test]
+    fn shared_holds_are_checked_by_kind() {
+        let check = |holds, permits, excused: &[Excuse]| {
+            check_shared(&history(holds), "shared rw", permits, excused)
+        };
+        let readers = || vec![hold(1, "read", 10, 10, 100), hold(2, "read", 11, 20, 80)];
+        let c = check(readers(), None, &[]);
+        assert_eq!(c.valid, Validity::Valid, "{:?}", c.problems);
+        assert_eq!(c.stat("grants shared with another holder"), 1);
+        let mut with_writer = readers();
+        with_writer.push(hold(3, "write", 12, 50, 90));
+        assert_eq!(
+            check(with_writer.clone(), None, &[]).valid,
+            Validity::Invalid
+        );
+        // One of the two readers paused is not enough; both are.
+        let one = [paused(1, 40, 60)];
+        assert_eq!(
+            check(with_writer.clone(), None, &one).valid,
+            Validity::Invalid
+        );
+        let both = [paused(1, 40, 60), paused(2, 40, 60)];
+        let c = check(with_writer, None, &both);
+        assert_eq!(c.valid, Validity::Valid, "{:?}", c.problems);
+        assert_eq!(c.stat("of them excused by pauses or clocks"), 1);
+        // A reader granted while a writer holds fails too.
+        let c = check(
+            vec![hold(1, "write", 10, 10, 100), hold(2, "read", 11, 20, 80)],
+            None,
+            &[],
+        );
+        assert_eq!(c.valid, Validity::Invalid);
+        // A semaphore of 2.
+        let two = || {
+            vec![
+                hold(1, "semaphore", 10, 10, 100),
+                hold(2, "semaphore", 11, 20, 80),
+            ]
+        };
+        assert_eq!(check(two(), Some(2), &[]).valid, Validity::Valid);
+        let mut three = two();
+        three.push(hold(3, "semaphore", 12, 50, 90));
+        assert_eq!(check(three.clone(), Some(2), &[]).valid, Validity::Invalid);
+        let c = check(three, Some(2), &[paused(2, 40, 60)]);
+        assert_eq!(c.valid, Validity::Valid, "{:?}", c.problems);
+        // One after the other: nothing shared, nothing beyond.
+        let c = check(
+            vec![hold(1, "write", 10, 10, 20), hold(2, "write", 11, 30, 40)],
+            None,
+            &[],
+        );
+        assert_eq!(c.valid, Validity::Valid);
+        assert_eq!(c.stat("grants beyond what the lock allows"), 0);
     }
 }
 
