@@ -180,8 +180,8 @@ pub async fn run(spec: WorkerSpec) {
         };
         let session_over = match out.spec.workload.as_str() {
             "lock" | "unfenced" => lock_loop(&out, &client, &mut rng).await,
-            "multilock" => multilock_loop(&out, &client, &mut rng).await,
-            "shared" => shared_loop(&out, &client, &mut rng).await,
+            "multilock" => keyed_lock_loop(&out, &client, &mut rng, Request::multilock).await,
+            "shared" => keyed_lock_loop(&out, &client, &mut rng, Request::shared).await,
             "register" => register_loop(&out, &client, &mut rng).await,
             "sequential" => sequential_loop(&out, &client, &mut rng).await,
             "watch" => watch_loop(&out, &client, &mut rng).await,
@@ -339,7 +339,92 @@ async fn lock_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
     false
 }
 
-/// A `multilock` hold: one lock (`Client::lock`) or a group (`Client::lock_many`).
+/// One lock request of the `multilock` and `shared` workloads: the locks it takes (by
+/// name under the workload's root, the `key` of its events), one at a time with its kind
+/// recorded as `lock_kind`, or several at once with `LockMany` (exclusive).
+struct Request {
+    keys: Vec<&'static str>,
+    /// One lock's kind and its name in the history.
+    kind: Option<(LockKind, &'static str)>,
+}
+
+impl Request {
+    /// `multilock`: one, two or all three of [`MULTI_LOCKS`], in a random order.
+    fn multilock(rng: &mut StdRng) -> Request {
+        let count = match rng.gen_range(0..10) {
+            0..=1 => 1,
+            2..=7 => 2,
+            _ => 3,
+        };
+        let mut keys = MULTI_LOCKS.to_vec();
+        keys.shuffle(rng);
+        keys.truncate(count);
+        Request { keys, kind: None }
+    }
+
+    /// `shared`: [`SHARED_RW`] for reading or writing, or a permit of
+    /// [`SHARED_SEMAPHORE`].
+    fn shared(rng: &mut StdRng) -> Request {
+        let (key, kind) = match rng.gen_range(0..10) {
+            0..=3 => (SHARED_RW, (LockKind::Read, "read")),
+            4..=6 => (SHARED_RW, (LockKind::Write, "write")),
+            _ => (
+                SHARED_SEMAPHORE,
+                (
+                    LockKind::Semaphore {
+                        permits: SHARED_PERMITS,
+                    },
+                    "semaphore",
+                ),
+            ),
+        };
+        Request {
+            keys: vec![key],
+            kind: Some(kind),
+        }
+    }
+
+    /// Writes `e` once per lock, with its `key`, the recorded kind and, if given, its
+    /// token.
+    fn emit(&self, out: &Out, e: &Event, hold: Option<&Hold>) {
+        for key in &self.keys {
+            let mut e = e.clone();
+            e.key = Some(key.to_string());
+            e.lock_kind = self.kind.map(|(_, name)| name.to_string());
+            if let Some(hold) = hold {
+                e.token = hold.token(&path(out, key));
+            }
+            out.emit(e);
+        }
+    }
+
+    async fn acquire(&self, out: &Out, client: &Client) -> corral_client::Result<Option<Hold>> {
+        let ttl = Duration::from_millis(out.spec.ttl_ms);
+        let timeout = Duration::from_millis(out.spec.request_timeout_ms);
+        let options = corral_client::LockOptions::default().with_ttl(ttl);
+        match (self.keys.as_slice(), self.kind) {
+            ([one], kind) => {
+                let options = match kind {
+                    Some((kind, _)) => options.with_kind(kind),
+                    None => options,
+                };
+                let lock = client.lock(&path(out, one), options);
+                Ok(lock.acquire_timeout(timeout).await?.map(Hold::One))
+            }
+            (many, _) => {
+                let locks = client.lock_many(many.iter().map(|k| path(out, k)), options);
+                Ok(locks.acquire_timeout(timeout).await?.map(Hold::Many))
+            }
+        }
+    }
+}
+
+/// A lock's path: `key` under the workload's root.
+fn path(out: &Out, key: &str) -> String {
+    format!("{}/{key}", out.spec.root)
+}
+
+/// A [`Request`]'s hold: one lock (`Client::lock`) or a group (`Client::lock_many`).
 enum Hold {
     One(LockGuard),
     Many(MultiLockGuard),
@@ -368,70 +453,39 @@ impl Hold {
     }
 }
 
-/// Workload `multilock`: each operation takes one, two or all three of [`MULTI_LOCKS`]
-/// (in a random order; two or three at once with `LockMany`, granted all together), holds
-/// them a moment and releases them. Every event is written once per lock of the
-/// operation, with the lock's name as its `key`, so that each lock's history can be
-/// checked like the `unfenced` workload's (the checker splits them). Returns whether the
-/// session ended.
-async fn multilock_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
-    let ttl = Duration::from_millis(out.spec.ttl_ms);
-    let timeout = Duration::from_millis(out.spec.request_timeout_ms);
+/// Workloads `multilock` and `shared`: each operation takes the locks of a request drawn
+/// by `draw` ([`Request::multilock`], [`Request::shared`]), holds them up to 200 ms and
+/// releases them. Every event is written once per lock of the request, with the lock's
+/// name as its `key` (and `shared`'s kind as `lock_kind`), so that each lock's history
+/// can be checked on its own (the checker splits them). Returns whether the session
+/// ended.
+async fn keyed_lock_loop(
+    out: &Out,
+    client: &Client,
+    rng: &mut StdRng,
+    draw: fn(&mut StdRng) -> Request,
+) -> bool {
     let mut ops = 0u64;
     while !out.past_deadline() && ops < 1_000_000 {
         ops += 1;
-        let count = match rng.gen_range(0..10) {
-            0..=1 => 1,
-            2..=7 => 2,
-            _ => 3,
-        };
-        let mut keys = MULTI_LOCKS.to_vec();
-        keys.shuffle(rng);
-        keys.truncate(count);
-        let path = |k: &str| format!("{}/{k}", out.spec.root);
-        let each = |e: Event| {
-            for k in &keys {
-                let mut e = e.clone();
-                e.key = Some(k.to_string());
-                out.emit(e);
-            }
-        };
-        each(out.event(Kind::Invoke, "acquire"));
-        let options = corral_client::LockOptions::default().with_ttl(ttl);
-        let acquired = if let [one] = keys.as_slice() {
-            client
-                .lock(&path(one), options)
-                .acquire_timeout(timeout)
-                .await
-                .map(|g| g.map(Hold::One))
-        } else {
-            client
-                .lock_many(keys.iter().map(|k| path(k)), options)
-                .acquire_timeout(timeout)
-                .await
-                .map(|g| g.map(Hold::Many))
-        };
-        let hold = match acquired {
+        let request = draw(rng);
+        request.emit(out, &out.event(Kind::Invoke, "acquire"), None);
+        let hold = match request.acquire(out, client).await {
             Ok(Some(hold)) => {
-                for k in &keys {
-                    let mut e = out.event(Kind::Ok, "acquire");
-                    e.key = Some(k.to_string());
-                    e.token = hold.token(&path(k));
-                    out.emit(e);
-                }
+                request.emit(out, &out.event(Kind::Ok, "acquire"), Some(&hold));
                 hold
             }
             Ok(None) => {
                 let mut e = out.event(Kind::Fail, "acquire");
                 e.error = Some("timed out waiting".into());
-                each(e);
+                request.emit(out, &e, None);
                 continue;
             }
             Err(err) => {
                 // The client never holds after an error (it releases a late grant).
                 let mut e = out.event(Kind::Fail, "acquire");
                 e.error = Some(err.to_string());
-                each(e);
+                request.emit(out, &e, None);
                 if matches!(err, Error::SessionExpired | Error::Closed) {
                     return true;
                 }
@@ -439,27 +493,21 @@ async fn multilock_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
                 continue;
             }
         };
-        let tokens: Vec<(String, Option<u64>)> = keys
-            .iter()
-            .map(|k| (k.to_string(), hold.token(&path(k))))
-            .collect();
-        let with_tokens = |e: Event| {
-            for (k, token) in &tokens {
-                let mut e = e.clone();
-                e.key = Some(k.clone());
-                e.token = *token;
-                out.emit(e);
-            }
-        };
+        // The events of a loss, ready before the hold moves into the watcher.
+        let mut lost_events = Vec::new();
+        for key in &request.keys {
+            let mut e = out.event(Kind::Event, "lost");
+            e.key = Some(key.to_string());
+            e.lock_kind = request.kind.map(|(_, name)| name.to_string());
+            e.token = hold.token(&path(out, key));
+            lost_events.push(e);
+        }
         let watcher = {
-            let (out, tokens, lost) = (out.clone(), tokens.clone(), hold.lost());
+            let (out, lost) = (out.clone(), hold.lost());
             tokio::spawn(async move {
                 let why = lost.await;
                 if why != LockLoss::Released {
-                    for (k, token) in tokens {
-                        let mut e = out.event(Kind::Event, "lost");
-                        e.key = Some(k);
-                        e.token = token;
+                    for mut e in lost_events {
                         e.error = Some(why.to_string());
                         out.emit(e);
                     }
@@ -467,119 +515,19 @@ async fn multilock_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
             })
         };
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..200))).await;
-        with_tokens(out.event(Kind::Invoke, "release"));
-        match hold.release().await {
+        request.emit(out, &out.event(Kind::Invoke, "release"), Some(&hold));
+        let done = match hold.release().await {
             Ok(released) => {
                 let mut e = out.event(if released { Kind::Ok } else { Kind::Fail }, "release");
                 if !released {
                     e.error = Some("was not held any more".into());
                 }
-                with_tokens(e);
+                e
             }
-            Err(err) => with_tokens(completion(out, "release", &err)),
-        }
+            Err(err) => completion(out, "release", &err),
+        };
+        request.emit(out, &done, Some(&hold));
         drop(hold);
-        watcher.abort();
-        if client.state().is_terminal() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..50))).await;
-        out.backoff_if_info().await;
-    }
-    false
-}
-
-/// Workload `shared`: each operation takes the read-write lock [`SHARED_RW`] for reading
-/// or writing, or a permit of the semaphore [`SHARED_SEMAPHORE`], holds it up to 200 ms
-/// and releases it. Events carry the lock as `key` and the kind as `lock_kind`. Returns
-/// whether the session ended.
-async fn shared_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
-    let ttl = Duration::from_millis(out.spec.ttl_ms);
-    let timeout = Duration::from_millis(out.spec.request_timeout_ms);
-    let mut ops = 0u64;
-    while !out.past_deadline() && ops < 1_000_000 {
-        ops += 1;
-        let (key, kind, kind_name) = match rng.gen_range(0..10) {
-            0..=3 => (SHARED_RW, LockKind::Read, "read"),
-            4..=6 => (SHARED_RW, LockKind::Write, "write"),
-            _ => (
-                SHARED_SEMAPHORE,
-                LockKind::Semaphore {
-                    permits: SHARED_PERMITS,
-                },
-                "semaphore",
-            ),
-        };
-        let event = |kind: Kind, f: &str| {
-            let mut e = out.event(kind, f);
-            e.key = Some(key.to_string());
-            e.lock_kind = Some(kind_name.to_string());
-            e
-        };
-        out.emit(event(Kind::Invoke, "acquire"));
-        let options = corral_client::LockOptions::default()
-            .with_ttl(ttl)
-            .with_kind(kind);
-        let path = format!("{}/{key}", out.spec.root);
-        let guard = match client.lock(&path, options).acquire_timeout(timeout).await {
-            Ok(Some(g)) => {
-                let mut e = event(Kind::Ok, "acquire");
-                e.token = Some(g.token());
-                out.emit(e);
-                g
-            }
-            Ok(None) => {
-                let mut e = event(Kind::Fail, "acquire");
-                e.error = Some("timed out waiting".into());
-                out.emit(e);
-                continue;
-            }
-            Err(err) => {
-                // The client never holds after an error (it releases a late grant).
-                let mut e = event(Kind::Fail, "acquire");
-                e.error = Some(err.to_string());
-                out.emit(e);
-                if matches!(err, Error::SessionExpired | Error::Closed) {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(INFO_BACKOFF_MS)).await;
-                continue;
-            }
-        };
-        let token = guard.token();
-        let watcher = {
-            let (out, lost) = (out.clone(), guard.lost());
-            let mut e = event(Kind::Event, "lost");
-            e.token = Some(token);
-            tokio::spawn(async move {
-                let why = lost.await;
-                if why != LockLoss::Released {
-                    e.error = Some(why.to_string());
-                    out.emit(e);
-                }
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..200))).await;
-        let mut e = event(Kind::Invoke, "release");
-        e.token = Some(token);
-        out.emit(e);
-        let mut e = match guard.release().await {
-            Ok(true) => event(Kind::Ok, "release"),
-            Ok(false) => {
-                let mut e = event(Kind::Fail, "release");
-                e.error = Some("was not held any more".into());
-                e
-            }
-            Err(err) => {
-                let mut e = completion(out, "release", &err);
-                e.key = Some(key.to_string());
-                e.lock_kind = Some(kind_name.to_string());
-                e
-            }
-        };
-        e.token = Some(token);
-        out.emit(e);
-        drop(guard);
         watcher.abort();
         if client.state().is_terminal() {
             return true;
