@@ -69,6 +69,13 @@ pub struct FaultSwitches {
     /// "queued" is answered so again after its nodes were granted, although the grant
     /// was pushed while the client was away (breaks "every grant is told").
     pub stale_retried_lock_answers: bool,
+    /// Watches: a snapshot install fires no events for the changes it skipped (breaks
+    /// "every change is told before a later response").
+    pub silent_install: bool,
+    /// Watches: `SetWatches` compares a node with the zxid the server has reached
+    /// instead of the client's `last_zxid`, so what changed while the client was away
+    /// fires nothing (breaks "every change is told before a later response").
+    pub set_watches_from_now: bool,
 }
 
 impl FaultSwitches {
@@ -98,6 +105,8 @@ thread_local! {
             apply_during_install: false,
             unsynced_snapshot_files: false,
             stale_retried_lock_answers: false,
+            silent_install: false,
+            set_watches_from_now: false,
         }) };
 }
 
@@ -146,6 +155,8 @@ pub fn from_env() -> FaultSwitches {
                 "apply_during_install" => &mut f.apply_during_install,
                 "unsynced_snapshot_files" => &mut f.unsynced_snapshot_files,
                 "stale_retried_lock_answers" => &mut f.stale_retried_lock_answers,
+                "silent_install" => &mut f.silent_install,
+                "set_watches_from_now" => &mut f.set_watches_from_now,
                 other => {
                     tracing::error!(switch = other, "unknown fault switch in {FAULTS_ENV}");
                     continue;

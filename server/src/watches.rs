@@ -348,6 +348,11 @@ impl WatchManager {
         machine: &StateMachine,
     ) -> Result<Vec<WatchEvent>, ErrorInfo> {
         let zxid = machine.last_zxid();
+        let last_zxid = if crate::faults::active().set_watches_from_now {
+            zxid
+        } else {
+            last_zxid
+        };
         let mut events = Vec::new();
         let mut register: Vec<(&str, WatchKind)> = Vec::new();
         let mut fire = |kind: EventKind, path: &str| {

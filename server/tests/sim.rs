@@ -30,7 +30,7 @@ fn configure(seed: u64) -> SimConfig {
 fn summary(seed: u64, r: &Report) -> String {
     format!(
         "seed {seed}: {} nodes, {} events, {} sim ms, {} entries, {} acked, {} crashes, {} \
-         faults, {} installs, {} ops {}, {} multi-locks held, {} shared holds, {} ms",
+         faults, {} installs, {} ops {}, {} multi-locks held, {} shared holds, {} watch events ({} re-registrations), {} ms",
         r.config.nodes,
         r.stats.events,
         r.stats.sim_ms,
@@ -43,6 +43,8 @@ fn summary(seed: u64, r: &Report) -> String {
         r.stats.linearizability,
         r.stats.groups_held,
         r.stats.shared_holds,
+        r.stats.watch_events,
+        r.stats.watch_resyncs,
         r.stats.wall_ms
     )
 }
@@ -538,6 +540,7 @@ fn as_found(mut c: SimConfig) -> SimConfig {
     c.give_up_per_mille = 0;
     c.multi_lock_per_mille = 0;
     c.lock_families = Vec::new();
+    c.watch_per_mille = 0;
     c.upgrade_at_ms = None;
     c
 }
@@ -936,6 +939,8 @@ fn regression_retried_lock_learns_its_grant() {
 fn regression_retried_lock_learns_its_node_is_gone() {
     let mut c = SimConfig::from_seed(25_201_343);
     c.skip_faults = [5, 11, 12, 13, 14, 15].into_iter().collect();
+    // As found: before clients set watches.
+    c.watch_per_mille = 0;
     let r = sim::run(&c);
     assert!(
         !r.failed(),
@@ -1000,6 +1005,7 @@ fn pinned_in_passes(
     c.skip_faults = skip.collect();
     c.give_up_per_mille = 0;
     c.upgrade_at_ms = None;
+    c.watch_per_mille = 0;
     let r = sim::run(&c);
     assert!(!r.failed(), "{}", r.describe(test));
 }
@@ -1020,6 +1026,34 @@ fn fault_stale_retried_lock_answers_leave_waiters_untold() {
             ViolationKind::LockNotAcquirable,
         ],
         |_| {},
+        100,
+    );
+}
+
+/// Watches must fire for what a snapshot install skipped (the install compares the old
+/// and new state at every watched path). With the switch an install fires nothing, and a
+/// client then gets a response past a change of a node it watches without the event.
+#[test]
+fn fault_silent_install_leaves_watches_unfired() {
+    catches(
+        "fault_silent_install_leaves_watches_unfired",
+        switches(|s| s.silent_install = true),
+        &[ViolationKind::WatchNotFired],
+        |c| c.watch_per_mille = 800,
+        100,
+    );
+}
+
+/// `SetWatches` must fire for what changed since the client's `last_zxid`. With the
+/// switch it compares with the server's own zxid, so what changed while the client was
+/// away fires nothing.
+#[test]
+fn fault_set_watches_from_now_loses_events_across_reconnects() {
+    catches(
+        "fault_set_watches_from_now_loses_events_across_reconnects",
+        switches(|s| s.set_watches_from_now = true),
+        &[ViolationKind::WatchNotFired],
+        |c| c.watch_per_mille = 800,
         100,
     );
 }

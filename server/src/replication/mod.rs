@@ -45,13 +45,14 @@ pub enum ClusterError {
     Config(String),
 }
 
-/// One decided entry applied during recovery: its zxid, the entry, and the result for
-/// the client.
+/// One decided entry applied during recovery: its zxid, the entry, the result for the
+/// client, and the tree changes it made.
 #[cfg(any(test, feature = "sim"))]
 pub type Replayed = (
     u64,
     crate::machine::Entry,
     Option<Result<corral_protocol::OpResult, corral_protocol::ErrorInfo>>,
+    Vec<crate::machine::Change>,
 );
 
 /// A cluster member recovered from its data directory, before OmniPaxos runs.
@@ -223,7 +224,12 @@ pub fn open_cluster_on(
             .clone()
             .into_machine_seeing(limits, |_entry, _applied| {
                 #[cfg(any(test, feature = "sim"))]
-                replayed.push((_applied.zxid, _entry.clone(), _applied.result));
+                replayed.push((
+                    _applied.zxid,
+                    _entry.clone(),
+                    _applied.result,
+                    _applied.changes,
+                ));
             })
             .map_err(ClusterError::Snapshot)?,
         None => StateMachine::new(limits),
@@ -239,7 +245,7 @@ pub fn open_cluster_on(
             let zxid = machine.last_zxid() + 1;
             let _applied = machine.apply(zxid, &entry);
             #[cfg(any(test, feature = "sim"))]
-            replayed.push((zxid, entry, _applied.result));
+            replayed.push((zxid, entry, _applied.result, _applied.changes));
         }
     }
     Ok(RecoveredCluster {

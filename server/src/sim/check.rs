@@ -84,6 +84,12 @@ pub enum ViolationKind {
     GrantNotTold,
     /// The nodes did not reach the same state after the faults healed.
     NotConverged,
+    /// A client got a watch event that no watch it held, or no change since the watch
+    /// was set, accounts for (`sim/watch.rs`).
+    WatchSpurious,
+    /// A client got a response with a zxid past a change that fires one of its watches,
+    /// without the event first (`sim/watch.rs`).
+    WatchNotFired,
     /// A node could not recover from its disk.
     Recovery,
     /// A log sync was sent whose decided snapshot does not end where its suffix starts

@@ -13,6 +13,7 @@
 
 use super::check::{value_of, Violation, ViolationKind};
 use super::rng::SimRng;
+use super::watch::{watchable, ChangeLog, ClientWatches};
 use crate::node::ConnId;
 use corral_checker::{RegisterInput, RegisterOutput};
 use corral_protocol::{
@@ -125,6 +126,10 @@ pub struct ClientCfg {
     pub multi_lock_per_mille: u64,
     /// `SimConfig::lock_families`.
     pub lock_families: Vec<LockKind>,
+    /// `SimConfig::watch_per_mille`.
+    pub watch_per_mille: u64,
+    /// Clients in the run (whose ephemeral nodes a client may watch).
+    pub clients: usize,
 }
 
 /// What a client does.
@@ -205,6 +210,8 @@ enum Purpose {
         node: String,
     },
     Acknowledge,
+    /// Re-registers the watches after a reconnect.
+    SetWatches,
     Other,
 }
 
@@ -340,6 +347,11 @@ pub struct SimClient {
     /// Draws of the kind of a read-write lock's requests (a stream of their own: a run
     /// with exclusive locks only is the run it was before).
     kind_rng: SimRng,
+    /// Draws of the watches (a stream of their own: a run without watches is the run it
+    /// was before clients set them).
+    watch_rng: SimRng,
+    /// The one-shot watches it holds.
+    pub watches: ClientWatches,
     /// Multi-lock groups it held.
     pub groups_held: u64,
     /// Setup finished (for the setup client).
@@ -442,6 +454,8 @@ impl SimClient {
             give_up_rng: SimRng::stream(seed, 2000 + id as u64),
             multi_rng: SimRng::stream(seed, 3000 + id as u64),
             kind_rng: SimRng::stream(seed, 4000 + id as u64),
+            watch_rng: SimRng::stream(seed, 5000 + id as u64),
+            watches: ClientWatches::default(),
             groups_held: 0,
             dropped_on_wind_down: None,
             early_grants: BTreeSet::new(),
@@ -652,6 +666,7 @@ impl SimClient {
         )));
         self.session = None;
         self.believed.clear();
+        self.watches.clear();
         for (_, p) in std::mem::take(&mut self.pending) {
             match p.purpose {
                 Purpose::Write(h) | Purpose::Fenced(h) => {
@@ -997,16 +1012,18 @@ impl SimClient {
                     true,
                     out,
                 );
+                let watch = watchable(&key) && self.watch_chance();
                 self.send(
                     now,
-                    Op::GetData {
-                        path: key,
-                        watch: false,
-                    },
+                    Op::GetData { path: key, watch },
                     Purpose::Read(h),
                     true,
                     out,
                 );
+            }
+            2 if self.watch_chance() => {
+                let op = self.watch_read();
+                self.send(now, op, Purpose::PlainRead, true, out);
             }
             2 => {
                 let key = reg_key(self.rng.range(0, self.cfg.keys as u64) as usize);
@@ -1100,6 +1117,54 @@ impl SimClient {
         }
     }
 
+    /// Whether a read sets a watch (`SimConfig::watch_per_mille`; draws from `watch_rng`
+    /// only, and only in runs with watches).
+    fn watch_chance(&mut self) -> bool {
+        self.cfg.watch_per_mille > 0 && self.watch_rng.chance(self.cfg.watch_per_mille)
+    }
+
+    /// A read that sets a one-shot watch: on a register key's data, on whether some
+    /// client's ephemeral node exists, or on the ephemeral nodes' parent's children.
+    fn watch_read(&mut self) -> Op {
+        match self.watch_rng.range(0, 4) {
+            0 => Op::GetData {
+                path: reg_key(self.watch_rng.range(0, self.cfg.keys as u64) as usize),
+                watch: true,
+            },
+            1 => Op::GetChildren {
+                path: "/eph".to_string(),
+                watch: true,
+            },
+            _ => {
+                let owner = self.watch_rng.range(0, self.cfg.clients.max(1) as u64);
+                let n = self.watch_rng.range(0, 3);
+                let path = format!("/eph/c{owner}-{n}");
+                if self.watch_rng.chance(500) {
+                    Op::Exists { path, watch: true }
+                } else {
+                    Op::GetData { path, watch: true }
+                }
+            }
+        }
+    }
+
+    /// After an event on `path`, mostly reads it again with a new watch, as a cache of
+    /// the node would (not a task: the client's workload goes on meanwhile).
+    fn rearm(&mut self, path: &str, now: u64, out: &mut Vec<CAction>) {
+        if self.mode != Mode::Active || !self.watch_rng.chance(700) {
+            return;
+        }
+        let path = path.to_string();
+        let op = if path == "/eph" {
+            Op::GetChildren { path, watch: true }
+        } else if path.starts_with("/eph/") {
+            Op::Exists { path, watch: true }
+        } else {
+            Op::GetData { path, watch: true }
+        };
+        self.send(now, op, Purpose::PlainRead, false, out);
+    }
+
     /// Sends a `LockMany` of two or three distinct locks, in a random order, sometimes
     /// under the lease, sometimes `try_only` (draws from `multi_rng` only).
     fn lock_many(&mut self, now: u64, out: &mut Vec<CAction>) {
@@ -1163,6 +1228,7 @@ impl SimClient {
         msg: ToClient,
         now: u64,
         hist: &mut Vec<HistOp>,
+        changes: &ChangeLog,
     ) -> Vec<CAction> {
         let mut out = Vec::new();
         if self.conn.as_ref().map(|c| c.id) != Some(conn) {
@@ -1189,7 +1255,9 @@ impl SimClient {
                 self.conn = None;
                 self.next_connect_us = now + 1_000 + self.rng.range(0, 20_000);
             }
-            ToClient::Msg(ServerMessage::Response(r)) => self.on_response(r, now, hist, &mut out),
+            ToClient::Msg(ServerMessage::Response(r)) => {
+                self.on_response(r, now, hist, changes, &mut out)
+            }
             ToClient::Msg(ServerMessage::Goodbye(e)) => {
                 out.push(CAction::Note(format!("c{} goodbye: {:?}", self.id, e.code)));
                 if e.code == ErrorCode::SessionExpired && self.session.is_some() {
@@ -1200,6 +1268,7 @@ impl SimClient {
             }
             ToClient::Msg(ServerMessage::LockGranted(ev)) => {
                 self.last_zxid = self.last_zxid.max(ev.zxid);
+                self.watches.saw(ev.zxid);
                 let complete = match &mut self.task {
                     Task::Waiting { nodes, told, .. }
                         if nodes.iter().any(|n| n.node == ev.node) =>
@@ -1230,6 +1299,7 @@ impl SimClient {
             }
             ToClient::Msg(ServerMessage::LockLost(ev)) => {
                 self.last_zxid = self.last_zxid.max(ev.zxid);
+                self.watches.saw(ev.zxid);
                 if self
                     .believed
                     .get(&ev.lock)
@@ -1255,7 +1325,14 @@ impl SimClient {
                     self.early_losses.insert((ev.token, ev.node));
                 }
             }
-            ToClient::Msg(ServerMessage::Watch(_)) => {}
+            ToClient::Msg(ServerMessage::Watch(ev)) => {
+                self.last_zxid = self.last_zxid.max(ev.zxid);
+                if let Err(v) = self.watches.on_event(self.id, &ev, changes, now) {
+                    out.push(CAction::Violation(v));
+                }
+                self.watches.saw(ev.zxid);
+                self.rearm(&ev.path, now, &mut out);
+            }
         }
         out
     }
@@ -1289,6 +1366,7 @@ impl SimClient {
                 s.ka_sent_local = s.ka_sent_local.max(sent_local);
             }
             _ => {
+                self.watches.clear();
                 self.session = Some(Session {
                     id: g.session_id,
                     secret: g.secret,
@@ -1315,10 +1393,24 @@ impl SimClient {
         if resumed {
             self.give_up_writes(now, hist, out);
         }
+        // The watches go first (as `corral-client` sends them), with a new `SetWatches`:
+        // one still unanswered on the old connection is not resent.
+        self.pending
+            .retain(|_, p| !matches!(p.purpose, Purpose::SetWatches));
+        let resync = self
+            .watches
+            .resync_op()
+            .map(|op| self.send(now, op, Purpose::SetWatches, false, out));
+        if let Some(xid) = resync {
+            self.watches.resync_sent(xid);
+        }
         // Resend everything unanswered, in xid order, with the same xids.
         let conn = self.conn.as_ref().map_or(0, |c| c.id);
         let local = self.local(now);
         for (xid, p) in self.pending.iter_mut() {
+            if Some(*xid) == resync {
+                continue;
+            }
             p.sent_us = now;
             p.sent_local = local;
             out.push(CAction::Send {
@@ -1563,11 +1655,20 @@ impl SimClient {
         r: Response,
         now: u64,
         hist: &mut Vec<HistOp>,
+        changes: &ChangeLog,
         out: &mut Vec<CAction>,
     ) {
         let Some(p) = self.pending.remove(&r.xid) else {
             return;
         };
+        // Every event up to the response's zxid of the watches registered here came
+        // before it.
+        self.watches.resync_answered(r.xid, r.result.is_ok());
+        if let Err(v) = self.watches.check_due(self.id, r.zxid, changes, now) {
+            out.push(CAction::Violation(v));
+        }
+        self.watches.answered(&p.op, &r.result, r.zxid);
+        self.watches.saw(r.zxid);
         let session = self.session.as_ref().map_or(0, |s| s.id);
         let is_read = matches!(p.op, Op::GetData { .. });
         if is_read && r.result.is_ok() && r.zxid < p.zxid_at_send {
@@ -1705,6 +1806,7 @@ impl SimClient {
                     )));
                     self.session = None;
                     self.believed.clear();
+                    self.watches.clear();
                     for (_, q) in std::mem::take(&mut self.pending) {
                         if let Purpose::Write(h) | Purpose::Fenced(h) = q.purpose {
                             hist[h].output = None;
@@ -1724,6 +1826,7 @@ impl SimClient {
             | Purpose::Create
             | Purpose::Unlock
             | Purpose::Acknowledge
+            | Purpose::SetWatches
             | Purpose::Other => {}
         }
         if matches!(self.task, Task::Busy) && !self.task_pending() {

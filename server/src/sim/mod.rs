@@ -42,6 +42,9 @@
 //!   time or two or three at once (`LockMany`, `multi_lock_per_mille`), exclusive,
 //!   read-write or semaphores (`lock_families`),
 //!   guarded writes (`CheckLock` + `SetData` in a multi), sync + read, plain reads,
+//!   one-shot watches (`watch_per_mille`: data, exist and child watches on the register
+//!   keys and the ephemeral nodes, mostly re-armed after their event, re-registered with
+//!   `SetWatches` first thing after every reconnect),
 //!   sequential and ephemeral creates, session close and abandon. Clients, too, have
 //!   their own clock rate, and can be paused for longer than their lease. In most seeds
 //!   they acknowledge answered xids before writes (`ack_every`; given-up writes count
@@ -72,7 +75,9 @@
 //! `OrderedWrite`s and `AckedWrite`s taking effect in xid order (a write
 //! below one its session executed before must be refused), no early session expiry
 //! (both on the expiring leader's clock and against the clients' acknowledged
-//! keepalives), clients never going back in time. After healing: every lock is acquired
+//! keepalives), clients never going back in time, watch events (none without a change
+//! since its watch was set, none missing before a response with a later zxid:
+//! [`watch`]). After healing: every lock is acquired
 //! by a probe client within TTL + 4 elections + lock-delay + 300 ms, every client request
 //! is answered, and the nodes converge to one state. Both bounds are extended by the longest time a node spent decoding a snapshot
 //! after the heal (one decode in ten is modelled at up to a second, and a leader that
@@ -120,8 +125,8 @@
 //! unsynced writes across files, no bit rot, no short writes that succeed); wall-clock
 //! steps (NTP) and monotonic clocks that stop; memory limits; the real client library
 //! (`corral-client`): the simulated clients follow the protocol but are written for the
-//! simulator; watches (a client may register them; events are not checked);
-//! single-node mode (`Log::Local`, `storage.rs`'s snapshot files); membership changes.
+//! simulator; persistent and recursive watches (only one-shot watches are set and
+//! checked); single-node mode (`Log::Local`, `storage.rs`'s snapshot files); membership changes.
 
 // Test-support code: some pedantic lints are relaxed here.
 #![allow(clippy::ptr_arg, clippy::collapsible_if)]
@@ -130,6 +135,7 @@ mod check;
 mod client;
 mod plan;
 mod rng;
+mod watch;
 mod world;
 
 pub use check::{Violation, ViolationKind};
@@ -190,6 +196,10 @@ pub struct Stats {
     /// Grants of a shared lock (read, semaphore) while another client believed it held
     /// the same lock too.
     pub shared_holds: u64,
+    /// Watch events the clients received (each checked: see `watch`).
+    pub watch_events: u64,
+    /// Times the clients re-registered their watches after a reconnect.
+    pub watch_resyncs: u64,
     /// The linearizability verdict.
     pub linearizability: String,
     /// Wall-clock time of the run, ms.
@@ -256,7 +266,7 @@ impl Report {
             "config: {} nodes, {} clients, tick {} ms, election {} ms, TTL {} ms, lock-delay {} \
              ms, snapshot every {} entries or {} bytes, passes of {} inputs within {} µs, clocks ±{} ppm, net {:?}, \
              disk {:?}, switches {:?}, give-ups {}‰, upgrade at {:?} ms from peer protocol \
-             {}, acknowledgements every {} xids, multi-locks {}‰, lock kinds {:?}",
+             {}, acknowledgements every {} xids, multi-locks {}‰, lock kinds {:?}, watches {}‰",
             c.nodes,
             c.clients,
             c.tick_ms,
@@ -276,7 +286,8 @@ impl Report {
             c.old_peer_version,
             c.ack_every,
             c.multi_lock_per_mille,
-            c.lock_families
+            c.lock_families,
+            c.watch_per_mille
         );
         let _ = writeln!(s, "faults:");
         for (i, f) in c.plan().iter().enumerate() {
@@ -309,6 +320,8 @@ pub fn run(config: &SimConfig) -> Report {
     stats.acked = world.checks.acked;
     stats.hash_checks = world.checks.hash_checks;
     stats.groups_held = world.clients.iter().map(|c| c.groups_held).sum();
+    stats.watch_events = world.clients.iter().map(|c| c.watches.events).sum();
+    stats.watch_resyncs = world.clients.iter().map(|c| c.watches.resyncs).sum();
     if world.violation.is_none() {
         let (verdict, violation, ops) = check_history(&world.hist, config.checker_ms);
         stats.linearizability = verdict;

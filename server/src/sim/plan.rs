@@ -261,6 +261,12 @@ pub struct SimConfig {
     /// (`LockMany` of two or three of the locks, granted and released together) rather
     /// than one lock; only with two locks or more (0: never).
     pub multi_lock_per_mille: u64,
+    /// Chance (per mille) that a workload client's read sets a one-shot watch (a plain
+    /// read then reads a register key, `/eph`'s children, or whether some client's
+    /// ephemeral node exists; a linearizable read of a register key keeps its key), which
+    /// the client re-registers after every reconnect and whose events are checked
+    /// (`sim/watch.rs`; 0: clients set no watches).
+    pub watch_per_mille: u64,
 }
 
 impl SimConfig {
@@ -342,6 +348,13 @@ impl SimConfig {
         } else {
             multi_rng.range_incl(100, 600)
         };
+        // Watches in three seeds in four, from a stream of their own too.
+        let mut watch_rng = SimRng::stream(seed, 11);
+        let watch_per_mille = if watch_rng.chance(250) {
+            0
+        } else {
+            watch_rng.range_incl(200, 800)
+        };
         let mut c = SimConfig {
             seed,
             nodes,
@@ -381,6 +394,7 @@ impl SimConfig {
             ack_every,
             snapshot_every_bytes,
             multi_lock_per_mille,
+            watch_per_mille,
         };
         // Shared locks in three seeds in four, from a stream of their own too.
         let mut family_rng = SimRng::stream(seed, 10);

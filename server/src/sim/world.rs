@@ -5,6 +5,7 @@ use super::check::{Checks, Violation, ViolationKind};
 use super::client::{conflicts, CAction, ClientCfg, HistOp, Mode, Role, SimClient, ToClient};
 use super::plan::{FaultKind, PlannedFault, Shape, SimConfig, Target};
 use super::rng::SimRng;
+use super::watch::ChangeLog;
 use super::{fmt_time, Stats};
 use crate::disk::{Disk, SimDisk, SimDiskFaults};
 use crate::machine::{MachineLimits, StateMachine};
@@ -263,6 +264,8 @@ pub(super) struct World {
     partitions: BTreeMap<usize, BTreeSet<(u64, u64)>>,
     links: BTreeMap<(u64, u64), Link>,
     pub checks: Checks,
+    /// The tree changes of the decided log, for the watch checks.
+    changes: ChangeLog,
     pub hist: Vec<HistOp>,
     pub trace: VecDeque<String>,
     pub trace_hash: u64,
@@ -328,6 +331,8 @@ impl World {
             ack_every: cfg.ack_every,
             multi_lock_per_mille: cfg.multi_lock_per_mille,
             lock_families: cfg.lock_families.clone(),
+            watch_per_mille: cfg.watch_per_mille,
+            clients: cfg.clients,
         };
         let mut clients = Vec::new();
         for i in 0..cfg.clients {
@@ -355,6 +360,7 @@ impl World {
             partitions: BTreeMap::new(),
             links: BTreeMap::new(),
             checks: Checks::default(),
+            changes: ChangeLog::default(),
             hist: Vec::new(),
             trace: VecDeque::new(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
@@ -559,7 +565,8 @@ impl World {
                     recovered.machine.last_zxid(),
                     if recovered.fresh { ", empty disk" } else { "" }
                 ));
-                for (zxid, entry, result) in std::mem::take(&mut recovered.replayed) {
+                for (zxid, entry, result, changes) in std::mem::take(&mut recovered.replayed) {
+                    self.changes.record(zxid, &changes);
                     let r = self.checks.on_replayed(id, zxid, &entry, &result, self.now);
                     if let Err(v) = r {
                         self.violate(v);
@@ -1214,7 +1221,8 @@ impl World {
                 let closed = matches!(msg, ToClient::Closed);
                 let (out, hist) = {
                     let mut hist = std::mem::take(&mut self.hist);
-                    let out = self.clients[client].on_msg(conn, msg, self.now, &mut hist);
+                    let out =
+                        self.clients[client].on_msg(conn, msg, self.now, &mut hist, &self.changes);
                     (out, hist)
                 };
                 self.hist = hist;
@@ -1385,7 +1393,9 @@ impl World {
                     entry,
                     result,
                     granted,
+                    changes,
                 } => {
+                    self.changes.record(zxid, &changes);
                     let before = self.checks.entries;
                     let r = self
                         .checks
@@ -1544,12 +1554,13 @@ impl World {
                 let mut tail = Vec::new();
                 let machine = job
                     .decode_seeing(|entry, applied| {
-                        tail.push((applied.zxid, entry.clone(), applied.result));
+                        tail.push((applied.zxid, entry.clone(), applied.result, applied.changes));
                     })
                     .map(Box::new);
                 // Entries of the tail may have been applied nowhere else (a leader that
                 // crashed between deciding and applying them).
-                for (zxid, entry, result) in tail {
+                for (zxid, entry, result, changes) in tail {
+                    self.changes.record(zxid, &changes);
                     if let Err(v) = self.checks.on_replayed(id, zxid, &entry, &result, self.now) {
                         self.violate(v);
                     }
