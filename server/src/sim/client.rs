@@ -334,8 +334,10 @@ pub struct SimClient {
     creates: u32,
     next_ping_local: u64,
     setup_left: Vec<Op>,
-    /// For the probe: locks still to acquire.
+    /// For the probe: locks still to acquire (a semaphore once per permit).
     probe_left: Vec<String>,
+    /// For the probe: the permits of a semaphore it holds while it asks for the next.
+    probe_held: Vec<(String, u64)>,
     /// Chance (per mille) of giving up on writes when the session is resumed.
     give_up_per_mille: u64,
     /// Draws of the give-ups (a stream of their own: a run in which no client gives up
@@ -422,8 +424,19 @@ impl SimClient {
             setup_left.push(mk("/eph".to_string()));
             setup_left.reverse();
         }
+        // A semaphore is probed once per permit, the permits held until the last is
+        // granted: every permit came back, not only one.
         let probe_left = if role == Role::Probe {
-            (0..cfg.locks).rev().map(lock_name).collect()
+            (0..cfg.locks)
+                .rev()
+                .flat_map(|i| {
+                    let permits = match cfg.lock_families.get(i) {
+                        Some(LockKind::Semaphore { permits }) => *permits as usize,
+                        _ => 1,
+                    };
+                    std::iter::repeat_n(lock_name(i), permits)
+                })
+                .collect()
         } else {
             Vec::new()
         };
@@ -450,6 +463,7 @@ impl SimClient {
             next_ping_local: 0,
             setup_left,
             probe_left,
+            probe_held: Vec::new(),
             give_up_per_mille,
             give_up_rng: SimRng::stream(seed, 2000 + id as u64),
             multi_rng: SimRng::stream(seed, 3000 + id as u64),
@@ -1510,12 +1524,23 @@ impl SimClient {
         let safe_until_us = self.real_of(self.safe_until_local(lease));
         if self.role == Role::Probe {
             for n in &nodes {
+                if let Some(i) = self.probe_left.iter().rposition(|l| *l == n.lock) {
+                    self.probe_left.remove(i);
+                }
+                if self.probe_left.contains(&n.lock) {
+                    // A semaphore's permit: held while the next one is asked for.
+                    self.probe_held.push((n.node.clone(), token));
+                    self.task = Task::Idle { until_us: now };
+                    continue;
+                }
                 out.push(CAction::ProbeAcquired {
                     lock: n.lock.clone(),
                 });
-                self.probe_left.retain(|l| *l != n.lock);
+                self.release(now, n.node.clone(), token, out);
+                for (node, token) in std::mem::take(&mut self.probe_held) {
+                    self.release(now, node, token, out);
+                }
             }
-            self.release_nodes(now, &nodes, token, out);
             return;
         }
         if now >= safe_until_us {

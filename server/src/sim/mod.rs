@@ -77,8 +77,8 @@
 //! (both on the expiring leader's clock and against the clients' acknowledged
 //! keepalives), clients never going back in time, watch events (none without a change
 //! since its watch was set, none missing before a response with a later zxid:
-//! [`watch`]). After healing: every lock is acquired
-//! by a probe client within TTL + 4 elections + lock-delay + 300 ms, every client request
+//! [`watch`]). After healing: every lock is acquired (a semaphore's permits all at
+//! once: none leaked) by a probe client within TTL + 4 elections + lock-delay + 300 ms, every client request
 //! is answered, and the nodes converge to one state. Both bounds are extended by the longest time a node spent decoding a snapshot
 //! after the heal (one decode in ten is modelled at up to a second, and a leader that
 //! installs applies nothing meanwhile). At the end the register history (writes, guarded writes, sync + read) is
