@@ -192,6 +192,8 @@ pub fn active() -> FaultSwitches {
         apply_during_install: false,
         unsynced_snapshot_files: false,
         stale_retried_lock_answers: false,
+        silent_install: false,
+        set_watches_from_now: false,
     }
 }
 
