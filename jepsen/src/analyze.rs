@@ -113,6 +113,7 @@ pub fn analyze(history: &[Event], opts: &Options) -> Summary {
                 checks.push(lock::check_intervals(history, "unfenced", &excused, strict));
             }
             "shared" => {
+                checks.push(lock::check_group_tokens(history, "shared"));
                 for key in lock::lock_keys(history, "shared") {
                     let one = lock::lock_history(history, "shared", &key);
                     let label = lock::lock_label("shared", &key);

@@ -340,12 +340,11 @@ async fn lock_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
 }
 
 /// One lock request of the `multilock` and `shared` workloads: the locks it takes (by
-/// name under the workload's root, the `key` of its events), one at a time with its kind
-/// recorded as `lock_kind`, or several at once with `LockMany` (exclusive).
+/// name under the workload's root, the `key` of their events), each with the kind it is
+/// asked for (recorded as `lock_kind`; `None`: exclusive, not recorded): one with
+/// `Client::lock`, or several at once with `LockMany`.
 struct Request {
-    keys: Vec<&'static str>,
-    /// One lock's kind and its name in the history.
-    kind: Option<(LockKind, &'static str)>,
+    locks: Vec<(&'static str, Option<(LockKind, &'static str)>)>,
 }
 
 impl Request {
@@ -359,42 +358,57 @@ impl Request {
         let mut keys = MULTI_LOCKS.to_vec();
         keys.shuffle(rng);
         keys.truncate(count);
-        Request { keys, kind: None }
-    }
-
-    /// `shared`: [`SHARED_RW`] for reading or writing, or a permit of
-    /// [`SHARED_SEMAPHORE`].
-    fn shared(rng: &mut StdRng) -> Request {
-        let (key, kind) = match rng.gen_range(0..10) {
-            0..=3 => (SHARED_RW, (LockKind::Read, "read")),
-            4..=6 => (SHARED_RW, (LockKind::Write, "write")),
-            _ => (
-                SHARED_SEMAPHORE,
-                (
-                    LockKind::Semaphore {
-                        permits: SHARED_PERMITS,
-                    },
-                    "semaphore",
-                ),
-            ),
-        };
         Request {
-            keys: vec![key],
-            kind: Some(kind),
+            locks: keys.into_iter().map(|k| (k, None)).collect(),
         }
     }
 
-    /// Writes `e` once per lock, with its `key`, the recorded kind and, if given, its
-    /// token.
-    fn emit(&self, out: &Out, e: &Event, hold: Option<&Hold>) {
-        for key in &self.keys {
-            let mut e = e.clone();
-            e.key = Some(key.to_string());
-            e.lock_kind = self.kind.map(|(_, name)| name.to_string());
-            if let Some(hold) = hold {
-                e.token = hold.token(&path(out, key));
+    /// `shared`: [`SHARED_RW`] for reading or writing, a permit of
+    /// [`SHARED_SEMAPHORE`], or (two in ten) both at once with `LockMany`, in a random
+    /// order.
+    fn shared(rng: &mut StdRng) -> Request {
+        const READ: (LockKind, &str) = (LockKind::Read, "read");
+        const WRITE: (LockKind, &str) = (LockKind::Write, "write");
+        const PERMIT: (LockKind, &str) = (
+            LockKind::Semaphore {
+                permits: SHARED_PERMITS,
+            },
+            "semaphore",
+        );
+        let mut locks = match rng.gen_range(0..10) {
+            0..=2 => vec![(SHARED_RW, Some(READ))],
+            3..=4 => vec![(SHARED_RW, Some(WRITE))],
+            5..=7 => vec![(SHARED_SEMAPHORE, Some(PERMIT))],
+            _ => {
+                let rw = if rng.gen_bool(0.5) { READ } else { WRITE };
+                vec![(SHARED_RW, Some(rw)), (SHARED_SEMAPHORE, Some(PERMIT))]
             }
-            out.emit(e);
+        };
+        locks.shuffle(rng);
+        Request { locks }
+    }
+
+    /// The event of lock `key` of the request: `e` with its `key`, the recorded kind
+    /// and, if held, its token.
+    fn event_of(
+        out: &Out,
+        e: &Event,
+        (key, kind): (&str, Option<(LockKind, &str)>),
+        hold: Option<&Hold>,
+    ) -> Event {
+        let mut e = e.clone();
+        e.key = Some(key.to_string());
+        e.lock_kind = kind.map(|(_, name)| name.to_string());
+        if let Some(hold) = hold {
+            e.token = hold.token(&path(out, key));
+        }
+        e
+    }
+
+    /// Writes `e` once per lock (see [`Request::event_of`]).
+    fn emit(&self, out: &Out, e: &Event, hold: Option<&Hold>) {
+        for lock in &self.locks {
+            out.emit(Self::event_of(out, e, *lock, hold));
         }
     }
 
@@ -402,17 +416,22 @@ impl Request {
         let ttl = Duration::from_millis(out.spec.ttl_ms);
         let timeout = Duration::from_millis(out.spec.request_timeout_ms);
         let options = corral_client::LockOptions::default().with_ttl(ttl);
-        match (self.keys.as_slice(), self.kind) {
-            ([one], kind) => {
+        match self.locks.as_slice() {
+            [(one, kind)] => {
                 let options = match kind {
-                    Some((kind, _)) => options.with_kind(kind),
+                    Some((kind, _)) => options.with_kind(*kind),
                     None => options,
                 };
                 let lock = client.lock(&path(out, one), options);
                 Ok(lock.acquire_timeout(timeout).await?.map(Hold::One))
             }
-            (many, _) => {
-                let locks = client.lock_many(many.iter().map(|k| path(out, k)), options);
+            many => {
+                let mut locks = client.lock_many(many.iter().map(|(k, _)| path(out, k)), options);
+                for (key, kind) in many {
+                    if let Some((kind, _)) = kind {
+                        locks = locks.with_kind(&path(out, key), *kind);
+                    }
+                }
                 Ok(locks.acquire_timeout(timeout).await?.map(Hold::Many))
             }
         }
@@ -494,14 +513,12 @@ async fn keyed_lock_loop(
             }
         };
         // The events of a loss, ready before the hold moves into the watcher.
-        let mut lost_events = Vec::new();
-        for key in &request.keys {
-            let mut e = out.event(Kind::Event, "lost");
-            e.key = Some(key.to_string());
-            e.lock_kind = request.kind.map(|(_, name)| name.to_string());
-            e.token = hold.token(&path(out, key));
-            lost_events.push(e);
-        }
+        let lost = out.event(Kind::Event, "lost");
+        let lost_events: Vec<Event> = request
+            .locks
+            .iter()
+            .map(|lock| Request::event_of(out, &lost, *lock, Some(&hold)))
+            .collect();
         let watcher = {
             let (out, lost) = (out.clone(), hold.lost());
             tokio::spawn(async move {

@@ -218,7 +218,8 @@ pub fn check_group_tokens(history: &[Event], workload: &str) -> Check {
         let (p, idx) = *owner.entry(token).or_insert((e.process, e.index));
         if p != e.process {
             c.fail(format!(
-                "event {}: token {token} granted to process {} (lock {}), and to process {p}                  (event {idx})",
+                "event {}: token {token} granted to process {} (lock {}), and to process {p} \
+                 (event {idx})",
                 e.index,
                 e.process,
                 e.key.as_deref().unwrap_or("?")
