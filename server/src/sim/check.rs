@@ -85,7 +85,8 @@ pub enum ViolationKind {
     /// The nodes did not reach the same state after the faults healed.
     NotConverged,
     /// A client got a watch event that no watch it held, or no change since the watch
-    /// was set, accounts for (`sim/watch.rs`).
+    /// was set, accounts for, or one with a lower zxid than the connection's event before
+    /// it (`sim/watch.rs`).
     WatchSpurious,
     /// A client got a response with a zxid past a change that fires one of its watches,
     /// without the event first (`sim/watch.rs`).
@@ -348,8 +349,9 @@ pub struct Checks {
     last_token: BTreeMap<String, Highest>,
     /// Per lock, the same over successful guarded writes.
     last_fenced: BTreeMap<String, Highest>,
-    /// The grants of shared nodes (read, semaphore), by (lock, token).
-    shared_grants: BTreeSet<(String, u64)>,
+    /// The shared nodes (read, semaphore) seen in a lock request's answer or a grant, by
+    /// (lock, token): what a guarded write's token is matched to its kind with.
+    shared_tokens: BTreeSet<(String, u64)>,
     sessions: BTreeMap<u64, SessionWatch>,
     /// What each node heard from each session while deciding expiry: node -> session ->
     /// node-local monotonic ms.
@@ -482,6 +484,7 @@ impl Checks {
                 ..
             } => {
                 if let Some(result) = result {
+                    self.note_shared(op, result);
                     self.check_dedup(zxid, *session_id, *xid, op, result, now)?;
                     let ordered = entry.body.is_ordered_write();
                     self.check_session_order(zxid, *session_id, *xid, ordered, op, result, now)?;
@@ -530,6 +533,7 @@ impl Checks {
                 ..
             } => {
                 if let Some(result) = result {
+                    self.note_shared(op, result);
                     let ordered = entry.body.is_ordered_write();
                     self.check_session_order(zxid, *session_id, *xid, ordered, op, result, now)?;
                     // A duplicate (a retry answered from the dedup table) changed nothing:
@@ -594,7 +598,7 @@ impl Checks {
             let MultiOp::CheckLock { lock, token } = o else {
                 continue;
             };
-            let shared = self.shared_grants.contains(&(lock.clone(), *token));
+            let shared = self.shared_tokens.contains(&(lock.clone(), *token));
             let highest = self.last_fenced.entry(lock.clone()).or_default();
             let (t, z) = highest.bound(shared);
             if *token < t {
@@ -611,6 +615,31 @@ impl Checks {
             highest.raise(*token, zxid, shared);
         }
         Ok(())
+    }
+
+    /// Notes the shared nodes a lock request's answer names (granted or queued), so that
+    /// a guarded write with one's token is checked as shared even when the entry that
+    /// granted the node was seen only in a replay, where grants are not checked (soak
+    /// seed 25216345: a semaphore's grant applied by one node just before every node
+    /// crashed, so its later guarded write counted as exclusive).
+    fn note_shared(&mut self, op: &Op, result: &Result<OpResult, ErrorInfo>) {
+        let mut note = |lock: &str, token: u64, node: &str| {
+            if shared_node(node) {
+                self.shared_tokens.insert((lock.to_string(), token));
+            }
+        };
+        match (op, result) {
+            (
+                Op::Lock(req),
+                Ok(OpResult::Locked { token, node } | OpResult::Queued { token, node }),
+            ) => note(&req.lock, *token, node),
+            (Op::LockMany(_), Ok(OpResult::MultiLocked { nodes, .. })) => {
+                for n in nodes {
+                    note(&n.lock, n.token, &n.node);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The grants `(lock, token, shared)` of the entry at `zxid`: an exclusive or write
@@ -639,7 +668,7 @@ impl Checks {
             }
             highest.raise(token, zxid, shared);
             if shared {
-                self.shared_grants.insert((lock, token));
+                self.shared_tokens.insert((lock, token));
             }
         }
         Ok(())

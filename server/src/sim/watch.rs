@@ -8,7 +8,8 @@
 //! does. The checks, against the changes every node reports as it applies an entry
 //! ([`ChangeLog`]), are PROTOCOL.md's guarantees ("Watches"):
 //!
-//! - **No event without a change** (`WatchSpurious`): an event consumes at least one watch
+//! - **No event without a change** (`WatchSpurious`): events on a connection come in
+//!   zxid order, and an event consumes at least one watch
 //!   the client holds on its path, and for each, a change that fires a watch of its kind
 //!   lies after the zxid the watch counts from and no later than the event's zxid. So a
 //!   one-shot watch that fires twice, or an event for a change the client had already
@@ -141,6 +142,8 @@ pub struct ClientWatches {
     pub events: u64,
     /// `SetWatches` sent (for the report).
     pub resyncs: u64,
+    /// The zxid of the last event on this connection (events come in zxid order).
+    last_event_zxid: u64,
 }
 
 impl ClientWatches {
@@ -180,6 +183,17 @@ impl ClientWatches {
         now: u64,
     ) -> Result<(), Violation> {
         self.events += 1;
+        if ev.zxid < self.last_event_zxid {
+            return Err(Violation {
+                kind: ViolationKind::WatchSpurious,
+                at_us: now,
+                detail: format!(
+                    "client {client} got {:?} on {} at zxid {} after an event at zxid {} on                      the same connection",
+                    ev.kind, ev.path, ev.zxid, self.last_event_zxid
+                ),
+            });
+        }
+        self.last_event_zxid = ev.zxid;
         let consumed: Vec<(WatchKind, u64)> = [WatchKind::Data, WatchKind::Exist, WatchKind::Child]
             .into_iter()
             .filter(|k| fires(ev.kind, *k))
@@ -252,6 +266,7 @@ impl ClientWatches {
     /// client holds watches. Each watch now counts from the zxid sent, if earlier.
     pub fn resync_op(&mut self) -> Option<Op> {
         self.resync = None;
+        self.last_event_zxid = 0;
         if self.held.is_empty() {
             return None;
         }
