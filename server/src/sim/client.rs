@@ -64,6 +64,16 @@ pub enum CAction {
     },
     /// The probe acquired `lock`.
     ProbeAcquired { lock: String },
+    /// A response with zxid `at_zxid` arrived on a connection attached at `attached_zxid`
+    /// while the client still waited for the grant of `nodes` (fencing token `token`):
+    /// a grant applied by that server after the attach must have been pushed before
+    /// (checked against the zxid of each node's grant).
+    AwaitingGrant {
+        nodes: Vec<String>,
+        token: u64,
+        attached_zxid: u64,
+        at_zxid: u64,
+    },
     /// The client gave up waiting for its queue node `node` (fencing token `token`)
     /// while connected through `conn`, having been answered "queued" at `answered_zxid`
     /// (checked: was the grant made and not told?).
@@ -159,6 +169,8 @@ struct CConn {
     id: ConnId,
     node: u64,
     ready: bool,
+    /// The server's zxid when it attached the session (its `SessionGranted`).
+    attached_zxid: u64,
     hello_sent_us: u64,
     hello_sent_local: u64,
     resume: bool,
@@ -650,6 +662,7 @@ impl SimClient {
             ready: false,
             hello_sent_us: now,
             hello_sent_local: self.local(now),
+            attached_zxid: 0,
             resume,
         });
         out.push(CAction::Connect {
@@ -1362,6 +1375,7 @@ impl SimClient {
             return;
         };
         c.ready = true;
+        c.attached_zxid = g.zxid;
         let (sent_us, sent_local, node) = (c.hello_sent_us, c.hello_sent_local, c.node);
         if g.zxid < self.last_zxid {
             out.push(CAction::Violation(Violation {
@@ -1686,8 +1700,26 @@ impl SimClient {
         let Some(p) = self.pending.remove(&r.xid) else {
             return;
         };
-        // Every event up to the response's zxid of the watches registered here came
-        // before it.
+        // Every grant this server applied since it attached the session came before the
+        // response, as every event up to its zxid of the watches registered here.
+        if let (
+            Task::Waiting {
+                nodes, token, told, ..
+            },
+            Some(c),
+        ) = (&self.task, &self.conn)
+        {
+            out.push(CAction::AwaitingGrant {
+                nodes: nodes
+                    .iter()
+                    .filter(|n| !told.contains(&n.node))
+                    .map(|n| n.node.clone())
+                    .collect(),
+                token: *token,
+                attached_zxid: c.attached_zxid,
+                at_zxid: r.zxid,
+            });
+        }
         self.watches.resync_answered(r.xid, r.result.is_ok());
         if let Err(v) = self.watches.check_due(self.id, r.zxid, changes, now) {
             out.push(CAction::Violation(v));

@@ -75,7 +75,11 @@
 //! `OrderedWrite`s and `AckedWrite`s taking effect in xid order (a write
 //! below one its session executed before must be refused), no early session expiry
 //! (both on the expiring leader's clock and against the clients' acknowledged
-//! keepalives), clients never going back in time, watch events (none without a change
+//! keepalives), clients never going back in time, every grant told (a waiter that
+//! gets a response with a zxid at or past a grant its server applied after attaching
+//! its session has had the `LockGranted` first; one that gives up on a grant its server
+//! applied long before, or was answered "queued" after it, was not told), watch events
+//! (none without a change
 //! since its watch was set, none missing before a response with a later zxid:
 //! [`watch`]). After healing: every lock is acquired (a semaphore's permits all at
 //! once: none leaked) by a probe client within TTL + 4 elections + lock-delay + 300 ms, every client request

@@ -188,7 +188,8 @@ impl ClientWatches {
                 kind: ViolationKind::WatchSpurious,
                 at_us: now,
                 detail: format!(
-                    "client {client} got {:?} on {} at zxid {} after an event at zxid {} on                      the same connection",
+                    "client {client} got {:?} on {} at zxid {} after an event at zxid {} on \
+                     the same connection",
                     ev.kind, ev.path, ev.zxid, self.last_event_zxid
                 ),
             });

@@ -1890,6 +1890,32 @@ impl World {
                     self.note(format!("probe acquired {lock}"));
                     self.probe_acquired.insert(lock, self.now);
                 }
+                CAction::AwaitingGrant {
+                    nodes,
+                    token,
+                    attached_zxid,
+                    at_zxid,
+                } => {
+                    for node in nodes {
+                        let Some(zxid) = self.checks.grant_zxid(&node, token) else {
+                            continue;
+                        };
+                        if attached_zxid < zxid && zxid <= at_zxid {
+                            let v = Violation {
+                                kind: ViolationKind::GrantNotTold,
+                                at_us: self.now,
+                                detail: format!(
+                                    "c{client} got a response at zxid {at_zxid} while waiting for \
+                                     {node} (token {token}), which its server granted at zxid \
+                                     {zxid}, after attaching its session at zxid \
+                                     {attached_zxid}, without telling it"
+                                ),
+                            };
+                            self.violate(v);
+                            break;
+                        }
+                    }
+                }
                 CAction::GaveUp {
                     node,
                     token,
