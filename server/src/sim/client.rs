@@ -17,9 +17,9 @@ use super::watch::{watchable, ChangeLog, ClientWatches};
 use crate::node::ConnId;
 use corral_checker::{RegisterInput, RegisterOutput};
 use corral_protocol::{
-    CreateMode, CreateRequest, ErrorCode, ErrorInfo, Hello, HelloReply, LockKind, LockRequest,
-    LockedNode, MultiLockItem, MultiLockRequest, MultiOp, Op, OpResult, Request, Response,
-    ServerMessage, SessionRequest,
+    AddWatchMode, CreateMode, CreateRequest, ErrorCode, ErrorInfo, Hello, HelloReply, LockKind,
+    LockRequest, LockedNode, MultiLockItem, MultiLockRequest, MultiOp, Op, OpResult, Request,
+    Response, ServerMessage, SessionRequest,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -1151,8 +1151,23 @@ impl SimClient {
     }
 
     /// A read that sets a one-shot watch: on a register key's data, on whether some
-    /// client's ephemeral node exists, or on the ephemeral nodes' parent's children.
+    /// client's ephemeral node exists, or on the ephemeral nodes' parent's children; or
+    /// (one in eight) a persistent watch on a register key or `/eph`, if not held yet.
     fn watch_read(&mut self) -> Op {
+        if self.watch_rng.chance(125) {
+            let i = self.watch_rng.range(0, self.cfg.keys as u64 + 1) as usize;
+            let path = if i < self.cfg.keys {
+                reg_key(i)
+            } else {
+                "/eph".to_string()
+            };
+            if !self.watches.has_persistent(&path) {
+                return Op::AddWatch {
+                    path,
+                    mode: AddWatchMode::Persistent,
+                };
+            }
+        }
         match self.watch_rng.range(0, 4) {
             0 => Op::GetData {
                 path: reg_key(self.watch_rng.range(0, self.cfg.keys as u64) as usize),
@@ -1720,7 +1735,8 @@ impl SimClient {
                 at_zxid: r.zxid,
             });
         }
-        self.watches.resync_answered(r.xid, r.result.is_ok());
+        self.watches
+            .resync_answered(r.xid, r.result.is_ok(), r.zxid);
         if let Err(v) = self.watches.check_due(self.id, r.zxid, changes, now) {
             out.push(CAction::Violation(v));
         }

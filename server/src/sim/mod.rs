@@ -42,9 +42,10 @@
 //!   time or two or three at once (`LockMany`, `multi_lock_per_mille`), exclusive,
 //!   read-write or semaphores (`lock_families`),
 //!   guarded writes (`CheckLock` + `SetData` in a multi), sync + read, plain reads,
-//!   one-shot watches (`watch_per_mille`: data, exist and child watches on the register
-//!   keys and the ephemeral nodes, mostly re-armed after their event, re-registered with
-//!   `SetWatches` first thing after every reconnect),
+//!   watches (`watch_per_mille`: one-shot data, exist and child watches on the register
+//!   keys and the ephemeral nodes, mostly re-armed after their event, and persistent
+//!   watches on the register keys and `/eph`, all re-registered with `SetWatches` first
+//!   thing after every reconnect),
 //!   sequential and ephemeral creates, session close and abandon. Clients, too, have
 //!   their own clock rate, and can be paused for longer than their lease. In most seeds
 //!   they acknowledge answered xids before writes (`ack_every`; given-up writes count
@@ -129,8 +130,8 @@
 //! unsynced writes across files, no bit rot, no short writes that succeed); wall-clock
 //! steps (NTP) and monotonic clocks that stop; memory limits; the real client library
 //! (`corral-client`): the simulated clients follow the protocol but are written for the
-//! simulator; persistent and recursive watches (only one-shot watches are set and
-//! checked); single-node mode (`Log::Local`, `storage.rs`'s snapshot files); membership changes.
+//! simulator; recursive watches (one-shot and persistent watches are set and checked;
+//! Jepsen's `watch` workload checks recursive ones); single-node mode (`Log::Local`, `storage.rs`'s snapshot files); membership changes.
 
 // Test-support code: some pedantic lints are relaxed here.
 #![allow(clippy::ptr_arg, clippy::collapsible_if)]

@@ -261,11 +261,12 @@ pub struct SimConfig {
     /// (`LockMany` of two or three of the locks, granted and released together) rather
     /// than one lock; only with two locks or more (0: never).
     pub multi_lock_per_mille: u64,
-    /// Chance (per mille) that a workload client's read sets a one-shot watch (a plain
-    /// read then reads a register key, `/eph`'s children, or whether some client's
-    /// ephemeral node exists; a linearizable read of a register key keeps its key), which
-    /// the client re-registers after every reconnect and whose events are checked
-    /// (`sim/watch.rs`; 0: clients set no watches).
+    /// Chance (per mille) that a workload client's read sets a watch (a plain read then
+    /// reads a register key, `/eph`'s children, or whether some client's ephemeral node
+    /// exists, or adds a persistent watch on a register key or `/eph`; a linearizable
+    /// read of a register key keeps its key), which the client re-registers after every
+    /// reconnect and whose events are checked (`sim/watch.rs`; 0: clients set no
+    /// watches).
     pub watch_per_mille: u64,
 }
 

@@ -3,9 +3,10 @@
 //!
 //! Simulated clients set one-shot watches (`GetData`, `Exists` and `GetChildren` with
 //! `watch: true`) on the register keys and the ephemeral nodes (see [`watchable`]), and
-//! re-register them with `SetWatches` first thing after every reconnect, with the last
-//! zxid they saw on a connection whose watches were all registered, as `corral-client`
-//! does. The checks, against the changes every node reports as it applies an entry
+//! persistent watches (`AddWatch`) on the register keys and `/eph` (nodes that are never
+//! deleted), and re-register them with `SetWatches` first thing after every reconnect,
+//! with the last zxid they saw on a connection whose watches were all registered, as
+//! `corral-client` does. The checks, against the changes every node reports as it applies an entry
 //! ([`ChangeLog`]), are PROTOCOL.md's guarantees ("Watches"):
 //!
 //! - **No event without a change** (`WatchSpurious`): events on a connection come in
@@ -19,7 +20,12 @@
 //!   connection, none of them has a change up to Z that must have fired it. A data or
 //!   child watch must fire on any change of its kind; an exist watch (the node was absent)
 //!   only if the node exists at Z: after a reconnect or a snapshot install changes
-//!   collapse, and a node created and deleted meanwhile fires nothing.
+//!   collapse, and a node created and deleted meanwhile fires nothing. A persistent
+//!   watch must have been told of the last change to its node up to Z (an event at that
+//!   change's zxid or later: an install collapses changes into one event at its zxid),
+//!   if that change came after the watch was registered on the connection: a
+//!   re-registered persistent watch fires nothing for what changed while the client was
+//!   away (the client is told so: `Error::WatchResumed`).
 //!
 //! A watch counts from the zxid of the answer that set it; a `SetWatches` with
 //! `last_zxid` L makes it count from L if that is earlier (the server compares the node
@@ -29,7 +35,7 @@
 use super::check::{Violation, ViolationKind};
 use crate::machine::Change;
 use crate::watches::WatchKind;
-use corral_protocol::{ErrorInfo, EventKind, Op, OpResult, WatchEvent, WatchSet};
+use corral_protocol::{AddWatchMode, ErrorInfo, EventKind, Op, OpResult, WatchEvent, WatchSet};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The paths simulated clients watch: the register keys, `/eph` and its children.
@@ -99,6 +105,24 @@ impl ChangeLog {
             .find_map(|(z, kinds)| kinds.iter().find(|k| fires(**k, kind)).map(|k| (*z, *k)))
     }
 
+    /// Whether `path` had a change of kind `kind` after `after` and up to `upto`.
+    fn changed(&self, path: &str, kind: EventKind, after: u64, upto: u64) -> bool {
+        upto > after
+            && self.by_path.get(path).is_some_and(|m| {
+                m.range(after + 1..=upto)
+                    .any(|(_, kinds)| kinds.contains(&kind))
+            })
+    }
+
+    /// The zxid of the last change to `path` up to `upto`.
+    fn last_change(&self, path: &str, upto: u64) -> Option<u64> {
+        self.by_path
+            .get(path)?
+            .range(..=upto)
+            .next_back()
+            .map(|(z, _)| *z)
+    }
+
     /// Whether the node at `path` exists at `zxid`, from its last creation or deletion
     /// (`None`: neither is known).
     fn exists_at(&self, path: &str, zxid: u64) -> Option<bool> {
@@ -130,8 +154,11 @@ impl ChangeLog {
 /// The one-shot watches a simulated client holds, and what it saw.
 #[derive(Debug, Default)]
 pub struct ClientWatches {
-    /// Each watch with the zxid it counts from.
+    /// Each one-shot watch with the zxid it counts from.
     held: BTreeMap<(String, WatchKind), u64>,
+    /// Each persistent watch: the zxid it counts from on this connection, and the
+    /// highest zxid of an event it got since.
+    persistent: BTreeMap<String, (u64, u64)>,
     /// The highest zxid of a response or event on a connection whose watches were all
     /// registered (what `SetWatches` sends).
     seen_zxid: u64,
@@ -158,6 +185,16 @@ impl ClientWatches {
                 Some((path, WatchKind::Exist))
             }
             (Op::GetChildren { path, watch: true }, Ok(_)) => Some((path, WatchKind::Child)),
+            (
+                Op::AddWatch {
+                    path,
+                    mode: AddWatchMode::Persistent,
+                },
+                Ok(_),
+            ) => {
+                self.persistent.entry(path.clone()).or_insert((zxid, zxid));
+                None
+            }
             _ => None,
         };
         if let Some((path, kind)) = set {
@@ -211,7 +248,11 @@ impl ClientWatches {
                 detail,
             })
         };
-        if consumed.is_empty() {
+        let persistent = self.persistent.get_mut(&ev.path).map(|(since, told)| {
+            *told = (*told).max(ev.zxid);
+            *since
+        });
+        if consumed.is_empty() && persistent.is_none() {
             return spurious(format!(
                 "client {client} got {:?} on {} at zxid {} without a watch there that it fires",
                 ev.kind, ev.path, ev.zxid
@@ -219,6 +260,16 @@ impl ClientWatches {
         }
         if ev.zxid > changes.contiguous {
             return Ok(());
+        }
+        if let (true, Some(since)) = (consumed.is_empty(), persistent) {
+            // A persistent watch's event names the kind of a change since it counts.
+            if !changes.changed(&ev.path, ev.kind, since, ev.zxid) {
+                return spurious(format!(
+                    "client {client} got {:?} on {} at zxid {} for its persistent watch \
+                     counting from zxid {since}, but no such change happened in between",
+                    ev.kind, ev.path, ev.zxid
+                ));
+            }
         }
         for (kind, since) in consumed {
             if changes
@@ -260,6 +311,22 @@ impl ClientWatches {
                 });
             }
         }
+        for (path, (since, told)) in &self.persistent {
+            let Some(last) = changes.last_change(path, at) else {
+                continue;
+            };
+            if last > *since && last > *told {
+                return Err(Violation {
+                    kind: ViolationKind::WatchNotFired,
+                    at_us: now,
+                    detail: format!(
+                        "client {client} got a response at zxid {at} but no event since zxid \
+                         {told} for its persistent watch on {path} (counting from zxid \
+                         {since}), whose node changed at zxid {last}"
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -268,10 +335,13 @@ impl ClientWatches {
     pub fn resync_op(&mut self) -> Option<Op> {
         self.resync = None;
         self.last_event_zxid = 0;
-        if self.held.is_empty() {
+        if self.held.is_empty() && self.persistent.is_empty() {
             return None;
         }
-        let mut watches = WatchSet::default();
+        let mut watches = WatchSet {
+            persistent: self.persistent.keys().cloned().collect(),
+            ..WatchSet::default()
+        };
         for ((path, kind), since) in self.held.iter_mut() {
             *since = (*since).min(self.seen_zxid);
             match kind {
@@ -295,18 +365,31 @@ impl ClientWatches {
 
     /// The answer to the request `xid`: if it is the `SetWatches` in flight, the watches
     /// are registered again (or, refused, gone: the server registers all or none).
-    pub fn resync_answered(&mut self, xid: u64, ok: bool) {
+    /// Persistent watches count from the answer's zxid `zxid`: what changed while the
+    /// client was away fired nothing.
+    pub fn resync_answered(&mut self, xid: u64, ok: bool, zxid: u64) {
         if self.resync == Some(xid) {
             self.resync = None;
             if !ok {
                 self.held.clear();
+                self.persistent.clear();
+            }
+            for (since, told) in self.persistent.values_mut() {
+                *since = zxid;
+                *told = zxid;
             }
         }
+    }
+
+    /// Whether the client holds a persistent watch on `path`.
+    pub fn has_persistent(&self, path: &str) -> bool {
+        self.persistent.contains_key(path)
     }
 
     /// The session ended: its watches with it.
     pub fn clear(&mut self) {
         self.held.clear();
+        self.persistent.clear();
         self.resync = None;
     }
 }
