@@ -1152,8 +1152,15 @@ impl SimClient {
 
     /// A read that sets a one-shot watch: on a register key's data, on whether some
     /// client's ephemeral node exists, or on the ephemeral nodes' parent's children; or
-    /// (one in eight) a persistent watch on a register key or `/eph`, if not held yet.
+    /// (one in eight) a persistent watch on a register key or `/eph`, if not held yet; or
+    /// (one in eight) the removal of a watch it holds.
     fn watch_read(&mut self) -> Op {
+        if self.watch_rng.chance(125) {
+            let (pick, any) = (self.watch_rng.next_u64(), self.watch_rng.chance(250));
+            if let Some(op) = self.watches.removal(pick, any) {
+                return op;
+            }
+        }
         if self.watch_rng.chance(125) {
             let i = self.watch_rng.range(0, self.cfg.keys as u64 + 1) as usize;
             let path = if i < self.cfg.keys {
@@ -1741,6 +1748,9 @@ impl SimClient {
             out.push(CAction::Violation(v));
         }
         self.watches.answered(&p.op, &r.result, r.zxid);
+        if let Err(v) = self.watches.removed(self.id, &p.op, &r.result, now) {
+            out.push(CAction::Violation(v));
+        }
         self.watches.saw(r.zxid);
         let session = self.session.as_ref().map_or(0, |s| s.id);
         let is_read = matches!(p.op, Op::GetData { .. });

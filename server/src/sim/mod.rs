@@ -45,7 +45,7 @@
 //!   watches (`watch_per_mille`: one-shot data, exist and child watches on the register
 //!   keys and the ephemeral nodes, mostly re-armed after their event, and persistent
 //!   watches on the register keys and `/eph`, all re-registered with `SetWatches` first
-//!   thing after every reconnect),
+//!   thing after every reconnect, and sometimes removed with `RemoveWatches`),
 //!   sequential and ephemeral creates, session close and abandon. Clients, too, have
 //!   their own clock rate, and can be paused for longer than their lease. In most seeds
 //!   they acknowledge answered xids before writes (`ack_every`; given-up writes count

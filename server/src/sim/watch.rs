@@ -15,6 +15,10 @@
 //!   lies after the zxid the watch counts from and no later than the event's zxid. So a
 //!   one-shot watch that fires twice, or an event for a change the client had already
 //!   seen, is caught.
+//! - **Registrations agree** (`RemoveWatches`, which clients sometimes send for a watch
+//!   they hold): the server removes one exactly when the client holds a watch of the
+//!   kinds named once every earlier answer is in (`WatchSpurious` if the server had one
+//!   the client does not, `WatchNotFired` if it lost one the client holds).
 //! - **Every change told before a later response** (`WatchNotFired`): when a response
 //!   with zxid Z arrives while every watch the client holds is registered on its
 //!   connection, none of them has a change up to Z that must have fired it. A data or
@@ -35,7 +39,9 @@
 use super::check::{Violation, ViolationKind};
 use crate::machine::Change;
 use crate::watches::WatchKind;
-use corral_protocol::{AddWatchMode, ErrorInfo, EventKind, Op, OpResult, WatchEvent, WatchSet};
+use corral_protocol::{
+    AddWatchMode, ErrorCode, ErrorInfo, EventKind, Op, OpResult, WatchEvent, WatchSet, WatcherKind,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The paths simulated clients watch: the register keys, `/eph` and its children.
@@ -378,6 +384,91 @@ impl ClientWatches {
                 *since = zxid;
                 *told = zxid;
             }
+        }
+    }
+
+    /// A `RemoveWatches` to send for a watch the client holds, drawn with `pick` (an
+    /// index below the count of its watches), or `None` if it holds none. `any` removes
+    /// every kind at the path.
+    pub fn removal(&self, pick: u64, any: bool) -> Option<Op> {
+        let count = self.held.len() + self.persistent.len();
+        if count == 0 {
+            return None;
+        }
+        let i = (pick % count as u64) as usize;
+        let (path, kind) = match self.held.keys().nth(i) {
+            Some((path, WatchKind::Child)) => (path.clone(), WatcherKind::Children),
+            Some((path, _)) => (path.clone(), WatcherKind::Data),
+            None => (
+                self.persistent.keys().nth(i - self.held.len())?.clone(),
+                WatcherKind::Persistent,
+            ),
+        };
+        let kind = if any { WatcherKind::Any } else { kind };
+        Some(Op::RemoveWatches { path, kind })
+    }
+
+    /// The answer to a `RemoveWatches`: every earlier answer and event is in, so the
+    /// server removed a watch exactly if the client holds one of the kinds named, which
+    /// it drops.
+    pub fn removed(
+        &mut self,
+        client: usize,
+        op: &Op,
+        result: &Result<OpResult, ErrorInfo>,
+        now: u64,
+    ) -> Result<(), Violation> {
+        let Op::RemoveWatches { path, kind } = op else {
+            return Ok(());
+        };
+        let covers = |k: WatchKind| match kind {
+            WatcherKind::Data => matches!(k, WatchKind::Data | WatchKind::Exist),
+            WatcherKind::Children => k == WatchKind::Child,
+            WatcherKind::Persistent => false,
+            WatcherKind::Any => true,
+        };
+        let one_shot: Vec<WatchKind> = self
+            .held
+            .keys()
+            .filter(|(p, k)| p == path && covers(*k))
+            .map(|(_, k)| *k)
+            .collect();
+        let persistent = matches!(kind, WatcherKind::Persistent | WatcherKind::Any)
+            && self.persistent.contains_key(path);
+        let holds = !one_shot.is_empty() || persistent;
+        let removed = match result {
+            Ok(_) => true,
+            Err(e) => e.code == ErrorCode::NoWatcher,
+        };
+        if !removed {
+            // Refused for another reason: the watches stay as they were.
+            return Ok(());
+        }
+        for k in one_shot {
+            self.held.remove(&(path.clone(), k));
+        }
+        if persistent {
+            self.persistent.remove(path);
+        }
+        match result {
+            Ok(_) if !holds => Err(Violation {
+                kind: ViolationKind::WatchSpurious,
+                at_us: now,
+                detail: format!(
+                    "client {client} removed its {kind:?} watches on {path}, which it did not \
+                     hold (fired, or never set), but the server had one"
+                ),
+            }),
+            Err(e) if e.code == ErrorCode::NoWatcher && holds => Err(Violation {
+                kind: ViolationKind::WatchNotFired,
+                at_us: now,
+                detail: format!(
+                    "client {client} removed its {kind:?} watch on {path}, which had not \
+                     fired, but the server had none: {}",
+                    e.message
+                ),
+            }),
+            _ => Ok(()),
         }
     }
 
