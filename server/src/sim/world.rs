@@ -1895,27 +1895,7 @@ impl World {
                     token,
                     attached_zxid,
                     at_zxid,
-                } => {
-                    for node in nodes {
-                        let Some(zxid) = self.checks.grant_zxid(&node, token) else {
-                            continue;
-                        };
-                        if attached_zxid < zxid && zxid <= at_zxid {
-                            let v = Violation {
-                                kind: ViolationKind::GrantNotTold,
-                                at_us: self.now,
-                                detail: format!(
-                                    "c{client} got a response at zxid {at_zxid} while waiting for \
-                                     {node} (token {token}), which its server granted at zxid \
-                                     {zxid}, after attaching its session at zxid \
-                                     {attached_zxid}, without telling it"
-                                ),
-                            };
-                            self.violate(v);
-                            break;
-                        }
-                    }
-                }
+                } => self.check_grant_pushed(client, &nodes, token, attached_zxid, at_zxid),
                 CAction::GaveUp {
                     node,
                     token,
@@ -1926,6 +1906,37 @@ impl World {
                 }
                 CAction::Violation(v) => self.violate(v),
                 CAction::Note(s) => self.note(s),
+            }
+        }
+    }
+
+    /// A waiter got a response with zxid `at_zxid` on a connection whose server attached
+    /// its session at `attached_zxid`, still waiting for `nodes` (token `token`): a grant
+    /// that server applied after the attach, at or below `at_zxid`, had to be pushed
+    /// before the response.
+    fn check_grant_pushed(
+        &mut self,
+        client: usize,
+        nodes: &[String],
+        token: u64,
+        attached_zxid: u64,
+        at_zxid: u64,
+    ) {
+        for node in nodes {
+            let Some(zxid) = self.checks.grant_zxid(node, token) else {
+                continue;
+            };
+            if attached_zxid < zxid && zxid <= at_zxid {
+                let v = Violation {
+                    kind: ViolationKind::GrantNotTold,
+                    at_us: self.now,
+                    detail: format!(
+                        "c{client} got a response at zxid {at_zxid} while waiting for {node} \
+                         (token {token}), which its server granted at zxid {zxid}, after \
+                         attaching its session at zxid {attached_zxid}, without telling it"
+                    ),
+                };
+                return self.violate(v);
             }
         }
     }
