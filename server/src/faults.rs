@@ -76,6 +76,9 @@ pub struct FaultSwitches {
     /// instead of the client's `last_zxid`, so what changed while the client was away
     /// fires nothing (breaks "every change is told before a later response").
     pub set_watches_from_now: bool,
+    /// Watches: a recursive watch is not told when a node under it is deleted (only
+    /// when its own node is), breaking "every change is told before a later response".
+    pub recursive_skips_deletions: bool,
 }
 
 impl FaultSwitches {
@@ -107,6 +110,7 @@ thread_local! {
             stale_retried_lock_answers: false,
             silent_install: false,
             set_watches_from_now: false,
+            recursive_skips_deletions: false,
         }) };
 }
 
@@ -157,6 +161,7 @@ pub fn from_env() -> FaultSwitches {
                 "stale_retried_lock_answers" => &mut f.stale_retried_lock_answers,
                 "silent_install" => &mut f.silent_install,
                 "set_watches_from_now" => &mut f.set_watches_from_now,
+                "recursive_skips_deletions" => &mut f.recursive_skips_deletions,
                 other => {
                     tracing::error!(switch = other, "unknown fault switch in {FAULTS_ENV}");
                     continue;
@@ -194,6 +199,7 @@ pub fn active() -> FaultSwitches {
         stale_retried_lock_answers: false,
         silent_install: false,
         set_watches_from_now: false,
+        recursive_skips_deletions: false,
     }
 }
 

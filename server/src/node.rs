@@ -355,6 +355,8 @@ pub enum Probe {
     },
     /// A snapshot replaced the state; the node is now at `zxid`.
     Installed {
+        /// The zxid of the state it replaced.
+        from: u64,
         /// The zxid of the snapshot.
         zxid: u64,
     },
@@ -1439,6 +1441,8 @@ impl Node {
             "installing a snapshot from the leader"
         );
         let before = std::mem::replace(&mut self.machine, machine);
+        #[cfg(any(test, feature = "sim"))]
+        let from = before.last_zxid();
         self.points = CompactionPoints::new(
             self.config.snapshot_every_entries,
             self.config.snapshot_every_bytes,
@@ -1488,7 +1492,7 @@ impl Node {
         #[cfg(any(test, feature = "sim"))]
         {
             let zxid = self.machine.last_zxid();
-            self.record(|| Probe::Installed { zxid });
+            self.record(|| Probe::Installed { from, zxid });
         }
         self.tracker = SessionTracker::default();
         for s in self.machine.sessions() {

@@ -299,7 +299,9 @@ impl WatchManager {
         if emptied {
             by_path.remove(path);
         }
-        if counts.recursive > 0 && change.kind != EventKind::NodeChildrenChanged {
+        let skip_deletion = crate::faults::active().recursive_skips_deletions
+            && change.kind == EventKind::NodeDeleted;
+        if counts.recursive > 0 && change.kind != EventKind::NodeChildrenChanged && !skip_deletion {
             let mut cursor = parent(path);
             while let Some(ancestor) = cursor {
                 if let Some(sessions) = by_path.get(ancestor) {

@@ -1058,6 +1058,20 @@ fn fault_set_watches_from_now_loses_events_across_reconnects() {
     );
 }
 
+/// A recursive watch fires for every change under its node but children-list changes.
+/// With the switch it is not told when a node under it is deleted, and a client holding
+/// one on `/eph` then gets a response past an ephemeral node's deletion without the event.
+#[test]
+fn fault_recursive_skips_deletions_leaves_watches_unfired() {
+    catches(
+        "fault_recursive_skips_deletions_leaves_watches_unfired",
+        switches(|s| s.recursive_skips_deletions = true),
+        &[ViolationKind::WatchNotFired],
+        |c| c.watch_per_mille = 800,
+        100,
+    );
+}
+
 /// Checker gap (fixed): a semaphore's grant applied by one node just before every node
 /// crashed was seen only in that node's replay, where grants are not checked, so the
 /// checker did not know the node was shared, took its guarded write for an exclusive

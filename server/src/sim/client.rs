@@ -1152,8 +1152,9 @@ impl SimClient {
 
     /// A read that sets a one-shot watch: on a register key's data, on whether some
     /// client's ephemeral node exists, or on the ephemeral nodes' parent's children; or
-    /// (one in eight) a persistent watch on a register key or `/eph`, if not held yet; or
-    /// (one in eight) the removal of a watch it holds.
+    /// (one in eight) a persistent watch, plain or recursive, on a register key, `/reg`,
+    /// `/eph` or an ephemeral node, if not held yet; or (one in eight) the removal of a
+    /// watch it holds.
     fn watch_read(&mut self) -> Op {
         if self.watch_rng.chance(125) {
             let (pick, any) = (self.watch_rng.next_u64(), self.watch_rng.chance(250));
@@ -1162,17 +1163,20 @@ impl SimClient {
             }
         }
         if self.watch_rng.chance(125) {
-            let i = self.watch_rng.range(0, self.cfg.keys as u64 + 1) as usize;
-            let path = if i < self.cfg.keys {
-                reg_key(i)
-            } else {
-                "/eph".to_string()
+            let path = match self.watch_rng.range(0, 4) {
+                0 => reg_key(self.watch_rng.range(0, self.cfg.keys as u64) as usize),
+                1 => "/eph".to_string(),
+                2 => "/reg".to_string(),
+                _ => self.some_ephemeral(),
             };
-            if !self.watches.has_persistent(&path) {
-                return Op::AddWatch {
-                    path,
-                    mode: AddWatchMode::Persistent,
+            let recursive = self.watch_rng.chance(500);
+            if !self.watches.has_persistent(&path, recursive) {
+                let mode = if recursive {
+                    AddWatchMode::PersistentRecursive
+                } else {
+                    AddWatchMode::Persistent
                 };
+                return Op::AddWatch { path, mode };
             }
         }
         match self.watch_rng.range(0, 4) {
@@ -1185,9 +1189,7 @@ impl SimClient {
                 watch: true,
             },
             _ => {
-                let owner = self.watch_rng.range(0, self.cfg.clients.max(1) as u64);
-                let n = self.watch_rng.range(0, 3);
-                let path = format!("/eph/c{owner}-{n}");
+                let path = self.some_ephemeral();
                 if self.watch_rng.chance(500) {
                     Op::Exists { path, watch: true }
                 } else {
@@ -1195,6 +1197,13 @@ impl SimClient {
                 }
             }
         }
+    }
+
+    /// The path of an ephemeral node some client may create (it may exist or not).
+    fn some_ephemeral(&mut self) -> String {
+        let owner = self.watch_rng.range(0, self.cfg.clients.max(1) as u64);
+        let n = self.watch_rng.range(0, 3);
+        format!("/eph/c{owner}-{n}")
     }
 
     /// After an event on `path`, mostly reads it again with a new watch, as a cache of
@@ -1744,7 +1753,8 @@ impl SimClient {
         }
         self.watches
             .resync_answered(r.xid, r.result.is_ok(), r.zxid);
-        if let Err(v) = self.watches.check_due(self.id, r.zxid, changes, now) {
+        let node = self.conn.as_ref().map_or(0, |c| c.node);
+        if let Err(v) = self.watches.check_due(self.id, node, r.zxid, changes, now) {
             out.push(CAction::Violation(v));
         }
         self.watches.answered(&p.op, &r.result, r.zxid);

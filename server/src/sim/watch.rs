@@ -3,8 +3,9 @@
 //!
 //! Simulated clients set one-shot watches (`GetData`, `Exists` and `GetChildren` with
 //! `watch: true`) on the register keys and the ephemeral nodes (see [`watchable`]), and
-//! persistent watches (`AddWatch`) on the register keys and `/eph` (nodes that are never
-//! deleted), and re-register them with `SetWatches` first thing after every reconnect,
+//! persistent watches (`AddWatch`), plain or recursive, on the register keys, `/reg`,
+//! `/eph` and the ephemeral nodes (which come and go), and re-register them with
+//! `SetWatches` first thing after every reconnect,
 //! with the last zxid they saw on a connection whose watches were all registered, as
 //! `corral-client` does. The checks, against the changes every node reports as it applies an entry
 //! ([`ChangeLog`]), are PROTOCOL.md's guarantees ("Watches"):
@@ -22,14 +23,18 @@
 //! - **Every change told before a later response** (`WatchNotFired`): when a response
 //!   with zxid Z arrives while every watch the client holds is registered on its
 //!   connection, none of them has a change up to Z that must have fired it. A data or
-//!   child watch must fire on any change of its kind; an exist watch (the node was absent)
-//!   only if the node exists at Z: after a reconnect or a snapshot install changes
-//!   collapse, and a node created and deleted meanwhile fires nothing. A persistent
-//!   watch must have been told of the last change to its node up to Z (an event at that
-//!   change's zxid or later: an install collapses changes into one event at its zxid),
-//!   if that change came after the watch was registered on the connection: a
-//!   re-registered persistent watch fires nothing for what changed while the client was
-//!   away (the client is told so: `Error::WatchResumed`).
+//!   child watch must fire on any change of its kind; so must an exist watch (the node
+//!   was absent), except that a node created and deleted before the `SetWatches` that
+//!   re-registered it (absent then) or inside an install fires nothing. A persistent
+//!   watch must have been told of every change to its node up to Z (a recursive one: to
+//!   its node and every node under it, children-list changes aside) that came after the
+//!   watch was registered on the connection, by an event on that node at the change's
+//!   zxid or later. A re-registered persistent watch fires nothing for what changed
+//!   while the client was away (the client is told so: `Error::WatchResumed`). A
+//!   snapshot install on the client's server collapses the changes it skips into one
+//!   event per kind at its zxid, and a node absent both before and after it fires
+//!   nothing: such a change is excused only if it lies inside an install of the
+//!   server's current incarnation ([`ChangeLog::installed`]).
 //!
 //! A watch counts from the zxid of the answer that set it; a `SetWatches` with
 //! `last_zxid` L makes it count from L if that is earlier (the server compares the node
@@ -46,7 +51,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// The paths simulated clients watch: the register keys, `/eph` and its children.
 pub fn watchable(path: &str) -> bool {
-    path.starts_with("/reg/") || path == "/eph" || path.starts_with("/eph/")
+    under("/reg", path) || under("/eph", path)
+}
+
+/// Whether `path` is `root` or a node under it.
+fn under(root: &str, path: &str) -> bool {
+    root == "/"
+        || path
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Whether a change of kind `change` to a node fires a one-shot watch of kind `watch` on
@@ -72,6 +85,9 @@ pub struct ChangeLog {
     /// Every zxid up to this one is known.
     contiguous: u64,
     by_path: BTreeMap<String, BTreeMap<u64, Vec<EventKind>>>,
+    /// The snapshot installs of each node's current incarnation, by node id: the zxids
+    /// before and after.
+    installs: BTreeMap<u64, Vec<(u64, u64)>>,
 }
 
 impl ChangeLog {
@@ -91,6 +107,30 @@ impl ChangeLog {
                 .or_default()
                 .push(c.kind);
         }
+    }
+
+    /// Node `node` installed a snapshot, from the state at zxid `from` to the one at `to`.
+    pub fn installed(&mut self, node: u64, from: u64, to: u64) {
+        self.installs.entry(node).or_default().push((from, to));
+    }
+
+    /// Node `node` crashed: its installs no longer excuse anything (a client's watches
+    /// on it went with the connection).
+    pub fn restarted(&mut self, node: u64) {
+        self.installs.remove(&node);
+    }
+
+    /// Whether the change to `path` at `zxid` may have fired nothing on node `node`: it
+    /// lies inside one of the node's installs, and the node was absent at both its ends.
+    fn collapsed(&self, node: u64, path: &str, zxid: u64) -> bool {
+        self.installs.get(&node).is_some_and(|installs| {
+            installs.iter().any(|&(from, to)| {
+                from < zxid
+                    && zxid <= to
+                    && self.exists_at(path, from) != Some(true)
+                    && self.exists_at(path, to) != Some(true)
+            })
+        })
     }
 
     /// The first change to `path` after `after` and up to `upto` that fires a watch of
@@ -120,13 +160,40 @@ impl ChangeLog {
             })
     }
 
-    /// The zxid of the last change to `path` up to `upto`.
-    fn last_change(&self, path: &str, upto: u64) -> Option<u64> {
+    /// The last change to `path` after `after` and up to `upto` that a persistent watch
+    /// on node `node` must have told (`recursive`: children-list changes aside), unless an
+    /// install there collapsed it into nothing.
+    fn untold(
+        &self,
+        node: u64,
+        path: &str,
+        recursive: bool,
+        after: u64,
+        upto: u64,
+    ) -> Option<(u64, EventKind)> {
+        if upto <= after {
+            return None;
+        }
         self.by_path
             .get(path)?
-            .range(..=upto)
-            .next_back()
-            .map(|(z, _)| *z)
+            .range(after + 1..=upto)
+            .rev()
+            .find_map(|(z, kinds)| {
+                let kind = kinds
+                    .iter()
+                    .rev()
+                    .find(|k| !recursive || **k != EventKind::NodeChildrenChanged)?;
+                (!self.collapsed(node, path, *z)).then_some((*z, *kind))
+            })
+    }
+
+    /// The paths with changes at `root` or under it.
+    fn paths_under<'a>(&'a self, root: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.by_path
+            .range::<str, _>((std::ops::Bound::Included(root), std::ops::Bound::Unbounded))
+            .map(|(p, _)| p.as_str())
+            .take_while(move |p| p.starts_with(root))
+            .filter(move |p| under(root, p))
     }
 
     /// Whether the node at `path` exists at `zxid`, from its last creation or deletion
@@ -146,25 +213,45 @@ impl ChangeLog {
     }
 
     /// The watch of kind `kind` at `path`, counting from `since`, that a response with
-    /// zxid `at` arrived ahead of: the change that had to fire it first, if any.
-    fn missed(&self, path: &str, kind: WatchKind, since: u64, at: u64) -> Option<(u64, EventKind)> {
+    /// zxid `at` from node `node` arrived ahead of: the change that had to fire it, if
+    /// any. `upto`: the zxid at which a `SetWatches` re-registered it (0 if none).
+    fn missed(
+        &self,
+        node: u64,
+        path: &str,
+        (kind, since, upto): (WatchKind, u64, u64),
+        at: u64,
+    ) -> Option<(u64, EventKind)> {
         let first = self.first_firing(path, kind, since, at)?;
-        match kind {
-            // The node was absent: only a node that exists now must have been told.
-            WatchKind::Exist => (self.exists_at(path, at) == Some(true)).then_some(first),
-            _ => Some(first),
+        if kind != WatchKind::Exist || self.exists_at(path, at) == Some(true) {
+            return Some(first);
         }
+        // The node was absent when the watch was set and is absent now: a creation and
+        // deletion may have collapsed into nothing before the re-registration (the node
+        // absent then) or inside an install; any other change must have fired it.
+        self.by_path
+            .get(path)?
+            .range(since + 1..=at)
+            .find_map(|(z, kinds)| {
+                let k = kinds.iter().find(|k| fires(**k, kind))?;
+                let collapsed = (*z <= upto && self.exists_at(path, upto) != Some(true))
+                    || self.collapsed(node, path, *z);
+                (!collapsed).then_some((*z, *k))
+            })
     }
 }
 
 /// The one-shot watches a simulated client holds, and what it saw.
 #[derive(Debug, Default)]
 pub struct ClientWatches {
-    /// Each one-shot watch with the zxid it counts from.
-    held: BTreeMap<(String, WatchKind), u64>,
-    /// Each persistent watch: the zxid it counts from on this connection, and the
-    /// highest zxid of an event it got since.
-    persistent: BTreeMap<String, (u64, u64)>,
+    /// Each one-shot watch with the zxid it counts from, and the zxid at which a
+    /// `SetWatches` on this connection re-registered it (0: set here).
+    held: BTreeMap<(String, WatchKind), (u64, u64)>,
+    /// Each persistent watch, by path and whether it is recursive: the zxid it counts
+    /// from on this connection.
+    persistent: BTreeMap<(String, bool), u64>,
+    /// Per path, the highest zxid of an event on this connection.
+    told: BTreeMap<String, u64>,
     /// The highest zxid of a response or event on a connection whose watches were all
     /// registered (what `SetWatches` sends).
     seen_zxid: u64,
@@ -191,21 +278,18 @@ impl ClientWatches {
                 Some((path, WatchKind::Exist))
             }
             (Op::GetChildren { path, watch: true }, Ok(_)) => Some((path, WatchKind::Child)),
-            (
-                Op::AddWatch {
-                    path,
-                    mode: AddWatchMode::Persistent,
-                },
-                Ok(_),
-            ) => {
-                self.persistent.entry(path.clone()).or_insert((zxid, zxid));
+            (Op::AddWatch { path, mode }, Ok(_)) => {
+                let recursive = *mode == AddWatchMode::PersistentRecursive;
+                self.persistent
+                    .entry((path.clone(), recursive))
+                    .or_insert(zxid);
                 None
             }
             _ => None,
         };
         if let Some((path, kind)) = set {
             // A watch already held stays as it was: the server keeps one per kind.
-            self.held.entry((path.clone(), kind)).or_insert(zxid);
+            self.held.entry((path.clone(), kind)).or_insert((zxid, 0));
         }
     }
 
@@ -244,7 +328,7 @@ impl ClientWatches {
             .filter_map(|k| {
                 self.held
                     .remove(&(ev.path.clone(), k))
-                    .map(|since| (k, since))
+                    .map(|(since, _)| (k, since))
             })
             .collect();
         let spurious = |detail: String| {
@@ -254,10 +338,21 @@ impl ClientWatches {
                 detail,
             })
         };
-        let persistent = self.persistent.get_mut(&ev.path).map(|(since, told)| {
-            *told = (*told).max(ev.zxid);
-            *since
-        });
+        let told = self.told.entry(ev.path.clone()).or_default();
+        *told = (*told).max(ev.zxid);
+        // The earliest zxid a persistent watch this event fires counts from.
+        let persistent = self
+            .persistent
+            .iter()
+            .filter(|((root, recursive), _)| {
+                if *recursive {
+                    ev.kind != EventKind::NodeChildrenChanged && under(root, &ev.path)
+                } else {
+                    *root == ev.path
+                }
+            })
+            .map(|(_, since)| *since)
+            .min();
         if consumed.is_empty() && persistent.is_none() {
             return spurious(format!(
                 "client {client} got {:?} on {} at zxid {} without a watch there that it fires",
@@ -292,11 +387,13 @@ impl ClientWatches {
         Ok(())
     }
 
-    /// A response with zxid `at` arrived: every change up to it that fires a watch the
-    /// client holds must have been told (unless the watches are being re-registered).
+    /// A response with zxid `at` arrived from node `node`: every change up to it that
+    /// fires a watch the client holds must have been told (unless the watches are being
+    /// re-registered).
     pub fn check_due(
         &self,
         client: usize,
+        node: u64,
         at: u64,
         changes: &ChangeLog,
         now: u64,
@@ -304,8 +401,8 @@ impl ClientWatches {
         if self.resync.is_some() {
             return Ok(());
         }
-        for ((path, kind), since) in &self.held {
-            if let Some((z, change)) = changes.missed(path, *kind, *since, at) {
+        for ((path, kind), &(since, upto)) in &self.held {
+            if let Some((z, change)) = changes.missed(node, path, (*kind, since, upto), at) {
                 return Err(Violation {
                     kind: ViolationKind::WatchNotFired,
                     at_us: now,
@@ -317,20 +414,32 @@ impl ClientWatches {
                 });
             }
         }
-        for (path, (since, told)) in &self.persistent {
-            let Some(last) = changes.last_change(path, at) else {
-                continue;
+        for ((root, recursive), since) in &self.persistent {
+            let paths: Vec<&str> = if *recursive {
+                changes.paths_under(root).collect()
+            } else {
+                vec![root.as_str()]
             };
-            if last > *since && last > *told {
-                return Err(Violation {
-                    kind: ViolationKind::WatchNotFired,
-                    at_us: now,
-                    detail: format!(
-                        "client {client} got a response at zxid {at} but no event since zxid \
-                         {told} for its persistent watch on {path} (counting from zxid \
-                         {since}), whose node changed at zxid {last}"
-                    ),
-                });
+            for path in paths {
+                let told = self.told.get(path).copied().unwrap_or(0);
+                let after = (*since).max(told);
+                if let Some((z, change)) = changes.untold(node, path, *recursive, after, at) {
+                    let what = if *recursive {
+                        "recursive watch on"
+                    } else {
+                        "watch on"
+                    };
+                    return Err(Violation {
+                        kind: ViolationKind::WatchNotFired,
+                        at_us: now,
+                        detail: format!(
+                            "client {client} got a response at zxid {at} from n{node} but no \
+                             event on {path} since zxid {told} for its persistent {what} \
+                             {root} (counting from zxid {since}), which {change:?} at zxid \
+                             {z} fires"
+                        ),
+                    });
+                }
             }
         }
         Ok(())
@@ -341,14 +450,19 @@ impl ClientWatches {
     pub fn resync_op(&mut self) -> Option<Op> {
         self.resync = None;
         self.last_event_zxid = 0;
+        self.told.clear();
         if self.held.is_empty() && self.persistent.is_empty() {
             return None;
         }
-        let mut watches = WatchSet {
-            persistent: self.persistent.keys().cloned().collect(),
-            ..WatchSet::default()
-        };
-        for ((path, kind), since) in self.held.iter_mut() {
+        let mut watches = WatchSet::default();
+        for (path, recursive) in self.persistent.keys() {
+            if *recursive {
+                watches.persistent_recursive.push(path.clone());
+            } else {
+                watches.persistent.push(path.clone());
+            }
+        }
+        for ((path, kind), (since, _)) in self.held.iter_mut() {
             *since = (*since).min(self.seen_zxid);
             match kind {
                 WatchKind::Data => watches.data.push(path.clone()),
@@ -380,9 +494,11 @@ impl ClientWatches {
                 self.held.clear();
                 self.persistent.clear();
             }
-            for (since, told) in self.persistent.values_mut() {
+            for since in self.persistent.values_mut() {
                 *since = zxid;
-                *told = zxid;
+            }
+            for (_, upto) in self.held.values_mut() {
+                *upto = zxid;
             }
         }
     }
@@ -400,7 +516,7 @@ impl ClientWatches {
             Some((path, WatchKind::Child)) => (path.clone(), WatcherKind::Children),
             Some((path, _)) => (path.clone(), WatcherKind::Data),
             None => (
-                self.persistent.keys().nth(i - self.held.len())?.clone(),
+                self.persistent.keys().nth(i - self.held.len())?.0.clone(),
                 WatcherKind::Persistent,
             ),
         };
@@ -434,7 +550,7 @@ impl ClientWatches {
             .map(|(_, k)| *k)
             .collect();
         let persistent = matches!(kind, WatcherKind::Persistent | WatcherKind::Any)
-            && self.persistent.contains_key(path);
+            && (self.has_persistent(path, false) || self.has_persistent(path, true));
         let holds = !one_shot.is_empty() || persistent;
         let removed = match result {
             Ok(_) => true,
@@ -448,7 +564,8 @@ impl ClientWatches {
             self.held.remove(&(path.clone(), k));
         }
         if persistent {
-            self.persistent.remove(path);
+            self.persistent.remove(&(path.clone(), false));
+            self.persistent.remove(&(path.clone(), true));
         }
         match result {
             Ok(_) if !holds => Err(Violation {
@@ -472,15 +589,158 @@ impl ClientWatches {
         }
     }
 
-    /// Whether the client holds a persistent watch on `path`.
-    pub fn has_persistent(&self, path: &str) -> bool {
-        self.persistent.contains_key(path)
+    /// Whether the client holds a persistent watch on `path` (`recursive` or not).
+    pub fn has_persistent(&self, path: &str, recursive: bool) -> bool {
+        self.persistent.contains_key(&(path.to_string(), recursive))
     }
 
     /// The session ended: its watches with it.
     pub fn clear(&mut self) {
         self.held.clear();
         self.persistent.clear();
+        self.told.clear();
         self.resync = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(kind: EventKind, path: &str) -> Change {
+        Change {
+            kind,
+            path: path.to_string(),
+        }
+    }
+
+    fn log() -> ChangeLog {
+        let mut log = ChangeLog::default();
+        log.record(1, &[change(EventKind::NodeCreated, "/eph")]);
+        log.record(
+            2,
+            &[
+                change(EventKind::NodeCreated, "/eph/c0-0"),
+                change(EventKind::NodeChildrenChanged, "/eph"),
+            ],
+        );
+        log.record(
+            3,
+            &[
+                change(EventKind::NodeDeleted, "/eph/c0-0"),
+                change(EventKind::NodeChildrenChanged, "/eph"),
+            ],
+        );
+        log.record(4, &[change(EventKind::NodeCreated, "/eph/c1-0")]);
+        log
+    }
+
+    /// A persistent watch must be told of a node created and deleted after it counts,
+    /// unless an install on its server skipped both (absent before and after it).
+    #[test]
+    fn an_install_excuses_only_a_node_absent_at_both_its_ends() {
+        let mut log = log();
+        let deleted = Some((3, EventKind::NodeDeleted));
+        assert_eq!(log.untold(1, "/eph/c0-0", false, 0, 4), deleted);
+        log.installed(2, 1, 4);
+        assert_eq!(log.untold(1, "/eph/c0-0", false, 0, 4), deleted, "not n1's");
+        assert_eq!(log.untold(2, "/eph/c0-0", false, 0, 4), None);
+        // Present at the install's start: the install fires its deletion.
+        log.installed(1, 2, 4);
+        assert_eq!(log.untold(1, "/eph/c0-0", false, 0, 4), deleted);
+        // Created inside, present at the end: fires its creation.
+        assert_eq!(
+            log.untold(2, "/eph/c1-0", false, 0, 4),
+            Some((4, EventKind::NodeCreated))
+        );
+        log.restarted(2);
+        assert_eq!(log.untold(2, "/eph/c0-0", false, 0, 4), deleted);
+    }
+
+    /// A recursive watch is owed an event for every change under its node except
+    /// children-list changes; a plain one for every change to its node.
+    #[test]
+    fn recursive_watches_are_owed_their_descendants_changes() {
+        let log = log();
+        let mut w = ClientWatches::default();
+        let add = |path: &str, mode| Op::AddWatch {
+            path: path.to_string(),
+            mode,
+        };
+        w.answered(
+            &add("/eph", AddWatchMode::PersistentRecursive),
+            &Ok(OpResult::WatchesUpdated),
+            1,
+        );
+        let due = |w: &ClientWatches, at| w.check_due(0, 1, at, &log, 0);
+        assert!(due(&w, 1).is_ok());
+        let err = due(&w, 2).expect_err("the creation under /eph is owed");
+        assert!(err.detail.contains("on /eph/c0-0"), "{}", err.detail);
+        let ev = |kind, path: &str, zxid| WatchEvent {
+            kind,
+            path: path.to_string(),
+            zxid,
+        };
+        w.on_event(0, &ev(EventKind::NodeCreated, "/eph/c0-0", 2), &log, 0)
+            .expect("a change it fires");
+        assert!(due(&w, 2).is_ok(), "/eph's children change is not owed");
+        assert!(due(&w, 3).is_err(), "the deletion is owed");
+        w.on_event(0, &ev(EventKind::NodeDeleted, "/eph/c0-0", 3), &log, 0)
+            .expect("a change it fires");
+        assert!(due(&w, 3).is_ok());
+        let err = w
+            .on_event(0, &ev(EventKind::NodeChildrenChanged, "/eph", 3), &log, 0)
+            .expect_err("a recursive watch fires no children change");
+        assert_eq!(err.kind, ViolationKind::WatchSpurious);
+        // A plain persistent watch on /eph is owed its children changes.
+        let mut w = ClientWatches::default();
+        w.answered(
+            &add("/eph", AddWatchMode::Persistent),
+            &Ok(OpResult::WatchesUpdated),
+            1,
+        );
+        let err = due(&w, 3).expect_err("owed");
+        assert!(err.detail.contains("NodeChildrenChanged"), "{}", err.detail);
+        w.on_event(0, &ev(EventKind::NodeChildrenChanged, "/eph", 3), &log, 0)
+            .expect("a change it fires");
+        assert!(due(&w, 4).is_ok(), "/eph/c1-0 is not its node");
+    }
+
+    /// An exist watch must be told of a creation even if the node is gone again by
+    /// the next response, unless the creation and deletion came before the `SetWatches`
+    /// that re-registered it or inside an install on its server.
+    #[test]
+    fn an_exist_watch_is_owed_a_creation_undone_since() {
+        let mut log = log();
+        let exists = Op::Exists {
+            path: "/eph/c0-0".to_string(),
+            watch: true,
+        };
+        let set = |w: &mut ClientWatches| w.answered(&exists, &Ok(OpResult::Exists(None)), 1);
+        let mut w = ClientWatches::default();
+        set(&mut w);
+        let err = w.check_due(0, 1, 3, &log, 0).expect_err("owed");
+        assert!(
+            err.detail.contains("NodeCreated at zxid 2"),
+            "{}",
+            err.detail
+        );
+        // Re-registered at zxid 3, counting from 1: the node is absent at both.
+        let mut w = ClientWatches::default();
+        set(&mut w);
+        w.saw(1);
+        assert!(matches!(
+            w.resync_op(),
+            Some(Op::SetWatches { last_zxid: 1, .. })
+        ));
+        w.resync_sent(7);
+        w.resync_answered(7, true, 3);
+        assert!(w.check_due(0, 1, 3, &log, 0).is_ok());
+        // Skipped by an install on its server.
+        let mut w = ClientWatches::default();
+        set(&mut w);
+        log.installed(1, 1, 3);
+        assert!(w.check_due(0, 1, 3, &log, 0).is_ok());
+        assert!(w.check_due(0, 2, 3, &log, 0).is_err(), "not n2's");
     }
 }

@@ -828,6 +828,7 @@ impl World {
         self.nodes[n].leader = None;
         self.break_links_of(n);
         self.checks.forget_heard(id);
+        self.changes.restarted(id);
         self.stats.crashes += 1;
         self.note(format!(
             "n{id} {}{}",
@@ -1410,9 +1411,12 @@ impl World {
                     }
                     r
                 }
-                Probe::Installed { zxid } => {
+                Probe::Installed { from, zxid } => {
                     self.stats.installs += 1;
-                    self.note(format!("n{id} installs a snapshot at zxid {zxid}"));
+                    self.changes.installed(id, from, zxid);
+                    self.note(format!(
+                        "n{id} installs a snapshot at zxid {zxid} (from {from})"
+                    ));
                     Ok(())
                 }
                 Probe::ExpiryProposed { sessions, mono_ms } => {
