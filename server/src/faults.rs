@@ -79,6 +79,9 @@ pub struct FaultSwitches {
     /// Watches: a recursive watch is not told when a node under it is deleted (only
     /// when its own node is), breaking "every change is told before a later response".
     pub recursive_skips_deletions: bool,
+    /// State machine: `RevokeLease` answers without closing the lease, so its locks stay
+    /// held until it expires (breaks "a revoked lease's locks are released").
+    pub revoke_leaves_lease_open: bool,
 }
 
 impl FaultSwitches {
@@ -111,6 +114,7 @@ thread_local! {
             silent_install: false,
             set_watches_from_now: false,
             recursive_skips_deletions: false,
+            revoke_leaves_lease_open: false,
         }) };
 }
 
@@ -162,6 +166,7 @@ pub fn from_env() -> FaultSwitches {
                 "silent_install" => &mut f.silent_install,
                 "set_watches_from_now" => &mut f.set_watches_from_now,
                 "recursive_skips_deletions" => &mut f.recursive_skips_deletions,
+                "revoke_leaves_lease_open" => &mut f.revoke_leaves_lease_open,
                 other => {
                     tracing::error!(switch = other, "unknown fault switch in {FAULTS_ENV}");
                     continue;
@@ -200,6 +205,7 @@ pub fn active() -> FaultSwitches {
         silent_install: false,
         set_watches_from_now: false,
         recursive_skips_deletions: false,
+        revoke_leaves_lease_open: false,
     }
 }
 

@@ -1073,7 +1073,9 @@ impl StateMachine {
             }
             Op::RevokeLease { lease_id } => {
                 self.own_lease(session_id, *lease_id)?;
-                self.close(txn, *lease_id, ended)?;
+                if !crate::faults::active().revoke_leaves_lease_open {
+                    self.close(txn, *lease_id, ended)?;
+                }
                 Ok(OpResult::Unlocked { released: true })
             }
             other => Err(ErrorInfo::new(

@@ -533,7 +533,8 @@ fn passes_gather_replication_messages() {
 /// A pinned seed's configuration as it was when its bug was found: each input is its
 /// core's whole pass (seeds drawn before passes were simulated kept their schedule).
 /// Clients did not give up on writes then either, nor send multi-locks, nor take
-/// shared locks (every lock was exclusive), nor were nodes upgraded during a run.
+/// shared locks (every lock was exclusive), nor set watches, nor revoke leases, nor were
+/// nodes upgraded during a run.
 fn as_found(mut c: SimConfig) -> SimConfig {
     c.pass_inputs = 1;
     c.pass_window_us = 0;
@@ -541,6 +542,7 @@ fn as_found(mut c: SimConfig) -> SimConfig {
     c.multi_lock_per_mille = 0;
     c.lock_families = Vec::new();
     c.watch_per_mille = 0;
+    c.revoke_per_mille = 0;
     c.upgrade_at_ms = None;
     c
 }
@@ -941,6 +943,7 @@ fn regression_retried_lock_learns_its_node_is_gone() {
     c.skip_faults = [5, 11, 12, 13, 14, 15].into_iter().collect();
     // As found: before clients set watches.
     c.watch_per_mille = 0;
+    c.revoke_per_mille = 0;
     let r = sim::run(&c);
     assert!(
         !r.failed(),
@@ -1006,6 +1009,7 @@ fn pinned_in_passes(
     c.give_up_per_mille = 0;
     c.upgrade_at_ms = None;
     c.watch_per_mille = 0;
+    c.revoke_per_mille = 0;
     let r = sim::run(&c);
     assert!(!r.failed(), "{}", r.describe(test));
 }
@@ -1072,21 +1076,16 @@ fn fault_recursive_skips_deletions_leaves_watches_unfired() {
     );
 }
 
-/// Checker gap (fixed): a semaphore's grant applied by one node just before every node
-/// crashed was seen only in that node's replay, where grants are not checked, so the
-/// checker did not know the node was shared, took its guarded write for an exclusive
-/// one, and flagged the next guarded write of an older permit as out of order
-/// (`FencedOrder`). Found by the soak once clients set watches (seed 25216345, as drawn
-/// today). Every lock answer now tells the checker which tokens are shared nodes'
-/// (`Checks::note_shared`).
+/// `RevokeLease` closes the lease, which releases every lock held or awaited under it.
+/// With the switch it answers without closing it, and the simulator finds the lease
+/// still open in the state of a node that applied the revocation.
 #[test]
-fn regression_fenced_order_knows_a_replayed_shared_grant() {
-    let mut c = SimConfig::from_seed(25_216_345);
-    c.skip_faults = [2, 3].into_iter().collect();
-    let r = sim::run(&c);
-    assert!(
-        !r.failed(),
-        "{}",
-        r.describe("regression_fenced_order_knows_a_replayed_shared_grant")
+fn fault_revoke_leaves_lease_open() {
+    catches(
+        "fault_revoke_leaves_lease_open",
+        switches(|s| s.revoke_leaves_lease_open = true),
+        &[ViolationKind::MachineInvariant],
+        |c| c.revoke_per_mille = 500,
+        100,
     );
 }

@@ -621,7 +621,8 @@ impl Checks {
     /// a guarded write with one's token is checked as shared even when the entry that
     /// granted the node was seen only in a replay, where grants are not checked (soak
     /// seed 25216345: a semaphore's grant applied by one node just before every node
-    /// crashed, so its later guarded write counted as exclusive).
+    /// crashed, so its later guarded write counted as exclusive; the test
+    /// `a_shared_grant_seen_only_in_a_replay_fences_as_shared` replays its entries).
     fn note_shared(&mut self, op: &Op, result: &Result<OpResult, ErrorInfo>) {
         let mut note = |lock: &str, token: u64, node: &str| {
             if shared_node(node) {
@@ -1063,6 +1064,7 @@ pub fn check_holders(node: u64, machine: &StateMachine, now: u64) -> Result<(), 
 mod tests {
     use super::*;
     use crate::machine::WriteKind;
+    use corral_protocol::LockRequest;
 
     fn write(session_id: u64, xid: u64, path: &str) -> Entry {
         Entry::new(
@@ -1214,5 +1216,59 @@ mod tests {
             .on_replayed(2, 5, &write(14, 1, "/b"), &ok, 3)
             .expect_err("another entry at the same zxid");
         assert_eq!(v.kind, ViolationKind::LogDivergence);
+    }
+
+    /// Checker gap (fixed, soak seed 25216345): a semaphore grant seen only in a node's
+    /// recovery replay still marks its token as a shared node's, so its guarded write
+    /// does not hold a later guarded write of an older permit to the exclusive order.
+    #[test]
+    fn a_shared_grant_seen_only_in_a_replay_fences_as_shared() {
+        let sem = |session_id, xid| {
+            let op = Op::Lock(LockRequest {
+                lock: "/locks/l0".to_string(),
+                kind: LockKind::Semaphore { permits: 3 },
+                try_only: false,
+                lease: None,
+                lock_delay_ms: 0,
+                data: Vec::new(),
+            });
+            Entry::new(
+                0,
+                EntryBody::client(WriteKind::Plain, session_id, xid, op, 0),
+            )
+        };
+        let locked = |token, n| {
+            Some(Ok(OpResult::Locked {
+                node: format!("/locks/l0/s-{n:010}"),
+                token,
+            }))
+        };
+        let fenced = |session_id, xid, token| {
+            let op = Op::Multi(vec![
+                MultiOp::CheckLock {
+                    lock: "/locks/l0".to_string(),
+                    token,
+                },
+                MultiOp::SetData {
+                    path: "/fenced/l0".to_string(),
+                    data: Vec::new(),
+                    version: None,
+                },
+            ]);
+            Entry::new(
+                0,
+                EntryBody::client(WriteKind::Plain, session_id, xid, op, 0),
+            )
+        };
+        let ok = Some(Ok(OpResult::Multi(Vec::new())));
+        let mut c = Checks::default();
+        c.on_applied(1, 622, &sem(5, 1), &locked(622, 1), &[], 1)
+            .expect("the first permit");
+        c.on_replayed(2, 627, &sem(6, 1), &locked(627, 2), 2)
+            .expect("the second permit, seen only in a replay");
+        c.on_applied(1, 643, &fenced(6, 2, 627), &ok, &[], 3)
+            .expect("the second permit's guarded write");
+        c.on_applied(1, 654, &fenced(5, 2, 622), &ok, &[], 4)
+            .expect("the first permit's guarded write: both are shared");
     }
 }

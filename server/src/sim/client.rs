@@ -138,6 +138,8 @@ pub struct ClientCfg {
     pub lock_families: Vec<LockKind>,
     /// `SimConfig::watch_per_mille`.
     pub watch_per_mille: u64,
+    /// `SimConfig::revoke_per_mille`.
+    pub revoke_per_mille: u64,
     /// Clients in the run (whose ephemeral nodes a client may watch).
     pub clients: usize,
 }
@@ -215,6 +217,7 @@ enum Purpose {
     Ping,
     Renew(u64),
     GrantLease,
+    Revoke,
     Close,
     /// Re-reads the waiting request whose first queue node is `node` (after a
     /// reconnect: a grant pushed meanwhile went to no one).
@@ -364,6 +367,8 @@ pub struct SimClient {
     /// Draws of the watches (a stream of their own: a run without watches is the run it
     /// was before clients set them).
     watch_rng: SimRng,
+    /// Draws of lease revocations (a stream of its own, like `watch_rng`).
+    revoke_rng: SimRng,
     /// The one-shot watches it holds.
     pub watches: ClientWatches,
     /// Multi-lock groups it held.
@@ -481,6 +486,7 @@ impl SimClient {
             multi_rng: SimRng::stream(seed, 3000 + id as u64),
             kind_rng: SimRng::stream(seed, 4000 + id as u64),
             watch_rng: SimRng::stream(seed, 5000 + id as u64),
+            revoke_rng: SimRng::stream(seed, 6000 + id as u64),
             watches: ClientWatches::default(),
             groups_held: 0,
             dropped_on_wind_down: None,
@@ -718,6 +724,32 @@ impl SimClient {
         self.send(now, Op::Release { node, token }, Purpose::Unlock, true, out);
     }
 
+    /// Whether a hold under the lease ends with its revocation
+    /// (`SimConfig::revoke_per_mille`; draws from `revoke_rng` only).
+    fn revoke_chance(&mut self) -> bool {
+        self.cfg.revoke_per_mille > 0 && self.revoke_rng.chance(self.cfg.revoke_per_mille)
+    }
+
+    /// Revokes the lease `id` (a task request): the server releases every lock held or
+    /// awaited under it, and the client believes none of them from now on and takes a
+    /// new lease later.
+    fn revoke(&mut self, now: u64, id: u64, out: &mut Vec<CAction>) {
+        if let Some(s) = &mut self.session {
+            if s.lease.is_some_and(|l| l.id == id) {
+                s.lease = None;
+            }
+        }
+        self.believed.retain(|_, b| b.lease != Some(id));
+        out.push(CAction::Note(format!("c{} revokes lease {id:#x}", self.id)));
+        self.send(
+            now,
+            Op::RevokeLease { lease_id: id },
+            Purpose::Revoke,
+            true,
+            out,
+        );
+    }
+
     /// Releases a request's nodes: a group goes with any one of its nodes, drawn at random
     /// (the server releases the others in the same transaction).
     fn release_nodes(&mut self, now: u64, nodes: &[QNode], token: u64, out: &mut Vec<CAction>) {
@@ -912,8 +944,15 @@ impl SimClient {
                     // Not a task request: the hold continues while it is in flight.
                     self.send(now, Op::Multi(ops), Purpose::Fenced(h), false, out);
                 } else if now >= release_us || self.mode == Mode::WindDown {
+                    let lease = nodes
+                        .first()
+                        .and_then(|n| self.believed.get(&n.lock))
+                        .and_then(|b| b.lease);
                     self.forget_nodes(&nodes);
-                    self.release_nodes(now, &nodes, node_token, out);
+                    match lease.filter(|_| self.revoke_chance()) {
+                        Some(id) => self.revoke(now, id, out),
+                        None => self.release_nodes(now, &nodes, node_token, out),
+                    }
                 }
             }
         }
@@ -1918,6 +1957,7 @@ impl SimClient {
             | Purpose::PlainRead
             | Purpose::Create
             | Purpose::Unlock
+            | Purpose::Revoke
             | Purpose::Acknowledge
             | Purpose::SetWatches
             | Purpose::Other => {}

@@ -38,14 +38,16 @@
 //!   after a broken connection or a request unanswered for a while (not after the
 //!   faults heal: then the node must answer), except the writes they give up on when
 //!   they resume their session (`give_up_per_mille`: as a caller's timeout does; the
-//!   writes' outcome stays unknown), locks under the session or a lease, one at a
+//!   writes' outcome stays unknown), locks under the session or a lease (a hold under
+//!   the lease sometimes ended by revoking it: `revoke_per_mille`), one at a
 //!   time or two or three at once (`LockMany`, `multi_lock_per_mille`), exclusive,
 //!   read-write or semaphores (`lock_families`),
 //!   guarded writes (`CheckLock` + `SetData` in a multi), sync + read, plain reads,
 //!   watches (`watch_per_mille`: one-shot data, exist and child watches on the register
 //!   keys and the ephemeral nodes, mostly re-armed after their event, and persistent
-//!   watches on the register keys and `/eph`, all re-registered with `SetWatches` first
-//!   thing after every reconnect, and sometimes removed with `RemoveWatches`),
+//!   watches, plain or recursive, on the register keys, `/reg`, `/eph` and the
+//!   ephemeral nodes, all re-registered with `SetWatches` first thing after every
+//!   reconnect, and sometimes removed with `RemoveWatches`),
 //!   sequential and ephemeral creates, session close and abandon. Clients, too, have
 //!   their own clock rate, and can be paused for longer than their lease. In most seeds
 //!   they acknowledge answered xids before writes (`ack_every`; given-up writes count
@@ -271,7 +273,8 @@ impl Report {
             "config: {} nodes, {} clients, tick {} ms, election {} ms, TTL {} ms, lock-delay {} \
              ms, snapshot every {} entries or {} bytes, passes of {} inputs within {} µs, clocks ±{} ppm, net {:?}, \
              disk {:?}, switches {:?}, give-ups {}‰, upgrade at {:?} ms from peer protocol \
-             {}, acknowledgements every {} xids, multi-locks {}‰, lock kinds {:?}, watches {}‰",
+             {}, acknowledgements every {} xids, multi-locks {}‰, lock kinds {:?}, watches {}‰, \
+             lease revocations {}‰",
             c.nodes,
             c.clients,
             c.tick_ms,
@@ -292,7 +295,8 @@ impl Report {
             c.ack_every,
             c.multi_lock_per_mille,
             c.lock_families,
-            c.watch_per_mille
+            c.watch_per_mille,
+            c.revoke_per_mille
         );
         let _ = writeln!(s, "faults:");
         for (i, f) in c.plan().iter().enumerate() {

@@ -263,11 +263,16 @@ pub struct SimConfig {
     pub multi_lock_per_mille: u64,
     /// Chance (per mille) that a workload client's read sets a watch (a plain read then
     /// reads a register key, `/eph`'s children, or whether some client's ephemeral node
-    /// exists, or adds a persistent watch on a register key or `/eph`; a linearizable
+    /// exists, or adds a persistent watch, plain or recursive, on a register key, `/reg`,
+    /// `/eph` or an ephemeral node; a linearizable
     /// read of a register key keeps its key), which the client re-registers after every
     /// reconnect and whose events are checked (`sim/watch.rs`; 0: clients set no
     /// watches).
     pub watch_per_mille: u64,
+    /// Chance (per mille) that a workload client ends a hold under its lease by revoking
+    /// the lease (`RevokeLease`, which releases every lock held or awaited under it)
+    /// rather than releasing the lock; it then takes a new lease later (0: never).
+    pub revoke_per_mille: u64,
 }
 
 impl SimConfig {
@@ -356,6 +361,13 @@ impl SimConfig {
         } else {
             watch_rng.range_incl(200, 800)
         };
+        // Lease revocations in three seeds in four, from a stream of their own too.
+        let mut revoke_rng = SimRng::stream(seed, 12);
+        let revoke_per_mille = if revoke_rng.chance(250) {
+            0
+        } else {
+            revoke_rng.range_incl(100, 500)
+        };
         let mut c = SimConfig {
             seed,
             nodes,
@@ -396,6 +408,7 @@ impl SimConfig {
             snapshot_every_bytes,
             multi_lock_per_mille,
             watch_per_mille,
+            revoke_per_mille,
         };
         // Shared locks in three seeds in four, from a stream of their own too.
         let mut family_rng = SimRng::stream(seed, 10);

@@ -8,13 +8,13 @@ use super::rng::SimRng;
 use super::watch::ChangeLog;
 use super::{fmt_time, Stats};
 use crate::disk::{Disk, SimDisk, SimDiskFaults};
-use crate::machine::{MachineLimits, StateMachine};
+use crate::machine::{Entry, MachineLimits, StateMachine};
 use crate::node::{ConnId, Input, Log, Node, NodeConfig, Now, Output, Probe};
 use crate::replication::log::{PaxosSettings, PeerMsg};
 use crate::replication::storage::{PaxosStorageConfig, SyncHandle};
 use crate::replication::{open_cluster_on, ClusterSettings, RecoveredCluster};
 use crate::wal::WalOptions;
-use corral_protocol::{Hello, HelloReply, LockKind, Op, Request};
+use corral_protocol::{ErrorInfo, Hello, HelloReply, LockKind, Op, OpResult, Request};
 use omnipaxos::ballot_leader_election::Ballot;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -332,6 +332,7 @@ impl World {
             multi_lock_per_mille: cfg.multi_lock_per_mille,
             lock_families: cfg.lock_families.clone(),
             watch_per_mille: cfg.watch_per_mille,
+            revoke_per_mille: cfg.revoke_per_mille,
             clients: cfg.clients,
         };
         let mut clients = Vec::new();
@@ -1397,6 +1398,9 @@ impl World {
                     changes,
                 } => {
                     self.changes.record(zxid, &changes);
+                    if let Err(v) = self.check_revoked(n, zxid, &entry, &result) {
+                        self.violate(v);
+                    }
                     let before = self.checks.entries;
                     let r = self
                         .checks
@@ -1438,6 +1442,36 @@ impl World {
                 self.violate(v);
             }
         }
+    }
+
+    /// A `RevokeLease` applied without an error closed the lease (ids are never reused,
+    /// so it stays closed in the node's state, however far that has moved on since): a
+    /// revocation that left the lease open would leave its locks held until it expired.
+    fn check_revoked(
+        &self,
+        n: usize,
+        zxid: u64,
+        entry: &Entry,
+        result: &Option<Result<OpResult, ErrorInfo>>,
+    ) -> Result<(), Violation> {
+        let Some((_, _, Op::RevokeLease { lease_id })) = entry.body.client_write() else {
+            return Ok(());
+        };
+        let NodeState::Up(up) = &self.nodes[n].state else {
+            return Ok(());
+        };
+        if !matches!(result, Some(Ok(_))) || up.node.machine().session(*lease_id).is_none() {
+            return Ok(());
+        }
+        Err(Violation {
+            kind: ViolationKind::MachineInvariant,
+            at_us: self.now,
+            detail: format!(
+                "n{} applied the revocation of lease {lease_id:#x} at zxid {zxid} without \
+                 an error, but the lease is still open",
+                self.nodes[n].id
+            ),
+        })
     }
 
     fn after_node_step(&mut self, n: usize) {
