@@ -91,6 +91,8 @@ pub enum ViolationKind {
     /// A client got a response with a zxid past a change that fires one of its watches,
     /// without the event first (`sim/watch.rs`).
     WatchNotFired,
+    /// A read's answer is not the state at the zxid it carries (`sim/reads.rs`).
+    ReadMismatch,
     /// A node could not recover from its disk.
     Recovery,
     /// A log sync was sent whose decided snapshot does not end where its suffix starts

@@ -1190,7 +1190,8 @@ impl SimClient {
     }
 
     /// A read that sets a one-shot watch: on a register key's data, on whether some
-    /// client's ephemeral node exists, or on the ephemeral nodes' parent's children; or
+    /// client's ephemeral node exists, or on the ephemeral nodes' parent's children; or a
+    /// page of `/eph`'s or `/reg`'s children (no watch; `sim/reads.rs` checks it); or
     /// (one in eight) a persistent watch, plain or recursive, on a register key, `/reg`,
     /// `/eph` or an ephemeral node, if not held yet; or (one in eight) the removal of a
     /// watch it holds.
@@ -1218,11 +1219,33 @@ impl SimClient {
                 return Op::AddWatch { path, mode };
             }
         }
-        match self.watch_rng.range(0, 4) {
+        match self.watch_rng.range(0, 5) {
             0 => Op::GetData {
                 path: reg_key(self.watch_rng.range(0, self.cfg.keys as u64) as usize),
                 watch: true,
             },
+            4 => {
+                // A page of `/eph`'s or `/reg`'s children (no watch), after a name that
+                // may or may not exist.
+                let (path, after) = if self.watch_rng.chance(500) {
+                    let eph = self.some_ephemeral();
+                    ("/eph", corral_protocol::path::name(&eph).to_string())
+                } else {
+                    let i = self.watch_rng.range(0, self.cfg.keys as u64) as usize;
+                    ("/reg", format!("k{i}"))
+                };
+                let after = if self.watch_rng.chance(300) {
+                    String::new()
+                } else {
+                    after
+                };
+                Op::GetChildrenPage {
+                    path: path.to_string(),
+                    after,
+                    max_names: self.watch_rng.range_incl(1, 3) as u32,
+                    max_bytes: 1 << 20,
+                }
+            }
             1 => Op::GetChildren {
                 path: "/eph".to_string(),
                 watch: true,
@@ -1801,6 +1824,9 @@ impl SimClient {
             out.push(CAction::Violation(v));
         }
         self.watches.saw(r.zxid);
+        if let Err(v) = super::reads::check(self.id, &p.op, &r.result, r.zxid, changes, now) {
+            out.push(CAction::Violation(v));
+        }
         let session = self.session.as_ref().map_or(0, |s| s.id);
         let is_read = matches!(p.op, Op::GetData { .. });
         if is_read && r.result.is_ok() && r.zxid < p.zxid_at_send {

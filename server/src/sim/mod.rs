@@ -47,7 +47,8 @@
 //!   keys and the ephemeral nodes, mostly re-armed after their event, and persistent
 //!   watches, plain or recursive, on the register keys, `/reg`, `/eph` and the
 //!   ephemeral nodes, all re-registered with `SetWatches` first thing after every
-//!   reconnect, and sometimes removed with `RemoveWatches`),
+//!   reconnect, and sometimes removed with `RemoveWatches`; and pages of `/eph`'s and
+//!   `/reg`'s children, checked against the state at their zxid: `sim/reads.rs`),
 //!   sequential and ephemeral creates, session close and abandon. Clients, too, have
 //!   their own clock rate, and can be paused for longer than their lease. In most seeds
 //!   they acknowledge answered xids before writes (`ack_every`; given-up writes count
@@ -84,7 +85,8 @@
 //! applied long before, or was answered "queued" after it, was not told), watch events
 //! (none without a change
 //! since its watch was set, none missing before a response with a later zxid:
-//! [`watch`]). After healing: every lock is acquired (a semaphore's permits all at
+//! [`watch`]), reads of child lists and ephemeral nodes that are the state at their
+//! zxid ([`reads`]), and no lease left open by its revocation. After healing: every lock is acquired (a semaphore's permits all at
 //! once: none leaked) by a probe client within TTL + 4 elections + lock-delay + 300 ms, every client request
 //! is answered, and the nodes converge to one state. Both bounds are extended by the longest time a node spent decoding a snapshot
 //! after the heal (one decode in ten is modelled at up to a second, and a leader that
@@ -132,8 +134,7 @@
 //! unsynced writes across files, no bit rot, no short writes that succeed); wall-clock
 //! steps (NTP) and monotonic clocks that stop; memory limits; the real client library
 //! (`corral-client`): the simulated clients follow the protocol but are written for the
-//! simulator; recursive watches (one-shot and persistent watches are set and checked;
-//! Jepsen's `watch` workload checks recursive ones); single-node mode (`Log::Local`, `storage.rs`'s snapshot files); membership changes.
+//! simulator; single-node mode (`Log::Local`, `storage.rs`'s snapshot files); membership changes.
 
 // Test-support code: some pedantic lints are relaxed here.
 #![allow(clippy::ptr_arg, clippy::collapsible_if)]
@@ -141,6 +142,7 @@
 mod check;
 mod client;
 mod plan;
+mod reads;
 mod rng;
 mod watch;
 mod world;

@@ -187,6 +187,21 @@ impl ChangeLog {
             })
     }
 
+    /// Whether every zxid up to `zxid` is known (so are its changes).
+    pub fn complete_to(&self, zxid: u64) -> bool {
+        zxid <= self.contiguous
+    }
+
+    /// The names of the children of `parent` at `zxid`, sorted (for a `parent` whose
+    /// children are all watchable paths).
+    pub fn children_at(&self, parent: &str, zxid: u64) -> Vec<String> {
+        self.paths_under(parent)
+            .filter(|p| corral_protocol::path::parent(p) == Some(parent))
+            .filter(|p| self.exists_at(p, zxid) == Some(true))
+            .map(|p| corral_protocol::path::name(p).to_string())
+            .collect()
+    }
+
     /// The paths with changes at `root` or under it.
     fn paths_under<'a>(&'a self, root: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.by_path
@@ -198,7 +213,7 @@ impl ChangeLog {
 
     /// Whether the node at `path` exists at `zxid`, from its last creation or deletion
     /// (`None`: neither is known).
-    fn exists_at(&self, path: &str, zxid: u64) -> Option<bool> {
+    pub fn exists_at(&self, path: &str, zxid: u64) -> Option<bool> {
         self.by_path
             .get(path)?
             .range(..=zxid)
