@@ -13,8 +13,8 @@
 //!
 //! When the connection is lost the task resumes the session on the next server (round
 //! robin, backoff with jitter between rounds), re-registers the watches with
-//! `SetWatches` (with the last zxid seen *before* the new handshake, so the server fires
-//! what changed meanwhile), resends every unanswered request with its original xid (the
+//! `SetWatches` (with the zxid of the last response *before* the new handshake, so the
+//! server fires what changed meanwhile), resends every unanswered request with its original xid (the
 //! server deduplicates writes by xid; one over the new server's `max_frame_bytes` fails
 //! with `FrameTooLarge` instead), and then re-reads the locks it tracks (lock events
 //! are pushed only to the connection attached at the time). Calls wait meanwhile, until
@@ -363,9 +363,13 @@ pub(crate) struct Task {
     /// Largest frame the task sends: the smaller of the two sides' limits.
     send_limit: usize,
     last_zxid: u64,
-    /// The highest zxid seen in responses and events (not handshakes): every watch
-    /// event up to it has been delivered, so it is what `SetWatches` sends after a
-    /// reconnect. It stays put while `watch_resyncs` is not zero.
+    /// The highest zxid of a response (not of a handshake or an event): the server sends
+    /// every event of the changes up to a response's zxid before the response, so every
+    /// one has been delivered, and it is what `SetWatches` sends after a reconnect. An
+    /// event's zxid says less: several events share one (the changes of one multi, the
+    /// events a snapshot install collapses, which carry the installed zxid for changes
+    /// made before it), and a connection lost between them loses the rest. It stays put
+    /// while `watch_resyncs` is not zero.
     seen_zxid: u64,
     /// This connection's `SetWatches` requests not answered yet. Until they are, the
     /// watches are not all registered again, and the events they fire at once carry the
@@ -804,8 +808,8 @@ impl Task {
     }
 
     fn on_event(&mut self, event: WatchEvent) {
+        // Not `raise_seen`: see `seen_zxid`.
         self.observe_zxid(event.zxid);
-        self.raise_seen(event.zxid);
         self.registry.dispatch(&event);
         // No subscriber is fine.
         let _ = self.shared.events.send(Ok(event));

@@ -67,8 +67,9 @@ pub enum Error {
         skipped: u64,
     },
     /// The connection was lost and this persistent watch was registered again on a new
-    /// one (ZooKeeper's `setWatches`): changes with a zxid after `since_zxid` (the last
-    /// the client had seen) and up to `until_zxid` (the server's when the watch was back)
+    /// one (ZooKeeper's `setWatches`): changes with a zxid after `since_zxid` (that of
+    /// the last response before the connection was lost: events that came after it may
+    /// be among these) and up to `until_zxid` (the server's when the watch was back)
     /// may have fired no event on it; every later change does. Re-read the state you
     /// watch. The stream goes on.
     #[error(
@@ -76,7 +77,7 @@ pub enum Error {
          {until_zxid} may have fired no event"
     )]
     WatchResumed {
-        /// The last zxid the client had seen before the connection was lost.
+        /// The zxid of the last response before the connection was lost.
         since_zxid: u64,
         /// The server's zxid when it answered the re-registration.
         until_zxid: u64,

@@ -775,6 +775,61 @@ async fn corralctl_prints_text_hex_json_and_errors() {
     assert!(stderr.contains("NoNode"), "{stderr}");
 }
 
+/// Events do not move the zxid a reconnect's `SetWatches` sends; responses do. Several
+/// events share one zxid (the changes of one multi; the events of a snapshot install,
+/// which carry the installed zxid), so a connection lost after the first of them loses
+/// the others: `/b`'s watch must be registered again from the last response's zxid, so
+/// that the server fires it for the change the lost event told of.
+#[tokio::test]
+async fn events_sharing_a_zxid_do_not_count_as_seen_until_a_response() {
+    let server = FakeServer::start().await;
+    let connecting = tokio::spawn(Client::connect(server.config()));
+    let (mut conn, _) = server.accept(granted(10_000, 5, 1)).await;
+    let client = bounded("connect", connecting)
+        .await
+        .expect("join")
+        .expect("connect");
+    let mut watchers = Vec::new();
+    for path in ["/a", "/b"] {
+        watchers.push(data_watch(&client, &mut conn, path, 10).await);
+    }
+    // A multi at zxid 20 changed both; /a's event arrives, then the connection is lost.
+    let a_changed = WatchEvent {
+        kind: EventKind::NodeDataChanged,
+        path: "/a".into(),
+        zxid: 20,
+    };
+    conn.send(ServerMessage::Watch(a_changed.clone())).await;
+    let mut watchers = watchers.into_iter();
+    let a = watchers.next().expect("/a");
+    assert_eq!(bounded("/a's event", a).await.expect("event"), a_changed);
+    drop(conn);
+
+    let (mut conn, hello) = server.accept(granted(10_000, 20, 3)).await;
+    assert_eq!(hello.last_zxid_seen, 20, "never back in time");
+    let again = conn.recv().await;
+    assert_eq!(
+        again.op,
+        Op::SetWatches {
+            last_zxid: 10,
+            watches: WatchSet {
+                data: vec!["/b".into()],
+                ..WatchSet::default()
+            }
+        }
+    );
+    let b_changed = WatchEvent {
+        kind: EventKind::NodeDataChanged,
+        path: "/b".into(),
+        zxid: 20,
+    };
+    conn.send(ServerMessage::Watch(b_changed.clone())).await;
+    conn.reply(again.xid, 20, Ok(OpResult::WatchesUpdated))
+        .await;
+    let b = watchers.next().expect("/b");
+    assert_eq!(bounded("/b's event", b).await.expect("event"), b_changed);
+}
+
 /// The events a `SetWatches` fires at once carry the server's current zxid, not the
 /// changes' own: if the connection is lost before its answer, the next `SetWatches`
 /// still asks from the zxid seen before the reconnect, so the changes whose events were
@@ -1283,6 +1338,19 @@ async fn a_persistent_watch_stream_is_told_of_a_reconnect_and_goes_on() {
     ));
     let next = bounded("the next of every event", all.recv()).await;
     assert_eq!(next.expect("goes on").expect("an event"), event(26));
+    // A response at zxid 26 says every event up to it was delivered (an event alone
+    // does not: others may share its zxid).
+    let exists = tokio::spawn({
+        let client = client.clone();
+        async move { client.exists("/c").await }
+    });
+    let request = conn.recv().await;
+    conn.reply(request.xid, 26, Ok(OpResult::Exists(None)))
+        .await;
+    bounded("exists", exists)
+        .await
+        .expect("join")
+        .expect("exists");
 
     // Nothing changed while away this time: no resume, just the next event.
     drop(conn);

@@ -217,7 +217,20 @@ pub fn describe_op(op: &Op) -> String {
         Op::Create(c) => format!("create {} {:?}", c.path, c.mode),
         Op::Delete { path, .. } => format!("delete {path}"),
         Op::SetData { path, data, .. } => format!("set {path}={}", value_of(data)),
-        Op::GetData { path, .. } => format!("get {path}"),
+        Op::GetData { path, watch } => format!("get {path}{}", watched(*watch)),
+        Op::Exists { path, watch } => format!("exists {path}{}", watched(*watch)),
+        Op::GetChildren { path, watch } => format!("children {path}{}", watched(*watch)),
+        Op::AddWatch { path, mode } => format!("add_watch {path} {mode:?}"),
+        Op::RemoveWatches { path, kind } => format!("remove_watches {path} {kind:?}"),
+        Op::SetWatches { last_zxid, watches } => format!(
+            "set_watches since {last_zxid}: data {:?}, exist {:?}, child {:?}, persistent \
+             {:?}, recursive {:?}",
+            watches.data,
+            watches.exist,
+            watches.child,
+            watches.persistent,
+            watches.persistent_recursive
+        ),
         Op::Multi(ops) => {
             let parts: Vec<String> = ops
                 .iter()
@@ -252,6 +265,14 @@ pub fn describe_op(op: &Op) -> String {
         Op::Unlock { node } => format!("unlock {node}"),
         Op::Release { node, token } => format!("release {node} (token {token})"),
         other => other.name().to_string(),
+    }
+}
+
+fn watched(watch: bool) -> &'static str {
+    if watch {
+        " (watch)"
+    } else {
+        ""
     }
 }
 

@@ -128,6 +128,8 @@ pub struct ClientCfg {
     /// Every successful answer renews the session in the client's view, not only
     /// keepalives (what `corral-client` did before it was fixed).
     pub renew_on_any_answer: bool,
+    /// `SimConfig::seen_on_events`.
+    pub seen_on_events: bool,
     /// `SimConfig::give_up_per_mille` (workload clients).
     pub give_up_per_mille: u64,
     /// `SimConfig::ack_every`.
@@ -1388,7 +1390,6 @@ impl SimClient {
             }
             ToClient::Msg(ServerMessage::LockGranted(ev)) => {
                 self.last_zxid = self.last_zxid.max(ev.zxid);
-                self.watches.saw(ev.zxid);
                 let complete = match &mut self.task {
                     Task::Waiting { nodes, told, .. }
                         if nodes.iter().any(|n| n.node == ev.node) =>
@@ -1419,7 +1420,6 @@ impl SimClient {
             }
             ToClient::Msg(ServerMessage::LockLost(ev)) => {
                 self.last_zxid = self.last_zxid.max(ev.zxid);
-                self.watches.saw(ev.zxid);
                 if self
                     .believed
                     .get(&ev.lock)
@@ -1450,7 +1450,9 @@ impl SimClient {
                 if let Err(v) = self.watches.on_event(self.id, &ev, changes, now) {
                     out.push(CAction::Violation(v));
                 }
-                self.watches.saw(ev.zxid);
+                if self.cfg.seen_on_events {
+                    self.watches.saw(ev.zxid);
+                }
                 self.rearm(&ev.path, now, &mut out);
             }
         }

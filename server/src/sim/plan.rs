@@ -223,6 +223,10 @@ pub struct SimConfig {
     /// `corral-client` did before it was fixed), not only pings, lease renewals and
     /// handshakes.
     pub renew_on_any_answer: bool,
+    /// Clients raise the zxid their next `SetWatches` sends on watch events too, not
+    /// only on responses (what `corral-client` did before it was fixed): a connection
+    /// lost between two events of one zxid then loses the second.
+    pub seen_on_events: bool,
     /// Inputs a node's core takes in before it ends its pass (1: every input flushes
     /// the log at once, as `Node::handle` does).
     pub pass_inputs: usize,
@@ -398,6 +402,7 @@ impl SimConfig {
             hash_every_change: true,
             checker_ms: 10_000,
             renew_on_any_answer: false,
+            seen_on_events: false,
             pass_inputs,
             pass_window_us,
             give_up_per_mille,

@@ -5,9 +5,9 @@
 //! `watch: true`) on the register keys and the ephemeral nodes (see [`watchable`]), and
 //! persistent watches (`AddWatch`), plain or recursive, on the register keys, `/reg`,
 //! `/eph` and the ephemeral nodes (which come and go), and re-register them with
-//! `SetWatches` first thing after every reconnect,
-//! with the last zxid they saw on a connection whose watches were all registered, as
-//! `corral-client` does. The checks, against the changes every node reports as it applies an entry
+//! `SetWatches` first thing after every reconnect, with the zxid of the last response
+//! they got on a connection whose watches were all registered, as `corral-client` does
+//! (not an event's: events share zxids). The checks, against the changes every node reports as it applies an entry
 //! ([`ChangeLog`]), are PROTOCOL.md's guarantees ("Watches"):
 //!
 //! - **No event without a change** (`WatchSpurious`): events on a connection come in
@@ -133,6 +133,20 @@ impl ChangeLog {
         })
     }
 
+    /// The changes to `path` after `after` and up to `upto`, by zxid.
+    fn between<'a>(
+        &'a self,
+        path: &str,
+        after: u64,
+        upto: u64,
+    ) -> impl DoubleEndedIterator<Item = (&'a u64, &'a Vec<EventKind>)> + 'a {
+        self.by_path
+            .get(path)
+            .filter(|_| upto > after)
+            .into_iter()
+            .flat_map(move |m| m.range(after + 1..=upto))
+    }
+
     /// The first change to `path` after `after` and up to `upto` that fires a watch of
     /// kind `kind`.
     fn first_firing(
@@ -142,22 +156,14 @@ impl ChangeLog {
         after: u64,
         upto: u64,
     ) -> Option<(u64, EventKind)> {
-        if upto <= after {
-            return None;
-        }
-        self.by_path
-            .get(path)?
-            .range(after + 1..=upto)
+        self.between(path, after, upto)
             .find_map(|(z, kinds)| kinds.iter().find(|k| fires(**k, kind)).map(|k| (*z, *k)))
     }
 
     /// Whether `path` had a change of kind `kind` after `after` and up to `upto`.
     fn changed(&self, path: &str, kind: EventKind, after: u64, upto: u64) -> bool {
-        upto > after
-            && self.by_path.get(path).is_some_and(|m| {
-                m.range(after + 1..=upto)
-                    .any(|(_, kinds)| kinds.contains(&kind))
-            })
+        self.between(path, after, upto)
+            .any(|(_, kinds)| kinds.contains(&kind))
     }
 
     /// The last change to `path` after `after` and up to `upto` that a persistent watch
@@ -171,12 +177,7 @@ impl ChangeLog {
         after: u64,
         upto: u64,
     ) -> Option<(u64, EventKind)> {
-        if upto <= after {
-            return None;
-        }
-        self.by_path
-            .get(path)?
-            .range(after + 1..=upto)
+        self.between(path, after, upto)
             .rev()
             .find_map(|(z, kinds)| {
                 let kind = kinds
@@ -244,15 +245,12 @@ impl ChangeLog {
         // The node was absent when the watch was set and is absent now: a creation and
         // deletion may have collapsed into nothing before the re-registration (the node
         // absent then) or inside an install; any other change must have fired it.
-        self.by_path
-            .get(path)?
-            .range(since + 1..=at)
-            .find_map(|(z, kinds)| {
-                let k = kinds.iter().find(|k| fires(**k, kind))?;
-                let collapsed = (*z <= upto && self.exists_at(path, upto) != Some(true))
-                    || self.collapsed(node, path, *z);
-                (!collapsed).then_some((*z, *k))
-            })
+        self.between(path, since, at).find_map(|(z, kinds)| {
+            let k = kinds.iter().find(|k| fires(**k, kind))?;
+            let collapsed = (*z <= upto && self.exists_at(path, upto) != Some(true))
+                || self.collapsed(node, path, *z);
+            (!collapsed).then_some((*z, *k))
+        })
     }
 }
 
@@ -267,8 +265,10 @@ pub struct ClientWatches {
     persistent: BTreeMap<(String, bool), u64>,
     /// Per path, the highest zxid of an event on this connection.
     told: BTreeMap<String, u64>,
-    /// The highest zxid of a response or event on a connection whose watches were all
-    /// registered (what `SetWatches` sends).
+    /// The highest zxid of a response on a connection whose watches were all registered
+    /// (what `SetWatches` sends). Not of an event: events share a zxid (a multi's
+    /// changes, an install's collapsed events), and a connection lost between them
+    /// loses the rest (soak seed 25279965).
     seen_zxid: u64,
     /// The `SetWatches` in flight on this connection: until it is answered, the watches
     /// are not all registered again.
@@ -308,7 +308,7 @@ impl ClientWatches {
         }
     }
 
-    /// A response or a pushed event at `zxid` on the current connection.
+    /// A response at `zxid` on the current connection.
     pub fn saw(&mut self, zxid: u64) {
         if self.resync.is_none() {
             self.seen_zxid = self.seen_zxid.max(zxid);

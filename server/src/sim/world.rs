@@ -327,6 +327,7 @@ impl World {
             request_timeout_us,
             rate_ppm: 0,
             renew_on_any_answer: cfg.renew_on_any_answer,
+            seen_on_events: cfg.seen_on_events,
             give_up_per_mille: cfg.give_up_per_mille,
             ack_every: cfg.ack_every,
             multi_lock_per_mille: cfg.multi_lock_per_mille,
