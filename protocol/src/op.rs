@@ -404,10 +404,12 @@ pub enum Op {
         kind: WatcherKind,
     },
     /// Re-register watches after a reconnect. For every one-shot watch whose node changed
-    /// after `last_zxid` (the last zxid the client saw), the matching event fires at once,
-    /// so no change is missed while the client was away.
+    /// after `last_zxid`, the matching event fires at once, so no change is missed while
+    /// the client was away.
     SetWatches {
-        /// The last zxid the client saw.
+        /// The zxid of the last response the client got. Not of an event: events share
+        /// zxids (a multi's changes, a snapshot install's collapsed events), and one lost
+        /// with the connection after another of its zxid arrived would be skipped.
         last_zxid: u64,
         /// The watches.
         watches: WatchSet,

@@ -392,6 +392,9 @@ pub struct Node {
     /// Set when the disk failed: writes are refused, reads still served.
     disk_failed: Option<String>,
     last_tick_ms: Option<u64>,
+    /// The committed zxid at the tick before the last one, and at the last one: what a
+    /// follower must have applied to be ready ([`Node::committed_a_tick_ago`]).
+    committed_at_ticks: [u64; 2],
     /// Barriers proposed by this node, with the `sync` requests waiting on each.
     barriers: BTreeMap<u64, Vec<(ConnId, u64)>>,
     /// A barrier proposed during the current input, which later syncs may share.
@@ -447,6 +450,7 @@ impl Node {
             pending_grants: BTreeSet::new(),
             disk_failed: None,
             last_tick_ms: None,
+            committed_at_ticks: [0, 0],
             barriers: BTreeMap::new(),
             open_barrier: None,
             // Barrier and report numbers must not repeat across restarts: an old
@@ -552,6 +556,14 @@ impl Node {
             Log::Local(_) => self.machine.last_zxid(),
             Log::Paxos(p) => p.decided_idx() as u64,
         }
+    }
+
+    /// The zxid this node knew to be committed at the tick before its last one (0 before
+    /// two ticks): a follower that has not applied it lags by more than a tick. Entries
+    /// committed since may still wait for this node's own log write, as they do for a
+    /// moment under any write load, so readiness does not hold them against it.
+    pub fn committed_a_tick_ago(&self) -> u64 {
+        self.committed_at_ticks[0]
     }
 
     /// Total watches registered on this node.
@@ -1907,6 +1919,7 @@ impl Node {
             }
         }
         self.last_tick_ms = Some(now);
+        self.committed_at_ticks = [self.committed_at_ticks[1], self.committed_zxid()];
         if let Log::Paxos(log) = &mut self.log {
             self.ticks += 1;
             if let Some(leader) = log.tick(&mut self.peer_out) {
@@ -2551,6 +2564,8 @@ mod tests {
         cut: Option<usize>,
         /// Largest peer message the links carry; a larger one resets its link.
         peer_frame_bytes: usize,
+        /// A node whose log writes are held (a slow disk): its sync batches wait here.
+        slow_disk: Option<(usize, Vec<u64>)>,
     }
 
     /// What a [`Cluster`] is made with.
@@ -2634,6 +2649,7 @@ mod tests {
                 mono_ms: NOW.mono_ms,
                 cut: None,
                 peer_frame_bytes: stage.peer_frame_bytes,
+                slow_disk: None,
             };
             for n in 0..3 {
                 for peer in (1..=3).filter(|p| *p != n as u64 + 1) {
@@ -2679,10 +2695,13 @@ mod tests {
                         let machine = job.decode().map(Box::new);
                         self.queue.push_back((n, Input::Decoded { index, machine }));
                     }
-                    Output::Sync { batch } => {
-                        self.syncs[n].sync().expect("sync");
-                        self.queue.push_back((n, Input::Persisted { batch }));
-                    }
+                    Output::Sync { batch } => match &mut self.slow_disk {
+                        Some((slow, held)) if *slow == n => held.push(batch),
+                        _ => {
+                            self.syncs[n].sync().expect("sync");
+                            self.queue.push_back((n, Input::Persisted { batch }));
+                        }
+                    },
                     Output::Persist { .. } => {
                         panic!("unexpected in this cluster: {output:?}")
                     }
@@ -2868,6 +2887,50 @@ mod tests {
         for node in &cluster.nodes {
             node.check_invariants().expect("node invariants");
         }
+    }
+
+    /// A follower is ready while it has applied what it knew committed a tick ago: under
+    /// writes a follower often knows an entry committed before its own log holds it (the
+    /// leader and the other follower made the majority), and readiness must not flap
+    /// then. One whose log write stays stuck for longer lags, and is not ready until the
+    /// write completes.
+    #[test]
+    fn a_follower_waiting_for_its_own_log_write_is_ready_for_a_tick() {
+        let mut cluster = Cluster::new();
+        let leader = cluster.leader_index();
+        let slow = cluster.follower();
+        cluster.open_session(leader, 1);
+        cluster.tick();
+        cluster.tick();
+        let ready = |c: &Cluster| crate::status::core_status(&c.nodes[slow]).ready;
+        assert!(ready(&cluster), "caught up");
+        cluster.slow_disk = Some((slow, Vec::new()));
+        let create = Op::Create(corral_protocol::CreateRequest {
+            path: "/a".into(),
+            data: Vec::new(),
+            mode: corral_protocol::CreateMode::Persistent,
+            make_parents: false,
+        });
+        cluster.pass(leader, vec![request(1, 1, create)]);
+        cluster.run_until("the write decided on the slow follower", 50, |c| {
+            c.nodes[slow].committed_zxid() > c.nodes[slow].machine().last_zxid()
+        });
+        assert!(ready(&cluster), "its own log write is under way");
+        cluster.tick();
+        assert!(ready(&cluster), "committed for less than a tick");
+        cluster.tick();
+        assert!(!ready(&cluster), "lagging by more than a tick");
+        let (_, held) = cluster.slow_disk.take().expect("held");
+        cluster.syncs[slow].sync().expect("sync");
+        for batch in held {
+            cluster.queue.push_back((slow, Input::Persisted { batch }));
+        }
+        cluster.settle();
+        assert_eq!(
+            cluster.nodes[slow].machine().last_zxid(),
+            cluster.nodes[slow].committed_zxid()
+        );
+        assert!(ready(&cluster), "caught up again");
     }
 
     /// A `CloseSession` pipelined behind keepalives on a cluster member: the close

@@ -27,8 +27,11 @@ pub fn core_status(node: &Node) -> ServerStatus {
     let locks = machine.lock_counts();
     let ready = match role {
         Role::Standalone | Role::Leader => true,
-        // A node catching up after joining with an empty disk knows no committed zxid yet.
-        Role::Follower => applied_zxid >= committed_zxid && !node.is_catching_up(),
+        // Everything committed a tick ago is applied (what was committed since may still
+        // wait for this node's own log write: under writes that is true most of the
+        // time, and a healthy follower would flap). A node catching up after joining with
+        // an empty disk knows no committed zxid yet.
+        Role::Follower => applied_zxid >= node.committed_a_tick_ago() && !node.is_catching_up(),
         Role::Candidate => false,
     };
     ServerStatus {
