@@ -393,7 +393,8 @@ pub struct Node {
     disk_failed: Option<String>,
     last_tick_ms: Option<u64>,
     /// The committed zxid at the tick before the last one, and at the last one: what a
-    /// follower must have applied to be ready ([`Node::committed_a_tick_ago`]).
+    /// follower must have applied to be ready ([`Node::committed_a_tick_ago`]; `u64::MAX`
+    /// until there are two).
     committed_at_ticks: [u64; 2],
     /// Barriers proposed by this node, with the `sync` requests waiting on each.
     barriers: BTreeMap<u64, Vec<(ConnId, u64)>>,
@@ -450,7 +451,7 @@ impl Node {
             pending_grants: BTreeSet::new(),
             disk_failed: None,
             last_tick_ms: None,
-            committed_at_ticks: [0, 0],
+            committed_at_ticks: [u64::MAX; 2],
             barriers: BTreeMap::new(),
             open_barrier: None,
             // Barrier and report numbers must not repeat across restarts: an old
@@ -558,10 +559,12 @@ impl Node {
         }
     }
 
-    /// The zxid this node knew to be committed at the tick before its last one (0 before
-    /// two ticks): a follower that has not applied it lags by more than a tick. Entries
-    /// committed since may still wait for this node's own log write, as they do for a
-    /// moment under any write load, so readiness does not hold them against it.
+    /// The zxid this node knew to be committed at the tick before its last one: a
+    /// follower that has not applied it lags by more than a tick. Entries committed since
+    /// may still wait for this node's own log write, as they do for a moment under any
+    /// write load, so readiness does not hold them against it. `u64::MAX` before the
+    /// node's second tick: a node that has just started has not yet heard where the
+    /// cluster is, and is not ready before it has.
     pub fn committed_a_tick_ago(&self) -> u64 {
         self.committed_at_ticks[0]
     }
