@@ -25,12 +25,17 @@
 //! with different inputs still multiply the search, so a model may first make equal
 //! those that no answer can tell apart ([`Model::prepare`]): [`Register`] gives the
 //! indeterminate writes of values no read returns and no compare-and-set expects one
-//! value (corral's Jepsen register model does the same). Histories of independent objects (one register per key) should
-//! be checked one object at a time ([`check_partitioned`]): Herlihy and Wing's locality
-//! makes the whole history linearizable exactly when each part is.
+//! value, and [`versioned::VersionedRegister`] does the same. Histories of independent
+//! objects (one register per key) should be checked one object at a time
+//! ([`check_partitioned`]): Herlihy and Wing's locality makes the whole history
+//! linearizable exactly when each part is.
 //!
-//! Models: [`Register`] (read, write, compare-and-set on one value). Other harnesses add
-//! their own by implementing [`Model`].
+//! Models: [`Register`] (read, write, compare-and-set on one value) and
+//! [`versioned::VersionedRegister`] (a znode's value and version: read, write,
+//! compare-and-set on the version; what the simulator and the Jepsen harness check).
+//! Other harnesses add their own by implementing [`Model`].
+
+pub mod versioned;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Debug;

@@ -82,6 +82,9 @@ pub struct FaultSwitches {
     /// State machine: `RevokeLease` answers without closing the lease, so its locks stay
     /// held until it expires (breaks "a revoked lease's locks are released").
     pub revoke_leaves_lease_open: bool,
+    /// State machine: a multi that fails keeps what its operations before the failing
+    /// one changed, instead of undoing them (breaks "a multi is all or nothing").
+    pub multi_keeps_earlier_ops: bool,
 }
 
 impl FaultSwitches {
@@ -115,6 +118,7 @@ thread_local! {
             set_watches_from_now: false,
             recursive_skips_deletions: false,
             revoke_leaves_lease_open: false,
+            multi_keeps_earlier_ops: false,
         }) };
 }
 
@@ -167,6 +171,7 @@ pub fn from_env() -> FaultSwitches {
                 "set_watches_from_now" => &mut f.set_watches_from_now,
                 "recursive_skips_deletions" => &mut f.recursive_skips_deletions,
                 "revoke_leaves_lease_open" => &mut f.revoke_leaves_lease_open,
+                "multi_keeps_earlier_ops" => &mut f.multi_keeps_earlier_ops,
                 other => {
                     tracing::error!(switch = other, "unknown fault switch in {FAULTS_ENV}");
                     continue;
@@ -206,6 +211,7 @@ pub fn active() -> FaultSwitches {
         set_watches_from_now: false,
         recursive_skips_deletions: false,
         revoke_leaves_lease_open: false,
+        multi_keeps_earlier_ops: false,
     }
 }
 

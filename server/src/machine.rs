@@ -1406,7 +1406,9 @@ impl StateMachine {
                 Ok(result) => results.push(result),
                 Err(e) => {
                     if let Some(log) = txn.undo.take() {
-                        self.tree.rollback(log);
+                        if !crate::faults::active().multi_keeps_earlier_ops {
+                            self.tree.rollback(log);
+                        }
                     }
                     txn.changes.clear();
                     txn.emptied.clear();

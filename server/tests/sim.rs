@@ -30,7 +30,8 @@ fn configure(seed: u64) -> SimConfig {
 fn summary(seed: u64, r: &Report) -> String {
     format!(
         "seed {seed}: {} nodes, {} events, {} sim ms, {} entries, {} acked, {} crashes, {} \
-         faults, {} installs, {} ops {}, {} multi-locks held, {} shared holds, {} watch events ({} re-registrations), {} ms",
+         faults, {} installs, {} ops {} ({} compare-and-sets set, {} BadVersion), {} \
+         multi-locks held, {} shared holds, {} watch events ({} re-registrations), {} ms",
         r.config.nodes,
         r.stats.events,
         r.stats.sim_ms,
@@ -41,6 +42,8 @@ fn summary(seed: u64, r: &Report) -> String {
         r.stats.installs,
         r.stats.ops,
         r.stats.linearizability,
+        r.stats.cas.0,
+        r.stats.cas.1,
         r.stats.groups_held,
         r.stats.shared_holds,
         r.stats.watch_events,
@@ -533,8 +536,8 @@ fn passes_gather_replication_messages() {
 /// A pinned seed's configuration as it was when its bug was found: each input is its
 /// core's whole pass (seeds drawn before passes were simulated kept their schedule).
 /// Clients did not give up on writes then either, nor send multi-locks, nor take
-/// shared locks (every lock was exclusive), nor set watches, nor revoke leases, nor were
-/// nodes upgraded during a run.
+/// shared locks (every lock was exclusive), nor set watches, nor revoke leases, nor
+/// compare-and-set, nor were nodes upgraded during a run.
 fn as_found(mut c: SimConfig) -> SimConfig {
     c.pass_inputs = 1;
     c.pass_window_us = 0;
@@ -543,6 +546,7 @@ fn as_found(mut c: SimConfig) -> SimConfig {
     c.lock_families = Vec::new();
     c.watch_per_mille = 0;
     c.revoke_per_mille = 0;
+    c.cas_per_mille = 0;
     c.upgrade_at_ms = None;
     c
 }
@@ -972,6 +976,7 @@ fn regression_retried_lock_learns_its_node_is_gone() {
     // As found: before clients set watches.
     c.watch_per_mille = 0;
     c.revoke_per_mille = 0;
+    c.cas_per_mille = 0;
     let r = sim::run(&c);
     assert!(
         !r.failed(),
@@ -1038,6 +1043,7 @@ fn pinned_in_passes(
     c.upgrade_at_ms = None;
     c.watch_per_mille = 0;
     c.revoke_per_mille = 0;
+    c.cas_per_mille = 0;
     let r = sim::run(&c);
     assert!(!r.failed(), "{}", r.describe(test));
 }
@@ -1114,6 +1120,21 @@ fn fault_revoke_leaves_lease_open() {
         switches(|s| s.revoke_leaves_lease_open = true),
         &[ViolationKind::MachineInvariant],
         |c| c.revoke_per_mille = 500,
+        100,
+    );
+}
+
+/// A multi is all or nothing: one that fails undoes what its operations before the
+/// failing one changed. With the switch it keeps them, which every node does alike (the
+/// state hashes agree); the clients' compare-and-sets that set and then check the
+/// version see it: a `BadVersion` answer whose write took effect.
+#[test]
+fn fault_multi_keeps_earlier_ops_breaks_compare_and_set() {
+    catches(
+        "fault_multi_keeps_earlier_ops_breaks_compare_and_set",
+        switches(|s| s.multi_keeps_earlier_ops = true),
+        &[ViolationKind::NotLinearizable],
+        |c| c.cas_per_mille = 700,
         100,
     );
 }

@@ -7,82 +7,14 @@
 //! expected version (ZooKeeper's conditional write), which fails with `BadVersion` when
 //! the version differs. Writes and compare-and-sets that end in `info` (timeout, lost
 //! connection) may have happened at any time after their invocation, or never; a write
-//! that definitely failed is left out; reads that failed are left out.
+//! that definitely failed is left out; reads that failed are left out. The model
+//! ([`VersionedRegister`]) is shared with the simulator, in `corral-checker`.
 
 use super::{Check, Validity};
 use crate::history::{pairs, Event, Kind};
-use corral_checker::{check_partitioned, Limits, Model, Operation, PartitionedOutcome};
+use corral_checker::versioned::{Input, Output, VersionedRegister};
+use corral_checker::{check_partitioned, Limits, Operation, PartitionedOutcome};
 use std::time::Duration;
-
-/// A znode's data and version.
-pub type State = (u64, u32);
-
-/// Register operations.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Input {
-    Read,
-    Write(u64),
-    /// Set to `new` if the version is `expect`.
-    Cas {
-        expect: u32,
-        new: u64,
-    },
-}
-
-/// Register answers.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Output {
-    Read(State),
-    /// Written; the new version, if the answer carried it.
-    Written(Option<u32>),
-    /// Whether the compare-and-set took effect.
-    Cas(bool),
-}
-
-/// The sequential specification of a versioned register.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct VersionedRegister;
-
-impl Model for VersionedRegister {
-    type State = State;
-    type Input = Input;
-    type Output = Output;
-
-    fn init(&self) -> State {
-        (0, 0)
-    }
-
-    fn step(&self, s: &State, input: &Input, output: Option<&Output>) -> Option<State> {
-        let (value, version) = *s;
-        match (input, output) {
-            (Input::Read, None) => Some(*s),
-            (Input::Read, Some(Output::Read(seen))) => (seen == s).then_some(*s),
-            (Input::Write(v), None) => Some((*v, version + 1)),
-            (Input::Write(v), Some(Output::Written(new_version))) => new_version
-                .is_none_or(|n| n == version + 1)
-                .then_some((*v, version + 1)),
-            (Input::Cas { expect, new }, None) => Some(if *expect == version {
-                (*new, version + 1)
-            } else {
-                (value, version)
-            }),
-            (Input::Cas { expect, new }, Some(Output::Cas(true))) => {
-                (*expect == version).then_some((*new, version + 1))
-            }
-            (Input::Cas { expect, .. }, Some(Output::Cas(false))) => {
-                (*expect != version).then_some(*s)
-            }
-            _ => None,
-        }
-    }
-
-    fn prepare(
-        &self,
-        history: &[Operation<Input, Output>],
-    ) -> Option<Vec<Operation<Input, Output>>> {
-        Some(merge_unread(history))
-    }
-}
 
 /// The per-key operations of a register history.
 pub fn operations(history: &[Event], workload: &str) -> Vec<(String, Operation<Input, Output>)> {
@@ -291,43 +223,6 @@ pub fn precheck(ops: &[Operation<Input, Output>]) -> Vec<String> {
         }
     }
     problems
-}
-
-/// The value the search gives to indeterminate writes whose value no read returned.
-const UNREAD: u64 = u64::MAX;
-
-/// One key's operations for the search ([`Model::prepare`]), with every indeterminate
-/// write or compare-and-set whose value no read returned writing one value, [`UNREAD`]
-/// (a compare-and-set compares versions, not values). A value matters only to a read
-/// that returns it, so the history is linearizable exactly when this one is (with the
-/// same order), and the search takes equal indeterminate operations as
-/// interchangeable: the many writes left open by a fault then cost a count, not every
-/// subset of them.
-pub fn merge_unread(ops: &[Operation<Input, Output>]) -> Vec<Operation<Input, Output>> {
-    let read: std::collections::HashSet<u64> = ops
-        .iter()
-        .filter_map(|o| match &o.output {
-            Some(Output::Read((v, _))) => Some(*v),
-            _ => None,
-        })
-        .collect();
-    if read.contains(&UNREAD) {
-        return ops.to_vec();
-    }
-    ops.iter()
-        .map(|o| {
-            let mut o = o.clone();
-            if o.ret.is_none() && o.output.is_none() {
-                match &mut o.input {
-                    Input::Write(v) | Input::Cas { new: v, .. } if !read.contains(v) => {
-                        *v = UNREAD;
-                    }
-                    _ => {}
-                }
-            }
-            o
-        })
-        .collect()
 }
 
 /// Checks a register workload's history.

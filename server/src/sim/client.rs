@@ -15,11 +15,11 @@ use super::check::{value_of, Violation, ViolationKind};
 use super::rng::SimRng;
 use super::watch::{watchable, ChangeLog, ClientWatches};
 use crate::node::ConnId;
-use corral_checker::{RegisterInput, RegisterOutput};
+use corral_checker::versioned::{Input as RegisterInput, Output as RegisterOutput};
 use corral_protocol::{
     AddWatchMode, CreateMode, CreateRequest, ErrorCode, ErrorInfo, Hello, HelloReply, LockKind,
-    LockRequest, LockedNode, MultiLockItem, MultiLockRequest, MultiOp, Op, OpResult, Request,
-    Response, ServerMessage, SessionRequest,
+    LockRequest, LockedNode, MultiLockItem, MultiLockRequest, MultiOp, MultiResult, Op, OpResult,
+    Request, Response, ServerMessage, SessionRequest,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -97,9 +97,9 @@ pub struct HistOp {
     /// The register (a path).
     pub key: String,
     /// What was asked.
-    pub input: RegisterInput<u64>,
+    pub input: RegisterInput,
     /// What was answered (`None`: unknown).
-    pub output: Option<RegisterOutput<u64>>,
+    pub output: Option<RegisterOutput>,
     /// Invocation, µs.
     pub call_us: u64,
     /// Completion, µs (`None`: never learned).
@@ -142,6 +142,8 @@ pub struct ClientCfg {
     pub watch_per_mille: u64,
     /// `SimConfig::revoke_per_mille`.
     pub revoke_per_mille: u64,
+    /// `SimConfig::cas_per_mille`.
+    pub cas_per_mille: u64,
     /// Clients in the run (whose ephemeral nodes a client may watch).
     pub clients: usize,
 }
@@ -371,6 +373,11 @@ pub struct SimClient {
     watch_rng: SimRng,
     /// Draws of lease revocations (a stream of its own, like `watch_rng`).
     revoke_rng: SimRng,
+    /// Draws of the compare-and-sets (a stream of its own, like `watch_rng`).
+    cas_rng: SimRng,
+    /// The version of each register key this client last learned (from a read or its
+    /// own write): what its compare-and-sets expect.
+    versions: BTreeMap<String, u32>,
     /// The one-shot watches it holds.
     pub watches: ClientWatches,
     /// Multi-lock groups it held.
@@ -400,6 +407,19 @@ fn lock_name(i: usize) -> String {
 
 fn fenced_key(lock: &str) -> String {
     format!("/fenced/{}", corral_protocol::path::name(lock))
+}
+
+/// The version a register write's answer gives its key: a `SetData`'s, or the last
+/// `SetData` of a multi (a guarded write sets one register, last).
+fn written_version(result: &OpResult) -> Option<u32> {
+    match result {
+        OpResult::SetData { stat } => Some(stat.version),
+        OpResult::Multi(results) => results.iter().rev().find_map(|r| match r {
+            MultiResult::SetData { stat } => Some(stat.version),
+            _ => None,
+        }),
+        _ => None,
+    }
 }
 
 /// Errors that leave a write's effect unknown.
@@ -489,6 +509,8 @@ impl SimClient {
             kind_rng: SimRng::stream(seed, 4000 + id as u64),
             watch_rng: SimRng::stream(seed, 5000 + id as u64),
             revoke_rng: SimRng::stream(seed, 6000 + id as u64),
+            cas_rng: SimRng::stream(seed, 7000 + id as u64),
+            versions: BTreeMap::new(),
             watches: ClientWatches::default(),
             groups_held: 0,
             dropped_on_wind_down: None,
@@ -845,6 +867,53 @@ impl SimClient {
         ((self.id as u64 + 1) << 40) | self.values
     }
 
+    /// A compare-and-set of register `key` to `v` (draws from `cas_rng` only): it
+    /// expects the version this client last learned (now and then another, near it), as
+    /// a conditional `SetData`, or as a multi that checks the version and then sets, or
+    /// sets and then checks the version the set made (so a failed check must undo the
+    /// set). All three take effect exactly when the version is the one expected.
+    fn compare_and_set(&mut self, key: &str, v: u64) -> (RegisterInput, Op) {
+        let known = self.versions.get(key).copied().unwrap_or(0);
+        let expect = if self.cas_rng.chance(100) {
+            self.cas_rng
+                .range_incl(known.saturating_sub(1).into(), u64::from(known) + 1) as u32
+        } else {
+            known
+        };
+        let path = key.to_string();
+        let data = v.to_le_bytes().to_vec();
+        let op = match self.cas_rng.range(0, 3) {
+            0 => Op::SetData {
+                path,
+                data,
+                version: Some(expect),
+            },
+            1 => Op::Multi(vec![
+                MultiOp::Check {
+                    path: path.clone(),
+                    version: expect,
+                },
+                MultiOp::SetData {
+                    path,
+                    data,
+                    version: None,
+                },
+            ]),
+            _ => Op::Multi(vec![
+                MultiOp::SetData {
+                    path: path.clone(),
+                    data,
+                    version: None,
+                },
+                MultiOp::Check {
+                    path,
+                    version: expect + 1,
+                },
+            ]),
+        };
+        (RegisterInput::Cas { expect, new: v }, op)
+    }
+
     fn advance_task(&mut self, now: u64, hist: &mut Vec<HistOp>, out: &mut Vec<CAction>) {
         if self.session.is_none() {
             return;
@@ -1036,21 +1105,27 @@ impl SimClient {
             0 => {
                 let key = reg_key(self.rng.range(0, self.cfg.keys as u64) as usize);
                 let v = self.next_value();
+                let cas = self.cfg.cas_per_mille > 0 && self.cas_rng.chance(self.cfg.cas_per_mille);
+                let (input, op) = if cas {
+                    self.compare_and_set(&key, v)
+                } else {
+                    let op = Op::SetData {
+                        path: key.clone(),
+                        data: v.to_le_bytes().to_vec(),
+                        version: None,
+                    };
+                    (RegisterInput::Write(v), op)
+                };
                 let h = hist.len();
                 hist.push(HistOp {
                     client: self.id,
-                    key: key.clone(),
-                    input: RegisterInput::Write(v),
+                    key,
+                    input,
                     output: None,
                     call_us: now,
                     ret_us: None,
                     dropped: false,
                 });
-                let op = Op::SetData {
-                    path: key,
-                    data: v.to_le_bytes().to_vec(),
-                    version: None,
-                };
                 self.send(now, op, Purpose::Write(h), true, out);
             }
             1 => {
@@ -1863,23 +1938,44 @@ impl SimClient {
             }
         }
         match p.purpose {
-            Purpose::Write(h) | Purpose::Fenced(h) => match &r.result {
-                Ok(_) => {
-                    hist[h].output = Some(RegisterOutput::Written);
+            Purpose::Write(h) | Purpose::Fenced(h) => {
+                let key = hist[h].key.clone();
+                let output = match (&hist[h].input, &r.result) {
+                    (RegisterInput::Cas { expect, .. }, Ok(_)) => {
+                        self.versions.insert(key, expect + 1);
+                        Some(RegisterOutput::Cas(true))
+                    }
+                    (RegisterInput::Cas { .. }, Err(e)) if e.code == ErrorCode::BadVersion => {
+                        Some(RegisterOutput::Cas(false))
+                    }
+                    (_, Ok(result)) => {
+                        let version = written_version(result);
+                        if let Some(version) = version {
+                            self.versions.insert(key, version);
+                        }
+                        Some(RegisterOutput::Written(version))
+                    }
+                    (_, Err(e)) if indeterminate(e) => None,
+                    (_, Err(_)) => {
+                        hist[h].dropped = true;
+                        None
+                    }
+                };
+                if output.is_some() {
+                    hist[h].output = output;
                     hist[h].ret_us = Some(now);
                 }
-                Err(e) if indeterminate(e) => {}
-                Err(_) => hist[h].dropped = true,
-            },
+            }
             Purpose::Sync(h) => {
                 if r.result.is_err() {
                     hist[h].dropped = true;
                 }
             }
             Purpose::Read(h) => match &r.result {
-                Ok(OpResult::Data { data, .. }) if !hist[h].dropped => {
-                    hist[h].output = Some(RegisterOutput::Value(value_of(data)));
+                Ok(OpResult::Data { data, stat }) if !hist[h].dropped => {
+                    hist[h].output = Some(RegisterOutput::Read((value_of(data), stat.version)));
                     hist[h].ret_us = Some(now);
+                    self.versions.insert(hist[h].key.clone(), stat.version);
                 }
                 _ => hist[h].dropped = true,
             },

@@ -42,7 +42,9 @@
 //!   the lease sometimes ended by revoking it: `revoke_per_mille`), one at a
 //!   time or two or three at once (`LockMany`, `multi_lock_per_mille`), exclusive,
 //!   read-write or semaphores (`lock_families`),
-//!   guarded writes (`CheckLock` + `SetData` in a multi), sync + read, plain reads,
+//!   guarded writes (`CheckLock` + `SetData` in a multi), compare-and-sets on a
+//!   register's version (`cas_per_mille`: a conditional `SetData`, or a multi with a
+//!   `Check` before or after the `SetData`), sync + read, plain reads,
 //!   watches (`watch_per_mille`: one-shot data, exist and child watches on the register
 //!   keys and the ephemeral nodes, mostly re-armed after their event, and persistent
 //!   watches, plain or recursive, on the register keys, `/reg`, `/eph` and the
@@ -154,7 +156,8 @@ pub use plan::{
 };
 pub use rng::SimRng;
 
-use corral_checker::{check_partitioned, Limits, Operation, PartitionedOutcome, Register};
+use corral_checker::versioned::VersionedRegister;
+use corral_checker::{check_partitioned, Limits, Operation, PartitionedOutcome};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -200,6 +203,8 @@ pub struct Stats {
     pub hash_checks: u64,
     /// Register operations checked for linearizability.
     pub ops: u64,
+    /// Of them, compare-and-sets answered: took effect, and `BadVersion`.
+    pub cas: (u64, u64),
     /// Multi-lock groups the clients held (every lock of a `LockMany` at once).
     pub groups_held: u64,
     /// Grants of a shared lock (read, semaphore) while another client believed it held
@@ -276,7 +281,7 @@ impl Report {
              ms, snapshot every {} entries or {} bytes, passes of {} inputs within {} µs, clocks ±{} ppm, net {:?}, \
              disk {:?}, switches {:?}, give-ups {}‰, upgrade at {:?} ms from peer protocol \
              {}, acknowledgements every {} xids, multi-locks {}‰, lock kinds {:?}, watches {}‰, \
-             lease revocations {}‰",
+             lease revocations {}‰, compare-and-sets {}‰",
             c.nodes,
             c.clients,
             c.tick_ms,
@@ -298,7 +303,8 @@ impl Report {
             c.multi_lock_per_mille,
             c.lock_families,
             c.watch_per_mille,
-            c.revoke_per_mille
+            c.revoke_per_mille,
+            c.cas_per_mille
         );
         let _ = writeln!(s, "faults:");
         for (i, f) in c.plan().iter().enumerate() {
@@ -331,6 +337,13 @@ pub fn run(config: &SimConfig) -> Report {
     stats.acked = world.checks.acked;
     stats.hash_checks = world.checks.hash_checks;
     stats.groups_held = world.clients.iter().map(|c| c.groups_held).sum();
+    for h in &world.hist {
+        match h.output {
+            Some(corral_checker::versioned::Output::Cas(true)) => stats.cas.0 += 1,
+            Some(corral_checker::versioned::Output::Cas(false)) => stats.cas.1 += 1,
+            _ => {}
+        }
+    }
     stats.watch_events = world.clients.iter().map(|c| c.watches.events).sum();
     stats.watch_resyncs = world.clients.iter().map(|c| c.watches.resyncs).sum();
     if world.violation.is_none() {
@@ -360,7 +373,9 @@ fn check_history(hist: &[HistOp], limit_ms: u64) -> (String, Option<Violation>, 
     let ops: Vec<(String, Operation<_, _>)> = hist
         .iter()
         .filter(|h| !h.dropped)
-        .filter(|h| !(matches!(h.input, corral_checker::RegisterInput::Read) && h.output.is_none()))
+        .filter(|h| {
+            !(matches!(h.input, corral_checker::versioned::Input::Read) && h.output.is_none())
+        })
         .map(|h| {
             (
                 h.key.clone(),
@@ -379,7 +394,7 @@ fn check_history(hist: &[HistOp], limit_ms: u64) -> (String, Option<Violation>, 
         time: Duration::from_millis(limit_ms),
         ..Limits::default()
     };
-    match check_partitioned(&Register { initial: 0u64 }, ops, limits) {
+    match check_partitioned(&VersionedRegister, ops, limits) {
         PartitionedOutcome::Linearizable => ("linearizable".to_string(), None, n),
         PartitionedOutcome::Unknown(keys) => (format!("unknown: {keys:?}"), None, n),
         PartitionedOutcome::NotLinearizable {

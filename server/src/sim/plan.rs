@@ -277,6 +277,11 @@ pub struct SimConfig {
     /// the lease (`RevokeLease`, which releases every lock held or awaited under it)
     /// rather than releasing the lock; it then takes a new lease later (0: never).
     pub revoke_per_mille: u64,
+    /// Chance (per mille) that a workload client's register write is a compare-and-set
+    /// on the version it last learned of the key (a conditional `SetData`, or a multi
+    /// with a `Check`), checked with the reads and writes as a versioned register
+    /// (0: blind writes only).
+    pub cas_per_mille: u64,
 }
 
 impl SimConfig {
@@ -372,6 +377,13 @@ impl SimConfig {
         } else {
             revoke_rng.range_incl(100, 500)
         };
+        // Compare-and-sets in three seeds in four, from a stream of their own too.
+        let mut cas_rng = SimRng::stream(seed, 13);
+        let cas_per_mille = if cas_rng.chance(250) {
+            0
+        } else {
+            cas_rng.range_incl(200, 700)
+        };
         let mut c = SimConfig {
             seed,
             nodes,
@@ -414,6 +426,7 @@ impl SimConfig {
             multi_lock_per_mille,
             watch_per_mille,
             revoke_per_mille,
+            cas_per_mille,
         };
         // Shared locks in three seeds in four, from a stream of their own too.
         let mut family_rng = SimRng::stream(seed, 10);

@@ -334,6 +334,7 @@ impl World {
             lock_families: cfg.lock_families.clone(),
             watch_per_mille: cfg.watch_per_mille,
             revoke_per_mille: cfg.revoke_per_mille,
+            cas_per_mille: cfg.cas_per_mille,
             clients: cfg.clients,
         };
         let mut clients = Vec::new();
