@@ -537,7 +537,7 @@ fn passes_gather_replication_messages() {
 /// core's whole pass (seeds drawn before passes were simulated kept their schedule).
 /// Clients did not give up on writes then either, nor send multi-locks, nor take
 /// shared locks (every lock was exclusive), nor set watches, nor revoke leases, nor
-/// compare-and-set, nor were nodes upgraded during a run.
+/// compare-and-set, nor list locks, nor were nodes upgraded during a run.
 fn as_found(mut c: SimConfig) -> SimConfig {
     c.pass_inputs = 1;
     c.pass_window_us = 0;
@@ -547,6 +547,7 @@ fn as_found(mut c: SimConfig) -> SimConfig {
     c.watch_per_mille = 0;
     c.revoke_per_mille = 0;
     c.cas_per_mille = 0;
+    c.list_locks_per_mille = 0;
     c.upgrade_at_ms = None;
     c
 }
@@ -977,6 +978,7 @@ fn regression_retried_lock_learns_its_node_is_gone() {
     c.watch_per_mille = 0;
     c.revoke_per_mille = 0;
     c.cas_per_mille = 0;
+    c.list_locks_per_mille = 0;
     let r = sim::run(&c);
     assert!(
         !r.failed(),
@@ -1044,6 +1046,7 @@ fn pinned_in_passes(
     c.watch_per_mille = 0;
     c.revoke_per_mille = 0;
     c.cas_per_mille = 0;
+    c.list_locks_per_mille = 0;
     let r = sim::run(&c);
     assert!(!r.failed(), "{}", r.describe(test));
 }

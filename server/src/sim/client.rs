@@ -144,6 +144,8 @@ pub struct ClientCfg {
     pub revoke_per_mille: u64,
     /// `SimConfig::cas_per_mille`.
     pub cas_per_mille: u64,
+    /// `SimConfig::list_locks_per_mille`.
+    pub list_locks_per_mille: u64,
     /// Clients in the run (whose ephemeral nodes a client may watch).
     pub clients: usize,
 }
@@ -375,6 +377,8 @@ pub struct SimClient {
     revoke_rng: SimRng,
     /// Draws of the compare-and-sets (a stream of its own, like `watch_rng`).
     cas_rng: SimRng,
+    /// Draws of the lock listings (a stream of its own, like `watch_rng`).
+    list_rng: SimRng,
     /// The version of each register key this client last learned (from a read or its
     /// own write): what its compare-and-sets expect.
     versions: BTreeMap<String, u32>,
@@ -510,6 +514,7 @@ impl SimClient {
             watch_rng: SimRng::stream(seed, 5000 + id as u64),
             revoke_rng: SimRng::stream(seed, 6000 + id as u64),
             cas_rng: SimRng::stream(seed, 7000 + id as u64),
+            list_rng: SimRng::stream(seed, 8000 + id as u64),
             versions: BTreeMap::new(),
             watches: ClientWatches::default(),
             groups_held: 0,
@@ -867,6 +872,37 @@ impl SimClient {
         ((self.id as u64 + 1) << 40) | self.values
     }
 
+    /// A lock listing (draws from `list_rng` only; `sim/reads.rs` checks the answer):
+    /// `GetLocks` of one lock or of `/locks`, or a page of `/locks` after a lock's name
+    /// or a name between two, at most 1 to 3 locks, sometimes within a small byte budget
+    /// (a page holds one lock however small the budget).
+    fn lock_listing(&mut self) -> Op {
+        let lock = lock_name(self.list_rng.range(0, self.cfg.locks as u64) as usize);
+        match self.list_rng.range(0, 4) {
+            0 => Op::GetLocks { path: lock },
+            1 => Op::GetLocks {
+                path: "/locks".to_string(),
+            },
+            _ => {
+                let after = match self.list_rng.range(0, 3) {
+                    0 => String::new(),
+                    1 => lock,
+                    _ => format!("{lock}x"),
+                };
+                Op::GetLocksPage {
+                    path: "/locks".to_string(),
+                    after,
+                    max_locks: self.list_rng.range_incl(1, 3) as u32,
+                    max_bytes: if self.list_rng.chance(250) {
+                        1
+                    } else {
+                        1 << 20
+                    },
+                }
+            }
+        }
+    }
+
     /// A compare-and-set of register `key` to `v` (draws from `cas_rng` only): it
     /// expects the version this client last learned (now and then another, near it), as
     /// a conditional `SetData`, or as a multi that checks the version and then sets, or
@@ -1170,16 +1206,17 @@ impl SimClient {
             }
             2 => {
                 let key = reg_key(self.rng.range(0, self.cfg.keys as u64) as usize);
-                self.send(
-                    now,
+                let op = if self.cfg.list_locks_per_mille > 0
+                    && self.list_rng.chance(self.cfg.list_locks_per_mille)
+                {
+                    self.lock_listing()
+                } else {
                     Op::GetData {
                         path: key,
                         watch: false,
-                    },
-                    Purpose::PlainRead,
-                    true,
-                    out,
-                );
+                    }
+                };
+                self.send(now, op, Purpose::PlainRead, true, out);
             }
             3 => {
                 self.creates += 1;

@@ -51,6 +51,8 @@
 //!   ephemeral nodes, all re-registered with `SetWatches` first thing after every
 //!   reconnect, and sometimes removed with `RemoveWatches`; and pages of `/eph`'s and
 //!   `/reg`'s children, checked against the state at their zxid: `sim/reads.rs`),
+//!   lock listings (`list_locks_per_mille`: `GetLocks` and `GetLocksPage`, checked the
+//!   same way),
 //!   sequential and ephemeral creates, session close and abandon. Clients, too, have
 //!   their own clock rate, and can be paused for longer than their lease. In most seeds
 //!   they acknowledge answered xids before writes (`ack_every`; given-up writes count
@@ -281,7 +283,7 @@ impl Report {
              ms, snapshot every {} entries or {} bytes, passes of {} inputs within {} µs, clocks ±{} ppm, net {:?}, \
              disk {:?}, switches {:?}, give-ups {}‰, upgrade at {:?} ms from peer protocol \
              {}, acknowledgements every {} xids, multi-locks {}‰, lock kinds {:?}, watches {}‰, \
-             lease revocations {}‰, compare-and-sets {}‰",
+             lease revocations {}‰, compare-and-sets {}‰, lock listings {}‰",
             c.nodes,
             c.clients,
             c.tick_ms,
@@ -304,7 +306,8 @@ impl Report {
             c.lock_families,
             c.watch_per_mille,
             c.revoke_per_mille,
-            c.cas_per_mille
+            c.cas_per_mille,
+            c.list_locks_per_mille
         );
         let _ = writeln!(s, "faults:");
         for (i, f) in c.plan().iter().enumerate() {

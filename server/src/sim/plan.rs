@@ -282,6 +282,10 @@ pub struct SimConfig {
     /// with a `Check`), checked with the reads and writes as a versioned register
     /// (0: blind writes only).
     pub cas_per_mille: u64,
+    /// Chance (per mille) that a workload client's plain read is a lock listing
+    /// (`GetLocks` of a lock or of `/locks`, or a `GetLocksPage`), checked against the
+    /// locks and queue nodes existing at its zxid (`sim/reads.rs`; 0: none).
+    pub list_locks_per_mille: u64,
 }
 
 impl SimConfig {
@@ -384,6 +388,13 @@ impl SimConfig {
         } else {
             cas_rng.range_incl(200, 700)
         };
+        // Lock listings in three seeds in four, from a stream of their own too.
+        let mut list_rng = SimRng::stream(seed, 14);
+        let list_locks_per_mille = if list_rng.chance(250) {
+            0
+        } else {
+            list_rng.range_incl(200, 800)
+        };
         let mut c = SimConfig {
             seed,
             nodes,
@@ -427,6 +438,7 @@ impl SimConfig {
             watch_per_mille,
             revoke_per_mille,
             cas_per_mille,
+            list_locks_per_mille,
         };
         // Shared locks in three seeds in four, from a stream of their own too.
         let mut family_rng = SimRng::stream(seed, 10);

@@ -4,15 +4,89 @@
 //! what is under them), the answer must be that state exactly: a child list or page
 //! names the children existing at the zxid, and whether an ephemeral node exists
 //! matches its last creation or deletion up to the zxid (`ReadMismatch` otherwise).
-//! Register values are checked by the linearizability check instead.
+//! Lock listings (`GetLocks`, `GetLocksPage`) of `/locks` or one lock name the locks
+//! existing at the zxid, each with its queue nodes existing then, in creation order,
+//! each with its creation zxid as its token (which node holds is checked by the
+//! holders' checks instead). Register values are checked by the linearizability check
+//! instead.
 
 use super::check::{Violation, ViolationKind};
 use super::watch::ChangeLog;
-use corral_protocol::{ErrorCode, ErrorInfo, Op, OpResult};
+use corral_protocol::{ErrorCode, ErrorInfo, LockState, Op, OpResult};
 
 /// The parents whose children are all recorded.
 fn listed(path: &str) -> bool {
     path == "/eph" || path == "/reg"
+}
+
+/// The root of the simulated locks.
+const LOCKS: &str = "/locks";
+
+/// The locks at `path` and below at `zxid` (for `/locks` or one lock), by path.
+fn locks_at(path: &str, zxid: u64, changes: &ChangeLog) -> Vec<String> {
+    if path == LOCKS {
+        changes
+            .children_at(LOCKS, zxid)
+            .into_iter()
+            .map(|name| corral_protocol::path::join(LOCKS, &name))
+            .collect()
+    } else if changes.exists_at(path, zxid) == Some(true) {
+        vec![path.to_string()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Whether `path` is `/locks` or a lock under it, whose changes are all recorded.
+fn lock_listing(path: &str) -> bool {
+    path == LOCKS || corral_protocol::path::parent(path) == Some(LOCKS)
+}
+
+/// What is wrong with `listed`, the locks a listing at `zxid` described, against those
+/// expected (by path, in order): each must be one, with its queue as it was then.
+fn lock_mismatch(
+    listed: &[LockState],
+    expected: &[String],
+    zxid: u64,
+    changes: &ChangeLog,
+) -> Option<String> {
+    let names: Vec<&str> = listed.iter().map(|l| l.lock.as_str()).collect();
+    if names != expected.iter().map(String::as_str).collect::<Vec<_>>() {
+        return Some(format!("the locks {names:?}, but {expected:?} existed"));
+    }
+    for lock in listed {
+        let mut queue: Vec<String> = lock
+            .queue
+            .iter()
+            .map(|e| corral_protocol::path::name(&e.node).to_string())
+            .collect();
+        queue.sort();
+        let existing = changes.children_at(&lock.lock, zxid);
+        if queue != existing {
+            return Some(format!(
+                "the queue {queue:?} of {}, but {existing:?} existed",
+                lock.lock
+            ));
+        }
+        let mut last = 0;
+        for e in &lock.queue {
+            let created = changes.created_at(&e.node, zxid);
+            if created != Some(e.token) {
+                return Some(format!(
+                    "{} with token {}, but it was created at zxid {created:?}",
+                    e.node, e.token
+                ));
+            }
+            if e.token < last {
+                return Some(format!(
+                    "the queue of {} out of creation order at {}",
+                    lock.lock, e.node
+                ));
+            }
+            last = e.token;
+        }
+    }
+    None
 }
 
 /// Checks the answer `result` at `zxid` of a read `op` against the recorded changes.
@@ -64,6 +138,38 @@ pub fn check(
                 return mismatch(format!(
                     "the page {children:?} (more: {more}) of {path} after {after:?}, at \
                      most {max_names} names, but {expected:?} existed after it"
+                ));
+            }
+        }
+        (Op::GetLocks { path }, Ok(OpResult::Locks(locks))) if lock_listing(path) => {
+            let expected = locks_at(path, zxid, changes);
+            if let Some(wrong) = lock_mismatch(locks, &expected, zxid, changes) {
+                return mismatch(format!("the locks of {path}: {wrong}"));
+            }
+        }
+        (
+            Op::GetLocksPage {
+                path,
+                after,
+                max_locks,
+                ..
+            },
+            Ok(OpResult::LocksPage { locks, more }),
+        ) if lock_listing(path) => {
+            let expected: Vec<String> = locks_at(path, zxid, changes)
+                .into_iter()
+                .filter(|lock| lock.as_str() > after.as_str())
+                .collect();
+            let fits = locks.len() <= (*max_locks).max(1) as usize
+                && (!locks.is_empty() || expected.is_empty());
+            let first = expected.get(..locks.len()).unwrap_or(&[]);
+            let wrong = lock_mismatch(locks, first, zxid, changes);
+            if !fits || wrong.is_some() || *more != (expected.len() > locks.len()) {
+                let names: Vec<&str> = locks.iter().map(|l| l.lock.as_str()).collect();
+                return mismatch(format!(
+                    "the page {names:?} (more: {more}) of the locks of {path} after \
+                     {after:?}, at most {max_locks}, but {expected:?} existed after it{}",
+                    wrong.map(|w| format!(": {w}")).unwrap_or_default()
                 ));
             }
         }
@@ -163,6 +269,128 @@ mod tests {
         assert!(
             ok(&page("", 1), answer(&["c1-0"], true), 9),
             "zxid 9 is not known yet"
+        );
+    }
+
+    fn lock(name: &str, queue: &[(&str, u64)]) -> LockState {
+        LockState {
+            lock: name.to_string(),
+            lock_delay_ms: 0,
+            delayed_until_ms: 0,
+            queue: queue
+                .iter()
+                .map(|(node, token)| corral_protocol::LockEntry {
+                    node: format!("{name}/{node}"),
+                    kind: corral_protocol::LockKind::Exclusive,
+                    session: 1,
+                    lease: 1,
+                    token: *token,
+                    granted: false,
+                })
+                .collect(),
+        }
+    }
+
+    /// A lock listing names the locks existing at its zxid, each with the queue nodes
+    /// existing then, in creation order, each with its creation zxid as its token.
+    #[test]
+    fn a_lock_listing_is_the_state_at_its_zxid() {
+        let mut log = ChangeLog::default();
+        let change = |kind, path: &str| Change {
+            kind,
+            path: path.to_string(),
+        };
+        log.record(
+            1,
+            &[
+                change(EventKind::NodeCreated, "/locks/a"),
+                change(EventKind::NodeCreated, "/locks/a/n-1"),
+            ],
+        );
+        log.record(2, &[change(EventKind::NodeCreated, "/locks/a/n-2")]);
+        log.record(
+            3,
+            &[
+                change(EventKind::NodeCreated, "/locks/b"),
+                change(EventKind::NodeCreated, "/locks/b/n-3"),
+            ],
+        );
+        log.record(4, &[change(EventKind::NodeDeleted, "/locks/a/n-1")]);
+        log.record(
+            5,
+            &[
+                change(EventKind::NodeDeleted, "/locks/a/n-2"),
+                change(EventKind::NodeDeleted, "/locks/a"),
+            ],
+        );
+        let all = Op::GetLocks {
+            path: "/locks".to_string(),
+        };
+        let ok = |op: &Op, locks: Vec<LockState>, zxid| {
+            check(0, op, &Ok(OpResult::Locks(locks)), zxid, &log, 0).is_ok()
+        };
+        let a2 = || lock("/locks/a", &[("n-1", 1), ("n-2", 2)]);
+        let b = || lock("/locks/b", &[("n-3", 3)]);
+        assert!(ok(&all, vec![a2(), b()], 3));
+        assert!(ok(&all, vec![lock("/locks/a", &[("n-2", 2)]), b()], 4));
+        assert!(ok(&all, vec![b()], 5));
+        assert!(!ok(&all, vec![a2()], 3), "a lock left out");
+        assert!(!ok(&all, vec![a2(), b()], 4), "a released node listed");
+        assert!(
+            !ok(&all, vec![lock("/locks/a", &[("n-2", 2)]), b()], 3),
+            "a node left out"
+        );
+        assert!(
+            !ok(
+                &all,
+                vec![lock("/locks/a", &[("n-1", 1), ("n-2", 1)]), b()],
+                3
+            ),
+            "a token that is not the creation zxid"
+        );
+        assert!(
+            !ok(
+                &all,
+                vec![lock("/locks/a", &[("n-2", 2), ("n-1", 1)]), b()],
+                3
+            ),
+            "out of creation order"
+        );
+        let one = Op::GetLocks {
+            path: "/locks/a".to_string(),
+        };
+        assert!(ok(&one, vec![a2()], 3));
+        assert!(ok(&one, vec![], 5));
+        assert!(!ok(&one, vec![a2()], 5), "reaped at 5");
+        let page = |after: &str, max_locks| Op::GetLocksPage {
+            path: "/locks".to_string(),
+            after: after.to_string(),
+            max_locks,
+            max_bytes: 1,
+        };
+        let paged = |op: &Op, locks: Vec<LockState>, more, zxid| {
+            check(
+                0,
+                op,
+                &Ok(OpResult::LocksPage { locks, more }),
+                zxid,
+                &log,
+                0,
+            )
+            .is_ok()
+        };
+        assert!(paged(&page("", 1), vec![a2()], true, 3));
+        assert!(paged(&page("/locks/a", 3), vec![b()], false, 3));
+        assert!(paged(&page("/locks/ax", 3), vec![b()], false, 3));
+        assert!(paged(&page("/locks/b", 3), vec![], false, 3));
+        assert!(
+            !paged(&page("/locks/a", 3), vec![a2(), b()], false, 3),
+            "an inclusive cursor"
+        );
+        assert!(!paged(&page("", 1), vec![a2()], false, 3), "more remain");
+        assert!(
+            !paged(&page("", 1), vec![], false, 3),
+            "empty while any remain"
         );
     }
 

@@ -76,8 +76,16 @@ fn fires(change: EventKind, watch: WatchKind) -> bool {
     }
 }
 
-/// The changes of the decided log at the watchable paths, from the first report of each
-/// zxid (every node makes the same changes at a zxid: the state hashes say so).
+/// Whether the world records the changes to `path` ([`ChangeLog`]): the watchable
+/// paths, and the locks and their queue nodes (for the lock listings `sim/reads.rs`
+/// checks).
+fn recorded(path: &str) -> bool {
+    watchable(path) || under("/locks", path)
+}
+
+/// The changes of the decided log at the recorded paths ([`recorded`]), from the first
+/// report of each zxid (every node makes the same changes at a zxid: the state hashes
+/// say so).
 #[derive(Debug, Default)]
 pub struct ChangeLog {
     /// Every zxid reported, watchable changes or not.
@@ -99,7 +107,7 @@ impl ChangeLog {
         while self.known.contains(&(self.contiguous + 1)) {
             self.contiguous += 1;
         }
-        for c in changes.iter().filter(|c| watchable(&c.path)) {
+        for c in changes.iter().filter(|c| recorded(&c.path)) {
             self.by_path
                 .entry(c.path.clone())
                 .or_default()
@@ -194,7 +202,7 @@ impl ChangeLog {
     }
 
     /// The names of the children of `parent` at `zxid`, sorted (for a `parent` whose
-    /// children are all watchable paths).
+    /// children are all recorded paths).
     pub fn children_at(&self, parent: &str, zxid: u64) -> Vec<String> {
         self.paths_under(parent)
             .filter(|p| corral_protocol::path::parent(p) == Some(parent))
@@ -210,6 +218,15 @@ impl ChangeLog {
             .map(|(p, _)| p.as_str())
             .take_while(move |p| p.starts_with(root))
             .filter(move |p| under(root, p))
+    }
+
+    /// The zxid of the last creation of `path` at or before `zxid`.
+    pub fn created_at(&self, path: &str, zxid: u64) -> Option<u64> {
+        self.by_path
+            .get(path)?
+            .range(..=zxid)
+            .rev()
+            .find_map(|(z, kinds)| kinds.contains(&EventKind::NodeCreated).then_some(*z))
     }
 
     /// Whether the node at `path` exists at `zxid`, from its last creation or deletion

@@ -335,6 +335,7 @@ impl World {
             watch_per_mille: cfg.watch_per_mille,
             revoke_per_mille: cfg.revoke_per_mille,
             cas_per_mille: cfg.cas_per_mille,
+            list_locks_per_mille: cfg.list_locks_per_mille,
             clients: cfg.clients,
         };
         let mut clients = Vec::new();
