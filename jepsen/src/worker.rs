@@ -10,7 +10,7 @@
 use crate::history::{mono_ns, Event, Kind};
 use corral_client::{
     AddWatchMode, Client, ClientConfig, CreateMode, Error, ErrorCode, LockGuard, LockKind,
-    LockLoss, MultiLockGuard,
+    LockLoss, MultiLockGuard, MultiResult, Stat,
 };
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -562,6 +562,16 @@ fn parse_value(data: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
+/// The stat a committed transaction's `SetData` left.
+fn set_version(r: corral_client::Result<Vec<MultiResult>>) -> corral_client::Result<Stat> {
+    r?.into_iter()
+        .find_map(|r| match r {
+            MultiResult::SetData { stat } => Some(stat),
+            _ => None,
+        })
+        .ok_or_else(|| Error::Protocol("a committed transaction without its set_data".into()))
+}
+
 async fn register_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
     let mut n = 0u64;
     let mut versions: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
@@ -642,10 +652,23 @@ async fn register_loop(out: &Out, client: &Client, rng: &mut StdRng) -> bool {
                 inv.value = Some(value);
                 inv.version = Some(expect);
                 out.emit(inv);
-                let mut e = match client
-                    .set_data(&path, value.to_string(), Some(expect))
-                    .await
-                {
+                // A conditional set, or a transaction that checks the version and then
+                // sets, or sets and then checks the version the set made (a failed
+                // check must undo the set): all three take effect exactly when the
+                // version is `expect`.
+                let data = value.to_string();
+                let r = match rng.gen_range(0..3) {
+                    0 => client.set_data(&path, data, Some(expect)).await,
+                    1 => {
+                        let t = client.transaction().check(&path, expect);
+                        set_version(t.set_data(&path, data, None).commit().await)
+                    }
+                    _ => {
+                        let t = client.transaction().set_data(&path, data, None);
+                        set_version(t.check(&path, expect + 1).commit().await)
+                    }
+                };
+                let mut e = match r {
                     Ok(stat) => {
                         versions.insert(k, stat.version);
                         out.event(Kind::Ok, "cas")
