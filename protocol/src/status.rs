@@ -13,7 +13,9 @@ pub enum Role {
     Leader,
     /// A cluster member that knows of a leader other than itself.
     Follower,
-    /// A cluster member that knows of no leader (an election is running, or it is cut off).
+    /// A cluster member that knows of no leader (an election is running, or it is cut
+    /// off), or that was elected and does not lead yet: it is still gathering the
+    /// majority's promises and logs (then [`ServerStatus::leader`] names itself).
     Candidate,
 }
 
@@ -36,7 +38,8 @@ pub struct ServerStatus {
     pub node_id: u64,
     /// Its role.
     pub role: Role,
-    /// The leader this server knows of, if any.
+    /// The leader this server knows of, if any: the elected one, which may still be
+    /// preparing to lead (its own role then `Candidate`).
     pub leader: Option<u64>,
     /// The other cluster members (empty for a single node).
     pub members: Vec<MemberStatus>,

@@ -872,13 +872,15 @@ impl SimClient {
         ((self.id as u64 + 1) << 40) | self.values
     }
 
-    /// A lock listing (draws from `list_rng` only; `sim/reads.rs` checks the answer):
-    /// `GetLocks` of one lock or of `/locks`, or a page of `/locks` after a lock's name
-    /// or a name between two, at most 1 to 3 locks, sometimes within a small byte budget
-    /// (a page holds one lock however small the budget).
+    /// A lock listing or a server status (draws from `list_rng` only; `sim/reads.rs`
+    /// checks the answer): `GetLocks` of one lock or of `/locks`, a page of `/locks`
+    /// after a lock's name or a name between two, at most 1 to 3 locks, sometimes
+    /// within a small byte budget (a page holds one lock however small the budget), or
+    /// `ServerStatus`.
     fn lock_listing(&mut self) -> Op {
         let lock = lock_name(self.list_rng.range(0, self.cfg.locks as u64) as usize);
-        match self.list_rng.range(0, 4) {
+        match self.list_rng.range(0, 5) {
+            4 => Op::ServerStatus,
             0 => Op::GetLocks { path: lock },
             1 => Op::GetLocks {
                 path: "/locks".to_string(),
@@ -1938,7 +1940,7 @@ impl SimClient {
             out.push(CAction::Violation(v));
         }
         self.watches.saw(r.zxid);
-        if let Err(v) = super::reads::check(self.id, &p.op, &r.result, r.zxid, changes, now) {
+        if let Err(v) = super::reads::check(self.id, node, &p.op, &r.result, r.zxid, changes, now) {
             out.push(CAction::Violation(v));
         }
         let session = self.session.as_ref().map_or(0, |s| s.id);

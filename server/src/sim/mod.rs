@@ -51,8 +51,8 @@
 //!   ephemeral nodes, all re-registered with `SetWatches` first thing after every
 //!   reconnect, and sometimes removed with `RemoveWatches`; and pages of `/eph`'s and
 //!   `/reg`'s children, checked against the state at their zxid: `sim/reads.rs`),
-//!   lock listings (`list_locks_per_mille`: `GetLocks` and `GetLocksPage`, checked the
-//!   same way),
+//!   lock listings and server statuses (`list_locks_per_mille`: `GetLocks`,
+//!   `GetLocksPage` and `ServerStatus`, checked the same way),
 //!   sequential and ephemeral creates, session close and abandon. Clients, too, have
 //!   their own clock rate, and can be paused for longer than their lease. In most seeds
 //!   they acknowledge answered xids before writes (`ack_every`; given-up writes count

@@ -283,8 +283,9 @@ pub struct SimConfig {
     /// (0: blind writes only).
     pub cas_per_mille: u64,
     /// Chance (per mille) that a workload client's plain read is a lock listing
-    /// (`GetLocks` of a lock or of `/locks`, or a `GetLocksPage`), checked against the
-    /// locks and queue nodes existing at its zxid (`sim/reads.rs`; 0: none).
+    /// (`GetLocks` of a lock or of `/locks`, or a `GetLocksPage`) or a `ServerStatus`,
+    /// checked against the locks and queue nodes existing at its zxid (`sim/reads.rs`;
+    /// 0: none).
     pub list_locks_per_mille: u64,
 }
 

@@ -7,12 +7,13 @@
 //! Lock listings (`GetLocks`, `GetLocksPage`) of `/locks` or one lock name the locks
 //! existing at the zxid, each with its queue nodes existing then, in creation order,
 //! each with its creation zxid as its token (which node holds is checked by the
-//! holders' checks instead). Register values are checked by the linearizability check
-//! instead.
+//! holders' checks instead). A `ServerStatus` is the answering node's, at the zxid of
+//! its response, with as many locks, held and waiting queue nodes as existed then.
+//! Register values are checked by the linearizability check instead.
 
 use super::check::{Violation, ViolationKind};
 use super::watch::ChangeLog;
-use corral_protocol::{ErrorCode, ErrorInfo, LockState, Op, OpResult};
+use corral_protocol::{ErrorCode, ErrorInfo, LockState, Op, OpResult, Role, ServerStatus};
 
 /// The parents whose children are all recorded.
 fn listed(path: &str) -> bool {
@@ -89,9 +90,59 @@ fn lock_mismatch(
     None
 }
 
-/// Checks the answer `result` at `zxid` of a read `op` against the recorded changes.
+/// What is wrong with `status`, answered by node `node` at `zxid`.
+fn status_mismatch(
+    status: &ServerStatus,
+    node: u64,
+    zxid: u64,
+    changes: &ChangeLog,
+) -> Option<String> {
+    let locks = locks_at(LOCKS, zxid, changes);
+    let queued: Vec<usize> = locks
+        .iter()
+        .map(|lock| changes.children_at(lock, zxid).len())
+        .filter(|n| *n > 0)
+        .collect();
+    let nodes: usize = queued.iter().sum();
+    let leads = status.leader == Some(status.node_id);
+    if status.node_id != node {
+        Some(format!("node {}'s status from node {node}", status.node_id))
+    } else if status.applied_zxid != zxid || status.committed_zxid < zxid {
+        Some(format!(
+            "applied zxid {} and committed {} in a response at zxid {zxid}",
+            status.applied_zxid, status.committed_zxid
+        ))
+    } else if !matches!(
+        (status.role, leads),
+        (Role::Standalone, true)
+            | (Role::Leader, true)
+            | (Role::Follower, false)
+            | (Role::Candidate, _)
+    ) {
+        Some(format!(
+            "role {:?} with leader {:?}",
+            status.role, status.leader
+        ))
+    } else if status.locks != queued.len() as u64
+        || status.locks_held + status.locks_waiting != nodes as u64
+    {
+        Some(format!(
+            "{} locks, {} held and {} waiting, but {} locks with {nodes} queue nodes existed",
+            status.locks,
+            status.locks_held,
+            status.locks_waiting,
+            queued.len()
+        ))
+    } else {
+        None
+    }
+}
+
+/// Checks the answer `result` at `zxid` of a read `op`, from node `node`, against the
+/// recorded changes.
 pub fn check(
     client: usize,
+    node: u64,
     op: &Op,
     result: &Result<OpResult, ErrorInfo>,
     zxid: u64,
@@ -173,6 +224,11 @@ pub fn check(
                 ));
             }
         }
+        (Op::ServerStatus, Ok(OpResult::ServerStatus(status))) => {
+            if let Some(wrong) = status_mismatch(status, node, zxid, changes) {
+                return mismatch(format!("the server status: {wrong}"));
+            }
+        }
         (Op::Exists { path, .. } | Op::GetData { path, .. }, _) if path.starts_with("/eph/") => {
             let found = match result {
                 Ok(OpResult::Exists(stat)) => stat.is_some(),
@@ -236,7 +292,7 @@ mod tests {
     #[test]
     fn a_children_page_is_the_state_at_its_zxid() {
         let log = log();
-        let ok = |op: &Op, r, zxid| check(0, op, &r, zxid, &log, 0).is_ok();
+        let ok = |op: &Op, r, zxid| check(0, 1, op, &r, zxid, &log, 0).is_ok();
         assert!(ok(&page("", 1), answer(&["c0-0"], true), 3));
         assert!(ok(&page("", 3), answer(&["c0-0", "c1-0"], false), 3));
         assert!(ok(&page("c0-0", 3), answer(&["c1-0", "c2-1"], false), 5));
@@ -327,7 +383,7 @@ mod tests {
             path: "/locks".to_string(),
         };
         let ok = |op: &Op, locks: Vec<LockState>, zxid| {
-            check(0, op, &Ok(OpResult::Locks(locks)), zxid, &log, 0).is_ok()
+            check(0, 1, op, &Ok(OpResult::Locks(locks)), zxid, &log, 0).is_ok()
         };
         let a2 = || lock("/locks/a", &[("n-1", 1), ("n-2", 2)]);
         let b = || lock("/locks/b", &[("n-3", 3)]);
@@ -371,6 +427,7 @@ mod tests {
         let paged = |op: &Op, locks: Vec<LockState>, more, zxid| {
             check(
                 0,
+                1,
                 op,
                 &Ok(OpResult::LocksPage { locks, more }),
                 zxid,
@@ -394,6 +451,81 @@ mod tests {
         );
     }
 
+    /// A server status is the answering node's, at its response's zxid, with the locks
+    /// and queue nodes existing then.
+    #[test]
+    fn a_server_status_is_the_state_at_its_zxid() {
+        let mut log = ChangeLog::default();
+        let change = |kind, path: &str| Change {
+            kind,
+            path: path.to_string(),
+        };
+        log.record(
+            1,
+            &[
+                change(EventKind::NodeCreated, "/locks/a"),
+                change(EventKind::NodeCreated, "/locks/a/n-1"),
+            ],
+        );
+        log.record(2, &[change(EventKind::NodeCreated, "/locks/a/n-2")]);
+        let status =
+            |node_id, role, leader, applied_zxid, locks, locks_held, locks_waiting| ServerStatus {
+                node_id,
+                role,
+                leader,
+                members: Vec::new(),
+                applied_zxid,
+                committed_zxid: applied_zxid,
+                log_bytes: 0,
+                snapshot_bytes: 0,
+                sessions: 0,
+                connections: 0,
+                watches: 0,
+                znodes: 0,
+                locks,
+                locks_held,
+                locks_waiting,
+                admin_addr: None,
+                ready: true,
+                version: String::new(),
+            };
+        let ok = |s: ServerStatus, zxid| {
+            let r = Ok(OpResult::ServerStatus(Box::new(s)));
+            check(0, 1, &Op::ServerStatus, &r, zxid, &log, 0).is_ok()
+        };
+        assert!(ok(status(1, Role::Leader, Some(1), 2, 1, 1, 1), 2));
+        assert!(ok(status(1, Role::Leader, Some(1), 1, 1, 1, 0), 1));
+        assert!(
+            ok(status(1, Role::Candidate, Some(1), 2, 1, 1, 1), 2),
+            "elected, preparing"
+        );
+        assert!(ok(status(1, Role::Candidate, None, 2, 1, 1, 1), 2));
+        assert!(
+            !ok(status(2, Role::Follower, Some(1), 2, 1, 1, 1), 2),
+            "another node's"
+        );
+        assert!(
+            !ok(status(1, Role::Leader, Some(1), 1, 1, 1, 0), 2),
+            "another zxid"
+        );
+        assert!(
+            !ok(status(1, Role::Follower, Some(1), 2, 1, 1, 1), 2),
+            "follows itself"
+        );
+        assert!(
+            !ok(status(1, Role::Leader, Some(2), 2, 1, 1, 1), 2),
+            "leads for another"
+        );
+        assert!(
+            !ok(status(1, Role::Leader, Some(1), 2, 1, 1, 0), 2),
+            "a waiter left out"
+        );
+        assert!(
+            !ok(status(1, Role::Leader, Some(1), 2, 2, 1, 1), 2),
+            "a lock too many"
+        );
+    }
+
     /// Whether an ephemeral node exists is read from the state at the zxid.
     #[test]
     fn an_ephemeral_node_exists_as_of_the_zxid() {
@@ -403,15 +535,15 @@ mod tests {
             watch: false,
         };
         let some = Ok(OpResult::Exists(Some(Stat::default())));
-        assert!(check(0, &exists, &some, 3, &log, 0).is_ok());
-        let err = check(0, &exists, &some, 4, &log, 0).expect_err("deleted at 4");
+        assert!(check(0, 1, &exists, &some, 3, &log, 0).is_ok());
+        let err = check(0, 1, &exists, &some, 4, &log, 0).expect_err("deleted at 4");
         assert_eq!(err.kind, ViolationKind::ReadMismatch);
         let get = Op::GetData {
             path: "/eph/c0-0".to_string(),
             watch: true,
         };
         let no_node = Err(ErrorInfo::new(ErrorCode::NoNode, "gone"));
-        assert!(check(0, &get, &no_node, 4, &log, 0).is_ok());
-        assert!(check(0, &get, &no_node, 2, &log, 0).is_err());
+        assert!(check(0, 1, &get, &no_node, 4, &log, 0).is_ok());
+        assert!(check(0, 1, &get, &no_node, 2, &log, 0).is_err());
     }
 }
