@@ -347,10 +347,9 @@ mod tests {
         }
     }
 
-    /// A lock listing names the locks existing at its zxid, each with the queue nodes
-    /// existing then, in creation order, each with its creation zxid as its token.
-    #[test]
-    fn a_lock_listing_is_the_state_at_its_zxid() {
+    /// Lock `/locks/a` queued at 1 and 2, `/locks/b` at 3; `a`'s nodes released at 4
+    /// and 5, the last with its directory.
+    fn locks_log() -> ChangeLog {
         let mut log = ChangeLog::default();
         let change = |kind, path: &str| Change {
             kind,
@@ -379,6 +378,14 @@ mod tests {
                 change(EventKind::NodeDeleted, "/locks/a"),
             ],
         );
+        log
+    }
+
+    /// A lock listing names the locks existing at its zxid, each with the queue nodes
+    /// existing then, in creation order, each with its creation zxid as its token.
+    #[test]
+    fn a_lock_listing_is_the_state_at_its_zxid() {
+        let log = locks_log();
         let all = Op::GetLocks {
             path: "/locks".to_string(),
         };
@@ -455,19 +462,7 @@ mod tests {
     /// and queue nodes existing then.
     #[test]
     fn a_server_status_is_the_state_at_its_zxid() {
-        let mut log = ChangeLog::default();
-        let change = |kind, path: &str| Change {
-            kind,
-            path: path.to_string(),
-        };
-        log.record(
-            1,
-            &[
-                change(EventKind::NodeCreated, "/locks/a"),
-                change(EventKind::NodeCreated, "/locks/a/n-1"),
-            ],
-        );
-        log.record(2, &[change(EventKind::NodeCreated, "/locks/a/n-2")]);
+        let log = locks_log();
         let status =
             |node_id, role, leader, applied_zxid, locks, locks_held, locks_waiting| ServerStatus {
                 node_id,
