@@ -877,14 +877,14 @@ impl SimClient {
     /// after a lock's name or a name between two, at most 1 to 3 locks, sometimes
     /// within a small byte budget (a page holds one lock however small the budget), or
     /// `ServerStatus`.
-    fn lock_listing(&mut self) -> Op {
+    fn listing_or_status(&mut self) -> Op {
         let lock = lock_name(self.list_rng.range(0, self.cfg.locks as u64) as usize);
         match self.list_rng.range(0, 5) {
-            4 => Op::ServerStatus,
             0 => Op::GetLocks { path: lock },
             1 => Op::GetLocks {
                 path: "/locks".to_string(),
             },
+            2 => Op::ServerStatus,
             _ => {
                 let after = match self.list_rng.range(0, 3) {
                     0 => String::new(),
@@ -1211,7 +1211,7 @@ impl SimClient {
                 let op = if self.cfg.list_locks_per_mille > 0
                     && self.list_rng.chance(self.cfg.list_locks_per_mille)
                 {
-                    self.lock_listing()
+                    self.listing_or_status()
                 } else {
                     Op::GetData {
                         path: key,
