@@ -85,6 +85,10 @@ pub struct FaultSwitches {
     /// State machine: a multi that fails keeps what its operations before the failing
     /// one changed, instead of undoing them (breaks "a multi is all or nothing").
     pub multi_keeps_earlier_ops: bool,
+    /// Tree: containers are reaped only where an entry itself took a child away, not up
+    /// through the container parents that reaping empties (breaks "an emptied container
+    /// is deleted, cascading upward").
+    pub reaping_stops_at_one_level: bool,
 }
 
 impl FaultSwitches {
@@ -119,6 +123,7 @@ thread_local! {
             recursive_skips_deletions: false,
             revoke_leaves_lease_open: false,
             multi_keeps_earlier_ops: false,
+            reaping_stops_at_one_level: false,
         }) };
 }
 
@@ -172,6 +177,7 @@ pub fn from_env() -> FaultSwitches {
                 "recursive_skips_deletions" => &mut f.recursive_skips_deletions,
                 "revoke_leaves_lease_open" => &mut f.revoke_leaves_lease_open,
                 "multi_keeps_earlier_ops" => &mut f.multi_keeps_earlier_ops,
+                "reaping_stops_at_one_level" => &mut f.reaping_stops_at_one_level,
                 other => {
                     tracing::error!(switch = other, "unknown fault switch in {FAULTS_ENV}");
                     continue;
@@ -212,6 +218,7 @@ pub fn active() -> FaultSwitches {
         recursive_skips_deletions: false,
         revoke_leaves_lease_open: false,
         multi_keeps_earlier_ops: false,
+        reaping_stops_at_one_level: false,
     }
 }
 

@@ -668,7 +668,11 @@ impl Tree {
     /// are now empty, cascading upward through container parents.
     pub(crate) fn reap_containers(&mut self, txn: &mut Txn) {
         let mut i = 0;
+        let first_level = txn.emptied.len();
         while i < txn.emptied.len() {
+            if i == first_level && crate::faults::active().reaping_stops_at_one_level {
+                break;
+            }
             let path = std::mem::take(&mut txn.emptied[i]);
             i += 1;
             let reap = match self.nodes.get(path.as_str()) {

@@ -31,7 +31,8 @@ fn summary(seed: u64, r: &Report) -> String {
     format!(
         "seed {seed}: {} nodes, {} events, {} sim ms, {} entries, {} acked, {} crashes, {} \
          faults, {} installs, {} ops {} ({} compare-and-sets set, {} BadVersion), {} \
-         multi-locks held, {} shared holds, {} watch events ({} re-registrations), {} ms",
+         multi-locks held, {} shared holds, {} watch events ({} re-registrations), {} \
+         containers reaped, {} ms",
         r.config.nodes,
         r.stats.events,
         r.stats.sim_ms,
@@ -48,6 +49,7 @@ fn summary(seed: u64, r: &Report) -> String {
         r.stats.shared_holds,
         r.stats.watch_events,
         r.stats.watch_resyncs,
+        r.stats.reaped,
         r.stats.wall_ms
     )
 }
@@ -548,6 +550,7 @@ fn as_found(mut c: SimConfig) -> SimConfig {
     c.revoke_per_mille = 0;
     c.cas_per_mille = 0;
     c.list_locks_per_mille = 0;
+    c.container_weight = 0;
     c.upgrade_at_ms = None;
     c
 }
@@ -979,6 +982,7 @@ fn regression_retried_lock_learns_its_node_is_gone() {
     c.revoke_per_mille = 0;
     c.cas_per_mille = 0;
     c.list_locks_per_mille = 0;
+    c.container_weight = 0;
     let r = sim::run(&c);
     assert!(
         !r.failed(),
@@ -1047,6 +1051,7 @@ fn pinned_in_passes(
     c.revoke_per_mille = 0;
     c.cas_per_mille = 0;
     c.list_locks_per_mille = 0;
+    c.container_weight = 0;
     let r = sim::run(&c);
     assert!(!r.failed(), "{}", r.describe(test));
 }
@@ -1123,6 +1128,20 @@ fn fault_revoke_leaves_lease_open() {
         switches(|s| s.revoke_leaves_lease_open = true),
         &[ViolationKind::MachineInvariant],
         |c| c.revoke_per_mille = 500,
+        100,
+    );
+}
+
+/// A container goes with its last child, and a container parent it leaves empty goes
+/// too. With the switch the cascade stops at the first level, which every node does
+/// alike; the container check sees the parent stay.
+#[test]
+fn fault_reaping_stops_at_one_level_is_caught() {
+    catches(
+        "fault_reaping_stops_at_one_level_is_caught",
+        switches(|s| s.reaping_stops_at_one_level = true),
+        &[ViolationKind::Containers],
+        |c| c.container_weight = 16,
         100,
     );
 }

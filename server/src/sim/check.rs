@@ -93,6 +93,9 @@ pub enum ViolationKind {
     WatchNotFired,
     /// A read's answer is not the state at the zxid it carries (`sim/reads.rs`).
     ReadMismatch,
+    /// A container was not reaped in the entry that took its last child, or was reaped
+    /// in one that did not (`sim/containers.rs`).
+    Containers,
     /// A node could not recover from its disk.
     Recovery,
     /// A log sync was sent whose decided snapshot does not end where its suffix starts

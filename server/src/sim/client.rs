@@ -146,6 +146,8 @@ pub struct ClientCfg {
     pub cas_per_mille: u64,
     /// `SimConfig::list_locks_per_mille`.
     pub list_locks_per_mille: u64,
+    /// `SimConfig::container_weight`.
+    pub container_weight: u64,
     /// Clients in the run (whose ephemeral nodes a client may watch).
     pub clients: usize,
 }
@@ -379,6 +381,8 @@ pub struct SimClient {
     cas_rng: SimRng,
     /// Draws of the lock listings (a stream of its own, like `watch_rng`).
     list_rng: SimRng,
+    /// Draws of the container tasks (a stream of its own, like `watch_rng`).
+    box_rng: SimRng,
     /// The version of each register key this client last learned (from a read or its
     /// own write): what its compare-and-sets expect.
     versions: BTreeMap<String, u32>,
@@ -515,6 +519,7 @@ impl SimClient {
             revoke_rng: SimRng::stream(seed, 6000 + id as u64),
             cas_rng: SimRng::stream(seed, 7000 + id as u64),
             list_rng: SimRng::stream(seed, 8000 + id as u64),
+            box_rng: SimRng::stream(seed, 9000 + id as u64),
             versions: BTreeMap::new(),
             watches: ClientWatches::default(),
             groups_held: 0,
@@ -1138,6 +1143,7 @@ impl SimClient {
             2,
             1,
             if has_lease { 0 } else { 3 },
+            self.cfg.container_weight,
         ];
         match self.rng.weighted(&weights) {
             0 => {
@@ -1254,6 +1260,16 @@ impl SimClient {
                     data: Vec::new(),
                 });
                 self.send(now, op, Purpose::Lock { lock, kind, lease }, true, out);
+            }
+            9 => {
+                let watch = self.cfg.watch_per_mille > 0;
+                let (op, read) = super::containers::task(&mut self.box_rng, self.id, watch);
+                let purpose = if read {
+                    Purpose::PlainRead
+                } else {
+                    Purpose::Other
+                };
+                self.send(now, op, purpose, true, out);
             }
             5 => {
                 let n = self.rng.range(0, 3);

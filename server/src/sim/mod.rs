@@ -52,7 +52,9 @@
 //!   reconnect, and sometimes removed with `RemoveWatches`; and pages of `/eph`'s and
 //!   `/reg`'s children, checked against the state at their zxid: `sim/reads.rs`),
 //!   lock listings and server statuses (`list_locks_per_mille`: `GetLocks`,
-//!   `GetLocksPage` and `ServerStatus`, checked the same way),
+//!   `GetLocksPage` and `ServerStatus`, checked the same way), containers of their own
+//!   (`container_weight`: nested containers holding the clients' ephemeral leaves,
+//!   created, emptied, swapped in multis and read; see [`containers`]),
 //!   sequential and ephemeral creates, session close and abandon. Clients, too, have
 //!   their own clock rate, and can be paused for longer than their lease. In most seeds
 //!   they acknowledge answered xids before writes (`ack_every`; given-up writes count
@@ -90,7 +92,8 @@
 //! (none without a change
 //! since its watch was set, none missing before a response with a later zxid:
 //! [`watch`]), reads of child lists and ephemeral nodes that are the state at their
-//! zxid ([`reads`]), and no lease left open by its revocation. After healing: every lock is acquired (a semaphore's permits all at
+//! zxid ([`reads`]), containers reaped in the entry that takes their last child and in
+//! no other ([`containers`]), and no lease left open by its revocation. After healing: every lock is acquired (a semaphore's permits all at
 //! once: none leaked) by a probe client within TTL + 4 elections + lock-delay + 300 ms, every client request
 //! is answered, and the nodes converge to one state. Both bounds are extended by the longest time a node spent decoding a snapshot
 //! after the heal (one decode in ten is modelled at up to a second, and a leader that
@@ -145,6 +148,7 @@
 
 mod check;
 mod client;
+mod containers;
 mod plan;
 mod reads;
 mod rng;
@@ -207,6 +211,8 @@ pub struct Stats {
     pub ops: u64,
     /// Of them, compare-and-sets answered: took effect, and `BadVersion`.
     pub cas: (u64, u64),
+    /// Containers the clients made that the decided log reaped (`sim/containers.rs`).
+    pub reaped: u64,
     /// Multi-lock groups the clients held (every lock of a `LockMany` at once).
     pub groups_held: u64,
     /// Grants of a shared lock (read, semaphore) while another client believed it held
@@ -283,7 +289,7 @@ impl Report {
              ms, snapshot every {} entries or {} bytes, passes of {} inputs within {} µs, clocks ±{} ppm, net {:?}, \
              disk {:?}, switches {:?}, give-ups {}‰, upgrade at {:?} ms from peer protocol \
              {}, acknowledgements every {} xids, multi-locks {}‰, lock kinds {:?}, watches {}‰, \
-             lease revocations {}‰, compare-and-sets {}‰, lock listings {}‰",
+             lease revocations {}‰, compare-and-sets {}‰, lock listings {}‰, container tasks' weight {}",
             c.nodes,
             c.clients,
             c.tick_ms,
@@ -307,7 +313,8 @@ impl Report {
             c.watch_per_mille,
             c.revoke_per_mille,
             c.cas_per_mille,
-            c.list_locks_per_mille
+            c.list_locks_per_mille,
+            c.container_weight
         );
         let _ = writeln!(s, "faults:");
         for (i, f) in c.plan().iter().enumerate() {

@@ -287,6 +287,10 @@ pub struct SimConfig {
     /// checked against the locks and queue nodes existing at its zxid (`sim/reads.rs`;
     /// 0: none).
     pub list_locks_per_mille: u64,
+    /// The weight of container tasks among a workload client's tasks (the others weigh
+    /// 80 to 93 together): `sim/containers.rs`'s creates, leaves, deletes, multis and
+    /// reads, whose reaping is checked on every entry (0: none).
+    pub container_weight: u64,
 }
 
 /// A chance per mille drawn from rng stream `stream` of `seed`: 0 in a quarter of the
@@ -379,6 +383,7 @@ impl SimConfig {
         let revoke_per_mille = three_seeds_in_four(seed, 12, 100, 500);
         let cas_per_mille = three_seeds_in_four(seed, 13, 200, 700);
         let list_locks_per_mille = three_seeds_in_four(seed, 14, 200, 800);
+        let container_weight = three_seeds_in_four(seed, 15, 4, 16);
         let mut c = SimConfig {
             seed,
             nodes,
@@ -423,6 +428,7 @@ impl SimConfig {
             revoke_per_mille,
             cas_per_mille,
             list_locks_per_mille,
+            container_weight,
         };
         // Shared locks in three seeds in four, from a stream of their own too.
         let mut family_rng = SimRng::stream(seed, 10);

@@ -1,9 +1,11 @@
 //! Plain reads in the simulation: a read is served from the answering node's applied
 //! state, and its response carries the zxid of that state (PROTOCOL.md, "Reads"). For
-//! the nodes whose every change the world records ([`ChangeLog`]: `/reg`, `/eph` and
-//! what is under them), the answer must be that state exactly: a child list or page
-//! names the children existing at the zxid, and whether an ephemeral node exists
-//! matches its last creation or deletion up to the zxid (`ReadMismatch` otherwise).
+//! the nodes whose every change the world records ([`ChangeLog`]: `/reg`, `/eph`, the
+//! clients' containers under `/box`, and what is under them), the answer must be that
+//! state exactly: a child list or page names the children existing at the zxid, and
+//! whether an ephemeral node or a container or its leaf exists (a read of it answered,
+//! or `NoNode`) matches its last creation or deletion up to the zxid (`ReadMismatch`
+//! otherwise).
 //! Lock listings (`GetLocks`, `GetLocksPage`) of `/locks` or one lock name the locks
 //! existing at the zxid, each with its queue nodes existing then, in creation order,
 //! each with its creation zxid as its token (which node holds is checked by the
@@ -12,12 +14,40 @@
 //! Register values are checked by the linearizability check instead.
 
 use super::check::{Violation, ViolationKind};
+use super::containers::{is_container, BOX};
 use super::watch::ChangeLog;
 use corral_protocol::{ErrorCode, ErrorInfo, LockState, Op, OpResult, Role, ServerStatus};
 
 /// The parents whose children are all recorded.
 fn listed(path: &str) -> bool {
-    path == "/eph" || path == "/reg"
+    path == "/eph" || path == "/reg" || is_container(path)
+}
+
+/// Whether the creations and deletions of `path` are all recorded: the ephemeral nodes,
+/// and the clients' containers and their leaves.
+fn existence_recorded(path: &str) -> bool {
+    path.starts_with("/eph/") || path == BOX || path.starts_with("/box/")
+}
+
+/// The node a read of one node asks about, and whether its answer says it exists (`None`
+/// for any other read or answer).
+fn found(op: &Op, result: &Result<OpResult, ErrorInfo>) -> Option<(String, bool)> {
+    let path = match op {
+        Op::Exists { path, .. }
+        | Op::GetData { path, .. }
+        | Op::GetChildren { path, .. }
+        | Op::GetChildrenPage { path, .. } => path,
+        _ => return None,
+    };
+    let found = match result {
+        Ok(OpResult::Exists(stat)) => stat.is_some(),
+        Ok(OpResult::Data { .. } | OpResult::Children { .. } | OpResult::ChildrenPage { .. }) => {
+            true
+        }
+        Err(e) if e.code == ErrorCode::NoNode => false,
+        _ => return None,
+    };
+    Some((path.clone(), found))
 }
 
 /// The root of the simulated locks.
@@ -229,14 +259,11 @@ pub fn check(
                 return mismatch(format!("the server status: {wrong}"));
             }
         }
-        (Op::Exists { path, .. } | Op::GetData { path, .. }, _) if path.starts_with("/eph/") => {
-            let found = match result {
-                Ok(OpResult::Exists(stat)) => stat.is_some(),
-                Ok(OpResult::Data { .. }) => true,
-                Err(e) if e.code == ErrorCode::NoNode => false,
-                _ => return Ok(()),
-            };
-            let exists = changes.exists_at(path, zxid) == Some(true);
+        _ => {}
+    }
+    match found(op, result) {
+        Some((path, found)) if existence_recorded(&path) => {
+            let exists = changes.exists_at(&path, zxid) == Some(true);
             if found != exists {
                 return mismatch(format!(
                     "that {path} {}, but it {}",

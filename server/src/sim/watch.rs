@@ -77,10 +77,10 @@ fn fires(change: EventKind, watch: WatchKind) -> bool {
 }
 
 /// Whether the world records the changes to `path` ([`ChangeLog`]): the watchable
-/// paths, and the locks and their queue nodes (for the lock listings `sim/reads.rs`
-/// checks).
+/// paths, the locks and their queue nodes (for the lock listings `sim/reads.rs`
+/// checks), and the clients' containers and their leaves (`sim/containers.rs`).
 fn recorded(path: &str) -> bool {
-    watchable(path) || under("/locks", path)
+    watchable(path) || under("/locks", path) || under(super::containers::BOX, path)
 }
 
 /// The changes of the decided log at the recorded paths ([`recorded`]), from the first
@@ -115,6 +115,11 @@ impl ChangeLog {
                 .or_default()
                 .push(c.kind);
         }
+    }
+
+    /// Whether the entry at `zxid` was reported.
+    pub fn knows(&self, zxid: u64) -> bool {
+        self.known.contains(&zxid)
     }
 
     /// Node `node` installed a snapshot, from the state at zxid `from` to the one at `to`.

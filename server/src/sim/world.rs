@@ -8,7 +8,7 @@ use super::rng::SimRng;
 use super::watch::ChangeLog;
 use super::{fmt_time, Stats};
 use crate::disk::{Disk, SimDisk, SimDiskFaults};
-use crate::machine::{Entry, MachineLimits, StateMachine};
+use crate::machine::{Change, Entry, MachineLimits, StateMachine};
 use crate::node::{ConnId, Input, Log, Node, NodeConfig, Now, Output, Probe};
 use crate::replication::log::{PaxosSettings, PeerMsg};
 use crate::replication::storage::{PaxosStorageConfig, SyncHandle};
@@ -336,6 +336,7 @@ impl World {
             revoke_per_mille: cfg.revoke_per_mille,
             cas_per_mille: cfg.cas_per_mille,
             list_locks_per_mille: cfg.list_locks_per_mille,
+            container_weight: cfg.container_weight,
             clients: cfg.clients,
         };
         let mut clients = Vec::new();
@@ -570,7 +571,7 @@ impl World {
                     if recovered.fresh { ", empty disk" } else { "" }
                 ));
                 for (zxid, entry, result, changes) in std::mem::take(&mut recovered.replayed) {
-                    self.changes.record(zxid, &changes);
+                    self.record_changes(zxid, &entry, &changes);
                     let r = self.checks.on_replayed(id, zxid, &entry, &result, self.now);
                     if let Err(v) = r {
                         self.violate(v);
@@ -1389,6 +1390,24 @@ impl World {
         self.after_node_step(n);
     }
 
+    /// A node applied or replayed `entry` at `zxid`, which made `changes`: the first
+    /// report of each zxid goes into the change log, and its containers are checked
+    /// (`sim/containers.rs`).
+    fn record_changes(&mut self, zxid: u64, entry: &Entry, changes: &[Change]) {
+        if self.changes.knows(zxid) {
+            return;
+        }
+        self.changes.record(zxid, changes);
+        match super::containers::check(zxid, entry, changes, &self.changes) {
+            Ok(reaped) => self.stats.reaped += reaped,
+            Err(detail) => self.violate(Violation {
+                kind: ViolationKind::Containers,
+                at_us: self.now,
+                detail,
+            }),
+        }
+    }
+
     fn observe(&mut self, n: usize, probes: Vec<Probe>, now: Now) {
         let id = self.nodes[n].id;
         for p in probes {
@@ -1400,7 +1419,7 @@ impl World {
                     granted,
                     changes,
                 } => {
-                    self.changes.record(zxid, &changes);
+                    self.record_changes(zxid, &entry, &changes);
                     if let Err(v) = self.check_revoked(n, zxid, &entry, &result) {
                         self.violate(v);
                     }
@@ -1601,7 +1620,7 @@ impl World {
                 // Entries of the tail may have been applied nowhere else (a leader that
                 // crashed between deciding and applying them).
                 for (zxid, entry, result, changes) in tail {
-                    self.changes.record(zxid, &changes);
+                    self.record_changes(zxid, &entry, &changes);
                     if let Err(v) = self.checks.on_replayed(id, zxid, &entry, &result, self.now) {
                         self.violate(v);
                     }
