@@ -45,15 +45,9 @@ pub enum ClusterError {
     Config(String),
 }
 
-/// One decided entry applied during recovery: its zxid, the entry, the result for the
-/// client, and the tree changes it made.
+/// One decided entry applied during recovery, and what applying it did.
 #[cfg(any(test, feature = "sim"))]
-pub type Replayed = (
-    u64,
-    crate::machine::Entry,
-    Option<Result<corral_protocol::OpResult, corral_protocol::ErrorInfo>>,
-    Vec<crate::machine::Change>,
-);
+pub type Replayed = (crate::machine::Entry, crate::machine::Applied);
 
 /// A cluster member recovered from its data directory, before OmniPaxos runs.
 pub struct RecoveredCluster {
@@ -224,12 +218,7 @@ pub fn open_cluster_on(
             .clone()
             .into_machine_seeing(limits, |_entry, _applied| {
                 #[cfg(any(test, feature = "sim"))]
-                replayed.push((
-                    _applied.zxid,
-                    _entry.clone(),
-                    _applied.result,
-                    _applied.changes,
-                ));
+                replayed.push((_entry.clone(), _applied));
             })
             .map_err(ClusterError::Snapshot)?,
         None => StateMachine::new(limits),
@@ -245,7 +234,7 @@ pub fn open_cluster_on(
             let zxid = machine.last_zxid() + 1;
             let _applied = machine.apply(zxid, &entry);
             #[cfg(any(test, feature = "sim"))]
-            replayed.push((zxid, entry, _applied.result, _applied.changes));
+            replayed.push((entry, _applied));
         }
     }
     Ok(RecoveredCluster {

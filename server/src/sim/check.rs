@@ -33,8 +33,8 @@
 //!   that its client saw acknowledged may have been sent less than TTL − margin before,
 //!   in real time (the margin is the client's: max(TTL/10, 50 ms)); this is what makes a
 //!   client's view of its lease safe.
-//! - **Every grant is told.** The zxid that granted each waiting queue node is recorded
-//!   here; when a waiter gives up, the world checks whether the server it stayed
+//! - **Every grant is told.** The zxid that granted each queue node is recorded in the
+//!   world's change log (`ChangeLog::grant_zxid`); when a waiter gives up, the world checks whether the server it stayed
 //!   attached to had applied that zxid long enough before (`World::check_grant_told`):
 //!   then the grant was never pushed to it. Whatever the connection, the answer that
 //!   told it "queued" must not come after the grant (a retry answered from the
@@ -183,6 +183,41 @@ fn fail(kind: ViolationKind, at_us: u64, detail: String) -> Result<(), Violation
         at_us,
         detail,
     })
+}
+
+/// The queue nodes a lock request's answer says it was granted at once, as (lock, node,
+/// token).
+pub fn granted_at_once<'a>(
+    op: &'a Op,
+    result: &'a Result<OpResult, ErrorInfo>,
+) -> impl Iterator<Item = (&'a str, &'a str, u64)> + 'a {
+    let nodes: Vec<(&str, &str, u64)> = match (op, result) {
+        (Op::Lock(req), Ok(OpResult::Locked { token, node })) => {
+            vec![(req.lock.as_str(), node.as_str(), *token)]
+        }
+        (
+            Op::LockMany(_),
+            Ok(OpResult::MultiLocked {
+                granted: true,
+                nodes,
+            }),
+        ) => nodes
+            .iter()
+            .map(|n| (n.lock.as_str(), n.node.as_str(), n.token))
+            .collect(),
+        _ => Vec::new(),
+    };
+    nodes.into_iter()
+}
+
+/// The client operation of a write entry, if it is one.
+pub fn entry_op(entry: &Entry) -> Option<&Op> {
+    match &*entry.body {
+        EntryBody::Write { op, .. }
+        | EntryBody::OrderedWrite { op, .. }
+        | EntryBody::AckedWrite { op, .. } => Some(op),
+        _ => None,
+    }
 }
 
 /// A short description of an entry, for reports.
@@ -382,8 +417,6 @@ pub struct Checks {
     /// What each node heard from each session while deciding expiry: node -> session ->
     /// node-local monotonic ms.
     heard: BTreeMap<u64, BTreeMap<u64, u64>>,
-    /// The zxid of the entry that granted each waiting queue node, by (node, token).
-    grants: BTreeMap<(String, u64), u64>,
     /// The writes each session executed, for the order check.
     order: BTreeMap<u64, SessionOrder>,
     /// Hold plain `Write` entries to the session order too (see
@@ -448,9 +481,6 @@ impl Checks {
             );
         }
         self.record(node, zxid, entry, fp);
-        for g in granted {
-            self.grants.insert((g.node.clone(), g.token), zxid);
-        }
         self.check_new_entry(zxid, entry, result, granted, now)
     }
 
@@ -524,11 +554,6 @@ impl Checks {
         Ok(())
     }
 
-    /// The zxid of the entry that granted the waiting queue node `node` with `token`.
-    pub fn grant_zxid(&self, node: &str, token: u64) -> Option<u64> {
-        self.grants.get(&(node.to_string(), token)).copied()
-    }
-
     fn check_new_entry(
         &mut self,
         zxid: u64,
@@ -571,23 +596,11 @@ impl Checks {
                         let w = self.sessions.entry(*lease_id).or_default();
                         w.ttl_ms = *ttl_ms;
                     }
-                    if let (Op::Lock(req), Ok(OpResult::Locked { token, node })) = (op, result) {
-                        grants.push((req.lock.clone(), *token, shared_node(node)));
-                    }
-                    if let (
-                        Op::LockMany(_),
-                        Ok(OpResult::MultiLocked {
-                            granted: true,
-                            nodes,
+                    grants.extend(
+                        granted_at_once(op, result).map(|(lock, node, token)| {
+                            (lock.to_string(), token, shared_node(node))
                         }),
-                    ) = (op, result)
-                    {
-                        grants.extend(
-                            nodes
-                                .iter()
-                                .map(|n| (n.lock.clone(), n.token, shared_node(&n.node))),
-                        );
-                    }
+                    );
                     if let (Op::Multi(ops), Ok(_)) = (op, result) {
                         self.check_fenced(zxid, ops, now)?;
                     }

@@ -22,7 +22,7 @@
 
 use super::rng::SimRng;
 use super::watch::ChangeLog;
-use crate::machine::{Change, Entry, EntryBody};
+use crate::machine::{Change, Entry};
 use corral_protocol::path::{name, parent};
 use corral_protocol::{CreateMode, CreateRequest, EventKind, MultiOp, Op};
 
@@ -124,11 +124,8 @@ pub fn task(rng: &mut SimRng, client: usize, watch: bool) -> (Op, bool) {
 
 /// Whether `entry` deletes `path` by name.
 fn deletes(entry: &Entry, path: &str) -> bool {
-    let op = match &*entry.body {
-        EntryBody::Write { op, .. }
-        | EntryBody::OrderedWrite { op, .. }
-        | EntryBody::AckedWrite { op, .. } => op,
-        _ => return false,
+    let Some(op) = super::check::entry_op(entry) else {
+        return false;
     };
     match op {
         Op::Delete { path: p, .. } => p == path,
@@ -182,6 +179,7 @@ pub fn check(zxid: u64, entry: &Entry, changes: &[Change], log: &ChangeLog) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::EntryBody;
     use corral_protocol::EventKind::{NodeChildrenChanged, NodeCreated, NodeDeleted};
 
     fn change(kind: EventKind, path: &str) -> Change {

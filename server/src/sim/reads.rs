@@ -8,8 +8,8 @@
 //! otherwise).
 //! Lock listings (`GetLocks`, `GetLocksPage`) of `/locks` or one lock name the locks
 //! existing at the zxid, each with its queue nodes existing then, in creation order,
-//! each with its creation zxid as its token (which node holds is checked by the
-//! holders' checks instead). A `ServerStatus` is the answering node's, at the zxid of
+//! each with its creation zxid as its token, and granted exactly if an entry up to the
+//! zxid granted it (at once, or after it waited). A `ServerStatus` is the answering node's, at the zxid of
 //! its response, with as many locks, held and waiting queue nodes as existed then.
 //! Register values are checked by the linearizability check instead.
 
@@ -112,6 +112,14 @@ fn lock_mismatch(
                 return Some(format!(
                     "the queue of {} out of creation order at {}",
                     lock.lock, e.node
+                ));
+            }
+            let grant = changes.grant_zxid(&e.node, e.token);
+            if e.granted != grant.is_some_and(|g| g <= zxid) {
+                return Some(format!(
+                    "{} {}, but its grant was at zxid {grant:?}",
+                    e.node,
+                    if e.granted { "granted" } else { "waiting" }
                 ));
             }
             last = e.token;
@@ -355,27 +363,29 @@ mod tests {
         );
     }
 
-    fn lock(name: &str, queue: &[(&str, u64)]) -> LockState {
+    /// A lock and its queue: (node, token, granted).
+    fn lock(name: &str, queue: &[(&str, u64, bool)]) -> LockState {
         LockState {
             lock: name.to_string(),
             lock_delay_ms: 0,
             delayed_until_ms: 0,
             queue: queue
                 .iter()
-                .map(|(node, token)| corral_protocol::LockEntry {
+                .map(|(node, token, granted)| corral_protocol::LockEntry {
                     node: format!("{name}/{node}"),
                     kind: corral_protocol::LockKind::Exclusive,
                     session: 1,
                     lease: 1,
                     token: *token,
-                    granted: false,
+                    granted: *granted,
                 })
                 .collect(),
         }
     }
 
-    /// Lock `/locks/a` queued at 1 and 2, `/locks/b` at 3; `a`'s nodes released at 4
-    /// and 5, the last with its directory.
+    /// Lock `/locks/a` queued at 1 (granted at once) and 2 (granted at 4), `/locks/b`
+    /// at 3 (granted at once); `a`'s nodes released at 4 and 5, the last with its
+    /// directory.
     fn locks_log() -> ChangeLog {
         let mut log = ChangeLog::default();
         let change = |kind, path: &str| Change {
@@ -405,11 +415,15 @@ mod tests {
                 change(EventKind::NodeDeleted, "/locks/a"),
             ],
         );
+        log.granted("/locks/a/n-1", 1, 1);
+        log.granted("/locks/b/n-3", 3, 3);
+        log.granted("/locks/a/n-2", 2, 4);
         log
     }
 
     /// A lock listing names the locks existing at its zxid, each with the queue nodes
-    /// existing then, in creation order, each with its creation zxid as its token.
+    /// existing then, in creation order, each with its creation zxid as its token and
+    /// granted exactly if granted by then.
     #[test]
     fn a_lock_listing_is_the_state_at_its_zxid() {
         let log = locks_log();
@@ -419,21 +433,40 @@ mod tests {
         let ok = |op: &Op, locks: Vec<LockState>, zxid| {
             check(0, 1, op, &Ok(OpResult::Locks(locks)), zxid, &log, 0).is_ok()
         };
-        let a2 = || lock("/locks/a", &[("n-1", 1), ("n-2", 2)]);
-        let b = || lock("/locks/b", &[("n-3", 3)]);
+        let a2 = || lock("/locks/a", &[("n-1", 1, true), ("n-2", 2, false)]);
+        let b = || lock("/locks/b", &[("n-3", 3, true)]);
         assert!(ok(&all, vec![a2(), b()], 3));
-        assert!(ok(&all, vec![lock("/locks/a", &[("n-2", 2)]), b()], 4));
+        assert!(ok(
+            &all,
+            vec![lock("/locks/a", &[("n-2", 2, true)]), b()],
+            4
+        ));
         assert!(ok(&all, vec![b()], 5));
         assert!(!ok(&all, vec![a2()], 3), "a lock left out");
         assert!(!ok(&all, vec![a2(), b()], 4), "a released node listed");
         assert!(
-            !ok(&all, vec![lock("/locks/a", &[("n-2", 2)]), b()], 3),
+            !ok(&all, vec![lock("/locks/a", &[("n-2", 2, false)]), b()], 3),
             "a node left out"
+        );
+        assert!(
+            !ok(&all, vec![lock("/locks/a", &[("n-2", 2, false)]), b()], 4),
+            "a granted node listed as waiting"
         );
         assert!(
             !ok(
                 &all,
-                vec![lock("/locks/a", &[("n-1", 1), ("n-2", 1)]), b()],
+                vec![lock("/locks/a", &[("n-1", 1, true), ("n-2", 2, true)]), b()],
+                3
+            ),
+            "a waiting node listed as granted"
+        );
+        assert!(
+            !ok(
+                &all,
+                vec![
+                    lock("/locks/a", &[("n-1", 1, true), ("n-2", 1, false)]),
+                    b()
+                ],
                 3
             ),
             "a token that is not the creation zxid"
@@ -441,7 +474,10 @@ mod tests {
         assert!(
             !ok(
                 &all,
-                vec![lock("/locks/a", &[("n-2", 2), ("n-1", 1)]), b()],
+                vec![
+                    lock("/locks/a", &[("n-2", 2, false), ("n-1", 1, true)]),
+                    b()
+                ],
                 3
             ),
             "out of creation order"

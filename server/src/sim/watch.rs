@@ -96,6 +96,8 @@ pub struct ChangeLog {
     /// The snapshot installs of each node's current incarnation, by node id: the zxids
     /// before and after.
     installs: BTreeMap<u64, Vec<(u64, u64)>>,
+    /// The zxid that granted each queue node, by (node, token).
+    grants: BTreeMap<(String, u64), u64>,
 }
 
 impl ChangeLog {
@@ -120,6 +122,18 @@ impl ChangeLog {
     /// Whether the entry at `zxid` was reported.
     pub fn knows(&self, zxid: u64) -> bool {
         self.known.contains(&zxid)
+    }
+
+    /// The entry at `zxid` granted queue node `node`, created with `token` (at once, or
+    /// after it waited; a retry answered "granted" later keeps the first zxid).
+    pub fn granted(&mut self, node: &str, token: u64, zxid: u64) {
+        let at = self.grants.entry((node.to_string(), token)).or_insert(zxid);
+        *at = (*at).min(zxid);
+    }
+
+    /// The zxid of the entry that granted queue node `node` with `token`.
+    pub fn grant_zxid(&self, node: &str, token: u64) -> Option<u64> {
+        self.grants.get(&(node.to_string(), token)).copied()
     }
 
     /// Node `node` installed a snapshot, from the state at zxid `from` to the one at `to`.

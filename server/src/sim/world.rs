@@ -8,13 +8,13 @@ use super::rng::SimRng;
 use super::watch::ChangeLog;
 use super::{fmt_time, Stats};
 use crate::disk::{Disk, SimDisk, SimDiskFaults};
-use crate::machine::{Change, Entry, MachineLimits, StateMachine};
+use crate::machine::{Applied, Change, Entry, MachineLimits, StateMachine};
 use crate::node::{ConnId, Input, Log, Node, NodeConfig, Now, Output, Probe};
 use crate::replication::log::{PaxosSettings, PeerMsg};
 use crate::replication::storage::{PaxosStorageConfig, SyncHandle};
 use crate::replication::{open_cluster_on, ClusterSettings, RecoveredCluster};
 use crate::wal::WalOptions;
-use corral_protocol::{ErrorInfo, Hello, HelloReply, LockKind, Op, OpResult, Request};
+use corral_protocol::{ErrorInfo, Hello, HelloReply, LockEvent, LockKind, Op, OpResult, Request};
 use omnipaxos::ballot_leader_election::Ballot;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -570,12 +570,8 @@ impl World {
                     recovered.machine.last_zxid(),
                     if recovered.fresh { ", empty disk" } else { "" }
                 ));
-                for (zxid, entry, result, changes) in std::mem::take(&mut recovered.replayed) {
-                    self.record_changes(zxid, &entry, &changes);
-                    let r = self.checks.on_replayed(id, zxid, &entry, &result, self.now);
-                    if let Err(v) = r {
-                        self.violate(v);
-                    }
+                for (entry, applied) in std::mem::take(&mut recovered.replayed) {
+                    self.replayed(id, &entry, &applied);
                 }
                 if recovered.fresh {
                     self.nodes[n].state = NodeState::Joining(Box::new(Joining {
@@ -1390,14 +1386,48 @@ impl World {
         self.after_node_step(n);
     }
 
+    /// Node `id` replayed `entry` from its disk or a snapshot's tail, which did `applied`.
+    fn replayed(&mut self, id: u64, entry: &Entry, applied: &Applied) {
+        let granted: Vec<LockEvent> = applied
+            .lock_events
+            .iter()
+            .filter(|c| c.granted)
+            .map(|c| c.event.clone())
+            .collect();
+        let zxid = applied.zxid;
+        self.record_changes(zxid, entry, &applied.result, &applied.changes, &granted);
+        if let Err(v) = self
+            .checks
+            .on_replayed(id, zxid, entry, &applied.result, self.now)
+        {
+            self.violate(v);
+        }
+    }
+
     /// A node applied or replayed `entry` at `zxid`, which made `changes`: the first
     /// report of each zxid goes into the change log, and its containers are checked
-    /// (`sim/containers.rs`).
-    fn record_changes(&mut self, zxid: u64, entry: &Entry, changes: &[Change]) {
+    /// (`sim/containers.rs`), with the queue nodes it granted (`granted` after they
+    /// waited, and those its result says were granted at once).
+    fn record_changes(
+        &mut self,
+        zxid: u64,
+        entry: &Entry,
+        result: &Option<Result<OpResult, ErrorInfo>>,
+        changes: &[Change],
+        granted: &[LockEvent],
+    ) {
         if self.changes.knows(zxid) {
             return;
         }
         self.changes.record(zxid, changes);
+        for g in granted {
+            self.changes.granted(&g.node, g.token, zxid);
+        }
+        if let (Some(op), Some(result)) = (super::check::entry_op(entry), result) {
+            for (_, node, token) in super::check::granted_at_once(op, result) {
+                self.changes.granted(node, token, zxid);
+            }
+        }
         match super::containers::check(zxid, entry, changes, &self.changes) {
             Ok(reaped) => self.stats.reaped += reaped,
             Err(detail) => self.violate(Violation {
@@ -1419,7 +1449,7 @@ impl World {
                     granted,
                     changes,
                 } => {
-                    self.record_changes(zxid, &entry, &changes);
+                    self.record_changes(zxid, &entry, &result, &changes, &granted);
                     if let Err(v) = self.check_revoked(n, zxid, &entry, &result) {
                         self.violate(v);
                     }
@@ -1613,17 +1643,12 @@ impl World {
                 let index = job.index;
                 let mut tail = Vec::new();
                 let machine = job
-                    .decode_seeing(|entry, applied| {
-                        tail.push((applied.zxid, entry.clone(), applied.result, applied.changes));
-                    })
+                    .decode_seeing(|entry, applied| tail.push((entry.clone(), applied)))
                     .map(Box::new);
                 // Entries of the tail may have been applied nowhere else (a leader that
                 // crashed between deciding and applying them).
-                for (zxid, entry, result, changes) in tail {
-                    self.record_changes(zxid, &entry, &changes);
-                    if let Err(v) = self.checks.on_replayed(id, zxid, &entry, &result, self.now) {
-                        self.violate(v);
-                    }
+                for (entry, applied) in tail {
+                    self.replayed(id, &entry, &applied);
                 }
                 let mut latency = self.rng.range_incl(DECODE_US.0, DECODE_US.1);
                 if self.rng.chance(10) {
@@ -1983,7 +2008,7 @@ impl World {
         at_zxid: u64,
     ) {
         for node in nodes {
-            let Some(zxid) = self.checks.grant_zxid(node, token) else {
+            let Some(zxid) = self.changes.grant_zxid(node, token) else {
                 continue;
             };
             if attached_zxid < zxid && zxid <= at_zxid {
@@ -2017,7 +2042,7 @@ impl World {
         conn: Option<ConnId>,
         answered_zxid: u64,
     ) {
-        let Some(zxid) = self.checks.grant_zxid(node, token) else {
+        let Some(zxid) = self.changes.grant_zxid(node, token) else {
             return;
         };
         if zxid <= answered_zxid {
