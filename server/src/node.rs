@@ -342,16 +342,11 @@ const MAX_ALIVE_REPORTS_IN_FLIGHT: usize = 16;
 pub enum Probe {
     /// An entry was applied.
     Applied {
-        /// Its zxid.
-        zxid: u64,
         /// The entry.
         entry: Entry,
-        /// The result for the client, if the entry has one.
-        result: Option<Result<OpResult, ErrorInfo>>,
-        /// Locks granted by the entry (other than to a `Lock` request it carries).
-        granted: Vec<corral_protocol::LockEvent>,
-        /// The tree changes it made (what fires watches).
-        changes: Vec<crate::machine::Change>,
+        /// What applying it did: its zxid, result, tree changes, lock events and the
+        /// sessions it ended.
+        applied: Applied,
     },
     /// A snapshot replaced the state; the node is now at `zxid`.
     Installed {
@@ -1582,16 +1577,8 @@ impl Node {
         let zxid = applied.zxid;
         #[cfg(any(test, feature = "sim"))]
         self.record(|| Probe::Applied {
-            zxid,
             entry: entry.clone(),
-            result: applied.result.clone(),
-            granted: applied
-                .lock_events
-                .iter()
-                .filter(|c| c.granted)
-                .map(|c| c.event.clone())
-                .collect(),
-            changes: applied.changes.clone(),
+            applied: applied.clone(),
         });
         for change in &applied.changes {
             for (session, event) in self.watches.trigger(change, zxid) {

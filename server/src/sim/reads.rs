@@ -1,33 +1,24 @@
 //! Plain reads in the simulation: a read is served from the answering node's applied
-//! state, and its response carries the zxid of that state (PROTOCOL.md, "Reads"). For
-//! the nodes whose every change the world records ([`ChangeLog`]: `/reg`, `/eph`, the
-//! clients' containers under `/box`, and what is under them), the answer must be that
-//! state exactly: a child list or page names the children existing at the zxid, and
-//! whether an ephemeral node or a container or its leaf exists (a read of it answered,
-//! or `NoNode`) matches its last creation or deletion up to the zxid (`ReadMismatch`
-//! otherwise).
-//! Lock listings (`GetLocks`, `GetLocksPage`) of `/locks` or one lock name the locks
-//! existing at the zxid, each with its queue nodes existing then, in creation order,
-//! each with its creation zxid as its token, and granted exactly if an entry up to the
-//! zxid granted it (at once, or after it waited). A `ServerStatus` is the answering node's, at the zxid of
-//! its response, with as many locks, held and waiting queue nodes as existed then.
+//! state, and its response carries the zxid of that state (PROTOCOL.md, "Reads"). The
+//! world records every change of the decided log ([`ChangeLog`]), and the answer must be
+//! that state exactly (`ReadMismatch` otherwise):
+//!
+//! - a child list or page names the children existing at the zxid;
+//! - whether a node exists (a read of it answered, or `NoNode`) matches its last
+//!   creation or deletion up to the zxid;
+//! - lock listings (`GetLocks`, `GetLocksPage`) of `/locks` or one lock name the locks
+//!   existing at the zxid, each with its queue nodes existing then, in creation order,
+//!   each with its creation zxid as its token, and granted exactly if an entry up to the
+//!   zxid granted it (at once, or after it waited);
+//! - a `ServerStatus` is the answering node's, at the zxid of its response, with as many
+//!   sessions and leases, znodes, locks and queue nodes as existed then, as many of them
+//!   held as were granted by then.
+//!
 //! Register values are checked by the linearizability check instead.
 
 use super::check::{Violation, ViolationKind};
-use super::containers::{is_container, BOX};
 use super::watch::ChangeLog;
 use corral_protocol::{ErrorCode, ErrorInfo, LockState, Op, OpResult, Role, ServerStatus};
-
-/// The parents whose children are all recorded.
-fn listed(path: &str) -> bool {
-    path == "/eph" || path == "/reg" || is_container(path)
-}
-
-/// Whether the creations and deletions of `path` are all recorded: the ephemeral nodes,
-/// and the clients' containers and their leaves.
-fn existence_recorded(path: &str) -> bool {
-    path.starts_with("/eph/") || path == BOX || path.starts_with("/box/")
-}
 
 /// The node a read of one node asks about, and whether its answer says it exists (`None`
 /// for any other read or answer).
@@ -136,12 +127,27 @@ fn status_mismatch(
     changes: &ChangeLog,
 ) -> Option<String> {
     let locks = locks_at(LOCKS, zxid, changes);
-    let queued: Vec<usize> = locks
+    // Per lock with queue nodes: how many, and how many of them were granted by then.
+    let queued: Vec<(usize, usize)> = locks
         .iter()
-        .map(|lock| changes.children_at(lock, zxid).len())
-        .filter(|n| *n > 0)
+        .map(|lock| {
+            let nodes = changes.children_at(lock, zxid);
+            let held = nodes
+                .iter()
+                .filter(|name| {
+                    let node = corral_protocol::path::join(lock, name);
+                    let token = changes.created_at(&node, zxid);
+                    token
+                        .and_then(|t| changes.grant_zxid(&node, t))
+                        .is_some_and(|g| g <= zxid)
+                })
+                .count();
+            (nodes.len(), held)
+        })
+        .filter(|(n, _)| *n > 0)
         .collect();
-    let nodes: usize = queued.iter().sum();
+    let nodes: usize = queued.iter().map(|(n, _)| n).sum();
+    let held: usize = queued.iter().map(|(_, h)| h).sum();
     let leads = status.leader == Some(status.node_id);
     if status.node_id != node {
         Some(format!("node {}'s status from node {node}", status.node_id))
@@ -161,11 +167,25 @@ fn status_mismatch(
             "role {:?} with leader {:?}",
             status.role, status.leader
         ))
+    } else if status.sessions != changes.sessions_at(zxid) as u64 {
+        Some(format!(
+            "{} sessions, but {} sessions and leases were live",
+            status.sessions,
+            changes.sessions_at(zxid)
+        ))
+    } else if status.znodes != changes.znodes_at(zxid) as u64 {
+        Some(format!(
+            "{} znodes, but {} existed",
+            status.znodes,
+            changes.znodes_at(zxid)
+        ))
     } else if status.locks != queued.len() as u64
+        || status.locks_held != held as u64
         || status.locks_held + status.locks_waiting != nodes as u64
     {
         Some(format!(
-            "{} locks, {} held and {} waiting, but {} locks with {nodes} queue nodes existed",
+            "{} locks, {} held and {} waiting, but {} locks with {nodes} queue nodes, \
+             {held} of them granted, existed",
             status.locks,
             status.locks_held,
             status.locks_waiting,
@@ -198,7 +218,7 @@ pub fn check(
         })
     };
     match (op, result) {
-        (Op::GetChildren { path, .. }, Ok(OpResult::Children { children, .. })) if listed(path) => {
+        (Op::GetChildren { path, .. }, Ok(OpResult::Children { children, .. })) => {
             let expected = changes.children_at(path, zxid);
             if *children != expected {
                 return mismatch(format!(
@@ -214,7 +234,7 @@ pub fn check(
                 ..
             },
             Ok(OpResult::ChildrenPage { children, more, .. }),
-        ) if listed(path) => {
+        ) => {
             let expected: Vec<String> = changes
                 .children_at(path, zxid)
                 .into_iter()
@@ -269,18 +289,15 @@ pub fn check(
         }
         _ => {}
     }
-    match found(op, result) {
-        Some((path, found)) if existence_recorded(&path) => {
-            let exists = changes.exists_at(&path, zxid) == Some(true);
-            if found != exists {
-                return mismatch(format!(
-                    "that {path} {}, but it {}",
-                    if found { "exists" } else { "does not exist" },
-                    if exists { "existed" } else { "did not exist" }
-                ));
-            }
+    if let Some((path, found)) = found(op, result) {
+        let exists = path == "/" || changes.exists_at(&path, zxid) == Some(true);
+        if found != exists {
+            return mismatch(format!(
+                "that {path} {}, but it {}",
+                if found { "exists" } else { "does not exist" },
+                if exists { "existed" } else { "did not exist" }
+            ));
         }
-        _ => {}
     }
     Ok(())
 }
@@ -522,7 +539,7 @@ mod tests {
     }
 
     /// A server status is the answering node's, at its response's zxid, with the locks
-    /// and queue nodes existing then.
+    /// and queue nodes existing then, as many held as were granted by then.
     #[test]
     fn a_server_status_is_the_state_at_its_zxid() {
         let log = locks_log();
@@ -539,7 +556,7 @@ mod tests {
                 sessions: 0,
                 connections: 0,
                 watches: 0,
-                znodes: 0,
+                znodes: log.znodes_at(applied_zxid) as u64,
                 locks,
                 locks_held,
                 locks_waiting,
@@ -581,6 +598,21 @@ mod tests {
         assert!(
             !ok(status(1, Role::Leader, Some(1), 2, 2, 1, 1), 2),
             "a lock too many"
+        );
+        assert!(
+            !ok(status(1, Role::Leader, Some(1), 2, 1, 2, 0), 2),
+            "the waiter counted as held"
+        );
+        let mut one_more = status(1, Role::Leader, Some(1), 2, 1, 1, 1);
+        one_more.znodes += 1;
+        assert!(!ok(one_more, 2), "a znode too many");
+        let mut a_session = status(1, Role::Leader, Some(1), 2, 1, 1, 1);
+        a_session.sessions = 1;
+        assert!(!ok(a_session, 2), "a session that never began");
+        assert!(ok(status(1, Role::Leader, Some(1), 4, 2, 2, 0), 4));
+        assert!(
+            !ok(status(1, Role::Leader, Some(1), 4, 2, 1, 1), 4),
+            "the new holder counted as waiting"
         );
     }
 

@@ -76,28 +76,27 @@ fn fires(change: EventKind, watch: WatchKind) -> bool {
     }
 }
 
-/// Whether the world records the changes to `path` ([`ChangeLog`]): the watchable
-/// paths, the locks and their queue nodes (for the lock listings `sim/reads.rs`
-/// checks), and the clients' containers and their leaves (`sim/containers.rs`).
-fn recorded(path: &str) -> bool {
-    watchable(path) || under("/locks", path) || under(super::containers::BOX, path)
-}
-
-/// The changes of the decided log at the recorded paths ([`recorded`]), from the first
-/// report of each zxid (every node makes the same changes at a zxid: the state hashes
-/// say so).
+/// The decided log's changes to the tree, its lock grants and its sessions, from the
+/// first report of each zxid (every node makes the same changes at a zxid: the state
+/// hashes say so): what watch events, reads (`sim/reads.rs`) and reaping
+/// (`sim/containers.rs`) are checked against.
 #[derive(Debug, Default)]
 pub struct ChangeLog {
-    /// Every zxid reported, watchable changes or not.
+    /// Every zxid reported.
     known: BTreeSet<u64>,
     /// Every zxid up to this one is known.
     contiguous: u64,
+    /// The changes to each node, by zxid.
     by_path: BTreeMap<String, BTreeMap<u64, Vec<EventKind>>>,
     /// The snapshot installs of each node's current incarnation, by node id: the zxids
     /// before and after.
     installs: BTreeMap<u64, Vec<(u64, u64)>>,
     /// The zxid that granted each queue node, by (node, token).
     grants: BTreeMap<(String, u64), u64>,
+    /// The ids of the sessions and leases begun (each the zxid that began it).
+    sessions_begun: BTreeSet<u64>,
+    /// How many sessions and leases ended, by the zxid that ended them.
+    sessions_ended: BTreeMap<u64, usize>,
 }
 
 impl ChangeLog {
@@ -109,7 +108,7 @@ impl ChangeLog {
         while self.known.contains(&(self.contiguous + 1)) {
             self.contiguous += 1;
         }
-        for c in changes.iter().filter(|c| recorded(&c.path)) {
+        for c in changes {
             self.by_path
                 .entry(c.path.clone())
                 .or_default()
@@ -129,6 +128,25 @@ impl ChangeLog {
     pub fn granted(&mut self, node: &str, token: u64, zxid: u64) {
         let at = self.grants.entry((node.to_string(), token)).or_insert(zxid);
         *at = (*at).min(zxid);
+    }
+
+    /// The session or lease `id` began (at zxid `id`).
+    pub fn session_began(&mut self, id: u64) {
+        self.sessions_begun.insert(id);
+    }
+
+    /// The entry at `zxid` ended `count` sessions and leases.
+    pub fn sessions_ended(&mut self, zxid: u64, count: usize) {
+        if count > 0 {
+            self.sessions_ended.insert(zxid, count);
+        }
+    }
+
+    /// How many sessions and leases were live at `zxid`.
+    pub fn sessions_at(&self, zxid: u64) -> usize {
+        let begun = self.sessions_begun.range(..=zxid).count();
+        let ended: usize = self.sessions_ended.range(..=zxid).map(|(_, n)| n).sum();
+        begun.saturating_sub(ended)
     }
 
     /// The zxid of the entry that granted queue node `node` with `token`.
@@ -220,8 +238,16 @@ impl ChangeLog {
         zxid <= self.contiguous
     }
 
-    /// The names of the children of `parent` at `zxid`, sorted (for a `parent` whose
-    /// children are all recorded paths).
+    /// How many nodes the tree held at `zxid`, the root included.
+    pub fn znodes_at(&self, zxid: u64) -> usize {
+        1 + self
+            .by_path
+            .keys()
+            .filter(|p| self.exists_at(p, zxid) == Some(true))
+            .count()
+    }
+
+    /// The names of the children of `parent` at `zxid`, sorted.
     pub fn children_at(&self, parent: &str, zxid: u64) -> Vec<String> {
         self.paths_under(parent)
             .filter(|p| corral_protocol::path::parent(p) == Some(parent))

@@ -8,7 +8,7 @@ use super::rng::SimRng;
 use super::watch::ChangeLog;
 use super::{fmt_time, Stats};
 use crate::disk::{Disk, SimDisk, SimDiskFaults};
-use crate::machine::{Applied, Change, Entry, MachineLimits, StateMachine};
+use crate::machine::{Applied, Entry, EntryBody, MachineLimits, StateMachine};
 use crate::node::{ConnId, Input, Log, Node, NodeConfig, Now, Output, Probe};
 use crate::replication::log::{PaxosSettings, PeerMsg};
 use crate::replication::storage::{PaxosStorageConfig, SyncHandle};
@@ -19,6 +19,16 @@ use omnipaxos::ballot_leader_election::Ballot;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::path::Path;
+
+/// The queue nodes an applied entry granted after they waited.
+fn granted_after_waiting(applied: &Applied) -> Vec<LockEvent> {
+    applied
+        .lock_events
+        .iter()
+        .filter(|c| c.granted)
+        .map(|c| c.event.clone())
+        .collect()
+}
 
 /// Whether a start failed on an IO error (worth a restart) rather than on damage.
 fn io_failure(e: &crate::replication::ClusterError) -> bool {
@@ -1388,14 +1398,8 @@ impl World {
 
     /// Node `id` replayed `entry` from its disk or a snapshot's tail, which did `applied`.
     fn replayed(&mut self, id: u64, entry: &Entry, applied: &Applied) {
-        let granted: Vec<LockEvent> = applied
-            .lock_events
-            .iter()
-            .filter(|c| c.granted)
-            .map(|c| c.event.clone())
-            .collect();
+        self.record_changes(entry, applied);
         let zxid = applied.zxid;
-        self.record_changes(zxid, entry, &applied.result, &applied.changes, &granted);
         if let Err(v) = self
             .checks
             .on_replayed(id, zxid, entry, &applied.result, self.now)
@@ -1404,31 +1408,35 @@ impl World {
         }
     }
 
-    /// A node applied or replayed `entry` at `zxid`, which made `changes`: the first
-    /// report of each zxid goes into the change log, and its containers are checked
-    /// (`sim/containers.rs`), with the queue nodes it granted (`granted` after they
-    /// waited, and those its result says were granted at once).
-    fn record_changes(
-        &mut self,
-        zxid: u64,
-        entry: &Entry,
-        result: &Option<Result<OpResult, ErrorInfo>>,
-        changes: &[Change],
-        granted: &[LockEvent],
-    ) {
+    /// A node applied or replayed `entry`, which did `applied`: the first report of each
+    /// zxid goes into the change log (its tree changes, the queue nodes it granted, at
+    /// once or after they waited, and the sessions it began and ended), and its
+    /// containers are checked (`sim/containers.rs`).
+    fn record_changes(&mut self, entry: &Entry, applied: &Applied) {
+        let zxid = applied.zxid;
         if self.changes.knows(zxid) {
             return;
         }
-        self.changes.record(zxid, changes);
-        for g in granted {
+        self.changes.record(zxid, &applied.changes);
+        for g in granted_after_waiting(applied) {
             self.changes.granted(&g.node, g.token, zxid);
         }
-        if let (Some(op), Some(result)) = (super::check::entry_op(entry), result) {
-            for (_, node, token) in super::check::granted_at_once(op, result) {
-                self.changes.granted(node, token, zxid);
+        match (&*entry.body, super::check::entry_op(entry), &applied.result) {
+            (EntryBody::OpenSession { .. }, _, _) => self.changes.session_began(zxid),
+            (_, Some(op), Some(result)) => {
+                for (_, node, token) in super::check::granted_at_once(op, result) {
+                    self.changes.granted(node, token, zxid);
+                }
+                if let (Op::GrantLease { .. }, Ok(OpResult::Lease { lease_id, .. })) = (op, result)
+                {
+                    self.changes.session_began(*lease_id);
+                }
             }
+            _ => {}
         }
-        match super::containers::check(zxid, entry, changes, &self.changes) {
+        self.changes
+            .sessions_ended(zxid, applied.ended_sessions.len());
+        match super::containers::check(zxid, entry, &applied.changes, &self.changes) {
             Ok(reaped) => self.stats.reaped += reaped,
             Err(detail) => self.violate(Violation {
                 kind: ViolationKind::Containers,
@@ -1442,21 +1450,17 @@ impl World {
         let id = self.nodes[n].id;
         for p in probes {
             let r = match p {
-                Probe::Applied {
-                    zxid,
-                    entry,
-                    result,
-                    granted,
-                    changes,
-                } => {
-                    self.record_changes(zxid, &entry, &result, &changes, &granted);
-                    if let Err(v) = self.check_revoked(n, zxid, &entry, &result) {
+                Probe::Applied { entry, applied } => {
+                    let (zxid, result) = (applied.zxid, &applied.result);
+                    self.record_changes(&entry, &applied);
+                    if let Err(v) = self.check_revoked(n, zxid, &entry, result) {
                         self.violate(v);
                     }
                     let before = self.checks.entries;
+                    let granted = granted_after_waiting(&applied);
                     let r = self
                         .checks
-                        .on_applied(id, zxid, &entry, &result, &granted, self.now);
+                        .on_applied(id, zxid, &entry, result, &granted, self.now);
                     if self.trace_all && self.checks.entries > before {
                         let mut d = format!(
                             "decided {zxid} (n{id}): {} -> {result:?}",
