@@ -1263,7 +1263,20 @@ impl SimClient {
             }
             9 => {
                 let watch = self.cfg.watch_per_mille > 0;
-                let (op, read) = super::containers::task(&mut self.box_rng, self.id, watch);
+                let (mut op, read) = super::containers::task(&mut self.box_rng, self.id, watch);
+                // Now and then a read adds a persistent watch on the containers instead,
+                // which must be told of every change there, reaping included.
+                if read && watch && self.box_rng.chance(125) {
+                    let (path, recursive) = super::containers::watched(&mut self.box_rng);
+                    if !self.watches.has_persistent(&path, recursive) {
+                        let mode = if recursive {
+                            AddWatchMode::PersistentRecursive
+                        } else {
+                            AddWatchMode::Persistent
+                        };
+                        op = Op::AddWatch { path, mode };
+                    }
+                }
                 let purpose = if read {
                     Purpose::PlainRead
                 } else {

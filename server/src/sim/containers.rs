@@ -8,8 +8,10 @@
 //! too), and `/box/bN/d` under them; and their own ephemeral leaves `c<client>-<k>` in
 //! any of the `bN` and `d` containers. A container's name never starts with `c`, a
 //! leaf's always does. Clients also delete leaves and containers, swap one leaf for
-//! another in a multi (the container must stay), and list the containers' children and
-//! ask whether they exist (checked by `sim/reads.rs` against [`ChangeLog`]).
+//! another in a multi (the container must stay), list the containers' children and ask
+//! whether they exist (checked by `sim/reads.rs` against [`ChangeLog`]), with one-shot
+//! watches, and add persistent watches, plain or recursive, on `/box` and the `bN`
+//! (checked by `sim/watch.rs`: reaping fires them like any deletion).
 //!
 //! [`check`] looks at each entry's changes, from its first report:
 //!
@@ -120,6 +122,17 @@ pub fn task(rng: &mut SimRng, client: usize, watch: bool) -> (Op, bool) {
         }
     };
     (write, false)
+}
+
+/// A container for a persistent watch, drawn from `rng`: `/box` or one of `/box/b0`,
+/// `/box/b1`, and whether the watch is recursive.
+pub fn watched(rng: &mut SimRng) -> (String, bool) {
+    let path = if rng.chance(500) {
+        BOX.to_string()
+    } else {
+        format!("{BOX}/b{}", rng.range(0, 2))
+    };
+    (path, rng.chance(500))
 }
 
 /// Whether `entry` deletes `path` by name.
