@@ -191,16 +191,10 @@ pub fn check(zxid: u64, entry: &Entry, changes: &[Change], log: &ChangeLog) -> R
 
 #[cfg(test)]
 mod tests {
+    use super::super::watch::change;
     use super::*;
     use crate::machine::EntryBody;
     use corral_protocol::EventKind::{NodeChildrenChanged, NodeCreated, NodeDeleted};
-
-    fn change(kind: EventKind, path: &str) -> Change {
-        Change {
-            kind,
-            path: path.to_string(),
-        }
-    }
 
     fn write(op: Op) -> Entry {
         Entry::new(

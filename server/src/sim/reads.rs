@@ -304,16 +304,12 @@ pub fn check(
 
 #[cfg(test)]
 mod tests {
+    use super::super::watch::change;
     use super::*;
-    use crate::machine::Change;
     use corral_protocol::{EventKind, Stat};
 
     fn log() -> ChangeLog {
         let mut log = ChangeLog::default();
-        let change = |kind, path: &str| Change {
-            kind,
-            path: path.to_string(),
-        };
         log.record(1, &[change(EventKind::NodeCreated, "/eph")]);
         log.record(2, &[change(EventKind::NodeCreated, "/eph/c0-0")]);
         log.record(3, &[change(EventKind::NodeCreated, "/eph/c1-0")]);
@@ -405,10 +401,6 @@ mod tests {
     /// directory.
     fn locks_log() -> ChangeLog {
         let mut log = ChangeLog::default();
-        let change = |kind, path: &str| Change {
-            kind,
-            path: path.to_string(),
-        };
         log.record(
             1,
             &[

@@ -680,16 +680,18 @@ impl ClientWatches {
     }
 }
 
+/// A change of kind `kind` to `path`, for the tests of the checks.
+#[cfg(test)]
+pub(super) fn change(kind: EventKind, path: &str) -> Change {
+    Change {
+        kind,
+        path: path.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn change(kind: EventKind, path: &str) -> Change {
-        Change {
-            kind,
-            path: path.to_string(),
-        }
-    }
 
     fn log() -> ChangeLog {
         let mut log = ChangeLog::default();
