@@ -1261,29 +1261,6 @@ impl SimClient {
                 });
                 self.send(now, op, Purpose::Lock { lock, kind, lease }, true, out);
             }
-            9 => {
-                let watch = self.cfg.watch_per_mille > 0;
-                let (mut op, read) = super::containers::task(&mut self.box_rng, self.id, watch);
-                // Now and then a read adds a persistent watch on the containers instead,
-                // which must be told of every change there, reaping included.
-                if read && watch && self.box_rng.chance(125) {
-                    let (path, recursive) = super::containers::watched(&mut self.box_rng);
-                    if !self.watches.has_persistent(&path, recursive) {
-                        let mode = if recursive {
-                            AddWatchMode::PersistentRecursive
-                        } else {
-                            AddWatchMode::Persistent
-                        };
-                        op = Op::AddWatch { path, mode };
-                    }
-                }
-                let purpose = if read {
-                    Purpose::PlainRead
-                } else {
-                    Purpose::Other
-                };
-                self.send(now, op, purpose, true, out);
-            }
             5 => {
                 let n = self.rng.range(0, 3);
                 let path = format!("/eph/c{}-{n}", self.id);
@@ -1314,6 +1291,29 @@ impl SimClient {
                 }
                 self.lose_session(now, hist, out, "abandoned");
                 self.next_connect_us = now + self.rng.range(0, 50_000);
+            }
+            9 => {
+                let watch = self.cfg.watch_per_mille > 0;
+                let (mut op, read) = super::containers::task(&mut self.box_rng, self.id, watch);
+                // Now and then a read adds a persistent watch on the containers instead,
+                // which must be told of every change there, reaping included.
+                if read && watch && self.box_rng.chance(125) {
+                    let (path, recursive) = super::containers::watched(&mut self.box_rng);
+                    if !self.watches.has_persistent(&path, recursive) {
+                        let mode = if recursive {
+                            AddWatchMode::PersistentRecursive
+                        } else {
+                            AddWatchMode::Persistent
+                        };
+                        op = Op::AddWatch { path, mode };
+                    }
+                }
+                let purpose = if read {
+                    Purpose::PlainRead
+                } else {
+                    Purpose::Other
+                };
+                self.send(now, op, purpose, true, out);
             }
             _ => {
                 let ttl_ms = self.cfg.ttl_ms;
