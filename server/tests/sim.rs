@@ -551,6 +551,7 @@ fn as_found(mut c: SimConfig) -> SimConfig {
     c.cas_per_mille = 0;
     c.list_locks_per_mille = 0;
     c.container_weight = 0;
+    c.dedup_window = corral_server::machine::MachineLimits::default().dedup_window;
     c.upgrade_at_ms = None;
     c
 }
@@ -983,6 +984,7 @@ fn regression_retried_lock_learns_its_node_is_gone() {
     c.cas_per_mille = 0;
     c.list_locks_per_mille = 0;
     c.container_weight = 0;
+    c.dedup_window = corral_server::machine::MachineLimits::default().dedup_window;
     let r = sim::run(&c);
     assert!(
         !r.failed(),
@@ -1052,6 +1054,7 @@ fn pinned_in_passes(
     c.cas_per_mille = 0;
     c.list_locks_per_mille = 0;
     c.container_weight = 0;
+    c.dedup_window = corral_server::machine::MachineLimits::default().dedup_window;
     let r = sim::run(&c);
     assert!(!r.failed(), "{}", r.describe(test));
 }

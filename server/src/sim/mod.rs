@@ -59,7 +59,9 @@
 //!   their own clock rate, and can be paused for longer than their lease. In most seeds
 //!   they acknowledge answered xids before writes (`ack_every`; given-up writes count
 //!   as answered), so `AckedWrite` entries trim the deduplication tables while copies
-//!   of forgotten writes may still be on their way.
+//!   of forgotten writes may still be on their way. In a quarter of the seeds the
+//!   tables keep 4 to 16 results instead of 1,024 (`dedup_window`), so the window
+//!   evicts results too.
 //! - **Faults**: a plan drawn from the seed ([`SimConfig::plan`]): partitions, crashes of
 //!   one node or of all, pauses of nodes and clients, broken client connections, and
 //!   (off by default) wiped disks. After `fault_ms` everything heals.
@@ -289,7 +291,8 @@ impl Report {
              ms, snapshot every {} entries or {} bytes, passes of {} inputs within {} µs, clocks ±{} ppm, net {:?}, \
              disk {:?}, switches {:?}, give-ups {}‰, upgrade at {:?} ms from peer protocol \
              {}, acknowledgements every {} xids, multi-locks {}‰, lock kinds {:?}, watches {}‰, \
-             lease revocations {}‰, compare-and-sets {}‰, lock listings {}‰, container tasks' weight {}",
+             lease revocations {}‰, compare-and-sets {}‰, lock listings {}‰, container tasks' weight {}, \
+             dedup window {}",
             c.nodes,
             c.clients,
             c.tick_ms,
@@ -314,7 +317,8 @@ impl Report {
             c.revoke_per_mille,
             c.cas_per_mille,
             c.list_locks_per_mille,
-            c.container_weight
+            c.container_weight,
+            c.dedup_window
         );
         let _ = writeln!(s, "faults:");
         for (i, f) in c.plan().iter().enumerate() {

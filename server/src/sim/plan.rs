@@ -2,6 +2,7 @@
 
 use super::rng::SimRng;
 use crate::faults::FaultSwitches;
+use crate::machine::MachineLimits;
 use corral_protocol::LockKind;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -291,6 +292,10 @@ pub struct SimConfig {
     /// 80 to 93 together): `sim/containers.rs`'s creates, leaves, deletes, multis and
     /// reads, whose reaping is checked on every entry (0: none).
     pub container_weight: u64,
+    /// How many write results each session's deduplication table keeps
+    /// (`MachineLimits::dedup_window`, 1,024 in production): small in a quarter of the
+    /// seeds, so that results are evicted by the window and not only by acknowledgements.
+    pub dedup_window: usize,
 }
 
 /// A chance per mille drawn from rng stream `stream` of `seed`: 0 in a quarter of the
@@ -384,6 +389,12 @@ impl SimConfig {
         let cas_per_mille = three_seeds_in_four(seed, 13, 200, 700);
         let list_locks_per_mille = three_seeds_in_four(seed, 14, 200, 800);
         let container_weight = three_seeds_in_four(seed, 15, 4, 16);
+        let mut window_rng = SimRng::stream(seed, 16);
+        let dedup_window = if window_rng.chance(250) {
+            window_rng.range_incl(4, 16) as usize
+        } else {
+            MachineLimits::default().dedup_window
+        };
         let mut c = SimConfig {
             seed,
             nodes,
@@ -429,6 +440,7 @@ impl SimConfig {
             cas_per_mille,
             list_locks_per_mille,
             container_weight,
+            dedup_window,
         };
         // Shared locks in three seeds in four, from a stream of their own too.
         let mut family_rng = SimRng::stream(seed, 10);

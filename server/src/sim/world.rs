@@ -496,8 +496,16 @@ impl World {
     // Node lifecycle
     // -----------------------------------------------------------------------------------
 
+    /// The state machine's limits: the defaults, with the run's deduplication window.
+    fn limits(&self) -> MachineLimits {
+        MachineLimits {
+            dedup_window: self.cfg.dedup_window,
+            ..MachineLimits::default()
+        }
+    }
+
     fn settings(&self, id: u64) -> ClusterSettings {
-        let limits = MachineLimits::default();
+        let limits = self.limits();
         let election_ticks = (self.cfg.election_ms / self.cfg.tick_ms).max(2);
         ClusterSettings {
             node_id: id,
@@ -519,7 +527,7 @@ impl World {
     fn node_config(&self, id: u64) -> NodeConfig {
         NodeConfig {
             node_id: id,
-            machine: MachineLimits::default(),
+            machine: self.limits(),
             max_sessions: 100_000,
             max_pending_requests_per_connection: 10_000,
             max_watches_per_session: 10_000,
@@ -556,7 +564,7 @@ impl World {
                     // The simulated disk only appends.
                     preallocate_bytes: 0,
                 },
-                MachineLimits::default(),
+                self.limits(),
             )
         };
         let disk = Disk::Sim(self.nodes[n].disk.clone());
@@ -669,7 +677,7 @@ impl World {
     /// and runs with the local log.
     fn start_single(&mut self, n: usize, disk: &Disk, wal_options: WalOptions) {
         let id = self.nodes[n].id;
-        let limits = MachineLimits::default();
+        let limits = self.limits();
         let recovered =
             match crate::storage::recover_on(disk, Path::new("/data"), limits, wal_options) {
                 Ok(r) => r,
