@@ -210,16 +210,6 @@ pub fn granted_at_once<'a>(
     nodes.into_iter()
 }
 
-/// The client operation of a write entry, if it is one.
-pub fn entry_op(entry: &Entry) -> Option<&Op> {
-    match &*entry.body {
-        EntryBody::Write { op, .. }
-        | EntryBody::OrderedWrite { op, .. }
-        | EntryBody::AckedWrite { op, .. } => Some(op),
-        _ => None,
-    }
-}
-
 /// A short description of an entry, for reports.
 pub fn describe_entry(entry: &Entry) -> String {
     match &*entry.body {

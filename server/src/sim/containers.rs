@@ -34,7 +34,9 @@ pub const BOX: &str = "/box";
 /// Whether `path` is one of the simulated containers (`/box` or under it, with a name
 /// that does not start with `c`).
 pub fn is_container(path: &str) -> bool {
-    let inside = path == BOX || path.starts_with("/box/");
+    let inside = path
+        .strip_prefix(BOX)
+        .is_some_and(|r| r.is_empty() || r.starts_with('/'));
     inside && !name(path).starts_with('c')
 }
 
@@ -137,7 +139,7 @@ pub fn watched(rng: &mut SimRng) -> (String, bool) {
 
 /// Whether `entry` deletes `path` by name.
 fn deletes(entry: &Entry, path: &str) -> bool {
-    let Some(op) = super::check::entry_op(entry) else {
+    let Some((_, _, op)) = entry.body.client_write() else {
         return false;
     };
     match op {

@@ -100,10 +100,11 @@ pub struct ChangeLog {
 }
 
 impl ChangeLog {
-    /// A node applied (or replayed) the entry at `zxid`, which made `changes`.
-    pub fn record(&mut self, zxid: u64, changes: &[Change]) {
+    /// A node applied (or replayed) the entry at `zxid`, which made `changes`. Returns
+    /// whether this was the zxid's first report (later ones change nothing).
+    pub fn record(&mut self, zxid: u64, changes: &[Change]) -> bool {
         if !self.known.insert(zxid) {
-            return;
+            return false;
         }
         while self.known.contains(&(self.contiguous + 1)) {
             self.contiguous += 1;
@@ -116,11 +117,7 @@ impl ChangeLog {
                 .or_default()
                 .push(c.kind);
         }
-    }
-
-    /// Whether the entry at `zxid` was reported.
-    pub fn knows(&self, zxid: u64) -> bool {
-        self.known.contains(&zxid)
+        true
     }
 
     /// The entry at `zxid` granted queue node `node`, created with `token` (at once, or

@@ -1422,16 +1422,15 @@ impl World {
     /// containers are checked (`sim/containers.rs`).
     fn record_changes(&mut self, entry: &Entry, applied: &Applied) {
         let zxid = applied.zxid;
-        if self.changes.knows(zxid) {
+        if !self.changes.record(zxid, &applied.changes) {
             return;
         }
-        self.changes.record(zxid, &applied.changes);
         for g in granted_after_waiting(applied) {
             self.changes.granted(&g.node, g.token, zxid);
         }
-        match (&*entry.body, super::check::entry_op(entry), &applied.result) {
+        match (&*entry.body, entry.body.client_write(), &applied.result) {
             (EntryBody::OpenSession { .. }, _, _) => self.changes.session_began(zxid),
-            (_, Some(op), Some(result)) => {
+            (_, Some((_, _, op)), Some(result)) => {
                 for (_, node, token) in super::check::granted_at_once(op, result) {
                     self.changes.granted(node, token, zxid);
                 }
