@@ -89,6 +89,10 @@ pub struct FaultSwitches {
     /// through the container parents that reaping empties (breaks "an emptied container
     /// is deleted, cascading upward").
     pub reaping_stops_at_one_level: bool,
+    /// Tree: a failed multi's rollback gives a parent back its children but keeps the
+    /// child-change count and zxid (`cversion`, `pzxid`) its undone operations advanced
+    /// (breaks "a failed multi changes nothing").
+    pub rollback_keeps_child_counts: bool,
 }
 
 impl FaultSwitches {
@@ -124,6 +128,7 @@ thread_local! {
             revoke_leaves_lease_open: false,
             multi_keeps_earlier_ops: false,
             reaping_stops_at_one_level: false,
+            rollback_keeps_child_counts: false,
         }) };
 }
 
@@ -178,6 +183,7 @@ pub fn from_env() -> FaultSwitches {
                 "revoke_leaves_lease_open" => &mut f.revoke_leaves_lease_open,
                 "multi_keeps_earlier_ops" => &mut f.multi_keeps_earlier_ops,
                 "reaping_stops_at_one_level" => &mut f.reaping_stops_at_one_level,
+                "rollback_keeps_child_counts" => &mut f.rollback_keeps_child_counts,
                 other => {
                     tracing::error!(switch = other, "unknown fault switch in {FAULTS_ENV}");
                     continue;
@@ -219,6 +225,7 @@ pub fn active() -> FaultSwitches {
         revoke_leaves_lease_open: false,
         multi_keeps_earlier_ops: false,
         reaping_stops_at_one_level: false,
+        rollback_keeps_child_counts: false,
     }
 }
 

@@ -483,7 +483,15 @@ impl Tree {
         } else {
             parent.children.remove(name(path));
         }
-        parent.stat = before.stat;
+        parent.stat = if crate::faults::active().rollback_keeps_child_counts {
+            Stat {
+                cversion: parent.stat.cversion,
+                pzxid: parent.stat.pzxid,
+                ..before.stat
+            }
+        } else {
+            before.stat
+        };
         parent.next_seq = before.next_seq;
     }
 

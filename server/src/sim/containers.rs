@@ -8,10 +8,12 @@
 //! too), and `/box/bN/d` under them; and their own ephemeral leaves `c<client>-<k>` in
 //! any of the `bN` and `d` containers. A container's name never starts with `c`, a
 //! leaf's always does. Clients also delete leaves and containers, swap one leaf for
-//! another in a multi (the container must stay), list the containers' children and ask
-//! whether they exist (checked by `sim/reads.rs` against [`ChangeLog`]), with one-shot
-//! watches, and add persistent watches, plain or recursive, on `/box` and the `bN`
-//! (checked by `sim/watch.rs`: reaping fires them like any deletion).
+//! another in a multi (the container must stay), set a container's data (alone, or in
+//! a multi that may empty it and check its version), list the containers' children,
+//! read their data and stats and ask whether they exist (checked by `sim/reads.rs`
+//! against [`ChangeLog`]), with one-shot watches, and add persistent watches, plain
+//! or recursive, on `/box` and the `bN` (checked by `sim/watch.rs`: reaping fires them
+//! like any deletion).
 //!
 //! [`check`] looks at each entry's changes, from its first report:
 //!
@@ -55,9 +57,13 @@ fn create(path: &str, mode: CreateMode) -> CreateRequest {
 /// (`NoNode` if the container is missing); create both in one multi; delete a leaf;
 /// swap one leaf for the other in a multi (the container keeps a child); delete the
 /// container (`NotEmpty` while it has children); a multi that deletes a leaf and then
-/// fails (the delete is undone, nothing is reaped); or a read (`watch`: the read may
-/// set a watch): the children of `/box` or of the container, a page of them, or
-/// whether the container or a leaf exists. Also returns whether the task is a read.
+/// fails (the delete is undone, nothing is reaped); set the container's data, at any
+/// version or an expected one; a multi that deletes a leaf, sets the container's data
+/// and checks its version (reaped after its data changed if the leaf was its last
+/// child and the check holds; else nothing happened); or a read (`watch`: the read may
+/// set a watch): the children of `/box` or of the container, a page of them, whether
+/// the container or a leaf exists, or its data. Also returns whether the task is a
+/// read.
 pub fn task(rng: &mut SimRng, client: usize, watch: bool) -> (Op, bool) {
     let b = format!("{BOX}/b{}", rng.range(0, 2));
     let dir = if rng.chance(333) { format!("{b}/d") } else { b };
@@ -67,7 +73,7 @@ pub fn task(rng: &mut SimRng, client: usize, watch: bool) -> (Op, bool) {
         path: leaf.clone(),
         version: None,
     };
-    let write = match rng.range(0, 14) {
+    let write = match rng.range(0, 17) {
         0 | 1 => Op::Create(create(&dir, CreateMode::Container)),
         2..=4 => Op::Create(create(&leaf, CreateMode::Ephemeral)),
         5 => Op::Multi(vec![
@@ -96,9 +102,26 @@ pub fn task(rng: &mut SimRng, client: usize, watch: bool) -> (Op, bool) {
                 version: u32::MAX,
             },
         ]),
+        11 => Op::SetData {
+            path: dir,
+            data: vec![k as u8],
+            version: rng.chance(500).then(|| rng.range(0, 3) as u32),
+        },
+        12 => Op::Multi(vec![
+            delete_leaf,
+            MultiOp::SetData {
+                path: dir.clone(),
+                data: vec![k as u8],
+                version: None,
+            },
+            MultiOp::Check {
+                path: dir,
+                version: rng.range(0, 3) as u32,
+            },
+        ]),
         _ => {
             let watch = watch && rng.chance(500);
-            let read = match rng.range(0, 4) {
+            let read = match rng.range(0, 6) {
                 0 => Op::GetChildren {
                     path: if rng.chance(300) {
                         BOX.to_string()
@@ -118,7 +141,9 @@ pub fn task(rng: &mut SimRng, client: usize, watch: bool) -> (Op, bool) {
                     max_bytes: 1 << 20,
                 },
                 2 => Op::Exists { path: dir, watch },
-                _ => Op::Exists { path: leaf, watch },
+                3 => Op::Exists { path: leaf, watch },
+                4 => Op::GetData { path: dir, watch },
+                _ => Op::GetData { path: leaf, watch },
             };
             return (read, true);
         }

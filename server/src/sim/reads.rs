@@ -6,6 +6,9 @@
 //! - a child list or page names the children existing at the zxid;
 //! - whether a node exists (a read of it answered, or `NoNode`) matches its last
 //!   creation or deletion up to the zxid;
+//! - the stat of a read node (`Exists`, `GetData`, `GetChildren`, `GetChildrenPage`)
+//!   has the creation zxid, the zxids and counts of its data and child changes since,
+//!   and the number of children that the recorded changes give;
 //! - lock listings (`GetLocks`, `GetLocksPage`) of `/locks` or one lock name the locks
 //!   existing at the zxid, each with its queue nodes existing then, in creation order,
 //!   each with its creation zxid as its token, and granted exactly if an entry up to the
@@ -17,8 +20,8 @@
 //! Register values are checked by the linearizability check instead.
 
 use super::check::{Violation, ViolationKind};
-use super::watch::ChangeLog;
-use corral_protocol::{ErrorCode, ErrorInfo, LockState, Op, OpResult, Role, ServerStatus};
+use super::watch::{ChangeLog, LoggedStat};
+use corral_protocol::{ErrorCode, ErrorInfo, LockState, Op, OpResult, Role, ServerStatus, Stat};
 
 /// The node a read of one node asks about, and whether its answer says it exists (`None`
 /// for any other read or answer).
@@ -39,6 +42,46 @@ fn found(op: &Op, result: &Result<OpResult, ErrorInfo>) -> Option<(String, bool)
         _ => return None,
     };
     Some((path.clone(), found))
+}
+
+/// The node whose stat a read answered with, and that stat.
+fn stat_of<'a>(op: &'a Op, result: &'a Result<OpResult, ErrorInfo>) -> Option<(&'a str, &'a Stat)> {
+    let path = match op {
+        Op::Exists { path, .. }
+        | Op::GetData { path, .. }
+        | Op::GetChildren { path, .. }
+        | Op::GetChildrenPage { path, .. } => path,
+        _ => return None,
+    };
+    match result {
+        Ok(
+            OpResult::Exists(Some(stat))
+            | OpResult::Data { stat, .. }
+            | OpResult::Children { stat, .. }
+            | OpResult::ChildrenPage { stat, .. },
+        ) => Some((path, stat)),
+        _ => None,
+    }
+}
+
+/// What is wrong with `stat`, read of `path` at `zxid`: its zxids, versions and number
+/// of children must be those of the recorded changes.
+fn stat_mismatch(path: &str, stat: &Stat, zxid: u64, changes: &ChangeLog) -> Option<String> {
+    let logged = changes.stat_at(path, zxid)?;
+    let children = changes.children_at(path, zxid).len();
+    let read = LoggedStat {
+        czxid: stat.czxid,
+        mzxid: stat.mzxid,
+        pzxid: stat.pzxid,
+        version: stat.version,
+        cversion: stat.cversion,
+    };
+    (read != logged || stat.num_children as usize != children).then(|| {
+        format!(
+            "{read:?} with {} children, but the log made it {logged:?} with {children}",
+            stat.num_children
+        )
+    })
 }
 
 /// The root of the simulated locks.
@@ -299,6 +342,11 @@ pub fn check(
             ));
         }
     }
+    if let Some((path, stat)) = stat_of(op, result) {
+        if let Some(wrong) = stat_mismatch(path, stat, zxid, changes) {
+            return mismatch(format!("the stat of {path}: {wrong}"));
+        }
+    }
     Ok(())
 }
 
@@ -308,14 +356,54 @@ mod tests {
     use super::*;
     use corral_protocol::{EventKind, Stat};
 
+    /// `/eph` created at 1; its child `c0-0` created at 2 and deleted at 4, `c1-0`
+    /// created at 3, `c2-1` at 5.
     fn log() -> ChangeLog {
         let mut log = ChangeLog::default();
+        let child = |kind, path| {
+            [
+                change(kind, path),
+                change(EventKind::NodeChildrenChanged, "/eph"),
+            ]
+        };
         log.record(1, &[change(EventKind::NodeCreated, "/eph")]);
-        log.record(2, &[change(EventKind::NodeCreated, "/eph/c0-0")]);
-        log.record(3, &[change(EventKind::NodeCreated, "/eph/c1-0")]);
-        log.record(4, &[change(EventKind::NodeDeleted, "/eph/c0-0")]);
-        log.record(5, &[change(EventKind::NodeCreated, "/eph/c2-1")]);
+        log.record(2, &child(EventKind::NodeCreated, "/eph/c0-0"));
+        log.record(3, &child(EventKind::NodeCreated, "/eph/c1-0"));
+        log.record(4, &child(EventKind::NodeDeleted, "/eph/c0-0"));
+        log.record(5, &child(EventKind::NodeCreated, "/eph/c2-1"));
         log
+    }
+
+    /// A stat with these zxids, counts and number of children.
+    fn stat(
+        czxid: u64,
+        mzxid: u64,
+        pzxid: u64,
+        version: u32,
+        cversion: u32,
+        children: u32,
+    ) -> Stat {
+        Stat {
+            czxid,
+            mzxid,
+            pzxid,
+            version,
+            cversion,
+            num_children: children,
+            ..Stat::default()
+        }
+    }
+
+    /// The stat of `/eph` at `zxid`, in [`log`].
+    fn eph_stat(zxid: u64) -> Stat {
+        let (pzxid, children) = match zxid {
+            1 => (1, 0),
+            2 => (2, 1),
+            3 => (3, 2),
+            4 => (4, 1),
+            _ => (5, 2),
+        };
+        stat(1, 1, pzxid, 0, pzxid as u32 - 1, children)
     }
 
     fn page(after: &str, max_names: u32) -> Op {
@@ -327,10 +415,11 @@ mod tests {
         }
     }
 
-    fn answer(children: &[&str], more: bool) -> Result<OpResult, ErrorInfo> {
+    /// A page of `/eph` as answered at `zxid`.
+    fn answer(children: &[&str], more: bool, zxid: u64) -> Result<OpResult, ErrorInfo> {
         Ok(OpResult::ChildrenPage {
             children: children.iter().map(|c| c.to_string()).collect(),
-            stat: Stat::default(),
+            stat: eph_stat(zxid),
             more,
         })
     }
@@ -341,37 +430,37 @@ mod tests {
     fn a_children_page_is_the_state_at_its_zxid() {
         let log = log();
         let ok = |op: &Op, r, zxid| check(0, 1, op, &r, zxid, &log, 0).is_ok();
-        assert!(ok(&page("", 1), answer(&["c0-0"], true), 3));
-        assert!(ok(&page("", 3), answer(&["c0-0", "c1-0"], false), 3));
-        assert!(ok(&page("c0-0", 3), answer(&["c1-0", "c2-1"], false), 5));
-        assert!(ok(&page("c1-0", 2), answer(&["c2-1"], false), 5));
-        assert!(ok(&page("c2-1", 2), answer(&[], false), 5));
+        assert!(ok(&page("", 1), answer(&["c0-0"], true, 3), 3));
+        assert!(ok(&page("", 3), answer(&["c0-0", "c1-0"], false, 3), 3));
+        assert!(ok(&page("c0-0", 3), answer(&["c1-0", "c2-1"], false, 5), 5));
+        assert!(ok(&page("c1-0", 2), answer(&["c2-1"], false, 5), 5));
+        assert!(ok(&page("c2-1", 2), answer(&[], false, 5), 5));
         assert!(
-            !ok(&page("", 3), answer(&["c0-0", "c1-0"], false), 4),
+            !ok(&page("", 3), answer(&["c0-0", "c1-0"], false, 4), 4),
             "deleted at 4"
         );
         assert!(
-            !ok(&page("", 1), answer(&["c1-0"], false), 5),
+            !ok(&page("", 1), answer(&["c1-0"], false, 5), 5),
             "more remain"
         );
         assert!(
-            !ok(&page("", 2), answer(&["c1-0", "c2-1"], true), 5),
+            !ok(&page("", 2), answer(&["c1-0", "c2-1"], true, 5), 5),
             "none remain"
         );
         assert!(
-            ok(&page("", 2), answer(&["c1-0"], true), 5),
+            ok(&page("", 2), answer(&["c1-0"], true, 5), 5),
             "a byte limit may cut"
         );
         assert!(
-            !ok(&page("c0-0", 2), answer(&[], false), 5),
+            !ok(&page("c0-0", 2), answer(&[], false, 5), 5),
             "empty while any remain"
         );
         assert!(
-            !ok(&page("", 1), answer(&["c1-0", "c2-1"], false), 5),
+            !ok(&page("", 1), answer(&["c1-0", "c2-1"], false, 5), 5),
             "over max_names"
         );
         assert!(
-            ok(&page("", 1), answer(&["c1-0"], true), 9),
+            ok(&page("", 1), answer(&["c1-0"], true, 9), 9),
             "zxid 9 is not known yet"
         );
     }
@@ -608,6 +697,66 @@ mod tests {
         );
     }
 
+    /// A read node's stat has the zxids and counts of its recorded changes since its
+    /// last creation, at the read's zxid.
+    #[test]
+    fn a_stat_is_the_state_at_its_zxid() {
+        let mut log = log();
+        let set = change(EventKind::NodeDataChanged, "/eph");
+        log.record(6, std::slice::from_ref(&set));
+        // A multi that deletes and creates `/eph/c1-0` again and sets its data twice.
+        log.record(
+            7,
+            &[
+                change(EventKind::NodeDataChanged, "/eph/c1-0"),
+                change(EventKind::NodeDeleted, "/eph/c1-0"),
+                change(EventKind::NodeChildrenChanged, "/eph"),
+                change(EventKind::NodeCreated, "/eph/c1-0"),
+                change(EventKind::NodeChildrenChanged, "/eph"),
+                change(EventKind::NodeDataChanged, "/eph/c1-0"),
+                change(EventKind::NodeDataChanged, "/eph/c1-0"),
+            ],
+        );
+        let ok = |path: &str, stat: Stat, zxid| {
+            let op = Op::GetData {
+                path: path.to_string(),
+                watch: false,
+            };
+            let data = Ok(OpResult::Data {
+                data: Vec::new(),
+                stat,
+            });
+            check(0, 1, &op, &data, zxid, &log, 0).is_ok()
+        };
+        assert!(ok("/eph", eph_stat(5), 5));
+        assert!(ok("/eph", stat(1, 6, 5, 1, 4, 2), 6));
+        assert!(ok("/eph", stat(1, 6, 7, 1, 6, 2), 7));
+        assert!(ok("/eph/c1-0", stat(3, 3, 3, 0, 0, 0), 6));
+        assert!(ok("/eph/c1-0", stat(7, 7, 7, 2, 0, 0), 7));
+        assert!(
+            !ok("/eph", stat(1, 6, 5, 0, 4, 2), 6),
+            "a data change missed"
+        );
+        assert!(!ok("/eph", stat(1, 5, 5, 1, 4, 2), 6), "mzxid not advanced");
+        assert!(
+            !ok("/eph", stat(1, 6, 5, 1, 3, 2), 6),
+            "a child change missed"
+        );
+        assert!(
+            !ok("/eph", stat(1, 6, 6, 1, 4, 2), 6),
+            "pzxid advanced by a data change"
+        );
+        assert!(!ok("/eph", stat(1, 6, 5, 1, 4, 3), 6), "a child too many");
+        assert!(
+            !ok("/eph/c1-0", stat(3, 7, 7, 3, 0, 0), 7),
+            "counted across the deletion"
+        );
+        assert!(
+            ok("/eph", stat(0, 0, 0, 0, 0, 0), 9),
+            "zxid 9 is not known yet"
+        );
+    }
+
     /// Whether an ephemeral node exists is read from the state at the zxid.
     #[test]
     fn an_ephemeral_node_exists_as_of_the_zxid() {
@@ -616,7 +765,7 @@ mod tests {
             path: "/eph/c0-0".to_string(),
             watch: false,
         };
-        let some = Ok(OpResult::Exists(Some(Stat::default())));
+        let some = Ok(OpResult::Exists(Some(stat(2, 2, 2, 0, 0, 0))));
         assert!(check(0, 1, &exists, &some, 3, &log, 0).is_ok());
         let err = check(0, 1, &exists, &some, 4, &log, 0).expect_err("deleted at 4");
         assert_eq!(err.kind, ViolationKind::ReadMismatch);

@@ -76,6 +76,21 @@ fn fires(change: EventKind, watch: WatchKind) -> bool {
     }
 }
 
+/// The stat fields of a node that its recorded changes determine ([`ChangeLog::stat_at`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LoggedStat {
+    /// The zxid of its creation.
+    pub czxid: u64,
+    /// The zxid of its last data change (its creation if none).
+    pub mzxid: u64,
+    /// The zxid of the last child added or removed (its creation if none).
+    pub pzxid: u64,
+    /// Data changes since its creation.
+    pub version: u32,
+    /// Children added or removed since its creation.
+    pub cversion: u32,
+}
+
 /// The decided log's changes to the tree, its lock grants and its sessions, from the
 /// first report of each zxid (every node makes the same changes at a zxid: the state
 /// hashes say so): what watch events, reads (`sim/reads.rs`) and reaping
@@ -269,6 +284,37 @@ impl ChangeLog {
             .range(..=zxid)
             .rev()
             .find_map(|(z, kinds)| kinds.contains(&EventKind::NodeCreated).then_some(*z))
+    }
+
+    /// The stat fields the decided log sets for the node at `path` at `zxid`, counted
+    /// back to its last creation (`tree.rs`: a creation starts them at its zxid, each
+    /// data change and each child added or removed advances them): `None` if the node
+    /// did not exist then, or its creation is not known (the root).
+    pub fn stat_at(&self, path: &str, zxid: u64) -> Option<LoggedStat> {
+        let mut stat = LoggedStat::default();
+        let (mut mzxid, mut pzxid) = (None, None);
+        for (z, kinds) in self.by_path.get(path)?.range(..=zxid).rev() {
+            for kind in kinds.iter().rev() {
+                match kind {
+                    EventKind::NodeDeleted => return None,
+                    EventKind::NodeCreated => {
+                        stat.czxid = *z;
+                        stat.mzxid = mzxid.unwrap_or(*z);
+                        stat.pzxid = pzxid.unwrap_or(*z);
+                        return Some(stat);
+                    }
+                    EventKind::NodeDataChanged => {
+                        stat.version += 1;
+                        mzxid.get_or_insert(*z);
+                    }
+                    EventKind::NodeChildrenChanged => {
+                        stat.cversion += 1;
+                        pzxid.get_or_insert(*z);
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// Whether the node at `path` exists at `zxid`, from its last creation or deletion
