@@ -340,13 +340,17 @@ impl WatchManager {
     ///   `NodeChildrenChanged`; otherwise registered.
     /// - persistent watches: registered.
     ///
-    /// Events carry the machine's `last_zxid`. All or nothing: an invalid path
-    /// (`InvalidPath`) or going over the limit (`LimitExceeded`) changes nothing.
-    pub fn set_watches(
+    /// At most one event of each kind fires per path: a data and a child watch on a node
+    /// that is gone give one `NodeDeleted` (ZooKeeper sends two; one event per change is
+    /// what the connection promises, and a persistent watch on the path or above it would
+    /// otherwise be told twice). Events carry the machine's `last_zxid`. All or nothing:
+    /// an invalid path (`InvalidPath`) or going over the limit (`LimitExceeded`) changes
+    /// nothing.
+    pub fn set_watches<'w>(
         &mut self,
         session: u64,
         last_zxid: u64,
-        watches: &WatchSet,
+        watches: &'w WatchSet,
         machine: &StateMachine,
     ) -> Result<Vec<WatchEvent>, ErrorInfo> {
         let zxid = machine.last_zxid();
@@ -356,13 +360,16 @@ impl WatchManager {
             last_zxid
         };
         let mut events = Vec::new();
+        let mut fired: HashSet<(EventKind, &str)> = HashSet::new();
         let mut register: Vec<(&str, WatchKind)> = Vec::new();
-        let mut fire = |kind: EventKind, path: &str| {
-            events.push(WatchEvent {
-                kind,
-                path: path.to_string(),
-                zxid,
-            })
+        let mut fire = |kind: EventKind, path: &'w str| {
+            if fired.insert((kind, path)) {
+                events.push(WatchEvent {
+                    kind,
+                    path: path.to_string(),
+                    zxid,
+                });
+            }
         };
         for path in &watches.data {
             match machine.exists(path)? {
@@ -820,7 +827,8 @@ mod tests {
         assert_eq!(w.session_len(7), 5);
         assert!(w.contains(7, "/nope", Exist) && w.contains(7, "/d", Child));
 
-        // Seen only up to before the data change: data fires, child registers.
+        // Seen only up to before the data change: data fires, child registers; the data
+        // and child watches on the deleted `/gone` give one `NodeDeleted`, not two.
         let mut w = manager();
         let set = WatchSet {
             data: vec!["/d".into(), "/gone".into()],
@@ -835,7 +843,6 @@ mod tests {
                 (EventKind::NodeDataChanged, "/d"),
                 (EventKind::NodeDeleted, "/gone"),
                 (EventKind::NodeCreated, "/d/k"),
-                (EventKind::NodeDeleted, "/gone"),
             ]
         );
         assert!(events.iter().all(|e| e.zxid == m.last_zxid()));

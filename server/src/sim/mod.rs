@@ -93,7 +93,7 @@
 //! applied long before, or was answered "queued" after it, was not told), watch events
 //! (none without a change
 //! since its watch was set, none missing before a response with a later zxid:
-//! [`watch`]), reads of child lists, of whether nodes exist, of lock listings and of
+//! [`watch`]), reads of child lists, of whether nodes exist, of their stats, of lock listings and of
 //! the server status that are the state at their zxid ([`reads`]), containers reaped in the entry that takes their last child and in
 //! no other ([`containers`]), and no lease left open by its revocation. After healing: every lock is acquired (a semaphore's permits all at
 //! once: none leaked) by a probe client within TTL + 4 elections + lock-delay + 300 ms, every client request
