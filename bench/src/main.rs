@@ -113,10 +113,11 @@ struct Args {
     /// Uncontended: measured cycles per run (after --warmup-cycles).
     #[arg(long, default_value_t = 1000)]
     cycles: usize,
-    /// Uncontended: a pause between the acquire and the release of every other cycle,
-    /// ms, not counted in the latency. With 15 (the handoff's queue time) it shows what
-    /// a write costs after the cluster sat idle, as the handoff's release does: those
-    /// cycles are reported as `uncontended-idle`, the others as `uncontended`.
+    /// Adds the `uncontended-idle` cell: runs of half as many cycles (after half the
+    /// warm-up), each with this pause between its acquire and its release, ms, not
+    /// counted in the latency. With 15 (the handoff's queue time) it shows what a write
+    /// costs after the cluster sat idle, as the handoff's release does. The
+    /// `uncontended` cell stays back to back, in runs of its own.
     #[arg(long, default_value_t = 0)]
     pause_ms: u64,
     /// Uncontended and handoff: unmeasured cycles first.
@@ -177,7 +178,7 @@ struct Cell {
 
 #[derive(Debug, Clone, Copy)]
 enum Job {
-    /// `idle`: report the cycles with a pause (see `--pause-ms`).
+    /// `idle`: cycles with a pause between acquire and release (see `--pause-ms`).
     Uncontended {
         idle: bool,
     },
@@ -341,10 +342,14 @@ async fn run_one(
     }
     match cell.job {
         Job::Uncontended { idle } => {
-            let pause = Duration::from_millis(args.pause_ms);
-            let (busy, idle_cycles) =
-                workloads::uncontended(target, rep, args.warmup_cycles, args.cycles, pause).await?;
-            Ok(if idle { idle_cycles } else { busy })
+            // The idle cell runs half as many cycles: each takes the pause besides.
+            let (warmup, cycles, pause) = if idle {
+                let pause = Duration::from_millis(args.pause_ms);
+                (args.warmup_cycles / 2, args.cycles / 2, pause)
+            } else {
+                (args.warmup_cycles, args.cycles, Duration::ZERO)
+            };
+            workloads::uncontended(target, rep, warmup, cycles, pause).await
         }
         Job::Handoff { queued_ms } => {
             let queued = Duration::from_millis(queued_ms);
