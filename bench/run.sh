@@ -11,6 +11,11 @@
 # Results: bench/results/<UTC time>/{table.txt,results.json,results.md,plots/*.svg},
 # copied to bench/results/latest/. The run is bounded by BENCH_TIMEOUT_S (default 3600).
 #
+# BENCH_HALT_POLL_NS=<ns> sets the guest's halt polling (cpuidle-haltpoll's
+# guest_halt_poll_ns, when the machine has it) for the run and restores it on exit: how
+# long an idle vCPU polls before it halts, for every service alike (docs/BENCHMARKS.md,
+# "What is left", item 1). Unset, the machine's setting is left as it is.
+#
 # corral is built from the work tree, or with CORRAL_REV=<git revision> (e.g. HEAD, or a
 # commit before an optimization) from that revision alone, in target/bench/rev-<sha>/;
 # CORRAL_BIN=<path> uses a binary as it is.
@@ -40,7 +45,24 @@ fi
 (cd bench && cargo build --release)
 bench_bin=$root/target/bench/release/corral-bench
 
-trap 'bench/cluster.sh stop all' EXIT
+halt_poll=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+restore_halt_poll=
+if [[ -n ${BENCH_HALT_POLL_NS:-} ]]; then
+    if [[ ! -w $halt_poll ]]; then
+        echo "BENCH_HALT_POLL_NS: $halt_poll is missing or not writable" >&2
+        exit 2
+    fi
+    restore_halt_poll=$(cat "$halt_poll")
+    echo "$BENCH_HALT_POLL_NS" >"$halt_poll"
+    echo "== guest_halt_poll_ns $BENCH_HALT_POLL_NS for the run (was $restore_halt_poll)"
+fi
+on_exit() {
+    bench/cluster.sh stop all
+    if [[ -n $restore_halt_poll ]]; then
+        echo "$restore_halt_poll" >"$halt_poll"
+    fi
+}
+trap on_exit EXIT
 bench/cluster.sh stop all >/dev/null
 bench/cluster.sh clean
 echo "== starting the clusters (data in $BENCH_DATA)"

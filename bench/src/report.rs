@@ -473,6 +473,12 @@ impl Meta {
         if let Ok(kernel) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
             machine.insert("kernel".into(), kernel.trim().to_string());
         }
+        // How long an idle vCPU polls before it halts: on a VM, a large part of a
+        // write's latency (docs/BENCHMARKS.md, "What is left", item 1).
+        let halt_poll = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
+        if let Ok(ns) = std::fs::read_to_string(halt_poll) {
+            machine.insert("guest_halt_poll_ns".into(), ns.trim().to_string());
+        }
         if let Ok(os) = std::fs::read_to_string("/etc/os-release") {
             if let Some(name) = os.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")) {
                 machine.insert("os".into(), name.trim_matches('"').to_string());

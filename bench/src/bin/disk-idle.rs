@@ -52,7 +52,7 @@ fn main() -> std::io::Result<()> {
             file.write_all_at(&[1; WRITE_BYTES], offset)?;
             file.sync_data()?;
             samples_us[i].push(t0.elapsed().as_secs_f64() * 1e6);
-            offset = (offset + 4096) % FILE_BYTES;
+            offset = (offset + WRITE_BYTES as u64) % FILE_BYTES;
         }
     }
     drop(file);
