@@ -334,6 +334,11 @@ const ALIVE_RESEND_TICKS: u64 = 10;
 /// Most unacknowledged session reports a follower keeps; beyond, they are folded into one.
 const MAX_ALIVE_REPORTS_IN_FLIGHT: usize = 16;
 
+/// Keepalives are hurried (see [`Node::hurry_keepalives`]) only while fewer reports (on
+/// a follower) or confirming barriers (on a leader) than this are unanswered, so a node
+/// cut off from the majority falls back to one per tick.
+const MAX_HURRIED_IN_FLIGHT: usize = 4;
+
 /// What the deterministic simulator observes inside a node (test and `sim` builds only,
 /// and only after [`Node::enable_probe`]).
 #[cfg(any(test, feature = "sim"))]
@@ -643,6 +648,7 @@ impl Node {
     /// stamped with `now`, when its answer leaves, not with the last input's time.
     pub fn end_pass(&mut self, now: Now) -> Vec<Output> {
         self.now = now;
+        self.hurry_keepalives();
         self.flush_log();
         for (to, msg) in self.peer_out.drain(..) {
             self.outputs.push(Output::PeerSend { to, msg });
@@ -2057,6 +2063,36 @@ impl Node {
         }
     }
 
+    /// Keepalives that hold answers back are reported (follower) or confirmed (leader)
+    /// at the end of the pass instead of at the next tick. Responses go in request order
+    /// per connection, so a ping sent among a client's requests held the answers behind
+    /// it for up to two ticks (the follower's report, then the leader's barrier): a lock
+    /// released just after a client's periodic ping took 12 to 60 ms instead of 1. Held
+    /// back: a ping or renewal whose connection has other requests waiting, a resumed
+    /// session (its client waits to be accepted), and on a leader every follower report
+    /// (it cannot tell a hurried one from a tick's). Lone pings of idle sessions still wait
+    /// for the tick, so they cost a report and a barrier per tick, not one per ping.
+    fn hurry_keepalives(&mut self) {
+        if !matches!(self.log, Log::Paxos(_)) {
+            return;
+        }
+        let conns = &self.conns;
+        let holds_back = |k: &Keepalive| match k {
+            Keepalive::Request(conn, ..) => conns.get(conn).is_some_and(|c| c.queue.len() > 1),
+            Keepalive::Resume { .. } | Keepalive::Ack { .. } => true,
+        };
+        if !self.alive_waiters.iter().any(holds_back) {
+            return;
+        }
+        if self.is_leader() {
+            if self.leading && self.keepalive_barriers.len() < MAX_HURRIED_IN_FLIGHT {
+                self.confirm_keepalives();
+            }
+        } else if self.alive_inflight.len() < MAX_HURRIED_IN_FLIGHT {
+            self.report_alive();
+        }
+    }
+
     /// Follower: the keepalives waiting to be answered must be in the next report, or
     /// the leader's acknowledgement would not cover them (those this node collected while
     /// it led were renewed only on its own tracker). Acknowledgements this node owed
@@ -2994,6 +3030,55 @@ mod tests {
                 matches!(received.last(), Some(Output::Close { conn: 1 })),
                 "{received:?}"
             );
+            for node in &cluster.nodes {
+                node.check_invariants().expect("node invariants");
+            }
+        }
+    }
+
+    /// A ping with another request of its connection behind it is reported (follower)
+    /// and confirmed (leader) at the end of the pass, not at the next tick: answers go in
+    /// request order, so a ping waiting for a tick held the write behind it for up to two
+    /// ticks. A lone ping still waits for the tick.
+    #[test]
+    fn a_keepalive_holding_answers_back_does_not_wait_for_a_tick() {
+        for on_leader in [false, true] {
+            let mut cluster = Cluster::new();
+            let n = if on_leader {
+                cluster.leader_index()
+            } else {
+                cluster.follower()
+            };
+            cluster.open_session(n, 1);
+            let answered = |c: &Cluster| -> Vec<u64> {
+                c.received(1)
+                    .iter()
+                    .filter_map(|o| match o {
+                        Output::Send {
+                            msg: ServerMessage::Response(r),
+                            ..
+                        } if r.result.is_ok() => Some(r.xid),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            let on = if on_leader { "leader" } else { "follower" };
+            cluster.pass(n, vec![request(1, 1, Op::Ping)]);
+            cluster.settle();
+            assert_eq!(
+                answered(&cluster),
+                Vec::<u64>::new(),
+                "a lone ping waits, on the {on}"
+            );
+            let create = Op::Create(corral_protocol::CreateRequest {
+                path: "/a".into(),
+                data: Vec::new(),
+                mode: corral_protocol::CreateMode::Persistent,
+                make_parents: false,
+            });
+            cluster.pass(n, vec![request(1, 2, create)]);
+            cluster.settle();
+            assert_eq!(answered(&cluster), [1, 2], "no tick needed, on the {on}");
             for node in &cluster.nodes {
                 node.check_invariants().expect("node invariants");
             }

@@ -820,7 +820,10 @@ fn sim_client_renews_on_any_answer() {
 /// connection lost before the next made the `SetWatches` skip the change of the lost one
 /// (soak seed 25279965: two install events at zxid 374, the second lost, and the data
 /// watch on `/reg/k2` never fired for its change at zxid 351). Responses alone raise it
-/// now: the server sends every event up to a response's zxid before the response.
+/// now: the server sends every event up to a response's zxid before the response. The
+/// seed stays a regression test; the old rule is demonstrated on demand by
+/// `sim_client_seen_on_events` (since keepalives stopped waiting for a tick, this seed
+/// no longer loses the event with it).
 #[test]
 fn events_sharing_a_zxid_are_not_seen_until_a_response() {
     let mut c = SimConfig::from_seed(25_279_965);
@@ -831,15 +834,26 @@ fn events_sharing_a_zxid_are_not_seen_until_a_response() {
         "{}",
         r.describe("events_sharing_a_zxid_are_not_seen_until_a_response")
     );
-    c.seen_on_events = true;
-    let r = sim::run(&c);
-    assert!(
-        r.violation
-            .as_ref()
-            .is_some_and(|v| v.kind == ViolationKind::WatchNotFired),
-        "the old rule must lose the event: {}",
-        r.describe("events_sharing_a_zxid_are_not_seen_until_a_response")
-    );
+}
+
+/// The old `SetWatches` zxid rule of `corral-client` (see
+/// `events_sharing_a_zxid_are_not_seen_until_a_response`), run on demand over seeds: it
+/// reports a watch event lost to it. Rare: 12,000 seeds from 90,000,000 found none on
+/// 2026-11-25, after seed 25279965 stopped losing one.
+#[test]
+#[ignore = "demonstrates the old SetWatches zxid rule; see the report"]
+fn sim_client_seen_on_events() {
+    for seed in sim::seeds_from_env(90_000_000, 1_000) {
+        let mut c = SimConfig::from_seed(seed);
+        c.seen_on_events = true;
+        let r = sim::run(&c);
+        if let Some(v) = &r.violation {
+            panic!(
+                "seed {seed}: {v}\n{}",
+                r.describe("sim_client_seen_on_events")
+            );
+        }
+    }
 }
 
 /// A network off the transport's contract: messages on a link reordered and duplicated,
