@@ -2845,6 +2845,16 @@ mod tests {
         }
     }
 
+    /// Creates a persistent node at `path`, its parent existing.
+    fn persistent(path: &str) -> Op {
+        Op::Create(corral_protocol::CreateRequest {
+            path: path.into(),
+            data: Vec::new(),
+            mode: corral_protocol::CreateMode::Persistent,
+            make_parents: false,
+        })
+    }
+
     fn request(conn: ConnId, xid: u64, op: Op) -> Input {
         Input::Request {
             conn,
@@ -2871,12 +2881,7 @@ mod tests {
         let leader = cluster.leader_index();
         let behind = cluster.follower();
         cluster.open_session(leader, 1);
-        let create = Op::Create(corral_protocol::CreateRequest {
-            path: "/big".into(),
-            data: Vec::new(),
-            mode: corral_protocol::CreateMode::Persistent,
-            make_parents: false,
-        });
+        let create = persistent("/big");
         cluster.pass(leader, vec![request(1, 1, create)]);
         cluster.cut = Some(behind);
         let writes = 12u64;
@@ -2931,12 +2936,7 @@ mod tests {
         let ready = |c: &Cluster| crate::status::core_status(&c.nodes[slow]).ready;
         assert!(ready(&cluster), "caught up");
         cluster.slow_disk = Some((slow, Vec::new()));
-        let create = Op::Create(corral_protocol::CreateRequest {
-            path: "/a".into(),
-            data: Vec::new(),
-            mode: corral_protocol::CreateMode::Persistent,
-            make_parents: false,
-        });
+        let create = persistent("/a");
         cluster.pass(leader, vec![request(1, 1, create)]);
         cluster.run_until("the write decided on the slow follower", 50, |c| {
             c.nodes[slow].committed_zxid() > c.nodes[slow].machine().last_zxid()
@@ -3070,12 +3070,7 @@ mod tests {
                 Vec::<u64>::new(),
                 "a lone ping waits, on the {on}"
             );
-            let create = Op::Create(corral_protocol::CreateRequest {
-                path: "/a".into(),
-                data: Vec::new(),
-                mode: corral_protocol::CreateMode::Persistent,
-                make_parents: false,
-            });
+            let create = persistent("/a");
             cluster.pass(n, vec![request(1, 2, create)]);
             cluster.settle();
             assert_eq!(answered(&cluster), [1, 2], "no tick needed, on the {on}");
