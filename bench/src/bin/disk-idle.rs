@@ -22,9 +22,9 @@ struct Args {
     /// Idle times before a write, ms.
     #[arg(long, value_delimiter = ',', default_value = "0,5,15,50,100,200,1000")]
     idle_ms: Vec<u64>,
-    /// Writes per idle time.
-    #[arg(long, default_value_t = 30)]
-    rounds: usize,
+    /// Writes per idle time (at least 1).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
 }
 
 const FILE_BYTES: u64 = 1 << 20;
@@ -43,7 +43,8 @@ fn main() -> std::io::Result<()> {
     // Written and synced once, so no probe write allocates blocks or changes metadata.
     file.write_all_at(&vec![0; FILE_BYTES as usize], 0)?;
     file.sync_all()?;
-    let mut samples_us: Vec<Vec<f64>> = vec![Vec::with_capacity(args.rounds); args.idle_ms.len()];
+    let mut samples_us: Vec<Vec<f64>> =
+        vec![Vec::with_capacity(args.rounds as usize); args.idle_ms.len()];
     let mut offset = 0;
     for _ in 0..args.rounds {
         for (i, &idle) in args.idle_ms.iter().enumerate() {

@@ -23,16 +23,22 @@ use super::check::{Violation, ViolationKind};
 use super::watch::{ChangeLog, LoggedStat};
 use corral_protocol::{ErrorCode, ErrorInfo, LockState, Op, OpResult, Role, ServerStatus, Stat};
 
-/// The node a read of one node asks about, and whether its answer says it exists (`None`
-/// for any other read or answer).
-fn found(op: &Op, result: &Result<OpResult, ErrorInfo>) -> Option<(String, bool)> {
-    let path = match op {
+/// The node a read of one node (`Exists`, `GetData`, `GetChildren`, `GetChildrenPage`)
+/// asks about.
+fn read_node(op: &Op) -> Option<&str> {
+    match op {
         Op::Exists { path, .. }
         | Op::GetData { path, .. }
         | Op::GetChildren { path, .. }
-        | Op::GetChildrenPage { path, .. } => path,
-        _ => return None,
-    };
+        | Op::GetChildrenPage { path, .. } => Some(path),
+        _ => None,
+    }
+}
+
+/// The node a read of one node asks about, and whether its answer says it exists (`None`
+/// for any other read or answer).
+fn found(op: &Op, result: &Result<OpResult, ErrorInfo>) -> Option<(String, bool)> {
+    let path = read_node(op)?;
     let found = match result {
         Ok(OpResult::Exists(stat)) => stat.is_some(),
         Ok(OpResult::Data { .. } | OpResult::Children { .. } | OpResult::ChildrenPage { .. }) => {
@@ -41,18 +47,12 @@ fn found(op: &Op, result: &Result<OpResult, ErrorInfo>) -> Option<(String, bool)
         Err(e) if e.code == ErrorCode::NoNode => false,
         _ => return None,
     };
-    Some((path.clone(), found))
+    Some((path.to_string(), found))
 }
 
 /// The node whose stat a read answered with, and that stat.
 fn stat_of<'a>(op: &'a Op, result: &'a Result<OpResult, ErrorInfo>) -> Option<(&'a str, &'a Stat)> {
-    let path = match op {
-        Op::Exists { path, .. }
-        | Op::GetData { path, .. }
-        | Op::GetChildren { path, .. }
-        | Op::GetChildrenPage { path, .. } => path,
-        _ => return None,
-    };
+    let path = read_node(op)?;
     match result {
         Ok(
             OpResult::Exists(Some(stat))
